@@ -1,0 +1,183 @@
+//! From YAML text to a validated [`Config`]: parse once into a generic value, then
+//! deserialize each backend, product and account on its own so that one mistake does
+//! not hide the next, and validate references across them.
+
+use crate::config::Config;
+use crate::error::{ConfigError, ConfigErrors};
+use crate::suggest::did_you_mean;
+use serde::de::DeserializeOwned;
+use serde_norway::Value;
+use std::path::Path;
+
+/// Reads, parses and validates a configuration file.
+pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigError::new("", format!("cannot read {}: {e}", path.display()))
+            .hint("check the path given to --config / -f")
+    })?;
+    parse_str(&text)
+}
+
+/// Parses and validates a configuration document (YAML, or JSON which is YAML too).
+pub fn parse_str(text: &str) -> Result<Config, ConfigErrors> {
+    let root: Value = serde_norway::from_str(text).map_err(|e| {
+        let at = e
+            .location()
+            .map(|l| format!(" at line {}, column {}", l.line(), l.column()))
+            .unwrap_or_default();
+        ConfigError::new("", format!("not valid YAML{at}: {e}"))
+            .hint("fix the syntax; `tollgate check -f FILE` shows every problem")
+    })?;
+    let mut errors = ConfigErrors::default();
+    let mut config = Config::default();
+    let map = match root {
+        Value::Null => return Ok(config),
+        Value::Mapping(m) => m,
+        _ => {
+            return Err(ConfigError::new("", "the document must be a mapping")
+                .hint("start with `backends:`, `products:` and `accounts:`")
+                .into());
+        }
+    };
+    for (key, value) in map {
+        let Some(key) = key.as_str().map(str::to_owned) else {
+            errors.push(ConfigError::new("", "top-level keys must be strings"));
+            continue;
+        };
+        match key.as_str() {
+            "backends" => config.backends = items(&key, value, &mut errors),
+            "products" => config.products = items(&key, value, &mut errors),
+            "accounts" => config.accounts = items(&key, value, &mut errors),
+            other => {
+                const TOP: [&str; 3] = ["backends", "products", "accounts"];
+                let mut e = ConfigError::new(other, "unknown key");
+                e = match did_you_mean(other, TOP) {
+                    Some(s) => e.hint(format!("did you mean `{s}`?")),
+                    None => e.hint("the top-level keys are `backends`, `products` and `accounts`"),
+                };
+                errors.push(e);
+            }
+        }
+    }
+    if !errors.is_empty() {
+        // Cross-references are only meaningful once every item parsed.
+        return Err(errors);
+    }
+    crate::validate::validate(&config).map(|()| config)
+}
+
+fn items<T: DeserializeOwned>(key: &str, value: Value, errors: &mut ConfigErrors) -> Vec<T> {
+    let list = match value {
+        Value::Null => return Vec::new(),
+        Value::Sequence(list) => list,
+        _ => {
+            errors.push(ConfigError::new(key, "must be a list").hint(format!("write `{key}:` followed by `- …` items")));
+            return Vec::new();
+        }
+    };
+    let mut out = Vec::with_capacity(list.len());
+    for (i, item) in list.into_iter().enumerate() {
+        match serde_path_to_error::deserialize::<_, T>(item) {
+            Ok(v) => out.push(v),
+            Err(e) => errors.push(describe(&format!("{key}[{i}]"), &e)),
+        }
+    }
+    out
+}
+
+/// Turns a serde error into a [`ConfigError`] with a full path and, for unknown keys or
+/// values, the closest valid one.
+fn describe(prefix: &str, e: &serde_path_to_error::Error<serde_norway::Error>) -> ConfigError {
+    let inner = e.inner().to_string();
+    // serde_norway appends " at line N column M" for some errors; the path says more.
+    let inner = inner.split(" at line ").next().unwrap_or(&inner).to_string();
+    let inner_path = e.path().to_string();
+    let mut path = if inner_path == "." {
+        prefix.to_string()
+    } else {
+        format!("{prefix}.{inner_path}")
+    };
+    if let Some(rest) = inner.strip_prefix("unknown field `") {
+        let (field, expected) = rest.split_once('`').unwrap_or((rest, ""));
+        let choices = backticked(expected);
+        // serde_path_to_error stops at the struct; name the key itself.
+        if !path.ends_with(field) {
+            path = format!("{path}.{field}");
+        }
+        let e = ConfigError::new(path, "unknown key");
+        return match did_you_mean(field, choices.iter().copied()) {
+            Some(s) => e.hint(format!("did you mean `{s}`?")),
+            None => e.hint(format!("valid keys here: {}", choices.join(", "))),
+        };
+    }
+    if let Some(rest) = inner.strip_prefix("unknown variant `") {
+        let (value, expected) = rest.split_once('`').unwrap_or((rest, ""));
+        let choices = backticked(expected);
+        let e = ConfigError::new(path, format!("`{value}` is not a valid value"));
+        return match did_you_mean(value, choices.iter().copied()) {
+            Some(s) => e.hint(format!("did you mean `{s}`?")),
+            None => e.hint(format!("use one of: {}", choices.join(", "))),
+        };
+    }
+    if let Some(rest) = inner.strip_prefix("missing field `") {
+        let field = rest.split('`').next().unwrap_or(rest);
+        return ConfigError::new(format!("{path}.{field}"), "is required")
+            .hint(format!("add `{field}:` here"));
+    }
+    ConfigError::new(path, inner)
+}
+
+fn backticked(s: &str) -> Vec<&str> {
+    s.split('`').skip(1).step_by(2).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errors(yaml: &str) -> Vec<String> {
+        parse_str(yaml).expect_err("should fail").0.iter().map(|e| e.to_string()).collect()
+    }
+
+    #[test]
+    fn unknown_keys_name_the_path_and_suggest() {
+        let e = errors(
+            "backends:\n  - system_name: echo\n    private_base_ulr: ws://127.0.0.1:1\n",
+        );
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(e[0].starts_with("backends[0].private_base_ulr: unknown key"), "{e:?}");
+        assert!(e[0].contains("did you mean `private_base_url`?"), "{e:?}");
+        let e = errors("product:\n  - {}\n");
+        assert!(e[0].contains("did you mean `products`?"), "{e:?}");
+    }
+
+    #[test]
+    fn one_error_per_item_and_all_items_reported() {
+        let e = errors(
+            "backends:\n  - system_name: a\n  - system_name: b\n    private_base_url: ws://x\n    colour: red\n",
+        );
+        assert_eq!(e.len(), 2, "{e:?}");
+        assert!(e[0].starts_with("backends[0].private_base_url: is required"), "{e:?}");
+        assert!(e[1].starts_with("backends[1].colour: unknown key"), "{e:?}");
+    }
+
+    #[test]
+    fn bad_enum_values_suggest_the_closest() {
+        let e = errors(
+            "products:\n  - system_name: p\n    staging_public_base_url: http://s\n    production_public_base_url: http://p\n    application_plans:\n      - system_name: basic\n        limits: [ { metric: hits, period: minnute, value: 1 } ]\n",
+        );
+        assert!(e[0].starts_with("products[0].application_plans[0].limits[0].period:"), "{e:?}");
+        assert!(e[0].contains("did you mean `minute`?"), "{e:?}");
+    }
+
+    #[test]
+    fn syntax_errors_give_a_location() {
+        let e = errors("backends: [\n");
+        assert!(e[0].contains("not valid YAML at line"), "{e:?}");
+    }
+
+    #[test]
+    fn empty_document_is_an_empty_config() {
+        assert_eq!(parse_str("").expect("empty ok"), Config::default());
+    }
+}

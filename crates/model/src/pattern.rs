@@ -1,0 +1,326 @@
+//! Mapping-rule patterns, with 3scale's semantics:
+//!
+//! - the path part is matched against the request path only (never its query string);
+//! - it is a prefix match (`/foo` matches `/foo/bar` and `/foobar`) unless it ends in `$`;
+//! - `{name}` matches one or more characters within one path segment (no `/`), and may
+//!   sit inside a segment (`/words/{word}.json`);
+//! - the query part (`?a=1&b={x}`) lists parameters the request must carry: a literal
+//!   value must be equal, a `{name}` value only requires presence.
+//!
+//! Patterns are compiled once when a snapshot is built; matching allocates nothing
+//! beyond the caller's parsed query.
+
+use std::borrow::Cow;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Token {
+    Literal(Box<str>),
+    Param,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct QueryParam {
+    name: Box<str>,
+    /// `None` for a `{placeholder}`: the parameter must only be present.
+    value: Option<Box<str>>,
+}
+
+/// A compiled mapping-rule pattern.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pattern {
+    tokens: Vec<Token>,
+    exact: bool,
+    query: Vec<QueryParam>,
+}
+
+fn is_placeholder_name(s: &str) -> bool {
+    !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+/// Parses `{name}` if `s` is exactly one placeholder.
+fn placeholder(s: &str) -> Option<&str> {
+    s.strip_prefix('{')?.strip_suffix('}').filter(|n| is_placeholder_name(n))
+}
+
+impl Pattern {
+    /// Compiles a pattern, or says what is wrong with it.
+    pub fn parse(source: &str) -> Result<Pattern, String> {
+        if !source.starts_with('/') {
+            return Err("a pattern must start with `/`".into());
+        }
+        if source.contains('#') {
+            return Err("a pattern cannot contain `#`".into());
+        }
+        let (path, query) = match source.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (source, None),
+        };
+        let (path, exact) = match path.strip_suffix('$') {
+            Some(p) => (p, true),
+            None => (path, false),
+        };
+        if path.contains('$') {
+            return Err("`$` may only end the path part of a pattern".into());
+        }
+        let mut tokens = Vec::new();
+        let mut rest = path;
+        while !rest.is_empty() {
+            match rest.find('{') {
+                Some(0) => {
+                    let close = rest.find('}').ok_or("a `{` has no matching `}`")?;
+                    let name = &rest[1..close];
+                    if !is_placeholder_name(name) {
+                        return Err(format!(
+                            "`{{{name}}}` is not a valid placeholder: use letters, digits, `_` or `-`"
+                        ));
+                    }
+                    if tokens.last() == Some(&Token::Param) {
+                        return Err("two placeholders must be separated by text".into());
+                    }
+                    tokens.push(Token::Param);
+                    rest = &rest[close + 1..];
+                }
+                found => {
+                    let end = found.unwrap_or(rest.len());
+                    let lit = &rest[..end];
+                    if lit.contains('}') {
+                        return Err("a `}` has no matching `{`".into());
+                    }
+                    tokens.push(Token::Literal(lit.into()));
+                    rest = &rest[end..];
+                }
+            }
+        }
+        let mut params = Vec::new();
+        if let Some(q) = query {
+            for pair in q.split('&').filter(|p| !p.is_empty()) {
+                let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+                if name.is_empty() || name.contains(['{', '}']) {
+                    return Err(format!("`{pair}`: a query parameter needs a literal name"));
+                }
+                let value = match placeholder(value) {
+                    Some(_) => None,
+                    None if value.contains(['{', '}']) => {
+                        return Err(format!("`{pair}`: write the value as text or as one `{{name}}`"));
+                    }
+                    None => Some(value.into()),
+                };
+                params.push(QueryParam { name: name.into(), value });
+            }
+        }
+        Ok(Pattern { tokens, exact, query: params })
+    }
+
+    /// This pattern with `prefix` (a backend usage path) put before its path part.
+    pub fn under(&self, prefix: &str) -> Pattern {
+        let prefix = prefix.trim_end_matches('/');
+        let mut p = self.clone();
+        if prefix.is_empty() {
+            return p;
+        }
+        match p.tokens.first_mut() {
+            Some(Token::Literal(l)) => *l = format!("{prefix}{l}").into(),
+            _ => p.tokens.insert(0, Token::Literal(prefix.into())),
+        }
+        p
+    }
+
+    /// Whether the request `path` (without its query) and query arguments match.
+    pub fn matches(&self, path: &str, query: &QueryArgs<'_>) -> bool {
+        self.matches_path(path) && self.matches_query(query)
+    }
+
+    pub fn matches_path(&self, path: &str) -> bool {
+        match_tokens(&self.tokens, path, self.exact)
+    }
+
+    pub fn matches_query(&self, query: &QueryArgs<'_>) -> bool {
+        self.query.iter().all(|p| match &p.value {
+            None => query.get_all(&p.name).next().is_some(),
+            Some(v) => query.get_all(&p.name).any(|got| got == &**v),
+        })
+    }
+
+    /// Whether the pattern needs the query parsed at all.
+    pub fn has_query(&self) -> bool {
+        !self.query.is_empty()
+    }
+}
+
+fn match_tokens(tokens: &[Token], s: &str, exact: bool) -> bool {
+    match tokens.split_first() {
+        None => !exact || s.is_empty(),
+        Some((Token::Literal(l), rest)) => {
+            s.starts_with(&**l) && match_tokens(rest, &s[l.len()..], exact)
+        }
+        Some((Token::Param, rest)) => {
+            // One or more characters of the current segment; try the longest first.
+            let seg_end = s.find('/').unwrap_or(s.len());
+            (1..=seg_end)
+                .rev()
+                .filter(|&end| s.is_char_boundary(end))
+                .any(|end| match_tokens(rest, &s[end..], exact))
+        }
+    }
+}
+
+/// The query string of a request, split and percent-decoded once per request.
+#[derive(Debug, Default)]
+pub struct QueryArgs<'a> {
+    args: Vec<(Cow<'a, str>, Cow<'a, str>)>,
+}
+
+impl<'a> QueryArgs<'a> {
+    pub fn parse(query: Option<&'a str>) -> Self {
+        let Some(q) = query else { return QueryArgs::default() };
+        let args = q
+            .split('&')
+            .filter(|p| !p.is_empty())
+            .map(|pair| {
+                let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                (percent_decode(k), percent_decode(v))
+            })
+            .collect();
+        QueryArgs { args }
+    }
+
+    pub fn get_all<'s, 'n>(&'s self, name: &'n str) -> impl Iterator<Item = &'s str> + use<'s, 'n, 'a> {
+        self.args.iter().filter(move |(k, _)| k == name).map(|(_, v)| &**v)
+    }
+
+    pub fn get<'s>(&'s self, name: &str) -> Option<&'s str> {
+        self.get_all(name).next()
+    }
+}
+
+/// Decodes `%XX` and `+` (form encoding); invalid escapes are kept as they are.
+pub fn percent_decode(s: &str) -> Cow<'_, str> {
+    if !s.contains(['%', '+']) {
+        return Cow::Borrowed(s);
+    }
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b'%' if i + 2 < bytes.len() => {
+                match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                    (Some(h), Some(l)) => {
+                        out.push(h << 4 | l);
+                        i += 3;
+                    }
+                    _ => {
+                        out.push(b'%');
+                        i += 1;
+                    }
+                }
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    Cow::Owned(String::from_utf8_lossy(&out).into_owned())
+}
+
+fn hex(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// (pattern, request path, request query, expected)
+    const CASES: &[(&str, &str, Option<&str>, bool)] = &[
+        ("/", "/", None, true),
+        ("/", "/anything/at/all", None, true),
+        ("/foo", "/foo", None, true),
+        ("/foo", "/foo/bar", None, true),
+        ("/foo", "/foobar", None, true), // prefix match is by characters, as in 3scale
+        ("/foo", "/fo", None, false),
+        ("/foo", "/bar/foo", None, false),
+        ("/foo$", "/foo", None, true),
+        ("/foo$", "/foo/", None, false),
+        ("/foo$", "/foo/bar", None, false),
+        ("/foo/$", "/foo/", None, true),
+        ("/foo/{id}", "/foo/42", None, true),
+        ("/foo/{id}", "/foo/42/more", None, true),
+        ("/foo/{id}$", "/foo/42/more", None, false),
+        ("/foo/{id}$", "/foo/42", None, true),
+        ("/foo/{id}", "/foo/", None, false), // a placeholder needs one character at least
+        ("/foo/{id}/bar", "/foo/42/bar", None, true),
+        ("/foo/{id}/bar", "/foo/4/2/bar", None, false), // one segment only
+        ("/words/{word}.json", "/words/hello.json", None, true),
+        ("/words/{word}.json", "/words/a.b.json", None, true),
+        ("/words/{word}.json$", "/words/hello.xml", None, false),
+        ("/a/{x}-{y}", "/a/1-2", None, true),
+        ("/a/{x}-{y}$", "/a/12", None, false),
+        ("/rooms?format=json", "/rooms", Some("format=json"), true),
+        ("/rooms?format=json", "/rooms", Some("format=xml"), false),
+        ("/rooms?format=json", "/rooms", None, false),
+        ("/rooms?format=json", "/rooms", Some("a=1&format=json"), true),
+        ("/rooms?since={ts}", "/rooms", Some("since=12"), true),
+        ("/rooms?since={ts}", "/rooms", Some("until=12"), false),
+        ("/rooms?since={ts}", "/rooms", Some("since="), true), // present, even if empty
+        ("/rooms?q=a b", "/rooms", Some("q=a+b"), true),
+        ("/rooms?q=é", "/rooms", Some("q=%C3%A9"), true),
+        ("/rooms/{room}/messages?since={ts}&format=json", "/rooms/7/messages", Some("format=json&since=3"), true),
+        ("/rooms/{room}/messages?since={ts}&format=json", "/rooms/7/messages", Some("since=3"), false),
+        ("/rooms$?x=1", "/rooms", Some("x=1"), true),
+        ("/rooms$?x=1", "/rooms/1", Some("x=1"), false),
+        ("/ünï/{x}", "/ünï/ç", None, true),
+    ];
+
+    #[test]
+    fn table() {
+        for (i, &(pattern, path, query, expected)) in CASES.iter().enumerate() {
+            let p = Pattern::parse(pattern).unwrap_or_else(|e| panic!("case {i} `{pattern}`: {e}"));
+            let q = QueryArgs::parse(query);
+            assert_eq!(p.matches(path, &q), expected, "case {i}: `{pattern}` vs {path}?{query:?}");
+        }
+        assert!(CASES.len() >= 25);
+    }
+
+    #[test]
+    fn query_strings_never_take_part_in_the_path_match() {
+        let p = Pattern::parse("/foo$").expect("valid");
+        // The caller passes the path without its query; a `?` in the path never matches.
+        assert!(p.matches("/foo", &QueryArgs::parse(Some("x=1"))));
+    }
+
+    #[test]
+    fn under_prefixes_the_path_part() {
+        let p = Pattern::parse("/v1/{x}$").expect("valid");
+        let q = QueryArgs::default();
+        assert!(p.under("/api").matches("/api/v1/7", &q));
+        assert!(!p.under("/api").matches("/v1/7", &q));
+        assert!(p.under("/").matches("/v1/7", &q));
+        assert!(Pattern::parse("/{x}").expect("valid").under("/api/").matches("/api/7", &q));
+    }
+
+    #[test]
+    fn invalid_patterns_say_why() {
+        for bad in ["foo", "/a$b", "/{x", "/x}", "/{}", "/{a b}", "/{a}{b}", "/a#b", "/a?{x}=1", "/a?x={y}z"] {
+            assert!(Pattern::parse(bad).is_err(), "`{bad}` should be rejected");
+        }
+    }
+
+    #[test]
+    fn percent_decoding_keeps_invalid_escapes() {
+        assert_eq!(percent_decode("a%2Fb"), "a/b");
+        assert_eq!(percent_decode("100%"), "100%");
+        assert_eq!(percent_decode("%zz"), "%zz");
+        assert_eq!(percent_decode("%4"), "%4");
+    }
+}
