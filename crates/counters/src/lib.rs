@@ -1,1 +1,89 @@
+//! Usage counters: one window per (metric, period) limited on an application, checked
+//! and applied all-or-nothing.
+//!
+//! A request passes only if, for every limit it touches, `current + delta <= value`;
+//! then all its increments are applied together, in one critical section, so under any
+//! concurrency a limit of N lets exactly N units through. Counters belong to the
+//! application (not the environment), so staging and production share them.
+//!
+//! Time is injected: callers read a [`Clock`] once per request and pass the value in.
+//! This crate owns the counting only; which limits apply is the snapshot's business.
 
+mod clock;
+mod memory;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use memory::MemoryCounters;
+pub use tollgate_model::period::Period;
+
+/// One limit that a request touches, with the amount the request would add.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Check<'a> {
+    pub metric: &'a str,
+    pub period: Period,
+    /// The limit's value: the most the window may hold.
+    pub max: u64,
+    pub delta: u64,
+}
+
+/// Where an application stands on one limit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LimitStatus {
+    pub metric: String,
+    pub period: Period,
+    pub max: u64,
+    /// Usage in the current window (after the increments, when they were applied).
+    pub current: u64,
+    /// Unix time at which the window resets; `None` for `eternity`.
+    pub reset_at: Option<i64>,
+}
+
+impl LimitStatus {
+    pub fn remaining(&self) -> u64 {
+        self.max.saturating_sub(self.current)
+    }
+}
+
+/// The outcome of [`Counters::authorize`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Every increment was applied. Carries the tightest limit afterwards (the one with
+    /// the least remaining), if any limit applied, for rate-limit headers.
+    Allowed(Option<LimitStatus>),
+    /// Nothing was applied; this is the first limit that would have been exceeded.
+    Exceeded(LimitStatus),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CountersError {
+    #[error("the counters store is unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// The counters a gateway uses. An enum rather than a trait object: the set of
+/// implementations is closed (memory now, Redis for scale-out) and the call stays
+/// statically dispatched and allocation-free on the request path.
+#[derive(Debug)]
+pub enum Counters {
+    Memory(MemoryCounters),
+}
+
+impl Counters {
+    pub fn memory() -> Self {
+        Counters::Memory(MemoryCounters::default())
+    }
+
+    /// Checks every limit and, if all pass, applies every increment, atomically.
+    pub async fn authorize(&self, application: &str, checks: &[Check<'_>], now: i64) -> Result<Decision, CountersError> {
+        match self {
+            Counters::Memory(m) => Ok(m.authorize(application, checks, now)),
+        }
+    }
+
+    /// Current usage of an application on the given limits (deltas are ignored).
+    pub async fn status(&self, application: &str, checks: &[Check<'_>], now: i64) -> Result<Vec<LimitStatus>, CountersError> {
+        match self {
+            Counters::Memory(m) => Ok(m.status(application, checks, now)),
+        }
+    }
+}
