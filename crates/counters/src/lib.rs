@@ -74,14 +74,24 @@ impl Counters {
     }
 
     /// Checks every limit and, if all pass, applies every increment, atomically.
-    pub async fn authorize(&self, application: &str, checks: &[Check<'_>], now: i64) -> Result<Decision, CountersError> {
+    pub async fn authorize(
+        &self,
+        application: &str,
+        checks: &[Check<'_>],
+        now: i64,
+    ) -> Result<Decision, CountersError> {
         match self {
             Counters::Memory(m) => Ok(m.authorize(application, checks, now)),
         }
     }
 
     /// Current usage of an application on the given limits (deltas are ignored).
-    pub async fn status(&self, application: &str, checks: &[Check<'_>], now: i64) -> Result<Vec<LimitStatus>, CountersError> {
+    pub async fn status(
+        &self,
+        application: &str,
+        checks: &[Check<'_>],
+        now: i64,
+    ) -> Result<Vec<LimitStatus>, CountersError> {
         match self {
             Counters::Memory(m) => Ok(m.status(application, checks, now)),
         }

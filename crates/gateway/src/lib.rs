@@ -1,1 +1,36 @@
+//! Tollgate's data plane: listeners, the policy chain, authentication, mapping rules,
+//! usage limits, and the HTTP and WebSocket proxy.
+//!
+//! The gateway depends on the configuration model and the counters only. It receives
+//! compiled [`Snapshot`]s through a [`SnapshotHandle`] that the binary swaps when the
+//! configuration changes; requests read the current snapshot without a lock and
+//! established connections are never interrupted by a swap.
+//!
+//! A request's path through this crate, top-down:
+//!
+//! ```text
+//! server.rs     accept (connection cap, TLS + ALPN), HTTP/1.1 or HTTP/2, timeouts
+//! proxy.rs      host → product; websocket upgrade checks
+//! policy/       rewrite phase → access phase (the `tollgate` policy: credentials,
+//!               application, mapping rules → usage) → limits (counters, all-or-nothing)
+//! proxy.rs      backend usage by longest path prefix → upstream request phase →
+//!               upstream.rs (pooled, TLS-verified) → response phase → client
+//! error.rs      the one place where failures become status codes and JSON bodies
+//! ```
 
+mod auth;
+mod body;
+pub mod error;
+pub mod mapping;
+pub mod metrics;
+pub mod policy;
+mod proxy;
+pub mod server;
+pub mod snapshot;
+pub mod upstream;
+
+pub use body::GatewayBody;
+pub use metrics::Metrics;
+pub use proxy::Gateway;
+pub use server::{ListenerOptions, serve};
+pub use snapshot::{Environment, Snapshot, SnapshotHandle, Snapshots, compile};

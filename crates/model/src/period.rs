@@ -139,7 +139,10 @@ mod tests {
         let now = ts(2026, 11, 26, 18, 17, 42); // a Thursday
         assert_eq!(
             Period::Minute.window(now),
-            (ts(2026, 11, 26, 18, 17, 0), Some(ts(2026, 11, 26, 18, 18, 0)))
+            (
+                ts(2026, 11, 26, 18, 17, 0),
+                Some(ts(2026, 11, 26, 18, 18, 0))
+            )
         );
         assert_eq!(
             Period::Hour.window(now),
@@ -170,7 +173,13 @@ mod tests {
         assert_eq!(Period::Week.window(monday).0, monday);
         assert_eq!(Period::Week.window(monday - 1).0, ts(2026, 11, 23, 0, 0, 0));
         let december = ts(2026, 12, 31, 23, 59, 59);
-        assert_eq!(Period::Month.window(december).1, Some(ts(2027, 1, 1, 0, 0, 0)));
-        assert_eq!(Period::Month.window(ts(2028, 2, 29, 12, 0, 0)).1, Some(ts(2028, 3, 1, 0, 0, 0)));
+        assert_eq!(
+            Period::Month.window(december).1,
+            Some(ts(2027, 1, 1, 0, 0, 0))
+        );
+        assert_eq!(
+            Period::Month.window(ts(2028, 2, 29, 12, 0, 0)).1,
+            Some(ts(2028, 3, 1, 0, 0, 0))
+        );
     }
 }

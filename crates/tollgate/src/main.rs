@@ -1,1 +1,34 @@
-fn main() {}
+//! The `tollgate` binary: parses flags, sets up logging, and calls into the library.
+
+use clap::Parser;
+use std::process::ExitCode;
+use tollgate::cli::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tollgate::init_tracing(&cli.log);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tollgate: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Serve(args) => tollgate::serve::run_cli(args).await,
+            Command::Check(args) => tollgate::check::run(args),
+            Command::Ws(args) => tollgate::ws::run(args).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("tollgate: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

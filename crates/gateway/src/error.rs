@@ -1,0 +1,162 @@
+//! The one place where gateway failures become HTTP responses. Each failure knows its
+//! status, a stable machine-readable code and which side caused it; internal detail is
+//! logged, never sent to the client.
+
+use crate::body::GatewayBody;
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+
+/// Who caused a failure: a label for metrics and logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The client sent something we refuse.
+    Downstream,
+    /// The backend failed or could not be reached.
+    Upstream,
+    /// Tollgate itself (or a store it depends on) failed.
+    Internal,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
+    #[error("no product is published on this host")]
+    UnknownHost,
+    #[error("no backend serves this path")]
+    NoBackend,
+    #[error(
+        "WebSocket is not enabled for this product: add the `websocket` policy to its policy chain"
+    )]
+    WebSocketDisabled,
+    #[error("invalid WebSocket upgrade: {0}")]
+    BadUpgrade(&'static str),
+    #[error("the backend could not be reached")]
+    UpstreamUnavailable(String),
+    #[error("the backend did not answer in time")]
+    UpstreamTimeout(String),
+    #[error("the backend failed")]
+    UpstreamFailed(String),
+    #[error("usage counters are unavailable")]
+    CountersUnavailable(String),
+}
+
+impl GatewayError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            GatewayError::UnknownHost | GatewayError::NoBackend => StatusCode::NOT_FOUND,
+            GatewayError::BadRequest(_)
+            | GatewayError::WebSocketDisabled
+            | GatewayError::BadUpgrade(_) => StatusCode::BAD_REQUEST,
+            GatewayError::UpstreamUnavailable(_) | GatewayError::UpstreamFailed(_) => {
+                StatusCode::BAD_GATEWAY
+            }
+            GatewayError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            GatewayError::CountersUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            GatewayError::BadRequest(_) => "bad_request",
+            GatewayError::UnknownHost => "unknown_host",
+            GatewayError::NoBackend => "no_backend",
+            GatewayError::WebSocketDisabled => "websocket_disabled",
+            GatewayError::BadUpgrade(_) => "bad_upgrade",
+            GatewayError::UpstreamUnavailable(_) => "upstream_unavailable",
+            GatewayError::UpstreamTimeout(_) => "upstream_timeout",
+            GatewayError::UpstreamFailed(_) => "upstream_failed",
+            GatewayError::CountersUnavailable(_) => "counters_unavailable",
+        }
+    }
+
+    pub fn side(&self) -> Side {
+        match self {
+            GatewayError::BadRequest(_)
+            | GatewayError::UnknownHost
+            | GatewayError::NoBackend
+            | GatewayError::WebSocketDisabled
+            | GatewayError::BadUpgrade(_) => Side::Downstream,
+            GatewayError::UpstreamUnavailable(_)
+            | GatewayError::UpstreamTimeout(_)
+            | GatewayError::UpstreamFailed(_) => Side::Upstream,
+            GatewayError::CountersUnavailable(_) => Side::Internal,
+        }
+    }
+
+    /// Detail for the log line; never for the client.
+    pub fn detail(&self) -> Option<&str> {
+        match self {
+            GatewayError::UpstreamUnavailable(d)
+            | GatewayError::UpstreamTimeout(d)
+            | GatewayError::UpstreamFailed(d)
+            | GatewayError::CountersUnavailable(d) => Some(d),
+            _ => None,
+        }
+    }
+
+    pub fn into_response(self) -> Response<GatewayBody> {
+        match self.side() {
+            Side::Downstream => tracing::debug!(code = self.code(), "request refused"),
+            side => tracing::warn!(
+                code = self.code(),
+                ?side,
+                detail = self.detail().unwrap_or(""),
+                "request failed"
+            ),
+        }
+        let mut resp = json_error(self.status(), self.code(), &self.to_string());
+        if matches!(self, GatewayError::BadUpgrade(_)) {
+            resp.headers_mut().insert(
+                header::SEC_WEBSOCKET_VERSION,
+                HeaderValue::from_static("13"),
+            );
+        }
+        resp
+    }
+}
+
+/// `{"error":{"code":…,"message":…}}` with the given status.
+pub fn json_error(status: StatusCode, code: &str, message: &str) -> Response<GatewayBody> {
+    let body = serde_json::json!({ "error": { "code": code, "message": message } }).to_string();
+    local_response(
+        status,
+        HeaderValue::from_static("application/json"),
+        Bytes::from(body),
+    )
+}
+
+pub fn local_response(
+    status: StatusCode,
+    content_type: HeaderValue,
+    body: Bytes,
+) -> Response<GatewayBody> {
+    let mut resp = Response::new(GatewayBody::local(body));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, content_type);
+    resp
+}
+
+/// A prepared error response (a product's own, or the default), cheap to clone.
+#[derive(Debug, Clone)]
+pub struct ErrorTemplate {
+    pub status: StatusCode,
+    pub content_type: HeaderValue,
+    pub body: Bytes,
+}
+
+impl ErrorTemplate {
+    pub fn json(status: StatusCode, code: &str, message: &str) -> Self {
+        let body = serde_json::json!({ "error": { "code": code, "message": message } }).to_string();
+        ErrorTemplate {
+            status,
+            content_type: HeaderValue::from_static("application/json"),
+            body: body.into(),
+        }
+    }
+
+    pub fn respond(&self) -> Response<GatewayBody> {
+        local_response(self.status, self.content_type.clone(), self.body.clone())
+    }
+}

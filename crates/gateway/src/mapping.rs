@@ -1,0 +1,203 @@
+//! Mapping rules → usage, with 3scale's semantics: rules run in order, every matching
+//! rule adds its delta, a rule with `last: true` stops the scan, and usage of a method
+//! also counts on its parent `hits`.
+
+use http::Method;
+use tollgate_model::pattern::{Pattern, QueryArgs};
+
+/// Index of a metric in a product's [`MetricTable`]. `hits` is always 0.
+pub type MetricId = u16;
+pub const HITS: MetricId = 0;
+
+/// A product's metrics and methods, flattened; methods have `hits` as parent.
+#[derive(Debug, Clone, Default)]
+pub struct MetricTable {
+    names: Vec<Box<str>>,
+    parents: Vec<Option<MetricId>>,
+}
+
+impl MetricTable {
+    pub fn new() -> Self {
+        MetricTable {
+            names: vec!["hits".into()],
+            parents: vec![None],
+        }
+    }
+
+    /// Adds a metric (`parent: None`) or a method (`parent: Some(HITS)`), once.
+    pub fn add(&mut self, name: &str, parent: Option<MetricId>) -> MetricId {
+        if let Some(id) = self.id(name) {
+            return id;
+        }
+        self.names.push(name.into());
+        self.parents.push(parent);
+        (self.names.len() - 1) as MetricId
+    }
+
+    pub fn id(&self, name: &str) -> Option<MetricId> {
+        self.names
+            .iter()
+            .position(|n| &**n == name)
+            .map(|i| i as MetricId)
+    }
+
+    pub fn name(&self, id: MetricId) -> &str {
+        &self.names[usize::from(id)]
+    }
+
+    pub fn parent(&self, id: MetricId) -> Option<MetricId> {
+        self.parents[usize::from(id)]
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Rule {
+    /// `None` for `ANY`.
+    pub method: Option<Method>,
+    pub pattern: Pattern,
+    pub metric: MetricId,
+    pub delta: u64,
+    pub last: bool,
+}
+
+/// What one request uses: a delta per metric, ancestors included once resolved.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Usage(pub Vec<(MetricId, u64)>);
+
+impl Usage {
+    pub fn add(&mut self, metric: MetricId, delta: u64) {
+        match self.0.iter_mut().find(|(m, _)| *m == metric) {
+            Some((_, d)) => *d = d.saturating_add(delta),
+            None => self.0.push((metric, delta)),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Adds every method's delta to its ancestors (methods count on `hits`).
+    pub fn with_ancestors(mut self, metrics: &MetricTable) -> Usage {
+        let direct = self.0.clone();
+        for (metric, delta) in direct {
+            let mut cur = metrics.parent(metric);
+            while let Some(p) = cur {
+                self.add(p, delta);
+                cur = metrics.parent(p);
+            }
+        }
+        self
+    }
+
+    pub fn delta(&self, metric: MetricId) -> u64 {
+        self.0
+            .iter()
+            .find(|(m, _)| *m == metric)
+            .map_or(0, |(_, d)| *d)
+    }
+}
+
+/// A product's compiled mapping rules (product rules first, then each backend usage's
+/// rules under its path).
+#[derive(Debug, Clone, Default)]
+pub struct Mapper {
+    rules: Vec<Rule>,
+    needs_query: bool,
+}
+
+impl Mapper {
+    pub fn new(rules: Vec<Rule>) -> Self {
+        let needs_query = rules.iter().any(|r| r.pattern.has_query());
+        Mapper { rules, needs_query }
+    }
+
+    /// Whether any rule looks at query parameters (so the caller parses the query once).
+    pub fn needs_query(&self) -> bool {
+        self.needs_query
+    }
+
+    /// Adds the delta of every matching rule to `usage`; returns whether any matched.
+    pub fn map(
+        &self,
+        method: &Method,
+        path: &str,
+        query: &QueryArgs<'_>,
+        usage: &mut Usage,
+    ) -> bool {
+        let mut matched = false;
+        for rule in &self.rules {
+            if rule.method.as_ref().is_some_and(|m| m != method) {
+                continue;
+            }
+            if rule.pattern.matches(path, query) {
+                matched = true;
+                usage.add(rule.metric, rule.delta);
+                if rule.last {
+                    break;
+                }
+            }
+        }
+        matched
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(method: &str, pattern: &str, metric: MetricId, delta: u64, last: bool) -> Rule {
+        Rule {
+            method: (method != "ANY").then(|| method.parse().expect("method")),
+            pattern: Pattern::parse(pattern).expect("pattern"),
+            metric,
+            delta,
+            last,
+        }
+    }
+
+    fn setup() -> (MetricTable, Mapper) {
+        let mut t = MetricTable::new();
+        let connect = t.add("connect", Some(HITS));
+        let messages = t.add("messages", None);
+        let mapper = Mapper::new(vec![
+            rule("GET", "/", connect, 1, false),
+            rule("ANY", "/rooms/{room}/messages?format=json", HITS, 2, true),
+            rule("POST", "/rooms/{room}/messages", messages, 5, false),
+            rule("GET", "/rooms", HITS, 1, false),
+        ]);
+        (t, mapper)
+    }
+
+    fn run(m: &Mapper, method: &str, path: &str, query: Option<&str>) -> Option<Usage> {
+        let mut u = Usage::default();
+        let q = QueryArgs::parse(query);
+        m.map(&method.parse().expect("method"), path, &q, &mut u)
+            .then_some(u)
+    }
+
+    #[test]
+    fn every_matching_rule_adds_and_last_stops() {
+        let (t, m) = setup();
+        // GET / and GET /rooms both match /rooms/1/messages?format=json; the ANY rule is last.
+        let u = run(&m, "GET", "/rooms/1/messages", Some("format=json")).expect("match");
+        assert_eq!(u, Usage(vec![(1, 1), (HITS, 2)]));
+        // With ancestors: connect (a method) also counts on hits.
+        assert_eq!(u.with_ancestors(&t).delta(HITS), 3);
+    }
+
+    #[test]
+    fn method_filter_and_no_match() {
+        let (_, m) = setup();
+        let u = run(&m, "POST", "/rooms/1/messages", None).expect("match");
+        assert_eq!(u, Usage(vec![(2, 5)]));
+        assert!(run(&m, "DELETE", "/nothing", None).is_none());
+        assert!(run(&m, "PUT", "/rooms", None).is_none());
+    }
+
+    #[test]
+    fn without_last_the_scan_continues() {
+        let (_, m) = setup();
+        let u = run(&m, "GET", "/rooms/9", None).expect("match");
+        assert_eq!(u, Usage(vec![(1, 1), (HITS, 1)]));
+    }
+}

@@ -1,0 +1,154 @@
+//! The `cors` policy (as APIcast's): answers preflight requests itself, before
+//! authentication (browsers send no credentials on a preflight), and adds the
+//! `Access-Control-*` headers to every response of a cross-origin request.
+//!
+//! ```yaml
+//! - name: cors
+//!   configuration:
+//!     allow_origin: "https://app.example.com"   # default: the request's Origin (any)
+//!     allow_methods: [GET, POST]                # default: the preflight's requested method
+//!     allow_headers: [Content-Type, user_key]   # default: the preflight's requested headers
+//!     allow_credentials: true
+//!     max_age: 600
+//! ```
+
+use super::{Context, Flow, Policy};
+use crate::body::GatewayBody;
+use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header, request, response};
+use serde::Deserialize;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Config {
+    #[serde(default)]
+    allow_origin: Option<String>,
+    #[serde(default)]
+    allow_methods: Vec<String>,
+    #[serde(default)]
+    allow_headers: Vec<String>,
+    #[serde(default)]
+    allow_credentials: bool,
+    #[serde(default)]
+    max_age: Option<u32>,
+}
+
+pub struct CorsPolicy {
+    allow_origin: Option<HeaderValue>,
+    allow_methods: Option<HeaderValue>,
+    allow_headers: Option<HeaderValue>,
+    allow_credentials: bool,
+    max_age: Option<HeaderValue>,
+}
+
+fn joined(list: &[String], what: &str) -> Result<Option<HeaderValue>, (String, String)> {
+    if list.is_empty() {
+        return Ok(None);
+    }
+    HeaderValue::from_str(&list.join(", "))
+        .map(Some)
+        .map_err(|_| {
+            (
+                what.to_string(),
+                "contains characters not allowed in a header".into(),
+            )
+        })
+}
+
+impl CorsPolicy {
+    pub(super) fn new(c: Config) -> Result<Self, (String, String)> {
+        for (i, m) in c.allow_methods.iter().enumerate() {
+            if Method::from_bytes(m.as_bytes()).is_err() {
+                return Err((
+                    format!("allow_methods[{i}]"),
+                    format!("`{m}` is not an HTTP method"),
+                ));
+            }
+        }
+        let allow_origin = c
+            .allow_origin
+            .map(|o| {
+                HeaderValue::try_from(o).map_err(|_| {
+                    (
+                        "allow_origin".to_string(),
+                        "is not a valid header value".to_string(),
+                    )
+                })
+            })
+            .transpose()?;
+        Ok(CorsPolicy {
+            allow_origin,
+            allow_methods: joined(&c.allow_methods, "allow_methods")?,
+            allow_headers: joined(&c.allow_headers, "allow_headers")?,
+            allow_credentials: c.allow_credentials,
+            max_age: c.max_age.map(HeaderValue::from),
+        })
+    }
+
+    fn origin(&self, req: &HeaderMap) -> Option<HeaderValue> {
+        let origin = req.get(header::ORIGIN)?;
+        Some(self.allow_origin.clone().unwrap_or_else(|| origin.clone()))
+    }
+
+    fn common(&self, origin: HeaderValue, out: &mut HeaderMap) {
+        out.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+        if self.allow_credentials {
+            out.insert(
+                header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+                HeaderValue::from_static("true"),
+            );
+        }
+        out.append(header::VARY, HeaderValue::from_static("Origin"));
+    }
+}
+
+impl Policy for CorsPolicy {
+    fn name(&self) -> &'static str {
+        "cors"
+    }
+
+    fn rewrite(&self, req: &mut request::Parts, _ctx: &mut Context<'_>) -> Flow {
+        let preflight = req.method == Method::OPTIONS
+            && req
+                .headers
+                .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
+        let Some(origin) = preflight.then(|| self.origin(&req.headers)).flatten() else {
+            return Flow::Continue;
+        };
+        let mut resp = Response::new(GatewayBody::empty());
+        *resp.status_mut() = StatusCode::NO_CONTENT;
+        let h = resp.headers_mut();
+        self.common(origin, h);
+        let methods = self.allow_methods.clone().or_else(|| {
+            req.headers
+                .get(header::ACCESS_CONTROL_REQUEST_METHOD)
+                .cloned()
+        });
+        if let Some(m) = methods {
+            h.insert(header::ACCESS_CONTROL_ALLOW_METHODS, m);
+        }
+        let headers = self.allow_headers.clone().or_else(|| {
+            req.headers
+                .get(header::ACCESS_CONTROL_REQUEST_HEADERS)
+                .cloned()
+        });
+        if let Some(v) = headers {
+            h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, v);
+        }
+        if let Some(age) = &self.max_age {
+            h.insert(header::ACCESS_CONTROL_MAX_AGE, age.clone());
+        }
+        Flow::Respond(resp)
+    }
+
+    fn response(&self, resp: &mut response::Parts, req: &request::Parts, _ctx: &Context<'_>) {
+        if resp
+            .headers
+            .contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN)
+        {
+            return; // a preflight we answered, or a backend that does CORS itself
+        }
+        if let Some(origin) = self.origin(&req.headers) {
+            self.common(origin, &mut resp.headers);
+        }
+    }
+}

@@ -1,0 +1,76 @@
+//! The `tollgate` policy (3scale's `apicast`): credentials → application → mapping
+//! rules → usage. The limits check that follows is run by the gateway after the access
+//! phase of every policy (see the module docs of `policy`).
+
+use super::{Context, Flow, Policy};
+use crate::auth::{self, Credentials};
+use crate::mapping::Usage;
+use http::request::Parts;
+use serde::Deserialize;
+use tollgate_model::ApplicationState;
+use tollgate_model::pattern::QueryArgs;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Config {}
+
+pub struct TollgatePolicy;
+
+impl Policy for TollgatePolicy {
+    fn name(&self) -> &'static str {
+        "tollgate"
+    }
+
+    fn access(&self, req: &Parts, ctx: &mut Context<'_>) -> Flow {
+        let product = ctx.product;
+        // The query is parsed at most once, and only when credentials or rules need it.
+        let needs_query = product.credentials_in_query() || product.mapper.needs_query();
+        let query = if needs_query {
+            QueryArgs::parse(req.uri.query())
+        } else {
+            QueryArgs::default()
+        };
+
+        let Some(credentials) = auth::extract(&product.authentication, req, &query) else {
+            return Flow::Respond(product.errors.auth_missing.respond());
+        };
+        let application = match &credentials {
+            Credentials::UserKey(key) => product.applications_by_user_key.get(&**key),
+            Credentials::AppId { app_id, app_key } => product
+                .applications_by_app_id
+                .get(&**app_id)
+                .filter(|app| match app_key {
+                    Some(k) => app
+                        .app_keys
+                        .iter()
+                        .any(|known| constant_time_eq(known.as_bytes(), k.as_bytes())),
+                    None => false,
+                }),
+        };
+        let Some(application) = application else {
+            return Flow::Respond(product.errors.auth_failed.respond());
+        };
+        if application.state == ApplicationState::Suspended {
+            return Flow::Respond(product.errors.auth_failed.respond());
+        }
+
+        let mut usage = Usage::default();
+        if !product
+            .mapper
+            .map(&req.method, req.uri.path(), &query, &mut usage)
+        {
+            return Flow::Respond(product.errors.no_match.respond());
+        }
+        ctx.usage = usage.with_ancestors(&product.metrics);
+        ctx.application = Some(application.clone());
+        Flow::Continue
+    }
+}
+
+/// Compares keys without leaking, through timing, how much of a guess was right.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

@@ -1,0 +1,460 @@
+//! The request path: host → product, the policy chain, limits, routing to a backend
+//! usage, and the proxied exchange (HTTP, or a WebSocket upgrade and its relay).
+
+use crate::body::GatewayBody;
+use crate::error::GatewayError;
+use crate::metrics::Metrics;
+use crate::policy::{Context, Flow};
+use crate::snapshot::{Environment, SnapshotHandle};
+use crate::upstream::{ConnectError, Upstream, error_chain};
+use base64::Engine;
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Version, request};
+use http_body_util::Empty;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tollgate_counters::{Check, Clock, Counters, Decision, LimitStatus};
+
+/// What the listener knows about the connection a request came on.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnInfo {
+    pub client_addr: SocketAddr,
+    pub tls: bool,
+}
+
+/// One environment's gateway: the state every request of that environment shares.
+pub struct Gateway {
+    pub environment: Environment,
+    snapshot: SnapshotHandle,
+    counters: Arc<Counters>,
+    clock: Arc<dyn Clock>,
+    metrics: Arc<Metrics>,
+}
+
+impl Gateway {
+    pub fn new(
+        environment: Environment,
+        snapshot: SnapshotHandle,
+        counters: Arc<Counters>,
+        clock: Arc<dyn Clock>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Gateway {
+            environment,
+            snapshot,
+            counters,
+            clock,
+            metrics,
+        }
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Answers one request. Never fails: every failure becomes a response here.
+    pub async fn handle(&self, req: Request<Incoming>, conn: ConnInfo) -> Response<GatewayBody> {
+        let resp = match self.route(req, conn).await {
+            Ok(resp) => resp,
+            Err(e) => {
+                if e.side() == crate::error::Side::Upstream {
+                    self.metrics.env(self.environment).upstream_error();
+                }
+                e.into_response()
+            }
+        };
+        self.metrics
+            .env(self.environment)
+            .response(resp.status().as_u16());
+        resp
+    }
+
+    async fn route(
+        &self,
+        mut req: Request<Incoming>,
+        conn: ConnInfo,
+    ) -> Result<Response<GatewayBody>, GatewayError> {
+        // One atomic increment; the snapshot stays alive for this request even if a
+        // new one is swapped in meanwhile.
+        let snapshot = self.snapshot.load_full();
+        let host = request_host(&req).ok_or(GatewayError::BadRequest("the request has no Host"))?;
+        let product = match snapshot.product_for_host(host) {
+            Some(p) => p,
+            None if host.bytes().any(|b| b.is_ascii_uppercase()) => snapshot
+                .product_for_host(&host.to_ascii_lowercase())
+                .ok_or(GatewayError::UnknownHost)?,
+            None => return Err(GatewayError::UnknownHost),
+        };
+        let product = product.clone();
+        let websocket = websocket_upgrade(&req)?;
+        if websocket && !product.websocket {
+            return Err(GatewayError::WebSocketDisabled);
+        }
+        let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
+        let (mut parts, body) = req.into_parts();
+        let mut ctx = Context {
+            product: &product,
+            client_addr: conn.client_addr,
+            tls: conn.tls,
+            websocket,
+            now: self.clock.now(),
+            application: None,
+            usage: Default::default(),
+        };
+
+        let mut resp = match self.request_phases(&mut parts, &mut ctx).await {
+            Ok(()) => match client_upgrade {
+                Some(client) => self.websocket(&parts, &ctx, client).await,
+                None => self.forward(&parts, body, &ctx).await,
+            },
+            Err(local) => Ok(local),
+        };
+        // Response phases run for proxied and local responses alike (a 401 needs its
+        // CORS headers as much as a 200 does).
+        if let Ok(r) = resp.as_mut() {
+            let (mut head, body) =
+                std::mem::replace(r, Response::new(GatewayBody::empty())).into_parts();
+            for policy in &product.chain {
+                policy.response(&mut head, &parts, &ctx);
+            }
+            *r = Response::from_parts(head, body);
+        }
+        resp
+    }
+
+    /// Rewrite and access phases, then the limits check. `Err` is a local response.
+    async fn request_phases(
+        &self,
+        parts: &mut request::Parts,
+        ctx: &mut Context<'_>,
+    ) -> Result<(), Response<GatewayBody>> {
+        let chain = &ctx.product.chain;
+        for policy in chain {
+            if let Flow::Respond(r) = policy.rewrite(parts, ctx) {
+                return Err(r);
+            }
+        }
+        for policy in chain {
+            if let Flow::Respond(r) = policy.access(parts, ctx) {
+                return Err(r);
+            }
+        }
+        let Some(app) = ctx.application.as_ref() else {
+            return Ok(());
+        };
+        let product = ctx.product;
+        let checks: Vec<Check<'_>> = app
+            .plan
+            .limits
+            .iter()
+            .filter_map(|l| {
+                let delta = ctx.usage.delta(l.metric);
+                (delta > 0).then(|| Check {
+                    metric: product.metrics.name(l.metric),
+                    period: l.period,
+                    max: l.value,
+                    delta,
+                })
+            })
+            .collect();
+        match self.counters.authorize(&app.id, &checks, ctx.now).await {
+            Ok(Decision::Allowed(_)) => Ok(()),
+            Ok(Decision::Exceeded(status)) => {
+                self.metrics.env(self.environment).limits_exceeded();
+                let mut resp = product.errors.limits_exceeded.respond();
+                rate_limit_headers(resp.headers_mut(), &status, ctx.now);
+                Err(resp)
+            }
+            Err(e) => Err(GatewayError::CountersUnavailable(e.to_string()).into_response()),
+        }
+    }
+
+    /// The upstream request's head: the client's, minus hop-by-hop headers, with
+    /// `X-Forwarded-*` added and the upstream request phase applied.
+    fn upstream_head(
+        &self,
+        parts: &request::Parts,
+        ctx: &Context<'_>,
+        upstream: &Upstream,
+        rest: &str,
+    ) -> Result<request::Parts, GatewayError> {
+        let uri = upstream
+            .uri(rest, parts.uri.query())
+            .map_err(|_| GatewayError::BadRequest("the request path cannot be forwarded"))?;
+        let (mut head, ()) = Request::new(()).into_parts();
+        head.method = parts.method.clone();
+        head.uri = uri;
+        head.version = Version::HTTP_11;
+        head.headers = forwardable_headers(&parts.headers);
+        add_forwarded(&mut head.headers, parts, ctx);
+        for policy in &ctx.product.chain {
+            policy.upstream_request(&mut head, ctx);
+        }
+        Ok(head)
+    }
+
+    async fn forward(
+        &self,
+        parts: &request::Parts,
+        body: Incoming,
+        ctx: &Context<'_>,
+    ) -> Result<Response<GatewayBody>, GatewayError> {
+        let (usage, rest) = ctx
+            .product
+            .route(parts.uri.path())
+            .ok_or(GatewayError::NoBackend)?;
+        let head = self.upstream_head(parts, ctx, &usage.upstream, rest)?;
+        let mut resp = usage
+            .upstream
+            .request(Request::from_parts(head, body))
+            .await?;
+        strip_hop_by_hop(resp.headers_mut());
+        Ok(resp)
+    }
+
+    async fn websocket(
+        &self,
+        parts: &request::Parts,
+        ctx: &Context<'_>,
+        client: hyper::upgrade::OnUpgrade,
+    ) -> Result<Response<GatewayBody>, GatewayError> {
+        let (usage, rest) = ctx
+            .product
+            .route(parts.uri.path())
+            .ok_or(GatewayError::NoBackend)?;
+        let upstream = &usage.upstream;
+        let mut head = self.upstream_head(parts, ctx, upstream, rest)?;
+        // Upgrade requests go in origin form on their own connection.
+        head.uri = head.uri.path_and_query().map_or_else(
+            || http::Uri::from_static("/"),
+            |pq| pq.as_str().parse().unwrap_or_default(),
+        );
+        head.headers.insert(
+            header::HOST,
+            HeaderValue::from_str(upstream.authority.as_str())
+                .map_err(|_| GatewayError::NoBackend)?,
+        );
+        head.headers
+            .insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        head.headers
+            .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+
+        let stream = upstream.connector.connect().await.map_err(|e| match e {
+            ConnectError::Timeout(_) => GatewayError::UpstreamTimeout(e.to_string()),
+            _ => GatewayError::UpstreamUnavailable(e.to_string()),
+        })?;
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
+                .await
+                .map_err(|e| GatewayError::UpstreamFailed(error_chain(&e)))?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.with_upgrades().await {
+                tracing::debug!(error = %e, "upstream WebSocket handshake connection ended");
+            }
+        });
+        let mut resp = sender
+            .send_request(Request::from_parts(head, Empty::new()))
+            .await
+            .map_err(|e| GatewayError::UpstreamFailed(error_chain(&e)))?;
+        if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+            // The backend refused the upgrade: its answer goes to the client as it is.
+            strip_hop_by_hop(resp.headers_mut());
+            return Ok(resp.map(GatewayBody::from));
+        }
+        let backend = hyper::upgrade::on(&mut resp);
+        let mut out = Response::new(GatewayBody::empty());
+        *out.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        *out.headers_mut() = forwardable_headers(resp.headers());
+        out.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        out.headers_mut()
+            .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        let metrics = self.metrics.clone();
+        let env = self.environment;
+        tokio::spawn(async move {
+            let (client, backend) = tokio::join!(client, backend);
+            let (client, backend) = match (client, backend) {
+                (Ok(c), Ok(b)) => (c, b),
+                (c, b) => {
+                    tracing::debug!(
+                        client_ok = c.is_ok(),
+                        backend_ok = b.is_ok(),
+                        "WebSocket upgrade did not complete"
+                    );
+                    return;
+                }
+            };
+            metrics.env(env).websocket_opened();
+            relay(client, backend).await;
+            metrics.env(env).websocket_closed();
+        });
+        Ok(out)
+    }
+}
+
+/// Copies bytes both ways until both directions end. Each direction holds one bounded
+/// buffer and writes before it reads again, so a client that stops reading stops the
+/// backend's stream instead of growing memory (backpressure, end to end).
+async fn relay(client: hyper::upgrade::Upgraded, backend: hyper::upgrade::Upgraded) {
+    let mut client = TokioIo::new(client);
+    let mut backend = TokioIo::new(backend);
+    match tokio::io::copy_bidirectional_with_sizes(&mut client, &mut backend, 16 * 1024, 16 * 1024)
+        .await
+    {
+        Ok((up, down)) => tracing::debug!(up, down, "WebSocket closed"),
+        Err(e) => tracing::debug!(error = %e, "WebSocket ended with an error"),
+    }
+}
+
+/// The request's host, without port: the `Host` header (HTTP/1.1) or the `:authority`.
+fn request_host(req: &Request<Incoming>) -> Option<&str> {
+    let raw = match req.uri().authority() {
+        Some(a) => a.as_str(),
+        None => req.headers().get(header::HOST)?.to_str().ok()?,
+    };
+    let raw = raw.rsplit_once('@').map_or(raw, |(_, h)| h);
+    let host = if let Some(v6) = raw.strip_prefix('[') {
+        v6.split(']').next()?
+    } else {
+        match raw.rsplit_once(':') {
+            Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+            _ => raw,
+        }
+    };
+    let host = host.strip_suffix('.').unwrap_or(host);
+    (!host.is_empty()).then_some(host)
+}
+
+fn header_has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// Whether the request asks for a WebSocket upgrade; an invalid one is an error.
+fn websocket_upgrade(req: &Request<Incoming>) -> Result<bool, GatewayError> {
+    let headers = req.headers();
+    if !header_has_token(headers, header::UPGRADE, "websocket") {
+        return Ok(false);
+    }
+    if req.version() != Version::HTTP_11 {
+        return Err(GatewayError::BadUpgrade("WebSocket upgrades need HTTP/1.1"));
+    }
+    if req.method() != Method::GET {
+        return Err(GatewayError::BadUpgrade(
+            "the upgrade request must be a GET",
+        ));
+    }
+    if !header_has_token(headers, header::CONNECTION, "upgrade") {
+        return Err(GatewayError::BadUpgrade("`Connection: Upgrade` is missing"));
+    }
+    let key_ok = headers
+        .get(header::SEC_WEBSOCKET_KEY)
+        .and_then(|k| {
+            base64::engine::general_purpose::STANDARD
+                .decode(k.as_bytes())
+                .ok()
+        })
+        .is_some_and(|k| k.len() == 16);
+    if !key_ok {
+        return Err(GatewayError::BadUpgrade(
+            "Sec-WebSocket-Key is missing or not 16 base64-encoded bytes",
+        ));
+    }
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .is_none_or(|v| v.as_bytes() != b"13")
+    {
+        return Err(GatewayError::BadUpgrade("Sec-WebSocket-Version must be 13"));
+    }
+    Ok(true)
+}
+
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::HOST,
+];
+
+fn is_hop_by_hop(name: &HeaderName, connection: &HeaderMap) -> bool {
+    HOP_BY_HOP.contains(name) || header_has_token(connection, header::CONNECTION, name.as_str())
+}
+
+/// A copy of `headers` without hop-by-hop headers (RFC 9110 §7.6.1), including those
+/// the `Connection` header names. Copying clones reference-counted bytes, not data.
+fn forwardable_headers(headers: &HeaderMap) -> HeaderMap {
+    let mut out = HeaderMap::with_capacity(headers.len() + 3);
+    for (name, value) in headers {
+        if !is_hop_by_hop(name, headers) {
+            out.append(name.clone(), value.clone());
+        }
+    }
+    out
+}
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .collect();
+        for n in named {
+            headers.remove(n);
+        }
+    }
+    for n in &HOP_BY_HOP[..7] {
+        headers.remove(n);
+    }
+}
+
+fn add_forwarded(headers: &mut HeaderMap, parts: &request::Parts, ctx: &Context<'_>) {
+    const XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
+    const XFP: HeaderName = HeaderName::from_static("x-forwarded-proto");
+    const XFH: HeaderName = HeaderName::from_static("x-forwarded-host");
+    let ip = ctx.client_addr.ip().to_string();
+    let xff = match headers.get(&XFF).and_then(|v| v.to_str().ok()) {
+        Some(prev) => format!("{prev}, {ip}"),
+        None => ip,
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        headers.insert(XFF, v);
+    }
+    headers.insert(
+        XFP,
+        HeaderValue::from_static(if ctx.tls { "https" } else { "http" }),
+    );
+    let host = parts.headers.get(header::HOST).cloned().or_else(|| {
+        parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
+    if let Some(h) = host {
+        headers.insert(XFH, h);
+    }
+}
+
+/// `RateLimit-Limit/-Remaining/-Reset` and `Retry-After` (omitted for `eternity`).
+fn rate_limit_headers(headers: &mut HeaderMap, status: &LimitStatus, now: i64) {
+    headers.insert("ratelimit-limit", HeaderValue::from(status.max));
+    headers.insert("ratelimit-remaining", HeaderValue::from(status.remaining()));
+    if let Some(reset) = status.reset_at {
+        let secs = (reset - now).max(0);
+        headers.insert("ratelimit-reset", HeaderValue::from(secs));
+        headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+}

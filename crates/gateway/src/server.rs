@@ -1,0 +1,202 @@
+//! Listeners: accept with a connection cap, optional TLS (ALPN `h2`, `http/1.1`),
+//! HTTP/1.1 and HTTP/2 on one port, and the limits that keep hostile clients from
+//! exhausting the gateway: header-read and idle timeouts (slowloris), header size,
+//! HTTP/2 stream and reset-flood limits. Running out of file descriptors slows the
+//! accept loop down instead of crashing it.
+
+use crate::proxy::{ConnInfo, Gateway};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use rustls::ServerConfig;
+use rustls::pki_types::PrivateKeyDer;
+use rustls_pki_types::pem::PemObject;
+use std::convert::Infallible;
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+use tokio_rustls::TlsAcceptor;
+
+#[derive(Clone)]
+pub struct ListenerOptions {
+    /// Connections served at once; more are closed on accept.
+    pub max_connections: usize,
+    /// Time allowed to send a complete request head, and to start the next request on
+    /// an idle keep-alive connection.
+    pub header_read_timeout: Duration,
+    /// Largest request head accepted (HTTP/1.1: bigger → 431); at least 8 KiB.
+    pub max_header_bytes: usize,
+    pub tls: Option<TlsAcceptor>,
+    pub tls_handshake_timeout: Duration,
+    /// HTTP/2 streams open at once per connection.
+    pub h2_max_concurrent_streams: u32,
+    /// How long in-flight HTTP requests may take to finish at shutdown.
+    pub drain_timeout: Duration,
+}
+
+impl Default for ListenerOptions {
+    fn default() -> Self {
+        ListenerOptions {
+            max_connections: 8_192,
+            header_read_timeout: Duration::from_secs(30),
+            max_header_bytes: 32 * 1024,
+            tls: None,
+            tls_handshake_timeout: Duration::from_secs(10),
+            h2_max_concurrent_streams: 256,
+            drain_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A TLS acceptor from PEM files, offering HTTP/2 and HTTP/1.1 by ALPN.
+pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, String> {
+    let certs = crate::upstream::load_certs(cert)?;
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| format!("{}: no usable private key: {e}", key.display()))?;
+    let mut config =
+        ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .map_err(|e| format!("certificate and key do not fit together: {e}"))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+fn builder(opts: &ListenerOptions) -> auto::Builder<TokioExecutor> {
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    b.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(opts.header_read_timeout)
+        .max_buf_size(opts.max_header_bytes.max(8192))
+        .keep_alive(true);
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(opts.h2_max_concurrent_streams)
+        .max_pending_accept_reset_streams(64)
+        .max_local_error_reset_streams(1024)
+        .max_header_list_size(opts.max_header_bytes.max(8192) as u32)
+        .keep_alive_interval(Some(Duration::from_secs(30)));
+    b
+}
+
+/// Serves `gateway` on an already-bound listener until `shutdown` completes, then stops
+/// accepting and lets in-flight requests finish (up to `drain_timeout`).
+pub async fn serve(
+    listener: TcpListener,
+    gateway: Arc<Gateway>,
+    opts: ListenerOptions,
+    shutdown: impl Future<Output = ()>,
+) {
+    let builder = Arc::new(builder(&opts));
+    let slots = Arc::new(Semaphore::new(opts.max_connections));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let env = gateway.environment;
+    tokio::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            () = &mut shutdown => break,
+            r = listener.accept() => r,
+        };
+        let (tcp, client_addr) = match accepted {
+            Ok(c) => c,
+            Err(e) if is_per_connection_error(&e) => continue,
+            Err(e) => {
+                // EMFILE/ENFILE/ENOBUFS: back off so the loop does not spin, and keep
+                // serving the connections we have.
+                tracing::warn!(error = %e, "accept failed; retrying shortly");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            gateway.metrics().env(env).connection_refused();
+            drop(tcp);
+            continue;
+        };
+        let _ = tcp.set_nodelay(true);
+        let (gateway, builder, opts, mut stop) = (
+            gateway.clone(),
+            builder.clone(),
+            opts.clone(),
+            stop_rx.clone(),
+        );
+        tokio::spawn(async move {
+            let _permit = permit;
+            match &opts.tls {
+                None => {
+                    let info = ConnInfo {
+                        client_addr,
+                        tls: false,
+                    };
+                    serve_connection(TokioIo::new(tcp), info, &gateway, &builder, &mut stop).await;
+                }
+                Some(acceptor) => {
+                    let tls = match tokio::time::timeout(
+                        opts.tls_handshake_timeout,
+                        acceptor.accept(tcp),
+                    )
+                    .await
+                    {
+                        Ok(Ok(tls)) => tls,
+                        Ok(Err(e)) => {
+                            return tracing::debug!(error = %e, %client_addr, "TLS handshake failed");
+                        }
+                        Err(_) => return tracing::debug!(%client_addr, "TLS handshake timed out"),
+                    };
+                    let info = ConnInfo {
+                        client_addr,
+                        tls: true,
+                    };
+                    serve_connection(TokioIo::new(tls), info, &gateway, &builder, &mut stop).await;
+                }
+            }
+        });
+    }
+    drop(listener);
+    let _ = stop_tx.send(true);
+    // Wait for connections to finish their requests, up to the drain timeout.
+    let all = opts.max_connections as u32;
+    let _ = tokio::time::timeout(opts.drain_timeout, slots.acquire_many(all)).await;
+}
+
+async fn serve_connection<I>(
+    io: TokioIo<I>,
+    info: ConnInfo,
+    gateway: &Arc<Gateway>,
+    builder: &auto::Builder<TokioExecutor>,
+    stop: &mut watch::Receiver<bool>,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let gw = gateway.clone();
+    let service = service_fn(move |req| {
+        let gw = gw.clone();
+        async move { Ok::<_, Infallible>(gw.handle(req, info).await) }
+    });
+    let conn = builder.serve_connection_with_upgrades(io, service);
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, client = %info.client_addr, "connection ended with an error");
+            }
+        }
+        _ = async { let _ = stop.wait_for(|s| *s).await; } => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}
+
+fn is_per_connection_error(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(
+        e.kind(),
+        ConnectionAborted | ConnectionReset | ConnectionRefused | Interrupted | WouldBlock
+    )
+}

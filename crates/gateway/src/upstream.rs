@@ -1,0 +1,383 @@
+//! Connections to backends: TCP with a connect timeout, TLS verified against the
+//! system roots or the backend's `ca_file` (or not at all, when `verify: false` says
+//! so), and a keep-alive pool per backend for ordinary HTTP. WebSocket upgrades take a
+//! fresh connection each, since an upgraded connection can never return to a pool.
+
+use crate::body::GatewayBody;
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::{Connected, Connection};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls_pki_types::pem::PemObject;
+use std::future::Future;
+use std::io;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tollgate_model::{BackendTls, BaseUrl};
+
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why a backend connection failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("connecting to {0} timed out")]
+    Timeout(String),
+    #[error("connecting to {0}: {1}")]
+    Io(String, io::Error),
+    #[error("TLS handshake with {0}: {1}")]
+    Tls(String, io::Error),
+}
+
+/// A stream to a backend, plain or TLS.
+pub enum UpstreamStream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for UpstreamStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpstreamStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            UpstreamStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for UpstreamStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            UpstreamStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            UpstreamStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpstreamStream::Plain(s) => Pin::new(s).poll_flush(cx),
+            UpstreamStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpstreamStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            UpstreamStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            UpstreamStream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            UpstreamStream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            UpstreamStream::Plain(s) => s.is_write_vectored(),
+            UpstreamStream::Tls(s) => s.is_write_vectored(),
+        }
+    }
+}
+
+impl Connection for UpstreamStream {
+    fn connected(&self) -> Connected {
+        Connected::new()
+    }
+}
+
+struct ConnectorInner {
+    /// `host:port`, for connecting and for messages.
+    address: String,
+    tls: Option<(TlsConnector, ServerName<'static>)>,
+    connect_timeout: Duration,
+}
+
+/// Connects to one backend, whatever URI it is asked for.
+#[derive(Clone)]
+pub struct Connector(Arc<ConnectorInner>);
+
+impl Connector {
+    pub async fn connect(&self) -> Result<UpstreamStream, ConnectError> {
+        let inner = &self.0;
+        let tcp = tokio::time::timeout(inner.connect_timeout, TcpStream::connect(&inner.address))
+            .await
+            .map_err(|_| ConnectError::Timeout(inner.address.clone()))?
+            .map_err(|e| ConnectError::Io(inner.address.clone(), e))?;
+        let _ = tcp.set_nodelay(true);
+        match &inner.tls {
+            None => Ok(UpstreamStream::Plain(tcp)),
+            Some((connector, name)) => {
+                let tls = tokio::time::timeout(
+                    inner.connect_timeout,
+                    connector.connect(name.clone(), tcp),
+                )
+                .await
+                .map_err(|_| ConnectError::Timeout(inner.address.clone()))?
+                .map_err(|e| ConnectError::Tls(inner.address.clone(), e))?;
+                Ok(UpstreamStream::Tls(Box::new(tls)))
+            }
+        }
+    }
+}
+
+impl tower_service::Service<http::Uri> for Connector {
+    type Response = TokioIo<UpstreamStream>;
+    type Error = ConnectError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _uri: http::Uri) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move { this.connect().await.map(TokioIo::new) })
+    }
+}
+
+/// A backend as the gateway reaches it.
+pub struct Upstream {
+    pub base: BaseUrl,
+    /// `http` or `https` (`ws`/`wss` backends serve HTTP too).
+    pub http_scheme: http::uri::Scheme,
+    pub authority: http::uri::Authority,
+    pub connector: Connector,
+    pub client: Client<Connector, Incoming>,
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream")
+            .field("base", &self.base)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Upstream {
+    /// Builds the connector and pool for a backend. Errors are messages for the
+    /// configuration's `tls` field.
+    pub fn new(
+        base: BaseUrl,
+        tls: &BackendTls,
+        connect_timeout: Duration,
+    ) -> Result<Upstream, String> {
+        let host_for_uri = if base.host.contains(':') {
+            format!("[{}]", base.host)
+        } else {
+            base.host.clone()
+        };
+        let address = format!("{host_for_uri}:{}", base.port);
+        let tls_connector = if base.is_tls() {
+            let config = client_tls_config(tls)?;
+            let name = tls.server_name.clone().unwrap_or_else(|| base.host.clone());
+            let name = ServerName::try_from(name).map_err(|e| format!("`server_name`: {e}"))?;
+            Some((TlsConnector::from(Arc::new(config)), name))
+        } else {
+            None
+        };
+        let connector = Connector(Arc::new(ConnectorInner {
+            address: address.clone(),
+            tls: tls_connector,
+            connect_timeout,
+        }));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(1024)
+            .build(connector.clone());
+        let http_scheme = if base.is_tls() {
+            http::uri::Scheme::HTTPS
+        } else {
+            http::uri::Scheme::HTTP
+        };
+        let authority = address
+            .parse()
+            .map_err(|e| format!("`{address}` is not a valid authority: {e}"))?;
+        Ok(Upstream {
+            base,
+            http_scheme,
+            authority,
+            connector,
+            client,
+        })
+    }
+
+    /// The URI of a request to this backend: the base path, then `path`, then `query`.
+    pub fn uri(&self, path: &str, query: Option<&str>) -> Result<http::Uri, http::Error> {
+        let mut pq = String::with_capacity(
+            self.base.path.len() + path.len() + query.map_or(0, |q| q.len() + 1),
+        );
+        pq.push_str(&self.base.path);
+        pq.push_str(path);
+        if pq.is_empty() {
+            pq.push('/');
+        }
+        if let Some(q) = query {
+            pq.push('?');
+            pq.push_str(q);
+        }
+        http::Uri::builder()
+            .scheme(self.http_scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(pq)
+            .build()
+    }
+
+    pub async fn request(
+        &self,
+        req: http::Request<Incoming>,
+    ) -> Result<http::Response<GatewayBody>, crate::error::GatewayError> {
+        use crate::error::GatewayError;
+        match self.client.request(req).await {
+            Ok(resp) => Ok(resp.map(GatewayBody::from)),
+            Err(e) => {
+                let detail = error_chain(&e);
+                let timeout = std::error::Error::source(&e)
+                    .and_then(|s| s.downcast_ref::<ConnectError>())
+                    .is_some_and(|c| matches!(c, ConnectError::Timeout(_)));
+                Err(if timeout {
+                    GatewayError::UpstreamTimeout(detail)
+                } else if e.is_connect() {
+                    GatewayError::UpstreamUnavailable(detail)
+                } else {
+                    GatewayError::UpstreamFailed(detail)
+                })
+            }
+        }
+    }
+}
+
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+fn native_roots() -> Arc<RootCertStore> {
+    static ROOTS: OnceLock<Arc<RootCertStore>> = OnceLock::new();
+    ROOTS
+        .get_or_init(|| {
+            let mut store = RootCertStore::empty();
+            let found = rustls_native_certs::load_native_certs();
+            for e in &found.errors {
+                tracing::warn!(error = %e, "could not load some system root certificates");
+            }
+            let (added, ignored) = store.add_parsable_certificates(found.certs);
+            tracing::debug!(added, ignored, "loaded system root certificates");
+            Arc::new(store)
+        })
+        .clone()
+}
+
+/// Reads every certificate of a PEM file.
+pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs: Vec<_> = CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{} is not a PEM certificate file: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{} holds no certificate", path.display()));
+    }
+    Ok(certs)
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+pub fn client_tls_config(tls: &BackendTls) -> Result<ClientConfig, String> {
+    let builder = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?;
+    let mut config = if !tls.verify {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(NoVerification(provider())))
+            .with_no_client_auth()
+    } else if let Some(ca) = &tls.ca_file {
+        let mut roots = RootCertStore::empty();
+        for cert in load_certs(ca)? {
+            roots
+                .add(cert)
+                .map_err(|e| format!("{}: {e}", ca.display()))?;
+        }
+        builder.with_root_certificates(roots).with_no_client_auth()
+    } else {
+        builder
+            .with_root_certificates(native_roots())
+            .with_no_client_auth()
+    };
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// `verify: false`: accepts any certificate. The caller has been warned in the log.
+#[derive(Debug)]
+struct NoVerification(Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for NoVerification {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}

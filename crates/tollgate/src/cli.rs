@@ -1,0 +1,98 @@
+//! Command-line flags. Every flag of `serve` also reads `TOLLGATE_<FLAG>` from the
+//! environment (e.g. `TOLLGATE_STAGING_LISTEN=127.0.0.1:9081`).
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tollgate",
+    version,
+    about = "API management gateway for HTTP and WebSocket services"
+)]
+pub struct Cli {
+    /// Log filter (tracing syntax), e.g. `info`, `tollgate=debug`; RUST_LOG overrides it.
+    #[arg(long, global = true, env = "TOLLGATE_LOG", default_value = "info")]
+    pub log: String,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the staging and production gateways (and the admin listener) on this machine.
+    Serve(ServeArgs),
+    /// Validate a configuration file and print every error with its path.
+    Check(CheckArgs),
+    /// An interactive WebSocket client: stdin lines are sent, received messages printed.
+    Ws(WsArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Declarative configuration (YAML) for both environments (DB-less mode). SIGHUP
+    /// reloads it; a broken file is rejected and the running configuration stays.
+    #[arg(long, short = 'c', env = "TOLLGATE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Start a built-in WebSocket echo backend and a demo product, and print a
+    /// ready-to-run `tollgate ws` command.
+    #[arg(long, env = "TOLLGATE_DEMO")]
+    pub demo: bool,
+    /// Production gateway address; `tls://HOST:PORT` for TLS (needs --tls-cert/--tls-key).
+    #[arg(
+        long,
+        env = "TOLLGATE_PRODUCTION_LISTEN",
+        default_value = "0.0.0.0:8080"
+    )]
+    pub production_listen: String,
+    /// Staging gateway address; `tls://HOST:PORT` for TLS.
+    #[arg(long, env = "TOLLGATE_STAGING_LISTEN", default_value = "0.0.0.0:8081")]
+    pub staging_listen: String,
+    /// Admin listener: /status/live, /status/ready and /metrics.
+    #[arg(long, env = "TOLLGATE_ADMIN_LISTEN", default_value = "127.0.0.1:8090")]
+    pub admin_listen: String,
+    /// PEM certificate chain for `tls://` listeners.
+    #[arg(long, env = "TOLLGATE_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for `tls://` listeners.
+    #[arg(long, env = "TOLLGATE_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// Connections each gateway listener serves at once; more are refused.
+    #[arg(long, env = "TOLLGATE_MAX_CONNECTIONS", default_value_t = 8192)]
+    pub max_connections: usize,
+    /// Seconds a client has to send a request head (and to start the next request on
+    /// an idle keep-alive connection).
+    #[arg(long, env = "TOLLGATE_HEADER_READ_TIMEOUT", default_value_t = 30)]
+    pub header_read_timeout: u64,
+    /// Largest request head in bytes (bigger → 431). At least 8192.
+    #[arg(long, env = "TOLLGATE_MAX_HEADER_BYTES", default_value_t = 32768, value_parser = clap::value_parser!(u64).range(8192..=1_048_576))]
+    pub max_header_bytes: u64,
+    /// Seconds in-flight requests may take to finish on shutdown.
+    #[arg(long, env = "TOLLGATE_DRAIN_TIMEOUT", default_value_t = 30)]
+    pub drain_timeout: u64,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CheckArgs {
+    /// The configuration file to validate.
+    #[arg(long, short = 'f')]
+    pub file: PathBuf,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct WsArgs {
+    /// `ws://` or `wss://` URL. `*.localhost` resolves to loopback, as in browsers.
+    pub url: String,
+    /// Extra request header, `Name: value`; repeatable.
+    #[arg(short = 'H', long = "header")]
+    pub headers: Vec<String>,
+    /// PEM file of certificate authorities to trust (for a self-signed gateway).
+    #[arg(long)]
+    pub cacert: Option<PathBuf>,
+    /// Do not verify the server's certificate.
+    #[arg(long, short = 'k')]
+    pub insecure: bool,
+    /// Subprotocol to request (Sec-WebSocket-Protocol); repeatable.
+    #[arg(long)]
+    pub subprotocol: Vec<String>,
+}

@@ -1,0 +1,249 @@
+//! `tollgate serve`: both gateways and the admin listener in one process.
+//!
+//! DB-less mode (`--config FILE`): the file is the configuration of both environments.
+//! SIGHUP re-reads it; if the new file is invalid the error is logged and the running
+//! configuration stays. A swap never touches established connections.
+
+use crate::cli::ServeArgs;
+use anyhow::{Context as _, bail};
+use arc_swap::ArcSwap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tollgate_counters::{Counters, SystemClock};
+use tollgate_gateway::policy::Registry;
+use tollgate_gateway::server::tls_acceptor;
+use tollgate_gateway::{
+    Environment, Gateway, ListenerOptions, Metrics, SnapshotHandle, Snapshots, compile,
+};
+use tollgate_model::{Config, ConfigErrors};
+
+/// Reads, validates and compiles a configuration file.
+pub fn load(path: &Path, registry: &Registry) -> Result<Snapshots, ConfigErrors> {
+    let config = tollgate_model::load_file(path)?;
+    compile(&config, registry)
+}
+
+/// A listen address: `HOST:PORT` or `tls://HOST:PORT`.
+fn parse_listen(flag: &str, value: &str) -> anyhow::Result<(String, bool)> {
+    let (addr, tls) = match value.strip_prefix("tls://") {
+        Some(a) => (a, true),
+        None => (value.strip_prefix("http://").unwrap_or(value), false),
+    };
+    if addr
+        .rsplit_once(':')
+        .is_none_or(|(_, p)| p.parse::<u16>().is_err())
+    {
+        bail!("--{flag} `{value}`: write HOST:PORT, or tls://HOST:PORT for TLS");
+    }
+    Ok((addr.to_string(), tls))
+}
+
+async fn bind(flag: &str, addr: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("--{flag}: cannot listen on {addr}"))
+}
+
+/// Where the configuration comes from.
+pub enum Source {
+    File(PathBuf),
+    Inline(Box<Config>),
+}
+
+/// A running `serve`: its bound addresses and the means to reload and stop it.
+pub struct Server {
+    pub staging: SocketAddr,
+    pub production: SocketAddr,
+    pub admin: SocketAddr,
+    pub staging_tls: bool,
+    pub production_tls: bool,
+    source: Source,
+    registry: Registry,
+    handles: [SnapshotHandle; 2],
+    stop: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+}
+
+impl Server {
+    pub async fn start(args: &ServeArgs, source: Source) -> anyhow::Result<Server> {
+        let registry = Registry::default();
+        let snapshots = match &source {
+            Source::File(path) => load(path, &registry)
+                .map_err(|e| anyhow::anyhow!("{}: invalid configuration:\n{e}", path.display()))?,
+            Source::Inline(config) => compile(config, &registry)
+                .map_err(|e| anyhow::anyhow!("invalid configuration:\n{e}"))?,
+        };
+        let (staging_addr, staging_tls) = parse_listen("staging-listen", &args.staging_listen)?;
+        let (production_addr, production_tls) =
+            parse_listen("production-listen", &args.production_listen)?;
+        let acceptor = if staging_tls || production_tls {
+            let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) else {
+                bail!("a tls:// listener needs --tls-cert FILE and --tls-key FILE");
+            };
+            Some(
+                tls_acceptor(cert, key)
+                    .map_err(|e| anyhow::anyhow!("--tls-cert/--tls-key: {e}"))?,
+            )
+        } else {
+            None
+        };
+
+        let staging_listener = bind("staging-listen", &staging_addr).await?;
+        let production_listener = bind("production-listen", &production_addr).await?;
+        let admin_listener = bind(
+            "admin-listen",
+            args.admin_listen
+                .strip_prefix("http://")
+                .unwrap_or(&args.admin_listen),
+        )
+        .await?;
+
+        let metrics = Arc::new(Metrics::default());
+        let counters = Arc::new(Counters::memory());
+        let clock = Arc::new(SystemClock);
+        let staging_handle: SnapshotHandle = Arc::new(ArcSwap::from_pointee(snapshots.staging));
+        let production_handle: SnapshotHandle =
+            Arc::new(ArcSwap::from_pointee(snapshots.production));
+        let (stop, _) = watch::channel(false);
+        let mut tasks = JoinSet::new();
+
+        let base = ListenerOptions {
+            max_connections: args.max_connections,
+            header_read_timeout: Duration::from_secs(args.header_read_timeout.max(1)),
+            max_header_bytes: args.max_header_bytes as usize,
+            drain_timeout: Duration::from_secs(args.drain_timeout),
+            ..ListenerOptions::default()
+        };
+        let server = Server {
+            staging: staging_listener.local_addr()?,
+            production: production_listener.local_addr()?,
+            admin: admin_listener.local_addr()?,
+            staging_tls,
+            production_tls,
+            source,
+            registry,
+            handles: [staging_handle.clone(), production_handle.clone()],
+            stop,
+            tasks: JoinSet::new(),
+        };
+        for (env, listener, handle, tls) in [
+            (
+                Environment::Staging,
+                staging_listener,
+                staging_handle,
+                staging_tls,
+            ),
+            (
+                Environment::Production,
+                production_listener,
+                production_handle,
+                production_tls,
+            ),
+        ] {
+            let gateway = Arc::new(Gateway::new(
+                env,
+                handle,
+                counters.clone(),
+                clock.clone(),
+                metrics.clone(),
+            ));
+            let opts = ListenerOptions {
+                tls: if tls { acceptor.clone() } else { None },
+                ..base.clone()
+            };
+            let mut stop = server.stop.subscribe();
+            tasks.spawn(tollgate_gateway::serve(
+                listener,
+                gateway,
+                opts,
+                async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                },
+            ));
+        }
+        let mut stop = server.stop.subscribe();
+        tasks.spawn(crate::admin::serve(admin_listener, metrics, async move {
+            let _ = stop.wait_for(|s| *s).await;
+        }));
+        Ok(Server { tasks, ..server })
+    }
+
+    /// Re-reads the configuration file and swaps it in; on error nothing changes.
+    pub fn reload(&self) -> Result<(), ConfigErrors> {
+        let Source::File(path) = &self.source else {
+            return Ok(());
+        };
+        let snapshots = load(path, &self.registry)?;
+        self.handles[0].store(Arc::new(snapshots.staging));
+        self.handles[1].store(Arc::new(snapshots.production));
+        Ok(())
+    }
+
+    /// Stops accepting, lets in-flight requests finish (up to the drain timeout), returns.
+    pub async fn shutdown(mut self) {
+        let _ = self.stop.send(true);
+        while self.tasks.join_next().await.is_some() {}
+    }
+
+    pub fn url(&self, env: Environment) -> String {
+        let (addr, tls) = match env {
+            Environment::Staging => (self.staging, self.staging_tls),
+            Environment::Production => (self.production, self.production_tls),
+        };
+        format!("{}://{addr}", if tls { "https" } else { "http" })
+    }
+}
+
+pub async fn run_cli(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let (source, demo) = match (&args.config, args.demo) {
+        (Some(_), true) => {
+            bail!("--config and --demo do not go together: the demo brings its own configuration")
+        }
+        (Some(path), false) => (Source::File(path.clone()), None),
+        (None, true) => {
+            let demo = crate::demo::start(&args).await?;
+            (Source::Inline(Box::new(demo.config.clone())), Some(demo))
+        }
+        (None, false) => bail!(
+            "nothing to serve: pass --config FILE (a declarative configuration; see examples/websocket-echo) or --demo"
+        ),
+    };
+    let server = Server::start(&args, source).await?;
+    println!(
+        "tollgate: staging gateway    {}",
+        server.url(Environment::Staging)
+    );
+    println!(
+        "tollgate: production gateway {}",
+        server.url(Environment::Production)
+    );
+    println!(
+        "tollgate: admin              http://{} (/status/live, /status/ready, /metrics)",
+        server.admin
+    );
+    if let Some(demo) = &demo {
+        demo.print_instructions(&server);
+    }
+
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    loop {
+        tokio::select! {
+            _ = hangup.recv() => match server.reload() {
+                Ok(()) => tracing::info!("configuration reloaded"),
+                Err(e) => tracing::error!("configuration NOT reloaded, the running one stays:\n{e}"),
+            },
+            _ = terminate.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+        }
+    }
+    tracing::info!("shutting down");
+    server.shutdown().await;
+    Ok(ExitCode::SUCCESS)
+}
