@@ -9,13 +9,22 @@ use serde::de::DeserializeOwned;
 use serde_norway::Value;
 use std::path::Path;
 
-/// Reads, parses and validates a configuration file.
+/// Reads, parses and validates a configuration file. Relative file paths inside it
+/// (`tls.ca_file`) are taken relative to the file's own directory, so a configuration
+/// works whatever directory Tollgate is started from.
 pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         ConfigError::new("", format!("cannot read {}: {e}", path.display()))
             .hint("check the path given to --config / -f")
     })?;
-    parse_str(&text)
+    let mut config = parse_str(&text)?;
+    let base = path.parent().unwrap_or(Path::new(""));
+    for b in &mut config.backends {
+        if let Some(ca) = b.tls.ca_file.as_mut().filter(|ca| ca.is_relative()) {
+            *ca = base.join(&*ca);
+        }
+    }
+    Ok(config)
 }
 
 /// Parses and validates a configuration document (YAML, or JSON which is YAML too).
