@@ -31,18 +31,12 @@ pub struct MemoryCounters {
 
 impl Default for MemoryCounters {
     fn default() -> Self {
-        MemoryCounters {
-            hasher: RandomState::new(),
-            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
-        }
+        MemoryCounters { hasher: RandomState::new(), shards: (0..SHARDS).map(|_| Mutex::default()).collect() }
     }
 }
 
 impl MemoryCounters {
-    fn shard(
-        &self,
-        application: &str,
-    ) -> std::sync::MutexGuard<'_, HashMap<Box<str>, Vec<Window>>> {
+    fn shard(&self, application: &str) -> std::sync::MutexGuard<'_, HashMap<Box<str>, Vec<Window>>> {
         let i = (self.hasher.hash_one(application) as usize) % SHARDS;
         // A poisoned shard only means another thread panicked mid-update of plain
         // integers; the data is still consistent enough to keep counting.
@@ -64,18 +58,10 @@ impl MemoryCounters {
         let mut overflow = Vec::new();
         for (i, c) in checks.iter().enumerate() {
             let (start, end) = c.period.window(now);
-            let idx = match windows
-                .iter()
-                .position(|w| w.period == c.period && *w.metric == *c.metric)
-            {
+            let idx = match windows.iter().position(|w| w.period == c.period && *w.metric == *c.metric) {
                 Some(idx) => idx,
                 None => {
-                    windows.push(Window {
-                        metric: c.metric.into(),
-                        period: c.period,
-                        start,
-                        count: 0,
-                    });
+                    windows.push(Window { metric: c.metric.into(), period: c.period, start, count: 0 });
                     windows.len() - 1
                 }
             };
@@ -102,11 +88,7 @@ impl MemoryCounters {
         // Second pass: every check passed; apply every increment.
         let mut tightest: Option<(u64, usize)> = None;
         for (i, c) in checks.iter().enumerate() {
-            let idx = if i < slots.len() {
-                slots[i]
-            } else {
-                overflow[i - slots.len()]
-            };
+            let idx = if i < slots.len() { slots[i] } else { overflow[i - slots.len()] };
             let w = &mut windows[idx];
             w.count += c.delta;
             let remaining = c.max - w.count;
@@ -116,11 +98,7 @@ impl MemoryCounters {
         }
         Decision::Allowed(tightest.map(|(_, i)| {
             let c = &checks[i];
-            let idx = if i < slots.len() {
-                slots[i]
-            } else {
-                overflow[i - slots.len()]
-            };
+            let idx = if i < slots.len() { slots[i] } else { overflow[i - slots.len()] };
             LimitStatus {
                 metric: c.metric.to_string(),
                 period: c.period,
@@ -140,18 +118,10 @@ impl MemoryCounters {
                 let (start, end) = c.period.window(now);
                 let current = windows
                     .and_then(|ws| {
-                        ws.iter().find(|w| {
-                            w.period == c.period && *w.metric == *c.metric && w.start == start
-                        })
+                        ws.iter().find(|w| w.period == c.period && *w.metric == *c.metric && w.start == start)
                     })
                     .map_or(0, |w| w.count);
-                LimitStatus {
-                    metric: c.metric.to_string(),
-                    period: c.period,
-                    max: c.max,
-                    current,
-                    reset_at: end,
-                }
+                LimitStatus { metric: c.metric.to_string(), period: c.period, max: c.max, current, reset_at: end }
             })
             .collect()
     }
@@ -166,12 +136,7 @@ mod tests {
     const NOW: i64 = 1_795_716_000; // 2026-11-26T18:00:00Z, a Thursday
 
     fn check(metric: &str, period: Period, max: u64, delta: u64) -> Check<'_> {
-        Check {
-            metric,
-            period,
-            max,
-            delta,
-        }
+        Check { metric, period, max, delta }
     }
 
     #[test]
@@ -179,10 +144,7 @@ mod tests {
         let c = MemoryCounters::default();
         let checks = [check("hits", Period::Minute, 3, 1)];
         for _ in 0..3 {
-            assert!(matches!(
-                c.authorize("app", &checks, NOW),
-                Decision::Allowed(_)
-            ));
+            assert!(matches!(c.authorize("app", &checks, NOW), Decision::Allowed(_)));
         }
         match c.authorize("app", &checks, NOW + 59) {
             Decision::Exceeded(s) => {
@@ -190,27 +152,16 @@ mod tests {
             }
             other => panic!("expected exceeded, got {other:?}"),
         }
-        assert!(matches!(
-            c.authorize("app", &checks, NOW + 60),
-            Decision::Allowed(_)
-        ));
+        assert!(matches!(c.authorize("app", &checks, NOW + 60), Decision::Allowed(_)));
     }
 
     #[test]
     fn all_or_nothing_across_windows() {
         let c = MemoryCounters::default();
-        let both = [
-            check("hits", Period::Minute, 10, 2),
-            check("connect", Period::Hour, 3, 2),
-        ];
-        assert!(matches!(
-            c.authorize("app", &both, NOW),
-            Decision::Allowed(_)
-        ));
+        let both = [check("hits", Period::Minute, 10, 2), check("connect", Period::Hour, 3, 2)];
+        assert!(matches!(c.authorize("app", &both, NOW), Decision::Allowed(_)));
         // connect would reach 4 > 3: nothing may be applied, hits stays at 2.
-        assert!(
-            matches!(c.authorize("app", &both, NOW), Decision::Exceeded(ref s) if s.metric == "connect")
-        );
+        assert!(matches!(c.authorize("app", &both, NOW), Decision::Exceeded(ref s) if s.metric == "connect"));
         let st = c.status("app", &both, NOW);
         assert_eq!((st[0].current, st[1].current), (2, 2));
     }
@@ -218,24 +169,15 @@ mod tests {
     #[test]
     fn a_delta_larger_than_the_limit_never_passes_and_zero_blocks() {
         let c = MemoryCounters::default();
-        assert!(matches!(
-            c.authorize("a", &[check("hits", Period::Day, 1, 2)], NOW),
-            Decision::Exceeded(_)
-        ));
-        assert!(matches!(
-            c.authorize("a", &[check("hits", Period::Day, 0, 1)], NOW),
-            Decision::Exceeded(_)
-        ));
+        assert!(matches!(c.authorize("a", &[check("hits", Period::Day, 1, 2)], NOW), Decision::Exceeded(_)));
+        assert!(matches!(c.authorize("a", &[check("hits", Period::Day, 0, 1)], NOW), Decision::Exceeded(_)));
     }
 
     #[test]
     fn eternity_never_resets_and_applications_are_separate() {
         let c = MemoryCounters::default();
         let e = [check("hits", Period::Eternity, 1, 1)];
-        assert!(matches!(
-            c.authorize("a", &e, NOW),
-            Decision::Allowed(Some(_))
-        ));
+        assert!(matches!(c.authorize("a", &e, NOW), Decision::Allowed(Some(_))));
         assert!(
             matches!(c.authorize("a", &e, NOW + 10 * 365 * 86_400), Decision::Exceeded(ref s) if s.reset_at.is_none())
         );
@@ -245,10 +187,7 @@ mod tests {
     #[test]
     fn tightest_limit_is_reported() {
         let c = MemoryCounters::default();
-        let checks = [
-            check("hits", Period::Minute, 100, 1),
-            check("hits", Period::Day, 5, 1),
-        ];
+        let checks = [check("hits", Period::Minute, 100, 1), check("hits", Period::Day, 5, 1)];
         match c.authorize("a", &checks, NOW) {
             Decision::Allowed(Some(s)) => assert_eq!((s.period, s.remaining()), (Period::Day, 4)),
             other => panic!("{other:?}"),
@@ -259,18 +198,9 @@ mod tests {
     fn many_checks_beyond_the_inline_slots() {
         let c = MemoryCounters::default();
         let names: Vec<String> = (0..40).map(|i| format!("m{i}")).collect();
-        let checks: Vec<Check<'_>> = names
-            .iter()
-            .map(|n| check(n, Period::Minute, 1, 1))
-            .collect();
-        assert!(matches!(
-            c.authorize("a", &checks, NOW),
-            Decision::Allowed(_)
-        ));
-        assert!(matches!(
-            c.authorize("a", &checks, NOW),
-            Decision::Exceeded(_)
-        ));
+        let checks: Vec<Check<'_>> = names.iter().map(|n| check(n, Period::Minute, 1, 1)).collect();
+        assert!(matches!(c.authorize("a", &checks, NOW), Decision::Allowed(_)));
+        assert!(matches!(c.authorize("a", &checks, NOW), Decision::Exceeded(_)));
     }
 
     #[test]
@@ -282,10 +212,7 @@ mod tests {
                 let (c, passed) = (c.clone(), passed.clone());
                 std::thread::spawn(move || {
                     for _ in 0..250 {
-                        let checks = [
-                            check("hits", Period::Minute, 50, 1),
-                            check("hits", Period::Hour, 1_000, 1),
-                        ];
+                        let checks = [check("hits", Period::Minute, 50, 1), check("hits", Period::Hour, 1_000, 1)];
                         if matches!(c.authorize("app", &checks, NOW), Decision::Allowed(_)) {
                             passed.fetch_add(1, Ordering::SeqCst);
                         }

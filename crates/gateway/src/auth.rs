@@ -10,18 +10,11 @@ use tollgate_model::{AuthMode, Authentication, CredentialsLocation};
 #[derive(Debug, PartialEq, Eq)]
 pub enum Credentials<'a> {
     UserKey(Cow<'a, str>),
-    AppId {
-        app_id: Cow<'a, str>,
-        app_key: Option<Cow<'a, str>>,
-    },
+    AppId { app_id: Cow<'a, str>, app_key: Option<Cow<'a, str>> },
 }
 
 /// The request's credentials, or `None` when they are missing.
-pub fn extract<'a>(
-    auth: &Authentication,
-    req: &'a Parts,
-    query: &'a QueryArgs<'a>,
-) -> Option<Credentials<'a>> {
+pub fn extract<'a>(auth: &Authentication, req: &'a Parts, query: &'a QueryArgs<'a>) -> Option<Credentials<'a>> {
     match auth.credentials_location {
         CredentialsLocation::Query => match auth.mode {
             AuthMode::UserKey => query
@@ -31,23 +24,13 @@ pub fn extract<'a>(
             AuthMode::AppIdAppKey => {
                 let app_id = query.get(&auth.app_id_param).filter(|k| !k.is_empty())?;
                 let app_key = query.get(&auth.app_key_param).filter(|k| !k.is_empty());
-                Some(Credentials::AppId {
-                    app_id: Cow::Borrowed(app_id),
-                    app_key: app_key.map(Cow::Borrowed),
-                })
+                Some(Credentials::AppId { app_id: Cow::Borrowed(app_id), app_key: app_key.map(Cow::Borrowed) })
             }
         },
         CredentialsLocation::Headers => {
-            let h = |name: &str| {
-                req.headers
-                    .get(name)
-                    .and_then(|v| v.to_str().ok())
-                    .filter(|v| !v.is_empty())
-            };
+            let h = |name: &str| req.headers.get(name).and_then(|v| v.to_str().ok()).filter(|v| !v.is_empty());
             match auth.mode {
-                AuthMode::UserKey => {
-                    h(&auth.user_key_param).map(|k| Credentials::UserKey(Cow::Borrowed(k)))
-                }
+                AuthMode::UserKey => h(&auth.user_key_param).map(|k| Credentials::UserKey(Cow::Borrowed(k))),
                 AuthMode::AppIdAppKey => {
                     let app_id = h(&auth.app_id_param)?;
                     Some(Credentials::AppId {
@@ -63,18 +46,14 @@ pub fn extract<'a>(
             let rest = rest.trim();
             if scheme.eq_ignore_ascii_case("bearer") {
                 return match auth.mode {
-                    AuthMode::UserKey if !rest.is_empty() => {
-                        Some(Credentials::UserKey(Cow::Borrowed(rest)))
-                    }
+                    AuthMode::UserKey if !rest.is_empty() => Some(Credentials::UserKey(Cow::Borrowed(rest))),
                     _ => None,
                 };
             }
             if !scheme.eq_ignore_ascii_case("basic") {
                 return None;
             }
-            let decoded = base64::engine::general_purpose::STANDARD
-                .decode(rest)
-                .ok()?;
+            let decoded = base64::engine::general_purpose::STANDARD.decode(rest).ok()?;
             let decoded = String::from_utf8(decoded).ok()?;
             let (user, password) = decoded.split_once(':').unwrap_or((&decoded, ""));
             if user.is_empty() {
@@ -104,11 +83,7 @@ mod tests {
     }
 
     fn auth(mode: AuthMode, loc: CredentialsLocation) -> Authentication {
-        Authentication {
-            mode,
-            credentials_location: loc,
-            ..Default::default()
-        }
+        Authentication { mode, credentials_location: loc, ..Default::default() }
     }
 
     #[test]
@@ -120,42 +95,24 @@ mod tests {
 
         let a = auth(AuthMode::UserKey, CredentialsLocation::Headers);
         let p = parts("/x", &[("user_key", "k2")]);
-        assert_eq!(
-            extract(&a, &p, &QueryArgs::default()),
-            Some(Credentials::UserKey("k2".into()))
-        );
+        assert_eq!(extract(&a, &p, &QueryArgs::default()), Some(Credentials::UserKey("k2".into())));
 
         let a = auth(AuthMode::UserKey, CredentialsLocation::Authorization);
         let p = parts("/x", &[("authorization", "Bearer k3")]);
-        assert_eq!(
-            extract(&a, &p, &QueryArgs::default()),
-            Some(Credentials::UserKey("k3".into()))
-        );
+        assert_eq!(extract(&a, &p, &QueryArgs::default()), Some(Credentials::UserKey("k3".into())));
         let p = parts("/x", &[("authorization", "Basic azQ6")]); // "k4:"
-        assert_eq!(
-            extract(&a, &p, &QueryArgs::default()),
-            Some(Credentials::UserKey("k4".into()))
-        );
+        assert_eq!(extract(&a, &p, &QueryArgs::default()), Some(Credentials::UserKey("k4".into())));
 
         let a = auth(AuthMode::AppIdAppKey, CredentialsLocation::Authorization);
         let p = parts("/x", &[("authorization", "Basic aWQ6a2V5")]); // "id:key"
         assert_eq!(
             extract(&a, &p, &QueryArgs::default()),
-            Some(Credentials::AppId {
-                app_id: "id".into(),
-                app_key: Some("key".into())
-            })
+            Some(Credentials::AppId { app_id: "id".into(), app_key: Some("key".into()) })
         );
         let a = auth(AuthMode::AppIdAppKey, CredentialsLocation::Query);
         let p = parts("/x?app_id=id", &[]);
         let q = QueryArgs::parse(p.uri.query());
-        assert_eq!(
-            extract(&a, &p, &q),
-            Some(Credentials::AppId {
-                app_id: "id".into(),
-                app_key: None
-            })
-        );
+        assert_eq!(extract(&a, &p, &q), Some(Credentials::AppId { app_id: "id".into(), app_key: None }));
     }
 
     #[test]

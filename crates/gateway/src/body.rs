@@ -18,9 +18,7 @@ pin_project_lite::pin_project! {
 
 impl GatewayBody {
     pub fn local(bytes: impl Into<Bytes>) -> Self {
-        GatewayBody::Local {
-            body: Full::new(bytes.into()),
-        }
+        GatewayBody::Local { body: Full::new(bytes.into()) }
     }
     pub fn empty() -> Self {
         GatewayBody::local(Bytes::new())
@@ -37,10 +35,7 @@ impl Body for GatewayBody {
     type Data = Bytes;
     type Error = hyper::Error;
 
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.project() {
             GatewayBodyProj::Upstream { body } => body.poll_frame(cx),
             GatewayBodyProj::Local { body } => body.poll_frame(cx).map_err(|never| match never {}),

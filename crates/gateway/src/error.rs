@@ -25,9 +25,7 @@ pub enum GatewayError {
     UnknownHost,
     #[error("no backend serves this path")]
     NoBackend,
-    #[error(
-        "WebSocket is not enabled for this product: add the `websocket` policy to its policy chain"
-    )]
+    #[error("WebSocket is not enabled for this product: add the `websocket` policy to its policy chain")]
     WebSocketDisabled,
     #[error("invalid WebSocket upgrade: {0}")]
     BadUpgrade(&'static str),
@@ -45,12 +43,10 @@ impl GatewayError {
     pub fn status(&self) -> StatusCode {
         match self {
             GatewayError::UnknownHost | GatewayError::NoBackend => StatusCode::NOT_FOUND,
-            GatewayError::BadRequest(_)
-            | GatewayError::WebSocketDisabled
-            | GatewayError::BadUpgrade(_) => StatusCode::BAD_REQUEST,
-            GatewayError::UpstreamUnavailable(_) | GatewayError::UpstreamFailed(_) => {
-                StatusCode::BAD_GATEWAY
+            GatewayError::BadRequest(_) | GatewayError::WebSocketDisabled | GatewayError::BadUpgrade(_) => {
+                StatusCode::BAD_REQUEST
             }
+            GatewayError::UpstreamUnavailable(_) | GatewayError::UpstreamFailed(_) => StatusCode::BAD_GATEWAY,
             GatewayError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             GatewayError::CountersUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -98,19 +94,11 @@ impl GatewayError {
     pub fn into_response(self) -> Response<GatewayBody> {
         match self.side() {
             Side::Downstream => tracing::debug!(code = self.code(), "request refused"),
-            side => tracing::warn!(
-                code = self.code(),
-                ?side,
-                detail = self.detail().unwrap_or(""),
-                "request failed"
-            ),
+            side => tracing::warn!(code = self.code(), ?side, detail = self.detail().unwrap_or(""), "request failed"),
         }
         let mut resp = json_error(self.status(), self.code(), &self.to_string());
         if matches!(self, GatewayError::BadUpgrade(_)) {
-            resp.headers_mut().insert(
-                header::SEC_WEBSOCKET_VERSION,
-                HeaderValue::from_static("13"),
-            );
+            resp.headers_mut().insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
         }
         resp
     }
@@ -119,22 +107,13 @@ impl GatewayError {
 /// `{"error":{"code":…,"message":…}}` with the given status.
 pub fn json_error(status: StatusCode, code: &str, message: &str) -> Response<GatewayBody> {
     let body = serde_json::json!({ "error": { "code": code, "message": message } }).to_string();
-    local_response(
-        status,
-        HeaderValue::from_static("application/json"),
-        Bytes::from(body),
-    )
+    local_response(status, HeaderValue::from_static("application/json"), Bytes::from(body))
 }
 
-pub fn local_response(
-    status: StatusCode,
-    content_type: HeaderValue,
-    body: Bytes,
-) -> Response<GatewayBody> {
+pub fn local_response(status: StatusCode, content_type: HeaderValue, body: Bytes) -> Response<GatewayBody> {
     let mut resp = Response::new(GatewayBody::local(body));
     *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, content_type);
+    resp.headers_mut().insert(header::CONTENT_TYPE, content_type);
     resp
 }
 
@@ -149,11 +128,7 @@ pub struct ErrorTemplate {
 impl ErrorTemplate {
     pub fn json(status: StatusCode, code: &str, message: &str) -> Self {
         let body = serde_json::json!({ "error": { "code": code, "message": message } }).to_string();
-        ErrorTemplate {
-            status,
-            content_type: HeaderValue::from_static("application/json"),
-            body: body.into(),
-        }
+        ErrorTemplate { status, content_type: HeaderValue::from_static("application/json"), body: body.into() }
     }
 
     pub fn respond(&self) -> Response<GatewayBody> {

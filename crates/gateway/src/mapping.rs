@@ -18,10 +18,7 @@ pub struct MetricTable {
 
 impl MetricTable {
     pub fn new() -> Self {
-        MetricTable {
-            names: vec!["hits".into()],
-            parents: vec![None],
-        }
+        MetricTable { names: vec!["hits".into()], parents: vec![None] }
     }
 
     /// Adds a metric (`parent: None`) or a method (`parent: Some(HITS)`), once.
@@ -35,10 +32,7 @@ impl MetricTable {
     }
 
     pub fn id(&self, name: &str) -> Option<MetricId> {
-        self.names
-            .iter()
-            .position(|n| &**n == name)
-            .map(|i| i as MetricId)
+        self.names.iter().position(|n| &**n == name).map(|i| i as MetricId)
     }
 
     pub fn name(&self, id: MetricId) -> &str {
@@ -90,10 +84,7 @@ impl Usage {
     }
 
     pub fn delta(&self, metric: MetricId) -> u64 {
-        self.0
-            .iter()
-            .find(|(m, _)| *m == metric)
-            .map_or(0, |(_, d)| *d)
+        self.0.iter().find(|(m, _)| *m == metric).map_or(0, |(_, d)| *d)
     }
 }
 
@@ -117,13 +108,7 @@ impl Mapper {
     }
 
     /// Adds the delta of every matching rule to `usage`; returns whether any matched.
-    pub fn map(
-        &self,
-        method: &Method,
-        path: &str,
-        query: &QueryArgs<'_>,
-        usage: &mut Usage,
-    ) -> bool {
+    pub fn map(&self, method: &Method, path: &str, query: &QueryArgs<'_>, usage: &mut Usage) -> bool {
         let mut matched = false;
         for rule in &self.rules {
             if rule.method.as_ref().is_some_and(|m| m != method) {
@@ -171,8 +156,7 @@ mod tests {
     fn run(m: &Mapper, method: &str, path: &str, query: Option<&str>) -> Option<Usage> {
         let mut u = Usage::default();
         let q = QueryArgs::parse(query);
-        m.map(&method.parse().expect("method"), path, &q, &mut u)
-            .then_some(u)
+        m.map(&method.parse().expect("method"), path, &q, &mut u).then_some(u)
     }
 
     #[test]

@@ -7,12 +7,7 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 /// Name, type, help, and where to read the value.
-type Family = (
-    &'static str,
-    &'static str,
-    &'static str,
-    fn(&EnvMetrics) -> &AtomicU64,
-);
+type Family = (&'static str, &'static str, &'static str, fn(&EnvMetrics) -> &AtomicU64);
 
 const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
@@ -45,12 +40,7 @@ impl Metrics {
         let head = |out: &mut String, name: &str, kind: &str, help: &str| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
         };
-        head(
-            out,
-            "tollgate_responses_total",
-            "counter",
-            "Responses sent to clients, by status class.",
-        );
+        head(out, "tollgate_responses_total", "counter", "Responses sent to clients, by status class.");
         for env in ENVS {
             for (class, v) in CLASSES.iter().zip(&self.env(env).responses) {
                 let _ = writeln!(
@@ -62,30 +52,12 @@ impl Metrics {
             }
         }
         let scalars: [Family; 5] = [
-            (
-                "tollgate_limits_exceeded_total",
-                "counter",
-                "Requests refused by usage limits.",
-                |m| &m.rejected_limits,
-            ),
-            (
-                "tollgate_upstream_errors_total",
-                "counter",
-                "Requests that failed at the backend (502/504).",
-                |m| &m.upstream_errors,
-            ),
-            (
-                "tollgate_websocket_upgrades_total",
-                "counter",
-                "WebSocket upgrades proxied.",
-                |m| &m.websocket_upgrades,
-            ),
-            (
-                "tollgate_websocket_open",
-                "gauge",
-                "WebSocket connections open now.",
-                |m| &m.websocket_open,
-            ),
+            ("tollgate_limits_exceeded_total", "counter", "Requests refused by usage limits.", |m| &m.rejected_limits),
+            ("tollgate_upstream_errors_total", "counter", "Requests that failed at the backend (502/504).", |m| {
+                &m.upstream_errors
+            }),
+            ("tollgate_websocket_upgrades_total", "counter", "WebSocket upgrades proxied.", |m| &m.websocket_upgrades),
+            ("tollgate_websocket_open", "gauge", "WebSocket connections open now.", |m| &m.websocket_open),
             (
                 "tollgate_connections_refused_total",
                 "counter",
@@ -96,12 +68,8 @@ impl Metrics {
         for (name, kind, help, get) in scalars {
             head(out, name, kind, help);
             for env in ENVS {
-                let _ = writeln!(
-                    out,
-                    "{name}{{environment=\"{}\"}} {}",
-                    env.as_str(),
-                    get(self.env(env)).load(Relaxed)
-                );
+                let _ =
+                    writeln!(out, "{name}{{environment=\"{}\"}} {}", env.as_str(), get(self.env(env)).load(Relaxed));
             }
         }
     }

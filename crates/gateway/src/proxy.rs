@@ -42,13 +42,7 @@ impl Gateway {
         clock: Arc<dyn Clock>,
         metrics: Arc<Metrics>,
     ) -> Self {
-        Gateway {
-            environment,
-            snapshot,
-            counters,
-            clock,
-            metrics,
-        }
+        Gateway { environment, snapshot, counters, clock, metrics }
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
@@ -57,7 +51,8 @@ impl Gateway {
 
     /// Answers one request. Never fails: every failure becomes a response here.
     pub async fn handle(&self, req: Request<Incoming>, conn: ConnInfo) -> Response<GatewayBody> {
-        let resp = match self.route(req, conn).await {
+        let upgrade_requested = req.headers().contains_key(header::UPGRADE);
+        let mut resp = match self.route(req, conn).await {
             Ok(resp) => resp,
             Err(e) => {
                 if e.side() == crate::error::Side::Upstream {
@@ -66,26 +61,25 @@ impl Gateway {
                 e.into_response()
             }
         };
-        self.metrics
-            .env(self.environment)
-            .response(resp.status().as_u16());
+        // A refused upgrade closes the connection: the client meant to leave HTTP and
+        // may not expect to reuse it.
+        if upgrade_requested && resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+            resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        self.metrics.env(self.environment).response(resp.status().as_u16());
         resp
     }
 
-    async fn route(
-        &self,
-        mut req: Request<Incoming>,
-        conn: ConnInfo,
-    ) -> Result<Response<GatewayBody>, GatewayError> {
+    async fn route(&self, mut req: Request<Incoming>, conn: ConnInfo) -> Result<Response<GatewayBody>, GatewayError> {
         // One atomic increment; the snapshot stays alive for this request even if a
         // new one is swapped in meanwhile.
         let snapshot = self.snapshot.load_full();
         let host = request_host(&req).ok_or(GatewayError::BadRequest("the request has no Host"))?;
         let product = match snapshot.product_for_host(host) {
             Some(p) => p,
-            None if host.bytes().any(|b| b.is_ascii_uppercase()) => snapshot
-                .product_for_host(&host.to_ascii_lowercase())
-                .ok_or(GatewayError::UnknownHost)?,
+            None if host.bytes().any(|b| b.is_ascii_uppercase()) => {
+                snapshot.product_for_host(&host.to_ascii_lowercase()).ok_or(GatewayError::UnknownHost)?
+            }
             None => return Err(GatewayError::UnknownHost),
         };
         let product = product.clone();
@@ -115,8 +109,7 @@ impl Gateway {
         // Response phases run for proxied and local responses alike (a 401 needs its
         // CORS headers as much as a 200 does).
         if let Ok(r) = resp.as_mut() {
-            let (mut head, body) =
-                std::mem::replace(r, Response::new(GatewayBody::empty())).into_parts();
+            let (mut head, body) = std::mem::replace(r, Response::new(GatewayBody::empty())).into_parts();
             for policy in &product.chain {
                 policy.response(&mut head, &parts, &ctx);
             }
@@ -202,15 +195,9 @@ impl Gateway {
         body: Incoming,
         ctx: &Context<'_>,
     ) -> Result<Response<GatewayBody>, GatewayError> {
-        let (usage, rest) = ctx
-            .product
-            .route(parts.uri.path())
-            .ok_or(GatewayError::NoBackend)?;
+        let (usage, rest) = ctx.product.route(parts.uri.path()).ok_or(GatewayError::NoBackend)?;
         let head = self.upstream_head(parts, ctx, &usage.upstream, rest)?;
-        let mut resp = usage
-            .upstream
-            .request(Request::from_parts(head, body))
-            .await?;
+        let mut resp = usage.upstream.request(Request::from_parts(head, body)).await?;
         strip_hop_by_hop(resp.headers_mut());
         Ok(resp)
     }
@@ -221,35 +208,28 @@ impl Gateway {
         ctx: &Context<'_>,
         client: hyper::upgrade::OnUpgrade,
     ) -> Result<Response<GatewayBody>, GatewayError> {
-        let (usage, rest) = ctx
-            .product
-            .route(parts.uri.path())
-            .ok_or(GatewayError::NoBackend)?;
+        let (usage, rest) = ctx.product.route(parts.uri.path()).ok_or(GatewayError::NoBackend)?;
         let upstream = &usage.upstream;
         let mut head = self.upstream_head(parts, ctx, upstream, rest)?;
         // Upgrade requests go in origin form on their own connection.
-        head.uri = head.uri.path_and_query().map_or_else(
-            || http::Uri::from_static("/"),
-            |pq| pq.as_str().parse().unwrap_or_default(),
-        );
+        head.uri = head
+            .uri
+            .path_and_query()
+            .map_or_else(|| http::Uri::from_static("/"), |pq| pq.as_str().parse().unwrap_or_default());
         head.headers.insert(
             header::HOST,
-            HeaderValue::from_str(upstream.authority.as_str())
-                .map_err(|_| GatewayError::NoBackend)?,
+            HeaderValue::from_str(upstream.authority.as_str()).map_err(|_| GatewayError::NoBackend)?,
         );
-        head.headers
-            .insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-        head.headers
-            .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        head.headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        head.headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
 
         let stream = upstream.connector.connect().await.map_err(|e| match e {
             ConnectError::Timeout(_) => GatewayError::UpstreamTimeout(e.to_string()),
             _ => GatewayError::UpstreamUnavailable(e.to_string()),
         })?;
-        let (mut sender, connection) =
-            hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
-                .await
-                .map_err(|e| GatewayError::UpstreamFailed(error_chain(&e)))?;
+        let (mut sender, connection) = hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
+            .await
+            .map_err(|e| GatewayError::UpstreamFailed(error_chain(&e)))?;
         tokio::spawn(async move {
             if let Err(e) = connection.with_upgrades().await {
                 tracing::debug!(error = %e, "upstream WebSocket handshake connection ended");
@@ -268,10 +248,8 @@ impl Gateway {
         let mut out = Response::new(GatewayBody::empty());
         *out.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
         *out.headers_mut() = forwardable_headers(resp.headers());
-        out.headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-        out.headers_mut()
-            .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        out.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        out.headers_mut().insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         let metrics = self.metrics.clone();
         let env = self.environment;
         tokio::spawn(async move {
@@ -301,9 +279,7 @@ impl Gateway {
 async fn relay(client: hyper::upgrade::Upgraded, backend: hyper::upgrade::Upgraded) {
     let mut client = TokioIo::new(client);
     let mut backend = TokioIo::new(backend);
-    match tokio::io::copy_bidirectional_with_sizes(&mut client, &mut backend, 16 * 1024, 16 * 1024)
-        .await
-    {
+    match tokio::io::copy_bidirectional_with_sizes(&mut client, &mut backend, 16 * 1024, 16 * 1024).await {
         Ok((up, down)) => tracing::debug!(up, down, "WebSocket closed"),
         Err(e) => tracing::debug!(error = %e, "WebSocket ended with an error"),
     }
@@ -347,30 +323,19 @@ fn websocket_upgrade(req: &Request<Incoming>) -> Result<bool, GatewayError> {
         return Err(GatewayError::BadUpgrade("WebSocket upgrades need HTTP/1.1"));
     }
     if req.method() != Method::GET {
-        return Err(GatewayError::BadUpgrade(
-            "the upgrade request must be a GET",
-        ));
+        return Err(GatewayError::BadUpgrade("the upgrade request must be a GET"));
     }
     if !header_has_token(headers, header::CONNECTION, "upgrade") {
         return Err(GatewayError::BadUpgrade("`Connection: Upgrade` is missing"));
     }
     let key_ok = headers
         .get(header::SEC_WEBSOCKET_KEY)
-        .and_then(|k| {
-            base64::engine::general_purpose::STANDARD
-                .decode(k.as_bytes())
-                .ok()
-        })
+        .and_then(|k| base64::engine::general_purpose::STANDARD.decode(k.as_bytes()).ok())
         .is_some_and(|k| k.len() == 16);
     if !key_ok {
-        return Err(GatewayError::BadUpgrade(
-            "Sec-WebSocket-Key is missing or not 16 base64-encoded bytes",
-        ));
+        return Err(GatewayError::BadUpgrade("Sec-WebSocket-Key is missing or not 16 base64-encoded bytes"));
     }
-    if headers
-        .get(header::SEC_WEBSOCKET_VERSION)
-        .is_none_or(|v| v.as_bytes() != b"13")
-    {
+    if headers.get(header::SEC_WEBSOCKET_VERSION).is_none_or(|v| v.as_bytes() != b"13") {
         return Err(GatewayError::BadUpgrade("Sec-WebSocket-Version must be 13"));
     }
     Ok(true)
@@ -433,16 +398,12 @@ fn add_forwarded(headers: &mut HeaderMap, parts: &request::Parts, ctx: &Context<
     if let Ok(v) = HeaderValue::from_str(&xff) {
         headers.insert(XFF, v);
     }
-    headers.insert(
-        XFP,
-        HeaderValue::from_static(if ctx.tls { "https" } else { "http" }),
-    );
-    let host = parts.headers.get(header::HOST).cloned().or_else(|| {
-        parts
-            .uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-    });
+    headers.insert(XFP, HeaderValue::from_static(if ctx.tls { "https" } else { "http" }));
+    let host = parts
+        .headers
+        .get(header::HOST)
+        .cloned()
+        .or_else(|| parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
     if let Some(h) = host {
         headers.insert(XFH, h);
     }

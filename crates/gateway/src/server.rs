@@ -54,15 +54,14 @@ impl Default for ListenerOptions {
 /// A TLS acceptor from PEM files, offering HTTP/2 and HTTP/1.1 by ALPN.
 pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, String> {
     let certs = crate::upstream::load_certs(cert)?;
-    let key = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| format!("{}: no usable private key: {e}", key.display()))?;
-    let mut config =
-        ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?
-            .with_no_client_auth()
-            .with_single_cert(certs, key)
-            .map_err(|e| format!("certificate and key do not fit together: {e}"))?;
+    let key =
+        PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: no usable private key: {e}", key.display()))?;
+    let mut config = ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| format!("certificate and key do not fit together: {e}"))?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
@@ -119,39 +118,23 @@ pub async fn serve(
             continue;
         };
         let _ = tcp.set_nodelay(true);
-        let (gateway, builder, opts, mut stop) = (
-            gateway.clone(),
-            builder.clone(),
-            opts.clone(),
-            stop_rx.clone(),
-        );
+        let (gateway, builder, opts, mut stop) = (gateway.clone(), builder.clone(), opts.clone(), stop_rx.clone());
         tokio::spawn(async move {
             let _permit = permit;
             match &opts.tls {
                 None => {
-                    let info = ConnInfo {
-                        client_addr,
-                        tls: false,
-                    };
+                    let info = ConnInfo { client_addr, tls: false };
                     serve_connection(TokioIo::new(tcp), info, &gateway, &builder, &mut stop).await;
                 }
                 Some(acceptor) => {
-                    let tls = match tokio::time::timeout(
-                        opts.tls_handshake_timeout,
-                        acceptor.accept(tcp),
-                    )
-                    .await
-                    {
+                    let tls = match tokio::time::timeout(opts.tls_handshake_timeout, acceptor.accept(tcp)).await {
                         Ok(Ok(tls)) => tls,
                         Ok(Err(e)) => {
                             return tracing::debug!(error = %e, %client_addr, "TLS handshake failed");
                         }
                         Err(_) => return tracing::debug!(%client_addr, "TLS handshake timed out"),
                     };
-                    let info = ConnInfo {
-                        client_addr,
-                        tls: true,
-                    };
+                    let info = ConnInfo { client_addr, tls: true };
                     serve_connection(TokioIo::new(tls), info, &gateway, &builder, &mut stop).await;
                 }
             }
@@ -195,8 +178,5 @@ async fn serve_connection<I>(
 
 fn is_per_connection_error(e: &std::io::Error) -> bool {
     use std::io::ErrorKind::*;
-    matches!(
-        e.kind(),
-        ConnectionAborted | ConnectionReset | ConnectionRefused | Interrupted | WouldBlock
-    )
+    matches!(e.kind(), ConnectionAborted | ConnectionReset | ConnectionRefused | Interrupted | WouldBlock)
 }

@@ -14,8 +14,7 @@ use std::time::Duration;
 use tollgate_model::pattern::Pattern;
 use tollgate_model::period::Period;
 use tollgate_model::{
-    ApplicationState, Authentication, BaseUrl, Config, ConfigError, ConfigErrors,
-    CredentialsLocation, ErrorMessage,
+    ApplicationState, Authentication, BaseUrl, Config, ConfigError, ConfigErrors, CredentialsLocation, ErrorMessage,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -43,10 +42,7 @@ pub struct Snapshot {
 
 impl Snapshot {
     pub fn empty(environment: Environment) -> Self {
-        Snapshot {
-            environment,
-            products: HashMap::new(),
-        }
+        Snapshot { environment, products: HashMap::new() }
     }
 
     /// The product published on `host` (lower-case, without port) in this environment.
@@ -128,17 +124,11 @@ impl Product {
     }
 }
 
-fn template(
-    custom: &Option<ErrorMessage>,
-    status: StatusCode,
-    code: &str,
-    message: &str,
-) -> ErrorTemplate {
+fn template(custom: &Option<ErrorMessage>, status: StatusCode, code: &str, message: &str) -> ErrorTemplate {
     match custom {
         Some(m) => ErrorTemplate {
             status: StatusCode::from_u16(m.status).unwrap_or(status),
-            content_type: HeaderValue::from_str(&m.content_type)
-                .unwrap_or(HeaderValue::from_static("text/plain")),
+            content_type: HeaderValue::from_str(&m.content_type).unwrap_or(HeaderValue::from_static("text/plain")),
             body: m.body.clone().into(),
         },
         None => ErrorTemplate::json(status, code, message),
@@ -156,19 +146,14 @@ pub fn compile(config: &Config, registry: &Registry) -> Result<Snapshots, Config
         let base = match BaseUrl::parse(&b.private_base_url, &["http", "https", "ws", "wss"]) {
             Ok(b) => b,
             Err(e) => {
-                errors.push(ConfigError::new(
-                    format!("backends[{i}].private_base_url"),
-                    e,
-                ));
+                errors.push(ConfigError::new(format!("backends[{i}].private_base_url"), e));
                 continue;
             }
         };
         if base.is_tls() && !b.tls.verify {
             tracing::warn!(backend = %b.system_name, "TLS certificate verification is OFF for this backend (tls.verify: false)");
         }
-        let timeout = b
-            .connect_timeout_ms
-            .map_or(DEFAULT_CONNECT_TIMEOUT, Duration::from_millis);
+        let timeout = b.connect_timeout_ms.map_or(DEFAULT_CONNECT_TIMEOUT, Duration::from_millis);
         match Upstream::new(base, &b.tls, timeout) {
             Ok(u) => {
                 upstreams.insert(&b.system_name, Arc::new(u));
@@ -179,11 +164,8 @@ pub fn compile(config: &Config, registry: &Registry) -> Result<Snapshots, Config
             ),
         }
     }
-    let backends: HashMap<&str, &tollgate_model::Backend> = config
-        .backends
-        .iter()
-        .map(|b| (b.system_name.as_str(), b))
-        .collect();
+    let backends: HashMap<&str, &tollgate_model::Backend> =
+        config.backends.iter().map(|b| (b.system_name.as_str(), b)).collect();
 
     let mut products: HashMap<&str, Arc<Product>> = HashMap::new();
     let mut hosts: Vec<(String, String, Arc<Product>)> = Vec::new();
@@ -199,10 +181,8 @@ pub fn compile(config: &Config, registry: &Registry) -> Result<Snapshots, Config
         let mut usages = Vec::new();
         let mut backend_rules = Vec::new();
         for u in &p.backend_usages {
-            let (Some(upstream), Some(backend)) = (
-                upstreams.get(u.backend.as_str()),
-                backends.get(u.backend.as_str()),
-            ) else {
+            let (Some(upstream), Some(backend)) = (upstreams.get(u.backend.as_str()), backends.get(u.backend.as_str()))
+            else {
                 continue; // reported above, or by validation
             };
             for m in &backend.metrics {
@@ -211,34 +191,22 @@ pub fn compile(config: &Config, registry: &Registry) -> Result<Snapshots, Config
             for m in &backend.methods {
                 metrics.add(&m.system_name, Some(HITS));
             }
-            usages.push(BackendUsage {
-                prefix: u.path.trim_end_matches('/').into(),
-                upstream: upstream.clone(),
-            });
+            usages.push(BackendUsage { prefix: u.path.trim_end_matches('/').into(), upstream: upstream.clone() });
             backend_rules.push((u.path.as_str(), &backend.mapping_rules));
         }
         usages.sort_by_key(|u| std::cmp::Reverse(u.prefix.len()));
 
-        let rule = |r: &tollgate_model::MappingRule,
-                    under: Option<&str>,
-                    metrics: &MetricTable|
-         -> Option<Rule> {
+        let rule = |r: &tollgate_model::MappingRule, under: Option<&str>, metrics: &MetricTable| -> Option<Rule> {
             let pattern = Pattern::parse(&r.pattern).ok()?;
             Some(Rule {
-                method: (r.http_method != "ANY")
-                    .then(|| r.http_method.parse().ok())
-                    .flatten(),
+                method: (r.http_method != "ANY").then(|| r.http_method.parse().ok()).flatten(),
                 pattern: under.map_or_else(|| pattern.clone(), |u| pattern.under(u)),
                 metric: metrics.id(&r.metric)?,
                 delta: r.delta,
                 last: r.last,
             })
         };
-        let mut rules: Vec<Rule> = p
-            .mapping_rules
-            .iter()
-            .filter_map(|r| rule(r, None, &metrics))
-            .collect();
+        let mut rules: Vec<Rule> = p.mapping_rules.iter().filter_map(|r| rule(r, None, &metrics)).collect();
         for (under, list) in backend_rules {
             rules.extend(list.iter().filter_map(|r| rule(r, Some(under), &metrics)));
         }
@@ -250,11 +218,7 @@ pub fn compile(config: &Config, registry: &Registry) -> Result<Snapshots, Config
             if !entry.enabled {
                 continue;
             }
-            match registry.build(
-                &format!("{path}.policy_chain[{j}]"),
-                &entry.name,
-                &entry.configuration,
-            ) {
+            match registry.build(&format!("{path}.policy_chain[{j}]"), &entry.name, &entry.configuration) {
                 Ok(policy) => chain.push(policy),
                 Err(e) => errors.push(e),
             }
@@ -272,11 +236,7 @@ pub fn compile(config: &Config, registry: &Registry) -> Result<Snapshots, Config
                     .limits
                     .iter()
                     .filter_map(|l| {
-                        Some(PlanLimit {
-                            metric: metrics.id(&l.metric)?,
-                            period: l.period,
-                            value: l.value,
-                        })
+                        Some(PlanLimit { metric: metrics.id(&l.metric)?, period: l.period, value: l.value })
                     })
                     .collect();
                 let compiled = Plan {
@@ -291,11 +251,7 @@ pub fn compile(config: &Config, registry: &Registry) -> Result<Snapshots, Config
         let mut by_user_key = HashMap::new();
         let mut by_app_id = HashMap::new();
         for account in &config.accounts {
-            for app in account
-                .applications
-                .iter()
-                .filter(|a| a.product == p.system_name)
-            {
+            for app in account.applications.iter().filter(|a| a.product == p.system_name) {
                 let Some(plan) = plans.get(app.plan.as_str()) else {
                     continue;
                 };
@@ -329,18 +285,8 @@ pub fn compile(config: &Config, registry: &Registry) -> Result<Snapshots, Config
                     "auth_missing",
                     &format!("credentials are missing (e.g. `{param}`)"),
                 ),
-                auth_failed: template(
-                    &e.auth_failed,
-                    StatusCode::FORBIDDEN,
-                    "auth_failed",
-                    "authentication failed",
-                ),
-                no_match: template(
-                    &e.no_match,
-                    StatusCode::NOT_FOUND,
-                    "no_match",
-                    "no mapping rule matched",
-                ),
+                auth_failed: template(&e.auth_failed, StatusCode::FORBIDDEN, "auth_failed", "authentication failed"),
+                no_match: template(&e.no_match, StatusCode::NOT_FOUND, "no_match", "no mapping rule matched"),
                 limits_exceeded: template(
                     &e.limits_exceeded,
                     StatusCode::TOO_MANY_REQUESTS,
@@ -355,22 +301,11 @@ pub fn compile(config: &Config, registry: &Registry) -> Result<Snapshots, Config
         });
         for url in [&p.staging_public_base_url, &p.production_public_base_url] {
             if BaseUrl::parse(url, &["http", "https"]).is_err() {
-                errors.push(ConfigError::new(
-                    path.clone(),
-                    format!("invalid public base URL `{url}`"),
-                ));
+                errors.push(ConfigError::new(path.clone(), format!("invalid public base URL `{url}`")));
             }
         }
-        let host = |u: &str| {
-            BaseUrl::parse(u, &["http", "https"])
-                .map(|b| b.host)
-                .unwrap_or_default()
-        };
-        hosts.push((
-            host(&p.staging_public_base_url),
-            host(&p.production_public_base_url),
-            product.clone(),
-        ));
+        let host = |u: &str| BaseUrl::parse(u, &["http", "https"]).map(|b| b.host).unwrap_or_default();
+        hosts.push((host(&p.staging_public_base_url), host(&p.production_public_base_url), product.clone()));
         products.insert(&p.system_name, product);
     }
     if !errors.is_empty() {
@@ -382,8 +317,5 @@ pub fn compile(config: &Config, registry: &Registry) -> Result<Snapshots, Config
         staging.products.insert(s.into(), product.clone());
         production.products.insert(p.into(), product);
     }
-    Ok(Snapshots {
-        staging,
-        production,
-    })
+    Ok(Snapshots { staging, production })
 }

@@ -45,11 +45,7 @@ pub enum UpstreamStream {
 }
 
 impl AsyncRead for UpstreamStream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             UpstreamStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
             UpstreamStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
@@ -58,11 +54,7 @@ impl AsyncRead for UpstreamStream {
 }
 
 impl AsyncWrite for UpstreamStream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             UpstreamStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
             UpstreamStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
@@ -126,13 +118,10 @@ impl Connector {
         match &inner.tls {
             None => Ok(UpstreamStream::Plain(tcp)),
             Some((connector, name)) => {
-                let tls = tokio::time::timeout(
-                    inner.connect_timeout,
-                    connector.connect(name.clone(), tcp),
-                )
-                .await
-                .map_err(|_| ConnectError::Timeout(inner.address.clone()))?
-                .map_err(|e| ConnectError::Tls(inner.address.clone(), e))?;
+                let tls = tokio::time::timeout(inner.connect_timeout, connector.connect(name.clone(), tcp))
+                    .await
+                    .map_err(|_| ConnectError::Timeout(inner.address.clone()))?
+                    .map_err(|e| ConnectError::Tls(inner.address.clone(), e))?;
                 Ok(UpstreamStream::Tls(Box::new(tls)))
             }
         }
@@ -166,25 +155,15 @@ pub struct Upstream {
 
 impl std::fmt::Debug for Upstream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Upstream")
-            .field("base", &self.base)
-            .finish_non_exhaustive()
+        f.debug_struct("Upstream").field("base", &self.base).finish_non_exhaustive()
     }
 }
 
 impl Upstream {
     /// Builds the connector and pool for a backend. Errors are messages for the
     /// configuration's `tls` field.
-    pub fn new(
-        base: BaseUrl,
-        tls: &BackendTls,
-        connect_timeout: Duration,
-    ) -> Result<Upstream, String> {
-        let host_for_uri = if base.host.contains(':') {
-            format!("[{}]", base.host)
-        } else {
-            base.host.clone()
-        };
+    pub fn new(base: BaseUrl, tls: &BackendTls, connect_timeout: Duration) -> Result<Upstream, String> {
+        let host_for_uri = if base.host.contains(':') { format!("[{}]", base.host) } else { base.host.clone() };
         let address = format!("{host_for_uri}:{}", base.port);
         let tls_connector = if base.is_tls() {
             let config = client_tls_config(tls)?;
@@ -194,37 +173,20 @@ impl Upstream {
         } else {
             None
         };
-        let connector = Connector(Arc::new(ConnectorInner {
-            address: address.clone(),
-            tls: tls_connector,
-            connect_timeout,
-        }));
+        let connector =
+            Connector(Arc::new(ConnectorInner { address: address.clone(), tls: tls_connector, connect_timeout }));
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(1024)
             .build(connector.clone());
-        let http_scheme = if base.is_tls() {
-            http::uri::Scheme::HTTPS
-        } else {
-            http::uri::Scheme::HTTP
-        };
-        let authority = address
-            .parse()
-            .map_err(|e| format!("`{address}` is not a valid authority: {e}"))?;
-        Ok(Upstream {
-            base,
-            http_scheme,
-            authority,
-            connector,
-            client,
-        })
+        let http_scheme = if base.is_tls() { http::uri::Scheme::HTTPS } else { http::uri::Scheme::HTTP };
+        let authority = address.parse().map_err(|e| format!("`{address}` is not a valid authority: {e}"))?;
+        Ok(Upstream { base, http_scheme, authority, connector, client })
     }
 
     /// The URI of a request to this backend: the base path, then `path`, then `query`.
     pub fn uri(&self, path: &str, query: Option<&str>) -> Result<http::Uri, http::Error> {
-        let mut pq = String::with_capacity(
-            self.base.path.len() + path.len() + query.map_or(0, |q| q.len() + 1),
-        );
+        let mut pq = String::with_capacity(self.base.path.len() + path.len() + query.map_or(0, |q| q.len() + 1));
         pq.push_str(&self.base.path);
         pq.push_str(path);
         if pq.is_empty() {
@@ -313,34 +275,20 @@ pub fn client_tls_config(tls: &BackendTls) -> Result<ClientConfig, String> {
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?;
     let mut config = if !tls.verify {
-        builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(NoVerification(provider())))
-            .with_no_client_auth()
+        builder.dangerous().with_custom_certificate_verifier(Arc::new(NoVerification(provider()))).with_no_client_auth()
     } else if let Some(ca) = &tls.ca_file {
         let pinned = load_certs(ca)?;
         let mut roots = RootCertStore::empty();
         for cert in &pinned {
-            roots
-                .add(cert.clone())
-                .map_err(|e| format!("{}: {e}", ca.display()))?;
+            roots.add(cert.clone()).map_err(|e| format!("{}: {e}", ca.display()))?;
         }
         let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
             .build()
             .map_err(|e| format!("{}: {e}", ca.display()))?;
-        let verifier = CaFileVerifier {
-            webpki,
-            pinned,
-            provider: provider(),
-        };
-        builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(verifier))
-            .with_no_client_auth()
+        let verifier = CaFileVerifier { webpki, pinned, provider: provider() };
+        builder.dangerous().with_custom_certificate_verifier(Arc::new(verifier)).with_no_client_auth()
     } else {
-        builder
-            .with_root_certificates(native_roots())
-            .with_no_client_auth()
+        builder.with_root_certificates(native_roots()).with_no_client_auth()
     };
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
@@ -367,19 +315,10 @@ impl ServerCertVerifier for CaFileVerifier {
         ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        match self
-            .webpki
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
-        {
+        match self.webpki.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
             Ok(v) => Ok(v),
-            Err(e)
-                if self
-                    .pinned
-                    .iter()
-                    .any(|p| p.as_ref() == end_entity.as_ref()) =>
-            {
-                let parsed =
-                    rustls::server::ParsedCertificate::try_from(end_entity).map_err(|_| e)?;
+            Err(e) if self.pinned.iter().any(|p| p.as_ref() == end_entity.as_ref()) => {
+                let parsed = rustls::server::ParsedCertificate::try_from(end_entity).map_err(|_| e)?;
                 rustls::client::verify_server_name(&parsed, server_name)?;
                 Ok(ServerCertVerified::assertion())
             }
@@ -393,12 +332,7 @@ impl ServerCertVerifier for CaFileVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
     }
 
     fn verify_tls13_signature(
@@ -407,18 +341,11 @@ impl ServerCertVerifier for CaFileVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.provider.signature_verification_algorithms.supported_schemes()
     }
 }
 
@@ -444,12 +371,7 @@ impl ServerCertVerifier for NoVerification {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
     }
 
     fn verify_tls13_signature(
@@ -458,12 +380,7 @@ impl ServerCertVerifier for NoVerification {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {

@@ -66,11 +66,7 @@ pub struct BackendTls {
 
 impl Default for BackendTls {
     fn default() -> Self {
-        BackendTls {
-            ca_file: None,
-            verify: true,
-            server_name: None,
-        }
+        BackendTls { ca_file: None, verify: true, server_name: None }
     }
 }
 
@@ -237,10 +233,7 @@ pub struct MappingRule {
 #[serde(deny_unknown_fields)]
 pub struct PolicyConfig {
     pub name: String,
-    #[serde(
-        default = "PolicyConfig::empty",
-        skip_serializing_if = "PolicyConfig::is_empty"
-    )]
+    #[serde(default = "PolicyConfig::empty", skip_serializing_if = "PolicyConfig::is_empty")]
     pub configuration: serde_json::Value,
     #[serde(default = "yes")]
     pub enabled: bool,
@@ -311,6 +304,5 @@ pub struct Application {
 }
 
 /// The HTTP methods a mapping rule may name.
-pub const HTTP_METHODS: [&str; 10] = [
-    "GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "TRACE", "CONNECT", "ANY",
-];
+pub const HTTP_METHODS: [&str; 10] =
+    ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "TRACE", "CONNECT", "ANY"];

@@ -30,10 +30,7 @@ pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
 /// Parses and validates a configuration document (YAML, or JSON which is YAML too).
 pub fn parse_str(text: &str) -> Result<Config, ConfigErrors> {
     let root: Value = serde_norway::from_str(text).map_err(|e| {
-        let at = e
-            .location()
-            .map(|l| format!(" at line {}, column {}", l.line(), l.column()))
-            .unwrap_or_default();
+        let at = e.location().map(|l| format!(" at line {}, column {}", l.line(), l.column())).unwrap_or_default();
         ConfigError::new("", format!("not valid YAML{at}: {e}"))
             .hint("fix the syntax; `tollgate check -f FILE` shows every problem")
     })?;
@@ -80,10 +77,8 @@ fn items<T: DeserializeOwned>(key: &str, value: Value, errors: &mut ConfigErrors
         Value::Null => return Vec::new(),
         Value::Sequence(list) => list,
         _ => {
-            errors.push(
-                ConfigError::new(key, "must be a list")
-                    .hint(format!("write `{key}:` followed by `- …` items")),
-            );
+            errors
+                .push(ConfigError::new(key, "must be a list").hint(format!("write `{key}:` followed by `- …` items")));
             return Vec::new();
         }
     };
@@ -102,17 +97,9 @@ fn items<T: DeserializeOwned>(key: &str, value: Value, errors: &mut ConfigErrors
 fn describe(prefix: &str, e: &serde_path_to_error::Error<serde_norway::Error>) -> ConfigError {
     let inner = e.inner().to_string();
     // serde_norway appends " at line N column M" for some errors; the path says more.
-    let inner = inner
-        .split(" at line ")
-        .next()
-        .unwrap_or(&inner)
-        .to_string();
+    let inner = inner.split(" at line ").next().unwrap_or(&inner).to_string();
     let inner_path = e.path().to_string();
-    let mut path = if inner_path == "." {
-        prefix.to_string()
-    } else {
-        format!("{prefix}.{inner_path}")
-    };
+    let mut path = if inner_path == "." { prefix.to_string() } else { format!("{prefix}.{inner_path}") };
     if let Some(rest) = inner.strip_prefix("unknown field `") {
         let (field, expected) = rest.split_once('`').unwrap_or((rest, ""));
         let choices = backticked(expected);
@@ -137,8 +124,7 @@ fn describe(prefix: &str, e: &serde_path_to_error::Error<serde_norway::Error>) -
     }
     if let Some(rest) = inner.strip_prefix("missing field `") {
         let field = rest.split('`').next().unwrap_or(rest);
-        return ConfigError::new(format!("{path}.{field}"), "is required")
-            .hint(format!("add `{field}:` here"));
+        return ConfigError::new(format!("{path}.{field}"), "is required").hint(format!("add `{field}:` here"));
     }
     ConfigError::new(path, inner)
 }
@@ -152,23 +138,14 @@ mod tests {
     use super::*;
 
     fn errors(yaml: &str) -> Vec<String> {
-        parse_str(yaml)
-            .expect_err("should fail")
-            .0
-            .iter()
-            .map(|e| e.to_string())
-            .collect()
+        parse_str(yaml).expect_err("should fail").0.iter().map(|e| e.to_string()).collect()
     }
 
     #[test]
     fn unknown_keys_name_the_path_and_suggest() {
-        let e =
-            errors("backends:\n  - system_name: echo\n    private_base_ulr: ws://127.0.0.1:1\n");
+        let e = errors("backends:\n  - system_name: echo\n    private_base_ulr: ws://127.0.0.1:1\n");
         assert_eq!(e.len(), 1, "{e:?}");
-        assert!(
-            e[0].starts_with("backends[0].private_base_ulr: unknown key"),
-            "{e:?}"
-        );
+        assert!(e[0].starts_with("backends[0].private_base_ulr: unknown key"), "{e:?}");
         assert!(e[0].contains("did you mean `private_base_url`?"), "{e:?}");
         let e = errors("product:\n  - {}\n");
         assert!(e[0].contains("did you mean `products`?"), "{e:?}");
@@ -180,10 +157,7 @@ mod tests {
             "backends:\n  - system_name: a\n  - system_name: b\n    private_base_url: ws://x\n    colour: red\n",
         );
         assert_eq!(e.len(), 2, "{e:?}");
-        assert!(
-            e[0].starts_with("backends[0].private_base_url: is required"),
-            "{e:?}"
-        );
+        assert!(e[0].starts_with("backends[0].private_base_url: is required"), "{e:?}");
         assert!(e[1].starts_with("backends[1].colour: unknown key"), "{e:?}");
     }
 
@@ -192,10 +166,7 @@ mod tests {
         let e = errors(
             "products:\n  - system_name: p\n    staging_public_base_url: http://s\n    production_public_base_url: http://p\n    application_plans:\n      - system_name: basic\n        limits: [ { metric: hits, period: minnute, value: 1 } ]\n",
         );
-        assert!(
-            e[0].starts_with("products[0].application_plans[0].limits[0].period:"),
-            "{e:?}"
-        );
+        assert!(e[0].starts_with("products[0].application_plans[0].limits[0].period:"), "{e:?}");
         assert!(e[0].contains("did you mean `minute`?"), "{e:?}");
     }
 

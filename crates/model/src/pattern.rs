@@ -34,16 +34,12 @@ pub struct Pattern {
 }
 
 fn is_placeholder_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
 /// Parses `{name}` if `s` is exactly one placeholder.
 fn placeholder(s: &str) -> Option<&str> {
-    s.strip_prefix('{')?
-        .strip_suffix('}')
-        .filter(|n| is_placeholder_name(n))
+    s.strip_prefix('{')?.strip_suffix('}').filter(|n| is_placeholder_name(n))
 }
 
 impl Pattern {
@@ -105,23 +101,14 @@ impl Pattern {
                 let value = match placeholder(value) {
                     Some(_) => None,
                     None if value.contains(['{', '}']) => {
-                        return Err(format!(
-                            "`{pair}`: write the value as text or as one `{{name}}`"
-                        ));
+                        return Err(format!("`{pair}`: write the value as text or as one `{{name}}`"));
                     }
                     None => Some(value.into()),
                 };
-                params.push(QueryParam {
-                    name: name.into(),
-                    value,
-                });
+                params.push(QueryParam { name: name.into(), value });
             }
         }
-        Ok(Pattern {
-            tokens,
-            exact,
-            query: params,
-        })
+        Ok(Pattern { tokens, exact, query: params })
     }
 
     /// This pattern with `prefix` (a backend usage path) put before its path part.
@@ -163,16 +150,11 @@ impl Pattern {
 fn match_tokens(tokens: &[Token], s: &str, exact: bool) -> bool {
     match tokens.split_first() {
         None => !exact || s.is_empty(),
-        Some((Token::Literal(l), rest)) => {
-            s.starts_with(&**l) && match_tokens(rest, &s[l.len()..], exact)
-        }
+        Some((Token::Literal(l), rest)) => s.starts_with(&**l) && match_tokens(rest, &s[l.len()..], exact),
         Some((Token::Param, rest)) => {
             // One or more characters of the current segment; try the longest first.
             let seg_end = s.find('/').unwrap_or(s.len());
-            (1..=seg_end)
-                .rev()
-                .filter(|&end| s.is_char_boundary(end))
-                .any(|end| match_tokens(rest, &s[end..], exact))
+            (1..=seg_end).rev().filter(|&end| s.is_char_boundary(end)).any(|end| match_tokens(rest, &s[end..], exact))
         }
     }
 }
@@ -199,14 +181,8 @@ impl<'a> QueryArgs<'a> {
         QueryArgs { args }
     }
 
-    pub fn get_all<'s, 'n>(
-        &'s self,
-        name: &'n str,
-    ) -> impl Iterator<Item = &'s str> + use<'s, 'n, 'a> {
-        self.args
-            .iter()
-            .filter(move |(k, _)| k == name)
-            .map(|(_, v)| &**v)
+    pub fn get_all<'s, 'n>(&'s self, name: &'n str) -> impl Iterator<Item = &'s str> + use<'s, 'n, 'a> {
+        self.args.iter().filter(move |(k, _)| k == name).map(|(_, v)| &**v)
     }
 
     pub fn get<'s>(&'s self, name: &str) -> Option<&'s str> {
@@ -288,29 +264,14 @@ mod tests {
         ("/rooms?format=json", "/rooms", Some("format=json"), true),
         ("/rooms?format=json", "/rooms", Some("format=xml"), false),
         ("/rooms?format=json", "/rooms", None, false),
-        (
-            "/rooms?format=json",
-            "/rooms",
-            Some("a=1&format=json"),
-            true,
-        ),
+        ("/rooms?format=json", "/rooms", Some("a=1&format=json"), true),
         ("/rooms?since={ts}", "/rooms", Some("since=12"), true),
         ("/rooms?since={ts}", "/rooms", Some("until=12"), false),
         ("/rooms?since={ts}", "/rooms", Some("since="), true), // present, even if empty
         ("/rooms?q=a b", "/rooms", Some("q=a+b"), true),
         ("/rooms?q=é", "/rooms", Some("q=%C3%A9"), true),
-        (
-            "/rooms/{room}/messages?since={ts}&format=json",
-            "/rooms/7/messages",
-            Some("format=json&since=3"),
-            true,
-        ),
-        (
-            "/rooms/{room}/messages?since={ts}&format=json",
-            "/rooms/7/messages",
-            Some("since=3"),
-            false,
-        ),
+        ("/rooms/{room}/messages?since={ts}&format=json", "/rooms/7/messages", Some("format=json&since=3"), true),
+        ("/rooms/{room}/messages?since={ts}&format=json", "/rooms/7/messages", Some("since=3"), false),
         ("/rooms$?x=1", "/rooms", Some("x=1"), true),
         ("/rooms$?x=1", "/rooms/1", Some("x=1"), false),
         ("/ünï/{x}", "/ünï/ç", None, true),
@@ -321,11 +282,7 @@ mod tests {
         for (i, &(pattern, path, query, expected)) in CASES.iter().enumerate() {
             let p = Pattern::parse(pattern).unwrap_or_else(|e| panic!("case {i} `{pattern}`: {e}"));
             let q = QueryArgs::parse(query);
-            assert_eq!(
-                p.matches(path, &q),
-                expected,
-                "case {i}: `{pattern}` vs {path}?{query:?}"
-            );
+            assert_eq!(p.matches(path, &q), expected, "case {i}: `{pattern}` vs {path}?{query:?}");
         }
         assert!(CASES.len() >= 25);
     }
@@ -344,28 +301,12 @@ mod tests {
         assert!(p.under("/api").matches("/api/v1/7", &q));
         assert!(!p.under("/api").matches("/v1/7", &q));
         assert!(p.under("/").matches("/v1/7", &q));
-        assert!(
-            Pattern::parse("/{x}")
-                .expect("valid")
-                .under("/api/")
-                .matches("/api/7", &q)
-        );
+        assert!(Pattern::parse("/{x}").expect("valid").under("/api/").matches("/api/7", &q));
     }
 
     #[test]
     fn invalid_patterns_say_why() {
-        for bad in [
-            "foo",
-            "/a$b",
-            "/{x",
-            "/x}",
-            "/{}",
-            "/{a b}",
-            "/{a}{b}",
-            "/a#b",
-            "/a?{x}=1",
-            "/a?x={y}z",
-        ] {
+        for bad in ["foo", "/a$b", "/{x", "/x}", "/{}", "/{a b}", "/{a}{b}", "/a#b", "/a?{x}=1", "/a?x={y}z"] {
             assert!(Pattern::parse(bad).is_err(), "`{bad}` should be rejected");
         }
     }

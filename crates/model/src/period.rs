@@ -21,15 +21,8 @@ pub enum Period {
 }
 
 impl Period {
-    pub const ALL: [Period; 7] = [
-        Period::Minute,
-        Period::Hour,
-        Period::Day,
-        Period::Week,
-        Period::Month,
-        Period::Year,
-        Period::Eternity,
-    ];
+    pub const ALL: [Period; 7] =
+        [Period::Minute, Period::Hour, Period::Day, Period::Week, Period::Month, Period::Year, Period::Eternity];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -68,17 +61,11 @@ impl Period {
             Period::Month => {
                 let (y, m, _) = civil_from_days(now.div_euclid(DAY));
                 let (ny, nm) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
-                (
-                    days_from_civil(y, m, 1) * DAY,
-                    Some(days_from_civil(ny, nm, 1) * DAY),
-                )
+                (days_from_civil(y, m, 1) * DAY, Some(days_from_civil(ny, nm, 1) * DAY))
             }
             Period::Year => {
                 let (y, _, _) = civil_from_days(now.div_euclid(DAY));
-                (
-                    days_from_civil(y, 1, 1) * DAY,
-                    Some(days_from_civil(y + 1, 1, 1) * DAY),
-                )
+                (days_from_civil(y, 1, 1) * DAY, Some(days_from_civil(y + 1, 1, 1) * DAY))
             }
             Period::Eternity => (0, None),
         }
@@ -137,33 +124,12 @@ mod tests {
     #[test]
     fn windows_are_calendar_aligned() {
         let now = ts(2026, 11, 26, 18, 17, 42); // a Thursday
-        assert_eq!(
-            Period::Minute.window(now),
-            (
-                ts(2026, 11, 26, 18, 17, 0),
-                Some(ts(2026, 11, 26, 18, 18, 0))
-            )
-        );
-        assert_eq!(
-            Period::Hour.window(now),
-            (ts(2026, 11, 26, 18, 0, 0), Some(ts(2026, 11, 26, 19, 0, 0)))
-        );
-        assert_eq!(
-            Period::Day.window(now),
-            (ts(2026, 11, 26, 0, 0, 0), Some(ts(2026, 11, 27, 0, 0, 0)))
-        );
-        assert_eq!(
-            Period::Week.window(now),
-            (ts(2026, 11, 23, 0, 0, 0), Some(ts(2026, 11, 30, 0, 0, 0)))
-        );
-        assert_eq!(
-            Period::Month.window(now),
-            (ts(2026, 11, 1, 0, 0, 0), Some(ts(2026, 12, 1, 0, 0, 0)))
-        );
-        assert_eq!(
-            Period::Year.window(now),
-            (ts(2026, 1, 1, 0, 0, 0), Some(ts(2027, 1, 1, 0, 0, 0)))
-        );
+        assert_eq!(Period::Minute.window(now), (ts(2026, 11, 26, 18, 17, 0), Some(ts(2026, 11, 26, 18, 18, 0))));
+        assert_eq!(Period::Hour.window(now), (ts(2026, 11, 26, 18, 0, 0), Some(ts(2026, 11, 26, 19, 0, 0))));
+        assert_eq!(Period::Day.window(now), (ts(2026, 11, 26, 0, 0, 0), Some(ts(2026, 11, 27, 0, 0, 0))));
+        assert_eq!(Period::Week.window(now), (ts(2026, 11, 23, 0, 0, 0), Some(ts(2026, 11, 30, 0, 0, 0))));
+        assert_eq!(Period::Month.window(now), (ts(2026, 11, 1, 0, 0, 0), Some(ts(2026, 12, 1, 0, 0, 0))));
+        assert_eq!(Period::Year.window(now), (ts(2026, 1, 1, 0, 0, 0), Some(ts(2027, 1, 1, 0, 0, 0))));
         assert_eq!(Period::Eternity.window(now), (0, None));
     }
 
@@ -173,13 +139,7 @@ mod tests {
         assert_eq!(Period::Week.window(monday).0, monday);
         assert_eq!(Period::Week.window(monday - 1).0, ts(2026, 11, 23, 0, 0, 0));
         let december = ts(2026, 12, 31, 23, 59, 59);
-        assert_eq!(
-            Period::Month.window(december).1,
-            Some(ts(2027, 1, 1, 0, 0, 0))
-        );
-        assert_eq!(
-            Period::Month.window(ts(2028, 2, 29, 12, 0, 0)).1,
-            Some(ts(2028, 3, 1, 0, 0, 0))
-        );
+        assert_eq!(Period::Month.window(december).1, Some(ts(2027, 1, 1, 0, 0, 0)));
+        assert_eq!(Period::Month.window(ts(2028, 2, 29, 12, 0, 0)).1, Some(ts(2028, 3, 1, 0, 0, 0)));
     }
 }

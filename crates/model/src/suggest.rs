@@ -37,10 +37,7 @@ mod tests {
     #[test]
     fn suggests_close_names_only() {
         let keys = ["private_base_url", "system_name", "metrics"];
-        assert_eq!(
-            did_you_mean("private_base_ulr", keys),
-            Some("private_base_url")
-        );
+        assert_eq!(did_you_mean("private_base_ulr", keys), Some("private_base_url"));
         assert_eq!(did_you_mean("sytem_name", keys), Some("system_name"));
         assert_eq!(did_you_mean("colour", keys), None);
     }

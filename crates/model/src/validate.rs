@@ -23,24 +23,12 @@ impl BaseUrl {
     /// Parses `scheme://host[:port][/path]`, with the schemes allowed in `schemes`.
     pub fn parse(s: &str, schemes: &[&str]) -> Result<BaseUrl, String> {
         let uri: http::Uri = s.parse().map_err(|e| format!("`{s}` is not a URL: {e}"))?;
-        let scheme = uri
-            .scheme_str()
-            .ok_or_else(|| format!("`{s}` has no scheme"))?
-            .to_ascii_lowercase();
+        let scheme = uri.scheme_str().ok_or_else(|| format!("`{s}` has no scheme"))?.to_ascii_lowercase();
         if !schemes.contains(&scheme.as_str()) {
-            return Err(format!(
-                "scheme `{scheme}` is not allowed here; use {}",
-                schemes.join(", ")
-            ));
+            return Err(format!("scheme `{scheme}` is not allowed here; use {}", schemes.join(", ")));
         }
-        let host = uri
-            .host()
-            .filter(|h| !h.is_empty())
-            .ok_or_else(|| format!("`{s}` has no host"))?;
-        let host = host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_ascii_lowercase();
+        let host = uri.host().filter(|h| !h.is_empty()).ok_or_else(|| format!("`{s}` has no host"))?;
+        let host = host.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();
         if uri.query().is_some() {
             return Err(format!("`{s}` must not have a query string"));
         }
@@ -50,12 +38,7 @@ impl BaseUrl {
             None => 80,
         };
         let path = uri.path().trim_end_matches('/').to_string();
-        Ok(BaseUrl {
-            scheme,
-            host,
-            port,
-            path,
-        })
+        Ok(BaseUrl { scheme, host, port, path })
     }
 
     pub fn is_tls(&self) -> bool {
@@ -64,9 +47,7 @@ impl BaseUrl {
 }
 
 fn valid_system_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+    !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
 }
 
 struct Checker {
@@ -110,9 +91,7 @@ impl Checker {
 }
 
 pub(crate) fn validate(config: &Config) -> Result<(), ConfigErrors> {
-    let mut c = Checker {
-        errors: ConfigErrors::default(),
-    };
+    let mut c = Checker { errors: ConfigErrors::default() };
 
     let mut backend_names = HashSet::new();
     for (i, b) in config.backends.iter().enumerate() {
@@ -126,44 +105,22 @@ pub(crate) fn validate(config: &Config) -> Result<(), ConfigErrors> {
             );
         }
         if b.connect_timeout_ms == Some(0) {
-            c.err(
-                format!("{path}.connect_timeout_ms"),
-                "must be greater than 0",
-                "omit it for the default of 5000",
-            );
+            c.err(format!("{path}.connect_timeout_ms"), "must be greater than 0", "omit it for the default of 5000");
         }
         let mut names = HashSet::new();
         for (j, m) in b.metrics.iter().enumerate() {
-            c.system_name(
-                &format!("{path}.metrics[{j}]"),
-                &m.system_name,
-                &mut names,
-                "metric or method",
-            );
+            c.system_name(&format!("{path}.metrics[{j}]"), &m.system_name, &mut names, "metric or method");
         }
         for (j, m) in b.methods.iter().enumerate() {
-            c.system_name(
-                &format!("{path}.methods[{j}]"),
-                &m.system_name,
-                &mut names,
-                "metric or method",
-            );
+            c.system_name(&format!("{path}.methods[{j}]"), &m.system_name, &mut names, "metric or method");
         }
         let mut known: Vec<&str> = b.metrics.iter().chain_methods(&b.methods);
         known.push("hits");
         rules(&mut c, &path, &b.mapping_rules, &known);
     }
 
-    let backends: HashMap<&str, &Backend> = config
-        .backends
-        .iter()
-        .map(|b| (b.system_name.as_str(), b))
-        .collect();
-    let backend_list: Vec<&str> = config
-        .backends
-        .iter()
-        .map(|b| b.system_name.as_str())
-        .collect();
+    let backends: HashMap<&str, &Backend> = config.backends.iter().map(|b| (b.system_name.as_str(), b)).collect();
+    let backend_list: Vec<&str> = config.backends.iter().map(|b| b.system_name.as_str()).collect();
     let mut product_names = HashSet::new();
     let mut hosts: [HashMap<String, String>; 2] = Default::default();
     let mut product_namespaces: HashMap<&str, (Vec<&str>, Vec<&str>, AuthMode)> = HashMap::new();
@@ -188,11 +145,7 @@ pub(crate) fn validate(config: &Config) -> Result<(), ConfigErrors> {
                         );
                     }
                 }
-                Err(e) => c.err(
-                    format!("{path}.{key}"),
-                    e,
-                    "write it like https://api.example.com",
-                ),
+                Err(e) => c.err(format!("{path}.{key}"), e, "write it like https://api.example.com"),
             }
         }
 
@@ -201,21 +154,11 @@ pub(crate) fn validate(config: &Config) -> Result<(), ConfigErrors> {
         let mut names = HashSet::from(["hits".to_string()]);
         for (j, m) in p.metrics.iter().enumerate() {
             if m.system_name != "hits" {
-                c.system_name(
-                    &format!("{path}.metrics[{j}]"),
-                    &m.system_name,
-                    &mut names,
-                    "metric or method",
-                );
+                c.system_name(&format!("{path}.metrics[{j}]"), &m.system_name, &mut names, "metric or method");
             }
         }
         for (j, m) in p.methods.iter().enumerate() {
-            c.system_name(
-                &format!("{path}.methods[{j}]"),
-                &m.system_name,
-                &mut names,
-                "metric or method",
-            );
+            c.system_name(&format!("{path}.methods[{j}]"), &m.system_name, &mut names, "metric or method");
         }
         let mut metrics: Vec<&str> = p.metrics.iter().chain_methods(&p.methods);
         if !metrics.contains(&"hits") {
@@ -232,19 +175,9 @@ pub(crate) fn validate(config: &Config) -> Result<(), ConfigErrors> {
         let mut paths = HashSet::new();
         for (j, u) in p.backend_usages.iter().enumerate() {
             let upath = format!("{path}.backend_usages[{j}]");
-            if c.reference(
-                format!("{upath}.backend"),
-                &u.backend,
-                &backend_list,
-                "backend",
-            ) {
+            if c.reference(format!("{upath}.backend"), &u.backend, &backend_list, "backend") {
                 let b = backends[u.backend.as_str()];
-                for m in b
-                    .metrics
-                    .iter()
-                    .map(|m| &m.system_name)
-                    .chain(b.methods.iter().map(|m| &m.system_name))
-                {
+                for m in b.metrics.iter().map(|m| &m.system_name).chain(b.methods.iter().map(|m| &m.system_name)) {
                     if !metrics.contains(&m.as_str()) {
                         metrics.push(m);
                     }
@@ -275,11 +208,7 @@ pub(crate) fn validate(config: &Config) -> Result<(), ConfigErrors> {
 
         for (j, pol) in p.policy_chain.iter().enumerate() {
             if pol.name.trim().is_empty() {
-                c.err(
-                    format!("{path}.policy_chain[{j}].name"),
-                    "is empty",
-                    "name a policy, e.g. `websocket`",
-                );
+                c.err(format!("{path}.policy_chain[{j}].name"), "is empty", "name a policy, e.g. `websocket`");
             }
         }
 
@@ -289,11 +218,7 @@ pub(crate) fn validate(config: &Config) -> Result<(), ConfigErrors> {
             ("app_id_param", &auth.app_id_param),
             ("app_key_param", &auth.app_key_param),
         ] {
-            if v.is_empty()
-                || !v
-                    .bytes()
-                    .all(|b| b.is_ascii_graphic() && b != b'=' && b != b'&')
-            {
+            if v.is_empty() || !v.bytes().all(|b| b.is_ascii_graphic() && b != b'=' && b != b'&') {
                 c.err(
                     format!("{path}.authentication.{key}"),
                     format!("`{v}` is not a usable parameter name"),
@@ -330,29 +255,16 @@ pub(crate) fn validate(config: &Config) -> Result<(), ConfigErrors> {
         let mut plans = Vec::new();
         for (j, plan) in p.application_plans.iter().enumerate() {
             let ppath = format!("{path}.application_plans[{j}]");
-            c.system_name(
-                &ppath,
-                &plan.system_name,
-                &mut plan_names,
-                "application plan",
-            );
+            c.system_name(&ppath, &plan.system_name, &mut plan_names, "application plan");
             plans.push(plan.system_name.as_str());
             let mut seen = HashSet::new();
             for (k, l) in plan.limits.iter().enumerate() {
                 let lpath = format!("{ppath}.limits[{k}]");
-                c.reference(
-                    format!("{lpath}.metric"),
-                    &l.metric,
-                    &metrics,
-                    "metric or method",
-                );
+                c.reference(format!("{lpath}.metric"), &l.metric, &metrics, "metric or method");
                 if !seen.insert((l.metric.as_str(), l.period)) {
                     c.err(
                         format!("{lpath}.period"),
-                        format!(
-                            "`{}` already has a {} limit in this plan",
-                            l.metric, l.period
-                        ),
+                        format!("`{}` already has a {} limit in this plan", l.metric, l.period),
                         "keep one limit per metric and period",
                     );
                 }
@@ -368,11 +280,7 @@ pub(crate) fn validate(config: &Config) -> Result<(), ConfigErrors> {
         product_namespaces.insert(&p.system_name, (plans, metrics, auth.mode));
     }
 
-    let products: Vec<&str> = config
-        .products
-        .iter()
-        .map(|p| p.system_name.as_str())
-        .collect();
+    let products: Vec<&str> = config.products.iter().map(|p| p.system_name.as_str()).collect();
     let mut account_names = HashSet::new();
     let mut user_keys: HashSet<(&str, &str)> = HashSet::new();
     let mut app_ids: HashSet<(&str, &str)> = HashSet::new();
@@ -394,28 +302,15 @@ pub(crate) fn validate(config: &Config) -> Result<(), ConfigErrors> {
             if !app_names.insert(app.name.as_str()) {
                 c.err(
                     format!("{apath}.name"),
-                    format!(
-                        "account `{}` already has an application named `{}`",
-                        a.name, app.name
-                    ),
+                    format!("account `{}` already has an application named `{}`", a.name, app.name),
                     "give each application of an account its own name",
                 );
             }
-            if !c.reference(
-                format!("{apath}.product"),
-                &app.product,
-                &products,
-                "product",
-            ) {
+            if !c.reference(format!("{apath}.product"), &app.product, &products, "product") {
                 continue;
             }
             let (plans, _, mode) = &product_namespaces[app.product.as_str()];
-            c.reference(
-                format!("{apath}.plan"),
-                &app.plan,
-                plans,
-                "application plan",
-            );
+            c.reference(format!("{apath}.plan"), &app.plan, plans, "application plan");
             match mode {
                 AuthMode::UserKey => match &app.user_key {
                     None => c.err(
@@ -423,11 +318,9 @@ pub(crate) fn validate(config: &Config) -> Result<(), ConfigErrors> {
                         format!("product `{}` authenticates with user_key", app.product),
                         "add `user_key: <a long random string>`",
                     ),
-                    Some(k) if k.is_empty() => c.err(
-                        format!("{apath}.user_key"),
-                        "is empty",
-                        "use a long random string",
-                    ),
+                    Some(k) if k.is_empty() => {
+                        c.err(format!("{apath}.user_key"), "is empty", "use a long random string")
+                    }
                     Some(k) => {
                         if !user_keys.insert((app.product.as_str(), k.as_str())) {
                             c.err(
@@ -441,19 +334,12 @@ pub(crate) fn validate(config: &Config) -> Result<(), ConfigErrors> {
                 AuthMode::AppIdAppKey => match &app.app_id {
                     None => c.err(
                         format!("{apath}.app_id"),
-                        format!(
-                            "product `{}` authenticates with app_id and app_key",
-                            app.product
-                        ),
+                        format!("product `{}` authenticates with app_id and app_key", app.product),
                         "add `app_id:` and `app_keys: [ … ]`",
                     ),
                     Some(id) => {
                         if id.is_empty() {
-                            c.err(
-                                format!("{apath}.app_id"),
-                                "is empty",
-                                "use a unique identifier",
-                            );
+                            c.err(format!("{apath}.app_id"), "is empty", "use a unique identifier");
                         } else if !app_ids.insert((app.product.as_str(), id.as_str())) {
                             c.err(
                                 format!("{apath}.app_id"),
@@ -484,31 +370,14 @@ fn rules(c: &mut Checker, path: &str, rules: &[MappingRule], metrics: &[&str]) {
                 Some(s) => format!("did you mean `{s}`?"),
                 None => format!("use one of {}", HTTP_METHODS.join(", ")),
             };
-            c.err(
-                format!("{rpath}.http_method"),
-                format!("`{}` is not an HTTP method", r.http_method),
-                hint,
-            );
+            c.err(format!("{rpath}.http_method"), format!("`{}` is not an HTTP method", r.http_method), hint);
         }
         if let Err(e) = Pattern::parse(&r.pattern) {
-            c.err(
-                format!("{rpath}.pattern"),
-                e,
-                "see the mapping-rule pattern syntax in the README",
-            );
+            c.err(format!("{rpath}.pattern"), e, "see the mapping-rule pattern syntax in the README");
         }
-        c.reference(
-            format!("{rpath}.metric"),
-            &r.metric,
-            metrics,
-            "metric or method",
-        );
+        c.reference(format!("{rpath}.metric"), &r.metric, metrics, "metric or method");
         if r.delta == 0 {
-            c.err(
-                format!("{rpath}.delta"),
-                "must be at least 1",
-                "omit it for 1",
-            );
+            c.err(format!("{rpath}.delta"), "must be at least 1", "omit it for 1");
         }
     }
 }
@@ -519,8 +388,6 @@ trait ChainMethods<'a> {
 
 impl<'a, I: Iterator<Item = &'a Metric>> ChainMethods<'a> for I {
     fn chain_methods(self, methods: &'a [Method]) -> Vec<&'a str> {
-        self.map(|m| m.system_name.as_str())
-            .chain(methods.iter().map(|m| m.system_name.as_str()))
-            .collect()
+        self.map(|m| m.system_name.as_str()).chain(methods.iter().map(|m| m.system_name.as_str())).collect()
     }
 }

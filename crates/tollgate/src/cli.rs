@@ -5,11 +5,7 @@ use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "tollgate",
-    version,
-    about = "API management gateway for HTTP and WebSocket services"
-)]
+#[command(name = "tollgate", version, about = "API management gateway for HTTP and WebSocket services")]
 pub struct Cli {
     /// Log filter (tracing syntax), e.g. `info`, `tollgate=debug`; RUST_LOG overrides it.
     #[arg(long, global = true, env = "TOLLGATE_LOG", default_value = "info")]
@@ -39,11 +35,7 @@ pub struct ServeArgs {
     #[arg(long, env = "TOLLGATE_DEMO")]
     pub demo: bool,
     /// Production gateway address; `tls://HOST:PORT` for TLS (needs --tls-cert/--tls-key).
-    #[arg(
-        long,
-        env = "TOLLGATE_PRODUCTION_LISTEN",
-        default_value = "0.0.0.0:8080"
-    )]
+    #[arg(long, env = "TOLLGATE_PRODUCTION_LISTEN", default_value = "0.0.0.0:8080")]
     pub production_listen: String,
     /// Staging gateway address; `tls://HOST:PORT` for TLS.
     #[arg(long, env = "TOLLGATE_STAGING_LISTEN", default_value = "0.0.0.0:8081")]

@@ -78,8 +78,7 @@ accounts:
       - {{ name: demo-app, product: demo, plan: basic, user_key: "{user_key}" }}
 "#
     );
-    let config =
-        tollgate_model::parse_str(&yaml).map_err(|e| anyhow::anyhow!("demo configuration: {e}"))?;
+    let config = tollgate_model::parse_str(&yaml).map_err(|e| anyhow::anyhow!("demo configuration: {e}"))?;
     Ok(Demo { config, user_key })
 }
 
@@ -89,15 +88,9 @@ impl Demo {
         let scheme = if server.staging_tls { "wss" } else { "ws" };
         println!();
         println!("Demo: product `demo` in front of a built-in WebSocket echo backend.");
-        println!(
-            "Application `demo-app` on plan `basic` (60 hits a minute) has user_key {}",
-            self.user_key
-        );
+        println!("Application `demo-app` on plan `basic` (60 hits a minute) has user_key {}", self.user_key);
         println!("Try the staging gateway (type a line, get a reply; Ctrl-D to close):");
-        println!(
-            "  tollgate ws '{scheme}://demo-staging.localhost:{port}/?user_key={}'",
-            self.user_key
-        );
+        println!("  tollgate ws '{scheme}://demo-staging.localhost:{port}/?user_key={}'", self.user_key);
         println!(
             "  (from the source tree: cargo run --release -- ws '{scheme}://demo-staging.localhost:{port}/?user_key={}')",
             self.user_key

@@ -7,10 +7,7 @@ use tollgate::cli::{Cli, Command};
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tollgate::init_tracing(&cli.log);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("tollgate: cannot start the async runtime: {e}");

@@ -18,9 +18,7 @@ use tokio::task::JoinSet;
 use tollgate_counters::{Counters, SystemClock};
 use tollgate_gateway::policy::Registry;
 use tollgate_gateway::server::tls_acceptor;
-use tollgate_gateway::{
-    Environment, Gateway, ListenerOptions, Metrics, SnapshotHandle, Snapshots, compile,
-};
+use tollgate_gateway::{Environment, Gateway, ListenerOptions, Metrics, SnapshotHandle, Snapshots, compile};
 use tollgate_model::{Config, ConfigErrors};
 
 /// Reads, validates and compiles a configuration file.
@@ -35,19 +33,14 @@ fn parse_listen(flag: &str, value: &str) -> anyhow::Result<(String, bool)> {
         Some(a) => (a, true),
         None => (value.strip_prefix("http://").unwrap_or(value), false),
     };
-    if addr
-        .rsplit_once(':')
-        .is_none_or(|(_, p)| p.parse::<u16>().is_err())
-    {
+    if addr.rsplit_once(':').is_none_or(|(_, p)| p.parse::<u16>().is_err()) {
         bail!("--{flag} `{value}`: write HOST:PORT, or tls://HOST:PORT for TLS");
     }
     Ok((addr.to_string(), tls))
 }
 
 async fn bind(flag: &str, addr: &str) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("--{flag}: cannot listen on {addr}"))
+    TcpListener::bind(addr).await.with_context(|| format!("--{flag}: cannot listen on {addr}"))
 }
 
 /// Where the configuration comes from.
@@ -74,42 +67,34 @@ impl Server {
     pub async fn start(args: &ServeArgs, source: Source) -> anyhow::Result<Server> {
         let registry = Registry::default();
         let snapshots = match &source {
-            Source::File(path) => load(path, &registry)
-                .map_err(|e| anyhow::anyhow!("{}: invalid configuration:\n{e}", path.display()))?,
-            Source::Inline(config) => compile(config, &registry)
-                .map_err(|e| anyhow::anyhow!("invalid configuration:\n{e}"))?,
+            Source::File(path) => {
+                load(path, &registry).map_err(|e| anyhow::anyhow!("{}: invalid configuration:\n{e}", path.display()))?
+            }
+            Source::Inline(config) => {
+                compile(config, &registry).map_err(|e| anyhow::anyhow!("invalid configuration:\n{e}"))?
+            }
         };
         let (staging_addr, staging_tls) = parse_listen("staging-listen", &args.staging_listen)?;
-        let (production_addr, production_tls) =
-            parse_listen("production-listen", &args.production_listen)?;
+        let (production_addr, production_tls) = parse_listen("production-listen", &args.production_listen)?;
         let acceptor = if staging_tls || production_tls {
             let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) else {
                 bail!("a tls:// listener needs --tls-cert FILE and --tls-key FILE");
             };
-            Some(
-                tls_acceptor(cert, key)
-                    .map_err(|e| anyhow::anyhow!("--tls-cert/--tls-key: {e}"))?,
-            )
+            Some(tls_acceptor(cert, key).map_err(|e| anyhow::anyhow!("--tls-cert/--tls-key: {e}"))?)
         } else {
             None
         };
 
         let staging_listener = bind("staging-listen", &staging_addr).await?;
         let production_listener = bind("production-listen", &production_addr).await?;
-        let admin_listener = bind(
-            "admin-listen",
-            args.admin_listen
-                .strip_prefix("http://")
-                .unwrap_or(&args.admin_listen),
-        )
-        .await?;
+        let admin_listener =
+            bind("admin-listen", args.admin_listen.strip_prefix("http://").unwrap_or(&args.admin_listen)).await?;
 
         let metrics = Arc::new(Metrics::default());
         let counters = Arc::new(Counters::memory());
         let clock = Arc::new(SystemClock);
         let staging_handle: SnapshotHandle = Arc::new(ArcSwap::from_pointee(snapshots.staging));
-        let production_handle: SnapshotHandle =
-            Arc::new(ArcSwap::from_pointee(snapshots.production));
+        let production_handle: SnapshotHandle = Arc::new(ArcSwap::from_pointee(snapshots.production));
         let (stop, _) = watch::channel(false);
         let mut tasks = JoinSet::new();
 
@@ -133,39 +118,15 @@ impl Server {
             tasks: JoinSet::new(),
         };
         for (env, listener, handle, tls) in [
-            (
-                Environment::Staging,
-                staging_listener,
-                staging_handle,
-                staging_tls,
-            ),
-            (
-                Environment::Production,
-                production_listener,
-                production_handle,
-                production_tls,
-            ),
+            (Environment::Staging, staging_listener, staging_handle, staging_tls),
+            (Environment::Production, production_listener, production_handle, production_tls),
         ] {
-            let gateway = Arc::new(Gateway::new(
-                env,
-                handle,
-                counters.clone(),
-                clock.clone(),
-                metrics.clone(),
-            ));
-            let opts = ListenerOptions {
-                tls: if tls { acceptor.clone() } else { None },
-                ..base.clone()
-            };
+            let gateway = Arc::new(Gateway::new(env, handle, counters.clone(), clock.clone(), metrics.clone()));
+            let opts = ListenerOptions { tls: if tls { acceptor.clone() } else { None }, ..base.clone() };
             let mut stop = server.stop.subscribe();
-            tasks.spawn(tollgate_gateway::serve(
-                listener,
-                gateway,
-                opts,
-                async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                },
-            ));
+            tasks.spawn(tollgate_gateway::serve(listener, gateway, opts, async move {
+                let _ = stop.wait_for(|s| *s).await;
+            }));
         }
         let mut stop = server.stop.subscribe();
         tasks.spawn(crate::admin::serve(admin_listener, metrics, async move {
@@ -215,18 +176,9 @@ pub async fn run_cli(args: ServeArgs) -> anyhow::Result<ExitCode> {
         ),
     };
     let server = Server::start(&args, source).await?;
-    println!(
-        "tollgate: staging gateway    {}",
-        server.url(Environment::Staging)
-    );
-    println!(
-        "tollgate: production gateway {}",
-        server.url(Environment::Production)
-    );
-    println!(
-        "tollgate: admin              http://{} (/status/live, /status/ready, /metrics)",
-        server.admin
-    );
+    println!("tollgate: staging gateway    {}", server.url(Environment::Staging));
+    println!("tollgate: production gateway {}", server.url(Environment::Production));
+    println!("tollgate: admin              http://{} (/status/live, /status/ready, /metrics)", server.admin);
     if let Some(demo) = &demo {
         demo.print_instructions(&server);
     }

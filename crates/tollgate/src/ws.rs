@@ -28,17 +28,11 @@ async fn resolve(host: &str, port: u16) -> anyhow::Result<Vec<SocketAddr>> {
     if lower == "localhost" || lower.ends_with(".localhost") {
         return Ok(vec![SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port)]);
     }
-    Ok(tokio::net::lookup_host((bare, port))
-        .await
-        .with_context(|| format!("cannot resolve {bare}"))?
-        .collect())
+    Ok(tokio::net::lookup_host((bare, port)).await.with_context(|| format!("cannot resolve {bare}"))?.collect())
 }
 
 pub async fn run(args: WsArgs) -> anyhow::Result<ExitCode> {
-    let uri: http::Uri = args
-        .url
-        .parse()
-        .with_context(|| format!("`{}` is not a URL", args.url))?;
+    let uri: http::Uri = args.url.parse().with_context(|| format!("`{}` is not a URL", args.url))?;
     let secure = match uri.scheme_str() {
         Some("ws") => false,
         Some("wss") => true,
@@ -47,27 +41,16 @@ pub async fn run(args: WsArgs) -> anyhow::Result<ExitCode> {
     let host = uri.host().context("the URL has no host")?.to_string();
     let port = uri.port_u16().unwrap_or(if secure { 443 } else { 80 });
 
-    let mut request = args
-        .url
-        .as_str()
-        .into_client_request()
-        .context("cannot build the upgrade request")?;
+    let mut request = args.url.as_str().into_client_request().context("cannot build the upgrade request")?;
     for h in &args.headers {
-        let (name, value) = h
-            .split_once(':')
-            .with_context(|| format!("-H `{h}`: write `Name: value`"))?;
-        let name = HeaderName::try_from(name.trim())
-            .with_context(|| format!("-H `{h}`: bad header name"))?;
-        let value = HeaderValue::try_from(value.trim())
-            .with_context(|| format!("-H `{h}`: bad header value"))?;
+        let (name, value) = h.split_once(':').with_context(|| format!("-H `{h}`: write `Name: value`"))?;
+        let name = HeaderName::try_from(name.trim()).with_context(|| format!("-H `{h}`: bad header name"))?;
+        let value = HeaderValue::try_from(value.trim()).with_context(|| format!("-H `{h}`: bad header value"))?;
         request.headers_mut().append(name, value);
     }
     if !args.subprotocol.is_empty() {
-        let v = HeaderValue::try_from(args.subprotocol.join(", "))
-            .context("--subprotocol: bad value")?;
-        request
-            .headers_mut()
-            .insert(http::header::SEC_WEBSOCKET_PROTOCOL, v);
+        let v = HeaderValue::try_from(args.subprotocol.join(", ")).context("--subprotocol: bad value")?;
+        request.headers_mut().insert(http::header::SEC_WEBSOCKET_PROTOCOL, v);
     }
 
     let mut tcp = None;
@@ -82,19 +65,12 @@ pub async fn run(args: WsArgs) -> anyhow::Result<ExitCode> {
         }
     }
     let Some(tcp) = tcp else {
-        bail!(
-            "cannot connect to {host}:{port}: {}",
-            last_err.unwrap_or_else(|| "no address".into())
-        );
+        bail!("cannot connect to {host}:{port}: {}", last_err.unwrap_or_else(|| "no address".into()));
     };
     let connector = if secure {
-        let tls = BackendTls {
-            ca_file: args.cacert.clone(),
-            verify: !args.insecure,
-            server_name: None,
-        };
-        let config = tollgate_gateway::upstream::client_tls_config(&tls)
-            .map_err(|e| anyhow::anyhow!("--cacert: {e}"))?;
+        let tls = BackendTls { ca_file: args.cacert.clone(), verify: !args.insecure, server_name: None };
+        let config =
+            tollgate_gateway::upstream::client_tls_config(&tls).map_err(|e| anyhow::anyhow!("--cacert: {e}"))?;
         Some(Connector::Rustls(Arc::new(config)))
     } else {
         Some(Connector::Plain)
@@ -103,11 +79,7 @@ pub async fn run(args: WsArgs) -> anyhow::Result<ExitCode> {
     let (ws, response) = match client_async_tls_with_config(request, tcp, None, connector).await {
         Ok(ok) => ok,
         Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
-            let body = resp
-                .body()
-                .as_ref()
-                .map(|b| String::from_utf8_lossy(b).into_owned())
-                .unwrap_or_default();
+            let body = resp.body().as_ref().map(|b| String::from_utf8_lossy(b).into_owned()).unwrap_or_default();
             eprintln!("handshake failed: HTTP {}", resp.status());
             if !body.is_empty() {
                 eprintln!("{body}");

@@ -46,33 +46,21 @@ fn joined(list: &[String], what: &str) -> Result<Option<HeaderValue>, (String, S
     }
     HeaderValue::from_str(&list.join(", "))
         .map(Some)
-        .map_err(|_| {
-            (
-                what.to_string(),
-                "contains characters not allowed in a header".into(),
-            )
-        })
+        .map_err(|_| (what.to_string(), "contains characters not allowed in a header".into()))
 }
 
 impl CorsPolicy {
     pub(super) fn new(c: Config) -> Result<Self, (String, String)> {
         for (i, m) in c.allow_methods.iter().enumerate() {
             if Method::from_bytes(m.as_bytes()).is_err() {
-                return Err((
-                    format!("allow_methods[{i}]"),
-                    format!("`{m}` is not an HTTP method"),
-                ));
+                return Err((format!("allow_methods[{i}]"), format!("`{m}` is not an HTTP method")));
             }
         }
         let allow_origin = c
             .allow_origin
             .map(|o| {
-                HeaderValue::try_from(o).map_err(|_| {
-                    (
-                        "allow_origin".to_string(),
-                        "is not a valid header value".to_string(),
-                    )
-                })
+                HeaderValue::try_from(o)
+                    .map_err(|_| ("allow_origin".to_string(), "is not a valid header value".to_string()))
             })
             .transpose()?;
         Ok(CorsPolicy {
@@ -92,10 +80,7 @@ impl CorsPolicy {
     fn common(&self, origin: HeaderValue, out: &mut HeaderMap) {
         out.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
         if self.allow_credentials {
-            out.insert(
-                header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
-                HeaderValue::from_static("true"),
-            );
+            out.insert(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, HeaderValue::from_static("true"));
         }
         out.append(header::VARY, HeaderValue::from_static("Origin"));
     }
@@ -107,10 +92,8 @@ impl Policy for CorsPolicy {
     }
 
     fn rewrite(&self, req: &mut request::Parts, _ctx: &mut Context<'_>) -> Flow {
-        let preflight = req.method == Method::OPTIONS
-            && req
-                .headers
-                .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
+        let preflight =
+            req.method == Method::OPTIONS && req.headers.contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
         let Some(origin) = preflight.then(|| self.origin(&req.headers)).flatten() else {
             return Flow::Continue;
         };
@@ -118,19 +101,13 @@ impl Policy for CorsPolicy {
         *resp.status_mut() = StatusCode::NO_CONTENT;
         let h = resp.headers_mut();
         self.common(origin, h);
-        let methods = self.allow_methods.clone().or_else(|| {
-            req.headers
-                .get(header::ACCESS_CONTROL_REQUEST_METHOD)
-                .cloned()
-        });
+        let methods =
+            self.allow_methods.clone().or_else(|| req.headers.get(header::ACCESS_CONTROL_REQUEST_METHOD).cloned());
         if let Some(m) = methods {
             h.insert(header::ACCESS_CONTROL_ALLOW_METHODS, m);
         }
-        let headers = self.allow_headers.clone().or_else(|| {
-            req.headers
-                .get(header::ACCESS_CONTROL_REQUEST_HEADERS)
-                .cloned()
-        });
+        let headers =
+            self.allow_headers.clone().or_else(|| req.headers.get(header::ACCESS_CONTROL_REQUEST_HEADERS).cloned());
         if let Some(v) = headers {
             h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, v);
         }
@@ -141,10 +118,7 @@ impl Policy for CorsPolicy {
     }
 
     fn response(&self, resp: &mut response::Parts, req: &request::Parts, _ctx: &Context<'_>) {
-        if resp
-            .headers
-            .contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN)
-        {
+        if resp.headers.contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN) {
             return; // a preflight we answered, or a backend that does CORS itself
         }
         if let Some(origin) = self.origin(&req.headers) {

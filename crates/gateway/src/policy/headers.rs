@@ -58,35 +58,23 @@ fn compile(side: &str, commands: Vec<Command>) -> Result<Vec<Compiled>, (String,
         .enumerate()
         .map(|(i, c)| {
             let at = |k: &str| format!("{side}[{i}].{k}");
-            let name = HeaderName::try_from(c.header.as_str()).map_err(|_| {
-                (
-                    at("header"),
-                    format!("`{}` is not a valid header name", c.header),
-                )
-            })?;
+            let name = HeaderName::try_from(c.header.as_str())
+                .map_err(|_| (at("header"), format!("`{}` is not a valid header name", c.header)))?;
             let value = match (c.op, c.value) {
                 (Op::Delete, _) => None,
                 (_, None) => return Err((at("value"), "is required for set, add and push".into())),
-                (_, Some(v)) => Some(
-                    HeaderValue::try_from(v)
-                        .map_err(|_| (at("value"), "is not a valid header value".into()))?,
-                ),
+                (_, Some(v)) => {
+                    Some(HeaderValue::try_from(v).map_err(|_| (at("value"), "is not a valid header value".into()))?)
+                }
             };
-            Ok(Compiled {
-                op: c.op,
-                name,
-                value,
-            })
+            Ok(Compiled { op: c.op, name, value })
         })
         .collect()
 }
 
 impl HeadersPolicy {
     pub(super) fn new(c: Config) -> Result<Self, (String, String)> {
-        Ok(HeadersPolicy {
-            request: compile("request", c.request)?,
-            response: compile("response", c.response)?,
-        })
+        Ok(HeadersPolicy { request: compile("request", c.request)?, response: compile("response", c.response)? })
     }
 }
 

@@ -100,18 +100,14 @@ impl Default for Registry {
                 PolicyInfo {
                     name: "tollgate",
                     summary: "Authenticates the application, maps the request to metrics and enforces usage limits (3scale's `apicast` policy). Runs last if absent from the chain.",
-                    build: |c| {
-                        parse::<tollgate::Config>(c)
-                            .map(|_| Arc::new(TollgatePolicy) as Arc<dyn Policy>)
-                    },
+                    build: |c| parse::<tollgate::Config>(c).map(|_| Arc::new(TollgatePolicy) as Arc<dyn Policy>),
                 },
                 PolicyInfo {
                     name: "websocket",
                     summary: "Allows WebSocket upgrades for the product; without it an upgrade gets 400.",
                     build: |c| {
-                        parse::<websocket::Config>(c).map(|c| {
-                            Arc::new(websocket::WebSocketPolicy::new(c)) as Arc<dyn Policy>
-                        })
+                        parse::<websocket::Config>(c)
+                            .map(|c| Arc::new(websocket::WebSocketPolicy::new(c)) as Arc<dyn Policy>)
                     },
                 },
                 PolicyInfo {
@@ -127,9 +123,7 @@ impl Default for Registry {
                     name: "cors",
                     summary: "Answers CORS preflight requests and adds Access-Control-* headers to responses.",
                     build: |c| {
-                        parse::<cors::Config>(c)
-                            .and_then(cors::CorsPolicy::new)
-                            .map(|p| Arc::new(p) as Arc<dyn Policy>)
+                        parse::<cors::Config>(c).and_then(cors::CorsPolicy::new).map(|p| Arc::new(p) as Arc<dyn Policy>)
                     },
                 },
             ],
@@ -154,18 +148,11 @@ impl Registry {
             let e = ConfigError::new(format!("{path}.name"), format!("no policy named `{name}`"));
             return Err(match did_you_mean(name, names.clone()) {
                 Some(s) => e.hint(format!("did you mean `{s}`?")),
-                None => e.hint(format!(
-                    "available policies: {}",
-                    names.collect::<Vec<_>>().join(", ")
-                )),
+                None => e.hint(format!("available policies: {}", names.collect::<Vec<_>>().join(", "))),
             });
         };
         (info.build)(configuration).map_err(|(at, msg)| {
-            let at = if at.is_empty() || at == "." {
-                String::new()
-            } else {
-                format!(".{at}")
-            };
+            let at = if at.is_empty() || at == "." { String::new() } else { format!(".{at}") };
             ConfigError::new(format!("{path}.configuration{at}"), msg)
                 .hint(format!("see the `{name}` policy in docs/policies.md"))
         })
@@ -174,11 +161,7 @@ impl Registry {
 
 /// Deserializes a policy's configuration; on error, the path inside it and the message.
 fn parse<T: DeserializeOwned>(configuration: &serde_json::Value) -> Result<T, (String, String)> {
-    let value = if configuration.is_null() {
-        serde_json::Value::Object(Default::default())
-    } else {
-        configuration.clone()
-    };
-    serde_path_to_error::deserialize(value)
-        .map_err(|e| (e.path().to_string(), e.inner().to_string()))
+    let value =
+        if configuration.is_null() { serde_json::Value::Object(Default::default()) } else { configuration.clone() };
+    serde_path_to_error::deserialize(value).map_err(|e| (e.path().to_string(), e.inner().to_string()))
 }

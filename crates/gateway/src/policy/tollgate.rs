@@ -25,27 +25,19 @@ impl Policy for TollgatePolicy {
         let product = ctx.product;
         // The query is parsed at most once, and only when credentials or rules need it.
         let needs_query = product.credentials_in_query() || product.mapper.needs_query();
-        let query = if needs_query {
-            QueryArgs::parse(req.uri.query())
-        } else {
-            QueryArgs::default()
-        };
+        let query = if needs_query { QueryArgs::parse(req.uri.query()) } else { QueryArgs::default() };
 
         let Some(credentials) = auth::extract(&product.authentication, req, &query) else {
             return Flow::Respond(product.errors.auth_missing.respond());
         };
         let application = match &credentials {
             Credentials::UserKey(key) => product.applications_by_user_key.get(&**key),
-            Credentials::AppId { app_id, app_key } => product
-                .applications_by_app_id
-                .get(&**app_id)
-                .filter(|app| match app_key {
-                    Some(k) => app
-                        .app_keys
-                        .iter()
-                        .any(|known| constant_time_eq(known.as_bytes(), k.as_bytes())),
+            Credentials::AppId { app_id, app_key } => {
+                product.applications_by_app_id.get(&**app_id).filter(|app| match app_key {
+                    Some(k) => app.app_keys.iter().any(|known| constant_time_eq(known.as_bytes(), k.as_bytes())),
                     None => false,
-                }),
+                })
+            }
         };
         let Some(application) = application else {
             return Flow::Respond(product.errors.auth_failed.respond());
@@ -55,10 +47,7 @@ impl Policy for TollgatePolicy {
         }
 
         let mut usage = Usage::default();
-        if !product
-            .mapper
-            .map(&req.method, req.uri.path(), &query, &mut usage)
-        {
+        if !product.mapper.map(&req.method, req.uri.path(), &query, &mut usage) {
             return Flow::Respond(product.errors.no_match.respond());
         }
         ctx.usage = usage.with_ancestors(&product.metrics);

@@ -1,0 +1,397 @@
+//! The WebSocket user story, end to end: the example's Node `ws` backend over https with
+//! an openssl-made self-signed certificate, behind staging and production gateways.
+
+mod support;
+
+use futures_util::{SinkExt, StreamExt};
+use std::sync::Arc;
+use support::*;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tollgate_gateway::Environment;
+
+const KEY: &str = "2d4c1f0e9b8a7d6c5b4a3f2e1d0c9b8a";
+
+fn config(backend: &NodeBackend, extra_chain: &str, hits_per_minute: u64) -> String {
+    format!(
+        r#"
+backends:
+  - system_name: echo
+    private_base_url: {url}
+    tls: {{ ca_file: {cert} }}
+products:
+  - system_name: chat
+    staging_public_base_url: http://chat-staging.localhost:8081
+    production_public_base_url: http://chat.localhost:8080
+    backend_usages: [ {{ backend: echo, path: / }} ]
+    metrics: [ {{ system_name: hits, unit: hit }} ]
+    methods: [ {{ system_name: connect }} ]
+    mapping_rules:
+      - {{ http_method: GET, pattern: /, metric: connect, delta: 1 }}
+    policy_chain: [ {extra_chain} {{ name: tollgate }} ]
+    application_plans:
+      - system_name: basic
+        limits: [ {{ metric: hits, period: minute, value: {hits_per_minute} }} ]
+accounts:
+  - name: acme
+    applications:
+      - {{ name: acme-chat, product: chat, plan: basic, user_key: {KEY} }}
+      - {{ name: acme-old, product: chat, plan: basic, user_key: suspended-key, state: suspended }}
+"#,
+        url = backend.url(),
+        cert = backend.cert.display(),
+    )
+}
+
+#[tokio::test]
+async fn hello_through_staging_and_production() {
+    let backend = node_backend().await;
+    let gw = gateway(&config(&backend, "{ name: websocket },", 100)).await;
+    let path = format!("/?user_key={KEY}");
+
+    let mut staging = ws(gw.server.staging, "chat-staging.localhost", &path).await.expect("staging upgrade");
+    assert_eq!(ask(&mut staging, "hello").await, "reply from server : hello");
+
+    let mut production = ws(gw.server.production, "chat.localhost:8080", &path).await.expect("production upgrade");
+    assert_eq!(ask(&mut production, "hello").await, "reply from server : hello");
+
+    // Hosts are per environment: the staging host means nothing to production.
+    let (status, body) = ws_refused(gw.server.production, "chat-staging.localhost", &path).await;
+    assert_eq!(status, 404);
+    assert!(body.contains("unknown_host"), "{body}");
+}
+
+#[tokio::test]
+async fn upgrades_are_authenticated_mapped_and_limited() {
+    let backend = node_backend().await;
+    let gw = gateway(&config(&backend, "{ name: websocket },", 2)).await;
+    let addr = gw.server.staging;
+    let host = "chat-staging.localhost";
+
+    let (status, body) = ws_refused(addr, host, "/").await;
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("auth_missing"), "{body}");
+    let (status, body) = ws_refused(addr, host, "/?user_key=wrong").await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("auth_failed"), "{body}");
+    let (status, _) = ws_refused(addr, host, "/?user_key=suspended-key").await;
+    assert_eq!(status, 403);
+
+    // Two hits a minute: the third upgrade is refused with rate-limit headers.
+    let path = format!("/?user_key={KEY}");
+    let _a = ws(addr, host, &path).await.expect("first");
+    let _b = ws(addr, host, &path).await.expect("second");
+    let mut req =
+        tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(format!("ws://{addr}{path}"))
+            .expect("req");
+    req.headers_mut().insert("host", host.parse().expect("host"));
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    match tokio_tungstenite::client_async(req, tcp).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status().as_u16(), 429);
+            let h = resp.headers();
+            assert_eq!(h["ratelimit-limit"], "2");
+            assert_eq!(h["ratelimit-remaining"], "0");
+            let retry: u64 = h["retry-after"].to_str().expect("ascii").parse().expect("number");
+            assert!((1..=60).contains(&retry), "retry-after {retry}");
+            assert_eq!(h["ratelimit-reset"], h["retry-after"]);
+        }
+        other => panic!("expected 429, got {:?}", other.map(|_| ())),
+    }
+}
+
+#[tokio::test]
+async fn websocket_needs_the_websocket_policy() {
+    let backend = node_backend().await;
+    let gw = gateway(&config(&backend, "", 100)).await;
+    let (status, body) = ws_refused(gw.server.staging, "chat-staging.localhost", &format!("/?user_key={KEY}")).await;
+    assert_eq!(status, 400);
+    assert!(body.contains("websocket_disabled") && body.contains("`websocket` policy"), "{body}");
+}
+
+#[tokio::test]
+async fn invalid_upgrades_get_400() {
+    let backend = node_backend().await;
+    let gw = gateway(&config(&backend, "{ name: websocket },", 100)).await;
+    let addr = gw.server.staging;
+    let base = format!(
+        "GET /?user_key={KEY} HTTP/1.1\r\nHost: chat-staging.localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+    );
+    for (what, extra) in [
+        ("no key", "Sec-WebSocket-Version: 13\r\n"),
+        ("short key", "Sec-WebSocket-Key: c2hvcnQ=\r\nSec-WebSocket-Version: 13\r\n"),
+        ("wrong version", "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 8\r\n"),
+    ] {
+        let resp = raw(addr, format!("{base}{extra}Connection: close\r\n\r\n").as_bytes()).await;
+        assert_eq!(status_of(&resp), 400, "{what}: {resp}");
+        assert!(resp.contains("bad_upgrade"), "{what}: {resp}");
+        assert!(resp.to_ascii_lowercase().contains("sec-websocket-version: 13"), "{what}: {resp}");
+    }
+    let post = format!(
+        "POST /?user_key={KEY} HTTP/1.1\r\nHost: chat-staging.localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nContent-Length: 0\r\n\r\n"
+    );
+    assert_eq!(status_of(&raw(addr, post.as_bytes()).await), 400);
+}
+
+#[tokio::test]
+async fn ten_thousand_messages_each_way_arrive_complete_and_in_order() {
+    const N: usize = 10_000;
+    let backend = node_backend().await;
+    let gw = gateway(&config(&backend, "{ name: websocket },", 100)).await;
+    let socket = ws(gw.server.staging, "chat-staging.localhost", &format!("/?user_key={KEY}")).await.expect("upgrade");
+    let (mut sink, mut stream) = socket.split();
+    let sender = tokio::spawn(async move {
+        for i in 0..N {
+            sink.feed(Message::text(format!("m{i}"))).await.expect("send");
+        }
+        sink.flush().await.expect("flush");
+        sink
+    });
+    for i in 0..N {
+        match stream.next().await.expect("stream ended").expect("receive") {
+            Message::Text(t) => assert_eq!(t.as_str(), format!("reply from server : m{i}")),
+            other => panic!("unexpected {other:?} at {i}"),
+        }
+    }
+    let mut sink = sender.await.expect("sender");
+    sink.send(Message::Close(None)).await.expect("close");
+}
+
+#[tokio::test]
+async fn close_codes_travel_both_ways_and_pings_pass_through() {
+    let backend = node_backend().await;
+    let gw = gateway(&config(&backend, "{ name: websocket },", 100)).await;
+    let path = format!("/?user_key={KEY}");
+
+    // Client → backend: the backend (Node ws) answers a close with the code it received.
+    let mut a = ws(gw.server.staging, "chat-staging.localhost", &path).await.expect("upgrade");
+    a.send(Message::Ping(b"are you there".to_vec().into())).await.expect("ping");
+    match ws_message(&mut a).await {
+        Message::Pong(p) => assert_eq!(&p[..], b"are you there"),
+        other => panic!("expected the backend's pong, got {other:?}"),
+    }
+    a.send(Message::Close(Some(CloseFrame { code: CloseCode::Library(4000), reason: "client-bye".into() })))
+        .await
+        .expect("close");
+    match ws_message(&mut a).await {
+        Message::Close(Some(f)) => assert_eq!((u16::from(f.code), f.reason.as_str()), (4000, "client-bye")),
+        other => panic!("expected close 4000, got {other:?}"),
+    }
+
+    // Backend → client.
+    let mut b = ws(gw.server.staging, "chat-staging.localhost", &path).await.expect("upgrade");
+    b.send(Message::text("close 4001 server-bye")).await.expect("send");
+    match ws_message(&mut b).await {
+        Message::Close(Some(f)) => assert_eq!((u16::from(f.code), f.reason.as_str()), (4001, "server-bye")),
+        other => panic!("expected close 4001, got {other:?}"),
+    }
+    // 1000 (normal) too.
+    let mut c = ws(gw.server.staging, "chat-staging.localhost", &path).await.expect("upgrade");
+    c.send(Message::text("close 1000")).await.expect("send");
+    assert!(matches!(ws_message(&mut c).await, Message::Close(Some(f)) if f.code == CloseCode::Normal));
+}
+
+#[tokio::test]
+async fn node_client_negotiates_subprotocol_and_permessage_deflate_end_to_end() {
+    let backend = node_backend().await;
+    let gw = gateway(&config(&backend, "{ name: websocket },", 100)).await;
+    let script = r#"
+const WebSocket = require(process.env.WS_MODULE);
+const ws = new WebSocket(process.env.URL, ['chat'], { headers: { host: 'chat-staging.localhost' }, perMessageDeflate: true });
+ws.on('error', (e) => { console.error(e.message); process.exit(1); });
+const big = 'compressible '.repeat(5000);
+ws.on('open', () => ws.send(big));
+ws.on('message', (m) => {
+  console.log(JSON.stringify({ protocol: ws.protocol, extensions: ws.extensions, ok: String(m) === 'reply from server : ' + big }));
+  ws.close(1000);
+});
+ws.on('close', (code) => process.exit(code === 1000 ? 0 : 3));
+"#;
+    let out = tokio::process::Command::new("node")
+        .arg("-e")
+        .arg(script)
+        .env("WS_MODULE", example_dir().join("node_modules/ws"))
+        .env("URL", format!("ws://{}/?user_key={KEY}", gw.server.staging))
+        .output()
+        .await
+        .expect("node");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "node client failed: {stdout} {}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).expect("json");
+    assert_eq!(v["protocol"], "chat");
+    assert_eq!(v["extensions"], "permessage-deflate");
+    assert_eq!(v["ok"], true);
+}
+
+#[tokio::test]
+async fn tls_listener_serves_wss_and_http2() {
+    let backend = node_backend().await;
+    let certs = TempDir::new();
+    let (cert, key) = make_cert(certs.path());
+    let (cert_s, key_s) = (cert.display().to_string(), key.display().to_string());
+    let dir = TempDir::new();
+    let config_path = dir.path().join("tollgate.yaml");
+    std::fs::write(&config_path, config(&backend, "{ name: websocket },", 100)).expect("write");
+    let args = serve_args(&["--tls-cert", &cert_s, "--tls-key", &key_s]);
+    let args = tollgate::cli::ServeArgs { staging_listen: "tls://127.0.0.1:0".into(), ..args };
+    let server =
+        tollgate::serve::Server::start(&args, tollgate::serve::Source::File(config_path)).await.expect("start");
+    assert!(server.url(Environment::Staging).starts_with("https://"));
+
+    let tls = tollgate_model::BackendTls { ca_file: Some(cert.clone()), verify: true, server_name: None };
+    let client_config = Arc::new(tollgate_gateway::upstream::client_tls_config(&tls).expect("tls config"));
+    let mut req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(format!(
+        "wss://127.0.0.1:{}/?user_key={KEY}",
+        server.staging.port()
+    ))
+    .expect("req");
+    req.headers_mut().insert("host", "chat-staging.localhost".parse().expect("host"));
+    let tcp = tokio::net::TcpStream::connect(server.staging).await.expect("connect");
+    let (mut socket, _) = tokio_tungstenite::client_async_tls_with_config(
+        req,
+        tcp,
+        None,
+        Some(tokio_tungstenite::Connector::Rustls(client_config)),
+    )
+    .await
+    .expect("wss upgrade");
+    assert_eq!(ask(&mut socket, "hello").await, "reply from server : hello");
+
+    // HTTP/2 by ALPN on the same listener, proxied to the https backend.
+    let mut h2_config = tollgate_gateway::upstream::client_tls_config(&tls).expect("tls config");
+    h2_config.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(server.staging).await.expect("connect");
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("name");
+    let tls_stream = tokio_rustls::TlsConnector::from(Arc::new(h2_config)).connect(name, tcp).await.expect("tls");
+    assert_eq!(tls_stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls_stream),
+    )
+    .await
+    .expect("h2 handshake");
+    tokio::spawn(conn);
+    let req = http::Request::builder()
+        .uri(format!("https://chat-staging.localhost/anything?user_key={KEY}"))
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .expect("req");
+    let resp = sender.send_request(req).await.expect("h2 response");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+    let body = http_body_util::BodyExt::collect(resp.into_body()).await.expect("body").to_bytes();
+    let v: serde_json::Value = serde_json::from_slice(&body).expect("json");
+    assert_eq!(v["url"], format!("/anything?user_key={KEY}"));
+    assert_eq!(v["headers"]["x-forwarded-proto"], "https");
+    server.shutdown().await;
+}
+
+fn bin() -> std::process::Command {
+    std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+}
+
+#[tokio::test]
+async fn the_tollgate_ws_client_prints_replies_and_fails_clearly() {
+    let backend = node_backend().await;
+    let gw = gateway(&config(&backend, "{ name: websocket },", 100)).await;
+    let port = gw.server.staging.port();
+    let run = |url: String, input: &'static str| {
+        tokio::task::spawn_blocking(move || {
+            let mut child = bin()
+                .args(["ws", &url])
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("spawn tollgate ws");
+            std::io::Write::write_all(child.stdin.as_mut().expect("stdin"), input.as_bytes()).expect("write");
+            drop(child.stdin.take());
+            child.wait_with_output().expect("wait")
+        })
+    };
+    let out = run(format!("ws://chat-staging.localhost:{port}/?user_key={KEY}"), "hello\n").await.expect("join");
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "reply from server : hello\n");
+
+    let out = run(format!("ws://chat-staging.localhost:{port}/?user_key=nope"), "").await.expect("join");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("HTTP 403") && err.contains("auth_failed"), "{err}");
+}
+
+/// Reads the spawned server's stdout for its staging port.
+async fn staging_port(lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStdout>>) -> u16 {
+    while let Some(line) = lines.next_line().await.expect("stdout") {
+        if let Some(url) = line.strip_prefix("tollgate: staging gateway") {
+            return url.trim().rsplit(':').next().and_then(|p| p.parse().ok()).expect("port");
+        }
+    }
+    panic!("the server exited before printing its addresses");
+}
+
+/// Reads stderr until a line contains `needle`.
+async fn wait_for_log(lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStderr>>, needle: &str) {
+    while let Some(line) = lines.next_line().await.expect("stderr") {
+        if line.contains(needle) {
+            return;
+        }
+    }
+    panic!("the server exited before logging {needle:?}");
+}
+
+#[tokio::test]
+async fn sighup_reloads_without_dropping_an_open_websocket() {
+    let backend = node_backend().await;
+    let dir = TempDir::new();
+    let path = dir.path().join("tollgate.yaml");
+    let original = config(&backend, "{ name: websocket },", 100);
+    std::fs::write(&path, &original).expect("write");
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["--log", "info", "serve", "--config"])
+        .arg(&path)
+        .args([
+            "--staging-listen",
+            "127.0.0.1:0",
+            "--production-listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn serve");
+    let mut out = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut err = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let port = staging_port(&mut out).await;
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    let host = "chat-staging.localhost";
+
+    let mut open = ws(addr, host, &format!("/?user_key={KEY}")).await.expect("upgrade");
+    assert_eq!(ask(&mut open, "before").await, "reply from server : before");
+
+    // A new key replaces the old one.
+    std::fs::write(&path, original.replace(KEY, "rotated-key")).expect("write");
+    let pid = child.id().expect("pid").to_string();
+    assert!(std::process::Command::new("kill").args(["-HUP", &pid]).status().expect("kill").success());
+    wait_for_log(&mut err, "configuration reloaded").await;
+    assert_eq!(ws_refused(addr, host, &format!("/?user_key={KEY}")).await.0, 403);
+    let mut fresh = ws(addr, host, "/?user_key=rotated-key").await.expect("new key works");
+    assert_eq!(ask(&mut fresh, "new").await, "reply from server : new");
+    // The connection opened before the reload keeps flowing.
+    assert_eq!(ask(&mut open, "after").await, "reply from server : after");
+
+    // A broken file is rejected and the running configuration stays.
+    std::fs::write(&path, "products:\n  - system_name: [\n").expect("write");
+    assert!(std::process::Command::new("kill").args(["-HUP", &pid]).status().expect("kill").success());
+    wait_for_log(&mut err, "configuration NOT reloaded").await;
+    let mut still = ws(addr, host, "/?user_key=rotated-key").await.expect("old config still serves");
+    assert_eq!(ask(&mut still, "still").await, "reply from server : still");
+    assert_eq!(ask(&mut open, "again").await, "reply from server : again");
+
+    child.start_kill().expect("kill");
+    let _ = child.wait().await;
+    let _ = AsyncWriteExt::flush(&mut tokio::io::sink()).await;
+}
