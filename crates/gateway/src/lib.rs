@@ -26,6 +26,7 @@ pub mod metrics;
 pub mod policy;
 mod proxy;
 pub mod server;
+mod smuggling;
 pub mod snapshot;
 pub mod upstream;
 

@@ -5,6 +5,7 @@
 //! accept loop down instead of crashing it.
 
 use crate::proxy::{ConnInfo, Gateway};
+use crate::smuggling::SmugglingGuard;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -124,7 +125,7 @@ pub async fn serve(
             match &opts.tls {
                 None => {
                     let info = ConnInfo { client_addr, tls: false };
-                    serve_connection(TokioIo::new(tcp), info, &gateway, &builder, &mut stop).await;
+                    serve_connection(TokioIo::new(SmugglingGuard::new(tcp)), info, &gateway, &builder, &mut stop).await;
                 }
                 Some(acceptor) => {
                     let tls = match tokio::time::timeout(opts.tls_handshake_timeout, acceptor.accept(tcp)).await {
@@ -135,7 +136,12 @@ pub async fn serve(
                         Err(_) => return tracing::debug!(%client_addr, "TLS handshake timed out"),
                     };
                     let info = ConnInfo { client_addr, tls: true };
-                    serve_connection(TokioIo::new(tls), info, &gateway, &builder, &mut stop).await;
+                    if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+                        serve_connection(TokioIo::new(tls), info, &gateway, &builder, &mut stop).await;
+                    } else {
+                        let guarded = SmugglingGuard::new(tls);
+                        serve_connection(TokioIo::new(guarded), info, &gateway, &builder, &mut stop).await;
+                    }
                 }
             }
         });

@@ -176,7 +176,12 @@ async fn backend_route(req: Request<Incoming>) -> Response<BoxBody> {
         return Response::new(full(format!("{{\"bytes\":{n}}}")));
     }
     if path == "/download" {
-        let n = req.uri().query().and_then(|q| q.strip_prefix("bytes=")).and_then(|v| v.parse().ok()).unwrap_or(0);
+        let n = req
+            .uri()
+            .query()
+            .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("bytes=")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
         return Response::new(Generated::new(n).boxed());
     }
     if let Some(code) = path.strip_prefix("/status/").and_then(|c| c.parse::<u16>().ok()) {

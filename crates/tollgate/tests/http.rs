@@ -1,0 +1,331 @@
+//! Ordinary HTTP through the gateway: routing by host and backend usage, the policy
+//! chain, authentication modes, limits, error statuses and hostile input. The backend is
+//! a real Rust HTTP server on loopback port 0.
+
+mod support;
+
+use bytes::Bytes;
+use http::StatusCode;
+use std::net::SocketAddr;
+use support::*;
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+
+/// A loopback address whose accept queue is full, so a new connection hangs in SYN
+/// retries: the way to get a connect timeout without leaving loopback.
+async fn blackhole() -> (SocketAddr, TcpListener, Vec<TcpStream>) {
+    let socket = TcpSocket::new_v4().expect("socket");
+    socket.bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
+    let listener = socket.listen(1).expect("listen");
+    let addr = listener.local_addr().expect("addr");
+    // With a backlog of 1 Linux queues two established connections; later SYNs are dropped.
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        held.push(TcpStream::connect(addr).await.expect("fill the accept queue"));
+    }
+    (addr, listener, held)
+}
+
+/// A loopback port with nothing listening.
+async fn closed_port() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    l.local_addr().expect("addr")
+}
+
+fn shop(backend: SocketAddr, down: SocketAddr, hole: SocketAddr) -> String {
+    format!(
+        r#"
+backends:
+  - system_name: api
+    private_base_url: http://{backend}/base
+  - system_name: files
+    private_base_url: http://{backend}
+    metrics: [ {{ system_name: uploads }} ]
+    mapping_rules:
+      - {{ http_method: POST, pattern: /upload, metric: uploads, delta: 1 }}
+      - {{ http_method: GET, pattern: /download, metric: hits, delta: 1 }}
+  - system_name: down
+    private_base_url: http://{down}
+  - system_name: hole
+    private_base_url: http://{hole}
+    connect_timeout_ms: 300
+products:
+  - system_name: shop
+    staging_public_base_url: http://shop-staging.localhost
+    production_public_base_url: https://shop.example.com
+    backend_usages:
+      - {{ backend: api, path: / }}
+      - {{ backend: files, path: /files }}
+      - {{ backend: down, path: /down }}
+      - {{ backend: hole, path: /hole }}
+    metrics: [ {{ system_name: hits }} ]
+    methods: [ {{ system_name: read }}, {{ system_name: write }} ]
+    mapping_rules:
+      - {{ http_method: GET, pattern: /items, metric: read, delta: 1 }}
+      - {{ http_method: POST, pattern: /items$, metric: write, delta: 1 }}
+      - {{ http_method: GET, pattern: /down, metric: hits }}
+      - {{ http_method: GET, pattern: /hole, metric: hits }}
+      - {{ http_method: GET, pattern: /filesystem, metric: hits }}
+    errors:
+      no_match: {{ status: 404, body: "nothing mapped here", content_type: text/plain }}
+    policy_chain:
+      - {{ name: cors, configuration: {{ allow_methods: [GET, POST], max_age: 600 }} }}
+      - {{ name: headers, configuration: {{ request: [ {{ op: set, header: x-api-version, value: "2" }}, {{ op: delete, header: cookie }} ], response: [ {{ op: set, header: x-served-by, value: tollgate }} ] }} }}
+      - {{ name: tollgate }}
+    application_plans:
+      - system_name: unlimited
+      - system_name: tight
+        limits: [ {{ metric: hits, period: minute, value: 50 }} ]
+      - system_name: writes
+        limits: [ {{ metric: write, period: hour, value: 1 }}, {{ metric: hits, period: eternity, value: 3 }} ]
+  - system_name: legacy
+    staging_public_base_url: http://legacy-staging.localhost
+    production_public_base_url: http://legacy.localhost
+    backend_usages: [ {{ backend: api, path: / }} ]
+    authentication: {{ mode: app_id_app_key, credentials_location: authorization }}
+    mapping_rules: [ {{ http_method: ANY, pattern: /, metric: hits }} ]
+    application_plans: [ {{ system_name: basic }} ]
+  - system_name: headerkeys
+    staging_public_base_url: http://hk-staging.localhost
+    production_public_base_url: http://hk.localhost
+    backend_usages: [ {{ backend: api, path: / }} ]
+    authentication: {{ credentials_location: headers, user_key_param: x-api-key }}
+    mapping_rules: [ {{ http_method: ANY, pattern: /, metric: hits }} ]
+    application_plans: [ {{ system_name: basic }} ]
+accounts:
+  - name: acme
+    applications:
+      - {{ name: main, product: shop, plan: unlimited, user_key: k1 }}
+      - {{ name: burst, product: shop, plan: tight, user_key: k2 }}
+      - {{ name: writer, product: shop, plan: writes, user_key: k3 }}
+      - {{ name: old, product: legacy, plan: basic, app_id: id1, app_keys: [secret1, secret2] }}
+      - {{ name: hk, product: headerkeys, plan: basic, user_key: hk1 }}
+"#
+    )
+}
+
+struct Setup {
+    gw: TestGateway,
+    _hole: (TcpListener, Vec<TcpStream>),
+}
+
+async fn setup() -> Setup {
+    let backend = http_backend().await;
+    let down = closed_port().await;
+    let (hole, l, held) = blackhole().await;
+    let gw = gateway(&shop(backend, down, hole)).await;
+    Setup { gw, _hole: (l, held) }
+}
+
+const STAGING: &str = "shop-staging.localhost";
+
+fn json(body: &str) -> serde_json::Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
+}
+
+#[tokio::test]
+async fn forwards_to_the_backend_with_prefix_removed_and_forwarded_headers() {
+    let s = setup().await;
+    let addr = s.gw.server.staging;
+    let (status, headers, body) = request(
+        addr,
+        STAGING,
+        "GET",
+        "/items/7?user_key=k1&x=1",
+        boxed(http_body_util::Empty::new()),
+        &[("cookie", "a=b"), ("x-forwarded-for", "10.9.8.7")],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let v = json(&body);
+    assert_eq!(v["path"], "/base/items/7", "the backend's base path comes first");
+    assert_eq!(v["query"], "user_key=k1&x=1");
+    assert_eq!(v["headers"]["x-forwarded-for"], "10.9.8.7, 127.0.0.1");
+    assert_eq!(v["headers"]["x-forwarded-proto"], "http");
+    assert_eq!(v["headers"]["x-forwarded-host"], STAGING);
+    assert_eq!(v["headers"]["x-api-version"], "2", "headers policy, request side");
+    assert!(v["headers"].get("cookie").is_none(), "headers policy deleted the cookie");
+    assert_eq!(
+        v["headers"]["host"],
+        s.gw.server.staging.ip().to_string() + ":" + &backend_port(&v),
+        "Host is the backend's"
+    );
+    assert_eq!(headers["x-served-by"], "tollgate", "headers policy, response side");
+    assert!(headers.get("x-secret").is_none(), "a header named in Connection is hop-by-hop");
+
+    // The longest backend usage prefix wins and is removed; prefixes match whole segments.
+    let (status, _, body) = get(addr, STAGING, "/files/download?bytes=5&user_key=k1").await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "xxxxx"));
+    let (status, _, body) = get(addr, STAGING, "/filesystem?user_key=k1").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(json(&body)["path"], "/base/filesystem");
+}
+
+fn backend_port(v: &serde_json::Value) -> String {
+    v["headers"]["host"].as_str().and_then(|h| h.rsplit(':').next()).unwrap_or_default().to_string()
+}
+
+#[tokio::test]
+async fn every_refusal_has_its_status_and_a_short_body() {
+    let s = setup().await;
+    let addr = s.gw.server.staging;
+    let cases: [(&str, &str, StatusCode, &str); 8] = [
+        ("nowhere.localhost", "/items?user_key=k1", StatusCode::NOT_FOUND, "unknown_host"),
+        (STAGING, "/items", StatusCode::UNAUTHORIZED, "auth_missing"),
+        (STAGING, "/items?user_key=nope", StatusCode::FORBIDDEN, "auth_failed"),
+        (STAGING, "/unmapped?user_key=k1", StatusCode::NOT_FOUND, "nothing mapped here"),
+        (STAGING, "/down?user_key=k1", StatusCode::BAD_GATEWAY, "upstream_unavailable"),
+        (STAGING, "/hole?user_key=k1", StatusCode::GATEWAY_TIMEOUT, "upstream_timeout"),
+        ("shop.example.com", "/items?user_key=k1", StatusCode::NOT_FOUND, "unknown_host"), // production host on staging
+        ("SHOP-Staging.localhost:1234", "/items?user_key=k1", StatusCode::OK, "/base/items"),
+    ];
+    for (host, path, want, needle) in cases {
+        let (status, headers, body) = get(addr, host, path).await;
+        assert_eq!(status, want, "{host}{path}: {body}");
+        assert!(body.contains(needle), "{host}{path}: {body}");
+        if want != StatusCode::OK {
+            assert!(body.len() < 200, "short body: {body}");
+        }
+        if want != StatusCode::OK && needle != "nothing mapped here" {
+            assert_eq!(headers["content-type"], "application/json");
+        }
+    }
+    // The production gateway serves the production host.
+    let (status, _, _) = get(s.gw.server.production, "shop.example.com", "/items?user_key=k1").await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn of_200_concurrent_requests_exactly_50_pass_a_limit_of_50() {
+    let s = setup().await;
+    let addr = s.gw.server.staging;
+    let tasks: Vec<_> =
+        (0..200).map(|_| tokio::spawn(async move { get(addr, STAGING, "/items?user_key=k2").await })).collect();
+    let (mut ok, mut limited) = (0, 0);
+    for t in tasks {
+        let (status, headers, _) = t.await.expect("task");
+        match status {
+            StatusCode::OK => ok += 1,
+            StatusCode::TOO_MANY_REQUESTS => {
+                limited += 1;
+                assert_eq!(headers["ratelimit-limit"], "50");
+                assert_eq!(headers["ratelimit-remaining"], "0");
+                assert!(headers.contains_key("retry-after"));
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert_eq!((ok, limited), (50, 150));
+}
+
+#[tokio::test]
+async fn methods_count_on_hits_and_eternity_limits_have_no_retry_after() {
+    let s = setup().await;
+    let addr = s.gw.server.staging;
+    let post = |path: &'static str| async move {
+        request(addr, STAGING, "POST", path, boxed(http_body_util::Full::new(Bytes::from("{}"))), &[]).await
+    };
+    // `write` is limited to 1 an hour; `hits` (its parent) to 3 for ever.
+    assert_eq!(post("/items?user_key=k3").await.0, StatusCode::OK);
+    let (status, headers, body) = post("/items?user_key=k3").await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert!(body.contains("limits_exceeded"));
+    assert_eq!(headers["ratelimit-limit"], "1");
+    assert!(headers.contains_key("retry-after"));
+    // The refused request consumed nothing: two more reads fit in hits' eternity limit of 3.
+    assert_eq!(get(addr, STAGING, "/items?user_key=k3").await.0, StatusCode::OK);
+    assert_eq!(get(addr, STAGING, "/items?user_key=k3").await.0, StatusCode::OK);
+    let (status, headers, _) = get(addr, STAGING, "/items?user_key=k3").await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(headers["ratelimit-limit"], "3");
+    assert!(!headers.contains_key("retry-after"), "eternity never resets");
+    assert!(!headers.contains_key("ratelimit-reset"));
+    // Counters belong to the application: production shares them.
+    assert_eq!(
+        get(s.gw.server.production, "shop.example.com", "/items?user_key=k3").await.0,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+}
+
+#[tokio::test]
+async fn cors_answers_preflights_and_decorates_responses_even_refusals() {
+    let s = setup().await;
+    let addr = s.gw.server.staging;
+    let origin = [("origin", "https://app.example"), ("access-control-request-method", "POST")];
+    let (status, headers, _) =
+        request(addr, STAGING, "OPTIONS", "/items", boxed(http_body_util::Empty::new()), &origin).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "a preflight needs no credentials");
+    assert_eq!(headers["access-control-allow-origin"], "https://app.example");
+    assert_eq!(headers["access-control-allow-methods"], "GET, POST");
+    assert_eq!(headers["access-control-max-age"], "600");
+
+    let o = [("origin", "https://app.example")];
+    let (status, headers, _) =
+        request(addr, STAGING, "GET", "/items?user_key=k1", boxed(http_body_util::Empty::new()), &o).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers["access-control-allow-origin"], "https://app.example");
+    let (status, headers, _) = request(addr, STAGING, "GET", "/items", boxed(http_body_util::Empty::new()), &o).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(headers["access-control-allow-origin"], "https://app.example", "browsers must be able to read a 401");
+}
+
+#[tokio::test]
+async fn app_id_and_app_key_in_basic_auth_and_user_key_in_a_header() {
+    let s = setup().await;
+    let addr = s.gw.server.staging;
+    let empty = || boxed(http_body_util::Empty::new());
+    let basic = |v: &'static str| [("authorization", v)];
+    // id1:secret2 and id1:wrong, base64.
+    let (status, _, body) =
+        request(addr, "legacy-staging.localhost", "DELETE", "/x", empty(), &basic("Basic aWQxOnNlY3JldDI=")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, _, _) =
+        request(addr, "legacy-staging.localhost", "GET", "/x", empty(), &basic("Basic aWQxOndyb25n")).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _, _) = request(addr, "legacy-staging.localhost", "GET", "/x", empty(), &[]).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    let (status, _, _) = request(addr, "hk-staging.localhost", "GET", "/x", empty(), &[("x-api-key", "hk1")]).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _, _) = get(addr, "hk-staging.localhost", "/x?x-api-key=hk1").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "credentials are read only where configured");
+}
+
+#[tokio::test]
+async fn malformed_and_oversized_requests_are_refused() {
+    let s = setup().await;
+    let addr = s.gw.server.staging;
+    assert_eq!(status_of(&raw(addr, b"GARBAGE\r\n\r\n").await), 400);
+    assert_eq!(status_of(&raw(addr, b"GET / HTTP/1.1\r\nHost: a\r\nBad Header\r\n\r\n").await), 400);
+    let big = format!("GET /items?user_key=k1 HTTP/1.1\r\nHost: {STAGING}\r\nX-Big: {}\r\n\r\n", "a".repeat(40 * 1024));
+    assert_eq!(status_of(&raw(addr, big.as_bytes()).await), 431);
+    assert_eq!(
+        status_of(&raw(addr, b"GET /items?user_key=k1 HTTP/1.1\r\nConnection: close\r\n\r\n").await),
+        400,
+        "no Host"
+    );
+    // Request smuggling: both Content-Length and Transfer-Encoding.
+    let smuggle = format!(
+        "POST /items?user_key=k1 HTTP/1.1\r\nHost: {STAGING}\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /items?user_key=k1 HTTP/1.1\r\nHost: {STAGING}\r\n\r\n"
+    );
+    let resp = raw(addr, smuggle.as_bytes()).await;
+    assert_eq!(status_of(&resp), 400, "{resp}");
+    assert_eq!(resp.matches("HTTP/1.1").count(), 1, "the smuggled request is never served: {resp}");
+}
+
+#[tokio::test]
+async fn http2_cleartext_with_prior_knowledge() {
+    let s = setup().await;
+    let tcp = TcpStream::connect(s.gw.server.staging).await.expect("connect");
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .expect("h2c");
+    tokio::spawn(conn);
+    let req = http::Request::builder()
+        .uri(format!("http://{STAGING}/items/1?user_key=k1"))
+        .body(http_body_util::Empty::<Bytes>::new())
+        .expect("req");
+    let resp = sender.send_request(req).await.expect("response");
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+}
