@@ -28,6 +28,6 @@ pub mod validate;
 
 pub use config::*;
 pub use error::{ConfigError, ConfigErrors};
-pub use load::{load_file, parse_str};
+pub use load::{explain, load_file, parse_str};
 pub use suggest::did_you_mean;
 pub use validate::BaseUrl;

@@ -97,8 +97,15 @@ fn items<T: DeserializeOwned>(key: &str, value: Value, errors: &mut ConfigErrors
 fn describe(prefix: &str, e: &serde_path_to_error::Error<serde_norway::Error>) -> ConfigError {
     let inner = e.inner().to_string();
     // serde_norway appends " at line N column M" for some errors; the path says more.
-    let inner = inner.split(" at line ").next().unwrap_or(&inner).to_string();
-    let inner_path = e.path().to_string();
+    let inner = inner.split(" at line ").next().unwrap_or(&inner);
+    explain(prefix, &e.path().to_string(), inner)
+}
+
+/// Turns a serde message at `inner_path` (serde_path_to_error's notation, `.` for the
+/// root) below `prefix` into a [`ConfigError`]; used for nested surfaces too, such as
+/// a policy's configuration.
+pub fn explain(prefix: &str, inner_path: &str, inner: &str) -> ConfigError {
+    let inner = inner.to_string();
     let mut path = if inner_path == "." { prefix.to_string() } else { format!("{prefix}.{inner_path}") };
     if let Some(rest) = inner.strip_prefix("unknown field `") {
         let (field, expected) = rest.split_once('`').unwrap_or((rest, ""));

@@ -31,7 +31,7 @@ use http::{Response, request, response};
 use serde::de::DeserializeOwned;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use tollgate_model::{ConfigError, did_you_mean};
+use tollgate_model::{ConfigError, did_you_mean, explain};
 
 pub use tollgate::TollgatePolicy;
 
@@ -152,9 +152,11 @@ impl Registry {
             });
         };
         (info.build)(configuration).map_err(|(at, msg)| {
-            let at = if at.is_empty() || at == "." { String::new() } else { format!(".{at}") };
-            ConfigError::new(format!("{path}.configuration{at}"), msg)
-                .hint(format!("see the `{name}` policy in docs/policies.md"))
+            let e = explain(&format!("{path}.configuration"), if at.is_empty() { "." } else { &at }, &msg);
+            match e.hint {
+                Some(_) => e,
+                None => e.hint(format!("see the `{name}` policy in docs/policies.md")),
+            }
         })
     }
 }

@@ -1,0 +1,178 @@
+//! The command line: `check` names every error with its path and a fix; `serve` refuses
+//! bad flags and bad files with a clear message.
+
+mod support;
+
+use std::process::{Command, Output};
+use support::TempDir;
+
+fn tollgate(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tollgate")).args(args).output().expect("run tollgate")
+}
+
+fn write(dir: &TempDir, name: &str, text: &str) -> String {
+    let p = dir.path().join(name);
+    std::fs::write(&p, text).expect("write");
+    p.display().to_string()
+}
+
+#[test]
+fn check_accepts_the_example() {
+    let example = support::example_dir().join("tollgate.yaml");
+    // The example trusts a certificate made by make-cert.sh; make one beside a copy.
+    let dir = TempDir::new();
+    support::make_cert(&dir.path().join("ssl-cert"));
+    let copy = write(&dir, "tollgate.yaml", &std::fs::read_to_string(example).expect("read example"));
+    let out = tollgate(&["check", "-f", &copy]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("OK (1 staging host(s), 1 production host(s))"));
+}
+
+#[test]
+fn check_reports_every_error_with_path_and_fix() {
+    let dir = TempDir::new();
+    let file = write(
+        &dir,
+        "bad.yaml",
+        r#"
+backends:
+  - system_name: echo
+    private_base_url: ftp://127.0.0.1:21
+  - system_name: api
+    private_base_url: http://127.0.0.1:9000
+    tls: { ca_fil: x.pem }
+products:
+  - system_name: chat
+    staging_public_base_url: http://chat-staging.localhost
+    production_public_base_url: http://chat.localhost
+    backend_usages: [ { backend: ecko, path: / } ]
+    metrics: [ { system_name: messages } ]
+    mapping_rules:
+      - { http_method: GET, pattern: /, metric: messages }
+      - { http_method: GTE, pattern: /rooms, metric: hits }
+      - { http_method: GET, pattern: "rooms/{id", metric: hits }
+      - { http_method: GET, pattern: /x, metric: mesages }
+    application_plans:
+      - system_name: basic
+        limits: [ { metric: hits, period: minute, value: 10 }, { metric: hits, period: minute, value: 5 } ]
+accounts:
+  - name: acme
+    applications:
+      - { name: a, product: chat, plan: basc, user_key: k }
+      - { name: b, product: chat, plan: basic }
+"#,
+    );
+    let out = tollgate(&["check", "-f", &file]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    // Structural errors first (one per item): the misspelt key in backends[1].
+    assert!(err.contains("backends[1].tls.ca_fil: unknown key (did you mean `ca_file`?)"), "{err}");
+
+    let file = write(
+        &dir,
+        "bad2.yaml",
+        &std::fs::read_to_string(&file).expect("read").replace("ca_fil: x.pem", "verify: false"),
+    );
+    let out = tollgate(&["check", "-f", &file]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    for expected in [
+        "backends[0].private_base_url: scheme `ftp` is not allowed here",
+        "products[0].backend_usages[0].backend: no backend named `ecko` (did you mean `echo`?)",
+        "products[0].mapping_rules[1].http_method: `GTE` is not an HTTP method (did you mean `GET`?)",
+        "products[0].mapping_rules[2].pattern: a pattern must start with `/`",
+        "products[0].mapping_rules[3].metric: no metric or method named `mesages` (did you mean `messages`?)",
+        "products[0].application_plans[0].limits[1].period: `hits` already has a minute limit in this plan",
+        "accounts[0].applications[0].plan: no application plan named `basc` (did you mean `basic`?)",
+        "accounts[0].applications[1].user_key: product `chat` authenticates with user_key (add `user_key:",
+    ] {
+        assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
+    }
+    assert!(err.contains("8 error(s)"), "{err}");
+}
+
+#[test]
+fn check_reports_compile_errors_unknown_policies_and_unreadable_ca_files() {
+    let dir = TempDir::new();
+    let file = write(
+        &dir,
+        "bad.yaml",
+        r#"
+backends:
+  - { system_name: echo, private_base_url: "wss://127.0.0.1:8443", tls: { ca_file: missing.pem } }
+products:
+  - system_name: chat
+    staging_public_base_url: http://s.localhost
+    production_public_base_url: http://p.localhost
+    backend_usages: [ { backend: echo, path: / } ]
+    mapping_rules: [ { http_method: GET, pattern: /, metric: hits } ]
+    policy_chain:
+      - { name: websockets }
+      - { name: headers, configuration: { request: [ { op: set, header: "bad header", value: x } ] } }
+      - { name: cors, configuration: { allow_origins: "*" } }
+"#,
+    );
+    let out = tollgate(&["check", "-f", &file]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    for expected in [
+        "backends[0].tls: cannot read",
+        "missing.pem",
+        "products[0].policy_chain[0].name: no policy named `websockets` (did you mean `websocket`?)",
+        "products[0].policy_chain[1].configuration.request[0].header: `bad header` is not a valid header name",
+        "products[0].policy_chain[2].configuration.allow_origins: unknown key (did you mean `allow_origin`?)",
+    ] {
+        assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
+    }
+}
+
+#[test]
+fn serve_refuses_bad_setups_clearly() {
+    let out = tollgate(&[
+        "serve",
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--staging-listen",
+        "127.0.0.1:0",
+        "--production-listen",
+        "127.0.0.1:0",
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nothing to serve: pass --config FILE"));
+
+    let dir = TempDir::new();
+    let file = write(&dir, "bad.yaml", "products: [ { system_name: x } ]\n");
+    let out = tollgate(&[
+        "serve",
+        "--config",
+        &file,
+        "--staging-listen",
+        "127.0.0.1:0",
+        "--production-listen",
+        "127.0.0.1:0",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("invalid configuration") && err.contains("products[0].staging_public_base_url: is required"),
+        "{err}"
+    );
+
+    let file = write(&dir, "empty.yaml", "");
+    let out = tollgate(&[
+        "serve",
+        "--config",
+        &file,
+        "--staging-listen",
+        "tls://127.0.0.1:0",
+        "--production-listen",
+        "127.0.0.1:0",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("a tls:// listener needs --tls-cert FILE and --tls-key FILE")
+    );
+
+    let out = tollgate(&["serve", "--config", &file, "--staging-listen", "nonsense"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--staging-listen `nonsense`: write HOST:PORT"));
+}
