@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh machine: installs what the tests need (idempotent),
+# then runs formatting and lint checks and every test of the workspace.
+#
+#   bash scripts/test.sh            # everything
+#   bash scripts/test.sh -- NAME    # extra arguments go to `cargo test` (e.g. a test name)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+have() { command -v "$1" >/dev/null 2>&1; }
+SUDO=""
+if [ "$(id -u)" != 0 ] && have sudo; then SUDO="sudo"; fi
+apt_updated=""
+apt_install() {
+  have apt-get || { echo "scripts/test.sh: please install: $*" >&2; exit 1; }
+  if [ -z "$apt_updated" ]; then $SUDO apt-get update -qq; apt_updated=1; fi
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "$@" >/dev/null
+}
+
+# Peers the tests drive: Node's `ws` package (the example backend and a client),
+# openssl (certificates), Python's `h2` (an HTTP/2 rapid-reset flood).
+have node || apt_install nodejs
+have npm || apt_install npm
+have openssl || apt_install openssl
+have python3 || apt_install python3 python3-pip
+if ! python3 -c 'import h2' 2>/dev/null; then
+  python3 -m pip install --quiet --disable-pip-version-check h2 2>/dev/null \
+    || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages h2
+fi
+npm ci --prefix examples/websocket-echo --no-audit --no-fund --loglevel=error
+
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+args=()
+if [ "${1:-}" = "--" ]; then shift; args=("$@"); fi
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+status=0
+cargo test --workspace --locked -- "${args[@]}" 2>&1 | tee "$log" || status=$?
+# One closing line for the whole run (cargo prints one per test binary).
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed/) p += $(i-1); if ($i ~ /^failed/) f += $(i-1) } }
+     END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
+exit "$status"
