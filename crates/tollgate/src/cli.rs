@@ -75,7 +75,7 @@ pub struct CheckArgs {
 pub struct WsArgs {
     /// `ws://` or `wss://` URL. `*.localhost` resolves to loopback, as in browsers.
     pub url: String,
-    /// Extra request header, `Name: value`; repeatable.
+    /// Request header, `Name: value`, replacing the client's own (e.g. `Host`); repeatable.
     #[arg(short = 'H', long = "header")]
     pub headers: Vec<String>,
     /// PEM file of certificate authorities to trust (for a self-signed gateway).

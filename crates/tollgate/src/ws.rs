@@ -46,7 +46,8 @@ pub async fn run(args: WsArgs) -> anyhow::Result<ExitCode> {
         let (name, value) = h.split_once(':').with_context(|| format!("-H `{h}`: write `Name: value`"))?;
         let name = HeaderName::try_from(name.trim()).with_context(|| format!("-H `{h}`: bad header name"))?;
         let value = HeaderValue::try_from(value.trim()).with_context(|| format!("-H `{h}`: bad header value"))?;
-        request.headers_mut().append(name, value);
+        // Like curl's -H: a header given here replaces the client's own (Host included).
+        request.headers_mut().insert(name, value);
     }
     if !args.subprotocol.is_empty() {
         let v = HeaderValue::try_from(args.subprotocol.join(", ")).context("--subprotocol: bad value")?;

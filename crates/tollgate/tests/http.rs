@@ -329,3 +329,34 @@ async fn http2_cleartext_with_prior_knowledge() {
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(resp.version(), http::Version::HTTP_2);
 }
+
+#[tokio::test]
+async fn admin_listener_serves_health_and_metrics() {
+    let s = setup().await;
+    let admin = s.gw.server.admin;
+    let (status, _, body) = get(admin, "localhost", "/status/live").await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, r#"{"status":"live"}"#));
+    let (status, _, _) = get(admin, "localhost", "/status/ready").await;
+    assert_eq!(status, StatusCode::OK);
+    let _ = get(s.gw.server.staging, STAGING, "/items?user_key=k1").await;
+    let _ = get(s.gw.server.staging, STAGING, "/items").await;
+    let (status, headers, body) = get(admin, "localhost", "/metrics").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(headers["content-type"].to_str().unwrap_or("").starts_with("text/plain"));
+    assert!(body.contains("tollgate_responses_total{environment=\"staging\",class=\"2xx\"} 1"), "{body}");
+    assert!(body.contains("tollgate_responses_total{environment=\"staging\",class=\"4xx\"} 1"), "{body}");
+    assert_eq!(get(admin, "localhost", "/nope").await.0, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn upstream_connections_are_pooled() {
+    let s = setup().await;
+    let addr = s.gw.server.staging;
+    let mut ports = std::collections::HashSet::new();
+    for _ in 0..10 {
+        let (status, _, body) = get(addr, STAGING, "/items?user_key=k1").await;
+        assert_eq!(status, StatusCode::OK);
+        ports.insert(json(&body)["peer"].as_u64().expect("peer port"));
+    }
+    assert_eq!(ports.len(), 1, "ten sequential requests should reuse one backend connection: {ports:?}");
+}

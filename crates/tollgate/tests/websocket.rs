@@ -284,6 +284,26 @@ async fn tls_listener_serves_wss_and_http2() {
     let v: serde_json::Value = serde_json::from_slice(&body).expect("json");
     assert_eq!(v["url"], format!("/anything?user_key={KEY}"));
     assert_eq!(v["headers"]["x-forwarded-proto"], "https");
+
+    // The `tollgate ws` client over wss: trusting the certificate, or told not to check.
+    let url = format!("wss://localhost:{}/?user_key={KEY}", server.staging.port());
+    let cacert = cert.display().to_string();
+    for extra in [vec!["--cacert", cacert.as_str()], vec!["--insecure"]] {
+        let mut args = vec!["ws", "-H", "Host: chat-staging.localhost"];
+        args.extend(extra.iter().copied());
+        args.push(url.as_str());
+        let out = run_ws(args.iter().map(|s| s.to_string()).collect(), "hello\n").await;
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "reply from server : hello\n");
+    }
+    // Without trust the handshake fails, clearly.
+    let out = run_ws(vec!["ws".into(), "-H".into(), "Host: chat-staging.localhost".into(), url.clone()], "").await;
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("handshake failed"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     server.shutdown().await;
 }
 
@@ -291,30 +311,35 @@ fn bin() -> std::process::Command {
     std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
 }
 
+/// Runs `tollgate ARGS` with `input` on stdin, to completion.
+async fn run_ws(args: Vec<String>, input: &'static str) -> std::process::Output {
+    tokio::task::spawn_blocking(move || {
+        let mut child = bin()
+            .args(&args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn tollgate ws");
+        std::io::Write::write_all(child.stdin.as_mut().expect("stdin"), input.as_bytes()).expect("write");
+        drop(child.stdin.take());
+        child.wait_with_output().expect("wait")
+    })
+    .await
+    .expect("join")
+}
+
 #[tokio::test]
 async fn the_tollgate_ws_client_prints_replies_and_fails_clearly() {
     let backend = node_backend().await;
     let gw = gateway(&config(&backend, "{ name: websocket },", 100)).await;
     let port = gw.server.staging.port();
-    let run = |url: String, input: &'static str| {
-        tokio::task::spawn_blocking(move || {
-            let mut child = bin()
-                .args(["ws", &url])
-                .stdin(std::process::Stdio::piped())
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .expect("spawn tollgate ws");
-            std::io::Write::write_all(child.stdin.as_mut().expect("stdin"), input.as_bytes()).expect("write");
-            drop(child.stdin.take());
-            child.wait_with_output().expect("wait")
-        })
-    };
-    let out = run(format!("ws://chat-staging.localhost:{port}/?user_key={KEY}"), "hello\n").await.expect("join");
+    let run = |url: String, input: &'static str| run_ws(vec!["ws".into(), url], input);
+    let out = run(format!("ws://chat-staging.localhost:{port}/?user_key={KEY}"), "hello\n").await;
     assert!(out.status.success(), "{out:?}");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "reply from server : hello\n");
 
-    let out = run(format!("ws://chat-staging.localhost:{port}/?user_key=nope"), "").await.expect("join");
+    let out = run(format!("ws://chat-staging.localhost:{port}/?user_key=nope"), "").await;
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("HTTP 403") && err.contains("auth_failed"), "{err}");

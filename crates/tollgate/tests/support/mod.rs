@@ -145,16 +145,18 @@ fn full(s: impl Into<Bytes>) -> BoxBody {
 }
 
 /// A Rust HTTP backend: `/upload` counts a streamed body, `/download?bytes=N` streams N
-/// bytes, `/status/N` answers N, anything else describes the request as JSON.
+/// bytes, `/status/N` answers N, anything else describes the request as JSON (with the
+/// port the gateway connected from, to see connection reuse).
 pub async fn http_backend() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(async move {
         loop {
-            let Ok((tcp, _)) = listener.accept().await else { continue };
+            let Ok((tcp, peer)) = listener.accept().await else { continue };
             tokio::spawn(async move {
-                let service =
-                    service_fn(|req: Request<Incoming>| async move { Ok::<_, Infallible>(backend_route(req).await) });
+                let service = service_fn(move |req: Request<Incoming>| async move {
+                    Ok::<_, Infallible>(backend_route(req, peer).await)
+                });
                 let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tcp), service).await;
             });
         }
@@ -162,7 +164,7 @@ pub async fn http_backend() -> SocketAddr {
     addr
 }
 
-async fn backend_route(req: Request<Incoming>) -> Response<BoxBody> {
+async fn backend_route(req: Request<Incoming>, peer: SocketAddr) -> Response<BoxBody> {
     let path = req.uri().path().to_string();
     if path == "/upload" {
         let mut body = req.into_body();
@@ -199,6 +201,7 @@ async fn backend_route(req: Request<Incoming>) -> Response<BoxBody> {
         "path": path,
         "query": req.uri().query(),
         "headers": headers,
+        "peer": peer.port(),
     });
     let mut r = Response::new(full(body.to_string()));
     r.headers_mut().insert("connection", http::HeaderValue::from_static("keep-alive, x-secret"));
