@@ -16,13 +16,17 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use tokio::sync::OwnedSemaphorePermit;
 use tollgate_counters::{Check, Clock, Counters, Decision, LimitStatus};
 
 /// What the listener knows about the connection a request came on.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ConnInfo {
     pub client_addr: SocketAddr,
     pub tls: bool,
+    /// The connection's place under the listener's cap. A WebSocket relay keeps a clone,
+    /// so an upgraded connection still counts until it closes.
+    pub(crate) slot: Arc<OwnedSemaphorePermit>,
 }
 
 /// One environment's gateway: the state every request of that environment shares.
@@ -52,7 +56,7 @@ impl Gateway {
     /// Answers one request. Never fails: every failure becomes a response here.
     pub async fn handle(&self, req: Request<Incoming>, conn: ConnInfo) -> Response<GatewayBody> {
         let upgrade_requested = req.headers().contains_key(header::UPGRADE);
-        let mut resp = match self.route(req, conn).await {
+        let mut resp = match self.route(req, &conn).await {
             Ok(resp) => resp,
             Err(e) => {
                 if e.side() == crate::error::Side::Upstream {
@@ -70,7 +74,7 @@ impl Gateway {
         resp
     }
 
-    async fn route(&self, mut req: Request<Incoming>, conn: ConnInfo) -> Result<Response<GatewayBody>, GatewayError> {
+    async fn route(&self, mut req: Request<Incoming>, conn: &ConnInfo) -> Result<Response<GatewayBody>, GatewayError> {
         // One atomic increment; the snapshot stays alive for this request even if a
         // new one is swapped in meanwhile.
         let snapshot = self.snapshot.load_full();
@@ -101,7 +105,7 @@ impl Gateway {
 
         let mut resp = match self.request_phases(&mut parts, &mut ctx).await {
             Ok(()) => match client_upgrade {
-                Some(client) => self.websocket(&parts, &ctx, client).await,
+                Some(client) => self.websocket(&parts, &ctx, client, conn.slot.clone()).await,
                 None => self.forward(&parts, body, &ctx).await,
             },
             Err(local) => Ok(local),
@@ -207,6 +211,7 @@ impl Gateway {
         parts: &request::Parts,
         ctx: &Context<'_>,
         client: hyper::upgrade::OnUpgrade,
+        slot: Arc<OwnedSemaphorePermit>,
     ) -> Result<Response<GatewayBody>, GatewayError> {
         let (usage, rest) = ctx.product.route(parts.uri.path()).ok_or(GatewayError::NoBackend)?;
         let upstream = &usage.upstream;
@@ -268,6 +273,7 @@ impl Gateway {
             metrics.env(env).websocket_opened();
             relay(client, backend).await;
             metrics.env(env).websocket_closed();
+            drop(slot);
         });
         Ok(out)
     }
@@ -352,34 +358,35 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::HOST,
 ];
 
-fn is_hop_by_hop(name: &HeaderName, connection: &HeaderMap) -> bool {
-    HOP_BY_HOP.contains(name) || header_has_token(connection, header::CONNECTION, name.as_str())
+/// The header names a `Connection` header lists (hop-by-hop by declaration). Empty,
+/// without allocating, in the usual case of no `Connection` header.
+fn connection_tokens(headers: &HeaderMap) -> Vec<HeaderName> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect()
 }
 
-/// A copy of `headers` without hop-by-hop headers (RFC 9110 §7.6.1), including those
-/// the `Connection` header names. Copying clones reference-counted bytes, not data.
+/// A copy of `headers` without hop-by-hop headers (RFC 9110 §7.6.1) and `Host`.
+/// Copying clones reference-counted bytes, not data.
 fn forwardable_headers(headers: &HeaderMap) -> HeaderMap {
+    let named = connection_tokens(headers);
     let mut out = HeaderMap::with_capacity(headers.len() + 3);
     for (name, value) in headers {
-        if !is_hop_by_hop(name, headers) {
+        if !HOP_BY_HOP.contains(name) && !named.contains(name) {
             out.append(name.clone(), value.clone());
         }
     }
     out
 }
 
+/// Removes hop-by-hop headers in place (on a backend's response).
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    if headers.contains_key(header::CONNECTION) {
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-            .collect();
-        for n in named {
-            headers.remove(n);
-        }
+    for n in connection_tokens(headers) {
+        headers.remove(n);
     }
     for n in &HOP_BY_HOP[..7] {
         headers.remove(n);

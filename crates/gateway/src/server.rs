@@ -121,10 +121,10 @@ pub async fn serve(
         let _ = tcp.set_nodelay(true);
         let (gateway, builder, opts, mut stop) = (gateway.clone(), builder.clone(), opts.clone(), stop_rx.clone());
         tokio::spawn(async move {
-            let _permit = permit;
+            let slot = Arc::new(permit);
             match &opts.tls {
                 None => {
-                    let info = ConnInfo { client_addr, tls: false };
+                    let info = ConnInfo { client_addr, tls: false, slot };
                     serve_connection(TokioIo::new(SmugglingGuard::new(tcp)), info, &gateway, &builder, &mut stop).await;
                 }
                 Some(acceptor) => {
@@ -135,7 +135,7 @@ pub async fn serve(
                         }
                         Err(_) => return tracing::debug!(%client_addr, "TLS handshake timed out"),
                     };
-                    let info = ConnInfo { client_addr, tls: true };
+                    let info = ConnInfo { client_addr, tls: true, slot };
                     if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
                         serve_connection(TokioIo::new(tls), info, &gateway, &builder, &mut stop).await;
                     } else {
@@ -163,8 +163,9 @@ async fn serve_connection<I>(
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let gw = gateway.clone();
+    let client_addr = info.client_addr;
     let service = service_fn(move |req| {
-        let gw = gw.clone();
+        let (gw, info) = (gw.clone(), info.clone());
         async move { Ok::<_, Infallible>(gw.handle(req, info).await) }
     });
     let conn = builder.serve_connection_with_upgrades(io, service);
@@ -172,7 +173,7 @@ async fn serve_connection<I>(
     tokio::select! {
         r = conn.as_mut() => {
             if let Err(e) = r {
-                tracing::debug!(error = %e, client = %info.client_addr, "connection ended with an error");
+                tracing::debug!(error = %e, client = %client_addr, "connection ended with an error");
             }
         }
         _ = async { let _ = stop.wait_for(|s| *s).await; } => {

@@ -136,6 +136,11 @@ pub(crate) fn validate(config: &Config) -> Result<(), ConfigErrors> {
         .enumerate()
         {
             match BaseUrl::parse(url, &["http", "https"]) {
+                Ok(u) if !u.path.is_empty() => c.err(
+                    format!("{path}.{key}"),
+                    format!("`{url}` has a path; a public base URL names a host (and port) only"),
+                    "route by path with `backend_usages` instead",
+                ),
                 Ok(u) => {
                     if let Some(other) = hosts[env].insert(u.host.clone(), p.system_name.clone()) {
                         c.err(

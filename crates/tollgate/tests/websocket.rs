@@ -258,6 +258,10 @@ async fn tls_listener_serves_wss_and_http2() {
     .await
     .expect("wss upgrade");
     assert_eq!(ask(&mut socket, "hello").await, "reply from server : hello");
+    // Close it: an open WebSocket would hold shutdown for the drain timeout.
+    socket.close(None).await.expect("close");
+    while socket.next().await.is_some() {}
+    drop(socket);
 
     // HTTP/2 by ALPN on the same listener, proxied to the https backend.
     let mut h2_config = tollgate_gateway::upstream::client_tls_config(&tls).expect("tls config");
@@ -304,6 +308,7 @@ async fn tls_listener_serves_wss_and_http2() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    drop(sender);
     server.shutdown().await;
 }
 
