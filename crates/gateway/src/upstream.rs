@@ -275,7 +275,8 @@ pub fn client_tls_config(tls: &BackendTls) -> Result<ClientConfig, String> {
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?;
     let mut config = if !tls.verify {
-        builder.dangerous().with_custom_certificate_verifier(Arc::new(NoVerification(provider()))).with_no_client_auth()
+        let verifier = BackendVerifier { trust: Trust::Nothing, provider: provider() };
+        builder.dangerous().with_custom_certificate_verifier(Arc::new(verifier)).with_no_client_auth()
     } else if let Some(ca) = &tls.ca_file {
         let pinned = load_certs(ca)?;
         let mut roots = RootCertStore::empty();
@@ -285,7 +286,7 @@ pub fn client_tls_config(tls: &BackendTls) -> Result<ClientConfig, String> {
         let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
             .build()
             .map_err(|e| format!("{}: {e}", ca.display()))?;
-        let verifier = CaFileVerifier { webpki, pinned, provider: provider() };
+        let verifier = BackendVerifier { trust: Trust::CaFile { webpki, pinned }, provider: provider() };
         builder.dangerous().with_custom_certificate_verifier(Arc::new(verifier)).with_no_client_auth()
     } else {
         builder.with_root_certificates(native_roots()).with_no_client_auth()
@@ -294,19 +295,28 @@ pub fn client_tls_config(tls: &BackendTls) -> Result<ClientConfig, String> {
     Ok(config)
 }
 
-/// Trusts what a `ca_file` holds: certificates signed by an authority in it (the usual
-/// path check), and also a self-signed certificate that is itself in the file even when
-/// it is marked as a CA — which is what `openssl req -x509` makes by default, and what
-/// webpki alone rejects as `CaUsedAsEndEntity`. The pinned certificate must still name
-/// the server, and the handshake still proves the server holds its key.
+/// How a backend's certificate is checked when the system roots are not used.
 #[derive(Debug)]
-struct CaFileVerifier {
-    webpki: Arc<WebPkiServerVerifier>,
-    pinned: Vec<CertificateDer<'static>>,
+enum Trust {
+    /// Trusts what a `ca_file` holds: certificates signed by an authority in it (the
+    /// usual path check), and also a self-signed certificate that is itself in the file
+    /// even when it is marked as a CA — which is what `openssl req -x509` makes by
+    /// default, and what webpki alone rejects as `CaUsedAsEndEntity`. The pinned
+    /// certificate must still name the server.
+    CaFile { webpki: Arc<WebPkiServerVerifier>, pinned: Vec<CertificateDer<'static>> },
+    /// `verify: false`: any certificate. The operator has been warned in the log.
+    Nothing,
+}
+
+/// Certificate checks per [`Trust`]; in every case the handshake signatures are
+/// verified, so the server still proves it holds the certificate's key.
+#[derive(Debug)]
+struct BackendVerifier {
+    trust: Trust,
     provider: Arc<rustls::crypto::CryptoProvider>,
 }
 
-impl ServerCertVerifier for CaFileVerifier {
+impl ServerCertVerifier for BackendVerifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -315,9 +325,12 @@ impl ServerCertVerifier for CaFileVerifier {
         ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        match self.webpki.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
+        let Trust::CaFile { webpki, pinned } = &self.trust else {
+            return Ok(ServerCertVerified::assertion());
+        };
+        match webpki.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
             Ok(v) => Ok(v),
-            Err(e) if self.pinned.iter().any(|p| p.as_ref() == end_entity.as_ref()) => {
+            Err(e) if pinned.iter().any(|p| p.as_ref() == end_entity.as_ref()) => {
                 let parsed = rustls::server::ParsedCertificate::try_from(end_entity).map_err(|_| e)?;
                 rustls::client::verify_server_name(&parsed, server_name)?;
                 Ok(ServerCertVerified::assertion())
@@ -346,44 +359,5 @@ impl ServerCertVerifier for CaFileVerifier {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.provider.signature_verification_algorithms.supported_schemes()
-    }
-}
-
-/// `verify: false`: accepts any certificate. The caller has been warned in the log.
-#[derive(Debug)]
-struct NoVerification(Arc<rustls::crypto::CryptoProvider>);
-
-impl ServerCertVerifier for NoVerification {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
     }
 }

@@ -113,13 +113,7 @@ async fn running_out_of_file_descriptors_does_not_crash_the_gateway() {
         .spawn()
         .expect("spawn");
     let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let mut port = 0u16;
-    while let Some(line) = lines.next_line().await.expect("stdout") {
-        if let Some(url) = line.strip_prefix("tollgate: staging gateway") {
-            port = url.trim().rsplit(':').next().and_then(|p| p.parse().ok()).expect("port");
-            break;
-        }
-    }
+    let port = staging_port(&mut lines).await;
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
     let mut stderr = BufReader::new(child.stderr.take().expect("stderr")).lines();
 

@@ -350,16 +350,6 @@ async fn the_tollgate_ws_client_prints_replies_and_fails_clearly() {
     assert!(err.contains("HTTP 403") && err.contains("auth_failed"), "{err}");
 }
 
-/// Reads the spawned server's stdout for its staging port.
-async fn staging_port(lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStdout>>) -> u16 {
-    while let Some(line) = lines.next_line().await.expect("stdout") {
-        if let Some(url) = line.strip_prefix("tollgate: staging gateway") {
-            return url.trim().rsplit(':').next().and_then(|p| p.parse().ok()).expect("port");
-        }
-    }
-    panic!("the server exited before printing its addresses");
-}
-
 /// Reads stderr until a line contains `needle`.
 async fn wait_for_log(lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStderr>>, needle: &str) {
     while let Some(line) = lines.next_line().await.expect("stderr") {

@@ -27,6 +27,24 @@ sock.sendall(conn.data_to_send())
 goaway = None
 opened = 0
 closed = False
+
+
+def pump():
+    """Reads what the server sent (until it goes quiet for the socket's timeout)."""
+    global goaway, closed
+    while True:
+        data = sock.recv(65536)
+        if not data:
+            closed = True
+            return
+        for event in conn.receive_data(data):
+            if isinstance(event, h2.events.ConnectionTerminated):
+                goaway = event.error_code
+        sock.sendall(conn.data_to_send())
+        if goaway is not None:
+            return
+
+
 headers = [(":method", "GET"), (":path", "/"), (":scheme", "http"), (":authority", authority)]
 try:
     for i in range(n):
@@ -39,15 +57,7 @@ try:
             # Read whatever the server has sent so far, without blocking for long.
             sock.settimeout(0.001)
             try:
-                while True:
-                    data = sock.recv(65536)
-                    if not data:
-                        closed = True
-                        break
-                    for event in conn.receive_data(data):
-                        if isinstance(event, h2.events.ConnectionTerminated):
-                            goaway = event.error_code
-                    sock.sendall(conn.data_to_send())
+                pump()
             except (socket.timeout, BlockingIOError):
                 pass
             finally:
@@ -55,17 +65,8 @@ try:
         if goaway is not None or closed:
             break
     if goaway is None and not closed:
-        # Drain until the server closes or goes quiet.
-        while True:
-            data = sock.recv(65536)
-            if not data:
-                closed = True
-                break
-            for event in conn.receive_data(data):
-                if isinstance(event, h2.events.ConnectionTerminated):
-                    goaway = event.error_code
-            if goaway is not None:
-                break
+        # Drain until the server answers, closes or goes quiet.
+        pump()
 except (ConnectionError, OSError, h2.exceptions.ProtocolError) as e:
     closed = True
 except socket.timeout:

@@ -346,3 +346,13 @@ pub async fn ws_message(ws: &mut Ws) -> Message {
 pub async fn send(ws: &mut Ws, m: Message) {
     ws.send(m).await.expect("send");
 }
+
+/// Reads the spawned server's stdout for its staging port.
+pub async fn staging_port(lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStdout>>) -> u16 {
+    while let Some(line) = lines.next_line().await.expect("stdout") {
+        if let Some(url) = line.strip_prefix("tollgate: staging gateway") {
+            return url.trim().rsplit(':').next().and_then(|p| p.parse().ok()).expect("port");
+        }
+    }
+    panic!("the server exited before printing its addresses");
+}
