@@ -29,6 +29,24 @@ if ! python3 -c 'import h2' 2>/dev/null; then
 fi
 npm ci --prefix examples/websocket-echo --no-audit --no-fund --loglevel=error
 
+# PostgreSQL on 127.0.0.1:5432 with a database `test` (the store's tests run against it
+# and against SQLite). Started if installed but down; installed with trust auth on
+# loopback if missing. TOLLGATE_TEST_POSTGRES overrides the URL.
+if [ -z "${TOLLGATE_TEST_POSTGRES:-}" ]; then
+  if ! have pg_ctlcluster; then
+    apt_install postgresql
+    for hba in /etc/postgresql/*/main/pg_hba.conf; do
+      $SUDO sed -i -E 's/^(host\s+all\s+all\s+(127\.0\.0\.1\/32|::1\/128)\s+)\S+/\1trust/' "$hba"
+    done
+  fi
+  if ! (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null; then
+    $SUDO pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n 1)" main start
+  fi
+  for _ in $(seq 1 50); do (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null && break; sleep 0.2; done
+  psql -h 127.0.0.1 -U postgres -d postgres -tAc "SELECT 1 FROM pg_database WHERE datname = 'test'" | grep -q 1 \
+    || psql -h 127.0.0.1 -U postgres -d postgres -qc "CREATE DATABASE test"
+fi
+
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 args=()

@@ -1,0 +1,214 @@
+//! The store's contract, run against both real databases: SQLite (a file) and the
+//! PostgreSQL server on 127.0.0.1:5432 (each test in a schema of its own).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use tollgate_model::{Backend, BackendTls, MappingRule, Product};
+use tollgate_store::{Environment, Item, Key, ProductDoc, Row, Store, StoreError, Table};
+
+static N: AtomicU64 = AtomicU64::new(0);
+
+fn unique() -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    format!("{}_{}_{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst), nanos % 1_000_000)
+}
+
+/// A fresh SQLite store in a temporary file.
+async fn sqlite() -> (Store, String) {
+    let path = std::env::temp_dir().join(format!("tollgate-store-{}.db", unique()));
+    let url = format!("sqlite://{}", path.display());
+    (Store::open(&url).await.expect("open sqlite"), url)
+}
+
+/// A fresh PostgreSQL store: a new schema in the `test` database.
+async fn postgres() -> (Store, String) {
+    let base =
+        std::env::var("TOLLGATE_TEST_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let schema = format!("t_{}", unique());
+    sqlx::any::install_default_drivers();
+    let mut admin = <sqlx::AnyConnection as sqlx::Connection>::connect(&base)
+        .await
+        .expect("PostgreSQL on 127.0.0.1:5432 (scripts/test.sh starts it)");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+        .execute(&mut admin)
+        .await
+        .expect("create schema");
+    let sep = if base.contains('?') { '&' } else { '?' };
+    let url = format!("{base}{sep}options=-c%20search_path%3D{schema}");
+    (Store::open(&url).await.expect("open postgres"), url)
+}
+
+async fn both() -> Vec<(&'static str, Store, String)> {
+    let (s, su) = sqlite().await;
+    let (p, pu) = postgres().await;
+    vec![("sqlite", s, su), ("postgres", p, pu)]
+}
+
+fn backend(name: &str) -> Backend {
+    Backend {
+        system_name: name.into(),
+        name: None,
+        description: None,
+        private_base_url: "ws://127.0.0.1:9000".into(),
+        tls: BackendTls::default(),
+        connect_timeout_ms: None,
+        metrics: vec![],
+        methods: vec![],
+        mapping_rules: vec![],
+    }
+}
+
+fn product(name: &str) -> ProductDoc {
+    let yaml = format!(
+        "system_name: {name}\nstaging_public_base_url: http://{name}-staging.localhost\nproduction_public_base_url: http://{name}.localhost\nbackend_usages: [ {{ backend: echo, path: / }} ]\nmapping_rules: [ {{ http_method: GET, pattern: /, metric: hits }} ]\n"
+    );
+    let p: Product = serde_norway::from_str(&yaml).expect("product yaml");
+    ProductDoc::from_product(&p)
+}
+
+#[tokio::test]
+async fn entities_are_created_found_updated_and_deleted() {
+    for (db, store, _) in both().await {
+        let b = store.insert(Table::Backends, None, "echo", &backend("echo")).await.expect(db);
+        assert_eq!((b.system_name.as_str(), b.revision), ("echo", 1));
+        assert!(
+            matches!(store.insert(Table::Backends, None, "echo", &backend("echo")).await, Err(StoreError::Conflict(_))),
+            "{db}"
+        );
+
+        let by_name: Row<Backend> = store.get(Table::Backends, None, &Key::Name("echo")).await.expect(db);
+        let by_id: Row<Backend> = store.get(Table::Backends, None, &Key::parse(&b.id.to_string())).await.expect(db);
+        assert_eq!(by_name.id, by_id.id);
+        assert!(matches!(
+            store.get::<Backend>(Table::Backends, None, &Key::Name("nope")).await,
+            Err(StoreError::NotFound)
+        ));
+
+        let mut changed = by_id.doc.clone();
+        changed.private_base_url = "wss://127.0.0.1:9443".into();
+        let updated = store.update(Table::Backends, b.id, 1, &changed).await.expect(db);
+        assert_eq!(updated.revision, 2);
+        // A writer holding the old revision loses, instead of overwriting.
+        assert!(
+            matches!(store.update(Table::Backends, b.id, 1, &backend("echo")).await, Err(StoreError::Stale)),
+            "{db}"
+        );
+
+        store.delete(Table::Backends, b.id).await.expect(db);
+        assert!(matches!(store.delete(Table::Backends, b.id).await, Err(StoreError::NotFound)));
+        assert!(store.list::<Backend>(Table::Backends, None).await.expect(db).is_empty());
+    }
+}
+
+#[tokio::test]
+async fn children_are_scoped_to_their_parent_and_cascade() {
+    for (db, store, _) in both().await {
+        let a = store.insert(Table::Products, None, "a", &product("a")).await.expect(db);
+        let b = store.insert(Table::Products, None, "b", &product("b")).await.expect(db);
+        let plan = tollgate_store::PlanDoc::from_plan(&tollgate_model::ApplicationPlan {
+            system_name: "basic".into(),
+            name: None,
+            limits: vec![],
+            max_connections: None,
+        });
+        store.insert(Table::ApplicationPlans, Some(a.id), "basic", &plan).await.expect(db);
+        store.insert(Table::ApplicationPlans, Some(b.id), "basic", &plan).await.expect("same name, other product");
+        assert!(matches!(
+            store.insert(Table::ApplicationPlans, Some(a.id), "basic", &plan).await,
+            Err(StoreError::Conflict(_))
+        ));
+        assert!(
+            matches!(store.insert(Table::ApplicationPlans, Some(999_999), "x", &plan).await, Err(StoreError::NotFound)),
+            "{db}: unknown parent"
+        );
+        let found: Row<tollgate_store::PlanDoc> =
+            store.get(Table::ApplicationPlans, Some(b.id), &Key::Name("basic")).await.expect(db);
+        assert_eq!(found.parent_id, Some(b.id));
+        store.delete(Table::Products, a.id).await.expect(db);
+        assert!(
+            store.list::<tollgate_store::PlanDoc>(Table::ApplicationPlans, Some(a.id)).await.expect(db).is_empty(),
+            "{db}: cascade"
+        );
+        assert_eq!(
+            store.list::<tollgate_store::PlanDoc>(Table::ApplicationPlans, Some(b.id)).await.expect(db).len(),
+            1
+        );
+    }
+}
+
+#[tokio::test]
+async fn concurrent_edits_lose_nothing() {
+    for (db, store, _) in both().await {
+        let p = store.insert(Table::Products, None, "chat", &product("chat")).await.expect(db);
+        let tasks: Vec<_> = (0..20)
+            .map(|i| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    store
+                        .modify::<ProductDoc, StoreError, _>(Table::Products, p.id, |doc| {
+                            let id = doc.next_id();
+                            let rule = MappingRule {
+                                http_method: "GET".into(),
+                                pattern: format!("/r{i}"),
+                                metric: "hits".into(),
+                                delta: 1,
+                                last: false,
+                            };
+                            doc.mapping_rules.push(Item { id, value: rule });
+                            Ok(())
+                        })
+                        .await
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.expect("task").expect(db);
+        }
+        let doc: Row<ProductDoc> = store.get(Table::Products, None, &Key::Id(p.id)).await.expect(db);
+        assert_eq!(doc.doc.mapping_rules.len(), 21, "{db}: every concurrent edit is kept");
+        let mut ids: Vec<i64> = doc.doc.mapping_rules.iter().map(|r| r.id).collect();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), 21, "{db}: ids are unique");
+        assert_eq!(doc.revision, 21);
+    }
+}
+
+#[tokio::test]
+async fn deploy_promote_and_rollback() {
+    for (db, store, _) in both().await {
+        let p = store.insert(Table::Products, None, "chat", &product("chat")).await.expect(db);
+        let v1 = serde_json::json!({ "rules": 1 });
+        let v2 = serde_json::json!({ "rules": 2 });
+        assert_eq!(store.deploy(p.id, &v1).await.expect(db).map(|v| v.version), Some(1));
+        assert_eq!(store.deploy(p.id, &v1).await.expect(db), None, "{db}: an unchanged draft is not a new version");
+        assert_eq!(store.deploy(p.id, &v2).await.expect(db).map(|v| v.version), Some(2));
+        assert!(store.current_config(p.id, Environment::Production).await.expect(db).is_none());
+
+        assert_eq!(store.promote(p.id, None).await.expect(db).version, 2);
+        assert_eq!(
+            store.current_config(p.id, Environment::Production).await.expect(db).and_then(|c| c.content),
+            Some(v2.clone())
+        );
+        // Rollback: promote version 1 again.
+        assert_eq!(store.promote(p.id, Some(1)).await.expect(db).version, 1);
+        let current = store.current_configs(Environment::Production).await.expect(db);
+        assert_eq!(current.len(), 1);
+        assert_eq!((current[0].version, current[0].content.clone()), (1, Some(v1.clone())));
+        let history: Vec<i64> =
+            store.config_versions(p.id, Environment::Production).await.expect(db).iter().map(|v| v.version).collect();
+        assert_eq!(history, vec![1, 2], "{db}: newest first");
+        assert!(matches!(store.promote(p.id, Some(9)).await, Err(StoreError::NotFound)));
+        assert_eq!(store.config_version(p.id, Environment::Staging, 1).await.expect(db).content, Some(v1));
+    }
+}
+
+#[tokio::test]
+async fn state_survives_reopening_the_store() {
+    for (db, store, url) in both().await {
+        store.insert(Table::Backends, None, "echo", &backend("echo")).await.expect(db);
+        drop(store);
+        let again = Store::open(&url).await.expect(db);
+        let rows: Vec<Row<Backend>> = again.list(Table::Backends, None).await.expect(db);
+        assert_eq!(rows.len(), 1, "{db}");
+    }
+}
