@@ -34,4 +34,7 @@ pub use body::GatewayBody;
 pub use metrics::Metrics;
 pub use proxy::Gateway;
 pub use server::{ListenerOptions, serve};
-pub use snapshot::{Environment, Snapshot, SnapshotHandle, Snapshots, compile};
+pub use snapshot::{
+    BackendSource, Environment, ProductSource, Snapshot, SnapshotHandle, Snapshots, Upstreams, compile,
+    compile_environment,
+};

@@ -135,19 +135,39 @@ fn template(custom: &Option<ErrorMessage>, status: StatusCode, code: &str, messa
     }
 }
 
-/// Compiles a validated configuration into both environments' snapshots. Errors are
-/// those only compilation finds: unreadable CA files, unknown policies and bad policy
-/// configuration.
-pub fn compile(config: &Config, registry: &Registry) -> Result<Snapshots, ConfigErrors> {
-    let mut errors = ConfigErrors::default();
+/// A product to compile, with the backends it may use and the paths errors name.
+pub struct ProductSource<'a> {
+    /// Where errors about the product point, e.g. `products[0]`.
+    pub path: String,
+    pub product: &'a tollgate_model::Product,
+    pub backends: Vec<BackendSource<'a>>,
+}
 
-    let mut upstreams: HashMap<&str, Arc<Upstream>> = HashMap::new();
-    for (i, b) in config.backends.iter().enumerate() {
+pub struct BackendSource<'a> {
+    /// Where errors about the backend point, e.g. `backends[2]`; also the key under
+    /// which its connection pool is shared within one compilation.
+    pub path: String,
+    pub backend: &'a tollgate_model::Backend,
+}
+
+/// Connection pools by backend path, shared by the products (and environments) of one
+/// compilation.
+#[derive(Default)]
+pub struct Upstreams(HashMap<String, Option<Arc<Upstream>>>);
+
+impl Upstreams {
+    fn get_or_build(&mut self, source: &BackendSource<'_>, errors: &mut ConfigErrors) -> Option<Arc<Upstream>> {
+        // Failures are remembered too, so each is reported once.
+        if let Some(u) = self.0.get(&source.path) {
+            return u.clone();
+        }
+        let (b, path) = (source.backend, &source.path);
         let base = match BaseUrl::parse(&b.private_base_url, &["http", "https", "ws", "wss"]) {
             Ok(b) => b,
             Err(e) => {
-                errors.push(ConfigError::new(format!("backends[{i}].private_base_url"), e));
-                continue;
+                errors.push(ConfigError::new(format!("{path}.private_base_url"), e));
+                self.0.insert(path.clone(), None);
+                return None;
             }
         };
         if base.is_tls() && !b.tls.verify {
@@ -156,166 +176,226 @@ pub fn compile(config: &Config, registry: &Registry) -> Result<Snapshots, Config
         let timeout = b.connect_timeout_ms.map_or(DEFAULT_CONNECT_TIMEOUT, Duration::from_millis);
         match Upstream::new(base, &b.tls, timeout) {
             Ok(u) => {
-                upstreams.insert(&b.system_name, Arc::new(u));
+                let u = Arc::new(u);
+                self.0.insert(path.clone(), Some(u.clone()));
+                Some(u)
             }
-            Err(e) => errors.push(
-                ConfigError::new(format!("backends[{i}].tls"), e)
-                    .hint("point `tls.ca_file` at a readable PEM certificate, or set `tls.verify: false` to opt out"),
-            ),
+            Err(e) => {
+                errors.push(
+                    ConfigError::new(format!("{path}.tls"), e).hint(
+                        "point `tls.ca_file` at a readable PEM certificate, or set `tls.verify: false` to opt out",
+                    ),
+                );
+                self.0.insert(path.clone(), None);
+                None
+            }
         }
     }
-    let backends: HashMap<&str, &tollgate_model::Backend> =
-        config.backends.iter().map(|b| (b.system_name.as_str(), b)).collect();
+}
 
-    let mut products: HashMap<&str, Arc<Product>> = HashMap::new();
-    let mut hosts: Vec<(String, String, Arc<Product>)> = Vec::new();
-    for (i, p) in config.products.iter().enumerate() {
-        let path = format!("products[{i}]");
-        let mut metrics = MetricTable::new();
-        for m in &p.metrics {
+/// Compiles a validated declarative configuration into both environments' snapshots
+/// (DB-less mode: the file is the configuration of both). Errors are those only
+/// compilation finds: unreadable CA files, unknown policies, bad policy configuration.
+pub fn compile(config: &Config, registry: &Registry) -> Result<Snapshots, ConfigErrors> {
+    let mut errors = ConfigErrors::default();
+    let mut upstreams = Upstreams::default();
+    let backends: Vec<BackendSource<'_>> = config
+        .backends
+        .iter()
+        .enumerate()
+        .map(|(i, b)| BackendSource { path: format!("backends[{i}]"), backend: b })
+        .collect();
+    for b in &backends {
+        upstreams.get_or_build(b, &mut errors);
+    }
+    let sources: Vec<ProductSource<'_>> = config
+        .products
+        .iter()
+        .enumerate()
+        .map(|(i, p)| ProductSource {
+            path: format!("products[{i}]"),
+            product: p,
+            backends: backends.iter().map(|b| BackendSource { path: b.path.clone(), backend: b.backend }).collect(),
+        })
+        .collect();
+    let staging = compile_environment(Environment::Staging, &sources, &config.accounts, registry, &mut upstreams);
+    let production = compile_environment(Environment::Production, &sources, &config.accounts, registry, &mut upstreams);
+    match (staging, production) {
+        (Ok(staging), Ok(production)) if errors.is_empty() => Ok(Snapshots { staging, production }),
+        (staging, _) => {
+            // The production pass finds the same problems as staging: report them once.
+            errors.0.extend(staging.err().map(|e| e.0).unwrap_or_default());
+            Err(errors)
+        }
+    }
+}
+
+/// Compiles one environment's snapshot from its products (each with the backends it
+/// may use) and the accounts whose applications use them.
+pub fn compile_environment(
+    environment: Environment,
+    sources: &[ProductSource<'_>],
+    accounts: &[tollgate_model::Account],
+    registry: &Registry,
+    upstreams: &mut Upstreams,
+) -> Result<Snapshot, ConfigErrors> {
+    let mut errors = ConfigErrors::default();
+    let mut snapshot = Snapshot::empty(environment);
+    for source in sources {
+        match compile_product(source, accounts, registry, upstreams, &mut errors) {
+            Some(product) => {
+                let p = source.product;
+                let url = match environment {
+                    Environment::Staging => &p.staging_public_base_url,
+                    Environment::Production => &p.production_public_base_url,
+                };
+                match BaseUrl::parse(url, &["http", "https"]) {
+                    Ok(base) => {
+                        snapshot.products.insert(base.host.into(), product);
+                    }
+                    Err(e) => errors
+                        .push(ConfigError::new(format!("{}.{}_public_base_url", source.path, environment.as_str()), e)),
+                }
+            }
+            None => continue,
+        }
+    }
+    errors.into_result(snapshot)
+}
+
+fn compile_product(
+    source: &ProductSource<'_>,
+    accounts: &[tollgate_model::Account],
+    registry: &Registry,
+    upstreams: &mut Upstreams,
+    errors: &mut ConfigErrors,
+) -> Option<Arc<Product>> {
+    let (p, path) = (source.product, &source.path);
+    let before = errors.0.len();
+    let mut metrics = MetricTable::new();
+    for m in &p.metrics {
+        metrics.add(&m.system_name, None);
+    }
+    for m in &p.methods {
+        metrics.add(&m.system_name, Some(HITS));
+    }
+    let mut usages = Vec::new();
+    let mut backend_rules = Vec::new();
+    for u in &p.backend_usages {
+        let Some(backend) = source.backends.iter().find(|b| b.backend.system_name == u.backend) else {
+            errors
+                .push(ConfigError::new(format!("{path}.backend_usages"), format!("no backend named `{}`", u.backend)));
+            continue;
+        };
+        let Some(upstream) = upstreams.get_or_build(backend, errors) else { continue };
+        for m in &backend.backend.metrics {
             metrics.add(&m.system_name, None);
         }
-        for m in &p.methods {
+        for m in &backend.backend.methods {
             metrics.add(&m.system_name, Some(HITS));
         }
-        let mut usages = Vec::new();
-        let mut backend_rules = Vec::new();
-        for u in &p.backend_usages {
-            let (Some(upstream), Some(backend)) = (upstreams.get(u.backend.as_str()), backends.get(u.backend.as_str()))
-            else {
-                continue; // reported above, or by validation
-            };
-            for m in &backend.metrics {
-                metrics.add(&m.system_name, None);
-            }
-            for m in &backend.methods {
-                metrics.add(&m.system_name, Some(HITS));
-            }
-            usages.push(BackendUsage { prefix: u.path.trim_end_matches('/').into(), upstream: upstream.clone() });
-            backend_rules.push((u.path.as_str(), &backend.mapping_rules));
-        }
-        usages.sort_by_key(|u| std::cmp::Reverse(u.prefix.len()));
-
-        let rule = |r: &tollgate_model::MappingRule, under: Option<&str>, metrics: &MetricTable| -> Option<Rule> {
-            let pattern = Pattern::parse(&r.pattern).ok()?;
-            Some(Rule {
-                method: (r.http_method != "ANY").then(|| r.http_method.parse().ok()).flatten(),
-                pattern: under.map_or_else(|| pattern.clone(), |u| pattern.under(u)),
-                metric: metrics.id(&r.metric)?,
-                delta: r.delta,
-                last: r.last,
-            })
-        };
-        let mut rules: Vec<Rule> = p.mapping_rules.iter().filter_map(|r| rule(r, None, &metrics)).collect();
-        for (under, list) in backend_rules {
-            rules.extend(list.iter().filter_map(|r| rule(r, Some(under), &metrics)));
-        }
-
-        let mut chain: Vec<Arc<dyn Policy>> = Vec::new();
-        let mut has_tollgate = false;
-        for (j, entry) in p.policy_chain.iter().enumerate() {
-            has_tollgate |= entry.name == "tollgate";
-            if !entry.enabled {
-                continue;
-            }
-            match registry.build(&format!("{path}.policy_chain[{j}]"), &entry.name, &entry.configuration) {
-                Ok(policy) => chain.push(policy),
-                Err(e) => errors.push(e),
-            }
-        }
-        if !has_tollgate {
-            chain.push(Arc::new(TollgatePolicy));
-        }
-        let websocket = chain.iter().any(|p| p.name() == "websocket");
-
-        let plans: HashMap<&str, Arc<Plan>> = p
-            .application_plans
-            .iter()
-            .map(|plan| {
-                let limits = plan
-                    .limits
-                    .iter()
-                    .filter_map(|l| {
-                        Some(PlanLimit { metric: metrics.id(&l.metric)?, period: l.period, value: l.value })
-                    })
-                    .collect();
-                let compiled = Plan {
-                    system_name: plan.system_name.as_str().into(),
-                    limits,
-                    max_connections: plan.max_connections,
-                };
-                (plan.system_name.as_str(), Arc::new(compiled))
-            })
-            .collect();
-
-        let mut by_user_key = HashMap::new();
-        let mut by_app_id = HashMap::new();
-        for account in &config.accounts {
-            for app in account.applications.iter().filter(|a| a.product == p.system_name) {
-                let Some(plan) = plans.get(app.plan.as_str()) else {
-                    continue;
-                };
-                let application = Arc::new(Application {
-                    id: format!("{}/{}", account.name, app.name).into(),
-                    plan: plan.clone(),
-                    state: app.state,
-                    app_keys: app.app_keys.iter().map(|k| k.as_str().into()).collect(),
-                });
-                if let Some(k) = &app.user_key {
-                    by_user_key.insert(k.as_str().into(), application.clone());
-                }
-                if let Some(id) = &app.app_id {
-                    by_app_id.insert(id.as_str().into(), application);
-                }
-            }
-        }
-
-        let param = &p.authentication.user_key_param;
-        let e = &p.errors;
-        let product = Arc::new(Product {
-            system_name: p.system_name.as_str().into(),
-            metrics,
-            mapper: Mapper::new(rules),
-            usages,
-            authentication: p.authentication.clone(),
-            errors: ErrorTemplates {
-                auth_missing: template(
-                    &e.auth_missing,
-                    StatusCode::UNAUTHORIZED,
-                    "auth_missing",
-                    &format!("credentials are missing (e.g. `{param}`)"),
-                ),
-                auth_failed: template(&e.auth_failed, StatusCode::FORBIDDEN, "auth_failed", "authentication failed"),
-                no_match: template(&e.no_match, StatusCode::NOT_FOUND, "no_match", "no mapping rule matched"),
-                limits_exceeded: template(
-                    &e.limits_exceeded,
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "limits_exceeded",
-                    "usage limit exceeded",
-                ),
-            },
-            chain,
-            websocket,
-            applications_by_user_key: by_user_key,
-            applications_by_app_id: by_app_id,
-        });
-        for url in [&p.staging_public_base_url, &p.production_public_base_url] {
-            if BaseUrl::parse(url, &["http", "https"]).is_err() {
-                errors.push(ConfigError::new(path.clone(), format!("invalid public base URL `{url}`")));
-            }
-        }
-        let host = |u: &str| BaseUrl::parse(u, &["http", "https"]).map(|b| b.host).unwrap_or_default();
-        hosts.push((host(&p.staging_public_base_url), host(&p.production_public_base_url), product.clone()));
-        products.insert(&p.system_name, product);
+        usages.push(BackendUsage { prefix: u.path.trim_end_matches('/').into(), upstream });
+        backend_rules.push((u.path.as_str(), &backend.backend.mapping_rules));
     }
-    if !errors.is_empty() {
-        return Err(errors);
+    usages.sort_by_key(|u| std::cmp::Reverse(u.prefix.len()));
+
+    let rule = |r: &tollgate_model::MappingRule, under: Option<&str>, metrics: &MetricTable| -> Option<Rule> {
+        let pattern = Pattern::parse(&r.pattern).ok()?;
+        Some(Rule {
+            method: (r.http_method != "ANY").then(|| r.http_method.parse().ok()).flatten(),
+            pattern: under.map_or_else(|| pattern.clone(), |u| pattern.under(u)),
+            metric: metrics.id(&r.metric)?,
+            delta: r.delta,
+            last: r.last,
+        })
+    };
+    let mut rules: Vec<Rule> = p.mapping_rules.iter().filter_map(|r| rule(r, None, &metrics)).collect();
+    for (under, list) in backend_rules {
+        rules.extend(list.iter().filter_map(|r| rule(r, Some(under), &metrics)));
     }
-    let mut staging = Snapshot::empty(Environment::Staging);
-    let mut production = Snapshot::empty(Environment::Production);
-    for (s, p, product) in hosts {
-        staging.products.insert(s.into(), product.clone());
-        production.products.insert(p.into(), product);
+
+    let mut chain: Vec<Arc<dyn Policy>> = Vec::new();
+    let mut has_tollgate = false;
+    for (j, entry) in p.policy_chain.iter().enumerate() {
+        has_tollgate |= entry.name == "tollgate";
+        if !entry.enabled {
+            continue;
+        }
+        match registry.build(&format!("{path}.policy_chain[{j}]"), &entry.name, &entry.configuration) {
+            Ok(policy) => chain.push(policy),
+            Err(e) => errors.push(e),
+        }
     }
-    Ok(Snapshots { staging, production })
+    if !has_tollgate {
+        chain.push(Arc::new(TollgatePolicy));
+    }
+    let websocket = chain.iter().any(|p| p.name() == "websocket");
+
+    let plans: HashMap<&str, Arc<Plan>> = p
+        .application_plans
+        .iter()
+        .map(|plan| {
+            let limits = plan
+                .limits
+                .iter()
+                .filter_map(|l| Some(PlanLimit { metric: metrics.id(&l.metric)?, period: l.period, value: l.value }))
+                .collect();
+            let compiled =
+                Plan { system_name: plan.system_name.as_str().into(), limits, max_connections: plan.max_connections };
+            (plan.system_name.as_str(), Arc::new(compiled))
+        })
+        .collect();
+
+    let mut by_user_key = HashMap::new();
+    let mut by_app_id = HashMap::new();
+    for account in accounts {
+        for app in account.applications.iter().filter(|a| a.product == p.system_name) {
+            let Some(plan) = plans.get(app.plan.as_str()) else { continue };
+            let application = Arc::new(Application {
+                id: format!("{}/{}", account.name, app.name).into(),
+                plan: plan.clone(),
+                state: app.state,
+                app_keys: app.app_keys.iter().map(|k| k.as_str().into()).collect(),
+            });
+            if let Some(k) = &app.user_key {
+                by_user_key.insert(k.as_str().into(), application.clone());
+            }
+            if let Some(id) = &app.app_id {
+                by_app_id.insert(id.as_str().into(), application);
+            }
+        }
+    }
+    if errors.0.len() > before {
+        return None;
+    }
+
+    let param = &p.authentication.user_key_param;
+    let e = &p.errors;
+    Some(Arc::new(Product {
+        system_name: p.system_name.as_str().into(),
+        metrics,
+        mapper: Mapper::new(rules),
+        usages,
+        authentication: p.authentication.clone(),
+        errors: ErrorTemplates {
+            auth_missing: template(
+                &e.auth_missing,
+                StatusCode::UNAUTHORIZED,
+                "auth_missing",
+                &format!("credentials are missing (e.g. `{param}`)"),
+            ),
+            auth_failed: template(&e.auth_failed, StatusCode::FORBIDDEN, "auth_failed", "authentication failed"),
+            no_match: template(&e.no_match, StatusCode::NOT_FOUND, "no_match", "no mapping rule matched"),
+            limits_exceeded: template(
+                &e.limits_exceeded,
+                StatusCode::TOO_MANY_REQUESTS,
+                "limits_exceeded",
+                "usage limit exceeded",
+            ),
+        },
+        chain,
+        websocket,
+        applications_by_user_key: by_user_key,
+        applications_by_app_id: by_app_id,
+    }))
 }

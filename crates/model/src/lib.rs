@@ -30,4 +30,4 @@ pub use config::*;
 pub use error::{ConfigError, ConfigErrors};
 pub use load::{explain, load_file, parse_str};
 pub use suggest::did_you_mean;
-pub use validate::BaseUrl;
+pub use validate::{BaseUrl, validate, validate_draft};

@@ -90,7 +90,18 @@ impl Checker {
     }
 }
 
-pub(crate) fn validate(config: &Config) -> Result<(), ConfigErrors> {
+/// Validates a complete configuration, ready to serve.
+pub fn validate(config: &Config) -> Result<(), ConfigErrors> {
+    check(config, false)
+}
+
+/// Validates a draft: like [`validate`], but a product may still lack backend usages
+/// (as when a product is being built step by step through the admin API).
+pub fn validate_draft(config: &Config) -> Result<(), ConfigErrors> {
+    check(config, true)
+}
+
+fn check(config: &Config, draft: bool) -> Result<(), ConfigErrors> {
     let mut c = Checker { errors: ConfigErrors::default() };
 
     let mut backend_names = HashSet::new();
@@ -170,7 +181,7 @@ pub(crate) fn validate(config: &Config) -> Result<(), ConfigErrors> {
             metrics.push("hits");
         }
 
-        if p.backend_usages.is_empty() {
+        if p.backend_usages.is_empty() && !draft {
             c.err(
                 format!("{path}.backend_usages"),
                 "a product needs at least one backend usage",
