@@ -1,1 +1,53 @@
+//! Tollgate's admin REST API (`/api/v1`, JSON, bearer tokens), in the vocabulary and
+//! the YAML keys of the declarative configuration.
+//!
+//! Every write is validated against the whole configuration it would produce (drafts
+//! may lack backend usages; `deploy` needs a complete product) and stored with
+//! optimistic locking; then the gateways are told, through [`AdminState::changes`], to
+//! rebuild their snapshots. The router is built by [`router`] and tested in-process.
 
+mod apply;
+mod auth;
+mod error;
+pub mod live;
+mod resources;
+mod world;
+
+pub use auth::{AuthError, add_token, ensure_admin_token, hash_token};
+pub use error::ApiError;
+pub use world::{World, parse_proxy_config, proxy_config};
+
+use axum::Router;
+use std::sync::Arc;
+use tokio::sync::watch;
+use tollgate_gateway::Metrics;
+use tollgate_gateway::policy::Registry;
+use tollgate_store::Store;
+
+pub struct AdminState {
+    pub store: Store,
+    pub registry: Arc<Registry>,
+    /// Bumped after every change the gateways must see.
+    pub changes: watch::Sender<u64>,
+    pub metrics: Option<Arc<Metrics>>,
+}
+
+impl AdminState {
+    pub fn new(store: Store, registry: Arc<Registry>, metrics: Option<Arc<Metrics>>) -> Arc<AdminState> {
+        Arc::new(AdminState { store, registry, changes: watch::channel(0).0, metrics })
+    }
+
+    pub(crate) fn changed(&self) {
+        self.changes.send_modify(|n| *n += 1);
+    }
+}
+
+/// The admin API: `/api/v1/…` behind bearer tokens, `/status/*` and `/metrics` open.
+pub fn router(state: Arc<AdminState>) -> Router {
+    // Layers run outside-in: the token is checked first, then the change is audited.
+    let api = resources::routes()
+        .route("/audit", axum::routing::get(auth::audit_list))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), auth::audit))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_token));
+    Router::new().nest("/api/v1", api).merge(resources::open_routes()).with_state(state)
+}

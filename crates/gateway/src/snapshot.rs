@@ -218,27 +218,26 @@ pub fn compile(config: &Config, registry: &Registry) -> Result<Snapshots, Config
             backends: backends.iter().map(|b| BackendSource { path: b.path.clone(), backend: b.backend }).collect(),
         })
         .collect();
-    let staging = compile_environment(Environment::Staging, &sources, &config.accounts, registry, &mut upstreams);
-    let production = compile_environment(Environment::Production, &sources, &config.accounts, registry, &mut upstreams);
-    match (staging, production) {
-        (Ok(staging), Ok(production)) if errors.is_empty() => Ok(Snapshots { staging, production }),
-        (staging, _) => {
-            // The production pass finds the same problems as staging: report them once.
-            errors.0.extend(staging.err().map(|e| e.0).unwrap_or_default());
-            Err(errors)
-        }
-    }
+    let (staging, staging_errors) =
+        compile_environment(Environment::Staging, &sources, &config.accounts, registry, &mut upstreams);
+    let (production, production_errors) =
+        compile_environment(Environment::Production, &sources, &config.accounts, registry, &mut upstreams);
+    // The production pass finds the same problems as staging: report them once.
+    errors.0.extend(staging_errors.0);
+    if errors.is_empty() && production_errors.is_empty() { Ok(Snapshots { staging, production }) } else { Err(errors) }
 }
 
 /// Compiles one environment's snapshot from its products (each with the backends it
-/// may use) and the accounts whose applications use them.
+/// may use) and the accounts whose applications use them. A product that fails to
+/// compile is left out of the snapshot and its errors are returned beside it, so one
+/// broken product never takes the others down.
 pub fn compile_environment(
     environment: Environment,
     sources: &[ProductSource<'_>],
     accounts: &[tollgate_model::Account],
     registry: &Registry,
     upstreams: &mut Upstreams,
-) -> Result<Snapshot, ConfigErrors> {
+) -> (Snapshot, ConfigErrors) {
     let mut errors = ConfigErrors::default();
     let mut snapshot = Snapshot::empty(environment);
     for source in sources {
@@ -260,7 +259,7 @@ pub fn compile_environment(
             None => continue,
         }
     }
-    errors.into_result(snapshot)
+    (snapshot, errors)
 }
 
 fn compile_product(

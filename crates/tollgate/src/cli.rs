@@ -30,6 +30,10 @@ pub struct ServeArgs {
     /// reloads it; a broken file is rejected and the running configuration stays.
     #[arg(long, short = 'c', env = "TOLLGATE_CONFIG")]
     pub config: Option<PathBuf>,
+    /// The store for the admin API and the gateways (when no --config is given):
+    /// `sqlite://PATH` or `postgres://USER@HOST:PORT/DB`.
+    #[arg(long, env = "TOLLGATE_STORE", default_value = "sqlite://./tollgate-data/tollgate.db")]
+    pub store: String,
     /// Start a built-in WebSocket echo backend and a demo product, and print a
     /// ready-to-run `tollgate ws` command.
     #[arg(long, env = "TOLLGATE_DEMO")]

@@ -15,11 +15,13 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
+use tollgate_admin::AdminState;
 use tollgate_counters::{Counters, SystemClock};
 use tollgate_gateway::policy::Registry;
 use tollgate_gateway::server::tls_acceptor;
 use tollgate_gateway::{Environment, Gateway, ListenerOptions, Metrics, SnapshotHandle, Snapshots, compile};
 use tollgate_model::{Config, ConfigErrors};
+use tollgate_store::Store;
 
 /// Reads, validates and compiles a configuration file.
 pub fn load(path: &Path, registry: &Registry) -> Result<Snapshots, ConfigErrors> {
@@ -45,8 +47,13 @@ async fn bind(flag: &str, addr: &str) -> anyhow::Result<TcpListener> {
 
 /// Where the configuration comes from.
 pub enum Source {
+    /// DB-less: a declarative file, re-read on SIGHUP.
     File(PathBuf),
+    /// DB-less: a configuration built in memory (the demo).
     Inline(Box<Config>),
+    /// The store (SQLite or PostgreSQL URL), edited through the admin API; the gateways
+    /// follow every change.
+    Store(String),
 }
 
 /// A running `serve`: its bound addresses and the means to reload and stop it.
@@ -56,8 +63,10 @@ pub struct Server {
     pub admin: SocketAddr,
     pub staging_tls: bool,
     pub production_tls: bool,
+    /// A token created on first start, to print once.
+    pub admin_token: Option<String>,
     source: Source,
-    registry: Registry,
+    registry: Arc<Registry>,
     handles: [SnapshotHandle; 2],
     stop: watch::Sender<bool>,
     tasks: JoinSet<()>,
@@ -65,13 +74,22 @@ pub struct Server {
 
 impl Server {
     pub async fn start(args: &ServeArgs, source: Source) -> anyhow::Result<Server> {
-        let registry = Registry::default();
+        let registry = Arc::new(Registry::default());
+        let mut store = None;
         let snapshots = match &source {
             Source::File(path) => {
                 load(path, &registry).map_err(|e| anyhow::anyhow!("{}: invalid configuration:\n{e}", path.display()))?
             }
             Source::Inline(config) => {
                 compile(config, &registry).map_err(|e| anyhow::anyhow!("invalid configuration:\n{e}"))?
+            }
+            Source::Store(url) => {
+                let opened = Store::open(url).await.with_context(|| format!("--store {url}"))?;
+                let (staging, production) = tollgate_admin::live::snapshots(&opened, &registry)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("loading the configuration from the store: {}", e.message))?;
+                store = Some(opened);
+                Snapshots { staging, production }
             }
         };
         let (staging_addr, staging_tls) = parse_listen("staging-listen", &args.staging_listen)?;
@@ -111,8 +129,9 @@ impl Server {
             admin: admin_listener.local_addr()?,
             staging_tls,
             production_tls,
+            admin_token: None,
             source,
-            registry,
+            registry: registry.clone(),
             handles: [staging_handle.clone(), production_handle.clone()],
             stop,
             tasks: JoinSet::new(),
@@ -129,10 +148,28 @@ impl Server {
             }));
         }
         let mut stop = server.stop.subscribe();
-        tasks.spawn(crate::admin::serve(admin_listener, metrics, async move {
+        let shutdown = async move {
             let _ = stop.wait_for(|s| *s).await;
-        }));
-        Ok(Server { tasks, ..server })
+        };
+        let mut admin_token = None;
+        match store {
+            None => {
+                tasks.spawn(crate::admin::serve(admin_listener, metrics, shutdown));
+            }
+            Some(store) => {
+                let from_env = std::env::var("TOLLGATE_ADMIN_TOKEN").ok().filter(|t| !t.is_empty());
+                admin_token = tollgate_admin::ensure_admin_token(&store, from_env.as_deref()).await?;
+                let state = AdminState::new(store, registry.clone(), Some(metrics));
+                tasks.spawn(follow_store(state.clone(), server.handles.clone(), server.stop.subscribe()));
+                let app = tollgate_admin::router(state);
+                tasks.spawn(async move {
+                    if let Err(e) = axum::serve(admin_listener, app).with_graceful_shutdown(shutdown).await {
+                        tracing::error!(error = %e, "admin listener failed");
+                    }
+                });
+            }
+        }
+        Ok(Server { tasks, admin_token, ..server })
     }
 
     /// Re-reads the configuration file and swaps it in; on error nothing changes.
@@ -161,6 +198,29 @@ impl Server {
     }
 }
 
+/// Rebuilds both snapshots whenever the admin API reports a change. Changes that arrive
+/// during a rebuild are folded into the next one.
+async fn follow_store(state: Arc<AdminState>, handles: [SnapshotHandle; 2], mut stop: watch::Receiver<bool>) {
+    let mut changes = state.changes.subscribe();
+    loop {
+        tokio::select! {
+            r = changes.changed() => if r.is_err() { return },
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        changes.mark_unchanged();
+        match tollgate_admin::live::snapshots(&state.store, &state.registry).await {
+            Ok((staging, production)) => {
+                handles[0].store(Arc::new(staging));
+                handles[1].store(Arc::new(production));
+                tracing::debug!("gateways follow the new configuration");
+            }
+            Err(e) => {
+                tracing::error!(error = %e.message, "cannot load the configuration from the store; the gateways keep the previous one")
+            }
+        }
+    }
+}
+
 pub async fn run_cli(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let (source, demo) = match (&args.config, args.demo) {
         (Some(_), true) => {
@@ -171,14 +231,20 @@ pub async fn run_cli(args: ServeArgs) -> anyhow::Result<ExitCode> {
             let demo = crate::demo::start(&args).await?;
             (Source::Inline(Box::new(demo.config.clone())), Some(demo))
         }
-        (None, false) => bail!(
-            "nothing to serve: pass --config FILE (a declarative configuration; see examples/websocket-echo) or --demo"
-        ),
+        (None, false) => (Source::Store(args.store.clone()), None),
     };
     let server = Server::start(&args, source).await?;
     println!("tollgate: staging gateway    {}", server.url(Environment::Staging));
     println!("tollgate: production gateway {}", server.url(Environment::Production));
-    println!("tollgate: admin              http://{} (/status/live, /status/ready, /metrics)", server.admin);
+    if matches!(server.source, Source::Store(_)) {
+        println!("tollgate: admin API          http://{}/api/v1 (store {})", server.admin, args.store);
+    } else {
+        println!("tollgate: admin              http://{} (/status/live, /status/ready, /metrics)", server.admin);
+    }
+    if let Some(token) = &server.admin_token {
+        println!("tollgate: created the first admin token (shown once; keep it): {token}");
+        println!("          use it as `Authorization: Bearer <token>` or TOLLGATE_ADMIN_TOKEN");
+    }
     if let Some(demo) = &demo {
         demo.print_instructions(&server);
     }

@@ -130,6 +130,8 @@ products:
 fn serve_refuses_bad_setups_clearly() {
     let out = tollgate(&[
         "serve",
+        "--store",
+        "mysql://db/x",
         "--admin-listen",
         "127.0.0.1:0",
         "--staging-listen",
@@ -138,7 +140,8 @@ fn serve_refuses_bad_setups_clearly() {
         "127.0.0.1:0",
     ]);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("nothing to serve: pass --config FILE"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("use sqlite://PATH or postgres://USER@HOST:PORT/DB"), "{err}");
 
     let dir = TempDir::new();
     let file = write(&dir, "bad.yaml", "products: [ { system_name: x } ]\n");

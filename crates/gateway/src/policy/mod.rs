@@ -85,7 +85,20 @@ type Builder = fn(&serde_json::Value) -> Result<Arc<dyn Policy>, (String, String
 pub struct PolicyInfo {
     pub name: &'static str,
     pub summary: &'static str,
+    /// JSON Schema of the policy's `configuration`.
+    schema: &'static str,
     build: Builder,
+}
+
+impl PolicyInfo {
+    pub fn schema(&self) -> serde_json::Value {
+        serde_json::from_str(self.schema).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+const EMPTY_SCHEMA: &str = r#"{"type":"object","additionalProperties":false}"#;
+const fn const_format_headers() -> &'static str {
+    r#"{"type":"object","additionalProperties":false,"properties":{"request":{"type":"array","items":{"type":"object","additionalProperties":false,"required":["op","header"],"properties":{"op":{"enum":["set","add","push","delete"]},"header":{"type":"string"},"value":{"type":"string"}}}},"response":{"type":"array","items":{"type":"object","additionalProperties":false,"required":["op","header"],"properties":{"op":{"enum":["set","add","push","delete"]},"header":{"type":"string"},"value":{"type":"string"}}}}}}"#
 }
 
 /// Builds policies by name from their configuration.
@@ -99,11 +112,13 @@ impl Default for Registry {
             policies: vec![
                 PolicyInfo {
                     name: "tollgate",
+                    schema: EMPTY_SCHEMA,
                     summary: "Authenticates the application, maps the request to metrics and enforces usage limits (3scale's `apicast` policy). Runs last if absent from the chain.",
                     build: |c| parse::<tollgate::Config>(c).map(|_| Arc::new(TollgatePolicy) as Arc<dyn Policy>),
                 },
                 PolicyInfo {
                     name: "websocket",
+                    schema: EMPTY_SCHEMA,
                     summary: "Allows WebSocket upgrades for the product; without it an upgrade gets 400.",
                     build: |c| {
                         parse::<websocket::Config>(c)
@@ -112,6 +127,7 @@ impl Default for Registry {
                 },
                 PolicyInfo {
                     name: "headers",
+                    schema: const_format_headers(),
                     summary: "Sets, adds, pushes or deletes request headers (to the backend) and response headers (to the client).",
                     build: |c| {
                         parse::<headers::Config>(c)
@@ -121,6 +137,7 @@ impl Default for Registry {
                 },
                 PolicyInfo {
                     name: "cors",
+                    schema: r#"{"type":"object","additionalProperties":false,"properties":{"allow_origin":{"type":"string"},"allow_methods":{"type":"array","items":{"type":"string"}},"allow_headers":{"type":"array","items":{"type":"string"}},"allow_credentials":{"type":"boolean"},"max_age":{"type":"integer","minimum":0}}}"#,
                     summary: "Answers CORS preflight requests and adds Access-Control-* headers to responses.",
                     build: |c| {
                         parse::<cors::Config>(c).and_then(cors::CorsPolicy::new).map(|p| Arc::new(p) as Arc<dyn Policy>)

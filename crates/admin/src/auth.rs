@@ -1,0 +1,190 @@
+//! Admin tokens: stored as SHA-256 hashes (a leaked database reveals no token), looked
+//! up by hash (so no comparison of secret bytes happens in our code at all), with
+//! read-only tokens limited to GET. The first start creates a token and prints it
+//! once, unless `TOLLGATE_ADMIN_TOKEN` provides one.
+
+use crate::AdminState;
+use crate::error::ApiError;
+use axum::extract::{Request, State};
+use axum::http::{Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use sha2::{Digest, Sha256};
+use sqlx::Row as _;
+use std::io::Read;
+use std::sync::Arc;
+use tollgate_store::{Store, now_millis};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("store: {0}")]
+    Store(#[from] sqlx::Error),
+    #[error("cannot read random bytes for a token: {0}")]
+    Random(std::io::Error),
+}
+
+pub fn hash_token(token: &str) -> String {
+    Sha256::digest(token.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn random_token() -> Result<String, AuthError> {
+    let mut bytes = [0u8; 24];
+    std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes)).map_err(AuthError::Random)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Makes sure an admin token exists. With `from_env`, that token is (re)registered as
+/// `env`; otherwise, if the store has no token yet, one is created and returned so the
+/// caller can print it once.
+pub async fn ensure_admin_token(store: &Store, from_env: Option<&str>) -> Result<Option<String>, AuthError> {
+    let pool = store.pool();
+    if let Some(token) = from_env {
+        let hash = hash_token(token);
+        let found = sqlx::query("SELECT id FROM admin_tokens WHERE token_hash = $1")
+            .bind(hash.clone())
+            .fetch_optional(pool)
+            .await?;
+        if found.is_none() {
+            sqlx::query("DELETE FROM admin_tokens WHERE name = 'env'").execute(pool).await?;
+            sqlx::query("INSERT INTO admin_tokens (name, token_hash, read_only, created_at) VALUES ('env', $1, 0, $2)")
+                .bind(hash)
+                .bind(now_millis())
+                .execute(pool)
+                .await?;
+        }
+        return Ok(None);
+    }
+    let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM admin_tokens").fetch_one(pool).await?;
+    if count > 0 {
+        return Ok(None);
+    }
+    let token = random_token()?;
+    sqlx::query("INSERT INTO admin_tokens (name, token_hash, read_only, created_at) VALUES ('initial', $1, 0, $2)")
+        .bind(hash_token(&token))
+        .bind(now_millis())
+        .execute(pool)
+        .await?;
+    Ok(Some(token))
+}
+
+/// Adds a token (read-only or not); for tests and `tollgate` token management.
+pub async fn add_token(store: &Store, name: &str, token: &str, read_only: bool) -> Result<(), AuthError> {
+    sqlx::query("INSERT INTO admin_tokens (name, token_hash, read_only, created_at) VALUES ($1, $2, $3, $4)")
+        .bind(name.to_string())
+        .bind(hash_token(token))
+        .bind(i64::from(read_only))
+        .bind(now_millis())
+        .execute(store.pool())
+        .await?;
+    Ok(())
+}
+
+/// The caller's token, by name, for the audit log.
+#[derive(Debug, Clone)]
+pub struct Caller(pub String);
+
+pub async fn require_token(
+    State(state): State<Arc<AdminState>>,
+    mut req: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let unauthorized =
+        || ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "send `Authorization: Bearer <admin token>`");
+    let token = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(unauthorized)?;
+    let row = sqlx::query("SELECT name, read_only FROM admin_tokens WHERE token_hash = $1")
+        .bind(hash_token(token))
+        .fetch_optional(state.store.pool())
+        .await
+        .map_err(|e| ApiError::from(tollgate_store::StoreError::Database(e)))?
+        .ok_or_else(unauthorized)?;
+    let name: String = row.try_get("name").unwrap_or_default();
+    let read_only: i64 = row.try_get("read_only").unwrap_or(1);
+    if read_only != 0 && req.method() != Method::GET && req.method() != Method::HEAD {
+        return Err(ApiError::new(StatusCode::FORBIDDEN, "read_only", "this token may only read"));
+    }
+    req.extensions_mut().insert(Caller(name));
+    Ok(next.run(req).await)
+}
+
+/// Records every change made through the API: when, which token, what (method and
+/// path), the outcome, the request body and the response body (the state after).
+pub async fn audit(State(state): State<Arc<AdminState>>, req: Request, next: Next) -> Response {
+    if req.method() == Method::GET || req.method() == Method::HEAD {
+        return next.run(req).await;
+    }
+    const LIMIT: usize = 1 << 20;
+    let caller = req.extensions().get::<Caller>().map(|c| c.0.clone()).unwrap_or_default();
+    let method = req.method().to_string();
+    let path = req.uri().path().to_string();
+    let (parts, body) = req.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, LIMIT).await else {
+        return ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", "request bodies are limited to 1 MiB")
+            .into_response();
+    };
+    let request_text = String::from_utf8_lossy(&bytes).into_owned();
+    let resp = next.run(Request::from_parts(parts, axum::body::Body::from(bytes))).await;
+    let status = resp.status();
+    let (parts, body) = resp.into_parts();
+    let bytes = axum::body::to_bytes(body, LIMIT).await.unwrap_or_default();
+    let after = String::from_utf8_lossy(&bytes).into_owned();
+    let insert = sqlx::query(
+        "INSERT INTO audit_log (at, token, method, path, status, before_doc, after_doc) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(now_millis())
+    .bind(caller)
+    .bind(method)
+    .bind(path)
+    .bind(i64::from(status.as_u16()))
+    .bind((!request_text.is_empty()).then_some(request_text))
+    .bind((!after.is_empty()).then_some(after))
+    .execute(state.store.pool())
+    .await;
+    if let Err(e) = insert {
+        tracing::error!(error = %e, "cannot write the audit log");
+    }
+    Response::from_parts(parts, axum::body::Body::from(bytes))
+}
+
+/// `GET /api/v1/audit`: the newest entries first.
+pub async fn audit_list(
+    State(state): State<Arc<AdminState>>,
+    axum::extract::Query(q): axum::extract::Query<AuditQuery>,
+) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let rows = sqlx::query(
+        "SELECT id, at, token, method, path, status, before_doc, after_doc FROM audit_log ORDER BY id DESC LIMIT $1",
+    )
+    .bind(limit)
+    .fetch_all(state.store.pool())
+    .await
+    .map_err(|e| ApiError::from(tollgate_store::StoreError::Database(e)))?;
+    let parse = |t: Option<String>| t.map(|t| serde_json::from_str(&t).unwrap_or(serde_json::Value::String(t)));
+    let entries = rows
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "id": r.try_get::<i64, _>("id").unwrap_or_default(),
+                "at": r.try_get::<i64, _>("at").unwrap_or_default(),
+                "token": r.try_get::<String, _>("token").unwrap_or_default(),
+                "method": r.try_get::<String, _>("method").unwrap_or_default(),
+                "path": r.try_get::<String, _>("path").unwrap_or_default(),
+                "status": r.try_get::<i64, _>("status").unwrap_or_default(),
+                "request": parse(r.try_get::<Option<String>, _>("before_doc").unwrap_or_default()),
+                "response": parse(r.try_get::<Option<String>, _>("after_doc").unwrap_or_default()),
+            })
+        })
+        .collect();
+    Ok(axum::Json(serde_json::Value::Array(entries)))
+}
+
+#[derive(serde::Deserialize)]
+pub struct AuditQuery {
+    limit: Option<i64>,
+}

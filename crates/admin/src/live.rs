@@ -1,0 +1,53 @@
+//! What the gateways serve in store mode: for each environment, the current proxy
+//! configuration version of every product, with the product's live plans and the live
+//! applications (which are not versioned, as in 3scale).
+
+use crate::error::ApiResult;
+use crate::world::{World, parse_proxy_config};
+use tollgate_gateway::policy::Registry;
+use tollgate_gateway::{BackendSource, Environment, ProductSource, Snapshot, Upstreams, compile_environment};
+use tollgate_model::{Backend, Product};
+use tollgate_store::{Environment as StoreEnv, Store};
+
+/// Builds both environments' snapshots from the store. A product whose stored version
+/// no longer compiles (say, its CA file was removed) is left out and logged; the rest
+/// is served.
+pub async fn snapshots(store: &Store, registry: &Registry) -> ApiResult<(Snapshot, Snapshot)> {
+    let world = World::load(store).await?;
+    let accounts = world.config().accounts;
+    let mut upstreams = Upstreams::default();
+    let mut out = Vec::with_capacity(2);
+    for (env, store_env) in [(Environment::Staging, StoreEnv::Staging), (Environment::Production, StoreEnv::Production)]
+    {
+        let versions = store.current_configs(store_env).await?;
+        let mut units: Vec<(String, Product, Vec<Backend>)> = Vec::new();
+        for v in &versions {
+            let Some(row) = world.products.iter().find(|p| p.id == v.product_id) else { continue };
+            let Some((mut product, backends)) = v.content.as_ref().and_then(parse_proxy_config) else {
+                tracing::error!(product = %row.system_name, version = v.version, "stored proxy configuration is unreadable; skipped");
+                continue;
+            };
+            product.application_plans = world.product(row).application_plans;
+            units.push((format!("{}@{} v{}", row.system_name, env.as_str(), v.version), product, backends));
+        }
+        let sources: Vec<ProductSource<'_>> = units
+            .iter()
+            .map(|(label, product, backends)| ProductSource {
+                path: label.clone(),
+                product,
+                backends: backends
+                    .iter()
+                    .map(|b| BackendSource { path: format!("{label}.backends.{}", b.system_name), backend: b })
+                    .collect(),
+            })
+            .collect();
+        let (snapshot, errors) = compile_environment(env, &sources, &accounts, registry, &mut upstreams);
+        for e in &errors.0 {
+            tracing::error!(environment = env.as_str(), "{e}");
+        }
+        out.push(snapshot);
+    }
+    let production = out.pop().unwrap_or_else(|| Snapshot::empty(Environment::Production));
+    let staging = out.pop().unwrap_or_else(|| Snapshot::empty(Environment::Staging));
+    Ok((staging, production))
+}

@@ -1,0 +1,977 @@
+//! The admin API's resources, as listed in DESIGN §5. Path keys accept an id or a
+//! `system_name` (an account's or application's `name`).
+
+use crate::AdminState;
+use crate::error::{ApiError, ApiResult, body_error};
+use crate::world::{World, pending, proxy_config};
+use axum::extract::{FromRequest, Path, Query, Request, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use std::sync::Arc;
+use tollgate_model::{
+    ApplicationPlan, ApplicationState, AuthMode, Backend, BackendUsage, Config, Limit, MappingRule, Method, Metric,
+    PolicyConfig, Product,
+};
+use tollgate_store::{
+    AccountDoc, ApplicationDoc, ConfigVersion, Environment, Item, Key, PlanDoc, ProductDoc, Row, Table,
+};
+
+type St = State<Arc<AdminState>>;
+
+/// A JSON body whose parse errors are 400s with the offending field.
+pub struct Body<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
+    type Rejection = ApiError;
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        Json::<T>::from_request(req, state).await.map(|Json(v)| Body(v)).map_err(body_error)
+    }
+}
+
+/// An optional JSON body: empty means the default (action endpoints accept `{}` or nothing).
+pub struct OptBody<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Default> FromRequest<S> for OptBody<T> {
+    type Rejection = ApiError;
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let bytes =
+            axum::body::Bytes::from_request(req, state).await.map_err(|e| ApiError::bad_request(e.body_text()))?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(OptBody(T::default()));
+        }
+        serde_json::from_slice(&bytes)
+            .map(OptBody)
+            .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
+    }
+}
+
+/// `{id, …document}` with store bookkeeping (`last_id`) left out.
+fn view<T: Serialize>(id: i64, doc: &T) -> Value {
+    let mut v = serde_json::to_value(doc).unwrap_or(Value::Null);
+    if let Value::Object(map) = &mut v {
+        map.remove("last_id");
+        let mut out = serde_json::Map::with_capacity(map.len() + 1);
+        out.insert("id".into(), json!(id));
+        out.extend(std::mem::take(map));
+        return Value::Object(out);
+    }
+    v
+}
+
+fn created(v: Value) -> Response {
+    (StatusCode::CREATED, Json(v)).into_response()
+}
+
+#[derive(Deserialize, Default)]
+pub struct Page {
+    page: Option<usize>,
+    per_page: Option<usize>,
+}
+
+impl Page {
+    fn apply(&self, items: Vec<Value>) -> Json<Value> {
+        let per = self.per_page.unwrap_or(500).clamp(1, 500);
+        let page = self.page.unwrap_or(1).max(1);
+        Json(Value::Array(items.into_iter().skip((page - 1) * per).take(per).collect()))
+    }
+}
+
+async fn find<T: DeserializeOwned>(
+    s: &AdminState,
+    table: Table,
+    parent: Option<i64>,
+    key: &str,
+    what: &str,
+) -> ApiResult<Row<T>> {
+    s.store.get(table, parent, &Key::parse(key)).await.map_err(|e| match e {
+        tollgate_store::StoreError::NotFound => ApiError::not_found(&format!("{what} `{key}`")),
+        other => other.into(),
+    })
+}
+
+fn same_name(stored: &str, given: &str, field: &str) -> ApiResult<()> {
+    if stored == given {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(format!("`{field}` cannot change (it is `{stored}`); create a new resource instead"))
+            .field(field))
+    }
+}
+
+pub fn open_routes() -> Router<Arc<AdminState>> {
+    Router::new()
+        .route("/status/live", get(|| async { Json(json!({ "status": "live" })) }))
+        .route("/status/ready", get(ready))
+        .route("/metrics", get(metrics))
+}
+
+async fn ready(State(s): St) -> Response {
+    match sqlx::query("SELECT 1").execute(s.store.pool()).await {
+        Ok(_) => Json(json!({ "status": "ready" })).into_response(),
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "store unavailable" }))).into_response(),
+    }
+}
+
+async fn metrics(State(s): St) -> Response {
+    let mut out = String::new();
+    if let Some(m) = &s.metrics {
+        m.render(&mut out);
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+}
+
+pub fn routes() -> Router<Arc<AdminState>> {
+    Router::new()
+        .route("/backends", get(backends_list).post(backend_create))
+        .route("/backends/{b}", get(backend_get).put(backend_put).delete(backend_delete))
+        .route("/products", get(products_list).post(product_create))
+        .route("/products/{p}", get(product_get).put(product_put).delete(product_delete))
+        .route("/products/{p}/backend_usages", get(nested_list::<Usages>).post(nested_create::<Usages>))
+        .route(
+            "/products/{p}/backend_usages/{id}",
+            get(nested_get::<Usages>).put(nested_put::<Usages>).delete(nested_delete::<Usages>),
+        )
+        .route("/products/{p}/metrics", get(nested_list::<Metrics>).post(nested_create::<Metrics>))
+        .route(
+            "/products/{p}/metrics/{id}",
+            get(nested_get::<Metrics>).put(nested_put::<Metrics>).delete(nested_delete::<Metrics>),
+        )
+        .route("/products/{p}/methods", get(nested_list::<Methods>).post(nested_create::<Methods>))
+        .route(
+            "/products/{p}/methods/{id}",
+            get(nested_get::<Methods>).put(nested_put::<Methods>).delete(nested_delete::<Methods>),
+        )
+        .route("/products/{p}/mapping_rules", get(nested_list::<Rules>).post(nested_create::<Rules>))
+        .route(
+            "/products/{p}/mapping_rules/{id}",
+            get(nested_get::<Rules>).put(nested_put::<Rules>).delete(nested_delete::<Rules>),
+        )
+        .route("/products/{p}/policy_chain", get(chain_get).put(chain_put))
+        .route("/products/{p}/application_plans", get(plans_list).post(plan_create))
+        .route("/products/{p}/application_plans/{plan}", get(plan_get).put(plan_put).delete(plan_delete))
+        .route("/products/{p}/application_plans/{plan}/limits", get(limits_list).post(limit_create))
+        .route("/products/{p}/application_plans/{plan}/limits/{id}", get(limit_get).put(limit_put).delete(limit_delete))
+        .route("/products/{p}/deploy", post(deploy))
+        .route("/products/{p}/promote", post(promote))
+        .route("/products/{p}/configs/{env}", get(configs_list))
+        .route("/products/{p}/configs/{env}/{version}", get(config_get))
+        .route("/accounts", get(accounts_list).post(account_create))
+        .route("/accounts/{a}", get(account_get).put(account_put).delete(account_delete))
+        .route("/accounts/{a}/applications", get(account_apps).post(app_create))
+        .route("/applications", get(apps_list))
+        .route("/applications/{app}", get(app_get).put(app_put).delete(app_delete))
+        .route("/applications/{app}/suspend", post(app_suspend))
+        .route("/applications/{app}/resume", post(app_resume))
+        .route("/applications/{app}/change_plan", post(app_change_plan))
+        .route("/applications/{app}/keys", post(app_key_add))
+        .route("/applications/{app}/keys/{key}", axum::routing::delete(app_key_delete))
+        .route("/config", get(export).put(apply))
+        .route("/policies", get(policies))
+}
+
+// ---------------------------------------------------------------- backends
+
+async fn backends_list(State(s): St, Query(page): Query<Page>) -> ApiResult<Json<Value>> {
+    let rows: Vec<Row<Backend>> = s.store.list(Table::Backends, None).await?;
+    Ok(page.apply(rows.iter().map(|r| view(r.id, &r.doc)).collect()))
+}
+
+async fn backend_get(State(s): St, Path(b): Path<String>) -> ApiResult<Json<Value>> {
+    let row: Row<Backend> = find(&s, Table::Backends, None, &b, "backend").await?;
+    Ok(Json(view(row.id, &row.doc)))
+}
+
+async fn backend_create(State(s): St, Body(backend): Body<Backend>) -> ApiResult<Response> {
+    let mut world = World::load(&s.store).await?;
+    let index = world.backends.len();
+    world.backends.push(pending(None, &backend.system_name, backend.clone()));
+    world.check(&format!("backends[{index}]"))?;
+    let row = s.store.insert(Table::Backends, None, &backend.system_name, &backend).await?;
+    s.changed();
+    Ok(created(view(row.id, &row.doc)))
+}
+
+async fn backend_put(State(s): St, Path(b): Path<String>, Body(backend): Body<Backend>) -> ApiResult<Json<Value>> {
+    let row: Row<Backend> = find(&s, Table::Backends, None, &b, "backend").await?;
+    same_name(&row.system_name, &backend.system_name, "system_name")?;
+    let mut world = World::load(&s.store).await?;
+    let index = world.backend_index(row.id);
+    World::put(&mut world.backends, Row { doc: backend.clone(), ..row.clone() });
+    world.check(&format!("backends[{index}]"))?;
+    let row = s.store.update(Table::Backends, row.id, row.revision, &backend).await?;
+    s.changed();
+    Ok(Json(view(row.id, &row.doc)))
+}
+
+async fn backend_delete(State(s): St, Path(b): Path<String>) -> ApiResult<StatusCode> {
+    let row: Row<Backend> = find(&s, Table::Backends, None, &b, "backend").await?;
+    let world = World::load(&s.store).await?;
+    if let Some(p) =
+        world.products.iter().find(|p| p.doc.backend_usages.iter().any(|u| u.value.backend == row.system_name))
+    {
+        return Err(ApiError::conflict(format!(
+            "product `{}` uses backend `{}`; remove its backend usage first",
+            p.system_name, row.system_name
+        )));
+    }
+    s.store.delete(Table::Backends, row.id).await?;
+    s.changed();
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// ---------------------------------------------------------------- products
+
+fn product_view(world: &World, row: &Row<ProductDoc>) -> Value {
+    let mut v = view(row.id, &row.doc);
+    let plans: Vec<Value> =
+        world.plans.iter().filter(|p| p.parent_id == Some(row.id)).map(|p| view(p.id, &p.doc)).collect();
+    v["application_plans"] = Value::Array(plans);
+    v
+}
+
+async fn products_list(State(s): St, Query(page): Query<Page>) -> ApiResult<Json<Value>> {
+    let world = World::load(&s.store).await?;
+    Ok(page.apply(world.products.iter().map(|r| product_view(&world, r)).collect()))
+}
+
+async fn product_get(State(s): St, Path(p): Path<String>) -> ApiResult<Json<Value>> {
+    let row: Row<ProductDoc> = find(&s, Table::Products, None, &p, "product").await?;
+    let world = World::load(&s.store).await?;
+    Ok(Json(product_view(&world, &row)))
+}
+
+async fn product_create(State(s): St, Body(product): Body<Product>) -> ApiResult<Response> {
+    let mut world = World::load(&s.store).await?;
+    let index = world.products.len();
+    let doc = ProductDoc::from_product(&product);
+    world.products.push(pending(None, &product.system_name, doc.clone()));
+    let plans: Vec<PlanDoc> = product.application_plans.iter().map(PlanDoc::from_plan).collect();
+    for plan in &plans {
+        world.plans.push(pending(Some(-1), &plan.system_name, plan.clone()));
+    }
+    world.check(&format!("products[{index}]"))?;
+    check_chain(&s, &product.policy_chain, "policy_chain")?;
+    let row = s.store.insert(Table::Products, None, &product.system_name, &doc).await?;
+    for plan in &plans {
+        s.store.insert(Table::ApplicationPlans, Some(row.id), &plan.system_name, plan).await?;
+    }
+    s.changed();
+    let world = World::load(&s.store).await?;
+    Ok(created(product_view(&world, &row)))
+}
+
+async fn product_put(State(s): St, Path(p): Path<String>, Body(product): Body<Product>) -> ApiResult<Json<Value>> {
+    let row: Row<ProductDoc> = find(&s, Table::Products, None, &p, "product").await?;
+    same_name(&row.system_name, &product.system_name, "system_name")?;
+    check_chain(&s, &product.policy_chain, "policy_chain")?;
+    let mut world = World::load(&s.store).await?;
+    let index = world.product_index(row.id);
+    // The draft is replaced; plans are managed under application_plans.
+    let mut doc = ProductDoc::from_product(&product);
+    doc.last_id = doc.last_id.max(row.doc.last_id);
+    World::put(&mut world.products, Row { doc: doc.clone(), ..row.clone() });
+    world.check(&format!("products[{index}]"))?;
+    let row = s.store.update(Table::Products, row.id, row.revision, &doc).await?;
+    s.changed();
+    Ok(Json(product_view(&world, &row)))
+}
+
+async fn product_delete(State(s): St, Path(p): Path<String>) -> ApiResult<StatusCode> {
+    let row: Row<ProductDoc> = find(&s, Table::Products, None, &p, "product").await?;
+    let world = World::load(&s.store).await?;
+    if let Some(app) = world.applications.iter().find(|a| a.doc.product == row.system_name) {
+        return Err(ApiError::conflict(format!(
+            "application `{}` uses product `{}`; delete it first",
+            app.doc.name, row.system_name
+        )));
+    }
+    s.store.delete(Table::Products, row.id).await?;
+    s.changed();
+    Ok(StatusCode::NO_CONTENT)
+}
+
+fn check_chain(s: &AdminState, chain: &[PolicyConfig], field: &str) -> ApiResult<()> {
+    for (i, entry) in chain.iter().enumerate() {
+        if let Err(e) = s.registry.build(&format!("{field}[{i}]"), &entry.name, &entry.configuration) {
+            return Err(ApiError::from_config(e.into(), ""));
+        }
+    }
+    Ok(())
+}
+
+// ------------------------------------------------ product items (usages, metrics, methods, rules)
+
+trait Nested: Send + Sync + 'static {
+    type T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static;
+    const FIELD: &'static str;
+    const WHAT: &'static str;
+    fn items(doc: &mut ProductDoc) -> &mut Vec<Item<Self::T>>;
+    fn name(_item: &Self::T) -> Option<&str> {
+        None
+    }
+    /// Refuses to delete an item something else still refers to.
+    fn in_use(_world: &World, _product: &Row<ProductDoc>, _item: &Self::T) -> Option<String> {
+        None
+    }
+}
+
+struct Usages;
+impl Nested for Usages {
+    type T = BackendUsage;
+    const FIELD: &'static str = "backend_usages";
+    const WHAT: &'static str = "backend usage";
+    fn items(doc: &mut ProductDoc) -> &mut Vec<Item<BackendUsage>> {
+        &mut doc.backend_usages
+    }
+}
+
+fn metric_in_use(world: &World, product: &Row<ProductDoc>, name: &str) -> Option<String> {
+    if let Some(r) = product.doc.mapping_rules.iter().find(|r| r.value.metric == name) {
+        return Some(format!("mapping rule {} ({} {}) counts on `{name}`", r.id, r.value.http_method, r.value.pattern));
+    }
+    world
+        .plans
+        .iter()
+        .filter(|p| p.parent_id == Some(product.id))
+        .find(|p| p.doc.limits.iter().any(|l| l.value.metric == name))
+        .map(|p| format!("application plan `{}` has a limit on `{name}`", p.system_name))
+}
+
+struct Metrics;
+impl Nested for Metrics {
+    type T = Metric;
+    const FIELD: &'static str = "metrics";
+    const WHAT: &'static str = "metric";
+    fn items(doc: &mut ProductDoc) -> &mut Vec<Item<Metric>> {
+        &mut doc.metrics
+    }
+    fn name(item: &Metric) -> Option<&str> {
+        Some(&item.system_name)
+    }
+    fn in_use(world: &World, product: &Row<ProductDoc>, item: &Metric) -> Option<String> {
+        metric_in_use(world, product, &item.system_name)
+    }
+}
+
+struct Methods;
+impl Nested for Methods {
+    type T = Method;
+    const FIELD: &'static str = "methods";
+    const WHAT: &'static str = "method";
+    fn items(doc: &mut ProductDoc) -> &mut Vec<Item<Method>> {
+        &mut doc.methods
+    }
+    fn name(item: &Method) -> Option<&str> {
+        Some(&item.system_name)
+    }
+    fn in_use(world: &World, product: &Row<ProductDoc>, item: &Method) -> Option<String> {
+        metric_in_use(world, product, &item.system_name)
+    }
+}
+
+struct Rules;
+impl Nested for Rules {
+    type T = MappingRule;
+    const FIELD: &'static str = "mapping_rules";
+    const WHAT: &'static str = "mapping rule";
+    fn items(doc: &mut ProductDoc) -> &mut Vec<Item<MappingRule>> {
+        &mut doc.mapping_rules
+    }
+}
+
+fn position<N: Nested>(doc: &mut ProductDoc, key: &str) -> Option<usize> {
+    let items = N::items(doc);
+    let by_id = key.parse::<i64>().ok().and_then(|id| items.iter().position(|i| i.id == id));
+    by_id.or_else(|| items.iter().position(|i| N::name(&i.value) == Some(key)))
+}
+
+/// Applies `change` to the product's draft, validates the result and stores it.
+async fn edit_product<F>(
+    s: &AdminState,
+    p: &str,
+    prefix_of: impl Fn(usize) -> String,
+    mut change: F,
+) -> ApiResult<Row<ProductDoc>>
+where
+    F: FnMut(&mut ProductDoc) -> ApiResult<()>,
+{
+    let row: Row<ProductDoc> = find(s, Table::Products, None, p, "product").await?;
+    let world = World::load(&s.store).await?;
+    let index = world.product_index(row.id);
+    let prefix = prefix_of(index);
+    let updated = s
+        .store
+        .modify::<ProductDoc, ApiError, _>(Table::Products, row.id, |doc| {
+            change(doc)?;
+            let mut candidate = world.clone();
+            World::put(&mut candidate.products, Row { doc: doc.clone(), ..row.clone() });
+            candidate.check(&prefix)
+        })
+        .await?;
+    s.changed();
+    Ok(updated)
+}
+
+async fn nested_list<N: Nested>(
+    State(s): St,
+    Path(p): Path<String>,
+    Query(page): Query<Page>,
+) -> ApiResult<Json<Value>> {
+    let mut row: Row<ProductDoc> = find(&s, Table::Products, None, &p, "product").await?;
+    Ok(page.apply(N::items(&mut row.doc).iter().map(|i| view(i.id, &i.value)).collect()))
+}
+
+async fn nested_get<N: Nested>(State(s): St, Path((p, key)): Path<(String, String)>) -> ApiResult<Json<Value>> {
+    let mut row: Row<ProductDoc> = find(&s, Table::Products, None, &p, "product").await?;
+    let i = position::<N>(&mut row.doc, &key).ok_or_else(|| ApiError::not_found(&format!("{} `{key}`", N::WHAT)))?;
+    let item = &N::items(&mut row.doc)[i];
+    Ok(Json(view(item.id, &item.value)))
+}
+
+async fn nested_create<N: Nested>(State(s): St, Path(p): Path<String>, Body(value): Body<N::T>) -> ApiResult<Response> {
+    let mut new_id = 0;
+    let mut row = edit_product(
+        &s,
+        &p,
+        |i| format!("products[{i}].{}", N::FIELD),
+        |doc| {
+            if let Some(name) = N::name(&value)
+                && N::items(doc).iter().any(|i| N::name(&i.value) == Some(name))
+            {
+                return Err(ApiError::conflict(format!("{} `{name}` already exists", N::WHAT)));
+            }
+            new_id = doc.next_id();
+            N::items(doc).push(Item { id: new_id, value: value.clone() });
+            Ok(())
+        },
+    )
+    .await?;
+    let item = N::items(&mut row.doc).iter().find(|i| i.id == new_id).cloned();
+    Ok(created(item.map(|i| view(i.id, &i.value)).unwrap_or(Value::Null)))
+}
+
+async fn nested_put<N: Nested>(
+    State(s): St,
+    Path((p, key)): Path<(String, String)>,
+    Body(value): Body<N::T>,
+) -> ApiResult<Json<Value>> {
+    let mut found = None;
+    let mut row = edit_product(
+        &s,
+        &p,
+        |i| format!("products[{i}].{}", N::FIELD),
+        |doc| {
+            let i = position::<N>(doc, &key).ok_or_else(|| ApiError::not_found(&format!("{} `{key}`", N::WHAT)))?;
+            let items = N::items(doc);
+            if let (Some(old), Some(new)) = (N::name(&items[i].value), N::name(&value)) {
+                same_name(old, new, "system_name")?;
+            }
+            items[i].value = value.clone();
+            found = Some(items[i].id);
+            Ok(())
+        },
+    )
+    .await?;
+    let item = N::items(&mut row.doc).iter().find(|i| Some(i.id) == found).cloned();
+    Ok(Json(item.map(|i| view(i.id, &i.value)).unwrap_or(Value::Null)))
+}
+
+async fn nested_delete<N: Nested>(State(s): St, Path((p, key)): Path<(String, String)>) -> ApiResult<StatusCode> {
+    let row: Row<ProductDoc> = find(&s, Table::Products, None, &p, "product").await?;
+    let world = World::load(&s.store).await?;
+    edit_product(
+        &s,
+        &p,
+        |i| format!("products[{i}]"),
+        |doc| {
+            let i = position::<N>(doc, &key).ok_or_else(|| ApiError::not_found(&format!("{} `{key}`", N::WHAT)))?;
+            let value = N::items(doc)[i].value.clone();
+            if let Some(reason) = N::in_use(&world, &Row { doc: doc.clone(), ..row.clone() }, &value) {
+                return Err(ApiError::conflict(format!("cannot delete: {reason}")));
+            }
+            N::items(doc).remove(i);
+            Ok(())
+        },
+    )
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn chain_get(State(s): St, Path(p): Path<String>) -> ApiResult<Json<Vec<PolicyConfig>>> {
+    let row: Row<ProductDoc> = find(&s, Table::Products, None, &p, "product").await?;
+    Ok(Json(row.doc.policy_chain))
+}
+
+async fn chain_put(
+    State(s): St,
+    Path(p): Path<String>,
+    Body(chain): Body<Vec<PolicyConfig>>,
+) -> ApiResult<Json<Vec<PolicyConfig>>> {
+    check_chain(&s, &chain, "")?;
+    let row = edit_product(
+        &s,
+        &p,
+        |i| format!("products[{i}].policy_chain"),
+        |doc| {
+            doc.policy_chain = chain.clone();
+            Ok(())
+        },
+    )
+    .await?;
+    Ok(Json(row.doc.policy_chain))
+}
+
+// ---------------------------------------------------------------- application plans
+
+async fn plans_list(State(s): St, Path(p): Path<String>) -> ApiResult<Json<Value>> {
+    let product: Row<ProductDoc> = find(&s, Table::Products, None, &p, "product").await?;
+    let rows: Vec<Row<PlanDoc>> = s.store.list(Table::ApplicationPlans, Some(product.id)).await?;
+    Ok(Json(Value::Array(rows.iter().map(|r| view(r.id, &r.doc)).collect())))
+}
+
+async fn plan_get(State(s): St, Path((p, plan)): Path<(String, String)>) -> ApiResult<Json<Value>> {
+    let product: Row<ProductDoc> = find(&s, Table::Products, None, &p, "product").await?;
+    let row: Row<PlanDoc> = find(&s, Table::ApplicationPlans, Some(product.id), &plan, "application plan").await?;
+    Ok(Json(view(row.id, &row.doc)))
+}
+
+/// Validates a plan change in the context of the whole configuration.
+async fn check_plan(s: &AdminState, product_id: i64, row: Row<PlanDoc>, suffix: &str) -> ApiResult<()> {
+    let mut world = World::load(&s.store).await?;
+    let pi = world.product_index(product_id);
+    World::put(&mut world.plans, row.clone());
+    let j = world.plan_index(product_id, row.id);
+    world.check(&format!("products[{pi}].application_plans[{j}]{suffix}"))
+}
+
+async fn plan_create(State(s): St, Path(p): Path<String>, Body(plan): Body<ApplicationPlan>) -> ApiResult<Response> {
+    let product: Row<ProductDoc> = find(&s, Table::Products, None, &p, "product").await?;
+    let doc = PlanDoc::from_plan(&plan);
+    check_plan(&s, product.id, pending(Some(product.id), &plan.system_name, doc.clone()), "").await?;
+    let row = s.store.insert(Table::ApplicationPlans, Some(product.id), &plan.system_name, &doc).await?;
+    s.changed();
+    Ok(created(view(row.id, &row.doc)))
+}
+
+async fn plan_put(
+    State(s): St,
+    Path((p, plan)): Path<(String, String)>,
+    Body(body): Body<ApplicationPlan>,
+) -> ApiResult<Json<Value>> {
+    let product: Row<ProductDoc> = find(&s, Table::Products, None, &p, "product").await?;
+    let row: Row<PlanDoc> = find(&s, Table::ApplicationPlans, Some(product.id), &plan, "application plan").await?;
+    same_name(&row.system_name, &body.system_name, "system_name")?;
+    let mut doc = PlanDoc::from_plan(&body);
+    doc.last_id = doc.last_id.max(row.doc.last_id);
+    check_plan(&s, product.id, Row { doc: doc.clone(), ..row.clone() }, "").await?;
+    let row = s.store.update(Table::ApplicationPlans, row.id, row.revision, &doc).await?;
+    s.changed();
+    Ok(Json(view(row.id, &row.doc)))
+}
+
+async fn plan_delete(State(s): St, Path((p, plan)): Path<(String, String)>) -> ApiResult<StatusCode> {
+    let product: Row<ProductDoc> = find(&s, Table::Products, None, &p, "product").await?;
+    let row: Row<PlanDoc> = find(&s, Table::ApplicationPlans, Some(product.id), &plan, "application plan").await?;
+    let world = World::load(&s.store).await?;
+    if let Some(app) =
+        world.applications.iter().find(|a| a.doc.product == product.system_name && a.doc.plan == row.system_name)
+    {
+        return Err(ApiError::conflict(format!(
+            "application `{}` is on plan `{}`; change its plan first",
+            app.doc.name, row.system_name
+        )));
+    }
+    s.store.delete(Table::ApplicationPlans, row.id).await?;
+    s.changed();
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn limits_list(State(s): St, Path((p, plan)): Path<(String, String)>) -> ApiResult<Json<Value>> {
+    let product: Row<ProductDoc> = find(&s, Table::Products, None, &p, "product").await?;
+    let row: Row<PlanDoc> = find(&s, Table::ApplicationPlans, Some(product.id), &plan, "application plan").await?;
+    Ok(Json(Value::Array(row.doc.limits.iter().map(|l| view(l.id, &l.value)).collect())))
+}
+
+async fn limit_get(State(s): St, Path((p, plan, id)): Path<(String, String, i64)>) -> ApiResult<Json<Value>> {
+    let product: Row<ProductDoc> = find(&s, Table::Products, None, &p, "product").await?;
+    let row: Row<PlanDoc> = find(&s, Table::ApplicationPlans, Some(product.id), &plan, "application plan").await?;
+    let l = row.doc.limits.iter().find(|l| l.id == id).ok_or_else(|| ApiError::not_found(&format!("limit {id}")))?;
+    Ok(Json(view(l.id, &l.value)))
+}
+
+/// Edits a plan's limits, validated; returns the plan row.
+async fn edit_plan<F>(s: &AdminState, p: &str, plan: &str, mut change: F) -> ApiResult<Row<PlanDoc>>
+where
+    F: FnMut(&mut PlanDoc) -> ApiResult<()>,
+{
+    let product: Row<ProductDoc> = find(s, Table::Products, None, p, "product").await?;
+    let row: Row<PlanDoc> = find(s, Table::ApplicationPlans, Some(product.id), plan, "application plan").await?;
+    for _ in 0..16 {
+        let current: Row<PlanDoc> = s.store.get(Table::ApplicationPlans, Some(product.id), &Key::Id(row.id)).await?;
+        let mut doc = current.doc.clone();
+        change(&mut doc)?;
+        check_plan(s, product.id, Row { doc: doc.clone(), ..current.clone() }, "").await?;
+        match s.store.update(Table::ApplicationPlans, row.id, current.revision, &doc).await {
+            Err(tollgate_store::StoreError::Stale) => continue,
+            other => {
+                s.changed();
+                return other.map_err(ApiError::from);
+            }
+        }
+    }
+    Err(ApiError::conflict("the plan keeps changing concurrently; retry"))
+}
+
+async fn limit_create(
+    State(s): St,
+    Path((p, plan)): Path<(String, String)>,
+    Body(limit): Body<Limit>,
+) -> ApiResult<Response> {
+    let mut id = 0;
+    edit_plan(&s, &p, &plan, |doc| {
+        id = doc.next_id();
+        doc.limits.push(Item { id, value: limit.clone() });
+        Ok(())
+    })
+    .await?;
+    Ok(created(view(id, &limit)))
+}
+
+async fn limit_put(
+    State(s): St,
+    Path((p, plan, id)): Path<(String, String, i64)>,
+    Body(limit): Body<Limit>,
+) -> ApiResult<Json<Value>> {
+    edit_plan(&s, &p, &plan, |doc| {
+        let l =
+            doc.limits.iter_mut().find(|l| l.id == id).ok_or_else(|| ApiError::not_found(&format!("limit {id}")))?;
+        l.value = limit.clone();
+        Ok(())
+    })
+    .await?;
+    Ok(Json(view(id, &limit)))
+}
+
+async fn limit_delete(State(s): St, Path((p, plan, id)): Path<(String, String, i64)>) -> ApiResult<StatusCode> {
+    edit_plan(&s, &p, &plan, |doc| {
+        let before = doc.limits.len();
+        doc.limits.retain(|l| l.id != id);
+        if doc.limits.len() == before { Err(ApiError::not_found(&format!("limit {id}"))) } else { Ok(()) }
+    })
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// ---------------------------------------------------------------- deploy, promote, configs
+
+async fn deploy(State(s): St, Path(p): Path<String>) -> ApiResult<Response> {
+    let row: Row<ProductDoc> = find(&s, Table::Products, None, &p, "product").await?;
+    let world = World::load(&s.store).await?;
+    let product = world.product(&row);
+    // A deployed configuration must be complete and must compile, not just be a draft.
+    let alone = Config { backends: world.backends_of(&product), products: vec![product.clone()], accounts: vec![] };
+    tollgate_model::validate(&alone).map_err(|e| ApiError::from_config(e, "products[0]"))?;
+    tollgate_gateway::compile(&alone, &s.registry).map_err(|e| ApiError::from_config(e, "products[0]"))?;
+    let content = proxy_config(&world, &row);
+    match s.store.deploy(row.id, &content).await? {
+        Some(v) => {
+            s.changed();
+            Ok(created(version_view(&v, false)))
+        }
+        None => {
+            let latest = s
+                .store
+                .current_config(row.id, Environment::Staging)
+                .await?
+                .ok_or_else(|| ApiError::not_found("staging version"))?;
+            let mut v = version_view(&latest, false);
+            v["unchanged"] = json!(true);
+            Ok(Json(v).into_response())
+        }
+    }
+}
+
+fn version_view(v: &ConfigVersion, with_content: bool) -> Value {
+    let mut out = json!({ "version": v.version, "environment": v.environment, "created_at": v.created_at });
+    if with_content && let Some(c) = &v.content {
+        out["content"] = c.clone();
+    }
+    out
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct PromoteBody {
+    version: Option<i64>,
+}
+
+async fn promote(State(s): St, Path(p): Path<String>, OptBody(body): OptBody<PromoteBody>) -> ApiResult<Response> {
+    let row: Row<ProductDoc> = find(&s, Table::Products, None, &p, "product").await?;
+    let v = s.store.promote(row.id, body.version).await.map_err(|e| match e {
+        tollgate_store::StoreError::NotFound => match body.version {
+            Some(n) => ApiError::not_found(&format!("staging version {n}")).field("version"),
+            None => ApiError::conflict("nothing to promote: deploy the product to staging first"),
+        },
+        other => other.into(),
+    })?;
+    s.changed();
+    Ok(created(version_view(&v, false)))
+}
+
+fn parse_env(env: &str) -> ApiResult<Environment> {
+    Environment::parse(env)
+        .ok_or_else(|| ApiError::not_found(&format!("environment `{env}` (use staging or production)")))
+}
+
+async fn configs_list(State(s): St, Path((p, env)): Path<(String, String)>) -> ApiResult<Json<Value>> {
+    let row: Row<ProductDoc> = find(&s, Table::Products, None, &p, "product").await?;
+    let versions = s.store.config_versions(row.id, parse_env(&env)?).await?;
+    Ok(Json(Value::Array(versions.iter().map(|v| version_view(v, false)).collect())))
+}
+
+async fn config_get(State(s): St, Path((p, env, version)): Path<(String, String, i64)>) -> ApiResult<Json<Value>> {
+    let row: Row<ProductDoc> = find(&s, Table::Products, None, &p, "product").await?;
+    let v = s.store.config_version(row.id, parse_env(&env)?, version).await?;
+    Ok(Json(version_view(&v, true)))
+}
+
+// ---------------------------------------------------------------- accounts and applications
+
+async fn accounts_list(State(s): St, Query(page): Query<Page>) -> ApiResult<Json<Value>> {
+    let rows: Vec<Row<AccountDoc>> = s.store.list(Table::Accounts, None).await?;
+    Ok(page.apply(rows.iter().map(|r| view(r.id, &r.doc)).collect()))
+}
+
+async fn account_get(State(s): St, Path(a): Path<String>) -> ApiResult<Json<Value>> {
+    let row: Row<AccountDoc> = find(&s, Table::Accounts, None, &a, "account").await?;
+    Ok(Json(view(row.id, &row.doc)))
+}
+
+async fn account_create(State(s): St, Body(doc): Body<AccountDoc>) -> ApiResult<Response> {
+    if doc.name.trim().is_empty() {
+        return Err(ApiError::invalid("is empty").field("name"));
+    }
+    let row = s.store.insert(Table::Accounts, None, &doc.name, &doc).await?;
+    Ok(created(view(row.id, &row.doc)))
+}
+
+async fn account_put(State(s): St, Path(a): Path<String>, Body(doc): Body<AccountDoc>) -> ApiResult<Json<Value>> {
+    let row: Row<AccountDoc> = find(&s, Table::Accounts, None, &a, "account").await?;
+    same_name(&row.system_name, &doc.name, "name")?;
+    let row = s.store.update(Table::Accounts, row.id, row.revision, &doc).await?;
+    Ok(Json(view(row.id, &row.doc)))
+}
+
+async fn account_delete(State(s): St, Path(a): Path<String>) -> ApiResult<StatusCode> {
+    let row: Row<AccountDoc> = find(&s, Table::Accounts, None, &a, "account").await?;
+    s.store.delete(Table::Accounts, row.id).await?;
+    s.changed();
+    Ok(StatusCode::NO_CONTENT)
+}
+
+fn app_view(row: &Row<ApplicationDoc>) -> Value {
+    let mut v = view(row.id, &row.doc);
+    v["account_id"] = json!(row.parent_id);
+    v["state"] = json!(row.doc.state);
+    v
+}
+
+async fn account_apps(State(s): St, Path(a): Path<String>) -> ApiResult<Json<Value>> {
+    let account: Row<AccountDoc> = find(&s, Table::Accounts, None, &a, "account").await?;
+    let rows: Vec<Row<ApplicationDoc>> = s.store.list(Table::Applications, Some(account.id)).await?;
+    Ok(Json(Value::Array(rows.iter().map(app_view).collect())))
+}
+
+async fn apps_list(State(s): St, Query(page): Query<Page>) -> ApiResult<Json<Value>> {
+    let world = World::load(&s.store).await?;
+    Ok(page.apply(world.applications.iter().map(app_view).collect()))
+}
+
+/// An application by id, or by name when that name is unique across accounts.
+async fn find_app(s: &AdminState, key: &str) -> ApiResult<Row<ApplicationDoc>> {
+    let world = World::load(&s.store).await?;
+    if let Ok(id) = key.parse::<i64>()
+        && let Some(r) = world.applications.iter().find(|a| a.id == id)
+    {
+        return Ok(r.clone());
+    }
+    let mut named = world.applications.iter().filter(|a| a.system_name == key);
+    match (named.next(), named.next()) {
+        (Some(r), None) => Ok(r.clone()),
+        (Some(_), Some(_)) => {
+            Err(ApiError::conflict(format!("several accounts have an application named `{key}`; use its id")))
+        }
+        _ => Err(ApiError::not_found(&format!("application `{key}`"))),
+    }
+}
+
+fn random_key() -> ApiResult<String> {
+    use std::io::Read;
+    let mut bytes = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("no randomness: {e}")))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Fills in credentials the product's authentication mode needs but the body left out.
+fn complete_credentials(world: &World, app: &mut ApplicationDoc) -> ApiResult<()> {
+    let mode = world.products.iter().find(|p| p.system_name == app.product).map(|p| p.doc.authentication.mode);
+    match mode {
+        Some(AuthMode::UserKey) if app.user_key.is_none() => app.user_key = Some(random_key()?),
+        Some(AuthMode::AppIdAppKey) => {
+            if app.app_id.is_none() {
+                app.app_id = Some(random_key()?[..16].to_string());
+            }
+            if app.app_keys.is_empty() {
+                app.app_keys.push(random_key()?);
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+async fn save_app(s: &AdminState, row: Row<ApplicationDoc>) -> ApiResult<Row<ApplicationDoc>> {
+    let mut world = World::load(&s.store).await?;
+    let account = row.parent_id.unwrap_or_default();
+    let ai = world.account_index(account);
+    World::put(&mut world.applications, row.clone());
+    let j = world.application_index(account, row.id);
+    world.check(&format!("accounts[{ai}].applications[{j}]"))?;
+    let saved = if row.id < 0 {
+        s.store.insert(Table::Applications, Some(account), &row.doc.name, &row.doc).await?
+    } else {
+        s.store.update(Table::Applications, row.id, row.revision, &row.doc).await?
+    };
+    s.changed();
+    Ok(saved)
+}
+
+async fn app_create(State(s): St, Path(a): Path<String>, Body(mut app): Body<ApplicationDoc>) -> ApiResult<Response> {
+    let account: Row<AccountDoc> = find(&s, Table::Accounts, None, &a, "account").await?;
+    let world = World::load(&s.store).await?;
+    complete_credentials(&world, &mut app)?;
+    let row = save_app(&s, pending(Some(account.id), &app.name.clone(), app)).await?;
+    Ok(created(app_view(&row)))
+}
+
+async fn app_get(State(s): St, Path(app): Path<String>) -> ApiResult<Json<Value>> {
+    Ok(Json(app_view(&find_app(&s, &app).await?)))
+}
+
+async fn app_put(State(s): St, Path(app): Path<String>, Body(doc): Body<ApplicationDoc>) -> ApiResult<Json<Value>> {
+    let row = find_app(&s, &app).await?;
+    same_name(&row.system_name, &doc.name, "name")?;
+    Ok(Json(app_view(&save_app(&s, Row { doc, ..row }).await?)))
+}
+
+async fn app_delete(State(s): St, Path(app): Path<String>) -> ApiResult<StatusCode> {
+    let row = find_app(&s, &app).await?;
+    s.store.delete(Table::Applications, row.id).await?;
+    s.changed();
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn app_state(s: &AdminState, app: &str, state: ApplicationState) -> ApiResult<Json<Value>> {
+    let mut row = find_app(s, app).await?;
+    row.doc.state = state;
+    Ok(Json(app_view(&save_app(s, row).await?)))
+}
+
+async fn app_suspend(State(s): St, Path(app): Path<String>) -> ApiResult<Json<Value>> {
+    app_state(&s, &app, ApplicationState::Suspended).await
+}
+
+async fn app_resume(State(s): St, Path(app): Path<String>) -> ApiResult<Json<Value>> {
+    app_state(&s, &app, ApplicationState::Live).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChangePlan {
+    plan: String,
+}
+
+async fn app_change_plan(
+    State(s): St,
+    Path(app): Path<String>,
+    Body(body): Body<ChangePlan>,
+) -> ApiResult<Json<Value>> {
+    let mut row = find_app(&s, &app).await?;
+    row.doc.plan = body.plan;
+    Ok(Json(app_view(&save_app(&s, row).await?)))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct NewKey {
+    user_key: Option<String>,
+    app_key: Option<String>,
+}
+
+/// `user_key` applications get a new `user_key` (the given one, or a random one);
+/// `app_id` applications get one more `app_key`.
+async fn app_key_add(State(s): St, Path(app): Path<String>, OptBody(body): OptBody<NewKey>) -> ApiResult<Response> {
+    let mut row = find_app(&s, &app).await?;
+    if row.doc.app_id.is_some() {
+        let key = match body.app_key {
+            Some(k) => k,
+            None => random_key()?,
+        };
+        if row.doc.app_keys.contains(&key) {
+            return Err(ApiError::conflict("the application already has this app_key").field("app_key"));
+        }
+        row.doc.app_keys.push(key);
+    } else {
+        row.doc.user_key = Some(match body.user_key {
+            Some(k) => k,
+            None => random_key()?,
+        });
+    }
+    Ok(created(app_view(&save_app(&s, row).await?)))
+}
+
+async fn app_key_delete(State(s): St, Path((app, key)): Path<(String, String)>) -> ApiResult<StatusCode> {
+    let mut row = find_app(&s, &app).await?;
+    if !row.doc.app_keys.contains(&key) {
+        return Err(ApiError::not_found("app_key"));
+    }
+    if row.doc.app_keys.len() == 1 {
+        return Err(ApiError::conflict("an application keeps at least one app_key; add another first"));
+    }
+    row.doc.app_keys.retain(|k| *k != key);
+    save_app(&s, row).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// ---------------------------------------------------------------- export / apply, policies
+
+async fn export(State(s): St) -> ApiResult<Json<Config>> {
+    Ok(Json(World::load(&s.store).await?.config()))
+}
+
+#[derive(Deserialize, Default)]
+struct ApplyQuery {
+    #[serde(default)]
+    dry_run: bool,
+}
+
+async fn apply(State(s): St, Query(q): Query<ApplyQuery>, Body(config): Body<Config>) -> ApiResult<Json<Value>> {
+    crate::apply::apply(&s, config, q.dry_run).await.map(Json)
+}
+
+async fn policies(State(s): St) -> Json<Value> {
+    Json(Value::Array(
+        s.registry
+            .policies()
+            .iter()
+            .map(|p| json!({ "name": p.name, "summary": p.summary, "schema": p.schema() }))
+            .collect(),
+    ))
+}

@@ -1,0 +1,130 @@
+//! The whole stored state at one moment, as the declarative configuration it stands
+//! for: what validation, export, deploy and the gateways' snapshots are built from.
+
+use crate::error::{ApiError, ApiResult};
+use tollgate_model::{Account, Backend, Config, Product};
+use tollgate_store::{AccountDoc, ApplicationDoc, PlanDoc, ProductDoc, Row, Store, Table};
+
+#[derive(Clone)]
+pub struct World {
+    pub backends: Vec<Row<Backend>>,
+    pub products: Vec<Row<ProductDoc>>,
+    pub plans: Vec<Row<PlanDoc>>,
+    pub accounts: Vec<Row<AccountDoc>>,
+    pub applications: Vec<Row<ApplicationDoc>>,
+}
+
+impl World {
+    pub async fn load(store: &Store) -> ApiResult<World> {
+        Ok(World {
+            backends: store.list(Table::Backends, None).await?,
+            products: store.list(Table::Products, None).await?,
+            plans: all_children(store, Table::ApplicationPlans).await?,
+            accounts: store.list(Table::Accounts, None).await?,
+            applications: all_children(store, Table::Applications).await?,
+        })
+    }
+
+    /// The product's declarative form: its draft with its (live) plans.
+    pub fn product(&self, row: &Row<ProductDoc>) -> Product {
+        let plans = self.plans.iter().filter(|p| p.parent_id == Some(row.id)).map(|p| p.doc.to_plan()).collect();
+        row.doc.to_product(plans)
+    }
+
+    pub fn config(&self) -> Config {
+        Config {
+            backends: self.backends.iter().map(|b| b.doc.clone()).collect(),
+            products: self.products.iter().map(|p| self.product(p)).collect(),
+            accounts: self
+                .accounts
+                .iter()
+                .map(|a| Account {
+                    name: a.doc.name.clone(),
+                    applications: self
+                        .applications
+                        .iter()
+                        .filter(|x| x.parent_id == Some(a.id))
+                        .map(|x| x.doc.clone())
+                        .collect(),
+                })
+                .collect(),
+        }
+    }
+
+    /// Validates the drafts as they would be after a change; `prefix` names the changed
+    /// resource so the error can point into it.
+    pub fn check(&self, prefix: &str) -> ApiResult<()> {
+        tollgate_model::validate_draft(&self.config()).map_err(|e| ApiError::from_config(e, prefix))
+    }
+
+    pub fn product_index(&self, id: i64) -> usize {
+        self.products.iter().position(|p| p.id == id).unwrap_or(self.products.len())
+    }
+
+    pub fn backend_index(&self, id: i64) -> usize {
+        self.backends.iter().position(|p| p.id == id).unwrap_or(self.backends.len())
+    }
+
+    pub fn account_index(&self, id: i64) -> usize {
+        self.accounts.iter().position(|p| p.id == id).unwrap_or(self.accounts.len())
+    }
+
+    /// `application_plans[j]` of a product, as the configuration numbers them.
+    pub fn plan_index(&self, product_id: i64, plan_id: i64) -> usize {
+        let mine = self.plans.iter().filter(|p| p.parent_id == Some(product_id));
+        mine.clone().position(|p| p.id == plan_id).unwrap_or(mine.count())
+    }
+
+    pub fn application_index(&self, account_id: i64, app_id: i64) -> usize {
+        let mine = self.applications.iter().filter(|p| p.parent_id == Some(account_id));
+        mine.clone().position(|p| p.id == app_id).unwrap_or(mine.count())
+    }
+
+    /// The backends a product's draft uses.
+    pub fn backends_of(&self, product: &Product) -> Vec<Backend> {
+        self.backends
+            .iter()
+            .filter(|b| product.backend_usages.iter().any(|u| u.backend == b.doc.system_name))
+            .map(|b| b.doc.clone())
+            .collect()
+    }
+
+    /// Replaces (or adds) a row in one of the lists.
+    pub fn put<T: Clone>(list: &mut Vec<Row<T>>, row: Row<T>) {
+        match list.iter_mut().find(|r| r.id == row.id) {
+            Some(r) => *r = row,
+            None => list.push(row),
+        }
+    }
+}
+
+async fn all_children<T: serde::de::DeserializeOwned>(store: &Store, table: Table) -> ApiResult<Vec<Row<T>>> {
+    let parents: Vec<Row<serde_json::Value>> =
+        store.list(if table == Table::ApplicationPlans { Table::Products } else { Table::Accounts }, None).await?;
+    let mut out = Vec::new();
+    for p in parents {
+        out.extend(store.list(table, Some(p.id)).await?);
+    }
+    Ok(out)
+}
+
+/// A placeholder row for a resource not stored yet (validation before insert).
+pub fn pending<T>(parent_id: Option<i64>, system_name: &str, doc: T) -> Row<T> {
+    Row { id: -1, parent_id, system_name: system_name.to_string(), revision: 0, created_at: 0, updated_at: 0, doc }
+}
+
+/// What `deploy` versions: the product's draft (without plans, which are live) and the
+/// backends it uses.
+pub fn proxy_config(world: &World, row: &Row<ProductDoc>) -> serde_json::Value {
+    let mut product = world.product(row);
+    let backends = world.backends_of(&product);
+    product.application_plans.clear();
+    serde_json::json!({ "product": product, "backends": backends })
+}
+
+/// The reverse of [`proxy_config`].
+pub fn parse_proxy_config(content: &serde_json::Value) -> Option<(Product, Vec<Backend>)> {
+    let product = serde_json::from_value(content.get("product")?.clone()).ok()?;
+    let backends = serde_json::from_value(content.get("backends")?.clone()).ok()?;
+    Some((product, backends))
+}
