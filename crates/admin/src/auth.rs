@@ -122,7 +122,9 @@ pub async fn audit(State(state): State<Arc<AdminState>>, req: Request, next: Nex
     const LIMIT: usize = 1 << 20;
     let caller = req.extensions().get::<Caller>().map(|c| c.0.clone()).unwrap_or_default();
     let method = req.method().to_string();
-    let path = req.uri().path().to_string();
+    // Nested routers see their own suffix; the log wants the path as requested.
+    let path =
+        req.extensions().get::<axum::extract::OriginalUri>().map_or(req.uri().path(), |u| u.0.path()).to_string();
     let (parts, body) = req.into_parts();
     let Ok(bytes) = axum::body::to_bytes(body, LIMIT).await else {
         return ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", "request bodies are limited to 1 MiB")

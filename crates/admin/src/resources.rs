@@ -94,6 +94,16 @@ async fn find<T: DeserializeOwned>(
     })
 }
 
+/// 409 when `name` is taken in `table` (within `parent`).
+async fn ensure_free(s: &AdminState, table: Table, parent: Option<i64>, name: &str, what: &str) -> ApiResult<()> {
+    match s.store.get::<Value>(table, parent, &Key::Name(name)).await {
+        Ok(_) => Err(ApiError::conflict(format!("{what} `{name}` already exists"))
+            .field(if matches!(table, Table::Accounts | Table::Applications) { "name" } else { "system_name" })),
+        Err(tollgate_store::StoreError::NotFound) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
 fn same_name(stored: &str, given: &str, field: &str) -> ApiResult<()> {
     if stored == given {
         Ok(())
@@ -187,6 +197,7 @@ async fn backend_get(State(s): St, Path(b): Path<String>) -> ApiResult<Json<Valu
 }
 
 async fn backend_create(State(s): St, Body(backend): Body<Backend>) -> ApiResult<Response> {
+    ensure_free(&s, Table::Backends, None, &backend.system_name, "backend").await?;
     let mut world = World::load(&s.store).await?;
     let index = world.backends.len();
     world.backends.push(pending(None, &backend.system_name, backend.clone()));
@@ -246,6 +257,7 @@ async fn product_get(State(s): St, Path(p): Path<String>) -> ApiResult<Json<Valu
 }
 
 async fn product_create(State(s): St, Body(product): Body<Product>) -> ApiResult<Response> {
+    ensure_free(&s, Table::Products, None, &product.system_name, "product").await?;
     let mut world = World::load(&s.store).await?;
     let index = world.products.len();
     let doc = ProductDoc::from_product(&product);
@@ -551,6 +563,7 @@ async fn check_plan(s: &AdminState, product_id: i64, row: Row<PlanDoc>, suffix: 
 
 async fn plan_create(State(s): St, Path(p): Path<String>, Body(plan): Body<ApplicationPlan>) -> ApiResult<Response> {
     let product: Row<ProductDoc> = find(&s, Table::Products, None, &p, "product").await?;
+    ensure_free(&s, Table::ApplicationPlans, Some(product.id), &plan.system_name, "application plan").await?;
     let doc = PlanDoc::from_plan(&plan);
     check_plan(&s, product.id, pending(Some(product.id), &plan.system_name, doc.clone()), "").await?;
     let row = s.store.insert(Table::ApplicationPlans, Some(product.id), &plan.system_name, &doc).await?;
@@ -756,6 +769,7 @@ async fn account_create(State(s): St, Body(doc): Body<AccountDoc>) -> ApiResult<
     if doc.name.trim().is_empty() {
         return Err(ApiError::invalid("is empty").field("name"));
     }
+    ensure_free(&s, Table::Accounts, None, &doc.name, "account").await?;
     let row = s.store.insert(Table::Accounts, None, &doc.name, &doc).await?;
     Ok(created(view(row.id, &row.doc)))
 }
@@ -855,6 +869,7 @@ async fn save_app(s: &AdminState, row: Row<ApplicationDoc>) -> ApiResult<Row<App
 
 async fn app_create(State(s): St, Path(a): Path<String>, Body(mut app): Body<ApplicationDoc>) -> ApiResult<Response> {
     let account: Row<AccountDoc> = find(&s, Table::Accounts, None, &a, "account").await?;
+    ensure_free(&s, Table::Applications, Some(account.id), &app.name, "application").await?;
     let world = World::load(&s.store).await?;
     complete_credentials(&world, &mut app)?;
     let row = save_app(&s, pending(Some(account.id), &app.name.clone(), app)).await?;

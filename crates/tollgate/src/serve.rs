@@ -65,6 +65,9 @@ pub struct Server {
     pub production_tls: bool,
     /// A token created on first start, to print once.
     pub admin_token: Option<String>,
+    /// In store mode: the admin API's state and the generation of changes the gateways
+    /// have applied.
+    admin_state: Option<(Arc<AdminState>, watch::Receiver<u64>)>,
     source: Source,
     registry: Arc<Registry>,
     handles: [SnapshotHandle; 2],
@@ -130,6 +133,7 @@ impl Server {
             staging_tls,
             production_tls,
             admin_token: None,
+            admin_state: None,
             source,
             registry: registry.clone(),
             handles: [staging_handle.clone(), production_handle.clone()],
@@ -152,6 +156,7 @@ impl Server {
             let _ = stop.wait_for(|s| *s).await;
         };
         let mut admin_token = None;
+        let mut admin_state = None;
         match store {
             None => {
                 tasks.spawn(crate::admin::serve(admin_listener, metrics, shutdown));
@@ -160,7 +165,9 @@ impl Server {
                 let from_env = std::env::var("TOLLGATE_ADMIN_TOKEN").ok().filter(|t| !t.is_empty());
                 admin_token = tollgate_admin::ensure_admin_token(&store, from_env.as_deref()).await?;
                 let state = AdminState::new(store, registry.clone(), Some(metrics));
-                tasks.spawn(follow_store(state.clone(), server.handles.clone(), server.stop.subscribe()));
+                let (applied_tx, applied_rx) = watch::channel(0);
+                tasks.spawn(follow_store(state.clone(), server.handles.clone(), applied_tx, server.stop.subscribe()));
+                admin_state = Some((state.clone(), applied_rx));
                 let app = tollgate_admin::router(state);
                 tasks.spawn(async move {
                     if let Err(e) = axum::serve(admin_listener, app).with_graceful_shutdown(shutdown).await {
@@ -169,7 +176,7 @@ impl Server {
                 });
             }
         }
-        Ok(Server { tasks, admin_token, ..server })
+        Ok(Server { tasks, admin_token, admin_state, ..server })
     }
 
     /// Re-reads the configuration file and swaps it in; on error nothing changes.
@@ -181,6 +188,16 @@ impl Server {
         self.handles[0].store(Arc::new(snapshots.staging));
         self.handles[1].store(Arc::new(snapshots.production));
         Ok(())
+    }
+
+    /// In store mode, waits until the gateways serve every change made so far through
+    /// the admin API (an event, not a delay: the follower reports each generation).
+    pub async fn wait_applied(&self) {
+        if let Some((state, applied)) = &self.admin_state {
+            let target = *state.changes.borrow();
+            let mut applied = applied.clone();
+            let _ = applied.wait_for(|g| *g >= target).await;
+        }
     }
 
     /// Stops accepting, lets in-flight requests finish (up to the drain timeout), returns.
@@ -200,19 +217,25 @@ impl Server {
 
 /// Rebuilds both snapshots whenever the admin API reports a change. Changes that arrive
 /// during a rebuild are folded into the next one.
-async fn follow_store(state: Arc<AdminState>, handles: [SnapshotHandle; 2], mut stop: watch::Receiver<bool>) {
+async fn follow_store(
+    state: Arc<AdminState>,
+    handles: [SnapshotHandle; 2],
+    applied: watch::Sender<u64>,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut changes = state.changes.subscribe();
     loop {
         tokio::select! {
             r = changes.changed() => if r.is_err() { return },
             _ = stop.wait_for(|s| *s) => return,
         }
-        changes.mark_unchanged();
+        let generation = *changes.borrow_and_update();
         match tollgate_admin::live::snapshots(&state.store, &state.registry).await {
             Ok((staging, production)) => {
                 handles[0].store(Arc::new(staging));
                 handles[1].store(Arc::new(production));
-                tracing::debug!("gateways follow the new configuration");
+                applied.send_replace(generation);
+                tracing::debug!(generation, "gateways follow the new configuration");
             }
             Err(e) => {
                 tracing::error!(error = %e.message, "cannot load the configuration from the store; the gateways keep the previous one")

@@ -356,3 +356,64 @@ pub async fn staging_port(lines: &mut tokio::io::Lines<BufReader<tokio::process:
     }
     panic!("the server exited before printing its addresses");
 }
+
+/// Store URLs for the store-mode tests: a fresh SQLite file and a fresh PostgreSQL
+/// schema (on 127.0.0.1:5432, database `test`, or TOLLGATE_TEST_POSTGRES).
+pub async fn store_urls(dir: &TempDir) -> Vec<(&'static str, String)> {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let sqlite = format!("sqlite://{}", dir.path().join("tollgate.db").display());
+    let base =
+        std::env::var("TOLLGATE_TEST_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let schema = format!(
+        "it_{}_{}_{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst),
+        dir.path().display().to_string().len()
+    );
+    sqlx::any::install_default_drivers();
+    let mut admin =
+        <sqlx::AnyConnection as sqlx::Connection>::connect(&base).await.expect("PostgreSQL on 127.0.0.1:5432");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}")))
+        .execute(&mut admin)
+        .await
+        .expect("create schema");
+    let sep = if base.contains('?') { '&' } else { '?' };
+    vec![("sqlite", sqlite), ("postgres", format!("{base}{sep}options=-c%20search_path%3D{schema}"))]
+}
+
+/// A whole `serve` in store mode.
+pub async fn store_server(url: &str) -> Server {
+    Server::start(&serve_args(&[]), Source::Store(url.to_string())).await.expect("start in store mode")
+}
+
+/// Calls the admin API: (status, JSON body or Null).
+pub async fn api(
+    server: &Server,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> (StatusCode, serde_json::Value) {
+    let token = server.admin_token.clone().expect("first start creates a token");
+    api_as(server, &token, method, path, body).await
+}
+
+pub async fn api_as(
+    server: &Server,
+    token: &str,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> (StatusCode, serde_json::Value) {
+    let bytes = body.map(|b| b.to_string()).unwrap_or_default();
+    let auth = format!("Bearer {token}");
+    let (status, _, text) = request(
+        server.admin,
+        "localhost",
+        method,
+        &format!("/api/v1{path}"),
+        full(bytes),
+        &[("authorization", auth.as_str()), ("content-type", "application/json")],
+    )
+    .await;
+    (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::Null))
+}

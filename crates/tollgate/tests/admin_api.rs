@@ -1,0 +1,288 @@
+//! The 3scale story through the admin API alone, from an empty store, on SQLite and on
+//! PostgreSQL: backend (wss with a self-signed certificate), product, method, mapping
+//! rule, websocket policy, plan with limits, account, application; staging works and
+//! production answers 404 until promote; rollback; suspension; an open WebSocket that
+//! survives three deploys; and the API's error paths.
+
+mod support;
+
+use http::StatusCode;
+use serde_json::json;
+use support::*;
+
+const STAGING: &str = "chat-staging.localhost";
+const PRODUCTION: &str = "chat.localhost";
+
+async fn story(db: &str, url: &str, backend: &NodeBackend) {
+    let server = store_server(url).await;
+    let ok = |(status, body): (StatusCode, serde_json::Value), want: StatusCode, what: &str| {
+        assert_eq!(status, want, "{db}: {what}: {body}");
+        body
+    };
+
+    ok(
+        api(
+            &server,
+            "POST",
+            "/backends",
+            Some(
+                json!({ "system_name": "echo", "private_base_url": backend.url(), "tls": { "ca_file": backend.cert } }),
+            ),
+        )
+        .await,
+        StatusCode::CREATED,
+        "backend",
+    );
+    let product = ok(
+        api(
+            &server,
+            "POST",
+            "/products",
+            Some(json!({
+                "system_name": "chat",
+                "staging_public_base_url": format!("http://{STAGING}:8081"),
+                "production_public_base_url": format!("http://{PRODUCTION}:8080"),
+            })),
+        )
+        .await,
+        StatusCode::CREATED,
+        "product (a draft without backends)",
+    );
+    assert!(product["id"].as_i64().is_some());
+    ok(
+        api(&server, "POST", "/products/chat/backend_usages", Some(json!({ "backend": "echo", "path": "/" }))).await,
+        StatusCode::CREATED,
+        "usage",
+    );
+    ok(
+        api(&server, "POST", "/products/chat/methods", Some(json!({ "system_name": "connect" }))).await,
+        StatusCode::CREATED,
+        "method",
+    );
+    let rule = ok(
+        api(
+            &server,
+            "POST",
+            "/products/chat/mapping_rules",
+            Some(json!({ "http_method": "GET", "pattern": "/", "metric": "connect" })),
+        )
+        .await,
+        StatusCode::CREATED,
+        "rule",
+    );
+    assert_eq!(rule["delta"], 1);
+    ok(
+        api(
+            &server,
+            "PUT",
+            "/products/chat/policy_chain",
+            Some(json!([{ "name": "websocket" }, { "name": "tollgate" }])),
+        )
+        .await,
+        StatusCode::OK,
+        "chain",
+    );
+    ok(
+        api(
+            &server,
+            "POST",
+            "/products/chat/application_plans",
+            Some(
+                json!({ "system_name": "basic", "limits": [ { "metric": "hits", "period": "minute", "value": 100 } ] }),
+            ),
+        )
+        .await,
+        StatusCode::CREATED,
+        "plan",
+    );
+    ok(api(&server, "POST", "/accounts", Some(json!({ "name": "acme" }))).await, StatusCode::CREATED, "account");
+    let app = ok(
+        api(
+            &server,
+            "POST",
+            "/accounts/acme/applications",
+            Some(json!({ "name": "acme-chat", "product": "chat", "plan": "basic" })),
+        )
+        .await,
+        StatusCode::CREATED,
+        "application",
+    );
+    let key = app["user_key"].as_str().expect("a user_key is generated").to_string();
+    let path = format!("/?user_key={key}");
+
+    // Nothing is deployed yet: both gateways answer 404.
+    server.wait_applied().await;
+    assert_eq!(ws_refused(server.staging, STAGING, &path).await.0, 404, "{db}");
+
+    let v1 = ok(api(&server, "POST", "/products/chat/deploy", None).await, StatusCode::CREATED, "deploy");
+    assert_eq!(v1["version"], 1);
+    server.wait_applied().await;
+    let mut open = ws(server.staging, STAGING, &path).await.expect("staging after deploy");
+    assert_eq!(ask(&mut open, "hello").await, "reply from server : hello");
+    assert_eq!(ws_refused(server.production, PRODUCTION, &path).await.0, 404, "{db}: production waits for promote");
+
+    ok(api(&server, "POST", "/products/chat/promote", Some(json!({}))).await, StatusCode::CREATED, "promote");
+    server.wait_applied().await;
+    let mut prod = ws(server.production, PRODUCTION, &path).await.expect("production after promote");
+    assert_eq!(ask(&mut prod, "hello").await, "reply from server : hello");
+
+    // An unchanged draft is not a new version.
+    let again = ok(api(&server, "POST", "/products/chat/deploy", Some(json!({}))).await, StatusCode::OK, "redeploy");
+    assert_eq!((again["version"].clone(), again["unchanged"].clone()), (json!(1), json!(true)));
+
+    // Version 2 maps /v2 only; three deploys in all while `open` stays open.
+    ok(
+        api(
+            &server,
+            "PUT",
+            &format!("/products/chat/mapping_rules/{}", rule["id"]),
+            Some(json!({ "http_method": "GET", "pattern": "/v2", "metric": "connect" })),
+        )
+        .await,
+        StatusCode::OK,
+        "edit rule",
+    );
+    assert_eq!(
+        ok(api(&server, "POST", "/products/chat/deploy", None).await, StatusCode::CREATED, "deploy 2")["version"],
+        2
+    );
+    ok(
+        api(&server, "POST", "/products/chat/methods", Some(json!({ "system_name": "extra" }))).await,
+        StatusCode::CREATED,
+        "method 2",
+    );
+    assert_eq!(
+        ok(api(&server, "POST", "/products/chat/deploy", None).await, StatusCode::CREATED, "deploy 3")["version"],
+        3
+    );
+    server.wait_applied().await;
+    assert_eq!(
+        ask(&mut open, "still here").await,
+        "reply from server : still here",
+        "{db}: open WebSocket across deploys"
+    );
+    assert_eq!(ws_refused(server.staging, STAGING, &path).await.0, 404, "{db}: `/` is no longer mapped on staging");
+    assert!(ws(server.staging, STAGING, &format!("/v2?user_key={key}")).await.is_ok());
+
+    // Promote 3, then roll back to 1.
+    ok(api(&server, "POST", "/products/chat/promote", None).await, StatusCode::CREATED, "promote 3");
+    server.wait_applied().await;
+    assert_eq!(ws_refused(server.production, PRODUCTION, &path).await.0, 404);
+    ok(
+        api(&server, "POST", "/products/chat/promote", Some(json!({ "version": 1 }))).await,
+        StatusCode::CREATED,
+        "rollback",
+    );
+    server.wait_applied().await;
+    assert!(ws(server.production, PRODUCTION, &path).await.is_ok(), "{db}: version 1 is back on production");
+    let history = ok(api(&server, "GET", "/products/chat/configs/production", None).await, StatusCode::OK, "history");
+    let versions: Vec<i64> = history.as_array().expect("list").iter().filter_map(|v| v["version"].as_i64()).collect();
+    assert_eq!(versions, vec![1, 3, 1]);
+    let one = ok(api(&server, "GET", "/products/chat/configs/staging/1", None).await, StatusCode::OK, "version 1");
+    assert_eq!(one["content"]["product"]["mapping_rules"][0]["pattern"], "/");
+
+    // Suspension applies at once, in both environments.
+    ok(api(&server, "POST", "/applications/acme-chat/suspend", None).await, StatusCode::OK, "suspend");
+    server.wait_applied().await;
+    assert_eq!(ws_refused(server.production, PRODUCTION, &path).await.0, 403, "{db}");
+    ok(api(&server, "POST", "/applications/acme-chat/resume", Some(json!({}))).await, StatusCode::OK, "resume");
+    server.wait_applied().await;
+    assert!(ws(server.production, PRODUCTION, &path).await.is_ok());
+
+    // Export, then apply the export: nothing to do.
+    let exported = ok(api(&server, "GET", "/config", None).await, StatusCode::OK, "export");
+    let applied = ok(api(&server, "PUT", "/config", Some(exported)).await, StatusCode::OK, "apply export");
+    assert_eq!(applied["changes"], json!([]), "{db}");
+
+    // The audit log recorded who changed what.
+    let audit = ok(api(&server, "GET", "/audit?limit=3", None).await, StatusCode::OK, "audit");
+    assert_eq!(audit[0]["path"], "/api/v1/config");
+    assert_eq!(audit[0]["token"], "initial");
+    assert_eq!(audit[1]["path"], "/api/v1/applications/acme-chat/resume");
+    // Open WebSockets would hold the shutdown for its drain timeout.
+    drop((open, prod));
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_3scale_story_through_the_api_on_sqlite_and_postgres() {
+    let backend = node_backend().await;
+    let dir = TempDir::new();
+    for (db, url) in store_urls(&dir).await {
+        story(db, &url, &backend).await;
+    }
+}
+
+#[tokio::test]
+async fn errors_are_json_with_the_right_status() {
+    let dir = TempDir::new();
+    for (db, url) in store_urls(&dir).await {
+        let server = store_server(&url).await;
+        let (status, body) = api_as(&server, "wrong", "GET", "/backends", None).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{db}");
+        assert_eq!(body["error"]["code"], "unauthorized");
+
+        let backend = json!({ "system_name": "echo", "private_base_url": "http://127.0.0.1:9" });
+        assert_eq!(api(&server, "POST", "/backends", Some(backend.clone())).await.0, StatusCode::CREATED);
+        let (status, body) = api(&server, "POST", "/backends", Some(backend)).await;
+        assert_eq!((status, body["error"]["code"].clone()), (StatusCode::CONFLICT, json!("conflict")), "{db}: {body}");
+
+        let (status, body) =
+            api(&server, "POST", "/backends", Some(json!({ "system_name": "x", "private_base_ulr": "http://a" })))
+                .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{db}: {body}");
+
+        let (status, body) =
+            api(&server, "POST", "/backends", Some(json!({ "system_name": "y", "private_base_url": "ftp://a" }))).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{db}: {body}");
+        assert_eq!(body["error"]["field"], "private_base_url");
+
+        assert_eq!(api(&server, "GET", "/products/nope", None).await.0, StatusCode::NOT_FOUND);
+        let p = json!({ "system_name": "p", "staging_public_base_url": "http://p-s.localhost", "production_public_base_url": "http://p.localhost" });
+        assert_eq!(api(&server, "POST", "/products", Some(p)).await.0, StatusCode::CREATED);
+        let (status, body) = api(
+            &server,
+            "POST",
+            "/products/p/mapping_rules",
+            Some(json!({ "http_method": "GET", "pattern": "no-slash", "metric": "hits" })),
+        )
+        .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{db}: {body}");
+        assert!(body["error"]["field"].as_str().unwrap_or("").ends_with("pattern"), "{body}");
+
+        assert_eq!(
+            api(&server, "POST", "/products/p/methods", Some(json!({ "system_name": "m" }))).await.0,
+            StatusCode::CREATED
+        );
+        assert_eq!(
+            api(
+                &server,
+                "POST",
+                "/products/p/mapping_rules",
+                Some(json!({ "http_method": "GET", "pattern": "/", "metric": "m" }))
+            )
+            .await
+            .0,
+            StatusCode::CREATED
+        );
+        let (status, body) = api(&server, "DELETE", "/products/p/methods/m", None).await;
+        assert_eq!(status, StatusCode::CONFLICT, "{db}: deleting a method a rule uses: {body}");
+
+        // Deploying a product without a backend usage is refused with the reason.
+        let (status, body) = api(&server, "POST", "/products/p/deploy", None).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{db}: {body}");
+        assert_eq!(body["error"]["field"], "backend_usages");
+        let (status, _) = api(&server, "POST", "/products/p/promote", None).await;
+        assert_eq!(status, StatusCode::CONFLICT, "nothing deployed yet");
+
+        let (status, body) =
+            api(&server, "PUT", "/products/p/policy_chain", Some(json!([{ "name": "websockets" }]))).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{db}: {body}");
+        assert!(body["error"]["message"].as_str().unwrap_or("").contains("did you mean `websocket`"), "{body}");
+
+        let policies = api(&server, "GET", "/policies", None).await.1;
+        let names: Vec<&str> = policies.as_array().expect("list").iter().filter_map(|p| p["name"].as_str()).collect();
+        assert!(names.contains(&"tollgate") && names.contains(&"websocket"), "{names:?}");
+        server.shutdown().await;
+    }
+}
