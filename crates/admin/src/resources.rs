@@ -168,6 +168,7 @@ pub fn routes() -> Router<Arc<AdminState>> {
         .route("/products/{p}/application_plans/{plan}/limits/{id}", get(limit_get).put(limit_put).delete(limit_delete))
         .route("/products/{p}/deploy", post(deploy))
         .route("/products/{p}/promote", post(promote))
+        .route("/products/{p}/configs/diff", get(configs_diff))
         .route("/products/{p}/configs/{env}", get(configs_list))
         .route("/products/{p}/configs/{env}/{version}", get(config_get))
         .route("/accounts", get(accounts_list).post(account_create))
@@ -751,6 +752,75 @@ async fn config_get(State(s): St, Path((p, env, version)): Path<(String, String,
     let row: Row<ProductDoc> = find(&s, Table::Products, None, &p, "product").await?;
     let v = s.store.config_version(row.id, parse_env(&env)?, version).await?;
     Ok(Json(version_view(&v, true)))
+}
+
+#[derive(Deserialize)]
+struct DiffQuery {
+    from: Option<String>,
+    to: Option<String>,
+}
+
+/// `from`/`to`: `production` (current), `staging` (latest), `draft`, or a staging
+/// version number.
+async fn resolve_config(s: &AdminState, row: &Row<ProductDoc>, which: &str) -> ApiResult<Value> {
+    match which {
+        "draft" => Ok(proxy_config(&World::load(&s.store).await?, row)),
+        "staging" | "production" => {
+            let env = parse_env(which)?;
+            Ok(s.store.current_config(row.id, env).await?.and_then(|c| c.content).unwrap_or(Value::Null))
+        }
+        n => {
+            let v: i64 = n.parse().map_err(|_| {
+                ApiError::bad_request(format!("`{n}`: use draft, staging, production or a version number"))
+            })?;
+            let found = s
+                .store
+                .config_version(row.id, Environment::Staging, v)
+                .await
+                .map_err(|_| ApiError::not_found(&format!("staging version {v}")))?;
+            Ok(found.content.unwrap_or(Value::Null))
+        }
+    }
+}
+
+/// What a promote would change: `GET products/{p}/configs/diff?from=production&to=staging`
+/// (the defaults) lists every changed value by path.
+async fn configs_diff(State(s): St, Path(p): Path<String>, Query(q): Query<DiffQuery>) -> ApiResult<Json<Value>> {
+    let row: Row<ProductDoc> = find(&s, Table::Products, None, &p, "product").await?;
+    let from_name = q.from.unwrap_or_else(|| "production".into());
+    let to_name = q.to.unwrap_or_else(|| "staging".into());
+    let from = resolve_config(&s, &row, &from_name).await?;
+    let to = resolve_config(&s, &row, &to_name).await?;
+    let mut changes = Vec::new();
+    diff_values("", &from, &to, &mut changes);
+    Ok(Json(json!({ "from": from_name, "to": to_name, "changes": changes })))
+}
+
+/// A structural diff: one `{path, from, to}` per leaf (or whole sub-tree) that differs.
+pub(crate) fn diff_values(path: &str, a: &Value, b: &Value, out: &mut Vec<Value>) {
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            let mut keys: Vec<&String> = x.keys().chain(y.keys()).collect();
+            keys.sort();
+            keys.dedup();
+            for k in keys {
+                let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                diff_values(&p, x.get(k).unwrap_or(&Value::Null), y.get(k).unwrap_or(&Value::Null), out);
+            }
+        }
+        (Value::Array(x), Value::Array(y)) => {
+            for i in 0..x.len().max(y.len()) {
+                diff_values(
+                    &format!("{path}[{i}]"),
+                    x.get(i).unwrap_or(&Value::Null),
+                    y.get(i).unwrap_or(&Value::Null),
+                    out,
+                );
+            }
+        }
+        _ if a != b => out.push(json!({ "path": path, "from": a, "to": b })),
+        _ => {}
+    }
 }
 
 // ---------------------------------------------------------------- accounts and applications

@@ -22,6 +22,64 @@ pub enum Command {
     Check(CheckArgs),
     /// An interactive WebSocket client: stdin lines are sent, received messages printed.
     Ws(WsArgs),
+    /// Make the store match a declarative file (through the admin API); idempotent.
+    Apply(ApplyArgs),
+    /// Print the whole configuration as YAML (the input of `apply`).
+    Export(AdminArgs),
+    /// Deploy a product's draft to staging as a new version (if it changed).
+    Deploy(ProductArgs),
+    /// Promote a staging version (default: the latest) to production.
+    Promote(PromoteArgs),
+    /// Show what promoting staging to production would change.
+    Diff(ProductArgs),
+}
+
+/// How the commands that manage a running Tollgate reach it.
+#[derive(Debug, Clone, Args)]
+pub struct AdminArgs {
+    /// The admin API of `tollgate serve`.
+    #[arg(long, env = "TOLLGATE_ADMIN_URL", default_value = "http://127.0.0.1:8090")]
+    pub admin_url: String,
+    /// Admin token (printed at the first start of `serve`).
+    #[arg(long, env = "TOLLGATE_ADMIN_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ApplyArgs {
+    /// The declarative configuration (YAML).
+    #[arg(long, short = 'f')]
+    pub file: PathBuf,
+    /// Then deploy every product of the file to staging.
+    #[arg(long)]
+    pub deploy: bool,
+    /// Then promote every product of the file to production (implies --deploy).
+    #[arg(long)]
+    pub promote: bool,
+    /// Print the changes without making them.
+    #[arg(long)]
+    pub dry_run: bool,
+    #[command(flatten)]
+    pub admin: AdminArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ProductArgs {
+    /// The product's system_name or id.
+    pub product: String,
+    #[command(flatten)]
+    pub admin: AdminArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct PromoteArgs {
+    /// The product's system_name or id.
+    pub product: String,
+    /// The staging version to promote (an older one rolls back).
+    #[arg(long)]
+    pub version: Option<i64>,
+    #[command(flatten)]
+    pub admin: AdminArgs,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -19,6 +19,11 @@ fn main() -> ExitCode {
             Command::Serve(args) => tollgate::serve::run_cli(args).await,
             Command::Check(args) => tollgate::check::run(args),
             Command::Ws(args) => tollgate::ws::run(args).await,
+            Command::Apply(args) => tollgate::client::apply(args).await,
+            Command::Export(args) => tollgate::client::export(args).await,
+            Command::Deploy(args) => tollgate::client::deploy(args).await,
+            Command::Promote(args) => tollgate::client::promote(args).await,
+            Command::Diff(args) => tollgate::client::diff(args).await,
         }
     });
     match result {

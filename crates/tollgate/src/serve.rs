@@ -259,15 +259,17 @@ pub async fn run_cli(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let server = Server::start(&args, source).await?;
     println!("tollgate: staging gateway    {}", server.url(Environment::Staging));
     println!("tollgate: production gateway {}", server.url(Environment::Production));
+    if let Some(token) = &server.admin_token {
+        println!("tollgate: created the first admin token (shown once; keep it): {token}");
+        println!("          use it as `Authorization: Bearer <token>` or TOLLGATE_ADMIN_TOKEN");
+    }
+    // The admin line comes last: scripts may read up to it.
     if matches!(server.source, Source::Store(_)) {
         println!("tollgate: admin API          http://{}/api/v1 (store {})", server.admin, args.store);
     } else {
         println!("tollgate: admin              http://{} (/status/live, /status/ready, /metrics)", server.admin);
     }
-    if let Some(token) = &server.admin_token {
-        println!("tollgate: created the first admin token (shown once; keep it): {token}");
-        println!("          use it as `Authorization: Bearer <token>` or TOLLGATE_ADMIN_TOKEN");
-    }
+
     if let Some(demo) = &demo {
         demo.print_instructions(&server);
     }

@@ -1,0 +1,161 @@
+//! The commands that manage a running Tollgate through its admin API: `apply`,
+//! `export`, `deploy`, `promote`, `diff`. Plain HTTP to `--admin-url` with the bearer
+//! token from `TOLLGATE_ADMIN_TOKEN`.
+
+use crate::cli::{AdminArgs, ApplyArgs, ProductArgs, PromoteArgs};
+use anyhow::{Context as _, bail};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::{Value, json};
+use std::process::ExitCode;
+
+struct Admin {
+    base: String,
+    token: String,
+    client: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+}
+
+impl Admin {
+    fn new(args: &AdminArgs) -> anyhow::Result<Admin> {
+        let Some(token) = args.token.clone().filter(|t| !t.is_empty()) else {
+            bail!(
+                "no admin token: set TOLLGATE_ADMIN_TOKEN (printed at the first start of `tollgate serve`) or pass --token"
+            );
+        };
+        if !args.admin_url.starts_with("http://") {
+            bail!("--admin-url `{}`: write http://HOST:PORT", args.admin_url);
+        }
+        Ok(Admin {
+            base: args.admin_url.trim_end_matches('/').to_string(),
+            token,
+            client: Client::builder(TokioExecutor::new()).build_http(),
+        })
+    }
+
+    /// Calls `/api/v1{path}`; an error response becomes an error with its message.
+    async fn call(&self, method: &str, path: &str, body: Option<Value>) -> anyhow::Result<(u16, Value)> {
+        let req = http::Request::builder()
+            .method(method)
+            .uri(format!("{}/api/v1{path}", self.base))
+            .header("authorization", format!("Bearer {}", self.token))
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body.map(|b| b.to_string()).unwrap_or_default())))?;
+        let resp =
+            self.client.request(req).await.with_context(|| format!("cannot reach the admin API at {}", self.base))?;
+        let status = resp.status().as_u16();
+        let bytes = resp.into_body().collect().await?.to_bytes();
+        let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        if status >= 400 {
+            let e = &value["error"];
+            let field = e["field"].as_str().map(|f| format!(" (field `{f}`)")).unwrap_or_default();
+            bail!(
+                "{method} {path}: HTTP {status} {}: {}{field}",
+                e["code"].as_str().unwrap_or("?"),
+                e["message"].as_str().unwrap_or("")
+            );
+        }
+        Ok((status, value))
+    }
+}
+
+fn encode(segment: &str) -> String {
+    segment
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+pub async fn apply(args: ApplyArgs) -> anyhow::Result<ExitCode> {
+    // Validate locally first: errors come with their paths before anything is sent.
+    let config = match tollgate_model::load_file(&args.file) {
+        Ok(c) => c,
+        Err(errors) => {
+            eprintln!("{}: {} error(s)", args.file.display(), errors.0.len());
+            for e in &errors.0 {
+                eprintln!("  {e}");
+            }
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let admin = Admin::new(&args.admin)?;
+    let query = if args.dry_run { "?dry_run=true" } else { "" };
+    let (_, result) = admin.call("PUT", &format!("/config{query}"), Some(serde_json::to_value(&config)?)).await?;
+    let changes = result["changes"].as_array().cloned().unwrap_or_default();
+    let verb = if args.dry_run { "would" } else { "did" };
+    if changes.is_empty() {
+        println!("no changes: the store already matches {}", args.file.display());
+    }
+    for c in &changes {
+        println!(
+            "{verb} {} {} {}",
+            c["action"].as_str().unwrap_or("?"),
+            c["kind"].as_str().unwrap_or("?"),
+            c["name"].as_str().unwrap_or("?")
+        );
+    }
+    if args.dry_run {
+        return Ok(ExitCode::SUCCESS);
+    }
+    for p in &config.products {
+        let name = encode(&p.system_name);
+        if args.deploy || args.promote {
+            let (status, v) = admin.call("POST", &format!("/products/{name}/deploy"), None).await?;
+            let what = if status == 201 { "deployed" } else { "unchanged:" };
+            println!("{what} {} staging version {}", p.system_name, v["version"]);
+        }
+        if args.promote {
+            let (_, v) = admin.call("POST", &format!("/products/{name}/promote"), None).await?;
+            println!("promoted {} version {} to production", p.system_name, v["version"]);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn export(args: AdminArgs) -> anyhow::Result<ExitCode> {
+    let admin = Admin::new(&args)?;
+    let (_, value) = admin.call("GET", "/config", None).await?;
+    let config: tollgate_model::Config =
+        serde_json::from_value(value).context("the admin API sent an unexpected export")?;
+    print!("{}", serde_norway::to_string(&config)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn deploy(args: ProductArgs) -> anyhow::Result<ExitCode> {
+    let admin = Admin::new(&args.admin)?;
+    let (status, v) = admin.call("POST", &format!("/products/{}/deploy", encode(&args.product)), None).await?;
+    if status == 201 {
+        println!("deployed {} to staging as version {}", args.product, v["version"]);
+    } else {
+        println!("{}: the draft equals staging version {}; nothing deployed", args.product, v["version"]);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn promote(args: PromoteArgs) -> anyhow::Result<ExitCode> {
+    let admin = Admin::new(&args.admin)?;
+    let body = args.version.map(|v| json!({ "version": v }));
+    let (_, v) = admin.call("POST", &format!("/products/{}/promote", encode(&args.product)), body).await?;
+    println!("promoted {} version {} to production", args.product, v["version"]);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn diff(args: ProductArgs) -> anyhow::Result<ExitCode> {
+    let admin = Admin::new(&args.admin)?;
+    let (_, v) = admin.call("GET", &format!("/products/{}/configs/diff", encode(&args.product)), None).await?;
+    let changes = v["changes"].as_array().cloned().unwrap_or_default();
+    if changes.is_empty() {
+        println!("{}: production already runs the latest staging version", args.product);
+    }
+    for c in changes {
+        println!("{}: {} -> {}", c["path"].as_str().unwrap_or("?"), c["from"], c["to"]);
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,153 @@
+//! The GitOps commands against a spawned `tollgate serve` in store mode: `apply`
+//! (dry run, then with --promote), `export` whose `apply` is a no-op, `diff`,
+//! `promote --version`, and state that survives a restart of the process.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+use support::*;
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+struct Spawned {
+    child: tokio::process::Child,
+    admin_url: String,
+    production: SocketAddr,
+    token: Option<String>,
+}
+
+async fn spawn(store: &str) -> Spawned {
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args([
+            "serve",
+            "--store",
+            store,
+            "--staging-listen",
+            "127.0.0.1:0",
+            "--production-listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .env_remove("TOLLGATE_ADMIN_TOKEN")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn serve");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let (mut admin_url, mut production, mut token) = (None, None, None);
+    while let Some(line) = lines.next_line().await.expect("stdout") {
+        if let Some(rest) = line.strip_prefix("tollgate: production gateway") {
+            production = rest.trim().trim_start_matches("http://").parse().ok();
+        } else if let Some(rest) = line.split("keep it): ").nth(1) {
+            token = Some(rest.trim().to_string());
+        } else if let Some(rest) = line.strip_prefix("tollgate: admin API") {
+            // The last line of the start-up banner.
+            admin_url = rest.split_whitespace().next().map(|u| u.trim_end_matches("/api/v1").to_string());
+            break;
+        }
+    }
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Spawned {
+        child,
+        admin_url: admin_url.expect("admin URL"),
+        production: production.expect("production address"),
+        token,
+    }
+}
+
+fn tollgate(admin_url: &str, token: &str, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(args)
+        .env("TOLLGATE_ADMIN_URL", admin_url)
+        .env("TOLLGATE_ADMIN_TOKEN", token)
+        .output()
+        .expect("run tollgate")
+}
+
+fn stdout(out: &std::process::Output) -> String {
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test]
+async fn apply_export_diff_promote_and_restart() {
+    let backend = http_backend().await;
+    let dir = TempDir::new();
+    let store = format!("sqlite://{}", dir.path().join("state/tollgate.db").display());
+    let file = dir.path().join("tollgate.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            r#"
+backends: [ {{ system_name: api, private_base_url: "http://{backend}" }} ]
+products:
+  - system_name: shop
+    staging_public_base_url: http://shop-staging.localhost
+    production_public_base_url: http://shop.localhost
+    backend_usages: [ {{ backend: api, path: / }} ]
+    mapping_rules: [ {{ http_method: GET, pattern: /, metric: hits }} ]
+    application_plans: [ {{ system_name: basic }} ]
+accounts:
+  - name: acme
+    applications: [ {{ name: app, product: shop, plan: basic, user_key: k1 }} ]
+"#
+        ),
+    )
+    .expect("write");
+    let file = file.display().to_string();
+
+    let server = spawn(&store).await;
+    let token = server.token.clone().expect("the first start prints a token");
+    let url = server.admin_url.clone();
+
+    let dry = stdout(&tollgate(&url, &token, &["apply", "-f", &file, "--dry-run"]));
+    assert!(dry.contains("would create backend api") && dry.contains("would create application acme/app"), "{dry}");
+    let done = stdout(&tollgate(&url, &token, &["apply", "-f", &file, "--promote"]));
+    assert!(done.contains("did create product shop"), "{done}");
+    assert!(
+        done.contains("deployed shop staging version 1") && done.contains("promoted shop version 1 to production"),
+        "{done}"
+    );
+    // The gateways follow the store within a moment; poll the production gateway a
+    // bounded number of times (the spawned process offers no event to wait on).
+    let mut status = http::StatusCode::NOT_FOUND;
+    for _ in 0..200 {
+        status = get(server.production, "shop.localhost", "/x?user_key=k1").await.0;
+        if status == 200 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(status, 200);
+
+    let exported = stdout(&tollgate(&url, &token, &["export"]));
+    let export_file = dir.path().join("export.yaml");
+    std::fs::write(&export_file, &exported).expect("write export");
+    let again = stdout(&tollgate(&url, &token, &["apply", "-f", &export_file.display().to_string()]));
+    assert!(again.contains("no changes"), "applying an export changes nothing: {again}");
+
+    assert!(
+        stdout(&tollgate(&url, &token, &["diff", "shop"]))
+            .contains("production already runs the latest staging version")
+    );
+    let out = tollgate(&url, &token, &["promote", "shop", "--version", "7"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("HTTP 404"), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = tollgate(&url, "wrong-token", &["deploy", "shop"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("HTTP 401"));
+
+    // Restart on the same store: everything is still there, nothing is re-created.
+    drop(server);
+    let restarted = spawn(&store).await;
+    assert!(restarted.token.is_none(), "the token is created once");
+    assert_eq!(
+        get(restarted.production, "shop.localhost", "/x?user_key=k1").await.0,
+        200,
+        "served right after the restart"
+    );
+    let again = stdout(&tollgate(&restarted.admin_url, &token, &["apply", "-f", &file]));
+    assert!(again.contains("no changes"), "{again}");
+    drop(restarted.child);
+}
