@@ -190,3 +190,68 @@ pub async fn audit_list(
 pub struct AuditQuery {
     limit: Option<i64>,
 }
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewToken {
+    name: String,
+    #[serde(default)]
+    read_only: bool,
+}
+
+/// `POST /api/v1/tokens`: a new token, shown once in the response.
+pub async fn token_create(
+    State(state): State<Arc<AdminState>>,
+    crate::resources::Body(body): crate::resources::Body<NewToken>,
+) -> Result<Response, ApiError> {
+    if body.name.trim().is_empty() {
+        return Err(ApiError::invalid("is empty").field("name"));
+    }
+    let token =
+        random_token().map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    match add_token(&state.store, &body.name, &token, body.read_only).await {
+        Ok(()) => {}
+        Err(AuthError::Store(e)) if e.as_database_error().is_some_and(|d| d.is_unique_violation()) => {
+            return Err(ApiError::conflict(format!("a token named `{}` exists", body.name)).field("name"));
+        }
+        Err(e) => return Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())),
+    }
+    let v = serde_json::json!({ "name": body.name, "read_only": body.read_only, "token": token });
+    Ok((StatusCode::CREATED, axum::Json(v)).into_response())
+}
+
+/// `GET /api/v1/tokens`: names and rights, never the tokens.
+pub async fn token_list(State(state): State<Arc<AdminState>>) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    let rows = sqlx::query("SELECT name, read_only, created_at FROM admin_tokens ORDER BY id")
+        .fetch_all(state.store.pool())
+        .await
+        .map_err(|e| ApiError::from(tollgate_store::StoreError::Database(e)))?;
+    Ok(axum::Json(serde_json::Value::Array(
+        rows.iter()
+            .map(|r| {
+                serde_json::json!({
+                    "name": r.try_get::<String, _>("name").unwrap_or_default(),
+                    "read_only": r.try_get::<i64, _>("read_only").unwrap_or(1) != 0,
+                    "created_at": r.try_get::<i64, _>("created_at").unwrap_or_default(),
+                })
+            })
+            .collect(),
+    )))
+}
+
+/// `DELETE /api/v1/tokens/{name}`.
+pub async fn token_delete(
+    State(state): State<Arc<AdminState>>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let done = sqlx::query("DELETE FROM admin_tokens WHERE name = $1")
+        .bind(name.clone())
+        .execute(state.store.pool())
+        .await
+        .map_err(|e| ApiError::from(tollgate_store::StoreError::Database(e)))?;
+    if done.rows_affected() == 0 {
+        Err(ApiError::not_found(&format!("token `{name}`")))
+    } else {
+        Ok(StatusCode::NO_CONTENT)
+    }
+}

@@ -10,7 +10,7 @@ mod apply;
 mod auth;
 mod error;
 pub mod live;
-mod resources;
+pub(crate) mod resources;
 mod world;
 
 pub use auth::{AuthError, add_token, ensure_admin_token, hash_token};
@@ -47,6 +47,8 @@ pub fn router(state: Arc<AdminState>) -> Router {
     // Layers run outside-in: the token is checked first, then the change is audited.
     let api = resources::routes()
         .route("/audit", axum::routing::get(auth::audit_list))
+        .route("/tokens", axum::routing::get(auth::token_list).post(auth::token_create))
+        .route("/tokens/{name}", axum::routing::delete(auth::token_delete))
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth::audit))
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_token));
     Router::new().nest("/api/v1", api).merge(resources::open_routes()).with_state(state)

@@ -280,6 +280,17 @@ async fn errors_are_json_with_the_right_status() {
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{db}: {body}");
         assert!(body["error"]["message"].as_str().unwrap_or("").contains("did you mean `websocket`"), "{body}");
 
+        // A read-only token reads, and may change nothing.
+        let (status, made) =
+            api(&server, "POST", "/tokens", Some(json!({ "name": "viewer", "read_only": true }))).await;
+        assert_eq!(status, StatusCode::CREATED, "{db}: {made}");
+        let viewer = made["token"].as_str().expect("token shown once").to_string();
+        assert_eq!(api_as(&server, &viewer, "GET", "/products", None).await.0, StatusCode::OK);
+        let (status, body) = api_as(&server, &viewer, "POST", "/accounts", Some(json!({ "name": "x" }))).await;
+        assert_eq!((status, body["error"]["code"].clone()), (StatusCode::FORBIDDEN, json!("read_only")));
+        let tokens = api(&server, "GET", "/tokens", None).await.1;
+        assert!(tokens.to_string().contains("viewer") && !tokens.to_string().contains(&viewer), "{tokens}");
+
         let policies = api(&server, "GET", "/policies", None).await.1;
         let names: Vec<&str> = policies.as_array().expect("list").iter().filter_map(|p| p["name"].as_str()).collect();
         assert!(names.contains(&"tollgate") && names.contains(&"websocket"), "{names:?}");
