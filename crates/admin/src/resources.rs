@@ -183,6 +183,7 @@ pub fn routes() -> Router<Arc<AdminState>> {
         .route("/applications/{app}/keys/{key}", axum::routing::delete(app_key_delete))
         .route("/config", get(export).put(apply))
         .route("/policies", get(policies))
+        .route("/analytics/usage", get(analytics_usage))
 }
 
 // ---------------------------------------------------------------- backends
@@ -1059,4 +1060,41 @@ async fn policies(State(s): St) -> Json<Value> {
             .map(|p| json!({ "name": p.name, "summary": p.summary, "schema": p.schema() }))
             .collect(),
     ))
+}
+
+#[derive(Deserialize)]
+struct UsageParams {
+    product: Option<String>,
+    application: Option<String>,
+    metric: Option<String>,
+    /// Unix seconds; default: a day before `until`.
+    since: Option<i64>,
+    /// Unix seconds; default: now.
+    until: Option<i64>,
+    granularity: Option<String>,
+}
+
+/// `GET /api/v1/analytics/usage`: usage summed per minute, hour or day.
+async fn analytics_usage(State(s): St, Query(p): Query<UsageParams>) -> ApiResult<Json<Value>> {
+    let until = p.until.unwrap_or_else(|| tollgate_store::now_millis() / 1000);
+    let since = p.since.unwrap_or(until - 86_400);
+    if since >= until {
+        return Err(ApiError::bad_request("`since` must be before `until`").field("since"));
+    }
+    let granularity = match p.granularity.as_deref() {
+        None => tollgate_store::Granularity::Hour,
+        Some(g) => tollgate_store::Granularity::parse(g)
+            .ok_or_else(|| ApiError::bad_request(format!("`{g}`: use minute, hour or day")).field("granularity"))?,
+    };
+    let q =
+        tollgate_store::UsageQuery { product: p.product, application: p.application, metric: p.metric, since, until };
+    let series = s.store.usage_series(&q, granularity).await?;
+    let total: i64 = series.iter().map(|(_, v)| v).sum();
+    Ok(Json(json!({
+        "granularity": granularity,
+        "since": since,
+        "until": until,
+        "total": total,
+        "values": series.iter().map(|(at, v)| json!({ "at": at, "value": v })).collect::<Vec<_>>(),
+    })))
 }

@@ -18,6 +18,7 @@
 //! error.rs      the one place where failures become status codes and JSON bodies
 //! ```
 
+pub mod analytics;
 mod auth;
 mod body;
 pub mod error;

@@ -1,6 +1,7 @@
 //! The request path: host → product, the policy chain, limits, routing to a backend
 //! usage, and the proxied exchange (HTTP, or a WebSocket upgrade and its relay).
 
+use crate::analytics::Analytics;
 use crate::body::GatewayBody;
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
@@ -36,6 +37,8 @@ pub struct Gateway {
     counters: Arc<Counters>,
     clock: Arc<dyn Clock>,
     metrics: Arc<Metrics>,
+    /// Where usage is aggregated for analytics, when something persists it.
+    analytics: Option<Arc<Analytics>>,
 }
 
 impl Gateway {
@@ -45,8 +48,9 @@ impl Gateway {
         counters: Arc<Counters>,
         clock: Arc<dyn Clock>,
         metrics: Arc<Metrics>,
+        analytics: Option<Arc<Analytics>>,
     ) -> Self {
-        Gateway { environment, snapshot, counters, clock, metrics }
+        Gateway { environment, snapshot, counters, clock, metrics, analytics }
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
@@ -158,7 +162,13 @@ impl Gateway {
             })
             .collect();
         match self.counters.authorize(&app.id, &checks, ctx.now).await {
-            Ok(Decision::Allowed(_)) => Ok(()),
+            Ok(Decision::Allowed(_)) => {
+                if let Some(analytics) = &self.analytics {
+                    let usage = ctx.usage.0.iter().map(|(m, d)| (product.metrics.name(*m), *d));
+                    analytics.record(&app.id, &product.system_name, usage, ctx.now);
+                }
+                Ok(())
+            }
             Ok(Decision::Exceeded(status)) => {
                 self.metrics.env(self.environment).limits_exceeded();
                 let mut resp = product.errors.limits_exceeded.respond();

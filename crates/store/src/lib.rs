@@ -12,9 +12,11 @@
 mod configs;
 mod docs;
 mod migrate;
+mod usage;
 
 pub use configs::{ConfigVersion, Environment};
 pub use docs::{AccountDoc, ApplicationDoc, Item, PlanDoc, ProductDoc};
+pub use usage::{Granularity, UsageQuery, UsageRow};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;

@@ -212,3 +212,58 @@ async fn state_survives_reopening_the_store() {
         assert_eq!(rows.len(), 1, "{db}");
     }
 }
+
+#[tokio::test]
+async fn usage_adds_up_rolls_up_and_is_queried_by_granularity() {
+    use tollgate_store::{Granularity, UsageQuery, UsageRow};
+    const DAY0: i64 = 1_795_651_200; // 2026-11-26T00:00:00Z
+    let row = |app: &str, metric: &str, minute: i64, value: i64| UsageRow {
+        application: app.into(),
+        product: "chat".into(),
+        metric: metric.into(),
+        minute,
+        value,
+    };
+    for (db, store, _) in both().await {
+        // Two writers add to the same bucket: values add up.
+        store
+            .add_usage(&[row("acme/app", "hits", DAY0 + 60, 2), row("acme/app", "connect", DAY0 + 60, 1)])
+            .await
+            .expect(db);
+        store
+            .add_usage(&[row("acme/app", "hits", DAY0 + 60, 3), row("acme/app", "hits", DAY0 + 3_700, 4)])
+            .await
+            .expect(db);
+        store.add_usage(&[row("other/app", "hits", DAY0 + 120, 100)]).await.expect(db);
+        let q = UsageQuery {
+            application: Some("acme/app".into()),
+            metric: Some("hits".into()),
+            since: DAY0,
+            until: DAY0 + 86_400,
+            ..Default::default()
+        };
+        assert_eq!(
+            store.usage_series(&q, Granularity::Minute).await.expect(db),
+            vec![(DAY0 + 60, 5), (DAY0 + 3_660, 4)],
+            "{db}"
+        );
+        assert_eq!(store.usage_series(&q, Granularity::Hour).await.expect(db), vec![(DAY0, 5), (DAY0 + 3_600, 4)]);
+
+        // Roll everything older than "now" up: hour buckets keep the totals, minutes go.
+        store.roll_up(DAY0 + 2 * 86_400, 3_600, 90 * 86_400).await.expect(db);
+        assert_eq!(
+            store.usage_series(&q, Granularity::Hour).await.expect(db),
+            vec![(DAY0, 5), (DAY0 + 3_600, 4)],
+            "{db}"
+        );
+        assert_eq!(store.usage_series(&q, Granularity::Day).await.expect(db), vec![(DAY0, 9)]);
+        let minutes: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM usage_buckets WHERE granularity = 'minute'")
+            .fetch_one(store.pool())
+            .await
+            .expect(db);
+        assert_eq!(minutes, 0, "{db}: minute buckets were folded away");
+        // Rolling up twice changes nothing.
+        store.roll_up(DAY0 + 2 * 86_400, 3_600, 90 * 86_400).await.expect(db);
+        assert_eq!(store.usage_series(&q, Granularity::Day).await.expect(db), vec![(DAY0, 9)]);
+    }
+}

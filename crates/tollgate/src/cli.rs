@@ -121,6 +121,12 @@ pub struct ServeArgs {
     /// Largest request head in bytes (bigger → 431). At least 8192.
     #[arg(long, env = "TOLLGATE_MAX_HEADER_BYTES", default_value_t = 32768, value_parser = clap::value_parser!(u64).range(8192..=1_048_576))]
     pub max_header_bytes: u64,
+    /// Hours of per-minute analytics kept before they are rolled up into hours.
+    #[arg(long, env = "TOLLGATE_ANALYTICS_MINUTE_RETENTION", default_value_t = 48)]
+    pub analytics_minute_retention: u64,
+    /// Days of per-hour analytics kept before they are rolled up into days.
+    #[arg(long, env = "TOLLGATE_ANALYTICS_HOUR_RETENTION", default_value_t = 90)]
+    pub analytics_hour_retention: u64,
     /// Seconds in-flight requests may take to finish on shutdown.
     #[arg(long, env = "TOLLGATE_DRAIN_TIMEOUT", default_value_t = 30)]
     pub drain_timeout: u64,

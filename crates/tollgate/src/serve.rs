@@ -17,11 +17,12 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tollgate_admin::AdminState;
 use tollgate_counters::{Counters, SystemClock};
+use tollgate_gateway::analytics::Analytics;
 use tollgate_gateway::policy::Registry;
 use tollgate_gateway::server::tls_acceptor;
 use tollgate_gateway::{Environment, Gateway, ListenerOptions, Metrics, SnapshotHandle, Snapshots, compile};
 use tollgate_model::{Config, ConfigErrors};
-use tollgate_store::Store;
+use tollgate_store::{Store, UsageRow};
 
 /// Reads, validates and compiles a configuration file.
 pub fn load(path: &Path, registry: &Registry) -> Result<Snapshots, ConfigErrors> {
@@ -68,6 +69,7 @@ pub struct Server {
     /// In store mode: the admin API's state and the generation of changes the gateways
     /// have applied.
     admin_state: Option<(Arc<AdminState>, watch::Receiver<u64>)>,
+    analytics: Option<Arc<Analytics>>,
     source: Source,
     registry: Arc<Registry>,
     handles: [SnapshotHandle; 2],
@@ -112,6 +114,8 @@ impl Server {
             bind("admin-listen", args.admin_listen.strip_prefix("http://").unwrap_or(&args.admin_listen)).await?;
 
         let metrics = Arc::new(Metrics::default());
+        // Analytics are kept only where they can be persisted: in store mode.
+        let analytics = store.as_ref().map(|_| Arc::new(Analytics::default()));
         let counters = Arc::new(Counters::memory());
         let clock = Arc::new(SystemClock);
         let staging_handle: SnapshotHandle = Arc::new(ArcSwap::from_pointee(snapshots.staging));
@@ -134,6 +138,7 @@ impl Server {
             production_tls,
             admin_token: None,
             admin_state: None,
+            analytics: None,
             source,
             registry: registry.clone(),
             handles: [staging_handle.clone(), production_handle.clone()],
@@ -144,7 +149,14 @@ impl Server {
             (Environment::Staging, staging_listener, staging_handle, staging_tls),
             (Environment::Production, production_listener, production_handle, production_tls),
         ] {
-            let gateway = Arc::new(Gateway::new(env, handle, counters.clone(), clock.clone(), metrics.clone()));
+            let gateway = Arc::new(Gateway::new(
+                env,
+                handle,
+                counters.clone(),
+                clock.clone(),
+                metrics.clone(),
+                analytics.clone(),
+            ));
             let opts = ListenerOptions { tls: if tls { acceptor.clone() } else { None }, ..base.clone() };
             let mut stop = server.stop.subscribe();
             tasks.spawn(tollgate_gateway::serve(listener, gateway, opts, async move {
@@ -164,6 +176,10 @@ impl Server {
             Some(store) => {
                 let from_env = std::env::var("TOLLGATE_ADMIN_TOKEN").ok().filter(|t| !t.is_empty());
                 admin_token = tollgate_admin::ensure_admin_token(&store, from_env.as_deref()).await?;
+                if let Some(analytics) = &analytics {
+                    let retention = (args.analytics_minute_retention * 3_600, args.analytics_hour_retention * 86_400);
+                    tasks.spawn(flush_analytics(store.clone(), analytics.clone(), retention, server.stop.subscribe()));
+                }
                 let state = AdminState::new(store, registry.clone(), Some(metrics));
                 let (applied_tx, applied_rx) = watch::channel(0);
                 tasks.spawn(follow_store(state.clone(), server.handles.clone(), applied_tx, server.stop.subscribe()));
@@ -176,7 +192,7 @@ impl Server {
                 });
             }
         }
-        Ok(Server { tasks, admin_token, admin_state, ..server })
+        Ok(Server { tasks, admin_token, admin_state, analytics, ..server })
     }
 
     /// Re-reads the configuration file and swaps it in; on error nothing changes.
@@ -200,6 +216,15 @@ impl Server {
         }
     }
 
+    /// Writes the usage aggregated so far to the store now (it is otherwise flushed every
+    /// few seconds and at shutdown).
+    pub async fn flush_analytics(&self) -> anyhow::Result<()> {
+        if let (Some(analytics), Some((state, _))) = (&self.analytics, &self.admin_state) {
+            persist(&state.store, analytics).await?;
+        }
+        Ok(())
+    }
+
     /// Stops accepting, lets in-flight requests finish (up to the drain timeout), returns.
     pub async fn shutdown(mut self) {
         let _ = self.stop.send(true);
@@ -212,6 +237,52 @@ impl Server {
             Environment::Production => (self.production, self.production_tls),
         };
         format!("{}://{addr}", if tls { "https" } else { "http" })
+    }
+}
+
+async fn persist(store: &Store, analytics: &Analytics) -> Result<(), tollgate_store::StoreError> {
+    let rows: Vec<UsageRow> = analytics
+        .drain()
+        .into_iter()
+        .map(|r| UsageRow {
+            application: r.application,
+            product: r.product,
+            metric: r.metric,
+            minute: r.minute,
+            value: r.value as i64,
+        })
+        .collect();
+    store.add_usage(&rows).await
+}
+
+/// Flushes usage to the store every few seconds (and once more at shutdown), and rolls
+/// old minute buckets up into hours and days every hour.
+async fn flush_analytics(
+    store: Store,
+    analytics: Arc<Analytics>,
+    retention: (u64, u64),
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut flush = tokio::time::interval(Duration::from_secs(5));
+    let mut roll_up = tokio::time::interval(Duration::from_secs(3_600));
+    loop {
+        let stopping = tokio::select! {
+            _ = flush.tick() => false,
+            _ = roll_up.tick() => {
+                let now = tollgate_store::now_millis() / 1000;
+                if let Err(e) = store.roll_up(now, retention.0 as i64, retention.1 as i64).await {
+                    tracing::warn!(error = %e, "analytics roll-up failed; will retry");
+                }
+                false
+            }
+            () = async { let _ = stop.wait_for(|s| *s).await; } => true,
+        };
+        if let Err(e) = persist(&store, &analytics).await {
+            tracing::warn!(error = %e, "cannot write analytics to the store");
+        }
+        if stopping {
+            return;
+        }
     }
 }
 

@@ -13,6 +13,15 @@ use support::*;
 const STAGING: &str = "chat-staging.localhost";
 const PRODUCTION: &str = "chat.localhost";
 
+/// Flushes analytics and reads the application's `connect` total.
+async fn connects(server: &tollgate::serve::Server) -> i64 {
+    server.flush_analytics().await.expect("flush");
+    let (status, v) =
+        api(server, "GET", "/analytics/usage?application=acme-chat&metric=connect&granularity=minute", None).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    v["total"].as_i64().expect("total")
+}
+
 async fn story(db: &str, url: &str, backend: &NodeBackend) {
     let server = store_server(url).await;
     let ok = |(status, body): (StatusCode, serde_json::Value), want: StatusCode, what: &str| {
@@ -188,6 +197,14 @@ async fn story(db: &str, url: &str, backend: &NodeBackend) {
     ok(api(&server, "POST", "/applications/acme-chat/resume", Some(json!({}))).await, StatusCode::OK, "resume");
     server.wait_applied().await;
     assert!(ws(server.production, PRODUCTION, &path).await.is_ok());
+
+    // Analytics: usage is recorded per application and metric.
+    let before = connects(&server).await;
+    assert!(before >= 3, "{db}: connects so far: {before}");
+    for _ in 0..2 {
+        drop(ws(server.production, PRODUCTION, &path).await.expect("connect"));
+    }
+    assert_eq!(connects(&server).await, before + 2, "{db}: two more connects, counted on `connect`");
 
     // Export, then apply the export: nothing to do.
     let exported = ok(api(&server, "GET", "/config", None).await, StatusCode::OK, "export");
