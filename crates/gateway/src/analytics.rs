@@ -8,6 +8,9 @@ use std::sync::Mutex;
 
 const SHARDS: usize = 16;
 
+/// Usage by application id.
+type Shard = HashMap<Box<str>, AppUsage>;
+
 /// One aggregated bucket, ready to persist.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UsageRecord {
@@ -28,7 +31,7 @@ struct AppUsage {
 
 pub struct Analytics {
     hasher: RandomState,
-    shards: Box<[Mutex<HashMap<Box<str>, AppUsage>>]>,
+    shards: Box<[Mutex<Shard>]>,
 }
 
 impl Default for Analytics {
