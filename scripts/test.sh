@@ -23,6 +23,8 @@ have node || apt_install nodejs
 have npm || apt_install npm
 have openssl || apt_install openssl
 have python3 || apt_install python3 python3-pip
+have st || python3 -m pip install --quiet --disable-pip-version-check schemathesis 2>/dev/null \
+  || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages schemathesis
 if ! python3 -c 'import h2' 2>/dev/null; then
   python3 -m pip install --quiet --disable-pip-version-check h2 2>/dev/null \
     || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages h2
@@ -55,6 +57,15 @@ log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0
 cargo test --workspace --locked -- "${args[@]}" 2>&1 | tee "$log" || status=$?
+# The admin API against its own OpenAPI document (skipped when a test name is given).
+if [ "$status" = 0 ] && [ ${#args[@]} -eq 0 ]; then
+  if bash scripts/schemathesis.sh > "$log.st" 2>&1; then
+    echo "schemathesis: the admin API conforms to its OpenAPI document"
+  else
+    cat "$log.st"; status=1
+  fi
+  rm -f "$log.st"
+fi
 # One closing line for the whole run (cargo prints one per test binary).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed/) p += $(i-1); if ($i ~ /^failed/) f += $(i-1) } }
      END { printf "tests: %d passed, %d failed\n", p, f }' "$log"

@@ -10,6 +10,7 @@ mod apply;
 mod auth;
 mod error;
 pub mod live;
+pub mod openapi;
 pub(crate) mod resources;
 mod world;
 
@@ -51,5 +52,15 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/tokens/{name}", axum::routing::delete(auth::token_delete))
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth::audit))
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_token));
-    Router::new().nest("/api/v1", api).merge(resources::open_routes()).with_state(state)
+    // The document is public, like any API description.
+    let doc = Arc::new(openapi::document());
+    let openapi = axum::routing::get(move || {
+        let doc = doc.clone();
+        async move { axum::Json((*doc).clone()) }
+    });
+    Router::new()
+        .route("/api/v1/openapi.json", openapi)
+        .nest("/api/v1", api)
+        .merge(resources::open_routes())
+        .with_state(state)
 }

@@ -606,13 +606,19 @@ async fn plan_delete(State(s): St, Path((p, plan)): Path<(String, String)>) -> A
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Limits are addressed by id only; anything else is simply not found.
+fn limit_id(id: &str) -> ApiResult<i64> {
+    id.parse().map_err(|_| ApiError::not_found(&format!("limit `{id}`")))
+}
+
 async fn limits_list(State(s): St, Path((p, plan)): Path<(String, String)>) -> ApiResult<Json<Value>> {
     let product: Row<ProductDoc> = find(&s, Table::Products, None, &p, "product").await?;
     let row: Row<PlanDoc> = find(&s, Table::ApplicationPlans, Some(product.id), &plan, "application plan").await?;
     Ok(Json(Value::Array(row.doc.limits.iter().map(|l| view(l.id, &l.value)).collect())))
 }
 
-async fn limit_get(State(s): St, Path((p, plan, id)): Path<(String, String, i64)>) -> ApiResult<Json<Value>> {
+async fn limit_get(State(s): St, Path((p, plan, id)): Path<(String, String, String)>) -> ApiResult<Json<Value>> {
+    let id = limit_id(&id)?;
     let product: Row<ProductDoc> = find(&s, Table::Products, None, &p, "product").await?;
     let row: Row<PlanDoc> = find(&s, Table::ApplicationPlans, Some(product.id), &plan, "application plan").await?;
     let l = row.doc.limits.iter().find(|l| l.id == id).ok_or_else(|| ApiError::not_found(&format!("limit {id}")))?;
@@ -659,9 +665,10 @@ async fn limit_create(
 
 async fn limit_put(
     State(s): St,
-    Path((p, plan, id)): Path<(String, String, i64)>,
+    Path((p, plan, id)): Path<(String, String, String)>,
     Body(limit): Body<Limit>,
 ) -> ApiResult<Json<Value>> {
+    let id = limit_id(&id)?;
     edit_plan(&s, &p, &plan, |doc| {
         let l =
             doc.limits.iter_mut().find(|l| l.id == id).ok_or_else(|| ApiError::not_found(&format!("limit {id}")))?;
@@ -672,7 +679,8 @@ async fn limit_put(
     Ok(Json(view(id, &limit)))
 }
 
-async fn limit_delete(State(s): St, Path((p, plan, id)): Path<(String, String, i64)>) -> ApiResult<StatusCode> {
+async fn limit_delete(State(s): St, Path((p, plan, id)): Path<(String, String, String)>) -> ApiResult<StatusCode> {
+    let id = limit_id(&id)?;
     edit_plan(&s, &p, &plan, |doc| {
         let before = doc.limits.len();
         doc.limits.retain(|l| l.id != id);
@@ -749,7 +757,8 @@ async fn configs_list(State(s): St, Path((p, env)): Path<(String, String)>) -> A
     Ok(Json(Value::Array(versions.iter().map(|v| version_view(v, false)).collect())))
 }
 
-async fn config_get(State(s): St, Path((p, env, version)): Path<(String, String, i64)>) -> ApiResult<Json<Value>> {
+async fn config_get(State(s): St, Path((p, env, version)): Path<(String, String, String)>) -> ApiResult<Json<Value>> {
+    let version: i64 = version.parse().map_err(|_| ApiError::not_found(&format!("version `{version}`")))?;
     let row: Row<ProductDoc> = find(&s, Table::Products, None, &p, "product").await?;
     let v = s.store.config_version(row.id, parse_env(&env)?, version).await?;
     Ok(Json(version_view(&v, true)))

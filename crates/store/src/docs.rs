@@ -9,7 +9,7 @@ use tollgate_model::{
 };
 
 /// A nested item with its id.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Item<T> {
     pub id: i64,
     #[serde(flatten)]
@@ -31,7 +31,7 @@ fn values<T: Clone>(items: &[Item<T>]) -> Vec<T> {
 }
 
 /// A product's draft proxy configuration (what `deploy` versions), with item ids.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ProductDoc {
     pub system_name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -105,7 +105,7 @@ impl ProductDoc {
 }
 
 /// An application plan with limit ids.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct PlanDoc {
     pub system_name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -146,7 +146,7 @@ impl PlanDoc {
 }
 
 /// An account's own document (its applications are rows of their own).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct AccountDoc {
     pub name: String,
 }

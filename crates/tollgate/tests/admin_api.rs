@@ -314,3 +314,34 @@ async fn errors_are_json_with_the_right_status() {
         server.shutdown().await;
     }
 }
+
+#[tokio::test]
+async fn every_documented_operation_is_routed_and_answers_json() {
+    let dir = TempDir::new();
+    let url = format!("sqlite://{}", dir.path().join("t.db").display());
+    let server = store_server(&url).await;
+    let token = server.admin_token.clone().expect("token");
+    let (status, doc) = api(&server, "GET", "/openapi.json", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(doc["openapi"], "3.1.0");
+    for (method, path) in tollgate_admin::openapi::operations() {
+        let concrete =
+            path.split('/').map(|seg| if seg.starts_with('{') { "nope" } else { seg }).collect::<Vec<_>>().join("/");
+        assert!(doc["paths"][format!("/api/v1{path}")][method].is_object(), "{method} {path} is documented");
+        let auth = format!("Bearer {token}");
+        let (status, headers, body) = request(
+            server.admin,
+            "localhost",
+            &method.to_uppercase(),
+            &format!("/api/v1{concrete}"),
+            boxed(http_body_util::Full::new(bytes::Bytes::from("{}"))),
+            &[("authorization", auth.as_str()), ("content-type", "application/json")],
+        )
+        .await;
+        assert_ne!(status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path} is routed");
+        if status != StatusCode::NO_CONTENT {
+            assert_eq!(headers["content-type"], "application/json", "{method} {path}: {status} {body}");
+        }
+    }
+    server.shutdown().await;
+}
