@@ -114,7 +114,8 @@ pub async fn require_token(
 }
 
 /// Records every change made through the API: when, which token, what (method and
-/// path), the outcome, the request body and the response body (the state after).
+/// path), the outcome, the state before (for updates, deletions and application
+/// actions), the request body and the response body (the state after).
 pub async fn audit(State(state): State<Arc<AdminState>>, req: Request, next: Next) -> Response {
     if req.method() == Method::GET || req.method() == Method::HEAD {
         return next.run(req).await;
@@ -125,6 +126,7 @@ pub async fn audit(State(state): State<Arc<AdminState>>, req: Request, next: Nex
     // Nested routers see their own suffix; the log wants the path as requested.
     let path =
         req.extensions().get::<axum::extract::OriginalUri>().map_or(req.uri().path(), |u| u.0.path()).to_string();
+    let before = state_before(&state, &method, &path).await;
     let (parts, body) = req.into_parts();
     let Ok(bytes) = axum::body::to_bytes(body, LIMIT).await else {
         return ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", "request bodies are limited to 1 MiB")
@@ -144,7 +146,7 @@ pub async fn audit(State(state): State<Arc<AdminState>>, req: Request, next: Nex
     .bind(method)
     .bind(path)
     .bind(i64::from(status.as_u16()))
-    .bind((!request_text.is_empty()).then_some(request_text))
+    .bind(Some(json_audit(before.as_deref().unwrap_or("null"), &request_text)))
     .bind((!after.is_empty()).then_some(after))
     .execute(state.store.pool())
     .await;
@@ -152,6 +154,35 @@ pub async fn audit(State(state): State<Arc<AdminState>>, req: Request, next: Nex
         tracing::error!(error = %e, "cannot write the audit log");
     }
     Response::from_parts(parts, axum::body::Body::from(bytes))
+}
+
+/// The resource a change touches, read before the change: the same path for PUT and
+/// DELETE, the application for its actions (`…/suspend`, `…/keys`, …).
+async fn state_before(state: &Arc<AdminState>, method: &str, path: &str) -> Option<String> {
+    use tower::ServiceExt;
+    let target = match method {
+        "PUT" | "DELETE" => path.to_string(),
+        "POST" if path.starts_with("/api/v1/applications/") => path
+            .trim_start_matches("/api/v1/applications/")
+            .split('/')
+            .next()
+            .map(|a| format!("/api/v1/applications/{a}"))?,
+        _ => return None,
+    };
+    let inner = target.strip_prefix("/api/v1")?.to_string();
+    let req = Request::builder().uri(inner).body(axum::body::Body::empty()).ok()?;
+    let resp = crate::resources::routes().with_state(state.clone()).oneshot(req).await.ok()?;
+    if resp.status() != StatusCode::OK {
+        return None;
+    }
+    let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20).await.ok()?;
+    Some(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// The audit's `before` column holds `{"before": …, "request": …}`.
+fn json_audit(before: &str, request: &str) -> String {
+    let parse = |t: &str| serde_json::from_str(t).unwrap_or(serde_json::Value::String(t.to_string()));
+    serde_json::json!({ "before": parse(before), "request": if request.is_empty() { serde_json::Value::Null } else { parse(request) } }).to_string()
 }
 
 /// `GET /api/v1/audit`: the newest entries first.
@@ -178,8 +209,9 @@ pub async fn audit_list(
                 "method": r.try_get::<String, _>("method").unwrap_or_default(),
                 "path": r.try_get::<String, _>("path").unwrap_or_default(),
                 "status": r.try_get::<i64, _>("status").unwrap_or_default(),
-                "request": parse(r.try_get::<Option<String>, _>("before_doc").unwrap_or_default()),
-                "response": parse(r.try_get::<Option<String>, _>("after_doc").unwrap_or_default()),
+                "before": parse(r.try_get::<Option<String>, _>("before_doc").unwrap_or_default()).map(|v| v["before"].clone()),
+                "request": parse(r.try_get::<Option<String>, _>("before_doc").unwrap_or_default()).map(|v| v["request"].clone()),
+                "after": parse(r.try_get::<Option<String>, _>("after_doc").unwrap_or_default()),
             })
         })
         .collect();

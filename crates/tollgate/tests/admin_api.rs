@@ -216,6 +216,11 @@ async fn story(db: &str, url: &str, backend: &NodeBackend) {
     assert_eq!(audit[0]["path"], "/api/v1/config");
     assert_eq!(audit[0]["token"], "initial");
     assert_eq!(audit[1]["path"], "/api/v1/applications/acme-chat/resume");
+    assert_eq!(
+        (audit[1]["before"]["state"].clone(), audit[1]["after"]["state"].clone()),
+        (json!("suspended"), json!("live")),
+        "{db}"
+    );
     // Open WebSockets would hold the shutdown for its drain timeout.
     drop((open, prod));
     server.shutdown().await;
@@ -344,4 +349,183 @@ async fn every_documented_operation_is_routed_and_answers_json() {
         }
     }
     server.shutdown().await;
+}
+
+#[tokio::test]
+async fn every_resource_on_both_stores_and_concurrent_edits() {
+    let dir = TempDir::new();
+    for (db, url) in store_urls(&dir).await {
+        let server = store_server(&url).await;
+        let call = |m: &'static str, p: String, b: Option<serde_json::Value>| {
+            let server = &server;
+            async move { api(server, m, &p, b).await }
+        };
+        let expect = |(status, body): (StatusCode, serde_json::Value), want: StatusCode| {
+            assert_eq!(status, want, "{db}: {body}");
+            body
+        };
+        expect(
+            call(
+                "POST",
+                "/backends".into(),
+                Some(json!({ "system_name": "api", "private_base_url": "http://127.0.0.1:9" })),
+            )
+            .await,
+            StatusCode::CREATED,
+        );
+        let b = expect(
+            call(
+                "PUT",
+                "/backends/api".into(),
+                Some(json!({ "system_name": "api", "private_base_url": "http://127.0.0.1:10/v1" })),
+            )
+            .await,
+            StatusCode::OK,
+        );
+        assert_eq!(b["private_base_url"], "http://127.0.0.1:10/v1");
+        let renamed = call(
+            "PUT",
+            "/backends/api".into(),
+            Some(json!({ "system_name": "other", "private_base_url": "http://a" })),
+        )
+        .await;
+        assert_eq!(renamed.0, StatusCode::UNPROCESSABLE_ENTITY, "system_name is immutable");
+        let p = json!({ "system_name": "shop", "staging_public_base_url": "http://s.localhost", "production_public_base_url": "http://p.localhost",
+            "backend_usages": [ { "backend": "api", "path": "/" } ], "application_plans": [ { "system_name": "basic" } ] });
+        let product = expect(call("POST", "/products".into(), Some(p)).await, StatusCode::CREATED);
+        assert_eq!(product["application_plans"][0]["system_name"], "basic");
+        let pid = product["id"].as_i64().expect("id");
+        // The product by id and by name.
+        assert_eq!(expect(call("GET", format!("/products/{pid}"), None).await, StatusCode::OK)["system_name"], "shop");
+        assert_eq!(call("DELETE", "/backends/api".into(), None).await.0, StatusCode::CONFLICT, "used by shop");
+
+        // Twenty mapping rules added concurrently: none is lost.
+        let adds: Vec<_> = (0..20)
+            .map(|i| {
+                call(
+                    "POST",
+                    "/products/shop/mapping_rules".into(),
+                    Some(json!({ "http_method": "GET", "pattern": format!("/r{i}"), "metric": "hits" })),
+                )
+            })
+            .collect();
+        for r in futures_util::future::join_all(adds).await {
+            assert_eq!(r.0, StatusCode::CREATED, "{db}: {}", r.1);
+        }
+        let rules = expect(call("GET", "/products/shop/mapping_rules".into(), None).await, StatusCode::OK);
+        assert_eq!(rules.as_array().map(Vec::len), Some(20), "{db}");
+        let page =
+            expect(call("GET", "/products/shop/mapping_rules?page=2&per_page=15".into(), None).await, StatusCode::OK);
+        assert_eq!(page.as_array().map(Vec::len), Some(5), "pagination");
+        let first = rules[0]["id"].clone();
+        assert_eq!(
+            call("DELETE", format!("/products/shop/mapping_rules/{first}"), None).await.0,
+            StatusCode::NO_CONTENT
+        );
+        assert_eq!(call("GET", format!("/products/shop/mapping_rules/{first}"), None).await.0, StatusCode::NOT_FOUND);
+
+        // Metrics by name; limits by id.
+        expect(
+            call("POST", "/products/shop/metrics".into(), Some(json!({ "system_name": "bytes", "unit": "byte" })))
+                .await,
+            StatusCode::CREATED,
+        );
+        assert_eq!(
+            expect(call("GET", "/products/shop/metrics/bytes".into(), None).await, StatusCode::OK)["unit"],
+            "byte"
+        );
+        assert_eq!(
+            call("POST", "/products/shop/metrics".into(), Some(json!({ "system_name": "bytes" }))).await.0,
+            StatusCode::CONFLICT
+        );
+        let limit = expect(
+            call(
+                "POST",
+                "/products/shop/application_plans/basic/limits".into(),
+                Some(json!({ "metric": "bytes", "period": "day", "value": 10 })),
+            )
+            .await,
+            StatusCode::CREATED,
+        );
+        let lid = limit["id"].clone();
+        assert_eq!(
+            call("DELETE", "/products/shop/metrics/bytes".into(), None).await.0,
+            StatusCode::CONFLICT,
+            "a limit uses it"
+        );
+        let changed = expect(
+            call(
+                "PUT",
+                format!("/products/shop/application_plans/basic/limits/{lid}"),
+                Some(json!({ "metric": "bytes", "period": "day", "value": 20 })),
+            )
+            .await,
+            StatusCode::OK,
+        );
+        assert_eq!(changed["value"], 20);
+        let bad = call(
+            "POST",
+            "/products/shop/application_plans/basic/limits".into(),
+            Some(json!({ "metric": "nope", "period": "day", "value": 1 })),
+        )
+        .await;
+        assert_eq!(bad.0, StatusCode::UNPROCESSABLE_ENTITY, "{db}: {}", bad.1);
+        assert_eq!(bad.1["error"]["field"], "limits[1].metric");
+        assert_eq!(
+            call("DELETE", format!("/products/shop/application_plans/basic/limits/{lid}"), None).await.0,
+            StatusCode::NO_CONTENT
+        );
+        assert_eq!(call("DELETE", "/products/shop/metrics/bytes".into(), None).await.0, StatusCode::NO_CONTENT);
+
+        // Applications: plans, keys.
+        expect(
+            call("POST", "/products/shop/application_plans".into(), Some(json!({ "system_name": "gold" }))).await,
+            StatusCode::CREATED,
+        );
+        expect(call("POST", "/accounts".into(), Some(json!({ "name": "acme" }))).await, StatusCode::CREATED);
+        let app = expect(
+            call(
+                "POST",
+                "/accounts/acme/applications".into(),
+                Some(json!({ "name": "web", "product": "shop", "plan": "basic", "user_key": "k1" })),
+            )
+            .await,
+            StatusCode::CREATED,
+        );
+        assert_eq!(app["user_key"], "k1");
+        assert_eq!(
+            call("DELETE", "/products/shop/application_plans/basic".into(), None).await.0,
+            StatusCode::CONFLICT,
+            "web is on basic"
+        );
+        let moved = expect(
+            call("POST", "/applications/web/change_plan".into(), Some(json!({ "plan": "gold" }))).await,
+            StatusCode::OK,
+        );
+        assert_eq!(moved["plan"], "gold");
+        assert_eq!(
+            call("POST", "/applications/web/change_plan".into(), Some(json!({ "plan": "platinum" }))).await.0,
+            StatusCode::UNPROCESSABLE_ENTITY
+        );
+        let rekeyed = expect(call("POST", "/applications/web/keys".into(), None).await, StatusCode::CREATED);
+        assert_ne!(rekeyed["user_key"], "k1", "a new user_key");
+        assert_eq!(
+            call("DELETE", "/products/shop/application_plans/basic".into(), None).await.0,
+            StatusCode::NO_CONTENT
+        );
+        assert_eq!(
+            call("DELETE", "/products/shop".into(), None).await.0,
+            StatusCode::CONFLICT,
+            "an application uses it"
+        );
+        assert_eq!(call("DELETE", "/applications/web".into(), None).await.0, StatusCode::NO_CONTENT);
+        assert_eq!(call("DELETE", "/accounts/acme".into(), None).await.0, StatusCode::NO_CONTENT);
+        assert_eq!(call("DELETE", "/products/shop".into(), None).await.0, StatusCode::NO_CONTENT);
+        assert_eq!(call("DELETE", "/backends/api".into(), None).await.0, StatusCode::NO_CONTENT);
+        assert_eq!(
+            expect(call("GET", "/config".into(), None).await, StatusCode::OK),
+            json!({ "backends": [], "products": [], "accounts": [] })
+        );
+        server.shutdown().await;
+    }
 }
