@@ -272,7 +272,11 @@ async fn product_create(State(s): St, Body(product): Body<Product>) -> ApiResult
     check_chain(&s, &product.policy_chain, "policy_chain")?;
     let row = s.store.insert(Table::Products, None, &product.system_name, &doc).await?;
     for plan in &plans {
-        s.store.insert(Table::ApplicationPlans, Some(row.id), &plan.system_name, plan).await?;
+        if let Err(e) = s.store.insert(Table::ApplicationPlans, Some(row.id), &plan.system_name, plan).await {
+            // All or nothing: take the product back out (its plans go with it).
+            let _ = s.store.delete(Table::Products, row.id).await;
+            return Err(e.into());
+        }
     }
     s.changed();
     let world = World::load(&s.store).await?;
