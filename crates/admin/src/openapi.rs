@@ -244,6 +244,11 @@ pub fn document() -> Value {
         ] {
             responses.insert(code.into(), error_response(text));
         }
+        let mut params = params;
+        if o.path.contains("/mapping_rules") && matches!(o.method, "post" | "put") {
+            params.push(json!({ "name": "position", "in": "query", "required": false, "schema": { "type": "integer", "minimum": 1 },
+                "description": "1-based place of the rule: rules run in this order" }));
+        }
         let mut operation = json!({ "summary": o.summary, "parameters": params, "responses": responses,
             "security": [ { "bearer": [] } ] });
         if let Some(body) = o.body {

@@ -435,23 +435,51 @@ where
     Ok(updated)
 }
 
+/// An item with its `position` (1-based): the order in which mapping rules run.
+fn item_view<T: Serialize>(items: &[Item<T>], i: usize) -> Value {
+    let mut v = view(items[i].id, &items[i].value);
+    v["position"] = json!(i + 1);
+    v
+}
+
+#[derive(Deserialize, Default)]
+struct Placement {
+    /// 1-based place to put the item at; past the end means last.
+    position: Option<usize>,
+}
+
+/// Moves the item at `from` to 1-based `position`.
+fn place<T>(items: &mut Vec<Item<T>>, from: usize, position: Option<usize>) -> usize {
+    let Some(position) = position else { return from };
+    let item = items.remove(from);
+    let to = position.saturating_sub(1).min(items.len());
+    items.insert(to, item);
+    to
+}
+
 async fn nested_list<N: Nested>(
     State(s): St,
     Path(p): Path<String>,
     Query(page): Query<Page>,
 ) -> ApiResult<Json<Value>> {
     let mut row: Row<ProductDoc> = find(&s, Table::Products, None, &p, "product").await?;
-    Ok(page.apply(N::items(&mut row.doc).iter().map(|i| view(i.id, &i.value)).collect()))
+    let items = N::items(&mut row.doc);
+    Ok(page.apply((0..items.len()).map(|i| item_view(items, i)).collect()))
 }
 
 async fn nested_get<N: Nested>(State(s): St, Path((p, key)): Path<(String, String)>) -> ApiResult<Json<Value>> {
     let mut row: Row<ProductDoc> = find(&s, Table::Products, None, &p, "product").await?;
     let i = position::<N>(&mut row.doc, &key).ok_or_else(|| ApiError::not_found(&format!("{} `{key}`", N::WHAT)))?;
-    let item = &N::items(&mut row.doc)[i];
-    Ok(Json(view(item.id, &item.value)))
+    Ok(Json(item_view(N::items(&mut row.doc), i)))
 }
 
-async fn nested_create<N: Nested>(State(s): St, Path(p): Path<String>, Body(value): Body<N::T>) -> ApiResult<Response> {
+/// `POST …?position=N` inserts at that place (mapping rules run in this order).
+async fn nested_create<N: Nested>(
+    State(s): St,
+    Path(p): Path<String>,
+    Query(at): Query<Placement>,
+    Body(value): Body<N::T>,
+) -> ApiResult<Response> {
     let mut new_id = 0;
     let mut row = edit_product(
         &s,
@@ -464,18 +492,23 @@ async fn nested_create<N: Nested>(State(s): St, Path(p): Path<String>, Body(valu
                 return Err(ApiError::conflict(format!("{} `{name}` already exists", N::WHAT)));
             }
             new_id = doc.next_id();
-            N::items(doc).push(Item { id: new_id, value: value.clone() });
+            let items = N::items(doc);
+            items.push(Item { id: new_id, value: value.clone() });
+            place(items, items.len() - 1, at.position);
             Ok(())
         },
     )
     .await?;
-    let item = N::items(&mut row.doc).iter().find(|i| i.id == new_id).cloned();
-    Ok(created(item.map(|i| view(i.id, &i.value)).unwrap_or(Value::Null)))
+    let items = N::items(&mut row.doc);
+    let i = items.iter().position(|i| i.id == new_id).unwrap_or_default();
+    Ok(created(if items.is_empty() { Value::Null } else { item_view(items, i) }))
 }
 
+/// `PUT …?position=N` also moves the item.
 async fn nested_put<N: Nested>(
     State(s): St,
     Path((p, key)): Path<(String, String)>,
+    Query(at): Query<Placement>,
     Body(value): Body<N::T>,
 ) -> ApiResult<Json<Value>> {
     let mut found = None;
@@ -491,12 +524,14 @@ async fn nested_put<N: Nested>(
             }
             items[i].value = value.clone();
             found = Some(items[i].id);
+            place(items, i, at.position);
             Ok(())
         },
     )
     .await?;
-    let item = N::items(&mut row.doc).iter().find(|i| Some(i.id) == found).cloned();
-    Ok(Json(item.map(|i| view(i.id, &i.value)).unwrap_or(Value::Null)))
+    let items = N::items(&mut row.doc);
+    let i = items.iter().position(|i| Some(i.id) == found).unwrap_or_default();
+    Ok(Json(if items.is_empty() { Value::Null } else { item_view(items, i) }))
 }
 
 async fn nested_delete<N: Nested>(State(s): St, Path((p, key)): Path<(String, String)>) -> ApiResult<StatusCode> {

@@ -417,6 +417,31 @@ async fn every_resource_on_both_stores_and_concurrent_edits() {
         let page =
             expect(call("GET", "/products/shop/mapping_rules?page=2&per_page=15".into(), None).await, StatusCode::OK);
         assert_eq!(page.as_array().map(Vec::len), Some(5), "pagination");
+        // Rules run in order: put one first, then move it last.
+        let front = expect(
+            call(
+                "POST",
+                "/products/shop/mapping_rules?position=1".into(),
+                Some(json!({ "http_method": "POST", "pattern": "/first", "metric": "hits" })),
+            )
+            .await,
+            StatusCode::CREATED,
+        );
+        assert_eq!(front["position"], 1);
+        let moved = expect(
+            call(
+                "PUT",
+                format!("/products/shop/mapping_rules/{}?position=99", front["id"]),
+                Some(json!({ "http_method": "POST", "pattern": "/last", "metric": "hits" })),
+            )
+            .await,
+            StatusCode::OK,
+        );
+        assert_eq!((moved["position"].clone(), moved["pattern"].clone()), (json!(21), json!("/last")));
+        assert_eq!(
+            call("DELETE", format!("/products/shop/mapping_rules/{}", front["id"]), None).await.0,
+            StatusCode::NO_CONTENT
+        );
         let first = rules[0]["id"].clone();
         assert_eq!(
             call("DELETE", format!("/products/shop/mapping_rules/{first}"), None).await.0,
