@@ -188,7 +188,7 @@ fn json_audit(before: &str, request: &str) -> String {
 /// `GET /api/v1/audit`: the newest entries first.
 pub async fn audit_list(
     State(state): State<Arc<AdminState>>,
-    axum::extract::Query(q): axum::extract::Query<AuditQuery>,
+    crate::resources::Q(q): crate::resources::Q<AuditQuery>,
 ) -> Result<axum::Json<serde_json::Value>, ApiError> {
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
     let rows = sqlx::query(

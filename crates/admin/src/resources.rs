@@ -33,6 +33,19 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
     }
 }
 
+/// Query parameters whose parse errors are JSON 400s like every other error.
+pub struct Q<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> axum::extract::FromRequestParts<S> for Q<T> {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, ApiError> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(v)| Q(v))
+            .map_err(|e| ApiError::bad_request(e.body_text()))
+    }
+}
+
 /// An optional JSON body: empty means the default (action endpoints accept `{}` or nothing).
 pub struct OptBody<T>(pub T);
 
@@ -188,7 +201,7 @@ pub fn routes() -> Router<Arc<AdminState>> {
 
 // ---------------------------------------------------------------- backends
 
-async fn backends_list(State(s): St, Query(page): Query<Page>) -> ApiResult<Json<Value>> {
+async fn backends_list(State(s): St, Q(page): Q<Page>) -> ApiResult<Json<Value>> {
     let rows: Vec<Row<Backend>> = s.store.list(Table::Backends, None).await?;
     Ok(page.apply(rows.iter().map(|r| view(r.id, &r.doc)).collect()))
 }
@@ -247,7 +260,7 @@ fn product_view(world: &World, row: &Row<ProductDoc>) -> Value {
     v
 }
 
-async fn products_list(State(s): St, Query(page): Query<Page>) -> ApiResult<Json<Value>> {
+async fn products_list(State(s): St, Q(page): Q<Page>) -> ApiResult<Json<Value>> {
     let world = World::load(&s.store).await?;
     Ok(page.apply(world.products.iter().map(|r| product_view(&world, r)).collect()))
 }
@@ -457,11 +470,7 @@ fn place<T>(items: &mut Vec<Item<T>>, from: usize, position: Option<usize>) -> u
     to
 }
 
-async fn nested_list<N: Nested>(
-    State(s): St,
-    Path(p): Path<String>,
-    Query(page): Query<Page>,
-) -> ApiResult<Json<Value>> {
+async fn nested_list<N: Nested>(State(s): St, Path(p): Path<String>, Q(page): Q<Page>) -> ApiResult<Json<Value>> {
     let mut row: Row<ProductDoc> = find(&s, Table::Products, None, &p, "product").await?;
     let items = N::items(&mut row.doc);
     Ok(page.apply((0..items.len()).map(|i| item_view(items, i)).collect()))
@@ -477,7 +486,7 @@ async fn nested_get<N: Nested>(State(s): St, Path((p, key)): Path<(String, Strin
 async fn nested_create<N: Nested>(
     State(s): St,
     Path(p): Path<String>,
-    Query(at): Query<Placement>,
+    Q(at): Q<Placement>,
     Body(value): Body<N::T>,
 ) -> ApiResult<Response> {
     let mut new_id = 0;
@@ -508,7 +517,7 @@ async fn nested_create<N: Nested>(
 async fn nested_put<N: Nested>(
     State(s): St,
     Path((p, key)): Path<(String, String)>,
-    Query(at): Query<Placement>,
+    Q(at): Q<Placement>,
     Body(value): Body<N::T>,
 ) -> ApiResult<Json<Value>> {
     let mut found = None;
@@ -834,7 +843,7 @@ async fn resolve_config(s: &AdminState, row: &Row<ProductDoc>, which: &str) -> A
 
 /// What a promote would change: `GET products/{p}/configs/diff?from=production&to=staging`
 /// (the defaults) lists every changed value by path.
-async fn configs_diff(State(s): St, Path(p): Path<String>, Query(q): Query<DiffQuery>) -> ApiResult<Json<Value>> {
+async fn configs_diff(State(s): St, Path(p): Path<String>, Q(q): Q<DiffQuery>) -> ApiResult<Json<Value>> {
     let row: Row<ProductDoc> = find(&s, Table::Products, None, &p, "product").await?;
     let from_name = q.from.unwrap_or_else(|| "production".into());
     let to_name = q.to.unwrap_or_else(|| "staging".into());
@@ -874,7 +883,7 @@ pub(crate) fn diff_values(path: &str, a: &Value, b: &Value, out: &mut Vec<Value>
 
 // ---------------------------------------------------------------- accounts and applications
 
-async fn accounts_list(State(s): St, Query(page): Query<Page>) -> ApiResult<Json<Value>> {
+async fn accounts_list(State(s): St, Q(page): Q<Page>) -> ApiResult<Json<Value>> {
     let rows: Vec<Row<AccountDoc>> = s.store.list(Table::Accounts, None).await?;
     Ok(page.apply(rows.iter().map(|r| view(r.id, &r.doc)).collect()))
 }
@@ -920,7 +929,7 @@ async fn account_apps(State(s): St, Path(a): Path<String>) -> ApiResult<Json<Val
     Ok(Json(Value::Array(rows.iter().map(app_view).collect())))
 }
 
-async fn apps_list(State(s): St, Query(page): Query<Page>) -> ApiResult<Json<Value>> {
+async fn apps_list(State(s): St, Q(page): Q<Page>) -> ApiResult<Json<Value>> {
     let world = World::load(&s.store).await?;
     Ok(page.apply(world.applications.iter().map(app_view).collect()))
 }
@@ -1096,7 +1105,7 @@ struct ApplyQuery {
     dry_run: bool,
 }
 
-async fn apply(State(s): St, Query(q): Query<ApplyQuery>, Body(config): Body<Config>) -> ApiResult<Json<Value>> {
+async fn apply(State(s): St, Q(q): Q<ApplyQuery>, Body(config): Body<Config>) -> ApiResult<Json<Value>> {
     crate::apply::apply(&s, config, q.dry_run).await.map(Json)
 }
 
@@ -1123,7 +1132,7 @@ struct UsageParams {
 }
 
 /// `GET /api/v1/analytics/usage`: usage summed per minute, hour or day.
-async fn analytics_usage(State(s): St, Query(p): Query<UsageParams>) -> ApiResult<Json<Value>> {
+async fn analytics_usage(State(s): St, Q(p): Q<UsageParams>) -> ApiResult<Json<Value>> {
     let until = p.until.unwrap_or_else(|| tollgate_store::now_millis() / 1000);
     let since = p.since.unwrap_or(until - 86_400);
     if since >= until {
