@@ -7,7 +7,7 @@ use crate::world::{World, parse_proxy_config};
 use tollgate_gateway::policy::Registry;
 use tollgate_gateway::{BackendSource, Environment, ProductSource, Snapshot, Upstreams, compile_environment};
 use tollgate_model::{Backend, Product};
-use tollgate_store::{Environment as StoreEnv, Store};
+use tollgate_store::Store;
 
 /// Builds both environments' snapshots from the store. A product whose stored version
 /// no longer compiles (say, its CA file was removed) is left out and logged; the rest
@@ -17,9 +17,8 @@ pub async fn snapshots(store: &Store, registry: &Registry) -> ApiResult<(Snapsho
     let accounts = world.config().accounts;
     let mut upstreams = Upstreams::default();
     let mut out = Vec::with_capacity(2);
-    for (env, store_env) in [(Environment::Staging, StoreEnv::Staging), (Environment::Production, StoreEnv::Production)]
-    {
-        let versions = store.current_configs(store_env).await?;
+    for env in [Environment::Staging, Environment::Production] {
+        let versions = store.current_configs(env).await?;
         let mut units: Vec<(String, Product, Vec<Backend>)> = Vec::new();
         for v in &versions {
             let Some(row) = world.products.iter().find(|p| p.id == v.product_id) else { continue };

@@ -17,20 +17,7 @@ use tollgate_model::{
     ApplicationState, Authentication, BaseUrl, Config, ConfigError, ConfigErrors, CredentialsLocation, ErrorMessage,
 };
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Environment {
-    Staging,
-    Production,
-}
-
-impl Environment {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Environment::Staging => "staging",
-            Environment::Production => "production",
-        }
-    }
-}
+pub use tollgate_model::Environment;
 
 /// Where a gateway reads its current snapshot; the binary swaps in new ones.
 pub type SnapshotHandle = Arc<ArcSwap<Snapshot>>;

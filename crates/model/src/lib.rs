@@ -19,6 +19,7 @@
 //! on the request path: everything here happens before a snapshot is swapped in.
 
 pub mod config;
+mod environment;
 pub mod error;
 mod load;
 pub mod pattern;
@@ -27,6 +28,7 @@ mod suggest;
 pub mod validate;
 
 pub use config::*;
+pub use environment::Environment;
 pub use error::{ConfigError, ConfigErrors};
 pub use load::{explain, load_file, parse_str};
 pub use suggest::did_you_mean;

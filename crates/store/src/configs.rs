@@ -4,32 +4,10 @@
 //! row, so a rollback is a promotion of an older version.
 
 use crate::{Result, Store, StoreError, now_millis};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use sqlx::Row as _;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Environment {
-    Staging,
-    Production,
-}
-
-impl Environment {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Environment::Staging => "staging",
-            Environment::Production => "production",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Environment> {
-        match s {
-            "staging" => Some(Environment::Staging),
-            "production" => Some(Environment::Production),
-            _ => None,
-        }
-    }
-}
+pub use tollgate_model::Environment;
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ConfigVersion {
