@@ -6,6 +6,7 @@ use crate::body::GatewayBody;
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
 use crate::policy::{Context, Flow};
+use crate::relay::{self, RelayOptions};
 use crate::snapshot::{Environment, SnapshotHandle};
 use crate::upstream::{ConnectError, Upstream, error_chain};
 use base64::Engine;
@@ -260,6 +261,8 @@ impl Gateway {
             return Ok(resp.map(GatewayBody::from));
         }
         let backend = hyper::upgrade::on(&mut resp);
+        let deflate = header_has_token_prefix(resp.headers(), header::SEC_WEBSOCKET_EXTENSIONS, "permessage-deflate");
+        let options = RelayOptions { deflate, ..ctx.product.websocket_options.clone() };
         let mut out = Response::new(GatewayBody::empty());
         *out.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
         *out.headers_mut() = forwardable_headers(resp.headers());
@@ -281,23 +284,12 @@ impl Gateway {
                 }
             };
             metrics.env(env).websocket_opened();
-            relay(client, backend).await;
+            let totals = relay::relay(TokioIo::new(client), TokioIo::new(backend), options).await;
+            tracing::debug!(?totals, "WebSocket closed");
             metrics.env(env).websocket_closed();
             drop(slot);
         });
         Ok(out)
-    }
-}
-
-/// Copies bytes both ways until both directions end. Each direction holds one bounded
-/// buffer and writes before it reads again, so a client that stops reading stops the
-/// backend's stream instead of growing memory (backpressure, end to end).
-async fn relay(client: hyper::upgrade::Upgraded, backend: hyper::upgrade::Upgraded) {
-    let mut client = TokioIo::new(client);
-    let mut backend = TokioIo::new(backend);
-    match tokio::io::copy_bidirectional_with_sizes(&mut client, &mut backend, 16 * 1024, 16 * 1024).await {
-        Ok((up, down)) => tracing::debug!(up, down, "WebSocket closed"),
-        Err(e) => tracing::debug!(error = %e, "WebSocket ended with an error"),
     }
 }
 
@@ -318,6 +310,17 @@ fn request_host(req: &Request<Incoming>) -> Option<&str> {
     };
     let host = host.strip_suffix('.').unwrap_or(host);
     (!host.is_empty()).then_some(host)
+}
+
+/// Whether a comma-separated header lists an item starting with `token` (extension
+/// offers carry parameters: `permessage-deflate; client_max_window_bits`).
+fn header_has_token_prefix(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().split(';').next().is_some_and(|e| e.trim().eq_ignore_ascii_case(token)))
 }
 
 fn header_has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {

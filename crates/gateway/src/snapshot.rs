@@ -92,6 +92,8 @@ pub struct Product {
     pub chain: Vec<Arc<dyn Policy>>,
     /// Whether the chain holds the `websocket` policy.
     pub websocket: bool,
+    /// The relay settings the `websocket` policy asks for.
+    pub websocket_options: crate::relay::RelayOptions,
     pub applications_by_user_key: HashMap<Box<str>, Arc<Application>>,
     pub applications_by_app_id: HashMap<Box<str>, Arc<Application>>,
 }
@@ -316,6 +318,7 @@ fn compile_product(
         chain.push(Arc::new(TollgatePolicy));
     }
     let websocket = chain.iter().any(|p| p.name() == "websocket");
+    let websocket_options = websocket_options(p);
 
     let plans: HashMap<&str, Arc<Plan>> = p
         .application_plans
@@ -381,7 +384,17 @@ fn compile_product(
         },
         chain,
         websocket,
+        websocket_options,
         applications_by_user_key: by_user_key,
         applications_by_app_id: by_app_id,
     }))
+}
+
+/// The relay options of the product's (first enabled) `websocket` policy.
+fn websocket_options(p: &tollgate_model::Product) -> crate::relay::RelayOptions {
+    let config = p.policy_chain.iter().find(|e| e.enabled && e.name == "websocket").map(|e| &e.configuration);
+    crate::relay::RelayOptions {
+        max_message_bytes: config.and_then(|c| c.get("max_message_bytes")).and_then(serde_json::Value::as_u64),
+        ..Default::default()
+    }
 }

@@ -415,3 +415,17 @@ async fn sighup_reloads_without_dropping_an_open_websocket() {
     let _ = child.wait().await;
     let _ = AsyncWriteExt::flush(&mut tokio::io::sink()).await;
 }
+
+#[tokio::test]
+async fn an_oversized_message_closes_with_1009_and_smaller_ones_pass() {
+    let backend = node_backend().await;
+    let gw = gateway(&config(&backend, "{ name: websocket, configuration: { max_message_bytes: 1024 } },", 100)).await;
+    let mut socket =
+        ws(gw.server.staging, "chat-staging.localhost", &format!("/?user_key={KEY}")).await.expect("upgrade");
+    assert_eq!(ask(&mut socket, &"a".repeat(1000)).await.len(), "reply from server : ".len() + 1000);
+    socket.send(Message::text("b".repeat(2000))).await.expect("send");
+    match ws_message(&mut socket).await {
+        Message::Close(Some(f)) => assert_eq!((u16::from(f.code), f.reason.as_str()), (1009, "message too big")),
+        other => panic!("expected close 1009, got {other:?}"),
+    }
+}

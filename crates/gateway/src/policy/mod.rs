@@ -118,11 +118,12 @@ impl Default for Registry {
                 },
                 PolicyInfo {
                     name: "websocket",
-                    schema: EMPTY_SCHEMA,
+                    schema: r#"{"type":"object","additionalProperties":false,"properties":{"max_message_bytes":{"type":"integer","minimum":1}}}"#,
                     summary: "Allows WebSocket upgrades for the product; without it an upgrade gets 400.",
                     build: |c| {
                         parse::<websocket::Config>(c)
-                            .map(|c| Arc::new(websocket::WebSocketPolicy::new(c)) as Arc<dyn Policy>)
+                            .and_then(websocket::WebSocketPolicy::new)
+                            .map(|p| Arc::new(p) as Arc<dyn Policy>)
                     },
                 },
                 PolicyInfo {

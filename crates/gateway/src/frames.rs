@@ -1,0 +1,119 @@
+//! WebSocket frame headers (RFC 6455 §5.2), parsed incrementally from a byte stream
+//! without copying or unmasking payloads: the relay forwards bytes as they come and
+//! only needs to know where frames and messages begin and end.
+
+/// What the relay must know about one frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameHeader {
+    pub fin: bool,
+    pub rsv1: bool,
+    /// RSV2 or RSV3: no extension Tollgate forwards defines them.
+    pub rsv23: bool,
+    pub opcode: u8,
+    pub masked: bool,
+    pub payload_len: u64,
+    /// Header length in bytes (2 to 14).
+    pub header_len: usize,
+}
+
+pub const OP_CONTINUATION: u8 = 0x0;
+pub const OP_TEXT: u8 = 0x1;
+pub const OP_BINARY: u8 = 0x2;
+pub const OP_CLOSE: u8 = 0x8;
+pub const OP_PING: u8 = 0x9;
+pub const OP_PONG: u8 = 0xA;
+
+impl FrameHeader {
+    pub fn is_control(&self) -> bool {
+        self.opcode & 0x8 != 0
+    }
+}
+
+/// Parses a header from the start of `buf`: `Ok(None)` if more bytes are needed.
+pub fn parse_header(buf: &[u8]) -> Result<Option<FrameHeader>, &'static str> {
+    if buf.len() < 2 {
+        return Ok(None);
+    }
+    let (b0, b1) = (buf[0], buf[1]);
+    let masked = b1 & 0x80 != 0;
+    let (len, ext) = match b1 & 0x7F {
+        126 => (None, 2),
+        127 => (None, 8),
+        n => (Some(u64::from(n)), 0),
+    };
+    let header_len = 2 + ext + if masked { 4 } else { 0 };
+    if buf.len() < header_len {
+        return Ok(None);
+    }
+    let payload_len = match len {
+        Some(n) => n,
+        None if ext == 2 => u64::from(u16::from_be_bytes([buf[2], buf[3]])),
+        None => {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&buf[2..10]);
+            let n = u64::from_be_bytes(b);
+            if n >> 63 != 0 {
+                return Err("frame length has its most significant bit set");
+            }
+            n
+        }
+    };
+    Ok(Some(FrameHeader {
+        fin: b0 & 0x80 != 0,
+        rsv1: b0 & 0x40 != 0,
+        rsv23: b0 & 0x30 != 0,
+        opcode: b0 & 0x0F,
+        masked,
+        payload_len,
+        header_len,
+    }))
+}
+
+/// A close frame with `code` and `reason`, masked (client role) when `mask` is given.
+pub fn close_frame(code: u16, reason: &str, mask: Option<[u8; 4]>) -> Vec<u8> {
+    let reason = &reason.as_bytes()[..reason.len().min(123)];
+    let mut payload = Vec::with_capacity(2 + reason.len());
+    payload.extend_from_slice(&code.to_be_bytes());
+    payload.extend_from_slice(reason);
+    let mut out = Vec::with_capacity(6 + payload.len());
+    out.push(0x80 | OP_CLOSE);
+    match mask {
+        None => {
+            out.push(payload.len() as u8);
+            out.extend_from_slice(&payload);
+        }
+        Some(key) => {
+            out.push(0x80 | payload.len() as u8);
+            out.extend_from_slice(&key);
+            out.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_of_every_length_form() {
+        assert_eq!(parse_header(&[0x81]), Ok(None));
+        let h = parse_header(&[0x81, 0x05]).expect("ok").expect("complete");
+        assert_eq!((h.fin, h.opcode, h.masked, h.payload_len, h.header_len), (true, OP_TEXT, false, 5, 2));
+        let h = parse_header(&[0x02, 0xFE, 0x01, 0x00, 1, 2, 3, 4]).expect("ok").expect("complete");
+        assert_eq!((h.fin, h.opcode, h.masked, h.payload_len, h.header_len), (false, OP_BINARY, true, 256, 8));
+        assert_eq!(parse_header(&[0x82, 0x7F, 0, 0, 0, 0, 0, 1]), Ok(None), "needs all 8 length bytes");
+        let h = parse_header(&[0x82, 0x7F, 0, 0, 0, 0, 0, 1, 0, 0]).expect("ok").expect("complete");
+        assert_eq!(h.payload_len, 65_536);
+        assert!(parse_header(&[0x82, 0x7F, 0x80, 0, 0, 0, 0, 0, 0, 0]).is_err());
+        let h = parse_header(&[0xC1, 0x00]).expect("ok").expect("complete");
+        assert!(h.rsv1 && !h.rsv23);
+    }
+
+    #[test]
+    fn close_frames_masked_and_not() {
+        assert_eq!(close_frame(1009, "big", None), vec![0x88, 5, 0x03, 0xF1, b'b', b'i', b'g']);
+        let masked = close_frame(1000, "", Some([1, 2, 3, 4]));
+        assert_eq!(masked, vec![0x88, 0x82, 1, 2, 3, 4, 0x03 ^ 1, 0xE8 ^ 2]);
+    }
+}

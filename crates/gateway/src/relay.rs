@@ -1,0 +1,467 @@
+//! The WebSocket relay: after the upgrade, bytes flow both ways as they arrive, while
+//! each direction follows the frame structure (headers only; payloads are neither
+//! copied aside nor unmasked). That is what lets the gateway count messages, cap their
+//! size, meter them against plan limits and close a connection cleanly — at close to
+//! the cost of a raw byte copy.
+//!
+//! Each direction is its own pump with one read buffer, and writes a chunk before it
+//! reads again: a peer that stops reading stops the other side (backpressure). A close
+//! the gateway decides on is delivered to each side by the pump that owns that side's
+//! writer, at a frame boundary, so no frame is ever cut by an injected one.
+
+use crate::frames::{self, FrameHeader, OP_BINARY, OP_CLOSE, OP_CONTINUATION, OP_PING, OP_PONG, OP_TEXT};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::Mutex;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::Notify;
+
+/// RFC 6455 close codes the gateway sends.
+pub const CLOSE_GOING_AWAY: u16 = 1001;
+pub const CLOSE_PROTOCOL_ERROR: u16 = 1002;
+pub const CLOSE_POLICY_VIOLATION: u16 = 1008;
+pub const CLOSE_TOO_BIG: u16 = 1009;
+
+/// What to do with a message, decided when its first frame arrives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Forward,
+    /// Swallow this message (its frames never reach the other side).
+    Drop,
+    /// Close the connection on both sides with this code and reason.
+    Close(u16, &'static str),
+}
+
+/// Asked for every message (`true`: from the client); `None` when nothing is metered.
+pub type Gate = Arc<dyn Fn(bool) -> Pin<Box<dyn Future<Output = Verdict> + Send>> + Send + Sync>;
+
+#[derive(Clone, Default)]
+pub struct RelayOptions {
+    /// permessage-deflate was negotiated: RSV1 may mark compressed messages.
+    pub deflate: bool,
+    /// Largest message, in payload bytes as on the wire (compressed when deflated).
+    pub max_message_bytes: Option<u64>,
+    pub gate: Option<Gate>,
+}
+
+/// Counts of one relayed connection, for metrics and logs.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Totals {
+    pub messages_up: u64,
+    pub messages_down: u64,
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+    /// The close code the gateway itself sent, if it closed the connection.
+    pub closed_by_gateway: Option<u16>,
+}
+
+/// Closes the gateway has decided on, waiting for the pump that writes to each side.
+#[derive(Default)]
+struct Control {
+    /// (to the client, to the backend)
+    pending: Mutex<(Option<(u16, &'static str)>, Option<(u16, &'static str)>)>,
+    to_client: Notify,
+    to_backend: Notify,
+}
+
+impl Control {
+    fn close_both(&self, code: u16, reason: &'static str) {
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        p.0.get_or_insert((code, reason));
+        p.1.get_or_insert((code, reason));
+        drop(p);
+        self.to_client.notify_one();
+        self.to_backend.notify_one();
+    }
+
+    fn take(&self, to_client: bool) -> Option<(u16, &'static str)> {
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        if to_client { p.0.take() } else { p.1.take() }
+    }
+}
+
+/// Relays between an upgraded client connection and an upgraded backend connection
+/// until both directions end.
+pub async fn relay<C, B>(client: C, backend: B, opts: RelayOptions) -> Totals
+where
+    C: AsyncRead + AsyncWrite + Unpin + Send,
+    B: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let (client_rd, client_wr) = tokio::io::split(client);
+    let (backend_rd, backend_wr) = tokio::io::split(backend);
+    let ctl = Control::default();
+    let up = Pump::new(true, &opts);
+    let down = Pump::new(false, &opts);
+    let (up, down) =
+        tokio::join!(up.run(client_rd, backend_wr, &ctl, &opts), down.run(backend_rd, client_wr, &ctl, &opts));
+    Totals {
+        messages_up: up.messages,
+        messages_down: down.messages,
+        bytes_up: up.bytes,
+        bytes_down: down.bytes,
+        closed_by_gateway: up.closed_with.or(down.closed_with),
+    }
+}
+
+struct Pump {
+    from_client: bool,
+    /// A header that arrived in pieces (never forwarded until complete).
+    header: [u8; 14],
+    have: usize,
+    /// Payload bytes of the current frame still to pass (or drop).
+    remaining: u64,
+    in_message: bool,
+    message_bytes: u64,
+    dropping_message: bool,
+    dropping_frame: bool,
+    messages: u64,
+    bytes: u64,
+    closed_with: Option<u16>,
+    max_message_bytes: Option<u64>,
+}
+
+enum Step {
+    Continue,
+    /// Stop: the connection is being closed with this code.
+    Close(u16, &'static str),
+}
+
+impl Pump {
+    fn new(from_client: bool, opts: &RelayOptions) -> Pump {
+        Pump {
+            from_client,
+            header: [0; 14],
+            have: 0,
+            remaining: 0,
+            in_message: false,
+            message_bytes: 0,
+            dropping_message: false,
+            dropping_frame: false,
+            messages: 0,
+            bytes: 0,
+            closed_with: None,
+            max_message_bytes: opts.max_message_bytes,
+        }
+    }
+
+    fn at_boundary(&self) -> bool {
+        self.remaining == 0 && self.have == 0
+    }
+
+    /// Checks a complete header; returns the verdict for the frame.
+    async fn on_header(&mut self, h: &FrameHeader, opts: &RelayOptions) -> Step {
+        let data = matches!(h.opcode, OP_CONTINUATION | OP_TEXT | OP_BINARY);
+        if !data && !matches!(h.opcode, OP_CLOSE | OP_PING | OP_PONG) {
+            return Step::Close(CLOSE_PROTOCOL_ERROR, "unknown opcode");
+        }
+        if h.masked != self.from_client {
+            return Step::Close(
+                CLOSE_PROTOCOL_ERROR,
+                if self.from_client { "client frames must be masked" } else { "server frames must not be masked" },
+            );
+        }
+        if h.rsv23 || (h.rsv1 && !(opts.deflate && matches!(h.opcode, OP_TEXT | OP_BINARY))) {
+            return Step::Close(CLOSE_PROTOCOL_ERROR, "reserved bits set");
+        }
+        if h.is_control() {
+            if !h.fin || h.payload_len > 125 {
+                return Step::Close(CLOSE_PROTOCOL_ERROR, "invalid control frame");
+            }
+            self.dropping_frame = false;
+            return Step::Continue;
+        }
+        match (h.opcode, self.in_message) {
+            (OP_CONTINUATION, false) => return Step::Close(CLOSE_PROTOCOL_ERROR, "continuation without a message"),
+            (OP_TEXT | OP_BINARY, true) => {
+                return Step::Close(CLOSE_PROTOCOL_ERROR, "new message inside a fragmented one");
+            }
+            (OP_TEXT | OP_BINARY, false) => {
+                self.in_message = true;
+                self.message_bytes = 0;
+                self.dropping_message = false;
+                if let Some(gate) = &opts.gate {
+                    match gate(self.from_client).await {
+                        Verdict::Forward => {}
+                        Verdict::Drop => self.dropping_message = true,
+                        Verdict::Close(code, reason) => return Step::Close(code, reason),
+                    }
+                }
+            }
+            _ => {}
+        }
+        self.message_bytes = self.message_bytes.saturating_add(h.payload_len);
+        if self.max_message_bytes.is_some_and(|max| self.message_bytes > max) {
+            return Step::Close(CLOSE_TOO_BIG, "message too big");
+        }
+        self.dropping_frame = self.dropping_message;
+        if h.fin {
+            self.in_message = false;
+            if !self.dropping_message {
+                self.messages += 1;
+            }
+        }
+        Step::Continue
+    }
+
+    async fn run<R, W>(mut self, mut src: R, mut dst: W, ctl: &Control, opts: &RelayOptions) -> Pump
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        let mine = if self.from_client { &ctl.to_backend } else { &ctl.to_client };
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            let n = tokio::select! {
+                biased;
+                () = mine.notified() => {
+                    self.deliver_close(&mut dst, ctl).await;
+                    return self;
+                }
+                r = src.read(&mut buf) => match r {
+                    Ok(0) | Err(_) => {
+                        // The source ended: end this direction, keep the other running.
+                        let _ = dst.shutdown().await;
+                        return self;
+                    }
+                    Ok(n) => n,
+                },
+            };
+            match self.process(&mut buf[..n], &mut dst, opts).await {
+                Ok(Step::Continue) => {}
+                Ok(Step::Close(code, reason)) => {
+                    ctl.close_both(code, reason);
+                    self.closed_with = Some(code);
+                    self.deliver_close(&mut dst, ctl).await;
+                    return self;
+                }
+                Err(_) => {
+                    let _ = dst.shutdown().await;
+                    return self;
+                }
+            }
+        }
+    }
+
+    /// Sends the pending close for this pump's side (at a frame boundary; otherwise the
+    /// frame in flight cannot be finished, and the connection is just shut).
+    async fn deliver_close<W: AsyncWrite + Unpin>(&mut self, dst: &mut W, ctl: &Control) {
+        if let Some((code, reason)) = ctl.take(!self.from_client)
+            && self.at_boundary()
+        {
+            // Frames to the backend are masked, as a client's must be.
+            let frame = frames::close_frame(code, reason, self.from_client.then(mask_key));
+            let _ = dst.write_all(&frame).await;
+            self.closed_with = Some(code);
+        }
+        let _ = dst.flush().await;
+        let _ = dst.shutdown().await;
+    }
+
+    /// Forwards a chunk, following frames; stops at the first frame that must not pass.
+    /// Bytes are forwarded in contiguous ranges; only a header split across two reads
+    /// is held back (at most 14 bytes) and written once complete.
+    async fn process<W: AsyncWrite + Unpin>(
+        &mut self,
+        data: &mut [u8],
+        dst: &mut W,
+        opts: &RelayOptions,
+    ) -> std::io::Result<Step> {
+        let n = data.len();
+        let mut i = 0;
+        // Start of the range still to forward.
+        let mut from = 0;
+        while i < n {
+            if self.remaining > 0 {
+                let take = self.remaining.min((n - i) as u64) as usize;
+                if self.dropping_frame {
+                    self.write(dst, &data[from..i]).await?;
+                    from = i + take;
+                }
+                i += take;
+                self.remaining -= take as u64;
+                continue;
+            }
+            let start = i;
+            let (h, split) = if self.have == 0 {
+                match frames::parse_header(&data[i..]) {
+                    Ok(Some(h)) => {
+                        i += h.header_len;
+                        (h, false)
+                    }
+                    Ok(None) => {
+                        // Hold the header's first bytes back until the rest arrives.
+                        self.write(dst, &data[from..start]).await?;
+                        let rest = n - i;
+                        self.header[..rest].copy_from_slice(&data[i..]);
+                        self.have = rest;
+                        return Ok(Step::Continue);
+                    }
+                    Err(e) => {
+                        self.write(dst, &data[from..start]).await?;
+                        return Ok(Step::Close(CLOSE_PROTOCOL_ERROR, e));
+                    }
+                }
+            } else {
+                // A held-back header continues at the start of this chunk.
+                self.header[self.have] = data[i];
+                self.have += 1;
+                i += 1;
+                from = i;
+                match frames::parse_header(&self.header[..self.have]) {
+                    Ok(Some(h)) => {
+                        self.have = 0;
+                        (h, true)
+                    }
+                    Ok(None) => continue,
+                    Err(e) => return Ok(Step::Close(CLOSE_PROTOCOL_ERROR, e)),
+                }
+            };
+            if let Step::Close(code, reason) = self.on_header(&h, opts).await {
+                // Nothing of this frame passes; what came before it does.
+                if !split {
+                    self.write(dst, &data[from..start]).await?;
+                }
+                return Ok(Step::Close(code, reason));
+            }
+            self.remaining = h.payload_len;
+            if self.dropping_frame {
+                if !split {
+                    self.write(dst, &data[from..start]).await?;
+                }
+                from = i;
+            } else if split {
+                let header = self.header;
+                self.write(dst, &header[..h.header_len]).await?;
+            }
+        }
+        self.write(dst, &data[from.min(n)..n]).await?;
+        Ok(Step::Continue)
+    }
+
+    async fn write<W: AsyncWrite + Unpin>(&mut self, dst: &mut W, bytes: &[u8]) -> std::io::Result<()> {
+        if !bytes.is_empty() {
+            dst.write_all(bytes).await?;
+            self.bytes += bytes.len() as u64;
+        }
+        Ok(())
+    }
+}
+
+/// A masking key for frames the gateway writes to a backend. RFC 6455 wants it
+/// unpredictable to defeat cache poisoning by scripts; a per-process random seed
+/// mixed with a counter serves that purpose here.
+fn mask_key() -> [u8; 4] {
+    use std::hash::{BuildHasher, RandomState};
+    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static SEED: OnceLock<RandomState> = OnceLock::new();
+    static N: AtomicU64 = AtomicU64::new(0);
+    let h = SEED.get_or_init(RandomState::new).hash_one(N.fetch_add(1, Ordering::Relaxed));
+    (h as u32).to_be_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream, duplex};
+
+    fn masked(opcode_byte: u8, payload: &[u8]) -> Vec<u8> {
+        let key = [7, 1, 2, 9];
+        let mut f = vec![opcode_byte, 0x80 | payload.len() as u8];
+        f.extend_from_slice(&key);
+        f.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+        f
+    }
+
+    /// (client end, backend end, relay task) with the relay in between.
+    fn setup(opts: RelayOptions) -> (DuplexStream, DuplexStream, tokio::task::JoinHandle<Totals>) {
+        let (client, gw_client) = duplex(64 * 1024);
+        let (gw_backend, backend) = duplex(64 * 1024);
+        let task = tokio::spawn(relay(gw_client, gw_backend, opts));
+        (client, backend, task)
+    }
+
+    async fn read_n(s: &mut DuplexStream, n: usize) -> Vec<u8> {
+        let mut buf = vec![0; n];
+        s.read_exact(&mut buf).await.expect("read");
+        buf
+    }
+
+    #[tokio::test]
+    async fn bytes_pass_unchanged_even_when_headers_arrive_one_byte_at_a_time() {
+        let (mut client, mut backend, task) = setup(RelayOptions::default());
+        let mut stream = masked(0x01, b"hel"); // text, not final
+        stream.extend(masked(0x89, b"p")); // ping between fragments
+        stream.extend(masked(0x80, b"lo")); // final continuation
+        for b in &stream {
+            client.write_all(&[*b]).await.expect("write");
+        }
+        assert_eq!(read_n(&mut backend, stream.len()).await, stream);
+        let down = [0x82, 0x03, 1, 2, 3];
+        backend.write_all(&down).await.expect("write");
+        assert_eq!(read_n(&mut client, down.len()).await, down);
+        drop((client, backend));
+        let totals = task.await.expect("relay");
+        assert_eq!((totals.messages_up, totals.messages_down, totals.closed_by_gateway), (1, 1, None));
+    }
+
+    #[tokio::test]
+    async fn an_oversized_message_closes_both_sides_with_1009() {
+        let (mut client, mut backend, task) = setup(RelayOptions { max_message_bytes: Some(4), ..Default::default() });
+        let ok = masked(0x81, b"four");
+        client.write_all(&ok).await.expect("write");
+        assert_eq!(read_n(&mut backend, ok.len()).await, ok);
+        client.write_all(&masked(0x81, b"fiver")).await.expect("write");
+        // The client gets an unmasked close 1009; the backend a masked one.
+        assert_eq!(read_n(&mut client, 4).await[..4], [0x88, 17, 0x03, 0xF1]);
+        let to_backend = read_n(&mut backend, 2).await;
+        assert_eq!(to_backend, [0x88, 0x80 | 17]);
+        assert_eq!(task.await.expect("relay").closed_by_gateway, Some(1009));
+    }
+
+    #[tokio::test]
+    async fn protocol_errors_close_with_1002() {
+        for bad in [
+            vec![0x81, 0x01, b'x'], // unmasked client frame
+            masked(0x83, b""),      // unknown opcode
+            masked(0x09, b""),      // fragmented control frame
+            masked(0x80, b"x"),     // continuation without a message
+            masked(0xC1, b"x"),     // RSV1 without permessage-deflate
+        ] {
+            let (mut client, _backend, task) = setup(RelayOptions::default());
+            client.write_all(&bad).await.expect("write");
+            let close = read_n(&mut client, 4).await;
+            assert_eq!((close[0], close[2], close[3]), (0x88, 0x03, 0xEA), "{bad:?}");
+            assert_eq!(task.await.expect("relay").closed_by_gateway, Some(1002));
+        }
+    }
+
+    #[tokio::test]
+    async fn the_gate_drops_or_closes_whole_messages() {
+        let seen = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counter = seen.clone();
+        let gate: Gate = Arc::new(move |_| {
+            let n = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Box::pin(async move {
+                match n {
+                    0 => Verdict::Forward,
+                    1 => Verdict::Drop,
+                    _ => Verdict::Close(CLOSE_POLICY_VIOLATION, "usage limits exceeded"),
+                }
+            })
+        });
+        let (mut client, mut backend, task) = setup(RelayOptions { gate: Some(gate), ..Default::default() });
+        let first = masked(0x81, b"one");
+        client.write_all(&first).await.expect("write");
+        client.write_all(&masked(0x01, b"tw")).await.expect("write"); // dropped, in two fragments
+        client.write_all(&masked(0x80, b"o")).await.expect("write");
+        client.write_all(&masked(0x81, b"three")).await.expect("write");
+        assert_eq!(read_n(&mut backend, first.len()).await, first);
+        // Next on the backend side is the gateway's close, not "two".
+        assert_eq!(read_n(&mut backend, 2).await, [0x88, 0x80 | 23]);
+        let close = read_n(&mut client, 25).await;
+        assert_eq!(&close[4..], b"usage limits exceeded");
+        assert_eq!(task.await.expect("relay").closed_by_gateway, Some(1008));
+    }
+}
