@@ -56,11 +56,14 @@ pub struct Totals {
     pub closed_by_gateway: Option<u16>,
 }
 
+/// A close code and its reason.
+type Close = (u16, &'static str);
+
 /// Closes the gateway has decided on, waiting for the pump that writes to each side.
 #[derive(Default)]
 struct Control {
     /// (to the client, to the backend)
-    pending: Mutex<(Option<(u16, &'static str)>, Option<(u16, &'static str)>)>,
+    pending: Mutex<(Option<Close>, Option<Close>)>,
     to_client: Notify,
     to_backend: Notify,
 }
@@ -75,7 +78,7 @@ impl Control {
         self.to_backend.notify_one();
     }
 
-    fn take(&self, to_client: bool) -> Option<(u16, &'static str)> {
+    fn take(&self, to_client: bool) -> Option<Close> {
         let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         if to_client { p.0.take() } else { p.1.take() }
     }
