@@ -29,6 +29,8 @@ pub enum GatewayError {
     WebSocketDisabled,
     #[error("invalid WebSocket upgrade: {0}")]
     BadUpgrade(&'static str),
+    #[error("the application has as many WebSocket connections open as its plan allows (max_connections)")]
+    TooManyConnections,
     #[error("the backend could not be reached")]
     UpstreamUnavailable(String),
     #[error("the backend did not answer in time")]
@@ -48,6 +50,7 @@ impl GatewayError {
             }
             GatewayError::UpstreamUnavailable(_) | GatewayError::UpstreamFailed(_) => StatusCode::BAD_GATEWAY,
             GatewayError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            GatewayError::TooManyConnections => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::CountersUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -59,6 +62,7 @@ impl GatewayError {
             GatewayError::NoBackend => "no_backend",
             GatewayError::WebSocketDisabled => "websocket_disabled",
             GatewayError::BadUpgrade(_) => "bad_upgrade",
+            GatewayError::TooManyConnections => "too_many_connections",
             GatewayError::UpstreamUnavailable(_) => "upstream_unavailable",
             GatewayError::UpstreamTimeout(_) => "upstream_timeout",
             GatewayError::UpstreamFailed(_) => "upstream_failed",
@@ -72,7 +76,8 @@ impl GatewayError {
             | GatewayError::UnknownHost
             | GatewayError::NoBackend
             | GatewayError::WebSocketDisabled
-            | GatewayError::BadUpgrade(_) => Side::Downstream,
+            | GatewayError::BadUpgrade(_)
+            | GatewayError::TooManyConnections => Side::Downstream,
             GatewayError::UpstreamUnavailable(_)
             | GatewayError::UpstreamTimeout(_)
             | GatewayError::UpstreamFailed(_) => Side::Upstream,

@@ -29,13 +29,14 @@ pub mod policy;
 mod proxy;
 pub mod relay;
 pub mod server;
+pub mod session;
 mod smuggling;
 pub mod snapshot;
 pub mod upstream;
 
 pub use body::GatewayBody;
 pub use metrics::Metrics;
-pub use proxy::Gateway;
+pub use proxy::{Gateway, Shared};
 pub use server::{ListenerOptions, serve};
 pub use snapshot::{
     BackendSource, Environment, ProductSource, Snapshot, SnapshotHandle, Snapshots, Upstreams, compile,

@@ -18,6 +18,11 @@ pub struct EnvMetrics {
     upstream_errors: AtomicU64,
     websocket_upgrades: AtomicU64,
     websocket_open: AtomicU64,
+    websocket_messages_up: AtomicU64,
+    websocket_messages_down: AtomicU64,
+    websocket_bytes_up: AtomicU64,
+    websocket_bytes_down: AtomicU64,
+    websocket_closed_by_gateway: AtomicU64,
     connections_refused: AtomicU64,
 }
 
@@ -51,7 +56,37 @@ impl Metrics {
                 );
             }
         }
-        let scalars: [Family; 5] = [
+        let scalars: [Family; 10] = [
+            (
+                "tollgate_websocket_messages_up_total",
+                "counter",
+                "WebSocket messages from clients, counted when connections close.",
+                |m| &m.websocket_messages_up,
+            ),
+            (
+                "tollgate_websocket_messages_down_total",
+                "counter",
+                "WebSocket messages to clients, counted when connections close.",
+                |m| &m.websocket_messages_down,
+            ),
+            (
+                "tollgate_websocket_bytes_up_total",
+                "counter",
+                "WebSocket bytes from clients, counted when connections close.",
+                |m| &m.websocket_bytes_up,
+            ),
+            (
+                "tollgate_websocket_bytes_down_total",
+                "counter",
+                "WebSocket bytes to clients, counted when connections close.",
+                |m| &m.websocket_bytes_down,
+            ),
+            (
+                "tollgate_websocket_closed_by_gateway_total",
+                "counter",
+                "WebSockets the gateway closed (limits, sizes, revocation, shutdown).",
+                |m| &m.websocket_closed_by_gateway,
+            ),
             ("tollgate_limits_exceeded_total", "counter", "Requests refused by usage limits.", |m| &m.rejected_limits),
             ("tollgate_upstream_errors_total", "counter", "Requests that failed at the backend (502/504).", |m| {
                 &m.upstream_errors
@@ -93,7 +128,14 @@ impl EnvMetrics {
         self.websocket_upgrades.fetch_add(1, Relaxed);
         self.websocket_open.fetch_add(1, Relaxed);
     }
-    pub fn websocket_closed(&self) {
+    pub fn websocket_closed(&self, totals: &crate::relay::Totals) {
         self.websocket_open.fetch_sub(1, Relaxed);
+        self.websocket_messages_up.fetch_add(totals.messages_up, Relaxed);
+        self.websocket_messages_down.fetch_add(totals.messages_down, Relaxed);
+        self.websocket_bytes_up.fetch_add(totals.bytes_up, Relaxed);
+        self.websocket_bytes_down.fetch_add(totals.bytes_down, Relaxed);
+        if totals.closed_by_gateway.is_some() {
+            self.websocket_closed_by_gateway.fetch_add(1, Relaxed);
+        }
     }
 }

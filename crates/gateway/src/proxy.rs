@@ -7,6 +7,7 @@ use crate::error::GatewayError;
 use crate::metrics::Metrics;
 use crate::policy::{Context, Flow};
 use crate::relay::{self, RelayOptions};
+use crate::session::{ConnectionSlot, Connections, Session, plan_checks};
 use crate::snapshot::{Environment, SnapshotHandle};
 use crate::upstream::{ConnectError, Upstream, error_chain};
 use base64::Engine;
@@ -19,7 +20,8 @@ use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::sync::OwnedSemaphorePermit;
-use tollgate_counters::{Check, Clock, Counters, Decision, LimitStatus};
+use tokio::sync::watch;
+use tollgate_counters::{Clock, Counters, Decision, LimitStatus};
 
 /// What the listener knows about the connection a request came on.
 #[derive(Debug, Clone)]
@@ -31,6 +33,18 @@ pub struct ConnInfo {
     pub(crate) slot: Arc<OwnedSemaphorePermit>,
 }
 
+/// What the gateways of one process share.
+#[derive(Clone)]
+pub struct Shared {
+    pub counters: Arc<Counters>,
+    pub clock: Arc<dyn Clock>,
+    pub metrics: Arc<Metrics>,
+    /// Where usage is aggregated for analytics, when something persists it.
+    pub analytics: Option<Arc<Analytics>>,
+    /// Open WebSockets per application (`max_connections` spans both environments).
+    pub connections: Arc<Connections>,
+}
+
 /// One environment's gateway: the state every request of that environment shares.
 pub struct Gateway {
     pub environment: Environment,
@@ -38,20 +52,29 @@ pub struct Gateway {
     counters: Arc<Counters>,
     clock: Arc<dyn Clock>,
     metrics: Arc<Metrics>,
-    /// Where usage is aggregated for analytics, when something persists it.
     analytics: Option<Arc<Analytics>>,
+    connections: Arc<Connections>,
+    /// Set at shutdown: open WebSockets close with 1001.
+    draining: watch::Sender<bool>,
 }
 
 impl Gateway {
-    pub fn new(
-        environment: Environment,
-        snapshot: SnapshotHandle,
-        counters: Arc<Counters>,
-        clock: Arc<dyn Clock>,
-        metrics: Arc<Metrics>,
-        analytics: Option<Arc<Analytics>>,
-    ) -> Self {
-        Gateway { environment, snapshot, counters, clock, metrics, analytics }
+    pub fn new(environment: Environment, snapshot: SnapshotHandle, shared: Shared) -> Self {
+        Gateway {
+            environment,
+            snapshot,
+            counters: shared.counters,
+            clock: shared.clock,
+            metrics: shared.metrics,
+            analytics: shared.analytics,
+            connections: shared.connections,
+            draining: watch::channel(false).0,
+        }
+    }
+
+    /// Closes every open WebSocket with 1001 (going away); used at shutdown.
+    pub fn drain(&self) {
+        self.draining.send_replace(true);
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
@@ -82,7 +105,7 @@ impl Gateway {
     async fn route(&self, mut req: Request<Incoming>, conn: &ConnInfo) -> Result<Response<GatewayBody>, GatewayError> {
         // One atomic increment; the snapshot stays alive for this request even if a
         // new one is swapped in meanwhile.
-        let snapshot = self.snapshot.load_full();
+        let snapshot = self.snapshot.load();
         let host = request_host(&req).ok_or(GatewayError::BadRequest("the request has no Host"))?;
         let product = match snapshot.product_for_host(host) {
             Some(p) => p,
@@ -106,11 +129,12 @@ impl Gateway {
             now: self.clock.now(),
             application: None,
             usage: Default::default(),
+            credential: None,
         };
 
         let mut resp = match self.request_phases(&mut parts, &mut ctx).await {
-            Ok(()) => match client_upgrade {
-                Some(client) => self.websocket(&parts, &ctx, client, conn.slot.clone()).await,
+            Ok(app_slot) => match client_upgrade {
+                Some(client) => self.websocket(&parts, &ctx, client, (conn.slot.clone(), app_slot)).await,
                 None => self.forward(&parts, body, &ctx).await,
             },
             Err(local) => Ok(local),
@@ -132,7 +156,7 @@ impl Gateway {
         &self,
         parts: &mut request::Parts,
         ctx: &mut Context<'_>,
-    ) -> Result<(), Response<GatewayBody>> {
+    ) -> Result<Option<ConnectionSlot>, Response<GatewayBody>> {
         let chain = &ctx.product.chain;
         for policy in chain {
             if let Flow::Respond(r) = policy.rewrite(parts, ctx) {
@@ -144,31 +168,25 @@ impl Gateway {
                 return Err(r);
             }
         }
-        let Some(app) = ctx.application.as_ref() else {
-            return Ok(());
-        };
+        let Some(app) = ctx.application.as_ref() else { return Ok(None) };
         let product = ctx.product;
-        let checks: Vec<Check<'_>> = app
-            .plan
-            .limits
-            .iter()
-            .filter_map(|l| {
-                let delta = ctx.usage.delta(l.metric);
-                (delta > 0).then(|| Check {
-                    metric: product.metrics.name(l.metric),
-                    period: l.period,
-                    max: l.value,
-                    delta,
-                })
-            })
-            .collect();
+        // The cap comes before the limits, so a refused connection consumes no quota.
+        let app_slot = if ctx.websocket {
+            match self.connections.try_open(&app.id, app.plan.max_connections) {
+                Some(slot) => Some(slot),
+                None => return Err(GatewayError::TooManyConnections.into_response()),
+            }
+        } else {
+            None
+        };
+        let checks = plan_checks(product, app, &ctx.usage);
         match self.counters.authorize(&app.id, &checks, ctx.now).await {
             Ok(Decision::Allowed(_)) => {
                 if let Some(analytics) = &self.analytics {
                     let usage = ctx.usage.0.iter().map(|(m, d)| (product.metrics.name(*m), *d));
                     analytics.record(&app.id, &product.system_name, usage, ctx.now);
                 }
-                Ok(())
+                Ok(app_slot)
             }
             Ok(Decision::Exceeded(status)) => {
                 self.metrics.env(self.environment).limits_exceeded();
@@ -222,7 +240,7 @@ impl Gateway {
         parts: &request::Parts,
         ctx: &Context<'_>,
         client: hyper::upgrade::OnUpgrade,
-        slot: Arc<OwnedSemaphorePermit>,
+        slots: (Arc<OwnedSemaphorePermit>, Option<ConnectionSlot>),
     ) -> Result<Response<GatewayBody>, GatewayError> {
         let (usage, rest) = ctx.product.route(parts.uri.path()).ok_or(GatewayError::NoBackend)?;
         let upstream = &usage.upstream;
@@ -262,7 +280,28 @@ impl Gateway {
         }
         let backend = hyper::upgrade::on(&mut resp);
         let deflate = header_has_token_prefix(resp.headers(), header::SEC_WEBSOCKET_EXTENSIONS, "permessage-deflate");
-        let options = RelayOptions { deflate, ..ctx.product.websocket_options.clone() };
+        // Governed only when the `tollgate` policy identified an application.
+        let session = match (&ctx.application, &ctx.credential) {
+            (Some(app), Some(credential)) => Some(Arc::new(Session {
+                snapshot: self.snapshot.clone(),
+                host: request_host_of(parts).unwrap_or_default().to_ascii_lowercase().into(),
+                app_id: app.id.clone(),
+                credential: credential.clone(),
+                counters: self.counters.clone(),
+                clock: self.clock.clone(),
+                analytics: self.analytics.clone(),
+            })),
+            _ => None,
+        };
+        let gate: Option<relay::Gate> = session.clone().map(|s| {
+            Arc::new(move |from_client: bool| {
+                let s = s.clone();
+                Box::pin(async move { s.message(from_client).await })
+                    as std::pin::Pin<Box<dyn std::future::Future<Output = relay::Verdict> + Send>>
+            }) as relay::Gate
+        });
+        let options = RelayOptions { deflate, max_message_bytes: ctx.product.websocket_config.max_message_bytes, gate };
+        let (generations, draining) = (self.snapshot.subscribe(), self.draining.subscribe());
         let mut out = Response::new(GatewayBody::empty());
         *out.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
         *out.headers_mut() = forwardable_headers(resp.headers());
@@ -284,20 +323,38 @@ impl Gateway {
                 }
             };
             metrics.env(env).websocket_opened();
-            let totals = relay::relay(TokioIo::new(client), TokioIo::new(backend), options).await;
+            let stop = async move {
+                match &session {
+                    Some(s) => s.until_closed(generations, draining).await,
+                    None => {
+                        let mut draining = draining;
+                        let _ = draining.wait_for(|d| *d).await;
+                        (relay::CLOSE_GOING_AWAY, "the gateway is shutting down")
+                    }
+                }
+            };
+            let totals = relay::relay(TokioIo::new(client), TokioIo::new(backend), options, stop).await;
             tracing::debug!(?totals, "WebSocket closed");
-            metrics.env(env).websocket_closed();
-            drop(slot);
+            metrics.env(env).websocket_closed(&totals);
+            drop(slots);
         });
         Ok(out)
     }
 }
 
-/// The request's host, without port: the `Host` header (HTTP/1.1) or the `:authority`.
 fn request_host(req: &Request<Incoming>) -> Option<&str> {
-    let raw = match req.uri().authority() {
+    host_of(req.uri(), req.headers())
+}
+
+fn request_host_of(parts: &request::Parts) -> Option<&str> {
+    host_of(&parts.uri, &parts.headers)
+}
+
+/// The request's host, without port: the `Host` header (HTTP/1.1) or the `:authority`.
+fn host_of<'a>(uri: &'a http::Uri, headers: &'a HeaderMap) -> Option<&'a str> {
+    let raw = match uri.authority() {
         Some(a) => a.as_str(),
-        None => req.headers().get(header::HOST)?.to_str().ok()?,
+        None => headers.get(header::HOST)?.to_str().ok()?,
     };
     let raw = raw.rsplit_once('@').map_or(raw, |(_, h)| h);
     let host = if let Some(v6) = raw.strip_prefix('[') {

@@ -57,7 +57,7 @@ pub struct Totals {
 }
 
 /// A close code and its reason.
-type Close = (u16, &'static str);
+pub type Close = (u16, &'static str);
 
 /// Closes the gateway has decided on, waiting for the pump that writes to each side.
 #[derive(Default)]
@@ -85,19 +85,29 @@ impl Control {
 }
 
 /// Relays between an upgraded client connection and an upgraded backend connection
-/// until both directions end.
-pub async fn relay<C, B>(client: C, backend: B, opts: RelayOptions) -> Totals
+/// until both directions end. When `stop` resolves, both sides get that close.
+pub async fn relay<C, B, S>(client: C, backend: B, opts: RelayOptions, stop: S) -> Totals
 where
     C: AsyncRead + AsyncWrite + Unpin + Send,
     B: AsyncRead + AsyncWrite + Unpin + Send,
+    S: Future<Output = Close>,
 {
     let (client_rd, client_wr) = tokio::io::split(client);
     let (backend_rd, backend_wr) = tokio::io::split(backend);
     let ctl = Control::default();
     let up = Pump::new(true, &opts);
     let down = Pump::new(false, &opts);
-    let (up, down) =
-        tokio::join!(up.run(client_rd, backend_wr, &ctl, &opts), down.run(backend_rd, client_wr, &ctl, &opts));
+    let pumps = async {
+        tokio::join!(up.run(client_rd, backend_wr, &ctl, &opts), down.run(backend_rd, client_wr, &ctl, &opts))
+    };
+    tokio::pin!(pumps);
+    let (up, down) = tokio::select! {
+        done = &mut pumps => done,
+        (code, reason) = stop => {
+            ctl.close_both(code, reason);
+            pumps.await
+        }
+    };
     Totals {
         messages_up: up.messages,
         messages_down: down.messages,
@@ -381,7 +391,7 @@ mod tests {
     fn setup(opts: RelayOptions) -> (DuplexStream, DuplexStream, tokio::task::JoinHandle<Totals>) {
         let (client, gw_client) = duplex(64 * 1024);
         let (gw_backend, backend) = duplex(64 * 1024);
-        let task = tokio::spawn(relay(gw_client, gw_backend, opts));
+        let task = tokio::spawn(relay(gw_client, gw_backend, opts, std::future::pending()));
         (client, backend, task)
     }
 

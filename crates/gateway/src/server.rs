@@ -148,6 +148,7 @@ pub async fn serve(
     }
     drop(listener);
     let _ = stop_tx.send(true);
+    gateway.drain();
     // Wait for connections to finish their requests, up to the drain timeout.
     let all = opts.max_connections as u32;
     let _ = tokio::time::timeout(opts.drain_timeout, slots.acquire_many(all)).await;

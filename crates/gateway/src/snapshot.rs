@@ -19,8 +19,41 @@ use tollgate_model::{
 
 pub use tollgate_model::Environment;
 
-/// Where a gateway reads its current snapshot; the binary swaps in new ones.
-pub type SnapshotHandle = Arc<ArcSwap<Snapshot>>;
+/// Where a gateway reads its current snapshot; the binary swaps in new ones. Requests
+/// read it lock-free; established WebSockets watch its generation to re-check their
+/// application (revocation) without polling.
+#[derive(Clone)]
+pub struct SnapshotHandle(Arc<SnapshotCell>);
+
+struct SnapshotCell {
+    current: ArcSwap<Snapshot>,
+    generation: tokio::sync::watch::Sender<u64>,
+}
+
+impl SnapshotHandle {
+    pub fn new(snapshot: Snapshot) -> Self {
+        SnapshotHandle(Arc::new(SnapshotCell {
+            current: ArcSwap::from_pointee(snapshot),
+            generation: tokio::sync::watch::channel(0).0,
+        }))
+    }
+
+    /// The current snapshot (one atomic increment; it stays valid while held).
+    pub fn load(&self) -> Arc<Snapshot> {
+        self.0.current.load_full()
+    }
+
+    /// Swaps in a new snapshot and tells every watcher.
+    pub fn store(&self, snapshot: Snapshot) {
+        self.0.current.store(Arc::new(snapshot));
+        self.0.generation.send_modify(|g| *g += 1);
+    }
+
+    /// Resolves at every swap after this call.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.0.generation.subscribe()
+    }
+}
 
 pub struct Snapshot {
     pub environment: Environment,
@@ -92,8 +125,9 @@ pub struct Product {
     pub chain: Vec<Arc<dyn Policy>>,
     /// Whether the chain holds the `websocket` policy.
     pub websocket: bool,
-    /// The relay settings the `websocket` policy asks for.
-    pub websocket_options: crate::relay::RelayOptions,
+    /// What the `websocket` policy asks of upgraded connections.
+    pub websocket_config: WebSocketConfig,
+    pub applications_by_id: HashMap<Box<str>, Arc<Application>>,
     pub applications_by_user_key: HashMap<Box<str>, Arc<Application>>,
     pub applications_by_app_id: HashMap<Box<str>, Arc<Application>>,
 }
@@ -318,7 +352,7 @@ fn compile_product(
         chain.push(Arc::new(TollgatePolicy));
     }
     let websocket = chain.iter().any(|p| p.name() == "websocket");
-    let websocket_options = websocket_options(p);
+    let websocket_config = websocket_config(p, path, &metrics, errors);
 
     let plans: HashMap<&str, Arc<Plan>> = p
         .application_plans
@@ -337,6 +371,7 @@ fn compile_product(
 
     let mut by_user_key = HashMap::new();
     let mut by_app_id = HashMap::new();
+    let mut by_id = HashMap::new();
     for account in accounts {
         for app in account.applications.iter().filter(|a| a.product == p.system_name) {
             let Some(plan) = plans.get(app.plan.as_str()) else { continue };
@@ -346,6 +381,7 @@ fn compile_product(
                 state: app.state,
                 app_keys: app.app_keys.iter().map(|k| k.as_str().into()).collect(),
             });
+            by_id.insert(application.id.clone(), application.clone());
             if let Some(k) = &app.user_key {
                 by_user_key.insert(k.as_str().into(), application.clone());
             }
@@ -384,17 +420,70 @@ fn compile_product(
         },
         chain,
         websocket,
-        websocket_options,
+        websocket_config,
+        applications_by_id: by_id,
         applications_by_user_key: by_user_key,
         applications_by_app_id: by_app_id,
     }))
 }
 
-/// The relay options of the product's (first enabled) `websocket` policy.
-fn websocket_options(p: &tollgate_model::Product) -> crate::relay::RelayOptions {
-    let config = p.policy_chain.iter().find(|e| e.enabled && e.name == "websocket").map(|e| &e.configuration);
-    crate::relay::RelayOptions {
-        max_message_bytes: config.and_then(|c| c.get("max_message_bytes")).and_then(serde_json::Value::as_u64),
-        ..Default::default()
+/// What the `websocket` policy asks of upgraded connections, compiled.
+#[derive(Debug, Clone, Default)]
+pub struct WebSocketConfig {
+    pub max_message_bytes: Option<u64>,
+    /// (metric, direction, delta)
+    pub meter: Option<(MetricId, crate::policy::websocket::Direction, u64)>,
+    pub on_limit_exceeded: crate::policy::websocket::OnLimitExceeded,
+}
+
+/// The product's (first enabled) `websocket` policy configuration, with its metric
+/// resolved.
+fn websocket_config(
+    p: &tollgate_model::Product,
+    path: &str,
+    metrics: &MetricTable,
+    errors: &mut ConfigErrors,
+) -> WebSocketConfig {
+    let Some((j, entry)) = p.policy_chain.iter().enumerate().find(|(_, e)| e.enabled && e.name == "websocket") else {
+        return WebSocketConfig::default();
+    };
+    let c = crate::policy::websocket::parse_config(&entry.configuration);
+    let meter = c.meter_messages.as_ref().and_then(|m| match metrics.id(&m.metric) {
+        Some(id) => Some((id, m.direction, m.delta)),
+        None => {
+            errors.push(
+                ConfigError::new(
+                    format!("{path}.policy_chain[{j}].configuration.meter_messages.metric"),
+                    format!("no metric or method named `{}`", m.metric),
+                )
+                .hint("declare it under `metrics` first"),
+            );
+            None
+        }
+    });
+    WebSocketConfig { max_message_bytes: c.max_message_bytes, meter, on_limit_exceeded: c.on_limit_exceeded }
+}
+
+impl Product {
+    /// The application a WebSocket was opened for, if its credentials still identify
+    /// it and it is live; otherwise why the connection must close.
+    pub fn reauthorize(
+        &self,
+        credential: &crate::policy::Credential,
+        app_id: &str,
+    ) -> Result<Arc<Application>, &'static str> {
+        use crate::policy::Credential;
+        let app = match credential {
+            Credential::UserKey(k) => self.applications_by_user_key.get(k),
+            Credential::AppId { app_id, app_key } => {
+                self.applications_by_app_id.get(app_id).filter(|a| a.app_keys.iter().any(|k| k == app_key))
+            }
+        };
+        match app {
+            Some(a) if &*a.id != app_id => Err("credentials revoked"),
+            Some(a) if a.state == ApplicationState::Suspended => Err("application suspended"),
+            Some(a) => Ok(a.clone()),
+            None => Err("credentials revoked"),
+        }
     }
 }

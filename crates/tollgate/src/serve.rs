@@ -6,7 +6,6 @@
 
 use crate::cli::ServeArgs;
 use anyhow::{Context as _, bail};
-use arc_swap::ArcSwap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -20,7 +19,7 @@ use tollgate_counters::{Counters, SystemClock};
 use tollgate_gateway::analytics::Analytics;
 use tollgate_gateway::policy::Registry;
 use tollgate_gateway::server::tls_acceptor;
-use tollgate_gateway::{Environment, Gateway, ListenerOptions, Metrics, SnapshotHandle, Snapshots, compile};
+use tollgate_gateway::{Environment, Gateway, ListenerOptions, Metrics, Shared, SnapshotHandle, Snapshots, compile};
 use tollgate_model::{Config, ConfigErrors};
 use tollgate_store::{Store, UsageRow};
 
@@ -116,10 +115,15 @@ impl Server {
         let metrics = Arc::new(Metrics::default());
         // Analytics are kept only where they can be persisted: in store mode.
         let analytics = store.as_ref().map(|_| Arc::new(Analytics::default()));
-        let counters = Arc::new(Counters::memory());
-        let clock = Arc::new(SystemClock);
-        let staging_handle: SnapshotHandle = Arc::new(ArcSwap::from_pointee(snapshots.staging));
-        let production_handle: SnapshotHandle = Arc::new(ArcSwap::from_pointee(snapshots.production));
+        let shared = Shared {
+            counters: Arc::new(Counters::memory()),
+            clock: Arc::new(SystemClock),
+            metrics: metrics.clone(),
+            analytics: analytics.clone(),
+            connections: Arc::default(),
+        };
+        let staging_handle = SnapshotHandle::new(snapshots.staging);
+        let production_handle = SnapshotHandle::new(snapshots.production);
         let (stop, _) = watch::channel(false);
         let mut tasks = JoinSet::new();
 
@@ -149,14 +153,7 @@ impl Server {
             (Environment::Staging, staging_listener, staging_handle, staging_tls),
             (Environment::Production, production_listener, production_handle, production_tls),
         ] {
-            let gateway = Arc::new(Gateway::new(
-                env,
-                handle,
-                counters.clone(),
-                clock.clone(),
-                metrics.clone(),
-                analytics.clone(),
-            ));
+            let gateway = Arc::new(Gateway::new(env, handle, shared.clone()));
             let opts = ListenerOptions { tls: if tls { acceptor.clone() } else { None }, ..base.clone() };
             let mut stop = server.stop.subscribe();
             tasks.spawn(tollgate_gateway::serve(listener, gateway, opts, async move {
@@ -201,8 +198,8 @@ impl Server {
             return Ok(());
         };
         let snapshots = load(path, &self.registry)?;
-        self.handles[0].store(Arc::new(snapshots.staging));
-        self.handles[1].store(Arc::new(snapshots.production));
+        self.handles[0].store(snapshots.staging);
+        self.handles[1].store(snapshots.production);
         Ok(())
     }
 
@@ -303,8 +300,8 @@ async fn follow_store(
         let generation = *changes.borrow_and_update();
         match tollgate_admin::live::snapshots(&state.store, &state.registry).await {
             Ok((staging, production)) => {
-                handles[0].store(Arc::new(staging));
-                handles[1].store(Arc::new(production));
+                handles[0].store(staging);
+                handles[1].store(production);
                 applied.send_replace(generation);
                 tracing::debug!(generation, "gateways follow the new configuration");
             }

@@ -392,16 +392,22 @@ async fn sighup_reloads_without_dropping_an_open_websocket() {
     let mut open = ws(addr, host, &format!("/?user_key={KEY}")).await.expect("upgrade");
     assert_eq!(ask(&mut open, "before").await, "reply from server : before");
 
-    // A new key replaces the old one.
-    std::fs::write(&path, original.replace(KEY, "rotated-key")).expect("write");
+    // A change of configuration (a new application, a new limit) keeps it open.
+    let edited = original.replace("value: 100 }", "value: 99 }").replace(
+        "      - { name: acme-old,",
+        "      - { name: acme-new, product: chat, plan: basic, user_key: rotated-key }\n      - { name: acme-old,",
+    );
+    std::fs::write(&path, &edited).expect("write");
     let pid = child.id().expect("pid").to_string();
     assert!(std::process::Command::new("kill").args(["-HUP", &pid]).status().expect("kill").success());
     wait_for_log(&mut err, "configuration reloaded").await;
-    assert_eq!(ws_refused(addr, host, &format!("/?user_key={KEY}")).await.0, 403);
     let mut fresh = ws(addr, host, "/?user_key=rotated-key").await.expect("new key works");
     assert_eq!(ask(&mut fresh, "new").await, "reply from server : new");
-    // The connection opened before the reload keeps flowing.
-    assert_eq!(ask(&mut open, "after").await, "reply from server : after");
+    assert_eq!(
+        ask(&mut open, "after").await,
+        "reply from server : after",
+        "the connection opened before the reload keeps flowing"
+    );
 
     // A broken file is rejected and the running configuration stays.
     std::fs::write(&path, "products:\n  - system_name: [\n").expect("write");
@@ -410,6 +416,16 @@ async fn sighup_reloads_without_dropping_an_open_websocket() {
     let mut still = ws(addr, host, "/?user_key=rotated-key").await.expect("old config still serves");
     assert_eq!(ask(&mut still, "still").await, "reply from server : still");
     assert_eq!(ask(&mut open, "again").await, "reply from server : again");
+
+    // Revoking the key the connection was opened with closes it, with 1008.
+    std::fs::write(&path, edited.replace(&format!("user_key: {KEY}"), "user_key: another-key")).expect("write");
+    assert!(std::process::Command::new("kill").args(["-HUP", &pid]).status().expect("kill").success());
+    wait_for_log(&mut err, "configuration reloaded").await;
+    match ws_message(&mut open).await {
+        Message::Close(Some(f)) => assert_eq!((u16::from(f.code), f.reason.as_str()), (1008, "credentials revoked")),
+        other => panic!("expected close 1008, got {other:?}"),
+    }
+    assert_eq!(ask(&mut still, "unaffected").await, "reply from server : unaffected");
 
     child.start_kill().expect("kill");
     let _ = child.wait().await;

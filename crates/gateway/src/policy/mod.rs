@@ -22,7 +22,7 @@
 mod cors;
 mod headers;
 mod tollgate;
-mod websocket;
+pub mod websocket;
 
 use crate::body::GatewayBody;
 use crate::mapping::Usage;
@@ -56,6 +56,16 @@ pub struct Context<'a> {
     pub application: Option<Arc<Application>>,
     /// Set by the `tollgate` policy from the mapping rules.
     pub usage: Usage,
+    /// The credentials the application was identified by (a WebSocket re-checks them
+    /// when the configuration changes).
+    pub credential: Option<Credential>,
+}
+
+/// Credentials as presented, once verified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Credential {
+    UserKey(Box<str>),
+    AppId { app_id: Box<str>, app_key: Box<str> },
 }
 
 pub trait Policy: Send + Sync + 'static {
@@ -118,7 +128,7 @@ impl Default for Registry {
                 },
                 PolicyInfo {
                     name: "websocket",
-                    schema: r#"{"type":"object","additionalProperties":false,"properties":{"max_message_bytes":{"type":"integer","minimum":1}}}"#,
+                    schema: r#"{"type":"object","additionalProperties":false,"properties":{"max_message_bytes":{"type":"integer","minimum":1},"meter_messages":{"type":"object","additionalProperties":false,"required":["metric"],"properties":{"metric":{"type":"string"},"direction":{"enum":["client_to_server","server_to_client","both"]},"delta":{"type":"integer","minimum":1}}},"on_limit_exceeded":{"enum":["close","drop"]}}}"#,
                     summary: "Allows WebSocket upgrades for the product; without it an upgrade gets 400.",
                     build: |c| {
                         parse::<websocket::Config>(c)
@@ -180,7 +190,7 @@ impl Registry {
 }
 
 /// Deserializes a policy's configuration; on error, the path inside it and the message.
-fn parse<T: DeserializeOwned>(configuration: &serde_json::Value) -> Result<T, (String, String)> {
+pub(crate) fn parse<T: DeserializeOwned>(configuration: &serde_json::Value) -> Result<T, (String, String)> {
     let value =
         if configuration.is_null() { serde_json::Value::Object(Default::default()) } else { configuration.clone() };
     serde_path_to_error::deserialize(value).map_err(|e| (e.path().to_string(), e.inner().to_string()))

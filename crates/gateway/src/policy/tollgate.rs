@@ -2,7 +2,7 @@
 //! rules → usage. The limits check that follows is run by the gateway after the access
 //! phase of every policy (see the module docs of `policy`).
 
-use super::{Context, Flow, Policy};
+use super::{Context, Credential, Flow, Policy};
 use crate::auth::{self, Credentials};
 use crate::mapping::Usage;
 use http::request::Parts;
@@ -52,6 +52,12 @@ impl Policy for TollgatePolicy {
         }
         ctx.usage = usage.with_ancestors(&product.metrics);
         ctx.application = Some(application.clone());
+        ctx.credential = Some(match credentials {
+            Credentials::UserKey(k) => Credential::UserKey((*k).into()),
+            Credentials::AppId { app_id, app_key } => {
+                Credential::AppId { app_id: (*app_id).into(), app_key: app_key.as_deref().unwrap_or_default().into() }
+            }
+        });
         Flow::Continue
     }
 }

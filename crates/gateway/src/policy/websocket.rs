@@ -6,19 +6,71 @@
 //! - name: websocket
 //!   configuration:
 //!     max_message_bytes: 1048576   # close 1009 beyond it
+//!     meter_messages: { metric: messages, direction: client_to_server, delta: 1 }
+//!     on_limit_exceeded: close     # close 1008 "usage limits exceeded" (default), or drop
 //! ```
 
 use super::Policy;
 use serde::Deserialize;
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    ClientToServer,
+    ServerToClient,
+    #[default]
+    Both,
+}
+
+impl Direction {
+    pub fn includes(self, from_client: bool) -> bool {
+        match self {
+            Direction::Both => true,
+            Direction::ClientToServer => from_client,
+            Direction::ServerToClient => !from_client,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(super) struct Config {
+pub struct MeterMessages {
+    pub metric: String,
+    #[serde(default)]
+    pub direction: Direction,
+    #[serde(default = "one")]
+    pub delta: u64,
+}
+
+fn one() -> u64 {
+    1
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnLimitExceeded {
+    #[default]
+    Close,
+    Drop,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
     /// Largest message in payload bytes as on the wire (compressed where
     /// permessage-deflate is negotiated); a bigger one closes the connection with 1009.
     #[serde(default)]
-    #[allow(dead_code)] // read by the snapshot from the raw configuration
-    max_message_bytes: Option<u64>,
+    pub max_message_bytes: Option<u64>,
+    /// Count each message on a metric, checked against the plan's limits like a request.
+    #[serde(default)]
+    pub meter_messages: Option<MeterMessages>,
+    #[serde(default)]
+    pub on_limit_exceeded: OnLimitExceeded,
+}
+
+/// The configuration of a chain entry, already validated by the registry.
+pub fn parse_config(configuration: &serde_json::Value) -> Config {
+    super::parse::<Config>(configuration).unwrap_or_default()
 }
 
 pub struct WebSocketPolicy;
@@ -27,6 +79,9 @@ impl WebSocketPolicy {
     pub(super) fn new(config: Config) -> Result<Self, (String, String)> {
         if config.max_message_bytes == Some(0) {
             return Err(("max_message_bytes".into(), "must be at least 1".into()));
+        }
+        if config.meter_messages.as_ref().is_some_and(|m| m.delta == 0) {
+            return Err(("meter_messages.delta".into(), "must be at least 1".into()));
         }
         Ok(WebSocketPolicy)
     }
