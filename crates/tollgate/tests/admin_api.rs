@@ -193,6 +193,15 @@ async fn story(db: &str, url: &str, backend: &NodeBackend) {
     // Suspension applies at once, in both environments.
     ok(api(&server, "POST", "/applications/acme-chat/suspend", None).await, StatusCode::OK, "suspend");
     server.wait_applied().await;
+    // Its open WebSockets close, in both environments.
+    for socket in [&mut open, &mut prod] {
+        match ws_message(socket).await {
+            tokio_tungstenite::tungstenite::Message::Close(Some(f)) => {
+                assert_eq!((u16::from(f.code), f.reason.as_str()), (1008, "application suspended"), "{db}")
+            }
+            other => panic!("{db}: expected close 1008, got {other:?}"),
+        }
+    }
     assert_eq!(ws_refused(server.production, PRODUCTION, &path).await.0, 403, "{db}");
     ok(api(&server, "POST", "/applications/acme-chat/resume", Some(json!({}))).await, StatusCode::OK, "resume");
     server.wait_applied().await;

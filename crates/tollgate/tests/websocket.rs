@@ -445,3 +445,129 @@ async fn an_oversized_message_closes_with_1009_and_smaller_ones_pass() {
         other => panic!("expected close 1009, got {other:?}"),
     }
 }
+
+/// A product whose plan allows 5 messages a minute and 2 connections.
+fn governed(backend: &NodeBackend, on_limit: &str) -> String {
+    config(
+        backend,
+        &format!(
+            "{{ name: websocket, configuration: {{ meter_messages: {{ metric: messages, direction: client_to_server }}, on_limit_exceeded: {on_limit} }} }},"
+        ),
+        100,
+    )
+    .replace("metrics: [ { system_name: hits, unit: hit } ]", "metrics: [ { system_name: hits, unit: hit }, { system_name: messages } ]")
+    .replace(
+        "limits: [ { metric: hits, period: minute, value: 100 } ]",
+        "limits: [ { metric: hits, period: minute, value: 100 }, { metric: messages, period: minute, value: 5 } ]\n        max_connections: 2",
+    )
+}
+
+#[tokio::test]
+async fn the_sixth_message_with_a_limit_of_five_closes_with_1008() {
+    let backend = node_backend().await;
+    let gw = gateway(&governed(&backend, "close")).await;
+    let mut socket =
+        ws(gw.server.staging, "chat-staging.localhost", &format!("/?user_key={KEY}")).await.expect("upgrade");
+    for i in 0..5 {
+        assert_eq!(ask(&mut socket, &format!("m{i}")).await, format!("reply from server : m{i}"));
+    }
+    socket.send(Message::text("m5")).await.expect("send");
+    match ws_message(&mut socket).await {
+        Message::Close(Some(f)) => assert_eq!((u16::from(f.code), f.reason.as_str()), (1008, "usage limits exceeded")),
+        other => panic!("expected close 1008, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn over_the_limit_messages_can_be_dropped_instead() {
+    let backend = node_backend().await;
+    let gw = gateway(&governed(&backend, "drop")).await;
+    let mut socket =
+        ws(gw.server.staging, "chat-staging.localhost", &format!("/?user_key={KEY}")).await.expect("upgrade");
+    for i in 0..7 {
+        socket.send(Message::text(format!("m{i}"))).await.expect("send");
+    }
+    // Pings are not metered: the pong proves every earlier message was handled.
+    socket.send(Message::Ping(b"sync".to_vec().into())).await.expect("ping");
+    let mut replies = Vec::new();
+    loop {
+        match ws_message(&mut socket).await {
+            Message::Text(t) => replies.push(t.to_string()),
+            Message::Pong(_) => break,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let want: Vec<String> = (0..5).map(|i| format!("reply from server : m{i}")).collect();
+    assert_eq!(replies, want, "messages 6 and 7 were dropped, the connection stays");
+}
+
+#[tokio::test]
+async fn a_third_connection_with_max_connections_2_gets_429_and_the_first_two_keep_working() {
+    let backend = node_backend().await;
+    let gw = gateway(&governed(&backend, "close")).await;
+    let path = format!("/?user_key={KEY}");
+    let host = "chat-staging.localhost";
+    let mut a = ws(gw.server.staging, host, &path).await.expect("first");
+    let mut b = ws(gw.server.production, "chat.localhost", &path).await.expect("second (the cap spans environments)");
+    let (status, body) = ws_refused(gw.server.staging, host, &path).await;
+    assert_eq!(status, 429, "{body}");
+    assert!(body.contains("too_many_connections"), "{body}");
+    assert_eq!(ask(&mut a, "a").await, "reply from server : a");
+    assert_eq!(ask(&mut b, "b").await, "reply from server : b");
+    // Closing one frees its place.
+    a.close(None).await.expect("close");
+    while a.next().await.is_some() {}
+    drop(a);
+    let mut c = None;
+    for _ in 0..200 {
+        // The relay notices the close asynchronously; bounded retries.
+        match ws(gw.server.staging, host, &path).await {
+            Ok(s) => {
+                c = Some(s);
+                break;
+            }
+            Err(_) => tokio::task::yield_now().await,
+        }
+    }
+    let mut c = c.expect("a place freed");
+    assert_eq!(ask(&mut c, "c").await, "reply from server : c");
+}
+
+#[tokio::test]
+async fn sigterm_sends_1001_to_open_websockets() {
+    let backend = node_backend().await;
+    let dir = TempDir::new();
+    let path = dir.path().join("tollgate.yaml");
+    std::fs::write(&path, config(&backend, "{ name: websocket },", 100)).expect("write");
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["serve", "--config"])
+        .arg(&path)
+        .args([
+            "--staging-listen",
+            "127.0.0.1:0",
+            "--production-listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn");
+    let mut out = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let port = staging_port(&mut out).await;
+    let mut socket = ws(([127, 0, 0, 1], port).into(), "chat-staging.localhost", &format!("/?user_key={KEY}"))
+        .await
+        .expect("upgrade");
+    assert_eq!(ask(&mut socket, "hi").await, "reply from server : hi");
+    let pid = child.id().expect("pid").to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().expect("kill").success());
+    match ws_message(&mut socket).await {
+        Message::Close(Some(f)) => assert_eq!(u16::from(f.code), 1001),
+        other => panic!("expected close 1001, got {other:?}"),
+    }
+    drop(socket);
+    let status = child.wait().await.expect("wait");
+    assert!(status.success(), "the gateway exits cleanly after draining");
+}
