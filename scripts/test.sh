@@ -25,6 +25,8 @@ have openssl || apt_install openssl
 have python3 || apt_install python3 python3-pip
 have st || python3 -m pip install --quiet --disable-pip-version-check schemathesis 2>/dev/null \
   || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages schemathesis
+have kosoku || python3 -m pip install --quiet --disable-pip-version-check kosoku 2>/dev/null \
+  || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages kosoku
 if ! python3 -c 'import h2' 2>/dev/null; then
   python3 -m pip install --quiet --disable-pip-version-check h2 2>/dev/null \
     || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages h2

@@ -4,7 +4,8 @@
 // connection with that code, to show close codes travelling through the gateway.
 //
 // Environment: PORT (default 8443; 0 picks a free port), HOST (default 127.0.0.1),
-// CERT_DIR (default ./ssl-cert, holding key.pem and certificate.pem).
+// CERT_DIR (default ./ssl-cert, holding key.pem and certificate.pem), ECHO=1 for a
+// plain echo (what the Autobahn conformance cases expect).
 'use strict';
 const fs = require('fs');
 const https = require('https');
@@ -33,6 +34,11 @@ wss.on('connection', (ws, req) => {
   // Without an error handler one malformed frame would kill the process.
   ws.on('error', (err) => console.error('connection error:', err.message));
   ws.on('message', (data, isBinary) => {
+    if (process.env.ECHO) {
+      // Plain echo (ECHO=1), as conformance suites expect.
+      ws.send(data, { binary: isBinary });
+      return;
+    }
     if (isBinary) {
       ws.send(data, { binary: true });
       return;

@@ -1,0 +1,11 @@
+// A plain WebSocket echo server (Node `ws`, permessage-deflate on) for the Autobahn
+// conformance cases. Prints its port on the first line of stdout.
+'use strict';
+const { WebSocketServer } = require(process.env.WS_MODULE);
+const wss = new WebSocketServer({ port: 0, host: '127.0.0.1', perMessageDeflate: true });
+wss.on('error', (e) => console.error(e.message));
+wss.on('listening', () => console.log(`listening on ${wss.address().port}`));
+wss.on('connection', (ws) => {
+  ws.on('error', () => {});
+  ws.on('message', (data, isBinary) => ws.send(data, { binary: isBinary }));
+});
