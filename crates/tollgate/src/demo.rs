@@ -86,12 +86,12 @@ impl Demo {
     pub fn print_instructions(&self, server: &Server) {
         let port = server.staging.port();
         let scheme = if server.staging_tls { "wss" } else { "ws" };
-        println!();
-        println!("Demo: product `demo` in front of a built-in WebSocket echo backend.");
-        println!("Application `demo-app` on plan `basic` (60 hits a minute) has user_key {}", self.user_key);
-        println!("Try the staging gateway (type a line, get a reply; Ctrl-D to close):");
-        println!("  tollgate ws '{scheme}://demo-staging.localhost:{port}/?user_key={}'", self.user_key);
-        println!(
+        say!();
+        say!("Demo: product `demo` in front of a built-in WebSocket echo backend.");
+        say!("Application `demo-app` on plan `basic` (60 hits a minute) has user_key {}", self.user_key);
+        say!("Try the staging gateway (type a line, get a reply; Ctrl-D to close):");
+        say!("  tollgate ws '{scheme}://demo-staging.localhost:{port}/?user_key={}'", self.user_key);
+        say!(
             "  (from the source tree: cargo run --release -- ws '{scheme}://demo-staging.localhost:{port}/?user_key={}')",
             self.user_key
         );

@@ -1,6 +1,15 @@
 //! The `tollgate` binary's library: command-line surface and process wiring. Kept as a
 //! library so integration tests can run a whole gateway in-process on port 0.
 
+/// Prints a line on stdout, ignoring a closed stdout (`tollgate serve | head -3` must
+/// not take the gateway down).
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 pub mod admin;
 pub mod check;
 pub mod cli;
@@ -13,6 +22,22 @@ pub mod ws;
 pub fn init_tracing(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ =
-        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(|| Stderr).with_target(false).try_init();
+}
+
+/// Standard error that never fails: a gateway must keep serving (and drain cleanly)
+/// when whatever reads its logs goes away, so a broken log pipe loses log lines, not
+/// the process (tracing-subscriber would otherwise report the failure on stderr, and
+/// that report panics).
+struct Stderr;
+
+impl std::io::Write for Stderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let _ = std::io::stderr().write_all(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = std::io::stderr().flush();
+        Ok(())
+    }
 }

@@ -1,6 +1,7 @@
 //! The `tollgate` binary: parses flags, sets up logging, and calls into the library.
 
 use clap::Parser;
+use std::io::Write as _;
 use std::process::ExitCode;
 use tollgate::cli::{Cli, Command};
 
@@ -10,7 +11,7 @@ fn main() -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("tollgate: cannot start the async runtime: {e}");
+            let _ = writeln!(std::io::stderr(), "tollgate: cannot start the async runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
@@ -29,7 +30,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("tollgate: {e:#}");
+            let _ = writeln!(std::io::stderr(), "tollgate: {e:#}");
             ExitCode::FAILURE
         }
     }

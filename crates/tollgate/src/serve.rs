@@ -325,17 +325,17 @@ pub async fn run_cli(args: ServeArgs) -> anyhow::Result<ExitCode> {
         (None, false) => (Source::Store(args.store.clone()), None),
     };
     let server = Server::start(&args, source).await?;
-    println!("tollgate: staging gateway    {}", server.url(Environment::Staging));
-    println!("tollgate: production gateway {}", server.url(Environment::Production));
+    say!("tollgate: staging gateway    {}", server.url(Environment::Staging));
+    say!("tollgate: production gateway {}", server.url(Environment::Production));
     if let Some(token) = &server.admin_token {
-        println!("tollgate: created the first admin token (shown once; keep it): {token}");
-        println!("          use it as `Authorization: Bearer <token>` or TOLLGATE_ADMIN_TOKEN");
+        say!("tollgate: created the first admin token (shown once; keep it): {token}");
+        say!("          use it as `Authorization: Bearer <token>` or TOLLGATE_ADMIN_TOKEN");
     }
     // The admin line comes last: scripts may read up to it.
     if matches!(server.source, Source::Store(_)) {
-        println!("tollgate: admin API          http://{}/api/v1 (store {})", server.admin, args.store);
+        say!("tollgate: admin API          http://{}/api/v1 (store {})", server.admin, args.store);
     } else {
-        println!("tollgate: admin              http://{} (/status/live, /status/ready, /metrics)", server.admin);
+        say!("tollgate: admin              http://{} (/status/live, /status/ready, /metrics)", server.admin);
     }
 
     if let Some(demo) = &demo {

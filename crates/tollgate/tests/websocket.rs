@@ -6,7 +6,7 @@ mod support;
 use futures_util::{SinkExt, StreamExt};
 use std::sync::Arc;
 use support::*;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncWriteExt, BufReader};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -367,26 +367,7 @@ async fn sighup_reloads_without_dropping_an_open_websocket() {
     let path = dir.path().join("tollgate.yaml");
     let original = config(&backend, "{ name: websocket },", 100);
     std::fs::write(&path, &original).expect("write");
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
-        .args(["--log", "info", "serve", "--config"])
-        .arg(&path)
-        .args([
-            "--staging-listen",
-            "127.0.0.1:0",
-            "--production-listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn serve");
-    let mut out = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let mut err = BufReader::new(child.stderr.take().expect("stderr")).lines();
-    let port = staging_port(&mut out).await;
-    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    let Spawned { mut child, mut err, staging: addr, .. } = spawn_serve(&path).await;
     let host = "chat-staging.localhost";
 
     let mut open = ws(addr, host, &format!("/?user_key={KEY}")).await.expect("upgrade");
@@ -539,27 +520,10 @@ async fn sigterm_sends_1001_to_open_websockets() {
     let dir = TempDir::new();
     let path = dir.path().join("tollgate.yaml");
     std::fs::write(&path, config(&backend, "{ name: websocket },", 100)).expect("write");
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
-        .args(["serve", "--config"])
-        .arg(&path)
-        .args([
-            "--staging-listen",
-            "127.0.0.1:0",
-            "--production-listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn");
-    let mut out = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let port = staging_port(&mut out).await;
-    let mut socket = ws(([127, 0, 0, 1], port).into(), "chat-staging.localhost", &format!("/?user_key={KEY}"))
-        .await
-        .expect("upgrade");
+    // Its log pipe is closed at once: losing its log reader must not stop a gateway
+    // from draining cleanly.
+    let Spawned { mut child, staging, .. } = spawn_serve(&path).await;
+    let mut socket = ws(staging, "chat-staging.localhost", &format!("/?user_key={KEY}")).await.expect("upgrade");
     assert_eq!(ask(&mut socket, "hi").await, "reply from server : hi");
     let pid = child.id().expect("pid").to_string();
     assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().expect("kill").success());

@@ -417,3 +417,35 @@ pub async fn api_as(
     .await;
     (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::Null))
 }
+
+/// A `tollgate serve --config FILE` process on port 0.
+pub struct Spawned {
+    pub child: tokio::process::Child,
+    pub staging: SocketAddr,
+    /// Its log lines, to wait for a log event.
+    pub err: tokio::io::Lines<BufReader<tokio::process::ChildStderr>>,
+}
+
+pub async fn spawn_serve(config: &Path) -> Spawned {
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["--log", "info", "serve", "--config"])
+        .arg(config)
+        .args([
+            "--staging-listen",
+            "127.0.0.1:0",
+            "--production-listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn serve");
+    let mut out = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let err = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let port = staging_port(&mut out).await;
+    tokio::spawn(async move { while let Ok(Some(_)) = out.next_line().await {} });
+    Spawned { child, staging: ([127, 0, 0, 1], port).into(), err }
+}
