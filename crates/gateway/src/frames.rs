@@ -91,6 +91,14 @@ pub fn close_frame(code: u16, reason: &str, mask: Option<[u8; 4]>) -> Vec<u8> {
     out
 }
 
+/// An empty ping, masked (client role) when `mask` is given.
+pub fn ping_frame(mask: Option<[u8; 4]>) -> Vec<u8> {
+    match mask {
+        None => vec![0x80 | OP_PING, 0],
+        Some(key) => vec![0x80 | OP_PING, 0x80, key[0], key[1], key[2], key[3]],
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -300,7 +300,15 @@ impl Gateway {
                     as std::pin::Pin<Box<dyn std::future::Future<Output = relay::Verdict> + Send>>
             }) as relay::Gate
         });
-        let options = RelayOptions { deflate, max_message_bytes: ctx.product.websocket_config.max_message_bytes, gate };
+        let ws = &ctx.product.websocket_config;
+        let options = RelayOptions {
+            deflate,
+            max_message_bytes: ws.max_message_bytes,
+            gate,
+            idle_timeout: ws.idle_timeout,
+            ping_interval: ws.ping_interval,
+            max_duration: ws.max_connection_duration,
+        };
         let (generations, draining) = (self.snapshot.subscribe(), self.draining.subscribe());
         let mut out = Response::new(GatewayBody::empty());
         *out.status_mut() = StatusCode::SWITCHING_PROTOCOLS;

@@ -14,6 +14,8 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::Notify;
 
@@ -43,6 +45,12 @@ pub struct RelayOptions {
     /// Largest message, in payload bytes as on the wire (compressed when deflated).
     pub max_message_bytes: Option<u64>,
     pub gate: Option<Gate>,
+    /// Close with 1001 when nothing arrives from either side for this long.
+    pub idle_timeout: Option<Duration>,
+    /// Ping both sides this often (their pongs count as activity).
+    pub ping_interval: Option<Duration>,
+    /// Close with 1001 once the connection is this old.
+    pub max_duration: Option<Duration>,
 }
 
 /// Counts of one relayed connection, for metrics and logs.
@@ -59,16 +67,61 @@ pub struct Totals {
 /// A close code and its reason.
 pub type Close = (u16, &'static str);
 
-/// Closes the gateway has decided on, waiting for the pump that writes to each side.
-#[derive(Default)]
+/// Closes (and pings) the gateway has decided on, waiting for the pump that writes to
+/// each side, and when the connection was last active.
 struct Control {
     /// (to the client, to the backend)
     pending: Mutex<(Option<Close>, Option<Close>)>,
     to_client: Notify,
     to_backend: Notify,
+    /// Pings the gateway wants sent (to the client, to the backend).
+    pings: (AtomicBool, AtomicBool),
+    /// Milliseconds since the relay started at which bytes last arrived.
+    last_activity: AtomicU64,
+    started: std::time::Instant,
+}
+
+impl Default for Control {
+    fn default() -> Self {
+        Control {
+            pending: Mutex::default(),
+            to_client: Notify::new(),
+            to_backend: Notify::new(),
+            pings: (AtomicBool::new(false), AtomicBool::new(false)),
+            last_activity: AtomicU64::new(0),
+            started: std::time::Instant::now(),
+        }
+    }
 }
 
 impl Control {
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    fn touch(&self) {
+        self.last_activity.store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    fn ping_both(&self) {
+        self.pings.0.store(true, Ordering::Relaxed);
+        self.pings.1.store(true, Ordering::Relaxed);
+        self.to_client.notify_one();
+        self.to_backend.notify_one();
+    }
+
+    /// Resolves when nothing arrived from either side for `idle`.
+    async fn idle_for(&self, idle: Duration) {
+        loop {
+            let last = self.last_activity.load(Ordering::Relaxed);
+            let deadline = self.started + Duration::from_millis(last) + idle;
+            tokio::time::sleep_until(deadline.into()).await;
+            if self.last_activity.load(Ordering::Relaxed) == last {
+                return;
+            }
+        }
+    }
+
     fn close_both(&self, code: u16, reason: &'static str) {
         let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         p.0.get_or_insert((code, reason));
@@ -76,6 +129,11 @@ impl Control {
         drop(p);
         self.to_client.notify_one();
         self.to_backend.notify_one();
+    }
+
+    fn take_peek(&self, to_client: bool) -> Option<Close> {
+        let p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        if to_client { p.0 } else { p.1 }
     }
 
     fn take(&self, to_client: bool) -> Option<Close> {
@@ -101,12 +159,41 @@ where
         tokio::join!(up.run(client_rd, backend_wr, &ctl, &opts), down.run(backend_rd, client_wr, &ctl, &opts))
     };
     tokio::pin!(pumps);
+    let pinger = async {
+        let Some(every) = opts.ping_interval else { return std::future::pending().await };
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        loop {
+            tick.tick().await;
+            ctl.ping_both();
+        }
+    };
+    let idle = async {
+        match opts.idle_timeout {
+            Some(t) => ctl.idle_for(t).await,
+            None => std::future::pending().await,
+        }
+    };
+    let too_old = async {
+        match opts.max_duration {
+            Some(d) => tokio::time::sleep(d).await,
+            None => std::future::pending().await,
+        }
+    };
     let (up, down) = tokio::select! {
         done = &mut pumps => done,
         (code, reason) = stop => {
             ctl.close_both(code, reason);
             pumps.await
         }
+        () = idle => {
+            ctl.close_both(CLOSE_GOING_AWAY, "idle timeout");
+            pumps.await
+        }
+        () = too_old => {
+            ctl.close_both(CLOSE_GOING_AWAY, "maximum connection duration reached");
+            pumps.await
+        }
+        never = pinger => match never {},
     };
     Totals {
         messages_up: up.messages,
@@ -228,6 +315,17 @@ impl Pump {
             let n = tokio::select! {
                 biased;
                 () = mine.notified() => {
+                    let ping = if self.from_client { &ctl.pings.1 } else { &ctl.pings.0 };
+                    if ping.swap(false, Ordering::Relaxed) && ctl.take_peek(!self.from_client).is_none() {
+                        // A ping between frames; skipped if a frame is half through.
+                        if self.at_boundary() {
+                            let frame = frames::ping_frame(self.from_client.then(mask_key));
+                            if dst.write_all(&frame).await.is_err() {
+                                return self;
+                            }
+                        }
+                        continue;
+                    }
                     self.deliver_close(&mut dst, ctl).await;
                     return self;
                 }
@@ -240,6 +338,7 @@ impl Pump {
                     Ok(n) => n,
                 },
             };
+            ctl.touch();
             match self.process(&mut buf[..n], &mut dst, opts).await {
                 Ok(Step::Continue) => {}
                 Ok(Step::Close(code, reason)) => {
@@ -476,5 +575,28 @@ mod tests {
         let close = read_n(&mut client, 25).await;
         assert_eq!(&close[4..], b"usage limits exceeded");
         assert_eq!(task.await.expect("relay").closed_by_gateway, Some(1008));
+    }
+
+    #[tokio::test]
+    async fn idle_connections_and_old_ones_close_with_1001_and_pings_reach_both_sides() {
+        let ms = std::time::Duration::from_millis;
+        // Idle: nothing arrives, the gateway closes.
+        let (mut client, mut backend, task) = setup(RelayOptions { idle_timeout: Some(ms(100)), ..Default::default() });
+        assert_eq!(read_n(&mut client, 4).await, [0x88, 14, 0x03, 0xE9]);
+        assert_eq!(read_n(&mut backend, 2).await, [0x88, 0x80 | 14]);
+        assert_eq!(task.await.expect("relay").closed_by_gateway, Some(1001));
+
+        // Pings: both sides get one (masked towards the backend).
+        let (mut client, mut backend, task) = setup(RelayOptions { ping_interval: Some(ms(50)), ..Default::default() });
+        assert_eq!(read_n(&mut client, 2).await, [0x89, 0x00]);
+        assert_eq!(read_n(&mut backend, 2).await, [0x89, 0x80]);
+        drop((client, backend));
+        task.await.expect("relay");
+
+        // Age: however busy, the connection ends at its maximum duration.
+        let (mut client, _backend, task) = setup(RelayOptions { max_duration: Some(ms(100)), ..Default::default() });
+        let close = read_n(&mut client, 4).await;
+        assert_eq!((close[0], close[2], close[3]), (0x88, 0x03, 0xE9));
+        assert_eq!(task.await.expect("relay").closed_by_gateway, Some(1001));
     }
 }

@@ -434,6 +434,9 @@ pub struct WebSocketConfig {
     /// (metric, direction, delta)
     pub meter: Option<(MetricId, crate::policy::websocket::Direction, u64)>,
     pub on_limit_exceeded: crate::policy::websocket::OnLimitExceeded,
+    pub idle_timeout: Option<Duration>,
+    pub ping_interval: Option<Duration>,
+    pub max_connection_duration: Option<Duration>,
 }
 
 /// The product's (first enabled) `websocket` policy configuration, with its metric
@@ -461,7 +464,14 @@ fn websocket_config(
             None
         }
     });
-    WebSocketConfig { max_message_bytes: c.max_message_bytes, meter, on_limit_exceeded: c.on_limit_exceeded }
+    WebSocketConfig {
+        max_message_bytes: c.max_message_bytes,
+        meter,
+        on_limit_exceeded: c.on_limit_exceeded,
+        idle_timeout: c.idle_timeout.map(Duration::from_secs),
+        ping_interval: c.ping_interval.map(Duration::from_secs),
+        max_connection_duration: c.max_connection_duration.map(Duration::from_secs),
+    }
 }
 
 impl Product {

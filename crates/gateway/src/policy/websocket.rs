@@ -8,6 +8,9 @@
 //!     max_message_bytes: 1048576   # close 1009 beyond it
 //!     meter_messages: { metric: messages, direction: client_to_server, delta: 1 }
 //!     on_limit_exceeded: close     # close 1008 "usage limits exceeded" (default), or drop
+//!     idle_timeout: 300            # seconds without a frame → close 1001
+//!     ping_interval: 30            # seconds between the gateway's pings to both sides
+//!     max_connection_duration: 86400
 //! ```
 
 use super::Policy;
@@ -66,6 +69,15 @@ pub struct Config {
     pub meter_messages: Option<MeterMessages>,
     #[serde(default)]
     pub on_limit_exceeded: OnLimitExceeded,
+    /// Seconds without a frame from either side after which the connection closes (1001).
+    #[serde(default)]
+    pub idle_timeout: Option<u64>,
+    /// Seconds between pings the gateway sends both sides (their pongs are activity).
+    #[serde(default)]
+    pub ping_interval: Option<u64>,
+    /// Seconds after which a connection closes (1001), however busy.
+    #[serde(default)]
+    pub max_connection_duration: Option<u64>,
 }
 
 /// The configuration of a chain entry, already validated by the registry.
@@ -79,6 +91,20 @@ impl WebSocketPolicy {
     pub(super) fn new(config: Config) -> Result<Self, (String, String)> {
         if config.max_message_bytes == Some(0) {
             return Err(("max_message_bytes".into(), "must be at least 1".into()));
+        }
+        for (key, v) in [
+            ("idle_timeout", config.idle_timeout),
+            ("ping_interval", config.ping_interval),
+            ("max_connection_duration", config.max_connection_duration),
+        ] {
+            if v == Some(0) {
+                return Err((key.into(), "must be at least 1 (seconds)".into()));
+            }
+        }
+        if let (Some(ping), Some(idle)) = (config.ping_interval, config.idle_timeout)
+            && ping >= idle
+        {
+            return Err(("ping_interval".into(), "must be shorter than idle_timeout, or live peers time out".into()));
         }
         if config.meter_messages.as_ref().is_some_and(|m| m.delta == 0) {
             return Err(("meter_messages.delta".into(), "must be at least 1".into()));
