@@ -294,9 +294,9 @@ impl Gateway {
             _ => None,
         };
         let gate: Option<relay::Gate> = session.clone().map(|s| {
-            Arc::new(move |from_client: bool| {
+            Arc::new(move |frame: relay::FrameInfo| {
                 let s = s.clone();
-                Box::pin(async move { s.message(from_client).await })
+                Box::pin(async move { s.frame(frame).await })
                     as std::pin::Pin<Box<dyn std::future::Future<Output = relay::Verdict> + Send>>
             }) as relay::Gate
         });

@@ -35,8 +35,19 @@ pub enum Verdict {
     Close(u16, &'static str),
 }
 
-/// Asked for every message (`true`: from the client); `None` when nothing is metered.
-pub type Gate = Arc<dyn Fn(bool) -> Pin<Box<dyn Future<Output = Verdict> + Send>> + Send + Sync>;
+/// A data frame as the gate sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameInfo {
+    pub from_client: bool,
+    /// The first frame of a message (so once per message).
+    pub starts_message: bool,
+    /// Payload bytes as on the wire.
+    pub payload_len: u64,
+}
+
+/// Asked for every data frame before it passes; `None` when nothing is governed.
+/// `Drop` is honoured on a message's first frame (the whole message is dropped).
+pub type Gate = Arc<dyn Fn(FrameInfo) -> Pin<Box<dyn Future<Output = Verdict> + Send>> + Send + Sync>;
 
 #[derive(Clone, Default)]
 pub struct RelayOptions {
@@ -280,15 +291,20 @@ impl Pump {
                 self.in_message = true;
                 self.message_bytes = 0;
                 self.dropping_message = false;
-                if let Some(gate) = &opts.gate {
-                    match gate(self.from_client).await {
-                        Verdict::Forward => {}
-                        Verdict::Drop => self.dropping_message = true,
-                        Verdict::Close(code, reason) => return Step::Close(code, reason),
-                    }
-                }
             }
             _ => {}
+        }
+        if let Some(gate) = &opts.gate
+            && !self.dropping_message
+        {
+            let starts_message = h.opcode != OP_CONTINUATION;
+            let info = FrameInfo { from_client: self.from_client, starts_message, payload_len: h.payload_len };
+            match gate(info).await {
+                Verdict::Forward => {}
+                Verdict::Drop if starts_message => self.dropping_message = true,
+                Verdict::Drop => {}
+                Verdict::Close(code, reason) => return Step::Close(code, reason),
+            }
         }
         self.message_bytes = self.message_bytes.saturating_add(h.payload_len);
         if self.max_message_bytes.is_some_and(|max| self.message_bytes > max) {
@@ -553,7 +569,10 @@ mod tests {
     async fn the_gate_drops_or_closes_whole_messages() {
         let seen = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let counter = seen.clone();
-        let gate: Gate = Arc::new(move |_| {
+        let gate: Gate = Arc::new(move |info: FrameInfo| {
+            if !info.starts_message {
+                return Box::pin(async { Verdict::Forward });
+            }
             let n = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             Box::pin(async move {
                 match n {

@@ -9,7 +9,7 @@ use crate::analytics::Analytics;
 use crate::mapping::Usage;
 use crate::policy::Credential;
 use crate::policy::websocket::OnLimitExceeded;
-use crate::relay::{CLOSE_GOING_AWAY, CLOSE_POLICY_VIOLATION, Verdict};
+use crate::relay::{CLOSE_GOING_AWAY, CLOSE_POLICY_VIOLATION, FrameInfo, Verdict};
 use crate::snapshot::{Application, Product, SnapshotHandle};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -87,20 +87,31 @@ impl Session {
         Ok((product, app))
     }
 
-    /// Decides on one message: metered on the plan's limits when the `websocket` policy
-    /// says so, all-or-nothing like a request.
-    pub async fn message(&self, from_client: bool) -> Verdict {
+    /// Decides on one data frame: its message (on the first frame) and its bytes are
+    /// metered on the plan's limits when the `websocket` policy says so, together and
+    /// all-or-nothing like a request.
+    pub async fn frame(&self, frame: FrameInfo) -> Verdict {
         let (product, app) = match self.current() {
             Ok(x) => x,
             Err(reason) => return Verdict::Close(CLOSE_POLICY_VIOLATION, reason),
         };
         let ws = &product.websocket_config;
-        let Some((metric, direction, delta)) = ws.meter else { return Verdict::Forward };
-        if !direction.includes(from_client) {
+        let mut usage = Usage::default();
+        if let Some((metric, direction, delta)) = ws.meter
+            && frame.starts_message
+            && direction.includes(frame.from_client)
+        {
+            usage.add(metric, delta);
+        }
+        if let Some((metric, direction)) = ws.meter_bytes
+            && direction.includes(frame.from_client)
+            && frame.payload_len > 0
+        {
+            usage.add(metric, frame.payload_len);
+        }
+        if usage.is_empty() {
             return Verdict::Forward;
         }
-        let mut usage = Usage::default();
-        usage.add(metric, delta);
         let usage = usage.with_ancestors(&product.metrics);
         let checks = plan_checks(&product, &app, &usage);
         let now = self.clock.now();
@@ -116,9 +127,10 @@ impl Session {
                 }
                 Verdict::Forward
             }
+            // Only whole messages can be dropped; a frame inside one closes the connection.
             Ok(Decision::Exceeded(_)) => match ws.on_limit_exceeded {
-                OnLimitExceeded::Close => Verdict::Close(CLOSE_POLICY_VIOLATION, "usage limits exceeded"),
-                OnLimitExceeded::Drop => Verdict::Drop,
+                OnLimitExceeded::Drop if frame.starts_message => Verdict::Drop,
+                _ => Verdict::Close(CLOSE_POLICY_VIOLATION, "usage limits exceeded"),
             },
             Err(_) => Verdict::Close(1011, "usage counters unavailable"),
         }

@@ -433,6 +433,8 @@ pub struct WebSocketConfig {
     pub max_message_bytes: Option<u64>,
     /// (metric, direction, delta)
     pub meter: Option<(MetricId, crate::policy::websocket::Direction, u64)>,
+    /// (metric, direction)
+    pub meter_bytes: Option<(MetricId, crate::policy::websocket::Direction)>,
     pub on_limit_exceeded: crate::policy::websocket::OnLimitExceeded,
     pub idle_timeout: Option<Duration>,
     pub ping_interval: Option<Duration>,
@@ -464,9 +466,23 @@ fn websocket_config(
             None
         }
     });
+    let meter_bytes = c.meter_bytes.as_ref().and_then(|m| match metrics.id(&m.metric) {
+        Some(id) => Some((id, m.direction)),
+        None => {
+            errors.push(
+                ConfigError::new(
+                    format!("{path}.policy_chain[{j}].configuration.meter_bytes.metric"),
+                    format!("no metric or method named `{}`", m.metric),
+                )
+                .hint("declare it under `metrics` first"),
+            );
+            None
+        }
+    });
     WebSocketConfig {
         max_message_bytes: c.max_message_bytes,
         meter,
+        meter_bytes,
         on_limit_exceeded: c.on_limit_exceeded,
         idle_timeout: c.idle_timeout.map(Duration::from_secs),
         ping_interval: c.ping_interval.map(Duration::from_secs),

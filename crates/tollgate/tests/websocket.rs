@@ -535,3 +535,31 @@ async fn sigterm_sends_1001_to_open_websockets() {
     let status = child.wait().await.expect("wait");
     assert!(status.success(), "the gateway exits cleanly after draining");
 }
+
+#[tokio::test]
+async fn bytes_are_metered_on_their_own_metric() {
+    let backend = node_backend().await;
+    let yaml = config(
+        &backend,
+        "{ name: websocket, configuration: { meter_bytes: { metric: bytes, direction: client_to_server } } },",
+        100,
+    )
+    .replace(
+        "metrics: [ { system_name: hits, unit: hit } ]",
+        "metrics: [ { system_name: hits, unit: hit }, { system_name: bytes, unit: byte } ]",
+    )
+    .replace(
+        "limits: [ { metric: hits, period: minute, value: 100 } ]",
+        "limits: [ { metric: hits, period: minute, value: 100 }, { metric: bytes, period: minute, value: 10 } ]",
+    );
+    let gw = gateway(&yaml).await;
+    let mut socket =
+        ws(gw.server.staging, "chat-staging.localhost", &format!("/?user_key={KEY}")).await.expect("upgrade");
+    assert_eq!(ask(&mut socket, "hello").await, "reply from server : hello");
+    assert_eq!(ask(&mut socket, "world").await, "reply from server : world", "10 bytes: exactly the limit");
+    socket.send(Message::text("!")).await.expect("send");
+    match ws_message(&mut socket).await {
+        Message::Close(Some(f)) => assert_eq!((u16::from(f.code), f.reason.as_str()), (1008, "usage limits exceeded")),
+        other => panic!("expected close 1008, got {other:?}"),
+    }
+}

@@ -128,7 +128,7 @@ impl Default for Registry {
                 },
                 PolicyInfo {
                     name: "websocket",
-                    schema: r#"{"type":"object","additionalProperties":false,"properties":{"max_message_bytes":{"type":"integer","minimum":1},"meter_messages":{"type":"object","additionalProperties":false,"required":["metric"],"properties":{"metric":{"type":"string"},"direction":{"enum":["client_to_server","server_to_client","both"]},"delta":{"type":"integer","minimum":1}}},"on_limit_exceeded":{"enum":["close","drop"]},"idle_timeout":{"type":"integer","minimum":1},"ping_interval":{"type":"integer","minimum":1},"max_connection_duration":{"type":"integer","minimum":1}}}"#,
+                    schema: r#"{"type":"object","additionalProperties":false,"properties":{"max_message_bytes":{"type":"integer","minimum":1},"meter_messages":{"type":"object","additionalProperties":false,"required":["metric"],"properties":{"metric":{"type":"string"},"direction":{"enum":["client_to_server","server_to_client","both"]},"delta":{"type":"integer","minimum":1}}},"meter_bytes":{"type":"object","additionalProperties":false,"required":["metric"],"properties":{"metric":{"type":"string"},"direction":{"enum":["client_to_server","server_to_client","both"]}}},"on_limit_exceeded":{"enum":["close","drop"]},"idle_timeout":{"type":"integer","minimum":1},"ping_interval":{"type":"integer","minimum":1},"max_connection_duration":{"type":"integer","minimum":1}}}"#,
                     summary: "Allows WebSocket upgrades for the product; without it an upgrade gets 400.",
                     build: |c| {
                         parse::<websocket::Config>(c)

@@ -7,6 +7,7 @@
 //!   configuration:
 //!     max_message_bytes: 1048576   # close 1009 beyond it
 //!     meter_messages: { metric: messages, direction: client_to_server, delta: 1 }
+//!     meter_bytes: { metric: bytes, direction: both }
 //!     on_limit_exceeded: close     # close 1008 "usage limits exceeded" (default), or drop
 //!     idle_timeout: 300            # seconds without a frame → close 1001
 //!     ping_interval: 30            # seconds between the gateway's pings to both sides
@@ -49,6 +50,14 @@ fn one() -> u64 {
     1
 }
 
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MeterBytes {
+    pub metric: String,
+    #[serde(default)]
+    pub direction: Direction,
+}
+
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OnLimitExceeded {
@@ -67,6 +76,9 @@ pub struct Config {
     /// Count each message on a metric, checked against the plan's limits like a request.
     #[serde(default)]
     pub meter_messages: Option<MeterMessages>,
+    /// Count payload bytes (as on the wire) on a metric, checked like messages.
+    #[serde(default)]
+    pub meter_bytes: Option<MeterBytes>,
     #[serde(default)]
     pub on_limit_exceeded: OnLimitExceeded,
     /// Seconds without a frame from either side after which the connection closes (1001).
