@@ -18,17 +18,8 @@ struct Spawned {
 
 async fn spawn(store: &str) -> Spawned {
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
-        .args([
-            "serve",
-            "--store",
-            store,
-            "--staging-listen",
-            "127.0.0.1:0",
-            "--production-listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-        ])
+        .args(["serve", "--store", store])
+        .args(PORT0)
         .env_remove("TOLLGATE_ADMIN_TOKEN")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

@@ -209,17 +209,13 @@ async fn backend_route(req: Request<Incoming>, peer: SocketAddr) -> Response<Box
     r
 }
 
+/// Every listener of `serve` on a free loopback port.
+pub const PORT0: [&str; 6] =
+    ["--staging-listen", "127.0.0.1:0", "--production-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"];
+
 pub fn serve_args(extra: &[&str]) -> ServeArgs {
-    let mut argv = vec![
-        "tollgate",
-        "serve",
-        "--staging-listen",
-        "127.0.0.1:0",
-        "--production-listen",
-        "127.0.0.1:0",
-        "--admin-listen",
-        "127.0.0.1:0",
-    ];
+    let mut argv = vec!["tollgate", "serve"];
+    argv.extend_from_slice(&PORT0);
     argv.extend_from_slice(extra);
     let cli = <Cli as clap::Parser>::try_parse_from(argv).expect("serve flags");
     match cli.command {
@@ -430,14 +426,7 @@ pub async fn spawn_serve(config: &Path) -> Spawned {
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
         .args(["--log", "info", "serve", "--config"])
         .arg(config)
-        .args([
-            "--staging-listen",
-            "127.0.0.1:0",
-            "--production-listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-        ])
+        .args(PORT0)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
