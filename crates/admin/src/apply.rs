@@ -103,10 +103,7 @@ pub async fn apply(s: &AdminState, config: Config, dry_run: bool) -> ApiResult<V
         let mut draft = p.clone();
         draft.application_plans.clear();
         if row.is_none_or(|r| r.doc.to_product(vec![]) != draft) {
-            let mut doc = ProductDoc::from_product(&draft);
-            if let Some(r) = row {
-                doc.last_id = doc.last_id.max(r.doc.last_id);
-            }
+            let doc = ProductDoc::from_product(&draft, row.map_or(0, |r| r.doc.last_id));
             changes.push(Change::Product(row.cloned(), doc));
         }
         for plan in &p.application_plans {
@@ -114,10 +111,7 @@ pub async fn apply(s: &AdminState, config: Config, dry_run: bool) -> ApiResult<V
                 world.plans.iter().find(|x| x.parent_id == Some(r.id) && x.system_name == plan.system_name)
             });
             if existing.is_none_or(|x| x.doc.to_plan() != *plan) {
-                let mut doc = PlanDoc::from_plan(plan);
-                if let Some(x) = existing {
-                    doc.last_id = doc.last_id.max(x.doc.last_id);
-                }
+                let doc = PlanDoc::from_plan(plan, existing.map_or(0, |x| x.doc.last_id));
                 changes.push(Change::Plan { product: p.system_name.clone(), row: existing.cloned(), doc });
             }
         }

@@ -16,6 +16,7 @@ mod world;
 
 pub use auth::{AuthError, add_token, ensure_admin_token, hash_token};
 pub use error::ApiError;
+pub use resources::health_router;
 pub use world::{World, parse_proxy_config, proxy_config};
 
 use axum::Router;

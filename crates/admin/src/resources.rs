@@ -141,11 +141,32 @@ async fn ready(State(s): St) -> Response {
 }
 
 async fn metrics(State(s): St) -> Response {
+    render_metrics(s.metrics.as_deref())
+}
+
+/// The Prometheus text exposition of the gateways' metrics.
+fn render_metrics(metrics: Option<&tollgate_gateway::Metrics>) -> Response {
     let mut out = String::new();
-    if let Some(m) = &s.metrics {
+    if let Some(m) = metrics {
         m.render(&mut out);
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+}
+
+/// The admin listener of DB-less mode: health and metrics only (there is no store to
+/// administer), answering anything else with a JSON 404.
+pub fn health_router(metrics: Arc<tollgate_gateway::Metrics>) -> Router {
+    Router::new()
+        .route("/status/live", get(|| async { Json(json!({ "status": "live" })) }))
+        .route("/status/ready", get(|| async { Json(json!({ "status": "ready" })) }))
+        .route(
+            "/metrics",
+            get(move || {
+                let metrics = metrics.clone();
+                async move { render_metrics(Some(&metrics)) }
+            }),
+        )
+        .fallback(|| async { ApiError::not_found("endpoint") })
 }
 
 pub fn routes() -> Router<Arc<AdminState>> {
@@ -275,9 +296,9 @@ async fn product_create(State(s): St, Body(product): Body<Product>) -> ApiResult
     ensure_free(&s, Table::Products, None, &product.system_name, "product").await?;
     let mut world = World::load(&s.store).await?;
     let index = world.products.len();
-    let doc = ProductDoc::from_product(&product);
+    let doc = ProductDoc::from_product(&product, 0);
     world.products.push(pending(None, &product.system_name, doc.clone()));
-    let plans: Vec<PlanDoc> = product.application_plans.iter().map(PlanDoc::from_plan).collect();
+    let plans: Vec<PlanDoc> = product.application_plans.iter().map(|p| PlanDoc::from_plan(p, 0)).collect();
     for plan in &plans {
         world.plans.push(pending(Some(-1), &plan.system_name, plan.clone()));
     }
@@ -303,8 +324,7 @@ async fn product_put(State(s): St, Path(p): Path<String>, Body(product): Body<Pr
     let mut world = World::load(&s.store).await?;
     let index = world.product_index(row.id);
     // The draft is replaced; plans are managed under application_plans.
-    let mut doc = ProductDoc::from_product(&product);
-    doc.last_id = doc.last_id.max(row.doc.last_id);
+    let doc = ProductDoc::from_product(&product, row.doc.last_id);
     World::put(&mut world.products, Row { doc: doc.clone(), ..row.clone() });
     world.check(&format!("products[{index}]"))?;
     let row = s.store.update(Table::Products, row.id, row.revision, &doc).await?;
@@ -614,7 +634,7 @@ async fn check_plan(s: &AdminState, product_id: i64, row: Row<PlanDoc>, suffix: 
 async fn plan_create(State(s): St, Path(p): Path<String>, Body(plan): Body<ApplicationPlan>) -> ApiResult<Response> {
     let product: Row<ProductDoc> = find(&s, Table::Products, None, &p, "product").await?;
     ensure_free(&s, Table::ApplicationPlans, Some(product.id), &plan.system_name, "application plan").await?;
-    let doc = PlanDoc::from_plan(&plan);
+    let doc = PlanDoc::from_plan(&plan, 0);
     check_plan(&s, product.id, pending(Some(product.id), &plan.system_name, doc.clone()), "").await?;
     let row = s.store.insert(Table::ApplicationPlans, Some(product.id), &plan.system_name, &doc).await?;
     s.changed();
@@ -629,8 +649,7 @@ async fn plan_put(
     let product: Row<ProductDoc> = find(&s, Table::Products, None, &p, "product").await?;
     let row: Row<PlanDoc> = find(&s, Table::ApplicationPlans, Some(product.id), &plan, "application plan").await?;
     same_name(&row.system_name, &body.system_name, "system_name")?;
-    let mut doc = PlanDoc::from_plan(&body);
-    doc.last_id = doc.last_id.max(row.doc.last_id);
+    let doc = PlanDoc::from_plan(&body, row.doc.last_id);
     check_plan(&s, product.id, Row { doc: doc.clone(), ..row.clone() }, "").await?;
     let row = s.store.update(Table::ApplicationPlans, row.id, row.revision, &doc).await?;
     s.changed();

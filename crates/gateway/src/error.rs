@@ -101,18 +101,12 @@ impl GatewayError {
             Side::Downstream => tracing::debug!(code = self.code(), "request refused"),
             side => tracing::warn!(code = self.code(), ?side, detail = self.detail().unwrap_or(""), "request failed"),
         }
-        let mut resp = json_error(self.status(), self.code(), &self.to_string());
+        let mut resp = ErrorTemplate::json(self.status(), self.code(), &self.to_string()).respond();
         if matches!(self, GatewayError::BadUpgrade(_)) {
             resp.headers_mut().insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
         }
         resp
     }
-}
-
-/// `{"error":{"code":…,"message":…}}` with the given status.
-pub fn json_error(status: StatusCode, code: &str, message: &str) -> Response<GatewayBody> {
-    let body = serde_json::json!({ "error": { "code": code, "message": message } }).to_string();
-    local_response(status, HeaderValue::from_static("application/json"), Bytes::from(body))
 }
 
 pub fn local_response(status: StatusCode, content_type: HeaderValue, body: Bytes) -> Response<GatewayBody> {
@@ -131,6 +125,7 @@ pub struct ErrorTemplate {
 }
 
 impl ErrorTemplate {
+    /// `{"error":{"code":…,"message":…}}` with the given status.
     pub fn json(status: StatusCode, code: &str, message: &str) -> Self {
         let body = serde_json::json!({ "error": { "code": code, "message": message } }).to_string();
         ErrorTemplate { status, content_type: HeaderValue::from_static("application/json"), body: body.into() }

@@ -453,32 +453,26 @@ fn websocket_config(
         return WebSocketConfig::default();
     };
     let c = crate::policy::websocket::parse_config(&entry.configuration);
-    let meter = c.meter_messages.as_ref().and_then(|m| match metrics.id(&m.metric) {
-        Some(id) => Some((id, m.direction, m.delta)),
+    // A metered metric must exist in the product; a missing one is a configuration error.
+    let mut resolve = |key: &str, metric: &str| match metrics.id(metric) {
+        Some(id) => Some(id),
         None => {
             errors.push(
                 ConfigError::new(
-                    format!("{path}.policy_chain[{j}].configuration.meter_messages.metric"),
-                    format!("no metric or method named `{}`", m.metric),
+                    format!("{path}.policy_chain[{j}].configuration.{key}.metric"),
+                    format!("no metric or method named `{metric}`"),
                 )
                 .hint("declare it under `metrics` first"),
             );
             None
         }
-    });
-    let meter_bytes = c.meter_bytes.as_ref().and_then(|m| match metrics.id(&m.metric) {
-        Some(id) => Some((id, m.direction)),
-        None => {
-            errors.push(
-                ConfigError::new(
-                    format!("{path}.policy_chain[{j}].configuration.meter_bytes.metric"),
-                    format!("no metric or method named `{}`", m.metric),
-                )
-                .hint("declare it under `metrics` first"),
-            );
-            None
-        }
-    });
+    };
+    let meter = c
+        .meter_messages
+        .as_ref()
+        .and_then(|m| resolve("meter_messages", &m.metric).map(|id| (id, m.direction, m.delta)));
+    let meter_bytes =
+        c.meter_bytes.as_ref().and_then(|m| resolve("meter_bytes", &m.metric).map(|id| (id, m.direction)));
     WebSocketConfig {
         max_message_bytes: c.max_message_bytes,
         meter,

@@ -60,8 +60,10 @@ pub struct ProductDoc {
 }
 
 impl ProductDoc {
-    pub fn from_product(p: &Product) -> ProductDoc {
-        let mut last_id = 0;
+    /// A draft from the declarative product, its items numbered after `last_id` (the
+    /// previous draft's, when it replaces one), so an id never names two items over time.
+    pub fn from_product(p: &Product, last_id: i64) -> ProductDoc {
+        let mut last_id = last_id;
         ProductDoc {
             system_name: p.system_name.clone(),
             name: p.name.clone(),
@@ -119,8 +121,9 @@ pub struct PlanDoc {
 }
 
 impl PlanDoc {
-    pub fn from_plan(p: &ApplicationPlan) -> PlanDoc {
-        let mut last_id = 0;
+    /// A plan, its limits numbered after `last_id` (see [`ProductDoc::from_product`]).
+    pub fn from_plan(p: &ApplicationPlan, last_id: i64) -> PlanDoc {
+        let mut last_id = last_id;
         PlanDoc {
             system_name: p.system_name.clone(),
             name: p.name.clone(),

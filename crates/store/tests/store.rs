@@ -62,7 +62,7 @@ fn product(name: &str) -> ProductDoc {
         "system_name: {name}\nstaging_public_base_url: http://{name}-staging.localhost\nproduction_public_base_url: http://{name}.localhost\nbackend_usages: [ {{ backend: echo, path: / }} ]\nmapping_rules: [ {{ http_method: GET, pattern: /, metric: hits }} ]\n"
     );
     let p: Product = serde_norway::from_str(&yaml).expect("product yaml");
-    ProductDoc::from_product(&p)
+    ProductDoc::from_product(&p, 0)
 }
 
 #[tokio::test]
@@ -104,12 +104,15 @@ async fn children_are_scoped_to_their_parent_and_cascade() {
     for (db, store, _) in both().await {
         let a = store.insert(Table::Products, None, "a", &product("a")).await.expect(db);
         let b = store.insert(Table::Products, None, "b", &product("b")).await.expect(db);
-        let plan = tollgate_store::PlanDoc::from_plan(&tollgate_model::ApplicationPlan {
-            system_name: "basic".into(),
-            name: None,
-            limits: vec![],
-            max_connections: None,
-        });
+        let plan = tollgate_store::PlanDoc::from_plan(
+            &tollgate_model::ApplicationPlan {
+                system_name: "basic".into(),
+                name: None,
+                limits: vec![],
+                max_connections: None,
+            },
+            0,
+        );
         store.insert(Table::ApplicationPlans, Some(a.id), "basic", &plan).await.expect(db);
         store.insert(Table::ApplicationPlans, Some(b.id), "basic", &plan).await.expect("same name, other product");
         assert!(matches!(

@@ -10,7 +10,6 @@ macro_rules! say {
     }};
 }
 
-pub mod admin;
 pub mod check;
 pub mod cli;
 pub mod client;

@@ -166,10 +166,8 @@ impl Server {
         };
         let mut admin_token = None;
         let mut admin_state = None;
-        match store {
-            None => {
-                tasks.spawn(crate::admin::serve(admin_listener, metrics, shutdown));
-            }
+        let app = match store {
+            None => tollgate_admin::health_router(metrics),
             Some(store) => {
                 let from_env = std::env::var("TOLLGATE_ADMIN_TOKEN").ok().filter(|t| !t.is_empty());
                 admin_token = tollgate_admin::ensure_admin_token(&store, from_env.as_deref()).await?;
@@ -181,14 +179,14 @@ impl Server {
                 let (applied_tx, applied_rx) = watch::channel(0);
                 tasks.spawn(follow_store(state.clone(), server.handles.clone(), applied_tx, server.stop.subscribe()));
                 admin_state = Some((state.clone(), applied_rx));
-                let app = tollgate_admin::router(state);
-                tasks.spawn(async move {
-                    if let Err(e) = axum::serve(admin_listener, app).with_graceful_shutdown(shutdown).await {
-                        tracing::error!(error = %e, "admin listener failed");
-                    }
-                });
+                tollgate_admin::router(state)
             }
-        }
+        };
+        tasks.spawn(async move {
+            if let Err(e) = axum::serve(admin_listener, app).with_graceful_shutdown(shutdown).await {
+                tracing::error!(error = %e, "admin listener failed");
+            }
+        });
         Ok(Server { tasks, admin_token, admin_state, analytics, ..server })
     }
 
