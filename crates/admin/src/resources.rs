@@ -1162,8 +1162,9 @@ async fn analytics_usage(State(s): St, Q(p): Q<UsageParams>) -> ApiResult<Json<V
         Some(g) => tollgate_store::Granularity::parse(g)
             .ok_or_else(|| ApiError::bad_request(format!("`{g}`: use minute, hour or day")).field("granularity"))?,
     };
-    let q =
-        tollgate_store::UsageQuery { product: p.product, application: p.application, metric: p.metric, since, until };
+    // Series of different units never add up: without a metric, `hits` (as in 3scale).
+    let metric = Some(p.metric.unwrap_or_else(|| "hits".into()));
+    let q = tollgate_store::UsageQuery { product: p.product, application: p.application, metric, since, until };
     let series = s.store.usage_series(&q, granularity).await?;
     let total: i64 = series.iter().map(|(_, v)| v).sum();
     Ok(Json(json!({

@@ -11,6 +11,8 @@ pub struct FrameHeader {
     pub rsv23: bool,
     pub opcode: u8,
     pub masked: bool,
+    /// The masking key (zeros when unmasked).
+    pub mask: [u8; 4],
     pub payload_len: u64,
     /// Header length in bytes (2 to 14).
     pub header_len: usize,
@@ -58,12 +60,17 @@ pub fn parse_header(buf: &[u8]) -> Result<Option<FrameHeader>, &'static str> {
             n
         }
     };
+    let mut mask = [0; 4];
+    if masked {
+        mask.copy_from_slice(&buf[header_len - 4..header_len]);
+    }
     Ok(Some(FrameHeader {
         fin: b0 & 0x80 != 0,
         rsv1: b0 & 0x40 != 0,
         rsv23: b0 & 0x30 != 0,
         opcode: b0 & 0x0F,
         masked,
+        mask,
         payload_len,
         header_len,
     }))
@@ -110,6 +117,7 @@ mod tests {
         assert_eq!((h.fin, h.opcode, h.masked, h.payload_len, h.header_len), (true, OP_TEXT, false, 5, 2));
         let h = parse_header(&[0x02, 0xFE, 0x01, 0x00, 1, 2, 3, 4]).expect("ok").expect("complete");
         assert_eq!((h.fin, h.opcode, h.masked, h.payload_len, h.header_len), (false, OP_BINARY, true, 256, 8));
+        assert_eq!(h.mask, [1, 2, 3, 4]);
         assert_eq!(parse_header(&[0x82, 0x7F, 0, 0, 0, 0, 0, 1]), Ok(None), "needs all 8 length bytes");
         let h = parse_header(&[0x82, 0x7F, 0, 0, 0, 0, 0, 1, 0, 0]).expect("ok").expect("complete");
         assert_eq!(h.payload_len, 65_536);

@@ -1,35 +1,56 @@
 //! Process-wide gateway metrics as plain atomics, rendered in the Prometheus text
-//! format. No labels beyond a fixed set, so recording is one relaxed atomic add with
-//! no lock and no allocation.
+//! format. Labels come from fixed sets (environment, status class, direction, upgrade
+//! result, close initiator and code bucket), so the series stay bounded; recording on
+//! the request path is one relaxed atomic add with no lock and no allocation (closes,
+//! recorded once per connection, take a short lock).
 
+use crate::relay::{Tally, Totals};
 use crate::snapshot::Environment;
+use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
 
 /// Name, type, help, and where to read the value.
 type Family = (&'static str, &'static str, &'static str, fn(&EnvMetrics) -> &AtomicU64);
 
 const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
+/// Outcomes of a WebSocket upgrade request.
+const UPGRADE_RESULTS: [&str; 5] = ["accepted", "unauthorized", "limited", "refused", "failed"];
+
+/// Upper bounds (seconds) of the connection duration histogram's buckets.
+const DURATION_BUCKETS: [f64; 9] = [1.0, 5.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 14_400.0, 86_400.0];
+
+const DIRECTIONS: [&str; 2] = ["client_to_server", "server_to_client"];
+
 #[derive(Debug, Default)]
 pub struct EnvMetrics {
     responses: [AtomicU64; 5],
     rejected_limits: AtomicU64,
     upstream_errors: AtomicU64,
-    websocket_upgrades: AtomicU64,
-    websocket_open: AtomicU64,
-    websocket_messages_up: AtomicU64,
-    websocket_messages_down: AtomicU64,
-    websocket_bytes_up: AtomicU64,
-    websocket_bytes_down: AtomicU64,
-    websocket_closed_by_gateway: AtomicU64,
     connections_refused: AtomicU64,
+    websocket_upgrades: [AtomicU64; 5],
+    websocket_open: AtomicU64,
+    /// Messages and bytes by direction, added as they are relayed.
+    pub(crate) websocket_tally: Arc<Tally>,
+    /// (initiator, code bucket) → closes.
+    websocket_closes: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
+    /// Counts per bucket of `DURATION_BUCKETS`, then the overflow; and the sum in ms.
+    websocket_durations: [AtomicU64; 10],
+    websocket_duration_ms: AtomicU64,
 }
 
 #[derive(Debug, Default)]
 pub struct Metrics {
     staging: EnvMetrics,
     production: EnvMetrics,
+}
+
+const ENVS: [Environment; 2] = [Environment::Staging, Environment::Production];
+
+fn head(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
 
 impl Metrics {
@@ -41,10 +62,6 @@ impl Metrics {
     }
 
     pub fn render(&self, out: &mut String) {
-        const ENVS: [Environment; 2] = [Environment::Staging, Environment::Production];
-        let head = |out: &mut String, name: &str, kind: &str, help: &str| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        };
         head(out, "tollgate_responses_total", "counter", "Responses sent to clients, by status class.");
         for env in ENVS {
             for (class, v) in CLASSES.iter().zip(&self.env(env).responses) {
@@ -56,42 +73,11 @@ impl Metrics {
                 );
             }
         }
-        let scalars: [Family; 10] = [
-            (
-                "tollgate_websocket_messages_up_total",
-                "counter",
-                "WebSocket messages from clients, counted when connections close.",
-                |m| &m.websocket_messages_up,
-            ),
-            (
-                "tollgate_websocket_messages_down_total",
-                "counter",
-                "WebSocket messages to clients, counted when connections close.",
-                |m| &m.websocket_messages_down,
-            ),
-            (
-                "tollgate_websocket_bytes_up_total",
-                "counter",
-                "WebSocket bytes from clients, counted when connections close.",
-                |m| &m.websocket_bytes_up,
-            ),
-            (
-                "tollgate_websocket_bytes_down_total",
-                "counter",
-                "WebSocket bytes to clients, counted when connections close.",
-                |m| &m.websocket_bytes_down,
-            ),
-            (
-                "tollgate_websocket_closed_by_gateway_total",
-                "counter",
-                "WebSockets the gateway closed (limits, sizes, revocation, shutdown).",
-                |m| &m.websocket_closed_by_gateway,
-            ),
+        let scalars: [Family; 4] = [
             ("tollgate_limits_exceeded_total", "counter", "Requests refused by usage limits.", |m| &m.rejected_limits),
             ("tollgate_upstream_errors_total", "counter", "Requests that failed at the backend (502/504).", |m| {
                 &m.upstream_errors
             }),
-            ("tollgate_websocket_upgrades_total", "counter", "WebSocket upgrades proxied.", |m| &m.websocket_upgrades),
             ("tollgate_websocket_open", "gauge", "WebSocket connections open now.", |m| &m.websocket_open),
             (
                 "tollgate_connections_refused_total",
@@ -107,6 +93,86 @@ impl Metrics {
                     writeln!(out, "{name}{{environment=\"{}\"}} {}", env.as_str(), get(self.env(env)).load(Relaxed));
             }
         }
+        self.render_websocket(out);
+    }
+
+    fn render_websocket(&self, out: &mut String) {
+        let name = "tollgate_websocket_upgrades_total";
+        head(out, name, "counter", "WebSocket upgrade requests, by result.");
+        for env in ENVS {
+            for (result, v) in UPGRADE_RESULTS.iter().zip(&self.env(env).websocket_upgrades) {
+                let _ = writeln!(
+                    out,
+                    "{name}{{environment=\"{}\",result=\"{result}\"}} {}",
+                    env.as_str(),
+                    v.load(Relaxed)
+                );
+            }
+        }
+        for (name, help, pick) in [
+            ("tollgate_websocket_messages_total", "WebSocket messages relayed, by direction.", 0),
+            ("tollgate_websocket_bytes_total", "WebSocket bytes relayed (frames as on the wire), by direction.", 1),
+        ] {
+            head(out, name, "counter", help);
+            for env in ENVS {
+                let tally = &self.env(env).websocket_tally;
+                let values = if pick == 0 { &tally.messages } else { &tally.bytes };
+                for (dir, v) in DIRECTIONS.iter().zip(values) {
+                    let _ = writeln!(
+                        out,
+                        "{name}{{environment=\"{}\",direction=\"{dir}\"}} {}",
+                        env.as_str(),
+                        v.load(Relaxed)
+                    );
+                }
+            }
+        }
+        let name = "tollgate_websocket_closes_total";
+        head(
+            out,
+            name,
+            "counter",
+            "Closed WebSockets, by who sent the first close frame (client, backend, gateway, none) and its code.",
+        );
+        for env in ENVS {
+            let closes = self.env(env).websocket_closes.lock().unwrap_or_else(|e| e.into_inner());
+            for ((by, code), n) in closes.iter() {
+                let _ = writeln!(
+                    out,
+                    "{name}{{environment=\"{}\",initiator=\"{by}\",code=\"{code}\"}} {n}",
+                    env.as_str()
+                );
+            }
+        }
+        let name = "tollgate_websocket_duration_seconds";
+        head(out, name, "histogram", "How long closed WebSockets were open.");
+        for env in ENVS {
+            let m = self.env(env);
+            let mut cumulative = 0;
+            for (i, v) in m.websocket_durations.iter().enumerate() {
+                cumulative += v.load(Relaxed);
+                let le = DURATION_BUCKETS.get(i).map_or_else(|| "+Inf".to_string(), |b| b.to_string());
+                let _ = writeln!(out, "{name}_bucket{{environment=\"{}\",le=\"{le}\"}} {cumulative}", env.as_str());
+            }
+            let sum = m.websocket_duration_ms.load(Relaxed) as f64 / 1000.0;
+            let _ = writeln!(out, "{name}_sum{{environment=\"{}\"}} {sum}", env.as_str());
+            let _ = writeln!(out, "{name}_count{{environment=\"{}\"}} {cumulative}", env.as_str());
+        }
+    }
+}
+
+/// A close code as a label: the codes RFC 6455 and IANA define one by one, the ranges
+/// for libraries and applications as `3xxx` and `4xxx`, anything else as `invalid`.
+fn code_label(code: u16) -> &'static str {
+    const DEFINED: [&str; 16] = [
+        "1000", "1001", "1002", "1003", "1004", "1005", "1006", "1007", "1008", "1009", "1010", "1011", "1012",
+        "1013", "1014", "1015",
+    ];
+    match code {
+        1000..=1015 => DEFINED[usize::from(code - 1000)],
+        3000..=3999 => "3xxx",
+        4000..=4999 => "4xxx",
+        _ => "invalid",
     }
 }
 
@@ -124,18 +190,30 @@ impl EnvMetrics {
     pub fn connection_refused(&self) {
         self.connections_refused.fetch_add(1, Relaxed);
     }
+    /// The answer to a WebSocket upgrade request, by its status.
+    pub fn upgrade_answered(&self, status: u16) {
+        let result = match status {
+            101 => 0,
+            401 | 403 => 1,
+            429 => 2,
+            500.. => 4,
+            _ => 3,
+        };
+        self.websocket_upgrades[result].fetch_add(1, Relaxed);
+    }
     pub fn websocket_opened(&self) {
-        self.websocket_upgrades.fetch_add(1, Relaxed);
         self.websocket_open.fetch_add(1, Relaxed);
     }
-    pub fn websocket_closed(&self, totals: &crate::relay::Totals) {
+    pub fn websocket_closed(&self, totals: &Totals) {
         self.websocket_open.fetch_sub(1, Relaxed);
-        self.websocket_messages_up.fetch_add(totals.messages_up, Relaxed);
-        self.websocket_messages_down.fetch_add(totals.messages_down, Relaxed);
-        self.websocket_bytes_up.fetch_add(totals.bytes_up, Relaxed);
-        self.websocket_bytes_down.fetch_add(totals.bytes_down, Relaxed);
-        if totals.closed_by_gateway.is_some() {
-            self.websocket_closed_by_gateway.fetch_add(1, Relaxed);
-        }
+        let key = match totals.close {
+            Some((by, code)) => (by.as_str(), code_label(code)),
+            None => ("none", "1006"),
+        };
+        *self.websocket_closes.lock().unwrap_or_else(|e| e.into_inner()).entry(key).or_default() += 1;
+        let secs = totals.duration.as_secs_f64();
+        let bucket = DURATION_BUCKETS.iter().position(|b| secs <= *b).unwrap_or(DURATION_BUCKETS.len());
+        self.websocket_durations[bucket].fetch_add(1, Relaxed);
+        self.websocket_duration_ms.fetch_add(totals.duration.as_millis() as u64, Relaxed);
     }
 }

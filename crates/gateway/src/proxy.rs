@@ -84,6 +84,7 @@ impl Gateway {
     /// Answers one request. Never fails: every failure becomes a response here.
     pub async fn handle(&self, req: Request<Incoming>, conn: ConnInfo) -> Response<GatewayBody> {
         let upgrade_requested = req.headers().contains_key(header::UPGRADE);
+        let websocket_requested = header_has_token(req.headers(), header::UPGRADE, "websocket");
         let mut resp = match self.route(req, &conn).await {
             Ok(resp) => resp,
             Err(e) => {
@@ -98,7 +99,11 @@ impl Gateway {
         if upgrade_requested && resp.status() != StatusCode::SWITCHING_PROTOCOLS {
             resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
-        self.metrics.env(self.environment).response(resp.status().as_u16());
+        let metrics = self.metrics.env(self.environment);
+        metrics.response(resp.status().as_u16());
+        if websocket_requested {
+            metrics.upgrade_answered(resp.status().as_u16());
+        }
         resp
     }
 
@@ -240,7 +245,7 @@ impl Gateway {
         parts: &request::Parts,
         ctx: &Context<'_>,
         client: hyper::upgrade::OnUpgrade,
-        slots: (Arc<OwnedSemaphorePermit>, Option<ConnectionSlot>),
+        (listener_slot, app_slot): (Arc<OwnedSemaphorePermit>, Option<ConnectionSlot>),
     ) -> Result<Response<GatewayBody>, GatewayError> {
         let (usage, rest) = ctx.product.route(parts.uri.path()).ok_or(GatewayError::NoBackend)?;
         let upstream = &usage.upstream;
@@ -285,7 +290,10 @@ impl Gateway {
             (Some(app), Some(credential)) => Some(Arc::new(Session {
                 snapshot: self.snapshot.clone(),
                 host: request_host_of(parts).unwrap_or_default().to_ascii_lowercase().into(),
+                product: ctx.product.system_name.clone(),
                 app_id: app.id.clone(),
+                plan: app.plan.system_name.clone(),
+                slot: app_slot,
                 credential: credential.clone(),
                 counters: self.counters.clone(),
                 clock: self.clock.clone(),
@@ -301,7 +309,11 @@ impl Gateway {
             }) as relay::Gate
         });
         let ws = &ctx.product.websocket_config;
+        let metrics = self.metrics.clone();
+        let env = self.environment;
+        let tally = Arc::new(relay::Tally::default());
         let options = RelayOptions {
+            tallies: vec![metrics.env(env).websocket_tally.clone(), tally.clone()],
             deflate,
             max_message_bytes: ws.max_message_bytes,
             gate,
@@ -315,8 +327,6 @@ impl Gateway {
         *out.headers_mut() = forwardable_headers(resp.headers());
         out.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
         out.headers_mut().insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        let metrics = self.metrics.clone();
-        let env = self.environment;
         tokio::spawn(async move {
             let (client, backend) = tokio::join!(client, backend);
             let (client, backend) = match (client, backend) {
@@ -331,8 +341,9 @@ impl Gateway {
                 }
             };
             metrics.env(env).websocket_opened();
+            let governed = session.clone();
             let stop = async move {
-                match &session {
+                match &governed {
                     Some(s) => s.until_closed(generations, draining).await,
                     None => {
                         let mut draining = draining;
@@ -341,10 +352,14 @@ impl Gateway {
                     }
                 }
             };
-            let totals = relay::relay(TokioIo::new(client), TokioIo::new(backend), options, stop).await;
+            let relayed = relay::relay(TokioIo::new(client), TokioIo::new(backend), options, stop);
+            let totals = match &session {
+                Some(s) => s.accounted(relayed, &tally).await,
+                None => relayed.await,
+            };
             tracing::debug!(?totals, "WebSocket closed");
             metrics.env(env).websocket_closed(&totals);
-            drop(slots);
+            drop((session, listener_slot));
         });
         Ok(out)
     }

@@ -62,6 +62,41 @@ pub struct RelayOptions {
     pub ping_interval: Option<Duration>,
     /// Close with 1001 once the connection is this old.
     pub max_duration: Option<Duration>,
+    /// Live counts the relay adds to as it goes (once per read, not per frame), e.g.
+    /// the process-wide metrics and the connection's own analytics.
+    pub tallies: Vec<Arc<Tally>>,
+}
+
+/// Messages and bytes relayed so far; index 0 is client → backend, 1 backend → client.
+#[derive(Debug, Default)]
+pub struct Tally {
+    pub messages: [AtomicU64; 2],
+    pub bytes: [AtomicU64; 2],
+}
+
+impl Tally {
+    pub fn get(&self) -> [u64; 4] {
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        [l(&self.messages[0]), l(&self.messages[1]), l(&self.bytes[0]), l(&self.bytes[1])]
+    }
+}
+
+/// Who sent the first close frame of a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Initiator {
+    Client,
+    Backend,
+    Gateway,
+}
+
+impl Initiator {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Initiator::Client => "client",
+            Initiator::Backend => "backend",
+            Initiator::Gateway => "gateway",
+        }
+    }
 }
 
 /// Counts of one relayed connection, for metrics and logs.
@@ -73,6 +108,10 @@ pub struct Totals {
     pub bytes_down: u64,
     /// The close code the gateway itself sent, if it closed the connection.
     pub closed_by_gateway: Option<u16>,
+    /// The first close frame (1005 when it carried no code); `None` when the
+    /// connection ended without one (an abnormal closure, 1006 in RFC 6455 terms).
+    pub close: Option<(Initiator, u16)>,
+    pub duration: Duration,
 }
 
 /// A close code and its reason.
@@ -90,6 +129,7 @@ struct Control {
     /// Milliseconds since the relay started at which bytes last arrived.
     last_activity: AtomicU64,
     started: std::time::Instant,
+    first_close: Mutex<Option<(Initiator, u16)>>,
 }
 
 impl Default for Control {
@@ -101,6 +141,7 @@ impl Default for Control {
             pings: (AtomicBool::new(false), AtomicBool::new(false)),
             last_activity: AtomicU64::new(0),
             started: std::time::Instant::now(),
+            first_close: Mutex::default(),
         }
     }
 }
@@ -133,7 +174,12 @@ impl Control {
         }
     }
 
+    fn note_close(&self, by: Initiator, code: u16) {
+        self.first_close.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert((by, code));
+    }
+
     fn close_both(&self, code: u16, reason: &'static str) {
+        self.note_close(Initiator::Gateway, code);
         let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         p.0.get_or_insert((code, reason));
         p.1.get_or_insert((code, reason));
@@ -212,6 +258,8 @@ where
         bytes_up: up.bytes,
         bytes_down: down.bytes,
         closed_by_gateway: up.closed_with.or(down.closed_with),
+        close: *ctl.first_close.lock().unwrap_or_else(|e| e.into_inner()),
+        duration: ctl.started.elapsed(),
     }
 }
 
@@ -230,6 +278,10 @@ struct Pump {
     bytes: u64,
     closed_with: Option<u16>,
     max_message_bytes: Option<u64>,
+    /// The first bytes of a close frame's payload, read for its code: (mask, code, got).
+    close_code: Option<([u8; 4], [u8; 2], usize)>,
+    /// (messages, bytes) already added to the tallies.
+    flushed: (u64, u64),
 }
 
 enum Step {
@@ -253,6 +305,8 @@ impl Pump {
             bytes: 0,
             closed_with: None,
             max_message_bytes: opts.max_message_bytes,
+            close_code: None,
+            flushed: (0, 0),
         }
     }
 
@@ -260,8 +314,26 @@ impl Pump {
         self.remaining == 0 && self.have == 0
     }
 
+    fn initiator(&self) -> Initiator {
+        if self.from_client { Initiator::Client } else { Initiator::Backend }
+    }
+
+    /// Adds what was relayed since the last call to the tallies.
+    fn flush(&mut self, opts: &RelayOptions) {
+        let (m, b) = (self.messages - self.flushed.0, self.bytes - self.flushed.1);
+        if m == 0 && b == 0 {
+            return;
+        }
+        let i = usize::from(!self.from_client);
+        for t in &opts.tallies {
+            t.messages[i].fetch_add(m, Ordering::Relaxed);
+            t.bytes[i].fetch_add(b, Ordering::Relaxed);
+        }
+        self.flushed = (self.messages, self.bytes);
+    }
+
     /// Checks a complete header; returns the verdict for the frame.
-    async fn on_header(&mut self, h: &FrameHeader, opts: &RelayOptions) -> Step {
+    async fn on_header(&mut self, h: &FrameHeader, opts: &RelayOptions, ctl: &Control) -> Step {
         let data = matches!(h.opcode, OP_CONTINUATION | OP_TEXT | OP_BINARY);
         if !data && !matches!(h.opcode, OP_CLOSE | OP_PING | OP_PONG) {
             return Step::Close(CLOSE_PROTOCOL_ERROR, "unknown opcode");
@@ -280,6 +352,13 @@ impl Pump {
                 return Step::Close(CLOSE_PROTOCOL_ERROR, "invalid control frame");
             }
             self.dropping_frame = false;
+            if h.opcode == OP_CLOSE {
+                match h.payload_len {
+                    0 => ctl.note_close(self.initiator(), 1005),
+                    1 => {}
+                    _ => self.close_code = Some((h.mask, [0; 2], 0)),
+                }
+            }
             return Step::Continue;
         }
         match (h.opcode, self.in_message) {
@@ -320,7 +399,17 @@ impl Pump {
         Step::Continue
     }
 
-    async fn run<R, W>(mut self, mut src: R, mut dst: W, ctl: &Control, opts: &RelayOptions) -> Pump
+    async fn run<R, W>(mut self, src: R, dst: W, ctl: &Control, opts: &RelayOptions) -> Pump
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        self.pump(src, dst, ctl, opts).await;
+        self.flush(opts);
+        self
+    }
+
+    async fn pump<R, W>(&mut self, mut src: R, mut dst: W, ctl: &Control, opts: &RelayOptions)
     where
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
@@ -337,35 +426,37 @@ impl Pump {
                         if self.at_boundary() {
                             let frame = frames::ping_frame(self.from_client.then(mask_key));
                             if dst.write_all(&frame).await.is_err() {
-                                return self;
+                                return;
                             }
                         }
                         continue;
                     }
                     self.deliver_close(&mut dst, ctl).await;
-                    return self;
+                    return;
                 }
                 r = src.read(&mut buf) => match r {
                     Ok(0) | Err(_) => {
                         // The source ended: end this direction, keep the other running.
                         let _ = dst.shutdown().await;
-                        return self;
+                        return;
                     }
                     Ok(n) => n,
                 },
             };
             ctl.touch();
-            match self.process(&mut buf[..n], &mut dst, opts).await {
+            let step = self.process(&mut buf[..n], &mut dst, opts, ctl).await;
+            self.flush(opts);
+            match step {
                 Ok(Step::Continue) => {}
                 Ok(Step::Close(code, reason)) => {
                     ctl.close_both(code, reason);
                     self.closed_with = Some(code);
                     self.deliver_close(&mut dst, ctl).await;
-                    return self;
+                    return;
                 }
                 Err(_) => {
                     let _ = dst.shutdown().await;
-                    return self;
+                    return;
                 }
             }
         }
@@ -394,6 +485,7 @@ impl Pump {
         data: &mut [u8],
         dst: &mut W,
         opts: &RelayOptions,
+        ctl: &Control,
     ) -> std::io::Result<Step> {
         let n = data.len();
         let mut i = 0;
@@ -402,6 +494,17 @@ impl Pump {
         while i < n {
             if self.remaining > 0 {
                 let take = self.remaining.min((n - i) as u64) as usize;
+                let by = self.initiator();
+                if let Some((mask, code, got)) = &mut self.close_code {
+                    for b in &data[i..i + take.min(2 - *got)] {
+                        code[*got] = b ^ mask[*got];
+                        *got += 1;
+                    }
+                    if *got == 2 {
+                        ctl.note_close(by, u16::from_be_bytes(*code));
+                        self.close_code = None;
+                    }
+                }
                 if self.dropping_frame {
                     self.write(dst, &data[from..i]).await?;
                     from = i + take;
@@ -445,7 +548,7 @@ impl Pump {
                     Err(e) => return Ok(Step::Close(CLOSE_PROTOCOL_ERROR, e)),
                 }
             };
-            if let Step::Close(code, reason) = self.on_header(&h, opts).await {
+            if let Step::Close(code, reason) = self.on_header(&h, opts, ctl).await {
                 // Nothing of this frame passes; what came before it does.
                 if !split {
                     self.write(dst, &data[from..start]).await?;
@@ -532,6 +635,27 @@ mod tests {
         drop((client, backend));
         let totals = task.await.expect("relay");
         assert_eq!((totals.messages_up, totals.messages_down, totals.closed_by_gateway), (1, 1, None));
+    }
+
+    #[tokio::test]
+    async fn the_first_close_is_recorded_with_its_code_and_tallies_follow_along() {
+        let tally = Arc::new(Tally::default());
+        let (mut client, mut backend, task) = setup(RelayOptions { tallies: vec![tally.clone()], ..Default::default() });
+        let text = masked(0x81, b"hi");
+        client.write_all(&text).await.expect("write");
+        assert_eq!(read_n(&mut backend, text.len()).await, text);
+        assert_eq!(tally.get(), [1, 0, text.len() as u64, 0], "counted before the connection ends");
+        // A masked close 4000, one byte at a time: its code is unmasked on the way.
+        let close = masked(0x88, &4000u16.to_be_bytes());
+        for b in &close {
+            client.write_all(&[*b]).await.expect("write");
+        }
+        assert_eq!(read_n(&mut backend, close.len()).await, close);
+        backend.write_all(&[0x88, 0x02, 0x0F, 0xA0]).await.expect("echo");
+        drop((client, backend));
+        let totals = task.await.expect("relay");
+        assert_eq!(totals.close, Some((Initiator::Client, 4000)));
+        assert_eq!(totals.closed_by_gateway, None);
     }
 
     #[tokio::test]

@@ -3,13 +3,21 @@
 //! would be), the connection closes when its application is suspended, deleted or its
 //! key changes (within a moment of the change: connections watch the snapshot's
 //! generation instead of polling), and it closes with 1001 when the gateway drains.
-//! Concurrent connections per application are capped by the plan's `max_connections`.
+//! Concurrent connections per application are capped by the plan's `max_connections`;
+//! moving an application to a plan whose cap its open connections exceed closes the
+//! newest of them (editing a plan's limits never closes a connection).
+//!
+//! Analytics per application record, as pseudo-metrics whose names no metric can take
+//! (`:` is not allowed in a system_name): `websocket:connections` when a connection
+//! opens, and `websocket:client_messages`, `websocket:server_messages`,
+//! `websocket:client_bytes`, `websocket:server_bytes` and `websocket:seconds`
+//! (connection-seconds) every minute while it is open and when it closes.
 
 use crate::analytics::Analytics;
 use crate::mapping::Usage;
 use crate::policy::Credential;
 use crate::policy::websocket::OnLimitExceeded;
-use crate::relay::{CLOSE_GOING_AWAY, CLOSE_POLICY_VIOLATION, FrameInfo, Verdict};
+use crate::relay::{CLOSE_GOING_AWAY, CLOSE_POLICY_VIOLATION, FrameInfo, Tally, Totals, Verdict};
 use crate::snapshot::{Application, Product, SnapshotHandle};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -28,39 +36,51 @@ pub(crate) fn plan_checks<'a>(product: &'a Product, app: &Application, usage: &U
         .collect()
 }
 
-/// Open WebSocket connections per application, in this process.
+/// Open WebSocket connections per application, in this process, oldest first.
 #[derive(Debug, Default)]
-pub struct Connections(Mutex<HashMap<Box<str>, u32>>);
+pub struct Connections {
+    /// Application id → sequence numbers of its open connections, ascending.
+    open: Mutex<HashMap<Box<str>, Vec<u64>>>,
+    next: std::sync::atomic::AtomicU64,
+}
 
 /// One open connection; dropping it frees its place.
 pub struct ConnectionSlot {
     owner: Arc<Connections>,
     application: Box<str>,
+    seq: u64,
 }
 
 impl Connections {
     /// Takes a place for `application` unless `max` are open already.
     pub fn try_open(self: &Arc<Self>, application: &str, max: Option<u32>) -> Option<ConnectionSlot> {
-        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let n = map.entry(application.into()).or_insert(0);
-        if max.is_some_and(|m| *n >= m) {
+        let mut map = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let list = map.entry(application.into()).or_default();
+        if max.is_some_and(|m| list.len() >= m as usize) {
             return None;
         }
-        *n += 1;
-        Some(ConnectionSlot { owner: self.clone(), application: application.into() })
+        let seq = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        list.push(seq);
+        Some(ConnectionSlot { owner: self.clone(), application: application.into(), seq })
     }
 
-    pub fn open(&self, application: &str) -> u32 {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).get(application).copied().unwrap_or(0)
+    pub fn open(&self, application: &str) -> usize {
+        self.open.lock().unwrap_or_else(|e| e.into_inner()).get(application).map_or(0, Vec::len)
+    }
+
+    /// How many of `application`'s open connections are older than `slot`.
+    fn rank(&self, slot: &ConnectionSlot) -> usize {
+        let map = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(&slot.application).map_or(0, |l| l.partition_point(|s| *s < slot.seq))
     }
 }
 
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
-        let mut map = self.owner.0.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = map.get_mut(&self.application) {
-            *n -= 1;
-            if *n == 0 {
+        let mut map = self.owner.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(list) = map.get_mut(&self.application) {
+            list.retain(|s| *s != self.seq);
+            if list.is_empty() {
                 map.remove(&self.application);
             }
         }
@@ -70,7 +90,11 @@ impl Drop for ConnectionSlot {
 pub(crate) struct Session {
     pub snapshot: SnapshotHandle,
     pub host: Box<str>,
+    pub product: Box<str>,
     pub app_id: Box<str>,
+    /// The plan the application was on when the connection opened.
+    pub plan: Box<str>,
+    pub slot: Option<ConnectionSlot>,
     pub credential: Credential,
     pub counters: Arc<Counters>,
     pub clock: Arc<dyn Clock>,
@@ -137,20 +161,31 @@ impl Session {
     }
 
     /// Resolves when the connection must close: its application was revoked by a
-    /// configuration change (1008), or the gateway drains (1001).
+    /// configuration change or moved to a plan that does not allow it (1008), or the
+    /// gateway drains (1001).
     pub async fn until_closed(
         &self,
         mut generations: watch::Receiver<u64>,
         mut draining: watch::Receiver<bool>,
     ) -> (u16, &'static str) {
+        let mut plan = self.plan.clone();
         loop {
             tokio::select! {
                 r = generations.changed() => {
                     if r.is_err() {
                         std::future::pending::<()>().await;
                     }
-                    if let Err(reason) = self.current() {
-                        return (CLOSE_POLICY_VIOLATION, reason);
+                    let app = match self.current() {
+                        Ok((_, app)) => app,
+                        Err(reason) => return (CLOSE_POLICY_VIOLATION, reason),
+                    };
+                    if app.plan.system_name != plan {
+                        if let (Some(max), Some(slot)) = (app.plan.max_connections, &self.slot)
+                            && slot.owner.rank(slot) >= max as usize
+                        {
+                            return (CLOSE_POLICY_VIOLATION, "the application's new plan does not allow this connection");
+                        }
+                        plan = app.plan.system_name.clone();
                     }
                 }
                 drained = async { draining.wait_for(|d| *d).await.is_ok() } => {
@@ -161,5 +196,55 @@ impl Session {
                 }
             }
         }
+    }
+}
+
+/// Names of the pseudo-metrics WebSocket analytics are recorded under.
+pub const CONNECTIONS: &str = "websocket:connections";
+pub const CLIENT_MESSAGES: &str = "websocket:client_messages";
+pub const SERVER_MESSAGES: &str = "websocket:server_messages";
+pub const CLIENT_BYTES: &str = "websocket:client_bytes";
+pub const SERVER_BYTES: &str = "websocket:server_bytes";
+pub const SECONDS: &str = "websocket:seconds";
+
+impl Session {
+    /// Runs `relay` (which adds to `tally`) and records the connection in analytics:
+    /// its opening now, its messages, bytes and seconds every minute and at the end.
+    pub async fn accounted(&self, relay: impl Future<Output = Totals>, tally: &Tally) -> Totals {
+        let Some(analytics) = &self.analytics else { return relay.await };
+        let record = |usage: &[(&str, u64)]| {
+            analytics.record(&self.app_id, &self.product, usage.iter().copied(), self.clock.now());
+        };
+        record(&[(CONNECTIONS, 1)]);
+        let started = std::time::Instant::now();
+        // What was recorded so far: [client messages, server messages, client bytes, server bytes, ms].
+        let mut done = [0u64; 5];
+        let mut flush = |last: bool| {
+            let [a, b, c, d] = tally.get();
+            let ms = started.elapsed().as_millis() as u64 - done[4];
+            // Whole seconds while open; the rest, rounded, at the end.
+            let secs = if last { (ms + 500) / 1000 } else { ms / 1000 };
+            let delta = [a - done[0], b - done[1], c - done[2], d - done[3], secs];
+            let usage: Vec<(&str, u64)> = [CLIENT_MESSAGES, SERVER_MESSAGES, CLIENT_BYTES, SERVER_BYTES, SECONDS]
+                .into_iter()
+                .zip(delta)
+                .filter(|(_, d)| *d > 0)
+                .collect();
+            if !usage.is_empty() {
+                record(&usage);
+            }
+            done = [a, b, c, d, done[4] + secs * 1000];
+        };
+        tokio::pin!(relay);
+        let mut minutes = tokio::time::interval(std::time::Duration::from_secs(60));
+        minutes.tick().await;
+        let totals = loop {
+            tokio::select! {
+                totals = &mut relay => break totals,
+                _ = minutes.tick() => flush(false),
+            }
+        };
+        flush(true);
+        totals
     }
 }
