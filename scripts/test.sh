@@ -18,7 +18,8 @@ apt_install() {
 }
 
 # Peers the tests drive: Node's `ws` package (the example backend and a client),
-# openssl (certificates), Python's `h2` (an HTTP/2 rapid-reset flood).
+# openssl (certificates), Python's `h2` (an HTTP/2 rapid-reset flood), kosoku
+# (Autobahn's cases), Chromium.
 have node || apt_install nodejs
 have npm || apt_install npm
 have openssl || apt_install openssl
@@ -32,6 +33,10 @@ if ! python3 -c 'import h2' 2>/dev/null; then
     || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages h2
 fi
 npm ci --prefix examples/websocket-echo --no-audit --no-fund --loglevel=error
+# Debian's Chromium, driven headless by playwright-core (never a downloaded browser):
+# a real browser's WebSocket, which it opens over HTTP/2 (RFC 8441) when it can.
+have chromium || apt_install chromium
+npm ci --prefix crates/tollgate/tests/browser --no-audit --no-fund --loglevel=error
 
 # PostgreSQL on 127.0.0.1:5432 with a database `test` (the store's tests run against it
 # and against SQLite). Started if installed but down; installed with trust auth on

@@ -30,7 +30,8 @@ pub struct EnvMetrics {
     rejected_limits: AtomicU64,
     upstream_errors: AtomicU64,
     connections_refused: AtomicU64,
-    websocket_upgrades: [AtomicU64; 5],
+    /// By HTTP version (1.1, 2), then result.
+    websocket_upgrades: [[AtomicU64; 5]; 2],
     websocket_open: AtomicU64,
     /// Messages and bytes by direction, added as they are relayed.
     pub(crate) websocket_tally: Arc<Tally>,
@@ -98,15 +99,17 @@ impl Metrics {
 
     fn render_websocket(&self, out: &mut String) {
         let name = "tollgate_websocket_upgrades_total";
-        head(out, name, "counter", "WebSocket upgrade requests, by result.");
+        head(out, name, "counter", "WebSocket upgrade requests, by HTTP version and result.");
         for env in ENVS {
-            for (result, v) in UPGRADE_RESULTS.iter().zip(&self.env(env).websocket_upgrades) {
-                let _ = writeln!(
-                    out,
-                    "{name}{{environment=\"{}\",result=\"{result}\"}} {}",
-                    env.as_str(),
-                    v.load(Relaxed)
-                );
+            for (version, results) in ["1.1", "2"].iter().zip(&self.env(env).websocket_upgrades) {
+                for (result, v) in UPGRADE_RESULTS.iter().zip(results) {
+                    let _ = writeln!(
+                        out,
+                        "{name}{{environment=\"{}\",version=\"{version}\",result=\"{result}\"}} {}",
+                        env.as_str(),
+                        v.load(Relaxed)
+                    );
+                }
             }
         }
         for (name, help, pick) in [
@@ -190,16 +193,19 @@ impl EnvMetrics {
     pub fn connection_refused(&self) {
         self.connections_refused.fetch_add(1, Relaxed);
     }
-    /// The answer to a WebSocket upgrade request, by its status.
-    pub fn upgrade_answered(&self, status: u16) {
+    /// The answer to a WebSocket upgrade request (HTTP/1.1) or extended CONNECT
+    /// (HTTP/2), by its status.
+    pub fn upgrade_answered(&self, status: u16, version: http::Version) {
+        let h2 = version == http::Version::HTTP_2;
         let result = match status {
             101 => 0,
+            200..=299 if h2 => 0,
             401 | 403 => 1,
             429 => 2,
             500.. => 4,
             _ => 3,
         };
-        self.websocket_upgrades[result].fetch_add(1, Relaxed);
+        self.websocket_upgrades[usize::from(h2)][result].fetch_add(1, Relaxed);
     }
     pub fn websocket_opened(&self) {
         self.websocket_open.fetch_add(1, Relaxed);

@@ -84,7 +84,9 @@ impl Gateway {
     /// Answers one request. Never fails: every failure becomes a response here.
     pub async fn handle(&self, req: Request<Incoming>, conn: ConnInfo) -> Response<GatewayBody> {
         let upgrade_requested = req.headers().contains_key(header::UPGRADE);
-        let websocket_requested = header_has_token(req.headers(), header::UPGRADE, "websocket");
+        let websocket_requested = header_has_token(req.headers(), header::UPGRADE, "websocket")
+            || req.extensions().get::<hyper::ext::Protocol>().is_some();
+        let version = req.version();
         let mut resp = match self.route(req, &conn).await {
             Ok(resp) => resp,
             Err(e) => {
@@ -102,7 +104,7 @@ impl Gateway {
         let metrics = self.metrics.env(self.environment);
         metrics.response(resp.status().as_u16());
         if websocket_requested {
-            metrics.upgrade_answered(resp.status().as_u16());
+            metrics.upgrade_answered(resp.status().as_u16(), version);
         }
         resp
     }
@@ -120,9 +122,15 @@ impl Gateway {
             None => return Err(GatewayError::UnknownHost),
         };
         let product = product.clone();
-        let websocket = websocket_upgrade(&req)?;
+        let handshake = websocket_upgrade(&req)?;
+        let websocket = handshake != Handshake::None;
         if websocket && !product.websocket {
             return Err(GatewayError::WebSocketDisabled);
+        }
+        if handshake == Handshake::Http2 {
+            // An extended CONNECT is the HTTP/2 spelling of the GET that opens a
+            // WebSocket: mapping rules, policies and the backend see that GET.
+            *req.method_mut() = Method::GET;
         }
         let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
@@ -139,7 +147,10 @@ impl Gateway {
 
         let mut resp = match self.request_phases(&mut parts, &mut ctx).await {
             Ok(app_slot) => match client_upgrade {
-                Some(client) => self.websocket(&parts, &ctx, client, (conn.slot.clone(), app_slot)).await,
+                Some(client) => {
+                    let slots = (conn.slot.clone(), app_slot);
+                    self.websocket(&parts, &ctx, client, handshake == Handshake::Http2, slots).await
+                }
                 None => self.forward(&parts, body, &ctx).await,
             },
             Err(local) => Ok(local),
@@ -245,6 +256,7 @@ impl Gateway {
         parts: &request::Parts,
         ctx: &Context<'_>,
         client: hyper::upgrade::OnUpgrade,
+        over_h2: bool,
         (listener_slot, app_slot): (Arc<OwnedSemaphorePermit>, Option<ConnectionSlot>),
     ) -> Result<Response<GatewayBody>, GatewayError> {
         let (usage, rest) = ctx.product.route(parts.uri.path()).ok_or(GatewayError::NoBackend)?;
@@ -261,6 +273,11 @@ impl Gateway {
         );
         head.headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
         head.headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        if over_h2 {
+            // RFC 8441 has no key exchange; the backend's HTTP/1.1 handshake needs one.
+            head.headers.insert(header::SEC_WEBSOCKET_KEY, websocket_key());
+            head.headers.insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+        }
 
         let stream = upstream.connector.connect().await.map_err(|e| match e {
             ConnectError::Timeout(_) => GatewayError::UpstreamTimeout(e.to_string()),
@@ -323,10 +340,15 @@ impl Gateway {
         };
         let (generations, draining) = (self.snapshot.subscribe(), self.draining.subscribe());
         let mut out = Response::new(GatewayBody::empty());
-        *out.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
         *out.headers_mut() = forwardable_headers(resp.headers());
-        out.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-        out.headers_mut().insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        if over_h2 {
+            // A 2xx to the CONNECT opens the stream as the WebSocket (RFC 8441 §5).
+            out.headers_mut().remove(header::SEC_WEBSOCKET_ACCEPT);
+        } else {
+            *out.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+            out.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+            out.headers_mut().insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        }
         tokio::spawn(async move {
             let (client, backend) = tokio::join!(client, backend);
             let (client, backend) = match (client, backend) {
@@ -412,11 +434,39 @@ fn header_has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool 
         .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
-/// Whether the request asks for a WebSocket upgrade; an invalid one is an error.
-fn websocket_upgrade(req: &Request<Incoming>) -> Result<bool, GatewayError> {
+/// How a request opens a WebSocket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Handshake {
+    None,
+    /// `GET` with `Upgrade: websocket` (RFC 6455).
+    Http1,
+    /// Extended CONNECT with `:protocol: websocket` (RFC 8441).
+    Http2,
+}
+
+/// A fresh `Sec-WebSocket-Key`: 16 unpredictable bytes, base64-encoded.
+fn websocket_key() -> HeaderValue {
+    let mut nonce = [0u8; 16];
+    nonce[..8].copy_from_slice(&relay::random_u64().to_be_bytes());
+    nonce[8..].copy_from_slice(&relay::random_u64().to_be_bytes());
+    let key = base64::engine::general_purpose::STANDARD.encode(nonce);
+    HeaderValue::from_str(&key).unwrap_or_else(|_| HeaderValue::from_static("dGhlIHNhbXBsZSBub25jZQ=="))
+}
+
+/// Whether the request asks for a WebSocket, and how; an invalid request is an error.
+fn websocket_upgrade(req: &Request<Incoming>) -> Result<Handshake, GatewayError> {
     let headers = req.headers();
+    if let Some(protocol) = req.extensions().get::<hyper::ext::Protocol>() {
+        if req.method() != Method::CONNECT || !protocol.as_str().eq_ignore_ascii_case("websocket") {
+            return Err(GatewayError::BadUpgrade("extended CONNECT tunnels the websocket protocol only"));
+        }
+        if headers.get(header::SEC_WEBSOCKET_VERSION).is_none_or(|v| v.as_bytes() != b"13") {
+            return Err(GatewayError::BadUpgrade("Sec-WebSocket-Version must be 13"));
+        }
+        return Ok(Handshake::Http2);
+    }
     if !header_has_token(headers, header::UPGRADE, "websocket") {
-        return Ok(false);
+        return Ok(Handshake::None);
     }
     if req.version() != Version::HTTP_11 {
         return Err(GatewayError::BadUpgrade("WebSocket upgrades need HTTP/1.1"));
@@ -437,7 +487,7 @@ fn websocket_upgrade(req: &Request<Incoming>) -> Result<bool, GatewayError> {
     if headers.get(header::SEC_WEBSOCKET_VERSION).is_none_or(|v| v.as_bytes() != b"13") {
         return Err(GatewayError::BadUpgrade("Sec-WebSocket-Version must be 13"));
     }
-    Ok(true)
+    Ok(Handshake::Http1)
 }
 
 const HOP_BY_HOP: [HeaderName; 8] = [

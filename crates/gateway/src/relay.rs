@@ -583,13 +583,17 @@ impl Pump {
 /// unpredictable to defeat cache poisoning by scripts; a per-process random seed
 /// mixed with a counter serves that purpose here.
 fn mask_key() -> [u8; 4] {
+    (random_u64() as u32).to_be_bytes()
+}
+
+/// Unpredictable bits: a per-process random seed (the OS's, via `RandomState`) hashed
+/// with a counter. For masks and handshake nonces, not for secrets.
+pub(crate) fn random_u64() -> u64 {
     use std::hash::{BuildHasher, RandomState};
     use std::sync::OnceLock;
-    use std::sync::atomic::{AtomicU64, Ordering};
     static SEED: OnceLock<RandomState> = OnceLock::new();
     static N: AtomicU64 = AtomicU64::new(0);
-    let h = SEED.get_or_init(RandomState::new).hash_one(N.fetch_add(1, Ordering::Relaxed));
-    (h as u32).to_be_bytes()
+    SEED.get_or_init(RandomState::new).hash_one(N.fetch_add(1, Ordering::Relaxed))
 }
 
 #[cfg(test)]

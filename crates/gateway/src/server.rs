@@ -80,6 +80,8 @@ fn builder(opts: &ListenerOptions) -> auto::Builder<TokioExecutor> {
         .max_pending_accept_reset_streams(64)
         .max_local_error_reset_streams(1024)
         .max_header_list_size(opts.max_header_bytes.max(8192) as u32)
+        // WebSockets over HTTP/2 (RFC 8441): SETTINGS_ENABLE_CONNECT_PROTOCOL.
+        .enable_connect_protocol()
         .keep_alive_interval(Some(Duration::from_secs(30)));
     b
 }

@@ -225,20 +225,60 @@ ws.on('close', (code) => process.exit(code === 1000 ? 0 : 3));
     assert_eq!(v["ok"], true);
 }
 
-#[tokio::test]
-async fn tls_listener_serves_wss_and_http2() {
-    let backend = node_backend().await;
-    let certs = TempDir::new();
-    let (cert, key) = make_cert(certs.path());
-    let (cert_s, key_s) = (cert.display().to_string(), key.display().to_string());
+/// A gateway whose staging listener is TLS (a self-signed certificate): (gateway,
+/// certificate, the directory holding both).
+async fn tls_gateway(backend: &NodeBackend) -> (tollgate::serve::Server, std::path::PathBuf, TempDir) {
     let dir = TempDir::new();
+    let (cert, key) = make_cert(dir.path());
+    let (cert_s, key_s) = (cert.display().to_string(), key.display().to_string());
     let config_path = dir.path().join("tollgate.yaml");
-    std::fs::write(&config_path, config(&backend, "{ name: websocket },", 100)).expect("write");
+    std::fs::write(&config_path, config(backend, "{ name: websocket },", 100)).expect("write");
     let args = serve_args(&["--tls-cert", &cert_s, "--tls-key", &key_s]);
     let args = tollgate::cli::ServeArgs { staging_listen: "tls://127.0.0.1:0".into(), ..args };
     let server =
         tollgate::serve::Server::start(&args, tollgate::serve::Source::File(config_path)).await.expect("start");
     assert!(server.url(Environment::Staging).starts_with("https://"));
+    (server, cert, dir)
+}
+
+#[tokio::test]
+async fn chromium_opens_its_websocket_over_http2_through_the_gateway() {
+    let backend = node_backend().await;
+    let (server, _cert, _dir) = tls_gateway(&backend).await;
+    let origin = format!("https://chat-staging.localhost:{}", server.staging.port());
+    let script = repo_root().join("crates/tollgate/tests/browser/websocket.js");
+    let out = tokio::process::Command::new("node")
+        .arg(&script)
+        .arg(format!("{origin}/"))
+        .arg(format!("wss://chat-staging.localhost:{}/?user_key={KEY}", server.staging.port()))
+        .args(["hello", "from chromium"])
+        .output()
+        .await
+        .expect("node (and `npm ci --prefix crates/tollgate/tests/browser`, Debian's chromium)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let result: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON line");
+    assert_eq!(
+        result["replies"],
+        serde_json::json!(["reply from server : hello", "reply from server : from chromium"])
+    );
+    assert_eq!(result["close"]["code"], 1000, "{result}");
+    // Chromium used the HTTP/2 connection of the page (RFC 8441), not a new HTTP/1.1 one.
+    let metrics = get(server.admin, "localhost", "/metrics").await.2;
+    let accepted = |version: &str| {
+        let series = format!(
+            "tollgate_websocket_upgrades_total{{environment=\"staging\",version=\"{version}\",result=\"accepted\"}} "
+        );
+        metrics.lines().find_map(|l| l.strip_prefix(&series)).map(str::to_string)
+    };
+    assert_eq!((accepted("2").as_deref(), accepted("1.1").as_deref()), (Some("1"), Some("0")), "{metrics}");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn tls_listener_serves_wss_and_http2() {
+    let backend = node_backend().await;
+    let (server, cert, _dir) = tls_gateway(&backend).await;
 
     let tls = tollgate_model::BackendTls { ca_file: Some(cert.clone()), verify: true, server_name: None };
     let client_config = Arc::new(tollgate_gateway::upstream::client_tls_config(&tls).expect("tls config"));
@@ -288,6 +328,40 @@ async fn tls_listener_serves_wss_and_http2() {
     let v: serde_json::Value = serde_json::from_slice(&body).expect("json");
     assert_eq!(v["url"], format!("/anything?user_key={KEY}"));
     assert_eq!(v["headers"]["x-forwarded-proto"], "https");
+
+    // A WebSocket over HTTP/2 (RFC 8441) on the same connection: an extended CONNECT,
+    // bridged to the backend's HTTP/1.1 upgrade.
+    let mut req = http::Request::builder()
+        .method(http::Method::CONNECT)
+        .uri(format!("https://chat-staging.localhost/?user_key={KEY}"))
+        .header("sec-websocket-version", "13")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .expect("req");
+    req.extensions_mut().insert(hyper::ext::Protocol::from_static("websocket"));
+    let mut resp = sender.send_request(req).await.expect("extended CONNECT");
+    assert_eq!(resp.status(), 200, "{:?}", resp.headers());
+    assert!(resp.headers().get("sec-websocket-accept").is_none(), "no HTTP/1.1 handshake leaks through");
+    let tunnel = hyper::upgrade::on(&mut resp).await.expect("tunnel");
+    let mut socket = tokio_tungstenite::WebSocketStream::from_raw_socket(
+        hyper_util::rt::TokioIo::new(tunnel),
+        tokio_tungstenite::tungstenite::protocol::Role::Client,
+        None,
+    )
+    .await;
+    for text in ["over h2", "again"] {
+        socket.send(Message::text(text)).await.expect("send");
+        match socket.next().await {
+            Some(Ok(Message::Text(t))) => assert_eq!(t.as_str(), format!("reply from server : {text}")),
+            other => panic!("expected a reply, got {other:?}"),
+        }
+    }
+    socket.close(None).await.expect("close");
+    while socket.next().await.is_some() {}
+    let metrics = get(server.admin, "localhost", "/metrics").await.2;
+    assert!(
+        metrics.contains("tollgate_websocket_upgrades_total{environment=\"staging\",version=\"2\",result=\"accepted\"} 1"),
+        "{metrics}"
+    );
 
     // The `tollgate ws` client over wss: trusting the certificate, or told not to check.
     let url = format!("wss://localhost:{}/?user_key={KEY}", server.staging.port());

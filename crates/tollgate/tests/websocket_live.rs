@@ -207,8 +207,8 @@ async fn connections_messages_bytes_and_closes_reach_analytics_and_metrics() {
         tokio::task::yield_now().await;
     }
     let s = |labels: &str| series(&text, labels);
-    assert_eq!(s("tollgate_websocket_upgrades_total{environment=\"staging\",result=\"accepted\"}"), 2.0, "{text}");
-    assert_eq!(s("tollgate_websocket_upgrades_total{environment=\"staging\",result=\"unauthorized\"}"), 1.0);
+    assert_eq!(s("tollgate_websocket_upgrades_total{environment=\"staging\",version=\"1.1\",result=\"accepted\"}"), 2.0, "{text}");
+    assert_eq!(s("tollgate_websocket_upgrades_total{environment=\"staging\",version=\"1.1\",result=\"unauthorized\"}"), 1.0);
     assert_eq!(s("tollgate_websocket_messages_total{environment=\"staging\",direction=\"client_to_server\"}"), 6.0);
     assert_eq!(s("tollgate_websocket_messages_total{environment=\"staging\",direction=\"server_to_client\"}"), 6.0);
     assert!(s("tollgate_websocket_bytes_total{environment=\"staging\",direction=\"server_to_client\"}") > 6.0 * 20.0);
