@@ -140,11 +140,8 @@ impl Metrics {
         for env in ENVS {
             let closes = self.env(env).websocket_closes.lock().unwrap_or_else(|e| e.into_inner());
             for ((by, code), n) in closes.iter() {
-                let _ = writeln!(
-                    out,
-                    "{name}{{environment=\"{}\",initiator=\"{by}\",code=\"{code}\"}} {n}",
-                    env.as_str()
-                );
+                let _ =
+                    writeln!(out, "{name}{{environment=\"{}\",initiator=\"{by}\",code=\"{code}\"}} {n}", env.as_str());
             }
         }
         let name = "tollgate_websocket_duration_seconds";
@@ -168,8 +165,8 @@ impl Metrics {
 /// for libraries and applications as `3xxx` and `4xxx`, anything else as `invalid`.
 fn code_label(code: u16) -> &'static str {
     const DEFINED: [&str; 16] = [
-        "1000", "1001", "1002", "1003", "1004", "1005", "1006", "1007", "1008", "1009", "1010", "1011", "1012",
-        "1013", "1014", "1015",
+        "1000", "1001", "1002", "1003", "1004", "1005", "1006", "1007", "1008", "1009", "1010", "1011", "1012", "1013",
+        "1014", "1015",
     ];
     match code {
         1000..=1015 => DEFINED[usize::from(code - 1000)],

@@ -644,7 +644,8 @@ mod tests {
     #[tokio::test]
     async fn the_first_close_is_recorded_with_its_code_and_tallies_follow_along() {
         let tally = Arc::new(Tally::default());
-        let (mut client, mut backend, task) = setup(RelayOptions { tallies: vec![tally.clone()], ..Default::default() });
+        let (mut client, mut backend, task) =
+            setup(RelayOptions { tallies: vec![tally.clone()], ..Default::default() });
         let text = masked(0x81, b"hi");
         client.write_all(&text).await.expect("write");
         assert_eq!(read_n(&mut backend, text.len()).await, text);

@@ -1,8 +1,14 @@
-//! WebSocket conformance: Autobahn's fuzzingclient cases 1–7, 9 and 10 (run by `kosoku`
-//! from PyPI, the Python 3 runner of Autobahn's cases) against a plain Node `ws` echo
-//! server, once directly and once through the gateway. No case may fare worse through
-//! the gateway than directly. (Cases 12 and 13 — compression — take minutes each way
-//! and are left to manual runs; see docs/websocket.md.)
+//! WebSocket conformance: Autobahn's fuzzingclient cases 1–7, 9, 10, 12 and 13 (run by
+//! `kosoku` from PyPI, the Python 3 runner of Autobahn's cases) against a plain Node
+//! `ws` echo server with permessage-deflate, once directly and once through the
+//! gateway. No case may fare worse through the gateway than directly. Cases 12 and 13
+//! (compression, about 4 minutes each way on two cores: the echo server's deflate is
+//! the bottleneck) run in the same test.
+//!
+//! No case may fail (`FAILED`) either way. kosoku 0.1.0 itself raises on 12 cases of
+//! 13.x (`behavior=ERROR`, "Strings must be encoded before hashing": a Python 2 `str`
+//! left where `bytes` is needed); those are errors of the runner, counted and reported
+//! apart, and must be the same directly and through the gateway.
 
 mod support;
 
@@ -11,15 +17,17 @@ use std::process::Stdio;
 use support::*;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-const CASES: [&str; 9] = ["1.*", "2.*", "3.*", "4.*", "5.*", "6.*", "7.*", "9.*", "10.*"];
+const CASES: [&str; 11] = ["1.*", "2.*", "3.*", "4.*", "5.*", "6.*", "7.*", "9.*", "10.*", "12.*", "13.*"];
 
-/// Runs the cases against `address` (`host:port/path`): (cases run, failed case ids).
-async fn kosoku(address: &str, out: &std::path::Path) -> (usize, BTreeSet<String>) {
+/// Runs the cases against `address` (`host:port/path`): (cases run, ids of the cases
+/// that failed, ids of those where the runner itself raised).
+async fn kosoku(address: &str, out: &std::path::Path) -> (usize, BTreeSet<String>, BTreeSet<String>) {
     let mut cmd = tokio::process::Command::new("kosoku");
     for c in CASES {
         cmd.args(["-i", c]);
     }
-    let output = cmd.args(["-p", "4", "-o"]).arg(out).arg(address).output().await.expect("kosoku (pip install kosoku)");
+    let output =
+        cmd.args(["-p", "16", "-o"]).arg(out).arg(address).output().await.expect("kosoku (pip install kosoku)");
     let text = String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr);
     let total = text
         .lines()
@@ -27,13 +35,18 @@ async fn kosoku(address: &str, out: &std::path::Path) -> (usize, BTreeSet<String
             l.strip_prefix("wrote reports for ").and_then(|r| r.split_whitespace().next()).and_then(|n| n.parse().ok())
         })
         .unwrap_or_else(|| panic!("unexpected kosoku output:\n{text}"));
-    let failed = text
-        .lines()
-        .filter(|l| l.starts_with("  ") && l.contains("behavior="))
-        .filter_map(|l| l.trim().split(':').next().map(str::to_string))
-        .collect();
+    let mut failed = BTreeSet::new();
+    let mut errors = BTreeSet::new();
+    for l in text.lines().filter(|l| l.starts_with("  ") && l.contains("behavior=")) {
+        let id = l.trim().split(':').next().unwrap_or_default().to_string();
+        if l.contains("behavior=ERROR") {
+            errors.insert(id)
+        } else {
+            failed.insert(id)
+        };
+    }
     println!("{address}: {total} cases\n{text}");
-    (total, failed)
+    (total, failed, errors)
 }
 
 #[tokio::test]
@@ -67,16 +80,17 @@ accounts:
     ))
     .await;
     let dir = TempDir::new();
-    let (direct_total, direct_failed) = kosoku(&format!("127.0.0.1:{port}/"), &dir.path().join("direct")).await;
-    let (gw_total, gw_failed) =
+    let (direct_total, direct_failed, direct_errors) =
+        kosoku(&format!("127.0.0.1:{port}/"), &dir.path().join("direct")).await;
+    let (gw_total, gw_failed, gw_errors) =
         kosoku(&format!("127.0.0.1:{}/?user_key=k", gw.server.staging.port()), &dir.path().join("gateway")).await;
-    assert!(gw_total >= 300, "the cases ran: {gw_total}");
+    assert!(gw_total >= 500, "the cases ran: {gw_total}");
     assert_eq!(gw_total, direct_total);
-    let worse: Vec<&String> = gw_failed.difference(&direct_failed).collect();
-    assert!(worse.is_empty(), "cases that fail only through the gateway: {worse:?}");
+    assert!(gw_failed.is_empty(), "cases that failed through the gateway: {gw_failed:?}");
+    assert!(direct_failed.is_empty(), "cases that failed directly (the echo server): {direct_failed:?}");
+    assert_eq!(gw_errors, direct_errors, "the runner's own errors differ between the two runs");
     println!(
-        "autobahn: {gw_total} cases, {} failed through the gateway, {} failed directly",
-        gw_failed.len(),
-        direct_failed.len()
+        "autobahn: {gw_total} cases, 0 failed through the gateway and directly; {} the runner could not run (both ways)",
+        gw_errors.len()
     );
 }

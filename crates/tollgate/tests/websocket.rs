@@ -359,7 +359,8 @@ async fn tls_listener_serves_wss_and_http2() {
     while socket.next().await.is_some() {}
     let metrics = get(server.admin, "localhost", "/metrics").await.2;
     assert!(
-        metrics.contains("tollgate_websocket_upgrades_total{environment=\"staging\",version=\"2\",result=\"accepted\"} 1"),
+        metrics
+            .contains("tollgate_websocket_upgrades_total{environment=\"staging\",version=\"2\",result=\"accepted\"} 1"),
         "{metrics}"
     );
 

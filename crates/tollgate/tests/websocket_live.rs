@@ -161,19 +161,13 @@ async fn a_plan_change_closes_what_the_new_plan_does_not_allow_and_a_new_key_clo
 
 /// The value of one series in a Prometheus text exposition (0 when absent).
 fn series(text: &str, name_and_labels: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name_and_labels).and_then(|v| v.trim().parse().ok()))
-        .unwrap_or(0.0)
+    text.lines().find_map(|l| l.strip_prefix(name_and_labels).and_then(|v| v.trim().parse().ok())).unwrap_or(0.0)
 }
 
 async fn usage(server: &Server, metric: &str) -> i64 {
-    let (status, v) = api(
-        server,
-        "GET",
-        &format!("/analytics/usage?application=acme-chat&metric={metric}&granularity=minute"),
-        None,
-    )
-    .await;
+    let (status, v) =
+        api(server, "GET", &format!("/analytics/usage?application=acme-chat&metric={metric}&granularity=minute"), None)
+            .await;
     assert_eq!(status, StatusCode::OK, "{v}");
     v["total"].as_i64().expect("total")
 }
@@ -207,8 +201,15 @@ async fn connections_messages_bytes_and_closes_reach_analytics_and_metrics() {
         tokio::task::yield_now().await;
     }
     let s = |labels: &str| series(&text, labels);
-    assert_eq!(s("tollgate_websocket_upgrades_total{environment=\"staging\",version=\"1.1\",result=\"accepted\"}"), 2.0, "{text}");
-    assert_eq!(s("tollgate_websocket_upgrades_total{environment=\"staging\",version=\"1.1\",result=\"unauthorized\"}"), 1.0);
+    assert_eq!(
+        s("tollgate_websocket_upgrades_total{environment=\"staging\",version=\"1.1\",result=\"accepted\"}"),
+        2.0,
+        "{text}"
+    );
+    assert_eq!(
+        s("tollgate_websocket_upgrades_total{environment=\"staging\",version=\"1.1\",result=\"unauthorized\"}"),
+        1.0
+    );
     assert_eq!(s("tollgate_websocket_messages_total{environment=\"staging\",direction=\"client_to_server\"}"), 6.0);
     assert_eq!(s("tollgate_websocket_messages_total{environment=\"staging\",direction=\"server_to_client\"}"), 6.0);
     assert!(s("tollgate_websocket_bytes_total{environment=\"staging\",direction=\"server_to_client\"}") > 6.0 * 20.0);
