@@ -56,7 +56,7 @@ fn main() -> Result<()> {
 }
 
 fn parse_load(args: &[String]) -> Result<Load> {
-    let mut load = Load { connections: 16, messages: 20_000, size: 64, window: 32, rounds: 3 };
+    let mut load = Load { connections: 16, messages: 100_000, size: 64, window: 32, rounds: 3 };
     let mut it = args.iter();
     while let Some(flag) = it.next() {
         let value: usize = it
