@@ -116,6 +116,10 @@ pub fn now_millis() -> i64 {
 pub struct Store {
     pool: AnyPool,
     dialect: Dialect,
+    /// Read-modify-write cycles of one process on the same row take turns (striped by
+    /// table and id), so they never starve each other; revisions still guard against
+    /// other processes.
+    edits: std::sync::Arc<[tokio::sync::Mutex<()>; 64]>,
 }
 
 impl std::fmt::Debug for Store {
@@ -169,7 +173,7 @@ impl Store {
             })
             .connect(&url)
             .await?;
-        let store = Store { pool, dialect };
+        let store = Store { pool, dialect, edits: std::sync::Arc::new(std::array::from_fn(|_| Default::default())) };
         migrate::run(&store.pool, dialect).await?;
         Ok(store)
     }
@@ -333,7 +337,13 @@ impl Store {
         E: From<StoreError>,
         F: FnMut(&mut T) -> std::result::Result<(), E>,
     {
-        for _ in 0..16 {
+        let stripe = (id as usize).wrapping_mul(31).wrapping_add(table as usize) % self.edits.len();
+        let _turn = self.edits[stripe].lock().await;
+        for attempt in 0..16u32 {
+            if attempt > 0 {
+                // Another process wrote the row meanwhile: back off a little, growing.
+                tokio::time::sleep(std::time::Duration::from_millis(u64::from(attempt) * 5)).await;
+            }
             let mut row: Row<T> = self.get(table, None, &Key::Id(id)).await?;
             change(&mut row.doc)?;
             match self.update(table, id, row.revision, &row.doc).await {
