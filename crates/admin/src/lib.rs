@@ -8,6 +8,7 @@
 
 mod apply;
 mod auth;
+pub mod console;
 mod error;
 pub mod live;
 pub mod openapi;
@@ -44,7 +45,8 @@ impl AdminState {
     }
 }
 
-/// The admin API: `/api/v1/…` behind bearer tokens, `/status/*` and `/metrics` open.
+/// The admin API: `/api/v1/…` behind bearer tokens, `/status/*` and `/metrics` open,
+/// and the console (HTML, behind a login) at `/`.
 pub fn router(state: Arc<AdminState>) -> Router {
     // Layers run outside-in: the token is checked first, then the change is audited.
     let api = resources::routes()
@@ -59,9 +61,11 @@ pub fn router(state: Arc<AdminState>) -> Router {
         let doc = doc.clone();
         async move { axum::Json((*doc).clone()) }
     });
-    Router::new()
+    let app = Router::new()
         .route("/api/v1/openapi.json", openapi)
         .nest("/api/v1", api)
         .merge(resources::open_routes())
-        .with_state(state)
+        .with_state(state);
+    // The console at `/` calls the API above in process.
+    app.clone().merge(console::router(app))
 }

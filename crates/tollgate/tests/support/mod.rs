@@ -138,9 +138,9 @@ impl Body for Generated {
     }
 }
 
-type BoxBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+pub type BoxBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 
-fn full(s: impl Into<Bytes>) -> BoxBody {
+pub fn full(s: impl Into<Bytes>) -> BoxBody {
     Full::new(s.into()).boxed()
 }
 

@@ -1,0 +1,305 @@
+//! The admin console: server-rendered HTML on the admin listener, with a few lines of
+//! embedded script and no external assets.
+//!
+//! The console is a client of the admin API, in process: every page reads, and every
+//! form writes, through the same `/api/v1` routes a script would call, with the
+//! operator's own admin token. So the console validates exactly as the API does,
+//! shows the API's error (with the field it names) next to the form, and every change
+//! it makes is in the audit log under that token's name.
+//!
+//! Sessions: the login form takes an admin token; the browser gets a random session id
+//! in a cookie (`HttpOnly`, `SameSite=Strict`, `Path=/`), the token stays on the
+//! server. Every form carries the session's CSRF token, checked on every POST, and a
+//! POST whose `Origin` is not the console's own is refused. Sessions live in the
+//! process's memory (12 hours): behind a load balancer, pin the console to one node.
+
+mod html;
+mod pages;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{FromRequest, FromRequestParts, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header, request::Parts};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Redirect, Response};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tower::ServiceExt;
+
+pub use html::Page;
+
+const COOKIE: &str = "tollgate_console";
+const LIFETIME: Duration = Duration::from_secs(12 * 3600);
+
+/// What the console's handlers share: the admin API to call, and the sessions.
+#[derive(Clone)]
+pub struct Console {
+    api: Router,
+    sessions: Arc<Sessions>,
+}
+
+#[derive(Default)]
+struct Sessions(Mutex<HashMap<String, Session>>);
+
+/// A logged-in operator.
+#[derive(Clone)]
+pub struct Session {
+    token: String,
+    pub csrf: String,
+    expires: Instant,
+}
+
+impl Sessions {
+    fn get(&self, id: &str) -> Option<Session> {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        map.retain(|_, s| s.expires > now);
+        map.get(id).cloned()
+    }
+
+    fn create(&self, token: String) -> std::io::Result<String> {
+        let id = random_hex(32)?;
+        let session = Session { token, csrf: random_hex(32)?, expires: Instant::now() + LIFETIME };
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).insert(id.clone(), session);
+        Ok(id)
+    }
+
+    fn remove(&self, id: &str) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
+    }
+}
+
+pub(crate) fn random_hex(bytes: usize) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut buf = vec![0u8; bytes];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut buf)?;
+    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// The console's routes, calling `api` (the admin API router) in process.
+pub fn router(api: Router) -> Router {
+    let console = Console { api, sessions: Arc::default() };
+    let guarded = pages::routes().layer(axum::middleware::from_fn_with_state(console.clone(), require_session));
+    Router::new()
+        .route("/login", axum::routing::get(login_page).post(login))
+        .route("/console.css", axum::routing::get(|| async { asset("text/css", html::CSS) }))
+        .route("/console.js", axum::routing::get(|| async { asset("text/javascript", html::JS) }))
+        .merge(guarded)
+        .with_state(console)
+}
+
+fn asset(kind: &'static str, body: &'static str) -> Response {
+    ([(header::CONTENT_TYPE, kind), (header::CACHE_CONTROL, "max-age=3600")], body).into_response()
+}
+
+fn session_id(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|c| c.trim().strip_prefix(COOKIE).and_then(|r| r.strip_prefix('=')))
+}
+
+/// Every console page but the login page needs a session; without one the browser is
+/// sent to log in (and brought back afterwards, for a page it asked for).
+async fn require_session(State(console): State<Console>, mut req: Request, next: Next) -> Response {
+    let session = session_id(req.headers()).and_then(|id| console.sessions.get(id));
+    let Some(session) = session else {
+        let back = if req.method() == Method::GET { req.uri().path_and_query().map(|p| p.as_str()) } else { None };
+        let to = match back {
+            Some(p) if p != "/" => format!("/login?next={}", html::url_encode(p)),
+            _ => "/login".to_string(),
+        };
+        return Redirect::to(&to).into_response();
+    };
+    if req.method() != Method::GET && req.method() != Method::HEAD && !same_origin(req.headers()) {
+        return forbidden("this form was sent from another site");
+    }
+    req.extensions_mut().insert(session);
+    next.run(req).await
+}
+
+/// A POST's `Origin` (when the browser sends one) must be the console's own host.
+fn same_origin(headers: &HeaderMap) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()) else { return true };
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or_default();
+    origin.split_once("://").is_some_and(|(_, rest)| rest == host)
+}
+
+fn forbidden(why: &str) -> Response {
+    let page = Page::bare("Refused").para(why).para("Go back, reload the page and try again.");
+    (StatusCode::FORBIDDEN, page.render()).into_response()
+}
+
+/// A handler's view of the request: the session, and the admin API as its operator.
+pub struct Ctx {
+    pub session: Session,
+    console: Console,
+}
+
+impl FromRequestParts<Console> for Ctx {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, console: &Console) -> Result<Self, Self::Rejection> {
+        let session =
+            parts.extensions.get::<Session>().cloned().ok_or_else(|| Redirect::to("/login").into_response())?;
+        Ok(Ctx { session, console: console.clone() })
+    }
+}
+
+/// An admin API answer: the status and the JSON body (or `Null`).
+pub struct Answer {
+    pub status: StatusCode,
+    pub body: Value,
+}
+
+impl Answer {
+    pub fn ok(&self) -> bool {
+        self.status.is_success()
+    }
+
+    /// The API's error message and the field it names, for a form to show.
+    pub fn error(&self) -> (String, Option<String>) {
+        let e = &self.body["error"];
+        let message = e["message"].as_str().map_or_else(|| format!("the API answered {}", self.status), str::to_string);
+        (message, e["field"].as_str().map(str::to_string))
+    }
+}
+
+impl Ctx {
+    /// Calls the admin API (`path` below `/api/v1`) with the operator's token.
+    pub async fn api(&self, method: Method, path: &str, body: Option<&Value>) -> Answer {
+        let mut req = Request::new(Body::from(body.map(Value::to_string).unwrap_or_default()));
+        *req.method_mut() = method;
+        match format!("/api/v1{path}").parse() {
+            Ok(uri) => *req.uri_mut() = uri,
+            Err(_) => return Answer { status: StatusCode::BAD_REQUEST, body: Value::Null },
+        }
+        let headers = req.headers_mut();
+        if let Ok(auth) = HeaderValue::from_str(&format!("Bearer {}", self.session.token)) {
+            headers.insert(header::AUTHORIZATION, auth);
+        }
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        let resp = match self.console.api.clone().oneshot(req).await {
+            Ok(r) => r,
+            Err(never) => match never {},
+        };
+        let status = resp.status();
+        let bytes = axum::body::to_bytes(resp.into_body(), 16 * 1024 * 1024).await.unwrap_or_default();
+        Answer { status, body: serde_json::from_slice(&bytes).unwrap_or(Value::Null) }
+    }
+
+    pub async fn get(&self, path: &str) -> Answer {
+        self.api(Method::GET, path, None).await
+    }
+}
+
+/// A console form's fields, after its CSRF token was checked.
+pub struct Form(pub Vec<(String, String)>);
+
+impl Form {
+    /// The field's value, trimmed; `None` when missing or blank.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0.iter().find(|(k, _)| k == name).map(|(_, v)| v.trim()).filter(|v| !v.is_empty())
+    }
+
+    pub fn all(&self, name: &str) -> Vec<&str> {
+        self.0.iter().filter(|(k, _)| k == name).map(|(_, v)| v.as_str()).collect()
+    }
+
+    pub fn checked(&self, name: &str) -> bool {
+        self.get(name).is_some()
+    }
+}
+
+impl FromRequest<Console> for Form {
+    type Rejection = Response;
+
+    async fn from_request(req: Request, console: &Console) -> Result<Self, Self::Rejection> {
+        let session = req.extensions().get::<Session>().cloned();
+        let axum::Form(fields): axum::Form<Vec<(String, String)>> = axum::Form::from_request(req, console)
+            .await
+            .map_err(|e| (StatusCode::BAD_REQUEST, e.body_text()).into_response())?;
+        let sent = fields.iter().find(|(k, _)| k == "_csrf").map(|(_, v)| v.as_str());
+        match session {
+            Some(s) if sent.is_some_and(|t| constant_time_eq(t.as_bytes(), s.csrf.as_bytes())) => Ok(Form(fields)),
+            _ => Err(forbidden("the form's security token is missing or stale")),
+        }
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[derive(serde::Deserialize)]
+struct LoginQuery {
+    next: Option<String>,
+}
+
+async fn login_page(axum::extract::Query(q): axum::extract::Query<LoginQuery>) -> Response {
+    login_form(q.next.as_deref(), None).into_response()
+}
+
+fn login_form(next: Option<&str>, error: Option<&str>) -> axum::response::Html<String> {
+    let next = next.filter(|n| is_local_path(n)).unwrap_or("/");
+    Page::bare("Log in")
+        .error(error)
+        .raw(format!(
+            r#"<form method="post" action="/login" class="card narrow">
+<input type="hidden" name="next" value="{next}">
+<label for="token">Admin token</label>
+<input id="token" name="token" type="password" autocomplete="current-password" required autofocus>
+<p class="hint">The token <code>tollgate serve</code> printed when it first started, or one made with <code>POST /api/v1/tokens</code>.</p>
+<button type="submit">Log in</button>
+</form>"#,
+            next = html::esc(next)
+        ))
+        .render()
+}
+
+/// Only paths on this console are followed after login (no open redirect).
+fn is_local_path(p: &str) -> bool {
+    p.starts_with('/') && !p.starts_with("//") && !p.contains('\\')
+}
+
+async fn login(State(console): State<Console>, axum::Form(fields): axum::Form<HashMap<String, String>>) -> Response {
+    let token = fields.get("token").map(|t| t.trim()).unwrap_or_default();
+    let next = fields.get("next").map(String::as_str).filter(|n| is_local_path(n)).unwrap_or("/");
+    if token.is_empty() {
+        return (StatusCode::UNAUTHORIZED, login_form(Some(next), Some("Enter an admin token."))).into_response();
+    }
+    let probe = Ctx {
+        session: Session { token: token.to_string(), csrf: String::new(), expires: Instant::now() },
+        console: console.clone(),
+    };
+    if !probe.get("/products?limit=1").await.ok() {
+        return (StatusCode::UNAUTHORIZED, login_form(Some(next), Some("That token is not an admin token here.")))
+            .into_response();
+    }
+    let id = match console.sessions.create(token.to_string()) {
+        Ok(id) => id,
+        Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, format!("no randomness: {e}")).into_response(),
+    };
+    let cookie = format!("{COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}", LIFETIME.as_secs());
+    let mut resp = Redirect::to(next).into_response();
+    if let Ok(v) = HeaderValue::from_str(&cookie) {
+        resp.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    resp
+}
+
+pub(crate) async fn logout(State(console): State<Console>, headers: HeaderMap, _form: Form) -> Response {
+    if let Some(id) = session_id(&headers) {
+        console.sessions.remove(id);
+    }
+    let mut resp = Redirect::to("/login").into_response();
+    resp.headers_mut().insert(
+        header::SET_COOKIE,
+        HeaderValue::from_static("tollgate_console=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"),
+    );
+    resp
+}

@@ -1,0 +1,154 @@
+//! The admin console over HTTP: every console route sends a visitor without a session
+//! to the login page; login takes an admin token and sets a strict, HttpOnly cookie;
+//! forms need their CSRF token and the console's own origin; a form's mistake comes
+//! back with the API's message next to the field it names; what a form saves is what
+//! the admin API then serves. (The browser story is in console_browser.rs.)
+
+mod support;
+
+use http::StatusCode;
+use std::net::SocketAddr;
+use support::*;
+
+const ROUTES: [&str; 7] =
+    ["/", "/backends", "/backends/new", "/backends/echo", "/products", "/products/new", "/products/chat"];
+
+fn form_body(fields: &[(&str, &str)]) -> BoxBody {
+    let encoded: Vec<String> = fields.iter().map(|(k, v)| format!("{}={}", encode(k), encode(v))).collect();
+    full(encoded.join("&"))
+}
+
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+async fn post(
+    addr: SocketAddr,
+    path: &str,
+    cookie: Option<&str>,
+    fields: &[(&str, &str)],
+    extra: &[(&str, &str)],
+) -> (StatusCode, http::HeaderMap, String) {
+    let mut headers = vec![("content-type", "application/x-www-form-urlencoded")];
+    if let Some(c) = cookie {
+        headers.push(("cookie", c));
+    }
+    headers.extend_from_slice(extra);
+    request(addr, "localhost", "POST", path, form_body(fields), &headers).await
+}
+
+async fn get_with(addr: SocketAddr, path: &str, cookie: &str) -> (StatusCode, http::HeaderMap, String) {
+    request(addr, "localhost", "GET", path, full(""), &[("cookie", cookie)]).await
+}
+
+fn location(headers: &http::HeaderMap) -> &str {
+    headers.get("location").and_then(|v| v.to_str().ok()).unwrap_or_default()
+}
+
+/// The CSRF token a console page carries.
+fn csrf(page: &str) -> String {
+    let at = page.find(r#"name="csrf" content=""#).expect("csrf meta") + r#"name="csrf" content=""#.len();
+    page[at..].split('"').next().expect("token").to_string()
+}
+
+#[tokio::test]
+async fn the_console_needs_a_login_and_refuses_forged_forms() {
+    let dir = TempDir::new();
+    let url = format!("sqlite://{}", dir.path().join("tollgate.db").display());
+    let server = store_server(&url).await;
+    let admin = server.admin;
+
+    for route in ROUTES {
+        let (status, headers, _) = get(admin, "localhost", route).await;
+        assert_eq!(status, StatusCode::SEE_OTHER, "{route}");
+        assert!(location(&headers).starts_with("/login"), "{route}: {}", location(&headers));
+        let (status, headers, _) = post(admin, route, None, &[("system_name", "x")], &[]).await;
+        assert_eq!(status, StatusCode::SEE_OTHER, "POST {route}");
+        assert!(location(&headers).starts_with("/login"), "POST {route}");
+    }
+    let (_, headers, _) = get(admin, "localhost", "/backends/new").await;
+    assert_eq!(location(&headers), "/login?next=%2Fbackends%2Fnew", "brought back after login");
+
+    // A wrong token is refused; the right one opens a session with a strict cookie.
+    let (status, _, page) = post(admin, "/login", None, &[("token", "nope"), ("next", "/")], &[]).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(page.contains("not an admin token"), "{page}");
+    let token = server.admin_token.clone().expect("token");
+    let (status, headers, _) =
+        post(admin, "/login", None, &[("token", &token), ("next", "//evil.example/")], &[]).await;
+    assert_eq!((status, location(&headers)), (StatusCode::SEE_OTHER, "/"), "no open redirect");
+    let set_cookie = headers.get("set-cookie").and_then(|v| v.to_str().ok()).expect("set-cookie").to_string();
+    for flag in ["HttpOnly", "SameSite=Strict", "Path=/"] {
+        assert!(set_cookie.contains(flag), "{set_cookie}");
+    }
+    assert!(!set_cookie.contains(&token), "the token itself never goes to the browser");
+    let cookie = set_cookie.split(';').next().expect("cookie").to_string();
+
+    let (status, _, page) = get_with(admin, "/backends/new", &cookie).await;
+    assert_eq!(status, StatusCode::OK);
+    let token_field = csrf(&page);
+    let backend = [("system_name", "echo"), ("private_base_url", "wss://127.0.0.1:9/"), ("tls.verify", "true")];
+
+    // Without the CSRF token, with a stale one, or from another origin: refused.
+    let (status, _, _) = post(admin, "/backends", Some(&cookie), &backend, &[]).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "no CSRF token");
+    let mut stale = backend.to_vec();
+    stale.push(("_csrf", "0000"));
+    assert_eq!(post(admin, "/backends", Some(&cookie), &stale, &[]).await.0, StatusCode::FORBIDDEN);
+    let mut good = backend.to_vec();
+    good.push(("_csrf", &token_field));
+    let (status, _, _) = post(admin, "/backends", Some(&cookie), &good, &[("origin", "https://evil.example")]).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "cross-site POST");
+    assert_eq!(api(&server, "GET", "/backends", None).await.1, serde_json::json!([]), "nothing was created");
+
+    // A mistake comes back with the API's message at its field, the input kept.
+    let mut bad = good.clone();
+    bad[1] = ("private_base_url", "ftp://127.0.0.1/");
+    let (status, _, page) = post(admin, "/backends", Some(&cookie), &bad, &[("origin", "http://localhost")]).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{page}");
+    assert!(page.contains(r#"aria-invalid="true""#) && page.contains("ftp://127.0.0.1/"), "{page}");
+
+    // The real thing: created, then edited, and the API serves what the form said.
+    let (status, headers, _) = post(admin, "/backends", Some(&cookie), &good, &[("origin", "http://localhost")]).await;
+    assert_eq!((status, location(&headers)), (StatusCode::SEE_OTHER, "/backends/echo?saved=1"));
+    let (status, _, page) = get_with(admin, "/backends/echo?saved=1", &cookie).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.contains("Saved.") && page.contains("wss://127.0.0.1:9/"), "{page}");
+    let edit = [
+        ("_csrf", token_field.as_str()),
+        ("name", "Echo <service>"),
+        ("private_base_url", "wss://127.0.0.1:9/v2"),
+        ("tls.server_name", "echo.internal"),
+    ];
+    let (status, _, _) = post(admin, "/backends/echo", Some(&cookie), &edit, &[]).await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let (_, b) = api(&server, "GET", "/backends/echo", None).await;
+    assert_eq!(b["private_base_url"], "wss://127.0.0.1:9/v2");
+    assert_eq!(
+        (b["tls"]["verify"].clone(), b["tls"]["server_name"].clone()),
+        (serde_json::json!(false), serde_json::json!("echo.internal"))
+    );
+    let (_, _, page) = get_with(admin, "/backends", &cookie).await;
+    assert!(page.contains("Echo &lt;service&gt;") && !page.contains("Echo <service>"), "escaped: {page}");
+    let (_, _, page) = get_with(admin, "/backends/echo", &cookie).await;
+    assert!(page.contains("Verification is off"), "the warning shows");
+
+    // Every change is audited under the operator's token.
+    let audit = api(&server, "GET", "/audit?limit=1", None).await.1;
+    assert_eq!(
+        (audit[0]["token"].clone(), audit[0]["path"].clone()),
+        (serde_json::json!("initial"), serde_json::json!("/api/v1/backends/echo"))
+    );
+
+    // Logging out ends the session.
+    let (status, headers, _) = post(admin, "/logout", Some(&cookie), &[("_csrf", &token_field)], &[]).await;
+    assert_eq!((status, location(&headers)), (StatusCode::SEE_OTHER, "/login"));
+    let (status, headers, _) = get_with(admin, "/backends", &cookie).await;
+    assert_eq!((status, location(&headers)), (StatusCode::SEE_OTHER, "/login?next=%2Fbackends"));
+    server.shutdown().await;
+}
