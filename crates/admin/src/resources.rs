@@ -868,14 +868,23 @@ async fn configs_diff(State(s): St, Path(p): Path<String>, Q(q): Q<DiffQuery>) -
     let to_name = q.to.unwrap_or_else(|| "staging".into());
     let from = resolve_config(&s, &row, &from_name).await?;
     let to = resolve_config(&s, &row, &to_name).await?;
+    // Nothing on one side (say, production before the first promote) reads as an empty
+    // configuration, so every value shows by its path instead of as one blob.
+    let empty = |v: Value| if v.is_null() { json!({}) } else { v };
+    let (from, to) = (empty(from), empty(to));
     let mut changes = Vec::new();
     diff_values("", &from, &to, &mut changes);
     Ok(Json(json!({ "from": from_name, "to": to_name, "changes": changes })))
 }
 
-/// A structural diff: one `{path, from, to}` per leaf (or whole sub-tree) that differs.
+/// A structural diff: one `{path, from, to}` per leaf that differs; a sub-tree present
+/// on one side only is listed leaf by leaf against nothing.
 pub(crate) fn diff_values(path: &str, a: &Value, b: &Value, out: &mut Vec<Value>) {
     match (a, b) {
+        (Value::Null, Value::Object(_)) => diff_values(path, &json!({}), b, out),
+        (Value::Object(_), Value::Null) => diff_values(path, a, &json!({}), out),
+        (Value::Null, Value::Array(_)) => diff_values(path, &json!([]), b, out),
+        (Value::Array(_), Value::Null) => diff_values(path, a, &json!([]), out),
         (Value::Object(x), Value::Object(y)) => {
             let mut keys: Vec<&String> = x.keys().chain(y.keys()).collect();
             keys.sort();

@@ -4,3 +4,54 @@ document.addEventListener('submit', (e) => {
   const form = e.target.closest('form[data-confirm]');
   if (form && !window.confirm(form.dataset.confirm)) e.preventDefault();
 });
+
+// "Try it": a WebSocket client on the product's gateway, with the browser's own API.
+function tryIt(root) {
+  const $ = (id) => document.getElementById(id);
+  let ws = null;
+  let opened = 0;
+  const url = () => {
+    const base = root.dataset[$('try-env').value];
+    let path = $('try-path').value || '/';
+    if (!path.startsWith('/')) path = '/' + path;
+    return base + path + (path.includes('?') ? '&' : '?') + $('try-app').value;
+  };
+  const show = () => { $('try-url').textContent = url(); };
+  const log = (kind, text) => {
+    const line = document.createElement('div');
+    const t = (performance.now() - opened).toFixed(0);
+    line.textContent = `[${kind}] ${text}` + (opened ? ` (+${t} ms)` : '');
+    line.className = 'log-' + kind;
+    $('try-log').appendChild(line);
+    $('try-log').scrollTop = $('try-log').scrollHeight;
+  };
+  const connected = (yes) => {
+    $('try-send').disabled = !yes;
+    $('try-close').disabled = !yes;
+    $('try-connect').disabled = yes;
+  };
+  ['try-app', 'try-env', 'try-path'].forEach((id) => $(id).addEventListener('input', show));
+  show();
+  $('try-connect').addEventListener('click', () => {
+    const started = performance.now();
+    opened = 0;
+    log('info', 'connecting to ' + url());
+    ws = new WebSocket(url());
+    ws.onopen = () => { opened = performance.now(); log('open', `connected in ${(opened - started).toFixed(0)} ms`); connected(true); };
+    ws.onmessage = (e) => log('received', typeof e.data === 'string' ? e.data : '(binary)');
+    ws.onerror = () => log('error', 'the connection failed (refused upgrades show as a close with code 1006)');
+    ws.onclose = (e) => { log('closed', `code ${e.code}${e.reason ? ' ' + e.reason : ''}`); connected(false); ws = null; };
+  });
+  $('try-send').addEventListener('click', () => {
+    if (!ws) return;
+    ws.send($('try-message').value);
+    log('sent', $('try-message').value);
+  });
+  $('try-message').addEventListener('keydown', (e) => { if (e.key === 'Enter') $('try-send').click(); });
+  $('try-close').addEventListener('click', () => ws && ws.close(1000, 'closed from the console'));
+}
+
+document.addEventListener('DOMContentLoaded', () => {
+  const root = document.getElementById('try');
+  if (root) tryIt(root);
+});

@@ -263,6 +263,24 @@ pub fn table(caption: &str, head: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
+/// Milliseconds since the Unix epoch as `YYYY-MM-DD HH:MM:SS UTC`.
+pub fn time(ms: &serde_json::Value) -> String {
+    let Some(ms) = ms.as_i64() else { return String::new() };
+    let secs = ms.div_euclid(1000);
+    let (days, rest) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Days to a civil date (proleptic Gregorian), by 400-year eras.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC", rest / 3600, rest % 3600 / 60, rest % 60)
+}
+
 pub fn link(href: &str, text: &str) -> String {
     format!(r#"<a href="{}">{}</a>"#, esc(href), esc(text))
 }
@@ -270,6 +288,13 @@ pub fn link(href: &str, text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn times_are_utc_dates() {
+        assert_eq!(time(&serde_json::json!(0)), "1970-01-01 00:00:00 UTC");
+        assert_eq!(time(&serde_json::json!(1_795_731_632_698_i64)), "2026-11-26 22:20:32 UTC");
+        assert_eq!(time(&serde_json::json!(951_782_400_000_i64)), "2000-02-29 00:00:00 UTC");
+    }
 
     #[test]
     fn escaping_and_encoding() {

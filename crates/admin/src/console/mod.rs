@@ -13,8 +13,12 @@
 //! POST whose `Origin` is not the console's own is refused. Sessions live in the
 //! process's memory (12 hours): behind a load balancer, pin the console to one node.
 
+mod accounts;
+mod analytics;
 mod html;
+mod integration;
 mod pages;
+mod product;
 
 use axum::Router;
 use axum::body::Body;
@@ -81,7 +85,12 @@ pub(crate) fn random_hex(bytes: usize) -> std::io::Result<String> {
 /// The console's routes, calling `api` (the admin API router) in process.
 pub fn router(api: Router) -> Router {
     let console = Console { api, sessions: Arc::default() };
-    let guarded = pages::routes().layer(axum::middleware::from_fn_with_state(console.clone(), require_session));
+    let guarded = pages::routes()
+        .merge(product::routes())
+        .merge(accounts::routes())
+        .merge(integration::routes())
+        .merge(analytics::routes())
+        .layer(axum::middleware::from_fn_with_state(console.clone(), require_session));
     Router::new()
         .route("/login", axum::routing::get(login_page).post(login))
         .route("/console.css", axum::routing::get(|| async { asset("text/css", html::CSS) }))

@@ -1,0 +1,233 @@
+//! Accounts and their applications: create, show keys, regenerate a key, suspend and
+//! resume, change plan.
+
+use super::html::{self, Field, Page, esc, table, url_encode};
+use super::{Answer, Console, Ctx, Form};
+use axum::Router;
+use axum::extract::Path;
+use axum::http::{Method, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use serde_json::{Value, json};
+
+pub fn routes() -> Router<Console> {
+    Router::new()
+        .route("/accounts", get(accounts).post(account_add))
+        .route("/accounts/{a}", get(account).post(app_add))
+        .route("/applications", get(applications))
+        .route("/applications/{app}", get(application))
+        .route("/applications/{app}/{action}", post(app_action))
+}
+
+fn s<'a>(v: &'a Value, key: &str) -> &'a str {
+    v[key].as_str().unwrap_or_default()
+}
+
+fn list(a: &Answer) -> Vec<Value> {
+    a.body.as_array().cloned().unwrap_or_default()
+}
+
+fn page(ctx: &Ctx, title: String, section: &'static str, error: Option<&str>, content: String) -> Response {
+    let status = if error.is_some() { StatusCode::UNPROCESSABLE_ENTITY } else { StatusCode::OK };
+    (status, Page::new(title, section, &ctx.session.csrf).error(error).raw(content).render()).into_response()
+}
+
+fn err_pair(e: &Option<(String, Option<String>)>) -> Option<(&str, &str)> {
+    e.as_ref().and_then(|(m, f)| f.as_deref().map(|f| (f, m.as_str())))
+}
+
+async fn accounts(ctx: Ctx) -> Response {
+    accounts_page(&ctx, None, None).await
+}
+
+async fn accounts_page(ctx: &Ctx, form: Option<&Form>, error: Option<(String, Option<String>)>) -> Response {
+    let rows: Vec<Vec<String>> = list(&ctx.get("/accounts").await)
+        .iter()
+        .map(|a| {
+            let name = s(a, "name");
+            vec![
+                html::link(&format!("/accounts/{}", url_encode(name)), name),
+                a["applications"].as_array().map_or(0, Vec::len).to_string(),
+            ]
+        })
+        .collect();
+    let name = form.and_then(|f| f.get("name")).unwrap_or_default();
+    let fields = Field::text("Name", "name", name)
+        .required()
+        .hint("The developer or organization that consumes your APIs.")
+        .html(err_pair(&error));
+    let content = table("Accounts", &["Account", "Applications"], &rows)
+        + "<h2>Create an account</h2>"
+        + &html::form("/accounts", &ctx.session.csrf, &fields, "Create account");
+    page(ctx, "Accounts".into(), "Accounts", error.as_ref().map(|e| e.0.as_str()), content)
+}
+
+async fn account_add(ctx: Ctx, form: Form) -> Response {
+    let name = form.get("name").unwrap_or_default().to_string();
+    let answer = ctx.api(Method::POST, "/accounts", Some(&json!({ "name": name }))).await;
+    if answer.ok() {
+        return Redirect::to(&format!("/accounts/{}", url_encode(&name))).into_response();
+    }
+    accounts_page(&ctx, Some(&form), Some(answer.error())).await
+}
+
+/// `(product, plan)` pairs for the new-application form.
+async fn plan_options(ctx: &Ctx) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for p in list(&ctx.get("/products").await) {
+        let product = s(&p, "system_name");
+        for plan in list(&ctx.get(&format!("/products/{}/application_plans", url_encode(product))).await) {
+            let plan = s(&plan, "system_name");
+            out.push((format!("{product}/{plan}"), format!("{product} — {plan}")));
+        }
+    }
+    out
+}
+
+fn app_rows(apps: &[Value]) -> Vec<Vec<String>> {
+    apps.iter()
+        .map(|a| {
+            vec![
+                html::link(&format!("/applications/{}", a["id"]), s(a, "name")),
+                format!("<code>{}</code>", esc(s(a, "product"))),
+                esc(s(a, "plan")),
+                esc(s(a, "state")),
+            ]
+        })
+        .collect()
+}
+
+async fn account(ctx: Ctx, Path(a): Path<String>) -> Response {
+    account_page(&ctx, &a, None, None).await
+}
+
+async fn account_page(ctx: &Ctx, a: &str, form: Option<&Form>, error: Option<(String, Option<String>)>) -> Response {
+    let acct = ctx.get(&format!("/accounts/{}", url_encode(a))).await;
+    if !acct.ok() {
+        return page(ctx, "Not available".into(), "Accounts", Some(&acct.error().0), String::new());
+    }
+    let apps = list(&ctx.get(&format!("/accounts/{}/applications", url_encode(a))).await);
+    let plans = plan_options(ctx).await;
+    let name = form.and_then(|f| f.get("name")).unwrap_or_default();
+    let chosen = form.and_then(|f| f.get("plan")).unwrap_or_default();
+    let fields = Field::text("Name", "name", name).required().html(err_pair(&error))
+        + &html::select("Product and application plan", "plan", &plans, chosen);
+    let new_app = if plans.is_empty() {
+        r#"<p>Create a product with an application plan first (<a href="/products">Products</a>).</p>"#.to_string()
+    } else {
+        html::form(&format!("/accounts/{}", url_encode(a)), &ctx.session.csrf, &fields, "Create application")
+    };
+    let content = r#"<p class="crumbs"><a href="/accounts">Accounts</a></p>"#.to_string()
+        + &table("Applications", &["Application", "Product", "Plan", "State"], &app_rows(&apps))
+        + "<h2>Create an application</h2><p>Its credentials are generated as the product's authentication mode needs.</p>"
+        + &new_app;
+    page(ctx, format!("Account {a}"), "Accounts", error.as_ref().map(|e| e.0.as_str()), content)
+}
+
+async fn app_add(ctx: Ctx, Path(a): Path<String>, form: Form) -> Response {
+    let (product, plan) = form.get("plan").and_then(|p| p.split_once('/')).unwrap_or_default();
+    let body = json!({ "name": form.get("name").unwrap_or_default(), "product": product, "plan": plan });
+    let answer = ctx.api(Method::POST, &format!("/accounts/{}/applications", url_encode(&a)), Some(&body)).await;
+    if answer.ok() {
+        return Redirect::to(&format!("/applications/{}", answer.body["id"])).into_response();
+    }
+    account_page(&ctx, &a, Some(&form), Some(answer.error())).await
+}
+
+async fn applications(ctx: Ctx) -> Response {
+    let apps = list(&ctx.get("/applications").await);
+    let content = table("Applications", &["Application", "Product", "Plan", "State"], &app_rows(&apps))
+        + r#"<p>Applications are created within an account (<a href="/accounts">Accounts</a>).</p>"#;
+    page(&ctx, "Applications".into(), "Applications", None, content)
+}
+
+async fn application(ctx: Ctx, Path(app): Path<String>) -> Response {
+    application_page(&ctx, &app, None).await
+}
+
+async fn application_page(ctx: &Ctx, app: &str, error: Option<String>) -> Response {
+    let answer = ctx.get(&format!("/applications/{}", url_encode(app))).await;
+    if !answer.ok() {
+        return page(ctx, "Not available".into(), "Applications", Some(&answer.error().0), String::new());
+    }
+    let a = &answer.body;
+    let here = format!("/applications/{}", a["id"]);
+    let csrf = &ctx.session.csrf;
+    let mut creds = String::from("<dl>");
+    if let Some(k) = a["user_key"].as_str() {
+        creds += &format!("<dt>user_key</dt><dd><code>{}</code></dd>", esc(k));
+    }
+    if let Some(id) = a["app_id"].as_str() {
+        creds += &format!("<dt>app_id</dt><dd><code>{}</code></dd>", esc(id));
+        for k in a["app_keys"].as_array().into_iter().flatten().filter_map(Value::as_str) {
+            creds += &format!("<dt>app_key</dt><dd><code>{}</code></dd>", esc(k));
+        }
+    }
+    creds += "</dl>";
+    let regenerate = if a["app_id"].is_string() { "Add an app_key" } else { "Regenerate user_key" };
+    let state = s(a, "state");
+    let toggle = if state == "suspended" {
+        html::button(&format!("{here}/resume"), csrf, "Resume", None)
+    } else {
+        html::button(
+            &format!("{here}/suspend"),
+            csrf,
+            "Suspend",
+            Some("Suspend this application? Its requests are refused and its WebSockets close."),
+        )
+    };
+    let product = s(a, "product");
+    let plans: Vec<(String, String)> =
+        list(&ctx.get(&format!("/products/{}/application_plans", url_encode(product))).await)
+            .iter()
+            .map(|p| (s(p, "system_name").to_string(), s(p, "system_name").to_string()))
+            .collect();
+    let change = html::form(
+        &format!("{here}/change_plan"),
+        csrf,
+        &html::select("Application plan", "plan", &plans, s(a, "plan")),
+        "Change plan",
+    );
+    let content = format!(
+        r#"<p class="crumbs"><a href="/applications">Applications</a></p><p>Product <a href="/products/{pu}">{p}</a> · plan <strong>{plan}</strong> · state <strong>{state}</strong></p><h2>Credentials</h2>{creds}"#,
+        pu = url_encode(product),
+        p = esc(product),
+        plan = esc(s(a, "plan")),
+        state = esc(state),
+    ) + &html::button(
+        &format!("{here}/keys"),
+        csrf,
+        regenerate,
+        Some("Replace the key? Clients using the old one are refused and their WebSockets close."),
+    ) + " "
+        + &toggle
+        + "<h2>Change plan</h2>"
+        + &change
+        + &format!(
+            r#"<p><a href="/products/{pu}/try?application={}">Try it</a> · <a href="/analytics?product={pu}&application={}">Analytics</a></p>"#,
+            a["id"],
+            url_encode(s(a, "name")),
+            pu = url_encode(product)
+        );
+    page(ctx, format!("Application {}", s(a, "name")), "Applications", error.as_deref(), content)
+}
+
+async fn app_action(ctx: Ctx, Path((app, action)): Path<(String, String)>, form: Form) -> Response {
+    let path = format!("/applications/{}", url_encode(&app));
+    let answer = match action.as_str() {
+        "suspend" | "resume" | "keys" => ctx.api(Method::POST, &format!("{path}/{action}"), None).await,
+        "change_plan" => {
+            ctx.api(
+                Method::POST,
+                &format!("{path}/change_plan"),
+                Some(&json!({ "plan": form.get("plan").unwrap_or_default() })),
+            )
+            .await
+        }
+        _ => return StatusCode::NOT_FOUND.into_response(),
+    };
+    if answer.ok() {
+        return Redirect::to(&format!("/applications/{}", url_encode(&app))).into_response();
+    }
+    application_page(&ctx, &app, Some(answer.error().0)).await
+}
