@@ -304,6 +304,7 @@ async fn product_create(State(s): St, Body(product): Body<Product>) -> ApiResult
     }
     world.check(&format!("products[{index}]"))?;
     check_chain(&s, &product.policy_chain, "policy_chain")?;
+    check_metered_metrics(&doc, &product.policy_chain, &world.backends)?;
     let row = s.store.insert(Table::Products, None, &product.system_name, &doc).await?;
     for plan in &plans {
         if let Err(e) = s.store.insert(Table::ApplicationPlans, Some(row.id), &plan.system_name, plan).await {
@@ -327,6 +328,7 @@ async fn product_put(State(s): St, Path(p): Path<String>, Body(product): Body<Pr
     let doc = ProductDoc::from_product(&product, row.doc.last_id);
     World::put(&mut world.products, Row { doc: doc.clone(), ..row.clone() });
     world.check(&format!("products[{index}]"))?;
+    check_metered_metrics(&doc, &product.policy_chain, &world.backends)?;
     let row = s.store.update(Table::Products, row.id, row.revision, &doc).await?;
     s.changed();
     Ok(Json(product_view(&world, &row)))
@@ -350,6 +352,35 @@ fn check_chain(s: &AdminState, chain: &[PolicyConfig], field: &str) -> ApiResult
     for (i, entry) in chain.iter().enumerate() {
         if let Err(e) = s.registry.build(&format!("{field}[{i}]"), &entry.name, &entry.configuration) {
             return Err(ApiError::from_config(e.into(), ""));
+        }
+    }
+    Ok(())
+}
+
+/// A `websocket` policy may only meter on a metric or method the product (or a backend
+/// it uses) has: refused here, at the field, rather than when the gateways compile it.
+fn check_metered_metrics(doc: &ProductDoc, chain: &[PolicyConfig], backends: &[Row<Backend>]) -> ApiResult<()> {
+    let used: Vec<&Backend> = backends
+        .iter()
+        .filter(|b| doc.backend_usages.iter().any(|u| u.value.backend == b.doc.system_name))
+        .map(|b| &b.doc)
+        .collect();
+    let known = |m: &str| {
+        m == "hits"
+            || doc.metrics.iter().any(|x| x.value.system_name == m)
+            || doc.methods.iter().any(|x| x.value.system_name == m)
+            || used
+                .iter()
+                .any(|b| b.metrics.iter().any(|x| x.system_name == m) || b.methods.iter().any(|x| x.system_name == m))
+    };
+    for (j, entry) in chain.iter().enumerate().filter(|(_, e)| e.name == "websocket") {
+        for (key, metric) in tollgate_gateway::policy::websocket::metered_metrics(&entry.configuration) {
+            if !known(&metric) {
+                return Err(ApiError::invalid(format!(
+                    "no metric or method named `{metric}`: declare it under the product's metrics first"
+                ))
+                .field(format!("policy_chain[{j}].configuration.{key}.metric")));
+            }
         }
     }
     Ok(())
@@ -595,11 +626,13 @@ async fn chain_put(
     Body(chain): Body<Vec<PolicyConfig>>,
 ) -> ApiResult<Json<Vec<PolicyConfig>>> {
     check_chain(&s, &chain, "")?;
+    let backends = World::load(&s.store).await?.backends;
     let row = edit_product(
         &s,
         &p,
         |i| format!("products[{i}].policy_chain"),
         |doc| {
+            check_metered_metrics(doc, &chain, &backends)?;
             doc.policy_chain = chain.clone();
             Ok(())
         },

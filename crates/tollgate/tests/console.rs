@@ -152,3 +152,86 @@ async fn the_console_needs_a_login_and_refuses_forged_forms() {
     assert_eq!((status, location(&headers)), (StatusCode::SEE_OTHER, "/login?next=%2Fbackends"));
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn policies_are_configured_through_forms_generated_from_their_schemas() {
+    let dir = TempDir::new();
+    let url = format!("sqlite://{}", dir.path().join("tollgate.db").display());
+    let server = store_server(&url).await;
+    let product = serde_json::json!({
+        "system_name": "chat",
+        "staging_public_base_url": "http://chat-staging.localhost",
+        "production_public_base_url": "http://chat.localhost",
+        "metrics": [ { "system_name": "messages" } ],
+        "policy_chain": [ { "name": "websocket" }, { "name": "tollgate" } ],
+    });
+    assert_eq!(api(&server, "POST", "/products", Some(product)).await.0, StatusCode::CREATED);
+    let token = server.admin_token.clone().expect("token");
+    let (_, headers, _) = post(server.admin, "/login", None, &[("token", &token)], &[]).await;
+    let cookie = headers
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|c| c.split(';').next())
+        .expect("cookie")
+        .to_string();
+
+    let (status, _, page) = get_with(server.admin, "/products/chat/policies/0", &cookie).await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    for field in [
+        r#"name="max_message_bytes""#,
+        r#"name="idle_timeout""#,
+        r#"name="meter_messages.metric""#,
+        r#"name="meter_messages.direction""#,
+        r#"name="on_limit_exceeded""#,
+    ] {
+        assert!(page.contains(field), "{field} in {page}");
+    }
+    let csrf = csrf(&page);
+    let fields = [
+        ("_csrf", csrf.as_str()),
+        ("max_message_bytes", "4096"),
+        ("meter_messages.metric", "messages"),
+        ("meter_messages.direction", "client_to_server"),
+        ("on_limit_exceeded", "drop"),
+        ("idle_timeout", ""),
+    ];
+    let (status, headers, page) = post(server.admin, "/products/chat/policies/0", Some(&cookie), &fields, &[]).await;
+    assert_eq!((status, location(&headers)), (StatusCode::SEE_OTHER, "/products/chat/policies"), "{page}");
+    let chain = api(&server, "GET", "/products/chat/policy_chain", None).await.1;
+    assert_eq!(
+        chain[0]["configuration"],
+        serde_json::json!({
+            "max_message_bytes": 4096,
+            "meter_messages": { "metric": "messages", "direction": "client_to_server" },
+            "on_limit_exceeded": "drop",
+        })
+    );
+
+    // A value the policy refuses comes back with the API's reason; nothing is saved.
+    let bad = [("_csrf", csrf.as_str()), ("max_message_bytes", "lots")];
+    let (status, _, page) = post(server.admin, "/products/chat/policies/0", Some(&cookie), &bad, &[]).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(page.contains("max_message_bytes") && page.contains("lots"), "{page}");
+    let after = api(&server, "GET", "/products/chat/policy_chain", None).await.1;
+    assert_eq!(after, chain);
+
+    // A metric the product does not have is named at once, not at deploy.
+    let unknown = [("_csrf", csrf.as_str()), ("meter_messages.metric", "nope")];
+    let (status, _, page) = post(server.admin, "/products/chat/policies/0", Some(&cookie), &unknown, &[]).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{page}");
+    assert!(page.contains("nope"), "{page}");
+
+    // Order and state: the chain is reordered and a policy disabled from the list.
+    let (status, _, _) =
+        post(server.admin, "/products/chat/policies/1/up", Some(&cookie), &[("_csrf", &csrf)], &[]).await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let (status, _, _) =
+        post(server.admin, "/products/chat/policies/1/toggle", Some(&cookie), &[("_csrf", &csrf)], &[]).await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let chain = api(&server, "GET", "/products/chat/policy_chain", None).await.1;
+    assert_eq!(
+        (chain[0]["name"].clone(), chain[1]["name"].clone(), chain[1]["enabled"].clone()),
+        (serde_json::json!("tollgate"), serde_json::json!("websocket"), serde_json::json!(false))
+    );
+    server.shutdown().await;
+}

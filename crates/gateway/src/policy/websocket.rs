@@ -92,6 +92,19 @@ pub struct Config {
     pub max_connection_duration: Option<u64>,
 }
 
+/// The metrics a `websocket` configuration meters on: `(option, metric)`.
+pub fn metered_metrics(configuration: &serde_json::Value) -> Vec<(&'static str, String)> {
+    let c = parse_config(configuration);
+    let mut out = Vec::new();
+    if let Some(m) = c.meter_messages {
+        out.push(("meter_messages", m.metric));
+    }
+    if let Some(m) = c.meter_bytes {
+        out.push(("meter_bytes", m.metric));
+    }
+    out
+}
+
 /// The configuration of a chain entry, already validated by the registry.
 pub fn parse_config(configuration: &serde_json::Value) -> Config {
     super::parse::<Config>(configuration).unwrap_or_default()
