@@ -10,8 +10,29 @@ use http::StatusCode;
 use std::net::SocketAddr;
 use support::*;
 
-const ROUTES: [&str; 7] =
-    ["/", "/backends", "/backends/new", "/backends/echo", "/products", "/products/new", "/products/chat"];
+/// Every kind of console route (resources need not exist: the login comes first).
+const ROUTES: [&str; 20] = [
+    "/",
+    "/backends",
+    "/backends/new",
+    "/backends/echo",
+    "/products",
+    "/products/new",
+    "/products/chat",
+    "/products/chat/backend_usages",
+    "/products/chat/metrics",
+    "/products/chat/mapping_rules",
+    "/products/chat/mapping_rules/1",
+    "/products/chat/policies",
+    "/products/chat/policies/0",
+    "/products/chat/plans/basic",
+    "/products/chat/integration",
+    "/products/chat/try",
+    "/accounts/acme",
+    "/applications/1",
+    "/analytics",
+    "/check/pattern?pattern=/",
+];
 
 fn form_body(fields: &[(&str, &str)]) -> BoxBody {
     let encoded: Vec<String> = fields.iter().map(|(k, v)| format!("{}={}", encode(k), encode(v))).collect();

@@ -55,6 +55,7 @@ async fn the_websocket_story_in_the_browser() {
     assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     let seen: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON line");
     assert_eq!(seen["reply"], "reply from server : hello", "{seen}");
+    assert!(!seen["pattern_error"].as_str().unwrap_or_default().is_empty(), "checked as typed: {seen}");
     assert_eq!(seen["staging"], "Version 1 is on staging.", "{seen}");
     assert_eq!(seen["production"], "Version 1 is on production.", "{seen}");
     assert!(seen["before"].as_str().unwrap_or_default().contains("production runs none yet"), "{seen}");

@@ -51,7 +51,31 @@ function tryIt(root) {
   $('try-close').addEventListener('click', () => ws && ws.close(1000, 'closed from the console'));
 }
 
+// Mapping rule patterns are checked with the server's own rules as they are typed.
+function checkPatterns() {
+  document.querySelectorAll('input[data-validate-pattern]').forEach((input) => {
+    const note = document.createElement('span');
+    note.className = 'field-error';
+    note.id = input.id + '-live';
+    note.setAttribute('aria-live', 'polite');
+    input.after(note);
+    input.setAttribute('aria-describedby', note.id);
+    let timer = null;
+    input.addEventListener('input', () => {
+      clearTimeout(timer);
+      timer = setTimeout(async () => {
+        const r = await fetch('/check/pattern?pattern=' + encodeURIComponent(input.value));
+        if (!r.ok) return;
+        const v = await r.json();
+        note.textContent = v.ok ? '' : v.error;
+        input.setAttribute('aria-invalid', v.ok ? 'false' : 'true');
+      }, 150);
+    });
+  });
+}
+
 document.addEventListener('DOMContentLoaded', () => {
   const root = document.getElementById('try');
   if (root) tryIt(root);
+  checkPatterns();
 });

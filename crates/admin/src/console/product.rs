@@ -19,6 +19,7 @@ pub fn routes() -> Router<Console> {
         .route("/products/{p}/mapping_rules", get(rules).post(rule_add))
         .route("/products/{p}/mapping_rules/{id}", get(rule_edit).post(rule_save))
         .route("/products/{p}/mapping_rules/{id}/move", post(rule_move))
+        .route("/check/pattern", get(check_pattern))
         .route("/products/{p}/plans", get(plans).post(plan_add))
         .route("/products/{p}/plans/{plan}", get(plan).post(plan_save))
         .route("/products/{p}/plans/{plan}/limits", post(limit_add))
@@ -476,4 +477,18 @@ async fn limit_delete(ctx: Ctx, Path((p, plan, id)): Path<(String, String, i64)>
     let answer = ctx.api(Method::DELETE, &path, None).await;
     let here = format!("{}/plans/{}", base(&p), url_encode(&plan));
     after(answer, here, async |e| plan_page(&ctx, &p, &plan, e).await).await
+}
+
+#[derive(serde::Deserialize)]
+struct PatternQuery {
+    pattern: String,
+}
+
+/// Checks a mapping rule pattern with the gateway's own parser, for the form to show
+/// as the operator types: `{"ok": true}` or `{"ok": false, "error": "..."}`.
+async fn check_pattern(_ctx: Ctx, axum::extract::Query(q): axum::extract::Query<PatternQuery>) -> axum::Json<Value> {
+    axum::Json(match tollgate_model::pattern::Pattern::parse(&q.pattern) {
+        Ok(_) => json!({ "ok": true }),
+        Err(e) => json!({ "ok": false, "error": e }),
+    })
 }

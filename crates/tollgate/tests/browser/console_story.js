@@ -72,7 +72,10 @@ async function main() {
     await page.locator('table').getByText('messages').waitFor();
     await shot('metrics');
     await tab('Mapping rules').click();
+    await page.getByLabel('Pattern').fill('no-slash');
+    seen.pattern_error = await page.locator('.field-error[aria-live]').filter({ hasText: /./ }).innerText();
     await page.getByLabel('Pattern').fill('/');
+    await page.locator('input[data-validate-pattern][aria-invalid="false"]').waitFor();
     await click('Add mapping rule');
     await page.locator('table').getByText('+1').waitFor();
     await shot('mapping-rules');
