@@ -206,7 +206,7 @@ impl Upstreams {
             Err(e) => {
                 errors.push(
                     ConfigError::new(format!("{path}.tls"), e).hint(
-                        "point `tls.ca_file` at a readable PEM certificate, or set `tls.verify: false` to opt out",
+                        "point `tls.ca_file` at a readable PEM certificate (or paste it as `tls.ca_pem`), or set `tls.verify: false` to opt out",
                     ),
                 );
                 self.0.insert(path.clone(), None);

@@ -254,6 +254,17 @@ fn native_roots() -> Arc<RootCertStore> {
         .clone()
 }
 
+/// Every certificate of PEM text (`tls.ca_pem`).
+pub fn pem_certs(pem: &str) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs: Vec<_> = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("ca_pem is not PEM certificate text: {e}"))?;
+    if certs.is_empty() {
+        return Err("ca_pem holds no certificate (expected -----BEGIN CERTIFICATE-----)".into());
+    }
+    Ok(certs)
+}
+
 /// Reads every certificate of a PEM file.
 pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     let certs: Vec<_> = CertificateDer::pem_file_iter(path)
@@ -277,15 +288,19 @@ pub fn client_tls_config(tls: &BackendTls) -> Result<ClientConfig, String> {
     let mut config = if !tls.verify {
         let verifier = BackendVerifier { trust: Trust::Nothing, provider: provider() };
         builder.dangerous().with_custom_certificate_verifier(Arc::new(verifier)).with_no_client_auth()
-    } else if let Some(ca) = &tls.ca_file {
-        let pinned = load_certs(ca)?;
+    } else if tls.ca_file.is_some() || tls.ca_pem.is_some() {
+        let (pinned, source) = match (&tls.ca_file, &tls.ca_pem) {
+            (Some(ca), _) => (load_certs(ca)?, ca.display().to_string()),
+            (None, Some(pem)) => (pem_certs(pem)?, "ca_pem".to_string()),
+            (None, None) => unreachable!("one of them is set"),
+        };
         let mut roots = RootCertStore::empty();
         for cert in &pinned {
-            roots.add(cert.clone()).map_err(|e| format!("{}: {e}", ca.display()))?;
+            roots.add(cert.clone()).map_err(|e| format!("{source}: {e}"))?;
         }
         let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
             .build()
-            .map_err(|e| format!("{}: {e}", ca.display()))?;
+            .map_err(|e| format!("{source}: {e}"))?;
         let verifier = BackendVerifier { trust: Trust::CaFile { webpki, pinned }, provider: provider() };
         builder.dangerous().with_custom_certificate_verifier(Arc::new(verifier)).with_no_client_auth()
     } else {

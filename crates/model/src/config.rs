@@ -57,6 +57,11 @@ pub struct BackendTls {
     /// for this backend instead of the system roots.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_file: Option<PathBuf>,
+    /// The same, inline: PEM text of the certificates to trust. Stored with the
+    /// configuration, so every gateway node has it (the console's upload fills it).
+    /// Use either `ca_file` or `ca_pem`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_pem: Option<String>,
     /// `false` turns certificate verification off: an explicit, logged opt-out.
     #[serde(default = "yes")]
     pub verify: bool,
@@ -67,7 +72,7 @@ pub struct BackendTls {
 
 impl Default for BackendTls {
     fn default() -> Self {
-        BackendTls { ca_file: None, verify: true, server_name: None }
+        BackendTls { ca_file: None, ca_pem: None, verify: true, server_name: None }
     }
 }
 

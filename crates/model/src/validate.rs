@@ -115,6 +115,9 @@ fn check(config: &Config, draft: bool) -> Result<(), ConfigErrors> {
                 "write it like wss://10.0.0.5:8443 or http://backend.internal/api",
             );
         }
+        if b.tls.ca_file.is_some() && b.tls.ca_pem.is_some() {
+            c.err(format!("{path}.tls.ca_pem"), "both `ca_file` and `ca_pem` are set", "keep one of them");
+        }
         if b.connect_timeout_ms == Some(0) {
             c.err(format!("{path}.connect_timeout_ms"), "must be greater than 0", "omit it for the default of 5000");
         }

@@ -102,7 +102,8 @@ pub struct ServeArgs {
     /// Staging gateway address; `tls://HOST:PORT` for TLS.
     #[arg(long, env = "TOLLGATE_STAGING_LISTEN", default_value = "0.0.0.0:8081")]
     pub staging_listen: String,
-    /// Admin listener: /status/live, /status/ready and /metrics.
+    /// Admin listener: /status/live, /status/ready, /metrics, and with a store the
+    /// admin API (/api/v1) and the console (/).
     #[arg(long, env = "TOLLGATE_ADMIN_LISTEN", default_value = "127.0.0.1:8090")]
     pub admin_listen: String,
     /// PEM certificate chain for `tls://` listeners.

@@ -100,6 +100,7 @@ fn check_reports_compile_errors_unknown_policies_and_unreadable_ca_files() {
         r#"
 backends:
   - { system_name: echo, private_base_url: "wss://127.0.0.1:8443", tls: { ca_file: missing.pem } }
+  - { system_name: inline, private_base_url: "wss://127.0.0.1:8443", tls: { ca_pem: "not a certificate" } }
 products:
   - system_name: chat
     staging_public_base_url: http://s.localhost
@@ -118,12 +119,23 @@ products:
     for expected in [
         "backends[0].tls: cannot read",
         "missing.pem",
+        "backends[1].tls: ca_pem holds no certificate",
         "products[0].policy_chain[0].name: no policy named `websockets` (did you mean `websocket`?)",
         "products[0].policy_chain[1].configuration.request[0].header: `bad header` is not a valid header name",
         "products[0].policy_chain[2].configuration.allow_origins: unknown key (did you mean `allow_origin`?)",
     ] {
         assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
     }
+    let both = write(
+        &dir,
+        "both.yaml",
+        r#"
+backends:
+  - { system_name: both, private_base_url: "wss://127.0.0.1:8443", tls: { ca_file: a.pem, ca_pem: "x" } }
+"#,
+    );
+    let err = String::from_utf8_lossy(&tollgate(&["check", "-f", &both]).stderr).into_owned();
+    assert!(err.contains("backends[0].tls.ca_pem: both `ca_file` and `ca_pem` are set (keep one of them)"), "{err}");
 }
 
 #[test]

@@ -1,6 +1,6 @@
 //! The whole 3scale story of a WebSocket product, clicked through the console in
 //! headless Chromium (Debian's package, driven by playwright-core): from an empty store,
-//! create the backend (wss, the example's self-signed certificate), the product, a
+//! create the backend (wss, the example's self-signed certificate uploaded), the product, a
 //! metric, a mapping rule, a plan with a limit, the WebSocket policy, an account and an
 //! application; promote to staging; "Try it" connects from the browser and gets the
 //! echo; promote to production. Screenshots of every step land in
@@ -61,6 +61,10 @@ async fn the_websocket_story_in_the_browser() {
     assert!(seen["before"].as_str().unwrap_or_default().contains("production runs none yet"), "{seen}");
     assert!(seen["after"].as_str().unwrap_or_default().contains("production runs version 1"), "{seen}");
     assert!(seen["try_url"].as_str().unwrap_or_default().starts_with(&staging.replace("http://", "ws://")), "{seen}");
+
+    let backend_doc = api(&server, "GET", "/backends/echo", None).await.1;
+    assert!(backend_doc["tls"]["ca_pem"].as_str().unwrap_or_default().contains("BEGIN CERTIFICATE"), "{backend_doc}");
+    assert!(backend_doc["tls"]["ca_file"].is_null(), "uploaded, not a path: {backend_doc}");
 
     // What the browser built serves a WebSocket on production too.
     server.wait_applied().await;

@@ -74,6 +74,15 @@ function checkPatterns() {
   });
 }
 
+// A file input fills the text area it names (certificate uploads stay text).
+document.addEventListener('change', (e) => {
+  const input = e.target;
+  if (!input.dataset || !input.dataset.fills || !input.files || !input.files[0]) return;
+  const reader = new FileReader();
+  reader.onload = () => { document.getElementById(input.dataset.fills).value = reader.result; };
+  reader.readAsText(input.files[0]);
+});
+
 document.addEventListener('DOMContentLoaded', () => {
   const root = document.getElementById('try');
   if (root) tryIt(root);

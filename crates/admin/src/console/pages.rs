@@ -102,6 +102,11 @@ fn backend_form(
     fields += &Field::text("CA certificate file", "tls.ca_file", s(tls, "ca_file"))
         .hint("Path on the gateway's machine of a PEM file with the CA (or the self-signed certificate) to trust instead of the system roots.")
         .html(err);
+    fields += &Field::text("CA certificate (PEM)", "tls.ca_pem", s(tls, "ca_pem"))
+        .kind("textarea")
+        .hint("Or paste (or upload) the certificate itself; it is stored with the configuration, so every gateway node has it.")
+        .html(err)
+        .replace("</textarea>", r#"</textarea><input type="file" accept=".pem,.crt,.cer" data-fills="f-tls-ca_pem" aria-label="Upload a CA certificate file">"#);
     fields += &Field::text("Server name", "tls.server_name", s(tls, "server_name"))
         .hint("Name to verify the certificate for, when it differs from the URL's host.")
         .html(err);
@@ -126,6 +131,7 @@ fn backend_from_form(mut b: Value, form: &Form, creating: bool) -> Value {
     map.insert("private_base_url".into(), json!(form.get("private_base_url").unwrap_or_default()));
     let mut tls = Map::new();
     set_opt(&mut tls, "ca_file", form.get("tls.ca_file"));
+    set_opt(&mut tls, "ca_pem", form.get("tls.ca_pem"));
     set_opt(&mut tls, "server_name", form.get("tls.server_name"));
     tls.insert("verify".into(), json!(form.checked("tls.verify")));
     map.insert("tls".into(), Value::Object(tls));

@@ -41,7 +41,9 @@ async function main() {
     await page.getByLabel('System name').fill('echo');
     await page.getByLabel('Name', { exact: true }).fill('Echo service');
     await page.getByLabel('Private Base URL').fill(backendUrl);
-    await page.getByLabel('CA certificate file').fill(caFile);
+    // Uploaded through the browser: the certificate is stored as `tls.ca_pem`.
+    await page.getByLabel('Upload a CA certificate file').setInputFiles(caFile);
+    await page.waitForFunction(() => document.getElementById('f-tls-ca_pem').value.includes('BEGIN CERTIFICATE'));
     await shot('backend');
     await click('Create backend');
     await page.getByText('Saved.').waitFor();
