@@ -242,6 +242,27 @@ async fn policies_are_configured_through_forms_generated_from_their_schemas() {
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{page}");
     assert!(page.contains("nope"), "{page}");
 
+    // Integration settings: authentication and an error message of the product's own.
+    let settings = [
+        ("_csrf", csrf.as_str()),
+        ("staging_public_base_url", "http://chat-staging.localhost"),
+        ("production_public_base_url", "http://chat.localhost"),
+        ("authentication.mode", "user_key"),
+        ("authentication.credentials_location", "headers"),
+        ("authentication.user_key_param", "x-api-key"),
+        ("errors.limits_exceeded.status", "429"),
+        ("errors.limits_exceeded.body", "slow down"),
+        ("errors.auth_failed.status", ""),
+    ];
+    let (status, headers, page) = post(server.admin, "/products/chat", Some(&cookie), &settings, &[]).await;
+    assert_eq!((status, location(&headers)), (StatusCode::SEE_OTHER, "/products/chat?saved=1"), "{page}");
+    let product = api(&server, "GET", "/products/chat", None).await.1;
+    assert_eq!(product["authentication"]["credentials_location"], "headers");
+    assert_eq!(product["authentication"]["user_key_param"], "x-api-key");
+    assert_eq!(product["errors"]["limits_exceeded"]["body"], "slow down");
+    assert!(product["errors"]["auth_failed"].is_null(), "blank means the default: {product}");
+    assert_eq!(product["policy_chain"][0]["name"], "websocket", "the chain is untouched by the settings form");
+
     // Order and state: the chain is reordered and a policy disabled from the list.
     let (status, _, _) =
         post(server.admin, "/products/chat/policies/1/up", Some(&cookie), &[("_csrf", &csrf)], &[]).await;

@@ -307,13 +307,42 @@ fn product_form(
         )
         .html(err);
         fields += "</fieldset>";
+        fields += r#"<fieldset><legend>Error messages</legend><p class="hint">Leave a status blank for Tollgate's default answer (a short JSON body).</p>"#;
+        for (key, label) in ERRORS {
+            let e = &p["errors"][key];
+            let status = e["status"].as_u64().map(|n| n.to_string()).unwrap_or_default();
+            fields += &format!("<h3>{}</h3>", esc(label));
+            fields += &Field::text("Status", &format!("errors.{key}.status"), &status).kind("number").html(err);
+            fields += &Field::text("Body", &format!("errors.{key}.body"), s(e, "body")).kind("textarea").html(err);
+            fields += &Field::text("Content type", &format!("errors.{key}.content_type"), s(e, "content_type"))
+                .hint("default: text/plain; charset=utf-8")
+                .html(err);
+        }
+        fields += "</fieldset>";
     }
     html::form(action, &ctx.session.csrf, &fields, if creating { "Create product" } else { "Update product" })
 }
 
+/// The error answers a product can override (3scale's "Gateway response").
+const ERRORS: [(&str, &str); 4] = [
+    ("auth_missing", "Authentication missing"),
+    ("auth_failed", "Authentication failed"),
+    ("no_match", "No mapping rule matched"),
+    ("limits_exceeded", "Usage limit exceeded"),
+];
+
 fn product_from_form(mut p: Value, form: &Form, creating: bool) -> Value {
     let Some(map) = p.as_object_mut() else { return p };
     map.remove("id");
+    // The API's view numbers nested items; a PUT takes them without, and plans are
+    // managed under their own resource.
+    map.remove("application_plans");
+    for list in map.values_mut().filter_map(Value::as_array_mut) {
+        for item in list.iter_mut().filter_map(Value::as_object_mut) {
+            item.remove("id");
+            item.remove("position");
+        }
+    }
     if creating {
         set_opt(map, "system_name", form.get("system_name"));
     }
@@ -328,6 +357,17 @@ fn product_from_form(mut p: Value, form: &Form, creating: bool) -> Value {
             set_opt(&mut auth, key, form.get(&format!("authentication.{key}")));
         }
         map.insert("authentication".into(), Value::Object(auth));
+        let mut errors = Map::new();
+        for (key, _) in ERRORS {
+            let field = |f: &str| form.get(&format!("errors.{key}.{f}"));
+            let Some(status) = field("status") else { continue };
+            let mut e = Map::new();
+            e.insert("status".into(), status.parse::<u64>().map_or_else(|_| json!(status), |n| json!(n)));
+            e.insert("body".into(), json!(field("body").unwrap_or_default()));
+            set_opt(&mut e, "content_type", field("content_type"));
+            errors.insert(key.into(), Value::Object(e));
+        }
+        map.insert("errors".into(), Value::Object(errors));
     }
     p
 }
