@@ -277,3 +277,63 @@ async fn policies_are_configured_through_forms_generated_from_their_schemas() {
     );
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn applications_are_suspended_rekeyed_and_moved_from_their_page() {
+    let dir = TempDir::new();
+    let url = format!("sqlite://{}", dir.path().join("tollgate.db").display());
+    let server = store_server(&url).await;
+    let product = serde_json::json!({
+        "system_name": "chat",
+        "staging_public_base_url": "http://chat-staging.localhost",
+        "production_public_base_url": "http://chat.localhost",
+        "application_plans": [ { "system_name": "basic" }, { "system_name": "gold" } ],
+    });
+    assert_eq!(api(&server, "POST", "/products", Some(product)).await.0, StatusCode::CREATED);
+    let token = server.admin_token.clone().expect("token");
+    let (_, headers, _) = post(server.admin, "/login", None, &[("token", &token)], &[]).await;
+    let cookie = headers
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|c| c.split(';').next())
+        .expect("cookie")
+        .to_string();
+    let (_, _, page) = get_with(server.admin, "/accounts", &cookie).await;
+    let csrf = csrf(&page);
+
+    // An account, then an application on chat/basic, through the forms.
+    let (status, headers, _) =
+        post(server.admin, "/accounts", Some(&cookie), &[("_csrf", &csrf), ("name", "acme")], &[]).await;
+    assert_eq!((status, location(&headers)), (StatusCode::SEE_OTHER, "/accounts/acme"));
+    let (_, _, page) = get_with(server.admin, "/accounts/acme", &cookie).await;
+    assert!(page.contains(r#"<option value="chat/basic""#), "{page}");
+    let app_form = [("_csrf", csrf.as_str()), ("name", "web"), ("plan", "chat/basic")];
+    let (status, headers, _) = post(server.admin, "/accounts/acme", Some(&cookie), &app_form, &[]).await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let app_page = location(&headers).to_string();
+    let (_, _, page) = get_with(server.admin, &app_page, &cookie).await;
+    let key = api(&server, "GET", "/applications/web", None).await.1["user_key"].as_str().expect("key").to_string();
+    assert!(page.contains(&key), "the key is shown");
+
+    for (action, fields) in [
+        ("suspend", vec![("_csrf", csrf.as_str())]),
+        ("keys", vec![("_csrf", csrf.as_str())]),
+        ("change_plan", vec![("_csrf", csrf.as_str()), ("plan", "gold")]),
+    ] {
+        let (status, _, page) = post(server.admin, &format!("{app_page}/{action}"), Some(&cookie), &fields, &[]).await;
+        assert_eq!(status, StatusCode::SEE_OTHER, "{action}: {page}");
+    }
+    let app = api(&server, "GET", "/applications/web", None).await.1;
+    assert_eq!(
+        (app["state"].clone(), app["plan"].clone()),
+        (serde_json::json!("suspended"), serde_json::json!("gold"))
+    );
+    assert_ne!(app["user_key"].as_str(), Some(key.as_str()), "regenerated");
+
+    // A plan that does not exist comes back as the API's error on the page.
+    let bad = [("_csrf", csrf.as_str()), ("plan", "platinum")];
+    let (status, _, page) = post(server.admin, &format!("{app_page}/change_plan"), Some(&cookie), &bad, &[]).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{page}");
+    assert!(page.contains("platinum"), "{page}");
+    server.shutdown().await;
+}
