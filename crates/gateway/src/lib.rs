@@ -22,7 +22,7 @@ pub mod analytics;
 mod auth;
 mod body;
 pub mod error;
-mod frames;
+pub mod frames;
 pub mod mapping;
 pub mod metrics;
 pub mod policy;
