@@ -38,6 +38,7 @@ const ROUND_LIMIT: Duration = Duration::from_secs(120);
 
 const USAGE: &str =
     "usage: tollgate-bench websocket [--connections N] [--messages N] [--size BYTES] [--window N] [--rounds N]
+       tollgate-bench idle [--connections N]   (memory per idle proxied WebSocket)
        tollgate-bench echo          (an echo WebSocket server; prints its port)
        tollgate-bench copy PORT     (a raw TCP byte copy to 127.0.0.1:PORT; prints its port)";
 
@@ -51,6 +52,14 @@ fn main() -> Result<()> {
             runtime.block_on(copy(port))
         }
         Some("websocket") => runtime.block_on(websocket(parse_load(&args[1..])?)),
+        Some("idle") => {
+            let n: usize = match args.get(1).map(String::as_str) {
+                Some("--connections") => args.get(2).and_then(|v| v.parse().ok()).ok_or_else(|| anyhow!("{USAGE}"))?,
+                None => 1000,
+                _ => bail!("{USAGE}"),
+            };
+            runtime.block_on(idle(n))
+        }
         _ => bail!("{USAGE}"),
     }
 }
@@ -114,6 +123,28 @@ async fn copy(upstream: u16) -> Result<()> {
 struct Process {
     _child: Child,
     addr: SocketAddr,
+}
+
+impl Process {
+    /// Resident memory of the process (and of its children, for nginx's workers), in bytes.
+    fn rss(&self) -> Result<u64> {
+        let pid = self._child.id().context("exited")?;
+        let mut total = 0;
+        let mut pids = vec![pid];
+        while let Some(p) = pids.pop() {
+            let status = std::fs::read_to_string(format!("/proc/{p}/status"))?;
+            let kb: u64 = status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            total += kb * 1024;
+            let children = std::fs::read_to_string(format!("/proc/{p}/task/{p}/children")).unwrap_or_default();
+            pids.extend(children.split_whitespace().filter_map(|c| c.parse::<u32>().ok()));
+        }
+        Ok(total)
+    }
 }
 
 async fn spawn(mut cmd: Command, port_of: impl Fn(&str) -> Option<u16>) -> Result<Process> {
@@ -392,6 +423,64 @@ async fn websocket_in(dir: &Path, load: Load) -> Result<()> {
     println!("{:<24} {:>14} {:>10} {:>12}", "target", "messages/s", "÷ direct", "÷ raw copy");
     for (t, b) in targets.iter().zip(&best) {
         println!("{:<24} {:>14.0} {:>10.2} {:>12.2}", t.name, b, b / direct, b / raw);
+    }
+    Ok(())
+}
+
+/// Memory per idle proxied WebSocket: the proxy's resident memory with `n` open, idle
+/// connections (each has exchanged one message), minus its memory before they opened,
+/// over `n`. Client addresses are spread over 127.0.0.0/8.
+async fn idle(n: usize) -> Result<()> {
+    let dir = std::env::temp_dir().join(format!("tollgate-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let result = idle_in(&dir, n).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+async fn idle_in(dir: &Path, n: usize) -> Result<()> {
+    let echo = spawn(own(&["echo"])?, listening).await.context("echo backend")?;
+    let mut targets: Vec<(&str, Process, &str, &str)> = Vec::new();
+    if let Some(p) = nginx(dir, echo.addr).await? {
+        targets.push(("nginx", p, "127.0.0.1", "/"));
+    }
+    targets.push((
+        "tollgate, metering off",
+        tollgate(dir, echo.addr, false).await?,
+        "bench.localhost",
+        "/?user_key=bench-key",
+    ));
+    targets.push((
+        "tollgate, metering on",
+        tollgate(dir, echo.addr, true).await?,
+        "bench.localhost",
+        "/?user_key=bench-key",
+    ));
+    println!("Idle proxied WebSockets: {n} connections, each after one echoed message");
+    println!("{:<24} {:>14} {:>16}", "proxy", "RSS growth", "bytes/connection");
+    for (name, process, host, path) in &targets {
+        let before = process.rss()?;
+        let mut open = Vec::with_capacity(n);
+        for i in 0..n {
+            // Another source address every 10,000 connections keeps ports available.
+            let src: SocketAddr = ([127, 0, 1 + (i / 10_000) as u8, 1], 0).into();
+            let socket = tokio::net::TcpSocket::new_v4()?;
+            socket.bind(src)?;
+            let tcp = socket.connect(process.addr).await?;
+            let mut req = format!("ws://{}{path}", process.addr).into_client_request()?;
+            req.headers_mut().insert("host", host.parse()?);
+            let (mut ws, _) = tokio_tungstenite::client_async(req, tcp).await.with_context(|| name.to_string())?;
+            ws.send(Message::binary(vec![1u8; 32])).await?;
+            match ws.next().await {
+                Some(Ok(Message::Binary(_))) => {}
+                other => bail!("{name}: unexpected reply {other:?}"),
+            }
+            open.push(ws);
+        }
+        let after = process.rss()?;
+        let growth = after.saturating_sub(before);
+        println!("{:<24} {:>11} KiB {:>16}", name, growth / 1024, growth / n as u64);
+        drop(open);
     }
     Ok(())
 }

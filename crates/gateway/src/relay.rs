@@ -415,7 +415,10 @@ impl Pump {
         W: AsyncWrite + Unpin,
     {
         let mine = if self.from_client { &ctl.to_backend } else { &ctl.to_client };
-        let mut buf = vec![0u8; 16 * 1024];
+        let mut buf = ReadBuffer::new();
+        // Armed while the buffer is large: a quiet second gives the memory back.
+        let quiet = tokio::time::sleep(ReadBuffer::QUIET);
+        tokio::pin!(quiet);
         loop {
             let n = tokio::select! {
                 biased;
@@ -434,7 +437,7 @@ impl Pump {
                     self.deliver_close(&mut dst, ctl).await;
                     return;
                 }
-                r = src.read(&mut buf) => match r {
+                r = src.read(buf.space()) => match r {
                     Ok(0) | Err(_) => {
                         // The source ended: end this direction, keep the other running.
                         let _ = dst.shutdown().await;
@@ -442,9 +445,21 @@ impl Pump {
                     }
                     Ok(n) => n,
                 },
+                // Reading is cancel-safe: nothing was read when this fires.
+                () = &mut quiet, if buf.is_large() => {
+                    buf.shrink();
+                    continue;
+                }
             };
             ctl.touch();
-            let step = self.process(&mut buf[..n], &mut dst, opts, ctl).await;
+            let step = self.process(buf.filled(n), &mut dst, opts, ctl).await;
+            if buf.grow_if_full(n) || buf.is_large() {
+                // Pushed back at most every half period, not on every read.
+                let now = tokio::time::Instant::now();
+                if quiet.deadline() < now + ReadBuffer::QUIET / 2 {
+                    quiet.as_mut().reset(now + ReadBuffer::QUIET);
+                }
+            }
             self.flush(opts);
             match step {
                 Ok(Step::Continue) => {}
@@ -579,6 +594,47 @@ impl Pump {
     }
 }
 
+/// A pump's read buffer, sized to the traffic: small while the connection is quiet (an
+/// idle WebSocket is the common case, and there may be tens of thousands), doubled
+/// whenever a read fills it, and small again after a quiet second.
+struct ReadBuffer(Vec<u8>);
+
+impl ReadBuffer {
+    const SMALL: usize = 512;
+    const LARGE: usize = 16 * 1024;
+    const QUIET: Duration = Duration::from_secs(1);
+
+    fn new() -> Self {
+        ReadBuffer(vec![0; Self::SMALL])
+    }
+
+    fn space(&mut self) -> &mut [u8] {
+        &mut self.0
+    }
+
+    fn filled(&mut self, n: usize) -> &mut [u8] {
+        &mut self.0[..n]
+    }
+
+    fn is_large(&self) -> bool {
+        self.0.len() > Self::SMALL
+    }
+
+    /// Doubles the buffer after a read that filled it; whether it grew.
+    fn grow_if_full(&mut self, n: usize) -> bool {
+        let len = self.0.len();
+        let grow = n == len && len < Self::LARGE;
+        if grow {
+            self.0 = vec![0; len * 2];
+        }
+        grow
+    }
+
+    fn shrink(&mut self) {
+        self.0 = vec![0; Self::SMALL];
+    }
+}
+
 /// A masking key for frames the gateway writes to a backend. RFC 6455 wants it
 /// unpredictable to defeat cache poisoning by scripts; a per-process random seed
 /// mixed with a counter serves that purpose here.
@@ -639,6 +695,37 @@ mod tests {
         drop((client, backend));
         let totals = task.await.expect("relay");
         assert_eq!((totals.messages_up, totals.messages_down, totals.closed_by_gateway), (1, 1, None));
+    }
+
+    #[test]
+    fn read_buffers_grow_when_filled_and_shrink_back() {
+        let mut b = ReadBuffer::new();
+        assert!(!b.is_large());
+        assert!(!b.grow_if_full(100), "a partial read keeps it");
+        let mut len = ReadBuffer::SMALL;
+        while b.grow_if_full(len) {
+            len *= 2;
+        }
+        assert_eq!(b.space().len(), ReadBuffer::LARGE, "doubles up to the cap");
+        b.shrink();
+        assert_eq!(b.space().len(), ReadBuffer::SMALL);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_quiet_second_gives_a_grown_buffer_back_and_bytes_still_pass() {
+        // A burst fills the small buffer (it grows); after a quiet period the relay
+        // keeps working with a small one. Paused time makes the quiet period instant.
+        let (mut client, mut backend, task) = setup(RelayOptions::default());
+        let big = masked(0x82, &[7u8; 120]);
+        let burst: Vec<u8> = big.iter().copied().cycle().take(big.len() * 40).collect();
+        client.write_all(&burst).await.expect("write");
+        assert_eq!(read_n(&mut backend, burst.len()).await, burst);
+        tokio::time::sleep(ReadBuffer::QUIET * 2).await;
+        let small = masked(0x81, b"after");
+        client.write_all(&small).await.expect("write");
+        assert_eq!(read_n(&mut backend, small.len()).await, small);
+        drop((client, backend));
+        assert_eq!(task.await.expect("relay").messages_up, 41);
     }
 
     #[tokio::test]
