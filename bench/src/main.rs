@@ -249,7 +249,8 @@ async fn nginx(dir: &Path, echo: SocketAddr) -> Result<Option<Process>> {
 worker_processes auto;
 pid {root}/nginx.pid;
 error_log {root}/logs/error.log crit;
-events {{ worker_connections 4096; }}
+worker_rlimit_nofile 20000;
+events {{ worker_connections 20000; }}
 http {{
   access_log off;
   client_body_temp_path {root}/body;
@@ -462,8 +463,9 @@ async fn idle_in(dir: &Path, n: usize) -> Result<()> {
         let before = process.rss()?;
         let mut open = Vec::with_capacity(n);
         for i in 0..n {
-            // Another source address every 10,000 connections keeps ports available.
-            let src: SocketAddr = ([127, 0, 1 + (i / 10_000) as u8, 1], 0).into();
+            // Each connection from its own loopback address of 127.0.0.0/8, so repeated
+            // runs never run out of ports (closed ones linger in TIME_WAIT).
+            let src: SocketAddr = ([127, 1 + (i / 250 % 250) as u8, 1 + (i % 250) as u8, 1], 0).into();
             let socket = tokio::net::TcpSocket::new_v4()?;
             socket.bind(src)?;
             let tcp = socket.connect(process.addr).await?;
