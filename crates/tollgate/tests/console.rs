@@ -174,11 +174,19 @@ async fn the_console_needs_a_login_and_refuses_forged_forms() {
     server.shutdown().await;
 }
 
+/// Creates `product` through the API and logs in to the console: the session cookie.
+async fn with_product(server: &tollgate::serve::Server, product: serde_json::Value) -> String {
+    assert_eq!(api(server, "POST", "/products", Some(product)).await.0, StatusCode::CREATED);
+    let token = server.admin_token.clone().expect("token");
+    let (_, headers, _) = post(server.admin, "/login", None, &[("token", &token)], &[]).await;
+    let cookie = headers.get("set-cookie").and_then(|v| v.to_str().ok()).and_then(|c| c.split(';').next());
+    cookie.expect("cookie").to_string()
+}
+
 #[tokio::test]
 async fn policies_are_configured_through_forms_generated_from_their_schemas() {
     let dir = TempDir::new();
-    let url = format!("sqlite://{}", dir.path().join("tollgate.db").display());
-    let server = store_server(&url).await;
+    let server = store_server(&format!("sqlite://{}", dir.path().join("tollgate.db").display())).await;
     let product = serde_json::json!({
         "system_name": "chat",
         "staging_public_base_url": "http://chat-staging.localhost",
@@ -186,15 +194,7 @@ async fn policies_are_configured_through_forms_generated_from_their_schemas() {
         "metrics": [ { "system_name": "messages" } ],
         "policy_chain": [ { "name": "websocket" }, { "name": "tollgate" } ],
     });
-    assert_eq!(api(&server, "POST", "/products", Some(product)).await.0, StatusCode::CREATED);
-    let token = server.admin_token.clone().expect("token");
-    let (_, headers, _) = post(server.admin, "/login", None, &[("token", &token)], &[]).await;
-    let cookie = headers
-        .get("set-cookie")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|c| c.split(';').next())
-        .expect("cookie")
-        .to_string();
+    let cookie = with_product(&server, product).await;
 
     let (status, _, page) = get_with(server.admin, "/products/chat/policies/0", &cookie).await;
     assert_eq!(status, StatusCode::OK, "{page}");
@@ -281,23 +281,14 @@ async fn policies_are_configured_through_forms_generated_from_their_schemas() {
 #[tokio::test]
 async fn applications_are_suspended_rekeyed_and_moved_from_their_page() {
     let dir = TempDir::new();
-    let url = format!("sqlite://{}", dir.path().join("tollgate.db").display());
-    let server = store_server(&url).await;
+    let server = store_server(&format!("sqlite://{}", dir.path().join("tollgate.db").display())).await;
     let product = serde_json::json!({
         "system_name": "chat",
         "staging_public_base_url": "http://chat-staging.localhost",
         "production_public_base_url": "http://chat.localhost",
         "application_plans": [ { "system_name": "basic" }, { "system_name": "gold" } ],
     });
-    assert_eq!(api(&server, "POST", "/products", Some(product)).await.0, StatusCode::CREATED);
-    let token = server.admin_token.clone().expect("token");
-    let (_, headers, _) = post(server.admin, "/login", None, &[("token", &token)], &[]).await;
-    let cookie = headers
-        .get("set-cookie")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|c| c.split(';').next())
-        .expect("cookie")
-        .to_string();
+    let cookie = with_product(&server, product).await;
     let (_, _, page) = get_with(server.admin, "/accounts", &cookie).await;
     let csrf = csrf(&page);
 

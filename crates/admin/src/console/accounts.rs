@@ -2,7 +2,7 @@
 //! resume, change plan.
 
 use super::html::{self, Field, Page, esc, table, url_encode};
-use super::{Answer, Console, Ctx, Form};
+use super::{Console, Ctx, Form, err_pair, list, s};
 use axum::Router;
 use axum::extract::Path;
 use axum::http::{Method, StatusCode};
@@ -19,21 +19,9 @@ pub fn routes() -> Router<Console> {
         .route("/applications/{app}/{action}", post(app_action))
 }
 
-fn s<'a>(v: &'a Value, key: &str) -> &'a str {
-    v[key].as_str().unwrap_or_default()
-}
-
-fn list(a: &Answer) -> Vec<Value> {
-    a.body.as_array().cloned().unwrap_or_default()
-}
-
 fn page(ctx: &Ctx, title: String, section: &'static str, error: Option<&str>, content: String) -> Response {
     let status = if error.is_some() { StatusCode::UNPROCESSABLE_ENTITY } else { StatusCode::OK };
     (status, Page::new(title, section, &ctx.session.csrf).error(error).raw(content).render()).into_response()
-}
-
-fn err_pair(e: &Option<(String, Option<String>)>) -> Option<(&str, &str)> {
-    e.as_ref().and_then(|(m, f)| f.as_deref().map(|f| (f, m.as_str())))
 }
 
 async fn accounts(ctx: Ctx) -> Response {

@@ -4,9 +4,9 @@
 //! generated from each policy's JSON schema; and "Try it", a WebSocket client in the
 //! page.
 
-use super::html::{self, Field, Page, esc, table, url_encode};
-use super::pages::product_tabs;
-use super::{Answer, Console, Ctx, Form};
+use super::html::{self, Field, esc, table, url_encode};
+use super::pages::{base, tab_page};
+use super::{Answer, Console, Ctx, Form, list, s};
 use axum::Router;
 use axum::extract::{Path, Query};
 use axum::http::{Method, StatusCode};
@@ -24,29 +24,6 @@ pub fn routes() -> Router<Console> {
         .route("/products/{p}/policies/{i}", get(policy_edit).post(policy_save))
         .route("/products/{p}/policies/{i}/{action}", post(policy_action))
         .route("/products/{p}/try", get(try_it))
-}
-
-fn s<'a>(v: &'a Value, key: &str) -> &'a str {
-    v[key].as_str().unwrap_or_default()
-}
-
-fn list(a: &Answer) -> Vec<Value> {
-    a.body.as_array().cloned().unwrap_or_default()
-}
-
-fn base(p: &str) -> String {
-    format!("/products/{}", url_encode(p))
-}
-
-fn tab_page(ctx: &Ctx, p: &str, tab: &str, error: Option<&str>, content: String) -> Response {
-    let status = if error.is_some() { StatusCode::UNPROCESSABLE_ENTITY } else { StatusCode::OK };
-    let page = Page::new(format!("{p} · {tab}"), "Products", &ctx.session.csrf)
-        .crumb("Products", "/products")
-        .crumb(p, &base(p))
-        .raw(product_tabs(p, tab))
-        .error(error)
-        .raw(content);
-    (status, page.render()).into_response()
 }
 
 // ------------------------------------------------------------------ integration

@@ -312,3 +312,18 @@ pub(crate) async fn logout(State(console): State<Console>, headers: HeaderMap, _
     );
     resp
 }
+
+/// A string field of an API object (empty when missing).
+fn s<'a>(v: &'a Value, key: &str) -> &'a str {
+    v[key].as_str().unwrap_or_default()
+}
+
+/// The items of an API list answer (none when it is not a list).
+fn list(a: &Answer) -> Vec<Value> {
+    a.body.as_array().cloned().unwrap_or_default()
+}
+
+/// The API's error as `(field, message)`, when it names a field.
+fn err_pair(e: &Option<(String, Option<String>)>) -> Option<(&str, &str)> {
+    e.as_ref().and_then(|(m, f)| f.as_deref().map(|f| (f, m.as_str())))
+}

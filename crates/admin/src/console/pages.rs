@@ -3,7 +3,7 @@
 //! JSON the API takes.
 
 use super::html::{self, Field, Page, esc, link, table, url_encode};
-use super::{Console, Ctx, Form, logout};
+use super::{Console, Ctx, Form, list, logout, s};
 use axum::Router;
 use axum::extract::Path;
 use axum::http::{Method, StatusCode};
@@ -31,20 +31,12 @@ fn api_failure(ctx: &Ctx, section: &'static str, answer: &super::Answer) -> Resp
     (status, Page::new("Not available", section, &ctx.session.csrf).error(Some(&message)).render()).into_response()
 }
 
-fn s<'a>(v: &'a Value, key: &str) -> &'a str {
-    v[key].as_str().unwrap_or_default()
-}
-
 /// Puts `value` at `key`, or removes the key when the form left it blank.
 fn set_opt(map: &mut Map<String, Value>, key: &str, value: Option<&str>) {
     match value {
         Some(v) => map.insert(key.into(), json!(v)),
         None => map.remove(key),
     };
-}
-
-fn items(answer: &super::Answer) -> Vec<Value> {
-    answer.body.as_array().cloned().unwrap_or_default()
 }
 
 // ------------------------------------------------------------------------ backends
@@ -54,7 +46,7 @@ async fn backends(ctx: Ctx) -> Response {
     if !answer.ok() {
         return api_failure(&ctx, "Backends", &answer);
     }
-    let rows: Vec<Vec<String>> = items(&answer)
+    let rows: Vec<Vec<String>> = list(&answer)
         .iter()
         .map(|b| {
             let name = s(b, "system_name");
@@ -219,7 +211,7 @@ async fn products(ctx: Ctx) -> Response {
     if !answer.ok() {
         return api_failure(&ctx, "Products", &answer);
     }
-    let rows: Vec<Vec<String>> = items(&answer)
+    let rows: Vec<Vec<String>> = list(&answer)
         .iter()
         .map(|p| {
             let name = s(p, "system_name");
@@ -391,6 +383,23 @@ async fn product_create(ctx: Ctx, form: Form) -> Response {
         .error(Some(&error.0))
         .raw(product_form(&ctx, "/products", &doc, true, Some(&error)));
     (StatusCode::UNPROCESSABLE_ENTITY, page.render()).into_response()
+}
+
+/// A product's console path.
+pub(super) fn base(p: &str) -> String {
+    format!("/products/{}", url_encode(p))
+}
+
+/// One of a product's tabs: `content` below the tabs, `error` above it (422 then).
+pub(super) fn tab_page(ctx: &Ctx, p: &str, tab: &str, error: Option<&str>, content: String) -> Response {
+    let status = if error.is_some() { StatusCode::UNPROCESSABLE_ENTITY } else { StatusCode::OK };
+    let page = Page::new(format!("{p} · {tab}"), "Products", &ctx.session.csrf)
+        .crumb("Products", "/products")
+        .crumb(p, &base(p))
+        .raw(product_tabs(p, tab))
+        .error(error)
+        .raw(content);
+    (status, page.render()).into_response()
 }
 
 /// The tabs of a product's pages.

@@ -1,9 +1,9 @@
 //! A product's own pages: backend usages, metrics and methods, mapping rules,
 //! application plans and their limits.
 
-use super::html::{self, Field, Page, esc, table, url_encode};
-use super::pages::product_tabs;
-use super::{Answer, Console, Ctx, Form};
+use super::html::{self, Field, esc, table, url_encode};
+use super::pages::{base, tab_page};
+use super::{Answer, Console, Ctx, Form, err_pair, list, s};
 use axum::Router;
 use axum::extract::Path;
 use axum::http::{Method, StatusCode};
@@ -28,30 +28,6 @@ pub fn routes() -> Router<Console> {
         .route("/products/{p}/{kind}/{id}/delete", post(nested_delete))
 }
 
-fn s<'a>(v: &'a Value, key: &str) -> &'a str {
-    v[key].as_str().unwrap_or_default()
-}
-
-fn list(a: &Answer) -> Vec<Value> {
-    a.body.as_array().cloned().unwrap_or_default()
-}
-
-fn base(p: &str) -> String {
-    format!("/products/{}", url_encode(p))
-}
-
-/// Renders one of a product's tabs: `content` below the tabs, `error` above it.
-fn tab_page(ctx: &Ctx, p: &str, tab: &str, error: Option<&str>, content: String) -> Response {
-    let status = if error.is_some() { StatusCode::UNPROCESSABLE_ENTITY } else { StatusCode::OK };
-    let page = Page::new(format!("{p} · {tab}"), "Products", &ctx.session.csrf)
-        .crumb("Products", "/products")
-        .crumb(p, &base(p))
-        .raw(product_tabs(p, tab))
-        .error(error)
-        .raw(content);
-    (status, page.render()).into_response()
-}
-
 /// After a form: back to `to` on success, or the page again with the API's error.
 async fn after(
     answer: Answer,
@@ -68,10 +44,6 @@ fn delete_button(ctx: &Ctx, p: &str, kind: &str, id: &Value, what: &str) -> Stri
         "Delete",
         Some(&format!("Delete this {what}?")),
     )
-}
-
-fn err_pair(e: &Option<(String, Option<String>)>) -> Option<(&str, &str)> {
-    e.as_ref().and_then(|(m, f)| f.as_deref().map(|f| (f, m.as_str())))
 }
 
 async fn nested_delete(ctx: Ctx, Path((p, kind, id)): Path<(String, String, i64)>, _form: Form) -> Response {
