@@ -1,488 +1,498 @@
-//! `tollgate-bench websocket`: WebSocket messages per second through Tollgate with
-//! metering off and on, against a direct connection to the same echo backend, a raw
-//! byte copy (a proxy that copies bytes and understands nothing) and nginx when it is
-//! installed, in one run and on one machine. Results are ratios to the direct
-//! connection and to the raw copy; single timings mean little on a shared machine.
+//! `tollgate-bench`: Tollgate measured side by side with nginx, HAProxy and a direct
+//! connection, in one run on one machine, the contestants alternating round by round
+//! so a slow moment of the machine hits all alike. Results are ratios; single timings
+//! mean little on a shared machine. Nothing here asserts anything about speed.
 //!
-//! Every server runs as its own process: the echo backend and the raw copy are this
-//! binary's `echo` and `copy` subcommands, Tollgate is the release binary next to this
-//! one. Every run is bounded in messages and in time.
+//! `tollgate-bench all` runs every measure and writes `latest.md` and `latest.json` to
+//! `--out` (`bench/run` passes `bench/results`). The other subcommands are its parts:
+//! the echo backend and the raw byte copy run as their own processes.
+
+mod http;
+mod peers;
+mod report;
+mod ws;
 
 use anyhow::{Context, Result, anyhow, bail};
-use futures_util::{SinkExt, StreamExt};
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::process::{Child, Command};
-use tokio::sync::Semaphore;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use std::time::Duration;
 
-/// The load: `connections` sockets, each sending `messages` binary messages of `size`
-/// bytes with at most `window` awaiting their echo.
-#[derive(Debug, Clone, Copy)]
-struct Load {
-    connections: usize,
-    messages: usize,
-    size: usize,
-    window: usize,
-    rounds: usize,
-}
+use peers::{Backends, Fronts, Process};
+use report::{Row, Table, median};
+use ws::Target;
 
-/// The longest a single round may take before the benchmark gives up on the target.
-const ROUND_LIMIT: Duration = Duration::from_secs(120);
-
-const USAGE: &str =
-    "usage: tollgate-bench websocket [--connections N] [--messages N] [--size BYTES] [--window N] [--rounds N]
-       tollgate-bench idle [--connections N]   (memory per idle proxied WebSocket)
+const USAGE: &str = "usage: tollgate-bench all [--smoke] [--rounds N] [--seconds S] [--only LIST] [--out DIR]
+         LIST: comma-separated of http, tls, pingpong, handshakes, stream, memory
        tollgate-bench echo          (an echo WebSocket server; prints its port)
        tollgate-bench copy PORT     (a raw TCP byte copy to 127.0.0.1:PORT; prints its port)";
+
+/// How much of everything: the defaults take about eight minutes; `--smoke` seconds.
+#[derive(Debug, Clone)]
+struct Settings {
+    rounds: usize,
+    /// Length of one contestant's turn in a round, for timed measures.
+    turn: Duration,
+    http_connections: usize,
+    ws_connections: usize,
+    handshake_concurrency: usize,
+    /// Upper bound on handshakes per turn (each uses a fresh source address).
+    handshake_max: usize,
+    stream_messages: usize,
+    idle: Vec<usize>,
+    only: Vec<String>,
+    out: Option<PathBuf>,
+}
+
+impl Settings {
+    fn full() -> Self {
+        Settings {
+            rounds: 3,
+            turn: Duration::from_secs(5),
+            http_connections: 50,
+            ws_connections: 50,
+            handshake_concurrency: 16,
+            handshake_max: 60_000,
+            stream_messages: 50_000,
+            idle: vec![1_000, 9_000],
+            only: Vec::new(),
+            out: None,
+        }
+    }
+
+    fn smoke() -> Self {
+        Settings {
+            rounds: 1,
+            turn: Duration::from_millis(300),
+            http_connections: 4,
+            ws_connections: 4,
+            handshake_concurrency: 2,
+            handshake_max: 50,
+            stream_messages: 200,
+            idle: vec![20],
+            ..Settings::full()
+        }
+    }
+
+    fn wants(&self, phase: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|p| p == phase)
+    }
+}
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let runtime = tokio::runtime::Runtime::new()?;
     match args.first().map(String::as_str) {
-        Some("echo") => runtime.block_on(echo()),
+        Some("echo") => runtime.block_on(ws::echo_server()),
         Some("copy") => {
             let port: u16 = args.get(1).and_then(|p| p.parse().ok()).ok_or_else(|| anyhow!("{USAGE}"))?;
-            runtime.block_on(copy(port))
+            runtime.block_on(ws::copy_server(port))
         }
-        Some("websocket") => runtime.block_on(websocket(parse_load(&args[1..])?)),
-        Some("idle") => {
-            let n: usize = match args.get(1).map(String::as_str) {
-                Some("--connections") => args.get(2).and_then(|v| v.parse().ok()).ok_or_else(|| anyhow!("{USAGE}"))?,
-                None => 1000,
-                _ => bail!("{USAGE}"),
-            };
-            runtime.block_on(idle(n))
-        }
+        Some("all") => runtime.block_on(all(parse(&args[1..])?)),
         _ => bail!("{USAGE}"),
     }
 }
 
-fn parse_load(args: &[String]) -> Result<Load> {
-    let mut load = Load { connections: 16, messages: 100_000, size: 64, window: 32, rounds: 3 };
+fn parse(args: &[String]) -> Result<Settings> {
+    let mut s = if args.iter().any(|a| a == "--smoke") { Settings::smoke() } else { Settings::full() };
     let mut it = args.iter();
     while let Some(flag) = it.next() {
-        let value: usize = it
-            .next()
-            .and_then(|v| v.parse().ok())
-            .filter(|v| *v > 0)
-            .ok_or_else(|| anyhow!("{flag} needs a positive number\n{USAGE}"))?;
+        let mut value = || it.next().ok_or_else(|| anyhow!("{flag} needs a value\n{USAGE}"));
         match flag.as_str() {
-            "--connections" => load.connections = value,
-            "--messages" => load.messages = value,
-            "--size" => load.size = value,
-            "--window" => load.window = value,
-            "--rounds" => load.rounds = value,
+            "--smoke" => {}
+            "--rounds" => s.rounds = value()?.parse().ok().filter(|n| *n > 0).context("--rounds: a positive number")?,
+            "--seconds" => {
+                let secs: f64 = value()?.parse().ok().filter(|n| *n > 0.0).context("--seconds: a positive number")?;
+                s.turn = Duration::from_secs_f64(secs);
+            }
+            "--only" => s.only = value()?.split(',').map(str::to_string).collect(),
+            "--out" => s.out = Some(value()?.into()),
             _ => bail!("unknown flag {flag}\n{USAGE}"),
         }
     }
-    Ok(load)
-}
-
-/// The echo backend: every data message goes back as it came.
-async fn echo() -> Result<()> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    println!("listening on {}", listener.local_addr()?.port());
-    loop {
-        let (tcp, _) = listener.accept().await?;
-        tokio::spawn(async move {
-            let _ = tcp.set_nodelay(true);
-            let Ok(ws) = tokio_tungstenite::accept_async(tcp).await else { return };
-            let (sink, stream) = ws.split();
-            // `forward` feeds the sink and flushes only when the stream has nothing
-            // ready, so a window of messages leaves in few writes.
-            let _ = stream
-                .filter(|m| std::future::ready(matches!(m, Ok(Message::Binary(_) | Message::Text(_)))))
-                .forward(sink)
-                .await;
-        });
+    const PHASES: [&str; 6] = ["http", "tls", "pingpong", "handshakes", "stream", "memory"];
+    if let Some(p) = s.only.iter().find(|p| !PHASES.contains(&p.as_str())) {
+        bail!("--only: unknown measure `{p}`; choose from {}", PHASES.join(", "));
     }
+    Ok(s)
 }
 
-/// A raw byte copy: the floor any proxy is measured against.
-async fn copy(upstream: u16) -> Result<()> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    println!("listening on {}", listener.local_addr()?.port());
-    loop {
-        let (mut client, _) = listener.accept().await?;
-        tokio::spawn(async move {
-            let Ok(mut backend) = TcpStream::connect(("127.0.0.1", upstream)).await else { return };
-            let _ = (client.set_nodelay(true), backend.set_nodelay(true));
-            let _ = tokio::io::copy_bidirectional(&mut client, &mut backend).await;
-        });
-    }
+/// Everything the run starts: backends and the three proxies.
+struct Field {
+    _processes: Vec<Process>,
+    backends: Backends,
+    nginx: Fronts,
+    haproxy: Fronts,
+    tollgate: Fronts,
+    raw_copy: std::net::SocketAddr,
 }
 
-/// A server process that prints the line it listens on; killed when dropped.
-struct Process {
-    _child: Child,
-    addr: SocketAddr,
+struct Files {
+    dir: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+    both: PathBuf,
 }
 
-impl Process {
-    /// Resident memory of the process (and of its children, for nginx's workers), in bytes.
-    fn rss(&self) -> Result<u64> {
-        let pid = self._child.id().context("exited")?;
-        let mut total = 0;
-        let mut pids = vec![pid];
-        while let Some(p) = pids.pop() {
-            let status = std::fs::read_to_string(format!("/proc/{p}/status"))?;
-            let kb: u64 = status
-                .lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.split_whitespace().next())
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0);
-            total += kb * 1024;
-            let children = std::fs::read_to_string(format!("/proc/{p}/task/{p}/children")).unwrap_or_default();
-            pids.extend(children.split_whitespace().filter_map(|c| c.parse::<u32>().ok()));
+async fn start(files: &Files) -> Result<Field> {
+    let (echo, echo_addr) = peers::own(&["echo"]).await?;
+    let (copy, raw_copy) = peers::own(&["copy", &echo_addr.port().to_string()]).await?;
+    let (backend, http, https) = peers::http_backend(&files.dir, &files.cert, &files.key).await?;
+    let backends = Backends { http, https, ws: echo_addr };
+    let (n, nginx) = peers::nginx_proxy(&files.dir, backends, &files.cert, &files.key).await?;
+    let (h, haproxy) = peers::haproxy(&files.dir, backends, &files.both).await?;
+    let (t, tollgate) = peers::tollgate(&files.dir, backends, &files.cert, &files.key).await?;
+    Ok(Field { _processes: vec![echo, copy, backend, n, h, t], backends, nginx, haproxy, tollgate, raw_copy })
+}
+
+async fn all(s: Settings) -> Result<()> {
+    let dir = std::env::temp_dir().join(format!("tollgate-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let result = all_in(&dir, &s).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+async fn all_in(dir: &Path, s: &Settings) -> Result<()> {
+    let (cert, key, both) = peers::certificate(dir)?;
+    let files = Files { dir: dir.to_path_buf(), cert, key, both };
+    let mut tables = Vec::new();
+    {
+        let field = start(&files).await?;
+        if s.wants("http") {
+            tables.push(http_table(&field, s, false).await?);
         }
-        Ok(total)
-    }
-}
-
-async fn spawn(mut cmd: Command, port_of: impl Fn(&str) -> Option<u16>) -> Result<Process> {
-    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).kill_on_drop(true).spawn()?;
-    let mut lines = BufReader::new(child.stdout.take().context("stdout")?).lines();
-    let port = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Some(line) = lines.next_line().await? {
-            if let Some(p) = port_of(&line) {
-                return Ok(p);
+        if s.wants("tls") {
+            tables.push(http_table(&field, s, true).await?);
+            tables.push(tls_handshakes(&field, s).await?);
+        }
+        if s.wants("pingpong") {
+            for size in [32, 4096] {
+                tables.push(ping_pong(&field, s, size).await?);
             }
         }
-        Err(anyhow!("exited before printing its port"))
-    })
-    .await
-    .map_err(|_| anyhow!("did not print its port within 30 s"))??;
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Ok(Process { _child: child, addr: ([127, 0, 0, 1], port).into() })
-}
-
-fn own(sub: &[&str]) -> Result<Command> {
-    let mut cmd = Command::new(std::env::current_exe()?);
-    cmd.args(sub);
-    Ok(cmd)
-}
-
-fn listening(line: &str) -> Option<u16> {
-    line.strip_prefix("listening on ").and_then(|p| p.trim().parse().ok())
-}
-
-/// The Tollgate binary built next to this one (`cargo build --release`), or $TOLLGATE.
-fn tollgate_bin() -> Result<PathBuf> {
-    if let Ok(p) = std::env::var("TOLLGATE") {
-        return Ok(p.into());
+        if s.wants("handshakes") {
+            tables.push(handshakes(&field, s).await?);
+        }
+        if s.wants("stream") {
+            tables.push(stream(&field, s).await?);
+        }
     }
-    let exe = std::env::current_exe()?;
-    let bin = exe.parent().context("exe dir")?.join("tollgate");
-    if !bin.exists() {
-        bail!("{} is missing: run `cargo build --release -p tollgate` (bench/websocket.sh does)", bin.display());
+    if s.wants("memory") {
+        for &n in &s.idle {
+            tables.push(memory(&files, n).await?);
+        }
     }
-    Ok(bin)
-}
-
-fn tollgate_config(echo: SocketAddr, metering: bool) -> String {
-    let websocket = if metering {
-        "{ name: websocket, configuration: { meter_messages: { metric: messages, direction: both } } }"
-    } else {
-        "{ name: websocket }"
-    };
-    format!(
-        r#"
-backends: [ {{ system_name: echo, private_base_url: "ws://{echo}" }} ]
-products:
-  - system_name: bench
-    staging_public_base_url: http://bench.localhost
-    production_public_base_url: http://bench-production.localhost
-    backend_usages: [ {{ backend: echo, path: / }} ]
-    metrics: [ {{ system_name: hits }}, {{ system_name: messages }} ]
-    mapping_rules: [ {{ http_method: GET, pattern: /, metric: hits }} ]
-    policy_chain: [ {websocket} ]
-    application_plans:
-      - system_name: unlimited
-        limits: [ {{ metric: messages, period: minute, value: 1000000000000 }} ]
-accounts:
-  - name: bench
-    applications: [ {{ name: load, product: bench, plan: unlimited, user_key: bench-key }} ]
-"#
-    )
-}
-
-async fn tollgate(dir: &Path, echo: SocketAddr, metering: bool) -> Result<Process> {
-    let config = dir.join(if metering { "metering-on.yaml" } else { "metering-off.yaml" });
-    std::fs::write(&config, tollgate_config(echo, metering))?;
-    let mut cmd = Command::new(tollgate_bin()?);
-    cmd.args(["--log", "warn", "serve", "--config"]).arg(&config).args([
-        "--staging-listen",
-        "127.0.0.1:0",
-        "--production-listen",
-        "127.0.0.1:0",
-        "--admin-listen",
-        "127.0.0.1:0",
-    ]);
-    spawn(cmd, |line| {
-        line.strip_prefix("tollgate: staging gateway")
-            .and_then(|url| url.trim().rsplit(':').next())
-            .and_then(|p| p.parse().ok())
-    })
-    .await
-}
-
-/// nginx as a WebSocket reverse proxy (as its documentation configures one), if
-/// installed. It cannot listen on port 0: a free port is taken and released first.
-async fn nginx(dir: &Path, echo: SocketAddr) -> Result<Option<Process>> {
-    let Ok(bin) = which("nginx") else { return Ok(None) };
-    let port = TcpListener::bind("127.0.0.1:0").await?.local_addr()?.port();
-    let root = dir.join("nginx");
-    std::fs::create_dir_all(root.join("logs"))?;
-    let conf = root.join("nginx.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            r#"
-worker_processes auto;
-pid {root}/nginx.pid;
-error_log {root}/logs/error.log crit;
-worker_rlimit_nofile 20000;
-events {{ worker_connections 20000; }}
-http {{
-  access_log off;
-  client_body_temp_path {root}/body;
-  proxy_temp_path {root}/proxy;
-  fastcgi_temp_path {root}/fastcgi;
-  uwsgi_temp_path {root}/uwsgi;
-  scgi_temp_path {root}/scgi;
-  server {{
-    listen 127.0.0.1:{port};
-    location / {{
-      proxy_pass http://{echo};
-      proxy_http_version 1.1;
-      proxy_set_header Upgrade $http_upgrade;
-      proxy_set_header Connection "upgrade";
-      proxy_read_timeout 300s;
-    }}
-  }}
-}}
-"#,
-            root = root.display()
-        ),
-    )?;
-    let mut child = Command::new(bin)
-        .arg("-p")
-        .arg(&root)
-        .arg("-c")
-        .arg(&conf)
-        .args(["-g", "daemon off;"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()?;
-    // Ready when it accepts connections (bounded).
-    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-    for _ in 0..100 {
-        if TcpStream::connect(addr).await.is_ok() {
-            return Ok(Some(Process { _child: child, addr }));
-        }
-        if let Some(status) = child.try_wait()? {
-            bail!("nginx exited ({status}); is port {port} taken?");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    let text = render(s, &tables);
+    println!("{text}");
+    if let Some(out) = &s.out {
+        std::fs::create_dir_all(out)?;
+        std::fs::write(out.join("latest.md"), &text)?;
+        let json = serde_json::json!({
+            "machine": machine(),
+            "settings": format!("{s:?}"),
+            "tables": tables.iter().map(|t| (t.key.to_string(), t.json())).collect::<serde_json::Map<_, _>>(),
+        });
+        std::fs::write(out.join("latest.json"), serde_json::to_string_pretty(&json)? + "\n")?;
+        eprintln!("wrote {}/latest.md and latest.json", out.display());
     }
-    bail!("nginx did not start listening on {addr}")
-}
-
-fn which(name: &str) -> Result<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain([PathBuf::from("/usr/sbin")])
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
-        .ok_or_else(|| anyhow!("{name} not found"))
-}
-
-/// One connection's share of a round: sends its messages with a bounded window and
-/// reads every echo back, checking each one's length.
-async fn one_connection(addr: SocketAddr, host: &str, path: &str, load: Load) -> Result<()> {
-    let mut req = format!("ws://{addr}{path}").into_client_request()?;
-    req.headers_mut().insert("host", host.parse()?);
-    let tcp = TcpStream::connect(addr).await?;
-    tcp.set_nodelay(true)?;
-    let (ws, _) = tokio_tungstenite::client_async(req, tcp).await?;
-    let (mut sink, mut stream) = ws.split();
-    let window = Arc::new(Semaphore::new(load.window));
-    let payload = vec![0x5Au8; load.size];
-    let credit = window.clone();
-    let reader = async move {
-        for _ in 0..load.messages {
-            match stream.next().await {
-                Some(Ok(Message::Binary(b))) if b.len() == load.size => credit.add_permits(1),
-                other => bail!("unexpected reply: {other:?}"),
-            }
-        }
-        Ok(stream)
-    };
-    let writer = async move {
-        for _ in 0..load.messages {
-            let permit = match window.try_acquire() {
-                Ok(p) => p,
-                Err(_) => {
-                    // The window is full: send what is queued, then wait for echoes.
-                    sink.flush().await?;
-                    window.acquire().await?
-                }
-            };
-            permit.forget();
-            sink.feed(Message::binary(payload.clone())).await?;
-        }
-        sink.flush().await?;
-        Ok::<_, anyhow::Error>(sink)
-    };
-    let (sink, stream) = tokio::try_join!(writer, reader)?;
-    let mut ws = sink.reunite(stream).map_err(|_| anyhow!("reunite"))?;
-    let _ = ws.close(None).await;
     Ok(())
 }
 
-/// Messages per second (each message counted once, although it crosses the proxy
-/// twice) for one round against `addr`.
-async fn round(addr: SocketAddr, host: &str, path: &str, load: Load) -> Result<f64> {
-    let started = Instant::now();
-    let tasks: Vec<_> = (0..load.connections)
-        .map(|_| {
-            let (host, path) = (host.to_string(), path.to_string());
-            tokio::spawn(async move { one_connection(addr, &host, &path, load).await })
+const KEY: &str = "user_key=bench-key";
+
+/// Runs `measure` for every contestant, `rounds` times, alternating contestants.
+async fn rounds<T, F, Fut>(s: &Settings, names: &[&str], mut measure: F) -> Result<Vec<Vec<T>>>
+where
+    F: FnMut(usize) -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let mut results: Vec<Vec<T>> = names.iter().map(|_| Vec::new()).collect();
+    for _ in 0..s.rounds {
+        for (i, name) in names.iter().enumerate() {
+            results[i].push(measure(i).await.with_context(|| name.to_string())?);
+        }
+    }
+    Ok(results)
+}
+
+/// HTTP (or HTTPS) requests per second and latency, keep-alive, 50 connections.
+async fn http_table(f: &Field, s: &Settings, tls: bool) -> Result<Table> {
+    let path = format!("/v1/items/42?{KEY}");
+    let (scheme, direct, pick): (_, _, fn(&Fronts) -> std::net::SocketAddr) =
+        if tls { ("https", f.backends.https, |x| x.tls) } else { ("http", f.backends.http, |x| x.http) };
+    let mut contestants = vec![
+        ("direct", direct, "plain.localhost"),
+        ("nginx", pick(&f.nginx), "plain.localhost"),
+        ("haproxy", pick(&f.haproxy), "plain.localhost"),
+        ("tollgate, key only", pick(&f.tollgate), "plain.localhost"),
+    ];
+    if !tls {
+        contestants.push(("tollgate, key + 20 rules + limits", f.tollgate.http, "full.localhost"));
+    }
+    let names: Vec<&str> = contestants.iter().map(|c| c.0).collect();
+    let urls: Vec<String> = contestants.iter().map(|c| format!("{scheme}://{}{path}", c.1)).collect();
+    let results = rounds(s, &names, |i| {
+        let load = http::Load {
+            url: &urls[i],
+            host: contestants[i].2,
+            connections: s.http_connections,
+            duration: s.turn,
+            close: false,
+        };
+        async move { http::wrk(&load).await }
+    })
+    .await?;
+    let rows = names
+        .iter()
+        .zip(results)
+        .map(|(name, runs)| Row {
+            name: name.to_string(),
+            rate: median(&runs.iter().map(|r| r.rate).collect::<Vec<_>>()),
+            p50: Some(median(&runs.iter().map(|r| r.p50).collect::<Vec<_>>())),
+            p99: Some(median(&runs.iter().map(|r| r.p99).collect::<Vec<_>>())),
+            rounds: runs.iter().map(|r| r.rate).collect(),
         })
         .collect();
-    let all = async {
-        for t in tasks {
-            t.await??;
-        }
-        Ok::<_, anyhow::Error>(())
-    };
-    tokio::time::timeout(ROUND_LIMIT, all).await.map_err(|_| anyhow!("the round took over {ROUND_LIMIT:?}"))??;
-    Ok((load.connections * load.messages) as f64 / started.elapsed().as_secs_f64())
+    let what = if tls { "HTTPS requests over kept-alive TLS connections" } else { "HTTP requests, keep-alive" };
+    Ok(Table {
+        key: if tls { "tls_requests" } else { "http" },
+        title: format!("{what}: {} connections, wrk -t1, {} s turns", s.http_connections, wrk_seconds(s)),
+        unit: "requests/s",
+        rows,
+        higher_is_better: true,
+    })
 }
 
-struct Target {
-    name: &'static str,
-    addr: SocketAddr,
-    host: &'static str,
-    path: &'static str,
-    _process: Option<Process>,
-}
-
-async fn websocket(load: Load) -> Result<()> {
-    let dir = std::env::temp_dir().join(format!("tollgate-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let result = websocket_in(&dir, load).await;
-    let _ = std::fs::remove_dir_all(&dir);
-    result
-}
-
-async fn websocket_in(dir: &Path, load: Load) -> Result<()> {
-    let echo = spawn(own(&["echo"])?, listening).await.context("echo backend")?;
-    let copy = spawn(own(&["copy", &echo.addr.port().to_string()])?, listening).await.context("raw copy")?;
-    let mut targets = vec![
-        Target { name: "direct", addr: echo.addr, host: "127.0.0.1", path: "/", _process: None },
-        Target { name: "raw byte copy", addr: copy.addr, host: "127.0.0.1", path: "/", _process: None },
+/// TLS handshakes per second: every request on a new connection (`Connection: close`),
+/// full handshakes (no session resumption anywhere).
+async fn tls_handshakes(f: &Field, s: &Settings) -> Result<Table> {
+    let path = format!("/v1/items/42?{KEY}");
+    let contestants = [
+        ("direct", f.backends.https),
+        ("nginx", f.nginx.tls),
+        ("haproxy", f.haproxy.tls),
+        ("tollgate, key only", f.tollgate.tls),
     ];
-    match nginx(dir, echo.addr).await? {
-        Some(p) => {
-            targets.push(Target { name: "nginx", addr: p.addr, host: "127.0.0.1", path: "/", _process: Some(p) })
-        }
-        None => eprintln!("nginx is not installed: its row is left out (apt-get install nginx)"),
-    }
-    for (name, metering) in [("tollgate, metering off", false), ("tollgate, metering on", true)] {
-        let p = tollgate(dir, echo.addr, metering).await.with_context(|| name.to_string())?;
-        targets.push(Target {
-            name,
-            addr: p.addr,
-            host: "bench.localhost",
-            path: "/?user_key=bench-key",
-            _process: Some(p),
-        });
-    }
-    println!(
-        "WebSocket echo: {} connections x {} messages of {} bytes, window {}, best of {} rounds (rounds interleaved)",
-        load.connections, load.messages, load.size, load.window, load.rounds
-    );
-    // Rounds interleave the targets, so a slow moment of the machine hits all alike.
-    let mut best = vec![0f64; targets.len()];
-    for _ in 0..load.rounds {
-        for (t, b) in targets.iter().zip(best.iter_mut()) {
-            let rate = round(t.addr, t.host, t.path, load).await.with_context(|| t.name)?;
-            *b = b.max(rate);
-        }
-    }
-    let (direct, raw) = (best[0], best[1]);
-    println!("{:<24} {:>14} {:>10} {:>12}", "target", "messages/s", "÷ direct", "÷ raw copy");
-    for (t, b) in targets.iter().zip(&best) {
-        println!("{:<24} {:>14.0} {:>10.2} {:>12.2}", t.name, b, b / direct, b / raw);
-    }
-    Ok(())
+    let names: Vec<&str> = contestants.iter().map(|c| c.0).collect();
+    let urls: Vec<String> = contestants.iter().map(|c| format!("https://{}{path}", c.1)).collect();
+    let results = rounds(s, &names, |i| {
+        let load = http::Load {
+            url: &urls[i],
+            host: "plain.localhost",
+            connections: s.handshake_concurrency,
+            duration: s.turn,
+            close: true,
+        };
+        async move { http::wrk(&load).await }
+    })
+    .await?;
+    Ok(Table {
+        key: "tls_handshakes",
+        title: format!(
+            "TLS handshakes (one request per connection, ECDSA P-256, no resumption): {} concurrent, {} s turns",
+            s.handshake_concurrency,
+            wrk_seconds(s)
+        ),
+        unit: "handshakes/s",
+        rows: rows_of(&names, results, |r| (r.rate, Some(r.p50), Some(r.p99))),
+        higher_is_better: true,
+    })
 }
 
-/// Memory per idle proxied WebSocket: the proxy's resident memory with `n` open, idle
-/// connections (each has exchanged one message), minus its memory before they opened,
-/// over `n`. Client addresses are spread over 127.0.0.0/8.
-async fn idle(n: usize) -> Result<()> {
-    let dir = std::env::temp_dir().join(format!("tollgate-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let result = idle_in(&dir, n).await;
-    let _ = std::fs::remove_dir_all(&dir);
-    result
+/// wrk runs whole seconds.
+fn wrk_seconds(s: &Settings) -> f64 {
+    s.turn.as_secs_f64().ceil().max(1.0)
 }
 
-async fn idle_in(dir: &Path, n: usize) -> Result<()> {
-    let echo = spawn(own(&["echo"])?, listening).await.context("echo backend")?;
-    let mut targets: Vec<(&str, Process, &str, &str)> = Vec::new();
-    if let Some(p) = nginx(dir, echo.addr).await? {
-        targets.push(("nginx", p, "127.0.0.1", "/"));
-    }
-    targets.push((
-        "tollgate, metering off",
-        tollgate(dir, echo.addr, false).await?,
-        "bench.localhost",
-        "/?user_key=bench-key",
-    ));
-    targets.push((
-        "tollgate, metering on",
-        tollgate(dir, echo.addr, true).await?,
-        "bench.localhost",
-        "/?user_key=bench-key",
-    ));
-    println!("Idle proxied WebSockets: {n} connections, each after one echoed message");
-    println!("{:<24} {:>14} {:>16}", "proxy", "RSS growth", "bytes/connection");
-    for (name, process, host, path) in &targets {
-        let before = process.rss()?;
-        let mut open = Vec::with_capacity(n);
-        for i in 0..n {
-            // Each connection from its own loopback address of 127.0.0.0/8, so repeated
-            // runs never run out of ports (closed ones linger in TIME_WAIT).
-            let src: SocketAddr = ([127, 1 + (i / 250 % 250) as u8, 1 + (i % 250) as u8, 1], 0).into();
-            let socket = tokio::net::TcpSocket::new_v4()?;
-            socket.bind(src)?;
-            let tcp = socket.connect(process.addr).await?;
-            let mut req = format!("ws://{}{path}", process.addr).into_client_request()?;
-            req.headers_mut().insert("host", host.parse()?);
-            let (mut ws, _) = tokio_tungstenite::client_async(req, tcp).await.with_context(|| name.to_string())?;
-            ws.send(Message::binary(vec![1u8; 32])).await?;
-            match ws.next().await {
-                Some(Ok(Message::Binary(_))) => {}
-                other => bail!("{name}: unexpected reply {other:?}"),
+/// One round's numbers: the rate and, where measured, p50 and p99 latency.
+type Sample = (f64, Option<f64>, Option<f64>);
+
+fn rows_of<T>(names: &[&str], results: Vec<Vec<T>>, f: impl Fn(&T) -> Sample) -> Vec<Row> {
+    names
+        .iter()
+        .zip(results)
+        .map(|(name, runs)| {
+            let v: Vec<_> = runs.iter().map(&f).collect();
+            let pick = |g: fn(&Sample) -> Option<f64>| {
+                let xs: Vec<f64> = v.iter().filter_map(g).collect();
+                (!xs.is_empty()).then(|| median(&xs))
+            };
+            Row {
+                name: name.to_string(),
+                rate: median(&v.iter().map(|x| x.0).collect::<Vec<_>>()),
+                p50: pick(|x| x.1),
+                p99: pick(|x| x.2),
+                rounds: v.iter().map(|x| x.0).collect(),
             }
-            open.push(ws);
-        }
+        })
+        .collect()
+}
+
+fn ws_targets(f: &Field) -> Vec<(&'static str, Target)> {
+    let path = format!("/?{KEY}");
+    let t = |addr, host: &str| Target { addr, host: host.to_string(), path: path.clone() };
+    vec![
+        ("direct", t(f.backends.ws, "127.0.0.1")),
+        ("nginx", t(f.nginx.ws, "127.0.0.1")),
+        ("haproxy", t(f.haproxy.ws, "127.0.0.1")),
+        ("tollgate, metering off", t(f.tollgate.ws, "ws.localhost")),
+        ("tollgate, metering on", t(f.tollgate.ws, "metered.localhost")),
+    ]
+}
+
+async fn ping_pong(f: &Field, s: &Settings, size: usize) -> Result<Table> {
+    let targets = ws_targets(f);
+    let names: Vec<&str> = targets.iter().map(|t| t.0).collect();
+    let results =
+        rounds(s, &names, |i| ws::ping_pong(&targets[i].1, s.ws_connections, size, s.turn, 10_000_000)).await?;
+    Ok(Table {
+        key: if size <= 32 { "pingpong_32" } else { "pingpong_4k" },
+        title: format!(
+            "WebSocket ping-pong, {size}-byte messages: {} connections, each waiting for its echo, {:?} turns; round-trip latency",
+            s.ws_connections, s.turn
+        ),
+        unit: "messages/s",
+        rows: rows_of(&names, results, |r| {
+            (r.rate(), Some(r.latency.value_at_quantile(0.5) as f64), Some(r.latency.value_at_quantile(0.99) as f64))
+        }),
+        higher_is_better: true,
+    })
+}
+
+async fn handshakes(f: &Field, s: &Settings) -> Result<Table> {
+    let targets = ws_targets(f);
+    let names: Vec<&str> = targets.iter().map(|t| t.0).collect();
+    let results =
+        rounds(s, &names, |i| ws::handshakes(&targets[i].1, s.handshake_concurrency, s.turn, s.handshake_max)).await?;
+    Ok(Table {
+        key: "ws_handshakes",
+        title: format!(
+            "WebSocket sessions (connect, upgrade, one 32-byte echo, close): {} concurrent, {:?} turns",
+            s.handshake_concurrency, s.turn
+        ),
+        unit: "sessions/s",
+        rows: rows_of(&names, results, |r| {
+            (r.rate(), Some(r.latency.value_at_quantile(0.5) as f64), Some(r.latency.value_at_quantile(0.99) as f64))
+        }),
+        higher_is_better: true,
+    })
+}
+
+/// Streaming: 16 connections each with 32 messages of 64 bytes in flight.
+async fn stream(f: &Field, s: &Settings) -> Result<Table> {
+    let mut targets = ws_targets(f);
+    targets
+        .insert(1, ("raw byte copy", Target { addr: f.raw_copy, host: "127.0.0.1".into(), path: format!("/?{KEY}") }));
+    let names: Vec<&str> = targets.iter().map(|t| t.0).collect();
+    let results = rounds(s, &names, |i| ws::stream(&targets[i].1, 16, s.stream_messages, 64, 32)).await?;
+    Ok(Table {
+        key: "stream",
+        title: format!(
+            "WebSocket streaming, 64-byte messages: 16 connections x {} messages, 32 in flight each",
+            s.stream_messages
+        ),
+        unit: "messages/s",
+        rows: rows_of(&names, results, |r| (*r, None, None)),
+        higher_is_better: true,
+    })
+}
+
+/// Bytes of resident memory per idle proxied WebSocket: each proxy freshly started,
+/// RSS after `n` connections (each after one echoed message) minus RSS before, over n.
+async fn memory(files: &Files, n: usize) -> Result<Table> {
+    let mut rows = Vec::new();
+    for name in ["nginx", "haproxy", "tollgate, metering off", "tollgate, metering on"] {
+        // Fresh processes: memory freed by earlier measures would hide the growth.
+        let (_echo, echo) = peers::own(&["echo"]).await?;
+        let backends = Backends { http: echo, https: echo, ws: echo };
+        let (process, fronts, host) = match name {
+            "nginx" => {
+                let (p, fr) = peers::nginx_proxy(&files.dir, backends, &files.cert, &files.key).await?;
+                (p, fr, "127.0.0.1")
+            }
+            "haproxy" => {
+                let (p, fr) = peers::haproxy(&files.dir, backends, &files.both).await?;
+                (p, fr, "127.0.0.1")
+            }
+            _ => {
+                let (p, fr) = peers::tollgate(&files.dir, backends, &files.cert, &files.key).await?;
+                (p, fr, if name.ends_with("on") { "metered.localhost" } else { "ws.localhost" })
+            }
+        };
+        let target = Target { addr: fronts.ws, host: host.into(), path: format!("/?{KEY}") };
+        let before = process.rss()?;
+        let open = ws::open_idle(&target, n).await.with_context(|| name.to_string())?;
         let after = process.rss()?;
-        let growth = after.saturating_sub(before);
-        println!("{:<24} {:>11} KiB {:>16}", name, growth / 1024, growth / n as u64);
         drop(open);
+        let per = after.saturating_sub(before) as f64 / n as f64;
+        rows.push(Row { name: name.into(), rate: per, p50: None, p99: None, rounds: vec![per] });
     }
-    Ok(())
+    Ok(Table {
+        key: if n >= 5000 { "memory_many" } else { "memory_few" },
+        title: format!("Memory per idle proxied WebSocket, {n} connections (RSS growth ÷ connections)"),
+        unit: "bytes/connection",
+        rows,
+        higher_is_better: false,
+    })
+}
+
+fn machine() -> serde_json::Value {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_string()))
+        })
+        .unwrap_or_default();
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|c| c.lines().next().map(|l| l.split_whitespace().nth(1).unwrap_or("").to_string()))
+        .unwrap_or_default();
+    serde_json::json!({
+        "cpu": cpu,
+        "cores": peers::workers(),
+        "memory_kib": mem,
+        "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
+        "nginx": peers::version("nginx", "-v"),
+        "haproxy": peers::version("haproxy", "-v"),
+        "wrk": peers::version("wrk", "-v"),
+        "openssl": peers::version("openssl", "version"),
+        "tollgate": peers::tollgate_bin().map(|b| peers::version(&b.display().to_string(), "--version")).unwrap_or_default(),
+        "commit": std::process::Command::new("git").args(["rev-parse", "--short", "HEAD"]).output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default(),
+    })
+}
+
+fn render(s: &Settings, tables: &[Table]) -> String {
+    let m = machine();
+    let field = |k: &str| m[k].as_str().map(str::to_string).unwrap_or_else(|| m[k].to_string());
+    let mut out = format!(
+        "## Run of {} (commit {})\n\nMachine: {} × {}, {} KiB memory, Linux {}. Peers: {}; {}; {}; {}. Tollgate: {}.\n\
+         Settings: {} rounds, contestants alternating within each round; rates are medians of the rounds.\n\n",
+        today(),
+        field("commit"),
+        field("cores"),
+        field("cpu"),
+        field("memory_kib"),
+        field("kernel"),
+        field("nginx"),
+        field("haproxy"),
+        field("wrk"),
+        field("openssl"),
+        field("tollgate"),
+        s.rounds,
+    );
+    for t in tables {
+        out.push_str(&t.markdown());
+        out.push('\n');
+    }
+    out
+}
+
+fn today() -> String {
+    std::process::Command::new("date")
+        .arg("-u")
+        .arg("+%Y-%m-%d %H:%M UTC")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
 }
