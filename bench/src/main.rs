@@ -155,44 +155,46 @@ async fn all_in(dir: &Path, s: &Settings) -> Result<()> {
     let (cert, key, both) = peers::certificate(dir)?;
     let files = Files { dir: dir.to_path_buf(), cert, key, both };
     let mut tables = Vec::new();
-    {
-        let field = start(&files).await?;
-        if s.wants("http") {
-            tables.push(http_table(&field, s, false).await?);
+    let field = start(&files).await?;
+    for phase in ["http", "tls", "pingpong", "handshakes", "stream"] {
+        if !s.wants(phase) {
+            continue;
         }
-        if s.wants("tls") {
-            tables.push(http_table(&field, s, true).await?);
-            tables.push(tls_handshakes(&field, s).await?);
-        }
-        if s.wants("pingpong") {
-            for size in [32, 4096] {
-                tables.push(ping_pong(&field, s, size).await?);
-            }
-        }
-        if s.wants("handshakes") {
-            tables.push(handshakes(&field, s).await?);
-        }
-        if s.wants("stream") {
-            tables.push(stream(&field, s).await?);
-        }
+        let new = match phase {
+            "http" => vec![http_table(&field, s, false).await?],
+            "tls" => vec![http_table(&field, s, true).await?, tls_handshakes(&field, s).await?],
+            "pingpong" => vec![ping_pong(&field, s, 32).await?, ping_pong(&field, s, 4096).await?],
+            "handshakes" => vec![handshakes(&field, s).await?],
+            _ => vec![stream(&field, s).await?],
+        };
+        publish(s, &mut tables, new)?;
     }
+    drop(field);
     if s.wants("memory") {
         for &n in &s.idle {
-            tables.push(memory(&files, n).await?);
+            publish(s, &mut tables, vec![memory(&files, n).await?])?;
         }
     }
-    let text = render(s, &tables);
-    println!("{text}");
+    eprintln!("done");
+    Ok(())
+}
+
+/// Prints tables as they are measured and rewrites the results files with everything
+/// so far, so an interrupted run still leaves its numbers.
+fn publish(s: &Settings, tables: &mut Vec<Table>, new: Vec<Table>) -> Result<()> {
+    for t in &new {
+        println!("{}", t.markdown());
+    }
+    tables.extend(new);
     if let Some(out) = &s.out {
         std::fs::create_dir_all(out)?;
-        std::fs::write(out.join("latest.md"), &text)?;
+        std::fs::write(out.join("latest.md"), render(s, tables))?;
         let json = serde_json::json!({
             "machine": machine(),
             "settings": format!("{s:?}"),
             "tables": tables.iter().map(|t| (t.key.to_string(), t.json())).collect::<serde_json::Map<_, _>>(),
         });
         std::fs::write(out.join("latest.json"), serde_json::to_string_pretty(&json)? + "\n")?;
-        eprintln!("wrote {}/latest.md and latest.json", out.display());
     }
     Ok(())
 }

@@ -440,7 +440,8 @@ pub async fn tollgate(dir: &Path, to: Backends, cert: &Path, key: &Path) -> Resu
     cmd.args(["--log", "warn", "serve", "--config"])
         .arg(&config)
         .args(["--staging-listen", "127.0.0.1:0", "--production-listen", "tls://127.0.0.1:0"])
-        .args(["--admin-listen", "127.0.0.1:0", "--tls-cert"])
+        // The listener's connection cap (8,192 by default) above the 9,000 idle sockets.
+        .args(["--admin-listen", "127.0.0.1:0", "--max-connections", "19000", "--tls-cert"])
         .arg(cert)
         .arg("--tls-key")
         .arg(key);

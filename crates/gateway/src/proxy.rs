@@ -349,7 +349,7 @@ impl Gateway {
             out.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
             out.headers_mut().insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         }
-        tokio::spawn(async move {
+        let task = async move {
             let (client, backend) = tokio::join!(client, backend);
             let (client, backend) = match (client, backend) {
                 (Ok(c), Ok(b)) => (c, b),
@@ -364,7 +364,9 @@ impl Gateway {
             };
             metrics.env(env).websocket_opened();
             let governed = session.clone();
-            let stop = async move {
+            // Boxed: the relay polls it in place, and it is a few hundred bytes that
+            // every open connection would otherwise carry twice.
+            let stop = Box::pin(async move {
                 match &governed {
                     Some(s) => s.until_closed(generations, draining).await,
                     None => {
@@ -373,16 +375,19 @@ impl Gateway {
                         (relay::CLOSE_GOING_AWAY, "the gateway is shutting down")
                     }
                 }
-            };
-            let relayed = relay::relay(TokioIo::new(client), TokioIo::new(backend), options, stop);
+            });
+            // Pinned where it is made: this task lives as long as the connection, and
+            // each copy of the relay future would be memory held per open WebSocket.
+            let mut relayed = std::pin::pin!(relay::relay(TokioIo::new(client), TokioIo::new(backend), options, stop));
             let totals = match &session {
-                Some(s) => s.accounted(relayed, &tally).await,
+                Some(s) => s.accounted(relayed.as_mut(), &tally).await,
                 None => relayed.await,
             };
             tracing::debug!(?totals, "WebSocket closed");
             metrics.env(env).websocket_closed(&totals);
             drop((session, listener_slot));
-        });
+        };
+        tokio::spawn(task);
         Ok(out)
     }
 }

@@ -201,56 +201,53 @@ impl Control {
 
 /// Relays between an upgraded client connection and an upgraded backend connection
 /// until both directions end. When `stop` resolves, both sides get that close.
-pub async fn relay<C, B, S>(client: C, backend: B, opts: RelayOptions, stop: S) -> Totals
+///
+/// Every open WebSocket holds this future for its whole life, so its size is the
+/// gateway's memory per idle connection: timers that are not configured take no room
+/// (each is boxed only when its option is set) and `stop` is polled where it lies
+/// (`Unpin`: callers box a large one) instead of being moved into a second slot.
+pub async fn relay<C, B, S>(client: C, backend: B, opts: RelayOptions, mut stop: S) -> Totals
 where
     C: AsyncRead + AsyncWrite + Unpin + Send,
     B: AsyncRead + AsyncWrite + Unpin + Send,
-    S: Future<Output = Close>,
+    S: Future<Output = Close> + Unpin,
 {
-    let (client_rd, client_wr) = tokio::io::split(client);
-    let (backend_rd, backend_wr) = tokio::io::split(backend);
+    let (mut client_rd, mut client_wr) = tokio::io::split(client);
+    let (mut backend_rd, mut backend_wr) = tokio::io::split(backend);
     let ctl = Control::default();
     let up = Pump::new(true, &opts);
     let down = Pump::new(false, &opts);
-    let pumps = async {
-        tokio::join!(up.run(client_rd, backend_wr, &ctl, &opts), down.run(backend_rd, client_wr, &ctl, &opts))
-    };
-    tokio::pin!(pumps);
-    let pinger = async {
-        let Some(every) = opts.ping_interval else { return std::future::pending().await };
-        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-        loop {
-            tick.tick().await;
-            ctl.ping_both();
+    let mut pumps = std::pin::pin!(async {
+        tokio::join!(
+            up.run(&mut client_rd, &mut backend_wr, &ctl, &opts),
+            down.run(&mut backend_rd, &mut client_wr, &ctl, &opts)
+        )
+    });
+    let mut pinger =
+        opts.ping_interval.map(|every| tokio::time::interval_at(tokio::time::Instant::now() + every, every));
+    let mut idle = opts.idle_timeout.map(|t| Box::pin(ctl.idle_for(t)));
+    let mut too_old = opts.max_duration.map(|d| Box::pin(tokio::time::sleep(d)));
+    let (up, down) = loop {
+        tokio::select! {
+            done = &mut pumps => break done,
+            (code, reason) = &mut stop => {
+                ctl.close_both(code, reason);
+                break pumps.await;
+            }
+            () = when_set(&mut idle) => {
+                ctl.close_both(CLOSE_GOING_AWAY, "idle timeout");
+                break pumps.await;
+            }
+            () = when_set(&mut too_old) => {
+                ctl.close_both(CLOSE_GOING_AWAY, "maximum connection duration reached");
+                break pumps.await;
+            }
+            () = async {
+                if let Some(p) = pinger.as_mut() {
+                    p.tick().await;
+                }
+            }, if pinger.is_some() => ctl.ping_both(),
         }
-    };
-    let idle = async {
-        match opts.idle_timeout {
-            Some(t) => ctl.idle_for(t).await,
-            None => std::future::pending().await,
-        }
-    };
-    let too_old = async {
-        match opts.max_duration {
-            Some(d) => tokio::time::sleep(d).await,
-            None => std::future::pending().await,
-        }
-    };
-    let (up, down) = tokio::select! {
-        done = &mut pumps => done,
-        (code, reason) = stop => {
-            ctl.close_both(code, reason);
-            pumps.await
-        }
-        () = idle => {
-            ctl.close_both(CLOSE_GOING_AWAY, "idle timeout");
-            pumps.await
-        }
-        () = too_old => {
-            ctl.close_both(CLOSE_GOING_AWAY, "maximum connection duration reached");
-            pumps.await
-        }
-        never = pinger => match never {},
     };
     Totals {
         messages_up: up.messages,
@@ -260,6 +257,14 @@ where
         closed_by_gateway: up.closed_with.or(down.closed_with),
         close: *ctl.first_close.lock().unwrap_or_else(|e| e.into_inner()),
         duration: ctl.started.elapsed(),
+    }
+}
+
+/// Awaits an optional (boxed) future; never resolves when there is none.
+async fn when_set<F: Future + Unpin>(f: &mut Option<F>) -> F::Output {
+    match f {
+        Some(f) => f.await,
+        None => std::future::pending().await,
     }
 }
 
@@ -399,7 +404,7 @@ impl Pump {
         Step::Continue
     }
 
-    async fn run<R, W>(mut self, src: R, dst: W, ctl: &Control, opts: &RelayOptions) -> Pump
+    async fn run<R, W>(mut self, src: &mut R, dst: &mut W, ctl: &Control, opts: &RelayOptions) -> Pump
     where
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
@@ -409,16 +414,16 @@ impl Pump {
         self
     }
 
-    async fn pump<R, W>(&mut self, mut src: R, mut dst: W, ctl: &Control, opts: &RelayOptions)
+    async fn pump<R, W>(&mut self, src: &mut R, mut dst: &mut W, ctl: &Control, opts: &RelayOptions)
     where
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
     {
         let mine = if self.from_client { &ctl.to_backend } else { &ctl.to_client };
         let mut buf = ReadBuffer::new();
-        // Armed while the buffer is large: a quiet second gives the memory back.
-        let quiet = tokio::time::sleep(ReadBuffer::QUIET);
-        tokio::pin!(quiet);
+        // Set while the buffer is large (boxed then only, so a quiet connection carries
+        // no timer): a quiet second gives the memory back.
+        let mut quiet: Option<Pin<Box<tokio::time::Sleep>>> = None;
         loop {
             let n = tokio::select! {
                 biased;
@@ -446,8 +451,9 @@ impl Pump {
                     Ok(n) => n,
                 },
                 // Reading is cancel-safe: nothing was read when this fires.
-                () = &mut quiet, if buf.is_large() => {
+                () = when_set(&mut quiet) => {
                     buf.shrink();
+                    quiet = None;
                     continue;
                 }
             };
@@ -456,8 +462,10 @@ impl Pump {
             if buf.grow_if_full(n) || buf.is_large() {
                 // Pushed back at most every half period, not on every read.
                 let now = tokio::time::Instant::now();
-                if quiet.deadline() < now + ReadBuffer::QUIET / 2 {
-                    quiet.as_mut().reset(now + ReadBuffer::QUIET);
+                match &mut quiet {
+                    None => quiet = Some(Box::pin(tokio::time::sleep_until(now + ReadBuffer::QUIET))),
+                    Some(q) if q.deadline() < now + ReadBuffer::QUIET / 2 => q.as_mut().reset(now + ReadBuffer::QUIET),
+                    Some(_) => {}
                 }
             }
             self.flush(opts);
@@ -677,6 +685,19 @@ mod tests {
         let mut buf = vec![0; n];
         s.read_exact(&mut buf).await.expect("read");
         buf
+    }
+
+    /// Every open WebSocket holds a relay future for its whole life: its size is most
+    /// of the gateway's memory per idle connection (docs/BENCHMARKS.md). It was 3.9 KB
+    /// with copies of `stop` and unconfigured timers inline; this keeps it from creeping
+    /// back (the bound leaves room for debug builds and compiler changes).
+    #[test]
+    fn the_relay_future_stays_small() {
+        let (a, b) = (tokio::io::duplex(8).0, tokio::io::duplex(8).0);
+        let relay = relay(a, b, RelayOptions::default(), std::future::pending());
+        let size = std::mem::size_of_val(&relay);
+        eprintln!("the relay future: {size} bytes");
+        assert!(size <= 3072, "the relay future grew to {size} bytes");
     }
 
     #[tokio::test]

@@ -210,7 +210,13 @@ pub const SECONDS: &str = "websocket:seconds";
 impl Session {
     /// Runs `relay` (which adds to `tally`) and records the connection in analytics:
     /// its opening now, its messages, bytes and seconds every minute and at the end.
-    pub async fn accounted(&self, relay: impl Future<Output = Totals>, tally: &Tally) -> Totals {
+    /// `relay` is borrowed, not moved: moving it would give this future a second copy
+    /// of it, and both live as long as the connection.
+    pub async fn accounted<F: Future<Output = Totals>>(
+        &self,
+        mut relay: std::pin::Pin<&mut F>,
+        tally: &Tally,
+    ) -> Totals {
         let Some(analytics) = &self.analytics else { return relay.await };
         let record = |usage: &[(&str, u64)]| {
             analytics.record(&self.app_id, &self.product, usage.iter().copied(), self.clock.now());
@@ -235,12 +241,11 @@ impl Session {
             }
             done = [a, b, c, d, done[4] + secs * 1000];
         };
-        tokio::pin!(relay);
         let mut minutes = tokio::time::interval(std::time::Duration::from_secs(60));
         minutes.tick().await;
         let totals = loop {
             tokio::select! {
-                totals = &mut relay => break totals,
+                totals = relay.as_mut() => break totals,
                 _ = minutes.tick() => flush(false),
             }
         };

@@ -20,7 +20,9 @@ pub mod ws;
 /// Logs to stderr; `RUST_LOG` (e.g. `tollgate=debug`) overrides `--log`.
 pub fn init_tracing(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+        // rustls warns about what clients send (an IP address as SNI, as wrk and curl
+        // do), on every handshake: nothing an operator can act on, and a flood under load.
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{default},rustls=error")));
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(|| Stderr).with_target(false).try_init();
 }
 
