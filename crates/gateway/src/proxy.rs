@@ -315,6 +315,7 @@ impl Gateway {
                 counters: self.counters.clone(),
                 clock: self.clock.clone(),
                 analytics: self.analytics.clone(),
+                cache: Default::default(),
             })),
             _ => None,
         };

@@ -28,6 +28,9 @@ pub struct SnapshotHandle(Arc<SnapshotCell>);
 struct SnapshotCell {
     current: ArcSwap<Snapshot>,
     generation: tokio::sync::watch::Sender<u64>,
+    /// The generation as a plain atomic, raised after each swap: one load tells a
+    /// WebSocket whether what it derived from the snapshot is still current.
+    stored: std::sync::atomic::AtomicU64,
 }
 
 impl SnapshotHandle {
@@ -35,6 +38,7 @@ impl SnapshotHandle {
         SnapshotHandle(Arc::new(SnapshotCell {
             current: ArcSwap::from_pointee(snapshot),
             generation: tokio::sync::watch::channel(0).0,
+            stored: std::sync::atomic::AtomicU64::new(0),
         }))
     }
 
@@ -46,7 +50,14 @@ impl SnapshotHandle {
     /// Swaps in a new snapshot and tells every watcher.
     pub fn store(&self, snapshot: Snapshot) {
         self.0.current.store(Arc::new(snapshot));
+        self.0.stored.fetch_add(1, std::sync::atomic::Ordering::Release);
         self.0.generation.send_modify(|g| *g += 1);
+    }
+
+    /// How many snapshots were stored so far. Read it before `load`: the snapshot
+    /// loaded after is at least as new as the generation read.
+    pub fn generation(&self) -> u64 {
+        self.0.stored.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Resolves at every swap after this call.
