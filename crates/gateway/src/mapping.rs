@@ -72,8 +72,19 @@ impl Usage {
 
     /// Adds every method's delta to its ancestors (methods count on `hits`).
     pub fn with_ancestors(mut self, metrics: &MetricTable) -> Usage {
-        let direct = self.0.clone();
-        for (metric, delta) in direct {
+        // Each direct usage's own delta goes up its ancestry, even where an ancestor is
+        // itself a direct usage (its entry grows meanwhile): the deltas are copied first,
+        // on the stack when few (this runs for every request and metered frame).
+        let mut few = [(0 as MetricId, 0u64); 8];
+        let many;
+        let direct: &[(MetricId, u64)] = if self.0.len() <= few.len() {
+            few[..self.0.len()].copy_from_slice(&self.0);
+            &few[..self.0.len()]
+        } else {
+            many = self.0.clone();
+            &many
+        };
+        for &(metric, delta) in direct {
             let mut cur = metrics.parent(metric);
             while let Some(p) = cur {
                 self.add(p, delta);
@@ -167,6 +178,21 @@ mod tests {
         assert_eq!(u, Usage(vec![(1, 1), (HITS, 2)]));
         // With ancestors: connect (a method) also counts on hits.
         assert_eq!(u.with_ancestors(&t).delta(HITS), 3);
+    }
+
+    #[test]
+    fn each_usage_climbs_its_ancestry_with_its_own_delta() {
+        let mut t = MetricTable::default();
+        let root = t.add("hits", None);
+        let mid = t.add("mid", Some(root));
+        let leaf = t.add("leaf", Some(mid));
+        // leaf 1 → mid and hits; mid's own 1 → hits (not mid's grown 2).
+        let u = Usage(vec![(leaf, 1), (mid, 1)]).with_ancestors(&t);
+        assert_eq!((u.delta(leaf), u.delta(mid), u.delta(root)), (1, 2, 2));
+        // More usages than fit on the stack take the same path.
+        let many: Vec<_> = (0..10).map(|i| t.add(&format!("m{i}"), Some(root))).collect();
+        let u = Usage(many.iter().map(|m| (*m, 1)).collect()).with_ancestors(&t);
+        assert_eq!(u.delta(root), 10);
     }
 
     #[test]
