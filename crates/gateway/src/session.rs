@@ -87,6 +87,9 @@ impl Drop for ConnectionSlot {
     }
 }
 
+/// A snapshot generation and what a session's application was in it.
+pub(crate) type Current = (u64, Arc<Product>, Arc<Application>);
+
 pub(crate) struct Session {
     pub snapshot: SnapshotHandle,
     pub host: Box<str>,
@@ -102,7 +105,7 @@ pub(crate) struct Session {
     /// `current()` as of a snapshot generation: metering looks the product and the
     /// application up once per configuration change, not once per frame (host and
     /// credential lookups were a fifth of metering's cost).
-    pub cache: Mutex<Option<(u64, Arc<Product>, Arc<Application>)>>,
+    pub cache: Mutex<Option<Current>>,
 }
 
 impl Session {
