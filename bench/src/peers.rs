@@ -25,6 +25,22 @@ pub struct Process {
     child: Child,
 }
 
+impl Drop for Process {
+    /// SIGTERM first, and a bounded wait: nginx's master stops its workers on SIGTERM,
+    /// whereas the SIGKILL of `kill_on_drop` (which still follows if the process
+    /// lingers) would leave them running, orphaned.
+    fn drop(&mut self) {
+        let Some(pid) = self.child.id() else { return };
+        let _ = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+        for _ in 0..100 {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
 impl Process {
     /// Resident memory of the process and of its children (nginx's workers), in bytes.
     pub fn rss(&self) -> Result<u64> {

@@ -350,7 +350,7 @@ impl Gateway {
             out.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
             out.headers_mut().insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         }
-        let task = async move {
+        tokio::spawn(async move {
             let (client, backend) = tokio::join!(client, backend);
             let (client, backend) = match (client, backend) {
                 (Ok(c), Ok(b)) => (c, b),
@@ -387,8 +387,7 @@ impl Gateway {
             tracing::debug!(?totals, "WebSocket closed");
             metrics.env(env).websocket_closed(&totals);
             drop((session, listener_slot));
-        };
-        tokio::spawn(task);
+        });
         Ok(out)
     }
 }

@@ -196,6 +196,9 @@ impl Session {
                     if r.is_err() {
                         std::future::pending::<()>().await;
                     }
+                    // What the old snapshot said is stale now; let it go rather than
+                    // keep it alive while the connection is quiet.
+                    *self.cache.lock().unwrap_or_else(|e| e.into_inner()) = None;
                     let app = match self.current() {
                         Ok((_, app)) => app,
                         Err(reason) => return (CLOSE_POLICY_VIOLATION, reason),
