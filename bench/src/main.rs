@@ -243,17 +243,7 @@ async fn http_table(f: &Field, s: &Settings, tls: bool) -> Result<Table> {
         async move { http::wrk(&load).await }
     })
     .await?;
-    let rows = names
-        .iter()
-        .zip(results)
-        .map(|(name, runs)| Row {
-            name: name.to_string(),
-            rate: median(&runs.iter().map(|r| r.rate).collect::<Vec<_>>()),
-            p50: Some(median(&runs.iter().map(|r| r.p50).collect::<Vec<_>>())),
-            p99: Some(median(&runs.iter().map(|r| r.p99).collect::<Vec<_>>())),
-            rounds: runs.iter().map(|r| r.rate).collect(),
-        })
-        .collect();
+    let rows = rows_of(&names, results, |r| (r.rate, Some(r.p50), Some(r.p99)));
     let what = if tls { "HTTPS requests over kept-alive TLS connections" } else { "HTTP requests, keep-alive" };
     Ok(Table {
         key: if tls { "tls_requests" } else { "http" },
@@ -305,6 +295,11 @@ fn wrk_seconds(s: &Settings) -> f64 {
     s.turn.as_secs_f64().ceil().max(1.0)
 }
 
+/// A WebSocket run's rate and its latency percentiles.
+fn round_trips(r: &ws::Run) -> Sample {
+    (r.rate(), Some(r.latency.value_at_quantile(0.5) as f64), Some(r.latency.value_at_quantile(0.99) as f64))
+}
+
 /// One round's numbers: the rate and, where measured, p50 and p99 latency.
 type Sample = (f64, Option<f64>, Option<f64>);
 
@@ -353,9 +348,7 @@ async fn ping_pong(f: &Field, s: &Settings, size: usize) -> Result<Table> {
             s.ws_connections, s.turn
         ),
         unit: "messages/s",
-        rows: rows_of(&names, results, |r| {
-            (r.rate(), Some(r.latency.value_at_quantile(0.5) as f64), Some(r.latency.value_at_quantile(0.99) as f64))
-        }),
+        rows: rows_of(&names, results, round_trips),
         higher_is_better: true,
     })
 }
@@ -372,9 +365,7 @@ async fn handshakes(f: &Field, s: &Settings) -> Result<Table> {
             s.handshake_concurrency, s.turn
         ),
         unit: "sessions/s",
-        rows: rows_of(&names, results, |r| {
-            (r.rate(), Some(r.latency.value_at_quantile(0.5) as f64), Some(r.latency.value_at_quantile(0.99) as f64))
-        }),
+        rows: rows_of(&names, results, round_trips),
         higher_is_better: true,
     })
 }
