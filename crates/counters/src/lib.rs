@@ -11,9 +11,11 @@
 
 mod clock;
 mod memory;
+mod redis;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use memory::MemoryCounters;
+pub use redis::{FailureMode, RedisCounters};
 pub use tollgate_model::period::Period;
 
 /// One limit that a request touches, with the amount the request would add.
@@ -58,19 +60,40 @@ pub enum Decision {
 pub enum CountersError {
     #[error("the counters store is unavailable: {0}")]
     Unavailable(String),
+    #[error("invalid counters URL {0}; write redis://HOST:PORT[/DB] or memory")]
+    BadUrl(String),
 }
 
 /// The counters a gateway uses. An enum rather than a trait object: the set of
-/// implementations is closed (memory now, Redis for scale-out) and the call stays
-/// statically dispatched and allocation-free on the request path.
+/// implementations is closed (memory for one process, Redis for several nodes) and the
+/// call stays statically dispatched.
 #[derive(Debug)]
 pub enum Counters {
     Memory(MemoryCounters),
+    Redis(RedisCounters),
 }
 
 impl Counters {
     pub fn memory() -> Self {
         Counters::Memory(MemoryCounters::default())
+    }
+
+    /// `memory` (this process only) or `redis://…` (shared by every node using it).
+    pub async fn open(url: &str, mode: FailureMode, timeout: std::time::Duration) -> Result<Self, CountersError> {
+        if url == "memory" {
+            return Ok(Counters::memory());
+        }
+        if !(url.starts_with("redis://") || url.starts_with("rediss://") || url.starts_with("redis+unix://")) {
+            return Err(CountersError::BadUrl(format!("`{url}`")));
+        }
+        Ok(Counters::Redis(RedisCounters::connect(url, mode, timeout).await?))
+    }
+
+    pub fn redis(&self) -> Option<&RedisCounters> {
+        match self {
+            Counters::Redis(r) => Some(r),
+            Counters::Memory(_) => None,
+        }
     }
 
     /// Checks every limit and, if all pass, applies every increment, atomically.
@@ -82,6 +105,7 @@ impl Counters {
     ) -> Result<Decision, CountersError> {
         match self {
             Counters::Memory(m) => Ok(m.authorize(application, checks, now)),
+            Counters::Redis(r) => r.authorize(application, checks, now).await,
         }
     }
 
@@ -94,6 +118,7 @@ impl Counters {
     ) -> Result<Vec<LimitStatus>, CountersError> {
         match self {
             Counters::Memory(m) => Ok(m.status(application, checks, now)),
+            Counters::Redis(r) => r.status(application, checks, now).await,
         }
     }
 }

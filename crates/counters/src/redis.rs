@@ -1,0 +1,447 @@
+//! Counters shared by every gateway node, in Redis.
+//!
+//! One request (or one metered WebSocket message) is one `EVALSHA` of [`AUTHORIZE`]: the
+//! script reads every window the request touches, and only if all of them have room
+//! applies every increment — Redis runs a script alone, so N nodes admit exactly what
+//! one would. Requests from all tasks of a node share one multiplexed connection: the
+//! client pipelines them, so throughput does not wait on round trips.
+//!
+//! Keys (`tollgate:{APP}:w:METRIC:PERIOD:START`) carry the application in a hash tag,
+//! so in Redis Cluster all windows of one application live in one slot and a script
+//! may touch them together. A window's key expires a minute after the window ends
+//! (`eternity` never does), so Redis holds only live windows. Windows are computed from
+//! the node's clock: keep nodes' clocks in sync (NTP), as for any distributed limiter.
+//!
+//! When Redis cannot be reached the [`FailureMode`] decides (3scale's caching policy
+//! modes): `strict` refuses, `allow` admits and keeps the increments to apply when
+//! Redis is back, `resilient` repeats each application's last decision for a while.
+//!
+//! WebSocket connection caps use leases: each open connection is a member of the
+//! application's sorted set, scored by its lease's expiry (Redis time), renewed by its
+//! node; the slots of a node that dies free themselves when their leases run out.
+
+use crate::{Check, CountersError, Decision, LimitStatus, Period};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// What a node does when Redis does not answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureMode {
+    /// Refuse (503; a WebSocket message closes its connection with 1011) rather than
+    /// risk exceeding a limit. The default.
+    Strict,
+    /// Admit, count locally, and add what was counted to Redis when it returns.
+    Allow,
+    /// Repeat the application's last decision from Redis if it is at most this old
+    /// (counting admitted usage as `allow` does); refuse when there is none.
+    Resilient(Duration),
+}
+
+impl FailureMode {
+    /// `strict`, `allow` or `resilient` (with `resilient_ttl`).
+    pub fn parse(s: &str, resilient_ttl: Duration) -> Option<FailureMode> {
+        match s {
+            "strict" => Some(FailureMode::Strict),
+            "allow" => Some(FailureMode::Allow),
+            "resilient" => Some(FailureMode::Resilient(resilient_ttl)),
+            _ => None,
+        }
+    }
+}
+
+/// Checks every window (KEYS) against ARGV = [max, delta, expire_at] per key; applies
+/// every delta only if all fit. Returns {1, value after, ...} or {0, index, current}.
+const AUTHORIZE: &str = r"
+local cur = {}
+for i = 1, #KEYS do
+  local c = tonumber(redis.call('GET', KEYS[i]) or '0')
+  if c + tonumber(ARGV[3*i-1]) > tonumber(ARGV[3*i-2]) then
+    return {0, i, c}
+  end
+  cur[i] = c
+end
+local out = {1}
+for i = 1, #KEYS do
+  local d = tonumber(ARGV[3*i-1])
+  local v = cur[i]
+  if d > 0 then
+    v = redis.call('INCRBY', KEYS[i], d)
+    local at = tonumber(ARGV[3*i])
+    if at > 0 and v == d then redis.call('EXPIREAT', KEYS[i], at) end
+  end
+  out[i+1] = v
+end
+return out
+";
+
+/// Adds ARGV = [delta, expire_at] per key (usage counted while Redis was away).
+const ADD: &str = r"
+for i = 1, #KEYS do
+  redis.call('INCRBY', KEYS[i], ARGV[2*i-1])
+  local at = tonumber(ARGV[2*i])
+  if at > 0 then redis.call('EXPIREAT', KEYS[i], at) end
+end
+return #KEYS
+";
+
+/// Takes a connection slot in KEYS[1] (a sorted set scored by lease expiry) if fewer
+/// than ARGV[1] live leases are there (ARGV[1] < 0: no cap). ARGV[2]: lease ms,
+/// ARGV[3]: the node's name for the connection. Returns the member, or false.
+/// Members start with the opening time, so sorting them sorts connections by age.
+const ACQUIRE: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local max = tonumber(ARGV[1])
+if max >= 0 and redis.call('ZCARD', KEYS[1]) >= max then return false end
+local member = string.format('%015d', now) .. ':' .. ARGV[3]
+local lease = tonumber(ARGV[2])
+redis.call('ZADD', KEYS[1], now + lease, member)
+redis.call('PEXPIRE', KEYS[1], lease * 2)
+return member
+";
+
+/// Extends the leases of members ARGV[2..] of KEYS[1] by ARGV[1] ms from now (only
+/// those still there: an expired lease is not revived).
+const RENEW: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local lease = tonumber(ARGV[1])
+local n = 0
+for i = 2, #ARGV do
+  if redis.call('ZSCORE', KEYS[1], ARGV[i]) then
+    redis.call('ZADD', KEYS[1], now + lease, ARGV[i])
+    n = n + 1
+  end
+end
+redis.call('PEXPIRE', KEYS[1], lease * 2)
+return n
+";
+
+/// Live members of KEYS[1], oldest connection first.
+const LIVE: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local m = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf')
+table.sort(m)
+return m
+";
+
+/// Seconds a window's key outlives its window (clock differences between nodes).
+const EXPIRY_SLACK: i64 = 60;
+
+pub struct RedisCounters {
+    conn: ConnectionManager,
+    authorize: redis::Script,
+    add: redis::Script,
+    acquire: redis::Script,
+    renew: redis::Script,
+    live: redis::Script,
+    mode: FailureMode,
+    /// Usage admitted while Redis was away, by window key: (delta, expire_at).
+    pending: Mutex<HashMap<String, (u64, i64)>>,
+    /// `resilient`: each application's last decision from Redis, and when.
+    last: Mutex<HashMap<Box<str>, (Instant, Decision)>>,
+}
+
+impl std::fmt::Debug for RedisCounters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisCounters").field("mode", &self.mode).finish_non_exhaustive()
+    }
+}
+
+fn window_key(application: &str, metric: &str, period: Period, start: i64) -> String {
+    format!("tollgate:{{{application}}}:w:{metric}:{}:{start}", period.as_str())
+}
+
+fn connections_key(application: &str) -> String {
+    format!("tollgate:{{{application}}}:connections")
+}
+
+fn unavailable(e: redis::RedisError) -> CountersError {
+    CountersError::Unavailable(e.to_string())
+}
+
+impl RedisCounters {
+    /// Connects to `url` (`redis://[:PASSWORD@]HOST:PORT[/DB]`). A node starts even if
+    /// Redis is down (it then follows `mode`), but a malformed URL is an error.
+    pub async fn connect(url: &str, mode: FailureMode, timeout: Duration) -> Result<RedisCounters, CountersError> {
+        let client = redis::Client::open(url).map_err(|e| CountersError::BadUrl(format!("`{url}`: {e}")))?;
+        // Fail fast while Redis is away (the failure mode answers meanwhile); every
+        // request after a failure starts a new connection attempt.
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout))
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(20))
+            .set_max_delay(Duration::from_millis(200));
+        let conn = ConnectionManager::new_lazy_with_config(client, config).map_err(unavailable)?;
+        Ok(RedisCounters {
+            conn,
+            authorize: redis::Script::new(AUTHORIZE),
+            add: redis::Script::new(ADD),
+            acquire: redis::Script::new(ACQUIRE),
+            renew: redis::Script::new(RENEW),
+            live: redis::Script::new(LIVE),
+            mode,
+            pending: Mutex::default(),
+            last: Mutex::default(),
+        })
+    }
+
+    pub fn mode(&self) -> FailureMode {
+        self.mode
+    }
+
+    /// Whether Redis answers now.
+    pub async fn ping(&self) -> Result<(), CountersError> {
+        let mut conn = self.conn.clone();
+        redis::cmd("PING").query_async::<()>(&mut conn).await.map_err(unavailable)
+    }
+
+    pub async fn authorize(
+        &self,
+        application: &str,
+        checks: &[Check<'_>],
+        now: i64,
+    ) -> Result<Decision, CountersError> {
+        if checks.is_empty() {
+            return Ok(Decision::Allowed(None));
+        }
+        let mut call = self.authorize.prepare_invoke();
+        for c in checks {
+            let (start, end) = c.period.window(now);
+            call.key(window_key(application, c.metric, c.period, start));
+            call.arg(c.max).arg(c.delta).arg(end.map_or(0, |e| e + EXPIRY_SLACK));
+        }
+        let mut conn = self.conn.clone();
+        match call.invoke_async::<Vec<i64>>(&mut conn).await {
+            Ok(reply) => {
+                let decision = decide(checks, &reply, now)?;
+                if let FailureMode::Resilient(_) = self.mode {
+                    lock(&self.last).insert(application.into(), (Instant::now(), decision.clone()));
+                }
+                Ok(decision)
+            }
+            Err(e) => self.without_redis(application, checks, now, e),
+        }
+    }
+
+    /// Redis did not answer: the failure mode decides.
+    fn without_redis(
+        &self,
+        application: &str,
+        checks: &[Check<'_>],
+        now: i64,
+        e: redis::RedisError,
+    ) -> Result<Decision, CountersError> {
+        let decision = match self.mode {
+            FailureMode::Strict => return Err(unavailable(e)),
+            FailureMode::Allow => Decision::Allowed(None),
+            FailureMode::Resilient(ttl) => match lock(&self.last).get(application) {
+                Some((at, d)) if at.elapsed() <= ttl => d.clone(),
+                _ => return Err(unavailable(e)),
+            },
+        };
+        if let Decision::Allowed(_) = decision {
+            let mut pending = lock(&self.pending);
+            for c in checks.iter().filter(|c| c.delta > 0) {
+                let (start, end) = c.period.window(now);
+                let slot = pending
+                    .entry(window_key(application, c.metric, c.period, start))
+                    .or_insert((0, end.map_or(0, |e| e + EXPIRY_SLACK)));
+                slot.0 += c.delta;
+            }
+        }
+        Ok(decision)
+    }
+
+    /// Applies the usage admitted while Redis was away; returns how many windows were
+    /// written. What cannot be written stays for the next call.
+    pub async fn reconcile(&self) -> Result<usize, CountersError> {
+        let batch: Vec<(String, (u64, i64))> = lock(&self.pending).drain().collect();
+        if batch.is_empty() {
+            return Ok(0);
+        }
+        // One script per application: in Redis Cluster a script's keys share a slot.
+        let mut written = 0;
+        let mut by_app: HashMap<&str, Vec<&(String, (u64, i64))>> = HashMap::new();
+        for item in &batch {
+            let app = item.0.split('}').next().unwrap_or_default();
+            by_app.entry(app).or_default().push(item);
+        }
+        let mut conn = self.conn.clone();
+        let mut failed = None;
+        for items in by_app.values() {
+            let mut call = self.add.prepare_invoke();
+            for (key, (delta, at)) in items.iter().copied() {
+                call.key(key).arg(*delta).arg(*at);
+            }
+            match call.invoke_async::<i64>(&mut conn).await {
+                Ok(_) => written += items.len(),
+                Err(e) => {
+                    let mut pending = lock(&self.pending);
+                    for (key, (delta, at)) in items.iter().copied() {
+                        pending.entry(key.clone()).or_insert((0, *at)).0 += delta;
+                    }
+                    failed = Some(e);
+                }
+            }
+        }
+        // Decisions older than the resilient period are of no more use.
+        if let FailureMode::Resilient(ttl) = self.mode {
+            lock(&self.last).retain(|_, (at, _)| at.elapsed() <= ttl);
+        }
+        match failed {
+            Some(e) => Err(unavailable(e)),
+            None => Ok(written),
+        }
+    }
+
+    /// Usage admitted while Redis was away and not yet written to it.
+    pub fn pending(&self) -> u64 {
+        lock(&self.pending).values().map(|(d, _)| d).sum()
+    }
+
+    pub async fn status(
+        &self,
+        application: &str,
+        checks: &[Check<'_>],
+        now: i64,
+    ) -> Result<Vec<LimitStatus>, CountersError> {
+        if checks.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> =
+            checks.iter().map(|c| window_key(application, c.metric, c.period, c.period.window(now).0)).collect();
+        let mut conn = self.conn.clone();
+        let values: Vec<Option<u64>> =
+            redis::cmd("MGET").arg(&keys).query_async(&mut conn).await.map_err(unavailable)?;
+        Ok(checks
+            .iter()
+            .zip(values)
+            .map(|(c, v)| LimitStatus {
+                metric: c.metric.to_string(),
+                period: c.period,
+                max: c.max,
+                current: v.unwrap_or(0),
+                reset_at: c.period.window(now).1,
+            })
+            .collect())
+    }
+
+    /// Takes a connection slot for `application` under a cap of `max` (none: no cap);
+    /// `Ok(None)` when the cap is reached. The returned member names the lease.
+    pub async fn acquire(
+        &self,
+        application: &str,
+        max: Option<u32>,
+        lease: Duration,
+        name: &str,
+    ) -> Result<Option<String>, CountersError> {
+        let mut conn = self.conn.clone();
+        self.acquire
+            .key(connections_key(application))
+            .arg(max.map_or(-1, i64::from))
+            .arg(lease.as_millis() as u64)
+            .arg(name)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)
+    }
+
+    /// Extends the leases of `members` of `application`; returns how many were still held.
+    pub async fn renew(&self, application: &str, members: &[&str], lease: Duration) -> Result<usize, CountersError> {
+        let mut conn = self.conn.clone();
+        let mut call = self.renew.key(connections_key(application));
+        call.arg(lease.as_millis() as u64);
+        for m in members {
+            call.arg(*m);
+        }
+        call.invoke_async(&mut conn).await.map_err(unavailable)
+    }
+
+    pub async fn release(&self, application: &str, member: &str) -> Result<(), CountersError> {
+        let mut conn = self.conn.clone();
+        redis::cmd("ZREM")
+            .arg(connections_key(application))
+            .arg(member)
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(unavailable)
+    }
+
+    /// The live leases of `application`, oldest connection first.
+    pub async fn live(&self, application: &str) -> Result<Vec<String>, CountersError> {
+        let mut conn = self.conn.clone();
+        self.live.key(connections_key(application)).invoke_async(&mut conn).await.map_err(unavailable)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Turns the script's reply into a decision.
+fn decide(checks: &[Check<'_>], reply: &[i64], now: i64) -> Result<Decision, CountersError> {
+    let malformed = || CountersError::Unavailable(format!("unexpected reply from the counters script: {reply:?}"));
+    match reply {
+        [0, i, current] => {
+            let c = checks.get((*i as usize).wrapping_sub(1)).ok_or_else(malformed)?;
+            Ok(Decision::Exceeded(LimitStatus {
+                metric: c.metric.to_string(),
+                period: c.period,
+                max: c.max,
+                current: *current as u64,
+                reset_at: c.period.window(now).1,
+            }))
+        }
+        [1, values @ ..] if values.len() == checks.len() => {
+            let tightest =
+                checks.iter().zip(values).min_by_key(|(c, v)| c.max.saturating_sub(**v as u64)).map(|(c, v)| {
+                    LimitStatus {
+                        metric: c.metric.to_string(),
+                        period: c.period,
+                        max: c.max,
+                        current: *v as u64,
+                        reset_at: c.period.window(now).1,
+                    }
+                });
+            Ok(Decision::Allowed(tightest))
+        }
+        _ => Err(malformed()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_share_the_application_hash_tag() {
+        let k = window_key("app-1", "hits", Period::Minute, 60);
+        assert_eq!(k, "tollgate:{app-1}:w:hits:minute:60");
+        assert!(connections_key("app-1").starts_with("tollgate:{app-1}:"));
+    }
+
+    #[test]
+    fn replies_become_decisions() {
+        let checks = [
+            Check { metric: "hits", period: Period::Minute, max: 10, delta: 1 },
+            Check { metric: "hits", period: Period::Day, max: 5, delta: 1 },
+        ];
+        match decide(&checks, &[1, 3, 4], 0) {
+            Ok(Decision::Allowed(Some(s))) => assert_eq!((s.period, s.remaining()), (Period::Day, 1)),
+            other => panic!("{other:?}"),
+        }
+        match decide(&checks, &[0, 2, 5], 0) {
+            Ok(Decision::Exceeded(s)) => assert_eq!((s.period, s.current), (Period::Day, 5)),
+            other => panic!("{other:?}"),
+        }
+        assert!(decide(&checks, &[0, 3, 5], 0).is_err());
+        assert!(decide(&checks, &[1, 3], 0).is_err());
+        assert!(decide(&checks, &[], 0).is_err());
+    }
+}

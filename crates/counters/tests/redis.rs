@@ -1,0 +1,232 @@
+//! Redis counters against a real Redis: the machine's (REDIS_URL, default
+//! redis://127.0.0.1:6379) for counting and leases, and a private `redis-server` this
+//! test starts and stops for the failure modes.
+
+use std::time::{Duration, Instant};
+use tollgate_counters::{Check, Counters, Decision, FailureMode, Period, RedisCounters};
+
+/// Windows are keys that expire a minute after the window ends, by Redis' clock: tests
+/// count in the present. Each test reads the time once and passes it everywhere, so no
+/// window boundary falls between two calls.
+fn now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+}
+
+fn url() -> String {
+    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// An application id no other run uses.
+fn app(name: &str) -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    format!("{name}-{}-{nanos}", std::process::id())
+}
+
+async fn redis(mode: FailureMode) -> RedisCounters {
+    RedisCounters::connect(&url(), mode, Duration::from_secs(2)).await.expect("url")
+}
+
+fn hits(max: u64) -> [Check<'static>; 1] {
+    [Check { metric: "hits", period: Period::Minute, max, delta: 1 }]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn eight_nodes_admit_exactly_the_limit() {
+    let now = now();
+    let app = app("exact");
+    let nodes: Vec<std::sync::Arc<RedisCounters>> =
+        futures_join(8, |_| redis(FailureMode::Strict)).await.into_iter().map(std::sync::Arc::new).collect();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..1_000 {
+        let (node, app) = (nodes[i % nodes.len()].clone(), app.clone());
+        let now = now;
+        tasks.spawn(async move {
+            let checks = [
+                Check { metric: "hits", period: Period::Minute, max: 100, delta: 1 },
+                Check { metric: "hits", period: Period::Day, max: 10_000, delta: 1 },
+            ];
+            matches!(node.authorize(&app, &checks, now).await.expect("redis answers"), Decision::Allowed(_))
+        });
+    }
+    let mut admitted = 0;
+    while let Some(r) = tasks.join_next().await {
+        admitted += usize::from(r.expect("task"));
+    }
+    assert_eq!(admitted, 100);
+    let status = nodes[0].status(&app, &hits(100), now).await.expect("status");
+    assert_eq!(status[0].current, 100);
+}
+
+async fn futures_join<T, F: Future<Output = T>>(n: usize, f: impl Fn(usize) -> F) -> Vec<T> {
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        out.push(f(i).await);
+    }
+    out
+}
+
+#[tokio::test]
+async fn all_or_nothing_and_windows_expire_after_they_end() {
+    let now = now();
+    let r = redis(FailureMode::Strict).await;
+    let app = app("windows");
+    let both = [
+        Check { metric: "hits", period: Period::Minute, max: 10, delta: 2 },
+        Check { metric: "connect", period: Period::Hour, max: 3, delta: 2 },
+    ];
+    assert!(
+        matches!(r.authorize(&app, &both, now).await, Ok(Decision::Allowed(Some(ref s))) if s.metric == "connect" && s.remaining() == 1)
+    );
+    match r.authorize(&app, &both, now).await {
+        Ok(Decision::Exceeded(s)) => {
+            assert_eq!((s.metric.as_str(), s.current, s.reset_at), ("connect", 2, Period::Hour.window(now).1))
+        }
+        other => panic!("{other:?}"),
+    }
+    let st = r.status(&app, &both, now).await.expect("status");
+    assert_eq!((st[0].current, st[1].current), (2, 2), "nothing of the refused request was applied");
+    // The next minute is a new window.
+    assert!(matches!(r.authorize(&app, &both[..1], now + 60).await, Ok(Decision::Allowed(_))));
+
+    let mut conn = redis::Client::open(url()).expect("url").get_multiplexed_async_connection().await.expect("redis");
+    let key = format!("tollgate:{{{app}}}:w:hits:minute:{}", Period::Minute.window(now).0);
+    let at: i64 = redis::cmd("EXPIRETIME").arg(&key).query_async(&mut conn).await.expect("expiretime");
+    assert_eq!(at, Period::Minute.window(now).1.expect("end") + 60);
+    let eternal = [Check { metric: "hits", period: Period::Eternity, max: 5, delta: 1 }];
+    assert!(matches!(r.authorize(&app, &eternal, now).await, Ok(Decision::Allowed(_))));
+    let at: i64 = redis::cmd("EXPIRETIME")
+        .arg(format!("tollgate:{{{app}}}:w:hits:eternity:0"))
+        .query_async(&mut conn)
+        .await
+        .expect("ttl");
+    assert_eq!(at, -1, "eternity never expires");
+}
+
+#[tokio::test]
+async fn connection_leases_cap_free_and_expire() {
+    let r = redis(FailureMode::Strict).await;
+    let app = app("leases");
+    let lease = Duration::from_millis(400);
+    let a = r.acquire(&app, Some(2), lease, "node-a:1").await.expect("redis").expect("first slot");
+    let b = r.acquire(&app, Some(2), lease, "node-b:1").await.expect("redis").expect("second slot");
+    assert_eq!(r.acquire(&app, Some(2), lease, "node-a:2").await.expect("redis"), None, "the cap holds");
+    assert_eq!(r.live(&app).await.expect("live"), vec![a.clone(), b.clone()], "oldest first");
+    r.release(&app, &a).await.expect("release");
+    let c = r.acquire(&app, Some(2), lease, "node-a:3").await.expect("redis").expect("a freed slot");
+    // Node a keeps renewing c; node b "dies": its lease runs out by itself.
+    let started = Instant::now();
+    loop {
+        assert_eq!(r.renew(&app, &[&c], lease).await.expect("renew"), 1, "c is still held");
+        let live = r.live(&app).await.expect("live");
+        if live == vec![c.clone()] {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "b's lease never expired: {live:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await; // polling a lease that runs on Redis' clock
+    }
+    assert!(r.acquire(&app, Some(2), lease, "node-a:4").await.expect("redis").is_some());
+    assert!(r.acquire(&app, None, lease, "node-a:5").await.expect("redis").is_some(), "no cap");
+}
+
+/// A private Redis on a free loopback port, stopped on drop.
+struct PrivateRedis {
+    port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl PrivateRedis {
+    fn start() -> PrivateRedis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+        let mut r = PrivateRedis { port, child: None };
+        r.restart();
+        r
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn restart(&mut self) {
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server");
+        self.child = Some(child);
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(started.elapsed() < Duration::from_secs(10), "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[tokio::test]
+async fn failure_modes_when_redis_goes_away_and_comes_back() {
+    let now = now();
+    let mut server = PrivateRedis::start();
+    let url = server.url();
+    let t = Duration::from_millis(500);
+    let strict = Counters::open(&url, FailureMode::Strict, t).await.expect("url");
+    let allow = Counters::open(&url, FailureMode::Allow, t).await.expect("url");
+    let resilient = Counters::open(&url, FailureMode::Resilient(Duration::from_secs(60)), t).await.expect("url");
+    let checks = hits(3);
+    for c in [&strict, &allow, &resilient] {
+        assert!(matches!(c.authorize("known", &checks, now).await, Ok(Decision::Allowed(_))));
+    }
+    // "known" has used 3 of 3 now: resilient remembers "exceeded".
+    assert!(matches!(resilient.authorize("known", &checks, now).await, Ok(Decision::Exceeded(_))));
+    assert!(matches!(resilient.authorize("fresh", &checks, now).await, Ok(Decision::Allowed(_))));
+
+    server.stop();
+    assert!(strict.authorize("known", &checks, now).await.is_err(), "strict refuses");
+    for _ in 0..5 {
+        assert!(matches!(allow.authorize("known", &checks, now).await, Ok(Decision::Allowed(None))), "allow admits");
+    }
+    assert!(matches!(resilient.authorize("known", &checks, now).await, Ok(Decision::Exceeded(_))), "last: exceeded");
+    assert!(matches!(resilient.authorize("fresh", &checks, now).await, Ok(Decision::Allowed(_))), "last: allowed");
+    assert!(resilient.authorize("stranger", &checks, now).await.is_err(), "no decision to repeat");
+    let allow_r = allow.redis().expect("redis");
+    assert_eq!(allow_r.pending(), 5);
+    assert!(allow_r.reconcile().await.is_err(), "still away");
+    assert_eq!(allow_r.pending(), 5, "nothing lost");
+
+    server.restart();
+    // The first calls may meet the old connection's failure; within a bounded number
+    // of tries the node is back.
+    let started = Instant::now();
+    while strict.authorize("other", &checks, now).await.is_err() {
+        assert!(started.elapsed() < Duration::from_secs(10), "strict never recovered");
+    }
+    while allow_r.reconcile().await.is_err() {
+        assert!(started.elapsed() < Duration::from_secs(10), "allow never reconciled");
+    }
+    assert_eq!(allow_r.pending(), 0);
+    // A fresh Redis (no persistence) holds what was counted while it was away.
+    let st = strict.status("known", &checks, now).await.expect("status");
+    assert_eq!(st[0].current, 5);
+    assert!(matches!(strict.authorize("known", &checks, now).await, Ok(Decision::Exceeded(_))));
+}
+
+#[tokio::test]
+async fn bad_urls_are_refused_with_the_fix() {
+    let e = Counters::open("mysql://x", FailureMode::Strict, Duration::from_secs(1)).await.expect_err("bad");
+    assert!(e.to_string().contains("redis://HOST:PORT"), "{e}");
+    assert!(matches!(
+        Counters::open("memory", FailureMode::Strict, Duration::from_secs(1)).await,
+        Ok(Counters::Memory(_))
+    ));
+}
