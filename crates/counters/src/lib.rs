@@ -70,7 +70,8 @@ pub enum CountersError {
 #[derive(Debug)]
 pub enum Counters {
     Memory(MemoryCounters),
-    Redis(RedisCounters),
+    // Boxed: the Redis client is large and there is one `Counters` per process.
+    Redis(Box<RedisCounters>),
 }
 
 impl Counters {
@@ -86,7 +87,7 @@ impl Counters {
         if !(url.starts_with("redis://") || url.starts_with("rediss://") || url.starts_with("redis+unix://")) {
             return Err(CountersError::BadUrl(format!("`{url}`")));
         }
-        Ok(Counters::Redis(RedisCounters::connect(url, mode, timeout).await?))
+        Ok(Counters::Redis(Box::new(RedisCounters::connect(url, mode, timeout).await?)))
     }
 
     pub fn redis(&self) -> Option<&RedisCounters> {

@@ -129,6 +129,9 @@ table.sort(m)
 return m
 ";
 
+/// A window's key and what was admitted on it while Redis was away: (delta, expire_at).
+type Pending = (String, (u64, i64));
+
 /// Seconds a window's key outlives its window (clock differences between nodes).
 const EXPIRY_SLACK: i64 = 60;
 
@@ -261,13 +264,13 @@ impl RedisCounters {
     /// Applies the usage admitted while Redis was away; returns how many windows were
     /// written. What cannot be written stays for the next call.
     pub async fn reconcile(&self) -> Result<usize, CountersError> {
-        let batch: Vec<(String, (u64, i64))> = lock(&self.pending).drain().collect();
+        let batch: Vec<Pending> = lock(&self.pending).drain().collect();
         if batch.is_empty() {
             return Ok(0);
         }
         // One script per application: in Redis Cluster a script's keys share a slot.
         let mut written = 0;
-        let mut by_app: HashMap<&str, Vec<&(String, (u64, i64))>> = HashMap::new();
+        let mut by_app: HashMap<&str, Vec<&Pending>> = HashMap::new();
         for item in &batch {
             let app = item.0.split('}').next().unwrap_or_default();
             by_app.entry(app).or_default().push(item);
