@@ -39,7 +39,6 @@ async fn eight_nodes_admit_exactly_the_limit() {
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..1_000 {
         let (node, app) = (nodes[i % nodes.len()].clone(), app.clone());
-        let now = now;
         tasks.spawn(async move {
             let checks = [
                 Check { metric: "hits", period: Period::Minute, max: 100, delta: 1 },
