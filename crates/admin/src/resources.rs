@@ -153,12 +153,22 @@ fn render_metrics(metrics: Option<&tollgate_gateway::Metrics>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }
 
-/// The admin listener of DB-less mode: health and metrics only (there is no store to
-/// administer), answering anything else with a JSON 404.
-pub fn health_router(metrics: Arc<tollgate_gateway::Metrics>) -> Router {
+/// The admin listener of DB-less mode and of gateway nodes: health and metrics only
+/// (nothing to administer here), answering anything else with a JSON 404. A node whose
+/// store or counters do not answer is still ready (it serves its last configuration and
+/// its counters' failure mode) and says it is degraded.
+pub fn health_router(metrics: Arc<tollgate_gateway::Metrics>, health: Arc<tollgate_gateway::Health>) -> Router {
+    let ready = move || {
+        let (store, counters) = health.get();
+        let state = |up: bool| if up { "ok" } else { "unreachable" };
+        async move {
+            let status = if store && counters { "ready" } else { "degraded" };
+            Json(json!({ "status": status, "store": state(store), "counters": state(counters) }))
+        }
+    };
     Router::new()
         .route("/status/live", get(|| async { Json(json!({ "status": "live" })) }))
-        .route("/status/ready", get(|| async { Json(json!({ "status": "ready" })) }))
+        .route("/status/ready", get(ready))
         .route(
             "/metrics",
             get(move || {

@@ -79,15 +79,21 @@ impl Counters {
         Counters::Memory(MemoryCounters::default())
     }
 
-    /// `memory` (this process only) or `redis://…` (shared by every node using it).
-    pub async fn open(url: &str, mode: FailureMode, timeout: std::time::Duration) -> Result<Self, CountersError> {
+    /// `memory` (this process only) or `redis://…` (shared by every node using it, its
+    /// keys under `namespace`).
+    pub async fn open(
+        url: &str,
+        namespace: &str,
+        mode: FailureMode,
+        timeout: std::time::Duration,
+    ) -> Result<Self, CountersError> {
         if url == "memory" {
             return Ok(Counters::memory());
         }
         if !(url.starts_with("redis://") || url.starts_with("rediss://") || url.starts_with("redis+unix://")) {
             return Err(CountersError::BadUrl(format!("`{url}`")));
         }
-        Ok(Counters::Redis(Box::new(RedisCounters::connect(url, mode, timeout).await?)))
+        Ok(Counters::Redis(Box::new(RedisCounters::connect(url, namespace, mode, timeout).await?)))
     }
 
     pub fn redis(&self) -> Option<&RedisCounters> {

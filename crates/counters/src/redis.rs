@@ -6,7 +6,8 @@
 //! one would. Requests from all tasks of a node share one multiplexed connection: the
 //! client pipelines them, so throughput does not wait on round trips.
 //!
-//! Keys (`tollgate:{APP}:w:METRIC:PERIOD:START`) carry the application in a hash tag,
+//! Keys (`NAMESPACE:{APP}:w:METRIC:PERIOD:START`, namespace `tollgate` unless told
+//! otherwise, so several installations can share one Redis) carry the application in a hash tag,
 //! so in Redis Cluster all windows of one application live in one slot and a script
 //! may touch them together. A window's key expires a minute after the window ends
 //! (`eternity` never does), so Redis holds only live windows. Windows are computed from
@@ -143,6 +144,7 @@ pub struct RedisCounters {
     renew: redis::Script,
     live: redis::Script,
     mode: FailureMode,
+    namespace: String,
     /// Usage admitted while Redis was away, by window key: (delta, expire_at).
     pending: Mutex<HashMap<String, (u64, i64)>>,
     /// `resilient`: each application's last decision from Redis, and when.
@@ -155,12 +157,12 @@ impl std::fmt::Debug for RedisCounters {
     }
 }
 
-fn window_key(application: &str, metric: &str, period: Period, start: i64) -> String {
-    format!("tollgate:{{{application}}}:w:{metric}:{}:{start}", period.as_str())
+fn window_key(ns: &str, application: &str, metric: &str, period: Period, start: i64) -> String {
+    format!("{ns}:{{{application}}}:w:{metric}:{}:{start}", period.as_str())
 }
 
-fn connections_key(application: &str) -> String {
-    format!("tollgate:{{{application}}}:connections")
+fn connections_key(ns: &str, application: &str) -> String {
+    format!("{ns}:{{{application}}}:connections")
 }
 
 fn unavailable(e: redis::RedisError) -> CountersError {
@@ -170,7 +172,12 @@ fn unavailable(e: redis::RedisError) -> CountersError {
 impl RedisCounters {
     /// Connects to `url` (`redis://[:PASSWORD@]HOST:PORT[/DB]`). A node starts even if
     /// Redis is down (it then follows `mode`), but a malformed URL is an error.
-    pub async fn connect(url: &str, mode: FailureMode, timeout: Duration) -> Result<RedisCounters, CountersError> {
+    pub async fn connect(
+        url: &str,
+        namespace: &str,
+        mode: FailureMode,
+        timeout: Duration,
+    ) -> Result<RedisCounters, CountersError> {
         let client = redis::Client::open(url).map_err(|e| CountersError::BadUrl(format!("`{url}`: {e}")))?;
         // Fail fast while Redis is away (the failure mode answers meanwhile); every
         // request after a failure starts a new connection attempt.
@@ -189,6 +196,7 @@ impl RedisCounters {
             renew: redis::Script::new(RENEW),
             live: redis::Script::new(LIVE),
             mode,
+            namespace: namespace.to_string(),
             pending: Mutex::default(),
             last: Mutex::default(),
         })
@@ -216,7 +224,7 @@ impl RedisCounters {
         let mut call = self.authorize.prepare_invoke();
         for c in checks {
             let (start, end) = c.period.window(now);
-            call.key(window_key(application, c.metric, c.period, start));
+            call.key(window_key(&self.namespace, application, c.metric, c.period, start));
             call.arg(c.max).arg(c.delta).arg(end.map_or(0, |e| e + EXPIRY_SLACK));
         }
         let mut conn = self.conn.clone();
@@ -253,7 +261,7 @@ impl RedisCounters {
             for c in checks.iter().filter(|c| c.delta > 0) {
                 let (start, end) = c.period.window(now);
                 let slot = pending
-                    .entry(window_key(application, c.metric, c.period, start))
+                    .entry(window_key(&self.namespace, application, c.metric, c.period, start))
                     .or_insert((0, end.map_or(0, |e| e + EXPIRY_SLACK)));
                 slot.0 += c.delta;
             }
@@ -317,8 +325,10 @@ impl RedisCounters {
         if checks.is_empty() {
             return Ok(Vec::new());
         }
-        let keys: Vec<String> =
-            checks.iter().map(|c| window_key(application, c.metric, c.period, c.period.window(now).0)).collect();
+        let keys: Vec<String> = checks
+            .iter()
+            .map(|c| window_key(&self.namespace, application, c.metric, c.period, c.period.window(now).0))
+            .collect();
         let mut conn = self.conn.clone();
         let values: Vec<Option<u64>> =
             redis::cmd("MGET").arg(&keys).query_async(&mut conn).await.map_err(unavailable)?;
@@ -346,7 +356,7 @@ impl RedisCounters {
     ) -> Result<Option<String>, CountersError> {
         let mut conn = self.conn.clone();
         self.acquire
-            .key(connections_key(application))
+            .key(connections_key(&self.namespace, application))
             .arg(max.map_or(-1, i64::from))
             .arg(lease.as_millis() as u64)
             .arg(name)
@@ -358,7 +368,7 @@ impl RedisCounters {
     /// Extends the leases of `members` of `application`; returns how many were still held.
     pub async fn renew(&self, application: &str, members: &[&str], lease: Duration) -> Result<usize, CountersError> {
         let mut conn = self.conn.clone();
-        let mut call = self.renew.key(connections_key(application));
+        let mut call = self.renew.key(connections_key(&self.namespace, application));
         call.arg(lease.as_millis() as u64);
         for m in members {
             call.arg(*m);
@@ -369,7 +379,7 @@ impl RedisCounters {
     pub async fn release(&self, application: &str, member: &str) -> Result<(), CountersError> {
         let mut conn = self.conn.clone();
         redis::cmd("ZREM")
-            .arg(connections_key(application))
+            .arg(connections_key(&self.namespace, application))
             .arg(member)
             .query_async::<()>(&mut conn)
             .await
@@ -379,7 +389,7 @@ impl RedisCounters {
     /// The live leases of `application`, oldest connection first.
     pub async fn live(&self, application: &str) -> Result<Vec<String>, CountersError> {
         let mut conn = self.conn.clone();
-        self.live.key(connections_key(application)).invoke_async(&mut conn).await.map_err(unavailable)
+        self.live.key(connections_key(&self.namespace, application)).invoke_async(&mut conn).await.map_err(unavailable)
     }
 }
 
@@ -424,9 +434,9 @@ mod tests {
 
     #[test]
     fn keys_share_the_application_hash_tag() {
-        let k = window_key("app-1", "hits", Period::Minute, 60);
-        assert_eq!(k, "tollgate:{app-1}:w:hits:minute:60");
-        assert!(connections_key("app-1").starts_with("tollgate:{app-1}:"));
+        let k = window_key("tollgate", "acme/app-1", "hits", Period::Minute, 60);
+        assert_eq!(k, "tollgate:{acme/app-1}:w:hits:minute:60");
+        assert!(connections_key("t2", "acme/app-1").starts_with("t2:{acme/app-1}:"));
     }
 
     #[test]

@@ -23,7 +23,7 @@ fn app(name: &str) -> String {
 }
 
 async fn redis(mode: FailureMode) -> RedisCounters {
-    RedisCounters::connect(&url(), mode, Duration::from_secs(2)).await.expect("url")
+    RedisCounters::connect(&url(), "tollgate-test", mode, Duration::from_secs(2)).await.expect("url")
 }
 
 fn hits(max: u64) -> [Check<'static>; 1] {
@@ -88,13 +88,13 @@ async fn all_or_nothing_and_windows_expire_after_they_end() {
     assert!(matches!(r.authorize(&app, &both[..1], now + 60).await, Ok(Decision::Allowed(_))));
 
     let mut conn = redis::Client::open(url()).expect("url").get_multiplexed_async_connection().await.expect("redis");
-    let key = format!("tollgate:{{{app}}}:w:hits:minute:{}", Period::Minute.window(now).0);
+    let key = format!("tollgate-test:{{{app}}}:w:hits:minute:{}", Period::Minute.window(now).0);
     let at: i64 = redis::cmd("EXPIRETIME").arg(&key).query_async(&mut conn).await.expect("expiretime");
     assert_eq!(at, Period::Minute.window(now).1.expect("end") + 60);
     let eternal = [Check { metric: "hits", period: Period::Eternity, max: 5, delta: 1 }];
     assert!(matches!(r.authorize(&app, &eternal, now).await, Ok(Decision::Allowed(_))));
     let at: i64 = redis::cmd("EXPIRETIME")
-        .arg(format!("tollgate:{{{app}}}:w:hits:eternity:0"))
+        .arg(format!("tollgate-test:{{{app}}}:w:hits:eternity:0"))
         .query_async(&mut conn)
         .await
         .expect("ttl");
@@ -179,9 +179,9 @@ async fn failure_modes_when_redis_goes_away_and_comes_back() {
     let mut server = PrivateRedis::start();
     let url = server.url();
     let t = Duration::from_millis(500);
-    let strict = Counters::open(&url, FailureMode::Strict, t).await.expect("url");
-    let allow = Counters::open(&url, FailureMode::Allow, t).await.expect("url");
-    let resilient = Counters::open(&url, FailureMode::Resilient(Duration::from_secs(60)), t).await.expect("url");
+    let strict = Counters::open(&url, "t", FailureMode::Strict, t).await.expect("url");
+    let allow = Counters::open(&url, "t", FailureMode::Allow, t).await.expect("url");
+    let resilient = Counters::open(&url, "t", FailureMode::Resilient(Duration::from_secs(60)), t).await.expect("url");
     let checks = hits(3);
     for c in [&strict, &allow, &resilient] {
         assert!(matches!(c.authorize("known", &checks, now).await, Ok(Decision::Allowed(_))));
@@ -222,10 +222,10 @@ async fn failure_modes_when_redis_goes_away_and_comes_back() {
 
 #[tokio::test]
 async fn bad_urls_are_refused_with_the_fix() {
-    let e = Counters::open("mysql://x", FailureMode::Strict, Duration::from_secs(1)).await.expect_err("bad");
+    let e = Counters::open("mysql://x", "t", FailureMode::Strict, Duration::from_secs(1)).await.expect_err("bad");
     assert!(e.to_string().contains("redis://HOST:PORT"), "{e}");
     assert!(matches!(
-        Counters::open("memory", FailureMode::Strict, Duration::from_secs(1)).await,
+        Counters::open("memory", "t", FailureMode::Strict, Duration::from_secs(1)).await,
         Ok(Counters::Memory(_))
     ));
 }

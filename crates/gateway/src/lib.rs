@@ -35,7 +35,7 @@ pub mod snapshot;
 pub mod upstream;
 
 pub use body::GatewayBody;
-pub use metrics::Metrics;
+pub use metrics::{Health, Metrics};
 pub use proxy::{Gateway, Shared};
 pub use server::{ListenerOptions, serve};
 pub use snapshot::{

@@ -220,3 +220,30 @@ impl EnvMetrics {
         self.websocket_duration_ms.fetch_add(totals.duration.as_millis() as u64, Relaxed);
     }
 }
+
+/// What a node depends on, and whether it answers now: `/status/ready` reports it. A
+/// node whose store or counters are unreachable keeps serving (the last configuration;
+/// the counters' failure mode), so it stays ready but says it is degraded.
+#[derive(Debug, Default)]
+pub struct Health {
+    store_down: std::sync::atomic::AtomicBool,
+    counters_down: std::sync::atomic::AtomicBool,
+}
+
+impl Health {
+    /// Records whether the store answered; true if that changed.
+    pub fn store(&self, up: bool) -> bool {
+        self.store_down.swap(!up, std::sync::atomic::Ordering::Relaxed) == up
+    }
+
+    /// Records whether the counters answered; true if that changed.
+    pub fn counters(&self, up: bool) -> bool {
+        self.counters_down.swap(!up, std::sync::atomic::Ordering::Relaxed) == up
+    }
+
+    /// (store up, counters up).
+    pub fn get(&self) -> (bool, bool) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (!self.store_down.load(Relaxed), !self.counters_down.load(Relaxed))
+    }
+}

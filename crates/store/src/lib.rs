@@ -9,11 +9,13 @@
 //! makes concurrent edits safe (optimistic locking). Proxy-configuration versions are
 //! immutable rows. This crate knows nothing of HTTP or of the gateway.
 
+mod changes;
 mod configs;
 mod docs;
 mod migrate;
 mod usage;
 
+pub use changes::{CHANNEL, Changes};
 pub use configs::{ConfigVersion, Environment};
 pub use docs::{AccountDoc, ApplicationDoc, Item, PlanDoc, ProductDoc};
 pub use usage::{Granularity, UsageQuery, UsageRow};
@@ -116,6 +118,8 @@ pub fn now_millis() -> i64 {
 pub struct Store {
     pool: AnyPool,
     dialect: Dialect,
+    /// For connections outside the pool (PostgreSQL notifications).
+    url: String,
     /// Read-modify-write cycles of one process on the same row take turns (striped by
     /// table and id), so they never starve each other; revisions still guard against
     /// other processes.
@@ -173,7 +177,12 @@ impl Store {
             })
             .connect(&url)
             .await?;
-        let store = Store { pool, dialect, edits: std::sync::Arc::new(std::array::from_fn(|_| Default::default())) };
+        let store = Store {
+            pool,
+            dialect,
+            url: url.clone(),
+            edits: std::sync::Arc::new(std::array::from_fn(|_| Default::default())),
+        };
         migrate::run(&store.pool, dialect).await?;
         Ok(store)
     }

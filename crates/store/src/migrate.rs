@@ -11,12 +11,20 @@ struct Migration {
     postgres: &'static str,
 }
 
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    description: "initial schema",
-    sqlite: include_str!("../migrations/sqlite/0001_initial.sql"),
-    postgres: include_str!("../migrations/postgres/0001_initial.sql"),
-}];
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "initial schema",
+        sqlite: include_str!("../migrations/sqlite/0001_initial.sql"),
+        postgres: include_str!("../migrations/postgres/0001_initial.sql"),
+    },
+    Migration {
+        version: 2,
+        description: "configuration revision and change notifications",
+        sqlite: include_str!("../migrations/sqlite/0002_config_revision.sql"),
+        postgres: include_str!("../migrations/postgres/0002_config_revision.sql"),
+    },
+];
 
 pub(crate) async fn run(pool: &AnyPool, dialect: Dialect) -> Result<()> {
     let mut tx = pool.begin().await?;

@@ -96,8 +96,11 @@ impl Store {
         ] {
             let cutoff = cutoff - cutoff.rem_euclid(to.seconds());
             let mut tx = self.pool().begin().await?;
+            // Delete and read in one statement: the rows rolled up are exactly the rows
+            // removed, even while other nodes flush or roll up at the same time (a
+            // concurrent roll-up waits on these rows and then finds them gone).
             let rows = sqlx::query(
-                "SELECT application, product, metric, bucket, value FROM usage_buckets WHERE granularity = $1 AND bucket < $2",
+                "DELETE FROM usage_buckets WHERE granularity = $1 AND bucket < $2 RETURNING application, product, metric, bucket, value",
             )
             .bind(from.as_str())
             .bind(cutoff)
@@ -115,11 +118,6 @@ impl Store {
                     .execute(&mut *tx)
                     .await?;
             }
-            sqlx::query("DELETE FROM usage_buckets WHERE granularity = $1 AND bucket < $2")
-                .bind(from.as_str())
-                .bind(cutoff)
-                .execute(&mut *tx)
-                .await?;
             tx.commit().await?;
         }
         Ok(())

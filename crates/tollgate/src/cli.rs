@@ -18,6 +18,9 @@ pub struct Cli {
 pub enum Command {
     /// Run the staging and production gateways (and the admin listener) on this machine.
     Serve(ServeArgs),
+    /// Run one stateless data-plane node of one environment: configuration from the
+    /// store (PostgreSQL), counters in Redis; run any number behind a balancer.
+    Gateway(GatewayArgs),
     /// Validate a configuration file and print every error with its path.
     Check(CheckArgs),
     /// An interactive WebSocket client: stdin lines are sent, received messages printed.
@@ -131,6 +134,77 @@ pub struct ServeArgs {
     /// Seconds in-flight requests may take to finish on shutdown.
     #[arg(long, env = "TOLLGATE_DRAIN_TIMEOUT", default_value_t = 30)]
     pub drain_timeout: u64,
+    #[command(flatten)]
+    pub shared: SharedStateArgs,
+}
+
+/// Where usage counters live, and what happens when they cannot be reached.
+#[derive(Debug, Clone, Args)]
+pub struct SharedStateArgs {
+    /// `memory` (this process only) or `redis://[:PASSWORD@]HOST:PORT[/DB]`, shared by
+    /// every node that uses the same Redis (limits then hold across nodes).
+    #[arg(long, env = "TOLLGATE_COUNTERS", default_value = "memory")]
+    pub counters: String,
+    /// Prefix of every Redis key, so installations can share a Redis; every node of one
+    /// installation must use the same.
+    #[arg(long, env = "TOLLGATE_COUNTERS_NAMESPACE", default_value = "tollgate")]
+    pub counters_namespace: String,
+    /// When Redis cannot be reached: `strict` (refuse with 503 rather than exceed a
+    /// limit), `allow` (admit, count locally, add to Redis when it returns) or
+    /// `resilient` (repeat each application's last decision for
+    /// --counters-resilient-ttl seconds, else refuse).
+    #[arg(long, env = "TOLLGATE_COUNTERS_FAILURE_MODE", default_value = "strict", value_parser = ["strict", "allow", "resilient"])]
+    pub counters_failure_mode: String,
+    /// How long a `resilient` node repeats an application's last decision, in seconds.
+    #[arg(long, env = "TOLLGATE_COUNTERS_RESILIENT_TTL", default_value_t = 300)]
+    pub counters_resilient_ttl: u64,
+    /// Milliseconds to wait for Redis before the failure mode answers.
+    #[arg(long, env = "TOLLGATE_COUNTERS_TIMEOUT_MS", default_value_t = 500)]
+    pub counters_timeout_ms: u64,
+    /// Seconds a WebSocket connection's place under `max_connections` is leased in
+    /// Redis; its node renews it every third of that, so a crashed node's places free
+    /// themselves within one lease.
+    #[arg(long, env = "TOLLGATE_CONNECTION_LEASE", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub connection_lease: u64,
+    /// Seconds between checks of the store's configuration revision (PostgreSQL
+    /// notifications usually announce changes at once; this is the fallback).
+    #[arg(long, env = "TOLLGATE_CONFIG_POLL_INTERVAL", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub config_poll_interval: u64,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct GatewayArgs {
+    /// The environment this node serves.
+    #[arg(long, env = "TOLLGATE_ENV", value_parser = ["production", "staging"])]
+    pub env: String,
+    /// Gateway address; `tls://HOST:PORT` for TLS (needs --tls-cert/--tls-key).
+    #[arg(long, env = "TOLLGATE_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: String,
+    /// /status/live, /status/ready and /metrics.
+    #[arg(long, env = "TOLLGATE_ADMIN_LISTEN", default_value = "127.0.0.1:8090")]
+    pub admin_listen: String,
+    /// The store the control plane (`tollgate serve --store …`) writes:
+    /// `postgres://USER@HOST:PORT/DB` (or `sqlite://PATH` on the same machine).
+    #[arg(long, env = "TOLLGATE_STORE")]
+    pub store: String,
+    #[arg(long, env = "TOLLGATE_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    #[arg(long, env = "TOLLGATE_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// Connections the listener serves at once; more are refused.
+    #[arg(long, env = "TOLLGATE_MAX_CONNECTIONS", default_value_t = 8192)]
+    pub max_connections: usize,
+    /// Seconds a client has to send a request head.
+    #[arg(long, env = "TOLLGATE_HEADER_READ_TIMEOUT", default_value_t = 30)]
+    pub header_read_timeout: u64,
+    /// Largest request head in bytes (bigger → 431). At least 8192.
+    #[arg(long, env = "TOLLGATE_MAX_HEADER_BYTES", default_value_t = 32768, value_parser = clap::value_parser!(u64).range(8192..=1_048_576))]
+    pub max_header_bytes: u64,
+    /// Seconds in-flight requests may take to finish on shutdown.
+    #[arg(long, env = "TOLLGATE_DRAIN_TIMEOUT", default_value_t = 30)]
+    pub drain_timeout: u64,
+    #[command(flatten)]
+    pub shared: SharedStateArgs,
 }
 
 #[derive(Debug, Clone, Args)]

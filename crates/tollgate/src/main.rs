@@ -18,6 +18,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Serve(args) => tollgate::serve::run_cli(args).await,
+            Command::Gateway(args) => tollgate::serve::run_gateway(args).await,
             Command::Check(args) => tollgate::check::run(args),
             Command::Ws(args) => tollgate::ws::run(args).await,
             Command::Apply(args) => tollgate::client::apply(args).await,

@@ -4,7 +4,7 @@
 //! SIGHUP re-reads it; if the new file is invalid the error is logged and the running
 //! configuration stays. A swap never touches established connections.
 
-use crate::cli::ServeArgs;
+use crate::cli::{GatewayArgs, ServeArgs};
 use anyhow::{Context as _, bail};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -15,11 +15,13 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tollgate_admin::AdminState;
-use tollgate_counters::{Counters, SystemClock};
+use tollgate_counters::{Counters, FailureMode, SystemClock};
 use tollgate_gateway::analytics::Analytics;
 use tollgate_gateway::policy::Registry;
 use tollgate_gateway::server::tls_acceptor;
-use tollgate_gateway::{Environment, Gateway, ListenerOptions, Metrics, Shared, SnapshotHandle, Snapshots, compile};
+use tollgate_gateway::{
+    Environment, Gateway, Health, ListenerOptions, Metrics, Shared, SnapshotHandle, Snapshots, compile,
+};
 use tollgate_model::{Config, ConfigErrors};
 use tollgate_store::{Store, UsageRow};
 
@@ -56,6 +58,14 @@ pub enum Source {
     Store(String),
 }
 
+/// What a process runs: everything (`serve`), or one environment's data plane
+/// (`gateway`: no admin API, the configuration followed from the store).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    All,
+    Node(Environment),
+}
+
 /// A running `serve`: its bound addresses and the means to reload and stop it.
 pub struct Server {
     pub staging: SocketAddr,
@@ -78,8 +88,13 @@ pub struct Server {
 
 impl Server {
     pub async fn start(args: &ServeArgs, source: Source) -> anyhow::Result<Server> {
+        Server::start_as(args, source, Role::All).await
+    }
+
+    pub async fn start_as(args: &ServeArgs, source: Source, role: Role) -> anyhow::Result<Server> {
         let registry = Arc::new(Registry::default());
         let mut store = None;
+        let mut revision = 0;
         let snapshots = match &source {
             Source::File(path) => {
                 load(path, &registry).map_err(|e| anyhow::anyhow!("{}: invalid configuration:\n{e}", path.display()))?
@@ -89,6 +104,8 @@ impl Server {
             }
             Source::Store(url) => {
                 let opened = Store::open(url).await.with_context(|| format!("--store {url}"))?;
+                // Read before loading: a change made meanwhile is then seen as new.
+                revision = opened.config_revision().await.with_context(|| format!("--store {url}"))?;
                 let (staging, production) = tollgate_admin::live::snapshots(&opened, &registry)
                     .await
                     .map_err(|e| anyhow::anyhow!("loading the configuration from the store: {}", e.message))?;
@@ -107,16 +124,36 @@ impl Server {
             None
         };
 
-        let staging_listener = bind("staging-listen", &staging_addr).await?;
-        let production_listener = bind("production-listen", &production_addr).await?;
+        let serves = |env| role == Role::All || role == Role::Node(env);
+        let staging_listener = match serves(Environment::Staging) {
+            true => Some(bind(if role == Role::All { "staging-listen" } else { "listen" }, &staging_addr).await?),
+            false => None,
+        };
+        let production_listener = match serves(Environment::Production) {
+            true => Some(bind(if role == Role::All { "production-listen" } else { "listen" }, &production_addr).await?),
+            false => None,
+        };
         let admin_listener =
             bind("admin-listen", args.admin_listen.strip_prefix("http://").unwrap_or(&args.admin_listen)).await?;
 
         let metrics = Arc::new(Metrics::default());
+        let health = Arc::new(Health::default());
         // Analytics are kept only where they can be persisted: in store mode.
         let analytics = store.as_ref().map(|_| Arc::new(Analytics::default()));
+        let flags = &args.shared;
+        let mode = FailureMode::parse(&flags.counters_failure_mode, Duration::from_secs(flags.counters_resilient_ttl))
+            .context("--counters-failure-mode: use strict, allow or resilient")?;
+        let counters = Counters::open(
+            &flags.counters,
+            &flags.counters_namespace,
+            mode,
+            Duration::from_millis(flags.counters_timeout_ms.max(1)),
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("--counters: {e}"))?;
+        let counters = Arc::new(counters);
         let shared = Shared {
-            counters: Arc::new(Counters::memory()),
+            counters: counters.clone(),
             clock: Arc::new(SystemClock),
             metrics: metrics.clone(),
             analytics: analytics.clone(),
@@ -134,9 +171,10 @@ impl Server {
             drain_timeout: Duration::from_secs(args.drain_timeout),
             ..ListenerOptions::default()
         };
+        let unbound = SocketAddr::from(([0, 0, 0, 0], 0));
         let server = Server {
-            staging: staging_listener.local_addr()?,
-            production: production_listener.local_addr()?,
+            staging: staging_listener.as_ref().map_or(Ok(unbound), TcpListener::local_addr)?,
+            production: production_listener.as_ref().map_or(Ok(unbound), TcpListener::local_addr)?,
             admin: admin_listener.local_addr()?,
             staging_tls,
             production_tls,
@@ -153,6 +191,7 @@ impl Server {
             (Environment::Staging, staging_listener, staging_handle, staging_tls),
             (Environment::Production, production_listener, production_handle, production_tls),
         ] {
+            let Some(listener) = listener else { continue };
             let gateway = Arc::new(Gateway::new(env, handle, shared.clone()));
             let opts = ListenerOptions { tls: if tls { acceptor.clone() } else { None }, ..base.clone() };
             let mut stop = server.stop.subscribe();
@@ -164,20 +203,41 @@ impl Server {
         let shutdown = async move {
             let _ = stop.wait_for(|s| *s).await;
         };
+        if counters.redis().is_some() {
+            tasks.spawn(tend_counters(counters.clone(), health.clone(), server.stop.subscribe()));
+        }
         let mut admin_token = None;
         let mut admin_state = None;
-        let app = match store {
-            None => tollgate_admin::health_router(metrics),
-            Some(store) => {
+        let poll = Duration::from_secs(flags.config_poll_interval);
+        let app = match (store, role) {
+            (None, _) => tollgate_admin::health_router(metrics, health),
+            (Some(store), Role::Node(_)) => {
+                if let Some(analytics) = &analytics {
+                    let retention = (args.analytics_minute_retention * 3_600, args.analytics_hour_retention * 86_400);
+                    tasks.spawn(flush_analytics(store.clone(), analytics.clone(), retention, server.stop.subscribe()));
+                }
+                let follower = Follower {
+                    store,
+                    registry: registry.clone(),
+                    handles: server.handles.clone(),
+                    health: health.clone(),
+                };
+                let (applied_tx, _) = watch::channel(0);
+                tasks.spawn(follower.run(revision, None, applied_tx, poll, server.stop.subscribe()));
+                tollgate_admin::health_router(metrics, health)
+            }
+            (Some(store), Role::All) => {
                 let from_env = std::env::var("TOLLGATE_ADMIN_TOKEN").ok().filter(|t| !t.is_empty());
                 admin_token = tollgate_admin::ensure_admin_token(&store, from_env.as_deref()).await?;
                 if let Some(analytics) = &analytics {
                     let retention = (args.analytics_minute_retention * 3_600, args.analytics_hour_retention * 86_400);
                     tasks.spawn(flush_analytics(store.clone(), analytics.clone(), retention, server.stop.subscribe()));
                 }
-                let state = AdminState::new(store, registry.clone(), Some(metrics));
+                let state = AdminState::new(store.clone(), registry.clone(), Some(metrics));
                 let (applied_tx, applied_rx) = watch::channel(0);
-                tasks.spawn(follow_store(state.clone(), server.handles.clone(), applied_tx, server.stop.subscribe()));
+                let follower = Follower { store, registry: registry.clone(), handles: server.handles.clone(), health };
+                let local = state.changes.subscribe();
+                tasks.spawn(follower.run(revision, Some(local), applied_tx, poll, server.stop.subscribe()));
                 admin_state = Some((state.clone(), applied_rx));
                 tollgate_admin::router(state)
             }
@@ -281,33 +341,173 @@ async fn flush_analytics(
     }
 }
 
-/// Rebuilds both snapshots whenever the admin API reports a change. Changes that arrive
-/// during a rebuild are folded into the next one.
-async fn follow_store(
-    state: Arc<AdminState>,
+/// Keeps the gateways on the store's configuration: rebuilds both snapshots when this
+/// process's admin API reports a change, when PostgreSQL announces one (any process's),
+/// and when a periodic check finds the store's revision moved (announcements missed
+/// while the connection was down, or SQLite). While the store is unreachable the
+/// gateways keep the last configuration and the node reports itself degraded.
+struct Follower {
+    store: Store,
+    registry: Arc<Registry>,
     handles: [SnapshotHandle; 2],
-    applied: watch::Sender<u64>,
-    mut stop: watch::Receiver<bool>,
-) {
-    let mut changes = state.changes.subscribe();
-    loop {
-        tokio::select! {
-            r = changes.changed() => if r.is_err() { return },
-            _ = stop.wait_for(|s| *s) => return,
-        }
-        let generation = *changes.borrow_and_update();
-        match tollgate_admin::live::snapshots(&state.store, &state.registry).await {
-            Ok((staging, production)) => {
-                handles[0].store(staging);
-                handles[1].store(production);
-                applied.send_replace(generation);
-                tracing::debug!(generation, "gateways follow the new configuration");
+    health: Arc<Health>,
+}
+
+impl Follower {
+    async fn run(
+        self,
+        mut seen: i64,
+        mut local: Option<watch::Receiver<u64>>,
+        applied: watch::Sender<u64>,
+        poll: Duration,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        let mut changes = self.listen().await;
+        let mut tick = tokio::time::interval(poll);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            // Some(generation): this process's admin API changed something.
+            let generation = tokio::select! {
+                r = async {
+                    match local.as_mut() {
+                        Some(l) => l.changed().await.map(|()| *l.borrow_and_update()),
+                        None => std::future::pending().await,
+                    }
+                } => match r {
+                    Ok(g) => Some(g),
+                    Err(_) => { local = None; continue }
+                },
+                announced = async {
+                    match changes.as_mut() {
+                        Some(c) => c.next().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    if let Err(e) = announced {
+                        tracing::warn!(error = %e, "lost the store's change notifications; polling until they are back");
+                        changes = None;
+                    }
+                    None
+                }
+                _ = tick.tick() => {
+                    if changes.is_none() {
+                        changes = self.listen().await;
+                    }
+                    None
+                }
+                () = async { let _ = stop.wait_for(|s| *s).await; } => return,
+            };
+            let revision = match self.store.config_revision().await {
+                Ok(r) => r,
+                Err(e) => {
+                    if self.health.store(false) {
+                        tracing::error!(error = %e, "the store is unreachable; the gateways keep the last configuration");
+                    }
+                    continue;
+                }
+            };
+            if revision == seen && generation.is_none() {
+                self.up();
+                continue;
             }
-            Err(e) => {
-                tracing::error!(error = %e.message, "cannot load the configuration from the store; the gateways keep the previous one")
+            match tollgate_admin::live::snapshots(&self.store, &self.registry).await {
+                Ok((staging, production)) => {
+                    self.handles[0].store(staging);
+                    self.handles[1].store(production);
+                    seen = revision;
+                    if let Some(g) = generation {
+                        applied.send_replace(g);
+                    }
+                    self.up();
+                    tracing::debug!(revision, "gateways follow the new configuration");
+                }
+                Err(e) => {
+                    self.health.store(false);
+                    tracing::error!(error = %e.message, "cannot load the configuration from the store; the gateways keep the previous one")
+                }
             }
         }
     }
+
+    fn up(&self) {
+        if self.health.store(true) {
+            tracing::info!("the store answers again");
+        }
+    }
+
+    async fn listen(&self) -> Option<tollgate_store::Changes> {
+        match self.store.changes().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot subscribe to the store's change notifications yet");
+                None
+            }
+        }
+    }
+}
+
+/// Watches Redis: reports whether it answers, and adds the usage admitted while it was
+/// away (failure modes `allow` and `resilient`) once it is back.
+async fn tend_counters(counters: Arc<Counters>, health: Arc<Health>, mut stop: watch::Receiver<bool>) {
+    let Some(redis) = counters.redis() else { return };
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = async { let _ = stop.wait_for(|s| *s).await; } => return,
+        }
+        let up = redis.ping().await.is_ok();
+        if health.counters(up) {
+            match up {
+                true => tracing::info!("the counters' Redis answers again"),
+                false => {
+                    tracing::error!(mode = ?redis.mode(), "the counters' Redis is unreachable; the failure mode decides")
+                }
+            }
+        }
+        if up && redis.pending() > 0 {
+            match redis.reconcile().await {
+                Ok(n) => tracing::info!(windows = n, "added the usage counted while Redis was away"),
+                Err(e) => tracing::warn!(error = %e, "cannot add the usage counted while Redis was away yet"),
+            }
+        }
+    }
+}
+
+/// `tollgate gateway`: one environment's data plane, following the store.
+pub async fn run_gateway(args: GatewayArgs) -> anyhow::Result<ExitCode> {
+    let env = if args.env == "staging" { Environment::Staging } else { Environment::Production };
+    let (mine, other) = (args.listen.clone(), "127.0.0.1:0".to_string());
+    let serve = ServeArgs {
+        config: None,
+        store: args.store.clone(),
+        demo: false,
+        production_listen: if env == Environment::Production { mine.clone() } else { other.clone() },
+        staging_listen: if env == Environment::Staging { mine } else { other },
+        admin_listen: args.admin_listen,
+        tls_cert: args.tls_cert,
+        tls_key: args.tls_key,
+        max_connections: args.max_connections,
+        header_read_timeout: args.header_read_timeout,
+        max_header_bytes: args.max_header_bytes,
+        analytics_minute_retention: 48,
+        analytics_hour_retention: 90,
+        drain_timeout: args.drain_timeout,
+        shared: args.shared,
+    };
+    let server = Server::start_as(&serve, Source::Store(args.store.clone()), Role::Node(env)).await?;
+    say!("tollgate: {} gateway {}", env.as_str(), server.url(env));
+    // The admin line comes last: scripts may read up to it.
+    say!("tollgate: admin {} (/status/live, /status/ready, /metrics)", server.admin);
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    tracing::info!("shutting down");
+    server.shutdown().await;
+    Ok(ExitCode::SUCCESS)
 }
 
 pub async fn run_cli(args: ServeArgs) -> anyhow::Result<ExitCode> {
