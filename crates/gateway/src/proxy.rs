@@ -188,9 +188,10 @@ impl Gateway {
         let product = ctx.product;
         // The cap comes before the limits, so a refused connection consumes no quota.
         let app_slot = if ctx.websocket {
-            match self.connections.try_open(&app.id, app.plan.max_connections) {
-                Some(slot) => Some(slot),
-                None => return Err(GatewayError::TooManyConnections.into_response()),
+            match self.connections.try_open(&app.id, app.plan.max_connections).await {
+                Ok(Some(slot)) => Some(slot),
+                Ok(None) => return Err(GatewayError::TooManyConnections.into_response()),
+                Err(e) => return Err(GatewayError::CountersUnavailable(e.to_string()).into_response()),
             }
         } else {
             None

@@ -22,7 +22,7 @@ use crate::snapshot::{Application, Product, SnapshotHandle};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
-use tollgate_counters::{Check, Clock, Counters, Decision};
+use tollgate_counters::{Check, Clock, Counters, CountersError, Decision, FailureMode};
 
 /// The checks a usage makes against an application's plan limits.
 pub(crate) fn plan_checks<'a>(product: &'a Product, app: &Application, usage: &Usage) -> Vec<Check<'a>> {
@@ -36,12 +36,25 @@ pub(crate) fn plan_checks<'a>(product: &'a Product, app: &Application, usage: &U
         .collect()
 }
 
-/// Open WebSocket connections per application, in this process, oldest first.
+/// Open WebSocket connections per application, oldest first: in this process, and
+/// with Redis counters also across nodes, as leases (see `RedisCounters::acquire`).
 #[derive(Debug, Default)]
 pub struct Connections {
     /// Application id → sequence numbers of its open connections, ascending.
     open: Mutex<HashMap<Box<str>, Vec<u64>>>,
     next: std::sync::atomic::AtomicU64,
+    leases: Option<Leases>,
+}
+
+/// This node's places in the applications' shared connection sets.
+#[derive(Debug)]
+struct Leases {
+    counters: Arc<Counters>,
+    /// Names this node's leases apart from other nodes'.
+    node: String,
+    lease: std::time::Duration,
+    /// Connection sequence number → (application, lease member).
+    held: Mutex<HashMap<u64, (Box<str>, String)>>,
 }
 
 /// One open connection; dropping it frees its place.
@@ -52,37 +65,143 @@ pub struct ConnectionSlot {
 }
 
 impl Connections {
-    /// Takes a place for `application` unless `max` are open already.
-    pub fn try_open(self: &Arc<Self>, application: &str, max: Option<u32>) -> Option<ConnectionSlot> {
-        let mut map = self.open.lock().unwrap_or_else(|e| e.into_inner());
-        let list = map.entry(application.into()).or_default();
-        if max.is_some_and(|m| list.len() >= m as usize) {
-            return None;
+    /// Connections counted in this process only.
+    pub fn local() -> Self {
+        Connections::default()
+    }
+
+    /// Connections counted across every node sharing `counters`' Redis (if they are
+    /// Redis counters), each held by a lease of `lease` that
+    /// [`Connections::renew_leases`] renews; `node` must be unique among nodes.
+    pub fn shared(counters: Arc<Counters>, node: String, lease: std::time::Duration) -> Self {
+        if counters.redis().is_none() {
+            return Connections::default();
         }
+        Connections { leases: Some(Leases { counters, node, lease, held: Mutex::default() }), ..Connections::default() }
+    }
+
+    /// Takes a place for `application` unless `max` are open already. With shared
+    /// counters the place is leased in Redis; if Redis does not answer, the counters'
+    /// failure mode decides: `strict` refuses (the error), the others count here only.
+    pub async fn try_open(
+        self: &Arc<Self>,
+        application: &str,
+        max: Option<u32>,
+    ) -> Result<Option<ConnectionSlot>, CountersError> {
         let seq = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut local_cap = max;
+        if let Some(leases) = &self.leases
+            && let Some(redis) = leases.counters.redis()
+        {
+            let name = format!("{}:{seq}", leases.node);
+            match redis.acquire(application, max, leases.lease, &name).await {
+                Ok(Some(member)) => {
+                    lock(&leases.held).insert(seq, (application.into(), member));
+                    local_cap = None;
+                }
+                Ok(None) => return Ok(None),
+                Err(e) if redis.mode() == FailureMode::Strict => return Err(e),
+                Err(_) => {}
+            }
+        }
+        let mut map = lock(&self.open);
+        let list = map.entry(application.into()).or_default();
+        if local_cap.is_some_and(|m| list.len() >= m as usize) {
+            return Ok(None);
+        }
         list.push(seq);
-        Some(ConnectionSlot { owner: self.clone(), application: application.into(), seq })
+        Ok(Some(ConnectionSlot { owner: self.clone(), application: application.into(), seq }))
     }
 
     pub fn open(&self, application: &str) -> usize {
-        self.open.lock().unwrap_or_else(|e| e.into_inner()).get(application).map_or(0, Vec::len)
+        lock(&self.open).get(application).map_or(0, Vec::len)
     }
 
-    /// How many of `application`'s open connections are older than `slot`.
-    fn rank(&self, slot: &ConnectionSlot) -> usize {
-        let map = self.open.lock().unwrap_or_else(|e| e.into_inner());
+    /// How many of `application`'s open connections (on every node, when leased) are
+    /// older than `slot`.
+    async fn rank(&self, slot: &ConnectionSlot) -> usize {
+        if let Some(leases) = &self.leases
+            && let Some(redis) = leases.counters.redis()
+        {
+            let member = lock(&leases.held).get(&slot.seq).map(|(_, m)| m.clone());
+            if let Some(member) = member
+                && let Ok(live) = redis.live(&slot.application).await
+            {
+                return live.iter().take_while(|m| **m != member).count();
+            }
+        }
+        let map = lock(&self.open);
         map.get(&slot.application).map_or(0, |l| l.partition_point(|s| *s < slot.seq))
     }
+
+    /// Renews this node's leases every third of a lease period until `stop`. A lease
+    /// that lapsed anyway (Redis was away longer than a lease, or lost its data) is
+    /// taken again, without a cap: the connection is open.
+    pub async fn renew_leases(self: Arc<Self>, stop: impl Future<Output = ()>) {
+        let Some(leases) = &self.leases else { return };
+        let Some(redis) = leases.counters.redis() else { return };
+        let mut tick = tokio::time::interval(leases.lease / 3);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut stop = std::pin::pin!(stop);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = &mut stop => return,
+            }
+            let mut by_app: HashMap<Box<str>, Vec<(u64, String)>> = HashMap::new();
+            for (seq, (app, member)) in lock(&leases.held).iter() {
+                by_app.entry(app.clone()).or_default().push((*seq, member.clone()));
+            }
+            for (app, members) in by_app {
+                let names: Vec<&str> = members.iter().map(|(_, m)| m.as_str()).collect();
+                match redis.renew(&app, &names, leases.lease).await {
+                    Ok(n) if n == members.len() => {}
+                    Ok(_) => {
+                        for (seq, member) in &members {
+                            let Ok(live) = redis.live(&app).await else { break };
+                            if live.contains(member) {
+                                continue;
+                            }
+                            let name = format!("{}:{seq}", leases.node);
+                            if let Ok(Some(again)) = redis.acquire(&app, None, leases.lease, &name).await
+                                && let Some(entry) = lock(&leases.held).get_mut(seq)
+                            {
+                                entry.1 = again;
+                            }
+                        }
+                    }
+                    Err(e) => tracing::debug!(error = %e, "cannot renew connection leases yet"),
+                }
+            }
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
-        let mut map = self.owner.open.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(list) = map.get_mut(&self.application) {
-            list.retain(|s| *s != self.seq);
-            if list.is_empty() {
-                map.remove(&self.application);
+        {
+            let mut map = lock(&self.owner.open);
+            if let Some(list) = map.get_mut(&self.application) {
+                list.retain(|s| *s != self.seq);
+                if list.is_empty() {
+                    map.remove(&self.application);
+                }
             }
+        }
+        let Some(leases) = &self.owner.leases else { return };
+        let Some((app, member)) = lock(&leases.held).remove(&self.seq) else { return };
+        // Give the place back now; if Redis does not answer, the lease runs out.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let owner = self.owner.clone();
+            runtime.spawn(async move {
+                if let Some(redis) = owner.leases.as_ref().and_then(|l| l.counters.redis()) {
+                    let _ = redis.release(&app, &member).await;
+                }
+            });
         }
     }
 }
@@ -205,7 +324,7 @@ impl Session {
                     };
                     if app.plan.system_name != plan {
                         if let (Some(max), Some(slot)) = (app.plan.max_connections, &self.slot)
-                            && slot.owner.rank(slot) >= max as usize
+                            && slot.owner.rank(slot).await >= max as usize
                         {
                             return (CLOSE_POLICY_VIOLATION, "the application's new plan does not allow this connection");
                         }

@@ -19,6 +19,7 @@ use tollgate_counters::{Counters, FailureMode, SystemClock};
 use tollgate_gateway::analytics::Analytics;
 use tollgate_gateway::policy::Registry;
 use tollgate_gateway::server::tls_acceptor;
+use tollgate_gateway::session::Connections;
 use tollgate_gateway::{
     Environment, Gateway, Health, ListenerOptions, Metrics, Shared, SnapshotHandle, Snapshots, compile,
 };
@@ -152,12 +153,14 @@ impl Server {
         .await
         .map_err(|e| anyhow::anyhow!("--counters: {e}"))?;
         let counters = Arc::new(counters);
+        let connections =
+            Arc::new(Connections::shared(counters.clone(), node_name(), Duration::from_secs(flags.connection_lease)));
         let shared = Shared {
             counters: counters.clone(),
             clock: Arc::new(SystemClock),
             metrics: metrics.clone(),
             analytics: analytics.clone(),
-            connections: Arc::default(),
+            connections: connections.clone(),
         };
         let staging_handle = SnapshotHandle::new(snapshots.staging);
         let production_handle = SnapshotHandle::new(snapshots.production);
@@ -205,6 +208,10 @@ impl Server {
         };
         if counters.redis().is_some() {
             tasks.spawn(tend_counters(counters.clone(), health.clone(), server.stop.subscribe()));
+            let mut stop = server.stop.subscribe();
+            tasks.spawn(connections.renew_leases(async move {
+                let _ = stop.wait_for(|s| *s).await;
+            }));
         }
         let mut admin_token = None;
         let mut admin_state = None;
@@ -444,6 +451,13 @@ impl Follower {
             }
         }
     }
+}
+
+/// A name no other node shares: host, process and start time.
+fn node_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let started = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros());
+    format!("{}-{}-{started}", host.trim(), std::process::id())
 }
 
 /// Watches Redis: reports whether it answers, and adds the usage admitted while it was

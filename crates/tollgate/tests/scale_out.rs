@@ -1,0 +1,339 @@
+//! Scale-out: `tollgate gateway` processes sharing the machine's real Redis
+//! (127.0.0.1:6379, or REDIS_URL) and PostgreSQL (a fresh schema of database `test`),
+//! with a control plane (`serve` on the same store) making the changes.
+//!
+//! - limits hold exactly across nodes, for requests and metered WebSocket messages;
+//! - a promote reaches every node by notification (the nodes' polling is turned off),
+//!   a suspension closes the application's WebSockets on every node;
+//! - a killed node's WebSocket places under `max_connections` free themselves when
+//!   their leases run out;
+//! - nodes that stop gracefully leave their analytics in PostgreSQL, counted once.
+//!
+//! Elapsed times are printed, not asserted (tests assert behaviour, benchmarks time it);
+//! what makes propagation fast is asserted instead: with polling off, only a
+//! notification can deliver the change.
+
+mod support;
+
+use futures_util::{SinkExt, StreamExt};
+use http::StatusCode;
+use serde_json::{Value, json};
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+use support::*;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio_tungstenite::tungstenite::Message;
+use tollgate::serve::Server;
+
+const HOST: &str = "api.localhost";
+const KEY: &str = "scale-key";
+const CAPPED_KEY: &str = "capped-key";
+
+pub fn redis_url() -> String {
+    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// A Redis key namespace no other run uses.
+pub fn namespace() -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    format!("tollgate-test-{}-{nanos}", std::process::id())
+}
+
+/// A `tollgate gateway --env production` process.
+pub struct Node {
+    child: tokio::process::Child,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+impl Node {
+    pub async fn start(store: &str, counters: &str, extra: &[&str]) -> Node {
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+            .args(["--log", "info", "gateway", "--env", "production", "--listen", "127.0.0.1:0"])
+            .args(["--admin-listen", "127.0.0.1:0", "--store", store, "--counters", counters])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn tollgate gateway");
+        let mut out = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let mut err = BufReader::new(child.stderr.take().expect("stderr")).lines();
+        let addr_of = |s: &str| -> SocketAddr {
+            s.trim().trim_start_matches("http://").split(' ').next().and_then(|a| a.parse().ok()).expect("address")
+        };
+        let mut addr = None;
+        let admin = loop {
+            let Some(line) = out.next_line().await.expect("stdout") else {
+                let mut log = String::new();
+                while let Ok(Some(l)) = err.next_line().await {
+                    log += &l;
+                    log.push('\n');
+                }
+                panic!("the node exited before it was ready:\n{log}");
+            };
+            if let Some(rest) = line.strip_prefix("tollgate: production gateway") {
+                addr = Some(addr_of(rest));
+            } else if let Some(rest) = line.strip_prefix("tollgate: admin") {
+                break addr_of(rest);
+            }
+        };
+        tokio::spawn(async move { while let Ok(Some(_)) = out.next_line().await {} });
+        tokio::spawn(async move {
+            while let Ok(Some(l)) = err.next_line().await {
+                eprintln!("[node] {l}");
+            }
+        });
+        Node { child, addr: addr.expect("gateway address"), admin }
+    }
+
+    /// SIGTERM, and waits for a clean exit.
+    pub async fn stop(mut self) {
+        let pid = self.child.id().expect("running").to_string();
+        let sent = std::process::Command::new("kill").args(["-TERM", &pid]).status().expect("kill");
+        assert!(sent.success());
+        let status = self.child.wait().await.expect("wait");
+        assert!(status.success(), "the node exited with {status}");
+    }
+
+    /// SIGKILL: a crash.
+    pub async fn kill(mut self) {
+        self.child.kill().await.expect("kill");
+    }
+
+    pub fn alive(&mut self) -> bool {
+        self.child.try_wait().expect("try_wait").is_none()
+    }
+
+    pub async fn ready(&self) -> Value {
+        let (status, _, body) = get(self.admin, "localhost", "/status/ready").await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        serde_json::from_str(&body).expect("json")
+    }
+}
+
+/// Waits (bounded) until `check` holds, polling every few milliseconds.
+pub async fn eventually<F: Future<Output = bool>>(
+    what: &str,
+    limit: Duration,
+    mut check: impl FnMut() -> F,
+) -> Duration {
+    let started = Instant::now();
+    loop {
+        if check().await {
+            return started.elapsed();
+        }
+        assert!(started.elapsed() < limit, "{what}: not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await; // polling a condition in another process
+    }
+}
+
+async fn setup(backend: &NodeBackend, http: SocketAddr, url: &str) -> Server {
+    let server = store_server(url).await;
+    let yaml = format!(
+        r#"
+backends:
+  - {{ system_name: echo, private_base_url: "{ws}", tls: {{ ca_file: "{cert}" }} }}
+  - {{ system_name: rest, private_base_url: "http://{http}" }}
+products:
+  - system_name: api
+    staging_public_base_url: http://api-staging.localhost
+    production_public_base_url: http://{HOST}
+    backend_usages: [ {{ backend: echo, path: /ws }}, {{ backend: rest, path: / }} ]
+    metrics: [ {{ system_name: hits }}, {{ system_name: messages }}, {{ system_name: upgrades }} ]
+    mapping_rules:
+      - {{ http_method: GET, pattern: /http, metric: hits }}
+      - {{ http_method: GET, pattern: /ws, metric: upgrades }}
+    policy_chain:
+      - name: websocket
+        configuration: {{ meter_messages: {{ metric: messages, direction: client_to_server }} }}
+    application_plans:
+      - system_name: basic
+        max_connections: 20
+        limits:
+          - {{ metric: hits, period: eternity, value: 100 }}
+          - {{ metric: messages, period: eternity, value: 100 }}
+      - system_name: capped
+        max_connections: 2
+accounts:
+  - name: acme
+    applications:
+      - {{ name: app, product: api, plan: basic, user_key: {KEY} }}
+      - {{ name: capped, product: api, plan: capped, user_key: {CAPPED_KEY} }}
+"#,
+        ws = backend.url(),
+        cert = backend.cert.display(),
+    );
+    let config: Value = serde_norway::from_str(&yaml).expect("yaml");
+    let (status, body) = api(&server, "PUT", "/config", Some(config)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    promote(&server).await;
+    server
+}
+
+async fn promote(server: &Server) {
+    let (status, body) = api(server, "POST", "/products/api/deploy", None).await;
+    assert!(status.is_success(), "deploy: {body}");
+    let (status, body) = api(server, "POST", "/products/api/promote", None).await;
+    assert!(status.is_success(), "promote: {body}");
+}
+
+async fn postgres_url() -> (TempDir, String) {
+    let dir = TempDir::new();
+    let url = store_urls(&dir).await.into_iter().find(|(db, _)| *db == "postgres").expect("postgres").1;
+    (dir, url)
+}
+
+async fn usage_total(server: &Server, application: &str, metric: &str) -> i64 {
+    let (status, v) = api(
+        server,
+        "GET",
+        &format!("/analytics/usage?application={application}&metric={metric}&granularity=minute"),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    v["total"].as_i64().expect("total")
+}
+
+/// Sends up to `n` messages one at a time; returns how many were echoed before the
+/// gateway closed the connection (1008, limits exceeded).
+async fn chat_until_closed(mut socket: Ws, n: usize) -> usize {
+    for i in 0..n {
+        socket.send(Message::text(format!("m{i}"))).await.expect("send");
+        loop {
+            match socket.next().await {
+                Some(Ok(Message::Text(_))) => break,
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                Some(Ok(Message::Close(Some(f)))) => {
+                    assert_eq!((u16::from(f.code), f.reason.as_str()), (1008, "usage limits exceeded"));
+                    return i;
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+    n
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_nodes_share_limits_configuration_revocation_and_analytics() {
+    let backend = node_backend().await;
+    let http = http_backend().await;
+    let (_dir, url) = postgres_url().await;
+    let control = setup(&backend, http, &url).await;
+    let ns = namespace();
+    // Polling off: only PostgreSQL's notifications can bring a change.
+    let flags = ["--counters-namespace", &ns, "--config-poll-interval", "3600"];
+    let nodes = [
+        Node::start(&url, &redis_url(), &flags).await,
+        Node::start(&url, &redis_url(), &flags).await,
+        Node::start(&url, &redis_url(), &flags).await,
+    ];
+    for n in &nodes {
+        assert_eq!(n.ready().await, json!({ "status": "ready", "store": "ok", "counters": "ok" }));
+    }
+
+    // 1,000 concurrent requests over three nodes, a limit of 100.
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..1_000 {
+        let addr = nodes[i % 3].addr;
+        tasks.spawn(async move { get(addr, HOST, &format!("/http?user_key={KEY}")).await });
+    }
+    let (mut admitted, mut refused) = (0, 0);
+    while let Some(r) = tasks.join_next().await {
+        let (status, headers, body) = r.expect("task");
+        match status {
+            StatusCode::OK => admitted += 1,
+            StatusCode::TOO_MANY_REQUESTS => {
+                assert_eq!(headers.get("ratelimit-remaining").map(|v| v.to_str().ok()), Some(Some("0")), "{body}");
+                refused += 1;
+            }
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    assert_eq!((admitted, refused), (100, 900));
+
+    // Metered messages: six WebSockets, two per node, a limit of 100 messages.
+    let mut chats = tokio::task::JoinSet::new();
+    for i in 0..6 {
+        let socket = ws(nodes[i % 3].addr, HOST, &format!("/ws?user_key={KEY}")).await.expect("upgrade");
+        chats.spawn(chat_until_closed(socket, 40));
+    }
+    let mut echoed = 0;
+    while let Some(r) = chats.join_next().await {
+        echoed += r.expect("task");
+    }
+    assert_eq!(echoed, 100, "exactly the limit of messages passed, over six connections on three nodes");
+
+    // A promote reaches every node (by notification: polling is off).
+    for n in &nodes {
+        assert_eq!(get(n.addr, HOST, &format!("/fresh?user_key={KEY}")).await.0, StatusCode::NOT_FOUND);
+    }
+    let (status, body) = api(
+        &control,
+        "POST",
+        "/products/api/mapping_rules",
+        Some(json!({ "http_method": "GET", "pattern": "/fresh", "metric": "upgrades" })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let promoted = Instant::now();
+    promote(&control).await;
+    for (i, n) in nodes.iter().enumerate() {
+        let addr = n.addr;
+        eventually("the promoted version on every node", Duration::from_secs(10), || async move {
+            get(addr, HOST, &format!("/fresh?user_key={KEY}")).await.0 == StatusCode::OK
+        })
+        .await;
+        println!("promote → node {i} serves it: {:?} after the promote returned", promoted.elapsed());
+    }
+
+    // Suspending the application closes its WebSockets on every node.
+    let mut sockets = Vec::new();
+    for n in &nodes {
+        sockets.push(ws(n.addr, HOST, &format!("/ws?user_key={KEY}")).await.expect("upgrade"));
+    }
+    let (status, body) = api(&control, "POST", "/applications/app/suspend", None).await;
+    assert!(status.is_success(), "{body}");
+    let suspended = Instant::now();
+    for (i, mut s) in sockets.into_iter().enumerate() {
+        match tokio::time::timeout(Duration::from_secs(10), ws_message(&mut s)).await.expect("closed within 10 s") {
+            Message::Close(Some(f)) => assert_eq!(u16::from(f.code), 1008, "{f:?}"),
+            other => panic!("expected a close, got {other:?}"),
+        }
+        println!("suspend → node {i} closed the application's WebSocket: {:?}", suspended.elapsed());
+    }
+
+    // A crashed node's places under max_connections (2) free themselves within a lease.
+    let mut lease_flags = flags.to_vec();
+    lease_flags.extend(["--connection-lease", "2"]);
+    let doomed = Node::start(&url, &redis_url(), &lease_flags).await;
+    let capped = format!("/ws?user_key={CAPPED_KEY}");
+    let _kept = ws(nodes[0].addr, HOST, &capped).await.expect("first place");
+    let _lost = ws(doomed.addr, HOST, &capped).await.expect("second place");
+    let (status, body) = ws_refused(nodes[1].addr, HOST, &capped).await;
+    assert_eq!(status, 429, "the cap holds across nodes: {body}");
+    assert!(body.contains("too_many_connections"), "{body}");
+    doomed.kill().await;
+    let killed = Instant::now();
+    let node1 = nodes[1].addr;
+    let capped2 = capped.clone();
+    eventually("the killed node's place is free again", Duration::from_secs(30), || {
+        let capped = capped2.clone();
+        async move { ws(node1, HOST, &capped).await.is_ok() }
+    })
+    .await;
+    println!(
+        "kill -9 → its connection place free again: {:?} (lease 2 s; the node's socket also closed)",
+        killed.elapsed()
+    );
+
+    // Graceful stops flush analytics; every admitted unit is counted once.
+    for n in nodes {
+        n.stop().await;
+    }
+    assert_eq!(usage_total(&control, "app", "hits").await, 100);
+    assert_eq!(usage_total(&control, "app", "messages").await, 100);
+}
