@@ -56,6 +56,19 @@ if [ -z "${TOLLGATE_TEST_POSTGRES:-}" ]; then
     || psql -h 127.0.0.1 -U postgres -d postgres -qc "CREATE DATABASE test"
 fi
 
+# Redis on 127.0.0.1:6379 (the counters' and the scale-out tests; REDIS_URL overrides
+# it). Started if installed but down; installed if missing. The failure-mode tests run
+# their own redis-server (and their own PostgreSQL cluster) on free ports.
+if [ -z "${REDIS_URL:-}" ]; then
+  have redis-server || apt_install redis-server
+  if ! (exec 3<>/dev/tcp/127.0.0.1/6379) 2>/dev/null; then
+    $SUDO mkdir -p /var/lib/redis /var/log/redis
+    $SUDO redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no \
+      --dir /var/lib/redis --logfile /var/log/redis/ci.log
+  fi
+  for _ in $(seq 1 50); do (exec 3<>/dev/tcp/127.0.0.1/6379) 2>/dev/null && break; sleep 0.2; done
+fi
+
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 args=()

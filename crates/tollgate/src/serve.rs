@@ -353,6 +353,9 @@ async fn flush_analytics(
 /// and when a periodic check finds the store's revision moved (announcements missed
 /// while the connection was down, or SQLite). While the store is unreachable the
 /// gateways keep the last configuration and the node reports itself degraded.
+/// How long the follower waits for the store before calling it unreachable.
+const STORE_TIMEOUT: Duration = Duration::from_secs(3);
+
 struct Follower {
     store: Store,
     registry: Arc<Registry>,
@@ -404,11 +407,19 @@ impl Follower {
                 }
                 () = async { let _ = stop.wait_for(|s| *s).await; } => return,
             };
-            let revision = match self.store.config_revision().await {
-                Ok(r) => r,
-                Err(e) => {
+            // Bounded: a store that does not answer must not keep the node from
+            // reporting it (the pool would wait for a connection much longer).
+            let revision = match tokio::time::timeout(STORE_TIMEOUT, self.store.config_revision()).await {
+                Ok(Ok(r)) => r,
+                Ok(Err(e)) => {
                     if self.health.store(false) {
                         tracing::error!(error = %e, "the store is unreachable; the gateways keep the last configuration");
+                    }
+                    continue;
+                }
+                Err(_) => {
+                    if self.health.store(false) {
+                        tracing::error!("the store does not answer; the gateways keep the last configuration");
                     }
                     continue;
                 }
@@ -443,7 +454,7 @@ impl Follower {
     }
 
     async fn listen(&self) -> Option<tollgate_store::Changes> {
-        match self.store.changes().await {
+        match tokio::time::timeout(STORE_TIMEOUT, self.store.changes()).await.unwrap_or(Ok(None)) {
             Ok(c) => c,
             Err(e) => {
                 tracing::debug!(error = %e, "cannot subscribe to the store's change notifications yet");

@@ -9,6 +9,13 @@
 //!   their leases run out;
 //! - nodes that stop gracefully leave their analytics in PostgreSQL, counted once.
 //!
+//! - Redis stopped and restarted under traffic: `strict` refuses with 503, `allow`
+//!   admits and adds its count to Redis when it is back, `resilient` repeats each
+//!   application's last decision and refuses one it never saw; nobody panics;
+//! - PostgreSQL stopped and restarted (a private cluster this test runs): the node
+//!   keeps serving its last configuration, says it is degraded, reconnects by itself
+//!   and follows the next change.
+//!
 //! Elapsed times are printed, not asserted (tests assert behaviour, benchmarks time it);
 //! what makes propagation fast is asserted instead: with polling off, only a
 //! notification can deliver the change.
@@ -29,6 +36,7 @@ use tollgate::serve::Server;
 const HOST: &str = "api.localhost";
 const KEY: &str = "scale-key";
 const CAPPED_KEY: &str = "capped-key";
+const OTHER_KEY: &str = "other-key";
 
 pub fn redis_url() -> String {
     std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
@@ -161,6 +169,7 @@ accounts:
     applications:
       - {{ name: app, product: api, plan: basic, user_key: {KEY} }}
       - {{ name: capped, product: api, plan: capped, user_key: {CAPPED_KEY} }}
+      - {{ name: other, product: api, plan: basic, user_key: {OTHER_KEY} }}
 "#,
         ws = backend.url(),
         cert = backend.cert.display(),
@@ -336,4 +345,232 @@ async fn three_nodes_share_limits_configuration_revocation_and_analytics() {
     }
     assert_eq!(usage_total(&control, "app", "hits").await, 100);
     assert_eq!(usage_total(&control, "app", "messages").await, 100);
+}
+
+/// A private `redis-server` on a free loopback port (stopped and restarted by tests).
+struct PrivateRedis {
+    port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl PrivateRedis {
+    async fn start() -> PrivateRedis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+        let mut r = PrivateRedis { port, child: None };
+        r.restart().await;
+        r
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    async fn restart(&mut self) {
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server");
+        self.child = Some(child);
+        let port = self.port;
+        eventually("redis-server accepts", Duration::from_secs(10), || async move {
+            tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok()
+        })
+        .await;
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_stopped_and_restarted_under_each_failure_mode() {
+    let backend = node_backend().await;
+    let http = http_backend().await;
+    let (_dir, url) = postgres_url().await;
+    let control = setup(&backend, http, &url).await;
+    let mut redis = PrivateRedis::start().await;
+    let ns = namespace();
+    let node = |mode: &'static str| {
+        let (url, counters, ns) = (url.clone(), redis.url(), ns.clone());
+        async move { Node::start(&url, &counters, &["--counters-namespace", &ns, "--counters-failure-mode", mode]).await }
+    };
+    let mut strict = node("strict").await;
+    let mut allow = node("allow").await;
+    let mut resilient = node("resilient").await;
+    let hit = |addr: SocketAddr, key: &'static str| async move {
+        let (status, _, body) = get(addr, HOST, &format!("/http?user_key={key}")).await;
+        (status, body)
+    };
+    for n in [&strict, &allow, &resilient] {
+        assert_eq!(hit(n.addr, KEY).await.0, StatusCode::OK);
+    }
+
+    redis.stop();
+    for n in [&strict, &allow, &resilient] {
+        eventually("the node reports Redis unreachable", Duration::from_secs(10), || async {
+            n.ready().await == json!({ "status": "degraded", "store": "ok", "counters": "unreachable" })
+        })
+        .await;
+    }
+    let (status, body) = hit(strict.addr, KEY).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "strict refuses: {body}");
+    assert!(body.contains("counters_unavailable"), "{body}");
+    let (status, body) = ws_refused(strict.addr, HOST, &format!("/ws?user_key={KEY}")).await;
+    assert_eq!(status, 503, "strict refuses a WebSocket it cannot count: {body}");
+    let mut counted = 0;
+    for _ in 0..5 {
+        assert_eq!(hit(allow.addr, KEY).await.0, StatusCode::OK, "allow admits");
+        counted += 1;
+    }
+    for _ in 0..3 {
+        assert_eq!(hit(resilient.addr, KEY).await.0, StatusCode::OK, "resilient repeats the last decision");
+        counted += 1;
+    }
+    let (status, body) = hit(resilient.addr, OTHER_KEY).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "resilient has no decision to repeat: {body}");
+
+    redis.restart().await;
+    let strict_addr = strict.addr;
+    let back = eventually("strict serves again", Duration::from_secs(20), || async move {
+        hit(strict_addr, OTHER_KEY).await.0 == StatusCode::OK
+    })
+    .await;
+    println!("Redis back → strict node serves again after {back:?}");
+    // What allow and resilient admitted while Redis was away is added to it (a fresh
+    // Redis: that is all it holds for the application).
+    let conn = redis::Client::open(redis.url()).expect("url").get_multiplexed_async_connection().await.expect("redis");
+    let key = format!("{ns}:{{acme/app}}:w:hits:eternity:0");
+    eventually("the usage admitted during the outage reaches Redis", Duration::from_secs(20), || {
+        let (mut conn, key) = (conn.clone(), key.clone());
+        async move {
+            let v: Option<u64> = redis::cmd("GET").arg(&key).query_async(&mut conn).await.expect("get");
+            v == Some(counted)
+        }
+    })
+    .await;
+    for n in [&strict, &allow, &resilient] {
+        eventually("the node reports ready", Duration::from_secs(10), || async {
+            n.ready().await["status"] == "ready"
+        })
+        .await;
+    }
+    assert!(strict.alive() && allow.alive() && resilient.alive(), "no node died");
+    drop(control);
+}
+
+/// A private PostgreSQL cluster (initdb into a temporary directory, its own port), run
+/// as the `postgres` user when the test runs as root.
+struct PrivatePostgres {
+    dir: std::path::PathBuf,
+    port: u16,
+    bin: std::path::PathBuf,
+}
+
+impl PrivatePostgres {
+    fn command(&self, tool: &str) -> std::process::Command {
+        let root = std::process::Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n"));
+        if root {
+            let mut c = std::process::Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(self.bin.join(tool));
+            c
+        } else {
+            std::process::Command::new(self.bin.join(tool))
+        }
+    }
+
+    fn run(&self, tool: &str, args: &[&str]) {
+        let out = self.command(tool).args(args).output().expect(tool);
+        assert!(out.status.success(), "{tool} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    async fn start() -> PrivatePostgres {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .expect("PostgreSQL under /usr/lib/postgresql")
+            .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+            .find(|p| p.join("initdb").exists())
+            .expect("initdb");
+        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        let dir = std::env::temp_dir().join(format!("tollgate-pg-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let pg = PrivatePostgres { dir, port, bin };
+        let _ = std::process::Command::new("chown").args(["postgres:postgres"]).arg(&pg.dir).status();
+        let data = pg.dir.display().to_string();
+        pg.run("initdb", &["-D", &data, "-A", "trust", "-U", "postgres", "--no-sync"]);
+        pg.start_again();
+        pg
+    }
+
+    fn start_again(&self) {
+        let data = self.dir.display().to_string();
+        let opts = format!("-p {} -k {data} -c listen_addresses=127.0.0.1 -c fsync=off", self.port);
+        let log = format!("{data}/log");
+        self.run("pg_ctl", &["-D", &data, "-o", &opts, "-l", &log, "-w", "start"]);
+    }
+
+    fn stop(&self) {
+        self.run("pg_ctl", &["-D", &self.dir.display().to_string(), "-m", "fast", "-w", "stop"]);
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        let _ =
+            self.command("pg_ctl").args(["-D", &self.dir.display().to_string(), "-m", "immediate", "stop"]).output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_stopped_and_restarted_the_node_keeps_serving_and_follows_again() {
+    let backend = node_backend().await;
+    let http = http_backend().await;
+    let pg = PrivatePostgres::start().await;
+    let control = setup(&backend, http, &pg.url()).await;
+    let mut node = Node::start(&pg.url(), "memory", &["--config-poll-interval", "1"]).await;
+    let path = format!("/http?user_key={OTHER_KEY}");
+    assert_eq!(get(node.addr, HOST, &path).await.0, StatusCode::OK);
+
+    pg.stop();
+    eventually("the node reports the store unreachable", Duration::from_secs(10), || async {
+        node.ready().await == json!({ "status": "degraded", "store": "unreachable", "counters": "ok" })
+    })
+    .await;
+    assert_eq!(get(node.addr, HOST, &path).await.0, StatusCode::OK, "the last configuration is still served");
+
+    pg.start_again();
+    let back = eventually("the node reports ready again", Duration::from_secs(20), || async {
+        node.ready().await["status"] == "ready"
+    })
+    .await;
+    println!("PostgreSQL back → node ready after {back:?}");
+    // The control plane's pool reconnects too; its first tries may meet dead connections.
+    eventually("the control plane suspends the application", Duration::from_secs(20), || async {
+        api(&control, "POST", "/applications/other/suspend", None).await.0.is_success()
+    })
+    .await;
+    let addr = node.addr;
+    let path2 = path.clone();
+    eventually("the node follows the change made after the outage", Duration::from_secs(10), || {
+        let path = path2.clone();
+        async move { get(addr, HOST, &path).await.0 == StatusCode::FORBIDDEN }
+    })
+    .await;
+    assert!(node.alive());
+    node.stop().await;
 }
