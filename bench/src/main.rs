@@ -21,7 +21,7 @@ use report::{Row, Table, median};
 use ws::Target;
 
 const USAGE: &str = "usage: tollgate-bench all [--smoke] [--rounds N] [--seconds S] [--only LIST] [--out DIR]
-         LIST: comma-separated of http, tls, pingpong, handshakes, stream, memory
+         LIST: comma-separated of http, redis, tls, pingpong, handshakes, stream, memory
        tollgate-bench echo          (an echo WebSocket server; prints its port)
        tollgate-bench copy PORT     (a raw TCP byte copy to 127.0.0.1:PORT; prints its port)";
 
@@ -108,7 +108,7 @@ fn parse(args: &[String]) -> Result<Settings> {
             _ => bail!("unknown flag {flag}\n{USAGE}"),
         }
     }
-    const PHASES: [&str; 6] = ["http", "tls", "pingpong", "handshakes", "stream", "memory"];
+    const PHASES: [&str; 7] = ["http", "redis", "tls", "pingpong", "handshakes", "stream", "memory"];
     if let Some(p) = s.only.iter().find(|p| !PHASES.contains(&p.as_str())) {
         bail!("--only: unknown measure `{p}`; choose from {}", PHASES.join(", "));
     }
@@ -122,6 +122,8 @@ struct Field {
     nginx: Fronts,
     haproxy: Fronts,
     tollgate: Fronts,
+    /// The same Tollgate with Redis counters (only when the `redis` measure runs).
+    tollgate_redis: Option<Fronts>,
     raw_copy: std::net::SocketAddr,
 }
 
@@ -132,15 +134,26 @@ struct Files {
     both: PathBuf,
 }
 
-async fn start(files: &Files) -> Result<Field> {
+async fn start(files: &Files, s: &Settings) -> Result<Field> {
     let (echo, echo_addr) = peers::own(&["echo"]).await?;
     let (copy, raw_copy) = peers::own(&["copy", &echo_addr.port().to_string()]).await?;
     let (backend, http, https) = peers::http_backend(&files.dir, &files.cert, &files.key).await?;
     let backends = Backends { http, https, ws: echo_addr };
     let (n, nginx) = peers::nginx_proxy(&files.dir, backends, &files.cert, &files.key).await?;
     let (h, haproxy) = peers::haproxy(&files.dir, backends, &files.both).await?;
-    let (t, tollgate) = peers::tollgate(&files.dir, backends, &files.cert, &files.key).await?;
-    Ok(Field { _processes: vec![echo, copy, backend, n, h, t], backends, nginx, haproxy, tollgate, raw_copy })
+    let (t, tollgate) = peers::tollgate(&files.dir, backends, &files.cert, &files.key, &[]).await?;
+    let mut processes = vec![echo, copy, backend, n, h, t];
+    let tollgate_redis = if s.wants("redis") {
+        let redis = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+        let flags =
+            ["--counters".into(), redis, "--counters-namespace".into(), format!("bench-{}", std::process::id())];
+        let (p, fronts) = peers::tollgate(&files.dir, backends, &files.cert, &files.key, &flags).await?;
+        processes.push(p);
+        Some(fronts)
+    } else {
+        None
+    };
+    Ok(Field { _processes: processes, backends, nginx, haproxy, tollgate, tollgate_redis, raw_copy })
 }
 
 async fn all(s: Settings) -> Result<()> {
@@ -155,13 +168,14 @@ async fn all_in(dir: &Path, s: &Settings) -> Result<()> {
     let (cert, key, both) = peers::certificate(dir)?;
     let files = Files { dir: dir.to_path_buf(), cert, key, both };
     let mut tables = Vec::new();
-    let field = start(&files).await?;
-    for phase in ["http", "tls", "pingpong", "handshakes", "stream"] {
+    let field = start(&files, s).await?;
+    for phase in ["http", "redis", "tls", "pingpong", "handshakes", "stream"] {
         if !s.wants(phase) {
             continue;
         }
         let new = match phase {
             "http" => vec![http_table(&field, s, false).await?],
+            "redis" => vec![redis_table(&field, s).await?],
             "tls" => vec![http_table(&field, s, true).await?, tls_handshakes(&field, s).await?],
             "pingpong" => vec![ping_pong(&field, s, 32).await?, ping_pong(&field, s, 4096).await?],
             "handshakes" => vec![handshakes(&field, s).await?],
@@ -251,8 +265,49 @@ async fn http_table(f: &Field, s: &Settings, tls: bool) -> Result<Table> {
         unit: "requests/s",
         rows,
         higher_is_better: true,
+        baseline: None,
     })
 }
+
+/// Limits shared by nodes cost a Redis round trip and a script per request: requests/s
+/// with key + 20 rules + limits on three periods, memory counters against Redis
+/// counters (Redis on loopback), nginx's plain proxy for scale.
+async fn redis_table(f: &Field, s: &Settings) -> Result<Table> {
+    let redis = f.tollgate_redis.context("the Redis contestant was not started")?;
+    let path = format!("/v1/items/42?{KEY}");
+    let contestants = [
+        ("nginx", f.nginx.http, "plain.localhost"),
+        (MEMORY, f.tollgate.http, "full.localhost"),
+        ("tollgate, Redis counters", redis.http, "full.localhost"),
+    ];
+    let names: Vec<&str> = contestants.iter().map(|c| c.0).collect();
+    let urls: Vec<String> = contestants.iter().map(|c| format!("http://{}{path}", c.1)).collect();
+    let results = rounds(s, &names, |i| {
+        let load = http::Load {
+            url: &urls[i],
+            host: contestants[i].2,
+            connections: s.http_connections,
+            duration: s.turn,
+            close: false,
+        };
+        async move { http::wrk(&load).await }
+    })
+    .await?;
+    Ok(Table {
+        key: "redis",
+        title: format!(
+            "HTTP with key + 20 rules + limits on 3 periods, counters in memory vs in Redis (127.0.0.1, one script per request): {} connections, {} s turns",
+            s.http_connections,
+            wrk_seconds(s)
+        ),
+        unit: "requests/s",
+        rows: rows_of(&names, results, |r| (r.rate, Some(r.p50), Some(r.p99))),
+        higher_is_better: true,
+        baseline: Some(MEMORY),
+    })
+}
+
+const MEMORY: &str = "tollgate, memory counters";
 
 /// TLS handshakes per second: every request on a new connection (`Connection: close`),
 /// full handshakes (no session resumption anywhere).
@@ -287,6 +342,7 @@ async fn tls_handshakes(f: &Field, s: &Settings) -> Result<Table> {
         unit: "handshakes/s",
         rows: rows_of(&names, results, |r| (r.rate, Some(r.p50), Some(r.p99))),
         higher_is_better: true,
+        baseline: None,
     })
 }
 
@@ -350,6 +406,7 @@ async fn ping_pong(f: &Field, s: &Settings, size: usize) -> Result<Table> {
         unit: "messages/s",
         rows: rows_of(&names, results, round_trips),
         higher_is_better: true,
+        baseline: None,
     })
 }
 
@@ -367,6 +424,7 @@ async fn handshakes(f: &Field, s: &Settings) -> Result<Table> {
         unit: "sessions/s",
         rows: rows_of(&names, results, round_trips),
         higher_is_better: true,
+        baseline: None,
     })
 }
 
@@ -386,6 +444,7 @@ async fn stream(f: &Field, s: &Settings) -> Result<Table> {
         unit: "messages/s",
         rows: rows_of(&names, results, |r| (*r, None, None)),
         higher_is_better: true,
+        baseline: None,
     })
 }
 
@@ -407,7 +466,7 @@ async fn memory(files: &Files, n: usize) -> Result<Table> {
                 (p, fr, "127.0.0.1")
             }
             _ => {
-                let (p, fr) = peers::tollgate(&files.dir, backends, &files.cert, &files.key).await?;
+                let (p, fr) = peers::tollgate(&files.dir, backends, &files.cert, &files.key, &[]).await?;
                 (p, fr, if name.ends_with("on") { "metered.localhost" } else { "ws.localhost" })
             }
         };
@@ -425,6 +484,7 @@ async fn memory(files: &Files, n: usize) -> Result<Table> {
         unit: "bytes/connection",
         rows,
         higher_is_better: false,
+        baseline: None,
     })
 }
 

@@ -449,7 +449,14 @@ accounts:
 
 /// Tollgate with the products above: plain HTTP and WebSocket on the staging
 /// listener, TLS on the production one (same products, `https://` hosts).
-pub async fn tollgate(dir: &Path, to: Backends, cert: &Path, key: &Path) -> Result<(Process, Fronts)> {
+/// `extra` flags go to `serve` (e.g. `--counters redis://…`).
+pub async fn tollgate(
+    dir: &Path,
+    to: Backends,
+    cert: &Path,
+    key: &Path,
+    extra: &[String],
+) -> Result<(Process, Fronts)> {
     let config = dir.join("tollgate.yaml");
     std::fs::write(&config, tollgate_config(to))?;
     let mut cmd = Command::new(tollgate_bin()?);
@@ -461,6 +468,7 @@ pub async fn tollgate(dir: &Path, to: Backends, cert: &Path, key: &Path) -> Resu
         .arg(cert)
         .arg("--tls-key")
         .arg(key);
+    cmd.args(extra);
     let (mut staging, mut production) = (None, None);
     let (p, ports) = spawn_reading(cmd, move |line| {
         let port = |rest: &str| rest.trim().rsplit(':').next().and_then(|p| p.parse::<u16>().ok());

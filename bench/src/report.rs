@@ -22,6 +22,8 @@ pub struct Table {
     pub rows: Vec<Row>,
     /// Whether bigger is better (rates) or smaller (bytes per connection).
     pub higher_is_better: bool,
+    /// A contestant every row is also compared with (a column `÷ NAME`).
+    pub baseline: Option<&'static str>,
 }
 
 impl Table {
@@ -37,17 +39,24 @@ impl Table {
         if direct.is_some() {
             out.push_str(" ÷ direct |");
         }
+        let baseline = self.baseline.map(|b| (b, self.find(b)));
+        if let Some((name, _)) = baseline {
+            let _ = write!(out, " ÷ {name} |");
+        }
         if latency {
             out.push_str(" p50 | p99 | p99 ÷ nginx's |");
         }
         out.push('\n');
-        let columns = 3 + usize::from(direct.is_some()) + if latency { 3 } else { 0 };
+        let columns = 3 + usize::from(direct.is_some()) + usize::from(baseline.is_some()) + if latency { 3 } else { 0 };
         out.push_str(&format!("|{}\n", "---|".repeat(columns)));
         let nginx_p99 = self.rows.iter().find(|r| r.name == "nginx").and_then(|r| r.p99);
         for r in &self.rows {
             let _ = write!(out, "| {} | {} | {} |", r.name, thousands(r.rate), ratio(r.rate, nginx));
             if direct.is_some() {
                 let _ = write!(out, " {} |", ratio(r.rate, direct));
+            }
+            if let Some((_, base)) = baseline {
+                let _ = write!(out, " {} |", ratio(r.rate, base));
             }
             if latency {
                 let _ = write!(
@@ -130,6 +139,7 @@ mod tests {
             title: "T".into(),
             unit: "requests/s",
             higher_is_better: true,
+            baseline: None,
             rows: vec![
                 Row { name: "direct".into(), rate: 200.0, p50: Some(10.0), p99: Some(20.0), rounds: vec![200.0] },
                 Row { name: "nginx".into(), rate: 100.0, p50: Some(20.0), p99: Some(40.0), rounds: vec![100.0] },

@@ -158,6 +158,9 @@ impl Store {
         };
         let pool = AnyPoolOptions::new()
             .max_connections(if dialect == Dialect::Sqlite { 4 } else { 16 })
+            // A PostgreSQL that does not answer fails a call within seconds (the admin
+            // API says 503) rather than after sqlx's default half minute.
+            .acquire_timeout(std::time::Duration::from_secs(if dialect == Dialect::Sqlite { 30 } else { 5 }))
             .after_connect(move |conn, _| {
                 Box::pin(async move {
                     if dialect == Dialect::Sqlite {

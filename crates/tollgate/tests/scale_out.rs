@@ -552,6 +552,12 @@ async fn postgres_stopped_and_restarted_the_node_keeps_serving_and_follows_again
     })
     .await;
     assert_eq!(get(node.addr, HOST, &path).await.0, StatusCode::OK, "the last configuration is still served");
+    let (status, body) = api(&control, "GET", "/backends", None).await;
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (StatusCode::SERVICE_UNAVAILABLE, &json!("store_unavailable")),
+        "{body}"
+    );
 
     pg.start_again();
     let back = eventually("the node reports ready again", Duration::from_secs(20), || async {
