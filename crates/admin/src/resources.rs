@@ -158,6 +158,7 @@ fn render_metrics(metrics: Option<&tollgate_gateway::Metrics>) -> Response {
 /// store or counters do not answer is still ready (it serves its last configuration and
 /// its counters' failure mode) and says it is degraded.
 pub fn health_router(metrics: Arc<tollgate_gateway::Metrics>, health: Arc<tollgate_gateway::Health>) -> Router {
+    let gauges = health.clone();
     let ready = move || {
         let (store, counters) = health.get();
         let state = |up: bool| if up { "ok" } else { "unreachable" };
@@ -172,8 +173,10 @@ pub fn health_router(metrics: Arc<tollgate_gateway::Metrics>, health: Arc<tollga
         .route(
             "/metrics",
             get(move || {
-                let metrics = metrics.clone();
-                async move { render_metrics(Some(&metrics)) }
+                let mut out = String::new();
+                metrics.render(&mut out);
+                gauges.render(&mut out);
+                async move { ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response() }
             }),
         )
         .fallback(|| async { ApiError::not_found("endpoint") })

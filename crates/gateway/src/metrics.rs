@@ -241,6 +241,17 @@ impl Health {
         self.counters_down.swap(!up, std::sync::atomic::Ordering::Relaxed) == up
     }
 
+    /// Prometheus gauges: `tollgate_store_up`, `tollgate_counters_up` (1 or 0).
+    pub fn render(&self, out: &mut String) {
+        let (store, counters) = self.get();
+        for (name, help, up) in [
+            ("tollgate_store_up", "Whether the store (configuration, analytics) answered at the last check.", store),
+            ("tollgate_counters_up", "Whether the counters' Redis answered at the last check.", counters),
+        ] {
+            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n{name} {}\n", u8::from(up)));
+        }
+    }
+
     /// (store up, counters up).
     pub fn get(&self) -> (bool, bool) {
         use std::sync::atomic::Ordering::Relaxed;

@@ -423,6 +423,8 @@ async fn redis_stopped_and_restarted_under_each_failure_mode() {
         })
         .await;
     }
+    let (_, _, metrics) = get(strict.admin, "localhost", "/metrics").await;
+    assert!(metrics.contains("\ntollgate_counters_up 0\n") && metrics.contains("\ntollgate_store_up 1\n"), "{metrics}");
     let (status, body) = hit(strict.addr, KEY).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "strict refuses: {body}");
     assert!(body.contains("counters_unavailable"), "{body}");
