@@ -143,6 +143,10 @@ impl Gateway {
             application: None,
             usage: Default::default(),
             credential: None,
+            default_credentials: None,
+            claims: None,
+            conditions: Vec::new(),
+            started: std::time::Instant::now(),
         };
 
         let mut resp = match self.request_phases(&mut parts, &mut ctx).await {

@@ -110,7 +110,7 @@ products:
     policy_chain:
       - { name: websockets }
       - { name: headers, configuration: { request: [ { op: set, header: "bad header", value: x } ] } }
-      - { name: cors, configuration: { allow_origins: "*" } }
+      - { name: cors, configuration: { allow_origns: ["*"] } }
 "#,
     );
     let out = tollgate(&["check", "-f", &file]);
@@ -122,7 +122,7 @@ products:
         "backends[1].tls: ca_pem holds no certificate",
         "products[0].policy_chain[0].name: no policy named `websockets` (did you mean `websocket`?)",
         "products[0].policy_chain[1].configuration.request[0].header: `bad header` is not a valid header name",
-        "products[0].policy_chain[2].configuration.allow_origins: unknown key (did you mean `allow_origin`?)",
+        "products[0].policy_chain[2].configuration.allow_origns: unknown key (did you mean `allow_origins`?)",
     ] {
         assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
     }

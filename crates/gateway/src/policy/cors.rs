@@ -5,23 +5,41 @@
 //! ```yaml
 //! - name: cors
 //!   configuration:
-//!     allow_origin: "https://app.example.com"   # default: the request's Origin (any)
+//!     allow_origins: ["https://app.example.com"]        # exact origins, and/or
+//!     allow_origin_patterns: ['^https://[a-z]+\.example\.com$']
 //!     allow_methods: [GET, POST]                # default: the preflight's requested method
 //!     allow_headers: [Content-Type, user_key]   # default: the preflight's requested headers
+//!     expose_headers: [RateLimit-Remaining]
 //!     allow_credentials: true
 //!     max_age: 600
 //! ```
+//!
+//! Without `allow_origins`/`allow_origin_patterns` every origin is allowed: the
+//! request's `Origin` is echoed, or `allow_origin` (e.g. `*`) is sent as it is — except
+//! `*` with credentials, which browsers refuse, where the origin is echoed. An origin not
+//! allowed gets no CORS headers, and its preflight a 403 `cors_origin_not_allowed`.
 
 use super::{Context, Flow, Policy};
 use crate::body::GatewayBody;
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header, request, response};
+use schemars::JsonSchema;
 use serde::Deserialize;
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct Config {
+    /// The Access-Control-Allow-Origin to send (e.g. `*`); default: the request's Origin.
     #[serde(default)]
     allow_origin: Option<String>,
+    /// Origins allowed, exactly (`https://app.example.com`).
+    #[serde(default)]
+    allow_origins: Vec<String>,
+    /// Origins allowed, as regular expressions matched against the whole Origin.
+    #[serde(default)]
+    allow_origin_patterns: Vec<String>,
+    /// Headers the browser may show to the page (Access-Control-Expose-Headers).
+    #[serde(default)]
+    expose_headers: Vec<String>,
     #[serde(default)]
     allow_methods: Vec<String>,
     #[serde(default)]
@@ -34,6 +52,9 @@ pub(super) struct Config {
 
 pub struct CorsPolicy {
     allow_origin: Option<HeaderValue>,
+    /// None: every origin.
+    allowed: Option<(Vec<String>, Vec<regex::Regex>)>,
+    expose_headers: Option<HeaderValue>,
     allow_methods: Option<HeaderValue>,
     allow_headers: Option<HeaderValue>,
     allow_credentials: bool,
@@ -63,8 +84,20 @@ impl CorsPolicy {
                     .map_err(|_| ("allow_origin".to_string(), "is not a valid header value".to_string()))
             })
             .transpose()?;
+        let mut patterns = Vec::new();
+        for (i, p) in c.allow_origin_patterns.iter().enumerate() {
+            let anchored = format!("^(?:{p})$");
+            patterns.push(
+                regex::Regex::new(&anchored)
+                    .map_err(|e| (format!("allow_origin_patterns[{i}]"), format!("not a regular expression: {e}")))?,
+            );
+        }
+        let allowed = (!c.allow_origins.is_empty() || !patterns.is_empty()).then_some((c.allow_origins, patterns));
+        let allow_origin = allow_origin.filter(|o| !(c.allow_credentials && o.as_bytes() == b"*"));
         Ok(CorsPolicy {
             allow_origin,
+            allowed,
+            expose_headers: joined(&c.expose_headers, "expose_headers")?,
             allow_methods: joined(&c.allow_methods, "allow_methods")?,
             allow_headers: joined(&c.allow_headers, "allow_headers")?,
             allow_credentials: c.allow_credentials,
@@ -72,9 +105,18 @@ impl CorsPolicy {
         })
     }
 
-    fn origin(&self, req: &HeaderMap) -> Option<HeaderValue> {
+    /// What to send as Access-Control-Allow-Origin: `None` when the request has no
+    /// Origin, `Some(None)` when its origin is not allowed.
+    fn origin(&self, req: &HeaderMap) -> Option<Option<HeaderValue>> {
         let origin = req.get(header::ORIGIN)?;
-        Some(self.allow_origin.clone().unwrap_or_else(|| origin.clone()))
+        if let Some((exact, patterns)) = &self.allowed {
+            let o = origin.to_str().unwrap_or_default();
+            if !exact.iter().any(|e| e.eq_ignore_ascii_case(o)) && !patterns.iter().any(|p| p.is_match(o)) {
+                return Some(None);
+            }
+            return Some(Some(origin.clone()));
+        }
+        Some(Some(self.allow_origin.clone().unwrap_or_else(|| origin.clone())))
     }
 
     fn common(&self, origin: HeaderValue, out: &mut HeaderMap) {
@@ -96,6 +138,16 @@ impl Policy for CorsPolicy {
             req.method == Method::OPTIONS && req.headers.contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
         let Some(origin) = preflight.then(|| self.origin(&req.headers)).flatten() else {
             return Flow::Continue;
+        };
+        let Some(origin) = origin else {
+            return Flow::Respond(
+                crate::error::ErrorTemplate::json(
+                    StatusCode::FORBIDDEN,
+                    "cors_origin_not_allowed",
+                    "this origin may not call the API",
+                )
+                .respond(),
+            );
         };
         let mut resp = Response::new(GatewayBody::empty());
         *resp.status_mut() = StatusCode::NO_CONTENT;
@@ -121,8 +173,11 @@ impl Policy for CorsPolicy {
         if resp.headers.contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN) {
             return; // a preflight we answered, or a backend that does CORS itself
         }
-        if let Some(origin) = self.origin(&req.headers) {
+        if let Some(Some(origin)) = self.origin(&req.headers) {
             self.common(origin, &mut resp.headers);
+            if let Some(e) = &self.expose_headers {
+                resp.headers.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, e.clone());
+            }
         }
     }
 }

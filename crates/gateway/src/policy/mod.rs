@@ -19,9 +19,17 @@
 //! Policies are built by name from their YAML configuration by the [`Registry`]; bad
 //! configuration is a config error (with its path), never a request-time failure.
 
+pub mod condition;
 mod cors;
+mod default_credentials;
+mod echo;
 mod headers;
+pub mod ip_check;
+mod logging;
+mod maintenance;
+pub mod template;
 mod tollgate;
+mod url_rewriting;
 pub mod websocket;
 
 use crate::body::GatewayBody;
@@ -59,6 +67,14 @@ pub struct Context<'a> {
     /// The credentials the application was identified by (a WebSocket re-checks them
     /// when the configuration changes).
     pub credential: Option<Credential>,
+    /// Credentials to use when the request carries none (`default_credentials`).
+    pub default_credentials: Option<Arc<Credential>>,
+    /// The claims of the request's validated JWT.
+    pub claims: Option<Arc<serde_json::Map<String, serde_json::Value>>>,
+    /// Each conditional policy's decision for this request (see `condition`).
+    pub conditions: Vec<(usize, bool)>,
+    /// When the gateway started on this request.
+    pub started: std::time::Instant,
 }
 
 /// Credentials as presented, once verified.
@@ -95,20 +111,55 @@ type Builder = fn(&serde_json::Value) -> Result<Arc<dyn Policy>, (String, String
 pub struct PolicyInfo {
     pub name: &'static str,
     pub summary: &'static str,
-    /// JSON Schema of the policy's `configuration`.
-    schema: &'static str,
+    /// JSON Schema of the policy's `configuration` (without `condition`).
+    schema: fn() -> serde_json::Value,
     build: Builder,
 }
 
 impl PolicyInfo {
+    /// JSON Schema (draft 2020-12, every subschema inline) of the policy's
+    /// `configuration`, `condition` included.
     pub fn schema(&self) -> serde_json::Value {
-        serde_json::from_str(self.schema).unwrap_or(serde_json::Value::Null)
+        let mut schema = (self.schema)();
+        if let Some(obj) = schema.as_object_mut() {
+            obj.remove("$schema");
+            obj.remove("title");
+            let props = obj.entry("properties").or_insert_with(|| serde_json::json!({}));
+            if let Some(props) = props.as_object_mut() {
+                let mut condition = schema_of::<condition::ConditionConfig>();
+                if let Some(c) = condition.as_object_mut() {
+                    c.remove("$schema");
+                    c.insert(
+                        "description".into(),
+                        "Run the policy only for requests this holds for (see docs/policies.md#conditions).".into(),
+                    );
+                }
+                props.insert("condition".into(), condition);
+            }
+        }
+        schema
     }
 }
 
-const EMPTY_SCHEMA: &str = r#"{"type":"object","additionalProperties":false}"#;
-const fn const_format_headers() -> &'static str {
-    r#"{"type":"object","additionalProperties":false,"properties":{"request":{"type":"array","items":{"type":"object","additionalProperties":false,"required":["op","header"],"properties":{"op":{"enum":["set","add","push","delete"]},"header":{"type":"string"},"value":{"type":"string"}}}},"response":{"type":"array","items":{"type":"object","additionalProperties":false,"required":["op","header"],"properties":{"op":{"enum":["set","add","push","delete"]},"header":{"type":"string"},"value":{"type":"string"}}}}}}"#
+/// A configuration type's JSON Schema with every subschema inline (no `$ref`), so the
+/// console can build a form from it directly.
+fn schema_of<T: schemars::JsonSchema>() -> serde_json::Value {
+    schemars::generate::SchemaSettings::draft2020_12()
+        .with(|s| s.inline_subschemas = true)
+        .into_generator()
+        .into_root_schema_for::<T>()
+        .to_value()
+}
+
+fn build_as<T, P>(
+    c: &serde_json::Value,
+    new: fn(T) -> Result<P, (String, String)>,
+) -> Result<Arc<dyn Policy>, (String, String)>
+where
+    T: DeserializeOwned,
+    P: Policy,
+{
+    parse::<T>(c).and_then(new).map(|p| Arc::new(p) as Arc<dyn Policy>)
 }
 
 /// Builds policies by name from their configuration.
@@ -122,37 +173,63 @@ impl Default for Registry {
             policies: vec![
                 PolicyInfo {
                     name: "tollgate",
-                    schema: EMPTY_SCHEMA,
+                    schema: schema_of::<tollgate::Config>,
                     summary: "Authenticates the application, maps the request to metrics and enforces usage limits (3scale's `apicast` policy). Runs last if absent from the chain.",
                     build: |c| parse::<tollgate::Config>(c).map(|_| Arc::new(TollgatePolicy) as Arc<dyn Policy>),
                 },
                 PolicyInfo {
                     name: "websocket",
-                    schema: r#"{"type":"object","additionalProperties":false,"properties":{"max_message_bytes":{"type":"integer","minimum":1},"meter_messages":{"type":"object","additionalProperties":false,"required":["metric"],"properties":{"metric":{"type":"string"},"direction":{"enum":["client_to_server","server_to_client","both"]},"delta":{"type":"integer","minimum":1}}},"meter_bytes":{"type":"object","additionalProperties":false,"required":["metric"],"properties":{"metric":{"type":"string"},"direction":{"enum":["client_to_server","server_to_client","both"]}}},"on_limit_exceeded":{"enum":["close","drop"]},"idle_timeout":{"type":"integer","minimum":1},"ping_interval":{"type":"integer","minimum":1},"max_connection_duration":{"type":"integer","minimum":1}}}"#,
-                    summary: "Allows WebSocket upgrades for the product; without it an upgrade gets 400.",
-                    build: |c| {
-                        parse::<websocket::Config>(c)
-                            .and_then(websocket::WebSocketPolicy::new)
-                            .map(|p| Arc::new(p) as Arc<dyn Policy>)
-                    },
+                    schema: schema_of::<websocket::Config>,
+                    summary: "Allows WebSocket upgrades for the product and governs the connections (message caps, metering, timeouts); without it an upgrade gets 400.",
+                    build: |c| build_as(c, websocket::WebSocketPolicy::new),
                 },
                 PolicyInfo {
                     name: "headers",
-                    schema: const_format_headers(),
-                    summary: "Sets, adds, pushes or deletes request headers (to the backend) and response headers (to the client).",
-                    build: |c| {
-                        parse::<headers::Config>(c)
-                            .and_then(headers::HeadersPolicy::new)
-                            .map(|p| Arc::new(p) as Arc<dyn Policy>)
-                    },
+                    schema: schema_of::<headers::Config>,
+                    summary: "Sets, adds, pushes or deletes request headers (to the backend) and response headers (to the client); values are templates.",
+                    build: |c| build_as(c, headers::HeadersPolicy::new),
                 },
                 PolicyInfo {
                     name: "cors",
-                    schema: r#"{"type":"object","additionalProperties":false,"properties":{"allow_origin":{"type":"string"},"allow_methods":{"type":"array","items":{"type":"string"}},"allow_headers":{"type":"array","items":{"type":"string"}},"allow_credentials":{"type":"boolean"},"max_age":{"type":"integer","minimum":0}}}"#,
-                    summary: "Answers CORS preflight requests and adds Access-Control-* headers to responses.",
-                    build: |c| {
-                        parse::<cors::Config>(c).and_then(cors::CorsPolicy::new).map(|p| Arc::new(p) as Arc<dyn Policy>)
-                    },
+                    schema: schema_of::<cors::Config>,
+                    summary: "Answers CORS preflight requests and adds Access-Control-* headers for allowed origins (lists or patterns).",
+                    build: |c| build_as(c, cors::CorsPolicy::new),
+                },
+                PolicyInfo {
+                    name: "ip_check",
+                    schema: schema_of::<ip_check::Config>,
+                    summary: "Allows or denies clients by IP address (IPv4/IPv6 CIDRs, from the peer, X-Forwarded-For or X-Real-IP); a denied client gets 403.",
+                    build: |c| build_as(c, ip_check::IpCheckPolicy::new),
+                },
+                PolicyInfo {
+                    name: "url_rewriting",
+                    schema: schema_of::<url_rewriting::Config>,
+                    summary: "Rewrites the path with regular expressions (sub, gsub, break) and edits query arguments, before mapping rules and routing.",
+                    build: |c| build_as(c, url_rewriting::UrlRewritingPolicy::new),
+                },
+                PolicyInfo {
+                    name: "maintenance_mode",
+                    schema: schema_of::<maintenance::Config>,
+                    summary: "Answers every request (or those its condition selects) with a fixed status (default 503) and message.",
+                    build: |c| build_as(c, maintenance::MaintenancePolicy::new),
+                },
+                PolicyInfo {
+                    name: "default_credentials",
+                    schema: schema_of::<default_credentials::Config>,
+                    summary: "Anonymous access: a request without credentials counts as the configured application.",
+                    build: |c| build_as(c, default_credentials::DefaultCredentialsPolicy::new),
+                },
+                PolicyInfo {
+                    name: "logging",
+                    schema: schema_of::<logging::Config>,
+                    summary: "Writes an access-log line per request, JSON or text, with chosen fields, to stdout or a file.",
+                    build: |c| build_as(c, logging::LoggingPolicy::new),
+                },
+                PolicyInfo {
+                    name: "echo",
+                    schema: schema_of::<echo::Config>,
+                    summary: "Answers with the request as the gateway sees it, as JSON (debugging).",
+                    build: |c| build_as(c, echo::EchoPolicy::new),
                 },
             ],
         }
@@ -179,13 +256,22 @@ impl Registry {
                 None => e.hint(format!("available policies: {}", names.collect::<Vec<_>>().join(", "))),
             });
         };
-        (info.build)(configuration).map_err(|(at, msg)| {
-            let e = explain(&format!("{path}.configuration"), if at.is_empty() { "." } else { &at }, &msg);
+        let fail = |at: &str, msg: &str| {
+            let e = explain(&format!("{path}.configuration"), if at.is_empty() { "." } else { at }, msg);
             match e.hint {
                 Some(_) => e,
-                None => e.hint(format!("see the `{name}` policy in docs/policies.md")),
+                None => e.hint(format!("see docs/policies/{name}.md")),
             }
-        })
+        };
+        // `condition` is every policy's; the rest is the policy's own.
+        let mut own = configuration.clone();
+        let condition = own.as_object_mut().and_then(|o| o.remove("condition"));
+        let policy = (info.build)(&own).map_err(|(at, msg)| fail(&at, &msg))?;
+        let Some(condition) = condition else { return Ok(policy) };
+        let condition = parse::<condition::ConditionConfig>(&condition)
+            .and_then(condition::Condition::new)
+            .map_err(|(at, msg)| fail(format!("condition.{at}").trim_end_matches('.'), &msg))?;
+        Ok(Arc::new(condition::Conditional { condition, inner: policy }))
     }
 }
 

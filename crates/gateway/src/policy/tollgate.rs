@@ -7,10 +7,13 @@ use crate::auth::{self, Credentials};
 use crate::mapping::Usage;
 use http::request::Parts;
 use serde::Deserialize;
+use std::borrow::Cow;
 use tollgate_model::ApplicationState;
 use tollgate_model::pattern::QueryArgs;
 
-#[derive(Debug, Default, Deserialize)]
+/// The `tollgate` policy takes no options: authentication, mapping rules and limits are
+/// the product's and its plans'.
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct Config {}
 
@@ -27,7 +30,17 @@ impl Policy for TollgatePolicy {
         let needs_query = product.credentials_in_query() || product.mapper.needs_query();
         let query = if needs_query { QueryArgs::parse(req.uri.query()) } else { QueryArgs::default() };
 
-        let Some(credentials) = auth::extract(&product.authentication, req, &query) else {
+        let fallback = ctx.default_credentials.clone();
+        let credentials = auth::extract(&product.authentication, req, &query).or_else(|| {
+            fallback.as_deref().map(|c| match c {
+                Credential::UserKey(k) => Credentials::UserKey(Cow::Owned(k.to_string())),
+                Credential::AppId { app_id, app_key } => Credentials::AppId {
+                    app_id: Cow::Owned(app_id.to_string()),
+                    app_key: Some(Cow::Owned(app_key.to_string())),
+                },
+            })
+        });
+        let Some(credentials) = credentials else {
             return Flow::Respond(product.errors.auth_missing.respond());
         };
         let application = match &credentials {

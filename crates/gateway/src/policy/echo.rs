@@ -1,0 +1,76 @@
+//! The `echo` policy (debugging): answers with the request as the gateway sees it, as
+//! JSON, instead of calling the backend. Placed after `tollgate`, it answers only
+//! authenticated requests and shows the application.
+//!
+//! ```yaml
+//! - name: echo
+//!   configuration: { status: 200 }
+//! ```
+
+use super::{Context, Flow, Policy};
+use crate::error::local_response;
+use http::{HeaderValue, StatusCode, request};
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Config {
+    /// The status of the answer (default 200).
+    #[serde(default = "default_status")]
+    #[schemars(range(min = 200, max = 599))]
+    status: u16,
+}
+
+fn default_status() -> u16 {
+    200
+}
+
+pub struct EchoPolicy {
+    status: StatusCode,
+}
+
+impl EchoPolicy {
+    pub(super) fn new(c: Config) -> Result<Self, (String, String)> {
+        let status = StatusCode::from_u16(c.status)
+            .ok()
+            .filter(|s| (200..=599).contains(&s.as_u16()))
+            .ok_or_else(|| ("status".to_string(), format!("{} is not a status between 200 and 599", c.status)))?;
+        Ok(EchoPolicy { status })
+    }
+}
+
+impl Policy for EchoPolicy {
+    fn name(&self) -> &'static str {
+        "echo"
+    }
+
+    fn access(&self, req: &request::Parts, ctx: &mut Context<'_>) -> Flow {
+        let mut headers = serde_json::Map::new();
+        for (name, value) in &req.headers {
+            let v = serde_json::Value::String(String::from_utf8_lossy(value.as_bytes()).into_owned());
+            match headers.get_mut(name.as_str()) {
+                Some(serde_json::Value::Array(list)) => list.push(v),
+                Some(first) => *first = serde_json::Value::Array(vec![first.take(), v]),
+                None => {
+                    headers.insert(name.as_str().to_string(), v);
+                }
+            }
+        }
+        let body = serde_json::json!({
+            "method": req.method.as_str(),
+            "path": req.uri.path(),
+            "query": req.uri.query(),
+            "version": format!("{:?}", req.version),
+            "headers": headers,
+            "remote_addr": ctx.client_addr.ip().to_string(),
+            "product": ctx.product.system_name.as_ref(),
+            "application": ctx.application.as_ref().map(|a| a.id.as_ref()),
+        });
+        Flow::Respond(local_response(
+            self.status,
+            HeaderValue::from_static("application/json"),
+            body.to_string().into(),
+        ))
+    }
+}
