@@ -80,6 +80,9 @@ pub struct Server {
     /// have applied.
     admin_state: Option<(Arc<AdminState>, watch::Receiver<u64>)>,
     analytics: Option<Arc<Analytics>>,
+    /// Taken by every write of analytics: a flush on demand waits for one in flight,
+    /// so when it returns everything recorded before it is in the store.
+    flushing: Arc<tokio::sync::Mutex<()>>,
     source: Source,
     registry: Arc<Registry>,
     handles: [SnapshotHandle; 2],
@@ -184,6 +187,7 @@ impl Server {
             admin_token: None,
             admin_state: None,
             analytics: None,
+            flushing: Arc::default(),
             source,
             registry: registry.clone(),
             handles: [staging_handle.clone(), production_handle.clone()],
@@ -221,7 +225,13 @@ impl Server {
             (Some(store), Role::Node(_)) => {
                 if let Some(analytics) = &analytics {
                     let retention = (args.analytics_minute_retention * 3_600, args.analytics_hour_retention * 86_400);
-                    tasks.spawn(flush_analytics(store.clone(), analytics.clone(), retention, server.stop.subscribe()));
+                    tasks.spawn(flush_analytics(
+                        store.clone(),
+                        analytics.clone(),
+                        server.flushing.clone(),
+                        retention,
+                        server.stop.subscribe(),
+                    ));
                 }
                 let follower = Follower {
                     store,
@@ -238,7 +248,13 @@ impl Server {
                 admin_token = tollgate_admin::ensure_admin_token(&store, from_env.as_deref()).await?;
                 if let Some(analytics) = &analytics {
                     let retention = (args.analytics_minute_retention * 3_600, args.analytics_hour_retention * 86_400);
-                    tasks.spawn(flush_analytics(store.clone(), analytics.clone(), retention, server.stop.subscribe()));
+                    tasks.spawn(flush_analytics(
+                        store.clone(),
+                        analytics.clone(),
+                        server.flushing.clone(),
+                        retention,
+                        server.stop.subscribe(),
+                    ));
                 }
                 let state = AdminState::new(store.clone(), registry.clone(), Some(metrics));
                 let (applied_tx, applied_rx) = watch::channel(0);
@@ -282,6 +298,7 @@ impl Server {
     /// few seconds and at shutdown).
     pub async fn flush_analytics(&self) -> anyhow::Result<()> {
         if let (Some(analytics), Some((state, _))) = (&self.analytics, &self.admin_state) {
+            let _turn = self.flushing.lock().await;
             persist(&state.store, analytics).await?;
         }
         Ok(())
@@ -322,6 +339,7 @@ async fn persist(store: &Store, analytics: &Analytics) -> Result<(), tollgate_st
 async fn flush_analytics(
     store: Store,
     analytics: Arc<Analytics>,
+    flushing: Arc<tokio::sync::Mutex<()>>,
     retention: (u64, u64),
     mut stop: watch::Receiver<bool>,
 ) {
@@ -339,7 +357,10 @@ async fn flush_analytics(
             }
             () = async { let _ = stop.wait_for(|s| *s).await; } => true,
         };
-        if let Err(e) = persist(&store, &analytics).await {
+        let turn = flushing.lock().await;
+        let written = persist(&store, &analytics).await;
+        drop(turn);
+        if let Err(e) = written {
             tracing::warn!(error = %e, "cannot write analytics to the store");
         }
         if stopping {

@@ -324,7 +324,23 @@ async fn errors_are_json_with_the_right_status() {
 
         let policies = api(&server, "GET", "/policies", None).await.1;
         let names: Vec<&str> = policies.as_array().expect("list").iter().filter_map(|p| p["name"].as_str()).collect();
-        assert!(names.contains(&"tollgate") && names.contains(&"websocket"), "{names:?}");
+        for expected in [
+            "tollgate",
+            "websocket",
+            "headers",
+            "cors",
+            "ip_check",
+            "url_rewriting",
+            "maintenance_mode",
+            "default_credentials",
+            "logging",
+            "echo",
+        ] {
+            assert!(names.contains(&expected), "{expected} missing from {names:?}");
+        }
+        for p in policies.as_array().expect("list") {
+            assert!(p["schema"]["properties"]["condition"].is_object(), "{p}");
+        }
         server.shutdown().await;
     }
 }

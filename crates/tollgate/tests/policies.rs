@@ -1,0 +1,382 @@
+//! The policy catalogue through a real gateway (DB-less, a Rust HTTP backend that
+//! answers with the request it got, and the example's Node WebSocket server): each
+//! policy's behaviour, its order relative to `tollgate`, conditions, and the
+//! configuration errors each reports with its path.
+
+mod support;
+
+use http::StatusCode;
+use serde_json::Value;
+use std::net::SocketAddr;
+use support::*;
+
+/// One product per chain, all on the echoing backend: `{name}-staging.localhost`.
+fn config(backend: SocketAddr, chains: &[(&str, &str)]) -> String {
+    let mut yaml =
+        format!("backends: [ {{ system_name: echo, private_base_url: \"http://{backend}\" }} ]\nproducts:\n");
+    for (name, chain) in chains {
+        yaml += &format!(
+            r#"  - system_name: {name}
+    staging_public_base_url: http://{name}-staging.localhost
+    production_public_base_url: http://{name}.localhost
+    backend_usages: [ {{ backend: echo, path: / }} ]
+    metrics: [ {{ system_name: hits }}, {{ system_name: v1 }} ]
+    mapping_rules:
+      - {{ http_method: ANY, pattern: /, metric: hits }}
+      - {{ http_method: ANY, pattern: /v1/, metric: v1 }}
+    policy_chain: {chain}
+    application_plans:
+      - system_name: open
+      - system_name: v1-once
+        limits: [ {{ metric: v1, period: eternity, value: 1 }} ]
+      - system_name: one
+        limits: [ {{ metric: hits, period: eternity, value: 1 }} ]
+"#
+        );
+    }
+    yaml += "accounts:\n  - name: acme\n    applications:\n";
+    for (name, _) in chains {
+        yaml += &format!(
+            "      - {{ name: {name}-app, product: {name}, plan: open, user_key: {name}-key }}\n      - {{ name: {name}-v1, product: {name}, plan: v1-once, user_key: {name}-v1key }}\n      - {{ name: {name}-anon, product: {name}, plan: one, user_key: {name}-anon }}\n"
+        );
+    }
+    yaml
+}
+
+fn host(name: &str) -> String {
+    format!("{name}-staging.localhost")
+}
+
+fn json(body: &str) -> Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
+}
+
+async fn call(
+    addr: SocketAddr,
+    name: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (StatusCode, http::HeaderMap, String) {
+    request(addr, &host(name), "GET", path, boxed(http_body_util::Empty::new()), headers).await
+}
+
+#[tokio::test]
+async fn ip_check_allows_denies_and_its_place_in_the_chain_decides_what_comes_first() {
+    let backend = http_backend().await;
+    let gw = gateway(&config(
+        backend,
+        &[
+            ("denyfirst", r#"[ { name: ip_check, configuration: { check_type: deny, ips: ["127.0.0.0/8"], error_message: "go away" } }, { name: tollgate } ]"#),
+            ("denyafter", r#"[ { name: tollgate }, { name: ip_check, configuration: { check_type: deny, ips: ["127.0.0.1"] } } ]"#),
+            ("allow", r#"[ { name: ip_check, configuration: { check_type: allow, ips: ["::1", "127.0.0.1/32"] } } ]"#),
+            ("allowother", r#"[ { name: ip_check, configuration: { check_type: allow, ips: ["10.0.0.0/8"] } } ]"#),
+            ("xff", r#"[ { name: ip_check, configuration: { check_type: deny, ips: ["203.0.113.0/24"], client_ip_sources: [X-Forwarded-For, last_caller], trusted_proxies: ["127.0.0.1"] } } ]"#),
+        ],
+    ))
+    .await;
+    let addr = gw.server.staging;
+    // Before tollgate: refused before credentials are looked at (no key: 403, not 401).
+    let (status, _, body) = call(addr, "denyfirst", "/x", &[]).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(json(&body)["error"], serde_json::json!({ "code": "ip_denied", "message": "go away" }));
+    // After tollgate: authentication answers first.
+    assert_eq!(call(addr, "denyafter", "/x", &[]).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(call(addr, "denyafter", "/x?user_key=denyafter-key", &[]).await.0, StatusCode::FORBIDDEN);
+    assert_eq!(call(addr, "allow", "/x?user_key=allow-key", &[]).await.0, StatusCode::OK);
+    assert_eq!(call(addr, "allowother", "/x?user_key=allowother-key", &[]).await.0, StatusCode::FORBIDDEN);
+    // X-Forwarded-For from a trusted proxy (we are 127.0.0.1) names the client.
+    let xff = |v: &'static str| [("x-forwarded-for", v)];
+    assert_eq!(call(addr, "xff", "/x?user_key=xff-key", &xff("203.0.113.9")).await.0, StatusCode::FORBIDDEN);
+    assert_eq!(call(addr, "xff", "/x?user_key=xff-key", &xff("198.51.100.1")).await.0, StatusCode::OK);
+    // A forged entry on the left does not help a denied client behind the proxy.
+    assert_eq!(
+        call(addr, "xff", "/x?user_key=xff-key", &xff("198.51.100.1, 203.0.113.9")).await.0,
+        StatusCode::FORBIDDEN
+    );
+}
+
+#[tokio::test]
+async fn maintenance_mode_answers_alone_or_under_a_condition() {
+    let backend = http_backend().await;
+    let gw = gateway(&config(
+        backend,
+        &[
+            ("down", r#"[ { name: maintenance_mode }, { name: tollgate } ]"#),
+            ("custom", r#"[ { name: maintenance_mode, configuration: { status: 501, message: "<h1>soon</h1>", content_type: text/html } } ]"#),
+            ("admin", r#"[ { name: maintenance_mode, configuration: { condition: { operations: [ { left: "{{ path }}", op: matches, right: "^/admin" } ] } } } ]"#),
+        ],
+    ))
+    .await;
+    let addr = gw.server.staging;
+    let (status, headers, body) = call(addr, "down", "/anything", &[]).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(headers["content-type"], "application/json");
+    assert_eq!(json(&body)["error"]["code"], "maintenance");
+    let (status, headers, body) = call(addr, "custom", "/", &[]).await;
+    assert_eq!(
+        (status, headers["content-type"].to_str().ok(), body.as_str()),
+        (StatusCode::NOT_IMPLEMENTED, Some("text/html"), "<h1>soon</h1>")
+    );
+    assert_eq!(call(addr, "admin", "/admin/users?user_key=admin-key", &[]).await.0, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(call(addr, "admin", "/public?user_key=admin-key", &[]).await.0, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn url_rewriting_changes_what_mapping_rules_and_the_backend_see() {
+    let backend = http_backend().await;
+    let gw = gateway(&config(
+        backend,
+        &[(
+            "rw",
+            r#"[ { name: url_rewriting, configuration: {
+                   commands: [ { op: sub, regex: "^/api/v1/", replace: "/v1/", break: true }, { op: gsub, regex: "//+", replace: "/" }, { op: sub, regex: "^/old/(\\w+)", replace: "/new/$1", methods: [POST] } ],
+                   query_args_commands: [ { op: set, arg: source, value: "gw {{ method }}" }, { op: delete, arg: debug }, { op: add, arg: tag, value: extra }, { op: push, arg: seen, value: "1" } ] } },
+                 { name: tollgate } ]"#,
+        )],
+    ))
+    .await;
+    let addr = gw.server.staging;
+    let (status, _, body) = call(addr, "rw", "/api/v1/items?user_key=rw-v1key&debug=1&tag=a", &[]).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let v = json(&body);
+    assert_eq!(v["path"], "/v1/items", "sub with break: the gsub did not run");
+    assert_eq!(v["query"], "user_key=rw-v1key&tag=a&source=gw%20GET&tag=extra&seen=1");
+    // The mapping rule on /v1/ counted the rewritten path: the plan allows one.
+    assert_eq!(call(addr, "rw", "/api/v1/items?user_key=rw-v1key", &[]).await.0, StatusCode::TOO_MANY_REQUESTS);
+    let (_, _, body) = call(addr, "rw", "/a//b///c?user_key=rw-key", &[]).await;
+    assert_eq!(json(&body)["path"], "/a/b/c", "gsub replaced every match");
+    let (_, _, body) = call(addr, "rw", "/old/thing?user_key=rw-key", &[]).await;
+    assert_eq!(json(&body)["path"], "/old/thing", "a command for POST only leaves GET alone");
+}
+
+#[tokio::test]
+async fn headers_templates_cors_default_credentials_echo_and_logging() {
+    let backend = http_backend().await;
+    let dir = TempDir::new();
+    let log = dir.path().join("access.log");
+    let chains = [
+        (
+            "hdr",
+            r#"[ { name: tollgate }, { name: headers, configuration: {
+                   request: [ { op: set, header: X-Client-Ip, value: "{{ remote_addr }}" }, { op: set, header: X-App, value: "{{ application.id }} on {{ application.plan }}" }, { op: append, header: X-Trace, value: "gw" } ],
+                   response: [ { op: set, header: X-Asked-For, value: "{{ query['q'] }}" } ] } },
+                 { name: headers, configuration: { condition: { operations: [ { left: "{{ headers['x-debug'] }}", op: "==", right: "1" } ] }, response: [ { op: set, header: X-Debug-Path, value: "{{ path }}" } ] } } ]"#,
+        ),
+        (
+            "cors",
+            r#"[ { name: cors, configuration: { allow_origins: ["https://app.example.com"], allow_origin_patterns: ['https://[a-z]+\.example\.org'], expose_headers: [RateLimit-Remaining], allow_credentials: true, max_age: 60 } }, { name: tollgate } ]"#,
+        ),
+        ("anon", r#"[ { name: default_credentials, configuration: { user_key: anon-anon } }, { name: tollgate } ]"#),
+        ("echo", r#"[ { name: tollgate }, { name: echo, configuration: { status: 201 } } ]"#),
+    ];
+    let logging = format!(
+        r#"[ {{ name: logging, configuration: {{ file: "{}", fields: [status, method, path, application, remote_addr] }} }}, {{ name: tollgate }} ]"#,
+        log.display()
+    );
+    let mut all: Vec<(&str, &str)> = chains.to_vec();
+    all.push(("logged", &logging));
+    let gw = gateway(&config(backend, &all)).await;
+    let addr = gw.server.staging;
+
+    // headers: templates read the request and the application; a condition gates a policy.
+    let (status, headers, body) = call(addr, "hdr", "/x?user_key=hdr-key&q=cats", &[("x-trace", "client")]).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let v = json(&body);
+    assert_eq!(v["headers"]["x-client-ip"], "127.0.0.1");
+    assert_eq!(v["headers"]["x-app"], "acme/hdr-app on open");
+    assert_eq!(headers["x-asked-for"], "cats");
+    assert!(headers.get("x-debug-path").is_none(), "condition false: the second headers policy did nothing");
+    let (_, headers, _) = call(addr, "hdr", "/x/y?user_key=hdr-key", &[("x-debug", "1")]).await;
+    assert_eq!(headers["x-debug-path"], "/x/y");
+
+    // cors: listed and patterned origins; others get nothing, their preflight 403.
+    let preflight = |origin: &'static str| async move {
+        request(
+            addr,
+            &host("cors"),
+            "OPTIONS",
+            "/x",
+            boxed(http_body_util::Empty::new()),
+            &[("origin", origin), ("access-control-request-method", "POST")],
+        )
+        .await
+    };
+    let (status, headers, _) = preflight("https://app.example.com").await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(headers["access-control-allow-origin"], "https://app.example.com");
+    assert_eq!(headers["access-control-allow-credentials"], "true");
+    assert_eq!(headers["access-control-max-age"], "60");
+    assert_eq!(preflight("https://shop.example.org").await.0, StatusCode::NO_CONTENT);
+    let (status, headers, body) = preflight("https://evil.example.net").await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert!(headers.get("access-control-allow-origin").is_none());
+    let (_, headers, _) = call(addr, "cors", "/x?user_key=cors-key", &[("origin", "https://app.example.com")]).await;
+    assert_eq!(headers["access-control-expose-headers"], "RateLimit-Remaining");
+    let (_, headers, _) = call(addr, "cors", "/x?user_key=cors-key", &[("origin", "https://evil.example.net")]).await;
+    assert!(headers.get("access-control-allow-origin").is_none());
+
+    // default_credentials: no key counts as the anonymous application (its plan allows one).
+    assert_eq!(call(addr, "anon", "/x", &[]).await.0, StatusCode::OK);
+    assert_eq!(call(addr, "anon", "/x", &[]).await.0, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(call(addr, "anon", "/x?user_key=anon-key", &[]).await.0, StatusCode::OK, "own key: own plan");
+    assert_eq!(call(addr, "anon", "/x?user_key=wrong", &[]).await.0, StatusCode::FORBIDDEN, "a wrong key stays wrong");
+
+    // echo after tollgate: authenticated requests are answered with themselves.
+    assert_eq!(call(addr, "echo", "/x", &[]).await.0, StatusCode::UNAUTHORIZED);
+    let (status, _, body) = call(addr, "echo", "/e/1?user_key=echo-key", &[("x-hello", "there")]).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let v = json(&body);
+    assert_eq!((v["path"].as_str(), v["headers"]["x-hello"].as_str()), (Some("/e/1"), Some("there")));
+    assert_eq!(v["application"], "acme/echo-app");
+
+    // logging: one JSON line per request, the refused one included.
+    assert_eq!(call(addr, "logged", "/l?user_key=logged-key", &[]).await.0, StatusCode::OK);
+    assert_eq!(call(addr, "logged", "/l", &[]).await.0, StatusCode::UNAUTHORIZED);
+    let lines: Vec<Value> = std::fs::read_to_string(&log)
+        .expect("log file")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert_eq!(
+        lines[0],
+        serde_json::json!({ "status": 200, "method": "GET", "path": "/l", "application": "acme/logged-app", "remote_addr": "127.0.0.1" })
+    );
+    assert_eq!((lines[1]["status"].as_u64(), &lines[1]["application"]), (Some(401), &Value::Null));
+}
+
+#[tokio::test]
+async fn websocket_upgrades_meet_ip_check_and_maintenance_before_the_backend() {
+    let backend = node_backend().await;
+    let yaml = format!(
+        r#"
+backends: [ {{ system_name: echo, private_base_url: "{url}", tls: {{ ca_file: "{cert}" }} }} ]
+products:
+  - system_name: ws
+    staging_public_base_url: http://ws-staging.localhost
+    production_public_base_url: http://ws.localhost
+    backend_usages: [ {{ backend: echo, path: / }} ]
+    mapping_rules: [ {{ http_method: GET, pattern: /, metric: hits }} ]
+    policy_chain:
+      - {{ name: ip_check, configuration: {{ check_type: deny, ips: ["127.0.0.2"] }} }}
+      - {{ name: maintenance_mode, configuration: {{ condition: {{ operations: [ {{ left: "{{{{ query['closed'] }}}}", op: "==", right: "1" }} ] }} }} }}
+      - {{ name: websocket }}
+      - {{ name: tollgate }}
+    application_plans: [ {{ system_name: basic }} ]
+accounts:
+  - name: a
+    applications: [ {{ name: app, product: ws, plan: basic, user_key: k }} ]
+"#,
+        url = backend.url(),
+        cert = backend.cert.display()
+    );
+    let gw = gateway(&yaml).await;
+    let addr = gw.server.staging;
+    let mut socket = ws(addr, "ws-staging.localhost", "/?user_key=k").await.expect("allowed client upgrades");
+    let reply = ask(&mut socket, "hello").await;
+    assert!(reply.ends_with("hello"), "the example server echoes: {reply}");
+    let (status, body) = ws_refused(addr, "ws-staging.localhost", "/?user_key=k&closed=1").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("maintenance"), "{body}");
+    // From 127.0.0.2 (a loopback address of its own): denied before the backend.
+    let tcp = tokio::net::TcpSocket::new_v4().expect("socket");
+    tcp.bind("127.0.0.2:0".parse().expect("addr")).expect("bind 127.0.0.2");
+    let stream = tcp.connect(addr).await.expect("connect");
+    let mut req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(format!(
+        "ws://{addr}/?user_key=k"
+    ))
+    .expect("request");
+    req.headers_mut().insert("host", "ws-staging.localhost".parse().expect("host"));
+    match tokio_tungstenite::client_async(req, stream).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), 403),
+        other => panic!("expected 403, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn every_policy_reports_configuration_errors_with_their_path() {
+    let registry = tollgate_gateway::policy::Registry::default();
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "ip_check",
+            r#"{"check_type":"allow","ips":["10.0.0.0/33"]}"#,
+            "configuration.ips[0]: `10.0.0.0/33`: the prefix length must be 0–32",
+        ),
+        (
+            "ip_check",
+            r#"{"check_type":"allow","ips":[]}"#,
+            "configuration.ips: an allow list needs at least one address",
+        ),
+        ("ip_check", r#"{"check_type":"block","ips":[]}"#, "configuration.check_type"),
+        (
+            "ip_check",
+            r#"{"check_type":"deny","ips":[],"client_ip_sources":["X-Forwarded-Fro"]}"#,
+            "configuration.client_ip_sources[0]",
+        ),
+        (
+            "url_rewriting",
+            r#"{"commands":[{"op":"sub","regex":"(","replace":"x"}]}"#,
+            "configuration.commands[0].regex: not a regular expression",
+        ),
+        (
+            "url_rewriting",
+            r#"{"query_args_commands":[{"op":"set","arg":"a"}]}"#,
+            "configuration.query_args_commands[0].value: is required",
+        ),
+        (
+            "url_rewriting",
+            r#"{"commands":[{"op":"sub","regex":"a","replace":"b","methods":["G T"]}]}"#,
+            "configuration.commands[0].methods[0]: `G T` is not an HTTP method",
+        ),
+        ("maintenance_mode", r#"{"status":99}"#, "configuration.status: 99 is not a status between 200 and 599"),
+        ("maintenance_mode", r#"{"mesage":"x"}"#, "configuration.mesage: unknown key (did you mean `message`?)"),
+        ("default_credentials", r#"{}"#, "configuration.user_key: give user_key, or app_id and app_key"),
+        ("default_credentials", r#"{"app_id":"a"}"#, "configuration.app_key: is required with app_id"),
+        ("logging", r#"{"file":"/nonexistent-dir/x.log"}"#, "configuration.file: cannot open `/nonexistent-dir/x.log`"),
+        ("logging", r#"{"fields":["stauts"]}"#, "configuration.fields[0]"),
+        ("echo", r#"{"status":700}"#, "configuration.status: 700 is not a status between 200 and 599"),
+        (
+            "headers",
+            r#"{"request":[{"op":"set","header":"x","value":"{{ remot_addr }}"}]}"#,
+            "configuration.request[0].value: unknown variable `remot_addr`",
+        ),
+        (
+            "cors",
+            r#"{"allow_origin_patterns":["("]}"#,
+            "configuration.allow_origin_patterns[0]: not a regular expression",
+        ),
+        (
+            "headers",
+            r#"{"condition":{"operations":[{"left":"{{ path }}","op":"~=","right":"x"}]}}"#,
+            "configuration.condition.operations[0].op",
+        ),
+        (
+            "echo",
+            r#"{"condition":{"operations":[{"left":"{{ nope }}","op":"==","right":"x"}]}}"#,
+            "configuration.condition.operations[0].left: unknown variable `nope`",
+        ),
+        (
+            "echo",
+            r#"{"condition":{"operations":[]}}"#,
+            "configuration.condition.operations: a condition needs at least one operation",
+        ),
+    ];
+    for (name, configuration, expected) in cases {
+        let c: Value = serde_json::from_str(configuration).expect("json");
+        let err = match registry.build("policy_chain[0]", name, &c) {
+            Ok(_) => panic!("{name} {configuration}: accepted"),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            err.contains(&format!("policy_chain[0].{expected}")),
+            "{name} {configuration}:\n  got {err}\n  want policy_chain[0].{expected}"
+        );
+    }
+    // Every policy has a schema that describes its options and the condition.
+    for p in registry.policies() {
+        let schema = p.schema();
+        assert_eq!(schema["type"], "object", "{}", p.name);
+        assert!(schema["properties"]["condition"]["properties"]["operations"].is_object(), "{}: {schema}", p.name);
+        assert!(!schema.to_string().contains("$ref"), "{}: subschemas are inline", p.name);
+    }
+}
