@@ -5,6 +5,7 @@ use crate::analytics::Analytics;
 use crate::body::GatewayBody;
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
+use crate::policy::routing::Target;
 use crate::policy::{Context, Flow};
 use crate::relay::{self, RelayOptions};
 use crate::session::{ConnectionSlot, Connections, Session, plan_checks};
@@ -147,6 +148,7 @@ impl Gateway {
             claims: None,
             conditions: Vec::new(),
             started: std::time::Instant::now(),
+            route: None,
         };
 
         let mut resp = match self.request_phases(&mut parts, &mut ctx).await {
@@ -249,9 +251,9 @@ impl Gateway {
         body: Incoming,
         ctx: &Context<'_>,
     ) -> Result<Response<GatewayBody>, GatewayError> {
-        let (usage, rest) = ctx.product.route(parts.uri.path()).ok_or(GatewayError::NoBackend)?;
-        let head = self.upstream_head(parts, ctx, &usage.upstream, rest)?;
-        let mut resp = usage.upstream.request(Request::from_parts(head, body)).await?;
+        let (upstream, rest) = destination(parts, ctx)?;
+        let head = self.upstream_head(parts, ctx, upstream, rest)?;
+        let mut resp = upstream.request(Request::from_parts(head, body)).await?;
         strip_hop_by_hop(resp.headers_mut());
         Ok(resp)
     }
@@ -264,8 +266,7 @@ impl Gateway {
         over_h2: bool,
         (listener_slot, app_slot): (Arc<OwnedSemaphorePermit>, Option<ConnectionSlot>),
     ) -> Result<Response<GatewayBody>, GatewayError> {
-        let (usage, rest) = ctx.product.route(parts.uri.path()).ok_or(GatewayError::NoBackend)?;
-        let upstream = &usage.upstream;
+        let (upstream, rest) = destination(parts, ctx)?;
         let mut head = self.upstream_head(parts, ctx, upstream, rest)?;
         // Upgrade requests go in origin form on their own connection.
         head.uri = head
@@ -525,6 +526,26 @@ fn connection_tokens(headers: &HeaderMap) -> Vec<HeaderName> {
 
 /// A copy of `headers` without hop-by-hop headers (RFC 9110 §7.6.1) and `Host`.
 /// Copying clones reference-counted bytes, not data.
+/// Where the request goes: where a policy (`upstream`, `routing`) sent it, or the
+/// product's backend usage with the longest matching prefix; with the path to send.
+fn destination<'c>(parts: &'c request::Parts, ctx: &'c Context<'_>) -> Result<(&'c Upstream, &'c str), GatewayError> {
+    match &ctx.route {
+        None => {
+            let (usage, rest) = ctx.product.route(parts.uri.path()).ok_or(GatewayError::NoBackend)?;
+            Ok((&usage.upstream, rest))
+        }
+        Some(route) => {
+            let upstream = match &route.target {
+                Target::Url(u) => u,
+                Target::Backend(name) => {
+                    &ctx.product.usages.iter().find(|u| *u.backend == **name).ok_or(GatewayError::NoBackend)?.upstream
+                }
+            };
+            Ok((upstream, route.path.as_str()))
+        }
+    }
+}
+
 fn forwardable_headers(headers: &HeaderMap) -> HeaderMap {
     let named = connection_tokens(headers);
     let mut out = HeaderMap::with_capacity(headers.len() + 3);

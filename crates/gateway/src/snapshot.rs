@@ -93,6 +93,8 @@ pub struct Snapshots {
 }
 
 pub struct BackendUsage {
+    /// The backend's system_name (the `routing` policy may name it).
+    pub backend: Box<str>,
     /// Path prefix without a trailing `/`; empty for `/`.
     pub prefix: Box<str>,
     pub upstream: Arc<Upstream>,
@@ -327,7 +329,11 @@ fn compile_product(
         for m in &backend.backend.methods {
             metrics.add(&m.system_name, Some(HITS));
         }
-        usages.push(BackendUsage { prefix: u.path.trim_end_matches('/').into(), upstream });
+        usages.push(BackendUsage {
+            backend: u.backend.as_str().into(),
+            prefix: u.path.trim_end_matches('/').into(),
+            upstream,
+        });
         backend_rules.push((u.path.as_str(), &backend.backend.mapping_rules));
     }
     usages.sort_by_key(|u| std::cmp::Reverse(u.prefix.len()));

@@ -40,6 +40,7 @@ fn context(product: &Product) -> Context<'_> {
         claims: None,
         conditions: Vec::new(),
         started: std::time::Instant::now(),
+        route: None,
     }
 }
 

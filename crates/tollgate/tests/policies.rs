@@ -294,6 +294,72 @@ accounts:
 }
 
 #[tokio::test]
+async fn upstream_and_routing_choose_the_backend() {
+    let (a, b) = (http_backend().await, http_backend().await);
+    let yaml = format!(
+        r#"
+backends:
+  - {{ system_name: main, private_base_url: "http://{a}" }}
+  - {{ system_name: second, private_base_url: "http://{b}/two" }}
+products:
+  - system_name: up
+    staging_public_base_url: http://up-staging.localhost
+    production_public_base_url: http://up.localhost
+    backend_usages: [ {{ backend: main, path: / }} ]
+    mapping_rules: [ {{ http_method: ANY, pattern: /, metric: hits }} ]
+    policy_chain:
+      - {{ name: upstream, configuration: {{ rules: [ {{ regex: "^/v2/", url: "http://{b}/base" }} ] }} }}
+    application_plans: [ {{ system_name: open }} ]
+  - system_name: route
+    staging_public_base_url: http://route-staging.localhost
+    production_public_base_url: http://route.localhost
+    backend_usages: [ {{ backend: main, path: / }}, {{ backend: second, path: /second }} ]
+    mapping_rules: [ {{ http_method: ANY, pattern: /, metric: hits }} ]
+    policy_chain:
+      - name: routing
+        configuration:
+          rules:
+            - {{ url: "http://{b}", host_header: beta.example.com, condition: {{ operations: [ {{ left: "{{{{ headers['x-beta'] }}}}", op: "==", right: "1" }} ] }} }}
+            - {{ backend: second, replace_path: "/compat{{{{ path }}}}", condition: {{ operations: [ {{ left: "{{{{ query['legacy'] }}}}", op: "==", right: "1" }} ] }} }}
+    application_plans: [ {{ system_name: open }} ]
+accounts:
+  - name: acme
+    applications:
+      - {{ name: u, product: up, plan: open, user_key: k }}
+      - {{ name: r, product: route, plan: open, user_key: k2 }}
+"#
+    );
+    let gw = gateway(&yaml).await;
+    let addr = gw.server.staging;
+    let seen = |body: &str| {
+        let v = json(body);
+        (
+            v["headers"]["host"].as_str().unwrap_or_default().to_string(),
+            v["path"].as_str().unwrap_or_default().to_string(),
+        )
+    };
+    let (status, _, body) = call(addr, "up", "/v2/items?user_key=k", &[]).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(seen(&body), (b.to_string(), "/base/v2/items".into()), "upstream: matched, the URL's path first");
+    assert_eq!(seen(&call(addr, "up", "/v1/items?user_key=k", &[]).await.2), (a.to_string(), "/v1/items".into()));
+
+    let (_, _, body) = call(addr, "route", "/x?user_key=k2", &[("x-beta", "1")]).await;
+    assert_eq!(seen(&body), ("beta.example.com".into(), "/x".into()), "routing: URL with a Host header");
+    let (_, _, body) = call(addr, "route", "/x?user_key=k2&legacy=1", &[]).await;
+    assert_eq!(seen(&body), (b.to_string(), "/two/compat/x".into()), "routing: a backend, path replaced");
+    assert_eq!(
+        seen(&call(addr, "route", "/x?user_key=k2", &[]).await.2),
+        (a.to_string(), "/x".into()),
+        "no rule: usages"
+    );
+    assert_eq!(
+        seen(&call(addr, "route", "/second/y?user_key=k2", &[]).await.2),
+        (b.to_string(), "/two/y".into()),
+        "no rule: the usage prefix is removed as always"
+    );
+}
+
+#[tokio::test]
 async fn every_policy_reports_configuration_errors_with_their_path() {
     let registry = tollgate_gateway::policy::Registry::default();
     let cases: &[(&str, &str, &str)] = &[

@@ -27,6 +27,7 @@ mod headers;
 pub mod ip_check;
 mod logging;
 mod maintenance;
+pub mod routing;
 pub mod template;
 mod tollgate;
 mod url_rewriting;
@@ -75,6 +76,8 @@ pub struct Context<'a> {
     pub conditions: Vec<(usize, bool)>,
     /// When the gateway started on this request.
     pub started: std::time::Instant,
+    /// Where `upstream` or `routing` sent the request (else the backend usages decide).
+    pub route: Option<routing::Route>,
 }
 
 /// Credentials as presented, once verified.
@@ -224,6 +227,18 @@ impl Default for Registry {
                     schema: schema_of::<logging::Config>,
                     summary: "Writes an access-log line per request, JSON or text, with chosen fields, to stdout or a file.",
                     build: |c| build_as(c, logging::LoggingPolicy::new),
+                },
+                PolicyInfo {
+                    name: "upstream",
+                    schema: schema_of::<routing::UpstreamConfig>,
+                    summary: "Sends requests whose path matches a regular expression to another URL (3scale's Upstream policy).",
+                    build: |c| build_as(c, routing::UpstreamPolicy::new),
+                },
+                PolicyInfo {
+                    name: "routing",
+                    schema: schema_of::<routing::RoutingConfig>,
+                    summary: "Sends a request to a URL or backend chosen by conditions on path, headers, query arguments or JWT claims, with path replacement and Host header.",
+                    build: |c| build_as(c, routing::RoutingPolicy::new),
                 },
                 PolicyInfo {
                     name: "echo",
