@@ -10,10 +10,12 @@
 //! This crate owns the counting only; which limits apply is the snapshot's business.
 
 mod clock;
+pub mod edge;
 mod memory;
 mod redis;
 
 pub use clock::{Clock, ManualClock, SystemClock};
+pub use edge::{Algorithm, EdgeCheck, EdgeDecision, EdgeGuard, EdgeMemory};
 pub use memory::MemoryCounters;
 pub use redis::{FailureMode, RedisCounters};
 pub use tollgate_model::period::Period;

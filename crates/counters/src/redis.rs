@@ -21,6 +21,7 @@
 //! application's sorted set, scored by its lease's expiry (Redis time), renewed by its
 //! node; the slots of a node that dies free themselves when their leases run out.
 
+use crate::edge::{Algorithm, EdgeCheck, EdgeDecision};
 use crate::{Check, CountersError, Decision, LimitStatus, Period};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use std::collections::HashMap;
@@ -133,6 +134,53 @@ return m
 /// A window's key and what was admitted on it while Redis was away: (delta, expire_at).
 type Pending = (String, (u64, i64));
 
+/// Edge limits (see `edge`): KEYS are base keys, ARGV = [now_ms, then per key: kind
+/// (`f` fixed, `s` sliding, `b` bucket), a, b] with a, b = count, window ms (windows) or
+/// rate per second, burst (bucket). All-or-nothing. Returns {1} or {0, index, retry ms}.
+const EDGE: &str = r"
+local now = tonumber(ARGV[1])
+local plan = {}
+for i = 1, #KEYS do
+  local t, a, b = ARGV[3*i-1], tonumber(ARGV[3*i]), tonumber(ARGV[3*i+1])
+  if t == 'b' then
+    local h = redis.call('HMGET', KEYS[i], 'tokens', 'at')
+    local tokens = tonumber(h[1]) or b
+    local at = tonumber(h[2]) or now
+    tokens = math.min(b, tokens + math.max(0, now - at) * a / 1000)
+    if tokens < 1 then return {0, i, math.ceil((1 - tokens) * 1000 / a)} end
+    plan[i] = tokens
+  else
+    local start = now - (now % b)
+    local cur = tonumber(redis.call('GET', KEYS[i] .. ':' .. start) or '0')
+    local est, prev = cur, 0
+    if t == 's' then
+      prev = tonumber(redis.call('GET', KEYS[i] .. ':' .. (start - b)) or '0')
+      est = cur + prev * (1 - (now - start) / b)
+    end
+    if est + 1 > a then
+      local retry = start + b - now
+      if t == 's' and cur + 1 <= a then
+        retry = math.min(retry, math.max(1, math.ceil((est + 1 - a) / math.max(prev, 1) * b)))
+      end
+      return {0, i, retry}
+    end
+    plan[i] = start
+  end
+end
+for i = 1, #KEYS do
+  local t, a, b = ARGV[3*i-1], tonumber(ARGV[3*i]), tonumber(ARGV[3*i+1])
+  if t == 'b' then
+    redis.call('HSET', KEYS[i], 'tokens', tostring(plan[i] - 1), 'at', tostring(now))
+    redis.call('PEXPIRE', KEYS[i], math.ceil(b / a * 1000) + 1000)
+  else
+    local k = KEYS[i] .. ':' .. plan[i]
+    redis.call('INCR', k)
+    redis.call('PEXPIRE', k, 2 * b + 1000)
+  end
+end
+return {1}
+";
+
 /// Seconds a window's key outlives its window (clock differences between nodes).
 const EXPIRY_SLACK: i64 = 60;
 
@@ -143,6 +191,7 @@ pub struct RedisCounters {
     acquire: redis::Script,
     renew: redis::Script,
     live: redis::Script,
+    edge: redis::Script,
     mode: FailureMode,
     namespace: String,
     /// Usage admitted while Redis was away, by window key: (delta, expire_at).
@@ -195,6 +244,7 @@ impl RedisCounters {
             acquire: redis::Script::new(ACQUIRE),
             renew: redis::Script::new(RENEW),
             live: redis::Script::new(LIVE),
+            edge: redis::Script::new(EDGE),
             mode,
             namespace: namespace.to_string(),
             pending: Mutex::default(),
@@ -384,6 +434,32 @@ impl RedisCounters {
             .query_async::<()>(&mut conn)
             .await
             .map_err(unavailable)
+    }
+
+    /// Edge limits shared by every node (the `rate_limit` policy), all-or-nothing.
+    pub async fn edge(&self, checks: &[EdgeCheck], now_ms: i64) -> Result<EdgeDecision, CountersError> {
+        if checks.is_empty() {
+            return Ok(EdgeDecision::Allowed);
+        }
+        let mut call = self.edge.prepare_invoke();
+        call.arg(now_ms);
+        for c in checks {
+            call.key(format!("{}:edge:{{{}}}", self.namespace, c.key));
+            match c.algorithm {
+                Algorithm::FixedWindow { count, window_ms } => call.arg("f").arg(count).arg(window_ms),
+                Algorithm::SlidingWindow { count, window_ms } => call.arg("s").arg(count).arg(window_ms),
+                Algorithm::TokenBucket { rate_per_s, burst } => call.arg("b").arg(rate_per_s).arg(burst),
+            };
+        }
+        let mut conn = self.conn.clone();
+        let reply: Vec<i64> = call.invoke_async(&mut conn).await.map_err(unavailable)?;
+        match reply.as_slice() {
+            [1] => Ok(EdgeDecision::Allowed),
+            [0, i, retry] => {
+                Ok(EdgeDecision::Refused { index: (*i as usize).saturating_sub(1), retry_after_ms: *retry })
+            }
+            other => Err(CountersError::Unavailable(format!("unexpected reply from the edge script: {other:?}"))),
+        }
     }
 
     /// The live leases of `application`, oldest connection first.

@@ -13,6 +13,8 @@ pin_project_lite::pin_project! {
     pub enum GatewayBody {
         Upstream { #[pin] body: Incoming },
         Local { #[pin] body: Full<Bytes> },
+        /// A body that holds places (edge concurrency limits) until it ends or drops.
+        Holding { #[pin] body: Incoming, guards: Vec<tollgate_counters::EdgeGuard> },
     }
 }
 
@@ -22,6 +24,14 @@ impl GatewayBody {
     }
     pub fn empty() -> Self {
         GatewayBody::local(Bytes::new())
+    }
+
+    /// This body, keeping `guards` until it is done.
+    pub fn holding(self, guards: Vec<tollgate_counters::EdgeGuard>) -> Self {
+        match self {
+            GatewayBody::Upstream { body } | GatewayBody::Holding { body, .. } => GatewayBody::Holding { body, guards },
+            local => local,
+        }
     }
 }
 
@@ -39,19 +49,26 @@ impl Body for GatewayBody {
         match self.project() {
             GatewayBodyProj::Upstream { body } => body.poll_frame(cx),
             GatewayBodyProj::Local { body } => body.poll_frame(cx).map_err(|never| match never {}),
+            GatewayBodyProj::Holding { body, guards } => {
+                let frame = body.poll_frame(cx);
+                if matches!(frame, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
+                    guards.clear();
+                }
+                frame
+            }
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
-            GatewayBody::Upstream { body } => body.is_end_stream(),
+            GatewayBody::Upstream { body } | GatewayBody::Holding { body, .. } => body.is_end_stream(),
             GatewayBody::Local { body } => body.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            GatewayBody::Upstream { body } => body.size_hint(),
+            GatewayBody::Upstream { body } | GatewayBody::Holding { body, .. } => body.size_hint(),
             GatewayBody::Local { body } => body.size_hint(),
         }
     }

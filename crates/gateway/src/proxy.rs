@@ -22,7 +22,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::sync::watch;
-use tollgate_counters::{Clock, Counters, Decision, LimitStatus};
+use tollgate_counters::{Clock, Counters, Decision, EdgeDecision, EdgeGuard, EdgeMemory, FailureMode, LimitStatus};
 
 /// What the listener knows about the connection a request came on.
 #[derive(Debug, Clone)]
@@ -44,6 +44,8 @@ pub struct Shared {
     pub analytics: Option<Arc<Analytics>>,
     /// Open WebSockets per application (`max_connections` spans both environments).
     pub connections: Arc<Connections>,
+    /// Edge limits (`rate_limit`) kept in this process.
+    pub edge: Arc<EdgeMemory>,
 }
 
 /// One environment's gateway: the state every request of that environment shares.
@@ -55,6 +57,7 @@ pub struct Gateway {
     metrics: Arc<Metrics>,
     analytics: Option<Arc<Analytics>>,
     connections: Arc<Connections>,
+    edge: Arc<EdgeMemory>,
     /// Set at shutdown: open WebSockets close with 1001.
     draining: watch::Sender<bool>,
 }
@@ -69,6 +72,7 @@ impl Gateway {
             metrics: shared.metrics,
             analytics: shared.analytics,
             connections: shared.connections,
+            edge: shared.edge,
             draining: watch::channel(false).0,
         }
     }
@@ -149,15 +153,24 @@ impl Gateway {
             conditions: Vec::new(),
             started: std::time::Instant::now(),
             route: None,
+            edge: Vec::new(),
+            guards: Vec::new(),
         };
 
         let mut resp = match self.request_phases(&mut parts, &mut ctx).await {
             Ok(app_slot) => match client_upgrade {
                 Some(client) => {
-                    let slots = (conn.slot.clone(), app_slot);
+                    let slots = (conn.slot.clone(), app_slot, std::mem::take(&mut ctx.guards));
                     self.websocket(&parts, &ctx, client, handshake == Handshake::Http2, slots).await
                 }
-                None => self.forward(&parts, body, &ctx).await,
+                None => {
+                    let guards = std::mem::take(&mut ctx.guards);
+                    // Places under a `connections` limiter are held until the body ends.
+                    self.forward(&parts, body, &ctx).await.map(|r| match guards.is_empty() {
+                        true => r,
+                        false => r.map(|b| b.holding(guards)),
+                    })
+                }
             },
             Err(local) => Ok(local),
         };
@@ -190,6 +203,7 @@ impl Gateway {
                 return Err(r);
             }
         }
+        self.edge_limits(ctx).await?;
         let Some(app) = ctx.application.as_ref() else { return Ok(None) };
         let product = ctx.product;
         // The cap comes before the limits, so a refused connection consumes no quota.
@@ -223,6 +237,49 @@ impl Gateway {
 
     /// The upstream request's head: the client's, minus hop-by-hop headers, with
     /// `X-Forwarded-*` added and the upstream request phase applied.
+    /// The `rate_limit` policies' checks, after every access phase and before the plan's
+    /// limits. `Err` is the refusal.
+    async fn edge_limits(&self, ctx: &mut Context<'_>) -> Result<(), Response<GatewayBody>> {
+        if ctx.edge.is_empty() {
+            return Ok(());
+        }
+        // Edge windows and buckets need milliseconds (the clock gives seconds).
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(ctx.now * 1000, |d| d.as_millis() as i64);
+        for edge in std::mem::take(&mut ctx.edge) {
+            let decision = match (edge.redis, self.counters.redis()) {
+                (true, Some(redis)) => match redis.edge(&edge.checks, now_ms).await {
+                    Ok(d) => d,
+                    Err(e) if redis.mode() == FailureMode::Strict => {
+                        return Err(GatewayError::CountersUnavailable(e.to_string()).into_response());
+                    }
+                    // `allow` and `resilient`: this node's own counts meanwhile.
+                    Err(_) => self.edge.check(&edge.checks, now_ms),
+                },
+                _ => self.edge.check(&edge.checks, now_ms),
+            };
+            if let EdgeDecision::Refused { retry_after_ms, .. } = decision {
+                self.metrics.env(self.environment).limits_exceeded();
+                let mut resp = edge.refusal.respond();
+                let secs = (retry_after_ms + 999) / 1000;
+                resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+                return Err(resp);
+            }
+            for (key, max) in &edge.connections {
+                match self.edge.acquire(key, *max) {
+                    Some(g) => ctx.guards.push(g),
+                    None => {
+                        self.metrics.env(self.environment).limits_exceeded();
+                        ctx.guards.clear();
+                        return Err(edge.refusal.respond());
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn upstream_head(
         &self,
         parts: &request::Parts,
@@ -264,7 +321,7 @@ impl Gateway {
         ctx: &Context<'_>,
         client: hyper::upgrade::OnUpgrade,
         over_h2: bool,
-        (listener_slot, app_slot): (Arc<OwnedSemaphorePermit>, Option<ConnectionSlot>),
+        (listener_slot, app_slot, guards): (Arc<OwnedSemaphorePermit>, Option<ConnectionSlot>, Vec<EdgeGuard>),
     ) -> Result<Response<GatewayBody>, GatewayError> {
         let (upstream, rest) = destination(parts, ctx)?;
         let mut head = self.upstream_head(parts, ctx, upstream, rest)?;
@@ -392,7 +449,7 @@ impl Gateway {
             };
             tracing::debug!(?totals, "WebSocket closed");
             metrics.env(env).websocket_closed(&totals);
-            drop((session, listener_slot));
+            drop((session, listener_slot, guards));
         });
         Ok(out)
     }

@@ -41,6 +41,8 @@ fn context(product: &Product) -> Context<'_> {
         conditions: Vec::new(),
         started: std::time::Instant::now(),
         route: None,
+        edge: Vec::new(),
+        guards: Vec::new(),
     }
 }
 

@@ -164,6 +164,7 @@ impl Server {
             metrics: metrics.clone(),
             analytics: analytics.clone(),
             connections: connections.clone(),
+            edge: Arc::default(),
         };
         let staging_handle = SnapshotHandle::new(snapshots.staging);
         let production_handle = SnapshotHandle::new(snapshots.production);

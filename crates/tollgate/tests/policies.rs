@@ -360,6 +360,105 @@ accounts:
 }
 
 #[tokio::test]
+async fn rate_limit_windows_buckets_scopes_and_concurrency() {
+    let backend = http_backend().await;
+    let gw = gateway(&config(
+        backend,
+        &[
+            ("fixed", r#"[ { name: rate_limit, configuration: { limiters: [ { algorithm: fixed_window, key: "{{ remote_addr }}", count: 3, window: 3600 } ], error_message: "slow down" } } ]"#),
+            ("bucket", r#"[ { name: rate_limit, configuration: { limiters: [ { algorithm: token_bucket, key: "{{ headers['x-tenant'] }}", rate: 0.001, burst: 2 } ] } } ]"#),
+            ("g1", r#"[ { name: rate_limit, configuration: { scope: global, limiters: [ { algorithm: sliding_window, key: "{{ remote_addr }}", count: 2, window: 3600 } ] } } ]"#),
+            ("g2", r#"[ { name: rate_limit, configuration: { scope: global, limiters: [ { algorithm: sliding_window, key: "{{ remote_addr }}", count: 2, window: 3600 } ] } } ]"#),
+            ("after", r#"[ { name: tollgate }, { name: rate_limit, configuration: { limiters: [ { algorithm: fixed_window, key: "{{ application.id }}", count: 1, window: 3600 } ] } } ]"#),
+            ("conc", r#"[ { name: rate_limit, configuration: { limiters: [ { algorithm: connections, key: "{{ remote_addr }}", max: 1 } ] } } ]"#),
+        ],
+    ))
+    .await;
+    let addr = gw.server.staging;
+    for _ in 0..3 {
+        assert_eq!(call(addr, "fixed", "/x?user_key=fixed-key", &[]).await.0, StatusCode::OK);
+    }
+    let (status, headers, body) = call(addr, "fixed", "/x?user_key=fixed-key", &[]).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert_eq!(json(&body)["error"], serde_json::json!({ "code": "rate_limited", "message": "slow down" }));
+    let retry: u64 = headers["retry-after"].to_str().ok().and_then(|v| v.parse().ok()).expect("Retry-After");
+    assert!((1..=3600).contains(&retry), "{retry}");
+
+    // A bucket per tenant; no header, no limiter.
+    let tenant = |t: &'static str| [("x-tenant", t)];
+    for _ in 0..2 {
+        assert_eq!(call(addr, "bucket", "/x?user_key=bucket-key", &tenant("a")).await.0, StatusCode::OK);
+    }
+    assert_eq!(call(addr, "bucket", "/x?user_key=bucket-key", &tenant("a")).await.0, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(call(addr, "bucket", "/x?user_key=bucket-key", &tenant("b")).await.0, StatusCode::OK);
+    for _ in 0..5 {
+        assert_eq!(call(addr, "bucket", "/x?user_key=bucket-key", &[]).await.0, StatusCode::OK);
+    }
+
+    // Global scope: two products share one count.
+    assert_eq!(call(addr, "g1", "/x?user_key=g1-key", &[]).await.0, StatusCode::OK);
+    assert_eq!(call(addr, "g2", "/x?user_key=g2-key", &[]).await.0, StatusCode::OK);
+    assert_eq!(call(addr, "g1", "/x?user_key=g1-key", &[]).await.0, StatusCode::TOO_MANY_REQUESTS);
+
+    // After tollgate, keyed by application: each application its own window, and a
+    // request refused here consumes no plan quota (the v1-once plan still has its one).
+    assert_eq!(call(addr, "after", "/x?user_key=after-key", &[]).await.0, StatusCode::OK);
+    assert_eq!(call(addr, "after", "/x?user_key=after-key", &[]).await.0, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(call(addr, "after", "/x?user_key=after-v1key", &[]).await.0, StatusCode::OK);
+
+    // Concurrency: a download in progress holds the place until its body is done.
+    let mut slow = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    tokio::io::AsyncWriteExt::write_all(
+        &mut slow,
+        b"GET /download?bytes=50000000&user_key=conc-key HTTP/1.1\r\nHost: conc-staging.localhost\r\n\r\n",
+    )
+    .await
+    .expect("write");
+    let mut head = [0u8; 12];
+    tokio::io::AsyncReadExt::read_exact(&mut slow, &mut head).await.expect("response head");
+    assert_eq!(&head, b"HTTP/1.1 200");
+    assert_eq!(call(addr, "conc", "/x?user_key=conc-key", &[]).await.0, StatusCode::TOO_MANY_REQUESTS);
+    drop(slow);
+    let freed = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            if call(addr, "conc", "/x?user_key=conc-key", &[]).await.0 == StatusCode::OK {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert!(freed.is_ok(), "the place came back when the client went away");
+    // A finished response gives its place back at once.
+    assert_eq!(call(addr, "conc", "/x?user_key=conc-key", &[]).await.0, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn rate_limit_in_redis_holds_across_gateways() {
+    let backend = http_backend().await;
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let ns = format!("tollgate-test-edge-{}-{nanos}", std::process::id());
+    let redis = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let yaml = config(
+        backend,
+        &[(
+            "shared",
+            r#"[ { name: rate_limit, configuration: { store: redis, limiters: [ { algorithm: fixed_window, key: "{{ remote_addr }}", count: 5, window: 3600 } ] } } ]"#,
+        )],
+    );
+    let flags = ["--counters", redis.as_str(), "--counters-namespace", ns.as_str()];
+    let (one, two) = (gateway_with(&yaml, &flags).await, gateway_with(&yaml, &flags).await);
+    let mut admitted = 0;
+    for i in 0..10 {
+        let addr = if i % 2 == 0 { one.server.staging } else { two.server.staging };
+        if call(addr, "shared", "/x?user_key=shared-key", &[]).await.0 == StatusCode::OK {
+            admitted += 1;
+        }
+    }
+    assert_eq!(admitted, 5, "one window across two gateways");
+}
+
+#[tokio::test]
 async fn every_policy_reports_configuration_errors_with_their_path() {
     let registry = tollgate_gateway::policy::Registry::default();
     let cases: &[(&str, &str, &str)] = &[

@@ -27,6 +27,7 @@ mod headers;
 pub mod ip_check;
 mod logging;
 mod maintenance;
+pub mod rate_limit;
 pub mod routing;
 pub mod template;
 mod tollgate;
@@ -78,6 +79,10 @@ pub struct Context<'a> {
     pub started: std::time::Instant,
     /// Where `upstream` or `routing` sent the request (else the backend usages decide).
     pub route: Option<routing::Route>,
+    /// What `rate_limit` policies ask the gateway to check.
+    pub edge: Vec<rate_limit::EdgeRequest>,
+    /// Places taken under `rate_limit` concurrency limiters, held for the request.
+    pub guards: Vec<tollgate_counters::EdgeGuard>,
 }
 
 /// Credentials as presented, once verified.
@@ -227,6 +232,12 @@ impl Default for Registry {
                     schema: schema_of::<logging::Config>,
                     summary: "Writes an access-log line per request, JSON or text, with chosen fields, to stdout or a file.",
                     build: |c| build_as(c, logging::LoggingPolicy::new),
+                },
+                PolicyInfo {
+                    name: "rate_limit",
+                    schema: schema_of::<rate_limit::Config>,
+                    summary: "Edge limiting independent of plans: fixed window, sliding window, token bucket and concurrent connections, keyed by a template, in memory or Redis.",
+                    build: |c| build_as(c, rate_limit::RateLimitPolicy::new),
                 },
                 PolicyInfo {
                     name: "upstream",

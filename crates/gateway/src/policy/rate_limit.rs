@@ -1,0 +1,224 @@
+//! The `rate_limit` policy: edge limiting, independent of application plans — per
+//! client address, header, application, JWT claim or any template — with fixed-window,
+//! sliding-window and token-bucket limiters and a cap on concurrent requests or
+//! connections, in this process's memory or in Redis (shared by every node).
+//!
+//! ```yaml
+//! - name: rate_limit
+//!   configuration:
+//!     limiters:
+//!       - { algorithm: fixed_window, key: "{{ remote_addr }}", count: 100, window: 60 }
+//!       - { algorithm: sliding_window, key: "{{ headers['X-Tenant'] }}", count: 1000, window: 3600 }
+//!       - { algorithm: token_bucket, key: "{{ application.id }}", rate: 10, burst: 20 }
+//!       - { algorithm: connections, key: "{{ remote_addr }}", max: 10 }
+//!     scope: product        # or global: one count across every product using the key
+//!     store: memory         # or redis: the gateway's --counters Redis
+//!     status: 429
+//!     error_message: "rate limit exceeded"
+//! ```
+//!
+//! The policy renders each key in the access phase (a key that renders empty — an
+//! absent header — skips its limiter) and the gateway then checks every limiter of the
+//! policy together, all-or-nothing, before the plan's limits: a request refused here
+//! consumes neither edge nor plan quota. Refusals carry `Retry-After`.
+
+use super::template::Template;
+use super::{Context, Flow, Policy};
+use crate::error::ErrorTemplate;
+use http::{StatusCode, request};
+use schemars::JsonSchema;
+use serde::Deserialize;
+use tollgate_counters::{Algorithm, EdgeCheck};
+
+#[derive(Debug, Clone, Copy, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+enum Kind {
+    FixedWindow,
+    SlidingWindow,
+    TokenBucket,
+    Connections,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct LimiterConfig {
+    algorithm: Kind,
+    /// A template, e.g. `{{ remote_addr }}`; an empty result skips the limiter.
+    key: String,
+    /// Windows: requests allowed per window.
+    #[serde(default)]
+    count: Option<u64>,
+    /// Windows: seconds.
+    #[serde(default)]
+    window: Option<u64>,
+    /// Token bucket: tokens added per second (may be fractional).
+    #[serde(default)]
+    rate: Option<f64>,
+    /// Token bucket: the most tokens held (the burst allowed).
+    #[serde(default)]
+    burst: Option<u64>,
+    /// Connections: requests or WebSocket connections in progress at once.
+    #[serde(default)]
+    max: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, JsonSchema, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+enum Scope {
+    #[default]
+    Product,
+    Global,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, JsonSchema, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+enum Store {
+    #[default]
+    Memory,
+    Redis,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Config {
+    limiters: Vec<LimiterConfig>,
+    /// `product` (default): counts per product; `global`: across products.
+    #[serde(default)]
+    scope: Scope,
+    /// `memory` (default): this process; `redis`: every node (needs --counters redis://…).
+    #[serde(default)]
+    store: Store,
+    /// The status of a refusal (default 429).
+    #[serde(default = "default_status")]
+    #[schemars(range(min = 400, max = 599))]
+    status: u16,
+    #[serde(default)]
+    error_message: Option<String>,
+}
+
+fn default_status() -> u16 {
+    429
+}
+
+struct Limiter {
+    key: Template,
+    kind: LimiterKind,
+}
+
+enum LimiterKind {
+    Rate(Algorithm),
+    Connections(u32),
+}
+
+/// What one `rate_limit` policy asks the gateway to check for this request.
+pub struct EdgeRequest {
+    pub checks: Vec<EdgeCheck>,
+    /// (key, max) of concurrency limiters.
+    pub connections: Vec<(String, u32)>,
+    pub redis: bool,
+    pub refusal: ErrorTemplate,
+}
+
+pub struct RateLimitPolicy {
+    /// Distinguishes this policy's keys from other policies' (`global` shares one prefix).
+    prefix: String,
+    limiters: Vec<Limiter>,
+    scope: Scope,
+    redis: bool,
+    refusal: ErrorTemplate,
+}
+
+impl RateLimitPolicy {
+    pub(super) fn new(c: Config) -> Result<Self, (String, String)> {
+        if c.limiters.is_empty() {
+            return Err(("limiters".into(), "give at least one limiter".into()));
+        }
+        let status = StatusCode::from_u16(c.status)
+            .ok()
+            .filter(|s| (400..=599).contains(&s.as_u16()))
+            .ok_or_else(|| ("status".to_string(), format!("{} is not a status between 400 and 599", c.status)))?;
+        let mut limiters = Vec::new();
+        let mut signature = String::new();
+        for (i, l) in c.limiters.into_iter().enumerate() {
+            let at = |k: &str| format!("limiters[{i}].{k}");
+            let need = |v: Option<u64>, k: &str| -> Result<u64, (String, String)> {
+                v.filter(|v| *v > 0).ok_or_else(|| (at(k), format!("is required (above 0) for {:?}", l.algorithm)))
+            };
+            let key = Template::parse(&l.key).map_err(|e| (at("key"), e))?;
+            let kind = match l.algorithm {
+                Kind::FixedWindow | Kind::SlidingWindow => {
+                    let (count, window_ms) = (need(l.count, "count")?, need(l.window, "window")? as i64 * 1000);
+                    LimiterKind::Rate(if l.algorithm == Kind::FixedWindow {
+                        Algorithm::FixedWindow { count, window_ms }
+                    } else {
+                        Algorithm::SlidingWindow { count, window_ms }
+                    })
+                }
+                Kind::TokenBucket => {
+                    let rate = l.rate.filter(|r| r.is_finite() && *r > 0.0).ok_or_else(|| {
+                        (at("rate"), "is required (tokens per second, above 0) for a token bucket".to_string())
+                    })?;
+                    LimiterKind::Rate(Algorithm::TokenBucket {
+                        rate_per_s: rate,
+                        burst: need(l.burst, "burst")? as f64,
+                    })
+                }
+                Kind::Connections => LimiterKind::Connections(
+                    l.max
+                        .filter(|m| *m > 0)
+                        .ok_or_else(|| (at("max"), "is required (above 0) for connections".into()))?,
+                ),
+            };
+            signature += &format!("{}|{:?};", l.key, l.algorithm);
+            limiters.push(Limiter { key, kind });
+        }
+        let refusal = ErrorTemplate::json(
+            status,
+            "rate_limited",
+            c.error_message.as_deref().unwrap_or("too many requests; retry later"),
+        );
+        // Limiters with the same key template and algorithm share counts within the
+        // scope; the prefix keeps different configurations apart.
+        let prefix = format!("{:016x}", fnv(&signature));
+        Ok(RateLimitPolicy { prefix, limiters, scope: c.scope, redis: c.store == Store::Redis, refusal })
+    }
+}
+
+/// FNV-1a: a stable short name for a limiter set (not security relevant).
+fn fnv(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+}
+
+impl Policy for RateLimitPolicy {
+    fn name(&self) -> &'static str {
+        "rate_limit"
+    }
+
+    fn access(&self, req: &request::Parts, ctx: &mut Context<'_>) -> Flow {
+        let scope = match self.scope {
+            Scope::Product => &*ctx.product.system_name,
+            Scope::Global => "*",
+        };
+        let mut edge = EdgeRequest {
+            checks: Vec::new(),
+            connections: Vec::new(),
+            redis: self.redis,
+            refusal: self.refusal.clone(),
+        };
+        for (i, l) in self.limiters.iter().enumerate() {
+            let value = l.key.render(req, ctx);
+            if value.is_empty() {
+                continue;
+            }
+            let key = format!("{scope}:{}:{i}:{value}", self.prefix);
+            match l.kind {
+                LimiterKind::Rate(algorithm) => edge.checks.push(EdgeCheck { key, algorithm }),
+                LimiterKind::Connections(max) => edge.connections.push((key, max)),
+            }
+        }
+        if !edge.checks.is_empty() || !edge.connections.is_empty() {
+            ctx.edge.push(edge);
+        }
+        Flow::Continue
+    }
+}
