@@ -155,6 +155,7 @@ impl Gateway {
             route: None,
             edge: Vec::new(),
             guards: Vec::new(),
+            token_expires: None,
         };
 
         let mut resp = match self.request_phases(&mut parts, &mut ctx).await {
@@ -379,6 +380,7 @@ impl Gateway {
                 clock: self.clock.clone(),
                 analytics: self.analytics.clone(),
                 cache: Default::default(),
+                token_expires: ctx.token_expires,
             })),
             _ => None,
         };

@@ -225,6 +225,8 @@ pub(crate) struct Session {
     /// application up once per configuration change, not once per frame (host and
     /// credential lookups were a fifth of metering's cost).
     pub cache: Mutex<Option<Current>>,
+    /// When the token the connection was opened with expires (Unix seconds).
+    pub token_expires: Option<i64>,
 }
 
 impl Session {
@@ -309,8 +311,16 @@ impl Session {
         mut draining: watch::Receiver<bool>,
     ) -> (u16, &'static str) {
         let mut plan = self.plan.clone();
+        // The token's expiry, on the monotonic clock (a boxed sleep only when there is one).
+        let mut expiry = self.token_expires.map(|exp| {
+            let left = (exp - self.clock.now()).max(0) as u64;
+            Box::pin(tokio::time::sleep(std::time::Duration::from_secs(left)))
+        });
         loop {
             tokio::select! {
+                () = async { match expiry.as_mut() { Some(s) => s.as_mut().await, None => std::future::pending().await } } => {
+                    return (CLOSE_POLICY_VIOLATION, "token expired");
+                }
                 r = generations.changed() => {
                     if r.is_err() {
                         std::future::pending::<()>().await;

@@ -515,6 +515,7 @@ impl Product {
             Credential::AppId { app_id, app_key } => {
                 self.applications_by_app_id.get(app_id).filter(|a| a.app_keys.iter().any(|k| k == app_key))
             }
+            Credential::ClientId(app_id) => self.applications_by_app_id.get(app_id),
         };
         match app {
             Some(a) if &*a.id != app_id => Err("credentials revoked"),

@@ -43,6 +43,7 @@ fn context(product: &Product) -> Context<'_> {
         route: None,
         edge: Vec::new(),
         guards: Vec::new(),
+        token_expires: None,
     }
 }
 

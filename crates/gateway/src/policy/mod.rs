@@ -25,6 +25,7 @@ mod default_credentials;
 mod echo;
 mod headers;
 pub mod ip_check;
+pub mod jwt;
 mod logging;
 mod maintenance;
 pub mod rate_limit;
@@ -83,13 +84,22 @@ pub struct Context<'a> {
     pub edge: Vec<rate_limit::EdgeRequest>,
     /// Places taken under `rate_limit` concurrency limiters, held for the request.
     pub guards: Vec<tollgate_counters::EdgeGuard>,
+    /// When the request's validated token expires (Unix seconds): a WebSocket opened
+    /// with it closes then.
+    pub token_expires: Option<i64>,
 }
 
 /// Credentials as presented, once verified.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Credential {
     UserKey(Box<str>),
-    AppId { app_id: Box<str>, app_key: Box<str> },
+    AppId {
+        app_id: Box<str>,
+        app_key: Box<str>,
+    },
+    /// An application named by a verified token's client id claim (`jwt`): its app_id,
+    /// no key needed.
+    ClientId(Box<str>),
 }
 
 pub trait Policy: Send + Sync + 'static {
@@ -232,6 +242,12 @@ impl Default for Registry {
                     schema: schema_of::<logging::Config>,
                     summary: "Writes an access-log line per request, JSON or text, with chosen fields, to stdout or a file.",
                     build: |c| build_as(c, logging::LoggingPolicy::new),
+                },
+                PolicyInfo {
+                    name: "jwt",
+                    schema: schema_of::<jwt::Config>,
+                    summary: "Validates a JWT (RS256/ES256/HS256, JWKS with rotation, issuer, audience, expiry), maps a claim to the application, checks claims per method and path; WebSocket tokens may come in Sec-WebSocket-Protocol.",
+                    build: |c| build_as(c, jwt::JwtPolicy::new),
                 },
                 PolicyInfo {
                     name: "rate_limit",

@@ -31,25 +31,47 @@ impl Policy for TollgatePolicy {
         let query = if needs_query { QueryArgs::parse(req.uri.query()) } else { QueryArgs::default() };
 
         let fallback = ctx.default_credentials.clone();
-        let credentials = auth::extract(&product.authentication, req, &query).or_else(|| {
-            fallback.as_deref().map(|c| match c {
-                Credential::UserKey(k) => Credentials::UserKey(Cow::Owned(k.to_string())),
-                Credential::AppId { app_id, app_key } => Credentials::AppId {
-                    app_id: Cow::Owned(app_id.to_string()),
-                    app_key: Some(Cow::Owned(app_key.to_string())),
-                },
-            })
-        });
-        let Some(credentials) = credentials else {
-            return Flow::Respond(product.errors.auth_missing.respond());
-        };
-        let application = match &credentials {
-            Credentials::UserKey(key) => product.applications_by_user_key.get(&**key),
-            Credentials::AppId { app_id, app_key } => {
-                product.applications_by_app_id.get(&**app_id).filter(|app| match app_key {
-                    Some(k) => app.app_keys.iter().any(|known| constant_time_eq(known.as_bytes(), k.as_bytes())),
-                    None => false,
-                })
+        let found = auth::extract(&product.authentication, req, &query);
+        // A client id from a verified token names the application without a key.
+        let (application, credential) = match (found, fallback.as_deref()) {
+            (None, Some(Credential::ClientId(id))) => {
+                (product.applications_by_app_id.get(&**id), Credential::ClientId(id.clone()))
+            }
+            (found, fallback) => {
+                let credentials = found.or_else(|| {
+                    fallback.map(|c| match c {
+                        Credential::UserKey(k) => Credentials::UserKey(Cow::Owned(k.to_string())),
+                        Credential::AppId { app_id, app_key } => Credentials::AppId {
+                            app_id: Cow::Owned(app_id.to_string()),
+                            app_key: Some(Cow::Owned(app_key.to_string())),
+                        },
+                        Credential::ClientId(id) => {
+                            Credentials::AppId { app_id: Cow::Owned(id.to_string()), app_key: None }
+                        }
+                    })
+                });
+                let Some(credentials) = credentials else {
+                    return Flow::Respond(product.errors.auth_missing.respond());
+                };
+                let application = match &credentials {
+                    Credentials::UserKey(key) => product.applications_by_user_key.get(&**key),
+                    Credentials::AppId { app_id, app_key } => {
+                        product.applications_by_app_id.get(&**app_id).filter(|app| match app_key {
+                            Some(k) => {
+                                app.app_keys.iter().any(|known| constant_time_eq(known.as_bytes(), k.as_bytes()))
+                            }
+                            None => false,
+                        })
+                    }
+                };
+                let credential = match credentials {
+                    Credentials::UserKey(k) => Credential::UserKey((*k).into()),
+                    Credentials::AppId { app_id, app_key } => Credential::AppId {
+                        app_id: (*app_id).into(),
+                        app_key: app_key.as_deref().unwrap_or_default().into(),
+                    },
+                };
+                (application, credential)
             }
         };
         let Some(application) = application else {
@@ -65,12 +87,7 @@ impl Policy for TollgatePolicy {
         }
         ctx.usage = usage.with_ancestors(&product.metrics);
         ctx.application = Some(application.clone());
-        ctx.credential = Some(match credentials {
-            Credentials::UserKey(k) => Credential::UserKey((*k).into()),
-            Credentials::AppId { app_id, app_key } => {
-                Credential::AppId { app_id: (*app_id).into(), app_key: app_key.as_deref().unwrap_or_default().into() }
-            }
-        });
+        ctx.credential = Some(credential);
         Flow::Continue
     }
 }

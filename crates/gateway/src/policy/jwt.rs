@@ -1,0 +1,580 @@
+//! The `jwt` policy: validates a JSON Web Token (RS256, ES256, HS256) from the
+//! `Authorization` header, a query parameter or — for WebSockets, whose browser API
+//! cannot set headers — the `Sec-WebSocket-Protocol` header; checks issuer, audience,
+//! expiry and not-before (with leeway); maps a claim to the application (OpenID
+//! Connect's client id is the application's `app_id`); and checks claims per method and
+//! path (403). A WebSocket opened with a token closes with 1008 when the token expires.
+//!
+//! ```yaml
+//! - name: jwt
+//!   configuration:
+//!     issuer: https://idp.example.com/realms/api
+//!     audiences: [api]
+//!     jwks_url: https://idp.example.com/realms/api/protocol/openid-connect/certs
+//!     client_id_claim: azp
+//!     token_sources: [authorization, query, subprotocol]
+//!     claim_checks:
+//!       - methods: [POST, DELETE]
+//!         path: "^/admin/"
+//!         condition: { operations: [ { left: "{{ jwt.role }}", op: "==", right: "admin" } ] }
+//! - name: tollgate
+//! ```
+//!
+//! Keys come from `jwks_file` or `jwks_url` (fetched when the configuration loads, then
+//! again every `jwks_refresh` seconds and when a token names an unknown `kid`, so key
+//! rotation needs no reload) or, for HS256, `secret`. Signatures are verified with
+//! `ring` (the same library that does Tollgate's TLS).
+
+use super::condition::{Condition, ConditionConfig};
+use super::{Context, Credential, Flow, Policy};
+use crate::error::ErrorTemplate;
+use arc_swap::ArcSwap;
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use http::{HeaderValue, Method, StatusCode, header, request, response};
+use ring::signature;
+use schemars::JsonSchema;
+use serde::Deserialize;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+#[derive(Debug, Clone, Copy, Deserialize, JsonSchema, PartialEq, Eq)]
+pub enum Alg {
+    RS256,
+    ES256,
+    HS256,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum Source {
+    /// `Authorization: Bearer TOKEN`.
+    Authorization,
+    /// `?access_token=TOKEN` (see `query_param`).
+    Query,
+    /// `Sec-WebSocket-Protocol: access_token, TOKEN` (or the token alone).
+    Subprotocol,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct ClaimCheckConfig {
+    /// Only for these methods (default: all).
+    #[serde(default)]
+    methods: Vec<String>,
+    /// Only for paths matching this regular expression (default: all).
+    #[serde(default)]
+    path: Option<String>,
+    /// What must hold, e.g. `{{ jwt.role }} == admin`.
+    condition: ConditionConfig,
+    #[serde(default)]
+    error_message: Option<String>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Config {
+    /// Required `iss`.
+    #[serde(default)]
+    issuer: Option<String>,
+    /// `aud` must contain one of these (default: not checked).
+    #[serde(default)]
+    audiences: Vec<String>,
+    /// Accepted algorithms (default: RS256 and ES256, and HS256 with a `secret`).
+    #[serde(default)]
+    algorithms: Vec<Alg>,
+    /// HS256 shared secret.
+    #[serde(default)]
+    secret: Option<String>,
+    /// A JWK Set file.
+    #[serde(default)]
+    jwks_file: Option<String>,
+    /// A JWK Set URL (http or https).
+    #[serde(default)]
+    jwks_url: Option<String>,
+    /// Seconds between JWK Set refreshes (default 300).
+    #[serde(default = "default_refresh")]
+    jwks_refresh: u64,
+    /// Seconds of clock difference tolerated on `exp` and `nbf` (default 30).
+    #[serde(default = "default_leeway")]
+    leeway: u64,
+    /// Whether a request without a token is refused (default true); a present but
+    /// invalid token is always refused.
+    #[serde(default = "yes")]
+    required: bool,
+    /// The claim that names the application (its app_id), e.g. `azp` or `client_id`.
+    #[serde(default)]
+    client_id_claim: Option<String>,
+    /// Where the token is looked for, in order (default: authorization).
+    #[serde(default)]
+    token_sources: Vec<Source>,
+    /// The query parameter of the `query` source (default `access_token`).
+    #[serde(default = "default_param")]
+    query_param: String,
+    /// Checks on claims per method and path; a failed check is 403.
+    #[serde(default)]
+    claim_checks: Vec<ClaimCheckConfig>,
+}
+
+fn default_refresh() -> u64 {
+    300
+}
+fn default_leeway() -> u64 {
+    30
+}
+fn yes() -> bool {
+    true
+}
+fn default_param() -> String {
+    "access_token".into()
+}
+
+enum Key {
+    Hmac(ring::hmac::Key),
+    Rsa { n: Vec<u8>, e: Vec<u8> },
+    Ec(Vec<u8>),
+}
+
+struct Jwk {
+    kid: Option<String>,
+    key: Key,
+}
+
+struct ClaimCheck {
+    methods: Vec<Method>,
+    path: Option<regex::Regex>,
+    condition: Condition,
+    refusal: ErrorTemplate,
+}
+
+pub struct JwtPolicy {
+    issuer: Option<String>,
+    audiences: Vec<String>,
+    algorithms: Vec<Alg>,
+    keys: Arc<ArcSwap<Vec<Jwk>>>,
+    jwks_url: Option<String>,
+    refresh: i64,
+    /// Unix seconds of the last JWKS fetch attempt.
+    fetched: Arc<AtomicI64>,
+    leeway: i64,
+    required: bool,
+    client_id_claim: Option<String>,
+    sources: Vec<Source>,
+    query_param: String,
+    checks: Vec<ClaimCheck>,
+}
+
+fn b64(s: &str) -> Option<Vec<u8>> {
+    URL_SAFE_NO_PAD.decode(s.trim_end_matches('=')).ok()
+}
+
+/// Parses a JWK Set document; keys of unsupported types are skipped.
+fn parse_jwks(text: &str) -> Result<Vec<Jwk>, String> {
+    let doc: serde_json::Value = serde_json::from_str(text).map_err(|e| format!("not a JWK Set (JSON): {e}"))?;
+    let list = doc["keys"].as_array().ok_or("not a JWK Set: no `keys` array")?;
+    let mut keys = Vec::new();
+    for k in list {
+        let kid = k["kid"].as_str().map(str::to_string);
+        let key = match (k["kty"].as_str(), k["crv"].as_str()) {
+            (Some("RSA"), _) => match (k["n"].as_str().and_then(b64), k["e"].as_str().and_then(b64)) {
+                (Some(n), Some(e)) => Key::Rsa { n, e },
+                _ => continue,
+            },
+            (Some("EC"), Some("P-256")) => match (k["x"].as_str().and_then(b64), k["y"].as_str().and_then(b64)) {
+                (Some(x), Some(y)) if x.len() == 32 && y.len() == 32 => {
+                    let mut point = vec![4u8];
+                    point.extend_from_slice(&x);
+                    point.extend_from_slice(&y);
+                    Key::Ec(point)
+                }
+                _ => continue,
+            },
+            _ => continue,
+        };
+        keys.push(Jwk { kid, key });
+    }
+    Ok(keys)
+}
+
+/// Fetches a JWK Set over HTTP(S), with the system's roots; bounded in time.
+async fn fetch_jwks(url: &str) -> Result<Vec<Jwk>, String> {
+    use http_body_util::BodyExt as _;
+    let base = tollgate_model::BaseUrl::parse(url, &["http", "https"])?;
+    let path = if base.path.is_empty() { "/".to_string() } else { base.path.clone() };
+    let upstream =
+        crate::upstream::Upstream::new(base, &tollgate_model::BackendTls::default(), Duration::from_secs(5))?;
+    let exchange = async {
+        let stream = upstream.connector.connect().await.map_err(|e| e.to_string())?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, http_body_util::Empty<bytes::Bytes>>(
+            hyper_util::rt::TokioIo::new(stream),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        let req = http::Request::get(path)
+            .header(header::HOST, upstream.authority.as_str())
+            .header(header::ACCEPT, "application/json")
+            .body(http_body_util::Empty::new())
+            .map_err(|e| e.to_string())?;
+        let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+        if !resp.status().is_success() {
+            return Err(format!("the server answered {}", resp.status()));
+        }
+        let body = http_body_util::Limited::new(resp.into_body(), 1 << 20)
+            .collect()
+            .await
+            .map_err(|e| format!("reading the JWK Set: {e}"))?
+            .to_bytes();
+        parse_jwks(&String::from_utf8_lossy(&body))
+    };
+    tokio::time::timeout(Duration::from_secs(10), exchange).await.map_err(|_| "timed out".to_string())?
+}
+
+/// Runs a fetch to completion from synchronous code (the configuration loads outside
+/// or inside a runtime alike).
+fn fetch_blocking(url: &str) -> Result<Vec<Jwk>, String> {
+    let url = url.to_string();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+        rt.block_on(fetch_jwks(&url))
+    })
+    .join()
+    .unwrap_or_else(|_| Err("the fetch failed".into()))
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+}
+
+impl JwtPolicy {
+    pub(super) fn new(c: Config) -> Result<Self, (String, String)> {
+        let mut keys = Vec::new();
+        if let Some(secret) = &c.secret {
+            if secret.len() < 32 {
+                return Err(("secret".into(), "use at least 32 bytes for an HS256 secret".into()));
+            }
+            keys.push(Jwk {
+                kid: None,
+                key: Key::Hmac(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes())),
+            });
+        }
+        if let Some(path) = &c.jwks_file {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| ("jwks_file".to_string(), format!("cannot read `{path}`: {e}")))?;
+            keys.extend(parse_jwks(&text).map_err(|e| ("jwks_file".to_string(), e))?);
+        }
+        if let Some(url) = &c.jwks_url {
+            keys.extend(
+                fetch_blocking(url).map_err(|e| ("jwks_url".to_string(), format!("cannot fetch `{url}`: {e}")))?,
+            );
+        }
+        if keys.is_empty() {
+            return Err(("jwks_url".into(), "give jwks_url, jwks_file or (for HS256) secret; no key was found".into()));
+        }
+        let algorithms = if c.algorithms.is_empty() {
+            let mut a = vec![Alg::RS256, Alg::ES256];
+            if c.secret.is_some() {
+                a.push(Alg::HS256);
+            }
+            a
+        } else {
+            c.algorithms
+        };
+        if algorithms.contains(&Alg::HS256) && c.secret.is_none() {
+            return Err(("algorithms".into(), "HS256 needs a `secret`".into()));
+        }
+        let mut checks = Vec::new();
+        for (i, k) in c.claim_checks.into_iter().enumerate() {
+            let at = |f: &str| format!("claim_checks[{i}].{f}");
+            let mut methods = Vec::new();
+            for (j, m) in k.methods.iter().enumerate() {
+                methods.push(Method::from_bytes(m.to_ascii_uppercase().as_bytes()).map_err(|_| {
+                    (format!("claim_checks[{i}].methods[{j}]"), format!("`{m}` is not an HTTP method"))
+                })?);
+            }
+            let path = k
+                .path
+                .map(|p| regex::Regex::new(&p).map_err(|e| (at("path"), format!("not a regular expression: {e}"))))
+                .transpose()?;
+            let condition = Condition::new(k.condition).map_err(|(p, m)| (at(&format!("condition.{p}")), m))?;
+            let refusal = ErrorTemplate::json(
+                StatusCode::FORBIDDEN,
+                "jwt_claim_check_failed",
+                k.error_message.as_deref().unwrap_or("the token does not allow this request"),
+            );
+            checks.push(ClaimCheck { methods, path, condition, refusal });
+        }
+        Ok(JwtPolicy {
+            issuer: c.issuer,
+            audiences: c.audiences,
+            algorithms,
+            keys: Arc::new(ArcSwap::from_pointee(keys)),
+            jwks_url: c.jwks_url,
+            refresh: c.jwks_refresh.max(10) as i64,
+            fetched: Arc::new(AtomicI64::new(now())),
+            leeway: c.leeway as i64,
+            required: c.required,
+            client_id_claim: c.client_id_claim,
+            sources: if c.token_sources.is_empty() { vec![Source::Authorization] } else { c.token_sources },
+            query_param: c.query_param,
+            checks,
+        })
+    }
+
+    /// Refreshes the JWK Set in the background when it is due, or at once (at most once
+    /// a second) when a token names a key it does not know: a rotated key is picked up
+    /// by the next request after the identity provider publishes it.
+    fn maybe_refresh(&self, unknown_kid: bool) {
+        let Some(url) = &self.jwks_url else { return };
+        let (t, last) = (now(), self.fetched.load(Ordering::Relaxed));
+        let due = t - last >= self.refresh || (unknown_kid && t - last >= 1);
+        if !due || self.fetched.compare_exchange(last, t, Ordering::Relaxed, Ordering::Relaxed).is_err() {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        let (url, keys) = (url.clone(), self.keys.clone());
+        runtime.spawn(async move {
+            match fetch_jwks(&url).await {
+                Ok(fresh) if !fresh.is_empty() => {
+                    let mut all: Vec<Jwk> = Vec::new();
+                    // HMAC keys come from the configuration, not the URL: keep them.
+                    for k in keys.load().iter() {
+                        if let Key::Hmac(h) = &k.key {
+                            all.push(Jwk { kid: None, key: Key::Hmac(h.clone()) });
+                        }
+                    }
+                    all.extend(fresh);
+                    keys.store(Arc::new(all));
+                    tracing::debug!(%url, "JWK Set refreshed");
+                }
+                Ok(_) => tracing::warn!(%url, "the JWK Set fetched holds no usable key; keeping the previous keys"),
+                Err(e) => tracing::warn!(%url, error = %e, "cannot refresh the JWK Set; keeping the previous keys"),
+            }
+        });
+    }
+
+    /// The token and where it was found.
+    fn token<'r>(&self, req: &'r request::Parts) -> Option<std::borrow::Cow<'r, str>> {
+        for s in &self.sources {
+            let found = match s {
+                Source::Authorization => req
+                    .headers
+                    .get(header::AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+                    .map(|t| std::borrow::Cow::Borrowed(t.trim())),
+                Source::Query => tollgate_model::pattern::QueryArgs::parse(req.uri.query())
+                    .get(&self.query_param)
+                    .map(|t| std::borrow::Cow::Owned(t.to_string())),
+                Source::Subprotocol => subprotocol_token(req).map(std::borrow::Cow::Borrowed),
+            };
+            if found.as_deref().is_some_and(|t| !t.is_empty()) {
+                return found;
+            }
+        }
+        None
+    }
+
+    /// Verifies `token`; the claims, or why not.
+    fn verify(&self, token: &str) -> Result<serde_json::Map<String, serde_json::Value>, &'static str> {
+        let mut parts = token.split('.');
+        let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+            return Err("malformed token");
+        };
+        let header: serde_json::Value =
+            b64(h).and_then(|b| serde_json::from_slice(&b).ok()).ok_or("malformed token header")?;
+        let alg = match header["alg"].as_str() {
+            Some("RS256") => Alg::RS256,
+            Some("ES256") => Alg::ES256,
+            Some("HS256") => Alg::HS256,
+            _ => return Err("unsupported algorithm"),
+        };
+        if !self.algorithms.contains(&alg) {
+            return Err("algorithm not accepted");
+        }
+        let signature_bytes = b64(s).ok_or("malformed signature")?;
+        let signed = &token.as_bytes()[..h.len() + 1 + p.len()];
+        let kid = header["kid"].as_str();
+        let keys = self.keys.load();
+        let candidates = keys.iter().filter(|k| match (&k.key, alg) {
+            (Key::Hmac(_), Alg::HS256) => true,
+            (Key::Rsa { .. }, Alg::RS256) | (Key::Ec(_), Alg::ES256) => kid.is_none() || k.kid.as_deref() == kid,
+            _ => false,
+        });
+        let mut any = false;
+        let valid = candidates.into_iter().any(|k| {
+            any = true;
+            match &k.key {
+                Key::Hmac(key) => ring::hmac::verify(key, signed, &signature_bytes).is_ok(),
+                Key::Rsa { n, e } => signature::RsaPublicKeyComponents { n, e }
+                    .verify(&signature::RSA_PKCS1_2048_8192_SHA256, signed, &signature_bytes)
+                    .is_ok(),
+                Key::Ec(point) => signature::UnparsedPublicKey::new(&signature::ECDSA_P256_SHA256_FIXED, point)
+                    .verify(signed, &signature_bytes)
+                    .is_ok(),
+            }
+        });
+        if !any {
+            self.maybe_refresh(true);
+            return Err("unknown signing key");
+        }
+        if !valid {
+            return Err("invalid signature");
+        }
+        let claims: serde_json::Map<String, serde_json::Value> =
+            b64(p).and_then(|b| serde_json::from_slice(&b).ok()).ok_or("malformed token payload")?;
+        let t = now();
+        if let Some(exp) = claims.get("exp") {
+            let exp = exp.as_i64().ok_or("malformed exp")?;
+            if t > exp + self.leeway {
+                return Err("token expired");
+            }
+        }
+        if let Some(nbf) = claims.get("nbf")
+            && t + self.leeway < nbf.as_i64().ok_or("malformed nbf")?
+        {
+            return Err("token not yet valid");
+        }
+        if let Some(iss) = &self.issuer
+            && claims.get("iss").and_then(|v| v.as_str()) != Some(iss.as_str())
+        {
+            return Err("wrong issuer");
+        }
+        if !self.audiences.is_empty() {
+            let ok = match claims.get("aud") {
+                Some(serde_json::Value::String(a)) => self.audiences.contains(a),
+                Some(serde_json::Value::Array(list)) => {
+                    list.iter().filter_map(|a| a.as_str()).any(|a| self.audiences.iter().any(|x| x == a))
+                }
+                _ => false,
+            };
+            if !ok {
+                return Err("wrong audience");
+            }
+        }
+        self.maybe_refresh(false);
+        Ok(claims)
+    }
+}
+
+/// The token in `Sec-WebSocket-Protocol`: an entry that looks like a JWT.
+fn subprotocol_token(req: &request::Parts) -> Option<&str> {
+    req.headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .find(|e| e.split('.').count() == 3 && e.len() > 20)
+}
+
+fn refusal(status: StatusCode, code: &str, message: &str) -> Flow {
+    let mut resp = ErrorTemplate::json(status, code, message).respond();
+    if status == StatusCode::UNAUTHORIZED {
+        resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    Flow::Respond(resp)
+}
+
+impl Policy for JwtPolicy {
+    fn name(&self) -> &'static str {
+        "jwt"
+    }
+
+    fn access(&self, req: &request::Parts, ctx: &mut Context<'_>) -> Flow {
+        let Some(token) = self.token(req) else {
+            if self.required {
+                return refusal(StatusCode::UNAUTHORIZED, "jwt_missing", "a bearer token is required");
+            }
+            return Flow::Continue;
+        };
+        let claims = match self.verify(&token) {
+            Ok(c) => c,
+            Err(why) => return refusal(StatusCode::UNAUTHORIZED, "jwt_invalid", why),
+        };
+        ctx.token_expires = claims.get("exp").and_then(serde_json::Value::as_i64);
+        if let Some(claim) = &self.client_id_claim {
+            match claims.get(claim).and_then(|v| v.as_str()) {
+                Some(id) if !id.is_empty() => ctx.default_credentials = Some(Arc::new(Credential::ClientId(id.into()))),
+                _ => {
+                    return refusal(StatusCode::FORBIDDEN, "jwt_no_client", "the token names no application");
+                }
+            }
+        }
+        ctx.claims = Some(Arc::new(claims));
+        for check in &self.checks {
+            let applies = (check.methods.is_empty() || check.methods.contains(&req.method))
+                && check.path.as_ref().is_none_or(|p| p.is_match(req.uri.path()));
+            if applies && !check.condition.holds(req, ctx) {
+                return Flow::Respond(check.refusal.respond());
+            }
+        }
+        Flow::Continue
+    }
+
+    /// The token does not travel to the backend in `Sec-WebSocket-Protocol`.
+    fn upstream_request(&self, req: &mut request::Parts, ctx: &Context<'_>) {
+        if !ctx.websocket || !self.sources.contains(&Source::Subprotocol) {
+            return;
+        }
+        let Some(token) = subprotocol_token(req).map(str::to_string) else { return };
+        let kept: Vec<String> = req
+            .headers
+            .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|e| *e != token && !e.is_empty())
+            .map(str::to_string)
+            .collect();
+        req.headers.remove(header::SEC_WEBSOCKET_PROTOCOL);
+        if !kept.is_empty()
+            && let Ok(v) = HeaderValue::from_str(&kept.join(", "))
+        {
+            req.headers.insert(header::SEC_WEBSOCKET_PROTOCOL, v);
+        }
+    }
+
+    /// A browser that offered protocols fails a handshake that selects none: when the
+    /// backend chose none, choose the client's marker entry (`access_token`), or the
+    /// token entry itself when it offered nothing else.
+    fn response(&self, resp: &mut response::Parts, req: &request::Parts, ctx: &Context<'_>) {
+        if !ctx.websocket
+            || !self.sources.contains(&Source::Subprotocol)
+            || resp.headers.contains_key(header::SEC_WEBSOCKET_PROTOCOL)
+            || !(resp.status == StatusCode::SWITCHING_PROTOCOLS || resp.status.is_success())
+        {
+            return;
+        }
+        let Some(token) = subprotocol_token(req) else { return };
+        let offered: Vec<&str> = req
+            .headers
+            .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .collect();
+        let choice = offered.iter().find(|e| **e == "access_token" || **e == "bearer").copied().unwrap_or(token);
+        if let Ok(v) = HeaderValue::from_str(choice) {
+            resp.headers.insert(header::SEC_WEBSOCKET_PROTOCOL, v);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jwks_documents_parse_and_skip_what_they_cannot_use() {
+        let doc = r#"{"keys":[{"kty":"RSA","kid":"r","n":"AQAB","e":"AQAB"},{"kty":"EC","crv":"P-384","x":"AA","y":"AA"},{"kty":"oct","k":"x"}]}"#;
+        let keys = parse_jwks(doc).expect("parses");
+        assert_eq!(keys.len(), 1);
+        assert_eq!(keys[0].kid.as_deref(), Some("r"));
+        assert!(parse_jwks("{}").is_err());
+        assert!(parse_jwks("nope").is_err());
+    }
+}
