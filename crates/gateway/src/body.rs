@@ -5,17 +5,103 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
 use hyper::body::Incoming;
+use std::future::Future as _;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+
+/// Errors of bodies the gateway passes on (hyper's own, or a size limit).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A body went over its `payload_limits` size.
+#[derive(Debug)]
+pub struct TooLarge;
+
+impl std::fmt::Display for TooLarge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the body is larger than the payload limit")
+    }
+}
+
+impl std::error::Error for TooLarge {}
+
+/// A body did not move within its `upstream_connection` timeout.
+#[derive(Debug)]
+pub struct TimedOut;
+
+impl std::fmt::Display for TimedOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the body did not progress within the timeout")
+    }
+}
+
+impl std::error::Error for TimedOut {}
+
+/// A timer a body checks while it waits: fires after `every` without a frame (or, when
+/// `every` is `None`, at a fixed deadline).
+#[derive(Debug)]
+pub struct Timer {
+    every: Option<std::time::Duration>,
+    sleep: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl Timer {
+    /// Fires when no frame came for `d`.
+    pub fn idle(d: std::time::Duration) -> Timer {
+        Timer { every: Some(d), sleep: Box::pin(tokio::time::sleep(d)) }
+    }
+
+    /// Fires `d` from now, whatever happens.
+    pub fn deadline(d: std::time::Duration) -> Timer {
+        Timer { every: None, sleep: Box::pin(tokio::time::sleep(d)) }
+    }
+
+    /// After a poll of the body: whether the timer fired (only while it waits).
+    fn fired<T>(timer: &mut Option<Timer>, frame: &Poll<T>, cx: &mut Context<'_>) -> bool {
+        let Some(t) = timer.as_mut() else { return false };
+        match frame {
+            Poll::Pending => t.sleep.as_mut().poll(cx).is_ready(),
+            Poll::Ready(_) => {
+                if let Some(every) = t.every {
+                    t.sleep.as_mut().reset(tokio::time::Instant::now() + every);
+                }
+                false
+            }
+        }
+    }
+}
+
+/// What stopped a request body on its way: 0 nothing, 1 too large, 2 too slow.
+pub type Stopped = std::sync::Arc<std::sync::atomic::AtomicU8>;
+
+/// Counts a body's bytes against a limit: `Err` once it goes over.
+fn cap(frame: &Result<Frame<Bytes>, BoxError>, left: &mut Option<u64>) -> bool {
+    if let (Ok(f), Some(l)) = (frame, left.as_mut()) {
+        let n = f.data_ref().map_or(0, |d| d.len() as u64);
+        if n > *l {
+            return true;
+        }
+        *l -= n;
+    }
+    false
+}
 
 pin_project_lite::pin_project! {
     #[project = GatewayBodyProj]
     pub enum GatewayBody {
         Upstream { #[pin] body: Incoming },
         Local { #[pin] body: Full<Bytes> },
-        /// A body that holds places (edge concurrency limits) until it ends or drops.
-        Holding { #[pin] body: Incoming, guards: Vec<tollgate_counters::EdgeGuard> },
+        /// A backend's body that holds places (edge concurrency limits) until it ends
+        /// or drops, and/or may carry at most `left` more bytes.
+        Wrapped { #[pin] body: Incoming, wrap: Box<Wrap> },
     }
+}
+
+/// What a wrapped backend body carries besides the body (boxed: most bodies have none).
+#[derive(Debug, Default)]
+pub struct Wrap {
+    guards: Vec<tollgate_counters::EdgeGuard>,
+    left: Option<u64>,
+    timer: Option<Timer>,
 }
 
 impl GatewayBody {
@@ -26,11 +112,93 @@ impl GatewayBody {
         GatewayBody::local(Bytes::new())
     }
 
+    fn wrapped(self, change: impl FnOnce(&mut Wrap)) -> Self {
+        match self {
+            GatewayBody::Upstream { body } => {
+                let mut wrap = Box::<Wrap>::default();
+                change(&mut wrap);
+                GatewayBody::Wrapped { body, wrap }
+            }
+            GatewayBody::Wrapped { body, mut wrap } => {
+                change(&mut wrap);
+                GatewayBody::Wrapped { body, wrap }
+            }
+            local => local,
+        }
+    }
+
     /// This body, keeping `guards` until it is done.
     pub fn holding(self, guards: Vec<tollgate_counters::EdgeGuard>) -> Self {
+        self.wrapped(|w| w.guards = guards)
+    }
+
+    /// This body, cut off with an error once it has carried more than `max` bytes.
+    pub fn capped(self, max: u64) -> Self {
+        self.wrapped(|w| w.left = Some(max))
+    }
+
+    /// This body, failed when the backend sends nothing for `idle`.
+    pub fn idle_timeout(self, idle: std::time::Duration) -> Self {
+        self.wrapped(|w| w.timer = Some(Timer::idle(idle)))
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A request body on its way to a backend, optionally size-limited.
+    #[project = UpstreamBodyProj]
+    pub enum UpstreamBody {
+        Plain { #[pin] body: Incoming },
+        Capped { #[pin] body: Incoming, left: Option<u64>, timer: Option<Timer>, stopped: Stopped },
+    }
+}
+
+impl From<Incoming> for UpstreamBody {
+    fn from(body: Incoming) -> Self {
+        UpstreamBody::Plain { body }
+    }
+}
+
+impl UpstreamBody {
+    /// `body`, failing (and saying why in `stopped`) once it carries more than `max`
+    /// bytes or `timer` fires first.
+    pub fn limited(body: Incoming, max: Option<u64>, timer: Option<Timer>, stopped: Stopped) -> Self {
+        UpstreamBody::Capped { body, left: max, timer, stopped }
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.project() {
+            UpstreamBodyProj::Plain { body } => body.poll_frame(cx).map_err(Into::into),
+            UpstreamBodyProj::Capped { body, left, timer, stopped } => {
+                let frame = body.poll_frame(cx).map_err(BoxError::from);
+                if Timer::fired(timer, &frame, cx) {
+                    stopped.store(2, std::sync::atomic::Ordering::Relaxed);
+                    return Poll::Ready(Some(Err(Box::new(TimedOut))));
+                }
+                if let Poll::Ready(Some(f)) = &frame
+                    && cap(f, left)
+                {
+                    stopped.store(1, std::sync::atomic::Ordering::Relaxed);
+                    return Poll::Ready(Some(Err(Box::new(TooLarge))));
+                }
+                frame
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
         match self {
-            GatewayBody::Upstream { body } | GatewayBody::Holding { body, .. } => GatewayBody::Holding { body, guards },
-            local => local,
+            UpstreamBody::Plain { body } | UpstreamBody::Capped { body, .. } => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpstreamBody::Plain { body } | UpstreamBody::Capped { body, .. } => body.size_hint(),
         }
     }
 }
@@ -43,16 +211,27 @@ impl From<Incoming> for GatewayBody {
 
 impl Body for GatewayBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.project() {
-            GatewayBodyProj::Upstream { body } => body.poll_frame(cx),
+            GatewayBodyProj::Upstream { body } => body.poll_frame(cx).map_err(Into::into),
             GatewayBodyProj::Local { body } => body.poll_frame(cx).map_err(|never| match never {}),
-            GatewayBodyProj::Holding { body, guards } => {
-                let frame = body.poll_frame(cx);
+            GatewayBodyProj::Wrapped { body, wrap } => {
+                let frame = body.poll_frame(cx).map_err(BoxError::from);
+                if Timer::fired(&mut wrap.timer, &frame, cx) {
+                    wrap.guards.clear();
+                    return Poll::Ready(Some(Err(Box::new(TimedOut))));
+                }
+                if let Poll::Ready(Some(f)) = &frame
+                    && cap(f, &mut wrap.left)
+                {
+                    // Cut off: the client sees the response end abnormally.
+                    wrap.guards.clear();
+                    return Poll::Ready(Some(Err(Box::new(TooLarge))));
+                }
                 if matches!(frame, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
-                    guards.clear();
+                    wrap.guards.clear();
                 }
                 frame
             }
@@ -61,14 +240,14 @@ impl Body for GatewayBody {
 
     fn is_end_stream(&self) -> bool {
         match self {
-            GatewayBody::Upstream { body } | GatewayBody::Holding { body, .. } => body.is_end_stream(),
+            GatewayBody::Upstream { body } | GatewayBody::Wrapped { body, .. } => body.is_end_stream(),
             GatewayBody::Local { body } => body.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            GatewayBody::Upstream { body } | GatewayBody::Holding { body, .. } => body.size_hint(),
+            GatewayBody::Upstream { body } | GatewayBody::Wrapped { body, .. } => body.size_hint(),
             GatewayBody::Local { body } => body.size_hint(),
         }
     }

@@ -39,6 +39,10 @@ pub enum GatewayError {
     UpstreamFailed(String),
     #[error("usage counters are unavailable")]
     CountersUnavailable(String),
+    #[error("the request body is larger than this API accepts")]
+    RequestTooLarge,
+    #[error("the backend's response is larger than this API allows")]
+    ResponseTooLarge,
 }
 
 impl GatewayError {
@@ -52,6 +56,8 @@ impl GatewayError {
             GatewayError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             GatewayError::TooManyConnections => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::CountersUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::RequestTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            GatewayError::ResponseTooLarge => StatusCode::BAD_GATEWAY,
         }
     }
 
@@ -67,6 +73,8 @@ impl GatewayError {
             GatewayError::UpstreamTimeout(_) => "upstream_timeout",
             GatewayError::UpstreamFailed(_) => "upstream_failed",
             GatewayError::CountersUnavailable(_) => "counters_unavailable",
+            GatewayError::RequestTooLarge => "request_too_large",
+            GatewayError::ResponseTooLarge => "response_too_large",
         }
     }
 
@@ -77,10 +85,12 @@ impl GatewayError {
             | GatewayError::NoBackend
             | GatewayError::WebSocketDisabled
             | GatewayError::BadUpgrade(_)
-            | GatewayError::TooManyConnections => Side::Downstream,
+            | GatewayError::TooManyConnections
+            | GatewayError::RequestTooLarge => Side::Downstream,
             GatewayError::UpstreamUnavailable(_)
             | GatewayError::UpstreamTimeout(_)
-            | GatewayError::UpstreamFailed(_) => Side::Upstream,
+            | GatewayError::UpstreamFailed(_)
+            | GatewayError::ResponseTooLarge => Side::Upstream,
             GatewayError::CountersUnavailable(_) => Side::Internal,
         }
     }

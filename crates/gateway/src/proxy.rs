@@ -3,6 +3,7 @@
 
 use crate::analytics::Analytics;
 use crate::body::GatewayBody;
+use crate::body::{Stopped, Timer, UpstreamBody};
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
 use crate::policy::routing::Target;
@@ -156,6 +157,8 @@ impl Gateway {
             edge: Vec::new(),
             guards: Vec::new(),
             token_expires: None,
+            payload_limits: (None, None),
+            upstream_timeouts: (None, None),
         };
 
         let mut resp = match self.request_phases(&mut parts, &mut ctx).await {
@@ -311,7 +314,40 @@ impl Gateway {
     ) -> Result<Response<GatewayBody>, GatewayError> {
         let (upstream, rest) = destination(parts, ctx)?;
         let head = self.upstream_head(parts, ctx, upstream, rest)?;
-        let mut resp = upstream.request(Request::from_parts(head, body)).await?;
+        let (request_limit, response_limit) = ctx.payload_limits;
+        let (send_timeout, read_timeout) = ctx.upstream_timeouts;
+        let stopped = Stopped::default();
+        let body = if request_limit.is_some() || send_timeout.is_some() {
+            UpstreamBody::limited(body, request_limit, send_timeout.map(Timer::deadline), stopped.clone())
+        } else {
+            UpstreamBody::from(body)
+        };
+        let exchange = upstream.request(Request::from_parts(head, body));
+        let resp = match read_timeout {
+            None => exchange.await,
+            // The whole request is sent before the backend answers (usually): the head
+            // is due within both timeouts.
+            Some(read) => tokio::time::timeout(read + send_timeout.unwrap_or_default(), exchange)
+                .await
+                .unwrap_or_else(|_| Err(GatewayError::UpstreamTimeout("no response head within read_timeout".into()))),
+        };
+        match stopped.load(std::sync::atomic::Ordering::Relaxed) {
+            1 => return Err(GatewayError::RequestTooLarge),
+            2 => return Err(GatewayError::UpstreamTimeout("the request was not sent within send_timeout".into())),
+            _ => {}
+        }
+        let mut resp = resp?;
+        if let Some(read) = read_timeout {
+            resp = resp.map(|b| b.idle_timeout(read));
+        }
+        if let Some(max) = response_limit {
+            let declared =
+                resp.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+            if declared.is_some_and(|n| n > max) {
+                return Err(GatewayError::ResponseTooLarge);
+            }
+            resp = resp.map(|b| b.capped(max));
+        }
         strip_hop_by_hop(resp.headers_mut());
         Ok(resp)
     }

@@ -192,9 +192,20 @@ pub struct BackendSource<'a> {
 pub struct Upstreams(HashMap<String, Option<Arc<Upstream>>>);
 
 impl Upstreams {
-    fn get_or_build(&mut self, source: &BackendSource<'_>, errors: &mut ConfigErrors) -> Option<Arc<Upstream>> {
+    /// The backend's connector and pool; `connect` (a product's `upstream_connection`)
+    /// overrides the backend's connect timeout, in an upstream of its own.
+    fn get_or_build(
+        &mut self,
+        source: &BackendSource<'_>,
+        connect: Option<Duration>,
+        errors: &mut ConfigErrors,
+    ) -> Option<Arc<Upstream>> {
+        let key = match connect {
+            None => source.path.clone(),
+            Some(d) => format!("{}@{}ms", source.path, d.as_millis()),
+        };
         // Failures are remembered too, so each is reported once.
-        if let Some(u) = self.0.get(&source.path) {
+        if let Some(u) = self.0.get(&key) {
             return u.clone();
         }
         let (b, path) = (source.backend, &source.path);
@@ -202,18 +213,19 @@ impl Upstreams {
             Ok(b) => b,
             Err(e) => {
                 errors.push(ConfigError::new(format!("{path}.private_base_url"), e));
-                self.0.insert(path.clone(), None);
+                self.0.insert(key, None);
                 return None;
             }
         };
         if base.is_tls() && !b.tls.verify {
             tracing::warn!(backend = %b.system_name, "TLS certificate verification is OFF for this backend (tls.verify: false)");
         }
-        let timeout = b.connect_timeout_ms.map_or(DEFAULT_CONNECT_TIMEOUT, Duration::from_millis);
+        let timeout =
+            connect.unwrap_or_else(|| b.connect_timeout_ms.map_or(DEFAULT_CONNECT_TIMEOUT, Duration::from_millis));
         match Upstream::new(base, &b.tls, timeout) {
             Ok(u) => {
                 let u = Arc::new(u);
-                self.0.insert(path.clone(), Some(u.clone()));
+                self.0.insert(key, Some(u.clone()));
                 Some(u)
             }
             Err(e) => {
@@ -222,7 +234,7 @@ impl Upstreams {
                         "point `tls.ca_file` at a readable PEM certificate (or paste it as `tls.ca_pem`), or set `tls.verify: false` to opt out",
                     ),
                 );
-                self.0.insert(path.clone(), None);
+                self.0.insert(key, None);
                 None
             }
         }
@@ -242,7 +254,7 @@ pub fn compile(config: &Config, registry: &Registry) -> Result<Snapshots, Config
         .map(|(i, b)| BackendSource { path: format!("backends[{i}]"), backend: b })
         .collect();
     for b in &backends {
-        upstreams.get_or_build(b, &mut errors);
+        upstreams.get_or_build(b, None, &mut errors);
     }
     let sources: Vec<ProductSource<'_>> = config
         .products
@@ -316,13 +328,18 @@ fn compile_product(
     }
     let mut usages = Vec::new();
     let mut backend_rules = Vec::new();
+    let connect = p
+        .policy_chain
+        .iter()
+        .find(|e| e.enabled && e.name == "upstream_connection")
+        .and_then(|e| crate::policy::upstream_connection::connect_timeout(&e.configuration));
     for u in &p.backend_usages {
         let Some(backend) = source.backends.iter().find(|b| b.backend.system_name == u.backend) else {
             errors
                 .push(ConfigError::new(format!("{path}.backend_usages"), format!("no backend named `{}`", u.backend)));
             continue;
         };
-        let Some(upstream) = upstreams.get_or_build(backend, errors) else { continue };
+        let Some(upstream) = upstreams.get_or_build(backend, connect, errors) else { continue };
         for m in &backend.backend.metrics {
             metrics.add(&m.system_name, None);
         }

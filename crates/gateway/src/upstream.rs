@@ -4,7 +4,6 @@
 //! fresh connection each, since an upgraded connection can never return to a pool.
 
 use crate::body::GatewayBody;
-use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -150,7 +149,7 @@ pub struct Upstream {
     pub http_scheme: http::uri::Scheme,
     pub authority: http::uri::Authority,
     pub connector: Connector,
-    pub client: Client<Connector, Incoming>,
+    pub client: Client<Connector, crate::body::UpstreamBody>,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -205,7 +204,7 @@ impl Upstream {
 
     pub async fn request(
         &self,
-        req: http::Request<Incoming>,
+        req: http::Request<crate::body::UpstreamBody>,
     ) -> Result<http::Response<GatewayBody>, crate::error::GatewayError> {
         use crate::error::GatewayError;
         match self.client.request(req).await {

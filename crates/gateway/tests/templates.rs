@@ -44,6 +44,8 @@ fn context(product: &Product) -> Context<'_> {
         edge: Vec::new(),
         guards: Vec::new(),
         token_expires: None,
+        payload_limits: (None, None),
+        upstream_timeouts: (None, None),
     }
 }
 

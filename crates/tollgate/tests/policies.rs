@@ -459,6 +459,142 @@ async fn rate_limit_in_redis_holds_across_gateways() {
 }
 
 #[tokio::test]
+async fn payload_limits_cut_bodies_without_buffering() {
+    use http_body_util::BodyExt as _;
+    let backend = http_backend().await;
+    let gw = gateway(&config(
+        backend,
+        &[
+            ("small", r#"[ { name: payload_limits, configuration: { request: 100000, response: 100000 } } ]"#),
+            ("tiny", r#"[ { name: payload_limits, configuration: { response: 4 } } ]"#),
+        ],
+    ))
+    .await;
+    let addr = gw.server.staging;
+    let small = host("small");
+    let upload = |body: BoxBody| request(addr, &small, "POST", "/upload?user_key=small-key", body, &[]);
+    // Declared too large: refused before the backend is called.
+    let (status, _, body) = upload(full(vec![b'x'; 100_001])).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+    assert_eq!(json(&body)["error"]["code"], "request_too_large");
+    // Streamed (chunked) and too large: cut off on the way, 413.
+    let (status, _, body) = upload(boxed(Generated::new(300_000))).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+    // Within the limit, streamed or not: passes whole.
+    let (status, _, body) = upload(boxed(Generated::new(100_000))).await;
+    assert_eq!((status, json(&body)["bytes"].as_u64()), (StatusCode::OK, Some(100_000)));
+
+    // A response with a declared length over the limit becomes 502.
+    let (status, _, body) = call(addr, "tiny", "/status/200?user_key=tiny-key", &[]).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+    assert_eq!(json(&body)["error"]["code"], "response_too_large");
+    // A streamed one is cut off where it goes over: the client sees the body fail.
+    let req = http::Request::get(format!("http://{addr}/download?bytes=300000&user_key=small-key"))
+        .header("host", host("small"))
+        .body(full(""))
+        .expect("request");
+    let resp = client().request(req).await.expect("response head");
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(resp.into_body().collect().await.is_err(), "the body was cut off");
+    let (status, _, body) = call(addr, "small", "/download?bytes=1000&user_key=small-key", &[]).await;
+    assert_eq!((status, body.len()), (StatusCode::OK, 1000));
+}
+
+/// A loopback address whose accept queue is full: a new connection hangs in SYN retries.
+async fn blackhole() -> (SocketAddr, tokio::net::TcpListener, Vec<tokio::net::TcpStream>) {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
+    let listener = socket.listen(1).expect("listen");
+    let addr = listener.local_addr().expect("addr");
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        held.push(tokio::net::TcpStream::connect(addr).await.expect("fill the accept queue"));
+    }
+    (addr, listener, held)
+}
+
+/// A backend that accepts connections and never answers.
+async fn silent() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = listener.accept().await {
+            held.push(s);
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn upstream_connection_timeouts_give_504() {
+    let (hole, _l, _held) = blackhole().await;
+    let quiet = silent().await;
+    let backend = http_backend().await;
+    let yaml = format!(
+        r#"
+backends:
+  - {{ system_name: hole, private_base_url: "http://{hole}", connect_timeout_ms: 60000 }}
+  - {{ system_name: quiet, private_base_url: "http://{quiet}" }}
+  - {{ system_name: echo, private_base_url: "http://{backend}" }}
+products:
+  - system_name: c
+    staging_public_base_url: http://c-staging.localhost
+    production_public_base_url: http://c.localhost
+    backend_usages: [ {{ backend: hole, path: / }} ]
+    mapping_rules: [ {{ http_method: ANY, pattern: /, metric: hits }} ]
+    policy_chain: [ {{ name: upstream_connection, configuration: {{ connect_timeout: 0.2 }} }} ]
+    application_plans: [ {{ system_name: open }} ]
+  - system_name: r
+    staging_public_base_url: http://r-staging.localhost
+    production_public_base_url: http://r.localhost
+    backend_usages: [ {{ backend: quiet, path: / }} ]
+    mapping_rules: [ {{ http_method: ANY, pattern: /, metric: hits }} ]
+    policy_chain: [ {{ name: upstream_connection, configuration: {{ read_timeout: 0.2 }} }} ]
+    application_plans: [ {{ system_name: open }} ]
+  - system_name: s
+    staging_public_base_url: http://s-staging.localhost
+    production_public_base_url: http://s.localhost
+    backend_usages: [ {{ backend: echo, path: / }} ]
+    mapping_rules: [ {{ http_method: ANY, pattern: /, metric: hits }} ]
+    policy_chain: [ {{ name: upstream_connection, configuration: {{ send_timeout: 0.3 }} }} ]
+    application_plans: [ {{ system_name: open }} ]
+accounts:
+  - name: a
+    applications:
+      - {{ name: c, product: c, plan: open, user_key: k }}
+      - {{ name: r, product: r, plan: open, user_key: k2 }}
+      - {{ name: s, product: s, plan: open, user_key: k3 }}
+"#
+    );
+    let gw = gateway(&yaml).await;
+    let addr = gw.server.staging;
+    // connect_timeout replaces the backend's minute for this product.
+    let (status, _, body) = call(addr, "c", "/x?user_key=k", &[]).await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{body}");
+    assert_eq!(json(&body)["error"]["code"], "upstream_timeout");
+    // read_timeout: a backend that never answers.
+    let (status, _, body) = call(addr, "r", "/x?user_key=k2", &[]).await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{body}");
+    // send_timeout: a request body that never ends.
+    let mut slow = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    tokio::io::AsyncWriteExt::write_all(
+        &mut slow,
+        b"POST /upload?user_key=k3 HTTP/1.1\r\nHost: s-staging.localhost\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
+    )
+    .await
+    .expect("write");
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::io::AsyncReadExt::read(&mut slow, &mut answer).await.expect("read");
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 504"), "{answer}");
+    // A request that is sent in time passes.
+    let (status, _, body) =
+        request(addr, "s-staging.localhost", "POST", "/upload?user_key=k3", boxed(Generated::new(1000)), &[]).await;
+    assert_eq!((status, json(&body)["bytes"].as_u64()), (StatusCode::OK, Some(1000)));
+}
+
+#[tokio::test]
 async fn every_policy_reports_configuration_errors_with_their_path() {
     let registry = tollgate_gateway::policy::Registry::default();
     let cases: &[(&str, &str, &str)] = &[

@@ -28,10 +28,12 @@ pub mod ip_check;
 pub mod jwt;
 mod logging;
 mod maintenance;
+mod payload_limits;
 pub mod rate_limit;
 pub mod routing;
 pub mod template;
 mod tollgate;
+pub mod upstream_connection;
 mod url_rewriting;
 pub mod websocket;
 
@@ -87,6 +89,10 @@ pub struct Context<'a> {
     /// When the request's validated token expires (Unix seconds): a WebSocket opened
     /// with it closes then.
     pub token_expires: Option<i64>,
+    /// Request and response body limits in bytes (`payload_limits`).
+    pub payload_limits: (Option<u64>, Option<u64>),
+    /// Send and read timeouts towards the backend (`upstream_connection`).
+    pub upstream_timeouts: (Option<std::time::Duration>, Option<std::time::Duration>),
 }
 
 /// Credentials as presented, once verified.
@@ -248,6 +254,18 @@ impl Default for Registry {
                     schema: schema_of::<jwt::Config>,
                     summary: "Validates a JWT (RS256/ES256/HS256, JWKS with rotation, issuer, audience, expiry), maps a claim to the application, checks claims per method and path; WebSocket tokens may come in Sec-WebSocket-Protocol.",
                     build: |c| build_as(c, jwt::JwtPolicy::new),
+                },
+                PolicyInfo {
+                    name: "upstream_connection",
+                    schema: schema_of::<upstream_connection::Config>,
+                    summary: "Connect, send and read timeouts towards the product's backends.",
+                    build: |c| build_as(c, upstream_connection::UpstreamConnectionPolicy::new),
+                },
+                PolicyInfo {
+                    name: "payload_limits",
+                    schema: schema_of::<payload_limits::Config>,
+                    summary: "Limits request bodies (413) and response bodies (502) in bytes, without buffering them.",
+                    build: |c| build_as(c, payload_limits::PayloadLimitsPolicy::new),
                 },
                 PolicyInfo {
                     name: "rate_limit",
