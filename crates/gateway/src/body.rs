@@ -147,6 +147,8 @@ pin_project_lite::pin_project! {
     /// A request body on its way to a backend, optionally size-limited.
     #[project = UpstreamBodyProj]
     pub enum UpstreamBody {
+        /// No body (a retried request's attempts).
+        Empty,
         Plain { #[pin] body: Incoming },
         Capped { #[pin] body: Incoming, left: Option<u64>, timer: Option<Timer>, stopped: Stopped },
     }
@@ -172,6 +174,7 @@ impl Body for UpstreamBody {
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.project() {
+            UpstreamBodyProj::Empty => Poll::Ready(None),
             UpstreamBodyProj::Plain { body } => body.poll_frame(cx).map_err(Into::into),
             UpstreamBodyProj::Capped { body, left, timer, stopped } => {
                 let frame = body.poll_frame(cx).map_err(BoxError::from);
@@ -192,12 +195,14 @@ impl Body for UpstreamBody {
 
     fn is_end_stream(&self) -> bool {
         match self {
+            UpstreamBody::Empty => true,
             UpstreamBody::Plain { body } | UpstreamBody::Capped { body, .. } => body.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
+            UpstreamBody::Empty => SizeHint::with_exact(0),
             UpstreamBody::Plain { body } | UpstreamBody::Capped { body, .. } => body.size_hint(),
         }
     }

@@ -159,6 +159,7 @@ impl Gateway {
             token_expires: None,
             payload_limits: (None, None),
             upstream_timeouts: (None, None),
+            retry: None,
         };
 
         let mut resp = match self.request_phases(&mut parts, &mut ctx).await {
@@ -313,14 +314,47 @@ impl Gateway {
         ctx: &Context<'_>,
     ) -> Result<Response<GatewayBody>, GatewayError> {
         let (upstream, rest) = destination(parts, ctx)?;
+        if let Some(retry) = &ctx.retry {
+            // A bodyless request: each attempt sends a fresh empty body.
+            let mut attempt = 0;
+            loop {
+                let head = self.upstream_head(parts, ctx, upstream, rest)?;
+                let last = attempt == retry.retries;
+                let result = match ctx.upstream_timeouts.1 {
+                    None => upstream.request(Request::from_parts(head, UpstreamBody::Empty)).await,
+                    Some(read) => {
+                        tokio::time::timeout(read, upstream.request(Request::from_parts(head, UpstreamBody::Empty)))
+                            .await
+                            .unwrap_or_else(|_| {
+                                Err(GatewayError::UpstreamTimeout("no response head within read_timeout".into()))
+                            })
+                    }
+                };
+                let again = match &result {
+                    Ok(r) => retry.statuses.contains(&r.status()),
+                    Err(GatewayError::UpstreamUnavailable(_) | GatewayError::UpstreamTimeout(_)) => true,
+                    Err(_) => false,
+                };
+                if last || !again {
+                    return shape_response(result?, ctx.upstream_timeouts.1, ctx.payload_limits.1);
+                }
+                attempt += 1;
+                self.metrics.env(self.environment).upstream_error();
+                tracing::debug!(attempt, "retrying the request");
+                if !retry.delay.is_zero() {
+                    tokio::time::sleep(retry.delay).await;
+                }
+            }
+        }
         let head = self.upstream_head(parts, ctx, upstream, rest)?;
         let (request_limit, response_limit) = ctx.payload_limits;
-        let (send_timeout, read_timeout) = ctx.upstream_timeouts;
-        let stopped = Stopped::default();
-        let body = if request_limit.is_some() || send_timeout.is_some() {
-            UpstreamBody::limited(body, request_limit, send_timeout.map(Timer::deadline), stopped.clone())
-        } else {
-            UpstreamBody::from(body)
+        let read_timeout = ctx.upstream_timeouts.1;
+        let send_timeout = ctx.upstream_timeouts.0;
+        // Only a limited body needs to say why it stopped (no allocation otherwise).
+        let stopped: Option<Stopped> = (request_limit.is_some() || send_timeout.is_some()).then(Stopped::default);
+        let body = match &stopped {
+            Some(s) => UpstreamBody::limited(body, request_limit, send_timeout.map(Timer::deadline), s.clone()),
+            None => UpstreamBody::from(body),
         };
         let exchange = upstream.request(Request::from_parts(head, body));
         let resp = match read_timeout {
@@ -331,25 +365,12 @@ impl Gateway {
                 .await
                 .unwrap_or_else(|_| Err(GatewayError::UpstreamTimeout("no response head within read_timeout".into()))),
         };
-        match stopped.load(std::sync::atomic::Ordering::Relaxed) {
+        match stopped.map_or(0, |s| s.load(std::sync::atomic::Ordering::Relaxed)) {
             1 => return Err(GatewayError::RequestTooLarge),
             2 => return Err(GatewayError::UpstreamTimeout("the request was not sent within send_timeout".into())),
             _ => {}
         }
-        let mut resp = resp?;
-        if let Some(read) = read_timeout {
-            resp = resp.map(|b| b.idle_timeout(read));
-        }
-        if let Some(max) = response_limit {
-            let declared =
-                resp.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-            if declared.is_some_and(|n| n > max) {
-                return Err(GatewayError::ResponseTooLarge);
-            }
-            resp = resp.map(|b| b.capped(max));
-        }
-        strip_hop_by_hop(resp.headers_mut());
-        Ok(resp)
+        shape_response(resp?, read_timeout, response_limit)
     }
 
     async fn websocket(
@@ -621,6 +642,27 @@ fn connection_tokens(headers: &HeaderMap) -> Vec<HeaderName> {
 
 /// A copy of `headers` without hop-by-hop headers (RFC 9110 §7.6.1) and `Host`.
 /// Copying clones reference-counted bytes, not data.
+/// A backend's response as the client gets it: hop-by-hop headers removed, the
+/// `upstream_connection` read timeout and the `payload_limits` response limit applied.
+fn shape_response(
+    mut resp: Response<GatewayBody>,
+    read_timeout: Option<std::time::Duration>,
+    response_limit: Option<u64>,
+) -> Result<Response<GatewayBody>, GatewayError> {
+    if let Some(max) = response_limit {
+        let declared = resp.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > max) {
+            return Err(GatewayError::ResponseTooLarge);
+        }
+        resp = resp.map(|b| b.capped(max));
+    }
+    if let Some(read) = read_timeout {
+        resp = resp.map(|b| b.idle_timeout(read));
+    }
+    strip_hop_by_hop(resp.headers_mut());
+    Ok(resp)
+}
+
 /// Where the request goes: where a policy (`upstream`, `routing`) sent it, or the
 /// product's backend usage with the longest matching prefix; with the path to send.
 fn destination<'c>(parts: &'c request::Parts, ctx: &'c Context<'_>) -> Result<(&'c Upstream, &'c str), GatewayError> {

@@ -46,6 +46,7 @@ fn context(product: &Product) -> Context<'_> {
         token_expires: None,
         payload_limits: (None, None),
         upstream_timeouts: (None, None),
+        retry: None,
     }
 }
 

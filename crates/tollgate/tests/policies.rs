@@ -594,6 +594,67 @@ accounts:
     assert_eq!((status, json(&body)["bytes"].as_u64()), (StatusCode::OK, Some(1000)));
 }
 
+/// A backend that answers 503 to the first `failures` requests, then 200; it counts
+/// the requests it got.
+async fn flaky(failures: usize) -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::Ordering;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let seen = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let count = count.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |_req| {
+                    let n = count.fetch_add(1, Ordering::SeqCst);
+                    let status = if n < failures { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
+                    async move {
+                        let mut r = http::Response::new(full(format!("attempt {}", n + 1)));
+                        *r.status_mut() = status;
+                        Ok::<_, std::convert::Infallible>(r)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (addr, seen)
+}
+
+#[tokio::test]
+async fn retry_repeats_safe_requests_only() {
+    use std::sync::atomic::Ordering;
+    let (backend, seen) = flaky(2).await;
+    let gw = gateway(&config(
+        backend,
+        &[("retry", r#"[ { name: retry, configuration: { retries: 2, statuses: [503] } } ]"#)],
+    ))
+    .await;
+    let addr = gw.server.staging;
+    let (status, _, body) = call(addr, "retry", "/x?user_key=retry-key", &[]).await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "attempt 3"), "two 503s retried, the third attempt answered");
+    assert_eq!(seen.load(Ordering::SeqCst), 3);
+    // A POST with a body is never repeated: the backend's first answer is the client's.
+    seen.store(0, Ordering::SeqCst);
+    let (status, _, body) = request(addr, &host("retry"), "POST", "/x?user_key=retry-key", full("payload"), &[]).await;
+    assert_eq!((status, body.as_str()), (StatusCode::SERVICE_UNAVAILABLE, "attempt 1"));
+    assert_eq!(seen.load(Ordering::SeqCst), 1);
+    // Retries run out: the last answer stands.
+    seen.store(0, Ordering::SeqCst);
+    let (backend, seen) = flaky(10).await;
+    let gw = gateway(&config(
+        backend,
+        &[("retry", r#"[ { name: retry, configuration: { retries: 1, statuses: [503], delay: 0.01 } } ]"#)],
+    ))
+    .await;
+    let (status, _, body) = call(gw.server.staging, "retry", "/x?user_key=retry-key", &[]).await;
+    assert_eq!((status, body.as_str()), (StatusCode::SERVICE_UNAVAILABLE, "attempt 2"));
+    assert_eq!(seen.load(Ordering::SeqCst), 2);
+}
+
 #[tokio::test]
 async fn every_policy_reports_configuration_errors_with_their_path() {
     let registry = tollgate_gateway::policy::Registry::default();

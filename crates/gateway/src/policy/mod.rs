@@ -30,6 +30,7 @@ mod logging;
 mod maintenance;
 mod payload_limits;
 pub mod rate_limit;
+pub mod retry;
 pub mod routing;
 pub mod template;
 mod tollgate;
@@ -93,6 +94,8 @@ pub struct Context<'a> {
     pub payload_limits: (Option<u64>, Option<u64>),
     /// Send and read timeouts towards the backend (`upstream_connection`).
     pub upstream_timeouts: (Option<std::time::Duration>, Option<std::time::Duration>),
+    /// Set by `retry` when this request may be sent again.
+    pub retry: Option<retry::Retry>,
 }
 
 /// Credentials as presented, once verified.
@@ -260,6 +263,12 @@ impl Default for Registry {
                     schema: schema_of::<upstream_connection::Config>,
                     summary: "Connect, send and read timeouts towards the product's backends.",
                     build: |c| build_as(c, upstream_connection::UpstreamConnectionPolicy::new),
+                },
+                PolicyInfo {
+                    name: "retry",
+                    schema: schema_of::<retry::Config>,
+                    summary: "Retries bodyless requests with idempotent methods on connection failures and chosen statuses.",
+                    build: |c| build_as(c, retry::RetryPolicy::new),
                 },
                 PolicyInfo {
                     name: "payload_limits",
