@@ -328,3 +328,78 @@ async fn applications_are_suspended_rekeyed_and_moved_from_their_page() {
     assert!(page.contains("platinum"), "{page}");
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn every_catalogue_policy_gets_a_form_and_conditions_are_edited_there() {
+    let dir = TempDir::new();
+    let server = store_server(&format!("sqlite://{}", dir.path().join("tollgate.db").display())).await;
+    let product = serde_json::json!({
+        "system_name": "chat",
+        "staging_public_base_url": "http://chat-staging.localhost",
+        "production_public_base_url": "http://chat.localhost",
+        "policy_chain": [
+            { "name": "ip_check", "configuration": { "check_type": "deny", "ips": ["192.0.2.1"] } },
+            { "name": "tollgate" }
+        ],
+    });
+    let cookie = with_product(&server, product).await;
+    let (status, _, page) = get_with(server.admin, "/products/chat/policies/0", &cookie).await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    for field in [
+        r#"name="check_type""#,
+        r#"name="ips:json""#,
+        r#"name="condition.combine_op""#,
+        r#"name="condition.operations:json""#,
+    ] {
+        assert!(page.contains(field), "{field} in {page}");
+    }
+    let csrf = csrf(&page);
+    let fields = [
+        ("_csrf", csrf.as_str()),
+        ("check_type", "allow"),
+        ("ips:json", r#"["10.0.0.0/8", "::1"]"#),
+        ("condition.operations:json", r#"[{"left": "{{ path }}", "op": "matches", "right": "^/internal"}]"#),
+    ];
+    let (status, headers, page) = post(server.admin, "/products/chat/policies/0", Some(&cookie), &fields, &[]).await;
+    assert_eq!((status, location(&headers)), (StatusCode::SEE_OTHER, "/products/chat/policies"), "{page}");
+    let chain = api(&server, "GET", "/products/chat/policy_chain", None).await.1;
+    assert_eq!(
+        chain[0]["configuration"],
+        serde_json::json!({
+            "check_type": "allow",
+            "ips": ["10.0.0.0/8", "::1"],
+            "condition": { "operations": [ { "left": "{{ path }}", "op": "matches", "right": "^/internal" } ] },
+        })
+    );
+    // A bad range comes back with the policy's reason.
+    let bad = [("_csrf", csrf.as_str()), ("check_type", "deny"), ("ips:json", r#"["10.0.0.0/40"]"#)];
+    let (status, _, page) = post(server.admin, "/products/chat/policies/0", Some(&cookie), &bad, &[]).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{page}");
+    assert!(page.contains("prefix length"), "{page}");
+
+    // Every policy of the catalogue can be added and opens a form.
+    let catalogue = api(&server, "GET", "/policies", None).await.1;
+    for p in catalogue.as_array().expect("list") {
+        let name = p["name"].as_str().expect("name");
+        let (status, _, page) =
+            post(server.admin, "/products/chat/policies", Some(&cookie), &[("_csrf", &csrf), ("name", name)], &[])
+                .await;
+        match status {
+            // Added: its form opens, the condition among its fields.
+            StatusCode::SEE_OTHER => {
+                let chain = api(&server, "GET", "/products/chat/policy_chain", None).await.1;
+                let i = chain.as_array().expect("chain").iter().position(|c| c["name"] == name).expect("added");
+                let (status, _, form) = get_with(server.admin, &format!("/products/chat/policies/{i}"), &cookie).await;
+                assert_eq!(status, StatusCode::OK, "{name}: {form}");
+                assert!(form.contains(r#"name="condition.combine_op""#), "{name}: {form}");
+            }
+            // Options are required: the empty configuration is refused with the field to fill.
+            StatusCode::UNPROCESSABLE_ENTITY => {
+                assert!(!page.contains(r#"<p class="error" role="alert"></p>"#), "{name}: {page}");
+                assert!(page.contains(r#"<p class="error" role="alert">"#), "{name}: {page}")
+            }
+            other => panic!("{name}: {other} {page}"),
+        }
+    }
+    server.shutdown().await;
+}

@@ -260,6 +260,7 @@ products:
     policy_chain:
       - {{ name: ip_check, configuration: {{ check_type: deny, ips: ["127.0.0.2"] }} }}
       - {{ name: maintenance_mode, configuration: {{ condition: {{ operations: [ {{ left: "{{{{ query['closed'] }}}}", op: "==", right: "1" }} ] }} }} }}
+      - {{ name: rate_limit, configuration: {{ limiters: [ {{ algorithm: connections, key: "{{{{ query['slot'] }}}}", max: 1 }} ] }} }}
       - {{ name: websocket }}
       - {{ name: tollgate }}
     application_plans: [ {{ system_name: basic }} ]
@@ -278,6 +279,24 @@ accounts:
     let (status, body) = ws_refused(addr, "ws-staging.localhost", "/?user_key=k&closed=1").await;
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("maintenance"), "{body}");
+    // rate_limit's connections limiter holds a place for the WebSocket's lifetime.
+    let mut first = ws(addr, "ws-staging.localhost", "/?user_key=k&slot=a").await.expect("first in slot a");
+    let (status, body) = ws_refused(addr, "ws-staging.localhost", "/?user_key=k&slot=a").await;
+    assert_eq!(status, 429, "{body}");
+    assert!(body.contains("rate_limited"), "{body}");
+    futures_util::SinkExt::close(&mut first).await.expect("close");
+    while let Some(Ok(_)) = futures_util::StreamExt::next(&mut first).await {}
+    drop(first);
+    let again = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            if let Ok(s) = ws(addr, "ws-staging.localhost", "/?user_key=k&slot=a").await {
+                return s;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert!(again.is_ok(), "the place came back when the WebSocket closed");
     // From 127.0.0.2 (a loopback address of its own): denied before the backend.
     let tcp = tokio::net::TcpSocket::new_v4().expect("socket");
     tcp.bind("127.0.0.2:0".parse().expect("addr")).expect("bind 127.0.0.2");
