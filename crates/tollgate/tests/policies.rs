@@ -173,8 +173,14 @@ async fn headers_templates_cors_default_credentials_echo_and_logging() {
         r#"[ {{ name: logging, configuration: {{ file: "{}", fields: [status, method, path, application, remote_addr] }} }}, {{ name: tollgate }} ]"#,
         log.display()
     );
+    let text_log = dir.path().join("text.log");
+    let texting = format!(
+        r#"[ {{ name: logging, configuration: {{ format: text, file: "{}", fields: [method, path, status, user_agent, application] }} }} ]"#,
+        text_log.display()
+    );
     let mut all: Vec<(&str, &str)> = chains.to_vec();
     all.push(("logged", &logging));
+    all.push(("texted", &texting));
     let gw = gateway(&config(backend, &all)).await;
     let addr = gw.server.staging;
 
@@ -243,6 +249,13 @@ async fn headers_templates_cors_default_credentials_echo_and_logging() {
         serde_json::json!({ "status": 200, "method": "GET", "path": "/l", "application": "acme/logged-app", "remote_addr": "127.0.0.1" })
     );
     assert_eq!((lines[1]["status"].as_u64(), &lines[1]["application"]), (Some(401), &Value::Null));
+    // Text: values separated by spaces, quoted when they hold spaces, `-` when absent.
+    call(addr, "texted", "/t?user_key=texted-key", &[("user-agent", "curl/8 (test)")]).await;
+    let text = std::fs::read_to_string(&text_log).expect("text log");
+    assert_eq!(text, "GET /t 200 \"curl/8 (test)\" acme/texted-app\n");
+    call(addr, "texted", "/t", &[]).await;
+    let text = std::fs::read_to_string(&text_log).expect("text log");
+    assert_eq!(text.lines().nth(1), Some("GET /t 401 - -"), "absent values are `-`");
 }
 
 #[tokio::test]

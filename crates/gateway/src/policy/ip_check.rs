@@ -246,4 +246,13 @@ mod tests {
         let open = policy(vec![Source::ForwardedFor], &[]);
         assert_eq!(open.client_ip(&req("198.51.100.4, 10.0.0.2"), ip("10.0.0.1")), ip("198.51.100.4"));
     }
+
+    #[test]
+    fn real_ip_is_believed_from_trusted_proxies_and_sources_fall_through() {
+        let p = policy(vec![Source::RealIp, Source::LastCaller], &["10.0.0.0/8"]);
+        let with = |v: &str| http::Request::builder().header("x-real-ip", v).body(()).expect("req").into_parts().0;
+        assert_eq!(p.client_ip(&with("198.51.100.9"), ip("10.1.2.3")), ip("198.51.100.9"));
+        assert_eq!(p.client_ip(&with("198.51.100.9"), ip("203.0.113.1")), ip("203.0.113.1"), "untrusted peer");
+        assert_eq!(p.client_ip(&with("not an address"), ip("10.1.2.3")), ip("10.1.2.3"), "falls through to the peer");
+    }
 }
