@@ -9,6 +9,10 @@ use std::future::Future as _;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+/// Something held while a request is in progress and given back when it drops (a place
+/// under a `rate_limit` concurrency limiter, in memory or leased in Redis).
+pub type Held = Box<dyn std::any::Any + Send + Sync>;
+
 /// Errors of bodies the gateway passes on (hyper's own, or a size limit).
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -99,7 +103,7 @@ pin_project_lite::pin_project! {
 /// What a wrapped backend body carries besides the body (boxed: most bodies have none).
 #[derive(Debug, Default)]
 pub struct Wrap {
-    guards: Vec<tollgate_counters::EdgeGuard>,
+    guards: Vec<Held>,
     left: Option<u64>,
     timer: Option<Timer>,
 }
@@ -128,7 +132,7 @@ impl GatewayBody {
     }
 
     /// This body, keeping `guards` until it is done.
-    pub fn holding(self, guards: Vec<tollgate_counters::EdgeGuard>) -> Self {
+    pub fn holding(self, guards: Vec<Held>) -> Self {
         self.wrapped(|w| w.guards = guards)
     }
 

@@ -3,7 +3,7 @@
 
 use crate::analytics::Analytics;
 use crate::body::GatewayBody;
-use crate::body::{Stopped, Timer, UpstreamBody};
+use crate::body::{Held, Stopped, Timer, UpstreamBody};
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
 use crate::policy::routing::Target;
@@ -23,7 +23,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::sync::watch;
-use tollgate_counters::{Clock, Counters, Decision, EdgeDecision, EdgeGuard, EdgeMemory, FailureMode, LimitStatus};
+use tollgate_counters::{Clock, Counters, Decision, EdgeDecision, EdgeMemory, FailureMode, LimitStatus};
 
 /// What the listener knows about the connection a request came on.
 #[derive(Debug, Clone)]
@@ -272,8 +272,17 @@ impl Gateway {
                 return Err(resp);
             }
             for (key, max) in &edge.connections {
-                match self.edge.acquire(key, *max) {
-                    Some(g) => ctx.guards.push(g),
+                // In Redis: a lease like a WebSocket's under max_connections (renewed by
+                // this node, freed by its expiry if the node dies).
+                let place: Option<Held> = match (edge.redis, self.counters.redis()) {
+                    (true, Some(_)) => match self.connections.try_open(&format!("edge:{key}"), Some(*max)).await {
+                        Ok(slot) => slot.map(|s| Box::new(s) as Held),
+                        Err(e) => return Err(GatewayError::CountersUnavailable(e.to_string()).into_response()),
+                    },
+                    _ => self.edge.acquire(key, *max).map(|g| Box::new(g) as Held),
+                };
+                match place {
+                    Some(p) => ctx.guards.push(p),
                     None => {
                         self.metrics.env(self.environment).limits_exceeded();
                         ctx.guards.clear();
@@ -379,7 +388,7 @@ impl Gateway {
         ctx: &Context<'_>,
         client: hyper::upgrade::OnUpgrade,
         over_h2: bool,
-        (listener_slot, app_slot, guards): (Arc<OwnedSemaphorePermit>, Option<ConnectionSlot>, Vec<EdgeGuard>),
+        (listener_slot, app_slot, guards): (Arc<OwnedSemaphorePermit>, Option<ConnectionSlot>, Vec<Held>),
     ) -> Result<Response<GatewayBody>, GatewayError> {
         let (upstream, rest) = destination(parts, ctx)?;
         let mut head = self.upstream_head(parts, ctx, upstream, rest)?;

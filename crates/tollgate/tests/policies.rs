@@ -473,10 +473,16 @@ async fn rate_limit_in_redis_holds_across_gateways() {
     let redis = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
     let yaml = config(
         backend,
-        &[(
-            "shared",
-            r#"[ { name: rate_limit, configuration: { store: redis, limiters: [ { algorithm: fixed_window, key: "{{ remote_addr }}", count: 5, window: 3600 } ] } } ]"#,
-        )],
+        &[
+            (
+                "shared",
+                r#"[ { name: rate_limit, configuration: { store: redis, limiters: [ { algorithm: fixed_window, key: "{{ remote_addr }}", count: 5, window: 3600 } ] } } ]"#,
+            ),
+            (
+                "conc",
+                r#"[ { name: rate_limit, configuration: { store: redis, limiters: [ { algorithm: connections, key: "{{ remote_addr }}", max: 1 } ] } } ]"#,
+            ),
+        ],
     );
     let flags = ["--counters", redis.as_str(), "--counters-namespace", ns.as_str()];
     let (one, two) = (gateway_with(&yaml, &flags).await, gateway_with(&yaml, &flags).await);
@@ -488,6 +494,29 @@ async fn rate_limit_in_redis_holds_across_gateways() {
         }
     }
     assert_eq!(admitted, 5, "one window across two gateways");
+
+    // A concurrency limit in Redis: a download in progress through one gateway holds
+    // the only place, the other gateway refuses until it is done.
+    let mut slow = tokio::net::TcpStream::connect(one.server.staging).await.expect("connect");
+    tokio::io::AsyncWriteExt::write_all(
+        &mut slow,
+        b"GET /download?bytes=50000000&user_key=conc-key HTTP/1.1\r\nHost: conc-staging.localhost\r\n\r\n",
+    )
+    .await
+    .expect("write");
+    let mut head = [0u8; 12];
+    tokio::io::AsyncReadExt::read_exact(&mut slow, &mut head).await.expect("response head");
+    assert_eq!(&head, b"HTTP/1.1 200");
+    let other = two.server.staging;
+    assert_eq!(call(other, "conc", "/x?user_key=conc-key", &[]).await.0, StatusCode::TOO_MANY_REQUESTS);
+    drop(slow);
+    let freed = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while call(other, "conc", "/x?user_key=conc-key", &[]).await.0 != StatusCode::OK {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert!(freed.is_ok(), "the place was given back in Redis");
 }
 
 #[tokio::test]

@@ -86,7 +86,7 @@ pub struct Context<'a> {
     /// What `rate_limit` policies ask the gateway to check.
     pub edge: Vec<rate_limit::EdgeRequest>,
     /// Places taken under `rate_limit` concurrency limiters, held for the request.
-    pub guards: Vec<tollgate_counters::EdgeGuard>,
+    pub guards: Vec<crate::body::Held>,
     /// When the request's validated token expires (Unix seconds): a WebSocket opened
     /// with it closes then.
     pub token_expires: Option<i64>,

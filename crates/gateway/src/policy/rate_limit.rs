@@ -12,7 +12,7 @@
 //!       - { algorithm: token_bucket, key: "{{ application.id }}", rate: 10, burst: 20 }
 //!       - { algorithm: connections, key: "{{ remote_addr }}", max: 10 }
 //!     scope: product        # or global: one count across every product using the key
-//!     store: memory         # or redis: the gateway's --counters Redis
+//!     store: memory         # or redis: the gateway's --counters Redis (connections as leases)
 //!     status: 429
 //!     error_message: "rate limit exceeded"
 //! ```
