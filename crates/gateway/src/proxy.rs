@@ -88,11 +88,21 @@ impl Gateway {
     }
 
     /// Answers one request. Never fails: every failure becomes a response here.
-    pub async fn handle(&self, req: Request<Incoming>, conn: ConnInfo) -> Response<GatewayBody> {
+    pub async fn handle(&self, mut req: Request<Incoming>, conn: ConnInfo) -> Response<GatewayBody> {
         let upgrade_requested = req.headers().contains_key(header::UPGRADE);
         let websocket_requested = header_has_token(req.headers(), header::UPGRADE, "websocket")
             || req.extensions().get::<hyper::ext::Protocol>().is_some();
         let version = req.version();
+        // Every request carries an id to the backend and back to the client: the
+        // client's own if it sent a usable one, else a new one.
+        let request_id = match req.headers().get(REQUEST_ID) {
+            Some(v) if !v.is_empty() && v.len() <= 200 => v.clone(),
+            _ => {
+                let id = new_request_id();
+                req.headers_mut().insert(REQUEST_ID, id.clone());
+                id
+            }
+        };
         let mut resp = match self.route(req, &conn).await {
             Ok(resp) => resp,
             Err(e) => {
@@ -107,6 +117,7 @@ impl Gateway {
         if upgrade_requested && resp.status() != StatusCode::SWITCHING_PROTOCOLS {
             resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
+        resp.headers_mut().insert(REQUEST_ID, request_id);
         let metrics = self.metrics.env(self.environment);
         metrics.response(resp.status().as_u16());
         if websocket_requested {
@@ -651,6 +662,36 @@ fn connection_tokens(headers: &HeaderMap) -> Vec<HeaderName> {
 
 /// A copy of `headers` without hop-by-hop headers (RFC 9110 §7.6.1) and `Host`.
 /// Copying clones reference-counted bytes, not data.
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// A request id: 32 hex digits, unique per process run (a random start, counted up)
+/// and unlikely to repeat across nodes (the start is drawn per process).
+fn new_request_id() -> HeaderValue {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    static START: std::sync::OnceLock<(u64, u64)> = std::sync::OnceLock::new();
+    let (high, low) = *START.get_or_init(|| {
+        use std::hash::{BuildHasher, Hasher};
+        let seed = |n: u64| {
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u64(n ^ u64::from(std::process::id()));
+            h.write_u128(
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()),
+            );
+            h.finish()
+        };
+        (seed(1), seed(2))
+    });
+    let n = low.wrapping_add(NEXT.fetch_add(1, Ordering::Relaxed));
+    let mut buf = [0u8; 32];
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for (i, b) in high.to_be_bytes().iter().chain(n.to_be_bytes().iter()).enumerate() {
+        buf[2 * i] = HEX[usize::from(b >> 4)];
+        buf[2 * i + 1] = HEX[usize::from(b & 15)];
+    }
+    HeaderValue::from_bytes(&buf).unwrap_or(HeaderValue::from_static("0"))
+}
+
 /// A backend's response as the client gets it: hop-by-hop headers removed, the
 /// `upstream_connection` read timeout and the `payload_limits` response limit applied.
 fn shape_response(

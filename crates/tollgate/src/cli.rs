@@ -10,6 +10,9 @@ pub struct Cli {
     /// Log filter (tracing syntax), e.g. `info`, `tollgate=debug`; RUST_LOG overrides it.
     #[arg(long, global = true, env = "TOLLGATE_LOG", default_value = "info")]
     pub log: String,
+    /// Log line format: `text` (for people) or `json` (one object per line).
+    #[arg(long, global = true, env = "TOLLGATE_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
     #[command(subcommand)]
     pub command: Command,
 }

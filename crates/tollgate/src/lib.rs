@@ -18,12 +18,14 @@ pub mod serve;
 pub mod ws;
 
 /// Logs to stderr; `RUST_LOG` (e.g. `tollgate=debug`) overrides `--log`.
-pub fn init_tracing(default: &str) {
+pub fn init_tracing(default: &str, json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         // rustls warns about what clients send (an IP address as SNI, as wrk and curl
         // do), on every handshake: nothing an operator can act on, and a flood under load.
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{default},rustls=error")));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(|| Stderr).with_target(false).try_init();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(|| Stderr).with_target(false);
+    // JSON: one object per line (timestamp, level, fields, message) for log pipelines.
+    let _ = if json { builder.json().flatten_event(true).try_init() } else { builder.try_init() };
 }
 
 /// Standard error that never fails: a gateway must keep serving (and drain cleanly)

@@ -7,7 +7,7 @@ use tollgate::cli::{Cli, Command};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tollgate::init_tracing(&cli.log);
+    tollgate::init_tracing(&cli.log, cli.log_format == "json");
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

@@ -191,3 +191,32 @@ fn serve_refuses_bad_setups_clearly() {
     let out = tollgate(&["serve", "--config", &file, "--staging-listen", "nonsense"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("--staging-listen `nonsense`: write HOST:PORT"));
 }
+
+#[tokio::test]
+async fn logs_can_be_json_lines() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let dir = TempDir::new();
+    let file = write(&dir, "t.yaml", "backends: []\nproducts: []\n");
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["--log-format", "json", "serve", "--config", &file])
+        .args(support::PORT0)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn");
+    let mut out = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut err = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    // Ready once the admin line is printed; then a reload logs one line.
+    while let Some(line) = out.next_line().await.expect("stdout") {
+        if line.starts_with("tollgate: admin") {
+            break;
+        }
+    }
+    let pid = child.id().expect("pid").to_string();
+    assert!(std::process::Command::new("kill").args(["-HUP", &pid]).status().expect("kill").success());
+    let line = err.next_line().await.expect("stderr").expect("a log line");
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+    assert_eq!((v["level"].as_str(), v["message"].as_str()), (Some("INFO"), Some("configuration reloaded")), "{v}");
+    assert!(v["timestamp"].is_string(), "{v}");
+}

@@ -360,3 +360,33 @@ async fn upstream_connections_are_pooled() {
     }
     assert_eq!(ports.len(), 1, "ten sequential requests should reuse one backend connection: {ports:?}");
 }
+
+#[tokio::test]
+async fn every_request_carries_a_request_id_to_the_backend_and_back() {
+    let s = setup().await;
+    let addr = s.gw.server.staging;
+    let (status, headers, body) = get(addr, STAGING, "/items/1?user_key=k1").await;
+    assert_eq!(status, StatusCode::OK);
+    let id = headers["x-request-id"].to_str().expect("ascii").to_string();
+    assert!(id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()), "{id}");
+    assert_eq!(json(&body)["headers"]["x-request-id"], id.as_str(), "the backend saw the same id");
+    let (_, again, _) = get(addr, STAGING, "/items/1?user_key=k1").await;
+    assert_ne!(again["x-request-id"], id.as_str(), "each request its own");
+    // A client's own id is kept; refusals carry one too.
+    let (_, headers, body) = request(
+        addr,
+        STAGING,
+        "GET",
+        "/items/1?user_key=k1",
+        boxed(http_body_util::Empty::new()),
+        &[("x-request-id", "client-chosen-1")],
+    )
+    .await;
+    assert_eq!(
+        (headers["x-request-id"].to_str().ok(), json(&body)["headers"]["x-request-id"].as_str()),
+        (Some("client-chosen-1"), Some("client-chosen-1"))
+    );
+    let (status, headers, _) = get(addr, STAGING, "/items/1").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(headers.contains_key("x-request-id"));
+}
