@@ -249,6 +249,29 @@ pub fn document() -> Value {
             params.push(json!({ "name": "position", "in": "query", "required": false, "schema": { "type": "integer", "minimum": 1 },
                 "description": "1-based place of the rule: rules run in this order" }));
         }
+        if o.path == "/analytics/usage" {
+            for (name, kind, about) in [
+                ("product", "string", "a product's system_name"),
+                ("application", "string", "an application's name or id"),
+                ("metric", "string", "a metric or method (default hits)"),
+                ("since", "integer", "Unix seconds (default: a day before until)"),
+                ("until", "integer", "Unix seconds (default: now)"),
+            ] {
+                params.push(json!({ "name": name, "in": "query", "required": false, "schema": { "type": kind }, "description": about }));
+            }
+            params.push(json!({ "name": "granularity", "in": "query", "required": false,
+                "schema": { "enum": ["minute", "hour", "day"] } }));
+            params.push(
+                json!({ "name": "format", "in": "query", "required": false, "schema": { "enum": ["json", "csv"] },
+                "description": "csv: one row per bucket (at, unix, metric, value); also chosen by Accept: text/csv" }),
+            );
+            responses.insert(
+                "200".into(),
+                json!({ "description": "success", "content": {
+                    "application/json": { "schema": {} },
+                    "text/csv": { "schema": { "type": "string" } } } }),
+            );
+        }
         let mut operation = json!({ "summary": o.summary, "parameters": params, "responses": responses,
             "security": [ { "bearer": [] } ] });
         if let Some(body) = o.body {

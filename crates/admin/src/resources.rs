@@ -1203,12 +1203,32 @@ struct UsageParams {
     /// Unix seconds; default: now.
     until: Option<i64>,
     granularity: Option<String>,
+    /// `json` (default) or `csv`.
+    format: Option<String>,
 }
 
-/// `GET /api/v1/analytics/usage`: usage summed per minute, hour or day.
-async fn analytics_usage(State(s): St, Q(p): Q<UsageParams>) -> ApiResult<Json<Value>> {
+/// Unix seconds a usage query may name: from 1970 to the year 36812.
+const TIME_RANGE: std::ops::RangeInclusive<i64> = 0..=(1 << 40);
+
+/// `GET /api/v1/analytics/usage`: usage summed per minute, hour or day, as JSON or
+/// (`format=csv`, or `Accept: text/csv`) CSV.
+async fn analytics_usage(State(s): St, headers: axum::http::HeaderMap, Q(p): Q<UsageParams>) -> ApiResult<Response> {
     let until = p.until.unwrap_or_else(|| tollgate_store::now_millis() / 1000);
-    let since = p.since.unwrap_or(until - 86_400);
+    let since = p.since.unwrap_or(until.saturating_sub(86_400));
+    for (field, t) in [("since", since), ("until", until)] {
+        if !TIME_RANGE.contains(&t) {
+            return Err(ApiError::bad_request(format!("`{t}` is not a Unix time in seconds from 1970")).field(field));
+        }
+    }
+    let csv = match p.format.as_deref() {
+        Some("csv") => true,
+        Some("json") => false,
+        Some(other) => return Err(ApiError::bad_request(format!("`{other}`: use json or csv")).field("format")),
+        None => headers
+            .get(axum::http::header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|a| a.contains("text/csv") && !a.contains("application/json")),
+    };
     if since >= until {
         return Err(ApiError::bad_request("`since` must be before `until`").field("since"));
     }
@@ -1222,11 +1242,24 @@ async fn analytics_usage(State(s): St, Q(p): Q<UsageParams>) -> ApiResult<Json<V
     let q = tollgate_store::UsageQuery { product: p.product, application: p.application, metric, since, until };
     let series = s.store.usage_series(&q, granularity).await?;
     let total: i64 = series.iter().map(|(_, v)| v).sum();
+    if csv {
+        // One row per bucket: its start in RFC 3339 (UTC) and Unix seconds.
+        let metric = q.metric.as_deref().unwrap_or("hits");
+        let mut out = String::from("at,unix,metric,value\n");
+        for (at, v) in &series {
+            let (y, m, d) = tollgate_model::period::civil_from_days(at.div_euclid(86_400));
+            let t = at.rem_euclid(86_400);
+            out +=
+                &format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z,{at},{metric},{v}\n", t / 3600, t / 60 % 60, t % 60);
+        }
+        return Ok(([(axum::http::header::CONTENT_TYPE, "text/csv; charset=utf-8")], out).into_response());
+    }
     Ok(Json(json!({
         "granularity": granularity,
         "since": since,
         "until": until,
         "total": total,
         "values": series.iter().map(|(at, v)| json!({ "at": at, "value": v })).collect::<Vec<_>>(),
-    })))
+    }))
+    .into_response())
 }

@@ -38,6 +38,31 @@ pub enum Command {
     Promote(PromoteArgs),
     /// Show what promoting staging to production would change.
     Diff(ProductArgs),
+    /// Print a product's usage (analytics) as a table.
+    Usage(UsageArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct UsageArgs {
+    /// The product's system_name.
+    pub product: String,
+    /// Only this application (its name or id).
+    #[arg(long)]
+    pub application: Option<String>,
+    /// The metric or method (default hits).
+    #[arg(long, default_value = "hits")]
+    pub metric: String,
+    /// How far back: `90m`, `24h`, `7d`, or Unix seconds.
+    #[arg(long, default_value = "24h")]
+    pub since: String,
+    /// `minute`, `hour` or `day`.
+    #[arg(long, default_value = "hour", value_parser = ["minute", "hour", "day"])]
+    pub granularity: String,
+    /// Print CSV instead of a table.
+    #[arg(long)]
+    pub csv: bool,
+    #[command(flatten)]
+    pub admin: AdminArgs,
 }
 
 /// How the commands that manage a running Tollgate reach it.

@@ -2,7 +2,7 @@
 //! `export`, `deploy`, `promote`, `diff`. Plain HTTP to `--admin-url` with the bearer
 //! token from `TOLLGATE_ADMIN_TOKEN`.
 
-use crate::cli::{AdminArgs, ApplyArgs, ProductArgs, PromoteArgs};
+use crate::cli::{AdminArgs, ApplyArgs, ProductArgs, PromoteArgs, UsageArgs};
 use anyhow::{Context as _, bail};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -157,5 +157,59 @@ pub async fn diff(args: ProductArgs) -> anyhow::Result<ExitCode> {
     for c in changes {
         println!("{}: {} -> {}", c["path"].as_str().unwrap_or("?"), c["from"], c["to"]);
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `--since`: `90m`, `24h`, `7d` back from now, or Unix seconds.
+fn since(value: &str, now: i64) -> anyhow::Result<i64> {
+    let (n, unit) = value.split_at(value.find(|c: char| !c.is_ascii_digit()).unwrap_or(value.len()));
+    let n: i64 = n.parse().with_context(|| format!("--since `{value}`: write 90m, 24h, 7d or Unix seconds"))?;
+    Ok(match unit {
+        "" => n,
+        "m" => now - n * 60,
+        "h" => now - n * 3_600,
+        "d" => now - n * 86_400,
+        _ => bail!("--since `{value}`: write 90m, 24h, 7d or Unix seconds"),
+    })
+}
+
+pub async fn usage(args: UsageArgs) -> anyhow::Result<ExitCode> {
+    let admin = Admin::new(&args.admin)?;
+    let now = tollgate_store::now_millis() / 1000;
+    let mut query = format!(
+        "product={}&metric={}&since={}&until={now}&granularity={}",
+        encode(&args.product),
+        encode(&args.metric),
+        since(&args.since, now)?,
+        args.granularity
+    );
+    if let Some(a) = &args.application {
+        query += &format!("&application={}", encode(a));
+    }
+    let (_, v) = admin.call("GET", &format!("/analytics/usage?{query}"), None).await?;
+    let rows: Vec<(i64, i64)> = v["values"]
+        .as_array()
+        .map(|a| a.iter().map(|r| (r["at"].as_i64().unwrap_or(0), r["value"].as_i64().unwrap_or(0))).collect())
+        .unwrap_or_default();
+    let at = |t: i64| {
+        let (y, m, d) = tollgate_model::period::civil_from_days(t.div_euclid(86_400));
+        let s = t.rem_euclid(86_400);
+        format!("{y:04}-{m:02}-{d:02} {:02}:{:02}", s / 3600, s / 60 % 60)
+    };
+    if args.csv {
+        println!("at,unix,metric,value");
+        for (t, value) in &rows {
+            println!("{},{t},{},{value}", at(*t), args.metric);
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let who = args.application.as_deref().map(|a| format!(", application {a}")).unwrap_or_default();
+    println!("{} · {}{who} · per {} (UTC)", args.product, args.metric, args.granularity);
+    let width = rows.iter().map(|(_, v)| v.to_string().len()).max().unwrap_or(1).max(5);
+    println!("{:<16}  {:>width$}", "at", "value");
+    for (t, value) in &rows {
+        println!("{:<16}  {value:>width$}", at(*t));
+    }
+    println!("{:<16}  {:>width$}", "total", v["total"].as_i64().unwrap_or(0));
     Ok(ExitCode::SUCCESS)
 }

@@ -26,6 +26,7 @@ fn main() -> ExitCode {
             Command::Deploy(args) => tollgate::client::deploy(args).await,
             Command::Promote(args) => tollgate::client::promote(args).await,
             Command::Diff(args) => tollgate::client::diff(args).await,
+            Command::Usage(args) => tollgate::client::usage(args).await,
         }
     });
     match result {

@@ -142,3 +142,86 @@ accounts:
     assert!(again.contains("no changes"), "{again}");
     drop(restarted.child);
 }
+
+#[tokio::test]
+async fn usage_prints_a_table_and_csv_and_the_api_answers_csv() {
+    let backend = http_backend().await;
+    let dir = TempDir::new();
+    let server = store_server(&format!("sqlite://{}", dir.path().join("t.db").display())).await;
+    let config = serde_json::json!({
+        "backends": [ { "system_name": "api", "private_base_url": format!("http://{backend}") } ],
+        "products": [ {
+            "system_name": "shop",
+            "staging_public_base_url": "http://shop-staging.localhost",
+            "production_public_base_url": "http://shop.localhost",
+            "backend_usages": [ { "backend": "api", "path": "/" } ],
+            "mapping_rules": [ { "http_method": "GET", "pattern": "/", "metric": "hits" } ],
+            "application_plans": [ { "system_name": "basic" } ]
+        } ],
+        "accounts": [ { "name": "acme", "applications": [ { "name": "app", "product": "shop", "plan": "basic", "user_key": "k1" } ] } ]
+    });
+    assert_eq!(api(&server, "PUT", "/config", Some(config)).await.0, http::StatusCode::OK);
+    assert!(api(&server, "POST", "/products/shop/deploy", None).await.0.is_success());
+    server.wait_applied().await;
+    for _ in 0..3 {
+        assert_eq!(get(server.staging, "shop-staging.localhost", "/x?user_key=k1").await.0, 200);
+    }
+    server.flush_analytics().await.expect("flush");
+
+    // The API: CSV by parameter or by Accept.
+    let token = server.admin_token.clone().expect("token");
+    let auth = format!("Bearer {token}");
+    let (status, headers, csv) = request(
+        server.admin,
+        "localhost",
+        "GET",
+        "/api/v1/analytics/usage?product=shop&granularity=minute&format=csv",
+        full(""),
+        &[("authorization", &auth)],
+    )
+    .await;
+    assert_eq!(status, http::StatusCode::OK, "{csv}");
+    assert_eq!(headers["content-type"], "text/csv; charset=utf-8");
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines[0], "at,unix,metric,value");
+    assert!(lines[1..].iter().all(|l| l.split(',').count() == 4 && l.contains(",hits,")), "{csv}");
+    let sum: i64 =
+        lines[1..].iter().map(|l| l.rsplit(',').next().and_then(|v| v.parse::<i64>().ok()).expect("value")).sum();
+    assert_eq!(sum, 3);
+    let (_, headers, _) = request(
+        server.admin,
+        "localhost",
+        "GET",
+        "/api/v1/analytics/usage?product=shop",
+        full(""),
+        &[("authorization", &auth), ("accept", "text/csv")],
+    )
+    .await;
+    assert_eq!(headers["content-type"], "text/csv; charset=utf-8");
+    let (status, body) = api(&server, "GET", "/analytics/usage?since=-5", None).await;
+    assert_eq!((status, body["error"]["field"].as_str()), (http::StatusCode::BAD_REQUEST, Some("since")), "{body}");
+
+    // The CLI.
+    let url = format!("http://{}", server.admin);
+    let run = |args: Vec<&'static str>| {
+        let (url, token) = (url.clone(), token.clone());
+        async move {
+            let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+                .args(args)
+                .args(["--admin-url", &url])
+                .env("TOLLGATE_ADMIN_TOKEN", &token)
+                .output()
+                .await
+                .expect("run");
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        }
+    };
+    let table = run(vec!["usage", "shop", "--since", "2h", "--granularity", "minute"]).await;
+    assert!(table.starts_with("shop · hits · per minute (UTC)"), "{table}");
+    let total = table.lines().last().expect("total line");
+    assert!(total.starts_with("total") && total.trim_end().ends_with(" 3"), "{table}");
+    let csv = run(vec!["usage", "shop", "--application", "app", "--csv"]).await;
+    assert!(csv.starts_with("at,unix,metric,value\n"), "{csv}");
+    server.shutdown().await;
+}
