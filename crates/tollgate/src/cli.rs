@@ -40,6 +40,13 @@ pub enum Command {
     Diff(ProductArgs),
     /// Print a product's usage (analytics) as a table.
     Usage(UsageArgs),
+    /// Print a shell completion script: `tollgate completions bash > /etc/bash_completion.d/tollgate`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff): `tollgate man | man -l -`.
+    Man,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -27,6 +27,18 @@ fn main() -> ExitCode {
             Command::Promote(args) => tollgate::client::promote(args).await,
             Command::Diff(args) => tollgate::client::diff(args).await,
             Command::Usage(args) => tollgate::client::usage(args).await,
+            Command::Completions { shell } => {
+                let mut cmd = <Cli as clap::CommandFactory>::command();
+                clap_complete::generate(shell, &mut cmd, "tollgate", &mut std::io::stdout());
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Man => {
+                let cmd = <Cli as clap::CommandFactory>::command();
+                clap_mangen::Man::new(cmd)
+                    .render(&mut std::io::stdout())
+                    .map(|()| ExitCode::SUCCESS)
+                    .map_err(Into::into)
+            }
         }
     });
     match result {

@@ -220,3 +220,26 @@ async fn logs_can_be_json_lines() {
     assert_eq!((v["level"].as_str(), v["message"].as_str()), (Some("INFO"), Some("configuration reloaded")), "{v}");
     assert!(v["timestamp"].is_string(), "{v}");
 }
+
+#[test]
+fn completions_and_a_man_page_come_from_the_cli_itself() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = tollgate(&["completions", shell]);
+        assert!(out.status.success(), "{shell}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        // (fish spells long options `-l NAME`.)
+        for word in ["serve", "gateway", "counters-failure-mode", "usage"] {
+            assert!(text.contains(word), "{shell} completions lack {word}");
+        }
+    }
+    let out = tollgate(&["completions", "tcsh"]);
+    assert!(!out.status.success(), "an unknown shell is refused");
+    let man = tollgate(&["man"]);
+    assert!(man.status.success());
+    let page = String::from_utf8_lossy(&man.stdout);
+    assert!(page.starts_with(".ie") || page.starts_with(".TH"), "{}", &page[..page.len().min(200)]);
+    assert!(
+        page.contains("tollgate") && page.contains("gateway") && page.contains("serve"),
+        "the page lists the commands"
+    );
+}
