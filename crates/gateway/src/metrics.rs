@@ -1,8 +1,10 @@
 //! Process-wide gateway metrics as plain atomics, rendered in the Prometheus text
-//! format. Labels come from fixed sets (environment, status class, direction, upgrade
-//! result, close initiator and code bucket), so the series stay bounded; recording on
-//! the request path is one relaxed atomic add with no lock and no allocation (closes,
-//! recorded once per connection, take a short lock).
+//! format (the catalogue: docs/metrics.md). Labels come from fixed sets (environment,
+//! status, direction, upgrade result, close initiator and code bucket) and from the
+//! configuration (product), so the series stay bounded; recording on the request path
+//! is relaxed atomic adds with no lock and no allocation (a product's metrics are found
+//! once per configuration, then cached in the product; closes, recorded once per
+//! connection, take a short lock).
 
 use crate::relay::{Tally, Totals};
 use crate::snapshot::Environment;
@@ -46,6 +48,68 @@ pub struct EnvMetrics {
 pub struct Metrics {
     staging: EnvMetrics,
     production: EnvMetrics,
+    /// Per product and environment: responses by status, latency. Products come and
+    /// go with the configuration; their series stay (counters must not go back).
+    products: std::sync::RwLock<BTreeMap<(&'static str, Box<str>), Arc<ProductMetrics>>>,
+}
+
+/// Upper bounds (seconds) of the latency histograms' buckets.
+const LATENCY_BUCKETS: [f64; 13] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+/// A latency histogram: counts per bucket (then the overflow) and the sum.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    buckets: [AtomicU64; 14],
+    sum_us: AtomicU64,
+}
+
+impl Histogram {
+    pub fn observe(&self, d: std::time::Duration) {
+        let secs = d.as_secs_f64();
+        let i = LATENCY_BUCKETS.iter().position(|b| secs <= *b).unwrap_or(LATENCY_BUCKETS.len());
+        self.buckets[i].fetch_add(1, Relaxed);
+        self.sum_us.fetch_add(d.as_micros() as u64, Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let mut cumulative = 0;
+        for (i, le) in LATENCY_BUCKETS.iter().map(|b| b.to_string()).chain(["+Inf".to_string()]).enumerate() {
+            cumulative += self.buckets[i].load(Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{le}\"}} {cumulative}");
+        }
+        let _ = writeln!(out, "{name}_sum{{{labels}}} {}", self.sum_us.load(Relaxed) as f64 / 1e6);
+        let _ = writeln!(out, "{name}_count{{{labels}}} {cumulative}");
+    }
+}
+
+/// One product's numbers in one environment.
+#[derive(Debug)]
+pub struct ProductMetrics {
+    /// Responses by status code (100–599).
+    statuses: Box<[AtomicU64; 500]>,
+    /// From the request's arrival to its response head.
+    pub latency: Histogram,
+    /// From sending to the backend to its response head.
+    pub upstream: Histogram,
+}
+
+impl Default for ProductMetrics {
+    fn default() -> Self {
+        ProductMetrics {
+            statuses: Box::new(std::array::from_fn(|_| AtomicU64::new(0))),
+            latency: Histogram::default(),
+            upstream: Histogram::default(),
+        }
+    }
+}
+
+impl ProductMetrics {
+    pub fn response(&self, status: u16, took: std::time::Duration) {
+        if let Some(slot) = status.checked_sub(100).and_then(|i| self.statuses.get(usize::from(i))) {
+            slot.fetch_add(1, Relaxed);
+        }
+        self.latency.observe(took);
+    }
 }
 
 const ENVS: [Environment; 2] = [Environment::Staging, Environment::Production];
@@ -55,6 +119,42 @@ fn head(out: &mut String, name: &str, kind: &str, help: &str) {
 }
 
 impl Metrics {
+    /// A product's metrics in an environment (made on first use).
+    pub fn product(&self, env: Environment, product: &str) -> Arc<ProductMetrics> {
+        let key = (env.as_str(), Box::<str>::from(product));
+        if let Some(m) = self.products.read().unwrap_or_else(|e| e.into_inner()).get(&key) {
+            return m.clone();
+        }
+        self.products.write().unwrap_or_else(|e| e.into_inner()).entry(key).or_default().clone()
+    }
+
+    fn render_products(&self, out: &mut String) {
+        let products = self.products.read().unwrap_or_else(|e| e.into_inner());
+        head(out, "tollgate_requests_total", "counter", "Responses sent, by environment, product and status code.");
+        for ((env, product), m) in products.iter() {
+            for (i, v) in m.statuses.iter().enumerate() {
+                let n = v.load(Relaxed);
+                if n > 0 {
+                    let _ = writeln!(
+                        out,
+                        "tollgate_requests_total{{environment=\"{env}\",product=\"{product}\",status=\"{}\"}} {n}",
+                        i + 100
+                    );
+                }
+            }
+        }
+        for (name, help, upstream) in [
+            ("tollgate_request_duration_seconds", "From a request's arrival to its response head, by product.", false),
+            ("tollgate_upstream_duration_seconds", "From sending to a backend to its response head, by product.", true),
+        ] {
+            head(out, name, "histogram", help);
+            for ((env, product), m) in products.iter() {
+                let h = if upstream { &m.upstream } else { &m.latency };
+                h.render(out, name, &format!("environment=\"{env}\",product=\"{product}\""));
+            }
+        }
+    }
+
     pub fn env(&self, env: Environment) -> &EnvMetrics {
         match env {
             Environment::Staging => &self.staging,
@@ -95,6 +195,7 @@ impl Metrics {
             }
         }
         self.render_websocket(out);
+        self.render_products(out);
     }
 
     fn render_websocket(&self, out: &mut String) {

@@ -10,7 +10,7 @@ use crate::policy::routing::Target;
 use crate::policy::{Context, Flow};
 use crate::relay::{self, RelayOptions};
 use crate::session::{ConnectionSlot, Connections, Session, plan_checks};
-use crate::snapshot::{Environment, SnapshotHandle};
+use crate::snapshot::{Environment, Product, SnapshotHandle};
 use crate::upstream::{ConnectError, Upstream, error_chain};
 use base64::Engine;
 use bytes::Bytes;
@@ -199,7 +199,16 @@ impl Gateway {
             }
             *r = Response::from_parts(head, body);
         }
+        let status = match &resp {
+            Ok(r) => r.status(),
+            Err(e) => e.status(),
+        };
+        self.product_metrics(&product).response(status.as_u16(), ctx.started.elapsed());
         resp
+    }
+
+    fn product_metrics<'p>(&self, product: &'p Product) -> &'p Arc<crate::metrics::ProductMetrics> {
+        product.stats.get_or_init(|| self.metrics.product(self.environment, &product.system_name))
     }
 
     /// Rewrite and access phases, then the limits check. `Err` is a local response.
@@ -376,6 +385,7 @@ impl Gateway {
             Some(s) => UpstreamBody::limited(body, request_limit, send_timeout.map(Timer::deadline), s.clone()),
             None => UpstreamBody::from(body),
         };
+        let sent = std::time::Instant::now();
         let exchange = upstream.request(Request::from_parts(head, body));
         let resp = match read_timeout {
             None => exchange.await,
@@ -385,6 +395,9 @@ impl Gateway {
                 .await
                 .unwrap_or_else(|_| Err(GatewayError::UpstreamTimeout("no response head within read_timeout".into()))),
         };
+        if resp.is_ok() {
+            self.product_metrics(ctx.product).upstream.observe(sent.elapsed());
+        }
         match stopped.map_or(0, |s| s.load(std::sync::atomic::Ordering::Relaxed)) {
             1 => return Err(GatewayError::RequestTooLarge),
             2 => return Err(GatewayError::UpstreamTimeout("the request was not sent within send_timeout".into())),

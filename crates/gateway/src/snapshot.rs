@@ -129,6 +129,8 @@ pub struct Application {
 
 pub struct Product {
     pub system_name: Box<str>,
+    /// This product's metrics, found on its first request.
+    pub stats: std::sync::OnceLock<Arc<crate::metrics::ProductMetrics>>,
     pub metrics: MetricTable,
     pub mapper: Mapper,
     /// Sorted by prefix length, longest first.
@@ -432,6 +434,7 @@ fn compile_product(
     let e = &p.errors;
     Some(Arc::new(Product {
         system_name: p.system_name.as_str().into(),
+        stats: std::sync::OnceLock::new(),
         metrics,
         mapper: Mapper::new(rules),
         usages,

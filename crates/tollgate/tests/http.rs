@@ -345,6 +345,20 @@ async fn admin_listener_serves_health_and_metrics() {
     assert!(headers["content-type"].to_str().unwrap_or("").starts_with("text/plain"));
     assert!(body.contains("tollgate_responses_total{environment=\"staging\",class=\"2xx\"} 1"), "{body}");
     assert!(body.contains("tollgate_responses_total{environment=\"staging\",class=\"4xx\"} 1"), "{body}");
+    // Per product: responses by status, request and upstream latency histograms.
+    assert!(
+        body.contains("tollgate_requests_total{environment=\"staging\",product=\"shop\",status=\"200\"} 1"),
+        "{body}"
+    );
+    assert!(
+        body.contains("tollgate_requests_total{environment=\"staging\",product=\"shop\",status=\"401\"} 1"),
+        "{body}"
+    );
+    let shop = "environment=\"staging\",product=\"shop\"";
+    assert!(body.contains(&format!("tollgate_request_duration_seconds_count{{{shop}}} 2")), "{body}");
+    assert!(body.contains(&format!("tollgate_request_duration_seconds_bucket{{{shop},le=\"+Inf\"}} 2")), "{body}");
+    assert!(body.contains(&format!("tollgate_upstream_duration_seconds_count{{{shop}}} 1")), "{body}");
+    assert!(body.contains("# TYPE tollgate_upstream_duration_seconds histogram"), "{body}");
     assert_eq!(get(admin, "localhost", "/nope").await.0, StatusCode::NOT_FOUND);
 }
 
