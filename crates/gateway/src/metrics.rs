@@ -50,8 +50,11 @@ pub struct Metrics {
     production: EnvMetrics,
     /// Per product and environment: responses by status, latency. Products come and
     /// go with the configuration; their series stay (counters must not go back).
-    products: std::sync::RwLock<BTreeMap<(&'static str, Box<str>), Arc<ProductMetrics>>>,
+    products: std::sync::RwLock<BTreeMap<ProductKey, Arc<ProductMetrics>>>,
 }
+
+/// (environment, product system_name).
+type ProductKey = (&'static str, Box<str>);
 
 /// Upper bounds (seconds) of the latency histograms' buckets.
 const LATENCY_BUCKETS: [f64; 13] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
