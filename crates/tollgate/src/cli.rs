@@ -47,6 +47,28 @@ pub enum Command {
     },
     /// Print the manual page (roff): `tollgate man | man -l -`.
     Man,
+    /// Turn another tool's configuration into Tollgate YAML (printed; see `tollgate apply`).
+    #[command(subcommand)]
+    Import(ImportCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImportCommand {
+    /// An OpenAPI 3.x document (JSON or YAML): a product with one method and one
+    /// mapping rule per operation.
+    Openapi(ImportOpenApiArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ImportOpenApiArgs {
+    /// The OpenAPI document.
+    pub file: PathBuf,
+    /// The product's system_name (default: from `info.title`).
+    #[arg(long)]
+    pub product: Option<String>,
+    /// Match paths by prefix (default: rules end with `$`, matching the whole path).
+    #[arg(long)]
+    pub prefix_matching: bool,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -14,6 +14,7 @@ pub mod check;
 pub mod cli;
 pub mod client;
 pub mod demo;
+pub mod import;
 pub mod serve;
 pub mod ws;
 

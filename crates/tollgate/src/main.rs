@@ -32,6 +32,7 @@ fn main() -> ExitCode {
                 clap_complete::generate(shell, &mut cmd, "tollgate", &mut std::io::stdout());
                 Ok(ExitCode::SUCCESS)
             }
+            Command::Import(tollgate::cli::ImportCommand::Openapi(args)) => tollgate::import::run_openapi(args),
             Command::Man => {
                 let cmd = <Cli as clap::CommandFactory>::command();
                 clap_mangen::Man::new(cmd)
