@@ -57,6 +57,14 @@ pub enum ImportCommand {
     /// An OpenAPI 3.x document (JSON or YAML): a product with one method and one
     /// mapping rule per operation.
     Openapi(ImportOpenApiArgs),
+    /// An APIcast configuration (THREESCALE_CONFIG_FILE): a product per service.
+    Apicast(ImportApicastArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ImportApicastArgs {
+    /// The APIcast configuration (JSON).
+    pub file: PathBuf,
 }
 
 #[derive(Debug, Clone, Args)]

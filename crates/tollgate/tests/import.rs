@@ -142,3 +142,73 @@ fn other_documents_are_refused_with_the_reason() {
         assert!(err.contains(reason), "{doc}: {err}");
     }
 }
+
+fn apicast(fixture: &str) -> (tollgate_model::Config, String) {
+    let dir = TempDir::new();
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/apicast").join(fixture);
+    let out = tollgate(&["import", "apicast", path.to_str().expect("utf-8")]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let yaml = String::from_utf8_lossy(&out.stdout).into_owned();
+    check(&dir, &yaml);
+    (serde_norway::from_str(&yaml).expect("yaml"), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn apicasts_example_configuration_imports() {
+    // APIcast's own example (examples/plain-upstream and forward-proxy in its repository).
+    let (config, warnings) = apicast("plain-upstream.json");
+    assert_eq!(config.products.len(), 2);
+    let p = &config.products[0];
+    assert_eq!((p.system_name.as_str(), p.staging_public_base_url.as_str()), ("service_1", "http://get"));
+    assert_eq!(config.backends[0].private_base_url, "http://upstream-rely:8080/get");
+    assert_eq!(p.policy_chain[0].name, "tollgate");
+    assert_eq!((p.mapping_rules[0].http_method.as_str(), p.mapping_rules[0].metric.as_str()), ("GET", "hits"));
+    assert!(warnings.contains("`apicast.policy.http_proxy`: Tollgate has no such policy"), "{warnings}");
+}
+
+#[test]
+fn a_full_service_keeps_its_authentication_errors_rules_and_policies() {
+    let (config, warnings) = apicast("shop.json");
+    let p = &config.products[0];
+    assert_eq!(p.system_name, "shop");
+    assert_eq!(
+        (p.staging_public_base_url.as_str(), p.production_public_base_url.as_str()),
+        ("https://shop-staging.example.com:443", "https://shop.example.com:443")
+    );
+    assert_eq!(serde_json::to_value(&p.authentication).expect("json")["mode"], "app_id_app_key");
+    assert_eq!(p.authentication.app_id_param, "x-app-id");
+    let failed = p.errors.auth_failed.as_ref().expect("auth_failed");
+    assert_eq!(
+        (failed.status, failed.body.as_str(), failed.content_type.as_str()),
+        (401, "Who are you?", "text/plain; charset=us-ascii")
+    );
+    // Methods where the file says so (list_items under hits) or it does not say (search);
+    // metrics where it says they are not (bytes).
+    let methods: Vec<&str> = p.methods.iter().map(|m| m.system_name.as_str()).collect();
+    let metrics: Vec<&str> = p.metrics.iter().map(|m| m.system_name.as_str()).collect();
+    assert_eq!((methods, metrics), (vec!["list_items", "search"], vec!["hits", "bytes"]));
+    assert!(p.mapping_rules[1].last && p.mapping_rules[2].delta == 10);
+    assert_eq!(p.mapping_rules[3].pattern, "/v1/search?q={query}");
+    let chain: Vec<&str> = p.policy_chain.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(chain, ["cors", "headers", "url_rewriting", "rate_limit", "routing", "tollgate"]);
+    assert_eq!(p.policy_chain[3].configuration["limiters"][0]["key"], "{{ remote_addr }}");
+    assert_eq!(
+        p.policy_chain[4].configuration["rules"][0]["condition"]["operations"][0]["left"],
+        "{{ headers['X-Beta'] }}"
+    );
+    let internal = &config.products[1];
+    assert_eq!(internal.system_name, "service_43");
+    assert_eq!(
+        internal.policy_chain[0].configuration,
+        serde_json::json!({ "check_type": "allow", "ips": ["10.0.0.0/8"], "error_message": "internal only" })
+    );
+    assert_eq!(internal.policy_chain[1].configuration["content_type"], "text/plain");
+    for expected in [
+        "hosts [\"shop-old.example.com\"]: only the first is used",
+        "`apicast.policy.ip_check` does not translate",
+        "`apicast.policy.soap`: Tollgate has no such policy",
+        "applications and plans are not in an APIcast configuration",
+    ] {
+        assert!(warnings.contains(expected), "missing {expected:?} in {warnings}");
+    }
+}
