@@ -153,6 +153,8 @@ pin_project_lite::pin_project! {
     pub enum UpstreamBody {
         /// No body (a retried request's attempts).
         Empty,
+        /// A body made by the gateway (spans for the trace collector).
+        Bytes { #[pin] body: Full<Bytes> },
         Plain { #[pin] body: Incoming },
         Capped { #[pin] body: Incoming, left: Option<u64>, timer: Option<Timer>, stopped: Stopped },
     }
@@ -165,6 +167,10 @@ impl From<Incoming> for UpstreamBody {
 }
 
 impl UpstreamBody {
+    pub fn bytes(b: impl Into<Bytes>) -> Self {
+        UpstreamBody::Bytes { body: Full::new(b.into()) }
+    }
+
     /// `body`, failing (and saying why in `stopped`) once it carries more than `max`
     /// bytes or `timer` fires first.
     pub fn limited(body: Incoming, max: Option<u64>, timer: Option<Timer>, stopped: Stopped) -> Self {
@@ -179,6 +185,7 @@ impl Body for UpstreamBody {
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.project() {
             UpstreamBodyProj::Empty => Poll::Ready(None),
+            UpstreamBodyProj::Bytes { body } => body.poll_frame(cx).map_err(|never| match never {}),
             UpstreamBodyProj::Plain { body } => body.poll_frame(cx).map_err(Into::into),
             UpstreamBodyProj::Capped { body, left, timer, stopped } => {
                 let frame = body.poll_frame(cx).map_err(BoxError::from);
@@ -200,6 +207,7 @@ impl Body for UpstreamBody {
     fn is_end_stream(&self) -> bool {
         match self {
             UpstreamBody::Empty => true,
+            UpstreamBody::Bytes { body } => body.is_end_stream(),
             UpstreamBody::Plain { body } | UpstreamBody::Capped { body, .. } => body.is_end_stream(),
         }
     }
@@ -207,6 +215,7 @@ impl Body for UpstreamBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             UpstreamBody::Empty => SizeHint::with_exact(0),
+            UpstreamBody::Bytes { body } => body.size_hint(),
             UpstreamBody::Plain { body } | UpstreamBody::Capped { body, .. } => body.size_hint(),
         }
     }

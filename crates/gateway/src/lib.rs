@@ -32,6 +32,7 @@ pub mod server;
 pub mod session;
 mod smuggling;
 pub mod snapshot;
+pub mod trace;
 pub mod upstream;
 
 pub use body::GatewayBody;

@@ -11,6 +11,7 @@ use crate::policy::{Context, Flow};
 use crate::relay::{self, RelayOptions};
 use crate::session::{ConnectionSlot, Connections, Session, plan_checks};
 use crate::snapshot::{Environment, Product, SnapshotHandle};
+use crate::trace::{Attr, Span, TraceCtx, Tracer, now_ns, traceparent};
 use crate::upstream::{ConnectError, Upstream, error_chain};
 use base64::Engine;
 use bytes::Bytes;
@@ -47,6 +48,8 @@ pub struct Shared {
     pub connections: Arc<Connections>,
     /// Edge limits (`rate_limit`) kept in this process.
     pub edge: Arc<EdgeMemory>,
+    /// Where spans go, when tracing is on.
+    pub tracer: Option<Arc<Tracer>>,
 }
 
 /// One environment's gateway: the state every request of that environment shares.
@@ -59,6 +62,7 @@ pub struct Gateway {
     analytics: Option<Arc<Analytics>>,
     connections: Arc<Connections>,
     edge: Arc<EdgeMemory>,
+    tracer: Option<Arc<Tracer>>,
     /// Set at shutdown: open WebSockets close with 1001.
     draining: watch::Sender<bool>,
 }
@@ -74,6 +78,7 @@ impl Gateway {
             analytics: shared.analytics,
             connections: shared.connections,
             edge: shared.edge,
+            tracer: shared.tracer,
             draining: watch::channel(false).0,
         }
     }
@@ -103,6 +108,15 @@ impl Gateway {
                 id
             }
         };
+        let traced = self.tracer.as_ref().and_then(|t| t.start(req.headers().get(TRACEPARENT)).map(|c| (t, c)));
+        let started_ns = if traced.is_some() { now_ns() } else { 0 };
+        let (method, path) = match traced {
+            Some(_) => (req.method().to_string(), req.uri().path().to_string()),
+            None => (String::new(), String::new()),
+        };
+        if let Some((_, c)) = traced {
+            req.extensions_mut().insert(c);
+        }
         let mut resp = match self.route(req, &conn).await {
             Ok(resp) => resp,
             Err(e) => {
@@ -116,6 +130,32 @@ impl Gateway {
         // may not expect to reuse it.
         if upgrade_requested && resp.status() != StatusCode::SWITCHING_PROTOCOLS {
             resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        if let Some((tracer, c)) = traced {
+            let mut attrs = vec![
+                ("http.request.method", Attr::Str(method)),
+                ("url.path", Attr::Str(path)),
+                ("http.response.status_code", Attr::Int(i64::from(resp.status().as_u16()))),
+                ("tollgate.environment", Attr::Str(self.environment.as_str().into())),
+                ("http.request.header.x-request-id", Attr::Str(String::from_utf8_lossy(request_id.as_bytes()).into())),
+            ];
+            if let Some(who) = resp.extensions_mut().remove::<Identified>() {
+                attrs.push(("tollgate.product", Attr::Str(who.product)));
+                if let Some(app) = who.application {
+                    attrs.push(("tollgate.application", Attr::Str(app)));
+                }
+            }
+            tracer.record(Span {
+                trace_id: c.trace_id,
+                span_id: c.span_id,
+                parent: c.parent,
+                name: "request",
+                kind: 2,
+                start_ns: started_ns,
+                end_ns: now_ns(),
+                attrs,
+                error: resp.status().is_server_error(),
+            });
         }
         resp.headers_mut().insert(REQUEST_ID, request_id);
         let metrics = self.metrics.env(self.environment);
@@ -171,6 +211,7 @@ impl Gateway {
             payload_limits: (None, None),
             upstream_timeouts: (None, None),
             retry: None,
+            trace: parts.extensions.get::<TraceCtx>().copied(),
         };
 
         let mut resp = match self.request_phases(&mut parts, &mut ctx).await {
@@ -193,11 +234,17 @@ impl Gateway {
         // Response phases run for proxied and local responses alike (a 401 needs its
         // CORS headers as much as a 200 does).
         if let Ok(r) = resp.as_mut() {
+            let started = self.span_start(&ctx);
             let (mut head, body) = std::mem::replace(r, Response::new(GatewayBody::empty())).into_parts();
             for policy in &product.chain {
                 policy.response(&mut head, &parts, &ctx);
             }
             *r = Response::from_parts(head, body);
+            self.span_end(&ctx, "response", started, None, Vec::new());
+            if ctx.trace.is_some() {
+                let application = ctx.application.as_ref().map(|a| a.id.to_string());
+                r.extensions_mut().insert(Identified { product: product.system_name.to_string(), application });
+            }
         }
         let status = match &resp {
             Ok(r) => r.status(),
@@ -218,16 +265,72 @@ impl Gateway {
         ctx: &mut Context<'_>,
     ) -> Result<Option<ConnectionSlot>, Response<GatewayBody>> {
         let chain = &ctx.product.chain;
+        let started = self.span_start(ctx);
         for policy in chain {
             if let Flow::Respond(r) = policy.rewrite(parts, ctx) {
+                self.span_end(ctx, "rewrite", started, None, Vec::new());
                 return Err(r);
             }
         }
+        self.span_end(ctx, "rewrite", started, None, Vec::new());
+        let started = self.span_start(ctx);
         for policy in chain {
             if let Flow::Respond(r) = policy.access(parts, ctx) {
+                self.span_end(ctx, "access", started, None, Vec::new());
                 return Err(r);
             }
         }
+        self.span_end(ctx, "access", started, None, Vec::new());
+        let started = self.span_start(ctx);
+        let limited = self.limits(parts, ctx).await;
+        self.span_end(ctx, "limits", started, None, Vec::new());
+        limited
+    }
+
+    /// When traced: a span id for the call to the backend, announced to it in
+    /// `traceparent` (with its start time).
+    fn trace_upstream(&self, ctx: &Context<'_>, head: &mut request::Parts) -> Option<([u8; 8], u64)> {
+        let (t, tracer) = (ctx.trace.as_ref()?, self.tracer.as_ref()?);
+        let id = tracer.span_id();
+        head.headers.insert(TRACEPARENT, traceparent(&t.trace_id, &id));
+        Some((id, now_ns()))
+    }
+
+    /// `now_ns()` when the request is traced (0 otherwise: no clock read).
+    fn span_start(&self, ctx: &Context<'_>) -> u64 {
+        if ctx.trace.is_some() { now_ns() } else { 0 }
+    }
+
+    /// Records a child span of the request's server span, when traced.
+    fn span_end(
+        &self,
+        ctx: &Context<'_>,
+        name: &'static str,
+        start_ns: u64,
+        id: Option<[u8; 8]>,
+        attrs: Vec<(&'static str, Attr)>,
+    ) {
+        if let (Some(t), Some(tracer)) = (&ctx.trace, &self.tracer) {
+            tracer.record(Span {
+                trace_id: t.trace_id,
+                span_id: id.unwrap_or_else(|| tracer.span_id()),
+                parent: Some(t.span_id),
+                name,
+                kind: if id.is_some() { 3 } else { 1 },
+                start_ns,
+                end_ns: now_ns(),
+                attrs,
+                error: false,
+            });
+        }
+    }
+
+    /// After the access phase: edge limits, the connection cap, the plan's limits.
+    async fn limits(
+        &self,
+        _parts: &request::Parts,
+        ctx: &mut Context<'_>,
+    ) -> Result<Option<ConnectionSlot>, Response<GatewayBody>> {
         self.edge_limits(ctx).await?;
         let Some(app) = ctx.application.as_ref() else { return Ok(None) };
         let product = ctx.product;
@@ -347,7 +450,8 @@ impl Gateway {
             // A bodyless request: each attempt sends a fresh empty body.
             let mut attempt = 0;
             loop {
-                let head = self.upstream_head(parts, ctx, upstream, rest)?;
+                let mut head = self.upstream_head(parts, ctx, upstream, rest)?;
+                let span = self.trace_upstream(ctx, &mut head);
                 let last = attempt == retry.retries;
                 let result = match ctx.upstream_timeouts.1 {
                     None => upstream.request(Request::from_parts(head, UpstreamBody::Empty)).await,
@@ -359,6 +463,16 @@ impl Gateway {
                             })
                     }
                 };
+                if let Some((id, start)) = span {
+                    let status = result.as_ref().map_or(0, |r| i64::from(r.status().as_u16()));
+                    self.span_end(
+                        ctx,
+                        "upstream",
+                        start,
+                        Some(id),
+                        vec![("http.response.status_code", Attr::Int(status))],
+                    );
+                }
                 let again = match &result {
                     Ok(r) => retry.statuses.contains(&r.status()),
                     Err(GatewayError::UpstreamUnavailable(_) | GatewayError::UpstreamTimeout(_)) => true,
@@ -375,7 +489,8 @@ impl Gateway {
                 }
             }
         }
-        let head = self.upstream_head(parts, ctx, upstream, rest)?;
+        let mut head = self.upstream_head(parts, ctx, upstream, rest)?;
+        let upstream_span = self.trace_upstream(ctx, &mut head);
         let (request_limit, response_limit) = ctx.payload_limits;
         let read_timeout = ctx.upstream_timeouts.1;
         let send_timeout = ctx.upstream_timeouts.0;
@@ -398,6 +513,14 @@ impl Gateway {
         if resp.is_ok() {
             self.product_metrics(ctx.product).upstream.observe(sent.elapsed());
         }
+        if let Some((id, start)) = upstream_span {
+            let status = resp.as_ref().map_or(0, |r| i64::from(r.status().as_u16()));
+            let attrs = vec![
+                ("server.address", Attr::Str(upstream.authority.to_string())),
+                ("http.response.status_code", Attr::Int(status)),
+            ];
+            self.span_end(ctx, "upstream", start, Some(id), attrs);
+        }
         match stopped.map_or(0, |s| s.load(std::sync::atomic::Ordering::Relaxed)) {
             1 => return Err(GatewayError::RequestTooLarge),
             2 => return Err(GatewayError::UpstreamTimeout("the request was not sent within send_timeout".into())),
@@ -416,6 +539,7 @@ impl Gateway {
     ) -> Result<Response<GatewayBody>, GatewayError> {
         let (upstream, rest) = destination(parts, ctx)?;
         let mut head = self.upstream_head(parts, ctx, upstream, rest)?;
+        let upgrade_span = self.trace_upstream(ctx, &mut head);
         // Upgrade requests go in origin form on their own connection.
         head.uri = head
             .uri
@@ -449,6 +573,10 @@ impl Gateway {
             .send_request(Request::from_parts(head, Empty::new()))
             .await
             .map_err(|e| GatewayError::UpstreamFailed(error_chain(&e)))?;
+        if let Some((id, start)) = upgrade_span {
+            let status = vec![("http.response.status_code", Attr::Int(i64::from(resp.status().as_u16())))];
+            self.span_end(ctx, "upstream", start, Some(id), status);
+        }
         if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
             // The backend refused the upgrade: its answer goes to the client as it is.
             strip_hop_by_hop(resp.headers_mut());
@@ -676,6 +804,14 @@ fn connection_tokens(headers: &HeaderMap) -> Vec<HeaderName> {
 /// A copy of `headers` without hop-by-hop headers (RFC 9110 §7.6.1) and `Host`.
 /// Copying clones reference-counted bytes, not data.
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+
+/// Who a traced request turned out to be for (carried on the response to the server span).
+#[derive(Clone)]
+struct Identified {
+    product: String,
+    application: Option<String>,
+}
 
 /// A request id: 32 hex digits, unique per process run (a random start, counted up)
 /// and unlikely to repeat across nodes (the start is drawn per process).

@@ -47,6 +47,7 @@ fn context(product: &Product) -> Context<'_> {
         payload_limits: (None, None),
         upstream_timeouts: (None, None),
         retry: None,
+        trace: None,
     }
 }
 

@@ -165,6 +165,8 @@ impl Server {
             analytics: analytics.clone(),
             connections: connections.clone(),
             edge: Arc::default(),
+            tracer: tollgate_gateway::trace::Tracer::from_env(|k| std::env::var(k).ok())
+                .map_err(|e| anyhow::anyhow!(e))?,
         };
         let staging_handle = SnapshotHandle::new(snapshots.staging);
         let production_handle = SnapshotHandle::new(snapshots.production);

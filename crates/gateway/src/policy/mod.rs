@@ -96,6 +96,8 @@ pub struct Context<'a> {
     pub upstream_timeouts: (Option<std::time::Duration>, Option<std::time::Duration>),
     /// Set by `retry` when this request may be sent again.
     pub retry: Option<retry::Retry>,
+    /// The request's trace, when it is traced.
+    pub trace: Option<crate::trace::TraceCtx>,
 }
 
 /// Credentials as presented, once verified.

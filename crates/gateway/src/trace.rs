@@ -1,0 +1,304 @@
+//! Distributed tracing: W3C Trace Context in and out, spans exported with OTLP/HTTP
+//! (JSON encoding) to the collector the standard variables name.
+//!
+//! Configured by the OpenTelemetry environment variables, so it fits any collector:
+//! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` (a full URL) or `OTEL_EXPORTER_OTLP_ENDPOINT`
+//! (`/v1/traces` appended), `OTEL_SERVICE_NAME` (default `tollgate`),
+//! `OTEL_TRACES_SAMPLER` (`always_on`, `always_off`, `traceidratio`,
+//! `parentbased_always_on` — the default —, `parentbased_traceidratio`) with
+//! `OTEL_TRACES_SAMPLER_ARG`, and `OTEL_SDK_DISABLED=true`. Without an endpoint nothing
+//! is traced and the request path does no tracing work.
+//!
+//! Each request traced gives a server span `request` with children `rewrite`,
+//! `access`, `limits`, `upstream` (a client span; the backend gets a `traceparent`
+//! naming it as parent) and `response`. Spans are handed to a bounded queue and sent in
+//! batches by one background task; when the collector is slow or away, spans are
+//! dropped (and counted), never requests delayed.
+
+use crate::body::UpstreamBody;
+use crate::upstream::Upstream;
+use http::{HeaderValue, header};
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::mpsc;
+
+/// The trace a request belongs to, and its server span.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TraceCtx {
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+    /// The caller's span, when the request came with a `traceparent`.
+    pub parent: Option<[u8; 8]>,
+}
+
+#[derive(Debug, Clone)]
+pub enum Attr {
+    Str(String),
+    Int(i64),
+}
+
+#[derive(Debug, Clone)]
+pub struct Span {
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+    pub parent: Option<[u8; 8]>,
+    pub name: &'static str,
+    /// OTLP span kind: 1 internal, 2 server, 3 client.
+    pub kind: u8,
+    pub start_ns: u64,
+    pub end_ns: u64,
+    pub attrs: Vec<(&'static str, Attr)>,
+    pub error: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Sampler {
+    Always(bool),
+    Ratio(f64),
+    ParentBased(f64),
+}
+
+pub struct Tracer {
+    sampler: Sampler,
+    queue: mpsc::Sender<Span>,
+    /// Spans dropped because the queue was full.
+    pub dropped: AtomicU64,
+    ids: AtomicU64,
+    seed: u64,
+}
+
+impl std::fmt::Debug for Tracer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tracer").field("sampler", &self.sampler).finish_non_exhaustive()
+    }
+}
+
+pub fn now_ns() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+fn unhex<const N: usize>(s: &str) -> Option<[u8; N]> {
+    if s.len() != N * 2 {
+        return None;
+    }
+    let mut out = [0u8; N];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// `00-TRACEID-SPANID-FLAGS`: (trace id, parent span id, sampled). All-zero ids and
+/// version `ff` are invalid, as the specification says.
+pub fn parse_traceparent(v: &str) -> Option<([u8; 16], [u8; 8], bool)> {
+    let mut parts = v.trim().split('-');
+    let (version, trace, span, flags) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    if version.len() != 2 || version == "ff" || (version == "00" && parts.next().is_some()) {
+        return None;
+    }
+    let trace: [u8; 16] = unhex(trace)?;
+    let span: [u8; 8] = unhex(span)?;
+    let flags: [u8; 1] = unhex(flags)?;
+    if trace == [0; 16] || span == [0; 8] {
+        return None;
+    }
+    Some((trace, span, flags[0] & 1 == 1))
+}
+
+pub fn traceparent(trace: &[u8; 16], span: &[u8; 8]) -> HeaderValue {
+    HeaderValue::from_str(&format!("00-{}-{}-01", hex(trace), hex(span))).unwrap_or(HeaderValue::from_static(""))
+}
+
+impl Tracer {
+    /// A tracer from the OTEL_* variables (`None`: tracing is off), with its exporter
+    /// task. Call inside a Tokio runtime.
+    pub fn from_env(get: impl Fn(&str) -> Option<String>) -> Result<Option<Arc<Tracer>>, String> {
+        if get("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true")) {
+            return Ok(None);
+        }
+        let endpoint = match (get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"), get("OTEL_EXPORTER_OTLP_ENDPOINT")) {
+            (Some(e), _) if !e.is_empty() => e,
+            (_, Some(e)) if !e.is_empty() => format!("{}/v1/traces", e.trim_end_matches('/')),
+            _ => return Ok(None),
+        };
+        let arg = get("OTEL_TRACES_SAMPLER_ARG").and_then(|a| a.parse::<f64>().ok()).unwrap_or(1.0).clamp(0.0, 1.0);
+        let sampler = match get("OTEL_TRACES_SAMPLER").as_deref().unwrap_or("parentbased_always_on") {
+            "always_on" => Sampler::Always(true),
+            "always_off" => Sampler::Always(false),
+            "traceidratio" => Sampler::Ratio(arg),
+            "parentbased_always_on" => Sampler::ParentBased(1.0),
+            "parentbased_traceidratio" => Sampler::ParentBased(arg),
+            other => {
+                return Err(format!(
+                    "OTEL_TRACES_SAMPLER `{other}`: use always_on, always_off, traceidratio, parentbased_always_on or parentbased_traceidratio"
+                ));
+            }
+        };
+        let service = get("OTEL_SERVICE_NAME").filter(|s| !s.is_empty()).unwrap_or_else(|| "tollgate".into());
+        let base = tollgate_model::BaseUrl::parse(&endpoint, &["http", "https"])
+            .map_err(|e| format!("OTEL_EXPORTER_OTLP_ENDPOINT `{endpoint}`: {e}"))?;
+        let upstream = Upstream::new(base, &tollgate_model::BackendTls::default(), Duration::from_secs(5))
+            .map_err(|e| format!("OTEL_EXPORTER_OTLP_ENDPOINT `{endpoint}`: {e}"))?;
+        let (queue, spans) = mpsc::channel(8192);
+        let seed = {
+            use std::hash::{BuildHasher, Hasher};
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u64(now_ns() ^ u64::from(std::process::id()));
+            h.finish()
+        };
+        let tracer = Arc::new(Tracer { sampler, queue, dropped: AtomicU64::new(0), ids: AtomicU64::new(1), seed });
+        tokio::spawn(export(spans, upstream, service));
+        Ok(Some(tracer))
+    }
+
+    fn next_u64(&self) -> u64 {
+        // splitmix64 over a counter: distinct, well spread, cheap.
+        let mut z =
+            self.seed.wrapping_add(self.ids.fetch_add(1, Ordering::Relaxed).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        (z ^ (z >> 31)).max(1)
+    }
+
+    pub fn span_id(&self) -> [u8; 8] {
+        self.next_u64().to_be_bytes()
+    }
+
+    /// The trace context of a request (from its `traceparent`, or a new trace), or
+    /// `None` when it is not sampled.
+    pub fn start(&self, traceparent: Option<&HeaderValue>) -> Option<TraceCtx> {
+        let incoming = traceparent.and_then(|v| v.to_str().ok()).and_then(parse_traceparent);
+        let sampled = |trace_id: &[u8; 16], ratio: f64| {
+            // The low 8 bytes of the trace id as a uniform draw (the W3C random part).
+            let x = u64::from_be_bytes(trace_id[8..].try_into().unwrap_or([0; 8])) as f64 / u64::MAX as f64;
+            x < ratio
+        };
+        let (trace_id, parent) = match incoming {
+            Some((t, p, _)) => (t, Some(p)),
+            None => {
+                let mut t = [0u8; 16];
+                t[..8].copy_from_slice(&self.next_u64().to_be_bytes());
+                t[8..].copy_from_slice(&self.next_u64().to_be_bytes());
+                (t, None)
+            }
+        };
+        let keep = match (self.sampler, incoming) {
+            (Sampler::Always(on), _) => on,
+            (Sampler::Ratio(r), _) => sampled(&trace_id, r),
+            (Sampler::ParentBased(_), Some((_, _, flag))) => flag,
+            (Sampler::ParentBased(r), None) => sampled(&trace_id, r),
+        };
+        keep.then(|| TraceCtx { trace_id, span_id: self.span_id(), parent })
+    }
+
+    pub fn record(&self, span: Span) {
+        if self.queue.try_send(span).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+fn otlp_json(spans: &[Span], service: &str) -> serde_json::Value {
+    let spans: Vec<serde_json::Value> = spans
+        .iter()
+        .map(|s| {
+            let attrs: Vec<serde_json::Value> = s
+                .attrs
+                .iter()
+                .map(|(k, v)| match v {
+                    Attr::Str(x) => serde_json::json!({ "key": k, "value": { "stringValue": x } }),
+                    Attr::Int(x) => serde_json::json!({ "key": k, "value": { "intValue": x.to_string() } }),
+                })
+                .collect();
+            let mut span = serde_json::json!({
+                "traceId": hex(&s.trace_id),
+                "spanId": hex(&s.span_id),
+                "name": s.name,
+                "kind": s.kind,
+                "startTimeUnixNano": s.start_ns.to_string(),
+                "endTimeUnixNano": s.end_ns.to_string(),
+                "attributes": attrs,
+                "status": { "code": if s.error { 2 } else { 0 } },
+            });
+            if let Some(p) = &s.parent {
+                span["parentSpanId"] = hex(p).into();
+            }
+            span
+        })
+        .collect();
+    serde_json::json!({ "resourceSpans": [ {
+        "resource": { "attributes": [ { "key": "service.name", "value": { "stringValue": service } } ] },
+        "scopeSpans": [ { "scope": { "name": "tollgate", "version": env!("CARGO_PKG_VERSION") }, "spans": spans } ]
+    } ] })
+}
+
+/// Sends spans in batches (up to 512, or whatever a second gathered).
+async fn export(mut spans: mpsc::Receiver<Span>, upstream: Upstream, service: String) {
+    let mut batch = Vec::with_capacity(512);
+    loop {
+        let first = match spans.recv().await {
+            Some(s) => s,
+            None => return,
+        };
+        batch.push(first);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+        while batch.len() < 512 {
+            match tokio::time::timeout_at(deadline, spans.recv()).await {
+                Ok(Some(s)) => batch.push(s),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        let body = otlp_json(&batch, &service).to_string();
+        batch.clear();
+        // The endpoint's path is the upstream's base path.
+        let Ok(uri) = upstream.uri("", None) else { continue };
+        let req = http::Request::post(uri)
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::HOST, upstream.authority.as_str())
+            .body(UpstreamBody::bytes(body));
+        let Ok(req) = req else { continue };
+        match tokio::time::timeout(Duration::from_secs(10), upstream.request(req)).await {
+            Ok(Ok(resp)) if resp.status().is_success() => {}
+            Ok(Ok(resp)) => tracing::debug!(status = %resp.status(), "the trace collector refused spans"),
+            Ok(Err(e)) => tracing::debug!(error = %e, "cannot send spans to the trace collector"),
+            Err(_) => tracing::debug!("the trace collector did not answer in time"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traceparent_round_trips_and_rejects_invalid_ones() {
+        let v = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let (t, s, sampled) = parse_traceparent(v).expect("valid");
+        assert!(sampled);
+        assert_eq!(traceparent(&t, &s).to_str().ok(), Some(v));
+        for bad in [
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "garbage",
+        ] {
+            assert!(parse_traceparent(bad).is_none(), "{bad}");
+        }
+        let (_, _, sampled) =
+            parse_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00").expect("valid");
+        assert!(!sampled);
+    }
+}
