@@ -212,3 +212,41 @@ fn a_full_service_keeps_its_authentication_errors_rules_and_policies() {
         assert!(warnings.contains(expected), "missing {expected:?} in {warnings}");
     }
 }
+
+#[tokio::test]
+async fn tollgates_own_admin_api_document_imports_as_a_product() {
+    // A real document of some size: the admin API's own OpenAPI 3.1 description.
+    let dir = TempDir::new();
+    let server = store_server(&format!("sqlite://{}", dir.path().join("t.db").display())).await;
+    let (status, _, doc) = get(server.admin, "localhost", "/api/v1/openapi.json").await;
+    assert_eq!(status, StatusCode::OK);
+    let parsed: serde_json::Value = serde_json::from_str(&doc).expect("json");
+    let operations: usize = parsed["paths"]
+        .as_object()
+        .expect("paths")
+        .values()
+        .map(|item| {
+            item.as_object()
+                .map_or(0, |o| o.keys().filter(|k| ["get", "put", "post", "delete"].contains(&k.as_str())).count())
+        })
+        .sum();
+    assert!(operations > 50, "{operations}");
+    let path = dir.path().join("admin.json");
+    std::fs::write(&path, &doc).expect("write");
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["import", "openapi", path.to_str().expect("utf-8"), "--product", "tollgate-admin"])
+        .output()
+        .await
+        .expect("run");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let yaml = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no absolute `servers[0].url`"),
+        "the document names no server"
+    );
+    check(&dir, &yaml);
+    let config: tollgate_model::Config = serde_norway::from_str(&yaml).expect("yaml");
+    assert_eq!(config.products[0].mapping_rules.len(), operations);
+    assert!(config.products[0].mapping_rules.iter().any(|r| r.pattern == "/api/v1/products/{p}/mapping_rules$"));
+    server.shutdown().await;
+}
