@@ -131,6 +131,15 @@ impl Tracer {
             (_, Some(e)) if !e.is_empty() => format!("{}/v1/traces", e.trim_end_matches('/')),
             _ => return Ok(None),
         };
+        // The exporter speaks OTLP/HTTP with the JSON encoding (every collector accepts it
+        // on port 4318); another protocol asked for is an error, not a silent switch.
+        for var in ["OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"] {
+            if let Some(p) = get(var).filter(|p| !p.is_empty() && p != "http/json") {
+                return Err(format!(
+                    "{var} `{p}`: Tollgate exports OTLP over http/json only; set http/json or unset it"
+                ));
+            }
+        }
         let arg = get("OTEL_TRACES_SAMPLER_ARG").and_then(|a| a.parse::<f64>().ok()).unwrap_or(1.0).clamp(0.0, 1.0);
         let sampler = match get("OTEL_TRACES_SAMPLER").as_deref().unwrap_or("parentbased_always_on") {
             "always_on" => Sampler::Always(true),
@@ -279,6 +288,30 @@ async fn export(mut spans: mpsc::Receiver<Span>, upstream: Upstream, service: St
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn env(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
+        move |k| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())
+    }
+
+    #[tokio::test]
+    async fn the_otel_variables_configure_or_refuse() {
+        assert!(Tracer::from_env(env(&[])).expect("no endpoint").is_none(), "off without an endpoint");
+        let on = &[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318")];
+        assert!(Tracer::from_env(env(on)).expect("valid").is_some());
+        let disabled = &[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318"), ("OTEL_SDK_DISABLED", "true")];
+        assert!(Tracer::from_env(env(disabled)).expect("valid").is_none());
+        let grpc = &[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317"), ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")];
+        assert!(Tracer::from_env(env(grpc)).expect_err("grpc").contains("http/json only"));
+        let sampler = &[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://x:4318"), ("OTEL_TRACES_SAMPLER", "sometimes")];
+        assert!(Tracer::from_env(env(sampler)).expect_err("sampler").contains("OTEL_TRACES_SAMPLER"));
+        let off = &[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318"), ("OTEL_TRACES_SAMPLER", "always_off")];
+        let t = Tracer::from_env(env(off)).expect("valid").expect("on");
+        assert!(t.start(None).is_none(), "always_off samples nothing");
+        let parent = http::HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00");
+        let t = Tracer::from_env(env(on)).expect("valid").expect("on");
+        assert!(t.start(Some(&parent)).is_none(), "parent-based: the caller did not sample");
+        assert!(t.start(None).is_some(), "parent-based: a new trace is sampled");
+    }
 
     #[test]
     fn traceparent_round_trips_and_rejects_invalid_ones() {

@@ -97,12 +97,11 @@ pub fn openapi(text: &str, product: Option<&str>, prefix_matching: bool) -> anyh
     if rules.is_empty() {
         bail!("the document has no operations under `paths`");
     }
-    let config = serde_json::json!({
+    let mut config = serde_json::json!({
         "backends": [ { "system_name": format!("{name}-backend"), "private_base_url": backend_url } ],
         "products": [ {
             "system_name": name,
             "name": title,
-            "description": doc["info"]["description"].as_str().unwrap_or_default(),
             "staging_public_base_url": format!("http://{name}-staging.localhost"),
             "production_public_base_url": format!("http://{name}.localhost"),
             "backend_usages": [ { "backend": format!("{name}-backend"), "path": "/" } ],
@@ -112,6 +111,9 @@ pub fn openapi(text: &str, product: Option<&str>, prefix_matching: bool) -> anyh
             "application_plans": [ { "system_name": "basic", "name": "Basic" } ],
         } ],
     });
+    if let Some(d) = doc["info"]["description"].as_str().filter(|d| !d.is_empty()) {
+        config["products"][0]["description"] = d.into();
+    }
     warnings.push(format!(
         "public base URLs are placeholders (http://{name}-staging.localhost, http://{name}.localhost): set the hosts your clients use"
     ));

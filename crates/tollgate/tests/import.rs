@@ -250,3 +250,25 @@ async fn tollgates_own_admin_api_document_imports_as_a_product() {
     assert!(config.products[0].mapping_rules.iter().any(|r| r.pattern == "/api/v1/products/{p}/mapping_rules$"));
     server.shutdown().await;
 }
+
+#[test]
+fn the_openapi_specifications_petstore_imports() {
+    let dir = TempDir::new();
+    let doc = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/openapi/petstore.yaml"),
+    )
+    .expect("fixture");
+    let (yaml, _) = import(&dir, "petstore.yaml", &doc, &[]);
+    check(&dir, &yaml);
+    let config: tollgate_model::Config = serde_norway::from_str(&yaml).expect("yaml");
+    let p = &config.products[0];
+    assert_eq!(p.system_name, "swagger_petstore");
+    assert_eq!(config.backends[0].private_base_url, "http://petstore.swagger.io/v1");
+    let rules: Vec<(&str, &str, &str)> =
+        p.mapping_rules.iter().map(|r| (r.http_method.as_str(), r.pattern.as_str(), r.metric.as_str())).collect();
+    assert_eq!(
+        rules,
+        [("GET", "/pets$", "listpets"), ("POST", "/pets$", "createpets"), ("GET", "/pets/{petId}$", "showpetbyid")]
+    );
+    assert_eq!(p.methods[2].friendly_name.as_deref(), Some("Info for a specific pet"));
+}
