@@ -174,6 +174,21 @@ pub struct ServeArgs {
     /// admin API (/api/v1) and the console (/).
     #[arg(long, env = "TOLLGATE_ADMIN_LISTEN", default_value = "127.0.0.1:8090")]
     pub admin_listen: String,
+    #[command(flatten)]
+    pub listener: ListenerArgs,
+    /// Hours of per-minute analytics kept before they are rolled up into hours.
+    #[arg(long, env = "TOLLGATE_ANALYTICS_MINUTE_RETENTION", default_value_t = 48)]
+    pub analytics_minute_retention: u64,
+    /// Days of per-hour analytics kept before they are rolled up into days.
+    #[arg(long, env = "TOLLGATE_ANALYTICS_HOUR_RETENTION", default_value_t = 90)]
+    pub analytics_hour_retention: u64,
+    #[command(flatten)]
+    pub shared: SharedStateArgs,
+}
+
+/// How the gateway listeners accept and serve connections (`serve` and `gateway`).
+#[derive(Debug, Clone, Args)]
+pub struct ListenerArgs {
     /// PEM certificate chain for `tls://` listeners.
     #[arg(long, env = "TOLLGATE_TLS_CERT")]
     pub tls_cert: Option<PathBuf>,
@@ -190,17 +205,9 @@ pub struct ServeArgs {
     /// Largest request head in bytes (bigger → 431). At least 8192.
     #[arg(long, env = "TOLLGATE_MAX_HEADER_BYTES", default_value_t = 32768, value_parser = clap::value_parser!(u64).range(8192..=1_048_576))]
     pub max_header_bytes: u64,
-    /// Hours of per-minute analytics kept before they are rolled up into hours.
-    #[arg(long, env = "TOLLGATE_ANALYTICS_MINUTE_RETENTION", default_value_t = 48)]
-    pub analytics_minute_retention: u64,
-    /// Days of per-hour analytics kept before they are rolled up into days.
-    #[arg(long, env = "TOLLGATE_ANALYTICS_HOUR_RETENTION", default_value_t = 90)]
-    pub analytics_hour_retention: u64,
     /// Seconds in-flight requests may take to finish on shutdown.
     #[arg(long, env = "TOLLGATE_DRAIN_TIMEOUT", default_value_t = 30)]
     pub drain_timeout: u64,
-    #[command(flatten)]
-    pub shared: SharedStateArgs,
 }
 
 /// Where usage counters live, and what happens when they cannot be reached.
@@ -252,22 +259,8 @@ pub struct GatewayArgs {
     /// `postgres://USER@HOST:PORT/DB` (or `sqlite://PATH` on the same machine).
     #[arg(long, env = "TOLLGATE_STORE")]
     pub store: String,
-    #[arg(long, env = "TOLLGATE_TLS_CERT")]
-    pub tls_cert: Option<PathBuf>,
-    #[arg(long, env = "TOLLGATE_TLS_KEY")]
-    pub tls_key: Option<PathBuf>,
-    /// Connections the listener serves at once; more are refused.
-    #[arg(long, env = "TOLLGATE_MAX_CONNECTIONS", default_value_t = 8192)]
-    pub max_connections: usize,
-    /// Seconds a client has to send a request head.
-    #[arg(long, env = "TOLLGATE_HEADER_READ_TIMEOUT", default_value_t = 30)]
-    pub header_read_timeout: u64,
-    /// Largest request head in bytes (bigger → 431). At least 8192.
-    #[arg(long, env = "TOLLGATE_MAX_HEADER_BYTES", default_value_t = 32768, value_parser = clap::value_parser!(u64).range(8192..=1_048_576))]
-    pub max_header_bytes: u64,
-    /// Seconds in-flight requests may take to finish on shutdown.
-    #[arg(long, env = "TOLLGATE_DRAIN_TIMEOUT", default_value_t = 30)]
-    pub drain_timeout: u64,
+    #[command(flatten)]
+    pub listener: ListenerArgs,
     #[command(flatten)]
     pub shared: SharedStateArgs,
 }

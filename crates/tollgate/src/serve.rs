@@ -120,7 +120,7 @@ impl Server {
         let (staging_addr, staging_tls) = parse_listen("staging-listen", &args.staging_listen)?;
         let (production_addr, production_tls) = parse_listen("production-listen", &args.production_listen)?;
         let acceptor = if staging_tls || production_tls {
-            let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) else {
+            let (Some(cert), Some(key)) = (&args.listener.tls_cert, &args.listener.tls_key) else {
                 bail!("a tls:// listener needs --tls-cert FILE and --tls-key FILE");
             };
             Some(tls_acceptor(cert, key).map_err(|e| anyhow::anyhow!("--tls-cert/--tls-key: {e}"))?)
@@ -174,10 +174,10 @@ impl Server {
         let mut tasks = JoinSet::new();
 
         let base = ListenerOptions {
-            max_connections: args.max_connections,
-            header_read_timeout: Duration::from_secs(args.header_read_timeout.max(1)),
-            max_header_bytes: args.max_header_bytes as usize,
-            drain_timeout: Duration::from_secs(args.drain_timeout),
+            max_connections: args.listener.max_connections,
+            header_read_timeout: Duration::from_secs(args.listener.header_read_timeout.max(1)),
+            max_header_bytes: args.listener.max_header_bytes as usize,
+            drain_timeout: Duration::from_secs(args.listener.drain_timeout),
             ..ListenerOptions::default()
         };
         let unbound = SocketAddr::from(([0, 0, 0, 0], 0));
@@ -535,14 +535,9 @@ pub async fn run_gateway(args: GatewayArgs) -> anyhow::Result<ExitCode> {
         production_listen: if env == Environment::Production { mine.clone() } else { other.clone() },
         staging_listen: if env == Environment::Staging { mine } else { other },
         admin_listen: args.admin_listen,
-        tls_cert: args.tls_cert,
-        tls_key: args.tls_key,
-        max_connections: args.max_connections,
-        header_read_timeout: args.header_read_timeout,
-        max_header_bytes: args.max_header_bytes,
+        listener: args.listener,
         analytics_minute_retention: 48,
         analytics_hour_retention: 90,
-        drain_timeout: args.drain_timeout,
         shared: args.shared,
     };
     let server = Server::start_as(&serve, Source::Store(args.store.clone()), Role::Node(env)).await?;
