@@ -453,16 +453,8 @@ impl Gateway {
                 let mut head = self.upstream_head(parts, ctx, upstream, rest)?;
                 let span = self.trace_upstream(ctx, &mut head);
                 let last = attempt == retry.retries;
-                let result = match ctx.upstream_timeouts.1 {
-                    None => upstream.request(Request::from_parts(head, UpstreamBody::Empty)).await,
-                    Some(read) => {
-                        tokio::time::timeout(read, upstream.request(Request::from_parts(head, UpstreamBody::Empty)))
-                            .await
-                            .unwrap_or_else(|_| {
-                                Err(GatewayError::UpstreamTimeout("no response head within read_timeout".into()))
-                            })
-                    }
-                };
+                let result =
+                    exchange(upstream, Request::from_parts(head, UpstreamBody::Empty), ctx.upstream_timeouts.1).await;
                 if let Some((id, start)) = span {
                     let status = result.as_ref().map_or(0, |r| i64::from(r.status().as_u16()));
                     self.span_end(
@@ -501,15 +493,10 @@ impl Gateway {
             None => UpstreamBody::from(body),
         };
         let sent = std::time::Instant::now();
-        let exchange = upstream.request(Request::from_parts(head, body));
-        let resp = match read_timeout {
-            None => exchange.await,
-            // The whole request is sent before the backend answers (usually): the head
-            // is due within both timeouts.
-            Some(read) => tokio::time::timeout(read + send_timeout.unwrap_or_default(), exchange)
-                .await
-                .unwrap_or_else(|_| Err(GatewayError::UpstreamTimeout("no response head within read_timeout".into()))),
-        };
+        // The whole request is sent before the backend answers (usually): the head is
+        // due within both timeouts.
+        let head_due = read_timeout.map(|read| read + send_timeout.unwrap_or_default());
+        let resp = exchange(upstream, Request::from_parts(head, body), head_due).await;
         if resp.is_ok() {
             self.product_metrics(ctx.product).upstream.observe(sent.elapsed());
         }
@@ -839,6 +826,20 @@ fn new_request_id() -> HeaderValue {
         buf[2 * i + 1] = HEX[usize::from(b & 15)];
     }
     HeaderValue::from_bytes(&buf).unwrap_or(HeaderValue::from_static("0"))
+}
+
+/// Sends a request to the backend; with `head_due`, its response head must come by then.
+async fn exchange(
+    upstream: &Upstream,
+    req: Request<UpstreamBody>,
+    head_due: Option<std::time::Duration>,
+) -> Result<Response<GatewayBody>, GatewayError> {
+    match head_due {
+        None => upstream.request(req).await,
+        Some(d) => tokio::time::timeout(d, upstream.request(req))
+            .await
+            .unwrap_or_else(|_| Err(GatewayError::UpstreamTimeout("no response head within read_timeout".into()))),
+    }
 }
 
 /// A backend's response as the client gets it: hop-by-hop headers removed, the

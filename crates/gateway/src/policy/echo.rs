@@ -32,10 +32,7 @@ pub struct EchoPolicy {
 
 impl EchoPolicy {
     pub(super) fn new(c: Config) -> Result<Self, (String, String)> {
-        let status = StatusCode::from_u16(c.status)
-            .ok()
-            .filter(|s| (200..=599).contains(&s.as_u16()))
-            .ok_or_else(|| ("status".to_string(), format!("{} is not a status between 200 and 599", c.status)))?;
+        let status = super::status_option(c.status, 200..=599)?;
         Ok(EchoPolicy { status })
     }
 }

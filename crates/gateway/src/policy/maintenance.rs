@@ -11,7 +11,7 @@
 
 use super::{Context, Flow, Policy};
 use crate::error::{ErrorTemplate, local_response};
-use http::{HeaderValue, StatusCode, request};
+use http::{HeaderValue, request};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
@@ -40,10 +40,7 @@ pub struct MaintenancePolicy {
 
 impl MaintenancePolicy {
     pub(super) fn new(c: Config) -> Result<Self, (String, String)> {
-        let status = StatusCode::from_u16(c.status)
-            .ok()
-            .filter(|s| (200..=599).contains(&s.as_u16()))
-            .ok_or_else(|| ("status".to_string(), format!("{} is not a status between 200 and 599", c.status)))?;
+        let status = super::status_option(c.status, 200..=599)?;
         let answer = match c.message {
             None => {
                 let mut t = ErrorTemplate::json(status, "maintenance", "the service is under maintenance; retry later");

@@ -346,6 +346,16 @@ impl Registry {
     }
 }
 
+/// A policy's `status` option: a status code within `range`, or the error to report.
+pub(crate) fn status_option(
+    code: u16,
+    range: std::ops::RangeInclusive<u16>,
+) -> Result<http::StatusCode, (String, String)> {
+    http::StatusCode::from_u16(code).ok().filter(|s| range.contains(&s.as_u16())).ok_or_else(|| {
+        ("status".to_string(), format!("{code} is not a status between {} and {}", range.start(), range.end()))
+    })
+}
+
 /// Deserializes a policy's configuration; on error, the path inside it and the message.
 pub(crate) fn parse<T: DeserializeOwned>(configuration: &serde_json::Value) -> Result<T, (String, String)> {
     let value =

@@ -25,7 +25,7 @@
 use super::template::Template;
 use super::{Context, Flow, Policy};
 use crate::error::ErrorTemplate;
-use http::{StatusCode, request};
+use http::request;
 use schemars::JsonSchema;
 use serde::Deserialize;
 use tollgate_counters::{Algorithm, EdgeCheck};
@@ -133,10 +133,7 @@ impl RateLimitPolicy {
         if c.limiters.is_empty() {
             return Err(("limiters".into(), "give at least one limiter".into()));
         }
-        let status = StatusCode::from_u16(c.status)
-            .ok()
-            .filter(|s| (400..=599).contains(&s.as_u16()))
-            .ok_or_else(|| ("status".to_string(), format!("{} is not a status between 400 and 599", c.status)))?;
+        let status = super::status_option(c.status, 400..=599)?;
         let mut limiters = Vec::new();
         let mut signature = String::new();
         for (i, l) in c.limiters.into_iter().enumerate() {
