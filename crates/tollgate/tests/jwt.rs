@@ -99,13 +99,16 @@ impl Rsa {
     }
 }
 
-/// Serves whatever JWK Set `doc` holds, over HTTP, on a free port.
-async fn jwks_server(doc: Arc<Mutex<String>>) -> SocketAddr {
+/// Serves whatever JWK Set `doc` holds, over HTTP, on a free port; `served` is notified
+/// after each answer.
+async fn jwks_server(doc: Arc<Mutex<String>>) -> (SocketAddr, Arc<tokio::sync::Notify>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
+    let served = Arc::new(tokio::sync::Notify::new());
+    let notify = served.clone();
     tokio::spawn(async move {
         while let Ok((mut s, _)) = listener.accept().await {
-            let doc = doc.clone();
+            let (doc, notify) = (doc.clone(), notify.clone());
             tokio::spawn(async move {
                 let mut buf = vec![0; 4096];
                 let mut got = Vec::new();
@@ -121,10 +124,11 @@ async fn jwks_server(doc: Arc<Mutex<String>>) -> SocketAddr {
                     body.len()
                 );
                 let _ = s.write_all(resp.as_bytes()).await;
+                notify.notify_one();
             });
         }
     });
-    addr
+    (addr, served)
 }
 
 fn product(name: &str, chain: &str) -> String {
@@ -259,7 +263,7 @@ async fn a_jwks_url_is_fetched_and_a_rotated_key_is_picked_up() {
     let backend = http_backend().await;
     let (old, new) = (Ec::new("2025"), Ec::new("2026"));
     let doc = Arc::new(Mutex::new(json!({ "keys": [old.jwk()] }).to_string()));
-    let idp = jwks_server(doc.clone()).await;
+    let (idp, served) = jwks_server(doc.clone()).await;
     let chain =
         format!(r#"[ {{ name: jwt, configuration: {{ jwks_url: "http://{idp}/certs", client_id_claim: azp }} }} ]"#);
     let yaml = format!(
@@ -275,12 +279,16 @@ async fn a_jwks_url_is_fetched_and_a_rotated_key_is_picked_up() {
     // gateway fetches when it first sees its kid (at most once a second).
     *doc.lock().expect("doc") = json!({ "keys": [new.jwk()] }).to_string();
     let token = new.sign(&claims);
+    // A refused request starts a fetch if none ran in the last second (the gateway's
+    // rule); try again after each fetch the identity provider serves, or once that
+    // second has passed.
     let rotated = tokio::time::timeout(std::time::Duration::from_secs(10), async {
         loop {
+            let served = served.notified();
             if call(addr, "url", "GET", "/x", Some(&token)).await.0 == StatusCode::OK {
                 break;
             }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await; // the refresh runs in the background
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), served).await;
         }
     })
     .await;

@@ -12,18 +12,22 @@ use std::sync::{Arc, Mutex};
 use support::*;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-/// An OTLP/HTTP (JSON) receiver: every span it was sent, with its resource's service name.
-async fn receiver() -> (std::net::SocketAddr, Arc<Mutex<Vec<(String, Value)>>>) {
+type Received = Arc<Mutex<Vec<(String, Value)>>>;
+
+/// An OTLP/HTTP (JSON) receiver: every span it was sent, with its resource's service
+/// name; `arrived` is notified after each batch.
+async fn receiver() -> (std::net::SocketAddr, Received, Arc<tokio::sync::Notify>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
-    let spans: Arc<Mutex<Vec<(String, Value)>>> = Arc::default();
-    let store = spans.clone();
+    let spans: Received = Arc::default();
+    let arrived = Arc::new(tokio::sync::Notify::new());
+    let (store, notify) = (spans.clone(), arrived.clone());
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
-            let store = store.clone();
+            let (store, notify) = (store.clone(), notify.clone());
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                    let store = store.clone();
+                    let (store, notify) = (store.clone(), notify.clone());
                     async move {
                         assert_eq!(req.uri().path(), "/v1/traces");
                         let body = req.into_body().collect().await.expect("body").to_bytes();
@@ -39,6 +43,7 @@ async fn receiver() -> (std::net::SocketAddr, Arc<Mutex<Vec<(String, Value)>>>) 
                                 }
                             }
                         }
+                        notify.notify_one();
                         Ok::<_, std::convert::Infallible>(http::Response::new(full("{}")))
                     }
                 });
@@ -48,7 +53,7 @@ async fn receiver() -> (std::net::SocketAddr, Arc<Mutex<Vec<(String, Value)>>>) 
             });
         }
     });
-    (addr, spans)
+    (addr, spans, arrived)
 }
 
 fn attr<'a>(span: &'a Value, key: &str) -> Option<&'a Value> {
@@ -57,7 +62,7 @@ fn attr<'a>(span: &'a Value, key: &str) -> Option<&'a Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_traced_request_continues_the_callers_trace_and_reaches_the_collector() {
-    let (collector, spans) = receiver().await;
+    let (collector, spans, arrived) = receiver().await;
     let backend = http_backend().await;
     let dir = TempDir::new();
     let config = dir.path().join("t.yaml");
@@ -115,7 +120,7 @@ accounts:
     let upstream_span = parts[2].to_string();
     assert_ne!(upstream_span, caller, "the backend's parent is the gateway's client span");
 
-    // Spans arrive in a batch within about a second; wait for them (bounded).
+    // Spans arrive in batches; look again after each one the receiver gets (bounded).
     let mine = tokio::time::timeout(std::time::Duration::from_secs(15), async {
         loop {
             let got: Vec<(String, Value)> =
@@ -123,7 +128,7 @@ accounts:
             if got.iter().any(|(_, s)| s["name"] == "request") && got.len() >= 6 {
                 return got;
             }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await; // the exporter runs in another process
+            arrived.notified().await;
         }
     })
     .await
