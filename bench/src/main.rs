@@ -244,20 +244,7 @@ async fn http_table(f: &Field, s: &Settings, tls: bool) -> Result<Table> {
     if !tls {
         contestants.push(("tollgate, key + 20 rules + limits", f.tollgate.http, "full.localhost"));
     }
-    let names: Vec<&str> = contestants.iter().map(|c| c.0).collect();
-    let urls: Vec<String> = contestants.iter().map(|c| format!("{scheme}://{}{path}", c.1)).collect();
-    let results = rounds(s, &names, |i| {
-        let load = http::Load {
-            url: &urls[i],
-            host: contestants[i].2,
-            connections: s.http_connections,
-            duration: s.turn,
-            close: false,
-        };
-        async move { http::wrk(&load).await }
-    })
-    .await?;
-    let rows = rows_of(&names, results, |r| (r.rate, Some(r.p50), Some(r.p99)));
+    let rows = keep_alive_rows(s, scheme, &path, &contestants).await?;
     let what = if tls { "HTTPS requests over kept-alive TLS connections" } else { "HTTP requests, keep-alive" };
     Ok(Table {
         key: if tls { "tls_requests" } else { "http" },
@@ -280,8 +267,33 @@ async fn redis_table(f: &Field, s: &Settings) -> Result<Table> {
         (MEMORY, f.tollgate.http, "full.localhost"),
         ("tollgate, Redis counters", redis.http, "full.localhost"),
     ];
+    let rows = keep_alive_rows(s, "http", &path, &contestants).await?;
+    Ok(Table {
+        key: "redis",
+        title: format!(
+            "HTTP with key + 20 rules + limits on 3 periods, counters in memory vs in Redis (127.0.0.1, one script per request): {} connections, {} s turns",
+            s.http_connections,
+            wrk_seconds(s)
+        ),
+        unit: "requests/s",
+        rows,
+        higher_is_better: true,
+        baseline: Some(MEMORY),
+    })
+}
+
+const MEMORY: &str = "tollgate, memory counters";
+
+/// wrk over kept-alive connections against each `(name, address, Host)`, rounds
+/// alternating: one row per contestant.
+async fn keep_alive_rows(
+    s: &Settings,
+    scheme: &str,
+    path: &str,
+    contestants: &[(&str, std::net::SocketAddr, &str)],
+) -> Result<Vec<Row>> {
     let names: Vec<&str> = contestants.iter().map(|c| c.0).collect();
-    let urls: Vec<String> = contestants.iter().map(|c| format!("http://{}{path}", c.1)).collect();
+    let urls: Vec<String> = contestants.iter().map(|c| format!("{scheme}://{}{path}", c.1)).collect();
     let results = rounds(s, &names, |i| {
         let load = http::Load {
             url: &urls[i],
@@ -293,21 +305,8 @@ async fn redis_table(f: &Field, s: &Settings) -> Result<Table> {
         async move { http::wrk(&load).await }
     })
     .await?;
-    Ok(Table {
-        key: "redis",
-        title: format!(
-            "HTTP with key + 20 rules + limits on 3 periods, counters in memory vs in Redis (127.0.0.1, one script per request): {} connections, {} s turns",
-            s.http_connections,
-            wrk_seconds(s)
-        ),
-        unit: "requests/s",
-        rows: rows_of(&names, results, |r| (r.rate, Some(r.p50), Some(r.p99))),
-        higher_is_better: true,
-        baseline: Some(MEMORY),
-    })
+    Ok(rows_of(&names, results, |r| (r.rate, Some(r.p50), Some(r.p99))))
 }
-
-const MEMORY: &str = "tollgate, memory counters";
 
 /// TLS handshakes per second: every request on a new connection (`Connection: close`),
 /// full handshakes (no session resumption anywhere).
