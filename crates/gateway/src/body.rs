@@ -1,6 +1,7 @@
 //! The response body type: either streamed from the backend or produced locally.
 //! An enum rather than a boxed trait object keeps the proxied path allocation-free.
 
+use crate::pool::PooledBody;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
@@ -92,11 +93,11 @@ fn cap(frame: &Result<Frame<Bytes>, BoxError>, left: &mut Option<u64>) -> bool {
 pin_project_lite::pin_project! {
     #[project = GatewayBodyProj]
     pub enum GatewayBody {
-        Upstream { #[pin] body: Incoming },
+        Upstream { #[pin] body: PooledBody },
         Local { #[pin] body: Full<Bytes> },
         /// A backend's body that holds places (edge concurrency limits) until it ends
         /// or drops, and/or may carry at most `left` more bytes.
-        Wrapped { #[pin] body: Incoming, wrap: Box<Wrap> },
+        Wrapped { #[pin] body: PooledBody, wrap: Box<Wrap> },
     }
 }
 
@@ -221,9 +222,15 @@ impl Body for UpstreamBody {
     }
 }
 
+impl From<PooledBody> for GatewayBody {
+    fn from(body: PooledBody) -> Self {
+        GatewayBody::Upstream { body }
+    }
+}
+
 impl From<Incoming> for GatewayBody {
     fn from(body: Incoming) -> Self {
-        GatewayBody::Upstream { body }
+        GatewayBody::Upstream { body: PooledBody::unpooled(body) }
     }
 }
 

@@ -20,12 +20,13 @@
 
 pub mod analytics;
 mod auth;
-mod body;
+pub mod body;
 pub mod error;
 pub mod frames;
 pub mod mapping;
 pub mod metrics;
 pub mod policy;
+pub mod pool;
 mod proxy;
 pub mod relay;
 pub mod server;
@@ -38,7 +39,7 @@ pub mod upstream;
 pub use body::GatewayBody;
 pub use metrics::{Health, Metrics};
 pub use proxy::{Gateway, Shared};
-pub use server::{ListenerOptions, serve};
+pub use server::{ListenerOptions, Workers, serve};
 pub use snapshot::{
     BackendSource, Environment, ProductSource, Snapshot, SnapshotHandle, Snapshots, Upstreams, compile,
     compile_environment,

@@ -527,11 +527,7 @@ impl Gateway {
         let (upstream, rest) = destination(parts, ctx)?;
         let mut head = self.upstream_head(parts, ctx, upstream, rest)?;
         let upgrade_span = self.trace_upstream(ctx, &mut head);
-        // Upgrade requests go in origin form on their own connection.
-        head.uri = head
-            .uri
-            .path_and_query()
-            .map_or_else(|| http::Uri::from_static("/"), |pq| pq.as_str().parse().unwrap_or_default());
+        // Upgrade requests go on a connection of their own.
         head.headers.insert(
             header::HOST,
             HeaderValue::from_str(upstream.authority.as_str()).map_err(|_| GatewayError::NoBackend)?,

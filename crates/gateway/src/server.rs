@@ -3,6 +3,15 @@
 //! exhausting the gateway: header-read and idle timeouts (slowloris), header size,
 //! HTTP/2 stream and reset-flood limits. Running out of file descriptors slows the
 //! accept loop down instead of crashing it.
+//!
+//! Connections are served on [`Workers`]: one thread per core, each running a
+//! single-threaded runtime with its own event loop (epoll), like nginx's worker
+//! processes. A connection — the client's socket, its backend connections, its
+//! WebSocket relay — lives on one worker from accept to close, so a request never
+//! wakes another thread, and no thread parks on a lock or a futex to hand work over.
+//! The accept loop gives each connection to the worker serving the fewest. (One
+//! listening socket rather than one per worker with `SO_REUSEPORT`: a second Tollgate
+//! started on the same port by mistake fails to bind instead of silently sharing it.)
 
 use crate::proxy::{ConnInfo, Gateway};
 use crate::smuggling::SmugglingGuard;
@@ -16,8 +25,9 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 
@@ -36,6 +46,8 @@ pub struct ListenerOptions {
     pub h2_max_concurrent_streams: u32,
     /// How long in-flight HTTP requests may take to finish at shutdown.
     pub drain_timeout: Duration,
+    /// The threads connections are served on; `None`: the caller's runtime.
+    pub workers: Option<Arc<Workers>>,
 }
 
 impl Default for ListenerOptions {
@@ -48,7 +60,75 @@ impl Default for ListenerOptions {
             tls_handshake_timeout: Duration::from_secs(10),
             h2_max_concurrent_streams: 256,
             drain_timeout: Duration::from_secs(30),
+            workers: None,
         }
+    }
+}
+
+/// Threads that serve gateway connections, each a single-threaded runtime.
+pub struct Workers {
+    workers: Vec<Worker>,
+}
+
+struct Worker {
+    runtime: tokio::runtime::Handle,
+    /// Connections it serves now.
+    load: Arc<AtomicUsize>,
+    /// Dropped with [`Workers`]: the thread then ends, and its runtime with it.
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl Workers {
+    /// Starts `n` worker threads (at least one).
+    pub fn start(n: usize) -> std::io::Result<Arc<Workers>> {
+        let mut workers = Vec::with_capacity(n.max(1));
+        for i in 0..n.max(1) {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let handle = runtime.handle().clone();
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            std::thread::Builder::new().name(format!("tollgate-worker-{i}")).spawn(move || {
+                crate::pool::set_thread_slot(i + 1);
+                runtime.block_on(async {
+                    let _ = stopped.await;
+                });
+            })?;
+            workers.push(Worker { runtime: handle, load: Arc::default(), _stop: stop });
+        }
+        Ok(Arc::new(Workers { workers }))
+    }
+
+    /// One per available core.
+    pub fn per_core() -> std::io::Result<Arc<Workers>> {
+        Workers::start(std::thread::available_parallelism().map_or(1, |n| n.get()))
+    }
+
+    pub fn len(&self) -> usize {
+        self.workers.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.workers.is_empty()
+    }
+
+    /// Runs a connection on the worker serving the fewest.
+    fn run<F>(&self, connection: impl FnOnce() -> F + Send + 'static)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let Some(worker) = self.workers.iter().min_by_key(|w| w.load.load(Ordering::Relaxed)) else { return };
+        let load = worker.load.clone();
+        load.fetch_add(1, Ordering::Relaxed);
+        worker.runtime.spawn(async move {
+            // Counted down however the connection ends, even if its task is dropped.
+            struct Leave(Arc<AtomicUsize>);
+            impl Drop for Leave {
+                fn drop(&mut self) {
+                    self.0.fetch_sub(1, Ordering::Relaxed);
+                }
+            }
+            let _leave = Leave(load);
+            connection().await;
+        });
     }
 }
 
@@ -121,32 +201,20 @@ pub async fn serve(
             continue;
         };
         let _ = tcp.set_nodelay(true);
-        let (gateway, builder, opts, mut stop) = (gateway.clone(), builder.clone(), opts.clone(), stop_rx.clone());
-        tokio::spawn(async move {
-            let slot = Arc::new(permit);
-            match &opts.tls {
-                None => {
-                    let info = ConnInfo { client_addr, tls: false, slot };
-                    serve_connection(TokioIo::new(SmugglingGuard::new(tcp)), info, &gateway, &builder, &mut stop).await;
-                }
-                Some(acceptor) => {
-                    let tls = match tokio::time::timeout(opts.tls_handshake_timeout, acceptor.accept(tcp)).await {
-                        Ok(Ok(tls)) => tls,
-                        Ok(Err(e)) => {
-                            return tracing::debug!(error = %e, %client_addr, "TLS handshake failed");
-                        }
-                        Err(_) => return tracing::debug!(%client_addr, "TLS handshake timed out"),
-                    };
-                    let info = ConnInfo { client_addr, tls: true, slot };
-                    if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
-                        serve_connection(TokioIo::new(tls), info, &gateway, &builder, &mut stop).await;
-                    } else {
-                        let guarded = SmugglingGuard::new(tls);
-                        serve_connection(TokioIo::new(guarded), info, &gateway, &builder, &mut stop).await;
-                    }
-                }
+        let (gateway, builder, opts, stop) = (gateway.clone(), builder.clone(), opts.clone(), stop_rx.clone());
+        match opts.workers.clone() {
+            None => {
+                tokio::spawn(connection(tcp, client_addr, permit, gateway, builder, opts, stop));
             }
-        });
+            Some(workers) => {
+                // The socket moves to the worker's event loop.
+                let Ok(tcp) = tcp.into_std() else { continue };
+                workers.run(move || async move {
+                    let Ok(tcp) = TcpStream::from_std(tcp) else { return };
+                    connection(tcp, client_addr, permit, gateway, builder, opts, stop).await;
+                });
+            }
+        }
     }
     drop(listener);
     let _ = stop_tx.send(true);
@@ -154,6 +222,41 @@ pub async fn serve(
     // Wait for connections to finish their requests, up to the drain timeout.
     let all = opts.max_connections as u32;
     let _ = tokio::time::timeout(opts.drain_timeout, slots.acquire_many(all)).await;
+}
+
+/// One client connection, from the TLS handshake (if any) to its close.
+async fn connection(
+    tcp: TcpStream,
+    client_addr: std::net::SocketAddr,
+    permit: tokio::sync::OwnedSemaphorePermit,
+    gateway: Arc<Gateway>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    opts: ListenerOptions,
+    mut stop: watch::Receiver<bool>,
+) {
+    let slot = Arc::new(permit);
+    match &opts.tls {
+        None => {
+            let info = ConnInfo { client_addr, tls: false, slot };
+            serve_connection(TokioIo::new(SmugglingGuard::new(tcp)), info, &gateway, &builder, &mut stop).await;
+        }
+        Some(acceptor) => {
+            let tls = match tokio::time::timeout(opts.tls_handshake_timeout, acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    return tracing::debug!(error = %e, %client_addr, "TLS handshake failed");
+                }
+                Err(_) => return tracing::debug!(%client_addr, "TLS handshake timed out"),
+            };
+            let info = ConnInfo { client_addr, tls: true, slot };
+            if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+                serve_connection(TokioIo::new(tls), info, &gateway, &builder, &mut stop).await;
+            } else {
+                let guarded = SmugglingGuard::new(tls);
+                serve_connection(TokioIo::new(guarded), info, &gateway, &builder, &mut stop).await;
+            }
+        }
+    }
 }
 
 async fn serve_connection<I>(
@@ -189,4 +292,53 @@ async fn serve_connection<I>(
 fn is_per_connection_error(e: &std::io::Error) -> bool {
     use std::io::ErrorKind::*;
     matches!(e.kind(), ConnectionAborted | ConnectionReset | ConnectionRefused | Interrupted | WouldBlock)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connections_go_to_the_least_loaded_worker_and_run_on_its_thread() {
+        let workers = Workers::start(3).expect("threads");
+        let (done_tx, done) = std::sync::mpsc::channel::<String>();
+        let (release_tx, release) = watch::channel(false);
+        // Six connections that stay open until released: two per worker.
+        for _ in 0..6 {
+            let (done_tx, mut release) = (done_tx.clone(), release.clone());
+            workers.run(move || async move {
+                let name = std::thread::current().name().unwrap_or_default().to_string();
+                let _ = done_tx.send(name);
+                let _ = release.wait_for(|r| *r).await;
+            });
+        }
+        let mut threads: Vec<String> = (0..6).map(|_| done.recv().expect("ran")).collect();
+        threads.sort();
+        assert_eq!(
+            threads,
+            [
+                "tollgate-worker-0",
+                "tollgate-worker-0",
+                "tollgate-worker-1",
+                "tollgate-worker-1",
+                "tollgate-worker-2",
+                "tollgate-worker-2"
+            ]
+        );
+        assert!(workers.workers.iter().all(|w| w.load.load(Ordering::Relaxed) == 2));
+        // Closed connections leave their worker's count.
+        let _ = release_tx.send(true);
+        drop(release);
+        let (gone_tx, gone) = std::sync::mpsc::channel();
+        for w in &workers.workers {
+            let (load, gone_tx) = (w.load.clone(), gone_tx.clone());
+            // Runs after the worker's released connections (same thread, queued later).
+            w.runtime.spawn(async move {
+                tokio::task::yield_now().await;
+                let _ = gone_tx.send(load.load(Ordering::Relaxed));
+            });
+        }
+        let left: Vec<usize> = (0..3).map(|_| gone.recv().expect("counted")).collect();
+        assert_eq!(left, [0, 0, 0]);
+    }
 }

@@ -1,18 +1,16 @@
 //! Connections to backends: TCP with a connect timeout, TLS verified against the
 //! system roots or the backend's `ca_file` (or not at all, when `verify: false` says
-//! so), and a keep-alive pool per backend for ordinary HTTP. WebSocket upgrades take a
-//! fresh connection each, since an upgraded connection can never return to a pool.
+//! so), and a keep-alive pool per backend for ordinary HTTP ([`crate::pool`]). WebSocket
+//! upgrades take a fresh connection each, since an upgraded connection can never return
+//! to a pool.
 
 use crate::body::GatewayBody;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::{Connected, Connection};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use crate::pool::{Pool, RequestError};
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use rustls_pki_types::pem::PemObject;
-use std::future::Future;
 use std::io;
 use std::path::Path;
 use std::pin::Pin;
@@ -89,12 +87,6 @@ impl AsyncWrite for UpstreamStream {
     }
 }
 
-impl Connection for UpstreamStream {
-    fn connected(&self) -> Connected {
-        Connected::new()
-    }
-}
-
 struct ConnectorInner {
     /// `host:port`, for connecting and for messages.
     address: String,
@@ -127,29 +119,17 @@ impl Connector {
     }
 }
 
-impl tower_service::Service<http::Uri> for Connector {
-    type Response = TokioIo<UpstreamStream>;
-    type Error = ConnectError;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, _uri: http::Uri) -> Self::Future {
-        let this = self.clone();
-        Box::pin(async move { this.connect().await.map(TokioIo::new) })
-    }
-}
-
 /// A backend as the gateway reaches it.
 pub struct Upstream {
     pub base: BaseUrl,
     /// `http` or `https` (`ws`/`wss` backends serve HTTP too).
     pub http_scheme: http::uri::Scheme,
     pub authority: http::uri::Authority,
+    /// What requests carry as `Host` unless a policy set one: the authority, without
+    /// the scheme's default port.
+    pub host: http::HeaderValue,
     pub connector: Connector,
-    pub client: Client<Connector, crate::body::UpstreamBody>,
+    pub pool: Pool,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -174,16 +154,17 @@ impl Upstream {
         };
         let connector =
             Connector(Arc::new(ConnectorInner { address: address.clone(), tls: tls_connector, connect_timeout }));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(1024)
-            .build(connector.clone());
+        let pool = Pool::new(connector.clone());
         let http_scheme = if base.is_tls() { http::uri::Scheme::HTTPS } else { http::uri::Scheme::HTTP };
         let authority = address.parse().map_err(|e| format!("`{address}` is not a valid authority: {e}"))?;
-        Ok(Upstream { base, http_scheme, authority, connector, client })
+        let default_port = if base.is_tls() { 443 } else { 80 };
+        let host = if base.port == default_port { host_for_uri } else { address };
+        let host = http::HeaderValue::try_from(host).map_err(|e| format!("the host is not a valid header: {e}"))?;
+        Ok(Upstream { base, http_scheme, authority, host, connector, pool })
     }
 
-    /// The URI of a request to this backend: the base path, then `path`, then `query`.
+    /// The URI of a request to this backend, in origin form: the base path, then
+    /// `path`, then `query`.
     pub fn uri(&self, path: &str, query: Option<&str>) -> Result<http::Uri, http::Error> {
         let mut pq = String::with_capacity(self.base.path.len() + path.len() + query.map_or(0, |q| q.len() + 1));
         pq.push_str(&self.base.path);
@@ -195,33 +176,26 @@ impl Upstream {
             pq.push('?');
             pq.push_str(q);
         }
-        http::Uri::builder()
-            .scheme(self.http_scheme.clone())
-            .authority(self.authority.clone())
-            .path_and_query(pq)
-            .build()
+        http::Uri::builder().path_and_query(pq).build()
     }
 
+    /// Sends a request (its `Host` is set here unless a policy set one) and returns
+    /// the response once its head has come.
     pub async fn request(
         &self,
-        req: http::Request<crate::body::UpstreamBody>,
+        mut req: http::Request<crate::body::UpstreamBody>,
     ) -> Result<http::Response<GatewayBody>, crate::error::GatewayError> {
         use crate::error::GatewayError;
-        match self.client.request(req).await {
+        if !req.headers().contains_key(http::header::HOST) {
+            req.headers_mut().insert(http::header::HOST, self.host.clone());
+        }
+        match self.pool.request(req).await {
             Ok(resp) => Ok(resp.map(GatewayBody::from)),
-            Err(e) => {
-                let detail = error_chain(&e);
-                let timeout = std::error::Error::source(&e)
-                    .and_then(|s| s.downcast_ref::<ConnectError>())
-                    .is_some_and(|c| matches!(c, ConnectError::Timeout(_)));
-                Err(if timeout {
-                    GatewayError::UpstreamTimeout(detail)
-                } else if e.is_connect() {
-                    GatewayError::UpstreamUnavailable(detail)
-                } else {
-                    GatewayError::UpstreamFailed(detail)
-                })
+            Err(RequestError::Connect(e @ ConnectError::Timeout(_))) => {
+                Err(GatewayError::UpstreamTimeout(e.to_string()))
             }
+            Err(RequestError::Connect(e)) => Err(GatewayError::UpstreamUnavailable(e.to_string())),
+            Err(RequestError::Http(e)) => Err(GatewayError::UpstreamFailed(error_chain(&e))),
         }
     }
 }

@@ -208,6 +208,10 @@ pub struct ListenerArgs {
     /// Seconds in-flight requests may take to finish on shutdown.
     #[arg(long, env = "TOLLGATE_DRAIN_TIMEOUT", default_value_t = 30)]
     pub drain_timeout: u64,
+    /// Threads serving gateway connections, each with its own event loop; 0: one per
+    /// core.
+    #[arg(long, env = "TOLLGATE_WORKERS", default_value_t = 0)]
+    pub workers: usize,
 }
 
 /// Where usage counters live, and what happens when they cannot be reached.

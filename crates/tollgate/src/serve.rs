@@ -21,7 +21,7 @@ use tollgate_gateway::policy::Registry;
 use tollgate_gateway::server::tls_acceptor;
 use tollgate_gateway::session::Connections;
 use tollgate_gateway::{
-    Environment, Gateway, Health, ListenerOptions, Metrics, Shared, SnapshotHandle, Snapshots, compile,
+    Environment, Gateway, Health, ListenerOptions, Metrics, Shared, SnapshotHandle, Snapshots, Workers, compile,
 };
 use tollgate_model::{Config, ConfigErrors};
 use tollgate_store::{Store, UsageRow};
@@ -173,7 +173,13 @@ impl Server {
         let (stop, _) = watch::channel(false);
         let mut tasks = JoinSet::new();
 
+        let workers = match args.listener.workers {
+            0 => Workers::per_core(),
+            n => Workers::start(n),
+        }
+        .context("--workers: cannot start the worker threads")?;
         let base = ListenerOptions {
+            workers: Some(workers),
             max_connections: args.listener.max_connections,
             header_read_timeout: Duration::from_secs(args.listener.header_read_timeout.max(1)),
             max_header_bytes: args.listener.max_header_bytes as usize,

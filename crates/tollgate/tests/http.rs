@@ -364,8 +364,13 @@ async fn admin_listener_serves_health_and_metrics() {
 
 #[tokio::test]
 async fn upstream_connections_are_pooled() {
-    let s = setup().await;
-    let addr = s.gw.server.staging;
+    // Idle backend connections are kept per worker thread: with one worker, ten
+    // sequential requests (each on a new client connection) share one.
+    let backend = http_backend().await;
+    let down = closed_port().await;
+    let (hole, _l, _held) = blackhole().await;
+    let gw = gateway_with(&shop(backend, down, hole), &["--workers", "1"]).await;
+    let addr = gw.server.staging;
     let mut ports = std::collections::HashSet::new();
     for _ in 0..10 {
         let (status, _, body) = get(addr, STAGING, "/items?user_key=k1").await;

@@ -1,0 +1,281 @@
+//! Keep-alive HTTP/1.1 connections to one backend, driven by the request using them.
+//!
+//! hyper-util's pooled client runs every backend connection as a task of its own and
+//! hands it each request over a channel: two task wake-ups per request on top of the
+//! socket events, often across threads, and a pool keyed by URI. Here the task serving
+//! the client polls the backend connection itself: while it waits for the response
+//! head ([`Pool::request`]), then while the client reads the response body
+//! ([`PooledBody`]). A proxied HTTP/1 request is then one task end to end, woken only
+//! by its two sockets — the shape of nginx's event loop.
+//!
+//! When the body has ended the connection goes back to the pool (last in, first out,
+//! so the warmest connections stay busy and the surplus ages out). Idle connections are
+//! kept per thread: a socket answers to the event loop of the thread that opened it,
+//! and a connection used from another thread would have that thread's event loop wake
+//! the user's across threads on every read — so each worker thread
+//! ([`crate::server::Workers`]) takes and returns connections in its own list. Nobody polls an idle
+//! connection: a checkout polls it once without a waker and drops it if the backend
+//! closed it meanwhile, and a reaper task drops idle connections that closed or waited
+//! longer than [`IDLE_TIMEOUT`]. A request that finds its reused connection closed
+//! before the request went out is sent again on another one — hyper hands such a
+//! request back unsent, so no request is ever sent twice.
+
+use crate::body::UpstreamBody;
+use crate::upstream::{ConnectError, Connector, UpstreamStream};
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use std::future::{Future, poll_fn};
+use std::pin::{Pin, pin};
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+/// How long an idle connection is kept (hyper-util's default too).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// Idle connections kept per backend; more are closed, oldest first.
+pub const MAX_IDLE: usize = 1024;
+
+/// One connection to the backend: the handle requests go in by, and the connection
+/// state machine that must be polled for them to move.
+struct Conn {
+    send: http1::SendRequest<UpstreamBody>,
+    conn: http1::Connection<TokioIo<UpstreamStream>, UpstreamBody>,
+    closed: bool,
+}
+
+impl Conn {
+    /// Moves the connection along; true once it has closed (or failed).
+    fn drive(&mut self, cx: &mut Context<'_>) -> bool {
+        if !self.closed
+            && let Poll::Ready(result) = Pin::new(&mut self.conn).poll(cx)
+        {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "backend connection ended with an error");
+            }
+            self.closed = true;
+        }
+        self.closed
+    }
+
+    /// Whether it can carry another request now: polled once without a waker, so a
+    /// close or a stray byte from the backend since it went idle is noticed.
+    fn reusable(&mut self) -> bool {
+        let mut cx = Context::from_waker(Waker::noop());
+        !self.drive(&mut cx) && self.send.is_ready()
+    }
+}
+
+struct Idle {
+    conn: Box<Conn>,
+    since: Instant,
+}
+
+struct Shared {
+    connector: Connector,
+    /// Idle connections by thread ([`thread_slot`]).
+    idle: Mutex<Vec<Vec<Idle>>>,
+    reaper: std::sync::Once,
+}
+
+thread_local! {
+    static SLOT: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Marks this thread as worker `n` (from 1); other threads share slot 0.
+pub(crate) fn set_thread_slot(n: usize) {
+    SLOT.with(|s| s.set(n));
+}
+
+fn thread_slot() -> usize {
+    SLOT.with(std::cell::Cell::get)
+}
+
+/// Why a request to the backend failed.
+#[derive(Debug)]
+pub enum RequestError {
+    Connect(ConnectError),
+    Http(hyper::Error),
+}
+
+/// The keep-alive connections to one backend.
+#[derive(Clone)]
+pub struct Pool(Arc<Shared>);
+
+impl Pool {
+    pub fn new(connector: Connector) -> Pool {
+        Pool(Arc::new(Shared { connector, idle: Mutex::new(Vec::new()), reaper: std::sync::Once::new() }))
+    }
+
+    /// Sends `req` (in origin form, with its `Host`) on an idle connection or a new
+    /// one, and returns the response once its head has come; the body keeps driving
+    /// the connection and gives it back when it ends.
+    pub async fn request(
+        &self,
+        mut req: http::Request<UpstreamBody>,
+    ) -> Result<http::Response<PooledBody>, RequestError> {
+        loop {
+            let (mut conn, reused) = match self.checkout() {
+                Some(c) => (c, true),
+                None => (self.connect().await?, false),
+            };
+            let mut sending = pin!(conn.send.try_send_request(req));
+            let result = poll_fn(|cx| {
+                conn.drive(cx);
+                sending.as_mut().poll(cx)
+            })
+            .await;
+            match result {
+                Ok(resp) => {
+                    let (parts, body) = resp.into_parts();
+                    let body = PooledBody { body, conn: Some(conn), pool: Some(self.0.clone()), ended: false };
+                    return Ok(http::Response::from_parts(parts, body));
+                }
+                Err(mut e) => match e.take_message() {
+                    // The backend closed the idle connection just as it was taken: the
+                    // request never went out, so another connection may carry it.
+                    Some(unsent) if reused => req = unsent,
+                    _ => return Err(RequestError::Http(e.into_error())),
+                },
+            }
+        }
+    }
+
+    /// Idle connections held now.
+    pub fn idle(&self) -> usize {
+        self.0.idle.lock().map_or(0, |slots| slots.iter().map(Vec::len).sum())
+    }
+
+    fn checkout(&self) -> Option<Box<Conn>> {
+        let slot = thread_slot();
+        loop {
+            let mut conn = self.0.idle.lock().ok()?.get_mut(slot)?.pop()?.conn;
+            if conn.reusable() {
+                return Some(conn);
+            }
+        }
+    }
+
+    async fn connect(&self) -> Result<Box<Conn>, RequestError> {
+        let stream = self.0.connector.connect().await.map_err(RequestError::Connect)?;
+        let (send, conn) = http1::handshake(TokioIo::new(stream)).await.map_err(RequestError::Http)?;
+        self.start_reaper();
+        Ok(Box::new(Conn { send, conn, closed: false }))
+    }
+
+    /// One task per pool, from its first connection until the pool is dropped.
+    fn start_reaper(&self) {
+        self.0.reaper.call_once(|| {
+            let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+            let pool = Arc::downgrade(&self.0);
+            runtime.spawn(reap(pool));
+        });
+    }
+}
+
+impl Shared {
+    fn checkin(&self, mut conn: Box<Conn>) {
+        if !conn.reusable() {
+            return;
+        }
+        let slot = thread_slot();
+        let oldest = {
+            let Ok(mut slots) = self.idle.lock() else { return };
+            if slots.len() <= slot {
+                slots.resize_with(slot + 1, Vec::new);
+            }
+            let idle = &mut slots[slot];
+            idle.push(Idle { conn, since: Instant::now() });
+            // Closing the oldest keeps the most recently useful ones.
+            (idle.len() > MAX_IDLE).then(|| idle.remove(0))
+        };
+        drop(oldest);
+    }
+}
+
+/// Drops idle connections that the backend closed or that waited too long.
+async fn reap(pool: Weak<Shared>) {
+    let every = IDLE_TIMEOUT / 6;
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(pool) = pool.upgrade() else { return };
+        let stale: Vec<Idle> = {
+            let Ok(mut slots) = pool.idle.lock() else { return };
+            let now = Instant::now();
+            let mut stale = Vec::new();
+            for idle in slots.iter_mut() {
+                let (keep, old): (Vec<Idle>, Vec<Idle>) =
+                    std::mem::take(idle).into_iter().partition(|i| now.duration_since(i.since) < IDLE_TIMEOUT);
+                *idle = keep;
+                idle.retain_mut(|i| i.conn.reusable());
+                stale.extend(old);
+            }
+            stale
+        };
+        drop(stale);
+    }
+}
+
+/// A backend's response body that moves its connection along as it is read, and
+/// gives the connection back to the pool once it has ended.
+pub struct PooledBody {
+    body: Incoming,
+    conn: Option<Box<Conn>>,
+    pool: Option<Arc<Shared>>,
+    ended: bool,
+}
+
+impl PooledBody {
+    /// A body whose connection is not pooled (a refused WebSocket upgrade's answer).
+    pub fn unpooled(body: Incoming) -> PooledBody {
+        PooledBody { body, conn: None, pool: None, ended: false }
+    }
+}
+
+impl Body for PooledBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        if let Some(conn) = this.conn.as_mut() {
+            conn.drive(cx);
+        }
+        let frame = Pin::new(&mut this.body).poll_frame(cx);
+        match &frame {
+            Poll::Ready(None) => this.ended = true,
+            // A broken body leaves the connection in an unknown state: close it.
+            Poll::Ready(Some(Err(_))) => this.conn = None,
+            _ => {}
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Drop for PooledBody {
+    fn drop(&mut self) {
+        // A body dropped before its end (the client went away) would leave the rest
+        // of the response on the connection: it closes instead.
+        if let (Some(conn), Some(pool)) = (self.conn.take(), self.pool.take())
+            && (self.ended || self.body.is_end_stream())
+        {
+            pool.checkin(conn);
+        }
+    }
+}
+
+impl std::fmt::Debug for PooledBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PooledBody").field("pooled", &self.conn.is_some()).field("ended", &self.ended).finish()
+    }
+}

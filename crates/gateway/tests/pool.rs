@@ -1,0 +1,225 @@
+//! The backend connection pool against real backends on 127.0.0.1: connections are
+//! reused once a response has been read to its end, closed when it was not, replaced
+//! when the backend closed them while idle, and no request is lost on the way.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full};
+use hyper::body::{Body, Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpListener;
+use tollgate_gateway::upstream::Upstream;
+use tollgate_model::{BackendTls, BaseUrl};
+
+/// `n` chunks of 1 KiB with no declared length: sent chunked.
+struct Chunks(usize);
+
+impl Body for Chunks {
+    type Data = Bytes;
+    type Error = Infallible;
+    fn poll_frame(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if self.0 == 0 {
+            return Poll::Ready(None);
+        }
+        self.0 -= 1;
+        Poll::Ready(Some(Ok(Frame::data(Bytes::from(vec![b'y'; 1024])))))
+    }
+}
+
+type AnyBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+/// The answer to one request. Paths: `/len/N` (N bytes with a length), `/chunked/N` (N
+/// chunks of 1 KiB), `/empty` (204), `/echo-length` (the request body's length), else `ok`.
+async fn answer(req: http::Request<Incoming>) -> Result<http::Response<AnyBody>, Infallible> {
+    let path = req.uri().path().to_string();
+    let host = req.headers().get(http::header::HOST).cloned();
+    let sent = req.into_body().collect().await.map(|b| b.to_bytes().len()).unwrap_or(0);
+    let n = |p: &str| path.strip_prefix(p).and_then(|n| n.parse::<usize>().ok()).unwrap_or(0);
+    let mut resp = if path.starts_with("/len/") {
+        http::Response::new(Full::new(Bytes::from(vec![b'x'; n("/len/")])).boxed())
+    } else if path.starts_with("/chunked/") {
+        http::Response::new(Chunks(n("/chunked/")).boxed())
+    } else if path == "/empty" {
+        let mut r = http::Response::new(Full::new(Bytes::new()).boxed());
+        *r.status_mut() = http::StatusCode::NO_CONTENT;
+        r
+    } else if path == "/echo-length" {
+        http::Response::new(Full::new(Bytes::from(sent.to_string())).boxed())
+    } else {
+        http::Response::new(Full::new(Bytes::from_static(b"ok")).boxed())
+    };
+    if let Some(h) = host {
+        resp.headers_mut().insert("x-host", h);
+    }
+    Ok(resp)
+}
+
+/// A hyper backend counting the connections it accepted.
+async fn backend() -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("address");
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            tcp.set_nodelay(true).expect("nodelay");
+            tokio::spawn(async move {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tcp), service_fn(answer))
+                    .await;
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+fn upstream(addr: SocketAddr) -> Upstream {
+    let base = BaseUrl::parse(&format!("http://{addr}"), &["http"]).expect("base URL");
+    Upstream::new(base, &BackendTls::default(), std::time::Duration::from_secs(5)).expect("upstream")
+}
+
+fn get(up: &Upstream, path: &str) -> http::Request<tollgate_gateway::body::UpstreamBody> {
+    let uri = up.uri(path, None).expect("uri");
+    http::Request::get(uri).body(tollgate_gateway::body::UpstreamBody::Empty).expect("request")
+}
+
+async fn read(up: &Upstream, path: &str) -> (http::StatusCode, Bytes, Option<String>) {
+    let resp = up.request(get(up, path)).await.expect("response");
+    let status = resp.status();
+    let host = resp.headers().get("x-host").map(|h| h.to_str().expect("header text").to_string());
+    (status, resp.into_body().collect().await.expect("body").to_bytes(), host)
+}
+
+#[tokio::test]
+async fn a_connection_carries_request_after_request_whatever_the_framing() {
+    let (addr, accepted) = backend().await;
+    let up = upstream(addr);
+    for round in 0..50 {
+        let (status, body, host) = read(&up, "/").await;
+        assert_eq!((status, &body[..]), (http::StatusCode::OK, &b"ok"[..]), "round {round}");
+        assert_eq!(host.as_deref(), Some(addr.to_string().as_str()), "Host is the backend's authority");
+        let (_, body, _) = read(&up, "/len/70000").await;
+        assert_eq!(body.len(), 70_000);
+        let (_, body, _) = read(&up, "/chunked/40").await;
+        assert_eq!(body.len(), 40 * 1024);
+        let (status, body, _) = read(&up, "/empty").await;
+        assert_eq!((status, body.len()), (http::StatusCode::NO_CONTENT, 0));
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 1, "one connection served all 200 requests");
+    assert_eq!(up.pool.idle(), 1);
+}
+
+#[tokio::test]
+async fn concurrent_requests_open_connections_and_all_come_back() {
+    let (addr, accepted) = backend().await;
+    let up = Arc::new(upstream(addr));
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let up = up.clone();
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..20 {
+                let (status, body, _) = read(&up, "/len/3000").await;
+                assert_eq!((status, body.len()), (http::StatusCode::OK, 3000));
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("task");
+    }
+    let opened = accepted.load(Ordering::SeqCst);
+    assert!((1..=16).contains(&opened), "at most one connection per concurrent request, got {opened}");
+    assert_eq!(up.pool.idle(), opened, "every connection went back to the pool");
+}
+
+#[tokio::test]
+async fn a_body_dropped_before_its_end_closes_its_connection() {
+    let (addr, accepted) = backend().await;
+    let up = upstream(addr);
+    let resp = up.request(get(&up, "/chunked/200")).await.expect("response");
+    let mut body = resp.into_body();
+    let first = body.frame().await.expect("a first frame").expect("data");
+    assert!(first.is_data());
+    drop(body);
+    assert_eq!(up.pool.idle(), 0, "the rest of that response would have been read as the next one");
+    let (status, body, _) = read(&up, "/len/10").await;
+    assert_eq!((status, body.len()), (http::StatusCode::OK, 10));
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn request_bodies_go_out_whole() {
+    let (addr, _) = backend().await;
+    let up = upstream(addr);
+    for size in [0usize, 1, 65_536, 300_001] {
+        let uri = up.uri("/echo-length", None).expect("uri");
+        let body = tollgate_gateway::body::UpstreamBody::bytes(vec![b'z'; size]);
+        let resp = up.request(http::Request::post(uri).body(body).expect("request")).await.expect("response");
+        let got = resp.into_body().collect().await.expect("body").to_bytes();
+        assert_eq!(got, size.to_string().as_bytes());
+    }
+}
+
+/// A backend that answers one request per connection and then closes it, without
+/// saying so (no `Connection: close`), as a backend whose keep-alive timeout ran out
+/// does. Reports each close.
+async fn closing_backend() -> (SocketAddr, Arc<AtomicUsize>, tokio::sync::mpsc::UnboundedReceiver<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("address");
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    let (closed_tx, closed) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match tcp.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
+            let _ = tcp.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
+            drop(tcp);
+            let _ = closed_tx.send(());
+        }
+    });
+    (addr, accepted, closed)
+}
+
+#[tokio::test]
+async fn a_connection_the_backend_closed_while_idle_is_not_used_again() {
+    let (addr, accepted, mut closed) = closing_backend().await;
+    let up = upstream(addr);
+    for round in 1..=5 {
+        let (status, body, _) = read(&up, "/").await;
+        assert_eq!((status, &body[..]), (http::StatusCode::OK, &b"ok"[..]), "round {round}");
+        closed.recv().await.expect("the backend reports its close");
+        // Let the runtime's reactor see the backend's FIN (yield_now runs after it).
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 5);
+    assert!(up.pool.idle() <= 1);
+}
+
+#[tokio::test]
+async fn an_unreachable_backend_is_a_connect_error() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("address").port()
+    };
+    let up = upstream(SocketAddr::from(([127, 0, 0, 1], port)));
+    let Err(err) = up.request(get(&up, "/")).await else { panic!("a closed port answered") };
+    assert!(
+        matches!(err, tollgate_gateway::error::GatewayError::UpstreamUnavailable(_)),
+        "a refused connection is 'unavailable' (retryable), got {err:?}"
+    );
+}
