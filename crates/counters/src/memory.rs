@@ -44,6 +44,16 @@ impl MemoryCounters {
     }
 
     pub fn authorize(&self, application: &str, checks: &[Check<'_>], now: i64) -> Decision {
+        self.apply(application, checks, now, true)
+    }
+
+    /// As [`MemoryCounters::authorize`], but an admitted call carries no status (no
+    /// allocation): for metered WebSocket frames, which send no rate-limit headers.
+    pub fn admit(&self, application: &str, checks: &[Check<'_>], now: i64) -> Decision {
+        self.apply(application, checks, now, false)
+    }
+
+    fn apply(&self, application: &str, checks: &[Check<'_>], now: i64, report: bool) -> Decision {
         if checks.is_empty() {
             return Decision::Allowed(None);
         }
@@ -92,7 +102,7 @@ impl MemoryCounters {
             let w = &mut windows[idx];
             w.count += c.delta;
             let remaining = c.max - w.count;
-            if tightest.is_none_or(|(r, _)| remaining < r) {
+            if report && tightest.is_none_or(|(r, _)| remaining < r) {
                 tightest = Some((remaining, i));
             }
         }
@@ -153,6 +163,19 @@ mod tests {
             other => panic!("expected exceeded, got {other:?}"),
         }
         assert!(matches!(c.authorize("app", &checks, NOW + 60), Decision::Allowed(_)));
+    }
+
+    #[test]
+    fn admit_counts_on_the_same_windows_without_a_status() {
+        let c = MemoryCounters::default();
+        let checks = [check("messages", Period::Minute, 3, 1)];
+        assert!(matches!(c.authorize("app", &checks, NOW), Decision::Allowed(Some(_))));
+        for _ in 0..2 {
+            assert!(matches!(c.admit("app", &checks, NOW), Decision::Allowed(None)));
+        }
+        assert!(matches!(c.admit("app", &checks, NOW), Decision::Exceeded(s) if s.current == 3));
+        assert!(matches!(c.authorize("app", &checks, NOW), Decision::Exceeded(_)));
+        assert_eq!(c.status("app", &checks, NOW)[0].current, 3);
     }
 
     #[test]

@@ -585,13 +585,7 @@ impl Gateway {
             })),
             _ => None,
         };
-        let gate: Option<relay::Gate> = session.clone().map(|s| {
-            Arc::new(move |frame: relay::FrameInfo| {
-                let s = s.clone();
-                Box::pin(async move { s.frame(frame).await })
-                    as std::pin::Pin<Box<dyn std::future::Future<Output = relay::Verdict> + Send>>
-            }) as relay::Gate
-        });
+        let gate: Option<relay::Gate> = session.clone().map(|s| s as relay::Gate);
         let ws = &ctx.product.websocket_config;
         let metrics = self.metrics.clone();
         let env = self.environment;

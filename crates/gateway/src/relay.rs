@@ -47,7 +47,29 @@ pub struct FrameInfo {
 
 /// Asked for every data frame before it passes; `None` when nothing is governed.
 /// `Drop` is honoured on a message's first frame (the whole message is dropped).
-pub type Gate = Arc<dyn Fn(FrameInfo) -> Pin<Box<dyn Future<Output = Verdict> + Send>> + Send + Sync>;
+pub type Gate = Arc<dyn Decide>;
+
+/// What a [`Gate`] does with a frame.
+pub trait Decide: Send + Sync {
+    /// The verdict when it needs no waiting (counters in this process): no future is
+    /// made for it. `None` sends the frame to [`Decide::decide`].
+    fn decide_now(&self, _frame: FrameInfo) -> Option<Verdict> {
+        None
+    }
+
+    /// The verdict, when it has to be waited for (counters in Redis).
+    fn decide(&self, frame: FrameInfo) -> Pin<Box<dyn Future<Output = Verdict> + Send + '_>>;
+}
+
+/// A closure making the verdict's future (tests, simple gates).
+impl<F> Decide for F
+where
+    F: Fn(FrameInfo) -> Pin<Box<dyn Future<Output = Verdict> + Send>> + Send + Sync,
+{
+    fn decide(&self, frame: FrameInfo) -> Pin<Box<dyn Future<Output = Verdict> + Send + '_>> {
+        self(frame)
+    }
+}
 
 #[derive(Clone, Default)]
 pub struct RelayOptions {
@@ -383,7 +405,11 @@ impl Pump {
         {
             let starts_message = h.opcode != OP_CONTINUATION;
             let info = FrameInfo { from_client: self.from_client, starts_message, payload_len: h.payload_len };
-            match gate(info).await {
+            let verdict = match gate.decide_now(info) {
+                Some(v) => v,
+                None => gate.decide(info).await,
+            };
+            match verdict {
                 Verdict::Forward => {}
                 Verdict::Drop if starts_message => self.dropping_message = true,
                 Verdict::Drop => {}
@@ -806,7 +832,7 @@ mod tests {
     async fn the_gate_drops_or_closes_whole_messages() {
         let seen = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let counter = seen.clone();
-        let gate: Gate = Arc::new(move |info: FrameInfo| {
+        let gate: Gate = Arc::new(move |info: FrameInfo| -> Pin<Box<dyn Future<Output = Verdict> + Send>> {
             if !info.starts_message {
                 return Box::pin(async { Verdict::Forward });
             }

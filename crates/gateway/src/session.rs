@@ -229,6 +229,32 @@ pub(crate) struct Session {
     pub token_expires: Option<i64>,
 }
 
+/// A frame's usage and what it counts on.
+struct Metered {
+    product: Arc<Product>,
+    app: Arc<Application>,
+    usage: Usage,
+    now: i64,
+}
+
+impl crate::relay::Decide for Session {
+    /// With counters in this process the verdict is had at once, without making a
+    /// future per frame (or a status nobody reads).
+    fn decide_now(&self, frame: FrameInfo) -> Option<Verdict> {
+        let Counters::Memory(memory) = &*self.counters else { return None };
+        let m = match self.metered(frame) {
+            Ok(m) => m,
+            Err(verdict) => return Some(verdict),
+        };
+        let decision = memory.admit(&m.app.id, &plan_checks(&m.product, &m.app, &m.usage), m.now);
+        Some(self.verdict(frame, &m, Ok(decision)))
+    }
+
+    fn decide(&self, frame: FrameInfo) -> std::pin::Pin<Box<dyn std::future::Future<Output = Verdict> + Send + '_>> {
+        Box::pin(self.frame(frame))
+    }
+}
+
 impl Session {
     /// The product and application as the current configuration has them, or why the
     /// connection may no longer stay open.
@@ -253,14 +279,11 @@ impl Session {
         Ok((product, app))
     }
 
-    /// Decides on one data frame: its message (on the first frame) and its bytes are
-    /// metered on the plan's limits when the `websocket` policy says so, together and
-    /// all-or-nothing like a request.
-    pub async fn frame(&self, frame: FrameInfo) -> Verdict {
-        let (product, app) = match self.current_cached() {
-            Ok(x) => x,
-            Err(reason) => return Verdict::Close(CLOSE_POLICY_VIOLATION, reason),
-        };
+    /// What one data frame uses: its message (on the first frame) and its bytes, as the
+    /// `websocket` policy meters them, with the product and application they count on;
+    /// `Err` when the frame is decided without counting (nothing metered, or revoked).
+    fn metered(&self, frame: FrameInfo) -> Result<Metered, Verdict> {
+        let (product, app) = self.current_cached().map_err(|reason| Verdict::Close(CLOSE_POLICY_VIOLATION, reason))?;
         let ws = &product.websocket_config;
         let mut usage = Usage::default();
         if let Some((metric, direction, delta)) = ws.meter
@@ -276,30 +299,41 @@ impl Session {
             usage.add(metric, frame.payload_len);
         }
         if usage.is_empty() {
-            return Verdict::Forward;
+            return Err(Verdict::Forward);
         }
         let usage = usage.with_ancestors(&product.metrics);
-        let checks = plan_checks(&product, &app, &usage);
-        let now = self.clock.now();
-        match self.counters.authorize(&app.id, &checks, now).await {
+        Ok(Metered { product, app, usage, now: self.clock.now() })
+    }
+
+    /// The verdict on a metered frame, given the counters' decision.
+    fn verdict(&self, frame: FrameInfo, m: &Metered, decision: Result<Decision, CountersError>) -> Verdict {
+        match decision {
             Ok(Decision::Allowed(_)) => {
                 if let Some(a) = &self.analytics {
-                    a.record(
-                        &app.id,
-                        &product.system_name,
-                        usage.0.iter().map(|(m, d)| (product.metrics.name(*m), *d)),
-                        now,
-                    );
+                    let names = m.usage.0.iter().map(|(metric, d)| (m.product.metrics.name(*metric), *d));
+                    a.record(&m.app.id, &m.product.system_name, names, m.now);
                 }
                 Verdict::Forward
             }
             // Only whole messages can be dropped; a frame inside one closes the connection.
-            Ok(Decision::Exceeded(_)) => match ws.on_limit_exceeded {
+            Ok(Decision::Exceeded(_)) => match m.product.websocket_config.on_limit_exceeded {
                 OnLimitExceeded::Drop if frame.starts_message => Verdict::Drop,
                 _ => Verdict::Close(CLOSE_POLICY_VIOLATION, "usage limits exceeded"),
             },
             Err(_) => Verdict::Close(1011, "usage counters unavailable"),
         }
+    }
+
+    /// Decides on one data frame: what it uses is checked against the plan's limits,
+    /// together and all-or-nothing like a request.
+    pub async fn frame(&self, frame: FrameInfo) -> Verdict {
+        let m = match self.metered(frame) {
+            Ok(m) => m,
+            Err(verdict) => return verdict,
+        };
+        let checks = plan_checks(&m.product, &m.app, &m.usage);
+        let decision = self.counters.authorize(&m.app.id, &checks, m.now).await;
+        self.verdict(frame, &m, decision)
     }
 
     /// Resolves when the connection must close: its application was revoked by a
