@@ -89,7 +89,7 @@ pub(crate) fn set_thread_slot(n: usize) {
     SLOT.with(|s| s.set(n));
 }
 
-fn thread_slot() -> usize {
+pub(crate) fn thread_slot() -> usize {
     SLOT.with(std::cell::Cell::get)
 }
 

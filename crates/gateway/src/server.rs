@@ -7,11 +7,11 @@
 //! Connections are served on [`Workers`]: one thread per core, each running a
 //! single-threaded runtime with its own event loop (epoll), like nginx's worker
 //! processes. A connection — the client's socket, its backend connections, its
-//! WebSocket relay — lives on one worker from accept to close, so a request never
-//! wakes another thread, and no thread parks on a lock or a futex to hand work over.
-//! The accept loop gives each connection to the worker serving the fewest. (One
-//! listening socket rather than one per worker with `SO_REUSEPORT`: a second Tollgate
-//! started on the same port by mistake fails to bind instead of silently sharing it.)
+//! WebSocket relay — lives on the worker that accepted it until it closes, so a
+//! request never wakes another thread, and no thread parks on a lock or a futex to
+//! hand work over. Every worker accepts on the one listening socket (rather than one
+//! socket per worker with `SO_REUSEPORT`: a second Tollgate started on the same port
+//! by mistake fails to bind instead of silently sharing its traffic).
 
 use crate::proxy::{ConnInfo, Gateway};
 use crate::smuggling::SmugglingGuard;
@@ -25,7 +25,6 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
@@ -72,8 +71,6 @@ pub struct Workers {
 
 struct Worker {
     runtime: tokio::runtime::Handle,
-    /// Connections it serves now.
-    load: Arc<AtomicUsize>,
     /// Dropped with [`Workers`]: the thread then ends, and its runtime with it.
     _stop: tokio::sync::oneshot::Sender<()>,
 }
@@ -92,7 +89,7 @@ impl Workers {
                     let _ = stopped.await;
                 });
             })?;
-            workers.push(Worker { runtime: handle, load: Arc::default(), _stop: stop });
+            workers.push(Worker { runtime: handle, _stop: stop });
         }
         Ok(Arc::new(Workers { workers }))
     }
@@ -110,25 +107,8 @@ impl Workers {
         self.workers.is_empty()
     }
 
-    /// Runs a connection on the worker serving the fewest.
-    fn run<F>(&self, connection: impl FnOnce() -> F + Send + 'static)
-    where
-        F: Future<Output = ()> + Send + 'static,
-    {
-        let Some(worker) = self.workers.iter().min_by_key(|w| w.load.load(Ordering::Relaxed)) else { return };
-        let load = worker.load.clone();
-        load.fetch_add(1, Ordering::Relaxed);
-        worker.runtime.spawn(async move {
-            // Counted down however the connection ends, even if its task is dropped.
-            struct Leave(Arc<AtomicUsize>);
-            impl Drop for Leave {
-                fn drop(&mut self) {
-                    self.0.fetch_sub(1, Ordering::Relaxed);
-                }
-            }
-            let _leave = Leave(load);
-            connection().await;
-        });
+    fn runtimes(&self) -> impl Iterator<Item = &tokio::runtime::Handle> {
+        self.workers.iter().map(|w| &w.runtime)
     }
 }
 
@@ -166,22 +146,77 @@ fn builder(opts: &ListenerOptions) -> auto::Builder<TokioExecutor> {
     b
 }
 
+/// What every accept loop of a listener shares.
+struct Accepting {
+    gateway: Arc<Gateway>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    opts: ListenerOptions,
+    slots: Arc<Semaphore>,
+    /// Turns true when connections must finish (drain).
+    stop: watch::Receiver<bool>,
+}
+
 /// Serves `gateway` on an already-bound listener until `shutdown` completes, then stops
-/// accepting and lets in-flight requests finish (up to `drain_timeout`).
+/// accepting and lets in-flight requests finish (up to `drain_timeout`). With workers,
+/// each worker accepts on the listener itself, so a connection starts on the event
+/// loop that serves it (no hand-over); a busy worker sits out of `epoll_wait`, so idle
+/// ones take the new connections.
 pub async fn serve(
     listener: TcpListener,
     gateway: Arc<Gateway>,
     opts: ListenerOptions,
     shutdown: impl Future<Output = ()>,
 ) {
-    let builder = Arc::new(builder(&opts));
     let slots = Arc::new(Semaphore::new(opts.max_connections));
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let env = gateway.environment;
-    tokio::pin!(shutdown);
+    let (stop_tx, stop) = watch::channel(false);
+    let (closing_tx, closing) = watch::channel(false);
+    let accepting = Arc::new(Accepting {
+        gateway: gateway.clone(),
+        builder: Arc::new(builder(&opts)),
+        opts: opts.clone(),
+        slots: slots.clone(),
+        stop,
+    });
+    let mut loops = Vec::new();
+    match (&opts.workers, listener.into_std()) {
+        (Some(workers), Ok(listener)) => {
+            for runtime in workers.runtimes() {
+                let (accepting, closing) = (accepting.clone(), closing.clone());
+                match listener.try_clone() {
+                    Ok(listener) => loops.push(runtime.spawn(async move {
+                        match TcpListener::from_std(listener) {
+                            Ok(listener) => accept_loop(listener, accepting, closing).await,
+                            Err(e) => tracing::error!(error = %e, "a worker cannot accept on the listener"),
+                        }
+                    })),
+                    Err(e) => tracing::error!(error = %e, "cannot share the listener with a worker"),
+                }
+            }
+        }
+        (None, Ok(listener)) => match TcpListener::from_std(listener) {
+            Ok(listener) => loops.push(tokio::spawn(accept_loop(listener, accepting, closing))),
+            Err(e) => tracing::error!(error = %e, "cannot accept on the listener"),
+        },
+        (_, Err(e)) => tracing::error!(error = %e, "cannot accept on the listener"),
+    }
+    shutdown.await;
+    let _ = closing_tx.send(true);
+    for accept in loops {
+        let _ = accept.await;
+    }
+    let _ = stop_tx.send(true);
+    gateway.drain();
+    // Wait for connections to finish their requests, up to the drain timeout.
+    let all = opts.max_connections as u32;
+    let _ = tokio::time::timeout(opts.drain_timeout, slots.acquire_many(all)).await;
+}
+
+/// Accepts connections and serves each in a task of this runtime, until `closing`.
+async fn accept_loop(listener: TcpListener, accepting: Arc<Accepting>, mut closing: watch::Receiver<bool>) {
+    let env = accepting.gateway.environment;
     loop {
         let accepted = tokio::select! {
-            () = &mut shutdown => break,
+            _ = closing.wait_for(|c| *c) => break,
             r = listener.accept() => r,
         };
         let (tcp, client_addr) = match accepted {
@@ -195,33 +230,14 @@ pub async fn serve(
                 continue;
             }
         };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            gateway.metrics().env(env).connection_refused();
+        let Ok(permit) = accepting.slots.clone().try_acquire_owned() else {
+            accepting.gateway.metrics().env(env).connection_refused();
             drop(tcp);
             continue;
         };
         let _ = tcp.set_nodelay(true);
-        let (gateway, builder, opts, stop) = (gateway.clone(), builder.clone(), opts.clone(), stop_rx.clone());
-        match opts.workers.clone() {
-            None => {
-                tokio::spawn(connection(tcp, client_addr, permit, gateway, builder, opts, stop));
-            }
-            Some(workers) => {
-                // The socket moves to the worker's event loop.
-                let Ok(tcp) = tcp.into_std() else { continue };
-                workers.run(move || async move {
-                    let Ok(tcp) = TcpStream::from_std(tcp) else { return };
-                    connection(tcp, client_addr, permit, gateway, builder, opts, stop).await;
-                });
-            }
-        }
+        tokio::spawn(connection(tcp, client_addr, permit, accepting.clone()));
     }
-    drop(listener);
-    let _ = stop_tx.send(true);
-    gateway.drain();
-    // Wait for connections to finish their requests, up to the drain timeout.
-    let all = opts.max_connections as u32;
-    let _ = tokio::time::timeout(opts.drain_timeout, slots.acquire_many(all)).await;
 }
 
 /// One client connection, from the TLS handshake (if any) to its close.
@@ -229,16 +245,15 @@ async fn connection(
     tcp: TcpStream,
     client_addr: std::net::SocketAddr,
     permit: tokio::sync::OwnedSemaphorePermit,
-    gateway: Arc<Gateway>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
-    opts: ListenerOptions,
-    mut stop: watch::Receiver<bool>,
+    accepting: Arc<Accepting>,
 ) {
+    let (gateway, builder, opts) = (&accepting.gateway, &*accepting.builder, &accepting.opts);
+    let mut stop = accepting.stop.clone();
     let slot = Arc::new(permit);
     match &opts.tls {
         None => {
             let info = ConnInfo { client_addr, tls: false, slot };
-            serve_connection(TokioIo::new(SmugglingGuard::new(tcp)), info, &gateway, &builder, &mut stop).await;
+            serve_connection(TokioIo::new(SmugglingGuard::new(tcp)), info, gateway, builder, &mut stop).await;
         }
         Some(acceptor) => {
             let tls = match tokio::time::timeout(opts.tls_handshake_timeout, acceptor.accept(tcp)).await {
@@ -250,10 +265,10 @@ async fn connection(
             };
             let info = ConnInfo { client_addr, tls: true, slot };
             if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
-                serve_connection(TokioIo::new(tls), info, &gateway, &builder, &mut stop).await;
+                serve_connection(TokioIo::new(tls), info, gateway, builder, &mut stop).await;
             } else {
                 let guarded = SmugglingGuard::new(tls);
-                serve_connection(TokioIo::new(guarded), info, &gateway, &builder, &mut stop).await;
+                serve_connection(TokioIo::new(guarded), info, gateway, builder, &mut stop).await;
             }
         }
     }
@@ -299,46 +314,40 @@ mod tests {
     use super::*;
 
     #[test]
-    fn connections_go_to_the_least_loaded_worker_and_run_on_its_thread() {
+    fn each_worker_is_a_thread_of_its_own_that_ends_with_the_workers() {
         let workers = Workers::start(3).expect("threads");
-        let (done_tx, done) = std::sync::mpsc::channel::<String>();
-        let (release_tx, release) = watch::channel(false);
-        // Six connections that stay open until released: two per worker.
-        for _ in 0..6 {
-            let (done_tx, mut release) = (done_tx.clone(), release.clone());
-            workers.run(move || async move {
+        assert_eq!(workers.len(), 3);
+        let (ran, names) = std::sync::mpsc::channel::<(String, usize)>();
+        for runtime in workers.runtimes() {
+            let ran = ran.clone();
+            runtime.spawn(async move {
                 let name = std::thread::current().name().unwrap_or_default().to_string();
-                let _ = done_tx.send(name);
-                let _ = release.wait_for(|r| *r).await;
+                let _ = ran.send((name, crate::pool::thread_slot()));
             });
         }
-        let mut threads: Vec<String> = (0..6).map(|_| done.recv().expect("ran")).collect();
-        threads.sort();
-        assert_eq!(
-            threads,
-            [
-                "tollgate-worker-0",
-                "tollgate-worker-0",
-                "tollgate-worker-1",
-                "tollgate-worker-1",
-                "tollgate-worker-2",
-                "tollgate-worker-2"
-            ]
-        );
-        assert!(workers.workers.iter().all(|w| w.load.load(Ordering::Relaxed) == 2));
-        // Closed connections leave their worker's count.
-        let _ = release_tx.send(true);
-        drop(release);
-        let (gone_tx, gone) = std::sync::mpsc::channel();
-        for w in &workers.workers {
-            let (load, gone_tx) = (w.load.clone(), gone_tx.clone());
-            // Runs after the worker's released connections (same thread, queued later).
-            w.runtime.spawn(async move {
-                tokio::task::yield_now().await;
-                let _ = gone_tx.send(load.load(Ordering::Relaxed));
+        let mut seen: Vec<(String, usize)> = (0..3).map(|_| names.recv().expect("ran")).collect();
+        seen.sort();
+        let expected: Vec<(String, usize)> = (0..3).map(|i| (format!("tollgate-worker-{i}"), i + 1)).collect();
+        assert_eq!(seen, expected, "each worker has its own thread and pool slot");
+        // Dropping the workers ends their threads: their runtimes drop the tasks left.
+        let (dropped_tx, dropped) = std::sync::mpsc::channel::<()>();
+        struct Tell(std::sync::mpsc::Sender<()>);
+        impl Drop for Tell {
+            fn drop(&mut self) {
+                let _ = self.0.send(());
+            }
+        }
+        for runtime in workers.runtimes() {
+            let tell = Tell(dropped_tx.clone());
+            runtime.spawn(async move {
+                let _tell = tell;
+                std::future::pending::<()>().await;
             });
         }
-        let left: Vec<usize> = (0..3).map(|_| gone.recv().expect("counted")).collect();
-        assert_eq!(left, [0, 0, 0]);
+        drop(dropped_tx);
+        drop(workers);
+        for _ in 0..3 {
+            dropped.recv().expect("a worker's pending task was dropped with its runtime");
+        }
     }
 }
