@@ -7,6 +7,7 @@
 //! `--out` (`bench/run` passes `bench/results`). The other subcommands are its parts:
 //! the echo backend and the raw byte copy run as their own processes.
 
+mod cpu;
 mod http;
 mod peers;
 mod report;
@@ -21,7 +22,7 @@ use report::{Row, Table, median};
 use ws::Target;
 
 const USAGE: &str = "usage: tollgate-bench all [--smoke] [--rounds N] [--seconds S] [--only LIST] [--out DIR]
-         LIST: comma-separated of http, redis, tls, pingpong, handshakes, stream, memory
+         LIST: comma-separated of http, cpu, redis, tls, pingpong, handshakes, stream, memory
        tollgate-bench echo          (an echo WebSocket server; prints its port)
        tollgate-bench copy PORT     (a raw TCP byte copy to 127.0.0.1:PORT; prints its port)";
 
@@ -108,7 +109,7 @@ fn parse(args: &[String]) -> Result<Settings> {
             _ => bail!("unknown flag {flag}\n{USAGE}"),
         }
     }
-    const PHASES: [&str; 7] = ["http", "redis", "tls", "pingpong", "handshakes", "stream", "memory"];
+    const PHASES: [&str; 8] = ["http", "cpu", "redis", "tls", "pingpong", "handshakes", "stream", "memory"];
     if let Some(p) = s.only.iter().find(|p| !PHASES.contains(&p.as_str())) {
         bail!("--only: unknown measure `{p}`; choose from {}", PHASES.join(", "));
     }
@@ -118,6 +119,8 @@ fn parse(args: &[String]) -> Result<Settings> {
 /// Everything the run starts: backends and the three proxies.
 struct Field {
     _processes: Vec<Process>,
+    /// Process ids of the HTTP backend, nginx, HAProxy and Tollgate (CPU measure).
+    pids: [Option<u32>; 4],
     backends: Backends,
     nginx: Fronts,
     haproxy: Fronts,
@@ -142,6 +145,7 @@ async fn start(files: &Files, s: &Settings) -> Result<Field> {
     let (n, nginx) = peers::nginx_proxy(&files.dir, backends, &files.cert, &files.key).await?;
     let (h, haproxy) = peers::haproxy(&files.dir, backends, &files.both).await?;
     let (t, tollgate) = peers::tollgate(&files.dir, backends, &files.cert, &files.key, &[]).await?;
+    let pids = [backend.id(), n.id(), h.id(), t.id()];
     let mut processes = vec![echo, copy, backend, n, h, t];
     let tollgate_redis = if s.wants("redis") {
         let redis = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
@@ -153,7 +157,7 @@ async fn start(files: &Files, s: &Settings) -> Result<Field> {
     } else {
         None
     };
-    Ok(Field { _processes: processes, backends, nginx, haproxy, tollgate, tollgate_redis, raw_copy })
+    Ok(Field { _processes: processes, pids, backends, nginx, haproxy, tollgate, tollgate_redis, raw_copy })
 }
 
 async fn all(s: Settings) -> Result<()> {
@@ -169,12 +173,13 @@ async fn all_in(dir: &Path, s: &Settings) -> Result<()> {
     let files = Files { dir: dir.to_path_buf(), cert, key, both };
     let mut tables = Vec::new();
     let field = start(&files, s).await?;
-    for phase in ["http", "redis", "tls", "pingpong", "handshakes", "stream"] {
+    for phase in ["http", "cpu", "redis", "tls", "pingpong", "handshakes", "stream"] {
         if !s.wants(phase) {
             continue;
         }
         let new = match phase {
             "http" => vec![http_table(&field, s, false).await?],
+            "cpu" => vec![cpu_table(&field, s).await?],
             "redis" => vec![redis_table(&field, s).await?],
             "tls" => vec![http_table(&field, s, true).await?, tls_handshakes(&field, s).await?],
             "pingpong" => vec![ping_pong(&field, s, 32).await?, ping_pong(&field, s, 4096).await?],
@@ -284,6 +289,74 @@ async fn redis_table(f: &Field, s: &Settings) -> Result<Table> {
 
 const MEMORY: &str = "tollgate, memory counters";
 
+/// CPU time per proxied request, from /proc, under the `http` measure's load: the
+/// proxy's own code (user) and the kernel's work for it. On loopback the sender's
+/// system call also runs the receiver's TCP stack, so the kernel share is what any
+/// proxy pays for its four socket operations per request (read the client, write the
+/// backend, read the backend, write the client); the user share is what the proxy
+/// itself adds. `direct` is the backend alone, serving wrk.
+async fn cpu_table(f: &Field, s: &Settings) -> Result<Table> {
+    let path = format!("/v1/items/42?{KEY}");
+    let [backend, nginx, haproxy, tollgate] = f.pids;
+    let contestants = [
+        ("direct", f.backends.http, "plain.localhost", backend),
+        ("nginx", f.nginx.http, "plain.localhost", nginx),
+        ("haproxy", f.haproxy.http, "plain.localhost", haproxy),
+        ("tollgate, key only", f.tollgate.http, "plain.localhost", tollgate),
+        ("tollgate, key + 20 rules + limits", f.tollgate.http, "full.localhost", tollgate),
+    ];
+    let names: Vec<&str> = contestants.iter().map(|c| c.0).collect();
+    let urls: Vec<String> = contestants.iter().map(|c| format!("http://{}{path}", c.1)).collect();
+    let results = rounds(s, &names, |i| {
+        let load = http::Load {
+            url: &urls[i],
+            host: contestants[i].2,
+            connections: s.http_connections,
+            duration: s.turn,
+            close: false,
+        };
+        let pid = contestants[i].3;
+        async move {
+            let pid = pid.context("the process has exited")?;
+            let before = cpu::used(pid);
+            let run = http::wrk(&load).await?;
+            let after = cpu::used(pid);
+            let requests = (run.rate * wrk_seconds(s)).max(1.0);
+            let per = |a: std::time::Duration, b: std::time::Duration| (a - b).as_secs_f64() * 1e6 / requests;
+            Ok::<_, anyhow::Error>((per(after.0, before.0), per(after.1, before.1)))
+        }
+    })
+    .await?;
+    let rows = names
+        .iter()
+        .zip(results)
+        .map(|(name, runs)| {
+            let user = median(&runs.iter().map(|r| r.0).collect::<Vec<_>>());
+            let kernel = median(&runs.iter().map(|r| r.1).collect::<Vec<_>>());
+            Row {
+                name: name.to_string(),
+                rate: user + kernel,
+                p50: None,
+                p99: None,
+                rounds: runs.iter().map(|r| r.0 + r.1).collect(),
+                split: Some((user, kernel)),
+            }
+        })
+        .collect();
+    Ok(Table {
+        key: "http_cpu",
+        title: format!(
+            "CPU per HTTP request, keep-alive, of the serving process (µs, from /proc; lower is better): {} connections, {} s turns",
+            s.http_connections,
+            wrk_seconds(s)
+        ),
+        unit: "µs CPU/request",
+        rows,
+        higher_is_better: false,
+        baseline: None,
+    })
+}
+
 /// wrk over kept-alive connections against each `(name, address, Host)`, rounds
 /// alternating: one row per contestant.
 async fn keep_alive_rows(
@@ -374,6 +447,7 @@ fn rows_of<T>(names: &[&str], results: Vec<Vec<T>>, f: impl Fn(&T) -> Sample) ->
                 p50: pick(|x| x.1),
                 p99: pick(|x| x.2),
                 rounds: v.iter().map(|x| x.0).collect(),
+                split: None,
             }
         })
         .collect()
@@ -475,7 +549,7 @@ async fn memory(files: &Files, n: usize) -> Result<Table> {
         let after = process.rss()?;
         drop(open);
         let per = after.saturating_sub(before) as f64 / n as f64;
-        rows.push(Row { name: name.into(), rate: per, p50: None, p99: None, rounds: vec![per] });
+        rows.push(Row { name: name.into(), rate: per, p50: None, p99: None, rounds: vec![per], split: None });
     }
     Ok(Table {
         key: if n >= 5000 { "memory_many" } else { "memory_few" },

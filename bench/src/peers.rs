@@ -42,6 +42,10 @@ impl Drop for Process {
 }
 
 impl Process {
+    pub fn id(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     /// Resident memory of the process and of its children (nginx's workers), in bytes.
     pub fn rss(&self) -> Result<u64> {
         let pid = self.child.id().context("exited")?;

@@ -13,6 +13,8 @@ pub struct Row {
     pub p99: Option<f64>,
     /// Every round's rate, for the JSON.
     pub rounds: Vec<f64>,
+    /// Where CPU time went, for CPU measures: user and kernel microseconds.
+    pub split: Option<(f64, f64)>,
 }
 
 pub struct Table {
@@ -35,6 +37,7 @@ impl Table {
         let mut out = format!("### {}\n\n", self.title);
         let (nginx, direct) = (self.find("nginx"), self.find("direct"));
         let latency = self.rows.iter().any(|r| r.p50.is_some());
+        let split = self.rows.iter().any(|r| r.split.is_some());
         out.push_str(&format!("| contestant | {} | ÷ nginx |", self.unit));
         if direct.is_some() {
             out.push_str(" ÷ direct |");
@@ -46,12 +49,19 @@ impl Table {
         if latency {
             out.push_str(" p50 | p99 | p99 ÷ nginx's |");
         }
+        if split {
+            out.push_str(" user | kernel |");
+        }
         out.push('\n');
-        let columns = 3 + usize::from(direct.is_some()) + usize::from(baseline.is_some()) + if latency { 3 } else { 0 };
+        let columns = 3
+            + usize::from(direct.is_some())
+            + usize::from(baseline.is_some())
+            + if latency { 3 } else { 0 }
+            + if split { 2 } else { 0 };
         out.push_str(&format!("|{}\n", "---|".repeat(columns)));
         let nginx_p99 = self.rows.iter().find(|r| r.name == "nginx").and_then(|r| r.p99);
         for r in &self.rows {
-            let _ = write!(out, "| {} | {} | {} |", r.name, thousands(r.rate), ratio(r.rate, nginx));
+            let _ = write!(out, "| {} | {} | {} |", r.name, amount(r.rate), ratio(r.rate, nginx));
             if direct.is_some() {
                 let _ = write!(out, " {} |", ratio(r.rate, direct));
             }
@@ -66,6 +76,10 @@ impl Table {
                     r.p99.map(duration).unwrap_or_default(),
                     r.p99.map(|p| ratio(p, nginx_p99)).unwrap_or_default()
                 );
+            }
+            if split {
+                let (user, kernel) = r.split.unwrap_or_default();
+                let _ = write!(out, " {user:.1} µs | {kernel:.1} µs |");
             }
             out.push('\n');
         }
@@ -83,6 +97,8 @@ impl Table {
                 "rounds": r.rounds,
                 "p50_us": r.p50,
                 "p99_us": r.p99,
+                "user_us": r.split.map(|s| s.0),
+                "kernel_us": r.split.map(|s| s.1),
             })).collect::<Vec<_>>(),
         })
     }
@@ -93,6 +109,11 @@ fn ratio(value: f64, to: Option<f64>) -> String {
         Some(to) if to > 0.0 => format!("{:.2}", value / to),
         _ => "–".into(),
     }
+}
+
+/// A table's value: small ones (microseconds of CPU) with a decimal, big ones grouped.
+fn amount(v: f64) -> String {
+    if v < 100.0 { format!("{v:.1}") } else { thousands(v) }
 }
 
 pub fn thousands(v: f64) -> String {
@@ -130,6 +151,7 @@ mod tests {
     fn formats() {
         assert_eq!(thousands(1234567.4), "1,234,567");
         assert_eq!(thousands(999.0), "999");
+        assert_eq!((amount(29.64), amount(36224.2)), ("29.6".to_string(), "36,224".to_string()));
         assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
         assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
         assert_eq!(duration(812.0), "812 µs");
@@ -141,8 +163,22 @@ mod tests {
             higher_is_better: true,
             baseline: None,
             rows: vec![
-                Row { name: "direct".into(), rate: 200.0, p50: Some(10.0), p99: Some(20.0), rounds: vec![200.0] },
-                Row { name: "nginx".into(), rate: 100.0, p50: Some(20.0), p99: Some(40.0), rounds: vec![100.0] },
+                Row {
+                    name: "direct".into(),
+                    rate: 200.0,
+                    p50: Some(10.0),
+                    p99: Some(20.0),
+                    rounds: vec![200.0],
+                    split: None,
+                },
+                Row {
+                    name: "nginx".into(),
+                    rate: 100.0,
+                    p50: Some(20.0),
+                    p99: Some(40.0),
+                    rounds: vec![100.0],
+                    split: None,
+                },
             ],
         };
         let md = t.markdown();
