@@ -20,6 +20,22 @@ pub use memory::MemoryCounters;
 pub use redis::{FailureMode, RedisCounters};
 pub use tollgate_model::period::Period;
 
+thread_local! {
+    static THREAD_SLOT: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Marks this thread as the gateway's worker `n` (from 1). Per-thread resources (idle
+/// backend connections, Redis connections) are kept by slot, so a worker uses those
+/// registered with its own event loop; every other thread shares slot 0.
+pub fn set_thread_slot(n: usize) {
+    THREAD_SLOT.with(|s| s.set(n));
+}
+
+/// This thread's slot: 0 unless [`set_thread_slot`] said otherwise.
+pub fn thread_slot() -> usize {
+    THREAD_SLOT.with(std::cell::Cell::get)
+}
+
 /// One limit that a request touches, with the amount the request would add.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Check<'a> {

@@ -186,6 +186,12 @@ const EXPIRY_SLACK: i64 = 60;
 
 pub struct RedisCounters {
     conn: ConnectionManager,
+    /// One connection per gateway worker thread ([`crate::thread_slot`]) for the calls
+    /// every request or metered frame makes: its task then runs on the worker's own
+    /// event loop instead of waking another thread per call. Made on first use.
+    per_worker: Box<[std::sync::OnceLock<ConnectionManager>]>,
+    client: redis::Client,
+    config: ConnectionManagerConfig,
     authorize: redis::Script,
     add: redis::Script,
     acquire: redis::Script,
@@ -205,6 +211,9 @@ impl std::fmt::Debug for RedisCounters {
         f.debug_struct("RedisCounters").field("mode", &self.mode).finish_non_exhaustive()
     }
 }
+
+/// Worker connections kept at most (workers past this share them).
+const WORKER_CONNECTIONS: usize = 64;
 
 fn window_key(ns: &str, application: &str, metric: &str, period: Period, start: i64) -> String {
     format!("{ns}:{{{application}}}:w:{metric}:{}:{start}", period.as_str())
@@ -236,9 +245,12 @@ impl RedisCounters {
             .set_number_of_retries(1)
             .set_min_delay(Duration::from_millis(20))
             .set_max_delay(Duration::from_millis(200));
-        let conn = ConnectionManager::new_lazy_with_config(client, config).map_err(unavailable)?;
+        let conn = ConnectionManager::new_lazy_with_config(client.clone(), config.clone()).map_err(unavailable)?;
         Ok(RedisCounters {
             conn,
+            per_worker: (0..WORKER_CONNECTIONS).map(|_| std::sync::OnceLock::new()).collect(),
+            client,
+            config,
             authorize: redis::Script::new(AUTHORIZE),
             add: redis::Script::new(ADD),
             acquire: redis::Script::new(ACQUIRE),
@@ -254,6 +266,21 @@ impl RedisCounters {
 
     pub fn mode(&self) -> FailureMode {
         self.mode
+    }
+
+    /// The connection for this thread's hot-path calls: its worker's own, else the
+    /// shared one.
+    fn worker_conn(&self) -> ConnectionManager {
+        let slot = crate::thread_slot();
+        if slot == 0 {
+            return self.conn.clone();
+        }
+        self.per_worker[(slot - 1) % self.per_worker.len()]
+            .get_or_init(|| {
+                ConnectionManager::new_lazy_with_config(self.client.clone(), self.config.clone())
+                    .unwrap_or_else(|_| self.conn.clone())
+            })
+            .clone()
     }
 
     /// Whether Redis answers now.
@@ -277,7 +304,7 @@ impl RedisCounters {
             call.key(window_key(&self.namespace, application, c.metric, c.period, start));
             call.arg(c.max).arg(c.delta).arg(end.map_or(0, |e| e + EXPIRY_SLACK));
         }
-        let mut conn = self.conn.clone();
+        let mut conn = self.worker_conn();
         match call.invoke_async::<Vec<i64>>(&mut conn).await {
             Ok(reply) => {
                 let decision = decide(checks, &reply, now)?;
@@ -451,7 +478,7 @@ impl RedisCounters {
                 Algorithm::TokenBucket { rate_per_s, burst } => call.arg("b").arg(rate_per_s).arg(burst),
             };
         }
-        let mut conn = self.conn.clone();
+        let mut conn = self.worker_conn();
         let reply: Vec<i64> = call.invoke_async(&mut conn).await.map_err(unavailable)?;
         match reply.as_slice() {
             [1] => Ok(EdgeDecision::Allowed),

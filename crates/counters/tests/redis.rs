@@ -56,6 +56,54 @@ async fn eight_nodes_admit_exactly_the_limit() {
     assert_eq!(status[0].current, 100);
 }
 
+/// Gateway workers each call Redis on a connection of their own: three threads with
+/// their own runtimes and worker slots still count as one (exactly the limit passes),
+/// and each worker's connection is a separate client of Redis (a private redis-server,
+/// so nothing else connects meanwhile).
+#[test]
+fn worker_threads_count_together_on_their_own_connections() {
+    let server = PrivateRedis::start();
+    let now = now();
+    let probe = tokio::runtime::Runtime::new().expect("runtime");
+    let shared = std::sync::Arc::new(probe.block_on(async {
+        RedisCounters::connect(&server.url(), "tollgate-test", FailureMode::Strict, Duration::from_secs(2))
+            .await
+            .expect("url")
+    }));
+    let clients = || -> usize {
+        probe.block_on(async {
+            let client = ::redis::Client::open(server.url()).expect("url");
+            let mut conn = client.get_multiplexed_async_connection().await.expect("redis");
+            let list: String = ::redis::cmd("CLIENT").arg("LIST").query_async(&mut conn).await.expect("client list");
+            // Less this probe's own connection.
+            list.lines().count() - 1
+        })
+    };
+    let workers: Vec<_> = (1..=3)
+        .map(|slot| {
+            let shared = shared.clone();
+            std::thread::spawn(move || {
+                tollgate_counters::set_thread_slot(slot);
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+                let admitted = rt.block_on(async {
+                    let mut admitted = 0;
+                    for _ in 0..100 {
+                        let d = shared.authorize("app", &hits(150), now).await.expect("redis answers");
+                        admitted += usize::from(matches!(d, Decision::Allowed(_)));
+                    }
+                    admitted
+                });
+                // The runtime (and the connection's task on it) lives until counted.
+                (admitted, rt)
+            })
+        })
+        .collect();
+    let results: Vec<(usize, tokio::runtime::Runtime)> =
+        workers.into_iter().map(|w| w.join().expect("worker")).collect();
+    assert_eq!(results.iter().map(|r| r.0).sum::<usize>(), 150, "300 calls from three workers against 150");
+    assert_eq!(clients(), 3, "one connection per worker (the shared one was never used)");
+}
+
 async fn futures_join<T, F: Future<Output = T>>(n: usize, f: impl Fn(usize) -> F) -> Vec<T> {
     let mut out = Vec::with_capacity(n);
     for i in 0..n {

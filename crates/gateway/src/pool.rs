@@ -80,18 +80,7 @@ struct Shared {
     reaper: std::sync::Once,
 }
 
-thread_local! {
-    static SLOT: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
-}
-
-/// Marks this thread as worker `n` (from 1); other threads share slot 0.
-pub(crate) fn set_thread_slot(n: usize) {
-    SLOT.with(|s| s.set(n));
-}
-
-pub(crate) fn thread_slot() -> usize {
-    SLOT.with(std::cell::Cell::get)
-}
+use tollgate_counters::thread_slot;
 
 /// Why a request to the backend failed.
 #[derive(Debug)]

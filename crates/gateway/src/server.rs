@@ -84,7 +84,7 @@ impl Workers {
             let handle = runtime.handle().clone();
             let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
             std::thread::Builder::new().name(format!("tollgate-worker-{i}")).spawn(move || {
-                crate::pool::set_thread_slot(i + 1);
+                tollgate_counters::set_thread_slot(i + 1);
                 runtime.block_on(async {
                     let _ = stopped.await;
                 });
@@ -322,7 +322,7 @@ mod tests {
             let ran = ran.clone();
             runtime.spawn(async move {
                 let name = std::thread::current().name().unwrap_or_default().to_string();
-                let _ = ran.send((name, crate::pool::thread_slot()));
+                let _ = ran.send((name, tollgate_counters::thread_slot()));
             });
         }
         let mut seen: Vec<(String, usize)> = (0..3).map(|_| names.recv().expect("ran")).collect();
