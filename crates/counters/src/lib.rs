@@ -11,10 +11,12 @@
 
 mod clock;
 pub mod edge;
+mod idhash;
 mod memory;
 mod redis;
 
 pub use clock::{Clock, ManualClock, SystemClock};
+pub use idhash::{IdHash, IdHasher};
 pub use edge::{Algorithm, EdgeCheck, EdgeDecision, EdgeGuard, EdgeMemory};
 pub use memory::MemoryCounters;
 pub use redis::{FailureMode, RedisCounters};

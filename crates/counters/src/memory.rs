@@ -7,13 +7,14 @@
 
 use crate::{Check, Decision, LimitStatus, Period};
 use std::collections::HashMap;
-use std::hash::{BuildHasher, RandomState};
+use crate::IdHash;
+use std::hash::BuildHasher;
 use std::sync::Mutex;
 
 const SHARDS: usize = 64;
 
 /// Each application's windows, by application id.
-type Shard = HashMap<Box<str>, Vec<Window>>;
+type Shard = HashMap<Box<str>, Vec<Window>, IdHash>;
 
 #[derive(Debug)]
 struct Window {
@@ -25,18 +26,18 @@ struct Window {
 
 #[derive(Debug)]
 pub struct MemoryCounters {
-    hasher: RandomState,
+    hasher: IdHash,
     shards: Box<[Mutex<Shard>]>,
 }
 
 impl Default for MemoryCounters {
     fn default() -> Self {
-        MemoryCounters { hasher: RandomState::new(), shards: (0..SHARDS).map(|_| Mutex::default()).collect() }
+        MemoryCounters { hasher: IdHash, shards: (0..SHARDS).map(|_| Mutex::default()).collect() }
     }
 }
 
 impl MemoryCounters {
-    fn shard(&self, application: &str) -> std::sync::MutexGuard<'_, HashMap<Box<str>, Vec<Window>>> {
+    fn shard(&self, application: &str) -> std::sync::MutexGuard<'_, Shard> {
         let i = (self.hasher.hash_one(application) as usize) % SHARDS;
         // A poisoned shard only means another thread panicked mid-update of plain
         // integers; the data is still consistent enough to keep counting.

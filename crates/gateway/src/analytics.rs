@@ -3,13 +3,14 @@
 //! seconds). Recording is one short critical section on one of a few shards.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, RandomState};
+use std::hash::BuildHasher;
+use tollgate_counters::IdHash;
 use std::sync::Mutex;
 
 const SHARDS: usize = 16;
 
 /// Usage by application id.
-type Shard = HashMap<Box<str>, AppUsage>;
+type Shard = HashMap<Box<str>, AppUsage, IdHash>;
 
 /// One aggregated bucket, ready to persist.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,13 +31,13 @@ struct AppUsage {
 }
 
 pub struct Analytics {
-    hasher: RandomState,
+    hasher: IdHash,
     shards: Box<[Mutex<Shard>]>,
 }
 
 impl Default for Analytics {
     fn default() -> Self {
-        Analytics { hasher: RandomState::new(), shards: (0..SHARDS).map(|_| Mutex::default()).collect() }
+        Analytics { hasher: IdHash, shards: (0..SHARDS).map(|_| Mutex::default()).collect() }
     }
 }
 
