@@ -16,8 +16,8 @@ mod memory;
 mod redis;
 
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use idhash::{IdHash, IdHasher};
 pub use edge::{Algorithm, EdgeCheck, EdgeDecision, EdgeGuard, EdgeMemory};
+pub use idhash::{IdHash, IdHasher};
 pub use memory::MemoryCounters;
 pub use redis::{FailureMode, RedisCounters};
 pub use tollgate_model::period::Period;

@@ -5,9 +5,9 @@
 //! comparisons and additions with no `.await` inside, so an async mutex would only add
 //! cost; sharding keeps unrelated applications from contending.
 
+use crate::IdHash;
 use crate::{Check, Decision, LimitStatus, Period};
 use std::collections::HashMap;
-use crate::IdHash;
 use std::hash::BuildHasher;
 use std::sync::Mutex;
 

@@ -4,8 +4,8 @@
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
-use tollgate_counters::IdHash;
 use std::sync::Mutex;
+use tollgate_counters::IdHash;
 
 const SHARDS: usize = 16;
 
