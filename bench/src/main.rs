@@ -308,13 +308,7 @@ async fn cpu_table(f: &Field, s: &Settings) -> Result<Table> {
     let names: Vec<&str> = contestants.iter().map(|c| c.0).collect();
     let urls: Vec<String> = contestants.iter().map(|c| format!("http://{}{path}", c.1)).collect();
     let results = rounds(s, &names, |i| {
-        let load = http::Load {
-            url: &urls[i],
-            host: contestants[i].2,
-            connections: s.http_connections,
-            duration: s.turn,
-            close: false,
-        };
+        let load = kept_alive(s, &urls[i], contestants[i].2);
         let pid = contestants[i].3;
         async move {
             let pid = pid.context("the process has exited")?;
@@ -357,6 +351,11 @@ async fn cpu_table(f: &Field, s: &Settings) -> Result<Table> {
     })
 }
 
+/// The `http` measure's load: wrk's kept-alive connections for one turn.
+fn kept_alive<'a>(s: &Settings, url: &'a str, host: &'a str) -> http::Load<'a> {
+    http::Load { url, host, connections: s.http_connections, duration: s.turn, close: false }
+}
+
 /// wrk over kept-alive connections against each `(name, address, Host)`, rounds
 /// alternating: one row per contestant.
 async fn keep_alive_rows(
@@ -368,13 +367,7 @@ async fn keep_alive_rows(
     let names: Vec<&str> = contestants.iter().map(|c| c.0).collect();
     let urls: Vec<String> = contestants.iter().map(|c| format!("{scheme}://{}{path}", c.1)).collect();
     let results = rounds(s, &names, |i| {
-        let load = http::Load {
-            url: &urls[i],
-            host: contestants[i].2,
-            connections: s.http_connections,
-            duration: s.turn,
-            close: false,
-        };
+        let load = kept_alive(s, &urls[i], contestants[i].2);
         async move { http::wrk(&load).await }
     })
     .await?;
