@@ -528,10 +528,7 @@ impl Gateway {
         let mut head = self.upstream_head(parts, ctx, upstream, rest)?;
         let upgrade_span = self.trace_upstream(ctx, &mut head);
         // Upgrade requests go on a connection of their own.
-        head.headers.insert(
-            header::HOST,
-            HeaderValue::from_str(upstream.authority.as_str()).map_err(|_| GatewayError::NoBackend)?,
-        );
+        head.headers.insert(header::HOST, upstream.host.clone());
         head.headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
         head.headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         if over_h2 {

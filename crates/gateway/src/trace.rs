@@ -271,10 +271,8 @@ async fn export(mut spans: mpsc::Receiver<Span>, upstream: Upstream, service: St
         batch.clear();
         // The endpoint's path is the upstream's base path.
         let Ok(uri) = upstream.uri("", None) else { continue };
-        let req = http::Request::post(uri)
-            .header(header::CONTENT_TYPE, "application/json")
-            .header(header::HOST, upstream.authority.as_str())
-            .body(UpstreamBody::bytes(body));
+        let req =
+            http::Request::post(uri).header(header::CONTENT_TYPE, "application/json").body(UpstreamBody::bytes(body));
         let Ok(req) = req else { continue };
         match tokio::time::timeout(Duration::from_secs(10), upstream.request(req)).await {
             Ok(Ok(resp)) if resp.status().is_success() => {}

@@ -122,8 +122,6 @@ impl Connector {
 /// A backend as the gateway reaches it.
 pub struct Upstream {
     pub base: BaseUrl,
-    /// `http` or `https` (`ws`/`wss` backends serve HTTP too).
-    pub http_scheme: http::uri::Scheme,
     pub authority: http::uri::Authority,
     /// What requests carry as `Host` unless a policy set one: the authority, without
     /// the scheme's default port.
@@ -155,12 +153,11 @@ impl Upstream {
         let connector =
             Connector(Arc::new(ConnectorInner { address: address.clone(), tls: tls_connector, connect_timeout }));
         let pool = Pool::new(connector.clone());
-        let http_scheme = if base.is_tls() { http::uri::Scheme::HTTPS } else { http::uri::Scheme::HTTP };
         let authority = address.parse().map_err(|e| format!("`{address}` is not a valid authority: {e}"))?;
         let default_port = if base.is_tls() { 443 } else { 80 };
         let host = if base.port == default_port { host_for_uri } else { address };
         let host = http::HeaderValue::try_from(host).map_err(|e| format!("the host is not a valid header: {e}"))?;
-        Ok(Upstream { base, http_scheme, authority, host, connector, pool })
+        Ok(Upstream { base, authority, host, connector, pool })
     }
 
     /// The URI of a request to this backend, in origin form: the base path, then

@@ -201,23 +201,15 @@ fn parse_jwks(text: &str) -> Result<Vec<Jwk>, String> {
 async fn fetch_jwks(url: &str) -> Result<Vec<Jwk>, String> {
     use http_body_util::BodyExt as _;
     let base = tollgate_model::BaseUrl::parse(url, &["http", "https"])?;
-    let path = if base.path.is_empty() { "/".to_string() } else { base.path.clone() };
     let upstream =
         crate::upstream::Upstream::new(base, &tollgate_model::BackendTls::default(), Duration::from_secs(5))?;
     let exchange = async {
-        let stream = upstream.connector.connect().await.map_err(|e| e.to_string())?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, http_body_util::Empty<bytes::Bytes>>(
-            hyper_util::rt::TokioIo::new(stream),
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-        tokio::spawn(conn);
-        let req = http::Request::get(path)
-            .header(header::HOST, upstream.authority.as_str())
+        let uri = upstream.uri("", None).map_err(|e| e.to_string())?;
+        let req = http::Request::get(uri)
             .header(header::ACCEPT, "application/json")
-            .body(http_body_util::Empty::new())
+            .body(crate::body::UpstreamBody::Empty)
             .map_err(|e| e.to_string())?;
-        let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+        let resp = upstream.request(req).await.map_err(|e| e.to_string())?;
         if !resp.status().is_success() {
             return Err(format!("the server answered {}", resp.status()));
         }
@@ -459,14 +451,18 @@ impl JwtPolicy {
 }
 
 /// The token in `Sec-WebSocket-Protocol`: an entry that looks like a JWT.
-fn subprotocol_token(req: &request::Parts) -> Option<&str> {
+/// The entries of the request's `Sec-WebSocket-Protocol` headers, trimmed.
+fn offered_protocols(req: &request::Parts) -> impl Iterator<Item = &str> {
     req.headers
         .get_all(header::SEC_WEBSOCKET_PROTOCOL)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .map(str::trim)
-        .find(|e| e.split('.').count() == 3 && e.len() > 20)
+}
+
+fn subprotocol_token(req: &request::Parts) -> Option<&str> {
+    offered_protocols(req).find(|e| e.split('.').count() == 3 && e.len() > 20)
 }
 
 fn refusal(status: StatusCode, code: &str, message: &str) -> Flow {
@@ -519,19 +515,11 @@ impl Policy for JwtPolicy {
             return;
         }
         let Some(token) = subprotocol_token(req).map(str::to_string) else { return };
-        let kept: Vec<String> = req
-            .headers
-            .get_all(header::SEC_WEBSOCKET_PROTOCOL)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
-            .filter(|e| *e != token && !e.is_empty())
-            .map(str::to_string)
-            .collect();
+        let kept: Vec<&str> = offered_protocols(req).filter(|e| *e != token && !e.is_empty()).collect();
+        let kept = kept.join(", ");
         req.headers.remove(header::SEC_WEBSOCKET_PROTOCOL);
         if !kept.is_empty()
-            && let Ok(v) = HeaderValue::from_str(&kept.join(", "))
+            && let Ok(v) = HeaderValue::from_str(&kept)
         {
             req.headers.insert(header::SEC_WEBSOCKET_PROTOCOL, v);
         }
@@ -549,15 +537,7 @@ impl Policy for JwtPolicy {
             return;
         }
         let Some(token) = subprotocol_token(req) else { return };
-        let offered: Vec<&str> = req
-            .headers
-            .get_all(header::SEC_WEBSOCKET_PROTOCOL)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
-            .collect();
-        let choice = offered.iter().find(|e| **e == "access_token" || **e == "bearer").copied().unwrap_or(token);
+        let choice = offered_protocols(req).find(|e| *e == "access_token" || *e == "bearer").unwrap_or(token);
         if let Ok(v) = HeaderValue::from_str(choice) {
             resp.headers.insert(header::SEC_WEBSOCKET_PROTOCOL, v);
         }
