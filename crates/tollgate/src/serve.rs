@@ -546,11 +546,11 @@ pub async fn run_gateway(args: GatewayArgs) -> anyhow::Result<ExitCode> {
         analytics_hour_retention: 90,
         shared: args.shared,
     };
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let server = Server::start_as(&serve, Source::Store(args.store.clone()), Role::Node(env)).await?;
     say!("tollgate: {} gateway {}", env.as_str(), server.url(env));
     // The admin line comes last: scripts may read up to it.
     say!("tollgate: admin {} (/status/live, /status/ready, /metrics)", server.admin);
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = terminate.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
@@ -572,6 +572,10 @@ pub async fn run_cli(args: ServeArgs) -> anyhow::Result<ExitCode> {
         }
         (None, false) => (Source::Store(args.store.clone()), None),
     };
+    // Signals are caught before the readiness lines are printed: a script that reads
+    // up to them and then sends SIGHUP must find a reload, not the default (exit).
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let server = Server::start(&args, source).await?;
     say!("tollgate: staging gateway    {}", server.url(Environment::Staging));
     say!("tollgate: production gateway {}", server.url(Environment::Production));
@@ -590,8 +594,6 @@ pub async fn run_cli(args: ServeArgs) -> anyhow::Result<ExitCode> {
         demo.print_instructions(&server);
     }
 
-    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
         tokio::select! {
             _ = hangup.recv() => match server.reload() {
