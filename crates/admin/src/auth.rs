@@ -11,7 +11,6 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
 use sqlx::Row as _;
-use std::io::Read;
 use std::sync::Arc;
 use tollgate_store::{Store, now_millis};
 
@@ -28,9 +27,7 @@ pub fn hash_token(token: &str) -> String {
 }
 
 fn random_token() -> Result<String, AuthError> {
-    let mut bytes = [0u8; 24];
-    std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes)).map_err(AuthError::Random)?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+    crate::random::random_hex(24).map_err(AuthError::Random)
 }
 
 /// Makes sure an admin token exists. With `from_env`, that token is (re)registered as

@@ -12,6 +12,7 @@ pub mod console;
 mod error;
 pub mod live;
 pub mod openapi;
+pub mod random;
 pub(crate) mod resources;
 mod world;
 

@@ -1027,12 +1027,8 @@ async fn find_app(s: &AdminState, key: &str) -> ApiResult<Row<ApplicationDoc>> {
 }
 
 fn random_key() -> ApiResult<String> {
-    use std::io::Read;
-    let mut bytes = [0u8; 16];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut bytes))
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("no randomness: {e}")))?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+    crate::random::random_hex(16)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("no randomness: {e}")))
 }
 
 /// Fills in credentials the product's authentication mode needs but the body left out.

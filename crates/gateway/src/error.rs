@@ -33,6 +33,10 @@ pub enum GatewayError {
     TooManyConnections,
     #[error("the backend could not be reached")]
     UpstreamUnavailable(String),
+    /// The backend was reached but its TLS handshake failed (an untrusted, expired or
+    /// misnamed certificate…); the detail says which backend, what failed and the fix.
+    #[error("the backend's TLS certificate or handshake was not accepted")]
+    UpstreamTls(String),
     #[error("the backend did not answer in time")]
     UpstreamTimeout(String),
     #[error("the backend failed")]
@@ -52,7 +56,9 @@ impl GatewayError {
             GatewayError::BadRequest(_) | GatewayError::WebSocketDisabled | GatewayError::BadUpgrade(_) => {
                 StatusCode::BAD_REQUEST
             }
-            GatewayError::UpstreamUnavailable(_) | GatewayError::UpstreamFailed(_) => StatusCode::BAD_GATEWAY,
+            GatewayError::UpstreamUnavailable(_) | GatewayError::UpstreamTls(_) | GatewayError::UpstreamFailed(_) => {
+                StatusCode::BAD_GATEWAY
+            }
             GatewayError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             GatewayError::TooManyConnections => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::CountersUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -70,6 +76,7 @@ impl GatewayError {
             GatewayError::BadUpgrade(_) => "bad_upgrade",
             GatewayError::TooManyConnections => "too_many_connections",
             GatewayError::UpstreamUnavailable(_) => "upstream_unavailable",
+            GatewayError::UpstreamTls(_) => "upstream_tls",
             GatewayError::UpstreamTimeout(_) => "upstream_timeout",
             GatewayError::UpstreamFailed(_) => "upstream_failed",
             GatewayError::CountersUnavailable(_) => "counters_unavailable",
@@ -88,6 +95,7 @@ impl GatewayError {
             | GatewayError::TooManyConnections
             | GatewayError::RequestTooLarge => Side::Downstream,
             GatewayError::UpstreamUnavailable(_)
+            | GatewayError::UpstreamTls(_)
             | GatewayError::UpstreamTimeout(_)
             | GatewayError::UpstreamFailed(_)
             | GatewayError::ResponseTooLarge => Side::Upstream,
@@ -99,6 +107,7 @@ impl GatewayError {
     pub fn detail(&self) -> Option<&str> {
         match self {
             GatewayError::UpstreamUnavailable(d)
+            | GatewayError::UpstreamTls(d)
             | GatewayError::UpstreamTimeout(d)
             | GatewayError::UpstreamFailed(d)
             | GatewayError::CountersUnavailable(d) => Some(d),

@@ -12,7 +12,7 @@ use crate::relay::{self, RelayOptions};
 use crate::session::{ConnectionSlot, Connections, Session, plan_checks};
 use crate::snapshot::{Environment, Product, SnapshotHandle};
 use crate::trace::{Attr, Span, TraceCtx, Tracer, now_ns, traceparent};
-use crate::upstream::{ConnectError, Upstream, error_chain};
+use crate::upstream::{Upstream, error_chain};
 use base64::Engine;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -537,10 +537,7 @@ impl Gateway {
             head.headers.insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
         }
 
-        let stream = upstream.connector.connect().await.map_err(|e| match e {
-            ConnectError::Timeout(_) => GatewayError::UpstreamTimeout(e.to_string()),
-            _ => GatewayError::UpstreamUnavailable(e.to_string()),
-        })?;
+        let stream = upstream.connector.connect().await?;
         let (mut sender, connection) = hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
             .await
             .map_err(|e| GatewayError::UpstreamFailed(error_chain(&e)))?;

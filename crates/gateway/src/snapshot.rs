@@ -224,7 +224,7 @@ impl Upstreams {
         }
         let timeout =
             connect.unwrap_or_else(|| b.connect_timeout_ms.map_or(DEFAULT_CONNECT_TIMEOUT, Duration::from_millis));
-        match Upstream::new(base, &b.tls, timeout) {
+        match Upstream::new(&b.system_name, base, &b.tls, timeout) {
             Ok(u) => {
                 let u = Arc::new(u);
                 self.0.insert(key, Some(u.clone()));

@@ -156,7 +156,7 @@ impl Tracer {
         let service = get("OTEL_SERVICE_NAME").filter(|s| !s.is_empty()).unwrap_or_else(|| "tollgate".into());
         let base = tollgate_model::BaseUrl::parse(&endpoint, &["http", "https"])
             .map_err(|e| format!("OTEL_EXPORTER_OTLP_ENDPOINT `{endpoint}`: {e}"))?;
-        let upstream = Upstream::new(base, &tollgate_model::BackendTls::default(), Duration::from_secs(5))
+        let upstream = Upstream::new(&endpoint, base, &tollgate_model::BackendTls::default(), Duration::from_secs(5))
             .map_err(|e| format!("OTEL_EXPORTER_OTLP_ENDPOINT `{endpoint}`: {e}"))?;
         let (queue, spans) = mpsc::channel(8192);
         let seed = {

@@ -24,16 +24,260 @@ use tollgate_model::{BackendTls, BaseUrl};
 
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Why a backend connection failed.
+/// Why a backend connection failed. The message names the backend (its
+/// `system_name`, or the URL a policy sends to) and its address.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
     #[error("connecting to {0} timed out")]
     Timeout(String),
     #[error("connecting to {0}: {1}")]
     Io(String, io::Error),
-    #[error("TLS handshake with {0}: {1}")]
-    Tls(String, io::Error),
+    /// The backend was reached, but the TLS handshake failed: the message says in
+    /// words what failed and the fix.
+    #[error("{0}: {1}")]
+    Tls(String, TlsFailure),
 }
+
+impl From<ConnectError> for crate::error::GatewayError {
+    fn from(e: ConnectError) -> Self {
+        use crate::error::GatewayError;
+        match e {
+            ConnectError::Timeout(_) => GatewayError::UpstreamTimeout(e.to_string()),
+            ConnectError::Io(..) => GatewayError::UpstreamUnavailable(e.to_string()),
+            ConnectError::Tls(..) => GatewayError::UpstreamTls(e.to_string()),
+        }
+    }
+}
+
+/// What went wrong in a TLS handshake with a backend, in an operator's words, each
+/// with its fix (the backend's `tls` options of docs/configuration.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TlsFailure {
+    /// The certificate signs itself and is not in `tls.ca_file`/`tls.ca_pem`.
+    SelfSigned { subject: String },
+    /// Signed by an authority that neither the system nor `tls.ca_file` trusts.
+    UnknownIssuer { issuer: String },
+    /// The certificate does not name the host Tollgate asked for.
+    NameMismatch { expected: String, presented: Vec<String> },
+    /// The certificate's validity ended (`not_after`, RFC 3339).
+    Expired { not_after: String },
+    /// The certificate is not valid yet (`not_before`, RFC 3339).
+    NotYetValid { not_before: String },
+    /// The certificate was refused for another reason (revoked, wrong key usage…).
+    BadCertificate(String),
+    /// The backend does not answer TLS on this port (a plain HTTP server, say).
+    NotTls,
+    /// The backend closed the connection or sent an alert during the handshake.
+    HandshakeRefused(String),
+}
+
+impl std::fmt::Display for TlsFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TlsFailure::SelfSigned { subject } => write!(
+                f,
+                "its certificate ({subject}) is self-signed and not trusted; fix: set the backend's `tls.ca_file` to that certificate (PEM), or `tls.verify: false` to skip the check (never in production)"
+            ),
+            TlsFailure::UnknownIssuer { issuer } => write!(
+                f,
+                "its certificate is signed by an unknown certificate authority ({issuer}); fix: set the backend's `tls.ca_file` to that authority's certificate (PEM)"
+            ),
+            TlsFailure::NameMismatch { expected, presented } => {
+                let names = if presented.is_empty() { "no host name".to_string() } else { presented.join(", ") };
+                write!(
+                    f,
+                    "its certificate is for {names}, not for `{expected}` (name mismatch); fix: reach the backend by a name its certificate has, or set `tls.server_name` to one of them"
+                )
+            }
+            TlsFailure::Expired { not_after } => write!(
+                f,
+                "its certificate expired at {not_after}; fix: renew the backend's certificate (and check the clocks)"
+            ),
+            TlsFailure::NotYetValid { not_before } => {
+                write!(f, "its certificate is not valid before {not_before}; fix: check the clocks of both machines")
+            }
+            TlsFailure::BadCertificate(why) => {
+                write!(f, "its certificate was refused: {why}; fix: give the backend a certificate for TLS servers")
+            }
+            TlsFailure::NotTls => write!(
+                f,
+                "it does not speak TLS on this port; fix: use `http://` or `ws://` in `private_base_url`, or the backend's TLS port"
+            ),
+            TlsFailure::HandshakeRefused(why) => write!(
+                f,
+                "the TLS handshake failed: {why}; fix: check that the backend accepts TLS 1.2 or 1.3 from Tollgate"
+            ),
+        }
+    }
+}
+
+impl TlsFailure {
+    /// Classifies a failed handshake: the rustls error inside `e` (with the rejected
+    /// certificate when the verifier kept it), or what happened to the connection.
+    fn classify(e: &io::Error) -> TlsFailure {
+        use rustls::{AlertDescription, CertificateError, Error};
+        let Some(error) = e.get_ref().and_then(|inner| inner.downcast_ref::<Error>()) else {
+            return TlsFailure::HandshakeRefused(match e.kind() {
+                io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset => {
+                    "the backend closed the connection".to_string()
+                }
+                _ => "the connection failed".to_string(),
+            });
+        };
+        match error {
+            Error::InvalidCertificate(CertificateError::Other(other)) => match other.0.downcast_ref::<Rejected>() {
+                Some(Rejected(failure)) => failure.clone(),
+                None => TlsFailure::BadCertificate(other.to_string()),
+            },
+            Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            ) => TlsFailure::NameMismatch { expected: "the backend's host".into(), presented: Vec::new() },
+            Error::InvalidCertificate(CertificateError::ExpiredContext { not_after, .. }) => {
+                TlsFailure::Expired { not_after: rfc3339(not_after.as_secs()) }
+            }
+            Error::InvalidCertificate(CertificateError::Expired) => {
+                TlsFailure::Expired { not_after: "a time already past".into() }
+            }
+            Error::InvalidCertificate(CertificateError::NotValidYetContext { not_before, .. }) => {
+                TlsFailure::NotYetValid { not_before: rfc3339(not_before.as_secs()) }
+            }
+            Error::InvalidCertificate(CertificateError::NotValidYet) => {
+                TlsFailure::NotYetValid { not_before: "a time still to come".into() }
+            }
+            Error::InvalidCertificate(CertificateError::UnknownIssuer) => {
+                TlsFailure::UnknownIssuer { issuer: "an issuer Tollgate does not trust".into() }
+            }
+            Error::InvalidCertificate(CertificateError::Revoked) => TlsFailure::BadCertificate("it is revoked".into()),
+            Error::InvalidCertificate(other) => TlsFailure::BadCertificate(format!("{other:?}")),
+            Error::InvalidMessage(_)
+            | Error::InappropriateMessage { .. }
+            | Error::InappropriateHandshakeMessage { .. } => TlsFailure::NotTls,
+            Error::AlertReceived(AlertDescription::ProtocolVersion | AlertDescription::HandshakeFailure) => {
+                TlsFailure::HandshakeRefused("the backend and Tollgate share no TLS version or cipher suite".into())
+            }
+            Error::AlertReceived(alert) => {
+                TlsFailure::HandshakeRefused(format!("the backend sent the alert {alert:?}"))
+            }
+            Error::PeerIncompatible(_) => {
+                TlsFailure::HandshakeRefused("the backend and Tollgate share no TLS version or cipher suite".into())
+            }
+            _ => TlsFailure::HandshakeRefused("the backend broke the protocol".into()),
+        }
+    }
+}
+
+/// A server name as the certificate would have to show it.
+fn server_name_text(name: &ServerName<'_>) -> String {
+    match name {
+        ServerName::DnsName(d) => d.as_ref().to_string(),
+        ServerName::IpAddress(ip) => std::net::IpAddr::from(*ip).to_string(),
+        _ => "the backend's host".to_string(),
+    }
+}
+
+fn rfc3339(secs: u64) -> String {
+    tollgate_model::period::rfc3339(i64::try_from(secs).unwrap_or(i64::MAX))
+}
+
+/// A verification error said with what the certificate shows: self-signed or by which
+/// issuer, which names it has.
+fn in_words(e: rustls::Error, info: Option<CertificateInfo>, server_name: &ServerName<'_>) -> rustls::Error {
+    use rustls::CertificateError::{NotValidForName, NotValidForNameContext, UnknownIssuer};
+    let Some(info) = info else { return e };
+    match e {
+        rustls::Error::InvalidCertificate(UnknownIssuer) if info.self_signed => {
+            rejected(TlsFailure::SelfSigned { subject: info.subject })
+        }
+        rustls::Error::InvalidCertificate(UnknownIssuer) => rejected(TlsFailure::UnknownIssuer { issuer: info.issuer }),
+        rustls::Error::InvalidCertificate(NotValidForName | NotValidForNameContext { .. }) => {
+            rejected(TlsFailure::NameMismatch { expected: server_name_text(server_name), presented: info.names })
+        }
+        e => e,
+    }
+}
+
+fn rejected(failure: TlsFailure) -> rustls::Error {
+    rustls::Error::InvalidCertificate(rustls::CertificateError::Other(rustls::OtherError(Arc::new(Rejected(failure)))))
+}
+
+/// What a person needs to know of a certificate: who it is for, who signed it, when it
+/// is valid, and its fingerprint (to compare with `openssl x509 -fingerprint -sha256`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateInfo {
+    /// The subject's distinguished name, e.g. `CN=localhost`.
+    pub subject: String,
+    /// The issuer's distinguished name.
+    pub issuer: String,
+    /// Whether subject and issuer are the same (a self-signed certificate).
+    pub self_signed: bool,
+    /// The names it is valid for (subjectAltName DNS names and IP addresses).
+    pub names: Vec<String>,
+    /// Validity, Unix seconds.
+    pub not_before: i64,
+    pub not_after: i64,
+    /// SHA-256 of the DER encoding, as upper-case hex pairs joined by `:`.
+    pub sha256: String,
+}
+
+impl CertificateInfo {
+    /// Reads a DER certificate; `None` when it does not parse as X.509.
+    pub fn parse(der: &[u8]) -> Option<CertificateInfo> {
+        use x509_parser::extensions::GeneralName;
+        let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+        let names = cert
+            .subject_alternative_name()
+            .ok()
+            .flatten()
+            .map(|san| {
+                san.value
+                    .general_names
+                    .iter()
+                    .filter_map(|n| match n {
+                        GeneralName::DNSName(d) => Some(d.to_string()),
+                        GeneralName::IPAddress(ip) => match ip.len() {
+                            4 => <[u8; 4]>::try_from(*ip).ok().map(|a| std::net::IpAddr::from(a).to_string()),
+                            16 => <[u8; 16]>::try_from(*ip).ok().map(|a| std::net::IpAddr::from(a).to_string()),
+                            _ => None,
+                        },
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let digest = ring::digest::digest(&ring::digest::SHA256, der);
+        let sha256 = digest.as_ref().iter().map(|b| format!("{b:02X}")).collect::<Vec<_>>().join(":");
+        Some(CertificateInfo {
+            subject: cert.subject().to_string(),
+            issuer: cert.issuer().to_string(),
+            self_signed: cert.subject().as_raw() == cert.issuer().as_raw(),
+            names,
+            not_before: cert.validity().not_before.timestamp(),
+            not_after: cert.validity().not_after.timestamp(),
+            sha256,
+        })
+    }
+
+    /// Every certificate of PEM text, described; an error for text that holds none.
+    pub fn from_pem(pem: &str) -> Result<Vec<CertificateInfo>, String> {
+        pem_certs(pem)?
+            .iter()
+            .map(|c| CertificateInfo::parse(c).ok_or_else(|| "not an X.509 certificate".into()))
+            .collect()
+    }
+}
+
+/// A certificate refusal the verifier already put in words (it has the certificate,
+/// the error alone does not), carried through rustls as `CertificateError::Other`.
+#[derive(Debug)]
+struct Rejected(TlsFailure);
+
+impl std::fmt::Display for Rejected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for Rejected {}
 
 /// A stream to a backend, plain or TLS.
 pub enum UpstreamStream {
@@ -88,8 +332,10 @@ impl AsyncWrite for UpstreamStream {
 }
 
 struct ConnectorInner {
-    /// `host:port`, for connecting and for messages.
+    /// `host:port`, for connecting.
     address: String,
+    /// The backend's name and address, for messages: "backend `echo` (127.0.0.1:8443)".
+    label: String,
     tls: Option<(TlsConnector, ServerName<'static>)>,
     connect_timeout: Duration,
 }
@@ -103,16 +349,16 @@ impl Connector {
         let inner = &self.0;
         let tcp = tokio::time::timeout(inner.connect_timeout, TcpStream::connect(&inner.address))
             .await
-            .map_err(|_| ConnectError::Timeout(inner.address.clone()))?
-            .map_err(|e| ConnectError::Io(inner.address.clone(), e))?;
+            .map_err(|_| ConnectError::Timeout(inner.label.clone()))?
+            .map_err(|e| ConnectError::Io(inner.label.clone(), e))?;
         let _ = tcp.set_nodelay(true);
         match &inner.tls {
             None => Ok(UpstreamStream::Plain(tcp)),
             Some((connector, name)) => {
                 let tls = tokio::time::timeout(inner.connect_timeout, connector.connect(name.clone(), tcp))
                     .await
-                    .map_err(|_| ConnectError::Timeout(inner.address.clone()))?
-                    .map_err(|e| ConnectError::Tls(inner.address.clone(), e))?;
+                    .map_err(|_| ConnectError::Timeout(inner.label.clone()))?
+                    .map_err(|e| ConnectError::Tls(inner.label.clone(), TlsFailure::classify(&e)))?;
                 Ok(UpstreamStream::Tls(Box::new(tls)))
             }
         }
@@ -137,9 +383,10 @@ impl std::fmt::Debug for Upstream {
 }
 
 impl Upstream {
-    /// Builds the connector and pool for a backend. Errors are messages for the
+    /// Builds the connector and pool for a backend; `name` says which in messages (its
+    /// `system_name`, or the URL a policy sends to). Errors are messages for the
     /// configuration's `tls` field.
-    pub fn new(base: BaseUrl, tls: &BackendTls, connect_timeout: Duration) -> Result<Upstream, String> {
+    pub fn new(name: &str, base: BaseUrl, tls: &BackendTls, connect_timeout: Duration) -> Result<Upstream, String> {
         let host_for_uri = if base.host.contains(':') { format!("[{}]", base.host) } else { base.host.clone() };
         let address = format!("{host_for_uri}:{}", base.port);
         let tls_connector = if base.is_tls() {
@@ -150,8 +397,13 @@ impl Upstream {
         } else {
             None
         };
-        let connector =
-            Connector(Arc::new(ConnectorInner { address: address.clone(), tls: tls_connector, connect_timeout }));
+        let label = format!("backend `{name}` ({address})");
+        let connector = Connector(Arc::new(ConnectorInner {
+            address: address.clone(),
+            label,
+            tls: tls_connector,
+            connect_timeout,
+        }));
         let pool = Pool::new(connector.clone());
         let authority = address.parse().map_err(|e| format!("`{address}` is not a valid authority: {e}"))?;
         let default_port = if base.is_tls() { 443 } else { 80 };
@@ -188,10 +440,7 @@ impl Upstream {
         }
         match self.pool.request(req).await {
             Ok(resp) => Ok(resp.map(GatewayBody::from)),
-            Err(RequestError::Connect(e @ ConnectError::Timeout(_))) => {
-                Err(GatewayError::UpstreamTimeout(e.to_string()))
-            }
-            Err(RequestError::Connect(e)) => Err(GatewayError::UpstreamUnavailable(e.to_string())),
+            Err(RequestError::Connect(e)) => Err(e.into()),
             Err(RequestError::Http(e)) => Err(GatewayError::UpstreamFailed(error_chain(&e))),
         }
     }
@@ -255,9 +504,8 @@ pub fn client_tls_config(tls: &BackendTls) -> Result<ClientConfig, String> {
     let builder = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?;
-    let mut config = if !tls.verify {
-        let verifier = BackendVerifier { trust: Trust::Nothing, provider: provider() };
-        builder.dangerous().with_custom_certificate_verifier(Arc::new(verifier)).with_no_client_auth()
+    let trust = if !tls.verify {
+        Trust::Nothing
     } else if tls.ca_file.is_some() || tls.ca_pem.is_some() {
         let (pinned, source) = match (&tls.ca_file, &tls.ca_pem) {
             (Some(ca), _) => (load_certs(ca)?, ca.display().to_string()),
@@ -271,30 +519,38 @@ pub fn client_tls_config(tls: &BackendTls) -> Result<ClientConfig, String> {
         let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
             .build()
             .map_err(|e| format!("{source}: {e}"))?;
-        let verifier = BackendVerifier { trust: Trust::CaFile { webpki, pinned }, provider: provider() };
-        builder.dangerous().with_custom_certificate_verifier(Arc::new(verifier)).with_no_client_auth()
+        Trust::CaFile { webpki, pinned }
     } else {
-        builder.with_root_certificates(native_roots()).with_no_client_auth()
+        let webpki = WebPkiServerVerifier::builder_with_provider(native_roots(), provider())
+            .build()
+            .map_err(|e| format!("the system's root certificates: {e}"))?;
+        Trust::System { webpki }
     };
+    let verifier = BackendVerifier { trust, provider: provider() };
+    let mut config = builder.dangerous().with_custom_certificate_verifier(Arc::new(verifier)).with_no_client_auth();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
 }
 
-/// How a backend's certificate is checked when the system roots are not used.
+/// How a backend's certificate is checked.
 #[derive(Debug)]
 enum Trust {
+    /// The system's root certificates (webpki's usual path check).
+    System { webpki: Arc<WebPkiServerVerifier> },
     /// Trusts what a `ca_file` holds: certificates signed by an authority in it (the
     /// usual path check), and also a self-signed certificate that is itself in the file
     /// even when it is marked as a CA — which is what `openssl req -x509` makes by
     /// default, and what webpki alone rejects as `CaUsedAsEndEntity`. The pinned
-    /// certificate must still name the server.
+    /// certificate must still be valid now and name the server.
     CaFile { webpki: Arc<WebPkiServerVerifier>, pinned: Vec<CertificateDer<'static>> },
     /// `verify: false`: any certificate. The operator has been warned in the log.
     Nothing,
 }
 
 /// Certificate checks per [`Trust`]; in every case the handshake signatures are
-/// verified, so the server still proves it holds the certificate's key.
+/// verified, so the server still proves it holds the certificate's key. A refused
+/// certificate is described from the certificate itself (self-signed or not, by which
+/// issuer), which rustls' error alone cannot say.
 #[derive(Debug)]
 struct BackendVerifier {
     trust: Trust,
@@ -310,18 +566,37 @@ impl ServerCertVerifier for BackendVerifier {
         ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let Trust::CaFile { webpki, pinned } = &self.trust else {
-            return Ok(ServerCertVerified::assertion());
+        let (webpki, pinned) = match &self.trust {
+            Trust::Nothing => return Ok(ServerCertVerified::assertion()),
+            Trust::System { webpki } => (webpki, &[][..]),
+            Trust::CaFile { webpki, pinned } => (webpki, pinned.as_slice()),
         };
-        match webpki.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
-            Ok(v) => Ok(v),
-            Err(e) if pinned.iter().any(|p| p.as_ref() == end_entity.as_ref()) => {
-                let parsed = rustls::server::ParsedCertificate::try_from(end_entity).map_err(|_| e)?;
-                rustls::client::verify_server_name(&parsed, server_name)?;
-                Ok(ServerCertVerified::assertion())
+        let e = match webpki.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
+            Ok(v) => return Ok(v),
+            Err(e) => e,
+        };
+        let info = CertificateInfo::parse(end_entity);
+        if pinned.iter().any(|p| p.as_ref() == end_entity.as_ref()) {
+            if let Some(info) = &info {
+                let now = i64::try_from(now.as_secs()).unwrap_or(i64::MAX);
+                if now > info.not_after {
+                    return Err(rejected(TlsFailure::Expired {
+                        not_after: tollgate_model::period::rfc3339(info.not_after),
+                    }));
+                }
+                if now < info.not_before {
+                    return Err(rejected(TlsFailure::NotYetValid {
+                        not_before: tollgate_model::period::rfc3339(info.not_before),
+                    }));
+                }
             }
-            Err(e) => Err(e),
+            let parsed = rustls::server::ParsedCertificate::try_from(end_entity).map_err(|_| e)?;
+            return match rustls::client::verify_server_name(&parsed, server_name) {
+                Ok(()) => Ok(ServerCertVerified::assertion()),
+                Err(e) => Err(in_words(e, info, server_name)),
+            };
         }
+        Err(in_words(e, info, server_name))
     }
 
     fn verify_tls12_signature(

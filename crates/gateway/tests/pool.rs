@@ -83,7 +83,7 @@ async fn backend() -> (SocketAddr, Arc<AtomicUsize>) {
 
 fn upstream(addr: SocketAddr) -> Upstream {
     let base = BaseUrl::parse(&format!("http://{addr}"), &["http"]).expect("base URL");
-    Upstream::new(base, &BackendTls::default(), std::time::Duration::from_secs(5)).expect("upstream")
+    Upstream::new("test", base, &BackendTls::default(), std::time::Duration::from_secs(5)).expect("upstream")
 }
 
 fn get(up: &Upstream, path: &str) -> http::Request<tollgate_gateway::body::UpstreamBody> {

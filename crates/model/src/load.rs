@@ -29,11 +29,7 @@ pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
 
 /// Parses and validates a configuration document (YAML, or JSON which is YAML too).
 pub fn parse_str(text: &str) -> Result<Config, ConfigErrors> {
-    let root: Value = serde_norway::from_str(text).map_err(|e| {
-        let at = e.location().map(|l| format!(" at line {}, column {}", l.line(), l.column())).unwrap_or_default();
-        ConfigError::new("", format!("not valid YAML{at}: {e}"))
-            .hint("fix the syntax; `tollgate check -f FILE` shows every problem")
-    })?;
+    let root: Value = serde_norway::from_str(text).map_err(syntax_error)?;
     let mut errors = ConfigErrors::default();
     let mut config = Config::default();
     let map = match root {
@@ -70,6 +66,18 @@ pub fn parse_str(text: &str) -> Result<Config, ConfigErrors> {
         return Err(errors);
     }
     crate::validate::validate(&config).map(|()| config)
+}
+
+/// A YAML syntax error, its position said once: the parser's message carries it
+/// already (`… at line 3 column 5`) except for a few errors that only have a location.
+fn syntax_error(e: serde_norway::Error) -> ConfigError {
+    let text = e.to_string();
+    let at = match e.location() {
+        Some(l) if !text.contains(" at line ") => format!(" at line {}, column {}", l.line(), l.column()),
+        _ => String::new(),
+    };
+    ConfigError::new("", format!("not valid YAML{at}: {text}"))
+        .hint("fix the syntax there: indentation, a missing `:` after a key, or an unclosed quote or bracket")
 }
 
 fn items<T: DeserializeOwned>(key: &str, value: Value, errors: &mut ConfigErrors) -> Vec<T> {
@@ -177,10 +185,33 @@ mod tests {
         assert!(e[0].contains("did you mean `minute`?"), "{e:?}");
     }
 
+    /// Every `line N column M` (or `line N, column M`) of a message.
+    fn positions(message: &str) -> Vec<(u32, u32)> {
+        let number = |s: &str| s.trim_start().split(|c: char| !c.is_ascii_digit()).next().and_then(|n| n.parse().ok());
+        message
+            .split("line ")
+            .skip(1)
+            .filter_map(|rest| {
+                let line = number(rest)?;
+                let column = number(rest.split_once("column ")?.1)?;
+                Some((line, column))
+            })
+            .collect()
+    }
+
     #[test]
-    fn syntax_errors_give_a_location() {
-        let e = errors("backends: [\n");
-        assert!(e[0].contains("not valid YAML at line"), "{e:?}");
+    fn syntax_errors_give_their_location_once_and_a_fix() {
+        for yaml in ["backends: [\n", "products:\n  - system_name: p\n   bad indent: 1\n", "a: 'unclosed\n"] {
+            let e = errors(yaml);
+            assert_eq!(e.len(), 1, "{e:?}");
+            assert!(e[0].starts_with("not valid YAML"), "{e:?}");
+            // The error's own position once (the parser may add the enclosing block's).
+            let at = positions(&e[0]);
+            assert!(!at.is_empty(), "{e:?}");
+            assert_eq!(at.iter().filter(|p| **p == at[0]).count(), 1, "the position is said once: {e:?}");
+            assert!(e[0].contains("fix the syntax there"), "{e:?}");
+            assert!(!e[0].contains("tollgate check"), "never advises running check from check: {e:?}");
+        }
     }
 
     #[test]

@@ -3,11 +3,20 @@
 
 use crate::cli::ServeArgs;
 use crate::serve::Server;
+use anyhow::Context as _;
+use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use std::hash::{BuildHasher, RandomState};
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use std::convert::Infallible;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
+use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
-use tollgate_gateway::Environment;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::Role;
 use tollgate_model::Config;
 
 pub struct Demo {
@@ -15,35 +24,73 @@ pub struct Demo {
     pub user_key: String,
 }
 
-/// A key nobody can guess: 128 bits from the OS-seeded SipHash keys of two RandomStates.
-fn random_key() -> String {
-    let a = RandomState::new().hash_one(std::time::SystemTime::now());
-    let b = RandomState::new().hash_one(std::process::id());
-    format!("{a:016x}{b:016x}")
-}
-
-/// Replies `reply from server : <message>` to every text message, echoes binary ones.
+/// The demo backend: a WebSocket upgrade gets an echo that replies
+/// `reply from server : <message>` to every text message (binary ones come back as
+/// they are); any other request gets a short JSON description of what arrived (method,
+/// path, headers), so `curl` through the gateway shows what the backend received.
 pub async fn echo_backend(listener: TcpListener) {
     loop {
         let Ok((tcp, _)) = listener.accept().await else {
             continue;
         };
         tokio::spawn(async move {
-            let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else {
-                return;
-            };
-            while let Some(Ok(msg)) = ws.next().await {
-                let reply = match msg {
-                    Message::Text(t) => Message::text(format!("reply from server : {t}")),
-                    Message::Binary(b) => Message::Binary(b),
-                    // tungstenite answers the close itself; keep polling so it is flushed.
-                    _ => continue,
-                };
-                if ws.send(reply).await.is_err() {
-                    break;
-                }
+            let service = hyper::service::service_fn(answer);
+            let connection = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tcp), service);
+            let _ = connection.with_upgrades().await;
+        });
+    }
+}
+
+async fn answer(mut req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    let upgrade = req.headers().get(header::UPGRADE).and_then(|v| v.to_str().ok());
+    let key = req.headers().get(header::SEC_WEBSOCKET_KEY).map(|k| derive_accept_key(k.as_bytes()));
+    if let (Some(u), Some(accept)) = (upgrade, key)
+        && u.eq_ignore_ascii_case("websocket")
+    {
+        let upgrading = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            if let Ok(upgraded) = upgrading.await {
+                let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+                echo(ws).await;
             }
         });
+        let mut resp = Response::new(Full::default());
+        *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        let h = resp.headers_mut();
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        if let Ok(v) = HeaderValue::from_str(&accept) {
+            h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
+        }
+        return Ok(resp);
+    }
+    let headers: serde_json::Map<String, serde_json::Value> = req
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into()))
+        .collect();
+    let body = serde_json::json!({
+        "backend": "tollgate demo",
+        "method": req.method().as_str(),
+        "path": req.uri().path_and_query().map_or("/", |p| p.as_str()),
+        "headers": headers,
+    });
+    let mut resp = Response::new(Full::new(Bytes::from(format!("{body:#}\n"))));
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    Ok(resp)
+}
+
+async fn echo<S: AsyncRead + AsyncWrite + Unpin>(mut ws: WebSocketStream<S>) {
+    while let Some(Ok(msg)) = ws.next().await {
+        let reply = match msg {
+            Message::Text(t) => Message::text(format!("reply from server : {t}")),
+            Message::Binary(b) => Message::Binary(b),
+            // tungstenite answers the close itself; keep polling so it is flushed.
+            _ => continue,
+        };
+        if ws.send(reply).await.is_err() {
+            break;
+        }
     }
 }
 
@@ -51,7 +98,7 @@ pub async fn start(_args: &ServeArgs) -> anyhow::Result<Demo> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let echo = listener.local_addr()?;
     tokio::spawn(echo_backend(listener));
-    let user_key = random_key();
+    let user_key = tollgate_admin::random::random_hex(16).context("a key for the demo application")?;
     let yaml = format!(
         r#"
 backends:
@@ -85,16 +132,17 @@ accounts:
 impl Demo {
     pub fn print_instructions(&self, server: &Server) {
         let port = server.staging.port();
-        let scheme = if server.staging_tls { "wss" } else { "ws" };
+        let (ws, http) = if server.staging_tls { ("wss", "https") } else { ("ws", "http") };
+        let key = &self.user_key;
         say!();
-        say!("Demo: product `demo` in front of a built-in WebSocket echo backend.");
-        say!("Application `demo-app` on plan `basic` (60 hits a minute) has user_key {}", self.user_key);
+        say!("Demo: product `demo` in front of a built-in echo backend (WebSocket and HTTP).");
+        say!("Application `demo-app` on plan `basic` (60 hits a minute) has user_key {key}");
         say!("Try the staging gateway (type a line, get a reply; Ctrl-D to close):");
-        say!("  tollgate ws '{scheme}://demo-staging.localhost:{port}/?user_key={}'", self.user_key);
+        say!("  tollgate ws '{ws}://demo-staging.localhost:{port}/?user_key={key}'");
         say!(
-            "  (from the source tree: cargo run --release -- ws '{scheme}://demo-staging.localhost:{port}/?user_key={}')",
-            self.user_key
+            "  (from the source tree: cargo run --release -- ws '{ws}://demo-staging.localhost:{port}/?user_key={key}')"
         );
-        let _ = Environment::Staging;
+        say!("or plain HTTP:");
+        say!("  curl '{http}://demo-staging.localhost:{port}/?user_key={key}'");
     }
 }

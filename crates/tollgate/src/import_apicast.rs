@@ -7,27 +7,8 @@ use anyhow::{Context as _, bail};
 use serde_json::{Map, Value, json};
 use std::collections::{BTreeSet, HashSet};
 use tollgate_gateway::policy::Registry;
+use tollgate_gateway::policy::apicast::{self, Equivalent};
 use tollgate_model::{Config, validate};
-
-/// The APIcast policies Tollgate has, by their APIcast names (`apicast` is `tollgate`).
-const POLICIES: [(&str, &str); 16] = [
-    ("apicast", "tollgate"),
-    ("websocket", "websocket"),
-    ("cors", "cors"),
-    ("headers", "headers"),
-    ("url_rewriting", "url_rewriting"),
-    ("ip_check", "ip_check"),
-    ("rate_limit", "rate_limit"),
-    ("routing", "routing"),
-    ("upstream", "upstream"),
-    ("maintenance_mode", "maintenance_mode"),
-    ("default_credentials", "default_credentials"),
-    ("upstream_connection", "upstream_connection"),
-    ("retry", "retry"),
-    ("payload_limits", "payload_limits"),
-    ("logging", "logging"),
-    ("echo", "echo"),
-];
 
 pub struct Imported {
     pub config: Config,
@@ -373,9 +354,22 @@ pub fn apicast(text: &str) -> anyhow::Result<Imported> {
         for (j, p) in proxy["policy_chain"].as_array().cloned().unwrap_or_default().iter().enumerate() {
             let raw = p["name"].as_str().unwrap_or_default();
             let short = raw.strip_prefix("apicast.policy.").unwrap_or(raw);
-            let Some((_, ours)) = POLICIES.iter().find(|(a, _)| *a == short) else {
-                warn(format!("policy_chain[{j}] `{raw}`: Tollgate has no such policy; left out"));
-                continue;
+            let ours = match apicast::equivalent(short) {
+                // Named alike (`cors`, `rate_limit`…): the configuration translates below.
+                None if registry.policies().iter().any(|p| p.name == short) => short,
+                Some(Equivalent::Policy { name: "tollgate", .. }) => "tollgate",
+                Some(Equivalent::Policy { name, note }) => {
+                    warn(format!("policy_chain[{j}] `{raw}`: use `{name}` in Tollgate ({note}); left out"));
+                    continue;
+                }
+                Some(Equivalent::None { note }) => {
+                    warn(format!("policy_chain[{j}] `{raw}`: no Tollgate policy ({note}); left out"));
+                    continue;
+                }
+                None => {
+                    warn(format!("policy_chain[{j}] `{raw}`: Tollgate has no such policy; left out"));
+                    continue;
+                }
             };
             let mut notes = Vec::new();
             match translate(ours, &p["configuration"], &mut notes) {

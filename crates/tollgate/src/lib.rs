@@ -25,7 +25,11 @@ pub fn init_tracing(default: &str, json: bool) {
         // rustls warns about what clients send (an IP address as SNI, as wrk and curl
         // do), on every handshake: nothing an operator can act on, and a flood under load.
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{default},rustls=error")));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(|| Stderr).with_target(false);
+    // Colour codes only for a person at a terminal: a file, a pipe or journald gets
+    // plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder =
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(|| Stderr).with_target(false).with_ansi(ansi);
     // JSON: one object per line (timestamp, level, fields, message) for log pipelines.
     let _ = if json { builder.json().flatten_event(true).try_init() } else { builder.try_init() };
 }

@@ -585,6 +585,7 @@ pub async fn run_cli(args: ServeArgs) -> anyhow::Result<ExitCode> {
     }
     // The admin line comes last: scripts may read up to it.
     if matches!(server.source, Source::Store(_)) {
+        say!("tollgate: console            http://{}/ (log in with an admin token)", server.admin);
         say!("tollgate: admin API          http://{}/api/v1 (store {})", server.admin, args.store);
     } else {
         say!("tollgate: admin              http://{} (/status/live, /status/ready, /metrics)", server.admin);

@@ -163,7 +163,7 @@ fn apicasts_example_configuration_imports() {
     assert_eq!(config.backends[0].private_base_url, "http://upstream-rely:8080/get");
     assert_eq!(p.policy_chain[0].name, "tollgate");
     assert_eq!((p.mapping_rules[0].http_method.as_str(), p.mapping_rules[0].metric.as_str()), ("GET", "hits"));
-    assert!(warnings.contains("`apicast.policy.http_proxy`: Tollgate has no such policy"), "{warnings}");
+    assert!(warnings.contains("`apicast.policy.http_proxy`: no Tollgate policy (Tollgate does not reach backends through an HTTP proxy yet)"), "{warnings}");
 }
 
 #[test]
@@ -206,7 +206,7 @@ fn a_full_service_keeps_its_authentication_errors_rules_and_policies() {
     for expected in [
         "hosts [\"shop-old.example.com\"]: only the first is used",
         "`apicast.policy.ip_check` does not translate",
-        "`apicast.policy.soap`: Tollgate has no such policy",
+        "`apicast.policy.soap`: no Tollgate policy (Tollgate has no SOAP policy yet)",
         "applications and plans are not in an APIcast configuration",
     ] {
         assert!(warnings.contains(expected), "missing {expected:?} in {warnings}");

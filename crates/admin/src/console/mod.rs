@@ -20,6 +20,7 @@ mod integration;
 mod pages;
 mod product;
 
+use crate::random::random_hex;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{FromRequest, FromRequestParts, Request, State};
@@ -73,13 +74,6 @@ impl Sessions {
     fn remove(&self, id: &str) {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
     }
-}
-
-pub(crate) fn random_hex(bytes: usize) -> std::io::Result<String> {
-    use std::io::Read;
-    let mut buf = vec![0u8; bytes];
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut buf)?;
-    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// The console's routes, calling `api` (the admin API router) in process.

@@ -202,7 +202,7 @@ async fn fetch_jwks(url: &str) -> Result<Vec<Jwk>, String> {
     use http_body_util::BodyExt as _;
     let base = tollgate_model::BaseUrl::parse(url, &["http", "https"])?;
     let upstream =
-        crate::upstream::Upstream::new(base, &tollgate_model::BackendTls::default(), Duration::from_secs(5))?;
+        crate::upstream::Upstream::new(url, base, &tollgate_model::BackendTls::default(), Duration::from_secs(5))?;
     let exchange = async {
         let uri = upstream.uri("", None).map_err(|e| e.to_string())?;
         let req = http::Request::get(uri)

@@ -19,6 +19,7 @@
 //! Policies are built by name from their YAML configuration by the [`Registry`]; bad
 //! configuration is a config error (with its path), never a request-time failure.
 
+pub mod apicast;
 pub mod condition;
 mod cors;
 mod default_credentials;
@@ -322,6 +323,9 @@ impl Registry {
         let Some(info) = self.policies.iter().find(|p| p.name == name) else {
             let names = self.policies.iter().map(|p| p.name);
             let e = ConfigError::new(format!("{path}.name"), format!("no policy named `{name}`"));
+            if let Some(hint) = apicast::hint(name) {
+                return Err(e.hint(hint));
+            }
             return Err(match did_you_mean(name, names.clone()) {
                 Some(s) => e.hint(format!("did you mean `{s}`?")),
                 None => e.hint(format!("available policies: {}", names.collect::<Vec<_>>().join(", "))),

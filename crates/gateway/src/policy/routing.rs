@@ -59,7 +59,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn upstream(url: &str, field: &str) -> Result<Arc<Upstream>, (String, String)> {
     let base = BaseUrl::parse(url, &["http", "https", "ws", "wss"]).map_err(|e| (field.to_string(), e))?;
-    Upstream::new(base, &BackendTls::default(), CONNECT_TIMEOUT).map(Arc::new).map_err(|e| (field.to_string(), e))
+    Upstream::new(url, base, &BackendTls::default(), CONNECT_TIMEOUT).map(Arc::new).map_err(|e| (field.to_string(), e))
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

@@ -1,0 +1,174 @@
+//! Backends whose TLS certificate does not verify: the client gets 502 with the code
+//! `upstream_tls` (the backend was reached, so not `upstream_unavailable`), and the log
+//! says in one line, in words, which backend, what failed and the fix — never a raw
+//! library error, and without colour codes when the log is not a terminal.
+//!
+//! Real TLS servers on 127.0.0.1 port 0 with certificates made here (rcgen): signed by
+//! a private authority, self-signed, for another host name, expired.
+
+mod support;
+
+use bytes::Bytes;
+use http::{Response, StatusCode};
+use http_body_util::Full;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, date_time_ymd};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use support::TempDir;
+use tokio::net::TcpListener;
+
+/// A certificate and its key, as rcgen made them.
+struct Made {
+    pem: String,
+    der: Vec<u8>,
+    key: Vec<u8>,
+}
+
+fn params(names: &[&str], common_name: &str) -> CertificateParams {
+    let mut p = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).expect("params");
+    p.distinguished_name.push(DnType::CommonName, common_name);
+    p
+}
+
+fn self_signed(p: &CertificateParams) -> Made {
+    let key = KeyPair::generate().expect("key");
+    let cert = p.self_signed(&key).expect("self-signed");
+    Made { pem: cert.pem(), der: cert.der().to_vec(), key: key.serialize_der() }
+}
+
+/// An HTTPS server on 127.0.0.1 presenting `cert`, answering 200 `ok`.
+async fn tls_backend(cert: &Made) -> SocketAddr {
+    let chain = vec![CertificateDer::from(cert.der.clone())];
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(cert.key.clone()));
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .expect("server config");
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                // A refused certificate ends the handshake here, as it should.
+                let Ok(tls) = acceptor.accept(tcp).await else { return };
+                let service =
+                    service_fn(|_req| async { Ok::<_, Infallible>(Response::new(Full::new(Bytes::from("ok")))) });
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tls), service).await;
+            });
+        }
+    });
+    addr
+}
+
+fn write(dir: &Path, name: &str, pem: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, pem).expect("write pem");
+    path.display().to_string()
+}
+
+#[tokio::test]
+async fn certificates_that_do_not_verify_get_upstream_tls_and_a_log_line_that_says_the_fix() {
+    let dir = TempDir::new();
+    // A private authority and a server certificate it signed.
+    let ca_key = KeyPair::generate().expect("ca key");
+    let mut ca_params = params(&[], "Tollgate Test CA");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key).expect("ca");
+    let issuer = Issuer::new(ca_params, ca_key);
+    let server_key = KeyPair::generate().expect("key");
+    let signed = params(&["127.0.0.1", "localhost"], "backend.test").signed_by(&server_key, &issuer).expect("signed");
+    let signed = Made { pem: signed.pem(), der: signed.der().to_vec(), key: server_key.serialize_der() };
+    // Self-signed for the right name; for another name; and long expired.
+    let own = self_signed(&params(&["127.0.0.1"], "self-made"));
+    let other = self_signed(&params(&["other.example"], "other.example"));
+    let mut old = params(&["127.0.0.1"], "old");
+    (old.not_before, old.not_after) = (date_time_ymd(2019, 1, 1), date_time_ymd(2020, 1, 1));
+    let expired = self_signed(&old);
+
+    let ca_file = write(dir.path(), "ca.pem", &ca_cert.pem());
+    let other_file = write(dir.path(), "other.pem", &other.pem);
+    let expired_file = write(dir.path(), "expired.pem", &expired.pem);
+    let plain = support::http_backend().await;
+    let backends = [
+        ("trusted", format!("https://{}", tls_backend(&signed).await), format!("tls: {{ ca_file: '{ca_file}' }}")),
+        ("private_ca", format!("https://{}", tls_backend(&signed).await), String::new()),
+        ("self_signed", format!("https://{}", tls_backend(&own).await), String::new()),
+        ("misnamed", format!("https://{}", tls_backend(&other).await), format!("tls: {{ ca_file: '{other_file}' }}")),
+        (
+            "expired",
+            format!("https://{}", tls_backend(&expired).await),
+            format!("tls: {{ ca_file: '{expired_file}' }}"),
+        ),
+        ("plain", format!("https://{plain}"), String::new()),
+    ];
+    let mut yaml = String::from("backends:\n");
+    for (name, url, tls) in &backends {
+        yaml += &format!("  - {{ system_name: {name}, private_base_url: '{url}', {tls} }}\n");
+    }
+    yaml += "products:\n  - system_name: api\n    staging_public_base_url: http://api-staging.test\n    production_public_base_url: http://api.test\n    backend_usages:\n";
+    for (name, _, _) in &backends {
+        yaml += &format!("      - {{ backend: {name}, path: /{name} }}\n");
+    }
+    yaml += "    mapping_rules: [ { http_method: ANY, pattern: /, metric: hits, delta: 1 } ]\n    application_plans: [ { system_name: basic } ]\naccounts:\n  - name: acme\n    applications: [ { name: app, product: api, plan: basic, user_key: k } ]\n";
+    let config = dir.path().join("tollgate.yaml");
+    std::fs::write(&config, yaml).expect("write");
+    let mut serve = support::spawn_serve(&config).await;
+
+    let (status, _, body) = support::get(serve.staging, "api-staging.test", "/trusted/?user_key=k").await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "ok"), "a certificate from ca_file's authority verifies");
+
+    for (backend, words) in [
+        ("private_ca", &["unknown certificate authority", "CN=Tollgate Test CA", "`tls.ca_file`"][..]),
+        ("self_signed", &["CN=self-made", "self-signed", "`tls.ca_file`"][..]),
+        ("misnamed", &["other.example", "not for `127.0.0.1`", "name mismatch", "`tls.server_name`"][..]),
+        ("expired", &["expired at 2020-01-01T00:00:00Z", "renew"][..]),
+        ("plain", &["does not speak TLS on this port", "`http://`"][..]),
+    ] {
+        let (status, _, body) =
+            support::get(serve.staging, "api-staging.test", &format!("/{backend}/?user_key=k")).await;
+        assert_eq!(status, StatusCode::BAD_GATEWAY, "{backend}: {body}");
+        let v: serde_json::Value = serde_json::from_str(&body).expect("JSON body");
+        assert_eq!(v["error"]["code"], "upstream_tls", "{backend}: {body}");
+        assert!(!body.contains("ca_file") && !body.contains(backend), "no detail for the client: {body}");
+
+        let needle = format!("backend `{backend}`");
+        let line = loop {
+            let line = serve.err.next_line().await.expect("stderr").expect("a log line");
+            if line.contains(&needle) {
+                break line;
+            }
+        };
+        assert!(line.contains("upstream_tls"), "{line}");
+        for w in words {
+            assert!(line.contains(w), "{backend}: `{w}` missing in the log line: {line}");
+        }
+        assert!(!line.contains('\u{1b}'), "no colour codes when stderr is not a terminal: {line:?}");
+        for raw in ["invalid peer certificate", "InvalidCertificate", "UnknownIssuer", "io error"] {
+            assert!(!line.contains(raw), "a raw library error in the log: {line}");
+        }
+    }
+}
+
+#[test]
+fn certificates_are_described_for_people() {
+    let made = self_signed(&params(&["127.0.0.1", "api.example"], "api.example"));
+    let infos = tollgate_gateway::upstream::CertificateInfo::from_pem(&made.pem).expect("parses");
+    let info = &infos[0];
+    assert_eq!(
+        (info.subject.as_str(), info.issuer.as_str(), info.self_signed),
+        ("CN=api.example", "CN=api.example", true)
+    );
+    assert_eq!(info.names, ["127.0.0.1", "api.example"]);
+    assert_eq!(info.sha256.len(), 32 * 3 - 1, "{}", info.sha256);
+    assert!(info.not_before < info.not_after);
+    assert!(tollgate_gateway::upstream::CertificateInfo::from_pem("not a certificate").is_err());
+}
