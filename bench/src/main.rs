@@ -26,7 +26,7 @@ const USAGE: &str = "usage: tollgate-bench all [--smoke] [--rounds N] [--seconds
        tollgate-bench echo          (an echo WebSocket server; prints its port)
        tollgate-bench copy PORT     (a raw TCP byte copy to 127.0.0.1:PORT; prints its port)";
 
-/// How much of everything: the defaults take about eight minutes; `--smoke` seconds.
+/// How much of everything: the defaults take about ten minutes; `--smoke` seconds.
 #[derive(Debug, Clone)]
 struct Settings {
     rounds: usize,

@@ -82,14 +82,7 @@ fn merged(current: &Config, file: &Config) -> Config {
 pub async fn apply(s: &AdminState, config: Config, dry_run: bool) -> ApiResult<Value> {
     let world = World::load(&s.store).await?;
     let candidate = merged(&world.config(), &config);
-    tollgate_model::validate_draft(&candidate).map_err(|e| ApiError::from_config(e, ""))?;
-    for (i, p) in config.products.iter().enumerate() {
-        for (j, entry) in p.policy_chain.iter().enumerate() {
-            s.registry
-                .build(&format!("products[{i}].policy_chain[{j}]"), &entry.name, &entry.configuration)
-                .map_err(|e| ApiError::from_config(e.into(), ""))?;
-        }
-    }
+    tollgate_gateway::check(&candidate, true).map_err(|e| ApiError::from_config(e, ""))?;
 
     let mut changes = Vec::new();
     for b in &config.backends {

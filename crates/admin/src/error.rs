@@ -39,7 +39,9 @@ impl ApiError {
     /// A validation failure of the whole configuration, reported relative to the
     /// resource at `prefix` (e.g. `products[2].mapping_rules[0]`) when it is the cause.
     pub fn from_config(errors: ConfigErrors, prefix: &str) -> Self {
-        let mine = errors.0.iter().find(|e| e.path == prefix || e.path.starts_with(&format!("{prefix}.")));
+        let within =
+            |path: &str| path.strip_prefix(prefix).is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '[']));
+        let mine = errors.0.iter().find(|e| within(&e.path));
         let e = mine.or(errors.0.first());
         let Some(e) = e else { return ApiError::invalid("invalid configuration") };
         let field = match e.path.strip_prefix(prefix) {

@@ -9,6 +9,7 @@
 mod apply;
 mod auth;
 pub mod console;
+mod dashboard;
 mod error;
 pub mod live;
 pub mod openapi;
@@ -34,11 +35,34 @@ pub struct AdminState {
     /// Bumped after every change the gateways must see.
     pub changes: watch::Sender<u64>,
     pub metrics: Option<Arc<Metrics>>,
+    /// The usage counters the gateways decide with (for `applications/{app}/usage` and
+    /// the dashboard's limits).
+    pub counters: Option<Arc<tollgate_counters::Counters>>,
+    /// This process's own gateway listeners, which the console's "Try it" asks when a
+    /// browser cannot say why a WebSocket was refused.
+    pub gateways: Vec<GatewayListener>,
+}
+
+/// One of this process's gateway listeners.
+#[derive(Debug, Clone)]
+pub struct GatewayListener {
+    pub environment: tollgate_gateway::Environment,
+    pub addr: std::net::SocketAddr,
+    pub tls: bool,
 }
 
 impl AdminState {
-    pub fn new(store: Store, registry: Arc<Registry>, metrics: Option<Arc<Metrics>>) -> Arc<AdminState> {
-        Arc::new(AdminState { store, registry, changes: watch::channel(0).0, metrics })
+    /// The state of an admin API on `store`, with no metrics, counters or gateways yet
+    /// (set the fields before sharing it).
+    pub fn new(store: Store, registry: Arc<Registry>) -> AdminState {
+        AdminState {
+            store,
+            registry,
+            changes: watch::channel(0).0,
+            metrics: None,
+            counters: None,
+            gateways: Vec::new(),
+        }
     }
 
     pub(crate) fn changed(&self) {
@@ -51,6 +75,7 @@ impl AdminState {
 pub fn router(state: Arc<AdminState>) -> Router {
     // Layers run outside-in: the token is checked first, then the change is audited.
     let api = resources::routes()
+        .merge(dashboard::routes())
         .route("/audit", axum::routing::get(auth::audit_list))
         .route("/tokens", axum::routing::get(auth::token_list).post(auth::token_create))
         .route("/tokens/{name}", axum::routing::delete(auth::token_delete))
@@ -62,11 +87,12 @@ pub fn router(state: Arc<AdminState>) -> Router {
         let doc = doc.clone();
         async move { axum::Json((*doc).clone()) }
     });
+    let gateways = state.gateways.clone();
     let app = Router::new()
         .route("/api/v1/openapi.json", openapi)
         .nest("/api/v1", api)
         .merge(resources::open_routes())
         .with_state(state);
     // The console at `/` calls the API above in process.
-    app.clone().merge(console::router(app))
+    app.clone().merge(console::router(app, gateways))
 }

@@ -104,10 +104,13 @@ const OPS: &[Op] = &[
     op("post", "/applications/{app}/change_plan", "Move an application to another plan", None, Ok::One(200, "Application")),
     op("post", "/applications/{app}/keys", "A new user_key, or one more app_key", None, Ok::One(201, "Application")),
     op("delete", "/applications/{app}/keys/{key}", "Remove an app_key", None, Ok::Empty),
+    op("get", "/applications/{app}/usage", "Where the application stands on each limit of its plan, now", None, Ok::Object(200)),
     op("get", "/config", "Export the whole configuration", None, Ok::Document("Config")),
     op("put", "/config", "Apply a configuration (create and update by name)", Some("Config"), Ok::Object(200)),
     op("get", "/policies", "Every policy with its configuration schema", None, Ok::Object(200)),
     op("get", "/analytics/usage", "Usage per minute, hour or day", None, Ok::Object(200)),
+    op("get", "/analytics/totals", "Usage per metric over a period (WebSocket messages, bytes, seconds, closes by code included)", None, Ok::Object(200)),
+    op("get", "/analytics/dashboard", "A product's last hour: traffic by environment and status class, WebSockets, top applications, limits nearly reached", None, Ok::Object(200)),
     op("get", "/audit", "The audit log, newest first", None, Ok::Object(200)),
     op("get", "/tokens", "Admin tokens (names and rights)", None, Ok::Object(200)),
     op("post", "/tokens", "Create an admin token (shown once)", None, Ok::Object(201)),
@@ -248,6 +251,20 @@ pub fn document() -> Value {
         if o.path.contains("/mapping_rules") && matches!(o.method, "post" | "put") {
             params.push(json!({ "name": "position", "in": "query", "required": false, "schema": { "type": "integer", "minimum": 1 },
                 "description": "1-based place of the rule: rules run in this order" }));
+        }
+        if o.path == "/analytics/dashboard" || o.path == "/analytics/totals" {
+            params.push(json!({ "name": "product", "in": "query", "required": true, "schema": { "type": "string" },
+                "description": "a product's system_name" }));
+        }
+        if o.path == "/analytics/totals" {
+            params
+                .push(json!({ "name": "application", "in": "query", "required": false, "schema": { "type": "string" },
+                "description": "an application's name or id" }));
+            for (name, about) in
+                [("since", "Unix seconds (default: a day before until)"), ("until", "Unix seconds (default: now)")]
+            {
+                params.push(json!({ "name": name, "in": "query", "required": false, "schema": { "type": "integer" }, "description": about }));
+            }
         }
         if o.path == "/analytics/usage" {
             for (name, kind, about) in [

@@ -13,6 +13,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering::Relaxed};
 use tollgate_model::{
     ApplicationPlan, ApplicationState, AuthMode, Backend, BackendUsage, Config, Limit, MappingRule, Method, Metric,
     PolicyConfig, Product,
@@ -316,8 +317,6 @@ async fn product_create(State(s): St, Body(product): Body<Product>) -> ApiResult
         world.plans.push(pending(Some(-1), &plan.system_name, plan.clone()));
     }
     world.check(&format!("products[{index}]"))?;
-    check_chain(&s, &product.policy_chain, "policy_chain")?;
-    check_metered_metrics(&doc, &product.policy_chain, &world.backends)?;
     let row = s.store.insert(Table::Products, None, &product.system_name, &doc).await?;
     for plan in &plans {
         if let Err(e) = s.store.insert(Table::ApplicationPlans, Some(row.id), &plan.system_name, plan).await {
@@ -334,14 +333,12 @@ async fn product_create(State(s): St, Body(product): Body<Product>) -> ApiResult
 async fn product_put(State(s): St, Path(p): Path<String>, Body(product): Body<Product>) -> ApiResult<Json<Value>> {
     let row: Row<ProductDoc> = find(&s, Table::Products, None, &p, "product").await?;
     same_name(&row.system_name, &product.system_name, "system_name")?;
-    check_chain(&s, &product.policy_chain, "policy_chain")?;
     let mut world = World::load(&s.store).await?;
     let index = world.product_index(row.id);
     // The draft is replaced; plans are managed under application_plans.
     let doc = ProductDoc::from_product(&product, row.doc.last_id);
     World::put(&mut world.products, Row { doc: doc.clone(), ..row.clone() });
     world.check(&format!("products[{index}]"))?;
-    check_metered_metrics(&doc, &product.policy_chain, &world.backends)?;
     let row = s.store.update(Table::Products, row.id, row.revision, &doc).await?;
     s.changed();
     Ok(Json(product_view(&world, &row)))
@@ -359,44 +356,6 @@ async fn product_delete(State(s): St, Path(p): Path<String>) -> ApiResult<Status
     s.store.delete(Table::Products, row.id).await?;
     s.changed();
     Ok(StatusCode::NO_CONTENT)
-}
-
-fn check_chain(s: &AdminState, chain: &[PolicyConfig], field: &str) -> ApiResult<()> {
-    for (i, entry) in chain.iter().enumerate() {
-        if let Err(e) = s.registry.build(&format!("{field}[{i}]"), &entry.name, &entry.configuration) {
-            return Err(ApiError::from_config(e.into(), ""));
-        }
-    }
-    Ok(())
-}
-
-/// A `websocket` policy may only meter on a metric or method the product (or a backend
-/// it uses) has: refused here, at the field, rather than when the gateways compile it.
-fn check_metered_metrics(doc: &ProductDoc, chain: &[PolicyConfig], backends: &[Row<Backend>]) -> ApiResult<()> {
-    let used: Vec<&Backend> = backends
-        .iter()
-        .filter(|b| doc.backend_usages.iter().any(|u| u.value.backend == b.doc.system_name))
-        .map(|b| &b.doc)
-        .collect();
-    let known = |m: &str| {
-        m == "hits"
-            || doc.metrics.iter().any(|x| x.value.system_name == m)
-            || doc.methods.iter().any(|x| x.value.system_name == m)
-            || used
-                .iter()
-                .any(|b| b.metrics.iter().any(|x| x.system_name == m) || b.methods.iter().any(|x| x.system_name == m))
-    };
-    for (j, entry) in chain.iter().enumerate().filter(|(_, e)| e.name == "websocket") {
-        for (key, metric) in tollgate_gateway::policy::websocket::metered_metrics(&entry.configuration) {
-            if !known(&metric) {
-                return Err(ApiError::invalid(format!(
-                    "no metric or method named `{metric}`: declare it under the product's metrics first"
-                ))
-                .field(format!("policy_chain[{j}].configuration.{key}.metric")));
-            }
-        }
-    }
-    Ok(())
 }
 
 // ------------------------------------------------ product items (usages, metrics, methods, rules)
@@ -486,10 +445,11 @@ fn position<N: Nested>(doc: &mut ProductDoc, key: &str) -> Option<usize> {
 }
 
 /// Applies `change` to the product's draft, validates the result and stores it.
+/// `prefix_of(product index, changed draft)` names the changed part in errors.
 async fn edit_product<F>(
     s: &AdminState,
     p: &str,
-    prefix_of: impl Fn(usize) -> String,
+    prefix_of: impl Fn(usize, &mut ProductDoc) -> String,
     mut change: F,
 ) -> ApiResult<Row<ProductDoc>>
 where
@@ -498,11 +458,11 @@ where
     let row: Row<ProductDoc> = find(s, Table::Products, None, p, "product").await?;
     let world = World::load(&s.store).await?;
     let index = world.product_index(row.id);
-    let prefix = prefix_of(index);
     let updated = s
         .store
         .modify::<ProductDoc, ApiError, _>(Table::Products, row.id, |doc| {
             change(doc)?;
+            let prefix = prefix_of(index, doc);
             let mut candidate = world.clone();
             World::put(&mut candidate.products, Row { doc: doc.clone(), ..row.clone() });
             candidate.check(&prefix)
@@ -553,28 +513,37 @@ async fn nested_create<N: Nested>(
     Q(at): Q<Placement>,
     Body(value): Body<N::T>,
 ) -> ApiResult<Response> {
-    let mut new_id = 0;
+    // Shared by the two closures (atomics: the handler's future must be Send).
+    let new_id = AtomicI64::new(0);
     let mut row = edit_product(
         &s,
         &p,
-        |i| format!("products[{i}].{}", N::FIELD),
+        // Errors name the new item's own fields (`pattern`), as for an item's PUT.
+        |i, doc| item_prefix::<N>(i, doc, new_id.load(Relaxed)),
         |doc| {
             if let Some(name) = N::name(&value)
                 && N::items(doc).iter().any(|i| N::name(&i.value) == Some(name))
             {
                 return Err(ApiError::conflict(format!("{} `{name}` already exists", N::WHAT)));
             }
-            new_id = doc.next_id();
+            new_id.store(doc.next_id(), Relaxed);
             let items = N::items(doc);
-            items.push(Item { id: new_id, value: value.clone() });
+            items.push(Item { id: new_id.load(Relaxed), value: value.clone() });
             place(items, items.len() - 1, at.position);
             Ok(())
         },
     )
     .await?;
     let items = N::items(&mut row.doc);
-    let i = items.iter().position(|i| i.id == new_id).unwrap_or_default();
+    let i = items.iter().position(|i| i.id == new_id.load(Relaxed)).unwrap_or_default();
     Ok(created(if items.is_empty() { Value::Null } else { item_view(items, i) }))
+}
+
+/// Where item `id` of a product's `N` collection stands in the configuration, for
+/// errors: `products[0].mapping_rules[2]`.
+fn item_prefix<N: Nested>(product: usize, doc: &mut ProductDoc, id: i64) -> String {
+    let j = N::items(doc).iter().position(|x| x.id == id).unwrap_or_default();
+    format!("products[{product}].{}[{j}]", N::FIELD)
 }
 
 /// `PUT …?position=N` also moves the item.
@@ -584,11 +553,11 @@ async fn nested_put<N: Nested>(
     Q(at): Q<Placement>,
     Body(value): Body<N::T>,
 ) -> ApiResult<Json<Value>> {
-    let mut found = None;
+    let found = AtomicI64::new(i64::MIN);
     let mut row = edit_product(
         &s,
         &p,
-        |i| format!("products[{i}].{}", N::FIELD),
+        |i, doc| item_prefix::<N>(i, doc, found.load(Relaxed)),
         |doc| {
             let i = position::<N>(doc, &key).ok_or_else(|| ApiError::not_found(&format!("{} `{key}`", N::WHAT)))?;
             let items = N::items(doc);
@@ -596,14 +565,14 @@ async fn nested_put<N: Nested>(
                 same_name(old, new, "system_name")?;
             }
             items[i].value = value.clone();
-            found = Some(items[i].id);
+            found.store(items[i].id, Relaxed);
             place(items, i, at.position);
             Ok(())
         },
     )
     .await?;
     let items = N::items(&mut row.doc);
-    let i = items.iter().position(|i| Some(i.id) == found).unwrap_or_default();
+    let i = items.iter().position(|i| i.id == found.load(Relaxed)).unwrap_or_default();
     Ok(Json(if items.is_empty() { Value::Null } else { item_view(items, i) }))
 }
 
@@ -613,7 +582,7 @@ async fn nested_delete<N: Nested>(State(s): St, Path((p, key)): Path<(String, St
     edit_product(
         &s,
         &p,
-        |i| format!("products[{i}]"),
+        |i, _| format!("products[{i}]"),
         |doc| {
             let i = position::<N>(doc, &key).ok_or_else(|| ApiError::not_found(&format!("{} `{key}`", N::WHAT)))?;
             let value = N::items(doc)[i].value.clone();
@@ -638,14 +607,11 @@ async fn chain_put(
     Path(p): Path<String>,
     Body(chain): Body<Vec<PolicyConfig>>,
 ) -> ApiResult<Json<Vec<PolicyConfig>>> {
-    check_chain(&s, &chain, "")?;
-    let backends = World::load(&s.store).await?.backends;
     let row = edit_product(
         &s,
         &p,
-        |i| format!("products[{i}].policy_chain"),
+        |i, _| format!("products[{i}].policy_chain"),
         |doc| {
-            check_metered_metrics(doc, &chain, &backends)?;
             doc.policy_chain = chain.clone();
             Ok(())
         },
@@ -920,7 +886,26 @@ async fn configs_diff(State(s): St, Path(p): Path<String>, Q(q): Q<DiffQuery>) -
     let (from, to) = (empty(from), empty(to));
     let mut changes = Vec::new();
     diff_values("", &from, &to, &mut changes);
-    Ok(Json(json!({ "from": from_name, "to": to_name, "changes": changes })))
+    // The sections with no change, for a reader to fold away: the product's keys
+    // (`product.mapping_rules`, …) and the other top-level ones (`backends`).
+    let mut unchanged = Vec::new();
+    for key in keys_of(&from, &to) {
+        let (a, b) = (&from[key.as_str()], &to[key.as_str()]);
+        if a == b {
+            unchanged.push(key.clone());
+        } else if a.is_object() || b.is_object() {
+            unchanged.extend(keys_of(a, b).into_iter().filter(|k| a.get(k) == b.get(k)).map(|k| format!("{key}.{k}")));
+        }
+    }
+    Ok(Json(json!({ "from": from_name, "to": to_name, "changes": changes, "unchanged": unchanged })))
+}
+
+/// The keys of two objects, sorted, each once.
+fn keys_of(a: &Value, b: &Value) -> Vec<String> {
+    let mut keys: Vec<String> = [a, b].iter().filter_map(|v| v.as_object()).flat_map(|o| o.keys().cloned()).collect();
+    keys.sort();
+    keys.dedup();
+    keys
 }
 
 /// A structural diff: one `{path, from, to}` per leaf that differs; a sub-tree present
@@ -1009,7 +994,7 @@ async fn apps_list(State(s): St, Q(page): Q<Page>) -> ApiResult<Json<Value>> {
 }
 
 /// An application by id, or by name when that name is unique across accounts.
-async fn find_app(s: &AdminState, key: &str) -> ApiResult<Row<ApplicationDoc>> {
+pub(crate) async fn find_app(s: &AdminState, key: &str) -> ApiResult<Row<ApplicationDoc>> {
     let world = World::load(&s.store).await?;
     if let Ok(id) = key.parse::<i64>()
         && let Some(r) = world.applications.iter().find(|a| a.id == id)

@@ -51,10 +51,12 @@ impl World {
         }
     }
 
-    /// Validates the drafts as they would be after a change; `prefix` names the changed
-    /// resource so the error can point into it.
+    /// Validates the drafts as they would be after a change — with
+    /// [`tollgate_gateway::check`], as `tollgate check` does, so a save is refused for
+    /// exactly what the command refuses (files read, nothing fetched); `prefix` names the
+    /// changed resource so the error can point into it.
     pub fn check(&self, prefix: &str) -> ApiResult<()> {
-        tollgate_model::validate_draft(&self.config()).map_err(|e| ApiError::from_config(e, prefix))
+        tollgate_gateway::check(&self.config(), true).map_err(|e| ApiError::from_config(e, prefix))
     }
 
     pub fn product_index(&self, id: i64) -> usize {

@@ -3,8 +3,9 @@
 //! One request (or one metered WebSocket message) is one `EVALSHA` of [`AUTHORIZE`]: the
 //! script reads every window the request touches, and only if all of them have room
 //! applies every increment — Redis runs a script alone, so N nodes admit exactly what
-//! one would. Requests from all tasks of a node share one multiplexed connection: the
-//! client pipelines them, so throughput does not wait on round trips.
+//! one would. Each worker thread of a node sends its requests over a multiplexed
+//! connection of its own (the rest share one): the client pipelines them, so throughput
+//! does not wait on round trips.
 //!
 //! Keys (`NAMESPACE:{APP}:w:METRIC:PERIOD:START`, namespace `tollgate` unless told
 //! otherwise, so several installations can share one Redis) carry the application in a hash tag,

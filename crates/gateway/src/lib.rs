@@ -41,6 +41,6 @@ pub use metrics::{Health, Metrics};
 pub use proxy::{Gateway, Shared};
 pub use server::{ListenerOptions, Workers, serve};
 pub use snapshot::{
-    BackendSource, Environment, ProductSource, Snapshot, SnapshotHandle, Snapshots, Upstreams, compile,
+    BackendSource, Environment, ProductSource, Snapshot, SnapshotHandle, Snapshots, Upstreams, check, compile,
     compile_environment,
 };

@@ -35,8 +35,6 @@ pub struct EnvMetrics {
     /// By HTTP version (1.1, 2), then result.
     websocket_upgrades: [[AtomicU64; 5]; 2],
     websocket_open: AtomicU64,
-    /// Messages and bytes by direction, added as they are relayed.
-    pub(crate) websocket_tally: Arc<Tally>,
     /// (initiator, code bucket) → closes.
     websocket_closes: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
     /// Counts per bucket of `DURATION_BUCKETS`, then the overflow; and the sum in ms.
@@ -94,6 +92,11 @@ pub struct ProductMetrics {
     pub latency: Histogram,
     /// From sending to the backend to its response head.
     pub upstream: Histogram,
+    /// WebSocket connections open now.
+    websocket_open: AtomicU64,
+    /// WebSocket messages and bytes by direction, added as they are relayed (the
+    /// environment's totals are the sum over its products).
+    pub(crate) websocket_tally: Arc<Tally>,
 }
 
 impl Default for ProductMetrics {
@@ -102,11 +105,42 @@ impl Default for ProductMetrics {
             statuses: Box::new(std::array::from_fn(|_| AtomicU64::new(0))),
             latency: Histogram::default(),
             upstream: Histogram::default(),
+            websocket_open: AtomicU64::new(0),
+            websocket_tally: Arc::default(),
         }
     }
 }
 
+/// What a product has seen in one environment since the process started: the
+/// dashboard's per-minute traffic is the difference between two of these.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ProductTotals {
+    /// Responses by status class: 1xx, 2xx, 3xx, 4xx, 5xx.
+    pub responses: [u64; 5],
+    /// WebSocket messages from clients, from backends.
+    pub messages: [u64; 2],
+    /// WebSocket connections open now.
+    pub websocket_open: u64,
+}
+
 impl ProductMetrics {
+    pub fn totals(&self) -> ProductTotals {
+        let mut responses = [0; 5];
+        for (i, v) in self.statuses.iter().enumerate() {
+            responses[(i / 100).min(4)] += v.load(Relaxed);
+        }
+        let t = self.websocket_tally.get();
+        ProductTotals { responses, messages: [t[0], t[1]], websocket_open: self.websocket_open.load(Relaxed) }
+    }
+
+    pub(crate) fn websocket_opened(&self) {
+        self.websocket_open.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn websocket_closed(&self) {
+        self.websocket_open.fetch_sub(1, Relaxed);
+    }
+
     pub fn response(&self, status: u16, took: std::time::Duration) {
         if let Some(slot) = status.checked_sub(100).and_then(|i| self.statuses.get(usize::from(i))) {
             slot.fetch_add(1, Relaxed);
@@ -122,6 +156,19 @@ fn head(out: &mut String, name: &str, kind: &str, help: &str) {
 }
 
 impl Metrics {
+    /// Every product's totals, by environment and product `system_name`.
+    pub fn product_totals(&self) -> Vec<(Environment, String, ProductTotals)> {
+        let products = self.products.read().unwrap_or_else(|e| e.into_inner());
+        products
+            .iter()
+            .map(|((env, product), m)| {
+                let env =
+                    if *env == Environment::Staging.as_str() { Environment::Staging } else { Environment::Production };
+                (env, product.to_string(), m.totals())
+            })
+            .collect()
+    }
+
     /// A product's metrics in an environment (made on first use).
     pub fn product(&self, env: Environment, product: &str) -> Arc<ProductMetrics> {
         let key = (env.as_str(), Box::<str>::from(product));
@@ -144,6 +191,20 @@ impl Metrics {
                         i + 100
                     );
                 }
+            }
+        }
+        head(out, "tollgate_product_websocket_open", "gauge", "WebSocket connections open now, by product.");
+        for ((env, product), m) in products.iter() {
+            let open = m.websocket_open.load(Relaxed);
+            let _ =
+                writeln!(out, "tollgate_product_websocket_open{{environment=\"{env}\",product=\"{product}\"}} {open}");
+        }
+        let name = "tollgate_product_websocket_messages_total";
+        head(out, name, "counter", "WebSocket messages relayed, by product and direction.");
+        for ((env, product), m) in products.iter() {
+            for (dir, v) in DIRECTIONS.iter().zip(&m.websocket_tally.messages) {
+                let v = v.load(Relaxed);
+                let _ = writeln!(out, "{name}{{environment=\"{env}\",product=\"{product}\",direction=\"{dir}\"}} {v}");
             }
         }
         for (name, help, upstream) in [
@@ -221,16 +282,17 @@ impl Metrics {
             ("tollgate_websocket_bytes_total", "WebSocket bytes relayed (frames as on the wire), by direction.", 1),
         ] {
             head(out, name, "counter", help);
+            let products = self.products.read().unwrap_or_else(|e| e.into_inner());
             for env in ENVS {
-                let tally = &self.env(env).websocket_tally;
-                let values = if pick == 0 { &tally.messages } else { &tally.bytes };
-                for (dir, v) in DIRECTIONS.iter().zip(values) {
-                    let _ = writeln!(
-                        out,
-                        "{name}{{environment=\"{}\",direction=\"{dir}\"}} {}",
-                        env.as_str(),
-                        v.load(Relaxed)
-                    );
+                let mut sums = [0u64; 2];
+                for ((_, _), m) in products.iter().filter(|((e, _), _)| *e == env.as_str()) {
+                    let values = if pick == 0 { &m.websocket_tally.messages } else { &m.websocket_tally.bytes };
+                    for (sum, v) in sums.iter_mut().zip(values) {
+                        *sum += v.load(Relaxed);
+                    }
+                }
+                for (dir, v) in DIRECTIONS.iter().zip(sums) {
+                    let _ = writeln!(out, "{name}{{environment=\"{}\",direction=\"{dir}\"}} {v}", env.as_str());
                 }
             }
         }

@@ -582,10 +582,11 @@ impl Gateway {
         let gate: Option<relay::Gate> = session.clone().map(|s| s as relay::Gate);
         let ws = &ctx.product.websocket_config;
         let metrics = self.metrics.clone();
+        let product_metrics = self.product_metrics(ctx.product).clone();
         let env = self.environment;
         let tally = Arc::new(relay::Tally::default());
         let options = RelayOptions {
-            tallies: vec![metrics.env(env).websocket_tally.clone(), tally.clone()],
+            tallies: vec![product_metrics.websocket_tally.clone(), tally.clone()],
             deflate,
             max_message_bytes: ws.max_message_bytes,
             gate,
@@ -618,6 +619,7 @@ impl Gateway {
                 }
             };
             metrics.env(env).websocket_opened();
+            product_metrics.websocket_opened();
             let governed = session.clone();
             // Boxed: the relay polls it in place, and it is a few hundred bytes that
             // every open connection would otherwise carry twice.
@@ -640,6 +642,7 @@ impl Gateway {
             };
             tracing::debug!(?totals, "WebSocket closed");
             metrics.env(env).websocket_closed(&totals);
+            product_metrics.websocket_closed();
             drop((session, listener_slot, guards));
         });
         Ok(out)

@@ -393,6 +393,9 @@ pub const SERVER_MESSAGES: &str = "websocket:server_messages";
 pub const CLIENT_BYTES: &str = "websocket:client_bytes";
 pub const SERVER_BYTES: &str = "websocket:server_bytes";
 pub const SECONDS: &str = "websocket:seconds";
+/// Closes by close code: `websocket:closes:1000`, … (1006 for a connection that ended
+/// without a close frame, RFC 6455 §7.1.5).
+pub const CLOSES: &str = "websocket:closes:";
 
 impl Session {
     /// Runs `relay` (which adds to `tally`) and records the connection in analytics:
@@ -437,6 +440,8 @@ impl Session {
             }
         };
         flush(true);
+        let code = totals.close.map_or(1006, |(_, code)| code);
+        record(&[(&format!("{CLOSES}{code}"), 1)]);
         totals
     }
 }

@@ -231,8 +231,9 @@ impl Upstreams {
                 Some(u)
             }
             Err(e) => {
+                let at = if e.field.is_empty() { format!("{path}.tls") } else { format!("{path}.tls.{}", e.field) };
                 errors.push(
-                    ConfigError::new(format!("{path}.tls"), e).hint(
+                    ConfigError::new(at, e.message).hint(
                         "point `tls.ca_file` at a readable PEM certificate (or paste it as `tls.ca_pem`), or set `tls.verify: false` to opt out",
                     ),
                 );
@@ -241,6 +242,25 @@ impl Upstreams {
             }
         }
     }
+}
+
+/// The one validation of a configuration, shared by `tollgate check`, the admin API's
+/// saves and the console (which saves through the admin API), so that all three refuse
+/// the same things with the same message: the model's rules (names, references,
+/// patterns, credentials) and then everything compiling checks — CA files read and
+/// parsed, every policy built from its configuration — as the gateways would, but
+/// offline (nothing fetched, no file made; see [`Registry::offline`]). With `draft`, a
+/// product may still lack backend usages (the admin API's drafts).
+///
+/// # Errors
+/// Every problem found, each with its path (`products[0].policy_chain[1].configuration.…`)
+/// and a fix.
+pub fn check(config: &Config, draft: bool) -> Result<(), ConfigErrors> {
+    match draft {
+        true => tollgate_model::validate_draft(config)?,
+        false => tollgate_model::validate(config)?,
+    }
+    compile(config, &Registry::offline()).map(drop)
 }
 
 /// Compiles a validated declarative configuration into both environments' snapshots

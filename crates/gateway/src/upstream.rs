@@ -384,15 +384,23 @@ impl std::fmt::Debug for Upstream {
 
 impl Upstream {
     /// Builds the connector and pool for a backend; `name` says which in messages (its
-    /// `system_name`, or the URL a policy sends to). Errors are messages for the
-    /// configuration's `tls` field.
-    pub fn new(name: &str, base: BaseUrl, tls: &BackendTls, connect_timeout: Duration) -> Result<Upstream, String> {
+    /// `system_name`, or the URL a policy sends to).
+    ///
+    /// # Errors
+    /// The configuration's `tls` options that cannot be used ([`TlsConfigError`]).
+    pub fn new(
+        name: &str,
+        base: BaseUrl,
+        tls: &BackendTls,
+        connect_timeout: Duration,
+    ) -> Result<Upstream, TlsConfigError> {
         let host_for_uri = if base.host.contains(':') { format!("[{}]", base.host) } else { base.host.clone() };
         let address = format!("{host_for_uri}:{}", base.port);
         let tls_connector = if base.is_tls() {
             let config = client_tls_config(tls)?;
             let name = tls.server_name.clone().unwrap_or_else(|| base.host.clone());
-            let name = ServerName::try_from(name).map_err(|e| format!("`server_name`: {e}"))?;
+            let name =
+                ServerName::try_from(name).map_err(|e| tls_error("server_name")(format!("not a host name: {e}")))?;
             Some((TlsConnector::from(Arc::new(config)), name))
         } else {
             None
@@ -405,10 +413,12 @@ impl Upstream {
             connect_timeout,
         }));
         let pool = Pool::new(connector.clone());
-        let authority = address.parse().map_err(|e| format!("`{address}` is not a valid authority: {e}"))?;
+        let authority =
+            address.parse().map_err(|e| tls_error("")(format!("`{address}` is not a valid authority: {e}")))?;
         let default_port = if base.is_tls() { 443 } else { 80 };
         let host = if base.port == default_port { host_for_uri } else { address };
-        let host = http::HeaderValue::try_from(host).map_err(|e| format!("the host is not a valid header: {e}"))?;
+        let host = http::HeaderValue::try_from(host)
+            .map_err(|e| tls_error("")(format!("the host is not a valid header: {e}")))?;
         Ok(Upstream { base, authority, host, connector, pool })
     }
 
@@ -484,46 +494,84 @@ pub fn pem_certs(pem: &str) -> Result<Vec<CertificateDer<'static>>, String> {
     Ok(certs)
 }
 
-/// Reads every certificate of a PEM file.
+/// Reads every certificate of a PEM file; the error says in words why not (no such
+/// file, not allowed to read it, not PEM, no certificate in it).
 pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let certs: Vec<_> = CertificateDer::pem_file_iter(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?
+    let bytes = std::fs::read(path).map_err(|e| {
+        let why = match e.kind() {
+            io::ErrorKind::NotFound => "no such file".to_string(),
+            io::ErrorKind::PermissionDenied => "permission denied".to_string(),
+            io::ErrorKind::IsADirectory => "it is a directory".to_string(),
+            _ => e.to_string(),
+        };
+        format!("cannot read {}: {why}", path.display())
+    })?;
+    let certs: Vec<_> = CertificateDer::pem_slice_iter(&bytes)
         .collect::<Result<_, _>>()
         .map_err(|e| format!("{} is not a PEM certificate file: {e}", path.display()))?;
     if certs.is_empty() {
-        return Err(format!("{} holds no certificate", path.display()));
+        return Err(format!("{} holds no certificate (expected -----BEGIN CERTIFICATE-----)", path.display()));
     }
     Ok(certs)
+}
+
+/// A backend's `tls` options that cannot be used: which key (`ca_file`, `ca_pem`,
+/// `server_name`, or none for the whole) and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsConfigError {
+    pub field: &'static str,
+    pub message: String,
+}
+
+impl std::fmt::Display for TlsConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl From<TlsConfigError> for String {
+    fn from(e: TlsConfigError) -> String {
+        e.message
+    }
+}
+
+fn tls_error(field: &'static str) -> impl Fn(String) -> TlsConfigError {
+    move |message| TlsConfigError { field, message }
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-pub fn client_tls_config(tls: &BackendTls) -> Result<ClientConfig, String> {
+/// The TLS client configuration for a backend's `tls` options.
+///
+/// # Errors
+/// A [`TlsConfigError`] naming the key at fault: a CA file that cannot be read or holds
+/// no PEM certificate, PEM text that holds none.
+pub fn client_tls_config(tls: &BackendTls) -> Result<ClientConfig, TlsConfigError> {
     let builder = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| tls_error("")(e.to_string()))?;
     let trust = if !tls.verify {
         Trust::Nothing
     } else if tls.ca_file.is_some() || tls.ca_pem.is_some() {
-        let (pinned, source) = match (&tls.ca_file, &tls.ca_pem) {
-            (Some(ca), _) => (load_certs(ca)?, ca.display().to_string()),
-            (None, Some(pem)) => (pem_certs(pem)?, "ca_pem".to_string()),
+        let (pinned, field) = match (&tls.ca_file, &tls.ca_pem) {
+            (Some(ca), _) => (load_certs(ca).map_err(tls_error("ca_file"))?, "ca_file"),
+            (None, Some(pem)) => (pem_certs(pem).map_err(tls_error("ca_pem"))?, "ca_pem"),
             (None, None) => unreachable!("one of them is set"),
         };
         let mut roots = RootCertStore::empty();
         for cert in &pinned {
-            roots.add(cert.clone()).map_err(|e| format!("{source}: {e}"))?;
+            roots.add(cert.clone()).map_err(|e| tls_error(field)(format!("not a usable certificate: {e}")))?;
         }
         let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
             .build()
-            .map_err(|e| format!("{source}: {e}"))?;
+            .map_err(|e| tls_error(field)(e.to_string()))?;
         Trust::CaFile { webpki, pinned }
     } else {
         let webpki = WebPkiServerVerifier::builder_with_provider(native_roots(), provider())
             .build()
-            .map_err(|e| format!("the system's root certificates: {e}"))?;
+            .map_err(|e| tls_error("")(format!("the system's root certificates: {e}")))?;
         Trust::System { webpki }
     };
     let verifier = BackendVerifier { trust, provider: provider() };

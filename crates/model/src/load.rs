@@ -10,8 +10,9 @@ use serde_norway::Value;
 use std::path::Path;
 
 /// Reads, parses and validates a configuration file. Relative file paths inside it
-/// (`tls.ca_file`) are taken relative to the file's own directory, so a configuration
-/// works whatever directory Tollgate is started from.
+/// (`tls.ca_file`, a `jwt` policy's `jwks_file`, a `logging` policy's `file`) are taken
+/// relative to the file's own directory, so a configuration works whatever directory
+/// Tollgate is started from.
 pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         ConfigError::new("", format!("cannot read {}: {e}", path.display()))
@@ -22,6 +23,21 @@ pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
     for b in &mut config.backends {
         if let Some(ca) = b.tls.ca_file.as_mut().filter(|ca| ca.is_relative()) {
             *ca = base.join(&*ca);
+        }
+    }
+    // The files policies read or write, likewise: `jwt`'s JWK Set, `logging`'s log.
+    for p in &mut config.products {
+        for entry in &mut p.policy_chain {
+            let key = match entry.name.as_str() {
+                "jwt" => "jwks_file",
+                "logging" => "file",
+                _ => continue,
+            };
+            if let Some(v) = entry.configuration.get_mut(key)
+                && let Some(file) = v.as_str().map(Path::new).filter(|f| f.is_relative())
+            {
+                *v = serde_json::Value::String(base.join(file).display().to_string());
+            }
         }
     }
     Ok(config)
@@ -212,6 +228,24 @@ mod tests {
             assert!(e[0].contains("fix the syntax there"), "{e:?}");
             assert!(!e[0].contains("tollgate check"), "never advises running check from check: {e:?}");
         }
+    }
+
+    #[test]
+    fn relative_files_are_relative_to_the_configuration_file() {
+        let dir = std::env::temp_dir().join(format!("tollgate-load-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let file = dir.join("t.yaml");
+        std::fs::write(
+            &file,
+            "backends:\n  - { system_name: b, private_base_url: 'https://x', tls: { ca_file: ca.pem } }\nproducts:\n  - system_name: p\n    staging_public_base_url: http://s\n    production_public_base_url: http://p\n    backend_usages: [ { backend: b, path: / } ]\n    policy_chain:\n      - { name: jwt, configuration: { jwks_file: keys.json } }\n      - { name: logging, configuration: { file: /var/log/abs.log } }\n",
+        )
+        .expect("write");
+        let c = load_file(&file).expect("loads");
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(c.backends[0].tls.ca_file.as_deref(), Some(dir.join("ca.pem").as_path()));
+        let chain = &c.products[0].policy_chain;
+        assert_eq!(chain[0].configuration["jwks_file"], dir.join("keys.json").display().to_string());
+        assert_eq!(chain[1].configuration["file"], "/var/log/abs.log", "absolute paths stay");
     }
 
     #[test]

@@ -13,11 +13,13 @@ mod changes;
 mod configs;
 mod docs;
 mod migrate;
+mod traffic;
 mod usage;
 
 pub use changes::{CHANNEL, Changes};
 pub use configs::{ConfigVersion, Environment};
 pub use docs::{AccountDoc, ApplicationDoc, Item, PlanDoc, ProductDoc};
+pub use traffic::{NodeReport, TrafficRow};
 pub use usage::{Granularity, UsageQuery, UsageRow};
 
 use serde::Serialize;

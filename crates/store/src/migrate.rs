@@ -24,6 +24,12 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../migrations/sqlite/0002_config_revision.sql"),
         postgres: include_str!("../migrations/postgres/0002_config_revision.sql"),
     },
+    Migration {
+        version: 3,
+        description: "traffic by status class and environment, gateway node reports",
+        sqlite: include_str!("../migrations/sqlite/0003_traffic.sql"),
+        postgres: include_str!("../migrations/postgres/0003_traffic.sql"),
+    },
 ];
 
 pub(crate) async fn run(pool: &AnyPool, dialect: Dialect) -> Result<()> {

@@ -1,17 +1,21 @@
-//! `tollgate check -f FILE`: validate and compile a configuration without serving it.
+//! `tollgate check -f FILE`: validate a configuration without serving it — the same
+//! validation the admin API and the console apply when they save
+//! ([`tollgate_gateway::check`]): files are read, nothing is fetched.
 
 use crate::cli::CheckArgs;
 use std::process::ExitCode;
-use tollgate_gateway::policy::Registry;
 
 pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
-    match crate::serve::load(&args.file, &Registry::default()) {
-        Ok(s) => {
+    let checked = tollgate_model::load_file(&args.file).and_then(|c| tollgate_gateway::check(&c, false).map(|()| c));
+    match checked {
+        Ok(c) => {
+            let applications: usize = c.accounts.iter().map(|a| a.applications.len()).sum();
             println!(
-                "{}: OK ({} staging host(s), {} production host(s))",
+                "{}: OK ({} backend(s), {} product(s), {} application(s))",
                 args.file.display(),
-                s.staging.product_count(),
-                s.production.product_count()
+                c.backends.len(),
+                c.products.len(),
+                applications
             );
             Ok(ExitCode::SUCCESS)
         }

@@ -17,6 +17,7 @@ use tokio::task::JoinSet;
 use tollgate_admin::AdminState;
 use tollgate_counters::{Counters, FailureMode, SystemClock};
 use tollgate_gateway::analytics::Analytics;
+use tollgate_gateway::metrics::ProductTotals;
 use tollgate_gateway::policy::Registry;
 use tollgate_gateway::server::tls_acceptor;
 use tollgate_gateway::session::Connections;
@@ -24,7 +25,7 @@ use tollgate_gateway::{
     Environment, Gateway, Health, ListenerOptions, Metrics, Shared, SnapshotHandle, Snapshots, Workers, compile,
 };
 use tollgate_model::{Config, ConfigErrors};
-use tollgate_store::{Store, UsageRow};
+use tollgate_store::{Store, TrafficRow, UsageRow};
 
 /// Reads, validates and compiles a configuration file.
 pub fn load(path: &Path, registry: &Registry) -> Result<Snapshots, ConfigErrors> {
@@ -80,6 +81,8 @@ pub struct Server {
     /// have applied.
     admin_state: Option<(Arc<AdminState>, watch::Receiver<u64>)>,
     analytics: Option<Arc<Analytics>>,
+    /// This node's traffic and open WebSockets, for the console's dashboard (store mode).
+    reporter: Arc<TrafficReporter>,
     /// Taken by every write of analytics: a flush on demand waits for one in flight,
     /// so when it returns everything recorded before it is in the store.
     flushing: Arc<tokio::sync::Mutex<()>>,
@@ -156,8 +159,9 @@ impl Server {
         .await
         .map_err(|e| anyhow::anyhow!("--counters: {e}"))?;
         let counters = Arc::new(counters);
+        let node = node_name();
         let connections =
-            Arc::new(Connections::shared(counters.clone(), node_name(), Duration::from_secs(flags.connection_lease)));
+            Arc::new(Connections::shared(counters.clone(), node.clone(), Duration::from_secs(flags.connection_lease)));
         let shared = Shared {
             counters: counters.clone(),
             clock: Arc::new(SystemClock),
@@ -196,6 +200,15 @@ impl Server {
             admin_token: None,
             admin_state: None,
             analytics: None,
+            reporter: Arc::new(TrafficReporter {
+                metrics: metrics.clone(),
+                node: node.clone(),
+                environments: [Environment::Staging, Environment::Production]
+                    .into_iter()
+                    .filter(|e| serves(*e))
+                    .collect(),
+                last: std::sync::Mutex::default(),
+            }),
             flushing: Arc::default(),
             source,
             registry: registry.clone(),
@@ -237,6 +250,7 @@ impl Server {
                     tasks.spawn(flush_analytics(
                         store.clone(),
                         analytics.clone(),
+                        server.reporter.clone(),
                         server.flushing.clone(),
                         retention,
                         server.stop.subscribe(),
@@ -260,12 +274,25 @@ impl Server {
                     tasks.spawn(flush_analytics(
                         store.clone(),
                         analytics.clone(),
+                        server.reporter.clone(),
                         server.flushing.clone(),
                         retention,
                         server.stop.subscribe(),
                     ));
                 }
-                let state = AdminState::new(store.clone(), registry.clone(), Some(metrics));
+                let mut gateways = Vec::new();
+                for (environment, addr, tls) in [
+                    (Environment::Staging, server.staging, staging_tls),
+                    (Environment::Production, server.production, production_tls),
+                ] {
+                    gateways.push(tollgate_admin::GatewayListener { environment, addr, tls });
+                }
+                let state = Arc::new(AdminState {
+                    metrics: Some(metrics),
+                    counters: Some(counters.clone()),
+                    gateways,
+                    ..AdminState::new(store.clone(), registry.clone())
+                });
                 let (applied_tx, applied_rx) = watch::channel(0);
                 let follower = Follower { store, registry: registry.clone(), handles: server.handles.clone(), health };
                 let local = state.changes.subscribe();
@@ -308,7 +335,7 @@ impl Server {
     pub async fn flush_analytics(&self) -> anyhow::Result<()> {
         if let (Some(analytics), Some((state, _))) = (&self.analytics, &self.admin_state) {
             let _turn = self.flushing.lock().await;
-            persist(&state.store, analytics).await?;
+            persist(&state.store, analytics, &self.reporter).await?;
         }
         Ok(())
     }
@@ -328,7 +355,58 @@ impl Server {
     }
 }
 
-async fn persist(store: &Store, analytics: &Analytics) -> Result<(), tollgate_store::StoreError> {
+/// What a node tells the store for the console's dashboard: its traffic per product,
+/// environment and minute (the difference of its metrics since the last report) and
+/// the WebSockets it has open now, with a row per environment it serves so that an
+/// idle node is still seen as alive.
+struct TrafficReporter {
+    metrics: Arc<Metrics>,
+    node: String,
+    environments: Vec<Environment>,
+    /// Each product's totals at the last report.
+    last: std::sync::Mutex<std::collections::HashMap<(Environment, String), ProductTotals>>,
+}
+
+impl TrafficReporter {
+    async fn report(&self, store: &Store) -> Result<(), tollgate_store::StoreError> {
+        let now_ms = tollgate_store::now_millis();
+        let minute = now_ms / 1000 - (now_ms / 1000).rem_euclid(60);
+        let mut rows = Vec::new();
+        let mut open = Vec::new();
+        {
+            let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+            for (env, product, now) in self.metrics.product_totals() {
+                let before = last.insert((env, product.clone()), now).unwrap_or_default();
+                let d = |a: u64, b: u64| a.saturating_sub(b) as i64;
+                let responses = std::array::from_fn(|i| d(now.responses[i], before.responses[i]));
+                let (from_clients, from_backends) =
+                    (d(now.messages[0], before.messages[0]), d(now.messages[1], before.messages[1]));
+                if responses.iter().any(|n| *n > 0) || from_clients > 0 || from_backends > 0 {
+                    rows.push(TrafficRow {
+                        product: product.clone(),
+                        environment: env.as_str().to_string(),
+                        minute,
+                        responses,
+                        messages_from_clients: from_clients,
+                        messages_from_backends: from_backends,
+                    });
+                }
+                open.push((env, product, now.websocket_open as i64));
+            }
+        }
+        let mut reports: Vec<(&str, &str, i64)> = self.environments.iter().map(|e| (e.as_str(), "", 0)).collect();
+        reports.extend(open.iter().map(|(env, product, n)| (env.as_str(), product.as_str(), *n)));
+        store.add_traffic(&rows).await?;
+        store.report_node(&self.node, &reports, now_ms).await
+    }
+}
+
+async fn persist(
+    store: &Store,
+    analytics: &Analytics,
+    reporter: &TrafficReporter,
+) -> Result<(), tollgate_store::StoreError> {
+    reporter.report(store).await?;
     let rows: Vec<UsageRow> = analytics
         .drain()
         .into_iter()
@@ -348,6 +426,7 @@ async fn persist(store: &Store, analytics: &Analytics) -> Result<(), tollgate_st
 async fn flush_analytics(
     store: Store,
     analytics: Arc<Analytics>,
+    reporter: Arc<TrafficReporter>,
     flushing: Arc<tokio::sync::Mutex<()>>,
     retention: (u64, u64),
     mut stop: watch::Receiver<bool>,
@@ -362,12 +441,15 @@ async fn flush_analytics(
                 if let Err(e) = store.roll_up(now, retention.0 as i64, retention.1 as i64).await {
                     tracing::warn!(error = %e, "analytics roll-up failed; will retry");
                 }
+                if let Err(e) = store.forget_traffic(now - retention.0 as i64).await {
+                    tracing::warn!(error = %e, "cannot remove old traffic minutes; will retry");
+                }
                 false
             }
             () = async { let _ = stop.wait_for(|s| *s).await; } => true,
         };
         let turn = flushing.lock().await;
-        let written = persist(&store, &analytics).await;
+        let written = persist(&store, &analytics, &reporter).await;
         drop(turn);
         if let Err(e) = written {
             tracing::warn!(error = %e, "cannot write analytics to the store");

@@ -25,7 +25,7 @@ fn check_accepts_the_example() {
     let copy = write(&dir, "tollgate.yaml", &std::fs::read_to_string(example).expect("read example"));
     let out = tollgate(&["check", "-f", &copy]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("OK (1 staging host(s), 1 production host(s))"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("OK (1 backend(s), 1 product(s), 1 application(s))"));
 }
 
 #[test]
@@ -117,9 +117,9 @@ products:
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     for expected in [
-        "backends[0].tls: cannot read",
+        "backends[0].tls.ca_file: cannot read",
         "missing.pem",
-        "backends[1].tls: ca_pem holds no certificate",
+        "backends[1].tls.ca_pem: ca_pem holds no certificate",
         "products[0].policy_chain[0].name: no policy named `websockets` (did you mean `websocket`?)",
         "products[0].policy_chain[1].configuration.request[0].header: `bad header` is not a valid header name",
         "products[0].policy_chain[2].configuration.allow_origns: unknown key (did you mean `allow_origins`?)",

@@ -371,7 +371,7 @@ async fn configuration_errors_name_the_field() {
         (json!({ "jwks_file": "x", "algorithms": ["HS256"] }), "configuration.jwks_file: cannot read"),
         (
             json!({ "secret": SECRET, "claim_checks": [ { "path": "(", "condition": { "operations": [ { "left": "a", "op": "==", "right": "b" } ] } } ] }),
-            "configuration.claim_checks[0].path: not a regular expression",
+            "configuration.claim_checks[0].path: `(` is not a regular expression: unclosed group",
         ),
     ] {
         let err = match registry.build("policy_chain[0]", "jwt", &configuration) {

@@ -739,7 +739,7 @@ async fn every_policy_reports_configuration_errors_with_their_path() {
         (
             "url_rewriting",
             r#"{"commands":[{"op":"sub","regex":"(","replace":"x"}]}"#,
-            "configuration.commands[0].regex: not a regular expression",
+            "configuration.commands[0].regex: `(` is not a regular expression: unclosed group",
         ),
         (
             "url_rewriting",
@@ -766,7 +766,7 @@ async fn every_policy_reports_configuration_errors_with_their_path() {
         (
             "cors",
             r#"{"allow_origin_patterns":["("]}"#,
-            "configuration.allow_origin_patterns[0]: not a regular expression",
+            "configuration.allow_origin_patterns[0]: `(` is not a regular expression: unclosed group",
         ),
         (
             "headers",

@@ -339,6 +339,21 @@ async fn three_nodes_share_limits_configuration_revocation_and_analytics() {
         killed.elapsed()
     );
 
+    // The console's dashboard adds up what every node writes to the store: all of the
+    // traffic above, and how many processes reported (the control plane's own gateways,
+    // three nodes, and the killed one while its last report is fresh).
+    let dashboard_seen = eventually("every node's traffic on the dashboard", Duration::from_secs(30), || async {
+        let (status, d) = api(&control, "GET", "/analytics/dashboard?product=api", None).await;
+        let production = &d["environments"]["production"];
+        status == StatusCode::OK
+            && production["responses"]["2xx"].as_i64().unwrap_or(0) >= 100
+            && production["responses"]["4xx"].as_i64().unwrap_or(0) >= 900
+            && production["open_websockets"].as_i64().unwrap_or(0) >= 1
+            && d["nodes"]["reporting"].as_i64().unwrap_or(0) >= 4
+    })
+    .await;
+    println!("the dashboard shows every node's traffic {dashboard_seen:?} after the last request");
+
     // Graceful stops flush analytics; every admitted unit is counted once.
     for n in nodes {
         n.stop().await;

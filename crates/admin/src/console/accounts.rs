@@ -1,7 +1,7 @@
-//! Accounts and their applications: create, show keys, regenerate a key, suspend and
-//! resume, change plan.
+//! Accounts and their applications: create, show keys and where the application stands
+//! against its limits, regenerate a key, suspend and resume, change plan.
 
-use super::html::{self, Field, Page, esc, table, url_encode};
+use super::html::{self, Field, Markup, Page, code, html, table, url_encode};
 use super::{Console, Ctx, Form, err_pair, list, s};
 use axum::Router;
 use axum::extract::Path;
@@ -19,9 +19,8 @@ pub fn routes() -> Router<Console> {
         .route("/applications/{app}/{action}", post(app_action))
 }
 
-fn page(ctx: &Ctx, title: String, section: &'static str, error: Option<&str>, content: String) -> Response {
-    let status = if error.is_some() { StatusCode::UNPROCESSABLE_ENTITY } else { StatusCode::OK };
-    (status, Page::new(title, section, &ctx.session.csrf).error(error).raw(content).render()).into_response()
+fn page(ctx: &Ctx, title: String, section: &'static str, error: Option<&str>, content: Markup) -> Response {
+    Page::new(title, section, &ctx.session.csrf).error(error).push(content).into_response()
 }
 
 async fn accounts(ctx: Ctx) -> Response {
@@ -29,13 +28,13 @@ async fn accounts(ctx: Ctx) -> Response {
 }
 
 async fn accounts_page(ctx: &Ctx, form: Option<&Form>, error: Option<(String, Option<String>)>) -> Response {
-    let rows: Vec<Vec<String>> = list(&ctx.get("/accounts").await)
+    let rows = list(&ctx.get("/accounts").await)
         .iter()
         .map(|a| {
             let name = s(a, "name");
             vec![
                 html::link(&format!("/accounts/{}", url_encode(name)), name),
-                a["applications"].as_array().map_or(0, Vec::len).to_string(),
+                html! { (a["applications"].as_array().map_or(0, Vec::len)) },
             ]
         })
         .collect();
@@ -44,9 +43,11 @@ async fn accounts_page(ctx: &Ctx, form: Option<&Form>, error: Option<(String, Op
         .required()
         .hint("The developer or organization that consumes your APIs.")
         .html(err_pair(&error));
-    let content = table("Accounts", &["Account", "Applications"], &rows)
-        + "<h2>Create an account</h2>"
-        + &html::form("/accounts", &ctx.session.csrf, &fields, "Create account");
+    let content = html! {
+        (table("Accounts", &["Account", "Applications"], rows))
+        h2 { "Create an account" }
+        (html::form("/accounts", &ctx.session.csrf, fields, "Create account"))
+    };
     page(ctx, "Accounts".into(), "Accounts", error.as_ref().map(|e| e.0.as_str()), content)
 }
 
@@ -72,14 +73,14 @@ async fn plan_options(ctx: &Ctx) -> Vec<(String, String)> {
     out
 }
 
-fn app_rows(apps: &[Value]) -> Vec<Vec<String>> {
+fn app_rows(apps: &[Value]) -> Vec<Vec<Markup>> {
     apps.iter()
         .map(|a| {
             vec![
                 html::link(&format!("/applications/{}", a["id"]), s(a, "name")),
-                format!("<code>{}</code>", esc(s(a, "product"))),
-                esc(s(a, "plan")),
-                esc(s(a, "state")),
+                code(s(a, "product")),
+                html! { (s(a, "plan")) },
+                html! { span class={ "state " (s(a, "state")) } { (s(a, "state")) } },
             ]
         })
         .collect()
@@ -92,23 +93,27 @@ async fn account(ctx: Ctx, Path(a): Path<String>) -> Response {
 async fn account_page(ctx: &Ctx, a: &str, form: Option<&Form>, error: Option<(String, Option<String>)>) -> Response {
     let acct = ctx.get(&format!("/accounts/{}", url_encode(a))).await;
     if !acct.ok() {
-        return page(ctx, "Not available".into(), "Accounts", Some(&acct.error().0), String::new());
+        return page(ctx, "Not available".into(), "Accounts", Some(&acct.error().0), html! {});
     }
     let apps = list(&ctx.get(&format!("/accounts/{}/applications", url_encode(a))).await);
     let plans = plan_options(ctx).await;
     let name = form.and_then(|f| f.get("name")).unwrap_or_default();
     let chosen = form.and_then(|f| f.get("plan")).unwrap_or_default();
-    let fields = Field::text("Name", "name", name).required().html(err_pair(&error))
-        + &html::select("Product and application plan", "plan", &plans, chosen);
-    let new_app = if plans.is_empty() {
-        r#"<p>Create a product with an application plan first (<a href="/products">Products</a>).</p>"#.to_string()
-    } else {
-        html::form(&format!("/accounts/{}", url_encode(a)), &ctx.session.csrf, &fields, "Create application")
+    let fields = html! {
+        (Field::text("Name", "name", name).required().html(err_pair(&error)))
+        (html::select("Product and application plan", "plan", &plans, chosen))
     };
-    let content = r#"<p class="crumbs"><a href="/accounts">Accounts</a></p>"#.to_string()
-        + &table("Applications", &["Application", "Product", "Plan", "State"], &app_rows(&apps))
-        + "<h2>Create an application</h2><p>Its credentials are generated as the product's authentication mode needs.</p>"
-        + &new_app;
+    let content = html! {
+        nav.crumbs aria-label="Breadcrumb" { a href="/accounts" { "Accounts" } }
+        (table("Applications", &["Application", "Product", "Plan", "State"], app_rows(&apps)))
+        h2 { "Create an application" }
+        p { "Its credentials are generated as the product's authentication mode needs." }
+        @if plans.is_empty() {
+            p { "Create a product with an application plan first (" a href="/products" { "Products" } ")." }
+        } @else {
+            (html::form(&format!("/accounts/{}", url_encode(a)), &ctx.session.csrf, fields, "Create application"))
+        }
+    };
     page(ctx, format!("Account {a}"), "Accounts", error.as_ref().map(|e| e.0.as_str()), content)
 }
 
@@ -124,8 +129,10 @@ async fn app_add(ctx: Ctx, Path(a): Path<String>, form: Form) -> Response {
 
 async fn applications(ctx: Ctx) -> Response {
     let apps = list(&ctx.get("/applications").await);
-    let content = table("Applications", &["Application", "Product", "Plan", "State"], &app_rows(&apps))
-        + r#"<p>Applications are created within an account (<a href="/accounts">Accounts</a>).</p>"#;
+    let content = html! {
+        (table("Applications", &["Application", "Product", "Plan", "State"], app_rows(&apps)))
+        p { "Applications are created within an account (" a href="/accounts" { "Accounts" } ")." }
+    };
     page(&ctx, "Applications".into(), "Applications", None, content)
 }
 
@@ -133,70 +140,83 @@ async fn application(ctx: Ctx, Path(app): Path<String>) -> Response {
     application_page(&ctx, &app, None).await
 }
 
+/// Where the application stands on each limit of its plan, now.
+fn usage_table(usage: &super::Answer) -> Markup {
+    if !usage.ok() {
+        return html! { p.empty { "Current usage is not available: " (usage.error().0) } };
+    }
+    let rows = list(usage)
+        .iter()
+        .map(|l| {
+            let (current, max) = (l["current"].as_u64().unwrap_or(0), l["value"].as_u64().unwrap_or(0));
+            let pct = current.saturating_mul(100).checked_div(max).map_or(100, |p| p.min(100));
+            vec![
+                code(s(l, "metric")),
+                html! { (s(l, "period")) },
+                html! {
+                    meter min="0" max=(max.max(1)) value=(current.min(max.max(1))) low=(max * 8 / 10) high=(max * 95 / 100)
+                        aria-label={ (s(l, "metric")) " per " (s(l, "period")) } {}
+                    " " (current) " of " (max) " (" (pct) " %)"
+                },
+                html! { @if let Some(at) = l["resets_at"].as_i64() { (html::time(&json!(at * 1000))) } @else { "never" } },
+            ]
+        })
+        .collect();
+    table("Usage against the plan's limits", &["Metric", "Period", "Used", "Resets"], rows)
+}
+
 async fn application_page(ctx: &Ctx, app: &str, error: Option<String>) -> Response {
     let answer = ctx.get(&format!("/applications/{}", url_encode(app))).await;
     if !answer.ok() {
-        return page(ctx, "Not available".into(), "Applications", Some(&answer.error().0), String::new());
+        return page(ctx, "Not available".into(), "Applications", Some(&answer.error().0), html! {});
     }
     let a = &answer.body;
     let here = format!("/applications/{}", a["id"]);
+    let usage = ctx.get(&format!("{here}/usage")).await;
     let csrf = &ctx.session.csrf;
-    let mut creds = String::from("<dl>");
-    if let Some(k) = a["user_key"].as_str() {
-        creds += &format!("<dt>user_key</dt><dd><code>{}</code></dd>", esc(k));
-    }
-    if let Some(id) = a["app_id"].as_str() {
-        creds += &format!("<dt>app_id</dt><dd><code>{}</code></dd>", esc(id));
-        for k in a["app_keys"].as_array().into_iter().flatten().filter_map(Value::as_str) {
-            creds += &format!("<dt>app_key</dt><dd><code>{}</code></dd>", esc(k));
-        }
-    }
-    creds += "</dl>";
     let regenerate = if a["app_id"].is_string() { "Add an app_key" } else { "Regenerate user_key" };
     let state = s(a, "state");
-    let toggle = if state == "suspended" {
-        html::button(&format!("{here}/resume"), csrf, "Resume", None)
-    } else {
-        html::button(
-            &format!("{here}/suspend"),
-            csrf,
-            "Suspend",
-            Some("Suspend this application? Its requests are refused and its WebSockets close."),
-        )
-    };
     let product = s(a, "product");
     let plans: Vec<(String, String)> =
         list(&ctx.get(&format!("/products/{}/application_plans", url_encode(product))).await)
             .iter()
             .map(|p| (s(p, "system_name").to_string(), s(p, "system_name").to_string()))
             .collect();
-    let change = html::form(
-        &format!("{here}/change_plan"),
-        csrf,
-        &html::select("Application plan", "plan", &plans, s(a, "plan")),
-        "Change plan",
-    );
-    let content = format!(
-        r#"<p class="crumbs"><a href="/applications">Applications</a></p><p>Product <a href="/products/{pu}">{p}</a> · plan <strong>{plan}</strong> · state <strong>{state}</strong></p><h2>Credentials</h2>{creds}"#,
-        pu = url_encode(product),
-        p = esc(product),
-        plan = esc(s(a, "plan")),
-        state = esc(state),
-    ) + &html::button(
-        &format!("{here}/keys"),
-        csrf,
-        regenerate,
-        Some("Replace the key? Clients using the old one are refused and their WebSockets close."),
-    ) + " "
-        + &toggle
-        + "<h2>Change plan</h2>"
-        + &change
-        + &format!(
-            r#"<p><a href="/products/{pu}/try?application={}">Try it</a> · <a href="/analytics?product={pu}&application={}">Analytics</a></p>"#,
-            a["id"],
-            url_encode(s(a, "name")),
-            pu = url_encode(product)
-        );
+    let content = html! {
+        nav.crumbs aria-label="Breadcrumb" { a href="/applications" { "Applications" } }
+        p {
+            "Product " a href={ "/products/" (url_encode(product)) } { (product) }
+            " · plan " strong { (s(a, "plan")) } " · state " strong class={ "state " (state) } { (state) }
+        }
+        h2 { "Credentials" }
+        dl {
+            @if let Some(k) = a["user_key"].as_str() { dt { "user_key" } dd { code { (k) } } }
+            @if let Some(id) = a["app_id"].as_str() {
+                dt { "app_id" } dd { code { (id) } }
+                @for k in a["app_keys"].as_array().into_iter().flatten().filter_map(Value::as_str) {
+                    dt { "app_key" } dd { code { (k) } }
+                }
+            }
+        }
+        (html::danger_button(&format!("{here}/keys"), csrf, regenerate,
+            "Replace the key? Clients using the old one are refused and their WebSockets close."))
+        " "
+        @if state == "suspended" {
+            (html::button(&format!("{here}/resume"), csrf, "Resume", None))
+        } @else {
+            (html::danger_button(&format!("{here}/suspend"), csrf, "Suspend",
+                "Suspend this application? Its requests are refused and its WebSockets close."))
+        }
+        h2 { "Usage now" }
+        (usage_table(&usage))
+        h2 { "Change plan" }
+        (html::form(&format!("{here}/change_plan"), csrf, html::select("Application plan", "plan", &plans, s(a, "plan")), "Change plan"))
+        p {
+            a href={ "/products/" (url_encode(product)) "/try?application=" (a["id"]) } { "Try it" }
+            " · "
+            a href={ "/analytics?product=" (url_encode(product)) "&application=" (url_encode(s(a, "name"))) } { "Analytics" }
+        }
+    };
     page(ctx, format!("Application {}", s(a, "name")), "Applications", error.as_deref(), content)
 }
 

@@ -5,16 +5,30 @@ document.addEventListener('submit', (e) => {
   if (form && !window.confirm(form.dataset.confirm)) e.preventDefault();
 });
 
+// A select that changes what the page shows (the dashboard's product) applies at once.
+document.addEventListener('change', (e) => {
+  if (e.target.matches && e.target.matches('select[data-autosubmit]')) e.target.form.submit();
+});
+
 // "Try it": a WebSocket client on the product's gateway, with the browser's own API.
+// A browser hides why an upgrade was refused (it only reports close code 1006), so
+// when the connection fails before it opens, the page asks the console, which sends
+// the same upgrade to the gateway and reports its status, error and the fix.
 function tryIt(root) {
   const $ = (id) => document.getElementById(id);
+  const meanings = JSON.parse(root.dataset.closeCodes || '{}');
+  const meaning = (code) => meanings[code]
+    || (code >= 4000 && code <= 4999 ? meanings['4000'] : code >= 3000 && code <= 3999 ? meanings['3000'] : 'not a standard code');
   let ws = null;
   let opened = 0;
-  const url = () => {
-    const base = root.dataset[$('try-env').value];
+  const parts = () => {
     let path = $('try-path').value || '/';
     if (!path.startsWith('/')) path = '/' + path;
-    return base + path + (path.includes('?') ? '&' : '?') + $('try-app').value;
+    return { env: $('try-env').value, path, query: $('try-app').value };
+  };
+  const url = () => {
+    const { env, path, query } = parts();
+    return root.dataset[env] + path + (query ? (path.includes('?') ? '&' : '?') + query : '');
   };
   const show = () => { $('try-url').textContent = url(); };
   const log = (kind, text) => {
@@ -30,17 +44,47 @@ function tryIt(root) {
     $('try-close').disabled = !yes;
     $('try-connect').disabled = yes;
   };
+  const why = async () => {
+    const { env, path, query } = parts();
+    const box = $('try-why');
+    box.hidden = false;
+    box.className = 'error';
+    box.textContent = 'The connection was refused; asking the gateway why…';
+    try {
+      const r = await fetch(root.dataset.probe + '?' + new URLSearchParams({ env, path, query }));
+      const v = await r.json();
+      box.textContent = '';
+      if (v.error) { box.textContent = v.error; return; }
+      const head = document.createElement('p');
+      const strong = document.createElement('strong');
+      strong.textContent = `The ${v.environment} gateway answered ${v.status}` + (v.code ? ` ${v.code}` : '');
+      head.appendChild(strong);
+      if (v.message) head.appendChild(document.createTextNode(': ' + v.message));
+      const fix = document.createElement('p');
+      fix.textContent = v.fix;
+      box.append(head, fix);
+      log('refused', `${v.status}${v.code ? ' ' + v.code : ''}: ${v.fix}`);
+    } catch (err) {
+      box.textContent = 'The console could not ask the gateway: ' + err;
+    }
+  };
   ['try-app', 'try-env', 'try-path'].forEach((id) => $(id).addEventListener('input', show));
   show();
   $('try-connect').addEventListener('click', () => {
     const started = performance.now();
+    let open = false;
     opened = 0;
+    $('try-why').hidden = true;
     log('info', 'connecting to ' + url());
     ws = new WebSocket(url());
-    ws.onopen = () => { opened = performance.now(); log('open', `connected in ${(opened - started).toFixed(0)} ms`); connected(true); };
+    ws.onopen = () => { open = true; opened = performance.now(); log('open', `connected in ${(opened - started).toFixed(0)} ms`); connected(true); };
     ws.onmessage = (e) => log('received', typeof e.data === 'string' ? e.data : '(binary)');
-    ws.onerror = () => log('error', 'the connection failed (refused upgrades show as a close with code 1006)');
-    ws.onclose = (e) => { log('closed', `code ${e.code}${e.reason ? ' ' + e.reason : ''}`); connected(false); ws = null; };
+    ws.onclose = (e) => {
+      log('closed', `code ${e.code} (${meaning(e.code)})${e.reason ? ': ' + e.reason : ''}`);
+      connected(false);
+      ws = null;
+      if (!open) why();
+    };
   });
   $('try-send').addEventListener('click', () => {
     if (!ws) return;
@@ -53,13 +97,14 @@ function tryIt(root) {
 
 // Mapping rule patterns are checked with the server's own rules as they are typed.
 function checkPatterns() {
-  document.querySelectorAll('input[data-validate-pattern]').forEach((input) => {
+  document.querySelectorAll('[data-validate-pattern] input').forEach((input) => {
     const note = document.createElement('span');
     note.className = 'field-error';
     note.id = input.id + '-live';
     note.setAttribute('aria-live', 'polite');
     input.after(note);
-    input.setAttribute('aria-describedby', note.id);
+    const described = (input.getAttribute('aria-describedby') || '').split(' ').filter(Boolean);
+    input.setAttribute('aria-describedby', described.concat(note.id).join(' '));
     let timer = null;
     input.addEventListener('input', () => {
       clearTimeout(timer);
@@ -74,6 +119,27 @@ function checkPatterns() {
   });
 }
 
+// The dashboard follows live traffic: its panel is fetched again every few seconds
+// while the page is visible (the server renders it; nothing is drawn here).
+function dashboard(root) {
+  const every = Number(root.dataset.refreshMs) || 5000;
+  const refresh = async () => {
+    if (document.visibilityState !== 'visible') return;
+    try {
+      const r = await fetch(root.dataset.src, { headers: { Accept: 'text/html' } });
+      if (r.ok) {
+        // Keep open "The numbers" tables open across refreshes.
+        const open = [...root.querySelectorAll('details[open] summary')].map((s) => s.textContent);
+        root.innerHTML = await r.text();
+        root.querySelectorAll('details summary').forEach((s) => { if (open.includes(s.textContent)) s.parentElement.open = true; });
+        root.dataset.updated = String(Date.now());
+      }
+    } catch (err) { /* the next round tries again */ }
+  };
+  setInterval(refresh, every);
+  document.addEventListener('visibilitychange', refresh);
+}
+
 // A file input fills the text area it names (certificate uploads stay text).
 document.addEventListener('change', (e) => {
   const input = e.target;
@@ -86,5 +152,7 @@ document.addEventListener('change', (e) => {
 document.addEventListener('DOMContentLoaded', () => {
   const root = document.getElementById('try');
   if (root) tryIt(root);
+  const board = document.getElementById('dashboard');
+  if (board) dashboard(board);
   checkPatterns();
 });

@@ -1,37 +1,27 @@
-//! HTML building blocks: escaping, the page layout with its navigation, forms that
-//! carry the CSRF token and show the API's error next to the field it names. Plain
-//! `format!` over escaped values: every value that reaches a page goes through `esc`.
+//! HTML building blocks: the page layout with its navigation, forms that carry the CSRF
+//! token and show the API's error next to the field it names, tables, buttons.
+//!
+//! Everything is written with maud's `html!`, which escapes every value it is given
+//! unless it is wrapped in `PreEscaped` — so a name, a URL or an error message can never
+//! become markup. The console never wraps anything in `PreEscaped`.
 
-use axum::response::Html;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+pub use maud::{Markup, html};
 use std::fmt::Write;
 
 pub const CSS: &str = include_str!("console.css");
 pub const JS: &str = include_str!("console.js");
 
 /// The sections of the navigation, in its order: (label, path).
-const NAV: [(&str, &str); 5] = [
+const NAV: [(&str, &str); 6] = [
+    ("Dashboard", "/"),
     ("Backends", "/backends"),
     ("Products", "/products"),
     ("Accounts", "/accounts"),
     ("Applications", "/applications"),
     ("Analytics", "/analytics"),
 ];
-
-/// Escapes text for HTML content and attribute values.
-pub fn esc(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
 
 /// Percent-encodes everything but unreserved characters (for paths and queries).
 pub fn url_encode(s: &str) -> String {
@@ -52,7 +42,8 @@ pub struct Page {
     section: Option<&'static str>,
     csrf: Option<String>,
     crumbs: Vec<(String, String)>,
-    body: String,
+    status: StatusCode,
+    body: Vec<Markup>,
 }
 
 impl Page {
@@ -63,13 +54,21 @@ impl Page {
             section: Some(section),
             csrf: Some(csrf.into()),
             crumbs: Vec::new(),
-            body: String::new(),
+            status: StatusCode::OK,
+            body: Vec::new(),
         }
     }
 
     /// A page without navigation (login, refusals).
     pub fn bare(title: impl Into<String>) -> Page {
-        Page { title: title.into(), section: None, csrf: None, crumbs: Vec::new(), body: String::new() }
+        Page {
+            title: title.into(),
+            section: None,
+            csrf: None,
+            crumbs: Vec::new(),
+            status: StatusCode::OK,
+            body: Vec::new(),
+        }
     }
 
     /// A breadcrumb above the title.
@@ -78,81 +77,118 @@ impl Page {
         self
     }
 
-    pub fn raw(mut self, html: impl AsRef<str>) -> Page {
-        self.body.push_str(html.as_ref());
+    /// The response's status (200 unless said).
+    pub fn status(mut self, status: StatusCode) -> Page {
+        self.status = status;
+        self
+    }
+
+    pub fn push(mut self, markup: Markup) -> Page {
+        self.body.push(markup);
         self
     }
 
     pub fn para(self, text: &str) -> Page {
-        let p = format!("<p>{}</p>", esc(text));
-        self.raw(p)
+        self.push(html! { p { (text) } })
     }
 
-    /// An error banner (announced to screen readers), if there is an error.
-    pub fn error(self, message: Option<&str>) -> Page {
+    /// An error banner (announced to screen readers), if there is an error; a page
+    /// with an error answers 422 unless another status was set.
+    pub fn error(mut self, message: Option<&str>) -> Page {
+        let Some(m) = message else { return self };
+        if self.status == StatusCode::OK {
+            self.status = StatusCode::UNPROCESSABLE_ENTITY;
+        }
+        self.push(html! { p.error role="alert" { (m) } })
+    }
+
+    /// A confirmation banner, if there is one.
+    pub fn notice(self, message: Option<&str>) -> Page {
         match message {
-            Some(m) => {
-                let html = format!(r#"<p class="error" role="alert">{}</p>"#, esc(m));
-                self.raw(html)
-            }
+            Some(m) => self.push(html! { p.notice role="status" { (m) } }),
             None => self,
         }
     }
 
-    pub fn render(self) -> Html<String> {
-        let mut nav = String::new();
-        if let Some(section) = self.section {
-            nav.push_str(r#"<nav aria-label="Main"><a class="brand" href="/">Tollgate</a><ul>"#);
-            for (label, href) in NAV {
-                let current = if label == section { r#" aria-current="page""# } else { "" };
-                let _ = write!(nav, r#"<li><a href="{href}"{current}>{label}</a></li>"#);
+    pub fn render(&self) -> Markup {
+        html! {
+            (maud::DOCTYPE)
+            html lang="en" {
+                head {
+                    meta charset="utf-8";
+                    meta name="viewport" content="width=device-width, initial-scale=1";
+                    title { (self.title) " · Tollgate" }
+                    @if let Some(csrf) = &self.csrf { meta name="csrf" content=(csrf); }
+                    link rel="stylesheet" href="/console.css";
+                    script src="/console.js" defer {}
+                }
+                body {
+                    a.skip href="#main" { "Skip to content" }
+                    @if let Some(section) = self.section {
+                        nav aria-label="Main" {
+                            a.brand href="/" { "Tollgate" }
+                            ul {
+                                @for (label, href) in NAV {
+                                    li { a href=(href) aria-current=[(label == section).then_some("page")] { (label) } }
+                                }
+                            }
+                            form.logout method="post" action="/logout" {
+                                input type="hidden" name="_csrf" value=(self.csrf.as_deref().unwrap_or_default());
+                                button.link type="submit" { "Log out" }
+                            }
+                        }
+                    }
+                    main #main {
+                        @if !self.crumbs.is_empty() {
+                            nav.crumbs aria-label="Breadcrumb" {
+                                @for (label, href) in &self.crumbs { a href=(href) { (label) } " › " }
+                            }
+                        }
+                        h1 { (self.title) }
+                        @for part in &self.body { (part) }
+                    }
+                }
             }
-            let csrf = esc(self.csrf.as_deref().unwrap_or_default());
-            let _ = write!(
-                nav,
-                r#"</ul><form method="post" action="/logout" class="logout"><input type="hidden" name="_csrf" value="{csrf}"><button type="submit" class="link">Log out</button></form></nav>"#
-            );
         }
-        let mut crumbs = String::new();
-        if !self.crumbs.is_empty() {
-            crumbs.push_str(r#"<p class="crumbs">"#);
-            for (label, href) in &self.crumbs {
-                let _ = write!(crumbs, r#"<a href="{}">{}</a> › "#, esc(href), esc(label));
-            }
-            crumbs.push_str("</p>");
-        }
-        let csrf_meta =
-            self.csrf.as_deref().map(|c| format!(r#"<meta name="csrf" content="{}">"#, esc(c))).unwrap_or_default();
-        Html(format!(
-            r#"<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{title} · Tollgate</title>{csrf_meta}<link rel="stylesheet" href="/console.css"><script src="/console.js" defer></script></head>
-<body>{nav}<main>{crumbs}<h1>{title}</h1>{body}</main></body></html>"#,
-            title = esc(&self.title),
-            body = self.body,
-        ))
+    }
+}
+
+impl IntoResponse for Page {
+    fn into_response(self) -> Response {
+        (self.status, self.render()).into_response()
     }
 }
 
 /// A form posting to `action` with the CSRF token, its fields, and a submit button.
-pub fn form(action: &str, csrf: &str, fields: &str, submit: &str) -> String {
-    format!(
-        r#"<form method="post" action="{}" class="card"><input type="hidden" name="_csrf" value="{}">{fields}<button type="submit">{}</button></form>"#,
-        esc(action),
-        esc(csrf),
-        esc(submit)
-    )
+pub fn form(action: &str, csrf: &str, fields: Markup, submit: &str) -> Markup {
+    html! {
+        form.card method="post" action=(action) {
+            input type="hidden" name="_csrf" value=(csrf);
+            (fields)
+            button type="submit" { (submit) }
+        }
+    }
 }
 
-/// A one-button form (delete, promote, suspend…), confirmed first when `confirm` is set.
-pub fn button(action: &str, csrf: &str, label: &str, confirm: Option<&str>) -> String {
-    let confirm = confirm.map(|c| format!(r#" data-confirm="{}""#, esc(c))).unwrap_or_default();
-    format!(
-        r#"<form method="post" action="{}" class="inline"{confirm}><input type="hidden" name="_csrf" value="{}"><button type="submit">{}</button></form>"#,
-        esc(action),
-        esc(csrf),
-        esc(label)
-    )
+/// A one-button form (promote, suspend…), confirmed first when `confirm` is set.
+pub fn button(action: &str, csrf: &str, label: &str, confirm: Option<&str>) -> Markup {
+    html! {
+        form.inline method="post" action=(action) data-confirm=[confirm] {
+            input type="hidden" name="_csrf" value=(csrf);
+            button.secondary type="submit" { (label) }
+        }
+    }
+}
+
+/// A destructive one-button form (delete, remove, revoke): drawn as such, and always
+/// confirmed with `confirm` first.
+pub fn danger_button(action: &str, csrf: &str, label: &str, confirm: &str) -> Markup {
+    html! {
+        form.inline method="post" action=(action) data-confirm=(confirm) {
+            input type="hidden" name="_csrf" value=(csrf);
+            button.danger type="submit" { (label) }
+        }
+    }
 }
 
 /// How a form field is drawn.
@@ -162,16 +198,22 @@ pub struct Field<'a> {
     pub value: &'a str,
     pub kind: &'a str,
     pub hint: &'a str,
+    pub placeholder: &'a str,
     pub required: bool,
 }
 
 impl<'a> Field<'a> {
     pub fn text(label: &'a str, name: &'a str, value: &'a str) -> Field<'a> {
-        Field { label, name, value, kind: "text", hint: "", required: false }
+        Field { label, name, value, kind: "text", hint: "", placeholder: "", required: false }
     }
 
     pub fn hint(self, hint: &'a str) -> Field<'a> {
         Field { hint, ..self }
+    }
+
+    /// Shown in an empty field: the default that applies when it stays empty.
+    pub fn placeholder(self, placeholder: &'a str) -> Field<'a> {
+        Field { placeholder, ..self }
     }
 
     pub fn required(self) -> Field<'a> {
@@ -182,41 +224,45 @@ impl<'a> Field<'a> {
         Field { kind, ..self }
     }
 
-    /// The field's HTML; marked invalid (with the message) when the API's error names it.
-    pub fn html(&self, error: Option<(&str, &str)>) -> String {
-        let id = format!("f-{}", self.name.replace(['.', '[', ']'], "-"));
-        let invalid = error.filter(|(field, _)| field_matches(field, self.name));
-        let (aria, note) = match invalid {
-            Some((_, msg)) => (
-                format!(r#" aria-invalid="true" aria-describedby="{id}-err""#),
-                format!(r#"<span class="field-error" id="{id}-err">{}</span>"#, esc(msg)),
-            ),
-            None => (String::new(), String::new()),
+    /// The field's id: its name with `.`, `[` and `]` made `-`.
+    pub fn id(name: &str) -> String {
+        format!("f-{}", name.replace(['.', '[', ']', ':'], "-"))
+    }
+
+    /// The field; marked invalid (with the message) when the API's error names it.
+    pub fn html(&self, error: Option<(&str, &str)>) -> Markup {
+        let id = Field::id(self.name);
+        let invalid = error.filter(|(field, _)| field_matches(field, self.name)).map(|(_, m)| m);
+        let err_id = format!("{id}-err");
+        let hint_id = format!("{id}-hint");
+        let described = match (invalid.is_some(), self.hint.is_empty()) {
+            (true, false) => Some(format!("{err_id} {hint_id}")),
+            (true, true) => Some(err_id.clone()),
+            (false, false) => Some(hint_id.clone()),
+            (false, true) => None,
         };
-        let hint = if self.hint.is_empty() {
-            String::new()
-        } else {
-            format!(r#"<span class="hint">{}</span>"#, esc(self.hint))
-        };
-        let required = if self.required { " required" } else { "" };
-        let control = if self.kind == "checkbox" {
-            let checked = if self.value == "true" { " checked" } else { "" };
-            format!(r#"<input id="{id}" name="{}" type="checkbox" value="true"{checked}{aria}>"#, esc(self.name))
-        } else if self.kind == "textarea" {
-            format!(
-                r#"<textarea id="{id}" name="{}" rows="6"{required}{aria}>{}</textarea>"#,
-                esc(self.name),
-                esc(self.value)
-            )
-        } else {
-            format!(
-                r#"<input id="{id}" name="{}" type="{}" value="{}"{required}{aria}>"#,
-                esc(self.name),
-                esc(self.kind),
-                esc(self.value)
-            )
-        };
-        format!(r#"<div class="field"><label for="{id}">{}</label>{control}{hint}{note}</div>"#, esc(self.label))
+        let placeholder = (!self.placeholder.is_empty()).then_some(self.placeholder);
+        html! {
+            div.field.check[self.kind == "checkbox"] {
+                @if self.kind == "checkbox" {
+                    input id=(id) name=(self.name) type="checkbox" value="true" checked[self.value == "true"]
+                        aria-describedby=[described.as_deref()];
+                    label for=(id) { (self.label) }
+                } @else {
+                    label for=(id) { (self.label) @if self.required { span.req aria-hidden="true" { " *" } } }
+                    @if self.kind == "textarea" {
+                        textarea id=(id) name=(self.name) rows="6" required[self.required] placeholder=[placeholder]
+                            aria-invalid=[invalid.map(|_| "true")] aria-describedby=[described.as_deref()] { (self.value) }
+                    } @else {
+                        input id=(id) name=(self.name) type=(self.kind) value=(self.value) required[self.required]
+                            placeholder=[placeholder] aria-invalid=[invalid.map(|_| "true")]
+                            aria-describedby=[described.as_deref()];
+                    }
+                }
+                @if !self.hint.is_empty() { span.hint id=(hint_id) { (self.hint) } }
+                @if let Some(m) = invalid { span.field-error id=(err_id) { (m) } }
+            }
+        }
     }
 }
 
@@ -226,41 +272,41 @@ fn field_matches(field: &str, name: &str) -> bool {
     field == name || field.ends_with(&format!(".{name}"))
 }
 
-/// A select box of `(value, label)` options.
-pub fn select(label: &str, name: &str, options: &[(String, String)], selected: &str) -> String {
-    let id = format!("f-{name}");
-    let mut out = format!(
-        r#"<div class="field"><label for="{id}">{}</label><select id="{id}" name="{}">"#,
-        esc(label),
-        esc(name)
-    );
-    for (value, text) in options {
-        let sel = if value == selected { " selected" } else { "" };
-        let _ = write!(out, r#"<option value="{}"{sel}>{}</option>"#, esc(value), esc(text));
-    }
-    out.push_str("</select></div>");
-    out
+/// A select box of `(value, label)` options, with an optional hint below it.
+pub fn select(label: &str, name: &str, options: &[(String, String)], selected: &str) -> Markup {
+    select_with(label, name, options, selected, "")
 }
 
-/// A table with a header row; cells are HTML (escape what goes in).
-pub fn table(caption: &str, head: &[&str], rows: &[Vec<String>]) -> String {
-    if rows.is_empty() {
-        return format!(r#"<p class="empty">No {} yet.</p>"#, esc(&caption.to_lowercase()));
-    }
-    let mut out = format!(r#"<table><caption>{}</caption><thead><tr>"#, esc(caption));
-    for h in head {
-        let _ = write!(out, r#"<th scope="col">{}</th>"#, esc(h));
-    }
-    out.push_str("</tr></thead><tbody>");
-    for row in rows {
-        out.push_str("<tr>");
-        for cell in row {
-            let _ = write!(out, "<td>{cell}</td>");
+pub fn select_with(label: &str, name: &str, options: &[(String, String)], selected: &str, hint: &str) -> Markup {
+    let id = Field::id(name);
+    let hint_id = format!("{id}-hint");
+    html! {
+        div.field {
+            label for=(id) { (label) }
+            select id=(id) name=(name) aria-describedby=[(!hint.is_empty()).then_some(hint_id.as_str())] {
+                @for (value, text) in options {
+                    option value=(value) selected[value == selected] { (text) }
+                }
+            }
+            @if !hint.is_empty() { span.hint id=(hint_id) { (hint) } }
         }
-        out.push_str("</tr>");
     }
-    out.push_str("</tbody></table>");
-    out
+}
+
+/// A table with a header row; `empty` is what shows when there are no rows.
+pub fn table(caption: &str, head: &[&str], rows: Vec<Vec<Markup>>) -> Markup {
+    if rows.is_empty() {
+        return html! { p.empty { "No " (caption.to_lowercase()) " yet." } };
+    }
+    html! {
+        table {
+            caption { (caption) }
+            thead { tr { @for h in head { th scope="col" { (h) } } } }
+            tbody {
+                @for row in rows { tr { @for cell in row { td { (cell) } } } }
+            }
+        }
+    }
 }
 
 /// Milliseconds since the Unix epoch as `YYYY-MM-DD HH:MM:SS UTC`.
@@ -272,8 +318,13 @@ pub fn time(ms: &serde_json::Value) -> String {
     format!("{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC", rest / 3600, rest % 3600 / 60, rest % 60)
 }
 
-pub fn link(href: &str, text: &str) -> String {
-    format!(r#"<a href="{}">{}</a>"#, esc(href), esc(text))
+pub fn link(href: &str, text: &str) -> Markup {
+    html! { a href=(href) { (text) } }
+}
+
+/// `text` in a `code` element.
+pub fn code(text: &str) -> Markup {
+    html! { code { (text) } }
 }
 
 #[cfg(test)]
@@ -288,17 +339,22 @@ mod tests {
     }
 
     #[test]
-    fn escaping_and_encoding() {
-        assert_eq!(esc(r#"<a href="x">'&'</a>"#), "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;");
+    fn values_are_escaped_unless_maud_made_them() {
+        let f = Field::text("Name <b>", "name", r#""><script>alert(1)</script>"#).html(None).into_string();
+        assert!(!f.contains("<script>") && f.contains("&lt;script&gt;") && f.contains("Name &lt;b&gt;"), "{f}");
         assert_eq!(url_encode("/products?x=1 2"), "%2Fproducts%3Fx%3D1%202");
+        let t = table("Things", &["A"], vec![vec![html! { "<i>" }]]).into_string();
+        assert!(t.contains("&lt;i&gt;"), "{t}");
     }
 
     #[test]
     fn fields_show_the_error_the_api_names() {
         let f = Field::text("Private Base URL", "private_base_url", "ftp://x").required();
-        let html = f.html(Some(("private_base_url", "use http, https, ws or wss")));
+        let html = f.html(Some(("private_base_url", "use http, https, ws or wss"))).into_string();
         assert!(html.contains(r#"aria-invalid="true""#) && html.contains("use http, https, ws or wss"), "{html}");
-        assert!(!Field::text("Name", "name", "").html(Some(("private_base_url", "x"))).contains("aria-invalid"));
+        assert!(html.contains(r#"aria-describedby="f-private_base_url-err""#), "{html}");
+        let other = Field::text("Name", "name", "").html(Some(("private_base_url", "x"))).into_string();
+        assert!(!other.contains("aria-invalid"), "{other}");
         assert!(field_matches("backends[0].tls.ca_file", "tls.ca_file"));
     }
 }

@@ -1,19 +1,20 @@
 //! A product's integration: the draft against staging and staging against production
-//! with a readable diff, "Promote to Staging" and "Promote to Production", version
-//! history with rollback, ready examples; its policy chain, configured through forms
-//! generated from each policy's JSON schema; and "Try it", a WebSocket client in the
-//! page.
+//! with a readable diff (sections that did not change folded away, certificates shown
+//! by subject, issuer, validity and fingerprint), "Promote to Staging" and "Promote to
+//! Production", version history with rollback, ready examples; its policy chain,
+//! configured through forms generated from each policy's JSON schema; and "Try it", a
+//! WebSocket client in the page that explains a refused connection.
 
-use super::html::{self, Field, esc, table, url_encode};
+use super::html::{self, Field, Markup, html, table, url_encode};
 use super::pages::{base, tab_page};
 use super::{Answer, Console, Ctx, Form, list, s};
 use axum::Router;
-use axum::extract::{Path, Query};
+use axum::extract::{Path, Query, State};
 use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use serde_json::{Map, Value, json};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 pub fn routes() -> Router<Console> {
     Router::new()
@@ -24,32 +25,102 @@ pub fn routes() -> Router<Console> {
         .route("/products/{p}/policies/{i}", get(policy_edit).post(policy_save))
         .route("/products/{p}/policies/{i}/{action}", post(policy_action))
         .route("/products/{p}/try", get(try_it))
+        .route("/products/{p}/try/probe", get(probe))
+}
+
+// ------------------------------------------------------------------ certificates
+
+/// Every certificate of PEM text, described for a person: subject, issuer, validity
+/// (and whether it holds now), names, SHA-256 fingerprint — never the PEM itself.
+pub(super) fn certificates(pem: &str) -> Markup {
+    let now = tollgate_store::now_millis() / 1000;
+    match tollgate_gateway::upstream::CertificateInfo::from_pem(pem) {
+        Err(e) => html! { p.field-error { "Not a certificate: " (e) } },
+        Ok(certs) => html! {
+            @for c in &certs {
+                dl.certificate {
+                    dt { "Subject" } dd { (c.subject) @if c.self_signed { " " span.hint { "(self-signed)" } } }
+                    @if !c.self_signed { dt { "Issuer" } dd { (c.issuer) } }
+                    dt { "Valid" }
+                    dd {
+                        (tollgate_model::period::rfc3339(c.not_before)) " to " (tollgate_model::period::rfc3339(c.not_after))
+                        @if now > c.not_after { " " strong.bad { "expired" } }
+                        @else if now < c.not_before { " " strong.bad { "not valid yet" } }
+                    }
+                    @if !c.names.is_empty() { dt { "Names" } dd { (c.names.join(", ")) } }
+                    dt { "SHA-256" } dd { code.fingerprint { (c.sha256) } }
+                }
+            }
+        },
+    }
 }
 
 // ------------------------------------------------------------------ integration
 
-/// A diff as a table: one row per changed value.
-fn diff_table(answer: &Answer, caption: &str) -> String {
+/// A value of a diff: certificates described, the rest as compact JSON.
+fn value_view(v: &Value) -> Markup {
+    match v {
+        Value::Null => html! { span.hint { "—" } },
+        Value::String(t) if t.contains("-----BEGIN CERTIFICATE-----") => certificates(t),
+        other => html! { code.value { (other.to_string()) } },
+    }
+}
+
+/// The section a diff path belongs to — its first key, below `product.` for the
+/// product's own settings (`product.mapping_rules[2].pattern` → `mapping_rules`,
+/// `backends[0].tls.ca_pem` → `backends`) — and the rest.
+fn split_path(path: &str) -> (&str, &str) {
+    let path = path.strip_prefix("product.").unwrap_or(path);
+    let end = path.find(['.', '[']).unwrap_or(path.len());
+    (&path[..end], path[end..].trim_start_matches('.'))
+}
+
+/// A diff, section by section: changed sections open, each change a row; sections
+/// that did not change listed, folded.
+fn diff_view(answer: &Answer, caption: &str) -> Markup {
     if !answer.ok() {
-        return format!(r#"<p class="error">{}</p>"#, esc(&answer.error().0));
+        return html! { p.error { (answer.error().0) } };
     }
     let changes = answer.body["changes"].as_array().cloned().unwrap_or_default();
-    if changes.is_empty() {
-        return r#"<p class="empty">No changes.</p>"#.into();
+    let unchanged: Vec<&str> =
+        answer.body["unchanged"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+    let mut sections: BTreeMap<&str, Vec<&Value>> = BTreeMap::new();
+    for c in &changes {
+        sections.entry(split_path(s(c, "path")).0).or_default().push(c);
     }
-    let show =
-        |v: &Value| if v.is_null() { "—".to_string() } else { format!("<code>{}</code>", esc(&v.to_string())) };
-    let rows: Vec<Vec<String>> = changes
-        .iter()
-        .map(|c| {
-            vec![
-                format!("<code>{}</code>", esc(s(c, "path"))),
-                format!(r#"<span class="diff-from">{}</span>"#, show(&c["from"])),
-                format!(r#"<span class="diff-to">{}</span>"#, show(&c["to"])),
-            ]
-        })
-        .collect();
-    table(caption, &["Setting", "Now", "After promote"], &rows)
+    html! {
+        @if changes.is_empty() {
+            p.empty { "No changes." }
+        } @else {
+            div.diff aria-label=(caption) {
+                @for (section, items) in &sections {
+                    details open {
+                        summary { code { (section) } " — " (items.len()) " change" @if items.len() != 1 { "s" } }
+                        table {
+                            caption.visually-hidden { (caption) ": " (section) }
+                            thead { tr { th scope="col" { "Setting" } th scope="col" { "Now" } th scope="col" { "After promote" } } }
+                            tbody {
+                                @for c in items {
+                                    @let rest = split_path(s(c, "path")).1;
+                                    tr {
+                                        td.path { code { (if rest.is_empty() { section } else { rest }) } }
+                                        td.diff-from { (value_view(&c["from"])) }
+                                        td.diff-to { (value_view(&c["to"])) }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        @if !unchanged.is_empty() {
+            details.unchanged {
+                summary { "Unchanged: " (unchanged.len()) " section" @if unchanged.len() != 1 { "s" } }
+                p { @for (i, u) in unchanged.iter().enumerate() { @if i > 0 { ", " } code { (u.strip_prefix("product.").unwrap_or(u)) } } }
+            }
+        }
+    }
 }
 
 fn version_of(a: &Answer) -> Option<i64> {
@@ -63,7 +134,7 @@ async fn integration(ctx: Ctx, Path(p): Path<String>) -> Response {
 async fn integration_page(ctx: &Ctx, p: &str, notice: Option<String>, error: Option<String>) -> Response {
     let product = ctx.get(&base(p)).await;
     if !product.ok() {
-        return tab_page(ctx, p, "Integration", Some(&product.error().0), String::new());
+        return tab_page(ctx, p, "Integration", Some(&product.error().0), html! {});
     }
     let staging = ctx.get(&format!("{}/configs/staging", base(p))).await;
     let production = ctx.get(&format!("{}/configs/production", base(p))).await;
@@ -71,28 +142,31 @@ async fn integration_page(ctx: &Ctx, p: &str, notice: Option<String>, error: Opt
     let to_production = ctx.get(&format!("{}/configs/diff?from=production&to=staging", base(p))).await;
     let v = |a: Option<i64>| a.map_or_else(|| "none yet".to_string(), |n| format!("version {n}"));
     let csrf = &ctx.session.csrf;
-    let history: Vec<Vec<String>> = list(&production)
+    let history = list(&production)
         .iter()
         .enumerate()
         .map(|(i, c)| {
             let n = c["version"].as_i64().unwrap_or(0);
             vec![
-                format!("version {n}"),
-                html::time(&c["created_at"]),
-                if i == 0 { "current".into() } else { rollback_button(p, csrf, n) },
+                html! { "version " (n) },
+                html! { (html::time(&c["created_at"])) },
+                if i == 0 {
+                    html! { "current" }
+                } else {
+                    rollback_button(p, csrf, n)
+                },
             ]
         })
         .collect();
-    let staged: Vec<Vec<String>> = list(&staging)
+    let staged = list(&staging)
         .iter()
         .map(|c| {
             let n = c["version"].as_i64().unwrap_or(0);
-            vec![format!("version {n}"), html::time(&c["created_at"]), rollback_button(p, csrf, n)]
+            vec![html! { "version " (n) }, html! { (html::time(&c["created_at"])) }, rollback_button(p, csrf, n)]
         })
         .collect();
     let pr = &product.body;
     let auth = &pr["authentication"];
-    let key_param = auth["user_key_param"].as_str().unwrap_or("user_key");
     let creds = if auth["mode"].as_str() == Some("app_id_app_key") {
         format!(
             "{}=APP_ID&{}=APP_KEY",
@@ -100,49 +174,47 @@ async fn integration_page(ctx: &Ctx, p: &str, notice: Option<String>, error: Opt
             auth["app_key_param"].as_str().unwrap_or("app_key")
         )
     } else {
-        format!("{key_param}=USER_KEY")
+        format!("{}=USER_KEY", auth["user_key_param"].as_str().unwrap_or("user_key"))
     };
     let staging_url = s(pr, "staging_public_base_url").trim_end_matches('/').to_string();
     let ws_url = staging_url.replacen("https://", "wss://", 1).replacen("http://", "ws://", 1);
     let examples = format!(
-        "<pre>curl -i '{su}/?{creds}'\n\ntollgate ws '{wu}/?{creds}'\n\n// in a browser console\nconst ws = new WebSocket('{wu}/?{creds}');\nws.onmessage = (e) =&gt; console.log(e.data);\nws.onopen = () =&gt; ws.send('hello');</pre>",
-        su = esc(&staging_url),
-        wu = esc(&ws_url),
-        creds = esc(&creds),
+        "curl -i '{staging_url}/?{creds}'\n\ntollgate ws '{ws_url}/?{creds}'\n\n// in a browser console\nconst ws = new WebSocket('{ws_url}/?{creds}');\nws.onmessage = (e) => console.log(e.data);\nws.onopen = () => ws.send('hello');"
     );
-    let notice = notice.map(|n| format!(r#"<p class="notice" role="status">{}</p>"#, esc(&n))).unwrap_or_default();
-    let content = notice
-        + &format!(
-            "<p>Staging runs <strong>{}</strong>; production runs <strong>{}</strong>.</p>",
-            v(version_of(&staging)),
-            v(version_of(&production))
-        )
-        + "<h2>Promote to Staging</h2><p>What the draft changes against the staging version:</p>"
-        + &diff_table(&to_staging, "Draft against staging")
-        + &html::button(&format!("{}/integration/deploy", base(p)), csrf, "Promote to Staging", None)
-        + "<h2>Promote to Production</h2><p>What the staging version changes against production:</p>"
-        + &diff_table(&to_production, "Staging against production")
-        + &html::button(
-            &format!("{}/integration/promote", base(p)),
-            csrf,
-            "Promote to Production",
-            Some("Promote the staging version to production?"),
-        )
-        + "<h2>Try the staging gateway</h2>"
-        + &examples
-        + &format!(r#"<p>Or in this page: <a href="{}/try">Try it</a>.</p>"#, base(p))
-        + "<h2>History</h2>"
-        + &table("Production versions (newest first)", &["Version", "Promoted at", ""], &history)
-        + &table("Staging versions (newest first)", &["Version", "Created at", ""], &staged);
+    let content = html! {
+        @if let Some(n) = &notice { p.notice role="status" { (n) } }
+        p {
+            "Staging runs " strong { (v(version_of(&staging))) } "; production runs " strong { (v(version_of(&production))) } "."
+        }
+        h2 { "Promote to Staging" }
+        p { "What the draft changes against the staging version:" }
+        (diff_view(&to_staging, "Draft against staging"))
+        (html::form(&format!("{}/integration/deploy", base(p)), csrf, html! {}, "Promote to Staging"))
+        h2 { "Promote to Production" }
+        p { "What the staging version changes against production:" }
+        (diff_view(&to_production, "Staging against production"))
+        form.card method="post" action={ (base(p)) "/integration/promote" } data-confirm="Promote the staging version to production?" {
+            input type="hidden" name="_csrf" value=(csrf);
+            button type="submit" { "Promote to Production" }
+        }
+        h2 { "Try the staging gateway" }
+        pre { (examples) }
+        p { "Or in this page: " a href={ (base(p)) "/try" } { "Try it" } "." }
+        h2 { "History" }
+        (table("Production versions (newest first)", &["Version", "Promoted at", "Rollback"], history))
+        (table("Staging versions (newest first)", &["Version", "Created at", "Rollback"], staged))
+    };
     tab_page(ctx, p, "Integration", error.as_deref(), content)
 }
 
-fn rollback_button(p: &str, csrf: &str, version: i64) -> String {
-    format!(
-        r#"<form method="post" action="{}/integration/promote" class="inline" data-confirm="Put version {version} on production?"><input type="hidden" name="_csrf" value="{}"><input type="hidden" name="version" value="{version}"><button type="submit" class="secondary">Promote version {version} to production</button></form>"#,
-        base(p),
-        esc(csrf)
-    )
+fn rollback_button(p: &str, csrf: &str, version: i64) -> Markup {
+    html! {
+        form.inline method="post" action={ (base(p)) "/integration/promote" } data-confirm={ "Put version " (version) " on production?" } {
+            input type="hidden" name="_csrf" value=(csrf);
+            input type="hidden" name="version" value=(version);
+            button.secondary type="submit" { "Promote version " (version) " to production" }
+        }
+    }
 }
 
 async fn deploy(ctx: Ctx, Path(p): Path<String>, _form: Form) -> Response {
@@ -186,29 +258,24 @@ async fn policies_page(ctx: &Ctx, p: &str, error: Option<String>) -> Response {
     let catalogue = list(&ctx.get("/policies").await);
     let csrf = &ctx.session.csrf;
     let n = current.len();
-    let rows: Vec<Vec<String>> = current
+    let rows = current
         .iter()
         .enumerate()
         .map(|(i, pol)| {
             let name = s(pol, "name");
             let enabled = pol["enabled"].as_bool().unwrap_or(true);
             let here = format!("{}/policies/{i}", base(p));
-            let mut actions = String::new();
-            if i > 0 {
-                actions += &html::button(&format!("{here}/up"), csrf, "Move up", None);
-            }
-            if i + 1 < n {
-                actions += &html::button(&format!("{here}/down"), csrf, "Move down", None);
-            }
-            actions += &html::button(&format!("{here}/toggle"), csrf, if enabled { "Disable" } else { "Enable" }, None);
-            actions +=
-                &html::button(&format!("{here}/remove"), csrf, "Remove", Some("Remove this policy from the chain?"));
             let summary = catalogue.iter().find(|c| s(c, "name") == name).map(|c| s(c, "summary")).unwrap_or_default();
             vec![
-                (i + 1).to_string(),
-                html::link(&here, name) + &format!(r#"<br><span class="hint">{}</span>"#, esc(summary)),
-                if enabled { "enabled".into() } else { "disabled".into() },
-                actions,
+                html! { (i + 1) },
+                html! { a href=(here) { (name) } br; span.hint { (summary) } },
+                html! { @if enabled { "enabled" } @else { span.hint { "disabled" } } },
+                html! {
+                    @if i > 0 { (html::button(&format!("{here}/up"), csrf, "Move up", None)) }
+                    @if i + 1 < n { (html::button(&format!("{here}/down"), csrf, "Move down", None)) }
+                    (html::button(&format!("{here}/toggle"), csrf, if enabled { "Disable" } else { "Enable" }, None))
+                    (html::danger_button(&format!("{here}/remove"), csrf, "Remove", "Remove this policy from the chain?"))
+                },
             ]
         })
         .collect();
@@ -216,16 +283,14 @@ async fn policies_page(ctx: &Ctx, p: &str, error: Option<String>) -> Response {
         .iter()
         .map(|c| (s(c, "name").to_string(), format!("{} — {}", s(c, "name"), s(c, "summary"))))
         .collect();
-    let add = html::form(
-        &format!("{}/policies", base(p)),
-        csrf,
-        &html::select("Policy", "name", &options, "websocket"),
-        "Add policy",
-    );
-    let content = "<p>Policies run in this order; <code>tollgate</code> (authentication, mapping rules, limits) runs last unless placed elsewhere.</p>".to_string()
-        + &table("Policy chain", &["#", "Policy", "State", ""], &rows)
-        + "<h2>Add from the catalogue</h2>"
-        + &add;
+    let content = html! {
+        p {
+            "Policies run in this order; " code { "tollgate" } " (authentication, mapping rules, limits) runs last unless placed elsewhere."
+        }
+        (table("Policy chain", &["#", "Policy", "State", "Actions"], rows))
+        h2 { "Add from the catalogue" }
+        (html::form(&format!("{}/policies", base(p)), csrf, html::select("Policy", "name", &options, "websocket"), "Add policy"))
+    };
     tab_page(ctx, p, "Policies", error.as_deref(), content)
 }
 
@@ -269,61 +334,101 @@ async fn policy_action(ctx: Ctx, Path((p, i, action)): Path<(String, usize, Stri
     }
 }
 
+/// A configuration key in words: `max_message_bytes` → `Max message bytes`.
+fn words(key: &str) -> String {
+    let mut out = key.replace('_', " ");
+    if let Some(first) = out.get(..1) {
+        out = first.to_uppercase() + &out[1..];
+    }
+    out
+}
+
+/// What a form needs besides the schema: the product's metrics and backends, for the
+/// fields that name one.
+struct Choices {
+    metrics: Vec<(String, String)>,
+    backends: Vec<(String, String)>,
+}
+
 /// Form fields for a JSON schema object: scalars as inputs (dotted names for nested
-/// objects), enums as selects, anything else (arrays, maps) as JSON in a text area.
-fn schema_fields(schema: &Value, defs: &Value, prefix: &str, value: &Value, out: &mut String) {
-    let resolve = |s: &Value| -> Value {
-        let r = s["$ref"].as_str().or_else(|| s["allOf"][0]["$ref"].as_str());
-        match r.and_then(|r| r.rsplit('/').next()) {
-            Some(name) => defs[name].clone(),
-            None => match s["anyOf"].as_array() {
-                // Option<T>: the non-null branch.
-                Some(branches) => branches.iter().find(|b| b["type"] != "null").cloned().unwrap_or(Value::Null),
-                None => s.clone(),
-            },
+/// objects), enums and references to metrics or backends as selects, anything else
+/// (arrays, maps) as JSON in a text area. Labels are the keys in words, hints the
+/// schema's descriptions, and defaults show in empty fields and their hints.
+fn schema_fields(
+    schema: &Value,
+    prefix: &str,
+    value: &Value,
+    choices: &Choices,
+    error: Option<(&str, &str)>,
+) -> Markup {
+    let option_of = |s: &Value| -> Value {
+        match s["anyOf"].as_array().or_else(|| s["oneOf"].as_array()) {
+            // Option<T>: the non-null branch.
+            Some(branches) if branches.len() == 2 => {
+                branches.iter().find(|b| b["type"] != "null").cloned().unwrap_or(Value::Null)
+            }
+            _ => s.clone(),
         }
     };
-    let Some(props) = schema["properties"].as_object() else { return };
-    for (key, prop) in props {
-        let prop = resolve(prop);
-        let prop = if prop["$ref"].is_string() || prop["anyOf"].is_array() { resolve(&prop) } else { prop };
-        let name = format!("{prefix}{key}");
-        let current = &value[key];
-        let hint = prop["description"].as_str().unwrap_or_default();
-        let kind = prop["type"].as_str().or_else(|| prop["type"][0].as_str()).unwrap_or_default();
-        if let Some(choices) = prop["enum"].as_array() {
-            let mut opts = vec![(String::new(), "(default)".to_string())];
-            opts.extend(choices.iter().filter_map(Value::as_str).map(|c| (c.to_string(), c.to_string())));
-            *out += &html::select(key, &name, &opts, current.as_str().unwrap_or_default());
-        } else if kind == "object" && prop["properties"].is_object() {
-            *out += &format!("<fieldset><legend>{}</legend>", esc(key));
-            if !hint.is_empty() {
-                *out += &format!(r#"<p class="hint">{}</p>"#, esc(hint));
-            }
-            schema_fields(&prop, defs, &format!("{name}."), current, out);
-            *out += "</fieldset>";
-        } else if kind == "boolean" {
-            let v = if current.as_bool() == Some(true) { "true" } else { "" };
-            *out += &Field::text(key, &name, v).kind("checkbox").hint(hint).html(None);
-        } else if kind == "integer" || kind == "number" {
-            *out += &Field::text(key, &name, &current.as_f64().map(|n| n.to_string()).unwrap_or_default())
-                .kind("number")
-                .hint(hint)
-                .html(None);
-        } else if kind == "string" {
-            *out += &Field::text(key, &name, current.as_str().unwrap_or_default()).hint(hint).html(None);
-        } else {
-            let text = if current.is_null() {
-                String::new()
-            } else {
-                serde_json::to_string_pretty(current).unwrap_or_default()
+    let Some(props) = schema["properties"].as_object() else { return html! {} };
+    html! {
+        @for (key, raw) in props {
+            @let prop = option_of(raw);
+            @let name = format!("{prefix}{key}");
+            @let current = &value[key];
+            @let default = raw.get("default").or_else(|| prop.get("default")).filter(|d| !d.is_null());
+            @let default_text = default.map(|d| d.as_str().map_or_else(|| d.to_string(), str::to_string));
+            @let description = prop["description"].as_str().or_else(|| raw["description"].as_str()).unwrap_or_default();
+            @let hint = match &default_text {
+                Some(d) if !description.is_empty() => format!("{description} Default: {d}."),
+                Some(d) => format!("Default: {d}."),
+                None => description.to_string(),
             };
-            *out += &Field::text(key, &format!("{name}:json"), &text)
-                .kind("textarea")
-                .hint(&format!("{hint} (JSON)"))
-                .html(None);
+            @let kind = prop["type"].as_str().or_else(|| prop["type"][0].as_str()).unwrap_or_default();
+            @let label = prop["title"].as_str().map_or_else(|| words(key), str::to_string);
+            @if let Some(options) = prop["enum"].as_array() {
+                (html::select_with(&label, &name, &enum_options(options, default_text.as_deref()), current.as_str().unwrap_or_default(), &hint))
+            } @else if kind == "string" && key == "metric" && !choices.metrics.is_empty() {
+                (html::select_with(&label, &name, &choices.metrics, current.as_str().unwrap_or("hits"), &hint))
+            } @else if kind == "string" && key == "backend" && !choices.backends.is_empty() {
+                (html::select_with(&label, &name, &choices.backends, current.as_str().unwrap_or_default(), &hint))
+            } @else if kind == "object" && prop["properties"].is_object() {
+                fieldset {
+                    legend { (label) }
+                    @if !hint.is_empty() { p.hint { (hint) } }
+                    (schema_fields(&prop, &format!("{name}."), current, choices, error))
+                }
+            } @else if kind == "boolean" {
+                @let on = current.as_bool().or_else(|| default.and_then(Value::as_bool)) == Some(true);
+                (Field::text(&label, &name, if on { "true" } else { "" }).kind("checkbox").hint(&hint).html(error))
+            } @else if kind == "integer" || kind == "number" {
+                (Field::text(&label, &name, &current.as_f64().map(|n| n.to_string()).unwrap_or_default())
+                    .kind("number")
+                    .placeholder(default_text.as_deref().unwrap_or_default())
+                    .hint(&hint)
+                    .html(error))
+            } @else if kind == "string" {
+                (Field::text(&label, &name, current.as_str().unwrap_or_default())
+                    .placeholder(default_text.as_deref().unwrap_or_default())
+                    .hint(&hint)
+                    .html(error))
+            } @else {
+                @let text = if current.is_null() { String::new() } else { serde_json::to_string_pretty(current).unwrap_or_default() };
+                (Field::text(&label, &format!("{name}:json"), &text)
+                    .kind("textarea")
+                    .hint(&format!("{hint} (JSON)"))
+                    .html(error))
+            }
         }
     }
+}
+
+/// A select's options for a schema enum: first the default (the field left out).
+fn enum_options(values: &[Value], default: Option<&str>) -> Vec<(String, String)> {
+    let first = default.map_or_else(|| "(default)".to_string(), |d| format!("(default: {d})"));
+    std::iter::once((String::new(), first))
+        .chain(values.iter().filter_map(Value::as_str).map(|c| (c.to_string(), c.to_string())))
+        .collect()
 }
 
 /// Builds the configuration object back from the form (blank fields are left out).
@@ -366,7 +471,13 @@ async fn policy_edit(ctx: Ctx, Path((p, i)): Path<(String, usize)>) -> Response 
     policy_page(&ctx, &p, i, None, None).await
 }
 
-async fn policy_page(ctx: &Ctx, p: &str, i: usize, draft: Option<Value>, error: Option<String>) -> Response {
+async fn policy_page(
+    ctx: &Ctx,
+    p: &str,
+    i: usize,
+    draft: Option<Value>,
+    error: Option<(String, Option<String>)>,
+) -> Response {
     let current = chain(ctx, p).await;
     let Some(policy) = current.get(i) else {
         return policies_page(ctx, p, Some("That policy is no longer in the chain.".into())).await;
@@ -374,23 +485,39 @@ async fn policy_page(ctx: &Ctx, p: &str, i: usize, draft: Option<Value>, error: 
     let name = s(policy, "name");
     let catalogue = list(&ctx.get("/policies").await);
     let schema = catalogue.iter().find(|c| s(c, "name") == name).map(|c| c["schema"].clone()).unwrap_or(Value::Null);
-    let defs = if schema["$defs"].is_object() { schema["$defs"].clone() } else { schema["definitions"].clone() };
     let value = draft.unwrap_or_else(|| policy["configuration"].clone());
-    let mut fields = String::new();
-    schema_fields(&schema, &defs, "", &value, &mut fields);
-    if fields.is_empty() {
-        fields = r#"<p class="empty">This policy takes no configuration.</p>"#.into();
-    }
-    let content = format!("<h2>Configure <code>{}</code></h2>", esc(name))
-        + &html::form(&format!("{}/policies/{i}", base(p)), &ctx.session.csrf, &fields, "Update policy")
-        + &format!(r#"<p><a href="{}/policies">Back to the policy chain</a></p>"#, base(p));
-    tab_page(ctx, p, "Policies", error.as_deref(), content)
+    let choices = Choices {
+        metrics: super::product::metric_options(ctx, p).await,
+        backends: list(&ctx.get(&format!("{}/backend_usages", base(p))).await)
+            .iter()
+            .map(|u| (s(u, "backend").to_string(), format!("{} (at {})", s(u, "backend"), s(u, "path"))))
+            .collect(),
+    };
+    // The API names the field as `[i].configuration.key…`: the form's name is `key…`.
+    let field = error.as_ref().and_then(|(m, f)| {
+        let f = f.as_deref()?;
+        let rest = f.split_once(".configuration.").map_or(f, |(_, r)| r);
+        Some((rest, m.as_str()))
+    });
+    let fields = schema_fields(&schema, "", &value, &choices, field);
+    let summary = catalogue.iter().find(|c| s(c, "name") == name).map(|c| s(c, "summary")).unwrap_or_default();
+    let content = html! {
+        h2 { "Configure " code { (name) } }
+        p.hint { (summary) " Every option is described in docs/policies/" (name) ".md." }
+        @if fields.0.is_empty() {
+            (html::form(&format!("{}/policies/{i}", base(p)), &ctx.session.csrf, html! { p.empty { "This policy takes no configuration." } }, "Update policy"))
+        } @else {
+            (html::form(&format!("{}/policies/{i}", base(p)), &ctx.session.csrf, fields, "Update policy"))
+        }
+        p { a href={ (base(p)) "/policies" } { "Back to the policy chain" } }
+    };
+    tab_page(ctx, p, "Policies", error.as_ref().map(|e| e.0.as_str()), content)
 }
 
 async fn policy_save(ctx: Ctx, Path((p, i)): Path<(String, usize)>, form: Form) -> Response {
     let config = match config_from_form(&form) {
         Ok(c) => c,
-        Err(e) => return policy_page(&ctx, &p, i, None, Some(e)).await,
+        Err(e) => return policy_page(&ctx, &p, i, None, Some((e, None))).await,
     };
     let mut current = chain(&ctx, &p).await;
     let Some(policy) = current.get_mut(i) else {
@@ -401,64 +528,168 @@ async fn policy_save(ctx: Ctx, Path((p, i)): Path<(String, usize)>, form: Form) 
     if answer.ok() {
         Redirect::to(&format!("{}/policies", base(&p))).into_response()
     } else {
-        policy_page(&ctx, &p, i, Some(config), Some(answer.error().0)).await
+        policy_page(&ctx, &p, i, Some(config), Some(answer.error())).await
     }
 }
 
 // ------------------------------------------------------------------ try it
 
+/// The close codes a page may show, with their meaning, as JSON for its script.
+fn close_codes() -> String {
+    let codes: Map<String, Value> =
+        (1000..=1015).chain([3000, 4000]).map(|c| (c.to_string(), json!(super::analytics::close_meaning(c)))).collect();
+    Value::Object(codes).to_string()
+}
+
 async fn try_it(ctx: Ctx, Path(p): Path<String>, Query(q): Query<HashMap<String, String>>) -> Response {
     let product = ctx.get(&base(&p)).await;
     if !product.ok() {
-        return tab_page(&ctx, &p, "Try it", Some(&product.error().0), String::new());
+        return tab_page(&ctx, &p, "Try it", Some(&product.error().0), html! {});
     }
     let pr = &product.body;
     let auth = &pr["authentication"];
     let apps: Vec<Value> = list(&ctx.get("/applications").await).into_iter().filter(|a| s(a, "product") == p).collect();
     let chosen = q.get("application").cloned().unwrap_or_default();
-    let mut options = String::new();
-    for a in &apps {
-        let query = match (a["user_key"].as_str(), a["app_id"].as_str()) {
-            (Some(k), _) => format!("{}={}", auth["user_key_param"].as_str().unwrap_or("user_key"), url_encode(k)),
-            (None, Some(id)) => format!(
-                "{}={}&{}={}",
-                auth["app_id_param"].as_str().unwrap_or("app_id"),
-                url_encode(id),
-                auth["app_key_param"].as_str().unwrap_or("app_key"),
-                url_encode(a["app_keys"][0].as_str().unwrap_or_default())
-            ),
-            _ => continue,
-        };
-        let selected = if a["id"].as_i64().is_some_and(|id| chosen == id.to_string()) { " selected" } else { "" };
-        options += &format!(
-            r#"<option value="{}"{selected}>{} ({})</option>"#,
-            esc(&query),
-            esc(s(a, "name")),
-            esc(s(a, "plan"))
-        );
-    }
-    let ws = |key: &str| {
-        let url = s(pr, key).trim_end_matches('/').replacen("https://", "wss://", 1).replacen("http://", "ws://", 1);
-        esc(&url)
-    };
-    let content = if apps.is_empty() {
-        r#"<p>No application uses this product yet: create one under <a href="/accounts">Accounts</a>.</p>"#.to_string()
-    } else {
-        format!(
-            r#"<p>Connects from this browser, with its own WebSocket API, to the gateway — the way your consumers will.</p>
-<div class="card" id="try" data-staging="{staging}" data-production="{production}">
-<div class="field"><label for="try-app">Application</label><select id="try-app">{options}</select></div>
-<div class="field"><label for="try-env">Gateway</label><select id="try-env"><option value="staging">Staging</option><option value="production">Production</option></select></div>
-<div class="field"><label for="try-path">Path</label><input id="try-path" type="text" value="/"></div>
-<p>URL: <code id="try-url"></code></p>
-<button type="button" id="try-connect">Connect</button> <button type="button" id="try-close" class="secondary" disabled>Close</button>
-<div class="field"><label for="try-message">Message</label><input id="try-message" type="text" value="hello"></div>
-<button type="button" id="try-send" disabled>Send</button>
-<h2>Log</h2><div class="log" id="try-log" role="log" aria-live="polite"></div>
-</div>"#,
-            staging = ws("staging_public_base_url"),
-            production = ws("production_public_base_url"),
-        )
+    let options: Vec<(String, String, bool)> = apps
+        .iter()
+        .filter_map(|a| {
+            let query = match (a["user_key"].as_str(), a["app_id"].as_str()) {
+                (Some(k), _) => format!("{}={}", auth["user_key_param"].as_str().unwrap_or("user_key"), url_encode(k)),
+                (None, Some(id)) => format!(
+                    "{}={}&{}={}",
+                    auth["app_id_param"].as_str().unwrap_or("app_id"),
+                    url_encode(id),
+                    auth["app_key_param"].as_str().unwrap_or("app_key"),
+                    url_encode(a["app_keys"][0].as_str().unwrap_or_default())
+                ),
+                _ => return None,
+            };
+            let label = format!("{} ({}, {})", s(a, "name"), s(a, "plan"), s(a, "state"));
+            Some((query, label, a["id"].as_i64().is_some_and(|id| chosen == id.to_string())))
+        })
+        .collect();
+    let ws =
+        |key: &str| s(pr, key).trim_end_matches('/').replacen("https://", "wss://", 1).replacen("http://", "ws://", 1);
+    let content = html! {
+        @if apps.is_empty() {
+            p { "No application uses this product yet: create one under " a href="/accounts" { "Accounts" } "." }
+        } @else {
+            p { "Connects from this browser, with its own WebSocket API, to the gateway — the way your consumers will. When the gateway refuses the connection, this page asks it why." }
+            div.card #try data-staging=(ws("staging_public_base_url")) data-production=(ws("production_public_base_url"))
+                data-probe={ (base(&p)) "/try/probe" } data-close-codes=(close_codes()) {
+                div.field {
+                    label for="try-app" { "Application" }
+                    select #try-app {
+                        @for (query, label, selected) in &options { option value=(query) selected[*selected] { (label) } }
+                        option value="" { "(no credentials)" }
+                    }
+                }
+                div.field {
+                    label for="try-env" { "Gateway" }
+                    select #try-env { option value="staging" { "Staging" } option value="production" { "Production" } }
+                }
+                div.field { label for="try-path" { "Path" } input #try-path type="text" value="/"; }
+                p { "URL: " code #try-url {} }
+                button #try-connect type="button" { "Connect" }
+                " "
+                button.secondary #try-close type="button" disabled { "Close" }
+                div.field { label for="try-message" { "Message" } input #try-message type="text" value="hello"; }
+                button #try-send type="button" disabled { "Send" }
+                div #try-why role="alert" hidden {}
+                h2 { "Log" }
+                div.log #try-log role="log" aria-live="polite" tabindex="0" aria-label="Connection log" {}
+            }
+        }
     };
     tab_page(&ctx, &p, "Try it", None, content)
+}
+
+/// Why a WebSocket to the product would be refused: the same upgrade request sent from
+/// here to this process's gateway listener (a browser's WebSocket API hides the status
+/// and body of a refused upgrade), with the gateway's status, its error and the fix.
+async fn probe(
+    State(console): State<Console>,
+    ctx: Ctx,
+    Path(p): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let env = if q.get("env").map(String::as_str) == Some("production") { "production" } else { "staging" };
+    let product = ctx.get(&base(&p)).await;
+    if !product.ok() {
+        return axum::Json(json!({ "error": product.error().0 })).into_response();
+    }
+    let public = s(&product.body, &format!("{env}_public_base_url")).to_string();
+    let host = tollgate_model::BaseUrl::parse(&public, &["http", "https"]).map(|b| b.host).unwrap_or_default();
+    let path = q.get("path").map(String::as_str).filter(|p| p.starts_with('/')).unwrap_or("/");
+    let target = match q.get("query").filter(|x| !x.is_empty()) {
+        Some(query) => format!("{path}{}{query}", if path.contains('?') { "&" } else { "?" }),
+        None => path.to_string(),
+    };
+    let Some(listener) = console.gateways.iter().find(|g| g.environment.as_str() == env) else {
+        return axum::Json(json!({ "error": "this process runs no gateway to ask" })).into_response();
+    };
+    let (status, body) = match super::probe::upgrade(listener, &host, &target).await {
+        Ok(answer) => answer,
+        Err(e) => {
+            return axum::Json(json!({ "error": format!("the gateway could not be asked: {e}") })).into_response();
+        }
+    };
+    let error: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+    let code = error["error"]["code"].as_str().unwrap_or_default().to_string();
+    let promoted = version_of(&ctx.get(&format!("{}/configs/{env}", base(&p))).await).is_some();
+    let fix = explain(status, &code, env, promoted);
+    axum::Json(json!({
+        "environment": env,
+        "status": status,
+        "code": code,
+        "message": error["error"]["message"].as_str().unwrap_or(body.trim()),
+        "fix": fix,
+    }))
+    .into_response()
+}
+
+/// What to do about a refused upgrade, by the gateway's status and error code.
+fn explain(status: u16, code: &str, env: &str, promoted: bool) -> String {
+    match (status, code) {
+        (101, _) => "The gateway accepts this upgrade now: the failure came after it (the backend closed the connection, or the network).".into(),
+        (_, "unknown_host") if !promoted && env == "production" => {
+            "Not promoted to production yet: promote the staging version on the Integration tab.".into()
+        }
+        (_, "unknown_host") if !promoted => "Not on staging yet: use Promote to Staging on the Integration tab.".into(),
+        (_, "unknown_host") => format!("No product answers on this host on the {env} gateway: check the {env} public base URL (its host must be the one the browser uses), then promote again."),
+        (_, "websocket_disabled") => "WebSocket is not enabled for this product: add the `websocket` policy on the Policies tab, then promote.".into(),
+        (_, "bad_upgrade") => "The gateway found the upgrade request malformed.".into(),
+        (_, "too_many_connections") => "The application has as many WebSockets open as its plan's max_connections: close one, or raise the cap.".into(),
+        (_, "no_backend") => "No backend usage covers this path: add one on the Backends tab.".into(),
+        (_, "upstream_tls") => "The backend's certificate is not trusted: the gateway's log says which and the fix (tls.ca_file or tls.server_name).".into(),
+        (_, "upstream_unavailable") => "The backend refused the connection: is it running at its private base URL?".into(),
+        (_, "upstream_timeout") => "The backend did not answer in time.".into(),
+        (401, _) => "No credentials: pick an application, or check where the product expects them (Overview → Authentication).".into(),
+        (403, _) => "The credentials are unknown, the key is wrong, or the application is suspended.".into(),
+        (404, _) => "No mapping rule matches this method and path: add one on the Mapping rules tab, then promote.".into(),
+        (429, _) => "A usage limit of the application's plan is used up: it resets at the time Retry-After gives.".into(),
+        (503, _) => "The gateway is in maintenance or its counters are unreachable.".into(),
+        _ => "See the gateway's error table (docs/gateway.md).".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn diff_paths_split_into_sections() {
+        assert_eq!(split_path("backends[0].tls.ca_pem"), ("backends", "[0].tls.ca_pem"));
+        assert_eq!(split_path("product.authentication.mode"), ("authentication", "mode"));
+        assert_eq!(split_path("product.mapping_rules[2].pattern"), ("mapping_rules", "[2].pattern"));
+        assert_eq!(split_path("name"), ("name", ""));
+        assert_eq!(words("max_message_bytes"), "Max message bytes");
+    }
+
+    #[test]
+    fn refusals_say_what_to_do() {
+        assert!(explain(404, "unknown_host", "production", false).contains("Not promoted to production yet"));
+        assert!(explain(400, "websocket_disabled", "staging", true).contains("`websocket` policy"));
+        assert!(explain(429, "limits_exceeded", "staging", true).contains("Retry-After"));
+    }
 }

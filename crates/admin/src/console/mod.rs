@@ -15,9 +15,12 @@
 
 mod accounts;
 mod analytics;
+mod chart;
+mod dashboard;
 mod html;
 mod integration;
 mod pages;
+mod probe;
 mod product;
 
 use crate::random::random_hex;
@@ -38,11 +41,13 @@ pub use html::Page;
 const COOKIE: &str = "tollgate_console";
 const LIFETIME: Duration = Duration::from_secs(12 * 3600);
 
-/// What the console's handlers share: the admin API to call, and the sessions.
+/// What the console's handlers share: the admin API to call, the sessions, and this
+/// process's gateway listeners (for "Try it").
 #[derive(Clone)]
 pub struct Console {
     api: Router,
     sessions: Arc<Sessions>,
+    gateways: Arc<[crate::GatewayListener]>,
 }
 
 #[derive(Default)]
@@ -77,9 +82,10 @@ impl Sessions {
 }
 
 /// The console's routes, calling `api` (the admin API router) in process.
-pub fn router(api: Router) -> Router {
-    let console = Console { api, sessions: Arc::default() };
-    let guarded = pages::routes()
+pub fn router(api: Router, gateways: Vec<crate::GatewayListener>) -> Router {
+    let console = Console { api, sessions: Arc::default(), gateways: gateways.into() };
+    let guarded = dashboard::routes()
+        .merge(pages::routes())
         .merge(product::routes())
         .merge(accounts::routes())
         .merge(integration::routes())
@@ -133,8 +139,11 @@ fn same_origin(headers: &HeaderMap) -> bool {
 }
 
 fn forbidden(why: &str) -> Response {
-    let page = Page::bare("Refused").para(why).para("Go back, reload the page and try again.");
-    (StatusCode::FORBIDDEN, page.render()).into_response()
+    Page::bare("Refused")
+        .status(StatusCode::FORBIDDEN)
+        .para(why)
+        .para("Go back, reload the page and try again.")
+        .into_response()
 }
 
 /// A handler's view of the request: the session, and the admin API as its operator.
@@ -247,21 +256,23 @@ async fn login_page(axum::extract::Query(q): axum::extract::Query<LoginQuery>) -
     login_form(q.next.as_deref(), None).into_response()
 }
 
-fn login_form(next: Option<&str>, error: Option<&str>) -> axum::response::Html<String> {
+fn login_form(next: Option<&str>, error: Option<&str>) -> Page {
     let next = next.filter(|n| is_local_path(n)).unwrap_or("/");
-    Page::bare("Log in")
-        .error(error)
-        .raw(format!(
-            r#"<form method="post" action="/login" class="card narrow">
-<input type="hidden" name="next" value="{next}">
-<label for="token">Admin token</label>
-<input id="token" name="token" type="password" autocomplete="current-password" required autofocus>
-<p class="hint">The token <code>tollgate serve</code> printed when it first started, or one made with <code>POST /api/v1/tokens</code>.</p>
-<button type="submit">Log in</button>
-</form>"#,
-            next = html::esc(next)
-        ))
-        .render()
+    Page::bare("Log in").error(error).push(html::html! {
+        form.card.narrow method="post" action="/login" {
+            input type="hidden" name="next" value=(next);
+            div.field {
+                label for="token" { "Admin token" }
+                input #token name="token" type="password" autocomplete="current-password" required autofocus
+                    aria-describedby="token-hint";
+                span.hint #token-hint {
+                    "The token " code { "tollgate serve" } " printed when it first started, or one made with "
+                    code { "POST /api/v1/tokens" } "."
+                }
+            }
+            button type="submit" { "Log in" }
+        }
+    })
 }
 
 /// Only paths on this console are followed after login (no open redirect).
@@ -273,14 +284,15 @@ async fn login(State(console): State<Console>, axum::Form(fields): axum::Form<Ha
     let token = fields.get("token").map(|t| t.trim()).unwrap_or_default();
     let next = fields.get("next").map(String::as_str).filter(|n| is_local_path(n)).unwrap_or("/");
     if token.is_empty() {
-        return (StatusCode::UNAUTHORIZED, login_form(Some(next), Some("Enter an admin token."))).into_response();
+        return login_form(Some(next), Some("Enter an admin token.")).status(StatusCode::UNAUTHORIZED).into_response();
     }
     let probe = Ctx {
         session: Session { token: token.to_string(), csrf: String::new(), expires: Instant::now() },
         console: console.clone(),
     };
     if !probe.get("/products?limit=1").await.ok() {
-        return (StatusCode::UNAUTHORIZED, login_form(Some(next), Some("That token is not an admin token here.")))
+        return login_form(Some(next), Some("That token is not an admin token here."))
+            .status(StatusCode::UNAUTHORIZED)
             .into_response();
     }
     let id = match console.sessions.create(token.to_string()) {

@@ -1,19 +1,18 @@
-//! The console's pages. Each reads through the admin API and each form writes through
-//! it (see the module above): a page is a view of the API's JSON, a form builds the
-//! JSON the API takes.
+//! The console's pages for backends and products. Each reads through the admin API and
+//! each form writes through it (see the module above): a page is a view of the API's
+//! JSON, a form builds the JSON the API takes.
 
-use super::html::{self, Field, Page, esc, link, table, url_encode};
+use super::html::{self, Field, Markup, Page, code, html, link, table, url_encode};
 use super::{Console, Ctx, Form, list, logout, s};
 use axum::Router;
 use axum::extract::Path;
 use axum::http::{Method, StatusCode};
-use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use serde_json::{Map, Value, json};
 
 pub fn routes() -> Router<Console> {
     Router::new()
-        .route("/", get(|| async { Redirect::to("/products") }))
         .route("/logout", post(logout))
         .route("/backends", get(backends).post(backend_create))
         .route("/backends/new", get(backend_new))
@@ -25,10 +24,10 @@ pub fn routes() -> Router<Console> {
 }
 
 /// A page for an API answer that is not a success (404, 500…).
-fn api_failure(ctx: &Ctx, section: &'static str, answer: &super::Answer) -> Response {
+pub(super) fn api_failure(ctx: &Ctx, section: &'static str, answer: &super::Answer) -> Response {
     let (message, _) = answer.error();
     let status = if answer.status.is_success() { StatusCode::INTERNAL_SERVER_ERROR } else { answer.status };
-    (status, Page::new("Not available", section, &ctx.session.csrf).error(Some(&message)).render()).into_response()
+    Page::new("Not available", section, &ctx.session.csrf).error(Some(&message)).status(status).into_response()
 }
 
 /// Puts `value` at `key`, or removes the key when the form left it blank.
@@ -46,22 +45,21 @@ async fn backends(ctx: Ctx) -> Response {
     if !answer.ok() {
         return api_failure(&ctx, "Backends", &answer);
     }
-    let rows: Vec<Vec<String>> = list(&answer)
+    let rows = list(&answer)
         .iter()
         .map(|b| {
             let name = s(b, "system_name");
             vec![
                 link(&format!("/backends/{}", url_encode(name)), b["name"].as_str().unwrap_or(name)),
-                format!("<code>{}</code>", esc(name)),
-                format!("<code>{}</code>", esc(s(b, "private_base_url"))),
+                code(name),
+                code(s(b, "private_base_url")),
             ]
         })
         .collect();
     Page::new("Backends", "Backends", &ctx.session.csrf)
         .para("A backend is a private service Tollgate forwards to: HTTP(S) or WebSocket (ws/wss).")
-        .raw(table("Backends", &["Name", "System name", "Private Base URL"], &rows))
-        .raw(r#"<p><a href="/backends/new">Create a backend</a></p>"#)
-        .render()
+        .push(table("Backends", &["Name", "System name", "Private Base URL"], rows))
+        .push(html! { p { a.action href="/backends/new" { "Create a backend" } } })
         .into_response()
 }
 
@@ -72,43 +70,56 @@ fn backend_form(
     b: &Value,
     creating: bool,
     error: Option<&(String, Option<String>)>,
-) -> String {
+) -> Markup {
     let err = error.and_then(|(m, f)| f.as_deref().map(|f| (f, m.as_str())));
     let tls = &b["tls"];
     let verify = if tls["verify"].as_bool().unwrap_or(true) { "true" } else { "false" };
     let timeout = b["connect_timeout_ms"].as_u64().map(|t| t.to_string()).unwrap_or_default();
-    let mut fields = String::new();
-    if creating {
-        fields += &Field::text("System name", "system_name", s(b, "system_name"))
+    let default_timeout = format!("{} (the default)", tollgate_gateway::upstream::DEFAULT_CONNECT_TIMEOUT.as_millis());
+    let fields = html! {
+        @if creating {
+            (Field::text("System name", "system_name", s(b, "system_name"))
+                .required()
+                .hint("Letters, digits, _, - or .; used in paths and the configuration; cannot change later.")
+                .html(err))
+        }
+        (Field::text("Name", "name", s(b, "name")).html(err))
+        (Field::text("Description", "description", s(b, "description")).html(err))
+        (Field::text("Private Base URL", "private_base_url", s(b, "private_base_url"))
             .required()
-            .hint("Letters, digits, _, - or .; used in paths and the configuration; cannot change later.")
-            .html(err);
-    }
-    fields += &Field::text("Name", "name", s(b, "name")).html(err);
-    fields += &Field::text("Description", "description", s(b, "description")).html(err);
-    fields += &Field::text("Private Base URL", "private_base_url", s(b, "private_base_url"))
-        .required()
-        .hint("http://, https://, ws:// or wss://, with an optional path prefix, e.g. wss://echo.internal:8443/api")
-        .html(err);
-    fields += r#"<fieldset><legend>TLS (https and wss)</legend>"#;
-    fields += &Field::text("CA certificate file", "tls.ca_file", s(tls, "ca_file"))
-        .hint("Path on the gateway's machine of a PEM file with the CA (or the self-signed certificate) to trust instead of the system roots.")
-        .html(err);
-    fields += &Field::text("CA certificate (PEM)", "tls.ca_pem", s(tls, "ca_pem"))
-        .kind("textarea")
-        .hint("Or paste (or upload) the certificate itself; it is stored with the configuration, so every gateway node has it.")
-        .html(err)
-        .replace("</textarea>", r#"</textarea><input type="file" accept=".pem,.crt,.cer" data-fills="f-tls-ca_pem" aria-label="Upload a CA certificate file">"#);
-    fields += &Field::text("Server name", "tls.server_name", s(tls, "server_name"))
-        .hint("Name to verify the certificate for, when it differs from the URL's host.")
-        .html(err);
-    fields += &Field::text("Verify the certificate", "tls.verify", verify).kind("checkbox").html(err);
-    if verify == "false" {
-        fields += r#"<p class="warning" role="note">Verification is off: anyone on the path to this backend can read and change its traffic. Pin its certificate with a CA file instead.</p>"#;
-    }
-    fields += "</fieldset>";
-    fields += &Field::text("Connect timeout (ms)", "connect_timeout_ms", &timeout).kind("number").html(err);
-    html::form(action, &ctx.session.csrf, &fields, if creating { "Create backend" } else { "Save" })
+            .hint("http://, https://, ws:// or wss://, with an optional path prefix, e.g. wss://echo.internal:8443/api")
+            .html(err))
+        fieldset {
+            legend { "TLS (https and wss)" }
+            (Field::text("CA certificate file", "tls.ca_file", s(tls, "ca_file"))
+                .hint("Path on the gateway's machine of a PEM file with the CA (or the self-signed certificate) to trust instead of the system roots.")
+                .html(err))
+            (Field::text("CA certificate (PEM)", "tls.ca_pem", s(tls, "ca_pem"))
+                .kind("textarea")
+                .hint("Or paste (or upload) the certificate itself; it is stored with the configuration, so every gateway node has it.")
+                .html(err))
+            div.field {
+                label for="f-tls-ca_pem-file" { "Upload a CA certificate file" }
+                input #f-tls-ca_pem-file type="file" accept=".pem,.crt,.cer" data-fills="f-tls-ca_pem";
+            }
+            @if let Some(pem) = tls["ca_pem"].as_str() { (super::integration::certificates(pem)) }
+            (Field::text("Server name", "tls.server_name", s(tls, "server_name"))
+                .hint("Name to verify the certificate for, when it differs from the URL's host.")
+                .html(err))
+            (Field::text("Verify the certificate", "tls.verify", verify).kind("checkbox").html(err))
+            @if verify == "false" {
+                p.warning role="note" {
+                    "Verification is off: anyone on the path to this backend can read and change its traffic. Pin its certificate with a CA file instead."
+                }
+            }
+        }
+        (Field::text("Connect timeout (ms)", "connect_timeout_ms", &timeout)
+            .kind("number")
+            .placeholder(&default_timeout)
+            .hint("How long to wait for the backend to accept a connection (and finish the TLS handshake).")
+            .html(err))
+    };
+    html::form(action, &ctx.session.csrf, fields, if creating { "Create backend" } else { "Save" })
 }
 
 /// Applies the backend form's fields to `b` (a backend's JSON).
@@ -136,12 +147,15 @@ fn backend_from_form(mut b: Value, form: &Form, creating: bool) -> Value {
     b
 }
 
-async fn backend_new(ctx: Ctx) -> Html<String> {
+async fn backend_new(ctx: Ctx) -> Page {
     let blank = json!({ "tls": { "verify": true } });
-    Page::new("Create a backend", "Backends", &ctx.session.csrf)
-        .crumb("Backends", "/backends")
-        .raw(backend_form(&ctx, "/backends", &blank, true, None))
-        .render()
+    Page::new("Create a backend", "Backends", &ctx.session.csrf).crumb("Backends", "/backends").push(backend_form(
+        &ctx,
+        "/backends",
+        &blank,
+        true,
+        None,
+    ))
 }
 
 async fn backend_create(ctx: Ctx, form: Form) -> Response {
@@ -151,11 +165,11 @@ async fn backend_create(ctx: Ctx, form: Form) -> Response {
         return Redirect::to(&format!("/backends/{}?saved=1", url_encode(s(&doc, "system_name")))).into_response();
     }
     let error = answer.error();
-    let page = Page::new("Create a backend", "Backends", &ctx.session.csrf)
+    Page::new("Create a backend", "Backends", &ctx.session.csrf)
         .crumb("Backends", "/backends")
         .error(Some(&error.0))
-        .raw(backend_form(&ctx, "/backends", &doc, true, Some(&error)));
-    (StatusCode::UNPROCESSABLE_ENTITY, page.render()).into_response()
+        .push(backend_form(&ctx, "/backends", &doc, true, Some(&error)))
+        .into_response()
 }
 
 async fn backend_edit(ctx: Ctx, Path(b): Path<String>, query: axum::extract::RawQuery) -> Response {
@@ -165,18 +179,16 @@ async fn backend_edit(ctx: Ctx, Path(b): Path<String>, query: axum::extract::Raw
     }
     let saved = query.0.is_some_and(|q| q.contains("saved=1"));
     let action = format!("/backends/{}", url_encode(&b));
-    let mut page = Page::new(format!("Backend {b}"), "Backends", &ctx.session.csrf).crumb("Backends", "/backends");
-    if saved {
-        page = page.raw(r#"<p class="notice" role="status">Saved.</p>"#);
-    }
-    page.raw(backend_form(&ctx, &action, &answer.body, false, None))
-        .raw(html::button(
+    Page::new(format!("Backend {b}"), "Backends", &ctx.session.csrf)
+        .crumb("Backends", "/backends")
+        .notice(saved.then_some("Saved."))
+        .push(backend_form(&ctx, &action, &answer.body, false, None))
+        .push(html::danger_button(
             &format!("{action}/delete"),
             &ctx.session.csrf,
             "Delete backend",
-            Some("Delete this backend? Products using it must drop it first."),
+            "Delete this backend? Products using it must drop it first.",
         ))
-        .render()
         .into_response()
 }
 
@@ -192,11 +204,11 @@ async fn backend_update(ctx: Ctx, Path(b): Path<String>, form: Form) -> Response
         return Redirect::to(&format!("{path}?saved=1")).into_response();
     }
     let error = answer.error();
-    let page = Page::new(format!("Backend {b}"), "Backends", &ctx.session.csrf)
+    Page::new(format!("Backend {b}"), "Backends", &ctx.session.csrf)
         .crumb("Backends", "/backends")
         .error(Some(&error.0))
-        .raw(backend_form(&ctx, &path, &doc, false, Some(&error)));
-    (StatusCode::UNPROCESSABLE_ENTITY, page.render()).into_response()
+        .push(backend_form(&ctx, &path, &doc, false, Some(&error)))
+        .into_response()
 }
 
 async fn backend_delete(ctx: Ctx, Path(b): Path<String>, _form: Form) -> Response {
@@ -211,22 +223,21 @@ async fn products(ctx: Ctx) -> Response {
     if !answer.ok() {
         return api_failure(&ctx, "Products", &answer);
     }
-    let rows: Vec<Vec<String>> = list(&answer)
+    let rows = list(&answer)
         .iter()
         .map(|p| {
             let name = s(p, "system_name");
             vec![
                 link(&format!("/products/{}", url_encode(name)), p["name"].as_str().unwrap_or(name)),
-                format!("<code>{}</code>", esc(s(p, "staging_public_base_url"))),
-                format!("<code>{}</code>", esc(s(p, "production_public_base_url"))),
+                code(s(p, "staging_public_base_url")),
+                code(s(p, "production_public_base_url")),
             ]
         })
         .collect();
     Page::new("Products", "Products", &ctx.session.csrf)
         .para("A product is the API your consumers see: public hostnames for a staging and a production gateway, in front of one or more backends.")
-        .raw(table("Products", &["Name", "Staging Public Base URL", "Production Public Base URL"], &rows))
-        .raw(r#"<p><a href="/products/new">Create a product</a></p>"#)
-        .render()
+        .push(table("Products", &["Name", "Staging Public Base URL", "Production Public Base URL"], rows))
+        .push(html! { p { a.action href="/products/new" { "Create a product" } } })
         .into_response()
 }
 
@@ -238,83 +249,6 @@ const LOCATIONS: [(&str, &str); 3] = [
     ("authorization", "As HTTP Basic authentication or a bearer token"),
 ];
 
-/// The product's settings form (integration settings of 3scale's product page).
-fn product_form(
-    ctx: &Ctx,
-    action: &str,
-    p: &Value,
-    creating: bool,
-    error: Option<&(String, Option<String>)>,
-) -> String {
-    let err = error.and_then(|(m, f)| f.as_deref().map(|f| (f, m.as_str())));
-    let auth = &p["authentication"];
-    let mut fields = String::new();
-    if creating {
-        fields += &Field::text("System name", "system_name", s(p, "system_name"))
-            .required()
-            .hint("Letters, digits, _, - or .; cannot change later.")
-            .html(err);
-    }
-    fields += &Field::text("Name", "name", s(p, "name")).html(err);
-    fields += &Field::text("Description", "description", s(p, "description")).html(err);
-    fields += &Field::text("Staging Public Base URL", "staging_public_base_url", s(p, "staging_public_base_url"))
-        .required()
-        .hint("Where consumers reach the staging gateway, e.g. https://api-staging.example.com")
-        .html(err);
-    fields +=
-        &Field::text("Production Public Base URL", "production_public_base_url", s(p, "production_public_base_url"))
-            .required()
-            .html(err);
-    if !creating {
-        let opts = |list: &[(&str, &str)]| list.iter().map(|(v, l)| (v.to_string(), l.to_string())).collect::<Vec<_>>();
-        fields += r#"<fieldset><legend>Authentication</legend>"#;
-        fields += &html::select(
-            "Authentication mode",
-            "authentication.mode",
-            &opts(&AUTH_MODES),
-            auth["mode"].as_str().unwrap_or("user_key"),
-        );
-        fields += &html::select(
-            "Credentials location",
-            "authentication.credentials_location",
-            &opts(&LOCATIONS),
-            auth["credentials_location"].as_str().unwrap_or("query"),
-        );
-        fields += &Field::text(
-            "user_key parameter",
-            "authentication.user_key_param",
-            auth["user_key_param"].as_str().unwrap_or("user_key"),
-        )
-        .html(err);
-        fields += &Field::text(
-            "app_id parameter",
-            "authentication.app_id_param",
-            auth["app_id_param"].as_str().unwrap_or("app_id"),
-        )
-        .html(err);
-        fields += &Field::text(
-            "app_key parameter",
-            "authentication.app_key_param",
-            auth["app_key_param"].as_str().unwrap_or("app_key"),
-        )
-        .html(err);
-        fields += "</fieldset>";
-        fields += r#"<fieldset><legend>Error messages</legend><p class="hint">Leave a status blank for Tollgate's default answer (a short JSON body).</p>"#;
-        for (key, label) in ERRORS {
-            let e = &p["errors"][key];
-            let status = e["status"].as_u64().map(|n| n.to_string()).unwrap_or_default();
-            fields += &format!("<h3>{}</h3>", esc(label));
-            fields += &Field::text("Status", &format!("errors.{key}.status"), &status).kind("number").html(err);
-            fields += &Field::text("Body", &format!("errors.{key}.body"), s(e, "body")).kind("textarea").html(err);
-            fields += &Field::text("Content type", &format!("errors.{key}.content_type"), s(e, "content_type"))
-                .hint("default: text/plain; charset=utf-8")
-                .html(err);
-        }
-        fields += "</fieldset>";
-    }
-    html::form(action, &ctx.session.csrf, &fields, if creating { "Create product" } else { "Update product" })
-}
-
 /// The error answers a product can override (3scale's "Gateway response").
 const ERRORS: [(&str, &str); 4] = [
     ("auth_missing", "Authentication missing"),
@@ -322,6 +256,70 @@ const ERRORS: [(&str, &str); 4] = [
     ("no_match", "No mapping rule matched"),
     ("limits_exceeded", "Usage limit exceeded"),
 ];
+
+fn options(list: &[(&str, &str)]) -> Vec<(String, String)> {
+    list.iter().map(|(v, l)| (v.to_string(), l.to_string())).collect()
+}
+
+/// The product's settings form (integration settings of 3scale's product page).
+fn product_form(
+    ctx: &Ctx,
+    action: &str,
+    p: &Value,
+    creating: bool,
+    error: Option<&(String, Option<String>)>,
+) -> Markup {
+    let err = error.and_then(|(m, f)| f.as_deref().map(|f| (f, m.as_str())));
+    let auth = &p["authentication"];
+    let fields = html! {
+        @if creating {
+            (Field::text("System name", "system_name", s(p, "system_name"))
+                .required()
+                .hint("Letters, digits, _, - or .; cannot change later.")
+                .html(err))
+        }
+        (Field::text("Name", "name", s(p, "name")).html(err))
+        (Field::text("Description", "description", s(p, "description")).html(err))
+        (Field::text("Staging Public Base URL", "staging_public_base_url", s(p, "staging_public_base_url"))
+            .required()
+            .hint("Where consumers reach the staging gateway, e.g. https://api-staging.example.com")
+            .html(err))
+        (Field::text("Production Public Base URL", "production_public_base_url", s(p, "production_public_base_url"))
+            .required()
+            .hint("Where consumers reach the production gateway, e.g. https://api.example.com")
+            .html(err))
+        @if !creating {
+            fieldset {
+                legend { "Authentication" }
+                (html::select("Authentication mode", "authentication.mode", &options(&AUTH_MODES),
+                    auth["mode"].as_str().unwrap_or("user_key")))
+                (html::select("Credentials location", "authentication.credentials_location", &options(&LOCATIONS),
+                    auth["credentials_location"].as_str().unwrap_or("query")))
+                (Field::text("user_key parameter", "authentication.user_key_param",
+                    auth["user_key_param"].as_str().unwrap_or("user_key")).html(err))
+                (Field::text("app_id parameter", "authentication.app_id_param",
+                    auth["app_id_param"].as_str().unwrap_or("app_id")).html(err))
+                (Field::text("app_key parameter", "authentication.app_key_param",
+                    auth["app_key_param"].as_str().unwrap_or("app_key")).html(err))
+            }
+            fieldset {
+                legend { "Error messages" }
+                p.hint { "Leave a status blank for Tollgate's default answer (a short JSON body)." }
+                @for (key, label) in ERRORS {
+                    @let e = &p["errors"][key];
+                    @let status = e["status"].as_u64().map(|n| n.to_string()).unwrap_or_default();
+                    h3 { (label) }
+                    (Field::text("Status", &format!("errors.{key}.status"), &status).kind("number").html(err))
+                    (Field::text("Body", &format!("errors.{key}.body"), s(e, "body")).kind("textarea").html(err))
+                    (Field::text("Content type", &format!("errors.{key}.content_type"), s(e, "content_type"))
+                        .placeholder("text/plain; charset=utf-8")
+                        .html(err))
+                }
+            }
+        }
+    };
+    html::form(action, &ctx.session.csrf, fields, if creating { "Create product" } else { "Update product" })
+}
 
 fn product_from_form(mut p: Value, form: &Form, creating: bool) -> Value {
     let Some(map) = p.as_object_mut() else { return p };
@@ -364,11 +362,14 @@ fn product_from_form(mut p: Value, form: &Form, creating: bool) -> Value {
     p
 }
 
-async fn product_new(ctx: Ctx) -> Html<String> {
-    Page::new("Create a product", "Products", &ctx.session.csrf)
-        .crumb("Products", "/products")
-        .raw(product_form(&ctx, "/products", &json!({}), true, None))
-        .render()
+async fn product_new(ctx: Ctx) -> Page {
+    Page::new("Create a product", "Products", &ctx.session.csrf).crumb("Products", "/products").push(product_form(
+        &ctx,
+        "/products",
+        &json!({}),
+        true,
+        None,
+    ))
 }
 
 async fn product_create(ctx: Ctx, form: Form) -> Response {
@@ -378,11 +379,11 @@ async fn product_create(ctx: Ctx, form: Form) -> Response {
         return Redirect::to(&format!("/products/{}", url_encode(s(&doc, "system_name")))).into_response();
     }
     let error = answer.error();
-    let page = Page::new("Create a product", "Products", &ctx.session.csrf)
+    Page::new("Create a product", "Products", &ctx.session.csrf)
         .crumb("Products", "/products")
         .error(Some(&error.0))
-        .raw(product_form(&ctx, "/products", &doc, true, Some(&error)));
-    (StatusCode::UNPROCESSABLE_ENTITY, page.render()).into_response()
+        .push(product_form(&ctx, "/products", &doc, true, Some(&error)))
+        .into_response()
 }
 
 /// A product's console path.
@@ -391,60 +392,57 @@ pub(super) fn base(p: &str) -> String {
 }
 
 /// One of a product's tabs: `content` below the tabs, `error` above it (422 then).
-pub(super) fn tab_page(ctx: &Ctx, p: &str, tab: &str, error: Option<&str>, content: String) -> Response {
-    let status = if error.is_some() { StatusCode::UNPROCESSABLE_ENTITY } else { StatusCode::OK };
-    let page = Page::new(format!("{p} · {tab}"), "Products", &ctx.session.csrf)
+pub(super) fn tab_page(ctx: &Ctx, p: &str, tab: &str, error: Option<&str>, content: Markup) -> Response {
+    Page::new(format!("{p} · {tab}"), "Products", &ctx.session.csrf)
         .crumb("Products", "/products")
         .crumb(p, &base(p))
-        .raw(product_tabs(p, tab))
+        .push(product_tabs(p, tab))
         .error(error)
-        .raw(content);
-    (status, page.render()).into_response()
+        .push(content)
+        .into_response()
 }
 
 /// The tabs of a product's pages.
-pub fn product_tabs(product: &str, current: &str) -> String {
-    let base = format!("/products/{}", url_encode(product));
+pub fn product_tabs(product: &str, current: &str) -> Markup {
+    let base = base(product);
     let tabs = [
-        ("Overview", String::new()),
-        ("Backends", "/backend_usages".into()),
-        ("Metrics & methods", "/metrics".into()),
-        ("Mapping rules", "/mapping_rules".into()),
-        ("Policies", "/policies".into()),
-        ("Application plans", "/plans".into()),
-        ("Integration", "/integration".into()),
-        ("Try it", "/try".into()),
+        ("Overview", ""),
+        ("Backends", "/backend_usages"),
+        ("Metrics & methods", "/metrics"),
+        ("Mapping rules", "/mapping_rules"),
+        ("Policies", "/policies"),
+        ("Application plans", "/plans"),
+        ("Integration", "/integration"),
+        ("Try it", "/try"),
     ];
-    let mut out = String::from(r#"<nav class="tabs" aria-label="Product">"#);
-    for (label, suffix) in tabs {
-        let cur = if label == current { r#" aria-current="page""# } else { "" };
-        out += &format!(r#"<a href="{base}{suffix}"{cur}>{label}</a>"#);
+    html! {
+        nav.tabs aria-label="Product" {
+            @for (label, suffix) in tabs {
+                a href={ (base) (suffix) } aria-current=[(label == current).then_some("page")] { (label) }
+            }
+        }
     }
-    out + "</nav>"
 }
 
 async fn product_overview(ctx: Ctx, Path(p): Path<String>, query: axum::extract::RawQuery) -> Response {
-    let answer = ctx.get(&format!("/products/{}", url_encode(&p))).await;
+    let answer = ctx.get(&base(&p)).await;
     if !answer.ok() {
         return api_failure(&ctx, "Products", &answer);
     }
     let saved = query.0.is_some_and(|q| q.contains("saved=1"));
-    let action = format!("/products/{}", url_encode(&p));
+    let action = base(&p);
     let title = answer.body["name"].as_str().unwrap_or(&p).to_string();
-    let mut page = Page::new(title, "Products", &ctx.session.csrf)
+    Page::new(title, "Products", &ctx.session.csrf)
         .crumb("Products", "/products")
-        .raw(product_tabs(&p, "Overview"));
-    if saved {
-        page = page.raw(r#"<p class="notice" role="status">Saved.</p>"#);
-    }
-    page.raw("<h2>Integration settings</h2>")
-        .raw(product_form(&ctx, &action, &answer.body, false, None))
-        .render()
+        .push(product_tabs(&p, "Overview"))
+        .notice(saved.then_some("Saved."))
+        .push(html! { h2 { "Integration settings" } })
+        .push(product_form(&ctx, &action, &answer.body, false, None))
         .into_response()
 }
 
 async fn product_update(ctx: Ctx, Path(p): Path<String>, form: Form) -> Response {
-    let path = format!("/products/{}", url_encode(&p));
+    let path = base(&p);
     let current = ctx.get(&path).await;
     if !current.ok() {
         return api_failure(&ctx, "Products", &current);
@@ -455,10 +453,10 @@ async fn product_update(ctx: Ctx, Path(p): Path<String>, form: Form) -> Response
         return Redirect::to(&format!("{path}?saved=1")).into_response();
     }
     let error = answer.error();
-    let page = Page::new(p.clone(), "Products", &ctx.session.csrf)
+    Page::new(p.clone(), "Products", &ctx.session.csrf)
         .crumb("Products", "/products")
-        .raw(product_tabs(&p, "Overview"))
+        .push(product_tabs(&p, "Overview"))
         .error(Some(&error.0))
-        .raw(product_form(&ctx, &path, &doc, false, Some(&error)));
-    (StatusCode::UNPROCESSABLE_ENTITY, page.render()).into_response()
+        .push(product_form(&ctx, &path, &doc, false, Some(&error)))
+        .into_response()
 }

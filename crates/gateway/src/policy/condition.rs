@@ -99,10 +99,9 @@ impl Condition {
                 Op::Eq | Op::Ne => {
                     Right::Text(Template::parse(&o.right).map_err(|e| (format!("operations[{i}].right"), e))?)
                 }
-                Op::Matches | Op::NotMatches => Right::Regex(
-                    regex::Regex::new(&o.right)
-                        .map_err(|e| (format!("operations[{i}].right"), format!("not a regular expression: {e}")))?,
-                ),
+                Op::Matches | Op::NotMatches => {
+                    Right::Regex(super::regex(&o.right).map_err(|e| (format!("operations[{i}].right"), e))?)
+                }
             };
             operations.push(Operation { left, op: o.op, right });
         }

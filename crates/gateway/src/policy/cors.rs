@@ -86,11 +86,9 @@ impl CorsPolicy {
             .transpose()?;
         let mut patterns = Vec::new();
         for (i, p) in c.allow_origin_patterns.iter().enumerate() {
-            let anchored = format!("^(?:{p})$");
-            patterns.push(
-                regex::Regex::new(&anchored)
-                    .map_err(|e| (format!("allow_origin_patterns[{i}]"), format!("not a regular expression: {e}")))?,
-            );
+            // Checked alone first, so the error shows the operator's own pattern.
+            super::regex(p).map_err(|e| (format!("allow_origin_patterns[{i}]"), e))?;
+            patterns.push(super::regex(&format!("^(?:{p})$")).map_err(|e| (format!("allow_origin_patterns[{i}]"), e))?);
         }
         let allowed = (!c.allow_origins.is_empty() || !patterns.is_empty()).then_some((c.allow_origins, patterns));
         let allow_origin = allow_origin.filter(|o| !(c.allow_credentials && o.as_bytes() == b"*"));

@@ -241,6 +241,17 @@ fn now() -> i64 {
 
 impl JwtPolicy {
     pub(super) fn new(c: Config) -> Result<Self, (String, String)> {
+        JwtPolicy::build(c, true)
+    }
+
+    /// Checks the configuration without the network: `jwks_url` must be an http(s)
+    /// URL, but it is not fetched (what `tollgate check` and a save in the admin API
+    /// do; the gateway fetches it when it loads the policy).
+    pub(super) fn offline(c: Config) -> Result<Self, (String, String)> {
+        JwtPolicy::build(c, false)
+    }
+
+    fn build(c: Config, fetch: bool) -> Result<Self, (String, String)> {
         let mut keys = Vec::new();
         if let Some(secret) = &c.secret {
             if secret.len() < 32 {
@@ -256,12 +267,16 @@ impl JwtPolicy {
                 .map_err(|e| ("jwks_file".to_string(), format!("cannot read `{path}`: {e}")))?;
             keys.extend(parse_jwks(&text).map_err(|e| ("jwks_file".to_string(), e))?);
         }
-        if let Some(url) = &c.jwks_url {
-            keys.extend(
+        match &c.jwks_url {
+            Some(url) if fetch => keys.extend(
                 fetch_blocking(url).map_err(|e| ("jwks_url".to_string(), format!("cannot fetch `{url}`: {e}")))?,
-            );
+            ),
+            Some(url) => {
+                tollgate_model::BaseUrl::parse(url, &["http", "https"]).map_err(|e| ("jwks_url".to_string(), e))?;
+            }
+            None => {}
         }
-        if keys.is_empty() {
+        if keys.is_empty() && (fetch || c.jwks_url.is_none()) {
             return Err(("jwks_url".into(), "give jwks_url, jwks_file or (for HS256) secret; no key was found".into()));
         }
         let algorithms = if c.algorithms.is_empty() {
@@ -285,10 +300,7 @@ impl JwtPolicy {
                     (format!("claim_checks[{i}].methods[{j}]"), format!("`{m}` is not an HTTP method"))
                 })?);
             }
-            let path = k
-                .path
-                .map(|p| regex::Regex::new(&p).map_err(|e| (at("path"), format!("not a regular expression: {e}"))))
-                .transpose()?;
+            let path = k.path.map(|p| super::regex(&p).map_err(|e| (at("path"), e))).transpose()?;
             let condition = Condition::new(k.condition).map_err(|(p, m)| (at(&format!("condition.{p}")), m))?;
             let refusal = ErrorTemplate::json(
                 StatusCode::FORBIDDEN,

@@ -88,6 +88,25 @@ pub struct LoggingPolicy {
 }
 
 impl LoggingPolicy {
+    /// Checks the configuration without creating the log file: an existing file must
+    /// open for appending, a new one needs an existing folder (what `tollgate check`
+    /// and a save in the admin API do; the file is made when the gateway loads it).
+    pub(super) fn offline(c: Config) -> Result<Self, (String, String)> {
+        if let Some(path) = &c.file {
+            let p = std::path::Path::new(path);
+            let fail = |why: String| ("file".to_string(), format!("cannot open `{path}` for appending: {why}"));
+            if p.exists() {
+                std::fs::OpenOptions::new().append(true).open(p).map_err(|e| fail(e.to_string()))?;
+            } else {
+                let folder = p.parent().filter(|f| !f.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+                if !folder.is_dir() {
+                    return Err(fail(format!("the folder `{}` does not exist", folder.display())));
+                }
+            }
+        }
+        LoggingPolicy::new(Config { file: None, ..c })
+    }
+
     pub(super) fn new(c: Config) -> Result<Self, (String, String)> {
         let file = match c.file {
             None => None,

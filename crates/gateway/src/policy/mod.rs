@@ -144,6 +144,9 @@ pub struct PolicyInfo {
     /// JSON Schema of the policy's `configuration` (without `condition`).
     schema: fn() -> serde_json::Value,
     build: Builder,
+    /// Builds without side effects beyond reading files — no network, no file made —
+    /// for validation ([`Registry::offline`]); `None` when `build` has none anyway.
+    offline: Option<Builder>,
 }
 
 impl PolicyInfo {
@@ -195,6 +198,9 @@ where
 /// Builds policies by name from their configuration.
 pub struct Registry {
     policies: Vec<PolicyInfo>,
+    /// Validation only: policies are built without network or files made (see
+    /// [`Registry::offline`]).
+    offline: bool,
 }
 
 impl Default for Registry {
@@ -206,109 +212,135 @@ impl Default for Registry {
                     schema: schema_of::<tollgate::Config>,
                     summary: "Authenticates the application, maps the request to metrics and enforces usage limits (3scale's `apicast` policy). Runs last if absent from the chain.",
                     build: |c| parse::<tollgate::Config>(c).map(|_| Arc::new(TollgatePolicy) as Arc<dyn Policy>),
+                    offline: None,
                 },
                 PolicyInfo {
                     name: "websocket",
                     schema: schema_of::<websocket::Config>,
                     summary: "Allows WebSocket upgrades for the product and governs the connections (message caps, metering, timeouts); without it an upgrade gets 400.",
                     build: |c| build_as(c, websocket::WebSocketPolicy::new),
+                    offline: None,
                 },
                 PolicyInfo {
                     name: "headers",
                     schema: schema_of::<headers::Config>,
                     summary: "Sets, adds, pushes or deletes request headers (to the backend) and response headers (to the client); values are templates.",
                     build: |c| build_as(c, headers::HeadersPolicy::new),
+                    offline: None,
                 },
                 PolicyInfo {
                     name: "cors",
                     schema: schema_of::<cors::Config>,
                     summary: "Answers CORS preflight requests and adds Access-Control-* headers for allowed origins (lists or patterns).",
                     build: |c| build_as(c, cors::CorsPolicy::new),
+                    offline: None,
                 },
                 PolicyInfo {
                     name: "ip_check",
                     schema: schema_of::<ip_check::Config>,
                     summary: "Allows or denies clients by IP address (IPv4/IPv6 CIDRs, from the peer, X-Forwarded-For or X-Real-IP); a denied client gets 403.",
                     build: |c| build_as(c, ip_check::IpCheckPolicy::new),
+                    offline: None,
                 },
                 PolicyInfo {
                     name: "url_rewriting",
                     schema: schema_of::<url_rewriting::Config>,
                     summary: "Rewrites the path with regular expressions (sub, gsub, break) and edits query arguments, before mapping rules and routing.",
                     build: |c| build_as(c, url_rewriting::UrlRewritingPolicy::new),
+                    offline: None,
                 },
                 PolicyInfo {
                     name: "maintenance_mode",
                     schema: schema_of::<maintenance::Config>,
                     summary: "Answers every request (or those its condition selects) with a fixed status (default 503) and message.",
                     build: |c| build_as(c, maintenance::MaintenancePolicy::new),
+                    offline: None,
                 },
                 PolicyInfo {
                     name: "default_credentials",
                     schema: schema_of::<default_credentials::Config>,
                     summary: "Anonymous access: a request without credentials counts as the configured application.",
                     build: |c| build_as(c, default_credentials::DefaultCredentialsPolicy::new),
+                    offline: None,
                 },
                 PolicyInfo {
                     name: "logging",
                     schema: schema_of::<logging::Config>,
                     summary: "Writes an access-log line per request, JSON or text, with chosen fields, to stdout or a file.",
                     build: |c| build_as(c, logging::LoggingPolicy::new),
+                    offline: Some(|c| build_as(c, logging::LoggingPolicy::offline)),
                 },
                 PolicyInfo {
                     name: "jwt",
                     schema: schema_of::<jwt::Config>,
                     summary: "Validates a JWT (RS256/ES256/HS256, JWKS with rotation, issuer, audience, expiry), maps a claim to the application, checks claims per method and path; WebSocket tokens may come in Sec-WebSocket-Protocol.",
                     build: |c| build_as(c, jwt::JwtPolicy::new),
+                    offline: Some(|c| build_as(c, jwt::JwtPolicy::offline)),
                 },
                 PolicyInfo {
                     name: "upstream_connection",
                     schema: schema_of::<upstream_connection::Config>,
                     summary: "Connect, send and read timeouts towards the product's backends.",
                     build: |c| build_as(c, upstream_connection::UpstreamConnectionPolicy::new),
+                    offline: None,
                 },
                 PolicyInfo {
                     name: "retry",
                     schema: schema_of::<retry::Config>,
                     summary: "Retries bodyless requests with idempotent methods on connection failures and chosen statuses.",
                     build: |c| build_as(c, retry::RetryPolicy::new),
+                    offline: None,
                 },
                 PolicyInfo {
                     name: "payload_limits",
                     schema: schema_of::<payload_limits::Config>,
                     summary: "Limits request bodies (413) and response bodies (502) in bytes, without buffering them.",
                     build: |c| build_as(c, payload_limits::PayloadLimitsPolicy::new),
+                    offline: None,
                 },
                 PolicyInfo {
                     name: "rate_limit",
                     schema: schema_of::<rate_limit::Config>,
                     summary: "Edge limiting independent of plans: fixed window, sliding window, token bucket and concurrent connections, keyed by a template, in memory or Redis.",
                     build: |c| build_as(c, rate_limit::RateLimitPolicy::new),
+                    offline: None,
                 },
                 PolicyInfo {
                     name: "upstream",
                     schema: schema_of::<routing::UpstreamConfig>,
                     summary: "Sends requests whose path matches a regular expression to another URL (3scale's Upstream policy).",
                     build: |c| build_as(c, routing::UpstreamPolicy::new),
+                    offline: None,
                 },
                 PolicyInfo {
                     name: "routing",
                     schema: schema_of::<routing::RoutingConfig>,
                     summary: "Sends a request to a URL or backend chosen by conditions on path, headers, query arguments or JWT claims, with path replacement and Host header.",
                     build: |c| build_as(c, routing::RoutingPolicy::new),
+                    offline: None,
                 },
                 PolicyInfo {
                     name: "echo",
                     schema: schema_of::<echo::Config>,
                     summary: "Answers with the request as the gateway sees it, as JSON (debugging).",
                     build: |c| build_as(c, echo::EchoPolicy::new),
+                    offline: None,
                 },
             ],
+            offline: false,
         }
     }
 }
 
 impl Registry {
+    /// A registry for validating configurations (`tollgate check`, the admin API's
+    /// saves): every policy is built and checked as the gateway would, except that
+    /// nothing is fetched over the network and no file is created — `jwt` checks its
+    /// `jwks_url` without fetching it, `logging` checks its `file` can be written.
+    pub fn offline() -> Registry {
+        Registry { offline: true, ..Registry::default() }
+    }
+
     pub fn policies(&self) -> &[PolicyInfo] {
         &self.policies
     }
@@ -341,7 +373,11 @@ impl Registry {
         // `condition` is every policy's; the rest is the policy's own.
         let mut own = configuration.clone();
         let condition = own.as_object_mut().and_then(|o| o.remove("condition"));
-        let policy = (info.build)(&own).map_err(|(at, msg)| fail(&at, &msg))?;
+        let build = match (self.offline, info.offline) {
+            (true, Some(offline)) => offline,
+            _ => info.build,
+        };
+        let policy = build(&own).map_err(|(at, msg)| fail(&at, &msg))?;
         let Some(condition) = condition else { return Ok(policy) };
         let condition = parse::<condition::ConditionConfig>(&condition)
             .and_then(condition::Condition::new)
@@ -357,6 +393,18 @@ pub(crate) fn status_option(
 ) -> Result<http::StatusCode, (String, String)> {
     http::StatusCode::from_u16(code).ok().filter(|s| range.contains(&s.as_u16())).ok_or_else(|| {
         ("status".to_string(), format!("{code} is not a status between {} and {}", range.start(), range.end()))
+    })
+}
+
+/// Compiles a regular expression of a policy's configuration; the error says in one
+/// line what is wrong (the regex crate's own message spans several lines).
+pub(crate) fn regex(pattern: &str) -> Result<regex::Regex, String> {
+    regex::Regex::new(pattern).map_err(|e| {
+        let why = match &e {
+            regex::Error::Syntax(s) => s.lines().last().unwrap_or_default().trim_start_matches("error: ").to_string(),
+            other => other.to_string(),
+        };
+        format!("`{pattern}` is not a regular expression: {why}")
     })
 }
 

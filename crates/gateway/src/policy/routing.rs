@@ -59,7 +59,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn upstream(url: &str, field: &str) -> Result<Arc<Upstream>, (String, String)> {
     let base = BaseUrl::parse(url, &["http", "https", "ws", "wss"]).map_err(|e| (field.to_string(), e))?;
-    Upstream::new(url, base, &BackendTls::default(), CONNECT_TIMEOUT).map(Arc::new).map_err(|e| (field.to_string(), e))
+    Upstream::new(url, base, &BackendTls::default(), CONNECT_TIMEOUT)
+        .map(Arc::new)
+        .map_err(|e| (field.to_string(), e.message))
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -89,8 +91,7 @@ impl UpstreamPolicy {
         }
         let mut rules = Vec::new();
         for (i, r) in c.rules.into_iter().enumerate() {
-            let re = regex::Regex::new(&r.regex)
-                .map_err(|e| (format!("rules[{i}].regex"), format!("not a regular expression: {e}")))?;
+            let re = super::regex(&r.regex).map_err(|e| (format!("rules[{i}].regex"), e))?;
             rules.push((re, upstream(&r.url, &format!("rules[{i}].url"))?));
         }
         Ok(UpstreamPolicy { rules })

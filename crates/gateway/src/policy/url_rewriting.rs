@@ -105,8 +105,7 @@ impl UrlRewritingPolicy {
     pub(super) fn new(c: Config) -> Result<Self, (String, String)> {
         let mut rewrites = Vec::new();
         for (i, cmd) in c.commands.into_iter().enumerate() {
-            let regex = regex::Regex::new(&cmd.regex)
-                .map_err(|e| (format!("commands[{i}].regex"), format!("not a regular expression: {e}")))?;
+            let regex = super::regex(&cmd.regex).map_err(|e| (format!("commands[{i}].regex"), e))?;
             let mut methods = Vec::new();
             for (j, m) in cmd.methods.iter().enumerate() {
                 methods

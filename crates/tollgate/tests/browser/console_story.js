@@ -1,9 +1,10 @@
 // The 3scale story in the console, clicked through in headless Chromium (Debian's):
 // from an empty store to a WebSocket answering on staging, then production.
-// Saves a screenshot of every step in SHOTS_DIR; prints one JSON line with what it saw.
+// Saves a screenshot of every step in SHOTS_DIR and audits every page with axe-core;
+// prints one JSON line with what it saw (`a11y` lists serious violations by page).
 //
 // usage: node console_story.js ADMIN_URL TOKEN BACKEND_URL CA_FILE STAGING_URL PRODUCTION_URL SHOTS_DIR
-const { chromium } = require('playwright-core');
+const { launch, audit } = require('./common');
 const path = require('path');
 const fs = require('fs');
 
@@ -11,12 +12,8 @@ const [admin, token, backendUrl, caFile, stagingUrl, productionUrl, shots] = pro
 fs.mkdirSync(shots, { recursive: true });
 
 async function main() {
-  const browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-    args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-      '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-  });
-  const seen = {};
+  const browser = await launch();
+  const seen = { a11y: {} };
   let step = 0;
   try {
     const page = await browser.newPage({ viewport: { width: 1280, height: 860 } });
@@ -24,6 +21,8 @@ async function main() {
     const shot = async (name) => {
       step += 1;
       await page.screenshot({ path: path.join(shots, `${String(step).padStart(2, '0')}-${name}.png`), fullPage: true });
+      const found = await audit(page);
+      if (found.length) seen.a11y[name] = found;
     };
     const tab = (name) => page.locator('nav[aria-label="Product"]').getByRole('link', { name, exact: true });
     const main = (name) => page.locator('nav[aria-label="Main"]').getByRole('link', { name, exact: true });
@@ -77,7 +76,7 @@ async function main() {
     await page.getByLabel('Pattern').fill('no-slash');
     seen.pattern_error = await page.locator('.field-error[aria-live]').filter({ hasText: /./ }).innerText();
     await page.getByLabel('Pattern').fill('/');
-    await page.locator('input[data-validate-pattern][aria-invalid="false"]').waitFor();
+    await page.locator('[data-validate-pattern] input[aria-invalid="false"]').waitFor();
     await click('Add mapping rule');
     await page.locator('table').getByText('+1').waitFor();
     await shot('mapping-rules');
@@ -138,7 +137,7 @@ async function main() {
     // Promote to Production and see the version change.
     await tab('Integration').click();
     seen.before = await page.locator('main p').filter({ hasText: 'Staging runs' }).innerText();
-    seen.diff_rows = await page.locator('table:has(caption:text("Staging against production")) tbody tr').count();
+    seen.diff_rows = await page.locator('.diff[aria-label="Staging against production"] tbody tr').count();
     page.once('dialog', (d) => d.accept());
     await click('Promote to Production');
     seen.production = await page.getByRole('status').innerText();

@@ -1,0 +1,30 @@
+// What the browser tests share: Debian's Chromium launched headless (never a
+// downloaded browser), and an accessibility audit of the page with axe-core.
+'use strict';
+const { chromium } = require('playwright-core');
+const path = require('path');
+
+async function launch() {
+  return chromium.launch({
+    executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+    args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+      '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+  });
+}
+
+// axe-core's serious and critical violations on the page as it is now (WCAG 2.1 A and
+// AA rules), as "rule: target" strings; an empty list when there is none.
+async function audit(page) {
+  if (!(await page.evaluate(() => typeof window.axe !== 'undefined'))) {
+    await page.addScriptTag({ path: path.join(__dirname, 'node_modules/axe-core/axe.min.js') });
+  }
+  const violations = await page.evaluate(async () => {
+    const r = await window.axe.run(document, { runOnly: { type: 'tag', values: ['wcag2a', 'wcag2aa', 'wcag21a', 'wcag21aa'] } });
+    return r.violations.map((v) => ({ id: v.id, impact: v.impact, targets: v.nodes.map((n) => n.target.join(' ')) }));
+  });
+  return violations
+    .filter((v) => v.impact === 'serious' || v.impact === 'critical')
+    .map((v) => `${v.id}: ${v.targets.slice(0, 3).join(', ')}`);
+}
+
+module.exports = { launch, audit };
