@@ -31,6 +31,14 @@ async fn login(server: &tollgate::serve::Server) -> String {
     cookie.split(';').next().expect("cookie").to_string()
 }
 
+/// A console page as a logged-in operator sees it (200 expected).
+async fn console_page(server: &tollgate::serve::Server, path: &str) -> String {
+    let cookie = login(server).await;
+    let (status, _, page) = request(server.admin, "localhost", "GET", path, full(""), &[("cookie", &cookie)]).await;
+    assert_eq!(status, 200, "{path}: {page}");
+    page
+}
+
 #[tokio::test]
 async fn the_websocket_story_in_the_browser() {
     let backend = node_backend().await;
@@ -80,17 +88,7 @@ async fn the_websocket_story_in_the_browser() {
 
     // Analytics: the two upgrades counted on hits, shown on the console's chart.
     server.flush_analytics().await.expect("flush");
-    let cookie = login(&server).await;
-    let (status, _, page) = request(
-        server.admin,
-        "localhost",
-        "GET",
-        "/analytics?product=chat&metric=hits&granularity=minute",
-        full(""),
-        &[("cookie", &cookie)],
-    )
-    .await;
-    assert_eq!(status, 200);
+    let page = console_page(&server, "/analytics?product=chat&metric=hits&granularity=minute").await;
     assert!(page.contains("<strong>2</strong> in this period") && page.contains("<svg"), "{page}");
     let taken = std::fs::read_dir(&shots).map(|d| d.count()).unwrap_or(0);
     assert!(taken >= 12, "a screenshot per step: {taken}");
@@ -260,17 +258,11 @@ async fn the_operators_day_dashboard_try_it_forms_and_diff() {
     }
     assert_eq!(open_websockets(&server).await, 0.0, "the WebSockets did not end at the gateway");
     server.flush_analytics().await.expect("flush");
-    let cookie = login(&server).await;
-    let (status, _, page) = request(
-        server.admin,
-        "localhost",
-        "GET",
+    let page = console_page(
+        &server,
         "/analytics?product=chat&application=live-app&metric=websocket:client_messages&granularity=minute",
-        full(""),
-        &[("cookie", &cookie)],
     )
     .await;
-    assert_eq!(status, 200);
     assert!(page.contains("Closes by close code") && page.contains("normal closure"), "{page}");
     assert!(page.contains("<strong>3</strong> connections opened"), "{page}");
     server.shutdown().await;

@@ -249,6 +249,28 @@ async fn the_readme_quick_start_reaches_the_demo_backend() {
     let echoed: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"));
     assert_eq!((echoed["backend"].as_str(), echoed["method"].as_str()), (Some("tollgate demo"), Some("GET")), "{out}");
     demo.interrupt().await;
+
+    // The console: `serve` with its SQLite store (in a folder of the test's own), the
+    // console URL and a first admin token printed; the console answers there.
+    let scratch = Scratch::new();
+    let mut serve = ns.sh(&readme.command("cargo run --release -- serve"), scratch.0.path());
+    let token = serve.line_with("created the first admin token").await;
+    let token = token.rsplit(' ').next().expect("token").to_string();
+    let console = serve.line_with("tollgate: console").await;
+    let url = console.split_whitespace().find(|w| w.starts_with("http://")).expect("the console's URL").to_string();
+    assert_eq!(url, "http://127.0.0.1:8090/", "the README says where the console is: {console}");
+    let out = run(&ns, &format!("curl -s -o /dev/null -w '%{{http_code}}' {url}login"), &root, "").await;
+    assert_eq!(out.trim(), "200", "the console's login page");
+    let out = run(
+        &ns,
+        &format!("curl -s -o /dev/null -w '%{{http_code}}' -H 'Authorization: Bearer {token}' {url}api/v1/products"),
+        &root,
+        "",
+    )
+    .await;
+    assert_eq!(out.trim(), "200", "the printed token is an admin token");
+    assert!(scratch.0.path().join("tollgate-data/tollgate.db").exists(), "the store is in the current folder");
+    serve.interrupt().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

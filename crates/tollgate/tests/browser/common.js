@@ -27,4 +27,20 @@ async function audit(page) {
     .map((v) => `${v.id}: ${v.targets.slice(0, 3).join(', ')}`);
 }
 
-module.exports = { launch, audit };
+// Runs `body(browser, seen)` in a fresh browser and prints one JSON line: what it saw,
+// or the error with what it had seen until then (and a failing exit status).
+async function run(body) {
+  const browser = await launch();
+  const seen = { a11y: {} };
+  try {
+    await body(browser, seen);
+    console.log(JSON.stringify(seen));
+  } catch (e) {
+    console.log(JSON.stringify({ error: String((e && e.message) || e), seen }));
+    process.exitCode = 1;
+  } finally {
+    await browser.close();
+  }
+}
+
+module.exports = { launch, audit, run };

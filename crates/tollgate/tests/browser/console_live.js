@@ -7,7 +7,7 @@
 //
 // usage: node console_live.js ADMIN_URL TOKEN STAGING_PORT PRODUCTION_PORT CERT_FILE SHOTS_DIR
 'use strict';
-const { launch, audit } = require('./common');
+const { audit, run } = require('./common');
 const http = require('http');
 const path = require('path');
 const fs = require('fs');
@@ -26,11 +26,10 @@ function get(pathAndQuery) {
   });
 }
 
-async function main() {
-  const browser = await launch();
-  const seen = { a11y: {}, refusals: {} };
+run(async (browser, seen) => {
+  seen.refusals = {};
   let step = 20;
-  try {
+  {
     const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
     page.setDefaultTimeout(20000);
     const shot = async (name) => {
@@ -150,13 +149,5 @@ async function main() {
     }))));
     await page.goto(`${admin}/analytics?product=chat&application=live-app&metric=websocket:client_messages&granularity=minute`);
     await check('analytics');
-    console.log(JSON.stringify(seen));
-  } catch (e) {
-    console.log(JSON.stringify({ error: String((e && e.message) || e), step, seen }));
-    process.exitCode = 1;
-  } finally {
-    await browser.close();
   }
-}
-
-main();
+});

@@ -4,18 +4,16 @@
 // prints one JSON line with what it saw (`a11y` lists serious violations by page).
 //
 // usage: node console_story.js ADMIN_URL TOKEN BACKEND_URL CA_FILE STAGING_URL PRODUCTION_URL SHOTS_DIR
-const { launch, audit } = require('./common');
+const { audit, run } = require('./common');
 const path = require('path');
 const fs = require('fs');
 
 const [admin, token, backendUrl, caFile, stagingUrl, productionUrl, shots] = process.argv.slice(2);
 fs.mkdirSync(shots, { recursive: true });
 
-async function main() {
-  const browser = await launch();
-  const seen = { a11y: {} };
+run(async (browser, seen) => {
   let step = 0;
-  try {
+  {
     const page = await browser.newPage({ viewport: { width: 1280, height: 860 } });
     page.setDefaultTimeout(15000);
     const shot = async (name) => {
@@ -143,13 +141,5 @@ async function main() {
     seen.production = await page.getByRole('status').innerText();
     seen.after = await page.locator('main p').filter({ hasText: 'Staging runs' }).innerText();
     await shot('promoted-to-production');
-    console.log(JSON.stringify(seen));
-  } catch (e) {
-    console.log(JSON.stringify({ error: String((e && e.message) || e), step, seen }));
-    process.exitCode = 1;
-  } finally {
-    await browser.close();
   }
-}
-
-main();
+});
