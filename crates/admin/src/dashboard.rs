@@ -19,7 +19,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use tollgate_counters::{Check, Counters};
 use tollgate_model::Limit;
@@ -164,16 +164,17 @@ async fn dashboard(State(s): State<Arc<AdminState>>, Q(q): Q<DashboardQuery>) ->
     }
     let top = s.store.usage_by_application(&product.system_name, "hits", since, now + 60, 10).await?;
     let recent = s.store.usage_by_application(&product.system_name, "hits", now - 86_400, now + 60, 200).await?;
+    let accounts: HashMap<i64, &str> = world.accounts.iter().map(|a| (a.id, a.system_name.as_str())).collect();
+    let applications: HashMap<String, &tollgate_store::Row<tollgate_store::ApplicationDoc>> = world
+        .applications
+        .iter()
+        .filter(|a| a.doc.product == product.system_name)
+        .filter_map(|a| Some((format!("{}/{}", accounts.get(&a.parent_id?)?, a.doc.name), a)))
+        .collect();
     let mut nearest = Vec::new();
     if let Some(counters) = s.counters.as_deref() {
         for (id, _) in &recent {
-            let Some(row) = world.applications.iter().find(|a| {
-                let account = world.accounts.iter().find(|x| Some(x.id) == a.parent_id).map(|x| x.system_name.as_str());
-                account.is_some_and(|acc| format!("{acc}/{}", a.doc.name) == *id)
-                    && a.doc.product == product.system_name
-            }) else {
-                continue;
-            };
+            let Some(row) = applications.get(id).copied() else { continue };
             let (_, limits) = plan_of(&world, row);
             for l in limit_status(counters, id, &limits, now).await? {
                 let (current, value) = (l["current"].as_u64().unwrap_or(0), l["value"].as_u64().unwrap_or(0));

@@ -280,13 +280,18 @@ impl Server {
                         server.stop.subscribe(),
                     ));
                 }
-                let mut gateways = Vec::new();
-                for (environment, addr, tls) in [
-                    (Environment::Staging, server.staging, staging_tls),
-                    (Environment::Production, server.production, production_tls),
-                ] {
-                    gateways.push(tollgate_admin::GatewayListener { environment, addr, tls });
-                }
+                let gateways = vec![
+                    tollgate_admin::GatewayListener {
+                        environment: Environment::Staging,
+                        addr: server.staging,
+                        tls: staging_tls,
+                    },
+                    tollgate_admin::GatewayListener {
+                        environment: Environment::Production,
+                        addr: server.production,
+                        tls: production_tls,
+                    },
+                ];
                 let state = Arc::new(AdminState {
                     metrics: Some(metrics),
                     counters: Some(counters.clone()),
@@ -363,20 +368,25 @@ struct TrafficReporter {
     metrics: Arc<Metrics>,
     node: String,
     environments: Vec<Environment>,
-    /// Each product's totals at the last report.
+    /// Each product's totals at the last report the store took.
     last: std::sync::Mutex<std::collections::HashMap<(Environment, String), ProductTotals>>,
 }
 
 impl TrafficReporter {
+    /// Writes the traffic since the last report and the open WebSockets now. Reports
+    /// are serialized by the caller (the `flushing` lock); what a failed write did not
+    /// take goes with the next report.
     async fn report(&self, store: &Store) -> Result<(), tollgate_store::StoreError> {
         let now_ms = tollgate_store::now_millis();
         let minute = now_ms / 1000 - (now_ms / 1000).rem_euclid(60);
+        let totals = self.metrics.product_totals();
         let mut rows = Vec::new();
         let mut open = Vec::new();
         {
-            let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
-            for (env, product, now) in self.metrics.product_totals() {
-                let before = last.insert((env, product.clone()), now).unwrap_or_default();
+            let last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+            for (env, product, now) in &totals {
+                let (env, now) = (*env, *now);
+                let before = last.get(&(env, product.clone())).copied().unwrap_or_default();
                 let d = |a: u64, b: u64| a.saturating_sub(b) as i64;
                 let responses = std::array::from_fn(|i| d(now.responses[i], before.responses[i]));
                 let (from_clients, from_backends) =
@@ -391,12 +401,16 @@ impl TrafficReporter {
                         messages_from_backends: from_backends,
                     });
                 }
-                open.push((env, product, now.websocket_open as i64));
+                open.push((env, product.as_str(), now.websocket_open as i64));
             }
         }
         let mut reports: Vec<(&str, &str, i64)> = self.environments.iter().map(|e| (e.as_str(), "", 0)).collect();
-        reports.extend(open.iter().map(|(env, product, n)| (env.as_str(), product.as_str(), *n)));
+        reports.extend(open.iter().map(|(env, product, n)| (env.as_str(), *product, *n)));
         store.add_traffic(&rows).await?;
+        self.last
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(totals.iter().map(|(env, product, now)| ((*env, product.clone()), *now)));
         store.report_node(&self.node, &reports, now_ms).await
     }
 }
@@ -406,7 +420,8 @@ async fn persist(
     analytics: &Analytics,
     reporter: &TrafficReporter,
 ) -> Result<(), tollgate_store::StoreError> {
-    reporter.report(store).await?;
+    // Both are attempted: a failure of one does not hold the other back.
+    let traffic = reporter.report(store).await;
     let rows: Vec<UsageRow> = analytics
         .drain()
         .into_iter()
@@ -418,7 +433,8 @@ async fn persist(
             value: r.value as i64,
         })
         .collect();
-    store.add_usage(&rows).await
+    let usage = store.add_usage(&rows).await;
+    traffic.and(usage)
 }
 
 /// Flushes usage to the store every few seconds (and once more at shutdown), and rolls
