@@ -891,10 +891,10 @@ async fn configs_diff(State(s): St, Path(p): Path<String>, Q(q): Q<DiffQuery>) -
     let mut unchanged = Vec::new();
     for key in keys_of(&from, &to) {
         let (a, b) = (&from[key.as_str()], &to[key.as_str()]);
-        if a == b {
-            unchanged.push(key.clone());
-        } else if a.is_object() || b.is_object() {
+        if a.is_object() || b.is_object() {
             unchanged.extend(keys_of(a, b).into_iter().filter(|k| a.get(k) == b.get(k)).map(|k| format!("{key}.{k}")));
+        } else if a == b {
+            unchanged.push(key.clone());
         }
     }
     Ok(Json(json!({ "from": from_name, "to": to_name, "changes": changes, "unchanged": unchanged })))

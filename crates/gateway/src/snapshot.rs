@@ -396,6 +396,20 @@ fn compile_product(
     let mut has_tollgate = false;
     for (j, entry) in p.policy_chain.iter().enumerate() {
         has_tollgate |= entry.name == "tollgate";
+        // `tollgate` and `websocket` act once per request: a second entry would run the
+        // credentials and limits twice, or hide which WebSocket settings apply.
+        if matches!(entry.name.as_str(), "tollgate" | "websocket")
+            && let Some(first) = p.policy_chain[..j].iter().position(|e| e.name == entry.name)
+        {
+            errors.push(
+                ConfigError::new(
+                    format!("{path}.policy_chain[{j}].name"),
+                    format!("`{}` is already in the chain at [{first}]", entry.name),
+                )
+                .hint("keep one of them"),
+            );
+            continue;
+        }
         if !entry.enabled {
             continue;
         }

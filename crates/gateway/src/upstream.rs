@@ -504,7 +504,12 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
             io::ErrorKind::IsADirectory => "it is a directory".to_string(),
             _ => e.to_string(),
         };
-        format!("cannot read {}: {why}", path.display())
+        // A relative path is read from the directory Tollgate runs in: say which.
+        let from = match std::env::current_dir() {
+            Ok(dir) if path.is_relative() => format!(" (relative to {}, where Tollgate runs)", dir.display()),
+            _ => String::new(),
+        };
+        format!("cannot read {}{from}: {why}", path.display())
     })?;
     let certs: Vec<_> = CertificateDer::pem_slice_iter(&bytes)
         .collect::<Result<_, _>>()

@@ -45,7 +45,7 @@ pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
 
 /// Parses and validates a configuration document (YAML, or JSON which is YAML too).
 pub fn parse_str(text: &str) -> Result<Config, ConfigErrors> {
-    let root: Value = serde_norway::from_str(text).map_err(syntax_error)?;
+    let root: Value = serde_norway::from_str(text).map_err(|e| syntax_error(e, text))?;
     let mut errors = ConfigErrors::default();
     let mut config = Config::default();
     let map = match root {
@@ -86,14 +86,23 @@ pub fn parse_str(text: &str) -> Result<Config, ConfigErrors> {
 
 /// A YAML syntax error, its position said once: the parser's message carries it
 /// already (`… at line 3 column 5`) except for a few errors that only have a location.
-fn syntax_error(e: serde_norway::Error) -> ConfigError {
-    let text = e.to_string();
+/// A tab where indentation is expected gets its own hint (YAML forbids tabs there, and
+/// the parser only says it found a character that cannot start a token).
+fn syntax_error(e: serde_norway::Error, text: &str) -> ConfigError {
+    let message = e.to_string();
     let at = match e.location() {
-        Some(l) if !text.contains(" at line ") => format!(" at line {}, column {}", l.line(), l.column()),
+        Some(l) if !message.contains(" at line ") => format!(" at line {}, column {}", l.line(), l.column()),
         _ => String::new(),
     };
-    ConfigError::new("", format!("not valid YAML{at}: {text}"))
-        .hint("fix the syntax there: indentation, a missing `:` after a key, or an unclosed quote or bracket")
+    let line = e.location().and_then(|l| text.lines().nth(l.line().saturating_sub(1)));
+    let hint = if line.is_some_and(|l| l.trim_start_matches(' ').starts_with('\t')) {
+        "this line is indented with a tab: YAML indents with spaces only"
+    } else if message.contains("duplicate entry") {
+        "a key appears twice in the same mapping: keep one (merge their contents)"
+    } else {
+        "fix the syntax there: indentation, a missing `:` after a key, or an unclosed quote or bracket"
+    };
+    ConfigError::new("", format!("not valid YAML{at}: {message}")).hint(hint)
 }
 
 fn items<T: DeserializeOwned>(key: &str, value: Value, errors: &mut ConfigErrors) -> Vec<T> {
@@ -157,7 +166,27 @@ pub fn explain(prefix: &str, inner_path: &str, inner: &str) -> ConfigError {
         let field = rest.split('`').next().unwrap_or(rest);
         return ConfigError::new(format!("{path}.{field}"), "is required").hint(format!("add `{field}:` here"));
     }
+    if let Some(rest) = inner.strip_prefix("invalid type: ").or_else(|| inner.strip_prefix("invalid value: ")) {
+        // serde says `string "sixty", expected u64`: say what is wanted in words.
+        let (found, expected) = rest.split_once(", expected ").unwrap_or((rest, ""));
+        return ConfigError::new(path, format!("{found} is not {}", in_words(expected)));
+    }
     ConfigError::new(path, inner)
+}
+
+/// A serde "expected …" in words: `u64` → "a whole number (0 or more)".
+fn in_words(expected: &str) -> String {
+    match expected {
+        "u8" | "u16" | "u32" | "u64" | "usize" => "a whole number (0 or more)".into(),
+        "i8" | "i16" | "i32" | "i64" | "isize" => "a whole number".into(),
+        "f32" | "f64" => "a number".into(),
+        "a boolean" => "`true` or `false`".into(),
+        "a string" => "text (quote it if it looks like a number or `true`)".into(),
+        "a sequence" => "a list (`- item` lines, or `[a, b]`)".into(),
+        "" => "valid here".into(),
+        other if other.starts_with("struct ") || other.starts_with("a map") => "a mapping (`key: value` lines)".into(),
+        other => other.to_string(),
+    }
 }
 
 fn backticked(s: &str) -> Vec<&str> {
@@ -246,6 +275,18 @@ mod tests {
         let chain = &c.products[0].policy_chain;
         assert_eq!(chain[0].configuration["jwks_file"], dir.join("keys.json").display().to_string());
         assert_eq!(chain[1].configuration["file"], "/var/log/abs.log", "absolute paths stay");
+    }
+
+    #[test]
+    fn tabs_duplicates_and_types_are_said_in_words() {
+        let e = errors("backends:\n\t- system_name: a\n");
+        assert!(e[0].contains("indented with a tab"), "{e:?}");
+        let e = errors("products: []\nproducts: []\n");
+        assert!(e[0].contains("a key appears twice"), "{e:?}");
+        let e = errors(
+            "products:\n  - system_name: p\n    staging_public_base_url: http://s\n    production_public_base_url: http://p\n    application_plans:\n      - system_name: basic\n        limits: [ { metric: hits, period: minute, value: sixty } ]\n",
+        );
+        assert!(e[0].ends_with("value: string \"sixty\" is not a whole number (0 or more)"), "{e:?}");
     }
 
     #[test]

@@ -392,7 +392,11 @@ fn rules(c: &mut Checker, path: &str, rules: &[MappingRule], metrics: &[&str]) {
             c.err(format!("{rpath}.http_method"), format!("`{}` is not an HTTP method", r.http_method), hint);
         }
         if let Err(e) = Pattern::parse(&r.pattern) {
-            c.err(format!("{rpath}.pattern"), e, "see the mapping-rule pattern syntax in the README");
+            c.err(
+                format!("{rpath}.pattern"),
+                e,
+                "see the mapping-rule pattern syntax in docs/gateway.md#mapping-rules",
+            );
         }
         c.reference(format!("{rpath}.metric"), &r.metric, metrics, "metric or method");
         if r.delta == 0 {

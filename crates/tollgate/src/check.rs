@@ -6,13 +6,14 @@ use crate::cli::CheckArgs;
 use std::process::ExitCode;
 
 pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
-    let checked = tollgate_model::load_file(&args.file).and_then(|c| tollgate_gateway::check(&c, false).map(|()| c));
+    let file = args.file();
+    let checked = tollgate_model::load_file(file).and_then(|c| tollgate_gateway::check(&c, false).map(|()| c));
     match checked {
         Ok(c) => {
             let applications: usize = c.accounts.iter().map(|a| a.applications.len()).sum();
             println!(
                 "{}: OK ({} backend(s), {} product(s), {} application(s))",
-                args.file.display(),
+                file.display(),
                 c.backends.len(),
                 c.products.len(),
                 applications
@@ -20,7 +21,7 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Err(errors) => {
-            eprintln!("{}: {} error(s)", args.file.display(), errors.0.len());
+            eprintln!("{}: {} error(s)", file.display(), errors.0.len());
             for e in &errors.0 {
                 eprintln!("  {e}");
             }

@@ -272,8 +272,18 @@ pub struct GatewayArgs {
 #[derive(Debug, Clone, Args)]
 pub struct CheckArgs {
     /// The configuration file to validate.
-    #[arg(long, short = 'f')]
-    pub file: PathBuf,
+    #[arg(long, short = 'f', value_name = "FILE")]
+    file: Option<PathBuf>,
+    /// The same, without `-f`.
+    #[arg(value_name = "FILE", conflicts_with = "file", required_unless_present = "file")]
+    path: Option<PathBuf>,
+}
+
+impl CheckArgs {
+    /// The file to check, given with `-f` or alone.
+    pub fn file(&self) -> &std::path::Path {
+        self.file.as_deref().or(self.path.as_deref()).unwrap_or(std::path::Path::new(""))
+    }
 }
 
 #[derive(Debug, Clone, Args)]

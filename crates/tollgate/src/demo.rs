@@ -137,12 +137,11 @@ impl Demo {
         say!();
         say!("Demo: product `demo` in front of a built-in echo backend (WebSocket and HTTP).");
         say!("Application `demo-app` on plan `basic` (60 hits a minute) has user_key {key}");
-        say!("Try the staging gateway (type a line, get a reply; Ctrl-D to close):");
+        say!("Try the staging gateway (type a line, get a reply; Ctrl-D to close), from a clone of the repository:");
+        say!("  cargo run --release -- ws '{ws}://demo-staging.localhost:{port}/?user_key={key}'");
+        say!("or with tollgate installed (cargo install --path crates/tollgate):");
         say!("  tollgate ws '{ws}://demo-staging.localhost:{port}/?user_key={key}'");
-        say!(
-            "  (from the source tree: cargo run --release -- ws '{ws}://demo-staging.localhost:{port}/?user_key={key}')"
-        );
-        say!("or plain HTTP:");
+        say!("Plain HTTP to the same backend:");
         say!("  curl '{http}://demo-staging.localhost:{port}/?user_key={key}'");
     }
 }

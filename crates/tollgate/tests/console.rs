@@ -207,7 +207,21 @@ async fn policies_are_configured_through_forms_generated_from_their_schemas() {
     ] {
         assert!(page.contains(field), "{field} in {page}");
     }
+    // An optional setting naming a metric starts at "(none)": saving the form as it
+    // comes configures no metering.
+    assert!(page.contains(r#"<option value="" selected>(none)</option>"#), "{page}");
     let csrf = csrf(&page);
+    let untouched = [
+        ("_csrf", csrf.as_str()),
+        ("meter_messages.metric", ""),
+        ("meter_messages.direction", ""),
+        ("meter_bytes.metric", ""),
+        ("on_limit_exceeded", ""),
+    ];
+    let (status, _, page) = post(server.admin, "/products/chat/policies/0", Some(&cookie), &untouched, &[]).await;
+    assert_eq!(status, StatusCode::SEE_OTHER, "{page}");
+    let chain = api(&server, "GET", "/products/chat/policy_chain", None).await.1;
+    assert!(chain[0].get("configuration").is_none_or(|c| c == &serde_json::json!({})), "{chain}");
     let fields = [
         ("_csrf", csrf.as_str()),
         ("max_message_bytes", "4096"),

@@ -117,6 +117,15 @@ async fn refused_like_check(db: &str, url: &str) {
     let field = answer["error"]["field"].as_str().expect("a field");
     assert!(field.starts_with("[0].configuration.commands"), "{db}: {answer}");
     assert_eq!(answer["error"]["message"], message_at(&lines, &format!("products[0].policy_chain{field}")), "{db}");
+    // `websocket` and `tollgate` act once per request: twice is refused, at the second.
+    let twice = json!([{ "name": "websocket" }, { "name": "tollgate" }, { "name": "websocket" }]);
+    let (status, answer) = api(&server, "PUT", "/products/p/policy_chain", Some(twice)).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{db}: {answer}");
+    assert_eq!(answer["error"]["field"], "[2].name", "{db}: {answer}");
+    assert!(
+        answer["error"]["message"].as_str().unwrap_or_default().contains("already in the chain at [0]"),
+        "{answer}"
+    );
     // An APIcast policy name gets a hint naming Tollgate's.
     let (status, answer) =
         api(&server, "PUT", "/products/p/policy_chain", Some(json!([{ "name": "jwt_claim_check" }]))).await;

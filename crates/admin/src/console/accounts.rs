@@ -23,19 +23,34 @@ fn page(ctx: &Ctx, title: String, section: &'static str, error: Option<&str>, co
     Page::new(title, section, &ctx.session.csrf).error(error).push(content).into_response()
 }
 
+/// A page under a section, with its breadcrumbs: `crumbs` are (label, href).
+fn page_under(
+    ctx: &Ctx,
+    title: String,
+    section: &'static str,
+    crumbs: &[(&str, String)],
+    error: Option<&str>,
+    content: Markup,
+) -> Response {
+    let mut page = Page::new(title, section, &ctx.session.csrf);
+    for (label, href) in crumbs {
+        page = page.crumb(label, href);
+    }
+    page.error(error).push(content).into_response()
+}
+
 async fn accounts(ctx: Ctx) -> Response {
     accounts_page(&ctx, None, None).await
 }
 
 async fn accounts_page(ctx: &Ctx, form: Option<&Form>, error: Option<(String, Option<String>)>) -> Response {
+    let apps = list(&ctx.get("/applications").await);
     let rows = list(&ctx.get("/accounts").await)
         .iter()
         .map(|a| {
             let name = s(a, "name");
-            vec![
-                html::link(&format!("/accounts/{}", url_encode(name)), name),
-                html! { (a["applications"].as_array().map_or(0, Vec::len)) },
-            ]
+            let count = apps.iter().filter(|x| x["account_id"] == a["id"]).count();
+            vec![html::link(&format!("/accounts/{}", url_encode(name)), name), html! { (count) }]
         })
         .collect();
     let name = form.and_then(|f| f.get("name")).unwrap_or_default();
@@ -104,7 +119,6 @@ async fn account_page(ctx: &Ctx, a: &str, form: Option<&Form>, error: Option<(St
         (html::select("Product and application plan", "plan", &plans, chosen))
     };
     let content = html! {
-        nav.crumbs aria-label="Breadcrumb" { a href="/accounts" { "Accounts" } }
         (table("Applications", &["Application", "Product", "Plan", "State"], app_rows(&apps)))
         h2 { "Create an application" }
         p { "Its credentials are generated as the product's authentication mode needs." }
@@ -114,7 +128,8 @@ async fn account_page(ctx: &Ctx, a: &str, form: Option<&Form>, error: Option<(St
             (html::form(&format!("/accounts/{}", url_encode(a)), &ctx.session.csrf, fields, "Create application"))
         }
     };
-    page(ctx, format!("Account {a}"), "Accounts", error.as_ref().map(|e| e.0.as_str()), content)
+    let crumbs = [("Accounts", "/accounts".to_string())];
+    page_under(ctx, format!("Account {a}"), "Accounts", &crumbs, error.as_ref().map(|e| e.0.as_str()), content)
 }
 
 async fn app_add(ctx: Ctx, Path(a): Path<String>, form: Form) -> Response {
@@ -182,9 +197,11 @@ async fn application_page(ctx: &Ctx, app: &str, error: Option<String>) -> Respon
             .iter()
             .map(|p| (s(p, "system_name").to_string(), s(p, "system_name").to_string()))
             .collect();
+    let account = list(&ctx.get("/accounts").await).into_iter().find(|x| x["id"] == a["account_id"]);
+    let account_name = account.as_ref().map(|x| s(x, "name").to_string()).unwrap_or_default();
     let content = html! {
-        nav.crumbs aria-label="Breadcrumb" { a href="/applications" { "Applications" } }
         p {
+            "Account " a href={ "/accounts/" (url_encode(&account_name)) } { (account_name) } " · "
             "Product " a href={ "/products/" (url_encode(product)) } { (product) }
             " · plan " strong { (s(a, "plan")) } " · state " strong class={ "state " (state) } { (state) }
         }
@@ -217,7 +234,8 @@ async fn application_page(ctx: &Ctx, app: &str, error: Option<String>) -> Respon
             a href={ "/analytics?product=" (url_encode(product)) "&application=" (url_encode(s(a, "name"))) } { "Analytics" }
         }
     };
-    page(ctx, format!("Application {}", s(a, "name")), "Applications", error.as_deref(), content)
+    let crumbs = [("Applications", "/applications".to_string())];
+    page_under(ctx, format!("Application {}", s(a, "name")), "Applications", &crumbs, error.as_deref(), content)
 }
 
 async fn app_action(ctx: Ctx, Path((app, action)): Path<(String, String)>, form: Form) -> Response {

@@ -29,9 +29,11 @@ pub struct Chart<'a> {
     pub empty: &'a str,
 }
 
-const W: f64 = 720.0;
-const H: f64 = 220.0;
-const LEFT: f64 = 56.0;
+// The drawing's own units; it is scaled to its column (about 450 to 900 px wide), so
+// its text is sized for that scale.
+const W: f64 = 520.0;
+const H: f64 = 200.0;
+const LEFT: f64 = 60.0;
 const RIGHT: f64 = 8.0;
 const TOP: f64 = 10.0;
 const BOTTOM: f64 = 40.0;
@@ -90,7 +92,7 @@ pub fn bars(chart: &Chart<'_>) -> Markup {
     let plot_h = H - TOP - BOTTOM;
     let bar_w = plot_w / n.max(1) as f64;
     let y_of = |v: i64| TOP + plot_h - (v as f64 / top as f64) * plot_h;
-    let label_every = (n / 6).max(1);
+    let label_every = (n / 5).max(1);
     let id = chart.title.chars().filter(char::is_ascii_alphanumeric).collect::<String>().to_lowercase();
     let last = chart.buckets.last().map_or(0, |b| b + chart.step);
     html! {

@@ -119,6 +119,8 @@ impl Page {
                     meta name="viewport" content="width=device-width, initial-scale=1";
                     title { (self.title) " · Tollgate" }
                     @if let Some(csrf) = &self.csrf { meta name="csrf" content=(csrf); }
+                    // No favicon to fetch (a request, and a 404, per page otherwise).
+                    link rel="icon" href="data:,";
                     link rel="stylesheet" href="/console.css";
                     script src="/console.js" defer {}
                 }
@@ -293,10 +295,15 @@ pub fn select_with(label: &str, name: &str, options: &[(String, String)], select
     }
 }
 
-/// A table with a header row; `empty` is what shows when there are no rows.
+/// A table with a header row, or "No … yet." when there are no rows.
 pub fn table(caption: &str, head: &[&str], rows: Vec<Vec<Markup>>) -> Markup {
+    table_or(caption, head, rows, &format!("No {} yet.", caption.to_lowercase()))
+}
+
+/// A table with a header row; `empty` is what shows when there are no rows.
+pub fn table_or(caption: &str, head: &[&str], rows: Vec<Vec<Markup>>, empty: &str) -> Markup {
     if rows.is_empty() {
-        return html! { p.empty { "No " (caption.to_lowercase()) " yet." } };
+        return html! { p.empty { (empty) } };
     }
     html! {
         table {

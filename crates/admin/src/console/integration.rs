@@ -167,19 +167,29 @@ async fn integration_page(ctx: &Ctx, p: &str, notice: Option<String>, error: Opt
         .collect();
     let pr = &product.body;
     let auth = &pr["authentication"];
+    // The first application's credentials, when there is one: examples that work as
+    // pasted (else placeholders).
+    let app = list(&ctx.get("/applications").await).into_iter().find(|a| s(a, "product") == p);
+    let app = app.as_ref();
     let creds = if auth["mode"].as_str() == Some("app_id_app_key") {
         format!(
-            "{}=APP_ID&{}=APP_KEY",
+            "{}={}&{}={}",
             auth["app_id_param"].as_str().unwrap_or("app_id"),
-            auth["app_key_param"].as_str().unwrap_or("app_key")
+            app.and_then(|a| a["app_id"].as_str()).unwrap_or("APP_ID"),
+            auth["app_key_param"].as_str().unwrap_or("app_key"),
+            app.and_then(|a| a["app_keys"][0].as_str()).unwrap_or("APP_KEY"),
         )
     } else {
-        format!("{}=USER_KEY", auth["user_key_param"].as_str().unwrap_or("user_key"))
+        format!(
+            "{}={}",
+            auth["user_key_param"].as_str().unwrap_or("user_key"),
+            app.and_then(|a| a["user_key"].as_str()).unwrap_or("USER_KEY")
+        )
     };
     let staging_url = s(pr, "staging_public_base_url").trim_end_matches('/').to_string();
     let ws_url = staging_url.replacen("https://", "wss://", 1).replacen("http://", "ws://", 1);
     let examples = format!(
-        "curl -i '{staging_url}/?{creds}'\n\ntollgate ws '{ws_url}/?{creds}'\n\n// in a browser console\nconst ws = new WebSocket('{ws_url}/?{creds}');\nws.onmessage = (e) => console.log(e.data);\nws.onopen = () => ws.send('hello');"
+        "curl -i '{staging_url}/?{creds}'\n\ntollgate ws '{ws_url}/?{creds}'\n# or, from a clone of Tollgate's repository:\ncargo run --release -- ws '{ws_url}/?{creds}'\n\n// in a browser console\nconst ws = new WebSocket('{ws_url}/?{creds}');\nws.onmessage = (e) => console.log(e.data);\nws.onopen = () => ws.send('hello');"
     );
     let content = html! {
         @if let Some(n) = &notice { p.notice role="status" { (n) } }
@@ -193,16 +203,23 @@ async fn integration_page(ctx: &Ctx, p: &str, notice: Option<String>, error: Opt
         h2 { "Promote to Production" }
         p { "What the staging version changes against production:" }
         (diff_view(&to_production, "Staging against production"))
-        form.card method="post" action={ (base(p)) "/integration/promote" } data-confirm="Promote the staging version to production?" {
-            input type="hidden" name="_csrf" value=(csrf);
-            button type="submit" { "Promote to Production" }
+        @if version_of(&staging).is_some() {
+            form.card method="post" action={ (base(p)) "/integration/promote" } data-confirm="Promote the staging version to production?" {
+                input type="hidden" name="_csrf" value=(csrf);
+                button type="submit" { "Promote to Production" }
+            }
+        } @else {
+            p.card {
+                button type="button" disabled aria-describedby="promote-why" { "Promote to Production" }
+                " " span.hint #promote-why { "Nothing is on staging yet: Promote to Staging first." }
+            }
         }
         h2 { "Try the staging gateway" }
         pre { (examples) }
         p { "Or in this page: " a href={ (base(p)) "/try" } { "Try it" } "." }
         h2 { "History" }
-        (table("Production versions (newest first)", &["Version", "Promoted at", "Rollback"], history))
-        (table("Staging versions (newest first)", &["Version", "Created at", "Rollback"], staged))
+        (html::table_or("Production versions, newest first", &["Version", "Promoted at", "Rollback"], history, "Nothing was promoted to production yet."))
+        (html::table_or("Staging versions, newest first", &["Version", "Created at", "Rollback"], staged, "Nothing was promoted to staging yet."))
     };
     tab_page(ctx, p, "Integration", error.as_deref(), content)
 }
@@ -268,7 +285,7 @@ async fn policies_page(ctx: &Ctx, p: &str, error: Option<String>) -> Response {
             let summary = catalogue.iter().find(|c| s(c, "name") == name).map(|c| s(c, "summary")).unwrap_or_default();
             vec![
                 html! { (i + 1) },
-                html! { a href=(here) { (name) } br; span.hint { (summary) } },
+                html! { a href=(here) { (name) } br; span.hint { (inline_code(summary)) } },
                 html! { @if enabled { "enabled" } @else { span.hint { "disabled" } } },
                 html! {
                     @if i > 0 { (html::button(&format!("{here}/up"), csrf, "Move up", None)) }
@@ -334,6 +351,15 @@ async fn policy_action(ctx: Ctx, Path((p, i, action)): Path<(String, usize, Stri
     }
 }
 
+/// Text with `backticked` parts shown as code (the catalogue's summaries are written so).
+fn inline_code(text: &str) -> Markup {
+    html! {
+        @for (i, part) in text.split('`').enumerate() {
+            @if i % 2 == 1 { code { (part) } } @else { (part) }
+        }
+    }
+}
+
 /// A configuration key in words: `max_message_bytes` → `Max message bytes`.
 fn words(key: &str) -> String {
     let mut out = key.replace('_', " ");
@@ -385,16 +411,18 @@ fn schema_fields(
                 None => description.to_string(),
             };
             @let kind = prop["type"].as_str().or_else(|| prop["type"][0].as_str()).unwrap_or_default();
-            @let label = prop["title"].as_str().map_or_else(|| words(key), str::to_string);
+            // A schema's title may be its Rust type's name (`ConditionConfig`): only a
+            // title in words is used.
+            @let label = prop["title"].as_str().filter(|t| t.contains(' ')).map_or_else(|| words(key), str::to_string);
             @if let Some(options) = prop["enum"].as_array() {
                 (html::select_with(&label, &name, &enum_options(options, default_text.as_deref()), current.as_str().unwrap_or_default(), &hint))
             } @else if kind == "string" && key == "metric" && !choices.metrics.is_empty() {
-                (html::select_with(&label, &name, &choices.metrics, current.as_str().unwrap_or("hits"), &hint))
+                (html::select_with(&label, &name, &with_none(&choices.metrics), current.as_str().unwrap_or_default(), &hint))
             } @else if kind == "string" && key == "backend" && !choices.backends.is_empty() {
-                (html::select_with(&label, &name, &choices.backends, current.as_str().unwrap_or_default(), &hint))
+                (html::select_with(&label, &name, &with_none(&choices.backends), current.as_str().unwrap_or_default(), &hint))
             } @else if kind == "object" && prop["properties"].is_object() {
                 fieldset {
-                    legend { (label) }
+                    legend { (words(key)) }
                     @if !hint.is_empty() { p.hint { (hint) } }
                     (schema_fields(&prop, &format!("{name}."), current, choices, error))
                 }
@@ -416,11 +444,47 @@ fn schema_fields(
                 @let text = if current.is_null() { String::new() } else { serde_json::to_string_pretty(current).unwrap_or_default() };
                 (Field::text(&label, &format!("{name}:json"), &text)
                     .kind("textarea")
-                    .hint(&format!("{hint} (JSON)"))
+                    .hint(&format!("{hint} JSON, for example: {}", example(&prop)))
                     .html(error))
             }
         }
     }
+}
+
+/// Options with a first "(none)": the field left out (an optional object, such as
+/// `meter_bytes`, is then not configured at all).
+fn with_none(options: &[(String, String)]) -> Vec<(String, String)> {
+    std::iter::once((String::new(), "(none)".to_string())).chain(options.iter().cloned()).collect()
+}
+
+/// A small example of a JSON value a schema describes, for the hint of a JSON field:
+/// a list of one item, an object with its required keys.
+fn example(schema: &Value) -> String {
+    fn sample(s: &Value, depth: usize) -> Value {
+        let s = match s["anyOf"].as_array() {
+            Some(b) => b.iter().find(|x| x["type"] != "null").cloned().unwrap_or(Value::Null),
+            None => s.clone(),
+        };
+        if let Some(first) = s["enum"].as_array().and_then(|e| e.first()) {
+            return first.clone();
+        }
+        match s["type"].as_str().or_else(|| s["type"][0].as_str()).unwrap_or_default() {
+            _ if depth > 3 => json!("…"),
+            "array" => json!([sample(&s["items"], depth + 1)]),
+            "object" => {
+                let required: Vec<&str> =
+                    s["required"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+                let props = s["properties"].as_object().cloned().unwrap_or_default();
+                let keys: Vec<&String> =
+                    props.keys().filter(|k| required.is_empty() || required.contains(&k.as_str())).collect();
+                Value::Object(keys.into_iter().map(|k| (k.clone(), sample(&props[k.as_str()], depth + 1))).collect())
+            }
+            "integer" | "number" => json!(1),
+            "boolean" => json!(true),
+            _ => json!("…"),
+        }
+    }
+    sample(schema, 0).to_string()
 }
 
 /// A select's options for a schema enum: first the default (the field left out).
@@ -503,7 +567,7 @@ async fn policy_page(
     let summary = catalogue.iter().find(|c| s(c, "name") == name).map(|c| s(c, "summary")).unwrap_or_default();
     let content = html! {
         h2 { "Configure " code { (name) } }
-        p.hint { (summary) " Every option is described in docs/policies/" (name) ".md." }
+        p.hint { (inline_code(summary)) " Every option is described in docs/policies/" (name) ".md." }
         @if fields.0.is_empty() {
             (html::form(&format!("{}/policies/{i}", base(p)), &ctx.session.csrf, html! { p.empty { "This policy takes no configuration." } }, "Update policy"))
         } @else {

@@ -134,7 +134,9 @@ fn backend_from_form(mut b: Value, form: &Form, creating: bool) -> Value {
     map.insert("private_base_url".into(), json!(form.get("private_base_url").unwrap_or_default()));
     let mut tls = Map::new();
     set_opt(&mut tls, "ca_file", form.get("tls.ca_file"));
-    set_opt(&mut tls, "ca_pem", form.get("tls.ca_pem"));
+    // A file read by the browser keeps its line ends; PEM text is stored with `\n`.
+    let pem = form.get("tls.ca_pem").map(|p| p.replace("\r\n", "\n"));
+    set_opt(&mut tls, "ca_pem", pem.as_deref());
     set_opt(&mut tls, "server_name", form.get("tls.server_name"));
     tls.insert("verify".into(), json!(form.checked("tls.verify")));
     map.insert("tls".into(), Value::Object(tls));

@@ -234,7 +234,7 @@ async fn metric_save(ctx: Ctx, Path((p, kind, id)): Path<(String, String, i64)>,
 
 // ------------------------------------------------------------------ mapping rules
 
-const VERBS: [&str; 8] = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "ANY"];
+const VERBS: [&str; 10] = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "TRACE", "CONNECT", "ANY"];
 
 /// The metrics and methods of a product, as select options.
 pub(super) async fn metric_options(ctx: &Ctx, p: &str) -> Vec<(String, String)> {
@@ -438,7 +438,8 @@ async fn plan(ctx: Ctx, Path((p, plan)): Path<(String, String)>) -> Response {
 
 fn limit_fields(metrics: &[(String, String)], l: &Value, err: Option<(&str, &str)>) -> Markup {
     let periods: Vec<(String, String)> = PERIODS.iter().map(|x| (x.to_string(), x.to_string())).collect();
-    let value = l["value"].as_u64().map(|v| v.to_string()).unwrap_or_default();
+    let value = l["value"].as_u64().map(|v| v.to_string()).or_else(|| l["value"].as_str().map(str::to_string));
+    let value = value.unwrap_or_default();
     html! {
         (html::select("Metric or method", "metric", metrics, l["metric"].as_str().unwrap_or("hits")))
         (html::select_with("Period", "period", &periods, l["period"].as_str().unwrap_or("minute"),
@@ -449,6 +450,11 @@ fn limit_fields(metrics: &[(String, String)], l: &Value, err: Option<(&str, &str
 }
 
 async fn plan_page(ctx: &Ctx, p: &str, plan: &str, error: ApiErr) -> Response {
+    plan_page_with(ctx, p, plan, &json!({}), error).await
+}
+
+/// The plan's page; `limit` fills the new-limit form (what was typed, after a refusal).
+async fn plan_page_with(ctx: &Ctx, p: &str, plan: &str, limit: &Value, error: ApiErr) -> Response {
     let path = format!("{}/application_plans/{}", base(p), url_encode(plan));
     let current = ctx.get(&path).await;
     if !current.ok() {
@@ -489,7 +495,7 @@ async fn plan_page(ctx: &Ctx, p: &str, plan: &str, error: ApiErr) -> Response {
         (html::form(&here, csrf, settings, "Save plan"))
         (table("Usage limits", &["Metric", "Period", "Max", "Actions"], rows))
         h2 { "Add a usage limit" }
-        (html::form(&format!("{here}/limits"), csrf, limit_fields(&metrics, &json!({}), err), "Add limit"))
+        (html::form(&format!("{here}/limits"), csrf, limit_fields(&metrics, limit, err), "Add limit"))
     };
     tab_page(ctx, p, "Application plans", error.as_ref().map(|e| e.0.as_str()), content)
 }
@@ -523,9 +529,10 @@ fn limit_from(form: &Form) -> Value {
 
 async fn limit_add(ctx: Ctx, Path((p, plan)): Path<(String, String)>, form: Form) -> Response {
     let path = format!("{}/application_plans/{}/limits", base(&p), url_encode(&plan));
-    let answer = ctx.api(Method::POST, &path, Some(&limit_from(&form))).await;
+    let limit = limit_from(&form);
+    let answer = ctx.api(Method::POST, &path, Some(&limit)).await;
     let here = format!("{}/plans/{}", base(&p), url_encode(&plan));
-    after(answer, here, async |e| plan_page(&ctx, &p, &plan, e).await).await
+    after(answer, here, async |e| plan_page_with(&ctx, &p, &plan, &limit, e).await).await
 }
 
 async fn limit_edit(ctx: Ctx, Path((p, plan, id)): Path<(String, String, i64)>) -> Response {

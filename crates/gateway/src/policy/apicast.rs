@@ -18,7 +18,13 @@ pub enum Equivalent {
 /// APIcast policies whose name is not a Tollgate policy's (those named alike, such as
 /// `cors` or `rate_limit`, are not listed).
 const NAMES: [(&str, Equivalent); 24] = [
-    ("apicast", Equivalent::Policy { name: "tollgate", note: "3scale's `apicast` policy is `tollgate` here" }),
+    (
+        "apicast",
+        Equivalent::Policy {
+            name: "tollgate",
+            note: "credentials, mapping rules and the plan's limits (it runs last if absent)",
+        },
+    ),
     (
         "jwt_claim_check",
         Equivalent::Policy { name: "jwt", note: "claim checks are the `claim_checks` of the `jwt` policy" },
@@ -116,7 +122,10 @@ mod tests {
     fn apicast_names_get_a_hint_with_or_without_their_prefix() {
         assert_eq!(
             equivalent("apicast.policy.apicast"),
-            Some(Equivalent::Policy { name: "tollgate", note: "3scale's `apicast` policy is `tollgate` here" })
+            Some(Equivalent::Policy {
+                name: "tollgate",
+                note: "credentials, mapping rules and the plan's limits (it runs last if absent)"
+            })
         );
         assert!(hint("jwt_claim_check").is_some_and(|h| h.contains("`jwt`") && h.contains("claim_checks")));
         assert!(hint("3scale_referrer").is_some_and(|h| h.contains("no Tollgate policy")));
