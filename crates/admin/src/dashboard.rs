@@ -228,11 +228,7 @@ struct TotalsQuery {
 /// (`websocket:client_messages`, `websocket:closes:1000`, … of docs/websocket.md) — of a
 /// product or one of its applications.
 async fn totals(State(s): State<Arc<AdminState>>, Q(q): Q<TotalsQuery>) -> ApiResult<Json<Value>> {
-    let until = q.until.unwrap_or_else(|| tollgate_store::now_millis() / 1000);
-    let since = q.since.unwrap_or(until.saturating_sub(86_400));
-    if since >= until {
-        return Err(ApiError::bad_request("`since` must be before `until`").field("since"));
-    }
+    let (since, until) = crate::resources::period(q.since, q.until)?;
     let world = World::load(&s.store).await?;
     if !world.products.iter().any(|p| p.system_name == q.product) {
         return Err(ApiError::not_found(&format!("product `{}`", q.product)).field("product"));

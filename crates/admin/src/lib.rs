@@ -41,6 +41,9 @@ pub struct AdminState {
     /// This process's own gateway listeners, which the console's "Try it" asks when a
     /// browser cannot say why a WebSocket was refused.
     pub gateways: Vec<GatewayListener>,
+    /// The generation of [`AdminState::changes`] this process's gateways serve, when
+    /// they follow the same store: a write answers once they serve it.
+    pub applied: Option<watch::Receiver<u64>>,
 }
 
 /// One of this process's gateway listeners.
@@ -62,12 +65,40 @@ impl AdminState {
             metrics: None,
             counters: None,
             gateways: Vec::new(),
+            applied: None,
         }
     }
 
     pub(crate) fn changed(&self) {
         self.changes.send_modify(|n| *n += 1);
     }
+
+    /// Waits (at most [`SETTLE`]) until this process's gateways serve every change made
+    /// so far, so that a client that deploys, promotes or suspends and then calls the
+    /// gateway meets the new configuration. Other gateway nodes follow by notification.
+    pub async fn settle(&self) {
+        let Some(applied) = &self.applied else { return };
+        let target = *self.changes.borrow();
+        let mut applied = applied.clone();
+        let _ = tokio::time::timeout(SETTLE, applied.wait_for(|g| *g >= target)).await;
+    }
+}
+
+/// The longest a write waits for this process's gateways to serve it.
+pub const SETTLE: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// After a successful write, wait until this process's gateways serve it.
+async fn settle(
+    axum::extract::State(state): axum::extract::State<Arc<AdminState>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let writes = !matches!(*req.method(), axum::http::Method::GET | axum::http::Method::HEAD);
+    let resp = next.run(req).await;
+    if writes && resp.status().is_success() {
+        state.settle().await;
+    }
+    resp
 }
 
 /// The admin API: `/api/v1/…` behind bearer tokens, `/status/*` and `/metrics` open,
@@ -79,6 +110,16 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/audit", axum::routing::get(auth::audit_list))
         .route("/tokens", axum::routing::get(auth::token_list).post(auth::token_create))
         .route("/tokens/{name}", axum::routing::delete(auth::token_delete))
+        // Unknown paths and methods answer JSON like every other error.
+        .fallback(|| async { ApiError::not_found("endpoint").field("path") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                axum::http::StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this endpoint takes other methods",
+            )
+        })
+        .layer(axum::middleware::from_fn_with_state(state.clone(), settle))
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth::audit))
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_token));
     // The document is public, like any API description.

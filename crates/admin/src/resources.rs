@@ -29,8 +29,21 @@ pub struct Body<T>(pub T);
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
     type Rejection = ApiError;
+    /// JSON first (content type, syntax), then the resource's shape, with the key at
+    /// fault named as configuration files name it (`period`, `limits[0].value`) and the
+    /// same words (`` `fortnight` is not a valid value (did you mean …) ``).
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        Json::<T>::from_request(req, state).await.map(|Json(v)| Body(v)).map_err(body_error)
+        let Json(value) = Json::<Value>::from_request(req, state).await.map_err(body_error)?;
+        serde_path_to_error::deserialize(value).map(Body).map_err(|e| {
+            let e = tollgate_model::explain("", &e.path().to_string(), &e.inner().to_string());
+            let field = e.path.trim_start_matches('.').to_string();
+            let message = match &e.hint {
+                Some(h) => format!("{} ({h})", e.message),
+                None => e.message.clone(),
+            };
+            let err = ApiError::bad_request(message);
+            if field.is_empty() { err } else { err.field(field) }
+        })
     }
 }
 
@@ -778,7 +791,13 @@ async fn deploy(State(s): St, Path(p): Path<String>) -> ApiResult<Response> {
     // A deployed configuration must be complete and must compile, not just be a draft.
     let alone = Config { backends: world.backends_of(&product), products: vec![product.clone()], accounts: vec![] };
     tollgate_model::validate(&alone).map_err(|e| ApiError::from_config(e, "products[0]"))?;
-    tollgate_gateway::compile(&alone, &s.registry).map_err(|e| ApiError::from_config(e, "products[0]"))?;
+    // Compiled as the gateways will, JWK Sets fetched: off the async workers, which a
+    // slow identity provider must not hold (nor other requests behind them).
+    let registry = s.registry.clone();
+    tokio::task::spawn_blocking(move || tollgate_gateway::compile(&alone, &registry).map(drop))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("compiling failed: {e}")))?
+        .map_err(|e| ApiError::from_config(e, "products[0]"))?;
     let content = proxy_config(&world, &row);
     match s.store.deploy(row.id, &content).await? {
         Some(v) => {
@@ -993,13 +1012,23 @@ async fn apps_list(State(s): St, Q(page): Q<Page>) -> ApiResult<Json<Value>> {
     Ok(page.apply(world.applications.iter().map(app_view).collect()))
 }
 
-/// An application by id, or by name when that name is unique across accounts.
+/// An application by id, by `account/name`, or by name when that name is unique
+/// across accounts.
 pub(crate) async fn find_app(s: &AdminState, key: &str) -> ApiResult<Row<ApplicationDoc>> {
     let world = World::load(&s.store).await?;
     if let Ok(id) = key.parse::<i64>()
         && let Some(r) = world.applications.iter().find(|a| a.id == id)
     {
         return Ok(r.clone());
+    }
+    if let Some((account, name)) = key.split_once('/') {
+        let owner = world.accounts.iter().find(|a| a.system_name == account).map(|a| a.id);
+        return world
+            .applications
+            .iter()
+            .find(|a| owner.is_some() && a.parent_id == owner && a.system_name == name)
+            .cloned()
+            .ok_or_else(|| ApiError::not_found(&format!("application `{key}`")));
     }
     let mut named = world.applications.iter().filter(|a| a.system_name == key);
     match (named.next(), named.next()) {
@@ -1191,16 +1220,26 @@ struct UsageParams {
 /// Unix seconds a usage query may name: from 1970 to the year 36812.
 const TIME_RANGE: std::ops::RangeInclusive<i64> = 0..=(1 << 40);
 
-/// `GET /api/v1/analytics/usage`: usage summed per minute, hour or day, as JSON or
-/// (`format=csv`, or `Accept: text/csv`) CSV.
-async fn analytics_usage(State(s): St, headers: axum::http::HeaderMap, Q(p): Q<UsageParams>) -> ApiResult<Response> {
-    let until = p.until.unwrap_or_else(|| tollgate_store::now_millis() / 1000);
-    let since = p.since.unwrap_or(until.saturating_sub(86_400));
+/// An analytics period: `since` and `until` in Unix seconds (default: the day before
+/// now), each a time from 1970 on, `since` first.
+pub(crate) fn period(since: Option<i64>, until: Option<i64>) -> ApiResult<(i64, i64)> {
+    let until = until.unwrap_or_else(|| tollgate_store::now_millis() / 1000);
+    let since = since.unwrap_or(until.saturating_sub(86_400));
     for (field, t) in [("since", since), ("until", until)] {
         if !TIME_RANGE.contains(&t) {
             return Err(ApiError::bad_request(format!("`{t}` is not a Unix time in seconds from 1970")).field(field));
         }
     }
+    if since >= until {
+        return Err(ApiError::bad_request("`since` must be before `until`").field("since"));
+    }
+    Ok((since, until))
+}
+
+/// `GET /api/v1/analytics/usage`: usage summed per minute, hour or day, as JSON or
+/// (`format=csv`, or `Accept: text/csv`) CSV.
+async fn analytics_usage(State(s): St, headers: axum::http::HeaderMap, Q(p): Q<UsageParams>) -> ApiResult<Response> {
+    let (since, until) = period(p.since, p.until)?;
     let csv = match p.format.as_deref() {
         Some("csv") => true,
         Some("json") => false,
@@ -1210,9 +1249,6 @@ async fn analytics_usage(State(s): St, headers: axum::http::HeaderMap, Q(p): Q<U
             .and_then(|v| v.to_str().ok())
             .is_some_and(|a| a.contains("text/csv") && !a.contains("application/json")),
     };
-    if since >= until {
-        return Err(ApiError::bad_request("`since` must be before `until`").field("since"));
-    }
     let granularity = match p.granularity.as_deref() {
         None => tollgate_store::Granularity::Hour,
         Some(g) => tollgate_store::Granularity::parse(g)
@@ -1220,7 +1256,19 @@ async fn analytics_usage(State(s): St, headers: axum::http::HeaderMap, Q(p): Q<U
     };
     // Series of different units never add up: without a metric, `hits` (as in 3scale).
     let metric = Some(p.metric.unwrap_or_else(|| "hits".into()));
-    let q = tollgate_store::UsageQuery { product: p.product, application: p.application, metric, since, until };
+    // One application: `account/name` as given (it may be gone, its usage stays), else
+    // the one the name or id means — never two accounts' applications added together.
+    let application = match p.application.filter(|a| !a.is_empty()) {
+        Some(a) if a.contains('/') => Some(a),
+        Some(a) => {
+            let row = find_app(&s, &a).await?;
+            let world = World::load(&s.store).await?;
+            let account = world.accounts.iter().find(|x| Some(x.id) == row.parent_id).map(|x| x.system_name.clone());
+            Some(format!("{}/{}", account.unwrap_or_default(), row.doc.name))
+        }
+        None => None,
+    };
+    let q = tollgate_store::UsageQuery { product: p.product, application, metric, since, until };
     let series = s.store.usage_series(&q, granularity).await?;
     let total: i64 = series.iter().map(|(_, v)| v).sum();
     if csv {

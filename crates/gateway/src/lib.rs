@@ -22,6 +22,7 @@ pub mod analytics;
 mod auth;
 pub mod body;
 pub mod error;
+pub mod files;
 pub mod frames;
 pub mod mapping;
 pub mod metrics;

@@ -115,8 +115,9 @@ impl Workers {
 /// A TLS acceptor from PEM files, offering HTTP/2 and HTTP/1.1 by ALPN.
 pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, String> {
     let certs = crate::upstream::load_certs(cert)?;
+    let pem = crate::files::read_bounded(key, crate::files::MAX_CERTIFICATES)?;
     let key =
-        PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: no usable private key: {e}", key.display()))?;
+        PrivateKeyDer::from_pem_slice(&pem).map_err(|e| format!("{}: no usable private key: {e}", key.display()))?;
     let mut config = ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?

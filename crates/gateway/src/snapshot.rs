@@ -191,7 +191,11 @@ pub struct BackendSource<'a> {
 /// Connection pools by backend path, shared by the products (and environments) of one
 /// compilation.
 #[derive(Default)]
-pub struct Upstreams(HashMap<String, Option<Arc<Upstream>>>);
+pub struct Upstreams {
+    built: HashMap<String, Option<Arc<Upstream>>>,
+    /// Validation only (`check`): nothing is logged, as nothing will serve.
+    quiet: bool,
+}
 
 impl Upstreams {
     /// The backend's connector and pool; `connect` (a product's `upstream_connection`)
@@ -207,7 +211,7 @@ impl Upstreams {
             Some(d) => format!("{}@{}ms", source.path, d.as_millis()),
         };
         // Failures are remembered too, so each is reported once.
-        if let Some(u) = self.0.get(&key) {
+        if let Some(u) = self.built.get(&key) {
             return u.clone();
         }
         let (b, path) = (source.backend, &source.path);
@@ -215,11 +219,11 @@ impl Upstreams {
             Ok(b) => b,
             Err(e) => {
                 errors.push(ConfigError::new(format!("{path}.private_base_url"), e));
-                self.0.insert(key, None);
+                self.built.insert(key, None);
                 return None;
             }
         };
-        if base.is_tls() && !b.tls.verify {
+        if base.is_tls() && !b.tls.verify && !self.quiet {
             tracing::warn!(backend = %b.system_name, "TLS certificate verification is OFF for this backend (tls.verify: false)");
         }
         let timeout =
@@ -227,7 +231,7 @@ impl Upstreams {
         match Upstream::new(&b.system_name, base, &b.tls, timeout) {
             Ok(u) => {
                 let u = Arc::new(u);
-                self.0.insert(key, Some(u.clone()));
+                self.built.insert(key, Some(u.clone()));
                 Some(u)
             }
             Err(e) => {
@@ -237,7 +241,7 @@ impl Upstreams {
                         "point `tls.ca_file` at a readable PEM certificate (or paste it as `tls.ca_pem`), or set `tls.verify: false` to opt out",
                     ),
                 );
-                self.0.insert(key, None);
+                self.built.insert(key, None);
                 None
             }
         }
@@ -268,7 +272,7 @@ pub fn check(config: &Config, draft: bool) -> Result<(), ConfigErrors> {
 /// compilation finds: unreadable CA files, unknown policies, bad policy configuration.
 pub fn compile(config: &Config, registry: &Registry) -> Result<Snapshots, ConfigErrors> {
     let mut errors = ConfigErrors::default();
-    let mut upstreams = Upstreams::default();
+    let mut upstreams = Upstreams { quiet: registry.is_offline(), ..Upstreams::default() };
     let backends: Vec<BackendSource<'_>> = config
         .backends
         .iter()

@@ -497,20 +497,7 @@ pub fn pem_certs(pem: &str) -> Result<Vec<CertificateDer<'static>>, String> {
 /// Reads every certificate of a PEM file; the error says in words why not (no such
 /// file, not allowed to read it, not PEM, no certificate in it).
 pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let bytes = std::fs::read(path).map_err(|e| {
-        let why = match e.kind() {
-            io::ErrorKind::NotFound => "no such file".to_string(),
-            io::ErrorKind::PermissionDenied => "permission denied".to_string(),
-            io::ErrorKind::IsADirectory => "it is a directory".to_string(),
-            _ => e.to_string(),
-        };
-        // A relative path is read from the directory Tollgate runs in: say which.
-        let from = match std::env::current_dir() {
-            Ok(dir) if path.is_relative() => format!(" (relative to {}, where Tollgate runs)", dir.display()),
-            _ => String::new(),
-        };
-        format!("cannot read {}{from}: {why}", path.display())
-    })?;
+    let bytes = crate::files::read_bounded(path, crate::files::MAX_CERTIFICATES)?;
     let certs: Vec<_> = CertificateDer::pem_slice_iter(&bytes)
         .collect::<Result<_, _>>()
         .map_err(|e| format!("{} is not a PEM certificate file: {e}", path.display()))?;

@@ -54,6 +54,7 @@ pub struct UsageRow {
 #[derive(Debug, Clone, Default)]
 pub struct UsageQuery {
     pub product: Option<String>,
+    /// `account/application`.
     pub application: Option<String>,
     pub metric: Option<String>,
     /// Unix seconds, inclusive.
@@ -137,7 +138,7 @@ impl Store {
         for r in &rows {
             let (app, product, metric): (String, String, String) =
                 (r.try_get("application")?, r.try_get("product")?, r.try_get("metric")?);
-            if q.application.as_ref().is_some_and(|a| *a != app && !app.ends_with(&format!("/{a}")))
+            if q.application.as_ref().is_some_and(|a| *a != app)
                 || q.product.as_ref().is_some_and(|p| *p != product)
                 || q.metric.as_ref().is_some_and(|m| *m != metric)
             {

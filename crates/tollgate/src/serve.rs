@@ -292,13 +292,14 @@ impl Server {
                         tls: production_tls,
                     },
                 ];
+                let (applied_tx, applied_rx) = watch::channel(0);
                 let state = Arc::new(AdminState {
                     metrics: Some(metrics),
                     counters: Some(counters.clone()),
                     gateways,
+                    applied: Some(applied_rx.clone()),
                     ..AdminState::new(store.clone(), registry.clone())
                 });
-                let (applied_tx, applied_rx) = watch::channel(0);
                 let follower = Follower { store, registry: registry.clone(), handles: server.handles.clone(), health };
                 let local = state.changes.subscribe();
                 tasks.spawn(follower.run(revision, Some(local), applied_tx, poll, server.stop.subscribe()));

@@ -100,6 +100,11 @@ async fn the_console_needs_a_login_and_refuses_forged_forms() {
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert!(page.contains("not an admin token"), "{page}");
     let token = server.admin_token.clone().expect("token");
+    // Another site cannot log a browser in (login CSRF).
+    let (status, headers, _) =
+        post(admin, "/login", None, &[("token", &token), ("next", "/")], &[("origin", "http://evil.example")]).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(headers.get("set-cookie").is_none());
     let (status, headers, _) =
         post(admin, "/login", None, &[("token", &token), ("next", "//evil.example/")], &[]).await;
     assert_eq!((status, location(&headers)), (StatusCode::SEE_OTHER, "/"), "no open redirect");

@@ -59,6 +59,20 @@ async fn refused_like_check(db: &str, url: &str) {
         );
     }
 
+    // Special files and huge ones are refused at once, without reading them: a device,
+    // a FIFO (which would wait for a writer), a directory.
+    let fifo = dir.path().join("fifo");
+    assert!(std::process::Command::new("mkfifo").arg(&fifo).status().expect("mkfifo").success());
+    for special in ["/dev/zero".to_string(), fifo.display().to_string(), "/".to_string()] {
+        let (status, body) = api(&server, "POST", "/backends", Some(backend(&special))).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{db}: {special}: {body}");
+        assert!(body["error"]["message"].as_str().unwrap_or_default().contains("it is"), "{db}: {body}");
+        assert_eq!(
+            body["error"]["message"],
+            message_at(&check(&dir, &yaml_backend(&special)), "backends[0].tls.ca_file")
+        );
+    }
+
     // A product whose rule pattern does not compile, or counts an unknown metric, or whose
     // policy's configuration is wrong: the same message as `check`, on the same field.
     let (status, body) = api(
@@ -117,6 +131,48 @@ async fn refused_like_check(db: &str, url: &str) {
     let field = answer["error"]["field"].as_str().expect("a field");
     assert!(field.starts_with("[0].configuration.commands"), "{db}: {answer}");
     assert_eq!(answer["error"]["message"], message_at(&lines, &format!("products[0].policy_chain{field}")), "{db}");
+    // A log file the gateway could not open is refused at save time too.
+    for file in ["", "/tmp/", fifo.display().to_string().as_str()] {
+        let chain = json!([{ "name": "logging", "configuration": { "file": file } }]);
+        let (status, answer) = api(&server, "PUT", "/products/p/policy_chain", Some(chain)).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{db}: `{file}`: {answer}");
+        assert_eq!(answer["error"]["field"], "[0].configuration.file", "{db}: {answer}");
+    }
+    // A body of the wrong shape names the key, in words.
+    let (status, answer) = api(
+        &server,
+        "POST",
+        "/products/p/application_plans",
+        Some(json!({ "system_name": "x", "limits": [{ "metric": "hits", "period": "fortnight", "value": 1 }] })),
+    )
+    .await;
+    assert_eq!(
+        (status, answer["error"]["field"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("limits[0].period")),
+        "{db}: {answer}"
+    );
+    let (status, answer) = api(
+        &server,
+        "POST",
+        "/products/p/application_plans",
+        Some(json!({ "system_name": "x", "max_connections": -1 })),
+    )
+    .await;
+    assert_eq!(
+        (status, answer["error"]["field"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("max_connections")),
+        "{db}: {answer}"
+    );
+    assert!(answer["error"]["message"].as_str().unwrap_or_default().contains("is not a whole number"), "{answer}");
+    // Unknown endpoints and methods answer JSON.
+    let (status, answer) = api(&server, "GET", "/nope", None).await;
+    assert_eq!((status, answer["error"]["code"].as_str()), (StatusCode::NOT_FOUND, Some("not_found")), "{db}");
+    let (status, answer) = api(&server, "PATCH", "/products", None).await;
+    assert_eq!(
+        (status, answer["error"]["code"].as_str()),
+        (StatusCode::METHOD_NOT_ALLOWED, Some("method_not_allowed"))
+    );
+
     // `websocket` and `tollgate` act once per request: twice is refused, at the second.
     let twice = json!([{ "name": "websocket" }, { "name": "tollgate" }, { "name": "websocket" }]);
     let (status, answer) = api(&server, "PUT", "/products/p/policy_chain", Some(twice)).await;
@@ -163,9 +219,9 @@ async fn live_views(db: &str, url: &str, backend: &NodeBackend) {
     });
     let (status, body) = api(&server, "PUT", "/config", Some(config)).await;
     assert!(status.is_success(), "{db}: {body}");
+    // A write answers once this process's gateways serve it: no waiting here.
     let (status, body) = api(&server, "POST", "/products/chat/deploy", None).await;
     assert!(status.is_success(), "{db}: {body}");
-    server.wait_applied().await;
 
     // Traffic: 7 requests with the key, 3 without, one WebSocket with 4 messages.
     for _ in 0..7 {
@@ -180,8 +236,9 @@ async fn live_views(db: &str, url: &str, backend: &NodeBackend) {
         assert_eq!(ask(&mut socket, &format!("m{i}")).await, format!("reply from server : m{i}"));
     }
 
-    // Where the application stands now, from the counters: 8 hits (7 + the upgrade).
-    let (status, usage) = api(&server, "GET", "/applications/app/usage", None).await;
+    // Where the application stands now, from the counters: 8 hits (7 + the upgrade);
+    // `account/name` names it too.
+    let (status, usage) = api(&server, "GET", "/applications/acme%2Fapp/usage", None).await;
     assert_eq!(status, StatusCode::OK, "{db}: {usage}");
     let minute = usage.as_array().and_then(|l| l.iter().find(|x| x["period"] == "minute")).expect("minute limit");
     assert_eq!((minute["current"].as_u64(), minute["remaining"].as_u64()), (Some(8), Some(2)), "{db}: {usage}");
@@ -236,6 +293,24 @@ async fn live_views(db: &str, url: &str, backend: &NodeBackend) {
     let t = &totals["totals"];
     assert_eq!((t["hits"].as_i64(), t["websocket:connections"].as_i64()), (Some(8), Some(1)), "{db}: {totals}");
     assert_eq!((t["websocket:client_messages"].as_i64(), t["websocket:server_messages"].as_i64()), (Some(4), Some(4)));
+
+    // Two accounts with an application of one name: a name alone is ambiguous (409),
+    // never two applications' usage added together; `account/name` says which.
+    let (status, body) = api(&server, "POST", "/accounts", Some(json!({ "name": "other" }))).await;
+    assert_eq!(status, StatusCode::CREATED, "{db}: {body}");
+    let twin = json!({ "name": "app", "product": "chat", "plan": "basic" });
+    let (status, body) = api(&server, "POST", "/accounts/other/applications", Some(twin)).await;
+    assert_eq!(status, StatusCode::CREATED, "{db}: {body}");
+    let (status, _) = api(&server, "GET", "/analytics/usage?application=app&granularity=minute", None).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{db}");
+    let (status, usage) = api(&server, "GET", "/analytics/usage?application=acme/app&granularity=minute", None).await;
+    assert_eq!((status, usage["total"].as_i64()), (StatusCode::OK, Some(8)), "{db}: {usage}");
+
+    // Suspended: refused on the very next request (the write answered once applied).
+    let (status, body) = api(&server, "POST", "/applications/acme%2Fapp/suspend", None).await;
+    assert!(status.is_success(), "{db}: {body}");
+    let (status, _, _) = get(server.staging, "chat-staging.localhost", &format!("/?user_key={key}")).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{db}");
     server.shutdown().await;
 }
 

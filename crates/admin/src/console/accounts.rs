@@ -108,7 +108,7 @@ async fn account(ctx: Ctx, Path(a): Path<String>) -> Response {
 async fn account_page(ctx: &Ctx, a: &str, form: Option<&Form>, error: Option<(String, Option<String>)>) -> Response {
     let acct = ctx.get(&format!("/accounts/{}", url_encode(a))).await;
     if !acct.ok() {
-        return page(ctx, "Not available".into(), "Accounts", Some(&acct.error().0), html! {});
+        return super::pages::api_failure(ctx, "Accounts", &acct);
     }
     let apps = list(&ctx.get(&format!("/accounts/{}/applications", url_encode(a))).await);
     let plans = plan_options(ctx).await;
@@ -183,7 +183,7 @@ fn usage_table(usage: &super::Answer) -> Markup {
 async fn application_page(ctx: &Ctx, app: &str, error: Option<String>) -> Response {
     let answer = ctx.get(&format!("/applications/{}", url_encode(app))).await;
     if !answer.ok() {
-        return page(ctx, "Not available".into(), "Applications", Some(&answer.error().0), html! {});
+        return super::pages::api_failure(ctx, "Applications", &answer);
     }
     let a = &answer.body;
     let here = format!("/applications/{}", a["id"]);

@@ -134,7 +134,7 @@ async fn integration(ctx: Ctx, Path(p): Path<String>) -> Response {
 async fn integration_page(ctx: &Ctx, p: &str, notice: Option<String>, error: Option<String>) -> Response {
     let product = ctx.get(&base(p)).await;
     if !product.ok() {
-        return tab_page(ctx, p, "Integration", Some(&product.error().0), html! {});
+        return super::pages::api_failure(ctx, "Products", &product);
     }
     let staging = ctx.get(&format!("{}/configs/staging", base(p))).await;
     let production = ctx.get(&format!("{}/configs/production", base(p))).await;
@@ -608,7 +608,7 @@ fn close_codes() -> String {
 async fn try_it(ctx: Ctx, Path(p): Path<String>, Query(q): Query<HashMap<String, String>>) -> Response {
     let product = ctx.get(&base(&p)).await;
     if !product.ok() {
-        return tab_page(&ctx, &p, "Try it", Some(&product.error().0), html! {});
+        return super::pages::api_failure(&ctx, "Products", &product);
     }
     let pr = &product.body;
     let auth = &pr["authentication"];
@@ -677,14 +677,22 @@ async fn probe(
     Path(p): Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    let env = if q.get("env").map(String::as_str) == Some("production") { "production" } else { "staging" };
+    let refuse = |why: &str| axum::Json(json!({ "error": why })).into_response();
+    let env = match q.get("env").map(String::as_str) {
+        Some("staging") | None => "staging",
+        Some("production") => "production",
+        Some(_) => return refuse("`env` is staging or production"),
+    };
+    let path = q.get("path").map_or("/", String::as_str);
+    if !path.starts_with('/') || path.starts_with("//") {
+        return refuse("the path must start with a single `/`");
+    }
     let product = ctx.get(&base(&p)).await;
     if !product.ok() {
         return axum::Json(json!({ "error": product.error().0 })).into_response();
     }
     let public = s(&product.body, &format!("{env}_public_base_url")).to_string();
     let host = tollgate_model::BaseUrl::parse(&public, &["http", "https"]).map(|b| b.host).unwrap_or_default();
-    let path = q.get("path").map(String::as_str).filter(|p| p.starts_with('/')).unwrap_or("/");
     let target = match q.get("query").filter(|x| !x.is_empty()) {
         Some(query) => format!("{path}{}{query}", if path.contains('?') { "&" } else { "?" }),
         None => path.to_string(),

@@ -280,7 +280,15 @@ fn is_local_path(p: &str) -> bool {
     p.starts_with('/') && !p.starts_with("//") && !p.contains('\\')
 }
 
-async fn login(State(console): State<Console>, axum::Form(fields): axum::Form<HashMap<String, String>>) -> Response {
+async fn login(
+    State(console): State<Console>,
+    headers: HeaderMap,
+    axum::Form(fields): axum::Form<HashMap<String, String>>,
+) -> Response {
+    // Another site must not log a browser in (login CSRF), as it must not post a form.
+    if !same_origin(&headers) {
+        return forbidden("this form was sent from another site");
+    }
     let token = fields.get("token").map(|t| t.trim()).unwrap_or_default();
     let next = fields.get("next").map(String::as_str).filter(|n| is_local_path(n)).unwrap_or("/");
     if token.is_empty() {

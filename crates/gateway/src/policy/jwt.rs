@@ -263,8 +263,9 @@ impl JwtPolicy {
             });
         }
         if let Some(path) = &c.jwks_file {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| ("jwks_file".to_string(), format!("cannot read `{path}`: {e}")))?;
+            let bytes = crate::files::read_bounded(std::path::Path::new(path), crate::files::MAX_JWKS)
+                .map_err(|e| ("jwks_file".to_string(), e))?;
+            let text = String::from_utf8_lossy(&bytes);
             keys.extend(parse_jwks(&text).map_err(|e| ("jwks_file".to_string(), e))?);
         }
         match &c.jwks_url {

@@ -88,35 +88,34 @@ pub struct LoggingPolicy {
 }
 
 impl LoggingPolicy {
-    /// Checks the configuration without creating the log file: an existing file must
-    /// open for appending, a new one needs an existing folder (what `tollgate check`
-    /// and a save in the admin API do; the file is made when the gateway loads it).
+    /// Checks the configuration without creating the log file: `file` must name a
+    /// regular file that can be written, or a file to create in an existing folder
+    /// (what `tollgate check` and a save in the admin API do; the file is made when the
+    /// gateway loads the policy).
     pub(super) fn offline(c: Config) -> Result<Self, (String, String)> {
         if let Some(path) = &c.file {
-            let p = std::path::Path::new(path);
-            let fail = |why: String| ("file".to_string(), format!("cannot open `{path}` for appending: {why}"));
-            if p.exists() {
-                std::fs::OpenOptions::new().append(true).open(p).map_err(|e| fail(e.to_string()))?;
-            } else {
-                let folder = p.parent().filter(|f| !f.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
-                if !folder.is_dir() {
-                    return Err(fail(format!("the folder `{}` does not exist", folder.display())));
-                }
-            }
+            check_file(path)?;
         }
-        LoggingPolicy::new(Config { file: None, ..c })
+        LoggingPolicy::new_with(c, false)
     }
 
     pub(super) fn new(c: Config) -> Result<Self, (String, String)> {
+        LoggingPolicy::new_with(c, true)
+    }
+
+    fn new_with(c: Config, open: bool) -> Result<Self, (String, String)> {
         let file = match c.file {
-            None => None,
-            Some(path) => Some(Mutex::new(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&path)
-                    .map_err(|e| ("file".to_string(), format!("cannot open `{path}` for appending: {e}")))?,
-            )),
+            Some(path) if open => {
+                check_file(&path)?;
+                Some(Mutex::new(
+                    std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(&path)
+                        .map_err(|e| ("file".to_string(), format!("cannot open `{path}` for appending: {e}")))?,
+                ))
+            }
+            _ => None,
         };
         let fields = if c.fields.is_empty() { DEFAULT_FIELDS.to_vec() } else { c.fields };
         Ok(LoggingPolicy { format: c.format, fields, file })
@@ -187,6 +186,33 @@ impl LoggingPolicy {
                 })
                 .collect::<Vec<_>>()
                 .join(" "),
+        }
+    }
+}
+
+/// Whether `path` can be a log file, looking only at metadata (opening a FIFO for
+/// writing would wait for a reader): a writable regular file, or a new file in an
+/// existing folder.
+fn check_file(path: &str) -> Result<(), (String, String)> {
+    let p = std::path::Path::new(path);
+    let fail = |why: String| ("file".to_string(), format!("cannot open `{path}` for appending: {why}"));
+    if path.is_empty() {
+        return Err(("file".to_string(), "no file named: give a path, or leave `file` out for stdout".into()));
+    }
+    if path.ends_with('/') {
+        return Err(fail("it names a directory; name a file in it".into()));
+    }
+    match std::fs::metadata(p) {
+        Ok(m) if m.is_dir() => Err(fail("it is a directory".into())),
+        Ok(m) if !m.is_file() => Err(fail("it is not a regular file (a device, FIFO or socket)".into())),
+        Ok(m) if m.permissions().readonly() => Err(fail("it is read-only".into())),
+        Ok(_) => Ok(()),
+        Err(_) => {
+            let folder = p.parent().filter(|f| !f.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+            match folder.is_dir() {
+                true => Ok(()),
+                false => Err(fail(format!("the folder `{}` does not exist", folder.display()))),
+            }
         }
     }
 }

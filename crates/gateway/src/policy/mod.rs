@@ -341,6 +341,11 @@ impl Registry {
         Registry { offline: true, ..Registry::default() }
     }
 
+    /// Whether this registry only validates ([`Registry::offline`]).
+    pub fn is_offline(&self) -> bool {
+        self.offline
+    }
+
     pub fn policies(&self) -> &[PolicyInfo] {
         &self.policies
     }
