@@ -21,8 +21,11 @@ for _ in $(seq 1 100); do
   sleep 0.1
 done
 [ -n "$admin" ] || { echo "schemathesis.sh: the server did not start" >&2; cat "$dir/err" >&2; exit 1; }
-# Seed: the example's configuration (its CA file is not needed to store it).
-TOLLGATE_ADMIN_URL=$admin TOLLGATE_ADMIN_TOKEN=$token "$bin" apply -f examples/websocket-echo/tollgate.yaml >/dev/null
+# Seed: the example's configuration, with a certificate of its own for its CA file (a
+# save checks the files a configuration names, as `tollgate check` does).
+cp examples/websocket-echo/tollgate.yaml "$dir/"
+sh examples/websocket-echo/make-cert.sh "$dir/ssl-cert" >/dev/null
+TOLLGATE_ADMIN_URL=$admin TOLLGATE_ADMIN_TOKEN=$token "$bin" apply -f "$dir/tollgate.yaml" >/dev/null
 st run "$admin/api/v1/openapi.json" -H "Authorization: Bearer $token" \
   --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance \
   --phases examples,coverage,fuzzing --max-examples 10 --workers 2 --seed 42

@@ -19,10 +19,15 @@ apt_install() {
 
 # Peers the tests drive: Node's `ws` package (the example backend and a client),
 # openssl (certificates), Python's `h2` (an HTTP/2 rapid-reset flood), kosoku
-# (Autobahn's cases), Chromium.
+# (Autobahn's cases), Chromium with playwright-core and axe-core (the console).
 have node || apt_install nodejs
 have npm || apt_install npm
 have openssl || apt_install openssl
+# The README test runs the documents' commands in a network namespace of its own
+# (unshare and nsenter from util-linux, ip from iproute2) and calls curl, as they do.
+have unshare || apt_install util-linux
+have ip || [ -x /usr/sbin/ip ] || [ -x /sbin/ip ] || apt_install iproute2
+have curl || apt_install curl
 have python3 || apt_install python3 python3-pip
 have st || python3 -m pip install --quiet --disable-pip-version-check schemathesis 2>/dev/null \
   || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages schemathesis
