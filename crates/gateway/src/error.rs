@@ -23,6 +23,9 @@ pub enum GatewayError {
     BadRequest(&'static str),
     #[error("no product is published on this host")]
     UnknownHost,
+    /// A request path that can be read in two ways (docs/gateway.md#the-request-path).
+    #[error("{0}")]
+    BadPath(crate::path::PathError),
     #[error("no backend serves this path")]
     NoBackend,
     #[error("WebSocket is not enabled for this product: add the `websocket` policy to its policy chain")]
@@ -53,9 +56,10 @@ impl GatewayError {
     pub fn status(&self) -> StatusCode {
         match self {
             GatewayError::UnknownHost | GatewayError::NoBackend => StatusCode::NOT_FOUND,
-            GatewayError::BadRequest(_) | GatewayError::WebSocketDisabled | GatewayError::BadUpgrade(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            GatewayError::BadRequest(_)
+            | GatewayError::BadPath(_)
+            | GatewayError::WebSocketDisabled
+            | GatewayError::BadUpgrade(_) => StatusCode::BAD_REQUEST,
             GatewayError::UpstreamUnavailable(_) | GatewayError::UpstreamTls(_) | GatewayError::UpstreamFailed(_) => {
                 StatusCode::BAD_GATEWAY
             }
@@ -71,6 +75,7 @@ impl GatewayError {
         match self {
             GatewayError::BadRequest(_) => "bad_request",
             GatewayError::UnknownHost => "unknown_host",
+            GatewayError::BadPath(_) => "bad_path",
             GatewayError::NoBackend => "no_backend",
             GatewayError::WebSocketDisabled => "websocket_disabled",
             GatewayError::BadUpgrade(_) => "bad_upgrade",
@@ -88,6 +93,7 @@ impl GatewayError {
     pub fn side(&self) -> Side {
         match self {
             GatewayError::BadRequest(_)
+            | GatewayError::BadPath(_)
             | GatewayError::UnknownHost
             | GatewayError::NoBackend
             | GatewayError::WebSocketDisabled
@@ -123,6 +129,11 @@ impl GatewayError {
         let mut resp = ErrorTemplate::json(self.status(), self.code(), &self.to_string()).respond();
         if matches!(self, GatewayError::BadUpgrade(_)) {
             resp.headers_mut().insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+        }
+        // A request the gateway could not frame or read one way (two Hosts, a body on an
+        // upgrade…) ends its connection: what follows on it cannot be trusted either.
+        if matches!(self, GatewayError::BadRequest(_) | GatewayError::BadUpgrade(_)) {
+            resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         resp
     }

@@ -26,6 +26,7 @@ pub mod files;
 pub mod frames;
 pub mod mapping;
 pub mod metrics;
+pub mod path;
 pub mod policy;
 pub mod pool;
 mod proxy;

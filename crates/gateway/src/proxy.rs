@@ -170,6 +170,17 @@ impl Gateway {
         // One atomic increment; the snapshot stays alive for this request even if a
         // new one is swapped in meanwhile.
         let snapshot = self.snapshot.load();
+        // RFC 9112 §3.2: one Host, with no user information; otherwise two readers may
+        // pick two different products or backends.
+        let mut hosts = req.headers().get_all(header::HOST).iter();
+        if let (Some(first), second) = (hosts.next(), hosts.next()) {
+            if second.is_some() {
+                return Err(GatewayError::BadRequest("the request has more than one Host header"));
+            }
+            if first.as_bytes().contains(&b'@') {
+                return Err(GatewayError::BadRequest("a Host header must not carry user information"));
+            }
+        }
         let host = request_host(&req).ok_or(GatewayError::BadRequest("the request has no Host"))?;
         let product = match snapshot.product_for_host(host) {
             Some(p) => p,
@@ -179,6 +190,13 @@ impl Gateway {
             None => return Err(GatewayError::UnknownHost),
         };
         let product = product.clone();
+        // One canonical path from here on: what policies, mapping rules and routing
+        // read is what the backend receives.
+        match crate::path::canonical(req.uri().path(), product.path_rules) {
+            Ok(std::borrow::Cow::Borrowed(_)) => {}
+            Ok(std::borrow::Cow::Owned(path)) => *req.uri_mut() = with_path(req.uri(), &path)?,
+            Err(e) => return Err(GatewayError::BadPath(e)),
+        }
         let handshake = websocket_upgrade(&req)?;
         let websocket = handshake != Handshake::None;
         if websocket && !product.websocket {
@@ -649,6 +667,18 @@ impl Gateway {
     }
 }
 
+/// `uri` with its path replaced (scheme, authority and query kept).
+fn with_path(uri: &http::Uri, path: &str) -> Result<http::Uri, GatewayError> {
+    let pq = match uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_string(),
+    };
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query =
+        Some(pq.parse().map_err(|_| GatewayError::BadRequest("the request target cannot be forwarded"))?);
+    http::Uri::from_parts(parts).map_err(|_| GatewayError::BadRequest("the request target cannot be forwarded"))
+}
+
 fn request_host(req: &Request<Incoming>) -> Option<&str> {
     host_of(req.uri(), req.headers())
 }
@@ -748,6 +778,13 @@ fn websocket_upgrade(req: &Request<Incoming>) -> Result<Handshake, GatewayError>
     }
     if headers.get(header::SEC_WEBSOCKET_VERSION).is_none_or(|v| v.as_bytes() != b"13") {
         return Err(GatewayError::BadUpgrade("Sec-WebSocket-Version must be 13"));
+    }
+    // A body before the upgrade would be read by one side as the first WebSocket
+    // frames and by the other as a body: refused (RFC 6455 §4.1 sends none).
+    let has_body = headers.contains_key(header::TRANSFER_ENCODING)
+        || headers.get_all(header::CONTENT_LENGTH).iter().any(|v| v.as_bytes() != b"0");
+    if has_body {
+        return Err(GatewayError::BadUpgrade("an upgrade request must not carry a body"));
     }
     Ok(Handshake::Http1)
 }
@@ -853,6 +890,20 @@ fn shape_response(
 /// Where the request goes: where a policy (`upstream`, `routing`) sent it, or the
 /// product's backend usage with the longest matching prefix; with the path to send.
 fn destination<'c>(parts: &'c request::Parts, ctx: &'c Context<'_>) -> Result<(&'c Upstream, &'c str), GatewayError> {
+    let (upstream, rest) = destination_of(parts, ctx)?;
+    // The path was made canonical on entry, but a policy may have rewritten it since:
+    // what goes after the backend's base path must still have no dot-segments, so the
+    // request can never leave that base path.
+    if rest.starts_with('/') && !matches!(crate::path::canonical(rest, ctx.product.path_rules), Ok(c) if c == rest) {
+        return Err(GatewayError::BadPath(crate::path::PathError::AboveRoot));
+    }
+    Ok((upstream, rest))
+}
+
+fn destination_of<'c>(
+    parts: &'c request::Parts,
+    ctx: &'c Context<'_>,
+) -> Result<(&'c Upstream, &'c str), GatewayError> {
     match &ctx.route {
         None => {
             let (usage, rest) = ctx.product.route(parts.uri.path()).ok_or(GatewayError::NoBackend)?;

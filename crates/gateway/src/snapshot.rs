@@ -145,6 +145,8 @@ pub struct Product {
     pub applications_by_id: HashMap<Box<str>, Arc<Application>>,
     pub applications_by_user_key: HashMap<Box<str>, Arc<Application>>,
     pub applications_by_app_id: HashMap<Box<str>, Arc<Application>>,
+    /// How its request paths are made canonical (`request_path`).
+    pub path_rules: crate::path::PathRules,
 }
 
 impl Product {
@@ -492,6 +494,10 @@ fn compile_product(
                 "limits_exceeded",
                 "usage limit exceeded",
             ),
+        },
+        path_rules: crate::path::PathRules {
+            keep_encoded_slashes: p.request_path.encoded_slashes == tollgate_model::EncodedSlashes::Keep,
+            merge_slashes: p.request_path.merge_slashes,
         },
         chain,
         websocket,

@@ -102,6 +102,34 @@ pub struct Product {
     pub policy_chain: Vec<PolicyConfig>,
     #[serde(default)]
     pub application_plans: Vec<ApplicationPlan>,
+    /// How request paths are made canonical before anything reads them.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub request_path: RequestPath,
+}
+
+/// How a product's request paths are made canonical, once, as requests enter: dot
+/// segments removed (also `%2e`), unreserved characters decoded, escapes upper-cased
+/// (RFC 3986 §5.2.4, §6.2.2). See docs/gateway.md#the-request-path.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RequestPath {
+    /// `reject` (default): a path with an encoded `/` or `\` (`%2F`, `%5C`) gets 400
+    /// `bad_path`, since a backend may decode it and see another path than the one
+    /// matched; `keep`: they stay encoded, part of their segment.
+    #[serde(default)]
+    pub encoded_slashes: EncodedSlashes,
+    /// Merge `//` into `/` (default: kept as sent).
+    #[serde(default)]
+    pub merge_slashes: bool,
+}
+
+/// What an encoded `/` or `\` in a request path gets.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum EncodedSlashes {
+    #[default]
+    Reject,
+    Keep,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]

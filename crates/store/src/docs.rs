@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 use tollgate_model::{
     ApplicationPlan, Authentication, BackendUsage, ErrorMessages, Limit, MappingRule, Method, Metric, PolicyConfig,
-    Product,
+    Product, RequestPath,
 };
 
 /// A nested item with its id.
@@ -54,9 +54,15 @@ pub struct ProductDoc {
     pub mapping_rules: Vec<Item<MappingRule>>,
     #[serde(default)]
     pub policy_chain: Vec<PolicyConfig>,
+    #[serde(default, skip_serializing_if = "is_default_path")]
+    pub request_path: RequestPath,
     /// The last id given to a nested item.
     #[serde(default)]
     pub last_id: i64,
+}
+
+fn is_default_path(p: &RequestPath) -> bool {
+    *p == RequestPath::default()
 }
 
 impl ProductDoc {
@@ -77,6 +83,7 @@ impl ProductDoc {
             methods: numbered(&p.methods, &mut last_id),
             mapping_rules: numbered(&p.mapping_rules, &mut last_id),
             policy_chain: p.policy_chain.clone(),
+            request_path: p.request_path,
             last_id,
         }
     }
@@ -97,6 +104,7 @@ impl ProductDoc {
             mapping_rules: values(&self.mapping_rules),
             policy_chain: self.policy_chain.clone(),
             application_plans,
+            request_path: self.request_path,
         }
     }
 

@@ -1,0 +1,124 @@
+//! Kinds of fault where a gateway and its backend (or two readers of one request) could
+//! disagree, each tried through a real gateway on loopback with a real backend: the
+//! request path (one canonical path: what was matched is what the backend receives),
+//! the `Host` header, a body on an upgrade request. docs/gateway.md says what holds.
+
+mod support;
+
+use http::StatusCode;
+use support::*;
+
+const HOST: &str = "api.test";
+
+/// A product whose plan blocks `admin` (limit 0) and allows `public`; `/pub` goes to a
+/// backend under the base path `/v1/public-api`, the rest to the backend's root.
+fn config(backend: std::net::SocketAddr, request_path: &str) -> String {
+    format!(
+        r#"
+backends:
+  - {{ system_name: root, private_base_url: "http://{backend}" }}
+  - {{ system_name: scoped, private_base_url: "http://{backend}/v1/public-api" }}
+products:
+  - system_name: api
+    staging_public_base_url: http://{HOST}
+    production_public_base_url: http://api-production.test
+    backend_usages: [ {{ backend: root, path: / }}, {{ backend: scoped, path: /pub }} ]
+    methods: [ {{ system_name: admin }}, {{ system_name: public }} ]
+    mapping_rules:
+      - {{ http_method: ANY, pattern: /admin, metric: admin, delta: 1 }}
+      - {{ http_method: ANY, pattern: /public, metric: public, delta: 1 }}
+      - {{ http_method: ANY, pattern: /pub, metric: public, delta: 1 }}
+    policy_chain: [ {{ name: websocket }} ]
+    {request_path}
+    application_plans:
+      - system_name: basic
+        limits: [ {{ metric: admin, period: minute, value: 0 }}, {{ metric: public, period: minute, value: 1000 }} ]
+accounts:
+  - name: acme
+    applications: [ {{ name: app, product: api, plan: basic, user_key: k }} ]
+"#
+    )
+}
+
+/// The path the backend received, from its JSON echo.
+fn seen_path(body: &str) -> String {
+    let v: serde_json::Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"));
+    v["path"].as_str().unwrap_or_default().to_string()
+}
+
+#[tokio::test]
+async fn request_paths_are_made_canonical_before_anything_reads_them() {
+    let backend = http_backend().await;
+    let gw = gateway(&config(backend, "")).await;
+    let addr = gw.server.staging;
+
+    // Dot-segments, plain or encoded, cannot walk past a mapping rule: the request is
+    // counted (and limited) as what it reaches.
+    for path in [
+        "/public/../admin/users",
+        "/public/%2e%2e/admin/users",
+        "/public/%2E%2E/admin/users",
+        "/public/./../admin/users",
+    ] {
+        let (status, _, body) = get(addr, HOST, &format!("{path}?user_key=k")).await;
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{path} is /admin/users, blocked: {body}");
+    }
+    // What was matched is what the backend receives.
+    let (status, _, body) = get(addr, HOST, "/public/a/../b/%7Euser?user_key=k").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(seen_path(&body), "/public/b/~user");
+    let (status, _, body) = get(addr, HOST, "/pub/a/../b?user_key=k").await;
+    assert_eq!((status, seen_path(&body).as_str()), (StatusCode::OK, "/v1/public-api/b"), "{body}");
+
+    // A path that would leave the root (and so the backend's base path), an encoded
+    // `/` or `\`, a backslash or a broken escape: 400 `bad_path`.
+    for path in ["/pub/../../internal/keys", "/../etc/passwd", "/pub/a%2Fb", "/pub/a%5cb", "/pub/a%zz"] {
+        let (status, _, body) = get(addr, HOST, &format!("{path}?user_key=k")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{path}: {body}");
+        assert!(body.contains("\"bad_path\""), "{path}: {body}");
+    }
+    let raw =
+        support::raw(addr, b"GET /pub/a\\b?user_key=k HTTP/1.1\r\nHost: api.test\r\nConnection: close\r\n\r\n").await;
+    assert_eq!(status_of(&raw), 400, "a backslash: {raw}");
+}
+
+#[tokio::test]
+async fn a_product_may_keep_encoded_slashes_and_merge_double_slashes() {
+    let backend = http_backend().await;
+    let gw = gateway(&config(backend, "request_path: { encoded_slashes: keep, merge_slashes: true }")).await;
+    let (status, _, body) = get(gw.server.staging, HOST, "/public//files/a%2fb?user_key=k").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(seen_path(&body), "/public/files/a%2Fb");
+}
+
+#[tokio::test]
+async fn one_host_without_user_information() {
+    let backend = http_backend().await;
+    let gw = gateway(&config(backend, "")).await;
+    let addr = gw.server.staging;
+    let two =
+        support::raw(addr, b"GET /public?user_key=k HTTP/1.1\r\nHost: api.test\r\nHost: evil.example\r\n\r\n").await;
+    assert_eq!(status_of(&two), 400, "RFC 9112 §3.2: {two}");
+    let userinfo = support::raw(addr, b"GET /public?user_key=k HTTP/1.1\r\nHost: evil@api.test\r\n\r\n").await;
+    assert_eq!(status_of(&userinfo), 400, "{userinfo}");
+    // An absolute-form target is routed by its authority, as before.
+    let absolute = support::raw(
+        addr,
+        b"GET http://api.test/public?user_key=k HTTP/1.1\r\nHost: api.test\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status_of(&absolute), 200, "{absolute}");
+}
+
+#[tokio::test]
+async fn an_upgrade_request_with_a_body_is_refused() {
+    let backend = http_backend().await;
+    let gw = gateway(&config(backend, "")).await;
+    let head = "GET /public?user_key=k HTTP/1.1\r\nHost: api.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+                Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+    for framing in ["Content-Length: 5\r\n\r\nhello", "Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"] {
+        let answer = support::raw(gw.server.staging, format!("{head}{framing}").as_bytes()).await;
+        assert_eq!(status_of(&answer), 400, "{answer}");
+        assert!(answer.contains("bad_upgrade") && answer.contains("must not carry a body"), "{answer}");
+    }
+}
