@@ -144,7 +144,7 @@ pub async fn audit(State(state): State<Arc<AdminState>>, req: Request, next: Nex
     .bind(path)
     .bind(i64::from(status.as_u16()))
     .bind(Some(json_audit(before.as_deref().unwrap_or("null"), &request_text)))
-    .bind((!after.is_empty()).then_some(after))
+    .bind((!after.is_empty()).then(|| redacted_text(&after)))
     .execute(state.store.pool())
     .await;
     if let Err(e) = insert {
@@ -179,7 +179,84 @@ async fn state_before(state: &Arc<AdminState>, method: &str, path: &str) -> Opti
 /// The audit's `before` column holds `{"before": …, "request": …}`.
 fn json_audit(before: &str, request: &str) -> String {
     let parse = |t: &str| serde_json::from_str(t).unwrap_or(serde_json::Value::String(t.to_string()));
-    serde_json::json!({ "before": parse(before), "request": if request.is_empty() { serde_json::Value::Null } else { parse(request) } }).to_string()
+    let mut doc = serde_json::json!({ "before": parse(before), "request": if request.is_empty() { serde_json::Value::Null } else { parse(request) } });
+    redact(&mut doc);
+    doc.to_string()
+}
+
+/// Keys whose values are secrets: admin tokens, application keys, passwords, HMAC
+/// secrets. Their values never reach the audit log.
+const SECRET_KEYS: [&str; 7] = ["token", "user_key", "app_key", "app_keys", "secret", "password", "client_secret"];
+
+/// Replaces every secret in `v` by `[redacted sha256:…]` (the first 12 hex digits of
+/// its SHA-256: enough to tell two values apart in the log, useless to use one) — the
+/// values of [`SECRET_KEYS`], and any text holding a PEM private key.
+pub(crate) fn redact(v: &mut serde_json::Value) {
+    use serde_json::Value;
+    fn hidden(text: &str) -> Value {
+        let digest: String = Sha256::digest(text.as_bytes()).iter().take(6).map(|b| format!("{b:02x}")).collect();
+        Value::String(format!("[redacted sha256:{digest}]"))
+    }
+    match v {
+        Value::Object(map) => {
+            for (k, item) in map.iter_mut() {
+                if SECRET_KEYS.contains(&k.as_str()) {
+                    match item {
+                        Value::String(t) => *item = hidden(t),
+                        Value::Array(list) => {
+                            for x in list.iter_mut() {
+                                if let Value::String(t) = x {
+                                    *x = hidden(t);
+                                }
+                            }
+                        }
+                        other => redact(other),
+                    }
+                } else {
+                    redact(item);
+                }
+            }
+        }
+        Value::Array(list) => list.iter_mut().for_each(redact),
+        Value::String(t) if t.contains("PRIVATE KEY-----") => *v = hidden(t),
+        _ => {}
+    }
+}
+
+/// Text for the audit log, its secrets redacted (JSON parsed and written back; any
+/// other text kept unless it holds a private key).
+fn redacted_text(text: &str) -> String {
+    match serde_json::from_str::<serde_json::Value>(text) {
+        Ok(mut v) => {
+            redact(&mut v);
+            v.to_string()
+        }
+        Err(_) if text.contains("PRIVATE KEY-----") => "[redacted]".to_string(),
+        Err(_) => text.to_string(),
+    }
+}
+
+/// Redacts the secrets that entries written before redaction existed may hold (run
+/// at start; a redacted entry stays as it is).
+pub async fn redact_audit_history(store: &Store) -> Result<u64, sqlx::Error> {
+    let rows = sqlx::query("SELECT id, before_doc, after_doc FROM audit_log").fetch_all(store.pool()).await?;
+    let mut changed = 0;
+    for r in rows {
+        let id: i64 = r.try_get("id")?;
+        let before: Option<String> = r.try_get("before_doc")?;
+        let after: Option<String> = r.try_get("after_doc")?;
+        let (b2, a2) = (before.as_deref().map(redacted_text), after.as_deref().map(redacted_text));
+        if b2 != before || a2 != after {
+            sqlx::query("UPDATE audit_log SET before_doc = $1, after_doc = $2 WHERE id = $3")
+                .bind(b2)
+                .bind(a2)
+                .bind(id)
+                .execute(store.pool())
+                .await?;
+            changed += 1;
+        }
+    }
+    Ok(changed)
 }
 
 /// `GET /api/v1/audit`: the newest entries first.

@@ -17,7 +17,7 @@ pub mod random;
 pub(crate) mod resources;
 mod world;
 
-pub use auth::{AuthError, add_token, ensure_admin_token, hash_token};
+pub use auth::{AuthError, add_token, ensure_admin_token, hash_token, redact_audit_history};
 pub use error::ApiError;
 pub use resources::health_router;
 pub use world::{World, parse_proxy_config, proxy_config};

@@ -269,6 +269,13 @@ impl Server {
             (Some(store), Role::All) => {
                 let from_env = std::env::var("TOLLGATE_ADMIN_TOKEN").ok().filter(|t| !t.is_empty());
                 admin_token = tollgate_admin::ensure_admin_token(&store, from_env.as_deref()).await?;
+                match tollgate_admin::redact_audit_history(&store).await {
+                    Ok(0) => {}
+                    Ok(n) => {
+                        tracing::info!(entries = n, "redacted secrets from audit entries written before redaction")
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot redact old audit entries; will try at the next start"),
+                }
                 if let Some(analytics) = &analytics {
                     let retention = (args.analytics_minute_retention * 3_600, args.analytics_hour_retention * 86_400);
                     tasks.spawn(flush_analytics(
@@ -308,6 +315,8 @@ impl Server {
             }
         };
         tasks.spawn(async move {
+            // The peer's address: the console trusts `X-Forwarded-Proto` from loopback only.
+            let app = app.into_make_service_with_connect_info::<SocketAddr>();
             if let Err(e) = axum::serve(admin_listener, app).with_graceful_shutdown(shutdown).await {
                 tracing::error!(error = %e, "admin listener failed");
             }

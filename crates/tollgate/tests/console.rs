@@ -101,10 +101,21 @@ async fn the_console_needs_a_login_and_refuses_forged_forms() {
     assert!(page.contains("not an admin token"), "{page}");
     let token = server.admin_token.clone().expect("token");
     // Another site cannot log a browser in (login CSRF).
-    let (status, headers, _) =
-        post(admin, "/login", None, &[("token", &token), ("next", "/")], &[("origin", "http://evil.example")]).await;
-    assert_eq!(status, StatusCode::FORBIDDEN);
-    assert!(headers.get("set-cookie").is_none());
+    for cross in [("origin", "http://evil.example"), ("sec-fetch-site", "cross-site")] {
+        let (status, headers, _) = post(admin, "/login", None, &[("token", &token), ("next", "/")], &[cross]).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{cross:?}");
+        assert!(headers.get("set-cookie").is_none());
+    }
+    // Redirects stay on the console, whatever a browser would make of the text.
+    for next in ["/\t/evil.example", "/\\evil.example", "https://evil.example/", "/ /evil.example"] {
+        let (status, headers, _) = post(admin, "/login", None, &[("token", &token), ("next", next)], &[]).await;
+        assert_eq!((status, location(&headers)), (StatusCode::SEE_OTHER, "/"), "{next:?}");
+    }
+    // Through a TLS-terminating proxy on this machine, the cookie is `Secure`.
+    let (_, headers, _) =
+        post(admin, "/login", None, &[("token", &token), ("next", "/")], &[("x-forwarded-proto", "https")]).await;
+    let secure = headers.get("set-cookie").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+    assert!(secure.contains("; Secure"), "{secure}");
     let (status, headers, _) =
         post(admin, "/login", None, &[("token", &token), ("next", "//evil.example/")], &[]).await;
     assert_eq!((status, location(&headers)), (StatusCode::SEE_OTHER, "/"), "no open redirect");
@@ -112,6 +123,7 @@ async fn the_console_needs_a_login_and_refuses_forged_forms() {
     for flag in ["HttpOnly", "SameSite=Strict", "Path=/"] {
         assert!(set_cookie.contains(flag), "{set_cookie}");
     }
+    assert!(!set_cookie.contains("Secure"), "plain http: no Secure (the browser would drop the cookie)");
     assert!(!set_cookie.contains(&token), "the token itself never goes to the browser");
     let cookie = set_cookie.split(';').next().expect("cookie").to_string();
 

@@ -322,3 +322,35 @@ async fn live_views_show_real_traffic_on_both_stores() {
         live_views(db, &url, &backend).await;
     }
 }
+
+#[tokio::test]
+async fn the_audit_log_never_holds_a_secret_and_a_read_only_token_gains_nothing() {
+    let dir = TempDir::new();
+    for (db, url) in store_urls(&dir).await {
+        let server = store_server(&url).await;
+        let (status, admin) = api(&server, "POST", "/tokens", Some(json!({ "name": "ops" }))).await;
+        assert_eq!(status, StatusCode::CREATED, "{db}: {admin}");
+        let secret = admin["token"].as_str().expect("the new token, shown once").to_string();
+        let (status, viewer) =
+            api(&server, "POST", "/tokens", Some(json!({ "name": "viewer", "read_only": true }))).await;
+        assert_eq!(status, StatusCode::CREATED, "{db}: {viewer}");
+        let viewer = viewer["token"].as_str().expect("token").to_string();
+        // An application's key and a PEM private key go through the API too.
+        let (status, _) = api(&server, "POST", "/accounts", Some(json!({ "name": "acme" }))).await;
+        assert_eq!(status, StatusCode::CREATED);
+        let key = "f0".repeat(16);
+        let app = json!({ "name": "app", "product": "none", "plan": "none", "user_key": key });
+        let _ = api(&server, "POST", "/accounts/acme/applications", Some(app)).await;
+
+        let (status, audit) = api_as(&server, &viewer, "GET", "/audit?limit=100", None).await;
+        assert_eq!(status, StatusCode::OK, "{db}: read-only tokens read the audit log");
+        let text = audit.to_string();
+        assert!(!text.contains(&secret) && !text.contains(&viewer), "{db}: a token in the audit log: {text}");
+        assert!(!text.contains(&key), "{db}: an application key in the audit log: {text}");
+        assert!(text.contains("[redacted sha256:"), "{db}: {text}");
+        // And the read-only token cannot write.
+        let (status, _) = api_as(&server, &viewer, "POST", "/accounts", Some(json!({ "name": "x" }))).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{db}");
+        server.shutdown().await;
+    }
+}

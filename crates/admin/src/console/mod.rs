@@ -26,7 +26,7 @@ mod product;
 use crate::random::random_hex;
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{FromRequest, FromRequestParts, Request, State};
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header, request::Parts};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Redirect, Response};
@@ -133,6 +133,10 @@ async fn require_session(State(console): State<Console>, mut req: Request, next:
 
 /// A POST's `Origin` (when the browser sends one) must be the console's own host.
 fn same_origin(headers: &HeaderMap) -> bool {
+    // A browser says when a request comes from another site; a script sends neither.
+    if headers.get("sec-fetch-site").is_some_and(|v| v.as_bytes() == b"cross-site") {
+        return false;
+    }
     let Some(origin) = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()) else { return true };
     let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or_default();
     origin.split_once("://").is_some_and(|(_, rest)| rest == host)
@@ -277,11 +281,18 @@ fn login_form(next: Option<&str>, error: Option<&str>) -> Page {
 
 /// Only paths on this console are followed after login (no open redirect).
 fn is_local_path(p: &str) -> bool {
-    p.starts_with('/') && !p.starts_with("//") && !p.contains('\\')
+    // Parsed, not pattern-matched: a path and query (no scheme, no authority, no control
+    // character or space, which browsers would drop: `/\t/evil.example` is `//evil…`),
+    // starting with one `/`.
+    p.parse::<axum::http::uri::PathAndQuery>().is_ok()
+        && p.starts_with('/')
+        && !p.starts_with("//")
+        && p.bytes().all(|b| b > b' ' && b != 0x7f && b != b'\\')
 }
 
 async fn login(
     State(console): State<Console>,
+    peer: Option<axum::Extension<ConnectInfo<std::net::SocketAddr>>>,
     headers: HeaderMap,
     axum::Form(fields): axum::Form<HashMap<String, String>>,
 ) -> Response {
@@ -307,7 +318,12 @@ async fn login(
         Ok(id) => id,
         Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, format!("no randomness: {e}")).into_response(),
     };
-    let cookie = format!("{COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}", LIFETIME.as_secs());
+    // `Secure` when the browser reached the console over https: through a TLS-terminating
+    // proxy on this machine, which says so in `X-Forwarded-Proto`.
+    let https = peer.is_some_and(|axum::Extension(ConnectInfo(p))| p.ip().is_loopback())
+        && headers.get("x-forwarded-proto").is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"));
+    let secure = if https { "; Secure" } else { "" };
+    let cookie = format!("{COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{secure}", LIFETIME.as_secs());
     let mut resp = Redirect::to(next).into_response();
     if let Ok(v) = HeaderValue::from_str(&cookie) {
         resp.headers_mut().insert(header::SET_COOKIE, v);
