@@ -463,7 +463,25 @@ impl Gateway {
         body: Incoming,
         ctx: &Context<'_>,
     ) -> Result<Response<GatewayBody>, GatewayError> {
-        let (upstream, rest) = destination(parts, ctx)?;
+        let (upstream, rest, prefix) = destination_with_prefix(parts, ctx)?;
+        let resp = self.forward_to(parts, body, ctx, upstream, rest).await;
+        match resp {
+            Ok(mut r) if ctx.product.rewrite_redirects => {
+                rewrite_redirects(r.headers_mut(), upstream, &ctx.product.public_base, prefix);
+                Ok(r)
+            }
+            other => other,
+        }
+    }
+
+    async fn forward_to(
+        &self,
+        parts: &request::Parts,
+        body: Incoming,
+        ctx: &Context<'_>,
+        upstream: &Upstream,
+        rest: &str,
+    ) -> Result<Response<GatewayBody>, GatewayError> {
         if let Some(retry) = &ctx.retry {
             // A bodyless request: each attempt sends a fresh empty body.
             let mut attempt = 0;
@@ -542,7 +560,7 @@ impl Gateway {
         over_h2: bool,
         (listener_slot, app_slot, guards): (Arc<OwnedSemaphorePermit>, Option<ConnectionSlot>, Vec<Held>),
     ) -> Result<Response<GatewayBody>, GatewayError> {
-        let (upstream, rest) = destination(parts, ctx)?;
+        let (upstream, rest, prefix) = destination_with_prefix(parts, ctx)?;
         let mut head = self.upstream_head(parts, ctx, upstream, rest)?;
         let upgrade_span = self.trace_upstream(ctx, &mut head);
         // Upgrade requests go on a connection of their own.
@@ -575,6 +593,9 @@ impl Gateway {
         if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
             // The backend refused the upgrade: its answer goes to the client as it is.
             strip_hop_by_hop(resp.headers_mut());
+            if ctx.product.rewrite_redirects {
+                rewrite_redirects(resp.headers_mut(), upstream, &ctx.product.public_base, prefix);
+            }
             return Ok(resp.map(GatewayBody::from));
         }
         let backend = hyper::upgrade::on(&mut resp);
@@ -889,25 +910,30 @@ fn shape_response(
 
 /// Where the request goes: where a policy (`upstream`, `routing`) sent it, or the
 /// product's backend usage with the longest matching prefix; with the path to send.
-fn destination<'c>(parts: &'c request::Parts, ctx: &'c Context<'_>) -> Result<(&'c Upstream, &'c str), GatewayError> {
-    let (upstream, rest) = destination_of(parts, ctx)?;
+/// Also the public path prefix the backend sits under (its usage's; none for a policy's
+/// target), for rewriting its redirects.
+fn destination_with_prefix<'c>(
+    parts: &'c request::Parts,
+    ctx: &'c Context<'_>,
+) -> Result<(&'c Upstream, &'c str, &'c str), GatewayError> {
+    let (upstream, rest, prefix) = destination_of(parts, ctx)?;
     // The path was made canonical on entry, but a policy may have rewritten it since:
     // what goes after the backend's base path must still have no dot-segments, so the
     // request can never leave that base path.
     if rest.starts_with('/') && !matches!(crate::path::canonical(rest, ctx.product.path_rules), Ok(c) if c == rest) {
         return Err(GatewayError::BadPath(crate::path::PathError::AboveRoot));
     }
-    Ok((upstream, rest))
+    Ok((upstream, rest, prefix))
 }
 
 fn destination_of<'c>(
     parts: &'c request::Parts,
     ctx: &'c Context<'_>,
-) -> Result<(&'c Upstream, &'c str), GatewayError> {
+) -> Result<(&'c Upstream, &'c str, &'c str), GatewayError> {
     match &ctx.route {
         None => {
             let (usage, rest) = ctx.product.route(parts.uri.path()).ok_or(GatewayError::NoBackend)?;
-            Ok((&usage.upstream, rest))
+            Ok((&usage.upstream, rest, &usage.prefix))
         }
         Some(route) => {
             let upstream = match &route.target {
@@ -916,7 +942,35 @@ fn destination_of<'c>(
                     &ctx.product.usages.iter().find(|u| *u.backend == **name).ok_or(GatewayError::NoBackend)?.upstream
                 }
             };
-            Ok((upstream, route.path.as_str()))
+            Ok((upstream, route.path.as_str(), ""))
+        }
+    }
+}
+
+/// `Location`, `Content-Location` and the URL of `Refresh` that point at the backend's
+/// private base URL point at the public base URL the request came through instead
+/// (`public`: its scheme, host and port; then the usage's path `prefix`), as nginx's
+/// default `proxy_redirect` does: a backend's own address never reaches a client.
+/// Nothing is allocated unless a header is rewritten.
+fn rewrite_redirects(headers: &mut HeaderMap, upstream: &Upstream, public: &str, prefix: &str) {
+    const REFRESH: HeaderName = HeaderName::from_static("refresh");
+    let map = |url: &str| {
+        upstream.private_prefixes.iter().find_map(|p| {
+            let rest = url.strip_prefix(p.as_str())?;
+            (rest.is_empty() || rest.starts_with(['/', '?', '#'])).then(|| format!("{public}{prefix}{rest}"))
+        })
+    };
+    for name in [header::LOCATION, header::CONTENT_LOCATION, REFRESH] {
+        let Some(value) = headers.get(&name).and_then(|v| v.to_str().ok()) else { continue };
+        let rewritten = if name == REFRESH {
+            // `5; url=http://…`
+            let at = value.to_ascii_lowercase().find("url=").map(|i| i + 4);
+            at.and_then(|i| map(value[i..].trim_matches(['"', '\''])).map(|u| format!("{}{u}", &value[..i])))
+        } else {
+            map(value)
+        };
+        if let Some(v) = rewritten.and_then(|v| HeaderValue::from_str(&v).ok()) {
+            headers.insert(name, v);
         }
     }
 }
@@ -955,11 +1009,12 @@ fn add_forwarded(headers: &mut HeaderMap, parts: &request::Parts, ctx: &Context<
         headers.insert(XFF, v);
     }
     headers.insert(XFP, HeaderValue::from_static(if ctx.tls { "https" } else { "http" }));
-    let host = parts
-        .headers
-        .get(header::HOST)
-        .cloned()
-        .or_else(|| parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
+    // The authority the gateway routed on (see `host_of`): the target's own in absolute
+    // form and HTTP/2, else `Host` — never a second, client-chosen value.
+    let host = match parts.uri.authority() {
+        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+        None => parts.headers.get(header::HOST).cloned(),
+    };
     if let Some(h) = host {
         headers.insert(XFH, h);
     }

@@ -147,6 +147,10 @@ pub struct Product {
     pub applications_by_app_id: HashMap<Box<str>, Arc<Application>>,
     /// How its request paths are made canonical (`request_path`).
     pub path_rules: crate::path::PathRules,
+    /// This environment's public base URL, `scheme://host[:port]`, and whether
+    /// redirects to a backend's private URL are rewritten to it (`rewrite_redirects`).
+    pub public_base: Box<str>,
+    pub rewrite_redirects: bool,
 }
 
 impl Product {
@@ -317,22 +321,28 @@ pub fn compile_environment(
     let mut errors = ConfigErrors::default();
     let mut snapshot = Snapshot::empty(environment);
     for source in sources {
-        match compile_product(source, accounts, registry, upstreams, &mut errors) {
-            Some(product) => {
-                let p = source.product;
-                let url = match environment {
-                    Environment::Staging => &p.staging_public_base_url,
-                    Environment::Production => &p.production_public_base_url,
-                };
-                match BaseUrl::parse(url, &["http", "https"]) {
-                    Ok(base) => {
-                        snapshot.products.insert(base.host.into(), product);
-                    }
-                    Err(e) => errors
-                        .push(ConfigError::new(format!("{}.{}_public_base_url", source.path, environment.as_str()), e)),
-                }
+        let p = source.product;
+        let url = match environment {
+            Environment::Staging => &p.staging_public_base_url,
+            Environment::Production => &p.production_public_base_url,
+        };
+        let base = match BaseUrl::parse(url, &["http", "https"]) {
+            Ok(base) => base,
+            Err(e) => {
+                errors.push(ConfigError::new(format!("{}.{}_public_base_url", source.path, environment.as_str()), e));
+                continue;
             }
-            None => continue,
+        };
+        // What redirects to a backend's private URL become (scheme, host and port as
+        // published; the public base URL's path is not part of routing).
+        let default_port = if base.scheme == "https" { 443 } else { 80 };
+        let host = if base.host.contains(':') { format!("[{}]", base.host) } else { base.host.clone() };
+        let public = match base.port == default_port {
+            true => format!("{}://{host}", base.scheme),
+            false => format!("{}://{host}:{}", base.scheme, base.port),
+        };
+        if let Some(product) = compile_product(source, &public, accounts, registry, upstreams, &mut errors) {
+            snapshot.products.insert(base.host.into(), product);
         }
     }
     (snapshot, errors)
@@ -340,6 +350,7 @@ pub fn compile_environment(
 
 fn compile_product(
     source: &ProductSource<'_>,
+    public_base: &str,
     accounts: &[tollgate_model::Account],
     registry: &Registry,
     upstreams: &mut Upstreams,
@@ -495,6 +506,8 @@ fn compile_product(
                 "usage limit exceeded",
             ),
         },
+        public_base: public_base.into(),
+        rewrite_redirects: p.rewrite_redirects,
         path_rules: crate::path::PathRules {
             keep_encoded_slashes: p.request_path.encoded_slashes == tollgate_model::EncodedSlashes::Keep,
             merge_slashes: p.request_path.merge_slashes,

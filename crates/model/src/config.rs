@@ -105,6 +105,15 @@ pub struct Product {
     /// How request paths are made canonical before anything reads them.
     #[serde(default, skip_serializing_if = "is_default")]
     pub request_path: RequestPath,
+    /// Whether `Location`, `Content-Location` and `Refresh` headers of a backend's
+    /// responses that point at its private base URL are rewritten to the public base URL
+    /// the request came through (as nginx's `proxy_redirect default`). Default `true`.
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub rewrite_redirects: bool,
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 /// How a product's request paths are made canonical, once, as requests enter: dot

@@ -56,9 +56,19 @@ pub struct ProductDoc {
     pub policy_chain: Vec<PolicyConfig>,
     #[serde(default, skip_serializing_if = "is_default_path")]
     pub request_path: RequestPath,
+    #[serde(default = "yes", skip_serializing_if = "is_yes")]
+    pub rewrite_redirects: bool,
     /// The last id given to a nested item.
     #[serde(default)]
     pub last_id: i64,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_yes(b: &bool) -> bool {
+    *b
 }
 
 fn is_default_path(p: &RequestPath) -> bool {
@@ -84,6 +94,7 @@ impl ProductDoc {
             mapping_rules: numbered(&p.mapping_rules, &mut last_id),
             policy_chain: p.policy_chain.clone(),
             request_path: p.request_path,
+            rewrite_redirects: p.rewrite_redirects,
             last_id,
         }
     }
@@ -105,6 +116,7 @@ impl ProductDoc {
             policy_chain: self.policy_chain.clone(),
             application_plans,
             request_path: self.request_path,
+            rewrite_redirects: self.rewrite_redirects,
         }
     }
 

@@ -122,3 +122,44 @@ async fn an_upgrade_request_with_a_body_is_refused() {
         assert!(answer.contains("bad_upgrade") && answer.contains("must not carry a body"), "{answer}");
     }
 }
+
+#[tokio::test]
+async fn forwarded_headers_describe_what_the_gateway_routed_on() {
+    let backend = http_backend().await;
+    let gw = gateway(&config(backend, "")).await;
+    // An absolute-form target is routed by its authority: X-Forwarded-Host says that one,
+    // not the client's Host.
+    let answer = support::raw(
+        gw.server.staging,
+        b"GET http://api.test/public?user_key=k HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status_of(&answer), 200, "{answer}");
+    assert!(answer.contains(r#""x-forwarded-host":"api.test""#), "{answer}");
+    assert!(!answer.contains("evil.example"), "the client's Host reaches the backend nowhere: {answer}");
+}
+
+#[tokio::test]
+async fn a_backends_private_address_never_reaches_the_client() {
+    let backend = http_backend().await;
+    let gw = gateway(&config(backend, "")).await;
+    let addr = gw.server.staging;
+    // Under `/pub` (backend base path `/v1/public-api`): the private URL becomes the
+    // public one, usage prefix included.
+    let (status, headers, _) = get(addr, HOST, "/pub/redirect?to=/v1/public-api/next%3Fa=1&user_key=k").await;
+    assert_eq!(status, StatusCode::FOUND);
+    let location = headers.get("location").and_then(|v| v.to_str().ok()).unwrap_or_default();
+    assert_eq!(location, "http://api.test/pub/next%3Fa=1");
+    let refresh = headers.get("refresh").and_then(|v| v.to_str().ok()).unwrap_or_default();
+    assert_eq!(refresh, "0; url=http://api.test/pub/next%3Fa=1");
+    // Elsewhere on the backend than its base path: left as it is (not ours to map).
+    let (_, headers, _) = get(addr, HOST, "/pub/redirect?to=/other&user_key=k").await;
+    let location = headers.get("location").and_then(|v| v.to_str().ok()).unwrap_or_default();
+    assert_eq!(location, format!("http://{backend}/other"));
+
+    // A product may keep them as they are.
+    let kept = gateway(&config(backend, "rewrite_redirects: false")).await;
+    let (_, headers, _) = get(kept.server.staging, HOST, "/pub/redirect?to=/v1/public-api/next&user_key=k").await;
+    let location = headers.get("location").and_then(|v| v.to_str().ok()).unwrap_or_default();
+    assert_eq!(location, format!("http://{backend}/v1/public-api/next"));
+}

@@ -186,6 +186,18 @@ async fn backend_route(req: Request<Incoming>, peer: SocketAddr) -> Response<Box
             .unwrap_or(0);
         return Response::new(Generated::new(n).boxed());
     }
+    if path.ends_with("/redirect") {
+        // A redirect to its own address, as backends write them: `?to=PATH`.
+        let own = req.headers().get("host").and_then(|h| h.to_str().ok()).unwrap_or_default().to_string();
+        let to =
+            req.uri().query().and_then(|q| q.strip_prefix("to=")).map_or("/", |t| t.split('&').next().unwrap_or(t));
+        let to = to.to_string();
+        let mut r = Response::new(full("moved"));
+        *r.status_mut() = StatusCode::FOUND;
+        r.headers_mut().insert("location", format!("http://{own}{to}").parse().expect("location"));
+        r.headers_mut().insert("refresh", format!("0; url=http://{own}{to}").parse().expect("refresh"));
+        return r;
+    }
     if let Some(code) = path.strip_prefix("/status/").and_then(|c| c.parse::<u16>().ok()) {
         let mut r = Response::new(full("status"));
         *r.status_mut() = StatusCode::from_u16(code).unwrap_or(StatusCode::OK);
