@@ -21,6 +21,9 @@ use tokio::sync::Notify;
 
 /// RFC 6455 close codes the gateway sends.
 pub const CLOSE_GOING_AWAY: u16 = 1001;
+/// Recorded (analytics, metrics) for a connection that ended without a Close frame;
+/// never sent (RFC 6455 §7.4.1).
+pub const CLOSE_ABNORMAL: u16 = 1006;
 pub const CLOSE_PROTOCOL_ERROR: u16 = 1002;
 pub const CLOSE_POLICY_VIOLATION: u16 = 1008;
 pub const CLOSE_TOO_BIG: u16 = 1009;
@@ -152,6 +155,8 @@ struct Control {
     last_activity: AtomicU64,
     started: std::time::Instant,
     first_close: Mutex<Option<(Initiator, u16)>>,
+    /// Whether a Close frame was relayed (from the client, from the backend).
+    close_seen: (AtomicBool, AtomicBool),
 }
 
 impl Default for Control {
@@ -164,6 +169,7 @@ impl Default for Control {
             last_activity: AtomicU64::new(0),
             started: std::time::Instant::now(),
             first_close: Mutex::default(),
+            close_seen: (AtomicBool::new(false), AtomicBool::new(false)),
         }
     }
 }
@@ -194,6 +200,23 @@ impl Control {
                 return;
             }
         }
+    }
+
+    /// Records that the side a pump reads from sent a Close frame.
+    fn saw_close_from(&self, client: bool) {
+        let flag = if client { &self.close_seen.0 } else { &self.close_seen.1 };
+        flag.store(true, Ordering::Relaxed);
+    }
+
+    fn close_seen_from(&self, client: bool) -> bool {
+        let flag = if client { &self.close_seen.0 } else { &self.close_seen.1 };
+        flag.load(Ordering::Relaxed)
+    }
+
+    /// Ends the pump that writes to the client (`to_client`) or to the backend, without a
+    /// frame: the closing handshake is complete.
+    fn finish(&self, to_client: bool) {
+        if to_client { self.to_client.notify_one() } else { self.to_backend.notify_one() }
     }
 
     fn note_close(&self, by: Initiator, code: u16) {
@@ -380,6 +403,7 @@ impl Pump {
             }
             self.dropping_frame = false;
             if h.opcode == OP_CLOSE {
+                ctl.saw_close_from(self.from_client);
                 match h.payload_len {
                     0 => ctl.note_close(self.initiator(), 1005),
                     1 => {}
@@ -470,8 +494,24 @@ impl Pump {
                 }
                 r = src.read(buf.space()) => match r {
                     Ok(0) | Err(_) => {
-                        // The source ended: end this direction, keep the other running.
-                        let _ = dst.shutdown().await;
+                        if ctl.close_seen_from(self.from_client) {
+                            // An orderly end after its Close: end this direction; once
+                            // both Closes went through, the other one ends as well
+                            // (RFC 6455 §7.1.1: the handshake is over).
+                            let _ = dst.shutdown().await;
+                            if ctl.close_seen_from(!self.from_client) {
+                                // The other pump writes to the side this one reads.
+                                ctl.finish(self.from_client);
+                            }
+                            return;
+                        }
+                        // Its peer went away without a Close frame (FIN or reset): the
+                        // WebSocket is over. The other side gets a Close frame — never
+                        // a bare 1006 — and every hold on the connection is released.
+                        ctl.note_close(self.initiator(), CLOSE_ABNORMAL);
+                        let reason = if self.from_client { "the client went away" } else { "the backend went away" };
+                        ctl.close_both(CLOSE_GOING_AWAY, reason);
+                        self.deliver_close(&mut dst, ctl).await;
                         return;
                     }
                     Ok(n) => n,
@@ -496,6 +536,19 @@ impl Pump {
             }
             self.flush(opts);
             match step {
+                // Its Close went through after the other side's: the closing handshake is
+                // over, whether or not this peer ends its connection.
+                Ok(Step::Continue)
+                    if self.at_boundary()
+                        && ctl.close_seen_from(self.from_client)
+                        && ctl.close_seen_from(!self.from_client) =>
+                {
+                    let _ = dst.flush().await;
+                    let _ = dst.shutdown().await;
+                    // The other pump writes to the side this one reads.
+                    ctl.finish(self.from_client);
+                    return;
+                }
                 Ok(Step::Continue) => {}
                 Ok(Step::Close(code, reason)) => {
                     ctl.close_both(code, reason);
@@ -741,7 +794,50 @@ mod tests {
         assert_eq!(read_n(&mut client, down.len()).await, down);
         drop((client, backend));
         let totals = task.await.expect("relay");
-        assert_eq!((totals.messages_up, totals.messages_down, totals.closed_by_gateway), (1, 1, None));
+        assert_eq!((totals.messages_up, totals.messages_down), (1, 1));
+        // Both went away without a Close: recorded as 1006, the gateway said 1001.
+        assert_eq!(totals.close.map(|c| c.1), Some(CLOSE_ABNORMAL));
+        assert_eq!(totals.closed_by_gateway, Some(CLOSE_GOING_AWAY));
+    }
+
+    /// Reads until the end of the stream; the bytes.
+    async fn read_all(s: &mut DuplexStream) -> Vec<u8> {
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out).await;
+        out
+    }
+
+    #[tokio::test]
+    async fn a_side_that_goes_away_without_a_close_ends_the_websocket_with_1001_to_the_other() {
+        // The client's TCP ends (FIN) without a Close frame: the backend gets a Close
+        // 1001 and the relay ends, though the backend keeps its connection open.
+        let (client, mut backend, task) = setup(RelayOptions::default());
+        drop(client);
+        let frame = read_all(&mut backend).await;
+        assert_eq!(&frame[..2], &[0x88, 0x80 | 2 + 20], "a masked Close with code and reason: {frame:?}");
+        let totals = task.await.expect("the relay ends");
+        assert_eq!(totals.close, Some((Initiator::Client, CLOSE_ABNORMAL)));
+        // The backend goes away: the client gets an unmasked Close 1001.
+        let (mut client, backend, task) = setup(RelayOptions::default());
+        drop(backend);
+        let frame = read_all(&mut client).await;
+        assert_eq!(&frame[..4], &[0x88, 2 + 21, 0x03, 0xE9], "Close 1001 (never 1006 on the wire): {frame:?}");
+        assert_eq!(task.await.expect("ends").close, Some((Initiator::Backend, CLOSE_ABNORMAL)));
+    }
+
+    #[tokio::test]
+    async fn the_websocket_ends_once_both_closes_went_through_whoever_keeps_its_connection() {
+        let (mut client, mut backend, task) = setup(RelayOptions::default());
+        let close = masked(0x88, &1000u16.to_be_bytes());
+        client.write_all(&close).await.expect("write");
+        assert_eq!(read_n(&mut backend, close.len()).await, close);
+        // The backend answers with its Close and keeps its connection; so does the client.
+        backend.write_all(&[0x88, 0x02, 0x03, 0xE8]).await.expect("write");
+        assert_eq!(read_n(&mut client, 4).await, [0x88, 0x02, 0x03, 0xE8]);
+        let totals = task.await.expect("the relay ends without either side closing its TCP connection");
+        assert_eq!(totals.close, Some((Initiator::Client, 1000)));
+        assert_eq!(totals.closed_by_gateway, None);
+        assert!(read_all(&mut client).await.is_empty() && read_all(&mut backend).await.is_empty(), "both ended");
     }
 
     #[test]

@@ -163,3 +163,97 @@ async fn a_backends_private_address_never_reaches_the_client() {
     let location = headers.get("location").and_then(|v| v.to_str().ok()).unwrap_or_default();
     assert_eq!(location, format!("http://{backend}/v1/public-api/next"));
 }
+
+/// A WebSocket backend that accepts the upgrade, answers one message, then vanishes
+/// (its TCP connection ends without a Close frame).
+async fn vanishing_backend() -> std::net::SocketAddr {
+    use futures_util::{SinkExt, StreamExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else { return };
+                if let Some(Ok(m)) = ws.next().await {
+                    let _ = ws.send(m).await;
+                }
+                // Dropped: FIN, no Close frame.
+            });
+        }
+    });
+    addr
+}
+
+fn websocket_config(backend: std::net::SocketAddr) -> String {
+    format!(
+        r#"
+backends: [ {{ system_name: b, private_base_url: "ws://{backend}" }} ]
+products:
+  - system_name: chat
+    staging_public_base_url: http://{HOST}
+    production_public_base_url: http://chat-production.test
+    backend_usages: [ {{ backend: b, path: / }} ]
+    mapping_rules: [ {{ http_method: GET, pattern: /, metric: hits, delta: 1 }} ]
+    policy_chain: [ {{ name: websocket }} ]
+    application_plans: [ {{ system_name: one, max_connections: 1 }} ]
+accounts:
+  - name: acme
+    applications: [ {{ name: app, product: chat, plan: one, user_key: k }} ]
+"#
+    )
+}
+
+/// The gauge of open WebSockets, from the admin listener's /metrics.
+async fn open_websockets(gw: &TestGateway) -> f64 {
+    let (_, _, text) = get(gw.server.admin, "localhost", "/metrics").await;
+    text.lines()
+        .filter(|l| l.starts_with("tollgate_websocket_open{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Polls (bounded) until no WebSocket is open at the gateway: the release happens in
+/// the gateway's own task, right after the connection ended.
+async fn until_none_open(gw: &TestGateway) {
+    let mut poll = tokio::time::interval(std::time::Duration::from_millis(10));
+    for _ in 0..500 {
+        poll.tick().await;
+        if open_websockets(gw).await == 0.0 {
+            return;
+        }
+    }
+    panic!("the WebSocket is still held at the gateway");
+}
+
+#[tokio::test]
+async fn websocket_lifecycles_always_end_and_release_their_places() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let backend = vanishing_backend().await;
+    let gw = gateway(&websocket_config(backend)).await;
+    let addr = gw.server.staging;
+
+    // The client vanishes (its TCP connection ends without a Close frame): its place
+    // under max_connections (1) is free again at once, not when the backend hangs up.
+    let first = ws(addr, HOST, "/?user_key=k").await.expect("first connection");
+    let (status, _) = ws_refused(addr, HOST, "/?user_key=k").await;
+    assert_eq!(status, 429, "the cap holds while it is open");
+    drop(first);
+    until_none_open(&gw).await;
+
+    // The backend vanishes: the client gets a Close frame with 1001 (never a bare end),
+    // and the place is free again.
+    let mut second = ws(addr, HOST, "/?user_key=k").await.expect("the place was released");
+    second.send(Message::text("hello")).await.expect("send");
+    assert_eq!(second.next().await.expect("echo").expect("message"), Message::text("hello"));
+    match second.next().await {
+        Some(Ok(Message::Close(Some(frame)))) => {
+            assert_eq!(u16::from(frame.code), 1001, "{frame:?}");
+            assert_eq!(frame.reason.as_str(), "the backend went away");
+        }
+        other => panic!("expected a Close frame, got {other:?}"),
+    }
+    drop(second);
+    until_none_open(&gw).await;
+    let _third = ws(addr, HOST, "/?user_key=k").await.expect("free again");
+}
