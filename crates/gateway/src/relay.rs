@@ -814,7 +814,7 @@ mod tests {
         let (client, mut backend, task) = setup(RelayOptions::default());
         drop(client);
         let frame = read_all(&mut backend).await;
-        assert_eq!(&frame[..2], &[0x88, 0x80 | 2 + 20], "a masked Close with code and reason: {frame:?}");
+        assert_eq!(&frame[..2], &[0x88, 0x80 | (2 + 20)], "a masked Close with code and reason: {frame:?}");
         let totals = task.await.expect("the relay ends");
         assert_eq!(totals.close, Some((Initiator::Client, CLOSE_ABNORMAL)));
         // The backend goes away: the client gets an unmasked Close 1001.
