@@ -254,7 +254,8 @@ async fn connection(
     match &opts.tls {
         None => {
             let info = ConnInfo { client_addr, tls: false, slot };
-            serve_connection(TokioIo::new(SmugglingGuard::new(tcp)), info, gateway, builder, &mut stop).await;
+            let guarded = TokioIo::new(SmugglingGuard::new(tcp));
+            serve_connection(guarded, info, gateway, builder, &mut stop, opts.header_read_timeout).await;
         }
         Some(acceptor) => {
             let tls = match tokio::time::timeout(opts.tls_handshake_timeout, acceptor.accept(tcp)).await {
@@ -266,10 +267,11 @@ async fn connection(
             };
             let info = ConnInfo { client_addr, tls: true, slot };
             if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
-                serve_connection(TokioIo::new(tls), info, gateway, builder, &mut stop).await;
+                serve_connection(TokioIo::new(tls), info, gateway, builder, &mut stop, opts.header_read_timeout).await;
             } else {
                 let guarded = SmugglingGuard::new(tls);
-                serve_connection(TokioIo::new(guarded), info, gateway, builder, &mut stop).await;
+                serve_connection(TokioIo::new(guarded), info, gateway, builder, &mut stop, opts.header_read_timeout)
+                    .await;
             }
         }
     }
@@ -281,14 +283,20 @@ async fn serve_connection<I>(
     gateway: &Arc<Gateway>,
     builder: &auto::Builder<TokioExecutor>,
     stop: &mut watch::Receiver<bool>,
+    idle: Duration,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let gw = gateway.clone();
     let client_addr = info.client_addr;
+    let activity = Arc::new(Activity::new());
+    let seen = activity.clone();
     let service = service_fn(move |req| {
-        let (gw, info) = (gw.clone(), info.clone());
-        async move { Ok::<_, Infallible>(gw.handle(req, info).await) }
+        let (gw, info, seen) = (gw.clone(), info.clone(), seen.clone());
+        async move {
+            let busy = seen.begin();
+            Ok::<_, Infallible>(gw.handle(req, info).await.map(|b| Tracked { body: b, _busy: busy }))
+        }
     });
     let conn = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);
@@ -302,6 +310,92 @@ async fn serve_connection<I>(
             conn.as_mut().graceful_shutdown();
             let _ = conn.await;
         }
+        // Nothing asked of it for `idle` — before its first byte, between requests, an
+        // HTTP/2 connection with no stream that only answers pings, a partial preface —
+        // and nothing in flight: closed, so it cannot hold a slot for ever.
+        () = activity.idle_for(idle) => {
+            tracing::debug!(client = %client_addr, "connection idle: closed");
+        }
+    }
+}
+
+/// What a connection is doing: requests in flight (until their response body ends) and
+/// when the last one began or ended.
+struct Activity {
+    in_flight: std::sync::atomic::AtomicUsize,
+    /// Milliseconds since `started` at the last change.
+    last: std::sync::atomic::AtomicU64,
+    started: std::time::Instant,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Activity { in_flight: Default::default(), last: Default::default(), started: std::time::Instant::now() }
+    }
+
+    fn touch(&self) {
+        self.last.store(self.started.elapsed().as_millis() as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn begin(self: &Arc<Self>) -> Busy {
+        self.in_flight.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.touch();
+        Busy(self.clone())
+    }
+
+    /// Resolves once nothing is in flight and nothing began or ended for `idle`.
+    async fn idle_for(&self, idle: Duration) {
+        use std::sync::atomic::Ordering::Relaxed;
+        loop {
+            let last = self.last.load(Relaxed);
+            tokio::time::sleep_until((self.started + Duration::from_millis(last) + idle).into()).await;
+            if self.in_flight.load(Relaxed) == 0 && self.last.load(Relaxed) == last {
+                return;
+            }
+            if self.in_flight.load(Relaxed) > 0 {
+                // Busy: look again a period from now.
+                self.touch();
+            }
+        }
+    }
+}
+
+/// A request in flight, until its response body ends (or is dropped).
+struct Busy(Arc<Activity>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        self.0.touch();
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that keeps its request counted as in flight until it ends.
+    struct Tracked<B> {
+        #[pin]
+        body: B,
+        _busy: Busy,
+    }
+}
+
+impl<B: http_body::Body> http_body::Body for Tracked<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        self.project().body.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }
 

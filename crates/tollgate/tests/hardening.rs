@@ -257,3 +257,43 @@ async fn websocket_lifecycles_always_end_and_release_their_places() {
     until_none_open(&gw).await;
     let _third = ws(addr, HOST, "/?user_key=k").await.expect("free again");
 }
+
+#[tokio::test]
+async fn every_connection_has_a_deadline_from_its_first_moment() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let backend = http_backend().await;
+    let gw = gateway_with(&config(backend, ""), &["--header-read-timeout", "1", "--max-connections", "16"]).await;
+    let addr = gw.server.staging;
+    // Sixteen connections that never send a byte, or only part of an HTTP/2 preface,
+    // fill every slot: a normal client is turned away meanwhile…
+    let mut silent = Vec::new();
+    for i in 0..16 {
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        if i % 2 == 1 {
+            tcp.write_all(b"PRI * HTTP/2.0\r\n").await.expect("write");
+        }
+        silent.push(tcp);
+    }
+    let mut turned_away = 0;
+    for _ in 0..4 {
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let _ = tcp.write_all(b"GET /public?user_key=k HTTP/1.1\r\nHost: api.test\r\nConnection: close\r\n\r\n").await;
+        let mut out = Vec::new();
+        let _ = tcp.read_to_end(&mut out).await;
+        turned_away += usize::from(out.is_empty());
+    }
+    assert!(turned_away > 0, "the silent connections held the slots");
+    // …until the header-read timeout, counted from accept, closes every one of them.
+    for mut tcp in silent {
+        let mut byte = [0u8; 1];
+        let n = tokio::time::timeout(std::time::Duration::from_secs(10), tcp.read(&mut byte)).await;
+        assert!(matches!(n, Ok(Ok(0)) | Ok(Err(_))), "a silent connection was not closed: {n:?}");
+    }
+    // Then every normal request is served.
+    let mut served = 0;
+    for _ in 0..20 {
+        let (status, _, _) = get(addr, HOST, "/public?user_key=k").await;
+        served += usize::from(status == StatusCode::OK);
+    }
+    assert_eq!(served, 20, "every normal client is served once the silent ones are gone");
+}
