@@ -1,6 +1,7 @@
 //! The response body type: either streamed from the backend or produced locally.
 //! An enum rather than a boxed trait object keeps the proxied path allocation-free.
 
+use crate::deadline::BodyPace;
 use crate::pool::PooledBody;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -75,8 +76,29 @@ impl Timer {
     }
 }
 
-/// What stopped a request body on its way: 0 nothing, 1 too large, 2 too slow.
+/// What stopped a request body on its way: 0 nothing, or one of the `STOPPED_*` values.
 pub type Stopped = std::sync::Arc<std::sync::atomic::AtomicU8>;
+/// Over its `payload_limits` size.
+pub const STOPPED_TOO_LARGE: u8 = 1;
+/// Not sent within the `upstream_connection` send timeout.
+pub const STOPPED_SEND_TIMEOUT: u8 = 2;
+/// The client sent it below the minimum data rate.
+pub const STOPPED_TOO_SLOW: u8 = 3;
+/// The client's body could not be read (bad chunked framing, a reset stream, a
+/// connection closed before its end): the client's fault, not the backend's.
+pub const STOPPED_UNREADABLE: u8 = 4;
+
+/// A request body came below the minimum data rate.
+#[derive(Debug)]
+pub struct TooSlow;
+
+impl std::fmt::Display for TooSlow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the client sent its body below the minimum data rate")
+    }
+}
+
+impl std::error::Error for TooSlow {}
 
 /// Counts a body's bytes against a limit: `Err` once it goes over.
 fn cap(frame: &Result<Frame<Bytes>, BoxError>, left: &mut Option<u64>) -> bool {
@@ -157,7 +179,14 @@ pin_project_lite::pin_project! {
         /// A body made by the gateway (spans for the trace collector).
         Bytes { #[pin] body: Full<Bytes> },
         Plain { #[pin] body: Incoming },
-        Capped { #[pin] body: Incoming, left: Option<u64>, timer: Option<Timer>, stopped: Stopped },
+        /// A client's body read under limits, saying in `stopped` why it stopped.
+        Read {
+            #[pin] body: Incoming,
+            left: Option<u64>,
+            timer: Option<Timer>,
+            pace: Option<BodyPace>,
+            stopped: Stopped,
+        },
     }
 }
 
@@ -173,9 +202,16 @@ impl UpstreamBody {
     }
 
     /// `body`, failing (and saying why in `stopped`) once it carries more than `max`
-    /// bytes or `timer` fires first.
-    pub fn limited(body: Incoming, max: Option<u64>, timer: Option<Timer>, stopped: Stopped) -> Self {
-        UpstreamBody::Capped { body, left: max, timer, stopped }
+    /// bytes, `timer` fires first, the client sends below `pace`'s rate, or the client's
+    /// body cannot be read.
+    pub fn limited(
+        body: Incoming,
+        max: Option<u64>,
+        timer: Option<Timer>,
+        pace: Option<BodyPace>,
+        stopped: Stopped,
+    ) -> Self {
+        UpstreamBody::Read { body, left: max, timer, pace, stopped }
     }
 }
 
@@ -188,17 +224,30 @@ impl Body for UpstreamBody {
             UpstreamBodyProj::Empty => Poll::Ready(None),
             UpstreamBodyProj::Bytes { body } => body.poll_frame(cx).map_err(|never| match never {}),
             UpstreamBodyProj::Plain { body } => body.poll_frame(cx).map_err(Into::into),
-            UpstreamBodyProj::Capped { body, left, timer, stopped } => {
+            UpstreamBodyProj::Read { body, left, timer, pace, stopped } => {
+                use std::sync::atomic::Ordering::Relaxed;
                 let frame = body.poll_frame(cx).map_err(BoxError::from);
                 if Timer::fired(timer, &frame, cx) {
-                    stopped.store(2, std::sync::atomic::Ordering::Relaxed);
+                    stopped.store(STOPPED_SEND_TIMEOUT, Relaxed);
                     return Poll::Ready(Some(Err(Box::new(TimedOut))));
                 }
-                if let Poll::Ready(Some(f)) = &frame
-                    && cap(f, left)
-                {
-                    stopped.store(1, std::sync::atomic::Ordering::Relaxed);
-                    return Poll::Ready(Some(Err(Box::new(TooLarge))));
+                if let Some(pace) = pace {
+                    let bytes = match &frame {
+                        Poll::Ready(Some(Ok(f))) => f.data_ref().map_or(0, |d| d.len() as u64),
+                        _ => 0,
+                    };
+                    if pace.check(frame.is_pending(), bytes, cx).is_ready() {
+                        stopped.store(STOPPED_TOO_SLOW, Relaxed);
+                        return Poll::Ready(Some(Err(Box::new(TooSlow))));
+                    }
+                }
+                match &frame {
+                    Poll::Ready(Some(Err(_))) => stopped.store(STOPPED_UNREADABLE, Relaxed),
+                    Poll::Ready(Some(f)) if cap(f, left) => {
+                        stopped.store(STOPPED_TOO_LARGE, Relaxed);
+                        return Poll::Ready(Some(Err(Box::new(TooLarge))));
+                    }
+                    _ => {}
                 }
                 frame
             }
@@ -209,7 +258,7 @@ impl Body for UpstreamBody {
         match self {
             UpstreamBody::Empty => true,
             UpstreamBody::Bytes { body } => body.is_end_stream(),
-            UpstreamBody::Plain { body } | UpstreamBody::Capped { body, .. } => body.is_end_stream(),
+            UpstreamBody::Plain { body } | UpstreamBody::Read { body, .. } => body.is_end_stream(),
         }
     }
 
@@ -217,7 +266,7 @@ impl Body for UpstreamBody {
         match self {
             UpstreamBody::Empty => SizeHint::with_exact(0),
             UpstreamBody::Bytes { body } => body.size_hint(),
-            UpstreamBody::Plain { body } | UpstreamBody::Capped { body, .. } => body.size_hint(),
+            UpstreamBody::Plain { body } | UpstreamBody::Read { body, .. } => body.size_hint(),
         }
     }
 }

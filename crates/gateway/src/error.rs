@@ -48,6 +48,13 @@ pub enum GatewayError {
     CountersUnavailable(String),
     #[error("the request body is larger than this API accepts")]
     RequestTooLarge,
+    /// The client sent its request body below the minimum data rate (`--min-data-rate`).
+    #[error("the request body came too slowly")]
+    RequestTimeout,
+    /// The client's request body could not be read to its end (bad chunked framing, a
+    /// reset stream, a connection that closed early); the detail says how.
+    #[error("the request body could not be read")]
+    BadRequestBody(String),
     #[error("the backend's response is larger than this API allows")]
     ResponseTooLarge,
 }
@@ -67,6 +74,8 @@ impl GatewayError {
             GatewayError::TooManyConnections => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::CountersUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::RequestTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            GatewayError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            GatewayError::BadRequestBody(_) => StatusCode::BAD_REQUEST,
             GatewayError::ResponseTooLarge => StatusCode::BAD_GATEWAY,
         }
     }
@@ -86,6 +95,8 @@ impl GatewayError {
             GatewayError::UpstreamFailed(_) => "upstream_failed",
             GatewayError::CountersUnavailable(_) => "counters_unavailable",
             GatewayError::RequestTooLarge => "request_too_large",
+            GatewayError::RequestTimeout => "request_timeout",
+            GatewayError::BadRequestBody(_) => "bad_request_body",
             GatewayError::ResponseTooLarge => "response_too_large",
         }
     }
@@ -99,7 +110,9 @@ impl GatewayError {
             | GatewayError::WebSocketDisabled
             | GatewayError::BadUpgrade(_)
             | GatewayError::TooManyConnections
-            | GatewayError::RequestTooLarge => Side::Downstream,
+            | GatewayError::RequestTooLarge
+            | GatewayError::RequestTimeout
+            | GatewayError::BadRequestBody(_) => Side::Downstream,
             GatewayError::UpstreamUnavailable(_)
             | GatewayError::UpstreamTls(_)
             | GatewayError::UpstreamTimeout(_)
@@ -116,6 +129,7 @@ impl GatewayError {
             | GatewayError::UpstreamTls(d)
             | GatewayError::UpstreamTimeout(d)
             | GatewayError::UpstreamFailed(d)
+            | GatewayError::BadRequestBody(d)
             | GatewayError::CountersUnavailable(d) => Some(d),
             _ => None,
         }
@@ -123,7 +137,9 @@ impl GatewayError {
 
     pub fn into_response(self) -> Response<GatewayBody> {
         match self.side() {
-            Side::Downstream => tracing::debug!(code = self.code(), "request refused"),
+            Side::Downstream => {
+                tracing::debug!(code = self.code(), detail = self.detail().unwrap_or(""), "request refused")
+            }
             side => tracing::warn!(code = self.code(), ?side, detail = self.detail().unwrap_or(""), "request failed"),
         }
         let mut resp = ErrorTemplate::json(self.status(), self.code(), &self.to_string()).respond();
@@ -132,7 +148,13 @@ impl GatewayError {
         }
         // A request the gateway could not frame or read one way (two Hosts, a body on an
         // upgrade…) ends its connection: what follows on it cannot be trusted either.
-        if matches!(self, GatewayError::BadRequest(_) | GatewayError::BadUpgrade(_)) {
+        if matches!(
+            self,
+            GatewayError::BadRequest(_)
+                | GatewayError::BadUpgrade(_)
+                | GatewayError::RequestTimeout
+                | GatewayError::BadRequestBody(_)
+        ) {
             resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         resp

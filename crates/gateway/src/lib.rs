@@ -9,7 +9,8 @@
 //! A request's path through this crate, top-down:
 //!
 //! ```text
-//! server.rs     accept (connection cap, TLS + ALPN), HTTP/1.1 or HTTP/2, timeouts
+//! server.rs     accept (connection cap, TLS + ALPN), HTTP/1.1 or HTTP/2
+//! deadline.rs   a deadline for every state of a connection; making room when full
 //! proxy.rs      host → product; websocket upgrade checks
 //! policy/       rewrite phase → access phase (the `tollgate` policy: credentials,
 //!               application, mapping rules → usage) → limits (counters, all-or-nothing)
@@ -21,6 +22,7 @@
 pub mod analytics;
 mod auth;
 pub mod body;
+pub mod deadline;
 pub mod error;
 pub mod files;
 pub mod frames;
@@ -39,8 +41,9 @@ pub mod trace;
 pub mod upstream;
 
 pub use body::GatewayBody;
+pub use deadline::MinDataRate;
 pub use metrics::{Health, Metrics};
-pub use proxy::{Gateway, Shared};
+pub use proxy::{ExchangeDefaults, Gateway, Shared};
 pub use server::{ListenerOptions, Workers, serve};
 pub use snapshot::{
     BackendSource, Environment, ProductSource, Snapshot, SnapshotHandle, Snapshots, Upstreams, check, compile,

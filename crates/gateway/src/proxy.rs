@@ -4,6 +4,7 @@
 use crate::analytics::Analytics;
 use crate::body::GatewayBody;
 use crate::body::{Held, Stopped, Timer, UpstreamBody};
+use crate::deadline::BodyPace;
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
 use crate::policy::routing::Target;
@@ -17,7 +18,8 @@ use base64::Engine;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version, request};
-use http_body_util::Empty;
+use http_body::Body as _;
+use http_body_util::{BodyExt as _, Empty};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
@@ -34,6 +36,10 @@ pub struct ConnInfo {
     /// The connection's place under the listener's cap. A WebSocket relay keeps a clone,
     /// so an upgraded connection still counts until it closes.
     pub(crate) slot: Arc<OwnedSemaphorePermit>,
+    /// What the connection is doing (requests in flight, bodies behind the minimum rate).
+    pub(crate) activity: Arc<crate::deadline::Activity>,
+    /// The least the client must send and take; `None`: no minimum.
+    pub(crate) min_data_rate: Option<crate::deadline::MinDataRate>,
 }
 
 /// What the gateways of one process share.
@@ -50,6 +56,32 @@ pub struct Shared {
     pub edge: Arc<EdgeMemory>,
     /// Where spans go, when tracing is on.
     pub tracer: Option<Arc<Tracer>>,
+    /// Limits on every exchange with a backend, unless a product's policies say otherwise.
+    pub defaults: ExchangeDefaults,
+}
+
+/// Limits on every exchange with a backend that hold unless a product's policy chain
+/// says otherwise.
+#[derive(Debug, Clone, Copy)]
+pub struct ExchangeDefaults {
+    /// Time for a backend's response head once the request is sent, and between two
+    /// parts of its body — as nginx's `proxy_read_timeout` (60 s). Over it: 504
+    /// `upstream_timeout` (or a response that ends abnormally once begun). The
+    /// `upstream_connection` policy's `read_timeout` replaces it per product.
+    /// `--upstream-read-timeout`.
+    pub read_timeout: std::time::Duration,
+    /// HTTP/1 request bodies with a `Content-Length` of at most this many bytes are read
+    /// whole before a backend connection is taken (nginx's `proxy_request_buffering`),
+    /// so a client that trickles one holds no backend connection; larger ones are
+    /// streamed. 0: always streamed. `--request-buffer-bytes`.
+    pub request_buffer_bytes: u64,
+}
+
+impl Default for ExchangeDefaults {
+    /// 60 s and 64 KiB.
+    fn default() -> Self {
+        ExchangeDefaults { read_timeout: std::time::Duration::from_secs(60), request_buffer_bytes: 64 * 1024 }
+    }
 }
 
 /// One environment's gateway: the state every request of that environment shares.
@@ -63,6 +95,7 @@ pub struct Gateway {
     connections: Arc<Connections>,
     edge: Arc<EdgeMemory>,
     tracer: Option<Arc<Tracer>>,
+    defaults: ExchangeDefaults,
     /// Set at shutdown: open WebSockets close with 1001.
     draining: watch::Sender<bool>,
 }
@@ -79,6 +112,7 @@ impl Gateway {
             connections: shared.connections,
             edge: shared.edge,
             tracer: shared.tracer,
+            defaults: shared.defaults,
             draining: watch::channel(false).0,
         }
     }
@@ -227,7 +261,7 @@ impl Gateway {
             guards: Vec::new(),
             token_expires: None,
             payload_limits: (None, None),
-            upstream_timeouts: (None, None),
+            upstream_timeouts: (None, Some(self.defaults.read_timeout)),
             retry: None,
             trace: parts.extensions.get::<TraceCtx>().copied(),
         };
@@ -235,13 +269,23 @@ impl Gateway {
         let mut resp = match self.request_phases(&mut parts, &mut ctx).await {
             Ok(app_slot) => match client_upgrade {
                 Some(client) => {
-                    let slots = (conn.slot.clone(), app_slot, std::mem::take(&mut ctx.guards));
+                    let mut guards = std::mem::take(&mut ctx.guards);
+                    if handshake == Handshake::Http2 {
+                        // A WebSocket on an HTTP/2 stream keeps its connection busy (never
+                        // idle, never evicted) for as long as it is open.
+                        guards.push(Box::new(conn.activity.begin()));
+                    }
+                    let slots = (conn.slot.clone(), app_slot, guards);
                     self.websocket(&parts, &ctx, client, handshake == Handshake::Http2, slots).await
                 }
                 None => {
                     let guards = std::mem::take(&mut ctx.guards);
+                    let pace = match (conn.min_data_rate, body.is_end_stream()) {
+                        (Some(rate), false) => Some(BodyPace::new(rate, Some(conn.activity.clone()))),
+                        _ => None,
+                    };
                     // Places under a `connections` limiter are held until the body ends.
-                    self.forward(&parts, body, &ctx).await.map(|r| match guards.is_empty() {
+                    self.forward(&parts, body, &ctx, pace).await.map(|r| match guards.is_empty() {
                         true => r,
                         false => r.map(|b| b.holding(guards)),
                     })
@@ -462,9 +506,10 @@ impl Gateway {
         parts: &request::Parts,
         body: Incoming,
         ctx: &Context<'_>,
+        pace: Option<BodyPace>,
     ) -> Result<Response<GatewayBody>, GatewayError> {
         let (upstream, rest, prefix) = destination_with_prefix(parts, ctx)?;
-        let resp = self.forward_to(parts, body, ctx, upstream, rest).await;
+        let resp = self.forward_to(parts, body, ctx, upstream, rest, pace).await;
         match resp {
             Ok(mut r) if ctx.product.rewrite_redirects => {
                 rewrite_redirects(r.headers_mut(), upstream, &ctx.product.public_base, prefix);
@@ -481,6 +526,7 @@ impl Gateway {
         ctx: &Context<'_>,
         upstream: &Upstream,
         rest: &str,
+        pace: Option<BodyPace>,
     ) -> Result<Response<GatewayBody>, GatewayError> {
         if let Some(retry) = &ctx.retry {
             // A bodyless request: each attempt sends a fresh empty body.
@@ -522,11 +568,30 @@ impl Gateway {
         let (request_limit, response_limit) = ctx.payload_limits;
         let read_timeout = ctx.upstream_timeouts.1;
         let send_timeout = ctx.upstream_timeouts.0;
-        // Only a limited body needs to say why it stopped (no allocation otherwise).
-        let stopped: Option<Stopped> = (request_limit.is_some() || send_timeout.is_some()).then(Stopped::default);
-        let body = match &stopped {
-            Some(s) => UpstreamBody::limited(body, request_limit, send_timeout.map(Timer::deadline), s.clone()),
-            None => UpstreamBody::from(body),
+        let stopped = Stopped::default();
+        let body = if body.is_end_stream() {
+            UpstreamBody::from(body)
+        } else {
+            let timer = send_timeout.map(Timer::deadline);
+            let limited = UpstreamBody::limited(body, request_limit, timer, pace, stopped.clone());
+            // A small body is read whole before a backend connection is taken (as
+            // nginx's `proxy_request_buffering`): a client that trickles it holds no
+            // backend connection meanwhile. Over HTTP/1 only, where a body with a
+            // Content-Length has no trailers to lose.
+            let buffered = parts.version < http::Version::HTTP_2
+                && limited.size_hint().exact().is_some_and(|n| n <= self.defaults.request_buffer_bytes);
+            if buffered {
+                match limited.collect().await {
+                    Ok(whole) => UpstreamBody::bytes(whole.to_bytes()),
+                    Err(e) => {
+                        return Err(
+                            body_stopped(&stopped).unwrap_or_else(|| GatewayError::BadRequestBody(e.to_string()))
+                        );
+                    }
+                }
+            } else {
+                limited
+            }
         };
         let sent = std::time::Instant::now();
         // The whole request is sent before the backend answers (usually): the head is
@@ -544,10 +609,10 @@ impl Gateway {
             ];
             self.span_end(ctx, "upstream", start, Some(id), attrs);
         }
-        match stopped.map_or(0, |s| s.load(std::sync::atomic::Ordering::Relaxed)) {
-            1 => return Err(GatewayError::RequestTooLarge),
-            2 => return Err(GatewayError::UpstreamTimeout("the request was not sent within send_timeout".into())),
-            _ => {}
+        // The body stopped on the way: that, not the backend's reaction to it, is what
+        // the client hears.
+        if let Some(e) = body_stopped(&stopped) {
+            return Err(e);
         }
         shape_response(resp?, read_timeout, response_limit)
     }
@@ -582,10 +647,15 @@ impl Gateway {
                 tracing::debug!(error = %e, "upstream WebSocket handshake connection ended");
             }
         });
-        let mut resp = sender
-            .send_request(Request::from_parts(head, Empty::new()))
-            .await
-            .map_err(|e| GatewayError::UpstreamFailed(error_chain(&e)))?;
+        // The backend answers the upgrade within the read timeout, as any request.
+        let answer = sender.send_request(Request::from_parts(head, Empty::new()));
+        let mut resp = match ctx.upstream_timeouts.1 {
+            Some(due) => tokio::time::timeout(due, answer).await.map_err(|_| {
+                GatewayError::UpstreamTimeout("no answer to the WebSocket upgrade within read_timeout".into())
+            })?,
+            None => answer.await,
+        }
+        .map_err(|e| GatewayError::UpstreamFailed(error_chain(&e)))?;
         if let Some((id, start)) = upgrade_span {
             let status = vec![("http.response.status_code", Attr::Int(i64::from(resp.status().as_u16())))];
             self.span_end(ctx, "upstream", start, Some(id), status);
@@ -871,6 +941,21 @@ fn new_request_id() -> HeaderValue {
         buf[2 * i + 1] = HEX[usize::from(b & 15)];
     }
     HeaderValue::from_bytes(&buf).unwrap_or(HeaderValue::from_static("0"))
+}
+
+/// Why a request body stopped on its way to the backend, if it did.
+fn body_stopped(stopped: &Stopped) -> Option<GatewayError> {
+    match stopped.load(std::sync::atomic::Ordering::Relaxed) {
+        crate::body::STOPPED_TOO_LARGE => Some(GatewayError::RequestTooLarge),
+        crate::body::STOPPED_SEND_TIMEOUT => {
+            Some(GatewayError::UpstreamTimeout("the request was not sent within send_timeout".into()))
+        }
+        crate::body::STOPPED_TOO_SLOW => Some(GatewayError::RequestTimeout),
+        crate::body::STOPPED_UNREADABLE => {
+            Some(GatewayError::BadRequestBody("the client's body ended before its end or was malformed".into()))
+        }
+        _ => None,
+    }
 }
 
 /// Sends a request to the backend; with `head_due`, its response head must come by then.

@@ -13,6 +13,7 @@
 //! socket per worker with `SO_REUSEPORT`: a second Tollgate started on the same port
 //! by mistake fails to bind instead of silently sharing its traffic).
 
+use crate::deadline::{Activity, Busy, MinDataRate, Registry};
 use crate::proxy::{ConnInfo, Gateway};
 use crate::smuggling::SmugglingGuard;
 use hyper::service::service_fn;
@@ -47,6 +48,9 @@ pub struct ListenerOptions {
     pub drain_timeout: Duration,
     /// The threads connections are served on; `None`: the caller's runtime.
     pub workers: Option<Arc<Workers>>,
+    /// The least a client must send (request bodies: slower → 408) and take (responses:
+    /// slower → connection closed); `None`: no minimum.
+    pub min_data_rate: Option<MinDataRate>,
 }
 
 impl Default for ListenerOptions {
@@ -60,6 +64,7 @@ impl Default for ListenerOptions {
             h2_max_concurrent_streams: 256,
             drain_timeout: Duration::from_secs(30),
             workers: None,
+            min_data_rate: Some(MinDataRate::default()),
         }
     }
 }
@@ -153,6 +158,8 @@ struct Accepting {
     builder: Arc<auto::Builder<TokioExecutor>>,
     opts: ListenerOptions,
     slots: Arc<Semaphore>,
+    /// The connections being served, to make room when `slots` run out.
+    registry: Arc<Registry>,
     /// Turns true when connections must finish (drain).
     stop: watch::Receiver<bool>,
 }
@@ -176,6 +183,7 @@ pub async fn serve(
         builder: Arc::new(builder(&opts)),
         opts: opts.clone(),
         slots: slots.clone(),
+        registry: Arc::default(),
         stop,
     });
     let mut loops = Vec::new();
@@ -231,15 +239,31 @@ async fn accept_loop(listener: TcpListener, accepting: Arc<Accepting>, mut closi
                 continue;
             }
         };
-        let Ok(permit) = accepting.slots.clone().try_acquire_owned() else {
-            accepting.gateway.metrics().env(env).connection_refused();
-            drop(tcp);
-            continue;
+        let permit = match accepting.slots.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            // Full: a connection that does nothing, or sends too slowly, makes room.
+            Err(_) if accepting.registry.evict() => {
+                match tokio::time::timeout(EVICTION_WAIT, accepting.slots.clone().acquire_owned()).await {
+                    Ok(Ok(permit)) => permit,
+                    _ => {
+                        accepting.gateway.metrics().env(env).connection_refused();
+                        continue;
+                    }
+                }
+            }
+            Err(_) => {
+                accepting.gateway.metrics().env(env).connection_refused();
+                drop(tcp);
+                continue;
+            }
         };
         let _ = tcp.set_nodelay(true);
         tokio::spawn(connection(tcp, client_addr, permit, accepting.clone()));
     }
 }
+
+/// How long a new connection waits for the one evicted for it to close.
+const EVICTION_WAIT: Duration = Duration::from_secs(1);
 
 /// One client connection, from the TLS handshake (if any) to its close.
 async fn connection(
@@ -251,21 +275,26 @@ async fn connection(
     let (gateway, builder, opts) = (&accepting.gateway, &*accepting.builder, &accepting.opts);
     let mut stop = accepting.stop.clone();
     let slot = Arc::new(permit);
+    let activity = Activity::new();
+    let _registered = accepting.registry.register(activity.clone());
+    let min_data_rate = opts.min_data_rate;
     match &opts.tls {
         None => {
-            let info = ConnInfo { client_addr, tls: false, slot };
+            let info = ConnInfo { client_addr, tls: false, slot, activity, min_data_rate };
             let guarded = TokioIo::new(SmugglingGuard::new(tcp));
             serve_connection(guarded, info, gateway, builder, &mut stop, opts.header_read_timeout).await;
         }
         Some(acceptor) => {
-            let tls = match tokio::time::timeout(opts.tls_handshake_timeout, acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => {
-                    return tracing::debug!(error = %e, %client_addr, "TLS handshake failed");
-                }
-                Err(_) => return tracing::debug!(%client_addr, "TLS handshake timed out"),
+            let handshake = tokio::time::timeout(opts.tls_handshake_timeout, acceptor.accept(tcp));
+            let tls = tokio::select! {
+                r = handshake => match r {
+                    Ok(Ok(tls)) => tls,
+                    Ok(Err(e)) => return tracing::debug!(error = %e, %client_addr, "TLS handshake failed"),
+                    Err(_) => return tracing::debug!(%client_addr, "TLS handshake timed out"),
+                },
+                () = activity.evicted() => return tracing::debug!(%client_addr, "TLS handshake cut to make room"),
             };
-            let info = ConnInfo { client_addr, tls: true, slot };
+            let info = ConnInfo { client_addr, tls: true, slot, activity, min_data_rate };
             if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
                 serve_connection(TokioIo::new(tls), info, gateway, builder, &mut stop, opts.header_read_timeout).await;
             } else {
@@ -289,13 +318,13 @@ async fn serve_connection<I>(
 {
     let gw = gateway.clone();
     let client_addr = info.client_addr;
-    let activity = Arc::new(Activity::new());
-    let seen = activity.clone();
+    let activity = info.activity.clone();
+    let min_rate = info.min_data_rate;
     let service = service_fn(move |req| {
-        let (gw, info, seen) = (gw.clone(), info.clone(), seen.clone());
+        let (gw, info) = (gw.clone(), info.clone());
         async move {
-            let busy = seen.begin();
-            Ok::<_, Infallible>(gw.handle(req, info).await.map(|b| Tracked { body: b, _busy: busy }))
+            let busy = info.activity.begin();
+            Ok::<_, Infallible>(gw.handle(req, info).await.map(|body| Tracked { body, busy }))
         }
     });
     let conn = builder.serve_connection_with_upgrades(io, service);
@@ -316,70 +345,28 @@ async fn serve_connection<I>(
         () = activity.idle_for(idle) => {
             tracing::debug!(client = %client_addr, "connection idle: closed");
         }
-    }
-}
-
-/// What a connection is doing: requests in flight (until their response body ends) and
-/// when the last one began or ended.
-struct Activity {
-    in_flight: std::sync::atomic::AtomicUsize,
-    /// Milliseconds since `started` at the last change.
-    last: std::sync::atomic::AtomicU64,
-    started: std::time::Instant,
-}
-
-impl Activity {
-    fn new() -> Self {
-        Activity { in_flight: Default::default(), last: Default::default(), started: std::time::Instant::now() }
-    }
-
-    fn touch(&self) {
-        self.last.store(self.started.elapsed().as_millis() as u64, std::sync::atomic::Ordering::Relaxed);
-    }
-
-    fn begin(self: &Arc<Self>) -> Busy {
-        self.in_flight.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.touch();
-        Busy(self.clone())
-    }
-
-    /// Resolves once nothing is in flight and nothing began or ended for `idle`.
-    async fn idle_for(&self, idle: Duration) {
-        use std::sync::atomic::Ordering::Relaxed;
-        loop {
-            let last = self.last.load(Relaxed);
-            tokio::time::sleep_until((self.started + Duration::from_millis(last) + idle).into()).await;
-            if self.in_flight.load(Relaxed) == 0 && self.last.load(Relaxed) == last {
-                return;
-            }
-            if self.in_flight.load(Relaxed) > 0 {
-                // Busy: look again a period from now.
-                self.touch();
-            }
+        // A client that stopped taking its responses (or takes them below the minimum
+        // rate) would hold the backend connection each response streams from.
+        () = async { match min_rate { Some(rate) => activity.too_slow(rate).await, None => std::future::pending().await } } => {
+            tracing::debug!(client = %client_addr, "client reads responses below the minimum data rate: closed");
+        }
+        () = activity.evicted() => {
+            tracing::debug!(client = %client_addr, "connection closed to make room for a new one");
         }
     }
 }
 
-/// A request in flight, until its response body ends (or is dropped).
-struct Busy(Arc<Activity>);
-
-impl Drop for Busy {
-    fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-        self.0.touch();
-    }
-}
-
 pin_project_lite::pin_project! {
-    /// A response body that keeps its request counted as in flight until it ends.
+    /// A response body that keeps its request counted as in flight until it ends, and
+    /// tells its connection when the client has yet to take a frame of it.
     struct Tracked<B> {
         #[pin]
         body: B,
-        _busy: Busy,
+        busy: Busy,
     }
 }
 
-impl<B: http_body::Body> http_body::Body for Tracked<B> {
+impl<B: http_body::Body<Data = bytes::Bytes>> http_body::Body for Tracked<B> {
     type Data = B::Data;
     type Error = B::Error;
 
@@ -387,7 +374,13 @@ impl<B: http_body::Body> http_body::Body for Tracked<B> {
         self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
-        self.project().body.poll_frame(cx)
+        let this = self.project();
+        this.busy.asked();
+        let frame = this.body.poll_frame(cx);
+        if let std::task::Poll::Ready(Some(Ok(f))) = &frame {
+            this.busy.handed(f.data_ref().map_or(0, |d| d.len() as u64));
+        }
+        frame
     }
 
     fn is_end_stream(&self) -> bool {

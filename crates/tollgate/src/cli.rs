@@ -208,6 +208,24 @@ pub struct ListenerArgs {
     /// Seconds in-flight requests may take to finish on shutdown.
     #[arg(long, env = "TOLLGATE_DRAIN_TIMEOUT", default_value_t = 30)]
     pub drain_timeout: u64,
+    /// Bytes per second a client must at least send (request bodies; slower → 408) and
+    /// take (responses; slower → connection closed) once the grace has passed; 0: no
+    /// minimum.
+    #[arg(long, env = "TOLLGATE_MIN_DATA_RATE", default_value_t = 240)]
+    pub min_data_rate: u64,
+    /// Seconds of waiting for a client before --min-data-rate applies.
+    #[arg(long, env = "TOLLGATE_MIN_DATA_RATE_GRACE", default_value_t = 5)]
+    pub min_data_rate_grace: u64,
+    /// Seconds a backend has to send its response head, and between two parts of its
+    /// body, unless a product's `upstream_connection` policy sets `read_timeout` (over
+    /// it: 504).
+    #[arg(long, env = "TOLLGATE_UPSTREAM_READ_TIMEOUT", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub upstream_read_timeout: u64,
+    /// HTTP/1 request bodies with a Content-Length up to this many bytes are read whole
+    /// before a backend connection is taken; larger ones are streamed; 0: always
+    /// streamed.
+    #[arg(long, env = "TOLLGATE_REQUEST_BUFFER_BYTES", default_value_t = 65_536, value_parser = clap::value_parser!(u64).range(0..=16_777_216))]
+    pub request_buffer_bytes: u64,
     /// Threads serving gateway connections, each with its own event loop; 0: one per
     /// core.
     #[arg(long, env = "TOLLGATE_WORKERS", default_value_t = 0)]

@@ -168,6 +168,10 @@ impl Server {
             metrics: metrics.clone(),
             analytics: analytics.clone(),
             connections: connections.clone(),
+            defaults: tollgate_gateway::ExchangeDefaults {
+                read_timeout: Duration::from_secs(args.listener.upstream_read_timeout),
+                request_buffer_bytes: args.listener.request_buffer_bytes,
+            },
             edge: Arc::default(),
             tracer: tollgate_gateway::trace::Tracer::from_env(|k| std::env::var(k).ok())
                 .map_err(|e| anyhow::anyhow!(e))?,
@@ -188,6 +192,10 @@ impl Server {
             header_read_timeout: Duration::from_secs(args.listener.header_read_timeout.max(1)),
             max_header_bytes: args.listener.max_header_bytes as usize,
             drain_timeout: Duration::from_secs(args.listener.drain_timeout),
+            min_data_rate: (args.listener.min_data_rate > 0).then(|| tollgate_gateway::MinDataRate {
+                bytes_per_second: args.listener.min_data_rate,
+                grace: Duration::from_secs(args.listener.min_data_rate_grace),
+            }),
             ..ListenerOptions::default()
         };
         let unbound = SocketAddr::from(([0, 0, 0, 0], 0));

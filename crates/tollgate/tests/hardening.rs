@@ -274,26 +274,226 @@ async fn every_connection_has_a_deadline_from_its_first_moment() {
         }
         silent.push(tcp);
     }
-    let mut turned_away = 0;
-    for _ in 0..4 {
-        let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
-        let _ = tcp.write_all(b"GET /public?user_key=k HTTP/1.1\r\nHost: api.test\r\nConnection: close\r\n\r\n").await;
-        let mut out = Vec::new();
-        let _ = tcp.read_to_end(&mut out).await;
-        turned_away += usize::from(out.is_empty());
+    // …yet a normal client is served: each new connection makes room by closing the
+    // connection that has done nothing the longest.
+    let mut served = 0;
+    for _ in 0..8 {
+        let (status, _, _) = get(addr, HOST, "/public?user_key=k").await;
+        served += usize::from(status == StatusCode::OK);
     }
-    assert!(turned_away > 0, "the silent connections held the slots");
-    // …until the header-read timeout, counted from accept, closes every one of them.
+    assert_eq!(served, 8, "silent connections kept normal clients out");
+    // The header-read timeout, counted from accept, closes every silent one anyway.
     for mut tcp in silent {
         let mut byte = [0u8; 1];
         let n = tokio::time::timeout(std::time::Duration::from_secs(10), tcp.read(&mut byte)).await;
         assert!(matches!(n, Ok(Ok(0)) | Ok(Err(_))), "a silent connection was not closed: {n:?}");
     }
-    // Then every normal request is served.
     let mut served = 0;
     for _ in 0..20 {
         let (status, _, _) = get(addr, HOST, "/public?user_key=k").await;
         served += usize::from(status == StatusCode::OK);
     }
     assert_eq!(served, 20, "every normal client is served once the silent ones are gone");
+}
+
+/// One product on `backend` whose every path counts one hit.
+fn open_config(backend: std::net::SocketAddr) -> String {
+    format!(
+        r#"
+backends: [ {{ system_name: b, private_base_url: "http://{backend}" }} ]
+products:
+  - system_name: api
+    staging_public_base_url: http://{HOST}
+    production_public_base_url: http://api-production.test
+    backend_usages: [ {{ backend: b, path: / }} ]
+    mapping_rules: [ {{ http_method: ANY, pattern: /, metric: hits, delta: 1 }} ]
+    application_plans: [ {{ system_name: basic }} ]
+accounts:
+  - name: acme
+    applications: [ {{ name: app, product: api, plan: basic, user_key: k }} ]
+"#
+    )
+}
+
+/// A backend for the deadline tests, counting the connections it accepts: `/endless`
+/// streams a body until the gateway lets go of it (then says so on `released`),
+/// `/download` streams 5,000,000 bytes,
+/// `/never` never answers, anything else answers 200 with the number of body bytes it
+/// read.
+struct SlowBackend {
+    addr: std::net::SocketAddr,
+    connections: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    released: tokio::sync::mpsc::UnboundedReceiver<()>,
+}
+
+/// A body with no end, that says when it is dropped.
+struct Endless(tokio::sync::mpsc::UnboundedSender<()>);
+
+impl http_body::Body for Endless {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, std::convert::Infallible>>> {
+        static CHUNK: [u8; 16 * 1024] = [b'x'; 16 * 1024];
+        std::task::Poll::Ready(Some(Ok(http_body::Frame::data(bytes::Bytes::from_static(&CHUNK)))))
+    }
+}
+
+impl Drop for Endless {
+    fn drop(&mut self) {
+        let _ = self.0.send(());
+    }
+}
+
+async fn slow_backend() -> SlowBackend {
+    use http_body_util::BodyExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let connections = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (tell, released) = tokio::sync::mpsc::unbounded_channel();
+    let counted = connections.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let tell = tell.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let tell = tell.clone();
+                    async move {
+                        let body = match req.uri().path() {
+                            "/endless" => Endless(tell).boxed(),
+                            "/download" => Generated::new(5_000_000).boxed(),
+                            "/never" => std::future::pending().await,
+                            _ => {
+                                let n = req.into_body().collect().await.map_or(0, |b| b.to_bytes().len());
+                                http_body_util::Full::new(bytes::Bytes::from(format!("{{\"bytes\":{n}}}"))).boxed()
+                            }
+                        };
+                        Ok::<_, std::convert::Infallible>(http::Response::new(body))
+                    }
+                });
+                let io = hyper_util::rt::TokioIo::new(tcp);
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await;
+            });
+        }
+    });
+    SlowBackend { addr, connections, released }
+}
+
+/// Sends `head`, then `body` a few bytes at a time with `pause` between them, until the
+/// gateway answers; returns the answer.
+async fn trickle(addr: std::net::SocketAddr, head: &str, body: &[u8], pause: std::time::Duration) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (mut rx, mut tx) = tcp.into_split();
+    tx.write_all(head.as_bytes()).await.expect("head");
+    let writer = async {
+        for chunk in body.chunks(4) {
+            if tx.write_all(chunk).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(pause).await;
+        }
+        std::future::pending::<()>().await;
+    };
+    let mut out = Vec::new();
+    tokio::select! {
+        _ = rx.read_to_end(&mut out) => {}
+        () = writer => {}
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test]
+async fn slow_request_bodies_are_cut_off_with_408_and_hold_no_backend_connection() {
+    let backend = slow_backend().await;
+    let flags = ["--min-data-rate", "200", "--min-data-rate-grace", "1"];
+    let gw = gateway_with(&open_config(backend.addr), &flags).await;
+    let addr = gw.server.staging;
+    let pause = std::time::Duration::from_millis(100);
+    // A body sent at 40 bytes/s, well below 200: 408 once the grace and the bytes sent
+    // are used up, and the connection closes.
+    let body = vec![b'a'; 8_000];
+    let head = format!("POST /upload?user_key=k HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: {}\r\n\r\n", body.len());
+    let answer = trickle(addr, &head, &body, pause).await;
+    assert_eq!(status_of(&answer), 408, "{answer}");
+    assert!(answer.contains("\"request_timeout\""), "{answer}");
+    assert!(answer.to_ascii_lowercase().contains("connection: close"), "{answer}");
+    // Small enough to be read whole first: the backend never saw the request.
+    assert_eq!(backend.connections.load(std::sync::atomic::Ordering::SeqCst), 0);
+
+    // Streamed bodies (over --request-buffer-bytes) are cut off the same way.
+    let streamed =
+        gateway_with(&open_config(backend.addr), &[&flags[..], &["--request-buffer-bytes", "0"]].concat()).await;
+    let answer = trickle(streamed.server.staging, &head, &body, pause).await;
+    assert_eq!(status_of(&answer), 408, "{answer}");
+
+    // A chunked body that breaks its framing is the client's fault: 400, not a 502.
+    let bad =
+        "POST /upload?user_key=k HTTP/1.1\r\nHost: api.test\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n";
+    let answer = raw(addr, bad.as_bytes()).await;
+    assert_eq!(status_of(&answer), 400, "{answer}");
+    assert!(answer.contains("\"bad_request_body\""), "{answer}");
+
+    // A client keeping pace is served, its body whole.
+    let (status, body) = upload(addr, 200_000).await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "{\"bytes\":200000}"));
+}
+
+/// POSTs `n` bytes to `/upload` at full speed.
+async fn upload(addr: std::net::SocketAddr, n: usize) -> (StatusCode, String) {
+    use http_body_util::BodyExt;
+    let req = http::Request::post(format!("http://{addr}/upload?user_key=k"))
+        .header("host", HOST)
+        .body(full(vec![b'u'; n]))
+        .expect("request");
+    let resp = client().request(req).await.expect("response");
+    let status = resp.status();
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_loses_its_connection_and_the_backend_is_let_go() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut backend = slow_backend().await;
+    let flags = ["--min-data-rate", "50000", "--min-data-rate-grace", "1"];
+    let gw = gateway_with(&open_config(backend.addr), &flags).await;
+    let addr = gw.server.staging;
+    // A fast reader of a long body is not disturbed.
+    let (status, _, body) = get(addr, HOST, "/download?bytes=5000000&user_key=k").await;
+    assert_eq!((status, body.len()), (StatusCode::OK, 5_000_000));
+
+    // A client that asks for an endless body and never reads it: once every buffer on
+    // the way is full, the gateway waits for it at less than 50,000 bytes/s, closes
+    // its connection and drops the backend's response.
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let head = format!("GET /endless?user_key=k HTTP/1.1\r\nHost: {HOST}\r\n\r\n");
+    tcp.write_all(head.as_bytes()).await.expect("request");
+    let released = tokio::time::timeout(std::time::Duration::from_secs(60), backend.released.recv()).await;
+    assert!(matches!(released, Ok(Some(()))), "the backend's response was never let go");
+    // The client then reads what was buffered for it, and the end of the connection —
+    // never a body it could take for complete.
+    let mut sink = vec![0u8; 1 << 16];
+    let mut total = 0usize;
+    loop {
+        match tokio::time::timeout(std::time::Duration::from_secs(30), tcp.read(&mut sink)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => total += n,
+            Err(_) => panic!("the connection was not closed ({total} bytes read)"),
+        }
+    }
+    assert!(total > 0);
+}
+
+#[tokio::test]
+async fn a_backend_that_never_answers_gets_the_default_response_deadline() {
+    let backend = slow_backend().await;
+    let gw = gateway_with(&open_config(backend.addr), &["--upstream-read-timeout", "1"]).await;
+    let (status, _, body) = get(gw.server.staging, HOST, "/never?user_key=k").await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{body}");
+    assert!(body.contains("\"upstream_timeout\""), "{body}");
 }

@@ -62,11 +62,34 @@ async fn slow_heads_and_idle_keep_alive_connections_are_closed() {
 }
 
 #[tokio::test]
-async fn connections_past_the_cap_are_refused_and_counted() {
-    let backend = http_backend().await;
+async fn connections_past_the_cap_are_refused_and_counted_when_every_one_is_busy() {
+    // A backend that says when it has a request it will never answer.
+    let (seen, mut never) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let backend = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let seen = seen.clone();
+                    async move {
+                        if req.uri().path() == "/never" {
+                            let _ = seen.send(());
+                            std::future::pending::<()>().await;
+                        }
+                        Ok::<_, std::convert::Infallible>(http::Response::new(full("ok")))
+                    }
+                });
+                let io = hyper_util::rt::TokioIo::new(tcp);
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await;
+            });
+        }
+    });
     let gw = gateway_with(&config(backend), &["--max-connections", "2"]).await;
     let addr = gw.server.staging;
-    // Two connections, each proven accepted by a served request.
+    // Two connections, each proven accepted by a served request, then busy with a
+    // request the backend never answers.
     let mut held = Vec::new();
     for _ in 0..2 {
         let mut tcp = TcpStream::connect(addr).await.expect("connect");
@@ -75,22 +98,22 @@ async fn connections_past_the_cap_are_refused_and_counted() {
         let mut reader = BufReader::new(&mut tcp);
         reader.read_line(&mut line).await.expect("read");
         assert!(line.starts_with("HTTP/1.1 200"), "{line}");
+        tcp.write_all(b"GET /never?user_key=k HTTP/1.1\r\nHost: api-staging.localhost\r\n\r\n").await.expect("write");
         held.push(tcp);
     }
-    // A third is closed without an answer.
+    // Until the gateway reads a request, its connection counts as idle and would make
+    // room: wait for the backend to have both.
+    for _ in 0..2 {
+        never.recv().await.expect("the backend got the request");
+    }
+    // A third is closed without an answer: no connection is idle or too slow to go.
     let mut third = TcpStream::connect(addr).await.expect("connect");
     let _ = third.write_all(GOOD).await;
     let got = read_until_closed(&mut third).await;
     assert!(got.is_empty(), "refused connections get no response: {}", String::from_utf8_lossy(&got));
     let (_, _, metrics) = get(gw.server.admin, "localhost", "/metrics").await;
     assert!(metrics.contains("tollgate_connections_refused_total{environment=\"staging\"} 1"), "{metrics}");
-    // The held connections keep working.
-    for tcp in &mut held {
-        tcp.write_all(GOOD).await.expect("write");
-        let mut buf = [0u8; 12];
-        tcp.read_exact(&mut buf).await.expect("read");
-        assert_eq!(&buf, b"HTTP/1.1 200");
-    }
+    drop(held);
 }
 
 #[tokio::test]

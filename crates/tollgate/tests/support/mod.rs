@@ -145,8 +145,8 @@ pub fn full(s: impl Into<Bytes>) -> BoxBody {
 }
 
 /// A Rust HTTP backend: `/upload` counts a streamed body, `/download?bytes=N` streams N
-/// bytes, `/status/N` answers N, anything else describes the request as JSON (with the
-/// port the gateway connected from, to see connection reuse).
+/// bytes, `/status/N` answers N, `/never` never answers, anything else describes the
+/// request as JSON (with the port the gateway connected from, to see connection reuse).
 pub async fn http_backend() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
@@ -166,6 +166,9 @@ pub async fn http_backend() -> SocketAddr {
 
 async fn backend_route(req: Request<Incoming>, peer: SocketAddr) -> Response<BoxBody> {
     let path = req.uri().path().to_string();
+    if path == "/never" {
+        return std::future::pending().await;
+    }
     if path == "/upload" {
         let mut body = req.into_body();
         let mut n: u64 = 0;

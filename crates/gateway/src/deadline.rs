@@ -1,0 +1,309 @@
+//! Deadlines for every state a client connection can be in, so that no client — slow,
+//! silent or hostile — holds a place, a backend connection or memory for free.
+//!
+//! | state | deadline |
+//! |---|---|
+//! | accepted, nothing received; between requests; HTTP/2 with no stream | `--header-read-timeout` of no request in flight ([`Activity::idle_for`]) |
+//! | sending a request body | a minimum data rate after a grace ([`MinDataRate`], [`BodyPace`]): 408 `request_timeout` |
+//! | reading a response | the same minimum rate, counted on what the client takes ([`Activity::too_slow`]): the connection is closed |
+//! | at the connection cap | the connection idle the longest, else the slowest sender, makes room for a new one ([`Registry::evict`]) |
+//!
+//! The minimum rate follows Kestrel's `MinRequestBodyDataRate`/`MinResponseDataRate`
+//! (240 bytes/s after a 5 s grace): a client must move, over the time the gateway waits
+//! for it, at least `bytes_per_second` after the first `grace`. Only time spent waiting
+//! for the client counts — not time the backend takes to read or to answer.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
+
+/// The least a client must send (request bodies) and take (responses), in bytes per
+/// second, once `grace` has passed. `--min-data-rate` and `--min-data-rate-grace`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MinDataRate {
+    /// Bytes per second; at least 1.
+    pub bytes_per_second: u64,
+    /// Waiting time allowed before the rate applies.
+    pub grace: Duration,
+}
+
+impl Default for MinDataRate {
+    /// Kestrel's defaults: 240 bytes/s after 5 s.
+    fn default() -> Self {
+        MinDataRate { bytes_per_second: 240, grace: Duration::from_secs(5) }
+    }
+}
+
+impl MinDataRate {
+    /// How long a client may have been waited for, in all, once it moved `bytes`.
+    pub fn allowance(&self, bytes: u64) -> Duration {
+        self.grace + Duration::from_secs_f64(bytes as f64 / self.bytes_per_second.max(1) as f64)
+    }
+}
+
+/// What one client connection is doing, shared by its task, its requests' bodies and
+/// the listener's [`Registry`].
+#[derive(Debug)]
+pub struct Activity {
+    /// Requests in flight (until their response body ends).
+    in_flight: AtomicUsize,
+    /// Milliseconds since `started` at the last change of `in_flight`.
+    last: AtomicU64,
+    started: Instant,
+    /// Responses whose last frame the connection is still writing to the client (handed
+    /// over, not asked for again).
+    owed: AtomicUsize,
+    /// Milliseconds since `started` when `owed` last became non-zero.
+    owed_since: AtomicU64,
+    /// Response bytes handed over since `owed_since`.
+    owed_bytes: AtomicU64,
+    owing: Notify,
+    /// A request body of this connection is behind the minimum rate (not yet past its
+    /// grace): the first to go when the listener is full.
+    lagging: AtomicBool,
+    /// Chosen to make room: closing.
+    evicting: AtomicBool,
+    evict: Notify,
+}
+
+impl Activity {
+    pub fn new() -> Arc<Activity> {
+        Arc::new(Activity {
+            in_flight: AtomicUsize::new(0),
+            last: AtomicU64::new(0),
+            started: Instant::now(),
+            owed: AtomicUsize::new(0),
+            owed_since: AtomicU64::new(0),
+            owed_bytes: AtomicU64::new(0),
+            owing: Notify::new(),
+            lagging: AtomicBool::new(false),
+            evicting: AtomicBool::new(false),
+            evict: Notify::new(),
+        })
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    fn at(&self, ms: u64) -> tokio::time::Instant {
+        (self.started + Duration::from_millis(ms)).into()
+    }
+
+    fn touch(&self) {
+        self.last.store(self.now_ms(), Relaxed);
+    }
+
+    /// A request began; it is in flight until the returned guard drops.
+    pub fn begin(self: &Arc<Self>) -> Busy {
+        self.in_flight.fetch_add(1, Relaxed);
+        self.touch();
+        Busy { activity: self.clone(), owing: false }
+    }
+
+    /// Resolves once nothing is in flight and nothing began or ended for `idle`.
+    pub async fn idle_for(&self, idle: Duration) {
+        loop {
+            let last = self.last.load(Relaxed);
+            tokio::time::sleep_until(self.at(last) + idle).await;
+            if self.in_flight.load(Relaxed) == 0 && self.last.load(Relaxed) == last {
+                return;
+            }
+            if self.in_flight.load(Relaxed) > 0 {
+                // Busy: look again a period from now.
+                self.touch();
+            }
+        }
+    }
+
+    /// Resolves once the client has taken response bytes more slowly than `rate` for
+    /// longer than its allowance, counted from when the connection began to wait for
+    /// it (a response frame handed over and not yet asked for again: the client's
+    /// socket, or an HTTP/2 stream's flow-control window, is full).
+    pub async fn too_slow(&self, rate: MinDataRate) {
+        loop {
+            while self.owed.load(Relaxed) == 0 {
+                self.owing.notified().await;
+            }
+            let since = self.owed_since.load(Relaxed);
+            loop {
+                let bytes = self.owed_bytes.load(Relaxed);
+                tokio::time::sleep_until(self.at(since) + rate.allowance(bytes)).await;
+                if self.owed.load(Relaxed) == 0 || self.owed_since.load(Relaxed) != since {
+                    break;
+                }
+                if self.owed_bytes.load(Relaxed) == bytes {
+                    return;
+                }
+            }
+        }
+    }
+
+    fn owe(&self, bytes: u64) {
+        if self.owed.fetch_add(1, Relaxed) == 0 {
+            self.owed_since.store(self.now_ms(), Relaxed);
+            self.owed_bytes.store(bytes, Relaxed);
+            self.owing.notify_one();
+        } else {
+            self.owed_bytes.fetch_add(bytes, Relaxed);
+        }
+    }
+
+    /// Marks (or clears) a request body of this connection as behind the minimum rate.
+    pub fn set_lagging(&self, lagging: bool) {
+        if self.lagging.load(Relaxed) != lagging {
+            self.lagging.store(lagging, Relaxed);
+        }
+    }
+
+    /// Resolves when the listener chose this connection to make room.
+    pub async fn evicted(&self) {
+        self.evict.notified().await
+    }
+}
+
+/// A request in flight, until its response body ends (or is dropped); tracks the
+/// response frames the client has yet to take.
+pub struct Busy {
+    activity: Arc<Activity>,
+    owing: bool,
+}
+
+impl Busy {
+    /// Before the response body is asked for its next frame: the last one was taken.
+    pub fn asked(&mut self) {
+        if std::mem::take(&mut self.owing) {
+            self.activity.owed.fetch_sub(1, Relaxed);
+        }
+    }
+
+    /// A frame of `bytes` was handed to the connection to write.
+    pub fn handed(&mut self, bytes: u64) {
+        if bytes > 0 && !self.owing {
+            self.owing = true;
+            self.activity.owe(bytes);
+        }
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.asked();
+        self.activity.in_flight.fetch_sub(1, Relaxed);
+        self.activity.touch();
+    }
+}
+
+/// The minimum rate applied to one request body as the gateway reads it: only time
+/// spent waiting for the client counts.
+#[derive(Debug)]
+pub struct BodyPace {
+    rate: MinDataRate,
+    received: u64,
+    /// Time waited for the client before the current wait.
+    waited: Duration,
+    /// Since when the gateway waits for the client, if it does.
+    waiting: Option<Instant>,
+    sleep: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    activity: Option<Arc<Activity>>,
+}
+
+impl BodyPace {
+    pub fn new(rate: MinDataRate, activity: Option<Arc<Activity>>) -> BodyPace {
+        BodyPace { rate, received: 0, waited: Duration::ZERO, waiting: None, sleep: None, activity }
+    }
+
+    /// After a poll of the body: `Ready(())` when the client is now too slow (the body
+    /// must fail), `Pending` otherwise. `frame` is the poll's outcome and, when data
+    /// came, its length.
+    pub fn check(&mut self, pending: bool, bytes: u64, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        use std::future::Future as _;
+        if !pending {
+            self.received += bytes;
+            if let Some(w) = self.waiting.take() {
+                self.waited += w.elapsed();
+            }
+            self.lag(false);
+            return std::task::Poll::Pending;
+        }
+        let now = Instant::now();
+        let since = *self.waiting.get_or_insert(now);
+        let allowance = self.rate.allowance(self.received);
+        let waited = self.waited + (now - since);
+        if waited >= allowance {
+            return std::task::Poll::Ready(());
+        }
+        // Behind the rate, still within the grace: the first to go when the listener
+        // is full.
+        self.lag(waited > allowance - self.rate.grace);
+        let due = tokio::time::Instant::from_std(now + (allowance - waited));
+        match &mut self.sleep {
+            Some(s) => s.as_mut().reset(due),
+            None => self.sleep = Some(Box::pin(tokio::time::sleep_until(due))),
+        }
+        match self.sleep.as_mut().map(|s| s.as_mut().poll(cx)) {
+            Some(std::task::Poll::Ready(())) => std::task::Poll::Ready(()),
+            _ => std::task::Poll::Pending,
+        }
+    }
+
+    fn lag(&self, lagging: bool) {
+        if let Some(a) = &self.activity {
+            a.set_lagging(lagging);
+        }
+    }
+}
+
+impl Drop for BodyPace {
+    fn drop(&mut self) {
+        self.lag(false);
+    }
+}
+
+/// The connections of one listener, so that a full listener can make room: a new
+/// client is not refused while a connection does nothing or sends too slowly.
+#[derive(Default)]
+pub struct Registry {
+    live: std::sync::Mutex<slab::Slab<Arc<Activity>>>,
+}
+
+/// A connection's place in its [`Registry`], until it drops.
+pub struct Registered {
+    registry: Arc<Registry>,
+    key: usize,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        let mut live = self.registry.live.lock().unwrap_or_else(|e| e.into_inner());
+        live.try_remove(self.key);
+    }
+}
+
+impl Registry {
+    pub fn register(self: &Arc<Self>, activity: Arc<Activity>) -> Registered {
+        let key = self.live.lock().unwrap_or_else(|e| e.into_inner()).insert(activity);
+        Registered { registry: self.clone(), key }
+    }
+
+    /// Asks one connection to close to make room: the one with no request in flight
+    /// that has been so the longest (silent, or between requests), else one whose
+    /// request body is behind the minimum rate. `false` when every connection is busy
+    /// and keeping pace (the new client is then refused).
+    pub fn evict(&self) -> bool {
+        let live = self.live.lock().unwrap_or_else(|e| e.into_inner());
+        let candidates = || live.iter().map(|(_, a)| a).filter(|a| !a.evicting.load(Relaxed));
+        let idle = candidates()
+            .filter(|a| a.in_flight.load(Relaxed) == 0)
+            .min_by_key(|a| a.started + Duration::from_millis(a.last.load(Relaxed)));
+        match idle.or_else(|| candidates().find(|a| a.lagging.load(Relaxed))) {
+            Some(a) => {
+                a.evicting.store(true, Relaxed);
+                a.evict.notify_one();
+                true
+            }
+            None => false,
+        }
+    }
+}
