@@ -28,6 +28,9 @@ pub enum GatewayError {
     BadPath(crate::path::PathError),
     #[error("no backend serves this path")]
     NoBackend,
+    /// CONNECT other than a WebSocket's extended CONNECT: a gateway opens no tunnels.
+    #[error("CONNECT is not served here")]
+    NotImplemented,
     #[error("WebSocket is not enabled for this product: add the `websocket` policy to its policy chain")]
     WebSocketDisabled,
     #[error("invalid WebSocket upgrade: {0}")]
@@ -44,6 +47,10 @@ pub enum GatewayError {
     UpstreamTimeout(String),
     #[error("the backend failed")]
     UpstreamFailed(String),
+    /// The backend's response could not be read as HTTP (a malformed head, or one over
+    /// the response-head limits); the detail says which backend and what.
+    #[error("the backend's response was not valid HTTP or was over the gateway's limits")]
+    UpstreamInvalidResponse(String),
     #[error("usage counters are unavailable")]
     CountersUnavailable(String),
     #[error("the request body is larger than this API accepts")]
@@ -63,13 +70,15 @@ impl GatewayError {
     pub fn status(&self) -> StatusCode {
         match self {
             GatewayError::UnknownHost | GatewayError::NoBackend => StatusCode::NOT_FOUND,
+            GatewayError::NotImplemented => StatusCode::NOT_IMPLEMENTED,
             GatewayError::BadRequest(_)
             | GatewayError::BadPath(_)
             | GatewayError::WebSocketDisabled
             | GatewayError::BadUpgrade(_) => StatusCode::BAD_REQUEST,
-            GatewayError::UpstreamUnavailable(_) | GatewayError::UpstreamTls(_) | GatewayError::UpstreamFailed(_) => {
-                StatusCode::BAD_GATEWAY
-            }
+            GatewayError::UpstreamUnavailable(_)
+            | GatewayError::UpstreamTls(_)
+            | GatewayError::UpstreamFailed(_)
+            | GatewayError::UpstreamInvalidResponse(_) => StatusCode::BAD_GATEWAY,
             GatewayError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             GatewayError::TooManyConnections => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::CountersUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -86,6 +95,7 @@ impl GatewayError {
             GatewayError::UnknownHost => "unknown_host",
             GatewayError::BadPath(_) => "bad_path",
             GatewayError::NoBackend => "no_backend",
+            GatewayError::NotImplemented => "not_implemented",
             GatewayError::WebSocketDisabled => "websocket_disabled",
             GatewayError::BadUpgrade(_) => "bad_upgrade",
             GatewayError::TooManyConnections => "too_many_connections",
@@ -93,6 +103,7 @@ impl GatewayError {
             GatewayError::UpstreamTls(_) => "upstream_tls",
             GatewayError::UpstreamTimeout(_) => "upstream_timeout",
             GatewayError::UpstreamFailed(_) => "upstream_failed",
+            GatewayError::UpstreamInvalidResponse(_) => "upstream_invalid_response",
             GatewayError::CountersUnavailable(_) => "counters_unavailable",
             GatewayError::RequestTooLarge => "request_too_large",
             GatewayError::RequestTimeout => "request_timeout",
@@ -107,6 +118,7 @@ impl GatewayError {
             | GatewayError::BadPath(_)
             | GatewayError::UnknownHost
             | GatewayError::NoBackend
+            | GatewayError::NotImplemented
             | GatewayError::WebSocketDisabled
             | GatewayError::BadUpgrade(_)
             | GatewayError::TooManyConnections
@@ -117,6 +129,7 @@ impl GatewayError {
             | GatewayError::UpstreamTls(_)
             | GatewayError::UpstreamTimeout(_)
             | GatewayError::UpstreamFailed(_)
+            | GatewayError::UpstreamInvalidResponse(_)
             | GatewayError::ResponseTooLarge => Side::Upstream,
             GatewayError::CountersUnavailable(_) => Side::Internal,
         }
@@ -129,6 +142,7 @@ impl GatewayError {
             | GatewayError::UpstreamTls(d)
             | GatewayError::UpstreamTimeout(d)
             | GatewayError::UpstreamFailed(d)
+            | GatewayError::UpstreamInvalidResponse(d)
             | GatewayError::BadRequestBody(d)
             | GatewayError::CountersUnavailable(d) => Some(d),
             _ => None,

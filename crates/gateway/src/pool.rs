@@ -149,7 +149,8 @@ impl Pool {
 
     async fn connect(&self) -> Result<Box<Conn>, RequestError> {
         let stream = self.0.connector.connect().await.map_err(RequestError::Connect)?;
-        let (send, conn) = http1::handshake(TokioIo::new(stream)).await.map_err(RequestError::Http)?;
+        let (send, conn) =
+            crate::upstream::http1_client().handshake(TokioIo::new(stream)).await.map_err(RequestError::Http)?;
         self.start_reaper();
         Ok(Box::new(Conn { send, conn, closed: false }))
     }

@@ -215,6 +215,14 @@ impl Gateway {
                 return Err(GatewayError::BadRequest("a Host header must not carry user information"));
             }
         }
+        if req.version() == Version::HTTP_2 {
+            check_http2_fields(&req)?;
+        }
+        // A gateway is no forward proxy: CONNECT opens a tunnel only as the extended
+        // CONNECT of a WebSocket over HTTP/2 (RFC 8441).
+        if req.method() == Method::CONNECT && req.extensions().get::<hyper::ext::Protocol>().is_none() {
+            return Err(GatewayError::NotImplemented);
+        }
         let host = request_host(&req).ok_or(GatewayError::BadRequest("the request has no Host"))?;
         let product = match snapshot.product_for_host(host) {
             Some(p) => p,
@@ -639,7 +647,8 @@ impl Gateway {
         }
 
         let stream = upstream.connector.connect().await?;
-        let (mut sender, connection) = hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
+        let (mut sender, connection) = crate::upstream::http1_client()
+            .handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
             .await
             .map_err(|e| GatewayError::UpstreamFailed(error_chain(&e)))?;
         tokio::spawn(async move {
@@ -655,7 +664,12 @@ impl Gateway {
             })?,
             None => answer.await,
         }
-        .map_err(|e| GatewayError::UpstreamFailed(error_chain(&e)))?;
+        .map_err(|e| match crate::upstream::is_invalid_response(&e) {
+            true => {
+                GatewayError::UpstreamInvalidResponse(format!("{}: {}", upstream.connector.label(), error_chain(&e)))
+            }
+            false => GatewayError::UpstreamFailed(error_chain(&e)),
+        })?;
         if let Some((id, start)) = upgrade_span {
             let status = vec![("http.response.status_code", Attr::Int(i64::from(resp.status().as_u16())))];
             self.span_end(ctx, "upstream", start, Some(id), status);
@@ -1068,11 +1082,48 @@ fn forwardable_headers(headers: &HeaderMap) -> HeaderMap {
             out.append(name.clone(), value.clone());
         }
     }
+    // RFC 9113 §8.2.3: HTTP/2 may split Cookie into several fields; they are joined
+    // with "; " before they go to HTTP/1.1 (where one Cookie field is allowed).
+    let mut cookies = out.get_all(header::COOKIE).iter();
+    if let (Some(first), Some(_)) = (cookies.next(), cookies.next()) {
+        let mut joined = first.as_bytes().to_vec();
+        for more in out.get_all(header::COOKIE).iter().skip(1) {
+            joined.extend_from_slice(b"; ");
+            joined.extend_from_slice(more.as_bytes());
+        }
+        if let Ok(v) = HeaderValue::from_bytes(&joined) {
+            out.insert(header::COOKIE, v);
+        }
+    }
     out
+}
+
+/// RFC 9113 §8.2.1 and §8.3.1: what makes an HTTP/2 request malformed beyond what the
+/// HTTP/2 layer checks — a field value with leading or trailing whitespace, a `Host`
+/// naming another authority than `:authority`.
+fn check_http2_fields(req: &Request<Incoming>) -> Result<(), GatewayError> {
+    let padded = |v: &HeaderValue| {
+        let b = v.as_bytes();
+        matches!(b.first(), Some(b' ' | b'\t')) || matches!(b.last(), Some(b' ' | b'\t'))
+    };
+    if req.headers().values().any(padded) {
+        return Err(GatewayError::BadRequest("an HTTP/2 field value must not begin or end with whitespace"));
+    }
+    if let (Some(authority), Some(host)) = (req.uri().authority(), req.headers().get(header::HOST))
+        && !host.as_bytes().eq_ignore_ascii_case(authority.as_str().as_bytes())
+    {
+        return Err(GatewayError::BadRequest("the Host header names another authority than :authority"));
+    }
+    Ok(())
 }
 
 /// Removes hop-by-hop headers in place (on a backend's response).
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // RFC 9112 §6.3: with Transfer-Encoding, Content-Length says nothing about the body
+    // and an intermediary must remove it before forwarding.
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        headers.remove(header::CONTENT_LENGTH);
+    }
     for n in connection_tokens(headers) {
         headers.remove(n);
     }

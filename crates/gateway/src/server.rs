@@ -38,8 +38,12 @@ pub struct ListenerOptions {
     /// Time allowed to send a complete request head, and to start the next request on
     /// an idle keep-alive connection.
     pub header_read_timeout: Duration,
-    /// Largest request head accepted (HTTP/1.1: bigger → 431); at least 8 KiB.
+    /// Largest request head accepted, in bytes (HTTP/1.1: request line and field lines,
+    /// bigger → 431; HTTP/2: the decoded field list, bigger → the stream is refused);
+    /// at least 8 KiB. Default 32 KiB.
     pub max_header_bytes: usize,
+    /// Most field lines in an HTTP/1.1 request head (more → 431). Default 512.
+    pub max_header_count: usize,
     pub tls: Option<TlsAcceptor>,
     pub tls_handshake_timeout: Duration,
     /// HTTP/2 streams open at once per connection.
@@ -59,6 +63,7 @@ impl Default for ListenerOptions {
             max_connections: 8_192,
             header_read_timeout: Duration::from_secs(30),
             max_header_bytes: 32 * 1024,
+            max_header_count: 512,
             tls: None,
             tls_handshake_timeout: Duration::from_secs(10),
             h2_max_concurrent_streams: 256,
@@ -139,6 +144,7 @@ fn builder(opts: &ListenerOptions) -> auto::Builder<TokioExecutor> {
         .timer(TokioTimer::new())
         .header_read_timeout(opts.header_read_timeout)
         .max_buf_size(opts.max_header_bytes.max(8192))
+        .max_headers(opts.max_header_count.max(1))
         .keep_alive(true);
     b.http2()
         .timer(TokioTimer::new())

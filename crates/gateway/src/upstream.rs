@@ -345,6 +345,11 @@ struct ConnectorInner {
 pub struct Connector(Arc<ConnectorInner>);
 
 impl Connector {
+    /// Which backend, in messages: "backend `name` (host:port)".
+    pub fn label(&self) -> &str {
+        &self.0.label
+    }
+
     pub async fn connect(&self) -> Result<UpstreamStream, ConnectError> {
         let inner = &self.0;
         let tcp = tokio::time::timeout(inner.connect_timeout, TcpStream::connect(&inner.address))
@@ -463,9 +468,58 @@ impl Upstream {
         match self.pool.request(req).await {
             Ok(resp) => Ok(resp.map(GatewayBody::from)),
             Err(RequestError::Connect(e)) => Err(e.into()),
+            Err(RequestError::Http(e)) if is_invalid_response(&e) => {
+                Err(GatewayError::UpstreamInvalidResponse(format!("{}: {}", self.connector.label(), error_chain(&e))))
+            }
             Err(RequestError::Http(e)) => Err(GatewayError::UpstreamFailed(error_chain(&e))),
         }
     }
+}
+
+/// Limits on a backend's response head, process-wide (`--max-response-header-bytes`,
+/// `--max-response-header-count`): a head over either is refused and the client gets 502
+/// `upstream_invalid_response`. Bytes count the status line and every field line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResponseHeadLimits {
+    /// Bytes of the whole head; at least 8192. Default 64 KiB.
+    pub bytes: usize,
+    /// Field lines; at least 1. Default 512.
+    pub count: usize,
+}
+
+impl Default for ResponseHeadLimits {
+    fn default() -> Self {
+        ResponseHeadLimits { bytes: 64 * 1024, count: 512 }
+    }
+}
+
+static RESPONSE_HEAD_BYTES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(64 * 1024);
+static RESPONSE_HEAD_COUNT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(512);
+
+/// Sets the limits on backends' response heads for connections opened from now on.
+/// One setting for the process (set by `serve` from its flags), as the limits are the
+/// operator's, not a product's.
+pub fn set_response_head_limits(limits: ResponseHeadLimits) {
+    use std::sync::atomic::Ordering::Relaxed;
+    RESPONSE_HEAD_BYTES.store(limits.bytes.max(8192), Relaxed);
+    RESPONSE_HEAD_COUNT.store(limits.count.max(1), Relaxed);
+}
+
+/// An HTTP/1.1 client connection builder with the response-head limits applied. hyper
+/// already refuses what RFC 9112 lets a recipient refuse in a response (obsolete line
+/// folding, whitespace before a colon, invalid field names or values, bare CR).
+pub fn http1_client() -> hyper::client::conn::http1::Builder {
+    use std::sync::atomic::Ordering::Relaxed;
+    let bytes = RESPONSE_HEAD_BYTES.load(Relaxed);
+    let mut b = hyper::client::conn::http1::Builder::new();
+    b.max_headers(RESPONSE_HEAD_COUNT.load(Relaxed)).max_header_size(bytes).max_buf_size(bytes.max(400 * 1024));
+    b
+}
+
+/// Whether a hyper client error means the backend's response could not be read as
+/// HTTP/1.1 (a malformed or oversized head) rather than a failed exchange.
+pub fn is_invalid_response(e: &hyper::Error) -> bool {
+    e.is_parse() || e.is_parse_too_large() || e.is_parse_status()
 }
 
 pub fn error_chain(e: &dyn std::error::Error) -> String {

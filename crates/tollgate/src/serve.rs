@@ -186,11 +186,16 @@ impl Server {
             n => Workers::start(n),
         }
         .context("--workers: cannot start the worker threads")?;
+        tollgate_gateway::upstream::set_response_head_limits(tollgate_gateway::upstream::ResponseHeadLimits {
+            bytes: args.listener.max_response_header_bytes as usize,
+            count: args.listener.max_response_header_count as usize,
+        });
         let base = ListenerOptions {
             workers: Some(workers),
             max_connections: args.listener.max_connections,
             header_read_timeout: Duration::from_secs(args.listener.header_read_timeout.max(1)),
             max_header_bytes: args.listener.max_header_bytes as usize,
+            max_header_count: args.listener.max_header_count as usize,
             drain_timeout: Duration::from_secs(args.listener.drain_timeout),
             min_data_rate: (args.listener.min_data_rate > 0).then(|| tollgate_gateway::MinDataRate {
                 bytes_per_second: args.listener.min_data_rate,

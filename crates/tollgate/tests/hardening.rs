@@ -497,3 +497,265 @@ async fn a_backend_that_never_answers_gets_the_default_response_deadline() {
     assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{body}");
     assert!(body.contains("\"upstream_timeout\""), "{body}");
 }
+
+/// A backend that answers each request with canned bytes chosen by the request's path
+/// (`responses`), then closes the connection.
+async fn canned_backend(responses: Vec<(&'static str, Vec<u8>)>) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let responses = std::sync::Arc::new(responses);
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            let responses = responses.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tcp.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let line = String::from_utf8_lossy(&head).lines().next().unwrap_or_default().to_string();
+                let path = line.split(' ').nth(1).unwrap_or_default().split('?').next().unwrap_or_default().to_string();
+                if let Some((_, bytes)) = responses.iter().find(|(p, _)| *p == path) {
+                    let _ = tcp.write_all(bytes).await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// `n` header fields `x-f<i>: v` as one string of field lines.
+fn fields(n: usize) -> String {
+    (0..n).map(|i| format!("x-f{i}: v\r\n")).collect()
+}
+
+#[tokio::test]
+async fn framing_is_strict_and_unambiguous_in_both_directions() {
+    let ok = |extra: &str| format!("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n{extra}\r\nok").into_bytes();
+    let backend = canned_backend(vec![
+        ("/fields-300", ok(&fields(300))),
+        ("/fields-600", ok(&fields(600))),
+        ("/big-head", ok(&format!("x-big: {}\r\n", "b".repeat(70 * 1024)))),
+        ("/folded", ok("x-folded: a\r\n b\r\n")),
+        ("/space-before-colon", ok("x-space : a\r\n")),
+        ("/two-lengths", b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok!".to_vec()),
+        (
+            "/cl-and-te",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 50\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n".to_vec(),
+        ),
+        ("/cut-short", b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly part".to_vec()),
+        ("/cut-chunked", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n".to_vec()),
+    ])
+    .await;
+    let gw = gateway(&open_config(backend)).await;
+    let addr = gw.server.staging;
+    let get_raw = |path: &str, extra: &str| {
+        format!("GET {path}?user_key=k HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n{extra}\r\n")
+    };
+
+    // Responses: up to the limits they pass whole; a head the gateway will not read one
+    // way is refused with 502 upstream_invalid_response.
+    let answer = raw(addr, get_raw("/fields-300", "").as_bytes()).await;
+    assert_eq!(status_of(&answer), 200, "300 fields are not refused");
+    assert!(answer.contains("x-f299: v"), "{answer}");
+    for path in ["/fields-600", "/big-head", "/folded", "/space-before-colon", "/two-lengths"] {
+        let answer = raw(addr, get_raw(path, "").as_bytes()).await;
+        assert_eq!(status_of(&answer), 502, "{path}: {answer}");
+        assert!(answer.contains("\"upstream_invalid_response\""), "{path}: {answer}");
+    }
+    // Transfer-Encoding wins over Content-Length (RFC 9112 §6.3), and the client never
+    // sees both.
+    let answer = raw(addr, get_raw("/cl-and-te", "").as_bytes()).await;
+    assert_eq!(status_of(&answer), 200, "{answer}");
+    assert!(!answer.to_ascii_lowercase().contains("content-length: 50"), "{answer}");
+    assert!(answer.ends_with("2\r\nok\r\n0\r\n\r\n") || answer.ends_with("\r\n\r\nok"), "{answer}");
+    // A backend that closes mid-body: the client never gets a body it could take for
+    // complete — fewer bytes than its Content-Length, or no last chunk.
+    let answer = raw(addr, get_raw("/cut-short", "").as_bytes()).await;
+    let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
+    assert!(answer.is_empty() || (answer.contains("content-length: 100") && body.len() < 100), "{answer}");
+    let answer = raw(addr, get_raw("/cut-chunked", "").as_bytes()).await;
+    assert!(!answer.ends_with("0\r\n\r\n"), "a cut chunked body must not end with a last chunk: {answer:?}");
+
+    // Requests: 300 fields are not refused, 600 are (431), as is a head over 32 KiB;
+    // whitespace before a colon, obsolete line folding, a bare CR, NUL or a control
+    // character in a field, and conflicting lengths are 400.
+    let ok_backend = canned_backend(vec![("/", ok(""))]).await;
+    let gw = gateway(&open_config(ok_backend)).await;
+    let addr = gw.server.staging;
+    let answer = raw(addr, get_raw("/", &fields(300)).as_bytes()).await;
+    assert_eq!(status_of(&answer), 200, "300 request fields are not refused");
+    assert_eq!(status_of(&raw(addr, get_raw("/", &fields(600)).as_bytes()).await), 431);
+    let big = format!("x-big: {}\r\n", "b".repeat(33 * 1024));
+    assert_eq!(status_of(&raw(addr, get_raw("/", &big).as_bytes()).await), 431);
+    for extra in [
+        "x-space : a\r\n",
+        "x-folded: a\r\n b\r\n",
+        "x-cr: a\rb\r\n",
+        "x-nul: a\0b\r\n",
+        "x-ctl: a\x01b\r\n",
+        "x\x01ctl: a\r\n",
+        "Content-Length: 1\r\nContent-Length: 2\r\n",
+    ] {
+        let answer = raw(addr, get_raw("/", extra).as_bytes()).await;
+        assert_eq!(status_of(&answer), 400, "{extra:?}: {answer}");
+    }
+    // A gateway is no forward proxy.
+    let connect = format!("CONNECT {HOST}:80 HTTP/1.1\r\nHost: {HOST}:80\r\nConnection: close\r\n\r\n");
+    let answer = raw(addr, connect.as_bytes()).await;
+    assert_eq!(status_of(&answer), 501, "{answer}");
+}
+
+/// A backend that answers every request with its head exactly as received (one line
+/// per field line), plus canned response fields from `/hop` (every hop-by-hop kind) and
+/// `/cookies` (two Set-Cookie).
+async fn head_echo_backend() -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tcp.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let text = String::from_utf8_lossy(&head).into_owned();
+                let extra = if text.starts_with("GET /hop") {
+                    "Connection: close, x-hop\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\nProxy-Connection: keep-alive\r\nUpgrade: other\r\n"
+                } else if text.starts_with("GET /cookies") {
+                    "Set-Cookie: a=1; Path=/\r\nSet-Cookie: b=2; Path=/\r\n"
+                } else {
+                    ""
+                };
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n{text}",
+                    text.len()
+                );
+                let _ = tcp.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    addr
+}
+
+/// Sends `requests` (JSON, see peers/h2_requests.py) over HTTP/2 to `addr`.
+async fn h2_requests(addr: std::net::SocketAddr, requests: serde_json::Value) -> Vec<serde_json::Value> {
+    use tokio::io::AsyncWriteExt;
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/h2_requests.py");
+    let mut child = tokio::process::Command::new("python3")
+        .arg(script)
+        .args(["127.0.0.1", &addr.port().to_string()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 (with the h2 package: pip install h2)");
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin.write_all(requests.to_string().as_bytes()).await.expect("requests");
+    drop(stdin);
+    let out = child.wait_with_output().await.expect("h2_requests.py");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout} {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+}
+
+#[tokio::test]
+async fn http2_requests_cross_to_http1_as_rfc_9113_says() {
+    let backend = head_echo_backend().await;
+    let gw = gateway(&open_config(backend)).await;
+    let base = |path: &str| {
+        serde_json::json!([
+            [":method", "GET"],
+            [":scheme", "http"],
+            [":authority", HOST],
+            [":path", format!("{path}?user_key=k")]
+        ])
+    };
+    let with = |path: &str, extra: serde_json::Value| {
+        let mut h = base(path);
+        h.as_array_mut().expect("array").extend(extra.as_array().expect("array").iter().cloned());
+        serde_json::json!({ "headers": h })
+    };
+    let cases = serde_json::json!([
+        with("/cookies-in", serde_json::json!([["cookie", "a=1"], ["cookie", "b=2"]])),
+        with("/host", serde_json::json!([["host", "other.test"]])),
+        with("/same-host", serde_json::json!([["host", "API.test"]])),
+        with("/conn", serde_json::json!([["connection", "keep-alive"]])),
+        with("/te-trailers", serde_json::json!([["te", "trailers"]])),
+        with("/te-gzip", serde_json::json!([["te", "gzip"]])),
+        with("/upper", serde_json::json!([["X-Upper", "1"]])),
+        with("/lead", serde_json::json!([["x-lead", " a"]])),
+        with("/trail", serde_json::json!([["x-trail", "a\t"]])),
+        with("/crlf", serde_json::json!([["x-crlf", "a\r\nx-injected: 1"]])),
+        with("/nul", serde_json::json!([["x-nul", "a\u{0}b"]])),
+        with("/hop", serde_json::json!([])),
+        with("/cookies", serde_json::json!([])),
+        { "headers": [[":method", "CONNECT"], [":authority", HOST]] },
+        { "headers": [[":method", "GET"], [":scheme", "http"], [":path", "/no-authority?user_key=k"], ["host", HOST]] },
+        { "headers": [[":method", "POST"], [":scheme", "http"], [":authority", HOST], [":path", "/len?user_key=k"], ["content-length", "10"]], "body": "abc" },
+    ]);
+    let results = h2_requests(gw.server.staging, cases).await;
+    let [
+        cookies_in,
+        host,
+        same_host,
+        conn,
+        te_trailers,
+        te_gzip,
+        upper,
+        lead,
+        trail,
+        crlf,
+        nul,
+        hop,
+        cookies,
+        connect,
+        no_authority,
+        length,
+    ] = &results[..]
+    else {
+        panic!("one result per request: {results:?}")
+    };
+    let sent = |r: &serde_json::Value| r["body"].as_str().unwrap_or_default().to_ascii_lowercase();
+    let status = |r: &serde_json::Value| r["status"].as_u64().unwrap_or(0);
+    // §8.2.3: Cookie fields are joined into one for HTTP/1.1.
+    assert!(sent(cookies_in).contains("\r\ncookie: a=1; b=2\r\n"), "{cookies_in}");
+    assert_eq!(sent(cookies_in).matches("cookie:").count(), 1, "{cookies_in}");
+    // §8.3.1: a Host naming another authority than :authority is malformed; the same
+    // one (any case) is fine, and a request with only Host is routed by it.
+    assert_eq!(status(host), 400, "{host}");
+    assert_eq!(status(same_host), 200, "{same_host}");
+    assert_eq!(status(no_authority), 200, "{no_authority}");
+    // §8.2.2: connection-specific fields are malformed, TE other than "trailers" too;
+    // TE: trailers is accepted and, hop-by-hop, not forwarded.
+    let refused = |r: &serde_json::Value| r.get("reset").is_some() || r.get("goaway").is_some() || status(r) == 400;
+    assert!(refused(conn), "{conn}");
+    assert!(refused(te_gzip), "{te_gzip}");
+    assert_eq!(status(te_trailers), 200, "{te_trailers}");
+    assert!(!sent(te_trailers).contains("\r\nte:"), "{te_trailers}");
+    // §8.2.1: uppercase names, whitespace around a value, CR, LF or NUL: malformed.
+    for r in [upper, lead, trail, crlf, nul] {
+        assert!(refused(r), "{r}");
+    }
+    // §8.2.2 the other way: no connection-specific field of the backend's response
+    // reaches the HTTP/2 client; Set-Cookie stays one field per cookie.
+    let names: Vec<&str> = hop["headers"].as_array().expect("headers").iter().filter_map(|h| h[0].as_str()).collect();
+    for hop_by_hop in ["connection", "keep-alive", "proxy-connection", "upgrade", "transfer-encoding", "x-hop"] {
+        assert!(!names.contains(&hop_by_hop), "{hop_by_hop} reached the client: {hop}");
+    }
+    let set_cookies = cookies["headers"].as_array().expect("headers").iter().filter(|h| h[0] == "set-cookie").count();
+    assert_eq!(set_cookies, 2, "{cookies}");
+    // A gateway opens no tunnels: CONNECT other than a WebSocket's is 501.
+    assert_eq!(status(connect), 501, "{connect}");
+    // §8.1.1: a Content-Length that the DATA frames do not match is malformed.
+    assert!(refused(length), "{length}");
+}
