@@ -18,6 +18,22 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
+/// Turns TCP keep-alive on for `tcp` (idle `time` before the first probe, then probes
+/// every `min(time, 15 s)`, 4 unanswered → the connection fails), so a peer that
+/// vanished without a FIN or a reset (a crashed host, a dropped NAT mapping) is found
+/// and its connection released. `None`: left as the system has it (usually off).
+pub fn set_tcp_keepalive(tcp: &tokio::net::TcpStream, time: Option<Duration>) {
+    if let Some(time) = time {
+        let params = socket2::TcpKeepalive::new()
+            .with_time(time)
+            .with_interval(time.min(Duration::from_secs(15)))
+            .with_retries(4);
+        if let Err(e) = socket2::SockRef::from(tcp).set_tcp_keepalive(&params) {
+            tracing::debug!(error = %e, "cannot turn TCP keep-alive on");
+        }
+    }
+}
+
 /// The least a client must send (request bodies) and take (responses), in bytes per
 /// second, once `grace` has passed. `--min-data-rate` and `--min-data-rate-grace`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

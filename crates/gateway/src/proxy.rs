@@ -715,6 +715,7 @@ impl Gateway {
             gate,
             idle_timeout: ws.idle_timeout,
             ping_interval: ws.ping_interval,
+            pong_timeout: ws.pong_timeout,
             max_duration: ws.max_connection_duration,
         };
         let (generations, draining) = (self.snapshot.subscribe(), self.draining.subscribe());

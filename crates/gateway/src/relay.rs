@@ -85,6 +85,10 @@ pub struct RelayOptions {
     pub idle_timeout: Option<Duration>,
     /// Ping both sides this often (their pongs count as activity).
     pub ping_interval: Option<Duration>,
+    /// After each ping, a side that sends nothing at all (no pong, no frame) for this
+    /// long is dead: the WebSocket closes with 1001 and its holds are released. At most
+    /// `ping_interval`; used only with it.
+    pub pong_timeout: Option<Duration>,
     /// Close with 1001 once the connection is this old.
     pub max_duration: Option<Duration>,
     /// Live counts the relay adds to as it goes (once per read, not per frame), e.g.
@@ -153,7 +157,9 @@ struct Control {
     pings: (AtomicBool, AtomicBool),
     /// Milliseconds since the relay started at which bytes last arrived.
     last_activity: AtomicU64,
-    started: std::time::Instant,
+    /// The same, per side (from the client, from the backend).
+    heard: (AtomicU64, AtomicU64),
+    started: tokio::time::Instant,
     first_close: Mutex<Option<(Initiator, u16)>>,
     /// Whether a Close frame was relayed (from the client, from the backend).
     close_seen: (AtomicBool, AtomicBool),
@@ -167,7 +173,8 @@ impl Default for Control {
             to_backend: Notify::new(),
             pings: (AtomicBool::new(false), AtomicBool::new(false)),
             last_activity: AtomicU64::new(0),
-            started: std::time::Instant::now(),
+            heard: (AtomicU64::new(0), AtomicU64::new(0)),
+            started: tokio::time::Instant::now(),
             first_close: Mutex::default(),
             close_seen: (AtomicBool::new(false), AtomicBool::new(false)),
         }
@@ -179,8 +186,21 @@ impl Control {
         self.started.elapsed().as_millis() as u64
     }
 
-    fn touch(&self) {
-        self.last_activity.store(self.now_ms(), Ordering::Relaxed);
+    fn touch(&self, from_client: bool) {
+        let now = self.now_ms();
+        self.last_activity.store(now, Ordering::Relaxed);
+        if from_client { &self.heard.0 } else { &self.heard.1 }.store(now, Ordering::Relaxed);
+    }
+
+    /// Which side, if any, sent nothing since `since_ms` (the client first).
+    fn silent_since(&self, since_ms: u64) -> Option<&'static str> {
+        if self.heard.0.load(Ordering::Relaxed) < since_ms {
+            Some("the client did not answer pings")
+        } else if self.heard.1.load(Ordering::Relaxed) < since_ms {
+            Some("the backend did not answer pings")
+        } else {
+            None
+        }
     }
 
     fn ping_both(&self) {
@@ -195,7 +215,7 @@ impl Control {
         loop {
             let last = self.last_activity.load(Ordering::Relaxed);
             let deadline = self.started + Duration::from_millis(last) + idle;
-            tokio::time::sleep_until(deadline.into()).await;
+            tokio::time::sleep_until(deadline).await;
             if self.last_activity.load(Ordering::Relaxed) == last {
                 return;
             }
@@ -260,40 +280,76 @@ where
     let (mut client_rd, mut client_wr) = tokio::io::split(client);
     let (mut backend_rd, mut backend_wr) = tokio::io::split(backend);
     let ctl = Control::default();
-    let up = Pump::new(true, &opts);
-    let down = Pump::new(false, &opts);
-    let mut pumps = std::pin::pin!(async {
-        tokio::join!(
-            up.run(&mut client_rd, &mut backend_wr, &ctl, &opts),
-            down.run(&mut backend_rd, &mut client_wr, &ctl, &opts)
-        )
-    });
-    let mut pinger =
-        opts.ping_interval.map(|every| tokio::time::interval_at(tokio::time::Instant::now() + every, every));
-    let mut idle = opts.idle_timeout.map(|t| Box::pin(ctl.idle_for(t)));
-    let mut too_old = opts.max_duration.map(|d| Box::pin(tokio::time::sleep(d)));
-    let (up, down) = loop {
-        tokio::select! {
-            done = &mut pumps => break done,
-            (code, reason) = &mut stop => {
-                ctl.close_both(code, reason);
-                break pumps.await;
-            }
-            () = when_set(&mut idle) => {
-                ctl.close_both(CLOSE_GOING_AWAY, "idle timeout");
-                break pumps.await;
-            }
-            () = when_set(&mut too_old) => {
-                ctl.close_both(CLOSE_GOING_AWAY, "maximum connection duration reached");
-                break pumps.await;
-            }
-            () = async {
-                if let Some(p) = pinger.as_mut() {
-                    p.tick().await;
+    let mut up = Pump::new(true, &opts);
+    let mut down = Pump::new(false, &opts);
+    {
+        let mut pumps = std::pin::pin!(async {
+            tokio::join!(
+                up.run(&mut client_rd, &mut backend_wr, &ctl, &opts),
+                down.run(&mut backend_rd, &mut client_wr, &ctl, &opts)
+            )
+        });
+        let mut pinger =
+            opts.ping_interval.map(|every| tokio::time::interval_at(tokio::time::Instant::now() + every, every));
+        // When the pongs of the last pings are due, and when those pings went out.
+        let mut pong_due: Option<(Pin<Box<tokio::time::Sleep>>, u64)> = None;
+        let mut idle = opts.idle_timeout.map(|t| Box::pin(ctl.idle_for(t)));
+        let mut too_old = opts.max_duration.map(|d| Box::pin(tokio::time::sleep(d)));
+        let close = loop {
+            tokio::select! {
+                _ = &mut pumps => break None,
+                (code, reason) = &mut stop => break Some((code, reason)),
+                () = when_set(&mut idle) => break Some((CLOSE_GOING_AWAY, "idle timeout")),
+                () = when_set(&mut too_old) => break Some((CLOSE_GOING_AWAY, "maximum connection duration reached")),
+                () = async {
+                    match pong_due.as_mut() {
+                        Some((due, _)) => due.as_mut().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    let sent = pong_due.take().map_or(0, |(_, sent)| sent);
+                    if let Some(reason) = ctl.silent_since(sent) {
+                        break Some((CLOSE_GOING_AWAY, reason));
+                    }
                 }
-            }, if pinger.is_some() => ctl.ping_both(),
+                () = async {
+                    if let Some(p) = pinger.as_mut() {
+                        p.tick().await;
+                    }
+                }, if pinger.is_some() => {
+                    // The last pings' deadline may fall on this tick: judge it first.
+                    if let Some((due, sent)) = &pong_due
+                        && due.deadline() <= tokio::time::Instant::now()
+                        && let Some(reason) = ctl.silent_since(*sent)
+                    {
+                        break Some((CLOSE_GOING_AWAY, reason));
+                    }
+                    ctl.ping_both();
+                    if let Some(wait) = opts.pong_timeout {
+                        let due = tokio::time::Instant::now() + wait;
+                        match pong_due.as_mut() {
+                            Some((sleep, sent)) => {
+                                sleep.as_mut().reset(due);
+                                *sent = ctl.now_ms();
+                            }
+                            None => pong_due = Some((Box::pin(tokio::time::sleep_until(due)), ctl.now_ms())),
+                        }
+                    }
+                }
+            }
+        };
+        if let Some((code, reason)) = close {
+            ctl.close_both(code, reason);
+            // Each side gets its Close once the frame in flight to it is through; a
+            // side that takes nothing (a dead peer with a full window) is not waited
+            // for beyond the grace: dropping its connection ends it.
+            if tokio::time::timeout(CLOSE_GRACE, &mut pumps).await.is_err() {
+                tracing::debug!(reason, "a side did not take its Close in time: connection dropped");
+            }
         }
-    };
+    }
+    up.flush(&opts);
+    down.flush(&opts);
     Totals {
         messages_up: up.messages,
         messages_down: down.messages,
@@ -304,6 +360,10 @@ where
         duration: ctl.started.elapsed(),
     }
 }
+
+/// How long the gateway waits, once it closes a WebSocket, for each side to take its
+/// Close frame before it drops the connection.
+pub const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
 /// Awaits an optional (boxed) future; never resolves when there is none.
 async fn when_set<F: Future + Unpin>(f: &mut Option<F>) -> F::Output {
@@ -454,14 +514,13 @@ impl Pump {
         Step::Continue
     }
 
-    async fn run<R, W>(mut self, src: &mut R, dst: &mut W, ctl: &Control, opts: &RelayOptions) -> Pump
+    async fn run<R, W>(&mut self, src: &mut R, dst: &mut W, ctl: &Control, opts: &RelayOptions)
     where
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
     {
         self.pump(src, dst, ctl, opts).await;
         self.flush(opts);
-        self
     }
 
     async fn pump<R, W>(&mut self, src: &mut R, mut dst: &mut W, ctl: &Control, opts: &RelayOptions)
@@ -523,7 +582,7 @@ impl Pump {
                     continue;
                 }
             };
-            ctl.touch();
+            ctl.touch(self.from_client);
             let step = self.process(buf.filled(n), &mut dst, opts, ctl).await;
             if buf.grow_if_full(n) || buf.is_large() {
                 // Pushed back at most every half period, not on every read.
@@ -976,5 +1035,57 @@ mod tests {
         let close = read_n(&mut client, 4).await;
         assert_eq!((close[0], close[2], close[3]), (0x88, 0x03, 0xE9));
         assert_eq!(task.await.expect("relay").closed_by_gateway, Some(1001));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_side_that_stops_answering_pings_is_closed_and_released() {
+        let opts = RelayOptions {
+            ping_interval: Some(Duration::from_secs(1)),
+            pong_timeout: Some(Duration::from_millis(500)),
+            ..Default::default()
+        };
+        let (mut client, mut backend, task) = setup(opts);
+        // First round: both answer (any frame counts), the connection lives on.
+        assert_eq!(read_n(&mut client, 2).await, [0x89, 0x00]);
+        assert_eq!(read_n(&mut backend, 6).await[..2], [0x89, 0x80]); // masked: 4 bytes of key
+        client.write_all(&masked(0x8A, b"")).await.expect("pong");
+        backend.write_all(&[0x8A, 0x00]).await.expect("pong");
+        // Each pong goes on to the other side (an unsolicited pong is a heartbeat).
+        assert_eq!(read_n(&mut backend, 6).await[..2], [0x8A, 0x80]);
+        assert_eq!(read_n(&mut client, 2).await, [0x8A, 0x00]);
+        // Second round: the backend answers, the client does not — it is dead.
+        assert_eq!(read_n(&mut client, 2).await, [0x89, 0x00]);
+        assert_eq!(read_n(&mut backend, 6).await[..2], [0x89, 0x80]); // masked: 4 bytes of key
+        backend.write_all(&[0x8A, 0x00]).await.expect("pong");
+        let pong = read_n(&mut client, 2).await;
+        assert_eq!(pong, [0x8A, 0x00]);
+        // The backend is told the client went away (1001); the relay ends.
+        let close = read_n(&mut backend, 8).await;
+        assert_eq!((close[0], close[1] & 0x7F), (0x88, 2 + "the client did not answer pings".len() as u8));
+        let totals = task.await.expect("relay");
+        assert_eq!(totals.closed_by_gateway, Some(1001));
+        assert_eq!(totals.close.map(|c| c.0), Some(Initiator::Gateway));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_side_that_takes_no_close_is_dropped_after_the_grace() {
+        // The client's window is full (it reads nothing): its Close cannot be written.
+        let (mut client, gw_client) = duplex(64);
+        let (gw_backend, mut backend) = duplex(64 * 1024);
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let stop = Box::pin(async move {
+            let _ = stop_rx.await;
+            (CLOSE_GOING_AWAY, "the gateway is shutting down")
+        });
+        let task = tokio::spawn(relay(gw_client, gw_backend, RelayOptions::default(), stop));
+        backend.write_all(&[0x82, 0x7E, 0x01, 0x00]).await.expect("header");
+        backend.write_all(&[0u8; 256]).await.expect("payload");
+        let _ = stop_tx.send(());
+        // The relay ends within the grace, whatever the client does.
+        let totals = tokio::time::timeout(CLOSE_GRACE * 2, task).await.expect("bounded").expect("relay");
+        assert_eq!(totals.close, Some((Initiator::Gateway, CLOSE_GOING_AWAY)));
+        let mut got = Vec::new();
+        let _ = client.read_to_end(&mut got).await;
+        assert!(got.len() < 4 + 256 + 4, "the stuck side got at most what fitted: {}", got.len());
     }
 }

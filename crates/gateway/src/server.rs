@@ -55,6 +55,9 @@ pub struct ListenerOptions {
     /// The least a client must send (request bodies: slower → 408) and take (responses:
     /// slower → connection closed); `None`: no minimum.
     pub min_data_rate: Option<MinDataRate>,
+    /// TCP keep-alive on client connections (idle time before the first probe; see
+    /// [`crate::deadline::set_tcp_keepalive`]); `None`: off. Default 60 s.
+    pub tcp_keepalive: Option<Duration>,
 }
 
 impl Default for ListenerOptions {
@@ -70,6 +73,7 @@ impl Default for ListenerOptions {
             drain_timeout: Duration::from_secs(30),
             workers: None,
             min_data_rate: Some(MinDataRate::default()),
+            tcp_keepalive: Some(Duration::from_secs(60)),
         }
     }
 }
@@ -145,6 +149,9 @@ fn builder(opts: &ListenerOptions) -> auto::Builder<TokioExecutor> {
         .header_read_timeout(opts.header_read_timeout)
         .max_buf_size(opts.max_header_bytes.max(8192))
         .max_headers(opts.max_header_count.max(1))
+        // A client may end its sending side once its request is complete (as `nc -N`,
+        // some HTTP/1.0 clients and scripts do) and still get its response.
+        .half_close(true)
         .keep_alive(true);
     b.http2()
         .timer(TokioTimer::new())
@@ -264,6 +271,7 @@ async fn accept_loop(listener: TcpListener, accepting: Arc<Accepting>, mut closi
             }
         };
         let _ = tcp.set_nodelay(true);
+        crate::deadline::set_tcp_keepalive(&tcp, accepting.opts.tcp_keepalive);
         tokio::spawn(connection(tcp, client_addr, permit, accepting.clone()));
     }
 }

@@ -532,6 +532,8 @@ pub struct WebSocketConfig {
     pub on_limit_exceeded: crate::policy::websocket::OnLimitExceeded,
     pub idle_timeout: Option<Duration>,
     pub ping_interval: Option<Duration>,
+    /// `pong_timeout`, or `ping_interval` when only that is set.
+    pub pong_timeout: Option<Duration>,
     pub max_connection_duration: Option<Duration>,
 }
 
@@ -574,6 +576,7 @@ fn websocket_config(
         on_limit_exceeded: c.on_limit_exceeded,
         idle_timeout: c.idle_timeout.map(Duration::from_secs),
         ping_interval: c.ping_interval.map(Duration::from_secs),
+        pong_timeout: c.ping_interval.map(|ping| Duration::from_secs(c.pong_timeout.unwrap_or(ping))),
         max_connection_duration: c.max_connection_duration.map(Duration::from_secs),
     }
 }

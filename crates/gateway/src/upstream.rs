@@ -357,6 +357,8 @@ impl Connector {
             .map_err(|_| ConnectError::Timeout(inner.label.clone()))?
             .map_err(|e| ConnectError::Io(inner.label.clone(), e))?;
         let _ = tcp.set_nodelay(true);
+        let keepalive = TCP_KEEPALIVE_SECS.load(std::sync::atomic::Ordering::Relaxed);
+        crate::deadline::set_tcp_keepalive(&tcp, (keepalive > 0).then(|| Duration::from_secs(keepalive)));
         match &inner.tls {
             None => Ok(UpstreamStream::Plain(tcp)),
             Some((connector, name)) => {
@@ -491,6 +493,15 @@ impl Default for ResponseHeadLimits {
     fn default() -> Self {
         ResponseHeadLimits { bytes: 64 * 1024, count: 512 }
     }
+}
+
+static TCP_KEEPALIVE_SECS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(60);
+
+/// TCP keep-alive on backend connections opened from now on (idle time before the
+/// first probe; see [`crate::deadline::set_tcp_keepalive`]); `None`: off. Process-wide,
+/// set by `serve` from `--tcp-keepalive`. Default 60 s.
+pub fn set_tcp_keepalive(time: Option<Duration>) {
+    TCP_KEEPALIVE_SECS.store(time.map_or(0, |t| t.as_secs().max(1)), std::sync::atomic::Ordering::Relaxed);
 }
 
 static RESPONSE_HEAD_BYTES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(64 * 1024);

@@ -216,6 +216,11 @@ pub struct ListenerArgs {
     /// upstream_invalid_response).
     #[arg(long, env = "TOLLGATE_MAX_RESPONSE_HEADER_COUNT", default_value_t = 512, value_parser = clap::value_parser!(u64).range(1..=65_536))]
     pub max_response_header_count: u64,
+    /// Seconds a TCP connection (to a client or a backend) may be silent before the
+    /// system probes whether its peer is still there (then every 15 s at most; 4
+    /// unanswered probes end it); 0: keep-alive off.
+    #[arg(long, env = "TOLLGATE_TCP_KEEPALIVE", default_value_t = 60)]
+    pub tcp_keepalive: u64,
     /// Seconds in-flight requests may take to finish on shutdown.
     #[arg(long, env = "TOLLGATE_DRAIN_TIMEOUT", default_value_t = 30)]
     pub drain_timeout: u64,

@@ -190,7 +190,10 @@ impl Server {
             bytes: args.listener.max_response_header_bytes as usize,
             count: args.listener.max_response_header_count as usize,
         });
+        let keepalive = (args.listener.tcp_keepalive > 0).then(|| Duration::from_secs(args.listener.tcp_keepalive));
+        tollgate_gateway::upstream::set_tcp_keepalive(keepalive);
         let base = ListenerOptions {
+            tcp_keepalive: keepalive,
             workers: Some(workers),
             max_connections: args.listener.max_connections,
             header_read_timeout: Duration::from_secs(args.listener.header_read_timeout.max(1)),

@@ -759,3 +759,62 @@ async fn http2_requests_cross_to_http1_as_rfc_9113_says() {
     // §8.1.1: a Content-Length that the DATA frames do not match is malformed.
     assert!(refused(length), "{length}");
 }
+
+#[tokio::test]
+async fn a_client_that_half_closes_after_its_request_still_gets_the_response() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let backend = http_backend().await;
+    let gw = gateway(&open_config(backend)).await;
+    let mut tcp = tokio::net::TcpStream::connect(gw.server.staging).await.expect("connect");
+    let body = "hello";
+    let request =
+        format!("POST /upload?user_key=k HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+    tcp.write_all(request.as_bytes()).await.expect("request");
+    tcp.shutdown().await.expect("half-close");
+    let mut answer = String::new();
+    tcp.read_to_string(&mut answer).await.expect("response");
+    assert_eq!(status_of(&answer), 200, "{answer}");
+    assert!(answer.ends_with("{\"bytes\":5}"), "{answer}");
+}
+
+/// The TCP connections of this process with a peer or local port `port`, as `ss` shows
+/// them with their timers.
+fn sockets_on(port: u16) -> String {
+    let out = std::process::Command::new("ss")
+        .args(["-tno", "state", "established", &format!("( sport = :{port} or dport = :{port} )")])
+        .output()
+        .expect("ss (iproute2)");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test]
+async fn tcp_keepalive_finds_dead_peers_on_both_sides() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let backend = http_backend().await;
+    let gw = gateway_with(&open_config(backend), &["--tcp-keepalive", "30"]).await;
+    let mut tcp = tokio::net::TcpStream::connect(gw.server.staging).await.expect("connect");
+    let request = format!("GET /x?user_key=k HTTP/1.1\r\nHost: {HOST}\r\n\r\n");
+    tcp.write_all(request.as_bytes()).await.expect("request");
+    let mut first = [0u8; 12];
+    tcp.read_exact(&mut first).await.expect("response");
+    assert_eq!(&first, b"HTTP/1.1 200");
+    // The gateway's end of the client's connection, and its pooled connection to the
+    // backend, both carry the keep-alive timer; the client's own end (ours) does not.
+    let client_side = sockets_on(gw.server.staging.port());
+    let own = tcp.local_addr().expect("addr").port();
+    let (gateway_addr, client_addr) = (gw.server.staging.to_string(), format!("127.0.0.1:{own}"));
+    let gateway_end = client_side
+        .lines()
+        .find(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            cols.get(2) == Some(&gateway_addr.as_str()) && cols.get(3) == Some(&client_addr.as_str())
+        })
+        .unwrap_or_else(|| panic!("the gateway's end of the connection: {client_side}"));
+    assert!(gateway_end.contains("keepalive"), "{gateway_end}");
+    let backend_side = sockets_on(backend.port());
+    let to_backend = backend_side
+        .lines()
+        .find(|l| l.split_whitespace().nth(3) == Some(&format!("127.0.0.1:{}", backend.port())))
+        .unwrap_or_else(|| panic!("the gateway's connection to the backend: {backend_side}"));
+    assert!(to_backend.contains("keepalive"), "{to_backend}");
+}

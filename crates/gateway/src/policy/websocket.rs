@@ -11,6 +11,7 @@
 //!     on_limit_exceeded: close     # close 1008 "usage limits exceeded" (default), or drop
 //!     idle_timeout: 300            # seconds without a frame → close 1001
 //!     ping_interval: 30            # seconds between the gateway's pings to both sides
+//!     pong_timeout: 10             # seconds a side may stay silent after a ping → close 1001
 //!     max_connection_duration: 86400
 //! ```
 
@@ -87,6 +88,11 @@ pub struct Config {
     /// Seconds between pings the gateway sends both sides (their pongs are activity).
     #[serde(default)]
     pub ping_interval: Option<u64>,
+    /// Seconds after each ping within which each side must send something (its pong,
+    /// or any frame); a silent side is dead: the connection closes with 1001 and its
+    /// holds are released. At most `ping_interval`, which it needs; defaults to it.
+    #[serde(default)]
+    pub pong_timeout: Option<u64>,
     /// Seconds after which a connection closes (1001), however busy.
     #[serde(default)]
     pub max_connection_duration: Option<u64>,
@@ -120,6 +126,7 @@ impl WebSocketPolicy {
         for (key, v) in [
             ("idle_timeout", config.idle_timeout),
             ("ping_interval", config.ping_interval),
+            ("pong_timeout", config.pong_timeout),
             ("max_connection_duration", config.max_connection_duration),
         ] {
             if v == Some(0) {
@@ -131,6 +138,15 @@ impl WebSocketPolicy {
         {
             return Err(("ping_interval".into(), "must be shorter than idle_timeout, or live peers time out".into()));
         }
+        match (config.pong_timeout, config.ping_interval) {
+            (Some(_), None) => {
+                return Err(("pong_timeout".into(), "needs ping_interval: pongs answer the gateway's pings".into()));
+            }
+            (Some(pong), Some(ping)) if pong > ping => {
+                return Err(("pong_timeout".into(), format!("must be at most ping_interval ({ping})")));
+            }
+            _ => {}
+        }
         if config.meter_messages.as_ref().is_some_and(|m| m.delta == 0) {
             return Err(("meter_messages.delta".into(), "must be at least 1".into()));
         }
@@ -141,5 +157,35 @@ impl WebSocketPolicy {
 impl Policy for WebSocketPolicy {
     fn name(&self) -> &'static str {
         "websocket"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(configuration: serde_json::Value) -> Option<(String, String)> {
+        let config: Config = serde_json::from_value(configuration).expect("shape");
+        WebSocketPolicy::new(config).err()
+    }
+
+    #[test]
+    fn timers_that_cannot_work_together_name_the_field_and_the_fix() {
+        let field = |c| refused(c).map(|(f, _)| f);
+        assert_eq!(field(serde_json::json!({ "pong_timeout": 5 })).as_deref(), Some("pong_timeout"));
+        assert_eq!(
+            field(serde_json::json!({ "ping_interval": 10, "pong_timeout": 11 })).as_deref(),
+            Some("pong_timeout")
+        );
+        assert_eq!(
+            field(serde_json::json!({ "ping_interval": 10, "pong_timeout": 0 })).as_deref(),
+            Some("pong_timeout")
+        );
+        assert_eq!(
+            field(serde_json::json!({ "ping_interval": 30, "idle_timeout": 30 })).as_deref(),
+            Some("ping_interval")
+        );
+        assert_eq!(refused(serde_json::json!({ "ping_interval": 10, "pong_timeout": 10 })), None);
+        assert_eq!(refused(serde_json::json!({ "ping_interval": 10 })), None);
     }
 }
