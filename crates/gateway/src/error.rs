@@ -154,7 +154,24 @@ impl GatewayError {
             Side::Downstream => {
                 tracing::debug!(code = self.code(), detail = self.detail().unwrap_or(""), "request refused")
             }
-            side => tracing::warn!(code = self.code(), ?side, detail = self.detail().unwrap_or(""), "request failed"),
+            side => {
+                // One line a second per code: a backend that is down fails every request.
+                static LIMITS: [crate::logs::LogLimit; 8] = [const { crate::logs::LogLimit::new() }; 8];
+                let kind = match self {
+                    GatewayError::UpstreamUnavailable(_) => 0,
+                    GatewayError::UpstreamTls(_) => 1,
+                    GatewayError::UpstreamTimeout(_) => 2,
+                    GatewayError::UpstreamFailed(_) => 3,
+                    GatewayError::UpstreamInvalidResponse(_) => 4,
+                    GatewayError::ResponseTooLarge => 5,
+                    GatewayError::CountersUnavailable(_) => 6,
+                    _ => 7,
+                };
+                if let Some(suppressed) = LIMITS[kind].admit_now() {
+                    let detail = self.detail().unwrap_or("");
+                    tracing::warn!(code = self.code(), ?side, detail, suppressed, "request failed");
+                }
+            }
         }
         let mut resp = ErrorTemplate::json(self.status(), self.code(), &self.to_string()).respond();
         if matches!(self, GatewayError::BadUpgrade(_)) {

@@ -26,6 +26,7 @@ pub mod deadline;
 pub mod error;
 pub mod files;
 pub mod frames;
+pub mod logs;
 pub mod mapping;
 pub mod metrics;
 pub mod path;

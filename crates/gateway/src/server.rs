@@ -247,7 +247,7 @@ async fn accept_loop(listener: TcpListener, accepting: Arc<Accepting>, mut closi
             Err(e) => {
                 // EMFILE/ENFILE/ENOBUFS: back off so the loop does not spin, and keep
                 // serving the connections we have.
-                tracing::warn!(error = %e, "accept failed; retrying shortly");
+                crate::warn_limited!(error = %e, "accept failed; retrying shortly");
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }

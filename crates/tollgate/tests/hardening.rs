@@ -818,3 +818,53 @@ async fn tcp_keepalive_finds_dead_peers_on_both_sides() {
         .unwrap_or_else(|| panic!("the gateway's connection to the backend: {backend_side}"));
     assert!(to_backend.contains("keepalive"), "{to_backend}");
 }
+
+#[tokio::test]
+async fn repeated_warnings_are_rate_limited_with_a_count_of_those_left_out() {
+    // A backend that is down: every request fails the same way.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr")
+    };
+    let dir = TempDir::new();
+    let path = dir.path().join("tollgate.yaml");
+    std::fs::write(&path, open_config(closed)).expect("config");
+    let Spawned { child: _child, staging, mut err } = spawn_serve(&path).await;
+    let (tx, mut lines) = tokio::sync::mpsc::unbounded_channel::<String>();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = err.next_line().await {
+            if line.contains("request failed") && tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let suppressed = |line: &str| -> u64 {
+        line.split("suppressed=")
+            .nth(1)
+            .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no count in {line}"))
+    };
+    let mut sent = 0u64;
+    for _ in 0..300 {
+        assert_eq!(get(staging, HOST, "/x?user_key=k").await.0, StatusCode::BAD_GATEWAY);
+        sent += 1;
+    }
+    // Failures go on, a few a second (bounded), until a line accounts for the ones
+    // left out.
+    let mut seen: Vec<String> = Vec::new();
+    let mut pace = tokio::time::interval(std::time::Duration::from_millis(100));
+    for _ in 0..100 {
+        while let Ok(line) = lines.try_recv() {
+            seen.push(line);
+        }
+        if seen.iter().skip(1).any(|l| suppressed(l) > 0) {
+            break;
+        }
+        pace.tick().await;
+        assert_eq!(get(staging, HOST, "/x?user_key=k").await.0, StatusCode::BAD_GATEWAY);
+        sent += 1;
+    }
+    let accounted: u64 = seen.iter().map(|l| 1 + suppressed(l)).sum();
+    assert!(seen.len() < 30, "{} lines for {sent} failures", seen.len());
+    assert!(accounted >= 300 && accounted <= sent, "{accounted} of {sent} failures accounted for: {seen:?}");
+}

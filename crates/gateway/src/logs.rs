@@ -1,0 +1,70 @@
+//! Logs that stay useful under attack: a warning that repeats (a backend down for
+//! every request, a listener out of file descriptors) is written at most once per
+//! second per kind; the line that is written says how many of its kind were left out
+//! since the last one (`suppressed=N`). An attack or an outage then costs a log line a
+//! second, not one per request, and the count keeps its size visible.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// The state of one kind of warning: the second its last line was written and how
+/// many were left out since. Lock-free, `const`-constructible for a `static`.
+#[derive(Debug, Default)]
+pub struct LogLimit {
+    second: AtomicU64,
+    suppressed: AtomicU64,
+}
+
+impl LogLimit {
+    pub const fn new() -> LogLimit {
+        LogLimit { second: AtomicU64::new(0), suppressed: AtomicU64::new(0) }
+    }
+
+    /// Whether a line of this kind may be written at `now` (seconds on any clock that
+    /// does not go back): `Some(n)` with the number left out since the last line, or
+    /// `None` (counted as left out).
+    pub fn admit(&self, now: u64) -> Option<u64> {
+        let last = self.second.load(Relaxed);
+        if (now > last || last == 0) && self.second.compare_exchange(last, now.max(1), Relaxed, Relaxed).is_ok() {
+            return Some(self.suppressed.swap(0, Relaxed));
+        }
+        self.suppressed.fetch_add(1, Relaxed);
+        None
+    }
+
+    /// [`LogLimit::admit`] on the process's monotonic clock.
+    pub fn admit_now(&self) -> Option<u64> {
+        static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+        self.admit(START.get_or_init(std::time::Instant::now).elapsed().as_secs() + 1)
+    }
+}
+
+/// `tracing::warn!` at most once per second for this call site, with
+/// `suppressed = N` (how many of its lines were left out since the last one).
+#[macro_export]
+macro_rules! warn_limited {
+    ($($arg:tt)+) => {{
+        static LIMIT: $crate::logs::LogLimit = $crate::logs::LogLimit::new();
+        if let Some(suppressed) = LIMIT.admit_now() {
+            tracing::warn!(suppressed, $($arg)+);
+        }
+    }};
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_line_a_second_and_the_next_one_counts_those_left_out() {
+        let limit = LogLimit::new();
+        assert_eq!(limit.admit(1), Some(0));
+        assert_eq!(limit.admit(1), None);
+        assert_eq!(limit.admit(1), None);
+        assert_eq!(limit.admit(2), Some(2));
+        assert_eq!(limit.admit(2), None);
+        assert_eq!(limit.admit(9), Some(1));
+        // A clock that shows an earlier second does not reopen it.
+        assert_eq!(limit.admit(5), None);
+        assert_eq!(limit.admit(10), Some(1));
+    }
+}
