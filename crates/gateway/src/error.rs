@@ -155,8 +155,13 @@ impl GatewayError {
                 tracing::debug!(code = self.code(), detail = self.detail().unwrap_or(""), "request refused")
             }
             side => {
-                // One line a second per code: a backend that is down fails every request.
-                static LIMITS: [crate::logs::LogLimit; 8] = [const { crate::logs::LogLimit::new() }; 8];
+                // One line a second per code and detail (which names the backend and the
+                // cause): a backend that is down fails every request, yet five backends
+                // with five faults still get five lines. Details are hashed into 16 slots
+                // per code, so at most 8 × 16 lines a second whatever the details say;
+                // details that share a slot share its `suppressed` count.
+                static LIMITS: [[crate::logs::LogLimit; 16]; 8] =
+                    [const { [const { crate::logs::LogLimit::new() }; 16] }; 8];
                 let kind = match self {
                     GatewayError::UpstreamUnavailable(_) => 0,
                     GatewayError::UpstreamTls(_) => 1,
@@ -167,8 +172,14 @@ impl GatewayError {
                     GatewayError::CountersUnavailable(_) => 6,
                     _ => 7,
                 };
-                if let Some(suppressed) = LIMITS[kind].admit_now() {
-                    let detail = self.detail().unwrap_or("");
+                let detail = self.detail().unwrap_or("");
+                let slot = {
+                    use std::hash::{Hash, Hasher};
+                    let mut h = std::collections::hash_map::DefaultHasher::new();
+                    detail.hash(&mut h);
+                    (h.finish() % 16) as usize
+                };
+                if let Some(suppressed) = LIMITS[kind][slot].admit_now() {
                     tracing::warn!(code = self.code(), ?side, detail, suppressed, "request failed");
                 }
             }

@@ -32,6 +32,13 @@ pub struct EnvMetrics {
     rejected_limits: AtomicU64,
     upstream_errors: AtomicU64,
     connections_refused: AtomicU64,
+    /// Client connections held now (WebSockets included).
+    connections_open: AtomicU64,
+    /// Client connections the gateway closed: idle past the header-read timeout, a
+    /// client taking responses below the minimum data rate, closed to make room.
+    connections_idle_closed: AtomicU64,
+    connections_slow_closed: AtomicU64,
+    connections_evicted: AtomicU64,
     /// By HTTP version (1.1, 2), then result.
     websocket_upgrades: [[AtomicU64; 5]; 2],
     websocket_open: AtomicU64,
@@ -238,7 +245,7 @@ impl Metrics {
                 );
             }
         }
-        let scalars: [Family; 4] = [
+        let scalars: [Family; 8] = [
             ("tollgate_limits_exceeded_total", "counter", "Requests refused by usage limits.", |m| &m.rejected_limits),
             ("tollgate_upstream_errors_total", "counter", "Requests that failed at the backend (502/504).", |m| {
                 &m.upstream_errors
@@ -249,6 +256,25 @@ impl Metrics {
                 "counter",
                 "Connections refused at the listener's connection limit.",
                 |m| &m.connections_refused,
+            ),
+            ("tollgate_connections_open", "gauge", "Client connections held now.", |m| &m.connections_open),
+            (
+                "tollgate_connections_idle_closed_total",
+                "counter",
+                "Client connections closed after --header-read-timeout with no request in flight.",
+                |m| &m.connections_idle_closed,
+            ),
+            (
+                "tollgate_connections_slow_closed_total",
+                "counter",
+                "Client connections closed for taking responses below --min-data-rate.",
+                |m| &m.connections_slow_closed,
+            ),
+            (
+                "tollgate_connections_evicted_total",
+                "counter",
+                "Client connections closed to make room for a new one at the connection limit.",
+                |m| &m.connections_evicted,
             ),
         ];
         for (name, kind, help, get) in scalars {
@@ -355,6 +381,21 @@ impl EnvMetrics {
     }
     pub fn connection_refused(&self) {
         self.connections_refused.fetch_add(1, Relaxed);
+    }
+    pub fn connection_opened(&self) {
+        self.connections_open.fetch_add(1, Relaxed);
+    }
+    pub fn connection_closed(&self) {
+        self.connections_open.fetch_sub(1, Relaxed);
+    }
+    pub fn connection_idle_closed(&self) {
+        self.connections_idle_closed.fetch_add(1, Relaxed);
+    }
+    pub fn connection_slow_closed(&self) {
+        self.connections_slow_closed.fetch_add(1, Relaxed);
+    }
+    pub fn connection_evicted(&self) {
+        self.connections_evicted.fetch_add(1, Relaxed);
     }
     /// The answer to a WebSocket upgrade request (HTTP/1.1) or extended CONNECT
     /// (HTTP/2), by its status.

@@ -24,7 +24,6 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use tokio::sync::OwnedSemaphorePermit;
 use tokio::sync::watch;
 use tollgate_counters::{Clock, Counters, Decision, EdgeDecision, EdgeMemory, FailureMode, LimitStatus};
 
@@ -35,7 +34,7 @@ pub struct ConnInfo {
     pub tls: bool,
     /// The connection's place under the listener's cap. A WebSocket relay keeps a clone,
     /// so an upgraded connection still counts until it closes.
-    pub(crate) slot: Arc<OwnedSemaphorePermit>,
+    pub(crate) slot: Arc<crate::server::Slot>,
     /// What the connection is doing (requests in flight, bodies behind the minimum rate).
     pub(crate) activity: Arc<crate::deadline::Activity>,
     /// The least the client must send and take; `None`: no minimum.
@@ -631,7 +630,7 @@ impl Gateway {
         ctx: &Context<'_>,
         client: hyper::upgrade::OnUpgrade,
         over_h2: bool,
-        (listener_slot, app_slot, guards): (Arc<OwnedSemaphorePermit>, Option<ConnectionSlot>, Vec<Held>),
+        (listener_slot, app_slot, guards): (Arc<crate::server::Slot>, Option<ConnectionSlot>, Vec<Held>),
     ) -> Result<Response<GatewayBody>, GatewayError> {
         let (upstream, rest, prefix) = destination_with_prefix(parts, ctx)?;
         let mut head = self.upstream_head(parts, ctx, upstream, rest)?;

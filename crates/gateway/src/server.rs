@@ -276,6 +276,26 @@ async fn accept_loop(listener: TcpListener, accepting: Arc<Accepting>, mut closi
     }
 }
 
+/// A client connection's place under the listener's cap, counted in
+/// `tollgate_connections_open`, until the connection ends (a WebSocket's relay keeps
+/// it after the upgrade).
+pub struct Slot {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    gateway: Arc<Gateway>,
+}
+
+impl std::fmt::Debug for Slot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Slot")
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.gateway.metrics().env(self.gateway.environment).connection_closed();
+    }
+}
+
 /// How long a new connection waits for the one evicted for it to close.
 const EVICTION_WAIT: Duration = Duration::from_secs(1);
 
@@ -288,7 +308,9 @@ async fn connection(
 ) {
     let (gateway, builder, opts) = (&accepting.gateway, &*accepting.builder, &accepting.opts);
     let mut stop = accepting.stop.clone();
-    let slot = Arc::new(permit);
+    let metrics = gateway.metrics().env(gateway.environment);
+    metrics.connection_opened();
+    let slot = Arc::new(Slot { _permit: permit, gateway: gateway.clone() });
     let activity = Activity::new();
     let _registered = accepting.registry.register(activity.clone());
     let min_data_rate = opts.min_data_rate;
@@ -306,7 +328,10 @@ async fn connection(
                     Ok(Err(e)) => return tracing::debug!(error = %e, %client_addr, "TLS handshake failed"),
                     Err(_) => return tracing::debug!(%client_addr, "TLS handshake timed out"),
                 },
-                () = activity.evicted() => return tracing::debug!(%client_addr, "TLS handshake cut to make room"),
+                () = activity.evicted() => {
+                    metrics.connection_evicted();
+                    return tracing::debug!(%client_addr, "TLS handshake cut to make room");
+                }
             };
             let info = ConnInfo { client_addr, tls: true, slot, activity, min_data_rate };
             if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
@@ -331,6 +356,7 @@ async fn serve_connection<I>(
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let gw = gateway.clone();
+    let metrics = gateway.metrics().env(gateway.environment);
     let client_addr = info.client_addr;
     let activity = info.activity.clone();
     let min_rate = info.min_data_rate;
@@ -357,14 +383,17 @@ async fn serve_connection<I>(
         // HTTP/2 connection with no stream that only answers pings, a partial preface —
         // and nothing in flight: closed, so it cannot hold a slot for ever.
         () = activity.idle_for(idle) => {
+            metrics.connection_idle_closed();
             tracing::debug!(client = %client_addr, "connection idle: closed");
         }
         // A client that stopped taking its responses (or takes them below the minimum
         // rate) would hold the backend connection each response streams from.
         () = async { match min_rate { Some(rate) => activity.too_slow(rate).await, None => std::future::pending().await } } => {
+            metrics.connection_slow_closed();
             tracing::debug!(client = %client_addr, "client reads responses below the minimum data rate: closed");
         }
         () = activity.evicted() => {
+            metrics.connection_evicted();
             tracing::debug!(client = %client_addr, "connection closed to make room for a new one");
         }
     }

@@ -203,13 +203,18 @@ accounts:
     )
 }
 
-/// The gauge of open WebSockets, from the admin listener's /metrics.
-async fn open_websockets(gw: &TestGateway) -> f64 {
+/// A metric from the admin listener's /metrics, summed over its labels.
+async fn metric(gw: &TestGateway, name: &str) -> f64 {
     let (_, _, text) = get(gw.server.admin, "localhost", "/metrics").await;
     text.lines()
-        .filter(|l| l.starts_with("tollgate_websocket_open{"))
+        .filter(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with(['{', ' '])))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
+}
+
+/// The gauge of open WebSockets, from the admin listener's /metrics.
+async fn open_websockets(gw: &TestGateway) -> f64 {
+    metric(gw, "tollgate_websocket_open").await
 }
 
 /// Polls (bounded) until no WebSocket is open at the gateway: the release happens in
@@ -294,6 +299,15 @@ async fn every_connection_has_a_deadline_from_its_first_moment() {
         served += usize::from(status == StatusCode::OK);
     }
     assert_eq!(served, 20, "every normal client is served once the silent ones are gone");
+    // Each connection closed by the gateway is counted by why.
+    let evicted = metric(&gw, "tollgate_connections_evicted_total").await;
+    let idle = metric(&gw, "tollgate_connections_idle_closed_total").await;
+    // The first normal client made room; each one's own connection, once closed,
+    // left room for the next (a client reconnecting while the gateway had yet to see
+    // the last one close made room again).
+    assert!((1.0..=8.0).contains(&evicted), "normal clients made room: {evicted}");
+    assert!(idle >= 16.0 - evicted, "the silent connections left were closed as idle: {idle} ({evicted} evicted)");
+    assert!(metric(&gw, "tollgate_connections_open").await >= 1.0, "the /metrics request's own connection");
 }
 
 /// One product on `backend` whose every path counts one hit.
@@ -487,6 +501,7 @@ async fn a_client_that_stops_reading_loses_its_connection_and_the_backend_is_let
         }
     }
     assert!(total > 0);
+    assert_eq!(metric(&gw, "tollgate_connections_slow_closed_total").await, 1.0, "counted by why");
 }
 
 #[tokio::test]

@@ -141,12 +141,16 @@ async fn certificates_that_do_not_verify_get_upstream_tls_and_a_log_line_that_sa
         assert!(!body.contains("ca_file") && !body.contains(backend), "no detail for the client: {body}");
 
         let needle = format!("backend `{backend}`");
-        let line = loop {
-            let line = serve.err.next_line().await.expect("stderr").expect("a log line");
-            if line.contains(&needle) {
-                break line;
+        let line = tokio::time::timeout(std::time::Duration::from_secs(20), async {
+            loop {
+                let line = serve.err.next_line().await.expect("stderr").expect("a log line");
+                if line.contains(&needle) {
+                    break line;
+                }
             }
-        };
+        })
+        .await
+        .unwrap_or_else(|_| panic!("no log line for {needle} within 20 s"));
         assert!(line.contains("upstream_tls"), "{line}");
         for w in words {
             assert!(line.contains(w), "{backend}: `{w}` missing in the log line: {line}");
