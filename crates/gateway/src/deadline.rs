@@ -173,6 +173,17 @@ impl Activity {
         }
     }
 
+    /// Whether the client takes its responses below `rate` (not yet past the grace):
+    /// it has owed response bytes for longer than their share of the rate allows.
+    fn reading_behind(&self, rate: MinDataRate) -> bool {
+        if self.owed.load(Relaxed) == 0 {
+            return false;
+        }
+        let waited = self.now_ms().saturating_sub(self.owed_since.load(Relaxed));
+        let due = rate.allowance(self.owed_bytes.load(Relaxed)) - rate.grace;
+        Duration::from_millis(waited) > due
+    }
+
     /// Resolves when the listener chose this connection to make room.
     pub async fn evicted(&self) {
         self.evict.notified().await
@@ -305,15 +316,17 @@ impl Registry {
 
     /// Asks one connection to close to make room: the one with no request in flight
     /// that has been so the longest (silent, or between requests), else one whose
-    /// request body is behind the minimum rate. `false` when every connection is busy
-    /// and keeping pace (the new client is then refused).
-    pub fn evict(&self) -> bool {
+    /// request body comes, or whose responses are taken, below `rate` (the minimum
+    /// data rate, when there is one). `false` when every connection is busy and keeping
+    /// pace (the new client is then refused).
+    pub fn evict(&self, rate: Option<MinDataRate>) -> bool {
         let live = self.live.lock().unwrap_or_else(|e| e.into_inner());
         let candidates = || live.iter().map(|(_, a)| a).filter(|a| !a.evicting.load(Relaxed));
         let idle = candidates()
             .filter(|a| a.in_flight.load(Relaxed) == 0)
             .min_by_key(|a| a.started + Duration::from_millis(a.last.load(Relaxed)));
-        match idle.or_else(|| candidates().find(|a| a.lagging.load(Relaxed))) {
+        let behind = || candidates().find(|a| a.lagging.load(Relaxed) || rate.is_some_and(|r| a.reading_behind(r)));
+        match idle.or_else(behind) {
             Some(a) => {
                 a.evicting.store(true, Relaxed);
                 a.evict.notify_one();

@@ -254,8 +254,8 @@ async fn accept_loop(listener: TcpListener, accepting: Arc<Accepting>, mut closi
         };
         let permit = match accepting.slots.clone().try_acquire_owned() {
             Ok(permit) => permit,
-            // Full: a connection that does nothing, or sends too slowly, makes room.
-            Err(_) if accepting.registry.evict() => {
+            // Full: a connection that does nothing, or sends or reads too slowly, makes room.
+            Err(_) if accepting.registry.evict(accepting.opts.min_data_rate) => {
                 match tokio::time::timeout(EVICTION_WAIT, accepting.slots.clone().acquire_owned()).await {
                     Ok(Ok(permit)) => permit,
                     _ => {

@@ -279,6 +279,7 @@ async fn every_connection_has_a_deadline_from_its_first_moment() {
         }
         silent.push(tcp);
     }
+    until_metric(&gw, "tollgate_connections_open", 16.0).await;
     // …yet a normal client is served: each new connection makes room by closing the
     // connection that has done nothing the longest.
     let mut served = 0;
@@ -307,7 +308,22 @@ async fn every_connection_has_a_deadline_from_its_first_moment() {
     // the last one close made room again).
     assert!((1.0..=8.0).contains(&evicted), "normal clients made room: {evicted}");
     assert!(idle >= 16.0 - evicted, "the silent connections left were closed as idle: {idle} ({evicted} evicted)");
-    assert!(metric(&gw, "tollgate_connections_open").await >= 1.0, "the /metrics request's own connection");
+    // The gauge of open connections goes back to none once every client is gone.
+    until_metric(&gw, "tollgate_connections_open", 0.0).await;
+}
+
+/// Polls /metrics (bounded: 5 s) until `name` reads `value`.
+async fn until_metric(gw: &TestGateway, name: &str, value: f64) {
+    let mut poll = tokio::time::interval(std::time::Duration::from_millis(10));
+    let mut last = f64::NAN;
+    for _ in 0..500 {
+        poll.tick().await;
+        last = metric(gw, name).await;
+        if last == value {
+            return;
+        }
+    }
+    panic!("{name} is {last}, never {value}");
 }
 
 /// One product on `backend` whose every path counts one hit.
@@ -502,6 +518,42 @@ async fn a_client_that_stops_reading_loses_its_connection_and_the_backend_is_let
     }
     assert!(total > 0);
     assert_eq!(metric(&gw, "tollgate_connections_slow_closed_total").await, 1.0, "counted by why");
+}
+
+#[tokio::test]
+async fn at_the_connection_cap_a_client_reading_below_the_rate_makes_room() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut backend = slow_backend().await;
+    // One connection per listener; a grace long enough that the slow reader is not
+    // closed for its rate before a new client needs its place.
+    let flags = ["--min-data-rate", "50000", "--min-data-rate-grace", "600", "--max-connections", "1"];
+    let gw = gateway_with(&open_config(backend.addr), &flags).await;
+    let addr = gw.server.staging;
+    let mut reader = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let head = format!("GET /endless?user_key=k HTTP/1.1\r\nHost: {HOST}\r\n\r\n");
+    reader.write_all(head.as_bytes()).await.expect("request");
+    // A new client is refused while the reader keeps pace (its buffers are filling),
+    // and served once the reader is behind the rate: the reader's connection is closed
+    // for it and the backend's endless response let go. Bounded polling: at most 30 s.
+    let mut served = false;
+    for _ in 0..1500 {
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let req = format!("GET /public?user_key=k HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n");
+        let mut answer = Vec::new();
+        if tcp.write_all(req.as_bytes()).await.is_ok() {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), tcp.read_to_end(&mut answer)).await;
+        }
+        if answer.starts_with(b"HTTP/1.1 200") {
+            served = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(served, "the slow reader was never evicted for a new client");
+    let released = tokio::time::timeout(std::time::Duration::from_secs(10), backend.released.recv()).await;
+    assert!(matches!(released, Ok(Some(()))), "the slow reader's response was never let go");
+    assert_eq!(metric(&gw, "tollgate_connections_evicted_total").await, 1.0);
+    assert_eq!(metric(&gw, "tollgate_connections_slow_closed_total").await, 0.0, "evicted, not timed out");
 }
 
 #[tokio::test]
