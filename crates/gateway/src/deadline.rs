@@ -72,8 +72,10 @@ pub struct Activity {
     owed: AtomicUsize,
     /// Milliseconds since `started` when `owed` last became non-zero.
     owed_since: AtomicU64,
-    /// Response bytes handed over since `owed_since`.
-    owed_bytes: AtomicU64,
+    /// Bytes the client has taken (written to its connection), all told.
+    taken: AtomicU64,
+    /// `taken` when `owed` last became non-zero.
+    taken_before: AtomicU64,
     owing: Notify,
     /// A request body of this connection is behind the minimum rate (not yet past its
     /// grace): the first to go when the listener is full.
@@ -91,7 +93,8 @@ impl Activity {
             started: Instant::now(),
             owed: AtomicUsize::new(0),
             owed_since: AtomicU64::new(0),
-            owed_bytes: AtomicU64::new(0),
+            taken: AtomicU64::new(0),
+            taken_before: AtomicU64::new(0),
             owing: Notify::new(),
             lagging: AtomicBool::new(false),
             evicting: AtomicBool::new(false),
@@ -133,10 +136,14 @@ impl Activity {
         }
     }
 
-    /// Resolves once the client has taken response bytes more slowly than `rate` for
-    /// longer than its allowance, counted from when the connection began to wait for
-    /// it (a response frame handed over and not yet asked for again: the client's
-    /// socket, or an HTTP/2 stream's flow-control window, is full).
+    /// Resolves once the client has taken response bytes more slowly than `rate` (after
+    /// its grace), counted from when the connection began to wait for it: a response
+    /// frame handed over and not yet asked for again (the client's socket, or an HTTP/2
+    /// stream's flow-control window, is full), or a response head whose body was never
+    /// asked for. What counts is what the client took — bytes written to its
+    /// connection — so a large frame taken at a good pace is no reason to wait longer
+    /// (as a per-write allowance would), and a trickle is cut off however small its
+    /// frames.
     pub async fn too_slow(&self, rate: MinDataRate) {
         loop {
             while self.owed.load(Relaxed) == 0 {
@@ -144,26 +151,34 @@ impl Activity {
             }
             let since = self.owed_since.load(Relaxed);
             loop {
-                let bytes = self.owed_bytes.load(Relaxed);
-                tokio::time::sleep_until(self.at(since) + rate.allowance(bytes)).await;
+                let taken = self.taken_since_owed();
+                tokio::time::sleep_until(self.at(since) + rate.allowance(taken)).await;
                 if self.owed.load(Relaxed) == 0 || self.owed_since.load(Relaxed) != since {
                     break;
                 }
-                if self.owed_bytes.load(Relaxed) == bytes {
+                if self.taken_since_owed() == taken {
                     return;
                 }
             }
         }
     }
 
-    fn owe(&self, bytes: u64) {
+    /// Bytes the client took since the connection began to wait for it.
+    fn taken_since_owed(&self) -> u64 {
+        self.taken.load(Relaxed).saturating_sub(self.taken_before.load(Relaxed))
+    }
+
+    fn owe(&self) {
         if self.owed.fetch_add(1, Relaxed) == 0 {
+            self.taken_before.store(self.taken.load(Relaxed), Relaxed);
             self.owed_since.store(self.now_ms(), Relaxed);
-            self.owed_bytes.store(bytes, Relaxed);
             self.owing.notify_one();
-        } else {
-            self.owed_bytes.fetch_add(bytes, Relaxed);
         }
+    }
+
+    /// The client took `bytes` more (they were written to its connection).
+    pub fn took(&self, bytes: usize) {
+        self.taken.fetch_add(bytes as u64, Relaxed);
     }
 
     /// Marks (or clears) a request body of this connection as behind the minimum rate.
@@ -180,7 +195,7 @@ impl Activity {
             return false;
         }
         let waited = self.now_ms().saturating_sub(self.owed_since.load(Relaxed));
-        let due = rate.allowance(self.owed_bytes.load(Relaxed)) - rate.grace;
+        let due = rate.allowance(self.taken_since_owed()) - rate.grace;
         Duration::from_millis(waited) > due
     }
 
@@ -205,11 +220,21 @@ impl Busy {
         }
     }
 
+    /// The response head was handed to the connection and its body is yet to be asked
+    /// for: until it is, the client has the head to take (an HTTP/2 stream whose window
+    /// is closed never lets its body be asked for).
+    pub fn head_handed(&mut self) {
+        if !self.owing {
+            self.owing = true;
+            self.activity.owe();
+        }
+    }
+
     /// A frame of `bytes` was handed to the connection to write.
     pub fn handed(&mut self, bytes: u64) {
         if bytes > 0 && !self.owing {
             self.owing = true;
-            self.activity.owe(bytes);
+            self.activity.owe();
         }
     }
 }
@@ -219,6 +244,79 @@ impl Drop for Busy {
         self.asked();
         self.activity.in_flight.fetch_sub(1, Relaxed);
         self.activity.touch();
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A client connection's transport, counting the bytes written to it (what the
+    /// client took) into the connection's [`Activity`]. Under TLS it wraps the TCP
+    /// stream, so records count as sent.
+    pub struct Taking<I> {
+        #[pin]
+        io: I,
+        activity: Arc<Activity>,
+    }
+}
+
+impl<I> Taking<I> {
+    pub fn new(io: I, activity: Arc<Activity>) -> Taking<I> {
+        Taking { io, activity }
+    }
+}
+
+impl<I: tokio::io::AsyncRead> tokio::io::AsyncRead for Taking<I> {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        self.project().io.poll_read(cx, buf)
+    }
+}
+
+impl<I: tokio::io::AsyncWrite> tokio::io::AsyncWrite for Taking<I> {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let this = self.project();
+        let r = this.io.poll_write(cx, buf);
+        if let std::task::Poll::Ready(Ok(n)) = &r {
+            this.activity.took(*n);
+        }
+        r
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let this = self.project();
+        let r = this.io.poll_write_vectored(cx, bufs);
+        if let std::task::Poll::Ready(Ok(n)) = &r {
+            this.activity.took(*n);
+        }
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        self.project().io.poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        self.project().io.poll_shutdown(cx)
     }
 }
 

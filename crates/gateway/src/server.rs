@@ -314,6 +314,7 @@ async fn connection(
     let activity = Activity::new();
     let _registered = accepting.registry.register(activity.clone());
     let min_data_rate = opts.min_data_rate;
+    let tcp = crate::deadline::Taking::new(tcp, activity.clone());
     match &opts.tls {
         None => {
             let info = ConnInfo { client_addr, tls: false, slot, activity, min_data_rate };
@@ -363,8 +364,12 @@ async fn serve_connection<I>(
     let service = service_fn(move |req| {
         let (gw, info) = (gw.clone(), info.clone());
         async move {
-            let busy = info.activity.begin();
-            Ok::<_, Infallible>(gw.handle(req, info).await.map(|body| Tracked { body, busy }))
+            let mut busy = info.activity.begin();
+            let resp = gw.handle(req, info).await;
+            if !http_body::Body::is_end_stream(resp.body()) {
+                busy.head_handed();
+            }
+            Ok::<_, Infallible>(resp.map(|body| Tracked { body, busy }))
         }
     });
     let conn = builder.serve_connection_with_upgrades(io, service);

@@ -896,7 +896,7 @@ async fn repeated_warnings_are_rate_limited_with_a_count_of_those_left_out() {
     let dir = TempDir::new();
     let path = dir.path().join("tollgate.yaml");
     std::fs::write(&path, open_config(closed)).expect("config");
-    let Spawned { child: _child, staging, mut err } = spawn_serve(&path).await;
+    let Spawned { child: _child, staging, mut err, .. } = spawn_serve(&path).await;
     let (tx, mut lines) = tokio::sync::mpsc::unbounded_channel::<String>();
     tokio::spawn(async move {
         while let Ok(Some(line)) = err.next_line().await {

@@ -433,15 +433,23 @@ pub async fn api_as(
 pub struct Spawned {
     pub child: tokio::process::Child,
     pub staging: SocketAddr,
+    /// The admin listener (`/metrics`).
+    pub admin: SocketAddr,
     /// Its log lines, to wait for a log event.
     pub err: tokio::io::Lines<BufReader<tokio::process::ChildStderr>>,
 }
 
 pub async fn spawn_serve(config: &Path) -> Spawned {
+    spawn_serve_with(config, &[]).await
+}
+
+/// [`spawn_serve`] with more `serve` flags.
+pub async fn spawn_serve_with(config: &Path, extra: &[&str]) -> Spawned {
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
         .args(["--log", "info", "serve", "--config"])
         .arg(config)
         .args(PORT0)
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
@@ -450,6 +458,14 @@ pub async fn spawn_serve(config: &Path) -> Spawned {
     let mut out = BufReader::new(child.stdout.take().expect("stdout")).lines();
     let err = BufReader::new(child.stderr.take().expect("stderr")).lines();
     let port = staging_port(&mut out).await;
+    let mut admin = None;
+    while let Some(line) = out.next_line().await.expect("stdout") {
+        if let Some(rest) = line.strip_prefix("tollgate: admin") {
+            let url = rest.split_whitespace().next().expect("admin URL");
+            admin = url.trim_start_matches("http://").parse().ok();
+            break;
+        }
+    }
     tokio::spawn(async move { while let Ok(Some(_)) = out.next_line().await {} });
-    Spawned { child, staging: ([127, 0, 0, 1], port).into(), err }
+    Spawned { child, staging: ([127, 0, 0, 1], port).into(), admin: admin.expect("admin address"), err }
 }
