@@ -163,6 +163,12 @@ struct Control {
     first_close: Mutex<Option<(Initiator, u16)>>,
     /// Whether a Close frame was relayed (from the client, from the backend).
     close_seen: (AtomicBool, AtomicBool),
+    /// Whether the Close pending for (the client, the backend) waits until the other
+    /// side's Close frame arrives: set when the other side broke the rules, so that what
+    /// the other side still sends for earlier, valid frames reaches this side first.
+    held: (AtomicBool, AtomicBool),
+    /// Notified when a Close is held, so that the relay bounds the wait.
+    holding: Notify,
 }
 
 impl Default for Control {
@@ -177,6 +183,8 @@ impl Default for Control {
             started: tokio::time::Instant::now(),
             first_close: Mutex::default(),
             close_seen: (AtomicBool::new(false), AtomicBool::new(false)),
+            held: (AtomicBool::new(false), AtomicBool::new(false)),
+            holding: Notify::new(),
         }
     }
 }
@@ -243,7 +251,40 @@ impl Control {
         self.first_close.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert((by, code));
     }
 
+    /// The side a pump reads from (`from_client`) broke the rules, or must be closed
+    /// for what it sent. The other side gets its Close at once (from that pump, which
+    /// writes to it); the side at fault gets its own only once the other side's Close
+    /// frame arrives (or that side ends, or [`CLOSE_GRACE`] passes), so that the other
+    /// side's answers to the earlier, valid frames reach it first (RFC 6455 §7.1.7
+    /// fails the connection; Autobahn's strict behaviour: the echoes before the
+    /// Close).
+    fn fail_from(&self, from_client: bool, code: u16, reason: &'static str) {
+        self.note_close(Initiator::Gateway, code);
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        p.0.get_or_insert((code, reason));
+        p.1.get_or_insert((code, reason));
+        drop(p);
+        let at_fault = if from_client { &self.held.0 } else { &self.held.1 };
+        at_fault.store(true, Ordering::Relaxed);
+        self.holding.notify_one();
+    }
+
+    /// Whether the Close pending for the client (`to_client`) or the backend waits.
+    fn is_held(&self, to_client: bool) -> bool {
+        if to_client { &self.held.0 } else { &self.held.1 }.load(Ordering::Relaxed)
+    }
+
+    /// Ends every wait for the other side's Close: held Closes go now.
+    fn release_held(&self) {
+        self.held.0.store(false, Ordering::Relaxed);
+        self.held.1.store(false, Ordering::Relaxed);
+        self.to_client.notify_one();
+        self.to_backend.notify_one();
+    }
+
     fn close_both(&self, code: u16, reason: &'static str) {
+        self.held.0.store(false, Ordering::Relaxed);
+        self.held.1.store(false, Ordering::Relaxed);
         self.note_close(Initiator::Gateway, code);
         let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         p.0.get_or_insert((code, reason));
@@ -295,9 +336,15 @@ where
         let mut pong_due: Option<(Pin<Box<tokio::time::Sleep>>, u64)> = None;
         let mut idle = opts.idle_timeout.map(|t| Box::pin(ctl.idle_for(t)));
         let mut too_old = opts.max_duration.map(|d| Box::pin(tokio::time::sleep(d)));
+        // Set once a Close is held for the other side's: how long it may wait.
+        let mut held_grace: Option<Pin<Box<tokio::time::Sleep>>> = None;
         let close = loop {
             tokio::select! {
                 _ = &mut pumps => break None,
+                () = ctl.holding.notified(), if held_grace.is_none() => {
+                    held_grace = Some(Box::pin(tokio::time::sleep(CLOSE_GRACE)));
+                }
+                () = when_set(&mut held_grace) => ctl.release_held(),
                 (code, reason) = &mut stop => break Some((code, reason)),
                 () = when_set(&mut idle) => break Some((CLOSE_GOING_AWAY, "idle timeout")),
                 () = when_set(&mut too_old) => break Some((CLOSE_GOING_AWAY, "maximum connection duration reached")),
@@ -398,6 +445,9 @@ enum Step {
     Continue,
     /// Stop: the connection is being closed with this code.
     Close(u16, &'static str),
+    /// The side this pump reads from sent its Close while the Close for the side it
+    /// writes to was held: that Close goes now, in place of the one that arrived.
+    Deliver,
 }
 
 impl Pump {
@@ -463,6 +513,9 @@ impl Pump {
             }
             self.dropping_frame = false;
             if h.opcode == OP_CLOSE {
+                if ctl.is_held(!self.from_client) {
+                    return Step::Deliver;
+                }
                 ctl.saw_close_from(self.from_client);
                 match h.payload_len {
                     0 => ctl.note_close(self.initiator(), 1005),
@@ -538,7 +591,12 @@ impl Pump {
                 biased;
                 () = mine.notified() => {
                     let ping = if self.from_client { &ctl.pings.1 } else { &ctl.pings.0 };
-                    if ping.swap(false, Ordering::Relaxed) && ctl.take_peek(!self.from_client).is_none() {
+                    let pinged = ping.swap(false, Ordering::Relaxed);
+                    if ctl.is_held(!self.from_client) {
+                        // Its Close waits for the other side's: keep relaying.
+                        continue;
+                    }
+                    if pinged && ctl.take_peek(!self.from_client).is_none() {
                         // A ping between frames; skipped if a frame is half through.
                         if self.at_boundary() {
                             let frame = frames::ping_frame(self.from_client.then(mask_key));
@@ -610,8 +668,12 @@ impl Pump {
                 }
                 Ok(Step::Continue) => {}
                 Ok(Step::Close(code, reason)) => {
-                    ctl.close_both(code, reason);
+                    ctl.fail_from(self.from_client, code, reason);
                     self.closed_with = Some(code);
+                    self.deliver_close(&mut dst, ctl).await;
+                    return;
+                }
+                Ok(Step::Deliver) => {
                     self.deliver_close(&mut dst, ctl).await;
                     return;
                 }
@@ -709,12 +771,15 @@ impl Pump {
                     Err(e) => return Ok(Step::Close(CLOSE_PROTOCOL_ERROR, e)),
                 }
             };
-            if let Step::Close(code, reason) = self.on_header(&h, opts, ctl).await {
-                // Nothing of this frame passes; what came before it does.
-                if !split {
-                    self.write(dst, &data[from..start]).await?;
+            match self.on_header(&h, opts, ctl).await {
+                Step::Continue => {}
+                stop => {
+                    // Nothing of this frame passes; what came before it does.
+                    if !split {
+                        self.write(dst, &data[from..start]).await?;
+                    }
+                    return Ok(stop);
                 }
-                return Ok(Step::Close(code, reason));
             }
             self.remaining = h.payload_len;
             if self.dropping_frame {
@@ -975,12 +1040,51 @@ mod tests {
             masked(0x80, b"x"),     // continuation without a message
             masked(0xC1, b"x"),     // RSV1 without permessage-deflate
         ] {
-            let (mut client, _backend, task) = setup(RelayOptions::default());
+            let (mut client, mut backend, task) = setup(RelayOptions::default());
             client.write_all(&bad).await.expect("write");
+            // The backend gets the gateway's Close and answers it; then the client
+            // gets its own.
+            assert_eq!(read_n(&mut backend, 2).await[0], 0x88);
+            backend.write_all(&[0x88, 0x02, 0x03, 0xEA]).await.expect("answer");
             let close = read_n(&mut client, 4).await;
             assert_eq!((close[0], close[2], close[3]), (0x88, 0x03, 0xEA), "{bad:?}");
             assert_eq!(task.await.expect("relay").closed_by_gateway, Some(1002));
         }
+    }
+
+    /// Autobahn's strict behaviour (cases 3.2–3.4, 4.*, 5.15): the client's valid
+    /// frames were echoed before its bad one; the echoes reach it before its Close.
+    #[tokio::test]
+    async fn after_a_clients_protocol_error_the_backends_answers_still_reach_it_before_its_close() {
+        let (mut client, mut backend, task) = setup(RelayOptions::default());
+        client.write_all(&masked(0x81, b"hello")).await.expect("write");
+        client.write_all(&masked(0xC1, b"bad")).await.expect("write");
+        // The backend reads the valid frame, then the gateway's Close 1002…
+        let hello = read_n(&mut backend, 11).await;
+        assert_eq!(&hello[..2], &[0x81, 0x85]);
+        let close = read_n(&mut backend, 2).await;
+        assert_eq!(close[0], 0x88);
+        let rest = read_n(&mut backend, usize::from(close[1] & 0x7f) + 4).await;
+        assert_eq!(rest.len(), usize::from(close[1] & 0x7f) + 4);
+        // …and sends its echo, then its Close answer.
+        backend.write_all(&[0x81, 0x05]).await.expect("echo");
+        backend.write_all(b"hello").await.expect("echo");
+        backend.write_all(&[0x88, 0x02, 0x03, 0xE8]).await.expect("close");
+        // The client gets the echo, then the gateway's Close 1002 (not the backend's).
+        assert_eq!(read_n(&mut client, 7).await, [0x81, 0x05, b'h', b'e', b'l', b'l', b'o']);
+        let close = read_n(&mut client, 4).await;
+        assert_eq!((close[0], close[2], close[3]), (0x88, 0x03, 0xEA));
+        assert_eq!(task.await.expect("relay").closed_by_gateway, Some(1002));
+    }
+
+    /// A backend that never answers the Close holds the client's back for the grace only.
+    #[tokio::test(start_paused = true)]
+    async fn a_held_close_goes_after_the_grace_when_the_other_side_never_answers() {
+        let (mut client, _backend, task) = setup(RelayOptions::default());
+        client.write_all(&masked(0xC1, b"bad")).await.expect("write");
+        let close = read_n(&mut client, 4).await;
+        assert_eq!((close[0], close[2], close[3]), (0x88, 0x03, 0xEA));
+        assert_eq!(task.await.expect("relay").closed_by_gateway, Some(1002));
     }
 
     #[tokio::test]

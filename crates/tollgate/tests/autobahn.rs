@@ -11,14 +11,16 @@
 //! limit (a timing failure, directly and through the gateway alike). Large frames and
 //! messages are covered uncompressed by cases 9.* (up to 16 MiB).
 //!
-//! No case may fail (`FAILED`) either way. kosoku 0.1.0 itself raises on 12 cases of
+//! No case may fail (`FAILED`) directly, and every case fares as well through the
+//! gateway as directly, strictness included (a case `OK` directly may not be
+//! `NON-STRICT` through the gateway). kosoku 0.1.0 itself raises on 12 cases of
 //! 13.x (`behavior=ERROR`, "Strings must be encoded before hashing": a Python 2 `str`
 //! left where `bytes` is needed); those are errors of the runner, counted and reported
 //! apart, and must be the same directly and through the gateway.
 
 mod support;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::process::Stdio;
 use support::*;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -61,6 +63,37 @@ async fn kosoku(address: &str, out: &std::path::Path) -> (usize, BTreeSet<String
     (total, failed, errors)
 }
 
+/// Each case's (behavior, behaviorClose) from the runner's JSON reports in `dir`.
+fn reports(dir: &std::path::Path) -> BTreeMap<String, (String, String)> {
+    let mut out = BTreeMap::new();
+    for entry in std::fs::read_dir(dir).expect("the runner's reports") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_none_or(|e| e != "json") {
+            continue;
+        }
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(&path).expect("read")) else {
+            continue;
+        };
+        if let (Some(id), Some(b), Some(c)) = (v["id"].as_str(), v["behavior"].as_str(), v["behaviorClose"].as_str()) {
+            out.insert(id.to_string(), (b.to_string(), c.to_string()));
+        }
+    }
+    out
+}
+
+/// How bad an outcome is: OK and INFORMATIONAL (nothing judged) 0, UNIMPLEMENTED 1,
+/// NON-STRICT 2, anything else (FAILED, FAILED BY CLIENT, WRONG CODE…) 3; the worse
+/// of behavior and behaviorClose.
+fn rank((behavior, close): &(String, String)) -> u8 {
+    let one = |s: &str| match s {
+        "OK" | "INFORMATIONAL" => 0,
+        "UNIMPLEMENTED" => 1,
+        "NON-STRICT" => 2,
+        _ => 3,
+    };
+    one(behavior).max(one(close))
+}
+
 #[tokio::test]
 async fn autobahn_cases_fare_no_worse_through_the_gateway() {
     let mut echo = tokio::process::Command::new("node")
@@ -94,13 +127,46 @@ accounts:
     let dir = TempDir::new();
     let (direct_total, direct_failed, direct_errors) =
         kosoku(&format!("127.0.0.1:{port}/"), &dir.path().join("direct")).await;
-    let (gw_total, gw_failed, gw_errors) =
+    let (gw_total, _, gw_errors) =
         kosoku(&format!("127.0.0.1:{}/?user_key=k", gw.server.staging.port()), &dir.path().join("gateway")).await;
     assert!(gw_total >= 400, "the cases ran: {gw_total}");
     assert_eq!(gw_total, direct_total);
-    assert!(gw_failed.is_empty(), "cases that failed through the gateway: {gw_failed:?}");
     assert!(direct_failed.is_empty(), "cases that failed directly (the echo server): {direct_failed:?}");
     assert_eq!(gw_errors, direct_errors, "the runner's own errors differ between the two runs");
+
+    // Strict parity: every case no worse through the gateway than directly — a case
+    // that is OK directly must be OK through the gateway (not NON-STRICT, not FAILED).
+    let direct = reports(&dir.path().join("direct"));
+    let mut through = reports(&dir.path().join("gateway"));
+    let worse = |through: &BTreeMap<String, (String, String)>| -> Vec<String> {
+        direct
+            .iter()
+            .filter(|(id, d)| !gw_errors.contains(*id) && through.get(*id).is_some_and(|g| rank(g) > rank(d)))
+            .map(|(id, _)| id.clone())
+            .collect()
+    };
+    let first = worse(&through);
+    // The runner judges closing handshakes against timeouts of about a second; sixteen
+    // cases at a time on a loaded two-core machine can miss one (`FAILED BY CLIENT`)
+    // either way. Such a case runs once more, alone, and must then be as good.
+    if !first.is_empty() {
+        println!("cases worse through the gateway in the parallel run, run again alone: {first:?}");
+        let again = dir.path().join("again");
+        let address = format!("127.0.0.1:{}/?user_key=k", gw.server.staging.port());
+        let mut cmd = tokio::process::Command::new("kosoku");
+        for id in &first {
+            cmd.args(["-i", id]);
+        }
+        let out = cmd.args(["-p", "1", "-o"]).arg(&again).arg(&address).output().await.expect("kosoku");
+        assert!(out.status.success() || !out.stdout.is_empty(), "kosoku: {}", String::from_utf8_lossy(&out.stderr));
+        through.extend(reports(&again));
+    }
+    let worse = worse(&through);
+    let describe: Vec<String> = worse
+        .iter()
+        .map(|id| format!("{id}: directly {:?}, through the gateway {:?}", direct[id], through[id]))
+        .collect();
+    assert!(worse.is_empty(), "cases that fare worse through the gateway:\n{}", describe.join("\n"));
     println!(
         "autobahn: {gw_total} cases, 0 failed through the gateway and directly; {} the runner could not run (both ways)",
         gw_errors.len()
