@@ -44,6 +44,10 @@ pub struct AdminState {
     /// The generation of [`AdminState::changes`] this process's gateways serve, when
     /// they follow the same store: a write answers once they serve it.
     pub applied: Option<watch::Receiver<u64>>,
+    /// Proxies in front of the admin listener whose `X-Forwarded-Proto` the console
+    /// believes (besides loopback peers, always believed): a login through an https
+    /// proxy gets a `Secure` cookie. `--admin-trusted-proxies`.
+    pub trusted_proxies: Vec<tollgate_gateway::policy::ip_check::Cidr>,
 }
 
 /// One of this process's gateway listeners.
@@ -66,6 +70,7 @@ impl AdminState {
             counters: None,
             gateways: Vec::new(),
             applied: None,
+            trusted_proxies: Vec::new(),
         }
     }
 
@@ -129,11 +134,12 @@ pub fn router(state: Arc<AdminState>) -> Router {
         async move { axum::Json((*doc).clone()) }
     });
     let gateways = state.gateways.clone();
+    let trusted = state.trusted_proxies.clone();
     let app = Router::new()
         .route("/api/v1/openapi.json", openapi)
         .nest("/api/v1", api)
         .merge(resources::open_routes())
         .with_state(state);
     // The console at `/` calls the API above in process.
-    app.clone().merge(console::router(app, gateways))
+    app.clone().merge(console::router(app, gateways, trusted))
 }

@@ -189,14 +189,14 @@ impl Activity {
     }
 
     /// Whether the client takes its responses below `rate` (not yet past the grace):
-    /// it has owed response bytes for longer than their share of the rate allows.
+    /// the gateway has waited for it a second or more, and it took less than the rate
+    /// over that wait. (A moment between two frames is no sign of a slow client.)
     fn reading_behind(&self, rate: MinDataRate) -> bool {
         if self.owed.load(Relaxed) == 0 {
             return false;
         }
-        let waited = self.now_ms().saturating_sub(self.owed_since.load(Relaxed));
-        let due = rate.allowance(self.taken_since_owed()) - rate.grace;
-        Duration::from_millis(waited) > due
+        let waited = Duration::from_millis(self.now_ms().saturating_sub(self.owed_since.load(Relaxed)));
+        waited >= Duration::from_secs(1) && waited > rate.allowance(self.taken_since_owed()) - rate.grace
     }
 
     /// Resolves when the listener chose this connection to make room.
@@ -361,7 +361,8 @@ impl BodyPace {
         }
         // Behind the rate, still within the grace: the first to go when the listener
         // is full.
-        self.lag(waited > allowance - self.rate.grace);
+        // (After a second of waiting at least: a moment between two reads is no sign.)
+        self.lag(waited >= Duration::from_secs(1) && waited > allowance - self.rate.grace);
         let due = tokio::time::Instant::from_std(now + (allowance - waited));
         match &mut self.sleep {
             Some(s) => s.as_mut().reset(due),

@@ -1076,9 +1076,11 @@ fn rewrite_redirects(headers: &mut HeaderMap, upstream: &Upstream, public: &str,
 
 fn forwardable_headers(headers: &HeaderMap) -> HeaderMap {
     let named = connection_tokens(headers);
-    let mut out = HeaderMap::with_capacity(headers.len() + 3);
+    let mut out = HeaderMap::with_capacity(headers.len() + 4);
     for (name, value) in headers {
-        if !HOP_BY_HOP.contains(name) && !named.contains(name) {
+        // The request id is the gateway's (it set it, or took the client's as its own):
+        // a client's Connection list cannot take it off the request.
+        if !HOP_BY_HOP.contains(name) && (!named.contains(name) || *name == REQUEST_ID) {
             out.append(name.clone(), value.clone());
         }
     }
@@ -1151,6 +1153,23 @@ fn add_forwarded(headers: &mut HeaderMap, parts: &request::Parts, ctx: &Context<
         Some(a) => HeaderValue::from_str(a.as_str()).ok(),
         None => parts.headers.get(header::HOST).cloned(),
     };
+    // RFC 7239: the same facts in one `Forwarded` element, after those of earlier
+    // proxies (an IPv6 address and a host with a port are quoted strings, §6).
+    let for_ = match ctx.client_addr.ip() {
+        std::net::IpAddr::V4(v4) => v4.to_string(),
+        std::net::IpAddr::V6(v6) => format!("\"[{v6}]\""),
+    };
+    let mut element = format!("for={for_};proto={}", if ctx.tls { "https" } else { "http" });
+    if let Some(h) = host.as_ref().and_then(|h| h.to_str().ok()).filter(|h| !h.contains(['"', '\\'])) {
+        element.push_str(&format!(";host=\"{h}\""));
+    }
+    let forwarded = match headers.get(header::FORWARDED).and_then(|v| v.to_str().ok()) {
+        Some(prev) => format!("{prev}, {element}"),
+        None => element,
+    };
+    if let Ok(v) = HeaderValue::from_str(&forwarded) {
+        headers.insert(header::FORWARDED, v);
+    }
     if let Some(h) = host {
         headers.insert(XFH, h);
     }

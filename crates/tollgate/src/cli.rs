@@ -174,6 +174,11 @@ pub struct ServeArgs {
     /// admin API (/api/v1) and the console (/).
     #[arg(long, env = "TOLLGATE_ADMIN_LISTEN", default_value = "127.0.0.1:8090")]
     pub admin_listen: String,
+    /// Proxies in front of the admin listener whose `X-Forwarded-Proto: https` the
+    /// console believes (loopback always is), comma-separated IP addresses or CIDR
+    /// ranges: a login through them gets a `Secure` cookie.
+    #[arg(long, env = "TOLLGATE_ADMIN_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub admin_trusted_proxies: Vec<String>,
     #[command(flatten)]
     pub listener: ListenerArgs,
     /// Hours of per-minute analytics kept before they are rolled up into hours.

@@ -99,6 +99,15 @@ impl Server {
     }
 
     pub async fn start_as(args: &ServeArgs, source: Source, role: Role) -> anyhow::Result<Server> {
+        let trusted_proxies = args
+            .admin_trusted_proxies
+            .iter()
+            .filter(|s| !s.trim().is_empty())
+            .map(|s| tollgate_gateway::policy::ip_check::Cidr::parse(s.trim()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| {
+                anyhow::anyhow!("--admin-trusted-proxies: {e} (write addresses or CIDR ranges, comma-separated)")
+            })?;
         let registry = Arc::new(Registry::default());
         let mut store = None;
         let mut revision = 0;
@@ -321,6 +330,7 @@ impl Server {
                     counters: Some(counters.clone()),
                     gateways,
                     applied: Some(applied_rx.clone()),
+                    trusted_proxies,
                     ..AdminState::new(store.clone(), registry.clone())
                 });
                 let follower = Follower { store, registry: registry.clone(), handles: server.handles.clone(), health };
@@ -665,6 +675,8 @@ pub async fn run_gateway(args: GatewayArgs) -> anyhow::Result<ExitCode> {
         production_listen: if env == Environment::Production { mine.clone() } else { other.clone() },
         staging_listen: if env == Environment::Staging { mine } else { other },
         admin_listen: args.admin_listen,
+        // A gateway node serves no console.
+        admin_trusted_proxies: Vec::new(),
         listener: args.listener,
         analytics_minute_retention: 48,
         analytics_hour_retention: 90,

@@ -137,6 +137,20 @@ async fn forwarded_headers_describe_what_the_gateway_routed_on() {
     assert_eq!(status_of(&answer), 200, "{answer}");
     assert!(answer.contains(r#""x-forwarded-host":"api.test""#), "{answer}");
     assert!(!answer.contains("evil.example"), "the client's Host reaches the backend nowhere: {answer}");
+
+    // A client's Connection list names the headers the gateway adds: they reach the
+    // backend all the same (the list removes only what the client itself sent).
+    // Tokens of Connection are case-insensitive (RFC 9110 §7.6.1).
+    let answer = support::raw(
+        gw.server.staging,
+        b"GET /public?user_key=k HTTP/1.1\r\nHost: api.test\r\nX-Hop: 1\r\nConnection: CLOSE, x-hop, X-Forwarded-For, x-forwarded-host, X-Forwarded-Proto, Forwarded, X-Request-Id\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status_of(&answer), 200, "{answer}");
+    for added in ["x-forwarded-for", "x-forwarded-host", "x-forwarded-proto", "forwarded", "x-request-id"] {
+        assert!(answer.contains(&format!(r#""{added}":"#)), "{added} was removed by the client: {answer}");
+    }
+    assert!(!answer.contains(r#""x-hop""#), "a header the client named in Connection is hop-by-hop: {answer}");
 }
 
 #[tokio::test]
@@ -532,6 +546,10 @@ async fn at_the_connection_cap_a_client_reading_below_the_rate_makes_room() {
     let mut reader = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let head = format!("GET /endless?user_key=k HTTP/1.1\r\nHost: {HOST}\r\n\r\n");
     reader.write_all(head.as_bytes()).await.expect("request");
+    // Its response has begun (until then it is merely idle, and idle goes first).
+    let mut status = [0u8; 12];
+    reader.read_exact(&mut status).await.expect("status line");
+    assert_eq!(&status, b"HTTP/1.1 200");
     // A new client is refused while the reader keeps pace (its buffers are filling),
     // and served once the reader is behind the rate: the reader's connection is closed
     // for it and the backend's endless response let go. Bounded polling: at most 30 s.

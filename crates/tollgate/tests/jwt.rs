@@ -200,6 +200,13 @@ async fn tokens_are_verified_mapped_to_applications_and_checked_per_route() {
     assert_eq!(status, StatusCode::OK, "{body}");
     let v: Value = serde_json::from_str(&body).expect("json");
     assert_eq!(v["headers"]["x-subject"], "alice", "claims feed templates");
+    // The scheme is case-insensitive (RFC 9110 §11.1).
+    for scheme in ["bearer", "BEARER"] {
+        let auth = format!("{scheme} {}", hs256(&good));
+        let (status, _, body) =
+            request(addr, "hs-staging.localhost", "GET", "/x", full(""), &[("authorization", &auth)]).await;
+        assert_eq!(status, StatusCode::OK, "{scheme}: {body}");
+    }
 
     let with = |patch: Value| {
         let mut c = good.clone();

@@ -48,6 +48,8 @@ pub struct Console {
     api: Router,
     sessions: Arc<Sessions>,
     gateways: Arc<[crate::GatewayListener]>,
+    /// Peers whose `X-Forwarded-Proto` is believed, besides loopback.
+    trusted_proxies: Arc<[tollgate_gateway::policy::ip_check::Cidr]>,
 }
 
 #[derive(Default)]
@@ -82,8 +84,13 @@ impl Sessions {
 }
 
 /// The console's routes, calling `api` (the admin API router) in process.
-pub fn router(api: Router, gateways: Vec<crate::GatewayListener>) -> Router {
-    let console = Console { api, sessions: Arc::default(), gateways: gateways.into() };
+pub fn router(
+    api: Router,
+    gateways: Vec<crate::GatewayListener>,
+    trusted_proxies: Vec<tollgate_gateway::policy::ip_check::Cidr>,
+) -> Router {
+    let console =
+        Console { api, sessions: Arc::default(), gateways: gateways.into(), trusted_proxies: trusted_proxies.into() };
     let guarded = dashboard::routes()
         .merge(pages::routes())
         .merge(product::routes())
@@ -319,9 +326,10 @@ async fn login(
         Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, format!("no randomness: {e}")).into_response(),
     };
     // `Secure` when the browser reached the console over https: through a TLS-terminating
-    // proxy on this machine, which says so in `X-Forwarded-Proto`.
-    let https = peer.is_some_and(|axum::Extension(ConnectInfo(p))| p.ip().is_loopback())
-        && headers.get("x-forwarded-proto").is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"));
+    // proxy on this machine or one the operator lists (`--admin-trusted-proxies`), which
+    // says so in `X-Forwarded-Proto`. Anyone else's word for it is not taken.
+    let https = peer
+        .is_some_and(|axum::Extension(ConnectInfo(p))| reached_over_https(p.ip(), &console.trusted_proxies, &headers));
     let secure = if https { "; Secure" } else { "" };
     let cookie = format!("{COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{secure}", LIFETIME.as_secs());
     let mut resp = Redirect::to(next).into_response();
@@ -329,6 +337,17 @@ async fn login(
         resp.headers_mut().insert(header::SET_COOKIE, v);
     }
     resp
+}
+
+/// Whether a request from `peer` came over https, as a TLS-terminating proxy says in
+/// `X-Forwarded-Proto` — believed from loopback and from the `trusted` proxies only.
+fn reached_over_https(
+    peer: std::net::IpAddr,
+    trusted: &[tollgate_gateway::policy::ip_check::Cidr],
+    headers: &HeaderMap,
+) -> bool {
+    (peer.is_loopback() || trusted.iter().any(|c| c.contains(peer)))
+        && headers.get("x-forwarded-proto").is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"))
 }
 
 pub(crate) async fn logout(State(console): State<Console>, headers: HeaderMap, _form: Form) -> Response {
@@ -356,4 +375,31 @@ fn list(a: &Answer) -> Vec<Value> {
 /// The API's error as `(field, message)`, when it names a field.
 fn err_pair(e: &Option<(String, Option<String>)>) -> Option<(&str, &str)> {
     e.as_ref().and_then(|(m, f)| f.as_deref().map(|f| (f, m.as_str())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tollgate_gateway::policy::ip_check::Cidr;
+
+    #[test]
+    fn x_forwarded_proto_is_believed_from_loopback_and_listed_proxies_only() {
+        let mut https = HeaderMap::new();
+        https.insert("x-forwarded-proto", HeaderValue::from_static("HTTPS"));
+        let trusted = [Cidr::parse("10.1.0.0/16").expect("cidr"), Cidr::parse("2001:db8::7").expect("ip")];
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().expect("ip");
+        for (peer, believed) in [
+            ("127.0.0.1", true),
+            ("::1", true),
+            ("10.1.200.3", true),
+            ("2001:db8::7", true),
+            ("::ffff:10.1.0.9", true),
+            ("10.2.0.1", false),
+            ("192.0.2.1", false),
+            ("2001:db8::8", false),
+        ] {
+            assert_eq!(reached_over_https(ip(peer), &trusted, &https), believed, "{peer}");
+        }
+        assert!(!reached_over_https(ip("127.0.0.1"), &trusted, &HeaderMap::new()), "no header: plain http");
+    }
 }

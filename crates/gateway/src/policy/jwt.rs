@@ -367,8 +367,10 @@ impl JwtPolicy {
                     .headers
                     .get(header::AUTHORIZATION)
                     .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-                    .map(|t| std::borrow::Cow::Borrowed(t.trim())),
+                    // The scheme is case-insensitive (RFC 9110 §11.1): `BEARER` too.
+                    .and_then(|v| v.trim_start().split_once(' '))
+                    .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+                    .map(|(_, t)| std::borrow::Cow::Borrowed(t.trim())),
                 Source::Query => tollgate_model::pattern::QueryArgs::parse(req.uri.query())
                     .get(&self.query_param)
                     .map(|t| std::borrow::Cow::Owned(t.to_string())),
