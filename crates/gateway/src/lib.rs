@@ -26,6 +26,9 @@ pub mod deadline;
 pub mod error;
 pub mod files;
 pub mod frames;
+/// For the fuzz targets in `fuzz/` only: the private request-head checks, reachable.
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod logs;
 pub mod mapping;
 pub mod metrics;

@@ -203,17 +203,7 @@ impl Gateway {
         // One atomic increment; the snapshot stays alive for this request even if a
         // new one is swapped in meanwhile.
         let snapshot = self.snapshot.load();
-        // RFC 9112 §3.2: one Host, with no user information; otherwise two readers may
-        // pick two different products or backends.
-        let mut hosts = req.headers().get_all(header::HOST).iter();
-        if let (Some(first), second) = (hosts.next(), hosts.next()) {
-            if second.is_some() {
-                return Err(GatewayError::BadRequest("the request has more than one Host header"));
-            }
-            if first.as_bytes().contains(&b'@') {
-                return Err(GatewayError::BadRequest("a Host header must not carry user information"));
-            }
-        }
+        check_host_headers(req.headers())?;
         if req.version() == Version::HTTP_2 {
             check_http2_fields(&req)?;
         }
@@ -784,6 +774,21 @@ fn with_path(uri: &http::Uri, path: &str) -> Result<http::Uri, GatewayError> {
     http::Uri::from_parts(parts).map_err(|_| GatewayError::BadRequest("the request target cannot be forwarded"))
 }
 
+/// RFC 9112 §3.2: one Host, with no user information; otherwise two readers may pick
+/// two different products or backends.
+pub(crate) fn check_host_headers(headers: &HeaderMap) -> Result<(), GatewayError> {
+    let mut hosts = headers.get_all(header::HOST).iter();
+    if let (Some(first), second) = (hosts.next(), hosts.next()) {
+        if second.is_some() {
+            return Err(GatewayError::BadRequest("the request has more than one Host header"));
+        }
+        if first.as_bytes().contains(&b'@') {
+            return Err(GatewayError::BadRequest("a Host header must not carry user information"));
+        }
+    }
+    Ok(())
+}
+
 fn request_host(req: &Request<Incoming>) -> Option<&str> {
     host_of(req.uri(), req.headers())
 }
@@ -793,7 +798,7 @@ fn request_host_of(parts: &request::Parts) -> Option<&str> {
 }
 
 /// The request's host, without port: the `Host` header (HTTP/1.1) or the `:authority`.
-fn host_of<'a>(uri: &'a http::Uri, headers: &'a HeaderMap) -> Option<&'a str> {
+pub(crate) fn host_of<'a>(uri: &'a http::Uri, headers: &'a HeaderMap) -> Option<&'a str> {
     let raw = match uri.authority() {
         Some(a) => a.as_str(),
         None => headers.get(header::HOST)?.to_str().ok()?,
@@ -833,7 +838,7 @@ fn header_has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool 
 
 /// How a request opens a WebSocket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Handshake {
+pub(crate) enum Handshake {
     None,
     /// `GET` with `Upgrade: websocket` (RFC 6455).
     Http1,
@@ -851,7 +856,7 @@ fn websocket_key() -> HeaderValue {
 }
 
 /// Whether the request asks for a WebSocket, and how; an invalid request is an error.
-fn websocket_upgrade(req: &Request<Incoming>) -> Result<Handshake, GatewayError> {
+pub(crate) fn websocket_upgrade<B>(req: &Request<B>) -> Result<Handshake, GatewayError> {
     let headers = req.headers();
     if let Some(protocol) = req.extensions().get::<hyper::ext::Protocol>() {
         if req.method() != Method::CONNECT || !protocol.as_str().eq_ignore_ascii_case("websocket") {
@@ -1074,7 +1079,7 @@ fn rewrite_redirects(headers: &mut HeaderMap, upstream: &Upstream, public: &str,
     }
 }
 
-fn forwardable_headers(headers: &HeaderMap) -> HeaderMap {
+pub(crate) fn forwardable_headers(headers: &HeaderMap) -> HeaderMap {
     let named = connection_tokens(headers);
     let mut out = HeaderMap::with_capacity(headers.len() + 4);
     for (name, value) in headers {
@@ -1103,7 +1108,7 @@ fn forwardable_headers(headers: &HeaderMap) -> HeaderMap {
 /// RFC 9113 §8.2.1 and §8.3.1: what makes an HTTP/2 request malformed beyond what the
 /// HTTP/2 layer checks — a field value with leading or trailing whitespace, a `Host`
 /// naming another authority than `:authority`.
-fn check_http2_fields(req: &Request<Incoming>) -> Result<(), GatewayError> {
+pub(crate) fn check_http2_fields<B>(req: &Request<B>) -> Result<(), GatewayError> {
     let padded = |v: &HeaderValue| {
         let b = v.as_bytes();
         matches!(b.first(), Some(b' ' | b'\t')) || matches!(b.last(), Some(b' ' | b'\t'))
@@ -1120,7 +1125,7 @@ fn check_http2_fields(req: &Request<Incoming>) -> Result<(), GatewayError> {
 }
 
 /// Removes hop-by-hop headers in place (on a backend's response).
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // RFC 9112 §6.3: with Transfer-Encoding, Content-Length says nothing about the body
     // and an intermediary must remove it before forwarding.
     if headers.contains_key(header::TRANSFER_ENCODING) {

@@ -470,8 +470,14 @@ impl Pump {
         }
     }
 
+    /// Whether the side this pump writes to is between two frames, so a frame of the
+    /// gateway's (a ping, a Close) can go in. A header held back in pieces is not on the
+    /// wire yet, and neither is any byte of a frame being dropped: both leave the other
+    /// side between frames. (Counting the held header as a cut frame left the other side
+    /// without its Close after a protocol error or a peer gone, depending only on how the
+    /// bytes were split into reads.)
     fn at_boundary(&self) -> bool {
-        self.remaining == 0 && self.have == 0
+        self.remaining == 0 || self.dropping_frame
     }
 
     fn initiator(&self) -> Initiator {
@@ -1029,6 +1035,45 @@ mod tests {
         let to_backend = read_n(&mut backend, 2).await;
         assert_eq!(to_backend, [0x88, 0x80 | 17]);
         assert_eq!(task.await.expect("relay").closed_by_gateway, Some(1009));
+    }
+
+    /// Found by the `websocket_frames` fuzz target: a header with a protocol error
+    /// (here a 64-bit length with its top bit set) that arrived in pieces closed the
+    /// client with 1002 but left the backend without a Close; so did a client that went
+    /// away in the middle of a header (no 1001), or of a message the gate dropped.
+    #[tokio::test]
+    async fn the_other_side_gets_its_close_however_the_bytes_were_split() {
+        let bad_length = [0x82, 0xFF, 0x80, 0, 0, 0, 0, 0, 0, 0, 1, 2, 3, 4];
+        let (mut client, mut backend, task) = setup(RelayOptions::default());
+        for b in bad_length {
+            client.write_all(&[b]).await.expect("write");
+            tokio::task::yield_now().await;
+        }
+        let close = read_n(&mut backend, 2).await;
+        assert_eq!(close, [0x88, 0x80 | (2 + 45)], "a masked Close 1002 to the backend");
+        assert_eq!(task.await.expect("relay").closed_by_gateway, Some(CLOSE_PROTOCOL_ERROR));
+
+        // Gone in the middle of a header: nothing of it was forwarded, the backend gets 1001.
+        let (mut client, mut backend, task) = setup(RelayOptions::default());
+        client.write_all(&[0x81]).await.expect("write");
+        tokio::task::yield_now().await;
+        drop(client);
+        let frame = read_all(&mut backend).await;
+        assert_eq!(&frame[..2], &[0x88, 0x80 | (2 + 20)], "a masked Close 1001: {frame:?}");
+        task.await.expect("relay");
+
+        // Gone in the middle of a dropped message's frame: none of it was forwarded.
+        let gate: Gate = Arc::new(|_: FrameInfo| -> Pin<Box<dyn Future<Output = Verdict> + Send>> {
+            Box::pin(async { Verdict::Drop })
+        });
+        let (mut client, mut backend, task) = setup(RelayOptions { gate: Some(gate), ..Default::default() });
+        let frame = masked(0x81, b"dropped");
+        client.write_all(&frame[..frame.len() - 2]).await.expect("write");
+        tokio::task::yield_now().await;
+        drop(client);
+        let got = read_all(&mut backend).await;
+        assert_eq!(&got[..2], &[0x88, 0x80 | (2 + 20)], "only a masked Close 1001: {got:?}");
+        task.await.expect("relay");
     }
 
     #[tokio::test]

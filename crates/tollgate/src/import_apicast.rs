@@ -191,7 +191,9 @@ fn translate(name: &str, c: &Value, warn: &mut Vec<String>) -> Result<Value, Str
 
 pub fn apicast(text: &str) -> anyhow::Result<Imported> {
     let doc: Value = serde_json::from_str(text).context("not JSON (an APIcast configuration file is JSON)")?;
-    let registry = Registry::default();
+    // Each translated policy is built to check it, as `tollgate check` does: offline, so
+    // an import fetches nothing (a `jwt` policy's `jwks_url`) and makes no file.
+    let registry = Registry::offline();
     let mut warnings = Vec::new();
     let mut backends: Vec<Value> = Vec::new();
     let mut products = Vec::new();
@@ -433,4 +435,24 @@ pub fn run(args: crate::cli::ImportApicastArgs) -> anyhow::Result<std::process::
     }
     print!("{}", serde_norway::to_string(&imported.config)?);
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policies_are_checked_offline_so_an_import_fetches_nothing() {
+        // A `jwt` policy whose JWK Set URL nothing answers: an online build would try to
+        // fetch it (and leave the policy out when that fails); the import checks it.
+        let doc = json!({ "services": [ { "id": 1, "proxy": {
+            "endpoint": "http://api.example.com",
+            "sandbox_endpoint": "http://api-staging.example.com",
+            "api_backend": "http://127.0.0.1:9",
+            "policy_chain": [ { "name": "jwt", "configuration": { "jwks_url": "http://127.0.0.1:1/certs" } } ]
+        } } ] });
+        let imported = apicast(&doc.to_string()).expect("imports");
+        let chain = &imported.config.products[0].policy_chain;
+        assert_eq!(chain.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["jwt"], "{:?}", imported.warnings);
+    }
 }

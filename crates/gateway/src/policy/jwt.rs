@@ -318,7 +318,7 @@ impl JwtPolicy {
             jwks_url: c.jwks_url,
             refresh: c.jwks_refresh.max(10) as i64,
             fetched: Arc::new(AtomicI64::new(now())),
-            leeway: c.leeway as i64,
+            leeway: i64::try_from(c.leeway).unwrap_or(i64::MAX),
             required: c.required,
             client_id_claim: c.client_id_claim,
             sources: if c.token_sources.is_empty() { vec![Source::Authorization] } else { c.token_sources },
@@ -434,12 +434,13 @@ impl JwtPolicy {
         let t = now();
         if let Some(exp) = claims.get("exp") {
             let exp = exp.as_i64().ok_or("malformed exp")?;
-            if t > exp + self.leeway {
+            // Saturating: a token may say it never expires with `exp` at i64::MAX.
+            if t > exp.saturating_add(self.leeway) {
                 return Err("token expired");
             }
         }
         if let Some(nbf) = claims.get("nbf")
-            && t + self.leeway < nbf.as_i64().ok_or("malformed nbf")?
+            && t.saturating_add(self.leeway) < nbf.as_i64().ok_or("malformed nbf")?
         {
             return Err("token not yet valid");
         }
@@ -571,5 +572,26 @@ mod tests {
         assert_eq!(keys[0].kid.as_deref(), Some("r"));
         assert!(parse_jwks("{}").is_err());
         assert!(parse_jwks("nope").is_err());
+    }
+
+    /// Found by the `jwt` fuzz target: a validly signed token with `"exp":
+    /// 9223372036854775807` (i64::MAX, "never expires") overflowed `exp + leeway` —
+    /// a panic with overflow checks, an "expired" token without them.
+    #[test]
+    fn extreme_times_neither_overflow_nor_expire_a_token() {
+        let secret = "a-secret-of-at-least-thirty-two-bytes";
+        let config = serde_json::json!({ "secret": secret, "algorithms": ["HS256"], "leeway": u64::MAX });
+        let policy = JwtPolicy::offline(serde_json::from_value(config).expect("config")).expect("builds");
+        let sign = |claims: &str| {
+            let signed = format!("{}.{}", URL_SAFE_NO_PAD.encode(r#"{"alg":"HS256"}"#), URL_SAFE_NO_PAD.encode(claims));
+            let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes());
+            format!("{signed}.{}", URL_SAFE_NO_PAD.encode(ring::hmac::sign(&key, signed.as_bytes())))
+        };
+        assert!(policy.verify(&sign(r#"{"exp":9223372036854775807}"#)).is_ok());
+        assert!(policy.verify(&sign(r#"{"nbf":-9223372036854775808}"#)).is_ok());
+        let strict = serde_json::json!({ "secret": secret, "algorithms": ["HS256"], "leeway": 0 });
+        let strict = JwtPolicy::offline(serde_json::from_value(strict).expect("config")).expect("builds");
+        assert!(strict.verify(&sign(r#"{"exp":9223372036854775807}"#)).is_ok());
+        assert_eq!(strict.verify(&sign(r#"{"exp":1}"#)).err(), Some("token expired"));
     }
 }
