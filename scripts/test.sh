@@ -98,6 +98,18 @@ if [ "$status" = 0 ] && [ ${#args[@]} -eq 0 ]; then
     cat "$log.bench"; status=1
   fi
   rm -f "$log.bench"
+  # Every fuzz target for FUZZ_SECONDS (20) seconds, on nightly (installed if missing;
+  # a crash fails the run). FUZZ_SECONDS=0 leaves the step out, and says so.
+  if [ "$status" = 0 ] && [ "${FUZZ_SECONDS:-20}" = 0 ]; then
+    echo "fuzz: left out (FUZZ_SECONDS=0)"
+  elif [ "$status" = 0 ]; then
+    if bash scripts/fuzz.sh > "$log.fuzz" 2>&1; then
+      sed -n '/^fuzz.sh: summary/,$p' "$log.fuzz"
+    else
+      cat "$log.fuzz"; status=1
+    fi
+    rm -f "$log.fuzz"
+  fi
 fi
 # One closing line for the whole run (cargo prints one per test binary).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed/) p += $(i-1); if ($i ~ /^failed/) f += $(i-1) } }
