@@ -76,6 +76,10 @@ pub struct Activity {
     taken: AtomicU64,
     /// `taken` when `owed` last became non-zero.
     taken_before: AtomicU64,
+    /// The current window of the minimum response rate: when it began (milliseconds
+    /// since `started`) and `taken_since_owed` then.
+    window: AtomicU64,
+    window_taken: AtomicU64,
     owing: Notify,
     /// A request body of this connection is behind the minimum rate (not yet past its
     /// grace): the first to go when the listener is full.
@@ -95,6 +99,8 @@ impl Activity {
             owed_since: AtomicU64::new(0),
             taken: AtomicU64::new(0),
             taken_before: AtomicU64::new(0),
+            window: AtomicU64::new(0),
+            window_taken: AtomicU64::new(0),
             owing: Notify::new(),
             lagging: AtomicBool::new(false),
             evicting: AtomicBool::new(false),
@@ -136,29 +142,42 @@ impl Activity {
         }
     }
 
-    /// Resolves once the client has taken response bytes more slowly than `rate` (after
-    /// its grace), counted from when the connection began to wait for it: a response
-    /// frame handed over and not yet asked for again (the client's socket, or an HTTP/2
-    /// stream's flow-control window, is full), or a response head whose body was never
-    /// asked for. What counts is what the client took — bytes written to its
-    /// connection — so a large frame taken at a good pace is no reason to wait longer
-    /// (as a per-write allowance would), and a trickle is cut off however small its
-    /// frames.
+    /// Resolves once the client takes response bytes more slowly than `rate` while the
+    /// connection waits for it (a response frame handed over and not yet asked for
+    /// again: the client's socket, or an HTTP/2 stream's flow-control window, is full;
+    /// or a response head whose body was never asked for). The rate is measured over
+    /// windows of the grace's length (at least a second): a window in which the client
+    /// took less than `rate` × window ends it. What counts is what the client took —
+    /// bytes its connection's socket accepted — so a large frame taken at a good pace
+    /// buys no extra time, and a client that took the system's send buffer full (a few
+    /// MB) and then nothing is cut off one window later, not after MB ÷ rate seconds.
     pub async fn too_slow(&self, rate: MinDataRate) {
+        let window = rate.grace.max(Duration::from_secs(1));
+        let least = (rate.bytes_per_second as f64 * window.as_secs_f64()) as u64;
         loop {
             while self.owed.load(Relaxed) == 0 {
                 self.owing.notified().await;
             }
             let since = self.owed_since.load(Relaxed);
+            let mut mark = self.taken_since_owed();
+            let mut at = self.at(since);
             loop {
-                let taken = self.taken_since_owed();
-                tokio::time::sleep_until(self.at(since) + rate.allowance(taken)).await;
+                self.window.store((at.into_std() - self.started).as_millis() as u64, Relaxed);
+                self.window_taken.store(mark, Relaxed);
+                at += window;
+                tokio::time::sleep_until(at).await;
                 if self.owed.load(Relaxed) == 0 || self.owed_since.load(Relaxed) != since {
                     break;
                 }
-                if self.taken_since_owed() == taken {
+                let taken = self.taken_since_owed();
+                if taken < mark {
+                    // A new wait began within the same millisecond: start over.
+                    break;
+                }
+                if taken - mark < least {
                     return;
                 }
+                mark = taken;
             }
         }
     }
@@ -170,8 +189,11 @@ impl Activity {
 
     fn owe(&self) {
         if self.owed.fetch_add(1, Relaxed) == 0 {
+            let now = self.now_ms();
             self.taken_before.store(self.taken.load(Relaxed), Relaxed);
-            self.owed_since.store(self.now_ms(), Relaxed);
+            self.window.store(now, Relaxed);
+            self.window_taken.store(0, Relaxed);
+            self.owed_since.store(now, Relaxed);
             self.owing.notify_one();
         }
     }
@@ -188,15 +210,18 @@ impl Activity {
         }
     }
 
-    /// Whether the client takes its responses below `rate` (not yet past the grace):
-    /// the gateway has waited for it a second or more, and it took less than the rate
-    /// over that wait. (A moment between two frames is no sign of a slow client.)
+    /// Whether the client takes its responses below `rate` in the current window of
+    /// [`Activity::too_slow`] (not yet at its end): the window is a second old or more
+    /// and the client took less than the rate over it. (A moment between two frames is
+    /// no sign of a slow client.)
     fn reading_behind(&self, rate: MinDataRate) -> bool {
         if self.owed.load(Relaxed) == 0 {
             return false;
         }
-        let waited = Duration::from_millis(self.now_ms().saturating_sub(self.owed_since.load(Relaxed)));
-        waited >= Duration::from_secs(1) && waited > rate.allowance(self.taken_since_owed()) - rate.grace
+        let start = self.window.load(Relaxed).max(self.owed_since.load(Relaxed));
+        let elapsed = Duration::from_millis(self.now_ms().saturating_sub(start));
+        let taken = self.taken_since_owed().saturating_sub(self.window_taken.load(Relaxed));
+        elapsed >= Duration::from_secs(1) && (taken as f64) < rate.bytes_per_second as f64 * elapsed.as_secs_f64()
     }
 
     /// Resolves when the listener chose this connection to make room.

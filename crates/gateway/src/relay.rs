@@ -169,6 +169,9 @@ struct Control {
     held: (AtomicBool, AtomicBool),
     /// Notified when a Close is held, so that the relay bounds the wait.
     holding: Notify,
+    /// Notified when a peer's Close frame went through: the closing handshake has
+    /// begun, and the relay bounds it.
+    closing: Notify,
 }
 
 impl Default for Control {
@@ -185,6 +188,7 @@ impl Default for Control {
             close_seen: (AtomicBool::new(false), AtomicBool::new(false)),
             held: (AtomicBool::new(false), AtomicBool::new(false)),
             holding: Notify::new(),
+            closing: Notify::new(),
         }
     }
 }
@@ -234,6 +238,7 @@ impl Control {
     fn saw_close_from(&self, client: bool) {
         let flag = if client { &self.close_seen.0 } else { &self.close_seen.1 };
         flag.store(true, Ordering::Relaxed);
+        self.closing.notify_one();
     }
 
     fn close_seen_from(&self, client: bool) -> bool {
@@ -338,9 +343,20 @@ where
         let mut too_old = opts.max_duration.map(|d| Box::pin(tokio::time::sleep(d)));
         // Set once a Close is held for the other side's: how long it may wait.
         let mut held_grace: Option<Pin<Box<tokio::time::Sleep>>> = None;
+        // Set once a peer's Close went through: the closing handshake gets CLOSE_GRACE
+        // to finish, then both connections are dropped — a peer that stops reading (its
+        // Close answer never comes) cannot hold the WebSocket, nor its places, open.
+        let mut closing: Option<Pin<Box<tokio::time::Sleep>>> = None;
         let close = loop {
             tokio::select! {
                 _ = &mut pumps => break None,
+                () = ctl.closing.notified(), if closing.is_none() => {
+                    closing = Some(Box::pin(tokio::time::sleep(CLOSE_GRACE)));
+                }
+                () = when_set(&mut closing) => {
+                    tracing::debug!("the closing handshake did not finish in time: connections dropped");
+                    break None;
+                }
                 () = ctl.holding.notified(), if held_grace.is_none() => {
                     held_grace = Some(Box::pin(tokio::time::sleep(CLOSE_GRACE)));
                 }
@@ -1120,6 +1136,18 @@ mod tests {
         let close = read_n(&mut client, 4).await;
         assert_eq!((close[0], close[2], close[3]), (0x88, 0x03, 0xEA));
         assert_eq!(task.await.expect("relay").closed_by_gateway, Some(1002));
+    }
+
+    /// A client closes and goes; the backend takes nothing more (it stopped reading, so
+    /// the Close never reaches it and no answer comes): the closing handshake ends after
+    /// the grace, and the relay with it.
+    #[tokio::test(start_paused = true)]
+    async fn a_closing_handshake_that_never_finishes_ends_after_the_grace() {
+        let (mut client, _backend, task) = setup(RelayOptions::default());
+        client.write_all(&masked(0x88, &[0x03, 0xE8])).await.expect("close");
+        drop(client);
+        let totals = tokio::time::timeout(CLOSE_GRACE * 2, task).await.expect("bounded").expect("relay");
+        assert_eq!(totals.close, Some((Initiator::Client, 1000)));
     }
 
     /// A backend that never answers the Close holds the client's back for the grace only.

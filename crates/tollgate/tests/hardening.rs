@@ -504,7 +504,9 @@ async fn upload(addr: std::net::SocketAddr, n: usize) -> (StatusCode, String) {
 async fn a_client_that_stops_reading_loses_its_connection_and_the_backend_is_let_go() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut backend = slow_backend().await;
-    let flags = ["--min-data-rate", "50000", "--min-data-rate-grace", "1"];
+    // The default rate (240 bytes/s): measured over windows of the grace, so the
+    // megabytes the system's buffers take at first buy no time.
+    let flags = ["--min-data-rate-grace", "1"];
     let gw = gateway_with(&open_config(backend.addr), &flags).await;
     let addr = gw.server.staging;
     // A fast reader of a long body is not disturbed.
@@ -512,8 +514,8 @@ async fn a_client_that_stops_reading_loses_its_connection_and_the_backend_is_let
     assert_eq!((status, body.len()), (StatusCode::OK, 5_000_000));
 
     // A client that asks for an endless body and never reads it: once every buffer on
-    // the way is full, the gateway waits for it at less than 50,000 bytes/s, closes
-    // its connection and drops the backend's response.
+    // the way is full, it takes less than 240 bytes in a second: the gateway closes its
+    // connection and drops the backend's response.
     let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let head = format!("GET /endless?user_key=k HTTP/1.1\r\nHost: {HOST}\r\n\r\n");
     tcp.write_all(head.as_bytes()).await.expect("request");
@@ -934,15 +936,15 @@ async fn repeated_warnings_are_rate_limited_with_a_count_of_those_left_out() {
         assert_eq!(get(staging, HOST, "/x?user_key=k").await.0, StatusCode::BAD_GATEWAY);
         sent += 1;
     }
-    // Failures go on, a few a second (bounded), until a line accounts for the ones
-    // left out.
+    // Failures go on, a few a second (bounded), until lines account for the burst's
+    // (the burst may span several seconds on a slow machine).
     let mut seen: Vec<String> = Vec::new();
     let mut pace = tokio::time::interval(std::time::Duration::from_millis(100));
     for _ in 0..100 {
         while let Ok(line) = lines.try_recv() {
             seen.push(line);
         }
-        if seen.iter().skip(1).any(|l| suppressed(l) > 0) {
+        if seen.iter().map(|l| 1 + suppressed(l)).sum::<u64>() >= 300 {
             break;
         }
         pace.tick().await;
