@@ -21,10 +21,10 @@ fuzz_target!(|data: &[u8]| {
     let Some((&flags, rest)) = data.split_first() else { return };
     let Ok(text) = std::str::from_utf8(rest) else { return };
     let imported = if flags & 1 == 0 {
-        tollgate::import_apicast::apicast(text).map(|i| (i.config, i.warnings))
+        tollgate_import::apicast::apicast(text).map(|i| (i.config, i.warnings))
     } else {
         let product = (flags & 4 != 0).then(|| text.lines().next().unwrap_or_default());
-        tollgate::import::openapi(text, product, flags & 2 != 0).map(|i| (i.config, i.warnings))
+        tollgate_import::openapi::openapi(text, product, flags & 2 != 0).map(|i| (i.config, i.warnings))
     };
     let (config, _warnings) = match imported {
         Ok(found) => found,

@@ -96,5 +96,9 @@ fuzz_target!(|data: &[u8]| {
             let lower = input.to_ascii_lowercase();
             assert!(lower.contains("..") || lower.contains("%2e"), "{input:?}: AboveRoot without a `..`");
         }
+        Err(PathError::DotSegmentParameters) => {
+            let lower = input.to_ascii_lowercase();
+            assert!(lower.contains(';') || lower.contains("%3b"), "{input:?}: DotSegmentParameters without a `;`");
+        }
     }
 });

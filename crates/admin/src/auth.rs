@@ -219,8 +219,40 @@ pub(crate) fn redact(v: &mut serde_json::Value) {
         }
         Value::Array(list) => list.iter_mut().for_each(redact),
         Value::String(t) if t.contains("PRIVATE KEY-----") => *v = hidden(t),
+        // Credentials in a header value a policy sets (`Authorization: Bearer …`).
+        Value::String(t) if has_auth_scheme(t) => *v = hidden(t),
+        // A password in a URL's user information (`http://user:password@host/`).
+        Value::String(t) => {
+            if let Some(without) = url_password_redacted(t, |p| match hidden(p) {
+                Value::String(h) => h,
+                _ => String::new(),
+            }) {
+                *t = without;
+            }
+        }
         _ => {}
     }
+}
+
+/// Whether `text` is credentials with an HTTP authentication scheme (RFC 9110 §11):
+/// `Bearer` or `Basic` and one token of 8 characters or more (not "Basic plan").
+fn has_auth_scheme(text: &str) -> bool {
+    let Some((scheme, token)) = text.trim().split_once(' ') else { return false };
+    (scheme.eq_ignore_ascii_case("bearer") || scheme.eq_ignore_ascii_case("basic"))
+        && token.len() >= 8
+        && !token.contains(char::is_whitespace)
+}
+
+/// `text` with the password of a URL's user information replaced by `hide(password)`;
+/// `None` when it has none.
+fn url_password_redacted(text: &str, hide: impl Fn(&str) -> String) -> Option<String> {
+    let scheme_end = text.find("://")? + 3;
+    let rest = &text[scheme_end..];
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let at = rest[..authority_end].rfind('@')?;
+    let colon = rest[..at].find(':')?;
+    let password = &rest[colon + 1..at];
+    Some(format!("{}{}:{}{}", &text[..scheme_end], &rest[..colon], hide(password), &rest[at..]))
 }
 
 /// Text for the audit log, its secrets redacted (JSON parsed and written back; any
@@ -359,5 +391,27 @@ pub async fn token_delete(
         Err(ApiError::not_found(&format!("token `{name}`")))
     } else {
         Ok(StatusCode::NO_CONTENT)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_in_urls_and_credentials_in_header_values_are_redacted() {
+        let mut v = serde_json::json!({
+            "private_base_url": "http://admin:S3CRET@10.0.0.1:8080/v1",
+            "plain": "http://host/path?a=b@c",
+            "headers": [{ "op": "set", "header": "Authorization", "value": "Bearer UPSTREAMSECRET123" }],
+        });
+        redact(&mut v);
+        let text = v.to_string();
+        assert!(!text.contains("S3CRET") && !text.contains("UPSTREAMSECRET123"), "{text}");
+        assert!(text.contains("http://admin:[redacted sha256:") && text.contains("@10.0.0.1:8080/v1"), "{text}");
+        assert!(text.contains("http://host/path?a=b@c"), "no user information: kept: {text}");
+        let mut plain = serde_json::json!({ "description": "Basic plan for everyone" });
+        redact(&mut plain);
+        assert_eq!(plain["description"], "Basic plan for everyone");
     }
 }

@@ -33,6 +33,8 @@ pub enum PathError {
     AboveRoot,
     #[error("the path does not start with `/`")]
     NotAbsolute,
+    #[error("the path has a dot-segment with parameters (`..;` or `.;`), which some servers read as `..` or `.`")]
+    DotSegmentParameters,
 }
 
 fn unreserved(b: u8) -> bool {
@@ -57,7 +59,14 @@ fn is_canonical(path: &str, rules: PathRules) -> bool {
     if rules.merge_slashes && path.contains("//") {
         return false;
     }
-    !path.split('/').any(|s| s == "." || s == "..")
+    !path.split('/').any(|s| s == "." || s == ".." || is_dot_with_parameters(s))
+}
+
+/// `..;x` or `.;x`: a dot-segment with path parameters (RFC 3986 §3.3 leaves `;` to the
+/// server). Tomcat and Jetty drop the parameters and read `..`, so such a segment would
+/// climb past what the gateway matched: refused.
+fn is_dot_with_parameters(segment: &str) -> bool {
+    segment.starts_with("..;") || segment.starts_with(".;")
 }
 
 /// The canonical form of `path` (the path only, no query), borrowed when it is already
@@ -121,6 +130,7 @@ pub fn canonical(path: &str, rules: PathRules) -> Result<Cow<'_, str>, PathError
                 trailing = last;
             }
             "" if rules.merge_slashes && !last => {}
+            s if is_dot_with_parameters(s) => return Err(PathError::DotSegmentParameters),
             _ => {
                 segments.push(s);
                 trailing = false;
@@ -144,6 +154,15 @@ mod tests {
 
     fn c(p: &str) -> Result<String, PathError> {
         canonical(p, PathRules::default()).map(Cow::into_owned)
+    }
+
+    #[test]
+    fn dot_segments_with_parameters_are_refused() {
+        for p in ["/x/..;/admin", "/..;/secret", "/a/.;x/b", "/a/%2e%2e;/b"] {
+            assert_eq!(c(p), Err(PathError::DotSegmentParameters), "{p}");
+        }
+        assert_eq!(c("/a/b;c/d").as_deref(), Ok("/a/b;c/d"), "parameters elsewhere stay");
+        assert_eq!(c("/a/...;/d").as_deref(), Ok("/a/...;/d"));
     }
 
     #[test]

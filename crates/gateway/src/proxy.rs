@@ -127,7 +127,8 @@ impl Gateway {
 
     /// Answers one request. Never fails: every failure becomes a response here.
     pub async fn handle(&self, mut req: Request<Incoming>, conn: ConnInfo) -> Response<GatewayBody> {
-        let upgrade_requested = req.headers().contains_key(header::UPGRADE);
+        let upgrade_requested = req.headers().contains_key(header::UPGRADE)
+            || (req.method() == Method::CONNECT && req.version() < Version::HTTP_2);
         let websocket_requested = header_has_token(req.headers(), header::UPGRADE, "websocket")
             || req.extensions().get::<hyper::ext::Protocol>().is_some();
         let version = req.version();
@@ -159,8 +160,9 @@ impl Gateway {
                 e.into_response()
             }
         };
-        // A refused upgrade closes the connection: the client meant to leave HTTP and
-        // may not expect to reuse it.
+        // A refused upgrade (or HTTP/1 CONNECT) closes the connection: the client meant
+        // to leave HTTP, and what it sent after the head may not be HTTP (nor was it
+        // checked for smuggling, which steps aside after such a head).
         if upgrade_requested && resp.status() != StatusCode::SWITCHING_PROTOCOLS {
             resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
@@ -204,6 +206,11 @@ impl Gateway {
         // new one is swapped in meanwhile.
         let snapshot = self.snapshot.load();
         check_host_headers(req.headers())?;
+        // The same for an absolute-form target or HTTP/2's :authority: the gateway routes
+        // on it, and user information in it is either a trick or a leak.
+        if req.uri().authority().is_some_and(|a| a.as_str().contains('@')) {
+            return Err(GatewayError::BadRequest("the request target must not carry user information"));
+        }
         if req.version() == Version::HTTP_2 {
             check_http2_fields(&req)?;
         }

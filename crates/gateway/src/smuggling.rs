@@ -38,6 +38,8 @@ struct Head {
     transfer_encoding: Option<bool>,
     upgrade: bool,
     connect: bool,
+    /// The current line was longer than what is kept of it.
+    overflow: bool,
 }
 
 #[derive(Debug)]
@@ -123,10 +125,13 @@ impl<I> SmugglingGuard<I> {
                     if b != b'\n' {
                         if head.line.len() < MAX_TRACKED_LINE {
                             head.line.push(b);
+                        } else {
+                            head.overflow = true;
                         }
                         i += 1;
                         continue;
                     }
+                    let overflow = std::mem::take(&mut head.overflow);
                     let mut line = std::mem::take(&mut head.line);
                     if line.last() == Some(&b'\r') {
                         line.pop();
@@ -142,8 +147,11 @@ impl<I> SmugglingGuard<I> {
                         }
                     } else if line.is_empty() {
                         self.state = head.end();
-                    } else if head.header(&line) {
-                        // Both framings in one head: make hyper's parser refuse it.
+                    } else if (overflow && framing_field(&line)) || head.header(&line) {
+                        // Both framings in one head — or a framing field too long to
+                        // read (no honest client pads one past 1 KiB; whitespace could
+                        // hide its value from this guard but not from hyper): make
+                        // hyper's parser refuse it.
                         buf[i] = 0;
                         self.state = State::Passthrough;
                         return;
@@ -187,6 +195,12 @@ impl Head {
             (None, Some(Some(n))) => State::Fixed(n),
         }
     }
+}
+
+/// Whether a header line names `Content-Length` or `Transfer-Encoding`.
+fn framing_field(line: &[u8]) -> bool {
+    let name = line.iter().position(|&b| b == b':').map_or(line, |colon| &line[..colon]);
+    name.eq_ignore_ascii_case(b"content-length") || name.eq_ignore_ascii_case(b"transfer-encoding")
 }
 
 fn trim(s: &[u8]) -> &[u8] {
@@ -273,6 +287,15 @@ mod tests {
         let req = "POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n5;ext=1\r\nhello\r\nA\r\nContent-Le\r\n0\r\nX-Trailer: 1\r\n\r\nPOST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n";
         assert!(poisoned(req));
         assert!(clean("GET / HTTP/1.1\r\nHost: a\r\n\r\nGET /2 HTTP/1.1\r\nHost: a\r\n\r\n"));
+    }
+
+    /// Found by an attacker: whitespace padding a Content-Length past what the guard
+    /// keeps of a line hid its value, and the guard stepped aside for the connection.
+    #[test]
+    fn a_framing_field_too_long_to_read_is_poisoned() {
+        let pad = " ".repeat(MAX_TRACKED_LINE + 10);
+        assert!(poisoned(&format!("POST / HTTP/1.1\r\nHost: a\r\nContent-Length:{pad}5\r\n\r\nhello")));
+        assert!(clean(&format!("GET / HTTP/1.1\r\nHost: a\r\nX-Long: {pad}\r\n\r\n")));
     }
 
     #[test]

@@ -108,6 +108,26 @@ async fn one_host_without_user_information() {
     )
     .await;
     assert_eq!(status_of(&absolute), 200, "{absolute}");
+    // …but not with user information in it (it chose X-Forwarded-Host's value).
+    let tricked = support::raw(
+        addr,
+        b"GET http://evil.example,x@api.test/public?user_key=k HTTP/1.1\r\nHost: api.test\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status_of(&tricked), 400, "{tricked}");
+
+    // A CONNECT answered with a refusal closes its connection: what follows it is not
+    // checked for smuggling, so it must not be read as the next request.
+    let after_connect = support::raw(
+        addr,
+        b"CONNECT 127.0.0.1:1 HTTP/1.1\r\nHost: 127.0.0.1:1\r\n\r\nPOST /public?user_key=k HTTP/1.1\r\nHost: api.test\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    )
+    .await;
+    assert_eq!(
+        after_connect.matches("HTTP/1.1 ").count(),
+        1,
+        "one answer, then the connection closed: {after_connect}"
+    );
 }
 
 #[tokio::test]
