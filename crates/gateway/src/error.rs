@@ -157,11 +157,11 @@ impl GatewayError {
             side => {
                 // One line a second per code and detail (which names the backend and the
                 // cause): a backend that is down fails every request, yet five backends
-                // with five faults still get five lines. Details are hashed into 16 slots
-                // per code, so at most 8 × 16 lines a second whatever the details say;
-                // details that share a slot share its `suppressed` count.
-                static LIMITS: [[crate::logs::LogLimit; 16]; 8] =
-                    [const { [const { crate::logs::LogLimit::new() }; 16] }; 8];
+                // with five faults still get five lines. At most 1024 kinds are told
+                // apart; past that, a code's other kinds share one line a second.
+                type Limits = std::collections::HashMap<(usize, String), std::sync::Arc<crate::logs::LogLimit>>;
+                static LIMITS: std::sync::Mutex<Option<Limits>> = std::sync::Mutex::new(None);
+                static SHARED: [crate::logs::LogLimit; 8] = [const { crate::logs::LogLimit::new() }; 8];
                 let kind = match self {
                     GatewayError::UpstreamUnavailable(_) => 0,
                     GatewayError::UpstreamTls(_) => 1,
@@ -173,13 +173,21 @@ impl GatewayError {
                     _ => 7,
                 };
                 let detail = self.detail().unwrap_or("");
-                let slot = {
-                    use std::hash::{Hash, Hasher};
-                    let mut h = std::collections::hash_map::DefaultHasher::new();
-                    detail.hash(&mut h);
-                    (h.finish() % 16) as usize
+                let limit = {
+                    let mut guard = LIMITS.lock().unwrap_or_else(|e| e.into_inner());
+                    let map = guard.get_or_insert_with(Default::default);
+                    let key = (kind, detail.to_string());
+                    match map.get(&key) {
+                        Some(l) => Some(l.clone()),
+                        None if map.len() < 1024 => Some(map.entry(key).or_default().clone()),
+                        None => None,
+                    }
                 };
-                if let Some(suppressed) = LIMITS[kind][slot].admit_now() {
+                let admitted = match &limit {
+                    Some(l) => l.admit_now(),
+                    None => SHARED[kind].admit_now(),
+                };
+                if let Some(suppressed) = admitted {
                     tracing::warn!(code = self.code(), ?side, detail, suppressed, "request failed");
                 }
             }
