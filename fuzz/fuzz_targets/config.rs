@@ -10,8 +10,8 @@
 //! - every refusal carries at least one error, with a message;
 //! - a configuration that passes as complete also passes as a draft (a draft is only
 //!   allowed to lack backend usages);
-//! - a configuration that parsed is the same once written back as JSON and parsed
-//!   again (what the admin API stores and reloads), and it validates the same way.
+//! - a configuration that parsed is the same once printed as YAML and parsed again
+//!   (`tollgate export`, then `tollgate check` or `apply`), and it validates the same.
 
 #![no_main]
 
@@ -36,11 +36,11 @@ fuzz_target!(|data: &[u8]| {
         assert!(draft.is_ok(), "valid as complete, refused as a draft: {:?}", draft.err().map(|e| e.to_string()));
     }
 
-    let json = serde_json::to_string(&config).expect("a configuration serializes");
-    let again = match tollgate_model::parse_str(&json) {
+    let yaml = serde_norway::to_string(&config).expect("a configuration prints as YAML");
+    let again = match tollgate_model::parse_str(&yaml) {
         Ok(c) => c,
-        Err(e) => panic!("the configuration written back does not parse: {e}\n{json}"),
+        Err(e) => panic!("the configuration printed as YAML does not parse: {e}\n{yaml}"),
     };
-    assert_eq!(again, config, "written back and parsed again, the configuration changed\n{json}");
-    assert_eq!(tollgate_gateway::check(&again, false).is_ok(), complete.is_ok(), "{json}");
+    assert_eq!(again, config, "printed and parsed again, the configuration changed\n{yaml}");
+    assert_eq!(tollgate_gateway::check(&again, false).is_ok(), complete.is_ok(), "{yaml}");
 });
