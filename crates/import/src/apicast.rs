@@ -8,7 +8,7 @@ use serde_json::{Map, Value, json};
 use std::collections::{BTreeSet, HashSet};
 use tollgate_gateway::policy::Registry;
 use tollgate_gateway::policy::apicast::{self, Equivalent};
-use tollgate_model::{Config, validate};
+use tollgate_model::Config;
 
 pub struct Imported {
     pub config: Config,
@@ -421,7 +421,10 @@ pub fn apicast(text: &str) -> anyhow::Result<Imported> {
     warnings.push("applications and plans are not in an APIcast configuration: each product has a `default` plan; add accounts and applications".into());
     let config: Config = serde_json::from_value(json!({ "backends": backends, "products": products }))
         .context("building the configuration")?;
-    if let Err(errors) = validate(&config) {
+    // What `tollgate check` does (validation, then every backend and policy built
+    // offline): validation alone let through what only building finds, such as a
+    // server URL whose host is no host name for TLS (`https://api&example.com`).
+    if let Err(errors) = tollgate_gateway::check(&config, false) {
         bail!("the imported configuration is not valid:\n{errors}");
     }
     Ok(Imported { config, warnings })

@@ -5,7 +5,7 @@
 use anyhow::{Context as _, bail};
 use serde_json::Value;
 use std::collections::HashSet;
-use tollgate_model::{Config, validate};
+use tollgate_model::Config;
 
 const METHODS: [&str; 8] = ["get", "put", "post", "delete", "options", "head", "patch", "trace"];
 
@@ -116,7 +116,10 @@ pub fn openapi(text: &str, product: Option<&str>, prefix_matching: bool) -> anyh
         "public base URLs are placeholders (http://{name}-staging.localhost, http://{name}.localhost): set the hosts your clients use"
     ));
     let config: Config = serde_json::from_value(config).context("building the configuration")?;
-    if let Err(errors) = validate(&config) {
+    // What `tollgate check` does (validation, then every backend and policy built
+    // offline): validation alone let through what only building finds, such as a
+    // server URL whose host is no host name for TLS (`https://api&example.com`).
+    if let Err(errors) = tollgate_gateway::check(&config, false) {
         bail!("the imported configuration is not valid:\n{errors}");
     }
     Ok(Imported { config, warnings })
@@ -132,5 +135,19 @@ mod tests {
         assert_eq!(slug("listPets"), "listpets");
         assert_eq!(slug("get/pets/{petId}"), "get_pets_petid");
         assert_eq!(slug("***"), "api");
+    }
+
+    /// Found by the `import` fuzz target: a server URL whose host is no host name for
+    /// TLS passed validation, and the import printed a configuration that `tollgate
+    /// check` refused (`backends[0].tls.server_name`).
+    #[test]
+    fn what_the_import_prints_passes_tollgate_check() {
+        let doc = r#"{"openapi": "3.1.0", "servers": [{"url": "https://api&example.com/"}],
+                      "paths": {"/a/{id}": {"get": {"operationId": "getA"}}}}"#;
+        let e = openapi(doc, None, false).err().expect("refused").to_string();
+        assert!(e.contains("not valid"), "{e}");
+        let fine = doc.replace("api&example", "api.example");
+        let imported = openapi(&fine, None, false).expect("imports");
+        assert!(tollgate_gateway::check(&imported.config, false).is_ok());
     }
 }
