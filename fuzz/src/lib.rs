@@ -64,28 +64,7 @@ products:
 
 /// A request context for `product`, as the gateway makes one when a request arrives.
 pub fn context(product: &Product) -> Context<'_> {
-    Context {
-        product,
-        client_addr: SocketAddr::from(([192, 0, 2, 7], 40_000)),
-        tls: false,
-        websocket: false,
-        now: NOW,
-        application: None,
-        usage: Default::default(),
-        credential: None,
-        default_credentials: None,
-        claims: None,
-        conditions: Vec::new(),
-        started: std::time::Instant::now(),
-        route: None,
-        edge: Vec::new(),
-        guards: Vec::new(),
-        token_expires: None,
-        payload_limits: (None, None),
-        upstream_timeouts: (None, None),
-        retry: None,
-        trace: None,
-    }
+    Context::new(product, SocketAddr::from(([192, 0, 2, 7], 40_000)), false, false, NOW)
 }
 
 /// A request head from text: `METHOD TARGET` on the first line, `Name: value` lines

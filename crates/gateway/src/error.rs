@@ -157,10 +157,11 @@ impl GatewayError {
             side => {
                 // One line a second per code and detail (which names the backend and the
                 // cause): a backend that is down fails every request, yet five backends
-                // with five faults still get five lines. At most 1024 kinds are told
-                // apart; past that, a code's other kinds share one line a second.
-                type Limits = std::collections::HashMap<(usize, String), std::sync::Arc<crate::logs::LogLimit>>;
-                static LIMITS: std::sync::Mutex<Option<Limits>> = std::sync::Mutex::new(None);
+                // with five faults still get five lines. At most 128 details per code are
+                // told apart; past that, a code's other details share one line a second.
+                // (Failures only: the lookup borrows the detail, a new one is copied once.)
+                type Limits = std::collections::HashMap<String, crate::logs::LogLimit>;
+                static LIMITS: [std::sync::Mutex<Option<Limits>>; 8] = [const { std::sync::Mutex::new(None) }; 8];
                 static SHARED: [crate::logs::LogLimit; 8] = [const { crate::logs::LogLimit::new() }; 8];
                 let kind = match self {
                     GatewayError::UpstreamUnavailable(_) => 0,
@@ -173,19 +174,16 @@ impl GatewayError {
                     _ => 7,
                 };
                 let detail = self.detail().unwrap_or("");
-                let limit = {
-                    let mut guard = LIMITS.lock().unwrap_or_else(|e| e.into_inner());
+                let admitted = {
+                    let mut guard = LIMITS[kind].lock().unwrap_or_else(|e| e.into_inner());
                     let map = guard.get_or_insert_with(Default::default);
-                    let key = (kind, detail.to_string());
-                    match map.get(&key) {
-                        Some(l) => Some(l.clone()),
-                        None if map.len() < 1024 => Some(map.entry(key).or_default().clone()),
-                        None => None,
+                    if let Some(limit) = map.get(detail) {
+                        limit.admit_now()
+                    } else if map.len() < 128 {
+                        map.entry(detail.to_string()).or_default().admit_now()
+                    } else {
+                        SHARED[kind].admit_now()
                     }
-                };
-                let admitted = match &limit {
-                    Some(l) => l.admit_now(),
-                    None => SHARED[kind].admit_now(),
                 };
                 if let Some(suppressed) = admitted {
                     tracing::warn!(code = self.code(), ?side, detail, suppressed, "request failed");

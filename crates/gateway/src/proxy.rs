@@ -248,26 +248,9 @@ impl Gateway {
         let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
         let mut ctx = Context {
-            product: &product,
-            client_addr: conn.client_addr,
-            tls: conn.tls,
-            websocket,
-            now: self.clock.now(),
-            application: None,
-            usage: Default::default(),
-            credential: None,
-            default_credentials: None,
-            claims: None,
-            conditions: Vec::new(),
-            started: std::time::Instant::now(),
-            route: None,
-            edge: Vec::new(),
-            guards: Vec::new(),
-            token_expires: None,
-            payload_limits: (None, None),
             upstream_timeouts: (None, Some(self.defaults.read_timeout)),
-            retry: None,
             trace: parts.extensions.get::<TraceCtx>().copied(),
+            ..Context::new(&product, conn.client_addr, conn.tls, websocket, self.clock.now())
         };
 
         let mut resp = match self.request_phases(&mut parts, &mut ctx).await {

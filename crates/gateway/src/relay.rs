@@ -264,11 +264,7 @@ impl Control {
     /// fails the connection; Autobahn's strict behaviour: the echoes before the
     /// Close).
     fn fail_from(&self, from_client: bool, code: u16, reason: &'static str) {
-        self.note_close(Initiator::Gateway, code);
-        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        p.0.get_or_insert((code, reason));
-        p.1.get_or_insert((code, reason));
-        drop(p);
+        self.pend(code, reason);
         let at_fault = if from_client { &self.held.0 } else { &self.held.1 };
         at_fault.store(true, Ordering::Relaxed);
         self.holding.notify_one();
@@ -287,16 +283,20 @@ impl Control {
         self.to_backend.notify_one();
     }
 
+    /// The gateway closes both sides with `code` (unless a Close is pending already),
+    /// at once: no Close waits for the other side's.
     fn close_both(&self, code: u16, reason: &'static str) {
-        self.held.0.store(false, Ordering::Relaxed);
-        self.held.1.store(false, Ordering::Relaxed);
+        self.pend(code, reason);
+        self.release_held();
+    }
+
+    /// Records the gateway's close and makes it pending for both sides (a Close already
+    /// pending stays).
+    fn pend(&self, code: u16, reason: &'static str) {
         self.note_close(Initiator::Gateway, code);
         let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         p.0.get_or_insert((code, reason));
         p.1.get_or_insert((code, reason));
-        drop(p);
-        self.to_client.notify_one();
-        self.to_backend.notify_one();
     }
 
     fn take_peek(&self, to_client: bool) -> Option<Close> {

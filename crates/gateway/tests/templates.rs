@@ -27,28 +27,7 @@ products:
 }
 
 fn context(product: &Product) -> Context<'_> {
-    Context {
-        product,
-        client_addr: "192.0.2.7:5555".parse().expect("addr"),
-        tls: false,
-        websocket: false,
-        now: 1_795_750_800,
-        application: None,
-        usage: Default::default(),
-        credential: None,
-        default_credentials: None,
-        claims: None,
-        conditions: Vec::new(),
-        started: std::time::Instant::now(),
-        route: None,
-        edge: Vec::new(),
-        guards: Vec::new(),
-        token_expires: None,
-        payload_limits: (None, None),
-        upstream_timeouts: (None, None),
-        retry: None,
-        trace: None,
-    }
+    Context::new(product, "192.0.2.7:5555".parse().expect("addr"), false, false, 1_795_750_800)
 }
 
 fn request(path: &str, header: &str) -> http::request::Parts {

@@ -8,12 +8,8 @@ use serde_json::{Map, Value, json};
 use std::collections::{BTreeSet, HashSet};
 use tollgate_gateway::policy::Registry;
 use tollgate_gateway::policy::apicast::{self, Equivalent};
-use tollgate_model::Config;
 
-pub struct Imported {
-    pub config: Config,
-    pub warnings: Vec<String>,
-}
+pub use crate::Imported;
 
 fn slug(s: &str) -> String {
     let out: String = s
@@ -419,15 +415,7 @@ pub fn apicast(text: &str) -> anyhow::Result<Imported> {
         bail!("no service could be imported:\n  {}", warnings.join("\n  "));
     }
     warnings.push("applications and plans are not in an APIcast configuration: each product has a `default` plan; add accounts and applications".into());
-    let config: Config = serde_json::from_value(json!({ "backends": backends, "products": products }))
-        .context("building the configuration")?;
-    // What `tollgate check` does (validation, then every backend and policy built
-    // offline): validation alone let through what only building finds, such as a
-    // server URL whose host is no host name for TLS (`https://api&example.com`).
-    if let Err(errors) = tollgate_gateway::check(&config, false) {
-        bail!("the imported configuration is not valid:\n{errors}");
-    }
-    Ok(Imported { config, warnings })
+    crate::checked(json!({ "backends": backends, "products": products }), warnings)
 }
 
 #[cfg(test)]

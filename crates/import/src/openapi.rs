@@ -5,7 +5,6 @@
 use anyhow::{Context as _, bail};
 use serde_json::Value;
 use std::collections::HashSet;
-use tollgate_model::Config;
 
 const METHODS: [&str; 8] = ["get", "put", "post", "delete", "options", "head", "patch", "trace"];
 
@@ -23,11 +22,7 @@ fn slug(s: &str) -> String {
     if out.is_empty() { "api".into() } else { out }
 }
 
-/// What the import made, and what a person should look at.
-pub struct Imported {
-    pub config: Config,
-    pub warnings: Vec<String>,
-}
+pub use crate::Imported;
 
 pub fn openapi(text: &str, product: Option<&str>, prefix_matching: bool) -> anyhow::Result<Imported> {
     let doc: Value = serde_norway::from_str(text).context("not a JSON or YAML document")?;
@@ -115,14 +110,7 @@ pub fn openapi(text: &str, product: Option<&str>, prefix_matching: bool) -> anyh
     warnings.push(format!(
         "public base URLs are placeholders (http://{name}-staging.localhost, http://{name}.localhost): set the hosts your clients use"
     ));
-    let config: Config = serde_json::from_value(config).context("building the configuration")?;
-    // What `tollgate check` does (validation, then every backend and policy built
-    // offline): validation alone let through what only building finds, such as a
-    // server URL whose host is no host name for TLS (`https://api&example.com`).
-    if let Err(errors) = tollgate_gateway::check(&config, false) {
-        bail!("the imported configuration is not valid:\n{errors}");
-    }
-    Ok(Imported { config, warnings })
+    crate::checked(config, warnings)
 }
 
 #[cfg(test)]

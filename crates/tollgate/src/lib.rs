@@ -15,7 +15,6 @@ pub mod cli;
 pub mod client;
 pub mod demo;
 pub mod import;
-pub mod import_apicast;
 pub mod serve;
 pub mod ws;
 

@@ -40,7 +40,7 @@ fn main() -> ExitCode {
                 Ok(ExitCode::SUCCESS)
             }
             Command::Import(tollgate::cli::ImportCommand::Openapi(args)) => tollgate::import::run_openapi(args),
-            Command::Import(tollgate::cli::ImportCommand::Apicast(args)) => tollgate::import_apicast::run(args),
+            Command::Import(tollgate::cli::ImportCommand::Apicast(args)) => tollgate::import::run_apicast(args),
             Command::Man => {
                 let cmd = <Cli as clap::CommandFactory>::command();
                 clap_mangen::Man::new(cmd)

@@ -137,13 +137,7 @@ async fn slow_clients_by_the_hundred_leave_normal_clients_served_and_memory_boun
     // header-read timeout, the slow bodies with 408 and the slow readers for the
     // minimum data rate, each counted (bounded polling: a slow reader is found once
     // every buffer on its way is full)…
-    let closed = |name: &'static str| async move {
-        let (_, _, text) = get(serve.admin, "localhost", "/metrics").await;
-        text.lines()
-            .filter(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with(['{', ' '])))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum::<f64>()
-    };
+    let closed = |name: &'static str| metric(serve.admin, name);
     let mut poll = tokio::time::interval(Duration::from_millis(100));
     for _ in 0..600 {
         poll.tick().await;

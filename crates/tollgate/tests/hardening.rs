@@ -239,11 +239,7 @@ accounts:
 
 /// A metric from the admin listener's /metrics, summed over its labels.
 async fn metric(gw: &TestGateway, name: &str) -> f64 {
-    let (_, _, text) = get(gw.server.admin, "localhost", "/metrics").await;
-    text.lines()
-        .filter(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with(['{', ' '])))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    support::metric(gw.server.admin, name).await
 }
 
 /// The gauge of open WebSockets, from the admin listener's /metrics.
@@ -576,7 +572,9 @@ async fn at_the_connection_cap_a_client_reading_below_the_rate_makes_room() {
     // and served once the reader is behind the rate: the reader's connection is closed
     // for it and the backend's endless response let go. Bounded polling: at most 30 s.
     let mut served = false;
+    let mut pace = tokio::time::interval(std::time::Duration::from_millis(20));
     for _ in 0..1500 {
+        pace.tick().await;
         let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
         let req = format!("GET /public?user_key=k HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n");
         let mut answer = Vec::new();
@@ -587,7 +585,6 @@ async fn at_the_connection_cap_a_client_reading_below_the_rate_makes_room() {
             served = true;
             break;
         }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     assert!(served, "the slow reader was never evicted for a new client");
     let released = tokio::time::timeout(std::time::Duration::from_secs(10), backend.released.recv()).await;

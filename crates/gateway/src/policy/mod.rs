@@ -101,6 +101,35 @@ pub struct Context<'a> {
     pub trace: Option<crate::trace::TraceCtx>,
 }
 
+impl<'a> Context<'a> {
+    /// A request's context as it arrives, before any policy ran: who asked (`client_addr`,
+    /// over TLS or not, an upgrade or not) and when (`now`, Unix seconds).
+    pub fn new(product: &'a Product, client_addr: SocketAddr, tls: bool, websocket: bool, now: i64) -> Self {
+        Context {
+            product,
+            client_addr,
+            tls,
+            websocket,
+            now,
+            application: None,
+            usage: Default::default(),
+            credential: None,
+            default_credentials: None,
+            claims: None,
+            conditions: Vec::new(),
+            started: std::time::Instant::now(),
+            route: None,
+            edge: Vec::new(),
+            guards: Vec::new(),
+            token_expires: None,
+            payload_limits: (None, None),
+            upstream_timeouts: (None, None),
+            retry: None,
+            trace: None,
+        }
+    }
+}
+
 /// Credentials as presented, once verified.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Credential {

@@ -298,6 +298,15 @@ pub fn client() -> hyper_util::client::legacy::Client<hyper_util::client::legacy
 }
 
 /// GET `path` with `Host: host` on `addr`: (status, headers, body).
+/// A metric from the admin listener's `/metrics` at `admin`, summed over its labels.
+pub async fn metric(admin: SocketAddr, name: &str) -> f64 {
+    let (_, _, text) = get(admin, "localhost", "/metrics").await;
+    text.lines()
+        .filter(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with(['{', ' '])))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 pub async fn get(addr: SocketAddr, host: &str, path: &str) -> (StatusCode, http::HeaderMap, String) {
     request(addr, host, "GET", path, full(Bytes::new()), &[]).await
 }
