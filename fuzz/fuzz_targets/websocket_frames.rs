@@ -13,9 +13,11 @@
 //! each side's bytes: unknown opcode, wrong masking (client frames masked, backend
 //! frames not), reserved bits (RSV1 only on a message's first frame with deflate),
 //! a fragmented or long control frame, a continuation without a message, a message
-//! inside a message and a 64-bit length with its top bit set are protocol errors
-//! (1002); a message over the cap is 1009; the gate's close is 1008 and its drop
-//! swallows the message's data frames.
+//! inside a message, a 64-bit length with its top bit set and a Close frame whose
+//! code no peer may send (RFC 6455 §7.4), of one byte or with a reason that is not
+//! UTF-8 are protocol errors (1002) — a Close frame is held back whole until checked;
+//! a message over the cap is 1009; the gate's close is 1008 and its drop swallows the
+//! message's data frames.
 //!
 //! Asserts, beyond "no panic" and "the relay ends" (within ten virtual minutes):
 //! - with one side talking: the other side receives exactly the model's forwarded
@@ -180,6 +182,25 @@ impl Model<'_> {
                     }
                 }
             } else if opcode == 8 {
+                // A Close frame is held back whole until its payload is checked.
+                let Some(frame) = input.get(i..i + header_len + len as usize) else { break };
+                let key = if masked { &frame[header_len - 4..header_len] } else { &[0u8; 4][..] };
+                let payload: Vec<u8> = frame[header_len..].iter().enumerate().map(|(k, b)| b ^ key[k % 4]).collect();
+                let valid = match payload.len() {
+                    0 => true,
+                    1 => false,
+                    _ => {
+                        let code = u16::from(payload[0]) << 8 | u16::from(payload[1]);
+                        let may_be_sent = (1000..=1003).contains(&code)
+                            || (1007..=1014).contains(&code)
+                            || (3000..=4999).contains(&code);
+                        may_be_sent && std::str::from_utf8(&payload[2..]).is_ok()
+                    }
+                };
+                if !valid {
+                    o.error = Some(1002);
+                    break;
+                }
                 o.saw_close = true;
             }
             let end = (i as u64).saturating_add(header_len as u64).saturating_add(len);

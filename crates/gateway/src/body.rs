@@ -129,6 +129,26 @@ pub struct Wrap {
     guards: Vec<Held>,
     left: Option<u64>,
     timer: Option<Timer>,
+    report: Option<BrokenBodies>,
+}
+
+/// Where a backend's response body that fails after its head went out is reported:
+/// the client can only see its response cut short (the status was sent), so the
+/// operator hears of it here — `tollgate_upstream_errors_total` of the environment and
+/// a warning naming the backend and the cause (at most one a second per cause).
+#[derive(Debug, Clone)]
+pub struct BrokenBodies {
+    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
+    pub environment: crate::snapshot::Environment,
+}
+
+impl BrokenBodies {
+    fn report(&self, body: &PooledBody, error: &(dyn std::error::Error + 'static)) {
+        self.metrics.env(self.environment).upstream_error();
+        let backend = body.backend().unwrap_or("the backend");
+        let cause = crate::upstream::error_chain(error);
+        crate::warn_limited!(backend = %backend, cause = %cause, "a backend's response body failed after its head was sent: the client got it cut short");
+    }
 }
 
 impl GatewayBody {
@@ -167,6 +187,12 @@ impl GatewayBody {
     /// This body, failed when the backend sends nothing for `idle`.
     pub fn idle_timeout(self, idle: std::time::Duration) -> Self {
         self.wrapped(|w| w.timer = Some(Timer::idle(idle)))
+    }
+
+    /// This body, reporting to `report` if it fails (the backend breaks it off, stalls
+    /// past the read timeout, or sends more than the payload limit).
+    pub fn reporting(self, report: BrokenBodies) -> Self {
+        self.wrapped(|w| w.report = Some(report))
     }
 }
 
@@ -291,21 +317,27 @@ impl Body for GatewayBody {
         match self.project() {
             GatewayBodyProj::Upstream { body } => body.poll_frame(cx).map_err(Into::into),
             GatewayBodyProj::Local { body } => body.poll_frame(cx).map_err(|never| match never {}),
-            GatewayBodyProj::Wrapped { body, wrap } => {
-                let frame = body.poll_frame(cx).map_err(BoxError::from);
-                if Timer::fired(&mut wrap.timer, &frame, cx) {
-                    wrap.guards.clear();
-                    return Poll::Ready(Some(Err(Box::new(TimedOut))));
-                }
-                if let Poll::Ready(Some(f)) = &frame
+            GatewayBodyProj::Wrapped { mut body, wrap } => {
+                let frame = body.as_mut().poll_frame(cx).map_err(BoxError::from);
+                let failed: Option<BoxError> = if Timer::fired(&mut wrap.timer, &frame, cx) {
+                    Some(Box::new(TimedOut))
+                } else if let Poll::Ready(Some(f)) = &frame
                     && cap(f, &mut wrap.left)
                 {
                     // Cut off: the client sees the response end abnormally.
-                    wrap.guards.clear();
-                    return Poll::Ready(Some(Err(Box::new(TooLarge))));
-                }
+                    Some(Box::new(TooLarge))
+                } else {
+                    None
+                };
+                let frame = match failed {
+                    Some(e) => Poll::Ready(Some(Err(e))),
+                    None => frame,
+                };
                 if matches!(frame, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
                     wrap.guards.clear();
+                }
+                if let (Poll::Ready(Some(Err(e))), Some(report)) = (&frame, &wrap.report) {
+                    report.report(body.as_ref().get_ref(), e.as_ref());
                 }
                 frame
             }

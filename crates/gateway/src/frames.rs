@@ -76,6 +76,35 @@ pub fn parse_header(buf: &[u8]) -> Result<Option<FrameHeader>, &'static str> {
     }))
 }
 
+/// Whether a peer may send `code` in a Close frame: 1000–1003 and 1007–1014 (RFC 6455
+/// §7.4.1 and the IANA registry it set up, which added 1012–1014), and 3000–4999
+/// (registered and private use, §7.4.2). 1004–1006 and 1015 are reserved and must never
+/// be sent; everything else below 3000 is reserved for the protocol, and above 4999
+/// undefined.
+pub fn is_valid_close_code(code: u16) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
+}
+
+/// Checks the (unmasked) payload of a Close frame (RFC 6455 §5.5.1): empty, or a valid
+/// close code followed by a UTF-8 reason. The code, `None` when there is none; the
+/// error names what is wrong (a protocol error: the connection fails with 1002).
+pub fn check_close_payload(payload: &[u8]) -> Result<Option<u16>, &'static str> {
+    match payload {
+        [] => Ok(None),
+        [_] => Err("a close frame's payload of one byte"),
+        [hi, lo, reason @ ..] => {
+            let code = u16::from_be_bytes([*hi, *lo]);
+            if !is_valid_close_code(code) {
+                return Err("a close code that must not be sent");
+            }
+            if std::str::from_utf8(reason).is_err() {
+                return Err("a close reason that is not UTF-8");
+            }
+            Ok(Some(code))
+        }
+    }
+}
+
 /// A close frame with `code` and `reason`, masked (client role) when `mask` is given.
 pub fn close_frame(code: u16, reason: &str, mask: Option<[u8; 4]>) -> Vec<u8> {
     let reason = &reason.as_bytes()[..reason.len().min(123)];
@@ -124,6 +153,20 @@ mod tests {
         assert!(parse_header(&[0x82, 0x7F, 0x80, 0, 0, 0, 0, 0, 0, 0]).is_err());
         let h = parse_header(&[0xC1, 0x00]).expect("ok").expect("complete");
         assert!(h.rsv1 && !h.rsv23);
+    }
+
+    #[test]
+    fn close_payloads_need_a_code_a_peer_may_send_and_a_utf8_reason() {
+        assert_eq!(check_close_payload(b""), Ok(None));
+        for ok in [1000u16, 1003, 1007, 1011, 1014, 3000, 4999] {
+            assert_eq!(check_close_payload(&ok.to_be_bytes()), Ok(Some(ok)), "{ok}");
+        }
+        for bad in [0u16, 999, 1004, 1005, 1006, 1015, 1016, 2999, 5000, 65535] {
+            assert!(check_close_payload(&bad.to_be_bytes()).is_err(), "{bad}");
+        }
+        assert!(check_close_payload(&[0x03]).is_err(), "one byte");
+        assert!(check_close_payload(&[0x03, 0xE8, 0xC3, 0x28]).is_err(), "invalid UTF-8");
+        assert_eq!(check_close_payload(&[0x03, 0xE8, 0xC3, 0xA9]), Ok(Some(1000)), "é");
     }
 
     #[test]

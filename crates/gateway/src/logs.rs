@@ -33,9 +33,30 @@ impl LogLimit {
 
     /// [`LogLimit::admit`] on the process's monotonic clock.
     pub fn admit_now(&self) -> Option<u64> {
-        static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-        self.admit(START.get_or_init(std::time::Instant::now).elapsed().as_secs() + 1)
+        self.admit(seconds_now())
     }
+
+    /// The number of lines left out before `now` that no line has reported yet, if
+    /// any: the caller writes one line for them, which counts as the line of `now`.
+    pub fn take_overdue(&self, now: u64) -> Option<u64> {
+        let last = self.second.load(Relaxed);
+        if self.suppressed.load(Relaxed) == 0 || now <= last {
+            return None;
+        }
+        self.second.compare_exchange(last, now, Relaxed, Relaxed).ok()?;
+        Some(self.suppressed.swap(0, Relaxed)).filter(|n| *n > 0)
+    }
+
+    /// [`LogLimit::take_overdue`] on the process's monotonic clock.
+    pub fn take_overdue_now(&self) -> Option<u64> {
+        self.take_overdue(seconds_now())
+    }
+}
+
+/// Seconds on the process's monotonic clock, from 1.
+fn seconds_now() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START.get_or_init(std::time::Instant::now).elapsed().as_secs() + 1
 }
 
 /// `tracing::warn!` at most once per second for this call site, with
@@ -66,5 +87,22 @@ mod tests {
         // A clock that shows an earlier second does not reopen it.
         assert_eq!(limit.admit(5), None);
         assert_eq!(limit.admit(10), Some(1));
+    }
+
+    #[test]
+    fn lines_left_out_are_reported_once_their_second_is_over_even_with_no_next_line() {
+        let limit = LogLimit::new();
+        assert_eq!(limit.admit(1), Some(0));
+        assert_eq!(limit.take_overdue(2), None, "nothing left out");
+        assert_eq!(limit.admit(3), Some(0));
+        assert_eq!(limit.admit(3), None);
+        assert_eq!(limit.admit(3), None);
+        assert_eq!(limit.take_overdue(3), None, "the second is not over");
+        assert_eq!(limit.take_overdue(4), Some(2));
+        assert_eq!(limit.take_overdue(5), None, "reported once");
+        // The report was the line of second 4: another failure then waits for 5.
+        assert_eq!(limit.admit(4), None);
+        assert_eq!(limit.take_overdue(5), Some(1));
+        assert_eq!(limit.admit(6), Some(0));
     }
 }

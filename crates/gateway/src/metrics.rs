@@ -247,9 +247,12 @@ impl Metrics {
         }
         let scalars: [Family; 8] = [
             ("tollgate_limits_exceeded_total", "counter", "Requests refused by usage limits.", |m| &m.rejected_limits),
-            ("tollgate_upstream_errors_total", "counter", "Requests that failed at the backend (502/504).", |m| {
-                &m.upstream_errors
-            }),
+            (
+                "tollgate_upstream_errors_total",
+                "counter",
+                "Requests that failed at the backend: answered 502/504, or their response body failed after its head.",
+                |m| &m.upstream_errors,
+            ),
             ("tollgate_websocket_open", "gauge", "WebSocket connections open now.", |m| &m.websocket_open),
             (
                 "tollgate_connections_refused_total",

@@ -222,6 +222,12 @@ impl PooledBody {
     pub fn unpooled(body: Incoming) -> PooledBody {
         PooledBody { body, conn: None, pool: None, ended: false }
     }
+
+    /// Which backend sends it, for messages (`backend `NAME` (ADDRESS)`); `None` for
+    /// an unpooled body.
+    pub fn backend(&self) -> Option<&str> {
+        self.pool.as_ref().map(|p| p.connector.label())
+    }
 }
 
 impl Body for PooledBody {

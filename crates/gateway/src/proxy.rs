@@ -3,7 +3,7 @@
 
 use crate::analytics::Analytics;
 use crate::body::GatewayBody;
-use crate::body::{Held, Stopped, Timer, UpstreamBody};
+use crate::body::{BrokenBodies, Held, Stopped, Timer, UpstreamBody};
 use crate::deadline::BodyPace;
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
@@ -218,6 +218,14 @@ impl Gateway {
         // CONNECT of a WebSocket over HTTP/2 (RFC 8441).
         if req.method() == Method::CONNECT && req.extensions().get::<hyper::ext::Protocol>().is_none() {
             return Err(GatewayError::NotImplemented);
+        }
+        // Methods are case-sensitive (RFC 9110 §9.1): `get` is not GET, yet a backend
+        // that upper-cases methods would serve it as GET, past mapping rules and limits
+        // written for GET. As nginx does, methods with lower-case letters are refused.
+        if req.method().as_str().bytes().any(|b| b.is_ascii_lowercase()) {
+            return Err(GatewayError::BadRequest(
+                "methods are case-sensitive and written in upper case (RFC 9110 §9.1): send GET, not get",
+            ));
         }
         let host = request_host(&req).ok_or(GatewayError::BadRequest("the request has no Host"))?;
         let product = match snapshot.product_for_host(host) {
@@ -540,7 +548,7 @@ impl Gateway {
                     Err(_) => false,
                 };
                 if last || !again {
-                    return shape_response(result?, ctx.upstream_timeouts.1, ctx.payload_limits.1);
+                    return self.shape_response(result?, ctx.upstream_timeouts.1, ctx.payload_limits.1);
                 }
                 attempt += 1;
                 self.metrics.env(self.environment).upstream_error();
@@ -571,9 +579,8 @@ impl Gateway {
                 match limited.collect().await {
                     Ok(whole) => UpstreamBody::bytes(whole.to_bytes()),
                     Err(e) => {
-                        return Err(
-                            body_stopped(&stopped).unwrap_or_else(|| GatewayError::BadRequestBody(e.to_string()))
-                        );
+                        return Err(body_stopped(&stopped, upstream)
+                            .unwrap_or_else(|| GatewayError::BadRequestBody(e.to_string())));
                     }
                 }
             } else {
@@ -598,10 +605,23 @@ impl Gateway {
         }
         // The body stopped on the way: that, not the backend's reaction to it, is what
         // the client hears.
-        if let Some(e) = body_stopped(&stopped) {
+        if let Some(e) = body_stopped(&stopped, upstream) {
             return Err(e);
         }
-        shape_response(resp?, read_timeout, response_limit)
+        self.shape_response(resp?, read_timeout, response_limit)
+    }
+
+    /// A backend's response as the client gets it: hop-by-hop headers removed, the
+    /// `upstream_connection` read timeout and the `payload_limits` response limit
+    /// applied, and a body that fails after the head reported (metrics, log).
+    fn shape_response(
+        &self,
+        resp: Response<GatewayBody>,
+        read_timeout: Option<std::time::Duration>,
+        response_limit: Option<u64>,
+    ) -> Result<Response<GatewayBody>, GatewayError> {
+        let report = BrokenBodies { metrics: self.metrics.clone(), environment: self.environment };
+        shape_response(resp, read_timeout, response_limit).map(|r| r.map(|b| b.reporting(report)))
     }
 
     async fn websocket(
@@ -629,7 +649,7 @@ impl Gateway {
         let (mut sender, connection) = crate::upstream::http1_client()
             .handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
             .await
-            .map_err(|e| GatewayError::UpstreamFailed(error_chain(&e)))?;
+            .map_err(|e| GatewayError::UpstreamFailed(format!("{}: {}", upstream.label(), error_chain(&e))))?;
         tokio::spawn(async move {
             if let Err(e) = connection.with_upgrades().await {
                 tracing::debug!(error = %e, "upstream WebSocket handshake connection ended");
@@ -639,15 +659,19 @@ impl Gateway {
         let answer = sender.send_request(Request::from_parts(head, Empty::new()));
         let mut resp = match ctx.upstream_timeouts.1 {
             Some(due) => tokio::time::timeout(due, answer).await.map_err(|_| {
-                GatewayError::UpstreamTimeout("no answer to the WebSocket upgrade within read_timeout".into())
+                GatewayError::UpstreamTimeout(format!(
+                    "{}: no answer to the WebSocket upgrade within read_timeout",
+                    upstream.label()
+                ))
             })?,
             None => answer.await,
         }
-        .map_err(|e| match crate::upstream::is_invalid_response(&e) {
-            true => {
-                GatewayError::UpstreamInvalidResponse(format!("{}: {}", upstream.connector.label(), error_chain(&e)))
+        .map_err(|e| {
+            let detail = format!("{}: {}", upstream.label(), error_chain(&e));
+            match crate::upstream::is_invalid_response(&e) {
+                true => GatewayError::UpstreamInvalidResponse(detail),
+                false => GatewayError::UpstreamFailed(detail),
             }
-            false => GatewayError::UpstreamFailed(error_chain(&e)),
         })?;
         if let Some((id, start)) = upgrade_span {
             let status = vec![("http.response.status_code", Attr::Int(i64::from(resp.status().as_u16())))];
@@ -924,28 +948,13 @@ struct Identified {
     application: Option<String>,
 }
 
-/// A request id: 32 hex digits, unique per process run (a random start, counted up)
-/// and unlikely to repeat across nodes (the start is drawn per process).
+/// A request id: 32 hex digits, 128 random bits (`rand`'s thread generator, seeded by
+/// the operating system) — unique across nodes and runs, and saying nothing of how many
+/// requests came before. Not a secret: clients and backends see it.
 fn new_request_id() -> HeaderValue {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    static START: std::sync::OnceLock<(u64, u64)> = std::sync::OnceLock::new();
-    let (high, low) = *START.get_or_init(|| {
-        use std::hash::{BuildHasher, Hasher};
-        let seed = |n: u64| {
-            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-            h.write_u64(n ^ u64::from(std::process::id()));
-            h.write_u128(
-                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()),
-            );
-            h.finish()
-        };
-        (seed(1), seed(2))
-    });
-    let n = low.wrapping_add(NEXT.fetch_add(1, Ordering::Relaxed));
-    let mut buf = [0u8; 32];
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    for (i, b) in high.to_be_bytes().iter().chain(n.to_be_bytes().iter()).enumerate() {
+    let mut buf = [0u8; 32];
+    for (i, b) in rand::random::<u128>().to_be_bytes().iter().enumerate() {
         buf[2 * i] = HEX[usize::from(b >> 4)];
         buf[2 * i + 1] = HEX[usize::from(b & 15)];
     }
@@ -953,12 +962,13 @@ fn new_request_id() -> HeaderValue {
 }
 
 /// Why a request body stopped on its way to the backend, if it did.
-fn body_stopped(stopped: &Stopped) -> Option<GatewayError> {
+fn body_stopped(stopped: &Stopped, upstream: &Upstream) -> Option<GatewayError> {
     match stopped.load(std::sync::atomic::Ordering::Relaxed) {
         crate::body::STOPPED_TOO_LARGE => Some(GatewayError::RequestTooLarge),
-        crate::body::STOPPED_SEND_TIMEOUT => {
-            Some(GatewayError::UpstreamTimeout("the request was not sent within send_timeout".into()))
-        }
+        crate::body::STOPPED_SEND_TIMEOUT => Some(GatewayError::UpstreamTimeout(format!(
+            "{}: the request was not sent within send_timeout",
+            upstream.label()
+        ))),
         crate::body::STOPPED_TOO_SLOW => Some(GatewayError::RequestTimeout),
         crate::body::STOPPED_UNREADABLE => {
             Some(GatewayError::BadRequestBody("the client's body ended before its end or was malformed".into()))
@@ -975,9 +985,9 @@ async fn exchange(
 ) -> Result<Response<GatewayBody>, GatewayError> {
     match head_due {
         None => upstream.request(req).await,
-        Some(d) => tokio::time::timeout(d, upstream.request(req))
-            .await
-            .unwrap_or_else(|_| Err(GatewayError::UpstreamTimeout("no response head within read_timeout".into()))),
+        Some(d) => tokio::time::timeout(d, upstream.request(req)).await.unwrap_or_else(|_| {
+            Err(GatewayError::UpstreamTimeout(format!("{}: no response head within read_timeout", upstream.label())))
+        }),
     }
 }
 

@@ -24,6 +24,8 @@ pub const CLOSE_GOING_AWAY: u16 = 1001;
 /// Recorded (analytics, metrics) for a connection that ended without a Close frame;
 /// never sent (RFC 6455 §7.4.1).
 pub const CLOSE_ABNORMAL: u16 = 1006;
+/// Recorded for a Close frame that carried no code; never sent (RFC 6455 §7.4.1).
+pub const CLOSE_NO_STATUS: u16 = 1005;
 pub const CLOSE_PROTOCOL_ERROR: u16 = 1002;
 pub const CLOSE_POLICY_VIOLATION: u16 = 1008;
 pub const CLOSE_TOO_BIG: u16 = 1009;
@@ -451,8 +453,9 @@ struct Pump {
     bytes: u64,
     closed_with: Option<u16>,
     max_message_bytes: Option<u64>,
-    /// The first bytes of a close frame's payload, read for its code: (mask, code, got).
-    close_code: Option<([u8; 4], [u8; 2], usize)>,
+    /// A Close frame being read: held back whole (at most 139 bytes) until its code and
+    /// reason are checked, so that an invalid one never reaches the other side.
+    close: Option<Box<HeldClose>>,
     /// (messages, bytes) already added to the tallies.
     flushed: (u64, u64),
 }
@@ -481,7 +484,7 @@ impl Pump {
             bytes: 0,
             closed_with: None,
             max_message_bytes: opts.max_message_bytes,
-            close_code: None,
+            close: None,
             flushed: (0, 0),
         }
     }
@@ -493,7 +496,7 @@ impl Pump {
     /// without its Close after a protocol error or a peer gone, depending only on how the
     /// bytes were split into reads.)
     fn at_boundary(&self) -> bool {
-        self.remaining == 0 || self.dropping_frame
+        self.remaining == 0 || self.dropping_frame || self.close.is_some()
     }
 
     fn initiator(&self) -> Initiator {
@@ -538,12 +541,11 @@ impl Pump {
                 if ctl.is_held(!self.from_client) {
                     return Step::Deliver;
                 }
-                ctl.saw_close_from(self.from_client);
-                match h.payload_len {
-                    0 => ctl.note_close(self.initiator(), 1005),
-                    1 => {}
-                    _ => self.close_code = Some((h.mask, [0; 2], 0)),
-                }
+                self.close = Some(Box::new(HeldClose {
+                    wire: Vec::with_capacity(h.header_len + h.payload_len as usize),
+                    header_len: h.header_len,
+                    mask: h.mask,
+                }));
             }
             return Step::Continue;
         }
@@ -739,16 +741,18 @@ impl Pump {
         while i < n {
             if self.remaining > 0 {
                 let take = self.remaining.min((n - i) as u64) as usize;
-                let by = self.initiator();
-                if let Some((mask, code, got)) = &mut self.close_code {
-                    for b in &data[i..i + take.min(2 - *got)] {
-                        code[*got] = b ^ mask[*got];
-                        *got += 1;
+                if let Some(held) = &mut self.close {
+                    // Nothing before it is left to write: `from` is `i` since its header.
+                    held.wire.extend_from_slice(&data[i..i + take]);
+                    i += take;
+                    from = i;
+                    self.remaining -= take as u64;
+                    if self.remaining == 0
+                        && let stop @ Step::Close(..) = self.finish_close(dst, ctl).await?
+                    {
+                        return Ok(stop);
                     }
-                    if *got == 2 {
-                        ctl.note_close(by, u16::from_be_bytes(*code));
-                        self.close_code = None;
-                    }
+                    continue;
                 }
                 if self.dropping_frame {
                     self.write(dst, &data[from..i]).await?;
@@ -804,6 +808,21 @@ impl Pump {
                 }
             }
             self.remaining = h.payload_len;
+            if let Some(held) = &mut self.close {
+                if split {
+                    held.wire.extend_from_slice(&self.header[..h.header_len]);
+                } else {
+                    held.wire.extend_from_slice(&data[start..i]);
+                    self.write(dst, &data[from..start]).await?;
+                }
+                from = i;
+                if self.remaining == 0
+                    && let stop @ Step::Close(..) = self.finish_close(dst, ctl).await?
+                {
+                    return Ok(stop);
+                }
+                continue;
+            }
             if self.dropping_frame {
                 if !split {
                     self.write(dst, &data[from..start]).await?;
@@ -818,6 +837,27 @@ impl Pump {
         Ok(Step::Continue)
     }
 
+    /// The Close frame held back is complete: a valid one is recorded and passes; an
+    /// invalid one (RFC 6455 §7.4: a code that must not be sent, a one-byte payload, a
+    /// reason that is not UTF-8) fails the connection with 1002 and never reaches the
+    /// other side.
+    async fn finish_close<W: AsyncWrite + Unpin>(&mut self, dst: &mut W, ctl: &Control) -> std::io::Result<Step> {
+        let Some(held) = self.close.take() else { return Ok(Step::Continue) };
+        let mut payload = held.wire[held.header_len..].to_vec();
+        for (i, b) in payload.iter_mut().enumerate() {
+            *b ^= held.mask[i % 4];
+        }
+        match frames::check_close_payload(&payload) {
+            Ok(code) => {
+                ctl.saw_close_from(self.from_client);
+                ctl.note_close(self.initiator(), code.unwrap_or(CLOSE_NO_STATUS));
+                self.write(dst, &held.wire).await?;
+                Ok(Step::Continue)
+            }
+            Err(e) => Ok(Step::Close(CLOSE_PROTOCOL_ERROR, e)),
+        }
+    }
+
     async fn write<W: AsyncWrite + Unpin>(&mut self, dst: &mut W, bytes: &[u8]) -> std::io::Result<()> {
         if !bytes.is_empty() {
             dst.write_all(bytes).await?;
@@ -825,6 +865,15 @@ impl Pump {
         }
         Ok(())
     }
+}
+
+/// A Close frame read so far, as on the wire (header, then the payload, masked as it
+/// came).
+struct HeldClose {
+    wire: Vec<u8>,
+    header_len: usize,
+    /// The masking key (zeros when unmasked, which leaves the payload as it is).
+    mask: [u8; 4],
 }
 
 /// A pump's read buffer, sized to the traffic: small while the connection is quiet (an
@@ -868,21 +917,16 @@ impl ReadBuffer {
     }
 }
 
-/// A masking key for frames the gateway writes to a backend. RFC 6455 wants it
-/// unpredictable to defeat cache poisoning by scripts; a per-process random seed
-/// mixed with a counter serves that purpose here.
+/// A masking key for frames the gateway writes to a backend: unpredictable, as RFC 6455
+/// §5.3 asks (to defeat cache poisoning by scripts).
 fn mask_key() -> [u8; 4] {
-    (random_u64() as u32).to_be_bytes()
+    rand::random()
 }
 
-/// Unpredictable bits: a per-process random seed (the OS's, via `RandomState`) hashed
-/// with a counter. For masks and handshake nonces, not for secrets.
+/// Unpredictable bits from the thread's ChaCha generator (seeded by the operating
+/// system, `rand`'s `ThreadRng`): masks, handshake nonces, request ids.
 pub(crate) fn random_u64() -> u64 {
-    use std::hash::{BuildHasher, RandomState};
-    use std::sync::OnceLock;
-    static SEED: OnceLock<RandomState> = OnceLock::new();
-    static N: AtomicU64 = AtomicU64::new(0);
-    SEED.get_or_init(RandomState::new).hash_one(N.fetch_add(1, Ordering::Relaxed))
+    rand::random()
 }
 
 #[cfg(test)]
@@ -1110,6 +1154,63 @@ mod tests {
             let close = read_n(&mut client, 4).await;
             assert_eq!((close[0], close[2], close[3]), (0x88, 0x03, 0xEA), "{bad:?}");
             assert_eq!(task.await.expect("relay").closed_by_gateway, Some(1002));
+        }
+    }
+
+    /// RFC 6455 §7.4: a Close frame with a code no peer may send, a one-byte payload or
+    /// a reason that is not UTF-8 fails the connection with 1002 — the other side never
+    /// sees it (Autobahn 7.3.1, 7.5.1, 7.9.*), however its bytes were split.
+    #[tokio::test]
+    async fn invalid_close_frames_never_pass_and_fail_the_connection_with_1002() {
+        let mut bad: Vec<Vec<u8>> = [0u16, 999, 1004, 1005, 1006, 1015, 2000, 2999, 5000, 65535]
+            .iter()
+            .map(|c| c.to_be_bytes().to_vec())
+            .collect();
+        bad.push(vec![0x03]);
+        bad.push(vec![0x03, 0xE8, 0xCE, 0xBA, 0xE1, 0xBD, 0xB9, 0xCF, 0x83, 0xCE, 0xBC, 0xCE, 0xB5, 0xED, 0xA0, 0x80]);
+        for payload in bad {
+            for one_byte_at_a_time in [false, true] {
+                let (mut client, mut backend, task) = setup(RelayOptions::default());
+                let close = masked(0x88, &payload);
+                if one_byte_at_a_time {
+                    for b in &close {
+                        client.write_all(&[*b]).await.expect("write");
+                        tokio::task::yield_now().await;
+                    }
+                } else {
+                    client.write_all(&close).await.expect("write");
+                }
+                // The backend gets the gateway's masked Close 1002, not the client's.
+                let head = read_n(&mut backend, 2).await;
+                assert_eq!(head[0], 0x88, "{payload:?}");
+                let rest = read_n(&mut backend, usize::from(head[1] & 0x7f) + 4).await;
+                let code = u16::from_be_bytes([rest[4] ^ rest[0], rest[5] ^ rest[1]]);
+                assert_eq!(code, CLOSE_PROTOCOL_ERROR, "{payload:?}");
+                backend.write_all(&[0x88, 0x02, 0x03, 0xEA]).await.expect("answer");
+                let close = read_n(&mut client, 4).await;
+                assert_eq!((close[0], close[2], close[3]), (0x88, 0x03, 0xEA), "{payload:?}");
+                let totals = task.await.expect("relay");
+                assert_eq!(totals.closed_by_gateway, Some(CLOSE_PROTOCOL_ERROR));
+                assert_eq!(totals.close, Some((Initiator::Gateway, CLOSE_PROTOCOL_ERROR)), "{payload:?}");
+            }
+        }
+        // From the backend, likewise: the client gets 1002.
+        let (mut client, mut backend, task) = setup(RelayOptions::default());
+        backend.write_all(&[0x88, 0x02, 0x03, 0xEE]).await.expect("1006");
+        let close = read_n(&mut client, 4).await;
+        assert_eq!((close[0], close[2], close[3]), (0x88, 0x03, 0xEA));
+        drop((client, backend));
+        assert_eq!(task.await.expect("relay").closed_by_gateway, Some(CLOSE_PROTOCOL_ERROR));
+        // A valid code with a UTF-8 reason and an empty Close pass unchanged.
+        for payload in [&[0x0B, 0xB8, b'o', b'k'][..], &[]] {
+            let (mut client, mut backend, task) = setup(RelayOptions::default());
+            let close = masked(0x88, payload);
+            client.write_all(&close).await.expect("write");
+            assert_eq!(read_n(&mut backend, close.len()).await, close);
+            backend.write_all(&[0x88, 0x00]).await.expect("answer");
+            assert_eq!(read_n(&mut client, 2).await, [0x88, 0x00]);
+            let want = if payload.is_empty() { CLOSE_NO_STATUS } else { 3000 };
+            assert_eq!(task.await.expect("relay").close, Some((Initiator::Client, want)));
         }
     }
 

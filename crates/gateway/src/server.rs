@@ -377,6 +377,11 @@ async fn serve_connection<I>(
     tokio::select! {
         r = conn.as_mut() => {
             if let Err(e) = r {
+                // hyper's own header-read timer (the same timeout as the idle one below,
+                // which it may beat) closed a connection that sent no complete head.
+                if e.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_timeout) {
+                    metrics.connection_idle_closed();
+                }
                 tracing::debug!(error = %e, client = %client_addr, "connection ended with an error");
             }
         }

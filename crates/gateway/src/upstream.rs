@@ -459,6 +459,11 @@ impl Upstream {
 
     /// Sends a request (its `Host` is set here unless a policy set one) and returns
     /// the response once its head has come.
+    /// What its messages call it: `backend `NAME` (ADDRESS)`.
+    pub fn label(&self) -> &str {
+        self.connector.label()
+    }
+
     pub async fn request(
         &self,
         mut req: http::Request<crate::body::UpstreamBody>,
@@ -473,7 +478,9 @@ impl Upstream {
             Err(RequestError::Http(e)) if is_invalid_response(&e) => {
                 Err(GatewayError::UpstreamInvalidResponse(format!("{}: {}", self.connector.label(), error_chain(&e))))
             }
-            Err(RequestError::Http(e)) => Err(GatewayError::UpstreamFailed(error_chain(&e))),
+            Err(RequestError::Http(e)) => {
+                Err(GatewayError::UpstreamFailed(format!("{}: {}", self.connector.label(), error_chain(&e))))
+            }
         }
     }
 }

@@ -29,6 +29,15 @@ impl BaseUrl {
         }
         let host = uri.host().filter(|h| !h.is_empty()).ok_or_else(|| format!("`{s}` has no host"))?;
         let host = host.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();
+        // A host is an IP address or a DNS name that a TLS client can check a
+        // certificate against (rustls's rules) — anything else `http::Uri` lets through
+        // (`a_b!`, `x..y`, `%41`) could neither be resolved nor verified.
+        if rustls_pki_types::ServerName::try_from(host.as_str()).is_err() {
+            return Err(format!(
+                "`{host}` in `{s}` is not a host name nor an IP address: write a DNS name of letters, digits, \
+                 `-` and `.` (such as api.internal), an IPv4 address, or an IPv6 address in brackets"
+            ));
+        }
         if uri.query().is_some() {
             return Err(format!("`{s}` must not have a query string"));
         }
@@ -412,5 +421,27 @@ trait ChainMethods<'a> {
 impl<'a, I: Iterator<Item = &'a Metric>> ChainMethods<'a> for I {
     fn chain_methods(self, methods: &'a [Method]) -> Vec<&'a str> {
         self.map(|m| m.system_name.as_str()).chain(methods.iter().map(|m| m.system_name.as_str())).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::BaseUrl;
+
+    const ALL: &[&str] = &["http", "https", "ws", "wss"];
+
+    #[test]
+    fn base_urls_name_a_host_a_tls_client_can_check() {
+        for ok in ["http://api.internal:8080/v1", "https://127.0.0.1", "wss://[::1]:9000", "http://svc-1.ns.svc"] {
+            assert!(BaseUrl::parse(ok, ALL).is_ok(), "{ok}");
+        }
+        let url = BaseUrl::parse("https://API.Example:8443/v1/", ALL).expect("parses");
+        assert_eq!((url.host.as_str(), url.port, url.path.as_str()), ("api.example", 8443, "/v1"));
+        for bad in ["http://a..b/", "http://a!b/", "http://%41pi/", "https://-x.example/", "http://a,b/"] {
+            let e = BaseUrl::parse(bad, ALL).expect_err(bad);
+            assert!(e.contains("not a host name nor an IP address") || e.contains("is not a URL"), "{bad}: {e}");
+        }
+        assert!(BaseUrl::parse("ftp://x", ALL).expect_err("scheme").contains("use http, https, ws, wss"));
+        assert!(BaseUrl::parse("http://x/?q=1", ALL).expect_err("query").contains("query string"));
     }
 }

@@ -201,8 +201,8 @@ pub struct ListenerArgs {
     #[arg(long, env = "TOLLGATE_TLS_KEY")]
     pub tls_key: Option<PathBuf>,
     /// Connections each gateway listener serves at once; more are refused.
-    #[arg(long, env = "TOLLGATE_MAX_CONNECTIONS", default_value_t = 8192)]
-    pub max_connections: usize,
+    #[arg(long, env = "TOLLGATE_MAX_CONNECTIONS", default_value_t = 8192, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub max_connections: u64,
     /// Seconds a client has to send a request head (and to start the next request on
     /// an idle keep-alive connection).
     #[arg(long, env = "TOLLGATE_HEADER_READ_TIMEOUT", default_value_t = 30)]

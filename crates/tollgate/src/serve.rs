@@ -204,7 +204,7 @@ impl Server {
         let base = ListenerOptions {
             tcp_keepalive: keepalive,
             workers: Some(workers),
-            max_connections: args.listener.max_connections,
+            max_connections: usize::try_from(args.listener.max_connections).unwrap_or(usize::MAX),
             header_read_timeout: Duration::from_secs(args.listener.header_read_timeout.max(1)),
             max_header_bytes: args.listener.max_header_bytes as usize,
             max_header_count: args.listener.max_header_count as usize,

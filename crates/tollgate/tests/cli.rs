@@ -190,6 +190,12 @@ fn serve_refuses_bad_setups_clearly() {
 
     let out = tollgate(&["serve", "--config", &file, "--staging-listen", "nonsense"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("--staging-listen `nonsense`: write HOST:PORT"));
+
+    // A listener that could serve no connection at all is a mistake, not a setting.
+    let out = tollgate(&["serve", "--config", &file, "--max-connections", "0"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--max-connections") && err.contains("0 is not in 1..=10000000"), "{err}");
 }
 
 #[tokio::test]
