@@ -2,7 +2,7 @@
 //! status, a stable machine-readable code and which side caused it; internal detail is
 //! logged, never sent to the client.
 
-use crate::body::GatewayBody;
+use crate::upstream::body::GatewayBody;
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 

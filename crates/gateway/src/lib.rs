@@ -11,17 +11,18 @@
 //! ```text
 //! server.rs     accept (connection cap, TLS + ALPN), HTTP/1.1 or HTTP/2
 //! deadline.rs   a deadline for every state of a connection; making room when full
-//! proxy.rs      host → product; websocket upgrade checks
+//! proxy/        fields.rs: one Host, HTTP/2 field rules; the canonical path; host → product
 //! policy/       rewrite phase → access phase (the `tollgate` policy: credentials,
-//!               application, mapping rules → usage) → limits (counters, all-or-nothing)
-//! proxy.rs      backend usage by longest path prefix → upstream request phase →
-//!               upstream.rs (pooled, TLS-verified) → response phase → client
+//!               application, mapping rules → usage)
+//! proxy/        limits.rs: edge limits, the WebSocket cap, plan limits (all-or-nothing)
+//!               exchange.rs: backend usage by longest path prefix → upstream request
+//!               phase → upstream/ (pooled, TLS-verified) → response phase → client
+//!               upgrade.rs: a WebSocket upgrade, then relay/ (frames, metering, closes)
 //! error.rs      the one place where failures become status codes and JSON bodies
 //! ```
 
 pub mod analytics;
 mod auth;
-pub mod body;
 pub mod deadline;
 pub mod error;
 pub mod files;
@@ -34,7 +35,6 @@ pub mod mapping;
 pub mod metrics;
 pub mod path;
 pub mod policy;
-pub mod pool;
 mod proxy;
 pub mod relay;
 pub mod server;
@@ -44,7 +44,6 @@ pub mod snapshot;
 pub mod trace;
 pub mod upstream;
 
-pub use body::GatewayBody;
 pub use deadline::MinDataRate;
 pub use metrics::{Health, Metrics};
 pub use proxy::{ExchangeDefaults, Gateway, Shared};
@@ -53,3 +52,4 @@ pub use snapshot::{
     BackendSource, Environment, ProductSource, Snapshot, SnapshotHandle, Snapshots, Upstreams, check, compile,
     compile_environment,
 };
+pub use upstream::body::GatewayBody;

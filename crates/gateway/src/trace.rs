@@ -15,8 +15,8 @@
 //! batches by one background task; when the collector is slow or away, spans are
 //! dropped (and counted), never requests delayed.
 
-use crate::body::UpstreamBody;
 use crate::upstream::Upstream;
+use crate::upstream::body::UpstreamBody;
 use http::{HeaderValue, header};
 use std::fmt::Write as _;
 use std::sync::Arc;

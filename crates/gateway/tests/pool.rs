@@ -86,9 +86,9 @@ fn upstream(addr: SocketAddr) -> Upstream {
     Upstream::new("test", base, &BackendTls::default(), std::time::Duration::from_secs(5)).expect("upstream")
 }
 
-fn get(up: &Upstream, path: &str) -> http::Request<tollgate_gateway::body::UpstreamBody> {
+fn get(up: &Upstream, path: &str) -> http::Request<tollgate_gateway::upstream::body::UpstreamBody> {
     let uri = up.uri(path, None).expect("uri");
-    http::Request::get(uri).body(tollgate_gateway::body::UpstreamBody::Empty).expect("request")
+    http::Request::get(uri).body(tollgate_gateway::upstream::body::UpstreamBody::Empty).expect("request")
 }
 
 async fn read(up: &Upstream, path: &str) -> (http::StatusCode, Bytes, Option<String>) {
@@ -160,7 +160,7 @@ async fn request_bodies_go_out_whole() {
     let up = upstream(addr);
     for size in [0usize, 1, 65_536, 300_001] {
         let uri = up.uri("/echo-length", None).expect("uri");
-        let body = tollgate_gateway::body::UpstreamBody::bytes(vec![b'z'; size]);
+        let body = tollgate_gateway::upstream::body::UpstreamBody::bytes(vec![b'z'; size]);
         let resp = up.request(http::Request::post(uri).body(body).expect("request")).await.expect("response");
         let got = resp.into_body().collect().await.expect("body").to_bytes();
         assert_eq!(got, size.to_string().as_bytes());

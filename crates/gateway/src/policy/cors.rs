@@ -20,7 +20,7 @@
 //! allowed gets no CORS headers, and its preflight a 403 `cors_origin_not_allowed`.
 
 use super::{Context, Flow, Policy};
-use crate::body::GatewayBody;
+use crate::upstream::body::GatewayBody;
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header, request, response};
 use schemars::JsonSchema;
 use serde::Deserialize;

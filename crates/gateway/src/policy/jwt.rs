@@ -207,7 +207,7 @@ async fn fetch_jwks(url: &str) -> Result<Vec<Jwk>, String> {
         let uri = upstream.uri("", None).map_err(|e| e.to_string())?;
         let req = http::Request::get(uri)
             .header(header::ACCEPT, "application/json")
-            .body(crate::body::UpstreamBody::Empty)
+            .body(crate::upstream::body::UpstreamBody::Empty)
             .map_err(|e| e.to_string())?;
         let resp = upstream.request(req).await.map_err(|e| e.to_string())?;
         if !resp.status().is_success() {

@@ -39,9 +39,9 @@ pub mod upstream_connection;
 mod url_rewriting;
 pub mod websocket;
 
-use crate::body::GatewayBody;
 use crate::mapping::Usage;
 use crate::snapshot::{Application, Product};
+use crate::upstream::body::GatewayBody;
 use http::{Response, request, response};
 use serde::de::DeserializeOwned;
 use std::net::SocketAddr;
@@ -87,7 +87,7 @@ pub struct Context<'a> {
     /// What `rate_limit` policies ask the gateway to check.
     pub edge: Vec<rate_limit::EdgeRequest>,
     /// Places taken under `rate_limit` concurrency limiters, held for the request.
-    pub guards: Vec<crate::body::Held>,
+    pub guards: Vec<crate::upstream::body::Held>,
     /// When the request's validated token expires (Unix seconds): a WebSocket opened
     /// with it closes then.
     pub token_expires: Option<i64>,

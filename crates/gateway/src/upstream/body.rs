@@ -2,7 +2,7 @@
 //! An enum rather than a boxed trait object keeps the proxied path allocation-free.
 
 use crate::deadline::BodyPace;
-use crate::pool::PooledBody;
+use crate::upstream::pool::PooledBody;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;

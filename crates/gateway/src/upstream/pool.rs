@@ -20,7 +20,7 @@
 //! before the request went out is sent again on another one — hyper hands such a
 //! request back unsent, so no request is ever sent twice.
 
-use crate::body::UpstreamBody;
+use crate::upstream::body::UpstreamBody;
 use crate::upstream::{ConnectError, Connector, UpstreamStream};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};

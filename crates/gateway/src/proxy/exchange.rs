@@ -1,0 +1,323 @@
+//! The exchange with a backend: the upstream request's head, the body under its
+//! limits, retries, the response head due within the read timeout, and the
+//! response as the client gets it (hop-by-hop headers, redirects, body limits).
+
+use super::*;
+
+impl Gateway {
+    /// The upstream request's head: the client's, minus hop-by-hop headers, with
+    /// `X-Forwarded-*` and `Forwarded` added and the upstream request phase applied.
+    pub(super) fn upstream_head(
+        &self,
+        parts: &request::Parts,
+        ctx: &Context<'_>,
+        upstream: &Upstream,
+        rest: &str,
+    ) -> Result<request::Parts, GatewayError> {
+        let uri = upstream
+            .uri(rest, parts.uri.query())
+            .map_err(|_| GatewayError::BadRequest("the request path cannot be forwarded"))?;
+        let (mut head, ()) = Request::new(()).into_parts();
+        head.method = parts.method.clone();
+        head.uri = uri;
+        head.version = Version::HTTP_11;
+        head.headers = forwardable_headers(&parts.headers);
+        add_forwarded(&mut head.headers, parts, ctx);
+        for policy in &ctx.product.chain {
+            policy.upstream_request(&mut head, ctx);
+        }
+        Ok(head)
+    }
+
+    /// Sends the request to where it goes (a policy's route, else the backend usage
+    /// with the longest matching prefix) and returns the response as the client gets
+    /// it, the backend's redirects pointed at the public base URL.
+    pub(super) async fn forward(
+        &self,
+        parts: &request::Parts,
+        body: Incoming,
+        ctx: &Context<'_>,
+        pace: Option<BodyPace>,
+    ) -> Result<Response<GatewayBody>, GatewayError> {
+        let (upstream, rest, prefix) = destination_with_prefix(parts, ctx)?;
+        let resp = self.forward_to(parts, body, ctx, upstream, rest, pace).await;
+        match resp {
+            Ok(mut r) if ctx.product.rewrite_redirects => {
+                rewrite_redirects(r.headers_mut(), upstream, &ctx.product.public_base, prefix);
+                Ok(r)
+            }
+            other => other,
+        }
+    }
+
+    /// The exchange with `upstream`: retried as the `retry` policy allows (bodyless
+    /// requests only), else once with the client's body under its limits.
+    pub(super) async fn forward_to(
+        &self,
+        parts: &request::Parts,
+        body: Incoming,
+        ctx: &Context<'_>,
+        upstream: &Upstream,
+        rest: &str,
+        pace: Option<BodyPace>,
+    ) -> Result<Response<GatewayBody>, GatewayError> {
+        if let Some(retry) = &ctx.retry {
+            // A bodyless request: each attempt sends a fresh empty body.
+            let mut attempt = 0;
+            loop {
+                let mut head = self.upstream_head(parts, ctx, upstream, rest)?;
+                let span = self.trace_upstream(ctx, &mut head);
+                let last = attempt == retry.retries;
+                let result =
+                    exchange(upstream, Request::from_parts(head, UpstreamBody::Empty), ctx.upstream_timeouts.1).await;
+                if let Some((id, start)) = span {
+                    let status = result.as_ref().map_or(0, |r| i64::from(r.status().as_u16()));
+                    self.span_end(
+                        ctx,
+                        "upstream",
+                        start,
+                        Some(id),
+                        vec![("http.response.status_code", Attr::Int(status))],
+                    );
+                }
+                let again = match &result {
+                    Ok(r) => retry.statuses.contains(&r.status()),
+                    Err(GatewayError::UpstreamUnavailable(_) | GatewayError::UpstreamTimeout(_)) => true,
+                    Err(_) => false,
+                };
+                if last || !again {
+                    return self.shape_response(result?, ctx.upstream_timeouts.1, ctx.payload_limits.1);
+                }
+                attempt += 1;
+                self.metrics.env(self.environment).upstream_error();
+                tracing::debug!(attempt, "retrying the request");
+                if !retry.delay.is_zero() {
+                    tokio::time::sleep(retry.delay).await;
+                }
+            }
+        }
+        let mut head = self.upstream_head(parts, ctx, upstream, rest)?;
+        let upstream_span = self.trace_upstream(ctx, &mut head);
+        let (request_limit, response_limit) = ctx.payload_limits;
+        let read_timeout = ctx.upstream_timeouts.1;
+        let send_timeout = ctx.upstream_timeouts.0;
+        let stopped = Stopped::default();
+        let body = if body.is_end_stream() {
+            UpstreamBody::from(body)
+        } else {
+            let timer = send_timeout.map(Timer::deadline);
+            let limited = UpstreamBody::limited(body, request_limit, timer, pace, stopped.clone());
+            // A small body is read whole before a backend connection is taken (as
+            // nginx's `proxy_request_buffering`): a client that trickles it holds no
+            // backend connection meanwhile. Over HTTP/1 only, where a body with a
+            // Content-Length has no trailers to lose.
+            let buffered = parts.version < http::Version::HTTP_2
+                && limited.size_hint().exact().is_some_and(|n| n <= self.defaults.request_buffer_bytes);
+            if buffered {
+                match limited.collect().await {
+                    Ok(whole) => UpstreamBody::bytes(whole.to_bytes()),
+                    Err(e) => {
+                        return Err(body_stopped(&stopped, upstream)
+                            .unwrap_or_else(|| GatewayError::BadRequestBody(e.to_string())));
+                    }
+                }
+            } else {
+                limited
+            }
+        };
+        let sent = std::time::Instant::now();
+        // The whole request is sent before the backend answers (usually): the head is
+        // due within both timeouts.
+        let head_due = read_timeout.map(|read| read + send_timeout.unwrap_or_default());
+        let resp = exchange(upstream, Request::from_parts(head, body), head_due).await;
+        if resp.is_ok() {
+            self.product_metrics(ctx.product).upstream.observe(sent.elapsed());
+        }
+        if let Some((id, start)) = upstream_span {
+            let status = resp.as_ref().map_or(0, |r| i64::from(r.status().as_u16()));
+            let attrs = vec![
+                ("server.address", Attr::Str(upstream.authority.to_string())),
+                ("http.response.status_code", Attr::Int(status)),
+            ];
+            self.span_end(ctx, "upstream", start, Some(id), attrs);
+        }
+        // The body stopped on the way: that, not the backend's reaction to it, is what
+        // the client hears.
+        if let Some(e) = body_stopped(&stopped, upstream) {
+            return Err(e);
+        }
+        self.shape_response(resp?, read_timeout, response_limit)
+    }
+
+    /// A backend's response as the client gets it: hop-by-hop headers removed, the
+    /// `upstream_connection` read timeout and the `payload_limits` response limit
+    /// applied, and a body that fails after the head reported (metrics, log).
+    pub(super) fn shape_response(
+        &self,
+        resp: Response<GatewayBody>,
+        read_timeout: Option<std::time::Duration>,
+        response_limit: Option<u64>,
+    ) -> Result<Response<GatewayBody>, GatewayError> {
+        let report = BrokenBodies { metrics: self.metrics.clone(), environment: self.environment };
+        shape_response(resp, read_timeout, response_limit).map(|r| r.map(|b| b.reporting(report)))
+    }
+}
+
+/// Why a request body stopped on its way to the backend, if it did.
+pub(super) fn body_stopped(stopped: &Stopped, upstream: &Upstream) -> Option<GatewayError> {
+    match stopped.load(std::sync::atomic::Ordering::Relaxed) {
+        crate::upstream::body::STOPPED_TOO_LARGE => Some(GatewayError::RequestTooLarge),
+        crate::upstream::body::STOPPED_SEND_TIMEOUT => Some(GatewayError::UpstreamTimeout(format!(
+            "{}: the request was not sent within send_timeout",
+            upstream.label()
+        ))),
+        crate::upstream::body::STOPPED_TOO_SLOW => Some(GatewayError::RequestTimeout),
+        crate::upstream::body::STOPPED_UNREADABLE => {
+            Some(GatewayError::BadRequestBody("the client's body ended before its end or was malformed".into()))
+        }
+        _ => None,
+    }
+}
+
+/// Sends a request to the backend; with `head_due`, its response head must come by then.
+pub(super) async fn exchange(
+    upstream: &Upstream,
+    req: Request<UpstreamBody>,
+    head_due: Option<std::time::Duration>,
+) -> Result<Response<GatewayBody>, GatewayError> {
+    match head_due {
+        None => upstream.request(req).await,
+        Some(d) => tokio::time::timeout(d, upstream.request(req)).await.unwrap_or_else(|_| {
+            Err(GatewayError::UpstreamTimeout(format!("{}: no response head within read_timeout", upstream.label())))
+        }),
+    }
+}
+
+/// A backend's response as the client gets it: hop-by-hop headers removed, the
+/// `upstream_connection` read timeout and the `payload_limits` response limit applied.
+pub(super) fn shape_response(
+    mut resp: Response<GatewayBody>,
+    read_timeout: Option<std::time::Duration>,
+    response_limit: Option<u64>,
+) -> Result<Response<GatewayBody>, GatewayError> {
+    if let Some(max) = response_limit {
+        let declared = resp.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > max) {
+            return Err(GatewayError::ResponseTooLarge);
+        }
+        resp = resp.map(|b| b.capped(max));
+    }
+    if let Some(read) = read_timeout {
+        resp = resp.map(|b| b.idle_timeout(read));
+    }
+    strip_hop_by_hop(resp.headers_mut());
+    Ok(resp)
+}
+
+/// Where the request goes: where a policy (`upstream`, `routing`) sent it, or the
+/// product's backend usage with the longest matching prefix; with the path to send.
+/// Also the public path prefix the backend sits under (its usage's; none for a policy's
+/// target), for rewriting its redirects.
+pub(super) fn destination_with_prefix<'c>(
+    parts: &'c request::Parts,
+    ctx: &'c Context<'_>,
+) -> Result<(&'c Upstream, &'c str, &'c str), GatewayError> {
+    let (upstream, rest, prefix) = destination_of(parts, ctx)?;
+    // The path was made canonical on entry, but a policy may have rewritten it since:
+    // what goes after the backend's base path must still have no dot-segments, so the
+    // request can never leave that base path.
+    if rest.starts_with('/') && !matches!(crate::path::canonical(rest, ctx.product.path_rules), Ok(c) if c == rest) {
+        return Err(GatewayError::BadPath(crate::path::PathError::AboveRoot));
+    }
+    Ok((upstream, rest, prefix))
+}
+
+pub(super) fn destination_of<'c>(
+    parts: &'c request::Parts,
+    ctx: &'c Context<'_>,
+) -> Result<(&'c Upstream, &'c str, &'c str), GatewayError> {
+    match &ctx.route {
+        None => {
+            let (usage, rest) = ctx.product.route(parts.uri.path()).ok_or(GatewayError::NoBackend)?;
+            Ok((&usage.upstream, rest, &usage.prefix))
+        }
+        Some(route) => {
+            let upstream = match &route.target {
+                Target::Url(u) => u,
+                Target::Backend(name) => {
+                    &ctx.product.usages.iter().find(|u| *u.backend == **name).ok_or(GatewayError::NoBackend)?.upstream
+                }
+            };
+            Ok((upstream, route.path.as_str(), ""))
+        }
+    }
+}
+
+/// `Location`, `Content-Location` and the URL of `Refresh` that point at the backend's
+/// private base URL point at the public base URL the request came through instead
+/// (`public`: its scheme, host and port; then the usage's path `prefix`), as nginx's
+/// default `proxy_redirect` does: a backend's own address never reaches a client.
+/// Nothing is allocated unless a header is rewritten.
+pub(super) fn rewrite_redirects(headers: &mut HeaderMap, upstream: &Upstream, public: &str, prefix: &str) {
+    const REFRESH: HeaderName = HeaderName::from_static("refresh");
+    let map = |url: &str| {
+        upstream.private_prefixes.iter().find_map(|p| {
+            let rest = url.strip_prefix(p.as_str())?;
+            (rest.is_empty() || rest.starts_with(['/', '?', '#'])).then(|| format!("{public}{prefix}{rest}"))
+        })
+    };
+    for name in [header::LOCATION, header::CONTENT_LOCATION, REFRESH] {
+        let Some(value) = headers.get(&name).and_then(|v| v.to_str().ok()) else { continue };
+        let rewritten = if name == REFRESH {
+            // `5; url=http://…`
+            let at = value.to_ascii_lowercase().find("url=").map(|i| i + 4);
+            at.and_then(|i| map(value[i..].trim_matches(['"', '\''])).map(|u| format!("{}{u}", &value[..i])))
+        } else {
+            map(value)
+        };
+        if let Some(v) = rewritten.and_then(|v| HeaderValue::from_str(&v).ok()) {
+            headers.insert(name, v);
+        }
+    }
+}
+
+pub(super) fn add_forwarded(headers: &mut HeaderMap, parts: &request::Parts, ctx: &Context<'_>) {
+    const XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
+    const XFP: HeaderName = HeaderName::from_static("x-forwarded-proto");
+    const XFH: HeaderName = HeaderName::from_static("x-forwarded-host");
+    let ip = ctx.client_addr.ip().to_string();
+    let xff = match headers.get(&XFF).and_then(|v| v.to_str().ok()) {
+        Some(prev) => format!("{prev}, {ip}"),
+        None => ip,
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        headers.insert(XFF, v);
+    }
+    headers.insert(XFP, HeaderValue::from_static(if ctx.tls { "https" } else { "http" }));
+    // The authority the gateway routed on (see `host_of`): the target's own in absolute
+    // form and HTTP/2, else `Host` — never a second, client-chosen value.
+    let host = match parts.uri.authority() {
+        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+        None => parts.headers.get(header::HOST).cloned(),
+    };
+    // RFC 7239: the same facts in one `Forwarded` element, after those of earlier
+    // proxies (an IPv6 address and a host with a port are quoted strings, §6).
+    let for_ = match ctx.client_addr.ip() {
+        std::net::IpAddr::V4(v4) => v4.to_string(),
+        std::net::IpAddr::V6(v6) => format!("\"[{v6}]\""),
+    };
+    let mut element = format!("for={for_};proto={}", if ctx.tls { "https" } else { "http" });
+    if let Some(h) = host.as_ref().and_then(|h| h.to_str().ok()).filter(|h| !h.contains(['"', '\\'])) {
+        element.push_str(&format!(";host=\"{h}\""));
+    }
+    let forwarded = match headers.get(header::FORWARDED).and_then(|v| v.to_str().ok()) {
+        Some(prev) => format!("{prev}, {element}"),
+        None => element,
+    };
+    if let Ok(v) = HeaderValue::from_str(&forwarded) {
+        headers.insert(header::FORWARDED, v);
+    }
+    if let Some(h) = host {
+        headers.insert(XFH, h);
+    }
+}

@@ -1,0 +1,143 @@
+//! The request head as the gateway reads and forwards it: one Host (RFC 9112 §3.2),
+//! HTTP/2 field rules (RFC 9113 §8.2), hop-by-hop headers (RFC 9110 §7.6.1).
+
+use super::*;
+
+/// `uri` with its path replaced (scheme, authority and query kept).
+pub(super) fn with_path(uri: &http::Uri, path: &str) -> Result<http::Uri, GatewayError> {
+    let pq = match uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_string(),
+    };
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query =
+        Some(pq.parse().map_err(|_| GatewayError::BadRequest("the request target cannot be forwarded"))?);
+    http::Uri::from_parts(parts).map_err(|_| GatewayError::BadRequest("the request target cannot be forwarded"))
+}
+
+/// RFC 9112 §3.2: one Host, with no user information; otherwise two readers may pick
+/// two different products or backends.
+pub(crate) fn check_host_headers(headers: &HeaderMap) -> Result<(), GatewayError> {
+    let mut hosts = headers.get_all(header::HOST).iter();
+    if let (Some(first), second) = (hosts.next(), hosts.next()) {
+        if second.is_some() {
+            return Err(GatewayError::BadRequest("the request has more than one Host header"));
+        }
+        if first.as_bytes().contains(&b'@') {
+            return Err(GatewayError::BadRequest("a Host header must not carry user information"));
+        }
+    }
+    Ok(())
+}
+
+pub(super) fn request_host(req: &Request<Incoming>) -> Option<&str> {
+    host_of(req.uri(), req.headers())
+}
+
+pub(super) fn request_host_of(parts: &request::Parts) -> Option<&str> {
+    host_of(&parts.uri, &parts.headers)
+}
+
+/// The request's host, without port: the `Host` header (HTTP/1.1) or the `:authority`.
+pub(crate) fn host_of<'a>(uri: &'a http::Uri, headers: &'a HeaderMap) -> Option<&'a str> {
+    let raw = match uri.authority() {
+        Some(a) => a.as_str(),
+        None => headers.get(header::HOST)?.to_str().ok()?,
+    };
+    let raw = raw.rsplit_once('@').map_or(raw, |(_, h)| h);
+    let host = if let Some(v6) = raw.strip_prefix('[') {
+        v6.split(']').next()?
+    } else {
+        match raw.rsplit_once(':') {
+            Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+            _ => raw,
+        }
+    };
+    let host = host.strip_suffix('.').unwrap_or(host);
+    (!host.is_empty()).then_some(host)
+}
+
+pub(super) const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::HOST,
+];
+
+/// The header names a `Connection` header lists (hop-by-hop by declaration). Empty,
+/// without allocating, in the usual case of no `Connection` header.
+pub(super) fn connection_tokens(headers: &HeaderMap) -> Vec<HeaderName> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect()
+}
+
+/// A copy of `headers` without hop-by-hop headers (RFC 9110 §7.6.1) and `Host`.
+/// Copying clones reference-counted bytes, not data.
+pub(crate) fn forwardable_headers(headers: &HeaderMap) -> HeaderMap {
+    let named = connection_tokens(headers);
+    let mut out = HeaderMap::with_capacity(headers.len() + 4);
+    for (name, value) in headers {
+        // The request id is the gateway's (it set it, or took the client's as its own):
+        // a client's Connection list cannot take it off the request.
+        if !HOP_BY_HOP.contains(name) && (!named.contains(name) || *name == REQUEST_ID) {
+            out.append(name.clone(), value.clone());
+        }
+    }
+    // RFC 9113 §8.2.3: HTTP/2 may split Cookie into several fields; they are joined
+    // with "; " before they go to HTTP/1.1 (where one Cookie field is allowed).
+    let mut cookies = out.get_all(header::COOKIE).iter();
+    if let (Some(first), Some(_)) = (cookies.next(), cookies.next()) {
+        let mut joined = first.as_bytes().to_vec();
+        for more in out.get_all(header::COOKIE).iter().skip(1) {
+            joined.extend_from_slice(b"; ");
+            joined.extend_from_slice(more.as_bytes());
+        }
+        if let Ok(v) = HeaderValue::from_bytes(&joined) {
+            out.insert(header::COOKIE, v);
+        }
+    }
+    out
+}
+
+/// RFC 9113 §8.2.1 and §8.3.1: what makes an HTTP/2 request malformed beyond what the
+/// HTTP/2 layer checks — a field value with leading or trailing whitespace, a `Host`
+/// naming another authority than `:authority`.
+pub(crate) fn check_http2_fields<B>(req: &Request<B>) -> Result<(), GatewayError> {
+    let padded = |v: &HeaderValue| {
+        let b = v.as_bytes();
+        matches!(b.first(), Some(b' ' | b'\t')) || matches!(b.last(), Some(b' ' | b'\t'))
+    };
+    if req.headers().values().any(padded) {
+        return Err(GatewayError::BadRequest("an HTTP/2 field value must not begin or end with whitespace"));
+    }
+    if let (Some(authority), Some(host)) = (req.uri().authority(), req.headers().get(header::HOST))
+        && !host.as_bytes().eq_ignore_ascii_case(authority.as_str().as_bytes())
+    {
+        return Err(GatewayError::BadRequest("the Host header names another authority than :authority"));
+    }
+    Ok(())
+}
+
+/// Removes hop-by-hop headers in place (on a backend's response).
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // RFC 9112 §6.3: with Transfer-Encoding, Content-Length says nothing about the body
+    // and an intermediary must remove it before forwarding.
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        headers.remove(header::CONTENT_LENGTH);
+    }
+    for n in connection_tokens(headers) {
+        headers.remove(n);
+    }
+    for n in &HOP_BY_HOP[..7] {
+        headers.remove(n);
+    }
+}

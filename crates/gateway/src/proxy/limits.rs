@@ -1,0 +1,107 @@
+//! Limits after the access phase: the `rate_limit` policies' edge limits, an
+//! application's WebSocket cap and its plan's usage limits (all-or-nothing).
+
+use super::*;
+
+impl Gateway {
+    /// After the access phase: edge limits, the connection cap, the plan's limits.
+    pub(super) async fn limits(
+        &self,
+        _parts: &request::Parts,
+        ctx: &mut Context<'_>,
+    ) -> Result<Option<ConnectionSlot>, Response<GatewayBody>> {
+        self.edge_limits(ctx).await?;
+        let Some(app) = ctx.application.as_ref() else { return Ok(None) };
+        let product = ctx.product;
+        // The cap comes before the limits, so a refused connection consumes no quota.
+        let app_slot = if ctx.websocket {
+            match self.connections.try_open(&app.id, app.plan.max_connections).await {
+                Ok(Some(slot)) => Some(slot),
+                Ok(None) => return Err(GatewayError::TooManyConnections.into_response()),
+                Err(e) => return Err(GatewayError::CountersUnavailable(e.to_string()).into_response()),
+            }
+        } else {
+            None
+        };
+        let checks = plan_checks(product, app, &ctx.usage);
+        match self.counters.authorize(&app.id, &checks, ctx.now).await {
+            Ok(Decision::Allowed(_)) => {
+                if let Some(analytics) = &self.analytics {
+                    let usage = ctx.usage.0.iter().map(|(m, d)| (product.metrics.name(*m), *d));
+                    analytics.record(&app.id, &product.system_name, usage, ctx.now);
+                }
+                Ok(app_slot)
+            }
+            Ok(Decision::Exceeded(status)) => {
+                self.metrics.env(self.environment).limits_exceeded();
+                let mut resp = product.errors.limits_exceeded.respond();
+                rate_limit_headers(resp.headers_mut(), &status, ctx.now);
+                Err(resp)
+            }
+            Err(e) => Err(GatewayError::CountersUnavailable(e.to_string()).into_response()),
+        }
+    }
+
+    /// The `rate_limit` policies' checks, after every access phase and before the plan's
+    /// limits. `Err` is the refusal.
+    pub(super) async fn edge_limits(&self, ctx: &mut Context<'_>) -> Result<(), Response<GatewayBody>> {
+        if ctx.edge.is_empty() {
+            return Ok(());
+        }
+        // Edge windows and buckets need milliseconds (the clock gives seconds).
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(ctx.now * 1000, |d| d.as_millis() as i64);
+        for edge in std::mem::take(&mut ctx.edge) {
+            let decision = match (edge.redis, self.counters.redis()) {
+                (true, Some(redis)) => match redis.edge(&edge.checks, now_ms).await {
+                    Ok(d) => d,
+                    Err(e) if redis.mode() == FailureMode::Strict => {
+                        return Err(GatewayError::CountersUnavailable(e.to_string()).into_response());
+                    }
+                    // `allow` and `resilient`: this node's own counts meanwhile.
+                    Err(_) => self.edge.check(&edge.checks, now_ms),
+                },
+                _ => self.edge.check(&edge.checks, now_ms),
+            };
+            if let EdgeDecision::Refused { retry_after_ms, .. } = decision {
+                self.metrics.env(self.environment).limits_exceeded();
+                let mut resp = edge.refusal.respond();
+                let secs = (retry_after_ms + 999) / 1000;
+                resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+                return Err(resp);
+            }
+            for (key, max) in &edge.connections {
+                // In Redis: a lease like a WebSocket's under max_connections (renewed by
+                // this node, freed by its expiry if the node dies).
+                let place: Option<Held> = match (edge.redis, self.counters.redis()) {
+                    (true, Some(_)) => match self.connections.try_open(&format!("edge:{key}"), Some(*max)).await {
+                        Ok(slot) => slot.map(|s| Box::new(s) as Held),
+                        Err(e) => return Err(GatewayError::CountersUnavailable(e.to_string()).into_response()),
+                    },
+                    _ => self.edge.acquire(key, *max).map(|g| Box::new(g) as Held),
+                };
+                match place {
+                    Some(p) => ctx.guards.push(p),
+                    None => {
+                        self.metrics.env(self.environment).limits_exceeded();
+                        ctx.guards.clear();
+                        return Err(edge.refusal.respond());
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `RateLimit-Limit/-Remaining/-Reset` and `Retry-After` (omitted for `eternity`).
+pub(super) fn rate_limit_headers(headers: &mut HeaderMap, status: &LimitStatus, now: i64) {
+    headers.insert("ratelimit-limit", HeaderValue::from(status.max));
+    headers.insert("ratelimit-remaining", HeaderValue::from(status.remaining()));
+    if let Some(reset) = status.reset_at {
+        let secs = (reset - now).max(0);
+        headers.insert("ratelimit-reset", HeaderValue::from(secs));
+        headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+}

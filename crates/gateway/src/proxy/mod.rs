@@ -1,0 +1,427 @@
+//! The request path, top-down as a request travels it ([`Gateway::handle`]):
+//!
+//! 1. the head is checked and made canonical (`fields`: one Host, HTTP/2 field rules;
+//!    the path without dot-segments) and the host picks the product;
+//! 2. the policy chain's rewrite and access phases run ([`Gateway::request_phases`]);
+//! 3. limits (`limits`): edge limits, the WebSocket cap, the plan's usage limits;
+//! 4. the exchange with the backend (`exchange`: head, body, retries, response) or the
+//!    WebSocket upgrade and its relay (`upgrade`);
+//! 5. the response phases, metrics, the request id and the trace span.
+
+use crate::analytics::Analytics;
+use crate::deadline::BodyPace;
+use crate::error::GatewayError;
+use crate::metrics::Metrics;
+use crate::policy::routing::Target;
+use crate::policy::{Context, Flow};
+use crate::relay::{self, RelayOptions};
+use crate::session::{ConnectionSlot, Connections, Session, plan_checks};
+use crate::snapshot::{Environment, Product, SnapshotHandle};
+use crate::trace::{Attr, Span, TraceCtx, Tracer, now_ns, traceparent};
+use crate::upstream::body::GatewayBody;
+use crate::upstream::body::{BrokenBodies, Held, Stopped, Timer, UpstreamBody};
+use crate::upstream::{Upstream, error_chain};
+use base64::Engine;
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Version, request};
+use http_body::Body as _;
+use http_body_util::{BodyExt as _, Empty};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::sync::watch;
+use tollgate_counters::{Clock, Counters, Decision, EdgeDecision, EdgeMemory, FailureMode, LimitStatus};
+
+mod exchange;
+mod fields;
+mod limits;
+mod upgrade;
+
+use exchange::*;
+pub(crate) use fields::*;
+pub(crate) use upgrade::*;
+
+/// What the listener knows about the connection a request came on.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    pub client_addr: SocketAddr,
+    pub tls: bool,
+    /// The connection's place under the listener's cap. A WebSocket relay keeps a clone,
+    /// so an upgraded connection still counts until it closes.
+    pub(crate) slot: Arc<crate::server::Slot>,
+    /// What the connection is doing (requests in flight, bodies behind the minimum rate).
+    pub(crate) activity: Arc<crate::deadline::Activity>,
+    /// The least the client must send and take; `None`: no minimum.
+    pub(crate) min_data_rate: Option<crate::deadline::MinDataRate>,
+}
+
+/// What the gateways of one process share.
+#[derive(Clone)]
+pub struct Shared {
+    pub counters: Arc<Counters>,
+    pub clock: Arc<dyn Clock>,
+    pub metrics: Arc<Metrics>,
+    /// Where usage is aggregated for analytics, when something persists it.
+    pub analytics: Option<Arc<Analytics>>,
+    /// Open WebSockets per application (`max_connections` spans both environments).
+    pub connections: Arc<Connections>,
+    /// Edge limits (`rate_limit`) kept in this process.
+    pub edge: Arc<EdgeMemory>,
+    /// Where spans go, when tracing is on.
+    pub tracer: Option<Arc<Tracer>>,
+    /// Limits on every exchange with a backend, unless a product's policies say otherwise.
+    pub defaults: ExchangeDefaults,
+}
+
+/// Limits on every exchange with a backend that hold unless a product's policy chain
+/// says otherwise.
+#[derive(Debug, Clone, Copy)]
+pub struct ExchangeDefaults {
+    /// Time for a backend's response head once the request is sent, and between two
+    /// parts of its body — as nginx's `proxy_read_timeout` (60 s). Over it: 504
+    /// `upstream_timeout` (or a response that ends abnormally once begun). The
+    /// `upstream_connection` policy's `read_timeout` replaces it per product.
+    /// `--upstream-read-timeout`.
+    pub read_timeout: std::time::Duration,
+    /// HTTP/1 request bodies with a `Content-Length` of at most this many bytes are read
+    /// whole before a backend connection is taken (nginx's `proxy_request_buffering`),
+    /// so a client that trickles one holds no backend connection; larger ones are
+    /// streamed. 0: always streamed. `--request-buffer-bytes`.
+    pub request_buffer_bytes: u64,
+}
+
+impl Default for ExchangeDefaults {
+    /// 60 s and 64 KiB.
+    fn default() -> Self {
+        ExchangeDefaults { read_timeout: std::time::Duration::from_secs(60), request_buffer_bytes: 64 * 1024 }
+    }
+}
+
+/// One environment's gateway: the state every request of that environment shares.
+pub struct Gateway {
+    pub environment: Environment,
+    snapshot: SnapshotHandle,
+    counters: Arc<Counters>,
+    clock: Arc<dyn Clock>,
+    metrics: Arc<Metrics>,
+    analytics: Option<Arc<Analytics>>,
+    connections: Arc<Connections>,
+    edge: Arc<EdgeMemory>,
+    tracer: Option<Arc<Tracer>>,
+    defaults: ExchangeDefaults,
+    /// Set at shutdown: open WebSockets close with 1001.
+    draining: watch::Sender<bool>,
+}
+
+impl Gateway {
+    pub fn new(environment: Environment, snapshot: SnapshotHandle, shared: Shared) -> Self {
+        Gateway {
+            environment,
+            snapshot,
+            counters: shared.counters,
+            clock: shared.clock,
+            metrics: shared.metrics,
+            analytics: shared.analytics,
+            connections: shared.connections,
+            edge: shared.edge,
+            tracer: shared.tracer,
+            defaults: shared.defaults,
+            draining: watch::channel(false).0,
+        }
+    }
+
+    /// Closes every open WebSocket with 1001 (going away); used at shutdown.
+    pub fn drain(&self) {
+        self.draining.send_replace(true);
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Answers one request. Never fails: every failure becomes a response here.
+    pub async fn handle(&self, mut req: Request<Incoming>, conn: ConnInfo) -> Response<GatewayBody> {
+        let upgrade_requested = req.headers().contains_key(header::UPGRADE)
+            || (req.method() == Method::CONNECT && req.version() < Version::HTTP_2);
+        let websocket_requested = header_has_token(req.headers(), header::UPGRADE, "websocket")
+            || req.extensions().get::<hyper::ext::Protocol>().is_some();
+        let version = req.version();
+        // Every request carries an id to the backend and back to the client: the
+        // client's own if it sent a usable one, else a new one.
+        let request_id = match req.headers().get(REQUEST_ID) {
+            Some(v) if !v.is_empty() && v.len() <= 200 => v.clone(),
+            _ => {
+                let id = new_request_id();
+                req.headers_mut().insert(REQUEST_ID, id.clone());
+                id
+            }
+        };
+        let traced = self.tracer.as_ref().and_then(|t| t.start(req.headers().get(TRACEPARENT)).map(|c| (t, c)));
+        let started_ns = if traced.is_some() { now_ns() } else { 0 };
+        let (method, path) = match traced {
+            Some(_) => (req.method().to_string(), req.uri().path().to_string()),
+            None => (String::new(), String::new()),
+        };
+        if let Some((_, c)) = traced {
+            req.extensions_mut().insert(c);
+        }
+        let mut resp = match self.route(req, &conn).await {
+            Ok(resp) => resp,
+            Err(e) => {
+                if e.side() == crate::error::Side::Upstream {
+                    self.metrics.env(self.environment).upstream_error();
+                }
+                e.into_response()
+            }
+        };
+        // A refused upgrade (or HTTP/1 CONNECT) closes the connection: the client meant
+        // to leave HTTP, and what it sent after the head may not be HTTP (nor was it
+        // checked for smuggling, which steps aside after such a head).
+        if upgrade_requested && resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+            resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        if let Some((tracer, c)) = traced {
+            let mut attrs = vec![
+                ("http.request.method", Attr::Str(method)),
+                ("url.path", Attr::Str(path)),
+                ("http.response.status_code", Attr::Int(i64::from(resp.status().as_u16()))),
+                ("tollgate.environment", Attr::Str(self.environment.as_str().into())),
+                ("http.request.header.x-request-id", Attr::Str(String::from_utf8_lossy(request_id.as_bytes()).into())),
+            ];
+            if let Some(who) = resp.extensions_mut().remove::<Identified>() {
+                attrs.push(("tollgate.product", Attr::Str(who.product)));
+                if let Some(app) = who.application {
+                    attrs.push(("tollgate.application", Attr::Str(app)));
+                }
+            }
+            tracer.record(Span {
+                trace_id: c.trace_id,
+                span_id: c.span_id,
+                parent: c.parent,
+                name: "request",
+                kind: 2,
+                start_ns: started_ns,
+                end_ns: now_ns(),
+                attrs,
+                error: resp.status().is_server_error(),
+            });
+        }
+        resp.headers_mut().insert(REQUEST_ID, request_id);
+        let metrics = self.metrics.env(self.environment);
+        metrics.response(resp.status().as_u16());
+        if websocket_requested {
+            metrics.upgrade_answered(resp.status().as_u16(), version);
+        }
+        resp
+    }
+
+    async fn route(&self, mut req: Request<Incoming>, conn: &ConnInfo) -> Result<Response<GatewayBody>, GatewayError> {
+        // One atomic increment; the snapshot stays alive for this request even if a
+        // new one is swapped in meanwhile.
+        let snapshot = self.snapshot.load();
+        check_host_headers(req.headers())?;
+        // The same for an absolute-form target or HTTP/2's :authority: the gateway routes
+        // on it, and user information in it is either a trick or a leak.
+        if req.uri().authority().is_some_and(|a| a.as_str().contains('@')) {
+            return Err(GatewayError::BadRequest("the request target must not carry user information"));
+        }
+        if req.version() == Version::HTTP_2 {
+            check_http2_fields(&req)?;
+        }
+        // A gateway is no forward proxy: CONNECT opens a tunnel only as the extended
+        // CONNECT of a WebSocket over HTTP/2 (RFC 8441).
+        if req.method() == Method::CONNECT && req.extensions().get::<hyper::ext::Protocol>().is_none() {
+            return Err(GatewayError::NotImplemented);
+        }
+        // Methods are case-sensitive (RFC 9110 §9.1): `get` is not GET, yet a backend
+        // that upper-cases methods would serve it as GET, past mapping rules and limits
+        // written for GET. As nginx does, methods with lower-case letters are refused.
+        if req.method().as_str().bytes().any(|b| b.is_ascii_lowercase()) {
+            return Err(GatewayError::BadRequest(
+                "methods are case-sensitive and written in upper case (RFC 9110 §9.1): send GET, not get",
+            ));
+        }
+        let host = request_host(&req).ok_or(GatewayError::BadRequest("the request has no Host"))?;
+        let product = match snapshot.product_for_host(host) {
+            Some(p) => p,
+            None if host.bytes().any(|b| b.is_ascii_uppercase()) => {
+                snapshot.product_for_host(&host.to_ascii_lowercase()).ok_or(GatewayError::UnknownHost)?
+            }
+            None => return Err(GatewayError::UnknownHost),
+        };
+        let product = product.clone();
+        // One canonical path from here on: what policies, mapping rules and routing
+        // read is what the backend receives.
+        match crate::path::canonical(req.uri().path(), product.path_rules) {
+            Ok(std::borrow::Cow::Borrowed(_)) => {}
+            Ok(std::borrow::Cow::Owned(path)) => *req.uri_mut() = with_path(req.uri(), &path)?,
+            Err(e) => return Err(GatewayError::BadPath(e)),
+        }
+        let handshake = websocket_upgrade(&req)?;
+        let websocket = handshake != Handshake::None;
+        if websocket && !product.websocket {
+            return Err(GatewayError::WebSocketDisabled);
+        }
+        if handshake == Handshake::Http2 {
+            // An extended CONNECT is the HTTP/2 spelling of the GET that opens a
+            // WebSocket: mapping rules, policies and the backend see that GET.
+            *req.method_mut() = Method::GET;
+        }
+        let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
+        let (mut parts, body) = req.into_parts();
+        let mut ctx = Context {
+            upstream_timeouts: (None, Some(self.defaults.read_timeout)),
+            trace: parts.extensions.get::<TraceCtx>().copied(),
+            ..Context::new(&product, conn.client_addr, conn.tls, websocket, self.clock.now())
+        };
+
+        let mut resp = match self.request_phases(&mut parts, &mut ctx).await {
+            Ok(app_slot) => match client_upgrade {
+                Some(client) => {
+                    let mut guards = std::mem::take(&mut ctx.guards);
+                    if handshake == Handshake::Http2 {
+                        // A WebSocket on an HTTP/2 stream keeps its connection busy (never
+                        // idle, never evicted) for as long as it is open.
+                        guards.push(Box::new(conn.activity.begin()));
+                    }
+                    let slots = (conn.slot.clone(), app_slot, guards);
+                    self.websocket(&parts, &ctx, client, handshake == Handshake::Http2, slots).await
+                }
+                None => {
+                    let guards = std::mem::take(&mut ctx.guards);
+                    let pace = match (conn.min_data_rate, body.is_end_stream()) {
+                        (Some(rate), false) => Some(BodyPace::new(rate, Some(conn.activity.clone()))),
+                        _ => None,
+                    };
+                    // Places under a `connections` limiter are held until the body ends.
+                    self.forward(&parts, body, &ctx, pace).await.map(|r| match guards.is_empty() {
+                        true => r,
+                        false => r.map(|b| b.holding(guards)),
+                    })
+                }
+            },
+            Err(local) => Ok(local),
+        };
+        // Response phases run for proxied and local responses alike (a 401 needs its
+        // CORS headers as much as a 200 does).
+        if let Ok(r) = resp.as_mut() {
+            let started = self.span_start(&ctx);
+            let (mut head, body) = std::mem::replace(r, Response::new(GatewayBody::empty())).into_parts();
+            for policy in &product.chain {
+                policy.response(&mut head, &parts, &ctx);
+            }
+            *r = Response::from_parts(head, body);
+            self.span_end(&ctx, "response", started, None, Vec::new());
+            if ctx.trace.is_some() {
+                let application = ctx.application.as_ref().map(|a| a.id.to_string());
+                r.extensions_mut().insert(Identified { product: product.system_name.to_string(), application });
+            }
+        }
+        let status = match &resp {
+            Ok(r) => r.status(),
+            Err(e) => e.status(),
+        };
+        self.product_metrics(&product).response(status.as_u16(), ctx.started.elapsed());
+        resp
+    }
+
+    fn product_metrics<'p>(&self, product: &'p Product) -> &'p Arc<crate::metrics::ProductMetrics> {
+        product.stats.get_or_init(|| self.metrics.product(self.environment, &product.system_name))
+    }
+
+    /// Rewrite and access phases, then the limits check. `Err` is a local response.
+    async fn request_phases(
+        &self,
+        parts: &mut request::Parts,
+        ctx: &mut Context<'_>,
+    ) -> Result<Option<ConnectionSlot>, Response<GatewayBody>> {
+        let chain = &ctx.product.chain;
+        let started = self.span_start(ctx);
+        for policy in chain {
+            if let Flow::Respond(r) = policy.rewrite(parts, ctx) {
+                self.span_end(ctx, "rewrite", started, None, Vec::new());
+                return Err(r);
+            }
+        }
+        self.span_end(ctx, "rewrite", started, None, Vec::new());
+        let started = self.span_start(ctx);
+        for policy in chain {
+            if let Flow::Respond(r) = policy.access(parts, ctx) {
+                self.span_end(ctx, "access", started, None, Vec::new());
+                return Err(r);
+            }
+        }
+        self.span_end(ctx, "access", started, None, Vec::new());
+        let started = self.span_start(ctx);
+        let limited = self.limits(parts, ctx).await;
+        self.span_end(ctx, "limits", started, None, Vec::new());
+        limited
+    }
+
+    /// When traced: a span id for the call to the backend, announced to it in
+    /// `traceparent` (with its start time).
+    fn trace_upstream(&self, ctx: &Context<'_>, head: &mut request::Parts) -> Option<([u8; 8], u64)> {
+        let (t, tracer) = (ctx.trace.as_ref()?, self.tracer.as_ref()?);
+        let id = tracer.span_id();
+        head.headers.insert(TRACEPARENT, traceparent(&t.trace_id, &id));
+        Some((id, now_ns()))
+    }
+
+    /// `now_ns()` when the request is traced (0 otherwise: no clock read).
+    fn span_start(&self, ctx: &Context<'_>) -> u64 {
+        if ctx.trace.is_some() { now_ns() } else { 0 }
+    }
+
+    /// Records a child span of the request's server span, when traced.
+    fn span_end(
+        &self,
+        ctx: &Context<'_>,
+        name: &'static str,
+        start_ns: u64,
+        id: Option<[u8; 8]>,
+        attrs: Vec<(&'static str, Attr)>,
+    ) {
+        if let (Some(t), Some(tracer)) = (&ctx.trace, &self.tracer) {
+            tracer.record(Span {
+                trace_id: t.trace_id,
+                span_id: id.unwrap_or_else(|| tracer.span_id()),
+                parent: Some(t.span_id),
+                name,
+                kind: if id.is_some() { 3 } else { 1 },
+                start_ns,
+                end_ns: now_ns(),
+                attrs,
+                error: false,
+            });
+        }
+    }
+}
+
+/// The request id header every request carries to the backend and back (see
+/// [`new_request_id`]).
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The W3C trace context header (tracing).
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+
+/// Who a traced request turned out to be for (carried on the response to the server span).
+#[derive(Clone)]
+struct Identified {
+    product: String,
+    application: Option<String>,
+}
+
+/// A request id: 32 hex digits, 128 random bits (`rand`'s thread generator, seeded by
+/// the operating system) — unique across nodes and runs, and saying nothing of how many
+/// requests came before. Not a secret: clients and backends see it.
+fn new_request_id() -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut buf = [0u8; 32];
+    for (i, b) in rand::random::<u128>().to_be_bytes().iter().enumerate() {
+        buf[2 * i] = HEX[usize::from(b >> 4)];
+        buf[2 * i + 1] = HEX[usize::from(b & 15)];
+    }
+    HeaderValue::from_bytes(&buf).unwrap_or(HeaderValue::from_static("0"))
+}

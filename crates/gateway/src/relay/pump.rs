@@ -1,0 +1,490 @@
+//! One direction of the relay: reads its side, follows the frames, forwards bytes
+//! (holding back only a split header or a Close frame until checked) and writes the
+//! Closes and pings the gateway decided on.
+
+use super::*;
+
+pub(super) struct Pump {
+    from_client: bool,
+    /// A header that arrived in pieces (never forwarded until complete).
+    header: [u8; 14],
+    have: usize,
+    /// Payload bytes of the current frame still to pass (or drop).
+    remaining: u64,
+    in_message: bool,
+    message_bytes: u64,
+    dropping_message: bool,
+    dropping_frame: bool,
+    pub(super) messages: u64,
+    pub(super) bytes: u64,
+    pub(super) closed_with: Option<u16>,
+    max_message_bytes: Option<u64>,
+    /// A Close frame being read: held back whole (at most 139 bytes) until its code and
+    /// reason are checked, so that an invalid one never reaches the other side.
+    close: Option<Box<HeldClose>>,
+    /// (messages, bytes) already added to the tallies.
+    flushed: (u64, u64),
+}
+
+enum Step {
+    Continue,
+    /// Stop: the connection is being closed with this code.
+    Close(u16, &'static str),
+    /// The side this pump reads from sent its Close while the Close for the side it
+    /// writes to was held: that Close goes now, in place of the one that arrived.
+    Deliver,
+}
+
+impl Pump {
+    pub(super) fn new(from_client: bool, opts: &RelayOptions) -> Pump {
+        Pump {
+            from_client,
+            header: [0; 14],
+            have: 0,
+            remaining: 0,
+            in_message: false,
+            message_bytes: 0,
+            dropping_message: false,
+            dropping_frame: false,
+            messages: 0,
+            bytes: 0,
+            closed_with: None,
+            max_message_bytes: opts.max_message_bytes,
+            close: None,
+            flushed: (0, 0),
+        }
+    }
+
+    /// Whether the side this pump writes to is between two frames, so a frame of the
+    /// gateway's (a ping, a Close) can go in. A header held back in pieces is not on the
+    /// wire yet, and neither is any byte of a frame being dropped: both leave the other
+    /// side between frames. (Counting the held header as a cut frame left the other side
+    /// without its Close after a protocol error or a peer gone, depending only on how the
+    /// bytes were split into reads.)
+    fn at_boundary(&self) -> bool {
+        self.remaining == 0 || self.dropping_frame || self.close.is_some()
+    }
+
+    fn initiator(&self) -> Initiator {
+        if self.from_client { Initiator::Client } else { Initiator::Backend }
+    }
+
+    /// Adds what was relayed since the last call to the tallies.
+    pub(super) fn flush(&mut self, opts: &RelayOptions) {
+        let (m, b) = (self.messages - self.flushed.0, self.bytes - self.flushed.1);
+        if m == 0 && b == 0 {
+            return;
+        }
+        let i = usize::from(!self.from_client);
+        for t in &opts.tallies {
+            t.messages[i].fetch_add(m, Ordering::Relaxed);
+            t.bytes[i].fetch_add(b, Ordering::Relaxed);
+        }
+        self.flushed = (self.messages, self.bytes);
+    }
+
+    /// Checks a complete header; returns the verdict for the frame.
+    async fn on_header(&mut self, h: &FrameHeader, opts: &RelayOptions, ctl: &Control) -> Step {
+        let data = matches!(h.opcode, OP_CONTINUATION | OP_TEXT | OP_BINARY);
+        if !data && !matches!(h.opcode, OP_CLOSE | OP_PING | OP_PONG) {
+            return Step::Close(CLOSE_PROTOCOL_ERROR, "unknown opcode");
+        }
+        if h.masked != self.from_client {
+            return Step::Close(
+                CLOSE_PROTOCOL_ERROR,
+                if self.from_client { "client frames must be masked" } else { "server frames must not be masked" },
+            );
+        }
+        if h.rsv23 || (h.rsv1 && !(opts.deflate && matches!(h.opcode, OP_TEXT | OP_BINARY))) {
+            return Step::Close(CLOSE_PROTOCOL_ERROR, "reserved bits set");
+        }
+        if h.is_control() {
+            if !h.fin || h.payload_len > 125 {
+                return Step::Close(CLOSE_PROTOCOL_ERROR, "invalid control frame");
+            }
+            self.dropping_frame = false;
+            if h.opcode == OP_CLOSE {
+                if ctl.is_held(!self.from_client) {
+                    return Step::Deliver;
+                }
+                self.close = Some(Box::new(HeldClose {
+                    wire: Vec::with_capacity(h.header_len + h.payload_len as usize),
+                    header_len: h.header_len,
+                    mask: h.mask,
+                }));
+            }
+            return Step::Continue;
+        }
+        match (h.opcode, self.in_message) {
+            (OP_CONTINUATION, false) => return Step::Close(CLOSE_PROTOCOL_ERROR, "continuation without a message"),
+            (OP_TEXT | OP_BINARY, true) => {
+                return Step::Close(CLOSE_PROTOCOL_ERROR, "new message inside a fragmented one");
+            }
+            (OP_TEXT | OP_BINARY, false) => {
+                self.in_message = true;
+                self.message_bytes = 0;
+                self.dropping_message = false;
+            }
+            _ => {}
+        }
+        if let Some(gate) = &opts.gate
+            && !self.dropping_message
+        {
+            let starts_message = h.opcode != OP_CONTINUATION;
+            let info = FrameInfo { from_client: self.from_client, starts_message, payload_len: h.payload_len };
+            let verdict = match gate.decide_now(info) {
+                Some(v) => v,
+                None => gate.decide(info).await,
+            };
+            match verdict {
+                Verdict::Forward => {}
+                Verdict::Drop if starts_message => self.dropping_message = true,
+                Verdict::Drop => {}
+                Verdict::Close(code, reason) => return Step::Close(code, reason),
+            }
+        }
+        self.message_bytes = self.message_bytes.saturating_add(h.payload_len);
+        if self.max_message_bytes.is_some_and(|max| self.message_bytes > max) {
+            return Step::Close(CLOSE_TOO_BIG, "message too big");
+        }
+        self.dropping_frame = self.dropping_message;
+        if h.fin {
+            self.in_message = false;
+            if !self.dropping_message {
+                self.messages += 1;
+            }
+        }
+        Step::Continue
+    }
+
+    pub(super) async fn run<R, W>(&mut self, src: &mut R, dst: &mut W, ctl: &Control, opts: &RelayOptions)
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        self.pump(src, dst, ctl, opts).await;
+        self.flush(opts);
+    }
+
+    async fn pump<R, W>(&mut self, src: &mut R, mut dst: &mut W, ctl: &Control, opts: &RelayOptions)
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        let mine = if self.from_client { &ctl.to_backend } else { &ctl.to_client };
+        let mut buf = ReadBuffer::new();
+        // Set while the buffer is large (boxed then only, so a quiet connection carries
+        // no timer): a quiet second gives the memory back.
+        let mut quiet: Option<Pin<Box<tokio::time::Sleep>>> = None;
+        loop {
+            let n = tokio::select! {
+                biased;
+                () = mine.notified() => {
+                    let ping = if self.from_client { &ctl.pings.1 } else { &ctl.pings.0 };
+                    let pinged = ping.swap(false, Ordering::Relaxed);
+                    if ctl.is_held(!self.from_client) {
+                        // Its Close waits for the other side's: keep relaying.
+                        continue;
+                    }
+                    if pinged && ctl.take_peek(!self.from_client).is_none() {
+                        // A ping between frames; skipped if a frame is half through.
+                        if self.at_boundary() {
+                            let frame = frames::ping_frame(self.from_client.then(mask_key));
+                            if dst.write_all(&frame).await.is_err() {
+                                return;
+                            }
+                        }
+                        continue;
+                    }
+                    self.deliver_close(&mut dst, ctl).await;
+                    return;
+                }
+                r = src.read(buf.space()) => match r {
+                    Ok(0) | Err(_) => {
+                        if ctl.close_seen_from(self.from_client) {
+                            // An orderly end after its Close: end this direction; once
+                            // both Closes went through, the other one ends as well
+                            // (RFC 6455 §7.1.1: the handshake is over).
+                            let _ = dst.shutdown().await;
+                            if ctl.close_seen_from(!self.from_client) {
+                                // The other pump writes to the side this one reads.
+                                ctl.finish(self.from_client);
+                            }
+                            return;
+                        }
+                        // Its peer went away without a Close frame (FIN or reset): the
+                        // WebSocket is over. The other side gets a Close frame — never
+                        // a bare 1006 — and every hold on the connection is released.
+                        ctl.note_close(self.initiator(), CLOSE_ABNORMAL);
+                        let reason = if self.from_client { "the client went away" } else { "the backend went away" };
+                        ctl.close_both(CLOSE_GOING_AWAY, reason);
+                        self.deliver_close(&mut dst, ctl).await;
+                        return;
+                    }
+                    Ok(n) => n,
+                },
+                // Reading is cancel-safe: nothing was read when this fires.
+                () = when_set(&mut quiet) => {
+                    buf.shrink();
+                    quiet = None;
+                    continue;
+                }
+            };
+            ctl.touch(self.from_client);
+            let step = self.process(buf.filled(n), &mut dst, opts, ctl).await;
+            if buf.grow_if_full(n) || buf.is_large() {
+                // Pushed back at most every half period, not on every read.
+                let now = tokio::time::Instant::now();
+                match &mut quiet {
+                    None => quiet = Some(Box::pin(tokio::time::sleep_until(now + ReadBuffer::QUIET))),
+                    Some(q) if q.deadline() < now + ReadBuffer::QUIET / 2 => q.as_mut().reset(now + ReadBuffer::QUIET),
+                    Some(_) => {}
+                }
+            }
+            self.flush(opts);
+            match step {
+                // Its Close went through after the other side's: the closing handshake is
+                // over, whether or not this peer ends its connection.
+                Ok(Step::Continue)
+                    if self.at_boundary()
+                        && ctl.close_seen_from(self.from_client)
+                        && ctl.close_seen_from(!self.from_client) =>
+                {
+                    let _ = dst.flush().await;
+                    let _ = dst.shutdown().await;
+                    // The other pump writes to the side this one reads.
+                    ctl.finish(self.from_client);
+                    return;
+                }
+                Ok(Step::Continue) => {}
+                Ok(Step::Close(code, reason)) => {
+                    ctl.fail_from(self.from_client, code, reason);
+                    self.closed_with = Some(code);
+                    self.deliver_close(&mut dst, ctl).await;
+                    return;
+                }
+                Ok(Step::Deliver) => {
+                    self.deliver_close(&mut dst, ctl).await;
+                    return;
+                }
+                Err(_) => {
+                    let _ = dst.shutdown().await;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Sends the pending close for this pump's side (at a frame boundary; otherwise the
+    /// frame in flight cannot be finished, and the connection is just shut).
+    async fn deliver_close<W: AsyncWrite + Unpin>(&mut self, dst: &mut W, ctl: &Control) {
+        if let Some((code, reason)) = ctl.take(!self.from_client)
+            && self.at_boundary()
+        {
+            // Frames to the backend are masked, as a client's must be.
+            let frame = frames::close_frame(code, reason, self.from_client.then(mask_key));
+            let _ = dst.write_all(&frame).await;
+            self.closed_with = Some(code);
+        }
+        let _ = dst.flush().await;
+        let _ = dst.shutdown().await;
+    }
+
+    /// Forwards a chunk, following frames; stops at the first frame that must not pass.
+    /// Bytes are forwarded in contiguous ranges; only a header split across two reads
+    /// is held back (at most 14 bytes) and written once complete.
+    async fn process<W: AsyncWrite + Unpin>(
+        &mut self,
+        data: &mut [u8],
+        dst: &mut W,
+        opts: &RelayOptions,
+        ctl: &Control,
+    ) -> std::io::Result<Step> {
+        let n = data.len();
+        let mut i = 0;
+        // Start of the range still to forward.
+        let mut from = 0;
+        while i < n {
+            if self.remaining > 0 {
+                let take = self.remaining.min((n - i) as u64) as usize;
+                if let Some(held) = &mut self.close {
+                    // Nothing before it is left to write: `from` is `i` since its header.
+                    held.wire.extend_from_slice(&data[i..i + take]);
+                    i += take;
+                    from = i;
+                    self.remaining -= take as u64;
+                    if self.remaining == 0
+                        && let stop @ Step::Close(..) = self.finish_close(dst, ctl).await?
+                    {
+                        return Ok(stop);
+                    }
+                    continue;
+                }
+                if self.dropping_frame {
+                    self.write(dst, &data[from..i]).await?;
+                    from = i + take;
+                }
+                i += take;
+                self.remaining -= take as u64;
+                continue;
+            }
+            let start = i;
+            let (h, split) = if self.have == 0 {
+                match frames::parse_header(&data[i..]) {
+                    Ok(Some(h)) => {
+                        i += h.header_len;
+                        (h, false)
+                    }
+                    Ok(None) => {
+                        // Hold the header's first bytes back until the rest arrives.
+                        self.write(dst, &data[from..start]).await?;
+                        let rest = n - i;
+                        self.header[..rest].copy_from_slice(&data[i..]);
+                        self.have = rest;
+                        return Ok(Step::Continue);
+                    }
+                    Err(e) => {
+                        self.write(dst, &data[from..start]).await?;
+                        return Ok(Step::Close(CLOSE_PROTOCOL_ERROR, e));
+                    }
+                }
+            } else {
+                // A held-back header continues at the start of this chunk.
+                self.header[self.have] = data[i];
+                self.have += 1;
+                i += 1;
+                from = i;
+                match frames::parse_header(&self.header[..self.have]) {
+                    Ok(Some(h)) => {
+                        self.have = 0;
+                        (h, true)
+                    }
+                    Ok(None) => continue,
+                    Err(e) => return Ok(Step::Close(CLOSE_PROTOCOL_ERROR, e)),
+                }
+            };
+            match self.on_header(&h, opts, ctl).await {
+                Step::Continue => {}
+                stop => {
+                    // Nothing of this frame passes; what came before it does.
+                    if !split {
+                        self.write(dst, &data[from..start]).await?;
+                    }
+                    return Ok(stop);
+                }
+            }
+            self.remaining = h.payload_len;
+            if let Some(held) = &mut self.close {
+                if split {
+                    held.wire.extend_from_slice(&self.header[..h.header_len]);
+                } else {
+                    held.wire.extend_from_slice(&data[start..i]);
+                    self.write(dst, &data[from..start]).await?;
+                }
+                from = i;
+                if self.remaining == 0
+                    && let stop @ Step::Close(..) = self.finish_close(dst, ctl).await?
+                {
+                    return Ok(stop);
+                }
+                continue;
+            }
+            if self.dropping_frame {
+                if !split {
+                    self.write(dst, &data[from..start]).await?;
+                }
+                from = i;
+            } else if split {
+                let header = self.header;
+                self.write(dst, &header[..h.header_len]).await?;
+            }
+        }
+        self.write(dst, &data[from.min(n)..n]).await?;
+        Ok(Step::Continue)
+    }
+
+    /// The Close frame held back is complete: a valid one is recorded and passes; an
+    /// invalid one (RFC 6455 §7.4: a code that must not be sent, a one-byte payload, a
+    /// reason that is not UTF-8) fails the connection with 1002 and never reaches the
+    /// other side.
+    async fn finish_close<W: AsyncWrite + Unpin>(&mut self, dst: &mut W, ctl: &Control) -> std::io::Result<Step> {
+        let Some(held) = self.close.take() else { return Ok(Step::Continue) };
+        let mut payload = held.wire[held.header_len..].to_vec();
+        for (i, b) in payload.iter_mut().enumerate() {
+            *b ^= held.mask[i % 4];
+        }
+        match frames::check_close_payload(&payload) {
+            Ok(code) => {
+                ctl.saw_close_from(self.from_client);
+                ctl.note_close(self.initiator(), code.unwrap_or(CLOSE_NO_STATUS));
+                self.write(dst, &held.wire).await?;
+                Ok(Step::Continue)
+            }
+            Err(e) => Ok(Step::Close(CLOSE_PROTOCOL_ERROR, e)),
+        }
+    }
+
+    async fn write<W: AsyncWrite + Unpin>(&mut self, dst: &mut W, bytes: &[u8]) -> std::io::Result<()> {
+        if !bytes.is_empty() {
+            dst.write_all(bytes).await?;
+            self.bytes += bytes.len() as u64;
+        }
+        Ok(())
+    }
+}
+
+/// A Close frame read so far, as on the wire (header, then the payload, masked as it
+/// came).
+struct HeldClose {
+    wire: Vec<u8>,
+    header_len: usize,
+    /// The masking key (zeros when unmasked, which leaves the payload as it is).
+    mask: [u8; 4],
+}
+
+/// A pump's read buffer, sized to the traffic: small while the connection is quiet (an
+/// idle WebSocket is the common case, and there may be tens of thousands), doubled
+/// whenever a read fills it, and small again after a quiet second.
+pub(super) struct ReadBuffer(Vec<u8>);
+
+impl ReadBuffer {
+    pub(super) const SMALL: usize = 512;
+    pub(super) const LARGE: usize = 16 * 1024;
+    pub(super) const QUIET: Duration = Duration::from_secs(1);
+
+    pub(super) fn new() -> Self {
+        ReadBuffer(vec![0; Self::SMALL])
+    }
+
+    pub(super) fn space(&mut self) -> &mut [u8] {
+        &mut self.0
+    }
+
+    pub(super) fn filled(&mut self, n: usize) -> &mut [u8] {
+        &mut self.0[..n]
+    }
+
+    pub(super) fn is_large(&self) -> bool {
+        self.0.len() > Self::SMALL
+    }
+
+    /// Doubles the buffer after a read that filled it; whether it grew.
+    pub(super) fn grow_if_full(&mut self, n: usize) -> bool {
+        let len = self.0.len();
+        let grow = n == len && len < Self::LARGE;
+        if grow {
+            self.0 = vec![0; len * 2];
+        }
+        grow
+    }
+
+    pub(super) fn shrink(&mut self) {
+        self.0 = vec![0; Self::SMALL];
+    }
+}
+
+/// A masking key for frames the gateway writes to a backend: unpredictable, as RFC 6455
+/// §5.3 asks (to defeat cache poisoning by scripts).
+fn mask_key() -> [u8; 4] {
+    rand::random()
+}

@@ -1,0 +1,124 @@
+//! Connecting to a backend: TCP with a connect timeout, then TLS when the base URL
+//! says so, as one stream type.
+
+use super::*;
+
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why a backend connection failed. The message names the backend (its
+/// `system_name`, or the URL a policy sends to) and its address.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("connecting to {0} timed out")]
+    Timeout(String),
+    #[error("connecting to {0}: {1}")]
+    Io(String, io::Error),
+    /// The backend was reached, but the TLS handshake failed: the message says in
+    /// words what failed and the fix.
+    #[error("{0}: {1}")]
+    Tls(String, TlsFailure),
+}
+
+impl From<ConnectError> for crate::error::GatewayError {
+    fn from(e: ConnectError) -> Self {
+        use crate::error::GatewayError;
+        match e {
+            ConnectError::Timeout(_) => GatewayError::UpstreamTimeout(e.to_string()),
+            ConnectError::Io(..) => GatewayError::UpstreamUnavailable(e.to_string()),
+            ConnectError::Tls(..) => GatewayError::UpstreamTls(e.to_string()),
+        }
+    }
+}
+
+/// A stream to a backend, plain or TLS.
+pub enum UpstreamStream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for UpstreamStream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpstreamStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            UpstreamStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for UpstreamStream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            UpstreamStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            UpstreamStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpstreamStream::Plain(s) => Pin::new(s).poll_flush(cx),
+            UpstreamStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpstreamStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            UpstreamStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            UpstreamStream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            UpstreamStream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            UpstreamStream::Plain(s) => s.is_write_vectored(),
+            UpstreamStream::Tls(s) => s.is_write_vectored(),
+        }
+    }
+}
+
+pub(super) struct ConnectorInner {
+    /// `host:port`, for connecting.
+    pub(super) address: String,
+    /// The backend's name and address, for messages: "backend `echo` (127.0.0.1:8443)".
+    pub(super) label: String,
+    pub(super) tls: Option<(TlsConnector, ServerName<'static>)>,
+    pub(super) connect_timeout: Duration,
+}
+
+/// Connects to one backend, whatever URI it is asked for.
+#[derive(Clone)]
+pub struct Connector(pub(super) Arc<ConnectorInner>);
+
+impl Connector {
+    /// Which backend, in messages: "backend `name` (host:port)".
+    pub fn label(&self) -> &str {
+        &self.0.label
+    }
+
+    pub async fn connect(&self) -> Result<UpstreamStream, ConnectError> {
+        let inner = &self.0;
+        let tcp = tokio::time::timeout(inner.connect_timeout, TcpStream::connect(&inner.address))
+            .await
+            .map_err(|_| ConnectError::Timeout(inner.label.clone()))?
+            .map_err(|e| ConnectError::Io(inner.label.clone(), e))?;
+        let _ = tcp.set_nodelay(true);
+        let keepalive = TCP_KEEPALIVE_SECS.load(std::sync::atomic::Ordering::Relaxed);
+        crate::deadline::set_tcp_keepalive(&tcp, (keepalive > 0).then(|| Duration::from_secs(keepalive)));
+        match &inner.tls {
+            None => Ok(UpstreamStream::Plain(tcp)),
+            Some((connector, name)) => {
+                let tls = tokio::time::timeout(inner.connect_timeout, connector.connect(name.clone(), tcp))
+                    .await
+                    .map_err(|_| ConnectError::Timeout(inner.label.clone()))?
+                    .map_err(|e| ConnectError::Tls(inner.label.clone(), TlsFailure::classify(&e)))?;
+                Ok(UpstreamStream::Tls(Box::new(tls)))
+            }
+        }
+    }
+}

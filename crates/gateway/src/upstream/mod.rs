@@ -1,0 +1,214 @@
+//! Connections to backends: TCP with a connect timeout, TLS verified against the
+//! system roots or the backend's `ca_file` (or not at all, when `verify: false` says
+//! so), and a keep-alive pool per backend for ordinary HTTP ([`pool`]). WebSocket
+//! upgrades take a fresh connection each, since an upgraded connection can never return
+//! to a pool.
+
+pub mod body;
+mod connect;
+pub mod pool;
+mod tls;
+
+pub use connect::*;
+pub use tls::*;
+
+use crate::upstream::body::GatewayBody;
+use crate::upstream::pool::{Pool, RequestError};
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls_pki_types::pem::PemObject;
+use std::io;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tollgate_model::{BackendTls, BaseUrl};
+
+/// A backend as the gateway reaches it.
+pub struct Upstream {
+    pub base: BaseUrl,
+    /// The base URL as a backend writes it in its own `Location` headers: with and
+    /// without a default port, `ws(s)` as `http(s)`; no trailing `/`.
+    pub private_prefixes: Vec<String>,
+    pub authority: http::uri::Authority,
+    /// What requests carry as `Host` unless a policy set one: the authority, without
+    /// the scheme's default port.
+    pub host: http::HeaderValue,
+    pub connector: Connector,
+    pub pool: Pool,
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream").field("base", &self.base).finish_non_exhaustive()
+    }
+}
+
+impl Upstream {
+    /// Builds the connector and pool for a backend; `name` says which in messages (its
+    /// `system_name`, or the URL a policy sends to).
+    ///
+    /// # Errors
+    /// The configuration's `tls` options that cannot be used ([`TlsConfigError`]).
+    pub fn new(
+        name: &str,
+        base: BaseUrl,
+        tls: &BackendTls,
+        connect_timeout: Duration,
+    ) -> Result<Upstream, TlsConfigError> {
+        let host_for_uri = if base.host.contains(':') { format!("[{}]", base.host) } else { base.host.clone() };
+        let address = format!("{host_for_uri}:{}", base.port);
+        let tls_connector = if base.is_tls() {
+            let config = client_tls_config(tls)?;
+            let name = tls.server_name.clone().unwrap_or_else(|| base.host.clone());
+            let name =
+                ServerName::try_from(name).map_err(|e| tls_error("server_name")(format!("not a host name: {e}")))?;
+            Some((TlsConnector::from(Arc::new(config)), name))
+        } else {
+            None
+        };
+        let label = format!("backend `{name}` ({address})");
+        let connector = Connector(Arc::new(ConnectorInner {
+            address: address.clone(),
+            label,
+            tls: tls_connector,
+            connect_timeout,
+        }));
+        let pool = Pool::new(connector.clone());
+        let scheme = match base.scheme.as_str() {
+            "ws" => "http",
+            "wss" => "https",
+            other => other,
+        };
+        let mut private_prefixes = vec![format!("{scheme}://{address}{}", base.path)];
+        if base.port == if base.is_tls() { 443 } else { 80 } {
+            private_prefixes.push(format!("{scheme}://{host_for_uri}{}", base.path));
+        }
+        let authority =
+            address.parse().map_err(|e| tls_error("")(format!("`{address}` is not a valid authority: {e}")))?;
+        let default_port = if base.is_tls() { 443 } else { 80 };
+        let host = if base.port == default_port { host_for_uri } else { address };
+        let host = http::HeaderValue::try_from(host)
+            .map_err(|e| tls_error("")(format!("the host is not a valid header: {e}")))?;
+        Ok(Upstream { base, private_prefixes, authority, host, connector, pool })
+    }
+
+    /// The URI of a request to this backend, in origin form: the base path, then
+    /// `path`, then `query`.
+    pub fn uri(&self, path: &str, query: Option<&str>) -> Result<http::Uri, http::Error> {
+        let mut pq = String::with_capacity(self.base.path.len() + path.len() + query.map_or(0, |q| q.len() + 1));
+        pq.push_str(&self.base.path);
+        pq.push_str(path);
+        if pq.is_empty() {
+            pq.push('/');
+        }
+        if let Some(q) = query {
+            pq.push('?');
+            pq.push_str(q);
+        }
+        http::Uri::builder().path_and_query(pq).build()
+    }
+
+    /// Sends a request (its `Host` is set here unless a policy set one) and returns
+    /// the response once its head has come.
+    /// What its messages call it: `backend `NAME` (ADDRESS)`.
+    pub fn label(&self) -> &str {
+        self.connector.label()
+    }
+
+    pub async fn request(
+        &self,
+        mut req: http::Request<crate::upstream::body::UpstreamBody>,
+    ) -> Result<http::Response<GatewayBody>, crate::error::GatewayError> {
+        use crate::error::GatewayError;
+        if !req.headers().contains_key(http::header::HOST) {
+            req.headers_mut().insert(http::header::HOST, self.host.clone());
+        }
+        match self.pool.request(req).await {
+            Ok(resp) => Ok(resp.map(GatewayBody::from)),
+            Err(RequestError::Connect(e)) => Err(e.into()),
+            Err(RequestError::Http(e)) if is_invalid_response(&e) => {
+                Err(GatewayError::UpstreamInvalidResponse(format!("{}: {}", self.connector.label(), error_chain(&e))))
+            }
+            Err(RequestError::Http(e)) => {
+                Err(GatewayError::UpstreamFailed(format!("{}: {}", self.connector.label(), error_chain(&e))))
+            }
+        }
+    }
+}
+
+/// Limits on a backend's response head, process-wide (`--max-response-header-bytes`,
+/// `--max-response-header-count`): a head over either is refused and the client gets 502
+/// `upstream_invalid_response`. Bytes count the status line and every field line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResponseHeadLimits {
+    /// Bytes of the whole head; at least 8192. Default 64 KiB.
+    pub bytes: usize,
+    /// Field lines; at least 1. Default 512.
+    pub count: usize,
+}
+
+impl Default for ResponseHeadLimits {
+    fn default() -> Self {
+        ResponseHeadLimits { bytes: 64 * 1024, count: 512 }
+    }
+}
+
+static TCP_KEEPALIVE_SECS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(60);
+
+/// TCP keep-alive on backend connections opened from now on (idle time before the
+/// first probe; see [`crate::deadline::set_tcp_keepalive`]); `None`: off. Process-wide,
+/// set by `serve` from `--tcp-keepalive`. Default 60 s.
+pub fn set_tcp_keepalive(time: Option<Duration>) {
+    TCP_KEEPALIVE_SECS.store(time.map_or(0, |t| t.as_secs().max(1)), std::sync::atomic::Ordering::Relaxed);
+}
+
+static RESPONSE_HEAD_BYTES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(64 * 1024);
+static RESPONSE_HEAD_COUNT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(512);
+
+/// Sets the limits on backends' response heads for connections opened from now on.
+/// One setting for the process (set by `serve` from its flags), as the limits are the
+/// operator's, not a product's.
+pub fn set_response_head_limits(limits: ResponseHeadLimits) {
+    use std::sync::atomic::Ordering::Relaxed;
+    RESPONSE_HEAD_BYTES.store(limits.bytes.max(8192), Relaxed);
+    RESPONSE_HEAD_COUNT.store(limits.count.max(1), Relaxed);
+}
+
+/// An HTTP/1.1 client connection builder with the response-head limits applied. hyper
+/// already refuses what RFC 9112 lets a recipient refuse in a response (obsolete line
+/// folding, whitespace before a colon, invalid field names or values, bare CR).
+pub fn http1_client() -> hyper::client::conn::http1::Builder {
+    use std::sync::atomic::Ordering::Relaxed;
+    let bytes = RESPONSE_HEAD_BYTES.load(Relaxed);
+    let mut b = hyper::client::conn::http1::Builder::new();
+    // The read buffer grows from 8 KiB while reads fill it, up to 64 KiB (or the head
+    // limit, if larger) rather than hyper's 400 KiB: a response held for a slow client
+    // keeps its buffer alive, so this bounds what each one costs (measured by the
+    // attack suite) while 64 KiB reads keep streaming cheap.
+    b.max_headers(RESPONSE_HEAD_COUNT.load(Relaxed)).max_header_size(bytes).max_buf_size(bytes.max(64 * 1024));
+    b
+}
+
+/// Whether a hyper client error means the backend's response could not be read as
+/// HTTP/1.1 (a malformed or oversized head) rather than a failed exchange.
+pub fn is_invalid_response(e: &hyper::Error) -> bool {
+    e.is_parse() || e.is_parse_too_large() || e.is_parse_status()
+}
+
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
