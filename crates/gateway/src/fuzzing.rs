@@ -3,18 +3,18 @@
 //! functions only forward to the code the gateway runs, so that what is fuzzed is what
 //! serves. Hidden from the documentation; no other caller should use it.
 
-use crate::error::GatewayError;
+use crate::refusal::Refusal;
 use http::{HeaderMap, Request};
 
 pub use crate::smuggling::SmugglingGuard;
 
 /// The Host header checks every request passes first (one Host, no user information).
-pub fn check_host_headers(headers: &HeaderMap) -> Result<(), GatewayError> {
+pub fn check_host_headers(headers: &HeaderMap) -> Result<(), Refusal> {
     crate::proxy::check_host_headers(headers)
 }
 
 /// The HTTP/2 field checks (RFC 9113 §8.2.1, §8.3.1).
-pub fn check_http2_fields<B>(req: &Request<B>) -> Result<(), GatewayError> {
+pub fn check_http2_fields<B>(req: &Request<B>) -> Result<(), Refusal> {
     crate::proxy::check_http2_fields(req)
 }
 
@@ -25,7 +25,7 @@ pub fn request_host<B>(req: &Request<B>) -> Option<&str> {
 
 /// How a request asks for a WebSocket: `Ok("none" | "http1" | "http2")`, or why the
 /// upgrade is refused.
-pub fn websocket_upgrade<B>(req: &Request<B>) -> Result<&'static str, GatewayError> {
+pub fn websocket_upgrade<B>(req: &Request<B>) -> Result<&'static str, Refusal> {
     use crate::proxy::Handshake;
     crate::proxy::websocket_upgrade(req).map(|h| match h {
         Handshake::None => "none",

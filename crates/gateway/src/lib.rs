@@ -18,13 +18,13 @@
 //!               exchange.rs: backend usage by longest path prefix → upstream request
 //!               phase → upstream/ (pooled, TLS-verified) → response phase → client
 //!               upgrade.rs: a WebSocket upgrade, then relay/ (frames, metering, closes)
-//! error.rs      the one place where failures become status codes and JSON bodies
+//! refusal.rs    every way a request is refused or fails, as one type (`Refusal`)
+//! rescue.rs     the one place where a refusal becomes a response, a log line, a metric
 //! ```
 
 pub mod analytics;
 mod auth;
 pub mod deadline;
-pub mod error;
 pub mod files;
 pub mod frames;
 /// For the fuzz targets in `fuzz/` only: the private request-head checks, reachable.
@@ -36,7 +36,9 @@ pub mod metrics;
 pub mod path;
 pub mod policy;
 mod proxy;
+pub mod refusal;
 pub mod relay;
+pub mod rescue;
 pub mod server;
 pub mod session;
 mod smuggling;

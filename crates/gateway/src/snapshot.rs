@@ -2,9 +2,9 @@
 //! compiled mapping rules, built policy chains, plans and applications. Built once per
 //! configuration change, then read lock-free by every request through an `ArcSwap`.
 
-use crate::error::ErrorTemplate;
 use crate::mapping::{HITS, Mapper, MetricId, MetricTable, Rule};
 use crate::policy::{Policy, Registry, TollgatePolicy};
+use crate::refusal::ErrorTemplate;
 use crate::upstream::{DEFAULT_CONNECT_TIMEOUT, Upstream};
 use arc_swap::ArcSwap;
 use http::{HeaderValue, StatusCode};
@@ -101,10 +101,10 @@ pub struct BackendUsage {
 }
 
 pub struct ErrorTemplates {
-    pub auth_missing: ErrorTemplate,
-    pub auth_failed: ErrorTemplate,
-    pub no_match: ErrorTemplate,
-    pub limits_exceeded: ErrorTemplate,
+    pub auth_missing: Arc<ErrorTemplate>,
+    pub auth_failed: Arc<ErrorTemplate>,
+    pub no_match: Arc<ErrorTemplate>,
+    pub limits_exceeded: Arc<ErrorTemplate>,
 }
 
 pub struct PlanLimit {
@@ -168,15 +168,15 @@ impl Product {
     }
 }
 
-fn template(custom: &Option<ErrorMessage>, status: StatusCode, code: &str, message: &str) -> ErrorTemplate {
-    match custom {
+fn template(custom: &Option<ErrorMessage>, status: StatusCode, code: &str, message: &str) -> Arc<ErrorTemplate> {
+    Arc::new(match custom {
         Some(m) => ErrorTemplate {
             status: StatusCode::from_u16(m.status).unwrap_or(status),
             content_type: HeaderValue::from_str(&m.content_type).unwrap_or(HeaderValue::from_static("text/plain")),
             body: m.body.clone().into(),
         },
         None => ErrorTemplate::json(status, code, message),
-    }
+    })
 }
 
 /// A product to compile, with the backends it may use and the paths errors name.

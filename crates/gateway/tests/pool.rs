@@ -219,7 +219,7 @@ async fn an_unreachable_backend_is_a_connect_error() {
     let up = upstream(SocketAddr::from(([127, 0, 0, 1], port)));
     let Err(err) = up.request(get(&up, "/")).await else { panic!("a closed port answered") };
     assert!(
-        matches!(err, tollgate_gateway::error::GatewayError::UpstreamUnavailable(_)),
+        matches!(err, tollgate_gateway::refusal::Refusal::UpstreamUnavailable(_)),
         "a refused connection is 'unavailable' (retryable), got {err:?}"
     );
 }

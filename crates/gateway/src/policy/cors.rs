@@ -20,6 +20,7 @@
 //! allowed gets no CORS headers, and its preflight a 403 `cors_origin_not_allowed`.
 
 use super::{Context, Flow, Policy};
+use crate::refusal::{ErrorTemplate, Refusal};
 use crate::upstream::body::GatewayBody;
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header, request, response};
 use schemars::JsonSchema;
@@ -59,6 +60,8 @@ pub struct CorsPolicy {
     allow_headers: Option<HeaderValue>,
     allow_credentials: bool,
     max_age: Option<HeaderValue>,
+    /// The answer to a preflight from an origin not allowed (403).
+    refused: std::sync::Arc<ErrorTemplate>,
 }
 
 fn joined(list: &[String], what: &str) -> Result<Option<HeaderValue>, (String, String)> {
@@ -100,6 +103,11 @@ impl CorsPolicy {
             allow_headers: joined(&c.allow_headers, "allow_headers")?,
             allow_credentials: c.allow_credentials,
             max_age: c.max_age.map(HeaderValue::from),
+            refused: ErrorTemplate::shared_json(
+                StatusCode::FORBIDDEN,
+                "cors_origin_not_allowed",
+                "this origin may not call the API",
+            ),
         })
     }
 
@@ -138,14 +146,11 @@ impl Policy for CorsPolicy {
             return Flow::Continue;
         };
         let Some(origin) = origin else {
-            return Flow::Respond(
-                crate::error::ErrorTemplate::json(
-                    StatusCode::FORBIDDEN,
-                    "cors_origin_not_allowed",
-                    "this origin may not call the API",
-                )
-                .respond(),
-            );
+            return Flow::Refuse(Refusal::Denied {
+                policy: "cors",
+                code: "cors_origin_not_allowed",
+                answer: self.refused.clone(),
+            });
         };
         let mut resp = Response::new(GatewayBody::empty());
         *resp.status_mut() = StatusCode::NO_CONTENT;

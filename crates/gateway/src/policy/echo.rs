@@ -8,8 +8,8 @@
 //! ```
 
 use super::{Context, Flow, Policy};
-use crate::error::local_response;
-use http::{HeaderValue, StatusCode, request};
+use crate::upstream::body::GatewayBody;
+use http::{HeaderValue, Response, StatusCode, request};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
@@ -64,10 +64,9 @@ impl Policy for EchoPolicy {
             "product": ctx.product.system_name.as_ref(),
             "application": ctx.application.as_ref().map(|a| a.id.as_ref()),
         });
-        Flow::Respond(local_response(
-            self.status,
-            HeaderValue::from_static("application/json"),
-            body.to_string().into(),
-        ))
+        let mut answer = Response::new(GatewayBody::local(body.to_string()));
+        *answer.status_mut() = self.status;
+        answer.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        Flow::Respond(answer)
     }
 }

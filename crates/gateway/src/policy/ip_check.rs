@@ -20,7 +20,7 @@
 //! client is refused before its credentials are looked at.
 
 use super::{Context, Flow, Policy};
-use crate::error::ErrorTemplate;
+use crate::refusal::{ErrorTemplate, Refusal};
 use http::{StatusCode, request};
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -120,7 +120,7 @@ pub struct IpCheckPolicy {
     ips: Vec<Cidr>,
     sources: Vec<Source>,
     trusted: Vec<Cidr>,
-    denied: ErrorTemplate,
+    denied: std::sync::Arc<ErrorTemplate>,
 }
 
 impl IpCheckPolicy {
@@ -134,7 +134,7 @@ impl IpCheckPolicy {
             ips,
             sources: if c.client_ip_sources.is_empty() { vec![Source::LastCaller] } else { c.client_ip_sources },
             trusted: cidrs(&c.trusted_proxies, "trusted_proxies")?,
-            denied: ErrorTemplate::json(
+            denied: ErrorTemplate::shared_json(
                 StatusCode::FORBIDDEN,
                 "ip_denied",
                 c.error_message.as_deref().unwrap_or("IP address not allowed"),
@@ -192,7 +192,11 @@ impl Policy for IpCheckPolicy {
             CheckType::Allow => listed,
             CheckType::Deny => !listed,
         };
-        if pass { Flow::Continue } else { Flow::Respond(self.denied.respond()) }
+        if pass {
+            Flow::Continue
+        } else {
+            Flow::Refuse(Refusal::Denied { policy: "ip_check", code: "ip_denied", answer: self.denied.clone() })
+        }
     }
 }
 

@@ -27,7 +27,7 @@
 
 use super::condition::{Condition, ConditionConfig};
 use super::{Context, Credential, Flow, Policy};
-use crate::error::ErrorTemplate;
+use crate::refusal::{ErrorTemplate, Refusal};
 use arc_swap::ArcSwap;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -145,7 +145,7 @@ struct ClaimCheck {
     methods: Vec<Method>,
     path: Option<regex::Regex>,
     condition: Condition,
-    refusal: ErrorTemplate,
+    refusal: Arc<ErrorTemplate>,
 }
 
 pub struct JwtPolicy {
@@ -303,7 +303,7 @@ impl JwtPolicy {
             }
             let path = k.path.map(|p| super::regex(&p).map_err(|e| (at("path"), e))).transpose()?;
             let condition = Condition::new(k.condition).map_err(|(p, m)| (at(&format!("condition.{p}")), m))?;
-            let refusal = ErrorTemplate::json(
+            let refusal = ErrorTemplate::shared_json(
                 StatusCode::FORBIDDEN,
                 "jwt_claim_check_failed",
                 k.error_message.as_deref().unwrap_or("the token does not allow this request"),
@@ -481,12 +481,8 @@ fn subprotocol_token(req: &request::Parts) -> Option<&str> {
     offered_protocols(req).find(|e| e.split('.').count() == 3 && e.len() > 20)
 }
 
-fn refusal(status: StatusCode, code: &str, message: &str) -> Flow {
-    let mut resp = ErrorTemplate::json(status, code, message).respond();
-    if status == StatusCode::UNAUTHORIZED {
-        resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-    }
-    Flow::Respond(resp)
+fn refusal(status: StatusCode, code: &'static str, message: &'static str) -> Flow {
+    Flow::Refuse(Refusal::TokenRefused { status, code, message })
 }
 
 impl Policy for JwtPolicy {
@@ -519,7 +515,8 @@ impl Policy for JwtPolicy {
             let applies = (check.methods.is_empty() || check.methods.contains(&req.method))
                 && check.path.as_ref().is_none_or(|p| p.is_match(req.uri.path()));
             if applies && !check.condition.holds(req, ctx) {
-                return Flow::Respond(check.refusal.respond());
+                let answer = check.refusal.clone();
+                return Flow::Refuse(Refusal::Denied { policy: "jwt", code: "jwt_claim_check_failed", answer });
             }
         }
         Flow::Continue

@@ -10,7 +10,7 @@
 //! ```
 
 use super::{Context, Flow, Policy};
-use crate::error::{ErrorTemplate, local_response};
+use crate::refusal::{ErrorTemplate, Refusal};
 use http::{HeaderValue, request};
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -35,7 +35,7 @@ fn default_status() -> u16 {
 }
 
 pub struct MaintenancePolicy {
-    answer: ErrorTemplate,
+    answer: std::sync::Arc<ErrorTemplate>,
 }
 
 impl MaintenancePolicy {
@@ -58,7 +58,7 @@ impl MaintenancePolicy {
                 body: m.into(),
             },
         };
-        Ok(MaintenancePolicy { answer })
+        Ok(MaintenancePolicy { answer: answer.into() })
     }
 }
 
@@ -72,7 +72,6 @@ impl Policy for MaintenancePolicy {
     }
 
     fn rewrite(&self, _req: &mut request::Parts, _ctx: &mut Context<'_>) -> Flow {
-        let a = &self.answer;
-        Flow::Respond(local_response(a.status, a.content_type.clone(), a.body.clone()))
+        Flow::Refuse(Refusal::Denied { policy: "maintenance_mode", code: "maintenance", answer: self.answer.clone() })
     }
 }

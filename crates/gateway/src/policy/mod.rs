@@ -15,7 +15,7 @@
 //! 4. [`Policy::response`]: on the response head before it reaches the client, for
 //!    proxied and locally generated responses alike.
 //!
-//! The first `Respond` stops the request phases; response phases still run.
+//! The first `Respond` or `Refuse` stops the request phases; response phases still run.
 //! Policies are built by name from their YAML configuration by the [`Registry`]; bad
 //! configuration is a config error (with its path), never a request-time failure.
 
@@ -53,8 +53,12 @@ pub use tollgate::TollgatePolicy;
 /// What a request phase decided.
 pub enum Flow {
     Continue,
-    /// Answer the client with this response; the backend is not called.
+    /// Answer the client with this response, which is no refusal (a CORS preflight's
+    /// answer, `echo`); the backend is not called.
     Respond(Response<GatewayBody>),
+    /// Refuse the request; [`crate::rescue`] makes the answer (a policy never builds an
+    /// error response itself).
+    Refuse(crate::refusal::Refusal),
 }
 
 /// What the gateway knows about one request while the chain runs.

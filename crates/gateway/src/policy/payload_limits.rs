@@ -17,7 +17,7 @@
 //! `max_message_bytes` instead.
 
 use super::{Context, Flow, Policy};
-use crate::error::GatewayError;
+use crate::refusal::Refusal;
 use http::{header, request};
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -57,7 +57,7 @@ impl Policy for PayloadLimitsPolicy {
             let declared =
                 req.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
             if declared.is_some_and(|n| n > max) {
-                return Flow::Respond(GatewayError::RequestTooLarge.into_response());
+                return Flow::Refuse(Refusal::RequestTooLarge);
             }
         }
         // The tightest of several policies wins.

@@ -24,7 +24,7 @@
 
 use super::template::Template;
 use super::{Context, Flow, Policy};
-use crate::error::ErrorTemplate;
+use crate::refusal::ErrorTemplate;
 use http::request;
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -116,7 +116,7 @@ pub struct EdgeRequest {
     /// (key, max) of concurrency limiters.
     pub connections: Vec<(String, u32)>,
     pub redis: bool,
-    pub refusal: ErrorTemplate,
+    pub refusal: std::sync::Arc<ErrorTemplate>,
 }
 
 pub struct RateLimitPolicy {
@@ -125,7 +125,7 @@ pub struct RateLimitPolicy {
     limiters: Vec<Limiter>,
     scope: Scope,
     redis: bool,
-    refusal: ErrorTemplate,
+    refusal: std::sync::Arc<ErrorTemplate>,
 }
 
 impl RateLimitPolicy {
@@ -169,7 +169,7 @@ impl RateLimitPolicy {
             signature += &format!("{}|{:?};", l.key, l.algorithm);
             limiters.push(Limiter { key, kind });
         }
-        let refusal = ErrorTemplate::json(
+        let refusal = ErrorTemplate::shared_json(
             status,
             "rate_limited",
             c.error_message.as_deref().unwrap_or("too many requests; retry later"),

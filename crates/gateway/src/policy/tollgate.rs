@@ -5,6 +5,7 @@
 use super::{Context, Credential, Flow, Policy};
 use crate::auth::{self, Credentials};
 use crate::mapping::Usage;
+use crate::refusal::Refusal;
 use http::request::Parts;
 use serde::Deserialize;
 use std::borrow::Cow;
@@ -51,7 +52,7 @@ impl Policy for TollgatePolicy {
                     })
                 });
                 let Some(credentials) = credentials else {
-                    return Flow::Respond(product.errors.auth_missing.respond());
+                    return Flow::Refuse(Refusal::AuthenticationMissing(product.errors.auth_missing.clone()));
                 };
                 let application = match &credentials {
                     Credentials::UserKey(key) => product.applications_by_user_key.get(&**key),
@@ -75,15 +76,15 @@ impl Policy for TollgatePolicy {
             }
         };
         let Some(application) = application else {
-            return Flow::Respond(product.errors.auth_failed.respond());
+            return Flow::Refuse(Refusal::AuthenticationFailed(product.errors.auth_failed.clone()));
         };
         if application.state == ApplicationState::Suspended {
-            return Flow::Respond(product.errors.auth_failed.respond());
+            return Flow::Refuse(Refusal::AuthenticationFailed(product.errors.auth_failed.clone()));
         }
 
         let mut usage = Usage::default();
         if !product.mapper.map(&req.method, req.uri.path(), &query, &mut usage) {
-            return Flow::Respond(product.errors.no_match.respond());
+            return Flow::Refuse(Refusal::NoMappingRule(product.errors.no_match.clone()));
         }
         ctx.usage = usage.with_ancestors(&product.metrics);
         ctx.application = Some(application.clone());

@@ -22,7 +22,7 @@
 
 use super::template::Template;
 use super::{Context, Flow, Policy};
-use crate::error::GatewayError;
+use crate::refusal::Refusal;
 use http::{Method, Uri, request};
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -223,9 +223,7 @@ impl Policy for UrlRewritingPolicy {
             return Flow::Continue;
         }
         if !path.starts_with('/') {
-            return Flow::Respond(
-                GatewayError::BadRequest("the rewritten path does not start with `/`").into_response(),
-            );
+            return Flow::Refuse(Refusal::BadRequest("the rewritten path does not start with `/`"));
         }
         let mut pq = path.into_owned();
         if !pairs.is_empty() {
@@ -237,11 +235,11 @@ impl Policy for UrlRewritingPolicy {
         let mut parts = req.uri.clone().into_parts();
         match pq.parse() {
             Ok(p) => parts.path_and_query = Some(p),
-            Err(_) => return Flow::Respond(GatewayError::BadRequest("the rewritten URL is not valid").into_response()),
+            Err(_) => return Flow::Refuse(Refusal::BadRequest("the rewritten URL is not valid")),
         }
         match Uri::from_parts(parts) {
             Ok(uri) => req.uri = uri,
-            Err(_) => return Flow::Respond(GatewayError::BadRequest("the rewritten URL is not valid").into_response()),
+            Err(_) => return Flow::Refuse(Refusal::BadRequest("the rewritten URL is not valid")),
         }
         Flow::Continue
     }

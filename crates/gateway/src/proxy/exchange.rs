@@ -13,10 +13,10 @@ impl Gateway {
         ctx: &Context<'_>,
         upstream: &Upstream,
         rest: &str,
-    ) -> Result<request::Parts, GatewayError> {
+    ) -> Result<request::Parts, Refusal> {
         let uri = upstream
             .uri(rest, parts.uri.query())
-            .map_err(|_| GatewayError::BadRequest("the request path cannot be forwarded"))?;
+            .map_err(|_| Refusal::BadRequest("the request path cannot be forwarded"))?;
         let (mut head, ()) = Request::new(()).into_parts();
         head.method = parts.method.clone();
         head.uri = uri;
@@ -38,7 +38,7 @@ impl Gateway {
         body: Incoming,
         ctx: &Context<'_>,
         pace: Option<BodyPace>,
-    ) -> Result<Response<GatewayBody>, GatewayError> {
+    ) -> Result<Response<GatewayBody>, Refusal> {
         let (upstream, rest, prefix) = destination_with_prefix(parts, ctx)?;
         let resp = self.forward_to(parts, body, ctx, upstream, rest, pace).await;
         match resp {
@@ -60,7 +60,7 @@ impl Gateway {
         upstream: &Upstream,
         rest: &str,
         pace: Option<BodyPace>,
-    ) -> Result<Response<GatewayBody>, GatewayError> {
+    ) -> Result<Response<GatewayBody>, Refusal> {
         if let Some(retry) = &ctx.retry {
             // A bodyless request: each attempt sends a fresh empty body.
             let mut attempt = 0;
@@ -82,7 +82,7 @@ impl Gateway {
                 }
                 let again = match &result {
                     Ok(r) => retry.statuses.contains(&r.status()),
-                    Err(GatewayError::UpstreamUnavailable(_) | GatewayError::UpstreamTimeout(_)) => true,
+                    Err(Refusal::UpstreamUnavailable(_) | Refusal::UpstreamTimeout(_)) => true,
                     Err(_) => false,
                 };
                 if last || !again {
@@ -117,8 +117,9 @@ impl Gateway {
                 match limited.collect().await {
                     Ok(whole) => UpstreamBody::bytes(whole.to_bytes()),
                     Err(e) => {
-                        return Err(body_stopped(&stopped, upstream)
-                            .unwrap_or_else(|| GatewayError::BadRequestBody(e.to_string())));
+                        return Err(
+                            body_stopped(&stopped, upstream).unwrap_or_else(|| Refusal::BadRequestBody(e.to_string()))
+                        );
                     }
                 }
             } else {
@@ -157,23 +158,23 @@ impl Gateway {
         resp: Response<GatewayBody>,
         read_timeout: Option<std::time::Duration>,
         response_limit: Option<u64>,
-    ) -> Result<Response<GatewayBody>, GatewayError> {
+    ) -> Result<Response<GatewayBody>, Refusal> {
         let report = BrokenBodies { metrics: self.metrics.clone(), environment: self.environment };
         shape_response(resp, read_timeout, response_limit).map(|r| r.map(|b| b.reporting(report)))
     }
 }
 
 /// Why a request body stopped on its way to the backend, if it did.
-pub(super) fn body_stopped(stopped: &Stopped, upstream: &Upstream) -> Option<GatewayError> {
+pub(super) fn body_stopped(stopped: &Stopped, upstream: &Upstream) -> Option<Refusal> {
     match stopped.load(std::sync::atomic::Ordering::Relaxed) {
-        crate::upstream::body::STOPPED_TOO_LARGE => Some(GatewayError::RequestTooLarge),
-        crate::upstream::body::STOPPED_SEND_TIMEOUT => Some(GatewayError::UpstreamTimeout(format!(
+        crate::upstream::body::STOPPED_TOO_LARGE => Some(Refusal::RequestTooLarge),
+        crate::upstream::body::STOPPED_SEND_TIMEOUT => Some(Refusal::UpstreamTimeout(format!(
             "{}: the request was not sent within send_timeout",
             upstream.label()
         ))),
-        crate::upstream::body::STOPPED_TOO_SLOW => Some(GatewayError::RequestTimeout),
+        crate::upstream::body::STOPPED_TOO_SLOW => Some(Refusal::RequestTimeout),
         crate::upstream::body::STOPPED_UNREADABLE => {
-            Some(GatewayError::BadRequestBody("the client's body ended before its end or was malformed".into()))
+            Some(Refusal::BadRequestBody("the client's body ended before its end or was malformed".into()))
         }
         _ => None,
     }
@@ -184,11 +185,11 @@ pub(super) async fn exchange(
     upstream: &Upstream,
     req: Request<UpstreamBody>,
     head_due: Option<std::time::Duration>,
-) -> Result<Response<GatewayBody>, GatewayError> {
+) -> Result<Response<GatewayBody>, Refusal> {
     match head_due {
         None => upstream.request(req).await,
         Some(d) => tokio::time::timeout(d, upstream.request(req)).await.unwrap_or_else(|_| {
-            Err(GatewayError::UpstreamTimeout(format!("{}: no response head within read_timeout", upstream.label())))
+            Err(Refusal::UpstreamTimeout(format!("{}: no response head within read_timeout", upstream.label())))
         }),
     }
 }
@@ -199,11 +200,11 @@ pub(super) fn shape_response(
     mut resp: Response<GatewayBody>,
     read_timeout: Option<std::time::Duration>,
     response_limit: Option<u64>,
-) -> Result<Response<GatewayBody>, GatewayError> {
+) -> Result<Response<GatewayBody>, Refusal> {
     if let Some(max) = response_limit {
         let declared = resp.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
         if declared.is_some_and(|n| n > max) {
-            return Err(GatewayError::ResponseTooLarge);
+            return Err(Refusal::ResponseTooLarge);
         }
         resp = resp.map(|b| b.capped(max));
     }
@@ -221,13 +222,13 @@ pub(super) fn shape_response(
 pub(super) fn destination_with_prefix<'c>(
     parts: &'c request::Parts,
     ctx: &'c Context<'_>,
-) -> Result<(&'c Upstream, &'c str, &'c str), GatewayError> {
+) -> Result<(&'c Upstream, &'c str, &'c str), Refusal> {
     let (upstream, rest, prefix) = destination_of(parts, ctx)?;
     // The path was made canonical on entry, but a policy may have rewritten it since:
     // what goes after the backend's base path must still have no dot-segments, so the
     // request can never leave that base path.
     if rest.starts_with('/') && !matches!(crate::path::canonical(rest, ctx.product.path_rules), Ok(c) if c == rest) {
-        return Err(GatewayError::BadPath(crate::path::PathError::AboveRoot));
+        return Err(Refusal::BadPath(crate::path::PathError::AboveRoot));
     }
     Ok((upstream, rest, prefix))
 }
@@ -235,17 +236,17 @@ pub(super) fn destination_with_prefix<'c>(
 pub(super) fn destination_of<'c>(
     parts: &'c request::Parts,
     ctx: &'c Context<'_>,
-) -> Result<(&'c Upstream, &'c str, &'c str), GatewayError> {
+) -> Result<(&'c Upstream, &'c str, &'c str), Refusal> {
     match &ctx.route {
         None => {
-            let (usage, rest) = ctx.product.route(parts.uri.path()).ok_or(GatewayError::NoBackend)?;
+            let (usage, rest) = ctx.product.route(parts.uri.path()).ok_or(Refusal::NoBackend)?;
             Ok((&usage.upstream, rest, &usage.prefix))
         }
         Some(route) => {
             let upstream = match &route.target {
                 Target::Url(u) => u,
                 Target::Backend(name) => {
-                    &ctx.product.usages.iter().find(|u| *u.backend == **name).ok_or(GatewayError::NoBackend)?.upstream
+                    &ctx.product.usages.iter().find(|u| *u.backend == **name).ok_or(Refusal::NoBackend)?.upstream
                 }
             };
             Ok((upstream, route.path.as_str(), ""))

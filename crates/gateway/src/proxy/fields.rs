@@ -4,27 +4,26 @@
 use super::*;
 
 /// `uri` with its path replaced (scheme, authority and query kept).
-pub(super) fn with_path(uri: &http::Uri, path: &str) -> Result<http::Uri, GatewayError> {
+pub(super) fn with_path(uri: &http::Uri, path: &str) -> Result<http::Uri, Refusal> {
     let pq = match uri.query() {
         Some(q) => format!("{path}?{q}"),
         None => path.to_string(),
     };
     let mut parts = uri.clone().into_parts();
-    parts.path_and_query =
-        Some(pq.parse().map_err(|_| GatewayError::BadRequest("the request target cannot be forwarded"))?);
-    http::Uri::from_parts(parts).map_err(|_| GatewayError::BadRequest("the request target cannot be forwarded"))
+    parts.path_and_query = Some(pq.parse().map_err(|_| Refusal::BadRequest("the request target cannot be forwarded"))?);
+    http::Uri::from_parts(parts).map_err(|_| Refusal::BadRequest("the request target cannot be forwarded"))
 }
 
 /// RFC 9112 §3.2: one Host, with no user information; otherwise two readers may pick
 /// two different products or backends.
-pub(crate) fn check_host_headers(headers: &HeaderMap) -> Result<(), GatewayError> {
+pub(crate) fn check_host_headers(headers: &HeaderMap) -> Result<(), Refusal> {
     let mut hosts = headers.get_all(header::HOST).iter();
     if let (Some(first), second) = (hosts.next(), hosts.next()) {
         if second.is_some() {
-            return Err(GatewayError::BadRequest("the request has more than one Host header"));
+            return Err(Refusal::BadRequest("the request has more than one Host header"));
         }
         if first.as_bytes().contains(&b'@') {
-            return Err(GatewayError::BadRequest("a Host header must not carry user information"));
+            return Err(Refusal::BadRequest("a Host header must not carry user information"));
         }
     }
     Ok(())
@@ -111,18 +110,18 @@ pub(crate) fn forwardable_headers(headers: &HeaderMap) -> HeaderMap {
 /// RFC 9113 §8.2.1 and §8.3.1: what makes an HTTP/2 request malformed beyond what the
 /// HTTP/2 layer checks — a field value with leading or trailing whitespace, a `Host`
 /// naming another authority than `:authority`.
-pub(crate) fn check_http2_fields<B>(req: &Request<B>) -> Result<(), GatewayError> {
+pub(crate) fn check_http2_fields<B>(req: &Request<B>) -> Result<(), Refusal> {
     let padded = |v: &HeaderValue| {
         let b = v.as_bytes();
         matches!(b.first(), Some(b' ' | b'\t')) || matches!(b.last(), Some(b' ' | b'\t'))
     };
     if req.headers().values().any(padded) {
-        return Err(GatewayError::BadRequest("an HTTP/2 field value must not begin or end with whitespace"));
+        return Err(Refusal::BadRequest("an HTTP/2 field value must not begin or end with whitespace"));
     }
     if let (Some(authority), Some(host)) = (req.uri().authority(), req.headers().get(header::HOST))
         && !host.as_bytes().eq_ignore_ascii_case(authority.as_str().as_bytes())
     {
-        return Err(GatewayError::BadRequest("the Host header names another authority than :authority"));
+        return Err(Refusal::BadRequest("the Host header names another authority than :authority"));
     }
     Ok(())
 }

@@ -9,7 +9,7 @@ impl Gateway {
         &self,
         _parts: &request::Parts,
         ctx: &mut Context<'_>,
-    ) -> Result<Option<ConnectionSlot>, Response<GatewayBody>> {
+    ) -> Result<Option<ConnectionSlot>, Refusal> {
         self.edge_limits(ctx).await?;
         let Some(app) = ctx.application.as_ref() else { return Ok(None) };
         let product = ctx.product;
@@ -17,8 +17,8 @@ impl Gateway {
         let app_slot = if ctx.websocket {
             match self.connections.try_open(&app.id, app.plan.max_connections).await {
                 Ok(Some(slot)) => Some(slot),
-                Ok(None) => return Err(GatewayError::TooManyConnections.into_response()),
-                Err(e) => return Err(GatewayError::CountersUnavailable(e.to_string()).into_response()),
+                Ok(None) => return Err(Refusal::TooManyConnections),
+                Err(e) => return Err(Refusal::CountersUnavailable(e.to_string())),
             }
         } else {
             None
@@ -33,18 +33,15 @@ impl Gateway {
                 Ok(app_slot)
             }
             Ok(Decision::Exceeded(status)) => {
-                self.metrics.env(self.environment).limits_exceeded();
-                let mut resp = product.errors.limits_exceeded.respond();
-                rate_limit_headers(resp.headers_mut(), &status, ctx.now);
-                Err(resp)
+                Err(Refusal::LimitsExceeded { answer: product.errors.limits_exceeded.clone(), status, now: ctx.now })
             }
-            Err(e) => Err(GatewayError::CountersUnavailable(e.to_string()).into_response()),
+            Err(e) => Err(Refusal::CountersUnavailable(e.to_string())),
         }
     }
 
     /// The `rate_limit` policies' checks, after every access phase and before the plan's
     /// limits. `Err` is the refusal.
-    pub(super) async fn edge_limits(&self, ctx: &mut Context<'_>) -> Result<(), Response<GatewayBody>> {
+    pub(super) async fn edge_limits(&self, ctx: &mut Context<'_>) -> Result<(), Refusal> {
         if ctx.edge.is_empty() {
             return Ok(());
         }
@@ -57,7 +54,7 @@ impl Gateway {
                 (true, Some(redis)) => match redis.edge(&edge.checks, now_ms).await {
                     Ok(d) => d,
                     Err(e) if redis.mode() == FailureMode::Strict => {
-                        return Err(GatewayError::CountersUnavailable(e.to_string()).into_response());
+                        return Err(Refusal::CountersUnavailable(e.to_string()));
                     }
                     // `allow` and `resilient`: this node's own counts meanwhile.
                     Err(_) => self.edge.check(&edge.checks, now_ms),
@@ -65,11 +62,8 @@ impl Gateway {
                 _ => self.edge.check(&edge.checks, now_ms),
             };
             if let EdgeDecision::Refused { retry_after_ms, .. } = decision {
-                self.metrics.env(self.environment).limits_exceeded();
-                let mut resp = edge.refusal.respond();
-                let secs = (retry_after_ms + 999) / 1000;
-                resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
-                return Err(resp);
+                let secs = u64::try_from((retry_after_ms + 999) / 1000).unwrap_or(1);
+                return Err(Refusal::EdgeLimited { answer: edge.refusal, retry_after_secs: Some(secs) });
             }
             for (key, max) in &edge.connections {
                 // In Redis: a lease like a WebSocket's under max_connections (renewed by
@@ -77,31 +71,19 @@ impl Gateway {
                 let place: Option<Held> = match (edge.redis, self.counters.redis()) {
                     (true, Some(_)) => match self.connections.try_open(&format!("edge:{key}"), Some(*max)).await {
                         Ok(slot) => slot.map(|s| Box::new(s) as Held),
-                        Err(e) => return Err(GatewayError::CountersUnavailable(e.to_string()).into_response()),
+                        Err(e) => return Err(Refusal::CountersUnavailable(e.to_string())),
                     },
                     _ => self.edge.acquire(key, *max).map(|g| Box::new(g) as Held),
                 };
                 match place {
                     Some(p) => ctx.guards.push(p),
                     None => {
-                        self.metrics.env(self.environment).limits_exceeded();
                         ctx.guards.clear();
-                        return Err(edge.refusal.respond());
+                        return Err(Refusal::EdgeLimited { answer: edge.refusal.clone(), retry_after_secs: None });
                     }
                 }
             }
         }
         Ok(())
-    }
-}
-
-/// `RateLimit-Limit/-Remaining/-Reset` and `Retry-After` (omitted for `eternity`).
-pub(super) fn rate_limit_headers(headers: &mut HeaderMap, status: &LimitStatus, now: i64) {
-    headers.insert("ratelimit-limit", HeaderValue::from(status.max));
-    headers.insert("ratelimit-remaining", HeaderValue::from(status.remaining()));
-    if let Some(reset) = status.reset_at {
-        let secs = (reset - now).max(0);
-        headers.insert("ratelimit-reset", HeaderValue::from(secs));
-        headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
     }
 }

@@ -10,10 +10,10 @@
 
 use crate::analytics::Analytics;
 use crate::deadline::BodyPace;
-use crate::error::GatewayError;
 use crate::metrics::Metrics;
 use crate::policy::routing::Target;
 use crate::policy::{Context, Flow};
+use crate::refusal::Refusal;
 use crate::relay::{self, RelayOptions};
 use crate::session::{ConnectionSlot, Connections, Session, plan_checks};
 use crate::snapshot::{Environment, Product, SnapshotHandle};
@@ -32,7 +32,7 @@ use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::sync::watch;
-use tollgate_counters::{Clock, Counters, Decision, EdgeDecision, EdgeMemory, FailureMode, LimitStatus};
+use tollgate_counters::{Clock, Counters, Decision, EdgeDecision, EdgeMemory, FailureMode};
 
 mod exchange;
 mod fields;
@@ -169,12 +169,7 @@ impl Gateway {
         }
         let mut resp = match self.route(req, &conn).await {
             Ok(resp) => resp,
-            Err(e) => {
-                if e.side() == crate::error::Side::Upstream {
-                    self.metrics.env(self.environment).upstream_error();
-                }
-                e.into_response()
-            }
+            Err(refusal) => self.rescue(refusal),
         };
         // A refused upgrade (or HTTP/1 CONNECT) closes the connection: the client meant
         // to leave HTTP, and what it sent after the head may not be HTTP (nor was it
@@ -217,7 +212,7 @@ impl Gateway {
         resp
     }
 
-    async fn route(&self, mut req: Request<Incoming>, conn: &ConnInfo) -> Result<Response<GatewayBody>, GatewayError> {
+    async fn route(&self, mut req: Request<Incoming>, conn: &ConnInfo) -> Result<Response<GatewayBody>, Refusal> {
         // One atomic increment; the snapshot stays alive for this request even if a
         // new one is swapped in meanwhile.
         let snapshot = self.snapshot.load();
@@ -225,7 +220,7 @@ impl Gateway {
         // The same for an absolute-form target or HTTP/2's :authority: the gateway routes
         // on it, and user information in it is either a trick or a leak.
         if req.uri().authority().is_some_and(|a| a.as_str().contains('@')) {
-            return Err(GatewayError::BadRequest("the request target must not carry user information"));
+            return Err(Refusal::BadRequest("the request target must not carry user information"));
         }
         if req.version() == Version::HTTP_2 {
             check_http2_fields(&req)?;
@@ -233,23 +228,23 @@ impl Gateway {
         // A gateway is no forward proxy: CONNECT opens a tunnel only as the extended
         // CONNECT of a WebSocket over HTTP/2 (RFC 8441).
         if req.method() == Method::CONNECT && req.extensions().get::<hyper::ext::Protocol>().is_none() {
-            return Err(GatewayError::NotImplemented);
+            return Err(Refusal::NotImplemented);
         }
         // Methods are case-sensitive (RFC 9110 §9.1): `get` is not GET, yet a backend
         // that upper-cases methods would serve it as GET, past mapping rules and limits
         // written for GET. As nginx does, methods with lower-case letters are refused.
         if req.method().as_str().bytes().any(|b| b.is_ascii_lowercase()) {
-            return Err(GatewayError::BadRequest(
+            return Err(Refusal::BadRequest(
                 "methods are case-sensitive and written in upper case (RFC 9110 §9.1): send GET, not get",
             ));
         }
-        let host = request_host(&req).ok_or(GatewayError::BadRequest("the request has no Host"))?;
+        let host = request_host(&req).ok_or(Refusal::BadRequest("the request has no Host"))?;
         let product = match snapshot.product_for_host(host) {
             Some(p) => p,
             None if host.bytes().any(|b| b.is_ascii_uppercase()) => {
-                snapshot.product_for_host(&host.to_ascii_lowercase()).ok_or(GatewayError::UnknownHost)?
+                snapshot.product_for_host(&host.to_ascii_lowercase()).ok_or(Refusal::UnknownHost)?
             }
-            None => return Err(GatewayError::UnknownHost),
+            None => return Err(Refusal::UnknownHost),
         };
         let product = product.clone();
         // One canonical path from here on: what policies, mapping rules and routing
@@ -257,12 +252,12 @@ impl Gateway {
         match crate::path::canonical(req.uri().path(), product.path_rules) {
             Ok(std::borrow::Cow::Borrowed(_)) => {}
             Ok(std::borrow::Cow::Owned(path)) => *req.uri_mut() = with_path(req.uri(), &path)?,
-            Err(e) => return Err(GatewayError::BadPath(e)),
+            Err(e) => return Err(Refusal::BadPath(e)),
         }
         let handshake = websocket_upgrade(&req)?;
         let websocket = handshake != Handshake::None;
         if websocket && !product.websocket {
-            return Err(GatewayError::WebSocketDisabled);
+            return Err(Refusal::WebSocketDisabled);
         }
         if handshake == Handshake::Http2 {
             // An extended CONNECT is the HTTP/2 spelling of the GET that opens a
@@ -340,24 +335,39 @@ impl Gateway {
         let chain = &ctx.product.chain;
         let started = self.span_start(ctx);
         for policy in chain {
-            if let Flow::Respond(r) = policy.rewrite(parts, ctx) {
+            if let Some(answer) = self.stopped(policy.rewrite(parts, ctx)) {
                 self.span_end(ctx, "rewrite", started, None, Vec::new());
-                return Err(r);
+                return Err(answer);
             }
         }
         self.span_end(ctx, "rewrite", started, None, Vec::new());
         let started = self.span_start(ctx);
         for policy in chain {
-            if let Flow::Respond(r) = policy.access(parts, ctx) {
+            if let Some(answer) = self.stopped(policy.access(parts, ctx)) {
                 self.span_end(ctx, "access", started, None, Vec::new());
-                return Err(r);
+                return Err(answer);
             }
         }
         self.span_end(ctx, "access", started, None, Vec::new());
         let started = self.span_start(ctx);
         let limited = self.limits(parts, ctx).await;
         self.span_end(ctx, "limits", started, None, Vec::new());
-        limited
+        limited.map_err(|refusal| self.rescue(refusal))
+    }
+
+    /// What a request phase's decision answers, if it stops the request.
+    fn stopped(&self, flow: Flow) -> Option<Response<GatewayBody>> {
+        match flow {
+            Flow::Continue => None,
+            Flow::Respond(answer) => Some(answer),
+            Flow::Refuse(refusal) => Some(self.rescue(refusal)),
+        }
+    }
+
+    /// The answer to a refusal ([`crate::rescue::respond`]), counted in this
+    /// environment's metrics.
+    fn rescue(&self, refusal: Refusal) -> Response<GatewayBody> {
+        crate::rescue::respond(refusal, self.metrics.env(self.environment))
     }
 
     /// When traced: a span id for the call to the backend, announced to it in

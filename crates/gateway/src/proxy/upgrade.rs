@@ -11,7 +11,7 @@ impl Gateway {
         client: hyper::upgrade::OnUpgrade,
         over_h2: bool,
         (listener_slot, app_slot, guards): (Arc<crate::server::Slot>, Option<ConnectionSlot>, Vec<Held>),
-    ) -> Result<Response<GatewayBody>, GatewayError> {
+    ) -> Result<Response<GatewayBody>, Refusal> {
         let (upstream, rest, prefix) = destination_with_prefix(parts, ctx)?;
         let mut head = self.upstream_head(parts, ctx, upstream, rest)?;
         let upgrade_span = self.trace_upstream(ctx, &mut head);
@@ -29,7 +29,7 @@ impl Gateway {
         let (mut sender, connection) = crate::upstream::http1_client()
             .handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
             .await
-            .map_err(|e| GatewayError::UpstreamFailed(format!("{}: {}", upstream.label(), error_chain(&e))))?;
+            .map_err(|e| Refusal::UpstreamFailed(format!("{}: {}", upstream.label(), error_chain(&e))))?;
         tokio::spawn(async move {
             if let Err(e) = connection.with_upgrades().await {
                 tracing::debug!(error = %e, "upstream WebSocket handshake connection ended");
@@ -39,7 +39,7 @@ impl Gateway {
         let answer = sender.send_request(Request::from_parts(head, Empty::new()));
         let mut resp = match ctx.upstream_timeouts.1 {
             Some(due) => tokio::time::timeout(due, answer).await.map_err(|_| {
-                GatewayError::UpstreamTimeout(format!(
+                Refusal::UpstreamTimeout(format!(
                     "{}: no answer to the WebSocket upgrade within read_timeout",
                     upstream.label()
                 ))
@@ -49,8 +49,8 @@ impl Gateway {
         .map_err(|e| {
             let detail = format!("{}: {}", upstream.label(), error_chain(&e));
             match crate::upstream::is_invalid_response(&e) {
-                true => GatewayError::UpstreamInvalidResponse(detail),
-                false => GatewayError::UpstreamFailed(detail),
+                true => Refusal::UpstreamInvalidResponse(detail),
+                false => Refusal::UpstreamFailed(detail),
             }
         })?;
         if let Some((id, start)) = upgrade_span {
@@ -176,14 +176,14 @@ pub(super) fn websocket_key() -> HeaderValue {
 }
 
 /// Whether the request asks for a WebSocket, and how; an invalid request is an error.
-pub(crate) fn websocket_upgrade<B>(req: &Request<B>) -> Result<Handshake, GatewayError> {
+pub(crate) fn websocket_upgrade<B>(req: &Request<B>) -> Result<Handshake, Refusal> {
     let headers = req.headers();
     if let Some(protocol) = req.extensions().get::<hyper::ext::Protocol>() {
         if req.method() != Method::CONNECT || !protocol.as_str().eq_ignore_ascii_case("websocket") {
-            return Err(GatewayError::BadUpgrade("extended CONNECT tunnels the websocket protocol only"));
+            return Err(Refusal::BadUpgrade("extended CONNECT tunnels the websocket protocol only"));
         }
         if headers.get(header::SEC_WEBSOCKET_VERSION).is_none_or(|v| v.as_bytes() != b"13") {
-            return Err(GatewayError::BadUpgrade("Sec-WebSocket-Version must be 13"));
+            return Err(Refusal::BadUpgrade("Sec-WebSocket-Version must be 13"));
         }
         return Ok(Handshake::Http2);
     }
@@ -191,30 +191,30 @@ pub(crate) fn websocket_upgrade<B>(req: &Request<B>) -> Result<Handshake, Gatewa
         return Ok(Handshake::None);
     }
     if req.version() != Version::HTTP_11 {
-        return Err(GatewayError::BadUpgrade("WebSocket upgrades need HTTP/1.1"));
+        return Err(Refusal::BadUpgrade("WebSocket upgrades need HTTP/1.1"));
     }
     if req.method() != Method::GET {
-        return Err(GatewayError::BadUpgrade("the upgrade request must be a GET"));
+        return Err(Refusal::BadUpgrade("the upgrade request must be a GET"));
     }
     if !header_has_token(headers, header::CONNECTION, "upgrade") {
-        return Err(GatewayError::BadUpgrade("`Connection: Upgrade` is missing"));
+        return Err(Refusal::BadUpgrade("`Connection: Upgrade` is missing"));
     }
     let key_ok = headers
         .get(header::SEC_WEBSOCKET_KEY)
         .and_then(|k| base64::engine::general_purpose::STANDARD.decode(k.as_bytes()).ok())
         .is_some_and(|k| k.len() == 16);
     if !key_ok {
-        return Err(GatewayError::BadUpgrade("Sec-WebSocket-Key is missing or not 16 base64-encoded bytes"));
+        return Err(Refusal::BadUpgrade("Sec-WebSocket-Key is missing or not 16 base64-encoded bytes"));
     }
     if headers.get(header::SEC_WEBSOCKET_VERSION).is_none_or(|v| v.as_bytes() != b"13") {
-        return Err(GatewayError::BadUpgrade("Sec-WebSocket-Version must be 13"));
+        return Err(Refusal::BadUpgrade("Sec-WebSocket-Version must be 13"));
     }
     // A body before the upgrade would be read by one side as the first WebSocket
     // frames and by the other as a body: refused (RFC 6455 §4.1 sends none).
     let has_body = headers.contains_key(header::TRANSFER_ENCODING)
         || headers.get_all(header::CONTENT_LENGTH).iter().any(|v| v.as_bytes() != b"0");
     if has_body {
-        return Err(GatewayError::BadUpgrade("an upgrade request must not carry a body"));
+        return Err(Refusal::BadUpgrade("an upgrade request must not carry a body"));
     }
     Ok(Handshake::Http1)
 }

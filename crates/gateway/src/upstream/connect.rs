@@ -19,13 +19,13 @@ pub enum ConnectError {
     Tls(String, TlsFailure),
 }
 
-impl From<ConnectError> for crate::error::GatewayError {
+impl From<ConnectError> for crate::refusal::Refusal {
     fn from(e: ConnectError) -> Self {
-        use crate::error::GatewayError;
+        use crate::refusal::Refusal;
         match e {
-            ConnectError::Timeout(_) => GatewayError::UpstreamTimeout(e.to_string()),
-            ConnectError::Io(..) => GatewayError::UpstreamUnavailable(e.to_string()),
-            ConnectError::Tls(..) => GatewayError::UpstreamTls(e.to_string()),
+            ConnectError::Timeout(_) => Refusal::UpstreamTimeout(e.to_string()),
+            ConnectError::Io(..) => Refusal::UpstreamUnavailable(e.to_string()),
+            ConnectError::Tls(..) => Refusal::UpstreamTls(e.to_string()),
         }
     }
 }

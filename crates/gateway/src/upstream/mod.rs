@@ -125,8 +125,8 @@ impl Upstream {
     pub async fn request(
         &self,
         mut req: http::Request<crate::upstream::body::UpstreamBody>,
-    ) -> Result<http::Response<GatewayBody>, crate::error::GatewayError> {
-        use crate::error::GatewayError;
+    ) -> Result<http::Response<GatewayBody>, crate::refusal::Refusal> {
+        use crate::refusal::Refusal;
         if !req.headers().contains_key(http::header::HOST) {
             req.headers_mut().insert(http::header::HOST, self.host.clone());
         }
@@ -134,10 +134,10 @@ impl Upstream {
             Ok(resp) => Ok(resp.map(GatewayBody::from)),
             Err(RequestError::Connect(e)) => Err(e.into()),
             Err(RequestError::Http(e)) if is_invalid_response(&e) => {
-                Err(GatewayError::UpstreamInvalidResponse(format!("{}: {}", self.connector.label(), error_chain(&e))))
+                Err(Refusal::UpstreamInvalidResponse(format!("{}: {}", self.connector.label(), error_chain(&e))))
             }
             Err(RequestError::Http(e)) => {
-                Err(GatewayError::UpstreamFailed(format!("{}: {}", self.connector.label(), error_chain(&e))))
+                Err(Refusal::UpstreamFailed(format!("{}: {}", self.connector.label(), error_chain(&e))))
             }
         }
     }
