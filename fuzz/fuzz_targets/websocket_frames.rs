@@ -17,7 +17,7 @@
 //! code no peer may send (RFC 6455 §7.4), of one byte or with a reason that is not
 //! UTF-8 are protocol errors (1002) — a Close frame is held back whole until checked;
 //! a message over the cap is 1009; the gate's close is 1008 and its drop swallows the
-//! message's data frames.
+//! message's data frames; nothing a side sends after its Close passes.
 //!
 //! Asserts, beyond "no panic" and "the relay ends" (within ten virtual minutes):
 //! - with one side talking: the other side receives exactly the model's forwarded
@@ -210,6 +210,10 @@ impl Model<'_> {
             }
             if (end as u64) < (i as u64).saturating_add(header_len as u64).saturating_add(len) {
                 o.mid_frame = !drop_frame;
+            }
+            if o.saw_close {
+                // Nothing after a side's Close passes (RFC 6455 §5.5.1).
+                break;
             }
             i = end;
         }

@@ -71,6 +71,10 @@ pub enum Refusal {
     BadRequestBody(String),
     #[error("the backend's response is larger than this API allows")]
     ResponseTooLarge,
+    /// An HTTP/2 request with more header fields than `--max-header-count` (HTTP/1's
+    /// parser answers 431 itself).
+    #[error("the request has more header fields than this gateway accepts")]
+    TooManyHeaderFields,
     /// No credentials (3scale's "Authentication parameters missing"): the product's
     /// `auth_missing` answer (401 by default).
     #[error("authentication parameters missing")]
@@ -124,6 +128,7 @@ impl Refusal {
             Refusal::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Refusal::BadRequestBody(_) => StatusCode::BAD_REQUEST,
             Refusal::ResponseTooLarge => StatusCode::BAD_GATEWAY,
+            Refusal::TooManyHeaderFields => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Refusal::AuthenticationMissing(a)
             | Refusal::AuthenticationFailed(a)
             | Refusal::NoMappingRule(a)
@@ -156,6 +161,7 @@ impl Refusal {
             Refusal::RequestTimeout => "request_timeout",
             Refusal::BadRequestBody(_) => "bad_request_body",
             Refusal::ResponseTooLarge => "response_too_large",
+            Refusal::TooManyHeaderFields => "too_many_header_fields",
             Refusal::AuthenticationMissing(_) => "auth_missing",
             Refusal::AuthenticationFailed(_) => "auth_failed",
             Refusal::NoMappingRule(_) => "no_match",
@@ -179,6 +185,7 @@ impl Refusal {
             | Refusal::RequestTooLarge
             | Refusal::RequestTimeout
             | Refusal::BadRequestBody(_)
+            | Refusal::TooManyHeaderFields
             | Refusal::AuthenticationMissing(_)
             | Refusal::AuthenticationFailed(_)
             | Refusal::NoMappingRule(_)

@@ -317,7 +317,14 @@ async fn connection(
     let tcp = crate::deadline::Taking::new(tcp, activity.clone());
     match &opts.tls {
         None => {
-            let info = ConnInfo { client_addr, tls: false, slot, activity, min_data_rate };
+            let info = ConnInfo {
+                client_addr,
+                tls: false,
+                slot,
+                activity,
+                min_data_rate,
+                max_header_count: opts.max_header_count,
+            };
             let guarded = TokioIo::new(SmugglingGuard::new(tcp));
             serve_connection(guarded, info, gateway, builder, &mut stop, opts.header_read_timeout).await;
         }
@@ -334,7 +341,14 @@ async fn connection(
                     return tracing::debug!(%client_addr, "TLS handshake cut to make room");
                 }
             };
-            let info = ConnInfo { client_addr, tls: true, slot, activity, min_data_rate };
+            let info = ConnInfo {
+                client_addr,
+                tls: true,
+                slot,
+                activity,
+                min_data_rate,
+                max_header_count: opts.max_header_count,
+            };
             if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
                 serve_connection(TokioIo::new(tls), info, gateway, builder, &mut stop, opts.header_read_timeout).await;
             } else {

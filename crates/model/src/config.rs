@@ -119,7 +119,7 @@ fn is_true(b: &bool) -> bool {
 /// How a product's request paths are made canonical, once, as requests enter: dot
 /// segments removed (also `%2e`), unreserved characters decoded, escapes upper-cased
 /// (RFC 3986 §5.2.4, §6.2.2). See docs/gateway.md#the-request-path.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RequestPath {
     /// `reject` (default): a path with an encoded `/` or `\` (`%2F`, `%5C`) gets 400
@@ -127,9 +127,22 @@ pub struct RequestPath {
     /// matched; `keep`: they stay encoded, part of their segment.
     #[serde(default)]
     pub encoded_slashes: EncodedSlashes,
-    /// Merge `//` into `/` (default: kept as sent).
-    #[serde(default)]
+    /// Merge `//` into `/` (default `true`, as nginx does): `//admin` is `/admin` for
+    /// mapping rules and for the backend alike — kept as sent, it would match other
+    /// rules than `/admin`'s while a backend that merges slashes serves `/admin`.
+    /// `false` keeps `//` as sent.
+    #[serde(default = "merge_slashes_by_default")]
     pub merge_slashes: bool,
+}
+
+impl Default for RequestPath {
+    fn default() -> Self {
+        RequestPath { encoded_slashes: EncodedSlashes::default(), merge_slashes: true }
+    }
+}
+
+fn merge_slashes_by_default() -> bool {
+    true
 }
 
 /// What an encoded `/` or `\` in a request path gets.

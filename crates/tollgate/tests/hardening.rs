@@ -59,6 +59,8 @@ async fn request_paths_are_made_canonical_before_anything_reads_them() {
         "/public/%2e%2e/admin/users",
         "/public/%2E%2E/admin/users",
         "/public/./../admin/users",
+        "//admin/users",
+        "/public/..//admin/users",
     ] {
         let (status, _, body) = get(addr, HOST, &format!("{path}?user_key=k")).await;
         assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{path} is /admin/users, blocked: {body}");
@@ -83,12 +85,15 @@ async fn request_paths_are_made_canonical_before_anything_reads_them() {
 }
 
 #[tokio::test]
-async fn a_product_may_keep_encoded_slashes_and_merge_double_slashes() {
+async fn a_product_may_keep_encoded_slashes_and_double_slashes() {
     let backend = http_backend().await;
-    let gw = gateway(&config(backend, "request_path: { encoded_slashes: keep, merge_slashes: true }")).await;
+    let gw = gateway(&config(backend, "request_path: { encoded_slashes: keep }")).await;
     let (status, _, body) = get(gw.server.staging, HOST, "/public//files/a%2fb?user_key=k").await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    assert_eq!(seen_path(&body), "/public/files/a%2Fb");
+    assert_eq!(seen_path(&body), "/public/files/a%2Fb", "merged by default");
+    let kept = gateway(&config(backend, "request_path: { merge_slashes: false }")).await;
+    let (status, _, body) = get(kept.server.staging, HOST, "/public//files?user_key=k").await;
+    assert_eq!((status, seen_path(&body).as_str()), (StatusCode::OK, "/public//files"), "{body}");
 }
 
 #[tokio::test]
@@ -115,6 +120,9 @@ async fn one_host_without_user_information() {
     )
     .await;
     assert_eq!(status_of(&tricked), 400, "{tricked}");
+    // …nor with a scheme other than HTTP's.
+    let ftp = support::raw(addr, b"GET ftp://api.test/public?user_key=k HTTP/1.1\r\nHost: api.test\r\n\r\n").await;
+    assert_eq!(status_of(&ftp), 400, "{ftp}");
 
     // Methods are case-sensitive: `get` is no GET, and is refused before a backend that
     // upper-cases methods could serve it as one, past rules written for GET.
@@ -202,6 +210,35 @@ async fn a_backends_private_address_never_reaches_the_client() {
     let (_, headers, _) = get(kept.server.staging, HOST, "/pub/redirect?to=/v1/public-api/next&user_key=k").await;
     let location = headers.get("location").and_then(|v| v.to_str().ok()).unwrap_or_default();
     assert_eq!(location, format!("http://{backend}/v1/public-api/next"));
+}
+
+/// However the backend spells its own address — scheme in capitals, scheme-relative,
+/// user information, a trailing dot, a port with a leading zero — and in every field of
+/// `Location`, `Content-Location` and `Link`, it is rewritten.
+#[tokio::test]
+async fn a_backends_address_is_rewritten_however_it_is_spelled() {
+    let response = b"HTTP/1.1 302 Found\r\n\
+        location: HTTP://{addr}/next\r\n\
+        content-location: //{addr}/c\r\n\
+        link: <http://user@{addr}/l>; rel=\"next\", </rel>; rel=\"prev\"\r\n\
+        link: <http://localhost:1/elsewhere>\r\n\
+        content-length: 0\r\n\r\n"
+        .to_vec();
+    let backend = canned_backend(vec![("/moved", response)]).await;
+    let gw = gateway(&open_config(backend)).await;
+    let (status, headers, _) = get(gw.server.staging, HOST, "/moved?user_key=k").await;
+    assert_eq!(status, StatusCode::FOUND);
+    let all = |name: &str| -> Vec<String> {
+        headers.get_all(name).iter().map(|v| v.to_str().expect("text").to_string()).collect()
+    };
+    assert_eq!(all("location"), ["http://api.test/next"]);
+    assert_eq!(all("content-location"), ["http://api.test/c"]);
+    assert_eq!(
+        all("link"),
+        ["<http://api.test/l>; rel=\"next\", </rel>; rel=\"prev\"", "<http://localhost:1/elsewhere>"]
+    );
+    let text = format!("{headers:?}");
+    assert!(!text.contains(&backend.to_string()), "{text}");
 }
 
 /// A WebSocket backend that accepts the upgrade, answers one message, then vanishes
@@ -609,11 +646,16 @@ async fn a_backend_that_never_answers_gets_the_default_response_deadline() {
 }
 
 /// A backend that answers each request with canned bytes chosen by the request's path
-/// (`responses`), then closes the connection.
+/// (`responses`; `{addr}` in them is the backend's own address), then closes the
+/// connection.
 async fn canned_backend(responses: Vec<(&'static str, Vec<u8>)>) -> std::net::SocketAddr {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
+    let responses: Vec<(&str, Vec<u8>)> = responses
+        .into_iter()
+        .map(|(path, bytes)| (path, String::from_utf8_lossy(&bytes).replace("{addr}", &addr.to_string()).into_bytes()))
+        .collect();
     let responses = std::sync::Arc::new(responses);
     tokio::spawn(async move {
         while let Ok((mut tcp, _)) = listener.accept().await {
@@ -868,6 +910,30 @@ async fn http2_requests_cross_to_http1_as_rfc_9113_says() {
     assert_eq!(status(connect), 501, "{connect}");
     // §8.1.1: a Content-Length that the DATA frames do not match is malformed.
     assert!(refused(length), "{length}");
+}
+
+/// `--max-header-count` holds over HTTP/2 as over HTTP/1 (HTTP/2 has no setting for it:
+/// the gateway counts).
+#[tokio::test]
+async fn the_header_count_limit_holds_over_both_versions() {
+    let backend = head_echo_backend().await;
+    let gw = gateway_with(&open_config(backend), &["--max-header-count", "16"]).await;
+    let request = |n: usize| {
+        let mut headers = serde_json::json!([
+            [":method", "GET"],
+            [":scheme", "http"],
+            [":authority", HOST],
+            [":path", "/count?user_key=k"]
+        ]);
+        let list = headers.as_array_mut().expect("array");
+        list.extend((0..n).map(|i| serde_json::json!([format!("x-f{i}"), "v"])));
+        serde_json::json!({ "headers": headers })
+    };
+    let results = h2_requests(gw.server.staging, serde_json::json!([request(10), request(40)])).await;
+    assert_eq!(results[0]["status"], 200, "{results:?}");
+    assert_eq!(results[1]["status"], 431, "{results:?}");
+    let over = format!("GET /count?user_key=k HTTP/1.1\r\nHost: {HOST}\r\n{}\r\n", fields(40));
+    assert_eq!(status_of(&support::raw(gw.server.staging, over.as_bytes()).await), 431);
 }
 
 #[tokio::test]

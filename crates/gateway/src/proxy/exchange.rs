@@ -254,32 +254,123 @@ pub(super) fn destination_of<'c>(
     }
 }
 
-/// `Location`, `Content-Location` and the URL of `Refresh` that point at the backend's
-/// private base URL point at the public base URL the request came through instead
-/// (`public`: its scheme, host and port; then the usage's path `prefix`), as nginx's
-/// default `proxy_redirect` does: a backend's own address never reaches a client.
-/// Nothing is allocated unless a header is rewritten.
+/// `Location`, `Content-Location`, the URL of `Refresh` and the targets of `Link` that
+/// point at the backend's private base URL point at the public base URL the request
+/// came through instead (`public`: its scheme, host and port; then the usage's path
+/// `prefix`), as nginx's default `proxy_redirect` does: a backend's own address never
+/// reaches a client. Every field of those names is rewritten, however the backend
+/// spelled its address (see [`backend_rest`]). Nothing is allocated unless a header is
+/// rewritten.
 pub(super) fn rewrite_redirects(headers: &mut HeaderMap, upstream: &Upstream, public: &str, prefix: &str) {
     const REFRESH: HeaderName = HeaderName::from_static("refresh");
-    let map = |url: &str| {
-        upstream.private_prefixes.iter().find_map(|p| {
-            let rest = url.strip_prefix(p.as_str())?;
-            (rest.is_empty() || rest.starts_with(['/', '?', '#'])).then(|| format!("{public}{prefix}{rest}"))
-        })
-    };
-    for name in [header::LOCATION, header::CONTENT_LOCATION, REFRESH] {
-        let Some(value) = headers.get(&name).and_then(|v| v.to_str().ok()) else { continue };
-        let rewritten = if name == REFRESH {
-            // `5; url=http://…`
-            let at = value.to_ascii_lowercase().find("url=").map(|i| i + 4);
-            at.and_then(|i| map(value[i..].trim_matches(['"', '\''])).map(|u| format!("{}{u}", &value[..i])))
-        } else {
-            map(value)
-        };
-        if let Some(v) = rewritten.and_then(|v| HeaderValue::from_str(&v).ok()) {
-            headers.insert(name, v);
+    let map = |url: &str| backend_rest(url, &upstream.base).map(|rest| format!("{public}{prefix}{rest}"));
+    for name in [header::LOCATION, header::CONTENT_LOCATION, REFRESH, header::LINK] {
+        let values = headers.get_all(&name);
+        if values.iter().next().is_none() {
+            continue;
+        }
+        let mut changed = false;
+        let rewritten: Vec<HeaderValue> = values
+            .iter()
+            .map(|v| {
+                let Ok(text) = v.to_str() else { return v.clone() };
+                let new = match name {
+                    ref n if *n == REFRESH => {
+                        // `5; url=http://…`
+                        let at = text.to_ascii_lowercase().find("url=").map(|i| i + 4);
+                        at.and_then(|i| map(text[i..].trim_matches(['"', '\''])).map(|u| format!("{}{u}", &text[..i])))
+                    }
+                    ref n if *n == header::LINK => rewrite_link(text, &map),
+                    _ => map(text),
+                };
+                match new.and_then(|n| HeaderValue::from_str(&n).ok()) {
+                    Some(n) => {
+                        changed = true;
+                        n
+                    }
+                    None => v.clone(),
+                }
+            })
+            .collect();
+        if changed {
+            headers.remove(&name);
+            for v in rewritten {
+                headers.append(name.clone(), v);
+            }
         }
     }
+}
+
+/// A `Link` field (RFC 8288) with each `<target>` the backend's `map` rewrites replaced;
+/// `None` when none is.
+fn rewrite_link(field: &str, map: &impl Fn(&str) -> Option<String>) -> Option<String> {
+    let mut out = String::new();
+    let mut rest = field;
+    let mut changed = false;
+    while let Some(open) = rest.find('<') {
+        let Some(close) = rest[open..].find('>').map(|c| open + c) else { break };
+        out.push_str(&rest[..=open]);
+        let target = &rest[open + 1..close];
+        match map(target) {
+            Some(new) => {
+                out.push_str(&new);
+                changed = true;
+            }
+            None => out.push_str(target),
+        }
+        rest = &rest[close..];
+    }
+    out.push_str(rest);
+    changed.then_some(out)
+}
+
+/// If `url` points at the backend at `base`, what follows its base path (empty, or
+/// starting with `/`, `?` or `#`). The backend may spell its address in any case, with
+/// user information, a trailing dot, an explicit or implied default port, leading
+/// zeros in the port, `ws(s)` for `http(s)`, or scheme-relative (`//host:port/…`).
+fn backend_rest<'u>(url: &'u str, base: &tollgate_model::BaseUrl) -> Option<&'u str> {
+    let url = url.trim();
+    let (tls, rest) = match url.strip_prefix("//") {
+        Some(rest) => (base.is_tls(), rest),
+        None => {
+            let (scheme, rest) = url.split_once("://")?;
+            let tls = match scheme.to_ascii_lowercase().as_str() {
+                "http" | "ws" => false,
+                "https" | "wss" => true,
+                _ => return None,
+            };
+            (tls, rest)
+        }
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, after) = rest.split_at(end);
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let (host, port) = match host_port.strip_prefix('[') {
+        Some(v6) => {
+            let (h, p) = v6.split_once(']')?;
+            (h, p.strip_prefix(':'))
+        }
+        None => match host_port.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (host_port, None),
+        },
+    };
+    let host = host.strip_suffix('.').unwrap_or(host);
+    let port = match port {
+        None | Some("") => {
+            if tls {
+                443
+            } else {
+                80
+            }
+        }
+        Some(p) => p.parse::<u16>().ok()?,
+    };
+    if !host.eq_ignore_ascii_case(&base.host) || port != base.port {
+        return None;
+    }
+    let rest = after.strip_prefix(base.path.as_str())?;
+    (rest.is_empty() || rest.starts_with(['/', '?', '#'])).then_some(rest)
 }
 
 pub(super) fn add_forwarded(headers: &mut HeaderMap, parts: &request::Parts, ctx: &Context<'_>) {
@@ -320,5 +411,40 @@ pub(super) fn add_forwarded(headers: &mut HeaderMap, parts: &request::Parts, ctx
     }
     if let Some(h) = host {
         headers.insert(XFH, h);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::backend_rest;
+    use tollgate_model::BaseUrl;
+
+    #[test]
+    fn the_backends_address_is_recognised_however_it_is_spelled() {
+        let base = BaseUrl::parse("http://127.0.0.1:19001/v1", &["http", "https", "ws", "wss"]).expect("base");
+        for (url, rest) in [
+            ("http://127.0.0.1:19001/v1/next", "/next"),
+            ("HTTP://127.0.0.1:19001/v1/next", "/next"),
+            ("//127.0.0.1:19001/v1/next?a=1", "/next?a=1"),
+            ("http://user:pw@127.0.0.1:19001/v1", ""),
+            ("http://127.0.0.1.:19001/v1#top", "#top"),
+            ("http://127.0.0.1:019001/v1/x", "/x"),
+            ("ws://127.0.0.1:19001/v1/x", "/x"),
+        ] {
+            assert_eq!(backend_rest(url, &base), Some(rest), "{url}");
+        }
+        for url in [
+            "/v1/next",
+            "http://127.0.0.1:19002/v1/x",
+            "http://127.0.0.1:19001/v2/x",
+            "http://127.0.0.1:19001/v1x",
+            "ftp://127.0.0.1:19001/v1",
+        ] {
+            assert_eq!(backend_rest(url, &base), None, "{url}");
+        }
+        let default_port = BaseUrl::parse("https://Backend.internal", &["https"]).expect("base");
+        assert_eq!(backend_rest("https://backend.INTERNAL/a", &default_port), Some("/a"));
+        assert_eq!(backend_rest("https://backend.internal:443/a", &default_port), Some("/a"));
+        assert_eq!(backend_rest("http://backend.internal/a", &default_port), None, "port 80 is another origin");
     }
 }

@@ -55,6 +55,9 @@ pub struct ConnInfo {
     pub(crate) activity: Arc<crate::deadline::Activity>,
     /// The least the client must send and take; `None`: no minimum.
     pub(crate) min_data_rate: Option<crate::deadline::MinDataRate>,
+    /// Most header fields a request may carry (`--max-header-count`). HTTP/1's parser
+    /// enforces it; HTTP/2's has no such setting, so the gateway does.
+    pub(crate) max_header_count: usize,
 }
 
 /// What the gateways of one process share.
@@ -222,7 +225,15 @@ impl Gateway {
         if req.uri().authority().is_some_and(|a| a.as_str().contains('@')) {
             return Err(Refusal::BadRequest("the request target must not carry user information"));
         }
+        // An absolute-form target (or HTTP/2's :scheme) names HTTP: a gateway serves no
+        // other scheme, and forwards none.
+        if req.uri().scheme_str().is_some_and(|s| !s.eq_ignore_ascii_case("http") && !s.eq_ignore_ascii_case("https")) {
+            return Err(Refusal::BadRequest("the request target's scheme must be http or https"));
+        }
         if req.version() == Version::HTTP_2 {
+            if req.headers().len() > conn.max_header_count {
+                return Err(Refusal::TooManyHeaderFields);
+            }
             check_http2_fields(&req)?;
         }
         // A gateway is no forward proxy: CONNECT opens a tunnel only as the extended

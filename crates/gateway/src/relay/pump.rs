@@ -305,6 +305,13 @@ impl Pump {
         // Start of the range still to forward.
         let mut from = 0;
         while i < n {
+            if self.remaining == 0 && self.have == 0 && ctl.close_seen_from(self.from_client) {
+                // This side sent its Close: it may send nothing more (RFC 6455 §5.5.1),
+                // and whatever it does send is dropped — the other side gets one Close
+                // and nothing after it.
+                self.write(dst, &data[from..i]).await?;
+                return Ok(Step::Continue);
+            }
             if self.remaining > 0 {
                 let take = self.remaining.min((n - i) as u64) as usize;
                 if let Some(held) = &mut self.close {

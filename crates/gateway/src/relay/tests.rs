@@ -430,3 +430,30 @@ async fn a_side_that_takes_no_close_is_dropped_after_the_grace() {
     let _ = client.read_to_end(&mut got).await;
     assert!(got.len() < 4 + 256 + 4, "the stuck side got at most what fitted: {}", got.len());
 }
+
+/// RFC 6455 §5.5.1: nothing follows a Close. Frames a side sends after its Close — data,
+/// a ping, a second Close (valid or not), garbage — never reach the other side, which
+/// gets exactly one Close.
+#[tokio::test]
+async fn nothing_a_side_sends_after_its_close_passes() {
+    for after in [
+        vec![0x81, 0x02, b'h', b'i'],
+        vec![0x89, 0x00],
+        vec![0x88, 0x02, 0x03, 0xE7],
+        vec![0x88, 0x02, 0x03, 0xE8],
+        vec![0x00, 0x7F, 0xFF, 0x12],
+    ] {
+        let (mut client, mut backend, task) = setup(RelayOptions::default());
+        let mut sent = vec![0x88, 0x02, 0x03, 0xE8];
+        sent.extend_from_slice(&after);
+        backend.write_all(&sent).await.expect("write");
+        assert_eq!(read_n(&mut client, 4).await, [0x88, 0x02, 0x03, 0xE8]);
+        let close = masked(0x88, &1000u16.to_be_bytes());
+        client.write_all(&close).await.expect("answer");
+        assert_eq!(read_n(&mut backend, close.len()).await, close);
+        let totals = task.await.expect("relay");
+        assert!(read_all(&mut client).await.is_empty(), "nothing after the Close: {after:?}");
+        assert_eq!(totals.close, Some((Initiator::Backend, 1000)));
+        assert_eq!(totals.closed_by_gateway, None, "{after:?}");
+    }
+}

@@ -146,8 +146,11 @@ impl BrokenBodies {
     fn report(&self, body: &PooledBody, error: &(dyn std::error::Error + 'static)) {
         self.metrics.env(self.environment).upstream_error();
         let backend = body.backend().unwrap_or("the backend");
-        let cause = crate::upstream::error_chain(error);
-        crate::warn_limited!(backend = %backend, cause = %cause, "a backend's response body failed after its head was sent: the client got it cut short");
+        let detail = format!(
+            "{backend}: the response body failed after its head was sent (the client got it cut short): {}",
+            crate::upstream::error_chain(error)
+        );
+        crate::logs::failures::record("upstream_body_failed", crate::refusal::Side::Upstream, &detail);
     }
 }
 

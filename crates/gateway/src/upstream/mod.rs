@@ -33,9 +33,6 @@ use tollgate_model::{BackendTls, BaseUrl};
 /// A backend as the gateway reaches it.
 pub struct Upstream {
     pub base: BaseUrl,
-    /// The base URL as a backend writes it in its own `Location` headers: with and
-    /// without a default port, `ws(s)` as `http(s)`; no trailing `/`.
-    pub private_prefixes: Vec<String>,
     pub authority: http::uri::Authority,
     /// What requests carry as `Host` unless a policy set one: the authority, without
     /// the scheme's default port.
@@ -81,22 +78,13 @@ impl Upstream {
             connect_timeout,
         }));
         let pool = Pool::new(connector.clone());
-        let scheme = match base.scheme.as_str() {
-            "ws" => "http",
-            "wss" => "https",
-            other => other,
-        };
-        let mut private_prefixes = vec![format!("{scheme}://{address}{}", base.path)];
-        if base.port == if base.is_tls() { 443 } else { 80 } {
-            private_prefixes.push(format!("{scheme}://{host_for_uri}{}", base.path));
-        }
         let authority =
             address.parse().map_err(|e| tls_error("")(format!("`{address}` is not a valid authority: {e}")))?;
         let default_port = if base.is_tls() { 443 } else { 80 };
         let host = if base.port == default_port { host_for_uri } else { address };
         let host = http::HeaderValue::try_from(host)
             .map_err(|e| tls_error("")(format!("the host is not a valid header: {e}")))?;
-        Ok(Upstream { base, private_prefixes, authority, host, connector, pool })
+        Ok(Upstream { base, authority, host, connector, pool })
     }
 
     /// The URI of a request to this backend, in origin form: the base path, then
