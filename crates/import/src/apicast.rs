@@ -109,6 +109,18 @@ fn translate(name: &str, c: &Value, warn: &mut Vec<String>) -> Result<Value, Str
                 }
             }
         }
+        "status_code_overwrite" => {
+            // APIcast: `{ upstream, apicast }`; Tollgate: `{ upstream, gateway }`.
+            if let Some(pairs) = c.get_mut("http_statuses").and_then(Value::as_array_mut) {
+                for pair in pairs {
+                    if let Some(o) = pair.as_object_mut()
+                        && let Some(to) = o.remove("apicast")
+                    {
+                        o.insert("gateway".into(), to);
+                    }
+                }
+            }
+        }
         "maintenance_mode" => {
             if let Some(o) = c.as_object_mut()
                 && let Some(t) = o.remove("message_content_type")
@@ -356,6 +368,8 @@ pub fn apicast(text: &str) -> anyhow::Result<Imported> {
                 // Named alike (`cors`, `rate_limit`…): the configuration translates below.
                 None if registry.policies().iter().any(|p| p.name == short) => short,
                 Some(Equivalent::Policy { name: "tollgate", .. }) => "tollgate",
+                // Its configuration translates below.
+                Some(Equivalent::Policy { name: "status_code_overwrite", .. }) => "status_code_overwrite",
                 Some(Equivalent::Policy { name, note }) => {
                     warn(format!("policy_chain[{j}] `{raw}`: use `{name}` in Tollgate ({note}); left out"));
                     continue;
@@ -421,6 +435,22 @@ pub fn apicast(text: &str) -> anyhow::Result<Imported> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn statuscode_overwrite_becomes_status_code_overwrite() {
+        let doc = json!({ "services": [ { "id": 1, "proxy": {
+            "endpoint": "http://api.example.com",
+            "sandbox_endpoint": "http://api-staging.example.com",
+            "api_backend": "http://127.0.0.1:9",
+            "policy_chain": [ { "name": "apicast.policy.statuscode_overwrite", "configuration": {
+                "http_statuses": [ { "upstream": 500, "apicast": 503 } ]
+            } } ]
+        } } ] });
+        let imported = apicast(&doc.to_string()).expect("imports");
+        let chain = &imported.config.products[0].policy_chain;
+        assert_eq!(chain[0].name, "status_code_overwrite", "{:?}", imported.warnings);
+        assert_eq!(chain[0].configuration, json!({ "http_statuses": [ { "upstream": 500, "gateway": 503 } ] }));
+    }
 
     #[test]
     fn policies_are_checked_offline_so_an_import_fetches_nothing() {

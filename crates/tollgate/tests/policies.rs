@@ -122,6 +122,27 @@ async fn maintenance_mode_answers_alone_or_under_a_condition() {
 }
 
 #[tokio::test]
+async fn status_code_overwrite_changes_the_backends_and_the_gateways_statuses() {
+    let backend = http_backend().await;
+    let gw = gateway(&config(
+        backend,
+        &[(
+            "masked",
+            r#"[ { name: tollgate }, { name: status_code_overwrite, configuration: { http_statuses: [ { upstream: 500, gateway: 503 }, { upstream: 401, gateway: 403 } ] } } ]"#,
+        )],
+    ))
+    .await;
+    let addr = gw.server.staging;
+    let (status, _, body) = call(addr, "masked", "/status/500?user_key=masked-key", &[]).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "the backend's 500: {body}");
+    assert_eq!(call(addr, "masked", "/status/502?user_key=masked-key", &[]).await.0, StatusCode::BAD_GATEWAY);
+    // The gateway's own refusal too (as APIcast's policy does); its body stays.
+    let (status, _, body) = call(addr, "masked", "/x", &[]).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(json(&body)["error"]["code"], "auth_missing");
+}
+
+#[tokio::test]
 async fn url_rewriting_changes_what_mapping_rules_and_the_backend_see() {
     let backend = http_backend().await;
     let gw = gateway(&config(

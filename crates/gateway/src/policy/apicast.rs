@@ -58,7 +58,13 @@ const NAMES: [(&str, Equivalent); 24] = [
         },
     ),
     ("3scale_referrer", Equivalent::None { note: "Tollgate has no referrer filtering yet" }),
-    ("statuscode_overwrite", Equivalent::None { note: "Tollgate has no status code overwrite yet" }),
+    (
+        "statuscode_overwrite",
+        Equivalent::Policy {
+            name: "status_code_overwrite",
+            note: "the same pairs, `{ upstream, gateway }` for APIcast's `{ upstream, apicast }`",
+        },
+    ),
     (
         "3scale_batcher",
         Equivalent::None {

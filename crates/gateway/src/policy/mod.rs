@@ -33,6 +33,7 @@ mod payload_limits;
 pub mod rate_limit;
 pub mod retry;
 pub mod routing;
+mod status_code_overwrite;
 pub mod template;
 mod tollgate;
 pub mod upstream_connection;
@@ -350,6 +351,13 @@ impl Default for Registry {
                     schema: schema_of::<routing::RoutingConfig>,
                     summary: "Sends a request to a URL or backend chosen by conditions on path, headers, query arguments or JWT claims, with path replacement and Host header.",
                     build: |c| build_as(c, routing::RoutingPolicy::new),
+                    offline: None,
+                },
+                PolicyInfo {
+                    name: "status_code_overwrite",
+                    schema: schema_of::<status_code_overwrite::Config>,
+                    summary: "Changes response statuses before they reach the client (a backend's 500 as 503), APIcast's statuscode_overwrite.",
+                    build: |c| build_as(c, status_code_overwrite::StatusCodeOverwritePolicy::new),
                     offline: None,
                 },
                 PolicyInfo {
