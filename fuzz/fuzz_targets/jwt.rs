@@ -113,7 +113,11 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(ctx.token_expires, claims.get("exp").and_then(|v| v.as_i64()));
             true
         }
-        Flow::Respond(resp) => {
+        Flow::Respond(_) => panic!("the jwt policy answers only with refusals"),
+        Flow::Refuse(refusal) => {
+            // The answer the client gets, as the gateway's one rescue makes it.
+            let metrics = tollgate_gateway::Metrics::default();
+            let resp = tollgate_gateway::rescue::respond(refusal, metrics.env(tollgate_gateway::Environment::Staging));
             let status = resp.status().as_u16();
             assert!(status == 401 || status == 403, "a refusal with {status}");
             if status == 401 {

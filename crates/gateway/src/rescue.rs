@@ -24,6 +24,10 @@ pub fn respond(refusal: Refusal, metrics: &EnvMetrics) -> Response<GatewayBody> 
     if refusal.side() == Side::Upstream {
         metrics.upstream_error();
     }
+    if matches!(refusal, Refusal::TooManyConnections) {
+        // A plan limit too (`max_connections`), like a usage limit.
+        metrics.limits_exceeded();
+    }
     let mut resp = match &refusal {
         Refusal::AuthenticationMissing(a)
         | Refusal::AuthenticationFailed(a)

@@ -22,7 +22,13 @@ pub struct BaseUrl {
 impl BaseUrl {
     /// Parses `scheme://host[:port][/path]`, with the schemes allowed in `schemes`.
     pub fn parse(s: &str, schemes: &[&str]) -> Result<BaseUrl, String> {
-        let uri: http::Uri = s.parse().map_err(|e| format!("`{s}` is not a URL: {e}"))?;
+        if s.contains('#') {
+            return Err(format!("`{s}` must not have a fragment (`#…`): a fragment is never sent to a server"));
+        }
+        let uri: http::Uri = s.parse().map_err(|e| match s.split_once("://") {
+            Some((_, "")) => format!("`{s}` has no host: write scheme://HOST[:PORT][/PATH]"),
+            _ => format!("`{s}` is not a URL: {e}"),
+        })?;
         let scheme = uri.scheme_str().ok_or_else(|| format!("`{s}` has no scheme"))?.to_ascii_lowercase();
         if !schemes.contains(&scheme.as_str()) {
             return Err(format!("scheme `{scheme}` is not allowed here; use {}", schemes.join(", ")));
@@ -41,8 +47,21 @@ impl BaseUrl {
         if uri.query().is_some() {
             return Err(format!("`{s}` must not have a query string"));
         }
+        let authority = uri.authority().map_or("", |a| a.as_str());
+        if authority.contains('@') {
+            return Err(format!(
+                "`{s}` carries user information (`user:password@`), which is never sent: give the backend its \
+                 credentials with the `headers` policy (an Authorization header) instead"
+            ));
+        }
         let port = match uri.port_u16() {
+            Some(0) => return Err(format!("`{s}` has port 0: write a port from 1 to 65535")),
             Some(p) => p,
+            None if uri.port().is_some()
+                || authority.rsplit_once(':').is_some_and(|(h, _)| !h.ends_with(':') && !authority.ends_with(']')) =>
+            {
+                return Err(format!("`{s}` has a port that is not a number from 1 to 65535"));
+            }
             None if matches!(scheme.as_str(), "https" | "wss") => 443,
             None => 80,
         };
@@ -443,5 +462,17 @@ mod tests {
         }
         assert!(BaseUrl::parse("ftp://x", ALL).expect_err("scheme").contains("use http, https, ws, wss"));
         assert!(BaseUrl::parse("http://x/?q=1", ALL).expect_err("query").contains("query string"));
+        for (bad, says) in [
+            ("http://127.0.0.1:99999", "port"),
+            ("http://127.0.0.1:0", "port 0"),
+            ("http://user:secret@127.0.0.1:9000/v1", "user information"),
+            ("http://127.0.0.1:9000/v1#frag", "fragment"),
+            ("http://", "has no host"),
+        ] {
+            let e = BaseUrl::parse(bad, ALL).expect_err(bad);
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+        assert_eq!(BaseUrl::parse("http://[::1]:8080", ALL).map(|b| b.port), Ok(8080));
+        assert_eq!(BaseUrl::parse("http://[::1]", ALL).map(|b| b.port), Ok(80));
     }
 }

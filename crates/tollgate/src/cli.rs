@@ -200,7 +200,9 @@ pub struct ListenerArgs {
     /// PEM private key for `tls://` listeners.
     #[arg(long, env = "TOLLGATE_TLS_KEY")]
     pub tls_key: Option<PathBuf>,
-    /// Connections each gateway listener serves at once; more are refused.
+    /// Connections each gateway listener serves at once. At the limit a new connection
+    /// closes the longest-idle one (else one below --min-data-rate); when all are busy
+    /// (open WebSockets are never idle), it is refused.
     #[arg(long, env = "TOLLGATE_MAX_CONNECTIONS", default_value_t = 8192, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
     pub max_connections: u64,
     /// Seconds a client has to send a request head (and to start the next request on

@@ -172,6 +172,16 @@ async fn forwarded_headers_describe_what_the_gateway_routed_on() {
     assert!(answer.contains(r#""x-forwarded-host":"api.test""#), "{answer}");
     assert!(!answer.contains("evil.example"), "the client's Host reaches the backend nowhere: {answer}");
 
+    // Two X-Request-Id fields: the first is the request's id, for the client and the
+    // backend alike.
+    let answer = support::raw(
+        gw.server.staging,
+        b"GET /public?user_key=k HTTP/1.1\r\nHost: api.test\r\nX-Request-Id: one\r\nX-Request-Id: two\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.to_ascii_lowercase().contains("\r\nx-request-id: one\r\n"), "{answer}");
+    assert!(answer.contains(r#""x-request-id":"one""#) && !answer.contains("two"), "{answer}");
+
     // A client's Connection list names the headers the gateway adds: they reach the
     // backend all the same (the list removes only what the client itself sent).
     // Tokens of Connection are case-insensitive (RFC 9110 §7.6.1).

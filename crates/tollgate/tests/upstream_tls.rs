@@ -89,6 +89,10 @@ async fn certificates_that_do_not_verify_get_upstream_tls_and_a_log_line_that_sa
     let signed = Made { pem: signed.pem(), der: signed.der().to_vec(), key: server_key.serialize_der() };
     // Self-signed for the right name; for another name; and long expired.
     let own = self_signed(&params(&["127.0.0.1"], "self-made"));
+    // Self-signed and marked as an authority, as `openssl req -x509` makes them.
+    let mut own_ca_params = params(&["127.0.0.1"], "self-made-ca");
+    own_ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let own_ca = self_signed(&own_ca_params);
     let other = self_signed(&params(&["other.example"], "other.example"));
     let mut old = params(&["127.0.0.1"], "old");
     (old.not_before, old.not_after) = (date_time_ymd(2019, 1, 1), date_time_ymd(2020, 1, 1));
@@ -102,6 +106,7 @@ async fn certificates_that_do_not_verify_get_upstream_tls_and_a_log_line_that_sa
         ("trusted", format!("https://{}", tls_backend(&signed).await), format!("tls: {{ ca_file: '{ca_file}' }}")),
         ("private_ca", format!("https://{}", tls_backend(&signed).await), String::new()),
         ("self_signed", format!("https://{}", tls_backend(&own).await), String::new()),
+        ("self_signed_ca", format!("https://{}", tls_backend(&own_ca).await), String::new()),
         ("misnamed", format!("https://{}", tls_backend(&other).await), format!("tls: {{ ca_file: '{other_file}' }}")),
         (
             "expired",
@@ -129,6 +134,7 @@ async fn certificates_that_do_not_verify_get_upstream_tls_and_a_log_line_that_sa
     for (backend, words) in [
         ("private_ca", &["unknown certificate authority", "CN=Tollgate Test CA", "`tls.ca_file`"][..]),
         ("self_signed", &["CN=self-made", "self-signed", "`tls.ca_file`"][..]),
+        ("self_signed_ca", &["CN=self-made-ca", "self-signed", "`tls.ca_file`"][..]),
         ("misnamed", &["other.example", "not for `127.0.0.1`", "name mismatch", "`tls.server_name`"][..]),
         ("expired", &["expired at 2020-01-01T00:00:00Z", "renew"][..]),
         ("plain", &["does not speak TLS on this port", "`http://`"][..]),

@@ -154,7 +154,14 @@ impl Gateway {
         // Every request carries an id to the backend and back to the client: the
         // client's own if it sent a usable one, else a new one.
         let request_id = match req.headers().get(REQUEST_ID) {
-            Some(v) if !v.is_empty() && v.len() <= 200 => v.clone(),
+            Some(v) if !v.is_empty() && v.len() <= 200 => {
+                let id = v.clone();
+                // One id for both: a second `X-Request-Id` would reach the backend only.
+                if req.headers().get_all(REQUEST_ID).iter().nth(1).is_some() {
+                    req.headers_mut().insert(REQUEST_ID, id.clone());
+                }
+                id
+            }
             _ => {
                 let id = new_request_id();
                 req.headers_mut().insert(REQUEST_ID, id.clone());

@@ -140,7 +140,10 @@ fn in_words(e: rustls::Error, info: Option<CertificateInfo>, server_name: &Serve
     use rustls::CertificateError::{NotValidForName, NotValidForNameContext, UnknownIssuer};
     let Some(info) = info else { return e };
     match e {
-        rustls::Error::InvalidCertificate(UnknownIssuer) if info.self_signed => {
+        // A self-signed certificate no trust anchor names: webpki says UnknownIssuer, or
+        // CaUsedAsEndEntity when it is marked as a CA (what `openssl req -x509` makes) —
+        // either way the fix is to trust it with `tls.ca_file`.
+        rustls::Error::InvalidCertificate(UnknownIssuer | rustls::CertificateError::Other(_)) if info.self_signed => {
             rejected(TlsFailure::SelfSigned { subject: info.subject })
         }
         rustls::Error::InvalidCertificate(UnknownIssuer) => rejected(TlsFailure::UnknownIssuer { issuer: info.issuer }),
