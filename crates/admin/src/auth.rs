@@ -9,7 +9,6 @@ use axum::extract::{Request, State};
 use axum::http::{Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use sha2::{Digest, Sha256};
 use sqlx::Row as _;
 use std::sync::Arc;
 use tollgate_store::{Store, now_millis};
@@ -23,7 +22,7 @@ pub enum AuthError {
 }
 
 pub fn hash_token(token: &str) -> String {
-    Sha256::digest(token.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(ring::digest::digest(&ring::digest::SHA256, token.as_bytes()))
 }
 
 fn random_token() -> Result<String, AuthError> {
@@ -194,7 +193,7 @@ const SECRET_KEYS: [&str; 7] = ["token", "user_key", "app_key", "app_keys", "sec
 pub(crate) fn redact(v: &mut serde_json::Value) {
     use serde_json::Value;
     fn hidden(text: &str) -> Value {
-        let digest: String = Sha256::digest(text.as_bytes()).iter().take(6).map(|b| format!("{b:02x}")).collect();
+        let digest = hex::encode(&ring::digest::digest(&ring::digest::SHA256, text.as_bytes()).as_ref()[..6]);
         Value::String(format!("[redacted sha256:{digest}]"))
     }
     match v {

@@ -1,19 +1,18 @@
 //! Secrets: admin tokens, console sessions and CSRF tokens, generated keys. One
-//! generator for all of them — the operating system's, through `ring` (already the
-//! gateway's cryptography) — so no secret anywhere comes from a home-made source.
+//! generator for every random number of Tollgate — `rand`'s thread generator (ChaCha,
+//! seeded and reseeded by the operating system; cryptographically secure) — so no
+//! secret anywhere comes from a home-made source.
 
-use ring::rand::{SecureRandom, SystemRandom};
-
-/// `bytes` random bytes from the operating system, as `2 × bytes` lower-case hex
-/// digits (32 bytes → 64 characters).
+/// `bytes` random bytes as `2 × bytes` lower-case hex digits (32 bytes → 64
+/// characters).
 ///
 /// # Errors
-/// When the operating system gives no random bytes (practically never; the caller
-/// refuses what needed the secret rather than making a weak one).
+/// None in practice: kept so callers refuse what needed the secret rather than make a
+/// weak one, should the generator ever be able to fail.
 pub fn random_hex(bytes: usize) -> std::io::Result<String> {
     let mut buf = vec![0u8; bytes];
-    SystemRandom::new().fill(&mut buf).map_err(|_| std::io::Error::other("the system gave no random bytes"))?;
-    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
+    rand::fill(&mut buf[..]);
+    Ok(hex::encode(buf))
 }
 
 #[cfg(test)]

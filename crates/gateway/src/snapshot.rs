@@ -3,7 +3,7 @@
 //! configuration change, then read lock-free by every request through an `ArcSwap`.
 
 use crate::mapping::{HITS, Mapper, MetricId, MetricTable, Rule};
-use crate::policy::{Policy, Registry, TollgatePolicy};
+use crate::policy::{Policy, Registry};
 use crate::refusal::ErrorTemplate;
 use crate::upstream::{DEFAULT_CONNECT_TIMEOUT, Upstream};
 use arc_swap::ArcSwap;
@@ -76,6 +76,32 @@ impl Snapshot {
         Snapshot { environment, products: HashMap::new() }
     }
 
+    /// Runs every policy's preparation ([`crate::policy::Policy::prepare`]: the network
+    /// work compiling never does, such as a `jwt` policy's JWK Set fetch), before the
+    /// snapshot is swapped in. A product published on two hosts is prepared once.
+    ///
+    /// # Errors
+    /// Every preparation that failed, as `product `NAME`: policy `jwt`: jwks_url: cannot
+    /// fetch …`; the caller keeps serving what it served before (or, with nothing
+    /// before it, serves this snapshot and says what failed).
+    pub async fn prepare(&self) -> Result<(), Vec<String>> {
+        let mut seen = std::collections::HashSet::new();
+        let mut errors = Vec::new();
+        for product in self.products.values() {
+            if !seen.insert(Arc::as_ptr(product) as usize) {
+                continue;
+            }
+            for policy in &product.chain {
+                if let Some(preparing) = policy.prepare()
+                    && let Err(e) = preparing.await
+                {
+                    errors.push(format!("product `{}`: policy `{}`: {e}", product.system_name, policy.name()));
+                }
+            }
+        }
+        if errors.is_empty() { Ok(()) } else { Err(errors) }
+    }
+
     /// The product published on `host` (lower-case, without port) in this environment.
     pub fn product_for_host(&self, host: &str) -> Option<&Arc<Product>> {
         self.products.get(host)
@@ -90,6 +116,20 @@ impl Snapshot {
 pub struct Snapshots {
     pub staging: Snapshot,
     pub production: Snapshot,
+}
+
+impl Snapshots {
+    /// [`Snapshot::prepare`] for both environments.
+    ///
+    /// # Errors
+    /// Every preparation that failed, in either environment.
+    pub async fn prepare(&self) -> Result<(), Vec<String>> {
+        let (staging, production) = tokio::join!(self.staging.prepare(), self.production.prepare());
+        match (staging, production) {
+            (Ok(()), Ok(())) => Ok(()),
+            (a, b) => Err(a.err().into_iter().chain(b.err()).flatten().collect()),
+        }
+    }
 }
 
 pub struct BackendUsage {
@@ -409,37 +449,18 @@ fn compile_product(
         rules.extend(list.iter().filter_map(|r| rule(r, Some(under), &metrics)));
     }
 
-    let mut chain: Vec<Arc<dyn Policy>> = Vec::new();
-    let mut has_tollgate = false;
-    for (j, entry) in p.policy_chain.iter().enumerate() {
-        has_tollgate |= entry.name == "tollgate";
-        // `tollgate` and `websocket` act once per request: a second entry would run the
-        // credentials and limits twice, or hide which WebSocket settings apply.
-        if matches!(entry.name.as_str(), "tollgate" | "websocket")
-            && let Some(first) = p.policy_chain[..j].iter().position(|e| e.name == entry.name)
-        {
-            errors.push(
-                ConfigError::new(
-                    format!("{path}.policy_chain[{j}].name"),
-                    format!("`{}` is already in the chain at [{first}]", entry.name),
-                )
-                .hint("keep one of them"),
-            );
-            continue;
-        }
-        if !entry.enabled {
-            continue;
-        }
-        match registry.build(&format!("{path}.policy_chain[{j}]"), &entry.name, &entry.configuration) {
-            Ok(policy) => chain.push(policy),
-            Err(e) => errors.push(e),
-        }
+    let (built, chain_errors) = registry.build_chain(&format!("{path}.policy_chain"), &p.policy_chain);
+    for e in chain_errors {
+        errors.push(e);
     }
-    if !has_tollgate {
-        chain.push(Arc::new(TollgatePolicy));
-    }
-    let websocket = chain.iter().any(|p| p.name() == "websocket");
-    let websocket_config = websocket_config(p, path, &metrics, errors);
+    // The first policy with WebSocket settings allows upgrades and governs them.
+    let websocket_policy = built.iter().find_map(|b| Some((b.entry?, b.policy.websocket_settings()?.clone())));
+    let websocket = websocket_policy.is_some();
+    let websocket_config = match &websocket_policy {
+        Some((j, settings)) => websocket_config(settings, &format!("{path}.policy_chain[{j}]"), &metrics, errors),
+        None => WebSocketConfig::default(),
+    };
+    let chain: Vec<Arc<dyn Policy>> = built.into_iter().map(|b| b.policy).collect();
 
     let plans: HashMap<&str, Arc<Plan>> = p
         .application_plans
@@ -537,25 +558,21 @@ pub struct WebSocketConfig {
     pub max_connection_duration: Option<Duration>,
 }
 
-/// The product's (first enabled) `websocket` policy configuration, with its metric
-/// resolved.
+/// The product's WebSocket settings (its `websocket` policy's, at `at` in the
+/// configuration), with their metrics resolved.
 fn websocket_config(
-    p: &tollgate_model::Product,
-    path: &str,
+    c: &crate::policy::websocket::Config,
+    at: &str,
     metrics: &MetricTable,
     errors: &mut ConfigErrors,
 ) -> WebSocketConfig {
-    let Some((j, entry)) = p.policy_chain.iter().enumerate().find(|(_, e)| e.enabled && e.name == "websocket") else {
-        return WebSocketConfig::default();
-    };
-    let c = crate::policy::websocket::parse_config(&entry.configuration);
     // A metered metric must exist in the product; a missing one is a configuration error.
     let mut resolve = |key: &str, metric: &str| match metrics.id(metric) {
         Some(id) => Some(id),
         None => {
             errors.push(
                 ConfigError::new(
-                    format!("{path}.policy_chain[{j}].configuration.{key}.metric"),
+                    format!("{at}.configuration.{key}.metric"),
                     format!("no metric or method named `{metric}`"),
                 )
                 .hint("declare it under `metrics` first"),

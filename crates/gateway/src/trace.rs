@@ -18,7 +18,6 @@
 use crate::upstream::Upstream;
 use crate::upstream::body::UpstreamBody;
 use http::{HeaderValue, header};
-use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -65,8 +64,6 @@ pub struct Tracer {
     queue: mpsc::Sender<Span>,
     /// Spans dropped because the queue was full.
     pub dropped: AtomicU64,
-    ids: AtomicU64,
-    seed: u64,
 }
 
 impl std::fmt::Debug for Tracer {
@@ -79,22 +76,9 @@ pub fn now_ns() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
 }
 
-fn hex(bytes: &[u8]) -> String {
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        let _ = write!(s, "{b:02x}");
-    }
-    s
-}
-
 fn unhex<const N: usize>(s: &str) -> Option<[u8; N]> {
-    if s.len() != N * 2 {
-        return None;
-    }
     let mut out = [0u8; N];
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
+    hex::decode_to_slice(s, &mut out).ok()?;
     Some(out)
 }
 
@@ -116,7 +100,8 @@ pub fn parse_traceparent(v: &str) -> Option<([u8; 16], [u8; 8], bool)> {
 }
 
 pub fn traceparent(trace: &[u8; 16], span: &[u8; 8]) -> HeaderValue {
-    HeaderValue::from_str(&format!("00-{}-{}-01", hex(trace), hex(span))).unwrap_or(HeaderValue::from_static(""))
+    HeaderValue::from_str(&format!("00-{}-{}-01", hex::encode(trace), hex::encode(span)))
+        .unwrap_or(HeaderValue::from_static(""))
 }
 
 impl Tracer {
@@ -159,24 +144,14 @@ impl Tracer {
         let upstream = Upstream::new(&endpoint, base, &tollgate_model::BackendTls::default(), Duration::from_secs(5))
             .map_err(|e| format!("OTEL_EXPORTER_OTLP_ENDPOINT `{endpoint}`: {e}"))?;
         let (queue, spans) = mpsc::channel(8192);
-        let seed = {
-            use std::hash::{BuildHasher, Hasher};
-            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-            h.write_u64(now_ns() ^ u64::from(std::process::id()));
-            h.finish()
-        };
-        let tracer = Arc::new(Tracer { sampler, queue, dropped: AtomicU64::new(0), ids: AtomicU64::new(1), seed });
+        let tracer = Arc::new(Tracer { sampler, queue, dropped: AtomicU64::new(0) });
         tokio::spawn(export(spans, upstream, service));
         Ok(Some(tracer))
     }
 
+    /// A random non-zero id (W3C Trace Context forbids all-zero ids).
     fn next_u64(&self) -> u64 {
-        // splitmix64 over a counter: distinct, well spread, cheap.
-        let mut z =
-            self.seed.wrapping_add(self.ids.fetch_add(1, Ordering::Relaxed).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        (z ^ (z >> 31)).max(1)
+        rand::random::<u64>().max(1)
     }
 
     pub fn span_id(&self) -> [u8; 8] {
@@ -230,8 +205,8 @@ fn otlp_json(spans: &[Span], service: &str) -> serde_json::Value {
                 })
                 .collect();
             let mut span = serde_json::json!({
-                "traceId": hex(&s.trace_id),
-                "spanId": hex(&s.span_id),
+                "traceId": hex::encode(s.trace_id),
+                "spanId": hex::encode(s.span_id),
                 "name": s.name,
                 "kind": s.kind,
                 "startTimeUnixNano": s.start_ns.to_string(),
@@ -240,7 +215,7 @@ fn otlp_json(spans: &[Span], service: &str) -> serde_json::Value {
                 "status": { "code": if s.error { 2 } else { 0 } },
             });
             if let Some(p) = &s.parent {
-                span["parentSpanId"] = hex(p).into();
+                span["parentSpanId"] = hex::encode(p).into();
             }
             span
         })

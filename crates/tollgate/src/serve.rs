@@ -129,6 +129,17 @@ impl Server {
                 Snapshots { staging, production }
             }
         };
+        // The network work compiling never does (JWK Set fetches). A file or an inline
+        // configuration that cannot be prepared does not start, as one that does not
+        // compile; the store's is served, and its failures are said (the policy retries
+        // in the background).
+        if let Err(errors) = snapshots.prepare().await {
+            let errors = errors.join("\n  ");
+            match &source {
+                Source::Store(_) => tracing::error!("configuration from the store, not fully prepared:\n  {errors}"),
+                _ => bail!("the configuration cannot be served:\n  {errors}"),
+            }
+        }
         let (staging_addr, staging_tls) = parse_listen("staging-listen", &args.staging_listen)?;
         let (production_addr, production_tls) = parse_listen("production-listen", &args.production_listen)?;
         let acceptor = if staging_tls || production_tls {
@@ -350,12 +361,17 @@ impl Server {
         Ok(Server { tasks, admin_token, admin_state, analytics, ..server })
     }
 
-    /// Re-reads the configuration file and swaps it in; on error nothing changes.
-    pub fn reload(&self) -> Result<(), ConfigErrors> {
+    /// Re-reads the configuration file, compiles it, prepares it (the network work of
+    /// its policies, such as JWK Set fetches) and swaps it in; on error nothing changes.
+    ///
+    /// # Errors
+    /// The configuration's errors, or the preparations that failed, one per line.
+    pub async fn reload(&self) -> Result<(), String> {
         let Source::File(path) = &self.source else {
             return Ok(());
         };
-        let snapshots = load(path, &self.registry)?;
+        let snapshots = load(path, &self.registry).map_err(|e| e.to_string())?;
+        snapshots.prepare().await.map_err(|errors| errors.join("\n"))?;
         self.handles[0].store(snapshots.staging);
         self.handles[1].store(snapshots.production);
         Ok(())
@@ -594,8 +610,17 @@ impl Follower {
             }
             match tollgate_admin::live::snapshots(&self.store, &self.registry).await {
                 Ok((staging, production)) => {
-                    self.handles[0].store(staging);
-                    self.handles[1].store(production);
+                    let snapshots = Snapshots { staging, production };
+                    if let Err(errors) = snapshots.prepare().await {
+                        // Tried again at the next change or poll.
+                        tracing::error!(
+                            "the new configuration cannot be served yet; the gateways keep the previous one:\n  {}",
+                            errors.join("\n  ")
+                        );
+                        continue;
+                    }
+                    self.handles[0].store(snapshots.staging);
+                    self.handles[1].store(snapshots.production);
                     seen = revision;
                     if let Some(g) = generation {
                         applied.send_replace(g);
@@ -733,7 +758,7 @@ pub async fn run_cli(args: ServeArgs) -> anyhow::Result<ExitCode> {
 
     loop {
         tokio::select! {
-            _ = hangup.recv() => match server.reload() {
+            _ = hangup.recv() => match server.reload().await {
                 Ok(()) => tracing::info!("configuration reloaded"),
                 Err(e) => tracing::error!("configuration NOT reloaded, the running one stays:\n{e}"),
             },

@@ -148,6 +148,14 @@ impl Policy for Conditional {
         self.inner.name()
     }
 
+    fn prepare(&self) -> Option<super::Prepare<'_>> {
+        self.inner.prepare()
+    }
+
+    fn websocket_settings(&self) -> Option<&super::websocket::Config> {
+        self.inner.websocket_settings()
+    }
+
     fn rewrite(&self, req: &mut Parts, ctx: &mut Context<'_>) -> Flow {
         let holds = self.condition.holds(req, ctx);
         ctx.conditions.push((self as *const Self as usize, holds));

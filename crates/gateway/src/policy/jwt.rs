@@ -26,7 +26,7 @@
 //! `ring` (the same library that does Tollgate's TLS).
 
 use super::condition::{Condition, ConditionConfig};
-use super::{Context, Credential, Flow, Policy};
+use super::{Context, Credential, Decision, Flow, Policy, Prepare};
 use crate::refusal::{ErrorTemplate, Refusal};
 use arc_swap::ArcSwap;
 use base64::Engine as _;
@@ -130,15 +130,27 @@ fn default_param() -> String {
     "access_token".into()
 }
 
+#[derive(Clone)]
 enum Key {
     Hmac(ring::hmac::Key),
     Rsa { n: Vec<u8>, e: Vec<u8> },
     Ec(Vec<u8>),
 }
 
+#[derive(Clone)]
 struct Jwk {
     kid: Option<String>,
     key: Key,
+    /// Fetched from `jwks_url` (replaced by each fetch), rather than configured.
+    fetched: bool,
+}
+
+/// The keys to serve with after a fetch: the configured ones (`secret`, `jwks_file`)
+/// and the fresh set in place of the last one fetched.
+fn merged(current: &[Jwk], fresh: Vec<Jwk>) -> Vec<Jwk> {
+    let mut all: Vec<Jwk> = current.iter().filter(|k| !k.fetched).cloned().collect();
+    all.extend(fresh.into_iter().map(|k| Jwk { fetched: true, ..k }));
+    all
 }
 
 struct ClaimCheck {
@@ -192,7 +204,7 @@ fn parse_jwks(text: &str) -> Result<Vec<Jwk>, String> {
             },
             _ => continue,
         };
-        keys.push(Jwk { kid, key });
+        keys.push(Jwk { kid, key, fetched: false });
     }
     Ok(keys)
 }
@@ -223,35 +235,17 @@ async fn fetch_jwks(url: &str) -> Result<Vec<Jwk>, String> {
     tokio::time::timeout(Duration::from_secs(10), exchange).await.map_err(|_| "timed out".to_string())?
 }
 
-/// Runs a fetch to completion from synchronous code (the configuration loads outside
-/// or inside a runtime alike).
-fn fetch_blocking(url: &str) -> Result<Vec<Jwk>, String> {
-    let url = url.to_string();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
-        rt.block_on(fetch_jwks(&url))
-    })
-    .join()
-    .unwrap_or_else(|_| Err("the fetch failed".into()))
-}
-
+/// Wall-clock seconds, for when the JWK Set was last fetched only: refreshing follows
+/// the identity provider's real time; tokens are checked at the request's time from the
+/// gateway's (injected) clock.
 fn now() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
 }
 
 impl JwtPolicy {
+    /// Builds the policy without the network (it may read `jwks_file`): `jwks_url` must
+    /// be an http(s) URL, and is fetched by [`Policy::prepare`] before the policy serves.
     pub(super) fn new(c: Config) -> Result<Self, (String, String)> {
-        JwtPolicy::build(c, true)
-    }
-
-    /// Checks the configuration without the network: `jwks_url` must be an http(s)
-    /// URL, but it is not fetched (what `tollgate check` and a save in the admin API
-    /// do; the gateway fetches it when it loads the policy).
-    pub(super) fn offline(c: Config) -> Result<Self, (String, String)> {
-        JwtPolicy::build(c, false)
-    }
-
-    fn build(c: Config, fetch: bool) -> Result<Self, (String, String)> {
         let mut keys = Vec::new();
         if let Some(secret) = &c.secret {
             if secret.len() < 32 {
@@ -260,6 +254,7 @@ impl JwtPolicy {
             keys.push(Jwk {
                 kid: None,
                 key: Key::Hmac(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes())),
+                fetched: false,
             });
         }
         if let Some(path) = &c.jwks_file {
@@ -268,16 +263,10 @@ impl JwtPolicy {
             let text = String::from_utf8_lossy(&bytes);
             keys.extend(parse_jwks(&text).map_err(|e| ("jwks_file".to_string(), e))?);
         }
-        match &c.jwks_url {
-            Some(url) if fetch => keys.extend(
-                fetch_blocking(url).map_err(|e| ("jwks_url".to_string(), format!("cannot fetch `{url}`: {e}")))?,
-            ),
-            Some(url) => {
-                tollgate_model::BaseUrl::parse(url, &["http", "https"]).map_err(|e| ("jwks_url".to_string(), e))?;
-            }
-            None => {}
+        if let Some(url) = &c.jwks_url {
+            tollgate_model::BaseUrl::parse(url, &["http", "https"]).map_err(|e| ("jwks_url".to_string(), e))?;
         }
-        if keys.is_empty() && (fetch || c.jwks_url.is_none()) {
+        if keys.is_empty() && c.jwks_url.is_none() {
             return Err(("jwks_url".into(), "give jwks_url, jwks_file or (for HS256) secret; no key was found".into()));
         }
         let algorithms = if c.algorithms.is_empty() {
@@ -317,7 +306,7 @@ impl JwtPolicy {
             keys: Arc::new(ArcSwap::from_pointee(keys)),
             jwks_url: c.jwks_url,
             refresh: c.jwks_refresh.max(10) as i64,
-            fetched: Arc::new(AtomicI64::new(now())),
+            fetched: Arc::new(AtomicI64::new(0)),
             leeway: i64::try_from(c.leeway).unwrap_or(i64::MAX),
             required: c.required,
             client_id_claim: c.client_id_claim,
@@ -342,15 +331,7 @@ impl JwtPolicy {
         runtime.spawn(async move {
             match fetch_jwks(&url).await {
                 Ok(fresh) if !fresh.is_empty() => {
-                    let mut all: Vec<Jwk> = Vec::new();
-                    // HMAC keys come from the configuration, not the URL: keep them.
-                    for k in keys.load().iter() {
-                        if let Key::Hmac(h) = &k.key {
-                            all.push(Jwk { kid: None, key: Key::Hmac(h.clone()) });
-                        }
-                    }
-                    all.extend(fresh);
-                    keys.store(Arc::new(all));
+                    keys.store(Arc::new(merged(&keys.load(), fresh)));
                     tracing::debug!(%url, "JWK Set refreshed");
                 }
                 Ok(_) => tracing::warn!(%url, "the JWK Set fetched holds no usable key; keeping the previous keys"),
@@ -383,8 +364,9 @@ impl JwtPolicy {
         None
     }
 
-    /// Verifies `token`; the claims, or why not.
-    fn verify(&self, token: &str) -> Result<serde_json::Map<String, serde_json::Value>, &'static str> {
+    /// Verifies `token` at `now` (Unix seconds, the request's time from the gateway's
+    /// clock); the claims, or why not.
+    fn verify(&self, token: &str, now: i64) -> Result<serde_json::Map<String, serde_json::Value>, &'static str> {
         let mut parts = token.split('.');
         let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
             return Err("malformed token");
@@ -431,7 +413,7 @@ impl JwtPolicy {
         }
         let claims: serde_json::Map<String, serde_json::Value> =
             b64(p).and_then(|b| serde_json::from_slice(&b).ok()).ok_or("malformed token payload")?;
-        let t = now();
+        let t = now;
         if let Some(exp) = claims.get("exp") {
             let exp = exp.as_i64().ok_or("malformed exp")?;
             // Saturating: a token may say it never expires with `exp` at i64::MAX.
@@ -490,6 +472,22 @@ impl Policy for JwtPolicy {
         "jwt"
     }
 
+    /// Fetches the JWK Set of `jwks_url` (bounded: 10 s) and serves with its keys and
+    /// those of `secret`/`jwks_file`. A set that cannot be fetched, or has no key Tollgate
+    /// can use, is an error: the caller keeps serving the configuration it had.
+    fn prepare(&self) -> Option<Prepare<'_>> {
+        let url = self.jwks_url.clone()?;
+        Some(Box::pin(async move {
+            let fresh = fetch_jwks(&url).await.map_err(|e| format!("jwks_url: cannot fetch `{url}`: {e}"))?;
+            if fresh.is_empty() {
+                return Err(format!("jwks_url: `{url}` has no key Tollgate can use (RSA, or EC P-256)"));
+            }
+            self.keys.store(Arc::new(merged(&self.keys.load(), fresh)));
+            self.fetched.store(now(), Ordering::Relaxed);
+            Ok(())
+        }))
+    }
+
     fn access(&self, req: &request::Parts, ctx: &mut Context<'_>) -> Flow {
         let Some(token) = self.token(req) else {
             if self.required {
@@ -497,11 +495,13 @@ impl Policy for JwtPolicy {
             }
             return Flow::Continue;
         };
-        let claims = match self.verify(&token) {
+        let claims = match self.verify(&token, ctx.now) {
             Ok(c) => c,
             Err(why) => return refusal(StatusCode::UNAUTHORIZED, "jwt_invalid", why),
         };
-        ctx.token_expires = claims.get("exp").and_then(serde_json::Value::as_i64);
+        if let Some(expires) = claims.get("exp").and_then(serde_json::Value::as_i64) {
+            ctx.decide(Decision::SessionExpires(expires));
+        }
         if let Some(claim) = &self.client_id_claim {
             match claims.get(claim).and_then(|v| v.as_str()) {
                 Some(id) if !id.is_empty() => ctx.default_credentials = Some(Arc::new(Credential::ClientId(id.into()))),
@@ -578,17 +578,20 @@ mod tests {
     fn extreme_times_neither_overflow_nor_expire_a_token() {
         let secret = "a-secret-of-at-least-thirty-two-bytes";
         let config = serde_json::json!({ "secret": secret, "algorithms": ["HS256"], "leeway": u64::MAX });
-        let policy = JwtPolicy::offline(serde_json::from_value(config).expect("config")).expect("builds");
+        let policy = JwtPolicy::new(serde_json::from_value(config).expect("config")).expect("builds");
         let sign = |claims: &str| {
             let signed = format!("{}.{}", URL_SAFE_NO_PAD.encode(r#"{"alg":"HS256"}"#), URL_SAFE_NO_PAD.encode(claims));
             let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes());
             format!("{signed}.{}", URL_SAFE_NO_PAD.encode(ring::hmac::sign(&key, signed.as_bytes())))
         };
-        assert!(policy.verify(&sign(r#"{"exp":9223372036854775807}"#)).is_ok());
-        assert!(policy.verify(&sign(r#"{"nbf":-9223372036854775808}"#)).is_ok());
+        let now = 1_800_000_000;
+        assert!(policy.verify(&sign(r#"{"exp":9223372036854775807}"#), now).is_ok());
+        assert!(policy.verify(&sign(r#"{"nbf":-9223372036854775808}"#), now).is_ok());
         let strict = serde_json::json!({ "secret": secret, "algorithms": ["HS256"], "leeway": 0 });
-        let strict = JwtPolicy::offline(serde_json::from_value(strict).expect("config")).expect("builds");
-        assert!(strict.verify(&sign(r#"{"exp":9223372036854775807}"#)).is_ok());
-        assert_eq!(strict.verify(&sign(r#"{"exp":1}"#)).err(), Some("token expired"));
+        let strict = JwtPolicy::new(serde_json::from_value(strict).expect("config")).expect("builds");
+        assert!(strict.verify(&sign(r#"{"exp":9223372036854775807}"#), now).is_ok());
+        assert_eq!(strict.verify(&sign(r#"{"exp":1}"#), now).err(), Some("token expired"));
+        // The request's time decides, not the wall clock's: at 0, `exp: 1` holds.
+        assert!(strict.verify(&sign(r#"{"exp":1}"#), 0).is_ok());
     }
 }

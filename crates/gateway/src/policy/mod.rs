@@ -30,6 +30,7 @@ pub mod jwt;
 mod logging;
 mod maintenance;
 mod payload_limits;
+pub mod plan;
 pub mod rate_limit;
 pub mod retry;
 pub mod routing;
@@ -49,6 +50,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use tollgate_model::{ConfigError, did_you_mean, explain};
 
+pub use plan::{Decision, RequestPlan};
 pub use tollgate::TollgatePolicy;
 
 /// What a request phase decided.
@@ -87,23 +89,10 @@ pub struct Context<'a> {
     pub conditions: Vec<(usize, bool)>,
     /// When the gateway started on this request.
     pub started: std::time::Instant,
-    /// Where `upstream` or `routing` sent the request (else the backend usages decide).
-    pub route: Option<routing::Route>,
-    /// What `rate_limit` policies ask the gateway to check.
-    pub edge: Vec<rate_limit::EdgeRequest>,
-    /// Places taken under `rate_limit` concurrency limiters, held for the request.
-    pub guards: Vec<crate::upstream::body::Held>,
-    /// When the request's validated token expires (Unix seconds): a WebSocket opened
-    /// with it closes then.
-    pub token_expires: Option<i64>,
-    /// Request and response body limits in bytes (`payload_limits`).
-    pub payload_limits: (Option<u64>, Option<u64>),
-    /// Send and read timeouts towards the backend (`upstream_connection`).
-    pub upstream_timeouts: (Option<std::time::Duration>, Option<std::time::Duration>),
-    /// Set by `retry` when this request may be sent again.
-    pub retry: Option<retry::Retry>,
     /// The request's trace, when it is traced.
     pub trace: Option<crate::trace::TraceCtx>,
+    /// What the policies decided so far ([`Context::decide`]); the proxy carries it out.
+    plan: RequestPlan,
 }
 
 impl<'a> Context<'a> {
@@ -123,15 +112,26 @@ impl<'a> Context<'a> {
             claims: None,
             conditions: Vec::new(),
             started: std::time::Instant::now(),
-            route: None,
-            edge: Vec::new(),
-            guards: Vec::new(),
-            token_expires: None,
-            payload_limits: (None, None),
-            upstream_timeouts: (None, None),
-            retry: None,
             trace: None,
+            plan: RequestPlan::default(),
         }
+    }
+
+    /// Records what a policy decided (see [`plan`]): the only way a policy shapes what
+    /// the proxy does with the request.
+    pub fn decide(&mut self, decision: Decision) {
+        self.plan.apply(decision);
+    }
+
+    /// What the policies decided so far.
+    pub fn plan(&self) -> &RequestPlan {
+        &self.plan
+    }
+
+    /// The plan, for the proxy that carries it out (it takes the edge limits to check
+    /// and adds the places it took).
+    pub(crate) fn plan_mut(&mut self) -> &mut RequestPlan {
+        &mut self.plan
     }
 }
 
@@ -167,6 +167,37 @@ pub trait Policy: Send + Sync + 'static {
 
     /// On the response head, before it goes to the client.
     fn response(&self, _resp: &mut response::Parts, _req: &request::Parts, _ctx: &Context<'_>) {}
+
+    /// Network work the policy needs before it serves (the `jwt` policy's JWK Set fetch),
+    /// run by [`Snapshot::prepare`](crate::Snapshot::prepare) after the configuration is
+    /// compiled and before it is swapped in: never on the request path, never blocking a
+    /// worker. `Err` says what failed, naming the option (`jwks_url: cannot fetch …`);
+    /// the caller then keeps serving the configuration it had.
+    fn prepare(&self) -> Option<Prepare<'_>> {
+        None
+    }
+
+    /// The WebSocket settings this policy brings to its product (`websocket`): a product
+    /// allows upgrades when a policy of its chain has some, and the first one governs
+    /// its connections.
+    fn websocket_settings(&self) -> Option<&websocket::Config> {
+        None
+    }
+}
+
+/// A policy's preparation ([`Policy::prepare`]).
+pub type Prepare<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + 'a>>;
+
+/// The policy that runs last when a chain does not name it: `tollgate` (3scale's
+/// `apicast`), so that every product authenticates, maps and limits, with a chain or
+/// without one.
+pub const IMPLICIT_LAST: &str = "tollgate";
+
+/// One policy of a built chain, with the index of its entry in the configuration's
+/// `policy_chain` (`None` for the implicit one).
+pub struct Built {
+    pub entry: Option<usize>,
+    pub policy: Arc<dyn Policy>,
 }
 
 type Builder = fn(&serde_json::Value) -> Result<Arc<dyn Policy>, (String, String)>;
@@ -181,6 +212,9 @@ pub struct PolicyInfo {
     /// Builds without side effects beyond reading files — no network, no file made —
     /// for validation ([`Registry::offline`]); `None` when `build` has none anyway.
     offline: Option<Builder>,
+    /// At most one entry of a chain may name it (`tollgate`: credentials and limits
+    /// once per request; `websocket`: one set of connection settings).
+    once: bool,
 }
 
 impl PolicyInfo {
@@ -247,6 +281,7 @@ impl Default for Registry {
                     summary: "Authenticates the application, maps the request to metrics and enforces usage limits (3scale's `apicast` policy). Runs last if absent from the chain.",
                     build: |c| parse::<tollgate::Config>(c).map(|_| Arc::new(TollgatePolicy) as Arc<dyn Policy>),
                     offline: None,
+                    once: true,
                 },
                 PolicyInfo {
                     name: "websocket",
@@ -254,6 +289,7 @@ impl Default for Registry {
                     summary: "Allows WebSocket upgrades for the product and governs the connections (message caps, metering, timeouts); without it an upgrade gets 400.",
                     build: |c| build_as(c, websocket::WebSocketPolicy::new),
                     offline: None,
+                    once: true,
                 },
                 PolicyInfo {
                     name: "headers",
@@ -261,6 +297,7 @@ impl Default for Registry {
                     summary: "Sets, adds, pushes or deletes request headers (to the backend) and response headers (to the client); values are templates.",
                     build: |c| build_as(c, headers::HeadersPolicy::new),
                     offline: None,
+                    once: false,
                 },
                 PolicyInfo {
                     name: "cors",
@@ -268,6 +305,7 @@ impl Default for Registry {
                     summary: "Answers CORS preflight requests and adds Access-Control-* headers for allowed origins (lists or patterns).",
                     build: |c| build_as(c, cors::CorsPolicy::new),
                     offline: None,
+                    once: false,
                 },
                 PolicyInfo {
                     name: "ip_check",
@@ -275,6 +313,7 @@ impl Default for Registry {
                     summary: "Allows or denies clients by IP address (IPv4/IPv6 CIDRs, from the peer, X-Forwarded-For or X-Real-IP); a denied client gets 403.",
                     build: |c| build_as(c, ip_check::IpCheckPolicy::new),
                     offline: None,
+                    once: false,
                 },
                 PolicyInfo {
                     name: "url_rewriting",
@@ -282,6 +321,7 @@ impl Default for Registry {
                     summary: "Rewrites the path with regular expressions (sub, gsub, break) and edits query arguments, before mapping rules and routing.",
                     build: |c| build_as(c, url_rewriting::UrlRewritingPolicy::new),
                     offline: None,
+                    once: false,
                 },
                 PolicyInfo {
                     name: "maintenance_mode",
@@ -289,6 +329,7 @@ impl Default for Registry {
                     summary: "Answers every request (or those its condition selects) with a fixed status (default 503) and message.",
                     build: |c| build_as(c, maintenance::MaintenancePolicy::new),
                     offline: None,
+                    once: false,
                 },
                 PolicyInfo {
                     name: "default_credentials",
@@ -296,6 +337,7 @@ impl Default for Registry {
                     summary: "Anonymous access: a request without credentials counts as the configured application.",
                     build: |c| build_as(c, default_credentials::DefaultCredentialsPolicy::new),
                     offline: None,
+                    once: false,
                 },
                 PolicyInfo {
                     name: "logging",
@@ -303,13 +345,15 @@ impl Default for Registry {
                     summary: "Writes an access-log line per request, JSON or text, with chosen fields, to stdout or a file.",
                     build: |c| build_as(c, logging::LoggingPolicy::new),
                     offline: Some(|c| build_as(c, logging::LoggingPolicy::offline)),
+                    once: false,
                 },
                 PolicyInfo {
                     name: "jwt",
                     schema: schema_of::<jwt::Config>,
                     summary: "Validates a JWT (RS256/ES256/HS256, JWKS with rotation, issuer, audience, expiry), maps a claim to the application, checks claims per method and path; WebSocket tokens may come in Sec-WebSocket-Protocol.",
                     build: |c| build_as(c, jwt::JwtPolicy::new),
-                    offline: Some(|c| build_as(c, jwt::JwtPolicy::offline)),
+                    offline: None,
+                    once: false,
                 },
                 PolicyInfo {
                     name: "upstream_connection",
@@ -317,6 +361,7 @@ impl Default for Registry {
                     summary: "Connect, send and read timeouts towards the product's backends.",
                     build: |c| build_as(c, upstream_connection::UpstreamConnectionPolicy::new),
                     offline: None,
+                    once: false,
                 },
                 PolicyInfo {
                     name: "retry",
@@ -324,6 +369,7 @@ impl Default for Registry {
                     summary: "Retries bodyless requests with idempotent methods on connection failures and chosen statuses.",
                     build: |c| build_as(c, retry::RetryPolicy::new),
                     offline: None,
+                    once: false,
                 },
                 PolicyInfo {
                     name: "payload_limits",
@@ -331,6 +377,7 @@ impl Default for Registry {
                     summary: "Limits request bodies (413) and response bodies (502) in bytes, without buffering them.",
                     build: |c| build_as(c, payload_limits::PayloadLimitsPolicy::new),
                     offline: None,
+                    once: false,
                 },
                 PolicyInfo {
                     name: "rate_limit",
@@ -338,6 +385,7 @@ impl Default for Registry {
                     summary: "Edge limiting independent of plans: fixed window, sliding window, token bucket and concurrent connections, keyed by a template, in memory or Redis.",
                     build: |c| build_as(c, rate_limit::RateLimitPolicy::new),
                     offline: None,
+                    once: false,
                 },
                 PolicyInfo {
                     name: "upstream",
@@ -345,6 +393,7 @@ impl Default for Registry {
                     summary: "Sends requests whose path matches a regular expression to another URL (3scale's Upstream policy).",
                     build: |c| build_as(c, routing::UpstreamPolicy::new),
                     offline: None,
+                    once: false,
                 },
                 PolicyInfo {
                     name: "routing",
@@ -352,6 +401,7 @@ impl Default for Registry {
                     summary: "Sends a request to a URL or backend chosen by conditions on path, headers, query arguments or JWT claims, with path replacement and Host header.",
                     build: |c| build_as(c, routing::RoutingPolicy::new),
                     offline: None,
+                    once: false,
                 },
                 PolicyInfo {
                     name: "status_code_overwrite",
@@ -359,6 +409,7 @@ impl Default for Registry {
                     summary: "Changes response statuses before they reach the client (a backend's 500 as 503), APIcast's statuscode_overwrite.",
                     build: |c| build_as(c, status_code_overwrite::StatusCodeOverwritePolicy::new),
                     offline: None,
+                    once: false,
                 },
                 PolicyInfo {
                     name: "echo",
@@ -366,6 +417,7 @@ impl Default for Registry {
                     summary: "Answers with the request as the gateway sees it, as JSON (debugging).",
                     build: |c| build_as(c, echo::EchoPolicy::new),
                     offline: None,
+                    once: false,
                 },
             ],
             offline: false,
@@ -389,6 +441,43 @@ impl Registry {
 
     pub fn policies(&self) -> &[PolicyInfo] {
         &self.policies
+    }
+
+    /// Builds a product's chain from its `policy_chain` entries (`path` names the chain
+    /// in errors), by the chain's rules — stated here and nowhere else: disabled entries
+    /// are left out; a policy registered `once` may appear once (a second entry is an
+    /// error naming the first); [`IMPLICIT_LAST`] runs last when no entry names it.
+    /// The chain, and every error found (all entries are tried).
+    pub fn build_chain(&self, path: &str, entries: &[tollgate_model::PolicyConfig]) -> (Vec<Built>, Vec<ConfigError>) {
+        let mut chain = Vec::new();
+        let mut errors = Vec::new();
+        for (j, entry) in entries.iter().enumerate() {
+            let once = self.policies.iter().any(|p| p.name == entry.name && p.once);
+            if once && let Some(first) = entries[..j].iter().position(|e| e.name == entry.name) {
+                errors.push(
+                    ConfigError::new(
+                        format!("{path}[{j}].name"),
+                        format!("`{}` is already in the chain at [{first}]", entry.name),
+                    )
+                    .hint("keep one of them"),
+                );
+                continue;
+            }
+            if !entry.enabled {
+                continue;
+            }
+            match self.build(&format!("{path}[{j}]"), &entry.name, &entry.configuration) {
+                Ok(policy) => chain.push(Built { entry: Some(j), policy }),
+                Err(e) => errors.push(e),
+            }
+        }
+        if !entries.iter().any(|e| e.name == IMPLICIT_LAST) {
+            match self.build(path, IMPLICIT_LAST, &serde_json::Value::Null) {
+                Ok(policy) => chain.push(Built { entry: None, policy }),
+                Err(e) => errors.push(e),
+            }
+        }
+        (chain, errors)
     }
 
     /// Builds the policy `name`; `path` names the chain entry in errors.

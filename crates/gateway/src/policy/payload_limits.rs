@@ -16,7 +16,7 @@
 //! had already been sent). WebSocket messages are limited by the `websocket` policy's
 //! `max_message_bytes` instead.
 
-use super::{Context, Flow, Policy};
+use super::{Context, Decision, Flow, Policy};
 use crate::refusal::Refusal;
 use http::{header, request};
 use schemars::JsonSchema;
@@ -60,13 +60,8 @@ impl Policy for PayloadLimitsPolicy {
                 return Flow::Refuse(Refusal::RequestTooLarge);
             }
         }
-        // The tightest of several policies wins.
-        let tighter = |a: Option<u64>, b: Option<u64>| match (a, b) {
-            (Some(x), Some(y)) => Some(x.min(y)),
-            (x, y) => x.or(y),
-        };
-        ctx.payload_limits =
-            (tighter(ctx.payload_limits.0, self.request), tighter(ctx.payload_limits.1, self.response));
+        // The tightest of several policies wins (the plan's rule).
+        ctx.decide(Decision::PayloadLimits { request: self.request, response: self.response });
         Flow::Continue
     }
 }

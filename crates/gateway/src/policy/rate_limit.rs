@@ -23,7 +23,7 @@
 //! consumes neither edge nor plan quota. Refusals carry `Retry-After`.
 
 use super::template::Template;
-use super::{Context, Flow, Policy};
+use super::{Context, Decision, Flow, Policy};
 use crate::refusal::ErrorTemplate;
 use http::request;
 use schemars::JsonSchema;
@@ -214,7 +214,7 @@ impl Policy for RateLimitPolicy {
             }
         }
         if !edge.checks.is_empty() || !edge.connections.is_empty() {
-            ctx.edge.push(edge);
+            ctx.decide(Decision::EdgeLimit(edge));
         }
         Flow::Continue
     }

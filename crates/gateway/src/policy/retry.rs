@@ -17,7 +17,7 @@
 //! buffer bodies to make that possible. Connection failures (refused, timed out) are
 //! retried always; statuses only when listed. The last attempt's answer is the client's.
 
-use super::{Context, Flow, Policy};
+use super::{Context, Decision, Flow, Policy};
 use http::{Method, StatusCode, header, request};
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -101,7 +101,7 @@ impl Policy for RetryPolicy {
 
     fn access(&self, req: &request::Parts, ctx: &mut Context<'_>) -> Flow {
         if !ctx.websocket && self.methods.contains(&req.method) && bodyless(req) {
-            ctx.retry = Some(self.retry.clone());
+            ctx.decide(Decision::Retry(self.retry.clone()));
         }
         Flow::Continue
     }

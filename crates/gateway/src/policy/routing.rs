@@ -28,7 +28,7 @@
 
 use super::condition::{Condition, ConditionConfig};
 use super::template::Template;
-use super::{Context, Flow, Policy};
+use super::{Context, Decision, Flow, Policy};
 use crate::upstream::Upstream;
 use http::{HeaderValue, header, request};
 use schemars::JsonSchema;
@@ -104,10 +104,11 @@ impl Policy for UpstreamPolicy {
     }
 
     fn access(&self, req: &request::Parts, ctx: &mut Context<'_>) -> Flow {
-        if ctx.route.is_none()
+        if ctx.plan().route.is_none()
             && let Some((_, u)) = self.rules.iter().find(|(re, _)| re.is_match(req.uri.path()))
         {
-            ctx.route = Some(Route { target: Target::Url(u.clone()), path: req.uri.path().to_string(), host: None });
+            let path = req.uri.path().to_string();
+            ctx.decide(Decision::Route(Route { target: Target::Url(u.clone()), path, host: None }));
         }
         Flow::Continue
     }
@@ -189,7 +190,7 @@ impl Policy for RoutingPolicy {
     }
 
     fn access(&self, req: &request::Parts, ctx: &mut Context<'_>) -> Flow {
-        if ctx.route.is_some() {
+        if ctx.plan().route.is_some() {
             return Flow::Continue;
         }
         let Some(rule) = self.rules.iter().find(|r| r.condition.as_ref().is_none_or(|c| c.holds(req, ctx))) else {
@@ -199,12 +200,12 @@ impl Policy for RoutingPolicy {
             Some(t) => t.render(req, ctx).into_owned(),
             None => req.uri.path().to_string(),
         };
-        ctx.route = Some(Route { target: rule.target.clone(), path, host: rule.host.clone() });
+        ctx.decide(Decision::Route(Route { target: rule.target.clone(), path, host: rule.host.clone() }));
         Flow::Continue
     }
 
     fn upstream_request(&self, req: &mut request::Parts, ctx: &Context<'_>) {
-        if let Some(host) = ctx.route.as_ref().and_then(|r| r.host.clone()) {
+        if let Some(host) = ctx.plan().route.as_ref().and_then(|r| r.host.clone()) {
             req.headers.insert(header::HOST, host);
         }
     }

@@ -16,7 +16,7 @@
 //! Over a timeout the client gets 504 `upstream_timeout` (or, once the response has
 //! begun, sees it end abnormally).
 
-use super::{Context, Flow, Policy};
+use super::{Context, Decision, Flow, Policy};
 use http::request;
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -74,7 +74,7 @@ impl Policy for UpstreamConnectionPolicy {
     }
 
     fn access(&self, _req: &request::Parts, ctx: &mut Context<'_>) -> Flow {
-        ctx.upstream_timeouts = (self.send.or(ctx.upstream_timeouts.0), self.read.or(ctx.upstream_timeouts.1));
+        ctx.decide(Decision::Timeouts { send: self.send, read: self.read });
         Flow::Continue
     }
 }

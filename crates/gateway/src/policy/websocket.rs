@@ -98,25 +98,11 @@ pub struct Config {
     pub max_connection_duration: Option<u64>,
 }
 
-/// The metrics a `websocket` configuration meters on: `(option, metric)`.
-pub fn metered_metrics(configuration: &serde_json::Value) -> Vec<(&'static str, String)> {
-    let c = parse_config(configuration);
-    let mut out = Vec::new();
-    if let Some(m) = c.meter_messages {
-        out.push(("meter_messages", m.metric));
-    }
-    if let Some(m) = c.meter_bytes {
-        out.push(("meter_bytes", m.metric));
-    }
-    out
+/// The `websocket` policy: it allows upgrades, and its settings govern the connections
+/// ([`Policy::websocket_settings`]).
+pub struct WebSocketPolicy {
+    config: Config,
 }
-
-/// The configuration of a chain entry, already validated by the registry.
-pub fn parse_config(configuration: &serde_json::Value) -> Config {
-    super::parse::<Config>(configuration).unwrap_or_default()
-}
-
-pub struct WebSocketPolicy;
 
 impl WebSocketPolicy {
     pub(super) fn new(config: Config) -> Result<Self, (String, String)> {
@@ -150,13 +136,17 @@ impl WebSocketPolicy {
         if config.meter_messages.as_ref().is_some_and(|m| m.delta == 0) {
             return Err(("meter_messages.delta".into(), "must be at least 1".into()));
         }
-        Ok(WebSocketPolicy)
+        Ok(WebSocketPolicy { config })
     }
 }
 
 impl Policy for WebSocketPolicy {
     fn name(&self) -> &'static str {
         "websocket"
+    }
+
+    fn websocket_settings(&self) -> Option<&Config> {
+        Some(&self.config)
     }
 }
 

@@ -61,7 +61,8 @@ impl Gateway {
         rest: &str,
         pace: Option<BodyPace>,
     ) -> Result<Response<GatewayBody>, Refusal> {
-        if let Some(retry) = &ctx.retry {
+        let plan = ctx.plan();
+        if let Some(retry) = &plan.retry {
             // A bodyless request: each attempt sends a fresh empty body.
             let mut attempt = 0;
             loop {
@@ -69,7 +70,7 @@ impl Gateway {
                 let span = self.trace_upstream(ctx, &mut head);
                 let last = attempt == retry.retries;
                 let result =
-                    exchange(upstream, Request::from_parts(head, UpstreamBody::Empty), ctx.upstream_timeouts.1).await;
+                    exchange(upstream, Request::from_parts(head, UpstreamBody::Empty), plan.timeouts.read).await;
                 if let Some((id, start)) = span {
                     let status = result.as_ref().map_or(0, |r| i64::from(r.status().as_u16()));
                     self.span_end(
@@ -86,7 +87,7 @@ impl Gateway {
                     Err(_) => false,
                 };
                 if last || !again {
-                    return self.shape_response(result?, ctx.upstream_timeouts.1, ctx.payload_limits.1);
+                    return self.shape_response(result?, plan.timeouts.read, plan.payload_limits.response);
                 }
                 attempt += 1;
                 self.metrics.env(self.environment).upstream_error();
@@ -98,9 +99,8 @@ impl Gateway {
         }
         let mut head = self.upstream_head(parts, ctx, upstream, rest)?;
         let upstream_span = self.trace_upstream(ctx, &mut head);
-        let (request_limit, response_limit) = ctx.payload_limits;
-        let read_timeout = ctx.upstream_timeouts.1;
-        let send_timeout = ctx.upstream_timeouts.0;
+        let (request_limit, response_limit) = (plan.payload_limits.request, plan.payload_limits.response);
+        let (send_timeout, read_timeout) = (plan.timeouts.send, plan.timeouts.read);
         let stopped = Stopped::default();
         let body = if body.is_end_stream() {
             UpstreamBody::from(body)
@@ -237,7 +237,7 @@ pub(super) fn destination_of<'c>(
     parts: &'c request::Parts,
     ctx: &'c Context<'_>,
 ) -> Result<(&'c Upstream, &'c str, &'c str), Refusal> {
-    match &ctx.route {
+    match &ctx.plan().route {
         None => {
             let (usage, rest) = ctx.product.route(parts.uri.path()).ok_or(Refusal::NoBackend)?;
             Ok((&usage.upstream, rest, &usage.prefix))

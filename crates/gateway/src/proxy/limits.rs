@@ -42,14 +42,12 @@ impl Gateway {
     /// The `rate_limit` policies' checks, after every access phase and before the plan's
     /// limits. `Err` is the refusal.
     pub(super) async fn edge_limits(&self, ctx: &mut Context<'_>) -> Result<(), Refusal> {
-        if ctx.edge.is_empty() {
+        if ctx.plan().edge_limits.is_empty() {
             return Ok(());
         }
-        // Edge windows and buckets need milliseconds (the clock gives seconds).
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(ctx.now * 1000, |d| d.as_millis() as i64);
-        for edge in std::mem::take(&mut ctx.edge) {
+        // Edge windows and buckets need milliseconds.
+        let now_ms = self.clock.now_ms();
+        for edge in std::mem::take(&mut ctx.plan_mut().edge_limits) {
             let decision = match (edge.redis, self.counters.redis()) {
                 (true, Some(redis)) => match redis.edge(&edge.checks, now_ms).await {
                     Ok(d) => d,
@@ -76,9 +74,9 @@ impl Gateway {
                     _ => self.edge.acquire(key, *max).map(|g| Box::new(g) as Held),
                 };
                 match place {
-                    Some(p) => ctx.guards.push(p),
+                    Some(p) => ctx.plan_mut().held.push(p),
                     None => {
-                        ctx.guards.clear();
+                        ctx.plan_mut().held.clear();
                         return Err(Refusal::EdgeLimited { answer: edge.refusal.clone(), retry_after_secs: None });
                     }
                 }

@@ -284,16 +284,15 @@ impl Gateway {
         }
         let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
-        let mut ctx = Context {
-            upstream_timeouts: (None, Some(self.defaults.read_timeout)),
-            trace: parts.extensions.get::<TraceCtx>().copied(),
-            ..Context::new(&product, conn.client_addr, conn.tls, websocket, self.clock.now())
-        };
+        let mut ctx = Context::new(&product, conn.client_addr, conn.tls, websocket, self.clock.now());
+        ctx.trace = parts.extensions.get::<TraceCtx>().copied();
+        // The gateway's default, which an `upstream_connection` policy may replace.
+        ctx.decide(crate::policy::Decision::Timeouts { send: None, read: Some(self.defaults.read_timeout) });
 
         let mut resp = match self.request_phases(&mut parts, &mut ctx).await {
             Ok(app_slot) => match client_upgrade {
                 Some(client) => {
-                    let mut guards = std::mem::take(&mut ctx.guards);
+                    let mut guards = std::mem::take(&mut ctx.plan_mut().held);
                     if handshake == Handshake::Http2 {
                         // A WebSocket on an HTTP/2 stream keeps its connection busy (never
                         // idle, never evicted) for as long as it is open.
@@ -303,7 +302,7 @@ impl Gateway {
                     self.websocket(&parts, &ctx, client, handshake == Handshake::Http2, slots).await
                 }
                 None => {
-                    let guards = std::mem::take(&mut ctx.guards);
+                    let guards = std::mem::take(&mut ctx.plan_mut().held);
                     let pace = match (conn.min_data_rate, body.is_end_stream()) {
                         (Some(rate), false) => Some(BodyPace::new(rate, Some(conn.activity.clone()))),
                         _ => None,
@@ -445,11 +444,7 @@ struct Identified {
 /// the operating system) — unique across nodes and runs, and saying nothing of how many
 /// requests came before. Not a secret: clients and backends see it.
 fn new_request_id() -> HeaderValue {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut buf = [0u8; 32];
-    for (i, b) in rand::random::<u128>().to_be_bytes().iter().enumerate() {
-        buf[2 * i] = HEX[usize::from(b >> 4)];
-        buf[2 * i + 1] = HEX[usize::from(b & 15)];
-    }
-    HeaderValue::from_bytes(&buf).unwrap_or(HeaderValue::from_static("0"))
+    let hex = hex::encode_to_slice(rand::random::<u128>().to_be_bytes(), &mut buf).map(|()| &buf[..]);
+    HeaderValue::from_bytes(hex.unwrap_or(b"0")).unwrap_or(HeaderValue::from_static("0"))
 }

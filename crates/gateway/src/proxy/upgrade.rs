@@ -37,7 +37,7 @@ impl Gateway {
         });
         // The backend answers the upgrade within the read timeout, as any request.
         let answer = sender.send_request(Request::from_parts(head, Empty::new()));
-        let mut resp = match ctx.upstream_timeouts.1 {
+        let mut resp = match ctx.plan().timeouts.read {
             Some(due) => tokio::time::timeout(due, answer).await.map_err(|_| {
                 Refusal::UpstreamTimeout(format!(
                     "{}: no answer to the WebSocket upgrade within read_timeout",
@@ -81,7 +81,7 @@ impl Gateway {
                 clock: self.clock.clone(),
                 analytics: self.analytics.clone(),
                 cache: Default::default(),
-                token_expires: ctx.token_expires,
+                token_expires: ctx.plan().session_expires,
             })),
             _ => None,
         };

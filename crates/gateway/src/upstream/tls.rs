@@ -203,7 +203,8 @@ impl CertificateInfo {
             })
             .unwrap_or_default();
         let digest = ring::digest::digest(&ring::digest::SHA256, der);
-        let sha256 = digest.as_ref().iter().map(|b| format!("{b:02X}")).collect::<Vec<_>>().join(":");
+        let upper = hex::encode_upper(digest);
+        let sha256 = upper.as_bytes().chunks(2).map(|p| String::from_utf8_lossy(p)).collect::<Vec<_>>().join(":");
         Some(CertificateInfo {
             subject: cert.subject().to_string(),
             issuer: cert.issuer().to_string(),
