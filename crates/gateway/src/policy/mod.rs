@@ -427,9 +427,9 @@ impl Default for Registry {
 
 impl Registry {
     /// A registry for validating configurations (`tollgate check`, the admin API's
-    /// saves): every policy is built and checked as the gateway would, except that
-    /// nothing is fetched over the network and no file is created — `jwt` checks its
-    /// `jwks_url` without fetching it, `logging` checks its `file` can be written.
+    /// saves): every policy is built and checked as the gateway would, except that no
+    /// file is created — `logging` checks its `file` can be written. (No build touches
+    /// the network in either registry: fetches are [`Policy::prepare`]'s.)
     pub fn offline() -> Registry {
         Registry { offline: true, ..Registry::default() }
     }
