@@ -259,11 +259,7 @@ async fn headers_templates_cors_default_credentials_echo_and_logging() {
     // logging: one JSON line per request, the refused one included.
     assert_eq!(call(addr, "logged", "/l?user_key=logged-key", &[]).await.0, StatusCode::OK);
     assert_eq!(call(addr, "logged", "/l", &[]).await.0, StatusCode::UNAUTHORIZED);
-    let lines: Vec<Value> = std::fs::read_to_string(&log)
-        .expect("log file")
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("json"))
-        .collect();
+    let lines: Vec<Value> = written(&log, 2).await.lines().map(|l| serde_json::from_str(l).expect("json")).collect();
     assert_eq!(lines.len(), 2, "{lines:?}");
     assert_eq!(
         lines[0],
@@ -272,11 +268,27 @@ async fn headers_templates_cors_default_credentials_echo_and_logging() {
     assert_eq!((lines[1]["status"].as_u64(), &lines[1]["application"]), (Some(401), &Value::Null));
     // Text: values separated by spaces, quoted when they hold spaces, `-` when absent.
     call(addr, "texted", "/t?user_key=texted-key", &[("user-agent", "curl/8 (test)")]).await;
-    let text = std::fs::read_to_string(&text_log).expect("text log");
+    let text = written(&text_log, 1).await;
     assert_eq!(text, "GET /t 200 \"curl/8 (test)\" acme/texted-app\n");
     call(addr, "texted", "/t", &[]).await;
-    let text = std::fs::read_to_string(&text_log).expect("text log");
+    let text = written(&text_log, 2).await;
     assert_eq!(text.lines().nth(1), Some("GET /t 401 - -"), "absent values are `-`");
+}
+
+/// The access log at `path` once it holds `lines` lines: the `logging` policy queues
+/// lines and a thread of its own writes them, so they land shortly after the response.
+/// Polled, bounded (5 s).
+async fn written(path: &std::path::Path, lines: usize) -> String {
+    let mut poll = tokio::time::interval(std::time::Duration::from_millis(10));
+    let mut text = String::new();
+    for _ in 0..500 {
+        poll.tick().await;
+        text = std::fs::read_to_string(path).unwrap_or_default();
+        if text.lines().count() >= lines {
+            return text;
+        }
+    }
+    panic!("{} has {} lines, not {lines}: {text}", path.display(), text.lines().count())
 }
 
 #[tokio::test]

@@ -21,7 +21,6 @@ use http::{header, request, response};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use std::io::Write as _;
-use std::sync::Mutex;
 
 #[derive(Debug, Clone, Copy, Deserialize, JsonSchema, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
@@ -84,7 +83,23 @@ pub(super) struct Config {
 pub struct LoggingPolicy {
     format: Format,
     fields: Vec<Field>,
-    file: Option<Mutex<std::fs::File>>,
+    /// Where lines go: a queue that a thread of its own empties into the file (or
+    /// stdout), so the request path never waits for a disk; when 128,000 lines wait,
+    /// new ones are dropped (and counted by the writer). `None` when only validating.
+    out: Option<tracing_appender::non_blocking::NonBlocking>,
+    /// Keeps the writer's thread; dropped (flushing what waits) on a thread of its own
+    /// when the policy goes with its configuration.
+    guard: Option<tracing_appender::non_blocking::WorkerGuard>,
+}
+
+impl Drop for LoggingPolicy {
+    fn drop(&mut self) {
+        // Flushing waits for the writer: not on the thread that dropped the last
+        // reference to an old configuration (possibly a request's).
+        if let Some(guard) = self.guard.take() {
+            let _ = std::thread::Builder::new().name("tollgate-log-flush".into()).spawn(move || drop(guard));
+        }
+    }
 }
 
 impl LoggingPolicy {
@@ -104,21 +119,31 @@ impl LoggingPolicy {
     }
 
     fn new_with(c: Config, open: bool) -> Result<Self, (String, String)> {
-        let file = match c.file {
-            Some(path) if open => {
+        let writer = |w: Box<dyn std::io::Write + Send>| {
+            tracing_appender::non_blocking::NonBlockingBuilder::default()
+                .lossy(true)
+                .thread_name("tollgate-access-log")
+                .finish(w)
+        };
+        let (out, guard) = match (c.file, open) {
+            (_, false) => (None, None),
+            (Some(path), true) => {
                 check_file(&path)?;
-                Some(Mutex::new(
-                    std::fs::OpenOptions::new()
-                        .create(true)
-                        .append(true)
-                        .open(&path)
-                        .map_err(|e| ("file".to_string(), format!("cannot open `{path}` for appending: {e}")))?,
-                ))
+                let file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&path)
+                    .map_err(|e| ("file".to_string(), format!("cannot open `{path}` for appending: {e}")))?;
+                let (out, guard) = writer(Box::new(file));
+                (Some(out), Some(guard))
             }
-            _ => None,
+            (None, true) => {
+                let (out, guard) = writer(Box::new(std::io::stdout()));
+                (Some(out), Some(guard))
+            }
         };
         let fields = if c.fields.is_empty() { DEFAULT_FIELDS.to_vec() } else { c.fields };
-        Ok(LoggingPolicy { format: c.format, fields, file })
+        Ok(LoggingPolicy { format: c.format, fields, out, guard })
     }
 
     fn field_name(f: Field) -> &'static str {
@@ -232,13 +257,12 @@ impl Policy for LoggingPolicy {
     }
 
     fn response(&self, resp: &mut response::Parts, req: &request::Parts, ctx: &Context<'_>) {
+        let Some(out) = &self.out else { return };
         let mut line = self.line(resp, req, ctx);
         line.push('\n');
-        // A log that cannot be written must not fail the request.
-        let _ = match &self.file {
-            Some(f) => f.lock().unwrap_or_else(|e| e.into_inner()).write_all(line.as_bytes()),
-            None => std::io::stdout().lock().write_all(line.as_bytes()),
-        };
+        // Queued, never written here; a log that cannot be written does not fail the
+        // request.
+        let _ = out.clone().write_all(line.as_bytes());
     }
 }
 
