@@ -38,7 +38,7 @@ fn request(path: &str, header: &str) -> http::request::Parts {
     b.body(()).map(|r| r.into_parts().0).unwrap_or_else(|_| http::Request::new(()).into_parts().0)
 }
 
-fn condition(left: &str, op: &str, right: &str) -> Result<Condition, (String, String)> {
+fn condition(left: &str, op: &str, right: &str) -> Result<Condition, tollgate_gateway::policy::PolicyError> {
     let c: ConditionConfig = serde_json::from_value(serde_json::json!({
         "operations": [ { "left": left, "op": op, "right": right } ]
     }))
@@ -110,8 +110,8 @@ proptest! {
 
 #[test]
 fn bad_conditions_are_config_errors_with_their_path() {
-    assert_eq!(condition("{{ nope }}", "==", "").err().map(|e| e.0), Some("operations[0].left".into()));
-    assert_eq!(condition("{{ path }}", "matches", "(").err().map(|e| e.0), Some("operations[0].right".into()));
+    assert_eq!(condition("{{ nope }}", "==", "").err().map(|e| e.field), Some("operations[0].left".into()));
+    assert_eq!(condition("{{ path }}", "matches", "(").err().map(|e| e.field), Some("operations[0].right".into()));
     let empty: ConditionConfig = serde_json::from_value(serde_json::json!({ "operations": [] })).expect("shape");
-    assert_eq!(Condition::new(empty).err().map(|e| e.0), Some("operations".into()));
+    assert_eq!(Condition::new(empty).err().map(|e| e.field), Some("operations".into()));
 }

@@ -19,7 +19,7 @@
 //! its meaning in the response phase and when a policy rewrote the path meanwhile.
 
 use super::template::Template;
-use super::{Context, Flow, Policy};
+use super::{Context, Flow, Policy, PolicyError};
 use http::request::Parts;
 use http::response;
 use schemars::JsonSchema;
@@ -88,20 +88,20 @@ pub struct Condition {
 
 impl Condition {
     /// Compiles a condition; errors carry the path inside `condition`.
-    pub fn new(c: ConditionConfig) -> Result<Condition, (String, String)> {
+    pub fn new(c: ConditionConfig) -> Result<Condition, PolicyError> {
         if c.operations.is_empty() {
-            return Err(("operations".into(), "a condition needs at least one operation".into()));
+            return Err(PolicyError::new("operations", "a condition needs at least one operation"));
         }
         let mut operations = Vec::with_capacity(c.operations.len());
         for (i, o) in c.operations.into_iter().enumerate() {
-            let left = Template::parse(&o.left).map_err(|e| (format!("operations[{i}].left"), e))?;
+            let left = Template::parse(&o.left).map_err(|e| PolicyError::new(format!("operations[{i}].left"), e))?;
             let right = match o.op {
-                Op::Eq | Op::Ne => {
-                    Right::Text(Template::parse(&o.right).map_err(|e| (format!("operations[{i}].right"), e))?)
-                }
-                Op::Matches | Op::NotMatches => {
-                    Right::Regex(super::regex(&o.right).map_err(|e| (format!("operations[{i}].right"), e))?)
-                }
+                Op::Eq | Op::Ne => Right::Text(
+                    Template::parse(&o.right).map_err(|e| PolicyError::new(format!("operations[{i}].right"), e))?,
+                ),
+                Op::Matches | Op::NotMatches => Right::Regex(
+                    super::regex(&o.right).map_err(|e| PolicyError::new(format!("operations[{i}].right"), e))?,
+                ),
             };
             operations.push(Operation { left, op: o.op, right });
         }

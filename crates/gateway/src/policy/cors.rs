@@ -19,7 +19,7 @@
 //! `*` with credentials, which browsers refuse, where the origin is echoed. An origin not
 //! allowed gets no CORS headers, and its preflight a 403 `cors_origin_not_allowed`.
 
-use super::{Context, Flow, Policy};
+use super::{Context, Flow, Policy, PolicyError};
 use crate::refusal::{ErrorTemplate, Refusal};
 use crate::upstream::body::GatewayBody;
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header, request, response};
@@ -64,34 +64,36 @@ pub struct CorsPolicy {
     refused: std::sync::Arc<ErrorTemplate>,
 }
 
-fn joined(list: &[String], what: &str) -> Result<Option<HeaderValue>, (String, String)> {
+fn joined(list: &[String], what: &str) -> Result<Option<HeaderValue>, PolicyError> {
     if list.is_empty() {
         return Ok(None);
     }
     HeaderValue::from_str(&list.join(", "))
         .map(Some)
-        .map_err(|_| (what.to_string(), "contains characters not allowed in a header".into()))
+        .map_err(|_| PolicyError::new(what, "contains characters not allowed in a header"))
 }
 
 impl CorsPolicy {
-    pub(super) fn new(c: Config) -> Result<Self, (String, String)> {
+    pub(super) fn new(c: Config) -> Result<Self, PolicyError> {
         for (i, m) in c.allow_methods.iter().enumerate() {
             if Method::from_bytes(m.as_bytes()).is_err() {
-                return Err((format!("allow_methods[{i}]"), format!("`{m}` is not an HTTP method")));
+                return Err(PolicyError::new(format!("allow_methods[{i}]"), format!("`{m}` is not an HTTP method")));
             }
         }
         let allow_origin = c
             .allow_origin
             .map(|o| {
-                HeaderValue::try_from(o)
-                    .map_err(|_| ("allow_origin".to_string(), "is not a valid header value".to_string()))
+                HeaderValue::try_from(o).map_err(|_| PolicyError::new("allow_origin", "is not a valid header value"))
             })
             .transpose()?;
         let mut patterns = Vec::new();
         for (i, p) in c.allow_origin_patterns.iter().enumerate() {
             // Checked alone first, so the error shows the operator's own pattern.
-            super::regex(p).map_err(|e| (format!("allow_origin_patterns[{i}]"), e))?;
-            patterns.push(super::regex(&format!("^(?:{p})$")).map_err(|e| (format!("allow_origin_patterns[{i}]"), e))?);
+            super::regex(p).map_err(|e| PolicyError::new(format!("allow_origin_patterns[{i}]"), e))?;
+            patterns.push(
+                super::regex(&format!("^(?:{p})$"))
+                    .map_err(|e| PolicyError::new(format!("allow_origin_patterns[{i}]"), e))?,
+            );
         }
         let allowed = (!c.allow_origins.is_empty() || !patterns.is_empty()).then_some((c.allow_origins, patterns));
         let allow_origin = allow_origin.filter(|o| !(c.allow_credentials && o.as_bytes() == b"*"));

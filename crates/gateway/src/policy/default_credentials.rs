@@ -9,7 +9,7 @@
 //! - name: tollgate
 //! ```
 
-use super::{Context, Credential, Flow, Policy};
+use super::{Context, Credential, Flow, Policy, PolicyError};
 use http::request;
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -33,19 +33,19 @@ pub struct DefaultCredentialsPolicy {
 }
 
 impl DefaultCredentialsPolicy {
-    pub(super) fn new(c: Config) -> Result<Self, (String, String)> {
+    pub(super) fn new(c: Config) -> Result<Self, PolicyError> {
         let credential = match (c.user_key, c.app_id, c.app_key) {
             (Some(k), None, None) if !k.is_empty() => Credential::UserKey(k.into()),
             (None, Some(id), Some(key)) if !id.is_empty() && !key.is_empty() => {
                 Credential::AppId { app_id: id.into(), app_key: key.into() }
             }
-            (None, Some(_), None) => return Err(("app_key".into(), "is required with app_id".into())),
-            (None, None, Some(_)) => return Err(("app_id".into(), "is required with app_key".into())),
-            (None, None, None) => return Err(("user_key".into(), "give user_key, or app_id and app_key".into())),
+            (None, Some(_), None) => return Err(PolicyError::new("app_key", "is required with app_id")),
+            (None, None, Some(_)) => return Err(PolicyError::new("app_id", "is required with app_key")),
+            (None, None, None) => return Err(PolicyError::new("user_key", "give user_key, or app_id and app_key")),
             _ => {
-                return Err((
-                    "user_key".into(),
-                    "give either user_key, or app_id and app_key (not empty, not both)".into(),
+                return Err(PolicyError::new(
+                    "user_key",
+                    "give either user_key, or app_id and app_key (not empty, not both)",
                 ));
             }
         };

@@ -7,7 +7,7 @@
 //!   configuration: { status: 200 }
 //! ```
 
-use super::{Context, Flow, Policy};
+use super::{Context, Flow, Policy, PolicyError};
 use crate::upstream::body::GatewayBody;
 use http::{HeaderValue, Response, StatusCode, request};
 use schemars::JsonSchema;
@@ -31,7 +31,7 @@ pub struct EchoPolicy {
 }
 
 impl EchoPolicy {
-    pub(super) fn new(c: Config) -> Result<Self, (String, String)> {
+    pub(super) fn new(c: Config) -> Result<Self, PolicyError> {
         let status = super::status_option(c.status, 200..=599)?;
         Ok(EchoPolicy { status })
     }

@@ -18,7 +18,7 @@
 //! break) is not set.
 
 use super::template::Template;
-use super::{Context, Policy};
+use super::{Context, Policy, PolicyError};
 use http::{HeaderMap, HeaderName, HeaderValue, request, response};
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -70,23 +70,23 @@ pub struct HeadersPolicy {
     response: Vec<Compiled>,
 }
 
-fn compile(side: &str, commands: Vec<Command>) -> Result<Vec<Compiled>, (String, String)> {
+fn compile(side: &str, commands: Vec<Command>) -> Result<Vec<Compiled>, PolicyError> {
     commands
         .into_iter()
         .enumerate()
         .map(|(i, c)| {
             let at = |k: &str| format!("{side}[{i}].{k}");
             let name = HeaderName::try_from(c.header.as_str())
-                .map_err(|_| (at("header"), format!("`{}` is not a valid header name", c.header)))?;
+                .map_err(|_| PolicyError::new(at("header"), format!("`{}` is not a valid header name", c.header)))?;
             let value = match (c.op, c.value) {
                 (Op::Delete, _) => None,
-                (_, None) => return Err((at("value"), "is required for set, add and push".into())),
+                (_, None) => return Err(PolicyError::new(at("value"), "is required for set, add and push")),
                 (_, Some(v)) => {
-                    let t = Template::parse(&v).map_err(|e| (at("value"), e))?;
+                    let t = Template::parse(&v).map_err(|e| PolicyError::new(at("value"), e))?;
                     Some(if t.is_static() {
                         Value::Fixed(
                             HeaderValue::try_from(v)
-                                .map_err(|_| (at("value"), "is not a valid header value".into()))?,
+                                .map_err(|_| PolicyError::new(at("value"), "is not a valid header value"))?,
                         )
                     } else {
                         Value::Template(t)
@@ -99,7 +99,7 @@ fn compile(side: &str, commands: Vec<Command>) -> Result<Vec<Compiled>, (String,
 }
 
 impl HeadersPolicy {
-    pub(super) fn new(c: Config) -> Result<Self, (String, String)> {
+    pub(super) fn new(c: Config) -> Result<Self, PolicyError> {
         Ok(HeadersPolicy { request: compile("request", c.request)?, response: compile("response", c.response)? })
     }
 }

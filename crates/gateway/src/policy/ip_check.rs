@@ -19,7 +19,7 @@
 //! header. The check runs in the access phase: before `tollgate` in the chain, a denied
 //! client is refused before its credentials are looked at.
 
-use super::{Context, Flow, Policy};
+use super::{Context, Flow, Policy, PolicyError};
 use crate::refusal::{ErrorTemplate, Refusal};
 use http::{StatusCode, request};
 use schemars::JsonSchema;
@@ -111,8 +111,11 @@ fn mask(prefix: u8) -> u128 {
     if prefix == 0 { 0 } else { u128::MAX << (128 - u32::from(prefix)) }
 }
 
-fn cidrs(list: &[String], field: &str) -> Result<Vec<Cidr>, (String, String)> {
-    list.iter().enumerate().map(|(i, s)| Cidr::parse(s).map_err(|e| (format!("{field}[{i}]"), e))).collect()
+fn cidrs(list: &[String], field: &str) -> Result<Vec<Cidr>, PolicyError> {
+    list.iter()
+        .enumerate()
+        .map(|(i, s)| Cidr::parse(s).map_err(|e| PolicyError::new(format!("{field}[{i}]"), e)))
+        .collect()
 }
 
 pub struct IpCheckPolicy {
@@ -124,10 +127,13 @@ pub struct IpCheckPolicy {
 }
 
 impl IpCheckPolicy {
-    pub(super) fn new(c: Config) -> Result<Self, (String, String)> {
+    pub(super) fn new(c: Config) -> Result<Self, PolicyError> {
         let ips = cidrs(&c.ips, "ips")?;
         if ips.is_empty() && c.check_type == CheckType::Allow {
-            return Err(("ips".into(), "an allow list needs at least one address (or every client is refused)".into()));
+            return Err(PolicyError::new(
+                "ips",
+                "an allow list needs at least one address (or every client is refused)",
+            ));
         }
         Ok(IpCheckPolicy {
             check: c.check_type,

@@ -26,7 +26,7 @@
 //! `ring` (the same library that does Tollgate's TLS).
 
 use super::condition::{Condition, ConditionConfig};
-use super::{Context, Credential, Decision, Flow, Policy, Prepare};
+use super::{Context, Credential, Decision, Flow, Policy, PolicyError, Prepare};
 use crate::refusal::{ErrorTemplate, Refusal};
 use arc_swap::ArcSwap;
 use base64::Engine as _;
@@ -245,11 +245,11 @@ fn now() -> i64 {
 impl JwtPolicy {
     /// Builds the policy without the network (it may read `jwks_file`): `jwks_url` must
     /// be an http(s) URL, and is fetched by [`Policy::prepare`] before the policy serves.
-    pub(super) fn new(c: Config) -> Result<Self, (String, String)> {
+    pub(super) fn new(c: Config) -> Result<Self, PolicyError> {
         let mut keys = Vec::new();
         if let Some(secret) = &c.secret {
             if secret.len() < 32 {
-                return Err(("secret".into(), "use at least 32 bytes for an HS256 secret".into()));
+                return Err(PolicyError::new("secret", "use at least 32 bytes for an HS256 secret"));
             }
             keys.push(Jwk {
                 kid: None,
@@ -259,15 +259,18 @@ impl JwtPolicy {
         }
         if let Some(path) = &c.jwks_file {
             let bytes = crate::files::read_bounded(std::path::Path::new(path), crate::files::MAX_JWKS)
-                .map_err(|e| ("jwks_file".to_string(), e))?;
+                .map_err(|e| PolicyError::new("jwks_file", e))?;
             let text = String::from_utf8_lossy(&bytes);
-            keys.extend(parse_jwks(&text).map_err(|e| ("jwks_file".to_string(), e))?);
+            keys.extend(parse_jwks(&text).map_err(|e| PolicyError::new("jwks_file", e))?);
         }
         if let Some(url) = &c.jwks_url {
-            tollgate_model::BaseUrl::parse(url, &["http", "https"]).map_err(|e| ("jwks_url".to_string(), e))?;
+            tollgate_model::BaseUrl::parse(url, &["http", "https"]).map_err(|e| PolicyError::new("jwks_url", e))?;
         }
         if keys.is_empty() && c.jwks_url.is_none() {
-            return Err(("jwks_url".into(), "give jwks_url, jwks_file or (for HS256) secret; no key was found".into()));
+            return Err(PolicyError::new(
+                "jwks_url",
+                "give jwks_url, jwks_file or (for HS256) secret; no key was found",
+            ));
         }
         let algorithms = if c.algorithms.is_empty() {
             let mut a = vec![Alg::RS256, Alg::ES256];
@@ -279,7 +282,7 @@ impl JwtPolicy {
             c.algorithms
         };
         if algorithms.contains(&Alg::HS256) && c.secret.is_none() {
-            return Err(("algorithms".into(), "HS256 needs a `secret`".into()));
+            return Err(PolicyError::new("algorithms", "HS256 needs a `secret`"));
         }
         let mut checks = Vec::new();
         for (i, k) in c.claim_checks.into_iter().enumerate() {
@@ -287,11 +290,12 @@ impl JwtPolicy {
             let mut methods = Vec::new();
             for (j, m) in k.methods.iter().enumerate() {
                 methods.push(Method::from_bytes(m.to_ascii_uppercase().as_bytes()).map_err(|_| {
-                    (format!("claim_checks[{i}].methods[{j}]"), format!("`{m}` is not an HTTP method"))
+                    PolicyError::new(format!("claim_checks[{i}].methods[{j}]"), format!("`{m}` is not an HTTP method"))
                 })?);
             }
-            let path = k.path.map(|p| super::regex(&p).map_err(|e| (at("path"), e))).transpose()?;
-            let condition = Condition::new(k.condition).map_err(|(p, m)| (at(&format!("condition.{p}")), m))?;
+            let path = k.path.map(|p| super::regex(&p).map_err(|e| PolicyError::new(at("path"), e))).transpose()?;
+            let condition = Condition::new(k.condition)
+                .map_err(|e| PolicyError { field: at(&format!("condition.{}", e.field)), ..e })?;
             let refusal = ErrorTemplate::shared_json(
                 StatusCode::FORBIDDEN,
                 "jwt_claim_check_failed",

@@ -16,7 +16,7 @@
 //! A file is opened for appending when the configuration loads (an unwritable path is
 //! a config error) and written a line at a time.
 
-use super::{Context, Policy};
+use super::{Context, Policy, PolicyError};
 use http::{header, request, response};
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -107,18 +107,18 @@ impl LoggingPolicy {
     /// regular file that can be written, or a file to create in an existing folder
     /// (what `tollgate check` and a save in the admin API do; the file is made when the
     /// gateway loads the policy).
-    pub(super) fn offline(c: Config) -> Result<Self, (String, String)> {
+    pub(super) fn offline(c: Config) -> Result<Self, PolicyError> {
         if let Some(path) = &c.file {
             check_file(path)?;
         }
         LoggingPolicy::new_with(c, false)
     }
 
-    pub(super) fn new(c: Config) -> Result<Self, (String, String)> {
+    pub(super) fn new(c: Config) -> Result<Self, PolicyError> {
         LoggingPolicy::new_with(c, true)
     }
 
-    fn new_with(c: Config, open: bool) -> Result<Self, (String, String)> {
+    fn new_with(c: Config, open: bool) -> Result<Self, PolicyError> {
         let writer = |w: Box<dyn std::io::Write + Send>| {
             tracing_appender::non_blocking::NonBlockingBuilder::default()
                 .lossy(true)
@@ -133,7 +133,7 @@ impl LoggingPolicy {
                     .create(true)
                     .append(true)
                     .open(&path)
-                    .map_err(|e| ("file".to_string(), format!("cannot open `{path}` for appending: {e}")))?;
+                    .map_err(|e| PolicyError::new("file", format!("cannot open `{path}` for appending: {e}")))?;
                 let (out, guard) = writer(Box::new(file));
                 (Some(out), Some(guard))
             }
@@ -218,11 +218,11 @@ impl LoggingPolicy {
 /// Whether `path` can be a log file, looking only at metadata (opening a FIFO for
 /// writing would wait for a reader): a writable regular file, or a new file in an
 /// existing folder.
-fn check_file(path: &str) -> Result<(), (String, String)> {
+fn check_file(path: &str) -> Result<(), PolicyError> {
     let p = std::path::Path::new(path);
-    let fail = |why: String| ("file".to_string(), format!("cannot open `{path}` for appending: {why}"));
+    let fail = |why: String| PolicyError::new("file", format!("cannot open `{path}` for appending: {why}"));
     if path.is_empty() {
-        return Err(("file".to_string(), "no file named: give a path, or leave `file` out for stdout".into()));
+        return Err(PolicyError::new("file".to_string(), "no file named: give a path, or leave `file` out for stdout"));
     }
     if path.ends_with('/') {
         return Err(fail("it names a directory; name a file in it".into()));

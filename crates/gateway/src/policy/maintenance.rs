@@ -9,7 +9,7 @@
 //!     content_type: "text/plain; charset=utf-8"    # default for a message
 //! ```
 
-use super::{Context, Flow, Policy};
+use super::{Context, Flow, Policy, PolicyError};
 use crate::refusal::{ErrorTemplate, Refusal};
 use http::{HeaderValue, request};
 use schemars::JsonSchema;
@@ -39,7 +39,7 @@ pub struct MaintenancePolicy {
 }
 
 impl MaintenancePolicy {
-    pub(super) fn new(c: Config) -> Result<Self, (String, String)> {
+    pub(super) fn new(c: Config) -> Result<Self, PolicyError> {
         let status = super::status_option(c.status, 200..=599)?;
         let answer = match c.message {
             None => {
@@ -62,8 +62,8 @@ impl MaintenancePolicy {
     }
 }
 
-fn header_value(v: String, field: &str) -> Result<HeaderValue, (String, String)> {
-    HeaderValue::try_from(v).map_err(|_| (field.to_string(), "is not a valid header value".into()))
+fn header_value(v: String, field: &str) -> Result<HeaderValue, PolicyError> {
+    HeaderValue::try_from(v).map_err(|_| PolicyError::new(field, "is not a valid header value"))
 }
 
 impl Policy for MaintenancePolicy {

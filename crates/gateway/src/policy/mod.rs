@@ -200,7 +200,7 @@ pub struct Built {
     pub policy: Arc<dyn Policy>,
 }
 
-type Builder = fn(&serde_json::Value) -> Result<Arc<dyn Policy>, (String, String)>;
+type Builder = fn(&serde_json::Value) -> Result<Arc<dyn Policy>, PolicyError>;
 
 /// What a user can learn about a policy without reading the source.
 pub struct PolicyInfo {
@@ -252,10 +252,7 @@ fn schema_of<T: schemars::JsonSchema>() -> serde_json::Value {
         .to_value()
 }
 
-fn build_as<T, P>(
-    c: &serde_json::Value,
-    new: fn(T) -> Result<P, (String, String)>,
-) -> Result<Arc<dyn Policy>, (String, String)>
+fn build_as<T, P>(c: &serde_json::Value, new: fn(T) -> Result<P, PolicyError>) -> Result<Arc<dyn Policy>, PolicyError>
 where
     T: DeserializeOwned,
     P: Policy,
@@ -498,11 +495,14 @@ impl Registry {
                 None => e.hint(format!("available policies: {}", names.collect::<Vec<_>>().join(", "))),
             });
         };
-        let fail = |at: &str, msg: &str| {
-            let e = explain(&format!("{path}.configuration"), if at.is_empty() { "." } else { at }, msg);
-            match e.hint {
-                Some(_) => e,
-                None => e.hint(format!("see docs/policies/{name}.md")),
+        // The policy's own hint, else what `explain` finds, else its page.
+        let fail = |e: PolicyError, under: &str| {
+            let at = format!("{under}{}", e.field).trim_end_matches('.').to_string();
+            let c = explain(&format!("{path}.configuration"), if at.is_empty() { "." } else { &at }, &e.message);
+            match (e.hint, c.hint.is_some()) {
+                (Some(h), _) => c.hint(h),
+                (None, true) => c,
+                (None, false) => c.hint(format!("see docs/policies/{name}.md")),
             }
         };
         // `condition` is every policy's; the rest is the policy's own.
@@ -512,22 +512,19 @@ impl Registry {
             (true, Some(offline)) => offline,
             _ => info.build,
         };
-        let policy = build(&own).map_err(|(at, msg)| fail(&at, &msg))?;
+        let policy = build(&own).map_err(|e| fail(e, ""))?;
         let Some(condition) = condition else { return Ok(policy) };
         let condition = parse::<condition::ConditionConfig>(&condition)
             .and_then(condition::Condition::new)
-            .map_err(|(at, msg)| fail(format!("condition.{at}").trim_end_matches('.'), &msg))?;
+            .map_err(|e| fail(e, "condition."))?;
         Ok(Arc::new(condition::Conditional { condition, inner: policy }))
     }
 }
 
 /// A policy's `status` option: a status code within `range`, or the error to report.
-pub(crate) fn status_option(
-    code: u16,
-    range: std::ops::RangeInclusive<u16>,
-) -> Result<http::StatusCode, (String, String)> {
+pub(crate) fn status_option(code: u16, range: std::ops::RangeInclusive<u16>) -> Result<http::StatusCode, PolicyError> {
     http::StatusCode::from_u16(code).ok().filter(|s| range.contains(&s.as_u16())).ok_or_else(|| {
-        ("status".to_string(), format!("{code} is not a status between {} and {}", range.start(), range.end()))
+        PolicyError::new("status", format!("{code} is not a status between {} and {}", range.start(), range.end()))
     })
 }
 
@@ -544,8 +541,43 @@ pub(crate) fn regex(pattern: &str) -> Result<regex::Regex, String> {
 }
 
 /// Deserializes a policy's configuration; on error, the path inside it and the message.
-pub(crate) fn parse<T: DeserializeOwned>(configuration: &serde_json::Value) -> Result<T, (String, String)> {
+pub(crate) fn parse<T: DeserializeOwned>(configuration: &serde_json::Value) -> Result<T, PolicyError> {
     let value =
         if configuration.is_null() { serde_json::Value::Object(Default::default()) } else { configuration.clone() };
-    serde_path_to_error::deserialize(value).map_err(|e| (e.path().to_string(), e.inner().to_string()))
+    serde_path_to_error::deserialize(value).map_err(|e| PolicyError::new(e.path().to_string(), e.inner().to_string()))
+}
+
+/// What is wrong with a policy's configuration — every builder's one error type. The
+/// registry turns it into the configuration error `check` reports, with the policy's
+/// place in the chain: `products[0].policy_chain[2].configuration.FIELD: MESSAGE`, and
+/// the hint (or, without one, the policy's documentation page).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyError {
+    /// The option, as a path inside the policy's `configuration` (`rules[0].url`);
+    /// empty for the configuration as a whole.
+    pub field: String,
+    /// What is wrong.
+    pub message: String,
+    /// How to fix it, when the message does not say.
+    pub hint: Option<String>,
+}
+
+impl PolicyError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> PolicyError {
+        PolicyError { field: field.into(), message: message.into(), hint: None }
+    }
+
+    /// This error with a fix.
+    pub fn hint(self, hint: impl Into<String>) -> PolicyError {
+        PolicyError { hint: Some(hint.into()), ..self }
+    }
+}
+
+impl std::fmt::Display for PolicyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.field.as_str() {
+            "" => write!(f, "{}", self.message),
+            field => write!(f, "{field}: {}", self.message),
+        }
+    }
 }

@@ -16,7 +16,7 @@
 //! had already been sent). WebSocket messages are limited by the `websocket` policy's
 //! `max_message_bytes` instead.
 
-use super::{Context, Decision, Flow, Policy};
+use super::{Context, Decision, Flow, Policy, PolicyError};
 use crate::refusal::Refusal;
 use http::{header, request};
 use schemars::JsonSchema;
@@ -39,9 +39,9 @@ pub struct PayloadLimitsPolicy {
 }
 
 impl PayloadLimitsPolicy {
-    pub(super) fn new(c: Config) -> Result<Self, (String, String)> {
+    pub(super) fn new(c: Config) -> Result<Self, PolicyError> {
         if c.request.is_none() && c.response.is_none() {
-            return Err(("request".into(), "give request and/or response (bytes)".into()));
+            return Err(PolicyError::new("request", "give request and/or response (bytes)"));
         }
         Ok(PayloadLimitsPolicy { request: c.request, response: c.response })
     }

@@ -23,7 +23,7 @@
 //! consumes neither edge nor plan quota. Refusals carry `Retry-After`.
 
 use super::template::Template;
-use super::{Context, Decision, Flow, Policy};
+use super::{Context, Decision, Flow, Policy, PolicyError};
 use crate::refusal::ErrorTemplate;
 use http::request;
 use schemars::JsonSchema;
@@ -129,19 +129,20 @@ pub struct RateLimitPolicy {
 }
 
 impl RateLimitPolicy {
-    pub(super) fn new(c: Config) -> Result<Self, (String, String)> {
+    pub(super) fn new(c: Config) -> Result<Self, PolicyError> {
         if c.limiters.is_empty() {
-            return Err(("limiters".into(), "give at least one limiter".into()));
+            return Err(PolicyError::new("limiters", "give at least one limiter"));
         }
         let status = super::status_option(c.status, 400..=599)?;
         let mut limiters = Vec::new();
         let mut signature = String::new();
         for (i, l) in c.limiters.into_iter().enumerate() {
             let at = |k: &str| format!("limiters[{i}].{k}");
-            let need = |v: Option<u64>, k: &str| -> Result<u64, (String, String)> {
-                v.filter(|v| *v > 0).ok_or_else(|| (at(k), format!("is required (above 0) for {:?}", l.algorithm)))
+            let need = |v: Option<u64>, k: &str| -> Result<u64, PolicyError> {
+                v.filter(|v| *v > 0)
+                    .ok_or_else(|| PolicyError::new(at(k), format!("is required (above 0) for {:?}", l.algorithm)))
             };
-            let key = Template::parse(&l.key).map_err(|e| (at("key"), e))?;
+            let key = Template::parse(&l.key).map_err(|e| PolicyError::new(at("key"), e))?;
             let kind = match l.algorithm {
                 Kind::FixedWindow | Kind::SlidingWindow => {
                     let (count, window_ms) = (need(l.count, "count")?, need(l.window, "window")? as i64 * 1000);
@@ -153,7 +154,7 @@ impl RateLimitPolicy {
                 }
                 Kind::TokenBucket => {
                     let rate = l.rate.filter(|r| r.is_finite() && *r > 0.0).ok_or_else(|| {
-                        (at("rate"), "is required (tokens per second, above 0) for a token bucket".to_string())
+                        PolicyError::new(at("rate"), "is required (tokens per second, above 0) for a token bucket")
                     })?;
                     LimiterKind::Rate(Algorithm::TokenBucket {
                         rate_per_s: rate,
@@ -163,7 +164,7 @@ impl RateLimitPolicy {
                 Kind::Connections => LimiterKind::Connections(
                     l.max
                         .filter(|m| *m > 0)
-                        .ok_or_else(|| (at("max"), "is required (above 0) for connections".into()))?,
+                        .ok_or_else(|| PolicyError::new(at("max"), "is required (above 0) for connections"))?,
                 ),
             };
             signature += &format!("{}|{:?};", l.key, l.algorithm);

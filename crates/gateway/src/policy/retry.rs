@@ -17,7 +17,7 @@
 //! buffer bodies to make that possible. Connection failures (refused, timed out) are
 //! retried always; statuses only when listed. The last attempt's answer is the client's.
 
-use super::{Context, Decision, Flow, Policy};
+use super::{Context, Decision, Flow, Policy, PolicyError};
 use http::{Method, StatusCode, header, request};
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -53,9 +53,9 @@ pub struct RetryPolicy {
 }
 
 impl RetryPolicy {
-    pub(super) fn new(c: Config) -> Result<Self, (String, String)> {
+    pub(super) fn new(c: Config) -> Result<Self, PolicyError> {
         if !(1..=5).contains(&c.retries) {
-            return Err(("retries".into(), format!("{} is not between 1 and 5", c.retries)));
+            return Err(PolicyError::new("retries", format!("{} is not between 1 and 5", c.retries)));
         }
         let mut statuses = Vec::new();
         for (i, s) in c.statuses.iter().enumerate() {
@@ -63,21 +63,22 @@ impl RetryPolicy {
                 StatusCode::from_u16(*s)
                     .ok()
                     .filter(|s| s.is_server_error() || *s == StatusCode::TOO_MANY_REQUESTS)
-                    .ok_or_else(|| (format!("statuses[{i}]"), format!("{s} is not a 5xx status (or 429)")))?,
+                    .ok_or_else(|| {
+                        PolicyError::new(format!("statuses[{i}]"), format!("{s} is not a 5xx status (or 429)"))
+                    })?,
             );
         }
         if !(c.delay.is_finite() && (0.0..=60.0).contains(&c.delay)) {
-            return Err(("delay".into(), format!("{} is not between 0 and 60 seconds", c.delay)));
+            return Err(PolicyError::new("delay", format!("{} is not between 0 and 60 seconds", c.delay)));
         }
         let methods = if c.methods.is_empty() {
             vec![Method::GET, Method::HEAD, Method::OPTIONS, Method::PUT, Method::DELETE]
         } else {
             let mut m = Vec::new();
             for (i, name) in c.methods.iter().enumerate() {
-                m.push(
-                    Method::from_bytes(name.to_ascii_uppercase().as_bytes())
-                        .map_err(|_| (format!("methods[{i}]"), format!("`{name}` is not an HTTP method")))?,
-                );
+                m.push(Method::from_bytes(name.to_ascii_uppercase().as_bytes()).map_err(|_| {
+                    PolicyError::new(format!("methods[{i}]"), format!("`{name}` is not an HTTP method"))
+                })?);
             }
             m
         };

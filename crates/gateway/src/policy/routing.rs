@@ -28,7 +28,7 @@
 
 use super::condition::{Condition, ConditionConfig};
 use super::template::Template;
-use super::{Context, Decision, Flow, Policy};
+use super::{Context, Decision, Flow, Policy, PolicyError};
 use crate::upstream::Upstream;
 use http::{HeaderValue, header, request};
 use schemars::JsonSchema;
@@ -57,11 +57,12 @@ pub enum Target {
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-fn upstream(url: &str, field: &str) -> Result<Arc<Upstream>, (String, String)> {
-    let base = BaseUrl::parse(url, &["http", "https", "ws", "wss"]).map_err(|e| (field.to_string(), e))?;
+fn upstream(url: &str, field: &str) -> Result<Arc<Upstream>, PolicyError> {
+    let base =
+        BaseUrl::parse(url, &["http", "https", "ws", "wss"]).map_err(|e| PolicyError::new(field.to_string(), e))?;
     Upstream::new(url, base, &BackendTls::default(), CONNECT_TIMEOUT)
         .map(Arc::new)
-        .map_err(|e| (field.to_string(), e.message))
+        .map_err(|e| PolicyError::new(field, e.message))
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -85,13 +86,13 @@ pub struct UpstreamPolicy {
 }
 
 impl UpstreamPolicy {
-    pub(super) fn new(c: UpstreamConfig) -> Result<Self, (String, String)> {
+    pub(super) fn new(c: UpstreamConfig) -> Result<Self, PolicyError> {
         if c.rules.is_empty() {
-            return Err(("rules".into(), "give at least one rule".into()));
+            return Err(PolicyError::new("rules", "give at least one rule"));
         }
         let mut rules = Vec::new();
         for (i, r) in c.rules.into_iter().enumerate() {
-            let re = super::regex(&r.regex).map_err(|e| (format!("rules[{i}].regex"), e))?;
+            let re = super::regex(&r.regex).map_err(|e| PolicyError::new(format!("rules[{i}].regex"), e))?;
             rules.push((re, upstream(&r.url, &format!("rules[{i}].url"))?));
         }
         Ok(UpstreamPolicy { rules })
@@ -153,9 +154,9 @@ pub struct RoutingPolicy {
 }
 
 impl RoutingPolicy {
-    pub(super) fn new(c: RoutingConfig) -> Result<Self, (String, String)> {
+    pub(super) fn new(c: RoutingConfig) -> Result<Self, PolicyError> {
         if c.rules.is_empty() {
-            return Err(("rules".into(), "give at least one rule".into()));
+            return Err(PolicyError::new("rules", "give at least one rule"));
         }
         let mut rules = Vec::new();
         for (i, r) in c.rules.into_iter().enumerate() {
@@ -163,19 +164,24 @@ impl RoutingPolicy {
             let target = match (r.url, r.backend) {
                 (Some(url), None) => Target::Url(upstream(&url, &at("url"))?),
                 (None, Some(b)) if !b.is_empty() => Target::Backend(b.into()),
-                (Some(_), Some(_)) => return Err((at("url"), "give either url or backend, not both".into())),
-                _ => return Err((at("url"), "give url or backend".into())),
+                (Some(_), Some(_)) => return Err(PolicyError::new(at("url"), "give either url or backend, not both")),
+                _ => return Err(PolicyError::new(at("url"), "give url or backend")),
             };
             let condition = r
                 .condition
-                .map(|c| Condition::new(c).map_err(|(p, m)| (at(&format!("condition.{p}")), m)))
+                .map(|c| {
+                    Condition::new(c).map_err(|e| PolicyError { field: at(&format!("condition.{}", e.field)), ..e })
+                })
                 .transpose()?;
-            let replace_path =
-                r.replace_path.map(|p| Template::parse(&p).map_err(|e| (at("replace_path"), e))).transpose()?;
+            let replace_path = r
+                .replace_path
+                .map(|p| Template::parse(&p).map_err(|e| PolicyError::new(at("replace_path"), e)))
+                .transpose()?;
             let host = r
                 .host_header
                 .map(|h| {
-                    HeaderValue::try_from(h).map_err(|_| (at("host_header"), "is not a valid header value".into()))
+                    HeaderValue::try_from(h)
+                        .map_err(|_| PolicyError::new(at("host_header"), "is not a valid header value"))
                 })
                 .transpose()?;
             rules.push(Rule { condition, target, replace_path, host });

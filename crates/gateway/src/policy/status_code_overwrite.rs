@@ -14,7 +14,7 @@
 //! It is also the example of a policy that touches nothing but its own file and its
 //! registration (docs/architecture.md).
 
-use super::{Context, Policy};
+use super::{Context, Policy, PolicyError};
 use http::{StatusCode, request, response};
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -43,15 +43,15 @@ pub struct StatusCodeOverwritePolicy {
 }
 
 impl StatusCodeOverwritePolicy {
-    pub(super) fn new(c: Config) -> Result<Self, (String, String)> {
+    pub(super) fn new(c: Config) -> Result<Self, PolicyError> {
         let status = |code: u16, at: String| {
             StatusCode::from_u16(code)
                 .ok()
                 .filter(|s| (100..=599).contains(&s.as_u16()))
-                .ok_or_else(|| (at, format!("{code} is not a status between 100 and 599")))
+                .ok_or_else(|| PolicyError::new(at, format!("{code} is not a status between 100 and 599")))
         };
         if c.http_statuses.is_empty() {
-            return Err(("http_statuses".into(), "needs at least one { upstream, gateway } pair".into()));
+            return Err(PolicyError::new("http_statuses", "needs at least one { upstream, gateway } pair"));
         }
         let mut map = Vec::with_capacity(c.http_statuses.len());
         for (i, o) in c.http_statuses.iter().enumerate() {
@@ -59,7 +59,10 @@ impl StatusCodeOverwritePolicy {
             let to = status(o.gateway, format!("http_statuses[{i}].gateway"))?;
             // A 101 carries the protocol switch itself; a status cannot become one.
             if to == StatusCode::SWITCHING_PROTOCOLS || from == StatusCode::SWITCHING_PROTOCOLS {
-                return Err((format!("http_statuses[{i}]"), "101 (Switching Protocols) cannot be changed".into()));
+                return Err(PolicyError::new(
+                    format!("http_statuses[{i}]"),
+                    "101 (Switching Protocols) cannot be changed",
+                ));
             }
             if !map.iter().any(|(f, _)| *f == from) {
                 map.push((from, to));
@@ -85,7 +88,7 @@ impl Policy for StatusCodeOverwritePolicy {
 mod tests {
     use super::*;
 
-    fn config(json: serde_json::Value) -> Result<StatusCodeOverwritePolicy, (String, String)> {
+    fn config(json: serde_json::Value) -> Result<StatusCodeOverwritePolicy, PolicyError> {
         StatusCodeOverwritePolicy::new(serde_json::from_value(json).expect("config"))
     }
 
@@ -98,7 +101,7 @@ mod tests {
         .expect("valid");
         assert_eq!(p.map, vec![(StatusCode::INTERNAL_SERVER_ERROR, StatusCode::SERVICE_UNAVAILABLE)]);
         let e = config(serde_json::json!({ "http_statuses": [ { "upstream": 500, "gateway": 700 } ] })).err();
-        assert_eq!(e.map(|e| e.0), Some("http_statuses[0].gateway".to_string()));
+        assert_eq!(e.map(|e| e.field), Some("http_statuses[0].gateway".to_string()));
         assert!(config(serde_json::json!({ "http_statuses": [] })).is_err());
         assert!(config(serde_json::json!({ "http_statuses": [ { "upstream": 200, "gateway": 101 } ] })).is_err());
     }

@@ -16,7 +16,7 @@
 //! Over a timeout the client gets 504 `upstream_timeout` (or, once the response has
 //! begun, sees it end abnormally).
 
-use super::{Context, Decision, Flow, Policy};
+use super::{Context, Decision, Flow, Policy, PolicyError};
 use http::request;
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -36,12 +36,12 @@ pub struct Config {
     pub read_timeout: Option<f64>,
 }
 
-fn seconds(v: Option<f64>, field: &str) -> Result<Option<Duration>, (String, String)> {
+fn seconds(v: Option<f64>, field: &str) -> Result<Option<Duration>, PolicyError> {
     v.map(|s| {
         if s.is_finite() && s > 0.0 && s <= 86_400.0 {
             Ok(Duration::from_secs_f64(s))
         } else {
-            Err((field.to_string(), format!("{s} is not a number of seconds between 0 and 86400")))
+            Err(PolicyError::new(field.to_string(), format!("{s} is not a number of seconds between 0 and 86400")))
         }
     })
     .transpose()
@@ -58,11 +58,11 @@ pub struct UpstreamConnectionPolicy {
 }
 
 impl UpstreamConnectionPolicy {
-    pub(super) fn new(c: Config) -> Result<Self, (String, String)> {
+    pub(super) fn new(c: Config) -> Result<Self, PolicyError> {
         seconds(c.connect_timeout, "connect_timeout")?;
         let (send, read) = (seconds(c.send_timeout, "send_timeout")?, seconds(c.read_timeout, "read_timeout")?);
         if c.connect_timeout.is_none() && send.is_none() && read.is_none() {
-            return Err(("connect_timeout".into(), "give connect_timeout, send_timeout and/or read_timeout".into()));
+            return Err(PolicyError::new("connect_timeout", "give connect_timeout, send_timeout and/or read_timeout"));
         }
         Ok(UpstreamConnectionPolicy { send, read })
     }

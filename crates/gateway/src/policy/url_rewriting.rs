@@ -21,7 +21,7 @@
 //! are templates. A rewritten path must start with `/`, or the request gets 400.
 
 use super::template::Template;
-use super::{Context, Flow, Policy};
+use super::{Context, Flow, Policy, PolicyError};
 use crate::refusal::Refusal;
 use http::{Method, Uri, request};
 use schemars::JsonSchema;
@@ -102,16 +102,15 @@ pub struct UrlRewritingPolicy {
 }
 
 impl UrlRewritingPolicy {
-    pub(super) fn new(c: Config) -> Result<Self, (String, String)> {
+    pub(super) fn new(c: Config) -> Result<Self, PolicyError> {
         let mut rewrites = Vec::new();
         for (i, cmd) in c.commands.into_iter().enumerate() {
-            let regex = super::regex(&cmd.regex).map_err(|e| (format!("commands[{i}].regex"), e))?;
+            let regex = super::regex(&cmd.regex).map_err(|e| PolicyError::new(format!("commands[{i}].regex"), e))?;
             let mut methods = Vec::new();
             for (j, m) in cmd.methods.iter().enumerate() {
-                methods
-                    .push(Method::from_bytes(m.to_ascii_uppercase().as_bytes()).map_err(|_| {
-                        (format!("commands[{i}].methods[{j}]"), format!("`{m}` is not an HTTP method"))
-                    })?);
+                methods.push(Method::from_bytes(m.to_ascii_uppercase().as_bytes()).map_err(|_| {
+                    PolicyError::new(format!("commands[{i}].methods[{j}]"), format!("`{m}` is not an HTTP method"))
+                })?);
             }
             rewrites.push(Rewrite {
                 global: cmd.op == PathOp::Gsub,
@@ -124,17 +123,19 @@ impl UrlRewritingPolicy {
         let mut args = Vec::new();
         for (i, a) in c.query_args_commands.into_iter().enumerate() {
             if a.arg.is_empty() {
-                return Err((format!("query_args_commands[{i}].arg"), "must not be empty".into()));
+                return Err(PolicyError::new(format!("query_args_commands[{i}].arg"), "must not be empty"));
             }
             let value = match (a.op, a.value) {
                 (ArgOp::Delete, _) => None,
                 (_, None) => {
-                    return Err((
+                    return Err(PolicyError::new(
                         format!("query_args_commands[{i}].value"),
-                        "is required for set, add and push".into(),
+                        "is required for set, add and push",
                     ));
                 }
-                (_, Some(v)) => Some(Template::parse(&v).map_err(|e| (format!("query_args_commands[{i}].value"), e))?),
+                (_, Some(v)) => Some(
+                    Template::parse(&v).map_err(|e| PolicyError::new(format!("query_args_commands[{i}].value"), e))?,
+                ),
             };
             args.push(ArgEdit { op: a.op, arg: a.arg, value });
         }

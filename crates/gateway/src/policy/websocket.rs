@@ -15,7 +15,7 @@
 //!     max_connection_duration: 86400
 //! ```
 
-use super::Policy;
+use super::{Policy, PolicyError};
 use serde::Deserialize;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
@@ -105,9 +105,9 @@ pub struct WebSocketPolicy {
 }
 
 impl WebSocketPolicy {
-    pub(super) fn new(config: Config) -> Result<Self, (String, String)> {
+    pub(super) fn new(config: Config) -> Result<Self, PolicyError> {
         if config.max_message_bytes == Some(0) {
-            return Err(("max_message_bytes".into(), "must be at least 1".into()));
+            return Err(PolicyError::new("max_message_bytes", "must be at least 1"));
         }
         for (key, v) in [
             ("idle_timeout", config.idle_timeout),
@@ -116,25 +116,25 @@ impl WebSocketPolicy {
             ("max_connection_duration", config.max_connection_duration),
         ] {
             if v == Some(0) {
-                return Err((key.into(), "must be at least 1 (seconds)".into()));
+                return Err(PolicyError::new(key, "must be at least 1 (seconds)"));
             }
         }
         if let (Some(ping), Some(idle)) = (config.ping_interval, config.idle_timeout)
             && ping >= idle
         {
-            return Err(("ping_interval".into(), "must be shorter than idle_timeout, or live peers time out".into()));
+            return Err(PolicyError::new("ping_interval", "must be shorter than idle_timeout, or live peers time out"));
         }
         match (config.pong_timeout, config.ping_interval) {
             (Some(_), None) => {
-                return Err(("pong_timeout".into(), "needs ping_interval: pongs answer the gateway's pings".into()));
+                return Err(PolicyError::new("pong_timeout", "needs ping_interval: pongs answer the gateway's pings"));
             }
             (Some(pong), Some(ping)) if pong > ping => {
-                return Err(("pong_timeout".into(), format!("must be at most ping_interval ({ping})")));
+                return Err(PolicyError::new("pong_timeout", format!("must be at most ping_interval ({ping})")));
             }
             _ => {}
         }
         if config.meter_messages.as_ref().is_some_and(|m| m.delta == 0) {
-            return Err(("meter_messages.delta".into(), "must be at least 1".into()));
+            return Err(PolicyError::new("meter_messages.delta", "must be at least 1"));
         }
         Ok(WebSocketPolicy { config })
     }
@@ -154,14 +154,14 @@ impl Policy for WebSocketPolicy {
 mod tests {
     use super::*;
 
-    fn refused(configuration: serde_json::Value) -> Option<(String, String)> {
+    fn refused(configuration: serde_json::Value) -> Option<PolicyError> {
         let config: Config = serde_json::from_value(configuration).expect("shape");
         WebSocketPolicy::new(config).err()
     }
 
     #[test]
     fn timers_that_cannot_work_together_name_the_field_and_the_fix() {
-        let field = |c| refused(c).map(|(f, _)| f);
+        let field = |c| refused(c).map(|e| e.field);
         assert_eq!(field(serde_json::json!({ "pong_timeout": 5 })).as_deref(), Some("pong_timeout"));
         assert_eq!(
             field(serde_json::json!({ "ping_interval": 10, "pong_timeout": 11 })).as_deref(),
