@@ -20,29 +20,32 @@
 //! - name: tollgate
 //! ```
 //!
-//! Keys come from `jwks_file` or `jwks_url` (fetched when the configuration loads, then
+//! Keys come from `jwks_file` or `jwks_url` (fetched before the configuration is served, then
 //! again every `jwks_refresh` seconds and when a token names an unknown `kid`, so key
-//! rotation needs no reload) or, for HS256, `secret`. Signatures are verified with
-//! `ring` (the same library that does Tollgate's TLS).
+//! rotation needs no reload) or, for HS256, `secret`. Tokens and JWK Sets are read, and
+//! signatures verified, with the `jsonwebtoken` crate (on `ring`, the library that does
+//! Tollgate's TLS); the claims are checked here, at the request's time from the
+//! gateway's clock.
 
 use super::condition::{Condition, ConditionConfig};
 use super::{Context, Credential, Decision, Flow, Policy, PolicyError, Prepare};
 use crate::refusal::{ErrorTemplate, Refusal};
 use arc_swap::ArcSwap;
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use http::{HeaderValue, Method, StatusCode, header, request, response};
-use ring::signature;
 use schemars::JsonSchema;
 use serde::Deserialize;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
+/// The JWS algorithms the policy verifies (RFC 7518 §3.1).
 #[derive(Debug, Clone, Copy, Deserialize, JsonSchema, PartialEq, Eq)]
 pub enum Alg {
+    /// RSASSA-PKCS1-v1_5 with SHA-256 (keys of 2048 to 8192 bits).
     RS256,
+    /// ECDSA on P-256 with SHA-256.
     ES256,
+    /// HMAC with SHA-256 (the `secret`).
     HS256,
 }
 
@@ -130,11 +133,11 @@ fn default_param() -> String {
     "access_token".into()
 }
 
+/// A verification key and the algorithm it verifies.
 #[derive(Clone)]
-enum Key {
-    Hmac(ring::hmac::Key),
-    Rsa { n: Vec<u8>, e: Vec<u8> },
-    Ec(Vec<u8>),
+struct Key {
+    alg: Alg,
+    decoding: jsonwebtoken::DecodingKey,
 }
 
 #[derive(Clone)]
@@ -160,6 +163,7 @@ struct ClaimCheck {
     refusal: Arc<ErrorTemplate>,
 }
 
+/// The `jwt` policy, built from its configuration (see the module's documentation).
 pub struct JwtPolicy {
     issuer: Option<String>,
     audiences: Vec<String>,
@@ -177,34 +181,46 @@ pub struct JwtPolicy {
     checks: Vec<ClaimCheck>,
 }
 
-fn b64(s: &str) -> Option<Vec<u8>> {
-    URL_SAFE_NO_PAD.decode(s.trim_end_matches('=')).ok()
+/// A `jsonwebtoken` validation that checks the signature with `alg` and nothing else:
+/// expiry, not-before, issuer and audience are the policy's to check, at the request's
+/// time from the gateway's clock. Made once per algorithm.
+fn signature_only(alg: Alg) -> &'static jsonwebtoken::Validation {
+    use jsonwebtoken::{Algorithm, Validation};
+    static ALL: std::sync::OnceLock<[Validation; 3]> = std::sync::OnceLock::new();
+    let all = ALL.get_or_init(|| {
+        [Algorithm::RS256, Algorithm::ES256, Algorithm::HS256].map(|a| {
+            let mut v = Validation::new(a);
+            v.validate_exp = false;
+            v.validate_nbf = false;
+            v.validate_aud = false;
+            v.required_spec_claims.clear();
+            v
+        })
+    });
+    &all[match alg {
+        Alg::RS256 => 0,
+        Alg::ES256 => 1,
+        Alg::HS256 => 2,
+    }]
 }
 
-/// Parses a JWK Set document; keys of unsupported types are skipped.
+/// Parses a JWK Set document (RFC 7517 §5) with `jsonwebtoken`'s JWK types: RSA keys
+/// (for RS256) and EC P-256 keys (for ES256); keys of other types or curves, and keys
+/// that do not parse, are skipped.
 fn parse_jwks(text: &str) -> Result<Vec<Jwk>, String> {
+    use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve};
     let doc: serde_json::Value = serde_json::from_str(text).map_err(|e| format!("not a JWK Set (JSON): {e}"))?;
     let list = doc["keys"].as_array().ok_or("not a JWK Set: no `keys` array")?;
     let mut keys = Vec::new();
     for k in list {
-        let kid = k["kid"].as_str().map(str::to_string);
-        let key = match (k["kty"].as_str(), k["crv"].as_str()) {
-            (Some("RSA"), _) => match (k["n"].as_str().and_then(b64), k["e"].as_str().and_then(b64)) {
-                (Some(n), Some(e)) => Key::Rsa { n, e },
-                _ => continue,
-            },
-            (Some("EC"), Some("P-256")) => match (k["x"].as_str().and_then(b64), k["y"].as_str().and_then(b64)) {
-                (Some(x), Some(y)) if x.len() == 32 && y.len() == 32 => {
-                    let mut point = vec![4u8];
-                    point.extend_from_slice(&x);
-                    point.extend_from_slice(&y);
-                    Key::Ec(point)
-                }
-                _ => continue,
-            },
+        let Ok(jwk) = serde_json::from_value::<jsonwebtoken::jwk::Jwk>(k.clone()) else { continue };
+        let alg = match &jwk.algorithm {
+            AlgorithmParameters::RSA(_) => Alg::RS256,
+            AlgorithmParameters::EllipticCurve(ec) if ec.curve == EllipticCurve::P256 => Alg::ES256,
             _ => continue,
         };
-        keys.push(Jwk { kid, key, fetched: false });
+        let Ok(decoding) = jsonwebtoken::DecodingKey::from_jwk(&jwk) else { continue };
+        keys.push(Jwk { kid: jwk.common.key_id.clone(), key: Key { alg, decoding }, fetched: false });
     }
     Ok(keys)
 }
@@ -253,7 +269,7 @@ impl JwtPolicy {
             }
             keys.push(Jwk {
                 kid: None,
-                key: Key::Hmac(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes())),
+                key: Key { alg: Alg::HS256, decoding: jsonwebtoken::DecodingKey::from_secret(secret.as_bytes()) },
                 fetched: false,
             });
         }
@@ -371,52 +387,61 @@ impl JwtPolicy {
     /// Verifies `token` at `now` (Unix seconds, the request's time from the gateway's
     /// clock); the claims, or why not.
     fn verify(&self, token: &str, now: i64) -> Result<serde_json::Map<String, serde_json::Value>, &'static str> {
-        let mut parts = token.split('.');
-        let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+        // A JWS in compact form: header.payload.signature (RFC 7515 §7.1). Reading and
+        // verifying them is `jsonwebtoken`'s; the claims are checked below, at the
+        // request's time (the gateway's clock).
+        if token.split('.').count() != 3 {
             return Err("malformed token");
-        };
-        let header: serde_json::Value =
-            b64(h).and_then(|b| serde_json::from_slice(&b).ok()).ok_or("malformed token header")?;
-        let alg = match header["alg"].as_str() {
-            Some("RS256") => Alg::RS256,
-            Some("ES256") => Alg::ES256,
-            Some("HS256") => Alg::HS256,
+        }
+        let header = jsonwebtoken::decode_header(token).map_err(|_| {
+            // Say which: a readable header naming an algorithm `jsonwebtoken` has no
+            // use for (`none`, say), or one that cannot be read at all.
+            use base64::Engine as _;
+            let named = token.split('.').next().and_then(|h| {
+                let json = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(h.trim_end_matches('=')).ok()?;
+                serde_json::from_slice::<serde_json::Value>(&json).ok()?.get("alg")?.as_str().map(drop)
+            });
+            if named.is_some() { "unsupported algorithm" } else { "malformed token header" }
+        })?;
+        let alg = match header.alg {
+            jsonwebtoken::Algorithm::RS256 => Alg::RS256,
+            jsonwebtoken::Algorithm::ES256 => Alg::ES256,
+            jsonwebtoken::Algorithm::HS256 => Alg::HS256,
             _ => return Err("unsupported algorithm"),
         };
         if !self.algorithms.contains(&alg) {
             return Err("algorithm not accepted");
         }
-        let signature_bytes = b64(s).ok_or("malformed signature")?;
-        let signed = &token.as_bytes()[..h.len() + 1 + p.len()];
-        let kid = header["kid"].as_str();
+        let kid = header.kid.as_deref();
         let keys = self.keys.load();
-        let candidates = keys.iter().filter(|k| match (&k.key, alg) {
-            (Key::Hmac(_), Alg::HS256) => true,
-            (Key::Rsa { .. }, Alg::RS256) | (Key::Ec(_), Alg::ES256) => kid.is_none() || k.kid.as_deref() == kid,
-            _ => false,
-        });
+        let candidates =
+            keys.iter().filter(|k| k.key.alg == alg && (alg == Alg::HS256 || kid.is_none() || k.kid.as_deref() == kid));
+        let validation = signature_only(alg);
         let mut any = false;
-        let valid = candidates.into_iter().any(|k| {
+        let mut verified = None;
+        for k in candidates {
             any = true;
-            match &k.key {
-                Key::Hmac(key) => ring::hmac::verify(key, signed, &signature_bytes).is_ok(),
-                Key::Rsa { n, e } => signature::RsaPublicKeyComponents { n, e }
-                    .verify(&signature::RSA_PKCS1_2048_8192_SHA256, signed, &signature_bytes)
-                    .is_ok(),
-                Key::Ec(point) => signature::UnparsedPublicKey::new(&signature::ECDSA_P256_SHA256_FIXED, point)
-                    .verify(signed, &signature_bytes)
-                    .is_ok(),
+            match jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(token, &k.key.decoding, validation)
+            {
+                Ok(data) => {
+                    verified = Some(data.claims);
+                    break;
+                }
+                Err(e) => match e.kind() {
+                    jsonwebtoken::errors::ErrorKind::InvalidSignature => continue,
+                    jsonwebtoken::errors::ErrorKind::Base64(_) => return Err("malformed signature"),
+                    jsonwebtoken::errors::ErrorKind::Json(_) | jsonwebtoken::errors::ErrorKind::Utf8(_) => {
+                        return Err("malformed token payload");
+                    }
+                    _ => return Err("invalid signature"),
+                },
             }
-        });
+        }
         if !any {
             self.maybe_refresh(true);
             return Err("unknown signing key");
         }
-        if !valid {
-            return Err("invalid signature");
-        }
-        let claims: serde_json::Map<String, serde_json::Value> =
-            b64(p).and_then(|b| serde_json::from_slice(&b).ok()).ok_or("malformed token payload")?;
+        let claims = verified.ok_or("invalid signature")?;
         let t = now;
         if let Some(exp) = claims.get("exp") {
             let exp = exp.as_i64().ok_or("malformed exp")?;
@@ -564,6 +589,8 @@ impl Policy for JwtPolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::Engine as _;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
     #[test]
     fn jwks_documents_parse_and_skip_what_they_cannot_use() {
