@@ -11,7 +11,9 @@ use tollgate_model::{
 /// A nested item with its id.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Item<T> {
+    /// Id, unique among the items of its document.
     pub id: i64,
+    /// The item itself, its keys flattened beside `id`.
     #[serde(flatten)]
     pub value: T,
 }
@@ -33,29 +35,43 @@ fn values<T: Clone>(items: &[Item<T>]) -> Vec<T> {
 /// A product's draft proxy configuration (what `deploy` versions), with item ids.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ProductDoc {
+    /// Immutable name of the product.
     pub system_name: String,
+    /// Human-readable name; free text.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// Free text.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+    /// `http(s)://host[:port]` the product answers on at the staging gateway.
     pub staging_public_base_url: String,
+    /// `http(s)://host[:port]` the product answers on at the production gateway.
     pub production_public_base_url: String,
+    /// How requests identify their application.
     #[serde(default)]
     pub authentication: Authentication,
+    /// Replacements for the gateway's error responses.
     #[serde(default)]
     pub errors: ErrorMessages,
+    /// Backend usages, with ids.
     #[serde(default)]
     pub backend_usages: Vec<Item<BackendUsage>>,
+    /// The product's metrics, with ids.
     #[serde(default)]
     pub metrics: Vec<Item<Metric>>,
+    /// The product's methods, with ids.
     #[serde(default)]
     pub methods: Vec<Item<Method>>,
+    /// Mapping rules, in the order they are matched, with ids.
     #[serde(default)]
     pub mapping_rules: Vec<Item<MappingRule>>,
+    /// The policy chain, in order.
     #[serde(default)]
     pub policy_chain: Vec<PolicyConfig>,
+    /// How request paths are made canonical.
     #[serde(default, skip_serializing_if = "is_default_path")]
     pub request_path: RequestPath,
+    /// Whether redirects to a backend's private base URL are rewritten (default `true`).
     #[serde(default = "yes", skip_serializing_if = "is_yes")]
     pub rewrite_redirects: bool,
     /// The last id given to a nested item.
@@ -79,22 +95,43 @@ impl ProductDoc {
     /// A draft from the declarative product, its items numbered after `last_id` (the
     /// previous draft's, when it replaces one), so an id never names two items over time.
     pub fn from_product(p: &Product, last_id: i64) -> ProductDoc {
+        // Every field named, none with `..`: a field added to `Product` does not compile
+        // here until the draft keeps it (or says why not), so the two cannot drift; and
+        // `to_product` builds a `Product` literal, which names every field too.
+        let Product {
+            system_name,
+            name,
+            description,
+            staging_public_base_url,
+            production_public_base_url,
+            backend_usages,
+            authentication,
+            errors,
+            metrics,
+            methods,
+            mapping_rules,
+            policy_chain,
+            // Plans are not versioned with the draft (3scale's): they live apart.
+            application_plans: _,
+            request_path,
+            rewrite_redirects,
+        } = p;
         let mut last_id = last_id;
         ProductDoc {
-            system_name: p.system_name.clone(),
-            name: p.name.clone(),
-            description: p.description.clone(),
-            staging_public_base_url: p.staging_public_base_url.clone(),
-            production_public_base_url: p.production_public_base_url.clone(),
-            authentication: p.authentication.clone(),
-            errors: p.errors.clone(),
-            backend_usages: numbered(&p.backend_usages, &mut last_id),
-            metrics: numbered(&p.metrics, &mut last_id),
-            methods: numbered(&p.methods, &mut last_id),
-            mapping_rules: numbered(&p.mapping_rules, &mut last_id),
-            policy_chain: p.policy_chain.clone(),
-            request_path: p.request_path,
-            rewrite_redirects: p.rewrite_redirects,
+            system_name: system_name.clone(),
+            name: name.clone(),
+            description: description.clone(),
+            staging_public_base_url: staging_public_base_url.clone(),
+            production_public_base_url: production_public_base_url.clone(),
+            authentication: authentication.clone(),
+            errors: errors.clone(),
+            backend_usages: numbered(backend_usages, &mut last_id),
+            metrics: numbered(metrics, &mut last_id),
+            methods: numbered(methods, &mut last_id),
+            mapping_rules: numbered(mapping_rules, &mut last_id),
+            policy_chain: policy_chain.clone(),
+            request_path: *request_path,
+            rewrite_redirects: *rewrite_redirects,
             last_id,
         }
     }
@@ -120,6 +157,7 @@ impl ProductDoc {
         }
     }
 
+    /// Takes the next item id.
     pub fn next_id(&mut self) -> i64 {
         self.last_id += 1;
         self.last_id
@@ -129,13 +167,18 @@ impl ProductDoc {
 /// An application plan with limit ids.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct PlanDoc {
+    /// Name of the plan, unique within the product.
     pub system_name: String,
+    /// Human-readable name; free text.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// Usage limits, with ids.
     #[serde(default)]
     pub limits: Vec<Item<Limit>>,
+    /// Concurrent WebSocket connections per application on this plan.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_connections: Option<u32>,
+    /// The last id given to a limit.
     #[serde(default)]
     pub last_id: i64,
 }
@@ -153,6 +196,7 @@ impl PlanDoc {
         }
     }
 
+    /// The declarative plan, without limit ids.
     pub fn to_plan(&self) -> ApplicationPlan {
         ApplicationPlan {
             system_name: self.system_name.clone(),
@@ -162,6 +206,7 @@ impl PlanDoc {
         }
     }
 
+    /// Takes the next limit id.
     pub fn next_id(&mut self) -> i64 {
         self.last_id += 1;
         self.last_id
@@ -171,6 +216,7 @@ impl PlanDoc {
 /// An account's own document (its applications are rows of their own).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct AccountDoc {
+    /// Unique account name.
     pub name: String,
 }
 
