@@ -1,0 +1,110 @@
+//! Compiling a configuration into the snapshots a gateway serves from
+//! (`tollgate_gateway::compile`), tested directly rather than through a server: hosts
+//! to products, the chain's rules, WebSocket settings, routing by prefix, and errors
+//! that name where they are.
+
+use tollgate_gateway::policy::Registry;
+use tollgate_gateway::{Environment, compile};
+
+fn config(chain: &str) -> tollgate_model::Config {
+    let yaml = format!(
+        r#"
+backends:
+  - {{ system_name: v1, private_base_url: "http://127.0.0.1:9/base" }}
+  - {{ system_name: v2, private_base_url: "http://127.0.0.1:10" }}
+products:
+  - system_name: api
+    staging_public_base_url: http://api-staging.test
+    production_public_base_url: https://API.test:8443
+    backend_usages: [ {{ backend: v1, path: / }}, {{ backend: v2, path: /v2 }} ]
+    metrics: [ {{ system_name: hits }}, {{ system_name: messages }} ]
+    mapping_rules: [ {{ http_method: ANY, pattern: /, metric: hits }} ]
+    policy_chain: {chain}
+    application_plans: [ {{ system_name: basic }} ]
+accounts:
+  - name: acme
+    applications: [ {{ name: app, product: api, plan: basic, user_key: k }} ]
+"#
+    );
+    tollgate_model::parse_str(&yaml).expect("parses")
+}
+
+fn names(chain: &[std::sync::Arc<dyn tollgate_gateway::policy::Policy>]) -> Vec<&'static str> {
+    chain.iter().map(|p| p.name()).collect()
+}
+
+#[test]
+fn each_environment_serves_its_hosts_and_routes_by_the_longest_prefix() {
+    let snapshots = compile(&config("[]"), &Registry::offline()).expect("compiles");
+    assert_eq!(snapshots.staging.environment, Environment::Staging);
+    let staging = snapshots.staging.product_for_host("api-staging.test").expect("staging host");
+    assert!(snapshots.staging.product_for_host("api.test").is_none(), "production's host is not staging's");
+    let production = snapshots.production.product_for_host("api.test").expect("host lower-cased, without port");
+    assert_eq!(&*production.system_name, "api");
+    let (usage, rest) = staging.route("/v2/items").expect("a usage");
+    assert_eq!((&*usage.backend, rest), ("v2", "/items"));
+    let (usage, rest) = staging.route("/v2x").expect("a usage");
+    assert_eq!((&*usage.backend, rest), ("v1", "/v2x"), "a prefix matches on a segment boundary only");
+    assert!(staging.applications_by_user_key.contains_key("k"));
+}
+
+#[test]
+fn the_chain_rules_tollgate_last_if_absent_once_only_policies_and_disabled_entries() {
+    let registry = Registry::offline();
+    // Without `tollgate`, it runs last.
+    let s = compile(&config("[ { name: cors } ]"), &registry).expect("compiles");
+    let p = s.staging.product_for_host("api-staging.test").expect("product");
+    assert_eq!(names(&p.chain), ["cors", "tollgate"]);
+    assert!(!p.websocket, "no websocket policy: upgrades refused");
+    // Where it is named, it runs there; a disabled entry is left out.
+    let s = compile(&config("[ { name: tollgate }, { name: cors, enabled: false }, { name: echo } ]"), &registry)
+        .expect("compiles");
+    let p = s.staging.product_for_host("api-staging.test").expect("product");
+    assert_eq!(names(&p.chain), ["tollgate", "echo"]);
+    // `tollgate` and `websocket` may appear once; the error names the second entry.
+    for twice in ["[ { name: tollgate }, { name: tollgate } ]", "[ { name: websocket }, { name: websocket } ]"] {
+        let errors = compile(&config(twice), &registry).err().expect("refused").to_string();
+        assert!(
+            errors.contains("products[0].policy_chain[1].name: ") && errors.contains("already in the chain at [0]"),
+            "{errors}"
+        );
+    }
+}
+
+#[test]
+fn the_websocket_policy_allows_upgrades_and_its_metrics_must_exist() {
+    let registry = Registry::offline();
+    let chain =
+        "[ { name: websocket, configuration: { max_message_bytes: 100, meter_messages: { metric: messages } } } ]";
+    let s = compile(&config(chain), &registry).expect("compiles");
+    let p = s.staging.product_for_host("api-staging.test").expect("product");
+    assert!(p.websocket);
+    assert_eq!(p.websocket_config.max_message_bytes, Some(100));
+    assert!(p.websocket_config.meter.is_some());
+    let unknown = "[ { name: websocket, configuration: { meter_messages: { metric: nope } } } ]";
+    let errors = compile(&config(unknown), &registry).err().expect("refused").to_string();
+    assert!(
+        errors.contains(
+            "products[0].policy_chain[0].configuration.meter_messages.metric: no metric or method named `nope`"
+        ),
+        "{errors}"
+    );
+}
+
+#[test]
+fn policy_errors_name_the_chain_entry_the_option_and_the_fix() {
+    let errors = compile(
+        &config("[ { name: rate_limit, configuration: { limiters: [ { key: x, algorithm: token_bucket } ] } } ]"),
+        &Registry::offline(),
+    )
+    .err()
+    .expect("refused")
+    .to_string();
+    assert!(errors.contains("products[0].policy_chain[0].configuration.limiters[0].rate"), "{errors}");
+    let errors =
+        compile(&config("[ { name: rate_limits } ]"), &Registry::offline()).err().expect("refused").to_string();
+    assert!(
+        errors.contains("no policy named `rate_limits`") && errors.contains("did you mean `rate_limit`?"),
+        "{errors}"
+    );
+}
