@@ -127,8 +127,16 @@ struct Field {
     tollgate: Fronts,
     /// The same Tollgate with Redis counters (only when the `redis` measure runs).
     tollgate_redis: Option<Fronts>,
+    /// Another Tollgate binary run as a contestant of its own (`TOLLGATE_BASELINE`), and
+    /// its process id.
+    baseline: Option<(Fronts, Option<u32>)>,
     raw_copy: std::net::SocketAddr,
 }
+
+/// Contestant names of the baseline Tollgate (`TOLLGATE_BASELINE`).
+const BASELINE_KEY_ONLY: &str = "baseline tollgate, key only";
+const BASELINE_FULL: &str = "baseline tollgate, key + 20 rules + limits";
+const BASELINE_METERED: &str = "baseline tollgate, metering on";
 
 struct Files {
     dir: PathBuf,
@@ -157,7 +165,18 @@ async fn start(files: &Files, s: &Settings) -> Result<Field> {
     } else {
         None
     };
-    Ok(Field { _processes: processes, pids, backends, nginx, haproxy, tollgate, tollgate_redis, raw_copy })
+    let baseline = match peers::baseline_bin() {
+        Some(bin) => {
+            let (p, fronts) = peers::tollgate_from(&bin, &files.dir, backends, &files.cert, &files.key, &[])
+                .await
+                .with_context(|| format!("TOLLGATE_BASELINE={}", bin.display()))?;
+            let pid = p.id();
+            processes.push(p);
+            Some((fronts, pid))
+        }
+        None => None,
+    };
+    Ok(Field { _processes: processes, pids, backends, nginx, haproxy, tollgate, tollgate_redis, baseline, raw_copy })
 }
 
 async fn all(s: Settings) -> Result<()> {
@@ -249,6 +268,12 @@ async fn http_table(f: &Field, s: &Settings, tls: bool) -> Result<Table> {
     if !tls {
         contestants.push(("tollgate, key + 20 rules + limits", f.tollgate.http, "full.localhost"));
     }
+    if let Some((b, _)) = &f.baseline {
+        contestants.push((BASELINE_KEY_ONLY, pick(b), "plain.localhost"));
+        if !tls {
+            contestants.push((BASELINE_FULL, b.http, "full.localhost"));
+        }
+    }
     let rows = keep_alive_rows(s, scheme, &path, &contestants).await?;
     let what = if tls { "HTTPS requests over kept-alive TLS connections" } else { "HTTP requests, keep-alive" };
     Ok(Table {
@@ -298,13 +323,17 @@ const MEMORY: &str = "tollgate, memory counters";
 async fn cpu_table(f: &Field, s: &Settings) -> Result<Table> {
     let path = format!("/v1/items/42?{KEY}");
     let [backend, nginx, haproxy, tollgate] = f.pids;
-    let contestants = [
+    let mut contestants = vec![
         ("direct", f.backends.http, "plain.localhost", backend),
         ("nginx", f.nginx.http, "plain.localhost", nginx),
         ("haproxy", f.haproxy.http, "plain.localhost", haproxy),
         ("tollgate, key only", f.tollgate.http, "plain.localhost", tollgate),
         ("tollgate, key + 20 rules + limits", f.tollgate.http, "full.localhost", tollgate),
     ];
+    if let Some((b, pid)) = &f.baseline {
+        contestants.push((BASELINE_KEY_ONLY, b.http, "plain.localhost", *pid));
+        contestants.push((BASELINE_FULL, b.http, "full.localhost", *pid));
+    }
     let names: Vec<&str> = contestants.iter().map(|c| c.0).collect();
     let urls: Vec<String> = contestants.iter().map(|c| format!("http://{}{path}", c.1)).collect();
     let results = rounds(s, &names, |i| {
@@ -456,6 +485,9 @@ fn ws_targets(f: &Field) -> Vec<(&'static str, Target)> {
         ("tollgate, metering off", t(f.tollgate.ws, "ws.localhost")),
         ("tollgate, metering on", t(f.tollgate.ws, "metered.localhost")),
     ]
+    .into_iter()
+    .chain(f.baseline.as_ref().map(|(b, _)| (BASELINE_METERED, t(b.ws, "metered.localhost"))))
+    .collect()
 }
 
 async fn ping_pong(f: &Field, s: &Settings, size: usize) -> Result<Table> {

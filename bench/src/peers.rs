@@ -461,9 +461,27 @@ pub async fn tollgate(
     key: &Path,
     extra: &[String],
 ) -> Result<(Process, Fronts)> {
+    tollgate_from(&tollgate_bin()?, dir, to, cert, key, extra).await
+}
+
+/// A second Tollgate to compare with (`TOLLGATE_BASELINE`: another build's binary, say
+/// the commit before a change), when one is named.
+pub fn baseline_bin() -> Option<PathBuf> {
+    std::env::var_os("TOLLGATE_BASELINE").filter(|v| !v.is_empty()).map(PathBuf::from)
+}
+
+/// [`tollgate`] with the binary `bin`.
+pub async fn tollgate_from(
+    bin: &Path,
+    dir: &Path,
+    to: Backends,
+    cert: &Path,
+    key: &Path,
+    extra: &[String],
+) -> Result<(Process, Fronts)> {
     let config = dir.join("tollgate.yaml");
     std::fs::write(&config, tollgate_config(to))?;
-    let mut cmd = Command::new(tollgate_bin()?);
+    let mut cmd = Command::new(bin);
     cmd.args(["--log", "warn", "serve", "--config"])
         .arg(&config)
         .args(["--staging-listen", "127.0.0.1:0", "--production-listen", "tls://127.0.0.1:0"])
