@@ -3,6 +3,7 @@
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+/// A source of Unix time, read once per request.
 pub trait Clock: Send + Sync + std::fmt::Debug {
     /// Unix time in seconds.
     fn now(&self) -> i64;
@@ -33,12 +34,15 @@ impl Clock for SystemClock {
 pub struct ManualClock(AtomicI64);
 
 impl ManualClock {
+    /// A clock stopped at `now` (Unix seconds).
     pub fn new(now: i64) -> Self {
         ManualClock(AtomicI64::new(now))
     }
+    /// Moves the clock to `now` (Unix seconds).
     pub fn set(&self, now: i64) {
         self.0.store(now, Ordering::SeqCst);
     }
+    /// Moves the clock `secs` seconds forward (back when negative).
     pub fn advance(&self, secs: i64) {
         self.0.fetch_add(secs, Ordering::SeqCst);
     }

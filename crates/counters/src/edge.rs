@@ -14,11 +14,32 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+/// An edge limiter's algorithm and its parameters.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Algorithm {
-    FixedWindow { count: u64, window_ms: i64 },
-    SlidingWindow { count: u64, window_ms: i64 },
-    TokenBucket { rate_per_s: f64, burst: f64 },
+    /// At most `count` requests per window of `window_ms`, windows aligned on multiples
+    /// of `window_ms` since the Unix epoch.
+    FixedWindow {
+        /// Requests allowed per window.
+        count: u64,
+        /// Window length in milliseconds.
+        window_ms: i64,
+    },
+    /// As `FixedWindow`, plus the previous window's count weighted by how much of it
+    /// still overlaps the last `window_ms`.
+    SlidingWindow {
+        /// Requests allowed per window.
+        count: u64,
+        /// Window length in milliseconds.
+        window_ms: i64,
+    },
+    /// Up to `burst` tokens, refilled at `rate_per_s`; a request takes one.
+    TokenBucket {
+        /// Tokens added per second.
+        rate_per_s: f64,
+        /// Most tokens the bucket holds; a new bucket starts full.
+        burst: f64,
+    },
 }
 
 /// One limiter applied to one key.
@@ -26,16 +47,20 @@ pub enum Algorithm {
 pub struct EdgeCheck {
     /// Unique per limiter and key (the policy builds it from scope, limiter and key).
     pub key: String,
+    /// How the key is limited.
     pub algorithm: Algorithm,
 }
 
 /// What the checks decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EdgeDecision {
+    /// Every check passed, and the request was counted on each.
     Allowed,
     /// Refused by the check at this index; retry after this many milliseconds.
     Refused {
+        /// Index in the checks of the one that refused.
         index: usize,
+        /// Milliseconds until a retry could pass; at least 1.
         retry_after_ms: i64,
     },
 }
@@ -91,6 +116,8 @@ fn previous_of(state: Option<State>) -> u64 {
 }
 
 impl EdgeMemory {
+    /// Checks every limiter at `now` (Unix milliseconds) and, only if all pass, counts the
+    /// request on each.
     pub fn check(&self, checks: &[EdgeCheck], now: i64) -> EdgeDecision {
         let mut map = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let mut next = Vec::with_capacity(checks.len());
@@ -174,10 +201,12 @@ impl EdgeMemory {
         self.open.lock().unwrap_or_else(|e| e.into_inner()).get(key).copied().unwrap_or(0)
     }
 
+    /// How many keys have window or bucket state.
     pub fn len(&self) -> usize {
         self.state.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
+    /// Whether no key has window or bucket state.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

@@ -1,3 +1,4 @@
+#![warn(missing_docs)]
 //! Usage counters: one window per (metric, period) limited on an application, checked
 //! and applied all-or-nothing.
 //!
@@ -41,18 +42,24 @@ pub fn thread_slot() -> usize {
 /// One limit that a request touches, with the amount the request would add.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Check<'a> {
+    /// System name of the metric or method.
     pub metric: &'a str,
+    /// The limit's period.
     pub period: Period,
     /// The limit's value: the most the window may hold.
     pub max: u64,
+    /// What the request would add.
     pub delta: u64,
 }
 
 /// Where an application stands on one limit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LimitStatus {
+    /// System name of the metric or method.
     pub metric: String,
+    /// The limit's period.
     pub period: Period,
+    /// The limit's value: the most the window may hold.
     pub max: u64,
     /// Usage in the current window (after the increments, when they were applied).
     pub current: u64,
@@ -61,6 +68,7 @@ pub struct LimitStatus {
 }
 
 impl LimitStatus {
+    /// What the window still allows: `max - current`, or 0.
     pub fn remaining(&self) -> u64 {
         self.max.saturating_sub(self.current)
     }
@@ -76,10 +84,13 @@ pub enum Decision {
     Exceeded(LimitStatus),
 }
 
+/// Why the counters could not answer.
 #[derive(Debug, thiserror::Error)]
 pub enum CountersError {
+    /// Redis could not be reached, or its reply could not be read; carries the cause.
     #[error("the counters store is unavailable: {0}")]
     Unavailable(String),
+    /// A counters URL that is neither `memory` nor a Redis URL; carries the URL.
     #[error("invalid counters URL {0}; write redis://HOST:PORT[/DB] or memory")]
     BadUrl(String),
 }
@@ -89,12 +100,15 @@ pub enum CountersError {
 /// call stays statically dispatched.
 #[derive(Debug)]
 pub enum Counters {
+    /// In this process only.
     Memory(MemoryCounters),
+    /// In Redis, shared by every node using it.
     // Boxed: the Redis client is large and there is one `Counters` per process.
     Redis(Box<RedisCounters>),
 }
 
 impl Counters {
+    /// Empty in-memory counters.
     pub fn memory() -> Self {
         Counters::Memory(MemoryCounters::default())
     }
@@ -116,6 +130,7 @@ impl Counters {
         Ok(Counters::Redis(Box::new(RedisCounters::connect(url, namespace, mode, timeout).await?)))
     }
 
+    /// The Redis counters, when these are Redis counters.
     pub fn redis(&self) -> Option<&RedisCounters> {
         match self {
             Counters::Redis(r) => Some(r),

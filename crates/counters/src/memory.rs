@@ -24,6 +24,7 @@ struct Window {
     count: u64,
 }
 
+/// Usage counters of this process, sharded by application.
 #[derive(Debug)]
 pub struct MemoryCounters {
     hasher: IdHash,
@@ -44,6 +45,8 @@ impl MemoryCounters {
         self.shards[i].lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Checks every limit at `now` (Unix seconds) and, if all pass, applies every increment
+    /// (see [`Counters::authorize`](crate::Counters::authorize)).
     pub fn authorize(&self, application: &str, checks: &[Check<'_>], now: i64) -> Decision {
         self.apply(application, checks, now, true)
     }
@@ -120,6 +123,8 @@ impl MemoryCounters {
         }))
     }
 
+    /// Current usage of `application` on each limit at `now` (Unix seconds); deltas are
+    /// ignored.
     pub fn status(&self, application: &str, checks: &[Check<'_>], now: i64) -> Vec<LimitStatus> {
         let shard = self.shard(application);
         let windows = shard.get(application);

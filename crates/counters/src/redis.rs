@@ -185,6 +185,8 @@ return {1}
 /// Seconds a window's key outlives its window (clock differences between nodes).
 const EXPIRY_SLACK: i64 = 60;
 
+/// Usage counters, edge limits and WebSocket connection leases shared by every node
+/// through one Redis.
 pub struct RedisCounters {
     conn: ConnectionManager,
     /// One connection per gateway worker thread ([`crate::thread_slot`]) for the calls
@@ -265,6 +267,7 @@ impl RedisCounters {
         })
     }
 
+    /// What this node does when Redis does not answer.
     pub fn mode(&self) -> FailureMode {
         self.mode
     }
@@ -290,6 +293,14 @@ impl RedisCounters {
         redis::cmd("PING").query_async::<()>(&mut conn).await.map_err(unavailable)
     }
 
+    /// Checks every limit at `now` (Unix seconds) and, if all pass, applies every
+    /// increment, in one Redis script.
+    ///
+    /// # Errors
+    ///
+    /// [`CountersError::Unavailable`] when Redis does not answer and the failure mode
+    /// refuses (`strict`, or `resilient` without a recent enough decision), or when the
+    /// script's reply cannot be read.
     pub async fn authorize(
         &self,
         application: &str,
@@ -394,6 +405,12 @@ impl RedisCounters {
         lock(&self.pending).values().map(|(d, _)| d).sum()
     }
 
+    /// Current usage of `application` on each limit at `now` (Unix seconds), read with one
+    /// `MGET`; deltas are ignored.
+    ///
+    /// # Errors
+    ///
+    /// [`CountersError::Unavailable`] when Redis does not answer, whatever the failure mode.
     pub async fn status(
         &self,
         application: &str,
@@ -454,6 +471,12 @@ impl RedisCounters {
         call.invoke_async(&mut conn).await.map_err(unavailable)
     }
 
+    /// Gives back the connection slot `member` of `application` (see
+    /// [`RedisCounters::acquire`]).
+    ///
+    /// # Errors
+    ///
+    /// [`CountersError::Unavailable`] when Redis does not answer.
     pub async fn release(&self, application: &str, member: &str) -> Result<(), CountersError> {
         let mut conn = self.conn.clone();
         redis::cmd("ZREM")

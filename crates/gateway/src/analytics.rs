@@ -15,11 +15,15 @@ type Shard = HashMap<Box<str>, AppUsage, IdHash>;
 /// One aggregated bucket, ready to persist.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UsageRecord {
+    /// The application's counter identity, `account/application`.
     pub application: String,
+    /// System name of the product the usage was recorded under.
     pub product: String,
+    /// System name of the metric or method.
     pub metric: String,
     /// Unix seconds at the start of the minute.
     pub minute: i64,
+    /// Usage added in that minute.
     pub value: u64,
 }
 
@@ -30,6 +34,8 @@ struct AppUsage {
     counts: Vec<(Box<str>, i64, u64)>,
 }
 
+/// Usage not yet persisted, summed per application × metric × minute and sharded by
+/// application.
 pub struct Analytics {
     hasher: IdHash,
     shards: Box<[Mutex<Shard>]>,

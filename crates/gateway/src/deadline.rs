@@ -90,6 +90,7 @@ pub struct Activity {
 }
 
 impl Activity {
+    /// A connection that has done nothing yet.
     pub fn new() -> Arc<Activity> {
         Arc::new(Activity {
             in_flight: AtomicUsize::new(0),
@@ -284,6 +285,7 @@ pin_project_lite::pin_project! {
 }
 
 impl<I> Taking<I> {
+    /// Wraps a connection's transport `io`, counting what is written to it into `activity`.
     pub fn new(io: I, activity: Arc<Activity>) -> Taking<I> {
         Taking { io, activity }
     }
@@ -360,13 +362,15 @@ pub struct BodyPace {
 }
 
 impl BodyPace {
+    /// The pace of one request body under `rate`; `activity` is its connection's, marked
+    /// lagging while the body is behind.
     pub fn new(rate: MinDataRate, activity: Option<Arc<Activity>>) -> BodyPace {
         BodyPace { rate, received: 0, waited: Duration::ZERO, waiting: None, sleep: None, activity }
     }
 
     /// After a poll of the body: `Ready(())` when the client is now too slow (the body
-    /// must fail), `Pending` otherwise. `frame` is the poll's outcome and, when data
-    /// came, its length.
+    /// must fail), `Pending` otherwise. `pending`: whether the poll found nothing yet;
+    /// `bytes`: the data it returned, in bytes (0 for none or a trailers frame).
     pub fn check(&mut self, pending: bool, bytes: u64, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
         use std::future::Future as _;
         if !pending {
@@ -433,6 +437,7 @@ impl Drop for Registered {
 }
 
 impl Registry {
+    /// Adds a connection to the registry until the returned [`Registered`] drops.
     pub fn register(self: &Arc<Self>, activity: Arc<Activity>) -> Registered {
         let key = self.live.lock().unwrap_or_else(|e| e.into_inner()).insert(activity);
         Registered { registry: self.clone(), key }

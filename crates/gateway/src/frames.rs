@@ -5,27 +5,40 @@
 /// What the relay must know about one frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FrameHeader {
+    /// FIN: this frame ends its message.
     pub fin: bool,
+    /// RSV1: set on a message's first frame when it is compressed (permessage-deflate,
+    /// RFC 7692).
     pub rsv1: bool,
     /// RSV2 or RSV3: no extension Tollgate forwards defines them.
     pub rsv23: bool,
+    /// The opcode, one of the `OP_*` constants for a valid frame.
     pub opcode: u8,
+    /// Whether the payload is masked (every client-to-server frame must be).
     pub masked: bool,
     /// The masking key (zeros when unmasked).
     pub mask: [u8; 4],
+    /// Payload length in bytes.
     pub payload_len: u64,
     /// Header length in bytes (2 to 14).
     pub header_len: usize,
 }
 
+/// Continuation of a fragmented message.
 pub const OP_CONTINUATION: u8 = 0x0;
+/// Text message (UTF-8).
 pub const OP_TEXT: u8 = 0x1;
+/// Binary message.
 pub const OP_BINARY: u8 = 0x2;
+/// Close (control).
 pub const OP_CLOSE: u8 = 0x8;
+/// Ping (control).
 pub const OP_PING: u8 = 0x9;
+/// Pong (control).
 pub const OP_PONG: u8 = 0xA;
 
 impl FrameHeader {
+    /// Whether this is a control frame (opcode with bit 0x8 set: close, ping, pong).
     pub fn is_control(&self) -> bool {
         self.opcode & 0x8 != 0
     }

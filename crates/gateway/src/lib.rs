@@ -1,3 +1,4 @@
+#![warn(missing_docs)]
 //! Tollgate's data plane: listeners, the policy chain, authentication, mapping rules,
 //! usage limits, and the HTTP and WebSocket proxy.
 //!

@@ -15,6 +15,7 @@ pub struct LogLimit {
 }
 
 impl LogLimit {
+    /// A kind that has written nothing yet (`const`, for a `static`).
     pub const fn new() -> LogLimit {
         LogLimit { second: AtomicU64::new(0), suppressed: AtomicU64::new(0) }
     }

@@ -7,6 +7,7 @@ use tollgate_model::pattern::{Pattern, QueryArgs};
 
 /// Index of a metric in a product's [`MetricTable`]. `hits` is always 0.
 pub type MetricId = u16;
+/// The id of `hits`, the metric every product has.
 pub const HITS: MetricId = 0;
 
 /// A product's metrics and methods, flattened; methods have `hits` as parent.
@@ -17,6 +18,7 @@ pub struct MetricTable {
 }
 
 impl MetricTable {
+    /// A table holding only `hits` (as [`HITS`]); `default()` is empty.
     pub fn new() -> Self {
         MetricTable { names: vec!["hits".into()], parents: vec![None] }
     }
@@ -31,26 +33,42 @@ impl MetricTable {
         (self.names.len() - 1) as MetricId
     }
 
+    /// The id of the metric or method `name`, if the table has it.
     pub fn id(&self, name: &str) -> Option<MetricId> {
         self.names.iter().position(|n| &**n == name).map(|i| i as MetricId)
     }
 
+    /// The name of metric `id`.
+    ///
+    /// # Panics
+    ///
+    /// If `id` is not in the table.
     pub fn name(&self, id: MetricId) -> &str {
         &self.names[usize::from(id)]
     }
 
+    /// The parent of metric `id`: `Some(HITS)` for a method, `None` for a metric.
+    ///
+    /// # Panics
+    ///
+    /// If `id` is not in the table.
     pub fn parent(&self, id: MetricId) -> Option<MetricId> {
         self.parents[usize::from(id)]
     }
 }
 
+/// A compiled mapping rule.
 #[derive(Debug, Clone)]
 pub struct Rule {
     /// `None` for `ANY`.
     pub method: Option<Method>,
+    /// The compiled pattern, under its backend usage path for a backend's rule.
     pub pattern: Pattern,
+    /// The metric or method it adds to.
     pub metric: MetricId,
+    /// How much it adds (at least 1).
     pub delta: u64,
+    /// Stop the scan after this rule when it matches.
     pub last: bool,
 }
 
@@ -59,6 +77,7 @@ pub struct Rule {
 pub struct Usage(pub Vec<(MetricId, u64)>);
 
 impl Usage {
+    /// Adds `delta` to `metric` (saturating).
     pub fn add(&mut self, metric: MetricId, delta: u64) {
         match self.0.iter_mut().find(|(m, _)| *m == metric) {
             Some((_, d)) => *d = d.saturating_add(delta),
@@ -66,6 +85,7 @@ impl Usage {
         }
     }
 
+    /// Whether no metric is used.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
@@ -94,6 +114,7 @@ impl Usage {
         self
     }
 
+    /// The delta of `metric`; 0 when unused.
     pub fn delta(&self, metric: MetricId) -> u64 {
         self.0.iter().find(|(m, _)| *m == metric).map_or(0, |(_, d)| *d)
     }
@@ -108,6 +129,7 @@ pub struct Mapper {
 }
 
 impl Mapper {
+    /// A mapper running `rules` in order.
     pub fn new(rules: Vec<Rule>) -> Self {
         let needs_query = rules.iter().any(|r| r.pattern.has_query());
         Mapper { rules, needs_query }

@@ -26,6 +26,7 @@ const DURATION_BUCKETS: [f64; 9] = [1.0, 5.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 
 
 const DIRECTIONS: [&str; 2] = ["client_to_server", "server_to_client"];
 
+/// One environment's metrics: responses, refusals, client connections, WebSockets.
 #[derive(Debug, Default)]
 pub struct EnvMetrics {
     responses: [AtomicU64; 5],
@@ -49,6 +50,7 @@ pub struct EnvMetrics {
     websocket_duration_ms: AtomicU64,
 }
 
+/// The process's metrics, per environment and per product (see docs/metrics.md).
 #[derive(Debug, Default)]
 pub struct Metrics {
     staging: EnvMetrics,
@@ -72,6 +74,7 @@ pub struct Histogram {
 }
 
 impl Histogram {
+    /// Counts one latency of `d`.
     pub fn observe(&self, d: std::time::Duration) {
         let secs = d.as_secs_f64();
         let i = LATENCY_BUCKETS.iter().position(|b| secs <= *b).unwrap_or(LATENCY_BUCKETS.len());
@@ -131,6 +134,7 @@ pub struct ProductTotals {
 }
 
 impl ProductMetrics {
+    /// What the product has seen so far.
     pub fn totals(&self) -> ProductTotals {
         let mut responses = [0; 5];
         for (i, v) in self.statuses.iter().enumerate() {
@@ -148,6 +152,7 @@ impl ProductMetrics {
         self.websocket_open.fetch_sub(1, Relaxed);
     }
 
+    /// Counts a response with `status`, `took` after the request arrived.
     pub fn response(&self, status: u16, took: std::time::Duration) {
         if let Some(slot) = status.checked_sub(100).and_then(|i| self.statuses.get(usize::from(i))) {
             slot.fetch_add(1, Relaxed);
@@ -226,6 +231,7 @@ impl Metrics {
         }
     }
 
+    /// The metrics of `env`.
     pub fn env(&self, env: Environment) -> &EnvMetrics {
         match env {
             Environment::Staging => &self.staging,
@@ -233,6 +239,7 @@ impl Metrics {
         }
     }
 
+    /// Appends every series in the Prometheus text format to `out`.
     pub fn render(&self, out: &mut String) {
         head(out, "tollgate_responses_total", "counter", "Responses sent to clients, by status class.");
         for env in ENVS {
@@ -246,7 +253,12 @@ impl Metrics {
             }
         }
         let scalars: [Family; 8] = [
-            ("tollgate_limits_exceeded_total", "counter", "Requests refused by usage limits.", |m| &m.rejected_limits),
+            (
+                "tollgate_limits_exceeded_total",
+                "counter",
+                "Requests refused by plan limits (usage limits, max_connections) or rate_limit policies.",
+                |m| &m.rejected_limits,
+            ),
             (
                 "tollgate_upstream_errors_total",
                 "counter",
@@ -372,31 +384,40 @@ fn code_label(code: u16) -> &'static str {
 }
 
 impl EnvMetrics {
+    /// Counts a response by its status class (`tollgate_responses_total`).
     pub fn response(&self, status: u16) {
         let class = usize::from(status / 100).clamp(1, 5) - 1;
         self.responses[class].fetch_add(1, Relaxed);
     }
+    /// Counts a refusal by a limit (`tollgate_limits_exceeded_total`).
     pub fn limits_exceeded(&self) {
         self.rejected_limits.fetch_add(1, Relaxed);
     }
+    /// Counts a request that failed at the backend (`tollgate_upstream_errors_total`).
     pub fn upstream_error(&self) {
         self.upstream_errors.fetch_add(1, Relaxed);
     }
+    /// Counts a connection refused at the listener's connection limit.
     pub fn connection_refused(&self) {
         self.connections_refused.fetch_add(1, Relaxed);
     }
+    /// Counts a client connection opened (`tollgate_connections_open` up).
     pub fn connection_opened(&self) {
         self.connections_open.fetch_add(1, Relaxed);
     }
+    /// Counts a client connection closed (`tollgate_connections_open` down).
     pub fn connection_closed(&self) {
         self.connections_open.fetch_sub(1, Relaxed);
     }
+    /// Counts a connection closed idle past the header-read timeout.
     pub fn connection_idle_closed(&self) {
         self.connections_idle_closed.fetch_add(1, Relaxed);
     }
+    /// Counts a connection closed for taking responses below the minimum data rate.
     pub fn connection_slow_closed(&self) {
         self.connections_slow_closed.fetch_add(1, Relaxed);
     }
+    /// Counts a connection closed to make room at the connection limit.
     pub fn connection_evicted(&self) {
         self.connections_evicted.fetch_add(1, Relaxed);
     }
@@ -414,9 +435,12 @@ impl EnvMetrics {
         };
         self.websocket_upgrades[usize::from(h2)][result].fetch_add(1, Relaxed);
     }
+    /// Counts a WebSocket connection opened (`tollgate_websocket_open` up).
     pub fn websocket_opened(&self) {
         self.websocket_open.fetch_add(1, Relaxed);
     }
+    /// Counts a WebSocket connection closed: the open gauge down, its close (by initiator
+    /// and code) and its duration.
     pub fn websocket_closed(&self, totals: &Totals) {
         self.websocket_open.fetch_sub(1, Relaxed);
         let key = match totals.close {

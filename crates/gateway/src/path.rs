@@ -23,16 +23,22 @@ pub struct PathRules {
 /// Why a path cannot be made canonical.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum PathError {
+    /// A `%` not followed by two hexadecimal digits.
     #[error("the path has a `%` that is not followed by two hexadecimal digits")]
     BadEscape,
+    /// A `\` in the path.
     #[error("the path has a backslash")]
     Backslash,
+    /// An encoded `/` or `\` (`%2F`, `%5C`) while they are refused.
     #[error("the path has an encoded `/` or `\\` (%2F, %5C)")]
     EncodedSlash,
+    /// A `..` that climbs above the root.
     #[error("the path climbs above the root with `..`")]
     AboveRoot,
+    /// A path that does not start with `/`.
     #[error("the path does not start with `/`")]
     NotAbsolute,
+    /// A dot-segment with parameters (`..;`, `.;`).
     #[error("the path has a dot-segment with parameters (`..;` or `.;`), which some servers read as `..` or `.`")]
     DotSegmentParameters,
 }

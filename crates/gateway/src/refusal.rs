@@ -26,40 +26,55 @@ pub enum Side {
 /// Why a request was refused or failed (see the module's documentation).
 #[derive(Debug, thiserror::Error)]
 pub enum Refusal {
+    /// 400 `bad_request`: a request that cannot be served as sent; says what is wrong.
     #[error("bad request: {0}")]
     BadRequest(&'static str),
+    /// 404 `unknown_host`: no product is published on the request's host here.
     #[error("no product is published on this host")]
     UnknownHost,
     /// A request path that can be read in two ways (docs/gateway.md#the-request-path).
     #[error("{0}")]
     BadPath(crate::path::PathError),
+    /// 404 `no_backend`: no backend usage matches the path.
     #[error("no backend serves this path")]
     NoBackend,
     /// CONNECT other than a WebSocket's extended CONNECT: a gateway opens no tunnels.
     #[error("CONNECT is not served here")]
     NotImplemented,
+    /// 400 `websocket_disabled`: an upgrade to a product without the `websocket` policy.
     #[error("WebSocket is not enabled for this product: add the `websocket` policy to its policy chain")]
     WebSocketDisabled,
+    /// 400 `bad_upgrade`: an invalid WebSocket upgrade request; says what is wrong.
     #[error("invalid WebSocket upgrade: {0}")]
     BadUpgrade(&'static str),
+    /// 429 `too_many_connections`: the application has its plan's `max_connections`
+    /// WebSockets open.
     #[error("the application has as many WebSocket connections open as its plan allows (max_connections)")]
     TooManyConnections,
+    /// 502 `upstream_unavailable`: the backend refused the connection or could not be
+    /// reached; the detail is for the log.
     #[error("the backend could not be reached")]
     UpstreamUnavailable(String),
     /// The backend was reached but its TLS handshake failed (an untrusted, expired or
     /// misnamed certificate…); the detail says which backend, what failed and the fix.
     #[error("the backend's TLS certificate or handshake was not accepted")]
     UpstreamTls(String),
+    /// 504 `upstream_timeout`: the backend did not accept the connection, take the request
+    /// or answer in time; the detail is for the log.
     #[error("the backend did not answer in time")]
     UpstreamTimeout(String),
+    /// 502 `upstream_failed`: the backend broke the exchange; the detail is for the log.
     #[error("the backend failed")]
     UpstreamFailed(String),
     /// The backend's response could not be read as HTTP (a malformed head, or one over
     /// the response-head limits); the detail says which backend and what.
     #[error("the backend's response was not valid HTTP or was over the gateway's limits")]
     UpstreamInvalidResponse(String),
+    /// 503 `counters_unavailable`: the usage counters did not answer and their failure
+    /// mode refuses; the detail is for the log.
     #[error("usage counters are unavailable")]
     CountersUnavailable(String),
+    /// 413 `request_too_large`: a request body over `payload_limits`' `request`.
     #[error("the request body is larger than this API accepts")]
     RequestTooLarge,
     /// The client sent its request body below the minimum data rate (`--min-data-rate`).
@@ -69,6 +84,8 @@ pub enum Refusal {
     /// reset stream, a connection that closed early); the detail says how.
     #[error("the request body could not be read")]
     BadRequestBody(String),
+    /// 502 `response_too_large`: a backend's response body over `payload_limits`'
+    /// `response`.
     #[error("the backend's response is larger than this API allows")]
     ResponseTooLarge,
     /// An HTTP/2 request with more header fields than `--max-header-count` (HTTP/1's
@@ -92,20 +109,46 @@ pub enum Refusal {
     /// `RateLimit-*` and `Retry-After` headers from the tightest limit's `status`, as
     /// of `now` (Unix seconds).
     #[error("usage limits are exceeded")]
-    LimitsExceeded { answer: Arc<ErrorTemplate>, status: LimitStatus, now: i64 },
+    LimitsExceeded {
+        /// The product's `limits_exceeded` answer.
+        answer: Arc<ErrorTemplate>,
+        /// The limit that would have been exceeded.
+        status: LimitStatus,
+        /// Unix seconds of the decision, for the headers' seconds until reset.
+        now: i64,
+    },
     /// A `rate_limit` policy's limiter is full: its answer (429 by default), with
     /// `Retry-After` in seconds when a time is known.
     #[error("a rate_limit policy's limit is reached")]
-    EdgeLimited { answer: Arc<ErrorTemplate>, retry_after_secs: Option<u64> },
+    EdgeLimited {
+        /// The policy's refusal answer.
+        answer: Arc<ErrorTemplate>,
+        /// Seconds until a retry could pass, for `Retry-After`.
+        retry_after_secs: Option<u64>,
+    },
     /// A policy refused the request with its configured answer: `ip_check`, a `jwt`
     /// claim check, `cors` for an origin it does not allow, `maintenance_mode`. `code`
     /// names the refusal in logs and metrics.
     #[error("refused by the `{policy}` policy")]
-    Denied { policy: &'static str, code: &'static str, answer: Arc<ErrorTemplate> },
+    Denied {
+        /// The refusing policy's name.
+        policy: &'static str,
+        /// The refusal's code, e.g. `ip_denied`.
+        code: &'static str,
+        /// The policy's configured answer.
+        answer: Arc<ErrorTemplate>,
+    },
     /// The `jwt` policy refused the request's token: 401 when it is missing or invalid
     /// (with `WWW-Authenticate: Bearer`, RFC 6750 §3), 403 when it names no application.
     #[error("{message}")]
-    TokenRefused { status: StatusCode, code: &'static str, message: &'static str },
+    TokenRefused {
+        /// 401 or 403.
+        status: StatusCode,
+        /// The refusal's code, e.g. `jwt_invalid`.
+        code: &'static str,
+        /// What the client is told.
+        message: &'static str,
+    },
 }
 
 impl Refusal {
@@ -225,8 +268,11 @@ impl Refusal {
 /// into a response.
 #[derive(Debug, Clone)]
 pub struct ErrorTemplate {
+    /// The response status.
     pub status: StatusCode,
+    /// The `Content-Type` of the body.
     pub content_type: HeaderValue,
+    /// The body, sent as it is.
     pub body: Bytes,
 }
 

@@ -31,6 +31,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 
+/// How one listener accepts and serves client connections.
 #[derive(Clone)]
 pub struct ListenerOptions {
     /// Connections served at once; more are closed on accept.
@@ -44,7 +45,9 @@ pub struct ListenerOptions {
     pub max_header_bytes: usize,
     /// Most field lines in an HTTP/1.1 request head (more → 431). Default 512.
     pub max_header_count: usize,
+    /// The TLS acceptor for connections; `None`: plain TCP.
     pub tls: Option<TlsAcceptor>,
+    /// Time allowed for a client's TLS handshake.
     pub tls_handshake_timeout: Duration,
     /// HTTP/2 streams open at once per connection.
     pub h2_max_concurrent_streams: u32,
@@ -113,10 +116,12 @@ impl Workers {
         Workers::start(std::thread::available_parallelism().map_or(1, |n| n.get()))
     }
 
+    /// How many worker threads there are.
     pub fn len(&self) -> usize {
         self.workers.len()
     }
 
+    /// Whether there are no worker threads.
     pub fn is_empty(&self) -> bool {
         self.workers.is_empty()
     }

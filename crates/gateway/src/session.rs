@@ -113,6 +113,7 @@ impl Connections {
         Ok(Some(ConnectionSlot { owner: self.clone(), application: application.into(), seq }))
     }
 
+    /// How many WebSocket connections of `application` are open through this process.
     pub fn open(&self, application: &str) -> usize {
         lock(&self.open).get(application).map_or(0, Vec::len)
     }
@@ -388,10 +389,15 @@ impl Session {
 
 /// Names of the pseudo-metrics WebSocket analytics are recorded under.
 pub const CONNECTIONS: &str = "websocket:connections";
+/// Messages from the client.
 pub const CLIENT_MESSAGES: &str = "websocket:client_messages";
+/// Messages from the backend.
 pub const SERVER_MESSAGES: &str = "websocket:server_messages";
+/// Bytes from the client, frames as on the wire.
 pub const CLIENT_BYTES: &str = "websocket:client_bytes";
+/// Bytes from the backend, frames as on the wire.
 pub const SERVER_BYTES: &str = "websocket:server_bytes";
+/// Seconds connections were open.
 pub const SECONDS: &str = "websocket:seconds";
 /// Closes by close code: `websocket:closes:1000`, … (1006 for a connection that ended
 /// without a close frame, RFC 6455 §7.1.5).

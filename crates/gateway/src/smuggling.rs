@@ -58,12 +58,15 @@ enum Chunk {
     },
 }
 
+/// A client connection's reader that poisons a request head carrying both
+/// `Content-Length` and `Transfer-Encoding`, so that hyper refuses it with 400.
 pub struct SmugglingGuard<I> {
     inner: I,
     state: State,
 }
 
 impl<I> SmugglingGuard<I> {
+    /// Guards `inner`, which starts at a request head.
     pub fn new(inner: I) -> Self {
         SmugglingGuard { inner, state: State::Head(Head::default()) }
     }

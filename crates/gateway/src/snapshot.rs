@@ -34,6 +34,7 @@ struct SnapshotCell {
 }
 
 impl SnapshotHandle {
+    /// A handle whose current snapshot is `snapshot`, at generation 0.
     pub fn new(snapshot: Snapshot) -> Self {
         SnapshotHandle(Arc::new(SnapshotCell {
             current: ArcSwap::from_pointee(snapshot),
@@ -66,12 +67,16 @@ impl SnapshotHandle {
     }
 }
 
+/// One environment's compiled configuration: its products by public host. Immutable:
+/// a change is a new snapshot.
 pub struct Snapshot {
+    /// The environment it serves.
     pub environment: Environment,
     products: HashMap<Box<str>, Arc<Product>>,
 }
 
 impl Snapshot {
+    /// A snapshot of `environment` with no product.
     pub fn empty(environment: Environment) -> Self {
         Snapshot { environment, products: HashMap::new() }
     }
@@ -107,6 +112,7 @@ impl Snapshot {
         self.products.get(host)
     }
 
+    /// How many public hosts have a product.
     pub fn product_count(&self) -> usize {
         self.products.len()
     }
@@ -114,7 +120,9 @@ impl Snapshot {
 
 /// Both environments' snapshots, compiled from one configuration.
 pub struct Snapshots {
+    /// The staging gateway's snapshot.
     pub staging: Snapshot,
+    /// The production gateway's snapshot.
     pub production: Snapshot,
 }
 
@@ -132,68 +140,99 @@ impl Snapshots {
     }
 }
 
+/// A compiled backend usage: the backend that serves a path prefix.
 pub struct BackendUsage {
     /// The backend's system_name (the `routing` policy may name it).
     pub backend: Box<str>,
     /// Path prefix without a trailing `/`; empty for `/`.
     pub prefix: Box<str>,
+    /// The backend's connector and connection pool.
     pub upstream: Arc<Upstream>,
 }
 
+/// A product's answers to the refusals its `errors` may replace.
 pub struct ErrorTemplates {
+    /// 401 `auth_missing`, unless replaced.
     pub auth_missing: Arc<ErrorTemplate>,
+    /// 403 `auth_failed`, unless replaced.
     pub auth_failed: Arc<ErrorTemplate>,
+    /// 404 `no_match`, unless replaced.
     pub no_match: Arc<ErrorTemplate>,
+    /// 429 `limits_exceeded`, unless replaced.
     pub limits_exceeded: Arc<ErrorTemplate>,
 }
 
+/// A usage limit of a compiled application plan.
 pub struct PlanLimit {
+    /// The metric or method it limits.
     pub metric: MetricId,
+    /// The period it counts over.
     pub period: Period,
+    /// Most usage allowed in one period.
     pub value: u64,
 }
 
+/// A compiled application plan.
 pub struct Plan {
+    /// The plan's system name.
     pub system_name: Box<str>,
+    /// Its usage limits (on metrics the product knows).
     pub limits: Vec<PlanLimit>,
+    /// Most WebSockets open at once per application; `None`: no cap.
     pub max_connections: Option<u32>,
 }
 
+/// A compiled application.
 pub struct Application {
     /// Stable identity for counters: `account/application`.
     pub id: Box<str>,
+    /// Its application plan.
     pub plan: Arc<Plan>,
+    /// `live`, or `suspended` (refused as `auth_failed`).
     pub state: ApplicationState,
+    /// Its app keys (`app_id_app_key` products); any one is accepted.
     pub app_keys: Vec<Box<str>>,
 }
 
+/// A compiled product, as requests read it.
 pub struct Product {
+    /// The product's system name.
     pub system_name: Box<str>,
     /// This product's metrics, found on its first request.
     pub stats: std::sync::OnceLock<Arc<crate::metrics::ProductMetrics>>,
+    /// Its metrics and methods, with those of the backends it uses.
     pub metrics: MetricTable,
+    /// Its mapping rules: the product's, then each backend usage's under its path.
     pub mapper: Mapper,
     /// Sorted by prefix length, longest first.
     pub usages: Vec<BackendUsage>,
+    /// How requests identify their application.
     pub authentication: Authentication,
+    /// Its answers to the configurable refusals.
     pub errors: ErrorTemplates,
+    /// The built policy chain, in order (`tollgate` last unless the chain names it).
     pub chain: Vec<Arc<dyn Policy>>,
     /// Whether the chain holds the `websocket` policy.
     pub websocket: bool,
     /// What the `websocket` policy asks of upgraded connections.
     pub websocket_config: WebSocketConfig,
+    /// Its applications, by `account/application`.
     pub applications_by_id: HashMap<Box<str>, Arc<Application>>,
+    /// Its applications, by `user_key`.
     pub applications_by_user_key: HashMap<Box<str>, Arc<Application>>,
+    /// Its applications, by `app_id`.
     pub applications_by_app_id: HashMap<Box<str>, Arc<Application>>,
     /// How its request paths are made canonical (`request_path`).
     pub path_rules: crate::path::PathRules,
     /// This environment's public base URL, `scheme://host[:port]`, and whether
     /// redirects to a backend's private URL are rewritten to it (`rewrite_redirects`).
     pub public_base: Box<str>,
+    /// Whether such redirects are rewritten (`rewrite_redirects`).
     pub rewrite_redirects: bool,
 }
 
 impl Product {
+    /// Whether credentials are read from the query string (`credentials_location: query`).
     pub fn credentials_in_query(&self) -> bool {
         self.authentication.credentials_location == CredentialsLocation::Query
     }
@@ -223,14 +262,18 @@ fn template(custom: &Option<ErrorMessage>, status: StatusCode, code: &str, messa
 pub struct ProductSource<'a> {
     /// Where errors about the product point, e.g. `products[0]`.
     pub path: String,
+    /// The declarative product.
     pub product: &'a tollgate_model::Product,
+    /// The backends it may use.
     pub backends: Vec<BackendSource<'a>>,
 }
 
+/// A backend a product may use, with where errors about it point.
 pub struct BackendSource<'a> {
     /// Where errors about the backend point, e.g. `backends[2]`; also the key under
     /// which its connection pool is shared within one compilation.
     pub path: String,
+    /// The declarative backend.
     pub backend: &'a tollgate_model::Backend,
 }
 
@@ -342,9 +385,14 @@ pub fn compile(config: &Config, registry: &Registry) -> Result<Snapshots, Config
         compile_environment(Environment::Staging, &sources, &config.accounts, registry, &mut upstreams);
     let (production, production_errors) =
         compile_environment(Environment::Production, &sources, &config.accounts, registry, &mut upstreams);
-    // The production pass finds the same problems as staging: report them once.
-    errors.0.extend(staging_errors.0);
-    if errors.is_empty() && production_errors.is_empty() { Ok(Snapshots { staging, production }) } else { Err(errors) }
+    // The production pass finds the same problems as staging: each is reported once,
+    // and one only production finds (none is known, but none may go unsaid) as well.
+    for e in staging_errors.0.into_iter().chain(production_errors.0) {
+        if !errors.0.contains(&e) {
+            errors.push(e);
+        }
+    }
+    if errors.is_empty() { Ok(Snapshots { staging, production }) } else { Err(errors) }
 }
 
 /// Compiles one environment's snapshot from its products (each with the backends it
@@ -545,16 +593,21 @@ fn compile_product(
 /// What the `websocket` policy asks of upgraded connections, compiled.
 #[derive(Debug, Clone, Default)]
 pub struct WebSocketConfig {
+    /// Largest message in payload bytes as on the wire; a bigger one closes with 1009.
     pub max_message_bytes: Option<u64>,
     /// (metric, direction, delta)
     pub meter: Option<(MetricId, crate::policy::websocket::Direction, u64)>,
     /// (metric, direction)
     pub meter_bytes: Option<(MetricId, crate::policy::websocket::Direction)>,
+    /// What a message beyond a usage limit does.
     pub on_limit_exceeded: crate::policy::websocket::OnLimitExceeded,
+    /// Time without a frame from either side after which the connection closes (1001).
     pub idle_timeout: Option<Duration>,
+    /// Time between the gateway's pings to both sides.
     pub ping_interval: Option<Duration>,
     /// `pong_timeout`, or `ping_interval` when only that is set.
     pub pong_timeout: Option<Duration>,
+    /// Age at which a connection closes (1001), however busy.
     pub max_connection_duration: Option<Duration>,
 }
 

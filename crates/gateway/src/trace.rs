@@ -26,29 +26,43 @@ use tokio::sync::mpsc;
 /// The trace a request belongs to, and its server span.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TraceCtx {
+    /// The trace's id.
     pub trace_id: [u8; 16],
+    /// The request's server span.
     pub span_id: [u8; 8],
     /// The caller's span, when the request came with a `traceparent`.
     pub parent: Option<[u8; 8]>,
 }
 
+/// A span attribute's value.
 #[derive(Debug, Clone)]
 pub enum Attr {
+    /// A string.
     Str(String),
+    /// An integer.
     Int(i64),
 }
 
+/// A finished span, ready to export.
 #[derive(Debug, Clone)]
 pub struct Span {
+    /// The trace's id.
     pub trace_id: [u8; 16],
+    /// The span's id.
     pub span_id: [u8; 8],
+    /// The parent span, if any.
     pub parent: Option<[u8; 8]>,
+    /// The span's name, e.g. `request` or `upstream`.
     pub name: &'static str,
     /// OTLP span kind: 1 internal, 2 server, 3 client.
     pub kind: u8,
+    /// Start, Unix nanoseconds.
     pub start_ns: u64,
+    /// End, Unix nanoseconds.
     pub end_ns: u64,
+    /// Attributes, by OpenTelemetry semantic-convention name.
     pub attrs: Vec<(&'static str, Attr)>,
+    /// Whether the span failed (a 5xx answer, for `request`).
     pub error: bool,
 }
 
@@ -59,6 +73,7 @@ enum Sampler {
     ParentBased(f64),
 }
 
+/// Samples requests and queues their spans for a background exporter (OTLP/HTTP JSON).
 pub struct Tracer {
     sampler: Sampler,
     queue: mpsc::Sender<Span>,
@@ -72,6 +87,7 @@ impl std::fmt::Debug for Tracer {
     }
 }
 
+/// Unix time in nanoseconds (0 if the clock is before 1970).
 pub fn now_ns() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
 }
@@ -99,6 +115,7 @@ pub fn parse_traceparent(v: &str) -> Option<([u8; 16], [u8; 8], bool)> {
     Some((trace, span, flags[0] & 1 == 1))
 }
 
+/// A `traceparent` header value (version 00, sampled) naming `span` of `trace`.
 pub fn traceparent(trace: &[u8; 16], span: &[u8; 8]) -> HeaderValue {
     HeaderValue::from_str(&format!("00-{}-{}-01", hex::encode(trace), hex::encode(span)))
         .unwrap_or(HeaderValue::from_static(""))
@@ -154,6 +171,7 @@ impl Tracer {
         rand::random::<u64>().max(1)
     }
 
+    /// A new random span id, never all zeros.
     pub fn span_id(&self) -> [u8; 8] {
         self.next_u64().to_be_bytes()
     }
@@ -185,6 +203,8 @@ impl Tracer {
         keep.then(|| TraceCtx { trace_id, span_id: self.span_id(), parent })
     }
 
+    /// Queues `span` for export; drops it (and counts it in `dropped`) when the queue is
+    /// full.
     pub fn record(&self, span: Span) {
         if self.queue.try_send(span).is_err() {
             self.dropped.fetch_add(1, Ordering::Relaxed);

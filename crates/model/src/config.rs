@@ -16,40 +16,53 @@ fn is_default<T: Default + PartialEq>(v: &T) -> bool {
     *v == T::default()
 }
 
+/// A whole configuration document: its backends, products and accounts.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// The backends products route requests to.
     #[serde(default)]
     pub backends: Vec<Backend>,
+    /// The products, each published on a staging and a production public base URL.
     #[serde(default)]
     pub products: Vec<Product>,
+    /// The accounts and their applications.
     #[serde(default)]
     pub accounts: Vec<Account>,
 }
 
+/// A backend: an upstream API that products route requests to by path prefix.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Backend {
+    /// Unique name; letters, digits, `_`, `-` and `.`.
     pub system_name: String,
+    /// Human-readable name; free text.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// Free text.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
     /// `http://`, `https://`, `ws://` or `wss://`, with an optional path prefix.
     pub private_base_url: String,
+    /// How the backend's TLS certificate is verified (`https://` and `wss://` URLs).
     #[serde(default, skip_serializing_if = "is_default")]
     pub tls: BackendTls,
     /// How long to wait for a TCP + TLS connection to the backend, in milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connect_timeout_ms: Option<u64>,
+    /// Backend-level metrics; a product using the backend can map to and limit them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub metrics: Vec<Metric>,
+    /// Backend-level methods (children of `hits`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub methods: Vec<Method>,
+    /// Backend-level mapping rules; their patterns are relative to the backend usage path.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mapping_rules: Vec<MappingRule>,
 }
 
+/// TLS settings for connections to a backend.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BackendTls {
@@ -76,30 +89,45 @@ impl Default for BackendTls {
     }
 }
 
+/// A product: the API applications subscribe to, routed to backends by path prefix.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Product {
+    /// Unique name; letters, digits, `_`, `-` and `.`.
     pub system_name: String,
+    /// Human-readable name; free text.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// Free text.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+    /// `http(s)://host[:port]` the product answers on at the staging gateway (no path).
     pub staging_public_base_url: String,
+    /// `http(s)://host[:port]` the product answers on at the production gateway (no path).
     pub production_public_base_url: String,
+    /// Which backend serves which path prefix; the longest matching prefix wins.
     #[serde(default)]
     pub backend_usages: Vec<BackendUsage>,
+    /// How requests identify their application.
     #[serde(default, skip_serializing_if = "is_default")]
     pub authentication: Authentication,
+    /// Replacements for the gateway's `auth_missing`, `auth_failed`, `no_match` and
+    /// `limits_exceeded` responses.
     #[serde(default, skip_serializing_if = "is_default")]
     pub errors: ErrorMessages,
+    /// The product's metrics; `hits` exists even when not listed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub metrics: Vec<Metric>,
+    /// The product's methods (children of `hits`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub methods: Vec<Method>,
+    /// Product-level mapping rules, matched in order.
     #[serde(default)]
     pub mapping_rules: Vec<MappingRule>,
+    /// Policies run for each request, in order; `tollgate` runs last unless named.
     #[serde(default)]
     pub policy_chain: Vec<PolicyConfig>,
+    /// The application plans applications subscribe to.
     #[serde(default)]
     pub application_plans: Vec<ApplicationPlan>,
     /// How request paths are made canonical before anything reads them.
@@ -149,26 +177,35 @@ fn merge_slashes_by_default() -> bool {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum EncodedSlashes {
+    /// 400 `bad_path` (the default).
     #[default]
     Reject,
+    /// Kept encoded, part of their segment.
     Keep,
 }
 
+/// A backend usage: requests under `path` go to `backend`, with `path` removed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BackendUsage {
+    /// System name of the backend.
     pub backend: String,
+    /// Path prefix starting with `/`, matched on whole segments; unique within the product.
     pub path: String,
 }
 
+/// Which credentials identify an application, as in 3scale.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum AuthMode {
+    /// A `user_key` (the default).
     #[default]
     UserKey,
+    /// An `app_id` and one of the application's `app_keys`.
     AppIdAppKey,
 }
 
+/// Where requests carry their credentials.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum CredentialsLocation {
@@ -182,17 +219,23 @@ pub enum CredentialsLocation {
     Authorization,
 }
 
+/// How a product's requests identify their application.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Authentication {
+    /// Which credentials: `user_key` (default) or `app_id_app_key`.
     #[serde(default)]
     pub mode: AuthMode,
+    /// Where requests carry them (default `query`).
     #[serde(default)]
     pub credentials_location: CredentialsLocation,
+    /// Name of the query parameter or header carrying the user key (default `user_key`).
     #[serde(default = "Authentication::default_user_key_param")]
     pub user_key_param: String,
+    /// Name of the query parameter or header carrying the app id (default `app_id`).
     #[serde(default = "Authentication::default_app_id_param")]
     pub app_id_param: String,
+    /// Name of the query parameter or header carrying the app key (default `app_key`).
     #[serde(default = "Authentication::default_app_key_param")]
     pub app_key_param: String,
 }
@@ -225,21 +268,30 @@ impl Default for Authentication {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ErrorMessages {
+    /// Replaces the 401 sent when a request carries no credentials.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth_missing: Option<ErrorMessage>,
+    /// Replaces the 403 sent for unknown credentials, a wrong app key or a suspended
+    /// application.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth_failed: Option<ErrorMessage>,
+    /// Replaces the 404 sent when no mapping rule matches.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub no_match: Option<ErrorMessage>,
+    /// Replaces the 429 sent when a usage limit would be exceeded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits_exceeded: Option<ErrorMessage>,
 }
 
+/// A replacement error response.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ErrorMessage {
+    /// HTTP status, 400 to 599.
     pub status: u16,
+    /// Response body, sent as is.
     pub body: String,
+    /// `Content-Type` of the body (default `text/plain; charset=utf-8`).
     #[serde(default = "ErrorMessage::default_content_type")]
     pub content_type: String,
 }
@@ -250,47 +302,69 @@ impl ErrorMessage {
     }
 }
 
+/// A metric: something usage is counted in, mapped by mapping rules and limited by
+/// application plans.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Metric {
+    /// Name, unique among the metrics and methods in its scope; letters, digits, `_`, `-`
+    /// and `.`.
     pub system_name: String,
+    /// Human-readable name; free text.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub friendly_name: Option<String>,
+    /// Unit the metric counts in; free text.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unit: Option<String>,
+    /// Free text.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
 }
 
+/// A method: a metric counted under `hits` (each use of a method is also a hit).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Method {
+    /// Name, unique among the metrics and methods in its scope; letters, digits, `_`, `-`
+    /// and `.`.
     pub system_name: String,
+    /// Human-readable name; free text.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub friendly_name: Option<String>,
+    /// Free text.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
 }
 
+/// A mapping rule: requests matching `http_method` and `pattern` add `delta` to `metric`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MappingRule {
     /// `GET`, `POST`, `PUT`, `PATCH`, `DELETE`, `HEAD`, `OPTIONS`, `TRACE`, `CONNECT` or `ANY`.
     pub http_method: String,
+    /// Path pattern with an optional query part, e.g. `/rooms/{room}?since={ts}`;
+    /// a prefix match unless it ends in `$`.
     pub pattern: String,
+    /// System name of a metric or method of the product, or of a backend it uses.
     pub metric: String,
+    /// How much to add, at least 1 (default 1).
     #[serde(default = "one")]
     pub delta: u64,
+    /// Stop the scan after this rule when it matches (default `false`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub last: bool,
 }
 
+/// One entry of a product's policy chain.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyConfig {
+    /// Name of the policy, e.g. `headers` or `tollgate`.
     pub name: String,
+    /// The policy's settings (a JSON object; `{}` when omitted).
     #[serde(default = "PolicyConfig::empty", skip_serializing_if = "PolicyConfig::is_empty")]
     pub configuration: serde_json::Value,
+    /// `false` leaves the entry out of the chain (default `true`).
     #[serde(default = "yes")]
     pub enabled: bool,
 }
@@ -304,12 +378,16 @@ impl PolicyConfig {
     }
 }
 
+/// An application plan: the usage limits of the applications subscribed to it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ApplicationPlan {
+    /// Name, unique within the product; letters, digits, `_`, `-` and `.`.
     pub system_name: String,
+    /// Human-readable name; free text.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// Usage limits, at most one per metric and period.
     #[serde(default)]
     pub limits: Vec<Limit>,
     /// Concurrent WebSocket connections per application on this plan.
@@ -317,44 +395,63 @@ pub struct ApplicationPlan {
     pub max_connections: Option<u32>,
 }
 
+/// A usage limit: at most `value` of `metric` in each `period`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Limit {
+    /// System name of a metric or method of the product, or of a backend it uses.
     pub metric: String,
+    /// Calendar window the limit counts over.
     pub period: Period,
+    /// Most usage allowed in one window; 0 blocks the metric.
     pub value: u64,
 }
 
+/// An account: the owner of applications.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Account {
+    /// Unique, non-empty name.
     pub name: String,
+    /// The account's applications.
     #[serde(default)]
     pub applications: Vec<Application>,
 }
 
+/// Whether an application's requests are served.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ApplicationState {
+    /// Served (the default).
     #[default]
     Live,
+    /// Refused with 403 `auth_failed`.
     Suspended,
 }
 
+/// An application: an account's credentials for one product, on one of its plans.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Application {
+    /// Name, unique within the account.
     pub name: String,
+    /// System name of the product.
     pub product: String,
+    /// System name of one of the product's application plans.
     pub plan: String,
+    /// Key for a `user_key` product; unique per product.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_key: Option<String>,
+    /// Id for an `app_id_app_key` product; unique per product.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub app_id: Option<String>,
+    /// Keys for an `app_id_app_key` product: at least one; any of them is accepted.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub app_keys: Vec<String>,
+    /// `live` (default) or `suspended`.
     #[serde(default, skip_serializing_if = "is_default")]
     pub state: ApplicationState,
+    /// Free text.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
 }

@@ -6,11 +6,14 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Environment {
+    /// Where a deployed version is tried.
     Staging,
+    /// Where a version is promoted to serve.
     Production,
 }
 
 impl Environment {
+    /// `"staging"` or `"production"`, as serialized.
     pub fn as_str(self) -> &'static str {
         match self {
             Environment::Staging => "staging",
@@ -18,6 +21,7 @@ impl Environment {
         }
     }
 
+    /// Parses `staging` or `production`; `None` for anything else.
     pub fn parse(s: &str) -> Option<Environment> {
         match s {
             "staging" => Some(Environment::Staging),

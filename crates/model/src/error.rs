@@ -3,6 +3,7 @@
 
 use std::fmt;
 
+/// One problem in a configuration document: where it is, what is wrong, how to fix it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
     /// Where: a path of keys and indexes from the document root; empty for the document.
@@ -14,10 +15,12 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
+    /// An error at `path` saying `message`, without a hint.
     pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
         ConfigError { path: path.into(), message: message.into(), hint: None }
     }
 
+    /// The error with `hint` (what to do about it).
     pub fn hint(mut self, hint: impl Into<String>) -> Self {
         self.hint = Some(hint.into());
         self
@@ -43,12 +46,15 @@ impl fmt::Display for ConfigError {
 pub struct ConfigErrors(pub Vec<ConfigError>);
 
 impl ConfigErrors {
+    /// Adds an error.
     pub fn push(&mut self, e: ConfigError) {
         self.0.push(e);
     }
+    /// Whether no error was found.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
+    /// `Ok(ok)` when no error was found, else `Err(self)`.
     pub fn into_result<T>(self, ok: T) -> Result<T, ConfigErrors> {
         if self.0.is_empty() { Ok(ok) } else { Err(self) }
     }

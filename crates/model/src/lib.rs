@@ -1,3 +1,4 @@
+#![warn(missing_docs)]
 //! Tollgate's configuration model: the declarative surface (the YAML of DESIGN §3),
 //! its validation, and the pure pieces the data plane compiles from it (mapping-rule
 //! patterns, calendar periods).

@@ -130,6 +130,8 @@ impl Pattern {
         self.matches_path(path) && self.matches_query(query)
     }
 
+    /// Whether the request `path` (without its query) matches the path part: as a prefix,
+    /// or whole when the pattern ends in `$`.
     pub fn matches_path(&self, path: &str) -> bool {
         // Trying every split is exponential in the placeholders of one segment
         // (`/{a}-{b}-{c}-{d}` against a long run of `-`): with two or more, the path is
@@ -140,6 +142,8 @@ impl Pattern {
         }
     }
 
+    /// Whether `query` carries every parameter of the query part, with the literal value
+    /// where the pattern gives one.
     pub fn matches_query(&self, query: &QueryArgs<'_>) -> bool {
         self.query.iter().all(|p| match &p.value {
             None => query.get_all(&p.name).next().is_some(),
@@ -206,6 +210,8 @@ pub struct QueryArgs<'a> {
 }
 
 impl<'a> QueryArgs<'a> {
+    /// Splits a query string (without `?`) on `&` and `=` and percent-decodes names and
+    /// values (`+` as a space); `None` has no arguments.
     pub fn parse(query: Option<&'a str>) -> Self {
         let Some(q) = query else {
             return QueryArgs::default();
@@ -221,10 +227,12 @@ impl<'a> QueryArgs<'a> {
         QueryArgs { args }
     }
 
+    /// Every value of the argument `name`, in query order.
     pub fn get_all<'s, 'n>(&'s self, name: &'n str) -> impl Iterator<Item = &'s str> + use<'s, 'n, 'a> {
         self.args.iter().filter(move |(k, _)| k == name).map(|(_, v)| &**v)
     }
 
+    /// The first value of the argument `name`.
     pub fn get<'s>(&'s self, name: &str) -> Option<&'s str> {
         self.get_all(name).next()
     }

@@ -8,22 +8,32 @@
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
+/// A calendar period of a usage limit, aligned in UTC as in 3scale.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Period {
+    /// From second 0 of a minute.
     Minute,
+    /// From minute 0 of an hour.
     Hour,
+    /// From 00:00 UTC.
     Day,
+    /// From Monday 00:00 UTC.
     Week,
+    /// From the 1st of a month, 00:00 UTC.
     Month,
+    /// From January 1st, 00:00 UTC.
     Year,
+    /// Never resets.
     Eternity,
 }
 
 impl Period {
+    /// Every period, shortest first.
     pub const ALL: [Period; 7] =
         [Period::Minute, Period::Hour, Period::Day, Period::Week, Period::Month, Period::Year, Period::Eternity];
 
+    /// The lower-case name (`minute` … `eternity`), as in configuration.
     pub fn as_str(self) -> &'static str {
         match self {
             Period::Minute => "minute",

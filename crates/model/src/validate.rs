@@ -11,9 +11,11 @@ use std::collections::{HashMap, HashSet};
 /// A URL split into what Tollgate needs of it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BaseUrl {
+    /// Lower-cased; one of the `schemes` given to [`BaseUrl::parse`].
     pub scheme: String,
     /// Lower-cased; IPv6 addresses without brackets.
     pub host: String,
+    /// The URL's port, else 443 for `https` and `wss`, 80 for the others.
     pub port: u16,
     /// Without a trailing `/`; empty for the root.
     pub path: String,
@@ -69,6 +71,7 @@ impl BaseUrl {
         Ok(BaseUrl { scheme, host, port, path })
     }
 
+    /// Whether the scheme is `https` or `wss`.
     pub fn is_tls(&self) -> bool {
         matches!(self.scheme.as_str(), "https" | "wss")
     }

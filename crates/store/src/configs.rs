@@ -9,14 +9,20 @@ use sqlx::Row as _;
 
 pub use tollgate_model::Environment;
 
+/// One immutable version of a product's proxy configuration in one environment.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ConfigVersion {
+    /// Id of the product's row; not serialized.
     #[serde(skip)]
     pub product_id: i64,
+    /// Version number: staging versions count 1, 2, … per product; a production row carries
+    /// the number of the staging version it promotes.
     pub version: i64,
+    /// The environment the version is on.
     pub environment: Environment,
     /// Milliseconds since the Unix epoch.
     pub created_at: i64,
+    /// The product's configuration as deployed; `None` when listed without content.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub content: Option<serde_json::Value>,
 }

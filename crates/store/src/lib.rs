@@ -1,3 +1,4 @@
+#![warn(missing_docs)]
 //! Tollgate's persistent store: SQLite (the embedded default) or PostgreSQL, one schema
 //! and one migration history for both, reached through sqlx's `Any` driver so every query
 //! is written once.
@@ -28,8 +29,10 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, AssertSqlSafe, Row as _};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+/// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// No row has that id or name (on insert: the parent row does not exist).
     #[error("not found")]
     NotFound,
     /// A unique name is taken, or a reference prevents the change.
@@ -38,23 +41,31 @@ pub enum StoreError {
     /// The row changed since it was read; read it again and retry.
     #[error("the resource was changed concurrently; retry")]
     Stale,
+    /// A store URL that is neither `sqlite:` nor `postgres://`, or a SQLite directory that
+    /// cannot be created.
     #[error("invalid store URL: {0}")]
     BadUrl(String),
+    /// The database failed or could not be reached.
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    /// A stored value cannot be read back, or a document cannot be serialized.
     #[error("stored document is unreadable: {0}")]
     Corrupt(String),
 }
 
+/// The result of a store operation.
 pub type Result<T> = std::result::Result<T, StoreError>;
 
 /// The entity tables.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Table {
+    /// Backends; no parent.
     Backends,
+    /// Products; no parent.
     Products,
     /// Parent: a product.
     ApplicationPlans,
+    /// Accounts; no parent.
     Accounts,
     /// Parent: an account.
     Applications,
@@ -79,25 +90,35 @@ impl Table {
 /// One stored entity.
 #[derive(Debug, Clone, Serialize)]
 pub struct Row<T> {
+    /// Row id, unique in its table.
     pub id: i64,
+    /// Id of the parent row (a product or an account); `None` in tables without parents.
     pub parent_id: Option<i64>,
+    /// Immutable name, unique in its scope.
     pub system_name: String,
+    /// 1 at insert, incremented by each update (optimistic locking).
     pub revision: i64,
+    /// Unix milliseconds of the insert.
     pub created_at: i64,
+    /// Unix milliseconds of the last update.
     pub updated_at: i64,
+    /// The entity's JSON document.
     pub doc: T,
 }
 
 /// How a path segment names an entity: its id, or its `system_name`.
 #[derive(Debug, Clone)]
 pub enum Key<'a> {
+    /// An id only.
     Id(i64),
+    /// A `system_name` only.
     Name(&'a str),
     /// Digits: an id if one exists, else a name.
     Either(i64, &'a str),
 }
 
 impl<'a> Key<'a> {
+    /// Reads a path segment: an integer is [`Key::Either`], anything else a [`Key::Name`].
     pub fn parse(s: &'a str) -> Key<'a> {
         match s.parse::<i64>() {
             Ok(id) => Key::Either(id, s),
@@ -106,16 +127,21 @@ impl<'a> Key<'a> {
     }
 }
 
+/// Which database a store is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dialect {
+    /// SQLite (the embedded default).
     Sqlite,
+    /// PostgreSQL.
     Postgres,
 }
 
+/// Unix time in milliseconds; 0 if the system clock is before 1970.
 pub fn now_millis() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
+/// A migrated store: a connection pool and its dialect. Clones share the pool.
 #[derive(Clone)]
 pub struct Store {
     pool: AnyPool,
@@ -192,10 +218,12 @@ impl Store {
         Ok(store)
     }
 
+    /// Which database the store is.
     pub fn dialect(&self) -> Dialect {
         self.dialect
     }
 
+    /// The connection pool.
     pub fn pool(&self) -> &AnyPool {
         &self.pool
     }
@@ -368,6 +396,12 @@ impl Store {
         Err(StoreError::Stale.into())
     }
 
+    /// Deletes the row `id` of `table`.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::NotFound`] when no row has that id; [`StoreError::Database`] when the
+    /// database refuses or fails.
     pub async fn delete(&self, table: Table, id: i64) -> Result<()> {
         let done = sqlx::query(AssertSqlSafe(format!("DELETE FROM {} WHERE id = $1", table.name())))
             .bind(id)

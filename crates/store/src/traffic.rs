@@ -10,6 +10,7 @@ use sqlx::Row as _;
 /// summed over nodes when read back).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TrafficRow {
+    /// System name of the product.
     pub product: String,
     /// `staging` or `production`.
     pub environment: String,
@@ -17,17 +18,22 @@ pub struct TrafficRow {
     pub minute: i64,
     /// Responses by status class: 1xx (WebSocket upgrades), 2xx, 3xx, 4xx, 5xx.
     pub responses: [i64; 5],
+    /// WebSocket messages from clients.
     pub messages_from_clients: i64,
+    /// WebSocket messages from backends.
     pub messages_from_backends: i64,
 }
 
 /// A node's latest word on one product in one environment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeReport {
+    /// Name of the reporting gateway node (one per process).
     pub node: String,
+    /// `staging` or `production`.
     pub environment: String,
     /// Empty for the node's own row (sent even when it serves no traffic).
     pub product: String,
+    /// WebSocket connections open when the node reported.
     pub open_websockets: i64,
     /// Unix milliseconds.
     pub reported_at: i64,

@@ -7,15 +7,20 @@ use crate::{Result, Store};
 use serde::Serialize;
 use sqlx::Row as _;
 
+/// The width of usage buckets: stored minutes roll up into hours, then days.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Granularity {
+    /// 60 seconds.
     Minute,
+    /// 3,600 seconds.
     Hour,
+    /// 86,400 seconds.
     Day,
 }
 
 impl Granularity {
+    /// `minute`, `hour` or `day`.
     pub fn as_str(self) -> &'static str {
         match self {
             Granularity::Minute => "minute",
@@ -23,6 +28,7 @@ impl Granularity {
             Granularity::Day => "day",
         }
     }
+    /// The bucket width in seconds.
     pub fn seconds(self) -> i64 {
         match self {
             Granularity::Minute => 60,
@@ -30,6 +36,7 @@ impl Granularity {
             Granularity::Day => 86_400,
         }
     }
+    /// Parses `minute`, `hour` or `day`; `None` for anything else.
     pub fn parse(s: &str) -> Option<Granularity> {
         match s {
             "minute" => Some(Granularity::Minute),
@@ -43,19 +50,26 @@ impl Granularity {
 /// One minute of one metric of one application.
 #[derive(Debug, Clone)]
 pub struct UsageRow {
+    /// The application, `account/application`.
     pub application: String,
+    /// System name of the application's product.
     pub product: String,
+    /// System name of the metric or method.
     pub metric: String,
+    /// Unix seconds at the start of the minute.
     pub minute: i64,
+    /// Usage added in that minute.
     pub value: i64,
 }
 
 /// Which usage to read.
 #[derive(Debug, Clone, Default)]
 pub struct UsageQuery {
+    /// Only this product's usage, when set.
     pub product: Option<String>,
     /// `account/application`.
     pub application: Option<String>,
+    /// Only this metric's usage, when set.
     pub metric: Option<String>,
     /// Unix seconds, inclusive.
     pub since: i64,

@@ -10,9 +10,17 @@
 pub enum Equivalent {
     /// This Tollgate policy does the same job; `note` says how, when the configuration
     /// differs.
-    Policy { name: &'static str, note: &'static str },
+    Policy {
+        /// The Tollgate policy's name.
+        name: &'static str,
+        /// How it does the job, where its configuration differs.
+        note: &'static str,
+    },
     /// No Tollgate policy: `note` says why (not needed, done elsewhere, or not yet).
-    None { note: &'static str },
+    None {
+        /// Why there is none.
+        note: &'static str,
+    },
 }
 
 /// APIcast policies whose name is not a Tollgate policy's (those named alike, such as

@@ -26,15 +26,22 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use std::sync::Arc;
 
+/// A policy's `condition`: operations combined with `and` or `or`.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ConditionConfig {
     /// How the operations combine.
     #[serde(default)]
     pub combine_op: Combine,
+    /// The tests; at least one.
     pub operations: Vec<OperationConfig>,
 }
 
+/// How a condition's operations combine: `and` (default), every one holds; `or`, any
+/// one does.
+// No doc comment per variant: one would turn this enum's JSON Schema from `enum` into
+// `oneOf`, which the console's policy forms cannot show as a select.
+#[allow(missing_docs)]
 #[derive(Debug, Clone, Copy, Default, Deserialize, JsonSchema, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum Combine {
@@ -43,17 +50,24 @@ pub enum Combine {
     Or,
 }
 
+/// One test of a condition: `left` compared with `right` by `op`.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OperationConfig {
     /// A template, e.g. `{{ path }}`.
     pub left: String,
+    /// `==`, `!=`, `matches` or `not_matches`.
     pub op: Op,
     /// A template (`==`, `!=`) or a regular expression (`matches`, `not_matches`).
     #[serde(default)]
     pub right: String,
 }
 
+/// A comparison: `==` and `!=` compare rendered templates; `matches` and `not_matches`
+/// match a regular expression.
+// No doc comment per variant: one would turn this enum's JSON Schema from `enum` into
+// `oneOf`, which the console's policy forms cannot show as a select.
+#[allow(missing_docs)]
 #[derive(Debug, Clone, Copy, Deserialize, JsonSchema, PartialEq, Eq)]
 pub enum Op {
     #[serde(rename = "==")]
@@ -108,6 +122,7 @@ impl Condition {
         Ok(Condition { combine: c.combine_op, operations })
     }
 
+    /// Whether the condition holds for `req` in `ctx`.
     pub fn holds(&self, req: &Parts, ctx: &Context<'_>) -> bool {
         let one = |o: &Operation| {
             let left = o.left.render(req, ctx);
@@ -127,7 +142,9 @@ impl Condition {
 
 /// A policy that runs only when its condition holds.
 pub struct Conditional {
+    /// When the inner policy runs.
     pub condition: Condition,
+    /// The policy that runs when the condition holds.
     pub inner: Arc<dyn Policy>,
 }
 

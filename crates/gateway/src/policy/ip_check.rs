@@ -70,6 +70,13 @@ pub struct Cidr {
 }
 
 impl Cidr {
+    /// Parses an address (a single host) or `address/prefix`, IPv4 or IPv6; host bits
+    /// are cleared.
+    ///
+    /// # Errors
+    ///
+    /// A message naming `s` when it is not an IP address, or its prefix length is over
+    /// 32 (IPv4) or 128 (IPv6).
     pub fn parse(s: &str) -> Result<Cidr, String> {
         let (addr, prefix) = match s.split_once('/') {
             Some((a, p)) => (a, Some(p)),
@@ -92,6 +99,7 @@ impl Cidr {
         Ok(Cidr { net: bits & mask(prefix), prefix, v4 })
     }
 
+    /// Whether `ip` is in the range; an IPv4-mapped IPv6 address counts as its IPv4 address.
     pub fn contains(&self, ip: IpAddr) -> bool {
         // An IPv4-mapped IPv6 address (::ffff:a.b.c.d) is the IPv4 address.
         let ip = match ip {
@@ -118,6 +126,7 @@ fn cidrs(list: &[String], field: &str) -> Result<Vec<Cidr>, PolicyError> {
         .collect()
 }
 
+/// The `ip_check` policy: allows or denies clients by IP address, with 403 `ip_denied`.
 pub struct IpCheckPolicy {
     check: CheckType,
     ips: Vec<Cidr>,

@@ -477,7 +477,6 @@ impl JwtPolicy {
     }
 }
 
-/// The token in `Sec-WebSocket-Protocol`: an entry that looks like a JWT.
 /// The entries of the request's `Sec-WebSocket-Protocol` headers, trimmed.
 fn offered_protocols(req: &request::Parts) -> impl Iterator<Item = &str> {
     req.headers
@@ -488,6 +487,7 @@ fn offered_protocols(req: &request::Parts) -> impl Iterator<Item = &str> {
         .map(str::trim)
 }
 
+/// The token in `Sec-WebSocket-Protocol`: an entry that looks like a JWT.
 fn subprotocol_token(req: &request::Parts) -> Option<&str> {
     offered_protocols(req).find(|e| e.split('.').count() == 3 && e.len() > 20)
 }

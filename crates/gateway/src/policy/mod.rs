@@ -55,6 +55,7 @@ pub use tollgate::TollgatePolicy;
 
 /// What a request phase decided.
 pub enum Flow {
+    /// Go on with the next policy.
     Continue,
     /// Answer the client with this response, which is no refusal (a CORS preflight's
     /// answer, `echo`); the backend is not called.
@@ -66,7 +67,9 @@ pub enum Flow {
 
 /// What the gateway knows about one request while the chain runs.
 pub struct Context<'a> {
+    /// The product the request is for.
     pub product: &'a Product,
+    /// The client's address: the TCP peer of the connection.
     pub client_addr: SocketAddr,
     /// Whether the client reached the gateway over TLS.
     pub tls: bool,
@@ -138,9 +141,13 @@ impl<'a> Context<'a> {
 /// Credentials as presented, once verified.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Credential {
+    /// A `user_key`.
     UserKey(Box<str>),
+    /// An `app_id` with one of its `app_keys`.
     AppId {
+        /// The application's `app_id`.
         app_id: Box<str>,
+        /// The key presented with it.
         app_key: Box<str>,
     },
     /// An application named by a verified token's client id claim (`jwt`): its app_id,
@@ -148,6 +155,8 @@ pub enum Credential {
     ClientId(Box<str>),
 }
 
+/// A policy of a product's chain: hooks called at each phase of a request, in chain
+/// order. Every hook has a default that does nothing.
 pub trait Policy: Send + Sync + 'static {
     /// The policy's registry name.
     fn name(&self) -> &'static str;
@@ -196,7 +205,9 @@ pub const IMPLICIT_LAST: &str = "tollgate";
 /// One policy of a built chain, with the index of its entry in the configuration's
 /// `policy_chain` (`None` for the implicit one).
 pub struct Built {
+    /// Index of the entry in `policy_chain`; `None` for the implicit `tollgate`.
     pub entry: Option<usize>,
+    /// The built policy.
     pub policy: Arc<dyn Policy>,
 }
 
@@ -204,7 +215,9 @@ type Builder = fn(&serde_json::Value) -> Result<Arc<dyn Policy>, PolicyError>;
 
 /// What a user can learn about a policy without reading the source.
 pub struct PolicyInfo {
+    /// Registry name, as in `policy_chain[].name`.
     pub name: &'static str,
+    /// One-line summary.
     pub summary: &'static str,
     /// JSON Schema of the policy's `configuration` (without `condition`).
     schema: fn() -> serde_json::Value,
@@ -436,6 +449,7 @@ impl Registry {
         self.offline
     }
 
+    /// Every policy this registry can build, in registration order.
     pub fn policies(&self) -> &[PolicyInfo] {
         &self.policies
     }
@@ -563,6 +577,8 @@ pub struct PolicyError {
 }
 
 impl PolicyError {
+    /// An error about `field` (a path inside `configuration`; empty for the whole), without
+    /// a hint.
     pub fn new(field: impl Into<String>, message: impl Into<String>) -> PolicyError {
         PolicyError { field: field.into(), message: message.into(), hint: None }
     }

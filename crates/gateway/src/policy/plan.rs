@@ -29,11 +29,22 @@ pub enum Decision {
     EdgeLimit(EdgeRequest),
     /// Largest request and response bodies, in bytes (`payload_limits`). The tightest
     /// of all decided wins, per direction.
-    PayloadLimits { request: Option<u64>, response: Option<u64> },
+    PayloadLimits {
+        /// Largest request body in bytes; `None`: this policy sets none.
+        request: Option<u64>,
+        /// Largest response body in bytes; `None`: this policy sets none.
+        response: Option<u64>,
+    },
     /// How long the request may take to be sent to the backend and how long the
     /// backend may be silent (`upstream_connection`). Each one decided replaces the
     /// one before (a policy's over the gateway's default).
-    Timeouts { send: Option<Duration>, read: Option<Duration> },
+    Timeouts {
+        /// Time to send the whole request; `None` leaves it as it was.
+        send: Option<Duration>,
+        /// Time for the response head, and between parts of its body; `None` leaves
+        /// it as it was.
+        read: Option<Duration>,
+    },
     /// A WebSocket opened by this request closes at this time (Unix seconds): when the
     /// token that authorized it expires (`jwt`).
     SessionExpires(i64),
@@ -42,7 +53,9 @@ pub enum Decision {
 /// Largest bodies, in bytes; `None`: no limit.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct PayloadLimits {
+    /// Largest request body the backend is sent.
     pub request: Option<u64>,
+    /// Largest response body the client is sent.
     pub response: Option<u64>,
 }
 
@@ -69,7 +82,9 @@ pub struct RequestPlan {
     /// Places taken under edge concurrency limiters, held until the response body ends
     /// (or the WebSocket closes). The proxy fills it.
     pub held: Vec<Held>,
+    /// Largest request and response bodies.
     pub payload_limits: PayloadLimits,
+    /// Timeouts towards the backend.
     pub timeouts: UpstreamTimeouts,
     /// When a WebSocket opened by this request must close (Unix seconds).
     pub session_expires: Option<i64>,

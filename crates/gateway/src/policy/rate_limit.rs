@@ -112,13 +112,17 @@ enum LimiterKind {
 
 /// What one `rate_limit` policy asks the gateway to check for this request.
 pub struct EdgeRequest {
+    /// Window and token-bucket checks, one per limiter whose key rendered non-empty.
     pub checks: Vec<EdgeCheck>,
     /// (key, max) of concurrency limiters.
     pub connections: Vec<(String, u32)>,
+    /// Whether the checks run in Redis (`store: redis`) rather than in this process.
     pub redis: bool,
+    /// The answer when a limiter refuses.
     pub refusal: std::sync::Arc<ErrorTemplate>,
 }
 
+/// The `rate_limit` policy: edge limits on keys rendered from each request.
 pub struct RateLimitPolicy {
     /// Distinguishes this policy's keys from other policies' (`global` shares one prefix).
     prefix: String,
@@ -167,7 +171,18 @@ impl RateLimitPolicy {
                         .ok_or_else(|| PolicyError::new(at("max"), "is required (above 0) for connections"))?,
                 ),
             };
-            signature += &format!("{}|{:?};", l.key, l.algorithm);
+            // What the stored counts mean: the key, the algorithm and its window (or a
+            // bucket's rate and burst). The count and the maximum are left out: raising a
+            // limit keeps the counts so far.
+            let meaning = match &kind {
+                LimiterKind::Rate(Algorithm::FixedWindow { window_ms, .. }) => format!("fixed:{window_ms}"),
+                LimiterKind::Rate(Algorithm::SlidingWindow { window_ms, .. }) => format!("sliding:{window_ms}"),
+                LimiterKind::Rate(Algorithm::TokenBucket { rate_per_s, burst }) => {
+                    format!("bucket:{rate_per_s}:{burst}")
+                }
+                LimiterKind::Connections(_) => "connections".to_string(),
+            };
+            signature += &format!("{}|{meaning};", l.key);
             limiters.push(Limiter { key, kind });
         }
         let refusal = ErrorTemplate::shared_json(
@@ -175,8 +190,10 @@ impl RateLimitPolicy {
             "rate_limited",
             c.error_message.as_deref().unwrap_or("too many requests; retry later"),
         );
-        // Limiters with the same key template and algorithm share counts within the
-        // scope; the prefix keeps different configurations apart.
+        // Limiters with the same key template, algorithm and window (or bucket) share
+        // counts within the scope — the two environments, a reload that changes a count;
+        // the prefix keeps limiters whose counts mean something else apart (a 10 s and a
+        // 60 s window would otherwise reset each other's counts).
         let prefix = format!("{:016x}", fnv(&signature));
         Ok(RateLimitPolicy { prefix, limiters, scope: c.scope, redis: c.store == Store::Redis, refusal })
     }
@@ -218,5 +235,36 @@ impl Policy for RateLimitPolicy {
             ctx.decide(Decision::EdgeLimit(edge));
         }
         Flow::Continue
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn prefix(limiter: serde_json::Value) -> String {
+        let config: Config = serde_json::from_value(serde_json::json!({ "limiters": [limiter] })).expect("config");
+        RateLimitPolicy::new(config).expect("valid").prefix
+    }
+
+    /// Found by documenting the code: limiters whose stored counts mean different things
+    /// (a 10 s and a 60 s window on the same key) shared their counts, and reset each
+    /// other's windows; a changed count keeps them.
+    #[test]
+    fn limiters_share_counts_only_when_their_counts_mean_the_same() {
+        let window = |count: u64, window: u64| {
+            prefix(
+                serde_json::json!({ "key": "{{ remote_addr }}", "algorithm": "fixed_window", "count": count, "window": window }),
+            )
+        };
+        assert_eq!(window(10, 60), window(20, 60), "a new count keeps the counts so far");
+        assert_ne!(window(10, 60), window(10, 10), "another window is another count");
+        let bucket = |rate: f64| {
+            prefix(
+                serde_json::json!({ "key": "{{ remote_addr }}", "algorithm": "token_bucket", "rate": rate, "burst": 5 }),
+            )
+        };
+        assert_ne!(bucket(1.0), bucket(2.0));
+        assert_ne!(window(10, 60), bucket(1.0));
     }
 }

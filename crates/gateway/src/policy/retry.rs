@@ -42,11 +42,15 @@ pub(super) struct Config {
 /// What the gateway needs to retry a request.
 #[derive(Debug, Clone)]
 pub struct Retry {
+    /// Attempts after the first, 1 to 5.
     pub retries: u8,
+    /// Backend statuses that are retried; connection failures always are.
     pub statuses: Vec<StatusCode>,
+    /// Wait between attempts.
     pub delay: Duration,
 }
 
+/// The `retry` policy: decides a [`Retry`] for bodyless requests with a listed method.
 pub struct RetryPolicy {
     retry: Retry,
     methods: Vec<Method>,

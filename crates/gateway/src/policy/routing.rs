@@ -41,6 +41,7 @@ use tollgate_model::validate::BaseUrl;
 /// Where a policy sends the request, instead of the product's backend usages.
 #[derive(Clone)]
 pub struct Route {
+    /// Where it goes.
     pub target: Target,
     /// The path to send (before the target's base path is prepended).
     pub path: String,
@@ -48,8 +49,10 @@ pub struct Route {
     pub host: Option<HeaderValue>,
 }
 
+/// The destination of a [`Route`].
 #[derive(Clone)]
 pub enum Target {
+    /// A URL of the policy's configuration.
     Url(Arc<Upstream>),
     /// A backend of the product, by system_name (resolved per request).
     Backend(Arc<str>),
@@ -81,6 +84,8 @@ pub(super) struct UpstreamConfig {
     rules: Vec<UpstreamRule>,
 }
 
+/// The `upstream` policy (3scale's Upstream): the first rule whose regular expression
+/// matches the path routes the request to its URL.
 pub struct UpstreamPolicy {
     rules: Vec<(regex::Regex, Arc<Upstream>)>,
 }
@@ -149,6 +154,8 @@ struct Rule {
     host: Option<HeaderValue>,
 }
 
+/// The `routing` policy (3scale's Routing): the first rule whose condition holds routes
+/// the request to its URL or backend.
 pub struct RoutingPolicy {
     rules: Vec<Rule>,
 }

@@ -24,18 +24,30 @@ use http::request::Parts;
 use std::borrow::Cow;
 use tollgate_model::pattern::QueryArgs;
 
+/// A template variable (the module documentation lists them).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Var {
+    /// `remote_addr`: the client's IP address (the TCP peer).
     RemoteAddr,
+    /// `host`: the request's host, without port.
     Host,
+    /// `method`: the request method.
     Method,
+    /// `path`: the request path.
     Path,
+    /// `query`: the query string, without `?`.
     Query,
+    /// `headers['Name']`: a request header's first value.
     Header(HeaderName),
+    /// `query['name']`: a query argument's first value, percent-decoded.
     Arg(Box<str>),
+    /// `application.id`: the application, once `tollgate` identified it.
     ApplicationId,
+    /// `application.plan`: the application's plan.
     ApplicationPlan,
+    /// `jwt.CLAIM`: a claim of the request's validated JWT.
     Claim(Box<str>),
+    /// `now`: Unix seconds.
     Now,
 }
 
@@ -51,6 +63,7 @@ pub struct Template {
     parts: Vec<Part>,
 }
 
+/// The variables a template may use, as listed in error messages.
 pub const VARIABLES: &str = "remote_addr, host, method, path, query, headers['NAME'], query['NAME'], application.id, application.plan, jwt.CLAIM, now";
 
 /// `name['key']` or `name["key"]` → key.
@@ -87,6 +100,12 @@ fn variable(expr: &str) -> Result<Var, String> {
 }
 
 impl Template {
+    /// Parses `{{ variable }}` placeholders in `s`.
+    ///
+    /// # Errors
+    ///
+    /// A message when a `{{` has no closing `}}`, a variable is unknown, or a header name is
+    /// invalid.
     pub fn parse(s: &str) -> Result<Template, String> {
         let mut parts = Vec::new();
         let mut rest = s;
@@ -110,6 +129,7 @@ impl Template {
         self.parts.iter().all(|p| matches!(p, Part::Text(_)))
     }
 
+    /// The text, with each variable's value for `req` in `ctx`; a missing value is empty.
     pub fn render<'r>(&'r self, req: &Parts, ctx: &Context<'_>) -> Cow<'r, str> {
         match self.parts.as_slice() {
             [] => Cow::Borrowed(""),

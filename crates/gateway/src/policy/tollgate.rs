@@ -18,6 +18,8 @@ use tollgate_model::pattern::QueryArgs;
 #[serde(deny_unknown_fields)]
 pub(super) struct Config {}
 
+/// The `tollgate` policy (3scale's `apicast`): identifies the application by its
+/// credentials and maps the request to usage by the mapping rules.
 pub struct TollgatePolicy;
 
 impl Policy for TollgatePolicy {

@@ -22,6 +22,8 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use std::time::Duration;
 
+/// The `upstream_connection` policy's configuration: timeouts towards the product's
+/// backends, in seconds (fractions allowed, at most 86400).
 #[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
@@ -52,6 +54,7 @@ pub fn connect_timeout(configuration: &serde_json::Value) -> Option<Duration> {
     super::parse::<Config>(configuration).ok().and_then(|c| seconds(c.connect_timeout, "").ok().flatten())
 }
 
+/// The `upstream_connection` policy: decides the send and read timeouts of each request.
 pub struct UpstreamConnectionPolicy {
     send: Option<Duration>,
     read: Option<Duration>,

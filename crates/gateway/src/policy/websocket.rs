@@ -18,6 +18,11 @@
 use super::{Policy, PolicyError};
 use serde::Deserialize;
 
+/// Which messages a meter counts: `client_to_server`, `server_to_client` or `both`
+/// (default).
+// No doc comment per variant: one would turn this enum's JSON Schema from `enum` into
+// `oneOf`, which the console's policy forms cannot show as a select.
+#[allow(missing_docs)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Direction {
@@ -28,6 +33,8 @@ pub enum Direction {
 }
 
 impl Direction {
+    /// Whether a message is counted, given whether the client (`from_client`) or the backend
+    /// sent it.
     pub fn includes(self, from_client: bool) -> bool {
         match self {
             Direction::Both => true,
@@ -37,12 +44,16 @@ impl Direction {
     }
 }
 
+/// Counts WebSocket messages on a metric.
 #[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MeterMessages {
+    /// Metric or method to count on.
     pub metric: String,
+    /// Which messages count (default `both`).
     #[serde(default)]
     pub direction: Direction,
+    /// How much each message adds, at least 1 (default 1).
     #[serde(default = "one")]
     pub delta: u64,
 }
@@ -51,14 +62,23 @@ fn one() -> u64 {
     1
 }
 
+/// Counts WebSocket payload bytes, as on the wire, on a metric.
 #[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MeterBytes {
+    /// Metric or method to count on.
     pub metric: String,
+    /// Which messages' bytes count (default `both`).
     #[serde(default)]
     pub direction: Direction,
 }
 
+/// What a metered message beyond a usage limit does: `close` (default) closes the
+/// connection with 1008; `drop` drops the message when its first frame is over the
+/// limit (a later frame over it still closes).
+// No doc comment per variant: one would turn this enum's JSON Schema from `enum` into
+// `oneOf`, which the console's policy forms cannot show as a select.
+#[allow(missing_docs)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum OnLimitExceeded {
@@ -67,6 +87,7 @@ pub enum OnLimitExceeded {
     Drop,
 }
 
+/// The `websocket` policy's configuration.
 #[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
@@ -80,6 +101,7 @@ pub struct Config {
     /// Count payload bytes (as on the wire) on a metric, checked like messages.
     #[serde(default)]
     pub meter_bytes: Option<MeterBytes>,
+    /// What a message beyond a usage limit does (default `close`).
     #[serde(default)]
     pub on_limit_exceeded: OnLimitExceeded,
     /// Seconds without a frame from either side after which the connection closes (1001).

@@ -63,8 +63,11 @@ pub struct ConnInfo {
 /// What the gateways of one process share.
 #[derive(Clone)]
 pub struct Shared {
+    /// Usage counters, in this process or in Redis.
     pub counters: Arc<Counters>,
+    /// Where requests read the time, once each.
     pub clock: Arc<dyn Clock>,
+    /// The process's metrics.
     pub metrics: Arc<Metrics>,
     /// Where usage is aggregated for analytics, when something persists it.
     pub analytics: Option<Arc<Analytics>>,
@@ -104,6 +107,7 @@ impl Default for ExchangeDefaults {
 
 /// One environment's gateway: the state every request of that environment shares.
 pub struct Gateway {
+    /// The environment it serves.
     pub environment: Environment,
     snapshot: SnapshotHandle,
     counters: Arc<Counters>,
@@ -119,6 +123,7 @@ pub struct Gateway {
 }
 
 impl Gateway {
+    /// A gateway for `environment`, serving the snapshots stored in `snapshot`.
     pub fn new(environment: Environment, snapshot: SnapshotHandle, shared: Shared) -> Self {
         Gateway {
             environment,
@@ -140,6 +145,7 @@ impl Gateway {
         self.draining.send_replace(true);
     }
 
+    /// The process's metrics.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
     }

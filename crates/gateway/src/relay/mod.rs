@@ -26,13 +26,17 @@ pub const CLOSE_GOING_AWAY: u16 = 1001;
 pub const CLOSE_ABNORMAL: u16 = 1006;
 /// Recorded for a Close frame that carried no code; never sent (RFC 6455 §7.4.1).
 pub const CLOSE_NO_STATUS: u16 = 1005;
+/// 1002: a peer broke the WebSocket protocol.
 pub const CLOSE_PROTOCOL_ERROR: u16 = 1002;
+/// 1008: a message broke a policy, such as a usage limit.
 pub const CLOSE_POLICY_VIOLATION: u16 = 1008;
+/// 1009: a message over `max_message_bytes`.
 pub const CLOSE_TOO_BIG: u16 = 1009;
 
 /// What to do with a message, decided when its first frame arrives.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
+    /// Pass the message to the other side.
     Forward,
     /// Swallow this message (its frames never reach the other side).
     Drop,
@@ -43,6 +47,7 @@ pub enum Verdict {
 /// A data frame as the gate sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FrameInfo {
+    /// Whether the client sent it (else the backend).
     pub from_client: bool,
     /// The first frame of a message (so once per message).
     pub starts_message: bool,
@@ -76,12 +81,14 @@ where
     }
 }
 
+/// What a relay enforces on one WebSocket connection.
 #[derive(Clone, Default)]
 pub struct RelayOptions {
     /// permessage-deflate was negotiated: RSV1 may mark compressed messages.
     pub deflate: bool,
     /// Largest message, in payload bytes as on the wire (compressed when deflated).
     pub max_message_bytes: Option<u64>,
+    /// Asked about every data frame; `None`: nothing is governed.
     pub gate: Option<Gate>,
     /// Close with 1001 when nothing arrives from either side for this long.
     pub idle_timeout: Option<Duration>,
@@ -101,11 +108,14 @@ pub struct RelayOptions {
 /// Messages and bytes relayed so far; index 0 is client → backend, 1 backend → client.
 #[derive(Debug, Default)]
 pub struct Tally {
+    /// Data messages forwarded, by direction.
     pub messages: [AtomicU64; 2],
+    /// Bytes forwarded, frames as on the wire (headers included), by direction.
     pub bytes: [AtomicU64; 2],
 }
 
 impl Tally {
+    /// `[messages up, messages down, bytes up, bytes down]`, up being client → backend.
     pub fn get(&self) -> [u64; 4] {
         let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
         [l(&self.messages[0]), l(&self.messages[1]), l(&self.bytes[0]), l(&self.bytes[1])]
@@ -115,12 +125,16 @@ impl Tally {
 /// Who sent the first close frame of a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Initiator {
+    /// The client.
     Client,
+    /// The backend.
     Backend,
+    /// The gateway itself (a limit, a timeout, shutdown).
     Gateway,
 }
 
 impl Initiator {
+    /// `client`, `backend` or `gateway`, as in metric labels.
     pub fn as_str(self) -> &'static str {
         match self {
             Initiator::Client => "client",
@@ -133,15 +147,20 @@ impl Initiator {
 /// Counts of one relayed connection, for metrics and logs.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Totals {
+    /// Data messages forwarded from the client to the backend.
     pub messages_up: u64,
+    /// Data messages forwarded from the backend to the client.
     pub messages_down: u64,
+    /// Bytes forwarded from the client to the backend, frames as on the wire.
     pub bytes_up: u64,
+    /// Bytes forwarded from the backend to the client, frames as on the wire.
     pub bytes_down: u64,
     /// The close code the gateway itself sent, if it closed the connection.
     pub closed_by_gateway: Option<u16>,
     /// The first close frame (1005 when it carried no code); `None` when the
     /// connection ended without one (an abnormal closure, 1006 in RFC 6455 terms).
     pub close: Option<(Initiator, u16)>,
+    /// How long the relay ran.
     pub duration: Duration,
 }
 

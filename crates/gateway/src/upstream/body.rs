@@ -113,9 +113,15 @@ fn cap(frame: &Result<Frame<Bytes>, BoxError>, left: &mut Option<u64>) -> bool {
 }
 
 pin_project_lite::pin_project! {
+    /// A response body as the gateway sends it to a client: a backend's, or one the
+    /// gateway made.
+    // pin-project-lite takes no doc comment on a variant's fields.
+    #[allow(missing_docs)]
     #[project = GatewayBodyProj]
     pub enum GatewayBody {
+        /// A backend's body, passed through.
         Upstream { #[pin] body: PooledBody },
+        /// A body the gateway made itself.
         Local { #[pin] body: Full<Bytes> },
         /// A backend's body that holds places (edge concurrency limits) until it ends
         /// or drops, and/or may carry at most `left` more bytes.
@@ -138,7 +144,9 @@ pub struct Wrap {
 /// a warning naming the backend and the cause (at most one a second per cause).
 #[derive(Debug, Clone)]
 pub struct BrokenBodies {
+    /// The process's metrics.
     pub metrics: std::sync::Arc<crate::metrics::Metrics>,
+    /// The environment whose `tollgate_upstream_errors_total` counts it.
     pub environment: crate::snapshot::Environment,
 }
 
@@ -155,9 +163,11 @@ impl BrokenBodies {
 }
 
 impl GatewayBody {
+    /// A body of `bytes`, made by the gateway.
     pub fn local(bytes: impl Into<Bytes>) -> Self {
         GatewayBody::Local { body: Full::new(bytes.into()) }
     }
+    /// An empty body.
     pub fn empty() -> Self {
         GatewayBody::local(Bytes::new())
     }
@@ -201,12 +211,15 @@ impl GatewayBody {
 
 pin_project_lite::pin_project! {
     /// A request body on its way to a backend, optionally size-limited.
+    // pin-project-lite takes no doc comment on a variant's fields.
+    #[allow(missing_docs)]
     #[project = UpstreamBodyProj]
     pub enum UpstreamBody {
         /// No body (a retried request's attempts).
         Empty,
         /// A body made by the gateway (spans for the trace collector).
         Bytes { #[pin] body: Full<Bytes> },
+        /// A client's body, passed through without limits.
         Plain { #[pin] body: Incoming },
         /// A client's body read under limits, saying in `stopped` why it stopped.
         Read {
@@ -226,6 +239,7 @@ impl From<Incoming> for UpstreamBody {
 }
 
 impl UpstreamBody {
+    /// A body of `b`, made by the gateway.
     pub fn bytes(b: impl Into<Bytes>) -> Self {
         UpstreamBody::Bytes { body: Full::new(b.into()) }
     }

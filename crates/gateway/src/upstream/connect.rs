@@ -3,14 +3,17 @@
 
 use super::*;
 
+/// The connect timeout (TCP and TLS) of a backend without `connect_timeout_ms`.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why a backend connection failed. The message names the backend (its
 /// `system_name`, or the URL a policy sends to) and its address.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
+    /// TCP or TLS did not complete within the connect timeout; names the backend.
     #[error("connecting to {0} timed out")]
     Timeout(String),
+    /// The TCP connection failed; names the backend, with the cause.
     #[error("connecting to {0}: {1}")]
     Io(String, io::Error),
     /// The backend was reached, but the TLS handshake failed: the message says in
@@ -32,7 +35,9 @@ impl From<ConnectError> for crate::refusal::Refusal {
 
 /// A stream to a backend, plain or TLS.
 pub enum UpstreamStream {
+    /// A plain TCP connection.
     Plain(TcpStream),
+    /// A TLS session over TCP.
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
 }
 
@@ -101,6 +106,12 @@ impl Connector {
         &self.0.label
     }
 
+    /// Connects: TCP, then TLS when the base URL says so, each within the connect timeout.
+    ///
+    /// # Errors
+    ///
+    /// [`ConnectError::Timeout`], [`ConnectError::Io`] when TCP fails, or
+    /// [`ConnectError::Tls`] when the handshake fails.
     pub async fn connect(&self) -> Result<UpstreamStream, ConnectError> {
         let inner = &self.0;
         let tcp = tokio::time::timeout(inner.connect_timeout, TcpStream::connect(&inner.address))

@@ -32,12 +32,16 @@ use tollgate_model::{BackendTls, BaseUrl};
 
 /// A backend as the gateway reaches it.
 pub struct Upstream {
+    /// The backend's base URL.
     pub base: BaseUrl,
+    /// The backend's `host:port`, the port always given.
     pub authority: http::uri::Authority,
     /// What requests carry as `Host` unless a policy set one: the authority, without
     /// the scheme's default port.
     pub host: http::HeaderValue,
+    /// Makes connections (TCP, then TLS when the URL says so).
     pub connector: Connector,
+    /// Idle keep-alive connections to the backend.
     pub pool: Pool,
 }
 
@@ -103,13 +107,19 @@ impl Upstream {
         http::Uri::builder().path_and_query(pq).build()
     }
 
-    /// Sends a request (its `Host` is set here unless a policy set one) and returns
-    /// the response once its head has come.
     /// What its messages call it: `backend `NAME` (ADDRESS)`.
     pub fn label(&self) -> &str {
         self.connector.label()
     }
 
+    /// Sends a request (its `Host` is set here unless a policy set one) and returns the
+    /// response once its head has come.
+    ///
+    /// # Errors
+    ///
+    /// The refusal the client gets: `upstream_unavailable`, `upstream_timeout` or
+    /// `upstream_tls` when the connection fails, `upstream_invalid_response` for a
+    /// malformed or oversized response head, `upstream_failed` otherwise.
     pub async fn request(
         &self,
         mut req: http::Request<crate::upstream::body::UpstreamBody>,
@@ -190,6 +200,7 @@ pub fn is_invalid_response(e: &hyper::Error) -> bool {
     e.is_parse() || e.is_parse_too_large() || e.is_parse_status()
 }
 
+/// `e`'s message followed by those of its sources, joined by `: `.
 pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();

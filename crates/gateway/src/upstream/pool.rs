@@ -85,7 +85,9 @@ use tollgate_counters::thread_slot;
 /// Why a request to the backend failed.
 #[derive(Debug)]
 pub enum RequestError {
+    /// The connection could not be made.
     Connect(ConnectError),
+    /// The exchange failed after connecting.
     Http(hyper::Error),
 }
 
@@ -94,6 +96,7 @@ pub enum RequestError {
 pub struct Pool(Arc<Shared>);
 
 impl Pool {
+    /// An empty pool using `connector` for new connections.
     pub fn new(connector: Connector) -> Pool {
         Pool(Arc::new(Shared { connector, idle: Mutex::new(Vec::new()), reaper: std::sync::Once::new() }))
     }

@@ -9,15 +9,32 @@ use super::*;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TlsFailure {
     /// The certificate signs itself and is not in `tls.ca_file`/`tls.ca_pem`.
-    SelfSigned { subject: String },
+    SelfSigned {
+        /// The certificate's subject.
+        subject: String,
+    },
     /// Signed by an authority that neither the system nor `tls.ca_file` trusts.
-    UnknownIssuer { issuer: String },
+    UnknownIssuer {
+        /// The certificate's issuer.
+        issuer: String,
+    },
     /// The certificate does not name the host Tollgate asked for.
-    NameMismatch { expected: String, presented: Vec<String> },
+    NameMismatch {
+        /// The name Tollgate asked for.
+        expected: String,
+        /// The names the certificate is valid for.
+        presented: Vec<String>,
+    },
     /// The certificate's validity ended (`not_after`, RFC 3339).
-    Expired { not_after: String },
+    Expired {
+        /// When it ended.
+        not_after: String,
+    },
     /// The certificate is not valid yet (`not_before`, RFC 3339).
-    NotYetValid { not_before: String },
+    NotYetValid {
+        /// When it begins.
+        not_before: String,
+    },
     /// The certificate was refused for another reason (revoked, wrong key usage…).
     BadCertificate(String),
     /// The backend does not answer TLS on this port (a plain HTTP server, say).
@@ -172,6 +189,7 @@ pub struct CertificateInfo {
     pub names: Vec<String>,
     /// Validity, Unix seconds.
     pub not_before: i64,
+    /// End of validity, Unix seconds.
     pub not_after: i64,
     /// SHA-256 of the DER encoding, as upper-case hex pairs joined by `:`.
     pub sha256: String,
@@ -282,7 +300,9 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
 /// `server_name`, or none for the whole) and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsConfigError {
+    /// The key at fault (`ca_file`, `ca_pem`, `server_name`), or empty for the whole.
     pub field: &'static str,
+    /// What is wrong.
     pub message: String,
 }
 
