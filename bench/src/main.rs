@@ -550,7 +550,12 @@ async fn stream(f: &Field, s: &Settings) -> Result<Table> {
 /// RSS after `n` connections (each after one echoed message) minus RSS before, over n.
 async fn memory(files: &Files, n: usize) -> Result<Table> {
     let mut rows = Vec::new();
-    for name in ["nginx", "haproxy", "tollgate, metering off", "tollgate, metering on"] {
+    let mut names = vec!["nginx", "haproxy", "tollgate, metering off", "tollgate, metering on"];
+    let baseline = peers::baseline_bin();
+    if baseline.is_some() {
+        names.push(BASELINE_METERED);
+    }
+    for name in names {
         // Fresh processes: memory freed by earlier measures would hide the growth.
         let (_echo, echo) = peers::own(&["echo"]).await?;
         let backends = Backends { http: echo, https: echo, ws: echo };
@@ -562,6 +567,11 @@ async fn memory(files: &Files, n: usize) -> Result<Table> {
             "haproxy" => {
                 let (p, fr) = peers::haproxy(&files.dir, backends, &files.both).await?;
                 (p, fr, "127.0.0.1")
+            }
+            BASELINE_METERED => {
+                let bin = baseline.as_deref().context("no baseline")?;
+                let (p, fr) = peers::tollgate_from(bin, &files.dir, backends, &files.cert, &files.key, &[]).await?;
+                (p, fr, "metered.localhost")
             }
             _ => {
                 let (p, fr) = peers::tollgate(&files.dir, backends, &files.cert, &files.key, &[]).await?;
