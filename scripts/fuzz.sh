@@ -40,7 +40,7 @@ fi
 max_len() {
     case "$1" in
         config | import) echo 16384 ;;
-        request_head | websocket_frames | templates | conditions) echo 4096 ;;
+        request_head | websocket_frames | templates | conditions | proxy_header) echo 4096 ;;
         *) echo 2048 ;;
     esac
 }

@@ -28,6 +28,9 @@ have openssl || apt_install openssl
 have unshare || apt_install util-linux
 have ip || [ -x /usr/sbin/ip ] || [ -x /sbin/ip ] || apt_install iproute2
 have curl || apt_install curl
+# HAProxy sends the PROXY protocol to the gateway in the listener tests (and is a
+# contestant of bench/run).
+have haproxy || [ -x /usr/sbin/haproxy ] || apt_install haproxy
 have python3 || apt_install python3 python3-pip
 have st || python3 -m pip install --quiet --disable-pip-version-check schemathesis 2>/dev/null \
   || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages schemathesis

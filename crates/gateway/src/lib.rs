@@ -37,6 +37,7 @@ pub mod metrics;
 pub mod path;
 pub mod policy;
 mod proxy;
+pub mod proxy_protocol;
 pub mod refusal;
 pub mod relay;
 pub mod rescue;

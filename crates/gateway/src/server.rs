@@ -61,6 +61,9 @@ pub struct ListenerOptions {
     /// TCP keep-alive on client connections (idle time before the first probe; see
     /// [`crate::deadline::set_tcp_keepalive`]); `None`: off. Default 60 s.
     pub tcp_keepalive: Option<Duration>,
+    /// The sources trusted to send PROXY protocol headers (`--proxy-protocol`); `None`:
+    /// no header is expected (and one is then not read: it would fail as HTTP).
+    pub proxy_protocol: Option<crate::proxy_protocol::ProxyProtocol>,
 }
 
 impl Default for ListenerOptions {
@@ -77,6 +80,7 @@ impl Default for ListenerOptions {
             workers: None,
             min_data_rate: Some(MinDataRate::default()),
             tcp_keepalive: Some(Duration::from_secs(60)),
+            proxy_protocol: None,
         }
     }
 }
@@ -306,7 +310,7 @@ const EVICTION_WAIT: Duration = Duration::from_secs(1);
 
 /// One client connection, from the TLS handshake (if any) to its close.
 async fn connection(
-    tcp: TcpStream,
+    mut tcp: TcpStream,
     client_addr: std::net::SocketAddr,
     permit: tokio::sync::OwnedSemaphorePermit,
     accepting: Arc<Accepting>,
@@ -319,6 +323,16 @@ async fn connection(
     let activity = Activity::new();
     let _registered = accepting.registry.register(activity.clone());
     let min_data_rate = opts.min_data_rate;
+    // A load balancer's PROXY protocol header names the client, before anything else
+    // (and before TLS); it has the header-read timeout to arrive.
+    let client_addr = match &opts.proxy_protocol {
+        None => client_addr,
+        Some(pp) => match tokio::time::timeout(opts.header_read_timeout, pp.client_of(&mut tcp, client_addr)).await {
+            Ok(Ok(client)) => client,
+            Ok(Err(e)) => return tracing::debug!(%client_addr, "connection refused: {e}"),
+            Err(_) => return tracing::debug!(%client_addr, "no PROXY protocol header in time: connection closed"),
+        },
+    };
     let tcp = crate::deadline::Taking::new(tcp, activity.clone());
     match &opts.tls {
         None => {

@@ -228,6 +228,12 @@ pub struct ListenerArgs {
     /// unanswered probes end it); 0: keep-alive off.
     #[arg(long, env = "TOLLGATE_TCP_KEEPALIVE", default_value_t = 60)]
     pub tcp_keepalive: u64,
+    /// Networks of load balancers that send the PROXY protocol (v1 or v2), comma-
+    /// separated addresses or CIDR ranges: their connections must begin with a header,
+    /// whose client address the gateway then uses; any other connection beginning with
+    /// one is refused. Unset: no header is read.
+    #[arg(long, env = "TOLLGATE_PROXY_PROTOCOL", value_name = "CIDR[,CIDR...]")]
+    pub proxy_protocol: Option<String>,
     /// Seconds in-flight requests may take to finish on shutdown.
     #[arg(long, env = "TOLLGATE_DRAIN_TIMEOUT", default_value_t = 30)]
     pub drain_timeout: u64,

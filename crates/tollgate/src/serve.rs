@@ -212,7 +212,25 @@ impl Server {
         });
         let keepalive = (args.listener.tcp_keepalive > 0).then(|| Duration::from_secs(args.listener.tcp_keepalive));
         tollgate_gateway::upstream::set_tcp_keepalive(keepalive);
+        let proxy_protocol = match &args.listener.proxy_protocol {
+            None => None,
+            Some(list) => {
+                let trusted = list
+                    .split(',')
+                    .filter(|s| !s.trim().is_empty())
+                    .map(|s| tollgate_gateway::policy::ip_check::Cidr::parse(s.trim()))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| {
+                        anyhow::anyhow!("--proxy-protocol: {e} (write addresses or CIDR ranges, comma-separated)")
+                    })?;
+                if trusted.is_empty() {
+                    bail!("--proxy-protocol: name the load balancers' addresses or CIDR ranges, comma-separated");
+                }
+                Some(tollgate_gateway::proxy_protocol::ProxyProtocol { trusted })
+            }
+        };
         let base = ListenerOptions {
+            proxy_protocol,
             tcp_keepalive: keepalive,
             workers: Some(workers),
             max_connections: usize::try_from(args.listener.max_connections).unwrap_or(usize::MAX),
