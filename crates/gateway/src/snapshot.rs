@@ -325,11 +325,12 @@ impl Upstreams {
             }
             Err(e) => {
                 let at = if e.field.is_empty() { format!("{path}.tls") } else { format!("{path}.tls.{}", e.field) };
-                errors.push(
-                    ConfigError::new(at, e.message).hint(
-                        "point `tls.ca_file` at a readable PEM certificate (or paste it as `tls.ca_pem`), or set `tls.verify: false` to opt out",
-                    ),
-                );
+                let hint = if e.field.starts_with("client_") {
+                    "point `tls.client_cert_file` and `tls.client_key_file` at the PEM certificate and its private key"
+                } else {
+                    "point `tls.ca_file` at a readable PEM certificate (or paste it as `tls.ca_pem`), or set `tls.verify: false` to opt out"
+                };
+                errors.push(ConfigError::new(at, e.message).hint(hint));
                 self.built.insert(key, None);
                 None
             }

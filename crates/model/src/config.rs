@@ -81,11 +81,26 @@ pub struct BackendTls {
     /// Name to send in SNI and verify the certificate for, when it differs from the URL's host.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server_name: Option<String>,
+    /// PEM file of the client certificate (its chain, leaf first) the gateway presents
+    /// to a backend that asks for one (upstream mutual TLS; APIcast's upstream mTLS
+    /// policy). Needs `client_key_file`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_cert_file: Option<PathBuf>,
+    /// PEM file of that certificate's private key (PKCS#8, PKCS#1 or SEC1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_key_file: Option<PathBuf>,
 }
 
 impl Default for BackendTls {
     fn default() -> Self {
-        BackendTls { ca_file: None, ca_pem: None, verify: true, server_name: None }
+        BackendTls {
+            ca_file: None,
+            ca_pem: None,
+            verify: true,
+            server_name: None,
+            client_cert_file: None,
+            client_key_file: None,
+        }
     }
 }
 

@@ -21,8 +21,10 @@ pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
     let mut config = parse_str(&text)?;
     let base = path.parent().unwrap_or(Path::new(""));
     for b in &mut config.backends {
-        if let Some(ca) = b.tls.ca_file.as_mut().filter(|ca| ca.is_relative()) {
-            *ca = base.join(&*ca);
+        for file in [&mut b.tls.ca_file, &mut b.tls.client_cert_file, &mut b.tls.client_key_file] {
+            if let Some(f) = file.as_mut().filter(|f| f.is_relative()) {
+                *f = base.join(&*f);
+            }
         }
     }
     // The files policies read or write, likewise: `jwt`'s JWK Set, `logging`'s log.

@@ -149,6 +149,19 @@ fn check(config: &Config, draft: bool) -> Result<(), ConfigErrors> {
         if b.tls.ca_file.is_some() && b.tls.ca_pem.is_some() {
             c.err(format!("{path}.tls.ca_pem"), "both `ca_file` and `ca_pem` are set", "keep one of them");
         }
+        match (&b.tls.client_cert_file, &b.tls.client_key_file) {
+            (Some(_), None) => c.err(
+                format!("{path}.tls.client_key_file"),
+                "a client certificate needs its private key",
+                "set `client_key_file` to the PEM file of the key of `client_cert_file`",
+            ),
+            (None, Some(_)) => c.err(
+                format!("{path}.tls.client_cert_file"),
+                "a client key needs its certificate",
+                "set `client_cert_file` to the PEM file of the certificate of `client_key_file`",
+            ),
+            _ => {}
+        }
         if b.connect_timeout_ms == Some(0) {
             c.err(format!("{path}.connect_timeout_ms"), "must be greater than 0", "omit it for the default of 5000");
         }

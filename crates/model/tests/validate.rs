@@ -72,3 +72,10 @@ fn urls_must_name_a_host_a_port_and_no_secrets() {
         assert!(all.contains("backends[0].private_base_url") && all.contains(says), "{url}: {all}");
     }
 }
+
+#[test]
+fn a_client_certificate_comes_with_its_key() {
+    let yaml = "backends: [ { system_name: b, private_base_url: \"https://127.0.0.1:9\", tls: { client_cert_file: /etc/c.pem } } ]\n";
+    let all = errors(yaml).join("\n");
+    assert!(all.contains("backends[0].tls.client_key_file: a client certificate needs its private key"), "{all}");
+}

@@ -69,7 +69,7 @@ pub async fn run(args: WsArgs) -> anyhow::Result<ExitCode> {
         bail!("cannot connect to {host}:{port}: {}", last_err.unwrap_or_else(|| "no address".into()));
     };
     let connector = if secure {
-        let tls = BackendTls { ca_file: args.cacert.clone(), ca_pem: None, verify: !args.insecure, server_name: None };
+        let tls = BackendTls { ca_file: args.cacert.clone(), verify: !args.insecure, ..BackendTls::default() };
         let config =
             tollgate_gateway::upstream::client_tls_config(&tls).map_err(|e| anyhow::anyhow!("--cacert: {e}"))?;
         Some(Connector::Rustls(Arc::new(config)))

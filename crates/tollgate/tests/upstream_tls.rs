@@ -182,3 +182,79 @@ fn certificates_are_described_for_people() {
     assert!(info.not_before < info.not_after);
     assert!(tollgate_gateway::upstream::CertificateInfo::from_pem("not a certificate").is_err());
 }
+
+/// Upstream mutual TLS: a backend (Node's https, `requestCert`) that accepts only clients
+/// with a certificate from its authority. With `tls.client_cert_file` and
+/// `tls.client_key_file` the gateway presents one and is served; without, the backend
+/// refuses the handshake and the client gets 502 `upstream_tls`. A key that does not
+/// fit the certificate is refused by `check`, naming the option.
+#[tokio::test]
+async fn a_backend_that_requires_a_client_certificate_gets_the_configured_one() {
+    let dir = TempDir::new();
+    let server = self_signed(&params(&["127.0.0.1"], "backend.test"));
+    let ca_key = KeyPair::generate().expect("ca key");
+    let mut ca_params = params(&[], "Client CA");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key).expect("ca");
+    let issuer = Issuer::new(ca_params, ca_key);
+    let client_key = KeyPair::generate().expect("key");
+    let client = params(&[], "gateway-client").signed_by(&client_key, &issuer).expect("signed");
+    let server_cert = write(dir.path(), "server.pem", &server.pem);
+    let server_key = write(dir.path(), "server-key.pem", &pem_of("PRIVATE KEY", &server.key));
+    let client_ca = write(dir.path(), "client-ca.pem", &ca_cert.pem());
+    let client_cert = write(dir.path(), "client.pem", &client.pem());
+    let client_key_file = write(dir.path(), "client-key.pem", &client_key.serialize_pem());
+    let other_key = write(dir.path(), "other-key.pem", &KeyPair::generate().expect("key").serialize_pem());
+
+    let mut node = tokio::process::Command::new("node")
+        .arg(support::repo_root().join("crates/tollgate/tests/peers/mtls_backend.js"))
+        .env("SERVER_CERT", &server_cert)
+        .env("SERVER_KEY", &server_key)
+        .env("CLIENT_CA", &client_ca)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node");
+    let mut lines = tokio::io::BufReader::new(node.stdout.take().expect("stdout")).lines();
+    use tokio::io::AsyncBufReadExt as _;
+    let first = lines.next_line().await.expect("node stdout").expect("node printed nothing");
+    let port: u16 = first.strip_prefix("listening on ").and_then(|p| p.parse().ok()).expect("a port");
+
+    let backend = |name: &str, extra: &str| {
+        format!(
+            "  - {{ system_name: {name}, private_base_url: 'https://127.0.0.1:{port}', tls: {{ ca_file: '{server_cert}'{extra} }} }}\n"
+        )
+    };
+    let yaml = |with_bad_key: bool| {
+        let key = if with_bad_key { &other_key } else { &client_key_file };
+        let mut y = String::from("backends:\n");
+        y += &backend("mtls", &format!(", client_cert_file: '{client_cert}', client_key_file: '{key}'"));
+        y += &backend("plain", "");
+        y += "products:\n  - system_name: api\n    staging_public_base_url: http://api-staging.test\n    production_public_base_url: http://api.test\n    backend_usages: [ { backend: mtls, path: /mtls }, { backend: plain, path: /plain } ]\n    mapping_rules: [ { http_method: ANY, pattern: /, metric: hits } ]\n    application_plans: [ { system_name: basic } ]\naccounts:\n  - name: acme\n    applications: [ { name: app, product: api, plan: basic, user_key: k } ]\n";
+        y
+    };
+    // A key that does not fit the certificate: `check` says which option.
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(&bad, yaml(true)).expect("write");
+    let out =
+        std::process::Command::new(env!("CARGO_BIN_EXE_tollgate")).arg("check").arg(&bad).output().expect("check");
+    let said = String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success() && said.contains("backends[0].tls.client_key_file"), "{said}");
+
+    let config = dir.path().join("tollgate.yaml");
+    std::fs::write(&config, yaml(false)).expect("write");
+    let serve = support::spawn_serve(&config).await;
+    let (status, _, body) = support::get(serve.staging, "api-staging.test", "/mtls/?user_key=k").await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "client gateway-client"));
+    let (status, _, body) = support::get(serve.staging, "api-staging.test", "/plain/?user_key=k").await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+    assert!(body.contains("upstream_tls"), "{body}");
+}
+
+/// DER bytes as PEM with the given label.
+fn pem_of(label: &str, der: &[u8]) -> String {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let lines: Vec<&str> = b64.as_bytes().chunks(64).map(|c| std::str::from_utf8(c).expect("ascii")).collect();
+    format!("-----BEGIN {label}-----\n{}\n-----END {label}-----\n", lines.join("\n"))
+}

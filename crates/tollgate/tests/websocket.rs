@@ -280,7 +280,7 @@ async fn tls_listener_serves_wss_and_http2() {
     let backend = node_backend().await;
     let (server, cert, _dir) = tls_gateway(&backend).await;
 
-    let tls = tollgate_model::BackendTls { ca_file: Some(cert.clone()), ca_pem: None, verify: true, server_name: None };
+    let tls = tollgate_model::BackendTls { ca_file: Some(cert.clone()), ..tollgate_model::BackendTls::default() };
     let client_config = Arc::new(tollgate_gateway::upstream::client_tls_config(&tls).expect("tls config"));
     let mut req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(format!(
         "wss://127.0.0.1:{}/?user_key={KEY}",

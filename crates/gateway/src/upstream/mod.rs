@@ -134,6 +134,13 @@ impl Upstream {
             Err(RequestError::Http(e)) if is_invalid_response(&e) => {
                 Err(Refusal::UpstreamInvalidResponse(format!("{}: {}", self.connector.label(), error_chain(&e))))
             }
+            // With TLS 1.3 a backend that refuses the client (no certificate, or one it
+            // does not trust) says so with an alert after the handshake, as the request
+            // is read: a TLS failure all the same.
+            Err(RequestError::Http(e)) if let Some(alert) = tls_alert(&e) => Err(Refusal::UpstreamTls(format!(
+                "{}: the backend refused the TLS connection (alert {alert:?}); fix: if it requires a client certificate, set the backend's `tls.client_cert_file` and `tls.client_key_file` to one it trusts",
+                self.connector.label()
+            ))),
             Err(RequestError::Http(e)) => {
                 Err(Refusal::UpstreamFailed(format!("{}: {}", self.connector.label(), error_chain(&e))))
             }
@@ -198,6 +205,24 @@ pub fn http1_client() -> hyper::client::conn::http1::Builder {
 /// HTTP/1.1 (a malformed or oversized head) rather than a failed exchange.
 pub fn is_invalid_response(e: &hyper::Error) -> bool {
     e.is_parse() || e.is_parse_too_large() || e.is_parse_status()
+}
+
+/// The TLS alert a backend sent, if that is what broke the exchange.
+fn tls_alert(e: &(dyn std::error::Error + 'static)) -> Option<rustls::AlertDescription> {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        let inner = err
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .map(|i| i as &(dyn std::error::Error + 'static));
+        for candidate in [Some(err), inner].into_iter().flatten() {
+            if let Some(rustls::Error::AlertReceived(alert)) = candidate.downcast_ref::<rustls::Error>() {
+                return Some(*alert);
+            }
+        }
+        cur = err.source();
+    }
+    None
 }
 
 /// `e`'s message followed by those of its sources, joined by `: `.

@@ -297,7 +297,7 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
 }
 
 /// A backend's `tls` options that cannot be used: which key (`ca_file`, `ca_pem`,
-/// `server_name`, or none for the whole) and why.
+/// `server_name`, `client_cert_file`, `client_key_file`, or none for the whole) and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsConfigError {
     /// The key at fault (`ca_file`, `ca_pem`, `server_name`), or empty for the whole.
@@ -358,7 +358,24 @@ pub fn client_tls_config(tls: &BackendTls) -> Result<ClientConfig, TlsConfigErro
         Trust::System { webpki }
     };
     let verifier = BackendVerifier { trust, provider: provider() };
-    let mut config = builder.dangerous().with_custom_certificate_verifier(Arc::new(verifier)).with_no_client_auth();
+    let builder = builder.dangerous().with_custom_certificate_verifier(Arc::new(verifier));
+    let mut config = match (&tls.client_cert_file, &tls.client_key_file) {
+        // Upstream mutual TLS: the certificate the backend may ask for.
+        (Some(cert), Some(key)) => {
+            let chain = load_certs(cert).map_err(tls_error("client_cert_file"))?;
+            let bytes = crate::files::read_bounded(key, crate::files::MAX_CERTIFICATES)
+                .map_err(tls_error("client_key_file"))?;
+            let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| {
+                tls_error("client_key_file")(format!("{} holds no PEM private key: {e}", key.display()))
+            })?;
+            builder.with_client_auth_cert(chain, key).map_err(|e| {
+                tls_error("client_key_file")(format!(
+                    "the key does not fit the client certificate, or cannot be used: {e}"
+                ))
+            })?
+        }
+        _ => builder.with_no_client_auth(),
+    };
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
 }
