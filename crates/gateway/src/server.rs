@@ -135,18 +135,68 @@ impl Workers {
     }
 }
 
-/// A TLS acceptor from PEM files, offering HTTP/2 and HTTP/1.1 by ALPN.
+/// A TLS acceptor from PEM files, offering HTTP/2 and HTTP/1.1 by ALPN, with the
+/// default [`TlsSettings`].
+///
+/// # Errors
+/// What is wrong with the files, in words.
 pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, String> {
+    tls_acceptor_with(cert, key, &TlsSettings::default())
+}
+
+/// What operators set of the gateway listeners' TLS (`--tls-min-version`,
+/// `--tls-ciphers`, `--tls-ocsp-file`).
+#[derive(Debug, Clone, Default)]
+pub struct TlsSettings {
+    /// Refuse TLS 1.2 (the default accepts 1.2 and 1.3).
+    pub tls13_only: bool,
+    /// Cipher suites by their IANA names (`TLS13_AES_128_GCM_SHA256`, …), from rustls's
+    /// safe set; `None`: all of it.
+    pub cipher_suites: Option<Vec<String>>,
+    /// A DER OCSP response for the certificate, stapled to every handshake (RFC 6066
+    /// §8); the operator renews the file and reloads.
+    pub ocsp_file: Option<std::path::PathBuf>,
+}
+
+/// [`tls_acceptor`] with `settings`. Session resumption is on: a session cache of 4,096
+/// entries and stateless tickets (RFC 8446 §4.6.1) whose keys rotate every 6 hours.
+///
+/// # Errors
+/// What is wrong with the files or the settings, in words (an unknown cipher suite
+/// lists the known ones).
+pub fn tls_acceptor_with(cert: &Path, key: &Path, settings: &TlsSettings) -> Result<TlsAcceptor, String> {
     let certs = crate::upstream::load_certs(cert)?;
     let pem = crate::files::read_bounded(key, crate::files::MAX_CERTIFICATES)?;
     let key =
         PrivateKeyDer::from_pem_slice(&pem).map_err(|e| format!("{}: no usable private key: {e}", key.display()))?;
-    let mut config = ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| format!("certificate and key do not fit together: {e}"))?;
+    let mut provider = rustls::crypto::ring::default_provider();
+    if let Some(names) = &settings.cipher_suites {
+        let name_of = |s: &rustls::SupportedCipherSuite| s.suite().as_str().unwrap_or("?");
+        let known: Vec<&str> = provider.cipher_suites.iter().map(name_of).collect();
+        if let Some(unknown) = names.iter().find(|n| !known.contains(&n.as_str())) {
+            return Err(format!(
+                "cipher suite `{unknown}` is not one Tollgate offers; choose from {}",
+                known.join(", ")
+            ));
+        }
+        provider.cipher_suites.retain(|s| names.iter().any(|n| n == name_of(s)));
+    }
+    let versions: &[&rustls::SupportedProtocolVersion] =
+        if settings.tls13_only { &[&rustls::version::TLS13] } else { rustls::DEFAULT_VERSIONS };
+    let builder = ServerConfig::builder_with_provider(Arc::new(provider))
+        .with_protocol_versions(versions)
+        .map_err(|e| format!("the cipher suites and TLS versions do not fit together: {e}"))?
+        .with_no_client_auth();
+    let mut config = match &settings.ocsp_file {
+        None => builder.with_single_cert(certs, key),
+        Some(path) => {
+            let ocsp = crate::files::read_bounded(path, crate::files::MAX_CERTIFICATES)?;
+            builder.with_single_cert_with_ocsp(certs, key, ocsp)
+        }
+    }
+    .map_err(|e| format!("certificate and key do not fit together: {e}"))?;
+    config.session_storage = rustls::server::ServerSessionMemoryCache::new(4096);
+    config.ticketer = rustls::crypto::ring::Ticketer::new().map_err(|e| format!("session tickets: {e}"))?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(config)))
 }

@@ -200,6 +200,18 @@ pub struct ListenerArgs {
     /// PEM private key for `tls://` listeners.
     #[arg(long, env = "TOLLGATE_TLS_KEY")]
     pub tls_key: Option<PathBuf>,
+    /// Oldest TLS version `tls://` listeners accept: 1.2 (default) or 1.3.
+    #[arg(long, env = "TOLLGATE_TLS_MIN_VERSION", default_value = "1.2", value_parser = ["1.2", "1.3"])]
+    pub tls_min_version: String,
+    /// Cipher suites `tls://` listeners offer, comma-separated IANA names from rustls's
+    /// safe set (e.g. TLS13_AES_256_GCM_SHA384,TLS13_CHACHA20_POLY1305_SHA256); default:
+    /// all of it.
+    #[arg(long, env = "TOLLGATE_TLS_CIPHERS", value_name = "NAME[,NAME...]")]
+    pub tls_ciphers: Option<String>,
+    /// A DER OCSP response for --tls-cert, stapled to every TLS handshake (renew the
+    /// file, then reload with SIGHUP or restart).
+    #[arg(long, env = "TOLLGATE_TLS_OCSP_FILE")]
+    pub tls_ocsp_file: Option<PathBuf>,
     /// Connections each gateway listener serves at once. At the limit a new connection
     /// closes the longest-idle one (else one below --min-data-rate); when all are busy
     /// (open WebSockets are never idle), it is refused.

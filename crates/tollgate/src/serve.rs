@@ -19,7 +19,6 @@ use tollgate_counters::{Counters, FailureMode, SystemClock};
 use tollgate_gateway::analytics::Analytics;
 use tollgate_gateway::metrics::ProductTotals;
 use tollgate_gateway::policy::Registry;
-use tollgate_gateway::server::tls_acceptor;
 use tollgate_gateway::session::Connections;
 use tollgate_gateway::{
     Environment, Gateway, Health, ListenerOptions, Metrics, Shared, SnapshotHandle, Snapshots, Workers, compile,
@@ -146,7 +145,19 @@ impl Server {
             let (Some(cert), Some(key)) = (&args.listener.tls_cert, &args.listener.tls_key) else {
                 bail!("a tls:// listener needs --tls-cert FILE and --tls-key FILE");
             };
-            Some(tls_acceptor(cert, key).map_err(|e| anyhow::anyhow!("--tls-cert/--tls-key: {e}"))?)
+            let settings = tollgate_gateway::server::TlsSettings {
+                tls13_only: args.listener.tls_min_version == "1.3",
+                cipher_suites: args
+                    .listener
+                    .tls_ciphers
+                    .as_ref()
+                    .map(|list| list.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect()),
+                ocsp_file: args.listener.tls_ocsp_file.clone(),
+            };
+            Some(
+                tollgate_gateway::server::tls_acceptor_with(cert, key, &settings)
+                    .map_err(|e| anyhow::anyhow!("--tls-cert/--tls-key/--tls-ciphers/--tls-ocsp-file: {e}"))?,
+            )
         } else {
             None
         };
