@@ -88,7 +88,7 @@ async fn versions_ciphers_ocsp_and_resumption_are_what_the_operator_set() {
     assert!(ok && said.contains("TLS_CHACHA20_POLY1305_SHA256"), "{said}");
 
     // An unknown suite: the listener does not start, and says which are known.
-    let err = serve_tls(&dir, &["--tls-ciphers", "TLS_RSA_WITH_RC4_128_MD5"]).await.err().expect("refused");
+    let err = serve_tls(&dir, &["--tls-ciphers", "TLS_RSA_WITH_RC4_128_MD5"]).await.expect_err("refused");
     assert!(
         err.contains("`TLS_RSA_WITH_RC4_128_MD5` is not one Tollgate offers")
             && err.contains("TLS13_AES_128_GCM_SHA256"),
