@@ -144,6 +144,21 @@ pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, String> {
     tls_acceptor_with(cert, key, &TlsSettings::default())
 }
 
+/// Whether `der` is one DER SEQUENCE, its length filling it exactly.
+fn is_der_sequence(der: &[u8]) -> bool {
+    let [0x30, first, rest @ ..] = der else { return false };
+    let (len, body) = match *first {
+        n @ 0..=0x7f => (usize::from(n), rest),
+        0x81..=0x84 => {
+            let k = usize::from(first & 0x7f);
+            let Some((len, body)) = rest.split_at_checked(k) else { return false };
+            (len.iter().fold(0usize, |n, b| (n << 8) | usize::from(*b)), body)
+        }
+        _ => return false,
+    };
+    len == body.len() && len > 0
+}
+
 /// What operators set of the gateway listeners' TLS (`--tls-min-version`,
 /// `--tls-ciphers`, `--tls-ocsp-file`).
 #[derive(Debug, Clone, Default)]
@@ -173,6 +188,9 @@ pub fn tls_acceptor_with(cert: &Path, key: &Path, settings: &TlsSettings) -> Res
     if let Some(names) = &settings.cipher_suites {
         let name_of = |s: &rustls::SupportedCipherSuite| s.suite().as_str().unwrap_or("?");
         let known: Vec<&str> = provider.cipher_suites.iter().map(name_of).collect();
+        if names.is_empty() {
+            return Err(format!("no cipher suite named; choose from {}", known.join(", ")));
+        }
         if let Some(unknown) = names.iter().find(|n| !known.contains(&n.as_str())) {
             return Err(format!(
                 "cipher suite `{unknown}` is not one Tollgate offers; choose from {}",
@@ -180,6 +198,25 @@ pub fn tls_acceptor_with(cert: &Path, key: &Path, settings: &TlsSettings) -> Res
             ));
         }
         provider.cipher_suites.retain(|s| names.iter().any(|n| n == name_of(s)));
+        // A suite must be usable with this certificate: TLS 1.3 suites with any key; a
+        // TLS 1.2 suite with the key type it names (ECDSA or RSA), and only when 1.2 is on.
+        let key_type = rustls::crypto::ring::sign::any_supported_type(&key)
+            .map_err(|e| format!("the private key cannot sign: {e}"))?
+            .algorithm();
+        let fits = |s: &rustls::SupportedCipherSuite| match s {
+            rustls::SupportedCipherSuite::Tls13(_) => true,
+            rustls::SupportedCipherSuite::Tls12(_) if settings.tls13_only => false,
+            rustls::SupportedCipherSuite::Tls12(_) => match key_type {
+                rustls::SignatureAlgorithm::RSA => name_of(s).contains("_RSA_WITH_"),
+                _ => name_of(s).contains("_ECDSA_WITH_"),
+            },
+        };
+        if !provider.cipher_suites.iter().any(fits) {
+            return Err(format!(
+                "none of the cipher suites can be used with this certificate ({key_type:?} key{}): add a TLS 1.3 suite, or a TLS 1.2 suite for that key type",
+                if settings.tls13_only { ", TLS 1.3 only" } else { "" }
+            ));
+        }
     }
     let versions: &[&rustls::SupportedProtocolVersion] =
         if settings.tls13_only { &[&rustls::version::TLS13] } else { rustls::DEFAULT_VERSIONS };
@@ -191,6 +228,14 @@ pub fn tls_acceptor_with(cert: &Path, key: &Path, settings: &TlsSettings) -> Res
         None => builder.with_single_cert(certs, key),
         Some(path) => {
             let ocsp = crate::files::read_bounded(path, crate::files::MAX_CERTIFICATES)?;
+            // Its form only (a DER SEQUENCE filling the file, RFC 6960 §4.2.1): its
+            // content is the responder's and is not verified here.
+            if !is_der_sequence(&ocsp) {
+                return Err(format!(
+                    "{} is not a DER OCSP response (as `openssl ocsp -respout` writes one)",
+                    path.display()
+                ));
+            }
             builder.with_single_cert_with_ocsp(certs, key, ocsp)
         }
     }

@@ -208,8 +208,8 @@ pub struct ListenerArgs {
     /// all of it.
     #[arg(long, env = "TOLLGATE_TLS_CIPHERS", value_name = "NAME[,NAME...]")]
     pub tls_ciphers: Option<String>,
-    /// A DER OCSP response for --tls-cert, stapled to every TLS handshake (renew the
-    /// file, then reload with SIGHUP or restart).
+    /// A DER OCSP response for --tls-cert, stapled to every TLS handshake (its form is
+    /// checked, not its content; renew the file, then restart).
     #[arg(long, env = "TOLLGATE_TLS_OCSP_FILE")]
     pub tls_ocsp_file: Option<PathBuf>,
     /// Connections each gateway listener serves at once. At the limit a new connection

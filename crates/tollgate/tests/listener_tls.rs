@@ -95,6 +95,16 @@ async fn versions_ciphers_ocsp_and_resumption_are_what_the_operator_set() {
         "{err}"
     );
 
+    // A list no suite of which fits the certificate's key (make-cert.sh makes RSA keys),
+    // and a file that is no OCSP response: refused at start, not at every handshake.
+    let err =
+        serve_tls(&dir, &["--tls-ciphers", "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256"]).await.expect_err("refused");
+    assert!(err.contains("none of the cipher suites can be used with this certificate"), "{err}");
+    let junk = dir.path().join("junk.der");
+    std::fs::write(&junk, b"not an OCSP response").expect("write");
+    let err = serve_tls(&dir, &["--tls-ocsp-file", junk.to_str().expect("utf-8")]).await.expect_err("refused");
+    assert!(err.contains("is not a DER OCSP response"), "{err}");
+
     // OCSP stapling: a response made by `openssl ocsp` for the certificate, as its CA
     // would sign it.
     let script = r#"

@@ -300,7 +300,8 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
 /// `server_name`, `client_cert_file`, `client_key_file`, or none for the whole) and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsConfigError {
-    /// The key at fault (`ca_file`, `ca_pem`, `server_name`), or empty for the whole.
+    /// The key at fault (`ca_file`, `ca_pem`, `server_name`, `client_cert_file`,
+    /// `client_key_file`), or empty for the whole.
     pub field: &'static str,
     /// What is wrong.
     pub message: String,
@@ -365,13 +366,22 @@ pub fn client_tls_config(tls: &BackendTls) -> Result<ClientConfig, TlsConfigErro
             let chain = load_certs(cert).map_err(tls_error("client_cert_file"))?;
             let bytes = crate::files::read_bounded(key, crate::files::MAX_CERTIFICATES)
                 .map_err(tls_error("client_key_file"))?;
+            if bytes.windows(9).any(|w| w == b"ENCRYPTED") {
+                return Err(tls_error("client_key_file")(format!(
+                    "{} holds an encrypted key: Tollgate reads unencrypted keys (decrypt it with `openssl pkcs8 -in KEY -out KEY.plain`)",
+                    key.display()
+                )));
+            }
             let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| {
                 tls_error("client_key_file")(format!("{} holds no PEM private key: {e}", key.display()))
             })?;
-            builder.with_client_auth_cert(chain, key).map_err(|e| {
-                tls_error("client_key_file")(format!(
-                    "the key does not fit the client certificate, or cannot be used: {e}"
-                ))
+            builder.with_client_auth_cert(chain, key).map_err(|e| match e {
+                rustls::Error::InvalidCertificate(c) => tls_error("client_cert_file")(format!(
+                    "the client certificate cannot be used ({c:?}); an X.509 v1 certificate (`openssl x509 -req` without extensions) must be reissued as v3"
+                )),
+                other => tls_error("client_key_file")(format!(
+                    "the key does not fit the client certificate ({other}): the file must hold that certificate's own key, and client_cert_file its certificate first, then the chain"
+                )),
             })?
         }
         _ => builder.with_no_client_auth(),
