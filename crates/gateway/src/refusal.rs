@@ -214,6 +214,12 @@ impl Refusal {
         }
     }
 
+    /// Whether a limit refused it: a plan's usage limit or `max_connections`, or a
+    /// `rate_limit` policy's limiter (`tollgate_limits_exceeded_total`).
+    pub fn is_limit(&self) -> bool {
+        matches!(self, Refusal::LimitsExceeded { .. } | Refusal::EdgeLimited { .. } | Refusal::TooManyConnections)
+    }
+
     /// Who caused it.
     pub fn side(&self) -> Side {
         match self {

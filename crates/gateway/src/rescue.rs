@@ -24,8 +24,7 @@ pub fn respond(refusal: Refusal, metrics: &EnvMetrics) -> Response<GatewayBody> 
     if refusal.side() == Side::Upstream {
         metrics.upstream_error();
     }
-    if matches!(refusal, Refusal::TooManyConnections) {
-        // A plan limit too (`max_connections`), like a usage limit.
+    if refusal.is_limit() {
         metrics.limits_exceeded();
     }
     let mut resp = match &refusal {
@@ -34,13 +33,11 @@ pub fn respond(refusal: Refusal, metrics: &EnvMetrics) -> Response<GatewayBody> 
         | Refusal::NoMappingRule(a)
         | Refusal::Denied { answer: a, .. } => answer(a),
         Refusal::LimitsExceeded { answer: a, status, now } => {
-            metrics.limits_exceeded();
             let mut resp = answer(a);
             rate_limit_headers(resp.headers_mut(), status, *now);
             resp
         }
         Refusal::EdgeLimited { answer: a, retry_after_secs } => {
-            metrics.limits_exceeded();
             let mut resp = answer(a);
             if let Some(secs) = retry_after_secs {
                 resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from((*secs).max(1)));

@@ -33,21 +33,7 @@ const ATTACKERS: usize = 300;
 const EACH: f64 = (ATTACKERS / 3) as f64;
 
 fn config(backend: SocketAddr) -> String {
-    format!(
-        r#"
-backends: [ {{ system_name: b, private_base_url: "http://{backend}" }} ]
-products:
-  - system_name: api
-    staging_public_base_url: http://{HOST}
-    production_public_base_url: http://api.test
-    backend_usages: [ {{ backend: b, path: / }} ]
-    mapping_rules: [ {{ http_method: ANY, pattern: /, metric: hits, delta: 1 }} ]
-    application_plans: [ {{ system_name: basic }} ]
-accounts:
-  - name: acme
-    applications: [ {{ name: app, product: api, plan: basic, user_key: k }} ]
-"#
-    )
+    support::open_config(backend, HOST)
 }
 
 /// The resident set size of process `pid`, in KiB.

@@ -411,21 +411,7 @@ async fn until_metric(gw: &TestGateway, name: &str, value: f64) {
 
 /// One product on `backend` whose every path counts one hit.
 fn open_config(backend: std::net::SocketAddr) -> String {
-    format!(
-        r#"
-backends: [ {{ system_name: b, private_base_url: "http://{backend}" }} ]
-products:
-  - system_name: api
-    staging_public_base_url: http://{HOST}
-    production_public_base_url: http://api-production.test
-    backend_usages: [ {{ backend: b, path: / }} ]
-    mapping_rules: [ {{ http_method: ANY, pattern: /, metric: hits, delta: 1 }} ]
-    application_plans: [ {{ system_name: basic }} ]
-accounts:
-  - name: acme
-    applications: [ {{ name: app, product: api, plan: basic, user_key: k }} ]
-"#
-    )
+    support::open_config(backend, HOST)
 }
 
 /// A backend for the deadline tests, counting the connections it accepts: `/endless`

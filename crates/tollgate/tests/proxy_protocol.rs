@@ -12,24 +12,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const HOST: &str = "api.test";
 
-fn config(backend: SocketAddr) -> String {
-    format!(
-        r#"
-backends: [ {{ system_name: b, private_base_url: "http://{backend}" }} ]
-products:
-  - system_name: api
-    staging_public_base_url: http://{HOST}
-    production_public_base_url: http://api-production.test
-    backend_usages: [ {{ backend: b, path: / }} ]
-    mapping_rules: [ {{ http_method: ANY, pattern: /, metric: hits, delta: 1 }} ]
-    application_plans: [ {{ system_name: basic }} ]
-accounts:
-  - name: acme
-    applications: [ {{ name: app, product: api, plan: basic, user_key: k }} ]
-"#
-    )
-}
-
 /// A port free now on 127.0.0.1, for HAProxy's configuration (it cannot report one).
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
@@ -96,7 +78,7 @@ async fn the_client_address_comes_from_a_trusted_balancers_header_only() {
     let backend = http_backend().await;
     let dir = TempDir::new();
     let path = dir.path().join("tollgate.yaml");
-    std::fs::write(&path, config(backend)).expect("config");
+    std::fs::write(&path, open_config(backend, HOST)).expect("config");
     let gw = spawn_serve_with(&path, &["--proxy-protocol", "127.0.0.1/32"]).await;
     let (_haproxy, v1, v2) = haproxy(&dir, gw.staging).await;
 

@@ -19,28 +19,14 @@ pub type Held = Box<dyn std::any::Any + Send + Sync>;
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A body went over its `payload_limits` size.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("the body is larger than the payload limit")]
 pub struct TooLarge;
 
-impl std::fmt::Display for TooLarge {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("the body is larger than the payload limit")
-    }
-}
-
-impl std::error::Error for TooLarge {}
-
 /// A body did not move within its `upstream_connection` timeout.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("the body did not progress within the timeout")]
 pub struct TimedOut;
-
-impl std::fmt::Display for TimedOut {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("the body did not progress within the timeout")
-    }
-}
-
-impl std::error::Error for TimedOut {}
 
 /// A timer a body checks while it waits: fires after `every` without a frame (or, when
 /// `every` is `None`, at a fixed deadline).
@@ -89,16 +75,9 @@ pub const STOPPED_TOO_SLOW: u8 = 3;
 pub const STOPPED_UNREADABLE: u8 = 4;
 
 /// A request body came below the minimum data rate.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("the client sent its body below the minimum data rate")]
 pub struct TooSlow;
-
-impl std::fmt::Display for TooSlow {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("the client sent its body below the minimum data rate")
-    }
-}
-
-impl std::error::Error for TooSlow {}
 
 /// Counts a body's bytes against a limit: `Err` once it goes over.
 fn cap(frame: &Result<Frame<Bytes>, BoxError>, left: &mut Option<u64>) -> bool {

@@ -478,3 +478,23 @@ pub async fn spawn_serve_with(config: &Path, extra: &[&str]) -> Spawned {
     tokio::spawn(async move { while let Ok(Some(_)) = out.next_line().await {} });
     Spawned { child, staging: ([127, 0, 0, 1], port).into(), admin: admin.expect("admin address"), err }
 }
+
+/// A configuration of one product published on `staging_host` (staging) over `backend`,
+/// whose every path counts one hit, with an application whose `user_key` is `k`.
+pub fn open_config(backend: SocketAddr, staging_host: &str) -> String {
+    format!(
+        r#"
+backends: [ {{ system_name: b, private_base_url: "http://{backend}" }} ]
+products:
+  - system_name: api
+    staging_public_base_url: http://{staging_host}
+    production_public_base_url: http://api-production.test
+    backend_usages: [ {{ backend: b, path: / }} ]
+    mapping_rules: [ {{ http_method: ANY, pattern: /, metric: hits, delta: 1 }} ]
+    application_plans: [ {{ system_name: basic }} ]
+accounts:
+  - name: acme
+    applications: [ {{ name: app, product: api, plan: basic, user_key: k }} ]
+"#
+    )
+}
