@@ -163,6 +163,7 @@ fn render_metrics(metrics: Option<&tollgate_gateway::Metrics>) -> Response {
     let mut out = String::new();
     if let Some(m) = metrics {
         m.render(&mut out);
+        tollgate_gateway::upstream::fleet::render_endpoints(&mut out);
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }
@@ -190,6 +191,7 @@ pub fn health_router(metrics: Arc<tollgate_gateway::Metrics>, health: Arc<tollga
                 let mut out = String::new();
                 metrics.render(&mut out);
                 gauges.render(&mut out);
+                tollgate_gateway::upstream::fleet::render_endpoints(&mut out);
                 async move { ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response() }
             }),
         )

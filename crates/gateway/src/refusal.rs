@@ -55,6 +55,14 @@ pub enum Refusal {
     /// reached; the detail is for the log.
     #[error("the backend could not be reached")]
     UpstreamUnavailable(String),
+    /// 503 `upstream_overloaded`: every endpoint of the backend is at its
+    /// `circuit_breaker` caps; refused at once rather than queued. The detail is for the log.
+    #[error("the backend is at capacity")]
+    UpstreamOverloaded(String),
+    /// 503 `no_healthy_endpoint`: every endpoint of the backend drains, or none is
+    /// healthy and the backend fails closed (`when_all_unhealthy: refuse`).
+    #[error("no instance of the backend can take the request")]
+    NoHealthyEndpoint(String),
     /// The backend was reached but its TLS handshake failed (an untrusted, expired or
     /// misnamed certificate…); the detail says which backend, what failed and the fix.
     #[error("the backend's TLS certificate or handshake was not accepted")]
@@ -166,7 +174,9 @@ impl Refusal {
             | Refusal::UpstreamInvalidResponse(_) => StatusCode::BAD_GATEWAY,
             Refusal::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Refusal::TooManyConnections => StatusCode::TOO_MANY_REQUESTS,
-            Refusal::CountersUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Refusal::CountersUnavailable(_) | Refusal::UpstreamOverloaded(_) | Refusal::NoHealthyEndpoint(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Refusal::RequestTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Refusal::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Refusal::BadRequestBody(_) => StatusCode::BAD_REQUEST,
@@ -195,6 +205,8 @@ impl Refusal {
             Refusal::BadUpgrade(_) => "bad_upgrade",
             Refusal::TooManyConnections => "too_many_connections",
             Refusal::UpstreamUnavailable(_) => "upstream_unavailable",
+            Refusal::UpstreamOverloaded(_) => "upstream_overloaded",
+            Refusal::NoHealthyEndpoint(_) => "no_healthy_endpoint",
             Refusal::UpstreamTls(_) => "upstream_tls",
             Refusal::UpstreamTimeout(_) => "upstream_timeout",
             Refusal::UpstreamFailed(_) => "upstream_failed",
@@ -247,6 +259,8 @@ impl Refusal {
             | Refusal::UpstreamTimeout(_)
             | Refusal::UpstreamFailed(_)
             | Refusal::UpstreamInvalidResponse(_)
+            | Refusal::UpstreamOverloaded(_)
+            | Refusal::NoHealthyEndpoint(_)
             | Refusal::ResponseTooLarge => Side::Upstream,
             Refusal::CountersUnavailable(_) => Side::Internal,
         }
@@ -260,6 +274,8 @@ impl Refusal {
             | Refusal::UpstreamTimeout(d)
             | Refusal::UpstreamFailed(d)
             | Refusal::UpstreamInvalidResponse(d)
+            | Refusal::UpstreamOverloaded(d)
+            | Refusal::NoHealthyEndpoint(d)
             | Refusal::BadRequestBody(d)
             | Refusal::CountersUnavailable(d) => Some(d),
             _ => None,

@@ -83,7 +83,9 @@ impl Snapshot {
 
     /// Runs every policy's preparation ([`crate::policy::Policy::prepare`]: the network
     /// work compiling never does, such as a `jwt` policy's JWK Set fetch), before the
-    /// snapshot is swapped in. A product published on two hosts is prepared once.
+    /// snapshot is swapped in, and starts what its backends' endpoints need (active
+    /// health checks, drains; [`Upstream::activate`]). A product published on two hosts
+    /// is prepared once.
     ///
     /// # Errors
     /// Every preparation that failed, as `product `NAME`: policy `jwt`: jwks_url: cannot
@@ -95,6 +97,9 @@ impl Snapshot {
         for product in self.products.values() {
             if !seen.insert(Arc::as_ptr(product) as usize) {
                 continue;
+            }
+            for usage in &product.usages {
+                usage.upstream.activate();
             }
             for policy in &product.chain {
                 if let Some(preparing) = policy.prepare()
@@ -317,7 +322,21 @@ impl Upstreams {
         }
         let timeout =
             connect.unwrap_or_else(|| b.connect_timeout_ms.map_or(DEFAULT_CONNECT_TIMEOUT, Duration::from_millis));
-        match Upstream::new(&b.system_name, base, &b.tls, timeout) {
+        let endpoints: Vec<crate::upstream::EndpointSpec<'_>> = b
+            .endpoints
+            .iter()
+            .map(|e| crate::upstream::EndpointSpec { address: &e.address, weight: e.weight, drain: e.drain })
+            .collect();
+        let balancing = crate::upstream::Balancing {
+            algorithm: b.load_balancing.algorithm,
+            hash_on: b.load_balancing.hash_on.clone(),
+            passive: b.health_checks.passive.clone(),
+            active: b.health_checks.active.clone(),
+            when_all_unhealthy: b.health_checks.when_all_unhealthy,
+            circuit_breaker: b.circuit_breaker.clone(),
+            drain_timeout: b.drain_timeout_ms.map_or(Duration::from_secs(60), Duration::from_millis),
+        };
+        match Upstream::with_endpoints(&b.system_name, base, &b.tls, timeout, &endpoints, balancing, true) {
             Ok(u) => {
                 let u = Arc::new(u);
                 self.built.insert(key, Some(u.clone()));

@@ -114,7 +114,7 @@ async fn a_connection_carries_request_after_request_whatever_the_framing() {
         assert_eq!((status, body.len()), (http::StatusCode::NO_CONTENT, 0));
     }
     assert_eq!(accepted.load(Ordering::SeqCst), 1, "one connection served all 200 requests");
-    assert_eq!(up.pool.idle(), 1);
+    assert_eq!(up.fleet.endpoints[0].pool.idle(), 1);
 }
 
 #[tokio::test]
@@ -136,7 +136,7 @@ async fn concurrent_requests_open_connections_and_all_come_back() {
     }
     let opened = accepted.load(Ordering::SeqCst);
     assert!((1..=16).contains(&opened), "at most one connection per concurrent request, got {opened}");
-    assert_eq!(up.pool.idle(), opened, "every connection went back to the pool");
+    assert_eq!(up.fleet.endpoints[0].pool.idle(), opened, "every connection went back to the pool");
 }
 
 #[tokio::test]
@@ -148,7 +148,7 @@ async fn a_body_dropped_before_its_end_closes_its_connection() {
     let first = body.frame().await.expect("a first frame").expect("data");
     assert!(first.is_data());
     drop(body);
-    assert_eq!(up.pool.idle(), 0, "the rest of that response would have been read as the next one");
+    assert_eq!(up.fleet.endpoints[0].pool.idle(), 0, "the rest of that response would have been read as the next one");
     let (status, body, _) = read(&up, "/len/10").await;
     assert_eq!((status, body.len()), (http::StatusCode::OK, 10));
     assert_eq!(accepted.load(Ordering::SeqCst), 2);
@@ -207,7 +207,7 @@ async fn a_connection_the_backend_closed_while_idle_is_not_used_again() {
         tokio::task::yield_now().await;
     }
     assert_eq!(accepted.load(Ordering::SeqCst), 5);
-    assert!(up.pool.idle() <= 1);
+    assert!(up.fleet.endpoints[0].pool.idle() <= 1);
 }
 
 #[tokio::test]

@@ -51,6 +51,23 @@ pub struct Backend {
     /// How long to wait for a TCP + TLS connection to the backend, in milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connect_timeout_ms: Option<u64>,
+    /// The backend's instances; without them the base URL's host is the one endpoint.
+    /// See `docs/upstreams.md`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub endpoints: Vec<crate::fleet::Endpoint>,
+    /// How requests are spread over `endpoints`.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub load_balancing: crate::fleet::LoadBalancing,
+    /// How sick endpoints are found and taken out.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub health_checks: crate::fleet::HealthChecks,
+    /// Per-endpoint caps on busy connections and pending requests.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub circuit_breaker: crate::fleet::CircuitBreaker,
+    /// How long a draining endpoint's open WebSockets may stay, in milliseconds, before
+    /// they are closed with 1001; default 60000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain_timeout_ms: Option<u64>,
     /// Backend-level metrics; a product using the backend can map to and limit them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub metrics: Vec<Metric>,

@@ -22,6 +22,7 @@
 pub mod config;
 mod environment;
 pub mod error;
+pub mod fleet;
 mod load;
 pub mod pattern;
 pub mod period;
@@ -30,6 +31,7 @@ pub mod validate;
 
 pub use config::*;
 pub use environment::Environment;
+pub use fleet::*;
 pub use error::{ConfigError, ConfigErrors};
 pub use load::{explain, load_file, parse_str};
 pub use suggest::did_you_mean;

@@ -165,6 +165,7 @@ fn check(config: &Config, draft: bool) -> Result<(), ConfigErrors> {
         if b.connect_timeout_ms == Some(0) {
             c.err(format!("{path}.connect_timeout_ms"), "must be greater than 0", "omit it for the default of 5000");
         }
+        fleet(&mut c, &path, b);
         let mut names = HashSet::new();
         for (j, m) in b.metrics.iter().enumerate() {
             c.system_name(&format!("{path}.metrics[{j}]"), &m.system_name, &mut names, "metric or method");
@@ -491,4 +492,112 @@ mod tests {
         assert_eq!(BaseUrl::parse("http://[::1]:8080", ALL).map(|b| b.port), Ok(8080));
         assert_eq!(BaseUrl::parse("http://[::1]", ALL).map(|b| b.port), Ok(80));
     }
+}
+
+/// The fleet keys of a backend: endpoints, load balancing, health checks, circuit
+/// breaker, drain timeout.
+fn fleet(c: &mut Checker, path: &str, b: &Backend) {
+    use crate::fleet::{Algorithm, HashOn};
+    let mut seen = HashSet::new();
+    for (j, e) in b.endpoints.iter().enumerate() {
+        let at = format!("{path}.endpoints[{j}]");
+        if let Err(e) = e.host_port() {
+            c.err(format!("{at}.address"), e, "write it like 10.0.0.5:8080, [fd00::5]:8080 or api-1.internal:8080");
+        }
+        if !seen.insert(e.address.to_ascii_lowercase()) {
+            c.err(
+                format!("{at}.address"),
+                format!("`{}` is listed twice", e.address),
+                "list each endpoint once; give it a larger `weight` instead",
+            );
+        }
+        if !(1..=1000).contains(&e.weight) {
+            c.err(
+                format!("{at}.weight"),
+                format!("{} is out of range", e.weight),
+                "use 1 to 1000 (to take an endpoint out, set `drain: true`)",
+            );
+        }
+    }
+    let lb = &b.load_balancing;
+    match (&lb.hash_on, lb.algorithm) {
+        (Some(_), a) if a != Algorithm::ConsistentHash => c.err(
+            format!("{path}.load_balancing.hash_on"),
+            "`hash_on` applies to `consistent_hash` only",
+            "set `algorithm: consistent_hash`, or remove `hash_on`",
+        ),
+        (Some(HashOn::Header(h)), _) if http_header_name(h).is_none() => c.err(
+            format!("{path}.load_balancing.hash_on.header"),
+            format!("`{h}` is not a header name"),
+            "name a header like X-Session-Id",
+        ),
+        (Some(HashOn::Cookie(k)), _)
+            if k.is_empty() || !k.bytes().all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b)) =>
+        {
+            c.err(format!("{path}.load_balancing.hash_on.cookie"), format!("`{k}` is not a cookie name"), "name a cookie like session")
+        }
+        _ => {}
+    }
+    let hc = &b.health_checks;
+    if let Some(a) = &hc.active {
+        let at = format!("{path}.health_checks.active");
+        if !a.path.starts_with('/') {
+            c.err(format!("{at}.path"), format!("`{}` does not start with /", a.path), "write it like /health");
+        }
+        for s in &a.expected_statuses {
+            if !(100..=599).contains(s) {
+                c.err(format!("{at}.expected_statuses"), format!("{s} is not an HTTP status"), "use 100 to 599");
+            }
+        }
+        if a.interval_ms < 100 {
+            c.err(format!("{at}.interval_ms"), "must be at least 100", "probe every 100 ms or less often");
+        }
+        if a.timeout_ms == 0 || a.timeout_ms > a.interval_ms {
+            c.err(
+                format!("{at}.timeout_ms"),
+                format!("{} must be at least 1 and at most interval_ms ({})", a.timeout_ms, a.interval_ms),
+                "give a probe less time than the interval between probes",
+            );
+        }
+        for (key, v) in [("healthy_threshold", a.healthy_threshold), ("unhealthy_threshold", a.unhealthy_threshold)] {
+            if v == 0 {
+                c.err(format!("{at}.{key}"), "must be at least 1", "count at least one probe");
+            }
+        }
+    }
+    let p = &hc.passive;
+    let at = format!("{path}.health_checks.passive");
+    if p.consecutive_failures == 0 {
+        c.err(format!("{at}.consecutive_failures"), "must be at least 1", "or set `enabled: false`");
+    }
+    for s in &p.unhealthy_statuses {
+        if !(100..=599).contains(s) {
+            c.err(format!("{at}.unhealthy_statuses"), format!("{s} is not an HTTP status"), "use 100 to 599");
+        }
+    }
+    if p.ejection_ms == 0 {
+        c.err(format!("{at}.ejection_ms"), "must be at least 1", "omit it for the default of 10000");
+    }
+    if p.max_ejection_ms < p.ejection_ms {
+        c.err(
+            format!("{at}.max_ejection_ms"),
+            format!("{} is less than ejection_ms ({})", p.max_ejection_ms, p.ejection_ms),
+            "make the longest ejection at least the first",
+        );
+    }
+    let cb = &b.circuit_breaker;
+    for (key, v) in [("max_connections", cb.max_connections), ("max_pending_requests", cb.max_pending_requests)] {
+        if v == Some(0) {
+            c.err(format!("{path}.circuit_breaker.{key}"), "must be at least 1", "omit it for no limit");
+        }
+    }
+    if b.drain_timeout_ms == Some(0) {
+        c.err(format!("{path}.drain_timeout_ms"), "must be greater than 0", "omit it for the default of 60000");
+    }
+}
+
+/// `name` if it is a valid HTTP field name (RFC 9110 §5.1: a token).
+fn http_header_name(name: &str) -> Option<&str> {
+    let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+    (!name.is_empty() && name.bytes().all(token)).then_some(name)
 }

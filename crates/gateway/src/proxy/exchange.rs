@@ -62,6 +62,8 @@ impl Gateway {
         pace: Option<BodyPace>,
     ) -> Result<Response<GatewayBody>, Refusal> {
         let plan = ctx.plan();
+        let key = balance_key(parts, ctx, upstream);
+        let key = key.as_deref();
         if let Some(retry) = &plan.retry {
             // A bodyless request: each attempt sends a fresh empty body.
             let mut attempt = 0;
@@ -70,7 +72,7 @@ impl Gateway {
                 let span = self.trace_upstream(ctx, &mut head);
                 let last = attempt == retry.retries;
                 let result =
-                    exchange(upstream, Request::from_parts(head, UpstreamBody::Empty), plan.timeouts.read).await;
+                    exchange(upstream, Request::from_parts(head, UpstreamBody::Empty), key, plan.timeouts.read).await;
                 if let Some((id, start)) = span {
                     let status = result.as_ref().map_or(0, |r| i64::from(r.status().as_u16()));
                     self.span_end(
@@ -130,7 +132,7 @@ impl Gateway {
         // The whole request is sent before the backend answers (usually): the head is
         // due within both timeouts.
         let head_due = read_timeout.map(|read| read + send_timeout.unwrap_or_default());
-        let resp = exchange(upstream, Request::from_parts(head, body), head_due).await;
+        let resp = exchange(upstream, Request::from_parts(head, body), key, head_due).await;
         if resp.is_ok() {
             self.product_metrics(ctx.product).upstream.observe(sent.elapsed());
         }
@@ -180,17 +182,46 @@ pub(super) fn body_stopped(stopped: &Stopped, upstream: &Upstream) -> Option<Ref
     }
 }
 
-/// Sends a request to the backend; with `head_due`, its response head must come by then.
+/// Sends a request to the backend (`key`: the consistent hash's); with `head_due`, its
+/// response head must come by then.
 pub(super) async fn exchange(
     upstream: &Upstream,
     req: Request<UpstreamBody>,
+    key: Option<&[u8]>,
     head_due: Option<std::time::Duration>,
 ) -> Result<Response<GatewayBody>, Refusal> {
-    match head_due {
-        None => upstream.request(req).await,
-        Some(d) => tokio::time::timeout(d, upstream.request(req)).await.unwrap_or_else(|_| {
-            Err(Refusal::UpstreamTimeout(format!("{}: no response head within read_timeout", upstream.label())))
-        }),
+    upstream.send(req, key, head_due).await
+}
+
+/// The key a `consistent_hash` backend balances this request on, if it has one: the
+/// configured header's or cookie's value, the client's address, or the application's id.
+pub(super) fn balance_key<'r>(
+    parts: &'r request::Parts,
+    ctx: &'r Context<'_>,
+    upstream: &Upstream,
+) -> Option<std::borrow::Cow<'r, [u8]>> {
+    use std::borrow::Cow;
+    use tollgate_model::{Algorithm, HashOn};
+    let balancing = &upstream.fleet.balancing;
+    if balancing.algorithm != Algorithm::ConsistentHash || upstream.fleet.endpoints.len() < 2 {
+        return None;
+    }
+    match balancing.hash_on.as_ref().unwrap_or(&HashOn::RemoteAddr) {
+        HashOn::Header(name) => parts.headers.get(name.as_str()).map(|v| Cow::Borrowed(v.as_bytes())),
+        HashOn::Cookie(name) => parts
+            .headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|pair| pair.trim().split_once('='))
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| Cow::Borrowed(v.trim_matches('"').as_bytes())),
+        HashOn::RemoteAddr => Some(Cow::Owned(match ctx.client_addr.ip() {
+            std::net::IpAddr::V4(a) => a.octets().to_vec(),
+            std::net::IpAddr::V6(a) => a.octets().to_vec(),
+        })),
+        HashOn::ApplicationId => ctx.application.as_ref().map(|a| Cow::Owned(a.id.as_bytes().to_vec())),
     }
 }
 

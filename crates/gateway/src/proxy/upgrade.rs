@@ -25,11 +25,13 @@ impl Gateway {
             head.headers.insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
         }
 
-        let stream = upstream.connector.connect().await?;
+        let key = super::exchange::balance_key(parts, ctx, upstream);
+        let (stream, mut lease, endpoint) = upstream.connect(key.as_deref()).await?;
+        let label = upstream.endpoint_label(endpoint);
         let (mut sender, connection) = crate::upstream::http1_client()
             .handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
             .await
-            .map_err(|e| Refusal::UpstreamFailed(format!("{}: {}", upstream.label(), error_chain(&e))))?;
+            .map_err(|e| Refusal::UpstreamFailed(format!("{label}: {}", error_chain(&e))))?;
         tokio::spawn(async move {
             if let Err(e) = connection.with_upgrades().await {
                 tracing::debug!(error = %e, "upstream WebSocket handshake connection ended");
@@ -37,22 +39,25 @@ impl Gateway {
         });
         // The backend answers the upgrade within the read timeout, as any request.
         let answer = sender.send_request(Request::from_parts(head, Empty::new()));
-        let mut resp = match ctx.plan().timeouts.read {
+        let answered = match ctx.plan().timeouts.read {
             Some(due) => tokio::time::timeout(due, answer).await.map_err(|_| {
-                Refusal::UpstreamTimeout(format!(
-                    "{}: no answer to the WebSocket upgrade within read_timeout",
-                    upstream.label()
-                ))
-            })?,
-            None => answer.await,
+                Refusal::UpstreamTimeout(format!("{label}: no answer to the WebSocket upgrade within read_timeout"))
+            }),
+            None => Ok(answer.await),
         }
-        .map_err(|e| {
-            let detail = format!("{}: {}", upstream.label(), error_chain(&e));
-            match crate::upstream::is_invalid_response(&e) {
-                true => Refusal::UpstreamInvalidResponse(detail),
-                false => Refusal::UpstreamFailed(detail),
-            }
-        })?;
+        .and_then(|r| {
+            r.map_err(|e| {
+                let detail = format!("{label}: {}", error_chain(&e));
+                match crate::upstream::is_invalid_response(&e) {
+                    true => Refusal::UpstreamInvalidResponse(detail),
+                    false => Refusal::UpstreamFailed(detail),
+                }
+            })
+        });
+        let ok = answered.as_ref().is_ok_and(|r| !upstream.fleet.failed_status(r.status()));
+        upstream.report(endpoint, ok);
+        let mut resp = answered?;
+        lease.answered();
         if let Some((id, start)) = upgrade_span {
             let status = vec![("http.response.status_code", Attr::Int(i64::from(resp.status().as_u16())))];
             self.span_end(ctx, "upstream", start, Some(id), status);
@@ -130,14 +135,22 @@ impl Gateway {
             let governed = session.clone();
             // Boxed: the relay polls it in place, and it is a few hundred bytes that
             // every open connection would otherwise carry twice.
+            lease.websocket();
+            let endpoint = lease.endpoint().clone();
             let stop = Box::pin(async move {
-                match &governed {
-                    Some(s) => s.until_closed(generations, draining).await,
-                    None => {
-                        let mut draining = draining;
-                        let _ = draining.wait_for(|d| *d).await;
-                        (relay::CLOSE_GOING_AWAY, "the gateway is shutting down")
+                let gateway = async {
+                    match &governed {
+                        Some(s) => s.until_closed(generations, draining).await,
+                        None => {
+                            let mut draining = draining;
+                            let _ = draining.wait_for(|d| *d).await;
+                            (relay::CLOSE_GOING_AWAY, "the gateway is shutting down")
+                        }
                     }
+                };
+                tokio::select! {
+                    closed = gateway => closed,
+                    () = endpoint.drained() => (relay::CLOSE_GOING_AWAY, "the backend instance is draining"),
                 }
             });
             // Pinned where it is made: this task lives as long as the connection, and
@@ -150,7 +163,7 @@ impl Gateway {
             tracing::debug!(?totals, "WebSocket closed");
             metrics.env(env).websocket_closed(&totals);
             product_metrics.websocket_closed();
-            drop((session, listener_slot, guards));
+            drop((session, listener_slot, guards, lease));
         });
         Ok(out)
     }

@@ -6,10 +6,12 @@
 
 pub mod body;
 mod connect;
+pub mod fleet;
 pub mod pool;
 mod tls;
 
 pub use connect::*;
+pub use fleet::{Balancing, Endpoint, EndpointState, Fleet, Lease};
 pub use tls::*;
 
 use crate::upstream::body::GatewayBody;
@@ -30,19 +32,19 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tollgate_model::{BackendTls, BaseUrl};
 
-/// A backend as the gateway reaches it.
+/// A backend as the gateway reaches it: its base URL and its endpoints.
 pub struct Upstream {
     /// The backend's base URL.
     pub base: BaseUrl,
-    /// The backend's `host:port`, the port always given.
+    /// The base URL's `host:port`, the port always given.
     pub authority: http::uri::Authority,
     /// What requests carry as `Host` unless a policy set one: the authority, without
     /// the scheme's default port.
     pub host: http::HeaderValue,
-    /// Makes connections (TCP, then TLS when the URL says so).
-    pub connector: Connector,
-    /// Idle keep-alive connections to the backend.
-    pub pool: Pool,
+    /// The endpoints and how one is chosen.
+    pub fleet: Fleet,
+    /// "backend `NAME` (ADDRESS)", or "backend `NAME`" for several endpoints.
+    label: Box<str>,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -51,9 +53,21 @@ impl std::fmt::Debug for Upstream {
     }
 }
 
+/// Where a backend's endpoints come from: its `endpoints` with their weights and
+/// drain flags, or none (the base URL's host is the one endpoint).
+pub struct EndpointSpec<'a> {
+    /// `host:port`.
+    pub address: &'a str,
+    /// 1–1000.
+    pub weight: u32,
+    /// Draining.
+    pub drain: bool,
+}
+
 impl Upstream {
-    /// Builds the connector and pool for a backend; `name` says which in messages (its
-    /// `system_name`, or the URL a policy sends to).
+    /// Builds the connector and pool for a backend of one endpoint, the base URL's
+    /// host; `name` says which in messages (its `system_name`, or the URL a policy sends
+    /// to). Its health is its own (not shared with snapshots).
     ///
     /// # Errors
     /// The configuration's `tls` options that cannot be used ([`TlsConfigError`]).
@@ -62,6 +76,24 @@ impl Upstream {
         base: BaseUrl,
         tls: &BackendTls,
         connect_timeout: Duration,
+    ) -> Result<Upstream, TlsConfigError> {
+        Upstream::with_endpoints(name, base, tls, connect_timeout, &[], Balancing::default(), false)
+    }
+
+    /// Builds a backend's endpoints (`endpoints`; none: the base URL's host) with
+    /// `balancing`. With `shared`, each endpoint's health and load are those every
+    /// snapshot naming the same backend and address sees ([`EndpointState::shared`]).
+    ///
+    /// # Errors
+    /// The configuration's `tls` options that cannot be used ([`TlsConfigError`]).
+    pub fn with_endpoints(
+        name: &str,
+        base: BaseUrl,
+        tls: &BackendTls,
+        connect_timeout: Duration,
+        endpoints: &[EndpointSpec<'_>],
+        balancing: Balancing,
+        shared: bool,
     ) -> Result<Upstream, TlsConfigError> {
         let host_for_uri = if base.host.contains(':') { format!("[{}]", base.host) } else { base.host.clone() };
         let address = format!("{host_for_uri}:{}", base.port);
@@ -74,21 +106,35 @@ impl Upstream {
         } else {
             None
         };
-        let label = format!("backend `{name}` ({address})");
-        let connector = Connector(Arc::new(ConnectorInner {
-            address: address.clone(),
-            label,
-            tls: tls_connector,
-            connect_timeout,
-        }));
-        let pool = Pool::new(connector.clone());
+        let own = [EndpointSpec { address: &address, weight: 1, drain: false }];
+        let specs = if endpoints.is_empty() { &own[..] } else { endpoints };
+        let endpoints = specs
+            .iter()
+            .map(|spec| {
+                let connector = Connector(Arc::new(ConnectorInner {
+                    address: spec.address.to_owned(),
+                    label: format!("backend `{name}` ({})", spec.address),
+                    tls: tls_connector.clone(),
+                    connect_timeout,
+                }));
+                let state = match shared {
+                    true => EndpointState::shared(name, spec.address),
+                    false => Arc::new(EndpointState::new(name, spec.address)),
+                };
+                Endpoint::new(spec.address, spec.weight, spec.drain, connector, state)
+            })
+            .collect::<Vec<_>>();
+        let label = match &endpoints[..] {
+            [one] => one.connector.label().into(),
+            _ => format!("backend `{name}`").into(),
+        };
         let authority =
             address.parse().map_err(|e| tls_error("")(format!("`{address}` is not a valid authority: {e}")))?;
         let default_port = if base.is_tls() { 443 } else { 80 };
         let host = if base.port == default_port { host_for_uri } else { address };
         let host = http::HeaderValue::try_from(host)
             .map_err(|e| tls_error("")(format!("the host is not a valid header: {e}")))?;
-        Ok(Upstream { base, authority, host, connector, pool })
+        Ok(Upstream { base, authority, host, fleet: Fleet::new(endpoints, balancing), label })
     }
 
     /// The URI of a request to this backend, in origin form: the base path, then
@@ -107,45 +153,153 @@ impl Upstream {
         http::Uri::builder().path_and_query(pq).build()
     }
 
-    /// What its messages call it: `backend `NAME` (ADDRESS)`.
+    /// What its messages call it: `backend `NAME` (ADDRESS)` (one endpoint) or
+    /// `backend `NAME``.
     pub fn label(&self) -> &str {
-        self.connector.label()
+        &self.label
     }
 
-    /// Sends a request (its `Host` is set here unless a policy set one) and returns the
-    /// response once its head has come.
+    /// Starts what this backend's configuration asks of its endpoints once it serves:
+    /// probes, drains ([`Fleet::activate`]).
+    pub fn activate(&self) {
+        self.fleet.activate(&self.host, &self.base.path);
+    }
+
+    /// [`Upstream::send`] with no balancing key and no deadline.
+    ///
+    /// # Errors
+    /// As [`Upstream::send`].
+    pub async fn request(
+        &self,
+        req: http::Request<crate::upstream::body::UpstreamBody>,
+    ) -> Result<http::Response<GatewayBody>, crate::refusal::Refusal> {
+        self.send(req, None, None).await
+    }
+
+    /// Sends a request (its `Host` is set here unless a policy set one) to the endpoint
+    /// the balancer picks (`key`: the consistent hash's) and returns the response once
+    /// its head has come — by `head_due`, if given. A request whose connection could
+    /// not be made was never sent, so it goes to another endpoint, whatever its method.
+    /// Every outcome counts towards the endpoint's passive health.
     ///
     /// # Errors
     ///
     /// The refusal the client gets: `upstream_unavailable`, `upstream_timeout` or
-    /// `upstream_tls` when the connection fails, `upstream_invalid_response` for a
-    /// malformed or oversized response head, `upstream_failed` otherwise.
-    pub async fn request(
+    /// `upstream_tls` when no endpoint could be connected to, `upstream_overloaded`
+    /// when every endpoint is at its circuit breaker's caps, `upstream_invalid_response`
+    /// for a malformed or oversized response head, `upstream_failed` otherwise.
+    pub async fn send(
         &self,
         mut req: http::Request<crate::upstream::body::UpstreamBody>,
+        key: Option<&[u8]>,
+        head_due: Option<Duration>,
     ) -> Result<http::Response<GatewayBody>, crate::refusal::Refusal> {
         use crate::refusal::Refusal;
         if !req.headers().contains_key(http::header::HOST) {
             req.headers_mut().insert(http::header::HOST, self.host.clone());
         }
-        match self.pool.request(req).await {
-            Ok(resp) => Ok(resp.map(GatewayBody::from)),
-            Err(RequestError::Connect(e)) => Err(e.into()),
-            Err(RequestError::Http(e)) if is_invalid_response(&e) => {
-                Err(Refusal::UpstreamInvalidResponse(format!("{}: {}", self.connector.label(), error_chain(&e))))
-            }
-            // With TLS 1.3 a backend that refuses the client (no certificate, or one it
-            // does not trust) says so with an alert after the handshake, as the request
-            // is read: a TLS failure all the same.
-            Err(RequestError::Http(e)) if let Some(alert) = tls_alert(&e) => Err(Refusal::UpstreamTls(format!(
-                "{}: the backend refused the TLS connection (alert {alert:?}); fix: if it requires a client certificate, set the backend's `tls.client_cert_file` and `tls.client_key_file` to one it trusts",
-                self.connector.label()
-            ))),
-            Err(RequestError::Http(e)) => {
-                Err(Refusal::UpstreamFailed(format!("{}: {}", self.connector.label(), error_chain(&e))))
+        let deadline = head_due.map(|d| tokio::time::Instant::now() + d);
+        let mut tried = Vec::new();
+        loop {
+            let i = match self.fleet.pick(key, &tried) {
+                Ok(i) => i,
+                Err(refusal) => return Err(refusal),
+            };
+            let endpoint = &self.fleet.endpoints[i];
+            let mut lease = endpoint.state.lease();
+            let sent = endpoint.pool.request(req);
+            let result = match deadline {
+                None => sent.await,
+                Some(at) => match tokio::time::timeout_at(at, sent).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        self.fleet.report(i, false);
+                        return Err(Refusal::UpstreamTimeout(format!(
+                            "{}: no response head within read_timeout",
+                            endpoint.connector.label()
+                        )));
+                    }
+                },
+            };
+            match result {
+                Ok(resp) => {
+                    lease.answered();
+                    self.fleet.report(i, !self.fleet.failed_status(resp.status()));
+                    return Ok(resp.map(|mut body| {
+                        body.hold(lease);
+                        GatewayBody::from(body)
+                    }));
+                }
+                Err(RequestError::Connect(e, unsent)) => {
+                    self.fleet.report(i, false);
+                    tried.push(i);
+                    if tried.len() >= self.fleet.endpoints.len() || self.fleet.pick(key, &tried).is_err() {
+                        return Err(e.into());
+                    }
+                    tracing::debug!(error = %e, "connect failed; the request goes to another endpoint");
+                    req = *unsent;
+                }
+                Err(RequestError::Http(e)) => {
+                    self.fleet.report(i, false);
+                    let label = endpoint.connector.label();
+                    return Err(http_failure(label, &e));
+                }
             }
         }
     }
+
+    /// A fresh connection for a WebSocket upgrade, to the endpoint the balancer picks
+    /// (another one when connecting fails), with the endpoint's lease to hold while
+    /// the connection lives. The outcome of the handshake is for the caller to
+    /// [`Upstream::report`].
+    ///
+    /// # Errors
+    /// As [`Upstream::send`]'s connection failures.
+    pub async fn connect(&self, key: Option<&[u8]>) -> Result<(UpstreamStream, Lease, usize), crate::refusal::Refusal> {
+        let mut tried = Vec::new();
+        loop {
+            let i = self.fleet.pick(key, &tried)?;
+            let endpoint = &self.fleet.endpoints[i];
+            let lease = endpoint.state.lease();
+            match endpoint.connector.connect().await {
+                Ok(stream) => return Ok((stream, lease, i)),
+                Err(e) => {
+                    self.fleet.report(i, false);
+                    tried.push(i);
+                    if tried.len() >= self.fleet.endpoints.len() || self.fleet.pick(key, &tried).is_err() {
+                        return Err(e.into());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Records how an exchange with endpoint `i` went, for its passive health.
+    pub fn report(&self, i: usize, ok: bool) {
+        self.fleet.report(i, ok);
+    }
+
+    /// The label of endpoint `i`: "backend `NAME` (ADDRESS)".
+    pub fn endpoint_label(&self, i: usize) -> &str {
+        self.fleet.endpoints[i].connector.label()
+    }
+}
+
+/// The refusal for an exchange that failed after connecting.
+fn http_failure(label: &str, e: &hyper::Error) -> crate::refusal::Refusal {
+    use crate::refusal::Refusal;
+    if is_invalid_response(e) {
+        return Refusal::UpstreamInvalidResponse(format!("{label}: {}", error_chain(e)));
+    }
+    // With TLS 1.3 a backend that refuses the client (no certificate, or one it does
+    // not trust) says so with an alert after the handshake, as the request is read: a
+    // TLS failure all the same.
+    if let Some(alert) = tls_alert(e) {
+        return Refusal::UpstreamTls(format!(
+            "{label}: the backend refused the TLS connection (alert {alert:?}); fix: if it requires a client certificate, set the backend's `tls.client_cert_file` and `tls.client_key_file` to one it trusts"
+        ));
+    }
+    Refusal::UpstreamFailed(format!("{label}: {}", error_chain(e)))
 }
 
 /// Limits on a backend's response head, process-wide (`--max-response-header-bytes`,

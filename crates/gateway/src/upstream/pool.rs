@@ -83,12 +83,21 @@ struct Shared {
 use tollgate_counters::thread_slot;
 
 /// Why a request to the backend failed.
-#[derive(Debug)]
 pub enum RequestError {
-    /// The connection could not be made.
-    Connect(ConnectError),
+    /// The connection could not be made; the request, never sent, is handed back (so
+    /// it may go to another endpoint).
+    Connect(ConnectError, Box<http::Request<UpstreamBody>>),
     /// The exchange failed after connecting.
     Http(hyper::Error),
+}
+
+impl std::fmt::Debug for RequestError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RequestError::Connect(e, _) => f.debug_tuple("Connect").field(e).finish_non_exhaustive(),
+            RequestError::Http(e) => f.debug_tuple("Http").field(e).finish(),
+        }
+    }
 }
 
 /// The keep-alive connections to one backend.
@@ -111,7 +120,11 @@ impl Pool {
         loop {
             let (mut conn, reused) = match self.checkout() {
                 Some(c) => (c, true),
-                None => (self.connect().await?, false),
+                None => match self.connect().await {
+                    Ok(c) => (c, false),
+                    Err(Ok(e)) => return Err(RequestError::Connect(e, Box::new(req))),
+                    Err(Err(e)) => return Err(RequestError::Http(e)),
+                },
             };
             let mut sending = pin!(conn.send.try_send_request(req));
             let result = poll_fn(|cx| {
@@ -122,7 +135,8 @@ impl Pool {
             match result {
                 Ok(resp) => {
                     let (parts, body) = resp.into_parts();
-                    let body = PooledBody { body, conn: Some(conn), pool: Some(self.0.clone()), ended: false };
+                    let body =
+                        PooledBody { body, conn: Some(conn), pool: Some(self.0.clone()), ended: false, lease: None };
                     return Ok(http::Response::from_parts(parts, body));
                 }
                 Err(mut e) => match e.take_message() {
@@ -150,10 +164,10 @@ impl Pool {
         }
     }
 
-    async fn connect(&self) -> Result<Box<Conn>, RequestError> {
-        let stream = self.0.connector.connect().await.map_err(RequestError::Connect)?;
-        let (send, conn) =
-            crate::upstream::http1_client().handshake(TokioIo::new(stream)).await.map_err(RequestError::Http)?;
+    /// A new connection; `Err(Ok(_))` when it could not be made.
+    async fn connect(&self) -> Result<Box<Conn>, Result<ConnectError, hyper::Error>> {
+        let stream = self.0.connector.connect().await.map_err(Ok)?;
+        let (send, conn) = crate::upstream::http1_client().handshake(TokioIo::new(stream)).await.map_err(Err)?;
         self.start_reaper();
         Ok(Box::new(Conn { send, conn, closed: false }))
     }
@@ -218,12 +232,19 @@ pub struct PooledBody {
     conn: Option<Box<Conn>>,
     pool: Option<Arc<Shared>>,
     ended: bool,
+    /// The endpoint's share held until the body is done.
+    lease: Option<crate::upstream::fleet::Lease>,
 }
 
 impl PooledBody {
     /// A body whose connection is not pooled (a refused WebSocket upgrade's answer).
     pub fn unpooled(body: Incoming) -> PooledBody {
-        PooledBody { body, conn: None, pool: None, ended: false }
+        PooledBody { body, conn: None, pool: None, ended: false, lease: None }
+    }
+
+    /// Holds the endpoint's lease until the body is dropped.
+    pub fn hold(&mut self, lease: crate::upstream::fleet::Lease) {
+        self.lease = Some(lease);
     }
 
     /// Which backend sends it, for messages (`backend `NAME` (ADDRESS)`); `None` for
