@@ -66,14 +66,29 @@ pub enum Algorithm {
     ConsistentHash,
 }
 
-/// The key `consistent_hash` uses.
+/// The key `consistent_hash` uses: `remote_addr`, `application_id`,
+/// `{ header: NAME }` or `{ cookie: NAME }`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
+#[serde(untagged)]
 pub enum HashOn {
-    /// The value of a request header: `hash_on: { header: X-Session-Id }`.
-    Header(String),
-    /// The value of a cookie: `hash_on: { cookie: session }`.
-    Cookie(String),
+    /// `remote_addr` or `application_id`.
+    Named(HashKey),
+    /// The value of a request header: `{ header: X-Session-Id }`.
+    Header {
+        /// The header's name.
+        header: String,
+    },
+    /// The value of a cookie: `{ cookie: session }`.
+    Cookie {
+        /// The cookie's name.
+        cookie: String,
+    },
+}
+
+/// The keys `consistent_hash` knows by name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum HashKey {
     /// The client's address (as `ip_check` sees it, PROXY protocol included).
     RemoteAddr,
     /// The application the request authenticated as (the `tollgate` policy's).

@@ -526,12 +526,12 @@ fn fleet(c: &mut Checker, path: &str, b: &Backend) {
             "`hash_on` applies to `consistent_hash` only",
             "set `algorithm: consistent_hash`, or remove `hash_on`",
         ),
-        (Some(HashOn::Header(h)), _) if http_header_name(h).is_none() => c.err(
+        (Some(HashOn::Header { header: h }), _) if http_header_name(h).is_none() => c.err(
             format!("{path}.load_balancing.hash_on.header"),
             format!("`{h}` is not a header name"),
             "name a header like X-Session-Id",
         ),
-        (Some(HashOn::Cookie(k)), _)
+        (Some(HashOn::Cookie { cookie: k }), _)
             if k.is_empty() || !k.bytes().all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b)) =>
         {
             c.err(format!("{path}.load_balancing.hash_on.cookie"), format!("`{k}` is not a cookie name"), "name a cookie like session")

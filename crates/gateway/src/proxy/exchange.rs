@@ -201,14 +201,14 @@ pub(super) fn balance_key<'r>(
     upstream: &Upstream,
 ) -> Option<std::borrow::Cow<'r, [u8]>> {
     use std::borrow::Cow;
-    use tollgate_model::{Algorithm, HashOn};
+    use tollgate_model::{Algorithm, HashKey, HashOn};
     let balancing = &upstream.fleet.balancing;
     if balancing.algorithm != Algorithm::ConsistentHash || upstream.fleet.endpoints.len() < 2 {
         return None;
     }
-    match balancing.hash_on.as_ref().unwrap_or(&HashOn::RemoteAddr) {
-        HashOn::Header(name) => parts.headers.get(name.as_str()).map(|v| Cow::Borrowed(v.as_bytes())),
-        HashOn::Cookie(name) => parts
+    match balancing.hash_on.as_ref().unwrap_or(&HashOn::Named(HashKey::RemoteAddr)) {
+        HashOn::Header { header: name } => parts.headers.get(name.as_str()).map(|v| Cow::Borrowed(v.as_bytes())),
+        HashOn::Cookie { cookie: name } => parts
             .headers
             .get_all(header::COOKIE)
             .iter()
@@ -217,11 +217,11 @@ pub(super) fn balance_key<'r>(
             .filter_map(|pair| pair.trim().split_once('='))
             .find(|(k, _)| *k == name)
             .map(|(_, v)| Cow::Borrowed(v.trim_matches('"').as_bytes())),
-        HashOn::RemoteAddr => Some(Cow::Owned(match ctx.client_addr.ip() {
+        HashOn::Named(HashKey::RemoteAddr) => Some(Cow::Owned(match ctx.client_addr.ip() {
             std::net::IpAddr::V4(a) => a.octets().to_vec(),
             std::net::IpAddr::V6(a) => a.octets().to_vec(),
         })),
-        HashOn::ApplicationId => ctx.application.as_ref().map(|a| Cow::Owned(a.id.as_bytes().to_vec())),
+        HashOn::Named(HashKey::ApplicationId) => ctx.application.as_ref().map(|a| Cow::Owned(a.id.as_bytes().to_vec())),
     }
 }
 

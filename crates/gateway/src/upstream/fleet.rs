@@ -51,6 +51,8 @@ pub struct EndpointState {
     probe_streak: std::sync::atomic::AtomicI32,
     /// Draining: `Some(deadline of its WebSockets)`.
     drain: tokio::sync::watch::Sender<Option<Instant>>,
+    /// When draining began.
+    drain_since: Mutex<Option<Instant>>,
     /// The running probe task and the settings it probes with.
     prober: Mutex<Option<(ActiveHealthCheck, tokio::task::AbortHandle)>>,
 }
@@ -70,6 +72,7 @@ impl EndpointState {
             probed_healthy: AtomicBool::new(true),
             probe_streak: std::sync::atomic::AtomicI32::new(0),
             drain: tokio::sync::watch::Sender::new(None),
+            drain_since: Mutex::new(None),
             prober: Mutex::new(None),
         }
     }
@@ -439,13 +442,18 @@ impl Fleet {
     /// stopped. Needs a Tokio runtime.
     pub fn activate(&self, host: &http::HeaderValue, base_path: &str) {
         for e in &self.endpoints {
-            let deadline = e.drain.then(|| Instant::now() + self.balancing.drain_timeout);
-            e.state.drain.send_if_modified(|d| match (d.is_some(), deadline) {
-                (false, Some(_)) | (true, None) => {
-                    *d = deadline;
-                    true
-                }
-                _ => false,
+            // The deadline counts from when draining began, so a changed
+            // `drain_timeout_ms` moves it without restarting it.
+            let since = {
+                let mut since = e.state.drain_since.lock().unwrap_or_else(|p| p.into_inner());
+                *since = if e.drain { Some(since.unwrap_or_else(Instant::now)) } else { None };
+                *since
+            };
+            let deadline = since.map(|at| at + self.balancing.drain_timeout);
+            e.state.drain.send_if_modified(|d| {
+                let changed = *d != deadline;
+                *d = deadline;
+                changed
             });
             let mut prober = e.state.prober.lock().unwrap_or_else(|p| p.into_inner());
             let same = match (&*prober, &self.balancing.active) {
@@ -529,7 +537,7 @@ impl Probe {
                 .header(http::header::CONNECTION, "Upgrade")
                 .header(http::header::UPGRADE, "websocket")
                 .header(http::header::SEC_WEBSOCKET_VERSION, "13")
-                .header(http::header::SEC_WEBSOCKET_KEY, "dGhlIHNhbXBsZSBub25jZQ==");
+                .header(http::header::SEC_WEBSOCKET_KEY, probe_key());
         } else {
             req = req.header(http::header::CONNECTION, "close");
         }
@@ -543,6 +551,12 @@ impl Probe {
             _ => self.check.expected_statuses.contains(&status.as_u16()),
         }
     }
+}
+
+/// A fresh `Sec-WebSocket-Key` for a probe: 16 random bytes in base64 (RFC 6455 §4.1).
+fn probe_key() -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 16]>())
 }
 
 /// Appends the endpoints' series in the Prometheus text format: health, draining,

@@ -1,0 +1,279 @@
+//! Backends of several endpoints (issue 18): weighted round robin over three Node
+//! processes, one killed and brought back, consistent hashing across a reload that
+//! removes an endpoint, draining with open WebSockets, circuit breaking, failing closed.
+
+mod support;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+use support::*;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+/// One endpoint: `tests/peers/fleet_endpoint.js`, answering with its name.
+struct Instance {
+    port: u16,
+    child: tokio::process::Child,
+}
+
+impl Instance {
+    async fn start(name: &str, port: u16) -> Instance {
+        let mut child = tokio::process::Command::new("node")
+            .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/fleet_endpoint.js"))
+            .env("WS_MODULE", example_dir().join("node_modules/ws"))
+            .env("NAME", name)
+            .env("PORT", port.to_string())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start node");
+        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let first = lines.next_line().await.expect("stdout").expect("node printed nothing");
+        let port = first.strip_prefix("listening on ").and_then(|p| p.parse().ok()).expect("port line");
+        Instance { port, child }
+    }
+
+    fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    async fn kill(&mut self) {
+        self.child.kill().await.expect("kill");
+    }
+}
+
+fn config(endpoints: &str, backend_extra: &str) -> String {
+    format!(
+        r#"
+backends:
+  - system_name: fleet
+    private_base_url: http://fleet.internal
+    endpoints: [ {endpoints} ]
+{backend_extra}
+products:
+  - system_name: api
+    staging_public_base_url: http://api.test
+    production_public_base_url: http://api-production.test
+    backend_usages: [ {{ backend: fleet, path: / }} ]
+    mapping_rules: [ {{ http_method: ANY, pattern: /, metric: hits, delta: 1 }} ]
+    policy_chain: [ {{ name: websocket }} ]
+    application_plans: [ {{ system_name: basic }} ]
+accounts:
+  - name: acme
+    applications: [ {{ name: app, product: api, plan: basic, user_key: k }} ]
+"#
+    )
+}
+
+/// `n` requests, `concurrency` at a time: answers by endpoint name (errors under
+/// `ERROR <status>`).
+async fn spread(addr: SocketAddr, n: usize, concurrency: usize, header: Option<(&str, String)>) -> HashMap<String, usize> {
+    let client = client();
+    let mut counts = HashMap::new();
+    let mut sent = 0;
+    while sent < n {
+        let batch = concurrency.min(n - sent);
+        let answers = futures_util::future::join_all((0..batch).map(|_| {
+            let client = client.clone();
+            let header = header.clone();
+            async move {
+                let mut b = http::Request::get(format!("http://{addr}/?user_key=k")).header("host", "api.test");
+                if let Some((k, v)) = header {
+                    b = b.header(k, v);
+                }
+                let resp = client.request(b.body(full(bytes::Bytes::new())).expect("request")).await.expect("response");
+                let status = resp.status();
+                let body = http_body_util::BodyExt::collect(resp.into_body()).await.expect("body").to_bytes();
+                match status.is_success() {
+                    true => String::from_utf8_lossy(&body).into_owned(),
+                    false => format!("ERROR {status} {}", String::from_utf8_lossy(&body)),
+                }
+            }
+        }))
+        .await;
+        for a in answers {
+            *counts.entry(a).or_default() += 1;
+        }
+        sent += batch;
+    }
+    counts
+}
+
+/// An endpoint's series from `/metrics`.
+async fn endpoint_metric(admin: SocketAddr, name: &str, endpoint: &str) -> Option<f64> {
+    let (_, _, text) = get(admin, "localhost", "/metrics").await;
+    let needle = format!("endpoint=\"{endpoint}\"");
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) && l.contains(&needle))
+        .find_map(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+/// Polls `/metrics` until the endpoint's series has `value` (bounded: 20 s).
+async fn until_metric(admin: SocketAddr, name: &str, endpoint: &str, value: f64) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if endpoint_metric(admin, name, endpoint).await == Some(value) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{name}{{endpoint={endpoint}}} never became {value}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn within_5_percent(counts: &HashMap<String, usize>, name: &str, expected: usize) {
+    let got = counts.get(name).copied().unwrap_or(0) as f64;
+    let e = expected as f64;
+    assert!((got - e).abs() <= e * 0.05, "{name} got {got} of an expected {expected}: {counts:?}");
+}
+
+#[tokio::test]
+async fn weighted_spread_and_an_endpoint_that_dies_and_comes_back_unnoticed_by_clients() {
+    let a = Instance::start("a", 0).await;
+    let b = Instance::start("b", 0).await;
+    let mut c = Instance::start("c", 0).await;
+    let endpoints = format!(
+        r#"{{ address: "{}" }}, {{ address: "{}", weight: 1 }}, {{ address: "{}", weight: 2 }}"#,
+        a.address(),
+        b.address(),
+        c.address()
+    );
+    let health = "    health_checks:\n      active: { path: /health, interval_ms: 100, timeout_ms: 100, healthy_threshold: 2, unhealthy_threshold: 2 }\n      passive: { ejection_ms: 200, max_ejection_ms: 1000 }\n";
+    let gw = gateway(&config(&endpoints, health)).await;
+    let addr = gw.server.staging;
+
+    let counts = spread(addr, 3000, 8, None).await;
+    assert_eq!(counts.values().sum::<usize>(), 3000);
+    within_5_percent(&counts, "a", 750);
+    within_5_percent(&counts, "b", 750);
+    within_5_percent(&counts, "c", 1500);
+
+    // Killed between requests: none is in flight to it, so no client sees an error.
+    let c_address = c.address();
+    c.kill().await;
+    let counts = spread(addr, 400, 8, None).await;
+    assert_eq!(counts.len(), 2, "only a and b answer, and nobody got an error: {counts:?}");
+    within_5_percent(&counts, "a", 200);
+    until_metric(gw.server.admin, "tollgate_endpoint_healthy", &c_address, 0.0).await;
+    let counts = spread(addr, 200, 8, None).await;
+    assert_eq!(counts.len(), 2, "{counts:?}");
+
+    // Back on its port: it rejoins once its probes pass (and its ejection ended).
+    let c = Instance::start("c", c.port).await;
+    until_metric(gw.server.admin, "tollgate_endpoint_healthy", &c.address(), 1.0).await;
+    let counts = spread(addr, 400, 8, None).await;
+    within_5_percent(&counts, "c", 200);
+    within_5_percent(&counts, "a", 100);
+    assert!(endpoint_metric(gw.server.admin, "tollgate_endpoint_ejections_total", &c_address).await >= Some(1.0));
+}
+
+#[tokio::test]
+async fn consistent_hash_keeps_keys_and_moves_only_a_removed_endpoints_share() {
+    let instances = [Instance::start("a", 0).await, Instance::start("b", 0).await, Instance::start("c", 0).await];
+    let list = |which: &[usize]| {
+        which.iter().map(|i| format!(r#"{{ address: "{}" }}"#, instances[*i].address())).collect::<Vec<_>>().join(", ")
+    };
+    let lb = "    load_balancing: { algorithm: consistent_hash, hash_on: { header: X-Session } }\n";
+    let gw = gateway(&config(&list(&[0, 1, 2]), lb)).await;
+    let addr = gw.server.staging;
+    let keys: Vec<String> = (0..300).map(|i| format!("session-{i}")).collect();
+    let mut before = HashMap::new();
+    for k in &keys {
+        let counts = spread(addr, 3, 3, Some(("x-session", k.clone()))).await;
+        assert_eq!(counts.len(), 1, "one key, one endpoint: {counts:?}");
+        before.insert(k.clone(), counts.into_keys().next().expect("answer"));
+    }
+    for name in ["a", "b", "c"] {
+        let share = before.values().filter(|v| *v == name).count();
+        assert!((50..=150).contains(&share), "{name} holds {share} of 300 keys");
+    }
+
+    std::fs::write(&gw.config, config(&list(&[0, 2]), lb)).expect("write");
+    gw.server.reload().await.expect("reload");
+    for k in &keys {
+        let now = spread(addr, 1, 1, Some(("x-session", k.clone()))).await.into_keys().next().expect("answer");
+        match before[k].as_str() {
+            "b" => assert_ne!(now, "b"),
+            kept => assert_eq!(now, kept, "{k} moved although its endpoint stayed"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_draining_endpoint_keeps_its_websockets_takes_no_new_ones_then_closes_them_with_1001() {
+    let (a, b) = (Instance::start("a", 0).await, Instance::start("b", 0).await);
+    let list = |drain: bool| format!(r#"{{ address: "{}", drain: {drain} }}, {{ address: "{}" }}"#, a.address(), b.address());
+    let gw = gateway(&config(&list(false), "")).await;
+    let addr = gw.server.staging;
+    let mut on = HashMap::<String, Vec<Ws>>::new();
+    for _ in 0..4 {
+        let mut ws = ws(addr, "api.test", "/?user_key=k").await.expect("open");
+        let who = ask(&mut ws, "hi").await;
+        on.entry(who.split(':').next().expect("name").to_owned()).or_default().push(ws);
+    }
+    assert_eq!((on["a"].len(), on["b"].len()), (2, 2), "round robin");
+
+    std::fs::write(&gw.config, config(&list(true), "    drain_timeout_ms: 60000\n")).expect("write");
+    gw.server.reload().await.expect("reload");
+    assert_eq!(endpoint_metric(gw.server.admin, "tollgate_endpoint_draining", &a.address()).await, Some(1.0));
+    for _ in 0..4 {
+        let mut ws = ws(addr, "api.test", "/?user_key=k").await.expect("open");
+        assert_eq!(ask(&mut ws, "new").await, "b: new", "a draining endpoint takes no new WebSocket");
+    }
+    for ws in on.get_mut("a").expect("a") {
+        assert_eq!(ask(ws, "still there?").await, "a: still there?");
+    }
+    assert_eq!(spread(addr, 10, 2, None).await, HashMap::from([("b".to_owned(), 10)]));
+    assert_eq!(endpoint_metric(gw.server.admin, "tollgate_endpoint_websockets_open", &a.address()).await, Some(2.0));
+
+    // The deadline shortened: a's WebSockets close with 1001, b's stay.
+    std::fs::write(&gw.config, config(&list(true), "    drain_timeout_ms: 1\n")).expect("write");
+    gw.server.reload().await.expect("reload");
+    for ws in on.get_mut("a").expect("a") {
+        match ws_message(ws).await {
+            Message::Close(Some(frame)) => assert_eq!(frame.code, CloseCode::Away),
+            other => panic!("expected a Close 1001, got {other:?}"),
+        }
+    }
+    for ws in on.get_mut("b").expect("b") {
+        assert_eq!(ask(ws, "fine").await, "b: fine");
+    }
+}
+
+#[tokio::test]
+async fn beyond_the_circuit_breaker_a_request_is_refused_at_once_with_503() {
+    // A backend that accepts and never answers: the first request holds its one connection.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let backend = listener.local_addr().expect("addr");
+    let gw = gateway(&config(
+        &format!(r#"{{ address: "{backend}" }}"#),
+        "    circuit_breaker: { max_connections: 1 }\n",
+    ))
+    .await;
+    let addr = gw.server.staging;
+    let held = tokio::spawn(async move { get(addr, "api.test", "/?user_key=k").await });
+    let (_conn, _) = listener.accept().await.expect("the first request reached the backend");
+    let (status, _, body) = get(addr, "api.test", "/?user_key=k").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("\"upstream_overloaded\""), "{body}");
+    held.abort();
+}
+
+#[tokio::test]
+async fn a_backend_that_fails_closed_refuses_with_503_once_its_only_endpoint_is_ejected() {
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr");
+    let gw = gateway(&config(
+        &format!(r#"{{ address: "{dead}" }}"#),
+        "    health_checks: { passive: { consecutive_failures: 1 }, when_all_unhealthy: refuse }\n",
+    ))
+    .await;
+    let addr = gw.server.staging;
+    let (status, _, body) = get(addr, "api.test", "/?user_key=k").await;
+    assert_eq!(status, 502, "{body}");
+    assert!(body.contains("\"upstream_unavailable\""), "{body}");
+    let (status, _, body) = get(addr, "api.test", "/?user_key=k").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("\"no_healthy_endpoint\""), "{body}");
+}
