@@ -69,7 +69,10 @@ pub enum Algorithm {
 /// The key `consistent_hash` uses: `remote_addr`, `application_id`,
 /// `{ header: NAME }` or `{ cookie: NAME }`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(untagged)]
+#[serde(
+    untagged,
+    expecting = "expected one of `remote_addr`, `application_id`, `{ header: NAME }` or `{ cookie: NAME }`"
+)]
 pub enum HashOn {
     /// `remote_addr` or `application_id`.
     Named(HashKey),

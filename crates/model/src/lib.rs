@@ -31,8 +31,8 @@ pub mod validate;
 
 pub use config::*;
 pub use environment::Environment;
-pub use fleet::*;
 pub use error::{ConfigError, ConfigErrors};
+pub use fleet::*;
 pub use load::{explain, load_file, parse_str};
 pub use suggest::did_you_mean;
 pub use validate::{BaseUrl, validate, validate_draft};

@@ -460,40 +460,6 @@ impl<'a, I: Iterator<Item = &'a Metric>> ChainMethods<'a> for I {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::BaseUrl;
-
-    const ALL: &[&str] = &["http", "https", "ws", "wss"];
-
-    #[test]
-    fn base_urls_name_a_host_a_tls_client_can_check() {
-        for ok in ["http://api.internal:8080/v1", "https://127.0.0.1", "wss://[::1]:9000", "http://svc-1.ns.svc"] {
-            assert!(BaseUrl::parse(ok, ALL).is_ok(), "{ok}");
-        }
-        let url = BaseUrl::parse("https://API.Example:8443/v1/", ALL).expect("parses");
-        assert_eq!((url.host.as_str(), url.port, url.path.as_str()), ("api.example", 8443, "/v1"));
-        for bad in ["http://a..b/", "http://a!b/", "http://%41pi/", "https://-x.example/", "http://a,b/"] {
-            let e = BaseUrl::parse(bad, ALL).expect_err(bad);
-            assert!(e.contains("not a host name nor an IP address") || e.contains("is not a URL"), "{bad}: {e}");
-        }
-        assert!(BaseUrl::parse("ftp://x", ALL).expect_err("scheme").contains("use http, https, ws, wss"));
-        assert!(BaseUrl::parse("http://x/?q=1", ALL).expect_err("query").contains("query string"));
-        for (bad, says) in [
-            ("http://127.0.0.1:99999", "port"),
-            ("http://127.0.0.1:0", "port 0"),
-            ("http://user:secret@127.0.0.1:9000/v1", "user information"),
-            ("http://127.0.0.1:9000/v1#frag", "fragment"),
-            ("http://", "has no host"),
-        ] {
-            let e = BaseUrl::parse(bad, ALL).expect_err(bad);
-            assert!(e.contains(says), "{bad}: {e}");
-        }
-        assert_eq!(BaseUrl::parse("http://[::1]:8080", ALL).map(|b| b.port), Ok(8080));
-        assert_eq!(BaseUrl::parse("http://[::1]", ALL).map(|b| b.port), Ok(80));
-    }
-}
-
 /// The fleet keys of a backend: endpoints, load balancing, health checks, circuit
 /// breaker, drain timeout.
 fn fleet(c: &mut Checker, path: &str, b: &Backend) {
@@ -534,7 +500,11 @@ fn fleet(c: &mut Checker, path: &str, b: &Backend) {
         (Some(HashOn::Cookie { cookie: k }), _)
             if k.is_empty() || !k.bytes().all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b)) =>
         {
-            c.err(format!("{path}.load_balancing.hash_on.cookie"), format!("`{k}` is not a cookie name"), "name a cookie like session")
+            c.err(
+                format!("{path}.load_balancing.hash_on.cookie"),
+                format!("`{k}` is not a cookie name"),
+                "name a cookie like session",
+            )
         }
         _ => {}
     }
@@ -600,4 +570,38 @@ fn fleet(c: &mut Checker, path: &str, b: &Backend) {
 fn http_header_name(name: &str) -> Option<&str> {
     let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
     (!name.is_empty() && name.bytes().all(token)).then_some(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::BaseUrl;
+
+    const ALL: &[&str] = &["http", "https", "ws", "wss"];
+
+    #[test]
+    fn base_urls_name_a_host_a_tls_client_can_check() {
+        for ok in ["http://api.internal:8080/v1", "https://127.0.0.1", "wss://[::1]:9000", "http://svc-1.ns.svc"] {
+            assert!(BaseUrl::parse(ok, ALL).is_ok(), "{ok}");
+        }
+        let url = BaseUrl::parse("https://API.Example:8443/v1/", ALL).expect("parses");
+        assert_eq!((url.host.as_str(), url.port, url.path.as_str()), ("api.example", 8443, "/v1"));
+        for bad in ["http://a..b/", "http://a!b/", "http://%41pi/", "https://-x.example/", "http://a,b/"] {
+            let e = BaseUrl::parse(bad, ALL).expect_err(bad);
+            assert!(e.contains("not a host name nor an IP address") || e.contains("is not a URL"), "{bad}: {e}");
+        }
+        assert!(BaseUrl::parse("ftp://x", ALL).expect_err("scheme").contains("use http, https, ws, wss"));
+        assert!(BaseUrl::parse("http://x/?q=1", ALL).expect_err("query").contains("query string"));
+        for (bad, says) in [
+            ("http://127.0.0.1:99999", "port"),
+            ("http://127.0.0.1:0", "port 0"),
+            ("http://user:secret@127.0.0.1:9000/v1", "user information"),
+            ("http://127.0.0.1:9000/v1#frag", "fragment"),
+            ("http://", "has no host"),
+        ] {
+            let e = BaseUrl::parse(bad, ALL).expect_err(bad);
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+        assert_eq!(BaseUrl::parse("http://[::1]:8080", ALL).map(|b| b.port), Ok(8080));
+        assert_eq!(BaseUrl::parse("http://[::1]", ALL).map(|b| b.port), Ok(80));
+    }
 }

@@ -79,3 +79,49 @@ fn a_client_certificate_comes_with_its_key() {
     let all = errors(yaml).join("\n");
     assert!(all.contains("backends[0].tls.client_key_file: a client certificate needs its private key"), "{all}");
 }
+
+#[test]
+fn a_fleet_is_checked_key_by_key() {
+    let backend =
+        |keys: &str| format!("backends:\n  - system_name: b\n    private_base_url: http://api.internal\n{keys}");
+    let good = backend(
+        "    endpoints: [ { address: \"10.0.0.1:80\", weight: 3 }, { address: \"[fd00::1]:80\" }, { address: \"api-2.internal:8080\", drain: true } ]\n    load_balancing: { algorithm: consistent_hash, hash_on: { cookie: sid } }\n    health_checks: { active: { type: websocket, path: /ws, interval_ms: 1000, timeout_ms: 500 }, passive: { consecutive_failures: 3 }, when_all_unhealthy: refuse }\n    circuit_breaker: { max_connections: 100, max_pending_requests: 10 }\n    drain_timeout_ms: 5000\n",
+    );
+    assert_eq!(errors(&good), Vec::<String>::new());
+    for hash_on in ["remote_addr", "application_id", "{ header: X-Session }"] {
+        let yaml = backend(&format!(
+            "    endpoints: [ {{ address: \"10.0.0.1:80\" }} ]\n    load_balancing: {{ algorithm: consistent_hash, hash_on: {hash_on} }}\n"
+        ));
+        assert_eq!(errors(&yaml), Vec::<String>::new(), "{hash_on}");
+    }
+
+    let bad = backend(
+        "    endpoints: [ { address: \"10.0.0.1\" }, { address: \"http://10.0.0.2:80\" }, { address: \"10.0.0.3:99999\" }, { address: \"fd00::1:80\" }, { address: \"10.0.0.4:80\", weight: 0 }, { address: \"10.0.0.4:80\" } ]\n    load_balancing: { algorithm: round_robin, hash_on: { header: X-Session } }\n    health_checks: { active: { path: health, interval_ms: 50, timeout_ms: 100, expected_statuses: [ 700 ], healthy_threshold: 0 }, passive: { consecutive_failures: 0, ejection_ms: 1000, max_ejection_ms: 10 } }\n    circuit_breaker: { max_connections: 0 }\n    drain_timeout_ms: 0\n",
+    );
+    let all = errors(&bad).join("\n");
+    for expected in [
+        "backends[0].endpoints[0].address: `10.0.0.1` has no port",
+        "backends[0].endpoints[1].address: `http://10.0.0.2:80` is not an address",
+        "backends[0].endpoints[2].address: `99999` is not a port",
+        "backends[0].endpoints[3].address: `fd00::1:80`: write an IPv6 address in brackets",
+        "backends[0].endpoints[4].weight: 0 is out of range",
+        "set `drain: true`",
+        "backends[0].endpoints[5].address: `10.0.0.4:80` is listed twice",
+        "backends[0].load_balancing.hash_on: `hash_on` applies to `consistent_hash` only",
+        "backends[0].health_checks.active.path: `health` does not start with /",
+        "backends[0].health_checks.active.interval_ms: must be at least 100",
+        "backends[0].health_checks.active.timeout_ms",
+        "backends[0].health_checks.active.expected_statuses: 700 is not an HTTP status",
+        "backends[0].health_checks.active.healthy_threshold: must be at least 1",
+        "backends[0].health_checks.passive.consecutive_failures: must be at least 1",
+        "backends[0].health_checks.passive.max_ejection_ms: 10 is less than ejection_ms (1000)",
+        "backends[0].circuit_breaker.max_connections: must be at least 1",
+        "backends[0].drain_timeout_ms: must be greater than 0",
+    ] {
+        assert!(all.contains(expected), "missing `{expected}` in:\n{all}");
+    }
+
+    let typo = backend("    load_balancing: { algorithm: least_request }\n");
+    let all = errors(&typo).join("\n");
+    assert!(all.contains("backends[0].load_balancing") && all.contains("least_requests"), "{all}");
+}

@@ -70,7 +70,12 @@ accounts:
 
 /// `n` requests, `concurrency` at a time: answers by endpoint name (errors under
 /// `ERROR <status>`).
-async fn spread(addr: SocketAddr, n: usize, concurrency: usize, header: Option<(&str, String)>) -> HashMap<String, usize> {
+async fn spread(
+    addr: SocketAddr,
+    n: usize,
+    concurrency: usize,
+    header: Option<(&str, String)>,
+) -> HashMap<String, usize> {
     let client = client();
     let mut counts = HashMap::new();
     let mut sent = 0;
@@ -204,7 +209,8 @@ async fn consistent_hash_keeps_keys_and_moves_only_a_removed_endpoints_share() {
 #[tokio::test]
 async fn a_draining_endpoint_keeps_its_websockets_takes_no_new_ones_then_closes_them_with_1001() {
     let (a, b) = (Instance::start("a", 0).await, Instance::start("b", 0).await);
-    let list = |drain: bool| format!(r#"{{ address: "{}", drain: {drain} }}, {{ address: "{}" }}"#, a.address(), b.address());
+    let list =
+        |drain: bool| format!(r#"{{ address: "{}", drain: {drain} }}, {{ address: "{}" }}"#, a.address(), b.address());
     let gw = gateway(&config(&list(false), "")).await;
     let addr = gw.server.staging;
     let mut on = HashMap::<String, Vec<Ws>>::new();
@@ -247,11 +253,9 @@ async fn beyond_the_circuit_breaker_a_request_is_refused_at_once_with_503() {
     // A backend that accepts and never answers: the first request holds its one connection.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let backend = listener.local_addr().expect("addr");
-    let gw = gateway(&config(
-        &format!(r#"{{ address: "{backend}" }}"#),
-        "    circuit_breaker: { max_connections: 1 }\n",
-    ))
-    .await;
+    let gw =
+        gateway(&config(&format!(r#"{{ address: "{backend}" }}"#), "    circuit_breaker: { max_connections: 1 }\n"))
+            .await;
     let addr = gw.server.staging;
     let held = tokio::spawn(async move { get(addr, "api.test", "/?user_key=k").await });
     let (_conn, _) = listener.accept().await.expect("the first request reached the backend");

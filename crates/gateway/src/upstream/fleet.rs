@@ -249,7 +249,13 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    pub(super) fn new(address: &str, weight: u32, drain: bool, connector: Connector, state: Arc<EndpointState>) -> Self {
+    pub(super) fn new(
+        address: &str,
+        weight: u32,
+        drain: bool,
+        connector: Connector,
+        state: Arc<EndpointState>,
+    ) -> Self {
         let seed = xxhash_rust::xxh3::xxh3_64(address.as_bytes());
         Endpoint { address: address.into(), weight, pool: Pool::new(connector.clone()), connector, state, drain, seed }
     }
@@ -569,11 +575,30 @@ pub fn render_endpoints(out: &mut String) {
     };
     type Get = fn(&EndpointState) -> u64;
     let families: [(&str, &str, &str, Get); 5] = [
-        ("tollgate_endpoint_healthy", "gauge", "Whether the endpoint gets requests: not ejected and not failed by active checks (1 or 0).", |s| u64::from(s.healthy())),
-        ("tollgate_endpoint_draining", "gauge", "Whether the endpoint drains (takes nothing new; 1 or 0).", |s| u64::from(s.draining())),
-        ("tollgate_endpoint_active_requests", "gauge", "Requests in flight to the endpoint (until their response body ends), WebSockets excluded.", |s| u64::from(s.in_flight().saturating_sub(s.websockets.load(Relaxed)))),
-        ("tollgate_endpoint_websockets_open", "gauge", "WebSockets open to the endpoint.", |s| u64::from(s.websockets.load(Relaxed))),
-        ("tollgate_endpoint_ejections_total", "counter", "Times the endpoint was ejected by passive health checks.", |s| s.ejections()),
+        (
+            "tollgate_endpoint_healthy",
+            "gauge",
+            "Whether the endpoint gets requests: not ejected and not failed by active checks (1 or 0).",
+            |s| u64::from(s.healthy()),
+        ),
+        ("tollgate_endpoint_draining", "gauge", "Whether the endpoint drains (takes nothing new; 1 or 0).", |s| {
+            u64::from(s.draining())
+        }),
+        (
+            "tollgate_endpoint_active_requests",
+            "gauge",
+            "Requests in flight to the endpoint (until their response body ends), WebSockets excluded.",
+            |s| u64::from(s.in_flight().saturating_sub(s.websockets.load(Relaxed))),
+        ),
+        ("tollgate_endpoint_websockets_open", "gauge", "WebSockets open to the endpoint.", |s| {
+            u64::from(s.websockets.load(Relaxed))
+        }),
+        (
+            "tollgate_endpoint_ejections_total",
+            "counter",
+            "Times the endpoint was ejected by passive health checks.",
+            |s| s.ejections(),
+        ),
     ];
     for (name, kind, help, get) in families {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
