@@ -132,7 +132,11 @@ fn backend_from_form(mut b: Value, form: &Form, creating: bool) -> Value {
     set_opt(map, "name", form.get("name"));
     set_opt(map, "description", form.get("description"));
     map.insert("private_base_url".into(), json!(form.get("private_base_url").unwrap_or_default()));
-    let mut tls = Map::new();
+    // Keys the form does not show (client certificates) are kept as they were.
+    let mut tls = match map.remove("tls") {
+        Some(Value::Object(tls)) => tls,
+        _ => Map::new(),
+    };
     set_opt(&mut tls, "ca_file", form.get("tls.ca_file"));
     // A file read by the browser keeps its line ends; PEM text is stored with `\n`.
     let pem = form.get("tls.ca_pem").map(|p| p.replace("\r\n", "\n"));

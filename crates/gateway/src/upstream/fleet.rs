@@ -51,6 +51,8 @@ pub struct EndpointState {
     probe_streak: std::sync::atomic::AtomicI32,
     /// Draining: `Some(deadline of its WebSockets)`.
     drain: tokio::sync::watch::Sender<Option<Instant>>,
+    /// `drain` is `Some`, read without the channel's lock on every pick.
+    draining: AtomicBool,
     /// When draining began.
     drain_since: Mutex<Option<Instant>>,
     /// The running probe task and the settings it probes with.
@@ -72,6 +74,7 @@ impl EndpointState {
             probed_healthy: AtomicBool::new(true),
             probe_streak: std::sync::atomic::AtomicI32::new(0),
             drain: tokio::sync::watch::Sender::new(None),
+            draining: AtomicBool::new(false),
             drain_since: Mutex::new(None),
             prober: Mutex::new(None),
         }
@@ -93,12 +96,14 @@ impl EndpointState {
 
     /// Whether it may get requests: not ejected and not failed by its probes.
     pub fn healthy(&self) -> bool {
-        self.probed_healthy.load(Relaxed) && self.ejected_until.load(Relaxed) <= now_ms()
+        // The clock is read only while an ejection is recorded.
+        let until = self.ejected_until.load(Relaxed);
+        self.probed_healthy.load(Relaxed) && (until == 0 || until <= now_ms())
     }
 
     /// Whether it is draining (takes nothing new).
     pub fn draining(&self) -> bool {
-        self.drain.borrow().is_some()
+        self.draining.load(Relaxed)
     }
 
     /// Requests and WebSockets in flight now.
@@ -125,8 +130,12 @@ impl EndpointState {
             return;
         }
         if ok {
-            self.failures.store(0, Relaxed);
-            if self.ejected_until.load(Relaxed) <= now_ms() {
+            if self.failures.load(Relaxed) != 0 {
+                self.failures.store(0, Relaxed);
+            }
+            let until = self.ejected_until.load(Relaxed);
+            if until != 0 && until <= now_ms() {
+                self.ejected_until.store(0, Relaxed);
                 self.ejections_in_a_row.store(0, Relaxed);
             }
             return;
@@ -456,6 +465,7 @@ impl Fleet {
                 *since
             };
             let deadline = since.map(|at| at + self.balancing.drain_timeout);
+            e.state.draining.store(deadline.is_some(), Relaxed);
             e.state.drain.send_if_modified(|d| {
                 let changed = *d != deadline;
                 *d = deadline;
