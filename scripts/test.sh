@@ -18,7 +18,7 @@ apt_install() {
 }
 
 # Peers the tests drive: Node's `ws` package (the example backend and a client),
-# openssl (certificates), Python's `h2` (an HTTP/2 rapid-reset flood), kosoku
+# openssl (certificates), Python's `h2` (an HTTP/2 rapid-reset flood) and `grpcio`, kosoku
 # (Autobahn's cases), Chromium with playwright-core and axe-core (the console).
 have node || apt_install nodejs
 have npm || apt_install npm
@@ -39,6 +39,11 @@ have kosoku || python3 -m pip install --quiet --disable-pip-version-check kosoku
 if ! python3 -c 'import h2' 2>/dev/null; then
   python3 -m pip install --quiet --disable-pip-version-check h2 2>/dev/null \
     || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages h2
+fi
+# grpcio (C-core) serves and calls gRPC through the gateway in the gRPC tests.
+if ! python3 -c 'import grpc' 2>/dev/null; then
+  python3 -m pip install --quiet --disable-pip-version-check grpcio 2>/dev/null \
+    || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages grpcio
 fi
 npm ci --prefix examples/websocket-echo --no-audit --no-fund --loglevel=error
 # Debian's Chromium, driven headless by playwright-core (never a downloaded browser):

@@ -55,6 +55,7 @@ pub fn respond(refusal: Refusal, metrics: &EnvMetrics) -> Response<GatewayBody> 
         }
         _ => {}
     }
+    resp.extensions_mut().insert(Refused { code: refusal.code() });
     // A request the gateway could not frame or read one way (two Hosts, a body on an
     // upgrade…) ends its connection: what follows on it cannot be trusted either.
     if matches!(
@@ -84,4 +85,57 @@ fn rate_limit_headers(headers: &mut HeaderMap, status: &LimitStatus, now: i64) {
         headers.insert("ratelimit-reset", HeaderValue::from(secs));
         headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
     }
+}
+
+/// Marks a response as the gateway's refusal (its `code`), so that a gRPC request's
+/// refusal can be said in gRPC's terms ([`grpc_status`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Refused {
+    /// The refusal's code (`limits_exceeded`, `auth_failed`, …).
+    pub code: &'static str,
+}
+
+/// Whether a request is a gRPC call: `Content-Type: application/grpc` with any subtype
+/// (`+proto`, `+json`; gRPC over HTTP/2, PROTOCOL-HTTP2.md).
+pub fn is_grpc(headers: &HeaderMap) -> bool {
+    headers.get(header::CONTENT_TYPE).is_some_and(|v| {
+        let v = v.as_bytes();
+        v.len() >= 16
+            && v[..16].eq_ignore_ascii_case(b"application/grpc")
+            && matches!(v.get(16), None | Some(b'+' | b';'))
+    })
+}
+
+/// The gRPC status code (grpc/doc/statuscodes.md) for a refusal's HTTP status: 401
+/// `UNAUTHENTICATED` (16), 403 `PERMISSION_DENIED` (7), 429, 413 and 431
+/// `RESOURCE_EXHAUSTED` (8), 404 and 501 `UNIMPLEMENTED` (12), 400 `INVALID_ARGUMENT`
+/// (3), 408 and 504 `DEADLINE_EXCEEDED` (4), 502 and 503 `UNAVAILABLE` (14), otherwise
+/// `UNKNOWN` (2).
+pub fn grpc_code(status: StatusCode) -> u8 {
+    match status.as_u16() {
+        400 => 3,
+        401 => 16,
+        403 => 7,
+        404 | 501 => 12,
+        408 | 504 => 4,
+        413 | 429 | 431 => 8,
+        502 | 503 => 14,
+        _ => 2,
+    }
+}
+
+/// A refusal of a gRPC call as gRPC clients read it: a Trailers-Only response — status
+/// 200, `Content-Type: application/grpc`, `grpc-status` and `grpc-message` (the
+/// refusal's code) in the one header block, no body. Its other headers (`RateLimit-*`,
+/// `Retry-After`, `WWW-Authenticate`) stay.
+pub fn grpc_status(resp: Response<GatewayBody>, refused: Refused) -> Response<GatewayBody> {
+    let (mut parts, _) = resp.into_parts();
+    let code = grpc_code(parts.status);
+    parts.status = StatusCode::OK;
+    parts.headers.remove(header::CONNECTION);
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    parts.headers.insert("grpc-status", HeaderValue::from(u16::from(code)));
+    parts.headers.insert("grpc-message", HeaderValue::from_static(refused.code));
+    Response::from_parts(parts, GatewayBody::empty())
 }

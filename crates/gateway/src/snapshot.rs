@@ -327,7 +327,8 @@ impl Upstreams {
             .iter()
             .map(|e| crate::upstream::EndpointSpec { address: &e.address, weight: e.weight, drain: e.drain })
             .collect();
-        let balancing = crate::upstream::Balancing {
+        let balancing = crate::upstream::FleetOptions {
+            protocol: b.protocol,
             algorithm: b.load_balancing.algorithm,
             hash_on: b.load_balancing.hash_on.clone(),
             passive: b.health_checks.passive.clone(),

@@ -64,6 +64,9 @@ pub struct Backend {
     /// Per-endpoint caps on busy connections and pending requests.
     #[serde(default, skip_serializing_if = "is_default")]
     pub circuit_breaker: crate::fleet::CircuitBreaker,
+    /// The HTTP version spoken to the backend: `http1` (default), `http2` or `auto`.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub protocol: crate::fleet::UpstreamProtocol,
     /// How long a draining endpoint's open WebSockets may stay, in milliseconds, before
     /// they are closed with 1001; default 60000.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -291,3 +291,18 @@ impl Endpoint {
         }
     }
 }
+
+/// The HTTP version Tollgate speaks to a backend's endpoints. WebSocket upgrades and
+/// health probes use HTTP/1.1 whatever it is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 with keep-alive connections (default).
+    #[default]
+    Http1,
+    /// HTTP/2 (RFC 9113): over TLS negotiated by ALPN (`h2`), over `http://` with prior
+    /// knowledge (h2c). Requests share connections; gRPC needs it.
+    Http2,
+    /// Over TLS, ALPN decides (`h2` preferred, else HTTP/1.1); over `http://`, HTTP/1.1.
+    Auto,
+}

@@ -22,6 +22,14 @@ impl Gateway {
         head.uri = uri;
         head.version = Version::HTTP_11;
         head.headers = forwardable_headers(&parts.headers);
+        // `TE: trailers` is the one TE HTTP/2 allows (RFC 9113 §8.2.2); gRPC servers
+        // read it as the client's (and every proxy's) promise to relay trailers, which
+        // the gateway keeps. Only towards a backend that may speak HTTP/2.
+        if upstream.fleet.options.protocol != tollgate_model::UpstreamProtocol::Http1
+            && header_has_token(&parts.headers, header::TE, "trailers")
+        {
+            head.headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        }
         add_forwarded(&mut head.headers, parts, ctx);
         for policy in &ctx.product.chain {
             policy.upstream_request(&mut head, ctx);
@@ -132,6 +140,12 @@ impl Gateway {
         // The whole request is sent before the backend answers (usually): the head is
         // due within both timeouts.
         let head_due = read_timeout.map(|read| read + send_timeout.unwrap_or_default());
+        // A gRPC call's deadline bounds the wait for the head too (the backend gets the
+        // header and ends the call itself; this covers a backend that does not).
+        let head_due = match (head_due, parts.headers.get("grpc-timeout").and_then(grpc_timeout)) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         let resp = exchange(upstream, Request::from_parts(head, body), key, head_due).await;
         if resp.is_ok() {
             self.product_metrics(ctx.product).upstream.observe(sent.elapsed());
@@ -202,7 +216,7 @@ pub(super) fn balance_key<'r>(
 ) -> Option<std::borrow::Cow<'r, [u8]>> {
     use std::borrow::Cow;
     use tollgate_model::{Algorithm, HashKey, HashOn};
-    let balancing = &upstream.fleet.balancing;
+    let balancing = &upstream.fleet.options;
     if balancing.algorithm != Algorithm::ConsistentHash || upstream.fleet.endpoints.len() < 2 {
         return None;
     }
@@ -478,4 +492,25 @@ mod tests {
         assert_eq!(backend_rest("https://backend.internal:443/a", &default_port), Some("/a"));
         assert_eq!(backend_rest("http://backend.internal/a", &default_port), None, "port 80 is another origin");
     }
+}
+
+/// A `grpc-timeout` value: 1 to 8 digits and a unit (`H`, `M`, `S`, `m`, `u`, `n`;
+/// gRPC's PROTOCOL-HTTP2.md). `None` for anything else.
+pub(crate) fn grpc_timeout(v: &HeaderValue) -> Option<std::time::Duration> {
+    use std::time::Duration;
+    let b = v.as_bytes();
+    let (digits, unit) = b.split_at(b.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n: u64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    Some(match unit {
+        b"H" => Duration::from_secs(n * 3600),
+        b"M" => Duration::from_secs(n * 60),
+        b"S" => Duration::from_secs(n),
+        b"m" => Duration::from_millis(n),
+        b"u" => Duration::from_micros(n),
+        b"n" => Duration::from_nanos(n),
+        _ => return None,
+    })
 }

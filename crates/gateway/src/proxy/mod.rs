@@ -183,10 +183,14 @@ impl Gateway {
         if let Some((_, c)) = traced {
             req.extensions_mut().insert(c);
         }
+        let grpc = crate::rescue::is_grpc(req.headers());
         let mut resp = match self.route(req, &conn).await {
             Ok(resp) => resp,
             Err(refusal) => self.rescue(refusal),
         };
+        if grpc && let Some(refused) = resp.extensions().get::<crate::rescue::Refused>().copied() {
+            resp = crate::rescue::grpc_status(resp, refused);
+        }
         // A refused upgrade (or HTTP/1 CONNECT) closes the connection: the client meant
         // to leave HTTP, and what it sent after the head may not be HTTP (nor was it
         // checked for smuggling, which steps aside after such a head).

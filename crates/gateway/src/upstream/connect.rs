@@ -87,13 +87,25 @@ impl AsyncWrite for UpstreamStream {
     }
 }
 
+/// The TLS side of a backend's connector: the session for requests (offering HTTP/2
+/// by ALPN when the backend's `protocol` allows it) and for HTTP/1.1 only (WebSocket
+/// upgrades, probes), with the name verified.
+#[derive(Clone)]
+pub(super) struct TlsConnectors {
+    pub(super) requests: TlsConnector,
+    pub(super) http1: TlsConnector,
+    pub(super) name: ServerName<'static>,
+}
+
 pub(super) struct ConnectorInner {
     /// `host:port`, for connecting.
     pub(super) address: String,
     /// The backend's name and address, for messages: "backend `echo` (127.0.0.1:8443)".
     pub(super) label: String,
-    pub(super) tls: Option<(TlsConnector, ServerName<'static>)>,
+    pub(super) tls: Option<TlsConnectors>,
     pub(super) connect_timeout: Duration,
+    /// The HTTP version requests use.
+    pub(super) protocol: tollgate_model::UpstreamProtocol,
 }
 
 /// Connects to one backend, whatever URI it is asked for.
@@ -106,13 +118,51 @@ impl Connector {
         &self.0.label
     }
 
-    /// Connects: TCP, then TLS when the base URL says so, each within the connect timeout.
+    /// Connects for requests: TCP, then TLS when the base URL says so (offering HTTP/2
+    /// by ALPN when the backend's `protocol` allows), each within the connect timeout.
     ///
     /// # Errors
     ///
     /// [`ConnectError::Timeout`], [`ConnectError::Io`] when TCP fails, or
     /// [`ConnectError::Tls`] when the handshake fails.
     pub async fn connect(&self) -> Result<UpstreamStream, ConnectError> {
+        self.connect_with(false).await
+    }
+
+    /// Connects for HTTP/1.1 whatever the backend's `protocol` (WebSocket upgrades,
+    /// health probes).
+    ///
+    /// # Errors
+    /// As [`Connector::connect`].
+    pub async fn connect_http1(&self) -> Result<UpstreamStream, ConnectError> {
+        self.connect_with(true).await
+    }
+
+    /// Whether a connection made by [`Connector::connect`] speaks HTTP/2: always for
+    /// `protocol: http2` (h2c with prior knowledge over plain TCP), by ALPN for `auto`.
+    pub fn speaks_h2(&self, stream: &UpstreamStream) -> bool {
+        use tollgate_model::UpstreamProtocol;
+        match self.0.protocol {
+            UpstreamProtocol::Http1 => false,
+            UpstreamProtocol::Http2 => true,
+            UpstreamProtocol::Auto => match stream {
+                UpstreamStream::Plain(_) => false,
+                UpstreamStream::Tls(tls) => tls.get_ref().1.alpn_protocol() == Some(b"h2"),
+            },
+        }
+    }
+
+    /// Whether connections are TLS (`https`, `wss`).
+    pub fn is_tls(&self) -> bool {
+        self.0.tls.is_some()
+    }
+
+    /// Whether requests may go over HTTP/2 (`protocol` other than `http1`).
+    pub fn may_speak_h2(&self) -> bool {
+        self.0.protocol != tollgate_model::UpstreamProtocol::Http1
+    }
+
+    async fn connect_with(&self, http1: bool) -> Result<UpstreamStream, ConnectError> {
         let inner = &self.0;
         let tcp = tokio::time::timeout(inner.connect_timeout, TcpStream::connect(&inner.address))
             .await
@@ -123,8 +173,9 @@ impl Connector {
         crate::deadline::set_tcp_keepalive(&tcp, (keepalive > 0).then(|| Duration::from_secs(keepalive)));
         match &inner.tls {
             None => Ok(UpstreamStream::Plain(tcp)),
-            Some((connector, name)) => {
-                let tls = tokio::time::timeout(inner.connect_timeout, connector.connect(name.clone(), tcp))
+            Some(tls) => {
+                let connector = if http1 { &tls.http1 } else { &tls.requests };
+                let tls = tokio::time::timeout(inner.connect_timeout, connector.connect(tls.name.clone(), tcp))
                     .await
                     .map_err(|_| ConnectError::Timeout(inner.label.clone()))?
                     .map_err(|e| ConnectError::Tls(inner.label.clone(), TlsFailure::classify(&e)))?;

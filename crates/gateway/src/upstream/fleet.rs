@@ -13,7 +13,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::time::Instant;
 use tollgate_model::{
-    ActiveHealthCheck, Algorithm, CircuitBreaker, HashOn, PassiveHealthCheck, ProbeKind, WhenAllUnhealthy,
+    ActiveHealthCheck, Algorithm, CircuitBreaker, HashOn, PassiveHealthCheck, ProbeKind, UpstreamProtocol,
+    WhenAllUnhealthy,
 };
 
 /// Milliseconds since the process's first use of the fleet clock: the time base of
@@ -270,8 +271,10 @@ impl Endpoint {
     }
 }
 
-/// How a backend chooses among its endpoints and judges them.
-pub struct Balancing {
+/// How a backend reaches its endpoints, chooses among them and judges them.
+pub struct FleetOptions {
+    /// The HTTP version of requests (upgrades and probes use HTTP/1.1).
+    pub protocol: UpstreamProtocol,
     /// The algorithm.
     pub algorithm: Algorithm,
     /// The key of `consistent_hash`.
@@ -288,9 +291,10 @@ pub struct Balancing {
     pub drain_timeout: Duration,
 }
 
-impl Default for Balancing {
+impl Default for FleetOptions {
     fn default() -> Self {
-        Balancing {
+        FleetOptions {
+            protocol: UpstreamProtocol::Http1,
             algorithm: Algorithm::RoundRobin,
             hash_on: None,
             passive: PassiveHealthCheck::default(),
@@ -307,7 +311,7 @@ pub struct Fleet {
     /// The endpoints, in configuration order.
     pub endpoints: Vec<Endpoint>,
     /// The rules.
-    pub balancing: Balancing,
+    pub options: FleetOptions,
     /// Smooth weighted round robin's current weights, by endpoint.
     current: Mutex<Vec<i64>>,
     /// Where least_requests starts looking, so ties go in turn.
@@ -316,9 +320,9 @@ pub struct Fleet {
 
 impl Fleet {
     /// A fleet of `endpoints` chosen among by `balancing`.
-    pub fn new(endpoints: Vec<Endpoint>, balancing: Balancing) -> Fleet {
+    pub fn new(endpoints: Vec<Endpoint>, balancing: FleetOptions) -> Fleet {
         let current = Mutex::new(vec![0; endpoints.len()]);
-        Fleet { endpoints, balancing, current, turn: Default::default() }
+        Fleet { endpoints, options: balancing, current, turn: Default::default() }
     }
 
     /// Chooses the endpoint for a request: among those not draining and not in
@@ -335,7 +339,7 @@ impl Fleet {
         let open = |i: &usize| !eps[*i].drain && !eps[*i].state.draining() && !tried.contains(i);
         let has_room = |i: &usize| {
             let s = &eps[*i].state;
-            let cb = &self.balancing.circuit_breaker;
+            let cb = &self.options.circuit_breaker;
             cb.max_connections.is_none_or(|m| s.in_flight.load(Relaxed) < m)
                 && cb.max_pending_requests.is_none_or(|m| s.pending.load(Relaxed) < m)
         };
@@ -344,7 +348,7 @@ impl Fleet {
             if !open(&0) {
                 return Err(self.none_open());
             }
-            if !eps[0].state.healthy() && self.balancing.when_all_unhealthy == WhenAllUnhealthy::Refuse {
+            if !eps[0].state.healthy() && self.options.when_all_unhealthy == WhenAllUnhealthy::Refuse {
                 return Err(self.none_healthy());
             }
             return if has_room(&0) { Ok(0) } else { Err(self.overloaded()) };
@@ -355,7 +359,7 @@ impl Fleet {
         }
         let mut candidates: Vec<usize> = open.iter().copied().filter(|i| eps[*i].state.healthy()).collect();
         if candidates.is_empty() {
-            if self.balancing.when_all_unhealthy == WhenAllUnhealthy::Refuse {
+            if self.options.when_all_unhealthy == WhenAllUnhealthy::Refuse {
                 return Err(self.none_healthy());
             }
             candidates = open;
@@ -364,7 +368,7 @@ impl Fleet {
         if candidates.is_empty() {
             return Err(self.overloaded());
         }
-        Ok(match (self.balancing.algorithm, key) {
+        Ok(match (self.options.algorithm, key) {
             (Algorithm::ConsistentHash, Some(key)) => self.rendezvous(&candidates, key),
             (Algorithm::LeastRequests, _) => self.least_requests(&candidates),
             _ => self.round_robin(&candidates),
@@ -425,12 +429,12 @@ impl Fleet {
 
     /// Records how a request to endpoint `i` went (passive health).
     pub fn report(&self, i: usize, ok: bool) {
-        self.endpoints[i].state.report(ok, &self.balancing.passive);
+        self.endpoints[i].state.report(ok, &self.options.passive);
     }
 
     /// Whether a response status counts as a failure of its endpoint.
     pub fn failed_status(&self, status: http::StatusCode) -> bool {
-        self.balancing.passive.unhealthy_statuses.contains(&status.as_u16())
+        self.options.passive.unhealthy_statuses.contains(&status.as_u16())
     }
 
     fn none_open(&self) -> Refusal {
@@ -464,7 +468,7 @@ impl Fleet {
                 *since = if e.drain { Some(since.unwrap_or_else(Instant::now)) } else { None };
                 *since
             };
-            let deadline = since.map(|at| at + self.balancing.drain_timeout);
+            let deadline = since.map(|at| at + self.options.drain_timeout);
             e.state.draining.store(deadline.is_some(), Relaxed);
             e.state.drain.send_if_modified(|d| {
                 let changed = *d != deadline;
@@ -472,7 +476,7 @@ impl Fleet {
                 changed
             });
             let mut prober = e.state.prober.lock().unwrap_or_else(|p| p.into_inner());
-            let same = match (&*prober, &self.balancing.active) {
+            let same = match (&*prober, &self.options.active) {
                 (Some((running, _)), Some(wanted)) => running == wanted,
                 (None, None) => true,
                 _ => false,
@@ -485,7 +489,7 @@ impl Fleet {
             }
             e.state.probed_healthy.store(true, Relaxed);
             e.state.probe_streak.store(0, Relaxed);
-            if let Some(check) = &self.balancing.active {
+            if let Some(check) = &self.options.active {
                 let Ok(runtime) = tokio::runtime::Handle::try_current() else { continue };
                 let probe = Probe {
                     state: Arc::downgrade(&e.state),
@@ -534,7 +538,7 @@ impl Probe {
 
     /// One probe: true when it passed.
     async fn once(&self) -> bool {
-        let Ok(stream) = self.connector.connect().await else { return false };
+        let Ok(stream) = self.connector.connect_http1().await else { return false };
         if self.check.kind == ProbeKind::Tcp {
             return true;
         }

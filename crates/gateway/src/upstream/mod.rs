@@ -11,7 +11,7 @@ pub mod pool;
 mod tls;
 
 pub use connect::*;
-pub use fleet::{Balancing, Endpoint, EndpointState, Fleet, Lease};
+pub use fleet::{Endpoint, EndpointState, Fleet, FleetOptions, Lease};
 pub use tls::*;
 
 use crate::upstream::body::GatewayBody;
@@ -77,7 +77,7 @@ impl Upstream {
         tls: &BackendTls,
         connect_timeout: Duration,
     ) -> Result<Upstream, TlsConfigError> {
-        Upstream::with_endpoints(name, base, tls, connect_timeout, &[], Balancing::default(), false)
+        Upstream::with_endpoints(name, base, tls, connect_timeout, &[], FleetOptions::default(), false)
     }
 
     /// Builds a backend's endpoints (`endpoints`; none: the base URL's host) with
@@ -92,17 +92,36 @@ impl Upstream {
         tls: &BackendTls,
         connect_timeout: Duration,
         endpoints: &[EndpointSpec<'_>],
-        balancing: Balancing,
+        balancing: FleetOptions,
         shared: bool,
     ) -> Result<Upstream, TlsConfigError> {
         let host_for_uri = if base.host.contains(':') { format!("[{}]", base.host) } else { base.host.clone() };
         let address = format!("{host_for_uri}:{}", base.port);
+        let protocol = balancing.protocol;
         let tls_connector = if base.is_tls() {
             let config = client_tls_config(tls)?;
             let name = tls.server_name.clone().unwrap_or_else(|| base.host.clone());
             let name =
                 ServerName::try_from(name).map_err(|e| tls_error("server_name")(format!("not a host name: {e}")))?;
-            Some((TlsConnector::from(Arc::new(config)), name))
+            // Requests offer what `protocol` allows by ALPN; upgrades and probes, which
+            // need HTTP/1.1, offer only that (when the backend could pick h2).
+            let (requests, http1) = match protocol {
+                tollgate_model::UpstreamProtocol::Http1 => {
+                    let c = TlsConnector::from(Arc::new(config));
+                    (c.clone(), c)
+                }
+                other => {
+                    let mut requests = config.clone();
+                    requests.alpn_protocols = match other {
+                        tollgate_model::UpstreamProtocol::Http2 => vec![b"h2".to_vec()],
+                        _ => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+                    };
+                    let mut http1 = config;
+                    http1.alpn_protocols = vec![b"http/1.1".to_vec()];
+                    (TlsConnector::from(Arc::new(requests)), TlsConnector::from(Arc::new(http1)))
+                }
+            };
+            Some(TlsConnectors { requests, http1, name })
         } else {
             None
         };
@@ -116,6 +135,7 @@ impl Upstream {
                     label: format!("backend `{name}` ({})", spec.address),
                     tls: tls_connector.clone(),
                     connect_timeout,
+                    protocol,
                 }));
                 let state = match shared {
                     true => EndpointState::shared(name, spec.address),
@@ -244,6 +264,10 @@ impl Upstream {
                     let label = endpoint.connector.label();
                     return Err(http_failure(label, &e));
                 }
+                Err(RequestError::Failed(e)) => {
+                    self.fleet.report(i, false);
+                    return Err(Refusal::UpstreamFailed(format!("{}: {e}", endpoint.connector.label())));
+                }
             }
         }
     }
@@ -261,7 +285,7 @@ impl Upstream {
             let i = self.fleet.pick(key, &tried)?;
             let endpoint = &self.fleet.endpoints[i];
             let lease = endpoint.state.lease();
-            match endpoint.connector.connect().await {
+            match endpoint.connector.connect_http1().await {
                 Ok(stream) => return Ok((stream, lease, i)),
                 Err(e) => {
                     self.fleet.report(i, false);
@@ -352,6 +376,16 @@ pub fn http1_client() -> hyper::client::conn::http1::Builder {
     // keeps its buffer alive, so this bounds what each one costs (measured by the
     // attack suite) while 64 KiB reads keep streaming cheap.
     b.max_headers(RESPONSE_HEAD_COUNT.load(Relaxed)).max_header_size(bytes).max_buf_size(bytes.max(64 * 1024));
+    b
+}
+
+/// An HTTP/2 client connection builder: the response-head limit as the largest header
+/// list the backend may send (RFC 9113 §6.5.2), adaptive flow-control windows (so a
+/// fast backend is not held to 64 KiB per round trip).
+pub fn http2_client() -> hyper::client::conn::http2::Builder<hyper_util::rt::TokioExecutor> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut b = hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
+    b.max_header_list_size(u32::try_from(RESPONSE_HEAD_BYTES.load(Relaxed)).unwrap_or(u32::MAX)).adaptive_window(true);
     b
 }
 

@@ -25,10 +25,11 @@ use crate::upstream::{ConnectError, Connector, UpstreamStream};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper::client::conn::http1;
+use hyper::client::conn::{http1, http2};
 use hyper_util::rt::TokioIo;
 use std::future::{Future, poll_fn};
 use std::pin::{Pin, pin};
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -73,10 +74,45 @@ struct Idle {
     since: Instant,
 }
 
+/// An HTTP/2 connection to the backend: requests share it, up to the server's
+/// `SETTINGS_MAX_CONCURRENT_STREAMS`; its task drives it.
+#[derive(Clone)]
+struct H2Conn {
+    send: http2::SendRequest<UpstreamBody>,
+    /// Streams open on it now (requests until their response body is done).
+    streams: Arc<AtomicUsize>,
+    /// The server's `SETTINGS_MAX_CONCURRENT_STREAMS`, as last seen.
+    limit: Arc<AtomicUsize>,
+}
+
+impl H2Conn {
+    /// Whether it can take another stream now.
+    fn has_room(&self) -> bool {
+        !self.send.is_closed() && self.streams.load(Relaxed) < self.limit.load(Relaxed).max(1)
+    }
+}
+
+/// A stream's place on an HTTP/2 connection, given back when dropped.
+struct StreamSlot(Arc<AtomicUsize>);
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
+    }
+}
+
+/// A new connection, by the protocol it speaks.
+enum Fresh {
+    Http1(Box<Conn>),
+    Http2(H2Conn),
+}
+
 struct Shared {
     connector: Connector,
     /// Idle connections by thread ([`thread_slot`]).
     idle: Mutex<Vec<Vec<Idle>>>,
+    /// HTTP/2 connections, shared by every thread.
+    h2: Mutex<Vec<H2Conn>>,
     reaper: std::sync::Once,
 }
 
@@ -89,6 +125,8 @@ pub enum RequestError {
     Connect(ConnectError, Box<http::Request<UpstreamBody>>),
     /// The exchange failed after connecting.
     Http(hyper::Error),
+    /// The request could not be sent for another reason, in words.
+    Failed(String),
 }
 
 impl std::fmt::Debug for RequestError {
@@ -96,6 +134,7 @@ impl std::fmt::Debug for RequestError {
         match self {
             RequestError::Connect(e, _) => f.debug_tuple("Connect").field(e).finish_non_exhaustive(),
             RequestError::Http(e) => f.debug_tuple("Http").field(e).finish(),
+            RequestError::Failed(e) => f.debug_tuple("Failed").field(e).finish(),
         }
     }
 }
@@ -107,7 +146,12 @@ pub struct Pool(Arc<Shared>);
 impl Pool {
     /// An empty pool using `connector` for new connections.
     pub fn new(connector: Connector) -> Pool {
-        Pool(Arc::new(Shared { connector, idle: Mutex::new(Vec::new()), reaper: std::sync::Once::new() }))
+        Pool(Arc::new(Shared {
+            connector,
+            idle: Mutex::new(Vec::new()),
+            h2: Mutex::new(Vec::new()),
+            reaper: std::sync::Once::new(),
+        }))
     }
 
     /// Sends `req` (in origin form, with its `Host`) on an idle connection or a new
@@ -117,11 +161,27 @@ impl Pool {
         &self,
         mut req: http::Request<UpstreamBody>,
     ) -> Result<http::Response<PooledBody>, RequestError> {
+        if self.0.connector.may_speak_h2()
+            && let Some(conn) = self.h2_checkout()
+        {
+            match self.h2_send(conn, req).await {
+                Ok(resp) => return Ok(resp),
+                // The connection was closing: the request, unsent, takes a new one.
+                Err(Ok(unsent)) => req = unsent,
+                Err(Err(e)) => return Err(e),
+            }
+        }
         loop {
             let (mut conn, reused) = match self.checkout() {
                 Some(c) => (c, true),
                 None => match self.connect().await {
-                    Ok(c) => (c, false),
+                    Ok(Fresh::Http1(c)) => (c, false),
+                    Ok(Fresh::Http2(c)) => {
+                        return self.h2_send(c, req).await.map_err(|e| match e {
+                            Ok(_unsent) => RequestError::Failed("the new HTTP/2 connection closed at once".into()),
+                            Err(e) => e,
+                        });
+                    }
                     Err(Ok(e)) => return Err(RequestError::Connect(e, Box::new(req))),
                     Err(Err(e)) => return Err(RequestError::Http(e)),
                 },
@@ -135,8 +195,14 @@ impl Pool {
             match result {
                 Ok(resp) => {
                     let (parts, body) = resp.into_parts();
-                    let body =
-                        PooledBody { body, conn: Some(conn), pool: Some(self.0.clone()), ended: false, lease: None };
+                    let body = PooledBody {
+                        body,
+                        conn: Some(conn),
+                        pool: Some(self.0.clone()),
+                        ended: false,
+                        lease: None,
+                        _stream: None,
+                    };
                     return Ok(http::Response::from_parts(parts, body));
                 }
                 Err(mut e) => match e.take_message() {
@@ -164,12 +230,96 @@ impl Pool {
         }
     }
 
-    /// A new connection; `Err(Ok(_))` when it could not be made.
-    async fn connect(&self) -> Result<Box<Conn>, Result<ConnectError, hyper::Error>> {
+    /// A new connection, HTTP/1.1 or HTTP/2 as the backend's `protocol` and ALPN say;
+    /// `Err(Ok(_))` when it could not be made.
+    async fn connect(&self) -> Result<Fresh, Result<ConnectError, hyper::Error>> {
         let stream = self.0.connector.connect().await.map_err(Ok)?;
+        if self.0.connector.speaks_h2(&stream) {
+            let (send, conn) = crate::upstream::http2_client().handshake(TokioIo::new(stream)).await.map_err(Err)?;
+            // The server's stream limit (its SETTINGS) is the connection's to read: the
+            // task publishes it each time it drives the connection.
+            let limit = Arc::new(AtomicUsize::new(100));
+            let published = limit.clone();
+            let mut conn = Box::pin(conn);
+            tokio::spawn(poll_fn(move |cx| {
+                let done = conn.as_mut().poll(cx);
+                published.store(conn.current_max_send_streams(), Relaxed);
+                done.map(|r| {
+                    if let Err(e) = r {
+                        tracing::debug!(error = %e, "HTTP/2 backend connection ended with an error");
+                    }
+                })
+            }));
+            let conn = H2Conn { send, streams: Arc::new(AtomicUsize::new(0)), limit };
+            if let Ok(mut list) = self.0.h2.lock() {
+                list.retain(|c| !c.send.is_closed());
+                list.push(conn.clone());
+            }
+            return Ok(Fresh::Http2(conn));
+        }
         let (send, conn) = crate::upstream::http1_client().handshake(TokioIo::new(stream)).await.map_err(Err)?;
         self.start_reaper();
-        Ok(Box::new(Conn { send, conn, closed: false }))
+        Ok(Fresh::Http1(Box::new(Conn { send, conn, closed: false })))
+    }
+
+    /// An open HTTP/2 connection with a free stream, if any.
+    fn h2_checkout(&self) -> Option<H2Conn> {
+        let mut list = self.0.h2.lock().ok()?;
+        list.retain(|c| !c.send.is_closed());
+        list.iter().find(|c| c.has_room()).cloned()
+    }
+
+    /// HTTP/2 connections open now.
+    pub fn http2_connections(&self) -> usize {
+        self.0.h2.lock().map_or(0, |mut list| {
+            list.retain(|c| !c.send.is_closed());
+            list.len()
+        })
+    }
+
+    /// Sends `req` as a stream of `conn`: in absolute form (`:scheme`, `:authority` from
+    /// its `Host`, RFC 9113 §8.3.1). `Err(Ok(req))`: the connection was closing and the
+    /// request did not go out.
+    async fn h2_send(
+        &self,
+        conn: H2Conn,
+        mut req: http::Request<UpstreamBody>,
+    ) -> Result<http::Response<PooledBody>, Result<http::Request<UpstreamBody>, RequestError>> {
+        let scheme = if self.0.connector.is_tls() { http::uri::Scheme::HTTPS } else { http::uri::Scheme::HTTP };
+        let authority = req
+            .headers_mut()
+            .remove(http::header::HOST)
+            .and_then(|h| http::uri::Authority::try_from(h.as_bytes()).ok());
+        let mut parts = std::mem::take(req.uri_mut()).into_parts();
+        parts.scheme = Some(scheme);
+        parts.authority = authority;
+        if parts.path_and_query.is_none() {
+            parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+        }
+        *req.uri_mut() = http::Uri::from_parts(parts)
+            .map_err(|e| Err(RequestError::Failed(format!("no valid HTTP/2 target: {e}"))))?;
+        *req.version_mut() = http::Version::HTTP_2;
+        conn.streams.fetch_add(1, Relaxed);
+        let slot = StreamSlot(conn.streams.clone());
+        let mut send = conn.send.clone();
+        match send.try_send_request(req).await {
+            Ok(resp) => {
+                let (parts, body) = resp.into_parts();
+                let body = PooledBody { body, conn: None, pool: None, ended: false, lease: None, _stream: Some(slot) };
+                Ok(http::Response::from_parts(parts, body))
+            }
+            Err(mut e) => match e.take_message() {
+                Some(mut unsent) => {
+                    // Back to the form the HTTP/1.1 path and another connection expect.
+                    let host = unsent.uri().authority().and_then(|a| http::HeaderValue::try_from(a.as_str()).ok());
+                    if let Some(host) = host {
+                        unsent.headers_mut().insert(http::header::HOST, host);
+                    }
+                    Err(Ok(unsent))
+                }
+                None => Err(Err(RequestError::Http(e.into_error()))),
+            },
+        }
     }
 
     /// One task per pool, from its first connection until the pool is dropped.
@@ -234,12 +384,14 @@ pub struct PooledBody {
     ended: bool,
     /// The endpoint's share held until the body is done.
     lease: Option<crate::upstream::fleet::Lease>,
+    /// The HTTP/2 stream's place on its connection, for a response over HTTP/2.
+    _stream: Option<StreamSlot>,
 }
 
 impl PooledBody {
     /// A body whose connection is not pooled (a refused WebSocket upgrade's answer).
     pub fn unpooled(body: Incoming) -> PooledBody {
-        PooledBody { body, conn: None, pool: None, ended: false, lease: None }
+        PooledBody { body, conn: None, pool: None, ended: false, lease: None, _stream: None }
     }
 
     /// Holds the endpoint's lease until the body is dropped.
