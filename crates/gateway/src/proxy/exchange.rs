@@ -459,6 +459,27 @@ pub(super) fn add_forwarded(headers: &mut HeaderMap, parts: &request::Parts, ctx
     }
 }
 
+/// A `grpc-timeout` value: 1 to 8 digits and a unit (`H`, `M`, `S`, `m`, `u`, `n`;
+/// gRPC's PROTOCOL-HTTP2.md). `None` for anything else.
+pub(crate) fn grpc_timeout(v: &HeaderValue) -> Option<std::time::Duration> {
+    use std::time::Duration;
+    let b = v.as_bytes();
+    let (digits, unit) = b.split_at(b.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n: u64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    Some(match unit {
+        b"H" => Duration::from_secs(n * 3600),
+        b"M" => Duration::from_secs(n * 60),
+        b"S" => Duration::from_secs(n),
+        b"m" => Duration::from_millis(n),
+        b"u" => Duration::from_micros(n),
+        b"n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::backend_rest;
@@ -492,25 +513,17 @@ mod tests {
         assert_eq!(backend_rest("https://backend.internal:443/a", &default_port), Some("/a"));
         assert_eq!(backend_rest("http://backend.internal/a", &default_port), None, "port 80 is another origin");
     }
-}
 
-/// A `grpc-timeout` value: 1 to 8 digits and a unit (`H`, `M`, `S`, `m`, `u`, `n`;
-/// gRPC's PROTOCOL-HTTP2.md). `None` for anything else.
-pub(crate) fn grpc_timeout(v: &HeaderValue) -> Option<std::time::Duration> {
-    use std::time::Duration;
-    let b = v.as_bytes();
-    let (digits, unit) = b.split_at(b.len().checked_sub(1)?);
-    if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
-        return None;
+    #[test]
+    fn grpc_timeouts_are_read_as_the_protocol_writes_them() {
+        use std::time::Duration;
+        let t = |s: &str| super::grpc_timeout(&HeaderValue::from_str(s).expect("value"));
+        assert_eq!(t("5S"), Some(Duration::from_secs(5)));
+        assert_eq!(t("100m"), Some(Duration::from_millis(100)));
+        assert_eq!(t("2H"), Some(Duration::from_secs(7200)));
+        assert_eq!(t("99999999n"), Some(Duration::from_nanos(99_999_999)));
+        for bad in ["", "S", "5", "123456789S", "5s", "-1S", "1.5S", "5 S"] {
+            assert_eq!(t(bad), None, "{bad:?}");
+        }
     }
-    let n: u64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
-    Some(match unit {
-        b"H" => Duration::from_secs(n * 3600),
-        b"M" => Duration::from_secs(n * 60),
-        b"S" => Duration::from_secs(n),
-        b"m" => Duration::from_millis(n),
-        b"u" => Duration::from_micros(n),
-        b"n" => Duration::from_nanos(n),
-        _ => return None,
-    })
 }
