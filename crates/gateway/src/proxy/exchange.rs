@@ -517,7 +517,7 @@ mod tests {
     #[test]
     fn grpc_timeouts_are_read_as_the_protocol_writes_them() {
         use std::time::Duration;
-        let t = |s: &str| super::grpc_timeout(&HeaderValue::from_str(s).expect("value"));
+        let t = |s: &str| super::grpc_timeout(&http::HeaderValue::from_str(s).expect("value"));
         assert_eq!(t("5S"), Some(Duration::from_secs(5)));
         assert_eq!(t("100m"), Some(Duration::from_millis(100)));
         assert_eq!(t("2H"), Some(Duration::from_secs(7200)));
