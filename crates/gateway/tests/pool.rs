@@ -223,3 +223,86 @@ async fn an_unreachable_backend_is_a_connect_error() {
         "a refused connection is 'unavailable' (retryable), got {err:?}"
     );
 }
+
+/// An HTTP/2 (h2c) backend that allows `streams` concurrent streams per connection and
+/// answers once `hold` requests have arrived: counts connections and requests.
+async fn h2_backend(streams: u32, hold: usize) -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("address");
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    let arrived = Arc::new(tokio::sync::Semaphore::new(0));
+    let seen = Arc::new(AtomicUsize::new(0));
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            let (arrived, seen) = (arrived.clone(), seen.clone());
+            tokio::spawn(async move {
+                let service = service_fn(move |req: http::Request<Incoming>| {
+                    let (arrived, seen) = (arrived.clone(), seen.clone());
+                    async move {
+                        assert_eq!(req.version(), http::Version::HTTP_2);
+                        let authority = req.uri().authority().map(|a| a.to_string()).unwrap_or_default();
+                        // Each `/hold` waits until `hold` of them have come: they are in
+                        // flight together.
+                        if req.uri().path() == "/hold" {
+                            if (seen.fetch_add(1, Ordering::SeqCst) + 1) % hold == 0 {
+                                arrived.add_permits(hold);
+                            }
+                            arrived.acquire().await.expect("permit").forget();
+                        }
+                        Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from(authority))))
+                    }
+                });
+                let _ = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .max_concurrent_streams(streams)
+                    .serve_connection(TokioIo::new(tcp), service)
+                    .await;
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+#[tokio::test]
+async fn http2_requests_share_connections_up_to_the_servers_stream_limit_then_open_more() {
+    let (addr, accepted) = h2_backend(2, 6).await;
+    let base = BaseUrl::parse(&format!("http://{addr}"), &["http"]).expect("base");
+    let options = tollgate_gateway::upstream::FleetOptions {
+        protocol: tollgate_model::UpstreamProtocol::Http2,
+        ..Default::default()
+    };
+    let up = Upstream::with_endpoints(
+        "h2",
+        base,
+        &BackendTls::default(),
+        std::time::Duration::from_secs(5),
+        &[],
+        options,
+        false,
+    )
+    .expect("upstream");
+    // The first request learns the server's SETTINGS (2 streams) on its connection.
+    let (status, _, _) = read(&up, "/").await;
+    assert_eq!(status, 200);
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    let round = || {
+        futures_util::future::join_all((0..6).map(|_| async {
+            let resp = up.request(get(&up, "/hold")).await.expect("response");
+            resp.into_body().collect().await.expect("body").to_bytes()
+        }))
+    };
+    // Six held at once: a connection never carries more than its 2 streams (a third
+    // would wait on it for ever, as the server answers only once all six came).
+    // Bounded: a connection over its limit would hold its third request for ever.
+    let answers = tokio::time::timeout(std::time::Duration::from_secs(20), round()).await;
+    for a in answers.expect("every request answered: no connection took more streams than allowed") {
+        assert_eq!(a, Bytes::from(addr.to_string()), ":authority is the backend's host");
+    }
+    let connections = up.fleet.endpoints[0].pool.http2_connections();
+    assert!((3..=6).contains(&connections), "6 requests at 2 streams each: {connections} connections");
+    assert_eq!(accepted.load(Ordering::SeqCst), connections);
+    // The connections are kept and shared: another round opens none.
+    round().await;
+    assert_eq!(accepted.load(Ordering::SeqCst), connections);
+}

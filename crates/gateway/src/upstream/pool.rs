@@ -81,14 +81,18 @@ struct H2Conn {
     send: http2::SendRequest<UpstreamBody>,
     /// Streams open on it now (requests until their response body is done).
     streams: Arc<AtomicUsize>,
-    /// The server's `SETTINGS_MAX_CONCURRENT_STREAMS`, as last seen.
-    limit: Arc<AtomicUsize>,
+    /// The connection, for the server's `SETTINGS_MAX_CONCURRENT_STREAMS`.
+    conn: H2Connection,
 }
+
+type H2Connection =
+    Arc<Mutex<Pin<Box<http2::Connection<TokioIo<UpstreamStream>, UpstreamBody, hyper_util::rt::TokioExecutor>>>>>;
 
 impl H2Conn {
     /// Whether it can take another stream now.
     fn has_room(&self) -> bool {
-        !self.send.is_closed() && self.streams.load(Relaxed) < self.limit.load(Relaxed).max(1)
+        !self.send.is_closed()
+            && self.streams.load(Relaxed) < self.conn.lock().map_or(0, |c| c.current_max_send_streams()).max(1)
     }
 }
 
@@ -236,21 +240,19 @@ impl Pool {
         let stream = self.0.connector.connect().await.map_err(Ok)?;
         if self.0.connector.speaks_h2(&stream) {
             let (send, conn) = crate::upstream::http2_client().handshake(TokioIo::new(stream)).await.map_err(Err)?;
-            // The server's stream limit (its SETTINGS) is the connection's to read: the
-            // task publishes it each time it drives the connection.
-            let limit = Arc::new(AtomicUsize::new(100));
-            let published = limit.clone();
-            let mut conn = Box::pin(conn);
+            // The server's stream limit (its SETTINGS, which may come or change at any
+            // time) is read from the connection itself, shared with its task.
+            let conn: H2Connection = Arc::new(Mutex::new(Box::pin(conn)));
+            let driven = conn.clone();
             tokio::spawn(poll_fn(move |cx| {
-                let done = conn.as_mut().poll(cx);
-                published.store(conn.current_max_send_streams(), Relaxed);
-                done.map(|r| {
+                let Ok(mut conn) = driven.lock() else { return Poll::Ready(()) };
+                conn.as_mut().poll(cx).map(|r| {
                     if let Err(e) = r {
                         tracing::debug!(error = %e, "HTTP/2 backend connection ended with an error");
                     }
                 })
             }));
-            let conn = H2Conn { send, streams: Arc::new(AtomicUsize::new(0)), limit };
+            let conn = H2Conn { send, streams: Arc::new(AtomicUsize::new(0)), conn };
             if let Ok(mut list) = self.0.h2.lock() {
                 list.retain(|c| !c.send.is_closed());
                 list.push(conn.clone());
