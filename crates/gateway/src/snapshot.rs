@@ -83,9 +83,7 @@ impl Snapshot {
 
     /// Runs every policy's preparation ([`crate::policy::Policy::prepare`]: the network
     /// work compiling never does, such as a `jwt` policy's JWK Set fetch), before the
-    /// snapshot is swapped in, and starts what its backends' endpoints need (active
-    /// health checks, drains; [`Upstream::activate`]). A product published on two hosts
-    /// is prepared once.
+    /// snapshot is swapped in. A product published on two hosts is prepared once.
     ///
     /// # Errors
     /// Every preparation that failed, as `product `NAME`: policy `jwt`: jwks_url: cannot
@@ -98,9 +96,6 @@ impl Snapshot {
             if !seen.insert(Arc::as_ptr(product) as usize) {
                 continue;
             }
-            for usage in &product.usages {
-                usage.upstream.activate();
-            }
             for policy in &product.chain {
                 if let Some(preparing) = policy.prepare()
                     && let Err(e) = preparing.await
@@ -110,6 +105,22 @@ impl Snapshot {
             }
         }
         if errors.is_empty() { Ok(()) } else { Err(errors) }
+    }
+
+    /// Starts what its backends' endpoints need once it serves — active health checks,
+    /// drains, passive-check settings ([`Upstream::activate`]) — and stops what the
+    /// previous configuration started that this one no longer asks for. Called as it
+    /// is swapped in (after [`Snapshot::prepare`] succeeded), never for a configuration
+    /// that was refused.
+    pub fn activate(&self) {
+        let mut seen = std::collections::HashSet::new();
+        for product in self.products.values() {
+            for usage in &product.usages {
+                if seen.insert(Arc::as_ptr(&usage.upstream) as usize) {
+                    usage.upstream.activate();
+                }
+            }
+        }
     }
 
     /// The product published on `host` (lower-case, without port) in this environment.
@@ -287,6 +298,14 @@ pub struct BackendSource<'a> {
 #[derive(Default)]
 pub struct Upstreams {
     built: HashMap<String, Option<Arc<Upstream>>>,
+    /// Backends (by path) that failed to build: reported once, not per environment.
+    failed: std::collections::HashSet<String>,
+    /// Backends (by path) whose unverified TLS was logged.
+    warned: std::collections::HashSet<String>,
+    /// The environment being compiled: each keeps its own view of an endpoint's
+    /// health, load and drain ([`EndpointState::shared`]); `None` builds unshared
+    /// upstreams (validation).
+    environment: Option<Environment>,
     /// Validation only (`check`): nothing is logged, as nothing will serve.
     quiet: bool,
 }
@@ -300,24 +319,28 @@ impl Upstreams {
         connect: Option<Duration>,
         errors: &mut ConfigErrors,
     ) -> Option<Arc<Upstream>> {
+        let env = self.environment.map_or("", Environment::as_str);
         let key = match connect {
-            None => source.path.clone(),
-            Some(d) => format!("{}@{}ms", source.path, d.as_millis()),
+            None => format!("{env}:{}", source.path),
+            Some(d) => format!("{env}:{}@{}ms", source.path, d.as_millis()),
         };
-        // Failures are remembered too, so each is reported once.
         if let Some(u) = self.built.get(&key) {
             return u.clone();
+        }
+        // Failures are remembered too, so each is reported once.
+        if self.failed.contains(&source.path) {
+            return None;
         }
         let (b, path) = (source.backend, &source.path);
         let base = match BaseUrl::parse(&b.private_base_url, &["http", "https", "ws", "wss"]) {
             Ok(b) => b,
             Err(e) => {
                 errors.push(ConfigError::new(format!("{path}.private_base_url"), e));
-                self.built.insert(key, None);
+                self.failed.insert(source.path.clone());
                 return None;
             }
         };
-        if base.is_tls() && !b.tls.verify && !self.quiet {
+        if base.is_tls() && !b.tls.verify && !self.quiet && self.warned.insert(source.path.clone()) {
             tracing::warn!(backend = %b.system_name, "TLS certificate verification is OFF for this backend (tls.verify: false)");
         }
         let timeout =
@@ -337,7 +360,7 @@ impl Upstreams {
             circuit_breaker: b.circuit_breaker.clone(),
             drain_timeout: b.drain_timeout_ms.map_or(Duration::from_secs(60), Duration::from_millis),
         };
-        match Upstream::with_endpoints(&b.system_name, base, &b.tls, timeout, &endpoints, balancing, true) {
+        match Upstream::with_endpoints(&b.system_name, base, &b.tls, timeout, &endpoints, balancing, self.environment) {
             Ok(u) => {
                 let u = Arc::new(u);
                 self.built.insert(key, Some(u.clone()));
@@ -351,7 +374,7 @@ impl Upstreams {
                     "point `tls.ca_file` at a readable PEM certificate (or paste it as `tls.ca_pem`), or set `tls.verify: false` to opt out"
                 };
                 errors.push(ConfigError::new(at, e.message).hint(hint));
-                self.built.insert(key, None);
+                self.failed.insert(source.path.clone());
                 None
             }
         }
@@ -429,6 +452,7 @@ pub fn compile_environment(
 ) -> (Snapshot, ConfigErrors) {
     let mut errors = ConfigErrors::default();
     let mut snapshot = Snapshot::empty(environment);
+    upstreams.environment = (!upstreams.quiet).then_some(environment);
     for source in sources {
         let p = source.product;
         let url = match environment {

@@ -279,7 +279,7 @@ async fn http2_requests_share_connections_up_to_the_servers_stream_limit_then_op
         std::time::Duration::from_secs(5),
         &[],
         options,
-        false,
+        None,
     )
     .expect("upstream");
     // The first request learns the server's SETTINGS (2 streams) on its connection.

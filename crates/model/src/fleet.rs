@@ -68,11 +68,8 @@ pub enum Algorithm {
 
 /// The key `consistent_hash` uses: `remote_addr`, `application_id`,
 /// `{ header: NAME }` or `{ cookie: NAME }`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(
-    untagged,
-    expecting = "expected one of `remote_addr`, `application_id`, `{ header: NAME }` or `{ cookie: NAME }`"
-)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(untagged)]
 pub enum HashOn {
     /// `remote_addr` or `application_id`.
     Named(HashKey),
@@ -86,6 +83,47 @@ pub enum HashOn {
         /// The cookie's name.
         cookie: String,
     },
+}
+
+const HASH_ON_EXPECTED: &str = "expected `remote_addr`, `application_id`, `{ header: NAME }` or `{ cookie: NAME }`";
+
+impl<'de> Deserialize<'de> for HashOn {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Name(String),
+            Map(std::collections::BTreeMap<String, String>),
+        }
+        let suggest = |got: &str, known: &[&'static str]| {
+            crate::did_you_mean(got, known.iter().copied()).map_or(String::new(), |s| format!(" (did you mean `{s}`?)"))
+        };
+        match Raw::deserialize(d).map_err(|_| D::Error::custom(HASH_ON_EXPECTED))? {
+            Raw::Name(n) => match n.as_str() {
+                "remote_addr" => Ok(HashOn::Named(HashKey::RemoteAddr)),
+                "application_id" => Ok(HashOn::Named(HashKey::ApplicationId)),
+                other => Err(D::Error::custom(format!(
+                    "`{other}` is not a hash key{}: {HASH_ON_EXPECTED}",
+                    suggest(other, &["remote_addr", "application_id"])
+                ))),
+            },
+            Raw::Map(map) => {
+                let mut entries = map.into_iter();
+                let (Some((key, value)), None) = (entries.next(), entries.next()) else {
+                    return Err(D::Error::custom(format!("give one key, `header` or `cookie`: {HASH_ON_EXPECTED}")));
+                };
+                match key.as_str() {
+                    "header" => Ok(HashOn::Header { header: value }),
+                    "cookie" => Ok(HashOn::Cookie { cookie: value }),
+                    other => Err(D::Error::custom(format!(
+                        "unknown key `{other}`{}: {HASH_ON_EXPECTED}",
+                        suggest(other, &["header", "cookie"])
+                    ))),
+                }
+            }
+        }
+    }
 }
 
 /// The keys `consistent_hash` knows by name.
@@ -133,9 +171,6 @@ fn default_path() -> String {
 fn default_interval() -> u64 {
     5000
 }
-fn default_timeout() -> u64 {
-    2000
-}
 fn two() -> u32 {
     2
 }
@@ -162,9 +197,9 @@ pub struct ActiveHealthCheck {
     #[serde(default = "default_interval")]
     pub interval_ms: u64,
     /// Milliseconds a probe may take (connect, TLS, answer); at least 1 and at most
-    /// `interval_ms`. Default 2000.
-    #[serde(default = "default_timeout")]
-    pub timeout_ms: u64,
+    /// `interval_ms`. Default 2000, or `interval_ms` if that is shorter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
     /// Good probes in a row that bring an unhealthy endpoint back; default 2.
     #[serde(default = "two")]
     pub healthy_threshold: u32,
@@ -181,9 +216,6 @@ fn default_unhealthy_statuses() -> Vec<u16> {
 }
 fn default_ejection() -> u64 {
     10_000
-}
-fn default_max_ejection() -> u64 {
-    300_000
 }
 
 /// Outlier ejection (Envoy's name): an endpoint whose requests fail
@@ -206,9 +238,26 @@ pub struct PassiveHealthCheck {
     /// First ejection, in milliseconds; at least 1. Default 10000.
     #[serde(default = "default_ejection")]
     pub ejection_ms: u64,
-    /// Longest ejection, in milliseconds; at least `ejection_ms`. Default 300000.
-    #[serde(default = "default_max_ejection")]
-    pub max_ejection_ms: u64,
+    /// Longest ejection, in milliseconds; at least `ejection_ms`. Default 300000, or
+    /// `ejection_ms` if that is longer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_ejection_ms: Option<u64>,
+}
+
+impl PassiveHealthCheck {
+    /// The longest ejection in milliseconds: `max_ejection_ms`, else 300000 or
+    /// `ejection_ms` if that is longer.
+    pub fn longest_ejection_ms(&self) -> u64 {
+        self.max_ejection_ms.unwrap_or(self.ejection_ms.max(300_000))
+    }
+}
+
+impl ActiveHealthCheck {
+    /// A probe's time in milliseconds: `timeout_ms`, else 2000 or `interval_ms` if that
+    /// is shorter.
+    pub fn probe_timeout_ms(&self) -> u64 {
+        self.timeout_ms.unwrap_or(self.interval_ms.min(2000))
+    }
 }
 
 impl Default for PassiveHealthCheck {
@@ -218,7 +267,7 @@ impl Default for PassiveHealthCheck {
             consecutive_failures: five(),
             unhealthy_statuses: default_unhealthy_statuses(),
             ejection_ms: default_ejection(),
-            max_ejection_ms: default_max_ejection(),
+            max_ejection_ms: None,
         }
     }
 }
@@ -231,7 +280,7 @@ pub enum WhenAllUnhealthy {
     /// health checks may be wrong and a try costs less than a certain refusal.
     #[default]
     TryAll,
-    /// Fail closed: 503 `upstream_unavailable` at once.
+    /// Fail closed: 503 `no_healthy_endpoint` at once.
     Refuse,
 }
 
@@ -279,10 +328,24 @@ impl Endpoint {
                 (host, port)
             }
         };
-        let valid_host = !host.is_empty()
-            && host.len() <= 253
-            && host.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b':'));
-        if !valid_host {
+        if host.is_empty() {
+            return Err(format!("`{a}` has no host: write HOST:PORT"));
+        }
+        // An IP address, or a DNS name: labels of letters, digits, `-` and `_`, none
+        // empty or beginning or ending with `-` (RFC 1123 §2.1); a trailing dot is fine.
+        let ip = host.parse::<std::net::IpAddr>().is_ok();
+        let name = host.strip_suffix('.').unwrap_or(host);
+        let looks_numeric = name.bytes().all(|b| b.is_ascii_digit() || b == b'.');
+        let valid_name = !looks_numeric
+            && name.len() <= 253
+            && name.split('.').all(|l| {
+                !l.is_empty()
+                    && l.len() <= 63
+                    && !l.starts_with('-')
+                    && !l.ends_with('-')
+                    && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            });
+        if !ip && !valid_name {
             return Err(format!("`{host}` is not a host name or IP address"));
         }
         match port.parse::<u16>() {

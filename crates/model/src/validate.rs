@@ -464,18 +464,29 @@ impl<'a, I: Iterator<Item = &'a Metric>> ChainMethods<'a> for I {
 /// breaker, drain timeout.
 fn fleet(c: &mut Checker, path: &str, b: &Backend) {
     use crate::fleet::{Algorithm, HashOn};
-    let mut seen = HashSet::new();
+    /// One day: longer intervals, timeouts and ejections are mistakes (and would
+    /// overflow clocks); a week for draining.
+    const DAY_MS: u64 = 86_400_000;
+    let mut seen = HashMap::new();
     for (j, e) in b.endpoints.iter().enumerate() {
         let at = format!("{path}.endpoints[{j}]");
-        if let Err(e) = e.host_port() {
-            c.err(format!("{at}.address"), e, "write it like 10.0.0.5:8080, [fd00::5]:8080 or api-1.internal:8080");
-        }
-        if !seen.insert(e.address.to_ascii_lowercase()) {
-            c.err(
-                format!("{at}.address"),
-                format!("`{}` is listed twice", e.address),
-                "list each endpoint once; give it a larger `weight` instead",
-            );
+        match e.host_port() {
+            Err(e) => {
+                c.err(format!("{at}.address"), e, "write it like 10.0.0.5:8080, [fd00::5]:8080 or api-1.internal:8080")
+            }
+            Ok((host, port)) => {
+                // The same endpoint however spelled: case, a trailing dot, IPv6 forms,
+                // leading zeros in the port.
+                let host = host.trim_end_matches('.').to_ascii_lowercase();
+                let host = host.parse::<std::net::IpAddr>().map_or(host, |ip| ip.to_string());
+                if let Some(first) = seen.insert((host, port), j) {
+                    c.err(
+                        format!("{at}.address"),
+                        format!("`{}` is the same endpoint as endpoints[{first}]", e.address),
+                        "list each endpoint once; give it a larger `weight` instead",
+                    );
+                }
+            }
         }
         if !(1..=1000).contains(&e.weight) {
             c.err(
@@ -511,49 +522,73 @@ fn fleet(c: &mut Checker, path: &str, b: &Backend) {
     let hc = &b.health_checks;
     if let Some(a) = &hc.active {
         let at = format!("{path}.health_checks.active");
-        if !a.path.starts_with('/') {
-            c.err(format!("{at}.path"), format!("`{}` does not start with /", a.path), "write it like /health");
+        // Sent as the request target: visible ASCII, no fragment (RFC 9112 §3.2).
+        let target_ok = a.path.starts_with('/') && a.path.bytes().all(|b| b.is_ascii_graphic() && b != b'#');
+        if !target_ok {
+            c.err(
+                format!("{at}.path"),
+                format!("`{}` cannot be sent as a request path", a.path.escape_debug()),
+                "write an absolute path of visible ASCII like /health (percent-encode anything else; no #fragment)",
+            );
         }
         for s in &a.expected_statuses {
             if !(100..=599).contains(s) {
                 c.err(format!("{at}.expected_statuses"), format!("{s} is not an HTTP status"), "use 100 to 599");
             }
         }
-        if a.interval_ms < 100 {
-            c.err(format!("{at}.interval_ms"), "must be at least 100", "probe every 100 ms or less often");
+        if !(100..=DAY_MS).contains(&a.interval_ms) {
+            c.err(
+                format!("{at}.interval_ms"),
+                format!("{} is out of range", a.interval_ms),
+                "use 100 to 86400000 (a day)",
+            );
         }
-        if a.timeout_ms == 0 || a.timeout_ms > a.interval_ms {
+        if let Some(t) = a.timeout_ms
+            && (t == 0 || t > a.interval_ms)
+        {
             c.err(
                 format!("{at}.timeout_ms"),
-                format!("{} must be at least 1 and at most interval_ms ({})", a.timeout_ms, a.interval_ms),
+                format!("{t} must be at least 1 and at most interval_ms ({})", a.interval_ms),
                 "give a probe less time than the interval between probes",
             );
         }
         for (key, v) in [("healthy_threshold", a.healthy_threshold), ("unhealthy_threshold", a.unhealthy_threshold)] {
-            if v == 0 {
-                c.err(format!("{at}.{key}"), "must be at least 1", "count at least one probe");
+            if !(1..=1000).contains(&v) {
+                c.err(format!("{at}.{key}"), format!("{v} is out of range"), "count 1 to 1000 probes");
             }
         }
     }
     let p = &hc.passive;
     let at = format!("{path}.health_checks.passive");
-    if p.consecutive_failures == 0 {
-        c.err(format!("{at}.consecutive_failures"), "must be at least 1", "or set `enabled: false`");
-    }
-    for s in &p.unhealthy_statuses {
-        if !(100..=599).contains(s) {
-            c.err(format!("{at}.unhealthy_statuses"), format!("{s} is not an HTTP status"), "use 100 to 599");
+    if p.enabled {
+        if !(1..=1000).contains(&p.consecutive_failures) {
+            c.err(
+                format!("{at}.consecutive_failures"),
+                format!("{} is out of range", p.consecutive_failures),
+                "use 1 to 1000, or turn ejection off with `enabled: false`",
+            );
         }
-    }
-    if p.ejection_ms == 0 {
-        c.err(format!("{at}.ejection_ms"), "must be at least 1", "omit it for the default of 10000");
-    }
-    if p.max_ejection_ms < p.ejection_ms {
-        c.err(
-            format!("{at}.max_ejection_ms"),
-            format!("{} is less than ejection_ms ({})", p.max_ejection_ms, p.ejection_ms),
-            "make the longest ejection at least the first",
-        );
+        for s in &p.unhealthy_statuses {
+            if !(100..=599).contains(s) {
+                c.err(format!("{at}.unhealthy_statuses"), format!("{s} is not an HTTP status"), "use 100 to 599");
+            }
+        }
+        if !(1..=DAY_MS).contains(&p.ejection_ms) {
+            c.err(
+                format!("{at}.ejection_ms"),
+                format!("{} is out of range", p.ejection_ms),
+                "use 1 to 86400000 (a day)",
+            );
+        }
+        if let Some(max) = p.max_ejection_ms
+            && (max < p.ejection_ms || max > DAY_MS)
+        {
+            c.err(
+                format!("{at}.max_ejection_ms"),
+                format!("{max} is not between ejection_ms ({}) and 86400000 (a day)", p.ejection_ms),
+                "make the longest ejection at least the first, and at most a day",
+            );
+        }
     }
     let cb = &b.circuit_breaker;
     for (key, v) in [("max_connections", cb.max_connections), ("max_pending_requests", cb.max_pending_requests)] {
@@ -561,8 +596,14 @@ fn fleet(c: &mut Checker, path: &str, b: &Backend) {
             c.err(format!("{path}.circuit_breaker.{key}"), "must be at least 1", "omit it for no limit");
         }
     }
-    if b.drain_timeout_ms == Some(0) {
-        c.err(format!("{path}.drain_timeout_ms"), "must be greater than 0", "omit it for the default of 60000");
+    if let Some(t) = b.drain_timeout_ms
+        && !(1..=7 * DAY_MS).contains(&t)
+    {
+        c.err(
+            format!("{path}.drain_timeout_ms"),
+            format!("{t} is out of range"),
+            "use 1 to 604800000 (a week); omit it for 60000",
+        );
     }
 }
 

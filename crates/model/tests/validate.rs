@@ -106,17 +106,17 @@ fn a_fleet_is_checked_key_by_key() {
         "backends[0].endpoints[3].address: `fd00::1:80`: write an IPv6 address in brackets",
         "backends[0].endpoints[4].weight: 0 is out of range",
         "set `drain: true`",
-        "backends[0].endpoints[5].address: `10.0.0.4:80` is listed twice",
+        "backends[0].endpoints[5].address: `10.0.0.4:80` is the same endpoint as endpoints[4]",
         "backends[0].load_balancing.hash_on: `hash_on` applies to `consistent_hash` only",
-        "backends[0].health_checks.active.path: `health` does not start with /",
-        "backends[0].health_checks.active.interval_ms: must be at least 100",
+        "backends[0].health_checks.active.path: `health` cannot be sent as a request path",
+        "backends[0].health_checks.active.interval_ms: 50 is out of range",
         "backends[0].health_checks.active.timeout_ms",
         "backends[0].health_checks.active.expected_statuses: 700 is not an HTTP status",
-        "backends[0].health_checks.active.healthy_threshold: must be at least 1",
-        "backends[0].health_checks.passive.consecutive_failures: must be at least 1",
-        "backends[0].health_checks.passive.max_ejection_ms: 10 is less than ejection_ms (1000)",
+        "backends[0].health_checks.active.healthy_threshold: 0 is out of range",
+        "backends[0].health_checks.passive.consecutive_failures: 0 is out of range",
+        "backends[0].health_checks.passive.max_ejection_ms: 10 is not between ejection_ms (1000)",
         "backends[0].circuit_breaker.max_connections: must be at least 1",
-        "backends[0].drain_timeout_ms: must be greater than 0",
+        "backends[0].drain_timeout_ms: 0 is out of range",
     ] {
         assert!(all.contains(expected), "missing `{expected}` in:\n{all}");
     }
@@ -124,4 +124,29 @@ fn a_fleet_is_checked_key_by_key() {
     let typo = backend("    load_balancing: { algorithm: least_request }\n");
     let all = errors(&typo).join("\n");
     assert!(all.contains("backends[0].load_balancing") && all.contains("least_requests"), "{all}");
+
+    // Found by a breaker: what `check` let through and the gateway could not use.
+    let odd = backend(
+        "    endpoints: [ { address: \"a..b:80\" }, { address: \"-x-:80\" }, { address: \"999.1.1.1:80\" }, { address: \"127.0.0.1:80\" }, { address: \"127.0.0.1:080\" }, { address: \"[::1]:80\" }, { address: \"[0:0::1]:80\" }, { address: \"api.internal:80\" }, { address: \"API.internal.:80\" }, { address: \":80\" } ]\n    health_checks: { active: { path: \"/he alth\", healthy_threshold: 4294967295 }, passive: { ejection_ms: 18446744073709551615 } }\n    drain_timeout_ms: 18446744073709551615\n",
+    );
+    let all = errors(&odd).join("\n");
+    for expected in [
+        "endpoints[0].address: `a..b` is not a host name",
+        "endpoints[1].address: `-x-` is not a host name",
+        "endpoints[2].address: `999.1.1.1` is not a host name",
+        "endpoints[4].address: `127.0.0.1:080` is the same endpoint as endpoints[3]",
+        "endpoints[6].address: `[0:0::1]:80` is the same endpoint as endpoints[5]",
+        "endpoints[8].address: `API.internal.:80` is the same endpoint as endpoints[7]",
+        "endpoints[9].address: `:80` has no host",
+        "health_checks.active.path: `/he alth` cannot be sent",
+        "health_checks.active.healthy_threshold: 4294967295 is out of range",
+        "health_checks.passive.ejection_ms: 18446744073709551615 is out of range",
+        "drain_timeout_ms: 18446744073709551615 is out of range",
+    ] {
+        assert!(all.contains(expected), "missing `{expected}` in:\n{all}");
+    }
+    // Defaults adapt to what is set: a short interval shortens the probe timeout, a
+    // long first ejection lengthens the longest.
+    let short = backend("    health_checks: { active: { interval_ms: 1000 }, passive: { ejection_ms: 400000 } }\n");
+    assert_eq!(errors(&short), Vec::<String>::new());
 }

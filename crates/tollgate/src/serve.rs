@@ -207,6 +207,8 @@ impl Server {
             tracer: tollgate_gateway::trace::Tracer::from_env(|k| std::env::var(k).ok())
                 .map_err(|e| anyhow::anyhow!(e))?,
         };
+        snapshots.staging.activate();
+        snapshots.production.activate();
         let staging_handle = SnapshotHandle::new(snapshots.staging);
         let production_handle = SnapshotHandle::new(snapshots.production);
         let (stop, _) = watch::channel(false);
@@ -401,6 +403,8 @@ impl Server {
         };
         let snapshots = load(path, &self.registry).map_err(|e| e.to_string())?;
         snapshots.prepare().await.map_err(|errors| errors.join("\n"))?;
+        snapshots.staging.activate();
+        snapshots.production.activate();
         self.handles[0].store(snapshots.staging);
         self.handles[1].store(snapshots.production);
         Ok(())
@@ -648,6 +652,8 @@ impl Follower {
                         );
                         continue;
                     }
+                    snapshots.staging.activate();
+                    snapshots.production.activate();
                     self.handles[0].store(snapshots.staging);
                     self.handles[1].store(snapshots.production);
                     seen = revision;

@@ -107,10 +107,10 @@ async fn spread(
     counts
 }
 
-/// An endpoint's series from `/metrics`.
+/// An endpoint's series from `/metrics`, as the staging gateway sees it.
 async fn endpoint_metric(admin: SocketAddr, name: &str, endpoint: &str) -> Option<f64> {
     let (_, _, text) = get(admin, "localhost", "/metrics").await;
-    let needle = format!("endpoint=\"{endpoint}\"");
+    let needle = format!("environment=\"staging\",backend=\"fleet\",endpoint=\"{endpoint}\"");
     text.lines()
         .filter(|l| l.starts_with(&format!("{name}{{")) && l.contains(&needle))
         .find_map(|l| l.rsplit(' ').next()?.parse().ok())
@@ -280,4 +280,80 @@ async fn a_backend_that_fails_closed_refuses_with_503_once_its_only_endpoint_is_
     let (status, _, body) = get(addr, "api.test", "/?user_key=k").await;
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("\"no_healthy_endpoint\""), "{body}");
+}
+
+#[tokio::test]
+async fn least_requests_keeps_to_the_weights_when_nothing_is_in_flight() {
+    let (a, b) = (Instance::start("a", 0).await, Instance::start("b", 0).await);
+    let endpoints = format!(r#"{{ address: "{}", weight: 3 }}, {{ address: "{}" }}"#, a.address(), b.address());
+    let gw = gateway(&config(&endpoints, "    load_balancing: { algorithm: least_requests }\n")).await;
+    let counts = spread(gw.server.staging, 400, 1, None).await;
+    within_5_percent(&counts, "a", 300);
+    within_5_percent(&counts, "b", 100);
+}
+
+#[tokio::test]
+async fn an_endpoint_that_breaks_its_bodies_is_ejected() {
+    // Announces 100 bytes, sends 7 and closes: every response breaks after its head.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let broken = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = tcp.read(&mut buf).await;
+                let _ = tcp.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nbroken!").await;
+            });
+        }
+    });
+    let good = Instance::start("good", 0).await;
+    let endpoints = format!(r#"{{ address: "{broken}" }}, {{ address: "{}" }}"#, good.address());
+    let gw = gateway(&config(
+        &endpoints,
+        "    health_checks: { passive: { consecutive_failures: 2, ejection_ms: 60000 } }\n",
+    ))
+    .await;
+    let addr = gw.server.staging;
+    // Round robin: the broken endpoint gets every other request until its second break.
+    let client = client();
+    let mut broken_bodies = 0;
+    for _ in 0..20 {
+        let req = http::Request::get(format!("http://{addr}/?user_key=k"))
+            .header("host", "api.test")
+            .body(full(bytes::Bytes::new()))
+            .expect("request");
+        // The client sees the break as an incomplete body, or (when nothing of the
+        // response was written yet) as an incomplete message.
+        let broken = match client.request(req).await {
+            Ok(resp) => http_body_util::BodyExt::collect(resp.into_body()).await.is_err(),
+            Err(_) => true,
+        };
+        broken_bodies += usize::from(broken);
+    }
+    assert_eq!(broken_bodies, 2, "ejected after its second broken body");
+    assert_eq!(
+        endpoint_metric(gw.server.admin, "tollgate_endpoint_ejections_total", &broken.to_string()).await,
+        Some(1.0)
+    );
+    assert_eq!(endpoint_metric(gw.server.admin, "tollgate_endpoint_healthy", &broken.to_string()).await, Some(0.0));
+}
+
+#[tokio::test]
+async fn a_refused_reload_starts_no_drain() {
+    let (a, b) = (Instance::start("a", 0).await, Instance::start("b", 0).await);
+    let list =
+        |drain: bool| format!(r#"{{ address: "{}", drain: {drain} }}, {{ address: "{}" }}"#, a.address(), b.address());
+    let gw = gateway(&config(&list(false), "")).await;
+    // The new configuration drains a, but cannot be prepared (its JWK Set is unreachable).
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr");
+    let refused = config(&list(true), "").replace(
+        "policy_chain: [ { name: websocket } ]",
+        &format!("policy_chain: [ {{ name: jwt, configuration: {{ jwks_url: \"http://{dead}/certs\" }} }} ]"),
+    );
+    std::fs::write(&gw.config, refused).expect("write");
+    assert!(gw.server.reload().await.is_err(), "the reload is refused");
+    assert_eq!(endpoint_metric(gw.server.admin, "tollgate_endpoint_draining", &a.address()).await, Some(0.0));
+    let counts = spread(gw.server.staging, 10, 2, None).await;
+    assert_eq!((counts.get("a"), counts.get("b")), (Some(&5), Some(&5)), "a still takes its share: {counts:?}");
 }

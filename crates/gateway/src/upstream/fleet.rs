@@ -13,7 +13,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::time::Instant;
 use tollgate_model::{
-    ActiveHealthCheck, Algorithm, CircuitBreaker, HashOn, PassiveHealthCheck, ProbeKind, UpstreamProtocol,
+    ActiveHealthCheck, Algorithm, CircuitBreaker, Environment, HashOn, PassiveHealthCheck, ProbeKind, UpstreamProtocol,
     WhenAllUnhealthy,
 };
 
@@ -28,6 +28,8 @@ fn now_ms() -> u64 {
 /// the balancer on every pick and by `/metrics`.
 #[derive(Debug)]
 pub struct EndpointState {
+    /// The environment whose snapshots share it; `None`: one upstream's own.
+    pub environment: Option<Environment>,
     /// The backend's `system_name`.
     pub backend: Box<str>,
     /// The endpoint's address as configured (`host:port`).
@@ -56,13 +58,31 @@ pub struct EndpointState {
     draining: AtomicBool,
     /// When draining began.
     drain_since: Mutex<Option<Instant>>,
-    /// The running probe task and the settings it probes with.
-    prober: Mutex<Option<(ActiveHealthCheck, tokio::task::AbortHandle)>>,
+    /// The running probe task, what it probes and with which settings.
+    prober: Mutex<Option<(ProbeIdentity, tokio::task::AbortHandle)>>,
+    /// The passive check's settings (the latest serving configuration's).
+    passive_enabled: AtomicBool,
+    passive_failures: AtomicU32,
+    ejection_ms: AtomicU64,
+    max_ejection_ms: AtomicU64,
+}
+
+/// What a probe task probes: a change restarts it (a new base URL, `Host`, TLS
+/// setting or connector), and a change of `check` also resets the probes' verdict.
+#[derive(Debug, PartialEq)]
+struct ProbeIdentity {
+    check: ActiveHealthCheck,
+    host: http::HeaderValue,
+    path: String,
+    /// The connector's address in memory: each configuration makes its own.
+    connector: usize,
 }
 
 impl EndpointState {
-    pub(super) fn new(backend: &str, address: &str) -> EndpointState {
+    pub(super) fn new(environment: Option<Environment>, backend: &str, address: &str) -> EndpointState {
+        let passive = PassiveHealthCheck::default();
         EndpointState {
+            environment,
             backend: backend.into(),
             address: address.into(),
             in_flight: AtomicU32::new(0),
@@ -78,19 +98,33 @@ impl EndpointState {
             draining: AtomicBool::new(false),
             drain_since: Mutex::new(None),
             prober: Mutex::new(None),
+            passive_enabled: AtomicBool::new(passive.enabled),
+            passive_failures: AtomicU32::new(passive.consecutive_failures),
+            ejection_ms: AtomicU64::new(passive.ejection_ms),
+            max_ejection_ms: AtomicU64::new(passive.longest_ejection_ms()),
         }
     }
 
-    /// The state of `address` in backend `backend`, shared with every other snapshot
-    /// that uses it (made on first use).
-    pub fn shared(backend: &str, address: &str) -> Arc<EndpointState> {
+    /// Takes the passive check's settings.
+    fn set_passive(&self, passive: &PassiveHealthCheck) {
+        self.passive_enabled.store(passive.enabled, Relaxed);
+        self.passive_failures.store(passive.consecutive_failures.max(1), Relaxed);
+        self.ejection_ms.store(passive.ejection_ms.max(1), Relaxed);
+        self.max_ejection_ms.store(passive.longest_ejection_ms(), Relaxed);
+    }
+
+    /// The state of `address` in backend `backend` for `environment`, shared with
+    /// every other snapshot of that environment that uses it (made on first use).
+    /// Staging and production keep their own: they may serve different versions of a
+    /// backend (store mode), with other probes or drains.
+    pub fn shared(environment: Environment, backend: &str, address: &str) -> Arc<EndpointState> {
         let mut registry = REGISTRY.lock().unwrap_or_else(|p| p.into_inner());
         registry.retain(|_, w| w.strong_count() > 0);
-        let key = (Box::<str>::from(backend), Box::<str>::from(address));
+        let key = (environment.as_str(), Box::<str>::from(backend), Box::<str>::from(address));
         if let Some(s) = registry.get(&key).and_then(std::sync::Weak::upgrade) {
             return s;
         }
-        let s = Arc::new(EndpointState::new(backend, address));
+        let s = Arc::new(EndpointState::new(Some(environment), backend, address));
         registry.insert(key, Arc::downgrade(&s));
         s
     }
@@ -122,12 +156,25 @@ impl EndpointState {
     pub fn lease(self: &Arc<Self>) -> Lease {
         self.in_flight.fetch_add(1, Relaxed);
         self.pending.fetch_add(1, Relaxed);
-        Lease { state: self.clone(), pending: true, websocket: false }
+        Lease { state: self.clone(), pending: true, websocket: false, outcome_due: false }
+    }
+
+    /// [`EndpointState::lease`] within the circuit breaker's caps, checked and taken
+    /// at once (two requests cannot both take the last place); `None` when full.
+    fn try_lease(self: &Arc<Self>, caps: &CircuitBreaker) -> Option<Lease> {
+        let max = caps.max_connections.unwrap_or(u32::MAX);
+        self.in_flight.fetch_update(Relaxed, Relaxed, |n| (n < max).then_some(n + 1)).ok()?;
+        let max = caps.max_pending_requests.unwrap_or(u32::MAX);
+        if self.pending.fetch_update(Relaxed, Relaxed, |n| (n < max).then_some(n + 1)).is_err() {
+            self.in_flight.fetch_sub(1, Relaxed);
+            return None;
+        }
+        Some(Lease { state: self.clone(), pending: true, websocket: false, outcome_due: false })
     }
 
     /// Records the outcome of a request under the passive check's rules.
-    fn report(&self, ok: bool, passive: &PassiveHealthCheck) {
-        if !passive.enabled {
+    fn report(&self, ok: bool) {
+        if !self.passive_enabled.load(Relaxed) {
             return;
         }
         if ok {
@@ -141,14 +188,14 @@ impl EndpointState {
             }
             return;
         }
-        let failures = self.failures.fetch_add(1, Relaxed) + 1;
-        if failures < passive.consecutive_failures {
+        let failures = self.failures.fetch_add(1, Relaxed).saturating_add(1);
+        if failures < self.passive_failures.load(Relaxed) {
             return;
         }
         self.failures.store(0, Relaxed);
         let n = self.ejections_in_a_row.fetch_add(1, Relaxed).min(20);
-        let ms = passive.ejection_ms.saturating_mul(1 << n).min(passive.max_ejection_ms);
-        self.ejected_until.store(now_ms() + ms, Relaxed);
+        let ms = self.ejection_ms.load(Relaxed).saturating_mul(1 << n).min(self.max_ejection_ms.load(Relaxed));
+        self.ejected_until.store(now_ms().saturating_add(ms).max(1), Relaxed);
         self.ejections_total.fetch_add(1, Relaxed);
         tracing::warn!(
             backend = %self.backend, endpoint = %self.address, ejection_ms = ms, code = "endpoint_ejected",
@@ -157,7 +204,12 @@ impl EndpointState {
     }
 
     /// Records a probe's result; flips the verdict at the thresholds.
-    fn probed(&self, ok: bool, check: &ActiveHealthCheck) {
+    fn probed(&self, result: Result<(), String>, check: &ActiveHealthCheck) {
+        let ok = result.is_ok();
+        let why = result.err().unwrap_or_default();
+        if !ok {
+            tracing::debug!(backend = %self.backend, endpoint = %self.address, reason = why, "probe failed");
+        }
         let streak = self.probe_streak.load(Relaxed);
         let streak = match ok {
             true => streak.max(0).saturating_add(1),
@@ -165,12 +217,15 @@ impl EndpointState {
         };
         self.probe_streak.store(streak, Relaxed);
         let healthy = self.probed_healthy.load(Relaxed);
-        if !healthy && ok && streak >= check.healthy_threshold as i32 {
+        if !healthy && ok && i64::from(streak) >= i64::from(check.healthy_threshold) {
             self.probed_healthy.store(true, Relaxed);
             tracing::info!(backend = %self.backend, endpoint = %self.address, code = "endpoint_healthy", "endpoint healthy again (active check)");
-        } else if healthy && !ok && -streak >= check.unhealthy_threshold as i32 {
+        } else if healthy && !ok && -i64::from(streak) >= i64::from(check.unhealthy_threshold) {
             self.probed_healthy.store(false, Relaxed);
-            tracing::warn!(backend = %self.backend, endpoint = %self.address, code = "endpoint_unhealthy", "endpoint unhealthy (active check)");
+            tracing::warn!(
+                backend = %self.backend, endpoint = %self.address, code = "endpoint_unhealthy", reason = why,
+                "endpoint unhealthy (active check)"
+            );
         }
     }
 
@@ -197,7 +252,7 @@ impl EndpointState {
     }
 }
 
-type Registry = std::collections::BTreeMap<(Box<str>, Box<str>), std::sync::Weak<EndpointState>>;
+type Registry = std::collections::BTreeMap<(&'static str, Box<str>, Box<str>), std::sync::Weak<EndpointState>>;
 static REGISTRY: Mutex<Registry> = Mutex::new(Registry::new());
 
 /// One endpoint's share of a request or WebSocket: counted while held.
@@ -206,6 +261,9 @@ pub struct Lease {
     state: Arc<EndpointState>,
     pending: bool,
     websocket: bool,
+    /// The request's outcome waits for its response body: it succeeds if the body
+    /// ends, fails if it breaks ([`Lease::body_ended`]).
+    outcome_due: bool,
 }
 
 impl Lease {
@@ -227,6 +285,20 @@ impl Lease {
     /// The endpoint it holds.
     pub fn endpoint(&self) -> &Arc<EndpointState> {
         &self.state
+    }
+
+    /// The response head was good: the body's end decides the outcome.
+    pub fn await_body(&mut self) {
+        self.outcome_due = true;
+    }
+
+    /// The response body ended (`true`) or broke (`false`): the request's outcome for
+    /// the passive check. A body dropped before either (the client left) counts as
+    /// neither.
+    pub fn body_ended(&mut self, ok: bool) {
+        if std::mem::take(&mut self.outcome_due) {
+            self.state.report(ok);
+        }
     }
 }
 
@@ -314,15 +386,18 @@ pub struct Fleet {
     pub options: FleetOptions,
     /// Smooth weighted round robin's current weights, by endpoint.
     current: Mutex<Vec<i64>>,
-    /// Where least_requests starts looking, so ties go in turn.
-    turn: std::sync::atomic::AtomicUsize,
 }
 
 impl Fleet {
     /// A fleet of `endpoints` chosen among by `balancing`.
     pub fn new(endpoints: Vec<Endpoint>, balancing: FleetOptions) -> Fleet {
+        for e in &endpoints {
+            if e.state.environment.is_none() {
+                e.state.set_passive(&balancing.passive);
+            }
+        }
         let current = Mutex::new(vec![0; endpoints.len()]);
-        Fleet { endpoints, options: balancing, current, turn: Default::default() }
+        Fleet { endpoints, options: balancing, current }
     }
 
     /// Chooses the endpoint for a request: among those not draining and not in
@@ -331,7 +406,7 @@ impl Fleet {
     /// consistent hash's, if the request has one).
     ///
     /// # Errors
-    /// `upstream_unavailable` when every endpoint drains or was tried, or none is
+    /// `no_healthy_endpoint` when every endpoint drains or was tried, or none is
     /// healthy and the backend fails closed; `upstream_overloaded` when every
     /// candidate is at its circuit breaker's caps.
     pub fn pick(&self, key: Option<&[u8]>, tried: &[usize]) -> Result<usize, Refusal> {
@@ -392,19 +467,31 @@ impl Fleet {
         best
     }
 
-    /// The fewest in flight per unit of weight; ties in turn.
+    /// The fewest in flight per unit of weight; among equals (always, when nothing is
+    /// in flight) smooth weighted round robin, so weights hold under light load too
+    /// (nginx's `least_conn`).
     fn least_requests(&self, candidates: &[usize]) -> usize {
-        let start = self.turn.fetch_add(1, Relaxed) % candidates.len();
         let load = |i: usize| (u64::from(self.endpoints[i].state.in_flight()), u64::from(self.endpoints[i].weight));
-        let mut best = candidates[start];
-        for k in 1..candidates.len() {
-            let i = candidates[(start + k) % candidates.len()];
+        let mut best = candidates[0];
+        for &i in &candidates[1..] {
             let ((a, wa), (b, wb)) = (load(i), load(best));
             if a * wb < b * wa {
                 best = i;
             }
         }
-        best
+        let (b, wb) = load(best);
+        let tied: Vec<usize> = candidates
+            .iter()
+            .copied()
+            .filter(|&i| {
+                let (a, wa) = load(i);
+                a * wb == b * wa
+            })
+            .collect();
+        match tied.len() {
+            1 => best,
+            _ => self.round_robin(&tied),
+        }
     }
 
     /// Weighted rendezvous hashing: the largest `weight / -ln(hash)` wins, so a key
@@ -429,7 +516,18 @@ impl Fleet {
 
     /// Records how a request to endpoint `i` went (passive health).
     pub fn report(&self, i: usize, ok: bool) {
-        self.endpoints[i].state.report(ok, &self.options.passive);
+        self.endpoints[i].state.report(ok);
+    }
+
+    /// A lease on endpoint `i` within the circuit breaker's caps; `None` when another
+    /// request took the last place since [`Fleet::pick`].
+    pub fn lease(&self, i: usize) -> Option<Lease> {
+        let cb = &self.options.circuit_breaker;
+        let state = &self.endpoints[i].state;
+        match cb.max_connections.is_none() && cb.max_pending_requests.is_none() {
+            true => Some(state.lease()),
+            false => state.try_lease(cb),
+        }
     }
 
     /// Whether a response status counts as a failure of its endpoint.
@@ -468,39 +566,46 @@ impl Fleet {
                 *since = if e.drain { Some(since.unwrap_or_else(Instant::now)) } else { None };
                 *since
             };
-            let deadline = since.map(|at| at + self.options.drain_timeout);
-            e.state.draining.store(deadline.is_some(), Relaxed);
+            // A timeout beyond what the clock can count is no deadline.
+            let deadline = since.and_then(|at| at.checked_add(self.options.drain_timeout));
+            e.state.draining.store(since.is_some(), Relaxed);
+            e.state.set_passive(&self.options.passive);
             e.state.drain.send_if_modified(|d| {
                 let changed = *d != deadline;
                 *d = deadline;
                 changed
             });
             let mut prober = e.state.prober.lock().unwrap_or_else(|p| p.into_inner());
-            let same = match (&*prober, &self.options.active) {
-                (Some((running, _)), Some(wanted)) => running == wanted,
-                (None, None) => true,
-                _ => false,
-            };
-            if same {
+            let wanted = self.options.active.as_ref().map(|check| ProbeIdentity {
+                check: check.clone(),
+                host: host.clone(),
+                path: format!("{base_path}{}", check.path),
+                connector: Arc::as_ptr(&e.connector.0) as usize,
+            });
+            let running = prober.as_ref().map(|(identity, _)| identity);
+            if running == wanted.as_ref() {
                 continue;
+            }
+            // New settings (or none): the verdict starts over; only a new URL or
+            // connector: the probes go on from the verdict they reached.
+            if running.map(|r| &r.check) != wanted.as_ref().map(|w| &w.check) {
+                e.state.probed_healthy.store(true, Relaxed);
+                e.state.probe_streak.store(0, Relaxed);
             }
             if let Some((_, task)) = prober.take() {
                 task.abort();
             }
-            e.state.probed_healthy.store(true, Relaxed);
-            e.state.probe_streak.store(0, Relaxed);
-            if let Some(check) = &self.options.active {
-                let Ok(runtime) = tokio::runtime::Handle::try_current() else { continue };
-                let probe = Probe {
-                    state: Arc::downgrade(&e.state),
-                    connector: e.connector.clone(),
-                    host: host.clone(),
-                    path: format!("{base_path}{}", check.path),
-                    check: check.clone(),
-                };
-                let task = runtime.spawn(probe.run());
-                *prober = Some((check.clone(), task.abort_handle()));
-            }
+            let Some(identity) = wanted else { continue };
+            let Ok(runtime) = tokio::runtime::Handle::try_current() else { continue };
+            let probe = Probe {
+                state: Arc::downgrade(&e.state),
+                connector: e.connector.clone(),
+                host: identity.host.clone(),
+                path: identity.path.clone(),
+                check: identity.check.clone(),
+            };
+            let task = runtime.spawn(probe.run());
+            *prober = Some((identity, task.abort_handle()));
         }
     }
 }
@@ -525,29 +630,29 @@ struct Probe {
 impl Probe {
     async fn run(self) {
         let interval = Duration::from_millis(self.check.interval_ms);
-        let timeout = Duration::from_millis(self.check.timeout_ms);
+        let timeout = Duration::from_millis(self.check.probe_timeout_ms());
         let mut ticks = tokio::time::interval(interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticks.tick().await;
-            let ok = tokio::time::timeout(timeout, self.once()).await.unwrap_or(false);
+            let result = tokio::time::timeout(timeout, self.once())
+                .await
+                .unwrap_or_else(|_| Err(format!("no answer within timeout_ms ({} ms)", self.check.probe_timeout_ms())));
             let Some(state) = self.state.upgrade() else { return };
-            state.probed(ok, &self.check);
+            state.probed(result, &self.check);
         }
     }
 
-    /// One probe: true when it passed.
-    async fn once(&self) -> bool {
-        let Ok(stream) = self.connector.connect_http1().await else { return false };
+    /// One probe: `Err` says why it failed.
+    async fn once(&self) -> Result<(), String> {
+        let stream = self.connector.connect_http1().await.map_err(|e| e.to_string())?;
         if self.check.kind == ProbeKind::Tcp {
-            return true;
+            return Ok(());
         }
-        let Ok((mut sender, connection)) = super::http1_client()
+        let (mut sender, connection) = super::http1_client()
             .handshake::<_, http_body_util::Empty<bytes::Bytes>>(hyper_util::rt::TokioIo::new(stream))
             .await
-        else {
-            return false;
-        };
+            .map_err(|e| e.to_string())?;
         let driving = tokio::spawn(connection.with_upgrades());
         let mut req = http::Request::get(self.path.as_str())
             .header(http::header::HOST, self.host.clone())
@@ -561,15 +666,40 @@ impl Probe {
         } else {
             req = req.header(http::header::CONNECTION, "close");
         }
-        let Ok(req) = req.body(http_body_util::Empty::new()) else { return false };
-        let status = sender.send_request(req).await.map(|r| r.status());
+        let req = req.body(http_body_util::Empty::new()).map_err(|e| format!("the probe request: {e}"))?;
+        let resp = sender.send_request(req).await.map_err(|e| super::error_chain(&e));
+        let result = match resp {
+            Err(e) => Err(e),
+            Ok(resp) if self.check.kind == ProbeKind::Websocket => {
+                match resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+                    true => {
+                        // Closed as a WebSocket client closes: Close 1000, masked (RFC 6455 §5.3).
+                        if let Ok(upgraded) = hyper::upgrade::on(resp).await {
+                            use tokio::io::AsyncWriteExt;
+                            let mask: [u8; 4] = rand::random();
+                            let code = 1000u16.to_be_bytes();
+                            let frame =
+                                [0x88, 0x82, mask[0], mask[1], mask[2], mask[3], code[0] ^ mask[0], code[1] ^ mask[1]];
+                            let mut io = hyper_util::rt::TokioIo::new(upgraded);
+                            let _ = io.write_all(&frame).await;
+                            let _ = io.shutdown().await;
+                        }
+                        Ok(())
+                    }
+                    false => Err(format!("the WebSocket handshake was answered {}", resp.status())),
+                }
+            }
+            Ok(resp) => {
+                let status = resp.status();
+                let expected = match self.check.expected_statuses.is_empty() {
+                    true => status.is_success() || status.is_redirection(),
+                    false => self.check.expected_statuses.contains(&status.as_u16()),
+                };
+                if expected { Ok(()) } else { Err(format!("answered {status}")) }
+            }
+        };
         driving.abort();
-        let Ok(status) = status else { return false };
-        match self.check.kind {
-            ProbeKind::Websocket => status == http::StatusCode::SWITCHING_PROTOCOLS,
-            _ if self.check.expected_statuses.is_empty() => status.is_success() || status.is_redirection(),
-            _ => self.check.expected_statuses.contains(&status.as_u16()),
-        }
+        result
     }
 }
 
@@ -617,7 +747,14 @@ pub fn render_endpoints(out: &mut String) {
     for (name, kind, help, get) in families {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
         for s in &states {
-            let _ = writeln!(out, "{name}{{backend=\"{}\",endpoint=\"{}\"}} {}", s.backend, s.address, get(s));
+            let env = s.environment.map_or("", Environment::as_str);
+            let _ = writeln!(
+                out,
+                "{name}{{environment=\"{env}\",backend=\"{}\",endpoint=\"{}\"}} {}",
+                s.backend,
+                s.address,
+                get(s)
+            );
         }
     }
 }

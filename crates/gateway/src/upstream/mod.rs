@@ -77,12 +77,13 @@ impl Upstream {
         tls: &BackendTls,
         connect_timeout: Duration,
     ) -> Result<Upstream, TlsConfigError> {
-        Upstream::with_endpoints(name, base, tls, connect_timeout, &[], FleetOptions::default(), false)
+        Upstream::with_endpoints(name, base, tls, connect_timeout, &[], FleetOptions::default(), None)
     }
 
     /// Builds a backend's endpoints (`endpoints`; none: the base URL's host) with
-    /// `balancing`. With `shared`, each endpoint's health and load are those every
-    /// snapshot naming the same backend and address sees ([`EndpointState::shared`]).
+    /// `balancing`. With an environment, each endpoint's health, load and drain are
+    /// those every snapshot of that environment naming the same backend and address
+    /// sees ([`EndpointState::shared`]); without, its own.
     ///
     /// # Errors
     /// The configuration's `tls` options that cannot be used ([`TlsConfigError`]).
@@ -93,7 +94,7 @@ impl Upstream {
         connect_timeout: Duration,
         endpoints: &[EndpointSpec<'_>],
         balancing: FleetOptions,
-        shared: bool,
+        environment: Option<tollgate_model::Environment>,
     ) -> Result<Upstream, TlsConfigError> {
         let host_for_uri = if base.host.contains(':') { format!("[{}]", base.host) } else { base.host.clone() };
         let address = format!("{host_for_uri}:{}", base.port);
@@ -137,9 +138,9 @@ impl Upstream {
                     connect_timeout,
                     protocol,
                 }));
-                let state = match shared {
-                    true => EndpointState::shared(name, spec.address),
-                    false => Arc::new(EndpointState::new(name, spec.address)),
+                let state = match environment {
+                    Some(env) => EndpointState::shared(env, name, spec.address),
+                    None => Arc::new(EndpointState::new(None, name, spec.address)),
                 };
                 Endpoint::new(spec.address, spec.weight, spec.drain, connector, state)
             })
@@ -226,7 +227,11 @@ impl Upstream {
                 Err(refusal) => return Err(refusal),
             };
             let endpoint = &self.fleet.endpoints[i];
-            let mut lease = endpoint.state.lease();
+            // Another request took the last place under the caps since the pick.
+            let Some(mut lease) = self.fleet.lease(i) else {
+                tried.push(i);
+                continue;
+            };
             let sent = endpoint.pool.request(req);
             let result = match deadline {
                 None => sent.await,
@@ -244,7 +249,11 @@ impl Upstream {
             match result {
                 Ok(resp) => {
                     lease.answered();
-                    self.fleet.report(i, !self.fleet.failed_status(resp.status()));
+                    match self.fleet.failed_status(resp.status()) {
+                        true => self.fleet.report(i, false),
+                        // A good head: whether the body ends or breaks decides.
+                        false => lease.await_body(),
+                    }
                     return Ok(resp.map(|mut body| {
                         body.hold(lease);
                         GatewayBody::from(body)
@@ -284,7 +293,10 @@ impl Upstream {
         loop {
             let i = self.fleet.pick(key, &tried)?;
             let endpoint = &self.fleet.endpoints[i];
-            let lease = endpoint.state.lease();
+            let Some(lease) = self.fleet.lease(i) else {
+                tried.push(i);
+                continue;
+            };
             match endpoint.connector.connect_http1().await {
                 Ok(stream) => return Ok((stream, lease, i)),
                 Err(e) => {

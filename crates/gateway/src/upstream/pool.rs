@@ -419,9 +419,20 @@ impl Body for PooledBody {
         }
         let frame = Pin::new(&mut this.body).poll_frame(cx);
         match &frame {
-            Poll::Ready(None) => this.ended = true,
-            // A broken body leaves the connection in an unknown state: close it.
-            Poll::Ready(Some(Err(_))) => this.conn = None,
+            Poll::Ready(None) => {
+                this.ended = true;
+                if let Some(lease) = this.lease.as_mut() {
+                    lease.body_ended(true);
+                }
+            }
+            // A broken body leaves the connection in an unknown state: close it. It
+            // counts against the endpoint (passive health).
+            Poll::Ready(Some(Err(_))) => {
+                this.conn = None;
+                if let Some(lease) = this.lease.as_mut() {
+                    lease.body_ended(false);
+                }
+            }
             _ => {}
         }
         frame
@@ -438,6 +449,13 @@ impl Body for PooledBody {
 
 impl Drop for PooledBody {
     fn drop(&mut self) {
+        // A body with nothing to read (a 204, a HEAD's answer) may never be polled to
+        // its end: it ended all the same.
+        if self.body.is_end_stream()
+            && let Some(lease) = self.lease.as_mut()
+        {
+            lease.body_ended(true);
+        }
         // A body dropped before its end (the client went away) would leave the rest
         // of the response on the connection: it closes instead.
         if let (Some(conn), Some(pool)) = (self.conn.take(), self.pool.take())
