@@ -22,7 +22,7 @@ use report::{Row, Table, median};
 use ws::Target;
 
 const USAGE: &str = "usage: tollgate-bench all [--smoke] [--rounds N] [--seconds S] [--only LIST] [--out DIR]
-         LIST: comma-separated of http, cpu, redis, tls, pingpong, handshakes, stream, memory
+         LIST: comma-separated of http, cpu, fleet, redis, tls, pingpong, handshakes, stream, memory
        tollgate-bench echo          (an echo WebSocket server; prints its port)
        tollgate-bench copy PORT     (a raw TCP byte copy to 127.0.0.1:PORT; prints its port)";
 
@@ -109,7 +109,7 @@ fn parse(args: &[String]) -> Result<Settings> {
             _ => bail!("unknown flag {flag}\n{USAGE}"),
         }
     }
-    const PHASES: [&str; 8] = ["http", "cpu", "redis", "tls", "pingpong", "handshakes", "stream", "memory"];
+    const PHASES: [&str; 9] = ["http", "cpu", "fleet", "redis", "tls", "pingpong", "handshakes", "stream", "memory"];
     if let Some(p) = s.only.iter().find(|p| !PHASES.contains(&p.as_str())) {
         bail!("--only: unknown measure `{p}`; choose from {}", PHASES.join(", "));
     }
@@ -192,13 +192,14 @@ async fn all_in(dir: &Path, s: &Settings) -> Result<()> {
     let files = Files { dir: dir.to_path_buf(), cert, key, both };
     let mut tables = Vec::new();
     let field = start(&files, s).await?;
-    for phase in ["http", "cpu", "redis", "tls", "pingpong", "handshakes", "stream"] {
+    for phase in ["http", "cpu", "fleet", "redis", "tls", "pingpong", "handshakes", "stream"] {
         if !s.wants(phase) {
             continue;
         }
         let new = match phase {
             "http" => vec![http_table(&field, s, false).await?],
             "cpu" => vec![cpu_table(&field, s).await?],
+            "fleet" => vec![fleet_table(&field, s).await?],
             "redis" => vec![redis_table(&field, s).await?],
             "tls" => vec![http_table(&field, s, true).await?, tls_handshakes(&field, s).await?],
             "pingpong" => vec![ping_pong(&field, s, 32).await?, ping_pong(&field, s, 4096).await?],
@@ -285,6 +286,35 @@ async fn http_table(f: &Field, s: &Settings, tls: bool) -> Result<Table> {
         baseline: None,
     })
 }
+
+/// The balancer's cost: requests/s to a backend of three endpoints (round robin) against
+/// the same backend as one endpoint — the three are one nginx server on 127.0.0.1, .2
+/// and .3, so only the balancing differs — for nginx (`upstream` of three `server`s)
+/// and Tollgate (`endpoints`, key only).
+async fn fleet_table(f: &Field, s: &Settings) -> Result<Table> {
+    let path = format!("/v1/items/42?{KEY}");
+    let contestants = [
+        ("nginx, 1 server", f.nginx.http, "plain.localhost"),
+        ("nginx, 3 servers", f.nginx.http, "fleet.localhost"),
+        (ONE_ENDPOINT, f.tollgate.http, "plain.localhost"),
+        ("tollgate, 3 endpoints", f.tollgate.http, "fleet.localhost"),
+    ];
+    let rows = keep_alive_rows(s, "http", &path, &contestants).await?;
+    Ok(Table {
+        key: "fleet",
+        title: format!(
+            "HTTP to one backend as 1 or 3 endpoints (round robin), keep-alive: {} connections, {} s turns",
+            s.http_connections,
+            wrk_seconds(s)
+        ),
+        unit: "requests/s",
+        rows,
+        higher_is_better: true,
+        baseline: Some(ONE_ENDPOINT),
+    })
+}
+
+const ONE_ENDPOINT: &str = "tollgate, 1 endpoint";
 
 /// Limits shared by nodes cost a Redis round trip and a script per request: requests/s
 /// with key + 20 rules + limits on three periods, memory counters against Redis

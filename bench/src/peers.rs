@@ -224,7 +224,9 @@ async fn nginx(root: &Path, conf: String, wait: SocketAddr) -> Result<Process> {
     Ok(Process { child })
 }
 
-/// The HTTP backend: nginx with one worker answering `200 ok` on plain and TLS ports.
+/// The HTTP backend: nginx with one worker answering `200 ok` on plain and TLS ports;
+/// the plain port also on 127.0.0.2 and 127.0.0.3 (one server reached at three
+/// addresses: the `fleet` measure's three endpoints, so it measures the balancing only).
 pub async fn http_backend(dir: &Path, cert: &Path, key: &Path) -> Result<(Process, SocketAddr, SocketAddr)> {
     let (http, https) = (free_port().await?, free_port().await?);
     let root = dir.join("nginx-backend");
@@ -232,6 +234,8 @@ pub async fn http_backend(dir: &Path, cert: &Path, key: &Path) -> Result<(Proces
         r#"{prelude}
   server {{
     listen 127.0.0.1:{http} reuseport backlog=4096;
+    listen 127.0.0.2:{http} reuseport backlog=4096;
+    listen 127.0.0.3:{http} reuseport backlog=4096;
     listen 127.0.0.1:{https} ssl reuseport backlog=4096;
     ssl_certificate {cert};
     ssl_certificate_key {key};
@@ -260,6 +264,10 @@ pub async fn nginx_proxy(dir: &Path, to: Backends, cert: &Path, key: &Path) -> R
     let conf = format!(
         r#"{prelude}
   upstream backend {{ server {backend}; keepalive 128; }}
+  upstream fleet {{
+    server 127.0.0.1:{port}; server 127.0.0.2:{port}; server 127.0.0.3:{port};
+    keepalive 128;
+  }}
   upstream echo {{ server {echo}; }}
   server {{
     listen {http} backlog=4096;
@@ -268,6 +276,15 @@ pub async fn nginx_proxy(dir: &Path, to: Backends, cert: &Path, key: &Path) -> R
     ssl_certificate_key {key};
     location / {{
       proxy_pass http://backend;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }}
+  }}
+  server {{
+    listen {http};
+    server_name fleet.localhost;
+    location / {{
+      proxy_pass http://fleet;
       proxy_http_version 1.1;
       proxy_set_header Connection "";
     }}
@@ -286,6 +303,7 @@ pub async fn nginx_proxy(dir: &Path, to: Backends, cert: &Path, key: &Path) -> R
 "#,
         prelude = nginx_prelude(&root, workers()),
         backend = to.http,
+        port = to.http.port(),
         echo = to.ws,
         http = fronts.http,
         tls = fronts.tls,
@@ -399,7 +417,17 @@ pub fn tollgate_config(to: Backends) -> String {
 backends:
   - {{ system_name: ok, private_base_url: "http://{http}" }}
   - {{ system_name: echo, private_base_url: "ws://{ws}" }}
+  - system_name: fleet
+    private_base_url: "http://{http}"
+    endpoints: [ {{ address: "127.0.0.1:{port}" }}, {{ address: "127.0.0.2:{port}" }}, {{ address: "127.0.0.3:{port}" }} ]
 products:
+  - system_name: fleet
+    staging_public_base_url: http://fleet.localhost
+    production_public_base_url: https://fleet.localhost
+    backend_usages: [ {{ backend: fleet, path: / }} ]
+    metrics: [ {{ system_name: hits }} ]
+    mapping_rules: [ {{ http_method: GET, pattern: /, metric: hits }} ]
+    application_plans: [ {{ system_name: basic }} ]
   - system_name: plain
     staging_public_base_url: http://plain.localhost
     production_public_base_url: https://plain.localhost
@@ -442,11 +470,13 @@ accounts:
   - name: bench
     applications:
       - {{ name: plain, product: plain, plan: basic, user_key: bench-key }}
+      - {{ name: fleet, product: fleet, plan: basic, user_key: bench-key }}
       - {{ name: full, product: full, plan: gold, user_key: bench-key }}
       - {{ name: ws, product: ws, plan: basic, user_key: bench-key }}
       - {{ name: metered, product: metered, plan: metered, user_key: bench-key }}
 "#,
         http = to.http,
+        port = to.http.port(),
         ws = to.ws,
     )
 }
