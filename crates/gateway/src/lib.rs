@@ -45,6 +45,7 @@ pub mod server;
 pub mod session;
 mod smuggling;
 pub mod snapshot;
+pub mod sni;
 pub mod trace;
 pub mod upstream;
 

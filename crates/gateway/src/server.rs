@@ -141,7 +141,7 @@ impl Workers {
 /// # Errors
 /// What is wrong with the files, in words.
 pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, String> {
-    tls_acceptor_with(cert, key, &TlsSettings::default())
+    tls_acceptor_with(cert, key, &TlsSettings::default(), None)
 }
 
 /// Whether `der` is one DER SEQUENCE, its length filling it exactly.
@@ -175,11 +175,19 @@ pub struct TlsSettings {
 
 /// [`tls_acceptor`] with `settings`. Session resumption is on: a session cache of 4,096
 /// entries and stateless tickets (RFC 8446 §4.6.1) whose keys rotate every 6 hours.
+/// With `snapshot`, the certificate is chosen per handshake by SNI: the certificate of
+/// the product published on that host in the current snapshot, else `cert` (the
+/// default) — so a reload changes certificates without a restart.
 ///
 /// # Errors
 /// What is wrong with the files or the settings, in words (an unknown cipher suite
 /// lists the known ones).
-pub fn tls_acceptor_with(cert: &Path, key: &Path, settings: &TlsSettings) -> Result<TlsAcceptor, String> {
+pub fn tls_acceptor_with(
+    cert: &Path,
+    key: &Path,
+    settings: &TlsSettings,
+    snapshot: Option<crate::snapshot::SnapshotHandle>,
+) -> Result<TlsAcceptor, String> {
     let certs = crate::upstream::load_certs(cert)?;
     let pem = crate::files::read_bounded(key, crate::files::MAX_CERTIFICATES)?;
     let key =
@@ -224,8 +232,8 @@ pub fn tls_acceptor_with(cert: &Path, key: &Path, settings: &TlsSettings) -> Res
         .with_protocol_versions(versions)
         .map_err(|e| format!("the cipher suites and TLS versions do not fit together: {e}"))?
         .with_no_client_auth();
-    let mut config = match &settings.ocsp_file {
-        None => builder.with_single_cert(certs, key),
+    let ocsp = match &settings.ocsp_file {
+        None => None,
         Some(path) => {
             let ocsp = crate::files::read_bounded(path, crate::files::MAX_CERTIFICATES)?;
             // Its form only (a DER SEQUENCE filling the file, RFC 6960 §4.2.1): its
@@ -236,10 +244,21 @@ pub fn tls_acceptor_with(cert: &Path, key: &Path, settings: &TlsSettings) -> Res
                     path.display()
                 ));
             }
-            builder.with_single_cert_with_ocsp(certs, key, ocsp)
+            Some(ocsp)
         }
-    }
-    .map_err(|e| format!("certificate and key do not fit together: {e}"))?;
+    };
+    let mut config = match snapshot {
+        Some(snapshot) => {
+            let mut default = crate::sni::certified_key(certs, key).map_err(|(_, e)| e)?;
+            default.ocsp = ocsp;
+            builder.with_cert_resolver(Arc::new(crate::sni::SniResolver::new(Arc::new(default), snapshot)))
+        }
+        None => match ocsp {
+            None => builder.with_single_cert(certs, key),
+            Some(ocsp) => builder.with_single_cert_with_ocsp(certs, key, ocsp),
+        }
+        .map_err(|e| format!("certificate and key do not fit together: {e}"))?,
+    };
     config.session_storage = rustls::server::ServerSessionMemoryCache::new(4096);
     config.ticketer = rustls::crypto::ring::Ticketer::new().map_err(|e| format!("session tickets: {e}"))?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];

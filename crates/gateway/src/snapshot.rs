@@ -214,6 +214,8 @@ pub struct Application {
 pub struct Product {
     /// The product's system name.
     pub system_name: Box<str>,
+    /// The certificate TLS listeners serve for its public host (SNI), if it has one.
+    pub certificate: Option<Arc<rustls::sign::CertifiedKey>>,
     /// This product's metrics, found on its first request.
     pub stats: std::sync::OnceLock<Arc<crate::metrics::ProductMetrics>>,
     /// Its metrics and methods, with those of the backends it uses.
@@ -308,6 +310,8 @@ pub struct Upstreams {
     environment: Option<Environment>,
     /// Validation only (`check`): nothing is logged, as nothing will serve.
     quiet: bool,
+    /// Products' certificates by product path, loaded once for both environments.
+    certificates: HashMap<String, Option<Arc<rustls::sign::CertifiedKey>>>,
 }
 
 impl Upstreams {
@@ -595,6 +599,21 @@ fn compile_product(
         return None;
     }
 
+    let certificate = match &p.tls {
+        None => None,
+        Some(tls) => {
+            let loaded = upstreams.certificates.entry(path.clone()).or_insert_with(|| {
+                crate::sni::load_product_certificate(&tls.cert_file, &tls.key_file)
+                    .map_err(|(field, e)| {
+                        errors.push(ConfigError::new(format!("{path}.tls.{field}"), e).hint(
+                            "point `tls.cert_file` and `tls.key_file` at a current PEM certificate (chain, leaf first) and its unencrypted key",
+                        ));
+                    })
+                    .ok()
+            });
+            Some(loaded.clone()?)
+        }
+    };
     let param = &p.authentication.user_key_param;
     let e = &p.errors;
     Some(Arc::new(Product {
@@ -621,6 +640,7 @@ fn compile_product(
             ),
         },
         public_base: public_base.into(),
+        certificate,
         rewrite_redirects: p.rewrite_redirects,
         path_rules: crate::path::PathRules {
             keep_encoded_slashes: p.request_path.encoded_slashes == tollgate_model::EncodedSlashes::Keep,

@@ -173,6 +173,21 @@ pub struct Product {
     /// the request came through (as nginx's `proxy_redirect default`). Default `true`.
     #[serde(default = "yes", skip_serializing_if = "is_true")]
     pub rewrite_redirects: bool,
+    /// The certificate TLS listeners serve for the product's public hosts (chosen by
+    /// SNI); without it, the listener's default (`--tls-cert`). See `docs/tls.md`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ProductTls>,
+}
+
+/// A product's certificate on the TLS listeners.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProductTls {
+    /// PEM file of the certificate chain, leaf first; the leaf names the product's
+    /// public hosts (a wildcard name such as `*.example.com` may cover them).
+    pub cert_file: PathBuf,
+    /// PEM file of its private key (PKCS#8, PKCS#1 or SEC1), unencrypted.
+    pub key_file: PathBuf,
 }
 
 fn is_true(b: &bool) -> bool {

@@ -10,7 +10,9 @@ use serde_norway::Value;
 use std::path::Path;
 
 /// Reads, parses and validates a configuration file. Relative file paths inside it
-/// (`tls.ca_file`, a `jwt` policy's `jwks_file`, a `logging` policy's `file`) are taken
+/// (a backend's `tls.ca_file`, `tls.client_cert_file`, `tls.client_key_file`, a product's
+/// `tls.cert_file`, `tls.key_file`, a `jwt` policy's `jwks_file`, a `logging` policy's
+/// `file`) are taken
 /// relative to the file's own directory, so a configuration works whatever directory
 /// Tollgate is started from.
 pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
@@ -27,8 +29,16 @@ pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
             }
         }
     }
-    // The files policies read or write, likewise: `jwt`'s JWK Set, `logging`'s log.
+    // The files policies read or write, likewise: `jwt`'s JWK Set, `logging`'s log;
+    // and a product's certificate.
     for p in &mut config.products {
+        if let Some(tls) = &mut p.tls {
+            for f in [&mut tls.cert_file, &mut tls.key_file] {
+                if f.is_relative() {
+                    *f = base.join(&*f);
+                }
+            }
+        }
         for entry in &mut p.policy_chain {
             let key = match entry.name.as_str() {
                 "jwt" => "jwks_file",

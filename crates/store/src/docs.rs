@@ -74,6 +74,9 @@ pub struct ProductDoc {
     /// Whether redirects to a backend's private base URL are rewritten (default `true`).
     #[serde(default = "yes", skip_serializing_if = "is_yes")]
     pub rewrite_redirects: bool,
+    /// The certificate served for the product's public hosts (SNI).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<tollgate_model::ProductTls>,
     /// The last id given to a nested item.
     #[serde(default)]
     pub last_id: i64,
@@ -115,6 +118,7 @@ impl ProductDoc {
             application_plans: _,
             request_path,
             rewrite_redirects,
+            tls,
         } = p;
         let mut last_id = last_id;
         ProductDoc {
@@ -132,6 +136,7 @@ impl ProductDoc {
             policy_chain: policy_chain.clone(),
             request_path: *request_path,
             rewrite_redirects: *rewrite_redirects,
+            tls: tls.clone(),
             last_id,
         }
     }
@@ -154,6 +159,7 @@ impl ProductDoc {
             application_plans,
             request_path: self.request_path,
             rewrite_redirects: self.rewrite_redirects,
+            tls: self.tls.clone(),
         }
     }
 

@@ -28,6 +28,7 @@ products:
     policy_chain: [ { name: cors, configuration: { allow_origin: "*" } }, { name: tollgate, enabled: false } ]
     request_path: { encoded_slashes: keep, merge_slashes: false }
     rewrite_redirects: false
+    tls: { cert_file: /etc/tollgate/api.pem, key_file: /etc/tollgate/api-key.pem }
     application_plans: [ { system_name: basic, limits: [ { metric: hits, period: minute, value: 5 } ] } ]
 "#;
     let config = tollgate_model::parse_str(yaml).expect("the product parses");

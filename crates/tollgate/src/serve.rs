@@ -154,10 +154,11 @@ impl Server {
                     .map(|list| list.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect()),
                 ocsp_file: args.listener.tls_ocsp_file.clone(),
             };
-            Some(
-                tollgate_gateway::server::tls_acceptor_with(cert, key, &settings)
-                    .map_err(|e| anyhow::anyhow!("--tls-cert/--tls-key/--tls-ciphers/--tls-ocsp-file: {e}"))?,
-            )
+            // Checked now, so a bad flag stops `serve` before anything listens; each TLS
+            // listener then gets its own, choosing products' certificates by SNI.
+            tollgate_gateway::server::tls_acceptor_with(cert, key, &settings, None)
+                .map_err(|e| anyhow::anyhow!("--tls-cert/--tls-key/--tls-ciphers/--tls-ocsp-file: {e}"))?;
+            Some((cert.clone(), key.clone(), settings))
         } else {
             None
         };
@@ -288,8 +289,15 @@ impl Server {
             (Environment::Production, production_listener, production_handle, production_tls),
         ] {
             let Some(listener) = listener else { continue };
+            let tls = match (&acceptor, tls) {
+                (Some((cert, key, settings)), true) => Some(
+                    tollgate_gateway::server::tls_acceptor_with(cert, key, settings, Some(handle.clone()))
+                        .map_err(|e| anyhow::anyhow!("--tls-cert/--tls-key: {e}"))?,
+                ),
+                _ => None,
+            };
             let gateway = Arc::new(Gateway::new(env, handle, shared.clone()));
-            let opts = ListenerOptions { tls: if tls { acceptor.clone() } else { None }, ..base.clone() };
+            let opts = ListenerOptions { tls, ..base.clone() };
             let mut stop = server.stop.subscribe();
             tasks.spawn(tollgate_gateway::serve(listener, gateway, opts, async move {
                 let _ = stop.wait_for(|s| *s).await;
