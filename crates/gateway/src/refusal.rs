@@ -55,6 +55,14 @@ pub enum Refusal {
     /// reached; the detail is for the log.
     #[error("the backend could not be reached")]
     UpstreamUnavailable(String),
+    /// 403 `client_certificate_required`: the product requires a client certificate
+    /// (`tls.client_certificates: required`) and the connection presented none.
+    #[error("this API requires a client certificate")]
+    ClientCertificateRequired,
+    /// 403 `client_certificate_refused`: the client's certificate was not issued by the
+    /// product's authorities (`tls.client_ca_file`).
+    #[error("the client certificate is not one this API accepts")]
+    ClientCertificateRefused,
     /// 503 `upstream_overloaded`: every endpoint of the backend is at its
     /// `circuit_breaker` caps; refused at once rather than queued. The detail is for the log.
     #[error("the backend is at capacity")]
@@ -164,6 +172,7 @@ impl Refusal {
     pub fn status(&self) -> StatusCode {
         match self {
             Refusal::UnknownHost | Refusal::NoBackend => StatusCode::NOT_FOUND,
+            Refusal::ClientCertificateRequired | Refusal::ClientCertificateRefused => StatusCode::FORBIDDEN,
             Refusal::NotImplemented => StatusCode::NOT_IMPLEMENTED,
             Refusal::BadRequest(_) | Refusal::BadPath(_) | Refusal::WebSocketDisabled | Refusal::BadUpgrade(_) => {
                 StatusCode::BAD_REQUEST
@@ -205,6 +214,8 @@ impl Refusal {
             Refusal::BadUpgrade(_) => "bad_upgrade",
             Refusal::TooManyConnections => "too_many_connections",
             Refusal::UpstreamUnavailable(_) => "upstream_unavailable",
+            Refusal::ClientCertificateRequired => "client_certificate_required",
+            Refusal::ClientCertificateRefused => "client_certificate_refused",
             Refusal::UpstreamOverloaded(_) => "upstream_overloaded",
             Refusal::NoHealthyEndpoint(_) => "no_healthy_endpoint",
             Refusal::UpstreamTls(_) => "upstream_tls",
@@ -240,6 +251,8 @@ impl Refusal {
             | Refusal::UnknownHost
             | Refusal::NoBackend
             | Refusal::NotImplemented
+            | Refusal::ClientCertificateRequired
+            | Refusal::ClientCertificateRefused
             | Refusal::WebSocketDisabled
             | Refusal::BadUpgrade(_)
             | Refusal::TooManyConnections

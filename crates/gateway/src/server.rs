@@ -230,8 +230,15 @@ pub fn tls_acceptor_with(
         if settings.tls13_only { &[&rustls::version::TLS13] } else { rustls::DEFAULT_VERSIONS };
     let builder = ServerConfig::builder_with_provider(Arc::new(provider))
         .with_protocol_versions(versions)
-        .map_err(|e| format!("the cipher suites and TLS versions do not fit together: {e}"))?
-        .with_no_client_auth();
+        .map_err(|e| format!("the cipher suites and TLS versions do not fit together: {e}"))?;
+    // Client certificates are asked for whenever a product of the listener's snapshot
+    // wants them (the product is not known before SNI and the request).
+    let builder = match &snapshot {
+        Some(snapshot) => {
+            builder.with_client_cert_verifier(Arc::new(crate::sni::SnapshotClientVerifier::new(snapshot.clone())))
+        }
+        None => builder.with_no_client_auth(),
+    };
     let ocsp = match &settings.ocsp_file {
         None => None,
         Some(path) => {
@@ -453,6 +460,7 @@ async fn connection(
             let info = ConnInfo {
                 client_addr,
                 tls: false,
+                client_certificate: None,
                 slot,
                 activity,
                 min_data_rate,
@@ -474,9 +482,13 @@ async fn connection(
                     return tracing::debug!(%client_addr, "TLS handshake cut to make room");
                 }
             };
+            let client_certificate = tls.get_ref().1.peer_certificates().map(|chain| {
+                Arc::new(crate::sni::PeerCertificate::new(chain.iter().map(|c| c.clone().into_owned()).collect()))
+            });
             let info = ConnInfo {
                 client_addr,
                 tls: true,
+                client_certificate,
                 slot,
                 activity,
                 min_data_rate,

@@ -73,12 +73,15 @@ pub struct Snapshot {
     /// The environment it serves.
     pub environment: Environment,
     products: HashMap<Box<str>, Arc<Product>>,
+    /// Verifies client certificates during handshakes against every product's
+    /// authorities; `None` when no product asks for client certificates.
+    pub client_verifier: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
 }
 
 impl Snapshot {
     /// A snapshot of `environment` with no product.
     pub fn empty(environment: Environment) -> Self {
-        Snapshot { environment, products: HashMap::new() }
+        Snapshot { environment, products: HashMap::new(), client_verifier: None }
     }
 
     /// Runs every policy's preparation ([`crate::policy::Policy::prepare`]: the network
@@ -216,6 +219,8 @@ pub struct Product {
     pub system_name: Box<str>,
     /// The certificate TLS listeners serve for its public host (SNI), if it has one.
     pub certificate: Option<Arc<rustls::sign::CertifiedKey>>,
+    /// What it asks of clients' certificates (mutual TLS), if anything.
+    pub client_auth: Option<crate::sni::ClientAuth>,
     /// This product's metrics, found on its first request.
     pub stats: std::sync::OnceLock<Arc<crate::metrics::ProductMetrics>>,
     /// Its metrics and methods, with those of the backends it uses.
@@ -482,6 +487,9 @@ pub fn compile_environment(
             snapshot.products.insert(base.host.into(), product);
         }
     }
+    snapshot.client_verifier = crate::sni::listener_client_verifier(
+        snapshot.products.values().filter_map(|p| p.client_auth.as_ref()).collect::<Vec<_>>().into_iter(),
+    );
     (snapshot, errors)
 }
 
@@ -599,11 +607,11 @@ fn compile_product(
         return None;
     }
 
-    let certificate = match &p.tls {
+    let certificate = match p.tls.as_ref().and_then(|t| Some((t.cert_file.as_ref()?, t.key_file.as_ref()?))) {
         None => None,
-        Some(tls) => {
+        Some((cert_file, key_file)) => {
             let loaded = upstreams.certificates.entry(path.clone()).or_insert_with(|| {
-                crate::sni::load_product_certificate(&tls.cert_file, &tls.key_file)
+                crate::sni::load_product_certificate(cert_file, key_file)
                     .map_err(|(field, e)| {
                         errors.push(ConfigError::new(format!("{path}.tls.{field}"), e).hint(
                             "point `tls.cert_file` and `tls.key_file` at a current PEM certificate (chain, leaf first) and its unencrypted key",
@@ -612,6 +620,21 @@ fn compile_product(
                     .ok()
             });
             Some(loaded.clone()?)
+        }
+    };
+    let client_auth = match p.tls.as_ref().and_then(|t| Some((t.client_ca_file.as_ref()?, t.client_certificates))) {
+        None => None,
+        Some((ca, mode)) => {
+            let required = mode == Some(tollgate_model::ClientCertificates::Required);
+            match crate::sni::load_client_auth(ca, required) {
+                Ok(auth) => Some(auth),
+                Err(e) => {
+                    errors.push(ConfigError::new(format!("{path}.tls.client_ca_file"), e).hint(
+                        "point `client_ca_file` at the PEM certificates of the authorities that issue the clients' certificates",
+                    ));
+                    return None;
+                }
+            }
         }
     };
     let param = &p.authentication.user_key_param;
@@ -641,6 +664,7 @@ fn compile_product(
         },
         public_base: public_base.into(),
         certificate,
+        client_auth,
         rewrite_redirects: p.rewrite_redirects,
         path_rules: crate::path::PathRules {
             keep_encoded_slashes: p.request_path.encoded_slashes == tollgate_model::EncodedSlashes::Keep,

@@ -95,3 +95,164 @@ fn check_validity(der: &CertificateDer<'_>) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// A product's mutual TLS: the authorities its client certificates come from, and
+/// whether one is required.
+#[derive(Debug, Clone)]
+pub struct ClientAuth {
+    /// Verifies a certificate against the product's authorities only.
+    pub verifier: Arc<dyn rustls::server::danger::ClientCertVerifier>,
+    /// The product's authorities (for the listener's union of every product's).
+    pub roots: Vec<CertificateDer<'static>>,
+    /// `client_certificates: required`.
+    pub required: bool,
+    /// Unique to this load of the authorities (what connections cache verdicts by).
+    pub id: u64,
+}
+
+/// A product's [`ClientAuth`] from its `tls.client_ca_file`.
+///
+/// # Errors
+/// What is wrong with the file, in words.
+pub fn load_client_auth(ca_file: &Path, required: bool) -> Result<ClientAuth, String> {
+    let roots = crate::upstream::load_certs(ca_file)?;
+    let verifier = client_verifier(&roots)?;
+    static IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let id = IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    Ok(ClientAuth { verifier, roots, required, id })
+}
+
+/// A verifier of client certificates issued by `roots`, which lets connections
+/// without a certificate through (the product decides, per request).
+fn client_verifier(
+    roots: &[CertificateDer<'static>],
+) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, String> {
+    let mut store = rustls::RootCertStore::empty();
+    for cert in roots {
+        store.add(cert.clone()).map_err(|e| format!("not a usable authority certificate: {e}"))?;
+    }
+    rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(store),
+        Arc::new(rustls::crypto::ring::default_provider()),
+    )
+    .allow_unauthenticated()
+    .build()
+    .map_err(|e| format!("the authorities cannot verify client certificates: {e}"))
+}
+
+/// The verifier a listener uses during the handshake, before it knows the product:
+/// every product's authorities together (a certificate none of them issued fails the
+/// handshake). `None` when no product asks for client certificates.
+pub fn listener_client_verifier<'a>(
+    auths: impl Iterator<Item = &'a ClientAuth>,
+) -> Option<Arc<dyn rustls::server::danger::ClientCertVerifier>> {
+    let roots: Vec<CertificateDer<'static>> = auths.flat_map(|a| a.roots.iter().cloned()).collect();
+    if roots.is_empty() {
+        return None;
+    }
+    client_verifier(&roots).ok()
+}
+
+/// Asks for client certificates when the listener's current snapshot has a product
+/// that wants them, and verifies them against every such product's authorities; the
+/// product of the request then checks against its own ([`ClientAuth`]).
+pub struct SnapshotClientVerifier {
+    snapshot: SnapshotHandle,
+    schemes: Vec<rustls::SignatureScheme>,
+}
+
+impl SnapshotClientVerifier {
+    /// A verifier following `snapshot`.
+    pub fn new(snapshot: SnapshotHandle) -> SnapshotClientVerifier {
+        let schemes = rustls::crypto::ring::default_provider().signature_verification_algorithms.supported_schemes();
+        SnapshotClientVerifier { snapshot, schemes }
+    }
+}
+
+impl std::fmt::Debug for SnapshotClientVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SnapshotClientVerifier").finish_non_exhaustive()
+    }
+}
+
+impl rustls::server::danger::ClientCertVerifier for SnapshotClientVerifier {
+    fn offer_client_auth(&self) -> bool {
+        self.snapshot.load().client_verifier.is_some()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        match &self.snapshot.load().client_verifier {
+            Some(v) => v.verify_client_cert(end_entity, intermediates, now),
+            None => Err(rustls::Error::General("no product accepts client certificates".into())),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        let algorithms = rustls::crypto::ring::default_provider().signature_verification_algorithms;
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        let algorithms = rustls::crypto::ring::default_provider().signature_verification_algorithms;
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.schemes.clone()
+    }
+}
+
+/// A client's certificate chain as the handshake verified it (leaf first).
+#[derive(Debug)]
+pub struct PeerCertificate {
+    /// The leaf, then intermediates, DER.
+    pub chain: Vec<CertificateDer<'static>>,
+    /// The last product verifier asked and its answer: a connection's requests go to
+    /// one product, so the chain is verified once, not per request.
+    checked: std::sync::Mutex<Option<(u64, bool)>>,
+}
+
+impl PeerCertificate {
+    /// A chain as the handshake gave it.
+    pub fn new(chain: Vec<CertificateDer<'static>>) -> PeerCertificate {
+        PeerCertificate { chain, checked: std::sync::Mutex::new(None) }
+    }
+
+    /// Whether `auth`'s authorities issued it.
+    pub fn verified_by(&self, auth: &ClientAuth) -> bool {
+        let key = auth.id;
+        let mut checked = self.checked.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((k, ok)) = *checked
+            && k == key
+        {
+            return ok;
+        }
+        let Some((leaf, rest)) = self.chain.split_first() else { return false };
+        let ok = auth.verifier.verify_client_cert(leaf, rest, rustls::pki_types::UnixTime::now()).is_ok();
+        *checked = Some((key, ok));
+        ok
+    }
+}

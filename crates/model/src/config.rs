@@ -179,15 +179,38 @@ pub struct Product {
     pub tls: Option<ProductTls>,
 }
 
-/// A product's certificate on the TLS listeners.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+/// A product's TLS on the listeners: its certificate (chosen by SNI) and what it asks
+/// of clients' certificates (mutual TLS).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProductTls {
     /// PEM file of the certificate chain, leaf first; the leaf names the product's
-    /// public hosts (a wildcard name such as `*.example.com` may cover them).
-    pub cert_file: PathBuf,
+    /// public hosts (a wildcard name such as `*.example.com` may cover them). With
+    /// `key_file`; without both, the listener's default certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<PathBuf>,
     /// PEM file of its private key (PKCS#8, PKCS#1 or SEC1), unencrypted.
-    pub key_file: PathBuf,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+    /// PEM file of the authorities that issue the product's client certificates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ca_file: Option<PathBuf>,
+    /// `optional` (default, with `client_ca_file`) or `required`: without a
+    /// certificate, a request to the product is refused with 403
+    /// `client_certificate_required`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_certificates: Option<ClientCertificates>,
+}
+
+/// Whether a product's clients must present a certificate.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientCertificates {
+    /// A certificate is checked when presented; requests without one go on.
+    #[default]
+    Optional,
+    /// Requests without a verified certificate are refused (403).
+    Required,
 }
 
 fn is_true(b: &bool) -> bool {

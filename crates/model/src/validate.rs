@@ -187,6 +187,28 @@ fn check(config: &Config, draft: bool) -> Result<(), ConfigErrors> {
     for (i, p) in config.products.iter().enumerate() {
         let path = format!("products[{i}]");
         c.system_name(&path, &p.system_name, &mut product_names, "product");
+        if let Some(tls) = &p.tls {
+            match (&tls.cert_file, &tls.key_file) {
+                (Some(_), None) => c.err(
+                    format!("{path}.tls.key_file"),
+                    "a certificate needs its private key",
+                    "set `key_file` to the PEM file of the key of `cert_file`",
+                ),
+                (None, Some(_)) => c.err(
+                    format!("{path}.tls.cert_file"),
+                    "a key needs its certificate",
+                    "set `cert_file` to the PEM file of the certificate of `key_file`",
+                ),
+                _ => {}
+            }
+            if tls.client_certificates.is_some() && tls.client_ca_file.is_none() {
+                c.err(
+                    format!("{path}.tls.client_certificates"),
+                    "client certificates are checked against `client_ca_file`, which is not set",
+                    "set `client_ca_file` to the PEM file of the authorities that issue them",
+                );
+            }
+        }
         for (env, (key, url)) in [
             ("staging_public_base_url", &p.staging_public_base_url),
             ("production_public_base_url", &p.production_public_base_url),

@@ -106,3 +106,116 @@ fn check_names_the_certificate_file_at_fault() {
     assert!(said.contains("products[0].tls.cert_file"), "{said}");
     assert!(said.contains("products[1].tls.key_file"), "a certificate given as the key: {said}");
 }
+
+/// A CA (`name`), and a client certificate it issued: (ca, client cert, client key).
+fn ca_and_client(dir: &Path, name: &str) -> (PathBuf, PathBuf, PathBuf) {
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl").args(args).current_dir(dir).output().expect("openssl");
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    let (ca, ca_key) = (format!("{name}-ca.pem"), format!("{name}-ca-key.pem"));
+    let (csr, cert, key) = (format!("{name}.csr"), format!("{name}-client.pem"), format!("{name}-client-key.pem"));
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
+    run(&[
+        &["req", "-x509"][..],
+        &ec,
+        &["-days", "2", "-subj", &format!("/CN={name} CA"), "-keyout", &ca_key, "-out", &ca],
+    ]
+    .concat());
+    run(&[&["req", "-new"][..], &ec, &["-subj", &format!("/CN={name} client"), "-keyout", &key, "-out", &csr]].concat());
+    // A v3 certificate for client authentication (webpki refuses v1 certificates).
+    let ext = format!("{name}.ext");
+    std::fs::write(
+        dir.join(&ext),
+        "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=clientAuth\n",
+    )
+    .expect("ext");
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        &csr,
+        "-CA",
+        &ca,
+        "-CAkey",
+        &ca_key,
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        &ext,
+        "-out",
+        &cert,
+    ]);
+    (dir.join(ca), dir.join(cert), dir.join(key))
+}
+
+/// curl to `host` on the TLS listener at `port`, with a client certificate if given:
+/// (status, body), or `None` when the TLS handshake failed.
+fn curl(port: u16, host: &str, client: Option<(&Path, &Path)>) -> Option<(u16, String)> {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sk", "-o", "-", "-w", "\n%{http_code}", "--resolve", &format!("{host}:{port}:127.0.0.1")]);
+    if let Some((cert, key)) = client {
+        cmd.arg("--cert").arg(cert).arg("--key").arg(key);
+    }
+    let out = cmd.arg(format!("https://{host}:{port}/?user_key=k")).output().expect("curl");
+    if !out.status.success() {
+        return None;
+    }
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, status) = text.rsplit_once('\n').expect("status line");
+    Some((status.parse().expect("status"), body.to_owned()))
+}
+
+// Multi-threaded: curl runs as a blocking call while the gateway serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_product_that_requires_client_certificates_gets_only_its_own_authorities() {
+    let dir = TempDir::new();
+    let (default, default_key) = make_cert(dir.path());
+    let (ca1, client1, client1_key) = ca_and_client(dir.path(), "one");
+    let (ca2, client2, client2_key) = ca_and_client(dir.path(), "two");
+    let (_, stranger, stranger_key) = ca_and_client(dir.path(), "stranger");
+    let product = |name: &str, tls: &str| {
+        format!(
+            "  - system_name: {name}\n    staging_public_base_url: https://{name}.test\n    production_public_base_url: https://{name}-production.test\n    backend_usages: [ {{ backend: b, path: / }} ]\n    mapping_rules: [ {{ http_method: ANY, pattern: /, metric: hits }} ]\n    policy_chain: [ {{ name: tollgate, enabled: false }} ]\n{tls}"
+        )
+    };
+    let yaml = format!(
+        "backends: [ {{ system_name: b, private_base_url: \"http://127.0.0.1:9\" }} ]\nproducts:\n{}{}{}",
+        product(
+            "secure",
+            &format!("    tls: {{ client_ca_file: {}, client_certificates: required }}\n", ca1.display())
+        ),
+        product("other", &format!("    tls: {{ client_ca_file: {} }}\n", ca2.display())),
+        product("open", ""),
+    );
+    let config_file = dir.path().join("tollgate.yaml");
+    std::fs::write(&config_file, yaml).expect("config");
+    let (default_s, default_key_s) = (default.display().to_string(), default_key.display().to_string());
+    let mut args = serve_args(&["--tls-cert", &default_s, "--tls-key", &default_key_s]);
+    args.staging_listen = "tls://127.0.0.1:0".into();
+    let server =
+        tollgate::serve::Server::start(&args, tollgate::serve::Source::File(config_file)).await.expect("serve");
+    let port = server.staging.port();
+    // Past the certificate check, the request reaches for the (absent) backend: 502.
+    let passed = |r: Option<(u16, String)>| {
+        r.is_some_and(|(status, body)| status == 502 && body.contains("upstream_unavailable"))
+    };
+
+    let (status, body) = curl(port, "secure.test", None).expect("handshake without a certificate");
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("\"client_certificate_required\""), "{body}");
+    assert!(passed(curl(port, "secure.test", Some((&client1, &client1_key)))), "its own authority's certificate");
+    let (status, body) = curl(port, "secure.test", Some((&client2, &client2_key))).expect("handshake");
+    assert_eq!(status, 403, "another product's authority: {body}");
+    assert!(body.contains("\"client_certificate_refused\""), "{body}");
+    assert_eq!(
+        curl(port, "secure.test", Some((&stranger, &stranger_key))),
+        None,
+        "no authority of the listener: the handshake fails"
+    );
+
+    assert!(passed(curl(port, "other.test", None)), "optional: no certificate is fine");
+    assert!(passed(curl(port, "other.test", Some((&client2, &client2_key)))));
+    assert!(passed(curl(port, "open.test", None)), "a product without mutual TLS");
+}

@@ -48,6 +48,9 @@ pub(crate) use upgrade::*;
 pub struct ConnInfo {
     pub client_addr: SocketAddr,
     pub tls: bool,
+    /// The certificate the client presented in the TLS handshake (verified against
+    /// some product's authorities), if any.
+    pub client_certificate: Option<Arc<crate::sni::PeerCertificate>>,
     /// The connection's place under the listener's cap. A WebSocket relay keeps a clone,
     /// so an upgraded connection still counts until it closes.
     pub(crate) slot: Arc<crate::server::Slot>,
@@ -275,6 +278,15 @@ impl Gateway {
             None => return Err(Refusal::UnknownHost),
         };
         let product = product.clone();
+        // Mutual TLS: the handshake checked the certificate against every product's
+        // authorities; this product accepts only its own.
+        if let Some(auth) = &product.client_auth {
+            match &conn.client_certificate {
+                None if auth.required => return Err(Refusal::ClientCertificateRequired),
+                Some(cert) if !cert.verified_by(auth) => return Err(Refusal::ClientCertificateRefused),
+                _ => {}
+            }
+        }
         // One canonical path from here on: what policies, mapping rules and routing
         // read is what the backend receives.
         match crate::path::canonical(req.uri().path(), product.path_rules) {
