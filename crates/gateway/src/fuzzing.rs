@@ -43,3 +43,8 @@ pub fn forwardable_headers(headers: &HeaderMap) -> HeaderMap {
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     crate::proxy::strip_hop_by_hop(headers)
 }
+
+/// A `grpc-timeout` header's deadline, if it is one.
+pub fn grpc_timeout(v: &http::HeaderValue) -> Option<std::time::Duration> {
+    crate::proxy::grpc_timeout(v)
+}
