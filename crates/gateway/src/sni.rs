@@ -78,7 +78,9 @@ pub fn load_product_certificate(cert: &Path, key: &Path) -> Result<Arc<Certified
     use rustls_pki_types::pem::PemObject;
     let key_der = PrivateKeyDer::from_pem_slice(&bytes)
         .map_err(|e| ("key_file", format!("{}: no usable private key: {e}", key.display())))?;
-    certified_key(certs, key_der).map(Arc::new)
+    certified_key(certs, key_der)
+        .map(Arc::new)
+        .map_err(|(field, e)| (field, format!("{}: {e} ({})", key.display(), cert.display())))
 }
 
 /// Whether the certificate is valid now (RFC 5280 §4.1.2.5).

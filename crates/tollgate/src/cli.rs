@@ -194,7 +194,9 @@ pub struct ServeArgs {
 /// How the gateway listeners accept and serve connections (`serve` and `gateway`).
 #[derive(Debug, Clone, Args)]
 pub struct ListenerArgs {
-    /// PEM certificate chain for `tls://` listeners.
+    /// PEM certificate chain for `tls://` listeners: the default, served when no product
+    /// with a `tls` certificate of its own is published on the name a client asks for
+    /// (SNI). Read at start.
     #[arg(long, env = "TOLLGATE_TLS_CERT")]
     pub tls_cert: Option<PathBuf>,
     /// PEM private key for `tls://` listeners.

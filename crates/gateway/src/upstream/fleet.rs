@@ -129,6 +129,11 @@ impl EndpointState {
         s
     }
 
+    /// Its environment's name for logs and metrics (empty for an upstream's own).
+    fn env_name(&self) -> &'static str {
+        self.environment.map_or("", Environment::as_str)
+    }
+
     /// Whether it may get requests: not ejected and not failed by its probes.
     pub fn healthy(&self) -> bool {
         // The clock is read only while an ejection is recorded.
@@ -182,9 +187,12 @@ impl EndpointState {
                 self.failures.store(0, Relaxed);
             }
             let until = self.ejected_until.load(Relaxed);
-            if until != 0 && until <= now_ms() {
-                self.ejected_until.store(0, Relaxed);
+            if until != 0 && until <= now_ms() && self.ejected_until.swap(0, Relaxed) != 0 {
                 self.ejections_in_a_row.store(0, Relaxed);
+                tracing::info!(
+                    environment = self.env_name(), backend = %self.backend, endpoint = %self.address,
+                    code = "endpoint_healthy", "endpoint healthy again (a request succeeded after its ejection)"
+                );
             }
             return;
         }
@@ -198,7 +206,8 @@ impl EndpointState {
         self.ejected_until.store(now_ms().saturating_add(ms).max(1), Relaxed);
         self.ejections_total.fetch_add(1, Relaxed);
         tracing::warn!(
-            backend = %self.backend, endpoint = %self.address, ejection_ms = ms, code = "endpoint_ejected",
+            environment = self.env_name(), backend = %self.backend, endpoint = %self.address, ejection_ms = ms,
+            code = "endpoint_ejected",
             "endpoint ejected after {failures} failures in a row"
         );
     }
@@ -219,11 +228,15 @@ impl EndpointState {
         let healthy = self.probed_healthy.load(Relaxed);
         if !healthy && ok && i64::from(streak) >= i64::from(check.healthy_threshold) {
             self.probed_healthy.store(true, Relaxed);
-            tracing::info!(backend = %self.backend, endpoint = %self.address, code = "endpoint_healthy", "endpoint healthy again (active check)");
+            tracing::info!(
+                environment = self.env_name(), backend = %self.backend, endpoint = %self.address,
+                code = "endpoint_healthy", "endpoint healthy again (active check)"
+            );
         } else if healthy && !ok && -i64::from(streak) >= i64::from(check.unhealthy_threshold) {
             self.probed_healthy.store(false, Relaxed);
             tracing::warn!(
-                backend = %self.backend, endpoint = %self.address, code = "endpoint_unhealthy", reason = why,
+                environment = self.env_name(), backend = %self.backend, endpoint = %self.address,
+                code = "endpoint_unhealthy", reason = why,
                 "endpoint unhealthy (active check)"
             );
         }

@@ -240,7 +240,7 @@ impl Upstream {
                     Err(_) => {
                         self.fleet.report(i, false);
                         return Err(Refusal::UpstreamTimeout(format!(
-                            "{}: no response head within read_timeout",
+                            "{}: no response head within the read timeout (or the call's grpc-timeout)",
                             endpoint.connector.label()
                         )));
                     }
