@@ -55,6 +55,10 @@ pub enum Refusal {
     /// reached; the detail is for the log.
     #[error("the backend could not be reached")]
     UpstreamUnavailable(String),
+    /// 421 `misdirected_request`: the TLS connection was opened for another product's
+    /// name (SNI) than the request's `Host`; the client should open a new connection.
+    #[error("this connection was opened for another host; open a new one")]
+    Misdirected,
     /// 403 `client_certificate_required`: the product requires a client certificate
     /// (`tls.client_certificates: required`) and the connection presented none.
     #[error("this API requires a client certificate")]
@@ -173,6 +177,7 @@ impl Refusal {
         match self {
             Refusal::UnknownHost | Refusal::NoBackend => StatusCode::NOT_FOUND,
             Refusal::ClientCertificateRequired | Refusal::ClientCertificateRefused => StatusCode::FORBIDDEN,
+            Refusal::Misdirected => StatusCode::MISDIRECTED_REQUEST,
             Refusal::NotImplemented => StatusCode::NOT_IMPLEMENTED,
             Refusal::BadRequest(_) | Refusal::BadPath(_) | Refusal::WebSocketDisabled | Refusal::BadUpgrade(_) => {
                 StatusCode::BAD_REQUEST
@@ -215,6 +220,7 @@ impl Refusal {
             Refusal::TooManyConnections => "too_many_connections",
             Refusal::UpstreamUnavailable(_) => "upstream_unavailable",
             Refusal::ClientCertificateRequired => "client_certificate_required",
+            Refusal::Misdirected => "misdirected_request",
             Refusal::ClientCertificateRefused => "client_certificate_refused",
             Refusal::UpstreamOverloaded(_) => "upstream_overloaded",
             Refusal::NoHealthyEndpoint(_) => "no_healthy_endpoint",
@@ -253,6 +259,7 @@ impl Refusal {
             | Refusal::NotImplemented
             | Refusal::ClientCertificateRequired
             | Refusal::ClientCertificateRefused
+            | Refusal::Misdirected
             | Refusal::WebSocketDisabled
             | Refusal::BadUpgrade(_)
             | Refusal::TooManyConnections

@@ -462,6 +462,7 @@ async fn connection(
             let info = ConnInfo {
                 client_addr,
                 tls: false,
+                sni: None,
                 client_certificate: None,
                 slot,
                 activity,
@@ -487,9 +488,11 @@ async fn connection(
             let client_certificate = tls.get_ref().1.peer_certificates().map(|chain| {
                 Arc::new(crate::sni::PeerCertificate::new(chain.iter().map(|c| c.clone().into_owned()).collect()))
             });
+            let sni = tls.get_ref().1.server_name().map(|n| n.trim_end_matches('.').to_ascii_lowercase().into());
             let info = ConnInfo {
                 client_addr,
                 tls: true,
+                sni,
                 client_certificate,
                 slot,
                 activity,

@@ -306,3 +306,54 @@ async fn http2_requests_share_connections_up_to_the_servers_stream_limit_then_op
     round().await;
     assert_eq!(accepted.load(Ordering::SeqCst), connections);
 }
+
+#[tokio::test]
+async fn an_http2_connection_the_backend_closed_is_dropped_and_the_next_request_opens_another() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("address");
+    let connections: Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
+    let held = connections.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let task = tokio::spawn(async move {
+                let service = service_fn(|_req: http::Request<Incoming>| async {
+                    Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from_static(b"ok"))))
+                });
+                let _ = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tcp), service)
+                    .await;
+            });
+            held.lock().expect("lock").push(task.abort_handle());
+        }
+    });
+    let base = BaseUrl::parse(&format!("http://{addr}"), &["http"]).expect("base");
+    let options = tollgate_gateway::upstream::FleetOptions {
+        protocol: tollgate_model::UpstreamProtocol::Http2,
+        ..Default::default()
+    };
+    let up = Upstream::with_endpoints(
+        "h2",
+        base,
+        &BackendTls::default(),
+        std::time::Duration::from_secs(5),
+        &[],
+        options,
+        None,
+    )
+    .expect("upstream");
+    assert_eq!(read(&up, "/").await.0, 200);
+    assert_eq!(up.fleet.endpoints[0].pool.http2_connections(), 1);
+    // The backend goes away (a restart, a maximum connection age).
+    for task in connections.lock().expect("lock").drain(..) {
+        task.abort();
+    }
+    // The connection's task sees it end and lets it go (bounded: 10 s).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while up.fleet.endpoints[0].pool.http2_connections() != 0 {
+        assert!(std::time::Instant::now() < deadline, "the closed connection is still offered");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let answer = tokio::time::timeout(std::time::Duration::from_secs(10), read(&up, "/")).await;
+    assert_eq!(answer.expect("answered at once, not after a timeout").0, 200);
+    assert_eq!(up.fleet.endpoints[0].pool.http2_connections(), 1, "a new connection");
+}

@@ -153,7 +153,12 @@ fn ca_and_client(dir: &Path, name: &str) -> (PathBuf, PathBuf, PathBuf) {
 /// curl to `host` on the TLS listener at `port`, with a client certificate if given:
 /// (status, body), or `None` when the TLS handshake failed.
 fn curl(port: u16, host: &str, client: Option<(&Path, &Path)>) -> Option<(u16, String)> {
+    curl_with(port, host, client, &[])
+}
+
+fn curl_with(port: u16, host: &str, client: Option<(&Path, &Path)>, extra: &[&str]) -> Option<(u16, String)> {
     let mut cmd = Command::new("curl");
+    cmd.args(extra);
     cmd.args(["-sk", "-o", "-", "-w", "\n%{http_code}", "--resolve", &format!("{host}:{port}:127.0.0.1")]);
     if let Some((cert, key)) = client {
         cmd.arg("--cert").arg(cert).arg("--key").arg(key);
@@ -218,4 +223,10 @@ async fn a_product_that_requires_client_certificates_gets_only_its_own_authoriti
     assert!(passed(curl(port, "other.test", None)), "optional: no certificate is fine");
     assert!(passed(curl(port, "other.test", Some((&client2, &client2_key)))));
     assert!(passed(curl(port, "open.test", None)), "a product without mutual TLS");
+
+    // A connection opened for one product's name carries no request for another.
+    let (status, body) =
+        curl_with(port, "secure.test", Some((&client1, &client1_key)), &["-H", "Host: open.test"]).expect("handshake");
+    assert_eq!(status, 421, "{body}");
+    assert!(body.contains("\"misdirected_request\""), "{body}");
 }

@@ -48,6 +48,8 @@ pub(crate) use upgrade::*;
 pub struct ConnInfo {
     pub client_addr: SocketAddr,
     pub tls: bool,
+    /// The server name the client asked for in the TLS handshake (SNI), lower-case.
+    pub sni: Option<Box<str>>,
     /// The certificate the client presented in the TLS handshake (verified against
     /// some product's authorities), if any.
     pub client_certificate: Option<Arc<crate::sni::PeerCertificate>>,
@@ -278,6 +280,16 @@ impl Gateway {
             None => return Err(Refusal::UnknownHost),
         };
         let product = product.clone();
+        // A connection opened (and its certificate chosen, and its client certificate
+        // checked) for one product's name carries requests for that product only: a
+        // Host of another product is misdirected (RFC 9110 §15.5.20), as when a client
+        // reuses a connection across hosts a wildcard certificate covers.
+        if let Some(sni) = &conn.sni
+            && let Some(named) = snapshot.product_for_host(sni)
+            && !Arc::ptr_eq(named, &product)
+        {
+            return Err(Refusal::Misdirected);
+        }
         // Mutual TLS: the handshake checked the certificate against every product's
         // authorities; this product accepts only its own.
         if let Some(auth) = &product.client_auth {

@@ -196,6 +196,12 @@ impl EndpointState {
             }
             return;
         }
+        // Requests in flight when it was ejected fail too: they are that incident, not
+        // a new one, and do not eject it again (nor double the next ejection).
+        let until = self.ejected_until.load(Relaxed);
+        if until != 0 && until > now_ms() {
+            return;
+        }
         let failures = self.failures.fetch_add(1, Relaxed).saturating_add(1);
         if failures < self.passive_failures.load(Relaxed) {
             return;
@@ -769,5 +775,47 @@ pub fn render_endpoints(out: &mut String) {
                 get(s)
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn passive(failures: u32) -> PassiveHealthCheck {
+        PassiveHealthCheck { consecutive_failures: failures, ejection_ms: 60_000, ..Default::default() }
+    }
+
+    #[test]
+    fn failures_in_a_row_eject_once_and_those_in_flight_do_not_eject_again() {
+        let state = EndpointState::new(None, "b", "127.0.0.1:1");
+        state.set_passive(&passive(3));
+        state.report(false);
+        state.report(true);
+        state.report(false);
+        state.report(false);
+        assert!(state.healthy(), "a success in between starts the count over");
+        state.report(false);
+        assert!(!state.healthy());
+        assert_eq!(state.ejections(), 1);
+        // The requests that were in flight when it was ejected fail too.
+        for _ in 0..20 {
+            state.report(false);
+        }
+        assert_eq!(state.ejections(), 1, "one incident, one ejection");
+        assert_eq!(state.ejections_in_a_row.load(Relaxed), 1, "the next ejection is not doubled by it");
+    }
+
+    #[test]
+    fn circuit_breaker_places_are_taken_and_given_back() {
+        let state = Arc::new(EndpointState::new(None, "b", "127.0.0.1:1"));
+        let caps = CircuitBreaker { max_connections: Some(2), max_pending_requests: Some(1) };
+        let mut first = state.try_lease(&caps).expect("room");
+        assert!(state.try_lease(&caps).is_none(), "one pending at most");
+        first.answered();
+        let second = state.try_lease(&caps).expect("the head came: no longer pending");
+        assert!(state.try_lease(&caps).is_none(), "two in flight at most");
+        drop((first, second));
+        assert_eq!((state.in_flight(), state.pending.load(Relaxed)), (0, 0));
     }
 }

@@ -393,11 +393,17 @@ pub fn http1_client() -> hyper::client::conn::http1::Builder {
 
 /// An HTTP/2 client connection builder: the response-head limit as the largest header
 /// list the backend may send (RFC 9113 §6.5.2), adaptive flow-control windows (so a
-/// fast backend is not held to 64 KiB per round trip).
+/// fast backend is not held to 64 KiB per round trip), PING keep-alive.
 pub fn http2_client() -> hyper::client::conn::http2::Builder<hyper_util::rt::TokioExecutor> {
     use std::sync::atomic::Ordering::Relaxed;
     let mut b = hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
-    b.max_header_list_size(u32::try_from(RESPONSE_HEAD_BYTES.load(Relaxed)).unwrap_or(u32::MAX)).adaptive_window(true);
+    b.max_header_list_size(u32::try_from(RESPONSE_HEAD_BYTES.load(Relaxed)).unwrap_or(u32::MAX))
+        .adaptive_window(true)
+        // A backend gone silent (half-open, or one that never acknowledges) is found by
+        // PING within 50 s and the connection closed, rather than reused for ever.
+        .timer(hyper_util::rt::TokioTimer::new())
+        .keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(20));
     b
 }
 

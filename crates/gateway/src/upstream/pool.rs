@@ -81,18 +81,38 @@ struct H2Conn {
     send: http2::SendRequest<UpstreamBody>,
     /// Streams open on it now (requests until their response body is done).
     streams: Arc<AtomicUsize>,
-    /// The connection, for the server's `SETTINGS_MAX_CONCURRENT_STREAMS`.
+    /// The connection, for the server's `SETTINGS_MAX_CONCURRENT_STREAMS`; `None` once
+    /// it has ended (its task drops it, so requests handed to it fail at once and
+    /// unsent rather than wait in a channel nobody reads).
     conn: H2Connection,
 }
 
-type H2Connection =
-    Arc<Mutex<Pin<Box<http2::Connection<TokioIo<UpstreamStream>, UpstreamBody, hyper_util::rt::TokioExecutor>>>>>;
+type H2Connection = Arc<
+    Mutex<Option<Pin<Box<http2::Connection<TokioIo<UpstreamStream>, UpstreamBody, hyper_util::rt::TokioExecutor>>>>>,
+>;
+
+/// Streams one HTTP/2 connection to a backend carries at most, whatever the server
+/// allows: h2 refuses a connection that buffers too many small unread DATA frames
+/// (`too_many_data_frames`), which hundreds of busy gRPC streams on one connection do;
+/// more connections spread them.
+pub const MAX_STREAMS_PER_CONNECTION: usize = 100;
 
 impl H2Conn {
-    /// Whether it can take another stream now.
+    /// Whether it is open and can take another stream now.
     fn has_room(&self) -> bool {
-        !self.send.is_closed()
-            && self.streams.load(Relaxed) < self.conn.lock().map_or(0, |c| c.current_max_send_streams()).max(1)
+        let limit = match self.conn.lock() {
+            Ok(c) => match c.as_ref() {
+                Some(c) => c.current_max_send_streams().clamp(1, MAX_STREAMS_PER_CONNECTION),
+                None => return false,
+            },
+            Err(_) => return false,
+        };
+        !self.send.is_closed() && self.streams.load(Relaxed) < limit
+    }
+
+    /// Whether it has ended.
+    fn closed(&self) -> bool {
+        self.send.is_closed() || self.conn.lock().map_or(true, |c| c.is_none())
     }
 }
 
@@ -242,19 +262,25 @@ impl Pool {
             let (send, conn) = crate::upstream::http2_client().handshake(TokioIo::new(stream)).await.map_err(Err)?;
             // The server's stream limit (its SETTINGS, which may come or change at any
             // time) is read from the connection itself, shared with its task.
-            let conn: H2Connection = Arc::new(Mutex::new(Box::pin(conn)));
+            let conn: H2Connection = Arc::new(Mutex::new(Some(Box::pin(conn))));
             let driven = conn.clone();
             tokio::spawn(poll_fn(move |cx| {
-                let Ok(mut conn) = driven.lock() else { return Poll::Ready(()) };
-                conn.as_mut().poll(cx).map(|r| {
-                    if let Err(e) = r {
+                let Ok(mut slot) = driven.lock() else { return Poll::Ready(()) };
+                let Some(conn) = slot.as_mut() else { return Poll::Ready(()) };
+                let done = conn.as_mut().poll(cx);
+                if let Poll::Ready(result) = done {
+                    if let Err(e) = result {
                         tracing::debug!(error = %e, "HTTP/2 backend connection ended with an error");
                     }
-                })
+                    // Dropped here: its handles see it closed.
+                    *slot = None;
+                    return Poll::Ready(());
+                }
+                Poll::Pending
             }));
             let conn = H2Conn { send, streams: Arc::new(AtomicUsize::new(0)), conn };
             if let Ok(mut list) = self.0.h2.lock() {
-                list.retain(|c| !c.send.is_closed());
+                list.retain(|c| !c.closed());
                 list.push(conn.clone());
             }
             return Ok(Fresh::Http2(conn));
@@ -267,14 +293,14 @@ impl Pool {
     /// An open HTTP/2 connection with a free stream, if any.
     fn h2_checkout(&self) -> Option<H2Conn> {
         let mut list = self.0.h2.lock().ok()?;
-        list.retain(|c| !c.send.is_closed());
+        list.retain(|c| !c.closed());
         list.iter().find(|c| c.has_room()).cloned()
     }
 
     /// HTTP/2 connections open now.
     pub fn http2_connections(&self) -> usize {
         self.0.h2.lock().map_or(0, |mut list| {
-            list.retain(|c| !c.send.is_closed());
+            list.retain(|c| !c.closed());
             list.len()
         })
     }
