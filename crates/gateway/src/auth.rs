@@ -13,8 +13,12 @@ pub enum Credentials<'a> {
     AppId { app_id: Cow<'a, str>, app_key: Option<Cow<'a, str>> },
 }
 
-/// The request's credentials, or `None` when they are missing.
+/// The request's credentials, or `None` when they are missing (always, for
+/// `client_certificate` products: their credential is the connection's certificate).
 pub fn extract<'a>(auth: &Authentication, req: &'a Parts, query: &'a QueryArgs<'a>) -> Option<Credentials<'a>> {
+    if auth.mode == AuthMode::ClientCertificate {
+        return None;
+    }
     match auth.credentials_location {
         CredentialsLocation::Query => match auth.mode {
             AuthMode::UserKey => query
@@ -26,6 +30,7 @@ pub fn extract<'a>(auth: &Authentication, req: &'a Parts, query: &'a QueryArgs<'
                 let app_key = query.get(&auth.app_key_param).filter(|k| !k.is_empty());
                 Some(Credentials::AppId { app_id: Cow::Borrowed(app_id), app_key: app_key.map(Cow::Borrowed) })
             }
+            AuthMode::ClientCertificate => None,
         },
         CredentialsLocation::Headers => {
             let h = |name: &str| req.headers.get(name).and_then(|v| v.to_str().ok()).filter(|v| !v.is_empty());
@@ -38,6 +43,7 @@ pub fn extract<'a>(auth: &Authentication, req: &'a Parts, query: &'a QueryArgs<'
                         app_key: h(&auth.app_key_param).map(Cow::Borrowed),
                     })
                 }
+                AuthMode::ClientCertificate => None,
             }
         }
         CredentialsLocation::Authorization => {
@@ -65,6 +71,7 @@ pub fn extract<'a>(auth: &Authentication, req: &'a Parts, query: &'a QueryArgs<'
                     app_id: Cow::Owned(user.to_string()),
                     app_key: (!password.is_empty()).then(|| Cow::Owned(password.to_string())),
                 }),
+                AuthMode::ClientCertificate => None,
             }
         }
     }

@@ -245,6 +245,8 @@ pub struct Product {
     pub applications_by_user_key: HashMap<Box<str>, Arc<Application>>,
     /// Its applications, by `app_id`.
     pub applications_by_app_id: HashMap<Box<str>, Arc<Application>>,
+    /// Applications by their client certificates' SHA-256 fingerprints (lower-case hex).
+    pub applications_by_certificate: HashMap<Box<str>, Arc<Application>>,
     /// How its request paths are made canonical (`request_path`).
     pub path_rules: crate::path::PathRules,
     /// This environment's public base URL, `scheme://host[:port]`, and whether
@@ -584,6 +586,7 @@ fn compile_product(
 
     let mut by_user_key = HashMap::new();
     let mut by_app_id = HashMap::new();
+    let mut by_certificate = HashMap::new();
     let mut by_id = HashMap::new();
     for account in accounts {
         for app in account.applications.iter().filter(|a| a.product == p.system_name) {
@@ -597,6 +600,9 @@ fn compile_product(
             by_id.insert(application.id.clone(), application.clone());
             if let Some(k) = &app.user_key {
                 by_user_key.insert(k.as_str().into(), application.clone());
+            }
+            for fingerprint in app.client_certificates.iter().filter_map(|f| tollgate_model::normalize_fingerprint(f)) {
+                by_certificate.insert(fingerprint.into(), application.clone());
             }
             if let Some(id) = &app.app_id {
                 by_app_id.insert(id.as_str().into(), application);
@@ -676,6 +682,7 @@ fn compile_product(
         applications_by_id: by_id,
         applications_by_user_key: by_user_key,
         applications_by_app_id: by_app_id,
+        applications_by_certificate: by_certificate,
     }))
 }
 
@@ -755,6 +762,7 @@ impl Product {
                 self.applications_by_app_id.get(app_id).filter(|a| a.app_keys.iter().any(|k| k == app_key))
             }
             Credential::ClientId(app_id) => self.applications_by_app_id.get(app_id),
+            Credential::ClientCertificate(fingerprint) => self.applications_by_certificate.get(fingerprint),
         };
         match app {
             Some(a) if &*a.id != app_id => Err("credentials revoked"),

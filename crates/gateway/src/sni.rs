@@ -235,12 +235,23 @@ pub struct PeerCertificate {
     /// The last product verifier asked and its answer: a connection's requests go to
     /// one product, so the chain is verified once, not per request.
     checked: std::sync::Mutex<Option<(u64, bool)>>,
+    /// The leaf's SHA-256 fingerprint, lower-case hex, made on first use.
+    fingerprint: std::sync::OnceLock<Box<str>>,
 }
 
 impl PeerCertificate {
     /// A chain as the handshake gave it.
     pub fn new(chain: Vec<CertificateDer<'static>>) -> PeerCertificate {
-        PeerCertificate { chain, checked: std::sync::Mutex::new(None) }
+        PeerCertificate { chain, checked: std::sync::Mutex::new(None), fingerprint: std::sync::OnceLock::new() }
+    }
+
+    /// The SHA-256 fingerprint of the leaf, lower-case hex (as an application's
+    /// `client_certificates` lists it, normalized).
+    pub fn fingerprint(&self) -> &str {
+        self.fingerprint.get_or_init(|| {
+            let leaf = self.chain.first().map_or(&[][..], |c| c.as_ref());
+            hex::encode(ring::digest::digest(&ring::digest::SHA256, leaf)).into()
+        })
     }
 
     /// Whether `auth`'s authorities issued it.

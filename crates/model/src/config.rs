@@ -276,6 +276,10 @@ pub enum AuthMode {
     UserKey,
     /// An `app_id` and one of the application's `app_keys`.
     AppIdAppKey,
+    /// The client certificate of the TLS connection (mutual TLS): the SHA-256
+    /// fingerprint of its leaf is one of the application's `client_certificates`. The
+    /// product needs `tls.client_ca_file`; `credentials_location` does not apply.
+    ClientCertificate,
 }
 
 /// Where requests carry their credentials.
@@ -521,6 +525,11 @@ pub struct Application {
     /// Keys for an `app_id_app_key` product: at least one; any of them is accepted.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub app_keys: Vec<String>,
+    /// For a `client_certificate` product: the SHA-256 fingerprints of the client
+    /// certificates that identify the application (64 hex digits, colons allowed, as
+    /// `openssl x509 -fingerprint -sha256` prints them); unique per product.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub client_certificates: Vec<String>,
     /// `live` (default) or `suspended`.
     #[serde(default, skip_serializing_if = "is_default")]
     pub state: ApplicationState,
@@ -532,3 +541,11 @@ pub struct Application {
 /// The HTTP methods a mapping rule may name.
 pub const HTTP_METHODS: [&str; 10] =
     ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "TRACE", "CONNECT", "ANY"];
+
+/// A certificate fingerprint as Tollgate compares them: 64 lower-case hex digits, from
+/// any case, with or without colons (`AB:CD:…`). `None` when it is not a SHA-256
+/// fingerprint.
+pub fn normalize_fingerprint(fingerprint: &str) -> Option<String> {
+    let hex: String = fingerprint.chars().filter(|c| *c != ':').map(|c| c.to_ascii_lowercase()).collect();
+    (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit())).then_some(hex)
+}

@@ -187,6 +187,15 @@ fn check(config: &Config, draft: bool) -> Result<(), ConfigErrors> {
     for (i, p) in config.products.iter().enumerate() {
         let path = format!("products[{i}]");
         c.system_name(&path, &p.system_name, &mut product_names, "product");
+        if p.authentication.mode == AuthMode::ClientCertificate
+            && p.tls.as_ref().is_none_or(|t| t.client_ca_file.is_none())
+        {
+            c.err(
+                format!("{path}.authentication.mode"),
+                "`client_certificate` authentication needs the certificates verified: `tls.client_ca_file` is not set",
+                "set `tls: { client_ca_file: <PEM of the authorities>, client_certificates: required }`",
+            );
+        }
         if let Some(tls) = &p.tls {
             match (&tls.cert_file, &tls.key_file) {
                 (Some(_), None) => c.err(
@@ -370,6 +379,7 @@ fn check(config: &Config, draft: bool) -> Result<(), ConfigErrors> {
     let mut account_names = HashSet::new();
     let mut user_keys: HashSet<(&str, &str)> = HashSet::new();
     let mut app_ids: HashSet<(&str, &str)> = HashSet::new();
+    let mut fingerprints: HashSet<(&str, String)> = HashSet::new();
     for (i, a) in config.accounts.iter().enumerate() {
         let path = format!("accounts[{i}]");
         if a.name.trim().is_empty() {
@@ -417,6 +427,33 @@ fn check(config: &Config, draft: bool) -> Result<(), ConfigErrors> {
                         }
                     }
                 },
+                AuthMode::ClientCertificate => {
+                    if app.client_certificates.is_empty() {
+                        c.err(
+                            format!("{apath}.client_certificates"),
+                            format!("product `{}` authenticates with client certificates", app.product),
+                            "add `client_certificates: [ <the SHA-256 fingerprint of the application's certificate> ]` (openssl x509 -noout -fingerprint -sha256 -in CERT)",
+                        );
+                    }
+                    for (k, f) in app.client_certificates.iter().enumerate() {
+                        match crate::config::normalize_fingerprint(f) {
+                            None => c.err(
+                                format!("{apath}.client_certificates[{k}]"),
+                                format!("`{f}` is not a SHA-256 fingerprint"),
+                                "write the 64 hex digits `openssl x509 -noout -fingerprint -sha256 -in CERT` prints (colons allowed)",
+                            ),
+                            Some(f) => {
+                                if !fingerprints.insert((app.product.as_str(), f)) {
+                                    c.err(
+                                        format!("{apath}.client_certificates[{k}]"),
+                                        "another application of this product has the same certificate",
+                                        "a certificate identifies one application per product",
+                                    );
+                                }
+                            }
+                        }
+                    }
+                }
                 AuthMode::AppIdAppKey => match &app.app_id {
                     None => c.err(
                         format!("{apath}.app_id"),

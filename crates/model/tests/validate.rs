@@ -150,3 +150,21 @@ fn a_fleet_is_checked_key_by_key() {
     let short = backend("    health_checks: { active: { interval_ms: 1000 }, passive: { ejection_ms: 400000 } }\n");
     assert_eq!(errors(&short), Vec::<String>::new());
 }
+
+#[test]
+fn client_certificate_authentication_needs_authorities_and_fingerprints() {
+    let yaml = format!(
+        "{BACKEND}products:\n  - system_name: api\n    staging_public_base_url: https://s.test\n    production_public_base_url: https://p.test\n    authentication: {{ mode: client_certificate }}\n    backend_usages: [ {{ backend: b, path: / }} ]\n    application_plans: [ {{ system_name: basic }} ]\naccounts:\n  - name: acme\n    applications:\n      - {{ name: a, product: api, plan: basic }}\n      - {{ name: b, product: api, plan: basic, client_certificates: [ \"nothex\", \"{fp}\" ] }}\n      - {{ name: c, product: api, plan: basic, client_certificates: [ \"{upper}\" ] }}\n",
+        fp = "ab".repeat(32),
+        upper = "AB:".repeat(31) + "AB",
+    );
+    let all = errors(&yaml).join("\n");
+    for expected in [
+        "products[0].authentication.mode: `client_certificate` authentication needs the certificates verified",
+        "accounts[0].applications[0].client_certificates: product `api` authenticates with client certificates",
+        "accounts[0].applications[1].client_certificates[0]: `nothex` is not a SHA-256 fingerprint",
+        "accounts[0].applications[2].client_certificates[0]: another application of this product has the same certificate",
+    ] {
+        assert!(all.contains(expected), "missing `{expected}` in:\n{all}");
+    }
+}

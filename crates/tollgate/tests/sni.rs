@@ -230,3 +230,63 @@ async fn a_product_that_requires_client_certificates_gets_only_its_own_authoriti
     assert_eq!(status, 421, "{body}");
     assert!(body.contains("\"misdirected_request\""), "{body}");
 }
+
+/// `openssl x509 -fingerprint -sha256` of `cert`, as it prints it (`AB:CD:…`).
+fn fingerprint(cert: &Path) -> String {
+    let out = Command::new("openssl")
+        .args(["x509", "-noout", "-fingerprint", "-sha256", "-in"])
+        .arg(cert)
+        .output()
+        .expect("openssl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.trim().rsplit('=').next().expect("fingerprint").to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_application_is_identified_by_its_client_certificate() {
+    let dir = TempDir::new();
+    let (default, default_key) = make_cert(dir.path());
+    let (ca1, client1, client1_key) = ca_and_client(dir.path(), "one");
+    let (ca2, client2, client2_key) = ca_and_client(dir.path(), "two");
+    // One product trusting both authorities; only client1 is registered.
+    let both = dir.path().join("both-ca.pem");
+    let pems = std::fs::read_to_string(&ca1).expect("ca1") + &std::fs::read_to_string(&ca2).expect("ca2");
+    std::fs::write(&both, pems).expect("both");
+    let yaml = format!(
+        r#"
+backends: [ {{ system_name: b, private_base_url: "http://127.0.0.1:9" }} ]
+products:
+  - system_name: partners
+    staging_public_base_url: https://partners.test
+    production_public_base_url: https://partners-production.test
+    authentication: {{ mode: client_certificate }}
+    tls: {{ client_ca_file: {both}, client_certificates: required }}
+    backend_usages: [ {{ backend: b, path: / }} ]
+    mapping_rules: [ {{ http_method: ANY, pattern: /, metric: hits }} ]
+    application_plans: [ {{ system_name: basic }} ]
+accounts:
+  - name: acme
+    applications: [ {{ name: shop, product: partners, plan: basic, client_certificates: [ "{fp}" ] }} ]
+"#,
+        both = both.display(),
+        fp = fingerprint(&client1),
+    );
+    let config_file = dir.path().join("tollgate.yaml");
+    std::fs::write(&config_file, yaml).expect("config");
+    let (default_s, default_key_s) = (default.display().to_string(), default_key.display().to_string());
+    let mut args = serve_args(&["--tls-cert", &default_s, "--tls-key", &default_key_s]);
+    args.staging_listen = "tls://127.0.0.1:0".into();
+    let server =
+        tollgate::serve::Server::start(&args, tollgate::serve::Source::File(config_file)).await.expect("serve");
+    let port = server.staging.port();
+
+    let (status, body) = curl(port, "partners.test", Some((&client1, &client1_key))).expect("handshake");
+    assert_eq!(status, 502, "authenticated by its certificate, on to the (absent) backend: {body}");
+    assert!(body.contains("upstream_unavailable"), "{body}");
+    let (status, body) = curl(port, "partners.test", Some((&client2, &client2_key))).expect("handshake");
+    assert_eq!(status, 403, "a verified certificate no application holds: {body}");
+    assert!(body.contains("\"auth_failed\""), "{body}");
+    let (status, body) = curl(port, "partners.test", None).expect("handshake");
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("\"client_certificate_required\""), "{body}");
+}

@@ -247,8 +247,11 @@ async fn products(ctx: Ctx) -> Response {
         .into_response()
 }
 
-const AUTH_MODES: [(&str, &str); 2] =
-    [("user_key", "API key (user_key)"), ("app_id_app_key", "App ID and App Key pair")];
+const AUTH_MODES: [(&str, &str); 3] = [
+    ("user_key", "API key (user_key)"),
+    ("app_id_app_key", "App ID and App Key pair"),
+    ("client_certificate", "Client certificate (mutual TLS; needs the product's client CA)"),
+];
 const LOCATIONS: [(&str, &str); 3] = [
     ("query", "As query parameters (GET) or body parameters"),
     ("headers", "As HTTP headers"),

@@ -94,6 +94,9 @@ pub struct Context<'a> {
     pub started: std::time::Instant,
     /// The request's trace, when it is traced.
     pub trace: Option<crate::trace::TraceCtx>,
+    /// The client certificate of the TLS connection, verified against the product's
+    /// authorities (`tls.client_ca_file`), if one was presented.
+    pub client_certificate: Option<Arc<crate::sni::PeerCertificate>>,
     /// What the policies decided so far ([`Context::decide`]); the proxy carries it out.
     plan: RequestPlan,
 }
@@ -116,6 +119,7 @@ impl<'a> Context<'a> {
             conditions: Vec::new(),
             started: std::time::Instant::now(),
             trace: None,
+            client_certificate: None,
             plan: RequestPlan::default(),
         }
     }
@@ -153,6 +157,9 @@ pub enum Credential {
     /// An application named by a verified token's client id claim (`jwt`): its app_id,
     /// no key needed.
     ClientId(Box<str>),
+    /// The SHA-256 fingerprint (lower-case hex) of the verified client certificate of
+    /// the connection (`client_certificate` products).
+    ClientCertificate(Box<str>),
 }
 
 /// A policy of a product's chain: hooks called at each phase of a request, in chain

@@ -33,6 +33,21 @@ impl Policy for TollgatePolicy {
         let needs_query = product.credentials_in_query() || product.mapper.needs_query();
         let query = if needs_query { QueryArgs::parse(req.uri.query()) } else { QueryArgs::default() };
 
+        // The connection's certificate is the credential (mutual TLS, verified against
+        // the product's authorities before any policy ran).
+        if product.authentication.mode == tollgate_model::AuthMode::ClientCertificate {
+            let Some(cert) = ctx.client_certificate.clone() else {
+                return Flow::Refuse(Refusal::AuthenticationMissing(product.errors.auth_missing.clone()));
+            };
+            let application = product.applications_by_certificate.get(cert.fingerprint()).cloned();
+            return self.identified(
+                req,
+                &query,
+                ctx,
+                application,
+                Credential::ClientCertificate(cert.fingerprint().into()),
+            );
+        }
         let fallback = ctx.default_credentials.clone();
         let found = auth::extract(&product.authentication, req, &query);
         // A client id from a verified token names the application without a key.
@@ -50,6 +65,10 @@ impl Policy for TollgatePolicy {
                         },
                         Credential::ClientId(id) => {
                             Credentials::AppId { app_id: Cow::Owned(id.to_string()), app_key: None }
+                        }
+                        // Never a default credential: default_credentials makes keys only.
+                        Credential::ClientCertificate(_) => {
+                            Credentials::AppId { app_id: Cow::Borrowed(""), app_key: None }
                         }
                     })
                 });
@@ -77,6 +96,23 @@ impl Policy for TollgatePolicy {
                 (application, credential)
             }
         };
+        let application = application.cloned();
+        self.identified(req, &query, ctx, application, credential)
+    }
+}
+
+impl TollgatePolicy {
+    /// The application the credentials named (if any and live), then the usage the
+    /// mapping rules give the request.
+    fn identified(
+        &self,
+        req: &Parts,
+        query: &QueryArgs<'_>,
+        ctx: &mut Context<'_>,
+        application: Option<std::sync::Arc<crate::snapshot::Application>>,
+        credential: Credential,
+    ) -> Flow {
+        let product = ctx.product;
         let Some(application) = application else {
             return Flow::Refuse(Refusal::AuthenticationFailed(product.errors.auth_failed.clone()));
         };
@@ -85,11 +121,11 @@ impl Policy for TollgatePolicy {
         }
 
         let mut usage = Usage::default();
-        if !product.mapper.map(&req.method, req.uri.path(), &query, &mut usage) {
+        if !product.mapper.map(&req.method, req.uri.path(), query, &mut usage) {
             return Flow::Refuse(Refusal::NoMappingRule(product.errors.no_match.clone()));
         }
         ctx.usage = usage.with_ancestors(&product.metrics);
-        ctx.application = Some(application.clone());
+        ctx.application = Some(application);
         ctx.credential = Some(credential);
         Flow::Continue
     }

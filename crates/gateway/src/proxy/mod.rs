@@ -319,6 +319,10 @@ impl Gateway {
         let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
         let mut ctx = Context::new(&product, conn.client_addr, conn.tls, websocket, self.clock.now());
+        // Verified for this product above (or none was presented).
+        if product.client_auth.is_some() {
+            ctx.client_certificate = conn.client_certificate.clone();
+        }
         ctx.trace = parts.extensions.get::<TraceCtx>().copied();
         // The gateway's default, which an `upstream_connection` policy may replace.
         ctx.decide(crate::policy::Decision::Timeouts { send: None, read: Some(self.defaults.read_timeout) });
