@@ -73,6 +73,14 @@ impl Analytics {
         }
     }
 
+    /// Puts back records a write could not store, to go with the next write (summed
+    /// with what was recorded meanwhile): a store that fails for a while loses no usage.
+    pub fn requeue(&self, records: Vec<UsageRecord>) {
+        for r in records {
+            self.record(&r.application, &r.product, std::iter::once((r.metric.as_str(), r.value)), r.minute);
+        }
+    }
+
     /// Takes everything recorded so far.
     pub fn drain(&self) -> Vec<UsageRecord> {
         let mut out = Vec::new();
@@ -109,5 +117,16 @@ mod tests {
         let summary: Vec<(&str, i64, u64)> = got.iter().map(|r| (r.metric.as_str(), r.minute, r.value)).collect();
         assert_eq!(summary, vec![("connect", 120, 1), ("hits", 120, 3), ("hits", 180, 1)]);
         assert!(a.drain().is_empty(), "drained");
+    }
+
+    #[test]
+    fn records_put_back_join_what_came_meanwhile() {
+        let a = Analytics::default();
+        a.record("acme/app", "chat", [("hits", 2)].into_iter(), 120);
+        let failed = a.drain();
+        a.record("acme/app", "chat", [("hits", 1)].into_iter(), 130);
+        a.requeue(failed);
+        let got: Vec<(String, i64, u64)> = a.drain().into_iter().map(|r| (r.metric, r.minute, r.value)).collect();
+        assert_eq!(got, vec![("hits".to_string(), 120, 3)]);
     }
 }

@@ -515,18 +515,22 @@ async fn persist(
 ) -> Result<(), tollgate_store::StoreError> {
     // Both are attempted: a failure of one does not hold the other back.
     let traffic = reporter.report(store).await;
-    let rows: Vec<UsageRow> = analytics
-        .drain()
-        .into_iter()
+    let records = analytics.drain();
+    let rows: Vec<UsageRow> = records
+        .iter()
         .map(|r| UsageRow {
-            application: r.application,
-            product: r.product,
-            metric: r.metric,
+            application: r.application.clone(),
+            product: r.product.clone(),
+            metric: r.metric.clone(),
             minute: r.minute,
             value: r.value as i64,
         })
         .collect();
     let usage = store.add_usage(&rows).await;
+    // One transaction: nothing of it was stored. The records wait for the next write.
+    if usage.is_err() {
+        analytics.requeue(records);
+    }
     traffic.and(usage)
 }
 
@@ -561,7 +565,7 @@ async fn flush_analytics(
         let written = persist(&store, &analytics, &reporter).await;
         drop(turn);
         if let Err(e) = written {
-            tracing::warn!(error = %e, "cannot write analytics to the store");
+            tracing::warn!(error = %e, "cannot write analytics to the store (the usage is kept for the next write)");
         }
         if stopping {
             return;
