@@ -489,9 +489,9 @@ pub fn compile_environment(
             snapshot.products.insert(base.host.into(), product);
         }
     }
-    snapshot.client_verifier = crate::sni::listener_client_verifier(
-        snapshot.products.values().filter_map(|p| p.client_auth.as_ref()).collect::<Vec<_>>().into_iter(),
-    );
+    let verifier =
+        crate::sni::listener_client_verifier(snapshot.products.values().filter_map(|p| p.client_auth.as_ref()));
+    snapshot.client_verifier = verifier;
     (snapshot, errors)
 }
 

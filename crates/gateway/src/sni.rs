@@ -160,14 +160,15 @@ pub fn listener_client_verifier<'a>(
 /// product of the request then checks against its own ([`ClientAuth`]).
 pub struct SnapshotClientVerifier {
     snapshot: SnapshotHandle,
-    schemes: Vec<rustls::SignatureScheme>,
+    /// The provider's signature algorithms, taken once (not per handshake).
+    algorithms: rustls::crypto::WebPkiSupportedAlgorithms,
 }
 
 impl SnapshotClientVerifier {
     /// A verifier following `snapshot`.
     pub fn new(snapshot: SnapshotHandle) -> SnapshotClientVerifier {
-        let schemes = rustls::crypto::ring::default_provider().signature_verification_algorithms.supported_schemes();
-        SnapshotClientVerifier { snapshot, schemes }
+        let algorithms = rustls::crypto::ring::default_provider().signature_verification_algorithms;
+        SnapshotClientVerifier { snapshot, algorithms }
     }
 }
 
@@ -208,8 +209,7 @@ impl rustls::server::danger::ClientCertVerifier for SnapshotClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        let algorithms = rustls::crypto::ring::default_provider().signature_verification_algorithms;
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &algorithms)
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
     }
 
     fn verify_tls13_signature(
@@ -218,12 +218,11 @@ impl rustls::server::danger::ClientCertVerifier for SnapshotClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        let algorithms = rustls::crypto::ring::default_provider().signature_verification_algorithms;
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &algorithms)
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.schemes.clone()
+        self.algorithms.supported_schemes()
     }
 }
 

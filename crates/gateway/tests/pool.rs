@@ -224,6 +224,17 @@ async fn an_unreachable_backend_is_a_connect_error() {
     );
 }
 
+/// An upstream speaking HTTP/2 with prior knowledge (h2c) to `addr`.
+fn h2_upstream(addr: SocketAddr) -> Upstream {
+    let base = BaseUrl::parse(&format!("http://{addr}"), &["http"]).expect("base");
+    let options = tollgate_gateway::upstream::FleetOptions {
+        protocol: tollgate_model::UpstreamProtocol::Http2,
+        ..Default::default()
+    };
+    Upstream::with_endpoints("h2", base, &BackendTls::default(), std::time::Duration::from_secs(5), &[], options, None)
+        .expect("upstream")
+}
+
 /// An HTTP/2 (h2c) backend that allows `streams` concurrent streams per connection and
 /// answers once `hold` requests have arrived: counts connections and requests.
 async fn h2_backend(streams: u32, hold: usize) -> (SocketAddr, Arc<AtomicUsize>) {
@@ -267,21 +278,7 @@ async fn h2_backend(streams: u32, hold: usize) -> (SocketAddr, Arc<AtomicUsize>)
 #[tokio::test]
 async fn http2_requests_share_connections_up_to_the_servers_stream_limit_then_open_more() {
     let (addr, accepted) = h2_backend(2, 6).await;
-    let base = BaseUrl::parse(&format!("http://{addr}"), &["http"]).expect("base");
-    let options = tollgate_gateway::upstream::FleetOptions {
-        protocol: tollgate_model::UpstreamProtocol::Http2,
-        ..Default::default()
-    };
-    let up = Upstream::with_endpoints(
-        "h2",
-        base,
-        &BackendTls::default(),
-        std::time::Duration::from_secs(5),
-        &[],
-        options,
-        None,
-    )
-    .expect("upstream");
+    let up = h2_upstream(addr);
     // The first request learns the server's SETTINGS (2 streams) on its connection.
     let (status, _, _) = read(&up, "/").await;
     assert_eq!(status, 200);
@@ -326,21 +323,7 @@ async fn an_http2_connection_the_backend_closed_is_dropped_and_the_next_request_
             held.lock().expect("lock").push(task.abort_handle());
         }
     });
-    let base = BaseUrl::parse(&format!("http://{addr}"), &["http"]).expect("base");
-    let options = tollgate_gateway::upstream::FleetOptions {
-        protocol: tollgate_model::UpstreamProtocol::Http2,
-        ..Default::default()
-    };
-    let up = Upstream::with_endpoints(
-        "h2",
-        base,
-        &BackendTls::default(),
-        std::time::Duration::from_secs(5),
-        &[],
-        options,
-        None,
-    )
-    .expect("upstream");
+    let up = h2_upstream(addr);
     assert_eq!(read(&up, "/").await.0, 200);
     assert_eq!(up.fleet.endpoints[0].pool.http2_connections(), 1);
     // The backend goes away (a restart, a maximum connection age).

@@ -41,6 +41,14 @@ fn served_subject(port: u16, name: &str) -> String {
         .replace(' ', "")
 }
 
+/// `serve` with a TLS staging listener whose default certificate is `cert`.
+async fn serve_tls(cert: &Path, key: &Path, config: &Path) -> tollgate::serve::Server {
+    let (cert, key) = (cert.display().to_string(), key.display().to_string());
+    let mut args = serve_args(&["--tls-cert", &cert, "--tls-key", &key]);
+    args.staging_listen = "tls://127.0.0.1:0".into();
+    tollgate::serve::Server::start(&args, tollgate::serve::Source::File(config.to_path_buf())).await.expect("serve")
+}
+
 fn config(a: &Path, a_key: &Path, b: &Path, b_key: &Path) -> String {
     let product = |name: &str, tls: &str| {
         format!(
@@ -65,11 +73,7 @@ async fn each_product_has_its_certificate_on_one_listener_and_a_reload_replaces_
     let (b, b_key) = cert_for(dir.path(), "b", "b.test", "first");
     let config_file = dir.path().join("tollgate.yaml");
     std::fs::write(&config_file, config(&a, &a_key, &b, &b_key)).expect("config");
-    let (default_s, default_key_s) = (default.display().to_string(), default_key.display().to_string());
-    let mut args = serve_args(&["--tls-cert", &default_s, "--tls-key", &default_key_s]);
-    args.staging_listen = "tls://127.0.0.1:0".into();
-    let server =
-        tollgate::serve::Server::start(&args, tollgate::serve::Source::File(config_file.clone())).await.expect("serve");
+    let server = serve_tls(&default, &default_key, &config_file).await;
     let port = server.staging.port();
 
     assert_eq!(served_subject(port, "a.test"), "CN=a.test,O=first");
@@ -196,11 +200,7 @@ async fn a_product_that_requires_client_certificates_gets_only_its_own_authoriti
     );
     let config_file = dir.path().join("tollgate.yaml");
     std::fs::write(&config_file, yaml).expect("config");
-    let (default_s, default_key_s) = (default.display().to_string(), default_key.display().to_string());
-    let mut args = serve_args(&["--tls-cert", &default_s, "--tls-key", &default_key_s]);
-    args.staging_listen = "tls://127.0.0.1:0".into();
-    let server =
-        tollgate::serve::Server::start(&args, tollgate::serve::Source::File(config_file)).await.expect("serve");
+    let server = serve_tls(&default, &default_key, &config_file).await;
     let port = server.staging.port();
     // Past the certificate check, the request reaches for the (absent) backend: 502.
     let passed = |r: Option<(u16, String)>| {
@@ -273,11 +273,7 @@ accounts:
     );
     let config_file = dir.path().join("tollgate.yaml");
     std::fs::write(&config_file, yaml).expect("config");
-    let (default_s, default_key_s) = (default.display().to_string(), default_key.display().to_string());
-    let mut args = serve_args(&["--tls-cert", &default_s, "--tls-key", &default_key_s]);
-    args.staging_listen = "tls://127.0.0.1:0".into();
-    let server =
-        tollgate::serve::Server::start(&args, tollgate::serve::Source::File(config_file)).await.expect("serve");
+    let server = serve_tls(&default, &default_key, &config_file).await;
     let port = server.staging.port();
 
     let (status, body) = curl(port, "partners.test", Some((&client1, &client1_key))).expect("handshake");

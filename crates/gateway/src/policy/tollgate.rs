@@ -57,19 +57,17 @@ impl Policy for TollgatePolicy {
             }
             (found, fallback) => {
                 let credentials = found.or_else(|| {
-                    fallback.map(|c| match c {
-                        Credential::UserKey(k) => Credentials::UserKey(Cow::Owned(k.to_string())),
-                        Credential::AppId { app_id, app_key } => Credentials::AppId {
+                    fallback.and_then(|c| match c {
+                        Credential::UserKey(k) => Some(Credentials::UserKey(Cow::Owned(k.to_string()))),
+                        Credential::AppId { app_id, app_key } => Some(Credentials::AppId {
                             app_id: Cow::Owned(app_id.to_string()),
                             app_key: Some(Cow::Owned(app_key.to_string())),
-                        },
+                        }),
                         Credential::ClientId(id) => {
-                            Credentials::AppId { app_id: Cow::Owned(id.to_string()), app_key: None }
+                            Some(Credentials::AppId { app_id: Cow::Owned(id.to_string()), app_key: None })
                         }
-                        // Never a default credential: default_credentials makes keys only.
-                        Credential::ClientCertificate(_) => {
-                            Credentials::AppId { app_id: Cow::Borrowed(""), app_key: None }
-                        }
+                        // Not a default credential (`default_credentials` makes keys only).
+                        Credential::ClientCertificate(_) => None,
                     })
                 });
                 let Some(credentials) = credentials else {

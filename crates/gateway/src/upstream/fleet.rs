@@ -447,16 +447,16 @@ impl Fleet {
             }
             return if has_room(&0) { Ok(0) } else { Err(self.overloaded()) };
         }
-        let open: Vec<usize> = (0..eps.len()).filter(open).collect();
-        if open.is_empty() {
+        // One list, narrowed in place: open, then healthy (unless none is), then with room.
+        let mut candidates: Vec<usize> = (0..eps.len()).filter(open).collect();
+        if candidates.is_empty() {
             return Err(self.none_open());
         }
-        let mut candidates: Vec<usize> = open.iter().copied().filter(|i| eps[*i].state.healthy()).collect();
-        if candidates.is_empty() {
-            if self.options.when_all_unhealthy == WhenAllUnhealthy::Refuse {
-                return Err(self.none_healthy());
-            }
-            candidates = open;
+        let healthy = |i: &usize| eps[*i].state.healthy();
+        if candidates.iter().any(healthy) {
+            candidates.retain(healthy);
+        } else if self.options.when_all_unhealthy == WhenAllUnhealthy::Refuse {
+            return Err(self.none_healthy());
         }
         candidates.retain(has_room);
         if candidates.is_empty() {

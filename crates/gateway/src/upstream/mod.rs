@@ -221,11 +221,10 @@ impl Upstream {
         }
         let deadline = head_due.map(|d| tokio::time::Instant::now() + d);
         let mut tried = Vec::new();
+        // Once a connection failed, what the client hears when no endpoint is left.
+        let mut failed: Option<Refusal> = None;
         loop {
-            let i = match self.fleet.pick(key, &tried) {
-                Ok(i) => i,
-                Err(refusal) => return Err(refusal),
-            };
+            let i = self.fleet.pick(key, &tried).map_err(|refusal| failed.take().unwrap_or(refusal))?;
             let endpoint = &self.fleet.endpoints[i];
             // Another request took the last place under the caps since the pick.
             let Some(mut lease) = self.fleet.lease(i) else {
@@ -262,10 +261,8 @@ impl Upstream {
                 Err(RequestError::Connect(e, unsent)) => {
                     self.fleet.report(i, false);
                     tried.push(i);
-                    if tried.len() >= self.fleet.endpoints.len() || self.fleet.pick(key, &tried).is_err() {
-                        return Err(e.into());
-                    }
-                    tracing::debug!(error = %e, "connect failed; the request goes to another endpoint");
+                    tracing::debug!(error = %e, "connect failed; the request goes to another endpoint if one is left");
+                    failed = Some(e.into());
                     req = *unsent;
                 }
                 Err(RequestError::Http(e)) => {
@@ -290,8 +287,9 @@ impl Upstream {
     /// As [`Upstream::send`]'s connection failures.
     pub async fn connect(&self, key: Option<&[u8]>) -> Result<(UpstreamStream, Lease, usize), crate::refusal::Refusal> {
         let mut tried = Vec::new();
+        let mut failed: Option<crate::refusal::Refusal> = None;
         loop {
-            let i = self.fleet.pick(key, &tried)?;
+            let i = self.fleet.pick(key, &tried).map_err(|refusal| failed.take().unwrap_or(refusal))?;
             let endpoint = &self.fleet.endpoints[i];
             let Some(lease) = self.fleet.lease(i) else {
                 tried.push(i);
@@ -302,9 +300,7 @@ impl Upstream {
                 Err(e) => {
                     self.fleet.report(i, false);
                     tried.push(i);
-                    if tried.len() >= self.fleet.endpoints.len() || self.fleet.pick(key, &tried).is_err() {
-                        return Err(e.into());
-                    }
+                    failed = Some(e.into());
                 }
             }
         }
