@@ -236,12 +236,138 @@ pub struct PeerCertificate {
     checked: std::sync::Mutex<Option<(u64, bool)>>,
     /// The leaf's SHA-256 fingerprint, lower-case hex, made on first use.
     fingerprint: std::sync::OnceLock<Box<str>>,
+    /// The leaf's names, parsed on first use (by templates and conditions).
+    details: std::sync::OnceLock<CertificateDetails>,
+}
+
+/// What templates and conditions read of a client certificate's leaf (the
+/// `client_certificate.*` variables). Empty strings where the certificate has none or
+/// could not be parsed (the handshake verified it, so that is not expected).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct CertificateDetails {
+    /// The subject as an RFC 4514 string: most specific first (`CN=client,O=Example`),
+    /// special characters escaped (§2.4).
+    pub subject: String,
+    /// The issuer, as `subject`.
+    pub issuer: String,
+    /// The subject's first common name (CN), unescaped.
+    pub common_name: String,
+    /// The serial number, lower-case hex without separators.
+    pub serial: String,
+    /// The subject alternative names in OpenSSL's notation, comma and space separated:
+    /// `DNS:api.example.com, URI:spiffe://example/client, email:a@example.com,
+    /// IP Address:127.0.0.1`.
+    pub sans: String,
+}
+
+impl CertificateDetails {
+    /// Reads a certificate (DER); `None` when it does not parse.
+    pub fn parse(der: &[u8]) -> Option<CertificateDetails> {
+        use x509_parser::extensions::GeneralName;
+        let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+        let common_name = cert.subject().iter_common_name().next().and_then(|cn| cn.as_str().ok()).unwrap_or_default();
+        let mut sans = Vec::new();
+        if let Ok(Some(ext)) = cert.subject_alternative_name() {
+            for name in &ext.value.general_names {
+                match name {
+                    GeneralName::DNSName(n) => sans.push(format!("DNS:{n}")),
+                    GeneralName::URI(u) => sans.push(format!("URI:{u}")),
+                    GeneralName::RFC822Name(e) => sans.push(format!("email:{e}")),
+                    GeneralName::IPAddress(ip) => {
+                        let ip = match ip.len() {
+                            4 => <[u8; 4]>::try_from(*ip).ok().map(|a| std::net::IpAddr::from(a).to_string()),
+                            16 => <[u8; 16]>::try_from(*ip).ok().map(|a| std::net::IpAddr::from(a).to_string()),
+                            _ => None,
+                        };
+                        if let Some(ip) = ip {
+                            sans.push(format!("IP Address:{ip}"));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Some(CertificateDetails {
+            subject: rfc4514(cert.subject()),
+            issuer: rfc4514(cert.issuer()),
+            common_name: common_name.to_owned(),
+            serial: match hex::encode(cert.raw_serial()).trim_start_matches('0') {
+                "" => "0".to_owned(),
+                hex => hex.to_owned(),
+            },
+            sans: sans.join(", "),
+        })
+    }
+}
+
+/// A distinguished name as RFC 4514 §2 writes it: the RDNs in reverse order of the
+/// encoding, `+` within a multi-valued RDN, short names where known (else the dotted
+/// OID), values escaped per §2.4 (non-string values as `#` and hex DER, §2.4).
+fn rfc4514(name: &x509_parser::x509::X509Name<'_>) -> String {
+    let registry = x509_parser::objects::oid_registry();
+    let mut out = String::new();
+    let rdns: Vec<_> = name.iter().collect();
+    for (i, rdn) in rdns.iter().rev().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        for (j, attr) in rdn.iter().enumerate() {
+            if j > 0 {
+                out.push('+');
+            }
+            match x509_parser::objects::oid2abbrev(attr.attr_type(), registry) {
+                Ok(short) => out.push_str(short),
+                Err(_) => out.push_str(&attr.attr_type().to_id_string()),
+            }
+            out.push('=');
+            match attr.as_str() {
+                Ok(value) => escape_rfc4514(value, &mut out),
+                Err(_) => {
+                    out.push('#');
+                    out.push_str(&hex::encode(attr.attr_value().data));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// RFC 4514 §2.4: `"+,;<>\` always, `#` and space first, space last, NUL as `\00`.
+fn escape_rfc4514(value: &str, out: &mut String) {
+    let last = value.chars().count().saturating_sub(1);
+    for (i, c) in value.chars().enumerate() {
+        match c {
+            '"' | '+' | ',' | ';' | '<' | '>' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            '#' | ' ' if i == 0 => {
+                out.push('\\');
+                out.push(c);
+            }
+            ' ' if i == last => out.push_str("\\ "),
+            '\0' => out.push_str("\\00"),
+            c => out.push(c),
+        }
+    }
 }
 
 impl PeerCertificate {
     /// A chain as the handshake gave it.
     pub fn new(chain: Vec<CertificateDer<'static>>) -> PeerCertificate {
-        PeerCertificate { chain, checked: std::sync::Mutex::new(None), fingerprint: std::sync::OnceLock::new() }
+        PeerCertificate {
+            chain,
+            checked: std::sync::Mutex::new(None),
+            fingerprint: std::sync::OnceLock::new(),
+            details: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The leaf's subject, issuer, serial and alternative names, parsed on first use.
+    pub fn details(&self) -> &CertificateDetails {
+        self.details.get_or_init(|| {
+            self.chain.first().and_then(|leaf| CertificateDetails::parse(leaf.as_ref())).unwrap_or_default()
+        })
     }
 
     /// The SHA-256 fingerprint of the leaf, lower-case hex (as an application's

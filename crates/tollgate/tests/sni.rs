@@ -113,6 +113,12 @@ fn check_names_the_certificate_file_at_fault() {
 
 /// A CA (`name`), and a client certificate it issued: (ca, client cert, client key).
 fn ca_and_client(dir: &Path, name: &str) -> (PathBuf, PathBuf, PathBuf) {
+    ca_and_client_with(dir, name, &format!("/CN={name} client"), "")
+}
+
+/// As `ca_and_client`, the client's certificate with subject `subj` (openssl's `/K=V`
+/// notation) and `ext` added to its v3 extensions.
+fn ca_and_client_with(dir: &Path, name: &str, subj: &str, ext: &str) -> (PathBuf, PathBuf, PathBuf) {
     let run = |args: &[&str]| {
         let out = Command::new("openssl").args(args).current_dir(dir).output().expect("openssl");
         assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
@@ -126,12 +132,12 @@ fn ca_and_client(dir: &Path, name: &str) -> (PathBuf, PathBuf, PathBuf) {
         &["-days", "2", "-subj", &format!("/CN={name} CA"), "-keyout", &ca_key, "-out", &ca],
     ]
     .concat());
-    run(&[&["req", "-new"][..], &ec, &["-subj", &format!("/CN={name} client"), "-keyout", &key, "-out", &csr]].concat());
+    run(&[&["req", "-new"][..], &ec, &["-subj", subj, "-keyout", &key, "-out", &csr]].concat());
     // A v3 certificate for client authentication (webpki refuses v1 certificates).
-    let ext = format!("{name}.ext");
+    let extensions = format!("{name}.ext");
     std::fs::write(
-        dir.join(&ext),
-        "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=clientAuth\n",
+        dir.join(&extensions),
+        format!("basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=clientAuth\n{ext}"),
     )
     .expect("ext");
     run(&[
@@ -147,7 +153,7 @@ fn ca_and_client(dir: &Path, name: &str) -> (PathBuf, PathBuf, PathBuf) {
         "-days",
         "2",
         "-extfile",
-        &ext,
+        &extensions,
         "-out",
         &cert,
     ]);
@@ -161,13 +167,23 @@ fn curl(port: u16, host: &str, client: Option<(&Path, &Path)>) -> Option<(u16, S
 }
 
 fn curl_with(port: u16, host: &str, client: Option<(&Path, &Path)>, extra: &[&str]) -> Option<(u16, String)> {
+    curl_at(port, host, "/?user_key=k", client, extra)
+}
+
+fn curl_at(
+    port: u16,
+    host: &str,
+    target: &str,
+    client: Option<(&Path, &Path)>,
+    extra: &[&str],
+) -> Option<(u16, String)> {
     let mut cmd = Command::new("curl");
     cmd.args(extra);
     cmd.args(["-sk", "-o", "-", "-w", "\n%{http_code}", "--resolve", &format!("{host}:{port}:127.0.0.1")]);
     if let Some((cert, key)) = client {
         cmd.arg("--cert").arg(cert).arg("--key").arg(key);
     }
-    let out = cmd.arg(format!("https://{host}:{port}/?user_key=k")).output().expect("curl");
+    let out = cmd.arg(format!("https://{host}:{port}{target}")).output().expect("curl");
     if !out.status.success() {
         return None;
     }
@@ -285,4 +301,96 @@ accounts:
     let (status, body) = curl(port, "partners.test", None).expect("handshake");
     assert_eq!(status, 403, "{body}");
     assert!(body.contains("\"client_certificate_required\""), "{body}");
+}
+
+/// `openssl x509 -noout -FIELD` of `cert`: the value after `=`.
+fn openssl_field(cert: &Path, field: &str) -> String {
+    let out = Command::new("openssl").args(["x509", "-noout", field, "-in"]).arg(cert).output().expect("openssl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.trim().split_once('=').expect("field=value").1.to_owned()
+}
+
+// The example of docs/policies.md ("client_certificate.*" templates): the certificate's
+// names reach the backend in headers, and a condition on its subject guards a path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_certificate_fields_fill_templates_and_conditions() {
+    let dir = TempDir::new();
+    let (default, default_key) = make_cert(dir.path());
+    let sans = "subjectAltName=DNS:client.example,URI:spiffe://example/ops,email:ops@example.com,IP:10.0.0.1\n";
+    let (ca_ops, ops, ops_key) = ca_and_client_with(dir.path(), "ops", "/O=Example, Inc./OU=ops/CN=ops client", sans);
+    let (ca_dev, dev, dev_key) = ca_and_client_with(dir.path(), "dev", "/O=Example, Inc./OU=dev/CN=dev client", "");
+    let both = dir.path().join("both-ca.pem");
+    let pems = std::fs::read_to_string(&ca_ops).expect("ca") + &std::fs::read_to_string(&ca_dev).expect("ca");
+    std::fs::write(&both, pems).expect("both");
+    let backend = http_backend().await;
+    let yaml = format!(
+        r#"
+backends: [ {{ system_name: b, private_base_url: "http://{backend}" }} ]
+products:
+  - system_name: secure
+    staging_public_base_url: https://secure.test
+    production_public_base_url: https://secure-production.test
+    tls: {{ client_ca_file: {both} }}
+    backend_usages: [ {{ backend: b, path: / }} ]
+    mapping_rules: [ {{ http_method: ANY, pattern: /, metric: hits }} ]
+    application_plans: [ {{ system_name: basic }} ]
+    policy_chain:
+      - name: headers
+        configuration:
+          request:
+            - {{ op: set, header: X-Client-Subject, value: "{{{{ client_certificate.subject }}}}" }}
+            - {{ op: set, header: X-Client-Fingerprint, value: "{{{{ client_certificate.fingerprint }}}}" }}
+            - {{ op: set, header: X-Client-Rest, value: "{{{{ client_certificate.common_name }}}}|{{{{ client_certificate.issuer }}}}|{{{{ client_certificate.serial }}}}|{{{{ client_certificate.sans }}}}" }}
+      - name: ip_check
+        configuration:
+          check_type: deny
+          ips: ["0.0.0.0/0", "::/0"]
+          error_message: "an ops certificate is required"
+          condition:
+            operations:
+              - {{ left: "{{{{ path }}}}", op: matches, right: "^/admin/" }}
+              - {{ left: "{{{{ client_certificate.subject }}}}", op: not_matches, right: "(^|,)OU=ops(,|$)" }}
+      - name: tollgate
+accounts:
+  - name: acme
+    applications: [ {{ name: shop, product: secure, plan: basic, user_key: k }} ]
+"#,
+        both = both.display(),
+    );
+    let config_file = dir.path().join("tollgate.yaml");
+    std::fs::write(&config_file, yaml).expect("config");
+    let server = serve_tls(&default, &default_key, &config_file).await;
+    let port = server.staging.port();
+    let header = |body: &str, name: &str| {
+        let v: serde_json::Value = serde_json::from_str(body).unwrap_or_else(|_| panic!("json: {body}"));
+        v["headers"][name].as_str().unwrap_or_default().to_owned()
+    };
+
+    let (status, body) = curl_at(port, "secure.test", "/items?user_key=k", Some((&ops, &ops_key)), &[]).expect("tls");
+    assert_eq!(status, 200, "{body}");
+    // RFC 4514: most specific first, the comma in the organization escaped.
+    assert_eq!(header(&body, "x-client-subject"), "CN=ops client,OU=ops,O=Example\\, Inc.");
+    assert_eq!(header(&body, "x-client-fingerprint"), fingerprint(&ops).replace(':', "").to_lowercase());
+    let serial = openssl_field(&ops, "-serial").to_lowercase();
+    assert_eq!(
+        header(&body, "x-client-rest"),
+        format!(
+            "ops client|CN=ops CA|{}|DNS:client.example, URI:spiffe://example/ops, email:ops@example.com, IP Address:10.0.0.1",
+            serial.trim_start_matches('0')
+        )
+    );
+    let (status, body) = curl_at(port, "secure.test", "/admin/x?user_key=k", Some((&ops, &ops_key)), &[]).expect("tls");
+    assert_eq!(status, 200, "an ops certificate reaches /admin/: {body}");
+
+    let (status, body) = curl_at(port, "secure.test", "/admin/x?user_key=k", Some((&dev, &dev_key)), &[]).expect("tls");
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("\"ip_denied\"") && body.contains("an ops certificate is required"), "{body}");
+    let (status, body) = curl_at(port, "secure.test", "/items?user_key=k", Some((&dev, &dev_key)), &[]).expect("tls");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(header(&body, "x-client-subject"), "CN=dev client,OU=dev,O=Example\\, Inc.");
+    let (status, body) = curl_at(port, "secure.test", "/admin/x?user_key=k", None, &[]).expect("tls");
+    assert_eq!(status, 403, "no certificate, no /admin/: {body}");
+    let (status, body) = curl_at(port, "secure.test", "/items?user_key=k", None, &[]).expect("tls");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(header(&body, "x-client-subject"), "", "no certificate: the variables are empty");
 }

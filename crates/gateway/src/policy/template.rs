@@ -13,6 +13,11 @@
 //! | `query['name']` | a query argument (first value, percent-decoded) |
 //! | `application.id`, `application.plan` | the application, once `tollgate` identified it |
 //! | `jwt.CLAIM` | a claim of the request's validated JWT (`jwt` policy) |
+//! | `client_certificate.fingerprint` | the client certificate's SHA-256, lower-case hex |
+//! | `client_certificate.subject`, `client_certificate.issuer` | its names, RFC 4514 (`CN=client,O=Example`) |
+//! | `client_certificate.common_name` | the subject's CN |
+//! | `client_certificate.serial` | its serial number, lower-case hex |
+//! | `client_certificate.sans` | its alternative names, OpenSSL's notation (`DNS:a.example, URI:spiffe://x, email:a@example, IP Address:10.0.0.1`) |
 //! | `now` | Unix seconds |
 //!
 //! `{{` and `}}` around a variable may hold spaces; `{{` without a closing `}}` is a
@@ -49,6 +54,26 @@ pub enum Var {
     Claim(Box<str>),
     /// `now`: Unix seconds.
     Now,
+    /// `client_certificate.FIELD`: a field of the connection's client certificate, when
+    /// the product verified one (`tls.client_ca_file`); empty otherwise.
+    ClientCertificate(CertificateField),
+}
+
+/// A field of a client certificate a template can read (`client_certificate.FIELD`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CertificateField {
+    /// `fingerprint`: SHA-256 of the leaf, lower-case hex.
+    Fingerprint,
+    /// `subject`: RFC 4514.
+    Subject,
+    /// `issuer`: RFC 4514.
+    Issuer,
+    /// `common_name`: the subject's CN.
+    CommonName,
+    /// `serial`: lower-case hex.
+    Serial,
+    /// `sans`: the subject alternative names, OpenSSL's notation.
+    Sans,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,7 +89,7 @@ pub struct Template {
 }
 
 /// The variables a template may use, as listed in error messages.
-pub const VARIABLES: &str = "remote_addr, host, method, path, query, headers['NAME'], query['NAME'], application.id, application.plan, jwt.CLAIM, now";
+pub const VARIABLES: &str = "remote_addr, host, method, path, query, headers['NAME'], query['NAME'], application.id, application.plan, jwt.CLAIM, client_certificate.{fingerprint,subject,issuer,common_name,serial,sans}, now";
 
 /// `name['key']` or `name["key"]` → key.
 fn indexed<'a>(expr: &'a str, name: &str) -> Option<&'a str> {
@@ -85,6 +110,12 @@ fn variable(expr: &str) -> Result<Var, String> {
         "application.id" => Var::ApplicationId,
         "application.plan" => Var::ApplicationPlan,
         "now" => Var::Now,
+        "client_certificate.fingerprint" => Var::ClientCertificate(CertificateField::Fingerprint),
+        "client_certificate.subject" => Var::ClientCertificate(CertificateField::Subject),
+        "client_certificate.issuer" => Var::ClientCertificate(CertificateField::Issuer),
+        "client_certificate.common_name" => Var::ClientCertificate(CertificateField::CommonName),
+        "client_certificate.serial" => Var::ClientCertificate(CertificateField::Serial),
+        "client_certificate.sans" => Var::ClientCertificate(CertificateField::Sans),
         _ => {
             if let Some(h) = indexed(expr, "headers") {
                 Var::Header(HeaderName::from_bytes(h.as_bytes()).map_err(|_| format!("`{h}` is not a header name"))?)
@@ -202,6 +233,18 @@ fn value(v: &Var, req: &Parts, ctx: &Context<'_>, out: &mut String) {
         Var::Now => {
             let _ = write!(out, "{}", ctx.now);
         }
+        Var::ClientCertificate(field) => {
+            if let Some(cert) = &ctx.client_certificate {
+                out.push_str(match field {
+                    CertificateField::Fingerprint => cert.fingerprint(),
+                    CertificateField::Subject => &cert.details().subject,
+                    CertificateField::Issuer => &cert.details().issuer,
+                    CertificateField::CommonName => &cert.details().common_name,
+                    CertificateField::Serial => &cert.details().serial,
+                    CertificateField::Sans => &cert.details().sans,
+                });
+            }
+        }
     }
 }
 
@@ -229,5 +272,11 @@ mod tests {
         assert!(Template::parse("a {{ path").expect_err("unclosed").contains("without a closing"));
         assert!(Template::parse("{{ headers['bad header'] }}").expect_err("name").contains("not a header name"));
         assert!(Template::parse("{{ jwt. }}").is_err());
+        let e = Template::parse("{{ client_certificate.subjet }}").expect_err("unknown field");
+        assert!(e.contains("client_certificate.{fingerprint,subject"), "{e}");
+        assert_eq!(
+            Template::parse("{{ client_certificate.sans }}").expect("parses").parts,
+            [Part::Var(Var::ClientCertificate(CertificateField::Sans))]
+        );
     }
 }
