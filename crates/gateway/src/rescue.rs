@@ -50,8 +50,11 @@ pub fn respond(refusal: Refusal, metrics: &EnvMetrics) -> Response<GatewayBody> 
         Refusal::BadUpgrade(_) => {
             resp.headers_mut().insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
         }
-        Refusal::TokenRefused { status: StatusCode::UNAUTHORIZED, .. } => {
-            resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        // RFC 6750 §3: no token, the bare challenge; a token refused, `invalid_token`
+        // (RFC 8705 §3 for a token bound to another certificate).
+        Refusal::TokenRefused { status: StatusCode::UNAUTHORIZED, code, .. } => {
+            let challenge = if *code == "jwt_missing" { "Bearer" } else { "Bearer error=\"invalid_token\"" };
+            resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
         }
         _ => {}
     }

@@ -394,3 +394,84 @@ accounts:
     assert_eq!(status, 200, "{body}");
     assert_eq!(header(&body, "x-client-subject"), "", "no certificate: the variables are empty");
 }
+
+/// An HS256 JWT of `claims` under `secret`.
+fn hs256(secret: &str, claims: &serde_json::Value) -> String {
+    use base64::Engine as _;
+    let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    let input = format!("{}.{}", b64(br#"{"alg":"HS256","typ":"JWT"}"#), b64(claims.to_string().as_bytes()));
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes());
+    format!("{input}.{}", b64(ring::hmac::sign(&key, input.as_bytes()).as_ref()))
+}
+
+/// RFC 8705 §3.1's `x5t#S256` of `cert`: base64url of the SHA-256 openssl prints.
+fn x5t_s256(cert: &Path) -> String {
+    use base64::Engine as _;
+    let hex = fingerprint(cert).replace(':', "");
+    let bytes: Vec<u8> =
+        (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex")).collect();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+// RFC 8705 (OAuth 2.0 mutual TLS): a token bound to one client certificate passes only
+// with that certificate; `require_certificate_binding` refuses unbound tokens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_bound_token_passes_only_with_its_certificate() {
+    const SECRET: &str = "a-shared-secret-of-at-least-32-bytes!!";
+    let dir = TempDir::new();
+    let (default, default_key) = make_cert(dir.path());
+    let (ca, one, one_key) = ca_and_client(dir.path(), "one");
+    let (ca2, two, two_key) = ca_and_client(dir.path(), "two");
+    // Both authorities: the second client's certificate verifies, its thumbprint differs.
+    let ca = {
+        let both = dir.path().join("both-ca.pem");
+        let pems = std::fs::read_to_string(&ca).expect("ca") + &std::fs::read_to_string(&ca2).expect("ca2");
+        std::fs::write(&both, pems).expect("both");
+        both
+    };
+    let product = |name: &str, required: bool| {
+        format!(
+            "  - system_name: {name}\n    staging_public_base_url: https://{name}.test\n    production_public_base_url: https://{name}-production.test\n    tls: {{ client_ca_file: {ca} }}\n    backend_usages: [ {{ backend: b, path: / }} ]\n    mapping_rules: [ {{ http_method: ANY, pattern: /, metric: hits }} ]\n    policy_chain:\n      - {{ name: jwt, configuration: {{ secret: \"{SECRET}\", require_certificate_binding: {required} }} }}\n      - {{ name: tollgate, enabled: false }}\n",
+            ca = ca.display()
+        )
+    };
+    let yaml = format!(
+        "backends: [ {{ system_name: b, private_base_url: \"http://127.0.0.1:9\" }} ]\nproducts:\n{}{}",
+        product("bound", false),
+        product("strict", true)
+    );
+    let config_file = dir.path().join("tollgate.yaml");
+    std::fs::write(&config_file, yaml).expect("config");
+    let server = serve_tls(&default, &default_key, &config_file).await;
+    let port = server.staging.port();
+    let exp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("now").as_secs() + 600;
+    let bound = hs256(SECRET, &serde_json::json!({ "sub": "c", "exp": exp, "cnf": { "x5t#S256": x5t_s256(&one) } }));
+    let unbound = hs256(SECRET, &serde_json::json!({ "sub": "c", "exp": exp }));
+    let call = |host: &str, token: &str, client: Option<(&Path, &Path)>| {
+        let auth = format!("Authorization: Bearer {token}");
+        // `-D -`: the response's head before its body.
+        let args = if token.is_empty() { vec!["-D", "-"] } else { vec!["-H", &auth, "-D", "-"] };
+        curl_at(port, host, "/", client, &args).expect("handshake")
+    };
+    // Past the token, the request reaches for the (absent) backend: 502.
+    let (status, body) = call("bound.test", &bound, Some((&one, &one_key)));
+    assert_eq!(status, 502, "its certificate: {body}");
+    let (status, body) = call("bound.test", &bound, Some((&two, &two_key)));
+    assert_eq!(status, 401, "another certificate of the same authority: {body}");
+    assert!(body.contains("\"jwt_certificate_mismatch\"") && body.contains("bound to another"), "{body}");
+    assert!(body.to_lowercase().contains("www-authenticate: bearer error=\"invalid_token\""), "RFC 6750 §3: {body}");
+    let (status, body) = call("bound.test", &bound, None);
+    assert_eq!(status, 401, "no certificate: {body}");
+    assert!(body.contains("none was presented"), "{body}");
+    let (status, body) = call("bound.test", "", None);
+    assert_eq!(status, 401, "no token: {body}");
+    assert!(body.to_lowercase().contains("www-authenticate: bearer\r\n"), "RFC 6750 §3: {body}");
+    let (status, body) = call("bound.test", &unbound, None);
+    assert_eq!(status, 502, "an unbound token where binding is not required: {body}");
+
+    let (status, body) = call("strict.test", &unbound, Some((&one, &one_key)));
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("not bound to a client certificate"), "{body}");
+    let (status, body) = call("strict.test", &bound, Some((&one, &one_key)));
+    assert_eq!(status, 502, "{body}");
+}

@@ -4,6 +4,8 @@
 //! expiry and not-before (with leeway); maps a claim to the application (OpenID
 //! Connect's client id is the application's `app_id`); and checks claims per method and
 //! path (403). A WebSocket opened with a token closes with 1008 when the token expires.
+//! A certificate-bound token (RFC 8705 §3: a `cnf` claim with `x5t#S256`) is accepted
+//! only on a connection whose verified client certificate has that SHA-256 thumbprint.
 //!
 //! ```yaml
 //! - name: jwt
@@ -118,6 +120,10 @@ pub(super) struct Config {
     /// Checks on claims per method and path; a failed check is 403.
     #[serde(default)]
     claim_checks: Vec<ClaimCheckConfig>,
+    /// Whether every token must be certificate-bound (RFC 8705 `cnf.x5t#S256`); a bound
+    /// token is checked against the client certificate either way (default false).
+    #[serde(default)]
+    require_certificate_binding: bool,
 }
 
 fn default_refresh() -> u64 {
@@ -179,6 +185,8 @@ pub struct JwtPolicy {
     sources: Vec<Source>,
     query_param: String,
     checks: Vec<ClaimCheck>,
+    /// `require_certificate_binding`.
+    require_binding: bool,
 }
 
 /// A `jsonwebtoken` validation that checks the signature with `alg` and nothing else:
@@ -333,6 +341,7 @@ impl JwtPolicy {
             sources: if c.token_sources.is_empty() { vec![Source::Authorization] } else { c.token_sources },
             query_param: c.query_param,
             checks,
+            require_binding: c.require_certificate_binding,
         })
     }
 
@@ -492,6 +501,35 @@ fn subprotocol_token(req: &request::Parts) -> Option<&str> {
     offered_protocols(req).find(|e| e.split('.').count() == 3 && e.len() > 20)
 }
 
+/// RFC 8705 §3: a token with `cnf.x5t#S256` (the base64url SHA-256 of the DER
+/// certificate its client was issued for) is accepted only from a connection whose
+/// verified client certificate is that one; without `cnf.x5t#S256`, it is accepted unless
+/// `required`. `Err` is the refusal's message.
+fn certificate_binding(
+    claims: &serde_json::Map<String, serde_json::Value>,
+    certificate: Option<&crate::sni::PeerCertificate>,
+    required: bool,
+) -> Result<(), &'static str> {
+    let Some(thumbprint) = claims.get("cnf").and_then(|c| c.get("x5t#S256")) else {
+        return if required { Err("the token is not bound to a client certificate") } else { Ok(()) };
+    };
+    let Some(thumbprint) = thumbprint.as_str() else { return Err("the token's cnf.x5t#S256 is not a string") };
+    let Some(certificate) = certificate else {
+        return Err("the token is bound to a client certificate and none was presented");
+    };
+    use base64::Engine as _;
+    let Some(leaf) = certificate.chain.first() else { return Err("no client certificate") };
+    let own = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(ring::digest::digest(&ring::digest::SHA256, leaf.as_ref()).as_ref());
+    // The thumbprint is public (it is in the token): a plain comparison. Padding a
+    // producer may have left is not part of base64url (RFC 7515 §2).
+    if thumbprint.trim_end_matches('=') == own {
+        Ok(())
+    } else {
+        Err("the token is bound to another client certificate")
+    }
+}
+
 fn refusal(status: StatusCode, code: &'static str, message: &'static str) -> Flow {
     Flow::Refuse(Refusal::TokenRefused { status, code, message })
 }
@@ -528,6 +566,9 @@ impl Policy for JwtPolicy {
             Ok(c) => c,
             Err(why) => return refusal(StatusCode::UNAUTHORIZED, "jwt_invalid", why),
         };
+        if let Err(why) = certificate_binding(&claims, ctx.client_certificate.as_deref(), self.require_binding) {
+            return refusal(StatusCode::UNAUTHORIZED, "jwt_certificate_mismatch", why);
+        }
         if let Some(expires) = claims.get("exp").and_then(serde_json::Value::as_i64) {
             ctx.decide(Decision::SessionExpires(expires));
         }
