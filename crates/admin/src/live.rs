@@ -27,6 +27,7 @@ pub async fn snapshots(store: &Store, registry: &Registry) -> ApiResult<(Snapsho
                 continue;
             };
             product.application_plans = world.product(row).application_plans;
+            let backends = backends.into_iter().map(|b| with_live_drains(b, &world)).collect();
             units.push((format!("{}@{} v{}", row.system_name, env.as_str(), v.version), product, backends));
         }
         let sources: Vec<ProductSource<'_>> = units
@@ -49,4 +50,19 @@ pub async fn snapshots(store: &Store, registry: &Registry) -> ApiResult<(Snapsho
     let production = out.pop().unwrap_or_else(|| Snapshot::empty(Environment::Production));
     let staging = out.pop().unwrap_or_else(|| Snapshot::empty(Environment::Staging));
     Ok((staging, production))
+}
+
+/// A serving version of a backend with the drain flags of the stored (live) backend:
+/// draining is operational state, applied to every environment and version at once
+/// (`POST /backends/{b}/endpoints/{address}/drain`), not configuration that waits for a
+/// deploy. Endpoints the live backend no longer lists keep the version's flag.
+fn with_live_drains(mut backend: Backend, world: &World) -> Backend {
+    let Some(live) = world.backends.iter().find(|r| r.system_name == backend.system_name) else { return backend };
+    for e in &mut backend.endpoints {
+        let key = e.canonical();
+        if let Some(l) = live.doc.endpoints.iter().find(|l| key.is_some() && l.canonical() == key) {
+            e.drain = l.drain;
+        }
+    }
+    backend
 }

@@ -46,6 +46,9 @@ const OPS: &[Op] = &[
     op("get", "/backends/{b}", "Read a backend", None, Ok::One(200, "Backend")),
     op("put", "/backends/{b}", "Replace a backend", Some("Backend"), Ok::One(200, "Backend")),
     op("delete", "/backends/{b}", "Delete a backend (409 while a product uses it)", None, Ok::Empty),
+    op("get", "/backends/{b}/endpoints", "The backend's endpoints with their state on this node, per environment", None, Ok::Object(200)),
+    op("post", "/backends/{b}/endpoints/{address}/drain", "Drain an endpoint in both environments at once (no deploy)", None, Ok::Object(200)),
+    op("delete", "/backends/{b}/endpoints/{address}/drain", "Stop draining an endpoint", None, Ok::Object(200)),
     op("get", "/products", "List products", None, Ok::Object(200)),
     op("post", "/products", "Create a product (its draft, and plans)", Some("Product"), Ok::Object(201)),
     op("get", "/products/{p}", "Read a product", None, Ok::Object(200)),
@@ -205,6 +208,7 @@ pub fn document() -> Value {
                     "app" => "acme-chat",
                     "env" => "staging",
                     "name" => "viewer",
+                    "address" => "127.0.0.1:3001",
                     _ => "1",
                 };
                 json!({ "name": name, "in": "path", "required": true, "schema": { "type": "string" }, "example": example,

@@ -202,6 +202,8 @@ pub fn routes() -> Router<Arc<AdminState>> {
     Router::new()
         .route("/backends", get(backends_list).post(backend_create))
         .route("/backends/{b}", get(backend_get).put(backend_put).delete(backend_delete))
+        .route("/backends/{b}/endpoints", get(backend_endpoints))
+        .route("/backends/{b}/endpoints/{address}/drain", post(endpoint_drain).delete(endpoint_undrain))
         .route("/products", get(products_list).post(product_create))
         .route("/products/{p}", get(product_get).put(product_put).delete(product_delete))
         .route("/products/{p}/backend_usages", get(nested_list::<Usages>).post(nested_create::<Usages>))
@@ -298,6 +300,104 @@ async fn backend_delete(State(s): St, Path(b): Path<String>) -> ApiResult<Status
     s.store.delete(Table::Backends, row.id).await?;
     s.changed();
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// The backend's endpoints as configured (its live row), each with the state this
+/// node's gateways keep of it per environment (`null` where that environment serves no
+/// version naming it); endpoints the serving versions still use but the backend no
+/// longer lists come last, with `configured: false`.
+pub(crate) fn endpoints_view(backend: &Backend) -> Value {
+    let reports = tollgate_gateway::upstream::endpoint_reports(&backend.system_name);
+    let configured: Vec<tollgate_model::Endpoint> = match backend.endpoints.is_empty() {
+        false => backend.endpoints.clone(),
+        // Without `endpoints`, the base URL's host is the one endpoint.
+        true => tollgate_model::BaseUrl::parse(&backend.private_base_url, &["http", "https", "ws", "wss"])
+            .ok()
+            .map(|u| {
+                let host = if u.host.contains(':') { format!("[{}]", u.host) } else { u.host.clone() };
+                tollgate_model::Endpoint { address: format!("{host}:{}", u.port), weight: 1, drain: false }
+            })
+            .into_iter()
+            .collect(),
+    };
+    let canonical =
+        |address: &str| tollgate_model::Endpoint { address: address.to_owned(), weight: 1, drain: false }.canonical();
+    let mut used = vec![false; reports.len()];
+    let mut state_of = |key: Option<(String, u16)>, env: &str| {
+        let i = reports
+            .iter()
+            .enumerate()
+            .position(|(i, r)| !used[i] && r.environment == env && key.is_some() && canonical(&r.address) == key)?;
+        used[i] = true;
+        serde_json::to_value(&reports[i]).ok()
+    };
+    let mut out = Vec::new();
+    for e in &configured {
+        let key = e.canonical();
+        out.push(json!({
+            "address": e.address, "weight": e.weight, "drain": e.drain, "configured": true,
+            "staging": state_of(key.clone(), "staging"), "production": state_of(key, "production"),
+        }));
+    }
+    for (i, r) in reports.iter().enumerate() {
+        if !used[i] {
+            let mut states = json!({ "staging": null, "production": null });
+            states[r.environment] = serde_json::to_value(r).unwrap_or(Value::Null);
+            out.push(json!({ "address": r.address, "weight": null, "drain": null, "configured": false,
+                "staging": states["staging"], "production": states["production"] }));
+        }
+    }
+    json!({ "backend": backend.system_name, "endpoints": out })
+}
+
+async fn backend_endpoints(State(s): St, Path(b): Path<String>) -> ApiResult<Json<Value>> {
+    let row: Row<Backend> = find(&s, Table::Backends, None, &b, "backend").await?;
+    Ok(Json(endpoints_view(&row.doc)))
+}
+
+async fn endpoint_drain(State(s): St, Path((b, address)): Path<(String, String)>) -> ApiResult<Json<Value>> {
+    set_drain(&s, &b, &address, true).await
+}
+
+async fn endpoint_undrain(State(s): St, Path((b, address)): Path<(String, String)>) -> ApiResult<Json<Value>> {
+    set_drain(&s, &b, &address, false).await
+}
+
+/// Starts or stops draining one endpoint of a backend: its `drain` flag in the stored
+/// backend, which gateways apply to every serving version of it at once, without a
+/// deploy (see `live::snapshots`). Answers the endpoints' view once this node serves it.
+async fn set_drain(s: &AdminState, b: &str, address: &str, drain: bool) -> ApiResult<Json<Value>> {
+    let row: Row<Backend> = find(s, Table::Backends, None, b, "backend").await?;
+    if row.doc.endpoints.is_empty() {
+        return Err(ApiError::conflict(format!(
+            "backend `{}` has no `endpoints` list: its base URL's host is its only endpoint, which cannot drain; list its instances in `endpoints`",
+            row.system_name
+        )));
+    }
+    let wanted = tollgate_model::Endpoint { address: address.to_owned(), weight: 1, drain }.canonical();
+    let Some(i) = row.doc.endpoints.iter().position(|e| wanted.is_some() && e.canonical() == wanted) else {
+        let known: Vec<&str> = row.doc.endpoints.iter().map(|e| e.address.as_str()).collect();
+        return Err(ApiError::not_found(&format!(
+            "endpoint `{address}` of backend `{}` (its endpoints: {})",
+            row.system_name,
+            known.join(", ")
+        ))
+        .field("address"));
+    };
+    if row.doc.endpoints[i].drain != drain {
+        let mut backend = row.doc.clone();
+        backend.endpoints[i].drain = drain;
+        let mut world = World::load(&s.store).await?;
+        let index = world.backend_index(row.id);
+        World::put(&mut world.backends, Row { doc: backend.clone(), ..row.clone() });
+        world.check(&format!("backends[{index}]"))?;
+        s.store.update(Table::Backends, row.id, row.revision, &backend).await?;
+        s.changed();
+        // The view below shows the drain once this node's gateways serve it.
+        s.settle().await;
+        return Ok(Json(endpoints_view(&backend)));
+    }
+    Ok(Json(endpoints_view(&row.doc)))
 }
 
 // ---------------------------------------------------------------- products

@@ -300,6 +300,16 @@ pub struct CircuitBreaker {
 }
 
 impl Endpoint {
+    /// The endpoint's identity however its address is spelled — the host lower-case
+    /// without a trailing dot, an IP address in its canonical form, the port as a
+    /// number — so that `API-1.internal.:08080` and `api-1.internal:8080` are one.
+    /// `None` when the address is not valid ([`Endpoint::host_port`]).
+    pub fn canonical(&self) -> Option<(String, u16)> {
+        let (host, port) = self.host_port().ok()?;
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        Some((host.parse::<std::net::IpAddr>().map_or(host, |ip| ip.to_string()), port))
+    }
+
     /// The address's host (without brackets) and port.
     ///
     /// # Errors

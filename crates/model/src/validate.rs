@@ -533,12 +533,10 @@ fn fleet(c: &mut Checker, path: &str, b: &Backend) {
             Err(e) => {
                 c.err(format!("{at}.address"), e, "write it like 10.0.0.5:8080, [fd00::5]:8080 or api-1.internal:8080")
             }
-            Ok((host, port)) => {
+            Ok(_) => {
                 // The same endpoint however spelled: case, a trailing dot, IPv6 forms,
                 // leading zeros in the port.
-                let host = host.trim_end_matches('.').to_ascii_lowercase();
-                let host = host.parse::<std::net::IpAddr>().map_or(host, |ip| ip.to_string());
-                if let Some(first) = seen.insert((host, port), j) {
+                if let Some(first) = e.canonical().and_then(|key| seen.insert(key, j)) {
                     c.err(
                         format!("{at}.address"),
                         format!("`{}` is the same endpoint as endpoints[{first}]", e.address),

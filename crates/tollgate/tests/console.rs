@@ -434,3 +434,55 @@ async fn every_catalogue_policy_gets_a_form_and_conditions_are_edited_there() {
     }
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_backends_page_shows_its_endpoints_and_drains_one() {
+    let dir = TempDir::new();
+    let server = store_server(&format!("sqlite://{}", dir.path().join("tollgate.db").display())).await;
+    let backend = serde_json::json!({
+        "system_name": "fleet",
+        "private_base_url": "http://fleet.internal",
+        "endpoints": [ { "address": "127.0.0.1:1" }, { "address": "[::1]:2", "weight": 3 } ],
+    });
+    assert_eq!(api(&server, "POST", "/backends", Some(backend)).await.0, StatusCode::CREATED);
+    let product = serde_json::json!({
+        "system_name": "api",
+        "staging_public_base_url": "http://api-staging.localhost",
+        "production_public_base_url": "http://api.localhost",
+        "backend_usages": [ { "backend": "fleet", "path": "/" } ],
+        "mapping_rules": [ { "http_method": "ANY", "pattern": "/", "metric": "hits" } ],
+    });
+    let cookie = with_product(&server, product).await;
+    assert_eq!(api(&server, "POST", "/products/api/deploy", None).await.0, StatusCode::CREATED);
+
+    let (status, _, page) = get_with(server.admin, "/backends/fleet", &cookie).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.contains("<caption>Endpoints</caption>"), "{page}");
+    assert!(page.contains("<code>[::1]:2</code>") && page.contains("<td>3</td>"), "{page}");
+    assert!(page.contains("healthy · 0 in flight, 0 WebSockets"), "staging serves it: {page}");
+    assert!(page.contains("not served"), "production serves nothing yet: {page}");
+    let csrf = csrf(&page);
+    let drain = format!("/backends/fleet/endpoints/{}/drain", encode("[::1]:2"));
+    assert!(page.contains(&format!(r#"action="{drain}""#)), "{page}");
+
+    let (status, headers, _) = post(server.admin, &drain, Some(&cookie), &[("_csrf", &csrf)], &[]).await;
+    assert_eq!((status, location(&headers)), (StatusCode::SEE_OTHER, "/backends/fleet?saved=1"));
+    let (_, _, page) = get_with(server.admin, "/backends/fleet", &cookie).await;
+    assert!(page.contains("draining · healthy"), "{page}");
+    assert!(page.contains("Stop draining"), "{page}");
+    let view = api(&server, "GET", "/backends/fleet/endpoints", None).await.1;
+    assert_eq!(view["endpoints"][1]["drain"], true, "{view}");
+
+    let undrain = drain.replace("/drain", "/undrain");
+    let (status, _, _) = post(server.admin, &undrain, Some(&cookie), &[("_csrf", &csrf)], &[]).await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let view = api(&server, "GET", "/backends/fleet/endpoints", None).await.1;
+    assert_eq!(view["endpoints"][1]["drain"], false, "{view}");
+    // An address the backend does not list: the API's 404 as a page.
+    let (status, _, page) =
+        post(server.admin, "/backends/fleet/endpoints/127.0.0.1:9/drain", Some(&cookie), &[("_csrf", &csrf)], &[])
+            .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{page}");
+    assert!(page.contains("127.0.0.1:1"), "lists the endpoints: {page}");
+    server.shutdown().await;
+}

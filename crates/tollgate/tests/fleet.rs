@@ -357,3 +357,79 @@ async fn a_refused_reload_starts_no_drain() {
     let counts = spread(gw.server.staging, 10, 2, None).await;
     assert_eq!((counts.get("a"), counts.get("b")), (Some(&5), Some(&5)), "a still takes its share: {counts:?}");
 }
+
+// Store mode: the admin API shows each endpoint's state on this node and drains one at
+// once — in every serving version, without a deploy — and stops draining it.
+#[tokio::test]
+async fn the_admin_api_shows_endpoints_and_drains_one_without_a_deploy() {
+    let (a, b) = (Instance::start("a", 0).await, Instance::start("b", 0).await);
+    let dir = TempDir::new();
+    let url = store_urls(&dir).await.swap_remove(0).1;
+    let server = store_server(&url).await;
+    let ok = |(status, body): (http::StatusCode, serde_json::Value), want: http::StatusCode, what: &str| {
+        assert_eq!(status, want, "{what}: {body}");
+        body
+    };
+    let yaml = config(&format!(r#"{{ address: "{}" }}, {{ address: "{}", weight: 2 }}"#, a.address(), b.address()), "");
+    let doc: serde_json::Value = serde_norway::from_str(&yaml).expect("yaml");
+    ok(api(&server, "PUT", "/config", Some(doc)).await, http::StatusCode::OK, "apply");
+    ok(api(&server, "POST", "/products/api/deploy", None).await, http::StatusCode::CREATED, "deploy");
+    let addr = server.staging;
+    let first = spread(addr, 30, 3, None).await;
+    assert_eq!((first["a"], first["b"]), (10, 20), "weights 1:2: {first:?}");
+
+    let view = ok(api(&server, "GET", "/backends/fleet/endpoints", None).await, http::StatusCode::OK, "endpoints");
+    let endpoints = view["endpoints"].as_array().expect("endpoints");
+    assert_eq!(endpoints.len(), 2, "{view}");
+    assert_eq!((endpoints[0]["address"].as_str(), endpoints[0]["weight"].as_u64()), (Some(&*a.address()), Some(1)));
+    assert_eq!(endpoints[1]["weight"], 2);
+    let staging = &endpoints[0]["staging"];
+    assert_eq!((staging["healthy"].as_bool(), staging["draining"].as_bool()), (Some(true), Some(false)), "{view}");
+    assert_eq!((staging["active_requests"].as_u64(), staging["ejections_total"].as_u64()), (Some(0), Some(0)));
+    assert!(endpoints[0]["production"].is_null(), "nothing promoted: {view}");
+
+    // Spelled another way, the address still names endpoint a.
+    let other_spelling = a.address().replace("127.0.0.1", "127.000.000.001");
+    let (status, body) = api(&server, "POST", &format!("/backends/fleet/endpoints/{other_spelling}/drain"), None).await;
+    assert_eq!(status, http::StatusCode::NOT_FOUND, "127.000.000.001 is not an IP address: {body}");
+    let view = ok(
+        api(&server, "POST", &format!("/backends/fleet/endpoints/{}/drain", a.address()), None).await,
+        http::StatusCode::OK,
+        "drain",
+    );
+    assert_eq!(view["endpoints"][0]["drain"], true, "{view}");
+    assert_eq!(view["endpoints"][0]["staging"]["draining"], true, "served when the call answers: {view}");
+    assert_eq!(spread(addr, 10, 2, None).await, HashMap::from([("b".to_owned(), 10)]), "no deploy needed");
+    // Stored on the backend: an export shows it, and the staging version is unchanged.
+    let exported = ok(api(&server, "GET", "/config", None).await, http::StatusCode::OK, "export");
+    assert_eq!(exported["backends"][0]["endpoints"][0]["drain"], true, "{exported}");
+    let (_, configs) = api(&server, "GET", "/products/api/configs/staging", None).await;
+    assert_eq!(configs.as_array().map(Vec::len), Some(1), "no new version: {configs}");
+
+    ok(
+        api(&server, "DELETE", &format!("/backends/fleet/endpoints/{}/drain", a.address()), None).await,
+        http::StatusCode::OK,
+        "undrain",
+    );
+    let back = spread(addr, 30, 3, None).await;
+    assert_eq!((back["a"], back["b"]), (10, 20), "a takes its share again: {back:?}");
+
+    let (status, body) = api(&server, "POST", "/backends/fleet/endpoints/127.0.0.1:1/drain", None).await;
+    assert_eq!(status, http::StatusCode::NOT_FOUND, "{body}");
+    assert!(body["error"]["message"].as_str().is_some_and(|m| m.contains(&a.address())), "lists them: {body}");
+    ok(
+        api(
+            &server,
+            "POST",
+            "/backends",
+            Some(serde_json::json!({ "system_name": "one", "private_base_url": "http://127.0.0.1:9" })),
+        )
+        .await,
+        http::StatusCode::CREATED,
+        "a backend of one",
+    );
+    let (status, body) = api(&server, "POST", "/backends/one/endpoints/127.0.0.1:9/drain", None).await;
+    assert_eq!(status, http::StatusCode::CONFLICT, "{body}");
+    let view = ok(api(&server, "GET", "/backends/one/endpoints", None).await, http::StatusCode::OK, "one");
+    assert_eq!(view["endpoints"][0]["address"], "127.0.0.1:9", "its URL's host: {view}");
+}

@@ -18,6 +18,8 @@ pub fn routes() -> Router<Console> {
         .route("/backends/new", get(backend_new))
         .route("/backends/{b}", get(backend_edit).post(backend_update))
         .route("/backends/{b}/delete", post(backend_delete))
+        .route("/backends/{b}/endpoints/{address}/drain", post(endpoint_drain))
+        .route("/backends/{b}/endpoints/{address}/undrain", post(endpoint_undrain))
         .route("/products", get(products).post(product_create))
         .route("/products/new", get(product_new))
         .route("/products/{p}", get(product_overview).post(product_update))
@@ -185,9 +187,11 @@ async fn backend_edit(ctx: Ctx, Path(b): Path<String>, query: axum::extract::Raw
     }
     let saved = query.0.is_some_and(|q| q.contains("saved=1"));
     let action = format!("/backends/{}", url_encode(&b));
+    let endpoints = ctx.get(&format!("/backends/{}/endpoints", url_encode(&b))).await;
     Page::new(format!("Backend {b}"), "Backends", &ctx.session.csrf)
         .crumb("Backends", "/backends")
         .notice(saved.then_some("Saved."))
+        .push(endpoints_table(&ctx, &action, &endpoints.body))
         .push(backend_form(&ctx, &action, &answer.body, false, None))
         .push(html::danger_button(
             &format!("{action}/delete"),
@@ -196,6 +200,88 @@ async fn backend_edit(ctx: Ctx, Path(b): Path<String>, query: axum::extract::Raw
             "Delete this backend? Products using it must drop it first.",
         ))
         .into_response()
+}
+
+/// One environment's state of an endpoint, in words: health (why not), drain, load.
+fn endpoint_state(state: &Value) -> String {
+    if state.is_null() {
+        return "not served".into();
+    }
+    let mut words = Vec::new();
+    if state["draining"] == true {
+        words.push("draining".to_owned());
+    }
+    match (state["healthy"] == true, state["ejected_for_ms"].as_u64().unwrap_or(0)) {
+        (true, _) => words.push("healthy".into()),
+        (false, ms) if ms > 0 => words.push(format!("ejected for {:.1} s more", ms as f64 / 1000.0)),
+        (false, _) => match state["probe_error"].as_str() {
+            Some(why) => words.push(format!("unhealthy: {why}")),
+            None => words.push("unhealthy".into()),
+        },
+    }
+    let (requests, websockets) =
+        (state["active_requests"].as_u64().unwrap_or(0), state["websockets_open"].as_u64().unwrap_or(0));
+    words.push(format!("{requests} in flight, {websockets} WebSockets"));
+    if let Some(n) = state["ejections_total"].as_u64().filter(|n| *n > 0) {
+        words.push(format!("ejected {n}×"));
+    }
+    words.join(" · ")
+}
+
+/// The backend's endpoints with their state on this node, and a drain button each.
+fn endpoints_table(ctx: &Ctx, backend_path: &str, view: &Value) -> Markup {
+    let empty = Vec::new();
+    let rows = view["endpoints"]
+        .as_array()
+        .unwrap_or(&empty)
+        .iter()
+        .map(|e| {
+            let address = e["address"].as_str().unwrap_or_default();
+            let at = format!("{backend_path}/endpoints/{}", url_encode(address));
+            let action = match (e["configured"] == true, e["drain"] == true) {
+                (false, _) => html! { "no longer listed" },
+                (true, false) => html::button(
+                    &format!("{at}/drain"),
+                    &ctx.session.csrf,
+                    "Drain",
+                    Some("Drain this endpoint? It takes no new requests or WebSockets, in staging and production, at once."),
+                ),
+                (true, true) => html::button(&format!("{at}/undrain"), &ctx.session.csrf, "Stop draining", None),
+            };
+            vec![
+                code(address),
+                html! { (e["weight"].as_u64().map(|w| w.to_string()).unwrap_or_default()) },
+                html! { (endpoint_state(&e["staging"])) },
+                html! { (endpoint_state(&e["production"])) },
+                action,
+            ]
+        })
+        .collect();
+    html! {
+        section {
+            h2 { "Endpoints" }
+            p.hint { "As this gateway node sees them now. Draining applies at once to both environments, without a deploy." }
+            (table("Endpoints", &["Endpoint", "Weight", "Staging", "Production", "Drain"], rows))
+        }
+    }
+}
+
+async fn endpoint_drain(ctx: Ctx, Path((b, address)): Path<(String, String)>, _form: Form) -> Response {
+    set_drain(ctx, &b, &address, Method::POST).await
+}
+
+async fn endpoint_undrain(ctx: Ctx, Path((b, address)): Path<(String, String)>, _form: Form) -> Response {
+    set_drain(ctx, &b, &address, Method::DELETE).await
+}
+
+async fn set_drain(ctx: Ctx, b: &str, address: &str, method: Method) -> Response {
+    let path = format!("/backends/{}", url_encode(b));
+    let answer = ctx.api(method, &format!("{path}/endpoints/{}/drain", url_encode(address)), None).await;
+    if answer.ok() {
+        Redirect::to(&format!("{path}?saved=1")).into_response()
+    } else {
+        api_failure(&ctx, "Backends", &answer)
+    }
 }
 
 async fn backend_update(ctx: Ctx, Path(b): Path<String>, form: Form) -> Response {

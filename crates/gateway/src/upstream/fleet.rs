@@ -60,6 +60,8 @@ pub struct EndpointState {
     drain_since: Mutex<Option<Instant>>,
     /// The running probe task, what it probes and with which settings.
     prober: Mutex<Option<(ProbeIdentity, tokio::task::AbortHandle)>>,
+    /// Why the last failed probe failed (kept until a probe succeeds).
+    probe_error: Mutex<Option<Box<str>>>,
     /// The passive check's settings (the latest serving configuration's).
     passive_enabled: AtomicBool,
     passive_failures: AtomicU32,
@@ -98,6 +100,7 @@ impl EndpointState {
             draining: AtomicBool::new(false),
             drain_since: Mutex::new(None),
             prober: Mutex::new(None),
+            probe_error: Mutex::new(None),
             passive_enabled: AtomicBool::new(passive.enabled),
             passive_failures: AtomicU32::new(passive.consecutive_failures),
             ejection_ms: AtomicU64::new(passive.ejection_ms),
@@ -225,6 +228,7 @@ impl EndpointState {
         if !ok {
             tracing::debug!(backend = %self.backend, endpoint = %self.address, reason = why, "probe failed");
         }
+        *self.probe_error.lock().unwrap_or_else(|p| p.into_inner()) = (!ok).then(|| why.as_str().into());
         let streak = self.probe_streak.load(Relaxed);
         let streak = match ok {
             true => streak.max(0).saturating_add(1),
@@ -726,6 +730,64 @@ impl Probe {
 fn probe_key() -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 16]>())
+}
+
+/// One endpoint's state as this process sees it (the admin API's
+/// `GET /api/v1/backends/{b}/endpoints` and the console): each gateway node keeps its
+/// own, from its own traffic and probes.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct EndpointReport {
+    /// `staging` or `production`.
+    pub environment: &'static str,
+    /// The backend's `system_name`.
+    pub backend: String,
+    /// `host:port`, as configured.
+    pub address: String,
+    /// Gets requests: not ejected, not failed by active checks.
+    pub healthy: bool,
+    /// Milliseconds until a passive ejection ends; 0 when not ejected.
+    pub ejected_for_ms: u64,
+    /// The active checks' verdict (`true` without active checks).
+    pub probes_healthy: bool,
+    /// Why the last probe failed, until one succeeds.
+    pub probe_error: Option<String>,
+    /// Takes no new requests or WebSockets.
+    pub draining: bool,
+    /// Requests in flight (until their response body ends), WebSockets excluded.
+    pub active_requests: u32,
+    /// WebSockets open.
+    pub websockets_open: u32,
+    /// Passive ejections since this process started using the endpoint.
+    pub ejections_total: u64,
+}
+
+/// The state of every endpoint of `backend` this process's snapshots use, in both
+/// environments, ordered by environment and address.
+pub fn endpoint_reports(backend: &str) -> Vec<EndpointReport> {
+    let states: Vec<Arc<EndpointState>> = {
+        let registry = REGISTRY.lock().unwrap_or_else(|p| p.into_inner());
+        registry.iter().filter(|((_, b, _), _)| &**b == backend).filter_map(|(_, w)| w.upgrade()).collect()
+    };
+    let now = now_ms();
+    states
+        .iter()
+        .map(|s| {
+            let websockets = s.websockets.load(Relaxed);
+            EndpointReport {
+                environment: s.env_name(),
+                backend: s.backend.to_string(),
+                address: s.address.to_string(),
+                healthy: s.healthy(),
+                ejected_for_ms: s.ejected_until.load(Relaxed).saturating_sub(now),
+                probes_healthy: s.probed_healthy.load(Relaxed),
+                probe_error: s.probe_error.lock().unwrap_or_else(|p| p.into_inner()).as_deref().map(str::to_owned),
+                draining: s.draining(),
+                active_requests: s.in_flight().saturating_sub(websockets),
+                websockets_open: websockets,
+                ejections_total: s.ejections(),
+            }
+        })
+        .collect()
 }
 
 /// Appends the endpoints' series in the Prometheus text format: health, draining,

@@ -11,7 +11,7 @@ pub mod pool;
 mod tls;
 
 pub use connect::*;
-pub use fleet::{Endpoint, EndpointState, Fleet, FleetOptions, Lease};
+pub use fleet::{Endpoint, EndpointReport, EndpointState, Fleet, FleetOptions, Lease, endpoint_reports};
 pub use tls::*;
 
 use crate::upstream::body::GatewayBody;
