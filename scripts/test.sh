@@ -45,6 +45,11 @@ if ! python3 -c 'import grpc' 2>/dev/null; then
   python3 -m pip install --quiet --disable-pip-version-check grpcio 2>/dev/null \
     || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages grpcio
 fi
+# dnslib serves the DNS records the endpoint re-resolution test changes.
+if ! python3 -c 'import dnslib' 2>/dev/null; then
+  python3 -m pip install --quiet --disable-pip-version-check dnslib 2>/dev/null \
+    || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages dnslib
+fi
 npm ci --prefix examples/websocket-echo --no-audit --no-fund --loglevel=error
 # Debian's Chromium, driven headless by playwright-core (never a downloaded browser):
 # a real browser's WebSocket, which it opens over HTTP/2 (RFC 8441) when it can.

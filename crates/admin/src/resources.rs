@@ -304,8 +304,9 @@ async fn backend_delete(State(s): St, Path(b): Path<String>) -> ApiResult<Status
 
 /// The backend's endpoints as configured (its live row), each with the state this
 /// node's gateways keep of it per environment (`null` where that environment serves no
-/// version naming it); endpoints the serving versions still use but the backend no
-/// longer lists come last, with `configured: false`.
+/// version naming it) and, for a host name, `addresses`: the state of each address it
+/// resolved to, in either environment; endpoints the serving versions still use but the
+/// backend no longer lists come last, with `configured: false`.
 pub(crate) fn endpoints_view(backend: &Backend) -> Value {
     let reports = tollgate_gateway::upstream::endpoint_reports(&backend.system_name);
     let configured: Vec<tollgate_model::Endpoint> = match backend.endpoints.is_empty() {
@@ -323,7 +324,7 @@ pub(crate) fn endpoints_view(backend: &Backend) -> Value {
     let canonical =
         |address: &str| tollgate_model::Endpoint { address: address.to_owned(), weight: 1, drain: false }.canonical();
     let mut used = vec![false; reports.len()];
-    let mut state_of = |key: Option<(String, u16)>, env: &str| {
+    let state_of = |used: &mut Vec<bool>, key: Option<(String, u16)>, env: &str| {
         let i = reports
             .iter()
             .enumerate()
@@ -334,10 +335,23 @@ pub(crate) fn endpoints_view(backend: &Backend) -> Value {
     let mut out = Vec::new();
     for e in &configured {
         let key = e.canonical();
-        out.push(json!({
+        let mut entry = json!({
             "address": e.address, "weight": e.weight, "drain": e.drain, "configured": true,
-            "staging": state_of(key.clone(), "staging"), "production": state_of(key, "production"),
-        }));
+            "staging": state_of(&mut used, key.clone(), "staging"),
+            "production": state_of(&mut used, key.clone(), "production"),
+        });
+        // A host name's addresses, each an endpoint with its own state.
+        let mut resolved = Vec::new();
+        for (i, r) in reports.iter().enumerate() {
+            if !used[i] && key.is_some() && r.resolved_from.as_deref().and_then(canonical) == key {
+                used[i] = true;
+                resolved.push(serde_json::to_value(r).unwrap_or(Value::Null));
+            }
+        }
+        if !resolved.is_empty() {
+            entry["addresses"] = Value::Array(resolved);
+        }
+        out.push(entry);
     }
     for (i, r) in reports.iter().enumerate() {
         if !used[i] {

@@ -370,6 +370,7 @@ impl Upstreams {
             when_all_unhealthy: b.health_checks.when_all_unhealthy,
             circuit_breaker: b.circuit_breaker.clone(),
             drain_timeout: b.drain_timeout_ms.map_or(Duration::from_secs(60), Duration::from_millis),
+            dns_refresh: b.dns_refresh_ms.map(Duration::from_millis),
         };
         match Upstream::with_endpoints(&b.system_name, base, &b.tls, timeout, &endpoints, balancing, self.environment) {
             Ok(u) => {

@@ -114,7 +114,7 @@ async fn a_connection_carries_request_after_request_whatever_the_framing() {
         assert_eq!((status, body.len()), (http::StatusCode::NO_CONTENT, 0));
     }
     assert_eq!(accepted.load(Ordering::SeqCst), 1, "one connection served all 200 requests");
-    assert_eq!(up.fleet.endpoints[0].pool.idle(), 1);
+    assert_eq!(up.fleet().endpoints[0].pool.idle(), 1);
 }
 
 #[tokio::test]
@@ -136,7 +136,7 @@ async fn concurrent_requests_open_connections_and_all_come_back() {
     }
     let opened = accepted.load(Ordering::SeqCst);
     assert!((1..=16).contains(&opened), "at most one connection per concurrent request, got {opened}");
-    assert_eq!(up.fleet.endpoints[0].pool.idle(), opened, "every connection went back to the pool");
+    assert_eq!(up.fleet().endpoints[0].pool.idle(), opened, "every connection went back to the pool");
 }
 
 #[tokio::test]
@@ -148,7 +148,11 @@ async fn a_body_dropped_before_its_end_closes_its_connection() {
     let first = body.frame().await.expect("a first frame").expect("data");
     assert!(first.is_data());
     drop(body);
-    assert_eq!(up.fleet.endpoints[0].pool.idle(), 0, "the rest of that response would have been read as the next one");
+    assert_eq!(
+        up.fleet().endpoints[0].pool.idle(),
+        0,
+        "the rest of that response would have been read as the next one"
+    );
     let (status, body, _) = read(&up, "/len/10").await;
     assert_eq!((status, body.len()), (http::StatusCode::OK, 10));
     assert_eq!(accepted.load(Ordering::SeqCst), 2);
@@ -207,7 +211,7 @@ async fn a_connection_the_backend_closed_while_idle_is_not_used_again() {
         tokio::task::yield_now().await;
     }
     assert_eq!(accepted.load(Ordering::SeqCst), 5);
-    assert!(up.fleet.endpoints[0].pool.idle() <= 1);
+    assert!(up.fleet().endpoints[0].pool.idle() <= 1);
 }
 
 #[tokio::test]
@@ -296,7 +300,7 @@ async fn http2_requests_share_connections_up_to_the_servers_stream_limit_then_op
     for a in answers.expect("every request answered: no connection took more streams than allowed") {
         assert_eq!(a, Bytes::from(addr.to_string()), ":authority is the backend's host");
     }
-    let connections = up.fleet.endpoints[0].pool.http2_connections();
+    let connections = up.fleet().endpoints[0].pool.http2_connections();
     assert!((3..=6).contains(&connections), "6 requests at 2 streams each: {connections} connections");
     assert_eq!(accepted.load(Ordering::SeqCst), connections);
     // The connections are kept and shared: another round opens none.
@@ -325,18 +329,18 @@ async fn an_http2_connection_the_backend_closed_is_dropped_and_the_next_request_
     });
     let up = h2_upstream(addr);
     assert_eq!(read(&up, "/").await.0, 200);
-    assert_eq!(up.fleet.endpoints[0].pool.http2_connections(), 1);
+    assert_eq!(up.fleet().endpoints[0].pool.http2_connections(), 1);
     // The backend goes away (a restart, a maximum connection age).
     for task in connections.lock().expect("lock").drain(..) {
         task.abort();
     }
     // The connection's task sees it end and lets it go (bounded: 10 s).
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while up.fleet.endpoints[0].pool.http2_connections() != 0 {
+    while up.fleet().endpoints[0].pool.http2_connections() != 0 {
         assert!(std::time::Instant::now() < deadline, "the closed connection is still offered");
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
     let answer = tokio::time::timeout(std::time::Duration::from_secs(10), read(&up, "/")).await;
     assert_eq!(answer.expect("answered at once, not after a timeout").0, 200);
-    assert_eq!(up.fleet.endpoints[0].pool.http2_connections(), 1, "a new connection");
+    assert_eq!(up.fleet().endpoints[0].pool.http2_connections(), 1, "a new connection");
 }

@@ -71,6 +71,11 @@ pub struct Backend {
     /// they are closed with 1001; default 60000.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drain_timeout_ms: Option<u64>,
+    /// How often endpoints given by host name are resolved again, in milliseconds;
+    /// default: when each answer's TTL runs out (at least every second, at most every
+    /// hour). Every address of a name is an endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns_refresh_ms: Option<u64>,
     /// Backend-level metrics; a product using the backend can map to and limit them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub metrics: Vec<Metric>,

@@ -662,6 +662,15 @@ fn fleet(c: &mut Checker, path: &str, b: &Backend) {
             "use 1 to 604800000 (a week); omit it for 60000",
         );
     }
+    if let Some(t) = b.dns_refresh_ms
+        && !(1000..=DAY_MS).contains(&t)
+    {
+        c.err(
+            format!("{path}.dns_refresh_ms"),
+            format!("{t} is out of range"),
+            "use 1000 to 86400000 (a day); omit it to follow each answer's TTL",
+        );
+    }
 }
 
 /// `name` if it is a valid HTTP field name (RFC 9110 §5.1: a token).

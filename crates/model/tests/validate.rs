@@ -85,7 +85,7 @@ fn a_fleet_is_checked_key_by_key() {
     let backend =
         |keys: &str| format!("backends:\n  - system_name: b\n    private_base_url: http://api.internal\n{keys}");
     let good = backend(
-        "    endpoints: [ { address: \"10.0.0.1:80\", weight: 3 }, { address: \"[fd00::1]:80\" }, { address: \"api-2.internal:8080\", drain: true } ]\n    load_balancing: { algorithm: consistent_hash, hash_on: { cookie: sid } }\n    health_checks: { active: { type: websocket, path: /ws, interval_ms: 1000, timeout_ms: 500 }, passive: { consecutive_failures: 3 }, when_all_unhealthy: refuse }\n    circuit_breaker: { max_connections: 100, max_pending_requests: 10 }\n    drain_timeout_ms: 5000\n",
+        "    endpoints: [ { address: \"10.0.0.1:80\", weight: 3 }, { address: \"[fd00::1]:80\" }, { address: \"api-2.internal:8080\", drain: true } ]\n    load_balancing: { algorithm: consistent_hash, hash_on: { cookie: sid } }\n    health_checks: { active: { type: websocket, path: /ws, interval_ms: 1000, timeout_ms: 500 }, passive: { consecutive_failures: 3 }, when_all_unhealthy: refuse }\n    circuit_breaker: { max_connections: 100, max_pending_requests: 10 }\n    drain_timeout_ms: 5000\n    dns_refresh_ms: 30000\n",
     );
     assert_eq!(errors(&good), Vec::<String>::new());
     for hash_on in ["remote_addr", "application_id", "{ header: X-Session }"] {
@@ -96,7 +96,7 @@ fn a_fleet_is_checked_key_by_key() {
     }
 
     let bad = backend(
-        "    endpoints: [ { address: \"10.0.0.1\" }, { address: \"http://10.0.0.2:80\" }, { address: \"10.0.0.3:99999\" }, { address: \"fd00::1:80\" }, { address: \"10.0.0.4:80\", weight: 0 }, { address: \"10.0.0.4:80\" } ]\n    load_balancing: { algorithm: round_robin, hash_on: { header: X-Session } }\n    health_checks: { active: { path: health, interval_ms: 50, timeout_ms: 100, expected_statuses: [ 700 ], healthy_threshold: 0 }, passive: { consecutive_failures: 0, ejection_ms: 1000, max_ejection_ms: 10 } }\n    circuit_breaker: { max_connections: 0 }\n    drain_timeout_ms: 0\n",
+        "    endpoints: [ { address: \"10.0.0.1\" }, { address: \"http://10.0.0.2:80\" }, { address: \"10.0.0.3:99999\" }, { address: \"fd00::1:80\" }, { address: \"10.0.0.4:80\", weight: 0 }, { address: \"10.0.0.4:80\" } ]\n    load_balancing: { algorithm: round_robin, hash_on: { header: X-Session } }\n    health_checks: { active: { path: health, interval_ms: 50, timeout_ms: 100, expected_statuses: [ 700 ], healthy_threshold: 0 }, passive: { consecutive_failures: 0, ejection_ms: 1000, max_ejection_ms: 10 } }\n    circuit_breaker: { max_connections: 0 }\n    drain_timeout_ms: 0\n    dns_refresh_ms: 999\n",
     );
     let all = errors(&bad).join("\n");
     for expected in [
@@ -117,6 +117,7 @@ fn a_fleet_is_checked_key_by_key() {
         "backends[0].health_checks.passive.max_ejection_ms: 10 is not between ejection_ms (1000)",
         "backends[0].circuit_breaker.max_connections: must be at least 1",
         "backends[0].drain_timeout_ms: 0 is out of range",
+        "backends[0].dns_refresh_ms: 999 is out of range",
     ] {
         assert!(all.contains(expected), "missing `{expected}` in:\n{all}");
     }

@@ -56,6 +56,7 @@ fn backend(name: &str) -> Backend {
         health_checks: Default::default(),
         circuit_breaker: Default::default(),
         drain_timeout_ms: None,
+        dns_refresh_ms: None,
         protocol: Default::default(),
         metrics: vec![],
         methods: vec![],

@@ -248,6 +248,10 @@ pub struct ListenerArgs {
     /// one is refused. Unset: no header is read.
     #[arg(long, env = "TOLLGATE_PROXY_PROTOCOL", value_name = "CIDR[,CIDR...]")]
     pub proxy_protocol: Option<String>,
+    /// Name servers that resolve backends' endpoints given by host name (IP or
+    /// IP:PORT, comma-separated; port 53 by default), instead of /etc/resolv.conf's.
+    #[arg(long, env = "TOLLGATE_RESOLVER", value_name = "IP[:PORT][,...]")]
+    pub resolver: Option<String>,
     /// Seconds in-flight requests may take to finish on shutdown.
     #[arg(long, env = "TOLLGATE_DRAIN_TIMEOUT", default_value_t = 30)]
     pub drain_timeout: u64,

@@ -98,6 +98,27 @@ impl Server {
     }
 
     pub async fn start_as(args: &ServeArgs, source: Source, role: Role) -> anyhow::Result<Server> {
+        // Before any configuration is activated: activation starts resolving names.
+        if let Some(list) = &args.listener.resolver {
+            let servers = list
+                .split(',')
+                .filter(|s| !s.trim().is_empty())
+                .map(|s| {
+                    let s = s.trim();
+                    s.parse::<std::net::SocketAddr>()
+                        .or_else(|_| s.parse::<std::net::IpAddr>().map(|ip| std::net::SocketAddr::new(ip, 53)))
+                        .map_err(|_| anyhow::anyhow!("--resolver: `{s}` is not an IP address or IP:PORT (write 10.0.0.2, 10.0.0.2:5353 or [fd00::2]:53)"))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            if servers.is_empty() {
+                bail!("--resolver: name at least one name server (IP or IP:PORT)");
+            }
+            if !tollgate_gateway::upstream::dns::use_name_servers(servers) {
+                tracing::warn!(
+                    "--resolver: this process already resolves with other name servers; the first ones stay"
+                );
+            }
+        }
         let trusted_proxies = args
             .admin_trusted_proxies
             .iter()

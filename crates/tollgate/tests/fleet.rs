@@ -370,7 +370,10 @@ async fn the_admin_api_shows_endpoints_and_drains_one_without_a_deploy() {
         assert_eq!(status, want, "{what}: {body}");
         body
     };
-    let yaml = config(&format!(r#"{{ address: "{}" }}, {{ address: "{}", weight: 2 }}"#, a.address(), b.address()), "");
+    // A backend name of its own: the endpoints' state is per process, and this test
+    // binary runs other gateways with backends named `fleet`.
+    let yaml = config(&format!(r#"{{ address: "{}" }}, {{ address: "{}", weight: 2 }}"#, a.address(), b.address()), "")
+        .replace("fleet", "orders");
     let doc: serde_json::Value = serde_norway::from_str(&yaml).expect("yaml");
     ok(api(&server, "PUT", "/config", Some(doc)).await, http::StatusCode::OK, "apply");
     ok(api(&server, "POST", "/products/api/deploy", None).await, http::StatusCode::CREATED, "deploy");
@@ -378,7 +381,7 @@ async fn the_admin_api_shows_endpoints_and_drains_one_without_a_deploy() {
     let first = spread(addr, 30, 3, None).await;
     assert_eq!((first["a"], first["b"]), (10, 20), "weights 1:2: {first:?}");
 
-    let view = ok(api(&server, "GET", "/backends/fleet/endpoints", None).await, http::StatusCode::OK, "endpoints");
+    let view = ok(api(&server, "GET", "/backends/orders/endpoints", None).await, http::StatusCode::OK, "endpoints");
     let endpoints = view["endpoints"].as_array().expect("endpoints");
     assert_eq!(endpoints.len(), 2, "{view}");
     assert_eq!((endpoints[0]["address"].as_str(), endpoints[0]["weight"].as_u64()), (Some(&*a.address()), Some(1)));
@@ -390,10 +393,11 @@ async fn the_admin_api_shows_endpoints_and_drains_one_without_a_deploy() {
 
     // Spelled another way, the address still names endpoint a.
     let other_spelling = a.address().replace("127.0.0.1", "127.000.000.001");
-    let (status, body) = api(&server, "POST", &format!("/backends/fleet/endpoints/{other_spelling}/drain"), None).await;
+    let (status, body) =
+        api(&server, "POST", &format!("/backends/orders/endpoints/{other_spelling}/drain"), None).await;
     assert_eq!(status, http::StatusCode::NOT_FOUND, "127.000.000.001 is not an IP address: {body}");
     let view = ok(
-        api(&server, "POST", &format!("/backends/fleet/endpoints/{}/drain", a.address()), None).await,
+        api(&server, "POST", &format!("/backends/orders/endpoints/{}/drain", a.address()), None).await,
         http::StatusCode::OK,
         "drain",
     );
@@ -407,14 +411,14 @@ async fn the_admin_api_shows_endpoints_and_drains_one_without_a_deploy() {
     assert_eq!(configs.as_array().map(Vec::len), Some(1), "no new version: {configs}");
 
     ok(
-        api(&server, "DELETE", &format!("/backends/fleet/endpoints/{}/drain", a.address()), None).await,
+        api(&server, "DELETE", &format!("/backends/orders/endpoints/{}/drain", a.address()), None).await,
         http::StatusCode::OK,
         "undrain",
     );
     let back = spread(addr, 30, 3, None).await;
     assert_eq!((back["a"], back["b"]), (10, 20), "a takes its share again: {back:?}");
 
-    let (status, body) = api(&server, "POST", "/backends/fleet/endpoints/127.0.0.1:1/drain", None).await;
+    let (status, body) = api(&server, "POST", "/backends/orders/endpoints/127.0.0.1:1/drain", None).await;
     assert_eq!(status, http::StatusCode::NOT_FOUND, "{body}");
     assert!(body["error"]["message"].as_str().is_some_and(|m| m.contains(&a.address())), "lists them: {body}");
     ok(
@@ -432,4 +436,107 @@ async fn the_admin_api_shows_endpoints_and_drains_one_without_a_deploy() {
     assert_eq!(status, http::StatusCode::CONFLICT, "{body}");
     let view = ok(api(&server, "GET", "/backends/one/endpoints", None).await, http::StatusCode::OK, "one");
     assert_eq!(view["endpoints"][0]["address"], "127.0.0.1:9", "its URL's host: {view}");
+}
+
+/// A DNS server on loopback (`tests/peers/dns_server.py`, dnslib from PyPI) whose records
+/// the test sets.
+struct Dns {
+    port: u16,
+    child: tokio::process::Child,
+    out: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+}
+
+impl Dns {
+    async fn start() -> Dns {
+        let mut child = tokio::process::Command::new("python3")
+            .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/dns_server.py"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("python3 (dnslib: pip install dnslib)");
+        let mut out = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let first =
+            out.next_line().await.expect("stdout").expect("the DNS server printed nothing (is dnslib installed?)");
+        let port = first.strip_prefix("listening on ").and_then(|p| p.parse().ok()).expect("port line");
+        Dns { port, child, out }
+    }
+
+    /// Gives `name` these addresses (none: NXDOMAIN), once in effect.
+    async fn set(&mut self, name: &str, ips: &[&str]) {
+        use tokio::io::AsyncWriteExt;
+        let stdin = self.child.stdin.as_mut().expect("stdin");
+        stdin.write_all(format!("{name} {}\n", ips.join(" ")).as_bytes()).await.expect("write");
+        assert_eq!(self.out.next_line().await.expect("stdout").as_deref(), Some("ok"));
+    }
+}
+
+/// Reads the gateway's log until a line holds every one of `needles` (bounded: 20 s).
+async fn until_log(err: &mut tokio::io::Lines<BufReader<tokio::process::ChildStderr>>, needles: &[&str]) {
+    let wait = async {
+        while let Some(line) = err.next_line().await.expect("stderr") {
+            if needles.iter().all(|n| line.contains(n)) {
+                return;
+            }
+        }
+        panic!("the gateway exited before logging {needles:?}");
+    };
+    tokio::time::timeout(Duration::from_secs(20), wait)
+        .await
+        .unwrap_or_else(|_| panic!("no log line with {needles:?}"));
+}
+
+// An endpoint given by host name: every address it resolves to is an endpoint; a
+// record changed in a real DNS server is followed at its TTL (1 s) without a reload; a
+// name that stops resolving keeps its addresses.
+#[tokio::test]
+async fn a_host_name_endpoint_follows_its_dns_records_without_a_reload() {
+    let mut dns = Dns::start().await;
+    dns.set("svc.test", &["127.0.0.2"]).await;
+    // Three instances on one port, on three loopback addresses.
+    let start_on = |name: &'static str, host: &'static str, port: u16| async move {
+        let mut child = tokio::process::Command::new("node")
+            .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/fleet_endpoint.js"))
+            .env("WS_MODULE", example_dir().join("node_modules/ws"))
+            .env("NAME", name)
+            .env("HOST", host)
+            .env("PORT", port.to_string())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start node");
+        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let first = lines.next_line().await.expect("stdout").expect("node printed nothing");
+        let port: u16 = first.strip_prefix("listening on ").and_then(|p| p.parse().ok()).expect("port line");
+        (Instance { port, child }, port)
+    };
+    let (_a, port) = start_on("a", "127.0.0.2", 0).await;
+    let (_b, _) = start_on("b", "127.0.0.3", port).await;
+    let (_c, _) = start_on("c", "127.0.0.4", port).await;
+
+    let dir = TempDir::new();
+    let file = dir.path().join("tollgate.yaml");
+    std::fs::write(&file, config(&format!(r#"{{ address: "svc.test:{port}" }}"#), "")).expect("config");
+    let resolver = format!("127.0.0.1:{}", dns.port);
+    let mut gw = spawn_serve_with(&file, &["--resolver", &resolver]).await;
+    let at = |ip: &str| format!("{ip}:{port}");
+
+    until_log(&mut gw.err, &["endpoint_resolved", "staging", "127.0.0.2"]).await;
+    assert_eq!(spread(gw.staging, 10, 2, None).await, HashMap::from([("a".to_owned(), 10)]));
+    assert_eq!(endpoint_metric(gw.admin, "tollgate_endpoint_healthy", &at("127.0.0.2")).await, Some(1.0));
+
+    dns.set("svc.test", &["127.0.0.2", "127.0.0.3"]).await;
+    until_log(&mut gw.err, &["endpoint_resolved", "staging", "127.0.0.2,127.0.0.3"]).await;
+    let both = spread(gw.staging, 20, 2, None).await;
+    assert_eq!((both.get("a"), both.get("b")), (Some(&10), Some(&10)), "every address is an endpoint: {both:?}");
+
+    dns.set("svc.test", &["127.0.0.4"]).await;
+    until_log(&mut gw.err, &["endpoint_resolved", "staging", "127.0.0.4"]).await;
+    assert_eq!(spread(gw.staging, 10, 2, None).await, HashMap::from([("c".to_owned(), 10)]), "the old addresses left");
+    assert_eq!(endpoint_metric(gw.admin, "tollgate_endpoint_healthy", &at("127.0.0.2")).await, None);
+
+    // NXDOMAIN: the name keeps the addresses it had.
+    dns.set("svc.test", &[]).await;
+    until_log(&mut gw.err, &["endpoint_unresolved", "staging", "svc.test"]).await;
+    assert_eq!(spread(gw.staging, 10, 2, None).await, HashMap::from([("c".to_owned(), 10)]));
 }

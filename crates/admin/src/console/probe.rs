@@ -30,7 +30,7 @@ pub async fn upgrade(listener: &GatewayListener, host: &str, target: &str) -> Re
     let tls = BackendTls { verify: false, server_name: Some(host.to_string()), ..BackendTls::default() };
     let gateway = tollgate_gateway::upstream::Upstream::new("console probe", base, &tls, TIMEOUT)?;
     let exchange = async {
-        let stream = gateway.fleet.endpoints[0].connector.connect_http1().await.map_err(|e| e.to_string())?;
+        let (stream, _lease, _) = gateway.connect(None).await.map_err(|e| e.to_string())?;
         let (mut sender, connection) = hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
             .await
             .map_err(|e| e.to_string())?;

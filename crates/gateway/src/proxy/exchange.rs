@@ -25,7 +25,7 @@ impl Gateway {
         // `TE: trailers` is the one TE HTTP/2 allows (RFC 9113 §8.2.2); gRPC servers
         // read it as the client's (and every proxy's) promise to relay trailers, which
         // the gateway keeps. Only towards a backend that may speak HTTP/2.
-        if upstream.fleet.options.protocol != tollgate_model::UpstreamProtocol::Http1
+        if upstream.fleet().options.protocol != tollgate_model::UpstreamProtocol::Http1
             && header_has_token(&parts.headers, header::TE, "trailers")
         {
             head.headers.insert(header::TE, HeaderValue::from_static("trailers"));
@@ -216,8 +216,9 @@ pub(super) fn balance_key<'r>(
 ) -> Option<std::borrow::Cow<'r, [u8]>> {
     use std::borrow::Cow;
     use tollgate_model::{Algorithm, HashKey, HashOn};
-    let balancing = &upstream.fleet.options;
-    if balancing.algorithm != Algorithm::ConsistentHash || upstream.fleet.endpoints.len() < 2 {
+    let fleet = upstream.fleet();
+    let balancing = &fleet.options;
+    if balancing.algorithm != Algorithm::ConsistentHash || fleet.endpoints.len() < 2 {
         return None;
     }
     match balancing.hash_on.as_ref().unwrap_or(&HashOn::Named(HashKey::RemoteAddr)) {

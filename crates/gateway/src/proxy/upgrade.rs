@@ -27,7 +27,7 @@ impl Gateway {
 
         let key = super::exchange::balance_key(parts, ctx, upstream);
         let (stream, mut lease, endpoint) = upstream.connect(key.as_deref()).await?;
-        let label = upstream.endpoint_label(endpoint);
+        let label = endpoint.label();
         let (mut sender, connection) = crate::upstream::http1_client()
             .handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
             .await
@@ -54,8 +54,8 @@ impl Gateway {
                 }
             })
         });
-        let ok = answered.as_ref().is_ok_and(|r| !upstream.fleet.failed_status(r.status()));
-        upstream.report(endpoint, ok);
+        let ok = answered.as_ref().is_ok_and(|r| !endpoint.failed_status(r.status()));
+        endpoint.report(ok);
         let mut resp = answered?;
         lease.answered();
         if let Some((id, start)) = upgrade_span {

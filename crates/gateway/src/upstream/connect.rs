@@ -106,6 +106,9 @@ pub(super) struct ConnectorInner {
     pub(super) connect_timeout: Duration,
     /// The HTTP version requests use.
     pub(super) protocol: tollgate_model::UpstreamProtocol,
+    /// A listed endpoint's host name not yet resolved by its backend's [`super::dns`]
+    /// task: each connection resolves it the same way (the same name servers).
+    pub(super) resolve: Option<String>,
 }
 
 /// Connects to one backend, whatever URI it is asked for.
@@ -164,7 +167,19 @@ impl Connector {
 
     async fn connect_with(&self, http1: bool) -> Result<UpstreamStream, ConnectError> {
         let inner = &self.0;
-        let tcp = tokio::time::timeout(inner.connect_timeout, TcpStream::connect(&inner.address))
+        let connect = async {
+            match &inner.resolve {
+                None => TcpStream::connect(&inner.address).await,
+                Some(host) => {
+                    let port = inner.address.rsplit_once(':').and_then(|(_, p)| p.parse().ok()).unwrap_or(0);
+                    let (ips, _) = super::dns::resolve(host).await.map_err(std::io::Error::other)?;
+                    let addresses: Vec<std::net::SocketAddr> =
+                        ips.into_iter().map(|ip| std::net::SocketAddr::new(ip, port)).collect();
+                    TcpStream::connect(&addresses[..]).await
+                }
+            }
+        };
+        let tcp = tokio::time::timeout(inner.connect_timeout, connect)
             .await
             .map_err(|_| ConnectError::Timeout(inner.label.clone()))?
             .map_err(|e| ConnectError::Io(inner.label.clone(), e))?;

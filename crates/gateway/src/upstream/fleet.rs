@@ -62,6 +62,8 @@ pub struct EndpointState {
     prober: Mutex<Option<(ProbeIdentity, tokio::task::AbortHandle)>>,
     /// Why the last failed probe failed (kept until a probe succeeds).
     probe_error: Mutex<Option<Box<str>>>,
+    /// The configured endpoint (a host name) this address was resolved from.
+    resolved_from: Mutex<Option<Box<str>>>,
     /// The passive check's settings (the latest serving configuration's).
     passive_enabled: AtomicBool,
     passive_failures: AtomicU32,
@@ -101,11 +103,17 @@ impl EndpointState {
             drain_since: Mutex::new(None),
             prober: Mutex::new(None),
             probe_error: Mutex::new(None),
+            resolved_from: Mutex::new(None),
             passive_enabled: AtomicBool::new(passive.enabled),
             passive_failures: AtomicU32::new(passive.consecutive_failures),
             ejection_ms: AtomicU64::new(passive.ejection_ms),
             max_ejection_ms: AtomicU64::new(passive.longest_ejection_ms()),
         }
+    }
+
+    /// Records the configured endpoint (a host name) this address came from.
+    pub(super) fn set_resolved_from(&self, name: Option<&str>) {
+        *self.resolved_from.lock().unwrap_or_else(|p| p.into_inner()) = name.map(Into::into);
     }
 
     /// Takes the passive check's settings.
@@ -336,6 +344,7 @@ impl Drop for Lease {
 }
 
 /// One instance of a backend.
+#[derive(Clone)]
 pub struct Endpoint {
     /// Its address as configured.
     pub address: Box<str>,
@@ -367,6 +376,7 @@ impl Endpoint {
 }
 
 /// How a backend reaches its endpoints, chooses among them and judges them.
+#[derive(Clone)]
 pub struct FleetOptions {
     /// The HTTP version of requests (upgrades and probes use HTTP/1.1).
     pub protocol: UpstreamProtocol,
@@ -384,6 +394,9 @@ pub struct FleetOptions {
     pub circuit_breaker: CircuitBreaker,
     /// How long a draining endpoint's WebSockets may stay.
     pub drain_timeout: Duration,
+    /// How often endpoint names are resolved again (`dns_refresh_ms`); `None`: at
+    /// each answer's TTL.
+    pub dns_refresh: Option<Duration>,
 }
 
 impl Default for FleetOptions {
@@ -397,6 +410,7 @@ impl Default for FleetOptions {
             when_all_unhealthy: WhenAllUnhealthy::TryAll,
             circuit_breaker: CircuitBreaker::default(),
             drain_timeout: Duration::from_secs(60),
+            dns_refresh: None,
         }
     }
 }
@@ -741,8 +755,10 @@ pub struct EndpointReport {
     pub environment: &'static str,
     /// The backend's `system_name`.
     pub backend: String,
-    /// `host:port`, as configured.
+    /// `host:port`, as configured, or an address a configured name resolved to.
     pub address: String,
+    /// The configured endpoint (`name:port`) `address` was resolved from, if any.
+    pub resolved_from: Option<String>,
     /// Gets requests: not ejected, not failed by active checks.
     pub healthy: bool,
     /// Milliseconds until a passive ejection ends; 0 when not ejected.
@@ -777,6 +793,7 @@ pub fn endpoint_reports(backend: &str) -> Vec<EndpointReport> {
                 environment: s.env_name(),
                 backend: s.backend.to_string(),
                 address: s.address.to_string(),
+                resolved_from: s.resolved_from.lock().unwrap_or_else(|p| p.into_inner()).as_deref().map(str::to_owned),
                 healthy: s.healthy(),
                 ejected_for_ms: s.ejected_until.load(Relaxed).saturating_sub(now),
                 probes_healthy: s.probed_healthy.load(Relaxed),

@@ -6,6 +6,7 @@
 
 pub mod body;
 mod connect;
+pub mod dns;
 pub mod fleet;
 pub mod pool;
 mod tls;
@@ -16,6 +17,7 @@ pub use tls::*;
 
 use crate::upstream::body::GatewayBody;
 use crate::upstream::pool::{Pool, RequestError};
+use arc_swap::ArcSwap;
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
@@ -41,10 +43,99 @@ pub struct Upstream {
     /// What requests carry as `Host` unless a policy set one: the authority, without
     /// the scheme's default port.
     pub host: http::HeaderValue,
-    /// The endpoints and how one is chosen.
-    pub fleet: Fleet,
+    /// The endpoints and how one is chosen; replaced when a name among the endpoints
+    /// resolves to other addresses ([`dns`]).
+    fleet: Arc<ArcSwap<Fleet>>,
     /// "backend `NAME` (ADDRESS)", or "backend `NAME`" for several endpoints.
     label: Box<str>,
+    /// How to build the fleet again, when endpoints are given by host name.
+    members: Option<Arc<Members>>,
+    /// The task that resolves those names, once the configuration serves.
+    resolving: std::sync::Mutex<Option<tokio::task::AbortHandle>>,
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        if let Some(task) = self.resolving.get_mut().ok().and_then(Option::take) {
+            task.abort();
+        }
+    }
+}
+
+/// One configured endpoint of a backend whose endpoints include host names.
+struct Spec {
+    /// As configured (`host:port`).
+    address: String,
+    /// Its host, when it is a name to resolve; `None` for an IP address.
+    name: Option<String>,
+    port: u16,
+    weight: u32,
+    drain: bool,
+}
+
+/// What a fleet is built from: the configured endpoints and how to reach them. Each
+/// address a name resolves to becomes an endpoint with the name's weight and drain.
+struct Members {
+    backend: String,
+    specs: Vec<Spec>,
+    tls: Option<TlsConnectors>,
+    connect_timeout: Duration,
+    protocol: tollgate_model::UpstreamProtocol,
+    environment: Option<tollgate_model::Environment>,
+    options: FleetOptions,
+}
+
+impl Members {
+    /// The endpoint at `address`: the one `reuse` has there (its pooled connections and
+    /// probes go on), else a new one.
+    fn endpoint(&self, address: &str, spec: &Spec, reuse: &[Endpoint]) -> Endpoint {
+        if let Some(e) =
+            reuse.iter().find(|e| &*e.address == address && e.weight == spec.weight && e.drain == spec.drain)
+        {
+            return e.clone();
+        }
+        let connector = Connector(Arc::new(ConnectorInner {
+            address: address.to_owned(),
+            label: match &spec.name {
+                Some(_) if address != spec.address => {
+                    format!("backend `{}` ({address}, {})", self.backend, spec.address)
+                }
+                _ => format!("backend `{}` ({address})", self.backend),
+            },
+            tls: self.tls.clone(),
+            connect_timeout: self.connect_timeout,
+            protocol: self.protocol,
+            resolve: spec.name.clone().filter(|_| address == spec.address),
+        }));
+        let state = match self.environment {
+            Some(env) => EndpointState::shared(env, &self.backend, address),
+            None => Arc::new(EndpointState::new(None, &self.backend, address)),
+        };
+        state.set_resolved_from(spec.name.as_ref().filter(|_| address != spec.address).map(|_| spec.address.as_str()));
+        Endpoint::new(address, spec.weight, spec.drain, connector, state)
+    }
+
+    /// The endpoints: each name's addresses where it has some (`resolved`, by host),
+    /// else the name itself; an address reached twice is listed once.
+    fn endpoints(
+        &self,
+        resolved: &std::collections::HashMap<String, Vec<std::net::IpAddr>>,
+        reuse: &[Endpoint],
+    ) -> Vec<Endpoint> {
+        let mut out: Vec<Endpoint> = Vec::new();
+        for spec in &self.specs {
+            let addresses: Vec<String> = match spec.name.as_ref().and_then(|n| resolved.get(n)) {
+                Some(ips) if !ips.is_empty() => ips.iter().map(|ip| dns::address(*ip, spec.port)).collect(),
+                _ => vec![spec.address.clone()],
+            };
+            for a in addresses {
+                if !out.iter().any(|e| *e.address == *a) {
+                    out.push(self.endpoint(&a, spec, reuse));
+                }
+            }
+        }
+        out
+    }
 }
 
 impl std::fmt::Debug for Upstream {
@@ -127,24 +218,36 @@ impl Upstream {
             None
         };
         let own = [EndpointSpec { address: &address, weight: 1, drain: false }];
-        let specs = if endpoints.is_empty() { &own[..] } else { endpoints };
-        let endpoints = specs
+        let listed = !endpoints.is_empty();
+        let specs = if listed { endpoints } else { &own[..] };
+        let members = Members {
+            backend: name.to_owned(),
+            specs: specs
+                .iter()
+                .map(|spec| {
+                    let (host, port) = split_host_port(spec.address);
+                    // Listed endpoints given by name are resolved here (every address an
+                    // endpoint); the base URL's own host is resolved per connection.
+                    let name = (listed && host.parse::<std::net::IpAddr>().is_err()).then(|| host.to_owned());
+                    Spec { address: spec.address.to_owned(), name, port, weight: spec.weight, drain: spec.drain }
+                })
+                .collect(),
+            tls: tls_connector,
+            connect_timeout,
+            protocol,
+            environment,
+            options: balancing.clone(),
+        };
+        // A name resolved before (by the configuration this one replaces) starts from
+        // its latest addresses.
+        let known: std::collections::HashMap<String, Vec<std::net::IpAddr>> = members
+            .specs
             .iter()
-            .map(|spec| {
-                let connector = Connector(Arc::new(ConnectorInner {
-                    address: spec.address.to_owned(),
-                    label: format!("backend `{name}` ({})", spec.address),
-                    tls: tls_connector.clone(),
-                    connect_timeout,
-                    protocol,
-                }));
-                let state = match environment {
-                    Some(env) => EndpointState::shared(env, name, spec.address),
-                    None => Arc::new(EndpointState::new(None, name, spec.address)),
-                };
-                Endpoint::new(spec.address, spec.weight, spec.drain, connector, state)
-            })
-            .collect::<Vec<_>>();
+            .filter_map(|s| s.name.as_ref())
+            .filter_map(|n| Some((n.clone(), dns::last(n)?)))
+            .collect();
+        let endpoints = members.endpoints(&known, &[]);
+        let members = members.specs.iter().any(|s| s.name.is_some()).then(|| Arc::new(members));
         let label = match &endpoints[..] {
             [one] => one.connector.label().into(),
             _ => format!("backend `{name}`").into(),
@@ -155,7 +258,15 @@ impl Upstream {
         let host = if base.port == default_port { host_for_uri } else { address };
         let host = http::HeaderValue::try_from(host)
             .map_err(|e| tls_error("")(format!("the host is not a valid header: {e}")))?;
-        Ok(Upstream { base, authority, host, fleet: Fleet::new(endpoints, balancing), label })
+        Ok(Upstream {
+            base,
+            authority,
+            host,
+            fleet: Arc::new(ArcSwap::from_pointee(Fleet::new(endpoints, balancing))),
+            label,
+            members,
+            resolving: std::sync::Mutex::new(None),
+        })
     }
 
     /// The URI of a request to this backend, in origin form: the base path, then
@@ -180,10 +291,24 @@ impl Upstream {
         &self.label
     }
 
+    /// The endpoints as they are now (a name's addresses may change them).
+    pub fn fleet(&self) -> arc_swap::Guard<Arc<Fleet>> {
+        self.fleet.load()
+    }
+
     /// Starts what this backend's configuration asks of its endpoints once it serves:
-    /// probes, drains ([`Fleet::activate`]).
+    /// probes, drains ([`Fleet::activate`]), and the resolution of endpoints given by
+    /// name ([`dns`]). Needs a Tokio runtime.
     pub fn activate(&self) {
-        self.fleet.activate(&self.host, &self.base.path);
+        self.fleet.load().activate(&self.host, &self.base.path);
+        let Some(members) = &self.members else { return };
+        let mut resolving = self.resolving.lock().unwrap_or_else(|p| p.into_inner());
+        if resolving.is_some() {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        let task = track(members.clone(), Arc::downgrade(&self.fleet), self.host.clone(), self.base.path.clone());
+        *resolving = Some(runtime.spawn(task).abort_handle());
     }
 
     /// [`Upstream::send`] with no balancing key and no deadline.
@@ -223,11 +348,13 @@ impl Upstream {
         let mut tried = Vec::new();
         // Once a connection failed, what the client hears when no endpoint is left.
         let mut failed: Option<Refusal> = None;
+        // One fleet for the whole request, whatever DNS changes meanwhile.
+        let fleet = self.fleet.load_full();
         loop {
-            let i = self.fleet.pick(key, &tried).map_err(|refusal| failed.take().unwrap_or(refusal))?;
-            let endpoint = &self.fleet.endpoints[i];
+            let i = fleet.pick(key, &tried).map_err(|refusal| failed.take().unwrap_or(refusal))?;
+            let endpoint = &fleet.endpoints[i];
             // Another request took the last place under the caps since the pick.
-            let Some(mut lease) = self.fleet.lease(i) else {
+            let Some(mut lease) = fleet.lease(i) else {
                 tried.push(i);
                 continue;
             };
@@ -237,7 +364,7 @@ impl Upstream {
                 Some(at) => match tokio::time::timeout_at(at, sent).await {
                     Ok(r) => r,
                     Err(_) => {
-                        self.fleet.report(i, false);
+                        fleet.report(i, false);
                         return Err(Refusal::UpstreamTimeout(format!(
                             "{}: no response head within the read timeout (or the call's grpc-timeout)",
                             endpoint.connector.label()
@@ -248,8 +375,8 @@ impl Upstream {
             match result {
                 Ok(resp) => {
                     lease.answered();
-                    match self.fleet.failed_status(resp.status()) {
-                        true => self.fleet.report(i, false),
+                    match fleet.failed_status(resp.status()) {
+                        true => fleet.report(i, false),
                         // A good head: whether the body ends or breaks decides.
                         false => lease.await_body(),
                     }
@@ -259,19 +386,19 @@ impl Upstream {
                     }));
                 }
                 Err(RequestError::Connect(e, unsent)) => {
-                    self.fleet.report(i, false);
+                    fleet.report(i, false);
                     tried.push(i);
                     tracing::debug!(error = %e, "connect failed; the request goes to another endpoint if one is left");
                     failed = Some(e.into());
                     req = *unsent;
                 }
                 Err(RequestError::Http(e)) => {
-                    self.fleet.report(i, false);
+                    fleet.report(i, false);
                     let label = endpoint.connector.label();
                     return Err(http_failure(label, &e));
                 }
                 Err(RequestError::Failed(e)) => {
-                    self.fleet.report(i, false);
+                    fleet.report(i, false);
                     return Err(Refusal::UpstreamFailed(format!("{}: {e}", endpoint.connector.label())));
                 }
             }
@@ -285,35 +412,120 @@ impl Upstream {
     ///
     /// # Errors
     /// As [`Upstream::send`]'s connection failures.
-    pub async fn connect(&self, key: Option<&[u8]>) -> Result<(UpstreamStream, Lease, usize), crate::refusal::Refusal> {
+    pub async fn connect(
+        &self,
+        key: Option<&[u8]>,
+    ) -> Result<(UpstreamStream, Lease, Picked), crate::refusal::Refusal> {
+        let fleet = self.fleet.load_full();
         let mut tried = Vec::new();
         let mut failed: Option<crate::refusal::Refusal> = None;
         loop {
-            let i = self.fleet.pick(key, &tried).map_err(|refusal| failed.take().unwrap_or(refusal))?;
-            let endpoint = &self.fleet.endpoints[i];
-            let Some(lease) = self.fleet.lease(i) else {
+            let i = fleet.pick(key, &tried).map_err(|refusal| failed.take().unwrap_or(refusal))?;
+            let Some(lease) = fleet.lease(i) else {
                 tried.push(i);
                 continue;
             };
-            match endpoint.connector.connect_http1().await {
-                Ok(stream) => return Ok((stream, lease, i)),
+            match fleet.endpoints[i].connector.connect_http1().await {
+                Ok(stream) => return Ok((stream, lease, Picked { fleet, index: i })),
                 Err(e) => {
-                    self.fleet.report(i, false);
+                    fleet.report(i, false);
                     tried.push(i);
                     failed = Some(e.into());
                 }
             }
         }
     }
+}
 
-    /// Records how an exchange with endpoint `i` went, for its passive health.
-    pub fn report(&self, i: usize, ok: bool) {
-        self.fleet.report(i, ok);
+/// The endpoint a WebSocket upgrade was connected to, in the fleet it was picked from.
+pub struct Picked {
+    fleet: Arc<Fleet>,
+    index: usize,
+}
+
+impl Picked {
+    /// Records how the exchange went, for the endpoint's passive health.
+    pub fn report(&self, ok: bool) {
+        self.fleet.report(self.index, ok);
     }
 
-    /// The label of endpoint `i`: "backend `NAME` (ADDRESS)".
-    pub fn endpoint_label(&self, i: usize) -> &str {
-        self.fleet.endpoints[i].connector.label()
+    /// "backend `NAME` (ADDRESS)".
+    pub fn label(&self) -> &str {
+        self.fleet.endpoints[self.index].connector.label()
+    }
+
+    /// Whether a response status counts as a failure of the endpoint.
+    pub fn failed_status(&self, status: http::StatusCode) -> bool {
+        self.fleet.failed_status(status)
+    }
+}
+
+/// `host:port` → (host without brackets, port); the address was validated.
+fn split_host_port(address: &str) -> (&str, u16) {
+    let (host, port) = address.rsplit_once(':').unwrap_or((address, "0"));
+    (host.trim_start_matches('[').trim_end_matches(']'), port.parse().unwrap_or(0))
+}
+
+/// Resolves the names among a backend's endpoints as long as the backend serves
+/// (`fleet` alive): at each answer's TTL (or every `dns_refresh_ms`), within
+/// [`dns::RETRY`] after a failure; a changed set of addresses becomes a new fleet,
+/// activated, then swapped in — requests in flight finish on the one they picked from.
+async fn track(
+    members: Arc<Members>,
+    fleet: std::sync::Weak<ArcSwap<Fleet>>,
+    host: http::HeaderValue,
+    base_path: String,
+) {
+    let mut names: Vec<&str> = members.specs.iter().filter_map(|s| s.name.as_deref()).collect();
+    names.sort_unstable();
+    names.dedup();
+    let mut resolved: std::collections::HashMap<String, Vec<std::net::IpAddr>> =
+        names.iter().filter_map(|n| Some(((*n).to_owned(), dns::last(n)?))).collect();
+    let mut failing = std::collections::HashSet::new();
+    let env = members.environment.map_or("", tollgate_model::Environment::as_str);
+    loop {
+        let mut next = members.options.dns_refresh.unwrap_or(dns::MAX_TTL);
+        let mut changed = Vec::new();
+        for name in &names {
+            match dns::resolve(name).await {
+                Ok((ips, ttl)) => {
+                    failing.remove(*name);
+                    if members.options.dns_refresh.is_none() {
+                        next = next.min(ttl);
+                    }
+                    if resolved.get(*name) != Some(&ips) {
+                        resolved.insert((*name).to_owned(), ips);
+                        changed.push(*name);
+                    }
+                }
+                Err(e) => {
+                    next = next.min(dns::RETRY);
+                    // Once per outage at warning level; the addresses it had stay.
+                    if failing.insert((*name).to_owned()) {
+                        tracing::warn!(
+                            environment = env, backend = %members.backend, name = *name, error = %e,
+                            code = "endpoint_unresolved", "cannot resolve an endpoint name; its addresses stay as they were"
+                        );
+                    }
+                }
+            }
+        }
+        let Some(fleet) = fleet.upgrade() else { return };
+        if !changed.is_empty() {
+            let current = fleet.load_full();
+            let next_fleet = Fleet::new(members.endpoints(&resolved, &current.endpoints), members.options.clone());
+            next_fleet.activate(&host, &base_path);
+            fleet.store(Arc::new(next_fleet));
+            for name in changed {
+                let list: Vec<String> = resolved.get(name).into_iter().flatten().map(ToString::to_string).collect();
+                tracing::info!(
+                    environment = env, backend = %members.backend, name, addresses = %list.join(","),
+                    code = "endpoint_resolved", "endpoint name resolved to new addresses (in use)"
+                );
+            }
+        }
+        drop(fleet);
+        tokio::time::sleep(next).await;
     }
 }
 

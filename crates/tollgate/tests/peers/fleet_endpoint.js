@@ -1,6 +1,6 @@
 // One instance of a backend fleet: Node's http server and `ws`. Every HTTP answer
 // carries `x-endpoint: NAME`; `/health` answers 200; WebSocket messages are echoed as
-// `NAME: message`. Listens on 127.0.0.1:PORT (0: any) and prints its port on the first
+// `NAME: message`. Listens on HOST (default 127.0.0.1):PORT (0: any) and prints its port on the first
 // line of stdout.
 'use strict';
 const http = require('http');
@@ -18,6 +18,6 @@ wss.on('connection', (ws) => {
   ws.on('error', () => {});
   ws.on('message', (data) => ws.send(`${name}: ${data}`));
 });
-server.listen(Number(process.env.PORT || 0), '127.0.0.1', () => {
+server.listen(Number(process.env.PORT || 0), process.env.HOST || '127.0.0.1', () => {
   console.log(`listening on ${server.address().port}`);
 });
