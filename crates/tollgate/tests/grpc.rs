@@ -1,7 +1,7 @@
 //! gRPC through the gateway (issue 18): a grpcio server (Python, C-core) behind a
 //! backend with `protocol: http2`, called by a grpcio client over h2c — the four call
-//! shapes, trailers, a backend's error status, deadlines, and the gateway's own
-//! refusals said as gRPC statuses.
+//! shapes, trailers, a backend's error status, deadlines, a backend that resets its
+//! stream, and the gateway's own refusals said as gRPC statuses.
 
 mod support;
 
@@ -86,6 +86,18 @@ accounts:
     assert_eq!((fail["code"].as_str(), fail["details"].as_str()), (Some("NOT_FOUND"), Some("no such thing")));
     let deadline = call(addr, "k", "deadline").await;
     assert_eq!(deadline["code"], "DEADLINE_EXCEEDED", "{deadline}");
+    // A backend that resets its stream: the client gets what came before, then the
+    // status the reset means, not a hang.
+    // The reset's reason travels on (RST_STREAM CANCEL → CANCELLED, per gRPC's HTTP/2
+    // mapping), mid-stream and before any answer alike.
+    let reset = call(addr, "k", "reset").await;
+    assert_eq!(
+        (reset["code"].as_str(), &reset["replies"]),
+        (Some("CANCELLED"), &serde_json::json!(["one"])),
+        "{reset}"
+    );
+    let reset_unary = call(addr, "k", "reset_unary").await;
+    assert_eq!(reset_unary["code"], "CANCELLED", "{reset_unary}");
 
     let missing = call(addr, "", "unary").await;
     assert_eq!(missing["code"], "UNAUTHENTICATED", "{missing}");

@@ -5,7 +5,9 @@
         (h2c); prints `listening on PORT`, then runs until killed. Messages are raw
         bytes (no protobuf): Unary echoes, ServerStream sends the request 3 times,
         ClientStream joins what it got with `+`, Bidi echoes each message upper-cased,
-        Fail ends with NOT_FOUND and a message, Slow waits past any deadline.
+        Fail ends with NOT_FOUND and a message, Slow waits past any deadline, Reset sends
+        one message then resets the stream (RST_STREAM CANCEL), ResetUnary resets it at
+        once.
 
     python3 grpc_peer.py client TARGET AUTHORITY USER_KEY CASE
         calls through TARGET (host:port) with :authority AUTHORITY and metadata
@@ -48,7 +50,19 @@ def serve():
             ended.wait()
         return b""
 
+    def reset(request, context):
+        # One message, then the stream is reset (RST_STREAM CANCEL, grpcio's cancel).
+        yield b"one"
+        context.cancel()
+
+    def reset_unary(request, context):
+        # Reset before any answer.
+        context.cancel()
+        return b""
+
     handlers = {
+        "Reset": grpc.unary_stream_rpc_method_handler(reset, **IDENTITY),
+        "ResetUnary": grpc.unary_unary_rpc_method_handler(reset_unary, **IDENTITY),
         "Unary": grpc.unary_unary_rpc_method_handler(unary, **IDENTITY),
         "ServerStream": grpc.unary_stream_rpc_method_handler(server_stream, **IDENTITY),
         "ClientStream": grpc.stream_unary_rpc_method_handler(client_stream, **IDENTITY),
@@ -96,6 +110,11 @@ def client(target, authority, user_key, case):
             out["replies"] = replies
         elif case == "fail":
             channel.unary_unary("/test.Echo/Fail")(b"", metadata=md, timeout=10)
+        elif case == "reset":
+            for r in channel.unary_stream("/test.Echo/Reset")(b"", metadata=md, timeout=10):
+                out["replies"].append(r.decode())
+        elif case == "reset_unary":
+            channel.unary_unary("/test.Echo/ResetUnary")(b"", metadata=md, timeout=10)
         elif case == "deadline":
             channel.unary_unary("/test.Echo/Slow")(b"", metadata=md, timeout=0.5)
         else:
