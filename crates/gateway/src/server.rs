@@ -189,7 +189,8 @@ pub fn tls_acceptor_with(
     snapshot: Option<crate::snapshot::SnapshotHandle>,
 ) -> Result<TlsAcceptor, String> {
     // The checks a product's certificate passes: current, and the key the certificate's.
-    crate::sni::load_product_certificate(cert, key).map_err(|(_, e)| e)?;
+    crate::sni::load_product_certificate(crate::upstream::Pem::File(cert), crate::upstream::Pem::File(key))
+        .map_err(|(_, e)| e)?;
     let certs = crate::upstream::load_certs(cert)?;
     let pem = crate::files::read_bounded(key, crate::files::MAX_CERTIFICATES)?;
     let key =

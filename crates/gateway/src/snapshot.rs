@@ -614,14 +614,21 @@ fn compile_product(
         return None;
     }
 
-    let certificate = match p.tls.as_ref().and_then(|t| Some((t.cert_file.as_ref()?, t.key_file.as_ref()?))) {
+    use crate::upstream::Pem;
+    let pair = p.tls.as_ref().and_then(|t| {
+        Some((
+            Pem::pick(t.cert_file.as_ref(), t.cert_pem.as_ref())?,
+            Pem::pick(t.key_file.as_ref(), t.key_pem.as_ref())?,
+        ))
+    });
+    let certificate = match pair {
         None => None,
-        Some((cert_file, key_file)) => {
+        Some((cert, key)) => {
             let loaded = upstreams.certificates.entry(path.clone()).or_insert_with(|| {
-                crate::sni::load_product_certificate(cert_file, key_file)
+                crate::sni::load_product_certificate(cert, key)
                     .map_err(|(field, e)| {
                         errors.push(ConfigError::new(format!("{path}.tls.{field}"), e).hint(
-                            "point `tls.cert_file` and `tls.key_file` at a current PEM certificate (chain, leaf first) and its unencrypted key",
+                            "give `tls.cert_file` and `tls.key_file` (or `cert_pem` and `key_pem`) a current PEM certificate (chain, leaf first) and its unencrypted key",
                         ));
                     })
                     .ok()
@@ -629,15 +636,20 @@ fn compile_product(
             Some(loaded.clone()?)
         }
     };
-    let client_auth = match p.tls.as_ref().and_then(|t| Some((t.client_ca_file.as_ref()?, t.client_certificates))) {
+    let authorities = p
+        .tls
+        .as_ref()
+        .and_then(|t| Some((Pem::pick(t.client_ca_file.as_ref(), t.client_ca_pem.as_ref())?, t.client_certificates)));
+    let client_auth = match authorities {
         None => None,
         Some((ca, mode)) => {
             let required = mode == Some(tollgate_model::ClientCertificates::Required);
             match crate::sni::load_client_auth(ca, required) {
                 Ok(auth) => Some(auth),
                 Err(e) => {
-                    errors.push(ConfigError::new(format!("{path}.tls.client_ca_file"), e).hint(
-                        "point `client_ca_file` at the PEM certificates of the authorities that issue the clients' certificates",
+                    let field = ca.key("client_ca_file", "client_ca_pem");
+                    errors.push(ConfigError::new(format!("{path}.tls.{field}"), e).hint(
+                        "give `client_ca_file` (or `client_ca_pem`) the PEM certificates of the authorities that issue the clients' certificates",
                     ));
                     return None;
                 }

@@ -7,7 +7,6 @@ use crate::snapshot::SnapshotHandle;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use std::path::Path;
 use std::sync::Arc;
 
 /// Chooses the certificate of a TLS handshake by its server name.
@@ -58,29 +57,25 @@ pub fn certified_key(
     }
 }
 
-/// A product's certificate from its `tls.cert_file` and `tls.key_file`, checked as a
-/// handshake would need it: a readable chain and unencrypted key that belong together,
-/// and a leaf valid now (not expired, not yet valid).
+/// A product's certificate from its `tls.cert_file` (or `cert_pem`) and `tls.key_file`
+/// (or `key_pem`), checked as a handshake would need it: a readable chain and
+/// unencrypted key that belong together, and a leaf valid now (not expired, not yet
+/// valid).
 ///
 /// # Errors
-/// The field at fault (`cert_file`, `key_file`) and why, in words.
-pub fn load_product_certificate(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, (&'static str, String)> {
-    let certs = crate::upstream::load_certs(cert).map_err(|e| ("cert_file", e))?;
-    let leaf = certs.first().ok_or(("cert_file", format!("{} holds no certificate", cert.display())))?;
-    check_validity(leaf).map_err(|e| ("cert_file", format!("{}: {e}", cert.display())))?;
-    let bytes = crate::files::read_bounded(key, crate::files::MAX_CERTIFICATES).map_err(|e| ("key_file", e))?;
-    if bytes.windows(9).any(|w| w == b"ENCRYPTED") {
-        return Err((
-            "key_file",
-            format!("{} holds an encrypted key: decrypt it (`openssl pkcs8 -in KEY -out KEY.plain`)", key.display()),
-        ));
-    }
-    use rustls_pki_types::pem::PemObject;
-    let key_der = PrivateKeyDer::from_pem_slice(&bytes)
-        .map_err(|e| ("key_file", format!("{}: no usable private key: {e}", key.display())))?;
+/// The key at fault (`cert_file`, `cert_pem`, `key_file`, `key_pem`) and why, in words.
+pub fn load_product_certificate(
+    cert: crate::upstream::Pem<'_>,
+    key: crate::upstream::Pem<'_>,
+) -> Result<Arc<CertifiedKey>, (&'static str, String)> {
+    let (cert_key, key_key) = (cert.key("cert_file", "cert_pem"), key.key("key_file", "key_pem"));
+    let certs = crate::upstream::pem_certificates(cert).map_err(|e| (cert_key, e))?;
+    let leaf = certs.first().ok_or((cert_key, format!("{} holds no certificate", cert.describe())))?;
+    check_validity(leaf).map_err(|e| (cert_key, format!("{}: {e}", cert.describe())))?;
+    let key_der = crate::upstream::pem_private_key(key).map_err(|e| (key_key, e))?;
     certified_key(certs, key_der)
         .map(Arc::new)
-        .map_err(|(field, e)| (field, format!("{}: {e} ({})", key.display(), cert.display())))
+        .map_err(|(_, e)| (key_key, format!("{}: {e} ({})", key.describe(), cert.describe())))
 }
 
 /// Whether the certificate is valid now (RFC 5280 §4.1.2.5).
@@ -112,12 +107,12 @@ pub struct ClientAuth {
     pub id: u64,
 }
 
-/// A product's [`ClientAuth`] from its `tls.client_ca_file`.
+/// A product's [`ClientAuth`] from its `tls.client_ca_file` (or `client_ca_pem`).
 ///
 /// # Errors
-/// What is wrong with the file, in words.
-pub fn load_client_auth(ca_file: &Path, required: bool) -> Result<ClientAuth, String> {
-    let roots = crate::upstream::load_certs(ca_file)?;
+/// What is wrong with the authorities, in words.
+pub fn load_client_auth(authorities: crate::upstream::Pem<'_>, required: bool) -> Result<ClientAuth, String> {
+    let roots = crate::upstream::pem_certificates(authorities)?;
     let verifier = client_verifier(&roots)?;
     static IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
     let id = IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -114,6 +114,22 @@ pub struct BackendTls {
     /// PEM file of that certificate's private key (PKCS#8, PKCS#1 or SEC1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_key_file: Option<PathBuf>,
+    /// `client_cert_file` inline: the PEM text, stored with the configuration so every
+    /// gateway node has it. Use either the file or the text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_cert_pem: Option<String>,
+    /// `client_key_file` inline: the PEM text of the private key (kept out of the
+    /// audit log). Use either the file or the text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_key_pem: Option<String>,
+}
+
+impl ProductTls {
+    /// Whether the product checks client certificates (`client_ca_file` or
+    /// `client_ca_pem`).
+    pub fn checks_client_certificates(&self) -> bool {
+        self.client_ca_file.is_some() || self.client_ca_pem.is_some()
+    }
 }
 
 impl Default for BackendTls {
@@ -125,6 +141,8 @@ impl Default for BackendTls {
             server_name: None,
             client_cert_file: None,
             client_key_file: None,
+            client_cert_pem: None,
+            client_key_pem: None,
         }
     }
 }
@@ -200,6 +218,16 @@ pub struct ProductTls {
     /// PEM file of the authorities that issue the product's client certificates.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_ca_file: Option<PathBuf>,
+    /// `cert_file` inline: the PEM text, stored with the configuration so every gateway
+    /// node has it (the admin API's way). Use either the file or the text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_pem: Option<String>,
+    /// `key_file` inline: the PEM text of the private key (kept out of the audit log).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_pem: Option<String>,
+    /// `client_ca_file` inline: the PEM text of the authorities.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ca_pem: Option<String>,
     /// `optional` (default, with `client_ca_file`) or `required`: without a
     /// certificate, a request to the product is refused with 403
     /// `client_certificate_required`.

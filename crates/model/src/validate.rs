@@ -149,19 +149,13 @@ fn check(config: &Config, draft: bool) -> Result<(), ConfigErrors> {
         if b.tls.ca_file.is_some() && b.tls.ca_pem.is_some() {
             c.err(format!("{path}.tls.ca_pem"), "both `ca_file` and `ca_pem` are set", "keep one of them");
         }
-        match (&b.tls.client_cert_file, &b.tls.client_key_file) {
-            (Some(_), None) => c.err(
-                format!("{path}.tls.client_key_file"),
-                "a client certificate needs its private key",
-                "set `client_key_file` to the PEM file of the key of `client_cert_file`",
-            ),
-            (None, Some(_)) => c.err(
-                format!("{path}.tls.client_cert_file"),
-                "a client key needs its certificate",
-                "set `client_cert_file` to the PEM file of the certificate of `client_key_file`",
-            ),
-            _ => {}
-        }
+        let t = &b.tls;
+        pem_pair(
+            &mut c,
+            &format!("{path}.tls"),
+            [("client_cert_file", t.client_cert_file.is_some()), ("client_cert_pem", t.client_cert_pem.is_some())],
+            [("client_key_file", t.client_key_file.is_some()), ("client_key_pem", t.client_key_pem.is_some())],
+        );
         if b.connect_timeout_ms == Some(0) {
             c.err(format!("{path}.connect_timeout_ms"), "must be greater than 0", "omit it for the default of 5000");
         }
@@ -188,7 +182,7 @@ fn check(config: &Config, draft: bool) -> Result<(), ConfigErrors> {
         let path = format!("products[{i}]");
         c.system_name(&path, &p.system_name, &mut product_names, "product");
         if p.authentication.mode == AuthMode::ClientCertificate
-            && p.tls.as_ref().is_none_or(|t| t.client_ca_file.is_none())
+            && p.tls.as_ref().is_none_or(|t| !t.checks_client_certificates())
         {
             c.err(
                 format!("{path}.authentication.mode"),
@@ -197,23 +191,23 @@ fn check(config: &Config, draft: bool) -> Result<(), ConfigErrors> {
             );
         }
         if let Some(tls) = &p.tls {
-            match (&tls.cert_file, &tls.key_file) {
-                (Some(_), None) => c.err(
-                    format!("{path}.tls.key_file"),
-                    "a certificate needs its private key",
-                    "set `key_file` to the PEM file of the key of `cert_file`",
-                ),
-                (None, Some(_)) => c.err(
-                    format!("{path}.tls.cert_file"),
-                    "a key needs its certificate",
-                    "set `cert_file` to the PEM file of the certificate of `key_file`",
-                ),
-                _ => {}
+            pem_pair(
+                &mut c,
+                &format!("{path}.tls"),
+                [("cert_file", tls.cert_file.is_some()), ("cert_pem", tls.cert_pem.is_some())],
+                [("key_file", tls.key_file.is_some()), ("key_pem", tls.key_pem.is_some())],
+            );
+            if tls.client_ca_file.is_some() && tls.client_ca_pem.is_some() {
+                c.err(
+                    format!("{path}.tls.client_ca_pem"),
+                    "both `client_ca_file` and `client_ca_pem` are set",
+                    "keep one of them",
+                );
             }
-            if tls.client_certificates.is_some() && tls.client_ca_file.is_none() {
+            if tls.client_certificates.is_some() && !tls.checks_client_certificates() {
                 c.err(
                     format!("{path}.tls.client_certificates"),
-                    "client certificates are checked against `client_ca_file`, which is not set",
+                    "client certificates are checked against `client_ca_file` (or `client_ca_pem`), which is not set",
                     "set `client_ca_file` to the PEM file of the authorities that issue them",
                 );
             }
@@ -669,6 +663,31 @@ fn fleet(c: &mut Checker, path: &str, b: &Backend) {
             format!("{path}.dns_refresh_ms"),
             format!("{t} is out of range"),
             "use 1000 to 86400000 (a day); omit it to follow each answer's TTL",
+        );
+    }
+}
+
+/// A certificate and its key, each from a file or inline PEM: `[(file key, set),
+/// (pem key, set)]` for each. One source each, and both or neither.
+fn pem_pair(c: &mut Checker, at: &str, cert: [(&str, bool); 2], key: [(&str, bool); 2]) {
+    for [(file, f), (pem, p)] in [cert, key] {
+        if f && p {
+            c.err(format!("{at}.{pem}"), format!("both `{file}` and `{pem}` are set"), "keep one of them");
+        }
+    }
+    let (has_cert, has_key) = (cert[0].1 || cert[1].1, key[0].1 || key[1].1);
+    if has_cert && !has_key {
+        c.err(
+            format!("{at}.{}", key[0].0),
+            "a certificate needs its private key",
+            format!("set `{}` (a PEM file) or `{}` (PEM text) to the certificate's key", key[0].0, key[1].0),
+        );
+    }
+    if has_key && !has_cert {
+        c.err(
+            format!("{at}.{}", cert[0].0),
+            "a key needs its certificate",
+            format!("set `{}` (a PEM file) or `{}` (PEM text) to the key's certificate", cert[0].0, cert[1].0),
         );
     }
 }

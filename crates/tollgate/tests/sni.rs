@@ -475,3 +475,53 @@ async fn a_certificate_bound_token_passes_only_with_its_certificate() {
     let (status, body) = call("strict.test", &bound, Some((&one, &one_key)));
     assert_eq!(status, 502, "{body}");
 }
+
+// Store mode: a product's certificate, key and client authorities given inline through
+// the admin API (`cert_pem`, `key_pem`, `client_ca_pem`), so that every node has them;
+// a key of another certificate is refused naming `key_pem`; the audit log keeps no key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_products_certificate_and_authorities_are_given_inline_through_the_admin_api() {
+    let dir = TempDir::new();
+    let (default, default_key) = make_cert(dir.path());
+    let (cert, key) = cert_for(dir.path(), "inline", "inline.test", "Inline Org");
+    let (_, other_key) = cert_for(dir.path(), "other", "other.test", "Other Org");
+    let (ca, client, client_key) = ca_and_client(dir.path(), "partner");
+    let read = |p: &Path| std::fs::read_to_string(p).expect("pem");
+    let (default, default_key) = (default.display().to_string(), default_key.display().to_string());
+    let mut args = serve_args(&["--tls-cert", &default, "--tls-key", &default_key]);
+    args.staging_listen = "tls://127.0.0.1:0".into();
+    let url = format!("sqlite://{}", dir.path().join("tollgate.db").display());
+    let server =
+        tollgate::serve::Server::start(&args, tollgate::serve::Source::Store(url)).await.expect("serve in store mode");
+    let port = server.staging.port();
+    let backend = serde_json::json!({ "system_name": "b", "private_base_url": "http://127.0.0.1:9" });
+    assert_eq!(api(&server, "POST", "/backends", Some(backend)).await.0, http::StatusCode::CREATED);
+    let product = |key_pem: &str| {
+        serde_json::json!({
+            "system_name": "inline",
+            "staging_public_base_url": "https://inline.test",
+            "production_public_base_url": "https://inline-production.test",
+            "tls": { "cert_pem": read(&cert), "key_pem": key_pem, "client_ca_pem": read(&ca), "client_certificates": "required" },
+            "backend_usages": [ { "backend": "b", "path": "/" } ],
+            "mapping_rules": [ { "http_method": "ANY", "pattern": "/", "metric": "hits" } ],
+            "policy_chain": [ { "name": "tollgate", "enabled": false } ],
+        })
+    };
+    let (status, body) = api(&server, "POST", "/products", Some(product(&read(&other_key)))).await;
+    assert_eq!(status, http::StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(body["error"]["field"].as_str().is_some_and(|f| f.ends_with("tls.key_pem")), "{body}");
+    let (status, body) = api(&server, "POST", "/products", Some(product(&read(&key)))).await;
+    assert_eq!(status, http::StatusCode::CREATED, "{body}");
+    let (status, body) = api(&server, "POST", "/products/inline/deploy", None).await;
+    assert_eq!(status, http::StatusCode::CREATED, "{body}");
+
+    let subject = tokio::task::spawn_blocking(move || served_subject(port, "inline.test")).await.expect("s_client");
+    assert!(subject.contains("InlineOrg"), "the inline certificate is served: {subject}");
+    let (status, body) = curl(port, "inline.test", None).expect("handshake");
+    assert_eq!(status, 403, "the inline authorities require a certificate: {body}");
+    assert!(curl(port, "inline.test", Some((&client, &client_key))).is_some_and(|(s, _)| s == 502));
+
+    let (_, audit) = api(&server, "GET", "/audit?limit=10", None).await;
+    assert!(!audit.to_string().contains("PRIVATE KEY-----"), "no private key in the audit log: {audit}");
+    server.shutdown().await;
+}

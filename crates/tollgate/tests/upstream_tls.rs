@@ -230,7 +230,17 @@ async fn a_backend_that_requires_a_client_certificate_gets_the_configured_one() 
         let mut y = String::from("backends:\n");
         y += &backend("mtls", &format!(", client_cert_file: '{client_cert}', client_key_file: '{key}'"));
         y += &backend("plain", "");
-        y += "products:\n  - system_name: api\n    staging_public_base_url: http://api-staging.test\n    production_public_base_url: http://api.test\n    backend_usages: [ { backend: mtls, path: /mtls }, { backend: plain, path: /plain } ]\n    mapping_rules: [ { http_method: ANY, pattern: /, metric: hits } ]\n    application_plans: [ { system_name: basic } ]\naccounts:\n  - name: acme\n    applications: [ { name: app, product: api, plan: basic, user_key: k } ]\n";
+        // The same certificate and key inline (as the admin API stores them).
+        let inline = |pem: &str| serde_json::to_string(pem).expect("json string");
+        y += &backend(
+            "inline",
+            &format!(
+                ", client_cert_pem: {}, client_key_pem: {}",
+                inline(&client.pem()),
+                inline(&client_key.serialize_pem())
+            ),
+        );
+        y += "products:\n  - system_name: api\n    staging_public_base_url: http://api-staging.test\n    production_public_base_url: http://api.test\n    backend_usages: [ { backend: mtls, path: /mtls }, { backend: plain, path: /plain }, { backend: inline, path: /inline } ]\n    mapping_rules: [ { http_method: ANY, pattern: /, metric: hits } ]\n    application_plans: [ { system_name: basic } ]\naccounts:\n  - name: acme\n    applications: [ { name: app, product: api, plan: basic, user_key: k } ]\n";
         y
     };
     // A key that does not fit the certificate: `check` says which option.
@@ -246,6 +256,8 @@ async fn a_backend_that_requires_a_client_certificate_gets_the_configured_one() 
     let serve = support::spawn_serve(&config).await;
     let (status, _, body) = support::get(serve.staging, "api-staging.test", "/mtls/?user_key=k").await;
     assert_eq!((status, body.as_str()), (StatusCode::OK, "client gateway-client"));
+    let (status, _, body) = support::get(serve.staging, "api-staging.test", "/inline/?user_key=k").await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "client gateway-client"), "client_cert_pem, client_key_pem");
     let (status, _, body) = support::get(serve.staging, "api-staging.test", "/plain/?user_key=k").await;
     assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
     assert!(body.contains("upstream_tls"), "{body}");

@@ -286,14 +286,76 @@ pub fn pem_certs(pem: &str) -> Result<Vec<CertificateDer<'static>>, String> {
 /// Reads every certificate of a PEM file; the error says in words why not (no such
 /// file, not allowed to read it, not PEM, no certificate in it).
 pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let bytes = crate::files::read_bounded(path, crate::files::MAX_CERTIFICATES)?;
+    pem_certificates(Pem::File(path))
+}
+
+/// PEM text given by a configuration: a file (`…_file`, read on each node) or the text
+/// itself (`…_pem`, stored with the configuration).
+#[derive(Debug, Clone, Copy)]
+pub enum Pem<'a> {
+    /// A file's path.
+    File(&'a Path),
+    /// The text.
+    Inline(&'a str),
+}
+
+impl<'a> Pem<'a> {
+    /// The file if given, else the text.
+    pub fn pick(file: Option<&'a std::path::PathBuf>, inline: Option<&'a String>) -> Option<Pem<'a>> {
+        file.map(|f| Pem::File(f)).or_else(|| inline.map(|t| Pem::Inline(t)))
+    }
+
+    /// Which of the two keys it came from.
+    pub fn key(&self, file_key: &'static str, pem_key: &'static str) -> &'static str {
+        match self {
+            Pem::File(_) => file_key,
+            Pem::Inline(_) => pem_key,
+        }
+    }
+
+    /// What messages call it: the file's path, or "the PEM text".
+    pub fn describe(&self) -> String {
+        match self {
+            Pem::File(p) => p.display().to_string(),
+            Pem::Inline(_) => "the PEM text".into(),
+        }
+    }
+
+    fn bytes(&self) -> Result<std::borrow::Cow<'a, [u8]>, String> {
+        match self {
+            Pem::File(p) => crate::files::read_bounded(p, crate::files::MAX_CERTIFICATES).map(Into::into),
+            Pem::Inline(t) if t.len() > crate::files::MAX_CERTIFICATES as usize => {
+                Err(format!("the PEM text is larger than {} bytes", crate::files::MAX_CERTIFICATES))
+            }
+            Pem::Inline(t) => Ok(t.as_bytes().into()),
+        }
+    }
+}
+
+/// Every certificate of PEM text from a file or inline; the error says in words why not.
+pub fn pem_certificates(source: Pem<'_>) -> Result<Vec<CertificateDer<'static>>, String> {
+    let bytes = source.bytes()?;
+    let what = source.describe();
     let certs: Vec<_> = CertificateDer::pem_slice_iter(&bytes)
         .collect::<Result<_, _>>()
-        .map_err(|e| format!("{} is not a PEM certificate file: {e}", path.display()))?;
+        .map_err(|e| format!("{what} is not PEM certificate text: {e}"))?;
     if certs.is_empty() {
-        return Err(format!("{} holds no certificate (expected -----BEGIN CERTIFICATE-----)", path.display()));
+        return Err(format!("{what} holds no certificate (expected -----BEGIN CERTIFICATE-----)"));
     }
     Ok(certs)
+}
+
+/// The unencrypted private key (PKCS#8, PKCS#1 or SEC1) of PEM text from a file or
+/// inline; the error says in words why not (an encrypted key, no key).
+pub fn pem_private_key(source: Pem<'_>) -> Result<rustls_pki_types::PrivateKeyDer<'static>, String> {
+    let bytes = source.bytes()?;
+    let what = source.describe();
+    if bytes.windows(9).any(|w| w == b"ENCRYPTED") {
+        return Err(format!(
+            "{what} holds an encrypted key: Tollgate reads unencrypted keys (decrypt it with `openssl pkcs8 -in KEY -out KEY.plain`)"
+        ));
+    }
+    rustls_pki_types::PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| format!("{what} holds no PEM private key: {e}"))
 }
 
 /// A backend's `tls` options that cannot be used: which key (`ca_file`, `ca_pem`,
@@ -360,27 +422,21 @@ pub fn client_tls_config(tls: &BackendTls) -> Result<ClientConfig, TlsConfigErro
     };
     let verifier = BackendVerifier { trust, provider: provider() };
     let builder = builder.dangerous().with_custom_certificate_verifier(Arc::new(verifier));
-    let mut config = match (&tls.client_cert_file, &tls.client_key_file) {
+    let client_cert = Pem::pick(tls.client_cert_file.as_ref(), tls.client_cert_pem.as_ref());
+    let client_key = Pem::pick(tls.client_key_file.as_ref(), tls.client_key_pem.as_ref());
+    let mut config = match (client_cert, client_key) {
         // Upstream mutual TLS: the certificate the backend may ask for.
         (Some(cert), Some(key)) => {
-            let chain = load_certs(cert).map_err(tls_error("client_cert_file"))?;
-            let bytes = crate::files::read_bounded(key, crate::files::MAX_CERTIFICATES)
-                .map_err(tls_error("client_key_file"))?;
-            if bytes.windows(9).any(|w| w == b"ENCRYPTED") {
-                return Err(tls_error("client_key_file")(format!(
-                    "{} holds an encrypted key: Tollgate reads unencrypted keys (decrypt it with `openssl pkcs8 -in KEY -out KEY.plain`)",
-                    key.display()
-                )));
-            }
-            let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| {
-                tls_error("client_key_file")(format!("{} holds no PEM private key: {e}", key.display()))
-            })?;
+            let (cert_key, key_key) =
+                (cert.key("client_cert_file", "client_cert_pem"), key.key("client_key_file", "client_key_pem"));
+            let chain = pem_certificates(cert).map_err(tls_error(cert_key))?;
+            let key = pem_private_key(key).map_err(tls_error(key_key))?;
             builder.with_client_auth_cert(chain, key).map_err(|e| match e {
-                rustls::Error::InvalidCertificate(c) => tls_error("client_cert_file")(format!(
+                rustls::Error::InvalidCertificate(c) => tls_error(cert_key)(format!(
                     "the client certificate cannot be used ({c:?}); an X.509 v1 certificate (`openssl x509 -req` without extensions) must be reissued as v3"
                 )),
-                other => tls_error("client_key_file")(format!(
-                    "the key does not fit the client certificate ({other}): the file must hold that certificate's own key, and client_cert_file its certificate first, then the chain"
+                other => tls_error(key_key)(format!(
+                    "the key does not fit the client certificate ({other}): it must be that certificate's own key, and {cert_key} its certificate first, then the chain"
                 )),
             })?
         }
