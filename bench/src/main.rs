@@ -8,6 +8,7 @@
 //! the echo backend and the raw byte copy run as their own processes.
 
 mod cpu;
+mod grpc;
 mod http;
 mod peers;
 mod report;
@@ -22,8 +23,9 @@ use report::{Row, Table, median};
 use ws::Target;
 
 const USAGE: &str = "usage: tollgate-bench all [--smoke] [--rounds N] [--seconds S] [--only LIST] [--out DIR]
-         LIST: comma-separated of http, cpu, fleet, redis, tls, pingpong, handshakes, stream, memory
+         LIST: comma-separated of http, cpu, fleet, grpc, redis, tls, pingpong, handshakes, stream, memory
        tollgate-bench echo          (an echo WebSocket server; prints its port)
+       tollgate-bench grpc          (a gRPC echo server over h2c, tonic; prints its port)
        tollgate-bench copy PORT     (a raw TCP byte copy to 127.0.0.1:PORT; prints its port)";
 
 /// How much of everything: the defaults take about ten minutes; `--smoke` seconds.
@@ -34,6 +36,9 @@ struct Settings {
     turn: Duration,
     http_connections: usize,
     ws_connections: usize,
+    /// gRPC: HTTP/2 connections, and calls in flight on each.
+    grpc_connections: usize,
+    grpc_streams: usize,
     handshake_concurrency: usize,
     /// Upper bound on handshakes per turn (each uses a fresh source address).
     handshake_max: usize,
@@ -50,6 +55,8 @@ impl Settings {
             turn: Duration::from_secs(5),
             http_connections: 50,
             ws_connections: 50,
+            grpc_connections: 4,
+            grpc_streams: 16,
             handshake_concurrency: 16,
             handshake_max: 60_000,
             stream_messages: 50_000,
@@ -65,6 +72,8 @@ impl Settings {
             turn: Duration::from_millis(300),
             http_connections: 4,
             ws_connections: 4,
+            grpc_connections: 1,
+            grpc_streams: 2,
             handshake_concurrency: 2,
             handshake_max: 50,
             stream_messages: 200,
@@ -83,6 +92,7 @@ fn main() -> Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
     match args.first().map(String::as_str) {
         Some("echo") => runtime.block_on(ws::echo_server()),
+        Some("grpc") => runtime.block_on(grpc::server()),
         Some("copy") => {
             let port: u16 = args.get(1).and_then(|p| p.parse().ok()).ok_or_else(|| anyhow!("{USAGE}"))?;
             runtime.block_on(ws::copy_server(port))
@@ -109,7 +119,8 @@ fn parse(args: &[String]) -> Result<Settings> {
             _ => bail!("unknown flag {flag}\n{USAGE}"),
         }
     }
-    const PHASES: [&str; 9] = ["http", "cpu", "fleet", "redis", "tls", "pingpong", "handshakes", "stream", "memory"];
+    const PHASES: [&str; 10] =
+        ["http", "cpu", "fleet", "grpc", "redis", "tls", "pingpong", "handshakes", "stream", "memory"];
     if let Some(p) = s.only.iter().find(|p| !PHASES.contains(&p.as_str())) {
         bail!("--only: unknown measure `{p}`; choose from {}", PHASES.join(", "));
     }
@@ -148,13 +159,14 @@ struct Files {
 async fn start(files: &Files, s: &Settings) -> Result<Field> {
     let (echo, echo_addr) = peers::own(&["echo"]).await?;
     let (copy, raw_copy) = peers::own(&["copy", &echo_addr.port().to_string()]).await?;
+    let (grpc_server, grpc) = peers::own(&["grpc"]).await?;
     let (backend, http, https) = peers::http_backend(&files.dir, &files.cert, &files.key).await?;
-    let backends = Backends { http, https, ws: echo_addr };
+    let backends = Backends { http, https, ws: echo_addr, grpc };
     let (n, nginx) = peers::nginx_proxy(&files.dir, backends, &files.cert, &files.key).await?;
     let (h, haproxy) = peers::haproxy(&files.dir, backends, &files.both).await?;
     let (t, tollgate) = peers::tollgate(&files.dir, backends, &files.cert, &files.key, &[]).await?;
     let pids = [backend.id(), n.id(), h.id(), t.id()];
-    let mut processes = vec![echo, copy, backend, n, h, t];
+    let mut processes = vec![echo, copy, grpc_server, backend, n, h, t];
     let tollgate_redis = if s.wants("redis") {
         let redis = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
         let flags =
@@ -192,7 +204,7 @@ async fn all_in(dir: &Path, s: &Settings) -> Result<()> {
     let files = Files { dir: dir.to_path_buf(), cert, key, both };
     let mut tables = Vec::new();
     let field = start(&files, s).await?;
-    for phase in ["http", "cpu", "fleet", "redis", "tls", "pingpong", "handshakes", "stream"] {
+    for phase in ["http", "cpu", "fleet", "grpc", "redis", "tls", "pingpong", "handshakes", "stream"] {
         if !s.wants(phase) {
             continue;
         }
@@ -200,6 +212,7 @@ async fn all_in(dir: &Path, s: &Settings) -> Result<()> {
             "http" => vec![http_table(&field, s, false).await?],
             "cpu" => vec![cpu_table(&field, s).await?],
             "fleet" => vec![fleet_table(&field, s).await?],
+            "grpc" => vec![grpc_table(&field, s).await?],
             "redis" => vec![redis_table(&field, s).await?],
             "tls" => vec![http_table(&field, s, true).await?, tls_handshakes(&field, s).await?],
             "pingpong" => vec![ping_pong(&field, s, 32).await?, ping_pong(&field, s, 4096).await?],
@@ -315,6 +328,38 @@ async fn fleet_table(f: &Field, s: &Settings) -> Result<Table> {
 }
 
 const ONE_ENDPOINT: &str = "tollgate, 1 endpoint";
+
+/// gRPC unary calls per second (tonic client, 64-byte messages, h2c), directly to a
+/// tonic server and through Tollgate (a backend with `protocol: http2`, the key in
+/// metadata, one mapping rule) — and through the baseline Tollgate when there is one.
+async fn grpc_table(f: &Field, s: &Settings) -> Result<Table> {
+    let mut contestants =
+        vec![("direct", f.backends.grpc, "grpc.localhost"), ("tollgate", f.tollgate.http, "grpc.localhost")];
+    if let Some((b, _)) = &f.baseline {
+        contestants.push(("baseline tollgate", b.http, "grpc.localhost"));
+    }
+    let names: Vec<&str> = contestants.iter().map(|c| c.0).collect();
+    let (connections, streams) = (s.grpc_connections, s.grpc_streams);
+    let results = rounds(s, &names, |i| {
+        let (target, authority) = (contestants[i].1, contestants[i].2);
+        let turn = s.turn;
+        async move {
+            tokio::task::spawn_blocking(move || grpc::unary_load(target, authority, connections, streams, turn)).await?
+        }
+    })
+    .await?;
+    Ok(Table {
+        key: "grpc",
+        title: format!(
+            "gRPC unary calls (tonic, 64-byte messages, h2c): {connections} connections × {streams} calls in flight, one client thread, {} s turns",
+            s.turn.as_secs_f64()
+        ),
+        unit: "calls/s",
+        rows: rows_of(&names, results, |r| (r.rate, Some(r.p50), Some(r.p99))),
+        higher_is_better: true,
+        baseline: None,
+    })
+}
 
 /// Limits shared by nodes cost a Redis round trip and a script per request: requests/s
 /// with key + 20 rules + limits on three periods, memory counters against Redis
@@ -588,7 +633,7 @@ async fn memory(files: &Files, n: usize) -> Result<Table> {
     for name in names {
         // Fresh processes: memory freed by earlier measures would hide the growth.
         let (_echo, echo) = peers::own(&["echo"]).await?;
-        let backends = Backends { http: echo, https: echo, ws: echo };
+        let backends = Backends { http: echo, https: echo, ws: echo, grpc: echo };
         let (process, fronts, host) = match name {
             "nginx" => {
                 let (p, fr) = peers::nginx_proxy(&files.dir, backends, &files.cert, &files.key).await?;

@@ -181,6 +181,8 @@ pub struct Backends {
     pub https: SocketAddr,
     /// This binary's `echo` WebSocket server.
     pub ws: SocketAddr,
+    /// This binary's `grpc` server (h2c).
+    pub grpc: SocketAddr,
 }
 
 fn nginx_prelude(root: &Path, workers: usize) -> String {
@@ -417,10 +419,19 @@ pub fn tollgate_config(to: Backends) -> String {
 backends:
   - {{ system_name: ok, private_base_url: "http://{http}" }}
   - {{ system_name: echo, private_base_url: "ws://{ws}" }}
+  - {{ system_name: grpc, private_base_url: "http://{grpc}", protocol: http2 }}
   - system_name: fleet
     private_base_url: "http://{http}"
     endpoints: [ {{ address: "127.0.0.1:{port}" }}, {{ address: "127.0.0.2:{port}" }}, {{ address: "127.0.0.3:{port}" }} ]
 products:
+  - system_name: grpc
+    staging_public_base_url: http://grpc.localhost
+    production_public_base_url: https://grpc.localhost
+    authentication: {{ credentials_location: headers }}
+    backend_usages: [ {{ backend: grpc, path: / }} ]
+    metrics: [ {{ system_name: hits }} ]
+    mapping_rules: [ {{ http_method: POST, pattern: /bench.Echo/Unary, metric: hits }} ]
+    application_plans: [ {{ system_name: basic }} ]
   - system_name: fleet
     staging_public_base_url: http://fleet.localhost
     production_public_base_url: https://fleet.localhost
@@ -471,6 +482,7 @@ accounts:
     applications:
       - {{ name: plain, product: plain, plan: basic, user_key: bench-key }}
       - {{ name: fleet, product: fleet, plan: basic, user_key: bench-key }}
+      - {{ name: grpc, product: grpc, plan: basic, user_key: bench-key }}
       - {{ name: full, product: full, plan: gold, user_key: bench-key }}
       - {{ name: ws, product: ws, plan: basic, user_key: bench-key }}
       - {{ name: metered, product: metered, plan: metered, user_key: bench-key }}
@@ -478,6 +490,7 @@ accounts:
         http = to.http,
         port = to.http.port(),
         ws = to.ws,
+        grpc = to.grpc,
     )
 }
 
