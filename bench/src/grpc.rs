@@ -92,6 +92,8 @@ pub async fn server() -> Result<()> {
 /// One run's numbers: calls per second, and latency percentiles in microseconds.
 #[derive(Debug, Clone, Copy)]
 pub struct Calls {
+    /// Calls completed.
+    pub calls: u64,
     pub rate: f64,
     pub p50: f64,
     pub p99: f64,
@@ -167,6 +169,7 @@ async fn load(
     }
     let seconds = started.elapsed().as_secs_f64();
     Ok(Calls {
+        calls: all.len(),
         rate: all.len() as f64 / seconds,
         p50: all.value_at_quantile(0.5) as f64,
         p99: all.value_at_quantile(0.99) as f64,

@@ -132,6 +132,8 @@ struct Field {
     _processes: Vec<Process>,
     /// Process ids of the HTTP backend, nginx, HAProxy and Tollgate (CPU measure).
     pids: [Option<u32>; 4],
+    /// Process id of the gRPC server.
+    grpc_pid: Option<u32>,
     backends: Backends,
     nginx: Fronts,
     haproxy: Fronts,
@@ -166,6 +168,7 @@ async fn start(files: &Files, s: &Settings) -> Result<Field> {
     let (h, haproxy) = peers::haproxy(&files.dir, backends, &files.both).await?;
     let (t, tollgate) = peers::tollgate(&files.dir, backends, &files.cert, &files.key, &[]).await?;
     let pids = [backend.id(), n.id(), h.id(), t.id()];
+    let grpc_pid = grpc_server.id();
     let mut processes = vec![echo, copy, grpc_server, backend, n, h, t];
     let tollgate_redis = if s.wants("redis") {
         let redis = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
@@ -188,7 +191,18 @@ async fn start(files: &Files, s: &Settings) -> Result<Field> {
         }
         None => None,
     };
-    Ok(Field { _processes: processes, pids, backends, nginx, haproxy, tollgate, tollgate_redis, baseline, raw_copy })
+    Ok(Field {
+        _processes: processes,
+        pids,
+        grpc_pid,
+        backends,
+        nginx,
+        haproxy,
+        tollgate,
+        tollgate_redis,
+        baseline,
+        raw_copy,
+    })
 }
 
 async fn all(s: Settings) -> Result<()> {
@@ -212,7 +226,7 @@ async fn all_in(dir: &Path, s: &Settings) -> Result<()> {
             "http" => vec![http_table(&field, s, false).await?],
             "cpu" => vec![cpu_table(&field, s).await?],
             "fleet" => vec![fleet_table(&field, s).await?],
-            "grpc" => vec![grpc_table(&field, s).await?],
+            "grpc" => grpc_table(&field, s).await?,
             "redis" => vec![redis_table(&field, s).await?],
             "tls" => vec![http_table(&field, s, true).await?, tls_handshakes(&field, s).await?],
             "pingpong" => vec![ping_pong(&field, s, 32).await?, ping_pong(&field, s, 4096).await?],
@@ -331,34 +345,74 @@ const ONE_ENDPOINT: &str = "tollgate, 1 endpoint";
 
 /// gRPC unary calls per second (tonic client, 64-byte messages, h2c), directly to a
 /// tonic server and through Tollgate (a backend with `protocol: http2`, the key in
-/// metadata, one mapping rule) — and through the baseline Tollgate when there is one.
-async fn grpc_table(f: &Field, s: &Settings) -> Result<Table> {
-    let mut contestants =
-        vec![("direct", f.backends.grpc, "grpc.localhost"), ("tollgate", f.tollgate.http, "grpc.localhost")];
-    if let Some((b, _)) = &f.baseline {
-        contestants.push(("baseline tollgate", b.http, "grpc.localhost"));
+/// metadata, one mapping rule) — and through the baseline Tollgate when there is one —
+/// and the CPU each call costs the serving process (the server for "direct").
+async fn grpc_table(f: &Field, s: &Settings) -> Result<Vec<Table>> {
+    let tollgate = f.pids[3];
+    let mut contestants = vec![
+        ("direct", f.backends.grpc, "grpc.localhost", f.grpc_pid),
+        ("tollgate", f.tollgate.http, "grpc.localhost", tollgate),
+    ];
+    if let Some((b, pid)) = &f.baseline {
+        contestants.push(("baseline tollgate", b.http, "grpc.localhost", *pid));
     }
     let names: Vec<&str> = contestants.iter().map(|c| c.0).collect();
     let (connections, streams) = (s.grpc_connections, s.grpc_streams);
     let results = rounds(s, &names, |i| {
-        let (target, authority) = (contestants[i].1, contestants[i].2);
+        let (target, authority, pid) = (contestants[i].1, contestants[i].2, contestants[i].3);
         let turn = s.turn;
         async move {
-            tokio::task::spawn_blocking(move || grpc::unary_load(target, authority, connections, streams, turn)).await?
+            let pid = pid.context("the process has exited")?;
+            let before = cpu::used(pid);
+            let run =
+                tokio::task::spawn_blocking(move || grpc::unary_load(target, authority, connections, streams, turn))
+                    .await??;
+            let after = cpu::used(pid);
+            let per = |a: Duration, b: Duration| (a - b).as_secs_f64() * 1e6 / run.calls.max(1) as f64;
+            Ok::<_, anyhow::Error>((run, per(after.0, before.0), per(after.1, before.1)))
         }
     })
     .await?;
-    Ok(Table {
-        key: "grpc",
-        title: format!(
-            "gRPC unary calls (tonic, 64-byte messages, h2c): {connections} connections × {streams} calls in flight, one client thread, {} s turns",
-            s.turn.as_secs_f64()
-        ),
-        unit: "calls/s",
-        rows: rows_of(&names, results, |r| (r.rate, Some(r.p50), Some(r.p99))),
-        higher_is_better: true,
-        baseline: None,
-    })
+    let shape = format!(
+        "tonic, 64-byte messages, h2c: {connections} connections × {streams} calls in flight, one client thread, {} s turns",
+        s.turn.as_secs_f64()
+    );
+    let cpu_rows = names
+        .iter()
+        .zip(&results)
+        .map(|(name, runs)| {
+            let user = median(&runs.iter().map(|r| r.1).collect::<Vec<_>>());
+            let kernel = median(&runs.iter().map(|r| r.2).collect::<Vec<_>>());
+            Row {
+                name: name.to_string(),
+                rate: user + kernel,
+                p50: None,
+                p99: None,
+                rounds: runs.iter().map(|r| r.1 + r.2).collect(),
+                split: Some((user, kernel)),
+            }
+        })
+        .collect();
+    let results: Vec<Vec<grpc::Calls>> =
+        results.into_iter().map(|runs| runs.into_iter().map(|r| r.0).collect()).collect();
+    Ok(vec![
+        Table {
+            key: "grpc",
+            title: format!("gRPC unary calls ({shape})"),
+            unit: "calls/s",
+            rows: rows_of(&names, results, |r| (r.rate, Some(r.p50), Some(r.p99))),
+            higher_is_better: true,
+            baseline: None,
+        },
+        Table {
+            key: "grpc_cpu",
+            title: format!("CPU per gRPC unary call of the serving process (µs, from /proc; lower is better; {shape})"),
+            unit: "µs CPU/call",
+            rows: cpu_rows,
+            higher_is_better: false,
+            baseline: None,
+        },
+    ])
 }
 
 /// Limits shared by nodes cost a Redis round trip and a script per request: requests/s

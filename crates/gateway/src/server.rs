@@ -145,7 +145,7 @@ pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, String> {
 }
 
 /// Whether `der` is one DER SEQUENCE, its length filling it exactly.
-fn is_der_sequence(der: &[u8]) -> bool {
+pub(crate) fn is_der_sequence(der: &[u8]) -> bool {
     let [0x30, first, rest @ ..] = der else { return false };
     let (len, body) = match *first {
         n @ 0..=0x7f => (usize::from(n), rest),
@@ -189,7 +189,7 @@ pub fn tls_acceptor_with(
     snapshot: Option<crate::snapshot::SnapshotHandle>,
 ) -> Result<TlsAcceptor, String> {
     // The checks a product's certificate passes: current, and the key the certificate's.
-    crate::sni::load_product_certificate(crate::upstream::Pem::File(cert), crate::upstream::Pem::File(key))
+    crate::sni::load_product_certificate(crate::upstream::Pem::File(cert), crate::upstream::Pem::File(key), None)
         .map_err(|(_, e)| e)?;
     let certs = crate::upstream::load_certs(cert)?;
     let pem = crate::files::read_bounded(key, crate::files::MAX_CERTIFICATES)?;

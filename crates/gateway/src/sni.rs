@@ -67,15 +67,29 @@ pub fn certified_key(
 pub fn load_product_certificate(
     cert: crate::upstream::Pem<'_>,
     key: crate::upstream::Pem<'_>,
+    ocsp: Option<&std::path::Path>,
 ) -> Result<Arc<CertifiedKey>, (&'static str, String)> {
     let (cert_key, key_key) = (cert.key("cert_file", "cert_pem"), key.key("key_file", "key_pem"));
     let certs = crate::upstream::pem_certificates(cert).map_err(|e| (cert_key, e))?;
     let leaf = certs.first().ok_or((cert_key, format!("{} holds no certificate", cert.describe())))?;
     check_validity(leaf).map_err(|e| (cert_key, format!("{}: {e}", cert.describe())))?;
     let key_der = crate::upstream::pem_private_key(key).map_err(|e| (key_key, e))?;
-    certified_key(certs, key_der)
-        .map(Arc::new)
-        .map_err(|(_, e)| (key_key, format!("{}: {e} ({})", key.describe(), cert.describe())))
+    let mut certified = certified_key(certs, key_der)
+        .map_err(|(_, e)| (key_key, format!("{}: {e} ({})", key.describe(), cert.describe())))?;
+    if let Some(path) = ocsp {
+        let response =
+            crate::files::read_bounded(path, crate::files::MAX_CERTIFICATES).map_err(|e| ("ocsp_file", e))?;
+        // Its form only (a DER SEQUENCE filling the file, RFC 6960 §4.2.1): its content
+        // is the responder's, for the client to check.
+        if !crate::server::is_der_sequence(&response) {
+            return Err((
+                "ocsp_file",
+                format!("{} is not a DER OCSP response (as `openssl ocsp -respout` writes one)", path.display()),
+            ));
+        }
+        certified.ocsp = Some(response);
+    }
+    Ok(Arc::new(certified))
 }
 
 /// Whether the certificate is valid now (RFC 5280 §4.1.2.5).

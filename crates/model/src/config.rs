@@ -228,6 +228,10 @@ pub struct ProductTls {
     /// `client_ca_file` inline: the PEM text of the authorities.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_ca_pem: Option<String>,
+    /// A DER OCSP response for the certificate (as `openssl ocsp -respout` writes one),
+    /// stapled to its handshakes (RFC 6066 §8); renew the file, then reload.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ocsp_file: Option<PathBuf>,
     /// `optional` (default, with `client_ca_file`) or `required`: without a
     /// certificate, a request to the product is refused with 403
     /// `client_certificate_required`.

@@ -33,7 +33,7 @@ pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
     // and a product's certificate.
     for p in &mut config.products {
         if let Some(tls) = &mut p.tls {
-            for f in [&mut tls.cert_file, &mut tls.key_file, &mut tls.client_ca_file] {
+            for f in [&mut tls.cert_file, &mut tls.key_file, &mut tls.client_ca_file, &mut tls.ocsp_file] {
                 if let Some(f) = f.as_mut().filter(|f| f.is_relative()) {
                     *f = base.join(&*f);
                 }

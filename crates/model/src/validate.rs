@@ -197,6 +197,13 @@ fn check(config: &Config, draft: bool) -> Result<(), ConfigErrors> {
                 [("cert_file", tls.cert_file.is_some()), ("cert_pem", tls.cert_pem.is_some())],
                 [("key_file", tls.key_file.is_some()), ("key_pem", tls.key_pem.is_some())],
             );
+            if tls.ocsp_file.is_some() && tls.cert_file.is_none() && tls.cert_pem.is_none() {
+                c.err(
+                    format!("{path}.tls.ocsp_file"),
+                    "an OCSP response is stapled with the product's certificate, and it has none",
+                    "give the product `cert_file` and `key_file`, or drop `ocsp_file`",
+                );
+            }
             if tls.client_ca_file.is_some() && tls.client_ca_pem.is_some() {
                 c.err(
                     format!("{path}.tls.client_ca_pem"),

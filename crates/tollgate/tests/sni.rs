@@ -525,3 +525,57 @@ async fn a_products_certificate_and_authorities_are_given_inline_through_the_adm
     assert!(!audit.to_string().contains("PRIVATE KEY-----"), "no private key in the audit log: {audit}");
     server.shutdown().await;
 }
+
+// A product's OCSP response (`tls.ocsp_file`, made by `openssl ocsp` as its authority
+// would sign it) is stapled to the handshakes that serve its certificate — not to
+// another product's; a file that is no OCSP response is refused naming the key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_products_ocsp_response_is_stapled_to_its_handshakes() {
+    let dir = TempDir::new();
+    let (default, default_key) = make_cert(dir.path());
+    let script = r#"
+set -e
+cd "$1"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout ca.key -out ca.pem -days 2 -subj /CN=test-ca 2>/dev/null
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout stapled-key.pem -out stapled.csr -subj /CN=stapled.test 2>/dev/null
+printf 'subjectAltName=DNS:stapled.test\n' > stapled.cnf
+openssl x509 -req -in stapled.csr -CA ca.pem -CAkey ca.key -set_serial 4096 -days 2 -extfile stapled.cnf -out stapled.pem 2>/dev/null
+expiry=$(date -u -d '+2 days' +%y%m%d%H%M%SZ)
+printf 'V\t%s\t\t1000\tunknown\t/CN=stapled.test\n' "$expiry" > index.txt
+openssl ocsp -index index.txt -rsigner ca.pem -rkey ca.key -CA ca.pem -issuer ca.pem -serial 4096 -respout ocsp.der -ndays 1 2>/dev/null >/dev/null
+"#;
+    let made = Command::new("bash").arg("-c").arg(script).arg("ocsp").arg(dir.path()).output().expect("bash");
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let (plain, plain_key) = cert_for(dir.path(), "plain", "plain.test", "Plain Org");
+    let yaml = |ocsp: &str| {
+        format!(
+            "backends: [ {{ system_name: b, private_base_url: \"http://127.0.0.1:9\" }} ]\nproducts:\n  - system_name: stapled\n    staging_public_base_url: https://stapled.test\n    production_public_base_url: https://stapled-production.test\n    tls: {{ cert_file: stapled.pem, key_file: stapled-key.pem, ocsp_file: {ocsp} }}\n    backend_usages: [ {{ backend: b, path: / }} ]\n    mapping_rules: [ {{ http_method: ANY, pattern: /, metric: hits }} ]\n  - system_name: plain\n    staging_public_base_url: https://plain.test\n    production_public_base_url: https://plain-production.test\n    tls: {{ cert_file: {}, key_file: {} }}\n    backend_usages: [ {{ backend: b, path: / }} ]\n    mapping_rules: [ {{ http_method: ANY, pattern: /, metric: hits }} ]\n",
+            plain.display(),
+            plain_key.display()
+        )
+    };
+    // Relative to the configuration file, like the certificate beside it.
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(&bad, yaml("ca.pem")).expect("config");
+    let out = Command::new(env!("CARGO_BIN_EXE_tollgate")).arg("check").arg(&bad).output().expect("check");
+    let said = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && said.contains("products[0].tls.ocsp_file"), "{said}");
+    assert!(said.contains("not a DER OCSP response"), "{said}");
+
+    let config_file = dir.path().join("tollgate.yaml");
+    std::fs::write(&config_file, yaml("ocsp.der")).expect("config");
+    let server = serve_tls(&default, &default_key, &config_file).await;
+    let port = server.staging.port();
+    let status = move |name: &'static str| {
+        let out = Command::new("openssl")
+            .args(["s_client", "-connect", &format!("127.0.0.1:{port}"), "-servername", name, "-status"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("openssl s_client");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let stapled = tokio::task::spawn_blocking(move || status("stapled.test")).await.expect("s_client");
+    assert!(stapled.contains("OCSP Response Status: successful"), "stapled: {stapled}");
+    let plain = tokio::task::spawn_blocking(move || status("plain.test")).await.expect("s_client");
+    assert!(plain.contains("OCSP response: no response sent"), "another product's: {plain}");
+}
