@@ -180,7 +180,10 @@ fn usage_table(usage: &super::Answer) -> Markup {
     table("Usage against the plan's limits", &["Metric", "Period", "Used", "Resets"], rows)
 }
 
-async fn application_page(ctx: &Ctx, app: &str, error: Option<String>) -> Response {
+async fn application_page(ctx: &Ctx, app: &str, error: Option<(String, Option<String>)>) -> Response {
+    // The key the message is about, and the message (for the field that shows it).
+    let error_field = error.as_ref().and_then(|(m, f)| Some((f.clone()?, m.clone())));
+    let error = error.map(|(m, _)| m);
     let answer = ctx.get(&format!("/applications/{}", url_encode(app))).await;
     if !answer.ok() {
         return super::pages::api_failure(ctx, "Applications", &answer);
@@ -215,6 +218,13 @@ async fn application_page(ctx: &Ctx, app: &str, error: Option<String>) -> Respon
                 }
             }
         }
+        @let fingerprints: Vec<&str> = a["client_certificates"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+        h3 { "Client certificates" }
+        p.hint { "SHA-256 fingerprints of the TLS client certificates that identify this application on a product with "
+            code { "authentication.mode: client_certificate" } " (" code { "openssl x509 -noout -fingerprint -sha256 -in CERT" } ")." }
+        (html::form(&format!("{here}/client_certificates"), csrf,
+            Field::text("Fingerprints, one per line", "client_certificates", &fingerprints.join("\n")).kind("textarea").html(error_field.as_ref().map(|(f, m)| (f.as_str(), m.as_str()))),
+            "Save fingerprints"))
         (html::danger_button(&format!("{here}/keys"), csrf, regenerate,
             "Replace the key? Clients using the old one are refused and their WebSockets close."))
         " "
@@ -250,10 +260,32 @@ async fn app_action(ctx: Ctx, Path((app, action)): Path<(String, String)>, form:
             )
             .await
         }
+        "client_certificates" => {
+            let current = ctx.get(&path).await;
+            if !current.ok() {
+                return super::pages::api_failure(&ctx, "Applications", &current);
+            }
+            let mut doc = current.body;
+            if let Some(map) = doc.as_object_mut() {
+                // The view's own keys are not the application's.
+                map.remove("id");
+                map.remove("account_id");
+                let lines: Vec<&str> = form
+                    .get("client_certificates")
+                    .unwrap_or_default()
+                    .lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty())
+                    .collect();
+                map.insert("client_certificates".into(), json!(lines));
+            }
+            ctx.api(Method::PUT, &path, Some(&doc)).await
+        }
         _ => return StatusCode::NOT_FOUND.into_response(),
     };
     if answer.ok() {
         return Redirect::to(&format!("/applications/{}", url_encode(&app))).into_response();
     }
-    application_page(&ctx, &app, Some(answer.error().0)).await
+    let (message, field) = answer.error();
+    application_page(&ctx, &app, Some((message, field))).await
 }
