@@ -501,9 +501,13 @@ async fn an_applications_client_certificate_fingerprints_are_edited_on_its_page(
         "application_plans": [ { "system_name": "basic" } ],
     });
     let cookie = with_product(&server, product).await;
-    assert_eq!(api(&server, "POST", "/accounts", Some(serde_json::json!({ "name": "acme" }))).await.0, StatusCode::CREATED);
+    assert_eq!(
+        api(&server, "POST", "/accounts", Some(serde_json::json!({ "name": "acme" }))).await.0,
+        StatusCode::CREATED
+    );
     let first = "ab".repeat(32);
-    let app = serde_json::json!({ "name": "shop", "product": "partners", "plan": "basic", "client_certificates": [first] });
+    let app =
+        serde_json::json!({ "name": "shop", "product": "partners", "plan": "basic", "client_certificates": [first] });
     let (status, body) = api(&server, "POST", "/accounts/acme/applications", Some(app)).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     let page_path = format!("/applications/{}", body["id"]);
@@ -512,16 +516,19 @@ async fn an_applications_client_certificate_fingerprints_are_edited_on_its_page(
     assert!(page.contains("Client certificates") && page.contains(&first), "{page}");
     let csrf = csrf(&page);
     // Two fingerprints, one as openssl prints it (colons, capitals).
-    let colons: Vec<String> = "cd".repeat(32).as_bytes().chunks(2).map(|c| String::from_utf8_lossy(c).to_uppercase()).collect();
+    let colons: Vec<String> =
+        "cd".repeat(32).as_bytes().chunks(2).map(|c| String::from_utf8_lossy(c).to_uppercase()).collect();
     let two = format!("{first}\n{}\n", colons.join(":"));
     let form = [("_csrf", csrf.as_str()), ("client_certificates", two.as_str())];
-    let (status, headers, page) = post(server.admin, &format!("{page_path}/client_certificates"), Some(&cookie), &form, &[]).await;
+    let (status, headers, page) =
+        post(server.admin, &format!("{page_path}/client_certificates"), Some(&cookie), &form, &[]).await;
     assert_eq!((status, location(&headers)), (StatusCode::SEE_OTHER, page_path.as_str()), "{page}");
     let saved = api(&server, "GET", "/applications/shop", None).await.1;
     assert_eq!(saved["client_certificates"].as_array().map(Vec::len), Some(2), "{saved}");
 
     let bad = [("_csrf", csrf.as_str()), ("client_certificates", "not-a-fingerprint")];
-    let (status, _, page) = post(server.admin, &format!("{page_path}/client_certificates"), Some(&cookie), &bad, &[]).await;
+    let (status, _, page) =
+        post(server.admin, &format!("{page_path}/client_certificates"), Some(&cookie), &bad, &[]).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{page}");
     assert!(page.contains("is not a SHA-256 fingerprint"), "the API's message on the page: {page}");
     server.shutdown().await;
