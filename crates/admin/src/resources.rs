@@ -304,9 +304,10 @@ async fn backend_delete(State(s): St, Path(b): Path<String>) -> ApiResult<Status
 
 /// The backend's endpoints as configured (its live row), each with the state this
 /// node's gateways keep of it per environment (`null` where that environment serves no
-/// version naming it) and, for a host name, `addresses`: the state of each address it
-/// resolved to, in either environment; endpoints the serving versions still use but the
-/// backend no longer lists come last, with `configured: false`.
+/// version naming it). A host name, once resolved, has its state per address under
+/// `addresses` (`[{address, staging, production}]`) and `null` for itself. Endpoints the
+/// serving versions still use but the backend no longer lists come last, with
+/// `configured: false`.
 pub(crate) fn endpoints_view(backend: &Backend) -> Value {
     let reports = tollgate_gateway::upstream::endpoint_reports(&backend.system_name);
     let configured: Vec<tollgate_model::Endpoint> = match backend.endpoints.is_empty() {
@@ -324,42 +325,47 @@ pub(crate) fn endpoints_view(backend: &Backend) -> Value {
     let canonical =
         |address: &str| tollgate_model::Endpoint { address: address.to_owned(), weight: 1, drain: false }.canonical();
     let mut used = vec![false; reports.len()];
-    let state_of = |used: &mut Vec<bool>, key: Option<(String, u16)>, env: &str| {
-        let i = reports
-            .iter()
-            .enumerate()
-            .position(|(i, r)| !used[i] && r.environment == env && key.is_some() && canonical(&r.address) == key)?;
-        used[i] = true;
-        serde_json::to_value(&reports[i]).ok()
+    // The reports `matches` picks (not shown yet), one entry per address with its state
+    // in each environment.
+    let group = |used: &mut Vec<bool>, matches: &dyn Fn(&tollgate_gateway::upstream::EndpointReport) -> bool| {
+        let mut entries: Vec<Value> = Vec::new();
+        for (i, r) in reports.iter().enumerate() {
+            if used[i] || !matches(r) {
+                continue;
+            }
+            used[i] = true;
+            let at = match entries.iter().position(|e| e["address"] == r.address.as_str()) {
+                Some(at) => at,
+                None => {
+                    entries.push(json!({ "address": r.address, "staging": null, "production": null }));
+                    entries.len() - 1
+                }
+            };
+            entries[at][r.environment] = serde_json::to_value(r).unwrap_or(Value::Null);
+        }
+        entries
     };
     let mut out = Vec::new();
     for e in &configured {
         let key = e.canonical();
+        let own = group(&mut used, &|r| key.is_some() && r.resolved_from.is_none() && canonical(&r.address) == key);
+        let own = own.into_iter().next().unwrap_or_else(|| json!({ "staging": null, "production": null }));
         let mut entry = json!({
             "address": e.address, "weight": e.weight, "drain": e.drain, "configured": true,
-            "staging": state_of(&mut used, key.clone(), "staging"),
-            "production": state_of(&mut used, key.clone(), "production"),
+            "staging": own["staging"], "production": own["production"],
         });
         // A host name's addresses, each an endpoint with its own state.
-        let mut resolved = Vec::new();
-        for (i, r) in reports.iter().enumerate() {
-            if !used[i] && key.is_some() && r.resolved_from.as_deref().and_then(canonical) == key {
-                used[i] = true;
-                resolved.push(serde_json::to_value(r).unwrap_or(Value::Null));
-            }
-        }
-        if !resolved.is_empty() {
-            entry["addresses"] = Value::Array(resolved);
+        let addresses = group(&mut used, &|r| key.is_some() && r.resolved_from.as_deref().and_then(canonical) == key);
+        if !addresses.is_empty() {
+            entry["addresses"] = Value::Array(addresses);
         }
         out.push(entry);
     }
-    for (i, r) in reports.iter().enumerate() {
-        if !used[i] {
-            let mut states = json!({ "staging": null, "production": null });
-            states[r.environment] = serde_json::to_value(r).unwrap_or(Value::Null);
-            out.push(json!({ "address": r.address, "weight": null, "drain": null, "configured": false,
-                "staging": states["staging"], "production": states["production"] }));
-        }
+    for mut rest in group(&mut used, &|_| true) {
+        rest["weight"] = Value::Null;
+        rest["drain"] = Value::Null;
+        rest["configured"] = json!(false);
+        out.push(rest);
     }
     json!({ "backend": backend.system_name, "endpoints": out })
 }

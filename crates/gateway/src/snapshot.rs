@@ -627,9 +627,11 @@ fn compile_product(
             let loaded = upstreams.certificates.entry(path.clone()).or_insert_with(|| {
                 crate::sni::load_product_certificate(cert, key, p.tls.as_ref().and_then(|t| t.ocsp_file.as_deref()))
                     .map_err(|(field, e)| {
-                        errors.push(ConfigError::new(format!("{path}.tls.{field}"), e).hint(
-                            "give `tls.cert_file` and `tls.key_file` (or `cert_pem` and `key_pem`) a current PEM certificate (chain, leaf first) and its unencrypted key",
-                        ));
+                        let hint = match field {
+                            "ocsp_file" => "point `tls.ocsp_file` at a DER OCSP response for the product's certificate (`openssl ocsp … -respout FILE`), or drop it",
+                            _ => "give `tls.cert_file` and `tls.key_file` (or `cert_pem` and `key_pem`) a current PEM certificate (chain, leaf first) and its unencrypted key",
+                        };
+                        errors.push(ConfigError::new(format!("{path}.tls.{field}"), e).hint(hint));
                     })
                     .ok()
             });

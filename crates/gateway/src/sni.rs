@@ -74,8 +74,12 @@ pub fn load_product_certificate(
     let leaf = certs.first().ok_or((cert_key, format!("{} holds no certificate", cert.describe())))?;
     check_validity(leaf).map_err(|e| (cert_key, format!("{}: {e}", cert.describe())))?;
     let key_der = crate::upstream::pem_private_key(key).map_err(|e| (key_key, e))?;
-    let mut certified = certified_key(certs, key_der)
-        .map_err(|(_, e)| (key_key, format!("{}: {e} ({})", key.describe(), cert.describe())))?;
+    let mut certified = certified_key(certs, key_der).map_err(|(_, e)| match (key, cert) {
+        (crate::upstream::Pem::File(k), crate::upstream::Pem::File(c)) => {
+            (key_key, format!("{}: {e} ({})", k.display(), c.display()))
+        }
+        _ => (key_key, e),
+    })?;
     if let Some(path) = ocsp {
         let response =
             crate::files::read_bounded(path, crate::files::MAX_CERTIFICATES).map_err(|e| ("ocsp_file", e))?;
@@ -261,7 +265,8 @@ pub struct CertificateDetails {
     pub issuer: String,
     /// The subject's first common name (CN), unescaped.
     pub common_name: String,
-    /// The serial number, lower-case hex without separators.
+    /// The serial number, lower-case hex without separators, in whole bytes (as
+    /// `openssl x509 -serial` prints it, lower-cased).
     pub serial: String,
     /// The subject alternative names in OpenSSL's notation, comma and space separated:
     /// `DNS:api.example.com, URI:spiffe://example/client, email:a@example.com,
@@ -300,9 +305,12 @@ impl CertificateDetails {
             subject: rfc4514(cert.subject()),
             issuer: rfc4514(cert.issuer()),
             common_name: common_name.to_owned(),
-            serial: match hex::encode(cert.raw_serial()).trim_start_matches('0') {
-                "" => "0".to_owned(),
-                hex => hex.to_owned(),
+            // As OpenSSL prints it (`openssl x509 -serial`, lower-case): the number's
+            // bytes without the leading zero bytes of its DER encoding, at least one.
+            serial: {
+                let raw = cert.raw_serial();
+                let first = raw.iter().position(|b| *b != 0).unwrap_or(raw.len().saturating_sub(1));
+                hex::encode(&raw[first..])
             },
             sans: sans.join(", "),
         })

@@ -306,6 +306,19 @@ fn check(config: &Config, draft: bool) -> Result<(), ConfigErrors> {
             if pol.name.trim().is_empty() {
                 c.err(format!("{path}.policy_chain[{j}].name"), "is empty", "name a policy, e.g. `websocket`");
             }
+            // Certificate-bound tokens need the client certificate the product verifies:
+            // without one, every request would be refused.
+            if pol.enabled
+                && pol.name == "jwt"
+                && pol.configuration.get("require_certificate_binding") == Some(&serde_json::Value::Bool(true))
+                && p.tls.as_ref().is_none_or(|t| !t.checks_client_certificates())
+            {
+                c.err(
+                    format!("{path}.policy_chain[{j}].configuration.require_certificate_binding"),
+                    "certificate-bound tokens are checked against the client certificate, and this product asks for none (no `tls.client_ca_file`): every request would be refused",
+                    "give the product `tls: { client_ca_file: <PEM of the clients' authorities> }`, or drop require_certificate_binding",
+                );
+            }
         }
 
         let auth = &p.authentication;

@@ -77,7 +77,26 @@ fn urls_must_name_a_host_a_port_and_no_secrets() {
 fn a_client_certificate_comes_with_its_key() {
     let yaml = "backends: [ { system_name: b, private_base_url: \"https://127.0.0.1:9\", tls: { client_cert_file: /etc/c.pem } } ]\n";
     let all = errors(yaml).join("\n");
-    assert!(all.contains("backends[0].tls.client_key_file: a client certificate needs its private key"), "{all}");
+    assert!(all.contains("backends[0].tls.client_key_file: a certificate needs its private key"), "{all}");
+    // The certificate inline, the key in both forms.
+    let yaml = "backends: [ { system_name: b, private_base_url: \"https://127.0.0.1:9\", tls: { client_cert_pem: x, client_key_file: /k.pem, client_key_pem: y } } ]\n";
+    let all = errors(yaml).join("\n");
+    assert!(
+        all.contains("backends[0].tls.client_key_pem: both `client_key_file` and `client_key_pem` are set"),
+        "{all}"
+    );
+    assert!(!all.contains("needs its private key"), "{all}");
+}
+
+#[test]
+fn a_bound_token_needs_the_products_client_certificates() {
+    let chain =
+        "    policy_chain: [ { name: jwt, configuration: { secret: s, require_certificate_binding: true } } ]\n";
+    let product = "products:\n  - system_name: p\n    staging_public_base_url: https://p.test\n    production_public_base_url: https://p-production.test\n";
+    let all = errors(&format!("{product}{chain}")).join("\n");
+    assert!(all.contains("products[0].policy_chain[0].configuration.require_certificate_binding"), "{all}");
+    let with_ca = format!("{product}    tls: {{ client_ca_pem: x }}\n{chain}");
+    assert!(!errors(&with_ca).join("\n").contains("require_certificate_binding"));
 }
 
 #[test]

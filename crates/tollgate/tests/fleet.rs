@@ -540,3 +540,39 @@ async fn a_host_name_endpoint_follows_its_dns_records_without_a_reload() {
     until_log(&mut gw.err, &["endpoint_unresolved", "staging", "svc.test"]).await;
     assert_eq!(spread(gw.staging, 10, 2, None).await, HashMap::from([("c".to_owned(), 10)]));
 }
+
+// Store mode: a host-name endpoint's addresses are shown under it, each with its state;
+// the name itself is served through them.
+#[tokio::test]
+async fn the_admin_api_shows_a_names_addresses_under_it() {
+    let a = Instance::start("a", 0).await;
+    let dir = TempDir::new();
+    let url = store_urls(&dir).await.swap_remove(0).1;
+    let server = store_server(&url).await;
+    // `localhost` resolves from /etc/hosts, without a DNS server.
+    let yaml = config(&format!(r#"{{ address: "localhost:{}" }}"#, a.port), "").replace("fleet", "named");
+    let doc: serde_json::Value = serde_norway::from_str(&yaml).expect("yaml");
+    assert_eq!(api(&server, "PUT", "/config", Some(doc)).await.0, http::StatusCode::OK);
+    assert_eq!(api(&server, "POST", "/products/api/deploy", None).await.0, http::StatusCode::CREATED);
+    let ipv4 = format!("127.0.0.1:{}", a.port);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let view = loop {
+        let (_, view) = api(&server, "GET", "/backends/named/endpoints", None).await;
+        let resolved = view["endpoints"][0]["addresses"]
+            .as_array()
+            .is_some_and(|list| list.iter().any(|x| x["address"] == ipv4.as_str() && x["staging"]["healthy"] == true));
+        if resolved {
+            break view;
+        }
+        assert!(Instant::now() < deadline, "localhost never resolved: {view}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let name = &view["endpoints"][0];
+    assert_eq!(name["address"], format!("localhost:{}", a.port), "{view}");
+    assert!(name["staging"].is_null() && name["production"].is_null(), "its state is its addresses': {view}");
+    let first =
+        name["addresses"].as_array().and_then(|l| l.iter().find(|x| x["address"] == ipv4.as_str())).expect("v4");
+    assert_eq!(first["staging"]["resolved_from"], format!("localhost:{}", a.port), "{view}");
+    assert!(first["production"].is_null(), "nothing promoted: {view}");
+    assert_eq!(view["endpoints"].as_array().map(Vec::len), Some(1), "no address listed twice: {view}");
+}

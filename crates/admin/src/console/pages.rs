@@ -231,32 +231,45 @@ fn endpoint_state(state: &Value) -> String {
 /// The backend's endpoints with their state on this node, and a drain button each.
 fn endpoints_table(ctx: &Ctx, backend_path: &str, view: &Value) -> Markup {
     let empty = Vec::new();
-    let rows = view["endpoints"]
-        .as_array()
-        .unwrap_or(&empty)
-        .iter()
-        .map(|e| {
-            let address = e["address"].as_str().unwrap_or_default();
-            let at = format!("{backend_path}/endpoints/{}", url_encode(address));
-            let action = match (e["configured"] == true, e["drain"] == true) {
-                (false, _) => html! { "no longer listed" },
-                (true, false) => html::button(
-                    &format!("{at}/drain"),
-                    &ctx.session.csrf,
-                    "Drain",
-                    Some("Drain this endpoint? It takes no new requests or WebSockets, in staging and production, at once."),
+    let mut rows = Vec::new();
+    for e in view["endpoints"].as_array().unwrap_or(&empty) {
+        let address = e["address"].as_str().unwrap_or_default();
+        let at = format!("{backend_path}/endpoints/{}", url_encode(address));
+        let action = match (e["configured"] == true, e["drain"] == true) {
+            (false, _) => html! { "no longer listed" },
+            (true, false) => html::button(
+                &format!("{at}/drain"),
+                &ctx.session.csrf,
+                "Drain",
+                Some(
+                    "Drain this endpoint? It takes no new requests or WebSockets, in staging and production, at once.",
                 ),
-                (true, true) => html::button(&format!("{at}/undrain"), &ctx.session.csrf, "Stop draining", None),
-            };
-            vec![
-                code(address),
+            ),
+            (true, true) => html::button(&format!("{at}/undrain"), &ctx.session.csrf, "Stop draining", None),
+        };
+        let addresses = e["addresses"].as_array().unwrap_or(&empty);
+        // A resolved name's own state is its addresses'.
+        let state = |env: &str| match addresses.is_empty() {
+            true => endpoint_state(&e[env]),
+            false => format!("{} addresses, below", addresses.len()),
+        };
+        rows.push(vec![
+            code(address),
+            html! { (e["weight"].as_u64().map(|w| w.to_string()).unwrap_or_default()) },
+            html! { (state("staging")) },
+            html! { (state("production")) },
+            action,
+        ]);
+        for a in addresses {
+            rows.push(vec![
+                html! { "↳ " (code(a["address"].as_str().unwrap_or_default())) },
                 html! { (e["weight"].as_u64().map(|w| w.to_string()).unwrap_or_default()) },
-                html! { (endpoint_state(&e["staging"])) },
-                html! { (endpoint_state(&e["production"])) },
-                action,
-            ]
-        })
-        .collect();
+                html! { (endpoint_state(&a["staging"])) },
+                html! { (endpoint_state(&a["production"])) },
+                html! { "drains with its name" },
+            ]);
+        }
+    }
     html! {
         section {
             h2 { "Endpoints" }

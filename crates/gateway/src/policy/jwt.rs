@@ -515,7 +515,7 @@ fn certificate_binding(
     };
     let Some(thumbprint) = thumbprint.as_str() else { return Err("the token's cnf.x5t#S256 is not a string") };
     let Some(certificate) = certificate else {
-        return Err("the token is bound to a client certificate and none was presented");
+        return Err("the token is bound to a client certificate and the connection presented none this API verifies");
     };
     use base64::Engine as _;
     let Some(leaf) = certificate.chain.first() else { return Err("no client certificate") };

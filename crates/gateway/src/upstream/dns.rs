@@ -103,8 +103,3 @@ pub(super) async fn resolve(host: &str) -> Result<(Vec<IpAddr>, Duration), Strin
         .insert(host.to_owned(), ips.clone());
     Ok((ips, ttl.clamp(MIN_TTL, MAX_TTL)))
 }
-
-/// `IP:port`, with brackets around an IPv6 address.
-pub(super) fn address(ip: IpAddr, port: u16) -> String {
-    SocketAddr::new(ip, port).to_string()
-}

@@ -122,10 +122,19 @@ impl Members {
         resolved: &std::collections::HashMap<String, Vec<std::net::IpAddr>>,
         reuse: &[Endpoint],
     ) -> Vec<Endpoint> {
+        // An address listed by IP is that endpoint, with its own weight and drain; a
+        // name's address that is also listed is the listed one.
+        let listed: Vec<std::net::SocketAddr> =
+            self.specs.iter().filter(|s| s.name.is_none()).filter_map(|s| s.address.parse().ok()).collect();
         let mut out: Vec<Endpoint> = Vec::new();
         for spec in &self.specs {
             let addresses: Vec<String> = match spec.name.as_ref().and_then(|n| resolved.get(n)) {
-                Some(ips) if !ips.is_empty() => ips.iter().map(|ip| dns::address(*ip, spec.port)).collect(),
+                Some(ips) if !ips.is_empty() => ips
+                    .iter()
+                    .map(|ip| std::net::SocketAddr::new(*ip, spec.port))
+                    .filter(|a| !listed.contains(a))
+                    .map(|a| a.to_string())
+                    .collect(),
                 _ => vec![spec.address.clone()],
             };
             for a in addresses {
@@ -502,9 +511,13 @@ async fn track(
                     next = next.min(dns::RETRY);
                     // Once per outage at warning level; the addresses it had stay.
                     if failing.insert((*name).to_owned()) {
+                        let what = match resolved.contains_key(*name) {
+                            true => "cannot resolve an endpoint name; its addresses stay as they were",
+                            false => "cannot resolve an endpoint name; each connection resolves it until it answers",
+                        };
                         tracing::warn!(
                             environment = env, backend = %members.backend, name = *name, error = %e,
-                            code = "endpoint_unresolved", "cannot resolve an endpoint name; its addresses stay as they were"
+                            code = "endpoint_unresolved", "{what}"
                         );
                     }
                 }
@@ -649,4 +662,39 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
         cur = c.source();
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // A name whose address is also listed by IP: the listed endpoint is that address,
+    // with its own weight and drain (the name's copy is left out).
+    #[test]
+    fn an_address_listed_by_ip_wins_over_a_names_copy() {
+        let base = BaseUrl::parse("http://svc.test", &["http"]).expect("url");
+        let specs = [
+            EndpointSpec { address: "svc.test:80", weight: 3, drain: false },
+            EndpointSpec { address: "127.0.0.3:80", weight: 1, drain: true },
+        ];
+        let up = Upstream::with_endpoints(
+            "b",
+            base,
+            &BackendTls::default(),
+            Duration::from_secs(1),
+            &specs,
+            FleetOptions::default(),
+            None,
+        )
+        .expect("upstream");
+        let members = up.members.as_ref().expect("a name to resolve");
+        let ips = ["127.0.0.3", "127.0.0.4"].map(|ip| ip.parse().expect("ip")).to_vec();
+        let resolved = std::collections::HashMap::from([("svc.test".to_owned(), ips)]);
+        let endpoints = members.endpoints(&resolved, &[]);
+        let got: Vec<(&str, u32, bool)> = endpoints.iter().map(|e| (&*e.address, e.weight, e.drain)).collect();
+        assert_eq!(got, [("127.0.0.4:80", 3, false), ("127.0.0.3:80", 1, true)]);
+        // Unresolved, the name is its own endpoint.
+        let got: Vec<String> = members.endpoints(&Default::default(), &[]).iter().map(|e| e.address.to_string()).collect();
+        assert_eq!(got, ["svc.test:80", "127.0.0.3:80"]);
+    }
 }
