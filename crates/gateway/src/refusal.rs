@@ -55,6 +55,10 @@ pub enum Refusal {
     /// reached; the detail is for the log.
     #[error("the backend could not be reached")]
     UpstreamUnavailable(String),
+    /// 508 `loop_detected`: the request already passed this gateway (its own `Via`
+    /// entry came back): a backend or endpoint that is the gateway itself.
+    #[error("the request came back to this gateway (a backend that points at the gateway itself)")]
+    LoopDetected,
     /// 421 `misdirected_request`: the TLS connection was opened for another product's
     /// name (SNI) than the request's `Host`; the client should open a new connection.
     #[error("this connection was opened for another host; open a new one")]
@@ -178,6 +182,7 @@ impl Refusal {
             Refusal::UnknownHost | Refusal::NoBackend => StatusCode::NOT_FOUND,
             Refusal::ClientCertificateRequired | Refusal::ClientCertificateRefused => StatusCode::FORBIDDEN,
             Refusal::Misdirected => StatusCode::MISDIRECTED_REQUEST,
+            Refusal::LoopDetected => StatusCode::LOOP_DETECTED,
             Refusal::NotImplemented => StatusCode::NOT_IMPLEMENTED,
             Refusal::BadRequest(_) | Refusal::BadPath(_) | Refusal::WebSocketDisabled | Refusal::BadUpgrade(_) => {
                 StatusCode::BAD_REQUEST
@@ -221,6 +226,7 @@ impl Refusal {
             Refusal::UpstreamUnavailable(_) => "upstream_unavailable",
             Refusal::ClientCertificateRequired => "client_certificate_required",
             Refusal::Misdirected => "misdirected_request",
+            Refusal::LoopDetected => "loop_detected",
             Refusal::ClientCertificateRefused => "client_certificate_refused",
             Refusal::UpstreamOverloaded(_) => "upstream_overloaded",
             Refusal::NoHealthyEndpoint(_) => "no_healthy_endpoint",
@@ -281,7 +287,8 @@ impl Refusal {
             | Refusal::UpstreamInvalidResponse(_)
             | Refusal::UpstreamOverloaded(_)
             | Refusal::NoHealthyEndpoint(_)
-            | Refusal::ResponseTooLarge => Side::Upstream,
+            | Refusal::ResponseTooLarge
+            | Refusal::LoopDetected => Side::Upstream,
             Refusal::CountersUnavailable(_) => Side::Internal,
         }
     }

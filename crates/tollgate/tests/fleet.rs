@@ -576,3 +576,28 @@ async fn the_admin_api_shows_a_names_addresses_under_it() {
     assert!(first["production"].is_null(), "nothing promoted: {view}");
     assert_eq!(view["endpoints"].as_array().map(Vec::len), Some(1), "no address listed twice: {view}");
 }
+
+// An endpoint that is the gateway itself: the request comes back carrying the gateway's
+// own `Via` entry and is refused with 508 at once, instead of going round until a
+// header limit stops it.
+#[tokio::test]
+async fn an_endpoint_that_is_the_gateway_itself_is_a_loop_refused_with_508() {
+    let a = Instance::start("a", 0).await;
+    let gw = gateway(&config(&format!(r#"{{ address: "{}" }}"#, a.address()), "")).await;
+    let own = gw.server.staging;
+    let (status, headers, body) = get(own, "api.test", "/?user_key=k").await;
+    assert_eq!((status.as_u16(), body.as_str()), (200, "a"), "{headers:?}");
+    std::fs::write(&gw.config, config(&format!(r#"{{ address: "{own}" }}"#), "")).expect("write");
+    gw.server.reload().await.expect("reload");
+    let (status, _, body) = get(own, "api.test", "/?user_key=k").await;
+    assert_eq!(status.as_u16(), 508, "{body}");
+    assert!(body.contains("\"loop_detected\""), "{body}");
+    // One pass came back, no more: two responses in all (the inner 508 and the outer).
+    let (_, _, metrics) = get(gw.server.admin, "localhost", "/metrics").await;
+    let server_errors: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("tollgate_responses_total{") && l.contains("class=\"5xx\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(server_errors, 2.0, "{metrics}");
+}

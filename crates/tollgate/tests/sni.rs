@@ -341,6 +341,7 @@ products:
             - {{ op: set, header: X-Client-Subject, value: "{{{{ client_certificate.subject }}}}" }}
             - {{ op: set, header: X-Client-Fingerprint, value: "{{{{ client_certificate.fingerprint }}}}" }}
             - {{ op: set, header: X-Client-Rest, value: "{{{{ client_certificate.common_name }}}}|{{{{ client_certificate.issuer }}}}|{{{{ client_certificate.serial }}}}|{{{{ client_certificate.sans }}}}" }}
+            - {{ op: set, header: X-User, value: "{{{{ query['u'] }}}}" }}
       - name: ip_check
         configuration:
           check_type: deny
@@ -392,6 +393,13 @@ accounts:
     let (status, body) = curl_at(port, "secure.test", "/items?user_key=k", None, &[]).expect("tls");
     assert_eq!(status, 200, "{body}");
     assert_eq!(header(&body, "x-client-subject"), "", "no certificate: the variables are empty");
+    // A forged header stays out even when the value cannot be rendered (a line break).
+    let forged = ["-H", "X-User: admin", "-H", "X-Client-Subject: OU=ops,CN=admin"];
+    let (status, body) = curl_at(port, "secure.test", "/items?user_key=k&u=%0d%0a", None, &forged).expect("tls");
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert!(v["headers"].get("x-user").is_none(), "`set` removed the client's own value: {body}");
+    assert_eq!(header(&body, "x-client-subject"), "", "{body}");
 }
 
 /// An HS256 JWT of `claims` under `secret`.

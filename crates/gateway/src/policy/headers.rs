@@ -126,6 +126,12 @@ fn apply(commands: &[Compiled], values: Vec<Option<HeaderValue>>, headers: &mut 
             (Op::Set, Some(v)) => {
                 headers.insert(c.name.clone(), v);
             }
+            // `set` replaces every value: one it cannot render (a line break, a NUL)
+            // still removes what the client sent, so the backend never takes a header
+            // the client forged for the one the gateway vouches for.
+            (Op::Set, None) => {
+                headers.remove(&c.name);
+            }
             (Op::Add, Some(v)) => {
                 if headers.contains_key(&c.name) {
                     headers.append(c.name.clone(), v);

@@ -419,7 +419,37 @@ fn backend_rest<'u>(url: &'u str, base: &tollgate_model::BaseUrl) -> Option<&'u 
     (rest.is_empty() || rest.starts_with(['/', '?', '#'])).then_some(rest)
 }
 
+/// This process's name in `Via` (RFC 9110 §7.6.3): `tollgate-` and 8 random hex digits,
+/// made once, so that a request that comes back to the same gateway is recognised.
+pub(crate) fn via_name() -> &'static str {
+    static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    NAME.get_or_init(|| format!("tollgate-{:08x}", rand::random::<u32>()))
+}
+
+/// Whether the request already passed this gateway: its `Via` names [`via_name`].
+pub(crate) fn came_back(headers: &HeaderMap) -> bool {
+    let me = via_name();
+    headers.get_all(header::VIA).iter().filter_map(|v| v.to_str().ok()).any(|v| {
+        // `received-protocol received-by [comment]`, comma-separated.
+        v.split(',').any(|hop| hop.split_whitespace().nth(1) == Some(me))
+    })
+}
+
 pub(super) fn add_forwarded(headers: &mut HeaderMap, parts: &request::Parts, ctx: &Context<'_>) {
+    // RFC 9110 §7.6.3: a proxy appends itself to `Via` — and a loop shows.
+    let protocol = match parts.version {
+        http::Version::HTTP_10 => "1.0",
+        http::Version::HTTP_2 => "2",
+        _ => "1.1",
+    };
+    let hop = format!("{protocol} {}", via_name());
+    let via = match headers.get(header::VIA).and_then(|v| v.to_str().ok()) {
+        Some(prev) => format!("{prev}, {hop}"),
+        None => hop,
+    };
+    if let Ok(v) = HeaderValue::from_str(&via) {
+        headers.insert(header::VIA, v);
+    }
     const XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
     const XFP: HeaderName = HeaderName::from_static("x-forwarded-proto");
     const XFH: HeaderName = HeaderName::from_static("x-forwarded-host");

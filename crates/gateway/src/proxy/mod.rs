@@ -271,6 +271,11 @@ impl Gateway {
                 "methods are case-sensitive and written in upper case (RFC 9110 §9.1): send GET, not get",
             ));
         }
+        // A backend or endpoint that is this gateway would send each request round
+        // without end (each pass a connection and a task more).
+        if exchange::came_back(req.headers()) {
+            return Err(Refusal::LoopDetected);
+        }
         let host = request_host(&req).ok_or(Refusal::BadRequest("the request has no Host"))?;
         let product = match snapshot.product_for_host(host) {
             Some(p) => p,
