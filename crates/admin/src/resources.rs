@@ -395,7 +395,7 @@ async fn set_drain(s: &AdminState, b: &str, address: &str, drain: bool) -> ApiRe
         )));
     }
     let wanted = tollgate_model::Endpoint { address: address.to_owned(), weight: 1, drain }.canonical();
-    let Some(i) = row.doc.endpoints.iter().position(|e| wanted.is_some() && e.canonical() == wanted) else {
+    if !row.doc.endpoints.iter().any(|e| wanted.is_some() && e.canonical() == wanted) {
         let known: Vec<&str> = row.doc.endpoints.iter().map(|e| e.address.as_str()).collect();
         return Err(ApiError::not_found(&format!(
             "endpoint `{address}` of backend `{}` (its endpoints: {})",
@@ -403,21 +403,34 @@ async fn set_drain(s: &AdminState, b: &str, address: &str, drain: bool) -> ApiRe
             known.join(", ")
         ))
         .field("address"));
-    };
-    if row.doc.endpoints[i].drain != drain {
+    }
+    // Drains of several endpoints at once each read, change and write the backend:
+    // a write that lost the race reads again (as limits do), so none is lost.
+    for _ in 0..16 {
+        let row: Row<Backend> = s.store.get(Table::Backends, None, &Key::Id(row.id)).await?;
+        let Some(i) = row.doc.endpoints.iter().position(|e| wanted.is_some() && e.canonical() == wanted) else {
+            return Err(ApiError::not_found(&format!("endpoint `{address}` of backend `{}`", row.system_name)));
+        };
+        if row.doc.endpoints[i].drain == drain {
+            return Ok(Json(endpoints_view(&row.doc)));
+        }
         let mut backend = row.doc.clone();
         backend.endpoints[i].drain = drain;
         let mut world = World::load(&s.store).await?;
         let index = world.backend_index(row.id);
         World::put(&mut world.backends, Row { doc: backend.clone(), ..row.clone() });
         world.check(&format!("backends[{index}]"))?;
-        s.store.update(Table::Backends, row.id, row.revision, &backend).await?;
+        match s.store.update(Table::Backends, row.id, row.revision, &backend).await {
+            Err(tollgate_store::StoreError::Stale) => continue,
+            Err(e) => return Err(e.into()),
+            Ok(_) => {}
+        }
         s.changed();
         // The view below shows the drain once this node's gateways serve it.
         s.settle().await;
         return Ok(Json(endpoints_view(&backend)));
     }
-    Ok(Json(endpoints_view(&row.doc)))
+    Err(ApiError::conflict("the backend keeps changing concurrently; retry"))
 }
 
 // ---------------------------------------------------------------- products

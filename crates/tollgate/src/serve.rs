@@ -113,7 +113,9 @@ impl Server {
             if servers.is_empty() {
                 bail!("--resolver: name at least one name server (IP or IP:PORT)");
             }
-            if !tollgate_gateway::upstream::dns::use_name_servers(servers) {
+            let taken = tollgate_gateway::upstream::dns::use_name_servers(servers)
+                .map_err(|e| anyhow::anyhow!("--resolver: {e}"))?;
+            if !taken {
                 tracing::warn!(
                     "--resolver: this process already resolves with other name servers; the first ones stay"
                 );

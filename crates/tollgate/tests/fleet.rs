@@ -418,6 +418,20 @@ async fn the_admin_api_shows_endpoints_and_drains_one_without_a_deploy() {
     let back = spread(addr, 30, 3, None).await;
     assert_eq!((back["a"], back["b"]), (10, 20), "a takes its share again: {back:?}");
 
+    // Both drained at once: each write that loses the race reads again; none is lost.
+    let (pa, pb) = (
+        format!("/backends/orders/endpoints/{}/drain", a.address()),
+        format!("/backends/orders/endpoints/{}/drain", b.address()),
+    );
+    let (ra, rb) = tokio::join!(api(&server, "POST", &pa, None), api(&server, "POST", &pb, None));
+    assert_eq!((ra.0, rb.0), (http::StatusCode::OK, http::StatusCode::OK), "{} {}", ra.1, rb.1);
+    let view = ok(api(&server, "GET", "/backends/orders/endpoints", None).await, http::StatusCode::OK, "both");
+    assert_eq!(
+        (&view["endpoints"][0]["drain"], &view["endpoints"][1]["drain"]),
+        (&serde_json::json!(true), &serde_json::json!(true)),
+        "{view}"
+    );
+
     let (status, body) = api(&server, "POST", "/backends/orders/endpoints/127.0.0.1:1/drain", None).await;
     assert_eq!(status, http::StatusCode::NOT_FOUND, "{body}");
     assert!(body["error"]["message"].as_str().is_some_and(|m| m.contains(&a.address())), "lists them: {body}");
@@ -518,6 +532,16 @@ async fn a_host_name_endpoint_follows_its_dns_records_without_a_reload() {
     let file = dir.path().join("tollgate.yaml");
     std::fs::write(&file, config(&format!(r#"{{ address: "svc.test:{port}" }}"#), "")).expect("config");
     let resolver = format!("127.0.0.1:{}", dns.port);
+    // A name server that cannot be asked is refused at start, naming the flag.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["serve", "--config"])
+        .arg(&file)
+        .args(PORT0)
+        .args(["--resolver", "127.0.0.1:0"])
+        .output()
+        .expect("serve");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && said.contains("--resolver: `127.0.0.1:0` is not a name server"), "{said}");
     let mut gw = spawn_serve_with(&file, &["--resolver", &resolver]).await;
     let at = |ip: &str| format!("{ip}:{port}");
 

@@ -88,8 +88,7 @@ accounts:
     assert_eq!(deadline["code"], "DEADLINE_EXCEEDED", "{deadline}");
     // A backend that resets its stream: the client gets what came before, then the
     // status the reset means, not a hang.
-    // The reset's reason travels on (RST_STREAM CANCEL → CANCELLED, per gRPC's HTTP/2
-    // mapping), mid-stream and before any answer alike.
+    // A cancelled call's status travels on (CANCELLED), mid-stream and at once.
     let reset = call(addr, "k", "reset").await;
     assert_eq!(
         (reset["code"].as_str(), &reset["replies"]),

@@ -319,8 +319,12 @@ async fn client_certificate_fields_fill_templates_and_conditions() {
     let sans = "subjectAltName=DNS:client.example,URI:spiffe://example/ops,email:ops@example.com,IP:10.0.0.1\n";
     let (ca_ops, ops, ops_key) = ca_and_client_with(dir.path(), "ops", "/O=Example, Inc./OU=ops/CN=ops client", sans);
     let (ca_dev, dev, dev_key) = ca_and_client_with(dir.path(), "dev", "/O=Example, Inc./OU=dev/CN=dev client", "");
+    // An organizational unit whose name holds `,OU=ops` (escaped in the subject).
+    let (ca_sneaky, sneaky, sneaky_key) =
+        ca_and_client_with(dir.path(), "sneaky", "/O=Example/OU=dev,OU=ops/CN=sneaky", "");
     let both = dir.path().join("both-ca.pem");
-    let pems = std::fs::read_to_string(&ca_ops).expect("ca") + &std::fs::read_to_string(&ca_dev).expect("ca");
+    let pems =
+        [&ca_ops, &ca_dev, &ca_sneaky].iter().map(|p| std::fs::read_to_string(p).expect("ca")).collect::<String>();
     std::fs::write(&both, pems).expect("both");
     let backend = http_backend().await;
     let yaml = format!(
@@ -350,7 +354,7 @@ products:
           condition:
             operations:
               - {{ left: "{{{{ path }}}}", op: matches, right: "^/admin/" }}
-              - {{ left: "{{{{ client_certificate.subject }}}}", op: not_matches, right: "(^|,)OU=ops(,|$)" }}
+              - {{ left: "{{{{ client_certificate.subject }}}}", op: not_matches, right: '(^|[^\\],)OU=ops(,|$)' }}
       - name: tollgate
 accounts:
   - name: acme
@@ -385,6 +389,9 @@ accounts:
     let (status, body) = curl_at(port, "secure.test", "/admin/x?user_key=k", Some((&dev, &dev_key)), &[]).expect("tls");
     assert_eq!(status, 403, "{body}");
     assert!(body.contains("\"ip_denied\"") && body.contains("an ops certificate is required"), "{body}");
+    let (status, body) =
+        curl_at(port, "secure.test", "/admin/x?user_key=k", Some((&sneaky, &sneaky_key)), &[]).expect("tls");
+    assert_eq!(status, 403, "an escaped `,OU=ops` inside another value is not OU=ops: {body}");
     let (status, body) = curl_at(port, "secure.test", "/items?user_key=k", Some((&dev, &dev_key)), &[]).expect("tls");
     assert_eq!(status, 200, "{body}");
     assert_eq!(header(&body, "x-client-subject"), "CN=dev client,OU=dev,O=Example\\, Inc.");
@@ -475,6 +482,14 @@ async fn a_certificate_bound_token_passes_only_with_its_certificate() {
     assert!(body.to_lowercase().contains("www-authenticate: bearer\r\n"), "RFC 6750 §3: {body}");
     let (status, body) = call("bound.test", &unbound, None);
     assert_eq!(status, 502, "an unbound token where binding is not required: {body}");
+    // Bound some way this API cannot check (a DPoP key): refused, not ignored.
+    let dpop = hs256(
+        SECRET,
+        &serde_json::json!({ "sub": "c", "exp": exp, "cnf": { "jkt": "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I" } }),
+    );
+    let (status, body) = call("bound.test", &dpop, Some((&one, &one_key)));
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("confirmation method this API does not check"), "{body}");
 
     let (status, body) = call("strict.test", &unbound, Some((&one, &one_key)));
     assert_eq!(status, 401, "{body}");

@@ -510,8 +510,14 @@ fn certificate_binding(
     certificate: Option<&crate::sni::PeerCertificate>,
     required: bool,
 ) -> Result<(), &'static str> {
-    let Some(thumbprint) = claims.get("cnf").and_then(|c| c.get("x5t#S256")) else {
+    let Some(cnf) = claims.get("cnf") else {
         return if required { Err("the token is not bound to a client certificate") } else { Ok(()) };
+    };
+    // A confirmation this gateway cannot check (a DPoP key's `jkt`, a key `jwk`, a
+    // malformed `cnf`) is refused rather than ignored: the token's issuer meant it to
+    // be proven (RFC 7800 §3).
+    let Some(thumbprint) = cnf.get("x5t#S256") else {
+        return Err("the token is bound by a confirmation method this API does not check (cnf without x5t#S256)");
     };
     let Some(thumbprint) = thumbprint.as_str() else { return Err("the token's cnf.x5t#S256 is not a string") };
     let Some(certificate) = certificate else {

@@ -34,7 +34,25 @@ static LAST: Mutex<Option<HashMap<String, Vec<IpAddr>>>> = Mutex::new(None);
 /// Resolves endpoint names with these name servers instead of `/etc/resolv.conf`'s
 /// (`--resolver IP[:PORT],…`; port 53 by default). Call before the first resolution;
 /// a later call changes nothing and answers `false`.
-pub fn use_name_servers(servers: Vec<SocketAddr>) -> bool {
+///
+/// # Errors
+/// A server that cannot be asked (port 0, an unspecified, multicast or broadcast
+/// address), in words; nothing is changed then.
+pub fn use_name_servers(servers: Vec<SocketAddr>) -> Result<bool, String> {
+    if let Some(bad) = servers.iter().find(|s| {
+        s.port() == 0
+            || s.ip().is_unspecified()
+            || s.ip().is_multicast()
+            || matches!(s.ip(), IpAddr::V4(v4) if v4.is_broadcast())
+    }) {
+        return Err(format!(
+            "`{bad}` is not a name server's address (port 0, or an unspecified, multicast or broadcast address)"
+        ));
+    }
+    Ok(use_name_servers_unchecked(servers))
+}
+
+fn use_name_servers_unchecked(servers: Vec<SocketAddr>) -> bool {
     RESOLVER.get().is_none() && NAME_SERVERS.set(servers).is_ok()
 }
 
@@ -91,11 +109,15 @@ pub(super) async fn resolve(host: &str) -> Result<(Vec<IpAddr>, Duration), Strin
     let resolver = resolver().ok_or("no DNS resolver could be set up")?;
     let answer = resolver.lookup_ip(host).await.map_err(|e| e.to_string())?;
     let ttl = answer.valid_until().saturating_duration_since(std::time::Instant::now());
-    let mut ips: Vec<IpAddr> = answer.iter().collect();
+    // Addresses a connection cannot be meant for are left out: unspecified (0.0.0.0
+    // reaches the local host), multicast, broadcast.
+    let usable =
+        |ip: &IpAddr| !ip.is_unspecified() && !ip.is_multicast() && !matches!(ip, IpAddr::V4(v4) if v4.is_broadcast());
+    let mut ips: Vec<IpAddr> = answer.iter().filter(usable).collect();
     ips.sort();
     ips.dedup();
     if ips.is_empty() {
-        return Err(format!("`{host}` has no address"));
+        return Err(format!("`{host}` has no usable address"));
     }
     LAST.lock()
         .unwrap_or_else(|p| p.into_inner())

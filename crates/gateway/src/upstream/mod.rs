@@ -495,28 +495,39 @@ async fn track(
     loop {
         let mut next = members.options.dns_refresh.unwrap_or(dns::MAX_TTL);
         let mut changed = Vec::new();
+        // All names at once: one that never answers does not hold up the others.
+        let mut lookups = tokio::task::JoinSet::new();
         for name in &names {
-            match dns::resolve(name).await {
+            let name = (*name).to_owned();
+            lookups.spawn(async move {
+                let answer = dns::resolve(&name).await;
+                (name, answer)
+            });
+        }
+        let answers = lookups.join_all().await;
+        for (name, answer) in answers {
+            let name = names.iter().copied().find(|n| *n == name).unwrap_or_default();
+            match answer {
                 Ok((ips, ttl)) => {
-                    failing.remove(*name);
+                    failing.remove(name);
                     if members.options.dns_refresh.is_none() {
                         next = next.min(ttl);
                     }
-                    if resolved.get(*name) != Some(&ips) {
-                        resolved.insert((*name).to_owned(), ips);
-                        changed.push(*name);
+                    if resolved.get(name) != Some(&ips) {
+                        resolved.insert(name.to_owned(), ips);
+                        changed.push(name);
                     }
                 }
                 Err(e) => {
                     next = next.min(dns::RETRY);
                     // Once per outage at warning level; the addresses it had stay.
-                    if failing.insert((*name).to_owned()) {
-                        let what = match resolved.contains_key(*name) {
+                    if failing.insert(name.to_owned()) {
+                        let what = match resolved.contains_key(name) {
                             true => "cannot resolve an endpoint name; its addresses stay as they were",
                             false => "cannot resolve an endpoint name; each connection resolves it until it answers",
                         };
                         tracing::warn!(
-                            environment = env, backend = %members.backend, name = *name, error = %e,
+                            environment = env, backend = %members.backend, name, error = %e,
                             code = "endpoint_unresolved", "{what}"
                         );
                     }
@@ -530,9 +541,14 @@ async fn track(
             next_fleet.activate(&host, &base_path);
             fleet.store(Arc::new(next_fleet));
             for name in changed {
-                let list: Vec<String> = resolved.get(name).into_iter().flatten().map(ToString::to_string).collect();
+                let all = resolved.get(name).map_or(&[][..], Vec::as_slice);
+                // The first 16 addresses, and how many more: a line stays a line.
+                let mut list: Vec<String> = all.iter().take(16).map(ToString::to_string).collect();
+                if all.len() > 16 {
+                    list.push(format!("and {} more", all.len() - 16));
+                }
                 tracing::info!(
-                    environment = env, backend = %members.backend, name, addresses = %list.join(","),
+                    environment = env, backend = %members.backend, name, addresses = %list.join(","), count = all.len(),
                     code = "endpoint_resolved", "endpoint name resolved to new addresses (in use)"
                 );
             }
@@ -694,7 +710,8 @@ mod tests {
         let got: Vec<(&str, u32, bool)> = endpoints.iter().map(|e| (&*e.address, e.weight, e.drain)).collect();
         assert_eq!(got, [("127.0.0.4:80", 3, false), ("127.0.0.3:80", 1, true)]);
         // Unresolved, the name is its own endpoint.
-        let got: Vec<String> = members.endpoints(&Default::default(), &[]).iter().map(|e| e.address.to_string()).collect();
+        let got: Vec<String> =
+            members.endpoints(&Default::default(), &[]).iter().map(|e| e.address.to_string()).collect();
         assert_eq!(got, ["svc.test:80", "127.0.0.3:80"]);
     }
 }
