@@ -106,7 +106,35 @@ pub async fn require_token(
         return Err(ApiError::new(StatusCode::FORBIDDEN, "read_only", "this token may only read"));
     }
     req.extensions_mut().insert(Caller(name));
-    Ok(next.run(req).await)
+    let resp = next.run(req).await;
+    if read_only == 0 {
+        return Ok(resp);
+    }
+    // A token that may only read sees no private key (a product's `key_pem`, a
+    // backend's `client_key_pem`): reading is for dashboards and audits, and a key read
+    // is a key leaked.
+    let (parts, body) = resp.into_parts();
+    let bytes = axum::body::to_bytes(body, usize::MAX).await.unwrap_or_default();
+    let bytes = match serde_json::from_slice::<serde_json::Value>(&bytes) {
+        Ok(mut v) if String::from_utf8_lossy(&bytes).contains("PRIVATE KEY-----") => {
+            hide_private_keys(&mut v);
+            axum::body::Bytes::from(v.to_string())
+        }
+        _ => bytes,
+    };
+    let mut resp = Response::from_parts(parts, axum::body::Body::from(bytes));
+    resp.headers_mut().remove(header::CONTENT_LENGTH);
+    Ok(resp)
+}
+
+/// Replaces every text holding a PEM private key by `[redacted]`.
+fn hide_private_keys(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::String(t) if t.contains("PRIVATE KEY-----") => *t = "[redacted]".into(),
+        serde_json::Value::Array(list) => list.iter_mut().for_each(hide_private_keys),
+        serde_json::Value::Object(map) => map.values_mut().for_each(hide_private_keys),
+        _ => {}
+    }
 }
 
 /// Records every change made through the API: when, which token, what (method and

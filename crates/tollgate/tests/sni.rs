@@ -545,6 +545,17 @@ async fn a_products_certificate_and_authorities_are_given_inline_through_the_adm
 
     let (_, audit) = api(&server, "GET", "/audit?limit=10", None).await;
     assert!(!audit.to_string().contains("PRIVATE KEY-----"), "no private key in the audit log: {audit}");
+    // A token that may only read sees the certificate, not the key.
+    let (_, made) = api(&server, "POST", "/tokens", Some(serde_json::json!({ "name": "ro", "read_only": true }))).await;
+    let read_only = made["token"].as_str().expect("token").to_owned();
+    let (status, seen) = api_as(&server, &read_only, "GET", "/products/inline", None).await;
+    assert_eq!(status, http::StatusCode::OK, "{seen}");
+    assert_eq!(seen["tls"]["key_pem"], "[redacted]", "{seen}");
+    assert!(seen["tls"]["cert_pem"].as_str().is_some_and(|c| c.contains("BEGIN CERTIFICATE")), "{seen}");
+    let (_, export) = api_as(&server, &read_only, "GET", "/config", None).await;
+    assert!(!export.to_string().contains("PRIVATE KEY-----"), "{export}");
+    let (_, full) = api(&server, "GET", "/products/inline", None).await;
+    assert!(full["tls"]["key_pem"].as_str().is_some_and(|k| k.contains("PRIVATE KEY-----")), "an admin token reads it");
     server.shutdown().await;
 }
 
