@@ -465,6 +465,14 @@ pub fn compile_environment(
     let mut errors = ConfigErrors::default();
     let mut snapshot = Snapshot::empty(environment);
     upstreams.environment = (!upstreams.quiet).then_some(environment);
+    // Each product's applications, found once: a scan of every application per product
+    // would cost products × applications (10,000 × 100,000 string comparisons).
+    let mut applications: HashMap<&str, Vec<(&tollgate_model::Account, &tollgate_model::Application)>> = HashMap::new();
+    for account in accounts {
+        for app in &account.applications {
+            applications.entry(app.product.as_str()).or_default().push((account, app));
+        }
+    }
     for source in sources {
         let p = source.product;
         let url = match environment {
@@ -486,7 +494,8 @@ pub fn compile_environment(
             true => format!("{}://{host}", base.scheme),
             false => format!("{}://{host}:{}", base.scheme, base.port),
         };
-        if let Some(product) = compile_product(source, &public, accounts, registry, upstreams, &mut errors) {
+        let apps = applications.get(source.product.system_name.as_str()).map_or(&[][..], Vec::as_slice);
+        if let Some(product) = compile_product(source, &public, apps, registry, upstreams, &mut errors) {
             snapshot.products.insert(base.host.into(), product);
         }
     }
@@ -499,7 +508,7 @@ pub fn compile_environment(
 fn compile_product(
     source: &ProductSource<'_>,
     public_base: &str,
-    accounts: &[tollgate_model::Account],
+    applications: &[(&tollgate_model::Account, &tollgate_model::Application)],
     registry: &Registry,
     upstreams: &mut Upstreams,
     errors: &mut ConfigErrors,
@@ -589,25 +598,23 @@ fn compile_product(
     let mut by_app_id = HashMap::new();
     let mut by_certificate = HashMap::new();
     let mut by_id = HashMap::new();
-    for account in accounts {
-        for app in account.applications.iter().filter(|a| a.product == p.system_name) {
-            let Some(plan) = plans.get(app.plan.as_str()) else { continue };
-            let application = Arc::new(Application {
-                id: format!("{}/{}", account.name, app.name).into(),
-                plan: plan.clone(),
-                state: app.state,
-                app_keys: app.app_keys.iter().map(|k| k.as_str().into()).collect(),
-            });
-            by_id.insert(application.id.clone(), application.clone());
-            if let Some(k) = &app.user_key {
-                by_user_key.insert(k.as_str().into(), application.clone());
-            }
-            for fingerprint in app.client_certificates.iter().filter_map(|f| tollgate_model::normalize_fingerprint(f)) {
-                by_certificate.insert(fingerprint.into(), application.clone());
-            }
-            if let Some(id) = &app.app_id {
-                by_app_id.insert(id.as_str().into(), application);
-            }
+    for &(account, app) in applications {
+        let Some(plan) = plans.get(app.plan.as_str()) else { continue };
+        let application = Arc::new(Application {
+            id: format!("{}/{}", account.name, app.name).into(),
+            plan: plan.clone(),
+            state: app.state,
+            app_keys: app.app_keys.iter().map(|k| k.as_str().into()).collect(),
+        });
+        by_id.insert(application.id.clone(), application.clone());
+        if let Some(k) = &app.user_key {
+            by_user_key.insert(k.as_str().into(), application.clone());
+        }
+        for fingerprint in app.client_certificates.iter().filter_map(|f| tollgate_model::normalize_fingerprint(f)) {
+            by_certificate.insert(fingerprint.into(), application.clone());
+        }
+        if let Some(id) = &app.app_id {
+            by_app_id.insert(id.as_str().into(), application);
         }
     }
     if errors.0.len() > before {

@@ -416,7 +416,10 @@ fn check(config: &Config, draft: bool) -> Result<(), ConfigErrors> {
                     "give each application of an account its own name",
                 );
             }
-            if !c.reference(format!("{apath}.product"), &app.product, &products, "product") {
+            // `product_namespaces` answers at once; the list (for the hint) only on a miss.
+            if !product_namespaces.contains_key(app.product.as_str())
+                && !c.reference(format!("{apath}.product"), &app.product, &products, "product")
+            {
                 continue;
             }
             let (plans, _, mode) = &product_namespaces[app.product.as_str()];
