@@ -16,7 +16,9 @@
 //!   the 30 s leeway; times within 5 s of the boundary are not judged) and, for a POST
 //!   under `/admin/`, whose `role` claim is `admin` (the policy's claim check);
 //! - a passing request carries the token's claims and expiry into the request context;
-//! - a refusal is 401 (with `WWW-Authenticate: Bearer`) or 403, never anything else;
+//! - a token with a `cnf` claim is refused (the requests carry no client certificate);
+//! - a refusal is 401 (with `WWW-Authenticate: Bearer`, `error="invalid_token"` when a
+//!   token was sent) or 403, never anything else;
 //! - on a WebSocket, the token does not travel on to the backend in
 //!   `Sec-WebSocket-Protocol`.
 
@@ -24,7 +26,7 @@
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use http::{HeaderValue, header};
+use http::header;
 use libfuzzer_sys::fuzz_target;
 use tollgate_fuzz::{JWT_AUDIENCE, JWT_ISSUER, JWT_SECRET};
 use tollgate_gateway::policy::Flow;
@@ -68,7 +70,10 @@ fn acceptable(header: &[u8], payload: &[u8], admin: bool) -> Option<bool> {
     };
     let iss_ok = c.get("iss").and_then(|v| v.as_str()) == Some(JWT_ISSUER);
     let role_ok = !admin || c.get("role").and_then(|v| v.as_str()) == Some("admin");
-    let verdict = h["alg"] == "HS256" && exp_ok && nbf_ok && aud_ok && iss_ok && role_ok;
+    // A bound token (`cnf`, RFC 7800) needs its proof, and the fuzzed requests come with
+    // no client certificate: never acceptable.
+    let unbound = !c.contains_key("cnf");
+    let verdict = h["alg"] == "HS256" && exp_ok && nbf_ok && aud_ok && iss_ok && role_ok && unbound;
     if unsure { None } else { Some(verdict) }
 }
 
@@ -121,7 +126,12 @@ fuzz_target!(|data: &[u8]| {
             let status = resp.status().as_u16();
             assert!(status == 401 || status == 403, "a refusal with {status}");
             if status == 401 {
-                assert_eq!(resp.headers().get(header::WWW_AUTHENTICATE), Some(&HeaderValue::from_static("Bearer")));
+                // RFC 6750 §3: the bare challenge without a token, `invalid_token` with one.
+                let challenge = resp.headers().get(header::WWW_AUTHENTICATE).and_then(|v| v.to_str().ok());
+                assert!(
+                    matches!(challenge, Some("Bearer") | Some("Bearer error=\"invalid_token\"")),
+                    "401 with {challenge:?}"
+                );
             }
             assert_ne!(passable, Some(true), "an acceptable token refused with {status}: {token:?}");
             false
