@@ -1,11 +1,11 @@
-//! From YAML text to a validated [`Config`]: parse once into a generic value, then
-//! deserialize each backend, product and account on its own so that one mistake does
-//! not hide the next, and validate references across them.
+//! From YAML text to a validated [`Config`]: parse once, turning each backend, product
+//! and account into a generic value and then its type on its own as the parser reaches
+//! it, so that one mistake does not hide the next, and validate references across them.
 
 use crate::config::Config;
 use crate::error::{ConfigError, ConfigErrors};
 use crate::suggest::did_you_mean;
-use serde::de::DeserializeOwned;
+use serde::de::{DeserializeOwned, DeserializeSeed as _};
 use serde_norway::Value;
 use std::path::Path;
 
@@ -57,43 +57,202 @@ pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
 
 /// Parses and validates a configuration document (YAML, or JSON which is YAML too).
 pub fn parse_str(text: &str) -> Result<Config, ConfigErrors> {
-    let root: Value = serde_norway::from_str(text).map_err(|e| syntax_error(e, text))?;
     let mut errors = ConfigErrors::default();
-    let mut config = Config::default();
-    let map = match root {
-        Value::Null => return Ok(config),
-        Value::Mapping(m) => m,
-        _ => {
-            return Err(ConfigError::new("", "the document must be a mapping")
-                .hint("start with `backends:`, `products:` and `accounts:`")
-                .into());
-        }
-    };
-    for (key, value) in map {
-        let Some(key) = key.as_str().map(str::to_owned) else {
-            errors.push(ConfigError::new("", "top-level keys must be strings"));
-            continue;
-        };
-        match key.as_str() {
-            "backends" => config.backends = items(&key, value, &mut errors),
-            "products" => config.products = items(&key, value, &mut errors),
-            "accounts" => config.accounts = items(&key, value, &mut errors),
-            other => {
-                const TOP: [&str; 3] = ["backends", "products", "accounts"];
-                let mut e = ConfigError::new(other, "unknown key");
-                e = match did_you_mean(other, TOP) {
-                    Some(s) => e.hint(format!("did you mean `{s}`?")),
-                    None => e.hint("the top-level keys are `backends`, `products` and `accounts`"),
-                };
-                errors.push(e);
-            }
-        }
-    }
+    let config = Document { errors: &mut errors }
+        .deserialize(serde_norway::Deserializer::from_str(text))
+        .map_err(|e| syntax_error(e, text))?;
     if !errors.is_empty() {
         // Cross-references are only meaningful once every item parsed.
         return Err(errors);
     }
     crate::validate::validate(&config).map(|()| config)
+}
+
+/// The document, read as it is parsed: each item of `backends`, `products` and
+/// `accounts` becomes a generic value and then its type on its own (so one mistake
+/// does not hide the next), one item at a time — the whole document is never held as
+/// a generic value (10,000 products and 100,000 applications would take hundreds of
+/// megabytes that way).
+struct Document<'e> {
+    errors: &'e mut ConfigErrors,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Document<'_> {
+    type Value = Config;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Config, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl Document<'_> {
+    fn not_a_mapping(self) -> Config {
+        self.errors.push(
+            ConfigError::new("", "the document must be a mapping")
+                .hint("start with `backends:`, `products:` and `accounts:`"),
+        );
+        Config::default()
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Document<'_> {
+    type Value = Config;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a mapping of `backends`, `products` and `accounts`")
+    }
+
+    fn visit_unit<E>(self) -> Result<Config, E> {
+        Ok(Config::default())
+    }
+
+    fn visit_none<E>(self) -> Result<Config, E> {
+        Ok(Config::default())
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Config, E> {
+        Ok(self.not_a_mapping())
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Config, E> {
+        Ok(self.not_a_mapping())
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<Config, E> {
+        Ok(self.not_a_mapping())
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Config, E> {
+        Ok(self.not_a_mapping())
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<Config, E> {
+        Ok(self.not_a_mapping())
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Config, A::Error> {
+        while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+        Ok(self.not_a_mapping())
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Config, A::Error> {
+        let mut config = Config::default();
+        let mut seen = std::collections::HashSet::new();
+        while let Some(key) = map.next_key::<Value>()? {
+            let Some(key) = key.as_str().map(str::to_owned) else {
+                self.errors.push(ConfigError::new("", "top-level keys must be strings"));
+                map.next_value::<serde::de::IgnoredAny>()?;
+                continue;
+            };
+            if !seen.insert(key.clone()) {
+                self.errors.push(
+                    ConfigError::new(key.as_str(), "appears twice in the document")
+                        .hint("a key appears twice in the same mapping: keep one (merge their contents)"),
+                );
+                map.next_value::<serde::de::IgnoredAny>()?;
+                continue;
+            }
+            let errors = &mut *self.errors;
+            match key.as_str() {
+                "backends" => config.backends = map.next_value_seed(Items::new(&key, errors))?,
+                "products" => config.products = map.next_value_seed(Items::new(&key, errors))?,
+                "accounts" => config.accounts = map.next_value_seed(Items::new(&key, errors))?,
+                other => {
+                    const TOP: [&str; 3] = ["backends", "products", "accounts"];
+                    let mut e = ConfigError::new(other, "unknown key");
+                    e = match did_you_mean(other, TOP) {
+                        Some(s) => e.hint(format!("did you mean `{s}`?")),
+                        None => e.hint("the top-level keys are `backends`, `products` and `accounts`"),
+                    };
+                    errors.push(e);
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(config)
+    }
+}
+
+/// One top-level list, item by item (see [`Document`]).
+struct Items<'a, T> {
+    key: &'a str,
+    errors: &'a mut ConfigErrors,
+    item: std::marker::PhantomData<T>,
+}
+
+impl<'a, T> Items<'a, T> {
+    fn new(key: &'a str, errors: &'a mut ConfigErrors) -> Self {
+        Items { key, errors, item: std::marker::PhantomData }
+    }
+
+    fn not_a_list(self) -> Vec<T> {
+        let key = self.key;
+        self.errors
+            .push(ConfigError::new(key, "must be a list").hint(format!("write `{key}:` followed by `- …` items")));
+        Vec::new()
+    }
+}
+
+impl<'de, T: DeserializeOwned> serde::de::DeserializeSeed<'de> for Items<'_, T> {
+    type Value = Vec<T>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Vec<T>, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de, T: DeserializeOwned> serde::de::Visitor<'de> for Items<'_, T> {
+    type Value = Vec<T>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "a list of {}", self.key)
+    }
+
+    fn visit_unit<E>(self) -> Result<Vec<T>, E> {
+        Ok(Vec::new())
+    }
+
+    fn visit_none<E>(self) -> Result<Vec<T>, E> {
+        Ok(Vec::new())
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Vec<T>, E> {
+        Ok(self.not_a_list())
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Vec<T>, E> {
+        Ok(self.not_a_list())
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<Vec<T>, E> {
+        Ok(self.not_a_list())
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Vec<T>, E> {
+        Ok(self.not_a_list())
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<Vec<T>, E> {
+        Ok(self.not_a_list())
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Vec<T>, A::Error> {
+        while map.next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?.is_some() {}
+        Ok(self.not_a_list())
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
+        let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+        let mut i = 0;
+        while let Some(item) = seq.next_element::<Value>()? {
+            match serde_path_to_error::deserialize::<_, T>(item) {
+                Ok(v) => out.push(v),
+                Err(e) => self.errors.push(describe(&format!("{}[{i}]", self.key), &e)),
+            }
+            i += 1;
+        }
+        Ok(out)
+    }
 }
 
 /// A YAML syntax error, its position said once: the parser's message carries it
@@ -115,26 +274,6 @@ fn syntax_error(e: serde_norway::Error, text: &str) -> ConfigError {
         "fix the syntax there: indentation, a missing `:` after a key, or an unclosed quote or bracket"
     };
     ConfigError::new("", format!("not valid YAML{at}: {message}")).hint(hint)
-}
-
-fn items<T: DeserializeOwned>(key: &str, value: Value, errors: &mut ConfigErrors) -> Vec<T> {
-    let list = match value {
-        Value::Null => return Vec::new(),
-        Value::Sequence(list) => list,
-        _ => {
-            errors
-                .push(ConfigError::new(key, "must be a list").hint(format!("write `{key}:` followed by `- …` items")));
-            return Vec::new();
-        }
-    };
-    let mut out = Vec::with_capacity(list.len());
-    for (i, item) in list.into_iter().enumerate() {
-        match serde_path_to_error::deserialize::<_, T>(item) {
-            Ok(v) => out.push(v),
-            Err(e) => errors.push(describe(&format!("{key}[{i}]"), &e)),
-        }
-    }
-    out
 }
 
 /// Turns a serde error into a [`ConfigError`] with a full path and, for unknown keys or
