@@ -20,7 +20,7 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use edge::{Algorithm, EdgeCheck, EdgeDecision, EdgeGuard, EdgeMemory};
 pub use idhash::{IdHash, IdHasher};
 pub use memory::MemoryCounters;
-pub use redis::{FailureMode, RedisCounters};
+pub use redis::{FROZEN_AFTER, FailureMode, RedisCounters};
 pub use tollgate_model::period::Period;
 
 thread_local! {

@@ -26,8 +26,25 @@ use crate::edge::{Algorithm, EdgeCheck, EdgeDecision};
 use crate::{Check, CountersError, Decision, LimitStatus, Period};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+/// Timeouts in a row after which Redis counts as frozen: calls stop waiting for it.
+pub const FROZEN_AFTER: u32 = 3;
+
+/// A Redis that stops answering (frozen, not refusing) would cost every request the
+/// full timeout. After [`FROZEN_AFTER`] timeouts in a row the hot-path calls (limits,
+/// edge limits) go straight to the failure mode, and one background task pings Redis
+/// (every timeout) until it answers; then calls go to Redis again.
+#[derive(Debug, Default)]
+struct Breaker {
+    timeouts_in_a_row: AtomicU32,
+    open: AtomicBool,
+    /// Calls made to Redis, and calls the failure mode answered without asking.
+    asked: AtomicU64,
+    skipped: AtomicU64,
+}
 
 /// What a node does when Redis does not answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -207,6 +224,10 @@ pub struct RedisCounters {
     pending: Mutex<HashMap<String, (u64, i64)>>,
     /// `resilient`: each application's last decision from Redis, and when.
     last: Mutex<HashMap<Box<str>, (Instant, Decision)>>,
+    /// Whether Redis counts as frozen (see [`Breaker`]).
+    breaker: Arc<Breaker>,
+    /// The timeout of one call, for the breaker's probes.
+    timeout: Duration,
 }
 
 impl std::fmt::Debug for RedisCounters {
@@ -264,7 +285,70 @@ impl RedisCounters {
             namespace: namespace.to_string(),
             pending: Mutex::default(),
             last: Mutex::default(),
+            breaker: Arc::default(),
+            timeout,
         })
+    }
+
+    /// Whether Redis counts as frozen now: hot-path calls do not wait for it.
+    pub fn frozen(&self) -> bool {
+        self.breaker.open.load(Relaxed)
+    }
+
+    /// Hot-path calls made to Redis, and those the failure mode answered without
+    /// asking it (Redis frozen), since the start.
+    pub fn calls(&self) -> (u64, u64) {
+        (self.breaker.asked.load(Relaxed), self.breaker.skipped.load(Relaxed))
+    }
+
+    /// Before a hot-path call: `Err` (why) when Redis counts as frozen.
+    fn gate(&self) -> Result<(), String> {
+        if self.breaker.open.load(Relaxed) {
+            self.breaker.skipped.fetch_add(1, Relaxed);
+            return Err(format!(
+                "Redis did not answer {FROZEN_AFTER} calls in a row within the timeout; it is not asked until it answers a probe"
+            ));
+        }
+        self.breaker.asked.fetch_add(1, Relaxed);
+        Ok(())
+    }
+
+    /// After a hot-path call: a timeout counts towards freezing, anything else resets.
+    fn outcome<T>(&self, result: &Result<T, redis::RedisError>) {
+        let b = &self.breaker;
+        match result {
+            Err(e) if e.is_timeout() => {
+                if b.timeouts_in_a_row.fetch_add(1, Relaxed) + 1 >= FROZEN_AFTER && !b.open.swap(true, Relaxed) {
+                    tracing::warn!(
+                        code = "counters_frozen",
+                        "Redis stopped answering ({FROZEN_AFTER} timeouts in a row): the failure mode answers at once until it does again"
+                    );
+                    self.probe();
+                }
+            }
+            _ => b.timeouts_in_a_row.store(0, Relaxed),
+        }
+    }
+
+    /// Pings Redis every timeout until it answers, then lets calls through again.
+    fn probe(&self) {
+        let (breaker, mut conn, timeout) = (self.breaker.clone(), self.conn.clone(), self.timeout);
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            breaker.open.store(false, Relaxed);
+            return;
+        };
+        runtime.spawn(async move {
+            loop {
+                tokio::time::sleep(timeout).await;
+                let ping = redis::cmd("PING");
+                if let Ok(Ok(())) = tokio::time::timeout(timeout, ping.query_async::<()>(&mut conn)).await {
+                    breaker.timeouts_in_a_row.store(0, Relaxed);
+                    breaker.open.store(false, Relaxed);
+                    tracing::info!(code = "counters_answering", "Redis answers again: limits are counted in it");
+                    return;
+                }
+            }
+        });
     }
 
     /// What this node does when Redis does not answer.
@@ -316,8 +400,13 @@ impl RedisCounters {
             call.key(window_key(&self.namespace, application, c.metric, c.period, start));
             call.arg(c.max).arg(c.delta).arg(end.map_or(0, |e| e + EXPIRY_SLACK));
         }
+        if let Err(why) = self.gate() {
+            return self.without_redis(application, checks, now, why);
+        }
         let mut conn = self.worker_conn();
-        match call.invoke_async::<Vec<i64>>(&mut conn).await {
+        let result = call.invoke_async::<Vec<i64>>(&mut conn).await;
+        self.outcome(&result);
+        match result {
             Ok(reply) => {
                 let decision = decide(checks, &reply, now)?;
                 if let FailureMode::Resilient(_) = self.mode {
@@ -325,7 +414,7 @@ impl RedisCounters {
                 }
                 Ok(decision)
             }
-            Err(e) => self.without_redis(application, checks, now, e),
+            Err(e) => self.without_redis(application, checks, now, e.to_string()),
         }
     }
 
@@ -335,14 +424,14 @@ impl RedisCounters {
         application: &str,
         checks: &[Check<'_>],
         now: i64,
-        e: redis::RedisError,
+        why: String,
     ) -> Result<Decision, CountersError> {
         let decision = match self.mode {
-            FailureMode::Strict => return Err(unavailable(e)),
+            FailureMode::Strict => return Err(CountersError::Unavailable(why)),
             FailureMode::Allow => Decision::Allowed(None),
             FailureMode::Resilient(ttl) => match lock(&self.last).get(application) {
                 Some((at, d)) if at.elapsed() <= ttl => d.clone(),
-                _ => return Err(unavailable(e)),
+                _ => return Err(CountersError::Unavailable(why)),
             },
         };
         if let Decision::Allowed(_) = decision {
@@ -502,8 +591,11 @@ impl RedisCounters {
                 Algorithm::TokenBucket { rate_per_s, burst } => call.arg("b").arg(rate_per_s).arg(burst),
             };
         }
+        self.gate().map_err(CountersError::Unavailable)?;
         let mut conn = self.worker_conn();
-        let reply: Vec<i64> = call.invoke_async(&mut conn).await.map_err(unavailable)?;
+        let result = call.invoke_async::<Vec<i64>>(&mut conn).await;
+        self.outcome(&result);
+        let reply = result.map_err(unavailable)?;
         match reply.as_slice() {
             [1] => Ok(EdgeDecision::Allowed),
             [0, i, retry] => {

@@ -318,3 +318,48 @@ async fn edge_limits_in_redis_hold_across_clients_and_match_memory() {
         }
     }
 }
+
+/// Sends `signal` (`STOP`, `CONT`) to a process.
+fn signal(pid: u32, signal: &str) {
+    let ok = std::process::Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status().expect("kill");
+    assert!(ok.success(), "kill -{signal} {pid}");
+}
+
+// A Redis that stops answering without refusing (SIGSTOP: connections accepted, no
+// reply): after FROZEN_AFTER timeouts in a row, calls no longer wait for it — the
+// failure mode answers at once — and once it answers a background probe, limits are
+// counted in it again. Counts, not times, are asserted.
+#[tokio::test]
+async fn a_frozen_redis_is_not_waited_for_after_a_few_timeouts() {
+    let now = now();
+    let server = PrivateRedis::start();
+    let allow =
+        Counters::open(&server.url(), "frozen", FailureMode::Allow, Duration::from_millis(200)).await.expect("url");
+    let checks = hits(1_000);
+    assert!(matches!(allow.authorize("a", &checks, now).await, Ok(Decision::Allowed(_))));
+    let redis = allow.redis().expect("redis");
+    assert_eq!(redis.calls(), (1, 0));
+
+    let pid = server.child.as_ref().expect("running").id();
+    signal(pid, "STOP");
+    for _ in 0..20 {
+        assert!(matches!(allow.authorize("a", &checks, now).await, Ok(Decision::Allowed(None))), "allow admits");
+    }
+    let frozen_after = u64::from(tollgate_counters::FROZEN_AFTER);
+    assert_eq!(redis.calls(), (1 + frozen_after, 20 - frozen_after), "only the first timeouts waited for Redis");
+    assert!(redis.frozen());
+    assert_eq!(redis.pending(), 20, "what was admitted meanwhile is kept for later");
+
+    signal(pid, "CONT");
+    let started = Instant::now();
+    while redis.frozen() {
+        assert!(started.elapsed() < Duration::from_secs(10), "the probe never saw Redis answer");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(matches!(allow.authorize("a", &checks, now).await, Ok(Decision::Allowed(_))));
+    assert_eq!(redis.calls().0, 2 + frozen_after, "asked again");
+    while redis.reconcile().await.is_err() {
+        assert!(started.elapsed() < Duration::from_secs(10), "never reconciled");
+    }
+    assert_eq!(redis.pending(), 0);
+}
