@@ -116,7 +116,7 @@ pub async fn require_token(
     let (parts, body) = resp.into_parts();
     let bytes = axum::body::to_bytes(body, usize::MAX).await.unwrap_or_default();
     let bytes = match serde_json::from_slice::<serde_json::Value>(&bytes) {
-        Ok(mut v) if String::from_utf8_lossy(&bytes).contains("PRIVATE KEY-----") => {
+        Ok(mut v) if bytes.windows(16).any(|w| w == b"PRIVATE KEY-----") => {
             hide_private_keys(&mut v);
             axum::body::Bytes::from(v.to_string())
         }

@@ -395,21 +395,18 @@ async fn set_drain(s: &AdminState, b: &str, address: &str, drain: bool) -> ApiRe
         )));
     }
     let wanted = tollgate_model::Endpoint { address: address.to_owned(), weight: 1, drain }.canonical();
-    if !row.doc.endpoints.iter().any(|e| wanted.is_some() && e.canonical() == wanted) {
-        let known: Vec<&str> = row.doc.endpoints.iter().map(|e| e.address.as_str()).collect();
-        return Err(ApiError::not_found(&format!(
-            "endpoint `{address}` of backend `{}` (its endpoints: {})",
-            row.system_name,
-            known.join(", ")
-        ))
-        .field("address"));
-    }
     // Drains of several endpoints at once each read, change and write the backend:
     // a write that lost the race reads again (as limits do), so none is lost.
     for _ in 0..16 {
         let row: Row<Backend> = s.store.get(Table::Backends, None, &Key::Id(row.id)).await?;
         let Some(i) = row.doc.endpoints.iter().position(|e| wanted.is_some() && e.canonical() == wanted) else {
-            return Err(ApiError::not_found(&format!("endpoint `{address}` of backend `{}`", row.system_name)));
+            let known: Vec<&str> = row.doc.endpoints.iter().map(|e| e.address.as_str()).collect();
+            return Err(ApiError::not_found(&format!(
+                "endpoint `{address}` of backend `{}` (its endpoints: {})",
+                row.system_name,
+                known.join(", ")
+            ))
+            .field("address"));
         };
         if row.doc.endpoints[i].drain == drain {
             return Ok(Json(endpoints_view(&row.doc)));

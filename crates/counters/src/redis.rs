@@ -44,6 +44,8 @@ struct Breaker {
     /// Calls made to Redis, and calls the failure mode answered without asking.
     asked: AtomicU64,
     skipped: AtomicU64,
+    /// Woken when Redis answers again.
+    answering: tokio::sync::Notify,
 }
 
 /// What a node does when Redis does not answer.
@@ -295,6 +297,17 @@ impl RedisCounters {
         self.breaker.open.load(Relaxed)
     }
 
+    /// Resolves once Redis does not count as frozen (at once if it does not).
+    pub async fn answering(&self) {
+        loop {
+            let woken = self.breaker.answering.notified();
+            if !self.frozen() {
+                return;
+            }
+            woken.await;
+        }
+    }
+
     /// Hot-path calls made to Redis, and those the failure mode answered without
     /// asking it (Redis frozen), since the start.
     pub fn calls(&self) -> (u64, u64) {
@@ -344,6 +357,7 @@ impl RedisCounters {
                 if let Ok(Ok(())) = tokio::time::timeout(timeout, ping.query_async::<()>(&mut conn)).await {
                     breaker.timeouts_in_a_row.store(0, Relaxed);
                     breaker.open.store(false, Relaxed);
+                    breaker.answering.notify_waiters();
                     tracing::info!(code = "counters_answering", "Redis answers again: limits are counted in it");
                     return;
                 }

@@ -351,11 +351,8 @@ async fn a_frozen_redis_is_not_waited_for_after_a_few_timeouts() {
     assert_eq!(redis.pending(), 20, "what was admitted meanwhile is kept for later");
 
     signal(pid, "CONT");
+    tokio::time::timeout(Duration::from_secs(10), redis.answering()).await.expect("the probe never saw Redis answer");
     let started = Instant::now();
-    while redis.frozen() {
-        assert!(started.elapsed() < Duration::from_secs(10), "the probe never saw Redis answer");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
     assert!(matches!(allow.authorize("a", &checks, now).await, Ok(Decision::Allowed(_))));
     assert_eq!(redis.calls().0, 2 + frozen_after, "asked again");
     while redis.reconcile().await.is_err() {

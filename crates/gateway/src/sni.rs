@@ -247,8 +247,8 @@ pub struct PeerCertificate {
     /// The last product verifier asked and its answer: a connection's requests go to
     /// one product, so the chain is verified once, not per request.
     checked: std::sync::Mutex<Option<(u64, bool)>>,
-    /// The leaf's SHA-256 fingerprint, lower-case hex, made on first use.
-    fingerprint: std::sync::OnceLock<Box<str>>,
+    /// The leaf's SHA-256 digest and its lower-case hex, made on first use.
+    digest: std::sync::OnceLock<([u8; 32], Box<str>)>,
     /// The leaf's names, parsed on first use (by templates and conditions).
     details: std::sync::OnceLock<CertificateDetails>,
 }
@@ -375,7 +375,7 @@ impl PeerCertificate {
         PeerCertificate {
             chain,
             checked: std::sync::Mutex::new(None),
-            fingerprint: std::sync::OnceLock::new(),
+            digest: std::sync::OnceLock::new(),
             details: std::sync::OnceLock::new(),
         }
     }
@@ -390,9 +390,20 @@ impl PeerCertificate {
     /// The SHA-256 fingerprint of the leaf, lower-case hex (as an application's
     /// `client_certificates` lists it, normalized).
     pub fn fingerprint(&self) -> &str {
-        self.fingerprint.get_or_init(|| {
+        &self.digest().1
+    }
+
+    /// The SHA-256 digest of the leaf (DER), as RFC 8705's `x5t#S256` hashes it.
+    pub fn sha256(&self) -> &[u8; 32] {
+        &self.digest().0
+    }
+
+    fn digest(&self) -> &([u8; 32], Box<str>) {
+        self.digest.get_or_init(|| {
             let leaf = self.chain.first().map_or(&[][..], |c| c.as_ref());
-            hex::encode(ring::digest::digest(&ring::digest::SHA256, leaf)).into()
+            let mut digest = [0u8; 32];
+            digest.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, leaf).as_ref());
+            (digest, hex::encode(digest).into())
         })
     }
 

@@ -15,16 +15,23 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 /// One endpoint: `tests/peers/fleet_endpoint.js`, answering with its name.
 struct Instance {
+    host: &'static str,
     port: u16,
     child: tokio::process::Child,
 }
 
 impl Instance {
     async fn start(name: &str, port: u16) -> Instance {
+        Instance::start_on(name, "127.0.0.1", port).await
+    }
+
+    /// On loopback address `host` (127.0.0.0/8).
+    async fn start_on(name: &str, host: &'static str, port: u16) -> Instance {
         let mut child = tokio::process::Command::new("node")
             .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/fleet_endpoint.js"))
             .env("WS_MODULE", example_dir().join("node_modules/ws"))
             .env("NAME", name)
+            .env("HOST", host)
             .env("PORT", port.to_string())
             .stdout(Stdio::piped())
             .kill_on_drop(true)
@@ -33,11 +40,11 @@ impl Instance {
         let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
         let first = lines.next_line().await.expect("stdout").expect("node printed nothing");
         let port = first.strip_prefix("listening on ").and_then(|p| p.parse().ok()).expect("port line");
-        Instance { port, child }
+        Instance { host, port, child }
     }
 
     fn address(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("{}:{}", self.host, self.port)
     }
 
     async fn kill(&mut self) {
@@ -508,26 +515,9 @@ async fn a_host_name_endpoint_follows_its_dns_records_without_a_reload() {
     let mut dns = Dns::start().await;
     dns.set("svc.test", &["127.0.0.2"]).await;
     // Three instances on one port, on three loopback addresses.
-    let start_on = |name: &'static str, host: &'static str, port: u16| async move {
-        let mut child = tokio::process::Command::new("node")
-            .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/fleet_endpoint.js"))
-            .env("WS_MODULE", example_dir().join("node_modules/ws"))
-            .env("NAME", name)
-            .env("HOST", host)
-            .env("PORT", port.to_string())
-            .stdout(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start node");
-        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-        let first = lines.next_line().await.expect("stdout").expect("node printed nothing");
-        let port: u16 = first.strip_prefix("listening on ").and_then(|p| p.parse().ok()).expect("port line");
-        (Instance { port, child }, port)
-    };
-    let (_a, port) = start_on("a", "127.0.0.2", 0).await;
-    let (_b, _) = start_on("b", "127.0.0.3", port).await;
-    let (_c, _) = start_on("c", "127.0.0.4", port).await;
-
+    let a = Instance::start_on("a", "127.0.0.2", 0).await;
+    let port = a.port;
+    let (_b, _c) = (Instance::start_on("b", "127.0.0.3", port).await, Instance::start_on("c", "127.0.0.4", port).await);
     let dir = TempDir::new();
     let file = dir.path().join("tollgate.yaml");
     std::fs::write(&file, config(&format!(r#"{{ address: "svc.test:{port}" }}"#), "")).expect("config");

@@ -524,9 +524,7 @@ fn certificate_binding(
         return Err("the token is bound to a client certificate and the connection presented none this API verifies");
     };
     use base64::Engine as _;
-    let Some(leaf) = certificate.chain.first() else { return Err("no client certificate") };
-    let own = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .encode(ring::digest::digest(&ring::digest::SHA256, leaf.as_ref()).as_ref());
+    let own = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(certificate.sha256());
     // The thumbprint is public (it is in the token): a plain comparison. Padding a
     // producer may have left is not part of base64url (RFC 7515 §2).
     if thumbprint.trim_end_matches('=') == own {

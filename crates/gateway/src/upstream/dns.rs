@@ -39,12 +39,7 @@ static LAST: Mutex<Option<HashMap<String, Vec<IpAddr>>>> = Mutex::new(None);
 /// A server that cannot be asked (port 0, an unspecified, multicast or broadcast
 /// address), in words; nothing is changed then.
 pub fn use_name_servers(servers: Vec<SocketAddr>) -> Result<bool, String> {
-    if let Some(bad) = servers.iter().find(|s| {
-        s.port() == 0
-            || s.ip().is_unspecified()
-            || s.ip().is_multicast()
-            || matches!(s.ip(), IpAddr::V4(v4) if v4.is_broadcast())
-    }) {
+    if let Some(bad) = servers.iter().find(|s| s.port() == 0 || !usable(&s.ip())) {
         return Err(format!(
             "`{bad}` is not a name server's address (port 0, or an unspecified, multicast or broadcast address)"
         ));
@@ -92,6 +87,12 @@ fn resolver() -> Option<&'static TokioResolver> {
             }
         })
         .as_ref()
+}
+
+/// Whether a connection can be meant for `ip`: not unspecified (0.0.0.0 reaches the
+/// local host), multicast or broadcast.
+fn usable(ip: &IpAddr) -> bool {
+    !ip.is_unspecified() && !ip.is_multicast() && !matches!(ip, IpAddr::V4(v4) if v4.is_broadcast())
 }
 
 /// The addresses `host` had at its latest answer in this process, if any.
