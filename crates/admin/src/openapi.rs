@@ -264,9 +264,10 @@ pub fn document() -> Value {
             params
                 .push(json!({ "name": "application", "in": "query", "required": false, "schema": { "type": "string" },
                 "description": "an application's name or id" }));
-            for (name, about) in
-                [("since", "Unix seconds (default: a day before until)"), ("until", "Unix seconds (default: now)")]
-            {
+            for (name, about) in [
+                ("since", "Unix seconds (default: a day before until)"),
+                ("until", "Unix seconds, exclusive (default: the end of the current second)"),
+            ] {
                 params.push(json!({ "name": name, "in": "query", "required": false, "schema": { "type": "integer" }, "description": about }));
             }
         }
@@ -276,7 +277,7 @@ pub fn document() -> Value {
                 ("application", "string", "an application's name or id"),
                 ("metric", "string", "a metric or method (default hits)"),
                 ("since", "integer", "Unix seconds (default: a day before until)"),
-                ("until", "integer", "Unix seconds (default: now)"),
+                ("until", "integer", "Unix seconds, exclusive (default: the end of the current second)"),
             ] {
                 params.push(json!({ "name": name, "in": "query", "required": false, "schema": { "type": kind }, "description": about }));
             }

@@ -1342,7 +1342,7 @@ struct UsageParams {
     metric: Option<String>,
     /// Unix seconds; default: a day before `until`.
     since: Option<i64>,
-    /// Unix seconds; default: now.
+    /// Unix seconds, exclusive; default: the end of the current second.
     until: Option<i64>,
     granularity: Option<String>,
     /// `json` (default) or `csv`.
@@ -1355,7 +1355,15 @@ const TIME_RANGE: std::ops::RangeInclusive<i64> = 0..=(1 << 40);
 /// An analytics period: `since` and `until` in Unix seconds (default: the day before
 /// now), each a time from 1970 on, `since` first.
 pub(crate) fn period(since: Option<i64>, until: Option<i64>) -> ApiResult<(i64, i64)> {
-    let until = until.unwrap_or_else(|| tollgate_store::now_millis() / 1000);
+    period_at(since, until, tollgate_store::now_millis() / 1000)
+}
+
+/// [`period`] at `now` (Unix seconds). `until` is exclusive and a bucket counts when it
+/// starts before it, so the default is the end of the current second, `now + 1`: with
+/// `now` itself, usage recorded in the second a minute starts (bucket `== now`) was
+/// left out until the next second.
+fn period_at(since: Option<i64>, until: Option<i64>, now: i64) -> ApiResult<(i64, i64)> {
+    let until = until.unwrap_or(now + 1);
     let since = since.unwrap_or(until.saturating_sub(86_400));
     for (field, t) in [("since", since), ("until", until)] {
         if !TIME_RANGE.contains(&t) {
@@ -1423,4 +1431,20 @@ async fn analytics_usage(State(s): St, headers: axum::http::HeaderMap, Q(p): Q<U
         "values": series.iter().map(|(at, v)| json!({ "at": at, "value": v })).collect::<Vec<_>>(),
     }))
     .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_period_counts_the_minute_that_starts_now() {
+        // Usage recorded at 1,000,020 is in the minute bucket that starts then; a query in
+        // that same second must include it (`bucket < until`).
+        let (since, until) = period_at(None, None, 1_000_020).expect("period");
+        assert!(since <= 1_000_020 && 1_000_020 < until, "{since}..{until}");
+        assert_eq!(until - since, 86_400);
+        assert_eq!(period_at(Some(60), Some(120), 500).expect("given"), (60, 120));
+        assert!(period_at(Some(120), Some(120), 500).is_err(), "empty");
+    }
 }

@@ -145,7 +145,7 @@ fn usage_chart(usage: &Value, since: i64, until: i64, granularity: &str, metric:
         .filter_map(|v| Some((v["at"].as_i64()?, v["value"].as_i64()?)))
         .collect();
     let first = since - since.rem_euclid(step) + step;
-    let buckets: Vec<i64> = (0..).map(|i| first + i * step).take_while(|t| *t <= until).collect();
+    let buckets: Vec<i64> = (0..).map(|i| first + i * step).take_while(|t| *t < until).collect();
     let series_values: Vec<i64> = buckets.iter().map(|t| *values.get(t).unwrap_or(&0)).collect();
     let max = series_values.iter().copied().max().unwrap_or(0);
     let total = usage["total"].as_i64().unwrap_or(0);
