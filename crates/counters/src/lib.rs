@@ -13,6 +13,7 @@
 mod clock;
 pub mod edge;
 mod idhash;
+pub mod lease;
 mod memory;
 mod redis;
 

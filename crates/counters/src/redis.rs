@@ -98,6 +98,48 @@ end
 return out
 ";
 
+/// Quota leasing (see `lease`): ARGV[1] = the share of a window's room a lease may
+/// take (1/ARGV[1]); then per key ARGV = [max, need, expire_at, give_back, lease].
+/// Gives back first (never below zero), then checks every window as [`AUTHORIZE`] does
+/// and, if all have room, grants each window with need > 0 `need` units plus up to
+/// `lease` more. Returns {1, granted total, granted, ...} or {0, index, current}.
+const LEASE: &str = r"
+local share = tonumber(ARGV[1])
+local cur = {}
+for i = 1, #KEYS do
+  local c = tonumber(redis.call('GET', KEYS[i]) or '0')
+  local back = math.min(tonumber(ARGV[5*i]), c)
+  if back > 0 then c = redis.call('DECRBY', KEYS[i], back) end
+  cur[i] = c
+end
+for i = 1, #KEYS do
+  if cur[i] + tonumber(ARGV[5*i-2]) > tonumber(ARGV[5*i-3]) then return {0, i, cur[i]} end
+end
+local out = {1}
+for i = 1, #KEYS do
+  local max, need, at, lease = tonumber(ARGV[5*i-3]), tonumber(ARGV[5*i-2]), tonumber(ARGV[5*i-1]), tonumber(ARGV[5*i+1])
+  local grant = 0
+  if need > 0 then
+    grant = need + math.min(lease, math.floor((max - cur[i] - need) / share))
+    local v = redis.call('INCRBY', KEYS[i], grant)
+    if at > 0 and v == grant then redis.call('EXPIREAT', KEYS[i], at) end
+    cur[i] = v
+  end
+  out[2*i] = cur[i]
+  out[2*i+1] = grant
+end
+return out
+";
+
+/// Gives back ARGV[1] units of a lease on KEYS[1] (never below zero; nothing when the
+/// window's key is gone). Returns the units given back.
+const GIVE_BACK: &str = r"
+local c = tonumber(redis.call('GET', KEYS[1]) or '0')
+local back = math.min(c, tonumber(ARGV[1]))
+if back > 0 then redis.call('DECRBY', KEYS[1], back) end
+return back
+";
+
 /// Adds ARGV = [delta, expire_at] per key (usage counted while Redis was away).
 const ADD: &str = r"
 for i = 1, #KEYS do
@@ -230,6 +272,10 @@ pub struct RedisCounters {
     breaker: Arc<Breaker>,
     /// The timeout of one call, for the breaker's probes.
     timeout: Duration,
+    /// Quota leasing, when on (`--counters-lease`).
+    leases: Option<crate::lease::Leases>,
+    lease: redis::Script,
+    give_back: redis::Script,
 }
 
 impl std::fmt::Debug for RedisCounters {
@@ -289,7 +335,48 @@ impl RedisCounters {
             last: Mutex::default(),
             breaker: Arc::default(),
             timeout,
+            leases: None,
+            lease: redis::Script::new(LEASE),
+            give_back: redis::Script::new(GIVE_BACK),
         })
+    }
+
+    /// Turns quota leasing on: a grant takes up to `units` units beyond what the
+    /// request needs (and at most 1/[`crate::lease::SHARE`] of what the window has
+    /// left), admitted here without asking Redis. 0 turns it off. See `lease` for what
+    /// it guarantees.
+    pub fn set_lease(&mut self, units: u64) {
+        self.leases = (units > 0).then(|| crate::lease::Leases::new(units));
+    }
+
+    /// Whether quota leasing is on.
+    pub fn leasing(&self) -> bool {
+        self.leases.is_some()
+    }
+
+    /// Units leased to this node and not yet admitted, over every window.
+    pub fn leased(&self) -> u64 {
+        self.leases.as_ref().map_or(0, crate::lease::Leases::outstanding)
+    }
+
+    /// Gives back to Redis the leases not used for `idle` (every lease when zero: at
+    /// shutdown) and forgets those of windows that are over; returns the units given
+    /// back. A give-back that fails is not retried: those units stay out of the
+    /// window until it ends (fewer admitted, never more).
+    pub async fn give_back_idle(&self, idle: Duration) -> u64 {
+        let Some(leases) = &self.leases else { return 0 };
+        let unix_now =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+        let idle = leases.take_idle(idle, Instant::now(), unix_now);
+        let mut conn = self.conn.clone();
+        let mut back = 0;
+        for (key, units) in idle {
+            match self.give_back.key(&key).arg(units).invoke_async::<u64>(&mut conn).await {
+                Ok(n) => back += n,
+                Err(e) => tracing::debug!(error = %e, key, units, "cannot give a lease back"),
+            }
+        }
+        back
     }
 
     /// Whether Redis counts as frozen now: hot-path calls do not wait for it.
@@ -408,6 +495,9 @@ impl RedisCounters {
         if checks.is_empty() {
             return Ok(Decision::Allowed(None));
         }
+        if let Some(leases) = &self.leases {
+            return self.authorize_leased(leases, application, checks, now).await;
+        }
         let mut call = self.authorize.prepare_invoke();
         for c in checks {
             let (start, end) = c.period.window(now);
@@ -423,12 +513,129 @@ impl RedisCounters {
         match result {
             Ok(reply) => {
                 let decision = decide(checks, &reply, now)?;
-                if let FailureMode::Resilient(_) = self.mode {
-                    lock(&self.last).insert(application.into(), (Instant::now(), decision.clone()));
-                }
+                self.remember(application, &decision);
                 Ok(decision)
             }
             Err(e) => self.without_redis(application, checks, now, e.to_string()),
+        }
+    }
+
+    /// [`RedisCounters::authorize`] with quota leasing: the windows whose lease covers
+    /// the request are taken locally; the others (if any) go to Redis in one [`LEASE`]
+    /// call, which also gives back the leases that ran short. Refused or undecided, the
+    /// units taken locally are put back.
+    async fn authorize_leased(
+        &self,
+        leases: &crate::lease::Leases,
+        application: &str,
+        checks: &[Check<'_>],
+        now: i64,
+    ) -> Result<Decision, CountersError> {
+        let at = Instant::now();
+        let keys: Vec<String> = checks
+            .iter()
+            .map(|c| window_key(&self.namespace, application, c.metric, c.period, c.period.window(now).0))
+            .collect();
+        // Per check: the usage after this request as this node sees it (granted total
+        // less its own unused units), once known.
+        let mut current = vec![0u64; checks.len()];
+        let mut taken = Vec::with_capacity(checks.len());
+        let mut asks = Vec::new();
+        for (i, c) in checks.iter().enumerate() {
+            match leases.take(&keys[i], c.max, c.delta, c.period.window(now).1.unwrap_or(0), at) {
+                Ok(held) => {
+                    current[i] = held.seen.saturating_sub(held.units);
+                    taken.push(i);
+                }
+                Err(ask) => asks.push(crate::lease::Ask { index: i, ..ask }),
+            }
+        }
+        // However this ends (answer, error, or the request dropped mid-call), the
+        // windows this request asked a lease for may be asked for again.
+        let _asked = Asked { leases, keys: &keys, checks, asks: &asks };
+        let untake = || {
+            for &i in &taken {
+                let c = &checks[i];
+                leases.untake(&keys[i], c.max, c.delta, c.period.window(now).1.unwrap_or(0), at);
+            }
+        };
+        if !asks.is_empty() {
+            let mut call = self.lease.prepare_invoke();
+            call.arg(crate::lease::SHARE);
+            for a in &asks {
+                let c = &checks[a.index];
+                call.key(&keys[a.index]);
+                call.arg(c.max).arg(c.delta).arg(c.period.window(now).1.map_or(0, |e| e + EXPIRY_SLACK));
+                call.arg(a.give_back).arg(if a.lease { leases.units } else { 0 });
+            }
+            if let Err(why) = self.gate() {
+                untake();
+                return self.without_redis(application, checks, now, why);
+            }
+            let mut conn = self.worker_conn();
+            let result = call.invoke_async::<Vec<i64>>(&mut conn).await;
+            self.outcome(&result);
+            let reply = match result {
+                Ok(reply) => reply,
+                Err(e) => {
+                    // Whether the give-backs were applied is unknown: they are not kept
+                    // (fewer admitted, never more).
+                    untake();
+                    return self.without_redis(application, checks, now, e.to_string());
+                }
+            };
+            let malformed = || CountersError::Unavailable(format!("unexpected reply from the lease script: {reply:?}"));
+            match reply.as_slice() {
+                [0, i, cur] => {
+                    untake();
+                    let c = &checks[asks.get((*i as usize).wrapping_sub(1)).ok_or_else(malformed)?.index];
+                    let decision = Decision::Exceeded(LimitStatus {
+                        metric: c.metric.to_string(),
+                        period: c.period,
+                        max: c.max,
+                        current: *cur as u64,
+                        reset_at: c.period.window(now).1,
+                    });
+                    self.remember(application, &decision);
+                    return Ok(decision);
+                }
+                [1, granted @ ..] if granted.len() == 2 * asks.len() => {
+                    for (a, pair) in asks.iter().zip(granted.chunks_exact(2)) {
+                        let c = &checks[a.index];
+                        let (total, grant) = (pair[0].max(0) as u64, pair[1].max(0) as u64);
+                        let spare = grant.saturating_sub(c.delta);
+                        current[a.index] = total.saturating_sub(spare);
+                        if grant > 0 {
+                            let ends_at = c.period.window(now).1.unwrap_or(0);
+                            leases.keep(keys[a.index].clone(), c.max, spare, total, ends_at, at);
+                        }
+                    }
+                }
+                _ => {
+                    untake();
+                    return Err(malformed());
+                }
+            }
+        }
+        let tightest =
+            checks.iter().zip(&current).min_by_key(|(c, v)| c.max.saturating_sub(**v)).map(|(c, v)| LimitStatus {
+                metric: c.metric.to_string(),
+                period: c.period,
+                max: c.max,
+                current: *v,
+                reset_at: c.period.window(now).1,
+            });
+        let decision = Decision::Allowed(tightest);
+        if !asks.is_empty() {
+            self.remember(application, &decision);
+        }
+        Ok(decision)
+    }
+
+    /// `resilient`: keeps an application's last decision from Redis.
+    fn remember(&self, application: &str, decision: &Decision) {
+        if let FailureMode::Resilient(_) = self.mode {
+            lock(&self.last).insert(application.into(), (Instant::now(), decision.clone()));
         }
     }
 
@@ -623,6 +830,22 @@ impl RedisCounters {
     pub async fn live(&self, application: &str) -> Result<Vec<String>, CountersError> {
         let mut conn = self.conn.clone();
         self.live.key(connections_key(&self.namespace, application)).invoke_async(&mut conn).await.map_err(unavailable)
+    }
+}
+
+/// Marks the windows a request asked a lease for as no longer asked for, when dropped.
+struct Asked<'a> {
+    leases: &'a crate::lease::Leases,
+    keys: &'a [String],
+    checks: &'a [Check<'a>],
+    asks: &'a [crate::lease::Ask],
+}
+
+impl Drop for Asked<'_> {
+    fn drop(&mut self) {
+        for a in self.asks.iter().filter(|a| a.lease) {
+            self.leases.asked(&self.keys[a.index], self.checks[a.index].max);
+        }
     }
 }
 

@@ -360,3 +360,141 @@ async fn a_frozen_redis_is_not_waited_for_after_a_few_timeouts() {
     }
     assert_eq!(redis.pending(), 0);
 }
+
+// ------------------------------------------------------------------ quota leasing
+
+async fn leasing(units: u64) -> RedisCounters {
+    let mut r = redis(FailureMode::Strict).await;
+    r.set_lease(units);
+    r
+}
+
+/// Admits `attempts` requests of one unit on `node`, one after the other; returns how
+/// many passed.
+async fn admit(node: &RedisCounters, app: &str, checks: &[Check<'_>], now: i64, attempts: usize) -> usize {
+    let mut admitted = 0;
+    for _ in 0..attempts {
+        admitted += usize::from(matches!(node.authorize(app, checks, now).await.expect("redis"), Decision::Allowed(_)));
+    }
+    admitted
+}
+
+/// Four nodes leasing from one window, concurrently: never more than the limit passes
+/// while leases are out; once they are given back, exactly the limit has passed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn leasing_nodes_never_admit_more_than_the_limit_and_reach_it_once_leases_return() {
+    let now = now();
+    let app = app("lease-exact");
+    let nodes: Vec<std::sync::Arc<RedisCounters>> =
+        futures_join(4, |_| leasing(50)).await.into_iter().map(std::sync::Arc::new).collect();
+    let checks = [
+        Check { metric: "hits", period: Period::Minute, max: 1_000, delta: 1 },
+        Check { metric: "hits", period: Period::Day, max: 100_000, delta: 1 },
+    ];
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..2_000 {
+        let (node, app) = (nodes[i % nodes.len()].clone(), app.clone());
+        tasks.spawn(
+            async move { matches!(node.authorize(&app, &checks, now).await.expect("redis"), Decision::Allowed(_)) },
+        );
+    }
+    let mut admitted = 0;
+    while let Some(r) = tasks.join_next().await {
+        admitted += usize::from(r.expect("task"));
+    }
+    let outstanding: u64 = nodes.iter().map(|n| n.leased()).sum();
+    assert!(admitted <= 1_000, "admitted {admitted} of a limit of 1,000");
+    let granted: u64 = nodes[0].status(&app, &checks, now).await.expect("status").iter().map(|s| s.current).sum();
+    assert_eq!(granted, 2 * admitted as u64 + outstanding, "Redis holds what was admitted plus what is leased");
+    assert!(outstanding <= 4 * 2 * 50, "each node holds at most one lease of 50 per window: {outstanding}");
+
+    for node in &nodes {
+        node.give_back_idle(Duration::ZERO).await;
+    }
+    assert_eq!(nodes[0].status(&app, &checks[..1], now).await.expect("status")[0].current, admitted as u64);
+    // One node takes what is left, its leases shrinking to one unit at the end.
+    admitted += admit(&nodes[1], &app, &checks, now, 1_100).await;
+    assert_eq!(admitted, 1_000, "exactly the limit");
+    let minute = nodes[1].status(&app, &checks[..1], now).await.expect("status");
+    assert_eq!(minute[0].current, 1_000, "nothing of the minute is left leased");
+}
+
+/// Away from the limit, a lease serves many requests: at most one in twenty reaches
+/// Redis (the target: ≤ 0.05 calls per request).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn away_from_the_limit_few_requests_reach_redis() {
+    let now = now();
+    let app = app("lease-calls");
+    let node = leasing(100).await;
+    let checks = [
+        Check { metric: "hits", period: Period::Minute, max: 1_000_000, delta: 1 },
+        Check { metric: "messages", period: Period::Hour, max: 1_000_000, delta: 2 },
+    ];
+    assert_eq!(admit(&node, &app, &checks, now, 4_000).await, 4_000);
+    let (asked, skipped) = node.calls();
+    assert_eq!(skipped, 0);
+    // Each call leases 100 units beyond what the request needs: `hits` (one per
+    // request) calls every 101 requests, `messages` (two) every 51, together when both
+    // run short at once: 118 calls.
+    assert!(asked * 20 <= 4_000, "{asked} Redis calls for 4,000 requests");
+    assert!(asked >= 4_000 / 101, "{asked}: every lease was asked for");
+    let status = node.status(&app, &checks, now).await.expect("status");
+    assert_eq!(status[0].current + status[1].current, 4_000 + 8_000 + node.leased(), "granted = used + leased");
+}
+
+/// A node that dies without giving its leases back costs the window at most its
+/// outstanding lease (under-admission, never an excess); a plan change that lowers a
+/// limit holds from the next request (the lease under the old value is given back);
+/// idle leases go back, and usage read from Redis is then what was used.
+#[tokio::test]
+async fn a_dead_nodes_lease_a_lowered_limit_and_idle_leases() {
+    let now = now();
+    let id = app;
+    let app = id("lease-death");
+    let hits = |max| [Check { metric: "hits", period: Period::Minute, max, delta: 1 }];
+    let dead = leasing(100).await;
+    assert_eq!(admit(&dead, &app, &hits(10_000), now, 1).await, 1);
+    let lost = dead.leased();
+    assert_eq!(lost, 100, "a lease of 100 beyond the request (10,000 left / 16 is more)");
+    drop(dead);
+    let alive = leasing(100).await;
+    let admitted = admit(&alive, &app, &hits(10_000), now, 11_000).await;
+    assert_eq!(admitted as u64, 10_000 - 1 - lost, "the dead node's lease is lost, nothing more");
+
+    // A lowered limit: 5 used under 1,000, then the limit is 10.
+    let app = id("lease-plan");
+    let node = leasing(100).await;
+    assert_eq!(admit(&node, &app, &hits(1_000), now, 5).await, 5);
+    assert!(node.leased() > 0);
+    assert_eq!(admit(&node, &app, &hits(10), now, 20).await, 5, "10 - 5 already used");
+    assert_eq!(node.status(&app, &hits(10), now).await.expect("status")[0].current, 10);
+
+    // Idle leases go back: Redis then holds what was used.
+    let app = id("lease-idle");
+    let node = leasing(100).await;
+    assert_eq!(admit(&node, &app, &hits(100), now, 3).await, 3);
+    // 1 + (100 - 1) / 16 = 7 granted at the first request.
+    assert_eq!(node.status(&app, &hits(100), now).await.expect("status")[0].current, 7);
+    assert_eq!(node.give_back_idle(Duration::from_secs(3_600)).await, 0, "used just now");
+    assert_eq!(node.give_back_idle(Duration::ZERO).await, 4);
+    assert_eq!(node.status(&app, &hits(100), now).await.expect("status")[0].current, 3);
+}
+
+/// While Redis is away, a node admits on the leases it holds without asking it; past
+/// them the failure mode decides, as without leasing.
+#[tokio::test]
+async fn leases_keep_admitting_while_redis_is_away() {
+    let now = now();
+    let mut server = PrivateRedis::start();
+    let mut node = RedisCounters::connect(&server.url(), "lease", FailureMode::Strict, Duration::from_millis(500))
+        .await
+        .expect("url");
+    node.set_lease(10);
+    let checks = hits(1_000);
+    assert_eq!(admit(&node, "a", &checks, now, 1).await, 1);
+    assert_eq!((node.calls().0, node.leased()), (1, 10));
+    server.stop();
+    assert_eq!(admit(&node, "a", &checks, now, 10).await, 10, "the lease serves");
+    assert_eq!(node.calls().0, 1, "without asking Redis");
+    assert!(node.authorize("a", &checks, now).await.is_err(), "strict, once the lease is used up");
+}

@@ -462,6 +462,11 @@ impl EnvMetrics {
 pub struct Health {
     store_down: std::sync::atomic::AtomicBool,
     counters_down: std::sync::atomic::AtomicBool,
+    /// Redis counters: limit checks that asked Redis, those the failure mode answered
+    /// without asking (Redis frozen), and units leased and not yet used; as of the
+    /// last check.
+    counters_calls: [std::sync::atomic::AtomicU64; 2],
+    leased_units: std::sync::atomic::AtomicU64,
 }
 
 impl Health {
@@ -475,8 +480,21 @@ impl Health {
         self.counters_down.swap(!up, std::sync::atomic::Ordering::Relaxed) == up
     }
 
-    /// Prometheus gauges: `tollgate_store_up`, `tollgate_counters_up` (1 or 0).
+    /// Records the Redis counters' activity: hot-path calls made to Redis and answered
+    /// by the failure mode without asking it (totals since the start), units leased now.
+    pub fn counters_activity(&self, (asked, skipped): (u64, u64), leased: u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.counters_calls[0].store(asked, Relaxed);
+        self.counters_calls[1].store(skipped, Relaxed);
+        self.leased_units.store(leased, Relaxed);
+    }
+
+    /// Prometheus series: gauges `tollgate_store_up`, `tollgate_counters_up` (1 or 0)
+    /// and `tollgate_counters_leased_units`, counter `tollgate_counters_calls_total`
+    /// by `answered_by` (`redis`, `failure_mode`); the last two stay 0 with memory
+    /// counters.
     pub fn render(&self, out: &mut String) {
+        use std::sync::atomic::Ordering::Relaxed;
         let (store, counters) = self.get();
         for (name, help, up) in [
             ("tollgate_store_up", "Whether the store (configuration, analytics) answered at the last check.", store),
@@ -484,6 +502,21 @@ impl Health {
         ] {
             out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n{name} {}\n", u8::from(up)));
         }
+        out.push_str(
+            "# HELP tollgate_counters_calls_total Limit checks with Redis counters, by what answered them: Redis, or the failure mode without asking (Redis frozen); with quota leasing most checks are neither.\n\
+             # TYPE tollgate_counters_calls_total counter\n",
+        );
+        for (i, by) in ["redis", "failure_mode"].iter().enumerate() {
+            out.push_str(&format!(
+                "tollgate_counters_calls_total{{answered_by=\"{by}\"}} {}\n",
+                self.counters_calls[i].load(Relaxed)
+            ));
+        }
+        out.push_str(&format!(
+            "# HELP tollgate_counters_leased_units Units of limits' windows leased to this node and not yet used (quota leasing).\n\
+             # TYPE tollgate_counters_leased_units gauge\ntollgate_counters_leased_units {}\n",
+            self.leased_units.load(Relaxed)
+        ));
     }
 
     /// (store up, counters up).

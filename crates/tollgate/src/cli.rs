@@ -302,6 +302,12 @@ pub struct SharedStateArgs {
     /// Milliseconds to wait for Redis before the failure mode answers.
     #[arg(long, env = "TOLLGATE_COUNTERS_TIMEOUT_MS", default_value_t = 500)]
     pub counters_timeout_ms: u64,
+    /// Quota leasing with Redis counters: most units of a limit's window a node takes
+    /// from Redis beyond what a request needs, to admit later requests without a Redis
+    /// call (never more than 1/16 of what the window has left). 0 (the default): every
+    /// request asks Redis. See docs/deployment.md, "Quota leasing".
+    #[arg(long, env = "TOLLGATE_COUNTERS_LEASE", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
+    pub counters_lease: u64,
     /// Seconds a WebSocket connection's place under `max_connections` is leased in
     /// Redis; its node renews it every third of that, so a crashed node's places free
     /// themselves within one lease.

@@ -87,6 +87,8 @@ pub struct Server {
     flushing: Arc<tokio::sync::Mutex<()>>,
     source: Source,
     registry: Arc<Registry>,
+    /// The usage counters, to give leased units back at shutdown.
+    counters: Arc<Counters>,
     handles: [SnapshotHandle; 2],
     stop: watch::Sender<bool>,
     tasks: JoinSet<()>,
@@ -213,6 +215,15 @@ impl Server {
         )
         .await
         .map_err(|e| anyhow::anyhow!("--counters: {e}"))?;
+        let mut counters = counters;
+        if flags.counters_lease > 0 {
+            match &mut counters {
+                Counters::Redis(redis) => redis.set_lease(flags.counters_lease),
+                Counters::Memory(_) => bail!(
+                    "--counters-lease: quota leasing shares Redis counters between nodes; set --counters redis://… or leave --counters-lease at 0"
+                ),
+            }
+        }
         let counters = Arc::new(counters);
         let node = node_name();
         let connections =
@@ -303,6 +314,7 @@ impl Server {
             flushing: Arc::default(),
             source,
             registry: registry.clone(),
+            counters: counters.clone(),
             handles: [staging_handle.clone(), production_handle.clone()],
             stop,
             tasks: JoinSet::new(),
@@ -465,6 +477,12 @@ impl Server {
     pub async fn shutdown(mut self) {
         let _ = self.stop.send(true);
         while self.tasks.join_next().await.is_some() {}
+        // Once nothing admits any more: the units this node leased and did not use go
+        // back to their windows for the other nodes.
+        if let Some(redis) = self.counters.redis().filter(|r| r.leasing()) {
+            let units = redis.give_back_idle(Duration::ZERO).await;
+            tracing::info!(units, "gave the unused leased units back to Redis");
+        }
     }
 
     pub fn url(&self, env: Environment) -> String {
@@ -742,6 +760,7 @@ async fn tend_counters(counters: Arc<Counters>, health: Arc<Health>, mut stop: w
             () = async { let _ = stop.wait_for(|s| *s).await; } => return,
         }
         let up = redis.ping().await.is_ok();
+        health.counters_activity(redis.calls(), redis.leased());
         if health.counters(up) {
             match up {
                 true => tracing::info!("the counters' Redis answers again"),
@@ -749,6 +768,9 @@ async fn tend_counters(counters: Arc<Counters>, health: Arc<Health>, mut stop: w
                     tracing::error!(mode = ?redis.mode(), "the counters' Redis is unreachable; the failure mode decides")
                 }
             }
+        }
+        if up && redis.leasing() {
+            redis.give_back_idle(tollgate_counters::lease::IDLE).await;
         }
         if up && redis.pending() > 0 {
             match redis.reconcile().await {

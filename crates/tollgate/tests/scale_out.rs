@@ -597,3 +597,52 @@ async fn postgres_stopped_and_restarted_the_node_keeps_serving_and_follows_again
     assert!(node.alive());
     node.stop().await;
 }
+
+/// Quota leasing (`--counters-lease`) on three nodes: 1,000 concurrent requests under
+/// an eternity limit of 100 admit at most 100 (units leased to a node are admitted only
+/// there); two nodes stop gracefully and give back what they leased and did not use;
+/// the third then admits exactly what is left: 100 in all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_quota_leasing_nodes_never_admit_more_than_the_limit() {
+    let backend = node_backend().await;
+    let http = http_backend().await;
+    let (_dir, url) = postgres_url().await;
+    let _control = setup(&backend, http, &url).await;
+    let ns = namespace();
+    let flags = ["--counters-namespace", &ns, "--counters-lease", "10"];
+    let [a, b, c] = [
+        Node::start(&url, &redis_url(), &flags).await,
+        Node::start(&url, &redis_url(), &flags).await,
+        Node::start(&url, &redis_url(), &flags).await,
+    ];
+    let addrs = [a.addr, b.addr, c.addr];
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..1_000 {
+        let addr = addrs[i % 3];
+        tasks.spawn(async move { get(addr, HOST, &format!("/http?user_key={KEY}")).await });
+    }
+    let mut admitted = 0;
+    while let Some(r) = tasks.join_next().await {
+        let (status, _, body) = r.expect("task");
+        match status {
+            StatusCode::OK => admitted += 1,
+            StatusCode::TOO_MANY_REQUESTS => assert!(body.contains("limits_exceeded"), "{body}"),
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    assert!(admitted <= 100, "admitted {admitted} under a limit of 100");
+    let (_, _, metrics) = get(c.admin, "localhost", "/metrics").await;
+    assert!(metrics.contains("# TYPE tollgate_counters_leased_units gauge"), "{metrics}");
+
+    a.stop().await;
+    b.stop().await;
+    let mut more = 0;
+    for _ in 0..200 {
+        match get(c.addr, HOST, &format!("/http?user_key={KEY}")).await.0 {
+            StatusCode::OK => more += 1,
+            StatusCode::TOO_MANY_REQUESTS => break,
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert_eq!(admitted + more, 100, "exactly the limit once the stopped nodes gave their leases back");
+}

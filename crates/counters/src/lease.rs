@@ -1,0 +1,242 @@
+//! Quota leasing: a node takes units of a window from Redis in advance and admits
+//! locally until they are used up, so most requests make no Redis call.
+//!
+//! Redis keeps, per window, the units *granted* to nodes (used or still leased). A
+//! grant never takes the window past its limit, and a node admits only units it was
+//! granted, so across every node never more than the limit is admitted — the same
+//! guarantee as a Redis call per request. What leasing gives up is the other side: a
+//! request can be refused while other nodes still hold unused units of the window
+//! (under-admission). That is bounded three ways:
+//!
+//! - a lease is at most `--counters-lease` units and at most 1/[`SHARE`] of what the
+//!   window had left when it was granted, so leases shrink as the window fills, down to
+//!   the units the request itself needs at the end;
+//! - a lease not used for [`IDLE`] is given back (the node's counters task, every
+//!   second), and every lease is given back when the node stops;
+//! - a node that dies without stopping loses its outstanding leases: at most
+//!   `--counters-lease` units per window it was admitting on.
+//!
+//! A lease is bound to the limit's value: when a plan change alters it, the next
+//! request gives the lease back and takes one against the new value, so a lowered
+//! limit holds from the next request on.
+//!
+//! Accounting is exact: the window's granted total in Redis is what was admitted plus
+//! what nodes hold (leases, and units owed back after a limit changed), until a node
+//! dies or a give-back call fails — then those units stay out of the window until it
+//! ends.
+
+use std::collections::HashMap;
+use std::hash::BuildHasher;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::IdHash;
+
+/// A lease is at most this fraction (1/SHARE) of what its window had left.
+pub const SHARE: u64 = 16;
+
+/// A lease not used for this long is given back.
+pub const IDLE: Duration = Duration::from_secs(1);
+
+const SHARDS: usize = 16;
+
+/// One window's units leased to this node.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Held {
+    /// Units granted and not yet admitted.
+    pub units: u64,
+    /// The limit's value the units were granted under.
+    pub max: u64,
+    /// The window's granted total in Redis after the last grant to this node.
+    pub seen: u64,
+    /// Unix seconds at which the window ends (0: never), to forget a lease whose
+    /// window is over.
+    pub ends_at: i64,
+    /// Last time a request admitted on it, or it was granted.
+    pub used_at: Instant,
+    /// A request is asking Redis for a new lease of this window: others that find it
+    /// short ask only for what they need, so a burst of them does not take a lease each.
+    pub asking: bool,
+}
+
+/// What one window of a request needs from Redis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Ask {
+    /// Index of the check in the request.
+    pub index: usize,
+    /// Units of a lease given back with the call (the lease ran short, or its limit
+    /// changed).
+    pub give_back: u64,
+    /// Whether this request asks for a lease beyond its need (no other is asking).
+    pub lease: bool,
+}
+
+/// The leases this node holds, by window key, sharded by key.
+#[derive(Debug)]
+pub(crate) struct Leases {
+    /// Most units a grant adds beyond what the request needs (`--counters-lease`).
+    pub units: u64,
+    hasher: IdHash,
+    shards: Box<[Mutex<HashMap<String, Held>>]>,
+    /// Units held outside any lease (one under a limit's old value was replaced), to
+    /// be given back with the next idle leases.
+    owed: Mutex<Vec<(String, u64)>>,
+}
+
+impl Leases {
+    pub fn new(units: u64) -> Leases {
+        Leases {
+            units,
+            hasher: IdHash,
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            owed: Mutex::default(),
+        }
+    }
+
+    fn shard(&self, key: &str) -> std::sync::MutexGuard<'_, HashMap<String, Held>> {
+        let shard = &self.shards[(self.hasher.hash_one(key) as usize) % SHARDS];
+        shard.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes `delta` units under `max` from the lease of `key` if it has them; else
+    /// empties it and returns what to ask Redis for (`index` 0: the caller sets it).
+    /// An [`Ask`] with `lease` must be followed by [`Leases::asked`].
+    pub fn take(&self, key: &str, max: u64, delta: u64, ends_at: i64, now: Instant) -> Result<Held, Ask> {
+        let mut shard = self.shard(key);
+        let fresh = Held { units: 0, max, seen: 0, ends_at, used_at: now, asking: true };
+        match shard.get_mut(key) {
+            Some(h) if h.max == max && h.units >= delta => {
+                h.units -= delta;
+                h.used_at = now;
+                Ok(*h)
+            }
+            Some(h) if h.max == max => {
+                let give_back = std::mem::take(&mut h.units);
+                let lease = !std::mem::replace(&mut h.asking, true);
+                Err(Ask { index: 0, give_back, lease })
+            }
+            // Under another value of the limit: given back whole, a new lease taken.
+            Some(h) => Err(Ask { index: 0, give_back: std::mem::replace(h, fresh).units, lease: true }),
+            None => {
+                shard.insert(key.to_string(), fresh);
+                Err(Ask { index: 0, give_back: 0, lease: true })
+            }
+        }
+    }
+
+    /// The request that asked for a lease of `key` under `max` has its answer (or gave
+    /// up): another may ask.
+    pub fn asked(&self, key: &str, max: u64) {
+        if let Some(h) = self.shard(key).get_mut(key).filter(|h| h.max == max) {
+            h.asking = false;
+        }
+    }
+
+    /// Puts back `delta` units taken by [`Leases::take`] for a request that was then
+    /// refused or could not be decided: they are still this node's in Redis.
+    pub fn untake(&self, key: &str, max: u64, delta: u64, ends_at: i64, now: Instant) {
+        if delta > 0 {
+            self.keep(key.to_string(), max, delta, 0, ends_at, now);
+        }
+    }
+
+    /// Keeps `units` granted on `key` under `max` (added to a lease another request
+    /// took meanwhile). A lease under another value of the limit is replaced and its
+    /// units owed back to Redis.
+    pub fn keep(&self, key: String, max: u64, units: u64, seen: u64, ends_at: i64, now: Instant) {
+        let mut shard = self.shard(&key);
+        let held = match shard.get_mut(&key) {
+            Some(h) => h,
+            None => {
+                shard.entry(key.clone()).or_insert(Held { units: 0, max, seen, ends_at, used_at: now, asking: false })
+            }
+        };
+        if held.max != max {
+            let old = std::mem::replace(held, Held { units: 0, max, seen, ends_at, used_at: now, asking: false });
+            if old.units > 0 {
+                self.owed.lock().unwrap_or_else(|p| p.into_inner()).push((key, old.units));
+            }
+        }
+        held.units += units;
+        held.seen = held.seen.max(seen);
+        held.used_at = now;
+    }
+
+    /// Removes and returns the leases idle for at least `idle` at `now` (every one
+    /// when `idle` is zero) whose window is not over at `unix_now`; leases of windows
+    /// that are over are forgotten.
+    pub fn take_idle(&self, idle: Duration, now: Instant, unix_now: i64) -> Vec<(String, u64)> {
+        let mut out = std::mem::take(&mut *self.owed.lock().unwrap_or_else(|p| p.into_inner()));
+        for shard in self.shards.iter() {
+            let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
+            shard.retain(|key, h| {
+                let over = h.ends_at > 0 && h.ends_at <= unix_now;
+                let idle = now.saturating_duration_since(h.used_at) >= idle;
+                if !over && idle && h.units > 0 {
+                    out.push((key.clone(), h.units));
+                }
+                !(over || idle)
+            });
+        }
+        out
+    }
+
+    /// Units leased and not yet admitted, over every window (owed ones included).
+    pub fn outstanding(&self) -> u64 {
+        let owed: u64 = self.owed.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|(_, u)| u).sum();
+        owed + self
+            .shards
+            .iter()
+            .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).values().map(|h| h.units).sum::<u64>())
+            .sum::<u64>()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lease_serves_until_short_then_is_given_back() {
+        let leases = Leases::new(100);
+        let now = Instant::now();
+        let ask = |give_back, lease| Err(Ask { index: 0, give_back, lease });
+        assert_eq!(leases.take("k", 10, 1, 0, now).map(|h| h.units), ask(0, true), "nothing leased yet");
+        assert_eq!(leases.take("k", 10, 1, 0, now).map(|h| h.units), ask(0, false), "one asks for a lease at a time");
+        leases.keep("k".into(), 10, 3, 4, 0, now);
+        leases.asked("k", 10);
+        assert_eq!(leases.take("k", 10, 2, 0, now).map(|h| h.units), Ok(1));
+        assert_eq!(leases.take("k", 10, 2, 0, now).map(|h| h.units), ask(1, true), "short: the one unit goes back");
+        assert_eq!(leases.outstanding(), 0);
+    }
+
+    #[test]
+    fn a_changed_limit_gives_the_lease_back() {
+        let leases = Leases::new(100);
+        let now = Instant::now();
+        leases.keep("k".into(), 10, 5, 6, 0, now);
+        assert_eq!(leases.take("k", 3, 1, 0, now).map(|h| h.units), Err(Ask { index: 0, give_back: 5, lease: true }));
+        // A request under the old value that had taken a unit and was refused puts it
+        // back: it is still this node's.
+        leases.untake("k", 10, 1, 0, now);
+        assert_eq!(leases.outstanding(), 1);
+        // A grant under the new value replaces it; the old unit is owed back to Redis.
+        leases.keep("k".into(), 3, 2, 3, 0, now);
+        assert_eq!(leases.outstanding(), 3);
+        assert_eq!(leases.take_idle(Duration::from_secs(60), now, 0), vec![("k".to_string(), 1)]);
+        assert_eq!(leases.take("k", 3, 2, 0, now).map(|h| h.units), Ok(0));
+    }
+
+    #[test]
+    fn idle_leases_and_windows_that_are_over() {
+        let leases = Leases::new(100);
+        let start = Instant::now();
+        leases.keep("busy".into(), 10, 2, 2, 0, start + IDLE);
+        leases.keep("idle".into(), 10, 4, 4, 0, start);
+        leases.keep("over".into(), 10, 7, 7, 100, start + IDLE);
+        let back = leases.take_idle(IDLE, start + IDLE, 100);
+        assert_eq!(back, vec![("idle".to_string(), 4)]);
+        assert_eq!(leases.outstanding(), 2, "the busy lease stays; the window that is over is forgotten");
+        assert_eq!(leases.take_idle(Duration::ZERO, start, 0), vec![("busy".to_string(), 2)]);
+    }
+}
