@@ -138,8 +138,9 @@ struct Field {
     nginx: Fronts,
     haproxy: Fronts,
     tollgate: Fronts,
-    /// The same Tollgate with Redis counters (only when the `redis` measure runs).
-    tollgate_redis: Option<Fronts>,
+    /// The same Tollgate with Redis counters, without and with quota leasing (only
+    /// when the `redis` measure runs).
+    tollgate_redis: Option<(Fronts, Fronts)>,
     /// Another Tollgate binary run as a contestant of its own (`TOLLGATE_BASELINE`), and
     /// its process id.
     baseline: Option<(Fronts, Option<u32>)>,
@@ -172,11 +173,25 @@ async fn start(files: &Files, s: &Settings) -> Result<Field> {
     let mut processes = vec![echo, copy, grpc_server, backend, n, h, t];
     let tollgate_redis = if s.wants("redis") {
         let redis = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
-        let flags =
-            ["--counters".into(), redis, "--counters-namespace".into(), format!("bench-{}", std::process::id())];
+        let flags = [
+            "--counters".into(),
+            redis.clone(),
+            "--counters-namespace".into(),
+            format!("bench-{}", std::process::id()),
+        ];
         let (p, fronts) = peers::tollgate(&files.dir, backends, &files.cert, &files.key, &flags).await?;
         processes.push(p);
-        Some(fronts)
+        let leased = [
+            "--counters".into(),
+            redis,
+            "--counters-namespace".into(),
+            format!("bench-lease-{}", std::process::id()),
+            "--counters-lease".into(),
+            LEASE.to_string(),
+        ];
+        let (p, leased) = peers::tollgate(&files.dir, backends, &files.cert, &files.key, &leased).await?;
+        processes.push(p);
+        Some((fronts, leased))
     } else {
         None
     };
@@ -419,18 +434,20 @@ async fn grpc_table(f: &Field, s: &Settings) -> Result<Vec<Table>> {
 /// with key + 20 rules + limits on three periods, memory counters against Redis
 /// counters (Redis on loopback), nginx's plain proxy for scale.
 async fn redis_table(f: &Field, s: &Settings) -> Result<Table> {
-    let redis = f.tollgate_redis.context("the Redis contestant was not started")?;
+    let (redis, leased) = f.tollgate_redis.context("the Redis contestant was not started")?;
     let path = format!("/v1/items/42?{KEY}");
+    let leasing = format!("tollgate, Redis counters, --counters-lease {LEASE}");
     let contestants = [
         ("nginx", f.nginx.http, "plain.localhost"),
         (MEMORY, f.tollgate.http, "full.localhost"),
         ("tollgate, Redis counters", redis.http, "full.localhost"),
+        (leasing.as_str(), leased.http, "full.localhost"),
     ];
     let rows = keep_alive_rows(s, "http", &path, &contestants).await?;
     Ok(Table {
         key: "redis",
         title: format!(
-            "HTTP with key + 20 rules + limits on 3 periods, counters in memory vs in Redis (127.0.0.1, one script per request): {} connections, {} s turns",
+            "HTTP with key + 20 rules + limits on 3 periods, counters in memory vs in Redis (127.0.0.1; one script per request, or per lease of {LEASE} units): {} connections, {} s turns",
             s.http_connections,
             wrk_seconds(s)
         ),
@@ -442,6 +459,9 @@ async fn redis_table(f: &Field, s: &Settings) -> Result<Table> {
 }
 
 const MEMORY: &str = "tollgate, memory counters";
+
+/// Units per quota lease of the leasing Redis contestant.
+const LEASE: u64 = 100;
 
 /// CPU time per proxied request, from /proc, under the `http` measure's load: the
 /// proxy's own code (user) and the kernel's work for it. On loopback the sender's

@@ -43,7 +43,9 @@ pub struct ListenerOptions {
     /// bigger → 431; HTTP/2: the decoded field list, bigger → the stream is refused);
     /// at least 8 KiB. Default 32 KiB.
     pub max_header_bytes: usize,
-    /// Most field lines in an HTTP/1.1 request head (more → 431). Default 512.
+    /// Most field lines in an HTTP/1.1 request head (more → 431). Default 100: up to
+    /// 100, hyper parses a head into a table on the stack; above, it allocates and
+    /// zeroes one of this many entries per request (16 KiB at 512).
     pub max_header_count: usize,
     /// The TLS acceptor for connections; `None`: plain TCP.
     pub tls: Option<TlsAcceptor>,
@@ -72,7 +74,7 @@ impl Default for ListenerOptions {
             max_connections: 8_192,
             header_read_timeout: Duration::from_secs(30),
             max_header_bytes: 32 * 1024,
-            max_header_count: 512,
+            max_header_count: 100,
             tls: None,
             tls_handshake_timeout: Duration::from_secs(10),
             h2_max_concurrent_streams: 256,

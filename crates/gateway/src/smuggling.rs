@@ -32,7 +32,6 @@ enum State {
 
 #[derive(Debug, Default)]
 struct Head {
-    line: Vec<u8>,
     seen_request_line: bool,
     content_length: Option<Option<u64>>,
     transfer_encoding: Option<bool>,
@@ -63,12 +62,15 @@ enum Chunk {
 pub struct SmugglingGuard<I> {
     inner: I,
     state: State,
+    /// The head line being read (at most `MAX_TRACKED_LINE` bytes of it), kept from
+    /// line to line and request to request: no allocation per request.
+    line: Vec<u8>,
 }
 
 impl<I> SmugglingGuard<I> {
     /// Guards `inner`, which starts at a request head.
     pub fn new(inner: I) -> Self {
-        SmugglingGuard { inner, state: State::Head(Head::default()) }
+        SmugglingGuard { inner, state: State::Head(Head::default()), line: Vec::new() }
     }
 
     /// Follows the framing over freshly read bytes, poisoning a smuggling head in place.
@@ -126,8 +128,8 @@ impl<I> SmugglingGuard<I> {
                 State::Head(head) => {
                     let b = buf[i];
                     if b != b'\n' {
-                        if head.line.len() < MAX_TRACKED_LINE {
-                            head.line.push(b);
+                        if self.line.len() < MAX_TRACKED_LINE {
+                            self.line.push(b);
                         } else {
                             head.overflow = true;
                         }
@@ -135,10 +137,7 @@ impl<I> SmugglingGuard<I> {
                         continue;
                     }
                     let overflow = std::mem::take(&mut head.overflow);
-                    let mut line = std::mem::take(&mut head.line);
-                    if line.last() == Some(&b'\r') {
-                        line.pop();
-                    }
+                    let line = self.line.strip_suffix(b"\r").unwrap_or(&self.line);
                     if !head.seen_request_line {
                         if !line.is_empty() {
                             head.seen_request_line = true;
@@ -150,7 +149,7 @@ impl<I> SmugglingGuard<I> {
                         }
                     } else if line.is_empty() {
                         self.state = head.end();
-                    } else if (overflow && framing_field(&line)) || head.header(&line) {
+                    } else if (overflow && framing_field(line)) || head.header(line) {
                         // Both framings in one head — or a framing field too long to
                         // read (no honest client pads one past 1 KiB; whitespace could
                         // hide its value from this guard but not from hyper): make
@@ -158,10 +157,8 @@ impl<I> SmugglingGuard<I> {
                         buf[i] = 0;
                         self.state = State::Passthrough;
                         return;
-                    } else {
-                        head.line = line;
-                        head.line.clear();
                     }
+                    self.line.clear();
                     i += 1;
                 }
             }

@@ -582,13 +582,13 @@ fn http_failure(label: &str, e: &hyper::Error) -> crate::refusal::Refusal {
 pub struct ResponseHeadLimits {
     /// Bytes of the whole head; at least 8192. Default 64 KiB.
     pub bytes: usize,
-    /// Field lines; at least 1. Default 512.
+    /// Field lines; at least 1. Default 100 (see `--max-response-header-count`).
     pub count: usize,
 }
 
 impl Default for ResponseHeadLimits {
     fn default() -> Self {
-        ResponseHeadLimits { bytes: 64 * 1024, count: 512 }
+        ResponseHeadLimits { bytes: 64 * 1024, count: 100 }
     }
 }
 
@@ -602,7 +602,7 @@ pub fn set_tcp_keepalive(time: Option<Duration>) {
 }
 
 static RESPONSE_HEAD_BYTES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(64 * 1024);
-static RESPONSE_HEAD_COUNT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(512);
+static RESPONSE_HEAD_COUNT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(100);
 
 /// Sets the limits on backends' response heads for connections opened from now on.
 /// One setting for the process (set by `serve` from its flags), as the limits are the
