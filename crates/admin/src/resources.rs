@@ -1363,12 +1363,16 @@ pub(crate) fn period(since: Option<i64>, until: Option<i64>) -> ApiResult<(i64, 
 /// `now` itself, usage recorded in the second a minute starts (bucket `== now`) was
 /// left out until the next second.
 fn period_at(since: Option<i64>, until: Option<i64>, now: i64) -> ApiResult<(i64, i64)> {
+    let not_a_time =
+        |t: i64, field| ApiError::bad_request(format!("`{t}` is not a Unix time in seconds from 1970")).field(field);
     let until = until.unwrap_or(now + 1);
-    let since = since.unwrap_or(until.saturating_sub(86_400));
-    for (field, t) in [("since", since), ("until", until)] {
-        if !TIME_RANGE.contains(&t) {
-            return Err(ApiError::bad_request(format!("`{t}` is not a Unix time in seconds from 1970")).field(field));
-        }
+    // `until` first: a default `since` is computed from it.
+    if !TIME_RANGE.contains(&until) {
+        return Err(not_a_time(until, "until"));
+    }
+    let since = since.unwrap_or(until.saturating_sub(86_400).max(0));
+    if !TIME_RANGE.contains(&since) {
+        return Err(not_a_time(since, "since"));
     }
     if since >= until {
         return Err(ApiError::bad_request("`since` must be before `until`").field("since"));
@@ -1446,5 +1450,7 @@ mod tests {
         assert_eq!(until - since, 86_400);
         assert_eq!(period_at(Some(60), Some(120), 500).expect("given"), (60, 120));
         assert!(period_at(Some(120), Some(120), 500).is_err(), "empty");
+        let far = period_at(None, Some(i64::MAX), 500).expect_err("too far");
+        assert_eq!(far.field.as_deref(), Some("until"), "the field the caller sent is named");
     }
 }

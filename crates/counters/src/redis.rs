@@ -98,25 +98,28 @@ end
 return out
 ";
 
-/// Quota leasing (see `lease`): ARGV[1] = the share of a window's room a lease may
-/// take (1/ARGV[1]); then per key ARGV = [max, need, expire_at, give_back, lease].
-/// Gives back first (never below zero), then checks every window as [`AUTHORIZE`] does
-/// and, if all have room, grants each window with need > 0 `need` units plus up to
-/// `lease` more. Returns {1, granted total, granted, ...} or {0, index, current}.
+/// Quota leasing (see `lease`): KEYS = the windows, then a receipt key; ARGV[1] = the
+/// share of a window's room a lease may take (1/ARGV[1]); then per window ARGV = [max,
+/// need, expire_at, give_back, lease]. Gives back first (never below zero), then
+/// checks every window as [`AUTHORIZE`] does and, if all have room, grants each window
+/// with need > 0 `need` units plus up to `lease` more, and adds what it granted to the
+/// receipt (a hash: window index → units; summed, should a call run twice), kept for
+/// [`RECEIPT_SECONDS`] (a node whose call timed out reads it to give the grants back). Returns {1, granted total, granted, ...} or {0, index, current}.
 const LEASE: &str = r"
 local share = tonumber(ARGV[1])
+local n = #KEYS - 1
 local cur = {}
-for i = 1, #KEYS do
+for i = 1, n do
   local c = tonumber(redis.call('GET', KEYS[i]) or '0')
   local back = math.min(tonumber(ARGV[5*i]), c)
   if back > 0 then c = redis.call('DECRBY', KEYS[i], back) end
   cur[i] = c
 end
-for i = 1, #KEYS do
+for i = 1, n do
   if cur[i] + tonumber(ARGV[5*i-2]) > tonumber(ARGV[5*i-3]) then return {0, i, cur[i]} end
 end
 local out = {1}
-for i = 1, #KEYS do
+for i = 1, n do
   local max, need, at, lease = tonumber(ARGV[5*i-3]), tonumber(ARGV[5*i-2]), tonumber(ARGV[5*i-1]), tonumber(ARGV[5*i+1])
   local grant = 0
   if need > 0 then
@@ -127,9 +130,28 @@ for i = 1, #KEYS do
   end
   out[2*i] = cur[i]
   out[2*i+1] = grant
+  if grant > 0 then redis.call('HINCRBY', KEYS[n + 1], i, grant) end
 end
+redis.call('EXPIRE', KEYS[n + 1], tonumber(ARGV[5*n + 2]))
 return out
 ";
+
+/// Seconds a lease call's receipt stays in Redis: long enough for a node whose call
+/// timed out to read it once Redis answers again (it looks every second).
+const RECEIPT_SECONDS: u64 = 10;
+
+/// A lease call whose answer never came: Redis may have run it (a frozen Redis runs
+/// what it was sent once it resumes). Its receipt, if any, says what was granted.
+#[derive(Debug)]
+struct Doubt {
+    receipt: String,
+    /// The windows asked for, in the call's order.
+    keys: Vec<String>,
+    since: Instant,
+}
+
+/// How long a doubtful call's receipt is looked for after Redis answers again.
+const DOUBT_SECONDS: u64 = 30;
 
 /// Gives back ARGV[1] units of a lease on KEYS[1] (never below zero; nothing when the
 /// window's key is gone). Returns the units given back.
@@ -276,6 +298,11 @@ pub struct RedisCounters {
     leases: Option<crate::lease::Leases>,
     lease: redis::Script,
     give_back: redis::Script,
+    /// Lease calls that timed out, to check their receipts.
+    doubts: Mutex<Vec<Doubt>>,
+    /// Names this node's lease receipts apart from other nodes'.
+    receipt_prefix: String,
+    receipts: AtomicU64,
 }
 
 impl std::fmt::Debug for RedisCounters {
@@ -338,6 +365,13 @@ impl RedisCounters {
             leases: None,
             lease: redis::Script::new(LEASE),
             give_back: redis::Script::new(GIVE_BACK),
+            doubts: Mutex::default(),
+            receipt_prefix: {
+                let nanos =
+                    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+                format!("{}-{nanos}", std::process::id())
+            },
+            receipts: AtomicU64::new(0),
         })
     }
 
@@ -367,8 +401,9 @@ impl RedisCounters {
         let Some(leases) = &self.leases else { return 0 };
         let unix_now =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
-        let idle = leases.take_idle(idle, Instant::now(), unix_now);
+        let mut idle = leases.take_idle(idle, Instant::now(), unix_now);
         let mut conn = self.conn.clone();
+        idle.extend(self.settle_doubts(&mut conn).await);
         let mut back = 0;
         for (key, units) in idle {
             match self.give_back.key(&key).arg(units).invoke_async::<u64>(&mut conn).await {
@@ -520,6 +555,33 @@ impl RedisCounters {
         }
     }
 
+    /// The grants of lease calls that timed out but that Redis ran after all (their
+    /// receipts say so): the requests were answered by the failure mode, so every
+    /// unit granted goes back. Receipts not found are looked for again, for
+    /// [`DOUBT_SECONDS`].
+    async fn settle_doubts(&self, conn: &mut ConnectionManager) -> Vec<(String, u64)> {
+        let doubts = std::mem::take(&mut *lock(&self.doubts));
+        let mut back = Vec::new();
+        let mut keep = Vec::new();
+        for d in doubts {
+            let receipt: Result<(HashMap<usize, u64>, i64), _> =
+                redis::pipe().atomic().hgetall(&d.receipt).del(&d.receipt).query_async(conn).await;
+            match receipt {
+                Ok((grants, _)) if !grants.is_empty() => {
+                    for (i, units) in grants {
+                        if let Some(key) = d.keys.get(i.wrapping_sub(1)) {
+                            back.push((key.clone(), units));
+                        }
+                    }
+                }
+                Ok(_) if d.since.elapsed() > Duration::from_secs(DOUBT_SECONDS) => {}
+                _ => keep.push(d),
+            }
+        }
+        lock(&self.doubts).extend(keep);
+        back
+    }
+
     /// [`RedisCounters::authorize`] with quota leasing: the windows whose lease covers
     /// the request are taken locally; the others (if any) go to Redis in one [`LEASE`]
     /// call, which also gives back the leases that ran short. Refused or undecided, the
@@ -568,6 +630,14 @@ impl RedisCounters {
                 call.arg(c.max).arg(c.delta).arg(c.period.window(now).1.map_or(0, |e| e + EXPIRY_SLACK));
                 call.arg(a.give_back).arg(if a.lease { leases.units } else { 0 });
             }
+            // In the application's hash slot, as the windows (Redis Cluster).
+            let receipt = format!(
+                "{}:{{{application}}}:receipt:{}:{}",
+                self.namespace,
+                self.receipt_prefix,
+                self.receipts.fetch_add(1, Relaxed)
+            );
+            call.key(&receipt).arg(RECEIPT_SECONDS);
             if let Err(why) = self.gate() {
                 untake();
                 return self.without_redis(application, checks, now, why);
@@ -578,9 +648,13 @@ impl RedisCounters {
             let reply = match result {
                 Ok(reply) => reply,
                 Err(e) => {
-                    // Whether the give-backs were applied is unknown: they are not kept
-                    // (fewer admitted, never more).
+                    // Redis may still run the call (a frozen Redis runs what it was sent
+                    // once it resumes): its receipt will tell, and its grants go back
+                    // then. Give-backs are not kept either way (fewer admitted, never
+                    // more).
                     untake();
+                    let asked = asks.iter().map(|a| keys[a.index].clone()).collect();
+                    lock(&self.doubts).push(Doubt { receipt, keys: asked, since: Instant::now() });
                     return self.without_redis(application, checks, now, e.to_string());
                 }
             };

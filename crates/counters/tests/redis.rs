@@ -498,3 +498,34 @@ async fn leases_keep_admitting_while_redis_is_away() {
     assert_eq!(node.calls().0, 1, "without asking Redis");
     assert!(node.authorize("a", &checks, now).await.is_err(), "strict, once the lease is used up");
 }
+
+/// A lease call that times out while Redis is frozen runs once Redis resumes: the node
+/// finds the call's receipt and gives back everything it granted (the failure mode
+/// answered that request), so no unit of the window is lost.
+#[tokio::test]
+async fn a_lease_call_that_timed_out_is_given_back_once_redis_answers() {
+    let now = now();
+    let server = PrivateRedis::start();
+    let mut node = RedisCounters::connect(&server.url(), "doubt", FailureMode::Strict, Duration::from_millis(200))
+        .await
+        .expect("url");
+    node.set_lease(50);
+    let checks = hits(1_000);
+    // Connected, and the script loaded, before Redis freezes (as on a running node).
+    assert_eq!(admit(&node, "b", &checks, now, 1).await, 1);
+    let pid = server.child.as_ref().expect("running").id();
+    signal(pid, "STOP");
+    assert!(node.authorize("a", &checks, now).await.is_err(), "strict: refused while Redis is frozen");
+    signal(pid, "CONT");
+    // The call ran on resume: 1 + 50 granted. The receipt is read as soon as Redis
+    // answers (bounded: it is only observable by asking).
+    let started = Instant::now();
+    let mut back = 0;
+    while back < 51 {
+        back += node.give_back_idle(Duration::from_secs(3_600)).await;
+        assert!(started.elapsed() < Duration::from_secs(10), "given back {back} of 51");
+    }
+    assert_eq!(back, 51);
+    assert_eq!(node.status("a", &checks, now).await.expect("status")[0].current, 0, "nothing of the window is lost");
+    assert_eq!(admit(&node, "a", &checks, now, 1_100).await, 1_000, "the whole limit is still there");
+}

@@ -503,7 +503,7 @@ impl Health {
             out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n{name} {}\n", u8::from(up)));
         }
         out.push_str(
-            "# HELP tollgate_counters_calls_total Limit checks with Redis counters, by what answered them: Redis, or the failure mode without asking (Redis frozen); with quota leasing most checks are neither.\n\
+            "# HELP tollgate_counters_calls_total Limit checks with Redis counters, by path: a call to Redis (answered in time or not), or the failure mode without asking (Redis frozen); with quota leasing most checks are neither.\n\
              # TYPE tollgate_counters_calls_total counter\n",
         );
         for (i, by) in ["redis", "failure_mode"].iter().enumerate() {

@@ -226,10 +226,11 @@ pub struct ListenerArgs {
     /// Largest request head in bytes (bigger → 431). At least 8192.
     #[arg(long, env = "TOLLGATE_MAX_HEADER_BYTES", default_value_t = 32768, value_parser = clap::value_parser!(u64).range(8192..=1_048_576))]
     pub max_header_bytes: u64,
-    /// Most field lines in a request head (more → 431). Up to 100 (the default, as
-    /// HAProxy's and Envoy's) a head is parsed without allocating; above, every request
-    /// allocates and zeroes a table of this many fields.
-    #[arg(long, env = "TOLLGATE_MAX_HEADER_COUNT", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=65_536))]
+    /// Most field lines in a request head (more → 431), 1–10000. Up to 100 (the
+    /// default, as HAProxy's and Envoy's) a head is parsed without allocating; above,
+    /// every request allocates and zeroes a table of this many fields. The `http`
+    /// crate's header map holds at most 24,576 fields, hence the ceiling.
+    #[arg(long, env = "TOLLGATE_MAX_HEADER_COUNT", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     pub max_header_count: u64,
     /// Largest response head a backend may send, in bytes (bigger → 502
     /// upstream_invalid_response). At least 8192.
@@ -238,7 +239,7 @@ pub struct ListenerArgs {
     /// Most field lines in a backend's response head (more → 502
     /// upstream_invalid_response). Default 100, for the same reason as
     /// --max-header-count.
-    #[arg(long, env = "TOLLGATE_MAX_RESPONSE_HEADER_COUNT", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=65_536))]
+    #[arg(long, env = "TOLLGATE_MAX_RESPONSE_HEADER_COUNT", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     pub max_response_header_count: u64,
     /// Seconds a TCP connection (to a client or a backend) may be silent before the
     /// system probes whether its peer is still there (then every 15 s at most; 4

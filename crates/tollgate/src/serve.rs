@@ -100,6 +100,12 @@ impl Server {
     }
 
     pub async fn start_as(args: &ServeArgs, source: Source, role: Role) -> anyhow::Result<Server> {
+        // Flags that contradict each other are refused before anything is opened.
+        if args.shared.counters_lease > 0 && args.shared.counters == "memory" {
+            bail!(
+                "--counters-lease: quota leasing shares Redis counters between nodes; set --counters redis://… or leave --counters-lease at 0"
+            );
+        }
         // Before any configuration is activated: activation starts resolving names.
         if let Some(list) = &args.listener.resolver {
             let servers = list

@@ -197,6 +197,12 @@ fn serve_refuses_bad_setups_clearly() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--max-connections") && err.contains("0 is not in 1..=10000000"), "{err}");
 
+    // More fields than the `http` crate's header map holds (24,576) would fail in the
+    // parser instead of answering 431: the flag stops at 10,000.
+    let out = tollgate(&["serve", "--config", &file, "--max-header-count", "24576"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("24576 is not in 1..=10000"), "{err}");
+
     // Quota leasing shares Redis counters: with counters in memory it has no meaning.
     let out = tollgate(&[
         "serve",
