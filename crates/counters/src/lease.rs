@@ -30,7 +30,7 @@ use std::hash::BuildHasher;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::IdHash;
+use crate::{IdHash, Period};
 
 /// A lease is at most this fraction (1/SHARE) of what its window had left.
 pub const SHARE: u64 = 16;
@@ -71,40 +71,87 @@ pub(crate) struct Ask {
     pub lease: bool,
 }
 
-/// The leases this node holds, by window key, sharded by key.
+/// One window of one application, as a lease is looked up: no string is built for it
+/// unless Redis is asked.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Window<'a> {
+    pub application: &'a str,
+    pub metric: &'a str,
+    pub period: Period,
+    /// Unix seconds at which the window starts.
+    pub start: i64,
+}
+
+#[derive(Debug)]
+struct Entry {
+    metric: Box<str>,
+    period: Period,
+    start: i64,
+    held: Held,
+}
+
+/// Each application's leased windows (a handful), by application id.
+type Shard = HashMap<Box<str>, Vec<Entry>, IdHash>;
+
+fn find<'s>(shard: &'s mut Shard, w: &Window<'_>) -> Option<&'s mut Held> {
+    let entries = shard.get_mut(w.application)?;
+    entries
+        .iter_mut()
+        .find(|e| e.start == w.start && e.period == w.period && *e.metric == *w.metric)
+        .map(|e| &mut e.held)
+}
+
+fn insert<'s>(shard: &'s mut Shard, w: &Window<'_>, held: Held) -> &'s mut Held {
+    if !shard.contains_key(w.application) {
+        shard.insert(w.application.into(), Vec::new());
+    }
+    let entries = shard.get_mut(w.application).expect("inserted above");
+    entries.push(Entry { metric: w.metric.into(), period: w.period, start: w.start, held });
+    &mut entries.last_mut().expect("pushed above").held
+}
+
+/// The leases this node holds, by application and window, sharded by application.
 #[derive(Debug)]
 pub(crate) struct Leases {
     /// Most units a grant adds beyond what the request needs (`--counters-lease`).
     pub units: u64,
+    /// The Redis key namespace, to name a window when its units go back.
+    namespace: String,
     hasher: IdHash,
-    shards: Box<[Mutex<HashMap<String, Held>>]>,
+    shards: Box<[Mutex<Shard>]>,
     /// Units held outside any lease (one under a limit's old value was replaced), to
-    /// be given back with the next idle leases.
+    /// be given back with the next idle leases: (window key, units).
     owed: Mutex<Vec<(String, u64)>>,
 }
 
 impl Leases {
-    pub fn new(units: u64) -> Leases {
+    pub fn new(units: u64, namespace: &str) -> Leases {
         Leases {
             units,
+            namespace: namespace.to_string(),
             hasher: IdHash,
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
             owed: Mutex::default(),
         }
     }
 
-    fn shard(&self, key: &str) -> std::sync::MutexGuard<'_, HashMap<String, Held>> {
-        let shard = &self.shards[(self.hasher.hash_one(key) as usize) % SHARDS];
+    /// The window's key in Redis.
+    pub fn key(&self, w: &Window<'_>) -> String {
+        crate::redis::window_key(&self.namespace, w.application, w.metric, w.period, w.start)
+    }
+
+    fn shard(&self, application: &str) -> std::sync::MutexGuard<'_, Shard> {
+        let shard = &self.shards[(self.hasher.hash_one(application) as usize) % SHARDS];
         shard.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Takes `delta` units under `max` from the lease of `key` if it has them; else
+    /// Takes `delta` units under `max` from the lease of `w` if it has them; else
     /// empties it and returns what to ask Redis for (`index` 0: the caller sets it).
     /// An [`Ask`] with `lease` must be followed by [`Leases::asked`].
-    pub fn take(&self, key: &str, max: u64, delta: u64, ends_at: i64, now: Instant) -> Result<Held, Ask> {
-        let mut shard = self.shard(key);
+    pub fn take(&self, w: &Window<'_>, max: u64, delta: u64, ends_at: i64, now: Instant) -> Result<Held, Ask> {
+        let mut shard = self.shard(w.application);
         let fresh = Held { units: 0, max, seen: 0, ends_at, used_at: now, asking: true };
-        match shard.get_mut(key) {
+        match find(&mut shard, w) {
             Some(h) if h.max == max && h.units >= delta => {
                 h.units -= delta;
                 h.used_at = now;
@@ -118,43 +165,42 @@ impl Leases {
             // Under another value of the limit: given back whole, a new lease taken.
             Some(h) => Err(Ask { index: 0, give_back: std::mem::replace(h, fresh).units, lease: true }),
             None => {
-                shard.insert(key.to_string(), fresh);
+                insert(&mut shard, w, fresh);
                 Err(Ask { index: 0, give_back: 0, lease: true })
             }
         }
     }
 
-    /// The request that asked for a lease of `key` under `max` has its answer (or gave
+    /// The request that asked for a lease of `w` under `max` has its answer (or gave
     /// up): another may ask.
-    pub fn asked(&self, key: &str, max: u64) {
-        if let Some(h) = self.shard(key).get_mut(key).filter(|h| h.max == max) {
+    pub fn asked(&self, w: &Window<'_>, max: u64) {
+        if let Some(h) = find(&mut self.shard(w.application), w).filter(|h| h.max == max) {
             h.asking = false;
         }
     }
 
     /// Puts back `delta` units taken by [`Leases::take`] for a request that was then
     /// refused or could not be decided: they are still this node's in Redis.
-    pub fn untake(&self, key: &str, max: u64, delta: u64, ends_at: i64, now: Instant) {
+    pub fn untake(&self, w: &Window<'_>, max: u64, delta: u64, ends_at: i64, now: Instant) {
         if delta > 0 {
-            self.keep(key.to_string(), max, delta, 0, ends_at, now);
+            self.keep(w, max, delta, 0, ends_at, now);
         }
     }
 
-    /// Keeps `units` granted on `key` under `max` (added to a lease another request
-    /// took meanwhile). A lease under another value of the limit is replaced and its
-    /// units owed back to Redis.
-    pub fn keep(&self, key: String, max: u64, units: u64, seen: u64, ends_at: i64, now: Instant) {
-        let mut shard = self.shard(&key);
-        let held = match shard.get_mut(&key) {
+    /// Keeps `units` granted on `w` under `max` (added to a lease another request took
+    /// meanwhile). A lease under another value of the limit is replaced and its units
+    /// owed back to Redis.
+    pub fn keep(&self, w: &Window<'_>, max: u64, units: u64, seen: u64, ends_at: i64, now: Instant) {
+        let mut shard = self.shard(w.application);
+        let fresh = Held { units: 0, max, seen, ends_at, used_at: now, asking: false };
+        let held = match find(&mut shard, w) {
             Some(h) => h,
-            None => {
-                shard.entry(key.clone()).or_insert(Held { units: 0, max, seen, ends_at, used_at: now, asking: false })
-            }
+            None => insert(&mut shard, w, fresh),
         };
         if held.max != max {
-            let old = std::mem::replace(held, Held { units: 0, max, seen, ends_at, used_at: now, asking: false });
+            let old = std::mem::replace(held, fresh);
             if old.units > 0 {
-                self.owed.lock().unwrap_or_else(|p| p.into_inner()).push((key, old.units));
+                self.owed.lock().unwrap_or_else(|p| p.into_inner()).push((self.key(w), old.units));
             }
         }
         held.units += units;
@@ -163,19 +209,24 @@ impl Leases {
     }
 
     /// Removes and returns the leases idle for at least `idle` at `now` (every one
-    /// when `idle` is zero) whose window is not over at `unix_now`; leases of windows
-    /// that are over are forgotten.
+    /// when `idle` is zero) whose window is not over at `unix_now`, as (window key,
+    /// units); leases of windows that are over are forgotten.
     pub fn take_idle(&self, idle: Duration, now: Instant, unix_now: i64) -> Vec<(String, u64)> {
         let mut out = std::mem::take(&mut *self.owed.lock().unwrap_or_else(|p| p.into_inner()));
         for shard in self.shards.iter() {
             let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
-            shard.retain(|key, h| {
-                let over = h.ends_at > 0 && h.ends_at <= unix_now;
-                let idle = now.saturating_duration_since(h.used_at) >= idle;
-                if !over && idle && h.units > 0 {
-                    out.push((key.clone(), h.units));
-                }
-                !(over || idle)
+            shard.retain(|application, entries| {
+                entries.retain(|e| {
+                    let h = &e.held;
+                    let over = h.ends_at > 0 && h.ends_at <= unix_now;
+                    let idle = now.saturating_duration_since(h.used_at) >= idle;
+                    if !over && idle && h.units > 0 {
+                        let w = Window { application, metric: &e.metric, period: e.period, start: e.start };
+                        out.push((self.key(&w), h.units));
+                    }
+                    !(over || idle)
+                });
+                !entries.is_empty()
             });
         }
         out
@@ -187,7 +238,7 @@ impl Leases {
         owed + self
             .shards
             .iter()
-            .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).values().map(|h| h.units).sum::<u64>())
+            .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).values().flatten().map(|e| e.held.units).sum::<u64>())
             .sum::<u64>()
     }
 }
@@ -196,47 +247,61 @@ impl Leases {
 mod tests {
     use super::*;
 
+    fn w(metric: &str) -> Window<'_> {
+        Window { application: "acme/app", metric, period: Period::Minute, start: 0 }
+    }
+
     #[test]
     fn a_lease_serves_until_short_then_is_given_back() {
-        let leases = Leases::new(100);
+        let leases = Leases::new(100, "ns");
         let now = Instant::now();
         let ask = |give_back, lease| Err(Ask { index: 0, give_back, lease });
-        assert_eq!(leases.take("k", 10, 1, 0, now).map(|h| h.units), ask(0, true), "nothing leased yet");
-        assert_eq!(leases.take("k", 10, 1, 0, now).map(|h| h.units), ask(0, false), "one asks for a lease at a time");
-        leases.keep("k".into(), 10, 3, 4, 0, now);
-        leases.asked("k", 10);
-        assert_eq!(leases.take("k", 10, 2, 0, now).map(|h| h.units), Ok(1));
-        assert_eq!(leases.take("k", 10, 2, 0, now).map(|h| h.units), ask(1, true), "short: the one unit goes back");
+        assert_eq!(leases.take(&w("k"), 10, 1, 0, now).map(|h| h.units), ask(0, true), "nothing leased yet");
+        assert_eq!(
+            leases.take(&w("k"), 10, 1, 0, now).map(|h| h.units),
+            ask(0, false),
+            "one asks for a lease at a time"
+        );
+        leases.keep(&w("k"), 10, 3, 4, 0, now);
+        leases.asked(&w("k"), 10);
+        assert_eq!(leases.take(&w("k"), 10, 2, 0, now).map(|h| h.units), Ok(1));
+        assert_eq!(leases.take(&w("k"), 10, 2, 0, now).map(|h| h.units), ask(1, true), "short: the one unit goes back");
         assert_eq!(leases.outstanding(), 0);
     }
 
     #[test]
     fn a_changed_limit_gives_the_lease_back() {
-        let leases = Leases::new(100);
+        let leases = Leases::new(100, "ns");
         let now = Instant::now();
-        leases.keep("k".into(), 10, 5, 6, 0, now);
-        assert_eq!(leases.take("k", 3, 1, 0, now).map(|h| h.units), Err(Ask { index: 0, give_back: 5, lease: true }));
+        leases.keep(&w("k"), 10, 5, 6, 0, now);
+        assert_eq!(
+            leases.take(&w("k"), 3, 1, 0, now).map(|h| h.units),
+            Err(Ask { index: 0, give_back: 5, lease: true })
+        );
         // A request under the old value that had taken a unit and was refused puts it
         // back: it is still this node's.
-        leases.untake("k", 10, 1, 0, now);
+        leases.untake(&w("k"), 10, 1, 0, now);
         assert_eq!(leases.outstanding(), 1);
         // A grant under the new value replaces it; the old unit is owed back to Redis.
-        leases.keep("k".into(), 3, 2, 3, 0, now);
+        leases.keep(&w("k"), 3, 2, 3, 0, now);
         assert_eq!(leases.outstanding(), 3);
-        assert_eq!(leases.take_idle(Duration::from_secs(60), now, 0), vec![("k".to_string(), 1)]);
-        assert_eq!(leases.take("k", 3, 2, 0, now).map(|h| h.units), Ok(0));
+        assert_eq!(
+            leases.take_idle(Duration::from_secs(60), now, 0),
+            vec![("ns:{acme/app}:w:k:minute:0".to_string(), 1)]
+        );
+        assert_eq!(leases.take(&w("k"), 3, 2, 0, now).map(|h| h.units), Ok(0));
     }
 
     #[test]
     fn idle_leases_and_windows_that_are_over() {
-        let leases = Leases::new(100);
+        let leases = Leases::new(100, "ns");
         let start = Instant::now();
-        leases.keep("busy".into(), 10, 2, 2, 0, start + IDLE);
-        leases.keep("idle".into(), 10, 4, 4, 0, start);
-        leases.keep("over".into(), 10, 7, 7, 100, start + IDLE);
+        leases.keep(&w("busy"), 10, 2, 2, 0, start + IDLE);
+        leases.keep(&w("idle"), 10, 4, 4, 0, start);
+        leases.keep(&w("over"), 10, 7, 7, 100, start + IDLE);
         let back = leases.take_idle(IDLE, start + IDLE, 100);
-        assert_eq!(back, vec![("idle".to_string(), 4)]);
+        assert_eq!(back, vec![("ns:{acme/app}:w:idle:minute:0".to_string(), 4)]);
         assert_eq!(leases.outstanding(), 2, "the busy lease stays; the window that is over is forgotten");
-        assert_eq!(leases.take_idle(Duration::ZERO, start, 0), vec![("busy".to_string(), 2)]);
+        assert_eq!(leases.take_idle(Duration::ZERO, start, 0), vec![("ns:{acme/app}:w:busy:minute:0".to_string(), 2)]);
     }
 }

@@ -314,7 +314,7 @@ impl std::fmt::Debug for RedisCounters {
 /// Worker connections kept at most (workers past this share them).
 const WORKER_CONNECTIONS: usize = 64;
 
-fn window_key(ns: &str, application: &str, metric: &str, period: Period, start: i64) -> String {
+pub(crate) fn window_key(ns: &str, application: &str, metric: &str, period: Period, start: i64) -> String {
     format!("{ns}:{{{application}}}:w:{metric}:{}:{start}", period.as_str())
 }
 
@@ -380,7 +380,7 @@ impl RedisCounters {
     /// left), admitted here without asking Redis. 0 turns it off. See `lease` for what
     /// it guarantees.
     pub fn set_lease(&mut self, units: u64) {
-        self.leases = (units > 0).then(|| crate::lease::Leases::new(units));
+        self.leases = (units > 0).then(|| crate::lease::Leases::new(units, &self.namespace));
     }
 
     /// Whether quota leasing is on.
@@ -586,47 +586,49 @@ impl RedisCounters {
     /// the request are taken locally; the others (if any) go to Redis in one [`LEASE`]
     /// call, which also gives back the leases that ran short. Refused or undecided, the
     /// units taken locally are put back.
-    async fn authorize_leased(
+    async fn authorize_leased<'a>(
         &self,
         leases: &crate::lease::Leases,
-        application: &str,
-        checks: &[Check<'_>],
+        application: &'a str,
+        checks: &[Check<'a>],
         now: i64,
     ) -> Result<Decision, CountersError> {
         let at = Instant::now();
-        let keys: Vec<String> = checks
-            .iter()
-            .map(|c| window_key(&self.namespace, application, c.metric, c.period, c.period.window(now).0))
-            .collect();
+        // Leases are looked up by application and window: a window's Redis key is
+        // built only when Redis is asked.
+        let window = |c: &Check<'a>| crate::lease::Window {
+            application,
+            metric: c.metric,
+            period: c.period,
+            start: c.period.window(now).0,
+        };
         // Per check: the usage after this request as this node sees it (granted total
         // less its own unused units), once known.
         let mut current = vec![0u64; checks.len()];
-        let mut taken = Vec::with_capacity(checks.len());
         let mut asks = Vec::new();
         for (i, c) in checks.iter().enumerate() {
-            match leases.take(&keys[i], c.max, c.delta, c.period.window(now).1.unwrap_or(0), at) {
-                Ok(held) => {
-                    current[i] = held.seen.saturating_sub(held.units);
-                    taken.push(i);
-                }
+            match leases.take(&window(c), c.max, c.delta, c.period.window(now).1.unwrap_or(0), at) {
+                Ok(held) => current[i] = held.seen.saturating_sub(held.units),
                 Err(ask) => asks.push(crate::lease::Ask { index: i, ..ask }),
             }
         }
         // However this ends (answer, error, or the request dropped mid-call), the
         // windows this request asked a lease for may be asked for again.
-        let _asked = Asked { leases, keys: &keys, checks, asks: &asks };
+        let _asked = Asked { leases, application, checks, asks: &asks, now };
+        // The checks served from leases: their units go back if the request is not
+        // admitted.
         let untake = || {
-            for &i in &taken {
-                let c = &checks[i];
-                leases.untake(&keys[i], c.max, c.delta, c.period.window(now).1.unwrap_or(0), at);
+            for (_, c) in checks.iter().enumerate().filter(|(i, _)| !asks.iter().any(|a| a.index == *i)) {
+                leases.untake(&window(c), c.max, c.delta, c.period.window(now).1.unwrap_or(0), at);
             }
         };
+        let keys: Vec<String> = asks.iter().map(|a| leases.key(&window(&checks[a.index]))).collect();
         if !asks.is_empty() {
             let mut call = self.lease.prepare_invoke();
             call.arg(crate::lease::SHARE);
-            for a in &asks {
+            for (a, key) in asks.iter().zip(&keys) {
                 let c = &checks[a.index];
-                call.key(&keys[a.index]);
+                call.key(key);
                 call.arg(c.max).arg(c.delta).arg(c.period.window(now).1.map_or(0, |e| e + EXPIRY_SLACK));
                 call.arg(a.give_back).arg(if a.lease { leases.units } else { 0 });
             }
@@ -653,8 +655,7 @@ impl RedisCounters {
                     // then. Give-backs are not kept either way (fewer admitted, never
                     // more).
                     untake();
-                    let asked = asks.iter().map(|a| keys[a.index].clone()).collect();
-                    lock(&self.doubts).push(Doubt { receipt, keys: asked, since: Instant::now() });
+                    lock(&self.doubts).push(Doubt { receipt, keys, since: Instant::now() });
                     return self.without_redis(application, checks, now, e.to_string());
                 }
             };
@@ -681,7 +682,7 @@ impl RedisCounters {
                         current[a.index] = total.saturating_sub(spare);
                         if grant > 0 {
                             let ends_at = c.period.window(now).1.unwrap_or(0);
-                            leases.keep(keys[a.index].clone(), c.max, spare, total, ends_at, at);
+                            leases.keep(&window(c), c.max, spare, total, ends_at, at);
                         }
                     }
                 }
@@ -908,17 +909,25 @@ impl RedisCounters {
 }
 
 /// Marks the windows a request asked a lease for as no longer asked for, when dropped.
-struct Asked<'a> {
+struct Asked<'a, 'c> {
     leases: &'a crate::lease::Leases,
-    keys: &'a [String],
-    checks: &'a [Check<'a>],
+    application: &'a str,
+    checks: &'a [Check<'c>],
     asks: &'a [crate::lease::Ask],
+    now: i64,
 }
 
-impl Drop for Asked<'_> {
+impl Drop for Asked<'_, '_> {
     fn drop(&mut self) {
         for a in self.asks.iter().filter(|a| a.lease) {
-            self.leases.asked(&self.keys[a.index], self.checks[a.index].max);
+            let c = &self.checks[a.index];
+            let w = crate::lease::Window {
+                application: self.application,
+                metric: c.metric,
+                period: c.period,
+                start: c.period.window(self.now).0,
+            };
+            self.leases.asked(&w, c.max);
         }
     }
 }
