@@ -103,7 +103,7 @@ impl Server {
         // Flags that contradict each other are refused before anything is opened.
         if args.shared.counters_lease > 0 && args.shared.counters == "memory" {
             bail!(
-                "--counters-lease: quota leasing shares Redis counters between nodes; set --counters redis://… or leave --counters-lease at 0"
+                "--counters-lease (TOLLGATE_COUNTERS_LEASE): quota leasing shares Redis counters between nodes; set --counters redis://… or leave --counters-lease at 0"
             );
         }
         // Before any configuration is activated: activation starts resolving names.
@@ -226,7 +226,7 @@ impl Server {
             match &mut counters {
                 Counters::Redis(redis) => redis.set_lease(flags.counters_lease),
                 Counters::Memory(_) => bail!(
-                    "--counters-lease: quota leasing shares Redis counters between nodes; set --counters redis://… or leave --counters-lease at 0"
+                    "--counters-lease (TOLLGATE_COUNTERS_LEASE): quota leasing shares Redis counters between nodes; set --counters redis://… or leave --counters-lease at 0"
                 ),
             }
         }
