@@ -49,9 +49,6 @@ pub(crate) struct Held {
     pub max: u64,
     /// The window's granted total in Redis after the last grant to this node.
     pub seen: u64,
-    /// Unix seconds at which the window ends (0: never), to forget a lease whose
-    /// window is over.
-    pub ends_at: i64,
     /// Last time a request admitted on it, or it was granted.
     pub used_at: Instant,
     /// A request is asking Redis for a new lease of this window: others that find it
@@ -80,6 +77,13 @@ pub(crate) struct Window<'a> {
     pub period: Period,
     /// Unix seconds at which the window starts.
     pub start: i64,
+}
+
+impl<'a> Window<'a> {
+    /// The window of `check` for `application` at `now` (Unix seconds).
+    pub fn of(application: &'a str, check: &crate::Check<'a>, now: i64) -> Self {
+        Window { application, metric: check.metric, period: check.period, start: check.period.window(now).0 }
+    }
 }
 
 #[derive(Debug)]
@@ -148,9 +152,9 @@ impl Leases {
     /// Takes `delta` units under `max` from the lease of `w` if it has them; else
     /// empties it and returns what to ask Redis for (`index` 0: the caller sets it).
     /// An [`Ask`] with `lease` must be followed by [`Leases::asked`].
-    pub fn take(&self, w: &Window<'_>, max: u64, delta: u64, ends_at: i64, now: Instant) -> Result<Held, Ask> {
+    pub fn take(&self, w: &Window<'_>, max: u64, delta: u64, now: Instant) -> Result<Held, Ask> {
         let mut shard = self.shard(w.application);
-        let fresh = Held { units: 0, max, seen: 0, ends_at, used_at: now, asking: true };
+        let fresh = Held { units: 0, max, seen: 0, used_at: now, asking: true };
         match find(&mut shard, w) {
             Some(h) if h.max == max && h.units >= delta => {
                 h.units -= delta;
@@ -181,18 +185,18 @@ impl Leases {
 
     /// Puts back `delta` units taken by [`Leases::take`] for a request that was then
     /// refused or could not be decided: they are still this node's in Redis.
-    pub fn untake(&self, w: &Window<'_>, max: u64, delta: u64, ends_at: i64, now: Instant) {
+    pub fn untake(&self, w: &Window<'_>, max: u64, delta: u64, now: Instant) {
         if delta > 0 {
-            self.keep(w, max, delta, 0, ends_at, now);
+            self.keep(w, max, delta, 0, now);
         }
     }
 
     /// Keeps `units` granted on `w` under `max` (added to a lease another request took
     /// meanwhile). A lease under another value of the limit is replaced and its units
     /// owed back to Redis.
-    pub fn keep(&self, w: &Window<'_>, max: u64, units: u64, seen: u64, ends_at: i64, now: Instant) {
+    pub fn keep(&self, w: &Window<'_>, max: u64, units: u64, seen: u64, now: Instant) {
         let mut shard = self.shard(w.application);
-        let fresh = Held { units: 0, max, seen, ends_at, used_at: now, asking: false };
+        let fresh = Held { units: 0, max, seen, used_at: now, asking: false };
         let held = match find(&mut shard, w) {
             Some(h) => h,
             None => insert(&mut shard, w, fresh),
@@ -218,7 +222,7 @@ impl Leases {
             shard.retain(|application, entries| {
                 entries.retain(|e| {
                     let h = &e.held;
-                    let over = h.ends_at > 0 && h.ends_at <= unix_now;
+                    let over = e.period.window(e.start).1.is_some_and(|end| end <= unix_now);
                     let idle = now.saturating_duration_since(h.used_at) >= idle;
                     if !over && idle && h.units > 0 {
                         let w = Window { application, metric: &e.metric, period: e.period, start: e.start };
@@ -248,7 +252,7 @@ mod tests {
     use super::*;
 
     fn w(metric: &str) -> Window<'_> {
-        Window { application: "acme/app", metric, period: Period::Minute, start: 0 }
+        Window { application: "acme/app", metric, period: Period::Eternity, start: 0 }
     }
 
     #[test]
@@ -256,16 +260,12 @@ mod tests {
         let leases = Leases::new(100, "ns");
         let now = Instant::now();
         let ask = |give_back, lease| Err(Ask { index: 0, give_back, lease });
-        assert_eq!(leases.take(&w("k"), 10, 1, 0, now).map(|h| h.units), ask(0, true), "nothing leased yet");
-        assert_eq!(
-            leases.take(&w("k"), 10, 1, 0, now).map(|h| h.units),
-            ask(0, false),
-            "one asks for a lease at a time"
-        );
-        leases.keep(&w("k"), 10, 3, 4, 0, now);
+        assert_eq!(leases.take(&w("k"), 10, 1, now).map(|h| h.units), ask(0, true), "nothing leased yet");
+        assert_eq!(leases.take(&w("k"), 10, 1, now).map(|h| h.units), ask(0, false), "one asks for a lease at a time");
+        leases.keep(&w("k"), 10, 3, 4, now);
         leases.asked(&w("k"), 10);
-        assert_eq!(leases.take(&w("k"), 10, 2, 0, now).map(|h| h.units), Ok(1));
-        assert_eq!(leases.take(&w("k"), 10, 2, 0, now).map(|h| h.units), ask(1, true), "short: the one unit goes back");
+        assert_eq!(leases.take(&w("k"), 10, 2, now).map(|h| h.units), Ok(1));
+        assert_eq!(leases.take(&w("k"), 10, 2, now).map(|h| h.units), ask(1, true), "short: the one unit goes back");
         assert_eq!(leases.outstanding(), 0);
     }
 
@@ -273,35 +273,36 @@ mod tests {
     fn a_changed_limit_gives_the_lease_back() {
         let leases = Leases::new(100, "ns");
         let now = Instant::now();
-        leases.keep(&w("k"), 10, 5, 6, 0, now);
-        assert_eq!(
-            leases.take(&w("k"), 3, 1, 0, now).map(|h| h.units),
-            Err(Ask { index: 0, give_back: 5, lease: true })
-        );
+        leases.keep(&w("k"), 10, 5, 6, now);
+        assert_eq!(leases.take(&w("k"), 3, 1, now).map(|h| h.units), Err(Ask { index: 0, give_back: 5, lease: true }));
         // A request under the old value that had taken a unit and was refused puts it
         // back: it is still this node's.
-        leases.untake(&w("k"), 10, 1, 0, now);
+        leases.untake(&w("k"), 10, 1, now);
         assert_eq!(leases.outstanding(), 1);
         // A grant under the new value replaces it; the old unit is owed back to Redis.
-        leases.keep(&w("k"), 3, 2, 3, 0, now);
+        leases.keep(&w("k"), 3, 2, 3, now);
         assert_eq!(leases.outstanding(), 3);
         assert_eq!(
             leases.take_idle(Duration::from_secs(60), now, 0),
-            vec![("ns:{acme/app}:w:k:minute:0".to_string(), 1)]
+            vec![("ns:{acme/app}:w:k:eternity:0".to_string(), 1)]
         );
-        assert_eq!(leases.take(&w("k"), 3, 2, 0, now).map(|h| h.units), Ok(0));
+        assert_eq!(leases.take(&w("k"), 3, 2, now).map(|h| h.units), Ok(0));
     }
 
     #[test]
     fn idle_leases_and_windows_that_are_over() {
         let leases = Leases::new(100, "ns");
         let start = Instant::now();
-        leases.keep(&w("busy"), 10, 2, 2, 0, start + IDLE);
-        leases.keep(&w("idle"), 10, 4, 4, 0, start);
-        leases.keep(&w("over"), 10, 7, 7, 100, start + IDLE);
+        leases.keep(&w("busy"), 10, 2, 2, start + IDLE);
+        leases.keep(&w("idle"), 10, 4, 4, start);
+        let over = Window { application: "acme/app", metric: "over", period: Period::Minute, start: 0 };
+        leases.keep(&over, 10, 7, 7, start + IDLE);
         let back = leases.take_idle(IDLE, start + IDLE, 100);
-        assert_eq!(back, vec![("ns:{acme/app}:w:idle:minute:0".to_string(), 4)]);
+        assert_eq!(back, vec![("ns:{acme/app}:w:idle:eternity:0".to_string(), 4)]);
         assert_eq!(leases.outstanding(), 2, "the busy lease stays; the window that is over is forgotten");
-        assert_eq!(leases.take_idle(Duration::ZERO, start, 0), vec![("ns:{acme/app}:w:busy:minute:0".to_string(), 2)]);
+        assert_eq!(
+            leases.take_idle(Duration::ZERO, start, 0),
+            vec![("ns:{acme/app}:w:busy:eternity:0".to_string(), 2)]
+        );
     }
 }

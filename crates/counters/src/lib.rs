@@ -53,6 +53,26 @@ pub struct Check<'a> {
     pub delta: u64,
 }
 
+impl Check<'_> {
+    /// Where the application stands on this limit with `current` in the window of
+    /// `now` (Unix seconds).
+    pub fn status(&self, current: u64, now: i64) -> LimitStatus {
+        LimitStatus {
+            metric: self.metric.to_string(),
+            period: self.period,
+            max: self.max,
+            current,
+            reset_at: self.period.window(now).1,
+        }
+    }
+}
+
+/// The status of the limit with the least room among `checks` with their current
+/// usage, for rate-limit headers; `None` without limits.
+fn tightest<'c>(checks: impl Iterator<Item = (&'c Check<'c>, u64)>, now: i64) -> Option<LimitStatus> {
+    checks.min_by_key(|(c, v)| c.max.saturating_sub(*v)).map(|(c, v)| c.status(v, now))
+}
+
 /// Where an application stands on one limit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LimitStatus {

@@ -399,9 +399,7 @@ impl RedisCounters {
     /// window until it ends (fewer admitted, never more).
     pub async fn give_back_idle(&self, idle: Duration) -> u64 {
         let Some(leases) = &self.leases else { return 0 };
-        let unix_now =
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
-        let mut idle = leases.take_idle(idle, Instant::now(), unix_now);
+        let mut idle = leases.take_idle(idle, Instant::now(), crate::Clock::now(&crate::SystemClock));
         let mut conn = self.conn.clone();
         idle.extend(self.settle_doubts(&mut conn).await);
         let mut back = 0;
@@ -596,18 +594,13 @@ impl RedisCounters {
         let at = Instant::now();
         // Leases are looked up by application and window: a window's Redis key is
         // built only when Redis is asked.
-        let window = |c: &Check<'a>| crate::lease::Window {
-            application,
-            metric: c.metric,
-            period: c.period,
-            start: c.period.window(now).0,
-        };
+        let window = |c: &Check<'a>| crate::lease::Window::of(application, c, now);
         // Per check: the usage after this request as this node sees it (granted total
         // less its own unused units), once known.
         let mut current = vec![0u64; checks.len()];
         let mut asks = Vec::new();
         for (i, c) in checks.iter().enumerate() {
-            match leases.take(&window(c), c.max, c.delta, c.period.window(now).1.unwrap_or(0), at) {
+            match leases.take(&window(c), c.max, c.delta, at) {
                 Ok(held) => current[i] = held.seen.saturating_sub(held.units),
                 Err(ask) => asks.push(crate::lease::Ask { index: i, ..ask }),
             }
@@ -619,7 +612,7 @@ impl RedisCounters {
         // admitted.
         let untake = || {
             for (_, c) in checks.iter().enumerate().filter(|(i, _)| !asks.iter().any(|a| a.index == *i)) {
-                leases.untake(&window(c), c.max, c.delta, c.period.window(now).1.unwrap_or(0), at);
+                leases.untake(&window(c), c.max, c.delta, at);
             }
         };
         let keys: Vec<String> = asks.iter().map(|a| leases.key(&window(&checks[a.index]))).collect();
@@ -664,13 +657,7 @@ impl RedisCounters {
                 [0, i, cur] => {
                     untake();
                     let c = &checks[asks.get((*i as usize).wrapping_sub(1)).ok_or_else(malformed)?.index];
-                    let decision = Decision::Exceeded(LimitStatus {
-                        metric: c.metric.to_string(),
-                        period: c.period,
-                        max: c.max,
-                        current: *cur as u64,
-                        reset_at: c.period.window(now).1,
-                    });
+                    let decision = Decision::Exceeded(c.status(*cur as u64, now));
                     self.remember(application, &decision);
                     return Ok(decision);
                 }
@@ -681,8 +668,7 @@ impl RedisCounters {
                         let spare = grant.saturating_sub(c.delta);
                         current[a.index] = total.saturating_sub(spare);
                         if grant > 0 {
-                            let ends_at = c.period.window(now).1.unwrap_or(0);
-                            leases.keep(&window(c), c.max, spare, total, ends_at, at);
+                            leases.keep(&window(c), c.max, spare, total, at);
                         }
                     }
                 }
@@ -692,15 +678,7 @@ impl RedisCounters {
                 }
             }
         }
-        let tightest =
-            checks.iter().zip(&current).min_by_key(|(c, v)| c.max.saturating_sub(**v)).map(|(c, v)| LimitStatus {
-                metric: c.metric.to_string(),
-                period: c.period,
-                max: c.max,
-                current: *v,
-                reset_at: c.period.window(now).1,
-            });
-        let decision = Decision::Allowed(tightest);
+        let decision = Decision::Allowed(crate::tightest(checks.iter().zip(current), now));
         if !asks.is_empty() {
             self.remember(application, &decision);
         }
@@ -812,17 +790,7 @@ impl RedisCounters {
         let mut conn = self.conn.clone();
         let values: Vec<Option<u64>> =
             redis::cmd("MGET").arg(&keys).query_async(&mut conn).await.map_err(unavailable)?;
-        Ok(checks
-            .iter()
-            .zip(values)
-            .map(|(c, v)| LimitStatus {
-                metric: c.metric.to_string(),
-                period: c.period,
-                max: c.max,
-                current: v.unwrap_or(0),
-                reset_at: c.period.window(now).1,
-            })
-            .collect())
+        Ok(checks.iter().zip(values).map(|(c, v)| c.status(v.unwrap_or(0), now)).collect())
     }
 
     /// Takes a connection slot for `application` under a cap of `max` (none: no cap);
@@ -921,13 +889,7 @@ impl Drop for Asked<'_, '_> {
     fn drop(&mut self) {
         for a in self.asks.iter().filter(|a| a.lease) {
             let c = &self.checks[a.index];
-            let w = crate::lease::Window {
-                application: self.application,
-                metric: c.metric,
-                period: c.period,
-                start: c.period.window(self.now).0,
-            };
-            self.leases.asked(&w, c.max);
+            self.leases.asked(&crate::lease::Window::of(self.application, c, self.now), c.max);
         }
     }
 }
@@ -942,26 +904,10 @@ fn decide(checks: &[Check<'_>], reply: &[i64], now: i64) -> Result<Decision, Cou
     match reply {
         [0, i, current] => {
             let c = checks.get((*i as usize).wrapping_sub(1)).ok_or_else(malformed)?;
-            Ok(Decision::Exceeded(LimitStatus {
-                metric: c.metric.to_string(),
-                period: c.period,
-                max: c.max,
-                current: *current as u64,
-                reset_at: c.period.window(now).1,
-            }))
+            Ok(Decision::Exceeded(c.status(*current as u64, now)))
         }
         [1, values @ ..] if values.len() == checks.len() => {
-            let tightest =
-                checks.iter().zip(values).min_by_key(|(c, v)| c.max.saturating_sub(**v as u64)).map(|(c, v)| {
-                    LimitStatus {
-                        metric: c.metric.to_string(),
-                        period: c.period,
-                        max: c.max,
-                        current: *v as u64,
-                        reset_at: c.period.window(now).1,
-                    }
-                });
-            Ok(Decision::Allowed(tightest))
+            Ok(Decision::Allowed(crate::tightest(checks.iter().zip(values.iter().map(|v| *v as u64)), now)))
         }
         _ => Err(malformed()),
     }

@@ -363,10 +363,15 @@ async fn a_frozen_redis_is_not_waited_for_after_a_few_timeouts() {
 
 // ------------------------------------------------------------------ quota leasing
 
-async fn leasing(units: u64) -> RedisCounters {
-    let mut r = redis(FailureMode::Strict).await;
+/// A `strict` node leasing `units` from the Redis at `url`.
+async fn leasing_at(url: &str, timeout: Duration, units: u64) -> RedisCounters {
+    let mut r = RedisCounters::connect(url, "tollgate-test", FailureMode::Strict, timeout).await.expect("url");
     r.set_lease(units);
     r
+}
+
+async fn leasing(units: u64) -> RedisCounters {
+    leasing_at(&url(), Duration::from_secs(2), units).await
 }
 
 /// Admits `attempts` requests of one unit on `node`, one after the other; returns how
@@ -486,10 +491,7 @@ async fn a_dead_nodes_lease_a_lowered_limit_and_idle_leases() {
 async fn leases_keep_admitting_while_redis_is_away() {
     let now = now();
     let mut server = PrivateRedis::start();
-    let mut node = RedisCounters::connect(&server.url(), "lease", FailureMode::Strict, Duration::from_millis(500))
-        .await
-        .expect("url");
-    node.set_lease(10);
+    let node = leasing_at(&server.url(), Duration::from_millis(500), 10).await;
     let checks = hits(1_000);
     assert_eq!(admit(&node, "a", &checks, now, 1).await, 1);
     assert_eq!((node.calls().0, node.leased()), (1, 10));
@@ -506,10 +508,7 @@ async fn leases_keep_admitting_while_redis_is_away() {
 async fn a_lease_call_that_timed_out_is_given_back_once_redis_answers() {
     let now = now();
     let server = PrivateRedis::start();
-    let mut node = RedisCounters::connect(&server.url(), "doubt", FailureMode::Strict, Duration::from_millis(200))
-        .await
-        .expect("url");
-    node.set_lease(50);
+    let node = leasing_at(&server.url(), Duration::from_millis(200), 50).await;
     let checks = hits(1_000);
     // Connected, and the script loaded, before Redis freezes (as on a running node).
     assert_eq!(admit(&node, "b", &checks, now, 1).await, 1);

@@ -176,14 +176,12 @@ fn since(value: &str, now: i64) -> anyhow::Result<i64> {
 pub async fn usage(args: UsageArgs) -> anyhow::Result<ExitCode> {
     let admin = Admin::new(&args.admin)?;
     let now = tollgate_store::now_millis() / 1000;
-    // `until` is exclusive: `now + 1` counts what was recorded in this second, the
-    // minute bucket that may start in it included.
+    // No `until`: the API's default counts up to the end of the current second.
     let mut query = format!(
-        "product={}&metric={}&since={}&until={}&granularity={}",
+        "product={}&metric={}&since={}&granularity={}",
         encode(&args.product),
         encode(&args.metric),
         since(&args.since, now)?,
-        now + 1,
         args.granularity
     );
     if let Some(a) = &args.application {

@@ -222,13 +222,9 @@ impl Server {
         .await
         .map_err(|e| anyhow::anyhow!("--counters: {e}"))?;
         let mut counters = counters;
-        if flags.counters_lease > 0 {
-            match &mut counters {
-                Counters::Redis(redis) => redis.set_lease(flags.counters_lease),
-                Counters::Memory(_) => bail!(
-                    "--counters-lease (TOLLGATE_COUNTERS_LEASE): quota leasing shares Redis counters between nodes; set --counters redis://… or leave --counters-lease at 0"
-                ),
-            }
+        // Leasing with memory counters was refused at the start.
+        if let Counters::Redis(redis) = &mut counters {
+            redis.set_lease(flags.counters_lease);
         }
         let counters = Arc::new(counters);
         let node = node_name();
@@ -775,7 +771,7 @@ async fn tend_counters(counters: Arc<Counters>, health: Arc<Health>, mut stop: w
                 }
             }
         }
-        if up && redis.leasing() {
+        if up {
             redis.give_back_idle(tollgate_counters::lease::IDLE).await;
         }
         if up && redis.pending() > 0 {

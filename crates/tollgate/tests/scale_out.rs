@@ -137,6 +137,30 @@ pub async fn eventually<F: Future<Output = bool>>(
     }
 }
 
+/// Sends `n` concurrent requests of the application with the limit of 100, spread over
+/// `nodes`; returns how many passed. Every other answer must be a 429 of the plan's
+/// limits, with no room left.
+async fn burst(nodes: &[SocketAddr], n: usize) -> usize {
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let addr = nodes[i % nodes.len()];
+        tasks.spawn(async move { get(addr, HOST, &format!("/http?user_key={KEY}")).await });
+    }
+    let mut admitted = 0;
+    while let Some(r) = tasks.join_next().await {
+        let (status, headers, body) = r.expect("task");
+        match status {
+            StatusCode::OK => admitted += 1,
+            StatusCode::TOO_MANY_REQUESTS => {
+                assert!(body.contains("limits_exceeded"), "{body}");
+                assert_eq!(headers.get("ratelimit-remaining").map(|v| v.to_str().ok()), Some(Some("0")), "{body}");
+            }
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    admitted
+}
+
 async fn setup(backend: &NodeBackend, http: SocketAddr, url: &str) -> Server {
     let server = store_server(url).await;
     let yaml = format!(
@@ -245,24 +269,8 @@ async fn three_nodes_share_limits_configuration_revocation_and_analytics() {
     }
 
     // 1,000 concurrent requests over three nodes, a limit of 100.
-    let mut tasks = tokio::task::JoinSet::new();
-    for i in 0..1_000 {
-        let addr = nodes[i % 3].addr;
-        tasks.spawn(async move { get(addr, HOST, &format!("/http?user_key={KEY}")).await });
-    }
-    let (mut admitted, mut refused) = (0, 0);
-    while let Some(r) = tasks.join_next().await {
-        let (status, headers, body) = r.expect("task");
-        match status {
-            StatusCode::OK => admitted += 1,
-            StatusCode::TOO_MANY_REQUESTS => {
-                assert_eq!(headers.get("ratelimit-remaining").map(|v| v.to_str().ok()), Some(Some("0")), "{body}");
-                refused += 1;
-            }
-            other => panic!("unexpected {other}: {body}"),
-        }
-    }
-    assert_eq!((admitted, refused), (100, 900));
+    let addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.addr).collect();
+    assert_eq!(burst(&addrs, 1_000).await, 100);
 
     // Metered messages: six WebSockets, two per node, a limit of 100 messages.
     let mut chats = tokio::task::JoinSet::new();
@@ -615,21 +623,7 @@ async fn with_quota_leasing_nodes_never_admit_more_than_the_limit() {
         Node::start(&url, &redis_url(), &flags).await,
         Node::start(&url, &redis_url(), &flags).await,
     ];
-    let addrs = [a.addr, b.addr, c.addr];
-    let mut tasks = tokio::task::JoinSet::new();
-    for i in 0..1_000 {
-        let addr = addrs[i % 3];
-        tasks.spawn(async move { get(addr, HOST, &format!("/http?user_key={KEY}")).await });
-    }
-    let mut admitted = 0;
-    while let Some(r) = tasks.join_next().await {
-        let (status, _, body) = r.expect("task");
-        match status {
-            StatusCode::OK => admitted += 1,
-            StatusCode::TOO_MANY_REQUESTS => assert!(body.contains("limits_exceeded"), "{body}"),
-            other => panic!("unexpected {other}: {body}"),
-        }
-    }
+    let admitted = burst(&[a.addr, b.addr, c.addr], 1_000).await;
     assert!(admitted <= 100, "admitted {admitted} under a limit of 100");
     let (_, _, metrics) = get(c.admin, "localhost", "/metrics").await;
     assert!(metrics.contains("# TYPE tollgate_counters_leased_units gauge"), "{metrics}");
