@@ -402,16 +402,24 @@ impl JwtPolicy {
         if token.split('.').count() != 3 {
             return Err("malformed token");
         }
-        let header = jsonwebtoken::decode_header(token).map_err(|_| {
-            // Say which: a readable header naming an algorithm `jsonwebtoken` has no
-            // use for (`none`, say), or one that cannot be read at all.
+        // The header is UTF-8 JSON (RFC 7515 §4, §5.2 step 3). `jsonwebtoken` reads it
+        // more leniently (invalid UTF-8 inside a string gets through), so it is read
+        // here first: a header no JSON parser would accept is refused whatever signs it.
+        let named = {
             use base64::Engine as _;
-            let named = token.split('.').next().and_then(|h| {
-                let json = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(h.trim_end_matches('=')).ok()?;
-                serde_json::from_slice::<serde_json::Value>(&json).ok()?.get("alg")?.as_str().map(drop)
-            });
-            if named.is_some() { "unsupported algorithm" } else { "malformed token header" }
-        })?;
+            let segment = token.split('.').next().unwrap_or_default();
+            let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(segment.trim_end_matches('='))
+                .map_err(|_| "malformed token header")?;
+            match serde_json::from_slice::<serde_json::Value>(&json) {
+                Ok(serde_json::Value::Object(h)) => h.get("alg").is_some_and(serde_json::Value::is_string),
+                _ => return Err("malformed token header"),
+            }
+        };
+        // Say which: a readable header naming an algorithm `jsonwebtoken` has no use for
+        // (`none`, say), or one that cannot be read at all.
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|_| if named { "unsupported algorithm" } else { "malformed token header" })?;
         let alg = match header.alg {
             jsonwebtoken::Algorithm::RS256 => Alg::RS256,
             jsonwebtoken::Algorithm::ES256 => Alg::ES256,
@@ -655,11 +663,7 @@ mod tests {
         let secret = "a-secret-of-at-least-thirty-two-bytes";
         let config = serde_json::json!({ "secret": secret, "algorithms": ["HS256"], "leeway": u64::MAX });
         let policy = JwtPolicy::new(serde_json::from_value(config).expect("config")).expect("builds");
-        let sign = |claims: &str| {
-            let signed = format!("{}.{}", URL_SAFE_NO_PAD.encode(r#"{"alg":"HS256"}"#), URL_SAFE_NO_PAD.encode(claims));
-            let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes());
-            format!("{signed}.{}", URL_SAFE_NO_PAD.encode(ring::hmac::sign(&key, signed.as_bytes())))
-        };
+        let sign = |claims: &str| hs256(secret, br#"{"alg":"HS256"}"#, claims.as_bytes());
         let now = 1_800_000_000;
         assert!(policy.verify(&sign(r#"{"exp":9223372036854775807}"#), now).is_ok());
         assert!(policy.verify(&sign(r#"{"nbf":-9223372036854775808}"#), now).is_ok());
@@ -669,5 +673,30 @@ mod tests {
         assert_eq!(strict.verify(&sign(r#"{"exp":1}"#), now).err(), Some("token expired"));
         // The request's time decides, not the wall clock's: at 0, `exp: 1` holds.
         assert!(strict.verify(&sign(r#"{"exp":1}"#), 0).is_ok());
+    }
+
+    /// An HS256 token with `header` and `claims` as they are (bytes, not JSON values).
+    fn hs256(secret: &str, header: &[u8], claims: &[u8]) -> String {
+        let signed = format!("{}.{}", URL_SAFE_NO_PAD.encode(header), URL_SAFE_NO_PAD.encode(claims));
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes());
+        format!("{signed}.{}", URL_SAFE_NO_PAD.encode(ring::hmac::sign(&key, signed.as_bytes())))
+    }
+
+    /// Found by the `jwt` fuzz target: `jsonwebtoken` read a header with invalid UTF-8
+    /// inside a string (`"typ": "\xff\x83T"`) and the token passed. A header is UTF-8
+    /// JSON (RFC 7515 §4), so such a token is refused however well it is signed.
+    #[test]
+    fn a_header_that_is_not_utf8_json_is_refused_even_when_signed() {
+        let secret = "a-secret-of-at-least-thirty-two-bytes";
+        let config = serde_json::json!({ "secret": secret, "algorithms": ["HS256"] });
+        let policy = JwtPolicy::new(serde_json::from_value(config).expect("config")).expect("builds");
+        let claims = br#"{"sub":"u1"}"#;
+        assert!(policy.verify(&hs256(secret, br#"{"alg": "HS256", "typ": "JWT"}"#, claims), 0).is_ok());
+        let bad = hs256(secret, b"{\"alg\": \"HS256\", \"typ\": \"\xff\x83T\"}", claims);
+        assert_eq!(policy.verify(&bad, 0).err(), Some("malformed token header"));
+        for header in [&b"[\"HS256\"]"[..], b"{\"alg\":\"HS256\"", b"\xef\xbb\xbf{\"alg\":\"HS256\"}"] {
+            assert_eq!(policy.verify(&hs256(secret, header, claims), 0).err(), Some("malformed token header"));
+        }
+        assert_eq!(policy.verify(&hs256(secret, br#"{"alg":"none"}"#, claims), 0).err(), Some("unsupported algorithm"));
     }
 }
