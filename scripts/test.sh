@@ -76,9 +76,11 @@ fi
 
 # Redis on 127.0.0.1:6379 (the counters' and the scale-out tests; REDIS_URL overrides
 # it). Started if installed but down; installed if missing. The failure-mode tests run
-# their own redis-server (and their own PostgreSQL cluster) on free ports.
+# their own redis-server (and their own PostgreSQL cluster) on free ports, and the
+# high-availability tests a Sentinel set and a Cluster (made with redis-cli).
+have redis-server || apt_install redis-server
+have redis-cli || apt_install redis-tools
 if [ -z "${REDIS_URL:-}" ]; then
-  have redis-server || apt_install redis-server
   if ! (exec 3<>/dev/tcp/127.0.0.1/6379) 2>/dev/null; then
     $SUDO mkdir -p /var/lib/redis /var/log/redis
     $SUDO redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no \

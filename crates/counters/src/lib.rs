@@ -14,6 +14,7 @@ mod clock;
 pub mod edge;
 mod idhash;
 pub mod lease;
+pub mod link;
 mod memory;
 mod redis;
 
@@ -112,7 +113,9 @@ pub enum CountersError {
     #[error("the counters store is unavailable: {0}")]
     Unavailable(String),
     /// A counters URL that is neither `memory` nor a Redis URL; carries the URL.
-    #[error("invalid counters URL {0}; write redis://HOST:PORT[/DB] or memory")]
+    #[error(
+        "invalid counters URL {0}; write memory, redis://[[USER]:PASSWORD@]HOST:PORT[/DB], redis+sentinel://HOST[:PORT][,HOST[:PORT]…]/SERVICE[/DB] or redis+cluster://HOST[:PORT][,HOST[:PORT]…]"
+    )]
     BadUrl(String),
 }
 
@@ -145,8 +148,9 @@ impl Counters {
         if url == "memory" {
             return Ok(Counters::memory());
         }
-        if !(url.starts_with("redis://") || url.starts_with("rediss://") || url.starts_with("redis+unix://")) {
-            return Err(CountersError::BadUrl(format!("`{url}`")));
+        let schemes = ["redis://", "rediss://", "redis+unix://", "redis+sentinel://", "redis+cluster://"];
+        if !schemes.iter().any(|s| url.starts_with(s)) {
+            return Err(CountersError::BadUrl(format!("`{}`", link::redact(url))));
         }
         Ok(Counters::Redis(Box::new(RedisCounters::connect(url, namespace, mode, timeout).await?)))
     }

@@ -24,7 +24,9 @@
 
 use crate::edge::{Algorithm, EdgeCheck, EdgeDecision};
 use crate::{Check, CountersError, Decision, LimitStatus, Period};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManagerConfig;
+
+use crate::link::{Conn, Link, Target};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -271,13 +273,10 @@ const EXPIRY_SLACK: i64 = 60;
 /// Usage counters, edge limits and WebSocket connection leases shared by every node
 /// through one Redis.
 pub struct RedisCounters {
-    conn: ConnectionManager,
-    /// One connection per gateway worker thread ([`crate::thread_slot`]) for the calls
-    /// every request or metered frame makes: its task then runs on the worker's own
-    /// event loop instead of waking another thread per call. Made on first use.
-    per_worker: Box<[std::sync::OnceLock<ConnectionManager>]>,
-    client: redis::Client,
-    config: ConnectionManagerConfig,
+    /// The connections: to one server, a sentinel-named master or a cluster. Calls
+    /// every request or metered frame makes use the worker thread's own
+    /// ([`Link::worker`]), the rest the shared one.
+    link: Arc<Link>,
     authorize: redis::Script,
     add: redis::Script,
     acquire: redis::Script,
@@ -311,9 +310,6 @@ impl std::fmt::Debug for RedisCounters {
     }
 }
 
-/// Worker connections kept at most (workers past this share them).
-const WORKER_CONNECTIONS: usize = 64;
-
 pub(crate) fn window_key(ns: &str, application: &str, metric: &str, period: Period, start: i64) -> String {
     format!("{ns}:{{{application}}}:w:{metric}:{}:{start}", period.as_str())
 }
@@ -327,15 +323,16 @@ fn unavailable(e: redis::RedisError) -> CountersError {
 }
 
 impl RedisCounters {
-    /// Connects to `url` (`redis://[:PASSWORD@]HOST:PORT[/DB]`). A node starts even if
-    /// Redis is down (it then follows `mode`), but a malformed URL is an error.
+    /// Connects to `url`: `redis://[[USER]:PASSWORD@]HOST:PORT[/DB]`, or Sentinel's or
+    /// a cluster's form (see [`crate::link`]). A node starts even if Redis is down (it
+    /// then follows `mode`), but a malformed URL is an error.
     pub async fn connect(
         url: &str,
         namespace: &str,
         mode: FailureMode,
         timeout: Duration,
     ) -> Result<RedisCounters, CountersError> {
-        let client = redis::Client::open(url).map_err(|e| CountersError::BadUrl(format!("`{url}`: {e}")))?;
+        let target = Target::parse(url)?;
         // Fail fast while Redis is away (the failure mode answers meanwhile); every
         // request after a failure starts a new connection attempt.
         let config = ConnectionManagerConfig::new()
@@ -344,12 +341,9 @@ impl RedisCounters {
             .set_number_of_retries(1)
             .set_min_delay(Duration::from_millis(20))
             .set_max_delay(Duration::from_millis(200));
-        let conn = ConnectionManager::new_lazy_with_config(client.clone(), config.clone()).map_err(unavailable)?;
+        let link = Arc::new(Link::connect(&target, config, timeout).await?);
         Ok(RedisCounters {
-            conn,
-            per_worker: (0..WORKER_CONNECTIONS).map(|_| std::sync::OnceLock::new()).collect(),
-            client,
-            config,
+            link,
             authorize: redis::Script::new(AUTHORIZE),
             add: redis::Script::new(ADD),
             acquire: redis::Script::new(ACQUIRE),
@@ -400,7 +394,7 @@ impl RedisCounters {
     pub async fn give_back_idle(&self, idle: Duration) -> u64 {
         let Some(leases) = &self.leases else { return 0 };
         let mut idle = leases.take_idle(idle, Instant::now(), crate::Clock::now(&crate::SystemClock));
-        let mut conn = self.conn.clone();
+        let mut conn = self.link.shared();
         idle.extend(self.settle_doubts(&mut conn).await);
         let mut back = 0;
         for (key, units) in idle {
@@ -465,7 +459,7 @@ impl RedisCounters {
 
     /// Pings Redis every timeout until it answers, then lets calls through again.
     fn probe(&self) {
-        let (breaker, mut conn, timeout) = (self.breaker.clone(), self.conn.clone(), self.timeout);
+        let (breaker, link, timeout) = (self.breaker.clone(), self.link.clone(), self.timeout);
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             breaker.open.store(false, Relaxed);
             return;
@@ -473,7 +467,7 @@ impl RedisCounters {
         runtime.spawn(async move {
             loop {
                 tokio::time::sleep(timeout).await;
-                let ping = redis::cmd("PING");
+                let (ping, mut conn) = (redis::cmd("PING"), link.shared());
                 if let Ok(Ok(())) = tokio::time::timeout(timeout, ping.query_async::<()>(&mut conn)).await {
                     breaker.timeouts_in_a_row.store(0, Relaxed);
                     breaker.open.store(false, Relaxed);
@@ -490,24 +484,20 @@ impl RedisCounters {
         self.mode
     }
 
-    /// The connection for this thread's hot-path calls: its worker's own, else the
-    /// shared one.
-    fn worker_conn(&self) -> ConnectionManager {
-        let slot = crate::thread_slot();
-        if slot == 0 {
-            return self.conn.clone();
-        }
-        self.per_worker[(slot - 1) % self.per_worker.len()]
-            .get_or_init(|| {
-                ConnectionManager::new_lazy_with_config(self.client.clone(), self.config.clone())
-                    .unwrap_or_else(|_| self.conn.clone())
-            })
-            .clone()
+    /// Whether the counters live in a Redis Cluster.
+    pub fn cluster(&self) -> bool {
+        self.link.cluster()
+    }
+
+    /// `host:port` of the Redis server calls go to now: the master the sentinels
+    /// named (empty until they answer), or the one server; empty for a cluster.
+    pub fn server(&self) -> String {
+        self.link.address()
     }
 
     /// Whether Redis answers now.
     pub async fn ping(&self) -> Result<(), CountersError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.link.shared();
         redis::cmd("PING").query_async::<()>(&mut conn).await.map_err(unavailable)
     }
 
@@ -540,7 +530,7 @@ impl RedisCounters {
         if let Err(why) = self.gate() {
             return self.without_redis(application, checks, now, why);
         }
-        let mut conn = self.worker_conn();
+        let mut conn = self.link.worker();
         let result = call.invoke_async::<Vec<i64>>(&mut conn).await;
         self.outcome(&result);
         match result {
@@ -557,7 +547,7 @@ impl RedisCounters {
     /// receipts say so): the requests were answered by the failure mode, so every
     /// unit granted goes back. Receipts not found are looked for again, for
     /// [`DOUBT_SECONDS`].
-    async fn settle_doubts(&self, conn: &mut ConnectionManager) -> Vec<(String, u64)> {
+    async fn settle_doubts(&self, conn: &mut Conn) -> Vec<(String, u64)> {
         let doubts = std::mem::take(&mut *lock(&self.doubts));
         let mut back = Vec::new();
         let mut keep = Vec::new();
@@ -637,7 +627,7 @@ impl RedisCounters {
                 untake();
                 return self.without_redis(application, checks, now, why);
             }
-            let mut conn = self.worker_conn();
+            let mut conn = self.link.worker();
             let result = call.invoke_async::<Vec<i64>>(&mut conn).await;
             self.outcome(&result);
             let reply = match result {
@@ -735,7 +725,7 @@ impl RedisCounters {
             let app = item.0.split('}').next().unwrap_or_default();
             by_app.entry(app).or_default().push(item);
         }
-        let mut conn = self.conn.clone();
+        let mut conn = self.link.shared();
         let mut failed = None;
         for items in by_app.values() {
             let mut call = self.add.prepare_invoke();
@@ -787,7 +777,7 @@ impl RedisCounters {
             .iter()
             .map(|c| window_key(&self.namespace, application, c.metric, c.period, c.period.window(now).0))
             .collect();
-        let mut conn = self.conn.clone();
+        let mut conn = self.link.shared();
         let values: Vec<Option<u64>> =
             redis::cmd("MGET").arg(&keys).query_async(&mut conn).await.map_err(unavailable)?;
         Ok(checks.iter().zip(values).map(|(c, v)| c.status(v.unwrap_or(0), now)).collect())
@@ -802,7 +792,7 @@ impl RedisCounters {
         lease: Duration,
         name: &str,
     ) -> Result<Option<String>, CountersError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.link.shared();
         self.acquire
             .key(connections_key(&self.namespace, application))
             .arg(max.map_or(-1, i64::from))
@@ -815,7 +805,7 @@ impl RedisCounters {
 
     /// Extends the leases of `members` of `application`; returns how many were still held.
     pub async fn renew(&self, application: &str, members: &[&str], lease: Duration) -> Result<usize, CountersError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.link.shared();
         let mut call = self.renew.key(connections_key(&self.namespace, application));
         call.arg(lease.as_millis() as u64);
         for m in members {
@@ -831,7 +821,7 @@ impl RedisCounters {
     ///
     /// [`CountersError::Unavailable`] when Redis does not answer.
     pub async fn release(&self, application: &str, member: &str) -> Result<(), CountersError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.link.shared();
         redis::cmd("ZREM")
             .arg(connections_key(&self.namespace, application))
             .arg(member)
@@ -840,8 +830,28 @@ impl RedisCounters {
             .map_err(unavailable)
     }
 
-    /// Edge limits shared by every node (the `rate_limit` policy), all-or-nothing.
+    /// Edge limits shared by every node (the `rate_limit` policy), all-or-nothing (in a
+    /// cluster, see below).
     pub async fn edge(&self, checks: &[EdgeCheck], now_ms: i64) -> Result<EdgeDecision, CountersError> {
+        if self.link.cluster() && checks.len() > 1 {
+            // In a cluster each limiter's key hashes to its own slot, and one script's
+            // keys must share one: one script per limiter, in order, stopping at the
+            // first refusal. The limiters before it have counted the request (fewer
+            // admitted, never more; a single node decides them all-or-nothing).
+            for (i, c) in checks.iter().enumerate() {
+                if let EdgeDecision::Refused { retry_after_ms, .. } =
+                    self.edge_script(std::slice::from_ref(c), now_ms).await?
+                {
+                    return Ok(EdgeDecision::Refused { index: i, retry_after_ms });
+                }
+            }
+            return Ok(EdgeDecision::Allowed);
+        }
+        self.edge_script(checks, now_ms).await
+    }
+
+    /// [`RedisCounters::edge`] in one script.
+    async fn edge_script(&self, checks: &[EdgeCheck], now_ms: i64) -> Result<EdgeDecision, CountersError> {
         if checks.is_empty() {
             return Ok(EdgeDecision::Allowed);
         }
@@ -856,7 +866,7 @@ impl RedisCounters {
             };
         }
         self.gate().map_err(CountersError::Unavailable)?;
-        let mut conn = self.worker_conn();
+        let mut conn = self.link.worker();
         let result = call.invoke_async::<Vec<i64>>(&mut conn).await;
         self.outcome(&result);
         let reply = result.map_err(unavailable)?;
@@ -871,7 +881,7 @@ impl RedisCounters {
 
     /// The live leases of `application`, oldest connection first.
     pub async fn live(&self, application: &str) -> Result<Vec<String>, CountersError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.link.shared();
         self.live.key(connections_key(&self.namespace, application)).invoke_async(&mut conn).await.map_err(unavailable)
     }
 }

@@ -271,7 +271,13 @@ async fn failure_modes_when_redis_goes_away_and_comes_back() {
 #[tokio::test]
 async fn bad_urls_are_refused_with_the_fix() {
     let e = Counters::open("mysql://x", "t", FailureMode::Strict, Duration::from_secs(1)).await.expect_err("bad");
-    assert!(e.to_string().contains("redis://HOST:PORT"), "{e}");
+    for form in ["memory", "redis://[[USER]:PASSWORD@]HOST:PORT", "redis+sentinel://", "redis+cluster://"] {
+        assert!(e.to_string().contains(form), "{e}");
+    }
+    let e = Counters::open("redis+sentinel://:pw@127.0.0.1:1", "t", FailureMode::Strict, Duration::from_secs(1))
+        .await
+        .expect_err("no service");
+    assert!(e.to_string().contains("/SERVICE") && !e.to_string().contains("pw"), "{e}");
     assert!(matches!(
         Counters::open("memory", "t", FailureMode::Strict, Duration::from_secs(1)).await,
         Ok(Counters::Memory(_))

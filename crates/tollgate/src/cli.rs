@@ -286,8 +286,10 @@ pub struct ListenerArgs {
 /// Where usage counters live, and what happens when they cannot be reached.
 #[derive(Debug, Clone, Args)]
 pub struct SharedStateArgs {
-    /// `memory` (this process only) or `redis://[:PASSWORD@]HOST:PORT[/DB]`, shared by
-    /// every node that uses the same Redis (limits then hold across nodes).
+    /// `memory` (this process only), or Redis shared by every node that uses it (limits
+    /// then hold across nodes): `redis://[[USER]:PASSWORD@]HOST:PORT[/DB]`,
+    /// `redis+sentinel://HOST[:PORT],…/SERVICE[/DB]` (the master the sentinels name) or
+    /// `redis+cluster://HOST[:PORT],…` (a Redis Cluster).
     #[arg(long, env = "TOLLGATE_COUNTERS", default_value = "memory")]
     pub counters: String,
     /// Prefix of every Redis key, so installations can share a Redis; every node of one

@@ -1,0 +1,394 @@
+//! Redis high availability against real servers on loopback: a master, a replica and
+//! three `redis-server --sentinel` processes (Sentinel failover, graceful and by
+//! SIGKILL), and a three-master Redis Cluster made by `redis-cli --cluster create`
+//! (keys hashed to slots, a slot migrated while counting: `ASK`, then `MOVED`).
+//! What is asserted is what an operator relies on: across the move no more than the
+//! limit is admitted, and after it exactly the limit.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tollgate_counters::{
+    Algorithm, Check, CountersError, Decision, EdgeCheck, EdgeDecision, FailureMode, Period, RedisCounters,
+};
+
+fn now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+/// A private directory, removed with its servers.
+struct Dir(PathBuf);
+
+impl Dir {
+    fn new(name: &str) -> Dir {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        let path = std::env::temp_dir().join(format!("tollgate-{name}-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&path).expect("temp dir");
+        Dir(path)
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// `redis-server` processes, killed when dropped.
+#[derive(Default)]
+struct Servers(Vec<(u16, Child)>);
+
+impl Servers {
+    /// Starts `redis-server` on a free loopback port with `args` (a config file
+    /// first, if any) and waits until it accepts connections; returns the port.
+    fn start(&mut self, dir: &Dir, args: &[&str]) -> u16 {
+        let port = free_port();
+        let child = Command::new("redis-server")
+            .args(args)
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .current_dir(&dir.0)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server (apt install redis-server)");
+        self.0.push((port, child));
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(started.elapsed() < Duration::from_secs(10), "redis-server on {port} did not start");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        port
+    }
+
+    fn kill(&mut self, port: u16) {
+        let at = self.0.iter().position(|(p, _)| *p == port).expect("a server of ours");
+        let (_, mut child) = self.0.remove(at);
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+impl Drop for Servers {
+    fn drop(&mut self) {
+        for (_, c) in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// One command to the server on `port`, through `redis-cli` (a peer no one here wrote).
+fn cli(port: u16, args: &[&str]) -> String {
+    let out = Command::new("redis-cli").args(["-h", "127.0.0.1", "-p", &port.to_string()]).args(args).output();
+    let out = out.expect("redis-cli");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Waits (bounded) until `ready` holds, checking every 20 ms.
+fn until(what: &str, limit: Duration, mut ready: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !ready() {
+        assert!(started.elapsed() < limit, "gave up waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn role(port: u16) -> String {
+    cli(port, &["ROLE"]).lines().next().unwrap_or_default().to_string()
+}
+
+fn hits(max: u64) -> [Check<'static>; 1] {
+    [Check { metric: "hits", period: Period::Minute, max, delta: 1 }]
+}
+
+/// Asks until the counters answer (the failure mode — strict here — answers while the
+/// master moves: an error, nothing counted); returns the answer and how many calls
+/// the failure mode answered first.
+async fn first_answer(counters: &RedisCounters, app: &str, max: u64, now: i64) -> (Decision, usize) {
+    let started = Instant::now();
+    let mut refused = 0;
+    loop {
+        match counters.authorize(app, &hits(max), now).await {
+            Ok(d) => return (d, refused),
+            Err(CountersError::Unavailable(_)) => refused += 1,
+            Err(e) => panic!("{e}"),
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "no answer after the failover");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn admitted(d: &Decision) -> u64 {
+    u64::from(matches!(d, Decision::Allowed(_)))
+}
+
+// A master, a replica and three sentinels. The counters follow the master through a
+// graceful failover (`SENTINEL FAILOVER`: the old master turns replica and answers
+// writes with READONLY) and through a SIGKILL of the new master (refused connections
+// until the sentinels agree on a successor): strict mode answers meanwhile, and the
+// limit is exact across both moves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counters_follow_the_master_through_sentinel_failovers() {
+    let dir = Dir::new("sentinel");
+    let mut servers = Servers::default();
+    let first = servers.start(&dir, &[]);
+    let second = servers.start(&dir, &["--replicaof", "127.0.0.1", &first.to_string()]);
+    until("the replica to sync", Duration::from_secs(20), || {
+        cli(second, &["INFO", "replication"]).contains("master_link_status:up")
+    });
+    let mut sentinels = Vec::new();
+    for i in 0..3 {
+        let conf = dir.0.join(format!("sentinel-{i}.conf"));
+        std::fs::write(
+            &conf,
+            format!(
+                "sentinel monitor tg 127.0.0.1 {first} 2\n\
+                 sentinel down-after-milliseconds tg 500\n\
+                 sentinel failover-timeout tg 5000\n"
+            ),
+        )
+        .expect("sentinel config");
+        sentinels.push(servers.start(&dir, &[conf.to_str().expect("utf-8 path"), "--sentinel"]));
+    }
+    until("the sentinels to know the replica and each other", Duration::from_secs(30), || {
+        sentinels.iter().all(|s| {
+            cli(*s, &["SENTINEL", "REPLICAS", "tg"]).contains(&second.to_string())
+                && cli(*s, &["SENTINEL", "SENTINELS", "tg"]).matches("127.0.0.1").count() == 2
+        })
+    });
+
+    let list: Vec<String> = sentinels.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let url = format!("redis+sentinel://{}/tg", list.join(","));
+    let counters = RedisCounters::connect(&url, "ha", FailureMode::Strict, Duration::from_millis(500))
+        .await
+        .expect("a sentinel URL");
+    assert_eq!(counters.server(), format!("127.0.0.1:{first}"), "the sentinels name the first master");
+
+    let (app, now, max) = ("sentinel-app", now(), 12);
+    let mut total = 0;
+    for _ in 0..4 {
+        total += admitted(&counters.authorize(app, &hits(max), now).await.expect("the master answers"));
+    }
+    assert_eq!(total, 4);
+    // What the master admitted is on the replica before it is promoted.
+    assert_eq!(cli(first, &["WAIT", "1", "5000"]), "1");
+
+    // Graceful: the old master becomes a replica (READONLY to writes).
+    assert_eq!(cli(sentinels[0], &["SENTINEL", "FAILOVER", "tg"]), "OK");
+    until("the replica to be promoted", Duration::from_secs(30), || role(second) == "master" && role(first) == "slave");
+    let (d, _) = first_answer(&counters, app, max, now).await;
+    total += admitted(&d);
+    assert_eq!(counters.server(), format!("127.0.0.1:{second}"), "the counters moved to the new master");
+    for _ in 0..4 {
+        total += admitted(&counters.authorize(app, &hits(max), now).await.expect("the new master answers"));
+    }
+    assert_eq!(total, 9);
+    until("the old master to sync as a replica", Duration::from_secs(30), || {
+        cli(first, &["INFO", "replication"]).contains("master_link_status:up")
+    });
+    assert_eq!(cli(second, &["WAIT", "1", "5000"]), "1");
+
+    // Abrupt: the master dies; until the sentinels agree (500 ms down-after + an
+    // election), strict mode refuses; then the counters move back.
+    servers.kill(second);
+    match counters.authorize(app, &hits(max), now).await {
+        Err(CountersError::Unavailable(_)) => {}
+        other => panic!("strict mode answers while no master is up: {other:?}"),
+    }
+    let (d, refused) = first_answer(&counters, app, max, now).await;
+    assert!(refused >= 1 || role(first) == "master", "the failure mode answered during the failover");
+    total += admitted(&d);
+    assert_eq!(counters.server(), format!("127.0.0.1:{first}"));
+    for _ in 0..10 {
+        total += admitted(&counters.authorize(app, &hits(max), now).await.expect("the promoted master answers"));
+    }
+    assert_eq!(total, max, "exactly the limit across two failovers");
+    let status = counters.status(app, &hits(max), now).await.expect("status");
+    assert_eq!(status[0].current, max);
+}
+
+/// Three masters, slots split by `redis-cli --cluster create`.
+struct Cluster {
+    _dir: Dir,
+    _servers: Servers,
+    ports: Vec<u16>,
+}
+
+impl Cluster {
+    fn start() -> Cluster {
+        let dir = Dir::new("cluster");
+        let mut servers = Servers::default();
+        let mut ports = Vec::new();
+        for i in 0..3 {
+            let conf = format!("nodes-{i}.conf");
+            ports.push(servers.start(&dir, &["--cluster-enabled", "yes", "--cluster-config-file", &conf]));
+        }
+        let nodes: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&nodes)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli --cluster create");
+        assert!(out.status.success(), "cluster create: {}", String::from_utf8_lossy(&out.stdout));
+        until("the cluster to be ok on every node", Duration::from_secs(30), || {
+            ports.iter().all(|p| cli(*p, &["CLUSTER", "INFO"]).contains("cluster_state:ok"))
+        });
+        Cluster { _dir: dir, _servers: servers, ports }
+    }
+
+    fn url(&self) -> String {
+        // One seed is enough: the client learns the others from it.
+        format!("redis+cluster://127.0.0.1:{}", self.ports[0])
+    }
+
+    fn node_id(&self, port: u16) -> String {
+        cli(port, &["CLUSTER", "MYID"])
+    }
+
+    /// The port of the master that serves `slot` now.
+    fn owner(&self, slot: u16) -> u16 {
+        *self
+            .ports
+            .iter()
+            .find(|p| {
+                cli(**p, &["CLUSTER", "NODES"])
+                    .lines()
+                    .find(|l| l.contains("myself"))
+                    .is_some_and(|l| l.split_whitespace().skip(8).any(|r| covers(r, slot)))
+            })
+            .expect("an owner")
+    }
+}
+
+/// Whether a `CLUSTER NODES` slot field (`5461-10922` or `42`) covers `slot`.
+fn covers(range: &str, slot: u16) -> bool {
+    match range.split_once('-') {
+        Some((a, b)) => a.parse::<u16>().is_ok_and(|a| a <= slot) && b.parse::<u16>().is_ok_and(|b| slot <= b),
+        None => range.parse::<u16>() == Ok(slot),
+    }
+}
+
+// Four nodes count 40 applications (keys spread over the three masters by their
+// `{application}` hash tag) with one script per request, exactly; with quota leasing
+// too; edge limits with several keys (several slots) in one request work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_counts_exactly_across_slots_and_nodes() {
+    let cluster = Cluster::start();
+    let now = now();
+    let mut nodes = Vec::new();
+    for i in 0..4 {
+        let mut n = RedisCounters::connect(&cluster.url(), "ha", FailureMode::Strict, Duration::from_secs(2))
+            .await
+            .expect("a cluster URL");
+        assert!(n.cluster());
+        if i >= 2 {
+            n.set_lease(5);
+        }
+        nodes.push(Arc::new(n));
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    for a in 0..40 {
+        for r in 0..20 {
+            let node = nodes[(a + r) % nodes.len()].clone();
+            tasks.spawn(async move {
+                let app = format!("cluster-app-{a}");
+                let d = node.authorize(&app, &hits(10), now).await.expect("the cluster answers");
+                (a, admitted(&d))
+            });
+        }
+    }
+    let mut per_app = [0u64; 40];
+    while let Some(r) = tasks.join_next().await {
+        let (a, n) = r.expect("task");
+        per_app[a] += n;
+    }
+    assert!(per_app.iter().all(|n| *n <= 10), "never above the limit: {per_app:?}");
+    for n in &nodes {
+        n.give_back_idle(Duration::ZERO).await;
+    }
+    // Leases given back: the windows count exactly what was admitted.
+    for (a, n) in per_app.iter().enumerate() {
+        let status = nodes[0].status(&format!("cluster-app-{a}"), &hits(10), now).await.expect("status");
+        assert_eq!(status[0].current, *n, "app {a}");
+    }
+    let counted: Vec<u64> = cluster.ports.iter().map(|p| cli(*p, &["DBSIZE"]).parse().expect("a number")).collect();
+    assert!(counted.iter().filter(|n| **n > 0).count() >= 2, "keys on several masters: {counted:?}");
+
+    // Exactly the limit, for those without leases outstanding: ask again until refused.
+    for (a, n) in per_app.iter_mut().enumerate() {
+        while *n < 10 {
+            let d = nodes[0].authorize(&format!("cluster-app-{a}"), &hits(10), now).await.expect("answers");
+            assert!(matches!(d, Decision::Allowed(_)), "app {a} refused at {n} of 10");
+            *n += 1;
+        }
+        let d = nodes[1].authorize(&format!("cluster-app-{a}"), &hits(10), now).await.expect("answers");
+        assert!(matches!(d, Decision::Exceeded(_)), "app {a} admitted past its limit");
+    }
+
+    // Two limiters, two keys, two slots: one script each.
+    let edge = |key: &str, count| EdgeCheck {
+        key: key.to_string(),
+        algorithm: Algorithm::FixedWindow { count, window_ms: 60_000 },
+    };
+    let checks = [edge("client-a", 3), edge("route-b", 2)];
+    let t = now * 1000;
+    assert_eq!(nodes[0].edge(&checks, t).await.expect("edge"), EdgeDecision::Allowed);
+    assert_eq!(nodes[1].edge(&checks, t).await.expect("edge"), EdgeDecision::Allowed);
+    match nodes[2].edge(&checks, t).await.expect("edge") {
+        EdgeDecision::Refused { index: 1, .. } => {}
+        other => panic!("the second limiter refuses the third request: {other:?}"),
+    }
+}
+
+// A slot moves between masters while an application is counted in it: during the
+// migration the old owner answers ASK (its keys are gone), after it MOVED; the client
+// follows both and the count stays exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_migration_loses_no_count() {
+    let cluster = Cluster::start();
+    let now = now();
+    let counters = RedisCounters::connect(&cluster.url(), "ha", FailureMode::Strict, Duration::from_secs(2))
+        .await
+        .expect("a cluster URL");
+    let app = "migrating-app";
+    let slot: u16 = cli(cluster.ports[0], &["CLUSTER", "KEYSLOT", &format!("{{{app}}}")]).parse().expect("a slot");
+    let from = cluster.owner(slot);
+    let to = *cluster.ports.iter().find(|p| **p != from).expect("another master");
+    let max = 9;
+    let mut total = 0;
+    for _ in 0..3 {
+        total += admitted(&counters.authorize(app, &hits(max), now).await.expect("answers"));
+    }
+
+    let (from_id, to_id, s) = (cluster.node_id(from), cluster.node_id(to), slot.to_string());
+    assert_eq!(cli(to, &["CLUSTER", "SETSLOT", &s, "IMPORTING", &from_id]), "OK");
+    assert_eq!(cli(from, &["CLUSTER", "SETSLOT", &s, "MIGRATING", &to_id]), "OK");
+    let keys = cli(from, &["CLUSTER", "GETKEYSINSLOT", &s, "100"]);
+    let keys: Vec<&str> = keys.lines().collect();
+    assert!(!keys.is_empty(), "the application's window is in its slot");
+    let mut migrate = vec!["MIGRATE", "127.0.0.1"];
+    let to_port = to.to_string();
+    migrate.extend([to_port.as_str(), "", "0", "5000", "KEYS"]);
+    migrate.extend(keys.iter().copied());
+    assert_eq!(cli(from, &migrate), "OK");
+    // Keys moved, slot still migrating: the old owner answers ASK.
+    for _ in 0..3 {
+        total += admitted(&counters.authorize(app, &hits(max), now).await.expect("answers through ASK"));
+    }
+    for p in &cluster.ports {
+        assert_eq!(cli(*p, &["CLUSTER", "SETSLOT", &s, "NODE", &to_id]), "OK");
+    }
+    assert_eq!(cluster.owner(slot), to);
+    // Slot moved: MOVED, then the new owner.
+    for _ in 0..6 {
+        total += admitted(&counters.authorize(app, &hits(max), now).await.expect("answers through MOVED"));
+    }
+    assert_eq!(total, max, "exactly the limit across the migration");
+    assert_eq!(cli(to, &["GET", keys[0]]), max.to_string());
+}
