@@ -12,6 +12,7 @@ mod grpc;
 mod http;
 mod peers;
 mod report;
+mod scale;
 mod ws;
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -23,7 +24,7 @@ use report::{Row, Table, median};
 use ws::Target;
 
 const USAGE: &str = "usage: tollgate-bench all [--smoke] [--rounds N] [--seconds S] [--only LIST] [--out DIR]
-         LIST: comma-separated of http, cpu, fleet, grpc, redis, tls, pingpong, handshakes, stream, memory
+         LIST: comma-separated of http, cpu, fleet, grpc, redis, tls, pingpong, handshakes, stream, memory, scale
        tollgate-bench echo          (an echo WebSocket server; prints its port)
        tollgate-bench grpc          (a gRPC echo server over h2c, tonic; prints its port)
        tollgate-bench copy PORT     (a raw TCP byte copy to 127.0.0.1:PORT; prints its port)";
@@ -44,6 +45,8 @@ struct Settings {
     handshake_max: usize,
     stream_messages: usize,
     idle: Vec<usize>,
+    /// `scale`: configuration sizes, in products (ten applications each).
+    scale: Vec<usize>,
     only: Vec<String>,
     out: Option<PathBuf>,
 }
@@ -61,6 +64,7 @@ impl Settings {
             handshake_max: 60_000,
             stream_messages: 50_000,
             idle: vec![1_000, 9_000],
+            scale: vec![10, 100, 1_000, 10_000],
             only: Vec::new(),
             out: None,
         }
@@ -78,6 +82,7 @@ impl Settings {
             handshake_max: 50,
             stream_messages: 200,
             idle: vec![20],
+            scale: vec![10, 100],
             ..Settings::full()
         }
     }
@@ -119,8 +124,8 @@ fn parse(args: &[String]) -> Result<Settings> {
             _ => bail!("unknown flag {flag}\n{USAGE}"),
         }
     }
-    const PHASES: [&str; 10] =
-        ["http", "cpu", "fleet", "grpc", "redis", "tls", "pingpong", "handshakes", "stream", "memory"];
+    const PHASES: [&str; 11] =
+        ["http", "cpu", "fleet", "grpc", "redis", "tls", "pingpong", "handshakes", "stream", "memory", "scale"];
     if let Some(p) = s.only.iter().find(|p| !PHASES.contains(&p.as_str())) {
         bail!("--only: unknown measure `{p}`; choose from {}", PHASES.join(", "));
     }
@@ -231,7 +236,7 @@ async fn all(s: Settings) -> Result<()> {
 async fn all_in(dir: &Path, s: &Settings) -> Result<()> {
     let (cert, key, both) = peers::certificate(dir)?;
     let files = Files { dir: dir.to_path_buf(), cert, key, both };
-    let mut tables = Vec::new();
+    let mut tables = Report::default();
     let field = start(&files, s).await?;
     for phase in ["http", "cpu", "fleet", "grpc", "redis", "tls", "pingpong", "handshakes", "stream"] {
         if !s.wants(phase) {
@@ -250,6 +255,16 @@ async fn all_in(dir: &Path, s: &Settings) -> Result<()> {
         };
         publish(s, &mut tables, new)?;
     }
+    if s.wants("scale") {
+        let points = scale::measure(dir, field.backends.http, &s.scale, s.turn, s.http_connections).await?;
+        println!("{}", scale::markdown(&points));
+        if let Some(out) = &s.out {
+            std::fs::create_dir_all(out)?;
+            scale::plot(&points, &out.join("scale.svg"))?;
+        }
+        tables.scale = points;
+        publish(s, &mut tables, Vec::new())?;
+    }
     drop(field);
     if s.wants("memory") {
         for &n in &s.idle {
@@ -262,22 +277,30 @@ async fn all_in(dir: &Path, s: &Settings) -> Result<()> {
 
 /// Prints tables as they are measured and rewrites the results files with everything
 /// so far, so an interrupted run still leaves its numbers.
-fn publish(s: &Settings, tables: &mut Vec<Table>, new: Vec<Table>) -> Result<()> {
+fn publish(s: &Settings, report: &mut Report, new: Vec<Table>) -> Result<()> {
     for t in &new {
         println!("{}", t.markdown());
     }
-    tables.extend(new);
+    report.tables.extend(new);
     if let Some(out) = &s.out {
         std::fs::create_dir_all(out)?;
-        std::fs::write(out.join("latest.md"), render(s, tables))?;
-        let json = serde_json::json!({
-            "machine": machine(),
-            "settings": format!("{s:?}"),
-            "tables": tables.iter().map(|t| (t.key.to_string(), t.json())).collect::<serde_json::Map<_, _>>(),
-        });
+        std::fs::write(out.join("latest.md"), render(s, report))?;
+        let mut tables: serde_json::Map<_, _> = report.tables.iter().map(|t| (t.key.to_string(), t.json())).collect();
+        if !report.scale.is_empty() {
+            tables.insert("scale".into(), scale::json(&report.scale));
+        }
+        let json = serde_json::json!({ "machine": machine(), "settings": format!("{s:?}"), "tables": tables });
         std::fs::write(out.join("latest.json"), serde_json::to_string_pretty(&json)? + "\n")?;
     }
     Ok(())
+}
+
+/// Everything measured so far.
+#[derive(Default)]
+struct Report {
+    tables: Vec<Table>,
+    /// The `scale` measure's points (plotted to `scale.svg` beside the results).
+    scale: Vec<scale::Point>,
 }
 
 const KEY: &str = "user_key=bench-key";
@@ -772,7 +795,7 @@ fn machine() -> serde_json::Value {
     })
 }
 
-fn render(s: &Settings, tables: &[Table]) -> String {
+fn render(s: &Settings, report: &Report) -> String {
     let m = machine();
     let field = |k: &str| m[k].as_str().map(str::to_string).unwrap_or_else(|| m[k].to_string());
     let mut out = format!(
@@ -791,9 +814,13 @@ fn render(s: &Settings, tables: &[Table]) -> String {
         field("tollgate"),
         s.rounds,
     );
-    for t in tables {
+    for t in &report.tables {
         out.push_str(&t.markdown());
         out.push('\n');
+    }
+    if !report.scale.is_empty() {
+        out.push_str(&scale::markdown(&report.scale));
+        out.push_str("\nPlotted in `scale.svg` beside this file.\n");
     }
     out
 }
