@@ -18,9 +18,8 @@
 //! The scheme names follow the `redis+…` convention of other multi-host URLs
 //! (`postgres`'s host lists, Celery's `sentinel://`): one `--counters` value says all.
 
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
@@ -76,11 +75,16 @@ impl Target {
         } else {
             return Ok(Target::Server(url.to_string()));
         };
-        let (hosts, path) = rest.split_once('/').unwrap_or((rest, ""));
-        let (userinfo, hosts) = match hosts.rsplit_once('@') {
-            Some((u, h)) => (Some(u), h),
-            None => (None, hosts),
+        // The credentials end at the last `@` (a password may hold one); hosts then
+        // end at the first `/`.
+        let (userinfo, rest) = match rest.rsplit_once('@') {
+            Some((u, r)) => (Some(u), r),
+            None => (None, rest),
         };
+        if userinfo.is_some_and(|u| u.contains(['/', '?', '#'])) {
+            return Err(bad("percent-encode `/`, `?` and `#` in the user name and password (%2F, %3F, %23)"));
+        }
+        let (hosts, path) = rest.split_once('/').unwrap_or((rest, ""));
         let auth = userinfo.map_or(String::new(), |u| format!("{u}@"));
         let default_port = if sentinel { SENTINEL_PORT } else { 6379 };
         let mut addresses = Vec::new();
@@ -138,15 +142,15 @@ fn host_port(s: &str, default_port: u16) -> Result<String, String> {
     Ok(format!("{host}:{port}"))
 }
 
-/// `url` with its password replaced by `***` (for messages and logs).
+/// `url` with its password replaced by `***` (for messages and logs): whatever lies
+/// between `://` and the last `@` is credentials, so a password holding `/` or `@` is
+/// hidden too.
 pub fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else { return url.to_string() };
-    let (authority, path) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
-    match authority.rsplit_once('@') {
-        Some((userinfo, hosts)) => {
+    match rest.rsplit_once('@') {
+        Some((userinfo, after)) => {
             let user = userinfo.split_once(':').map_or("", |(u, _)| u);
-            let slash = if rest.contains('/') { "/" } else { "" };
-            format!("{scheme}://{user}:***@{hosts}{slash}{path}")
+            format!("{scheme}://{user}:***@{after}")
         }
         None => url.to_string(),
     }
@@ -257,56 +261,145 @@ struct Nodes {
 pub struct Shared {
     nodes: ArcSwap<Nodes>,
     config: ConnectionManagerConfig,
-    sentinel: Option<tokio::sync::Mutex<redis::sentinel::SentinelClient>>,
-    asking: AtomicBool,
-    asked_at: Mutex<Option<Instant>>,
-    /// Sentinel only: how long asking the sentinels may take.
+    sentinels: Option<Sentinels>,
+    /// Wakes the sentinel watcher at once (a failed call, a `+switch-master` event).
+    wake: Arc<tokio::sync::Notify>,
+    /// How long one sentinel (and the master it names) may take to answer.
     timeout: Duration,
+    /// The last warning about the sentinels, so that it is logged once, not per poll.
+    warned: Mutex<String>,
+    /// The configuration epoch of the master written to (Sentinel).
+    epoch: std::sync::atomic::AtomicU64,
+    /// A failover is promoting a replica: the master of this epoch is deposed (no
+    /// writes) until the sentinels name one of a newer epoch, or until the instant.
+    deposed: Mutex<Option<(u64, std::time::Instant)>>,
 }
 
-impl Shared {
-    /// Asks the sentinels for the master in the background (one question at a time,
-    /// at most every [`REDISCOVER_EVERY`]); moves the connections when it changed.
-    fn rediscover(self: Arc<Self>) {
-        if self.sentinel.is_none() || self.asking.swap(true, Relaxed) {
-            return;
-        }
-        {
-            let mut at = self.asked_at.lock().unwrap_or_else(|p| p.into_inner());
-            if at.is_some_and(|t| t.elapsed() < REDISCOVER_EVERY) {
-                self.asking.store(false, Relaxed);
-                return;
-            }
-            *at = Some(Instant::now());
-        }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            self.asking.store(false, Relaxed);
-            return;
+/// Longest a deposed master is not written to while its successor is awaited (a
+/// failover that neither completes nor says it aborted).
+pub const DEPOSED_AT_MOST: Duration = Duration::from_secs(10);
+
+/// The sentinels of one service, asked all at once.
+struct Sentinels {
+    service: String,
+    /// One client per sentinel, with its `host:port` for messages.
+    clients: Vec<(String, redis::Client)>,
+    /// The master's credentials and database (its address is the sentinels' to say).
+    node: redis::ConnectionInfo,
+}
+
+/// The master one sentinel names, and the configuration epoch it has it from.
+#[derive(Debug, PartialEq, Eq)]
+struct Named {
+    address: (String, u16),
+    epoch: u64,
+}
+
+/// Reads a `SENTINEL MASTER` reply (field, value, field, value, …).
+fn named(fields: &[String]) -> Result<Named, String> {
+    let field = |name: &str| {
+        fields.chunks_exact(2).find(|kv| kv[0] == name).map(|kv| kv[1].as_str()).ok_or(format!("no `{name}` field"))
+    };
+    let port = field("port")?.parse::<u16>().map_err(|_| "a bad `port` field".to_string())?;
+    let epoch = field("config-epoch")?.parse::<u64>().map_err(|_| "a bad `config-epoch` field".to_string())?;
+    Ok(Named { address: (field("ip")?.to_string(), port), epoch })
+}
+
+impl Sentinels {
+    /// What one sentinel says, within `timeout`.
+    async fn ask(&self, client: &redis::Client, timeout: Duration) -> Result<Named, String> {
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout));
+        let asked = async {
+            let mut conn =
+                client.get_multiplexed_async_connection_with_config(&config).await.map_err(|e| e.to_string())?;
+            let fields: Vec<String> = redis::cmd("SENTINEL")
+                .arg("MASTER")
+                .arg(&self.service)
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| e.to_string())?;
+            named(&fields)
         };
-        runtime.spawn(async move {
-            self.ask_sentinels().await;
-            self.asking.store(false, Relaxed);
-        });
+        tokio::time::timeout(timeout * 2, asked).await.map_err(|_| "did not answer in time".to_string())?
+    }
+
+    /// The master of the service: every sentinel is asked at once, each within
+    /// `timeout` (one that hangs delays nobody), and the answer of the highest
+    /// configuration epoch wins — after a failover the sentinel that led it has the
+    /// new master under a new epoch while others may still name the old one. The
+    /// reasons, per sentinel, when none answers.
+    async fn master(&self, timeout: Duration) -> Result<Named, String> {
+        let asked = self.clients.iter().map(|(name, client)| async move { (name, self.ask(client, timeout).await) });
+        let mut best: Option<Named> = None;
+        let mut why = Vec::new();
+        for (name, answer) in futures_util::future::join_all(asked).await {
+            match answer {
+                Ok(n) if best.as_ref().is_none_or(|b| n.epoch > b.epoch) => best = Some(n),
+                Ok(_) => {}
+                Err(e) => why.push(format!("{name}: {e}")),
+            }
+        }
+        best.ok_or_else(|| why.join("; "))
+    }
+}
+
+/// Sentinels are asked for the master this often even when nothing happens.
+pub const SENTINEL_POLL: Duration = Duration::from_secs(1);
+
+impl Shared {
+    /// Asks the sentinels again soon (at most every [`REDISCOVER_EVERY`]).
+    fn rediscover(self: Arc<Self>) {
+        self.wake.notify_one();
+    }
+
+    /// Logs `message` as a warning unless it was the last one; an empty message clears.
+    fn warn_once(&self, message: String) {
+        let mut last = self.warned.lock().unwrap_or_else(|p| p.into_inner());
+        if *last != message {
+            if !message.is_empty() {
+                tracing::warn!(code = "counters_no_master", "{message}");
+            }
+            *last = message;
+        }
     }
 
     /// Asks the sentinels which server is the master now and moves to it.
     async fn ask_sentinels(self: &Arc<Self>) {
-        let Some(sentinel) = &self.sentinel else { return };
-        let answer = tokio::time::timeout(self.timeout, async { sentinel.lock().await.async_get_client().await }).await;
-        let client = match answer {
-            Ok(Ok(client)) => client,
-            Ok(Err(e)) => {
-                tracing::debug!(error = %e, "the sentinels named no usable master");
-                return;
-            }
-            Err(_) => {
-                tracing::debug!("the sentinels did not answer in time");
-                return;
+        let Some(sentinels) = &self.sentinels else { return };
+        let service = &sentinels.service;
+        let Named { address: (host, port), epoch } = match sentinels.master(self.timeout).await {
+            Ok(named) => named,
+            Err(why) => {
+                return self.warn_once(format!(
+                    "no sentinel named the master of `{service}` ({why}); the failure mode answers until one does"
+                ));
             }
         };
-        let address = client.get_connection_info().addr().to_string();
+        {
+            let mut deposed = self.deposed.lock().unwrap_or_else(|p| p.into_inner());
+            match *deposed {
+                // Still the deposed master's epoch: its successor is not named yet.
+                Some((old, until)) if epoch <= old && std::time::Instant::now() < until => return,
+                Some(_) => *deposed = None,
+                None => {}
+            }
+        }
+        let address = format!("{host}:{port}");
         if address == self.nodes.load().address {
-            return;
+            self.epoch.store(epoch, std::sync::atomic::Ordering::Relaxed);
+            return self.warn_once(String::new());
+        }
+        let info = sentinels.node.clone().set_addr(redis::ConnectionAddr::Tcp(host, port));
+        let client = match redis::Client::open(info) {
+            Ok(c) => c,
+            Err(e) => return self.warn_once(format!("the master the sentinels name, {address}, cannot be used: {e}")),
+        };
+        // A sentinel may name a server that is not (or not yet) a master: only one that
+        // says so is written to.
+        if let Err(e) = master_role(&client, self.timeout).await {
+            return self.warn_once(format!("the sentinels name {address} as the master of `{service}`, but {e}"));
         }
         match ConnectionManager::new_lazy_with_config(client.clone(), self.config.clone()) {
             Ok(conn) => {
@@ -319,10 +412,140 @@ impl Shared {
                 );
                 let watch = Some(Arc::downgrade(self));
                 self.nodes.store(Arc::new(Nodes::server(address, client, Conn::Server(conn, watch))));
+                self.epoch.store(epoch, std::sync::atomic::Ordering::Relaxed);
+                self.warn_once(String::new());
             }
-            Err(e) => tracing::debug!(error = %e, "cannot connect to the master the sentinels named"),
+            Err(e) => self.warn_once(format!("cannot connect to the master the sentinels name, {address}: {e}")),
         }
     }
+
+    /// A sentinel is promoting a replica of the master written to: stop writing to it
+    /// now — what it takes from here on, its resynchronisation as a replica would drop
+    /// — and let the failure mode answer until the sentinels name the new master.
+    fn depose(self: &Arc<Self>) {
+        let epoch = self.epoch.load(std::sync::atomic::Ordering::Relaxed);
+        *self.deposed.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((epoch, std::time::Instant::now() + DEPOSED_AT_MOST));
+        let was = self.nodes.load().address.clone();
+        tracing::warn!(
+            code = "counters_master_deposed",
+            master = %was,
+            "a sentinel is promoting a replica: counters are not written until the new master is named"
+        );
+        self.nodes.store(Arc::new(Nodes::without_workers(Conn::Unknown(Arc::downgrade(self)))));
+    }
+
+    /// A failover that deposed the master gave up: the sentinels' answer counts again.
+    fn undepose(&self) {
+        *self.deposed.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        self.wake.notify_one();
+    }
+
+    /// Watches the sentinels for as long as the link lives: asks them every
+    /// [`SENTINEL_POLL`], at once when woken (a failed call), and listens on each for
+    /// `+switch-master`, which a sentinel publishes the moment a failover promotes a
+    /// new master — so the node moves before the old master, still writable until the
+    /// sentinels demote it (up to ten seconds later), takes more counts that its
+    /// resynchronisation would then drop.
+    fn watch(self: &Arc<Self>) {
+        let Some(sentinels) = &self.sentinels else { return };
+        let weak = Arc::downgrade(self);
+        let wake = self.wake.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = tokio::time::sleep(SENTINEL_POLL) => {}
+                    () = wake.notified() => {}
+                }
+                let Some(shared) = weak.upgrade() else { return };
+                shared.ask_sentinels().await;
+                drop(shared);
+                tokio::time::sleep(REDISCOVER_EVERY).await;
+            }
+        });
+        for (_, client) in &sentinels.clients {
+            let (weak, client, timeout) = (Arc::downgrade(self), client.clone(), self.timeout);
+            let service = sentinels.service.clone();
+            tokio::spawn(async move {
+                while weak.strong_count() > 0 {
+                    if let Ok(Ok(mut pubsub)) = tokio::time::timeout(timeout, client.get_async_pubsub()).await
+                        && pubsub.subscribe(&[SWITCH, PROMOTING, ABORTED][..]).await.is_ok()
+                    {
+                        let mut messages = pubsub.on_message();
+                        loop {
+                            tokio::select! {
+                                message = futures_util::StreamExt::next(&mut messages) => match message {
+                                    Some(m) => {
+                                        let Some(shared) = weak.upgrade() else { return };
+                                        let payload = m.get_payload::<String>().unwrap_or_default();
+                                        match sentinel_event(m.get_channel_name(), &payload, &service) {
+                                            Some(Event::Promoting) => shared.depose(),
+                                            Some(Event::Switched) => shared.wake.notify_one(),
+                                            Some(Event::Aborted) => shared.undepose(),
+                                            None => {}
+                                        }
+                                    }
+                                    None => break,
+                                },
+                                () = tokio::time::sleep(SENTINEL_POLL) => if weak.strong_count() == 0 { return },
+                            }
+                        }
+                    }
+                    tokio::time::sleep(SENTINEL_POLL).await;
+                }
+            });
+        }
+    }
+}
+
+/// A sentinel's message (Redis Sentinel's "Pub/Sub messages"): a failover sent
+/// `REPLICAOF NO ONE` to the replica it promotes (payload `slave NAME IP PORT @ SERVICE
+/// IP PORT`), the master switched (`SERVICE OLD-IP OLD-PORT NEW-IP NEW-PORT`), or the
+/// promotion timed out (`master SERVICE IP PORT`).
+const PROMOTING: &str = "+failover-state-send-slaveof-noone";
+const SWITCH: &str = "+switch-master";
+const ABORTED: &str = "-failover-abort-slave-timeout";
+
+#[derive(Debug, PartialEq, Eq)]
+enum Event {
+    Promoting,
+    Switched,
+    Aborted,
+}
+
+/// What a sentinel's message on `channel` says about `service`, if anything.
+fn sentinel_event(channel: &str, payload: &str, service: &str) -> Option<Event> {
+    let of_service = match channel {
+        SWITCH => payload.split(' ').next() == Some(service),
+        // `%@` instance details: `master NAME IP PORT`, or `TYPE NAME IP PORT @ MASTER IP PORT`.
+        _ => match payload.split_once(" @ ") {
+            Some((_, master)) => master.split(' ').next() == Some(service),
+            None => payload.strip_prefix("master ").and_then(|p| p.split(' ').next()) == Some(service),
+        },
+    };
+    match channel {
+        _ if !of_service => None,
+        PROMOTING => Some(Event::Promoting),
+        SWITCH => Some(Event::Switched),
+        ABORTED => Some(Event::Aborted),
+        _ => None,
+    }
+}
+
+/// `Ok` when the server behind `client` answers `ROLE` as a master, within `timeout`.
+async fn master_role(client: &redis::Client, timeout: Duration) -> Result<(), String> {
+    let config =
+        redis::AsyncConnectionConfig::new().set_connection_timeout(Some(timeout)).set_response_timeout(Some(timeout));
+    let asked = async {
+        let mut conn = client.get_multiplexed_async_connection_with_config(&config).await.map_err(|e| e.to_string())?;
+        let role: Vec<redis::Value> = redis::cmd("ROLE").query_async(&mut conn).await.map_err(|e| e.to_string())?;
+        match role.first() {
+            Some(redis::Value::BulkString(r)) if r == b"master" => Ok(()),
+            Some(redis::Value::BulkString(r)) => Err(format!("it says it is a {}", String::from_utf8_lossy(r))),
+            _ => Err("its ROLE reply cannot be read".to_string()),
+        }
+    };
+    tokio::time::timeout(timeout * 2, asked).await.map_err(|_| "it did not answer ROLE in time".to_string())?
 }
 
 impl Nodes {
@@ -382,31 +605,31 @@ impl Link {
             }
             Target::Sentinel { sentinels, service, node } => {
                 let info = node.as_str().into_connection_info().map_err(|e| bad(node, e))?;
-                let node_info = redis::sentinel::SentinelNodeConnectionInfo::default()
-                    .set_redis_connection_info(info.redis_settings().clone());
-                let client = redis::sentinel::SentinelClient::build(
-                    sentinels.iter().map(String::as_str).collect(),
-                    service.clone(),
-                    Some(node_info),
-                    redis::sentinel::SentinelServerType::Master,
-                )
-                .map_err(|e| bad(sentinels.first().map_or("", String::as_str), e))?;
-                (Nodes::without_workers(Conn::Unknown(Weak::new())), Some(tokio::sync::Mutex::new(client)))
+                let mut clients = Vec::new();
+                for url in sentinels {
+                    let client = redis::Client::open(url.as_str()).map_err(|e| bad(url, e))?;
+                    clients.push((url.trim_start_matches("redis://").to_string(), client));
+                }
+                let sentinels = Sentinels { service: service.clone(), clients, node: info };
+                (Nodes::without_workers(Conn::Unknown(Weak::new())), Some(sentinels))
             }
         };
         let is_sentinel = sentinel.is_some();
         let shared = Arc::new(Shared {
             nodes: ArcSwap::from_pointee(nodes),
             config,
-            sentinel,
-            asking: AtomicBool::new(false),
-            asked_at: Mutex::new(None),
+            sentinels: sentinel,
+            wake: Arc::default(),
             timeout,
+            warned: Mutex::default(),
+            epoch: std::sync::atomic::AtomicU64::new(0),
+            deposed: Mutex::new(None),
         });
         if is_sentinel {
             shared.nodes.store(Arc::new(Nodes::without_workers(Conn::Unknown(Arc::downgrade(&shared)))));
-            // The master, if the sentinels answer now; otherwise at the first call.
+            // The master, if the sentinels answer now; otherwise at the next poll.
             shared.ask_sentinels().await;
+            shared.watch();
         }
         Ok(Link { shared })
     }
@@ -483,6 +706,29 @@ mod tests {
     }
 
     #[test]
+    fn sentinel_messages_about_the_service_and_others() {
+        let promoting = "slave 127.0.0.1:6380 127.0.0.1 6380 @ tg 127.0.0.1 6379";
+        assert_eq!(sentinel_event(PROMOTING, promoting, "tg"), Some(Event::Promoting));
+        assert_eq!(sentinel_event(PROMOTING, promoting, "t"), None);
+        assert_eq!(sentinel_event(SWITCH, "tg 127.0.0.1 6379 127.0.0.1 6380", "tg"), Some(Event::Switched));
+        assert_eq!(sentinel_event(SWITCH, "tgx 127.0.0.1 6379 127.0.0.1 6380", "tg"), None);
+        assert_eq!(sentinel_event(ABORTED, "master tg 127.0.0.1 6379", "tg"), Some(Event::Aborted));
+        assert_eq!(sentinel_event(ABORTED, "master tgx 127.0.0.1 6379", "tg"), None);
+        assert_eq!(sentinel_event("+sdown", promoting, "tg"), None);
+    }
+
+    #[test]
+    fn sentinel_answers_name_a_master_and_its_epoch() {
+        let reply: Vec<String> =
+            ["name", "tg", "ip", "127.0.0.1", "port", "6380", "flags", "master", "config-epoch", "3"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+        assert_eq!(named(&reply), Ok(Named { address: ("127.0.0.1".into(), 6380), epoch: 3 }));
+        assert!(named(&reply[..6]).is_err_and(|e| e.contains("config-epoch")));
+    }
+
+    #[test]
     fn bad_urls_say_what_to_fix_and_hide_the_password() {
         for (url, says) in [
             ("redis+sentinel://h1,h2", "SERVICE"),
@@ -502,5 +748,10 @@ mod tests {
         assert_eq!(redact("redis://user:pw@h:1/2"), "redis://user:***@h:1/2");
         assert_eq!(redact("redis+cluster://:pw@a,b"), "redis+cluster://:***@a,b");
         assert_eq!(redact("redis://h:1"), "redis://h:1");
+        assert_eq!(redact("redis://:SECRET/x@h:1/0"), "redis://:***@h:1/0");
+        let e = Target::parse("redis+sentinel://:pa/ss@127.0.0.1:27001/svc").expect_err("raw /").to_string();
+        assert!(e.contains("percent-encode") && !e.contains("pa/ss"), "{e}");
+        let raw_at = Target::parse("redis+cluster://:p@ss@h1").expect("a raw @ in a password");
+        assert_eq!(raw_at, Target::Cluster { nodes: vec!["redis://:p@ss@h1:6379".into()] });
     }
 }

@@ -496,9 +496,22 @@ impl RedisCounters {
     }
 
     /// Whether Redis answers now.
+    ///
+    /// For a cluster, whether it serves every slot: a PING would reach a live node while
+    /// a master without a replica is down and the requests of its slots fail, so the
+    /// cluster's own state is asked (`CLUSTER INFO`, `cluster_state:ok`).
     pub async fn ping(&self) -> Result<(), CountersError> {
         let mut conn = self.link.shared();
-        redis::cmd("PING").query_async::<()>(&mut conn).await.map_err(unavailable)
+        if !self.link.cluster() {
+            return redis::cmd("PING").query_async::<()>(&mut conn).await.map_err(unavailable);
+        }
+        let info: String = redis::cmd("CLUSTER").arg("INFO").query_async(&mut conn).await.map_err(unavailable)?;
+        match info.lines().any(|l| l.trim() == "cluster_state:ok") {
+            true => Ok(()),
+            false => Err(CountersError::Unavailable(
+                "the Redis Cluster's state is not ok: some slots have no master".to_string(),
+            )),
+        }
     }
 
     /// Checks every limit at `now` (Unix seconds) and, if all pass, applies every
