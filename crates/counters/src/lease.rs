@@ -16,6 +16,13 @@
 //! - a node that dies without stopping loses its outstanding leases: at most
 //!   `--counters-lease` units per window it was admitting on.
 //!
+//! A lease is refilled before it runs out: when a request leaves a quarter of the last
+//! grant, the node asks Redis for another lease in the background (one per window at a
+//! time) while requests go on admitting from what is left, so under steady traffic no
+//! request waits on Redis. A refill takes what any grant takes (at most
+//! `--counters-lease` units and 1/[`SHARE`] of what the window has left) and adds it to
+//! the lease.
+//!
 //! A lease is bound to the limit's value: when a plan change alters it, the next
 //! request gives the lease back and takes one against the new value, so a lowered
 //! limit holds from the next request on.
@@ -38,6 +45,14 @@ pub const SHARE: u64 = 16;
 /// A lease not used for this long is given back.
 pub const IDLE: Duration = Duration::from_secs(1);
 
+/// A lease is refilled once what is left of it is at most 1/REFILL_AT of its last
+/// grant.
+pub const REFILL_AT: u64 = 4;
+
+/// Grants smaller than this are not refilled ahead (the end of a window, where grants
+/// shrink to what a request needs).
+const REFILL_MIN: u64 = 4;
+
 const SHARDS: usize = 16;
 
 /// One window's units leased to this node.
@@ -51,9 +66,23 @@ pub(crate) struct Held {
     pub seen: u64,
     /// Last time a request admitted on it, or it was granted.
     pub used_at: Instant,
-    /// A request is asking Redis for a new lease of this window: others that find it
-    /// short ask only for what they need, so a burst of them does not take a lease each.
+    /// A request is asking Redis for a new lease of this window, or a refill is under
+    /// way: others that find it short ask only for what they need, so a burst of them
+    /// does not take a lease each.
     pub asking: bool,
+    /// Units of the last grant beyond what its request needed: refills start when
+    /// [`Held::units`] falls to a [`REFILL_AT`]th of it.
+    pub granted: u64,
+}
+
+/// Units taken from a lease.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Taken {
+    /// The lease after the take.
+    pub held: Held,
+    /// The caller should refill the lease in the background (and then call
+    /// [`Leases::asked`]): it is running low and no other request is asking.
+    pub refill: bool,
 }
 
 /// What one window of a request needs from Redis.
@@ -152,14 +181,16 @@ impl Leases {
     /// Takes `delta` units under `max` from the lease of `w` if it has them; else
     /// empties it and returns what to ask Redis for (`index` 0: the caller sets it).
     /// An [`Ask`] with `lease` must be followed by [`Leases::asked`].
-    pub fn take(&self, w: &Window<'_>, max: u64, delta: u64, now: Instant) -> Result<Held, Ask> {
+    pub fn take(&self, w: &Window<'_>, max: u64, delta: u64, now: Instant) -> Result<Taken, Ask> {
         let mut shard = self.shard(w.application);
-        let fresh = Held { units: 0, max, seen: 0, used_at: now, asking: true };
+        let fresh = Held { units: 0, max, seen: 0, used_at: now, asking: true, granted: 0 };
         match find(&mut shard, w) {
             Some(h) if h.max == max && h.units >= delta => {
                 h.units -= delta;
                 h.used_at = now;
-                Ok(*h)
+                let refill = !h.asking && h.granted >= REFILL_MIN && h.units * REFILL_AT <= h.granted;
+                h.asking |= refill;
+                Ok(Taken { held: *h, refill })
             }
             Some(h) if h.max == max => {
                 let give_back = std::mem::take(&mut h.units);
@@ -195,8 +226,19 @@ impl Leases {
     /// meanwhile). A lease under another value of the limit is replaced and its units
     /// owed back to Redis.
     pub fn keep(&self, w: &Window<'_>, max: u64, units: u64, seen: u64, now: Instant) {
+        self.keep_held(w, max, units, seen, now, None);
+    }
+
+    /// Keeps the `spare` units of a grant (see [`Leases::keep`]), which is also what
+    /// the next refill is measured against; `total` is the window's granted total
+    /// after it.
+    pub fn granted(&self, w: &Window<'_>, max: u64, spare: u64, total: u64, now: Instant) {
+        self.keep_held(w, max, spare, total, now, Some(spare));
+    }
+
+    fn keep_held(&self, w: &Window<'_>, max: u64, units: u64, seen: u64, now: Instant, granted: Option<u64>) {
         let mut shard = self.shard(w.application);
-        let fresh = Held { units: 0, max, seen, used_at: now, asking: false };
+        let fresh = Held { units: 0, max, seen, used_at: now, asking: false, granted: 0 };
         let held = match find(&mut shard, w) {
             Some(h) => h,
             None => insert(&mut shard, w, fresh),
@@ -210,6 +252,9 @@ impl Leases {
         held.units += units;
         held.seen = held.seen.max(seen);
         held.used_at = now;
+        if let Some(g) = granted {
+            held.granted = g;
+        }
     }
 
     /// Removes and returns the leases idle for at least `idle` at `now` (every one
@@ -260,13 +305,40 @@ mod tests {
         let leases = Leases::new(100, "ns");
         let now = Instant::now();
         let ask = |give_back, lease| Err(Ask { index: 0, give_back, lease });
-        assert_eq!(leases.take(&w("k"), 10, 1, now).map(|h| h.units), ask(0, true), "nothing leased yet");
-        assert_eq!(leases.take(&w("k"), 10, 1, now).map(|h| h.units), ask(0, false), "one asks for a lease at a time");
+        let units = |t: Result<Taken, Ask>| t.map(|t| t.held.units);
+        assert_eq!(units(leases.take(&w("k"), 10, 1, now)), ask(0, true), "nothing leased yet");
+        assert_eq!(units(leases.take(&w("k"), 10, 1, now)), ask(0, false), "one asks for a lease at a time");
         leases.keep(&w("k"), 10, 3, 4, now);
         leases.asked(&w("k"), 10);
-        assert_eq!(leases.take(&w("k"), 10, 2, now).map(|h| h.units), Ok(1));
-        assert_eq!(leases.take(&w("k"), 10, 2, now).map(|h| h.units), ask(1, true), "short: the one unit goes back");
+        assert_eq!(units(leases.take(&w("k"), 10, 2, now)), Ok(1));
+        assert_eq!(units(leases.take(&w("k"), 10, 2, now)), ask(1, true), "short: the one unit goes back");
         assert_eq!(leases.outstanding(), 0);
+    }
+
+    #[test]
+    fn a_lease_running_low_is_refilled_once_at_a_time() {
+        let leases = Leases::new(100, "ns");
+        let now = Instant::now();
+        leases.granted(&w("k"), 1_000, 8, 9, now);
+        let refill = |t: Result<Taken, Ask>| t.map(|t| (t.held.units, t.refill));
+        for left in (3..8).rev() {
+            assert_eq!(refill(leases.take(&w("k"), 1_000, 1, now)), Ok((left, false)));
+        }
+        assert_eq!(refill(leases.take(&w("k"), 1_000, 1, now)), Ok((2, true)), "a quarter of 8 left");
+        assert_eq!(refill(leases.take(&w("k"), 1_000, 1, now)), Ok((1, false)), "one refill at a time");
+        // Run short while the refill is out: only the request's need is asked for.
+        leases.take(&w("k"), 1_000, 1, now).expect("the last unit");
+        assert_eq!(
+            leases.take(&w("k"), 1_000, 1, now).map(|t| t.held.units),
+            Err(Ask { index: 0, give_back: 0, lease: false })
+        );
+        // The refill lands: its grant is the new measure.
+        leases.granted(&w("k"), 1_000, 20, 30, now);
+        leases.asked(&w("k"), 1_000);
+        assert_eq!(refill(leases.take(&w("k"), 1_000, 1, now)), Ok((19, false)));
+        // Small grants (the end of a window) are not refilled ahead.
+        leases.granted(&w("small"), 1_000, 3, 3, now);
+        assert_eq!(refill(leases.take(&w("small"), 1_000, 3, now)), Ok((0, false)));
     }
 
     #[test]
@@ -274,7 +346,10 @@ mod tests {
         let leases = Leases::new(100, "ns");
         let now = Instant::now();
         leases.keep(&w("k"), 10, 5, 6, now);
-        assert_eq!(leases.take(&w("k"), 3, 1, now).map(|h| h.units), Err(Ask { index: 0, give_back: 5, lease: true }));
+        assert_eq!(
+            leases.take(&w("k"), 3, 1, now).map(|t| t.held.units),
+            Err(Ask { index: 0, give_back: 5, lease: true })
+        );
         // A request under the old value that had taken a unit and was refused puts it
         // back: it is still this node's.
         leases.untake(&w("k"), 10, 1, now);
@@ -286,7 +361,7 @@ mod tests {
             leases.take_idle(Duration::from_secs(60), now, 0),
             vec![("ns:{acme/app}:w:k:eternity:0".to_string(), 1)]
         );
-        assert_eq!(leases.take(&w("k"), 3, 2, now).map(|h| h.units), Ok(0));
+        assert_eq!(leases.take(&w("k"), 3, 2, now).map(|t| t.held.units), Ok(0));
     }
 
     #[test]

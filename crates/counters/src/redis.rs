@@ -104,7 +104,7 @@ return out
 /// share of a window's room a lease may take (1/ARGV[1]); then per window ARGV = [max,
 /// need, expire_at, give_back, lease]. Gives back first (never below zero), then
 /// checks every window as [`AUTHORIZE`] does and, if all have room, grants each window
-/// with need > 0 `need` units plus up to `lease` more, and adds what it granted to the
+/// with need > 0 or lease > 0 (a refill: need 0) `need` units plus up to `lease` more, and adds what it granted to the
 /// receipt (a hash: window index → units; summed, should a call run twice), kept for
 /// [`RECEIPT_SECONDS`] (a node whose call timed out reads it to give the grants back). Returns {1, granted total, granted, ...} or {0, index, current}.
 const LEASE: &str = r"
@@ -124,7 +124,7 @@ local out = {1}
 for i = 1, n do
   local max, need, at, lease = tonumber(ARGV[5*i-3]), tonumber(ARGV[5*i-2]), tonumber(ARGV[5*i-1]), tonumber(ARGV[5*i+1])
   local grant = 0
-  if need > 0 then
+  if need > 0 or lease > 0 then
     grant = need + math.min(lease, math.floor((max - cur[i] - need) / share))
     local v = redis.call('INCRBY', KEYS[i], grant)
     if at > 0 and v == grant then redis.call('EXPIREAT', KEYS[i], at) end
@@ -294,11 +294,13 @@ pub struct RedisCounters {
     /// The timeout of one call, for the breaker's probes.
     timeout: Duration,
     /// Quota leasing, when on (`--counters-lease`).
-    leases: Option<crate::lease::Leases>,
+    leases: Option<Arc<crate::lease::Leases>>,
     lease: redis::Script,
     give_back: redis::Script,
     /// Lease calls that timed out, to check their receipts.
-    doubts: Mutex<Vec<Doubt>>,
+    doubts: Arc<Mutex<Vec<Doubt>>>,
+    /// Lease refills started, and those not yet answered.
+    refills: Arc<(AtomicU64, AtomicU64)>,
     /// Names this node's lease receipts apart from other nodes'.
     receipt_prefix: String,
     receipts: AtomicU64,
@@ -359,7 +361,8 @@ impl RedisCounters {
             leases: None,
             lease: redis::Script::new(LEASE),
             give_back: redis::Script::new(GIVE_BACK),
-            doubts: Mutex::default(),
+            doubts: Arc::default(),
+            refills: Arc::default(),
             receipt_prefix: {
                 let nanos =
                     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
@@ -374,7 +377,7 @@ impl RedisCounters {
     /// left), admitted here without asking Redis. 0 turns it off. See `lease` for what
     /// it guarantees.
     pub fn set_lease(&mut self, units: u64) {
-        self.leases = (units > 0).then(|| crate::lease::Leases::new(units, &self.namespace));
+        self.leases = (units > 0).then(|| Arc::new(crate::lease::Leases::new(units, &self.namespace)));
     }
 
     /// Whether quota leasing is on.
@@ -384,7 +387,13 @@ impl RedisCounters {
 
     /// Units leased to this node and not yet admitted, over every window.
     pub fn leased(&self) -> u64 {
-        self.leases.as_ref().map_or(0, crate::lease::Leases::outstanding)
+        self.leases.as_ref().map_or(0, |l| l.outstanding())
+    }
+
+    /// Lease refills started since the start, and those in flight now (each is one
+    /// Redis call made beside the requests, not by one).
+    pub fn refills(&self) -> (u64, u64) {
+        (self.refills.0.load(Relaxed), self.refills.1.load(Relaxed))
     }
 
     /// Gives back to Redis the leases not used for `idle` (every lease when zero: at
@@ -589,7 +598,7 @@ impl RedisCounters {
     /// units taken locally are put back.
     async fn authorize_leased<'a>(
         &self,
-        leases: &crate::lease::Leases,
+        leases: &Arc<crate::lease::Leases>,
         application: &'a str,
         checks: &[Check<'a>],
         now: i64,
@@ -602,9 +611,15 @@ impl RedisCounters {
         // less its own unused units), once known.
         let mut current = vec![0u64; checks.len()];
         let mut asks = Vec::new();
+        let mut refills = Refills { leases, application, checks, indices: Vec::new(), now };
         for (i, c) in checks.iter().enumerate() {
             match leases.take(&window(c), c.max, c.delta, at) {
-                Ok(held) => current[i] = held.seen.saturating_sub(held.units),
+                Ok(taken) => {
+                    current[i] = taken.held.seen.saturating_sub(taken.held.units);
+                    if taken.refill {
+                        refills.indices.push(i);
+                    }
+                }
                 Err(ask) => asks.push(crate::lease::Ask { index: i, ..ask }),
             }
         }
@@ -626,7 +641,9 @@ impl RedisCounters {
                 let c = &checks[a.index];
                 call.key(key);
                 call.arg(c.max).arg(c.delta).arg(c.period.window(now).1.map_or(0, |e| e + EXPIRY_SLACK));
-                call.arg(a.give_back).arg(if a.lease { leases.units } else { 0 });
+                // A check that adds nothing (delta 0) takes no lease: it would only hold
+                // units of a window the request does not use.
+                call.arg(a.give_back).arg(if a.lease && c.delta > 0 { leases.units } else { 0 });
             }
             // In the application's hash slot, as the windows (Redis Cluster).
             let receipt = format!(
@@ -670,7 +687,9 @@ impl RedisCounters {
                         let (total, grant) = (pair[0].max(0) as u64, pair[1].max(0) as u64);
                         let spare = grant.saturating_sub(c.delta);
                         current[a.index] = total.saturating_sub(spare);
-                        if grant > 0 {
+                        if grant > 0 && a.lease {
+                            leases.granted(&window(c), c.max, spare, total, at);
+                        } else if grant > 0 {
                             leases.keep(&window(c), c.max, spare, total, at);
                         }
                     }
@@ -685,7 +704,82 @@ impl RedisCounters {
         if !asks.is_empty() {
             self.remember(application, &decision);
         }
+        self.refill(&mut refills);
         Ok(decision)
+    }
+
+    /// Refills the leases of `refills` in the background: one [`LEASE`] call asking for
+    /// a lease and nothing for a request (need 0), whose grants are added to the leases
+    /// when it answers. A call that fails leaves a doubt, as a request's does (its
+    /// receipt gives back what Redis granted after all). The windows may be refilled
+    /// again once it is over.
+    fn refill(&self, refills: &mut Refills<'_, '_>) {
+        let indices = std::mem::take(&mut refills.indices);
+        let (Some(leases), false) = (self.leases.clone(), indices.is_empty()) else { return };
+        let (application, checks, now) = (refills.application, refills.checks, refills.now);
+        let release = |leases: &crate::lease::Leases| {
+            for &i in &indices {
+                leases.asked(&crate::lease::Window::of(application, &checks[i], now), checks[i].max);
+            }
+        };
+        let runtime = match tokio::runtime::Handle::try_current() {
+            Ok(r) if !self.frozen() => r,
+            _ => return release(&leases),
+        };
+        let windows: Vec<RefillWindow> = indices
+            .iter()
+            .map(|&i| {
+                let w = crate::lease::Window::of(application, &checks[i], now);
+                (w.metric.into(), w.period, w.start, checks[i].max, leases.key(&w))
+            })
+            .collect();
+        let expiry: Vec<i64> =
+            indices.iter().map(|&i| checks[i].period.window(now).1.map_or(0, |e| e + EXPIRY_SLACK)).collect();
+        let receipt = format!(
+            "{}:{{{application}}}:receipt:{}:{}",
+            self.namespace,
+            self.receipt_prefix,
+            self.receipts.fetch_add(1, Relaxed)
+        );
+        let (script, link, doubts, counts) =
+            (self.lease.clone(), self.link.clone(), self.doubts.clone(), self.refills.clone());
+        let application: Box<str> = application.into();
+        self.breaker.asked.fetch_add(1, Relaxed);
+        counts.0.fetch_add(1, Relaxed);
+        counts.1.fetch_add(1, Relaxed);
+        runtime.spawn(async move {
+            let mut call = script.prepare_invoke();
+            call.arg(crate::lease::SHARE);
+            for ((_, _, _, max, key), at) in windows.iter().zip(&expiry) {
+                call.key(key).arg(*max).arg(0).arg(*at).arg(0).arg(leases.units);
+            }
+            call.key(&receipt).arg(RECEIPT_SECONDS);
+            let result = call.invoke_async::<Vec<i64>>(&mut link.worker()).await;
+            fn window<'w>(application: &'w str, w: &'w RefillWindow) -> crate::lease::Window<'w> {
+                crate::lease::Window { application, metric: &w.0, period: w.1, start: w.2 }
+            }
+            match result {
+                Ok(reply) => {
+                    if let [1, granted @ ..] = reply.as_slice()
+                        && granted.len() == 2 * windows.len()
+                    {
+                        for (w, pair) in windows.iter().zip(granted.chunks_exact(2)) {
+                            let (total, grant) = (pair[0].max(0) as u64, pair[1].max(0) as u64);
+                            // Even none: a window whose room is gone is not refilled again.
+                            leases.granted(&window(&application, w), w.3, grant, total, Instant::now());
+                        }
+                    }
+                }
+                Err(_) => {
+                    let keys = windows.iter().map(|w| w.4.clone()).collect();
+                    lock(&doubts).push(Doubt { receipt, keys, since: Instant::now() });
+                }
+            }
+            for w in &windows {
+                leases.asked(&window(&application, w), w.3);
+            }
+            counts.1.fetch_sub(1, Relaxed);
+        });
     }
 
     /// `resilient`: keeps an application's last decision from Redis.
@@ -896,6 +990,29 @@ impl RedisCounters {
     pub async fn live(&self, application: &str) -> Result<Vec<String>, CountersError> {
         let mut conn = self.link.shared();
         self.live.key(connections_key(&self.namespace, application)).invoke_async(&mut conn).await.map_err(unavailable)
+    }
+}
+
+/// A window a refill asks for, owned by its task: (metric, period, window start, limit,
+/// Redis key).
+type RefillWindow = (Box<str>, Period, i64, u64, String);
+
+/// The windows whose leases a request found running low: refilled when it is admitted
+/// ([`RedisCounters::refill`] takes them), released for another to refill otherwise.
+struct Refills<'a, 'c> {
+    leases: &'a crate::lease::Leases,
+    application: &'a str,
+    checks: &'a [Check<'c>],
+    indices: Vec<usize>,
+    now: i64,
+}
+
+impl Drop for Refills<'_, '_> {
+    fn drop(&mut self) {
+        for &i in &self.indices {
+            let c = &self.checks[i];
+            self.leases.asked(&crate::lease::Window::of(self.application, c, self.now), c.max);
+        }
     }
 }
 
