@@ -146,7 +146,13 @@ fn host_port(s: &str, default_port: u16) -> Result<String, String> {
 /// between `://` and the last `@` is credentials, so a password holding `/` or `@` is
 /// hidden too.
 pub fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else { return url.to_string() };
+    let Some((scheme, rest)) = url.split_once("://") else {
+        // Not even a scheme: whatever comes before an `@` may be a password.
+        return match url.rsplit_once('@') {
+            Some((_, after)) => format!("***@{after}"),
+            None => url.to_string(),
+        };
+    };
     match rest.rsplit_once('@') {
         Some((userinfo, after)) => {
             let user = userinfo.split_once(':').map_or("", |(u, _)| u);
@@ -270,9 +276,24 @@ pub struct Shared {
     warned: Mutex<String>,
     /// The configuration epoch of the master written to (Sentinel).
     epoch: std::sync::atomic::AtomicU64,
-    /// A failover is promoting a replica: the master of this epoch is deposed (no
-    /// writes) until the sentinels name one of a newer epoch, or until the instant.
-    deposed: Mutex<Option<(u64, std::time::Instant)>>,
+    /// A failover is promoting a replica: the master at this address and of this
+    /// epoch is deposed (never written to again) until the sentinels name another
+    /// master under a newer epoch, the failover says it aborted, or the instant.
+    deposed: Mutex<Option<(String, u64, std::time::Instant)>>,
+}
+
+/// Whether the sentinels' answer (`address` under `epoch`) must wait, `deposed` being
+/// the master a failover deposed (address, epoch, until when): its successor is not
+/// named yet while they name the deposed master itself — whatever the epoch: the
+/// sentinel that led the failover reports the new epoch before the new address in some
+/// replies — or anything under the deposed master's epoch.
+fn still_deposed(
+    deposed: Option<&(String, u64, std::time::Instant)>,
+    address: &str,
+    epoch: u64,
+    now: std::time::Instant,
+) -> bool {
+    deposed.is_some_and(|(old, was, until)| now < *until && (address == old || epoch <= *was))
 }
 
 /// Longest a deposed master is not written to while its successor is awaited (a
@@ -314,13 +335,23 @@ impl Sentinels {
         let asked = async {
             let mut conn =
                 client.get_multiplexed_async_connection_with_config(&config).await.map_err(|e| e.to_string())?;
-            let fields: Vec<String> = redis::cmd("SENTINEL")
+            // The epoch from `SENTINEL MASTER`, the address from
+            // `GET-MASTER-ADDR-BY-NAME`: while the sentinel that led a failover
+            // reconfigures the other replicas, the former already has the new epoch
+            // but still the old address (for up to seconds); the latter names the
+            // promoted replica as soon as it is promoted.
+            let (fields, address): (Vec<String>, Option<(String, u16)>) = redis::pipe()
+                .cmd("SENTINEL")
                 .arg("MASTER")
+                .arg(&self.service)
+                .cmd("SENTINEL")
+                .arg("GET-MASTER-ADDR-BY-NAME")
                 .arg(&self.service)
                 .query_async(&mut conn)
                 .await
                 .map_err(|e| e.to_string())?;
-            named(&fields)
+            let named = named(&fields)?;
+            Ok(Named { address: address.ok_or("no address for the service")?, ..named })
         };
         tokio::time::timeout(timeout * 2, asked).await.map_err(|_| "did not answer in time".to_string())?
     }
@@ -377,16 +408,14 @@ impl Shared {
                 ));
             }
         };
+        let address = format!("{host}:{port}");
         {
             let mut deposed = self.deposed.lock().unwrap_or_else(|p| p.into_inner());
-            match *deposed {
-                // Still the deposed master's epoch: its successor is not named yet.
-                Some((old, until)) if epoch <= old && std::time::Instant::now() < until => return,
-                Some(_) => *deposed = None,
-                None => {}
+            if still_deposed(deposed.as_ref(), &address, epoch, std::time::Instant::now()) {
+                return;
             }
+            *deposed = None;
         }
-        let address = format!("{host}:{port}");
         if address == self.nodes.load().address {
             self.epoch.store(epoch, std::sync::atomic::Ordering::Relaxed);
             return self.warn_once(String::new());
@@ -424,9 +453,9 @@ impl Shared {
     /// — and let the failure mode answer until the sentinels name the new master.
     fn depose(self: &Arc<Self>) {
         let epoch = self.epoch.load(std::sync::atomic::Ordering::Relaxed);
-        *self.deposed.lock().unwrap_or_else(|p| p.into_inner()) =
-            Some((epoch, std::time::Instant::now() + DEPOSED_AT_MOST));
         let was = self.nodes.load().address.clone();
+        *self.deposed.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((was.clone(), epoch, std::time::Instant::now() + DEPOSED_AT_MOST));
         tracing::warn!(
             code = "counters_master_deposed",
             master = %was,
@@ -718,6 +747,17 @@ mod tests {
     }
 
     #[test]
+    fn a_deposed_master_is_not_written_to_until_a_successor_is_named() {
+        let t = std::time::Instant::now();
+        let deposed = ("127.0.0.1:6379".to_string(), 3, t + DEPOSED_AT_MOST);
+        assert!(still_deposed(Some(&deposed), "127.0.0.1:6379", 4, t), "the old address under the new epoch");
+        assert!(still_deposed(Some(&deposed), "127.0.0.1:6380", 3, t), "another address under the old epoch");
+        assert!(!still_deposed(Some(&deposed), "127.0.0.1:6380", 4, t), "the successor");
+        assert!(!still_deposed(Some(&deposed), "127.0.0.1:6379", 3, t + DEPOSED_AT_MOST), "given up waiting");
+        assert!(!still_deposed(None, "127.0.0.1:6379", 0, t));
+    }
+
+    #[test]
     fn sentinel_answers_name_a_master_and_its_epoch() {
         let reply: Vec<String> =
             ["name", "tg", "ip", "127.0.0.1", "port", "6380", "flags", "master", "config-epoch", "3"]
@@ -749,6 +789,7 @@ mod tests {
         assert_eq!(redact("redis+cluster://:pw@a,b"), "redis+cluster://:***@a,b");
         assert_eq!(redact("redis://h:1"), "redis://h:1");
         assert_eq!(redact("redis://:SECRET/x@h:1/0"), "redis://:***@h:1/0");
+        assert_eq!(redact("redis:/:S3CRETpw@127.0.0.1:1"), "***@127.0.0.1:1");
         let e = Target::parse("redis+sentinel://:pa/ss@127.0.0.1:27001/svc").expect_err("raw /").to_string();
         assert!(e.contains("percent-encode") && !e.contains("pa/ss"), "{e}");
         let raw_at = Target::parse("redis+cluster://:p@ss@h1").expect("a raw @ in a password");

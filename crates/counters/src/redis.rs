@@ -515,11 +515,16 @@ impl RedisCounters {
             return redis::cmd("PING").query_async::<()>(&mut conn).await.map_err(unavailable);
         }
         let info: String = redis::cmd("CLUSTER").arg("INFO").query_async(&mut conn).await.map_err(unavailable)?;
-        match info.lines().any(|l| l.trim() == "cluster_state:ok") {
-            true => Ok(()),
-            false => Err(CountersError::Unavailable(
-                "the Redis Cluster's state is not ok: some slots have no master".to_string(),
-            )),
+        // Every slot served: `cluster_state:ok` alone is not enough, since a cluster
+        // with `cluster-require-full-coverage no` stays ok without some slots' master.
+        let field = |name: &str| info.lines().find_map(|l| l.trim().strip_prefix(name)?.strip_prefix(':'));
+        match (field("cluster_state"), field("cluster_slots_ok")) {
+            (Some("ok"), Some("16384")) => Ok(()),
+            (state, slots) => Err(CountersError::Unavailable(format!(
+                "the Redis Cluster serves {} of 16384 slots (cluster_state {})",
+                slots.unwrap_or("?"),
+                state.unwrap_or("?")
+            ))),
         }
     }
 
