@@ -277,28 +277,23 @@ pub struct Shared {
     /// The configuration epoch of the master written to (Sentinel).
     epoch: std::sync::atomic::AtomicU64,
     /// A failover is promoting a replica: the master at this address and of this
-    /// epoch is deposed (never written to again) until the sentinels name another
-    /// master under a newer epoch, the failover says it aborted, or the instant.
-    deposed: Mutex<Option<(String, u64, std::time::Instant)>>,
+    /// epoch is deposed (see [`still_deposed`]).
+    deposed: Mutex<Option<(String, u64)>>,
 }
 
-/// Whether the sentinels' answer (`address` under `epoch`) must wait, `deposed` being
-/// the master a failover deposed (address, epoch, until when): its successor is not
-/// named yet while they name the deposed master itself — whatever the epoch: the
-/// sentinel that led the failover reports the new epoch before the new address in some
-/// replies — or anything under the deposed master's epoch.
-fn still_deposed(
-    deposed: Option<&(String, u64, std::time::Instant)>,
-    address: &str,
-    epoch: u64,
-    now: std::time::Instant,
-) -> bool {
-    deposed.is_some_and(|(old, was, until)| now < *until && (address == old || epoch <= *was))
+/// Whether the sentinels' answer (`address` under `epoch`; `failing_over`: a sentinel
+/// runs a failover of the service) must wait, `deposed` being the master a failover
+/// deposed (address, epoch). It ends when another master is named under a newer epoch
+/// (the successor), when no sentinel runs a failover any more (it ended without one),
+/// or at a `-failover-abort-slave-timeout` message (see [`Shared::undepose`]). Until
+/// then the deposed master is not written to, whatever epoch a sentinel gives it (the
+/// sentinel leading a failover reports the new epoch with the old address for a
+/// while), nor after a fixed time: a promotion that stalls and completes later would
+/// drop what the old master took meanwhile. The failure mode answers for as long, up
+/// to the sentinels' `failover-timeout`.
+fn still_deposed(deposed: Option<&(String, u64)>, address: &str, epoch: u64, failing_over: bool) -> bool {
+    deposed.is_some_and(|(old, was)| failing_over && !(address != old && epoch > *was))
 }
-
-/// Longest a deposed master is not written to while its successor is awaited (a
-/// failover that neither completes nor says it aborted).
-pub const DEPOSED_AT_MOST: Duration = Duration::from_secs(10);
 
 /// The sentinels of one service, asked all at once.
 struct Sentinels {
@@ -314,6 +309,8 @@ struct Sentinels {
 struct Named {
     address: (String, u16),
     epoch: u64,
+    /// The sentinel is running a failover of the service (`failover_in_progress`).
+    failing_over: bool,
 }
 
 /// Reads a `SENTINEL MASTER` reply (field, value, field, value, …).
@@ -323,7 +320,8 @@ fn named(fields: &[String]) -> Result<Named, String> {
     };
     let port = field("port")?.parse::<u16>().map_err(|_| "a bad `port` field".to_string())?;
     let epoch = field("config-epoch")?.parse::<u64>().map_err(|_| "a bad `config-epoch` field".to_string())?;
-    Ok(Named { address: (field("ip")?.to_string(), port), epoch })
+    let failing_over = field("flags")?.split(',').any(|f| f == "failover_in_progress");
+    Ok(Named { address: (field("ip")?.to_string(), port), epoch, failing_over })
 }
 
 impl Sentinels {
@@ -361,18 +359,24 @@ impl Sentinels {
     /// configuration epoch wins — after a failover the sentinel that led it has the
     /// new master under a new epoch while others may still name the old one. The
     /// reasons, per sentinel, when none answers.
+    ///
+    /// The answer says a failover is running if any sentinel runs one.
     async fn master(&self, timeout: Duration) -> Result<Named, String> {
         let asked = self.clients.iter().map(|(name, client)| async move { (name, self.ask(client, timeout).await) });
         let mut best: Option<Named> = None;
-        let mut why = Vec::new();
+        let (mut why, mut failing_over) = (Vec::new(), false);
         for (name, answer) in futures_util::future::join_all(asked).await {
             match answer {
-                Ok(n) if best.as_ref().is_none_or(|b| n.epoch > b.epoch) => best = Some(n),
-                Ok(_) => {}
+                Ok(n) => {
+                    failing_over |= n.failing_over;
+                    if best.as_ref().is_none_or(|b| n.epoch > b.epoch) {
+                        best = Some(n);
+                    }
+                }
                 Err(e) => why.push(format!("{name}: {e}")),
             }
         }
-        best.ok_or_else(|| why.join("; "))
+        best.map(|b| Named { failing_over, ..b }).ok_or_else(|| why.join("; "))
     }
 }
 
@@ -400,7 +404,7 @@ impl Shared {
     async fn ask_sentinels(self: &Arc<Self>) {
         let Some(sentinels) = &self.sentinels else { return };
         let service = &sentinels.service;
-        let Named { address: (host, port), epoch } = match sentinels.master(self.timeout).await {
+        let Named { address: (host, port), epoch, failing_over } = match sentinels.master(self.timeout).await {
             Ok(named) => named,
             Err(why) => {
                 return self.warn_once(format!(
@@ -411,7 +415,7 @@ impl Shared {
         let address = format!("{host}:{port}");
         {
             let mut deposed = self.deposed.lock().unwrap_or_else(|p| p.into_inner());
-            if still_deposed(deposed.as_ref(), &address, epoch, std::time::Instant::now()) {
+            if still_deposed(deposed.as_ref(), &address, epoch, failing_over) {
                 return;
             }
             *deposed = None;
@@ -454,8 +458,7 @@ impl Shared {
     fn depose(self: &Arc<Self>) {
         let epoch = self.epoch.load(std::sync::atomic::Ordering::Relaxed);
         let was = self.nodes.load().address.clone();
-        *self.deposed.lock().unwrap_or_else(|p| p.into_inner()) =
-            Some((was.clone(), epoch, std::time::Instant::now() + DEPOSED_AT_MOST));
+        *self.deposed.lock().unwrap_or_else(|p| p.into_inner()) = Some((was.clone(), epoch));
         tracing::warn!(
             code = "counters_master_deposed",
             master = %was,
@@ -748,23 +751,32 @@ mod tests {
 
     #[test]
     fn a_deposed_master_is_not_written_to_until_a_successor_is_named() {
-        let t = std::time::Instant::now();
-        let deposed = ("127.0.0.1:6379".to_string(), 3, t + DEPOSED_AT_MOST);
-        assert!(still_deposed(Some(&deposed), "127.0.0.1:6379", 4, t), "the old address under the new epoch");
-        assert!(still_deposed(Some(&deposed), "127.0.0.1:6380", 3, t), "another address under the old epoch");
-        assert!(!still_deposed(Some(&deposed), "127.0.0.1:6380", 4, t), "the successor");
-        assert!(!still_deposed(Some(&deposed), "127.0.0.1:6379", 3, t + DEPOSED_AT_MOST), "given up waiting");
-        assert!(!still_deposed(None, "127.0.0.1:6379", 0, t));
+        let deposed = ("127.0.0.1:6379".to_string(), 3);
+        assert!(still_deposed(Some(&deposed), "127.0.0.1:6379", 4, true), "the old address under the new epoch");
+        assert!(still_deposed(Some(&deposed), "127.0.0.1:6380", 3, true), "another address under the old epoch");
+        assert!(!still_deposed(Some(&deposed), "127.0.0.1:6380", 4, true), "the successor");
+        assert!(!still_deposed(Some(&deposed), "127.0.0.1:6379", 3, false), "the failover ended without one");
+        assert!(!still_deposed(None, "127.0.0.1:6379", 0, true));
     }
 
     #[test]
     fn sentinel_answers_name_a_master_and_its_epoch() {
-        let reply: Vec<String> =
-            ["name", "tg", "ip", "127.0.0.1", "port", "6380", "flags", "master", "config-epoch", "3"]
-                .iter()
-                .map(|s| s.to_string())
-                .collect();
-        assert_eq!(named(&reply), Ok(Named { address: ("127.0.0.1".into(), 6380), epoch: 3 }));
+        let reply: Vec<String> = [
+            "name",
+            "tg",
+            "ip",
+            "127.0.0.1",
+            "port",
+            "6380",
+            "flags",
+            "master,failover_in_progress",
+            "config-epoch",
+            "3",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        assert_eq!(named(&reply), Ok(Named { address: ("127.0.0.1".into(), 6380), epoch: 3, failing_over: true }));
         assert!(named(&reply[..6]).is_err_and(|e| e.contains("config-epoch")));
     }
 
