@@ -202,7 +202,7 @@ fn no_master() -> RedisError {
     RedisError::from((
         redis::ErrorKind::Io,
         "no Redis master known yet",
-        "the sentinels have not named the master of the service; they are asked again at every call".to_string(),
+        "the sentinels have not named a master to write to (none answers, or a failover is promoting a replica); they are asked again every second".to_string(),
     ))
 }
 
@@ -278,21 +278,35 @@ pub struct Shared {
     epoch: std::sync::atomic::AtomicU64,
     /// A failover is promoting a replica: the master at this address and of this
     /// epoch is deposed (see [`still_deposed`]).
-    deposed: Mutex<Option<(String, u64)>>,
+    deposed: Mutex<Option<Deposed>>,
 }
 
-/// Whether the sentinels' answer (`address` under `epoch`; `failing_over`: a sentinel
-/// runs a failover of the service) must wait, `deposed` being the master a failover
-/// deposed (address, epoch). It ends when another master is named under a newer epoch
-/// (the successor), when no sentinel runs a failover any more (it ended without one),
-/// or at a `-failover-abort-slave-timeout` message (see [`Shared::undepose`]). Until
-/// then the deposed master is not written to, whatever epoch a sentinel gives it (the
-/// sentinel leading a failover reports the new epoch with the old address for a
-/// while), nor after a fixed time: a promotion that stalls and completes later would
-/// drop what the old master took meanwhile. The failure mode answers for as long, up
-/// to the sentinels' `failover-timeout`.
-fn still_deposed(deposed: Option<&(String, u64)>, address: &str, epoch: u64, failing_over: bool) -> bool {
-    deposed.is_some_and(|(old, was)| failing_over && !(address != old && epoch > *was))
+/// Whether the sentinels' answer (`address` under `epoch`) must wait, `deposed` being
+/// the master a failover deposed (address, epoch, when). It ends when another master
+/// is named under a newer epoch (the successor), at a `-failover-abort-slave-timeout`
+/// message (see [`Shared::undepose`]), once every sentinel answers and none runs a
+/// failover any more (`failing_over` false; it ended without a successor), or once
+/// the sentinels' `failover-timeout` has passed since the deposition (a promotion
+/// completes or is aborted within it). Until then the deposed master is not written
+/// to, whatever epoch a sentinel gives it (the sentinel leading a failover reports the
+/// new epoch with the old address for a while), and a sentinel that does not answer
+/// may be the one leading the failover: a promotion that completes later would drop
+/// what the old master took meanwhile. The failure mode answers for as long.
+fn still_deposed(deposed: Option<&Deposed>, named: &Named, now: std::time::Instant) -> bool {
+    let address = format!("{}:{}", named.address.0, named.address.1);
+    deposed.is_some_and(|d| {
+        let successor = address != d.address && named.epoch > d.epoch;
+        let over = now.saturating_duration_since(d.since) >= named.failover_timeout + Duration::from_secs(1);
+        !successor && !over && (named.failing_over || !named.all_answered)
+    })
+}
+
+/// A master a failover is promoting a replica of.
+#[derive(Debug, Clone)]
+struct Deposed {
+    address: String,
+    epoch: u64,
+    since: std::time::Instant,
 }
 
 /// The sentinels of one service, asked all at once.
@@ -309,8 +323,13 @@ struct Sentinels {
 struct Named {
     address: (String, u16),
     epoch: u64,
-    /// The sentinel is running a failover of the service (`failover_in_progress`).
+    /// The sentinel is running a failover of the service (`failover_in_progress`);
+    /// over every sentinel, whether one is.
     failing_over: bool,
+    /// The sentinel's `failover-timeout`; over every sentinel, the longest.
+    failover_timeout: Duration,
+    /// Over every sentinel: whether each answered.
+    all_answered: bool,
 }
 
 /// Reads a `SENTINEL MASTER` reply (field, value, field, value, …).
@@ -321,7 +340,10 @@ fn named(fields: &[String]) -> Result<Named, String> {
     let port = field("port")?.parse::<u16>().map_err(|_| "a bad `port` field".to_string())?;
     let epoch = field("config-epoch")?.parse::<u64>().map_err(|_| "a bad `config-epoch` field".to_string())?;
     let failing_over = field("flags")?.split(',').any(|f| f == "failover_in_progress");
-    Ok(Named { address: (field("ip")?.to_string(), port), epoch, failing_over })
+    // Sentinel's default when a reply lacks it: 3 minutes.
+    let failover_timeout =
+        Duration::from_millis(field("failover-timeout").ok().and_then(|t| t.parse().ok()).unwrap_or(180_000));
+    Ok(Named { address: (field("ip")?.to_string(), port), epoch, failing_over, failover_timeout, all_answered: true })
 }
 
 impl Sentinels {
@@ -364,11 +386,12 @@ impl Sentinels {
     async fn master(&self, timeout: Duration) -> Result<Named, String> {
         let asked = self.clients.iter().map(|(name, client)| async move { (name, self.ask(client, timeout).await) });
         let mut best: Option<Named> = None;
-        let (mut why, mut failing_over) = (Vec::new(), false);
+        let (mut why, mut failing_over, mut failover_timeout) = (Vec::new(), false, Duration::ZERO);
         for (name, answer) in futures_util::future::join_all(asked).await {
             match answer {
                 Ok(n) => {
                     failing_over |= n.failing_over;
+                    failover_timeout = failover_timeout.max(n.failover_timeout);
                     if best.as_ref().is_none_or(|b| n.epoch > b.epoch) {
                         best = Some(n);
                     }
@@ -376,7 +399,8 @@ impl Sentinels {
                 Err(e) => why.push(format!("{name}: {e}")),
             }
         }
-        best.map(|b| Named { failing_over, ..b }).ok_or_else(|| why.join("; "))
+        let all_answered = why.is_empty();
+        best.map(|b| Named { failing_over, failover_timeout, all_answered, ..b }).ok_or_else(|| why.join("; "))
     }
 }
 
@@ -404,7 +428,7 @@ impl Shared {
     async fn ask_sentinels(self: &Arc<Self>) {
         let Some(sentinels) = &self.sentinels else { return };
         let service = &sentinels.service;
-        let Named { address: (host, port), epoch, failing_over } = match sentinels.master(self.timeout).await {
+        let named = match sentinels.master(self.timeout).await {
             Ok(named) => named,
             Err(why) => {
                 return self.warn_once(format!(
@@ -412,14 +436,15 @@ impl Shared {
                 ));
             }
         };
-        let address = format!("{host}:{port}");
         {
             let mut deposed = self.deposed.lock().unwrap_or_else(|p| p.into_inner());
-            if still_deposed(deposed.as_ref(), &address, epoch, failing_over) {
+            if still_deposed(deposed.as_ref(), &named, std::time::Instant::now()) {
                 return;
             }
             *deposed = None;
         }
+        let Named { address: (host, port), epoch, .. } = named;
+        let address = format!("{host}:{port}");
         if address == self.nodes.load().address {
             self.epoch.store(epoch, std::sync::atomic::Ordering::Relaxed);
             return self.warn_once(String::new());
@@ -458,7 +483,8 @@ impl Shared {
     fn depose(self: &Arc<Self>) {
         let epoch = self.epoch.load(std::sync::atomic::Ordering::Relaxed);
         let was = self.nodes.load().address.clone();
-        *self.deposed.lock().unwrap_or_else(|p| p.into_inner()) = Some((was.clone(), epoch));
+        *self.deposed.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(Deposed { address: was.clone(), epoch, since: std::time::Instant::now() });
         tracing::warn!(
             code = "counters_master_deposed",
             master = %was,
@@ -751,12 +777,23 @@ mod tests {
 
     #[test]
     fn a_deposed_master_is_not_written_to_until_a_successor_is_named() {
-        let deposed = ("127.0.0.1:6379".to_string(), 3);
-        assert!(still_deposed(Some(&deposed), "127.0.0.1:6379", 4, true), "the old address under the new epoch");
-        assert!(still_deposed(Some(&deposed), "127.0.0.1:6380", 3, true), "another address under the old epoch");
-        assert!(!still_deposed(Some(&deposed), "127.0.0.1:6380", 4, true), "the successor");
-        assert!(!still_deposed(Some(&deposed), "127.0.0.1:6379", 3, false), "the failover ended without one");
-        assert!(!still_deposed(None, "127.0.0.1:6379", 0, true));
+        let t = std::time::Instant::now();
+        let deposed = Deposed { address: "127.0.0.1:6379".into(), epoch: 3, since: t };
+        let named = |port, epoch, failing_over, all_answered| Named {
+            address: ("127.0.0.1".into(), port),
+            epoch,
+            failing_over,
+            failover_timeout: Duration::from_secs(180),
+            all_answered,
+        };
+        let held = |n: Named, at| still_deposed(Some(&deposed), &n, at);
+        assert!(held(named(6379, 4, true, true), t), "the old address under the new epoch");
+        assert!(held(named(6380, 3, true, true), t), "another address under the old epoch");
+        assert!(!held(named(6380, 4, true, true), t), "the successor");
+        assert!(!held(named(6379, 3, false, true), t), "every sentinel says the failover ended without one");
+        assert!(held(named(6379, 3, false, false), t), "a silent sentinel may be leading it");
+        assert!(!held(named(6379, 3, true, false), t + Duration::from_secs(181)), "past failover-timeout");
+        assert!(!still_deposed(None, &named(6379, 0, true, true), t));
     }
 
     #[test]
@@ -776,7 +813,14 @@ mod tests {
         .iter()
         .map(|s| s.to_string())
         .collect();
-        assert_eq!(named(&reply), Ok(Named { address: ("127.0.0.1".into(), 6380), epoch: 3, failing_over: true }));
+        let expected = Named {
+            address: ("127.0.0.1".into(), 6380),
+            epoch: 3,
+            failing_over: true,
+            failover_timeout: Duration::from_secs(180),
+            all_answered: true,
+        };
+        assert_eq!(named(&reply), Ok(expected));
         assert!(named(&reply[..6]).is_err_and(|e| e.contains("config-epoch")));
     }
 
