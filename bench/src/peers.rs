@@ -46,6 +46,11 @@ impl Process {
         self.child.id()
     }
 
+    /// Its stderr, when the command that started it piped it (once).
+    pub fn take_stderr(&mut self) -> Option<tokio::process::ChildStderr> {
+        self.child.stderr.take()
+    }
+
     /// Resident memory of the process and of its children (nginx's workers), in bytes.
     pub fn rss(&self) -> Result<u64> {
         let pid = self.child.id().context("exited")?;
@@ -68,11 +73,12 @@ impl Process {
 }
 
 /// Starts `cmd` and reads its stdout until `ports_of` has found every port it needs.
-async fn spawn_reading(
+/// Its stderr is the caller's to set (inherited unless set).
+pub async fn spawn_reading(
     mut cmd: Command,
     mut ports_of: impl FnMut(&str) -> Option<Vec<u16>>,
 ) -> Result<(Process, Vec<u16>)> {
-    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).kill_on_drop(true).spawn()?;
+    let mut child = cmd.stdout(Stdio::piped()).kill_on_drop(true).spawn()?;
     let mut lines = BufReader::new(child.stdout.take().context("stdout")?).lines();
     let ports = tokio::time::timeout(Duration::from_secs(30), async {
         while let Some(line) = lines.next_line().await? {

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
-use crate::peers::{loopback, tollgate_bin, which};
+use crate::peers::{Process, loopback, spawn_reading, tollgate_bin, which};
 use crate::{cpu, http};
 
 /// One configuration size and what it cost.
@@ -91,7 +91,7 @@ fn target(products: usize, applications: usize) -> (String, String) {
 
 /// A `tollgate serve` of one file, its stderr lines on a channel.
 struct Serving {
-    child: tokio::process::Child,
+    process: Process,
     staging: SocketAddr,
     log: tokio::sync::mpsc::UnboundedReceiver<String>,
 }
@@ -99,40 +99,31 @@ struct Serving {
 impl Serving {
     async fn start(file: &Path) -> Result<(Serving, Duration)> {
         let started = Instant::now();
-        let mut child = Command::new(tollgate_bin()?)
-            .args(["--log", "info", "serve", "--config"])
+        let mut cmd = Command::new(tollgate_bin()?);
+        cmd.args(["--log", "info", "serve", "--config"])
             .arg(file)
             .args(["--staging-listen", "127.0.0.1:0", "--production-listen", "127.0.0.1:0"])
             .args(["--admin-listen", "127.0.0.1:0"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()?;
+            .stderr(Stdio::piped());
+        let (mut process, ports) = spawn_reading(cmd, |line| {
+            let rest = line.strip_prefix("tollgate: staging gateway")?;
+            rest.trim().rsplit(':').next()?.parse::<u16>().ok().map(|p| vec![p])
+        })
+        .await
+        .context("tollgate serve")?;
+        let elapsed = started.elapsed();
         let (tx, log) = tokio::sync::mpsc::unbounded_channel();
-        let mut err = BufReader::new(child.stderr.take().context("stderr")?).lines();
+        let mut err = BufReader::new(process.take_stderr().context("stderr")?).lines();
         tokio::spawn(async move {
             while let Ok(Some(line)) = err.next_line().await {
                 let _ = tx.send(line);
             }
         });
-        let mut out = BufReader::new(child.stdout.take().context("stdout")?).lines();
-        let port = tokio::time::timeout(Duration::from_secs(300), async {
-            while let Some(line) = out.next_line().await? {
-                if let Some(rest) = line.strip_prefix("tollgate: staging gateway") {
-                    return rest.trim().rsplit(':').next().and_then(|p| p.parse::<u16>().ok()).context("a port");
-                }
-            }
-            Err(anyhow!("tollgate serve exited before listening"))
-        })
-        .await
-        .map_err(|_| anyhow!("tollgate serve did not listen within 300 s"))??;
-        let elapsed = started.elapsed();
-        tokio::spawn(async move { while let Ok(Some(_)) = out.next_line().await {} });
-        Ok((Serving { child, staging: loopback(port), log }, elapsed))
+        Ok((Serving { process, staging: loopback(ports[0]), log }, elapsed))
     }
 
     fn pid(&self) -> Result<u32> {
-        self.child.id().context("tollgate serve has exited")
+        self.process.id().context("tollgate serve has exited")
     }
 
     /// Sends SIGHUP and waits for the log to say the configuration was reloaded.

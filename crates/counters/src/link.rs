@@ -5,10 +5,11 @@
 //! - `redis+sentinel://[[USER]:PASSWORD@]HOST[:PORT][,HOST[:PORT]…]/SERVICE[/DB]`: the
 //!   sentinels (port 26379 unless given) are asked which server is the master of
 //!   `SERVICE` (the name in their `sentinel monitor` line); the credentials and the
-//!   database are the master's (the sentinels are asked without a password). When a
-//!   call to the master fails — refused, dropped, timed out, or `READONLY` because a
-//!   failover made it a replica — the sentinels are asked again (at most every
-//!   [`REDISCOVER_EVERY`]) and the node's connections move to the master they name.
+//!   database are the master's (the sentinels are asked without a password). They are
+//!   asked every [`SENTINEL_POLL`], again when a call to the master fails (at most every
+//!   [`REDISCOVER_EVERY`]), and listened to for a failover's messages: a master being
+//!   replaced is not written to from the moment a sentinel promotes a replica (see
+//!   `still_deposed`), and the node's connections move to the master they name next.
 //! - `redis+cluster://[[USER]:PASSWORD@]HOST[:PORT][,HOST[:PORT]…]`: seed nodes of a
 //!   Redis Cluster (port 6379 unless given); keys are hashed to slots and `MOVED`/`ASK`
 //!   redirections followed by the `redis` crate's cluster client. Every key of one
@@ -18,13 +19,14 @@
 //! The scheme names follow the `redis+…` convention of other multi-host URLs
 //! (`postgres`'s host lists, Celery's `sentinel://`): one `--counters` value says all.
 
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, IntoConnectionInfo, Pipeline, RedisError, RedisFuture, Value};
+use tokio::sync::Notify;
 
 use crate::CountersError;
 
@@ -165,24 +167,21 @@ pub fn redact(url: &str) -> String {
 /// A connection to where the counters live, for one call or many (cheap to clone).
 #[derive(Clone)]
 pub enum Conn {
-    /// One server, or the master that sentinels named.
-    Server(ConnectionManager, Option<Weak<Shared>>),
+    /// One server, or the master that sentinels named (with the sentinel watcher's
+    /// wake-up, for failed calls).
+    Server(ConnectionManager, Option<Arc<Notify>>),
     /// A Redis Cluster (slots and redirections handled by the client).
     Cluster(ClusterConnection),
-    /// No master is known yet: the sentinels have not answered.
-    Unknown(Weak<Shared>),
+    /// No master to write to: the sentinels have not named one (or a failover
+    /// deposed it). Every call fails and wakes the sentinel watcher.
+    Unknown(Arc<Notify>),
 }
 
-impl Conn {
-    /// After a call to a sentinel-named master: ask the sentinels again when the
-    /// failure could mean that the master moved.
-    fn watch<T>(watch: Option<&Weak<Shared>>, result: &Result<T, RedisError>) {
-        if let (Some(w), Err(e)) = (watch, result)
-            && moved(e)
-            && let Some(shared) = w.upgrade()
-        {
-            shared.rediscover();
-        }
+/// After a call to a sentinel-named master: the watcher asks the sentinels again (at
+/// most every [`REDISCOVER_EVERY`]) when the failure could mean that the master moved.
+fn wake_if_moved<T>(wake: &Notify, result: &Result<T, RedisError>) {
+    if result.as_ref().is_err_and(moved) {
+        wake.notify_one();
     }
 }
 
@@ -210,14 +209,14 @@ impl ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
             Conn::Server(c, None) => c.req_packed_command(cmd),
-            Conn::Server(c, Some(w)) => Box::pin(async move {
+            Conn::Server(c, Some(wake)) => Box::pin(async move {
                 let result = c.req_packed_command(cmd).await;
-                Conn::watch(Some(w), &result);
+                wake_if_moved(wake, &result);
                 result
             }),
             Conn::Cluster(c) => c.req_packed_command(cmd),
-            Conn::Unknown(w) => {
-                Conn::watch(Some(w), &Err::<(), _>(no_master()));
+            Conn::Unknown(wake) => {
+                wake.notify_one();
                 Box::pin(async { Err(no_master()) })
             }
         }
@@ -231,14 +230,14 @@ impl ConnectionLike for Conn {
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
             Conn::Server(c, None) => c.req_packed_commands(pipeline, offset, count),
-            Conn::Server(c, Some(w)) => Box::pin(async move {
+            Conn::Server(c, Some(wake)) => Box::pin(async move {
                 let result = c.req_packed_commands(pipeline, offset, count).await;
-                Conn::watch(Some(w), &result);
+                wake_if_moved(wake, &result);
                 result
             }),
             Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
-            Conn::Unknown(w) => {
-                Conn::watch(Some(w), &Err::<(), _>(no_master()));
+            Conn::Unknown(wake) => {
+                wake.notify_one();
                 Box::pin(async { Err(no_master()) })
             }
         }
@@ -264,12 +263,12 @@ struct Nodes {
 }
 
 /// What the connections of a sentinel-watched master share.
-pub struct Shared {
+struct Shared {
     nodes: ArcSwap<Nodes>,
     config: ConnectionManagerConfig,
     sentinels: Option<Sentinels>,
     /// Wakes the sentinel watcher at once (a failed call, a `+switch-master` event).
-    wake: Arc<tokio::sync::Notify>,
+    wake: Arc<Notify>,
     /// How long one sentinel (and the master it names) may take to answer.
     timeout: Duration,
     /// The last warning about the sentinels, so that it is logged once, not per poll.
@@ -408,11 +407,6 @@ impl Sentinels {
 pub const SENTINEL_POLL: Duration = Duration::from_secs(1);
 
 impl Shared {
-    /// Asks the sentinels again soon (at most every [`REDISCOVER_EVERY`]).
-    fn rediscover(self: Arc<Self>) {
-        self.wake.notify_one();
-    }
-
     /// Logs `message` as a warning unless it was the last one; an empty message clears.
     fn warn_once(&self, message: String) {
         let mut last = self.warned.lock().unwrap_or_else(|p| p.into_inner());
@@ -468,8 +462,8 @@ impl Shared {
                     to = %address,
                     "the sentinels name a new Redis master: counters move to it"
                 );
-                let watch = Some(Arc::downgrade(self));
-                self.nodes.store(Arc::new(Nodes::server(address, client, Conn::Server(conn, watch))));
+                let wake = Some(self.wake.clone());
+                self.nodes.store(Arc::new(Nodes::server(address, client, Conn::Server(conn, wake))));
                 self.epoch.store(epoch, std::sync::atomic::Ordering::Relaxed);
                 self.warn_once(String::new());
             }
@@ -490,7 +484,7 @@ impl Shared {
             master = %was,
             "a sentinel is promoting a replica: counters are not written until the new master is named"
         );
-        self.nodes.store(Arc::new(Nodes::without_workers(Conn::Unknown(Arc::downgrade(self)))));
+        self.nodes.store(Arc::new(Nodes::without_workers(Conn::Unknown(self.wake.clone()))));
     }
 
     /// A failover that deposed the master gave up: the sentinels' answer counts again.
@@ -640,6 +634,7 @@ impl Link {
         timeout: Duration,
     ) -> Result<Link, CountersError> {
         let bad = |u: &str, e: RedisError| CountersError::BadUrl(format!("`{}`: {e}", redact(u)));
+        let wake = Arc::new(Notify::new());
         let (nodes, sentinel) = match target {
             Target::Server(url) => {
                 let client = redis::Client::open(url.as_str()).map_err(|e| bad(url, e))?;
@@ -669,7 +664,7 @@ impl Link {
                     clients.push((url.trim_start_matches("redis://").to_string(), client));
                 }
                 let sentinels = Sentinels { service: service.clone(), clients, node: info };
-                (Nodes::without_workers(Conn::Unknown(Weak::new())), Some(sentinels))
+                (Nodes::without_workers(Conn::Unknown(wake.clone())), Some(sentinels))
             }
         };
         let is_sentinel = sentinel.is_some();
@@ -677,14 +672,13 @@ impl Link {
             nodes: ArcSwap::from_pointee(nodes),
             config,
             sentinels: sentinel,
-            wake: Arc::default(),
+            wake,
             timeout,
             warned: Mutex::default(),
             epoch: std::sync::atomic::AtomicU64::new(0),
             deposed: Mutex::new(None),
         });
         if is_sentinel {
-            shared.nodes.store(Arc::new(Nodes::without_workers(Conn::Unknown(Arc::downgrade(&shared)))));
             // The master, if the sentinels answer now; otherwise at the next poll.
             shared.ask_sentinels().await;
             shared.watch();

@@ -300,7 +300,7 @@ pub struct RedisCounters {
     /// Lease calls that timed out, to check their receipts.
     doubts: Arc<Mutex<Vec<Doubt>>>,
     /// Lease refills started, and those not yet answered.
-    refills: Arc<(AtomicU64, AtomicU64)>,
+    refills: Arc<RefillCounts>,
     /// Names this node's lease receipts apart from other nodes'.
     receipt_prefix: String,
     receipts: AtomicU64,
@@ -393,7 +393,18 @@ impl RedisCounters {
     /// Lease refills started since the start, and those in flight now (each is one
     /// Redis call made beside the requests, not by one).
     pub fn refills(&self) -> (u64, u64) {
-        (self.refills.0.load(Relaxed), self.refills.1.load(Relaxed))
+        (self.refills.started.load(Relaxed), self.refills.in_flight.load(Relaxed))
+    }
+
+    /// Resolves once no lease refill is in flight (at once if none is).
+    pub async fn refills_landed(&self) {
+        loop {
+            let landed = self.refills.landed.notified();
+            if self.refills.in_flight.load(Relaxed) == 0 {
+                return;
+            }
+            landed.await;
+        }
     }
 
     /// Gives back to Redis the leases not used for `idle` (every lease when zero: at
@@ -650,13 +661,7 @@ impl RedisCounters {
                 // units of a window the request does not use.
                 call.arg(a.give_back).arg(if a.lease && c.delta > 0 { leases.units } else { 0 });
             }
-            // In the application's hash slot, as the windows (Redis Cluster).
-            let receipt = format!(
-                "{}:{{{application}}}:receipt:{}:{}",
-                self.namespace,
-                self.receipt_prefix,
-                self.receipts.fetch_add(1, Relaxed)
-            );
+            let receipt = self.receipt_key(application);
             call.key(&receipt).arg(RECEIPT_SECONDS);
             if let Err(why) = self.gate() {
                 untake();
@@ -734,35 +739,32 @@ impl RedisCounters {
         let windows: Vec<RefillWindow> = indices
             .iter()
             .map(|&i| {
-                let w = crate::lease::Window::of(application, &checks[i], now);
-                (w.metric.into(), w.period, w.start, checks[i].max, leases.key(&w))
+                let (c, w) = (&checks[i], crate::lease::Window::of(application, &checks[i], now));
+                RefillWindow {
+                    metric: w.metric.into(),
+                    period: w.period,
+                    start: w.start,
+                    max: c.max,
+                    key: leases.key(&w),
+                    expire_at: c.period.window(now).1.map_or(0, |e| e + EXPIRY_SLACK),
+                }
             })
             .collect();
-        let expiry: Vec<i64> =
-            indices.iter().map(|&i| checks[i].period.window(now).1.map_or(0, |e| e + EXPIRY_SLACK)).collect();
-        let receipt = format!(
-            "{}:{{{application}}}:receipt:{}:{}",
-            self.namespace,
-            self.receipt_prefix,
-            self.receipts.fetch_add(1, Relaxed)
-        );
+        let receipt = self.receipt_key(application);
         let (script, link, doubts, counts) =
             (self.lease.clone(), self.link.clone(), self.doubts.clone(), self.refills.clone());
         let application: Box<str> = application.into();
         self.breaker.asked.fetch_add(1, Relaxed);
-        counts.0.fetch_add(1, Relaxed);
-        counts.1.fetch_add(1, Relaxed);
+        counts.started.fetch_add(1, Relaxed);
+        counts.in_flight.fetch_add(1, Relaxed);
         runtime.spawn(async move {
             let mut call = script.prepare_invoke();
             call.arg(crate::lease::SHARE);
-            for ((_, _, _, max, key), at) in windows.iter().zip(&expiry) {
-                call.key(key).arg(*max).arg(0).arg(*at).arg(0).arg(leases.units);
+            for w in &windows {
+                call.key(&w.key).arg(w.max).arg(0).arg(w.expire_at).arg(0).arg(leases.units);
             }
             call.key(&receipt).arg(RECEIPT_SECONDS);
             let result = call.invoke_async::<Vec<i64>>(&mut link.worker()).await;
-            fn window<'w>(application: &'w str, w: &'w RefillWindow) -> crate::lease::Window<'w> {
-                crate::lease::Window { application, metric: &w.0, period: w.1, start: w.2 }
-            }
             match result {
                 Ok(reply) => {
                     if let [1, granted @ ..] = reply.as_slice()
@@ -771,20 +773,28 @@ impl RedisCounters {
                         for (w, pair) in windows.iter().zip(granted.chunks_exact(2)) {
                             let (total, grant) = (pair[0].max(0) as u64, pair[1].max(0) as u64);
                             // Even none: a window whose room is gone is not refilled again.
-                            leases.granted(&window(&application, w), w.3, grant, total, Instant::now());
+                            leases.granted(&w.window(&application), w.max, grant, total, Instant::now());
                         }
                     }
                 }
                 Err(_) => {
-                    let keys = windows.iter().map(|w| w.4.clone()).collect();
+                    let keys = windows.iter().map(|w| w.key.clone()).collect();
                     lock(&doubts).push(Doubt { receipt, keys, since: Instant::now() });
                 }
             }
             for w in &windows {
-                leases.asked(&window(&application, w), w.3);
+                leases.asked(&w.window(&application), w.max);
             }
-            counts.1.fetch_sub(1, Relaxed);
+            counts.in_flight.fetch_sub(1, Relaxed);
+            counts.landed.notify_waiters();
         });
+    }
+
+    /// A new lease call's receipt key, in the application's hash slot as its windows
+    /// (Redis Cluster).
+    fn receipt_key(&self, application: &str) -> String {
+        let n = self.receipts.fetch_add(1, Relaxed);
+        format!("{}:{{{application}}}:receipt:{}:{n}", self.namespace, self.receipt_prefix)
     }
 
     /// `resilient`: keeps an application's last decision from Redis.
@@ -998,9 +1008,32 @@ impl RedisCounters {
     }
 }
 
-/// A window a refill asks for, owned by its task: (metric, period, window start, limit,
-/// Redis key).
-type RefillWindow = (Box<str>, Period, i64, u64, String);
+/// Lease refills started and in flight; woken as each lands.
+#[derive(Default)]
+struct RefillCounts {
+    started: AtomicU64,
+    in_flight: AtomicU64,
+    landed: tokio::sync::Notify,
+}
+
+/// A window a refill asks for, owned by its task.
+struct RefillWindow {
+    metric: Box<str>,
+    period: Period,
+    /// Unix seconds at which the window starts.
+    start: i64,
+    /// The limit's value the lease is under.
+    max: u64,
+    /// The window's Redis key, and when it expires (Unix seconds; 0: never).
+    key: String,
+    expire_at: i64,
+}
+
+impl RefillWindow {
+    fn window<'w>(&'w self, application: &'w str) -> crate::lease::Window<'w> {
+        crate::lease::Window { application, metric: &self.metric, period: self.period, start: self.start }
+    }
+}
 
 /// The windows whose leases a request found running low: refilled when it is admitted
 /// ([`RedisCounters::refill`] takes them), released for another to refill otherwise.

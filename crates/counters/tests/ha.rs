@@ -40,44 +40,72 @@ impl Drop for Dir {
     }
 }
 
-/// `redis-server` processes, killed when dropped.
+/// `redis-server` processes, killed when dropped, and the lines of each one's log.
 #[derive(Default)]
-struct Servers(Vec<(u16, Child)>);
+struct Servers(Vec<Server>);
+
+struct Server {
+    port: u16,
+    child: Child,
+    log: std::sync::mpsc::Receiver<String>,
+}
+
+/// What a replica logs once it has its master's data: a full sync, or a partial one.
+const SYNCED: [&str; 2] = ["MASTER <-> REPLICA sync: Finished with success", "accepted a Partial Resynchronization"];
 
 impl Servers {
     /// Starts `redis-server` on a free loopback port with `args` (a config file
-    /// first, if any) and waits until it accepts connections; returns the port.
+    /// first, if any) and waits until its log says it listens ("Ready to accept
+    /// connections", or a sentinel's "Sentinel ID is", both written once the listener
+    /// is up); returns the port. The log is read to its end, so the pipe never fills.
     fn start(&mut self, dir: &Dir, args: &[&str]) -> u16 {
         let port = free_port();
-        let child = Command::new("redis-server")
+        let mut child = Command::new("redis-server")
             .args(args)
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .current_dir(&dir.0)
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .spawn()
             .expect("redis-server (apt install redis-server)");
-        self.0.push((port, child));
-        let started = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(started.elapsed() < Duration::from_secs(10), "redis-server on {port} did not start");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        let out = child.stdout.take().expect("stdout");
+        let (lines, log) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufRead::lines(std::io::BufReader::new(out)).map_while(Result::ok) {
+                let _ = lines.send(line);
+            }
+        });
+        self.0.push(Server { port, child, log });
+        self.logged(port, &[&["Ready to accept connections", "Sentinel ID is"]]);
         port
     }
 
+    /// Waits (at most 30 s) until the log of the server on `port` has had, for each
+    /// group of `events`, a line holding one of the group's texts, in any order; the
+    /// lines read are consumed.
+    fn logged(&self, port: u16, events: &[&[&str]]) {
+        let server = self.0.iter().find(|s| s.port == port).expect("a server of ours");
+        let mut waiting: Vec<&[&str]> = events.to_vec();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !waiting.is_empty() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = server.log.recv_timeout(left).unwrap_or_else(|_| panic!("{port} never logged {waiting:?}"));
+            waiting.retain(|group| !group.iter().any(|text| line.contains(text)));
+        }
+    }
+
     fn kill(&mut self, port: u16) {
-        let at = self.0.iter().position(|(p, _)| *p == port).expect("a server of ours");
-        let (_, mut child) = self.0.remove(at);
-        let _ = child.kill();
-        let _ = child.wait();
+        let at = self.0.iter().position(|s| s.port == port).expect("a server of ours");
+        let mut server = self.0.remove(at);
+        let _ = server.child.kill();
+        let _ = server.child.wait();
     }
 }
 
 impl Drop for Servers {
     fn drop(&mut self) {
-        for (_, c) in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
+        for s in &mut self.0 {
+            let _ = s.child.kill();
+            let _ = s.child.wait();
         }
     }
 }
@@ -89,12 +117,34 @@ fn cli(port: u16, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-/// Waits (bounded) until `ready` holds, checking every 20 ms.
+/// Waits (bounded) until `ready` holds, checking every 20 ms: for where a gateway node
+/// writes, which nothing announces; servers' states are awaited on their logs and
+/// failovers on their `+switch-master` message instead.
 fn until(what: &str, limit: Duration, mut ready: impl FnMut() -> bool) {
     let started = Instant::now();
     while !ready() {
         assert!(started.elapsed() < limit, "gave up waiting for {what}");
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Listens on the sentinel at `port` for `+switch-master` (which every sentinel
+/// publishes once it knows a failover's new master); the future resolves to the new
+/// master's port. Subscribed before it returns, so a failover started afterwards is
+/// not missed.
+async fn switch_master(port: u16) -> impl std::future::Future<Output = u16> {
+    let client = ::redis::Client::open(format!("redis://127.0.0.1:{port}")).expect("url");
+    let mut pubsub = client.get_async_pubsub().await.expect("a sentinel");
+    pubsub.subscribe("+switch-master").await.expect("subscribe");
+    async move {
+        let mut messages = pubsub.into_on_message();
+        let message = tokio::time::timeout(Duration::from_secs(30), futures_util::StreamExt::next(&mut messages))
+            .await
+            .expect("no failover within 30 s")
+            .expect("the sentinel went away");
+        // `SERVICE OLD-IP OLD-PORT NEW-IP NEW-PORT`
+        let payload: String = message.get_payload().expect("a text payload");
+        payload.split(' ').nth(4).and_then(|p| p.parse().ok()).expect("a new master's port")
     }
 }
 
@@ -106,16 +156,16 @@ fn hits(max: u64) -> [Check<'static>; 1] {
     [Check { metric: "hits", period: Period::Minute, max, delta: 1 }]
 }
 
-/// Asks until the counters answer (the failure mode — strict here — answers while the
-/// master moves: an error, nothing counted); returns the answer and how many calls
-/// the failure mode answered first.
-async fn first_answer(counters: &RedisCounters, app: &str, max: u64, now: i64) -> (Decision, usize) {
+/// Asks until the counters answer (strict mode answers with an error, nothing
+/// counted, until the node has read the sentinels' news and moved): a few
+/// milliseconds after the `+switch-master` the test awaited, which the node hears on
+/// its own subscription.
+async fn first_answer(counters: &RedisCounters, app: &str, max: u64, now: i64) -> Decision {
     let started = Instant::now();
-    let mut refused = 0;
     loop {
         match counters.authorize(app, &hits(max), now).await {
-            Ok(d) => return (d, refused),
-            Err(CountersError::Unavailable(_)) => refused += 1,
+            Ok(d) => return d,
+            Err(CountersError::Unavailable(_)) => {}
             Err(e) => panic!("{e}"),
         }
         assert!(started.elapsed() < Duration::from_secs(30), "no answer after the failover");
@@ -139,9 +189,9 @@ async fn counters_follow_the_master_through_sentinel_failovers() {
     let first = servers.start(&dir, &[]);
     let replicas: Vec<u16> =
         (0..2).map(|_| servers.start(&dir, &["--replicaof", "127.0.0.1", &first.to_string()])).collect();
-    until("the replicas to sync", Duration::from_secs(20), || {
-        replicas.iter().all(|r| cli(*r, &["INFO", "replication"]).contains("master_link_status:up"))
-    });
+    for r in &replicas {
+        servers.logged(*r, &[&SYNCED]);
+    }
     let mut sentinels = Vec::new();
     for i in 0..3 {
         let conf = dir.0.join(format!("sentinel-{i}.conf"));
@@ -156,12 +206,13 @@ async fn counters_follow_the_master_through_sentinel_failovers() {
         .expect("sentinel config");
         sentinels.push(servers.start(&dir, &[conf.to_str().expect("utf-8 path"), "--sentinel"]));
     }
-    until("the sentinels to know the replica and each other", Duration::from_secs(30), || {
-        sentinels.iter().all(|s| {
-            replicas.iter().all(|r| cli(*s, &["SENTINEL", "REPLICAS", "tg"]).contains(&r.to_string()))
-                && cli(*s, &["SENTINEL", "SENTINELS", "tg"]).matches("127.0.0.1").count() == 2
-        })
-    });
+    // Each sentinel learns the replicas (`+slave`) and the other sentinels (`+sentinel`).
+    for s in &sentinels {
+        let replicas: Vec<String> = replicas.iter().map(|r| format!("+slave slave 127.0.0.1:{r}")).collect();
+        let others: Vec<String> = sentinels.iter().filter(|o| *o != s).map(|o| format!("127.0.0.1 {o} @ tg")).collect();
+        let texts: Vec<[&str; 1]> = replicas.iter().chain(&others).map(|t| [t.as_str()]).collect();
+        servers.logged(*s, &texts.iter().map(|t| &t[..]).collect::<Vec<_>>());
+    }
 
     // First in the list, a "sentinel" that accepts connections and never answers:
     // the others are asked at the same time, so it delays nobody.
@@ -213,12 +264,10 @@ async fn counters_follow_the_master_through_sentinel_failovers() {
     };
     let loads = [load(counters.clone()), load(other.clone())];
     assert_eq!(cli(first, &["WAIT", "2", "5000"]), "2");
+    let switched = switch_master(sentinels[0]).await;
     assert_eq!(cli(sentinels[0], &["SENTINEL", "FAILOVER", "tg"]), "OK");
-    let mut second = 0;
-    until("a replica to be promoted", Duration::from_secs(30), || {
-        second = replicas.iter().copied().find(|r| role(*r) == "master").unwrap_or(0);
-        second != 0
-    });
+    let second = switched.await;
+    assert!(replicas.contains(&second), "a replica is promoted");
     until("both nodes to move to the promoted replica", Duration::from_secs(30), || {
         [&counters, &other].iter().all(|n| n.server() == format!("127.0.0.1:{second}"))
     });
@@ -229,9 +278,9 @@ async fn counters_follow_the_master_through_sentinel_failovers() {
         let (a, _) = l.await.expect("load");
         busy_admitted += a;
     }
-    until("the old master to be a synced replica", Duration::from_secs(30), || {
-        role(first) == "slave" && cli(first, &["INFO", "replication"]).contains("master_link_status:up")
-    });
+    // The old master, demoted, syncs from the new one.
+    let from_second = format!("MASTER 127.0.0.1:{second}");
+    servers.logged(first, &[&[from_second.as_str()], &SYNCED]);
     let counted = counters.status(busy, &hits(1_000_000), now).await.expect("status")[0].current;
     eprintln!(
         "graceful failover under load: {busy_admitted} admitted, {counted} counted on the new master; moved before the old master was demoted: {moved_before_demotion}"
@@ -243,26 +292,24 @@ async fn counters_follow_the_master_through_sentinel_failovers() {
         total += admitted(&counters.authorize(app, &hits(max), now).await.expect("the new master answers"));
     }
     assert_eq!(total, 9);
-    until("the other replica to follow the new master", Duration::from_secs(30), || {
-        replicas.iter().chain([&first]).filter(|r| **r != second).all(|r| {
-            cli(*r, &["INFO", "replication"]).contains(&format!("master_port:{second}"))
-                && cli(*r, &["INFO", "replication"]).contains("master_link_status:up")
-        })
-    });
+    for r in replicas.iter().filter(|r| **r != second) {
+        servers.logged(*r, &[&[from_second.as_str()], &SYNCED]);
+    }
     assert_eq!(cli(second, &["WAIT", "2", "5000"]), "2");
 
     // Abrupt: the master dies; until the sentinels agree (500 ms down-after + an
     // election), strict mode refuses; then the counters move back.
+    let switched = switch_master(sentinels[1]).await;
     servers.kill(second);
     match counters.authorize(app, &hits(max), now).await {
         Err(CountersError::Unavailable(_)) => {}
         other => panic!("strict mode answers while no master is up: {other:?}"),
     }
-    let (d, _) = first_answer(&counters, app, max, now).await;
-    total += admitted(&d);
-    let third = counters.server().rsplit(':').next().and_then(|p| p.parse::<u16>().ok()).expect("a master");
+    let third = switched.await;
     assert_ne!(third, second);
-    assert_eq!(role(third), "master", "the counters moved to the promoted server");
+    let d = first_answer(&counters, app, max, now).await;
+    total += admitted(&d);
+    assert_eq!(counters.server(), format!("127.0.0.1:{third}"), "the counters moved to the promoted server");
     for _ in 0..10 {
         total += admitted(&counters.authorize(app, &hits(max), now).await.expect("the promoted master answers"));
     }
@@ -296,9 +343,9 @@ impl Cluster {
             .output()
             .expect("redis-cli --cluster create");
         assert!(out.status.success(), "cluster create: {}", String::from_utf8_lossy(&out.stdout));
-        until("the cluster to be ok on every node", Duration::from_secs(30), || {
-            ports.iter().all(|p| cli(*p, &["CLUSTER", "INFO"]).contains("cluster_state:ok"))
-        });
+        for p in &ports {
+            servers.logged(*p, &[&["Cluster state changed: ok"]]);
+        }
         Cluster { _dir: dir, servers, ports }
     }
 
@@ -411,11 +458,10 @@ async fn a_cluster_counts_exactly_across_slots_and_nodes() {
     let mut cluster = cluster;
     let dead = cluster.ports[2];
     cluster.servers.kill(dead);
-    let started = Instant::now();
-    while nodes[0].ping().await.is_ok() {
-        assert!(started.elapsed() < Duration::from_secs(30), "the cluster still counts as healthy");
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    for p in cluster.ports.iter().filter(|p| **p != dead) {
+        cluster.servers.logged(*p, &[&["Cluster state changed: fail"]]);
     }
+    assert!(nodes[0].ping().await.is_err(), "the cluster still counts as healthy");
 }
 
 // A slot moves between masters while an application is counted in it: during the

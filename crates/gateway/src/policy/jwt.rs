@@ -402,24 +402,25 @@ impl JwtPolicy {
         if token.split('.').count() != 3 {
             return Err("malformed token");
         }
-        // The header is UTF-8 JSON (RFC 7515 §4, §5.2 step 3). `jsonwebtoken` reads it
-        // more leniently (invalid UTF-8 inside a string gets through), so it is read
-        // here first: a header no JSON parser would accept is refused whatever signs it.
-        let named = {
+        // The header is UTF-8 JSON (RFC 7515 §4, §5.2 step 3), decoded once here. Read
+        // straight into `jsonwebtoken`'s header, invalid UTF-8 inside a string would
+        // get through; a generic JSON value checks every string first, so a header no
+        // JSON parser would accept is refused whatever signs it.
+        let header = {
             use base64::Engine as _;
             let segment = token.split('.').next().unwrap_or_default();
             let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
-                .decode(segment.trim_end_matches('='))
+                .decode(segment)
                 .map_err(|_| "malformed token header")?;
-            match serde_json::from_slice::<serde_json::Value>(&json) {
+            let named = match serde_json::from_slice::<serde_json::Value>(&json) {
                 Ok(serde_json::Value::Object(h)) => h.get("alg").is_some_and(serde_json::Value::is_string),
                 _ => return Err("malformed token header"),
-            }
+            };
+            // Say which: a header naming an algorithm that `jsonwebtoken` cannot use
+            // (`none`, say), or one naming none.
+            serde_json::from_slice::<jsonwebtoken::Header>(&json)
+                .map_err(|_| if named { "unsupported algorithm" } else { "malformed token header" })?
         };
-        // Say which: a readable header naming an algorithm `jsonwebtoken` has no use for
-        // (`none`, say), or one that cannot be read at all.
-        let header = jsonwebtoken::decode_header(token)
-            .map_err(|_| if named { "unsupported algorithm" } else { "malformed token header" })?;
         let alg = match header.alg {
             jsonwebtoken::Algorithm::RS256 => Alg::RS256,
             jsonwebtoken::Algorithm::ES256 => Alg::ES256,
