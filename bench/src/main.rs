@@ -13,6 +13,7 @@ mod http;
 mod peers;
 mod report;
 mod scale;
+mod soak;
 mod ws;
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -23,8 +24,10 @@ use peers::{Backends, Fronts, Process};
 use report::{Row, Table, median};
 use ws::Target;
 
-const USAGE: &str = "usage: tollgate-bench all [--smoke] [--rounds N] [--seconds S] [--only LIST] [--out DIR]
-         LIST: comma-separated of http, cpu, fleet, grpc, redis, tls, pingpong, handshakes, stream, memory, scale
+const USAGE: &str =
+    "usage: tollgate-bench all [--smoke] [--rounds N] [--seconds S] [--only LIST] [--soak-minutes M] [--out DIR]
+         LIST: comma-separated of http, cpu, fleet, grpc, redis, tls, pingpong, handshakes, stream, memory, scale, soak
+         (soak runs only when named, or under --smoke for a few seconds)
        tollgate-bench echo          (an echo WebSocket server; prints its port)
        tollgate-bench grpc          (a gRPC echo server over h2c, tonic; prints its port)
        tollgate-bench copy PORT     (a raw TCP byte copy to 127.0.0.1:PORT; prints its port)";
@@ -47,6 +50,9 @@ struct Settings {
     idle: Vec<usize>,
     /// `scale`: configuration sizes, in products (ten applications each).
     scale: Vec<usize>,
+    /// `soak`: how long and with what.
+    soak: soak::Plan,
+    smoke: bool,
     only: Vec<String>,
     out: Option<PathBuf>,
 }
@@ -65,6 +71,16 @@ impl Settings {
             stream_messages: 50_000,
             idle: vec![1_000, 9_000],
             scale: vec![10, 100, 1_000, 10_000],
+            soak: soak::Plan {
+                duration: Duration::from_secs(30 * 60),
+                sample_every: Duration::from_secs(10),
+                reload_every: Duration::from_secs(60),
+                capacity_turn: Duration::from_secs(5),
+                http_connections: 16,
+                ws_sessions: 50,
+                churn_loops: 8,
+            },
+            smoke: false,
             only: Vec::new(),
             out: None,
         }
@@ -83,12 +99,27 @@ impl Settings {
             stream_messages: 200,
             idle: vec![20],
             scale: vec![10, 100],
+            soak: soak::Plan {
+                duration: Duration::from_secs(3),
+                sample_every: Duration::from_millis(500),
+                reload_every: Duration::from_secs(1),
+                capacity_turn: Duration::from_millis(500),
+                http_connections: 2,
+                ws_sessions: 2,
+                churn_loops: 1,
+            },
+            smoke: true,
             ..Settings::full()
         }
     }
 
+    /// Whether `phase` runs: every one when `--only` is not given, except the soak
+    /// (half an hour) unless `--smoke` shortens it to seconds.
     fn wants(&self, phase: &str) -> bool {
-        self.only.is_empty() || self.only.iter().any(|p| p == phase)
+        if self.only.is_empty() {
+            return phase != "soak" || self.smoke;
+        }
+        self.only.iter().any(|p| p == phase)
     }
 }
 
@@ -120,12 +151,16 @@ fn parse(args: &[String]) -> Result<Settings> {
                 s.turn = Duration::from_secs_f64(secs);
             }
             "--only" => s.only = value()?.split(',').map(str::to_string).collect(),
+            "--soak-minutes" => {
+                let m: f64 = value()?.parse().ok().filter(|n| *n > 0.0).context("--soak-minutes: a positive number")?;
+                s.soak.duration = Duration::from_secs_f64(m * 60.0);
+            }
             "--out" => s.out = Some(value()?.into()),
             _ => bail!("unknown flag {flag}\n{USAGE}"),
         }
     }
-    const PHASES: [&str; 11] =
-        ["http", "cpu", "fleet", "grpc", "redis", "tls", "pingpong", "handshakes", "stream", "memory", "scale"];
+    const PHASES: [&str; 12] =
+        ["http", "cpu", "fleet", "grpc", "redis", "tls", "pingpong", "handshakes", "stream", "memory", "scale", "soak"];
     if let Some(p) = s.only.iter().find(|p| !PHASES.contains(&p.as_str())) {
         bail!("--only: unknown measure `{p}`; choose from {}", PHASES.join(", "));
     }
@@ -265,6 +300,16 @@ async fn all_in(dir: &Path, s: &Settings) -> Result<()> {
         tables.scale = points;
         publish(s, &mut tables, Vec::new())?;
     }
+    if s.wants("soak") {
+        let outcome = soak::run(dir, field.backends, &s.soak).await?;
+        println!("{}", soak::markdown(&outcome));
+        if let Some(out) = &s.out {
+            std::fs::create_dir_all(out)?;
+            soak::plot(&outcome, &out.join("soak.svg"))?;
+        }
+        tables.soak = Some(outcome);
+        publish(s, &mut tables, Vec::new())?;
+    }
     drop(field);
     if s.wants("memory") {
         for &n in &s.idle {
@@ -289,6 +334,9 @@ fn publish(s: &Settings, report: &mut Report, new: Vec<Table>) -> Result<()> {
         if !report.scale.is_empty() {
             tables.insert("scale".into(), scale::json(&report.scale));
         }
+        if let Some(o) = &report.soak {
+            tables.insert("soak".into(), soak::json(o));
+        }
         let json = serde_json::json!({ "machine": machine(), "settings": format!("{s:?}"), "tables": tables });
         std::fs::write(out.join("latest.json"), serde_json::to_string_pretty(&json)? + "\n")?;
     }
@@ -301,6 +349,8 @@ struct Report {
     tables: Vec<Table>,
     /// The `scale` measure's points (plotted to `scale.svg` beside the results).
     scale: Vec<scale::Point>,
+    /// The `soak` measure's outcome (plotted to `soak.svg`).
+    soak: Option<soak::Outcome>,
 }
 
 const KEY: &str = "user_key=bench-key";
@@ -821,6 +871,10 @@ fn render(s: &Settings, report: &Report) -> String {
     if !report.scale.is_empty() {
         out.push_str(&scale::markdown(&report.scale));
         out.push_str("\nPlotted in `scale.svg` beside this file.\n");
+    }
+    if let Some(o) = &report.soak {
+        out.push_str(&soak::markdown(o));
+        out.push_str("\nPlotted in `soak.svg` beside this file; every sample is in `latest.json`.\n");
     }
     out
 }

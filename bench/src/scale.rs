@@ -90,14 +90,14 @@ fn target(products: usize, applications: usize) -> (String, String) {
 }
 
 /// A `tollgate serve` of one file, its stderr lines on a channel.
-struct Serving {
+pub struct Serving {
     process: Process,
-    staging: SocketAddr,
+    pub staging: SocketAddr,
     log: tokio::sync::mpsc::UnboundedReceiver<String>,
 }
 
 impl Serving {
-    async fn start(file: &Path) -> Result<(Serving, Duration)> {
+    pub async fn start(file: &Path) -> Result<(Serving, Duration)> {
         let started = Instant::now();
         let mut cmd = Command::new(tollgate_bin()?);
         cmd.args(["--log", "info", "serve", "--config"])
@@ -122,12 +122,12 @@ impl Serving {
         Ok((Serving { process, staging: loopback(ports[0]), log }, elapsed))
     }
 
-    fn pid(&self) -> Result<u32> {
+    pub fn pid(&self) -> Result<u32> {
         self.process.id().context("tollgate serve has exited")
     }
 
     /// Sends SIGHUP and waits for the log to say the configuration was reloaded.
-    async fn reload(&mut self) -> Result<Duration> {
+    pub async fn reload(&mut self) -> Result<Duration> {
         while self.log.try_recv().is_ok() {}
         let started = Instant::now();
         let ok = Command::new("kill").args(["-HUP", &self.pid()?.to_string()]).status().await?;
@@ -151,7 +151,7 @@ impl Serving {
 }
 
 /// Resident KiB of `pid` now (VmRSS).
-fn resident_kib(pid: u32) -> Result<u64> {
+pub fn resident_kib(pid: u32) -> Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     status
         .lines()

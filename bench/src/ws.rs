@@ -58,13 +58,14 @@ pub async fn copy_server(upstream: u16) -> Result<()> {
 
 /// The `i`th source address of 127.0.0.0/8 (127.1.1.1, 127.1.2.1, …): connections
 /// spread over them never run out of ephemeral ports, however many linger in TIME_WAIT.
-fn source(i: usize) -> SocketAddr {
+pub fn source(i: usize) -> SocketAddr {
     ([127, 1 + (i / 250 % 250) as u8, 1 + (i % 250) as u8, 1], 0).into()
 }
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
-async fn connect(t: &Target, from: Option<SocketAddr>) -> Result<Ws> {
+/// A WebSocket to `t`, from `from` when given (see [`source`]).
+pub async fn connect(t: &Target, from: Option<SocketAddr>) -> Result<Ws> {
     let tcp = match from {
         Some(src) => {
             let socket = TcpSocket::new_v4()?;
@@ -161,15 +162,7 @@ pub async fn handshakes(t: &Target, concurrency: usize, duration: Duration, max:
                         break;
                     }
                     let began = Instant::now();
-                    let mut ws = connect(&t, Some(source(i))).await.context("connect")?;
-                    ws.send(Message::binary(vec![7u8; 32])).await?;
-                    match ws.next().await {
-                        Some(Ok(Message::Binary(b))) if b.len() == 32 => {}
-                        other => bail!("unexpected reply: {other:?}"),
-                    }
-                    ws.close(None).await?;
-                    // The close handshake completes when the peer's close frame arrives.
-                    while let Some(Ok(_)) = ws.next().await {}
+                    session(&t, i).await?;
                     latency.saturating_record(began.elapsed().as_micros() as u64);
                     n += 1;
                 }
@@ -185,6 +178,21 @@ pub async fn handshakes(t: &Target, concurrency: usize, duration: Duration, max:
     }
     run.elapsed = started.elapsed();
     Ok(run)
+}
+
+/// One session from the `i`th source address: connect, upgrade, one 32-byte message
+/// and its echo, close (the close handshake completes when the peer's close frame
+/// arrives).
+pub async fn session(t: &Target, i: usize) -> Result<()> {
+    let mut ws = connect(t, Some(source(i))).await.context("connect")?;
+    ws.send(Message::binary(vec![7u8; 32])).await?;
+    match ws.next().await {
+        Some(Ok(Message::Binary(b))) if b.len() == 32 => {}
+        other => bail!("unexpected reply: {other:?}"),
+    }
+    ws.close(None).await?;
+    while let Some(Ok(_)) = ws.next().await {}
+    Ok(())
 }
 
 /// Joins the tasks, giving up (and aborting them) if they overrun `duration` by 60 s.
