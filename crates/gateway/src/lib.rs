@@ -54,7 +54,7 @@ pub use metrics::{Health, Metrics};
 pub use proxy::{ExchangeDefaults, Gateway, Shared};
 pub use server::{ListenerOptions, Workers, serve};
 pub use snapshot::{
-    BackendSource, Environment, ProductSource, Snapshot, SnapshotHandle, Snapshots, Upstreams, check, compile,
-    compile_environment,
+    Application, Applications, BackendSource, Environment, ProductSource, Snapshot, SnapshotHandle, Snapshots,
+    Upstreams, check, check_loaded, compile, compile_environment,
 };
 pub use upstream::body::GatewayBody;

@@ -213,6 +213,37 @@ pub struct Application {
     pub app_keys: Vec<Box<str>>,
 }
 
+/// A product's applications by each credential that identifies one.
+///
+/// Both environments' snapshots of one compilation hold the same `Arc` when the
+/// product's plans compile alike in both (always in DB-less mode; in store mode, when
+/// the two versions declare the same metrics for the plans' limits): with 100,000
+/// applications, the second copy was about a fifth of a serving node's memory.
+#[derive(Default)]
+pub struct Applications {
+    /// By `account/application`.
+    pub by_id: HashMap<Box<str>, Arc<Application>>,
+    /// By `user_key`.
+    pub by_user_key: HashMap<Box<str>, Arc<Application>>,
+    /// By `app_id`.
+    pub by_app_id: HashMap<Box<str>, Arc<Application>>,
+    /// By their client certificates' SHA-256 fingerprints (lower-case hex).
+    pub by_certificate: HashMap<Box<str>, Arc<Application>>,
+}
+
+/// What a product's applications compile from, beside the applications themselves:
+/// each plan's name, connection cap and limits with their metrics by name (ids differ
+/// between tables). Equal signatures compile to equal [`Applications`].
+type PlanSignature = Vec<(Box<str>, Option<u32>, Vec<(Box<str>, Period, u64)>)>;
+
+/// Applications compiled for one product in this compilation, for the next environment.
+struct SharedApplications {
+    /// The accounts they came from (address and length: the same slice).
+    accounts: (usize, usize),
+    plans: PlanSignature,
+    built: Arc<Applications>,
+}
+
 /// A compiled product, as requests read it.
 pub struct Product {
     /// The product's system name.
@@ -239,14 +270,9 @@ pub struct Product {
     pub websocket: bool,
     /// What the `websocket` policy asks of upgraded connections.
     pub websocket_config: WebSocketConfig,
-    /// Its applications, by `account/application`.
-    pub applications_by_id: HashMap<Box<str>, Arc<Application>>,
-    /// Its applications, by `user_key`.
-    pub applications_by_user_key: HashMap<Box<str>, Arc<Application>>,
-    /// Its applications, by `app_id`.
-    pub applications_by_app_id: HashMap<Box<str>, Arc<Application>>,
-    /// Applications by their client certificates' SHA-256 fingerprints (lower-case hex).
-    pub applications_by_certificate: HashMap<Box<str>, Arc<Application>>,
+    /// Its applications, by each credential that identifies one; shared with the other
+    /// environment's compilation of the product when both have the same plans.
+    pub applications: Arc<Applications>,
     /// How its request paths are made canonical (`request_path`).
     pub path_rules: crate::path::PathRules,
     /// This environment's public base URL, `scheme://host[:port]`, and whether
@@ -319,6 +345,9 @@ pub struct Upstreams {
     quiet: bool,
     /// Products' certificates by product path, loaded once for both environments.
     certificates: HashMap<String, Option<Arc<rustls::sign::CertifiedKey>>>,
+    /// Products' applications by product system name, compiled once for both
+    /// environments when they compile alike ([`Applications`]).
+    applications: HashMap<Box<str>, SharedApplications>,
 }
 
 impl Upstreams {
@@ -412,6 +441,17 @@ pub fn check(config: &Config, draft: bool) -> Result<(), ConfigErrors> {
     compile(config, &Registry::offline()).map(drop)
 }
 
+/// [`check`] of a configuration that [`tollgate_model::parse_str`] or
+/// [`tollgate_model::load_file`] returned, which hold the model's rules already: only
+/// what compiling checks is left (`tollgate check` of 100,000 applications validated
+/// them twice).
+///
+/// # Errors
+/// As [`check`].
+pub fn check_loaded(config: &Config) -> Result<(), ConfigErrors> {
+    compile(config, &Registry::offline()).map(drop)
+}
+
 /// Compiles a validated declarative configuration into both environments' snapshots
 /// (DB-less mode: the file is the configuration of both). Errors are those only
 /// compilation finds: unreadable CA files, unknown policies, bad policy configuration.
@@ -495,6 +535,7 @@ pub fn compile_environment(
             false => format!("{}://{host}:{}", base.scheme, base.port),
         };
         let apps = applications.get(source.product.system_name.as_str()).map_or(&[][..], Vec::as_slice);
+        let apps = (apps, (accounts.as_ptr() as usize, accounts.len()));
         if let Some(product) = compile_product(source, &public, apps, registry, upstreams, &mut errors) {
             snapshot.products.insert(base.host.into(), product);
         }
@@ -508,7 +549,7 @@ pub fn compile_environment(
 fn compile_product(
     source: &ProductSource<'_>,
     public_base: &str,
-    applications: &[(&tollgate_model::Account, &tollgate_model::Application)],
+    (applications, accounts): (&[(&tollgate_model::Account, &tollgate_model::Application)], (usize, usize)),
     registry: &Registry,
     upstreams: &mut Upstreams,
     errors: &mut ConfigErrors,
@@ -594,29 +635,27 @@ fn compile_product(
         })
         .collect();
 
-    let mut by_user_key = HashMap::new();
-    let mut by_app_id = HashMap::new();
-    let mut by_certificate = HashMap::new();
-    let mut by_id = HashMap::new();
-    for &(account, app) in applications {
-        let Some(plan) = plans.get(app.plan.as_str()) else { continue };
-        let application = Arc::new(Application {
-            id: format!("{}/{}", account.name, app.name).into(),
-            plan: plan.clone(),
-            state: app.state,
-            app_keys: app.app_keys.iter().map(|k| k.as_str().into()).collect(),
-        });
-        by_id.insert(application.id.clone(), application.clone());
-        if let Some(k) = &app.user_key {
-            by_user_key.insert(k.as_str().into(), application.clone());
+    let signature: PlanSignature = plans
+        .values()
+        .map(|plan| {
+            let limits = plan.limits.iter().map(|l| (metrics.name(l.metric).into(), l.period, l.value)).collect();
+            (plan.system_name.clone(), plan.max_connections, limits)
+        })
+        .collect();
+    let shared = upstreams
+        .applications
+        .get(p.system_name.as_str())
+        .filter(|s| s.accounts == accounts && same_plans(&s.plans, &signature))
+        .map(|s| s.built.clone());
+    let applications = match shared {
+        Some(built) => built,
+        None => {
+            let built = Arc::new(compile_applications(applications, &plans));
+            let entry = SharedApplications { accounts, plans: signature, built: built.clone() };
+            upstreams.applications.insert(p.system_name.as_str().into(), entry);
+            built
         }
-        for fingerprint in app.client_certificates.iter().filter_map(|f| tollgate_model::normalize_fingerprint(f)) {
-            by_certificate.insert(fingerprint.into(), application.clone());
-        }
-        if let Some(id) = &app.app_id {
-            by_app_id.insert(id.as_str().into(), application);
-        }
-    }
+    };
     if errors.0.len() > before {
         return None;
     }
@@ -701,11 +740,41 @@ fn compile_product(
         chain,
         websocket,
         websocket_config,
-        applications_by_id: by_id,
-        applications_by_user_key: by_user_key,
-        applications_by_app_id: by_app_id,
-        applications_by_certificate: by_certificate,
+        applications,
     }))
+}
+
+/// Whether two plan signatures are the same plans (in any order: they come from a map).
+fn same_plans(a: &PlanSignature, b: &PlanSignature) -> bool {
+    a.len() == b.len() && a.iter().all(|plan| b.contains(plan))
+}
+
+/// The product's applications (those on a plan it has), indexed by each credential.
+fn compile_applications(
+    applications: &[(&tollgate_model::Account, &tollgate_model::Application)],
+    plans: &HashMap<&str, Arc<Plan>>,
+) -> Applications {
+    let mut out = Applications::default();
+    for &(account, app) in applications {
+        let Some(plan) = plans.get(app.plan.as_str()) else { continue };
+        let application = Arc::new(Application {
+            id: format!("{}/{}", account.name, app.name).into(),
+            plan: plan.clone(),
+            state: app.state,
+            app_keys: app.app_keys.iter().map(|k| k.as_str().into()).collect(),
+        });
+        out.by_id.insert(application.id.clone(), application.clone());
+        if let Some(k) = &app.user_key {
+            out.by_user_key.insert(k.as_str().into(), application.clone());
+        }
+        for fingerprint in app.client_certificates.iter().filter_map(|f| tollgate_model::normalize_fingerprint(f)) {
+            out.by_certificate.insert(fingerprint.into(), application.clone());
+        }
+        if let Some(id) = &app.app_id {
+            out.by_app_id.insert(id.as_str().into(), application);
+        }
+    }
+    out
 }
 
 /// What the `websocket` policy asks of upgraded connections, compiled.
@@ -779,12 +848,12 @@ impl Product {
     ) -> Result<Arc<Application>, &'static str> {
         use crate::policy::Credential;
         let app = match credential {
-            Credential::UserKey(k) => self.applications_by_user_key.get(k),
+            Credential::UserKey(k) => self.applications.by_user_key.get(k),
             Credential::AppId { app_id, app_key } => {
-                self.applications_by_app_id.get(app_id).filter(|a| a.app_keys.iter().any(|k| k == app_key))
+                self.applications.by_app_id.get(app_id).filter(|a| a.app_keys.iter().any(|k| k == app_key))
             }
-            Credential::ClientId(app_id) => self.applications_by_app_id.get(app_id),
-            Credential::ClientCertificate(fingerprint) => self.applications_by_certificate.get(fingerprint),
+            Credential::ClientId(app_id) => self.applications.by_app_id.get(app_id),
+            Credential::ClientCertificate(fingerprint) => self.applications.by_certificate.get(fingerprint),
         };
         match app {
             Some(a) if &*a.id != app_id => Err("credentials revoked"),

@@ -45,7 +45,12 @@ fn each_environment_serves_its_hosts_and_routes_by_the_longest_prefix() {
     assert_eq!((&*usage.backend, rest), ("v2", "/items"));
     let (usage, rest) = staging.route("/v2x").expect("a usage");
     assert_eq!((&*usage.backend, rest), ("v1", "/v2x"), "a prefix matches on a segment boundary only");
-    assert!(staging.applications_by_user_key.contains_key("k"));
+    assert!(staging.applications.by_user_key.contains_key("k"));
+    let shared = snapshots.production.product_for_host("api.test").expect("production");
+    assert!(
+        std::sync::Arc::ptr_eq(&staging.applications, &shared.applications),
+        "one compilation holds a product's applications once for both environments"
+    );
 }
 
 #[test]
@@ -107,4 +112,44 @@ fn policy_errors_name_the_chain_entry_the_option_and_the_fix() {
         errors.contains("no policy named `rate_limits`") && errors.contains("did you mean `rate_limit`?"),
         "{errors}"
     );
+}
+
+/// Store mode compiles each environment from its own version of a product: the
+/// applications are shared only when the plans' limits count the same metrics.
+#[test]
+fn applications_are_shared_between_environments_only_when_their_plans_compile_alike() {
+    use tollgate_gateway::{BackendSource, ProductSource, Upstreams, compile_environment};
+    let base = config("[]");
+    let mut limited = base.clone();
+    limited.products[0].methods = vec![serde_json::from_str(r#"{ "system_name": "reads" }"#).expect("method")];
+    limited.products[0].application_plans[0].limits =
+        vec![serde_json::from_str(r#"{ "metric": "messages", "period": "minute", "value": 5 }"#).expect("limit")];
+    // The same limit's metric id names another metric once the table differs.
+    let mut renamed = limited.clone();
+    renamed.products[0].metrics[1].system_name = "frames".into();
+    renamed.products[0].methods = vec![];
+    renamed.products[0].application_plans[0].limits[0].metric = "frames".into();
+    fn sources(c: &tollgate_model::Config) -> Vec<ProductSource<'_>> {
+        let backends =
+            c.backends.iter().enumerate().map(|(i, b)| BackendSource { path: format!("backends[{i}]"), backend: b });
+        vec![ProductSource { path: "products[0]".into(), product: &c.products[0], backends: backends.collect() }]
+    }
+    let registry = Registry::offline();
+    let accounts = &base.accounts;
+    let compiled = |staging: &tollgate_model::Config, production: &tollgate_model::Config| {
+        let mut upstreams = Upstreams::default();
+        let (s, e) = compile_environment(Environment::Staging, &sources(staging), accounts, &registry, &mut upstreams);
+        assert!(e.is_empty(), "{e:?}");
+        let (p, e) =
+            compile_environment(Environment::Production, &sources(production), accounts, &registry, &mut upstreams);
+        assert!(e.is_empty(), "{e:?}");
+        let s = s.product_for_host("api-staging.test").expect("staging").applications.clone();
+        let p = p.product_for_host("api.test").expect("production").applications.clone();
+        (std::sync::Arc::ptr_eq(&s, &p), s, p)
+    };
+    assert!(compiled(&limited, &limited).0, "the same version in both: shared");
+    let (shared, s, p) = compiled(&limited, &renamed);
+    assert!(!shared, "the limit counts `messages` in staging and `frames` in production");
+    let limit = |a: &tollgate_gateway::Applications| a.by_user_key["k"].plan.limits[0].metric;
+    assert_eq!((limit(&s), limit(&p)), (1, 1), "the same id, for another metric in each table");
 }

@@ -6,7 +6,7 @@
 //! Pipeline, in the order values flow:
 //!
 //! ```text
-//!   YAML text ──parse──▶ serde_norway::Value ──per item──▶ surface types (config.rs)
+//!   YAML text ──parse (serde-saphyr, streamed)──▶ serde_norway::Value per item ──▶ surface types (config.rs)
 //!        │                                                     │
 //!        └── syntax error (line, column)                       ├── unknown key → "did you mean"
 //!                                                              ▼

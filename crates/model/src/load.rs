@@ -56,11 +56,30 @@ pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
 }
 
 /// Parses and validates a configuration document (YAML, or JSON which is YAML too).
+///
+/// The parser (serde-saphyr) streams the document's events into the items as it reads
+/// them: serde_norway's, used before, held every event of the document first, which
+/// took most of the time and memory of a file of 100,000 applications. Booleans are
+/// YAML 1.2's (`true`, `false`; `yes` is text), as before.
 pub fn parse_str(text: &str) -> Result<Config, ConfigErrors> {
     let mut errors = ConfigErrors::default();
-    let config = Document { errors: &mut errors }
-        .deserialize(serde_norway::Deserializer::from_str(text))
-        .map_err(|e| syntax_error(e, text))?;
+    // The parser's default budgets (a million events, 250,000 nodes) stop at a file of
+    // some 25,000 applications. Here they grow with the text: without aliases an event
+    // or a node takes a byte of it or more, so only aliases can reach them, and those
+    // keep the parser's own limits (anchors, aliases, replayed events).
+    let options = serde_saphyr::options! {
+        budget: serde_saphyr::budget! {
+            max_events: text.len().max(1_000_000),
+            max_nodes: text.len().max(250_000),
+            max_total_scalar_bytes: text.len().max(64 << 20),
+        },
+        strict_booleans: true,
+        with_snippet: false,
+    };
+    let config = serde_saphyr::with_deserializer_from_str_with_options(text, options, |de| {
+        Document { errors: &mut errors }.deserialize(de)
+    })
+    .map_err(|e| syntax_error(e, text))?;
     if !errors.is_empty() {
         // Cross-references are only meaningful once every item parsed.
         return Err(errors);
@@ -137,21 +156,13 @@ impl<'de> serde::de::Visitor<'de> for Document<'_> {
 
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Config, A::Error> {
         let mut config = Config::default();
-        let mut seen = std::collections::HashSet::new();
+        // A key given twice never reaches here: the parser refuses duplicates.
         while let Some(key) = map.next_key::<Value>()? {
             let Some(key) = key.as_str().map(str::to_owned) else {
                 self.errors.push(ConfigError::new("", "top-level keys must be strings"));
                 map.next_value::<serde::de::IgnoredAny>()?;
                 continue;
             };
-            if !seen.insert(key.clone()) {
-                self.errors.push(
-                    ConfigError::new(key.as_str(), "appears twice in the document")
-                        .hint("a key appears twice in the same mapping: keep one (merge their contents)"),
-                );
-                map.next_value::<serde::de::IgnoredAny>()?;
-                continue;
-            }
             let errors = &mut *self.errors;
             match key.as_str() {
                 "backends" => config.backends = map.next_value_seed(Items::new(&key, errors))?,
@@ -259,21 +270,54 @@ impl<'de, T: DeserializeOwned> serde::de::Visitor<'de> for Items<'_, T> {
 /// already (`… at line 3 column 5`) except for a few errors that only have a location.
 /// A tab where indentation is expected gets its own hint (YAML forbids tabs there, and
 /// the parser only says it found a character that cannot start a token).
-fn syntax_error(e: serde_norway::Error, text: &str) -> ConfigError {
-    let message = e.to_string();
-    let at = match e.location() {
-        Some(l) if !message.contains(" at line ") => format!(" at line {}, column {}", l.line(), l.column()),
+fn syntax_error(e: serde_saphyr::Error, text: &str) -> ConfigError {
+    let location = e.location().filter(|l| l.line() > 0);
+    // The parser's own wording advises a parser option; the user has none to set.
+    let message = match (root(&e), location) {
+        (serde_saphyr::Error::DuplicateMappingKey { key, .. }, Some(l)) => format!(
+            "`{}` appears twice in the same mapping at line {}, column {}",
+            key.as_deref().unwrap_or("a key"),
+            l.line(),
+            l.column()
+        ),
+        _ => e.to_string(),
+    };
+    let at = match location {
+        Some(l) if !message.contains(" line ") => format!(" at line {}, column {}", l.line(), l.column()),
         _ => String::new(),
     };
-    let line = e.location().and_then(|l| text.lines().nth(l.line().saturating_sub(1)));
+    let line = location.and_then(|l| text.lines().nth(usize::try_from(l.line()).unwrap_or(0).saturating_sub(1)));
     let hint = if line.is_some_and(|l| l.trim_start_matches(' ').starts_with('\t')) {
         "this line is indented with a tab: YAML indents with spaces only"
-    } else if message.contains("duplicate entry") {
+    } else if beyond_limits(&e) {
+        "the document goes beyond the parser's limits (nesting 64 levels deep, or anchors and aliases `&a`/`*a` expanding it beyond its own size): flatten it, or write the repeated parts out"
+    } else if matches!(root(&e), serde_saphyr::Error::DuplicateMappingKey { .. }) {
         "a key appears twice in the same mapping: keep one (merge their contents)"
     } else {
         "fix the syntax there: indentation, a missing `:` after a key, or an unclosed quote or bracket"
     };
     ConfigError::new("", format!("not valid YAML{at}: {message}")).hint(hint)
+}
+
+/// The parser's error itself, out of the wrappers that add where an alias was used.
+fn root(mut e: &serde_saphyr::Error) -> &serde_saphyr::Error {
+    while let serde_saphyr::Error::AliasError { error, .. } | serde_saphyr::Error::WithSnippet { error, .. } = e {
+        e = error;
+    }
+    e
+}
+
+/// Whether the parser stopped at one of its resource limits (nesting depth, nodes,
+/// events, alias expansion) rather than at a syntax error.
+fn beyond_limits(e: &serde_saphyr::Error) -> bool {
+    use serde_saphyr::Error as E;
+    matches!(
+        root(e),
+        E::Budget { .. }
+            | E::AliasReplayLimitExceeded { .. }
+            | E::AliasExpansionLimitExceeded { .. }
+            | E::AliasReplayStackDepthExceeded { .. }
+    )
 }
 
 /// Turns a serde error into a [`ConfigError`] with a full path and, for unknown keys or
@@ -375,7 +419,7 @@ mod tests {
     #[test]
     fn bad_enum_values_suggest_the_closest() {
         let e = errors(
-            "products:\n  - system_name: p\n    staging_public_base_url: http://s\n    production_public_base_url: http://p\n    application_plans:\n      - system_name: basic\n        limits: [ { metric: hits, period: minnute, value: 1 } ]\n",
+            "backends: [ { system_name: b, private_base_url: 'http://b' } ]\nproducts:\n  - system_name: p\n    staging_public_base_url: http://s\n    production_public_base_url: http://p\n    backend_usages: [ { backend: b, path: / } ]\n    application_plans:\n      - system_name: basic\n        limits: [ { metric: hits, period: minnute, value: 1 } ]\n",
         );
         assert!(e[0].starts_with("products[0].application_plans[0].limits[0].period:"), "{e:?}");
         assert!(e[0].contains("did you mean `minute`?"), "{e:?}");
@@ -435,9 +479,37 @@ mod tests {
         let e = errors("products: []\nproducts: []\n");
         assert!(e[0].contains("a key appears twice"), "{e:?}");
         let e = errors(
-            "products:\n  - system_name: p\n    staging_public_base_url: http://s\n    production_public_base_url: http://p\n    application_plans:\n      - system_name: basic\n        limits: [ { metric: hits, period: minute, value: sixty } ]\n",
+            "backends: [ { system_name: b, private_base_url: 'http://b' } ]\nproducts:\n  - system_name: p\n    staging_public_base_url: http://s\n    production_public_base_url: http://p\n    backend_usages: [ { backend: b, path: / } ]\n    application_plans:\n      - system_name: basic\n        limits: [ { metric: hits, period: minute, value: sixty } ]\n",
         );
         assert!(e[0].ends_with("value: string \"sixty\" is not a whole number (0 or more)"), "{e:?}");
+    }
+
+    #[test]
+    fn large_documents_parse_and_alias_bombs_do_not() {
+        // 30,000 applications: some 300,000 nodes, beyond the parser's default budget
+        // of 250,000, which the budget scaled to the text lifts.
+        let mut yaml = String::from(
+            "backends: [ { system_name: b, private_base_url: 'http://b' } ]\nproducts:\n  - system_name: p\n    staging_public_base_url: http://s\n    production_public_base_url: http://p\n    backend_usages: [ { backend: b, path: / } ]\n    application_plans: [ { system_name: basic } ]\naccounts:\n",
+        );
+        for a in 0..30_000 {
+            if a % 100 == 0 {
+                yaml.push_str(&format!("  - name: a{a}\n    applications:\n"));
+            }
+            yaml.push_str(&format!("      - {{ name: app{a}, product: p, plan: basic, user_key: k{a} }}\n"));
+        }
+        let config = parse_str(&yaml).expect("a large document parses");
+        assert_eq!(config.accounts.iter().map(|a| a.applications.len()).sum::<usize>(), 30_000);
+        // Each level repeats the one before ten times: 10^9 nodes from a few hundred bytes.
+        let mut bomb = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+        for level in 1..10 {
+            let p = level - 1;
+            bomb.push_str(&format!(
+                "a{level}: &a{level} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n"
+            ));
+        }
+        let e = errors(&bomb);
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(e[0].contains("beyond the parser's limits"), "{e:?}");
     }
 
     #[test]

@@ -8,7 +8,8 @@ use tollgate::cli::{Cli, Command};
 /// mimalloc instead of the system's allocator: it gives freed memory back to the
 /// system, so the process's resident memory returns near its baseline after a burst
 /// of connections (glibc's per-thread arenas kept most of it; measured by the attack
-/// suite, `tests/attacks.rs`).
+/// suite, `tests/attacks.rs`). The `mimalloc` feature (on by default) chooses it.
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

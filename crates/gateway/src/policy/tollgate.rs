@@ -39,7 +39,7 @@ impl Policy for TollgatePolicy {
             let Some(cert) = ctx.client_certificate.clone() else {
                 return Flow::Refuse(Refusal::AuthenticationMissing(product.errors.auth_missing.clone()));
             };
-            let application = product.applications_by_certificate.get(cert.fingerprint()).cloned();
+            let application = product.applications.by_certificate.get(cert.fingerprint()).cloned();
             return self.identified(
                 req,
                 &query,
@@ -53,7 +53,7 @@ impl Policy for TollgatePolicy {
         // A client id from a verified token names the application without a key.
         let (application, credential) = match (found, fallback.as_deref()) {
             (None, Some(Credential::ClientId(id))) => {
-                (product.applications_by_app_id.get(&**id), Credential::ClientId(id.clone()))
+                (product.applications.by_app_id.get(&**id), Credential::ClientId(id.clone()))
             }
             (found, fallback) => {
                 let credentials = found.or_else(|| {
@@ -74,9 +74,9 @@ impl Policy for TollgatePolicy {
                     return Flow::Refuse(Refusal::AuthenticationMissing(product.errors.auth_missing.clone()));
                 };
                 let application = match &credentials {
-                    Credentials::UserKey(key) => product.applications_by_user_key.get(&**key),
+                    Credentials::UserKey(key) => product.applications.by_user_key.get(&**key),
                     Credentials::AppId { app_id, app_key } => {
-                        product.applications_by_app_id.get(&**app_id).filter(|app| match app_key {
+                        product.applications.by_app_id.get(&**app_id).filter(|app| match app_key {
                             Some(k) => {
                                 app.app_keys.iter().any(|known| constant_time_eq(known.as_bytes(), k.as_bytes()))
                             }
