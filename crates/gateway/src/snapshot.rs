@@ -438,7 +438,7 @@ pub fn check(config: &Config, draft: bool) -> Result<(), ConfigErrors> {
         true => tollgate_model::validate_draft(config)?,
         false => tollgate_model::validate(config)?,
     }
-    compile(config, &Registry::offline()).map(drop)
+    check_loaded(config)
 }
 
 /// [`check`] of a configuration that [`tollgate_model::parse_str`] or
