@@ -85,7 +85,7 @@ async fn application_usage(State(s): State<Arc<AdminState>>, Path(app): Path<Str
     let row = crate::resources::find_app(&s, &app).await?;
     let world = World::load(&s.store).await?;
     let (id, limits) = plan_of(&world, &row);
-    let now = tollgate_store::now_millis() / 1000;
+    let now = s.clock.now();
     Ok(Json(Value::Array(limit_status(counters(&s)?, &id, &limits, now).await?)))
 }
 
@@ -137,7 +137,7 @@ async fn dashboard(State(s): State<Arc<AdminState>>, Q(q): Q<DashboardQuery>) ->
     let Some(product) = world.products.iter().find(|p| p.system_name == q.product) else {
         return Err(ApiError::not_found(&format!("product `{}`", q.product)).field("product"));
     };
-    let now_ms = tollgate_store::now_millis();
+    let now_ms = s.clock.now_ms();
     let now = now_ms / 1000;
     // The last 60 whole minutes, the current one included.
     let since = now - now.rem_euclid(60) - 59 * 60;
@@ -228,7 +228,7 @@ struct TotalsQuery {
 /// (`websocket:client_messages`, `websocket:closes:1000`, … of docs/websocket.md) — of a
 /// product or one of its applications.
 async fn totals(State(s): State<Arc<AdminState>>, Q(q): Q<TotalsQuery>) -> ApiResult<Json<Value>> {
-    let (since, until) = crate::resources::period(q.since, q.until)?;
+    let (since, until) = crate::resources::period(&s, q.since, q.until)?;
     let world = World::load(&s.store).await?;
     if !world.products.iter().any(|p| p.system_name == q.product) {
         return Err(ApiError::not_found(&format!("product `{}`", q.product)).field("product"));

@@ -48,6 +48,9 @@ pub struct AdminState {
     /// believes (besides loopback peers, always believed): a login through an https
     /// proxy gets a `Secure` cookie. `--admin-trusted-proxies`.
     pub trusted_proxies: Vec<tollgate_gateway::policy::ip_check::Cidr>,
+    /// The time the live views read (usage windows, the dashboard's minutes): the
+    /// gateways' clock, so both count the same window.
+    pub clock: Arc<dyn tollgate_counters::Clock>,
 }
 
 /// One of this process's gateway listeners.
@@ -71,6 +74,7 @@ impl AdminState {
             gateways: Vec::new(),
             applied: None,
             trusted_proxies: Vec::new(),
+            clock: Arc::new(tollgate_counters::SystemClock),
         }
     }
 

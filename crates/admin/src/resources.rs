@@ -1353,9 +1353,9 @@ struct UsageParams {
 const TIME_RANGE: std::ops::RangeInclusive<i64> = 0..=(1 << 40);
 
 /// An analytics period: `since` and `until` in Unix seconds (default: the day before
-/// now), each a time from 1970 on, `since` first.
-pub(crate) fn period(since: Option<i64>, until: Option<i64>) -> ApiResult<(i64, i64)> {
-    period_at(since, until, tollgate_store::now_millis() / 1000)
+/// now, by the admin state's clock), each a time from 1970 on, `since` first.
+pub(crate) fn period(s: &AdminState, since: Option<i64>, until: Option<i64>) -> ApiResult<(i64, i64)> {
+    period_at(since, until, s.clock.now())
 }
 
 /// [`period`] at `now` (Unix seconds). `until` is exclusive and a bucket counts when it
@@ -1383,7 +1383,7 @@ fn period_at(since: Option<i64>, until: Option<i64>, now: i64) -> ApiResult<(i64
 /// `GET /api/v1/analytics/usage`: usage summed per minute, hour or day, as JSON or
 /// (`format=csv`, or `Accept: text/csv`) CSV.
 async fn analytics_usage(State(s): St, headers: axum::http::HeaderMap, Q(p): Q<UsageParams>) -> ApiResult<Response> {
-    let (since, until) = period(p.since, p.until)?;
+    let (since, until) = period(&s, p.since, p.until)?;
     let csv = match p.format.as_deref() {
         Some("csv") => true,
         Some("json") => false,

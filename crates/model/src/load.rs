@@ -62,6 +62,24 @@ pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
 /// took most of the time and memory of a file of 100,000 applications. Booleans are
 /// YAML 1.2's (`true`, `false`; `yes` is text), as before.
 pub fn parse_str(text: &str) -> Result<Config, ConfigErrors> {
+    // First each item straight into its type, no generic value between: the document
+    // is read once, at the parser's speed. A mistake stops that reading, and the
+    // document is read again the careful way, each item through a generic value, so
+    // every mistake is found and said (a valid file, the common case, is read once).
+    let (config, errors) = match read(text, true) {
+        Ok(read) => read,
+        Err(_) => read(text, false).map_err(|e| syntax_error(e, text))?,
+    };
+    if !errors.is_empty() {
+        // Cross-references are only meaningful once every item parsed.
+        return Err(errors);
+    }
+    crate::validate::validate(&config).map(|()| config)
+}
+
+/// The document read `direct`ly or carefully (see [`Document`]), with the mistakes of
+/// its items; the parser's error when it stopped.
+fn read(text: &str, direct: bool) -> Result<(Config, ConfigErrors), serde_saphyr::Error> {
     let mut errors = ConfigErrors::default();
     // The parser's default budgets (a million events, 250,000 nodes) stop at a file of
     // some 25,000 applications. Here they grow with the text: without aliases an event
@@ -74,26 +92,27 @@ pub fn parse_str(text: &str) -> Result<Config, ConfigErrors> {
             max_total_scalar_bytes: text.len().max(64 << 20),
         },
         strict_booleans: true,
+        // A text field given `12345` or `true` unquoted is refused, as the generic
+        // values of the careful reading refuse it: both readings accept the same files.
+        no_schema: true,
         with_snippet: false,
     };
     let config = serde_saphyr::with_deserializer_from_str_with_options(text, options, |de| {
-        Document { errors: &mut errors }.deserialize(de)
-    })
-    .map_err(|e| syntax_error(e, text))?;
-    if !errors.is_empty() {
-        // Cross-references are only meaningful once every item parsed.
-        return Err(errors);
-    }
-    crate::validate::validate(&config).map(|()| config)
+        Document { errors: &mut errors, direct }.deserialize(de)
+    })?;
+    Ok((config, errors))
 }
 
-/// The document, read as it is parsed: each item of `backends`, `products` and
-/// `accounts` becomes a generic value and then its type on its own (so one mistake
-/// does not hide the next), one item at a time — the whole document is never held as
-/// a generic value (10,000 products and 100,000 applications would take hundreds of
-/// megabytes that way).
+/// The document, read as it is parsed, one item of `backends`, `products` and
+/// `accounts` at a time — the whole document is never held as a generic value (10,000
+/// products and 100,000 applications would take hundreds of megabytes that way). Read
+/// `direct`ly, an item goes straight into its type; read carefully, it becomes a
+/// generic value and then its type on its own, so one mistake does not hide the next.
 struct Document<'e> {
     errors: &'e mut ConfigErrors,
+    /// Items straight into their types, the first error ending the reading (see
+    /// [`parse_str`]); otherwise each through a generic value.
+    direct: bool,
 }
 
 impl<'de> serde::de::DeserializeSeed<'de> for Document<'_> {
@@ -163,11 +182,11 @@ impl<'de> serde::de::Visitor<'de> for Document<'_> {
                 map.next_value::<serde::de::IgnoredAny>()?;
                 continue;
             };
-            let errors = &mut *self.errors;
+            let (errors, direct) = (&mut *self.errors, self.direct);
             match key.as_str() {
-                "backends" => config.backends = map.next_value_seed(Items::new(&key, errors))?,
-                "products" => config.products = map.next_value_seed(Items::new(&key, errors))?,
-                "accounts" => config.accounts = map.next_value_seed(Items::new(&key, errors))?,
+                "backends" => config.backends = map.next_value_seed(Items::new(&key, errors, direct))?,
+                "products" => config.products = map.next_value_seed(Items::new(&key, errors, direct))?,
+                "accounts" => config.accounts = map.next_value_seed(Items::new(&key, errors, direct))?,
                 other => {
                     const TOP: [&str; 3] = ["backends", "products", "accounts"];
                     let mut e = ConfigError::new(other, "unknown key");
@@ -188,12 +207,13 @@ impl<'de> serde::de::Visitor<'de> for Document<'_> {
 struct Items<'a, T> {
     key: &'a str,
     errors: &'a mut ConfigErrors,
+    direct: bool,
     item: std::marker::PhantomData<T>,
 }
 
 impl<'a, T> Items<'a, T> {
-    fn new(key: &'a str, errors: &'a mut ConfigErrors) -> Self {
-        Items { key, errors, item: std::marker::PhantomData }
+    fn new(key: &'a str, errors: &'a mut ConfigErrors, direct: bool) -> Self {
+        Items { key, errors, direct, item: std::marker::PhantomData }
     }
 
     fn not_a_list(self) -> Vec<T> {
@@ -254,6 +274,12 @@ impl<'de, T: DeserializeOwned> serde::de::Visitor<'de> for Items<'_, T> {
 
     fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
         let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+        if self.direct {
+            while let Some(item) = seq.next_element::<T>()? {
+                out.push(item);
+            }
+            return Ok(out);
+        }
         let mut i = 0;
         while let Some(item) = seq.next_element::<Value>()? {
             match serde_path_to_error::deserialize::<_, T>(item) {
@@ -510,6 +536,30 @@ mod tests {
         let e = errors(&bomb);
         assert_eq!(e.len(), 1, "{e:?}");
         assert!(e[0].contains("beyond the parser's limits"), "{e:?}");
+    }
+
+    #[test]
+    fn both_readings_read_a_valid_file_alike() {
+        // The direct reading is what valid files get; the careful one what a file with
+        // a mistake gets. They must not differ on what a valid file says.
+        for text in [
+            include_str!("../../../fuzz/corpus/config/rich.yaml"),
+            include_str!("../../../fuzz/corpus/config/websocket-echo.yaml"),
+            include_str!("../../../examples/websocket-echo/tollgate.yaml"),
+        ] {
+            let (direct, errors) = read(text, true).expect("direct");
+            assert!(errors.is_empty(), "{errors:?}");
+            let (careful, errors) = read(text, false).expect("careful");
+            assert!(errors.is_empty(), "{errors:?}");
+            assert_eq!(direct, careful);
+            assert!(parse_str(text).is_ok());
+        }
+        // Unquoted numbers and booleans are not text, for either: the direct reading
+        // stops, and the careful one names the field.
+        let key = "accounts: [ { name: a, applications: [ { name: x, product: p, plan: b, user_key: 12345 } ] } ]\n";
+        assert!(read(key, true).is_err());
+        let e = errors(key);
+        assert!(e[0].starts_with("accounts[0].applications[0].user_key"), "{e:?}");
     }
 
     #[test]

@@ -15,7 +15,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tollgate_admin::AdminState;
-use tollgate_counters::{Counters, FailureMode, SystemClock};
+use tollgate_counters::{Clock, Counters, FailureMode, SystemClock};
 use tollgate_gateway::analytics::Analytics;
 use tollgate_gateway::metrics::ProductTotals;
 use tollgate_gateway::policy::Registry;
@@ -123,6 +123,19 @@ impl Server {
     }
 
     pub async fn start_as(args: &ServeArgs, source: Source, role: Role) -> anyhow::Result<Server> {
+        Server::start_with_clock(args, source, role, Arc::new(SystemClock)).await
+    }
+
+    /// [`Server::start_as`] reading Unix time from `clock` wherever a request, a usage
+    /// window, an analytics minute or a dashboard reads it (trace and log timestamps
+    /// keep the wall clock): tests run at a time they choose, never across a minute
+    /// they did not choose.
+    pub async fn start_with_clock(
+        args: &ServeArgs,
+        source: Source,
+        role: Role,
+        clock: Arc<dyn Clock>,
+    ) -> anyhow::Result<Server> {
         // Flags that contradict each other are refused before anything is opened.
         if args.shared.counters_lease > 0 && args.shared.counters == "memory" {
             bail!(
@@ -255,7 +268,7 @@ impl Server {
             Arc::new(Connections::shared(counters.clone(), node.clone(), Duration::from_secs(flags.connection_lease)));
         let shared = Shared {
             counters: counters.clone(),
-            clock: Arc::new(SystemClock),
+            clock: clock.clone(),
             metrics: metrics.clone(),
             analytics: analytics.clone(),
             connections: connections.clone(),
@@ -335,6 +348,7 @@ impl Server {
                     .filter(|e| serves(*e))
                     .collect(),
                 last: std::sync::Mutex::default(),
+                clock: clock.clone(),
             }),
             flushing: Arc::default(),
             source,
@@ -441,6 +455,7 @@ impl Server {
                     gateways,
                     applied: Some(applied_rx.clone()),
                     trusted_proxies,
+                    clock: server.reporter.clock.clone(),
                     ..AdminState::new(store.clone(), registry.clone())
                 });
                 let follower = Follower { store, registry: registry.clone(), handles: server.handles.clone(), health };
@@ -529,6 +544,8 @@ struct TrafficReporter {
     environments: Vec<Environment>,
     /// Each product's totals at the last report the store took.
     last: std::sync::Mutex<std::collections::HashMap<(Environment, String), ProductTotals>>,
+    /// The server's clock: minutes and report times as the gateways count them.
+    clock: Arc<dyn Clock>,
 }
 
 impl TrafficReporter {
@@ -536,7 +553,7 @@ impl TrafficReporter {
     /// are serialized by the caller (the `flushing` lock); what a failed write did not
     /// take goes with the next report.
     async fn report(&self, store: &Store) -> Result<(), tollgate_store::StoreError> {
-        let now_ms = tollgate_store::now_millis();
+        let now_ms = self.clock.now_ms();
         let minute = now_ms / 1000 - (now_ms / 1000).rem_euclid(60);
         let totals = self.metrics.product_totals();
         let mut rows = Vec::new();
@@ -616,7 +633,7 @@ async fn flush_analytics(
         let stopping = tokio::select! {
             _ = flush.tick() => false,
             _ = roll_up.tick() => {
-                let now = tollgate_store::now_millis() / 1000;
+                let now = reporter.clock.now();
                 if let Err(e) = store.roll_up(now, retention.0 as i64, retention.1 as i64).await {
                     tracing::warn!(error = %e, "analytics roll-up failed; will retry");
                 }

@@ -122,6 +122,12 @@ fn json(body: &str) -> serde_json::Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
 }
 
+/// Every gateway here counts minute limits on a stopped clock: a test's traffic never
+/// straddles two windows (this shadows `support::gateway`).
+async fn gateway(yaml: &str) -> TestGateway {
+    gateway_at(yaml, &[], stopped_clock()).await
+}
+
 #[tokio::test]
 async fn forwards_to_the_backend_with_prefix_removed_and_forwarded_headers() {
     let s = setup().await;

@@ -251,10 +251,22 @@ pub async fn gateway(yaml: &str) -> TestGateway {
 }
 
 pub async fn gateway_with(yaml: &str, extra: &[&str]) -> TestGateway {
+    gateway_at(yaml, extra, std::sync::Arc::new(tollgate_counters::SystemClock)).await
+}
+
+/// [`gateway_with`] reading time from `clock` (see [`stopped_clock`]).
+pub async fn gateway_at(
+    yaml: &str,
+    extra: &[&str],
+    clock: std::sync::Arc<dyn tollgate_counters::Clock>,
+) -> TestGateway {
     let dir = TempDir::new();
     let config = dir.path().join("tollgate.yaml");
     std::fs::write(&config, yaml).expect("write config");
-    let server = Server::start(&serve_args(extra), Source::File(config.clone())).await.expect("start gateway");
+    let server =
+        Server::start_with_clock(&serve_args(extra), Source::File(config.clone()), tollgate::serve::Role::All, clock)
+            .await
+            .expect("start gateway");
     TestGateway { server, config, dir }
 }
 
@@ -404,6 +416,23 @@ pub async fn store_urls(dir: &TempDir) -> Vec<(&'static str, String)> {
 /// A whole `serve` in store mode.
 pub async fn store_server(url: &str) -> Server {
     Server::start(&serve_args(&[]), Source::Store(url.to_string())).await.expect("start in store mode")
+}
+
+/// [`store_server`] whose gateways, counters, analytics and live views read `clock`:
+/// a test stops time in the middle of a minute, so no window turns under it.
+pub async fn store_server_at(url: &str, clock: std::sync::Arc<tollgate_counters::ManualClock>) -> Server {
+    let source = Source::Store(url.to_string());
+    Server::start_with_clock(&serve_args(&[]), source, tollgate::serve::Role::All, clock)
+        .await
+        .expect("start in store mode")
+}
+
+/// A clock stopped at the wall clock's now: usage windows never turn under a test
+/// (a minute limit counts all its traffic, however long it runs), and what it records
+/// still falls in the admin API's default periods (a day before now).
+pub fn stopped_clock() -> std::sync::Arc<tollgate_counters::ManualClock> {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("after 1970").as_secs() as i64;
+    std::sync::Arc::new(tollgate_counters::ManualClock::new(now))
 }
 
 /// Calls the admin API: (status, JSON body or Null).
