@@ -449,13 +449,27 @@ pub fn check(config: &Config, draft: bool) -> Result<(), ConfigErrors> {
 /// # Errors
 /// As [`check`].
 pub fn check_loaded(config: &Config) -> Result<(), ConfigErrors> {
-    compile(config, &Registry::offline()).map(drop)
+    // Each environment's snapshot dropped before the next is compiled: checking holds
+    // no more than one of them at a time.
+    let errors = compile_each(config, &Registry::offline(), drop);
+    if errors.is_empty() { Ok(()) } else { Err(errors) }
 }
 
 /// Compiles a validated declarative configuration into both environments' snapshots
 /// (DB-less mode: the file is the configuration of both). Errors are those only
 /// compilation finds: unreadable CA files, unknown policies, bad policy configuration.
 pub fn compile(config: &Config, registry: &Registry) -> Result<Snapshots, ConfigErrors> {
+    let mut compiled = Vec::with_capacity(2);
+    let errors = compile_each(config, registry, |snapshot| compiled.push(snapshot));
+    match (errors.is_empty(), compiled.pop(), compiled.pop()) {
+        (true, Some(production), Some(staging)) => Ok(Snapshots { staging, production }),
+        _ => Err(errors),
+    }
+}
+
+/// Compiles staging's snapshot and then production's, handing each to `each` as it is
+/// made; the problems found, each once.
+fn compile_each(config: &Config, registry: &Registry, mut each: impl FnMut(Snapshot)) -> ConfigErrors {
     let mut errors = ConfigErrors::default();
     let mut upstreams = Upstreams { quiet: registry.is_offline(), ..Upstreams::default() };
     let backends: Vec<BackendSource<'_>> = config
@@ -479,8 +493,10 @@ pub fn compile(config: &Config, registry: &Registry) -> Result<Snapshots, Config
         .collect();
     let (staging, staging_errors) =
         compile_environment(Environment::Staging, &sources, &config.accounts, registry, &mut upstreams);
+    each(staging);
     let (production, production_errors) =
         compile_environment(Environment::Production, &sources, &config.accounts, registry, &mut upstreams);
+    each(production);
     // The production pass finds the same problems as staging: each is reported once,
     // and one only production finds (none is known, but none may go unsaid) as well.
     for e in staging_errors.0.into_iter().chain(production_errors.0) {
@@ -488,7 +504,7 @@ pub fn compile(config: &Config, registry: &Registry) -> Result<Snapshots, Config
             errors.push(e);
         }
     }
-    if errors.is_empty() { Ok(Snapshots { staging, production }) } else { Err(errors) }
+    errors
 }
 
 /// Compiles one environment's snapshot from its products (each with the backends it
