@@ -49,7 +49,8 @@ pub struct Backend {
     #[serde(default, skip_serializing_if = "is_default")]
     pub tls: BackendTls,
     /// How long to wait for a TCP + TLS connection to the backend, in milliseconds.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "crate::typed::option_u64")]
+    #[schemars(with = "Option<u64>")]
     pub connect_timeout_ms: Option<u64>,
     /// The backend's instances; without them the base URL's host is the one endpoint.
     /// See `docs/upstreams.md`.
@@ -69,12 +70,14 @@ pub struct Backend {
     pub protocol: crate::fleet::UpstreamProtocol,
     /// How long a draining endpoint's open WebSockets may stay, in milliseconds, before
     /// they are closed with 1001; default 60000.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "crate::typed::option_u64")]
+    #[schemars(with = "Option<u64>")]
     pub drain_timeout_ms: Option<u64>,
     /// How often endpoints given by host name are resolved again, in milliseconds;
     /// default: when each answer's TTL runs out (at least every second, at most every
     /// hour). Every address of a name is an endpoint.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "crate::typed::option_u64")]
+    #[schemars(with = "Option<u64>")]
     pub dns_refresh_ms: Option<u64>,
     /// Backend-level metrics; a product using the backend can map to and limit them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -101,7 +104,8 @@ pub struct BackendTls {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_pem: Option<String>,
     /// `false` turns certificate verification off: an explicit, logged opt-out.
-    #[serde(default = "yes")]
+    #[serde(default = "yes", deserialize_with = "crate::typed::boolean")]
+    #[schemars(with = "bool")]
     pub verify: bool,
     /// Name to send in SNI and verify the certificate for, when it differs from the URL's host.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -194,7 +198,8 @@ pub struct Product {
     /// Whether `Location`, `Content-Location` and `Refresh` headers of a backend's
     /// responses that point at its private base URL are rewritten to the public base URL
     /// the request came through (as nginx's `proxy_redirect default`). Default `true`.
-    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    #[serde(default = "yes", skip_serializing_if = "is_true", deserialize_with = "crate::typed::boolean")]
+    #[schemars(with = "bool")]
     pub rewrite_redirects: bool,
     /// The certificate TLS listeners serve for the product's public hosts (chosen by
     /// SNI); without it, the listener's default (`--tls-cert`). See `docs/tls.md`.
@@ -269,7 +274,8 @@ pub struct RequestPath {
     /// mapping rules and for the backend alike — kept as sent, it would match other
     /// rules than `/admin`'s while a backend that merges slashes serves `/admin`.
     /// `false` keeps `//` as sent.
-    #[serde(default = "merge_slashes_by_default")]
+    #[serde(default = "merge_slashes_by_default", deserialize_with = "crate::typed::boolean")]
+    #[schemars(with = "bool")]
     pub merge_slashes: bool,
 }
 
@@ -402,6 +408,8 @@ pub struct ErrorMessages {
 #[serde(deny_unknown_fields)]
 pub struct ErrorMessage {
     /// HTTP status, 400 to 599.
+    #[serde(deserialize_with = "crate::typed::u16")]
+    #[schemars(with = "u16")]
     pub status: u16,
     /// Response body, sent as is.
     pub body: String,
@@ -462,10 +470,12 @@ pub struct MappingRule {
     /// System name of a metric or method of the product, or of a backend it uses.
     pub metric: String,
     /// How much to add, at least 1 (default 1).
-    #[serde(default = "one")]
+    #[serde(default = "one", deserialize_with = "crate::typed::u64")]
+    #[schemars(with = "u64")]
     pub delta: u64,
     /// Stop the scan after this rule when it matches (default `false`).
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not", deserialize_with = "crate::typed::boolean")]
+    #[schemars(with = "bool")]
     pub last: bool,
 }
 
@@ -479,7 +489,8 @@ pub struct PolicyConfig {
     #[serde(default = "PolicyConfig::empty", skip_serializing_if = "PolicyConfig::is_empty")]
     pub configuration: serde_json::Value,
     /// `false` leaves the entry out of the chain (default `true`).
-    #[serde(default = "yes")]
+    #[serde(default = "yes", deserialize_with = "crate::typed::boolean")]
+    #[schemars(with = "bool")]
     pub enabled: bool,
 }
 
@@ -505,7 +516,8 @@ pub struct ApplicationPlan {
     #[serde(default)]
     pub limits: Vec<Limit>,
     /// Concurrent WebSocket connections per application on this plan.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "crate::typed::option_u32")]
+    #[schemars(with = "Option<u32>")]
     pub max_connections: Option<u32>,
 }
 
@@ -518,6 +530,8 @@ pub struct Limit {
     /// Calendar window the limit counts over.
     pub period: Period,
     /// Most usage allowed in one window; 0 blocks the metric.
+    #[serde(deserialize_with = "crate::typed::u64")]
+    #[schemars(with = "u64")]
     pub value: u64,
 }
 

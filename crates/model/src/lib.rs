@@ -27,6 +27,7 @@ mod load;
 pub mod pattern;
 pub mod period;
 mod suggest;
+mod typed;
 pub mod validate;
 
 pub use config::*;

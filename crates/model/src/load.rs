@@ -93,10 +93,8 @@ fn read(text: &str, direct: bool) -> Result<(Config, ConfigErrors), serde_saphyr
         },
         strict_booleans: true,
         // A text field given `12345` or `true` unquoted is refused, as the generic
-        // values of the careful reading refuse it. One difference remains: a number or
-        // boolean field given quoted text (`value: "60"`) is taken by the direct
-        // reading and refused by the careful one, so it is reported only beside
-        // another mistake (the parser has no option to refuse it).
+        // values of the careful reading refuse it; number and boolean fields refuse
+        // quoted text in both readings through their own visitors (`crate::typed`).
         no_schema: true,
         with_snippet: false,
     };
@@ -595,6 +593,19 @@ mod tests {
         assert!(read(key, true).is_err());
         let e = errors(key);
         assert!(e[0].starts_with("accounts[0].applications[0].user_key"), "{e:?}");
+        // Quoted text is not a number or a boolean, for either reading, and the
+        // message is the one it always was.
+        let plan = "backends: [ { system_name: b, private_base_url: 'http://b' } ]\nproducts:\n  - system_name: p\n    staging_public_base_url: http://s\n    production_public_base_url: http://p\n    backend_usages: [ { backend: b, path: / } ]\n    mapping_rules: [ { http_method: GET, pattern: /, metric: hits, last: LAST } ]\n    application_plans:\n      - system_name: basic\n        limits: [ { metric: hits, period: minute, value: VALUE } ]\n";
+        let valid = plan.replace("LAST", "true").replace("VALUE", "60");
+        assert!(parse_str(&valid).is_ok());
+        let quoted = valid.replace("value: 60", "value: \"60\"");
+        assert!(read(&quoted, true).is_err(), "the direct reading stops");
+        let e = errors(&quoted);
+        assert!(e[0].ends_with("value: string \"60\" is not a whole number (0 or more)"), "{e:?}");
+        let quoted = plan.replace("LAST", "'true'").replace("VALUE", "60");
+        assert!(read(&quoted, true).is_err(), "the direct reading stops");
+        let e = errors(&quoted);
+        assert!(e[0].starts_with("products[0].mapping_rules[0].last"), "{e:?}");
     }
 
     #[test]
