@@ -461,8 +461,9 @@ pub fn check_loaded(config: &Config) -> Result<(), ConfigErrors> {
 pub fn compile(config: &Config, registry: &Registry) -> Result<Snapshots, ConfigErrors> {
     let mut compiled = Vec::with_capacity(2);
     let errors = compile_each(config, registry, |snapshot| compiled.push(snapshot));
-    match (errors.is_empty(), compiled.pop(), compiled.pop()) {
-        (true, Some(production), Some(staging)) => Ok(Snapshots { staging, production }),
+    let mut compiled = compiled.into_iter();
+    match (errors.is_empty(), compiled.next(), compiled.next()) {
+        (true, Some(staging), Some(production)) => Ok(Snapshots { staging, production }),
         _ => Err(errors),
     }
 }

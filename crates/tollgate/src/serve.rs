@@ -455,7 +455,7 @@ impl Server {
                     gateways,
                     applied: Some(applied_rx.clone()),
                     trusted_proxies,
-                    clock: server.reporter.clock.clone(),
+                    clock: clock.clone(),
                     ..AdminState::new(store.clone(), registry.clone())
                 });
                 let follower = Follower { store, registry: registry.clone(), handles: server.handles.clone(), health };

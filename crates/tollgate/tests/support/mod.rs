@@ -418,9 +418,9 @@ pub async fn store_server(url: &str) -> Server {
     Server::start(&serve_args(&[]), Source::Store(url.to_string())).await.expect("start in store mode")
 }
 
-/// [`store_server`] whose gateways, counters, analytics and live views read `clock`:
-/// a test stops time in the middle of a minute, so no window turns under it.
-pub async fn store_server_at(url: &str, clock: std::sync::Arc<tollgate_counters::ManualClock>) -> Server {
+/// [`store_server`] whose gateways, counters, analytics and live views read `clock`
+/// (see [`stopped_clock`]).
+pub async fn store_server_at(url: &str, clock: std::sync::Arc<dyn tollgate_counters::Clock>) -> Server {
     let source = Source::Store(url.to_string());
     Server::start_with_clock(&serve_args(&[]), source, tollgate::serve::Role::All, clock)
         .await
