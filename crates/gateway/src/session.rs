@@ -369,7 +369,7 @@ impl Session {
                     };
                     if app.plan.system_name != plan {
                         if let (Some(max), Some(slot)) = (app.plan.max_connections, &self.slot)
-                            && slot.owner.rank(slot).await >= max as usize
+                            && Box::pin(slot.owner.rank(slot)).await >= max as usize
                         {
                             return (CLOSE_POLICY_VIOLATION, "the application's new plan does not allow this connection");
                         }

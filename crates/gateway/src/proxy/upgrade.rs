@@ -96,7 +96,8 @@ impl Gateway {
         let product_metrics = self.product_metrics(ctx.product).clone();
         let env = self.environment;
         let tally = Arc::new(relay::Tally::default());
-        let options = RelayOptions {
+        // Boxed: the connection's task and its relay each hold a pointer, not a copy.
+        let options = Box::new(RelayOptions {
             tallies: vec![product_metrics.websocket_tally.clone(), tally.clone()],
             deflate,
             max_message_bytes: ws.max_message_bytes,
@@ -105,7 +106,7 @@ impl Gateway {
             ping_interval: ws.ping_interval,
             pong_timeout: ws.pong_timeout,
             max_duration: ws.max_connection_duration,
-        };
+        });
         let (generations, draining) = (self.snapshot.subscribe(), self.draining.subscribe());
         let mut out = Response::new(GatewayBody::empty());
         *out.headers_mut() = forwardable_headers(resp.headers());

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::Notify;
 
 /// RFC 6455 close codes the gateway sends.
@@ -335,113 +335,139 @@ impl Control {
 /// until both directions end. When `stop` resolves, both sides get that close.
 ///
 /// Every open WebSocket holds this future for its whole life, so its size is the
-/// gateway's memory per idle connection: timers that are not configured take no room
-/// (each is boxed only when its option is set) and `stop` is polled where it lies
-/// (`Unpin`: callers box a large one) instead of being moved into a second slot.
-pub async fn relay<C, B, S>(client: C, backend: B, opts: RelayOptions, mut stop: S) -> Totals
+/// gateway's memory per idle connection. That is why this is a plain function that
+/// splits the connections before the future is made: the future holds the halves, the
+/// options (boxed, as the caller passes them: one pointer in every future that carries
+/// them) and the control block once each, never an argument beside its moved copy.
+/// Timers that are not configured take no room (each is boxed only when its option is
+/// set), waits that are rare (a close, a ping) are boxed where they happen, and `stop`
+/// is polled where it lies (`Unpin`: callers box a large one).
+pub fn relay<C, B, S>(
+    client: C,
+    backend: B,
+    opts: impl Into<Box<RelayOptions>>,
+    mut stop: S,
+) -> impl Future<Output = Totals>
 where
     C: AsyncRead + AsyncWrite + Unpin + Send,
     B: AsyncRead + AsyncWrite + Unpin + Send,
     S: Future<Output = Close> + Unpin,
 {
+    let opts: Box<RelayOptions> = opts.into();
     let (mut client_rd, mut client_wr) = tokio::io::split(client);
     let (mut backend_rd, mut backend_wr) = tokio::io::split(backend);
     let ctl = Control::default();
     let mut up = Pump::new(true, &opts);
     let mut down = Pump::new(false, &opts);
-    {
-        let mut pumps = std::pin::pin!(async {
-            tokio::join!(
-                up.run(&mut client_rd, &mut backend_wr, &ctl, &opts),
-                down.run(&mut backend_rd, &mut client_wr, &ctl, &opts)
-            )
-        });
-        let mut pinger =
-            opts.ping_interval.map(|every| tokio::time::interval_at(tokio::time::Instant::now() + every, every));
-        // When the pongs of the last pings are due, and when those pings went out.
-        let mut pong_due: Option<(Pin<Box<tokio::time::Sleep>>, u64)> = None;
-        let mut idle = opts.idle_timeout.map(|t| Box::pin(ctl.idle_for(t)));
-        let mut too_old = opts.max_duration.map(|d| Box::pin(tokio::time::sleep(d)));
-        // Set once a Close is held for the other side's: how long it may wait.
-        let mut held_grace: Option<Pin<Box<tokio::time::Sleep>>> = None;
-        // Set once a peer's Close went through: the closing handshake gets CLOSE_GRACE
-        // to finish, then both connections are dropped — a peer that stops reading (its
-        // Close answer never comes) cannot hold the WebSocket, nor its places, open.
-        let mut closing: Option<Pin<Box<tokio::time::Sleep>>> = None;
-        let close = loop {
-            tokio::select! {
-                _ = &mut pumps => break None,
-                () = ctl.closing.notified(), if closing.is_none() => {
-                    closing = Some(Box::pin(tokio::time::sleep(CLOSE_GRACE)));
+    async move {
+        {
+            let mut pumps = std::pin::pin!(async {
+                tokio::join!(
+                    up.pump(&mut client_rd, &mut backend_wr, &ctl, &opts),
+                    down.pump(&mut backend_rd, &mut client_wr, &ctl, &opts)
+                )
+            });
+            if let Some((code, reason)) = govern(&ctl, &opts, &mut stop, pumps.as_mut()).await {
+                ctl.close_both(code, reason);
+                // Each side gets its Close once the frame in flight to it is through; a
+                // side that takes nothing (a dead peer with a full window) is not waited
+                // for beyond the grace: dropping its connection ends it. The grace's
+                // timer boxed: it is not part of an open connection's future.
+                let grace = Box::pin(tokio::time::sleep(CLOSE_GRACE));
+                tokio::select! {
+                    _ = &mut pumps => {}
+                    () = grace => tracing::debug!(reason, "a side did not take its Close in time: connection dropped"),
                 }
-                () = when_set(&mut closing) => {
-                    tracing::debug!("the closing handshake did not finish in time: connections dropped");
-                    break None;
-                }
-                () = ctl.holding.notified(), if held_grace.is_none() => {
-                    held_grace = Some(Box::pin(tokio::time::sleep(CLOSE_GRACE)));
-                }
-                () = when_set(&mut held_grace) => ctl.release_held(),
-                (code, reason) = &mut stop => break Some((code, reason)),
-                () = when_set(&mut idle) => break Some((CLOSE_GOING_AWAY, "idle timeout")),
-                () = when_set(&mut too_old) => break Some((CLOSE_GOING_AWAY, "maximum connection duration reached")),
-                () = async {
-                    match pong_due.as_mut() {
-                        Some((due, _)) => due.as_mut().await,
-                        None => std::future::pending().await,
-                    }
-                } => {
-                    let sent = pong_due.take().map_or(0, |(_, sent)| sent);
-                    if let Some(reason) = ctl.silent_since(sent) {
-                        break Some((CLOSE_GOING_AWAY, reason));
-                    }
-                }
-                () = async {
-                    if let Some(p) = pinger.as_mut() {
-                        p.tick().await;
-                    }
-                }, if pinger.is_some() => {
-                    // The last pings' deadline may fall on this tick: judge it first.
-                    if let Some((due, sent)) = &pong_due
-                        && due.deadline() <= tokio::time::Instant::now()
-                        && let Some(reason) = ctl.silent_since(*sent)
-                    {
-                        break Some((CLOSE_GOING_AWAY, reason));
-                    }
-                    ctl.ping_both();
-                    if let Some(wait) = opts.pong_timeout {
-                        let due = tokio::time::Instant::now() + wait;
-                        match pong_due.as_mut() {
-                            Some((sleep, sent)) => {
-                                sleep.as_mut().reset(due);
-                                *sent = ctl.now_ms();
-                            }
-                            None => pong_due = Some((Box::pin(tokio::time::sleep_until(due)), ctl.now_ms())),
-                        }
-                    }
-                }
-            }
-        };
-        if let Some((code, reason)) = close {
-            ctl.close_both(code, reason);
-            // Each side gets its Close once the frame in flight to it is through; a
-            // side that takes nothing (a dead peer with a full window) is not waited
-            // for beyond the grace: dropping its connection ends it.
-            if tokio::time::timeout(CLOSE_GRACE, &mut pumps).await.is_err() {
-                tracing::debug!(reason, "a side did not take its Close in time: connection dropped");
             }
         }
+        up.flush(&opts);
+        down.flush(&opts);
+        Totals {
+            messages_up: up.messages,
+            messages_down: down.messages,
+            bytes_up: up.bytes,
+            bytes_down: down.bytes,
+            closed_by_gateway: up.closed_with.or(down.closed_with),
+            close: *ctl.first_close.lock().unwrap_or_else(|e| e.into_inner()),
+            duration: ctl.started.elapsed(),
+        }
     }
-    up.flush(&opts);
-    down.flush(&opts);
-    Totals {
-        messages_up: up.messages,
-        messages_down: down.messages,
-        bytes_up: up.bytes,
-        bytes_down: down.bytes,
-        closed_by_gateway: up.closed_with.or(down.closed_with),
-        close: *ctl.first_close.lock().unwrap_or_else(|e| e.into_inner()),
-        duration: ctl.started.elapsed(),
+}
+
+/// Watches an open WebSocket while its pumps run: the closing handshake's and a held
+/// Close's grace, `stop`, the idle timeout, the maximum duration, pings and their
+/// pongs. `None` when the pumps ended by themselves; otherwise the close the gateway
+/// decided on.
+async fn govern<S, P>(ctl: &Control, opts: &RelayOptions, stop: &mut S, mut pumps: Pin<&mut P>) -> Option<Close>
+where
+    S: Future<Output = Close> + Unpin,
+    P: Future,
+{
+    let mut pinger =
+        opts.ping_interval.map(|every| tokio::time::interval_at(tokio::time::Instant::now() + every, every));
+    // When the pongs of the last pings are due, and when those pings went out.
+    let mut pong_due: Option<(Pin<Box<tokio::time::Sleep>>, u64)> = None;
+    let mut idle = opts.idle_timeout.map(|t| Box::pin(ctl.idle_for(t)));
+    let mut too_old = opts.max_duration.map(|d| Box::pin(tokio::time::sleep(d)));
+    // Set once a Close is held for the other side's: how long it may wait.
+    let mut held_grace: Option<Pin<Box<tokio::time::Sleep>>> = None;
+    // Set once a peer's Close went through: the closing handshake gets CLOSE_GRACE
+    // to finish, then both connections are dropped — a peer that stops reading (its
+    // Close answer never comes) cannot hold the WebSocket, nor its places, open.
+    let mut closing: Option<Pin<Box<tokio::time::Sleep>>> = None;
+    loop {
+        tokio::select! {
+            _ = pumps.as_mut() => break None,
+            () = ctl.closing.notified(), if closing.is_none() => {
+                closing = Some(Box::pin(tokio::time::sleep(CLOSE_GRACE)));
+            }
+            () = when_set(&mut closing) => {
+                tracing::debug!("the closing handshake did not finish in time: connections dropped");
+                break None;
+            }
+            () = ctl.holding.notified(), if held_grace.is_none() => {
+                held_grace = Some(Box::pin(tokio::time::sleep(CLOSE_GRACE)));
+            }
+            () = when_set(&mut held_grace) => ctl.release_held(),
+            (code, reason) = &mut *stop => break Some((code, reason)),
+            () = when_set(&mut idle) => break Some((CLOSE_GOING_AWAY, "idle timeout")),
+            () = when_set(&mut too_old) => break Some((CLOSE_GOING_AWAY, "maximum connection duration reached")),
+            () = async {
+                match pong_due.as_mut() {
+                    Some((due, _)) => due.as_mut().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                let sent = pong_due.take().map_or(0, |(_, sent)| sent);
+                if let Some(reason) = ctl.silent_since(sent) {
+                    break Some((CLOSE_GOING_AWAY, reason));
+                }
+            }
+            () = async {
+                if let Some(p) = pinger.as_mut() {
+                    p.tick().await;
+                }
+            }, if pinger.is_some() => {
+                // The last pings' deadline may fall on this tick: judge it first.
+                if let Some((due, sent)) = &pong_due
+                    && due.deadline() <= tokio::time::Instant::now()
+                    && let Some(reason) = ctl.silent_since(*sent)
+                {
+                    break Some((CLOSE_GOING_AWAY, reason));
+                }
+                ctl.ping_both();
+                if let Some(wait) = opts.pong_timeout {
+                    let due = tokio::time::Instant::now() + wait;
+                    match pong_due.as_mut() {
+                        Some((sleep, sent)) => {
+                            sleep.as_mut().reset(due);
+                            *sent = ctl.now_ms();
+                        }
+                        None => pong_due = Some((Box::pin(tokio::time::sleep_until(due)), ctl.now_ms())),
+                    }
+                }
+            }
+        }
     }
 }
 

@@ -157,27 +157,16 @@ impl Pump {
         Step::Continue
     }
 
-    pub(super) async fn run<R, W>(&mut self, src: &mut R, dst: &mut W, ctl: &Control, opts: &RelayOptions)
-    where
-        R: AsyncRead + Unpin,
-        W: AsyncWrite + Unpin,
-    {
-        self.pump(src, dst, ctl, opts).await;
-        self.flush(opts);
-    }
-
-    async fn pump<R, W>(&mut self, src: &mut R, mut dst: &mut W, ctl: &Control, opts: &RelayOptions)
+    /// Relays this direction until it ends (the relay adds the last counts to the
+    /// tallies: every read's are added as it goes).
+    pub(super) async fn pump<R, W>(&mut self, src: &mut R, mut dst: &mut W, ctl: &Control, opts: &RelayOptions)
     where
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
     {
         let mine = if self.from_client { &ctl.to_backend } else { &ctl.to_client };
-        let mut buf = ReadBuffer::new();
-        // Set while the buffer is large (boxed then only, so a quiet connection carries
-        // no timer): a quiet second gives the memory back.
-        let mut quiet: Option<Pin<Box<tokio::time::Sleep>>> = None;
         loop {
-            let n = tokio::select! {
+            let mut buf = tokio::select! {
                 biased;
                 () = mine.notified() => {
                     let ping = if self.from_client { &ctl.pings.1 } else { &ctl.pings.0 };
@@ -190,17 +179,19 @@ impl Pump {
                         // A ping between frames; skipped if a frame is half through.
                         if self.at_boundary() {
                             let frame = frames::ping_frame(self.from_client.then(mask_key));
-                            if dst.write_all(&frame).await.is_err() {
+                            // Boxed, as every rare wait here: the pump's future is held by
+                            // every open WebSocket, so only the common waits lie in it.
+                            if Box::pin(dst.write_all(&frame)).await.is_err() {
                                 return;
                             }
                         }
                         continue;
                     }
-                    self.deliver_close(&mut dst, ctl).await;
+                    Box::pin(self.deliver_close(&mut dst, ctl)).await;
                     return;
                 }
-                r = src.read(buf.space()) => match r {
-                    Ok(0) | Err(_) => {
+                r = Spare::read(src) => match r {
+                    Ok(None) | Err(_) => {
                         if ctl.close_seen_from(self.from_client) {
                             // An orderly end after its Close: end this direction; once
                             // both Closes went through, the other one ends as well
@@ -218,29 +209,16 @@ impl Pump {
                         ctl.note_close(self.initiator(), CLOSE_ABNORMAL);
                         let reason = if self.from_client { "the client went away" } else { "the backend went away" };
                         ctl.close_both(CLOSE_GOING_AWAY, reason);
-                        self.deliver_close(&mut dst, ctl).await;
+                        Box::pin(self.deliver_close(&mut dst, ctl)).await;
                         return;
                     }
-                    Ok(n) => n,
+                    Ok(Some(chunk)) => chunk,
                 },
-                // Reading is cancel-safe: nothing was read when this fires.
-                () = when_set(&mut quiet) => {
-                    buf.shrink();
-                    quiet = None;
-                    continue;
-                }
             };
             ctl.touch(self.from_client);
-            let step = self.process(buf.filled(n), &mut dst, opts, ctl).await;
-            if buf.grow_if_full(n) || buf.is_large() {
-                // Pushed back at most every half period, not on every read.
-                let now = tokio::time::Instant::now();
-                match &mut quiet {
-                    None => quiet = Some(Box::pin(tokio::time::sleep_until(now + ReadBuffer::QUIET))),
-                    Some(q) if q.deadline() < now + ReadBuffer::QUIET / 2 => q.as_mut().reset(now + ReadBuffer::QUIET),
-                    Some(_) => {}
-                }
-            }
+            let step = self.process(buf.filled(), &mut dst, opts, ctl).await;
+            // Back to the thread's spares before anything else waits.
+            drop(buf);
             self.flush(opts);
             match step {
                 // Its Close went through after the other side's: the closing handshake is
@@ -260,11 +238,11 @@ impl Pump {
                 Ok(Step::Close(code, reason)) => {
                     ctl.fail_from(self.from_client, code, reason);
                     self.closed_with = Some(code);
-                    self.deliver_close(&mut dst, ctl).await;
+                    Box::pin(self.deliver_close(&mut dst, ctl)).await;
                     return;
                 }
                 Ok(Step::Deliver) => {
-                    self.deliver_close(&mut dst, ctl).await;
+                    Box::pin(self.deliver_close(&mut dst, ctl)).await;
                     return;
                 }
                 Err(_) => {
@@ -321,7 +299,7 @@ impl Pump {
                     from = i;
                     self.remaining -= take as u64;
                     if self.remaining == 0
-                        && let stop @ Step::Close(..) = self.finish_close(dst, ctl).await?
+                        && let stop @ Step::Close(..) = Box::pin(self.finish_close(dst, ctl)).await?
                     {
                         return Ok(stop);
                     }
@@ -390,7 +368,7 @@ impl Pump {
                 }
                 from = i;
                 if self.remaining == 0
-                    && let stop @ Step::Close(..) = self.finish_close(dst, ctl).await?
+                    && let stop @ Step::Close(..) = Box::pin(self.finish_close(dst, ctl)).await?
                 {
                     return Ok(stop);
                 }
@@ -449,44 +427,80 @@ struct HeldClose {
     mask: [u8; 4],
 }
 
-/// A pump's read buffer, sized to the traffic: small while the connection is quiet (an
-/// idle WebSocket is the common case, and there may be tens of thousands), doubled
-/// whenever a read fills it, and small again after a quiet second.
-pub(super) struct ReadBuffer(Vec<u8>);
+/// A read buffer lent by the worker thread for as long as one chunk takes to pass, and
+/// given back when dropped (also when the connection's task is dropped mid-chunk).
+///
+/// A pump waits for its side's bytes without a buffer: [`Spare::read`] takes one only
+/// when the read is ready, and gives it back at once when it is not. So an idle
+/// WebSocket holds no read buffer at all — the common case, and there may be tens of
+/// thousands — and a busy one always reads up to [`Spare::LEN`] at a time. A worker
+/// keeps at most [`Spare::KEPT`] spare buffers; buffers held by connections waiting for
+/// a slow peer to take their bytes (backpressure) are on top of that, one per direction.
+pub(super) struct Spare {
+    buf: Vec<u8>,
+    filled: usize,
+}
 
-impl ReadBuffer {
-    pub(super) const SMALL: usize = 512;
-    pub(super) const LARGE: usize = 16 * 1024;
-    pub(super) const QUIET: Duration = Duration::from_secs(1);
+thread_local! {
+    static SPARES: std::cell::RefCell<Vec<Vec<u8>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
 
-    pub(super) fn new() -> Self {
-        ReadBuffer(vec![0; Self::SMALL])
+impl Spare {
+    /// Bytes read at most at a time (what a 16 KiB TLS record holds, too).
+    pub(super) const LEN: usize = 16 * 1024;
+    /// Spare buffers a worker thread keeps for the next reads (beyond: freed).
+    pub(super) const KEPT: usize = 16;
+
+    fn take() -> Vec<u8> {
+        SPARES.with_borrow_mut(Vec::pop).unwrap_or_else(|| vec![0; Self::LEN])
     }
 
-    pub(super) fn space(&mut self) -> &mut [u8] {
-        &mut self.0
+    fn give(buf: Vec<u8>) {
+        // At thread exit the spares are gone already: the buffer is freed instead.
+        let _ = SPARES.try_with(|s| {
+            let mut s = s.borrow_mut();
+            if s.len() < Self::KEPT {
+                s.push(buf);
+            }
+        });
     }
 
-    pub(super) fn filled(&mut self, n: usize) -> &mut [u8] {
-        &mut self.0[..n]
+    /// The next bytes `src` has, in a lent buffer; `None` at the end of the stream.
+    /// Cancel-safe: when it has not resolved, nothing was read and nothing is held.
+    pub(super) async fn read<R: AsyncRead + Unpin>(src: &mut R) -> std::io::Result<Option<Spare>> {
+        std::future::poll_fn(|cx| {
+            let mut buf = Self::take();
+            let mut rb = tokio::io::ReadBuf::new(&mut buf);
+            match Pin::new(&mut *src).poll_read(cx, &mut rb) {
+                std::task::Poll::Ready(Ok(())) => {
+                    let filled = rb.filled().len();
+                    let chunk = Spare { buf, filled };
+                    std::task::Poll::Ready(Ok((filled > 0).then_some(chunk)))
+                }
+                other => {
+                    Self::give(buf);
+                    other.map_ok(|()| None)
+                }
+            }
+        })
+        .await
     }
 
-    pub(super) fn is_large(&self) -> bool {
-        self.0.len() > Self::SMALL
+    /// The bytes read.
+    pub(super) fn filled(&mut self) -> &mut [u8] {
+        &mut self.buf[..self.filled]
     }
 
-    /// Doubles the buffer after a read that filled it; whether it grew.
-    pub(super) fn grow_if_full(&mut self, n: usize) -> bool {
-        let len = self.0.len();
-        let grow = n == len && len < Self::LARGE;
-        if grow {
-            self.0 = vec![0; len * 2];
-        }
-        grow
+    /// Spare buffers this thread keeps now (tests).
+    #[cfg(test)]
+    pub(super) fn kept() -> usize {
+        SPARES.with_borrow(Vec::len)
     }
+}
 
-    pub(super) fn shrink(&mut self) {
-        self.0 = vec![0; Self::SMALL];
+impl Drop for Spare {
+    fn drop(&mut self) {
+        Self::give(std::mem::take(&mut self.buf));
     }
 }
 

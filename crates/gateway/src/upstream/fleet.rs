@@ -269,7 +269,8 @@ impl EndpointState {
             match deadline {
                 Some(at) => {
                     tokio::select! {
-                        _ = tokio::time::sleep_until(at.into()) => return,
+                        // Boxed: every WebSocket on the endpoint waits here while it lives.
+                        () = Box::pin(tokio::time::sleep_until(at.into())) => return,
                         changed = rx.changed() => if changed.is_err() { std::future::pending::<()>().await },
                     }
                 }
