@@ -219,10 +219,12 @@ impl Control {
         self.started.elapsed().as_millis() as u64
     }
 
-    fn touch(&self, from_client: bool) {
+    /// Records that bytes arrived from one side; the time, in ms since the start.
+    fn touch(&self, from_client: bool) -> u64 {
         let now = self.now_ms();
         self.last_activity.store(now, Ordering::Relaxed);
         if from_client { &self.heard.0 } else { &self.heard.1 }.store(now, Ordering::Relaxed);
+        now
     }
 
     /// Which side, if any, sent nothing since `since_ms` (the client first).

@@ -98,6 +98,28 @@ async fn the_websocket_ends_once_both_closes_went_through_whoever_keeps_its_conn
     assert!(read_all(&mut client).await.is_empty() && read_all(&mut backend).await.is_empty(), "both ended");
 }
 
+#[test]
+fn reads_grow_with_the_traffic_and_shrink_back_after_a_quiet_second() {
+    let mut p = pump::Pump::new(true, &RelayOptions::default());
+    let len = |p: &pump::Pump| p.read_len();
+    p.size_reads(100, 0);
+    assert_eq!(len(&p), Spare::SMALL, "a partial read keeps the length");
+    let mut now = 0;
+    while {
+        let before = len(&p);
+        p.size_reads(before, now);
+        len(&p) > before
+    } {
+        now += 1;
+    }
+    assert_eq!(len(&p), Spare::LEN, "doubles up to the cap");
+    let quiet = Spare::QUIET.as_millis() as u32;
+    p.size_reads(10, now + quiet - 1);
+    assert_eq!(len(&p), Spare::LEN, "a small read within the second keeps it");
+    p.size_reads(10, now + quiet);
+    assert_eq!(len(&p), Spare::SMALL, "back to small once no read filled it for a second");
+}
+
 #[tokio::test]
 async fn idle_pumps_hold_no_read_buffer_and_bursts_pass_through_lent_ones() {
     // The relay runs on this thread (a current-thread runtime), so its buffers are lent
