@@ -173,17 +173,7 @@ async fn heap_bytes_per_idle_websocket_stay_within_budget() {
         Some(file) => dhat::Profiler::builder().file_name(file).build(),
         None => dhat::Profiler::builder().testing().build(),
     };
-    let mut echo = tokio::process::Command::new("node")
-        .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/plain_echo.js"))
-        .env("WS_MODULE", example_dir().join("node_modules/ws"))
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("node (run `npm ci --prefix examples/websocket-echo`)");
-    let stdout = echo.stdout.take().expect("stdout");
-    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
-    let first = lines.next_line().await.expect("stdout").expect("a line");
-    let port: u16 = first.trim_start_matches("listening on ").parse().expect("port");
+    let (_echo, port) = plain_echo().await;
     let yaml = format!(
         r#"
 backends: [ {{ system_name: echo, private_base_url: "ws://127.0.0.1:{port}" }} ]

@@ -21,9 +21,7 @@
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::Stdio;
 use support::*;
-use tokio::io::{AsyncBufReadExt, BufReader};
 
 const CASES: [&str; 11] = ["1.*", "2.*", "3.*", "4.*", "5.*", "6.*", "7.*", "9.*", "10.*", "12.*", "13.*"];
 
@@ -96,16 +94,7 @@ fn rank((behavior, close): &(String, String)) -> u8 {
 
 #[tokio::test]
 async fn autobahn_cases_fare_no_worse_through_the_gateway() {
-    let mut echo = tokio::process::Command::new("node")
-        .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/plain_echo.js"))
-        .env("WS_MODULE", example_dir().join("node_modules/ws"))
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("node");
-    let mut lines = BufReader::new(echo.stdout.take().expect("stdout")).lines();
-    let first = lines.next_line().await.expect("stdout").expect("a line");
-    let port: u16 = first.trim_start_matches("listening on ").parse().expect("port");
+    let (_echo, port) = plain_echo().await;
 
     let gw = gateway(&format!(
         r#"

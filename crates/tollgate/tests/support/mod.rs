@@ -113,6 +113,27 @@ pub async fn node_backend() -> NodeBackend {
     NodeBackend { port, cert, _child: child, _dir: dir }
 }
 
+/// Node's `ws` as a plain WebSocket echo server (`tests/peers/plain_echo.js`,
+/// permessage-deflate on): the child, killed on drop, and its port.
+pub async fn plain_echo() -> (tokio::process::Child, u16) {
+    let mut child = tokio::process::Command::new("node")
+        .arg(repo_root().join("crates/tollgate/tests/peers/plain_echo.js"))
+        .env("WS_MODULE", example_dir().join("node_modules/ws"))
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node (run `npm ci --prefix examples/websocket-echo`)");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let first = lines.next_line().await.expect("read node stdout").expect("node printed nothing");
+    let port = first
+        .strip_prefix("listening on ")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected: {first}"));
+    // Keep draining stdout so the child never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, port)
+}
+
 /// A body of `n` bytes produced in 64 KiB chunks, never held whole in memory.
 pub struct Generated {
     pub remaining: u64,
