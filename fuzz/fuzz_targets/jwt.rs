@@ -74,7 +74,35 @@ fn acceptable(header: &[u8], payload: &[u8], admin: bool) -> Option<bool> {
     // no client certificate: never acceptable.
     let unbound = !c.contains_key("cnf");
     let verdict = h["alg"] == "HS256" && exp_ok && nbf_ok && aud_ok && iss_ok && role_ok && unbound;
-    if unsure { None } else { Some(verdict) }
+    // RFC 7519 §4: a parser may refuse a claims set with duplicate names, or keep the
+    // last of them: either answer is right.
+    if unsure || has_duplicate_names(payload) { None } else { Some(verdict) }
+}
+
+/// Whether the JSON object `payload` names a member twice (at the top level).
+fn has_duplicate_names(payload: &[u8]) -> bool {
+    struct Names(bool);
+    impl<'de> serde::Deserialize<'de> for Names {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl<'de> serde::de::Visitor<'de> for V {
+                type Value = Names;
+                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                    f.write_str("an object")
+                }
+                fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> Result<Names, A::Error> {
+                    let mut seen = std::collections::HashSet::new();
+                    let mut twice = false;
+                    while let Some((k, _)) = m.next_entry::<String, serde::de::IgnoredAny>()? {
+                        twice |= !seen.insert(k);
+                    }
+                    Ok(Names(twice))
+                }
+            }
+            d.deserialize_map(V)
+        }
+    }
+    serde_json::from_slice::<Names>(payload).is_ok_and(|n| n.0)
 }
 
 fuzz_target!(|data: &[u8]| {
