@@ -144,24 +144,27 @@ pub async fn audit(State(state): State<Arc<AdminState>>, req: Request, next: Nex
     if req.method() == Method::GET || req.method() == Method::HEAD {
         return next.run(req).await;
     }
-    const LIMIT: usize = 1 << 20;
     let caller = req.extensions().get::<Caller>().map(|c| c.0.clone()).unwrap_or_default();
     let method = req.method().to_string();
     // Nested routers see their own suffix; the log wants the path as requested.
     let path =
         req.extensions().get::<axum::extract::OriginalUri>().map_or(req.uri().path(), |u| u.0.path()).to_string();
-    let before = state_before(&state, &method, &path).await;
+    // A whole configuration (`PUT /config`) may be large; its "before" would be the whole
+    // export, so the audit keeps the request and the list of changes instead.
+    let whole = path == "/api/v1/config";
+    let (limit, words) = if whole { (CONFIG_BODY_LIMIT, "64 MiB") } else { (BODY_LIMIT, "1 MiB") };
+    let before = if whole { None } else { state_before(&state, &method, &path).await };
     let (parts, body) = req.into_parts();
-    let Ok(bytes) = axum::body::to_bytes(body, LIMIT).await else {
-        return ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", "request bodies are limited to 1 MiB")
-            .into_response();
+    let Ok(bytes) = axum::body::to_bytes(body, limit).await else {
+        let message = format!("request bodies are limited to {words}");
+        return ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", message).into_response();
     };
-    let request_text = String::from_utf8_lossy(&bytes).into_owned();
+    let request_text = kept(&bytes);
     let resp = next.run(Request::from_parts(parts, axum::body::Body::from(bytes))).await;
     let status = resp.status();
     let (parts, body) = resp.into_parts();
-    let bytes = axum::body::to_bytes(body, LIMIT).await.unwrap_or_default();
-    let after = String::from_utf8_lossy(&bytes).into_owned();
+    let bytes = axum::body::to_bytes(body, limit).await.unwrap_or_default();
+    let after = kept(&bytes);
     let insert = sqlx::query(
         "INSERT INTO audit_log (at, token, method, path, status, before_doc, after_doc) VALUES ($1, $2, $3, $4, $5, $6, $7)",
     )
@@ -178,6 +181,23 @@ pub async fn audit(State(state): State<Arc<AdminState>>, req: Request, next: Nex
         tracing::error!(error = %e, "cannot write the audit log");
     }
     Response::from_parts(parts, axum::body::Body::from(bytes))
+}
+
+/// The largest request body of the admin API, in bytes, but for `PUT /config`.
+pub const BODY_LIMIT: usize = 1 << 20;
+
+/// The largest body of `PUT /config` (a whole configuration), in bytes: 64 MiB, five
+/// times a file of 10,000 products and 100,000 applications as JSON.
+pub const CONFIG_BODY_LIMIT: usize = 64 << 20;
+
+/// A body as the audit log keeps it: its text up to [`BODY_LIMIT`] bytes, else only its
+/// size (a whole configuration's request, or its list of 100,000 changes, would make
+/// the log the biggest table of the store).
+fn kept(bytes: &[u8]) -> String {
+    match bytes.len() <= BODY_LIMIT {
+        true => String::from_utf8_lossy(bytes).into_owned(),
+        false => serde_json::Value::String(format!("[not kept: {} bytes]", bytes.len())).to_string(),
+    }
 }
 
 /// The resource a change touches, read before the change: the same path for PUT and
@@ -307,6 +327,7 @@ fn redacted_text(text: &str) -> String {
             if let Some(request) = v.get_mut("request")
                 && let serde_json::Value::String(t) = request
                 && !t.starts_with("[not JSON")
+                && !t.starts_with("[not kept")
             {
                 *request = not_kept(t.len());
             }

@@ -31,24 +31,55 @@ impl World {
         row.doc.to_product(plans)
     }
 
+    /// The declarative configuration the stored state stands for. Linear in the number
+    /// of rows: plans and applications are grouped by their parent once (a store of
+    /// 10,000 products and 100,000 applications was 10⁹ comparisons when each parent
+    /// looked for its own).
     pub fn config(&self) -> Config {
+        let plans = by_parent(&self.plans);
+        let applications = by_parent(&self.applications);
         Config {
             backends: self.backends.iter().map(|b| b.doc.clone()).collect(),
-            products: self.products.iter().map(|p| self.product(p)).collect(),
+            products: self
+                .products
+                .iter()
+                .map(|p| {
+                    let mine = plans.get(&p.id).map_or(&[][..], Vec::as_slice);
+                    p.doc.to_product(mine.iter().map(|plan| plan.doc.to_plan()).collect())
+                })
+                .collect(),
             accounts: self
                 .accounts
                 .iter()
                 .map(|a| Account {
                     name: a.doc.name.clone(),
-                    applications: self
-                        .applications
+                    applications: applications
+                        .get(&a.id)
+                        .map_or(&[][..], Vec::as_slice)
                         .iter()
-                        .filter(|x| x.parent_id == Some(a.id))
                         .map(|x| x.doc.clone())
                         .collect(),
                 })
                 .collect(),
         }
+    }
+
+    /// The accounts with their applications, moved out of the world (which keeps the
+    /// account rows and no application): what the gateways' snapshots need, without a
+    /// copy of 100,000 applications beside the rows they came from.
+    pub fn take_accounts(&mut self) -> Vec<Account> {
+        let mut index: std::collections::HashMap<i64, usize> = std::collections::HashMap::new();
+        let mut accounts: Vec<Account> = Vec::with_capacity(self.accounts.len());
+        for a in &self.accounts {
+            index.insert(a.id, accounts.len());
+            accounts.push(Account { name: a.doc.name.clone(), applications: Vec::new() });
+        }
+        for row in std::mem::take(&mut self.applications) {
+            if let Some(&i) = row.parent_id.and_then(|p| index.get(&p)) {
+                accounts[i].applications.push(row.doc);
+            }
+        }
+        accounts
     }
 
     /// Validates the drafts as they would be after a change — with
@@ -100,14 +131,19 @@ impl World {
     }
 }
 
+/// Every row of a child table (plans, applications) in one query, in id order: within
+/// each parent, the order of the parent's own list.
 async fn all_children<T: serde::de::DeserializeOwned>(store: &Store, table: Table) -> ApiResult<Vec<Row<T>>> {
-    let parents: Vec<Row<serde_json::Value>> =
-        store.list(if table == Table::ApplicationPlans { Table::Products } else { Table::Accounts }, None).await?;
-    let mut out = Vec::new();
-    for p in parents {
-        out.extend(store.list(table, Some(p.id)).await?);
+    Ok(store.list(table, None).await?)
+}
+
+/// Rows grouped by their parent's id, each group in the rows' order.
+pub fn by_parent<T>(rows: &[Row<T>]) -> std::collections::HashMap<i64, Vec<&Row<T>>> {
+    let mut out: std::collections::HashMap<i64, Vec<&Row<T>>> = std::collections::HashMap::new();
+    for r in rows {
+        out.entry(r.parent_id.unwrap_or_default()).or_default().push(r);
     }
-    Ok(out)
+    out
 }
 
 /// A placeholder row for a resource not stored yet (validation before insert).

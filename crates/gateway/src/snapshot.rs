@@ -89,8 +89,9 @@ impl Snapshot {
     /// snapshot is swapped in. A product published on two hosts is prepared once.
     ///
     /// # Errors
-    /// Every preparation that failed, as `product `NAME`: policy `jwt`: jwks_url: cannot
-    /// fetch …`; the caller keeps serving what it served before (or, with nothing
+    /// Every preparation that failed, as `staging: product `NAME`: policy `jwt`: jwks_url:
+    /// cannot fetch …` (the environment first: a product's two environments prepare
+    /// policies of their own, and each says what failed); the caller keeps serving what it served before (or, with nothing
     /// before it, serves this snapshot and says what failed).
     pub async fn prepare(&self) -> Result<(), Vec<String>> {
         let mut seen = std::collections::HashSet::new();
@@ -103,7 +104,12 @@ impl Snapshot {
                 if let Some(preparing) = policy.prepare()
                     && let Err(e) = preparing.await
                 {
-                    errors.push(format!("product `{}`: policy `{}`: {e}", product.system_name, policy.name()));
+                    errors.push(format!(
+                        "{}: product `{}`: policy `{}`: {e}",
+                        self.environment.as_str(),
+                        product.system_name,
+                        policy.name()
+                    ));
                 }
             }
         }

@@ -72,27 +72,8 @@ impl Store {
             .fetch_one(self.pool())
             .await?;
             let version = max.unwrap_or(0) + 1;
-            let text = serde_json::to_string(content).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            let now = now_millis();
-            let inserted = sqlx::query(
-                "INSERT INTO proxy_configs (product_id, environment, version, content, created_at) VALUES ($1, 'staging', $2, $3, $4)",
-            )
-            .bind(product_id)
-            .bind(version)
-            .bind(text)
-            .bind(now)
-            .execute(self.pool())
-            .await;
-            match inserted {
-                Ok(_) => {
-                    return Ok(Some(ConfigVersion {
-                        product_id,
-                        version,
-                        environment: Environment::Staging,
-                        created_at: now,
-                        content: Some(content.clone()),
-                    }));
-                }
+            match insert_version_on(self.pool(), product_id, Environment::Staging, version, content).await {
+                Ok(v) => return Ok(Some(v)),
                 // A concurrent deploy took this number: look again.
                 Err(e) if e.as_database_error().is_some_and(|d| d.is_unique_violation()) => continue,
                 Err(e) => return Err(e.into()),
@@ -108,22 +89,7 @@ impl Store {
             None => self.current_config(product_id, Environment::Staging).await?.ok_or(StoreError::NotFound)?,
         };
         let content = source.content.clone().unwrap_or_default();
-        let text = serde_json::to_string(&content).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let now = now_millis();
-        sqlx::query("INSERT INTO proxy_configs (product_id, environment, version, content, created_at) VALUES ($1, 'production', $2, $3, $4)")
-            .bind(product_id)
-            .bind(source.version)
-            .bind(text)
-            .bind(now)
-            .execute(self.pool())
-            .await?;
-        Ok(ConfigVersion {
-            product_id,
-            version: source.version,
-            environment: Environment::Production,
-            created_at: now,
-            content: Some(content),
-        })
+        Ok(insert_version_on(self.pool(), product_id, Environment::Production, source.version, &content).await?)
     }
 
     /// The versions of an environment, newest first, without content. For production,
@@ -154,14 +120,49 @@ impl Store {
 
     /// The current version of every product in an environment, with content.
     pub async fn current_configs(&self, env: Environment) -> Result<Vec<ConfigVersion>> {
-        let rows = sqlx::query(
-            "SELECT c.product_id, c.environment, c.version, c.content, c.created_at FROM proxy_configs c \
-             WHERE c.environment = $1 AND c.id = (SELECT MAX(id) FROM proxy_configs m WHERE m.product_id = c.product_id AND m.environment = c.environment) \
-             ORDER BY c.product_id",
-        )
-        .bind(env.as_str())
-        .fetch_all(self.pool())
-        .await?;
-        rows.iter().map(|r| Self::config_row(r, true)).collect()
+        current_configs_on(self.pool(), env).await
     }
+}
+
+/// [`Store::current_configs`] on any connection: the pool's, or a batch's transaction.
+pub(crate) async fn current_configs_on<'e, E>(exec: E, env: Environment) -> Result<Vec<ConfigVersion>>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
+    let rows = sqlx::query(
+        "SELECT c.product_id, c.environment, c.version, c.content, c.created_at FROM proxy_configs c \
+         WHERE c.environment = $1 AND c.id = (SELECT MAX(id) FROM proxy_configs m WHERE m.product_id = c.product_id AND m.environment = c.environment) \
+         ORDER BY c.product_id",
+    )
+    .bind(env.as_str())
+    .fetch_all(exec)
+    .await?;
+    rows.iter().map(|r| Store::config_row(r, true)).collect()
+}
+
+/// Records version `version` of a product's proxy configuration on `env`; a staging
+/// number already taken is the database's unique violation.
+pub(crate) async fn insert_version_on<'e, E>(
+    exec: E,
+    product_id: i64,
+    env: Environment,
+    version: i64,
+    content: &serde_json::Value,
+) -> std::result::Result<ConfigVersion, sqlx::Error>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
+    let text = serde_json::to_string(content).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+    let now = now_millis();
+    sqlx::query(
+        "INSERT INTO proxy_configs (product_id, environment, version, content, created_at) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(product_id)
+    .bind(env.as_str())
+    .bind(version)
+    .bind(text)
+    .bind(now)
+    .execute(exec)
+    .await?;
+    Ok(ConfigVersion { product_id, version, environment: env, created_at: now, content: Some(content.clone()) })
 }

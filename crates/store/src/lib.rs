@@ -10,6 +10,7 @@
 //! makes concurrent edits safe (optimistic locking). Proxy-configuration versions are
 //! immutable rows. This crate knows nothing of HTTP or of the gateway.
 
+mod batch;
 mod changes;
 mod configs;
 mod docs;
@@ -17,6 +18,7 @@ mod migrate;
 mod traffic;
 mod usage;
 
+pub use batch::{Batch, ROWS_PER_INSERT};
 pub use changes::{CHANNEL, Changes};
 pub use configs::{ConfigVersion, Environment};
 pub use docs::{AccountDoc, ApplicationDoc, Item, PlanDoc, ProductDoc};
@@ -79,6 +81,17 @@ impl Table {
             Table::ApplicationPlans => "application_plans",
             Table::Accounts => "accounts",
             Table::Applications => "applications",
+        }
+    }
+
+    /// One row's kind in words: `product`, `application plan`, ….
+    fn singular(self) -> &'static str {
+        match self {
+            Table::Backends => "backend",
+            Table::Products => "product",
+            Table::ApplicationPlans => "application plan",
+            Table::Accounts => "account",
+            Table::Applications => "application",
         }
     }
 
@@ -249,7 +262,8 @@ impl Store {
         }
     }
 
-    /// Every row of `table` (under `parent`, for child tables), in id order.
+    /// Every row of `table` (under `parent`, for child tables; with `None`, all of a
+    /// child table's rows), in id order.
     pub async fn list<T: DeserializeOwned>(&self, table: Table, parent: Option<i64>) -> Result<Vec<Row<T>>> {
         let cols = Self::columns(table);
         let rows = match parent {
@@ -309,40 +323,7 @@ impl Store {
         system_name: &str,
         doc: &T,
     ) -> Result<Row<T>> {
-        let now = now_millis();
-        let json = serde_json::to_string(doc).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let cols = Self::columns(table);
-        let result = match parent {
-            Some(p) => {
-                sqlx::query(AssertSqlSafe(format!(
-                    "INSERT INTO {} (parent_id, system_name, doc, revision, created_at, updated_at) VALUES ($1, $2, $3, 1, $4, $4) RETURNING {cols}",
-                    table.name()
-                )))
-                .bind(p)
-                .bind(system_name.to_string())
-                .bind(json)
-                .bind(now)
-                .fetch_one(&self.pool)
-                .await
-            }
-            None => {
-                sqlx::query(AssertSqlSafe(format!(
-                    "INSERT INTO {} (system_name, doc, revision, created_at, updated_at) VALUES ($1, $2, 1, $3, $3) RETURNING {cols}",
-                    table.name()
-                )))
-                .bind(system_name.to_string())
-                .bind(json)
-                .bind(now)
-                .fetch_one(&self.pool)
-                .await
-            }
-        };
-        match result {
-            Ok(r) => Self::row(&r, table),
-            Err(e) if is_unique_violation(&e) => Err(StoreError::Conflict(format!("`{system_name}` already exists"))),
-            Err(e) if is_foreign_key_violation(&e) => Err(StoreError::NotFound),
-            Err(e) => Err(e.into()),
-        }
+        insert_on(&self.pool, table, parent, system_name, doc).await
     }
 
     /// Replaces a row's document if its revision is still `revision`.
@@ -353,22 +334,7 @@ impl Store {
         revision: i64,
         doc: &T,
     ) -> Result<Row<T>> {
-        let json = serde_json::to_string(doc).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let cols = Self::columns(table);
-        let row = sqlx::query(AssertSqlSafe(format!(
-            "UPDATE {} SET doc = $1, revision = revision + 1, updated_at = $2 WHERE id = $3 AND revision = $4 RETURNING {cols}",
-            table.name()
-        )))
-        .bind(json)
-        .bind(now_millis())
-        .bind(id)
-        .bind(revision)
-        .fetch_optional(&self.pool)
-        .await?;
-        match row {
-            Some(r) => Self::row(&r, table),
-            None => Err(StoreError::Stale),
-        }
+        update_on(&self.pool, table, id, revision, doc).await
     }
 
     /// Reads a row, applies `change` to its document and writes it back, retrying when a
@@ -408,6 +374,72 @@ impl Store {
             .execute(&self.pool)
             .await?;
         if done.rows_affected() == 0 { Err(StoreError::NotFound) } else { Ok(()) }
+    }
+}
+
+/// [`Store::insert`] on any connection: the pool's, or a [`Batch`]'s transaction.
+async fn insert_on<'e, T, E>(exec: E, table: Table, parent: Option<i64>, system_name: &str, doc: &T) -> Result<Row<T>>
+where
+    T: Serialize + DeserializeOwned,
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
+    let now = now_millis();
+    let json = serde_json::to_string(doc).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let cols = Store::columns(table);
+    let result = match parent {
+        Some(p) => {
+            sqlx::query(AssertSqlSafe(format!(
+                "INSERT INTO {} (parent_id, system_name, doc, revision, created_at, updated_at) VALUES ($1, $2, $3, 1, $4, $4) RETURNING {cols}",
+                table.name()
+            )))
+            .bind(p)
+            .bind(system_name.to_string())
+            .bind(json)
+            .bind(now)
+            .fetch_one(exec)
+            .await
+        }
+        None => {
+            sqlx::query(AssertSqlSafe(format!(
+                "INSERT INTO {} (system_name, doc, revision, created_at, updated_at) VALUES ($1, $2, 1, $3, $3) RETURNING {cols}",
+                table.name()
+            )))
+            .bind(system_name.to_string())
+            .bind(json)
+            .bind(now)
+            .fetch_one(exec)
+            .await
+        }
+    };
+    match result {
+        Ok(r) => Store::row(&r, table),
+        Err(e) if is_unique_violation(&e) => Err(StoreError::Conflict(format!("`{system_name}` already exists"))),
+        Err(e) if is_foreign_key_violation(&e) => Err(StoreError::NotFound),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// [`Store::update`] on any connection.
+async fn update_on<'e, T, E>(exec: E, table: Table, id: i64, revision: i64, doc: &T) -> Result<Row<T>>
+where
+    T: Serialize + DeserializeOwned,
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
+    let json = serde_json::to_string(doc).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let cols = Store::columns(table);
+    let row = sqlx::query(AssertSqlSafe(format!(
+        "UPDATE {} SET doc = $1, revision = revision + 1, updated_at = $2 WHERE id = $3 AND revision = $4 RETURNING {cols}",
+        table.name()
+    )))
+    .bind(json)
+    .bind(now_millis())
+    .bind(id)
+    .bind(revision)
+    .fetch_optional(exec)
+    .await?;
+    match row {
+        Some(r) => Store::row(&r, table),
+        None => Err(StoreError::Stale),
     }
 }
 

@@ -213,6 +213,70 @@ async fn deploy_promote_and_rollback() {
 }
 
 #[tokio::test]
+async fn a_batch_writes_all_or_nothing_and_sees_its_own_writes() {
+    for (db, store, _) in both().await {
+        // Dropped uncommitted: nothing of it stays.
+        let mut batch = store.batch().await.expect(db);
+        batch.insert(Table::Products, None, "gone", &product("gone")).await.expect(db);
+        drop(batch);
+        assert!(store.list::<ProductDoc>(Table::Products, None).await.expect(db).is_empty(), "{db}: rolled back");
+
+        // Many rows across several statements (ROWS_PER_INSERT each), children under
+        // parents inserted by the same batch.
+        let n = tollgate_store::ROWS_PER_INSERT * 2 + 7;
+        let names: Vec<String> = (0..n).map(|i| format!("p{i}")).collect();
+        let docs: Vec<ProductDoc> = names.iter().map(|name| product(name)).collect();
+        let rows: Vec<_> = names.iter().zip(&docs).map(|(name, d)| (None, name.as_str(), d)).collect();
+        let mut batch = store.batch().await.expect(db);
+        let inserted = batch.insert_many(Table::Products, &rows, 42).await.expect(db);
+        assert_eq!(inserted.len(), n, "{db}");
+        let plan = tollgate_store::PlanDoc::from_plan(
+            &tollgate_model::ApplicationPlan {
+                system_name: "basic".into(),
+                name: None,
+                limits: vec![],
+                max_connections: None,
+            },
+            0,
+        );
+        let plans: Vec<_> = inserted.iter().map(|(id, _, _)| (Some(*id), "basic", &plan)).collect();
+        let children = batch.insert_many(Table::ApplicationPlans, &plans, 42).await.expect(db);
+        assert!(children.iter().all(|(_, parent, name)| parent.is_some() && name == "basic"), "{db}");
+        // A name taken within the batch is a conflict for the statement that repeats it.
+        let again = [(None, "p0", &docs[0])];
+        assert!(matches!(batch.insert_many(Table::Products, &again, 42).await, Err(StoreError::Conflict(_))), "{db}");
+        drop(batch);
+        assert!(store.list::<ProductDoc>(Table::Products, None).await.expect(db).is_empty(), "{db}: a failed batch");
+
+        let mut batch = store.batch().await.expect(db);
+        let inserted = batch.insert_many(Table::Products, &rows, 42).await.expect(db);
+        let (id, _, name) = inserted.iter().find(|(_, _, name)| name == "p3").cloned().expect("p3");
+        let content = serde_json::json!({ "rules": 1 });
+        // Deploy and promote in the batch, from the versions the batch sees.
+        let staging = batch.current_configs(Environment::Staging).await.expect(db);
+        assert!(staging.is_empty());
+        let v1 = batch.deploy(id, None, &content).await.expect(db).expect("a first version");
+        assert_eq!(v1.version, 1);
+        let seen = batch.current_configs(Environment::Staging).await.expect(db);
+        assert_eq!(seen.len(), 1, "{db}: the batch reads its own deploy");
+        assert_eq!(batch.deploy(id, seen.first(), &content).await.expect(db), None, "{db}: unchanged");
+        let v2 = batch.deploy(id, seen.first(), &serde_json::json!({ "rules": 2 })).await.expect(db).expect("v2");
+        assert_eq!(v2.version, 2);
+        assert_eq!(batch.promote(&v2).await.expect(db).version, 2);
+        batch.commit().await.expect(db);
+
+        let row: Row<ProductDoc> = store.get(Table::Products, None, &Key::Name(&name)).await.expect(db);
+        assert_eq!((row.id, row.revision, row.created_at, row.updated_at), (id, 1, 42, 42), "{db}");
+        assert_eq!(row.doc, docs[3], "{db}: the document as given");
+        assert_eq!(store.list::<ProductDoc>(Table::Products, None).await.expect(db).len(), n);
+        let production = store.current_config(id, Environment::Production).await.expect(db).expect(db);
+        assert_eq!((production.version, production.content), (2, Some(serde_json::json!({ "rules": 2 }))));
+        // The next deploy outside the batch numbers on from it.
+        assert_eq!(store.deploy(id, &serde_json::json!({ "rules": 3 })).await.expect(db).map(|v| v.version), Some(3));
+    }
+}
+
+#[tokio::test]
 async fn state_survives_reopening_the_store() {
     for (db, store, url) in both().await {
         store.insert(Table::Backends, None, "echo", &backend("echo")).await.expect(db);

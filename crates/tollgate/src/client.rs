@@ -86,7 +86,17 @@ pub async fn apply(args: ApplyArgs) -> anyhow::Result<ExitCode> {
         }
     };
     let admin = Admin::new(&args.admin)?;
-    let query = if args.dry_run { "?dry_run=true" } else { "" };
+    // One request does it all (the store's writes, then the deploys and promotions, in
+    // one transaction): the gateways recompile once, whatever the size of the file.
+    let query = if args.dry_run {
+        "?dry_run=true"
+    } else if args.promote {
+        "?promote=true"
+    } else if args.deploy {
+        "?deploy=true"
+    } else {
+        ""
+    };
     let (_, result) = admin.call("PUT", &format!("/config{query}"), Some(serde_json::to_value(&config)?)).await?;
     let changes = result["changes"].as_array().cloned().unwrap_or_default();
     let verb = if args.dry_run { "would" } else { "did" };
@@ -101,19 +111,16 @@ pub async fn apply(args: ApplyArgs) -> anyhow::Result<ExitCode> {
             c["name"].as_str().unwrap_or("?")
         );
     }
-    if args.dry_run {
-        return Ok(ExitCode::SUCCESS);
+    let listed = |key: &str| result[key].as_array().cloned().unwrap_or_default();
+    for d in listed("deployed") {
+        let what = if d["unchanged"] == true { "unchanged:" } else { "deployed" };
+        println!("{what} {} staging version {}", d["product"].as_str().unwrap_or("?"), d["version"]);
     }
-    for p in &config.products {
-        let name = encode(&p.system_name);
-        if args.deploy || args.promote {
-            let (status, v) = admin.call("POST", &format!("/products/{name}/deploy"), None).await?;
-            let what = if status == 201 { "deployed" } else { "unchanged:" };
-            println!("{what} {} staging version {}", p.system_name, v["version"]);
-        }
-        if args.promote {
-            let (_, v) = admin.call("POST", &format!("/products/{name}/promote"), None).await?;
-            println!("promoted {} version {} to production", p.system_name, v["version"]);
+    for p in listed("promoted") {
+        let (product, version) = (p["product"].as_str().unwrap_or("?"), &p["version"]);
+        match p["unchanged"] == true {
+            true => println!("unchanged: {product} production serves version {version}"),
+            false => println!("promoted {product} version {version} to production"),
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -392,7 +392,7 @@ impl Server {
         let mut admin_state = None;
         let poll = Duration::from_secs(flags.config_poll_interval);
         let app = match (store, role) {
-            (None, _) => tollgate_admin::health_router(metrics, health),
+            (None, _) => tollgate_admin::health_router(metrics, health, false),
             (Some(store), Role::Node(_)) => {
                 if let Some(analytics) = &analytics {
                     let retention = (args.analytics_minute_retention * 3_600, args.analytics_hour_retention * 86_400);
@@ -413,7 +413,7 @@ impl Server {
                 };
                 let (applied_tx, _) = watch::channel(0);
                 tasks.spawn(follower.run(revision, None, applied_tx, poll, server.stop.subscribe()));
-                tollgate_admin::health_router(metrics, health)
+                tollgate_admin::health_router(metrics, health, true)
             }
             (Some(store), Role::All) => {
                 let from_env = std::env::var("TOLLGATE_ADMIN_TOKEN").ok().filter(|t| !t.is_empty());

@@ -1,6 +1,8 @@
 //! The GitOps commands against a spawned `tollgate serve` in store mode: `apply`
-//! (dry run, then with --promote), `export` whose `apply` is a no-op, `diff`,
-//! `promote --version`, and state that survives a restart of the process.
+//! (dry run, then with --promote, then again with nothing to do), `export` whose
+//! `apply` is a no-op, `diff`, `promote --version`, and state that survives a restart
+//! of the process; `PUT /config` with `promote` for a body over the API's usual 1 MiB,
+//! and a deploy it refuses, which writes nothing.
 
 mod support;
 
@@ -112,6 +114,17 @@ accounts:
         tokio::task::yield_now().await;
     }
     assert_eq!(status, 200);
+    // Again: every product is already deployed and promoted; nothing new is versioned,
+    // and the per-product deploy agrees that the draft is what staging runs.
+    let again = stdout(&tollgate(&url, &token, &["apply", "-f", &file, "--promote"]));
+    assert!(again.contains("no changes"), "{again}");
+    assert!(
+        again.contains("unchanged: shop staging version 1")
+            && again.contains("unchanged: shop production serves version 1"),
+        "{again}"
+    );
+    let deployed = stdout(&tollgate(&url, &token, &["deploy", "shop"]));
+    assert!(deployed.contains("the draft equals staging version 1"), "{deployed}");
 
     let exported = stdout(&tollgate(&url, &token, &["export"]));
     let export_file = dir.path().join("export.yaml");
@@ -141,6 +154,78 @@ accounts:
     let again = stdout(&tollgate(&restarted.admin_url, &token, &["apply", "-f", &file]));
     assert!(again.contains("no changes"), "{again}");
     drop(restarted.child);
+}
+
+#[tokio::test]
+async fn a_large_configuration_is_applied_and_promoted_in_one_request_or_not_at_all() {
+    let backend = http_backend().await;
+    let dir = TempDir::new();
+    let server = store_server(&format!("sqlite://{}", dir.path().join("t.db").display())).await;
+    let product = |name: &str, usages: serde_json::Value| {
+        serde_json::json!({
+            "system_name": name,
+            "staging_public_base_url": format!("http://{name}-staging.localhost"),
+            "production_public_base_url": format!("http://{name}.localhost"),
+            "backend_usages": usages,
+            "mapping_rules": [ { "http_method": "GET", "pattern": "/", "metric": "hits" } ],
+            "application_plans": [ { "system_name": "basic" } ]
+        })
+    };
+    let usages = serde_json::json!([ { "backend": "api", "path": "/" } ]);
+    // 1.3 MB of JSON: over the admin API's 1 MiB for other bodies.
+    let note = "x".repeat(600);
+    let applications: Vec<serde_json::Value> = (0..2_000)
+        .map(|i| {
+            let product = if i % 2 == 0 { "shop" } else { "store" };
+            serde_json::json!({ "name": format!("app-{i}"), "product": product, "plan": "basic",
+                                "user_key": format!("k{i}"), "description": note })
+        })
+        .collect();
+    let config = serde_json::json!({
+        "backends": [ { "system_name": "api", "private_base_url": format!("http://{backend}") } ],
+        "products": [ product("shop", usages.clone()), product("store", usages.clone()) ],
+        "accounts": [ { "name": "acme", "applications": applications } ]
+    });
+    assert!(config.to_string().len() > 1 << 20);
+    let (status, body) = api(&server, "PUT", "/config?promote=true", Some(config)).await;
+    assert_eq!(status, http::StatusCode::OK, "{body}");
+    assert_eq!(body["changes"].as_array().map(Vec::len), Some(1 + 2 + 2 + 1 + 2_000), "{body}");
+    for (key, expected) in [("deployed", 1), ("promoted", 1)] {
+        let listed = body[key].as_array().cloned().unwrap_or_default();
+        let seen: Vec<(&str, i64, bool)> = listed
+            .iter()
+            .map(|v| (v["product"].as_str().unwrap_or(""), v["version"].as_i64().unwrap_or(0), v["unchanged"] == true))
+            .collect();
+        assert_eq!(seen, [("shop", expected, false), ("store", expected, false)], "{key}: {body}");
+    }
+    server.wait_applied().await;
+    assert_eq!(get(server.production, "store.localhost", "/x?user_key=k1999").await.0, 200);
+    assert_eq!(get(server.staging, "shop-staging.localhost", "/x?user_key=k0").await.0, 200);
+
+    // A product that cannot be deployed (no backend usage: a draft may lack one, a
+    // deployed product may not) refuses the whole request: neither the new product nor
+    // the other changes of the file are written.
+    let config = serde_json::json!({
+        "backends": [ { "system_name": "api", "private_base_url": format!("http://{backend}") } ],
+        "products": [ product("shop", usages.clone()), product("draft", serde_json::json!([])) ],
+        "accounts": [ { "name": "other", "applications": [
+            { "name": "a", "product": "shop", "plan": "basic", "user_key": "new-key" } ] } ]
+    });
+    let (status, body) = api(&server, "PUT", "/config?deploy=true", Some(config.clone())).await;
+    assert_eq!(status, http::StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(body["error"]["field"].as_str().unwrap_or("").starts_with("products[1]"), "{body}");
+    let (_, exported) = api(&server, "GET", "/config", None).await;
+    let products: Vec<&str> =
+        exported["products"].as_array().into_iter().flatten().filter_map(|p| p["system_name"].as_str()).collect();
+    assert_eq!(products, ["shop", "store"]);
+    assert_eq!(exported["accounts"].as_array().map(Vec::len), Some(1), "nothing of the refused file: {exported}");
+    // Without deploying, the same file is a valid set of drafts.
+    let (status, body) = api(&server, "PUT", "/config", Some(config)).await;
+    assert_eq!(status, http::StatusCode::OK, "{body}");
+    assert!(body.get("deployed").is_none(), "{body}");
+    // A misspelt option is refused, not ignored.
+    let (status, body) = api(&server, "PUT", "/config?promte=true", Some(serde_json::json!({}))).await;
+    assert_eq!(status, http::StatusCode::BAD_REQUEST, "{body}");
 }
 
 #[tokio::test]

@@ -245,7 +245,9 @@ async fn fetch_jwks(url: &str) -> Result<Vec<Jwk>, String> {
             .header(header::ACCEPT, "application/json")
             .body(crate::upstream::body::UpstreamBody::Empty)
             .map_err(|e| e.to_string())?;
-        let resp = upstream.request(req).await.map_err(|e| e.to_string())?;
+        // The refusal's words are a client's ("the backend could not be reached"); the
+        // operator wants what failed, which its detail says.
+        let resp = upstream.request(req).await.map_err(|e| e.detail().map_or_else(|| e.to_string(), str::to_string))?;
         if !resp.status().is_success() {
             return Err(format!("the server answered {}", resp.status()));
         }
