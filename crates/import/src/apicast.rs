@@ -77,6 +77,16 @@ fn strip(c: &mut Value, field: &str, keys: &[&str]) {
     }
 }
 
+/// The keys [`translate`] renames, as (Tollgate's, APIcast's), for the warnings.
+fn renamed_keys(policy: &str) -> &'static [(&'static str, &'static str)] {
+    match policy {
+        "status_code_overwrite" => &[("gateway", "apicast")],
+        "ip_check" => &[("error_message", "error_msg")],
+        "maintenance_mode" => &[("content_type", "message_content_type")],
+        _ => &[],
+    }
+}
+
 /// Translates one policy's configuration; `Err` says why it cannot be.
 fn translate(name: &str, c: &Value, warn: &mut Vec<String>) -> Result<Value, String> {
     let mut c = if c.is_null() { json!({}) } else { c.clone() };
@@ -396,7 +406,17 @@ pub fn apicast(text: &str) -> anyhow::Result<Imported> {
                         }
                         chain.push(entry);
                     }
-                    Err(e) => warn(format!("policy_chain[{j}] `{raw}` does not translate: {e}; left out")),
+                    Err(e) => {
+                        // The error names Tollgate's keys; the user edits APIcast's.
+                        let renamed: Vec<String> = renamed_keys(ours)
+                            .iter()
+                            .filter(|(tollgate, _)| e.to_string().contains(tollgate))
+                            .map(|(tollgate, apicast)| format!("`{tollgate}` is APIcast's `{apicast}`"))
+                            .collect();
+                        let names =
+                            if renamed.is_empty() { String::new() } else { format!(" ({})", renamed.join(", ")) };
+                        warn(format!("policy_chain[{j}] `{raw}` does not translate: {e}{names}; left out"))
+                    }
                 },
                 Err(why) => warn(format!("policy_chain[{j}] `{raw}`: {why}; left out")),
             }
@@ -450,6 +470,22 @@ mod tests {
         let chain = &imported.config.products[0].policy_chain;
         assert_eq!(chain[0].name, "status_code_overwrite", "{:?}", imported.warnings);
         assert_eq!(chain[0].configuration, json!({ "http_statuses": [ { "upstream": 500, "gateway": 503 } ] }));
+    }
+
+    #[test]
+    fn a_pair_that_does_not_translate_is_named_in_apicasts_words() {
+        let doc = json!({ "services": [ { "id": 1, "proxy": {
+            "endpoint": "http://api.example.com",
+            "sandbox_endpoint": "http://api-staging.example.com",
+            "api_backend": "http://127.0.0.1:9",
+            "policy_chain": [ { "name": "apicast.policy.statuscode_overwrite", "configuration": {
+                "http_statuses": [ { "upstream": 500 } ]
+            } } ]
+        } } ] });
+        let imported = apicast(&doc.to_string()).expect("imports");
+        assert!(imported.config.products[0].policy_chain.is_empty());
+        let said = imported.warnings.join("\n");
+        assert!(said.contains("`gateway` is APIcast's `apicast`"), "{said}");
     }
 
     #[test]
