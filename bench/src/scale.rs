@@ -11,7 +11,12 @@
 //!   key only, against the last product's last application — flat if lookups do not
 //!   grow with the configuration;
 //! - p99 latency of a wrk turn without and with a reload in its middle: a reload must
-//!   not pause traffic.
+//!   not pause traffic;
+//! - the same file through the store: `tollgate serve --store` on a fresh SQLite file,
+//!   `tollgate apply -f FILE` (the store made to match it), then `tollgate apply -f FILE
+//!   --promote` (every product deployed to staging and promoted to production), each
+//!   timed until the command returns — that is, until the gateways of that process serve
+//!   the change — and the process's resident memory after them.
 //!
 //! The points are written as a table and plotted (SVG, by `plotters`).
 
@@ -48,6 +53,11 @@ pub struct Point {
     /// wrk's p99 (µs) of a turn without, and of one with, a reload in its middle.
     pub p99_us: f64,
     pub p99_reload_us: f64,
+    /// Through the store: seconds of `apply`, of `apply --promote` after it, and the
+    /// serving process's resident KiB after both.
+    pub store_apply_s: f64,
+    pub store_promote_s: f64,
+    pub store_kib: u64,
 }
 
 /// The generated DB-less file: `products` products on `backend`, `applications`
@@ -175,6 +185,56 @@ async fn check(file: &Path) -> Result<(f64, u64)> {
     Ok((seconds, kib))
 }
 
+/// The file through the store (see the module): (`apply` seconds, `apply --promote`
+/// seconds, resident KiB after them) of a `tollgate serve --store` on a SQLite file in
+/// `dir`.
+async fn through_store(dir: &Path, file: &Path) -> Result<(f64, f64, u64)> {
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir)?;
+    let mut cmd = Command::new(tollgate_bin()?);
+    cmd.args(["serve", "--store"])
+        .arg(format!("sqlite://{}", dir.join("tollgate.db").display()))
+        .args(["--staging-listen", "127.0.0.1:0", "--production-listen", "127.0.0.1:0"])
+        .args(["--admin-listen", "127.0.0.1:0"])
+        .env_remove("TOLLGATE_ADMIN_TOKEN")
+        .stderr(Stdio::null());
+    let mut token = None;
+    let (process, ports) = spawn_reading(cmd, |line| {
+        if let Some(t) = line.split("keep it): ").nth(1) {
+            token = Some(t.trim().to_string());
+        }
+        // `tollgate: admin API          http://127.0.0.1:PORT/api/v1 (store …)`
+        let url = line.strip_prefix("tollgate: admin API")?.split_whitespace().next()?;
+        let port = url.trim_start_matches("http://").split('/').next()?.rsplit(':').next()?;
+        port.parse::<u16>().ok().map(|p| vec![p])
+    })
+    .await
+    .context("tollgate serve --store")?;
+    let token = token.context("serve printed no admin token")?;
+    let admin = format!("http://127.0.0.1:{}", ports[0]);
+    let mut timed = Vec::new();
+    for extra in [None, Some("--promote")] {
+        let started = Instant::now();
+        let out = Command::new(tollgate_bin()?)
+            .args(["apply", "-f"])
+            .arg(file)
+            .args(extra)
+            .env("TOLLGATE_ADMIN_URL", &admin)
+            .env("TOLLGATE_ADMIN_TOKEN", &token)
+            .stdout(Stdio::null())
+            .output()
+            .await?;
+        if !out.status.success() {
+            bail!("tollgate apply {extra:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        timed.push(started.elapsed().as_secs_f64());
+    }
+    let kib = resident_kib(process.id().context("tollgate serve --store has exited")?)?;
+    drop(process);
+    let _ = std::fs::remove_dir_all(dir);
+    Ok((timed[0], timed[1], kib))
+}
+
 /// Measures every size in `sizes` (products; ten applications each), wrk turns of
 /// `turn` with `connections` connections.
 pub async fn measure(
@@ -215,6 +275,10 @@ pub async fn measure(
             reloaded?;
             run.with_context(|| format!("{products} products, during a reload"))?
         };
+        drop(serving);
+        let (store_apply_s, store_promote_s, store_kib) = through_store(&dir.join(format!("store-{products}")), &file)
+            .await
+            .with_context(|| format!("{products} products through the store"))?;
         points.push(Point {
             products,
             applications,
@@ -228,6 +292,9 @@ pub async fn measure(
             rate: steady.rate,
             p99_us: steady.p99,
             p99_reload_us: during.p99,
+            store_apply_s,
+            store_promote_s,
+            store_kib,
         });
     }
     Ok(points)
@@ -237,13 +304,13 @@ pub async fn measure(
 pub fn markdown(points: &[Point]) -> String {
     let mut out = String::from(
         "### Cost of a configuration's size (DB-less file; ten applications per product)\n\n\
-         | products / applications (YAML) | check | check peak | serve: start | serving resident | reload | CPU/request, key only | requests/s | p99 | p99 with a reload |\n\
-         |---|---|---|---|---|---|---|---|---|---|\n",
+         | products / applications (YAML) | check | check peak | serve: start | serving resident | reload | CPU/request, key only | requests/s | p99 | p99 with a reload | store: apply | store: deploy + promote | store: resident |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for p in points {
         let _ = writeln!(
             out,
-            "| {} / {} ({:.2} MB) | {:.2} s | {} MB | {:.2} s | {} MB | {:.2} s | {:.1} µs | {:.0} | {:.2} ms | {:.2} ms |",
+            "| {} / {} ({:.2} MB) | {:.2} s | {} MB | {:.2} s | {} MB | {:.2} s | {:.1} µs | {:.0} | {:.2} ms | {:.2} ms | {:.2} s | {:.2} s | {} MB |",
             p.products,
             p.applications,
             p.file_bytes as f64 / 1e6,
@@ -256,6 +323,9 @@ pub fn markdown(points: &[Point]) -> String {
             p.rate,
             p.p99_us / 1e3,
             p.p99_reload_us / 1e3,
+            p.store_apply_s,
+            p.store_promote_s,
+            p.store_kib / 1024,
         );
     }
     if points.len() > 1 {
@@ -265,7 +335,7 @@ pub fn markdown(points: &[Point]) -> String {
             let size = b.products as f64 / a.products as f64;
             let _ = writeln!(
                 out,
-                "- {} → {} products ({size:.0}×): check time ×{:.1}, check memory ×{:.1}, start ×{:.1}, reload ×{:.1}, serving memory ×{:.1}, CPU per request ×{:.2}",
+                "- {} → {} products ({size:.0}×): check time ×{:.1}, check memory ×{:.1}, start ×{:.1}, reload ×{:.1}, serving memory ×{:.1}, CPU per request ×{:.2}, store apply ×{:.1}, store deploy + promote ×{:.1}",
                 a.products,
                 b.products,
                 b.check_s / a.check_s.max(0.005),
@@ -274,6 +344,8 @@ pub fn markdown(points: &[Point]) -> String {
                 b.reload_s / a.reload_s.max(0.005),
                 b.serving_kib as f64 / a.serving_kib.max(1) as f64,
                 b.cpu_us / a.cpu_us.max(0.001),
+                b.store_apply_s / a.store_apply_s.max(0.005),
+                b.store_promote_s / a.store_promote_s.max(0.005),
             );
         }
     }
@@ -291,6 +363,8 @@ pub fn json(points: &[Point]) -> serde_json::Value {
                     "check_s": p.check_s, "check_peak_kib": p.check_peak_kib, "start_s": p.start_s,
                     "serving_kib": p.serving_kib, "reload_s": p.reload_s, "cpu_us_per_request": p.cpu_us,
                     "requests_per_s": p.rate, "p99_us": p.p99_us, "p99_during_reload_us": p.p99_reload_us,
+                    "store_apply_s": p.store_apply_s, "store_deploy_promote_s": p.store_promote_s,
+                    "store_resident_kib": p.store_kib,
                 })
             })
             .collect(),
@@ -373,6 +447,8 @@ pub fn plot(points: &[Point], path: &Path) -> Result<()> {
             ("check", RED, Box::new(|p: &Point| p.check_s)),
             ("serve: start", BLUE, Box::new(|p: &Point| p.start_s)),
             ("reload", GREEN, Box::new(|p: &Point| p.reload_s)),
+            ("store: apply", MAGENTA, Box::new(|p: &Point| p.store_apply_s)),
+            ("store: deploy + promote", CYAN, Box::new(|p: &Point| p.store_promote_s)),
         ],
     )?;
     draw(
@@ -383,6 +459,7 @@ pub fn plot(points: &[Point], path: &Path) -> Result<()> {
         &[
             ("check (peak)", RED, Box::new(|p: &Point| p.check_peak_kib as f64 / 1024.0)),
             ("serving", BLUE, Box::new(|p: &Point| p.serving_kib as f64 / 1024.0)),
+            ("store: serving", MAGENTA, Box::new(|p: &Point| p.store_kib as f64 / 1024.0)),
         ],
     )?;
     draw(
@@ -425,6 +502,9 @@ mod tests {
             rate: 40_000.0,
             p99_us: 900.0,
             p99_reload_us: 1000.0,
+            store_apply_s: f * 0.03,
+            store_promote_s: f * 0.01,
+            store_kib: (f * 2500.0) as u64,
         };
         let dir = std::env::temp_dir().join(format!("tollgate-scale-plot-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("dir");
@@ -432,10 +512,20 @@ mod tests {
         plot(&[point(10, 1.0), point(100, 10.0), point(1000, 100.0)], &path).expect("plots");
         let svg = std::fs::read_to_string(&path).expect("svg");
         let _ = std::fs::remove_dir_all(&dir);
-        for label in ["check", "serve: start", "reload", "serving", "user + kernel", "<svg"] {
+        for label in [
+            "check",
+            "serve: start",
+            "reload",
+            "serving",
+            "user + kernel",
+            "store: apply",
+            "store: deploy + promote",
+            "<svg",
+        ] {
             assert!(svg.contains(label), "{label} missing");
         }
         let table = markdown(&[point(10, 1.0), point(100, 10.0)]);
         assert!(table.contains("10 → 100 products (10×): check time ×10.0"), "{table}");
+        assert!(table.contains("store apply ×10.0, store deploy + promote ×10.0"), "{table}");
     }
 }

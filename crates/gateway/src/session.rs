@@ -213,10 +213,10 @@ pub(crate) type Current = (u64, Arc<Product>, Arc<Application>);
 pub(crate) struct Session {
     pub snapshot: SnapshotHandle,
     pub host: Box<str>,
-    pub product: Box<str>,
-    pub app_id: Box<str>,
+    pub product: Arc<str>,
+    pub app_id: Arc<str>,
     /// The plan the application was on when the connection opened.
-    pub plan: Box<str>,
+    pub plan: Arc<str>,
     pub slot: Option<ConnectionSlot>,
     pub credential: Credential,
     pub counters: Arc<Counters>,

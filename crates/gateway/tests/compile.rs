@@ -54,6 +54,31 @@ fn each_environment_serves_its_hosts_and_routes_by_the_longest_prefix() {
 }
 
 #[test]
+fn products_that_answer_refusals_alike_share_the_answers() {
+    let mut config = config("[]");
+    let mut other = config.products[0].clone();
+    other.system_name = "other".into();
+    other.staging_public_base_url = "http://other-staging.test".into();
+    other.production_public_base_url = "http://other.test".into();
+    let mut own = other.clone();
+    own.system_name = "own".into();
+    own.staging_public_base_url = "http://own-staging.test".into();
+    own.production_public_base_url = "http://own.test".into();
+    own.errors.auth_failed =
+        Some(serde_json::from_value(serde_json::json!({ "status": 403, "body": "no" })).expect("an error message"));
+    config.products.extend([other, own]);
+    let snapshots = compile(&config, &Registry::offline()).expect("compiles");
+    let product = |host| snapshots.staging.product_for_host(host).expect(host);
+    let (api, other, own) = (product("api-staging.test"), product("other-staging.test"), product("own-staging.test"));
+    assert!(std::sync::Arc::ptr_eq(&api.errors.auth_failed, &other.errors.auth_failed), "one JSON answer for both");
+    assert!(std::sync::Arc::ptr_eq(&api.errors.limits_exceeded, &own.errors.limits_exceeded));
+    assert!(!std::sync::Arc::ptr_eq(&api.errors.auth_failed, &own.errors.auth_failed), "its own answer");
+    assert_eq!(&own.errors.auth_failed.body[..], b"no");
+    let production = snapshots.production.product_for_host("api.test").expect("production");
+    assert!(std::sync::Arc::ptr_eq(&api.errors.no_match, &production.errors.no_match), "and both environments");
+}
+
+#[test]
 fn the_chain_rules_tollgate_last_if_absent_once_only_policies_and_disabled_entries() {
     let registry = Registry::offline();
     // Without `tollgate`, it runs last.
