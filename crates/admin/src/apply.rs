@@ -58,65 +58,85 @@ pub struct ApplyOptions {
     pub promote: bool,
 }
 
-/// Puts `item` over the one of the same name in `list`, or appends it; `index` (name →
-/// position) follows.
-fn put_named<T>(list: &mut Vec<T>, index: &mut HashMap<String, usize>, name: &str, item: T) -> usize {
-    match index.get(name) {
-        Some(&i) => {
-            list[i] = item;
-            i
-        }
-        None => {
-            index.insert(name.to_string(), list.len());
-            list.push(item);
-            list.len() - 1
-        }
-    }
-}
-
 fn index_of<T>(list: &[T], name: impl Fn(&T) -> &str) -> HashMap<String, usize> {
     list.iter().enumerate().map(|(i, x)| (name(x).to_string(), i)).collect()
 }
 
 /// The stored configuration with the file's entities put over it, by name: a product's
-/// plans absent from the file stay, as do applications absent from it.
+/// plans absent from the file stay, as do applications absent from it. The file's
+/// entities come first, in its order — so a validation error names `products[i]` of the
+/// file — then the store's others, in the store's order.
 fn merged(current: Config, file: &Config) -> Config {
-    let mut out = current;
-    let mut backends = index_of(&out.backends, |b| &b.system_name);
-    for b in &file.backends {
-        put_named(&mut out.backends, &mut backends, &b.system_name, b.clone());
-    }
-    let mut products = index_of(&out.products, |p| &p.system_name);
+    use std::collections::HashSet;
+    let mut out = Config { backends: file.backends.clone(), products: Vec::new(), accounts: Vec::new() };
+    let mine: HashSet<&str> = file.backends.iter().map(|b| b.system_name.as_str()).collect();
+    out.backends.extend(current.backends.into_iter().filter(|b| !mine.contains(b.system_name.as_str())));
+
+    let index = index_of(&current.products, |p| &p.system_name);
+    let mut stored: Vec<Option<tollgate_model::Product>> = current.products.into_iter().map(Some).collect();
     for p in &file.products {
         let mut product = p.clone();
-        if let Some(&i) = products.get(&p.system_name) {
-            let mut plans = std::mem::take(&mut out.products[i].application_plans);
-            let mut by_name = index_of(&plans, |x| &x.system_name);
-            for plan in &p.application_plans {
-                put_named(&mut plans, &mut by_name, &plan.system_name, plan.clone());
-            }
-            product.application_plans = plans;
+        if let Some(old) = index.get(&p.system_name).and_then(|&i| stored[i].take()) {
+            let mine: HashSet<&str> = p.application_plans.iter().map(|x| x.system_name.as_str()).collect();
+            let kept = old.application_plans.into_iter().filter(|x| !mine.contains(x.system_name.as_str()));
+            product.application_plans.extend(kept);
         }
-        put_named(&mut out.products, &mut products, &p.system_name, product);
+        out.products.push(product);
     }
-    let mut accounts = index_of(&out.accounts, |a| &a.name);
+    out.products.extend(stored.into_iter().flatten());
+
+    let index = index_of(&current.accounts, |a| &a.name);
+    let mut stored: Vec<Option<Account>> = current.accounts.into_iter().map(Some).collect();
     for a in &file.accounts {
-        let i = match accounts.get(&a.name) {
-            Some(&i) => i,
-            None => put_named(
-                &mut out.accounts,
-                &mut accounts,
-                &a.name,
-                Account { name: a.name.clone(), applications: vec![] },
-            ),
-        };
-        let account = &mut out.accounts[i];
-        let mut by_name = index_of(&account.applications, |x| &x.name);
-        for app in &a.applications {
-            put_named(&mut account.applications, &mut by_name, &app.name, app.clone());
+        let mut account = a.clone();
+        if let Some(old) = index.get(&a.name).and_then(|&i| stored[i].take()) {
+            let mine: HashSet<&str> = a.applications.iter().map(|x| x.name.as_str()).collect();
+            account.applications.extend(old.applications.into_iter().filter(|x| !mine.contains(x.name.as_str())));
         }
+        out.accounts.push(account);
     }
+    out.accounts.extend(stored.into_iter().flatten());
     out
+}
+
+/// The first name the file gives twice (backends, products, a product's plans, accounts,
+/// an account's applications), as a 422 naming where: the store holds one entity per
+/// name, so the second could only overwrite the first.
+fn named_twice(file: &Config) -> ApiResult<()> {
+    fn once<'a>(items: impl Iterator<Item = (String, &'a str)>) -> ApiResult<()> {
+        let mut seen: HashMap<&str, String> = HashMap::new();
+        for (path, name) in items {
+            if let Some(first) = seen.insert(name, path.clone()) {
+                return Err(ApiError::invalid(format!(
+                    "`{name}` is given twice in this file (also at {first}); names are unique"
+                ))
+                .field(path));
+            }
+        }
+        Ok(())
+    }
+    once(
+        file.backends.iter().enumerate().map(|(i, b)| (format!("backends[{i}].system_name"), b.system_name.as_str())),
+    )?;
+    once(
+        file.products.iter().enumerate().map(|(i, p)| (format!("products[{i}].system_name"), p.system_name.as_str())),
+    )?;
+    for (i, p) in file.products.iter().enumerate() {
+        let plans = p.application_plans.iter().enumerate();
+        once(
+            plans.map(|(j, x)| (format!("products[{i}].application_plans[{j}].system_name"), x.system_name.as_str())),
+        )?;
+    }
+    once(file.accounts.iter().enumerate().map(|(i, a)| (format!("accounts[{i}].name"), a.name.as_str())))?;
+    for (i, a) in file.accounts.iter().enumerate() {
+        once(
+            a.applications
+                .iter()
+                .enumerate()
+                .map(|(j, x)| (format!("accounts[{i}].applications[{j}].name"), x.name.as_str())),
+        )?;
+    }
+    Ok(())
 }
 
 /// The rows of the stored state by name, for the changes' lookups.
@@ -197,12 +217,14 @@ fn changes(world: &World, config: Config) -> Vec<Change> {
 /// concurrent write or deploy got there first (nothing is written; run it again);
 /// 503 when the store does not answer.
 pub async fn apply(s: &AdminState, config: Config, options: ApplyOptions) -> ApiResult<Value> {
+    named_twice(&config)?;
     let world = World::load(&s.store).await?;
     let candidate = merged(world.config(), &config);
     tollgate_gateway::check(&candidate, true).map_err(|e| ApiError::from_config(e, ""))?;
     let deploy = options.deploy || options.promote;
     let products: Vec<String> = config.products.iter().map(|p| p.system_name.clone()).collect();
-    if deploy && !options.dry_run {
+    if deploy {
+        // A dry run says whether the deploy would be refused, too.
         deployable(s, candidate, &config).await?;
     } else {
         drop(candidate);

@@ -98,7 +98,7 @@ pub async fn require_token(
         .bind(hash_token(token))
         .fetch_optional(state.store.pool())
         .await
-        .map_err(|e| ApiError::from(tollgate_store::StoreError::Database(e)))?
+        .map_err(|e| ApiError::from(tollgate_store::StoreError::from(e)))?
         .ok_or_else(unauthorized)?;
     let name: String = row.try_get("name").unwrap_or_default();
     let read_only: i64 = row.try_get("read_only").unwrap_or(1);
@@ -147,8 +147,14 @@ pub async fn audit(State(state): State<Arc<AdminState>>, req: Request, next: Nex
     let caller = req.extensions().get::<Caller>().map(|c| c.0.clone()).unwrap_or_default();
     let method = req.method().to_string();
     // Nested routers see their own suffix; the log wants the path as requested.
-    let path =
-        req.extensions().get::<axum::extract::OriginalUri>().map_or(req.uri().path(), |u| u.0.path()).to_string();
+    let uri = req.extensions().get::<axum::extract::OriginalUri>().map_or(req.uri(), |u| &u.0);
+    let path = uri.path().to_string();
+    // The log shows the options a whole configuration was applied with (`?promote=true`,
+    // `?dry_run=true`); other writes take none.
+    let logged = match uri.path_and_query() {
+        Some(p) if path == "/api/v1/config" => p.as_str().to_string(),
+        _ => path.clone(),
+    };
     // A whole configuration (`PUT /config`) may be large; its "before" would be the whole
     // export, so the audit keeps the request and the list of changes instead.
     let whole = path == "/api/v1/config";
@@ -171,7 +177,7 @@ pub async fn audit(State(state): State<Arc<AdminState>>, req: Request, next: Nex
     .bind(now_millis())
     .bind(caller)
     .bind(method)
-    .bind(path)
+    .bind(logged)
     .bind(i64::from(status.as_u16()))
     .bind(Some(json_audit(before.as_deref().unwrap_or("null"), &request_text)))
     .bind((!after.is_empty()).then(|| redacted_text(&after)))
@@ -374,7 +380,7 @@ pub async fn audit_list(
     .bind(limit)
     .fetch_all(state.store.pool())
     .await
-    .map_err(|e| ApiError::from(tollgate_store::StoreError::Database(e)))?;
+    .map_err(|e| ApiError::from(tollgate_store::StoreError::from(e)))?;
     let parse = |t: Option<String>| t.map(|t| serde_json::from_str(&t).unwrap_or(serde_json::Value::String(t)));
     let entries = rows
         .iter()
@@ -434,7 +440,7 @@ pub async fn token_list(State(state): State<Arc<AdminState>>) -> Result<axum::Js
     let rows = sqlx::query("SELECT name, read_only, created_at FROM admin_tokens ORDER BY id")
         .fetch_all(state.store.pool())
         .await
-        .map_err(|e| ApiError::from(tollgate_store::StoreError::Database(e)))?;
+        .map_err(|e| ApiError::from(tollgate_store::StoreError::from(e)))?;
     Ok(axum::Json(serde_json::Value::Array(
         rows.iter()
             .map(|r| {
@@ -457,7 +463,7 @@ pub async fn token_delete(
         .bind(name.clone())
         .execute(state.store.pool())
         .await
-        .map_err(|e| ApiError::from(tollgate_store::StoreError::Database(e)))?;
+        .map_err(|e| ApiError::from(tollgate_store::StoreError::from(e)))?;
     if done.rows_affected() == 0 {
         Err(ApiError::not_found(&format!("token `{name}`")))
     } else {

@@ -63,6 +63,7 @@ impl From<StoreError> for ApiError {
             StoreError::NotFound => ApiError::not_found("resource"),
             StoreError::Conflict(m) => ApiError::conflict(m),
             StoreError::Stale => ApiError::conflict("the resource was changed concurrently; retry"),
+            StoreError::Busy => ApiError::conflict("the store is busy with another write; retry"),
             StoreError::Database(
                 e @ (sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Tls(_)),
             ) => {

@@ -26,15 +26,22 @@ pub struct Batch {
 }
 
 impl Store {
-    /// Starts a [`Batch`]. On SQLite it holds the database's write lock from its first
-    /// write until it commits or is dropped: other writers wait (up to the busy timeout,
-    /// 5 s), readers do not.
+    /// Starts a [`Batch`]. On SQLite it takes the database's write lock at once
+    /// (`BEGIN IMMEDIATE`) and holds it until it commits or is dropped: another batch or
+    /// write waits for it (up to the busy timeout, 5 s), readers do not. A deferred
+    /// transaction that read first could not take the lock later if another writer had
+    /// committed meanwhile (`SQLITE_BUSY_SNAPSHOT`), and would fail instead of waiting.
     ///
     /// # Errors
+    /// [`StoreError::Busy`] when the lock is not had within the busy timeout;
     /// [`StoreError::Database`] when no connection can be had or the transaction cannot
     /// begin.
     pub async fn batch(&self) -> Result<Batch> {
-        Ok(Batch { tx: self.pool().begin().await? })
+        let tx = match self.dialect() {
+            crate::Dialect::Sqlite => self.pool().begin_with("BEGIN IMMEDIATE").await,
+            crate::Dialect::Postgres => self.pool().begin().await,
+        };
+        Ok(Batch { tx: tx? })
     }
 }
 

@@ -47,12 +47,28 @@ pub enum StoreError {
     /// cannot be created.
     #[error("invalid store URL: {0}")]
     BadUrl(String),
+    /// Another write holds the database (SQLite's lock, beyond the busy timeout); retry.
+    #[error("the store is busy with another write; retry")]
+    Busy,
     /// The database failed or could not be reached.
     #[error("database error: {0}")]
-    Database(#[from] sqlx::Error),
+    Database(sqlx::Error),
     /// A stored value cannot be read back, or a document cannot be serialized.
     #[error("stored document is unreadable: {0}")]
     Corrupt(String),
+}
+
+impl From<sqlx::Error> for StoreError {
+    /// SQLite's `SQLITE_BUSY` and `SQLITE_LOCKED`, with their extended codes (such as
+    /// 517, `SQLITE_BUSY_SNAPSHOT`), are [`StoreError::Busy`]; anything else is
+    /// [`StoreError::Database`].
+    fn from(e: sqlx::Error) -> Self {
+        let code = e.as_database_error().and_then(|d| d.code()).and_then(|c| c.parse::<i32>().ok());
+        match code {
+            Some(c) if matches!(c & 0xff, 5 | 6) => StoreError::Busy,
+            _ => StoreError::Database(e),
+        }
+    }
 }
 
 /// The result of a store operation.

@@ -277,6 +277,21 @@ async fn a_batch_writes_all_or_nothing_and_sees_its_own_writes() {
 }
 
 #[tokio::test]
+async fn a_sqlite_batch_waits_for_the_write_lock_and_says_busy_past_the_timeout() {
+    let (store, _) = sqlite().await;
+    let mut holding = store.batch().await.expect("the lock");
+    holding.insert(Table::Products, None, "a", &product("a")).await.expect("a write");
+    // The lock is taken at the start, so the second batch waits the busy timeout (5 s)
+    // and then says the store is busy — a 409 to retry, not a failure.
+    assert!(matches!(store.batch().await.err(), Some(StoreError::Busy)));
+    holding.commit().await.expect("commit");
+    let mut next = store.batch().await.expect("the lock, free again");
+    next.insert(Table::Products, None, "b", &product("b")).await.expect("a write");
+    next.commit().await.expect("commit");
+    assert_eq!(store.list::<ProductDoc>(Table::Products, None).await.expect("list").len(), 2);
+}
+
+#[tokio::test]
 async fn state_survives_reopening_the_store() {
     for (db, store, url) in both().await {
         store.insert(Table::Backends, None, "echo", &backend("echo")).await.expect(db);

@@ -220,9 +220,36 @@ async fn a_large_configuration_is_applied_and_promoted_in_one_request_or_not_at_
     assert_eq!(products, ["shop", "store"]);
     assert_eq!(exported["accounts"].as_array().map(Vec::len), Some(1), "nothing of the refused file: {exported}");
     // Without deploying, the same file is a valid set of drafts.
-    let (status, body) = api(&server, "PUT", "/config", Some(config)).await;
+    let (status, body) = api(&server, "PUT", "/config", Some(config.clone())).await;
     assert_eq!(status, http::StatusCode::OK, "{body}");
     assert!(body.get("deployed").is_none(), "{body}");
+    // A dry run says so too, and writes nothing either.
+    let (status, body) = api(&server, "PUT", "/config?promote=true&dry_run=true", Some(config.clone())).await;
+    assert_eq!(status, http::StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    // Errors name positions in the body, not in the store merged with it.
+    let mut wrong = config.clone();
+    wrong["accounts"][0]["applications"][0]["plan"] = "nope".into();
+    let (status, body) = api(&server, "PUT", "/config", Some(wrong)).await;
+    assert_eq!(status, http::StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["error"]["field"], "accounts[0].applications[0].plan", "{body}");
+    // A name given twice would overwrite itself: refused, naming the second.
+    let mut twice = config.clone();
+    twice["products"][1] = twice["products"][0].clone();
+    let (status, body) = api(&server, "PUT", "/config", Some(twice)).await;
+    assert_eq!(status, http::StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["error"]["field"], "products[1].system_name", "{body}");
+    // Two applies at once, over the same products: one after the other, never a 500.
+    let mut first = config.clone();
+    first["products"][1] = product("draft", usages.clone());
+    let mut second = first.clone();
+    second["products"][0]["mapping_rules"][0]["pattern"] = "/other".into();
+    let (a, b) = tokio::join!(
+        api(&server, "PUT", "/config?promote=true", Some(first)),
+        api(&server, "PUT", "/config?promote=true", Some(second))
+    );
+    for (status, body) in [a, b] {
+        assert!(matches!(status.as_u16(), 200 | 409), "{status}: {body}");
+    }
     // A misspelt option is refused, not ignored.
     let (status, body) = api(&server, "PUT", "/config?promte=true", Some(serde_json::json!({}))).await;
     assert_eq!(status, http::StatusCode::BAD_REQUEST, "{body}");
