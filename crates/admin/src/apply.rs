@@ -323,15 +323,24 @@ async fn release(
     let by_product = |list: Vec<ConfigVersion>| -> HashMap<i64, ConfigVersion> {
         list.into_iter().map(|v| (v.product_id, v)).collect()
     };
-    let staging = by_product(batch.current_configs(Environment::Staging).await?);
-    let production =
-        if promote { by_product(batch.current_configs(Environment::Production).await?) } else { HashMap::new() };
-    let (mut deployed, mut promoted, mut made) = (Vec::new(), Vec::new(), false);
+    let staging_now = batch.current_configs(Environment::Staging).await?;
+    let production_now = if promote { batch.current_configs(Environment::Production).await? } else { Vec::new() };
+    let name_of = |id: i64| {
+        after.products.values().find(|r| r.id == id).map_or_else(|| format!("#{id}"), |r| r.system_name.clone())
+    };
+    let mut rows = Vec::with_capacity(products.len());
     for name in products {
         let row = after.products.get(name).ok_or_else(|| ApiError::not_found(&format!("product `{name}`")))?;
+        rows.push((name, row, after.proxy_config(row)));
+    }
+    let next: HashMap<i64, &Value> = rows.iter().map(|(_, row, content)| (row.id, content)).collect();
+    crate::world::no_host_clash(Environment::Staging, &staging_now, &next, name_of)?;
+    let staging = by_product(staging_now);
+    let (mut deployed, mut promoted, mut made) = (Vec::new(), Vec::new(), false);
+    let mut releases = Vec::with_capacity(rows.len());
+    for (name, row, content) in &rows {
         let latest = staging.get(&row.id);
-        let content = after.proxy_config(row);
-        let version = match batch.deploy(row.id, latest, &content).await? {
+        let version = match batch.deploy(row.id, latest, content).await? {
             Some(v) => {
                 made = true;
                 deployed.push(json!({ "product": name, "version": v.version, "unchanged": false }));
@@ -343,11 +352,18 @@ async fn release(
                 v
             }
         };
-        if promote {
-            let current = production.get(&row.id);
+        releases.push((name, version));
+    }
+    if promote {
+        let next: HashMap<i64, &Value> =
+            releases.iter().filter_map(|(_, v)| Some((v.product_id, v.content.as_ref()?))).collect();
+        crate::world::no_host_clash(Environment::Production, &production_now, &next, name_of)?;
+        let production = by_product(production_now);
+        for (name, version) in &releases {
+            let current = production.get(&version.product_id);
             let serving = current.is_some_and(|c| c.version == version.version && c.content == version.content);
             if !serving {
-                batch.promote(&version).await?;
+                batch.promote(version).await?;
                 made = true;
             }
             promoted.push(json!({ "product": name, "version": version.version, "unchanged": serving }));

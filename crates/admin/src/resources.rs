@@ -962,6 +962,9 @@ async fn deploy(State(s): St, Path(p): Path<String>) -> ApiResult<Response> {
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("compiling failed: {e}")))?
         .map_err(|e| ApiError::from_config(e, "products[0]"))?;
     let content = proxy_config(&world, &row);
+    let current = s.store.current_configs(Environment::Staging).await?;
+    let next = std::collections::HashMap::from([(row.id, &content)]);
+    crate::world::no_host_clash(Environment::Staging, &current, &next, |id| world.product_name(id))?;
     match s.store.deploy(row.id, &content).await? {
         Some(v) => {
             s.changed();
@@ -996,6 +999,17 @@ struct PromoteBody {
 
 async fn promote(State(s): St, Path(p): Path<String>, OptBody(body): OptBody<PromoteBody>) -> ApiResult<Response> {
     let row: Row<ProductDoc> = find(&s, Table::Products, None, &p, "product").await?;
+    // What production would serve next must not take a host another product serves.
+    let source = match body.version {
+        Some(n) => s.store.config_version(row.id, Environment::Staging, n).await.ok(),
+        None => s.store.current_config(row.id, Environment::Staging).await?,
+    };
+    if let Some(content) = source.as_ref().and_then(|v| v.content.as_ref()) {
+        let current = s.store.current_configs(Environment::Production).await?;
+        let next = std::collections::HashMap::from([(row.id, content)]);
+        let world = World::load(&s.store).await?;
+        crate::world::no_host_clash(Environment::Production, &current, &next, |id| world.product_name(id))?;
+    }
     let v = s.store.promote(row.id, body.version).await.map_err(|e| match e {
         tollgate_store::StoreError::NotFound => match body.version {
             Some(n) => ApiError::not_found(&format!("staging version {n}")).field("version"),

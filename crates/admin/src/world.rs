@@ -90,6 +90,11 @@ impl World {
         tollgate_gateway::check(&self.config(), true).map_err(|e| ApiError::from_config(e, prefix))
     }
 
+    /// The system name of the product with row id `id` (`#id` if there is none).
+    pub fn product_name(&self, id: i64) -> String {
+        self.products.iter().find(|p| p.id == id).map_or_else(|| format!("#{id}"), |p| p.system_name.clone())
+    }
+
     pub fn product_index(&self, id: i64) -> usize {
         self.products.iter().position(|p| p.id == id).unwrap_or(self.products.len())
     }
@@ -165,4 +170,51 @@ pub fn parse_proxy_config(content: &serde_json::Value) -> Option<(Product, Vec<B
     let product = serde_json::from_value(content.get("product")?.clone()).ok()?;
     let backends = serde_json::from_value(content.get("backends")?.clone()).ok()?;
     Some((product, backends))
+}
+
+/// The host a proxy configuration version publishes its product on in `env` (lower
+/// case, without port: as the gateways find products).
+fn served_host(content: &serde_json::Value, env: tollgate_store::Environment) -> Option<String> {
+    let url = content.get("product")?.get(format!("{}_public_base_url", env.as_str()))?.as_str()?;
+    tollgate_model::BaseUrl::parse(url, &["http", "https"]).ok().map(|b| b.host)
+}
+
+/// Refuses versions that would publish two products on one host of `env` once they are
+/// current: `next` (product id → the content about to be current) over `current` (each
+/// product's current version there). Drafts are checked against each other when saved;
+/// this checks what the gateways would serve, which differs while a product's new host
+/// waits in its draft — without it, deploying another product on the old host would
+/// take that host's traffic. Clashes that involve none of `next` are left alone.
+///
+/// # Errors
+/// 409 naming the host and the product serving it.
+pub fn no_host_clash(
+    env: tollgate_store::Environment,
+    current: &[tollgate_store::ConfigVersion],
+    next: &std::collections::HashMap<i64, &serde_json::Value>,
+    name_of: impl Fn(i64) -> String,
+) -> ApiResult<()> {
+    let mut hosts: std::collections::HashMap<String, Vec<i64>> = std::collections::HashMap::new();
+    let unchanged = current.iter().filter(|v| !next.contains_key(&v.product_id));
+    let contents =
+        unchanged.filter_map(|v| Some((v.product_id, v.content.as_ref()?))).chain(next.iter().map(|(&id, c)| (id, *c)));
+    for (id, content) in contents {
+        if let Some(host) = served_host(content, env) {
+            hosts.entry(host).or_default().push(id);
+        }
+    }
+    let mut clashes: Vec<(&String, &Vec<i64>)> =
+        hosts.iter().filter(|(_, ids)| ids.len() > 1 && ids.iter().any(|id| next.contains_key(id))).collect();
+    clashes.sort();
+    let Some((host, ids)) = clashes.first() else { return Ok(()) };
+    let mine = ids.iter().find(|id| next.contains_key(id)).copied().unwrap_or_default();
+    let other = ids.iter().find(|&&id| id != mine).copied().unwrap_or_default();
+    Err(ApiError::conflict(format!(
+        "`{host}` is the {} host of product `{}` already: two products cannot be served on one host; give `{}` another {}_public_base_url (or move `{}` to another host and deploy it first)",
+        env.as_str(),
+        name_of(other),
+        name_of(mine),
+        env.as_str(),
+        name_of(other),
+    )))
 }

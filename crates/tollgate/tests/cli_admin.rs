@@ -250,6 +250,32 @@ async fn a_large_configuration_is_applied_and_promoted_in_one_request_or_not_at_
     for (status, body) in [a, b] {
         assert!(matches!(status.as_u16(), 200 | 409), "{status}: {body}");
     }
+    // `store` moves to a new production host in its draft only: production still serves
+    // it on store.localhost, and a new product may not take that host over — neither by
+    // an apply that promotes, nor by the per-product promote.
+    let mut moved = product("store", usages.clone());
+    moved["production_public_base_url"] = "http://store-new.localhost".into();
+    let mut thief = product("thief", usages.clone());
+    thief["production_public_base_url"] = "http://store.localhost".into();
+    let backends = serde_json::json!([ { "system_name": "api", "private_base_url": format!("http://{backend}") } ]);
+    let file = serde_json::json!({ "backends": backends, "products": [ moved ] });
+    assert_eq!(api(&server, "PUT", "/config", Some(file)).await.0, http::StatusCode::OK);
+    let file = serde_json::json!({ "backends": backends, "products": [ thief ] });
+    let (status, body) = api(&server, "PUT", "/config?promote=true", Some(file.clone())).await;
+    assert_eq!(status, http::StatusCode::CONFLICT, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("`store.localhost` is the production host of product `store`"),
+        "{body}"
+    );
+    let (status, body) = api(&server, "PUT", "/config?deploy=true", Some(file)).await;
+    assert_eq!(status, http::StatusCode::OK, "staging hosts differ: {body}");
+    let (status, body) = api(&server, "POST", "/products/thief/promote", None).await;
+    assert_eq!(status, http::StatusCode::CONFLICT, "{body}");
+    server.wait_applied().await;
+    assert_eq!(get(server.production, "store.localhost", "/x?user_key=k1999").await.0, 200, "still `store`'s");
     // A misspelt option is refused, not ignored.
     let (status, body) = api(&server, "PUT", "/config?promte=true", Some(serde_json::json!({}))).await;
     assert_eq!(status, http::StatusCode::BAD_REQUEST, "{body}");
