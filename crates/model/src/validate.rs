@@ -77,8 +77,30 @@ impl BaseUrl {
     }
 }
 
+/// The longest system_name, in characters: 3scale's (`varchar(255)`).
+pub const SYSTEM_NAME_MAX: usize = 255;
+
 fn valid_system_name(s: &str) -> bool {
-    !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+    !s.is_empty()
+        && s.len() <= SYSTEM_NAME_MAX
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+}
+
+/// A name as error messages quote it: whole up to 60 characters, else its start and its
+/// length (a message must not repeat a 100,000-character name).
+fn quoted(name: &str) -> String {
+    match name.char_indices().nth(60) {
+        None => format!("`{name}`"),
+        Some((end, _)) => format!("`{}…` ({} characters)", &name[..end], name.chars().count()),
+    }
+}
+
+/// The names a hint lists: the first ten, and how many more.
+fn listed(known: &[&str]) -> String {
+    match known.len() {
+        0..=10 => known.join(", "),
+        n => format!("{}, and {} more", known[..10].join(", "), n - 10),
+    }
 }
 
 struct Checker {
@@ -94,14 +116,14 @@ impl Checker {
         if !valid_system_name(name) {
             self.err(
                 format!("{path}.system_name"),
-                format!("`{name}` is not a valid system_name"),
-                "use letters, digits, `_`, `-` or `.`",
+                format!("{} is not a valid system_name", quoted(name)),
+                format!("use letters, digits, `_`, `-` or `.`; at most {SYSTEM_NAME_MAX} of them"),
             );
         }
         if !seen.insert(name.to_string()) {
             self.err(
                 format!("{path}.system_name"),
-                format!("another {what} is already named `{name}`"),
+                format!("another {what} is already named {}", quoted(name)),
                 format!("give each {what} its own system_name"),
             );
         }
@@ -114,9 +136,9 @@ impl Checker {
         let hint = match did_you_mean(name, known.iter().copied()) {
             Some(s) => format!("did you mean `{s}`?"),
             None if known.is_empty() => format!("declare the {what} first"),
-            None => format!("known: {}", known.join(", ")),
+            None => format!("known: {}", listed(known)),
         };
-        self.err(path, format!("no {what} named `{name}`"), hint);
+        self.err(path, format!("no {what} named {}", quoted(name)), hint);
         false
     }
 }

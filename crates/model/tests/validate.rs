@@ -51,6 +51,38 @@ fn names_are_unique_and_well_formed() {
 }
 
 #[test]
+fn a_name_is_at_most_255_characters_and_long_ones_are_not_repeated_whole() {
+    let long = "x".repeat(10_000);
+    let yaml = format!(
+        "backends:\n  - {{ system_name: {}, private_base_url: \"http://127.0.0.1:9\" }}\n  - {{ system_name: {long}, private_base_url: \"http://127.0.0.1:10\" }}\n",
+        "y".repeat(255)
+    );
+    let all = errors(&yaml);
+    assert_eq!(all.len(), 1, "{all:?}");
+    assert!(all[0].starts_with("backends[1].system_name: `xxxx"), "{all:?}");
+    assert!(all[0].contains("…` (10000 characters) is not a valid system_name"), "{all:?}");
+    assert!(all[0].contains("at most 255"), "{all:?}");
+    assert!(all[0].len() < 300, "{all:?}");
+}
+
+#[test]
+fn a_hint_lists_ten_known_names_and_counts_the_rest() {
+    let mut yaml = String::from(BACKEND);
+    yaml.push_str("products:\n");
+    for i in 0..25 {
+        yaml.push_str(&format!(
+            "  - {{ system_name: zz{i}, staging_public_base_url: http://s{i}.test, production_public_base_url: http://p{i}.test, backend_usages: [ {{ backend: b, path: / }} ], application_plans: [ {{ system_name: basic }} ] }}\n"
+        ));
+    }
+    yaml.push_str(
+        "accounts:\n  - name: acme\n    applications: [ { name: app, product: nothing, plan: basic, user_key: k } ]\n",
+    );
+    let all = errors(&yaml).join("\n");
+    assert!(all.contains("no product named `nothing`"), "{all}");
+    assert!(all.contains("known: zz0, zz1, zz2, zz3, zz4, zz5, zz6, zz7, zz8, zz9, and 15 more"), "{all}");
+}
+
+#[test]
 fn credentials_fit_the_products_authentication_mode() {
     let yaml = product(
         "    authentication: { mode: app_id_app_key }\n    application_plans: [ { system_name: basic } ]\naccounts:\n  - name: acme\n    applications: [ { name: app, product: api, plan: basic, user_key: k } ]\n",
