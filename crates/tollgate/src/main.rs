@@ -13,7 +13,25 @@ use tollgate::cli::{Cli, Command};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// `tollgate export | head`: once the reader is gone, a print fails with `EPIPE` (Rust
+/// ignores `SIGPIPE`, and restoring it takes unsafe code, which the workspace forbids)
+/// and `println!` panics. A print that failed on a closed pipe ends the process quietly
+/// instead, with the status a `SIGPIPE` gives (128 + 13); any other panic is reported
+/// as before.
+fn quiet_on_closed_pipe() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let message = payload.downcast_ref::<String>().map(String::as_str).or(payload.downcast_ref::<&str>().copied());
+        if message.is_some_and(|m| m.starts_with("failed printing to stdout") && m.contains("Broken pipe")) {
+            std::process::exit(141);
+        }
+        report(info);
+    }));
+}
+
 fn main() -> ExitCode {
+    quiet_on_closed_pipe();
     let cli = Cli::parse();
     tollgate::init_tracing(&cli.log, cli.log_format == "json");
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {

@@ -29,6 +29,23 @@ fn check_accepts_the_example() {
 }
 
 #[test]
+fn printing_to_a_closed_pipe_ends_quietly_as_sigpipe_would() {
+    // `tollgate check … | head -0`: the reader is gone before anything is printed.
+    let (reader, writer) = std::io::pipe().expect("a pipe");
+    drop(reader);
+    let dir = TempDir::new();
+    let file = write(&dir, "empty.yaml", "backends: []\nproducts: []\n");
+    let out = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["check", "-f", &file])
+        .stdout(writer)
+        .output()
+        .expect("run tollgate");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(141), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
 fn check_reports_every_error_with_path_and_fix() {
     let dir = TempDir::new();
     let file = write(
