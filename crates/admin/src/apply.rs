@@ -242,12 +242,12 @@ pub async fn apply(s: &AdminState, config: Config, options: ApplyOptions) -> Api
     let mut out = json!({ "dry_run": false, "changes": described });
     let mut versions = false;
     if deploy {
-        let (deployed, promoted, made) = release(&mut batch, &after, &products, options.promote).await?;
+        let (deployed, promoted) = release(&mut batch, &after, &products, options.promote).await?;
+        versions = deployed.iter().chain(&promoted).any(|v| v["unchanged"] == false);
         out["deployed"] = Value::Array(deployed);
         if options.promote {
             out["promoted"] = Value::Array(promoted);
         }
-        versions = made;
     }
     batch.commit().await?;
     if wrote || versions {
@@ -313,63 +313,52 @@ impl After {
 
 /// Deploys (and promotes) every product of the file in the batch: staging versions
 /// made for the drafts that changed, production rows for those whose staging version
-/// production does not serve yet. Whether any version was made.
+/// production does not serve yet; each listed with whether it was `unchanged`.
 async fn release(
     batch: &mut Batch,
     after: &After,
     products: &[String],
     promote: bool,
-) -> ApiResult<(Vec<Value>, Vec<Value>, bool)> {
+) -> ApiResult<(Vec<Value>, Vec<Value>)> {
     let by_product = |list: Vec<ConfigVersion>| -> HashMap<i64, ConfigVersion> {
         list.into_iter().map(|v| (v.product_id, v)).collect()
     };
     let staging_now = batch.current_configs(Environment::Staging).await?;
     let production_now = if promote { batch.current_configs(Environment::Production).await? } else { Vec::new() };
-    let name_of = |id: i64| {
-        after.products.values().find(|r| r.id == id).map_or_else(|| format!("#{id}"), |r| r.system_name.clone())
-    };
     let mut rows = Vec::with_capacity(products.len());
     for name in products {
         let row = after.products.get(name).ok_or_else(|| ApiError::not_found(&format!("product `{name}`")))?;
         rows.push((name, row, after.proxy_config(row)));
     }
     let next: HashMap<i64, &Value> = rows.iter().map(|(_, row, content)| (row.id, content)).collect();
-    crate::world::no_host_clash(Environment::Staging, &staging_now, &next, name_of)?;
+    crate::world::no_host_clash(Environment::Staging, &staging_now, &next)?;
     let staging = by_product(staging_now);
-    let (mut deployed, mut promoted, mut made) = (Vec::new(), Vec::new(), false);
+    let (mut deployed, mut promoted) = (Vec::new(), Vec::new());
     let mut releases = Vec::with_capacity(rows.len());
     for (name, row, content) in &rows {
         let latest = staging.get(&row.id);
-        let version = match batch.deploy(row.id, latest, content).await? {
-            Some(v) => {
-                made = true;
-                deployed.push(json!({ "product": name, "version": v.version, "unchanged": false }));
-                v
-            }
-            None => {
-                let v = latest.cloned().ok_or_else(|| ApiError::not_found("staging version"))?;
-                deployed.push(json!({ "product": name, "version": v.version, "unchanged": true }));
-                v
-            }
+        let (version, unchanged) = match batch.deploy(row.id, latest, content).await? {
+            Some(v) => (v, false),
+            None => (latest.cloned().ok_or_else(|| ApiError::not_found("staging version"))?, true),
         };
+        deployed.push(json!({ "product": name, "version": version.version, "unchanged": unchanged }));
         releases.push((name, version));
     }
     if promote {
         let next: HashMap<i64, &Value> =
             releases.iter().filter_map(|(_, v)| Some((v.product_id, v.content.as_ref()?))).collect();
-        crate::world::no_host_clash(Environment::Production, &production_now, &next, name_of)?;
+        crate::world::no_host_clash(Environment::Production, &production_now, &next)?;
         let production = by_product(production_now);
         for (name, version) in &releases {
             let current = production.get(&version.product_id);
             let serving = current.is_some_and(|c| c.version == version.version && c.content == version.content);
             if !serving {
                 batch.promote(version).await?;
-                made = true;
             }
             promoted.push(json!({ "product": name, "version": version.version, "unchanged": serving }));
         }
     }
-    Ok((deployed, promoted, made))
+    Ok((deployed, promoted))
 }
 
 /// Writes the changes in the batch: updates one by one (each checks the revision it

@@ -149,15 +149,15 @@ pub async fn audit(State(state): State<Arc<AdminState>>, req: Request, next: Nex
     // Nested routers see their own suffix; the log wants the path as requested.
     let uri = req.extensions().get::<axum::extract::OriginalUri>().map_or(req.uri(), |u| &u.0);
     let path = uri.path().to_string();
-    // The log shows the options a whole configuration was applied with (`?promote=true`,
-    // `?dry_run=true`); other writes take none.
+    // A whole configuration (`PUT /config`) may be large; its "before" would be the whole
+    // export, so the audit keeps the request and the list of changes instead, and the
+    // options it was applied with (`?promote=true`, `?dry_run=true`; other writes take
+    // none).
+    let whole = path == "/api/v1/config";
     let logged = match uri.path_and_query() {
-        Some(p) if path == "/api/v1/config" => p.as_str().to_string(),
+        Some(p) if whole => p.as_str().to_string(),
         _ => path.clone(),
     };
-    // A whole configuration (`PUT /config`) may be large; its "before" would be the whole
-    // export, so the audit keeps the request and the list of changes instead.
-    let whole = path == "/api/v1/config";
     let (limit, words) = if whole { (CONFIG_BODY_LIMIT, "64 MiB") } else { (BODY_LIMIT, "1 MiB") };
     let before = if whole { None } else { state_before(&state, &method, &path).await };
     let (parts, body) = req.into_parts();

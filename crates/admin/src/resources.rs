@@ -964,7 +964,7 @@ async fn deploy(State(s): St, Path(p): Path<String>) -> ApiResult<Response> {
     let content = proxy_config(&world, &row);
     let current = s.store.current_configs(Environment::Staging).await?;
     let next = std::collections::HashMap::from([(row.id, &content)]);
-    crate::world::no_host_clash(Environment::Staging, &current, &next, |id| world.product_name(id))?;
+    crate::world::no_host_clash(Environment::Staging, &current, &next)?;
     match s.store.deploy(row.id, &content).await? {
         Some(v) => {
             s.changed();
@@ -1007,8 +1007,7 @@ async fn promote(State(s): St, Path(p): Path<String>, OptBody(body): OptBody<Pro
     if let Some(content) = source.as_ref().and_then(|v| v.content.as_ref()) {
         let current = s.store.current_configs(Environment::Production).await?;
         let next = std::collections::HashMap::from([(row.id, content)]);
-        let world = World::load(&s.store).await?;
-        crate::world::no_host_clash(Environment::Production, &current, &next, |id| world.product_name(id))?;
+        crate::world::no_host_clash(Environment::Production, &current, &next)?;
     }
     let v = s.store.promote(row.id, body.version).await.map_err(|e| match e {
         tollgate_store::StoreError::NotFound => match body.version {

@@ -19,9 +19,11 @@ impl World {
         Ok(World {
             backends: store.list(Table::Backends, None).await?,
             products: store.list(Table::Products, None).await?,
-            plans: all_children(store, Table::ApplicationPlans).await?,
+            // Every plan and application in one query each (in id order: within each
+            // parent, the order of the parent's own list).
+            plans: store.list(Table::ApplicationPlans, None).await?,
             accounts: store.list(Table::Accounts, None).await?,
-            applications: all_children(store, Table::Applications).await?,
+            applications: store.list(Table::Applications, None).await?,
         })
     }
 
@@ -90,11 +92,6 @@ impl World {
         tollgate_gateway::check(&self.config(), true).map_err(|e| ApiError::from_config(e, prefix))
     }
 
-    /// The system name of the product with row id `id` (`#id` if there is none).
-    pub fn product_name(&self, id: i64) -> String {
-        self.products.iter().find(|p| p.id == id).map_or_else(|| format!("#{id}"), |p| p.system_name.clone())
-    }
-
     pub fn product_index(&self, id: i64) -> usize {
         self.products.iter().position(|p| p.id == id).unwrap_or(self.products.len())
     }
@@ -136,12 +133,6 @@ impl World {
     }
 }
 
-/// Every row of a child table (plans, applications) in one query, in id order: within
-/// each parent, the order of the parent's own list.
-async fn all_children<T: serde::de::DeserializeOwned>(store: &Store, table: Table) -> ApiResult<Vec<Row<T>>> {
-    Ok(store.list(table, None).await?)
-}
-
 /// Rows grouped by their parent's id, each group in the rows' order.
 pub fn by_parent<T>(rows: &[Row<T>]) -> std::collections::HashMap<i64, Vec<&Row<T>>> {
     let mut out: std::collections::HashMap<i64, Vec<&Row<T>>> = std::collections::HashMap::new();
@@ -173,10 +164,12 @@ pub fn parse_proxy_config(content: &serde_json::Value) -> Option<(Product, Vec<B
 }
 
 /// The host a proxy configuration version publishes its product on in `env` (lower
-/// case, without port: as the gateways find products).
-fn served_host(content: &serde_json::Value, env: tollgate_store::Environment) -> Option<String> {
-    let url = content.get("product")?.get(format!("{}_public_base_url", env.as_str()))?.as_str()?;
-    tollgate_model::BaseUrl::parse(url, &["http", "https"]).ok().map(|b| b.host)
+/// case, without port: as the gateways find products), and the product's name.
+fn served_host(content: &serde_json::Value, env: tollgate_store::Environment) -> Option<(String, &str)> {
+    let product = content.get("product")?;
+    let url = product.get(format!("{}_public_base_url", env.as_str()))?.as_str()?;
+    let name = product.get("system_name")?.as_str()?;
+    tollgate_model::BaseUrl::parse(url, &["http", "https"]).ok().map(|b| (b.host, name))
 }
 
 /// Refuses versions that would publish two products on one host of `env` once they are
@@ -192,29 +185,25 @@ pub fn no_host_clash(
     env: tollgate_store::Environment,
     current: &[tollgate_store::ConfigVersion],
     next: &std::collections::HashMap<i64, &serde_json::Value>,
-    name_of: impl Fn(i64) -> String,
 ) -> ApiResult<()> {
-    let mut hosts: std::collections::HashMap<String, Vec<i64>> = std::collections::HashMap::new();
+    // Host → the products (id, name) that would serve it.
+    let mut hosts: std::collections::HashMap<String, Vec<(i64, &str)>> = std::collections::HashMap::new();
     let unchanged = current.iter().filter(|v| !next.contains_key(&v.product_id));
     let contents =
         unchanged.filter_map(|v| Some((v.product_id, v.content.as_ref()?))).chain(next.iter().map(|(&id, c)| (id, *c)));
     for (id, content) in contents {
-        if let Some(host) = served_host(content, env) {
-            hosts.entry(host).or_default().push(id);
+        if let Some((host, name)) = served_host(content, env) {
+            hosts.entry(host).or_default().push((id, name));
         }
     }
-    let mut clashes: Vec<(&String, &Vec<i64>)> =
-        hosts.iter().filter(|(_, ids)| ids.len() > 1 && ids.iter().any(|id| next.contains_key(id))).collect();
+    let mut clashes: Vec<_> =
+        hosts.iter().filter(|(_, ids)| ids.len() > 1 && ids.iter().any(|(id, _)| next.contains_key(id))).collect();
     clashes.sort();
-    let Some((host, ids)) = clashes.first() else { return Ok(()) };
-    let mine = ids.iter().find(|id| next.contains_key(id)).copied().unwrap_or_default();
-    let other = ids.iter().find(|&&id| id != mine).copied().unwrap_or_default();
+    let Some((host, products)) = clashes.first() else { return Ok(()) };
+    let Some(&(id, mine)) = products.iter().find(|(id, _)| next.contains_key(id)) else { return Ok(()) };
+    let Some(&(_, other)) = products.iter().find(|(other, _)| *other != id) else { return Ok(()) };
+    let env = env.as_str();
     Err(ApiError::conflict(format!(
-        "`{host}` is the {} host of product `{}` already: two products cannot be served on one host; give `{}` another {}_public_base_url (or move `{}` to another host and deploy it first)",
-        env.as_str(),
-        name_of(other),
-        name_of(mine),
-        env.as_str(),
-        name_of(other),
+        "`{host}` is the {env} host of product `{other}` already: two products cannot be served on one host; give `{mine}` another {env}_public_base_url (or move `{other}` to another host and deploy it first)"
     )))
 }

@@ -72,6 +72,17 @@ fn product(name: &str) -> ProductDoc {
     ProductDoc::from_product(&p, 0)
 }
 
+/// A plan named `basic` with no limits.
+fn basic_plan() -> tollgate_store::PlanDoc {
+    let plan = tollgate_model::ApplicationPlan {
+        system_name: "basic".into(),
+        name: None,
+        limits: vec![],
+        max_connections: None,
+    };
+    tollgate_store::PlanDoc::from_plan(&plan, 0)
+}
+
 #[tokio::test]
 async fn entities_are_created_found_updated_and_deleted() {
     for (db, store, _) in both().await {
@@ -111,15 +122,7 @@ async fn children_are_scoped_to_their_parent_and_cascade() {
     for (db, store, _) in both().await {
         let a = store.insert(Table::Products, None, "a", &product("a")).await.expect(db);
         let b = store.insert(Table::Products, None, "b", &product("b")).await.expect(db);
-        let plan = tollgate_store::PlanDoc::from_plan(
-            &tollgate_model::ApplicationPlan {
-                system_name: "basic".into(),
-                name: None,
-                limits: vec![],
-                max_connections: None,
-            },
-            0,
-        );
+        let plan = basic_plan();
         store.insert(Table::ApplicationPlans, Some(a.id), "basic", &plan).await.expect(db);
         store.insert(Table::ApplicationPlans, Some(b.id), "basic", &plan).await.expect("same name, other product");
         assert!(matches!(
@@ -230,15 +233,7 @@ async fn a_batch_writes_all_or_nothing_and_sees_its_own_writes() {
         let mut batch = store.batch().await.expect(db);
         let inserted = batch.insert_many(Table::Products, &rows, 42).await.expect(db);
         assert_eq!(inserted.len(), n, "{db}");
-        let plan = tollgate_store::PlanDoc::from_plan(
-            &tollgate_model::ApplicationPlan {
-                system_name: "basic".into(),
-                name: None,
-                limits: vec![],
-                max_connections: None,
-            },
-            0,
-        );
+        let plan = basic_plan();
         let plans: Vec<_> = inserted.iter().map(|(id, _, _)| (Some(*id), "basic", &plan)).collect();
         let children = batch.insert_many(Table::ApplicationPlans, &plans, 42).await.expect(db);
         assert!(children.iter().all(|(_, parent, name)| parent.is_some() && name == "basic"), "{db}");

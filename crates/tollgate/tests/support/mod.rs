@@ -101,16 +101,21 @@ pub async fn node_backend() -> NodeBackend {
         .kill_on_drop(true)
         .spawn()
         .expect("start node");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
+    let port = listening_port(&mut child).await;
+    NodeBackend { port, cert, _child: child, _dir: dir }
+}
+
+/// The port a Node peer says it listens on (its first line, `listening on PORT`); its
+/// stdout is drained from then on, so the child never blocks on a full pipe.
+async fn listening_port(child: &mut tokio::process::Child) -> u16 {
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
     let first = lines.next_line().await.expect("read node stdout").expect("node printed nothing");
     let port = first
         .strip_prefix("listening on ")
         .and_then(|p| p.parse().ok())
         .unwrap_or_else(|| panic!("unexpected: {first}"));
-    // Keep draining stdout so the child never blocks on a full pipe.
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    NodeBackend { port, cert, _child: child, _dir: dir }
+    port
 }
 
 /// Node's `ws` as a plain WebSocket echo server (`tests/peers/plain_echo.js`,
@@ -123,14 +128,7 @@ pub async fn plain_echo() -> (tokio::process::Child, u16) {
         .kill_on_drop(true)
         .spawn()
         .expect("node (run `npm ci --prefix examples/websocket-echo`)");
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let first = lines.next_line().await.expect("read node stdout").expect("node printed nothing");
-    let port = first
-        .strip_prefix("listening on ")
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("unexpected: {first}"));
-    // Keep draining stdout so the child never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let port = listening_port(&mut child).await;
     (child, port)
 }
 
