@@ -4,7 +4,8 @@
 //! with paused time (its timers cost no wall-clock time).
 //!
 //! Feeds: an options byte (permessage-deflate, a message-size cap, a gate that closes
-//! or drops messages of a given length, one side or both), a byte seeding the sizes of
+//! or drops messages of a given length or admits a quota of messages deciding a read's
+//! frames together, one side or both), a byte seeding the sizes of
 //! the writes (so frame headers arrive split across reads at any point), the cap and
 //! gate lengths, then the client's bytes and — after a `0xFF 0x00 0xFF` separator — the
 //! backend's.
@@ -17,7 +18,8 @@
 //! code no peer may send (RFC 6455 §7.4), of one byte or with a reason that is not
 //! UTF-8 are protocol errors (1002) — a Close frame is held back whole until checked;
 //! a message over the cap is 1009; the gate's close is 1008 and its drop swallows the
-//! message's data frames; nothing a side sends after its Close passes.
+//! message's data frames; a quota passes exactly its number of messages, then 1008
+//! (the model asks frame by frame, the relay a read's run at once); nothing a side sends after its Close passes.
 //!
 //! Asserts, beyond "no panic" and "the relay ends" (within ten virtual minutes):
 //! - with one side talking: the other side receives exactly the model's forwarded
@@ -37,24 +39,47 @@ use libfuzzer_sys::fuzz_target;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 use tollgate_gateway::relay::{Decide, FrameInfo, RelayOptions, Totals, Verdict, relay};
 
 const SEPARATOR: &[u8] = &[0xFF, 0x00, 0xFF];
 
-/// Closes (1008) or drops messages whose first frame has a given length.
+/// What the gate does: close (1008) or drop messages whose first frame has a given
+/// length, or admit at most `quota` messages, deciding runs of frames together as the
+/// counters do (all-or-nothing; a run that does not fit is a `Drop`, after which the
+/// relay asks frame by frame).
 #[derive(Clone, Copy)]
-struct Gate {
+struct Spec {
     close_len: Option<u64>,
     drop_len: Option<u64>,
+    quota: Option<u64>,
+}
+
+struct Gate {
+    spec: Spec,
+    /// Messages admitted so far against the quota.
+    used: AtomicU64,
 }
 
 impl Gate {
+    fn new(spec: Spec) -> Gate {
+        Gate { spec, used: AtomicU64::new(0) }
+    }
+
     fn verdict(&self, frame: FrameInfo) -> Verdict {
-        if frame.starts_message && Some(frame.payload_len) == self.close_len {
+        if let Some(quota) = self.spec.quota {
+            let used = self.used.load(Ordering::Relaxed);
+            if used + u64::from(frame.messages) > quota {
+                return if frame.frames > 1 { Verdict::Drop } else { Verdict::Close(1008, "over the fuzz quota") };
+            }
+            self.used.fetch_add(u64::from(frame.messages), Ordering::Relaxed);
+            return Verdict::Forward;
+        }
+        if frame.starts_message() && Some(frame.payload_len) == self.spec.close_len {
             Verdict::Close(1008, "closed by the fuzz gate")
-        } else if frame.starts_message && Some(frame.payload_len) == self.drop_len {
+        } else if frame.starts_message() && Some(frame.payload_len) == self.spec.drop_len {
             Verdict::Drop
         } else {
             Verdict::Forward
@@ -71,12 +96,18 @@ impl Decide for Gate {
         let v = self.verdict(frame);
         Box::pin(async move { v })
     }
+
+    fn decides_runs(&self) -> bool {
+        self.spec.quota.is_some()
+    }
 }
 
-struct Model<'a> {
+struct Model {
     deflate: bool,
     max: Option<u64>,
-    gate: Option<&'a Gate>,
+    /// The gate, made afresh for each direction the model walks (each side alone may
+    /// use the whole quota: what the relay forwards is then a prefix).
+    gate: Option<Spec>,
 }
 
 /// What the model expects of one direction.
@@ -122,8 +153,9 @@ fn header(b: &[u8]) -> Result<Option<(bool, bool, bool, u8, bool, u64, usize)>, 
     Ok(Some((b0 & 0x80 != 0, b0 & 0x40 != 0, b0 & 0x30 != 0, b0 & 0x0F, masked, len, header_len)))
 }
 
-impl Model<'_> {
+impl Model {
     fn run(&self, input: &[u8], from_client: bool) -> Outcome {
+        let gate = self.gate.map(Gate::new);
         let mut o = Outcome { forwarded: Vec::new(), error: None, mid_frame: false, saw_close: false, messages: 0 };
         let (mut i, mut in_message, mut message_bytes, mut dropping) = (0usize, false, 0u64, false);
         while i < input.len() {
@@ -156,10 +188,10 @@ impl Model<'_> {
                     message_bytes = 0;
                     dropping = false;
                 }
-                if let Some(gate) = self.gate
+                if let Some(gate) = &gate
                     && !dropping
                 {
-                    let info = FrameInfo { from_client, starts_message: opcode != 0, payload_len: len };
+                    let info = FrameInfo { from_client, frames: 1, messages: u32::from(opcode != 0), payload_len: len };
                     match gate.verdict(info) {
                         Verdict::Close(code, _) => {
                             o.error = Some(code);
@@ -270,7 +302,7 @@ async fn write_in_pieces(side: &mut DuplexStream, bytes: &[u8], seed: u8) {
     }
 }
 
-async fn drive(opts: RelayOptions, model: &Model<'_>, up: &[u8], down: &[u8], seed: u8, both: bool) {
+async fn drive(opts: RelayOptions, model: &Model, up: &[u8], down: &[u8], seed: u8, both: bool) {
     let (mut client, gw_client) = tokio::io::duplex(1 << 20);
     let (gw_backend, mut backend) = tokio::io::duplex(1 << 20);
     let task = tokio::spawn(relay(gw_client, gw_backend, opts, std::future::pending()));
@@ -335,17 +367,17 @@ fuzz_target!(|data: &[u8]| {
         None => (rest, &[][..]),
     };
     let gate = match flags >> 3 & 3 {
-        1 => Some(Gate { close_len: Some(u64::from(gate_len)), drop_len: None }),
-        2 => Some(Gate { close_len: None, drop_len: Some(u64::from(gate_len)) }),
+        1 => Some(Spec { close_len: Some(u64::from(gate_len)), drop_len: None, quota: None }),
+        2 => Some(Spec { close_len: None, drop_len: Some(u64::from(gate_len)), quota: None }),
+        3 => Some(Spec { close_len: None, drop_len: None, quota: Some(u64::from(gate_len)) }),
         _ => None,
     };
     let max = (flags & 2 != 0).then_some(u64::from(cap));
-    let model_gate = gate;
-    let model = Model { deflate: flags & 1 != 0, max, gate: model_gate.as_ref() };
+    let model = Model { deflate: flags & 1 != 0, max, gate };
     let opts = RelayOptions {
         deflate: flags & 1 != 0,
         max_message_bytes: max,
-        gate: gate.map(|g| Arc::new(g) as Arc<dyn Decide>),
+        gate: gate.map(|g| Arc::new(Gate::new(g)) as Arc<dyn Decide>),
         ..RelayOptions::default()
     };
     let both = flags & 4 != 0;

@@ -87,7 +87,7 @@ const OPS: &[Op] = &[
     op("put", "/products/{p}/application_plans/{plan}/limits/{id}", "Replace a limit", Some("Limit"), Ok::One(200, "Limit")),
     op("delete", "/products/{p}/application_plans/{plan}/limits/{id}", "Delete a limit", None, Ok::Empty),
     op("post", "/products/{p}/deploy", "Deploy the draft to staging as a new version (200 if unchanged)", None, Ok::Object(201)),
-    op("post", "/products/{p}/promote", "Promote a staging version to production", None, Ok::Object(201)),
+    op("post", "/products/{p}/promote", "Promote a staging version to production (200 if production serves it already)", None, Ok::Object(201)),
     op("get", "/products/{p}/configs/diff", "What a promote would change", None, Ok::Object(200)),
     op("get", "/products/{p}/configs/{env}", "List an environment's versions", None, Ok::Object(200)),
     op("get", "/products/{p}/configs/{env}/{version}", "Read one version with its content", None, Ok::Object(200)),
@@ -255,6 +255,15 @@ pub fn document() -> Value {
         if o.path.contains("/mapping_rules") && matches!(o.method, "post" | "put") {
             params.push(json!({ "name": "position", "in": "query", "required": false, "schema": { "type": "integer", "minimum": 1 },
                 "description": "1-based place of the rule: rules run in this order" }));
+        }
+        if o.path == "/config" && o.method == "put" {
+            for (name, about) in [
+                ("dry_run", "list the changes, write nothing"),
+                ("deploy", "then deploy every product of the body to staging, in the same transaction"),
+                ("promote", "then deploy and promote every product of the body to production, in the same transaction"),
+            ] {
+                params.push(json!({ "name": name, "in": "query", "required": false, "schema": { "type": "boolean" }, "description": about }));
+            }
         }
         if o.path == "/analytics/dashboard" || o.path == "/analytics/totals" {
             params.push(json!({ "name": "product", "in": "query", "required": true, "schema": { "type": "string" },

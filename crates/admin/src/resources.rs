@@ -24,10 +24,29 @@ use tollgate_store::{
 
 type St = State<Arc<AdminState>>;
 
-/// A JSON body whose parse errors are 400s with the offending field.
-pub struct Body<T>(pub T);
+/// A JSON body whose parse errors are 400s with the offending field. It is a JSON
+/// object, or with `LIST` an array (a policy chain): serde would read a resource from an
+/// array of its fields in order, so `[]` passed as an empty configuration.
+pub struct Body<T, const LIST: bool = false>(pub T);
 
-impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
+/// Why a body's top-level JSON value is not of the kind expected (an object, or with
+/// `list` an array); `None` when it is, or is not JSON at all (the parser says why).
+fn wrong_kind(bytes: &[u8], list: bool) -> Option<ApiError> {
+    let first = *bytes.iter().find(|b| !b.is_ascii_whitespace())?;
+    let (want, name) = if list { (b'[', "an array (`[…]`)") } else { (b'{', "an object (`{…}`)") };
+    let found = match first {
+        b'{' => "an object",
+        b'[' => "an array",
+        b'"' => "a string",
+        b'-' | b'0'..=b'9' => "a number",
+        b't' | b'f' => "a boolean",
+        b'n' => "null",
+        _ => return None,
+    };
+    (first != want).then(|| ApiError::bad_request(format!("the body must be a JSON {name}, not {found}")))
+}
+
+impl<S: Send + Sync, T: DeserializeOwned, const LIST: bool> FromRequest<S> for Body<T, LIST> {
     type Rejection = ApiError;
     /// JSON first (content type, syntax), then the resource's shape, with the key at
     /// fault named as configuration files name it (`period`, `limits[0].value`) and the
@@ -45,6 +64,9 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
         let Json(value) = if json {
             let bytes =
                 axum::body::Bytes::from_request(req, state).await.map_err(|e| ApiError::bad_request(e.body_text()))?;
+            if let Some(e) = wrong_kind(&bytes, LIST) {
+                return Err(e);
+            }
             if let Ok(direct) = serde_json::from_slice::<T>(&bytes) {
                 return Ok(Body(direct));
             }
@@ -781,7 +803,7 @@ async fn chain_get(State(s): St, Path(p): Path<String>) -> ApiResult<Json<Vec<Po
 async fn chain_put(
     State(s): St,
     Path(p): Path<String>,
-    Body(chain): Body<Vec<PolicyConfig>>,
+    Body(chain): Body<Vec<PolicyConfig>, true>,
 ) -> ApiResult<Json<Vec<PolicyConfig>>> {
     let row = edit_product(
         &s,
@@ -1004,6 +1026,16 @@ async fn promote(State(s): St, Path(p): Path<String>, OptBody(body): OptBody<Pro
         Some(n) => s.store.config_version(row.id, Environment::Staging, n).await.ok(),
         None => s.store.current_config(row.id, Environment::Staging).await?,
     };
+    // Promoting what production serves already writes nothing (as a deploy of an
+    // unchanged draft): production's history gets an entry per real change only.
+    let serving = s.store.current_config(row.id, Environment::Production).await?;
+    if let (Some(source), Some(serving)) = (&source, &serving)
+        && (source.version, &source.content) == (serving.version, &serving.content)
+    {
+        let mut v = version_view(serving, false);
+        v["unchanged"] = json!(true);
+        return Ok(Json(v).into_response());
+    }
     if let Some(content) = source.as_ref().and_then(|v| v.content.as_ref()) {
         let current = s.store.current_configs(Environment::Production).await?;
         let next = std::collections::HashMap::from([(row.id, content)]);

@@ -254,6 +254,13 @@ impl crate::relay::Decide for Session {
     fn decide(&self, frame: FrameInfo) -> std::pin::Pin<Box<dyn std::future::Future<Output = Verdict> + Send + '_>> {
         Box::pin(self.frame(frame))
     }
+
+    /// A read's frames are metered together: one counter update (one Redis call) and
+    /// one analytics record per read, all-or-nothing — a run that does not fit is asked
+    /// for again frame by frame, so limits stay exact.
+    fn decides_runs(&self) -> bool {
+        true
+    }
 }
 
 impl Session {
@@ -280,7 +287,7 @@ impl Session {
         Ok((product, app))
     }
 
-    /// What one data frame uses: its message (on the first frame) and its bytes, as the
+    /// What data frames use: their messages (counted on first frames) and bytes, as the
     /// `websocket` policy meters them, with the product and application they count on;
     /// `Err` when the frame is decided without counting (nothing metered, or revoked).
     fn metered(&self, frame: FrameInfo) -> Result<Metered, Verdict> {
@@ -288,10 +295,10 @@ impl Session {
         let ws = &product.websocket_config;
         let mut usage = Usage::default();
         if let Some((metric, direction, delta)) = ws.meter
-            && frame.starts_message
+            && frame.messages > 0
             && direction.includes(frame.from_client)
         {
-            usage.add(metric, delta);
+            usage.add(metric, delta.saturating_mul(u64::from(frame.messages)));
         }
         if let Some((metric, direction)) = ws.meter_bytes
             && direction.includes(frame.from_client)
@@ -316,17 +323,19 @@ impl Session {
                 }
                 Verdict::Forward
             }
+            // A run that does not fit as a whole: the relay asks for its frames in turn.
+            Ok(Decision::Exceeded(_)) if frame.frames > 1 => Verdict::Drop,
             // Only whole messages can be dropped; a frame inside one closes the connection.
             Ok(Decision::Exceeded(_)) => match m.product.websocket_config.on_limit_exceeded {
-                OnLimitExceeded::Drop if frame.starts_message => Verdict::Drop,
+                OnLimitExceeded::Drop if frame.starts_message() => Verdict::Drop,
                 _ => Verdict::Close(CLOSE_POLICY_VIOLATION, "usage limits exceeded"),
             },
             Err(_) => Verdict::Close(1011, "usage counters unavailable"),
         }
     }
 
-    /// Decides on one data frame: what it uses is checked against the plan's limits,
-    /// together and all-or-nothing like a request.
+    /// Decides on data frames (one, or a read's run): what they use is checked against
+    /// the plan's limits, together and all-or-nothing like a request.
     pub async fn frame(&self, frame: FrameInfo) -> Verdict {
         let m = match self.metered(frame) {
             Ok(m) => m,

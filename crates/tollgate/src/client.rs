@@ -149,8 +149,12 @@ pub async fn deploy(args: ProductArgs) -> anyhow::Result<ExitCode> {
 pub async fn promote(args: PromoteArgs) -> anyhow::Result<ExitCode> {
     let admin = Admin::new(&args.admin)?;
     let body = args.version.map(|v| json!({ "version": v }));
-    let (_, v) = admin.call("POST", &format!("/products/{}/promote", encode(&args.product)), body).await?;
-    println!("promoted {} version {} to production", args.product, v["version"]);
+    let (status, v) = admin.call("POST", &format!("/products/{}/promote", encode(&args.product)), body).await?;
+    if status == 201 {
+        println!("promoted {} version {} to production", args.product, v["version"]);
+    } else {
+        println!("{}: production serves version {} already; nothing promoted", args.product, v["version"]);
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -184,6 +184,13 @@ async fn story(db: &str, url: &str, backend: &NodeBackend) {
     );
     server.wait_applied().await;
     assert!(ws(server.production, PRODUCTION, &path).await.is_ok(), "{db}: version 1 is back on production");
+    // Promoting what production serves already is no new entry in its history.
+    let again = ok(
+        api(&server, "POST", "/products/chat/promote", Some(json!({ "version": 1 }))).await,
+        StatusCode::OK,
+        "promote again",
+    );
+    assert_eq!((&again["version"], &again["unchanged"]), (&json!(1), &json!(true)), "{db}");
     let history = ok(api(&server, "GET", "/products/chat/configs/production", None).await, StatusCode::OK, "history");
     let versions: Vec<i64> = history.as_array().expect("list").iter().filter_map(|v| v["version"].as_i64()).collect();
     assert_eq!(versions, vec![1, 3, 1]);
@@ -263,6 +270,18 @@ async fn errors_are_json_with_the_right_status() {
                 .await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{db}: {body}");
 
+        // A resource is an object: serde would read one from an array of its fields, so
+        // `[]` passed as an empty configuration (and wrote nothing, silently).
+        for (method, path, body) in [
+            ("PUT", "/config", json!([])),
+            ("POST", "/backends", json!(["z", "http://a"])),
+            ("PUT", "/config", json!(7)),
+        ] {
+            let (status, answer) = api(&server, method, path, Some(body)).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{db}: {method} {path}: {answer}");
+            assert!(answer["error"]["message"].as_str().unwrap_or("").contains("must be a JSON object"), "{answer}");
+        }
+
         let (status, body) =
             api(&server, "POST", "/backends", Some(json!({ "system_name": "y", "private_base_url": "ftp://a" }))).await;
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{db}: {body}");
@@ -310,6 +329,9 @@ async fn errors_are_json_with_the_right_status() {
             api(&server, "PUT", "/products/p/policy_chain", Some(json!([{ "name": "websockets" }]))).await;
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{db}: {body}");
         assert!(body["error"]["message"].as_str().unwrap_or("").contains("did you mean `websocket`"), "{body}");
+        let (status, body) = api(&server, "PUT", "/products/p/policy_chain", Some(json!({}))).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{db}: {body}");
+        assert_eq!(body["error"]["message"], "the body must be a JSON array (`[…]`), not an object", "{db}");
 
         // A read-only token reads, and may change nothing.
         let (status, made) =

@@ -253,7 +253,12 @@ async fn promote(ctx: Ctx, Path(p): Path<String>, form: Form) -> Response {
     if !answer.ok() {
         return integration_page(&ctx, &p, None, Some(answer.error().0)).await;
     }
-    integration_page(&ctx, &p, Some(format!("Version {} is on production.", answer.body["version"])), None).await
+    let note = if answer.body["unchanged"].as_bool() == Some(true) {
+        format!("Nothing changed: production serves version {} already.", answer.body["version"])
+    } else {
+        format!("Version {} is on production.", answer.body["version"])
+    };
+    integration_page(&ctx, &p, Some(note), None).await
 }
 
 // ------------------------------------------------------------------ policy chain

@@ -44,22 +44,39 @@ pub enum Verdict {
     Close(u16, &'static str),
 }
 
-/// A data frame as the gate sees it.
+/// Data frames as the gate sees them: one frame, or — for a gate that
+/// [decides runs](Decide::decides_runs) — the run of data frames whose headers one
+/// read of the socket holds, decided together.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FrameInfo {
-    /// Whether the client sent it (else the backend).
+    /// Whether the client sent them (else the backend).
     pub from_client: bool,
-    /// The first frame of a message (so once per message).
-    pub starts_message: bool,
-    /// Payload bytes as on the wire.
+    /// How many frames: 1, or more for a run.
+    pub frames: u32,
+    /// Messages they start (a text or binary frame starts one, a continuation none).
+    pub messages: u32,
+    /// Payload bytes as on the wire, all frames together.
     pub payload_len: u64,
+}
+
+impl FrameInfo {
+    /// Whether the (first) frame starts a message; for one frame, whether it is the
+    /// first of its message.
+    pub fn starts_message(&self) -> bool {
+        self.messages > 0
+    }
 }
 
 /// Asked for every data frame before it passes; `None` when nothing is governed.
 /// `Drop` is honoured on a message's first frame (the whole message is dropped).
 pub type Gate = Arc<dyn Decide>;
 
-/// What a [`Gate`] does with a frame.
+/// What a [`Gate`] does with a frame, or with a run of frames.
+///
+/// A run (`frames > 1`) is a read's data frames asked for at once, so that metering
+/// makes one counter update per read: `Forward` passes all of them; `Drop` means "not
+/// all of them" — nothing may have been counted, and the relay asks for each frame in
+/// turn, so that exactly those that fit pass; `Close` closes at once (none passes).
 pub trait Decide: Send + Sync {
     /// The verdict when it needs no waiting (counters in this process): no future is
     /// made for it. `None` sends the frame to [`Decide::decide`].
@@ -69,6 +86,12 @@ pub trait Decide: Send + Sync {
 
     /// The verdict, when it has to be waited for (counters in Redis).
     fn decide(&self, frame: FrameInfo) -> Pin<Box<dyn Future<Output = Verdict> + Send + '_>>;
+
+    /// Whether it may be asked about runs of frames (see the trait); `false`: one frame
+    /// at a time.
+    fn decides_runs(&self) -> bool {
+        false
+    }
 }
 
 /// A closure making the verdict's future (tests, simple gates).

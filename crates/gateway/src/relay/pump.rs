@@ -12,7 +12,8 @@ pub(super) struct Pump {
     last_full: u32,
     /// A header that arrived in pieces (never forwarded until complete).
     header: [u8; 14],
-    have: usize,
+    /// Bytes of `header` held (under 14: a complete header is never held).
+    have: u8,
     /// Payload bytes of the current frame still to pass (or drop).
     remaining: u64,
     in_message: bool,
@@ -28,6 +29,10 @@ pub(super) struct Pump {
     close: Option<Box<HeldClose>>,
     /// (messages, bytes) already added to the tallies.
     flushed: (u64, u64),
+    /// Data frames after the current one that the gate admitted together with it (a
+    /// run of this read's frames, see [`Pump::run`]): their headers are still to come
+    /// in this read, and they pass without asking the gate again.
+    admitted: u32,
 }
 
 enum Step {
@@ -58,6 +63,7 @@ impl Pump {
             max_message_bytes: opts.max_message_bytes,
             close: None,
             flushed: (0, 0),
+            admitted: 0,
         }
     }
 
@@ -108,25 +114,14 @@ impl Pump {
         self.flushed = (self.messages, self.bytes);
     }
 
-    /// Checks a complete header; returns the verdict for the frame.
-    async fn on_header(&mut self, h: &FrameHeader, opts: &RelayOptions, ctl: &Control) -> Step {
-        let data = matches!(h.opcode, OP_CONTINUATION | OP_TEXT | OP_BINARY);
-        if !data && !matches!(h.opcode, OP_CLOSE | OP_PING | OP_PONG) {
-            return Step::Close(CLOSE_PROTOCOL_ERROR, "unknown opcode");
-        }
-        if h.masked != self.from_client {
-            return Step::Close(
-                CLOSE_PROTOCOL_ERROR,
-                if self.from_client { "client frames must be masked" } else { "server frames must not be masked" },
-            );
-        }
-        if h.rsv23 || (h.rsv1 && !(opts.deflate && matches!(h.opcode, OP_TEXT | OP_BINARY))) {
-            return Step::Close(CLOSE_PROTOCOL_ERROR, "reserved bits set");
+    /// Checks a complete header; returns the verdict for the frame. `rest` is what this
+    /// read holds after the header: a gate that decides runs is asked once for the data
+    /// frames whose headers it holds (one counter update per read, not per frame).
+    async fn on_header(&mut self, h: &FrameHeader, rest: &[u8], opts: &RelayOptions, ctl: &Control) -> Step {
+        if let Some(e) = header_error(h, self.from_client, opts.deflate) {
+            return Step::Close(CLOSE_PROTOCOL_ERROR, e);
         }
         if h.is_control() {
-            if !h.fin || h.payload_len > 125 {
-                return Step::Close(CLOSE_PROTOCOL_ERROR, "invalid control frame");
-            }
             self.dropping_frame = false;
             if h.opcode == OP_CLOSE {
                 if ctl.is_held(!self.from_client) {
@@ -140,32 +135,41 @@ impl Pump {
             }
             return Step::Continue;
         }
-        match (h.opcode, self.in_message) {
-            (OP_CONTINUATION, false) => return Step::Close(CLOSE_PROTOCOL_ERROR, "continuation without a message"),
-            (OP_TEXT | OP_BINARY, true) => {
-                return Step::Close(CLOSE_PROTOCOL_ERROR, "new message inside a fragmented one");
-            }
-            (OP_TEXT | OP_BINARY, false) => {
-                self.in_message = true;
-                self.message_bytes = 0;
-                self.dropping_message = false;
-            }
-            _ => {}
+        let starts_message = match starts_message(h.opcode, self.in_message) {
+            Ok(starts) => starts,
+            Err(e) => return Step::Close(CLOSE_PROTOCOL_ERROR, e),
+        };
+        if starts_message {
+            self.in_message = true;
+            self.message_bytes = 0;
+            self.dropping_message = false;
         }
         if let Some(gate) = &opts.gate
             && !self.dropping_message
         {
-            let starts_message = h.opcode != OP_CONTINUATION;
-            let info = FrameInfo { from_client: self.from_client, starts_message, payload_len: h.payload_len };
-            let verdict = match gate.decide_now(info) {
-                Some(v) => v,
-                None => gate.decide(info).await,
-            };
-            match verdict {
-                Verdict::Forward => {}
-                Verdict::Drop if starts_message => self.dropping_message = true,
-                Verdict::Drop => {}
-                Verdict::Close(code, reason) => return Step::Close(code, reason),
+            if self.admitted > 0 {
+                self.admitted -= 1;
+            } else {
+                let one = FrameInfo {
+                    from_client: self.from_client,
+                    frames: 1,
+                    messages: u32::from(starts_message),
+                    payload_len: h.payload_len,
+                };
+                let run = if gate.decides_runs() { self.run(one, h, rest, opts) } else { one };
+                // Decided at once with counters in this process; a wait (Redis) is boxed:
+                // this future is part of every open WebSocket's, its waits are not.
+                let (verdict, admitted) = match settle_now(gate, run, one) {
+                    Ok(settled) => settled,
+                    Err(ask) => Box::pin(settle(gate, ask, one)).await,
+                };
+                self.admitted = admitted;
+                match verdict {
+                    Verdict::Forward => {}
+                    Verdict::Drop if starts_message => self.dropping_message = true,
+                    Verdict::Drop => {}
+                    Verdict::Close(code, reason) => return Step::Close(code, reason),
+                }
             }
         }
         self.message_bytes = self.message_bytes.saturating_add(h.payload_len);
@@ -180,6 +184,40 @@ impl Pump {
             }
         }
         Step::Continue
+    }
+
+    /// The run of data frames that starts with `h` (`first` as the gate would see it
+    /// alone) and goes on through the frames whose headers this read holds (`rest`: the
+    /// bytes after `h`'s header), up to the first that is not a data frame, breaks a
+    /// rule or makes its message too big — none of which the gate may count. Their
+    /// usage added up: a read of 200 small messages is one decision, not 200.
+    fn run(&self, first: FrameInfo, h: &FrameHeader, rest: &[u8], opts: &RelayOptions) -> FrameInfo {
+        let mut run = first;
+        let too_big = |bytes: u64| self.max_message_bytes.is_some_and(|max| bytes > max);
+        let mut message_bytes = self.message_bytes.saturating_add(h.payload_len);
+        if too_big(message_bytes) {
+            return run;
+        }
+        let mut in_message = !h.fin;
+        // Where the next header starts in `rest`.
+        let mut at = h.payload_len;
+        while let Some(tail) = usize::try_from(at).ok().and_then(|at| rest.get(at..))
+            && let Ok(Some(next)) = frames::parse_header(tail)
+            && !next.is_control()
+            && header_error(&next, self.from_client, opts.deflate).is_none()
+            && let Ok(starts) = starts_message(next.opcode, in_message)
+        {
+            message_bytes = if starts { next.payload_len } else { message_bytes.saturating_add(next.payload_len) };
+            if too_big(message_bytes) {
+                break;
+            }
+            run.frames += 1;
+            run.messages += u32::from(starts);
+            run.payload_len = run.payload_len.saturating_add(next.payload_len);
+            in_message = !next.fin;
+            at = at.saturating_add(next.header_len as u64).saturating_add(next.payload_len);
+        }
+        run
     }
 
     /// Relays this direction until it ends (the relay adds the last counts to the
@@ -351,7 +389,7 @@ impl Pump {
                         self.write(dst, &data[from..start]).await?;
                         let rest = n - i;
                         self.header[..rest].copy_from_slice(&data[i..]);
-                        self.have = rest;
+                        self.have = rest as u8;
                         return Ok(Step::Continue);
                     }
                     Err(e) => {
@@ -361,11 +399,11 @@ impl Pump {
                 }
             } else {
                 // A held-back header continues at the start of this chunk.
-                self.header[self.have] = data[i];
+                self.header[usize::from(self.have)] = data[i];
                 self.have += 1;
                 i += 1;
                 from = i;
-                match frames::parse_header(&self.header[..self.have]) {
+                match frames::parse_header(&self.header[..usize::from(self.have)]) {
                     Ok(Some(h)) => {
                         self.have = 0;
                         (h, true)
@@ -374,7 +412,7 @@ impl Pump {
                     Err(e) => return Ok(Step::Close(CLOSE_PROTOCOL_ERROR, e)),
                 }
             };
-            match self.on_header(&h, opts, ctl).await {
+            match self.on_header(&h, &data[i..], opts, ctl).await {
                 Step::Continue => {}
                 stop => {
                     // Nothing of this frame passes; what came before it does.
@@ -410,6 +448,9 @@ impl Pump {
                 self.write(dst, &header[..h.header_len]).await?;
             }
         }
+        // Every frame a run admitted had its header in this read.
+        debug_assert_eq!(self.admitted, 0);
+        self.admitted = 0;
         self.write(dst, &data[from.min(n)..n]).await?;
         Ok(Step::Continue)
     }
@@ -441,6 +482,63 @@ impl Pump {
             self.bytes += bytes.len() as u64;
         }
         Ok(())
+    }
+}
+
+/// The verdict on `run` (the frames of a read, or `one` frame alone) and how many of the
+/// frames after the first it admits, without waiting: a run admitted whole admits all of
+/// them; a run refused (`Drop`) is asked for again as its first frame alone, so that
+/// exactly what fits passes. `Err`: these frames need the gate's
+/// [`Decide::decide`], to be [settled](settle).
+fn settle_now(gate: &Gate, run: FrameInfo, one: FrameInfo) -> Result<(Verdict, u32), FrameInfo> {
+    let verdict = gate.decide_now(run).ok_or(run)?;
+    Ok(match verdict {
+        Verdict::Forward => (verdict, run.frames - 1),
+        Verdict::Drop if run.frames > 1 => (gate.decide_now(one).ok_or(one)?, 0),
+        _ => (verdict, 0),
+    })
+}
+
+/// [`settle_now`] for a gate that has to be waited for.
+async fn settle(gate: &Gate, run: FrameInfo, one: FrameInfo) -> (Verdict, u32) {
+    let verdict = gate.decide(run).await;
+    match verdict {
+        Verdict::Forward => (verdict, run.frames - 1),
+        Verdict::Drop if run.frames > 1 => (gate.decide(one).await, 0),
+        _ => (verdict, 0),
+    }
+}
+
+/// Why a frame's header breaks RFC 6455 coming from the client (`from_client`) or the
+/// backend, whatever came before it: an unknown opcode (§5.2), masking the wrong way
+/// (§5.1), a reserved bit no negotiated extension defines (§5.2; RSV1 is
+/// permessage-deflate's on a message's first frame, RFC 7692 §6), a fragmented or long
+/// control frame (§5.5).
+fn header_error(h: &FrameHeader, from_client: bool, deflate: bool) -> Option<&'static str> {
+    let data = matches!(h.opcode, OP_CONTINUATION | OP_TEXT | OP_BINARY);
+    if !data && !matches!(h.opcode, OP_CLOSE | OP_PING | OP_PONG) {
+        return Some("unknown opcode");
+    }
+    if h.masked != from_client {
+        return Some(if from_client { "client frames must be masked" } else { "server frames must not be masked" });
+    }
+    if h.rsv23 || (h.rsv1 && !(deflate && matches!(h.opcode, OP_TEXT | OP_BINARY))) {
+        return Some("reserved bits set");
+    }
+    if h.is_control() && (!h.fin || h.payload_len > 125) {
+        return Some("invalid control frame");
+    }
+    None
+}
+
+/// Whether a data frame with `opcode` starts a message, given whether one is under way
+/// (`in_message`); why it cannot come now otherwise (RFC 6455 §5.4).
+fn starts_message(opcode: u8, in_message: bool) -> Result<bool, &'static str> {
+    match (opcode, in_message) {
+        (OP_CONTINUATION, false) => Err("continuation without a message"),
+        (OP_CONTINUATION, true) => Ok(false),
+        (_, true) => Err("new message inside a fragmented one"),
+        (_, false) => Ok(true),
     }
 }
 

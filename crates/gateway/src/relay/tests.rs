@@ -348,7 +348,7 @@ async fn the_gate_drops_or_closes_whole_messages() {
     let seen = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let counter = seen.clone();
     let gate: Gate = Arc::new(move |info: FrameInfo| -> Pin<Box<dyn Future<Output = Verdict> + Send>> {
-        if !info.starts_message {
+        if !info.starts_message() {
             return Box::pin(async { Verdict::Forward });
         }
         let n = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
@@ -372,6 +372,111 @@ async fn the_gate_drops_or_closes_whole_messages() {
     let close = read_n(&mut client, 25).await;
     assert_eq!(&close[4..], b"usage limits exceeded");
     assert_eq!(task.await.expect("relay").closed_by_gateway, Some(1008));
+}
+
+/// A gate that decides runs as the counters do: it admits at most `limit` messages,
+/// all-or-nothing per question, and counts the questions and what it admitted.
+#[derive(Default)]
+struct Quota {
+    limit: u64,
+    used: AtomicU64,
+    questions: AtomicU64,
+    frames_admitted: AtomicU64,
+}
+
+impl Quota {
+    fn verdict(&self, f: FrameInfo) -> Verdict {
+        self.questions.fetch_add(1, Ordering::SeqCst);
+        let used = self.used.load(Ordering::SeqCst);
+        if used + u64::from(f.messages) > self.limit {
+            return if f.frames > 1 {
+                Verdict::Drop
+            } else {
+                Verdict::Close(CLOSE_POLICY_VIOLATION, "usage limits exceeded")
+            };
+        }
+        self.used.fetch_add(u64::from(f.messages), Ordering::SeqCst);
+        self.frames_admitted.fetch_add(u64::from(f.frames), Ordering::SeqCst);
+        Verdict::Forward
+    }
+}
+
+impl Decide for Quota {
+    fn decide_now(&self, f: FrameInfo) -> Option<Verdict> {
+        Some(self.verdict(f))
+    }
+    fn decide(&self, f: FrameInfo) -> Pin<Box<dyn Future<Output = Verdict> + Send + '_>> {
+        Box::pin(async move { self.verdict(f) })
+    }
+    fn decides_runs(&self) -> bool {
+        true
+    }
+}
+
+/// `n` masked text messages of 2 bytes (8 bytes each on the wire).
+fn small_messages(n: usize) -> Vec<u8> {
+    (0..n).flat_map(|i| masked(0x81, &[b'a' + (i % 26) as u8, b'!'])).collect()
+}
+
+/// The "one counter update per read": 200 messages that arrive together are a
+/// handful of questions to the gate (one per read), not 200, and all of them pass.
+#[tokio::test]
+async fn a_read_of_many_frames_is_one_question_to_the_gate() {
+    let quota = Arc::new(Quota { limit: 1_000, ..Default::default() });
+    let (mut client, mut backend, task) = setup(RelayOptions { gate: Some(quota.clone()), ..Default::default() });
+    let stream = small_messages(200);
+    // In the duplex buffer before the relay reads (a current-thread test: the relay
+    // runs only once this task waits).
+    client.write_all(&stream).await.expect("write");
+    assert_eq!(read_n(&mut backend, stream.len()).await, stream);
+    drop((client, backend));
+    let totals = task.await.expect("relay");
+    assert_eq!(totals.messages_up, 200);
+    assert_eq!(quota.used.load(Ordering::SeqCst), 200);
+    assert_eq!(quota.frames_admitted.load(Ordering::SeqCst), 200);
+    // Reads of 512, 1,024 and the 64 bytes left: three reads, three questions.
+    let questions = quota.questions.load(Ordering::SeqCst);
+    eprintln!("questions to the gate for 200 messages: {questions}");
+    assert!(questions <= 4, "{questions} questions for 200 messages in three reads");
+}
+
+/// Exact at the limit: a run that does not fit as a whole is asked for frame by frame,
+/// so exactly the messages that fit pass, then the connection closes (1008).
+#[tokio::test]
+async fn a_run_that_crosses_the_limit_passes_exactly_what_fits() {
+    let quota = Arc::new(Quota { limit: 150, ..Default::default() });
+    let (mut client, mut backend, task) = setup(RelayOptions { gate: Some(quota.clone()), ..Default::default() });
+    let stream = small_messages(200);
+    client.write_all(&stream).await.expect("write");
+    assert_eq!(read_n(&mut backend, 150 * 8).await, stream[..150 * 8]);
+    // Then the gateway's Close, not the 151st message.
+    assert_eq!(read_n(&mut backend, 2).await, [0x88, 0x80 | 23]);
+    let totals = task.await.expect("relay");
+    assert_eq!((totals.messages_up, totals.closed_by_gateway), (150, Some(CLOSE_POLICY_VIOLATION)));
+    assert_eq!(quota.used.load(Ordering::SeqCst), 150);
+}
+
+/// A run never reaches past what the gate may count: it stops before a control frame
+/// (which the gate does not meter) and before a frame that breaks the protocol (which
+/// never passes, so must not be counted).
+#[tokio::test]
+async fn a_run_stops_at_control_frames_and_protocol_errors() {
+    let quota = Arc::new(Quota { limit: 1_000, ..Default::default() });
+    let (mut client, mut backend, task) = setup(RelayOptions { gate: Some(quota.clone()), ..Default::default() });
+    let mut stream = small_messages(3);
+    stream.extend(masked(0x89, b"p")); // a ping between messages
+    stream.extend(small_messages(2));
+    let good = stream.len();
+    stream.extend([0x81, 0x01, b'x']); // unmasked: a protocol error
+    stream.extend(small_messages(4)); // never passes
+    client.write_all(&stream).await.expect("write");
+    assert_eq!(read_n(&mut backend, good).await, stream[..good]);
+    assert_eq!(read_n(&mut backend, 2).await[0], 0x88);
+    let totals = task.await.expect("relay");
+    assert_eq!((totals.messages_up, totals.closed_by_gateway), (5, Some(CLOSE_PROTOCOL_ERROR)));
+    // Counted: the five messages that passed, in two runs (before and after the ping).
+    assert_eq!(quota.used.load(Ordering::SeqCst), 5);
+    assert_eq!(quota.questions.load(Ordering::SeqCst), 2);
 }
 
 #[tokio::test]
