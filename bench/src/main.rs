@@ -282,7 +282,7 @@ async fn all_in(dir: &Path, s: &Settings) -> Result<()> {
             "cpu" => vec![cpu_table(&field, s).await?],
             "fleet" => vec![fleet_table(&field, s).await?],
             "grpc" => grpc_table(&field, s).await?,
-            "redis" => vec![redis_table(&field, s).await?],
+            "redis" => vec![redis_table(&field, s).await?, redis_stream(&field, s).await?],
             "tls" => vec![http_table(&field, s, true).await?, tls_handshakes(&field, s).await?],
             "pingpong" => vec![ping_pong(&field, s, 32).await?, ping_pong(&field, s, 4096).await?],
             "handshakes" => vec![handshakes(&field, s).await?],
@@ -526,6 +526,30 @@ async fn redis_table(f: &Field, s: &Settings) -> Result<Table> {
         ),
         unit: "requests/s",
         rows,
+        higher_is_better: true,
+        baseline: Some(MEMORY),
+    })
+}
+
+/// WebSocket streaming with every message metered on the plan's limits, counters in
+/// memory against counters in Redis: with a read's frames metered together, the Redis
+/// contestant makes one call per read of the socket, not one per message.
+async fn redis_stream(f: &Field, s: &Settings) -> Result<Table> {
+    let (redis, leased) = f.tollgate_redis.context("the Redis contestant was not started")?;
+    let path = format!("/?{KEY}");
+    let t = |addr| Target { addr, host: "metered.localhost".to_string(), path: path.clone() };
+    let leasing = format!("tollgate, Redis counters, --counters-lease {LEASE}");
+    let targets = [(MEMORY, t(f.tollgate.ws)), ("tollgate, Redis counters", t(redis.ws)), (leasing.as_str(), t(leased.ws))];
+    let names: Vec<&str> = targets.iter().map(|t| t.0).collect();
+    let results = rounds(s, &names, |i| ws::stream(&targets[i].1, 16, s.stream_messages, 64, 32)).await?;
+    Ok(Table {
+        key: "redis_stream",
+        title: format!(
+            "WebSocket streaming, 64-byte messages metered both ways, counters in memory vs in Redis: 16 connections x {} messages, 32 in flight each",
+            s.stream_messages
+        ),
+        unit: "messages/s",
+        rows: rows_of(&names, results, |r| (*r, None, None)),
         higher_is_better: true,
         baseline: Some(MEMORY),
     })

@@ -540,6 +540,34 @@ async fn the_sixth_message_with_a_limit_of_five_closes_with_1008() {
     }
 }
 
+/// Messages that arrive together are metered together (one counter update per read);
+/// when they do not all fit, exactly those that do pass before the close.
+#[tokio::test]
+async fn messages_sent_in_one_write_are_limited_exactly() {
+    let backend = node_backend().await;
+    let gw = gateway(&governed(&backend, "close")).await;
+    let mut socket =
+        ws(gw.server.staging, "chat-staging.localhost", &format!("/?user_key={KEY}")).await.expect("upgrade");
+    // Buffered, then written at once: the gateway reads them in one go (or a few).
+    for i in 0..8 {
+        socket.feed(Message::text(format!("m{i}"))).await.expect("feed");
+    }
+    socket.flush().await.expect("flush");
+    let mut replies = Vec::new();
+    loop {
+        match ws_message(&mut socket).await {
+            Message::Text(t) => replies.push(t.to_string()),
+            Message::Close(Some(f)) => {
+                assert_eq!((u16::from(f.code), f.reason.as_str()), (1008, "usage limits exceeded"));
+                break;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let want: Vec<String> = (0..5).map(|i| format!("reply from server : m{i}")).collect();
+    assert_eq!(replies, want, "the five messages within the limit, then the close");
+}
+
 #[tokio::test]
 async fn over_the_limit_messages_can_be_dropped_instead() {
     let backend = node_backend().await;
