@@ -33,7 +33,7 @@ pub struct Body<T, const LIST: bool = false>(pub T);
 /// `list` an array); `None` when it is, or is not JSON at all (the parser says why).
 fn wrong_kind(bytes: &[u8], list: bool) -> Option<ApiError> {
     let first = *bytes.iter().find(|b| !b.is_ascii_whitespace())?;
-    let (want, name) = if list { (b'[', "an array (`[…]`)") } else { (b'{', "an object (`{…}`)") };
+    let (want, name) = if list { (b'[', "array (`[…]`)") } else { (b'{', "object (`{…}`)") };
     let found = match first {
         b'{' => "an object",
         b'[' => "an array",
