@@ -539,7 +539,8 @@ async fn redis_stream(f: &Field, s: &Settings) -> Result<Table> {
     let path = format!("/?{KEY}");
     let t = |addr| Target { addr, host: "metered.localhost".to_string(), path: path.clone() };
     let leasing = format!("tollgate, Redis counters, --counters-lease {LEASE}");
-    let targets = [(MEMORY, t(f.tollgate.ws)), ("tollgate, Redis counters", t(redis.ws)), (leasing.as_str(), t(leased.ws))];
+    let targets =
+        [(MEMORY, t(f.tollgate.ws)), ("tollgate, Redis counters", t(redis.ws)), (leasing.as_str(), t(leased.ws))];
     let names: Vec<&str> = targets.iter().map(|t| t.0).collect();
     let results = rounds(s, &names, |i| ws::stream(&targets[i].1, 16, s.stream_messages, 64, 32)).await?;
     Ok(Table {

@@ -34,6 +34,6 @@ pub use config::*;
 pub use environment::Environment;
 pub use error::{ConfigError, ConfigErrors};
 pub use fleet::*;
-pub use load::{explain, load_file, parse_str};
+pub use load::{explain, load_file, parse_str, read_file, read_str};
 pub use suggest::did_you_mean;
 pub use validate::{BaseUrl, validate, validate_draft};

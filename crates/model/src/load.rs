@@ -16,11 +16,21 @@ use std::path::Path;
 /// relative to the file's own directory, so a configuration works whatever directory
 /// Tollgate is started from.
 pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
+    let config = read_file(path)?;
+    crate::validate::validate(&config).map(|()| config)
+}
+
+/// [`load_file`] without [`validate`](crate::validate): every item is read (its keys
+/// and the types of its values checked) and relative paths are resolved — for a file
+/// that is a part of a configuration whose other parts are elsewhere (`tollgate apply`
+/// sends a file to a store that may hold the backends it names; the store validates
+/// the whole).
+pub fn read_file(path: &Path) -> Result<Config, ConfigErrors> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         ConfigError::new("", format!("cannot read {}: {e}", path.display()))
             .hint("check the path given to --config / -f")
     })?;
-    let mut config = parse_str(&text)?;
+    let mut config = read_str(&text)?;
     let base = path.parent().unwrap_or(Path::new(""));
     for b in &mut config.backends {
         for file in [&mut b.tls.ca_file, &mut b.tls.client_cert_file, &mut b.tls.client_key_file] {
@@ -55,13 +65,23 @@ pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
     Ok(config)
 }
 
-/// Parses and validates a configuration document (YAML, or JSON which is YAML too).
+/// Parses and validates a configuration document (YAML, or JSON which is YAML too):
+/// [`read_str`], then references across items are checked (they are only meaningful
+/// once every item parsed).
+pub fn parse_str(text: &str) -> Result<Config, ConfigErrors> {
+    let config = read_str(text)?;
+    crate::validate::validate(&config).map(|()| config)
+}
+
+/// Parses a configuration document (YAML, or JSON which is YAML too): each item's keys
+/// and the types of its values are checked; the rules ([`validate`](crate::validate):
+/// URLs, names, references across items) are not (see [`parse_str`]).
 ///
 /// The parser (serde-saphyr) streams the document's events into the items as it reads
 /// them: serde_norway's, used before, held every event of the document first, which
 /// took most of the time and memory of a file of 100,000 applications. Booleans are
 /// YAML 1.2's (`true`, `false`; `yes` is text), as before.
-pub fn parse_str(text: &str) -> Result<Config, ConfigErrors> {
+pub fn read_str(text: &str) -> Result<Config, ConfigErrors> {
     // First each item straight into its type, no generic value between: the document
     // is read once, at the parser's speed. A mistake stops that reading, and the
     // document is read again the careful way, each item through a generic value, so
@@ -71,10 +91,9 @@ pub fn parse_str(text: &str) -> Result<Config, ConfigErrors> {
         Err(_) => read(text, false).map_err(|e| syntax_error(e, text))?,
     };
     if !errors.is_empty() {
-        // Cross-references are only meaningful once every item parsed.
         return Err(errors);
     }
-    crate::validate::validate(&config).map(|()| config)
+    Ok(config)
 }
 
 /// The document read `direct`ly or carefully (see [`Document`]), with the mistakes of

@@ -74,8 +74,11 @@ fn encode(segment: &str) -> String {
 }
 
 pub async fn apply(args: ApplyArgs) -> anyhow::Result<ExitCode> {
-    // Validate locally first: errors come with their paths before anything is sent.
-    let config = match tollgate_model::load_file(&args.file) {
+    // Read locally first: syntax, key and type mistakes come with their paths before
+    // anything is sent. The rules and the references are the store's to check, against
+    // what it holds besides the file (a backend the file's products use may be there
+    // already); its 422 names the first mistake by its place in the file.
+    let config = match tollgate_model::read_file(&args.file) {
         Ok(c) => c,
         Err(errors) => {
             eprintln!("{}: {} error(s)", args.file.display(), errors.0.len());

@@ -125,6 +125,34 @@ accounts:
     );
     let deployed = stdout(&tollgate(&url, &token, &["deploy", "shop"]));
     assert!(deployed.contains("the draft equals staging version 1"), "{deployed}");
+    let promoted = stdout(&tollgate(&url, &token, &["promote", "shop"]));
+    assert!(promoted.contains("production serves version 1 already; nothing promoted"), "{promoted}");
+
+    // A file may use what only the store holds: this product's backend is not in it.
+    let part = dir.path().join("part.yaml");
+    let text = r#"
+products:
+  - system_name: shop2
+    staging_public_base_url: http://shop2-staging.localhost
+    production_public_base_url: http://shop2.localhost
+    backend_usages: [ { backend: api, path: / } ]
+    mapping_rules: [ { http_method: GET, pattern: /, metric: hits } ]
+    application_plans: [ { system_name: basic } ]
+"#;
+    std::fs::write(&part, text).expect("write");
+    let part = part.display().to_string();
+    let done = stdout(&tollgate(&url, &token, &["apply", "-f", &part, "--deploy"]));
+    assert!(done.contains("did create product shop2") && done.contains("deployed shop2 staging version 1"), "{done}");
+    // A reference that neither holds is the store's 422, naming its place in the file;
+    // nothing is written.
+    std::fs::write(&part, text.replace("backend: api", "backend: nowhere").replace("shop2", "shop3")).expect("write");
+    let out = tollgate(&url, &token, &["apply", "-f", &part]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("HTTP 422") && err.contains("products[0].backend_usages[0]"),
+        "{err}"
+    );
+    assert!(!stdout(&tollgate(&url, &token, &["export"])).contains("shop3"), "nothing of it was written");
 
     let exported = stdout(&tollgate(&url, &token, &["export"]));
     let export_file = dir.path().join("export.yaml");
