@@ -348,11 +348,13 @@ impl Session {
 
     /// Resolves when the connection must close: its application was revoked by a
     /// configuration change or moved to a plan that does not allow it (1008), or the
-    /// gateway drains (1001).
+    /// gateway drains (1001). One wait, on the snapshot's generations: the drain wakes
+    /// it too, and `draining` is read, not waited on (each wait is held by every open
+    /// WebSocket).
     pub async fn until_closed(
         &self,
         mut generations: watch::Receiver<u64>,
-        mut draining: watch::Receiver<bool>,
+        draining: watch::Receiver<bool>,
     ) -> (u16, &'static str) {
         let mut plan = self.plan.clone();
         // The token's expiry, on the monotonic clock (a boxed sleep only when there is one).
@@ -361,6 +363,9 @@ impl Session {
             Box::pin(tokio::time::sleep(std::time::Duration::from_secs(left)))
         });
         loop {
+            if *draining.borrow() {
+                return (CLOSE_GOING_AWAY, "the gateway is shutting down");
+            }
             tokio::select! {
                 () = async { match expiry.as_mut() { Some(s) => s.as_mut().await, None => std::future::pending().await } } => {
                     return (CLOSE_POLICY_VIOLATION, "token expired");
@@ -368,6 +373,9 @@ impl Session {
                 r = generations.changed() => {
                     if r.is_err() {
                         std::future::pending::<()>().await;
+                    }
+                    if *draining.borrow() {
+                        continue;
                     }
                     // What the old snapshot said is stale now; let it go rather than
                     // keep it alive while the connection is quiet.
@@ -385,13 +393,17 @@ impl Session {
                         plan = app.plan.system_name.clone();
                     }
                 }
-                drained = async { draining.wait_for(|d| *d).await.is_ok() } => {
-                    if drained {
-                        return (CLOSE_GOING_AWAY, "the gateway is shutting down");
-                    }
-                    std::future::pending::<()>().await;
-                }
             }
+        }
+    }
+}
+
+/// Resolves when the gateway drains, for a WebSocket no application governs: woken by
+/// the snapshot's generations, as [`Session::until_closed`].
+pub(crate) async fn until_drained(mut generations: watch::Receiver<u64>, draining: watch::Receiver<bool>) {
+    while !*draining.borrow() {
+        if generations.changed().await.is_err() {
+            std::future::pending::<()>().await;
         }
     }
 }

@@ -55,6 +55,12 @@ impl SnapshotHandle {
         self.0.generation.send_modify(|g| *g += 1);
     }
 
+    /// Wakes every watcher without a new snapshot (the generation stays): the gateway
+    /// drains, and open WebSockets, which wait on this one channel only, look at why.
+    pub fn wake(&self) {
+        self.0.generation.send_modify(|_| {});
+    }
+
     /// How many snapshots were stored so far. Read it before `load`: the snapshot
     /// loaded after is at least as new as the generation read.
     pub fn generation(&self) -> u64 {

@@ -145,9 +145,12 @@ impl Gateway {
         }
     }
 
-    /// Closes every open WebSocket with 1001 (going away); used at shutdown.
+    /// Closes every open WebSocket with 1001 (going away); used at shutdown. They wait
+    /// on the snapshot's channel only (one wait per connection, not two): the flag is
+    /// set, then they are woken to read it.
     pub fn drain(&self) {
         self.draining.send_replace(true);
+        self.snapshot.wake();
     }
 
     /// The process's metrics.

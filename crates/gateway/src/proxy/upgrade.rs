@@ -143,8 +143,7 @@ impl Gateway {
                     match &governed {
                         Some(s) => s.until_closed(generations, draining).await,
                         None => {
-                            let mut draining = draining;
-                            let _ = draining.wait_for(|d| *d).await;
+                            crate::session::until_drained(generations, draining).await;
                             (relay::CLOSE_GOING_AWAY, "the gateway is shutting down")
                         }
                     }
