@@ -17,9 +17,10 @@
 //! inside a message, a 64-bit length with its top bit set and a Close frame whose
 //! code no peer may send (RFC 6455 §7.4), of one byte or with a reason that is not
 //! UTF-8 are protocol errors (1002) — a Close frame is held back whole until checked;
-//! a message over the cap is 1009; the gate's close is 1008 and its drop swallows the
-//! message's data frames; a quota passes exactly its number of messages, then 1008
-//! (the model asks frame by frame, the relay a read's run at once); nothing a side sends after its Close passes.
+//! a message over the cap is 1009 (checked before the gate, which never counts it);
+//! the gate's close is 1008 and its drop swallows the message's data frames; a quota
+//! passes exactly its number of messages, then 1008 (the model asks frame by frame,
+//! the relay a read's run at once); nothing a side sends after its Close passes.
 //!
 //! Asserts, beyond "no panic" and "the relay ends" (within ten virtual minutes):
 //! - with one side talking: the other side receives exactly the model's forwarded
@@ -188,6 +189,12 @@ impl Model {
                     message_bytes = 0;
                     dropping = false;
                 }
+                // The size before the gate: a frame over the cap is never counted.
+                message_bytes = message_bytes.saturating_add(len);
+                if self.max.is_some_and(|m| message_bytes > m) {
+                    o.error = Some(1009);
+                    break;
+                }
                 if let Some(gate) = &gate
                     && !dropping
                 {
@@ -200,11 +207,6 @@ impl Model {
                         Verdict::Drop if opcode != 0 => dropping = true,
                         _ => {}
                     }
-                }
-                message_bytes = message_bytes.saturating_add(len);
-                if self.max.is_some_and(|m| message_bytes > m) {
-                    o.error = Some(1009);
-                    break;
                 }
                 drop_frame = dropping;
                 if fin {

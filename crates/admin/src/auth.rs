@@ -166,25 +166,36 @@ pub async fn audit(State(state): State<Arc<AdminState>>, req: Request, next: Nex
         return ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", message).into_response();
     };
     let request_text = kept(&bytes);
-    let resp = next.run(Request::from_parts(parts, axum::body::Body::from(bytes))).await;
-    let status = resp.status();
-    let (parts, body) = resp.into_parts();
-    let bytes = axum::body::to_bytes(body, limit).await.unwrap_or_default();
-    let after = kept(&bytes);
-    let insert = sqlx::query(
-        "INSERT INTO audit_log (at, token, method, path, status, before_doc, after_doc) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    // Written before the change runs, completed after: a process that stops in between
+    // (after the change committed, or before) leaves the entry without its outcome
+    // (status 0, listed as null) rather than no entry at all.
+    let entry = sqlx::query(
+        "INSERT INTO audit_log (at, token, method, path, status, before_doc, after_doc) VALUES ($1, $2, $3, $4, 0, $5, NULL) RETURNING id",
     )
     .bind(now_millis())
     .bind(caller)
     .bind(method)
     .bind(logged)
-    .bind(i64::from(status.as_u16()))
     .bind(Some(json_audit(before.as_deref().unwrap_or("null"), &request_text)))
-    .bind((!after.is_empty()).then(|| redacted_text(&after)))
-    .execute(state.store.pool())
-    .await;
-    if let Err(e) = insert {
-        tracing::error!(error = %e, "cannot write the audit log");
+    .fetch_one(state.store.pool())
+    .await
+    .and_then(|row| row.try_get::<i64, _>("id"));
+    let entry = entry.map_err(|e| tracing::error!(error = %e, "cannot write the audit log")).ok();
+    let resp = next.run(Request::from_parts(parts, axum::body::Body::from(bytes))).await;
+    let status = resp.status();
+    let (parts, body) = resp.into_parts();
+    let bytes = axum::body::to_bytes(body, limit).await.unwrap_or_default();
+    let after = kept(&bytes);
+    if let Some(id) = entry {
+        let outcome = sqlx::query("UPDATE audit_log SET status = $1, after_doc = $2 WHERE id = $3")
+            .bind(i64::from(status.as_u16()))
+            .bind((!after.is_empty()).then(|| redacted_text(&after)))
+            .bind(id)
+            .execute(state.store.pool())
+            .await;
+        if let Err(e) = outcome {
+            tracing::error!(error = %e, "cannot complete an audit log entry");
+        }
     }
     Response::from_parts(parts, axum::body::Body::from(bytes))
 }
@@ -391,7 +402,8 @@ pub async fn audit_list(
                 "token": r.try_get::<String, _>("token").unwrap_or_default(),
                 "method": r.try_get::<String, _>("method").unwrap_or_default(),
                 "path": r.try_get::<String, _>("path").unwrap_or_default(),
-                "status": r.try_get::<i64, _>("status").unwrap_or_default(),
+                // 0: the entry's outcome is not known (see `audit`).
+                "status": r.try_get::<i64, _>("status").ok().filter(|s| *s != 0),
                 "before": parse(r.try_get::<Option<String>, _>("before_doc").unwrap_or_default()).map(|v| v["before"].clone()),
                 "request": parse(r.try_get::<Option<String>, _>("before_doc").unwrap_or_default()).map(|v| v["request"].clone()),
                 "after": parse(r.try_get::<Option<String>, _>("after_doc").unwrap_or_default()),

@@ -144,6 +144,12 @@ impl Pump {
             self.message_bytes = 0;
             self.dropping_message = false;
         }
+        // The size first: a frame that makes its message too big never passes, so the
+        // gate must not count it (its message, its bytes).
+        self.message_bytes = self.message_bytes.saturating_add(h.payload_len);
+        if self.max_message_bytes.is_some_and(|max| self.message_bytes > max) {
+            return Step::Close(CLOSE_TOO_BIG, "message too big");
+        }
         if let Some(gate) = &opts.gate
             && !self.dropping_message
         {
@@ -172,10 +178,6 @@ impl Pump {
                 }
             }
         }
-        self.message_bytes = self.message_bytes.saturating_add(h.payload_len);
-        if self.max_message_bytes.is_some_and(|max| self.message_bytes > max) {
-            return Step::Close(CLOSE_TOO_BIG, "message too big");
-        }
         self.dropping_frame = self.dropping_message;
         if h.fin {
             self.in_message = false;
@@ -194,10 +196,8 @@ impl Pump {
     fn run(&self, first: FrameInfo, h: &FrameHeader, rest: &[u8], opts: &RelayOptions) -> FrameInfo {
         let mut run = first;
         let too_big = |bytes: u64| self.max_message_bytes.is_some_and(|max| bytes > max);
-        let mut message_bytes = self.message_bytes.saturating_add(h.payload_len);
-        if too_big(message_bytes) {
-            return run;
-        }
+        // `h`'s message so far, `h` included (checked against the cap already).
+        let mut message_bytes = self.message_bytes;
         let mut in_message = !h.fin;
         // Where the next header starts in `rest`.
         let mut at = h.payload_len;

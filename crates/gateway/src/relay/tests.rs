@@ -456,6 +456,25 @@ async fn a_run_that_crosses_the_limit_passes_exactly_what_fits() {
     assert_eq!(quota.used.load(Ordering::SeqCst), 150);
 }
 
+/// A message over `max_message_bytes` never passes, so the gate never counts it: the
+/// size is checked before the gate is asked (alone or in a run).
+#[tokio::test]
+async fn a_message_too_big_is_not_counted() {
+    let quota = Arc::new(Quota { limit: 10, ..Default::default() });
+    let opts = RelayOptions { gate: Some(quota.clone()), max_message_bytes: Some(50), ..Default::default() };
+    let (mut client, mut backend, task) = setup(opts);
+    let mut stream = small_messages(2);
+    let good = stream.len();
+    stream.extend(masked(0x82, &[0; 60]));
+    stream.extend(small_messages(2));
+    client.write_all(&stream).await.expect("write");
+    assert_eq!(read_n(&mut backend, good).await, stream[..good]);
+    assert_eq!(read_n(&mut backend, 2).await[0], 0x88);
+    let totals = task.await.expect("relay");
+    assert_eq!((totals.messages_up, totals.closed_by_gateway), (2, Some(CLOSE_TOO_BIG)));
+    assert_eq!(quota.used.load(Ordering::SeqCst), 2, "the message too big was not counted");
+}
+
 /// A run never reaches past what the gate may count: it stops before a control frame
 /// (which the gate does not meter) and before a frame that breaks the protocol (which
 /// never passes, so must not be counted).
