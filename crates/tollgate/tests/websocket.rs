@@ -568,6 +568,32 @@ async fn messages_sent_in_one_write_are_limited_exactly() {
     assert_eq!(replies, want, "the five messages within the limit, then the close");
 }
 
+/// A client that sends a burst far over its limit before it reads gets every reply
+/// the limit allowed and the Close 1008: the gateway reads and discards what the client
+/// still sends after its Close (a lingering close) instead of closing a socket with
+/// unread bytes, whose reset would make the client's kernel throw both away.
+#[tokio::test]
+async fn a_burst_over_the_limit_still_gets_its_replies_and_the_close() {
+    let backend = node_backend().await;
+    let gw = gateway(&governed(&backend, "close")).await;
+    let mut socket =
+        ws(gw.server.staging, "chat-staging.localhost", &format!("/?user_key={KEY}")).await.expect("upgrade");
+    for i in 0..5_000 {
+        socket.feed(Message::text(format!("m{i}"))).await.expect("feed");
+    }
+    socket.flush().await.expect("flush");
+    let (mut replies, mut close) = (0, None);
+    while let Some(message) = socket.next().await {
+        match message.expect("no reset: every byte the gateway sent is read") {
+            Message::Text(_) => replies += 1,
+            Message::Close(Some(f)) => close = Some((u16::from(f.code), f.reason.to_string())),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(replies, 5);
+    assert_eq!(close, Some((1008, "usage limits exceeded".to_string())));
+}
+
 #[tokio::test]
 async fn over_the_limit_messages_can_be_dropped_instead() {
     let backend = node_backend().await;

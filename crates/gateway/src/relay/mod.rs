@@ -385,6 +385,7 @@ where
     let mut up = Pump::new(true, &opts);
     let mut down = Pump::new(false, &opts);
     async move {
+        let mut linger = true;
         {
             let mut pumps = std::pin::pin!(async {
                 tokio::join!(
@@ -401,13 +402,16 @@ where
                 let grace = Box::pin(tokio::time::sleep(CLOSE_GRACE));
                 tokio::select! {
                     _ = &mut pumps => {}
-                    () = grace => tracing::debug!(reason, "a side did not take its Close in time: connection dropped"),
+                    () = grace => {
+                        tracing::debug!(reason, "a side did not take its Close in time: connection dropped");
+                        linger = false;
+                    }
                 }
             }
         }
         up.flush(&opts);
         down.flush(&opts);
-        Totals {
+        let totals = Totals {
             messages_up: up.messages,
             messages_down: down.messages,
             bytes_up: up.bytes,
@@ -415,9 +419,47 @@ where
             closed_by_gateway: up.closed_with.or(down.closed_with),
             close: *ctl.first_close.lock().unwrap_or_else(|e| e.into_inner()),
             duration: ctl.started.elapsed(),
+        };
+        if linger {
+            // Boxed: it runs once, at the end, and must not grow every open connection's
+            // future.
+            let (client_done, backend_done) = (ctl.close_seen_from(true), ctl.close_seen_from(false));
+            Box::pin(lingering_close(&mut client_rd, client_done, &mut backend_rd, backend_done)).await;
         }
+        totals
     }
 }
+
+/// The end of a WebSocket's connections, as RFC 9112 §9.6 has a server close HTTP
+/// ones ("lingering close"): each side has had its Close frame and the gateway's FIN
+/// (its writes are shut down). A side that did not send its own Close (`…_done`: it
+/// did) may still be sending: what it sends is read and thrown away until it ends its
+/// connection or is quiet for [`LINGER_QUIET`], for at most [`CLOSE_GRACE`]. Closing a
+/// socket with unread bytes in it makes the kernel send a reset, and a reset makes the
+/// peer's kernel throw away what it had received but not yet read — the Close frame
+/// and the last replies of a client that sent a burst and was stopped (a usage limit,
+/// a protocol error).
+async fn lingering_close<C: AsyncRead + Unpin, B: AsyncRead + Unpin>(
+    client: &mut C,
+    client_done: bool,
+    backend: &mut B,
+    backend_done: bool,
+) {
+    async fn discard<R: AsyncRead + Unpin>(side: &mut R, done: bool) {
+        if done {
+            return;
+        }
+        while let Ok(Ok(Some(_))) = tokio::time::timeout(LINGER_QUIET, pump::Spare::read(side, pump::Spare::LEN)).await
+        {
+        }
+    }
+    let both = async { tokio::join!(discard(client, client_done), discard(backend, backend_done)) };
+    let _ = tokio::time::timeout(CLOSE_GRACE, both).await;
+}
+
+/// How long a side that is being closed may stay silent before the gateway stops
+/// reading it (see [`lingering_close`]): what it had in flight has arrived by then.
+pub const LINGER_QUIET: Duration = Duration::from_millis(500);
 
 /// Watches an open WebSocket while its pumps run: the closing handshake's and a held
 /// Close's grace, `stop`, the idle timeout, the maximum duration, pings and their
