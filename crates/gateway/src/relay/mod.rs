@@ -374,8 +374,8 @@ pub fn relay<C, B, S>(
     mut stop: S,
 ) -> impl Future<Output = Totals>
 where
-    C: AsyncRead + AsyncWrite + Unpin + Send,
-    B: AsyncRead + AsyncWrite + Unpin + Send,
+    C: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    B: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: Future<Output = Close> + Unpin,
 {
     let opts: Box<RelayOptions> = opts.into();
@@ -421,10 +421,13 @@ where
             duration: ctl.started.elapsed(),
         };
         if linger {
-            // Boxed: it runs once, at the end, and must not grow every open connection's
-            // future.
+            // A task of its own: the WebSocket is over (its totals are final, its places
+            // under the plan's caps free as soon as this returns); only the sockets'
+            // teardown goes on, and it must not grow every open connection's future.
             let (client_done, backend_done) = (ctl.close_seen_from(true), ctl.close_seen_from(false));
-            Box::pin(lingering_close(&mut client_rd, client_done, &mut backend_rd, backend_done)).await;
+            tokio::spawn(async move {
+                lingering_close(&mut client_rd, client_done, &mut backend_rd, backend_done).await;
+            });
         }
         totals
     }
