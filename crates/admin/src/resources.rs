@@ -32,18 +32,19 @@ pub struct Body<T, const LIST: bool = false>(pub T);
 /// Why a body's top-level JSON value is not of the kind expected (an object, or with
 /// `list` an array); `None` when it is, or is not JSON at all (the parser says why).
 fn wrong_kind(bytes: &[u8], list: bool) -> Option<ApiError> {
-    let first = *bytes.iter().find(|b| !b.is_ascii_whitespace())?;
-    let (want, name) = if list { (b'[', "array (`[…]`)") } else { (b'{', "object (`{…}`)") };
-    let found = match first {
-        b'{' => "an object",
-        b'[' => "an array",
-        b'"' => "a string",
-        b'-' | b'0'..=b'9' => "a number",
-        b't' | b'f' => "a boolean",
-        b'n' => "null",
-        _ => return None,
+    let value: Value = serde_json::from_slice(bytes).ok()?;
+    let found = match value {
+        Value::Object(_) if !list => return None,
+        Value::Array(_) if list => return None,
+        Value::Object(_) => "an object",
+        Value::Array(_) => "an array",
+        Value::String(_) => "a string",
+        Value::Number(_) => "a number",
+        Value::Bool(_) => "a boolean",
+        Value::Null => "null",
     };
-    (first != want).then(|| ApiError::bad_request(format!("the body must be a JSON {name}, not {found}")))
+    let name = if list { "array (`[…]`)" } else { "object (`{…}`)" };
+    Some(ApiError::bad_request(format!("the body must be a JSON {name}, not {found}")))
 }
 
 impl<S: Send + Sync, T: DeserializeOwned, const LIST: bool> FromRequest<S> for Body<T, LIST> {
@@ -64,11 +65,17 @@ impl<S: Send + Sync, T: DeserializeOwned, const LIST: bool> FromRequest<S> for B
         let Json(value) = if json {
             let bytes =
                 axum::body::Bytes::from_request(req, state).await.map_err(|e| ApiError::bad_request(e.body_text()))?;
+            // The kind is told from the first byte of a body that parsed (valid JSON),
+            // and from the whole value of one that did not (it may not be JSON at all).
+            let first = bytes.iter().find(|b| !b.is_ascii_whitespace()).copied();
+            if let Ok(direct) = serde_json::from_slice::<T>(&bytes) {
+                if first == Some(if LIST { b'[' } else { b'{' }) {
+                    return Ok(Body(direct));
+                }
+                return Err(wrong_kind(&bytes, LIST).unwrap_or_else(|| ApiError::bad_request("unexpected body")));
+            }
             if let Some(e) = wrong_kind(&bytes, LIST) {
                 return Err(e);
-            }
-            if let Ok(direct) = serde_json::from_slice::<T>(&bytes) {
-                return Ok(Body(direct));
             }
             Json::<Value>::from_bytes(&bytes).map_err(body_error)?
         } else {

@@ -31,7 +31,10 @@ pub fn read_file(path: &Path) -> Result<Config, ConfigErrors> {
             .hint("check the path given to --config / -f")
     })?;
     let mut config = read_str(&text)?;
-    let base = path.parent().unwrap_or(Path::new(""));
+    // Absolute: the paths may travel to a process that runs elsewhere (`tollgate apply`
+    // sends them to the store's server, whose working directory is its own).
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let base = absolute.parent().unwrap_or(Path::new(""));
     for b in &mut config.backends {
         for file in [&mut b.tls.ca_file, &mut b.tls.client_cert_file, &mut b.tls.client_key_file] {
             if let Some(f) = file.as_mut().filter(|f| f.is_relative()) {
@@ -546,6 +549,24 @@ mod tests {
         let chain = &c.products[0].policy_chain;
         assert_eq!(chain[0].configuration["jwks_file"], dir.join("keys.json").display().to_string());
         assert_eq!(chain[1].configuration["file"], "/var/log/abs.log", "absolute paths stay");
+    }
+
+    /// A file named by a relative path still gives absolute paths: `tollgate apply`
+    /// sends them to a server whose working directory is not the caller's.
+    #[test]
+    fn relative_files_of_a_file_named_relatively_become_absolute() {
+        let dir = std::path::PathBuf::from(format!(".tollgate-load-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let file = dir.join("t.yaml");
+        std::fs::write(
+            &file,
+            "backends:\n  - { system_name: b, private_base_url: 'https://x', tls: { ca_file: ca.pem } }\n",
+        )
+        .expect("write");
+        let c = read_file(&file);
+        let _ = std::fs::remove_dir_all(&dir);
+        let ca = c.expect("reads").backends[0].tls.ca_file.clone().expect("ca_file");
+        assert!(ca.is_absolute() && ca.ends_with(dir.join("ca.pem")), "{}", ca.display());
     }
 
     #[test]

@@ -281,6 +281,21 @@ async fn errors_are_json_with_the_right_status() {
             assert_eq!(status, StatusCode::BAD_REQUEST, "{db}: {method} {path}: {answer}");
             assert!(answer["error"]["message"].as_str().unwrap_or("").contains("must be a JSON object"), "{answer}");
         }
+        // Not JSON at all: the parser's error, not a guess at its kind from its first byte.
+        let auth = format!("Bearer {}", server.admin_token.clone().expect("token"));
+        for text in ["not json", "{\"a\":"] {
+            let (status, _, answer) = request(
+                server.admin,
+                "localhost",
+                "PUT",
+                "/api/v1/config",
+                full(text.to_string()),
+                &[("authorization", auth.as_str()), ("content-type", "application/json")],
+            )
+            .await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{db}: {answer}");
+            assert!(!answer.contains("must be a JSON"), "{db}: {text}: {answer}");
+        }
 
         let (status, body) =
             api(&server, "POST", "/backends", Some(json!({ "system_name": "y", "private_base_url": "ftp://a" }))).await;
