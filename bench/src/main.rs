@@ -541,19 +541,7 @@ async fn redis_stream(f: &Field, s: &Settings) -> Result<Table> {
     let leasing = format!("tollgate, Redis counters, --counters-lease {LEASE}");
     let targets =
         [(MEMORY, t(f.tollgate.ws)), ("tollgate, Redis counters", t(redis.ws)), (leasing.as_str(), t(leased.ws))];
-    let names: Vec<&str> = targets.iter().map(|t| t.0).collect();
-    let results = rounds(s, &names, |i| ws::stream(&targets[i].1, 16, s.stream_messages, 64, 32)).await?;
-    Ok(Table {
-        key: "redis_stream",
-        title: format!(
-            "WebSocket streaming, 64-byte messages metered both ways, counters in memory vs in Redis: 16 connections x {} messages, 32 in flight each",
-            s.stream_messages
-        ),
-        unit: "messages/s",
-        rows: rows_of(&names, results, |r| (*r, None, None)),
-        higher_is_better: true,
-        baseline: Some(MEMORY),
-    })
+    stream_table(s, "redis_stream", "metered both ways, counters in memory vs in Redis", &targets, Some(MEMORY)).await
 }
 
 const MEMORY: &str = "tollgate, memory counters";
@@ -778,18 +766,31 @@ async fn stream(f: &Field, s: &Settings) -> Result<Table> {
     let mut targets = ws_targets(f);
     targets
         .insert(1, ("raw byte copy", Target { addr: f.raw_copy, host: "127.0.0.1".into(), path: format!("/?{KEY}") }));
+    stream_table(s, "stream", "", &targets, None).await
+}
+
+/// Streams through each of `targets` (16 connections each with 32 messages of 64 bytes
+/// in flight), in rounds; `what` qualifies the title.
+async fn stream_table(
+    s: &Settings,
+    key: &'static str,
+    what: &str,
+    targets: &[(&str, Target)],
+    baseline: Option<&'static str>,
+) -> Result<Table> {
     let names: Vec<&str> = targets.iter().map(|t| t.0).collect();
     let results = rounds(s, &names, |i| ws::stream(&targets[i].1, 16, s.stream_messages, 64, 32)).await?;
+    let what = if what.is_empty() { String::new() } else { format!(" {what}") };
     Ok(Table {
-        key: "stream",
+        key,
         title: format!(
-            "WebSocket streaming, 64-byte messages: 16 connections x {} messages, 32 in flight each",
+            "WebSocket streaming, 64-byte messages{what}: 16 connections x {} messages, 32 in flight each",
             s.stream_messages
         ),
         unit: "messages/s",
         rows: rows_of(&names, results, |r| (*r, None, None)),
         higher_is_better: true,
-        baseline: None,
+        baseline,
     })
 }
 

@@ -540,32 +540,38 @@ async fn the_sixth_message_with_a_limit_of_five_closes_with_1008() {
     }
 }
 
-/// Messages that arrive together are metered together (one counter update per read);
-/// when they do not all fit, exactly those that do pass before the close.
-#[tokio::test]
-async fn messages_sent_in_one_write_are_limited_exactly() {
+/// Sends `n` messages in one write to a product whose plan allows 5 a minute (closing
+/// over the limit), then reads until the connection ends: the replies, and the Close.
+/// A read that fails (a reset) fails the test: every byte the gateway sent is read.
+async fn burst_over_the_limit(n: usize) -> (Vec<String>, Option<(u16, String)>) {
     let backend = node_backend().await;
     let gw = gateway(&governed(&backend, "close")).await;
     let mut socket =
         ws(gw.server.staging, "chat-staging.localhost", &format!("/?user_key={KEY}")).await.expect("upgrade");
     // Buffered, then written at once: the gateway reads them in one go (or a few).
-    for i in 0..8 {
+    for i in 0..n {
         socket.feed(Message::text(format!("m{i}"))).await.expect("feed");
     }
     socket.flush().await.expect("flush");
-    let mut replies = Vec::new();
-    loop {
-        match ws_message(&mut socket).await {
+    let (mut replies, mut close) = (Vec::new(), None);
+    while let Some(message) = socket.next().await {
+        match message.expect("no reset: every byte the gateway sent is read") {
             Message::Text(t) => replies.push(t.to_string()),
-            Message::Close(Some(f)) => {
-                assert_eq!((u16::from(f.code), f.reason.as_str()), (1008, "usage limits exceeded"));
-                break;
-            }
+            Message::Close(Some(f)) => close = Some((u16::from(f.code), f.reason.to_string())),
             other => panic!("unexpected {other:?}"),
         }
     }
+    (replies, close)
+}
+
+/// Messages that arrive together are metered together (one counter update per read);
+/// when they do not all fit, exactly those that do pass before the close.
+#[tokio::test]
+async fn messages_sent_in_one_write_are_limited_exactly() {
+    let (replies, close) = burst_over_the_limit(8).await;
     let want: Vec<String> = (0..5).map(|i| format!("reply from server : m{i}")).collect();
     assert_eq!(replies, want, "the five messages within the limit, then the close");
+    assert_eq!(close, Some((1008, "usage limits exceeded".to_string())));
 }
 
 /// A client that sends a burst far over its limit before it reads gets every reply
@@ -574,23 +580,8 @@ async fn messages_sent_in_one_write_are_limited_exactly() {
 /// unread bytes, whose reset would make the client's kernel throw both away.
 #[tokio::test]
 async fn a_burst_over_the_limit_still_gets_its_replies_and_the_close() {
-    let backend = node_backend().await;
-    let gw = gateway(&governed(&backend, "close")).await;
-    let mut socket =
-        ws(gw.server.staging, "chat-staging.localhost", &format!("/?user_key={KEY}")).await.expect("upgrade");
-    for i in 0..5_000 {
-        socket.feed(Message::text(format!("m{i}"))).await.expect("feed");
-    }
-    socket.flush().await.expect("flush");
-    let (mut replies, mut close) = (0, None);
-    while let Some(message) = socket.next().await {
-        match message.expect("no reset: every byte the gateway sent is read") {
-            Message::Text(_) => replies += 1,
-            Message::Close(Some(f)) => close = Some((u16::from(f.code), f.reason.to_string())),
-            other => panic!("unexpected {other:?}"),
-        }
-    }
-    assert_eq!(replies, 5);
+    let (replies, close) = burst_over_the_limit(5_000).await;
+    assert_eq!(replies.len(), 5);
     assert_eq!(close, Some((1008, "usage limits exceeded".to_string())));
 }
 
