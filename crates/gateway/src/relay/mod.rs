@@ -211,11 +211,11 @@ struct Control {
     /// side's Close frame arrives: set when the other side broke the rules, so that what
     /// the other side still sends for earlier, valid frames reaches this side first.
     held: (AtomicBool, AtomicBool),
-    /// Notified when a Close is held, so that the relay bounds the wait.
-    holding: Notify,
-    /// Notified when a peer's Close frame went through: the closing handshake has
-    /// begun, and the relay bounds it.
-    closing: Notify,
+    /// Notified when a Close is held, or when a peer's Close frame went through (the
+    /// closing handshake has begun): the relay bounds each wait. One `Notify` for both,
+    /// the flags saying which: each wait on one is 64 bytes of every open WebSocket's
+    /// future.
+    watch: Notify,
 }
 
 impl Default for Control {
@@ -231,8 +231,7 @@ impl Default for Control {
             first_close: Mutex::default(),
             close_seen: (AtomicBool::new(false), AtomicBool::new(false)),
             held: (AtomicBool::new(false), AtomicBool::new(false)),
-            holding: Notify::new(),
-            closing: Notify::new(),
+            watch: Notify::new(),
         }
     }
 }
@@ -284,7 +283,7 @@ impl Control {
     fn saw_close_from(&self, client: bool) {
         let flag = if client { &self.close_seen.0 } else { &self.close_seen.1 };
         flag.store(true, Ordering::Relaxed);
-        self.closing.notify_one();
+        self.watch.notify_one();
     }
 
     fn close_seen_from(&self, client: bool) -> bool {
@@ -313,7 +312,7 @@ impl Control {
         self.pend(code, reason);
         let at_fault = if from_client { &self.held.0 } else { &self.held.1 };
         at_fault.store(true, Ordering::Relaxed);
-        self.holding.notify_one();
+        self.watch.notify_one();
     }
 
     /// Whether the Close pending for the client (`to_client`) or the backend waits.
@@ -488,17 +487,24 @@ where
     loop {
         tokio::select! {
             _ = pumps.as_mut() => break None,
-            () = ctl.closing.notified(), if closing.is_none() => {
-                closing = Some(Box::pin(tokio::time::sleep(CLOSE_GRACE)));
+            () = ctl.watch.notified(), if closing.is_none() || held_grace.is_none() => {
+                if closing.is_none() && (ctl.close_seen_from(true) || ctl.close_seen_from(false)) {
+                    closing = Some(Box::pin(tokio::time::sleep(CLOSE_GRACE)));
+                }
+                if held_grace.is_none() && (ctl.is_held(true) || ctl.is_held(false)) {
+                    held_grace = Some(Box::pin(tokio::time::sleep(CLOSE_GRACE)));
+                }
             }
             () = when_set(&mut closing) => {
                 tracing::debug!("the closing handshake did not finish in time: connections dropped");
                 break None;
             }
-            () = ctl.holding.notified(), if held_grace.is_none() => {
-                held_grace = Some(Box::pin(tokio::time::sleep(CLOSE_GRACE)));
+            () = when_set(&mut held_grace) => {
+                // Gone once it fired: an elapsed timer is ready at every poll, and this
+                // loop would spin on it until the pumps end.
+                held_grace = None;
+                ctl.release_held();
             }
-            () = when_set(&mut held_grace) => ctl.release_held(),
             (code, reason) = &mut *stop => break Some((code, reason)),
             () = when_set(&mut idle) => break Some((CLOSE_GOING_AWAY, "idle timeout")),
             () = when_set(&mut too_old) => break Some((CLOSE_GOING_AWAY, "maximum connection duration reached")),

@@ -35,6 +35,46 @@ pub(super) struct Pump {
     admitted: u32,
 }
 
+/// What [`Pump::on_header`] decided about a frame.
+enum Checked {
+    Step(Step),
+    /// The gate has to be waited for: its question for the run, and for the frame alone.
+    Ask(FrameInfo, FrameInfo),
+}
+
+/// Where [`Pump::scan`] is in a chunk.
+#[derive(Default)]
+struct Cursor {
+    /// The next byte to look at.
+    i: usize,
+    /// The first byte not yet forwarded (or dropped).
+    from: usize,
+}
+
+/// A frame whose header [`Pump::scan`] read: the header, whether it arrived in pieces
+/// (held back in [`Pump::header`]), and where it began in the chunk.
+#[derive(Clone, Copy)]
+struct Frame {
+    h: FrameHeader,
+    split: bool,
+    start: usize,
+}
+
+/// What the pump does next with a chunk (see [`Pump::scan`]).
+enum Action {
+    /// Forward `data[a..b]`, then scan on.
+    Forward(usize, usize),
+    /// Forward the header that was held back (its first `n` bytes), then scan on.
+    ForwardHeader(usize),
+    /// Check and forward the Close frame held back ([`Pump::finish_close`]).
+    FinishClose,
+    /// Wait for the gate's verdict on the run (or the frame alone) starting at this
+    /// frame, then [resume](Pump::resume) with it.
+    Ask(FrameInfo, FrameInfo, Frame),
+    /// Forward `data[a..b]`; the chunk is through, and the pump goes on with this step.
+    End(usize, usize, Step),
+}
+
 enum Step {
     Continue,
     /// Stop: the connection is being closed with this code.
@@ -114,18 +154,20 @@ impl Pump {
         self.flushed = (self.messages, self.bytes);
     }
 
-    /// Checks a complete header; returns the verdict for the frame. `rest` is what this
-    /// read holds after the header: a gate that decides runs is asked once for the data
-    /// frames whose headers it holds (one counter update per read, not per frame).
-    async fn on_header(&mut self, h: &FrameHeader, rest: &[u8], opts: &RelayOptions, ctl: &Control) -> Step {
+    /// Checks a complete header: the verdict for the frame, or the gate's question
+    /// when it has to be waited for (then [`Pump::admit`] takes the answer). `rest` is
+    /// what this read holds after the header: a gate that decides runs is asked once for
+    /// the data frames whose headers it holds (one counter update per read, not per
+    /// frame).
+    fn on_header(&mut self, h: &FrameHeader, rest: &[u8], opts: &RelayOptions, ctl: &Control) -> Checked {
         if let Some(e) = header_error(h, self.from_client, opts.deflate) {
-            return Step::Close(CLOSE_PROTOCOL_ERROR, e);
+            return Checked::Step(Step::Close(CLOSE_PROTOCOL_ERROR, e));
         }
         if h.is_control() {
             self.dropping_frame = false;
             if h.opcode == OP_CLOSE {
                 if ctl.is_held(!self.from_client) {
-                    return Step::Deliver;
+                    return Checked::Step(Step::Deliver);
                 }
                 self.close = Some(Box::new(HeldClose {
                     wire: Vec::with_capacity(h.header_len + h.payload_len as usize),
@@ -133,11 +175,11 @@ impl Pump {
                     mask: h.mask,
                 }));
             }
-            return Step::Continue;
+            return Checked::Step(Step::Continue);
         }
         let starts_message = match starts_message(h.opcode, self.in_message) {
             Ok(starts) => starts,
-            Err(e) => return Step::Close(CLOSE_PROTOCOL_ERROR, e),
+            Err(e) => return Checked::Step(Step::Close(CLOSE_PROTOCOL_ERROR, e)),
         };
         if starts_message {
             self.in_message = true;
@@ -148,7 +190,7 @@ impl Pump {
         // gate must not count it (its message, its bytes).
         self.message_bytes = self.message_bytes.saturating_add(h.payload_len);
         if self.max_message_bytes.is_some_and(|max| self.message_bytes > max) {
-            return Step::Close(CLOSE_TOO_BIG, "message too big");
+            return Checked::Step(Step::Close(CLOSE_TOO_BIG, "message too big"));
         }
         if let Some(gate) = &opts.gate
             && !self.dropping_message
@@ -163,21 +205,33 @@ impl Pump {
                     payload_len: h.payload_len,
                 };
                 let run = if gate.decides_runs() { self.run(one, h, rest, opts) } else { one };
-                // Decided at once with counters in this process; a wait (Redis) is boxed:
-                // this future is part of every open WebSocket's, its waits are not.
-                let (verdict, admitted) = match settle_now(gate, run, one) {
-                    Ok(settled) => settled,
-                    Err(ask) => Box::pin(settle(gate, ask, one)).await,
+                // Decided at once with counters in this process; a wait (Redis) is the
+                // pump's to make, boxed: its future is part of every open WebSocket's.
+                return match settle_now(gate, run, one) {
+                    Ok((verdict, admitted)) => Checked::Step(self.admit(h, verdict, admitted)),
+                    Err(ask) => Checked::Ask(ask, one),
                 };
-                self.admitted = admitted;
-                match verdict {
-                    Verdict::Forward => {}
-                    Verdict::Drop if starts_message => self.dropping_message = true,
-                    Verdict::Drop => {}
-                    Verdict::Close(code, reason) => return Step::Close(code, reason),
-                }
             }
         }
+        Checked::Step(self.pass(h))
+    }
+
+    /// Applies the gate's verdict on the data frame `h` (and on the `admitted` frames of
+    /// its run after it).
+    fn admit(&mut self, h: &FrameHeader, verdict: Verdict, admitted: u32) -> Step {
+        self.admitted = admitted;
+        match verdict {
+            Verdict::Forward => {}
+            // A message's first frame (a text or binary one) drops the whole message.
+            Verdict::Drop if h.opcode != OP_CONTINUATION => self.dropping_message = true,
+            Verdict::Drop => {}
+            Verdict::Close(code, reason) => return Step::Close(code, reason),
+        }
+        self.pass(h)
+    }
+
+    /// The data frame `h` goes through (or is dropped with its message).
+    fn pass(&mut self, h: &FrameHeader) -> Step {
         self.dropping_frame = self.dropping_message;
         if h.fin {
             self.in_message = false;
@@ -222,96 +276,156 @@ impl Pump {
 
     /// Relays this direction until it ends (the relay adds the last counts to the
     /// tallies: every read's are added as it goes).
-    pub(super) async fn pump<R, W>(&mut self, src: &mut R, mut dst: &mut W, ctl: &Control, opts: &RelayOptions)
+    ///
+    /// A plain function returning the future, not an `async fn`: that would hold each
+    /// argument twice (40 bytes per direction of every open WebSocket).
+    #[allow(clippy::manual_async_fn, reason = "an `async fn` holds its arguments twice")]
+    pub(super) fn pump<'a, R, W>(
+        &'a mut self,
+        src: &'a mut R,
+        mut dst: &'a mut W,
+        ctl: &'a Control,
+        opts: &'a RelayOptions,
+    ) -> impl Future<Output = ()> + 'a
     where
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
     {
-        let mine = if self.from_client { &ctl.to_backend } else { &ctl.to_client };
-        loop {
-            let mut buf = tokio::select! {
-                biased;
-                () = mine.notified() => {
-                    let ping = if self.from_client { &ctl.pings.1 } else { &ctl.pings.0 };
-                    let pinged = ping.swap(false, Ordering::Relaxed);
-                    if ctl.is_held(!self.from_client) {
-                        // Its Close waits for the other side's: keep relaying.
-                        continue;
-                    }
-                    if pinged && ctl.take_peek(!self.from_client).is_none() {
-                        // A ping between frames; skipped if a frame is half through.
-                        if self.at_boundary() {
-                            let frame = frames::ping_frame(self.from_client.then(mask_key));
-                            // Boxed, as every rare wait here: the pump's future is held by
-                            // every open WebSocket, so only the common waits lie in it.
-                            if Box::pin(dst.write_all(&frame)).await.is_err() {
-                                return;
-                            }
+        async move {
+            let mine = if self.from_client { &ctl.to_backend } else { &ctl.to_client };
+            loop {
+                let mut buf = tokio::select! {
+                    biased;
+                    () = mine.notified() => {
+                        let ping = if self.from_client { &ctl.pings.1 } else { &ctl.pings.0 };
+                        let pinged = ping.swap(false, Ordering::Relaxed);
+                        if ctl.is_held(!self.from_client) {
+                            // Its Close waits for the other side's: keep relaying.
+                            continue;
                         }
-                        continue;
-                    }
-                    Box::pin(self.deliver_close(&mut dst, ctl)).await;
-                    return;
-                }
-                r = Spare::read(src, self.read_len as usize) => match r {
-                    Ok(None) | Err(_) => {
-                        if ctl.close_seen_from(self.from_client) {
-                            // An orderly end after its Close: end this direction; once
-                            // both Closes went through, the other one ends as well
-                            // (RFC 6455 §7.1.1: the handshake is over).
-                            let _ = dst.shutdown().await;
-                            if ctl.close_seen_from(!self.from_client) {
-                                // The other pump writes to the side this one reads.
-                                ctl.finish(self.from_client);
+                        if pinged && ctl.take_peek(!self.from_client).is_none() {
+                            // A ping between frames; skipped if a frame is half through.
+                            if self.at_boundary() {
+                                let frame = frames::ping_frame(self.from_client.then(mask_key));
+                                // Boxed, as every rare wait here: the pump's future is held by
+                                // every open WebSocket, so only the common waits lie in it.
+                                if Box::pin(dst.write_all(&frame)).await.is_err() {
+                                    return;
+                                }
                             }
-                            return;
+                            continue;
                         }
-                        // Its peer went away without a Close frame (FIN or reset): the
-                        // WebSocket is over. The other side gets a Close frame — never
-                        // a bare 1006 — and every hold on the connection is released.
-                        ctl.note_close(self.initiator(), CLOSE_ABNORMAL);
-                        let reason = if self.from_client { "the client went away" } else { "the backend went away" };
-                        ctl.close_both(CLOSE_GOING_AWAY, reason);
                         Box::pin(self.deliver_close(&mut dst, ctl)).await;
                         return;
                     }
-                    Ok(Some(chunk)) => chunk,
-                },
-            };
-            let now = ctl.touch(self.from_client) as u32;
-            self.size_reads(buf.filled().len(), now);
-            let step = self.process(buf.filled(), &mut dst, opts, ctl).await;
-            // Back to the thread's spares before anything else waits.
-            drop(buf);
-            self.flush(opts);
-            match step {
-                // Its Close went through after the other side's: the closing handshake is
-                // over, whether or not this peer ends its connection.
-                Ok(Step::Continue)
-                    if self.at_boundary()
-                        && ctl.close_seen_from(self.from_client)
-                        && ctl.close_seen_from(!self.from_client) =>
-                {
-                    let _ = dst.flush().await;
-                    let _ = dst.shutdown().await;
-                    // The other pump writes to the side this one reads.
-                    ctl.finish(self.from_client);
-                    return;
-                }
-                Ok(Step::Continue) => {}
-                Ok(Step::Close(code, reason)) => {
-                    ctl.fail_from(self.from_client, code, reason);
-                    self.closed_with = Some(code);
-                    Box::pin(self.deliver_close(&mut dst, ctl)).await;
-                    return;
-                }
-                Ok(Step::Deliver) => {
-                    Box::pin(self.deliver_close(&mut dst, ctl)).await;
-                    return;
-                }
-                Err(_) => {
-                    let _ = dst.shutdown().await;
-                    return;
+                    r = Spare::read(src, self.read_len as usize) => match r {
+                        Ok(None) | Err(_) => {
+                            if ctl.close_seen_from(self.from_client) {
+                                // An orderly end after its Close: end this direction; once
+                                // both Closes went through, the other one ends as well
+                                // (RFC 6455 §7.1.1: the handshake is over).
+                                let _ = dst.shutdown().await;
+                                if ctl.close_seen_from(!self.from_client) {
+                                    // The other pump writes to the side this one reads.
+                                    ctl.finish(self.from_client);
+                                }
+                                return;
+                            }
+                            // Its peer went away without a Close frame (FIN or reset): the
+                            // WebSocket is over. The other side gets a Close frame — never
+                            // a bare 1006 — and every hold on the connection is released.
+                            ctl.note_close(self.initiator(), CLOSE_ABNORMAL);
+                            let reason = if self.from_client { "the client went away" } else { "the backend went away" };
+                            ctl.close_both(CLOSE_GOING_AWAY, reason);
+                            Box::pin(self.deliver_close(&mut dst, ctl)).await;
+                            return;
+                        }
+                        Ok(Some(chunk)) => chunk,
+                    },
+                };
+                let now = ctl.touch(self.from_client) as u32;
+                self.size_reads(buf.filled().len(), now);
+                let step = {
+                    let data: &[u8] = buf.filled();
+                    let mut at = Cursor::default();
+                    let mut next = None;
+                    loop {
+                        let (a, b) = match next.take().unwrap_or_else(|| self.scan(data, &mut at, opts, ctl)) {
+                            Action::Forward(a, b) => (a, b),
+                            Action::ForwardHeader(n) => match dst.write_all(&self.header[..n]).await {
+                                Ok(()) => {
+                                    self.bytes += n as u64;
+                                    continue;
+                                }
+                                Err(e) => break Err(e),
+                            },
+                            Action::FinishClose => match Box::pin(self.finish_close(&mut dst, ctl)).await {
+                                Ok(Step::Continue) => continue,
+                                other => break other,
+                            },
+                            Action::Ask(run, one, frame) => {
+                                // Boxed, the frame with it: a wait on Redis is not part of
+                                // every open WebSocket's future.
+                                // (Only a gate asks: without one, nothing is governed.)
+                                let gate = opts.gate.as_ref();
+                                let (verdict, admitted, frame) = Box::pin(async move {
+                                    let (verdict, admitted) = match gate {
+                                        Some(gate) => settle(gate, run, one).await,
+                                        None => (Verdict::Forward, 0),
+                                    };
+                                    (verdict, admitted, frame)
+                                })
+                                .await;
+                                let step = self.admit(&frame.h, verdict, admitted);
+                                next = self.resume(&mut at, frame, step, data);
+                                continue;
+                            }
+                            Action::End(a, b, step) => match dst.write_all(&data[a..b]).await {
+                                Ok(()) => {
+                                    self.bytes += (b - a) as u64;
+                                    break Ok(step);
+                                }
+                                Err(e) => break Err(e),
+                            },
+                        };
+                        if let Err(e) = dst.write_all(&data[a..b]).await {
+                            break Err(e);
+                        }
+                        self.bytes += (b - a) as u64;
+                    }
+                };
+                // Back to the thread's spares before anything else waits.
+                drop(buf);
+                self.flush(opts);
+                match step {
+                    // Its Close went through after the other side's: the closing handshake is
+                    // over, whether or not this peer ends its connection.
+                    Ok(Step::Continue)
+                        if self.at_boundary()
+                            && ctl.close_seen_from(self.from_client)
+                            && ctl.close_seen_from(!self.from_client) =>
+                    {
+                        let _ = dst.flush().await;
+                        let _ = dst.shutdown().await;
+                        // The other pump writes to the side this one reads.
+                        ctl.finish(self.from_client);
+                        return;
+                    }
+                    Ok(Step::Continue) => {}
+                    Ok(Step::Close(code, reason)) => {
+                        ctl.fail_from(self.from_client, code, reason);
+                        self.closed_with = Some(code);
+                        Box::pin(self.deliver_close(&mut dst, ctl)).await;
+                        return;
+                    }
+                    Ok(Step::Deliver) => {
+                        Box::pin(self.deliver_close(&mut dst, ctl)).await;
+                        return;
+                    }
+                    Err(_) => {
+                        let _ = dst.shutdown().await;
+                        return;
+                    }
                 }
             }
         }
@@ -332,127 +446,115 @@ impl Pump {
         let _ = dst.shutdown().await;
     }
 
-    /// Forwards a chunk, following frames; stops at the first frame that must not pass.
-    /// Bytes are forwarded in contiguous ranges; only a header split across two reads
-    /// is held back (at most 14 bytes) and written once complete.
-    async fn process<W: AsyncWrite + Unpin>(
-        &mut self,
-        data: &mut [u8],
-        dst: &mut W,
-        opts: &RelayOptions,
-        ctl: &Control,
-    ) -> std::io::Result<Step> {
+    /// The next thing to do with a chunk (`data`, read from this pump's side), from
+    /// where `at` is: it follows the frames and stops at each write, at each wait and at
+    /// the first frame that must not pass. Bytes are forwarded in contiguous ranges; only
+    /// a header split across two reads is held back (at most 14 bytes) and forwarded once
+    /// complete.
+    ///
+    /// Not `async`: the pump awaits what this returns, so its future holds a write at
+    /// most — not a chunk walker's future and a write's, as it did when this was an
+    /// `async fn` (288 bytes more in every open WebSocket's future, per direction).
+    fn scan(&mut self, data: &[u8], at: &mut Cursor, opts: &RelayOptions, ctl: &Control) -> Action {
         let n = data.len();
-        let mut i = 0;
-        // Start of the range still to forward.
-        let mut from = 0;
-        while i < n {
+        loop {
+            if self.close.is_some() && self.remaining == 0 {
+                // The Close frame held back is whole (nothing before it is left to
+                // forward: `at.from` is past it).
+                return Action::FinishClose;
+            }
+            let (i, from) = (at.i, at.from);
+            if i >= n {
+                // Every frame a run admitted had its header in this read.
+                debug_assert_eq!(self.admitted, 0);
+                self.admitted = 0;
+                return Action::End(from.min(n), n, Step::Continue);
+            }
             if self.remaining == 0 && self.have == 0 && ctl.close_seen_from(self.from_client) {
                 // This side sent its Close: it may send nothing more (RFC 6455 §5.5.1),
                 // and whatever it does send is dropped — the other side gets one Close
                 // and nothing after it.
-                self.write(dst, &data[from..i]).await?;
-                return Ok(Step::Continue);
+                return Action::End(from, i, Step::Continue);
             }
             if self.remaining > 0 {
                 let take = self.remaining.min((n - i) as u64) as usize;
-                if let Some(held) = &mut self.close {
-                    // Nothing before it is left to write: `from` is `i` since its header.
-                    held.wire.extend_from_slice(&data[i..i + take]);
-                    i += take;
-                    from = i;
-                    self.remaining -= take as u64;
-                    if self.remaining == 0
-                        && let stop @ Step::Close(..) = Box::pin(self.finish_close(dst, ctl)).await?
-                    {
-                        return Ok(stop);
-                    }
-                    continue;
-                }
-                if self.dropping_frame {
-                    self.write(dst, &data[from..i]).await?;
-                    from = i + take;
-                }
-                i += take;
                 self.remaining -= take as u64;
+                at.i = i + take;
+                if let Some(held) = &mut self.close {
+                    held.wire.extend_from_slice(&data[i..i + take]);
+                    at.from = at.i;
+                } else if self.dropping_frame {
+                    at.from = at.i;
+                    if from < i {
+                        return Action::Forward(from, i);
+                    }
+                }
                 continue;
             }
-            let start = i;
-            let (h, split) = if self.have == 0 {
+            let frame = if self.have == 0 {
                 match frames::parse_header(&data[i..]) {
                     Ok(Some(h)) => {
-                        i += h.header_len;
-                        (h, false)
+                        at.i = i + h.header_len;
+                        Frame { h, split: false, start: i }
                     }
                     Ok(None) => {
                         // Hold the header's first bytes back until the rest arrives.
-                        self.write(dst, &data[from..start]).await?;
-                        let rest = n - i;
-                        self.header[..rest].copy_from_slice(&data[i..]);
-                        self.have = rest as u8;
-                        return Ok(Step::Continue);
+                        self.header[..n - i].copy_from_slice(&data[i..]);
+                        self.have = (n - i) as u8;
+                        return Action::End(from, i, Step::Continue);
                     }
-                    Err(e) => {
-                        self.write(dst, &data[from..start]).await?;
-                        return Ok(Step::Close(CLOSE_PROTOCOL_ERROR, e));
-                    }
+                    Err(e) => return Action::End(from, i, Step::Close(CLOSE_PROTOCOL_ERROR, e)),
                 }
             } else {
                 // A held-back header continues at the start of this chunk.
                 self.header[usize::from(self.have)] = data[i];
                 self.have += 1;
-                i += 1;
-                from = i;
+                at.i = i + 1;
+                at.from = at.i;
                 match frames::parse_header(&self.header[..usize::from(self.have)]) {
                     Ok(Some(h)) => {
                         self.have = 0;
-                        (h, true)
+                        Frame { h, split: true, start: i }
                     }
                     Ok(None) => continue,
-                    Err(e) => return Ok(Step::Close(CLOSE_PROTOCOL_ERROR, e)),
+                    Err(e) => return Action::End(at.i, at.i, Step::Close(CLOSE_PROTOCOL_ERROR, e)),
                 }
             };
-            match self.on_header(&h, &data[i..], opts, ctl).await {
-                Step::Continue => {}
-                stop => {
-                    // Nothing of this frame passes; what came before it does.
-                    if !split {
-                        self.write(dst, &data[from..start]).await?;
-                    }
-                    return Ok(stop);
-                }
-            }
-            self.remaining = h.payload_len;
-            if let Some(held) = &mut self.close {
-                if split {
-                    held.wire.extend_from_slice(&self.header[..h.header_len]);
-                } else {
-                    held.wire.extend_from_slice(&data[start..i]);
-                    self.write(dst, &data[from..start]).await?;
-                }
-                from = i;
-                if self.remaining == 0
-                    && let stop @ Step::Close(..) = Box::pin(self.finish_close(dst, ctl)).await?
-                {
-                    return Ok(stop);
-                }
-                continue;
-            }
-            if self.dropping_frame {
-                if !split {
-                    self.write(dst, &data[from..start]).await?;
-                }
-                from = i;
-            } else if split {
-                let header = self.header;
-                self.write(dst, &header[..h.header_len]).await?;
+            let step = match self.on_header(&frame.h, &data[at.i..], opts, ctl) {
+                Checked::Step(step) => step,
+                Checked::Ask(run, one) => return Action::Ask(run, one, frame),
+            };
+            if let Some(action) = self.resume(at, frame, step, data) {
+                return action;
             }
         }
-        // Every frame a run admitted had its header in this read.
-        debug_assert_eq!(self.admitted, 0);
-        self.admitted = 0;
-        self.write(dst, &data[from.min(n)..n]).await?;
-        Ok(Step::Continue)
+    }
+
+    /// Goes on with a frame whose header was checked (`step`: its verdict): nothing of a
+    /// refused frame passes, what came before it does; otherwise its bytes follow. What
+    /// must be done before the scan goes on, if anything.
+    fn resume(&mut self, at: &mut Cursor, frame: Frame, step: Step, data: &[u8]) -> Option<Action> {
+        let Frame { h, split, start } = frame;
+        let from = at.from;
+        if !matches!(step, Step::Continue) {
+            // A split header's bytes were never forwarded, nor anything after `from`.
+            return Some(Action::End(from, if split { from } else { start }, step));
+        }
+        self.remaining = h.payload_len;
+        if let Some(held) = &mut self.close {
+            if split {
+                held.wire.extend_from_slice(&self.header[..h.header_len]);
+            } else {
+                held.wire.extend_from_slice(&data[start..at.i]);
+            }
+            at.from = at.i;
+            return (!split && from < start).then_some(Action::Forward(from, start));
+        }
+        if self.dropping_frame {
+            at.from = at.i;
+            return (!split && from < start).then_some(Action::Forward(from, start));
+        }
+        split.then_some(Action::ForwardHeader(h.header_len))
     }
 
     /// The Close frame held back is complete: a valid one is recorded and passes; an
