@@ -27,6 +27,25 @@ async function audit(page) {
     .map((v) => `${v.id}: ${v.targets.slice(0, 3).join(', ')}`);
 }
 
+// Saves a full-page screenshot of `page` in `file`. Chromium's full-page capture now and
+// then refuses ("Page.captureScreenshot: Unable to capture screenshot", an upstream
+// Chromium fault, microsoft/playwright#32144) on a page that it captured a moment
+// before; a screenshot is a record of the step, not what the test checks, so a refused
+// capture is tried again and then taken of the viewport only. Counts the fallbacks in
+// `seen.screenshot_fallbacks`; any other error is thrown.
+async function screenshot(page, file, seen) {
+  for (let attempt = 0; attempt < 2; attempt++) {
+    try {
+      await page.screenshot({ path: file, fullPage: true });
+      return;
+    } catch (e) {
+      if (!/Unable to capture screenshot/.test(String(e && e.message))) throw e;
+    }
+  }
+  seen.screenshot_fallbacks = (seen.screenshot_fallbacks || 0) + 1;
+  await page.screenshot({ path: file });
+}
+
 // Runs `body(browser, seen)` in a fresh browser and prints one JSON line: what it saw,
 // or the error with what it had seen until then (and a failing exit status).
 async function run(body) {
@@ -43,4 +62,4 @@ async function run(body) {
   }
 }
 
-module.exports = { launch, audit, run };
+module.exports = { launch, audit, run, screenshot };

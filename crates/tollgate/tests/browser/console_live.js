@@ -7,7 +7,7 @@
 //
 // usage: node console_live.js ADMIN_URL TOKEN STAGING_PORT PRODUCTION_PORT CERT_FILE SHOTS_DIR
 'use strict';
-const { audit, run } = require('./common');
+const { audit, run, screenshot } = require('./common');
 const http = require('http');
 const path = require('path');
 const fs = require('fs');
@@ -34,7 +34,7 @@ run(async (browser, seen) => {
     page.setDefaultTimeout(20000);
     const shot = async (name) => {
       step += 1;
-      await page.screenshot({ path: path.join(shots, `${step}-${name}.png`), fullPage: true });
+      await screenshot(page, path.join(shots, `${step}-${name}.png`), seen);
     };
     const check = async (name) => {
       const found = await audit(page);

@@ -4,7 +4,7 @@
 // prints one JSON line with what it saw (`a11y` lists serious violations by page).
 //
 // usage: node console_story.js ADMIN_URL TOKEN BACKEND_URL CA_FILE STAGING_URL PRODUCTION_URL SHOTS_DIR
-const { audit, run } = require('./common');
+const { audit, run, screenshot } = require('./common');
 const path = require('path');
 const fs = require('fs');
 
@@ -18,7 +18,7 @@ run(async (browser, seen) => {
     page.setDefaultTimeout(15000);
     const shot = async (name) => {
       step += 1;
-      await page.screenshot({ path: path.join(shots, `${String(step).padStart(2, '0')}-${name}.png`), fullPage: true });
+      await screenshot(page, path.join(shots, `${String(step).padStart(2, '0')}-${name}.png`), seen);
       const found = await audit(page);
       if (found.length) seen.a11y[name] = found;
     };
