@@ -37,6 +37,8 @@ use std::hash::BuildHasher;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use tokio::sync::Notify;
+
 use crate::{IdHash, Period};
 
 /// A lease is at most this fraction (1/SHARE) of what its window had left.
@@ -48,6 +50,10 @@ pub const IDLE: Duration = Duration::from_secs(1);
 /// A lease is refilled once what is left of it is at most 1/REFILL_AT of its last
 /// grant.
 pub const REFILL_AT: u64 = 4;
+
+/// A lease with at most 1/JOIN_AT of its last grant left is refilled along with
+/// another window of the same request that reached [`REFILL_AT`].
+pub const JOIN_AT: u64 = 2;
 
 /// Grants smaller than this are not refilled ahead (the end of a window, where grants
 /// shrink to what a request needs).
@@ -155,6 +161,8 @@ pub(crate) struct Leases {
     /// Units held outside any lease (one under a limit's old value was replaced), to
     /// be given back with the next idle leases: (window key, units).
     owed: Mutex<Vec<(String, u64)>>,
+    /// Notified whenever an ask for a lease ends (see [`Leases::asked`]).
+    landed: Notify,
 }
 
 impl Leases {
@@ -165,6 +173,7 @@ impl Leases {
             hasher: IdHash,
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
             owed: Mutex::default(),
+            landed: Notify::new(),
         }
     }
 
@@ -182,9 +191,27 @@ impl Leases {
     /// empties it and returns what to ask Redis for (`index` 0: the caller sets it).
     /// An [`Ask`] with `lease` must be followed by [`Leases::asked`].
     pub fn take(&self, w: &Window<'_>, max: u64, delta: u64, now: Instant) -> Result<Taken, Ask> {
+        self.take_or_wait(w, max, delta, now, false).unwrap_or_else(|| unreachable!("asked not to wait"))
+    }
+
+    /// [`Leases::take`], but when the lease is short while a request or a refill is
+    /// asking Redis for more of it (its units will be here within one Redis round
+    /// trip), returns `None` and changes nothing if `wait` is set: the caller waits for
+    /// [`Leases::landed`] and takes again, instead of sending Redis a call of its own
+    /// for its need. Under concurrent requests, a refill in flight otherwise turned
+    /// every request that found the lease empty meanwhile into a Redis call (0.15
+    /// calls per request at 50 connections, against 0.01–0.04 by the lease's size).
+    pub fn take_or_wait(
+        &self,
+        w: &Window<'_>,
+        max: u64,
+        delta: u64,
+        now: Instant,
+        wait: bool,
+    ) -> Option<Result<Taken, Ask>> {
         let mut shard = self.shard(w.application);
         let fresh = Held { units: 0, max, seen: 0, used_at: now, asking: true, granted: 0 };
-        match find(&mut shard, w) {
+        Some(match find(&mut shard, w) {
             Some(h) if h.max == max && h.units >= delta => {
                 h.units -= delta;
                 h.used_at = now;
@@ -192,6 +219,7 @@ impl Leases {
                 h.asking |= refill;
                 Ok(Taken { held: *h, refill })
             }
+            Some(h) if wait && h.max == max && h.asking => return None,
             Some(h) if h.max == max => {
                 let give_back = std::mem::take(&mut h.units);
                 let lease = !std::mem::replace(&mut h.asking, true);
@@ -203,7 +231,27 @@ impl Leases {
                 insert(&mut shard, w, fresh);
                 Err(Ask { index: 0, give_back: 0, lease: true })
             }
+        })
+    }
+
+    /// Marks the lease of `w` under `max` as being refilled if nothing asks for it and
+    /// at most 1/[`JOIN_AT`] of its last grant is left; true if so (the caller then
+    /// refills it, and calls [`Leases::asked`]).
+    pub fn join_refill(&self, w: &Window<'_>, max: u64) -> bool {
+        let mut shard = self.shard(w.application);
+        match find(&mut shard, w) {
+            Some(h) if h.max == max && !h.asking && h.granted >= REFILL_MIN && h.units * JOIN_AT <= h.granted => {
+                h.asking = true;
+                true
+            }
+            _ => false,
         }
+    }
+
+    /// Wakes the requests waiting for a lease (see [`Leases::take_or_wait`]); they
+    /// register with `notified()` and `enable()` before they take again.
+    pub fn landed(&self) -> &Notify {
+        &self.landed
     }
 
     /// The request that asked for a lease of `w` under `max` has its answer (or gave
@@ -212,6 +260,10 @@ impl Leases {
         if let Some(h) = find(&mut self.shard(w.application), w).filter(|h| h.max == max) {
             h.asking = false;
         }
+        // Every end of an ask wakes every waiter (whatever window it waits on): a
+        // waiter takes again, and asks Redis itself if still short, so a wake-up too
+        // many costs a lock, never a wrong answer.
+        self.landed.notify_waiters();
     }
 
     /// Puts back `delta` units taken by [`Leases::take`] for a request that was then
@@ -339,6 +391,29 @@ mod tests {
         // Small grants (the end of a window) are not refilled ahead.
         leases.granted(&w("small"), 1_000, 3, 3, now);
         assert_eq!(refill(leases.take(&w("small"), 1_000, 3, now)), Ok((0, false)));
+    }
+
+    #[test]
+    fn a_short_lease_waits_for_the_ask_in_flight_and_half_used_ones_join_a_refill() {
+        let leases = Leases::new(100, "ns");
+        let now = Instant::now();
+        assert!(leases.take_or_wait(&w("k"), 10, 1, now, true).expect("nothing asks").is_err());
+        assert!(leases.take_or_wait(&w("k"), 10, 1, now, true).is_none(), "short while asked for: wait");
+        assert_eq!(
+            leases.take(&w("k"), 10, 1, now).map(|t| t.held.units),
+            Err(Ask { index: 0, give_back: 0, lease: false })
+        );
+        leases.granted(&w("k"), 10, 8, 9, now);
+        leases.asked(&w("k"), 10);
+        assert!(matches!(leases.take_or_wait(&w("k"), 10, 1, now, true), Some(Ok(_))));
+        // 7 of 8 left: too early to join; at half, it joins once.
+        assert!(!leases.join_refill(&w("k"), 10));
+        for _ in 0..3 {
+            leases.take(&w("k"), 10, 1, now).expect("units");
+        }
+        assert!(leases.join_refill(&w("k"), 10), "4 of 8 left");
+        assert!(!leases.join_refill(&w("k"), 10), "already being refilled");
+        assert!(!leases.join_refill(&w("other"), 10), "no lease");
     }
 
     #[test]

@@ -396,6 +396,12 @@ impl RedisCounters {
         (self.refills.started.load(Relaxed), self.refills.in_flight.load(Relaxed))
     }
 
+    /// Requests that found a lease short while another request or a refill was asking
+    /// Redis for more, and waited for that ask to end instead of calling Redis.
+    pub fn lease_waits(&self) -> u64 {
+        self.refills.waited.load(Relaxed)
+    }
+
     /// Resolves once no lease refill is in flight (at once if none is).
     pub async fn refills_landed(&self) {
         loop {
@@ -628,15 +634,54 @@ impl RedisCounters {
         let mut current = vec![0u64; checks.len()];
         let mut asks = Vec::new();
         let mut refills = Refills { leases, application, checks, indices: Vec::new(), now };
-        for (i, c) in checks.iter().enumerate() {
-            match leases.take(&window(c), c.max, c.delta, at) {
-                Ok(taken) => {
-                    current[i] = taken.held.seen.saturating_sub(taken.held.units);
-                    if taken.refill {
-                        refills.indices.push(i);
-                    }
+        let mut sort = |i: usize, taken: Result<crate::lease::Taken, crate::lease::Ask>| match taken {
+            Ok(taken) => {
+                current[i] = taken.held.seen.saturating_sub(taken.held.units);
+                if taken.refill {
+                    refills.indices.push(i);
                 }
-                Err(ask) => asks.push(crate::lease::Ask { index: i, ..ask }),
+            }
+            Err(ask) => asks.push(crate::lease::Ask { index: i, ..ask }),
+        };
+        let mut waiting = Vec::new();
+        for (i, c) in checks.iter().enumerate() {
+            match leases.take_or_wait(&window(c), c.max, c.delta, at, true) {
+                Some(taken) => sort(i, taken),
+                None => waiting.push(i),
+            }
+        }
+        // Windows whose lease is short while another request or a refill asks Redis
+        // for more of it: wait for asks to end and take again (a window nobody asks
+        // for any more is then asked for by this request, with a lease), so one call
+        // at a time serves a window however many requests are in flight. The wait is
+        // bounded by Redis's response timeout; past it, the windows still short are
+        // asked for this request's need alone.
+        if !waiting.is_empty() {
+            self.refills.waited.fetch_add(1, Relaxed);
+            let deadline = tokio::time::Instant::now() + self.timeout;
+            loop {
+                let landed = leases.landed().notified();
+                tokio::pin!(landed);
+                // Registered before taking again, so an ask that ends after this take
+                // wakes it.
+                landed.as_mut().enable();
+                waiting.retain(|&i| {
+                    let c = &checks[i];
+                    match leases.take_or_wait(&window(c), c.max, c.delta, at, true) {
+                        Some(taken) => {
+                            sort(i, taken);
+                            false
+                        }
+                        None => true,
+                    }
+                });
+                if waiting.is_empty() || tokio::time::timeout_at(deadline, landed).await.is_err() {
+                    break;
+                }
+            }
+            for i in waiting {
+                let c = &checks[i];
+                sort(i, leases.take(&window(c), c.max, c.delta, at));
             }
         }
         // However this ends (answer, error, or the request dropped mid-call), the
@@ -713,6 +758,19 @@ impl RedisCounters {
         let decision = Decision::Allowed(crate::tightest(checks.iter().zip(current), now));
         if !asks.is_empty() {
             self.remember(application, &decision);
+        }
+        // A refill under way takes along this request's other windows that are past
+        // half their lease: windows used together (a request's several limits) are
+        // then refilled in one call, not drifting into a call each.
+        if !refills.indices.is_empty() {
+            for (i, c) in checks.iter().enumerate() {
+                if !refills.indices.contains(&i)
+                    && !asks.iter().any(|a| a.index == i)
+                    && leases.join_refill(&window(c), c.max)
+                {
+                    refills.indices.push(i);
+                }
+            }
         }
         self.refill(&mut refills);
         Ok(decision)
@@ -1013,6 +1071,8 @@ impl RedisCounters {
 struct RefillCounts {
     started: AtomicU64,
     in_flight: AtomicU64,
+    /// Requests that waited for another's ask of a lease to end.
+    waited: AtomicU64,
     landed: tokio::sync::Notify,
 }
 

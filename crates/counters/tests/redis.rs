@@ -2,6 +2,7 @@
 //! redis://127.0.0.1:6379) for counting and leases, and a private `redis-server` this
 //! test starts and stops for the failure modes.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tollgate_counters::{Check, Counters, Decision, FailureMode, Period, RedisCounters};
 
@@ -464,6 +465,59 @@ async fn away_from_the_limit_few_requests_reach_redis() {
     assert!(asked >= 4_000 / 100, "{asked}: every lease was asked for");
     let status = node.status(&app, &checks, now).await.expect("status");
     assert_eq!(status[0].current + status[1].current, 4_000 + 8_000 + node.leased(), "granted = used + leased");
+}
+
+/// Many requests at once, as a gateway under load serves them: one that finds its
+/// lease short while a refill is in flight waits for that refill rather than calling
+/// Redis for its own need, so calls stay near one per lease however many requests are
+/// in flight (before, 50 connections made 0.15 calls per request).
+#[tokio::test]
+async fn concurrent_requests_wait_for_the_refill_in_flight() {
+    let now = now();
+    let app = app("lease-concurrent");
+    let node = Arc::new(leasing(100).await);
+    let (tasks, each) = (50, 80);
+    let mut joins = tokio::task::JoinSet::new();
+    for _ in 0..tasks {
+        let (node, app) = (node.clone(), app.clone());
+        joins.spawn(async move {
+            let checks = [
+                Check { metric: "hits", period: Period::Minute, max: 1_000_000, delta: 1 },
+                Check { metric: "messages", period: Period::Hour, max: 1_000_000, delta: 2 },
+            ];
+            let mut admitted = 0;
+            for _ in 0..each {
+                let d = node.authorize(&app, &checks, now).await.expect("redis");
+                admitted += usize::from(matches!(d, Decision::Allowed(_)));
+            }
+            admitted
+        });
+    }
+    let mut admitted = 0;
+    while let Some(n) = joins.join_next().await {
+        admitted += n.expect("task");
+    }
+    let requests = tasks * each;
+    assert_eq!(admitted, requests);
+    tokio::time::timeout(Duration::from_secs(10), node.refills_landed()).await.expect("a refill never landed");
+    let (asked, skipped) = node.calls();
+    let (refills, _) = node.refills();
+    println!("{requests} requests: {asked} Redis calls, {refills} of them refills, {} waits", node.lease_waits());
+    assert_eq!(skipped, 0);
+    assert!(node.lease_waits() > 0, "requests found a refill in flight and waited for it");
+    assert!(asked as usize * 20 <= requests, "{asked} Redis calls for {requests} requests (at most 0.05 per request)");
+    let status = node
+        .status(
+            &app,
+            &[
+                Check { metric: "hits", period: Period::Minute, max: 1_000_000, delta: 1 },
+                Check { metric: "messages", period: Period::Hour, max: 1_000_000, delta: 2 },
+            ],
+            now,
+        )
+        .await
+        .expect("status");
+    assert_eq!(status[0].current + status[1].current, requests as u64 * 3 + node.leased(), "granted = used + leased");
 }
 
 /// A node that dies without giving its leases back costs the window at most its
