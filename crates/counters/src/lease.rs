@@ -196,7 +196,8 @@ impl Leases {
 
     /// [`Leases::take`], but when the lease is short while a request or a refill is
     /// asking Redis for more of it (its units will be here within one Redis round
-    /// trip), returns `None` and changes nothing if `wait` is set: the caller waits for
+    /// trip) and `delta` is at most 1/[`REFILL_AT`] of a lease, returns `None` and
+    /// changes nothing if `wait` is set: the caller waits for
     /// [`Leases::landed`] and takes again, instead of sending Redis a call of its own
     /// for its need. Under concurrent requests, a refill in flight otherwise turned
     /// every request that found the lease empty meanwhile into a Redis call (0.15
@@ -219,7 +220,13 @@ impl Leases {
                 h.asking |= refill;
                 Ok(Taken { held: *h, refill })
             }
-            Some(h) if wait && h.max == max && h.asking => return None,
+            // Only a small need waits: one that is more than 1/REFILL_AT of a lease
+            // (a metered WebSocket read of dozens of messages) would take most of what
+            // the ask brings, so requests waiting behind one call would go one by one
+            // at Redis's round trip; it asks for itself, in parallel with the others.
+            Some(h) if wait && h.max == max && h.asking && delta.saturating_mul(REFILL_AT) <= self.units => {
+                return None;
+            }
             Some(h) if h.max == max => {
                 let give_back = std::mem::take(&mut h.units);
                 let lease = !std::mem::replace(&mut h.asking, true);
@@ -399,6 +406,11 @@ mod tests {
         let now = Instant::now();
         assert!(leases.take_or_wait(&w("k"), 10, 1, now, true).expect("nothing asks").is_err());
         assert!(leases.take_or_wait(&w("k"), 10, 1, now, true).is_none(), "short while asked for: wait");
+        assert_eq!(
+            leases.take_or_wait(&w("k"), 10, 26, now, true).map(|t| t.map(|t| t.held.units)),
+            Some(Err(Ask { index: 0, give_back: 0, lease: false })),
+            "a need above a quarter of a lease asks for itself"
+        );
         assert_eq!(
             leases.take(&w("k"), 10, 1, now).map(|t| t.held.units),
             Err(Ask { index: 0, give_back: 0, lease: false })
