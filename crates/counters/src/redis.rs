@@ -402,6 +402,12 @@ impl RedisCounters {
         self.refills.waited.load(Relaxed)
     }
 
+    /// Waits of [`RedisCounters::lease_waits`] that reached the Redis timeout (the
+    /// failure mode answered those requests).
+    pub fn lease_wait_timeouts(&self) -> u64 {
+        self.refills.wait_timeouts.load(Relaxed)
+    }
+
     /// Resolves once no lease refill is in flight (at once if none is).
     pub async fn refills_landed(&self) {
         loop {
@@ -452,6 +458,11 @@ impl RedisCounters {
     /// asking it (Redis frozen), since the start.
     pub fn calls(&self) -> (u64, u64) {
         (self.breaker.asked.load(Relaxed), self.breaker.skipped.load(Relaxed))
+    }
+
+    /// Whether the last call to Redis (a request's, or a lease refill's) timed out.
+    fn timing_out(&self) -> bool {
+        self.breaker.timeouts_in_a_row.load(Relaxed) > 0 || self.refills.timed_out.load(Relaxed)
     }
 
     /// Before a hot-path call: `Err` (why) when Redis counts as frozen.
@@ -634,54 +645,93 @@ impl RedisCounters {
         let mut current = vec![0u64; checks.len()];
         let mut asks = Vec::new();
         let mut refills = Refills { leases, application, checks, indices: Vec::new(), now };
-        let mut sort = |i: usize, taken: Result<crate::lease::Taken, crate::lease::Ask>| match taken {
-            Ok(taken) => {
-                current[i] = taken.held.seen.saturating_sub(taken.held.units);
-                if taken.refill {
-                    refills.indices.push(i);
+        // Whether this request holds an ask of a window (a lease it will ask Redis for,
+        // or a refill it will start): it must then never wait for another's ask, or
+        // two requests could each wait for the ask the other holds.
+        let mut holds = false;
+        // (A macro, not a closure: the pass below also reads and clears `asks`.)
+        macro_rules! sort {
+            ($i:expr, $taken:expr) => {
+                match $taken {
+                    Ok(taken) => {
+                        current[$i] = taken.held.seen.saturating_sub(taken.held.units);
+                        if taken.refill {
+                            refills.indices.push($i);
+                            holds = true;
+                        }
+                    }
+                    Err(ask) => {
+                        if ask.lease {
+                            holds = true;
+                        }
+                        asks.push(crate::lease::Ask { index: $i, ..ask });
+                    }
                 }
-            }
-            Err(ask) => asks.push(crate::lease::Ask { index: i, ..ask }),
-        };
-        let mut waiting = Vec::new();
-        for (i, c) in checks.iter().enumerate() {
-            match leases.take_or_wait(&window(c), c.max, c.delta, at, true) {
-                Some(taken) => sort(i, taken),
-                None => waiting.push(i),
-            }
+            };
         }
         // Windows whose lease is short while another request or a refill asks Redis
         // for more of it: wait for asks to end and take again (a window nobody asks
         // for any more is then asked for by this request, with a lease), so one call
-        // at a time serves a window however many requests are in flight. The wait is
-        // bounded by Redis's response timeout; past it, the windows still short are
-        // asked for this request's need alone.
-        if !waiting.is_empty() {
-            self.refills.waited.fetch_add(1, Relaxed);
-            let deadline = tokio::time::Instant::now() + self.timeout;
-            loop {
-                let landed = leases.landed().notified();
-                tokio::pin!(landed);
-                // Registered before taking again, so an ask that ends after this take
-                // wakes it.
-                landed.as_mut().enable();
-                waiting.retain(|&i| {
-                    let c = &checks[i];
-                    match leases.take_or_wait(&window(c), c.max, c.delta, at, true) {
-                        Some(taken) => {
-                            sort(i, taken);
-                            false
-                        }
-                        None => true,
-                    }
-                });
-                if waiting.is_empty() || tokio::time::timeout_at(deadline, landed).await.is_err() {
-                    break;
+        // at a time serves a window however many requests are in flight. A request
+        // waits holding nothing: not an ask (two requests could each wait for the ask
+        // the other holds — a request that holds one takes without waiting), and not
+        // units (what it took of its other windows goes back first: a waiting
+        // request's units would otherwise be missed by the lease, which would ask for
+        // more, and on their return the node would hold more than a lease). The wait
+        // is bounded by Redis's response timeout: an ask that took that long, or that
+        // timed out, means Redis is not answering, and the failure mode answers.
+        let mut waiting = Vec::new();
+        let mut landed: Option<std::pin::Pin<Box<tokio::sync::futures::Notified<'_>>>> = None;
+        let mut deadline = None;
+        loop {
+            waiting.clear();
+            for (i, c) in checks.iter().enumerate() {
+                match leases.take_or_wait(&window(c), c.max, c.delta, at, !holds) {
+                    Some(taken) => sort!(i, taken),
+                    None => waiting.push(i),
                 }
             }
-            for i in waiting {
-                let c = &checks[i];
-                sort(i, leases.take(&window(c), c.max, c.delta, at));
+            if waiting.is_empty() {
+                break;
+            }
+            if holds {
+                for &i in &waiting {
+                    let c = &checks[i];
+                    // (`holds` is not read again: the request asks without waiting.)
+                    #[allow(unused_assignments)]
+                    {
+                        sort!(i, leases.take(&window(c), c.max, c.delta, at));
+                    }
+                }
+                break;
+            }
+            // Nothing held: asks are only for a request's own need (no lease marked),
+            // and the units taken go back.
+            for (i, c) in checks.iter().enumerate() {
+                if !waiting.contains(&i) && !asks.iter().any(|a| a.index == i) {
+                    leases.untake(&window(c), c.max, c.delta, at);
+                }
+            }
+            asks.clear();
+            match landed.take() {
+                // Registered, then taken again: an ask that ends after that take wakes it.
+                None => {
+                    let mut notified = Box::pin(leases.landed().notified());
+                    notified.as_mut().enable();
+                    landed = Some(notified);
+                }
+                Some(notified) => {
+                    let until = *deadline.get_or_insert_with(|| {
+                        self.refills.waited.fetch_add(1, Relaxed);
+                        tokio::time::Instant::now() + self.timeout
+                    });
+                    if tokio::time::timeout_at(until, notified).await.is_err() || self.timing_out() {
+                        self.refills.wait_timeouts.fetch_add(1, Relaxed);
+                        drop(refills);
+                        let why = "a lease call of this window did not end within the Redis timeout".to_string();
+                        return self.without_redis(application, checks, now, why);
+                    }
+                }
             }
         }
         // However this ends (answer, error, or the request dropped mid-call), the
@@ -823,6 +873,7 @@ impl RedisCounters {
             }
             call.key(&receipt).arg(RECEIPT_SECONDS);
             let result = call.invoke_async::<Vec<i64>>(&mut link.worker()).await;
+            let result_ok = result.is_ok();
             match result {
                 Ok(reply) => {
                     if let [1, granted @ ..] = reply.as_slice()
@@ -835,10 +886,14 @@ impl RedisCounters {
                         }
                     }
                 }
-                Err(_) => {
+                Err(e) => {
+                    counts.timed_out.store(e.is_timeout(), Relaxed);
                     let keys = windows.iter().map(|w| w.key.clone()).collect();
                     lock(&doubts).push(Doubt { receipt, keys, since: Instant::now() });
                 }
+            }
+            if result_ok {
+                counts.timed_out.store(false, Relaxed);
             }
             for w in &windows {
                 leases.asked(&w.window(&application), w.max);
@@ -1073,6 +1128,11 @@ struct RefillCounts {
     in_flight: AtomicU64,
     /// Requests that waited for another's ask of a lease to end.
     waited: AtomicU64,
+    /// Those whose wait reached the Redis timeout, or ended with the ask timed out
+    /// (the failure mode answered them).
+    wait_timeouts: AtomicU64,
+    /// The last refill's call timed out.
+    timed_out: AtomicBool,
     landed: tokio::sync::Notify,
 }
 

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tollgate_counters::{Check, Counters, Decision, FailureMode, Period, RedisCounters};
+use tollgate_counters::{Check, Counters, CountersError, Decision, FailureMode, Period, RedisCounters};
 
 /// Windows are keys that expire a minute after the window ends, by Redis' clock: tests
 /// count in the present. Each test reads the time once and passes it everywhere, so no
@@ -518,6 +518,73 @@ async fn concurrent_requests_wait_for_the_refill_in_flight() {
         .await
         .expect("status");
     assert_eq!(status[0].current + status[1].current, requests as u64 * 3 + node.leased(), "granted = used + leased");
+}
+
+/// Requests with two windows at their limit, many at once on two threads: a request
+/// that holds an ask never waits for another's, so two requests cannot each wait for
+/// the ask the other holds (they did, for the whole Redis timeout, found by an
+/// adversarial run). Exactly the limit passes, and no wait reaches the timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_holding_an_ask_never_wait_for_each_other() {
+    let now = now();
+    let app = app("lease-cross");
+    let node = Arc::new(leasing_at(&url(), Duration::from_secs(5), 100).await);
+    let mut joins = tokio::task::JoinSet::new();
+    for _ in 0..16 {
+        let (node, app) = (node.clone(), app.clone());
+        joins.spawn(async move {
+            let checks = [
+                Check { metric: "hits", period: Period::Day, max: 50, delta: 1 },
+                Check { metric: "hits", period: Period::Week, max: 50, delta: 1 },
+            ];
+            let mut admitted = 0;
+            for _ in 0..30 {
+                let d = node.authorize(&app, &checks, now).await.expect("redis");
+                admitted += usize::from(matches!(d, Decision::Allowed(_)));
+            }
+            admitted
+        });
+    }
+    let mut admitted = 0;
+    while let Some(n) = joins.join_next().await {
+        admitted += n.expect("task");
+    }
+    assert_eq!(admitted, 50, "exactly the limit of both windows");
+    assert_eq!(node.lease_wait_timeouts(), 0, "{} waits, some until the timeout", node.lease_waits());
+}
+
+/// Redis frozen while a lease refill is in flight: the requests waiting for it are
+/// answered by the failure mode when it times out, without a call of their own (which
+/// would have made them wait the timeout twice).
+#[tokio::test]
+async fn waiters_for_a_refill_that_timed_out_get_the_failure_mode_at_once() {
+    let now = now();
+    let server = PrivateRedis::start();
+    let node = Arc::new(leasing_at(&server.url(), Duration::from_secs(2), 100).await);
+    let app = app("lease-frozen");
+    let checks = hits(1_000_000);
+    assert!(matches!(node.authorize(&app, &checks, now).await, Ok(Decision::Allowed(_))));
+    assert_eq!(node.leased(), 100);
+    let pid = server.child.as_ref().expect("running").id();
+    signal(pid, "STOP");
+    // 99 from the lease; the 75th leaves a quarter and starts a refill, which hangs.
+    for _ in 0..100 {
+        assert!(matches!(node.authorize(&app, &checks, now).await, Ok(Decision::Allowed(_))));
+    }
+    assert_eq!(node.leased(), 0);
+    let (calls, _) = node.calls();
+    assert_eq!(node.refills().1, 1, "a refill is in flight");
+    let mut joins = tokio::task::JoinSet::new();
+    for _ in 0..10 {
+        let (node, app) = (node.clone(), app.clone());
+        joins.spawn(async move { node.authorize(&app, &hits(1_000_000), now).await });
+    }
+    while let Some(r) = joins.join_next().await {
+        assert!(matches!(r.expect("task"), Err(CountersError::Unavailable(_))), "strict refuses");
+    }
+    assert_eq!(node.calls().0, calls, "the waiters made no call of their own");
+    assert_eq!(node.lease_wait_timeouts(), 10);
+    signal(pid, "CONT");
 }
 
 /// A node that dies without giving its leases back costs the window at most its
