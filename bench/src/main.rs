@@ -10,6 +10,7 @@
 mod cpu;
 mod grpc;
 mod http;
+mod instructions;
 mod peers;
 mod report;
 mod scale;
@@ -26,7 +27,7 @@ use ws::Target;
 
 const USAGE: &str =
     "usage: tollgate-bench all [--smoke] [--rounds N] [--seconds S] [--only LIST] [--soak-minutes M] [--out DIR]
-         LIST: comma-separated of http, cpu, fleet, grpc, redis, tls, pingpong, handshakes, stream, memory, scale, soak
+         LIST: comma-separated of http, cpu, instructions, fleet, grpc, redis, tls, pingpong, handshakes, stream, memory, scale, soak
          (soak runs only when named, or under --smoke for a few seconds)
        tollgate-bench echo          (an echo WebSocket server; prints its port)
        tollgate-bench grpc          (a gRPC echo server over h2c, tonic; prints its port)
@@ -47,6 +48,8 @@ struct Settings {
     /// Upper bound on handshakes per turn (each uses a fresh source address).
     handshake_max: usize,
     stream_messages: usize,
+    /// `instructions`: requests counted per contestant (after a warm-up).
+    instruction_requests: usize,
     idle: Vec<usize>,
     /// `scale`: configuration sizes, in products (ten applications each).
     scale: Vec<usize>,
@@ -69,6 +72,7 @@ impl Settings {
             handshake_concurrency: 16,
             handshake_max: 60_000,
             stream_messages: 50_000,
+            instruction_requests: 2_000,
             idle: vec![1_000, 9_000],
             scale: vec![10, 100, 1_000, 10_000],
             soak: soak::Plan {
@@ -97,6 +101,7 @@ impl Settings {
             handshake_concurrency: 2,
             handshake_max: 50,
             stream_messages: 200,
+            instruction_requests: 20,
             idle: vec![20],
             scale: vec![10, 100],
             soak: soak::Plan {
@@ -159,8 +164,21 @@ fn parse(args: &[String]) -> Result<Settings> {
             _ => bail!("unknown flag {flag}\n{USAGE}"),
         }
     }
-    const PHASES: [&str; 12] =
-        ["http", "cpu", "fleet", "grpc", "redis", "tls", "pingpong", "handshakes", "stream", "memory", "scale", "soak"];
+    const PHASES: [&str; 13] = [
+        "http",
+        "cpu",
+        "instructions",
+        "fleet",
+        "grpc",
+        "redis",
+        "tls",
+        "pingpong",
+        "handshakes",
+        "stream",
+        "memory",
+        "scale",
+        "soak",
+    ];
     if let Some(p) = s.only.iter().find(|p| !PHASES.contains(&p.as_str())) {
         bail!("--only: unknown measure `{p}`; choose from {}", PHASES.join(", "));
     }
@@ -273,7 +291,7 @@ async fn all_in(dir: &Path, s: &Settings) -> Result<()> {
     let files = Files { dir: dir.to_path_buf(), cert, key, both };
     let mut tables = Report::default();
     let field = start(&files, s).await?;
-    for phase in ["http", "cpu", "fleet", "grpc", "redis", "tls", "pingpong", "handshakes", "stream"] {
+    for phase in ["http", "cpu", "instructions", "fleet", "grpc", "redis", "tls", "pingpong", "handshakes", "stream"] {
         if !s.wants(phase) {
             continue;
         }
@@ -286,6 +304,10 @@ async fn all_in(dir: &Path, s: &Settings) -> Result<()> {
             "tls" => vec![http_table(&field, s, true).await?, tls_handshakes(&field, s).await?],
             "pingpong" => vec![ping_pong(&field, s, 32).await?, ping_pong(&field, s, 4096).await?],
             "handshakes" => vec![handshakes(&field, s).await?],
+            "instructions" => vec![
+                instructions::table(&files.dir, field.backends, &files.cert, &files.key, s.instruction_requests)
+                    .await?,
+            ],
             _ => vec![stream(&field, s).await?],
         };
         publish(s, &mut tables, new)?;
@@ -353,7 +375,7 @@ struct Report {
     soak: Option<soak::Outcome>,
 }
 
-const KEY: &str = "user_key=bench-key";
+pub(crate) const KEY: &str = "user_key=bench-key";
 
 /// Runs `measure` for every contestant, `rounds` times, alternating contestants.
 async fn rounds<T, F, Fut>(s: &Settings, names: &[&str], mut measure: F) -> Result<Vec<Vec<T>>>

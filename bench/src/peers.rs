@@ -115,6 +115,22 @@ async fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0").await?.local_addr()?.port())
 }
 
+/// Starts `cmd` and waits (up to a minute: a program under valgrind starts slowly)
+/// until it accepts connections on `addr`.
+pub async fn spawn_listening(name: &str, mut cmd: Command, addr: SocketAddr) -> Result<Process> {
+    let mut child = cmd.kill_on_drop(true).spawn().with_context(|| format!("{name}: cannot start"))?;
+    for _ in 0..2_400 {
+        if TcpStream::connect(addr).await.is_ok() {
+            return Ok(Process { child });
+        }
+        if let Some(status) = child.try_wait()? {
+            bail!("{name} exited ({status})");
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    bail!("{name} did not start listening on {addr} within a minute")
+}
+
 /// Waits (bounded) until `addr` accepts connections or the process exits.
 async fn accepting(name: &str, child: &mut Child, addr: SocketAddr) -> Result<()> {
     for _ in 0..200 {
@@ -528,9 +544,30 @@ pub async fn tollgate_from(
     key: &Path,
     extra: &[String],
 ) -> Result<(Process, Fronts)> {
+    tollgate_wrapped(None, bin, dir, to, cert, key, extra).await
+}
+
+/// [`tollgate_from`], run by `wrapper` (a program and its arguments, before the
+/// binary: valgrind) when one is given.
+pub async fn tollgate_wrapped(
+    wrapper: Option<(&Path, &[String])>,
+    bin: &Path,
+    dir: &Path,
+    to: Backends,
+    cert: &Path,
+    key: &Path,
+    extra: &[String],
+) -> Result<(Process, Fronts)> {
     let config = dir.join("tollgate.yaml");
     std::fs::write(&config, tollgate_config(to))?;
-    let mut cmd = Command::new(bin);
+    let mut cmd = match wrapper {
+        Some((program, args)) => {
+            let mut cmd = Command::new(program);
+            cmd.args(args).arg(bin);
+            cmd
+        }
+        None => Command::new(bin),
+    };
     cmd.args(["--log", "warn", "serve", "--config"])
         .arg(&config)
         .args(["--staging-listen", "127.0.0.1:0", "--production-listen", "tls://127.0.0.1:0"])
