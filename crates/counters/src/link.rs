@@ -205,13 +205,28 @@ fn no_master() -> RedisError {
     ))
 }
 
+/// Whether a call failed on a connection that the server had dropped (it restarted,
+/// or closed an idle connection): the connection manager makes a new connection, and
+/// the call is sent once more on it. A node would otherwise answer the first call of
+/// every connection after a Redis restart with the failure mode, however long after.
+/// Sending again is safe for limits: the server that dropped the connection cannot
+/// have run the call unless it ran it just before closing, and then the retry counts
+/// the request twice — one unit fewer admitted, never one more.
+fn dropped(e: &RedisError) -> bool {
+    e.is_connection_dropped() && !e.is_connection_refusal() && !e.is_timeout()
+}
+
 impl ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
-            Conn::Server(c, None) => c.req_packed_command(cmd),
-            Conn::Server(c, Some(wake)) => Box::pin(async move {
-                let result = c.req_packed_command(cmd).await;
-                wake_if_moved(wake, &result);
+            Conn::Server(c, wake) => Box::pin(async move {
+                let mut result = c.req_packed_command(cmd).await;
+                if result.as_ref().is_err_and(dropped) {
+                    result = c.req_packed_command(cmd).await;
+                }
+                if let Some(wake) = wake {
+                    wake_if_moved(wake, &result);
+                }
                 result
             }),
             Conn::Cluster(c) => c.req_packed_command(cmd),
@@ -229,10 +244,14 @@ impl ConnectionLike for Conn {
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
-            Conn::Server(c, None) => c.req_packed_commands(pipeline, offset, count),
-            Conn::Server(c, Some(wake)) => Box::pin(async move {
-                let result = c.req_packed_commands(pipeline, offset, count).await;
-                wake_if_moved(wake, &result);
+            Conn::Server(c, wake) => Box::pin(async move {
+                let mut result = c.req_packed_commands(pipeline, offset, count).await;
+                if result.as_ref().is_err_and(dropped) {
+                    result = c.req_packed_commands(pipeline, offset, count).await;
+                }
+                if let Some(wake) = wake {
+                    wake_if_moved(wake, &result);
+                }
                 result
             }),
             Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),

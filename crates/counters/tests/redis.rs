@@ -222,6 +222,28 @@ impl Drop for PrivateRedis {
     }
 }
 
+/// After Redis restarts, the first call on a connection it dropped was answered by the
+/// failure mode (503 in `strict`), however long after the restart (found by an
+/// adversarial run): it is now sent again on a new connection.
+#[tokio::test]
+async fn after_a_redis_restart_the_next_call_is_answered() {
+    let now = now();
+    let mut server = PrivateRedis::start();
+    let node = redis_at(&server.url()).await;
+    let checks = hits(1_000);
+    assert!(matches!(node.authorize("restart", &checks, now).await, Ok(Decision::Allowed(_))));
+    server.stop();
+    server.restart();
+    for _ in 0..3 {
+        let d = node.authorize("restart", &checks, now).await;
+        assert!(matches!(d, Ok(Decision::Allowed(_))), "{d:?}");
+    }
+}
+
+async fn redis_at(url: &str) -> RedisCounters {
+    RedisCounters::connect(url, "tollgate-test", FailureMode::Strict, Duration::from_secs(2)).await.expect("url")
+}
+
 #[tokio::test]
 async fn failure_modes_when_redis_goes_away_and_comes_back() {
     let now = now();
