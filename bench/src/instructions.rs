@@ -42,8 +42,8 @@ pub async fn table(dir: &Path, to: Backends, cert: &Path, key: &Path, requests: 
     std::fs::create_dir_all(&root)?;
     let mut rows = Vec::new();
 
-    let nginx = nginx(&root, to).await?;
-    let per = count(&nginx, nginx_front(&root)?, "plain.localhost", requests).await?;
+    let (nginx, front) = nginx(&root, to).await?;
+    let per = count(&nginx, front, "plain.localhost", requests).await?;
     rows.push(row("nginx", per));
     drop(nginx);
 
@@ -91,10 +91,9 @@ async fn tollgate(
     key: &Path,
 ) -> Result<(Counted, SocketAddr)> {
     let wrapper = callgrind(root, name);
-    let (process, fronts) =
-        peers::tollgate_wrapped(Some((&which("valgrind")?, &wrapper)), bin, dir, to, cert, key, &[])
-            .await
-            .with_context(|| format!("{name} under callgrind"))?;
+    let (process, fronts) = peers::tollgate_from(Some((&which("valgrind")?, &wrapper)), bin, dir, to, cert, key, &[])
+        .await
+        .with_context(|| format!("{name} under callgrind"))?;
     let pid = process.id().context("tollgate exited")?;
     let prefix = root.join(format!("callgrind.{}.{pid}", name.replace([' ', ','], "-")));
     Ok((Counted { process, pid, prefix }, fronts.http))
@@ -102,23 +101,12 @@ async fn tollgate(
 
 /// nginx in one process (no master, one worker's work in it), proxying to the backend
 /// with kept-alive connections as the `http` measure's nginx does.
-async fn nginx(root: &Path, to: Backends) -> Result<Counted> {
+async fn nginx(root: &Path, to: Backends) -> Result<(Counted, SocketAddr)> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let conf = format!(
         r#"master_process off;
 daemon off;
-worker_processes 1;
-pid {root}/nginx.pid;
-error_log {root}/nginx-error.log crit;
-events {{ worker_connections 1024; }}
-http {{
-  access_log off;
-  client_body_temp_path {root}/body;
-  proxy_temp_path {root}/proxy;
-  fastcgi_temp_path {root}/fastcgi;
-  uwsgi_temp_path {root}/uwsgi;
-  scgi_temp_path {root}/scgi;
-  keepalive_requests 1000000;
+{prelude}
   upstream backend {{ server {backend}; keepalive 16; }}
   server {{
     listen 127.0.0.1:{port};
@@ -130,22 +118,17 @@ http {{
   }}
 }}
 "#,
-        root = root.display(),
+        prelude = peers::nginx_prelude(root, 1),
         backend = to.http,
     );
     let file = root.join("nginx.conf");
     std::fs::write(&file, conf)?;
-    std::fs::write(root.join("nginx.port"), port.to_string())?;
     let mut cmd = tokio::process::Command::new(which("valgrind")?);
     cmd.args(callgrind(root, "nginx")).arg(which("nginx")?).arg("-p").arg(root).arg("-c").arg(&file);
     cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
     let process = peers::spawn_listening("nginx under callgrind", cmd, peers::loopback(port)).await?;
     let pid = process.id().context("nginx exited")?;
-    Ok(Counted { process, pid, prefix: root.join(format!("callgrind.nginx.{pid}")) })
-}
-
-fn nginx_front(root: &Path) -> Result<SocketAddr> {
-    Ok(peers::loopback(std::fs::read_to_string(root.join("nginx.port"))?.trim().parse()?))
+    Ok((Counted { process, pid, prefix: root.join(format!("callgrind.nginx.{pid}")) }, peers::loopback(port)))
 }
 
 /// Instructions per request of `requests` requests to `host` on `front`.

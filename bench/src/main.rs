@@ -255,7 +255,7 @@ async fn start(files: &Files, s: &Settings) -> Result<Field> {
     };
     let baseline = match peers::baseline_bin() {
         Some(bin) => {
-            let (p, fronts) = peers::tollgate_from(&bin, &files.dir, backends, &files.cert, &files.key, &[])
+            let (p, fronts) = peers::tollgate_from(None, &bin, &files.dir, backends, &files.cert, &files.key, &[])
                 .await
                 .with_context(|| format!("TOLLGATE_BASELINE={}", bin.display()))?;
             let pid = p.id();
@@ -840,7 +840,8 @@ async fn memory(files: &Files, n: usize) -> Result<Table> {
             }
             BASELINE_METERED => {
                 let bin = baseline.as_deref().context("no baseline")?;
-                let (p, fr) = peers::tollgate_from(bin, &files.dir, backends, &files.cert, &files.key, &[]).await?;
+                let (p, fr) =
+                    peers::tollgate_from(None, bin, &files.dir, backends, &files.cert, &files.key, &[]).await?;
                 (p, fr, "metered.localhost")
             }
             _ => {

@@ -119,30 +119,29 @@ async fn free_port() -> Result<u16> {
 /// until it accepts connections on `addr`.
 pub async fn spawn_listening(name: &str, mut cmd: Command, addr: SocketAddr) -> Result<Process> {
     let mut child = cmd.kill_on_drop(true).spawn().with_context(|| format!("{name}: cannot start"))?;
-    for _ in 0..2_400 {
-        if TcpStream::connect(addr).await.is_ok() {
-            return Ok(Process { child });
-        }
-        if let Some(status) = child.try_wait()? {
-            bail!("{name} exited ({status})");
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    bail!("{name} did not start listening on {addr} within a minute")
+    accepting_within(name, &mut child, addr, Duration::from_secs(60)).await?;
+    Ok(Process { child })
 }
 
 /// Waits (bounded) until `addr` accepts connections or the process exits.
 async fn accepting(name: &str, child: &mut Child, addr: SocketAddr) -> Result<()> {
-    for _ in 0..200 {
+    accepting_within(name, child, addr, Duration::from_secs(5)).await
+}
+
+/// [`accepting`], for up to `patience`. (A listener tells no one it is ready: the
+/// port is tried every 25 ms.)
+async fn accepting_within(name: &str, child: &mut Child, addr: SocketAddr, patience: Duration) -> Result<()> {
+    let every = Duration::from_millis(25);
+    for _ in 0..patience.as_millis() / every.as_millis() {
         if TcpStream::connect(addr).await.is_ok() {
             return Ok(());
         }
         if let Some(status) = child.try_wait()? {
             bail!("{name} exited ({status}); is port {} taken?", addr.port());
         }
-        tokio::time::sleep(Duration::from_millis(25)).await;
+        tokio::time::sleep(every).await;
     }
-    bail!("{name} did not start listening on {addr}")
+    bail!("{name} did not start listening on {addr} within {} s", patience.as_secs())
 }
 
 pub fn which(name: &str) -> Result<PathBuf> {
@@ -207,7 +206,7 @@ pub struct Backends {
     pub grpc: SocketAddr,
 }
 
-fn nginx_prelude(root: &Path, workers: usize) -> String {
+pub(crate) fn nginx_prelude(root: &Path, workers: usize) -> String {
     let root = root.display();
     format!(
         r#"
@@ -526,7 +525,7 @@ pub async fn tollgate(
     key: &Path,
     extra: &[String],
 ) -> Result<(Process, Fronts)> {
-    tollgate_from(&tollgate_bin()?, dir, to, cert, key, extra).await
+    tollgate_from(None, &tollgate_bin()?, dir, to, cert, key, extra).await
 }
 
 /// A second Tollgate to compare with (`TOLLGATE_BASELINE`: another build's binary, say
@@ -535,21 +534,9 @@ pub fn baseline_bin() -> Option<PathBuf> {
     std::env::var_os("TOLLGATE_BASELINE").filter(|v| !v.is_empty()).map(PathBuf::from)
 }
 
-/// [`tollgate`] with the binary `bin`.
+/// [`tollgate`] with the binary `bin`, run by `wrapper` (a program and its arguments,
+/// before the binary: valgrind) when one is given.
 pub async fn tollgate_from(
-    bin: &Path,
-    dir: &Path,
-    to: Backends,
-    cert: &Path,
-    key: &Path,
-    extra: &[String],
-) -> Result<(Process, Fronts)> {
-    tollgate_wrapped(None, bin, dir, to, cert, key, extra).await
-}
-
-/// [`tollgate_from`], run by `wrapper` (a program and its arguments, before the
-/// binary: valgrind) when one is given.
-pub async fn tollgate_wrapped(
     wrapper: Option<(&Path, &[String])>,
     bin: &Path,
     dir: &Path,

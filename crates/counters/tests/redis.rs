@@ -489,24 +489,20 @@ async fn away_from_the_limit_few_requests_reach_redis() {
     assert_eq!(status[0].current + status[1].current, 4_000 + 8_000 + node.leased(), "granted = used + leased");
 }
 
-/// Many requests at once, as a gateway under load serves them: one that finds its
-/// lease short while a refill is in flight waits for that refill rather than calling
-/// Redis for its own need, so calls stay near one per lease however many requests are
-/// in flight (before, 50 connections made 0.15 calls per request).
-#[tokio::test]
-async fn concurrent_requests_wait_for_the_refill_in_flight() {
-    let now = now();
-    let app = app("lease-concurrent");
-    let node = Arc::new(leasing(100).await);
-    let (tasks, each) = (50, 80);
+/// `tasks` tasks each making `each` requests with `checks` at `now` on `node`, all at once;
+/// returns how many were admitted.
+async fn concurrently(
+    node: &Arc<RedisCounters>,
+    app: &str,
+    checks: &[Check<'static>],
+    now: i64,
+    tasks: usize,
+    each: usize,
+) -> usize {
     let mut joins = tokio::task::JoinSet::new();
     for _ in 0..tasks {
-        let (node, app) = (node.clone(), app.clone());
+        let (node, app, checks) = (node.clone(), app.to_string(), checks.to_vec());
         joins.spawn(async move {
-            let checks = [
-                Check { metric: "hits", period: Period::Minute, max: 1_000_000, delta: 1 },
-                Check { metric: "messages", period: Period::Hour, max: 1_000_000, delta: 2 },
-            ];
             let mut admitted = 0;
             for _ in 0..each {
                 let d = node.authorize(&app, &checks, now).await.expect("redis");
@@ -519,6 +515,24 @@ async fn concurrent_requests_wait_for_the_refill_in_flight() {
     while let Some(n) = joins.join_next().await {
         admitted += n.expect("task");
     }
+    admitted
+}
+
+/// Many requests at once, as a gateway under load serves them: one that finds its
+/// lease short while a refill is in flight waits for that refill rather than calling
+/// Redis for its own need, so calls stay near one per lease however many requests are
+/// in flight (before, 50 connections made 0.15 calls per request).
+#[tokio::test]
+async fn concurrent_requests_wait_for_the_refill_in_flight() {
+    let now = now();
+    let app = app("lease-concurrent");
+    let node = Arc::new(leasing(100).await);
+    let (tasks, each) = (50, 80);
+    let checks = [
+        Check { metric: "hits", period: Period::Minute, max: 1_000_000, delta: 1 },
+        Check { metric: "messages", period: Period::Hour, max: 1_000_000, delta: 2 },
+    ];
+    let admitted = concurrently(&node, &app, &checks, now, tasks, each).await;
     let requests = tasks * each;
     assert_eq!(admitted, requests);
     tokio::time::timeout(Duration::from_secs(10), node.refills_landed()).await.expect("a refill never landed");
@@ -528,17 +542,7 @@ async fn concurrent_requests_wait_for_the_refill_in_flight() {
     assert_eq!(skipped, 0);
     assert!(node.lease_waits() > 0, "requests found a refill in flight and waited for it");
     assert!(asked as usize * 20 <= requests, "{asked} Redis calls for {requests} requests (at most 0.05 per request)");
-    let status = node
-        .status(
-            &app,
-            &[
-                Check { metric: "hits", period: Period::Minute, max: 1_000_000, delta: 1 },
-                Check { metric: "messages", period: Period::Hour, max: 1_000_000, delta: 2 },
-            ],
-            now,
-        )
-        .await
-        .expect("status");
+    let status = node.status(&app, &checks, now).await.expect("status");
     assert_eq!(status[0].current + status[1].current, requests as u64 * 3 + node.leased(), "granted = used + leased");
 }
 
@@ -551,26 +555,11 @@ async fn requests_holding_an_ask_never_wait_for_each_other() {
     let now = now();
     let app = app("lease-cross");
     let node = Arc::new(leasing_at(&url(), Duration::from_secs(5), 100).await);
-    let mut joins = tokio::task::JoinSet::new();
-    for _ in 0..16 {
-        let (node, app) = (node.clone(), app.clone());
-        joins.spawn(async move {
-            let checks = [
-                Check { metric: "hits", period: Period::Day, max: 50, delta: 1 },
-                Check { metric: "hits", period: Period::Week, max: 50, delta: 1 },
-            ];
-            let mut admitted = 0;
-            for _ in 0..30 {
-                let d = node.authorize(&app, &checks, now).await.expect("redis");
-                admitted += usize::from(matches!(d, Decision::Allowed(_)));
-            }
-            admitted
-        });
-    }
-    let mut admitted = 0;
-    while let Some(n) = joins.join_next().await {
-        admitted += n.expect("task");
-    }
+    let checks = [
+        Check { metric: "hits", period: Period::Day, max: 50, delta: 1 },
+        Check { metric: "hits", period: Period::Week, max: 50, delta: 1 },
+    ];
+    let admitted = concurrently(&node, &app, &checks, now, 16, 30).await;
     assert_eq!(admitted, 50, "exactly the limit of both windows");
     assert_eq!(node.lease_wait_timeouts(), 0, "{} waits, some until the timeout", node.lease_waits());
 }
