@@ -282,7 +282,12 @@ async fn all(s: Settings) -> Result<()> {
     let dir = std::env::temp_dir().join(format!("tollgate-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let result = all_in(&dir, &s).await;
-    let _ = std::fs::remove_dir_all(&dir);
+    // TOLLGATE_BENCH_KEEP=1 keeps the working files (configurations, callgrind's
+    // dumps for `callgrind_annotate`) for a closer look.
+    match std::env::var_os("TOLLGATE_BENCH_KEEP").is_some_and(|v| v == "1") {
+        true => eprintln!("tollgate-bench: working files kept in {}", dir.display()),
+        false => drop(std::fs::remove_dir_all(&dir)),
+    }
     result
 }
 

@@ -138,7 +138,7 @@ async fn forwards_to_the_backend_with_prefix_removed_and_forwarded_headers() {
         "GET",
         "/items/7?user_key=k1&x=1",
         boxed(http_body_util::Empty::new()),
-        &[("cookie", "a=b"), ("x-forwarded-for", "10.9.8.7")],
+        &[("cookie", "a=b"), ("x-forwarded-for", "10.9.8.7"), ("forwarded", "for=10.9.8.7"), ("via", "1.0 edge")],
     )
     .await;
     assert_eq!(status, StatusCode::OK, "{body}");
@@ -146,6 +146,10 @@ async fn forwards_to_the_backend_with_prefix_removed_and_forwarded_headers() {
     assert_eq!(v["path"], "/base/items/7", "the backend's base path comes first");
     assert_eq!(v["query"], "user_key=k1&x=1");
     assert_eq!(v["headers"]["x-forwarded-for"], "10.9.8.7, 127.0.0.1");
+    assert_eq!(v["headers"]["forwarded"], format!("for=10.9.8.7, for=127.0.0.1;proto=http;host=\"{STAGING}\""));
+    let via = v["headers"]["via"].as_str().unwrap_or_default();
+    let hop = via.strip_prefix("1.0 edge, 1.1 tollgate-").unwrap_or_default();
+    assert!(hop.len() == 8 && hop.bytes().all(|b| b.is_ascii_hexdigit()), "Via: {via}");
     assert_eq!(v["headers"]["x-forwarded-proto"], "http");
     assert_eq!(v["headers"]["x-forwarded-host"], STAGING);
     assert_eq!(v["headers"]["x-api-version"], "2", "headers policy, request side");

@@ -75,7 +75,10 @@ pub(super) fn connection_tokens(headers: &HeaderMap) -> Vec<HeaderName> {
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .map(str::trim)
+        // `keep-alive` is hop-by-hop whether listed or not: no name to make.
+        .filter(|t| !t.eq_ignore_ascii_case("keep-alive"))
+        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
         .collect()
 }
 
@@ -133,11 +136,28 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if headers.contains_key(header::TRANSFER_ENCODING) {
         headers.remove(header::CONTENT_LENGTH);
     }
-    for n in connection_tokens(headers) {
-        headers.remove(n);
+    // Which hop-by-hop fields are there, in one pass over the names: a response has
+    // `Connection` at most, usually, and a removal is a hash lookup each.
+    let hop_by_hop = &HOP_BY_HOP[..7];
+    let mut present = 0u8;
+    for name in headers.keys() {
+        if let Some(i) = hop_by_hop.iter().position(|h| h == name) {
+            present |= 1 << i;
+        }
     }
-    for n in &HOP_BY_HOP[..7] {
-        headers.remove(n);
+    if present == 0 {
+        return;
+    }
+    // `Connection` is the first of them.
+    if present & 1 != 0 {
+        for n in connection_tokens(headers) {
+            headers.remove(n);
+        }
+    }
+    for (i, n) in hop_by_hop.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(n);
+        }
     }
 }
 
