@@ -530,14 +530,17 @@ async fn serve_connection<I>(
     let min_rate = info.min_data_rate;
     let service = service_fn(move |req| {
         let (gw, info) = (gw.clone(), info.clone());
-        async move {
+        // Boxed: hyper moves the request's future into its dispatcher, and unboxed that
+        // move copied the whole future (the proxy's every state, kilobytes) on every
+        // request — more instructions than the allocation (callgrind).
+        Box::pin(async move {
             let mut busy = info.activity.begin();
             let resp = gw.handle(req, info).await;
             if !http_body::Body::is_end_stream(resp.body()) {
                 busy.head_handed();
             }
             Ok::<_, Infallible>(resp.map(|body| Tracked { body, busy }))
-        }
+        })
     });
     let conn = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);
