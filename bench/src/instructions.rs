@@ -1,14 +1,16 @@
-//! User-space instructions per HTTP request (`--only instructions`), counted by
-//! valgrind's callgrind: a count that does not depend on what else the machine is
-//! doing, so two commits (or Tollgate and nginx) compare on a noisy machine where CPU
-//! time does not.
+//! User-space instructions per HTTP request and per WebSocket session (`--only
+//! instructions`), counted by valgrind's callgrind: a count that does not depend on
+//! what else the machine is doing, so two commits (or Tollgate and nginx) compare on a
+//! noisy machine where CPU time does not.
 //!
 //! Each proxy runs under `valgrind --tool=callgrind` (nginx with one process:
-//! `master_process off`). One kept-alive connection sends a warm-up, then
-//! `callgrind_control --zero` clears the counts, the measured requests go one after
-//! another, and `callgrind_control --dump` writes the counts: their `summary` (every
-//! instruction of every thread, the runtime's idle wake-ups included) divided by the
-//! requests. Runs of the same binary agree to a few instructions per request.
+//! `master_process off`). A warm-up goes first (requests on the kept-alive connection
+//! that is then measured; whole sessions), then `callgrind_control --zero` clears the
+//! counts, the measured requests or sessions go one after another, and
+//! `callgrind_control --dump` writes the counts: their `summary` (every instruction of
+//! every thread, the runtime's idle wake-ups included) divided by the requests or
+//! sessions. Runs of the same binary agree to a few instructions per request.
+//! `TOLLGATE_BENCH_KEEP=1` keeps the dumps, for `callgrind_annotate --inclusive=yes`.
 
 use anyhow::{Context, Result, bail};
 use std::net::SocketAddr;
@@ -18,6 +20,7 @@ use tokio::net::TcpStream;
 
 use crate::peers::{self, Backends, Process, which};
 use crate::report::{Row, Table};
+use crate::ws::{self, Target};
 
 /// Requests sent before the counts are cleared (connections to the backend made,
 /// caches warm): a tenth of those counted, from 10 to 200.
@@ -33,18 +36,21 @@ struct Counted {
     prefix: PathBuf,
 }
 
-/// The table: Tollgate key only and with key + 20 rules + limits, the baseline binary
-/// likewise when one is named (`TOLLGATE_BASELINE`), and nginx's plain proxy, each
-/// `requests` requests after the warm-up.
-pub async fn table(dir: &Path, to: Backends, cert: &Path, key: &Path, requests: usize) -> Result<Table> {
+/// Two tables: per HTTP request (Tollgate key only and with key + 20 rules + limits,
+/// nginx's plain proxy) and per WebSocket session (connect, upgrade with key auth, one
+/// 32-byte message each way, close; Tollgate metering every message, nginx passing the
+/// upgrade), the baseline binary likewise when one is named (`TOLLGATE_BASELINE`);
+/// `requests` requests and a tenth as many sessions, each after its warm-up.
+pub async fn table(dir: &Path, to: Backends, cert: &Path, key: &Path, requests: usize) -> Result<Vec<Table>> {
     which("valgrind").context("the instructions measure runs the proxies under valgrind: install valgrind")?;
     let root = dir.join("callgrind");
     std::fs::create_dir_all(&root)?;
-    let mut rows = Vec::new();
+    let sessions = (requests / 10).max(2);
+    let (mut http, mut ws) = (Vec::new(), Vec::new());
 
-    let (nginx, front) = nginx(&root, to).await?;
-    let per = count(&nginx, front, "plain.localhost", requests).await?;
-    rows.push(row("nginx", per));
+    let (nginx, fronts) = nginx(&root, to).await?;
+    http.push(row("nginx", count(&nginx, requests, Client::run(fronts.http, "plain.localhost", requests)).await?));
+    ws.push(row("nginx", count(&nginx, sessions, run_sessions(target(fronts.ws, "127.0.0.1"), sessions)).await?));
     drop(nginx);
 
     let mut binaries = vec![("tollgate", peers::tollgate_bin()?)];
@@ -52,23 +58,55 @@ pub async fn table(dir: &Path, to: Backends, cert: &Path, key: &Path, requests: 
         binaries.push(("baseline tollgate", b));
     }
     for (name, bin) in binaries {
-        let (tollgate, front) = tollgate(&root, name, &bin, dir, to, cert, key).await?;
+        let (tollgate, fronts) = tollgate(&root, name, &bin, dir, to, cert, key).await?;
         for (what, host) in [("key only", "plain.localhost"), ("key + 20 rules + limits", "full.localhost")] {
-            let per = count(&tollgate, front, host, requests).await?;
-            rows.push(row(&format!("{name}, {what}"), per));
+            let per = count(&tollgate, requests, Client::run(fronts.http, host, requests)).await?;
+            http.push(row(&format!("{name}, {what}"), per));
         }
+        let per = count(&tollgate, sessions, run_sessions(target(fronts.ws, "metered.localhost"), sessions)).await?;
+        ws.push(row(&format!("{name}, metering on"), per));
     }
-    Ok(Table {
-        key: "instructions",
-        title: format!(
-            "User-space instructions per HTTP request of the proxy process (callgrind; one kept-alive connection, {requests} requests after {}; lower is better)",
-            warm_up(requests)
+    let table =
+        |key, title: String, unit, rows| Table { key, title, unit, rows, higher_is_better: false, baseline: None };
+    Ok(vec![
+        table(
+            "instructions",
+            format!(
+                "User-space instructions per HTTP request of the proxy process (callgrind; one kept-alive connection, {requests} requests after {}; lower is better)",
+                warm_up(requests)
+            ),
+            "instructions/request",
+            http,
         ),
-        unit: "instructions/request",
-        rows,
-        higher_is_better: false,
-        baseline: None,
-    })
+        table(
+            "instructions_ws",
+            format!(
+                "User-space instructions per WebSocket session of the proxy process (callgrind; connect, upgrade with key auth, one 32-byte message and its echo, close; {sessions} sessions one after another after {}; lower is better)",
+                warm_up(sessions)
+            ),
+            "instructions/session",
+            ws,
+        ),
+    ])
+}
+
+fn target(addr: SocketAddr, host: &str) -> Target {
+    Target { addr, host: host.to_string(), path: format!("/?{}", crate::KEY) }
+}
+
+/// `n` WebSocket sessions to `t`, one after another (after a warm-up of
+/// [`warm_up`]`(n)`, run by [`count`] first).
+async fn run_sessions(t: Target, n: usize) -> Result<Work> {
+    let warm = warm_up(n);
+    for i in 0..warm {
+        ws::session(&t, i).await.context("a warm-up WebSocket session")?;
+    }
+    Ok(Box::pin(async move {
+        for i in 0..n {
+            ws::session(&t, warm + i).await.context("a counted WebSocket session")?;
+        }
+        Ok(())
+    }))
 }
 
 fn row(name: &str, per: f64) -> Row {
@@ -89,20 +127,28 @@ async fn tollgate(
     to: Backends,
     cert: &Path,
     key: &Path,
-) -> Result<(Counted, SocketAddr)> {
+) -> Result<(Counted, Fronts)> {
     let wrapper = callgrind(root, name);
     let (process, fronts) = peers::tollgate_from(Some((&which("valgrind")?, &wrapper)), bin, dir, to, cert, key, &[])
         .await
         .with_context(|| format!("{name} under callgrind"))?;
     let pid = process.id().context("tollgate exited")?;
     let prefix = root.join(format!("callgrind.{}.{pid}", name.replace([' ', ','], "-")));
-    Ok((Counted { process, pid, prefix }, fronts.http))
+    Ok((Counted { process, pid, prefix }, Fronts { http: fronts.http, ws: fronts.ws }))
+}
+
+/// Where a proxy takes HTTP requests and WebSocket upgrades.
+struct Fronts {
+    http: SocketAddr,
+    ws: SocketAddr,
 }
 
 /// nginx in one process (no master, one worker's work in it), proxying to the backend
-/// with kept-alive connections as the `http` measure's nginx does.
-async fn nginx(root: &Path, to: Backends) -> Result<(Counted, SocketAddr)> {
+/// with kept-alive connections as the `http` measure's nginx does, and WebSocket
+/// upgrades to the echo backend as the `handshakes` measure's nginx does.
+async fn nginx(root: &Path, to: Backends) -> Result<(Counted, Fronts)> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let ws_port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let conf = format!(
         r#"master_process off;
 daemon off;
@@ -116,10 +162,20 @@ daemon off;
       proxy_set_header Connection "";
     }}
   }}
+  server {{
+    listen 127.0.0.1:{ws_port};
+    location / {{
+      proxy_pass http://{echo};
+      proxy_http_version 1.1;
+      proxy_set_header Upgrade $http_upgrade;
+      proxy_set_header Connection "upgrade";
+    }}
+  }}
 }}
 "#,
         prelude = peers::nginx_prelude(root, 1),
         backend = to.http,
+        echo = to.ws,
     );
     let file = root.join("nginx.conf");
     std::fs::write(&file, conf)?;
@@ -128,15 +184,19 @@ daemon off;
     cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
     let process = peers::spawn_listening("nginx under callgrind", cmd, peers::loopback(port)).await?;
     let pid = process.id().context("nginx exited")?;
-    Ok((Counted { process, pid, prefix: root.join(format!("callgrind.nginx.{pid}")) }, peers::loopback(port)))
+    let fronts = Fronts { http: peers::loopback(port), ws: peers::loopback(ws_port) };
+    Ok((Counted { process, pid, prefix: root.join(format!("callgrind.nginx.{pid}")) }, fronts))
 }
 
-/// Instructions per request of `requests` requests to `host` on `front`.
-async fn count(proxy: &Counted, front: SocketAddr, host: &str, requests: usize) -> Result<f64> {
-    let mut conn = Client::connect(front, host).await?;
-    conn.send(warm_up(requests)).await?;
+/// What is counted, prepared (connected, warmed up) and not yet started.
+type Work = std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send>>;
+
+/// Instructions per operation: `prepare` warms up and hands back the work, whose `n`
+/// operations are counted alone (counts zeroed before it, dumped after it).
+async fn count(proxy: &Counted, n: usize, prepare: impl std::future::Future<Output = Result<Work>>) -> Result<f64> {
+    let work = prepare.await?;
     control(proxy, "--zero").await?;
-    conn.send(requests).await?;
+    work.await?;
     let before = dumps(&proxy.prefix)?;
     control(proxy, "--dump").await?;
     let after = dumps(&proxy.prefix)?;
@@ -148,7 +208,7 @@ async fn count(proxy: &Counted, front: SocketAddr, host: &str, requests: usize) 
         .with_context(|| format!("no summary line in {}", file.display()))?
         .trim()
         .parse()?;
-    Ok(total / requests as f64)
+    Ok(total / n as f64)
 }
 
 async fn control(proxy: &Counted, what: &str) -> Result<()> {
@@ -184,6 +244,13 @@ struct Client {
 }
 
 impl Client {
+    /// `requests` requests on a new connection, after the warm-up (sent here).
+    async fn run(addr: SocketAddr, host: &str, requests: usize) -> Result<Work> {
+        let mut conn = Client::connect(addr, host).await?;
+        conn.send(warm_up(requests)).await?;
+        Ok(Box::pin(async move { conn.send(requests).await }))
+    }
+
     async fn connect(addr: SocketAddr, host: &str) -> Result<Client> {
         let stream = TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;

@@ -309,10 +309,9 @@ async fn all_in(dir: &Path, s: &Settings) -> Result<()> {
             "tls" => vec![http_table(&field, s, true).await?, tls_handshakes(&field, s).await?],
             "pingpong" => vec![ping_pong(&field, s, 32).await?, ping_pong(&field, s, 4096).await?],
             "handshakes" => vec![handshakes(&field, s).await?],
-            "instructions" => vec![
-                instructions::table(&files.dir, field.backends, &files.cert, &files.key, s.instruction_requests)
-                    .await?,
-            ],
+            "instructions" => {
+                instructions::table(&files.dir, field.backends, &files.cert, &files.key, s.instruction_requests).await?
+            }
             _ => vec![stream(&field, s).await?],
         };
         publish(s, &mut tables, new)?;
