@@ -689,3 +689,116 @@ async fn bytes_are_metered_on_their_own_metric() {
         other => panic!("expected close 1008, got {other:?}"),
     }
 }
+
+/// A backend written here, byte by byte, answering each upgrade by its path: a refusal
+/// with a chunked body (`/refuse`), bytes that are no HTTP (`/garbage`), nothing at all
+/// (`/hangup`), or a `101` followed at once, in the same write, by a text frame
+/// (`/early`).
+async fn scripted_backend() -> std::net::SocketAddr {
+    use tokio::io::AsyncReadExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    match tcp.read(&mut byte).await {
+                        Ok(1) => head.push(byte[0]),
+                        _ => return,
+                    }
+                }
+                let head = String::from_utf8_lossy(&head).into_owned();
+                let key = head
+                    .lines()
+                    .find_map(|l| l.split_once(':').filter(|(n, _)| n.eq_ignore_ascii_case("sec-websocket-key")))
+                    .map(|(_, v)| v.trim().to_string())
+                    .unwrap_or_default();
+                let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+                let mut switching = format!(
+                    "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+                )
+                .into_bytes();
+                switching.extend_from_slice(b"\x81\x05early");
+                let answer: &[u8] = if head.starts_with("GET /refuse") {
+                    b"HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Bearer\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nlogin\r\n6\r\n first\r\n0\r\n\r\n"
+                } else if head.starts_with("GET /garbage") {
+                    b"SSH-2.0-OpenSSH_9.2\r\n\r\n"
+                } else if head.starts_with("GET /early") {
+                    &switching
+                } else {
+                    return;
+                };
+                let _ = tcp.write_all(answer).await;
+                // Held open until the gateway closes it.
+                let mut rest = [0u8; 64];
+                while matches!(tcp.read(&mut rest).await, Ok(n) if n > 0) {}
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_backends_answer_to_the_upgrade_is_passed_on_or_refused_by_what_it_is() {
+    use tokio::io::AsyncReadExt;
+    let backend = scripted_backend().await;
+    let yaml = format!(
+        r#"
+backends:
+  - {{ system_name: scripted, private_base_url: "http://{backend}" }}
+products:
+  - system_name: chat
+    staging_public_base_url: http://chat-staging.localhost
+    production_public_base_url: http://chat.localhost
+    backend_usages: [ {{ backend: scripted, path: / }} ]
+    metrics: [ {{ system_name: hits, unit: hit }} ]
+    mapping_rules: [ {{ http_method: GET, pattern: /, metric: hits, delta: 1 }} ]
+    policy_chain: [ {{ name: websocket }}, {{ name: tollgate }} ]
+    application_plans: [ {{ system_name: basic }} ]
+accounts:
+  - name: acme
+    applications: [ {{ name: acme-chat, product: chat, plan: basic, user_key: {KEY} }} ]
+"#
+    );
+    let gw = gateway(&yaml).await;
+    let addr = gw.server.staging;
+    let host = "chat-staging.localhost";
+
+    // A refusal reaches the client as the backend sent it, body and all.
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let upgrade = format!(
+        "GET /refuse?user_key={KEY} HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    );
+    tcp.write_all(upgrade.as_bytes()).await.expect("write");
+    let mut answer = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while !String::from_utf8_lossy(&answer).contains(" first") {
+        let n = tokio::time::timeout(std::time::Duration::from_secs(10), tcp.read(&mut chunk))
+            .await
+            .expect("the refusal within 10 s")
+            .expect("read");
+        assert!(n > 0, "closed before the body: {}", String::from_utf8_lossy(&answer));
+        answer.extend_from_slice(&chunk[..n]);
+    }
+    let text = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+    assert!(text.starts_with("http/1.1 401"), "{text}");
+    assert!(text.contains("www-authenticate: bearer"), "{text}");
+    assert!(text.contains("login") && text.contains(" first"), "the body, in its chunks: {text}");
+
+    let (status, body) = ws_refused(addr, host, &format!("/garbage?user_key={KEY}")).await;
+    assert_eq!(status, 502, "{body}");
+    assert!(body.contains("upstream_invalid_response"), "{body}");
+    let (status, body) = ws_refused(addr, host, &format!("/hangup?user_key={KEY}")).await;
+    assert_eq!(status, 502, "{body}");
+    assert!(body.contains("upstream_failed"), "{body}");
+
+    // What the backend sent right after its 101 is the client's first message.
+    let mut early = ws(addr, host, &format!("/early?user_key={KEY}")).await.expect("upgrade");
+    let first = tokio::time::timeout(std::time::Duration::from_secs(10), early.next()).await;
+    match first.expect("the early message within 10 s").expect("a message").expect("receive") {
+        Message::Text(t) => assert_eq!(t.as_str(), "early"),
+        other => panic!("unexpected {other:?}"),
+    }
+}

@@ -2,6 +2,7 @@
 //! towards the backend, and the relay task that governs the connection.
 
 use super::*;
+use crate::upstream::handshake::{self, HandshakeError};
 
 impl Gateway {
     pub(super) async fn websocket(
@@ -26,19 +27,10 @@ impl Gateway {
         }
 
         let key = super::exchange::balance_key(parts, ctx, upstream);
-        let (stream, mut lease, endpoint) = upstream.connect(key.as_deref()).await?;
+        let (mut stream, mut lease, endpoint) = upstream.connect(key.as_deref()).await?;
         let label = endpoint.label();
-        let (mut sender, connection) = crate::upstream::http1_client()
-            .handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
-            .await
-            .map_err(|e| Refusal::UpstreamFailed(format!("{label}: {}", error_chain(&e))))?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.with_upgrades().await {
-                tracing::debug!(error = %e, "upstream WebSocket handshake connection ended");
-            }
-        });
         // The backend answers the upgrade within the read timeout, as any request.
-        let answer = sender.send_request(Request::from_parts(head, Empty::new()));
+        let answer = handshake::upgrade(&mut stream, &head, crate::upstream::response_head_limits());
         let answered = match ctx.plan().timeouts.read {
             Some(due) => tokio::time::timeout(due, answer).await.map_err(|_| {
                 Refusal::UpstreamTimeout(format!("{label}: no answer to the WebSocket upgrade within read_timeout"))
@@ -46,32 +38,38 @@ impl Gateway {
             None => Ok(answer.await),
         }
         .and_then(|r| {
-            r.map_err(|e| {
+            r.map_err(|e| match e {
+                HandshakeError::Invalid(_) => Refusal::UpstreamInvalidResponse(format!("{label}: {e}")),
+                HandshakeError::Failed(_) => Refusal::UpstreamFailed(format!("{label}: {}", error_chain(&e))),
+            })
+        });
+        let ok = answered.as_ref().is_ok_and(|a| !endpoint.failed_status(a.head.status));
+        endpoint.report(ok);
+        let answer = answered?;
+        lease.answered();
+        if let Some((id, start)) = upgrade_span {
+            let status = vec![("http.response.status_code", Attr::Int(i64::from(answer.head.status.as_u16())))];
+            self.span_end(ctx, "upstream", start, Some(id), status);
+        }
+        if answer.head.status != StatusCode::SWITCHING_PROTOCOLS {
+            // The backend refused the upgrade: its answer goes to the client as it is.
+            let mut resp = handshake::refusal(answer, stream).await.map_err(|e| {
                 let detail = format!("{label}: {}", error_chain(&e));
                 match crate::upstream::is_invalid_response(&e) {
                     true => Refusal::UpstreamInvalidResponse(detail),
                     false => Refusal::UpstreamFailed(detail),
                 }
-            })
-        });
-        let ok = answered.as_ref().is_ok_and(|r| !endpoint.failed_status(r.status()));
-        endpoint.report(ok);
-        let mut resp = answered?;
-        lease.answered();
-        if let Some((id, start)) = upgrade_span {
-            let status = vec![("http.response.status_code", Attr::Int(i64::from(resp.status().as_u16())))];
-            self.span_end(ctx, "upstream", start, Some(id), status);
-        }
-        if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
-            // The backend refused the upgrade: its answer goes to the client as it is.
+            })?;
             strip_hop_by_hop(resp.headers_mut());
             if ctx.product.rewrite_redirects {
                 rewrite_redirects(resp.headers_mut(), upstream, &ctx.product.public_base, prefix);
             }
             return Ok(resp.map(GatewayBody::from));
         }
-        let backend = hyper::upgrade::on(&mut resp);
-        let deflate = header_has_token_prefix(resp.headers(), header::SEC_WEBSOCKET_EXTENSIONS, "permessage-deflate");
+        // The socket is the relay's, with what the backend sent after its head.
+        let resp_headers = answer.head.headers;
+        let backend = handshake::Primed::new(answer.rest, stream);
+        let deflate = header_has_token_prefix(&resp_headers, header::SEC_WEBSOCKET_EXTENSIONS, "permessage-deflate");
         // Governed only when the `tollgate` policy identified an application.
         let session = match (&ctx.application, &ctx.credential) {
             (Some(app), Some(credential)) => Some(Arc::new(Session {
@@ -109,7 +107,7 @@ impl Gateway {
         });
         let (generations, draining) = (self.snapshot.subscribe(), self.draining.subscribe());
         let mut out = Response::new(GatewayBody::empty());
-        *out.headers_mut() = forwardable_headers(resp.headers());
+        *out.headers_mut() = forwardable_headers(&resp_headers);
         if over_h2 {
             // A 2xx to the CONNECT opens the stream as the WebSocket (RFC 8441 §5).
             out.headers_mut().remove(header::SEC_WEBSOCKET_ACCEPT);
@@ -119,17 +117,9 @@ impl Gateway {
             out.headers_mut().insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         }
         tokio::spawn(async move {
-            let (client, backend) = tokio::join!(client, backend);
-            let (client, backend) = match (client, backend) {
-                (Ok(c), Ok(b)) => (c, b),
-                (c, b) => {
-                    tracing::debug!(
-                        client_ok = c.is_ok(),
-                        backend_ok = b.is_ok(),
-                        "WebSocket upgrade did not complete"
-                    );
-                    return;
-                }
+            let client = match client.await {
+                Ok(c) => c,
+                Err(e) => return tracing::debug!(error = %e, "the client's WebSocket upgrade did not complete"),
             };
             metrics.env(env).websocket_opened();
             product_metrics.websocket_opened();
@@ -155,7 +145,7 @@ impl Gateway {
             });
             // Pinned where it is made: this task lives as long as the connection, and
             // each copy of the relay future would be memory held per open WebSocket.
-            let mut relayed = std::pin::pin!(relay::relay(TokioIo::new(client), TokioIo::new(backend), options, stop));
+            let mut relayed = std::pin::pin!(relay::relay(TokioIo::new(client), backend, options, stop));
             let totals = match &session {
                 Some(s) => s.accounted(relayed.as_mut(), &tally).await,
                 None => relayed.await,

@@ -8,6 +8,7 @@ pub mod body;
 mod connect;
 pub mod dns;
 pub mod fleet;
+pub mod handshake;
 pub mod pool;
 mod tls;
 
@@ -611,6 +612,12 @@ pub fn set_response_head_limits(limits: ResponseHeadLimits) {
     use std::sync::atomic::Ordering::Relaxed;
     RESPONSE_HEAD_BYTES.store(limits.bytes.max(8192), Relaxed);
     RESPONSE_HEAD_COUNT.store(limits.count.max(1), Relaxed);
+}
+
+/// The limits on backends' response heads in force (see [`set_response_head_limits`]).
+pub fn response_head_limits() -> ResponseHeadLimits {
+    use std::sync::atomic::Ordering::Relaxed;
+    ResponseHeadLimits { bytes: RESPONSE_HEAD_BYTES.load(Relaxed), count: RESPONSE_HEAD_COUNT.load(Relaxed) }
 }
 
 /// An HTTP/1.1 client connection builder with the response-head limits applied. hyper
