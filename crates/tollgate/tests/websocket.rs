@@ -691,8 +691,9 @@ async fn bytes_are_metered_on_their_own_metric() {
 }
 
 /// A backend written here, byte by byte, answering each upgrade by its path: a refusal
-/// with a chunked body (`/refuse`), bytes that are no HTTP (`/garbage`), nothing at all
-/// (`/hangup`), or a `101` followed at once, in the same write, by a text frame
+/// with a chunked body (`/refuse`), a refusal whose body stops half-way (`/stall`), a
+/// `101` for another protocol (`/h2c`), bytes that are no HTTP (`/garbage`), nothing at
+/// all (`/hangup`), or a `101` followed at once, in the same write, by a text frame
 /// (`/early`).
 async fn scripted_backend() -> std::net::SocketAddr {
     use tokio::io::AsyncReadExt;
@@ -723,6 +724,10 @@ async fn scripted_backend() -> std::net::SocketAddr {
                 switching.extend_from_slice(b"\x81\x05early");
                 let answer: &[u8] = if head.starts_with("GET /refuse") {
                     b"HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Bearer\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nlogin\r\n6\r\n first\r\n0\r\n\r\n"
+                } else if head.starts_with("GET /stall") {
+                    b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 100\r\n\r\nhalf "
+                } else if head.starts_with("GET /h2c") {
+                    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n"
                 } else if head.starts_with("GET /garbage") {
                     b"SSH-2.0-OpenSSH_9.2\r\n\r\n"
                 } else if head.starts_with("GET /early") {
@@ -755,7 +760,10 @@ products:
     backend_usages: [ {{ backend: scripted, path: / }} ]
     metrics: [ {{ system_name: hits, unit: hit }} ]
     mapping_rules: [ {{ http_method: GET, pattern: /, metric: hits, delta: 1 }} ]
-    policy_chain: [ {{ name: websocket }}, {{ name: tollgate }} ]
+    policy_chain:
+      - {{ name: upstream_connection, configuration: {{ read_timeout: 1 }} }}
+      - {{ name: websocket }}
+      - {{ name: tollgate }}
     application_plans: [ {{ system_name: basic }} ]
 accounts:
   - name: acme
@@ -786,6 +794,29 @@ accounts:
     assert!(text.starts_with("http/1.1 401"), "{text}");
     assert!(text.contains("www-authenticate: bearer"), "{text}");
     assert!(text.contains("login") && text.contains(" first"), "the body, in its chunks: {text}");
+
+    // A refusal's body has the read timeout between its parts, as any response's: the
+    // client sees it cut off rather than waiting for as long as the backend likes.
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    tcp.write_all(upgrade.replace("/refuse", "/stall").as_bytes()).await.expect("write");
+    let mut answer = Vec::new();
+    loop {
+        let n = tokio::time::timeout(std::time::Duration::from_secs(20), tcp.read(&mut chunk))
+            .await
+            .expect("cut off within 20 s (the read timeout is 1 s)")
+            .unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        answer.extend_from_slice(&chunk[..n]);
+    }
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 401") && !text.contains("half half"), "{text}");
+
+    // RFC 6455 §4.1: a 101 for another protocol is no WebSocket handshake.
+    let (status, body) = ws_refused(addr, host, &format!("/h2c?user_key={KEY}")).await;
+    assert_eq!(status, 502, "{body}");
+    assert!(body.contains("upstream_invalid_response"), "{body}");
 
     let (status, body) = ws_refused(addr, host, &format!("/garbage?user_key={KEY}")).await;
     assert_eq!(status, 502, "{body}");

@@ -43,6 +43,13 @@ impl Gateway {
                 HandshakeError::Failed(_) => Refusal::UpstreamFailed(format!("{label}: {}", error_chain(&e))),
             })
         });
+        // RFC 6455 §4.1: a 101 that is not the WebSocket handshake's is a failure.
+        let answered = answered.and_then(|a| match a.head.status {
+            StatusCode::SWITCHING_PROTOCOLS => handshake::check_switching(&head, &a.head)
+                .map(|()| a)
+                .map_err(|e| Refusal::UpstreamInvalidResponse(format!("{label}: {e}"))),
+            _ => Ok(a),
+        });
         let ok = answered.as_ref().is_ok_and(|a| !endpoint.failed_status(a.head.status));
         endpoint.report(ok);
         let answer = answered?;
@@ -60,12 +67,15 @@ impl Gateway {
                     false => Refusal::UpstreamFailed(detail),
                 }
             })?;
-            strip_hop_by_hop(resp.headers_mut());
             if ctx.product.rewrite_redirects {
                 rewrite_redirects(resp.headers_mut(), upstream, &ctx.product.public_base, prefix);
             }
-            return Ok(resp.map(GatewayBody::from));
+            // As any response: hop-by-hop fields removed, the read timeout between two
+            // parts of its body, the payload limit, a broken body reported.
+            let plan = ctx.plan();
+            return self.shape_response(resp.map(GatewayBody::from), plan.timeouts.read, plan.payload_limits.response);
         }
+
         // The socket is the relay's, with what the backend sent after its head.
         let resp_headers = answer.head.headers;
         let backend = handshake::Primed::new(answer.rest, stream);

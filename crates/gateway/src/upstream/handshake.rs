@@ -15,7 +15,8 @@
 //! included, whatever its framing: its bytes are replayed into a hyper client
 //! connection ([`refusal`]), so its body is read by the parser every other response
 //! goes through. Informational answers (`100`, `103`) before the final one are skipped,
-//! as hyper skips them.
+//! as hyper skips them, up to [`MAX_INFORMATIONAL`]; a `101` must be the WebSocket
+//! handshake's ([`check_switching`]).
 
 use crate::upstream::ResponseHeadLimits;
 use bytes::{Buf, Bytes, BytesMut};
@@ -110,6 +111,49 @@ pub fn parse_response_head(
     Ok(Some((head, len)))
 }
 
+/// RFC 6455 §4.1: what makes a `101` the WebSocket handshake's — HTTP/1.1 (HTTP/1.0 has
+/// no `101`), `Upgrade: websocket`, `Connection: Upgrade`, and a `Sec-WebSocket-Accept`
+/// that is the base64 SHA-1 of the `Sec-WebSocket-Key` sent with the GUID of §1.3. A
+/// client must fail a connection whose handshake lacks any of them; the gateway is the
+/// backend's client.
+///
+/// # Errors
+/// [`HandshakeError::Invalid`] naming what is missing or wrong.
+pub fn check_switching(request: &http::request::Parts, answer: &http::response::Parts) -> Result<(), HandshakeError> {
+    use base64::Engine as _;
+    let has_token = |name: http::header::HeaderName, token: &str| {
+        answer
+            .headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(token))
+    };
+    if answer.version != Version::HTTP_11 {
+        return Err(HandshakeError::Invalid("a 101 that is not HTTP/1.1"));
+    }
+    if !has_token(http::header::UPGRADE, "websocket") {
+        return Err(HandshakeError::Invalid("a 101 without `Upgrade: websocket`"));
+    }
+    if !has_token(http::header::CONNECTION, "upgrade") {
+        return Err(HandshakeError::Invalid("a 101 without `Connection: Upgrade`"));
+    }
+    const GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+    let key = request.headers.get(http::header::SEC_WEBSOCKET_KEY).map_or(&b""[..], HeaderValue::as_bytes);
+    let mut sha1 = ring::digest::Context::new(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY);
+    sha1.update(key);
+    sha1.update(GUID);
+    let expected = base64::engine::general_purpose::STANDARD.encode(sha1.finish());
+    match answer.headers.get(http::header::SEC_WEBSOCKET_ACCEPT) {
+        Some(accept) if accept.as_bytes() == expected.as_bytes() => Ok(()),
+        _ => Err(HandshakeError::Invalid("a 101 whose `Sec-WebSocket-Accept` is not the one of the key sent")),
+    }
+}
+
+/// Informational answers (`100`, `103`) read before the final one, at most.
+pub const MAX_INFORMATIONAL: usize = 32;
+
 /// Sends the upgrade request `head` on `stream` and reads the backend's final answer.
 ///
 /// # Errors
@@ -127,11 +171,18 @@ where
     stream.write_all(&out).await?;
     stream.flush().await?;
     let mut buf = BytesMut::with_capacity(4096);
+    let mut informational = 0;
     loop {
         if !buf.is_empty()
             && let Some((answer, len)) = parse_response_head(&buf, limits)?
         {
             if answer.status.is_informational() && answer.status != StatusCode::SWITCHING_PROTOCOLS {
+                // A backend that sends nothing else would otherwise keep the gateway
+                // parsing until the read timeout.
+                informational += 1;
+                if informational > MAX_INFORMATIONAL {
+                    return Err(HandshakeError::Invalid("more informational answers (1xx) than the gateway reads"));
+                }
                 buf.advance(len);
                 continue;
             }
@@ -291,6 +342,26 @@ mod tests {
     }
 
     #[test]
+    fn a_101_must_be_the_websocket_handshakes() {
+        // RFC 6455 §1.3's example key and accept value.
+        let mut req = http::Request::get("/chat").body(()).expect("request");
+        req.headers_mut().insert("sec-websocket-key", HeaderValue::from_static("dGhlIHNhbXBsZSBub25jZQ=="));
+        let (request, ()) = req.into_parts();
+        let good = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: WebSocket\r\nConnection: keep-alive, Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n";
+        let answer = |raw: &str| parse_response_head(raw.as_bytes(), LIMITS).expect("valid").expect("whole").0;
+        assert!(check_switching(&request, &answer(good)).is_ok());
+        for bad in [
+            good.replace("HTTP/1.1", "HTTP/1.0"),
+            good.replace("Upgrade: WebSocket", "Upgrade: h2c"),
+            good.replace("Connection: keep-alive, Upgrade", "Connection: keep-alive"),
+            good.replace("s3pPLMBiTxaQ9kYGzzhZRbK+xOo=", "AAAA"),
+            good.replace("Sec-WebSocket-Accept", "X-Accept"),
+        ] {
+            assert!(matches!(check_switching(&request, &answer(&bad)), Err(HandshakeError::Invalid(_))), "{bad}");
+        }
+    }
+
+    #[test]
     fn what_hyper_refuses_is_refused() {
         for raw in [
             &b"HTTP/1.1 101 OK\r\nUpgrade : websocket\r\n\r\n"[..],
@@ -347,6 +418,22 @@ mod tests {
         assert_eq!(got.head.status, StatusCode::SWITCHING_PROTOCOLS);
         assert_eq!(&got.rest[..], b"\x81\x00");
         let _backend = answer.await.expect("backend");
+    }
+
+    #[tokio::test]
+    async fn a_flood_of_informational_answers_is_refused() {
+        let (mut gateway, mut backend) = tokio::io::duplex(64 * 1024);
+        let (head, ()) = http::Request::get("/").body(()).expect("request").into_parts();
+        let flooding = tokio::spawn(async move {
+            let mut request = vec![0u8; 18];
+            backend.read_exact(&mut request).await.expect("the request");
+            let flood = b"HTTP/1.1 103 Early Hints\r\n\r\n".repeat(MAX_INFORMATIONAL + 1);
+            let _ = backend.write_all(&flood).await;
+            backend
+        });
+        let got = upgrade(&mut gateway, &head, LIMITS).await;
+        assert!(matches!(got, Err(HandshakeError::Invalid(_))), "{got:?}");
+        drop(flooding.await);
     }
 
     #[tokio::test]
