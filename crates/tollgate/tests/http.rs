@@ -420,3 +420,148 @@ async fn every_request_carries_a_request_id_to_the_backend_and_back() {
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert!(headers.contains_key("x-request-id"));
 }
+
+/// A keep-alive HTTP/1.1 backend that answers by path with bytes written by hand, and
+/// says in `x-conn` which of its connections (counted from 1) carried the request.
+async fn framing_backend() -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let mut conns = 0u32;
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            conns += 1;
+            let c = conns;
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                for nth in 1.. {
+                    let mut byte = [0u8; 1];
+                    while !buf.ends_with(b"\r\n\r\n") {
+                        match tcp.read(&mut byte).await {
+                            Ok(1) => buf.push(byte[0]),
+                            _ => return,
+                        }
+                    }
+                    let head = String::from_utf8_lossy(&buf).into_owned();
+                    buf.clear();
+                    let line = head.lines().next().unwrap_or_default().to_string();
+                    let path = line.split(' ').nth(1).unwrap_or_default().split('?').next().unwrap_or_default();
+                    let answer = match path {
+                        "/length" if line.starts_with("HEAD") => {
+                            format!("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nx-conn: {c}\r\n\r\n")
+                        }
+                        "/length" => format!("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nx-conn: {c}\r\n\r\nhello"),
+                        "/chunked" => format!(
+                            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nx-conn: {c}\r\n\r\n5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nx-checksum: abc\r\n\r\n"
+                        ),
+                        "/eof" => format!("HTTP/1.1 200 OK\r\nx-conn: {c}\r\n\r\nuntil close"),
+                        "/both" => format!(
+                            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\nx-conn: {c}\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+                        ),
+                        "/interim" => "HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".into(),
+                        "/garbage" => "NOT HTTP AT ALL\r\n\r\n".into(),
+                        "/bad-chunk" => "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhelloXX".into(),
+                        // Closed unanswered when it is not the connection's first request:
+                        // the race of a backend closing an idle connection as a request
+                        // goes out on it.
+                        "/vanish" if nth > 1 => return,
+                        "/vanish" => format!("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nx-conn: {c}\r\n\r\nfirst"),
+                        _ => return,
+                    };
+                    if tcp.write_all(answer.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    if matches!(path, "/eof" | "/garbage" | "/bad-chunk") {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_backends_http1_answers_are_framed_as_rfc_9112_says() {
+    let backend = framing_backend().await;
+    let yaml = format!(
+        r#"
+backends:
+  - {{ system_name: raw, private_base_url: "http://{backend}" }}
+products:
+  - system_name: framing
+    staging_public_base_url: http://framing-staging.localhost
+    production_public_base_url: http://framing.localhost
+    backend_usages: [ {{ backend: raw, path: / }} ]
+    mapping_rules: [ {{ http_method: ANY, pattern: /, metric: hits }} ]
+    application_plans: [ {{ system_name: basic }} ]
+accounts:
+  - name: a
+    applications: [ {{ name: app, product: framing, plan: basic, user_key: k }} ]
+"#
+    );
+    let gw = gateway_with(&yaml, &["--workers", "1"]).await;
+    let addr = gw.server.staging;
+    let host = "framing-staging.localhost";
+    let send = |method: &'static str, path: &'static str| async move {
+        let (status, headers, body) =
+            request(addr, host, method, &format!("{path}?user_key=k"), boxed(http_body_util::Empty::new()), &[]).await;
+        let conn = headers.get("x-conn").map(|v| v.to_str().expect("ascii").to_string()).unwrap_or_default();
+        (status, headers, body, conn)
+    };
+
+    // A length-delimited body, then a chunked one (its extension skipped) on the same
+    // connection; a HEAD's answer has no body whatever its length says, and the
+    // connection carries the next request.
+    let (status, _, body, first) = send("GET", "/length").await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "hello"));
+    let (status, headers, body, conn) = send("GET", "/chunked").await;
+    assert_eq!((status, body.as_str(), conn.as_str()), (StatusCode::OK, "hello world", first.as_str()));
+    assert!(!headers.contains_key("content-length"), "{headers:?}");
+    let (status, headers, body, conn) = send("HEAD", "/length").await;
+    assert_eq!((status, body.as_str(), conn.as_str()), (StatusCode::OK, "", first.as_str()));
+    assert_eq!(headers["content-length"], "5");
+    let (_, _, body, conn) = send("GET", "/length").await;
+    assert_eq!((body.as_str(), conn.as_str()), ("hello", first.as_str()), "reused after a HEAD");
+
+    // An interim answer is skipped.
+    let (status, _, body, _) = send("GET", "/interim").await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "ok"));
+
+    // Transfer-Encoding with Content-Length: the chunks decide, the length is not
+    // passed on, and the connection is not used again (RFC 9112 §6.3).
+    let (status, headers, body, both) = send("GET", "/both").await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "hello"));
+    assert!(!headers.contains_key("content-length"), "{headers:?}");
+    let (_, _, _, after) = send("GET", "/length").await;
+    assert_ne!(after, both, "a connection that sent both framings is closed");
+
+    // A body delimited by the close: read to the end, the connection not reused.
+    let (status, _, body, eof) = send("GET", "/eof").await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "until close"));
+    let (_, _, _, next) = send("GET", "/length").await;
+    assert_ne!(next, eof);
+
+    // The backend closes a kept connection as the next request goes out on it: an
+    // idempotent request goes again on a new connection; a POST gets 502.
+    let (_, _, _, kept) = send("GET", "/length").await;
+    let (status, _, body, retried) = send("GET", "/vanish").await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "first"), "the GET was sent again");
+    assert_ne!(retried, kept);
+    let (status, _, body, _) = send("POST", "/vanish").await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+    assert!(body.contains("upstream_failed"), "{body}");
+
+    // Bytes that are not a response: 502 upstream_invalid_response.
+    let (status, _, body, _) = send("GET", "/garbage").await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert!(body.contains("upstream_invalid_response"), "{body}");
+
+    // A malformed chunk after the head: the client's connection is closed with the
+    // response cut short (or, as here where the head and the first chunk would go out
+    // in one write, before any of it), never completed with bytes the backend did
+    // not frame.
+    let answer = raw(addr, format!("GET /bad-chunk?user_key=k HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes()).await;
+    assert!(answer.is_empty() || status_of(&answer) == 200, "{answer}");
+    assert!(!answer.contains("helloXX") && !answer.ends_with("0\r\n\r\n"), "{answer:?}");
+}

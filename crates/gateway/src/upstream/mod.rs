@@ -9,6 +9,7 @@ mod connect;
 pub mod dns;
 pub mod fleet;
 pub mod handshake;
+pub mod http1;
 pub mod pool;
 mod tls;
 
@@ -407,6 +408,10 @@ impl Upstream {
                     let label = endpoint.connector.label();
                     return Err(http_failure(label, &e));
                 }
+                Err(RequestError::Exchange(e)) => {
+                    fleet.report(i, false);
+                    return Err(exchange_failure(endpoint.connector.label(), &e));
+                }
                 Err(RequestError::Failed(e)) => {
                     fleet.report(i, false);
                     return Err(Refusal::UpstreamFailed(format!("{}: {e}", endpoint.connector.label())));
@@ -568,6 +573,21 @@ fn http_failure(label: &str, e: &hyper::Error) -> crate::refusal::Refusal {
     // With TLS 1.3 a backend that refuses the client (no certificate, or one it does
     // not trust) says so with an alert after the handshake, as the request is read: a
     // TLS failure all the same.
+    if let Some(alert) = tls_alert(e) {
+        return Refusal::UpstreamTls(format!(
+            "{label}: the backend refused the TLS connection (alert {alert:?}); fix: if it requires a client certificate, set the backend's `tls.client_cert_file` and `tls.client_key_file` to one it trusts"
+        ));
+    }
+    Refusal::UpstreamFailed(format!("{label}: {}", error_chain(e)))
+}
+
+/// The refusal for an exchange of the gateway's own HTTP/1.1 client that failed
+/// after connecting: as [`http_failure`] for the same causes.
+fn exchange_failure(label: &str, e: &http1::ExchangeError) -> crate::refusal::Refusal {
+    use crate::refusal::Refusal;
+    if let http1::ExchangeError::Invalid(_) = e {
+        return Refusal::UpstreamInvalidResponse(format!("{label}: {}", error_chain(e)));
+    }
     if let Some(alert) = tls_alert(e) {
         return Refusal::UpstreamTls(format!(
             "{label}: the backend refused the TLS connection (alert {alert:?}); fix: if it requires a client certificate, set the backend's `tls.client_cert_file` and `tls.client_key_file` to one it trusts"

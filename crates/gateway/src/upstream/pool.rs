@@ -8,6 +8,12 @@
 //! ([`PooledBody`]). A proxied HTTP/1 request is then one task end to end, woken only
 //! by its two sockets — the shape of nginx's event loop.
 //!
+//! A request without a body takes the gateway's own HTTP/1.1 exchange
+//! ([`crate::upstream::http1`]); one with a body goes through hyper's client connection,
+//! made over the same socket for that request. A connection in the pool is kept in the
+//! form its last request left it in, and changes form only when the next request needs
+//! the other ([`Kept`]).
+//!
 //! When the body has ended the connection goes back to the pool (last in, first out,
 //! so the warmest connections stay busy and the surplus ages out). Idle connections are
 //! kept per thread: a socket answers to the event loop of the thread that opened it,
@@ -18,14 +24,18 @@
 //! closed it meanwhile, and a reaper task drops idle connections that closed or waited
 //! longer than [`IDLE_TIMEOUT`]. A request that finds its reused connection closed
 //! before the request went out is sent again on another one — hyper hands such a
-//! request back unsent, so no request is ever sent twice.
+//! request back unsent. A bodiless request whose reused connection closed or failed
+//! before a byte of an answer came is sent again on another connection only if its
+//! method is idempotent (RFC 9110 §9.2.2), as nginx's `proxy_next_upstream error` does:
+//! the backend may have closed that idle connection just as the request went out.
 
-use crate::upstream::body::UpstreamBody;
+use crate::upstream::body::{BoxError, UpstreamBody};
+use crate::upstream::http1::{self, ExchangeError, Failure};
 use crate::upstream::{ConnectError, Connector, UpstreamStream};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper::client::conn::{http1, http2};
+use hyper::client::conn::{http1 as hyper1, http2};
 use hyper_util::rt::TokioIo;
 use std::future::{Future, poll_fn};
 use std::pin::{Pin, pin};
@@ -42,8 +52,8 @@ pub const MAX_IDLE: usize = 1024;
 /// One connection to the backend: the handle requests go in by, and the connection
 /// state machine that must be polled for them to move.
 struct Conn {
-    send: http1::SendRequest<UpstreamBody>,
-    conn: http1::Connection<TokioIo<UpstreamStream>, UpstreamBody>,
+    send: hyper1::SendRequest<UpstreamBody>,
+    conn: hyper1::Connection<TokioIo<UpstreamStream>, UpstreamBody>,
     closed: bool,
 }
 
@@ -69,8 +79,46 @@ impl Conn {
     }
 }
 
+impl Conn {
+    /// hyper's client connection over `own`'s socket; `None` when `own` has unread
+    /// bytes (it could not carry a request).
+    async fn over(own: Box<http1::Connection>) -> Option<Result<Box<Conn>, hyper::Error>> {
+        let io = own.into_io()?;
+        Some(
+            crate::upstream::http1_client()
+                .handshake(TokioIo::new(io))
+                .await
+                .map(|(send, conn)| Box::new(Conn { send, conn, closed: false })),
+        )
+    }
+
+    /// The socket back from hyper, for the gateway's own exchange; `None` when hyper
+    /// holds unread bytes.
+    fn into_own(self) -> Option<Box<http1::Connection>> {
+        let parts = self.conn.into_parts();
+        parts.read_buf.is_empty().then(|| Box::new(http1::Connection::new(parts.io.into_inner())))
+    }
+}
+
+/// An idle HTTP/1.1 connection, in the form its last request left it.
+enum Kept {
+    /// Under hyper's client (its last request had a body).
+    Hyper(Box<Conn>),
+    /// The bare socket, for the gateway's own exchange.
+    Own(Box<http1::Connection>),
+}
+
+impl Kept {
+    fn reusable(&mut self) -> bool {
+        match self {
+            Kept::Hyper(c) => c.reusable(),
+            Kept::Own(c) => c.reusable(),
+        }
+    }
+}
+
 struct Idle {
-    conn: Box<Conn>,
+    conn: Kept,
     since: Instant,
 }
 
@@ -127,7 +175,7 @@ impl Drop for StreamSlot {
 
 /// A new connection, by the protocol it speaks.
 enum Fresh {
-    Http1(Box<Conn>),
+    Http1(Box<http1::Connection>),
     Http2(H2Conn),
 }
 
@@ -149,6 +197,8 @@ pub enum RequestError {
     Connect(ConnectError, Box<http::Request<UpstreamBody>>),
     /// The exchange failed after connecting.
     Http(hyper::Error),
+    /// The gateway's own exchange failed after connecting.
+    Exchange(ExchangeError),
     /// The request could not be sent for another reason, in words.
     Failed(String),
 }
@@ -158,6 +208,7 @@ impl std::fmt::Debug for RequestError {
         match self {
             RequestError::Connect(e, _) => f.debug_tuple("Connect").field(e).finish_non_exhaustive(),
             RequestError::Http(e) => f.debug_tuple("Http").field(e).finish(),
+            RequestError::Exchange(e) => f.debug_tuple("Exchange").field(e).finish(),
             RequestError::Failed(e) => f.debug_tuple("Failed").field(e).finish(),
         }
     }
@@ -195,17 +246,26 @@ impl Pool {
                 Err(Err(e)) => return Err(e),
             }
         }
+        if http1::fits(&req) {
+            return self.request_own(req).await;
+        }
         loop {
             let (mut conn, reused) = match self.checkout() {
-                Some(c) => (c, true),
+                Some(Kept::Hyper(c)) => (c, true),
+                Some(Kept::Own(own)) => match Conn::over(own).await {
+                    Some(Ok(c)) => (c, true),
+                    Some(Err(e)) => return Err(RequestError::Http(e)),
+                    None => continue,
+                },
                 None => match self.connect().await {
-                    Ok(Fresh::Http1(c)) => (c, false),
-                    Ok(Fresh::Http2(c)) => {
-                        return self.h2_send(c, req).await.map_err(|e| match e {
-                            Ok(_unsent) => RequestError::Failed("the new HTTP/2 connection closed at once".into()),
-                            Err(e) => e,
-                        });
-                    }
+                    Ok(Fresh::Http1(own)) => match Conn::over(own).await {
+                        Some(Ok(c)) => (c, false),
+                        Some(Err(e)) => return Err(RequestError::Http(e)),
+                        None => {
+                            return Err(RequestError::Failed("the new connection had bytes before a request".into()));
+                        }
+                    },
+                    Ok(Fresh::Http2(c)) => return self.h2_fresh(c, req).await,
                     Err(Ok(e)) => return Err(RequestError::Connect(e, Box::new(req))),
                     Err(Err(e)) => return Err(RequestError::Http(e)),
                 },
@@ -219,14 +279,7 @@ impl Pool {
             match result {
                 Ok(resp) => {
                     let (parts, body) = resp.into_parts();
-                    let body = PooledBody {
-                        body,
-                        conn: Some(conn),
-                        pool: Some(self.0.clone()),
-                        ended: false,
-                        lease: None,
-                        _stream: None,
-                    };
+                    let body = PooledBody::new(Source::Hyper { body, conn: Some(conn) }, Some(self.0.clone()));
                     return Ok(http::Response::from_parts(parts, body));
                 }
                 Err(mut e) => match e.take_message() {
@@ -239,12 +292,65 @@ impl Pool {
         }
     }
 
+    /// A bodiless request through the gateway's own HTTP/1.1 exchange.
+    async fn request_own(&self, req: http::Request<UpstreamBody>) -> Result<http::Response<PooledBody>, RequestError> {
+        let limits = crate::upstream::response_head_limits();
+        let idempotent = req.method().is_idempotent();
+        let (mut parts, body) = req.into_parts();
+        loop {
+            let (mut conn, reused) = match self.checkout() {
+                Some(Kept::Own(c)) => (c, true),
+                Some(Kept::Hyper(c)) => match c.into_own() {
+                    Some(c) => (c, true),
+                    None => continue,
+                },
+                None => match self.connect().await {
+                    Ok(Fresh::Http1(c)) => (c, false),
+                    Ok(Fresh::Http2(c)) => return self.h2_fresh(c, http::Request::from_parts(parts, body)).await,
+                    Err(Ok(e)) => {
+                        return Err(RequestError::Connect(e, Box::new(http::Request::from_parts(parts, body))));
+                    }
+                    Err(Err(e)) => return Err(RequestError::Http(e)),
+                },
+            };
+            // The request's field map, once sent, holds the response's fields.
+            match http1::exchange(&mut conn, &parts.method, &parts.uri, &mut parts.headers, limits).await {
+                Ok((head, delimited)) => {
+                    let body = http1::ResponseBody::new(conn, delimited);
+                    return Ok(http::Response::from_parts(
+                        head,
+                        PooledBody::new(Source::Own(body), Some(self.0.clone())),
+                    ));
+                }
+                // The backend closed or dropped the idle connection as the request
+                // went out: an idempotent request may go again (RFC 9110 §9.2.2).
+                Err(Failure::Unanswered(e)) if reused && idempotent => {
+                    tracing::debug!(error = %e, "a reused backend connection closed unanswered; sent again on another");
+                }
+                Err(Failure::Unanswered(e)) => return Err(RequestError::Exchange(ExchangeError::Io(e))),
+                Err(Failure::Exchange(e)) => return Err(RequestError::Exchange(e)),
+            }
+        }
+    }
+
+    /// `req` on a new HTTP/2 connection.
+    async fn h2_fresh(
+        &self,
+        c: H2Conn,
+        req: http::Request<UpstreamBody>,
+    ) -> Result<http::Response<PooledBody>, RequestError> {
+        self.h2_send(c, req).await.map_err(|e| match e {
+            Ok(_unsent) => RequestError::Failed("the new HTTP/2 connection closed at once".into()),
+            Err(e) => e,
+        })
+    }
+
     /// Idle connections held now.
     pub fn idle(&self) -> usize {
         self.0.idle.lock().map_or(0, |slots| slots.iter().map(Vec::len).sum())
     }
 
-    fn checkout(&self) -> Option<Box<Conn>> {
+    fn checkout(&self) -> Option<Kept> {
         let slot = thread_slot();
         loop {
             let mut conn = self.0.idle.lock().ok()?.get_mut(slot)?.pop()?.conn;
@@ -285,9 +391,8 @@ impl Pool {
             }
             return Ok(Fresh::Http2(conn));
         }
-        let (send, conn) = crate::upstream::http1_client().handshake(TokioIo::new(stream)).await.map_err(Err)?;
         self.start_reaper();
-        Ok(Fresh::Http1(Box::new(Conn { send, conn, closed: false })))
+        Ok(Fresh::Http1(Box::new(http1::Connection::new(stream))))
     }
 
     /// An open HTTP/2 connection with a free stream, if any.
@@ -333,7 +438,8 @@ impl Pool {
         match send.try_send_request(req).await {
             Ok(resp) => {
                 let (parts, body) = resp.into_parts();
-                let body = PooledBody { body, conn: None, pool: None, ended: false, lease: None, _stream: Some(slot) };
+                let mut body = PooledBody::new(Source::Hyper { body, conn: None }, None);
+                body._stream = Some(slot);
                 Ok(http::Response::from_parts(parts, body))
             }
             Err(mut e) => match e.take_message() {
@@ -361,7 +467,7 @@ impl Pool {
 }
 
 impl Shared {
-    fn checkin(&self, mut conn: Box<Conn>) {
+    fn checkin(&self, mut conn: Kept) {
         if !conn.reusable() {
             return;
         }
@@ -406,8 +512,7 @@ async fn reap(pool: Weak<Shared>) {
 /// A backend's response body that moves its connection along as it is read, and
 /// gives the connection back to the pool once it has ended.
 pub struct PooledBody {
-    body: Incoming,
-    conn: Option<Box<Conn>>,
+    source: Source,
     pool: Option<Arc<Shared>>,
     ended: bool,
     /// The endpoint's share held until the body is done.
@@ -416,10 +521,23 @@ pub struct PooledBody {
     _stream: Option<StreamSlot>,
 }
 
+/// Where a body is read from.
+enum Source {
+    /// hyper's client (HTTP/2, requests with a body, refused upgrades), with the
+    /// HTTP/1.1 connection to drive while reading, if pooled.
+    Hyper { body: Incoming, conn: Option<Box<Conn>> },
+    /// The gateway's own HTTP/1.1 exchange.
+    Own(http1::ResponseBody),
+}
+
 impl PooledBody {
+    fn new(source: Source, pool: Option<Arc<Shared>>) -> PooledBody {
+        PooledBody { source, pool, ended: false, lease: None, _stream: None }
+    }
+
     /// A body whose connection is not pooled (a refused WebSocket upgrade's answer).
     pub fn unpooled(body: Incoming) -> PooledBody {
-        PooledBody { body, conn: None, pool: None, ended: false, lease: None, _stream: None }
+        PooledBody::new(Source::Hyper { body, conn: None }, None)
     }
 
     /// Holds the endpoint's lease until the body is dropped.
@@ -436,14 +554,24 @@ impl PooledBody {
 
 impl Body for PooledBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
-        if let Some(conn) = this.conn.as_mut() {
-            conn.drive(cx);
-        }
-        let frame = Pin::new(&mut this.body).poll_frame(cx);
+        let frame: Poll<Option<Result<Frame<Bytes>, BoxError>>> = match &mut this.source {
+            Source::Hyper { body, conn } => {
+                if let Some(conn) = conn.as_mut() {
+                    conn.drive(cx);
+                }
+                let frame = Pin::new(&mut *body).poll_frame(cx);
+                // A broken body leaves the connection in an unknown state: close it.
+                if let Poll::Ready(Some(Err(_))) = &frame {
+                    *conn = None;
+                }
+                frame.map_err(BoxError::from)
+            }
+            Source::Own(body) => body.poll_frame(cx).map_err(BoxError::from),
+        };
         match &frame {
             Poll::Ready(None) => {
                 this.ended = true;
@@ -451,10 +579,8 @@ impl Body for PooledBody {
                     lease.body_ended(true);
                 }
             }
-            // A broken body leaves the connection in an unknown state: close it. It
-            // counts against the endpoint (passive health).
+            // It counts against the endpoint (passive health).
             Poll::Ready(Some(Err(_))) => {
-                this.conn = None;
                 if let Some(lease) = this.lease.as_mut() {
                     lease.body_ended(false);
                 }
@@ -465,35 +591,54 @@ impl Body for PooledBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        match &self.source {
+            Source::Hyper { body, .. } => body.is_end_stream(),
+            Source::Own(body) => body.is_end_stream(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
+        match &self.source {
+            Source::Hyper { body, .. } => body.size_hint(),
+            Source::Own(body) => body.size_hint(),
+        }
     }
 }
 
 impl Drop for PooledBody {
     fn drop(&mut self) {
+        let end_stream = self.is_end_stream();
         // A body with nothing to read (a 204, a HEAD's answer) may never be polled to
         // its end: it ended all the same.
-        if self.body.is_end_stream()
-            && let Some(lease) = self.lease.as_mut()
-        {
+        if end_stream && let Some(lease) = self.lease.as_mut() {
             lease.body_ended(true);
         }
         // A body dropped before its end (the client went away) would leave the rest
         // of the response on the connection: it closes instead.
-        if let (Some(conn), Some(pool)) = (self.conn.take(), self.pool.take())
-            && (self.ended || self.body.is_end_stream())
-        {
-            pool.checkin(conn);
+        let Some(pool) = self.pool.take() else { return };
+        match &mut self.source {
+            Source::Hyper { conn, .. } => {
+                if let Some(conn) = conn.take()
+                    && (self.ended || end_stream)
+                {
+                    pool.checkin(Kept::Hyper(conn));
+                }
+            }
+            Source::Own(body) => {
+                if let Some(conn) = body.finish() {
+                    pool.checkin(Kept::Own(conn));
+                }
+            }
         }
     }
 }
 
 impl std::fmt::Debug for PooledBody {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PooledBody").field("pooled", &self.conn.is_some()).field("ended", &self.ended).finish()
+        let pooled = match &self.source {
+            Source::Hyper { conn, .. } => conn.is_some(),
+            Source::Own(_) => self.pool.is_some(),
+        };
+        f.debug_struct("PooledBody").field("pooled", &pooled).field("ended", &self.ended).finish()
     }
 }

@@ -1,0 +1,719 @@
+//! The gateway's own HTTP/1.1 client exchange, for the requests that make up most of
+//! an API's traffic: those without a body (`GET`, `HEAD`, `DELETE`, `OPTIONS`, a `POST`
+//! with nothing in it).
+//!
+//! Through hyper's client connection such a request crossed a dispatcher built for
+//! every case — a request channel, a body sender, a state machine shared by both
+//! directions and pipelining — about 15,000 instructions of a proxied request's 58,700
+//! counted with callgrind (`docs/BENCHMARKS.md`). Here the request head goes out in one
+//! write from a buffer filled field by field ([`encode_request`]); the response head is
+//! read with `httparse` (the parser hyper uses, with the same defaults) under the
+//! operator's response-head limits, its field values sliced out of the read buffer
+//! rather than copied ([`parse_head`]); the body is delimited as RFC 9112 §6.3 says
+//! ([`Framing`]) and read by [`ResponseBody`] straight from the socket — a chunked body
+//! through [`Chunked`], which decodes from the buffer in place.
+//!
+//! Requests with a body, and `Expect: 100-continue`, still go through hyper's client,
+//! whose body writer deals with a backend that answers before the body is sent. Both
+//! kinds share one pool of connections ([`crate::upstream::pool`]).
+//!
+//! What a response gets here is what it got from hyper (the `http1_fast_path` fuzz
+//! target compares the two on the same bytes): the same heads refused, the same
+//! framing chosen, the same chunked bodies accepted with the same bytes and trailers.
+//! Where this client is stricter, it says so: a `101` to a request that asked for no
+//! upgrade, and a `Transfer-Encoding` with a `Content-Length`, whose length is dropped
+//! and whose connection is not used again (RFC 9112 §6.3 point 3).
+
+use crate::upstream::{ResponseHeadLimits, UpstreamStream};
+use bytes::{Buf, Bytes, BytesMut};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version};
+use http_body::{Frame, SizeHint};
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
+use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
+
+/// Why an exchange on the gateway's own HTTP/1.1 client failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ExchangeError {
+    /// The backend's bytes are not an HTTP/1.1 response (a malformed head or chunked
+    /// framing, a head over the limits): the client gets 502 `upstream_invalid_response`.
+    #[error("the backend's response is not valid HTTP/1.1: {0}")]
+    Invalid(&'static str),
+    /// The connection failed or closed too early: 502 `upstream_failed` before the
+    /// head, a response cut short after it.
+    #[error("the backend's connection failed")]
+    Io(#[from] io::Error),
+}
+
+/// An HTTP/1.1 connection to a backend as the pool keeps it: the socket and its read
+/// buffer.
+pub struct Connection {
+    pub(crate) io: UpstreamStream,
+    buf: BytesMut,
+    /// The request head being sent, its allocation kept from one request to the next.
+    head: Vec<u8>,
+    /// Bytes the next read asks for: 8 KiB, doubled while reads fill it, up to 64 KiB
+    /// (hyper's strategy, so streaming a large body takes few reads).
+    next_read: usize,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection").field("unread", &self.buf.len()).finish_non_exhaustive()
+    }
+}
+
+/// The first read's size; the largest is [`MAX_READ`].
+const FIRST_READ: usize = 8 * 1024;
+/// The largest read (as hyper's client configured by [`crate::upstream::http1_client`]).
+const MAX_READ: usize = 64 * 1024;
+
+impl Connection {
+    /// A connection over `io`, nothing read yet.
+    pub fn new(io: UpstreamStream) -> Self {
+        Connection { io, buf: BytesMut::new(), head: Vec::new(), next_read: FIRST_READ }
+    }
+
+    /// The socket, if nothing read from it is left unparsed (else the connection is
+    /// in no state to carry another exchange).
+    pub fn into_io(self) -> Option<UpstreamStream> {
+        self.buf.is_empty().then_some(self.io)
+    }
+
+    /// Whether it can carry another request now: nothing left unread, and a read
+    /// polled once without a waker finds neither a close nor stray bytes.
+    pub fn reusable(&mut self) -> bool {
+        if !self.buf.is_empty() {
+            return false;
+        }
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut probe = [0u8; 1];
+        let mut probe = ReadBuf::new(&mut probe);
+        matches!(Pin::new(&mut self.io).poll_read(&mut cx, &mut probe), Poll::Pending)
+    }
+
+    /// Reads once into the buffer: `Ready(Ok(0))` at the end of the stream.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.buf.capacity() - self.buf.len() < self.next_read / 2 {
+            self.buf.reserve(self.next_read);
+        }
+        let room = self.buf.capacity() - self.buf.len();
+        let n = std::task::ready!(tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf))?;
+        if n == room && self.next_read < MAX_READ {
+            self.next_read *= 2;
+        }
+        Poll::Ready(Ok(n))
+    }
+}
+
+/// A request head in HTTP/1.1's wire form (RFC 9112 §3): the request line in origin
+/// form, then each field as `name: value`, appended to `out`.
+pub fn encode_request(method: &Method, uri: &http::Uri, headers: &HeaderMap, out: &mut Vec<u8>) {
+    let target = uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let fields: usize = headers.iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum();
+    out.reserve(method.as_str().len() + target.len() + 13 + fields + 2);
+    out.extend_from_slice(method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Field lines parsed without a heap allocation; a limit above this takes one.
+const STACK_FIELDS: usize = 128;
+
+/// Reads one response head from the front of `buf` and takes it out of `buf`:
+/// `Ok(None)` while it is incomplete. Field values are slices of the head's bytes; the
+/// fields go into `map` (cleared first), whose allocation a caller may reuse.
+///
+/// # Errors
+/// [`ExchangeError::Invalid`] for bytes that are not a response head (httparse's
+/// defaults, as hyper's: no obsolete line folding, no whitespace before a colon), a
+/// status code out of range, and a head over `limits`.
+pub fn parse_head(
+    buf: &mut BytesMut,
+    limits: ResponseHeadLimits,
+    map: &mut HeaderMap,
+) -> Result<Option<http::response::Parts>, ExchangeError> {
+    let mut stack = [httparse::EMPTY_HEADER; STACK_FIELDS];
+    let mut heap = Vec::new();
+    let fields: &mut [httparse::Header<'_>] = if limits.count <= STACK_FIELDS {
+        &mut stack[..limits.count]
+    } else {
+        heap.resize(limits.count, httparse::EMPTY_HEADER);
+        &mut heap
+    };
+    let mut parsed = httparse::Response::new(fields);
+    let len = match parsed.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) if buf.len() >= limits.bytes => {
+            return Err(ExchangeError::Invalid("the head is larger than --max-response-header-bytes"));
+        }
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(ExchangeError::Invalid("more field lines than --max-response-header-count"));
+        }
+        Err(_) => return Err(ExchangeError::Invalid("malformed status line or field")),
+    };
+    if len > limits.bytes {
+        return Err(ExchangeError::Invalid("the head is larger than --max-response-header-bytes"));
+    }
+    let code = parsed.code.ok_or(ExchangeError::Invalid("no status code"))?;
+    let status = StatusCode::from_u16(code).map_err(|_| ExchangeError::Invalid("a status code out of range"))?;
+    let version = if parsed.version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
+    let reason = parsed.reason.filter(|r| Some(*r) != status.canonical_reason()).map(|r| r.as_bytes().to_vec());
+    let base = buf.as_ptr() as usize;
+    // Where each name and value lies in the head, so that the values can be slices
+    // of one shared buffer once the head is taken out.
+    let mut at: smallvec::SmallVec<[(usize, usize, usize, usize); 32]> = smallvec::SmallVec::new();
+    for field in parsed.headers.iter() {
+        let name = field.name.as_ptr() as usize - base;
+        let value = field.value.as_ptr() as usize - base;
+        at.push((name, name + field.name.len(), value, value + field.value.len()));
+    }
+    let head = buf.split_to(len).freeze();
+    let (mut parts, ()) = http::Response::new(()).into_parts();
+    parts.status = status;
+    parts.version = version;
+    parts.headers = std::mem::take(map);
+    parts.headers.clear();
+    parts.headers.reserve(at.len());
+    for &(n0, n1, v0, v1) in at.iter() {
+        let name = HeaderName::from_bytes(&head[n0..n1])
+            .map_err(|_| ExchangeError::Invalid("a field name that is not a token"))?;
+        let value = HeaderValue::from_maybe_shared(head.slice(v0..v1))
+            .map_err(|_| ExchangeError::Invalid("a field value with a control byte"))?;
+        parts.headers.append(name, value);
+    }
+    if let Some(reason) = reason.and_then(|r| hyper::ext::ReasonPhrase::try_from(r).ok()) {
+        parts.extensions.insert(reason);
+    }
+    Ok(Some(parts))
+}
+
+/// How a response's body is delimited (RFC 9112 §6.3).
+#[derive(Debug)]
+pub enum Framing {
+    /// No body: an answer to `HEAD`, a `204`, a `304`, or a length of zero.
+    Empty,
+    /// `Content-Length` bytes; what is left to read.
+    Length(u64),
+    /// `Transfer-Encoding` ending in `chunked`.
+    Chunked(Box<Chunked>),
+    /// Everything until the backend closes the connection (neither field, or a
+    /// transfer coding other than chunked last).
+    Close,
+}
+
+/// A response head's framing and whether its connection may carry another request.
+#[derive(Debug)]
+pub struct Delimited {
+    /// How the body ends.
+    pub framing: Framing,
+    /// Whether the connection may be used again once the body has ended: an HTTP/1.1
+    /// response without `Connection: close`, framed by its own length or chunks, with
+    /// no conflicting framing fields.
+    pub keep_alive: bool,
+}
+
+/// The framing of the response `head` to a `method` request (RFC 9112 §6.3, in
+/// hyper's order): no body for `HEAD`, `204` and `304`; `Transfer-Encoding` over
+/// `Content-Length` (whose field is then removed, RFC 9112 §6.3 point 3); several
+/// `Content-Length` values must agree.
+///
+/// # Errors
+/// [`ExchangeError::Invalid`]: a `101` (nothing asked for an upgrade), an HTTP/1.0
+/// response with `Transfer-Encoding`, a `Content-Length` that is not one number.
+pub fn delimit(
+    method: &Method,
+    head: &mut http::response::Parts,
+    limits: ResponseHeadLimits,
+) -> Result<Delimited, ExchangeError> {
+    let mut keep_alive = head.version == Version::HTTP_11 && !has_close(&head.headers);
+    let framing = match head.status.as_u16() {
+        101 => return Err(ExchangeError::Invalid("a 101 to a request that asked for no upgrade")),
+        204 | 304 => Framing::Empty,
+        _ if *method == Method::HEAD => Framing::Empty,
+        _ => {
+            if head.headers.contains_key(http::header::TRANSFER_ENCODING) {
+                if head.version == Version::HTTP_10 {
+                    return Err(ExchangeError::Invalid("Transfer-Encoding in an HTTP/1.0 response"));
+                }
+                if head.headers.remove(http::header::CONTENT_LENGTH).is_some() {
+                    keep_alive = false;
+                }
+                let last = head.headers.get_all(http::header::TRANSFER_ENCODING).iter().next_back();
+                let chunked = last
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.rsplit(',').next())
+                    .is_some_and(|c| c.trim().eq_ignore_ascii_case("chunked"));
+                if chunked { Framing::Chunked(Box::new(Chunked::new(limits))) } else { Framing::Close }
+            } else if head.headers.contains_key(http::header::CONTENT_LENGTH) {
+                match content_length(&head.headers) {
+                    Some(0) => Framing::Empty,
+                    Some(n) => Framing::Length(n),
+                    None => return Err(ExchangeError::Invalid("a Content-Length that is not one number")),
+                }
+            } else {
+                Framing::Close
+            }
+        }
+    };
+    if matches!(framing, Framing::Close) {
+        keep_alive = false;
+    }
+    Ok(Delimited { framing, keep_alive })
+}
+
+/// Whether a `Connection` field says `close`.
+fn has_close(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .any(|v| v.as_bytes().split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close")))
+}
+
+/// The `Content-Length`, if every value of every line is the same decimal number
+/// (RFC 9110 §8.6: a list of equal values may be taken as one), below `u64::MAX - 2`
+/// (hyper's bound).
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    let mut length = None;
+    for line in headers.get_all(http::header::CONTENT_LENGTH) {
+        for v in line.as_bytes().split(|&b| b == b',') {
+            let v = v.trim_ascii();
+            if v.is_empty() || !v.iter().all(u8::is_ascii_digit) {
+                return None;
+            }
+            let n = v.iter().try_fold(0u64, |n, &d| n.checked_mul(10)?.checked_add(u64::from(d - b'0')))?;
+            if length.is_some_and(|l| l != n) {
+                return None;
+            }
+            length = Some(n);
+        }
+    }
+    length.filter(|&n| n < u64::MAX - 2)
+}
+
+/// Total bytes of chunk extensions a body may carry (hyper's limit).
+const EXTENSION_LIMIT: u64 = 16 * 1024;
+
+/// A chunked body's decoder (RFC 9112 §7.1), fed from the front of a buffer.
+#[derive(Debug)]
+pub struct Chunked {
+    state: State,
+    /// The chunk's size as read so far, then what is left of its data.
+    size: u64,
+    /// Bytes of chunk extensions seen (skipped, bounded).
+    extensions: u64,
+    /// The trailer section as read, if there is one.
+    trailers: Option<BytesMut>,
+    /// Trailer field lines read.
+    trailer_lines: usize,
+    limits: ResponseHeadLimits,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Before a chunk's size: at least one hex digit.
+    Start,
+    Size,
+    /// Whitespace after the size (tolerated, as hyper does).
+    SizeLws,
+    Extension,
+    SizeLf,
+    Data,
+    DataCr,
+    DataLf,
+    /// After the last chunk's line: the CRLF that ends the body, or a trailer field.
+    EndCr,
+    Trailer,
+    TrailerLf,
+    EndLf,
+    Done,
+}
+
+/// What [`Chunked::decode`] took from the buffer.
+#[derive(Debug)]
+pub enum Decoded {
+    /// Data of a chunk (never empty).
+    Data(Bytes),
+    /// The trailer section's fields; the body has ended.
+    Trailers(HeaderMap),
+    /// The body has ended.
+    End,
+}
+
+impl Chunked {
+    /// A decoder at the start of a body; trailer fields are bounded by `limits` (bytes
+    /// and lines, as the head).
+    pub fn new(limits: ResponseHeadLimits) -> Self {
+        Chunked { state: State::Start, size: 0, extensions: 0, trailers: None, trailer_lines: 0, limits }
+    }
+
+    /// Whether the body has ended.
+    pub fn is_done(&self) -> bool {
+        self.state == State::Done
+    }
+
+    /// Decodes from the front of `buf`, taking out what it used: `Ok(None)` when `buf`
+    /// holds too little to go on.
+    ///
+    /// # Errors
+    /// [`ExchangeError::Invalid`] for framing that is not RFC 9112's (as hyper refuses
+    /// it): a size line without a digit or with a byte other than a hex digit,
+    /// whitespace, `;` or CR; a size over 64 bits; a bare LF; extensions over 16 KiB in
+    /// all; a chunk's data not followed by CRLF; a trailer section over the limits or
+    /// not made of fields.
+    pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Decoded>, ExchangeError> {
+        use ExchangeError::Invalid;
+        loop {
+            if self.state == State::Done {
+                return Ok(Some(Decoded::End));
+            }
+            if self.state == State::Data {
+                if buf.is_empty() {
+                    return Ok(None);
+                }
+                let n = usize::try_from(self.size).unwrap_or(usize::MAX).min(buf.len());
+                self.size -= n as u64;
+                if self.size == 0 {
+                    self.state = State::DataCr;
+                }
+                return Ok(Some(Decoded::Data(buf.split_to(n).freeze())));
+            }
+            if self.state == State::Extension {
+                // Skipped up to the CR, in one search.
+                let end = buf.iter().position(|&b| b == b'\r' || b == b'\n');
+                let skipped = end.unwrap_or(buf.len());
+                self.extensions += skipped as u64;
+                if self.extensions >= EXTENSION_LIMIT {
+                    return Err(Invalid("chunk extensions over 16 KiB"));
+                }
+                buf.advance(skipped);
+                if end.is_none() {
+                    return Ok(None);
+                }
+            }
+            let Some(&byte) = buf.first() else { return Ok(None) };
+            buf.advance(1);
+            self.state = match (self.state, byte) {
+                (State::Start | State::Size, b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F') => {
+                    let digit = (byte as char).to_digit(16).unwrap_or(0);
+                    self.size = self
+                        .size
+                        .checked_mul(16)
+                        .and_then(|s| s.checked_add(u64::from(digit)))
+                        .ok_or(Invalid("a chunk size over 64 bits"))?;
+                    State::Size
+                }
+                (State::Start, _) => return Err(Invalid("a chunk size line without a size")),
+                (State::Size | State::SizeLws, b'\t' | b' ') => State::SizeLws,
+                (State::Size | State::SizeLws, b';') => State::Extension,
+                (State::Size | State::SizeLws | State::Extension, b'\r') => State::SizeLf,
+                (State::Size, _) => return Err(Invalid("a chunk size that is not hexadecimal")),
+                (State::SizeLws, _) => return Err(Invalid("a byte after a chunk size's whitespace")),
+                (State::Extension, _) => return Err(Invalid("a chunk extension with a bare LF")),
+                (State::SizeLf, b'\n') if self.size == 0 => State::EndCr,
+                (State::SizeLf, b'\n') => State::Data,
+                (State::SizeLf, _) => return Err(Invalid("a chunk size line not ended by CRLF")),
+                (State::DataCr, b'\r') => State::DataLf,
+                (State::DataCr, _) => return Err(Invalid("a chunk's data longer than its size")),
+                (State::DataLf, b'\n') => State::Start,
+                (State::DataLf, _) => return Err(Invalid("a chunk's data not ended by CRLF")),
+                (State::EndCr, b'\r') => {
+                    self.trailer_byte(byte)?;
+                    State::EndLf
+                }
+                (State::EndCr, _) => {
+                    match &mut self.trailers {
+                        None => {
+                            let mut t = BytesMut::with_capacity(64);
+                            t.extend_from_slice(&[byte]);
+                            self.trailers = Some(t);
+                        }
+                        Some(_) => self.trailer_byte(byte)?,
+                    }
+                    State::Trailer
+                }
+                (State::Trailer, b'\r') => {
+                    self.trailer_byte(byte)?;
+                    State::TrailerLf
+                }
+                (State::Trailer, _) => {
+                    self.trailer_byte(byte)?;
+                    State::Trailer
+                }
+                (State::TrailerLf, b'\n') => {
+                    if self.trailer_lines >= self.limits.count {
+                        return Err(Invalid("more trailer fields than --max-response-header-count"));
+                    }
+                    self.trailer_lines += 1;
+                    self.trailer_byte(byte)?;
+                    State::EndCr
+                }
+                (State::TrailerLf, _) => return Err(Invalid("a trailer field not ended by CRLF")),
+                (State::EndLf, b'\n') => {
+                    self.trailer_byte(byte)?;
+                    self.state = State::Done;
+                    return match self.trailers.take() {
+                        Some(t) => Ok(Some(Decoded::Trailers(trailer_fields(&t, self.trailer_lines)?))),
+                        None => Ok(Some(Decoded::End)),
+                    };
+                }
+                (State::EndLf, _) => return Err(Invalid("a chunked body not ended by CRLF")),
+                (State::Data | State::Done, _) => unreachable!("handled above"),
+            };
+        }
+    }
+
+    /// Adds a byte to the trailer section, if one has started, within the byte limit.
+    fn trailer_byte(&mut self, byte: u8) -> Result<(), ExchangeError> {
+        if let Some(t) = &mut self.trailers {
+            t.extend_from_slice(&[byte]);
+            if t.len() >= self.limits.bytes {
+                return Err(ExchangeError::Invalid("a trailer section over --max-response-header-bytes"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The fields of a trailer section (`lines` field lines and the final CRLF).
+fn trailer_fields(section: &[u8], lines: usize) -> Result<HeaderMap, ExchangeError> {
+    let mut fields = vec![httparse::EMPTY_HEADER; lines];
+    match httparse::parse_headers(section, &mut fields) {
+        Ok(httparse::Status::Complete((_, parsed))) => {
+            let mut map = HeaderMap::with_capacity(parsed.len());
+            for f in parsed {
+                let name = HeaderName::from_bytes(f.name.as_bytes())
+                    .map_err(|_| ExchangeError::Invalid("a trailer field name that is not a token"))?;
+                let value = HeaderValue::from_bytes(f.value)
+                    .map_err(|_| ExchangeError::Invalid("a trailer field value with a control byte"))?;
+                map.append(name, value);
+            }
+            Ok(map)
+        }
+        _ => Err(ExchangeError::Invalid("a trailer section that is not fields")),
+    }
+}
+
+/// Sends a bodiless request on `conn` — its head as [`encode_request`] writes it —
+/// and reads the final response head, with its framing. Informational answers before
+/// it are skipped, up to [`crate::upstream::handshake::MAX_INFORMATIONAL`]. The
+/// response's fields go into `headers` (the request's, once sent: its allocation is
+/// reused), taken from it once a final head has come.
+///
+/// # Errors
+/// [`Failure::Unanswered`] when the connection failed or closed before a byte of an
+/// answer came (the request may be sent again on another connection if it is
+/// idempotent), else [`Failure::Exchange`].
+pub async fn exchange(
+    conn: &mut Connection,
+    method: &Method,
+    uri: &http::Uri,
+    headers: &mut HeaderMap,
+    limits: ResponseHeadLimits,
+) -> Result<(http::response::Parts, Delimited), Failure> {
+    let mut head = std::mem::take(&mut conn.head);
+    head.clear();
+    encode_request(method, uri, headers, &mut head);
+    let written = conn.io.write_all(&head).await;
+    conn.head = head;
+    written.map_err(Failure::Unanswered)?;
+    conn.io.flush().await.map_err(Failure::Unanswered)?;
+    let mut informational = 0;
+    let mut answered = false;
+    loop {
+        if !conn.buf.is_empty() {
+            answered = true;
+            let mut map = HeaderMap::new();
+            let final_map = if informational == 0 { &mut *headers } else { &mut map };
+            if let Some(mut parts) = parse_head(&mut conn.buf, limits, final_map)? {
+                if parts.status.is_informational() && parts.status != StatusCode::SWITCHING_PROTOCOLS {
+                    // The request's map goes back for the final answer.
+                    if informational == 0 {
+                        *headers = std::mem::take(&mut parts.headers);
+                    }
+                    informational += 1;
+                    if informational > crate::upstream::handshake::MAX_INFORMATIONAL {
+                        return Err(
+                            ExchangeError::Invalid("more informational answers (1xx) than the gateway reads").into()
+                        );
+                    }
+                    continue;
+                }
+                let delimited = delimit(method, &mut parts, limits)?;
+                return Ok((parts, delimited));
+            }
+        }
+        let read = std::future::poll_fn(|cx| conn.poll_fill(cx)).await;
+        match read {
+            Ok(0) if !answered => {
+                return Err(Failure::Unanswered(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the backend closed the connection without answering",
+                )));
+            }
+            Ok(0) => {
+                return Err(ExchangeError::Io(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the backend closed the connection within its response head",
+                ))
+                .into());
+            }
+            Ok(_) => {}
+            Err(e) if !answered => return Err(Failure::Unanswered(e)),
+            Err(e) => return Err(ExchangeError::Io(e).into()),
+        }
+    }
+}
+
+/// How [`exchange`] failed.
+#[derive(Debug)]
+pub enum Failure {
+    /// Nothing of an answer came: the write failed, or the connection closed or
+    /// failed before the first byte of a response.
+    Unanswered(io::Error),
+    /// The answer was not a valid response, or broke off.
+    Exchange(ExchangeError),
+}
+
+impl From<ExchangeError> for Failure {
+    fn from(e: ExchangeError) -> Self {
+        Failure::Exchange(e)
+    }
+}
+
+/// A response body read straight from its connection, by its [`Framing`]; the
+/// connection is handed back by [`ResponseBody::finish`] when the body has ended and
+/// the connection may be used again.
+#[derive(Debug)]
+pub struct ResponseBody {
+    conn: Option<Box<Connection>>,
+    framing: Framing,
+    keep_alive: bool,
+    ended: bool,
+}
+
+impl ResponseBody {
+    /// The body of a response on `conn`, as `delimited` says.
+    pub fn new(conn: Box<Connection>, delimited: Delimited) -> Self {
+        let ended = matches!(delimited.framing, Framing::Empty);
+        ResponseBody { conn: Some(conn), framing: delimited.framing, keep_alive: delimited.keep_alive, ended }
+    }
+
+    /// Whether the body has ended (all of it read, or none to read).
+    pub fn is_end_stream(&self) -> bool {
+        self.ended || matches!(self.framing, Framing::Empty | Framing::Length(0))
+    }
+
+    /// Its size: exact for an empty or a `Content-Length` body.
+    pub fn size_hint(&self) -> SizeHint {
+        match &self.framing {
+            Framing::Empty => SizeHint::with_exact(0),
+            Framing::Length(n) => SizeHint::with_exact(*n),
+            _ => SizeHint::default(),
+        }
+    }
+
+    /// The connection, once the body has ended, if it may carry another request.
+    pub fn finish(&mut self) -> Option<Box<Connection>> {
+        if !self.is_end_stream() || !self.keep_alive {
+            return None;
+        }
+        self.conn.take()
+    }
+
+    /// The next frame: data as it comes, the trailers of a chunked body, `None` at
+    /// the end.
+    ///
+    /// # Errors
+    /// [`ExchangeError::Io`] when the connection fails or closes before the body's
+    /// end, [`ExchangeError::Invalid`] for a malformed chunked body; the connection is
+    /// then closed.
+    pub fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, ExchangeError>>> {
+        let result = self.poll_inner(cx);
+        if let Poll::Ready(Some(Err(_))) = &result {
+            self.conn = None;
+            self.ended = true;
+            self.keep_alive = false;
+        }
+        result
+    }
+
+    fn poll_inner(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, ExchangeError>>> {
+        if self.ended {
+            return Poll::Ready(None);
+        }
+        let Some(conn) = self.conn.as_mut() else { return Poll::Ready(None) };
+        loop {
+            match &mut self.framing {
+                Framing::Empty | Framing::Length(0) => {
+                    self.ended = true;
+                    return Poll::Ready(None);
+                }
+                Framing::Length(left) => {
+                    if !conn.buf.is_empty() {
+                        let n = usize::try_from(*left).unwrap_or(usize::MAX).min(conn.buf.len());
+                        *left -= n as u64;
+                        if *left == 0 {
+                            self.ended = true;
+                        }
+                        return Poll::Ready(Some(Ok(Frame::data(conn.buf.split_to(n).freeze()))));
+                    }
+                }
+                Framing::Chunked(chunked) => match chunked.decode(&mut conn.buf) {
+                    Ok(Some(Decoded::Data(data))) => return Poll::Ready(Some(Ok(Frame::data(data)))),
+                    Ok(Some(Decoded::Trailers(t))) => {
+                        self.ended = true;
+                        return Poll::Ready(Some(Ok(Frame::trailers(t))));
+                    }
+                    Ok(Some(Decoded::End)) => {
+                        self.ended = true;
+                        return Poll::Ready(None);
+                    }
+                    Ok(None) => {}
+                    Err(e) => return Poll::Ready(Some(Err(e))),
+                },
+                Framing::Close => {
+                    if !conn.buf.is_empty() {
+                        return Poll::Ready(Some(Ok(Frame::data(conn.buf.split().freeze()))));
+                    }
+                }
+            }
+            match std::task::ready!(conn.poll_fill(cx)) {
+                Ok(0) if matches!(self.framing, Framing::Close) => {
+                    self.ended = true;
+                    return Poll::Ready(None);
+                }
+                Ok(0) => {
+                    return Poll::Ready(Some(Err(ExchangeError::Io(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the backend closed the connection before the end of the body",
+                    )))));
+                }
+                Ok(_) => {}
+                Err(e) => return Poll::Ready(Some(Err(ExchangeError::Io(e)))),
+            }
+        }
+    }
+}
+
+/// Whether `req` takes the gateway's own exchange: no body, and no field that
+/// announces one (`Transfer-Encoding`, a `Content-Length` other than 0) or waits for
+/// an interim answer (`Expect`); not `CONNECT`.
+pub fn fits<B: http_body::Body>(req: &http::Request<B>) -> bool {
+    let headers = req.headers();
+    req.body().is_end_stream()
+        && req.method() != Method::CONNECT
+        && !headers.contains_key(http::header::TRANSFER_ENCODING)
+        && !headers.contains_key(http::header::EXPECT)
+        && headers.get(http::header::CONTENT_LENGTH).is_none_or(|v| v.as_bytes() == b"0")
+}
