@@ -31,7 +31,7 @@ use http_body::{Frame, SizeHint};
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
-use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 /// Why an exchange on the gateway's own HTTP/1.1 client failed.
 #[derive(Debug, thiserror::Error)]
@@ -48,8 +48,8 @@ pub enum ExchangeError {
 
 /// An HTTP/1.1 connection to a backend as the pool keeps it: the socket and its read
 /// buffer.
-pub struct Connection {
-    pub(crate) io: UpstreamStream,
+pub struct Connection<S = UpstreamStream> {
+    pub(crate) io: S,
     buf: BytesMut,
     /// The request head being sent, its allocation kept from one request to the next.
     head: Vec<u8>,
@@ -58,7 +58,7 @@ pub struct Connection {
     next_read: usize,
 }
 
-impl std::fmt::Debug for Connection {
+impl<S> std::fmt::Debug for Connection<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Connection").field("unread", &self.buf.len()).finish_non_exhaustive()
     }
@@ -69,15 +69,15 @@ const FIRST_READ: usize = 8 * 1024;
 /// The largest read (as hyper's client configured by [`crate::upstream::http1_client`]).
 const MAX_READ: usize = 64 * 1024;
 
-impl Connection {
+impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     /// A connection over `io`, nothing read yet.
-    pub fn new(io: UpstreamStream) -> Self {
+    pub fn new(io: S) -> Self {
         Connection { io, buf: BytesMut::new(), head: Vec::new(), next_read: FIRST_READ }
     }
 
     /// The socket, if nothing read from it is left unparsed (else the connection is
     /// in no state to carry another exchange).
-    pub fn into_io(self) -> Option<UpstreamStream> {
+    pub fn into_io(self) -> Option<S> {
         self.buf.is_empty().then_some(self.io)
     }
 
@@ -281,7 +281,7 @@ fn has_close(headers: &HeaderMap) -> bool {
 }
 
 /// The `Content-Length`, if every value of every line is the same decimal number
-/// (RFC 9110 §8.6: a list of equal values may be taken as one), below `u64::MAX - 2`
+/// (RFC 9110 §8.6: a list of equal values may be taken as one), at most `u64::MAX - 2`
 /// (hyper's bound).
 fn content_length(headers: &HeaderMap) -> Option<u64> {
     let mut length = None;
@@ -298,7 +298,7 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
             length = Some(n);
         }
     }
-    length.filter(|&n| n < u64::MAX - 2)
+    length.filter(|&n| n <= u64::MAX - 2)
 }
 
 /// Total bytes of chunk extensions a body may carry (hyper's limit).
@@ -514,8 +514,8 @@ fn trailer_fields(section: &[u8], lines: usize) -> Result<HeaderMap, ExchangeErr
 /// [`Failure::Unanswered`] when the connection failed or closed before a byte of an
 /// answer came (the request may be sent again on another connection if it is
 /// idempotent), else [`Failure::Exchange`].
-pub async fn exchange(
-    conn: &mut Connection,
+pub async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    conn: &mut Connection<S>,
     method: &Method,
     uri: &http::Uri,
     headers: &mut HeaderMap,
@@ -595,16 +595,16 @@ impl From<ExchangeError> for Failure {
 /// connection is handed back by [`ResponseBody::finish`] when the body has ended and
 /// the connection may be used again.
 #[derive(Debug)]
-pub struct ResponseBody {
-    conn: Option<Box<Connection>>,
+pub struct ResponseBody<S = UpstreamStream> {
+    conn: Option<Box<Connection<S>>>,
     framing: Framing,
     keep_alive: bool,
     ended: bool,
 }
 
-impl ResponseBody {
+impl<S: AsyncRead + AsyncWrite + Unpin> ResponseBody<S> {
     /// The body of a response on `conn`, as `delimited` says.
-    pub fn new(conn: Box<Connection>, delimited: Delimited) -> Self {
+    pub fn new(conn: Box<Connection<S>>, delimited: Delimited) -> Self {
         let ended = matches!(delimited.framing, Framing::Empty);
         ResponseBody { conn: Some(conn), framing: delimited.framing, keep_alive: delimited.keep_alive, ended }
     }
@@ -624,7 +624,7 @@ impl ResponseBody {
     }
 
     /// The connection, once the body has ended, if it may carry another request.
-    pub fn finish(&mut self) -> Option<Box<Connection>> {
+    pub fn finish(&mut self) -> Option<Box<Connection<S>>> {
         if !self.is_end_stream() || !self.keep_alive {
             return None;
         }
@@ -716,4 +716,260 @@ pub fn fits<B: http_body::Body>(req: &http::Request<B>) -> bool {
         && !headers.contains_key(http::header::TRANSFER_ENCODING)
         && !headers.contains_key(http::header::EXPECT)
         && headers.get(http::header::CONTENT_LENGTH).is_none_or(|v| v.as_bytes() == b"0")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const LIMITS: ResponseHeadLimits = ResponseHeadLimits { bytes: 8192, count: 100 };
+
+    fn head(bytes: &[u8]) -> Result<Option<http::response::Parts>, ExchangeError> {
+        let mut buf = BytesMut::from(bytes);
+        parse_head(&mut buf, LIMITS, &mut HeaderMap::new())
+    }
+
+    /// The whole body of `wire` decoded in pieces of `step` bytes, and its trailers.
+    fn decode(wire: &[u8], step: usize) -> Result<(Vec<u8>, Option<HeaderMap>), ExchangeError> {
+        let mut chunked = Chunked::new(LIMITS);
+        let mut buf = BytesMut::new();
+        let mut body = Vec::new();
+        let mut fed = 0;
+        loop {
+            match chunked.decode(&mut buf)? {
+                Some(Decoded::Data(d)) => {
+                    assert!(!d.is_empty());
+                    body.extend_from_slice(&d);
+                }
+                Some(Decoded::Trailers(t)) => return Ok((body, Some(t))),
+                Some(Decoded::End) => return Ok((body, None)),
+                None if fed == wire.len() => {
+                    return Err(ExchangeError::Io(io::Error::new(io::ErrorKind::UnexpectedEof, "ran out")));
+                }
+                None => {
+                    let n = step.min(wire.len() - fed);
+                    buf.extend_from_slice(&wire[fed..fed + n]);
+                    fed += n;
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_request_head_is_written_in_origin_form() {
+        let mut headers = HeaderMap::new();
+        headers.insert("host", HeaderValue::from_static("api.internal:8080"));
+        headers.append("x-b", HeaderValue::from_static("1"));
+        headers.append("x-b", HeaderValue::from_static("2"));
+        let uri: http::Uri = "/v1/items?id=1".parse().expect("uri");
+        let mut out = Vec::new();
+        encode_request(&Method::DELETE, &uri, &headers, &mut out);
+        assert_eq!(out, b"DELETE /v1/items?id=1 HTTP/1.1\r\nhost: api.internal:8080\r\nx-b: 1\r\nx-b: 2\r\n\r\n");
+        out.clear();
+        encode_request(&Method::GET, &http::Uri::from_static("http://x"), &HeaderMap::new(), &mut out);
+        assert_eq!(out, b"GET / HTTP/1.1\r\n\r\n");
+    }
+
+    #[test]
+    fn a_response_head_is_parsed_whole_or_not_at_all() {
+        let full = b"HTTP/1.1 404 Gone Fishing\r\nContent-Length: 3\r\nX-A: 1\r\nX-A: 2\r\n\r\nabc";
+        for cut in 0..full.len() - 3 {
+            assert!(head(&full[..cut]).expect("partial is not an error").is_none(), "cut at {cut}");
+        }
+        let mut buf = BytesMut::from(&full[..]);
+        let parts = parse_head(&mut buf, LIMITS, &mut HeaderMap::new()).expect("valid").expect("complete");
+        assert_eq!(&buf[..], b"abc", "the body's start stays in the buffer");
+        assert_eq!(parts.status, StatusCode::NOT_FOUND);
+        assert_eq!(parts.version, Version::HTTP_11);
+        assert_eq!(parts.headers.get_all("x-a").iter().collect::<Vec<_>>(), ["1", "2"]);
+        let reason = parts.extensions.get::<hyper::ext::ReasonPhrase>().expect("a non-canonical reason is kept");
+        assert_eq!(reason.as_bytes(), b"Gone Fishing");
+        let canonical = head(b"HTTP/1.0 200 OK\r\n\r\n").expect("valid").expect("complete");
+        assert_eq!(canonical.version, Version::HTTP_10);
+        assert!(canonical.extensions.get::<hyper::ext::ReasonPhrase>().is_none());
+    }
+
+    #[test]
+    fn heads_that_hyper_refuses_are_refused() {
+        for bad in [
+            &b"HTTP/1.1 200 OK\r\nFolded: a\r\n b\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\nSpace : x\r\n\r\n",
+            b"HTTP/1.1 2000 OK\r\n\r\n",
+            b"HTTP/1.1 099 Low\r\n\r\n",
+            b"HTTP/2.0 200 OK\r\n\r\n",
+            b"SSH-2.0-OpenSSH_9.2\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nBad\x01: x\r\n\r\n",
+        ] {
+            assert!(matches!(head(bad), Err(ExchangeError::Invalid(_))), "{:?}", String::from_utf8_lossy(bad));
+        }
+        let small = ResponseHeadLimits { bytes: 8192, count: 2 };
+        let mut buf = BytesMut::from(&b"HTTP/1.1 200 OK\r\na: 1\r\nb: 2\r\nc: 3\r\n\r\n"[..]);
+        assert!(parse_head(&mut buf, small, &mut HeaderMap::new()).is_err(), "over the field count");
+        let mut long = b"HTTP/1.1 200 OK\r\nx: ".to_vec();
+        long.resize(9000, b'a');
+        assert!(head(&long).is_err(), "an incomplete head past the byte limit");
+    }
+
+    #[test]
+    fn the_map_handed_in_is_reused_and_cleared() {
+        let mut map = HeaderMap::with_capacity(64);
+        map.insert("x-request-only", HeaderValue::from_static("1"));
+        let capacity = map.capacity();
+        let mut buf = BytesMut::from(&b"HTTP/1.1 200 OK\r\nx-answer: 1\r\n\r\n"[..]);
+        let parts = parse_head(&mut buf, LIMITS, &mut map).expect("valid").expect("complete");
+        assert_eq!(parts.headers.len(), 1);
+        assert!(parts.headers.contains_key("x-answer") && !parts.headers.contains_key("x-request-only"));
+        assert!(parts.headers.capacity() >= capacity);
+    }
+
+    fn framing_of(method: Method, wire: &[u8]) -> Result<(Delimited, HeaderMap), ExchangeError> {
+        let mut parts = head(wire)?.expect("complete");
+        let d = delimit(&method, &mut parts, LIMITS)?;
+        Ok((d, parts.headers))
+    }
+
+    #[test]
+    fn framing_follows_rfc_9112_section_6_3() {
+        let f = |m: Method, w: &[u8]| framing_of(m, w).map(|(d, _)| (format!("{:?}", d.framing), d.keep_alive));
+        let chunked = "Chunked(Chunked { state: Start, size: 0, extensions: 0, trailers: None, trailer_lines: 0, limits: ResponseHeadLimits { bytes: 8192, count: 100 } })".to_string();
+        assert_eq!(
+            f(Method::GET, b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\n").ok(),
+            Some(("Length(7)".into(), true))
+        );
+        assert_eq!(f(Method::HEAD, b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\n").ok(), Some(("Empty".into(), true)));
+        assert_eq!(f(Method::GET, b"HTTP/1.1 204 No Content\r\n\r\n").ok(), Some(("Empty".into(), true)));
+        assert_eq!(
+            f(Method::GET, b"HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n").ok(),
+            Some(("Empty".into(), true))
+        );
+        assert_eq!(f(Method::GET, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n").ok(), Some(("Empty".into(), true)));
+        assert_eq!(
+            f(Method::GET, b"HTTP/1.1 200 OK\r\nContent-Length: 4, 4\r\nContent-Length: 4\r\n\r\n").ok(),
+            Some(("Length(4)".into(), true))
+        );
+        assert_eq!(
+            f(Method::GET, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n").ok(),
+            Some((chunked.clone(), true))
+        );
+        assert_eq!(
+            f(Method::GET, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n").ok(),
+            Some(("Close".into(), false))
+        );
+        assert_eq!(f(Method::GET, b"HTTP/1.1 200 OK\r\n\r\n").ok(), Some(("Close".into(), false)));
+        assert_eq!(
+            f(Method::GET, b"HTTP/1.1 200 OK\r\nConnection: keep-alive, Close\r\nContent-Length: 1\r\n\r\n").ok(),
+            Some(("Length(1)".into(), false))
+        );
+        assert_eq!(
+            f(Method::GET, b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 1\r\n\r\n").ok(),
+            Some(("Length(1)".into(), false))
+        );
+        // Both framings: the chunks decide, the length goes, and so does the connection.
+        let (d, headers) =
+            framing_of(Method::GET, b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n")
+                .expect("valid");
+        assert!(matches!(d.framing, Framing::Chunked(_)) && !d.keep_alive);
+        assert!(!headers.contains_key("content-length"));
+        for bad in [
+            &b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\nContent-Length: +4\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 0x4\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: \r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 99999999999999999999\r\n\r\n",
+            b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n",
+        ] {
+            assert!(framing_of(Method::GET, bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn chunked_bodies_decode_with_extensions_and_trailers() {
+        let wire = b"5;name=value\r\nhello\r\n6 \r\n world\r\nA\r\n0123456789\r\n0\r\nx-sum: 1\r\nx-sum: 2\r\n\r\n";
+        for step in [1, 2, 3, 7, wire.len()] {
+            let (body, trailers) = decode(wire, step).expect("valid");
+            assert_eq!(body, b"hello world0123456789", "step {step}");
+            let trailers = trailers.expect("trailers");
+            assert_eq!(trailers.get_all("x-sum").iter().collect::<Vec<_>>(), ["1", "2"]);
+        }
+        assert_eq!(decode(b"0\r\n\r\n", 1).expect("empty").0, b"");
+        assert!(decode(b"0\r\n\r\n", 1).expect("empty").1.is_none());
+        assert_eq!(decode(b"00000001\r\nx\r\n0\r\n\r\n", 4).expect("leading zeros").0, b"x");
+    }
+
+    #[test]
+    fn chunked_framing_that_hyper_refuses_is_refused() {
+        for bad in [
+            &b"\r\n\r\n"[..],
+            b";ext\r\n\r\n",
+            b"g\r\n",
+            b"5\nhello\r\n0\r\n\r\n",
+            b"5\r\nhelloX\r\n0\r\n\r\n",
+            b"5\r\nhello\rX",
+            b"1 1\r\n",
+            b"1;a\nb\r\n",
+            b"10000000000000000\r\n",
+            b"0\r\nbad trailer\r\n\r\n",
+            b"0\r\n\r\r",
+            b"0\r\nx: 1\rX",
+        ] {
+            assert!(matches!(decode(bad, 1), Err(ExchangeError::Invalid(_))), "{:?}", String::from_utf8_lossy(bad));
+        }
+        let mut long = b"1;".to_vec();
+        long.resize(20_000, b'e');
+        assert!(matches!(decode(&long, 4096), Err(ExchangeError::Invalid(_))), "extensions are bounded");
+        let mut many = b"0\r\n".to_vec();
+        for i in 0..101 {
+            many.extend_from_slice(format!("t{i}: v\r\n").as_bytes());
+        }
+        many.extend_from_slice(b"\r\n");
+        assert!(matches!(decode(&many, 64), Err(ExchangeError::Invalid(_))), "trailer lines are bounded");
+        // Cut short: not an error of framing, but not an end either.
+        assert!(matches!(decode(b"5\r\nhel", 2), Err(ExchangeError::Io(_))));
+    }
+
+    proptest! {
+        // Any body, cut into any chunks, arrives whole, however the bytes are split.
+        #[test]
+        fn any_chunking_decodes_to_the_body(
+            body in proptest::collection::vec(any::<u8>(), 0..600),
+            sizes in proptest::collection::vec(1usize..90, 1..20),
+            step in 1usize..64,
+        ) {
+            let mut wire = Vec::new();
+            let mut rest = &body[..];
+            let mut i = 0;
+            while !rest.is_empty() {
+                let n = sizes[i % sizes.len()].min(rest.len());
+                wire.extend_from_slice(format!("{n:x}\r\n").as_bytes());
+                wire.extend_from_slice(&rest[..n]);
+                wire.extend_from_slice(b"\r\n");
+                rest = &rest[n..];
+                i += 1;
+            }
+            wire.extend_from_slice(b"0\r\n\r\n");
+            let (decoded, trailers) = decode(&wire, step).expect("valid");
+            prop_assert_eq!(decoded, body);
+            prop_assert!(trailers.is_none());
+        }
+    }
+
+    #[test]
+    fn only_bodiless_requests_fit() {
+        let req = |method: Method, headers: &[(&str, &str)], body: &'static [u8]| {
+            let mut r = http::Request::builder().method(method).uri("/");
+            for (n, v) in headers {
+                r = r.header(*n, *v);
+            }
+            r.body(http_body_util::Full::new(Bytes::from_static(body))).expect("request")
+        };
+        assert!(fits(&req(Method::GET, &[], b"")));
+        assert!(fits(&req(Method::POST, &[("content-length", "0")], b"")));
+        assert!(!fits(&req(Method::POST, &[], b"x")));
+        assert!(!fits(&req(Method::GET, &[("transfer-encoding", "chunked")], b"")));
+        assert!(!fits(&req(Method::GET, &[("content-length", "5")], b"")));
+        assert!(!fits(&req(Method::PUT, &[("expect", "100-continue")], b"")));
+        assert!(!fits(&req(Method::CONNECT, &[], b"")));
+    }
 }

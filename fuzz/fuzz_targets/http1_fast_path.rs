@@ -1,0 +1,151 @@
+//! `http1_fast_path`: the gateway's own HTTP/1.1 client exchange
+//! (`tollgate_gateway::upstream::http1`: the response head, its framing, the body by
+//! length, chunks or close), against hyper's HTTP/1 client reading the same bytes — the
+//! client it replaced for bodiless requests.
+//!
+//! Feeds: a byte seeding the sizes of the backend's writes (so heads and chunk lines
+//! arrive split at any point), a byte choosing the method (`GET` or `HEAD`: a `HEAD`'s
+//! answer has no body), then the backend's bytes, after which it closes. Both clients
+//! send the request over in-memory connections (`tokio::io::duplex`) and read the
+//! answer under the same limits (8,192 bytes, 16 field lines, for heads and trailers).
+//!
+//! Asserts, beyond "no panic" and "both end":
+//! - a head hyper refuses, the gateway refuses; a head hyper reads, the gateway reads
+//!   as the same status and fields — except where the gateway is stricter on purpose:
+//!   a `101` to a request that asked for no upgrade, more informational answers than
+//!   it reads, and a `Content-Length` beside `Transfer-Encoding` (dropped);
+//! - when both read a head, a body one reads whole the other reads whole too, with the
+//!   same bytes and the same trailers.
+
+#![no_main]
+
+use bytes::{Bytes, BytesMut};
+use http_body_util::BodyExt;
+use libfuzzer_sys::fuzz_target;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+use tollgate_gateway::upstream::ResponseHeadLimits;
+use tollgate_gateway::upstream::http1;
+
+const LIMITS: ResponseHeadLimits = ResponseHeadLimits { bytes: 8192, count: 16 };
+
+/// The backend: reads the request head, then writes `data` in pieces and closes.
+async fn backend(mut io: DuplexStream, data: Vec<u8>, seed: u8) {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match io.read(&mut byte).await {
+            Ok(1) => head.push(byte[0]),
+            _ => return,
+        }
+    }
+    let mut rest = &data[..];
+    let mut i = 0usize;
+    while !rest.is_empty() {
+        let size = (1 + (usize::from(seed) >> (i % 4)) % 97).min(rest.len());
+        if io.write_all(&rest[..size]).await.is_err() {
+            return;
+        }
+        rest = &rest[size..];
+        i += 1;
+    }
+    let _ = io.shutdown().await;
+}
+
+/// A response as read: status and fields, then the body's bytes and trailers, or
+/// `None` for a body that failed.
+type Read = (http::StatusCode, http::HeaderMap, Option<(Vec<u8>, Option<http::HeaderMap>)>);
+
+fuzz_target!(|input: &[u8]| {
+    let [seed, method, data @ ..] = input else { return };
+    let method = if method & 1 == 0 { http::Method::GET } else { http::Method::HEAD };
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    runtime.block_on(async {
+        // The gateway's reading.
+        let (io, far) = tokio::io::duplex(64 * 1024);
+        let serving = tokio::spawn(backend(far, data.to_vec(), *seed));
+        let mut conn = http1::Connection::new(io);
+        let mut fields = http::HeaderMap::new();
+        fields.insert(http::header::HOST, http::HeaderValue::from_static("backend"));
+        let uri = http::Uri::from_static("/items");
+        let ours: Result<Read, String> = match http1::exchange(&mut conn, &method, &uri, &mut fields, LIMITS).await {
+            Ok((head, delimited)) => {
+                let mut body = http1::ResponseBody::new(Box::new(conn), delimited);
+                let mut bytes = BytesMut::new();
+                let mut trailers = None;
+                let outcome = loop {
+                    match std::future::poll_fn(|cx| body.poll_frame(cx)).await {
+                        None => break Some((bytes.to_vec(), trailers)),
+                        Some(Ok(frame)) => match frame.into_data() {
+                            Ok(d) => bytes.extend_from_slice(&d),
+                            Err(frame) => trailers = frame.into_trailers().ok(),
+                        },
+                        Some(Err(_)) => break None,
+                    }
+                };
+                Ok((head.status, head.headers, outcome))
+            }
+            Err(http1::Failure::Unanswered(e)) => Err(format!("unanswered: {e}")),
+            Err(http1::Failure::Exchange(e)) => Err(e.to_string()),
+        };
+        let _ = serving.await;
+
+        // hyper's.
+        let (client, far) = tokio::io::duplex(64 * 1024);
+        let serving = tokio::spawn(backend(far, data.to_vec(), *seed));
+        let mut builder = hyper::client::conn::http1::Builder::new();
+        builder.max_headers(LIMITS.count).max_header_size(LIMITS.bytes).max_buf_size(64 * 1024);
+        let (mut sender, connection) =
+            builder.handshake(hyper_util::rt::TokioIo::new(client)).await.expect("an in-memory handshake");
+        let driving = tokio::spawn(connection);
+        let request = http::Request::builder()
+            .method(method.clone())
+            .uri("/items")
+            .header("host", "backend")
+            .body(http_body_util::Empty::<Bytes>::new())
+            .expect("a request");
+        let theirs: Result<Read, String> = match sender.send_request(request).await {
+            Ok(resp) => {
+                let (head, mut body) = resp.into_parts();
+                let mut bytes = BytesMut::new();
+                let mut trailers = None;
+                let outcome = loop {
+                    match body.frame().await {
+                        None => break Some((bytes.to_vec(), trailers)),
+                        Some(Ok(frame)) => match frame.into_data() {
+                            Ok(d) => bytes.extend_from_slice(&d),
+                            Err(frame) => trailers = frame.into_trailers().ok(),
+                        },
+                        Some(Err(_)) => break None,
+                    }
+                };
+                Ok((head.status, head.headers, outcome))
+            }
+            Err(e) => Err(e.to_string()),
+        };
+        drop(sender);
+        driving.abort();
+        let _ = serving.await;
+
+        match (&ours, &theirs) {
+            (Ok((status, fields, body)), Ok((their_status, their_fields, their_body))) => {
+                assert_eq!(status, their_status, "the same status");
+                let mut their_fields = their_fields.clone();
+                if their_fields.contains_key(http::header::TRANSFER_ENCODING) {
+                    their_fields.remove(http::header::CONTENT_LENGTH);
+                }
+                assert_eq!(fields, &their_fields, "the same fields");
+                match (body, their_body) {
+                    (Some(b), Some(t)) => assert_eq!(b, t, "the same body and trailers"),
+                    (None, None) => {}
+                    (b, t) => panic!("one body read whole, the other failed: ours {b:?}, hyper's {t:?}"),
+                }
+            }
+            (Err(why), Ok((status, _, _))) => {
+                let stricter = why.contains("informational") || (why.contains("101") && status.as_u16() == 101);
+                assert!(stricter, "hyper read a {status} the gateway refused: {why}");
+            }
+            (Ok((status, fields, _)), Err(e)) => panic!("the gateway read a {status} hyper refused ({e}): {fields:?}"),
+            (Err(_), Err(_)) => {}
+        }
+    });
+});
