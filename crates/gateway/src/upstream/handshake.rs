@@ -19,8 +19,9 @@
 //! handshake's ([`check_switching`]).
 
 use crate::upstream::ResponseHeadLimits;
+use crate::upstream::http1;
 use bytes::{Buf, Bytes, BytesMut};
-use http::{HeaderName, HeaderValue, StatusCode, Version};
+use http::{HeaderValue, StatusCode, Version};
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -52,25 +53,13 @@ pub struct Answer {
 }
 
 /// The upgrade request's head in HTTP/1.1's wire form (RFC 9112 §3): the request line
-/// in origin form, then each field as `name: value`.
+/// in origin form, then each field as `name: value` ([`http1::encode_request`]).
 pub fn encode_request(head: &http::request::Parts, out: &mut Vec<u8>) {
-    let target = head.uri.path_and_query().map_or("/", |pq| pq.as_str());
-    out.reserve(32 + target.len() + head.headers.len() * 32);
-    out.extend_from_slice(head.method.as_str().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(target.as_bytes());
-    out.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in &head.headers {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
+    http1::encode_request(&head.method, &head.uri, &head.headers, out);
 }
 
 /// Reads one response head at the start of `buf`: `Ok(None)` while it is incomplete,
-/// else the head and its length in bytes.
+/// else the head and its length in bytes ([`http1::parse_head`]'s reading).
 ///
 /// # Errors
 /// [`HandshakeError::Invalid`] for bytes that are not a response head, and for a head
@@ -79,36 +68,19 @@ pub fn parse_response_head(
     buf: &[u8],
     limits: ResponseHeadLimits,
 ) -> Result<Option<(http::response::Parts, usize)>, HandshakeError> {
-    let mut fields = vec![httparse::EMPTY_HEADER; limits.count];
-    let mut parsed = httparse::Response::new(&mut fields);
-    let len = match parsed.parse(buf) {
-        Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) if buf.len() >= limits.bytes => {
-            return Err(HandshakeError::Invalid("the head is larger than --max-response-header-bytes"));
-        }
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(httparse::Error::TooManyHeaders) => {
-            return Err(HandshakeError::Invalid("more field lines than --max-response-header-count"));
-        }
-        Err(_) => return Err(HandshakeError::Invalid("malformed status line or field")),
-    };
-    if len > limits.bytes {
-        return Err(HandshakeError::Invalid("the head is larger than --max-response-header-bytes"));
-    }
-    let code = parsed.code.ok_or(HandshakeError::Invalid("no status code"))?;
-    let status = StatusCode::from_u16(code).map_err(|_| HandshakeError::Invalid("a status code out of range"))?;
-    let (mut head, ()) = http::Response::new(()).into_parts();
-    head.status = status;
-    head.version = if parsed.version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
-    head.headers.reserve(parsed.headers.len());
-    for field in parsed.headers.iter() {
-        let name = HeaderName::from_bytes(field.name.as_bytes())
-            .map_err(|_| HandshakeError::Invalid("a field name that is not a token"))?;
-        let value = HeaderValue::from_bytes(field.value)
-            .map_err(|_| HandshakeError::Invalid("a field value with a control byte"))?;
-        head.headers.append(name, value);
-    }
-    Ok(Some((head, len)))
+    let mut bytes = BytesMut::from(buf);
+    Ok(read_head(&mut bytes, limits)?.map(|(parts, raw)| (parts, raw.len())))
+}
+
+/// [`http1::parse_head`], its errors as the handshake's.
+fn read_head(
+    buf: &mut BytesMut,
+    limits: ResponseHeadLimits,
+) -> Result<Option<(http::response::Parts, Bytes)>, HandshakeError> {
+    http1::parse_head(buf, limits, &mut http::HeaderMap::new()).map_err(|e| match e {
+        http1::ExchangeError::Invalid(why) => HandshakeError::Invalid(why),
+        http1::ExchangeError::Io(e) => HandshakeError::Failed(e),
+    })
 }
 
 /// RFC 6455 §4.1: what makes a `101` the WebSocket handshake's — HTTP/1.1 (HTTP/1.0 has
@@ -174,7 +146,7 @@ where
     let mut informational = 0;
     loop {
         if !buf.is_empty()
-            && let Some((answer, len)) = parse_response_head(&buf, limits)?
+            && let Some((answer, raw_head)) = read_head(&mut buf, limits)?
         {
             if answer.status.is_informational() && answer.status != StatusCode::SWITCHING_PROTOCOLS {
                 // A backend that sends nothing else would otherwise keep the gateway
@@ -183,10 +155,8 @@ where
                 if informational > MAX_INFORMATIONAL {
                     return Err(HandshakeError::Invalid("more informational answers (1xx) than the gateway reads"));
                 }
-                buf.advance(len);
                 continue;
             }
-            let raw_head = buf.split_to(len).freeze();
             // Copied out: a WebSocket's relay keeps its first bytes until read, and
             // sharing the read buffer would keep all of it (kilobytes) per connection.
             let rest = if buf.is_empty() { Bytes::new() } else { Bytes::copy_from_slice(&buf) };

@@ -130,8 +130,9 @@ pub fn encode_request(method: &Method, uri: &http::Uri, headers: &HeaderMap, out
 const STACK_FIELDS: usize = 128;
 
 /// Reads one response head from the front of `buf` and takes it out of `buf`:
-/// `Ok(None)` while it is incomplete. Field values are slices of the head's bytes; the
-/// fields go into `map` (cleared first), whose allocation a caller may reuse.
+/// `Ok(None)` while it is incomplete, else the head and its bytes as they came. Field
+/// values are slices of those bytes; the fields go into `map` (cleared first), whose
+/// allocation a caller may reuse.
 ///
 /// # Errors
 /// [`ExchangeError::Invalid`] for bytes that are not a response head (httparse's
@@ -141,7 +142,7 @@ pub fn parse_head(
     buf: &mut BytesMut,
     limits: ResponseHeadLimits,
     map: &mut HeaderMap,
-) -> Result<Option<http::response::Parts>, ExchangeError> {
+) -> Result<Option<(http::response::Parts, Bytes)>, ExchangeError> {
     let mut stack = [httparse::EMPTY_HEADER; STACK_FIELDS];
     let mut heap = Vec::new();
     let fields: &mut [httparse::Header<'_>] = if limits.count <= STACK_FIELDS {
@@ -195,7 +196,7 @@ pub fn parse_head(
     if let Some(reason) = reason.and_then(|r| hyper::ext::ReasonPhrase::try_from(r).ok()) {
         parts.extensions.insert(reason);
     }
-    Ok(Some(parts))
+    Ok(Some((parts, head)))
 }
 
 /// How a response's body is delimited (RFC 9112 §6.3).
@@ -535,7 +536,7 @@ pub async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
             answered = true;
             let mut map = HeaderMap::new();
             let final_map = if informational == 0 { &mut *headers } else { &mut map };
-            if let Some(mut parts) = parse_head(&mut conn.buf, limits, final_map)? {
+            if let Some((mut parts, _)) = parse_head(&mut conn.buf, limits, final_map)? {
                 if parts.status.is_informational() && parts.status != StatusCode::SWITCHING_PROTOCOLS {
                     // The request's map goes back for the final answer.
                     if informational == 0 {
@@ -727,7 +728,7 @@ mod tests {
 
     fn head(bytes: &[u8]) -> Result<Option<http::response::Parts>, ExchangeError> {
         let mut buf = BytesMut::from(bytes);
-        parse_head(&mut buf, LIMITS, &mut HeaderMap::new())
+        Ok(parse_head(&mut buf, LIMITS, &mut HeaderMap::new())?.map(|(parts, _)| parts))
     }
 
     /// The whole body of `wire` decoded in pieces of `step` bytes, and its trailers.
@@ -778,8 +779,9 @@ mod tests {
             assert!(head(&full[..cut]).expect("partial is not an error").is_none(), "cut at {cut}");
         }
         let mut buf = BytesMut::from(&full[..]);
-        let parts = parse_head(&mut buf, LIMITS, &mut HeaderMap::new()).expect("valid").expect("complete");
+        let (parts, raw) = parse_head(&mut buf, LIMITS, &mut HeaderMap::new()).expect("valid").expect("complete");
         assert_eq!(&buf[..], b"abc", "the body's start stays in the buffer");
+        assert_eq!(&raw[..], &full[..full.len() - 3], "the head's bytes as they came");
         assert_eq!(parts.status, StatusCode::NOT_FOUND);
         assert_eq!(parts.version, Version::HTTP_11);
         assert_eq!(parts.headers.get_all("x-a").iter().collect::<Vec<_>>(), ["1", "2"]);
@@ -817,7 +819,7 @@ mod tests {
         map.insert("x-request-only", HeaderValue::from_static("1"));
         let capacity = map.capacity();
         let mut buf = BytesMut::from(&b"HTTP/1.1 200 OK\r\nx-answer: 1\r\n\r\n"[..]);
-        let parts = parse_head(&mut buf, LIMITS, &mut map).expect("valid").expect("complete");
+        let (parts, _) = parse_head(&mut buf, LIMITS, &mut map).expect("valid").expect("complete");
         assert_eq!(parts.headers.len(), 1);
         assert!(parts.headers.contains_key("x-answer") && !parts.headers.contains_key("x-request-only"));
         assert!(parts.headers.capacity() >= capacity);
