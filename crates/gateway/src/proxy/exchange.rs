@@ -198,13 +198,19 @@ pub(super) fn body_stopped(stopped: &Stopped, upstream: &Upstream) -> Option<Ref
 
 /// Sends a request to the backend (`key`: the consistent hash's); with `head_due`, its
 /// response head must come by then.
-pub(super) async fn exchange(
-    upstream: &Upstream,
+///
+/// Boxed: the send's future (3.5 KB: the request, the pool's states) would otherwise
+/// be part of every future above it up to the request's own, and a future is copied
+/// whole each time it is made and moved — three times as hyper's service boxes it, and
+/// once at each level on the way down. One allocation per request costs less than
+/// those copies (counted with callgrind: `docs/BENCHMARKS.md`).
+pub(super) fn exchange<'a>(
+    upstream: &'a Upstream,
     req: Request<UpstreamBody>,
-    key: Option<&[u8]>,
+    key: Option<&'a [u8]>,
     head_due: Option<std::time::Duration>,
-) -> Result<Response<GatewayBody>, Refusal> {
-    upstream.send(req, key, head_due).await
+) -> std::pin::Pin<Box<dyn Future<Output = Result<Response<GatewayBody>, Refusal>> + Send + 'a>> {
+    Box::pin(upstream.send(req, key, head_due))
 }
 
 /// The key a `consistent_hash` backend balances this request on, if it has one: the

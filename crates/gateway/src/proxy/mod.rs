@@ -345,7 +345,10 @@ impl Gateway {
                         guards.push(Box::new(conn.activity.begin()));
                     }
                     let slots = (conn.slot.clone(), app_slot, guards);
-                    self.websocket(&parts, &ctx, client, handshake == Handshake::Http2, slots).await
+                    // Boxed, as the backend exchange is (`exchange::exchange`): the
+                    // upgrade's 2 KB of future would otherwise be part of every
+                    // request's.
+                    Box::pin(self.websocket(&parts, &ctx, client, handshake == Handshake::Http2, slots)).await
                 }
                 None => {
                     let guards = std::mem::take(&mut ctx.plan_mut().held);

@@ -143,16 +143,18 @@ pub fn parse_head(
     limits: ResponseHeadLimits,
     map: &mut HeaderMap,
 ) -> Result<Option<(http::response::Parts, Bytes)>, ExchangeError> {
-    let mut stack = [httparse::EMPTY_HEADER; STACK_FIELDS];
+    // Uninitialised room for the fields (as hyper's parser has): zeroing 4 KiB per
+    // response cost more than parsing a short head.
+    let mut stack = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; STACK_FIELDS];
     let mut heap = Vec::new();
-    let fields: &mut [httparse::Header<'_>] = if limits.count <= STACK_FIELDS {
+    let fields: &mut [std::mem::MaybeUninit<httparse::Header<'_>>] = if limits.count <= STACK_FIELDS {
         &mut stack[..limits.count]
     } else {
-        heap.resize(limits.count, httparse::EMPTY_HEADER);
+        heap.resize(limits.count, std::mem::MaybeUninit::uninit());
         &mut heap
     };
-    let mut parsed = httparse::Response::new(fields);
-    let len = match parsed.parse(buf) {
+    let mut parsed = httparse::Response::new(&mut []);
+    let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut parsed, buf, fields) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) if buf.len() >= limits.bytes => {
             return Err(ExchangeError::Invalid("the head is larger than --max-response-header-bytes"));

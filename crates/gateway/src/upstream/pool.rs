@@ -232,6 +232,11 @@ impl Pool {
     /// Sends `req` (in origin form, with its `Host`) on an idle connection or a new
     /// one, and returns the response once its head has come; the body keeps driving
     /// the connection and gives it back when it ends.
+    ///
+    /// Connecting (TCP and TLS: 1.3 KB of future) and HTTP/2 (1.4–1.8 KB) are boxed
+    /// where they are awaited: a future is as large as its largest state, and this
+    /// one is inside every request's future, which is moved (copied) several times
+    /// as it is made and boxed — for a keep-alive request that connects nowhere.
     pub async fn request(
         &self,
         mut req: http::Request<UpstreamBody>,
@@ -239,7 +244,7 @@ impl Pool {
         if self.0.connector.may_speak_h2()
             && let Some(conn) = self.h2_checkout()
         {
-            match self.h2_send(conn, req).await {
+            match Box::pin(self.h2_send(conn, req)).await {
                 Ok(resp) => return Ok(resp),
                 // The connection was closing: the request, unsent, takes a new one.
                 Err(Ok(unsent)) => req = unsent,
@@ -257,7 +262,7 @@ impl Pool {
                     Some(Err(e)) => return Err(RequestError::Http(e)),
                     None => continue,
                 },
-                None => match self.connect().await {
+                None => match Box::pin(self.connect()).await {
                     Ok(Fresh::Http1(own)) => match Conn::over(own).await {
                         Some(Ok(c)) => (c, false),
                         Some(Err(e)) => return Err(RequestError::Http(e)),
@@ -265,7 +270,7 @@ impl Pool {
                             return Err(RequestError::Failed("the new connection had bytes before a request".into()));
                         }
                     },
-                    Ok(Fresh::Http2(c)) => return self.h2_fresh(c, req).await,
+                    Ok(Fresh::Http2(c)) => return Box::pin(self.h2_fresh(c, req)).await,
                     Err(Ok(e)) => return Err(RequestError::Connect(e, Box::new(req))),
                     Err(Err(e)) => return Err(RequestError::Http(e)),
                 },
@@ -304,9 +309,11 @@ impl Pool {
                     Some(c) => (c, true),
                     None => continue,
                 },
-                None => match self.connect().await {
+                None => match Box::pin(self.connect()).await {
                     Ok(Fresh::Http1(c)) => (c, false),
-                    Ok(Fresh::Http2(c)) => return self.h2_fresh(c, http::Request::from_parts(parts, body)).await,
+                    Ok(Fresh::Http2(c)) => {
+                        return Box::pin(self.h2_fresh(c, http::Request::from_parts(parts, body))).await;
+                    }
                     Err(Ok(e)) => {
                         return Err(RequestError::Connect(e, Box::new(http::Request::from_parts(parts, body))));
                     }
