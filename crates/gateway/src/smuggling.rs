@@ -126,19 +126,27 @@ impl<I> SmugglingGuard<I> {
                     }
                 }
                 State::Head(head) => {
-                    let b = buf[i];
-                    if b != b'\n' {
-                        if self.line.len() < MAX_TRACKED_LINE {
-                            self.line.push(b);
-                        } else {
-                            head.overflow = true;
-                        }
-                        i += 1;
-                        continue;
+                    // A line at a time: its end found with one search, the line read in
+                    // place unless it began in an earlier read (then it is carried in
+                    // `self.line`). Either way at most `MAX_TRACKED_LINE` bytes of it
+                    // are looked at, so the outcome does not depend on where reads
+                    // split the bytes.
+                    let rest = &buf[i..];
+                    let Some(nl) = rest.iter().position(|&b| b == b'\n') else {
+                        let room = MAX_TRACKED_LINE - self.line.len();
+                        head.overflow |= rest.len() > room;
+                        self.line.extend_from_slice(&rest[..rest.len().min(room)]);
+                        return;
+                    };
+                    let carried = !self.line.is_empty();
+                    let room = MAX_TRACKED_LINE - self.line.len();
+                    let overflow = std::mem::take(&mut head.overflow) || nl > room;
+                    if carried {
+                        self.line.extend_from_slice(&rest[..nl.min(room)]);
                     }
-                    let overflow = std::mem::take(&mut head.overflow);
-                    let line = self.line.strip_suffix(b"\r").unwrap_or(&self.line);
-                    if !head.seen_request_line {
+                    let line = if carried { &self.line[..] } else { &rest[..nl.min(room)] };
+                    let line = line.strip_suffix(b"\r").unwrap_or(line);
+                    let next = if !head.seen_request_line {
                         if !line.is_empty() {
                             head.seen_request_line = true;
                             if line.starts_with(b"PRI * HTTP/2.0") {
@@ -147,19 +155,25 @@ impl<I> SmugglingGuard<I> {
                             }
                             head.connect = line.starts_with(b"CONNECT ");
                         }
+                        None
                     } else if line.is_empty() {
-                        self.state = head.end();
+                        Some(head.end())
                     } else if (overflow && framing_field(line)) || head.header(line) {
                         // Both framings in one head — or a framing field too long to
                         // read (no honest client pads one past 1 KiB; whitespace could
                         // hide its value from this guard but not from hyper): make
                         // hyper's parser refuse it.
-                        buf[i] = 0;
+                        buf[i + nl] = 0;
                         self.state = State::Passthrough;
                         return;
+                    } else {
+                        None
+                    };
+                    if let Some(next) = next {
+                        self.state = next;
                     }
                     self.line.clear();
-                    i += 1;
+                    i += nl + 1;
                 }
             }
         }
