@@ -423,15 +423,21 @@ async fn every_request_carries_a_request_id_to_the_backend_and_back() {
 
 /// A keep-alive HTTP/1.1 backend that answers by path with bytes written by hand, and
 /// says in `x-conn` which of its connections (counted from 1) carried the request.
-async fn framing_backend() -> SocketAddr {
+/// `/hold` answers once `hold` of them are waiting (so that many connections are
+/// open at once); `/crash` is counted and never answered.
+async fn framing_backend(hold: usize) -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
+    let crashes = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = crashes.clone();
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(hold));
     tokio::spawn(async move {
         let mut conns = 0u32;
         while let Ok((mut tcp, _)) = listener.accept().await {
             conns += 1;
             let c = conns;
+            let (crashes, barrier) = (counted.clone(), barrier.clone());
             tokio::spawn(async move {
                 let mut buf = Vec::new();
                 for nth in 1.. {
@@ -460,6 +466,20 @@ async fn framing_backend() -> SocketAddr {
                         ),
                         "/interim" => "HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".into(),
                         "/garbage" => "NOT HTTP AT ALL\r\n\r\n".into(),
+                        "/hold" => {
+                            barrier.wait().await;
+                            format!("HTTP/1.1 200 OK\r\nContent-Length: 4\r\nx-conn: {c}\r\n\r\nheld")
+                        }
+                        "/crash" => {
+                            crashes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            return;
+                        }
+                        "/two-lengths" => "HTTP/1.1 200 OK\r\nContent-Length: 7\r\nContent-Length: 8\r\n\r\n".into(),
+                        "/old" => "HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok".into(),
+                        "/reason" => "HTTP/1.1 200 Fine Thanks\r\nContent-Length: 2\r\n\r\nok".into(),
+                        "/trailers" => format!(
+                            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nx-conn: {c}\r\n\r\n2\r\nok\r\n0\r\nx-sum: 7\r\nConnection: x-secret\r\nx-secret: 1\r\nContent-Length: 99\r\nKeep-Alive: timeout=5\r\n\r\n"
+                        ),
                         "/bad-chunk" => "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhelloXX".into(),
                         // Closed unanswered when it is not the connection's first request:
                         // the race of a backend closing an idle connection as a request
@@ -478,12 +498,13 @@ async fn framing_backend() -> SocketAddr {
             });
         }
     });
-    addr
+    (addr, crashes)
 }
 
 #[tokio::test]
 async fn a_backends_http1_answers_are_framed_as_rfc_9112_says() {
-    let backend = framing_backend().await;
+    const HOLD: usize = 3;
+    let (backend, crashes) = framing_backend(HOLD).await;
     let yaml = format!(
         r#"
 backends:
@@ -551,6 +572,51 @@ accounts:
     let (status, _, body, _) = send("POST", "/vanish").await;
     assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
     assert!(body.contains("upstream_failed"), "{body}");
+
+    // Several kept connections, and a request the backend closes every connection on
+    // unanswered: sent once on a kept connection and once more on a new one, never on
+    // each kept connection in turn.
+    let holds: Vec<_> = (0..HOLD).map(|_| tokio::spawn(send("GET", "/hold"))).collect();
+    for h in holds {
+        assert_eq!(h.await.expect("a request").2, "held");
+    }
+    let (status, _, body, _) = send("GET", "/crash").await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+    assert_eq!(crashes.load(std::sync::atomic::Ordering::SeqCst), 2, "sent twice at most");
+
+    // A length that frames nothing (a HEAD's answer) is checked too: two lengths are 502,
+    // not a client connection dropped for a head the gateway cannot send.
+    let (status, _, body, _) = send("HEAD", "/two-lengths").await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+    // The gateway's version and the backend's reason phrase.
+    let answer =
+        raw(addr, format!("GET /old?user_key=k HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes())
+            .await;
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    let answer =
+        raw(addr, format!("GET /reason?user_key=k HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes())
+            .await;
+    assert!(answer.starts_with("HTTP/1.1 200 Fine Thanks\r\n"), "{answer}");
+    // Trailers reach an HTTP/2 client without the fields a trailer may not carry.
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    let (mut h2, conn) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .expect("h2c");
+    tokio::spawn(conn);
+    let req = http::Request::builder()
+        .uri(format!("http://{host}/trailers?user_key=k"))
+        .body(http_body_util::Empty::<Bytes>::new())
+        .expect("req");
+    let resp = h2.send_request(req).await.expect("response");
+    assert_eq!(resp.status(), StatusCode::OK);
+    let collected = http_body_util::BodyExt::collect(resp.into_body()).await.expect("the body and its trailers");
+    let trailers = collected.trailers().cloned().expect("trailers");
+    assert_eq!(trailers.get("x-sum").map(|v| v.as_bytes()), Some(&b"7"[..]));
+    for gone in ["connection", "x-secret", "content-length", "keep-alive"] {
+        assert!(!trailers.contains_key(gone), "{gone} in {trailers:?}");
+    }
+    assert_eq!(&collected.to_bytes()[..], b"ok");
 
     // Bytes that are not a response: 502 upstream_invalid_response.
     let (status, _, body, _) = send("GET", "/garbage").await;

@@ -229,7 +229,13 @@ pub struct Delimited {
 /// The framing of the response `head` to a `method` request (RFC 9112 §6.3, in
 /// hyper's order): no body for `HEAD`, `204` and `304`; `Transfer-Encoding` over
 /// `Content-Length` (whose field is then removed, RFC 9112 §6.3 point 3); several
-/// `Content-Length` values must agree.
+/// `Content-Length` values must agree, and are passed on as one (RFC 9110 §8.6).
+///
+/// Stricter than hyper's client, on purpose: a `Content-Length` is checked on every
+/// response, also where it frames nothing (a `HEAD`'s answer: the client's server
+/// would refuse to send a malformed one and drop the client's connection), and empty
+/// elements of a `Transfer-Encoding` list are ignored (RFC 9110 §5.6.1), so
+/// `chunked,` is chunked.
 ///
 /// # Errors
 /// [`ExchangeError::Invalid`]: a `101` (nothing asked for an upgrade), an HTTP/1.0
@@ -240,6 +246,19 @@ pub fn delimit(
     limits: ResponseHeadLimits,
 ) -> Result<Delimited, ExchangeError> {
     let mut keep_alive = head.version == Version::HTTP_11 && !has_close(&head.headers);
+    let length = match head.headers.contains_key(http::header::CONTENT_LENGTH) {
+        false => None,
+        true => {
+            let n = content_length(&head.headers)
+                .ok_or(ExchangeError::Invalid("a Content-Length that is not one number"))?;
+            let mut values = head.headers.get_all(http::header::CONTENT_LENGTH).iter();
+            let single = values.next().is_some_and(|v| !v.as_bytes().contains(&b',')) && values.next().is_none();
+            if !single {
+                head.headers.insert(http::header::CONTENT_LENGTH, HeaderValue::from(n));
+            }
+            Some(n)
+        }
+    };
     let framing = match head.status.as_u16() {
         101 => return Err(ExchangeError::Invalid("a 101 to a request that asked for no upgrade")),
         204 | 304 => Framing::Empty,
@@ -252,20 +271,14 @@ pub fn delimit(
                 if head.headers.remove(http::header::CONTENT_LENGTH).is_some() {
                     keep_alive = false;
                 }
-                let last = head.headers.get_all(http::header::TRANSFER_ENCODING).iter().next_back();
-                let chunked = last
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.rsplit(',').next())
-                    .is_some_and(|c| c.trim().eq_ignore_ascii_case("chunked"));
+                let chunked = last_coding(&head.headers).is_some_and(|c| c.eq_ignore_ascii_case(b"chunked"));
                 if chunked { Framing::Chunked(Box::new(Chunked::new(limits))) } else { Framing::Close }
-            } else if head.headers.contains_key(http::header::CONTENT_LENGTH) {
-                match content_length(&head.headers) {
+            } else {
+                match length {
                     Some(0) => Framing::Empty,
                     Some(n) => Framing::Length(n),
-                    None => return Err(ExchangeError::Invalid("a Content-Length that is not one number")),
+                    None => Framing::Close,
                 }
-            } else {
-                Framing::Close
             }
         }
     };
@@ -273,6 +286,17 @@ pub fn delimit(
         keep_alive = false;
     }
     Ok(Delimited { framing, keep_alive })
+}
+
+/// The last transfer coding of the `Transfer-Encoding` lines, empty list elements
+/// ignored (RFC 9110 §5.6.1).
+fn last_coding(headers: &HeaderMap) -> Option<&[u8]> {
+    headers
+        .get_all(http::header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .rfind(|c| !c.is_empty())
 }
 
 /// Whether a `Connection` field says `close`.
@@ -433,6 +457,10 @@ impl Chunked {
                 (State::EndCr, b'\r') => {
                     self.trailer_byte(byte)?;
                     State::EndLf
+                }
+                (State::EndCr | State::Trailer, b'\n') => {
+                    // hyper reads on, for a CR that may never come.
+                    return Err(Invalid("a bare LF in a chunked body's end or trailers"));
                 }
                 (State::EndCr, _) => {
                     match &mut self.trailers {
@@ -852,6 +880,17 @@ mod tests {
             f(Method::GET, b"HTTP/1.1 200 OK\r\nContent-Length: 4, 4\r\nContent-Length: 4\r\n\r\n").ok(),
             Some(("Length(4)".into(), true))
         );
+        let (_, headers) = framing_of(Method::GET, b"HTTP/1.1 200 OK\r\nContent-Length: 4, 4\r\n\r\n").expect("valid");
+        assert_eq!(
+            headers.get_all("content-length").iter().collect::<Vec<_>>(),
+            ["4"],
+            "equal values passed on as one"
+        );
+        assert_eq!(
+            f(Method::GET, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, \r\n\r\n").ok(),
+            Some((chunked.clone(), true)),
+            "empty list elements are ignored"
+        );
         assert_eq!(
             f(Method::GET, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n").ok(),
             Some((chunked.clone(), true))
@@ -886,6 +925,11 @@ mod tests {
         ] {
             assert!(framing_of(Method::GET, bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
         }
+        // A length that frames nothing is checked all the same.
+        assert!(
+            framing_of(Method::HEAD, b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\nContent-Length: 8\r\n\r\n").is_err()
+        );
+        assert!(framing_of(Method::GET, b"HTTP/1.1 304 Not Modified\r\nContent-Length: abc\r\n\r\n").is_err());
     }
 
     #[test]
@@ -917,6 +961,8 @@ mod tests {
             b"0\r\nbad trailer\r\n\r\n",
             b"0\r\n\r\r",
             b"0\r\nx: 1\rX",
+            b"0\r\n\n",
+            b"0\r\nx: 1\nmore\r\n\r\n",
         ] {
             assert!(matches!(decode(bad, 1), Err(ExchangeError::Invalid(_))), "{:?}", String::from_utf8_lossy(bad));
         }

@@ -384,7 +384,10 @@ impl Upstream {
                 },
             };
             match result {
-                Ok(resp) => {
+                Ok(mut resp) => {
+                    // The client hears the gateway's version, not the backend's (RFC 9110
+                    // §2.5: an intermediary sends its own); hyper's HTTP/2 server ignores it.
+                    *resp.version_mut() = http::Version::HTTP_11;
                     lease.answered();
                     match fleet.failed_status(resp.status()) {
                         true => fleet.report(i, false),

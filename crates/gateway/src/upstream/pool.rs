@@ -302,8 +302,13 @@ impl Pool {
         let limits = crate::upstream::response_head_limits();
         let idempotent = req.method().is_idempotent();
         let (mut parts, body) = req.into_parts();
+        // Once a reused connection closed unanswered, the request goes once more, on a
+        // new connection — never on the next idle one, which may be in the same state
+        // (a backend that crashes on this request would see it once per idle connection).
+        let mut resent = false;
         loop {
-            let (mut conn, reused) = match self.checkout() {
+            let kept = if resent { None } else { self.checkout() };
+            let (mut conn, reused) = match kept {
                 Some(Kept::Own(c)) => (c, true),
                 Some(Kept::Hyper(c)) => match c.into_own() {
                     Some(c) => (c, true),
@@ -331,8 +336,9 @@ impl Pool {
                 }
                 // The backend closed or dropped the idle connection as the request
                 // went out: an idempotent request may go again (RFC 9110 §9.2.2).
-                Err(Failure::Unanswered(e)) if reused && idempotent => {
-                    tracing::debug!(error = %e, "a reused backend connection closed unanswered; sent again on another");
+                Err(Failure::Unanswered(e)) if reused && idempotent && !resent => {
+                    tracing::debug!(error = %e, "a reused backend connection closed unanswered; sent again on a new one");
+                    resent = true;
                 }
                 Err(Failure::Unanswered(e)) => return Err(RequestError::Exchange(ExchangeError::Io(e))),
                 Err(Failure::Exchange(e)) => return Err(RequestError::Exchange(e)),
@@ -579,6 +585,10 @@ impl Body for PooledBody {
             }
             Source::Own(body) => body.poll_frame(cx).map_err(BoxError::from),
         };
+        let frame = frame.map_ok(|f| match f.into_trailers() {
+            Ok(trailers) => Frame::trailers(clean_trailers(trailers)),
+            Err(f) => f,
+        });
         match &frame {
             Poll::Ready(None) => {
                 this.ended = true;
@@ -610,6 +620,38 @@ impl Body for PooledBody {
             Source::Own(body) => body.size_hint(),
         }
     }
+}
+
+/// A backend's trailer section without the fields a trailer may not carry (RFC 9110
+/// §6.5.1): those of the connection (hop-by-hop, and any a trailer `Connection` names),
+/// of framing (`Content-Length`, `Transfer-Encoding`, `Trailer`) and of routing
+/// (`Host`). Passed on, they would break the client's connection — an HTTP/2 client
+/// must treat a connection-specific field as a malformed message (RFC 9113 §8.2.2).
+fn clean_trailers(mut trailers: http::HeaderMap) -> http::HeaderMap {
+    use http::header;
+    let named: Vec<http::HeaderName> = trailers
+        .get_all(header::CONNECTION)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .filter_map(|t| http::HeaderName::from_bytes(t.trim_ascii()).ok())
+        .collect();
+    for name in named {
+        trailers.remove(name);
+    }
+    for name in [
+        header::CONNECTION,
+        header::HeaderName::from_static("keep-alive"),
+        header::HeaderName::from_static("proxy-connection"),
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+        header::CONTENT_LENGTH,
+        header::HOST,
+    ] {
+        trailers.remove(name);
+    }
+    trailers
 }
 
 impl Drop for PooledBody {
