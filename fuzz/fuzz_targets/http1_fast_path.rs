@@ -24,40 +24,36 @@
 #![no_main]
 
 use bytes::{Bytes, BytesMut};
-use http_body_util::BodyExt;
+use hyper::body::Body as _;
 use libfuzzer_sys::fuzz_target;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+use tollgate_fuzz::scripted_backend as backend;
 use tollgate_gateway::upstream::ResponseHeadLimits;
 use tollgate_gateway::upstream::http1;
 
 const LIMITS: ResponseHeadLimits = ResponseHeadLimits { bytes: 8192, count: 16 };
 
-/// The backend: reads the request head, then writes `data` in pieces and closes.
-async fn backend(mut io: DuplexStream, data: Vec<u8>, seed: u8) {
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        match io.read(&mut byte).await {
-            Ok(1) => head.push(byte[0]),
-            _ => return,
-        }
-    }
-    let mut rest = &data[..];
-    let mut i = 0usize;
-    while !rest.is_empty() {
-        let size = (1 + (usize::from(seed) >> (i % 4)) % 97).min(rest.len());
-        if io.write_all(&rest[..size]).await.is_err() {
-            return;
-        }
-        rest = &rest[size..];
-        i += 1;
-    }
-    let _ = io.shutdown().await;
-}
-
 /// A response as read: status and fields, then the body's bytes and trailers, or why
 /// the body failed.
 type Read = (http::StatusCode, http::HeaderMap, Result<(Vec<u8>, Option<http::HeaderMap>), String>);
+
+/// A body read to its end through `next` (one frame per call): its bytes and trailers,
+/// or why it failed.
+async fn read_body<E: std::fmt::Display>(
+    mut next: impl FnMut(&mut std::task::Context<'_>) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, E>>>,
+) -> Result<(Vec<u8>, Option<http::HeaderMap>), String> {
+    let mut bytes = BytesMut::new();
+    let mut trailers = None;
+    loop {
+        match std::future::poll_fn(&mut next).await {
+            None => return Ok((bytes.to_vec(), trailers)),
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(d) => bytes.extend_from_slice(&d),
+                Err(frame) => trailers = frame.into_trailers().ok(),
+            },
+            Some(Err(e)) => return Err(e.to_string()),
+        }
+    }
+}
 
 fuzz_target!(|input: &[u8]| {
     let [seed, method, data @ ..] = input else { return };
@@ -74,18 +70,7 @@ fuzz_target!(|input: &[u8]| {
         let ours: Result<Read, String> = match http1::exchange(&mut conn, &method, &uri, &mut fields, LIMITS).await {
             Ok((head, delimited)) => {
                 let mut body = http1::ResponseBody::new(Box::new(conn), delimited);
-                let mut bytes = BytesMut::new();
-                let mut trailers = None;
-                let outcome = loop {
-                    match std::future::poll_fn(|cx| body.poll_frame(cx)).await {
-                        None => break Ok((bytes.to_vec(), trailers)),
-                        Some(Ok(frame)) => match frame.into_data() {
-                            Ok(d) => bytes.extend_from_slice(&d),
-                            Err(frame) => trailers = frame.into_trailers().ok(),
-                        },
-                        Some(Err(e)) => break Err(e.to_string()),
-                    }
-                };
+                let outcome = read_body(|cx| body.poll_frame(cx)).await;
                 Ok((head.status, head.headers, outcome))
             }
             Err(http1::Failure::Unanswered(e)) => Err(format!("unanswered: {e}")),
@@ -110,18 +95,7 @@ fuzz_target!(|input: &[u8]| {
         let theirs: Result<Read, String> = match sender.send_request(request).await {
             Ok(resp) => {
                 let (head, mut body) = resp.into_parts();
-                let mut bytes = BytesMut::new();
-                let mut trailers = None;
-                let outcome = loop {
-                    match body.frame().await {
-                        None => break Ok((bytes.to_vec(), trailers)),
-                        Some(Ok(frame)) => match frame.into_data() {
-                            Ok(d) => bytes.extend_from_slice(&d),
-                            Err(frame) => trailers = frame.into_trailers().ok(),
-                        },
-                        Some(Err(e)) => break Err(e.to_string()),
-                    }
-                };
+                let outcome = read_body(|cx| std::pin::Pin::new(&mut body).poll_frame(cx)).await;
                 Ok((head.status, head.headers, outcome))
             }
             Err(e) => Err(e.to_string()),

@@ -21,34 +21,11 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+use tollgate_fuzz::scripted_backend as backend;
 use tollgate_gateway::upstream::ResponseHeadLimits;
 use tollgate_gateway::upstream::handshake;
 
 const LIMITS: ResponseHeadLimits = ResponseHeadLimits { bytes: 8192, count: 16 };
-
-/// The backend: reads the request head, then writes `data` in pieces and closes.
-async fn backend(mut io: DuplexStream, data: Vec<u8>, seed: u8) {
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        match io.read(&mut byte).await {
-            Ok(1) => head.push(byte[0]),
-            _ => return,
-        }
-    }
-    let mut rest = &data[..];
-    let mut i = 0usize;
-    while !rest.is_empty() {
-        let size = (1 + (usize::from(seed) >> (i % 4)) % 97).min(rest.len());
-        if io.write_all(&rest[..size]).await.is_err() {
-            return;
-        }
-        rest = &rest[size..];
-        i += 1;
-    }
-    let _ = io.shutdown().await;
-}
 
 fn request() -> http::Request<http_body_util::Empty<bytes::Bytes>> {
     http::Request::get("/chat")

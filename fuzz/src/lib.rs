@@ -1,5 +1,6 @@
 //! What the fuzz targets share: a compiled product to run policies against (its
-//! `Context`), requests made from fuzzer bytes, and a byte reader for structured inputs.
+//! `Context`), requests made from fuzzer bytes, a byte reader for structured inputs,
+//! and a scripted backend for the targets that read a backend's answer.
 //!
 //! Nothing here asserts anything; each target says what it checks at its top.
 
@@ -115,4 +116,30 @@ impl<'a> Bytes<'a> {
     pub fn rest(&mut self) -> &'a [u8] {
         self.take(self.0.len())
     }
+}
+
+/// A backend over an in-memory connection: reads the request head, then writes `data`
+/// in pieces whose sizes `seed` chooses (1 to 97 bytes, so a head or a chunk line
+/// arrives split at any point), and closes.
+pub async fn scripted_backend(mut io: tokio::io::DuplexStream, data: Vec<u8>, seed: u8) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match io.read(&mut byte).await {
+            Ok(1) => head.push(byte[0]),
+            _ => return,
+        }
+    }
+    let mut rest = &data[..];
+    let mut i = 0usize;
+    while !rest.is_empty() {
+        let size = (1 + (usize::from(seed) >> (i % 4)) % 97).min(rest.len());
+        if io.write_all(&rest[..size]).await.is_err() {
+            return;
+        }
+        rest = &rest[size..];
+        i += 1;
+    }
+    let _ = io.shutdown().await;
 }

@@ -426,7 +426,7 @@ async fn every_request_carries_a_request_id_to_the_backend_and_back() {
 /// `/hold` answers once `hold` of them are waiting (so that many connections are
 /// open at once); `/crash` is counted and never answered.
 async fn framing_backend(hold: usize) -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let crashes = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -439,17 +439,8 @@ async fn framing_backend(hold: usize) -> (SocketAddr, std::sync::Arc<std::sync::
             let c = conns;
             let (crashes, barrier) = (counted.clone(), barrier.clone());
             tokio::spawn(async move {
-                let mut buf = Vec::new();
                 for nth in 1.. {
-                    let mut byte = [0u8; 1];
-                    while !buf.ends_with(b"\r\n\r\n") {
-                        match tcp.read(&mut byte).await {
-                            Ok(1) => buf.push(byte[0]),
-                            _ => return,
-                        }
-                    }
-                    let head = String::from_utf8_lossy(&buf).into_owned();
-                    buf.clear();
+                    let Some(head) = read_request_head(&mut tcp).await else { return };
                     let line = head.lines().next().unwrap_or_default().to_string();
                     let path = line.split(' ').nth(1).unwrap_or_default().split('?').next().unwrap_or_default();
                     let answer = match path {

@@ -49,7 +49,7 @@ pub enum ExchangeError {
 /// An HTTP/1.1 connection to a backend as the pool keeps it: the socket and its read
 /// buffer.
 pub struct Connection<S = UpstreamStream> {
-    pub(crate) io: S,
+    io: S,
     buf: BytesMut,
     /// The request head being sent, its allocation kept from one request to the next.
     head: Vec<u8>,
@@ -384,11 +384,6 @@ impl Chunked {
         Chunked { state: State::Start, size: 0, extensions: 0, trailers: None, trailer_lines: 0, limits }
     }
 
-    /// Whether the body has ended.
-    pub fn is_done(&self) -> bool {
-        self.state == State::Done
-    }
-
     /// Decodes from the front of `buf`, taking out what it used: `Ok(None)` when `buf`
     /// holds too little to go on.
     ///
@@ -564,14 +559,10 @@ pub async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     loop {
         if !conn.buf.is_empty() {
             answered = true;
-            let mut map = HeaderMap::new();
-            let final_map = if informational == 0 { &mut *headers } else { &mut map };
-            if let Some((mut parts, _)) = parse_head(&mut conn.buf, limits, final_map)? {
+            if let Some((mut parts, _)) = parse_head(&mut conn.buf, limits, headers)? {
                 if parts.status.is_informational() && parts.status != StatusCode::SWITCHING_PROTOCOLS {
-                    // The request's map goes back for the final answer.
-                    if informational == 0 {
-                        *headers = std::mem::take(&mut parts.headers);
-                    }
+                    // The map goes back for the final answer.
+                    *headers = std::mem::take(&mut parts.headers);
                     informational += 1;
                     if informational > crate::upstream::handshake::MAX_INFORMATIONAL {
                         return Err(

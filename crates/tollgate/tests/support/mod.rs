@@ -385,6 +385,21 @@ pub async fn raw(addr: SocketAddr, bytes: &[u8]) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Reads one request head from `tcp`, a byte at a time so that nothing after it is
+/// taken (a hand-written backend answers by the head, then reads the next one);
+/// `None` once the connection ends first.
+pub async fn read_request_head(tcp: &mut TcpStream) -> Option<String> {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match tcp.read(&mut byte).await {
+            Ok(1) => head.push(byte[0]),
+            _ => return None,
+        }
+    }
+    Some(String::from_utf8_lossy(&head).into_owned())
+}
+
 /// The status code of the first response in raw HTTP/1.1 text.
 pub fn status_of(raw: &str) -> u16 {
     raw.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("no status line in {raw:?}"))
