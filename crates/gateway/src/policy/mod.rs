@@ -97,6 +97,9 @@ pub struct Context<'a> {
     /// The client certificate of the TLS connection, verified against the product's
     /// authorities (`tls.client_ca_file`), if one was presented.
     pub client_certificate: Option<Arc<crate::sni::PeerCertificate>>,
+    /// The connection's forwarding values ([`crate::proxy::Forwarded`]); `None` where
+    /// a context is made without a connection, and they are then written per request.
+    pub(crate) forwarded: Option<Arc<crate::proxy::Forwarded>>,
     /// What the policies decided so far ([`Context::decide`]); the proxy carries it out.
     plan: RequestPlan,
 }
@@ -120,6 +123,7 @@ impl<'a> Context<'a> {
             started: std::time::Instant::now(),
             trace: None,
             client_certificate: None,
+            forwarded: None,
             plan: RequestPlan::default(),
         }
     }

@@ -315,8 +315,14 @@ pub(super) fn destination_of<'c>(
 /// rewritten.
 pub(super) fn rewrite_redirects(headers: &mut HeaderMap, upstream: &Upstream, public: &str, prefix: &str) {
     const REFRESH: HeaderName = HeaderName::from_static("refresh");
+    let names = [header::LOCATION, header::CONTENT_LOCATION, REFRESH, header::LINK];
+    // Most responses carry none of them: one pass over the names instead of a lookup
+    // of each.
+    if !headers.keys().any(|n| names.contains(n)) {
+        return;
+    }
     let map = |url: &str| backend_rest(url, &upstream.base).map(|rest| format!("{public}{prefix}{rest}"));
-    for name in [header::LOCATION, header::CONTENT_LOCATION, REFRESH, header::LINK] {
+    for name in names {
         let values = headers.get_all(&name);
         if values.iter().next().is_none() {
             continue;
@@ -458,17 +464,21 @@ fn via_hop(version: http::Version) -> &'static HeaderValue {
 }
 
 /// Appends `element` to the field `name` as the last of its comma-separated list
-/// (after the value of the first such field, if any), or sets it.
-fn append_element(headers: &mut HeaderMap, name: HeaderName, element: &[u8]) {
-    let mut value = Vec::new();
-    if let Some(prev) = headers.get(&name) {
-        value.reserve(prev.len() + 2 + element.len());
-        value.extend_from_slice(prev.as_bytes());
-        value.extend_from_slice(b", ");
-    }
-    value.extend_from_slice(element);
-    if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(value)) {
-        headers.insert(name, v);
+/// (after the value of the first such field, if any), or sets it. One lookup of the
+/// name either way.
+fn append_element(headers: &mut HeaderMap, name: HeaderName, element: &HeaderValue) {
+    match headers.entry(name) {
+        http::header::Entry::Vacant(v) => drop(v.insert(element.clone())),
+        http::header::Entry::Occupied(mut o) => {
+            let prev = o.get().as_bytes();
+            let mut value = Vec::with_capacity(prev.len() + 2 + element.len());
+            value.extend_from_slice(prev);
+            value.extend_from_slice(b", ");
+            value.extend_from_slice(element.as_bytes());
+            if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(value)) {
+                o.insert(v);
+            }
+        }
     }
 }
 
@@ -476,9 +486,8 @@ fn append_element(headers: &mut HeaderMap, name: HeaderName, element: &[u8]) {
 /// dotted decimal, IPv6 as `std` writes it, RFC 5952's form).
 fn push_ip(out: &mut Vec<u8>, ip: std::net::IpAddr) {
     match ip {
-        // Not `Display`: it formats through a padding buffer, and this runs on every
-        // proxied request (a seventh of the HTTP path's instructions, measured with
-        // callgrind).
+        // Not `Display`: it formats through a padding buffer (a seventh of the HTTP
+        // path's instructions when it ran per request, measured with callgrind).
         std::net::IpAddr::V4(v4) => {
             for (i, octet) in v4.octets().into_iter().enumerate() {
                 if i > 0 {
@@ -494,55 +503,105 @@ fn push_ip(out: &mut Vec<u8>, ip: std::net::IpAddr) {
     }
 }
 
+/// What the gateway writes about one client in the forwarding fields of each request
+/// it forwards, made once per connection (the address and the scheme do not change on
+/// it): the address as `X-Forwarded-For` spells it, and RFC 7239's `Forwarded`
+/// element, without and with the request's host.
+#[derive(Debug)]
+pub(crate) struct Forwarded {
+    /// The client's address (`203.0.113.7`, `2001:db8::1`).
+    address: HeaderValue,
+    /// `for=…;proto=…` (an IPv6 address quoted and in brackets, RFC 7239 §6).
+    element: HeaderValue,
+    /// The last element written with a host, and that host: the requests of a
+    /// connection name the same host, as a rule, and then share one value.
+    with_host: std::sync::Mutex<Option<(HeaderValue, HeaderValue)>>,
+}
+
+impl Forwarded {
+    /// The values for a client at `ip` that reached the gateway over TLS or not.
+    pub(crate) fn new(ip: std::net::IpAddr, tls: bool) -> Self {
+        let mut address = Vec::with_capacity(48);
+        push_ip(&mut address, ip);
+        let mut element = Vec::with_capacity(address.len() + 20);
+        element.extend_from_slice(b"for=");
+        match ip {
+            std::net::IpAddr::V4(_) => element.extend_from_slice(&address),
+            std::net::IpAddr::V6(_) => {
+                element.extend_from_slice(b"\"[");
+                element.extend_from_slice(&address);
+                element.extend_from_slice(b"]\"");
+            }
+        }
+        element.extend_from_slice(b";proto=");
+        element.extend_from_slice(proto(tls).as_bytes());
+        // Digits, letters, dots, colons, brackets and quotes: always valid values.
+        let value = |bytes: Vec<u8>| {
+            HeaderValue::from_maybe_shared(Bytes::from(bytes)).unwrap_or(HeaderValue::from_static("unknown"))
+        };
+        Forwarded { address: value(address), element: value(element), with_host: std::sync::Mutex::new(None) }
+    }
+
+    /// The `Forwarded` element for a request to `host`, if it can be written inside a
+    /// quoted string (RFC 7239 §4: visible ASCII and tabs, no `"` or `\`); without
+    /// the host otherwise.
+    fn element(&self, host: Option<&HeaderValue>) -> HeaderValue {
+        let quotable = |h: &[u8]| h.iter().all(|&b| (b == b'\t' || (32..127).contains(&b)) && b != b'"' && b != b'\\');
+        let Some(host) = host.filter(|h| quotable(h.as_bytes())) else {
+            return self.element.clone();
+        };
+        let mut last = self.with_host.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((h, v)) = last.as_ref()
+            && h == host
+        {
+            return v.clone();
+        }
+        let mut element = Vec::with_capacity(self.element.len() + host.len() + 8);
+        element.extend_from_slice(self.element.as_bytes());
+        element.extend_from_slice(b";host=\"");
+        element.extend_from_slice(host.as_bytes());
+        element.push(b'"');
+        let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from(element)) else {
+            return self.element.clone();
+        };
+        *last = Some((host.clone(), value.clone()));
+        value
+    }
+}
+
+/// `X-Forwarded-Proto`'s value.
+fn proto(tls: bool) -> &'static str {
+    if tls { "https" } else { "http" }
+}
+
 /// Adds what a proxy says about the hop it made: `Via` (RFC 9110 §7.6.3), the
 /// de-facto `X-Forwarded-For`/`-Proto`/`-Host`, and RFC 7239's `Forwarded`, each
 /// after what earlier proxies wrote.
 pub(super) fn add_forwarded(headers: &mut HeaderMap, parts: &request::Parts, ctx: &Context<'_>) {
     // RFC 9110 §7.6.3: a proxy appends itself to `Via` — and a loop shows.
-    let hop = via_hop(parts.version);
-    match headers.contains_key(header::VIA) {
-        true => append_element(headers, header::VIA, hop.as_bytes()),
-        false => drop(headers.insert(header::VIA, hop.clone())),
-    }
+    append_element(headers, header::VIA, via_hop(parts.version));
     const XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
     const XFP: HeaderName = HeaderName::from_static("x-forwarded-proto");
     const XFH: HeaderName = HeaderName::from_static("x-forwarded-host");
-    let ip = ctx.client_addr.ip();
-    // Room for an IPv6 address in brackets and quotes, `;proto=https` and a host.
-    let mut element = Vec::with_capacity(96);
-    push_ip(&mut element, ip);
-    append_element(headers, XFF, &element);
-    let proto = if ctx.tls { "https" } else { "http" };
-    headers.insert(XFP, HeaderValue::from_static(proto));
+    // The connection's values; made here when the context has no connection.
+    let made;
+    let forwarded = match &ctx.forwarded {
+        Some(f) => &**f,
+        None => {
+            made = Forwarded::new(ctx.client_addr.ip(), ctx.tls);
+            &made
+        }
+    };
+    append_element(headers, XFF, &forwarded.address);
+    headers.insert(XFP, HeaderValue::from_static(proto(ctx.tls)));
     // The authority the gateway routed on (see `host_of`): the target's own in absolute
     // form and HTTP/2, else `Host` — never a second, client-chosen value.
     let host = match parts.uri.authority() {
         Some(a) => HeaderValue::from_str(a.as_str()).ok(),
         None => parts.headers.get(header::HOST).cloned(),
     };
-    // RFC 7239: the same facts in one `Forwarded` element, after those of earlier
-    // proxies (an IPv6 address and a host with a port are quoted strings, §6).
-    element.clear();
-    element.extend_from_slice(b"for=");
-    match ip {
-        std::net::IpAddr::V4(_) => push_ip(&mut element, ip),
-        std::net::IpAddr::V6(_) => {
-            element.extend_from_slice(b"\"[");
-            push_ip(&mut element, ip);
-            element.extend_from_slice(b"]\"");
-        }
-    }
-    element.extend_from_slice(b";proto=");
-    element.extend_from_slice(proto.as_bytes());
-    // A host that could not be written inside a quoted string is left out (and a value
-    // `to_str` refuses: bytes beyond ASCII).
-    let quotable = |h: &&[u8]| h.iter().all(|&b| (b == b'\t' || (32..127).contains(&b)) && b != b'"' && b != b'\\');
-    if let Some(h) = host.as_ref().map(HeaderValue::as_bytes).filter(quotable) {
-        element.extend_from_slice(b";host=\"");
-        element.extend_from_slice(h);
-        element.push(b'"');
-    }
-    append_element(headers, header::FORWARDED, &element);
+    // RFC 7239: the same facts in one element, after those of earlier proxies.
+    append_element(headers, header::FORWARDED, &forwarded.element(host.as_ref()));
     if let Some(h) = host {
         headers.insert(XFH, h);
     }

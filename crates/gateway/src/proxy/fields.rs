@@ -58,7 +58,8 @@ pub(crate) fn host_of<'a>(uri: &'a http::Uri, headers: &'a HeaderMap) -> Option<
     (!host.is_empty()).then_some(host)
 }
 
-pub(super) const HOP_BY_HOP: [HeaderName; 8] = [
+/// A `static`, not a `const`: a `const` array is made anew (and dropped) at each use.
+pub(super) static HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -72,16 +73,27 @@ pub(super) const HOP_BY_HOP: [HeaderName; 8] = [
 /// The header names a `Connection` header lists (hop-by-hop by declaration). Empty,
 /// without allocating, in the usual case of no `Connection` header.
 pub(super) fn connection_tokens(headers: &HeaderMap) -> Vec<HeaderName> {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        // `keep-alive` is hop-by-hop whether listed or not: no name to make.
-        .filter(|t| !t.eq_ignore_ascii_case("keep-alive"))
-        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
-        .collect()
+    let mut names = Vec::new();
+    // Bytes split on bytes: a chain of `str` adapters cost several hundred
+    // instructions for a `Connection: keep-alive` on every response.
+    for value in headers.get_all(header::CONNECTION) {
+        // `keep-alive` is hop-by-hop whether listed or not, and `close` is an option,
+        // not a field (its name is reserved, RFC 9110 §7.6.1): no name to make. Most
+        // values are one of the two alone.
+        let plain = |t: &[u8]| t.eq_ignore_ascii_case(b"keep-alive") || t.eq_ignore_ascii_case(b"close");
+        if plain(value.as_bytes()) {
+            continue;
+        }
+        for token in value.as_bytes().split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+            if token.is_empty() || plain(token) {
+                continue;
+            }
+            if let Ok(name) = HeaderName::from_bytes(token) {
+                names.push(name);
+            }
+        }
+    }
+    names
 }
 
 /// A copy of `headers` without hop-by-hop headers (RFC 9110 §7.6.1) and `Host`.
@@ -137,9 +149,6 @@ pub(crate) fn check_http2_fields<B>(req: &Request<B>) -> Result<(), Refusal> {
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // RFC 9112 §6.3: with Transfer-Encoding, Content-Length says nothing about the body
     // and an intermediary must remove it before forwarding.
-    if headers.contains_key(header::TRANSFER_ENCODING) {
-        headers.remove(header::CONTENT_LENGTH);
-    }
     // Which hop-by-hop fields are there, in one pass over the names: a response has
     // `Connection` at most, usually, and a removal is a hash lookup each.
     let hop_by_hop = &HOP_BY_HOP[..7];
@@ -151,6 +160,10 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
     if present == 0 {
         return;
+    }
+    // `Transfer-Encoding` is the sixth.
+    if present & (1 << 5) != 0 {
+        headers.remove(header::CONTENT_LENGTH);
     }
     // `Connection` is the first of them.
     if present & 1 != 0 {
@@ -188,6 +201,24 @@ pub(crate) fn grpc_timeout(v: &HeaderValue) -> Option<std::time::Duration> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_hop_by_hop_list_is_in_the_order_its_readers_rely_on() {
+        use http::header;
+        // `strip_hop_by_hop` reads these places as bits.
+        assert_eq!(super::HOP_BY_HOP[0], header::CONNECTION);
+        assert_eq!(super::HOP_BY_HOP[5], header::TRANSFER_ENCODING);
+        assert_eq!(super::HOP_BY_HOP[7], header::HOST);
+    }
+
+    #[test]
+    fn a_connection_field_names_its_tokens_and_keep_alive_names_nothing() {
+        let mut headers = http::HeaderMap::new();
+        headers.append(http::header::CONNECTION, http::HeaderValue::from_static("Keep-Alive, X-Secret ,, close"));
+        headers.append(http::header::CONNECTION, http::HeaderValue::from_static("upgrade"));
+        let names = super::connection_tokens(&headers);
+        assert_eq!(names, ["x-secret", "upgrade"]);
+    }
+
     #[test]
     fn the_host_is_read_without_user_information_port_or_final_dot() {
         for (host, expected) in [

@@ -39,6 +39,7 @@ mod fields;
 mod limits;
 mod upgrade;
 
+pub(crate) use exchange::Forwarded;
 use exchange::*;
 pub(crate) use fields::*;
 pub(crate) use upgrade::*;
@@ -63,6 +64,9 @@ pub struct ConnInfo {
     /// Most header fields a request may carry (`--max-header-count`). HTTP/1's parser
     /// enforces it; HTTP/2's has no such setting, so the gateway does.
     pub(crate) max_header_count: usize,
+    /// What the gateway writes about this client in forwarding fields, made once per
+    /// connection rather than per request.
+    pub(crate) forwarded: Arc<Forwarded>,
 }
 
 /// What the gateways of one process share.
@@ -331,6 +335,7 @@ impl Gateway {
         if product.client_auth.is_some() {
             ctx.client_certificate = conn.client_certificate.clone();
         }
+        ctx.forwarded = Some(conn.forwarded.clone());
         ctx.trace = parts.extensions.get::<TraceCtx>().copied();
         // The gateway's default, which an `upstream_connection` policy may replace.
         ctx.decide(crate::policy::Decision::Timeouts { send: None, read: Some(self.defaults.read_timeout) });

@@ -28,36 +28,58 @@ pub struct TooLarge;
 #[error("the body did not progress within the timeout")]
 pub struct TimedOut;
 
-/// A timer a body checks while it waits: fires after `every` without a frame (or, when
-/// `every` is `None`, at a fixed deadline).
+/// A timer a body checks while it waits: fires after `every` of waiting for a frame
+/// (or, when `every` is `None`, at a fixed deadline).
+///
+/// The timer itself is made at the first wait: most bodies are read whole as soon as
+/// their head (a short answer arrives in the same read), and making a timer for each
+/// of them cost two allocations and a clock read per request. An idle period
+/// therefore runs from when the body first has to wait, then from each frame.
 #[derive(Debug)]
 pub struct Timer {
-    every: Option<std::time::Duration>,
-    sleep: Pin<Box<tokio::time::Sleep>>,
+    kind: TimerKind,
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum TimerKind {
+    /// After this long of waiting without a frame.
+    Idle(std::time::Duration),
+    /// At this instant.
+    Deadline(tokio::time::Instant),
 }
 
 impl Timer {
-    /// Fires when no frame came for `d`.
+    /// Fires when no frame came for `d` of waiting.
     pub fn idle(d: std::time::Duration) -> Timer {
-        Timer { every: Some(d), sleep: Box::pin(tokio::time::sleep(d)) }
+        Timer { kind: TimerKind::Idle(d), sleep: None }
     }
 
     /// Fires `d` from now, whatever happens.
     pub fn deadline(d: std::time::Duration) -> Timer {
-        Timer { every: None, sleep: Box::pin(tokio::time::sleep(d)) }
+        Timer { kind: TimerKind::Deadline(tokio::time::Instant::now() + d), sleep: None }
     }
 
     /// After a poll of the body: whether the timer fired (only while it waits).
     fn fired<T>(timer: &mut Option<Timer>, frame: &Poll<T>, cx: &mut Context<'_>) -> bool {
         let Some(t) = timer.as_mut() else { return false };
-        match frame {
-            Poll::Pending => t.sleep.as_mut().poll(cx).is_ready(),
-            Poll::Ready(_) => {
-                if let Some(every) = t.every {
-                    t.sleep.as_mut().reset(tokio::time::Instant::now() + every);
+        match (frame, t.kind) {
+            (Poll::Pending, kind) => {
+                let sleep = t.sleep.get_or_insert_with(|| {
+                    Box::pin(match kind {
+                        TimerKind::Idle(every) => tokio::time::sleep(every),
+                        TimerKind::Deadline(at) => tokio::time::sleep_until(at),
+                    })
+                });
+                sleep.as_mut().poll(cx).is_ready()
+            }
+            (Poll::Ready(_), TimerKind::Idle(every)) => {
+                if let Some(sleep) = t.sleep.as_mut() {
+                    sleep.as_mut().reset(tokio::time::Instant::now() + every);
                 }
                 false
             }
+            (Poll::Ready(_), TimerKind::Deadline(_)) => false,
         }
     }
 }

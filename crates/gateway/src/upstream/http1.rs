@@ -245,15 +245,25 @@ pub fn delimit(
     head: &mut http::response::Parts,
     limits: ResponseHeadLimits,
 ) -> Result<Delimited, ExchangeError> {
-    let mut keep_alive = head.version == Version::HTTP_11 && !has_close(&head.headers);
-    let length = match head.headers.contains_key(http::header::CONTENT_LENGTH) {
+    // Which framing fields there are, in one pass over the fields rather than a
+    // lookup of each name.
+    let (mut close, mut length_field, mut transfer_encoding) = (false, false, false);
+    for (name, value) in head.headers.iter() {
+        if name == http::header::CONNECTION {
+            close |= value.as_bytes().split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"));
+        } else if name == http::header::CONTENT_LENGTH {
+            length_field = true;
+        } else if name == http::header::TRANSFER_ENCODING {
+            transfer_encoding = true;
+        }
+    }
+    let mut keep_alive = head.version == Version::HTTP_11 && !close;
+    let length = match length_field {
         false => None,
         true => {
-            let n = content_length(&head.headers)
+            let (n, values) = content_length(&head.headers)
                 .ok_or(ExchangeError::Invalid("a Content-Length that is not one number"))?;
-            let mut values = head.headers.get_all(http::header::CONTENT_LENGTH).iter();
-            let single = values.next().is_some_and(|v| !v.as_bytes().contains(&b',')) && values.next().is_none();
-            if !single {
+            if values > 1 {
                 head.headers.insert(http::header::CONTENT_LENGTH, HeaderValue::from(n));
             }
             Some(n)
@@ -264,7 +274,7 @@ pub fn delimit(
         204 | 304 => Framing::Empty,
         _ if *method == Method::HEAD => Framing::Empty,
         _ => {
-            if head.headers.contains_key(http::header::TRANSFER_ENCODING) {
+            if transfer_encoding {
                 if head.version == Version::HTTP_10 {
                     return Err(ExchangeError::Invalid("Transfer-Encoding in an HTTP/1.0 response"));
                 }
@@ -299,19 +309,11 @@ fn last_coding(headers: &HeaderMap) -> Option<&[u8]> {
         .rfind(|c| !c.is_empty())
 }
 
-/// Whether a `Connection` field says `close`.
-fn has_close(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(http::header::CONNECTION)
-        .iter()
-        .any(|v| v.as_bytes().split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close")))
-}
-
 /// The `Content-Length`, if every value of every line is the same decimal number
 /// (RFC 9110 §8.6: a list of equal values may be taken as one), at most `u64::MAX - 2`
-/// (hyper's bound).
-fn content_length(headers: &HeaderMap) -> Option<u64> {
-    let mut length = None;
+/// (hyper's bound); and how many values there were.
+fn content_length(headers: &HeaderMap) -> Option<(u64, usize)> {
+    let (mut length, mut values) = (None, 0);
     for line in headers.get_all(http::header::CONTENT_LENGTH) {
         for v in line.as_bytes().split(|&b| b == b',') {
             let v = v.trim_ascii();
@@ -323,9 +325,10 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
                 return None;
             }
             length = Some(n);
+            values += 1;
         }
     }
-    length.filter(|&n| n <= u64::MAX - 2)
+    length.filter(|&n| n <= u64::MAX - 2).map(|n| (n, values))
 }
 
 /// Total bytes of chunk extensions a body may carry (hyper's limit).
