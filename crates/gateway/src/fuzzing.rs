@@ -10,7 +10,7 @@ pub use crate::smuggling::SmugglingGuard;
 
 /// The Host header checks every request passes first (one Host, no user information).
 pub fn check_host_headers(headers: &HeaderMap) -> Result<(), Refusal> {
-    crate::proxy::check_host_headers(headers)
+    crate::proxy::check_host_headers(headers).map(|_| ())
 }
 
 /// The HTTP/2 field checks (RFC 9113 §8.2.1, §8.3.1).

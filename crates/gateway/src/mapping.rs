@@ -147,6 +147,12 @@ impl Mapper {
             if rule.method.as_ref().is_some_and(|m| m != method) {
                 continue;
             }
+            // Most rules fail on their leading text: one comparison here, not the
+            // matcher's walk (a tenth of the full request's instructions went to trying
+            // 20 rules).
+            if !path.as_bytes().starts_with(rule.pattern.literal_prefix().as_bytes()) {
+                continue;
+            }
             if rule.pattern.matches(path, query) {
                 matched = true;
                 usage.add(rule.metric, rule.delta);

@@ -146,6 +146,17 @@ impl Pattern {
         }
     }
 
+    /// The text every matching path starts with: the pattern's leading literal (`/v1/items/`
+    /// of `/v1/items/{id}`), empty when it starts with a placeholder. A matcher skips a
+    /// rule whose prefix the path lacks with one comparison.
+    #[inline]
+    pub fn literal_prefix(&self) -> &str {
+        match self.tokens.first() {
+            Some(Token::Literal(l)) => l,
+            _ => "",
+        }
+    }
+
     /// Whether `query` carries every parameter of the query part, with the literal value
     /// where the pattern gives one.
     pub fn matches_query(&self, query: &QueryArgs<'_>) -> bool {
@@ -388,6 +399,21 @@ mod tests {
                 for exact in [false, true] {
                     let want = match_tokens(&p.tokens, path, exact);
                     assert_eq!(match_positions(&p.tokens, path, exact), want, "{pattern} vs {path} ({exact})");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_path_that_matches_starts_with_the_literal_prefix() {
+        // The mapper skips a rule on its prefix alone: that must never skip a match.
+        for &(pattern, path, _, _) in CASES {
+            let p = Pattern::parse(pattern).expect("valid");
+            for p in [p.clone(), p.under("/api")] {
+                for path in [path.to_string(), format!("/api{path}"), format!("{path}/x"), String::new()] {
+                    if p.matches_path(&path) {
+                        assert!(path.starts_with(p.literal_prefix()), "{pattern} vs {path}");
+                    }
                 }
             }
         }

@@ -142,7 +142,9 @@ impl Gateway {
         let head_due = read_timeout.map(|read| read + send_timeout.unwrap_or_default());
         // A gRPC call's deadline bounds the wait for the head too (the backend gets the
         // header and ends the call itself; this covers a backend that does not).
-        let head_due = match (head_due, parts.headers.get("grpc-timeout").and_then(grpc_timeout)) {
+        // (A constant name: a `&str` is parsed into a name at each lookup.)
+        const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
+        let head_due = match (head_due, parts.headers.get(GRPC_TIMEOUT).and_then(grpc_timeout)) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };

@@ -15,22 +15,19 @@ pub(super) fn with_path(uri: &http::Uri, path: &str) -> Result<http::Uri, Refusa
 }
 
 /// RFC 9112 §3.2: one Host, with no user information; otherwise two readers may pick
-/// two different products or backends.
-pub(crate) fn check_host_headers(headers: &HeaderMap) -> Result<(), Refusal> {
+/// two different products or backends. Gives the `Host` field, if there is one.
+pub(crate) fn check_host_headers(headers: &HeaderMap) -> Result<Option<&HeaderValue>, Refusal> {
     let mut hosts = headers.get_all(header::HOST).iter();
-    if let (Some(first), second) = (hosts.next(), hosts.next()) {
-        if second.is_some() {
+    let first = hosts.next();
+    if let Some(first) = first {
+        if hosts.next().is_some() {
             return Err(Refusal::BadRequest("the request has more than one Host header"));
         }
         if first.as_bytes().contains(&b'@') {
             return Err(Refusal::BadRequest("a Host header must not carry user information"));
         }
     }
-    Ok(())
-}
-
-pub(super) fn request_host(req: &Request<Incoming>) -> Option<&str> {
-    host_of(req.uri(), req.headers())
+    Ok(first)
 }
 
 pub(super) fn request_host_of(parts: &request::Parts) -> Option<&str> {
@@ -39,9 +36,14 @@ pub(super) fn request_host_of(parts: &request::Parts) -> Option<&str> {
 
 /// The request's host, without port: the `Host` header (HTTP/1.1) or the `:authority`.
 pub(crate) fn host_of<'a>(uri: &'a http::Uri, headers: &'a HeaderMap) -> Option<&'a str> {
+    host_in(uri, headers.get(header::HOST))
+}
+
+/// [`host_of`], with the `Host` field already found.
+pub(super) fn host_in<'a>(uri: &'a http::Uri, host: Option<&'a HeaderValue>) -> Option<&'a str> {
     let raw = match uri.authority() {
         Some(a) => a.as_str(),
-        None => headers.get(header::HOST)?.to_str().ok()?,
+        None => host?.to_str().ok()?,
     };
     // Byte searches: `rsplit_once` with a `char` costs several times as much, and this
     // runs on every request.
@@ -70,56 +72,113 @@ pub(super) static HOP_BY_HOP: [HeaderName; 8] = [
     header::HOST,
 ];
 
+/// Where `name` is in [`HOP_BY_HOP`], if it is there. Names are told apart by their
+/// length first: most fields have none of the listed lengths, and comparing names
+/// (a standard one with a custom one, in particular) costs more than that.
+fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
+    let candidates: &[usize] = match name.as_str().len() {
+        2 => &[3],
+        4 => &[7],
+        7 => &[4, 6],
+        10 => &[0, 1],
+        16 => &[2],
+        17 => &[5],
+        _ => return None,
+    };
+    candidates.iter().copied().find(|&i| HOP_BY_HOP[i] == *name)
+}
+
 /// The header names a `Connection` header lists (hop-by-hop by declaration). Empty,
 /// without allocating, in the usual case of no `Connection` header.
 pub(super) fn connection_tokens(headers: &HeaderMap) -> Vec<HeaderName> {
     let mut names = Vec::new();
-    // Bytes split on bytes: a chain of `str` adapters cost several hundred
-    // instructions for a `Connection: keep-alive` on every response.
     for value in headers.get_all(header::CONNECTION) {
-        // `keep-alive` is hop-by-hop whether listed or not, and `close` is an option,
-        // not a field (its name is reserved, RFC 9110 §7.6.1): no name to make. Most
-        // values are one of the two alone.
-        let plain = |t: &[u8]| t.eq_ignore_ascii_case(b"keep-alive") || t.eq_ignore_ascii_case(b"close");
-        if plain(value.as_bytes()) {
-            continue;
-        }
-        for token in value.as_bytes().split(|&b| b == b',').map(<[u8]>::trim_ascii) {
-            if token.is_empty() || plain(token) {
-                continue;
-            }
-            if let Ok(name) = HeaderName::from_bytes(token) {
-                names.push(name);
-            }
-        }
+        push_connection_tokens(value, &mut names);
     }
     names
+}
+
+/// Adds the header names one `Connection` value lists to `names`.
+fn push_connection_tokens(value: &HeaderValue, names: &mut Vec<HeaderName>) {
+    // `keep-alive` is hop-by-hop whether listed or not, and `close` is an option, not
+    // a field (its name is reserved, RFC 9110 §7.6.1): no name to make. Most values
+    // are one of the two alone. Bytes split on bytes: a chain of `str` adapters cost
+    // several hundred instructions on every response.
+    let plain = |t: &[u8]| t.eq_ignore_ascii_case(b"keep-alive") || t.eq_ignore_ascii_case(b"close");
+    if plain(value.as_bytes()) {
+        return;
+    }
+    for token in value.as_bytes().split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+        if token.is_empty() || plain(token) {
+            continue;
+        }
+        if let Ok(name) = HeaderName::from_bytes(token) {
+            names.push(name);
+        }
+    }
+}
+
+thread_local! {
+    /// A header map kept for the next request of this worker thread (see
+    /// [`recycle_map`]).
+    static SPARE_MAP: std::cell::Cell<Option<HeaderMap>> = const { std::cell::Cell::new(None) };
+}
+
+/// Keeps `map` — a request's, once answered — as the next upstream head's, cleared:
+/// hyper already keeps each response's map for the connection's next request, and
+/// with this a request's maps are made without allocating once a worker has served
+/// one (two allocations and two frees less per request). A map grown past 64 fields
+/// is let go, so a thread keeps at most a few kilobytes.
+pub(super) fn recycle_map(mut map: HeaderMap) {
+    if map.capacity() <= 64 {
+        map.clear();
+        SPARE_MAP.with(|spare| spare.set(Some(map)));
+    }
+}
+
+/// An empty header map with room for `fields`: the thread's spare one, if it has it.
+fn spare_map(fields: usize) -> HeaderMap {
+    let mut map = SPARE_MAP.with(std::cell::Cell::take).unwrap_or_default();
+    map.reserve(fields);
+    map
 }
 
 /// A copy of `headers` without hop-by-hop headers (RFC 9110 §7.6.1) and `Host`.
 /// Copying clones reference-counted bytes, not data.
 pub(crate) fn forwardable_headers(headers: &HeaderMap) -> HeaderMap {
-    let named = connection_tokens(headers);
     // Room for what the gateway adds (`Via`, `X-Forwarded-*`, `Forwarded`, `Host`,
     // the request id) without the map growing on the way.
-    let mut out = HeaderMap::with_capacity(headers.len() + 8);
+    let mut out = spare_map(headers.len() + 8);
+    // One pass copies the fields and notes a `Connection` field and how many `Cookie`
+    // lines there are; most requests have neither to act on, and then no name is
+    // looked up again.
+    let (mut connection, mut cookies) = (false, 0usize);
     for (name, value) in headers {
-        // The request id is the gateway's (it set it, or took the client's as its own):
-        // a client's Connection list cannot take it off the request.
-        if !HOP_BY_HOP.contains(name) && (!named.contains(name) || *name == REQUEST_ID) {
+        if *name == header::CONNECTION {
+            connection = true;
+        } else if hop_by_hop_index(name).is_none() {
+            cookies += usize::from(*name == header::COOKIE);
             out.append(name.clone(), value.clone());
+        }
+    }
+    // The fields a `Connection` field lists go too — but not the request id: it is the
+    // gateway's (it set it, or took the client's as its own).
+    if connection {
+        for name in connection_tokens(headers).iter().filter(|n| **n != REQUEST_ID) {
+            out.remove(name);
         }
     }
     // RFC 9113 §8.2.3: HTTP/2 may split Cookie into several fields; they are joined
     // with "; " before they go to HTTP/1.1 (where one Cookie field is allowed).
-    let mut cookies = out.get_all(header::COOKIE).iter();
-    if let (Some(first), Some(_)) = (cookies.next(), cookies.next()) {
-        let mut joined = first.as_bytes().to_vec();
-        for more in out.get_all(header::COOKIE).iter().skip(1) {
-            joined.extend_from_slice(b"; ");
-            joined.extend_from_slice(more.as_bytes());
+    if cookies > 1 {
+        let mut joined = Vec::new();
+        for (i, value) in out.get_all(header::COOKIE).iter().enumerate() {
+            if i > 0 {
+                joined.extend_from_slice(b"; ");
+            }
+            joined.extend_from_slice(value.as_bytes());
         }
-        if let Ok(v) = HeaderValue::from_bytes(&joined) {
+        if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(joined)) {
             out.insert(header::COOKIE, v);
         }
     }
@@ -147,31 +206,39 @@ pub(crate) fn check_http2_fields<B>(req: &Request<B>) -> Result<(), Refusal> {
 
 /// Removes hop-by-hop headers in place (on a backend's response).
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // RFC 9112 §6.3: with Transfer-Encoding, Content-Length says nothing about the body
-    // and an intermediary must remove it before forwarding.
     // Which hop-by-hop fields are there, in one pass over the names: a response has
     // `Connection` at most, usually, and a removal is a hash lookup each.
+    // `Host` (the last) is no hop-by-hop field of a response.
     let hop_by_hop = &HOP_BY_HOP[..7];
     let mut present = 0u8;
     for name in headers.keys() {
-        if let Some(i) = hop_by_hop.iter().position(|h| h == name) {
+        if let Some(i) = hop_by_hop_index(name).filter(|&i| i < hop_by_hop.len()) {
             present |= 1 << i;
         }
     }
     if present == 0 {
         return;
     }
-    // `Transfer-Encoding` is the sixth.
+    // RFC 9112 §6.3: with Transfer-Encoding, Content-Length says nothing about the body
+    // and an intermediary must remove it before forwarding. `Transfer-Encoding` is the
+    // sixth of them.
     if present & (1 << 5) != 0 {
         headers.remove(header::CONTENT_LENGTH);
     }
-    // `Connection` is the first of them.
+    // `Connection` is the first of them: its lines are taken out and read in one
+    // lookup, then what they name goes.
     if present & 1 != 0 {
-        for n in connection_tokens(headers) {
+        let mut named = Vec::new();
+        if let http::header::Entry::Occupied(lines) = headers.entry(header::CONNECTION) {
+            for value in lines.remove_entry_mult().1 {
+                push_connection_tokens(&value, &mut named);
+            }
+        }
+        for n in named {
             headers.remove(n);
         }
     }
-    for (i, n) in hop_by_hop.iter().enumerate() {
+    for (i, n) in hop_by_hop.iter().enumerate().skip(1) {
         if present & (1 << i) != 0 {
             headers.remove(n);
         }
@@ -208,6 +275,21 @@ mod tests {
         assert_eq!(super::HOP_BY_HOP[0], header::CONNECTION);
         assert_eq!(super::HOP_BY_HOP[5], header::TRANSFER_ENCODING);
         assert_eq!(super::HOP_BY_HOP[7], header::HOST);
+    }
+
+    #[test]
+    fn every_hop_by_hop_name_is_found_whatever_its_case_and_no_other() {
+        for (i, name) in super::HOP_BY_HOP.iter().enumerate() {
+            assert_eq!(super::hop_by_hop_index(name), Some(i), "{name}");
+            let upper = http::HeaderName::from_bytes(name.as_str().to_ascii_uppercase().as_bytes()).expect("name");
+            assert_eq!(super::hop_by_hop_index(&upper), Some(i), "{name}");
+        }
+        for other in
+            ["date", "server", "content-length", "x-forwarded-for", "tf", "trailers", "keep-alivf", "upgrade-x"]
+        {
+            let name = http::HeaderName::from_bytes(other.as_bytes()).expect("name");
+            assert_eq!(super::hop_by_hop_index(&name), None, "{other}");
+        }
     }
 
     #[test]

@@ -164,9 +164,9 @@ impl Gateway {
 
     /// Answers one request. Never fails: every failure becomes a response here.
     pub async fn handle(&self, mut req: Request<Incoming>, conn: ConnInfo) -> Response<GatewayBody> {
-        let upgrade_requested = req.headers().contains_key(header::UPGRADE)
-            || (req.method() == Method::CONNECT && req.version() < Version::HTTP_2);
-        let websocket_requested = header_has_token(req.headers(), header::UPGRADE, "websocket")
+        let upgrade_field = req.headers().contains_key(header::UPGRADE);
+        let upgrade_requested = upgrade_field || (req.method() == Method::CONNECT && req.version() < Version::HTTP_2);
+        let websocket_requested = (upgrade_field && header_has_token(req.headers(), header::UPGRADE, "websocket"))
             || req.extensions().get::<hyper::ext::Protocol>().is_some();
         let version = req.version();
         // Every request carries an id to the backend and back to the client: the
@@ -248,7 +248,7 @@ impl Gateway {
         // One atomic increment; the snapshot stays alive for this request even if a
         // new one is swapped in meanwhile.
         let snapshot = self.snapshot.load();
-        check_host_headers(req.headers())?;
+        let host_field = check_host_headers(req.headers())?;
         // The same for an absolute-form target or HTTP/2's :authority: the gateway routes
         // on it, and user information in it is either a trick or a leak.
         if req.uri().authority().is_some_and(|a| a.as_str().contains('@')) {
@@ -283,7 +283,7 @@ impl Gateway {
         if exchange::came_back(req.headers()) {
             return Err(Refusal::LoopDetected);
         }
-        let host = request_host(&req).ok_or(Refusal::BadRequest("the request has no Host"))?;
+        let host = host_in(req.uri(), host_field).ok_or(Refusal::BadRequest("the request has no Host"))?;
         let product = match snapshot.product_for_host(host) {
             Some(p) => p,
             None if host.bytes().any(|b| b.is_ascii_uppercase()) => {
@@ -390,6 +390,7 @@ impl Gateway {
             Err(e) => e.status(),
         };
         self.product_metrics(&product).response(status.as_u16(), ctx.started.elapsed());
+        recycle_map(std::mem::take(&mut parts.headers));
         resp
     }
 
