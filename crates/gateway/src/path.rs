@@ -191,6 +191,18 @@ mod tests {
             let rules = super::PathRules { merge_slashes: merge, keep_encoded_slashes: false };
             proptest::prop_assert_eq!(super::is_canonical(&path, rules), is_canonical_by_split(&path, rules), "{:?}", path);
         }
+
+        /// The router checks a backend's part of a path again only when a policy changed
+        /// the path: a canonical path's every part from a `/` on must be canonical too.
+        #[test]
+        fn every_part_of_a_canonical_path_from_a_slash_is_canonical(path in "[/.;a%]{0,14}", merge in proptest::bool::ANY) {
+            let rules = super::PathRules { merge_slashes: merge, keep_encoded_slashes: false };
+            if super::is_canonical(&path, rules) {
+                for (at, _) in path.match_indices('/') {
+                    proptest::prop_assert!(super::is_canonical(&path[at..], rules), "{:?} from {}", path, at);
+                }
+            }
+        }
     }
 
     use super::*;

@@ -25,7 +25,14 @@ use tokio::sync::watch;
 use tollgate_counters::{Check, Clock, Counters, CountersError, Decision, FailureMode};
 
 /// The checks a usage makes against an application's plan limits.
-pub(crate) fn plan_checks<'a>(product: &'a Product, app: &Application, usage: &Usage) -> Vec<Check<'a>> {
+///
+/// On the stack for up to four limits (a plan's usual few): this runs for every
+/// request and metered message.
+pub(crate) fn plan_checks<'a>(
+    product: &'a Product,
+    app: &Application,
+    usage: &Usage,
+) -> smallvec::SmallVec<[Check<'a>; 4]> {
     app.plan
         .limits
         .iter()

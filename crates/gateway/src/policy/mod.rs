@@ -100,6 +100,10 @@ pub struct Context<'a> {
     /// The connection's forwarding values ([`crate::proxy::Forwarded`]); `None` where
     /// a context is made without a connection, and they are then written per request.
     pub(crate) forwarded: Option<Arc<crate::proxy::Forwarded>>,
+    /// Whether the request's path is still the canonical one it had on entry (no
+    /// rewrite changed it): its backend part then needs no second check for
+    /// dot-segments.
+    pub(crate) path_as_entered: bool,
     /// What the policies decided so far ([`Context::decide`]); the proxy carries it out.
     plan: RequestPlan,
 }
@@ -124,6 +128,7 @@ impl<'a> Context<'a> {
             trace: None,
             client_certificate: None,
             forwarded: None,
+            path_as_entered: false,
             plan: RequestPlan::default(),
         }
     }

@@ -36,18 +36,33 @@ pub(super) fn request_host_of(parts: &request::Parts) -> Option<&str> {
 
 /// The request's host, without port: the `Host` header (HTTP/1.1) or the `:authority`.
 pub(crate) fn host_of<'a>(uri: &'a http::Uri, headers: &'a HeaderMap) -> Option<&'a str> {
-    host_in(uri, headers.get(header::HOST))
-}
-
-/// [`host_of`], with the `Host` field already found.
-pub(super) fn host_in<'a>(uri: &'a http::Uri, host: Option<&'a HeaderValue>) -> Option<&'a str> {
     let raw = match uri.authority() {
         Some(a) => a.as_str(),
-        None => host?.to_str().ok()?,
+        None => headers.get(header::HOST)?.to_str().ok()?,
     };
+    host_part(without_user_information(raw))
+}
+
+/// [`host_of`], with the `Host` field already found and checked by
+/// [`check_host_headers`] (so without user information: only the target's authority
+/// is searched for it).
+pub(super) fn host_in<'a>(uri: &'a http::Uri, host: Option<&'a HeaderValue>) -> Option<&'a str> {
+    match uri.authority() {
+        Some(a) => host_part(without_user_information(a.as_str())),
+        None => host_part(host?.to_str().ok()?),
+    }
+}
+
+/// What follows the last `@` of an authority.
+fn without_user_information(raw: &str) -> &str {
     // Byte searches: `rsplit_once` with a `char` costs several times as much, and this
     // runs on every request.
-    let raw = raw.bytes().rposition(|b| b == b'@').map_or(raw, |at| &raw[at + 1..]);
+    raw.bytes().rposition(|b| b == b'@').map_or(raw, |at| &raw[at + 1..])
+}
+
+/// The host of `host[:port]` (an IPv6 address without its brackets), without a final
+/// dot; `None` when empty.
+fn host_part(raw: &str) -> Option<&str> {
     let host = if let Some(v6) = raw.strip_prefix('[') {
         v6.split(']').next()?
     } else {
@@ -319,6 +334,15 @@ mod tests {
             headers.insert(http::header::HOST, http::HeaderValue::from_static(host));
             let uri = http::Uri::from_static("/");
             assert_eq!(super::host_of(&uri, &headers), expected, "Host: {host}");
+            // What the router reads once the field passed its check (no `@`) is the same.
+            if let Ok(checked) = super::check_host_headers(&headers) {
+                assert_eq!(super::host_in(&uri, checked), expected, "Host: {host}");
+            }
+            // And in the target's authority, user information and all.
+            if let Ok(target) = http::Uri::try_from(format!("http://{host}/")) {
+                let empty = http::HeaderMap::new();
+                assert_eq!(super::host_in(&target, None), super::host_of(&target, &empty), "authority: {host}");
+            }
         }
     }
 }

@@ -406,12 +406,16 @@ impl Gateway {
     ) -> Result<Option<ConnectionSlot>, Response<GatewayBody>> {
         let chain = &ctx.product.chain;
         let started = self.span_start(ctx);
+        // The path as `route` made it canonical: whether a rewrite changes it decides
+        // whether the backend's part of it is checked again (`destination_with_prefix`).
+        let entry = parts.uri.clone();
         for policy in chain {
             if let Some(answer) = self.stopped(policy.rewrite(parts, ctx)) {
                 self.span_end(ctx, "rewrite", started, None, Vec::new());
                 return Err(answer);
             }
         }
+        ctx.path_as_entered = parts.uri.path() == entry.path();
         self.span_end(ctx, "rewrite", started, None, Vec::new());
         let started = self.span_start(ctx);
         for policy in chain {
@@ -498,8 +502,14 @@ struct Identified {
 /// A request id: 32 hex digits, 128 random bits (`rand`'s thread generator, seeded by
 /// the operating system) — unique across nodes and runs, and saying nothing of how many
 /// requests came before. Not a secret: clients and backends see it.
+///
+/// Its bytes are one reference-counted allocation (`Bytes::from_owner`): the id goes to
+/// the backend and back to the client, and a copied slice was made shared — a second
+/// allocation — at its first clone.
 fn new_request_id() -> HeaderValue {
     let mut buf = [0u8; 32];
-    let hex = hex::encode_to_slice(rand::random::<u128>().to_be_bytes(), &mut buf).map(|()| &buf[..]);
-    HeaderValue::from_bytes(hex.unwrap_or(b"0")).unwrap_or(HeaderValue::from_static("0"))
+    if hex::encode_to_slice(rand::random::<u128>().to_be_bytes(), &mut buf).is_err() {
+        return HeaderValue::from_static("0");
+    }
+    HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(buf)).unwrap_or(HeaderValue::from_static("0"))
 }
