@@ -117,7 +117,10 @@ impl Activity {
         (self.started + Duration::from_millis(ms)).into()
     }
 
-    fn touch(&self) {
+    /// Something happened now: a connection's idle time counts from here (also once
+    /// its TLS handshake is done, so that the handshake's time is not taken from the
+    /// idle timeout).
+    pub(crate) fn touch(&self) {
         self.last.store(self.now_ms(), Relaxed);
     }
 

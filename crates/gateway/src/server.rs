@@ -494,6 +494,9 @@ async fn connection(
                     return tracing::debug!(%client_addr, "TLS handshake cut to make room");
                 }
             };
+            // `--header-read-timeout` counts from the end of the handshake (which has
+            // its own timeout), as documented.
+            activity.touch();
             let client_certificate = tls.get_ref().1.peer_certificates().map(|chain| {
                 Arc::new(crate::sni::PeerCertificate::new(chain.iter().map(|c| c.clone().into_owned()).collect()))
             });

@@ -113,6 +113,18 @@ async fn one_host_without_user_information() {
     )
     .await;
     assert_eq!(status_of(&absolute), 200, "{absolute}");
+    // …with its Host: RFC 9112 §3.2 makes no exception for an absolute-form target.
+    let hostless =
+        support::raw(addr, b"GET http://api.test/public?user_key=k HTTP/1.1\r\nConnection: close\r\n\r\n").await;
+    assert_eq!(status_of(&hostless), 400, "{hostless}");
+    // A transfer coding other than chunked is refused (RFC 9112 §6.1): forwarded, the
+    // body would still be coded and no longer say so.
+    let gzip = support::raw(
+        addr,
+        b"POST /public?user_key=k HTTP/1.1\r\nHost: api.test\r\nTransfer-Encoding: gzip, chunked\r\nConnection: close\r\n\r\n0\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status_of(&gzip), 501, "{gzip}");
     // …but not with user information in it (it chose X-Forwarded-Host's value).
     let tricked = support::raw(
         addr,

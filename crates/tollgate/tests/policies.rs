@@ -386,6 +386,7 @@ products:
           rules:
             - {{ url: "http://{b}", host_header: beta.example.com, condition: {{ operations: [ {{ left: "{{{{ headers['x-beta'] }}}}", op: "==", right: "1" }} ] }} }}
             - {{ backend: second, replace_path: "/compat{{{{ path }}}}", condition: {{ operations: [ {{ left: "{{{{ query['legacy'] }}}}", op: "==", right: "1" }} ] }} }}
+            - {{ backend: second, replace_path: "{{{{ headers['x-p'] }}}}", condition: {{ operations: [ {{ left: "{{{{ query['raw'] }}}}", op: "==", right: "1" }} ] }} }}
     application_plans: [ {{ system_name: open }} ]
 accounts:
   - name: acme
@@ -422,6 +423,13 @@ accounts:
         (b.to_string(), "/two/y".into()),
         "no rule: the usage prefix is removed as always"
     );
+    // A replaced path is a path: without its `/` it would be glued to the backend's
+    // base path (`/twoetc`), outside it.
+    let (status, _, body) = call(addr, "route", "/x?user_key=k2&raw=1", &[("x-p", "etc")]).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body.contains("bad_path"), "{body}");
+    let (_, _, body) = call(addr, "route", "/x?user_key=k2&raw=1", &[("x-p", "/etc")]).await;
+    assert_eq!(seen(&body), (b.to_string(), "/two/etc".into()), "a replaced path with its `/`");
 }
 
 #[tokio::test]

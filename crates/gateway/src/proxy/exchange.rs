@@ -284,6 +284,12 @@ pub(super) fn destination_with_prefix<'c>(
     // path. A path left as it entered is canonical already, and so is its part after
     // a usage's prefix (which ends where a segment begins).
     let unchanged = ctx.path_as_entered && ctx.plan().route.is_none();
+    // A path of a policy's making must be one: `etc` after a base path `/base` would
+    // make `/baseetc`, outside it (found by an adversarial pass with a `routing`
+    // template).
+    if !rest.is_empty() && !rest.starts_with('/') {
+        return Err(Refusal::BadPath(crate::path::PathError::NotAbsolute));
+    }
     if !unchanged
         && rest.starts_with('/')
         && !matches!(crate::path::canonical(rest, ctx.product.path_rules), Ok(c) if c == rest)

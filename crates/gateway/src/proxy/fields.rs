@@ -75,6 +75,17 @@ fn host_part(raw: &str) -> Option<&str> {
     (!host.is_empty()).then_some(host)
 }
 
+/// Whether a `Transfer-Encoding` lists a coding other than `chunked` (empty list
+/// elements aside, RFC 9110 §5.6.1).
+pub(super) fn other_transfer_coding(headers: &HeaderMap) -> bool {
+    headers.get_all(header::TRANSFER_ENCODING).iter().any(|v| {
+        v.as_bytes()
+            .split(|&b| b == b',')
+            .map(<[u8]>::trim_ascii)
+            .any(|c| !c.is_empty() && !c.eq_ignore_ascii_case(b"chunked"))
+    })
+}
+
 /// A `static`, not a `const`: a `const` array is made anew (and dropped) at each use.
 pub(super) static HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
@@ -185,7 +196,8 @@ pub(crate) fn forwardable_headers(headers: &HeaderMap) -> HeaderMap {
     }
     // RFC 9113 §8.2.3: HTTP/2 may split Cookie into several fields; they are joined
     // with "; " before they go to HTTP/1.1 (where one Cookie field is allowed).
-    if cookies > 1 {
+    // (Counted before the `Connection` list applied: it may have named `Cookie`.)
+    if cookies > 1 && out.get_all(header::COOKIE).iter().nth(1).is_some() {
         let mut joined = Vec::new();
         for (i, value) in out.get_all(header::COOKIE).iter().enumerate() {
             if i > 0 {
@@ -305,6 +317,22 @@ mod tests {
             let name = http::HeaderName::from_bytes(other.as_bytes()).expect("name");
             assert_eq!(super::hop_by_hop_index(&name), None, "{other}");
         }
+    }
+
+    #[test]
+    fn cookie_lines_are_joined_unless_the_connection_field_names_them() {
+        use http::{HeaderMap, HeaderValue, header};
+        let mut headers = HeaderMap::new();
+        headers.append(header::COOKIE, HeaderValue::from_static("a=1"));
+        headers.append(header::COOKIE, HeaderValue::from_static("b=2"));
+        let out = super::forwardable_headers(&headers);
+        assert_eq!(out.get_all(header::COOKIE).iter().collect::<Vec<_>>(), ["a=1; b=2"]);
+        // Found by an adversarial pass: the lines counted, then removed, then joined
+        // into an empty field.
+        headers.append(header::CONNECTION, HeaderValue::from_static("Cookie"));
+        let out = super::forwardable_headers(&headers);
+        assert!(out.get(header::COOKIE).is_none(), "{out:?}");
+        assert!(out.get(header::CONNECTION).is_none(), "{out:?}");
     }
 
     #[test]

@@ -283,6 +283,12 @@ impl Gateway {
         if exchange::came_back(req.headers()) {
             return Err(Refusal::LoopDetected);
         }
+        // RFC 9112 §3.2: an HTTP/1.1 request without Host is refused, whatever the form
+        // of its target (an absolute-form target names the host, but the rule has no
+        // exception).
+        if host_field.is_none() && req.version() == Version::HTTP_11 {
+            return Err(Refusal::BadRequest("an HTTP/1.1 request must carry a Host header"));
+        }
         let host = host_in(req.uri(), host_field).ok_or(Refusal::BadRequest("the request has no Host"))?;
         let product = match snapshot.product_for_host(host) {
             Some(p) => p,
@@ -330,6 +336,12 @@ impl Gateway {
         }
         let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
+        // RFC 9112 §6.1: a transfer coding the gateway does not decode (anything but
+        // `chunked`) is refused with 501, before any usage counts: the body would reach
+        // the backend still coded and no longer labelled. (Only a body can have one.)
+        if !body.is_end_stream() && other_transfer_coding(&parts.headers) {
+            return Err(Refusal::NotImplemented);
+        }
         let mut ctx = Context::new(&product, conn.client_addr, conn.tls, websocket, self.clock.now());
         // Verified for this product above (or none was presented).
         if product.client_auth.is_some() {
