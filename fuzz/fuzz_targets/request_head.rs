@@ -17,7 +17,8 @@
 //!    HTTP/2 head has no padded value and a Host equal to `:authority`; the routing
 //!    host is never empty nor carries user information; an accepted HTTP/1 upgrade is a
 //!    GET with `Connection: upgrade`, a 16-byte key, version 13 and no body; forwarded
-//!    headers carry no hop-by-hop header nor any the `Connection` header names, one
+//!    headers carry no hop-by-hop header nor any the `Connection` header names (read
+//!    byte by byte: a value with bytes beyond ASCII still names its tokens), one
 //!    Cookie at most, and every other header unchanged; a response keeps no
 //!    `Content-Length` beside `Transfer-Encoding`.
 
@@ -203,8 +204,14 @@ fn check_head(flags: u8, data: &[u8]) {
     }
 
     let forwarded = fuzzing::forwardable_headers(headers);
-    let named: Vec<HeaderName> =
-        tokens(headers, &header::CONNECTION).filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok()).collect();
+    // Read byte by byte, as the gateway does: a value with a byte beyond ASCII still
+    // names its tokens.
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim_ascii()).ok())
+        .collect();
     for name in forwarded.keys() {
         assert!(!hop_by_hop(name) && !named.contains(name), "{name} forwarded");
     }
