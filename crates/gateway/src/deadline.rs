@@ -66,7 +66,8 @@ pub struct Activity {
     in_flight: AtomicUsize,
     /// Milliseconds since `started` at the last change of `in_flight`.
     last: AtomicU64,
-    started: Instant,
+    /// On tokio's clock, so that tests can move it (`start_paused`).
+    started: tokio::time::Instant,
     /// Responses whose last frame the connection is still writing to the client (handed
     /// over, not asked for again).
     owed: AtomicUsize,
@@ -95,7 +96,7 @@ impl Activity {
         Arc::new(Activity {
             in_flight: AtomicUsize::new(0),
             last: AtomicU64::new(0),
-            started: Instant::now(),
+            started: tokio::time::Instant::now(),
             owed: AtomicUsize::new(0),
             owed_since: AtomicU64::new(0),
             taken: AtomicU64::new(0),
@@ -114,7 +115,7 @@ impl Activity {
     }
 
     fn at(&self, ms: u64) -> tokio::time::Instant {
-        (self.started + Duration::from_millis(ms)).into()
+        self.started + Duration::from_millis(ms)
     }
 
     /// Something happened now: a connection's idle time counts from here (also once
@@ -166,7 +167,7 @@ impl Activity {
             let mut mark = self.taken_since_owed();
             let mut at = self.at(since);
             loop {
-                self.window.store((at.into_std() - self.started).as_millis() as u64, Relaxed);
+                self.window.store((at - self.started).as_millis() as u64, Relaxed);
                 self.window_taken.store(mark, Relaxed);
                 at += window;
                 tokio::time::sleep_until(at).await;
@@ -466,5 +467,26 @@ impl Registry {
             }
             None => false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The listener touches a connection's activity once its TLS handshake is done
+    /// (`server.rs`), so that `--header-read-timeout` counts from there, not from the
+    /// accept (found by an adversarial pass). Tokio's clock is paused and moved.
+    #[tokio::test(start_paused = true)]
+    async fn the_idle_time_counts_from_the_last_touch() {
+        let activity = Activity::new();
+        tokio::time::advance(Duration::from_secs(2)).await;
+        activity.touch();
+        let idle = activity.idle_for(Duration::from_secs(3));
+        tokio::pin!(idle);
+        // 3 s after the start, 1 s after the touch: not idle yet.
+        assert!(tokio::time::timeout(Duration::from_secs(1), idle.as_mut()).await.is_err());
+        // 3 s after the touch: idle.
+        assert!(tokio::time::timeout(Duration::from_millis(2_001), idle.as_mut()).await.is_ok());
     }
 }

@@ -61,41 +61,6 @@ async fn slow_heads_and_idle_keep_alive_connections_are_closed() {
     assert_eq!(get(gw.server.staging, "api-staging.localhost", "/x?user_key=k").await.0, 200);
 }
 
-/// `--header-read-timeout` counts from the end of the TLS handshake, as documented: a
-/// client slow to shake hands keeps the whole timeout for its first request. (Found by
-/// an adversarial pass: it counted from the TCP accept.) The waits are the client's
-/// behaviour, each a second away from the 3 s timeout on either side.
-#[tokio::test]
-async fn the_idle_timeout_counts_from_the_end_of_the_tls_handshake() {
-    let backend = http_backend().await;
-    let dir = TempDir::new();
-    let (cert, key) = make_cert(dir.path());
-    let config_path = dir.path().join("tollgate.yaml");
-    std::fs::write(&config_path, config(backend)).expect("write");
-    let (cert_s, key_s) = (cert.display().to_string(), key.display().to_string());
-    let mut args = serve_args(&["--tls-cert", &cert_s, "--tls-key", &key_s, "--header-read-timeout", "3"]);
-    args.staging_listen = "tls://127.0.0.1:0".into();
-    let server =
-        tollgate::serve::Server::start(&args, tollgate::serve::Source::File(config_path)).await.expect("start");
-    let tls = tollgate_model::BackendTls { ca_file: Some(cert.clone()), ..tollgate_model::BackendTls::default() };
-    let client = std::sync::Arc::new(tollgate_gateway::upstream::client_tls_config(&tls).expect("tls config"));
-
-    let tcp = TcpStream::connect(server.staging).await.expect("connect");
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("name");
-    let mut stream = tokio_rustls::TlsConnector::from(client).connect(name, tcp).await.expect("handshake");
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    stream
-        .write_all(b"GET /x?user_key=k HTTP/1.1\r\nHost: api-staging.localhost\r\nConnection: close\r\n\r\n")
-        .await
-        .expect("write");
-    let mut answer = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut answer)).await;
-    let answer = String::from_utf8_lossy(&answer);
-    assert!(answer.starts_with("HTTP/1.1 200"), "4 s after accept, 2 s after the handshake: {answer:?}");
-    server.shutdown().await;
-}
-
 #[tokio::test]
 async fn connections_past_the_cap_are_refused_and_counted_when_every_one_is_busy() {
     // A backend that says when it has a request it will never answer.

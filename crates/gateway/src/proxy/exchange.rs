@@ -278,22 +278,22 @@ pub(super) fn destination_with_prefix<'c>(
     ctx: &'c Context<'_>,
 ) -> Result<(&'c Upstream, &'c str, &'c str), Refusal> {
     let (upstream, rest, prefix) = destination_of(parts, ctx)?;
+    if rest.is_empty() {
+        return Ok((upstream, rest, prefix));
+    }
+    // A path of a policy's making must be one: `etc` after a base path `/base` would
+    // make `/baseetc`, outside it (found by an adversarial pass with a `routing`
+    // template).
+    if !rest.starts_with('/') {
+        return Err(Refusal::BadPath(crate::path::PathError::NotAbsolute));
+    }
     // The path was made canonical on entry, but a policy may have rewritten it since
     // (or routed the request to a path of its own): what goes after the backend's base
     // path must still have no dot-segments, so the request can never leave that base
     // path. A path left as it entered is canonical already, and so is its part after
     // a usage's prefix (which ends where a segment begins).
     let unchanged = ctx.path_as_entered && ctx.plan().route.is_none();
-    // A path of a policy's making must be one: `etc` after a base path `/base` would
-    // make `/baseetc`, outside it (found by an adversarial pass with a `routing`
-    // template).
-    if !rest.is_empty() && !rest.starts_with('/') {
-        return Err(Refusal::BadPath(crate::path::PathError::NotAbsolute));
-    }
-    if !unchanged
-        && rest.starts_with('/')
-        && !matches!(crate::path::canonical(rest, ctx.product.path_rules), Ok(c) if c == rest)
-    {
+    if !unchanged && !matches!(crate::path::canonical(rest, ctx.product.path_rules), Ok(c) if c == rest) {
         return Err(Refusal::BadPath(crate::path::PathError::AboveRoot));
     }
     Ok((upstream, rest, prefix))

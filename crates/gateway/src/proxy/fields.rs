@@ -75,15 +75,19 @@ fn host_part(raw: &str) -> Option<&str> {
     (!host.is_empty()).then_some(host)
 }
 
-/// Whether a `Transfer-Encoding` lists a coding other than `chunked` (empty list
-/// elements aside, RFC 9110 §5.6.1).
+/// The elements of a field value that is a comma-separated list (RFC 9110 §5.6.1):
+/// each without its surrounding spaces and tabs, empty ones left out. Bytes, not text:
+/// a value with a byte beyond ASCII still has its elements.
+pub(crate) fn list_elements(value: &HeaderValue) -> impl DoubleEndedIterator<Item = &[u8]> {
+    value.as_bytes().split(|&b| b == b',').map(<[u8]>::trim_ascii).filter(|e| !e.is_empty())
+}
+
+/// Whether a `Transfer-Encoding` lists a coding other than `chunked`.
 pub(super) fn other_transfer_coding(headers: &HeaderMap) -> bool {
-    headers.get_all(header::TRANSFER_ENCODING).iter().any(|v| {
-        v.as_bytes()
-            .split(|&b| b == b',')
-            .map(<[u8]>::trim_ascii)
-            .any(|c| !c.is_empty() && !c.eq_ignore_ascii_case(b"chunked"))
-    })
+    headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .any(|v| list_elements(v).any(|c| !c.eq_ignore_ascii_case(b"chunked")))
 }
 
 /// A `static`, not a `const`: a `const` array is made anew (and dropped) at each use.
@@ -128,15 +132,14 @@ pub(super) fn connection_tokens(headers: &HeaderMap) -> Vec<HeaderName> {
 fn push_connection_tokens(value: &HeaderValue, names: &mut Vec<HeaderName>) {
     // `keep-alive` is hop-by-hop whether listed or not: no name to make; most values
     // are that alone. `close` is an option, and a field of that name goes with it (RFC
-    // 9110 §7.6.1). Bytes split on bytes: a chain of `str` adapters cost several
-    // hundred instructions on every response — and a value with a byte beyond ASCII
-    // still names its tokens (the fields it names are removed, not kept).
-    let value = value.as_bytes();
-    if value.eq_ignore_ascii_case(b"keep-alive") {
+    // 9110 §7.6.1). Bytes, not text: a chain of `str` adapters cost several hundred
+    // instructions on every response — and a value with a byte beyond ASCII still
+    // names its tokens (the fields it names are removed, not kept).
+    if value.as_bytes().eq_ignore_ascii_case(b"keep-alive") {
         return;
     }
-    for token in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
-        if token.is_empty() || token.eq_ignore_ascii_case(b"keep-alive") {
+    for token in list_elements(value) {
+        if token.eq_ignore_ascii_case(b"keep-alive") {
             continue;
         }
         if let Ok(name) = HeaderName::from_bytes(token) {

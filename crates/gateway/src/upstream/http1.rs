@@ -250,7 +250,7 @@ pub fn delimit(
     let (mut close, mut length_field, mut transfer_encoding) = (false, false, false);
     for (name, value) in head.headers.iter() {
         if name == http::header::CONNECTION {
-            close |= value.as_bytes().split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"));
+            close |= crate::proxy::list_elements(value).any(|t| t.eq_ignore_ascii_case(b"close"));
         } else if name == http::header::CONTENT_LENGTH {
             length_field = true;
         } else if name == http::header::TRANSFER_ENCODING {
@@ -301,12 +301,7 @@ pub fn delimit(
 /// The last transfer coding of the `Transfer-Encoding` lines, empty list elements
 /// ignored (RFC 9110 §5.6.1).
 fn last_coding(headers: &HeaderMap) -> Option<&[u8]> {
-    headers
-        .get_all(http::header::TRANSFER_ENCODING)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-        .map(<[u8]>::trim_ascii)
-        .rfind(|c| !c.is_empty())
+    headers.get_all(http::header::TRANSFER_ENCODING).iter().flat_map(crate::proxy::list_elements).next_back()
 }
 
 /// The `Content-Length`, if every value of every line is the same decimal number
