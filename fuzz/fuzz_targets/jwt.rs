@@ -74,9 +74,18 @@ fn acceptable(header: &[u8], payload: &[u8], admin: bool) -> Option<bool> {
     // no client certificate: never acceptable.
     let unbound = !c.contains_key("cnf");
     let verdict = h["alg"] == "HS256" && exp_ok && nbf_ok && aud_ok && iss_ok && role_ok && unbound;
+    // RFC 7515 §4.1: the registered header parameters have types (`x5c` an array of
+    // strings, `kid` a string, …). A header that gives one of them another type is
+    // malformed; a parser may refuse it, or ignore a parameter it does not use: either
+    // answer is right.
+    let strings = ["typ", "cty", "jku", "kid", "x5u", "x5t", "x5t#S256"];
+    let mistyped = strings.iter().any(|k| h.get(*k).is_some_and(|v| !v.is_string()))
+        || h.get("x5c").is_some_and(|v| !v.as_array().is_some_and(|a| a.iter().all(|s| s.is_string())))
+        || h.get("jwk").is_some_and(|v| !v.is_object())
+        || h.get("crit").is_some_and(|v| !v.is_array());
     // RFC 7519 §4: a parser may refuse a claims set with duplicate names, or keep the
     // last of them: either answer is right.
-    if unsure || has_duplicate_names(payload) { None } else { Some(verdict) }
+    if unsure || mistyped || has_duplicate_names(payload) { None } else { Some(verdict) }
 }
 
 /// Whether the JSON object `payload` names a member twice (at the top level).
